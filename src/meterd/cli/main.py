@@ -1,0 +1,39 @@
+"""``meterd`` entry point: parses the command line and dispatches to a subcommand module."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from meterd import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from meterd.cli import decode, demo, read, readings, run, simulate
+
+    parser = argparse.ArgumentParser(prog="meterd", description="meter data acquisition master station")
+    parser.add_argument("--version", action="version", version=f"meterd {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (demo, run, read, decode, readings, simulate):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""``meterd readings``: what the store holds for a meter."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timezone
+from pathlib import Path
+
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, format_value, parse_time, print_json, reading_dict
+from meterd.config.loader import load_config
+from meterd.errors import ConfigError, ProtocolError
+from meterd.protocols.dlt645.frame import normalize_address
+from meterd.storage.sqlite import SqliteStore
+
+DEFAULT_DATA_DIR = Path("meterd-data")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("readings", help="show stored readings of a meter")
+    p.add_argument("--meter", required=True, help="meter address")
+    p.add_argument("--since", help="start time: ISO date/time or relative like -2h")
+    p.add_argument("--until", help="end time: ISO date/time or relative")
+    p.add_argument("--quantity", help="only this quantity, e.g. energy.active.import.total")
+    p.add_argument("--limit", type=int, default=None)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-c", "--config", help="config file (its store's data directory is used)")
+    where.add_argument("--data-dir", help=f"data directory (default ./{DEFAULT_DATA_DIR})")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def resolve_data_dir(args: argparse.Namespace) -> Path:
+    if getattr(args, "config", None):
+        return load_config(args.config).store.data_dir
+    return Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR
+
+
+def run(args: argparse.Namespace) -> int:
+    now = datetime.now(timezone.utc)
+    try:
+        meter = normalize_address(args.meter)
+        since = parse_time(args.since, now) if args.since else None
+        until = parse_time(args.until, now) if args.until else None
+        data_dir = resolve_data_dir(args)
+    except (ProtocolError, ValueError, ConfigError) as exc:
+        error(str(exc))
+        return EXIT_BAD_INPUT
+    if not (data_dir / "readings.sqlite3").exists():
+        error(f"no readings store in {data_dir} (run the daemon or the demo first, or pass --data-dir)")
+        return EXIT_BAD_INPUT
+    with SqliteStore(data_dir) as store:
+        rows = store.readings(meter, since=since, until=until, quantity=args.quantity, limit=args.limit)
+    if args.json:
+        print_json([reading_dict(r) for r in rows])
+        return EXIT_OK
+    if not rows:
+        print(f"no readings for meter {meter}")
+    for r in rows:
+        ts = r.timestamp.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{ts}  {r.quantity:<40} {format_value(r.value)} {r.unit}".rstrip())
+    return EXIT_OK

@@ -1,0 +1,184 @@
+"""The daemon: one task per channel, all in one event loop, feeding one batching writer.
+
+Each channel task owns its bus.  Its polls come due on their own intervals; due rounds run one
+after another on the bus (a bus carries one request at a time), so rounds never pile up: a round
+that overruns its interval makes the next one start late, and a tick missed that way is counted as
+an overrun, not queued.  Channels run in parallel.
+
+Time: the wall clock is read only here, through the ``clock`` passed in; everything below gets
+``now`` as an argument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+from meterd.collector.channel import Channel, Timing, TraceHook
+from meterd.collector.poll import MeterTarget, RoundResult, poll_round
+from meterd.collector.transports import SerialTransport, TcpTransport, Transport
+from meterd.config.model import ChannelConfig, Config, PollConfig, SerialLink
+from meterd.storage.sqlite import MeterRecord, SqliteStore
+from meterd.storage.writer import BatchWriter
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+RoundHook = Callable[[RoundResult], None]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def make_transport(cfg: ChannelConfig) -> Transport:
+    link = cfg.link
+    if isinstance(link, SerialLink):
+        return SerialTransport(cfg.name, link.device, baud=link.baud, bytesize=link.bytesize,
+                               parity=str(link.parity), stopbits=link.stopbits)
+    return TcpTransport(cfg.name, link.host, link.port, connect_timeout=cfg.timeouts.connect)
+
+
+def make_channel(cfg: ChannelConfig, trace: TraceHook | None = None) -> Channel:
+    return Channel(
+        cfg.name,
+        make_transport(cfg),
+        timing=Timing(cfg.timeouts.response, cfg.timeouts.inter_byte),
+        retries=cfg.retries,
+        preamble=cfg.preamble,
+        turnaround=cfg.turnaround,
+        trace=trace,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedPoll:
+    poll: PollConfig
+    meters: tuple[MeterTarget, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPlan:
+    channel: ChannelConfig
+    polls: tuple[PlannedPoll, ...]
+
+
+def compile_plan(config: Config) -> tuple[ChannelPlan, ...]:
+    """Config -> what each channel polls: the immutable plan the daemon logs at start."""
+    plans = []
+    for ch in config.channels:
+        polls = []
+        for poll in config.polls:
+            meters = tuple(
+                MeterTarget(m.address, m.ct, m.pt) for m in config.meters_for(poll) if m.channel == ch.name
+            )
+            if meters:
+                polls.append(PlannedPoll(poll, meters))
+        plans.append(ChannelPlan(ch, tuple(polls)))
+    return tuple(plans)
+
+
+def describe_plan(plans: tuple[ChannelPlan, ...]) -> list[str]:
+    lines = []
+    for plan in plans:
+        link = plan.channel.link
+        where = (f"serial {link.device} {link.baud} {link.bytesize}{link.parity}{link.stopbits}"
+                 if isinstance(link, SerialLink) else f"tcp {link.host}:{link.port}")
+        lines.append(f"channel {plan.channel.name} ({where})")
+        for p in plan.polls:
+            items = " ".join(f"{di:08X}" for di in p.poll.items)
+            lines.append(f"  poll {p.poll.name} every {p.poll.interval:g} s: {len(p.meters)} meter(s), items {items}")
+        if not plan.polls:
+            lines.append("  (no polls)")
+    return lines
+
+
+@dataclass(slots=True)
+class ChannelRunner:
+    plan: ChannelPlan
+    channel: Channel
+    rounds: int = 0
+    overruns: int = 0
+    next_due: dict[str, float] = field(default_factory=dict)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        store: SqliteStore,
+        *,
+        clock: Clock = utc_now,
+        on_round: RoundHook | None = None,
+        trace: TraceHook | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.on_round = on_round
+        self.plan = compile_plan(config)
+        self.writer = BatchWriter(store, config.store.batch_size, config.store.flush_interval)
+        self.runners = [ChannelRunner(p, make_channel(p.channel, trace)) for p in self.plan]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        for line in describe_plan(self.plan):
+            log.info("plan: %s", line)
+        self.store.upsert_meters(
+            MeterRecord(m.address, m.channel, str(m.protocol), m.ct, m.pt, m.name, m.group)
+            for m in self.config.meters
+        )
+        self.writer.start()
+        tasks = [asyncio.create_task(self._run_channel(r, stop), name=f"channel:{r.channel.name}")
+                 for r in self.runners if r.plan.polls]
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for r in self.runners:
+                await r.channel.close()
+            await self.writer.close()
+
+    async def _run_channel(self, runner: ChannelRunner, stop: asyncio.Event) -> None:
+        start = time.monotonic()
+        for p in runner.plan.polls:
+            runner.next_due[p.poll.name] = start
+        while not stop.is_set():
+            now_mono = time.monotonic()
+            due = [p for p in runner.plan.polls if runner.next_due[p.poll.name] <= now_mono]
+            for p in due:
+                await self.run_round(runner, p)
+                interval = p.poll.interval
+                nxt = runner.next_due[p.poll.name] + interval
+                after = time.monotonic()
+                if nxt <= after:
+                    missed = int((after - nxt) // interval) + 1
+                    runner.overruns += missed
+                    nxt += missed * interval
+                runner.next_due[p.poll.name] = nxt
+            wait = min(runner.next_due.values()) - time.monotonic()
+            if wait > 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), wait)
+                except TimeoutError:
+                    pass
+
+    async def run_round(self, runner: ChannelRunner, planned: PlannedPoll) -> RoundResult:
+        result = await poll_round(runner.channel, planned.meters, planned.poll.items, self.clock())
+        runner.rounds += 1
+        self.writer.add_many(result.readings)
+        self.writer.add_attempts(result.attempts)
+        if self.on_round is not None:
+            self.on_round(result)
+        return result
+
+    def stats(self) -> dict[str, object]:
+        return {
+            r.channel.name: {**r.channel.stats.as_dict(), "rounds": r.rounds, "overruns": r.overruns}
+            for r in self.runners
+        }

@@ -1,0 +1,114 @@
+"""meterd's one exception tree.
+
+Errors are grouped by where in the life of the daemon they happen::
+
+    MeterdError
+     +-- ConfigError                  startup only: every problem of a config file, listed together
+     +-- LinkError                    the byte pipe to a bus or terminal failed
+     |    +-- LinkTimeoutError        (also TimeoutError) nothing, or not enough, came back in time
+     |    +-- LinkClosedError         (also ConnectionError) the peer closed / device went away
+     +-- ProtocolError                bytes that are not a well-formed frame or payload
+     |    +-- ChecksumError           CS byte does not match the frame
+     |    +-- FrameLengthError        L field or payload length is inconsistent
+     |    +-- UnknownIdentifierError  a data identifier that is not in the catalogue
+     |    +-- AddressMismatchError    a well-formed reply came from another meter
+     +-- DeviceRejectedError          a meter answered with an abnormal reply (carries its error bits)
+     +-- ControlError                 a control action was not confirmed by read-back
+     +-- SyncError                    billing-system exchange failed
+
+Third-party exceptions (pyserial, asyncio, construct, ...) are translated once, at the edge,
+with ``raise ... from exc``.  The protocol codecs raise only ProtocolError subclasses; a meter's
+refusal is *returned* by the codec as a value, and only becomes a DeviceRejectedError where a caller
+insists on a normal answer.
+"""
+
+from __future__ import annotations
+
+
+class MeterdError(Exception):
+    """Base of every error meterd raises on purpose."""
+
+
+class ConfigError(MeterdError):
+    """One or more problems in a configuration file.
+
+    ``problems`` holds every problem found, each already naming file and key, so the operator
+    sees all of them in one run instead of fixing them one at a time.
+    """
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} configuration error(s):\n{lines}")
+
+
+class LinkError(MeterdError):
+    """The transport to a bus or terminal failed."""
+
+    def __init__(self, message: str, *, channel: str | None = None) -> None:
+        self.channel = channel
+        super().__init__(f"{channel}: {message}" if channel else message)
+
+
+class LinkTimeoutError(LinkError, TimeoutError):
+    """No complete answer before the deadline."""
+
+    def __init__(self, message: str, *, channel: str | None = None, received: bytes = b"") -> None:
+        self.received = received
+        super().__init__(message, channel=channel)
+
+
+class LinkClosedError(LinkError, ConnectionError):
+    """The peer closed the link or the device disappeared."""
+
+
+class ProtocolError(MeterdError):
+    """Malformed bytes.  ``data`` holds the offending bytes where known."""
+
+    def __init__(self, message: str, data: bytes | None = None) -> None:
+        self.data = data
+        if data is not None:
+            message = f"{message} [{data.hex(' ').upper()}]"
+        super().__init__(message)
+
+
+class ChecksumError(ProtocolError):
+    """The frame checksum is wrong."""
+
+
+class FrameLengthError(ProtocolError):
+    """The frame is truncated or its length field is inconsistent."""
+
+
+class UnknownIdentifierError(ProtocolError):
+    """The data identifier is not in meterd's catalogue."""
+
+    def __init__(self, message: str, di: int | None = None, data: bytes | None = None) -> None:
+        self.di = di
+        super().__init__(message, data)
+
+
+class AddressMismatchError(ProtocolError):
+    """A reply came from a meter other than the one asked."""
+
+    def __init__(self, expected: str, got: str, data: bytes | None = None) -> None:
+        self.expected = expected
+        self.got = got
+        super().__init__(f"reply from meter {got}, expected {expected}", data)
+
+
+class DeviceRejectedError(MeterdError):
+    """A meter sent an abnormal reply.  ``error`` is the decoded error value of the protocol."""
+
+    def __init__(self, meter: str, error: object) -> None:
+        self.meter = meter
+        self.error = error
+        super().__init__(f"meter {meter} refused: {error}")
+
+
+class ControlError(MeterdError):
+    """A control command was not confirmed by reading the relay state back."""
+
+
+class SyncError(MeterdError):
+    """An exchange with the billing system failed."""
