@@ -1,0 +1,42 @@
+"""Configuration: TOML files -> validated, immutable, typed objects.
+
+What lives here: the model (:mod:`.model`, frozen dataclasses and ``StrEnum`` choices that the
+collector, storage and CLI code against) and the loader (:mod:`.loader`, ``tomllib`` plus
+validation).  May import: ``meterd.errors`` and the DL/T 645 codec helpers in
+``meterd.protocols.dlt645`` (address normalisation, DI parsing, the catalogue); nothing that does
+I/O beyond reading the one file.
+
+Contract: :func:`load_config` either returns a :class:`Config` in which every cross-reference
+holds, or raises :class:`~meterd.errors.ConfigError` listing *every* problem, each as
+``"<file>: <key path>: <what is wrong>"``.  Unknown keys are problems too.  Config errors happen at
+startup only; nothing here is re-read at run time.
+"""
+
+from meterd.config.loader import load_config, parse_config
+from meterd.config.model import (
+    ChannelConfig,
+    Config,
+    MeterConfig,
+    Parity,
+    PollConfig,
+    Protocol,
+    SerialLink,
+    StoreConfig,
+    TcpLink,
+    Timeouts,
+)
+
+__all__ = [
+    "ChannelConfig",
+    "Config",
+    "MeterConfig",
+    "Parity",
+    "PollConfig",
+    "Protocol",
+    "SerialLink",
+    "StoreConfig",
+    "TcpLink",
+    "Timeouts",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,527 @@
+"""Read a TOML config file and turn it into a :class:`~meterd.config.model.Config`, or fail with
+every problem at once.
+
+Strategy: one pass over the parsed TOML with a :class:`_Checker` that records a problem instead of
+raising.  Each ``_xxx`` function validates one section and returns its typed node, or ``None``
+when something inside was wrong, so the pass carries on and the cross-checks (meter -> channel,
+poll -> group, duplicate addresses) still run on what could be read.  Only when nothing at all was
+recorded is a :class:`Config` built; otherwise :class:`~meterd.errors.ConfigError` carries the
+list, each entry ``"<file>: <key path>: <what is wrong>"``, e.g.
+``site.toml: meters[3].ct: must be a positive number, got "x"``.  Array indexes count from 0, as
+in the TOML array of tables.
+
+Unknown keys are errors (with a "did you mean" hint), so a typo never silently leaves a default
+in force.  Durations are a number of seconds or a string with units: ``"500ms"``, ``"30s"``,
+``"15m"``, ``"1h"``, ``"1h30m"``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+import tomllib
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Final, Iterable
+
+from meterd.config.model import (
+    ChannelConfig,
+    Config,
+    MeterConfig,
+    Parity,
+    PollConfig,
+    Protocol,
+    SerialLink,
+    StoreConfig,
+    TcpLink,
+    Timeouts,
+)
+from meterd.errors import ConfigError, ProtocolError
+from meterd.protocols.dlt645.frame import BROADCAST, normalize_address
+from meterd.protocols.dlt645.messages import parse_di
+
+BAUD_RATES: Final = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+BYTESIZES: Final = (7, 8)
+STOPBITS: Final = (1, 2)
+MAX_RETRIES: Final = 10
+MAX_PREAMBLE: Final = 4  # DL/T 645-2007 clause 4.1: up to four FE bytes before a frame
+
+_TOP_KEYS: Final = ("store", "channels", "meters", "polls")
+_STORE_KEYS: Final = ("data_dir", "batch_size", "flush_interval")
+_CHANNEL_KEYS: Final = (
+    "serial",
+    "tcp",
+    "connect_timeout",
+    "response_timeout",
+    "inter_byte_timeout",
+    "retries",
+    "preamble",
+    "turnaround",
+)
+_SERIAL_KEYS: Final = ("device", "baud", "bytesize", "parity", "stopbits")
+_TCP_KEYS: Final = ("host", "port")
+_METER_KEYS: Final = ("address", "channel", "protocol", "ct", "pt", "name", "group")
+_POLL_KEYS: Final = ("name", "interval", "groups", "items")
+
+_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)", re.IGNORECASE)
+_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_FORMS: Final = 'seconds, or "500ms", "30s", "15m", "1h"'
+_TOML_POSITION: Final = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate ``path``; relative paths inside resolve against its folder."""
+    path = Path(path)
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        where = _toml_position(exc)
+        raise ConfigError(f"{source}: {where}invalid TOML: {_toml_message(exc)}") from exc
+    return parse_config(data, source=source, base_dir=path.parent)
+
+
+def _toml_position(exc: tomllib.TOMLDecodeError) -> str:
+    # tomllib (3.11) only puts the position into the message text.
+    match = _TOML_POSITION.search(str(exc))
+    if match is None:
+        return ""
+    if match.group(1) is None:
+        return "at end of file: "
+    return f"line {match.group(1)}, column {match.group(2)}: "
+
+
+def _toml_message(exc: tomllib.TOMLDecodeError) -> str:
+    return _TOML_POSITION.sub("", str(exc))
+
+
+def parse_config(
+    data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None
+) -> Config:
+    """Validate already-parsed TOML.  ``base_dir`` anchors relative paths (none: left relative)."""
+    check = _Checker(source)
+    check.known_keys("", data, _TOP_KEYS)
+
+    store = _store(check, data.get("store"), base_dir)
+    channels_raw = check.table("channels", data.get("channels", {}))
+    channels = [
+        _channel(check, f"channels.{name}", name, raw) for name, raw in (channels_raw or {}).items()
+    ]
+    # A broken [channels] table is reported once; do not also blame every meter that uses it.
+    channel_names = set(channels_raw) if channels_raw is not None else None
+    meters = _meters(check, data.get("meters", []), channel_names=channel_names)
+    polls = _polls(check, data.get("polls", []), meters)
+
+    if check.problems:
+        raise ConfigError(check.problems)
+    assert store is not None
+    return Config(
+        source=source,
+        store=store,
+        channels=tuple(c for c in channels if c is not None),
+        meters=tuple(m for _, m in meters if m is not None),
+        polls=tuple(p for p in polls if p is not None),
+    )
+
+
+# --- sections ----------------------------------------------------------------------------------
+
+
+def _store(check: _Checker, raw: Any, base_dir: Path | None) -> StoreConfig | None:
+    if raw is None:
+        check.problem("store", "missing: the [store] table with data_dir is required")
+        return None
+    table = check.table("store", raw)
+    if table is None:
+        return None
+    check.known_keys("store", table, _STORE_KEYS)
+    data_dir: Path | None = None
+    if "data_dir" not in table:
+        check.problem("store.data_dir", "missing: required")
+    elif (text := check.string("store.data_dir", table["data_dir"])) is not None:
+        data_dir = Path(text).expanduser()
+        if base_dir is not None and not data_dir.is_absolute():
+            data_dir = base_dir / data_dir
+    batch_size = check.integer("store.batch_size", table.get("batch_size", 500), low=1)
+    flush_interval = check.duration("store.flush_interval", table.get("flush_interval", 1.0))
+    if data_dir is None or batch_size is None or flush_interval is None:
+        return None
+    return StoreConfig(data_dir=data_dir, batch_size=batch_size, flush_interval=flush_interval)
+
+
+def _channel(check: _Checker, path: str, name: str, raw: Any) -> ChannelConfig | None:
+    table = check.table(path, raw)
+    if table is None:
+        return None
+    check.known_keys(path, table, _CHANNEL_KEYS)
+    if not name.strip():
+        check.problem(path, "channel name must not be empty")
+
+    link: SerialLink | TcpLink | None = None
+    if ("serial" in table) == ("tcp" in table):
+        check.problem(path, "needs exactly one of serial = {...} or tcp = {...}")
+    elif "serial" in table:
+        link = _serial(check, f"{path}.serial", table["serial"])
+    else:
+        link = _tcp(check, f"{path}.tcp", table["tcp"])
+
+    connect = check.duration(f"{path}.connect_timeout", table.get("connect_timeout", 5.0))
+    response = check.duration(f"{path}.response_timeout", table.get("response_timeout", 2.0))
+    inter_byte = check.duration(f"{path}.inter_byte_timeout", table.get("inter_byte_timeout", 0.5))
+    retries = check.integer(f"{path}.retries", table.get("retries", 1), low=0, high=MAX_RETRIES)
+    preamble = check.integer(f"{path}.preamble", table.get("preamble", 4), low=0, high=MAX_PREAMBLE)
+    turnaround = check.duration(f"{path}.turnaround", table.get("turnaround", 0.0), allow_zero=True)
+
+    values = (link, connect, response, inter_byte, retries, preamble, turnaround)
+    if any(v is None for v in values):
+        return None
+    assert link is not None and connect is not None and response is not None
+    assert inter_byte is not None and retries is not None and preamble is not None
+    assert turnaround is not None
+    return ChannelConfig(
+        name=name,
+        link=link,
+        timeouts=Timeouts(connect=connect, response=response, inter_byte=inter_byte),
+        retries=retries,
+        preamble=preamble,
+        turnaround=turnaround,
+    )
+
+
+def _serial(check: _Checker, path: str, raw: Any) -> SerialLink | None:
+    table = check.table(path, raw)
+    if table is None:
+        return None
+    check.known_keys(path, table, _SERIAL_KEYS)
+    device = check.required_string(path, table, "device")
+    baud = check.integer(f"{path}.baud", table.get("baud", 2400), choices=BAUD_RATES)
+    bytesize = check.integer(f"{path}.bytesize", table.get("bytesize", 8), choices=BYTESIZES)
+    parity = check.choice(f"{path}.parity", table.get("parity", "E"), Parity, upper=True)
+    stopbits = check.integer(f"{path}.stopbits", table.get("stopbits", 1), choices=STOPBITS)
+    if device is None or baud is None or bytesize is None or parity is None or stopbits is None:
+        return None
+    return SerialLink(device=device, baud=baud, bytesize=bytesize, parity=parity, stopbits=stopbits)
+
+
+def _tcp(check: _Checker, path: str, raw: Any) -> TcpLink | None:
+    table = check.table(path, raw)
+    if table is None:
+        return None
+    check.known_keys(path, table, _TCP_KEYS)
+    host = check.required_string(path, table, "host")
+    port: int | None = None
+    if "port" not in table:
+        check.problem(f"{path}.port", "missing: required")
+    else:
+        port = check.integer(f"{path}.port", table["port"], low=1, high=65535)
+    if host is None or port is None:
+        return None
+    return TcpLink(host=host, port=port)
+
+
+def _meters(
+    check: _Checker, raw: Any, *, channel_names: set[str] | None
+) -> list[tuple[dict[str, Any], MeterConfig | None]]:
+    """Each meter's raw table (for the poll cross-check) with its typed node, if it is valid."""
+    items = check.array_of_tables("meters", raw)
+    result: list[tuple[dict[str, Any], MeterConfig | None]] = []
+    seen: dict[tuple[str, str], int] = {}  # (channel, address) -> index of first meter
+    for index, table in items:
+        path = f"meters[{index}]"
+        check.known_keys(path, table, _METER_KEYS)
+        address = _meter_address(check, f"{path}.address", table)
+        channel = check.required_string(path, table, "channel")
+        if channel is not None and channel_names is not None and channel not in channel_names:
+            hint = _hint(channel, channel_names)
+            check.problem(f"{path}.channel", f"no channel named {_show(channel)}{hint}")
+        if address is not None and channel is not None:
+            first = seen.setdefault((channel, address), index)
+            if first != index:
+                check.problem(
+                    f"{path}.address",
+                    f"{address} is already meters[{first}] on channel {_show(channel)}",
+                )
+        protocol = check.choice(f"{path}.protocol", table.get("protocol", "dlt645-2007"), Protocol)
+        ct = check.ratio(f"{path}.ct", table.get("ct", 1))
+        pt = check.ratio(f"{path}.pt", table.get("pt", 1))
+        name = check.string(f"{path}.name", table.get("name", ""), allow_empty=True)
+        group = check.string(f"{path}.group", table.get("group", "default"))
+        values = (address, channel, protocol, ct, pt, name, group)
+        meter = None
+        if all(v is not None for v in values):
+            meter = MeterConfig(*values)  # type: ignore[arg-type]
+        result.append((table, meter))
+    return result
+
+
+def _meter_address(check: _Checker, path: str, table: dict[str, Any]) -> str | None:
+    if "address" not in table:
+        check.problem(path, "missing: required")
+        return None
+    raw = table["address"]
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        check.problem(path, f"must be a string of up to 12 digits, got {_show(raw)}")
+        return None
+    text = str(raw).strip()
+    # Wildcard (AA) and broadcast addresses reach several meters; a configured meter is one meter.
+    if not text.isdigit():
+        check.problem(path, f"must be 1 to 12 decimal digits, got {_show(raw)}")
+        return None
+    try:
+        address = normalize_address(text)
+    except ProtocolError:
+        check.problem(path, f"must be 1 to 12 decimal digits, got {_show(raw)}")
+        return None
+    if address == BROADCAST:
+        check.problem(path, f"{BROADCAST} is the broadcast address, not a meter")
+        return None
+    return address
+
+
+def _polls(
+    check: _Checker, raw: Any, meters: list[tuple[dict[str, Any], MeterConfig | None]]
+) -> list[PollConfig | None]:
+    known_groups = set()
+    for table, _ in meters:
+        group = table.get("group", "default")
+        if isinstance(group, str):
+            known_groups.add(group)
+    names: dict[str, int] = {}
+    result: list[PollConfig | None] = []
+    for index, table in check.array_of_tables("polls", raw):
+        path = f"polls[{index}]"
+        check.known_keys(path, table, _POLL_KEYS)
+        name = check.required_string(path, table, "name")
+        if name is not None and (first := names.setdefault(name, index)) != index:
+            check.problem(f"{path}.name", f"{_show(name)} is already the name of polls[{first}]")
+        interval: float | None = None
+        if "interval" not in table:
+            check.problem(f"{path}.interval", "missing: required")
+        else:
+            interval = check.duration(f"{path}.interval", table["interval"])
+
+        groups = check.string_list(f"{path}.groups", table.get("groups", []))
+        if groups is not None:
+            unknown = [g for g in groups if g not in known_groups]
+            for group in unknown:
+                check.problem(
+                    f"{path}.groups",
+                    f"no meter is in group {_show(group)}{_hint(group, known_groups)}",
+                )
+            selected = [t for t, _ in meters if not groups or t.get("group", "default") in groups]
+            if not unknown and not selected:
+                check.problem(path, "selects no meters")
+
+        items: tuple[int, ...] | None = None
+        if "items" not in table:
+            check.problem(f"{path}.items", "missing: required (a list of data identifiers)")
+        else:
+            items = _poll_items(check, f"{path}.items", table["items"])
+
+        if name is None or interval is None or groups is None or items is None:
+            result.append(None)
+        else:
+            poll = PollConfig(name=name, interval=interval, groups=tuple(groups), items=items)
+            result.append(poll)
+    return result
+
+
+def _poll_items(check: _Checker, path: str, raw: Any) -> tuple[int, ...] | None:
+    from meterd.protocols.dlt645 import catalogue  # lazily: the catalogue is large
+
+    if not isinstance(raw, list):
+        check.problem(path, f"must be a list of data identifiers, got {_show(raw)}")
+        return None
+    if not raw:
+        check.problem(path, "must name at least one data identifier")
+        return None
+    items: list[int] = []
+    ok = True
+    for i, entry in enumerate(raw):
+        item_path = f"{path}[{i}]"
+        if isinstance(entry, bool) or not isinstance(entry, (str, int)):
+            check.problem(item_path, f'must be 8 hex digits such as "00010000", got {_show(entry)}')
+            ok = False
+            continue
+        try:
+            di = parse_di(entry)
+            catalogue.lookup(di)
+        except ProtocolError as exc:
+            check.problem(item_path, str(exc))
+            ok = False
+            continue
+        if di in items:
+            check.problem(item_path, f"{di:08X} is listed twice")
+            ok = False
+            continue
+        items.append(di)
+    return tuple(items) if ok else None
+
+
+# --- the checker -------------------------------------------------------------------------------
+
+
+class _Checker:
+    """Typed accessors that record a problem and return None instead of raising."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[str] = []
+
+    def problem(self, path: str, message: str) -> None:
+        where = f"{path}: " if path else ""
+        self.problems.append(f"{self.source}: {where}{message}")
+
+    def known_keys(self, path: str, table: dict[str, Any], allowed: Iterable[str]) -> None:
+        allowed = tuple(allowed)
+        for key in table:
+            if key not in allowed:
+                full = f"{path}.{key}" if path else key
+                self.problem(full, f"unknown key{_hint(key, allowed)}")
+
+    def table(self, path: str, value: Any) -> dict[str, Any] | None:
+        if not isinstance(value, dict):
+            self.problem(path, f"must be a table, got {_show(value)}")
+            return None
+        return value
+
+    def array_of_tables(self, path: str, value: Any) -> list[tuple[int, dict[str, Any]]]:
+        if not isinstance(value, list):
+            self.problem(path, f"must be an array of tables ([[{path}]]), got {_show(value)}")
+            return []
+        result = []
+        for index, entry in enumerate(value):
+            if isinstance(entry, dict):
+                result.append((index, entry))
+            else:
+                self.problem(f"{path}[{index}]", f"must be a table, got {_show(entry)}")
+        return result
+
+    def string(self, path: str, value: Any, *, allow_empty: bool = False) -> str | None:
+        if not isinstance(value, str):
+            self.problem(path, f"must be a string, got {_show(value)}")
+            return None
+        if not allow_empty and not value.strip():
+            self.problem(path, "must not be empty")
+            return None
+        return value
+
+    def required_string(self, path: str, table: dict[str, Any], key: str) -> str | None:
+        if key not in table:
+            self.problem(f"{path}.{key}", "missing: required")
+            return None
+        return self.string(f"{path}.{key}", table[key])
+
+    def string_list(self, path: str, value: Any) -> list[str] | None:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.problem(path, f"must be a list of strings, got {_show(value)}")
+            return None
+        return value
+
+    def integer(
+        self,
+        path: str,
+        value: Any,
+        *,
+        low: int | None = None,
+        high: int | None = None,
+        choices: tuple[int, ...] | None = None,
+    ) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(path, f"must be an integer, got {_show(value)}")
+            return None
+        if choices is not None and value not in choices:
+            self.problem(path, f"must be one of {', '.join(map(str, choices))}, got {value}")
+            return None
+        if (low is not None and value < low) or (high is not None and value > high):
+            if high is None:
+                self.problem(path, f"must be at least {low}, got {value}")
+            else:
+                self.problem(path, f"must be between {low} and {high}, got {value}")
+            return None
+        return value
+
+    def choice(self, path: str, value: Any, enum_type: type[Any], *, upper: bool = False) -> Any:
+        options = [member.value for member in enum_type]
+        if isinstance(value, str):
+            try:
+                return enum_type(value.upper() if upper else value)
+            except ValueError:
+                pass
+        listed = ", ".join(_show(o) for o in options)
+        self.problem(path, f"must be one of {listed}, got {_show(value)}")
+        return None
+
+    def duration(self, path: str, value: Any, *, allow_zero: bool = False) -> float | None:
+        seconds = _seconds(value)
+        what = "a duration of zero or more" if allow_zero else "a positive duration"
+        if seconds is None:
+            self.problem(path, f"must be {what} ({_DURATION_FORMS}), got {_show(value)}")
+            return None
+        if seconds < 0 or (seconds == 0 and not allow_zero):
+            self.problem(path, f"must be {what}, got {_show(value)}")
+            return None
+        return seconds
+
+    def ratio(self, path: str, value: Any) -> Decimal | None:
+        number = _decimal(value)
+        if number is None or not number.is_finite() or number <= 0:
+            self.problem(path, f"must be a positive number, got {_show(value)}")
+            return None
+        return number
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or _DURATION_PART.sub("", text).strip():
+        return None
+    return sum(float(number) * _UNIT_SECONDS[unit.lower()] for number, unit in parts)
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, (float, str)):
+        # str(float) keeps what the operator wrote (0.1 stays 0.1, not 0.1000000000000000055...).
+        try:
+            return Decimal(str(value).strip())
+        except InvalidOperation:
+            return None
+    return None
+
+
+def _show(value: Any) -> str:
+    """A value as the operator wrote it in TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return str(value)
+
+
+def _hint(word: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f' (did you mean "{close[0]}"?)' if close else ""

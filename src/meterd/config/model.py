@@ -1,0 +1,107 @@
+"""The typed, validated configuration: what the rest of meterd codes against.
+
+Every node is a frozen dataclass built only by :mod:`meterd.config.loader` after the whole file
+has been checked, so code holding a :class:`Config` may trust it: addresses are 12-digit
+normalised, data identifiers are in the catalogue, every meter's channel exists and every poll
+reaches at least one meter.  Durations are seconds (``float``), transformer ratios ``Decimal``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+
+class Parity(enum.StrEnum):
+    NONE = "N"
+    EVEN = "E"
+    ODD = "O"
+
+
+class Protocol(enum.StrEnum):
+    DLT645_2007 = "dlt645-2007"
+
+
+@dataclass(frozen=True, slots=True)
+class SerialLink:
+    device: str
+    baud: int = 2400
+    bytesize: int = 8
+    parity: Parity = Parity.EVEN  # DL/T 645 buses run 8E1
+    stopbits: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TcpLink:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0
+    response: float = 2.0  # request sent -> first byte of the reply
+    inter_byte: float = 0.5  # longest silence inside one reply
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    name: str
+    link: SerialLink | TcpLink
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    retries: int = 1
+    preamble: int = 4  # FE wake-up bytes before each request
+    turnaround: float = 0.0  # pause between transactions on the bus
+
+
+@dataclass(frozen=True, slots=True)
+class MeterConfig:
+    address: str
+    channel: str
+    protocol: Protocol = Protocol.DLT645_2007
+    ct: Decimal = Decimal(1)
+    pt: Decimal = Decimal(1)
+    name: str = ""
+    group: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class PollConfig:
+    name: str
+    interval: float
+    groups: tuple[str, ...]  # empty: every meter
+    items: tuple[int, ...]  # DL/T 645 data identifiers
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    data_dir: Path
+    batch_size: int = 500
+    flush_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str  # the file it came from, for messages
+    store: StoreConfig
+    channels: tuple[ChannelConfig, ...] = ()
+    meters: tuple[MeterConfig, ...] = ()
+    polls: tuple[PollConfig, ...] = ()
+
+    def channel(self, name: str) -> ChannelConfig:
+        """The channel called ``name``; KeyError if there is none."""
+        for channel in self.channels:
+            if channel.name == name:
+                return channel
+        raise KeyError(name)
+
+    def meters_on(self, channel_name: str) -> tuple[MeterConfig, ...]:
+        return tuple(m for m in self.meters if m.channel == channel_name)
+
+    def meters_for(self, poll: PollConfig) -> tuple[MeterConfig, ...]:
+        """The meters a poll reads: those in its groups, or all meters if it names none."""
+        if not poll.groups:
+            return self.meters
+        return tuple(m for m in self.meters if m.group in poll.groups)

@@ -1,0 +1,355 @@
+"""The embedded default store: two SQLite files in the data directory.
+
+``readings.sqlite3`` holds the time series, ``state.sqlite3`` the meter archive and the log of
+collection attempts.  Both run in WAL mode so readers (API, reports) do not block the writer.
+
+Layout::
+
+    readings(meter, quantity, ts, value, kind, unit, quality)   PRIMARY KEY (meter, quantity, ts)
+    meters(address, channel, protocol, ct, pt, name, meter_group)          PRIMARY KEY (address)
+    attempts(id, meter, channel, item, ts, outcome, latency, detail)
+
+Edge cases worth knowing:
+
+- ``ts`` is INTEGER milliseconds since the Unix epoch, UTC.  Timestamps must be timezone-aware;
+  they come back in UTC, and anything finer than a millisecond is cut off.
+- ``value`` is TEXT with a ``kind`` beside it (``decimal``, ``int``, ``bool``, ``str``,
+  ``datetime``) so every value comes back as the same Python type with the same digits:
+  ``Decimal("12.30")`` stays ``Decimal("12.30")``, never a float.
+- Writing a reading whose (meter, quantity, ts) already exists replaces it, so replaying a batch
+  (after a crash, from a spool) is harmless.
+- A meter is identified by its address, as in readings; upserting a meter that moved to another
+  channel updates it.
+
+One lock serialises every call, so a store may be shared by the event loop and the worker threads
+that ``asyncio.to_thread`` uses.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Iterable, Sequence
+
+from meterd.readings import Quality, Reading, Value
+
+READINGS_FILE: Final = "readings.sqlite3"
+STATE_FILE: Final = "state.sqlite3"
+OUTCOMES: Final = frozenset({"ok", "timeout", "garbled", "wrong_address", "abnormal", "link"})
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS: Final = timedelta(milliseconds=1)
+
+_READINGS_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS readings (
+    meter    TEXT    NOT NULL,
+    quantity TEXT    NOT NULL,
+    ts       INTEGER NOT NULL,
+    value    TEXT    NOT NULL,
+    kind     TEXT    NOT NULL,
+    unit     TEXT    NOT NULL DEFAULT '',
+    quality  TEXT    NOT NULL DEFAULT 'good',
+    PRIMARY KEY (meter, quantity, ts)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS readings_meter_ts ON readings (meter, ts);
+"""
+
+_STATE_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meters (
+    address     TEXT NOT NULL PRIMARY KEY,
+    channel     TEXT NOT NULL,
+    protocol    TEXT NOT NULL,
+    ct          TEXT NOT NULL,
+    pt          TEXT NOT NULL,
+    name        TEXT NOT NULL DEFAULT '',
+    meter_group TEXT NOT NULL DEFAULT 'default'
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    id      INTEGER PRIMARY KEY,
+    meter   TEXT    NOT NULL,
+    channel TEXT    NOT NULL,
+    item    TEXT    NOT NULL,
+    ts      INTEGER NOT NULL,
+    outcome TEXT    NOT NULL,
+    latency REAL,
+    detail  TEXT    NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS attempts_meter_ts ON attempts (meter, ts);
+CREATE INDEX IF NOT EXISTS attempts_ts ON attempts (ts);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class MeterRecord:
+    address: str
+    channel: str
+    protocol: str
+    ct: Decimal
+    pt: Decimal
+    name: str = ""
+    group: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One request to one meter and how it ended; ``outcome`` is one of :data:`OUTCOMES`."""
+
+    meter: str
+    channel: str
+    item: str  # the data identifier asked for, e.g. "0001FF00"
+    timestamp: datetime
+    outcome: str
+    latency: float | None = None  # seconds from request to complete reply
+    detail: str = ""
+
+
+# --- encoding ----------------------------------------------------------------------------------
+
+
+def to_ms(moment: datetime) -> int:
+    """Aware datetime -> integer milliseconds since the epoch (exact, no float rounding)."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"timestamp {moment.isoformat()} has no time zone; meterd stores UTC")
+    return (moment - _EPOCH) // _MS
+
+
+def from_ms(ms: int) -> datetime:
+    return _EPOCH + ms * _MS
+
+
+def encode_value(value: Value) -> tuple[str, str]:
+    """A reading value -> (text, kind) that :func:`decode_value` turns back into an equal value."""
+    # bool before int: bool is an int subclass.
+    if isinstance(value, bool):
+        return ("1" if value else "0"), "bool"
+    if isinstance(value, int):
+        return str(value), "int"
+    if isinstance(value, Decimal):
+        return str(value), "decimal"
+    if isinstance(value, datetime):
+        return value.isoformat(), "datetime"
+    if isinstance(value, str):
+        return value, "str"
+    raise TypeError(f"cannot store a {type(value).__name__} reading value: {value!r}")
+
+
+def decode_value(text: str, kind: str) -> Value:
+    if kind == "decimal":
+        return Decimal(text)
+    if kind == "int":
+        return int(text)
+    if kind == "bool":
+        return text == "1"
+    if kind == "datetime":
+        return datetime.fromisoformat(text)
+    if kind == "str":
+        return text
+    raise ValueError(f"unknown value kind {kind!r} in the readings table")
+
+
+def _reading_row(reading: Reading) -> tuple[str, str, int, str, str, str, str]:
+    text, kind = encode_value(reading.value)
+    return (
+        reading.meter,
+        reading.quantity,
+        to_ms(reading.timestamp),
+        text,
+        kind,
+        reading.unit,
+        Quality(reading.quality).value,
+    )
+
+
+def _reading(row: sqlite3.Row) -> Reading:
+    return Reading(
+        meter=row["meter"],
+        quantity=row["quantity"],
+        timestamp=from_ms(row["ts"]),
+        value=decode_value(row["value"], row["kind"]),
+        unit=row["unit"],
+        quality=Quality(row["quality"]),
+    )
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+def _connect(path: Path, schema: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, timeout=5.0)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    # synchronous stays FULL (the default): a committed batch of readings survives a power cut.
+    conn.executescript(schema)
+    return conn
+
+
+class SqliteStore:
+    """Readings, meters and attempts in ``data_dir`` (created if missing)."""
+
+    def __init__(self, data_dir: Path | str) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._readings = _connect(self.data_dir / READINGS_FILE, _READINGS_SCHEMA)
+        try:
+            self._state = _connect(self.data_dir / STATE_FILE, _STATE_SCHEMA)
+        except BaseException:
+            self._readings.close()
+            raise
+        self._closed = False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._readings.close()
+            self._state.close()
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- meters --------------------------------------------------------------------------------
+
+    def upsert_meters(self, meters: Iterable[MeterRecord]) -> None:
+        rows = [
+            (m.address, m.channel, m.protocol, str(m.ct), str(m.pt), m.name, m.group) for m in meters
+        ]
+        with self._lock, self._state:
+            self._state.executemany(
+                "INSERT INTO meters (address, channel, protocol, ct, pt, name, meter_group)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (address) DO UPDATE SET channel = excluded.channel,"
+                " protocol = excluded.protocol, ct = excluded.ct, pt = excluded.pt,"
+                " name = excluded.name, meter_group = excluded.meter_group",
+                rows,
+            )
+
+    def meters(self) -> list[MeterRecord]:
+        with self._lock:
+            rows = self._state.execute("SELECT * FROM meters ORDER BY address").fetchall()
+        return [
+            MeterRecord(
+                address=r["address"],
+                channel=r["channel"],
+                protocol=r["protocol"],
+                ct=Decimal(r["ct"]),
+                pt=Decimal(r["pt"]),
+                name=r["name"],
+                group=r["meter_group"],
+            )
+            for r in rows
+        ]
+
+    # --- readings ------------------------------------------------------------------------------
+
+    def write_readings(self, readings: Sequence[Reading]) -> int:
+        """Store ``readings`` in one transaction; all or nothing.  Returns how many were written."""
+        rows = [_reading_row(r) for r in readings]  # encode first: a bad value fails before BEGIN
+        with self._lock, self._readings:
+            self._readings.executemany(
+                "INSERT OR REPLACE INTO readings (meter, quantity, ts, value, kind, unit, quality)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return len(rows)
+
+    def readings(
+        self,
+        meter: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        quantity: str | None = None,
+        limit: int | None = None,
+    ) -> list[Reading]:
+        """A meter's readings with ``since <= timestamp < until``, by time then quantity."""
+        sql = "SELECT * FROM readings WHERE meter = ?"
+        params: list[object] = [meter]
+        if since is not None:
+            sql += " AND ts >= ?"
+            params.append(to_ms(since))
+        if until is not None:
+            sql += " AND ts < ?"
+            params.append(to_ms(until))
+        if quantity is not None:
+            sql += " AND quantity = ?"
+            params.append(quantity)
+        sql += " ORDER BY ts, quantity"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._lock:
+            rows = self._readings.execute(sql, params).fetchall()
+        return [_reading(r) for r in rows]
+
+    def latest(self, meter: str) -> dict[str, Reading]:
+        """The newest reading of each quantity of ``meter``."""
+        # SQLite takes the bare columns of an aggregate query from the row that holds MAX(ts).
+        with self._lock:
+            rows = self._readings.execute(
+                "SELECT meter, quantity, MAX(ts) AS ts, value, kind, unit, quality"
+                " FROM readings WHERE meter = ? GROUP BY quantity ORDER BY quantity",
+                (meter,),
+            ).fetchall()
+        return {r["quantity"]: _reading(r) for r in rows}
+
+    def count_readings(self) -> int:
+        with self._lock:
+            (count,) = self._readings.execute("SELECT COUNT(*) FROM readings").fetchone()
+        return int(count)
+
+    # --- attempts ------------------------------------------------------------------------------
+
+    def record_attempts(self, attempts: Sequence[Attempt]) -> None:
+        rows = []
+        for a in attempts:
+            if a.outcome not in OUTCOMES:
+                raise ValueError(f"attempt outcome {a.outcome!r} is not one of {sorted(OUTCOMES)}")
+            ts = to_ms(a.timestamp)
+            rows.append((a.meter, a.channel, a.item, ts, a.outcome, a.latency, a.detail))
+        with self._lock, self._state:
+            self._state.executemany(
+                "INSERT INTO attempts (meter, channel, item, ts, outcome, latency, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def attempts(self, *, meter: str | None = None, since: datetime | None = None) -> list[Attempt]:
+        """Recorded attempts, oldest first (in recording order within one millisecond)."""
+        sql = "SELECT * FROM attempts WHERE 1 = 1"
+        params: list[object] = []
+        if meter is not None:
+            sql += " AND meter = ?"
+            params.append(meter)
+        if since is not None:
+            sql += " AND ts >= ?"
+            params.append(to_ms(since))
+        sql += " ORDER BY ts, id"
+        with self._lock:
+            rows = self._state.execute(sql, params).fetchall()
+        return [
+            Attempt(
+                meter=r["meter"],
+                channel=r["channel"],
+                item=r["item"],
+                timestamp=from_ms(r["ts"]),
+                outcome=r["outcome"],
+                latency=r["latency"],
+                detail=r["detail"],
+            )
+            for r in rows
+        ]

@@ -1,0 +1,192 @@
+"""Batch readings and attempts in memory and write them to a store off the event loop.
+
+Channel workers call :meth:`BatchWriter.add` (cheap, synchronous) for every decoded reading.  A
+background task started by :meth:`BatchWriter.start` writes a batch when ``batch_size`` readings
+(or attempts) are waiting, or when ``flush_interval`` has passed, through
+``asyncio.to_thread`` so SQLite's fsync never stalls the polling loop.
+
+Nothing is dropped: a batch leaves the queue only after the store has taken it.  When a write
+fails the batch stays at the head of the queue and the next flush retries it, in order; the
+failure is logged once, and once more when writes recover.  The store's writes must therefore be
+idempotent (:class:`~meterd.storage.sqlite.SqliteStore` replaces readings by key).  Readings wait
+in memory only; surviving a crash while the store is down is the job of a durable spool.
+
+Writes are serialised by a lock, so an explicit :meth:`flush` and the background task never
+interleave or reorder batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from meterd.readings import Reading
+from meterd.storage.sqlite import Attempt
+
+log = logging.getLogger(__name__)
+
+
+class ReadingSink(Protocol):
+    """What a :class:`BatchWriter` needs of a store; called from a worker thread."""
+
+    def write_readings(self, readings: Sequence[Reading]) -> int: ...
+
+    def record_attempts(self, attempts: Sequence[Attempt]) -> None: ...
+
+
+class BatchWriter:
+    def __init__(
+        self,
+        store: ReadingSink,
+        batch_size: int = 500,
+        flush_interval: float = 1.0,
+        *,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        """``sleep`` waits out the flush interval; tests pass a fake one to control time."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if flush_interval <= 0:
+            raise ValueError(f"flush_interval must be positive, got {flush_interval}")
+        self.store = store
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self._sleep = sleep
+        self._readings: list[Reading] = []
+        self._attempts: list[Attempt] = []
+        self._write_lock = asyncio.Lock()
+        self._full = asyncio.Event()  # a batch is ready
+        self._stop = asyncio.Event()  # close() was called
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._failures = 0  # consecutive failed writes; >0 means the store is down
+        self.written = 0  # readings the store has taken
+        self.attempts_written = 0
+
+    @property
+    def pending(self) -> int:
+        """Readings waiting to be written."""
+        return len(self._readings)
+
+    @property
+    def pending_attempts(self) -> int:
+        return len(self._attempts)
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last write failed (the store is down)."""
+        return self._failures > 0
+
+    # --- queueing ------------------------------------------------------------------------------
+
+    def add(self, reading: Reading) -> None:
+        self._check_open()
+        if reading.timestamp.tzinfo is None:
+            # Refuse here, where the caller can see it; in the batch it would block every write.
+            raise ValueError(f"reading {reading.meter}/{reading.quantity} has a naive timestamp")
+        self._readings.append(reading)
+        self._wake_if_due()
+
+    def add_many(self, readings: Iterable[Reading]) -> None:
+        for reading in readings:
+            self.add(reading)
+
+    def add_attempts(self, attempts: Iterable[Attempt]) -> None:
+        self._check_open()
+        self._attempts.extend(attempts)
+        self._wake_if_due()
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise RuntimeError("BatchWriter is closed")
+
+    def _due(self) -> bool:
+        return len(self._readings) >= self.batch_size or len(self._attempts) >= self.batch_size
+
+    def _wake_if_due(self) -> None:
+        if self._due():
+            self._full.set()
+
+    # --- writing -------------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Write everything queued so far; raises the store's error if a write fails."""
+        async with self._write_lock:
+            while self._readings:
+                batch = self._readings[: self.batch_size]
+                await self._guarded(self.store.write_readings, batch)
+                # Only now that the store has the batch may it leave the queue.
+                del self._readings[: len(batch)]
+                self.written += len(batch)
+            while self._attempts:
+                batch_a = self._attempts[: self.batch_size]
+                await self._guarded(self.store.record_attempts, batch_a)
+                del self._attempts[: len(batch_a)]
+                self.attempts_written += len(batch_a)
+
+    async def _guarded(self, write: Callable[[list[Any]], object], batch: list[Any]) -> None:
+        try:
+            await asyncio.to_thread(write, batch)
+        except Exception:
+            self._failures += 1
+            if self._failures == 1:
+                log.exception(
+                    "store write failed; %d readings and %d attempts kept for retry",
+                    len(self._readings),
+                    len(self._attempts),
+                )
+            raise
+        if self._failures:
+            log.warning("store writes recovered after %d failed attempts", self._failures)
+            self._failures = 0
+
+    def start(self) -> None:
+        """Start the background flusher (needs a running event loop); idempotent."""
+        self._check_open()
+        if self._task is None:
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._run(), name="meterd-batch-writer")
+
+    async def close(self) -> None:
+        """Stop the background flusher and write everything still queued.
+
+        If the store is down the error is raised and the readings stay in :attr:`pending`.
+        """
+        self._closing = True
+        self._stop.set()
+        if self._task is not None:
+            # Let it finish on its own: cancelling mid-write would lose track of a batch.
+            await self._task
+            self._task = None
+        await self.flush()
+
+    async def _run(self) -> None:
+        while not self._closing:
+            await self._wait()
+            try:
+                await self.flush()
+            except Exception:
+                pass  # logged by _guarded; the batch stays queued for the next round
+
+    async def _wait(self) -> None:
+        """Until a batch is full, the interval has passed, or close() is called.
+
+        While the store is down only the interval counts, so a stream of readings does not turn
+        into a stream of retries.
+        """
+        if self._closing or (self._due() and not self.failing):
+            return
+        self._full.clear()  # stale: whatever set it has been flushed since
+        waiters = [
+            asyncio.ensure_future(self._sleep(self.flush_interval)),
+            asyncio.ensure_future(self._stop.wait()),
+        ]
+        if not self.failing:
+            waiters.append(asyncio.ensure_future(self._full.wait()))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
