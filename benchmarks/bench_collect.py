@@ -1,0 +1,97 @@
+"""Collection throughput over TCP: reads per second, 100 meters on 20 channels, one process.
+
+The simulated meters run in a second process (``meterd simulate``) with no turnaround delay, so
+the figure is the master's own cost per read: encode, write, wait, decode, catalogue, reading.
+Every read is one DL/T 645 request/reply of one identifier.  Prints numbers; not a pass/fail test.
+
+    python benchmarks/bench_collect.py [--channels 20] [--meters 5] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+from meterd.collector.channel import Channel, Timing
+from meterd.collector.poll import MeterTarget, poll_round
+from meterd.collector.transports import TcpTransport
+
+ITEMS = [0x00010000, 0x02010100, 0x02020100, 0x02030000, 0x04000503]
+
+
+def start_simulators(channels: int, meters: int) -> tuple[subprocess.Popen, dict]:
+    cmd = [sys.executable, "-m", "meterd.cli.main", "--log-level", "WARNING", "simulate", "--pty", "0",
+           "--tcp-buses", str(channels), "--meters-per-bus", str(meters), "--no-wire-time",
+           "--turnaround", "0", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ})
+    assert proc.stdout is not None
+    lines = []
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"simulator exited: {proc.wait()}")
+        lines.append(line)
+        try:
+            return proc, json.loads("".join(lines))
+        except json.JSONDecodeError:
+            continue
+
+
+async def bench(fleet: dict, seconds: float) -> tuple[int, int, float, list[Channel]]:
+    channels = []
+    for i, bus in enumerate(fleet["buses"]):
+        host, _, port = bus["endpoint"].rpartition(":")
+        ch = Channel(f"ch{i}", TcpTransport(f"ch{i}", host, int(port)), timing=Timing(2.0, 0.5), retries=0,
+                     preamble=4)
+        channels.append((ch, [MeterTarget(a) for a in bus["meters"]]))
+    reads = 0
+    failures = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(ch, meters):
+        nonlocal reads, failures
+        while time.perf_counter() < stop_at:
+            result = await poll_round(ch, meters, ITEMS, datetime.now(timezone.utc))
+            reads += len(result.attempts)
+            failures += len(result.failures)
+
+    # warm up (connect) outside the timed window
+    await asyncio.gather(*(poll_round(ch, m[:1], ITEMS[:1], datetime.now(timezone.utc)) for ch, m in channels))
+    t0 = time.perf_counter()
+    stop_at = t0 + seconds
+    await asyncio.gather(*(worker(ch, m) for ch, m in channels))
+    elapsed = time.perf_counter() - t0
+    for ch, _ in channels:
+        await ch.close()
+    return reads, failures, elapsed, [c for c, _ in channels]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--channels", type=int, default=20)
+    ap.add_argument("--meters", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    args = ap.parse_args()
+    proc, fleet = start_simulators(args.channels, args.meters)
+    try:
+        reads, failures, elapsed, channels = asyncio.run(bench(fleet, args.seconds))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    lat = [c.stats.latency_mean for c in channels]
+    print(f"TCP collection: {args.channels} channels x {args.meters} meters, {len(ITEMS)} identifiers per meter")
+    print(f"  reads            {reads}")
+    print(f"  failures         {failures}")
+    print(f"  elapsed          {elapsed:.2f} s")
+    print(f"  reads/s          {reads / elapsed:,.0f}")
+    print(f"  mean latency     {1000 * sum(lat) / len(lat):.3f} ms per read (per channel, incl. simulator)")
+
+
+if __name__ == "__main__":
+    main()
