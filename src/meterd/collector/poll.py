@@ -79,9 +79,11 @@ class ReadFailed(Exception):
         super().__init__(detail)
 
 
-async def read_item(channel: Channel, address: str, di: int) -> bytes:
+async def read_item(
+    channel: Channel, address: str, di: int, *, count: int | None = None, start: datetime | None = None
+) -> bytes:
     """Read one identifier, following up until the meter says there is no more.  Payload bytes."""
-    reply = await channel.transact(encode_request(ReadRequest(address, di)))
+    reply = await channel.transact(encode_request(ReadRequest(address, di, count, start)))
     assert reply is not None
     try:
         message = decode_response(reply)
@@ -110,6 +112,28 @@ async def read_item(channel: Channel, address: str, di: int) -> bytes:
     return bytes(payload)
 
 
+def curve_window(now: datetime, meter_tz: tzinfo, points: int, interval: timedelta) -> datetime:
+    """Meter-local start time of the last ``points`` curve records before ``now``."""
+    local = now.astimezone(meter_tz).replace(tzinfo=None, second=0, microsecond=0)
+    step = int(interval.total_seconds() // 60)
+    last = local.replace(minute=local.minute - local.minute % step)
+    return last - (points - 1) * interval
+
+
+def curve_readings(
+    meter: MeterTarget, di: int, payload: bytes, meter_tz: tzinfo, interval: timedelta
+) -> list[Reading]:
+    field_, points = catalogue.decode_records(di, payload, interval)
+    out = []
+    for p in points:
+        if p.value is None:
+            continue  # the meter has no record for that slot; a re-read pass may fill it later
+        assert isinstance(p.value, Decimal)
+        ts = p.timestamp.replace(tzinfo=meter_tz).astimezone(timezone.utc)
+        out.append(Reading(meter.address, field_.quantity, ts, meter.scale(p.value, field_.scaling), field_.unit))
+    return out
+
+
 def to_readings(
     meter: MeterTarget, di: int, payload: bytes, timestamp: datetime, meter_tz: tzinfo
 ) -> list[Reading]:
@@ -131,7 +155,11 @@ async def poll_meter(
     now: datetime,
     *,
     meter_tz: tzinfo = CHINA_STANDARD_TIME,
+    curve_points: int = 4,
+    curve_interval: timedelta = catalogue.DEFAULT_CURVE_INTERVAL,
 ) -> tuple[list[Reading], list[Attempt]]:
+    """Read ``items`` from one meter.  Load-curve identifiers fetch the last ``curve_points``
+    records (N-records-from-a-time form) and give one reading per record."""
     readings: list[Reading] = []
     attempts: list[Attempt] = []
     freeze_times: dict[int, datetime] = {}
@@ -156,8 +184,13 @@ async def poll_meter(
                     assert isinstance(tv.value, datetime)
                     freeze_times[item.timestamp_di] = tv.value.replace(tzinfo=meter_tz).astimezone(timezone.utc)
                 stamp = freeze_times[item.timestamp_di]
-            payload = await read_item(channel, meter.address, di)
-            readings.extend(to_readings(meter, di, payload, stamp, meter_tz))
+            if item.records:
+                first = curve_window(now, meter_tz, curve_points, curve_interval)
+                payload = await read_item(channel, meter.address, di, count=curve_points, start=first)
+                readings.extend(curve_readings(meter, di, payload, meter_tz, curve_interval))
+            else:
+                payload = await read_item(channel, meter.address, di)
+                readings.extend(to_readings(meter, di, payload, stamp, meter_tz))
         except TransactionError as exc:
             attempt(di, exc.kind, detail=str(exc))
             if exc.kind in _GIVE_UP:

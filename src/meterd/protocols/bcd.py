@@ -53,8 +53,11 @@ def encode_datetime(when: datetime, fields: str) -> bytes:
     """Encode ``when`` as BCD bytes named by ``fields`` high to low, e.g. ``"YYMMDDhhmmss"``.
 
     The result is low byte first (so ``"YYMMDDhhmm"`` goes out as mm hh DD MM YY).
-    ``WW`` is the weekday, 0 = Sunday, as DL/T 645 counts it.
+    ``WW`` is the weekday, 0 = Sunday, as DL/T 645 counts it.  ``YY`` only holds 2000-2099:
+    other years are refused rather than sent as a different year.
     """
+    if "YY" in fields and not 2000 <= when.year <= 2099:
+        raise ProtocolError(f"{when:%Y-%m-%d} is outside 2000-2099 and does not fit a YY field")
     values = {
         "YY": when.year % 100,
         "MM": when.month,

@@ -116,6 +116,8 @@ def address_to_wire(address: str) -> bytes:
         raw = bytes.fromhex(address)
     except ValueError:
         raise ProtocolError(f"address {address!r} is not 12 BCD digits") from None
+    if len(raw) != 6:  # fromhex skips spaces: "1234 5678 90" is 12 characters but 5 bytes
+        raise ProtocolError(f"address {address!r} is not 12 BCD digits")
     for b in raw:
         if b != 0xAA and ((b >> 4) > 9 or (b & 0x0F) > 9):
             raise ProtocolError(f"address {address!r} is not 12 BCD digits")
@@ -284,6 +286,9 @@ class StreamDecoder:
     Strategy: find a ``68``; once ten header bytes are in, check the second ``68`` and read L;
     once the whole frame is in, check the end byte and the checksum.  Any failure drops only the
     first ``68`` and hunts again, so a valid frame hidden after a corrupt one is still found.
+    Noise can also look like a header whose L asks for more bytes than will ever come (a
+    half-duplex meter sends nothing after its reply): while such a header waits, a complete valid
+    frame already buffered behind it wins and the header is dropped.
     The buffer never holds more than ``max_buffer`` bytes: older bytes are discarded first.
     """
 
@@ -328,7 +333,10 @@ class StreamDecoder:
                 continue
             total = MIN_FRAME + buf[9]
             if len(buf) < total:
-                return None
+                if not self._complete_frame_behind():
+                    return None
+                self._reject(FrameLengthError(f"L={buf[9]} runs past a complete frame", bytes(buf[:HEADER_LEN])))
+                continue
             raw = bytes(buf[:total])
             try:
                 frame = decode_frame(raw)
@@ -343,6 +351,22 @@ class StreamDecoder:
         while (frame := self.next_frame()) is not None:
             out.append(frame)
         return out
+
+    def _complete_frame_behind(self) -> bool:
+        """Whether a whole, valid frame starts at a later ``68`` of the buffer."""
+        buf = self._buf
+        start = buf.find(b"\x68", 1)
+        while 0 < start and len(buf) - start >= MIN_FRAME:
+            if buf[start + 7] == START:
+                end = start + MIN_FRAME + buf[start + 9]
+                if end <= len(buf):
+                    try:
+                        decode_frame(buf[start:end])
+                        return True
+                    except ProtocolError:
+                        pass
+            start = buf.find(b"\x68", start + 1)
+        return False
 
     def _reject(self, exc: ProtocolError) -> None:
         self.dropped += 1

@@ -109,16 +109,28 @@ def parse_di(text: str | int) -> int:
 
 
 def _code4(text: str, what: str) -> bytes:
-    if len(text) != 8:
-        raise ProtocolError(f"{what} {text!r} must be 8 hex digits")
+    """``"C3C2C1C0"`` -> C0 C1 C2 C3 (low byte first)."""
     try:
-        return bytes.fromhex(text)[::-1]
+        raw = bytes.fromhex(text) if len(text) == 8 else b""
     except ValueError:
-        raise ProtocolError(f"{what} {text!r} must be 8 hex digits") from None
+        raw = b""
+    if len(raw) != 4:  # fromhex skips spaces: "02 1234 " is 8 characters but 3 bytes
+        raise ProtocolError(f"{what} {text!r} must be 8 hex digits")
+    return raw[::-1]
 
 
 def _code4_text(raw: bytes) -> str:
     return bytes(raw[::-1]).hex().upper()
+
+
+def _password(text: str) -> bytes:
+    """``"PAP2P1P0"`` -> PA P0 P1 P2: the level goes first, then the password low byte first."""
+    raw = _code4(text, "password")
+    return raw[3:] + raw[:3]
+
+
+def _password_text(raw: bytes) -> str:
+    return _code4_text(raw[1:4] + raw[:1])
 
 
 # --- requests ----------------------------------------------------------------------------------
@@ -282,7 +294,7 @@ def encode_request(req: Request) -> Frame:
     if isinstance(req, ReadAddressRequest):
         return Frame(req.address, Function.READ_ADDRESS, b"")
     if isinstance(req, WriteRequest):
-        data = di_to_wire(req.di) + _code4(req.password, "password") + _code4(req.operator, "operator code")
+        data = di_to_wire(req.di) + _password(req.password) + _code4(req.operator, "operator code")
         return Frame(req.address, Function.WRITE_DATA, data + req.data)
     if isinstance(req, TimeSyncRequest):
         return Frame(req.address, Function.BROADCAST_TIME, encode_datetime(req.when, TIME_FIELDS))
@@ -295,7 +307,7 @@ def encode_request(req: Request) -> Frame:
         return Frame(req.address, Function.CHANGE_BAUD, bytes((BAUD_BITS[req.baud],)))
     if isinstance(req, RelayControlRequest):
         data = (
-            _code4(req.password, "password")
+            _password(req.password)
             + _code4(req.operator, "operator code")
             + bytes((int(req.command), 0x00))
             + encode_datetime(req.valid_until, TIME_FIELDS)
@@ -317,6 +329,8 @@ def encode_response(resp: Response) -> Frame:
     if isinstance(resp, AckResponse):
         return Frame(resp.address, up | resp.function, b"")
     if isinstance(resp, ChangeBaudResponse):
+        if resp.baud not in BAUD_BITS:
+            raise ProtocolError(f"baud rate {resp.baud} is not one of {sorted(BAUD_BITS)}")
         return Frame(resp.address, up | Function.CHANGE_BAUD, bytes((BAUD_BITS[resp.baud],)))
     if isinstance(resp, AbnormalResponse):
         return Frame(resp.address, up | ABNORMAL | resp.function, bytes((int(resp.error),)))
@@ -362,7 +376,7 @@ def decode_request(frame: Frame) -> Request:
         return ReadAddressRequest(frame.address)
     if fn is Function.WRITE_DATA:
         _need(frame, 12, "write request", exact=False)
-        return WriteRequest(frame.address, di_from_wire(d), _code4_text(d[4:8]), _code4_text(d[8:12]), d[12:])
+        return WriteRequest(frame.address, di_from_wire(d), _password_text(d[4:8]), _code4_text(d[8:12]), d[12:])
     if fn is Function.BROADCAST_TIME:
         _need(frame, 6, "time sync")
         return TimeSyncRequest(decode_datetime(d, TIME_FIELDS), frame.address)
@@ -381,7 +395,7 @@ def decode_request(frame: Frame) -> Request:
             command = RelayCommand(d[8])
         except ValueError:
             raise ProtocolError(f"unknown relay control command {d[8]:02X}") from None
-        return RelayControlRequest(frame.address, command, _code4_text(d[0:4]), _code4_text(d[4:8]),
+        return RelayControlRequest(frame.address, command, _password_text(d[0:4]), _code4_text(d[4:8]),
                                    decode_datetime(d[10:16], TIME_FIELDS))
     raise ProtocolError(f"request function {fn.name} is not supported")
 
