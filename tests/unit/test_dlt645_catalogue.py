@@ -149,7 +149,7 @@ def item_values(draw):
             vals[f.quantity] = draw(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31)))\
                 .replace(second=0, microsecond=0)
         else:
-            limit = 100 ** f.size // (2 if f.signed else 1) - 1
+            limit = (100 ** f.size * 8 // 10 if f.signed else 100 ** f.size) - 1
             n = draw(st.integers(-limit if f.signed else 0, limit))
             vals[f.quantity] = Decimal(n).scaleb(-f.decimals)
     return di, vals

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 from datetime import datetime, timedelta, timezone
@@ -16,6 +17,8 @@ EXIT_BAD_INPUT = 2
 
 
 def to_jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.name
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, datetime):
@@ -47,6 +50,8 @@ def reading_dict(r: Reading) -> dict[str, Any]:
 
 
 def format_value(value: Any) -> str:
+    if isinstance(value, enum.Enum):
+        return f"{value.name} (0x{int(value):02X})" if isinstance(value, int) else str(value.name)
     if isinstance(value, datetime):
         return value.isoformat(sep=" ")
     if isinstance(value, bool):

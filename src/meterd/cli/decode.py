@@ -9,7 +9,7 @@ from typing import Any
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, format_value, print_json, to_jsonable
 from meterd.errors import ProtocolError
 from meterd.protocols.dlt645 import catalogue
-from meterd.protocols.dlt645.frame import Frame, StreamDecoder
+from meterd.protocols.dlt645.frame import Frame, StreamDecoder, decode_frame
 from meterd.protocols.dlt645.messages import (
     ReadFollowUpResponse,
     ReadRequest,
@@ -77,7 +77,15 @@ def run(args: argparse.Namespace) -> int:
     decoder.feed(raw)
     frames = decoder.frames()
     if not frames:
-        reason = f": {decoder.last_error}" if decoder.last_error else " (no 68 .. 68 .. 16 frame found)"
+        reason = " (no 68 .. 68 .. 16 frame found)"
+        first = raw.find(b"\x68")
+        if first >= 0:
+            try:  # a single pasted frame: say exactly what is wrong with it
+                decode_frame(raw[first:])
+            except ProtocolError as exc:
+                reason = f": {exc}"
+        elif decoder.last_error:
+            reason = f": {decoder.last_error}"
         error(f"no valid DL/T 645 frame in {raw.hex(' ').upper()}{reason}")
         return EXIT_BAD_INPUT
     docs = [explain(f) for f in frames]

@@ -155,7 +155,7 @@ def encode_field(field: Field, value: Value) -> bytes:
         magnitude = int(abs(scaled))
         limit = 100**field.size
         if field.signed:
-            limit //= 2  # top bit of the top byte is the sign: magnitude < 80 00 .. 00
+            limit = limit * 8 // 10  # top bit of the top byte is the sign: top byte at most 79
         if magnitude >= limit:
             raise ProtocolError(f"{field.quantity}={value} does not fit {field.size} BCD bytes")
         raw = bytearray(to_bcd_le(magnitude, field.size))
@@ -170,7 +170,7 @@ def encode_field(field: Field, value: Value) -> bytes:
         return int(value).to_bytes(field.size, "little")  # type: ignore[arg-type]
     if field.kind in (Kind.ADDRESS, Kind.TEXT):
         digits = str(value).replace(":", "")
-        if len(digits) != 2 * field.size or not digits.isdigit():
+        if len(digits) != 2 * field.size or not (digits.isascii() and digits.isdigit()):
             raise ProtocolError(f"{field.quantity}={value!r} must be {2 * field.size} digits")
         return bytes.fromhex(digits)[::-1]
     raise ProtocolError(f"field kind {field.kind} has no encoder")  # pragma: no cover

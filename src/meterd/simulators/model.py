@@ -1,0 +1,755 @@
+"""One simulated DL/T 645-2007 meter: its moving state, pure, with time passed in.
+
+Strategy
+--------
+:class:`MeterModel` never reads a clock.  Every call that depends on time takes ``now`` (the *true*
+time, a naive local datetime) and first :meth:`~MeterModel.advance`\\ s the meter to it.  The
+meter's own clock is ``true time + offset``; the offset starts at ``clock_offset`` and is changed
+by a time sync.  Everything the meter does by the clock -- tariff rate, freezes, load-curve records,
+settlement, demand periods, and the hour of the load profile -- follows the *meter* clock, so a
+meter with a wrong clock mis-bills exactly like a real one.
+
+``advance`` integrates in steps that end at every meter-clock minute boundary (so no step is longer
+than a minute).  Within a minute the load is constant: the hour's value from the
+:class:`LoadProfile` times its scale, with a seeded jitter that is a pure function of
+``(seed, address, minute)`` -- so the result does not depend on how often or in what chunks the
+meter is advanced.  Energy registers are exact integers (milliwatt x microsecond) and read out
+floored to 0.01 kWh per tariff rate, as a real register only ticks on whole pulses; a total is
+always the sum of its rates; registers roll over past 999999.99 (signed combined ones past
+799999.99) as a real meter's do.  Events happen at the boundary they fall on: demand (15-minute
+sliding window, 1-minute slip), hourly freeze (every :00), daily freeze (00:00), settlement
+(``settlement_day`` 00:00; the current registers shift into prev1..prev12 and maximum demand
+resets), load-curve record (every ``curve_interval`` on the day's grid) and the timed freeze set by
+the freeze command.
+
+Power flow: load ``L`` (kW) at power factor ``pf`` draws inductive reactive power, except in
+``capacitive_hours`` (night: electronics) when it is slightly capacitive.  Optional rooftop PV
+(``pv_peak_kw``, a half-sine from 06:00 to 18:00) offsets the load; when it exceeds the load the
+meter exports.  Net ``P`` and ``Q`` fill the import/export and quadrant registers:
+Q1 (P>=0, Q>=0), Q2 (P<0, Q>=0), Q3 (P<0, Q<0), Q4 (P>=0, Q<0).  Combined registers follow the
+default combination words: combined active = import + export, combined reactive 1 = Q1 + Q2,
+combined reactive 2 = Q3 + Q4.  An open relay carries no current: no energy, no power.
+
+Relay control follows DL/T 645-2007 (2013 amendment) 1C: password, then operator code (if the
+meter has a list of operators), then the command's validity time against the meter clock, then
+the protect (保电) state, which refuses a trip.  ``RECLOSE_ALLOWED`` (1B) closes the relay at once
+here; a real meter only *allows* closing and waits for the customer to press its button.
+``PROTECT`` does not move the relay.  With ``stuck_relay`` the meter acknowledges every command and
+its command state (status word 3 bit 6) follows, but the relay (bit 4) does not move.
+
+Edge cases: ``now`` earlier than the time already reached is ignored (the model never goes back);
+a time sync forward across midnight takes the missed daily freezes (补冻) and settlement with the
+registers of the sync moment; load-curve points skipped by a jump stay missing; a time sync back
+does not repeat freezes already taken.  Settlements before the simulation started do not exist:
+those ``prevN`` quantities are absent (the bus answers "no data").
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Collection, Final, Iterable
+
+from meterd.errors import ProtocolError
+from meterd.protocols.dlt645.catalogue import (
+    DEFAULT_CURVE_INTERVAL,
+    MAX_FROZEN,
+    MAX_SETTLEMENT,
+    Value,
+    decode,
+    status3_word,
+)
+from meterd.protocols.dlt645.frame import normalize_address
+from meterd.protocols.dlt645.messages import MeterErrorBits, RelayCommand
+from meterd.simulators.profile import (
+    CHINA_TOU,
+    RATES,
+    RESIDENTIAL_KW,
+    LoadProfile,
+    TouSchedule,
+    mix,
+    noise,
+)
+
+__all__ = [
+    "CHINA_TOU", "DEMAND_KINDS", "ENERGY_KINDS", "LoadProfile", "MeterModel", "RESIDENTIAL_KW",
+    "Refusal", "Snapshot", "TouSchedule", "noise",
+]  # fmt: skip
+
+# --- constants ---------------------------------------------------------------------------------
+
+_MIN: Final = timedelta(minutes=1)
+_EPOCH: Final = datetime(2000, 1, 1)
+# registers count milliwatt x microsecond: exact integer sums whatever the step length
+_UNIT_PER_KWH: Final = 1_000_000 * 3_600_000_000  # 1 kWh = 1e6 mW x 3.6e9 us
+_UNIT_PER_HUNDREDTH: Final = _UNIT_PER_KWH // 100
+DEMAND_MINUTES: Final = 15
+# window energy (units) -> demand in 0.0001 kW: E / UNIT_PER_KWH * (60 / 15) * 10_000
+_UNIT_PER_DEMAND_STEP: Final = _UNIT_PER_KWH * DEMAND_MINUTES // 60 // 10_000
+
+# base registers (what the metering chip integrates); everything else is combined from them
+IMP, EXP, Q1, Q2, Q3, Q4, S_IMP, S_EXP = range(8)
+_BASE: Final = 8
+ENERGY_KINDS: Final[tuple[tuple[str, tuple[int, ...]], ...]] = (
+    ("active.combined", (IMP, EXP)),
+    ("active.import", (IMP,)),
+    ("active.export", (EXP,)),
+    ("reactive.combined1", (Q1, Q2)),
+    ("reactive.combined2", (Q3, Q4)),
+    ("reactive.q1", (Q1,)),
+    ("reactive.q2", (Q2,)),
+    ("reactive.q3", (Q3,)),
+    ("reactive.q4", (Q4,)),
+    ("apparent.import", (S_IMP,)),
+    ("apparent.export", (S_EXP,)),
+)
+DEMAND_KINDS: Final = tuple(k for k in ENERGY_KINDS if k[0] != "active.combined")
+
+FROZEN_KEEP: Final = MAX_FROZEN  # 62 daily and 62 hourly freezes
+INSTANT_FREEZES_KEPT: Final = 3
+TIMED_FREEZES_KEPT: Final = 60
+PHASE_NAMES: Final = ("a", "b", "c")
+
+# the 3-byte power and demand registers hold at most 79.9999 kW / 99.9999 kW
+MAX_POWER_KW: Final = 79.0
+# energy registers roll over like a real meter's: XXXXXX.XX, combined (signed) ones at 799999.99
+_WRAP: Final = 10**8
+_WRAP_SIGNED: Final = 8 * 10**7
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _minute_index(t: datetime) -> int:
+    return (t - _EPOCH) // _MIN
+
+
+def _us(d: timedelta) -> int:
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+def _d(units: int, places: int) -> Decimal:
+    return Decimal(units).scaleb(-places)
+
+
+def _q(x: float, places: int) -> Decimal:
+    return Decimal(round(x * 10**places)).scaleb(-places)
+
+
+def _check_code(text: str, what: str) -> str:
+    t = text.strip().upper()
+    if len(t) != 8 or any(c not in "0123456789ABCDEF" for c in t):
+        raise ValueError(f"{what} {text!r} must be 8 hex digits")
+    return t
+
+
+# --- results and snapshots ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a meter refused a command: the ERR bits it answers with and a reason naming it."""
+
+    error: MeterErrorBits
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Registers frozen at ``time`` (meter clock): hundredths of a kWh per base register and rate."""
+
+    time: datetime
+    energy: tuple[tuple[int, ...], ...]
+
+    def energy_values(self, prefix: str, suffix: str = "") -> dict[str, Value]:
+        out: dict[str, Value] = {}
+        for name, parts in ENERGY_KINDS:
+            wrap = _WRAP_SIGNED if len(parts) > 1 else _WRAP
+            rates = [sum(self.energy[i][r] for i in parts) for r in range(RATES)]
+            base = f"{prefix}{name}"
+            out[f"{base}.total{suffix}"] = _d(sum(rates) % wrap, 2)
+            for r in range(RATES):
+                out[f"{base}.rate{r + 1}{suffix}"] = _d(rates[r] % wrap, 2)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Settlement:
+    snapshot: Snapshot
+    demand: dict[tuple[int, int], tuple[int, datetime]]
+
+
+# What a load-curve record holds: (curve quantity, instantaneous quantity or energy kind, decimals)
+_CURVE_SOURCES: Final = (
+    *((f"curve.voltage.{p}", f"voltage.{p}", 1) for p in PHASE_NAMES),
+    *((f"curve.current.{p}", f"current.{p}", 3) for p in PHASE_NAMES),
+    *((f"curve.power.active.{p}", f"power.active.{p}", 4) for p in ("total", *PHASE_NAMES)),
+    *((f"curve.power.reactive.{p}", f"power.reactive.{p}", 4) for p in ("total", *PHASE_NAMES)),
+    *((f"curve.pf.{p}", f"pf.{p}", 3) for p in ("total", *PHASE_NAMES)),
+    ("curve.energy.active.import.total", "energy.active.import.total", 2),
+    ("curve.energy.active.export.total", "energy.active.export.total", 2),
+    ("curve.energy.reactive.combined1.total", "energy.reactive.combined1.total", 2),
+    ("curve.energy.reactive.combined2.total", "energy.reactive.combined2.total", 2),
+    *((f"curve.energy.reactive.q{i}.total", f"energy.reactive.q{i}.total", 2) for i in range(1, 5)),
+)
+
+_CURVE_SOURCE: Final = {n: s for n, s, _ in _CURVE_SOURCES}
+_CURVE_PLACES: Final = {n: p for n, _, p in _CURVE_SOURCES}
+
+
+def _section(quantity: str) -> str:
+    if quantity.startswith("energy."):
+        return "energy_prev" if ".prev" in quantity else "energy"
+    if quantity == "demand.active.now":
+        return "variables"
+    if quantity.startswith("demand."):
+        return "demand_prev" if ".prev" in quantity else "demand"
+    if quantity.startswith("frozen."):
+        return "frozen"
+    if quantity.startswith("curve."):
+        return "curve"
+    if quantity.startswith(("voltage.", "current.", "power.", "pf.", "angle.")) or quantity in (
+        "frequency",
+        "battery.clock",
+    ):
+        return "variables"
+    return "misc"
+
+
+_ALL_SECTIONS: Final = frozenset(
+    {"energy", "energy_prev", "demand", "demand_prev", "frozen", "curve", "variables", "misc"}
+)
+
+# --- the meter ---------------------------------------------------------------------------------
+
+
+class MeterModel:
+    """A DL/T 645-2007 meter's registers, clock, freezes, curves and relay.  See the module doc."""
+
+    def __init__(
+        self,
+        address: str | int,
+        *,
+        start: datetime,
+        profile: LoadProfile | None = None,
+        tariff: TouSchedule | None = None,
+        seed: int = 0,
+        password: str = "02123456",
+        operators: frozenset[str] | None = None,
+        clock_offset: timedelta = timedelta(0),
+        curve_interval: timedelta = DEFAULT_CURVE_INTERVAL,
+        curve_capacity: int = 96 * 7,
+        phases: int = 3,
+        settlement_day: int = 1,
+        initial_energy_kwh: float | None = None,
+        stuck_relay: bool = False,
+    ) -> None:
+        try:
+            self.address = normalize_address(address)
+        except ProtocolError as exc:
+            raise ValueError(str(exc)) from None
+        who = f"meter {self.address}"
+        if not self.address.isdigit():
+            raise ValueError(f"{who}: a meter's own address has no AA wildcard bytes")
+        if start.tzinfo is not None:
+            raise ValueError(f"{who}: start {start.isoformat()} must be a naive meter-local time")
+        self.profile = profile or LoadProfile()
+        self.tariff = tariff or TouSchedule()
+        if self.profile.peak_kw > MAX_POWER_KW:
+            raise ValueError(
+                f"{who}: profile peak {self.profile.peak_kw:.1f} kW exceeds the {MAX_POWER_KW} kW a "
+                "direct-connected meter's power registers hold; lower its scale"
+            )
+        self.seed = seed
+        self.password = _check_code(password, f"{who}: password")
+        self.operators = None if operators is None else frozenset(_check_code(o, f"{who}: operator") for o in operators)
+        minutes = curve_interval // _MIN
+        if curve_interval % _MIN or not 1 <= minutes <= 1440 or 1440 % minutes:
+            raise ValueError(f"{who}: curve_interval {curve_interval} must be whole minutes dividing a day")
+        if curve_capacity < 1:
+            raise ValueError(f"{who}: curve_capacity {curve_capacity} must be >= 1")
+        if phases not in (1, 3):
+            raise ValueError(f"{who}: phases must be 1 or 3, got {phases}")
+        if not 1 <= settlement_day <= 28:
+            raise ValueError(f"{who}: settlement_day {settlement_day} must be 1..28")
+        self.curve_interval = curve_interval
+        self._curve_minutes = minutes
+        self.curve_capacity = curve_capacity
+        self.phases = phases
+        self.settlement_day = settlement_day
+        self.stuck_relay = stuck_relay
+        self.baud = 2400
+
+        self._key = mix(seed) ^ int(self.address)
+        self._true = start  # true time reached
+        self._offset = clock_offset
+        self.relay_open = False
+        self.command_open = False
+        self.pre_trip_alarm = False
+        self.protected = False
+
+        self._reg = [[0] * RATES for _ in range(_BASE)]
+        self._init_registers(initial_energy_kwh)
+        self._tanphi = math.tan(math.acos(self.profile.power_factor))
+        weights = [1.0 + 0.12 * noise(self._key, 20 + i, 0) for i in range(phases)]
+        self._weights = tuple(w / sum(weights) for w in weights)
+        self._v_bias = tuple(3.0 * noise(self._key, 30 + i, 0) for i in range(phases))
+        self._power_cache: tuple[int, float, float] = (-1, 0.0, 0.0)
+
+        mstart = self.meter_clock(start)
+        self._minute_acc = [0] * _BASE
+        self._window: deque[list[int]] = deque()
+        self._win_sum = [0] * _BASE
+        self._max_demand: dict[tuple[int, int], tuple[int, datetime]] = {}
+        self._reset_demand(mstart.replace(second=0, microsecond=0))
+        self._settlements: deque[_Settlement] = deque(maxlen=MAX_SETTLEMENT)
+        self._daily: deque[Snapshot] = deque(maxlen=FROZEN_KEEP)
+        self._hourly: deque[Snapshot] = deque(maxlen=FROZEN_KEEP)
+        self._instant_freezes: deque[Snapshot] = deque(maxlen=INSTANT_FREEZES_KEPT)
+        self._timed_freezes: deque[Snapshot] = deque(maxlen=TIMED_FREEZES_KEPT)
+        self.timed_freeze: tuple[int | None, int | None, int | None, int | None] | None = None
+        self._curve_names = tuple(n for n, src, _ in _CURVE_SOURCES if self._has_source(src))
+        self._curves: dict[datetime, array] = {}
+        self._last_curve: datetime | None = None
+
+    def __repr__(self) -> str:
+        return f"MeterModel({self.address!r}, clock={self.meter_clock(self._true).isoformat()})"
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    def _init_registers(self, initial_kwh: float | None) -> None:
+        if initial_kwh is None:
+            initial_kwh = 500.0 + 19_500.0 * (noise(self._key, 1, 0) + 1) / 2
+        if not 0 <= initial_kwh < 400_000:
+            raise ValueError(f"meter {self.address}: initial_energy_kwh {initial_kwh} out of range")
+        shares = (0.08, 0.30, 0.37, 0.25)
+        exported = initial_kwh * 0.15 if self.profile.pv_peak_kw else 0.0
+        totals = {
+            IMP: initial_kwh, EXP: exported, Q1: initial_kwh * 0.35, Q2: exported * 0.05,
+            Q3: exported * 0.01, Q4: initial_kwh * 0.04, S_IMP: initial_kwh * 1.06, S_EXP: exported * 1.01,
+        }  # fmt: skip
+        for kind, kwh in totals.items():
+            for r, share in enumerate(shares):
+                self._reg[kind][r] = round(kwh * share * 100) * _UNIT_PER_HUNDREDTH
+
+    def _has_source(self, source: str) -> bool:
+        phase = source.rsplit(".", 1)[-1]
+        return not (phase in ("b", "c") and self.phases == 1)
+
+    # --- time ----------------------------------------------------------------------------------
+
+    @property
+    def time(self) -> datetime:
+        """The true time the model has been advanced to."""
+        return self._true
+
+    @property
+    def clock_offset(self) -> timedelta:
+        return self._offset
+
+    def meter_clock(self, now: datetime) -> datetime:
+        """What the meter's clock shows at true time ``now``."""
+        return max(now, self._true) + self._offset
+
+    def advance(self, now: datetime) -> None:
+        """Integrate energy and take every freeze, curve record and settlement up to ``now``."""
+        if now <= self._true:
+            return
+        offset = self._offset
+        end = now + offset
+        m = self._true + offset
+        while m < end:
+            boundary = m.replace(second=0, microsecond=0) + _MIN
+            stop = boundary if boundary <= end else end
+            self._integrate(m, _us(stop - m))
+            m = stop
+            if stop == boundary:
+                self._on_minute(boundary)
+        self._true = now
+
+    def _power(self, m: datetime) -> tuple[float, float]:
+        """Net active (kW, + import) and reactive (kvar, + inductive) power of the meter minute."""
+        idx = _minute_index(m)
+        cached = self._power_cache
+        if cached[0] == idx:
+            return cached[1], cached[2]
+        prof = self.profile
+        hour = m.hour
+        load = max(0.0, prof.load_kw(hour, noise(self._key, 2, idx)))
+        q = load * self._tanphi
+        if hour in prof.capacitive_hours:
+            q = -0.4 * q
+        p = load
+        if prof.pv_peak_kw:
+            hod = hour + m.minute / 60.0
+            if 6.0 < hod < 18.0:
+                p -= prof.pv_peak_kw * math.sin(math.pi * (hod - 6.0) / 12.0) * (0.9 + 0.1 * noise(self._key, 3, idx))
+        self._power_cache = (idx, p, q)
+        return p, q
+
+    def _integrate(self, m: datetime, dt_us: int) -> None:
+        if self.relay_open or dt_us <= 0:
+            return
+        p, q = self._power(m)
+        rate = self.tariff.rate_of_minute(m.hour * 60 + m.minute) - 1
+        reg, acc = self._reg, self._minute_acc
+        ep = round(abs(p) * 1_000_000) * dt_us  # mW x us
+        eq = round(abs(q) * 1_000_000) * dt_us
+        es = round(math.hypot(p, q) * 1_000_000) * dt_us
+        a = IMP if p >= 0 else EXP
+        s = S_IMP if p >= 0 else S_EXP
+        quad = (Q1 if p >= 0 else Q2) if q >= 0 else (Q4 if p >= 0 else Q3)
+        for kind, e in ((a, ep), (quad, eq), (s, es)):
+            reg[kind][rate] += e
+            acc[kind] += e
+
+    # --- events at minute boundaries -----------------------------------------------------------
+
+    def _on_minute(self, t: datetime) -> None:
+        self._update_demand(t)
+        if t.minute == 0:
+            if not self._hourly or self._hourly[0].time < t:  # not again after a clock set back
+                self._hourly.appendleft(self._snapshot(t))
+            if t.hour == 0:
+                self._midnight(t)
+        if (t.hour * 60 + t.minute) % self._curve_minutes == 0:
+            self._record_curve(t)
+        tf = self.timed_freeze
+        if tf is not None and all(
+            want is None or want == got for want, got in zip(tf, (t.minute, t.hour, t.day, t.month))
+        ):
+            self._timed_freezes.appendleft(self._snapshot(t))
+
+    def _midnight(self, t: datetime) -> None:
+        if self._daily and self._daily[0].time >= t:
+            return  # already frozen (the clock was set back)
+        snap = self._snapshot(t)
+        self._daily.appendleft(snap)
+        if t.day == self.settlement_day:
+            self._settlements.appendleft(_Settlement(snap, dict(self._max_demand)))
+            self._reset_demand(t)
+
+    def _update_demand(self, t: datetime) -> None:
+        minute = self._minute_acc
+        window = self._window
+        window.append(minute)
+        if len(window) > DEMAND_MINUTES:
+            old = window.popleft()
+            ws = self._win_sum = [a + b - c for a, b, c in zip(self._win_sum, minute, old)]
+        else:
+            ws = self._win_sum = [a + b for a, b in zip(self._win_sum, minute)]
+        self._minute_acc = [0] * _BASE
+        if len(window) < DEMAND_MINUTES:
+            return
+        rate = self.tariff.rate_of_minute((t.hour * 60 + t.minute - 1) % 1440)  # the minute that ended
+        md = self._max_demand
+        for k, (_, parts) in enumerate(DEMAND_KINDS):
+            e = sum(ws[i] for i in parts) if len(parts) > 1 else ws[parts[0]]
+            if not e:
+                continue
+            d = e // _UNIT_PER_DEMAND_STEP
+            if d > md[(k, 0)][0]:
+                md[(k, 0)] = (d, t)
+            if d > md[(k, rate)][0]:
+                md[(k, rate)] = (d, t)
+
+    def _reset_demand(self, t: datetime) -> None:
+        self._max_demand = {(k, r): (0, t) for k in range(len(DEMAND_KINDS)) for r in range(RATES + 1)}
+
+    def _hundredths(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(v // _UNIT_PER_HUNDREDTH for v in kind) for kind in self._reg)
+
+    def _snapshot(self, t: datetime) -> Snapshot:
+        return Snapshot(t, self._hundredths())
+
+    def _record_curve(self, t: datetime) -> None:
+        values = self._variables(t)
+        h = self._hundredths()
+        for name, parts in ENERGY_KINDS:
+            wrap = _WRAP_SIGNED if len(parts) > 1 else _WRAP
+            values[f"energy.{name}.total"] = _d(sum(sum(h[i]) for i in parts) % wrap, 2)
+        rec = array(
+            "q", (int(values[_CURVE_SOURCE[n]].scaleb(_CURVE_PLACES[n])) for n in self._curve_names)  # type: ignore[union-attr]
+        )
+        self._curves[t] = rec
+        if self._last_curve is None or t > self._last_curve:
+            self._last_curve = t
+        while len(self._curves) > self.curve_capacity:
+            del self._curves[min(self._curves)]
+
+    # --- instantaneous values ------------------------------------------------------------------
+
+    def _variables(self, m: datetime) -> dict[str, Value]:
+        p, q = (0.0, 0.0) if self.relay_open else self._power(m)
+        sec = _minute_index(m) * 60 + m.second
+        out: dict[str, Value] = {}
+        names = PHASE_NAMES[: self.phases]
+        i_phasor = 0j
+        for i, ph in enumerate(names):
+            v = 220.0 + self._v_bias[i] + 1.5 * noise(self._key, 40 + i, sec)
+            pp, qq = p * self._weights[i], q * self._weights[i]
+            s = math.hypot(pp, qq)
+            amps = s * 1000.0 / v
+            out[f"voltage.{ph}"] = _q(v, 1)
+            out[f"current.{ph}"] = _q(-amps if pp < 0 else amps, 3)
+            out[f"power.active.{ph}"] = _q(pp, 4)
+            out[f"power.reactive.{ph}"] = _q(qq, 4)
+            out[f"power.apparent.{ph}"] = _q(-s if pp < 0 else s, 4)
+            out[f"pf.{ph}"] = _q(pp / s if s else 1.0, 3)
+            angle = math.degrees(math.atan2(qq, pp)) % 360.0 if s else 0.0
+            out[f"angle.{ph}"] = _q(angle, 1)
+            shift = math.radians(-120.0 * i) - math.atan2(qq, pp)
+            i_phasor += amps * complex(math.cos(shift), math.sin(shift))
+        s_total = math.hypot(p, q)
+        out["power.active.total"] = _q(p, 4)
+        out["power.reactive.total"] = _q(q, 4)
+        out["power.apparent.total"] = _q(-s_total if p < 0 else s_total, 4)
+        out["pf.total"] = _q(p / s_total if s_total else 1.0, 3)
+        out["current.n"] = _q(abs(i_phasor), 3)
+        out["frequency"] = _q(50.0 + 0.03 * noise(self._key, 50, sec), 2)
+        out["battery.clock"] = _q(3.60 + 0.02 * noise(self._key, 51, sec // 86_400), 2)
+        n = len(self._window)  # minutes in the sliding demand window so far
+        net = (self._win_sum[IMP] - self._win_sum[EXP]) / n if n else 0.0
+        out["demand.active.now"] = _q(net * 60 / _UNIT_PER_KWH, 4)
+        return out
+
+    def status3(self) -> int:
+        return status3_word(
+            relay_open=self.relay_open,
+            command_open=self.command_open,
+            pre_trip=self.pre_trip_alarm,
+            protected=self.protected,
+        )
+
+    def _demand_values(self, table: dict[tuple[int, int], tuple[int, datetime]], suffix: str) -> dict[str, Value]:
+        out: dict[str, Value] = {}
+        for k, (name, _) in enumerate(DEMAND_KINDS):
+            for r in range(RATES + 1):
+                d, when = table[(k, r)]
+                q = f"demand.{name}.{'total' if r == 0 else f'rate{r}'}{suffix}"
+                out[q] = _d(d, 4)
+                out[f"{q}.time"] = when.replace(second=0, microsecond=0)
+        return out
+
+    def values(self, now: datetime, quantities: Collection[str] | None = None) -> dict[str, Value]:
+        """Every quantity this meter supports at ``now``, by catalogue name.
+
+        ``quantities`` limits the work to the sections those names live in (the dict may still
+        hold more).  Frozen and curve quantities are those of the latest freeze and record; use
+        :meth:`frozen` and :meth:`curve` for older ones.
+        """
+        self.advance(now)
+        m = self.meter_clock(now)
+        sections = _ALL_SECTIONS if quantities is None else {_section(q) for q in quantities}
+        out: dict[str, Value] = {}
+        if "energy" in sections:
+            out.update(self._snapshot(m).energy_values("energy."))
+        if "energy_prev" in sections:
+            for s, st in enumerate(self._settlements, start=1):
+                out.update(st.snapshot.energy_values("energy.", f".prev{s}"))
+        if "demand" in sections:
+            out.update(self._demand_values(self._max_demand, ""))
+        if "demand_prev" in sections:
+            for s, st in enumerate(self._settlements, start=1):
+                out.update(self._demand_values(st.demand, f".prev{s}"))
+        if "variables" in sections:
+            out.update(self._variables(m))
+        if "frozen" in sections:
+            for which in ("daily", "hourly"):
+                latest = self.frozen(which, 1)
+                if latest:
+                    out.update(latest)
+        if "curve" in sections and self._last_curve is not None:
+            for name in self._curve_names:
+                points = self.curve(name, self._last_curve, 1)
+                if points and points[1][0] is not None:
+                    out[name] = points[1][0]
+        if "misc" in sections:
+            clock = m.replace(microsecond=0)
+            out["clock"] = clock
+            out["meter.date"] = clock.replace(hour=0, minute=0, second=0)
+            out["meter.time"] = clock.strftime("%H:%M:%S")
+            out["meter.address"] = self.address
+            out["meter.number"] = self.address
+            for n in (1, 2, 4, 5, 6, 7):
+                out[f"status.word{n}"] = 0
+            word3 = self.status3()
+            out["status.word3"] = word3
+            out["relay.open"] = self.relay_open
+            out["relay.command_open"] = self.command_open
+            out["alarm.pre_trip"] = self.pre_trip_alarm
+            out["relay.protected"] = self.protected
+        return out
+
+    # --- frozen data and curves ----------------------------------------------------------------
+
+    def frozen(self, which: str, n: int) -> dict[str, Value] | None:
+        """The ``n``-th last ``"daily"`` or ``"hourly"`` freeze as catalogue values, or None."""
+        store = {"daily": self._daily, "hourly": self._hourly}.get(which)
+        if store is None:
+            raise ValueError(f"meter {self.address}: no {which!r} freezes (daily or hourly)")
+        if not 1 <= n <= len(store):
+            return None
+        snap = store[n - 1]
+        out = snap.energy_values(f"frozen.{which}.energy.")
+        out[f"frozen.{which}.time"] = snap.time
+        return out
+
+    def frozen_snapshots(self, which: str) -> tuple[Snapshot, ...]:
+        """Freezes newest first: ``daily``, ``hourly``, ``instant`` (freeze now) or ``timed``."""
+        store = {
+            "daily": self._daily,
+            "hourly": self._hourly,
+            "instant": self._instant_freezes,
+            "timed": self._timed_freezes,
+        }[which]
+        return tuple(store)
+
+    @property
+    def curve_quantities(self) -> tuple[str, ...]:
+        return self._curve_names
+
+    def curve(
+        self, quantity: str, start: datetime | None, count: int
+    ) -> tuple[datetime, list[Value | None]] | None:
+        """Up to ``count`` load-curve points of ``quantity`` and the first point's time.
+
+        ``start`` None means the last ``count`` records; otherwise the first point is the first
+        grid time at or after ``start``.  Grid times without a record are None (``FF`` on the
+        wire); points after the newest record are not returned.  None if nothing matches.
+        """
+        if quantity not in self._curve_names or self._last_curve is None or count < 1:
+            return None
+        step = self.curve_interval
+        if start is None:
+            first = self._last_curve - (count - 1) * step
+        else:
+            k = self._curve_minutes
+            idx = -(-_minute_index(start) // k) * k
+            first = _EPOCH + idx * _MIN
+        if first > self._last_curve:
+            return None
+        pos = self._curve_names.index(quantity)
+        places = _CURVE_PLACES[quantity]
+        points: list[Value | None] = []
+        t = first
+        while len(points) < count and t <= self._last_curve:
+            rec = self._curves.get(t)
+            points.append(None if rec is None else _d(rec[pos], places))
+            t += step
+        return first, points
+
+    # --- commands ------------------------------------------------------------------------------
+
+    def _authorize(self, password: str, operator: str, what: str) -> Refusal | None:
+        if password.upper() != self.password:
+            return Refusal(MeterErrorBits.UNAUTHORIZED, f"meter {self.address}: {what} with wrong password {password}")
+        if self.operators is not None and operator.upper() not in self.operators:
+            return Refusal(
+                MeterErrorBits.UNAUTHORIZED, f"meter {self.address}: {what} by unknown operator code {operator}"
+            )
+        return None
+
+    def control(
+        self, command: RelayCommand, *, password: str, operator: str, valid_until: datetime, now: datetime
+    ) -> Refusal | None:
+        """A 1C relay-control command.  None when accepted, else the :class:`Refusal`."""
+        self.advance(now)
+        what = f"relay control {command.name}"
+        refused = self._authorize(password, operator, what)
+        if refused:
+            return refused
+        clock = self.meter_clock(now)
+        if valid_until < clock.replace(microsecond=0):
+            return Refusal(
+                MeterErrorBits.OTHER,
+                f"meter {self.address}: {what} expired at {valid_until.isoformat()} (meter clock {clock.isoformat()})",
+            )
+        if command is RelayCommand.TRIP:
+            if self.protected:
+                return Refusal(MeterErrorBits.OTHER, f"meter {self.address}: trip refused, meter is protected (保电)")
+            self.command_open = True
+            if not self.stuck_relay:
+                self.relay_open = True
+        elif command in (RelayCommand.RECLOSE, RelayCommand.RECLOSE_ALLOWED):
+            self.command_open = False
+            if not self.stuck_relay:
+                self.relay_open = False
+        elif command is RelayCommand.ALARM:
+            self.pre_trip_alarm = True
+        elif command is RelayCommand.ALARM_RELEASE:
+            self.pre_trip_alarm = False
+        elif command is RelayCommand.PROTECT:
+            self.protected = True
+        elif command is RelayCommand.PROTECT_RELEASE:
+            self.protected = False
+        return None
+
+    def write(self, di: int, data: bytes, *, password: str, operator: str, now: datetime) -> Refusal | None:
+        """A 14 write: the clock (0400010C), date (04000101) or time (04000102)."""
+        self.advance(now)
+        refused = self._authorize(password, operator, f"write of {di:08X}")
+        if refused:
+            return refused
+        if di not in (0x0400010C, 0x04000101, 0x04000102):
+            return Refusal(MeterErrorBits.NO_DATA, f"meter {self.address}: {di:08X} is not writable here")
+        try:
+            value = decode(di, data)[0].value
+        except ProtocolError as exc:
+            return Refusal(MeterErrorBits.OTHER, f"meter {self.address}: bad write data for {di:08X}: {exc}")
+        clock = self.meter_clock(now)
+        if di == 0x0400010C:
+            new = value
+        elif di == 0x04000101:
+            new = datetime.combine(value.date(), clock.time())  # type: ignore[union-attr]
+        else:
+            hh, mm, ss = (int(x) for x in str(value).split(":"))
+            try:
+                new = clock.replace(hour=hh, minute=mm, second=ss)
+            except ValueError:
+                return Refusal(MeterErrorBits.OTHER, f"meter {self.address}: {value} is not a time of day")
+        self.set_clock(new, now=now)  # type: ignore[arg-type]
+        return None
+
+    def set_clock(self, meter_time: datetime, *, now: datetime) -> None:
+        """Time sync: from true time ``now`` on, the meter clock shows ``meter_time``.
+
+        A jump forward takes the daily freezes and settlements of the midnights it skips.
+        """
+        self.advance(now)
+        old = self.meter_clock(now)
+        self._offset = meter_time - self._true
+        self._minute_acc = [0] * _BASE
+        self._window.clear()
+        self._win_sum = [0] * _BASE
+        if meter_time > old:
+            day = old.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+            skipped = [d for d in _days(day, meter_time)]
+            for d in skipped[-FROZEN_KEEP:]:
+                self._midnight(d)
+
+    def freeze(
+        self,
+        *,
+        now: datetime,
+        minute: int | None = None,
+        hour: int | None = None,
+        day: int | None = None,
+        month: int | None = None,
+    ) -> None:
+        """A 16 freeze: all wildcards freezes now; otherwise sets the timed-freeze time."""
+        self.advance(now)
+        if minute is None and hour is None and day is None and month is None:
+            self._instant_freezes.appendleft(self._snapshot(self.meter_clock(now).replace(microsecond=0)))
+        else:
+            self.timed_freeze = (minute, hour, day, month)
+
+
+def _days(first: datetime, last: datetime) -> Iterable[datetime]:
+    d = first
+    while d <= last:
+        yield d
+        d += timedelta(days=1)

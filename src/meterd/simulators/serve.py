@@ -1,0 +1,463 @@
+"""Serving a simulated bus: over a real pseudo-terminal with RS-485 wire timing, or over TCP.
+
+Strategy
+--------
+Both links feed received bytes into a :class:`~meterd.protocols.dlt645.frame.StreamDecoder`
+(so ``FE`` preambles, noise and split writes are handled by the real codec) and hand each
+whole frame to :meth:`Dlt645Bus.handle` with the simulated time ``clock()``.
+
+*Pseudo-terminal* (:func:`serve_pty`): ``os.openpty()``; the slave side is put in raw mode and
+its path (``/dev/pts/N``) is what the master opens with pyserial -- to the master it is a real
+serial device.  The simulator keeps the slave open for its whole life (so the master side never
+sees a hang-up between the master's opens) and reads and writes the master fd with
+``loop.add_reader``.  A pty delivers bytes instantly; with ``wire_time=True`` the link puts the
+wire back: a byte takes ``1 start + bytesize + parity + stop`` bits at ``baud``.  A request
+counts as complete no earlier than its first byte's arrival plus its own wire time; the reply
+starts ``turnaround`` (meter processing, 20 ms by default) plus any injected delay after that,
+never while an earlier reply is still on the wire, and is written in small chunks, each no
+earlier than the moment its last bit would have left a real UART.  The line settings are the
+simulator's own (2400 8E1 by default); what the master sets on the pty is not checked (a pty has
+no parity and no baud rate; see :data:`PARKED_SPEED` for why ``stty`` shows 50 baud).
+
+*TCP* (:func:`serve_tcp`): an asyncio server, as a serial server or transparent DTU would be;
+every connection reaches the same meters; replies after ``turnaround`` (0 by default) plus any
+injected delay; no wire pacing.
+
+Time: ``clock`` returns the simulated time (naive, meter-local).  :class:`SimClock` builds one
+from the monotonic clock with a ``speed`` factor (``speed=60``: one real second is a simulated
+minute).  A ticker advances every meter once per ``tick`` real seconds so that a meter nobody
+reads does not build up a long catch-up for its next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import termios
+import time
+import tty
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Awaitable, Callable, Collection, Final
+
+from meterd.errors import LinkError
+from meterd.protocols.dlt645.frame import Frame, StreamDecoder, encode_frame
+from meterd.simulators.dlt645 import Dlt645Bus, Reply
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+DEFAULT_PTY_TURNAROUND: Final = 0.020
+PACE_CHUNK_SECONDS: Final = 0.010  # write a paced reply in pieces of about this much wire time
+WRITE_STALL_LIMIT: Final = 2.0  # give up on a reply nobody reads (pty buffer full) after this
+
+
+@dataclass(frozen=True, slots=True)
+class SimClock:
+    """Simulated time: ``start`` plus real (monotonic) time elapsed since creation x ``speed``."""
+
+    start: datetime
+    speed: float = 1.0
+    origin: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if self.speed <= 0:
+            raise ValueError(f"clock speed {self.speed} must be > 0")
+        if self.start.tzinfo is not None:
+            raise ValueError("simulated clock start must be a naive meter-local time")
+
+    @classmethod
+    def starting(cls, start: datetime | None = None, speed: float = 1.0) -> SimClock:
+        """A clock starting at ``start`` (default: local wall time now, to the second)."""
+        return cls((start or datetime.now()).replace(microsecond=0), speed)
+
+    def __call__(self) -> datetime:
+        return self.start + timedelta(seconds=(time.monotonic() - self.origin) * self.speed)
+
+
+@dataclass(frozen=True, slots=True)
+class LineSettings:
+    """Asynchronous serial character framing."""
+
+    baud: int = 2400
+    bytesize: int = 8
+    parity: str = "E"
+    stopbits: float = 1
+
+    def __post_init__(self) -> None:
+        if self.baud <= 0:
+            raise ValueError(f"baud {self.baud} must be > 0")
+        if self.bytesize not in (5, 6, 7, 8):
+            raise ValueError(f"bytesize {self.bytesize} must be 5..8")
+        if self.parity not in ("N", "E", "O", "M", "S"):
+            raise ValueError(f"parity {self.parity!r} must be one of N E O M S")
+        if self.stopbits not in (1, 1.5, 2):
+            raise ValueError(f"stopbits {self.stopbits} must be 1, 1.5 or 2")
+
+    @property
+    def bits_per_byte(self) -> float:
+        return 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
+
+    @property
+    def byte_time(self) -> float:
+        return self.bits_per_byte / self.baud
+
+    def wire_time(self, nbytes: int) -> float:
+        return nbytes * self.byte_time
+
+    def __str__(self) -> str:
+        return f"{self.baud} {self.bytesize}{self.parity}{self.stopbits:g}"
+
+
+@dataclass(slots=True)
+class LinkStats:
+    """Counters of one served link.  ``faults`` is the bus's own counter of injected faults."""
+
+    requests: int = 0  # frames decoded from the link
+    replies: int = 0  # replies written
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    dropped: int = 0  # corrupt frames the decoder threw away
+    tx_abandoned: int = 0  # reply bytes nobody read (pty buffer stayed full)
+    connections: int = 0  # TCP connections accepted so far
+    faults: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "requests": self.requests,
+            "replies": self.replies,
+            "rx_bytes": self.rx_bytes,
+            "tx_bytes": self.tx_bytes,
+            "dropped": self.dropped,
+            "tx_abandoned": self.tx_abandoned,
+            "connections": self.connections,
+            "faults": dict(self.faults),
+        }
+
+
+class RunningBus:
+    """A bus being served.  ``endpoint`` is the pty device path or ``"host:port"``."""
+
+    def __init__(
+        self,
+        kind: str,
+        endpoint: str,
+        bus: Dlt645Bus,
+        stats: LinkStats,
+        closer: Callable[[], Awaitable[None]],
+        line: LineSettings | None = None,
+        wire_time: bool = False,
+        turnaround: float = 0.0,
+    ) -> None:
+        self.kind = kind
+        self.endpoint = endpoint
+        self.bus = bus
+        self.stats = stats
+        self.line = line
+        self.wire_time = wire_time
+        self.turnaround = turnaround
+        self._closer: Callable[[], Awaitable[None]] | None = closer
+
+    @property
+    def meters(self) -> list[str]:
+        return self.bus.addresses
+
+    @property
+    def closed(self) -> bool:
+        return self._closer is None
+
+    async def close(self) -> None:
+        closer, self._closer = self._closer, None
+        if closer is not None:
+            await closer()
+
+    async def __aenter__(self) -> RunningBus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"RunningBus({self.kind} {self.endpoint}, meters={self.meters})"
+
+
+def _handle(bus: Dlt645Bus, frame: Frame, clock: Clock, endpoint: str) -> list[Reply]:
+    """``bus.handle`` that never takes the link down: a simulator bug is logged with the frame."""
+    try:
+        return bus.handle(frame, clock())
+    except Exception:
+        log.exception("simulated bus %s failed on request %s", endpoint, encode_frame(frame).hex(" ").upper())
+        return []
+
+
+async def _ticker(bus: Dlt645Bus, clock: Clock, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            bus.advance(clock())
+        except Exception:
+            log.exception("advancing the meters of %s failed", bus.addresses)
+
+
+async def _cancel(tasks: Collection[asyncio.Task[None]]) -> None:
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+
+
+# --- pseudo-terminal -----------------------------------------------------------------------------
+
+# A pty keeps no parity: it clears PARENB from every tcsetattr.  When that is the *only* change a
+# master asks for -- pyserial reopening a pty at the same 8E1 it set last time -- Linux/glibc answer
+# EINVAL (pyserial/pyserial#196), so the second open of the device fails.  The link therefore keeps
+# the slave "parked" at an otherwise unused speed: every open then changes the speed too and
+# succeeds.  A pty has no UART, so the speed a pty claims changes nothing about its bytes.
+PARKED_SPEED: Final = termios.B50
+TERMIOS_GUARD_PERIOD: Final = 0.05
+
+
+def _park(fd: int) -> None:
+    try:
+        attrs = termios.tcgetattr(fd)
+        if attrs[4] != PARKED_SPEED or attrs[5] != PARKED_SPEED:
+            attrs[4] = attrs[5] = PARKED_SPEED
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    except termios.error:
+        pass  # never let the workaround break the link
+
+
+def _configure_slave(fd: int) -> None:
+    """Raw mode (no echo, no CR/LF mapping, no XON/XOFF, no signals), 8 data bits, parked speed."""
+    tty.setraw(fd)
+    attrs = termios.tcgetattr(fd)
+    attrs[2] = (attrs[2] & ~termios.CSIZE) | termios.CS8 | termios.CREAD | termios.CLOCAL
+    attrs[4] = attrs[5] = PARKED_SPEED
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
+async def _termios_guard(fd: int) -> None:
+    while True:
+        _park(fd)
+        await asyncio.sleep(TERMIOS_GUARD_PERIOD)
+
+
+class _PtyLink:
+    def __init__(
+        self,
+        bus: Dlt645Bus,
+        fd: int,
+        slave_fd: int,
+        line: LineSettings,
+        wire_time: bool,
+        turnaround: float,
+        clock: Clock,
+        stats: LinkStats,
+    ) -> None:
+        self.bus, self.fd, self.slave_fd, self.line, self.wire_time = bus, fd, slave_fd, line, wire_time
+        self.name = os.ttyname(slave_fd)
+        self.turnaround, self.clock, self.stats = turnaround, clock, stats
+        self.loop = asyncio.get_running_loop()
+        self.decoder = StreamDecoder()
+        self.queue: asyncio.Queue[tuple[Frame, float, int, float]] = asyncio.Queue()
+        # a pause longer than this between reads starts a new request (inter-frame gap)
+        self.gap = max(0.05, 10 * line.byte_time) if wire_time else 0.05
+        self.burst_start = 0.0
+        self.burst_bytes = 0
+        self.last_rx = float("-inf")
+        self.line_free = 0.0
+
+    def on_readable(self) -> None:
+        try:
+            data = os.read(self.fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # EIO while no process has the slave open: nothing to read
+            return
+        if not data:
+            return
+        _park(self.slave_fd)  # a master is here and has configured the line: park again at once
+        now = self.loop.time()
+        if now - self.last_rx > self.gap:
+            self.burst_start, self.burst_bytes = now, 0
+        self.last_rx = now
+        self.burst_bytes += len(data)
+        self.stats.rx_bytes += len(data)
+        self.decoder.feed(data)
+        for frame in self.decoder.frames():
+            self.queue.put_nowait((frame, self.burst_start, self.burst_bytes, now))
+            self.burst_start, self.burst_bytes = now, len(self.decoder.pending)
+        self.stats.dropped = self.decoder.dropped
+
+    async def worker(self) -> None:
+        while True:
+            frame, first_rx, nbytes, last_rx = await self.queue.get()
+            self.stats.requests += 1
+            replies = _handle(self.bus, frame, self.clock, self.name)
+            request_end = max(last_rx, first_rx + self.line.wire_time(nbytes)) if self.wire_time else last_rx
+            for reply in replies:
+                begin = max(request_end + self.turnaround + reply.delay, self.line_free)
+                await self._transmit(reply.data, begin)
+                self.stats.replies += 1
+
+    async def _transmit(self, data: bytes, begin: float) -> None:
+        if not self.wire_time:
+            await _sleep_until(self.loop, begin)
+            await self._write(data)
+            self.line_free = self.loop.time()
+            return
+        bt = self.line.byte_time
+        chunk = max(1, int(PACE_CHUNK_SECONDS / bt))
+        for offset in range(0, len(data), chunk):
+            piece = data[offset : offset + chunk]
+            await _sleep_until(self.loop, begin + (offset + len(piece)) * bt)
+            await self._write(piece)
+        self.line_free = max(self.loop.time(), begin + len(data) * bt)
+
+    async def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        deadline = self.loop.time() + WRITE_STALL_LIMIT
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                raise LinkError(f"pty write failed: {exc}") from exc
+            self.stats.tx_bytes += n
+            view = view[n:]
+            if view:
+                if self.loop.time() > deadline:
+                    self.stats.tx_abandoned += len(view)
+                    return
+                await asyncio.sleep(0.005)
+
+
+async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
+    delay = when - loop.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def serve_pty(
+    bus: Dlt645Bus,
+    *,
+    baud: int = 2400,
+    bytesize: int = 8,
+    parity: str = "E",
+    stopbits: float = 1,
+    wire_time: bool = True,
+    turnaround: float = DEFAULT_PTY_TURNAROUND,
+    clock: Clock | None = None,
+    tick: float = 1.0,
+) -> RunningBus:
+    """Serve ``bus`` on a new pseudo-terminal; the master opens ``RunningBus.endpoint``."""
+    line = LineSettings(baud, bytesize, parity.upper(), stopbits)
+    if turnaround < 0:
+        raise ValueError(f"turnaround {turnaround} must be >= 0 seconds")
+    clock = clock or SimClock.starting()
+    try:
+        master_fd, slave_fd = os.openpty()
+    except OSError as exc:
+        raise LinkError(f"cannot open a pseudo-terminal: {exc}") from exc
+    try:
+        _configure_slave(slave_fd)
+        path = os.ttyname(slave_fd)
+        os.set_blocking(master_fd, False)
+    except OSError as exc:
+        os.close(master_fd)
+        os.close(slave_fd)
+        raise LinkError(f"cannot configure the pseudo-terminal: {exc}") from exc
+    stats = LinkStats(faults=bus.stats.faults)
+    link = _PtyLink(bus, master_fd, slave_fd, line, wire_time, turnaround, clock, stats)
+    loop = asyncio.get_running_loop()
+    loop.add_reader(master_fd, link.on_readable)
+    tasks = [
+        asyncio.create_task(link.worker(), name=f"sim-pty {path}"),
+        asyncio.create_task(_ticker(bus, clock, tick), name=f"sim-tick {path}"),
+        asyncio.create_task(_termios_guard(slave_fd), name=f"sim-termios {path}"),
+    ]
+
+    async def close() -> None:
+        loop.remove_reader(master_fd)
+        await _cancel(tasks)
+        os.close(master_fd)
+        os.close(slave_fd)
+
+    return RunningBus("pty", path, bus, stats, close, line=line, wire_time=wire_time, turnaround=turnaround)
+
+
+# --- TCP -----------------------------------------------------------------------------------------
+
+
+async def serve_tcp(
+    bus: Dlt645Bus,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    turnaround: float = 0.0,
+    clock: Clock | None = None,
+    tick: float = 1.0,
+) -> RunningBus:
+    """Serve ``bus`` on a TCP port (0 = a free one), like a serial server / transparent DTU."""
+    if turnaround < 0:
+        raise ValueError(f"turnaround {turnaround} must be >= 0 seconds")
+    clock = clock or SimClock.starting()
+    stats = LinkStats(faults=bus.stats.faults)
+    connections: set[asyncio.Task[None]] = set()
+    loop = asyncio.get_running_loop()
+
+    async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            connections.add(task)  # type: ignore[arg-type]
+        stats.connections += 1
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        decoder = StreamDecoder()
+        peer = str(writer.get_extra_info("peername"))
+        try:
+            while data := await reader.read(4096):
+                received = loop.time()
+                stats.rx_bytes += len(data)
+                decoder.feed(data)
+                for frame in decoder.frames():
+                    stats.requests += 1
+                    for reply in _handle(bus, frame, clock, peer):
+                        await _sleep_until(loop, received + turnaround + reply.delay)
+                        writer.write(reply.data)
+                        await writer.drain()
+                        stats.tx_bytes += len(reply.data)
+                        stats.replies += 1
+                stats.dropped = decoder.dropped
+        except (ConnectionError, OSError):
+            pass  # the master went away; that is its business
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            if task is not None:
+                connections.discard(task)  # type: ignore[arg-type]
+
+    try:
+        server = await asyncio.start_server(serve_connection, host, port)
+    except OSError as exc:
+        raise LinkError(f"cannot listen on {host}:{port}: {exc}") from exc
+    bound_host, bound_port = server.sockets[0].getsockname()[:2]
+    endpoint = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
+    ticker = asyncio.create_task(_ticker(bus, clock, tick), name=f"sim-tick {endpoint}")
+
+    async def close() -> None:
+        server.close()
+        await _cancel([ticker, *connections])
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 2.0)
+
+    return RunningBus("tcp", endpoint, bus, stats, close, turnaround=turnaround)
