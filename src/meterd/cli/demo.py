@@ -104,7 +104,7 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float) -> d
         tcp_buses=2,
         meters_per_bus=4,
         speed=60.0,
-        faults={"000000000004": "no_answer", "000000000008": "garble"},
+        faults={"000000000012": "no_answer", "000000000016": "garble"},
         seed=7,
     )
     fleet = await run_fleet(spec)
@@ -117,7 +117,7 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float) -> d
         config = parse_config(tomllib.loads(text), source=str(data_dir / "demo.toml"), base_dir=data_dir)
         print(f"meterd demo: {len(config.meters)} simulated meters on {len(config.channels)} channels "
               f"(config: {data_dir / 'demo.toml'}, store: {data_dir})")
-        print("meter 000000000004 never answers and 000000000008 garbles its replies, to show failures.")
+        print("meter 000000000012 never answers and 000000000016 garbles its replies, to show failures.")
         with SqliteStore(config.store.data_dir) as store:
             daemon = Daemon(config, store, on_round=RoundPrinter())
             for line in describe_plan(daemon.plan):

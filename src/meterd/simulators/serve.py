@@ -40,7 +40,7 @@ import termios
 import time
 import tty
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Awaitable, Callable, Collection, Final
 
 from meterd.errors import LinkError
@@ -72,8 +72,11 @@ class SimClock:
 
     @classmethod
     def starting(cls, start: datetime | None = None, speed: float = 1.0) -> SimClock:
-        """A clock starting at ``start`` (default: local wall time now, to the second)."""
-        return cls((start or datetime.now()).replace(microsecond=0), speed)
+        """A clock starting at ``start`` (default: now in China Standard Time, the meters' local
+        time, to the second)."""
+        if start is None:
+            start = datetime.now(timezone(timedelta(hours=8))).replace(tzinfo=None)
+        return cls(start.replace(microsecond=0), speed)
 
     def __call__(self) -> datetime:
         return self.start + timedelta(seconds=(time.monotonic() - self.origin) * self.speed)
