@@ -42,3 +42,37 @@ def test_read_with_trace_against_meterd_simulate(meterd_bin, run_meterd):
     finally:
         sim.send_signal(signal.SIGTERM)
         sim.wait(10)
+
+
+def test_run_daemon_from_a_config_file(meterd_bin, run_meterd, tmp_path):
+    sim = subprocess.Popen([meterd_bin, "simulate", "--pty", "0", "--tcp-buses", "1", "--meters-per-bus", "2",
+                            "--json"], stdout=subprocess.PIPE, text=True)
+    try:
+        doc = json.loads(sim.stdout.readline())
+        host, _, port = doc["buses"][0]["endpoint"].rpartition(":")
+        cfg = tmp_path / "site.toml"
+        cfg.write_text(f"""
+[store]
+data_dir = "data"
+flush_interval = "200ms"
+[channels.dtu]
+tcp = {{ host = "{host}", port = {port} }}
+[[meters]]
+address = "2"
+channel = "dtu"
+ct = 100
+[[polls]]
+name = "rt"
+interval = "1s"
+items = ["00010000", "02010100"]
+""")
+        p = run_meterd("run", "-c", str(cfg), "--duration", "2.5")
+        assert p.returncode == 0, p.stderr
+        assert "plan: channel dtu" in p.stderr
+        r = run_meterd("readings", "-c", str(cfg), "--meter", "000000000002", "--json")
+        rows = json.loads(r.stdout)
+        assert {row["quantity"] for row in rows} == {"energy.active.import.total", "voltage.a"}
+        assert len(rows) >= 4  # at least two rounds of two values
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(10)
