@@ -133,11 +133,11 @@ primary = true
         ('[[register]]\nquantity = "voltage.a"\naddress = 0\ntype = "u16"\ncolour = 1\n',
          "register[0].colour", "unknown key"),
         ('[[register]]\nquantity = "voltage.a"\naddress = 0\ntype = "u16"\nscael = 1\n',
-         "register[0].scael", "did you mean 'scale'"),
+         "register[0].scael", 'did you mean \"scale\"'),
         ('[[register]]\nquantity = "voltage.x"\naddress = 0\ntype = "u16"\n',
          "register[0].quantity", "unknown quantity 'voltage.x'"),
         ('[[register]]\nquantity = "frequncy"\naddress = 0\ntype = "u16"\n',
-         "register[0].quantity", "did you mean 'frequency'"),
+         "register[0].quantity", 'did you mean \"frequency\"'),
         ('[[register]]\nquantity = "voltage.a"\naddress = 0\ntype = "float16"\n',
          "register[0].type", "must be one of u16, s16"),
         ('[[register]]\nquantity = "voltage.a"\naddress = 0\ntype = "float32"\nfunction = "coil"\n',
@@ -195,7 +195,7 @@ primary = true
         ('[workarounds]\npause_between_requests = -1\n' + ONE,
          "workarounds.pause_between_requests", "seconds"),
         ('[workarounds]\none_request_per_field = true\n' + ONE,
-         "workarounds.one_request_per_field", "did you mean 'one_request_per_quantity'"),
+         "workarounds.one_request_per_field", 'did you mean \"one_request_per_quantity\"'),
         ('[relay]\nfunction = "input"\naddress = 0\nopen = 1\nclose = 0\n', "relay.function", "coil or a holding"),
         ('[relay]\nfunction = "coil"\naddress = 0\nopen = true\nclose = true\n', "relay.close", "must differ"),
         ('[relay]\nfunction = "coil"\naddress = 0\nopen = true\n', "relay.close", "missing"),
@@ -220,7 +220,7 @@ def test_each_error_names_file_and_key(body, key, message):
         ('name = "x"\nmanufacturer = "x"\nsource = "x"\nprimary = true\nchecked_against = "repo"\n',
          "model.checked_against", "list of non-empty strings"),
         ('name = "x"\nmanufacturer = "x"\nsource = "x"\nprimary = true\nfunction = "holdings"\n',
-         "model.function", "did you mean 'holding'"),
+         "model.function", 'did you mean \"holding\"'),
         ('name = "x"\nmanufacturer = "x"\nsource = "x"\nprimary = true\nvendor = "x"\n', "model.vendor", "unknown key"),
     ],
 )
@@ -365,7 +365,7 @@ def test_shipped_map_details():
 
 
 def test_get_map_unknown_name():
-    with pytest.raises(ConfigError, match="unknown register map 'eastron-sdm360'.*did you mean 'eastron-sdm630'"):
+    with pytest.raises(ConfigError, match="unknown register map 'eastron-sdm360'.*did you mean .eastron-sdm630."):
         get_map("eastron-sdm360")
 
 

@@ -17,7 +17,6 @@ in force.  Durations are a number of seconds or a string with units: ``"500ms"``
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
@@ -38,6 +37,7 @@ from meterd.config.model import (
     TcpLink,
     Timeouts,
 )
+from meterd.checking import Checker, hint, show
 from meterd.errors import ConfigError, ProtocolError
 from meterd.protocols.dlt645.frame import BROADCAST, normalize_address
 from meterd.protocols.dlt645.messages import parse_di
@@ -242,14 +242,14 @@ def _meters(
         address = _meter_address(check, f"{path}.address", table)
         channel = check.required_string(path, table, "channel")
         if channel is not None and channel_names is not None and channel not in channel_names:
-            hint = _hint(channel, channel_names)
-            check.problem(f"{path}.channel", f"no channel named {_show(channel)}{hint}")
+            suggestion = hint(channel, channel_names)
+            check.problem(f"{path}.channel", f"no channel named {show(channel)}{suggestion}")
         if address is not None and channel is not None:
             first = seen.setdefault((channel, address), index)
             if first != index:
                 check.problem(
                     f"{path}.address",
-                    f"{address} is already meters[{first}] on channel {_show(channel)}",
+                    f"{address} is already meters[{first}] on channel {show(channel)}",
                 )
         protocol = check.choice(f"{path}.protocol", table.get("protocol", "dlt645-2007"), Protocol)
         ct = check.ratio(f"{path}.ct", table.get("ct", 1))
@@ -270,17 +270,17 @@ def _meter_address(check: _Checker, path: str, table: dict[str, Any]) -> str | N
         return None
     raw = table["address"]
     if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-        check.problem(path, f"must be a string of up to 12 digits, got {_show(raw)}")
+        check.problem(path, f"must be a string of up to 12 digits, got {show(raw)}")
         return None
     text = str(raw).strip()
     # Wildcard (AA) and broadcast addresses reach several meters; a configured meter is one meter.
     if not text.isdigit():
-        check.problem(path, f"must be 1 to 12 decimal digits, got {_show(raw)}")
+        check.problem(path, f"must be 1 to 12 decimal digits, got {show(raw)}")
         return None
     try:
         address = normalize_address(text)
     except ProtocolError:
-        check.problem(path, f"must be 1 to 12 decimal digits, got {_show(raw)}")
+        check.problem(path, f"must be 1 to 12 decimal digits, got {show(raw)}")
         return None
     if address == BROADCAST:
         check.problem(path, f"{BROADCAST} is the broadcast address, not a meter")
@@ -303,7 +303,7 @@ def _polls(
         check.known_keys(path, table, _POLL_KEYS)
         name = check.required_string(path, table, "name")
         if name is not None and (first := names.setdefault(name, index)) != index:
-            check.problem(f"{path}.name", f"{_show(name)} is already the name of polls[{first}]")
+            check.problem(f"{path}.name", f"{show(name)} is already the name of polls[{first}]")
         interval: float | None = None
         if "interval" not in table:
             check.problem(f"{path}.interval", "missing: required")
@@ -316,7 +316,7 @@ def _polls(
             for group in unknown:
                 check.problem(
                     f"{path}.groups",
-                    f"no meter is in group {_show(group)}{_hint(group, known_groups)}",
+                    f"no meter is in group {show(group)}{hint(group, known_groups)}",
                 )
             selected = [t for t, _ in meters if not groups or t.get("group", "default") in groups]
             if not unknown and not selected:
@@ -340,7 +340,7 @@ def _poll_items(check: _Checker, path: str, raw: Any) -> tuple[int, ...] | None:
     from meterd.protocols.dlt645 import catalogue  # lazily: the catalogue is large
 
     if not isinstance(raw, list):
-        check.problem(path, f"must be a list of data identifiers, got {_show(raw)}")
+        check.problem(path, f"must be a list of data identifiers, got {show(raw)}")
         return None
     if not raw:
         check.problem(path, "must name at least one data identifier")
@@ -350,7 +350,7 @@ def _poll_items(check: _Checker, path: str, raw: Any) -> tuple[int, ...] | None:
     for i, entry in enumerate(raw):
         item_path = f"{path}[{i}]"
         if isinstance(entry, bool) or not isinstance(entry, (str, int)):
-            check.problem(item_path, f'must be 8 hex digits such as "00010000", got {_show(entry)}')
+            check.problem(item_path, f'must be 8 hex digits such as "00010000", got {show(entry)}')
             ok = False
             continue
         try:
@@ -371,60 +371,12 @@ def _poll_items(check: _Checker, path: str, raw: Any) -> tuple[int, ...] | None:
 # --- the checker -------------------------------------------------------------------------------
 
 
-class _Checker:
-    """Typed accessors that record a problem and return None instead of raising."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.problems: list[str] = []
-
-    def problem(self, path: str, message: str) -> None:
-        where = f"{path}: " if path else ""
-        self.problems.append(f"{self.source}: {where}{message}")
-
-    def known_keys(self, path: str, table: dict[str, Any], allowed: Iterable[str]) -> None:
-        allowed = tuple(allowed)
-        for key in table:
-            if key not in allowed:
-                full = f"{path}.{key}" if path else key
-                self.problem(full, f"unknown key{_hint(key, allowed)}")
-
-    def table(self, path: str, value: Any) -> dict[str, Any] | None:
-        if not isinstance(value, dict):
-            self.problem(path, f"must be a table, got {_show(value)}")
-            return None
-        return value
-
-    def array_of_tables(self, path: str, value: Any) -> list[tuple[int, dict[str, Any]]]:
-        if not isinstance(value, list):
-            self.problem(path, f"must be an array of tables ([[{path}]]), got {_show(value)}")
-            return []
-        result = []
-        for index, entry in enumerate(value):
-            if isinstance(entry, dict):
-                result.append((index, entry))
-            else:
-                self.problem(f"{path}[{index}]", f"must be a table, got {_show(entry)}")
-        return result
-
-    def string(self, path: str, value: Any, *, allow_empty: bool = False) -> str | None:
-        if not isinstance(value, str):
-            self.problem(path, f"must be a string, got {_show(value)}")
-            return None
-        if not allow_empty and not value.strip():
-            self.problem(path, "must not be empty")
-            return None
-        return value
-
-    def required_string(self, path: str, table: dict[str, Any], key: str) -> str | None:
-        if key not in table:
-            self.problem(f"{path}.{key}", "missing: required")
-            return None
-        return self.string(f"{path}.{key}", table[key])
+class _Checker(Checker):
+    """The shared checker plus the value kinds this file needs."""
 
     def string_list(self, path: str, value: Any) -> list[str] | None:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.problem(path, f"must be a list of strings, got {_show(value)}")
+            self.problem(path, f"must be a list of strings, got {show(value)}")
             return None
         return value
 
@@ -438,7 +390,7 @@ class _Checker:
         choices: tuple[int, ...] | None = None,
     ) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int):
-            self.problem(path, f"must be an integer, got {_show(value)}")
+            self.problem(path, f"must be an integer, got {show(value)}")
             return None
         if choices is not None and value not in choices:
             self.problem(path, f"must be one of {', '.join(map(str, choices))}, got {value}")
@@ -458,25 +410,25 @@ class _Checker:
                 return enum_type(value.upper() if upper else value)
             except ValueError:
                 pass
-        listed = ", ".join(_show(o) for o in options)
-        self.problem(path, f"must be one of {listed}, got {_show(value)}")
+        listed = ", ".join(show(o) for o in options)
+        self.problem(path, f"must be one of {listed}, got {show(value)}")
         return None
 
     def duration(self, path: str, value: Any, *, allow_zero: bool = False) -> float | None:
         seconds = _seconds(value)
         what = "a duration of zero or more" if allow_zero else "a positive duration"
         if seconds is None:
-            self.problem(path, f"must be {what} ({_DURATION_FORMS}), got {_show(value)}")
+            self.problem(path, f"must be {what} ({_DURATION_FORMS}), got {show(value)}")
             return None
         if seconds < 0 or (seconds == 0 and not allow_zero):
-            self.problem(path, f"must be {what}, got {_show(value)}")
+            self.problem(path, f"must be {what}, got {show(value)}")
             return None
         return seconds
 
     def ratio(self, path: str, value: Any) -> Decimal | None:
         number = _decimal(value)
         if number is None or not number.is_finite() or number <= 0:
-            self.problem(path, f"must be a positive number, got {_show(value)}")
+            self.problem(path, f"must be a positive number, got {show(value)}")
             return None
         return number
 
@@ -509,19 +461,3 @@ def _decimal(value: Any) -> Decimal | None:
     return None
 
 
-def _show(value: Any) -> str:
-    """A value as the operator wrote it in TOML."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return str(value)
-
-
-def _hint(word: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f' (did you mean "{close[0]}"?)' if close else ""

@@ -10,13 +10,13 @@ mean" hint, so a typo never silently leaves a default in force.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Iterable
 
+from meterd.checking import Checker, hint, show
 from meterd.errors import ConfigError
 from meterd.protocols.modbus.quantities import known_quantities
 from meterd.protocols.modbus.schema import (
@@ -377,72 +377,24 @@ def _unit_hint(given: str, canonical: str) -> str:
 # --- checker -----------------------------------------------------------------------------------
 
 
-class _Checker:
-    """Typed accessors that record a problem and return None instead of raising."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.problems: list[str] = []
-
-    def problem(self, path: str, message: str) -> None:
-        where = f"{path}: " if path else ""
-        self.problems.append(f"{self.source}: {where}{message}")
-
-    def known_keys(self, path: str, table: dict[str, Any], allowed: Iterable[str]) -> None:
-        allowed = tuple(allowed)
-        for key in table:
-            if key not in allowed:
-                full = f"{path}.{key}" if path else key
-                self.problem(full, f"unknown key{hint(key, allowed)}")
-
-    def table(self, path: str, value: Any) -> dict[str, Any] | None:
-        if not isinstance(value, dict):
-            self.problem(path, f"must be a table, got {_show(value)}")
-            return None
-        return value
-
-    def array_of_tables(self, path: str, value: Any) -> list[tuple[int, dict[str, Any]]]:
-        if not isinstance(value, list):
-            self.problem(path, f"must be an array of tables ([[{path}]]), got {_show(value)}")
-            return []
-        result = []
-        for index, entry in enumerate(value):
-            if isinstance(entry, dict):
-                result.append((index, entry))
-            else:
-                self.problem(f"{path}[{index}]", f"must be a table, got {_show(entry)}")
-        return result
-
-    def string(self, path: str, value: Any, *, allow_empty: bool = False) -> str | None:
-        if not isinstance(value, str):
-            self.problem(path, f"must be a string, got {_show(value)}")
-            return None
-        if not allow_empty and not value.strip():
-            self.problem(path, "must not be empty")
-            return None
-        return value
-
-    def required_string(self, path: str, table: dict[str, Any], key: str) -> str | None:
-        if key not in table:
-            self.problem(f"{path}.{key}", "missing: required")
-            return None
-        return self.string(f"{path}.{key}", table[key])
+class _Checker(Checker):
+    """The shared checker plus the value kinds this file needs."""
 
     def string_list(self, path: str, value: Any) -> list[str] | None:
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            self.problem(path, f"must be a list of non-empty strings, got {_show(value)}")
+            self.problem(path, f"must be a list of non-empty strings, got {show(value)}")
             return None
         return value
 
     def boolean(self, path: str, value: Any) -> bool | None:
         if not isinstance(value, bool):
-            self.problem(path, f"must be true or false, got {_show(value)}")
+            self.problem(path, f"must be true or false, got {show(value)}")
             return None
         return value
 
     def integer(self, path: str, value: Any, *, low: int, high: int) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int):
-            self.problem(path, f"must be an integer, got {_show(value)}")
+            self.problem(path, f"must be an integer, got {show(value)}")
             return None
         if not low <= value <= high:
             self.problem(path, f"must be between {low} and {high}, got {value}")
@@ -464,13 +416,13 @@ class _Checker:
         if isinstance(value, enum_type):
             return value
         if not isinstance(value, str) or value not in options:
-            self.problem(path, f"must be one of {', '.join(options)}, got {_show(value)}{hint(value, options)}")
+            self.problem(path, f"must be one of {', '.join(options)}, got {show(value)}{hint(value, options)}")
             return None
         return enum_type(value)
 
     def scale(self, path: str, value: Any) -> Decimal | None:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            self.problem(path, f"must be a number or a decimal string such as \"0.01\", got {_show(value)}")
+            self.problem(path, f"must be a number or a decimal string such as \"0.01\", got {show(value)}")
             return None
         if isinstance(value, float) and not math.isfinite(value):
             self.problem(path, f"must be a finite number, got {value}")
@@ -482,10 +434,10 @@ class _Checker:
             else:
                 number = Decimal(value.strip() if isinstance(value, str) else value)
         except InvalidOperation:
-            self.problem(path, f"must be a decimal number, got {_show(value)}")
+            self.problem(path, f"must be a decimal number, got {show(value)}")
             return None
         if not number.is_finite() or number == 0:
-            self.problem(path, f"must be a finite, non-zero number, got {_show(value)}")
+            self.problem(path, f"must be a finite, non-zero number, got {show(value)}")
             return None
         return number
 
@@ -496,18 +448,8 @@ class _Checker:
         elif isinstance(value, str) and (m := _DURATION.match(value)):
             seconds = float(m.group(1)) * (0.001 if m.group(2) == "ms" else 1.0)
         if seconds is None or not math.isfinite(seconds) or seconds < 0:
-            self.problem(path, f"must be seconds (>= 0) or a string like \"50ms\", got {_show(value)}")
+            self.problem(path, f"must be seconds (>= 0) or a string like \"50ms\", got {show(value)}")
             return None
         return seconds
 
 
-def hint(word: Any, options: Iterable[str]) -> str:
-    if not isinstance(word, str):
-        return ""
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
