@@ -61,6 +61,11 @@ def test_demand_with_time():
     }
 
 
+def test_demand_after_a_reset_has_no_time():
+    # a meter reports demand 0 with an all-zero time after its demand is cleared
+    assert values(0x01010000, "000000" + "0000000000") == {"demand.active.import.total": Decimal("0.0000")}
+
+
 def test_rate_block_length_follows_the_meter():
     four = "00010000" * 5
     got = values(0x0001FF00, four)

@@ -458,6 +458,8 @@ def decode(di: int, payload: bytes) -> list[DecodedValue]:
     for f in fields:
         raw = payload[pos : pos + f.size]
         pos += f.size
+        if f.kind is Kind.DATETIME and not any(raw):
+            continue  # all zeros: no time recorded (a demand time after a demand reset)
         out.append(DecodedValue(f.quantity, decode_field(f, raw), f.unit, f.scaling))
         if f.quantity == "status.word3":
             word = int.from_bytes(raw, "little")

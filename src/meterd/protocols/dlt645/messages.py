@@ -123,13 +123,13 @@ def _code4_text(raw: bytes) -> str:
     return bytes(raw[::-1]).hex().upper()
 
 
-def _password(text: str) -> bytes:
+def password_to_wire(text: str) -> bytes:
     """``"PAP2P1P0"`` -> PA P0 P1 P2: the level goes first, then the password low byte first."""
     raw = _code4(text, "password")
     return raw[3:] + raw[:3]
 
 
-def _password_text(raw: bytes) -> str:
+def password_from_wire(raw: bytes) -> str:
     return _code4_text(raw[1:4] + raw[:1])
 
 
@@ -294,7 +294,7 @@ def encode_request(req: Request) -> Frame:
     if isinstance(req, ReadAddressRequest):
         return Frame(req.address, Function.READ_ADDRESS, b"")
     if isinstance(req, WriteRequest):
-        data = di_to_wire(req.di) + _password(req.password) + _code4(req.operator, "operator code")
+        data = di_to_wire(req.di) + password_to_wire(req.password) + _code4(req.operator, "operator code")
         return Frame(req.address, Function.WRITE_DATA, data + req.data)
     if isinstance(req, TimeSyncRequest):
         return Frame(req.address, Function.BROADCAST_TIME, encode_datetime(req.when, TIME_FIELDS))
@@ -307,7 +307,7 @@ def encode_request(req: Request) -> Frame:
         return Frame(req.address, Function.CHANGE_BAUD, bytes((BAUD_BITS[req.baud],)))
     if isinstance(req, RelayControlRequest):
         data = (
-            _password(req.password)
+            password_to_wire(req.password)
             + _code4(req.operator, "operator code")
             + bytes((int(req.command), 0x00))
             + encode_datetime(req.valid_until, TIME_FIELDS)
@@ -376,7 +376,7 @@ def decode_request(frame: Frame) -> Request:
         return ReadAddressRequest(frame.address)
     if fn is Function.WRITE_DATA:
         _need(frame, 12, "write request", exact=False)
-        return WriteRequest(frame.address, di_from_wire(d), _password_text(d[4:8]), _code4_text(d[8:12]), d[12:])
+        return WriteRequest(frame.address, di_from_wire(d), password_from_wire(d[4:8]), _code4_text(d[8:12]), d[12:])
     if fn is Function.BROADCAST_TIME:
         _need(frame, 6, "time sync")
         return TimeSyncRequest(decode_datetime(d, TIME_FIELDS), frame.address)
@@ -395,7 +395,7 @@ def decode_request(frame: Frame) -> Request:
             command = RelayCommand(d[8])
         except ValueError:
             raise ProtocolError(f"unknown relay control command {d[8]:02X}") from None
-        return RelayControlRequest(frame.address, command, _password_text(d[0:4]), _code4_text(d[4:8]),
+        return RelayControlRequest(frame.address, command, password_from_wire(d[0:4]), _code4_text(d[4:8]),
                                    decode_datetime(d[10:16], TIME_FIELDS))
     raise ProtocolError(f"request function {fn.name} is not supported")
 

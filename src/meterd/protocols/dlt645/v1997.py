@@ -56,7 +56,7 @@ from meterd.protocols.dlt645.frame import (
     address_from_wire,
     address_to_wire,
 )
-from meterd.protocols.dlt645.messages import _password, _password_text
+from meterd.protocols.dlt645.messages import password_to_wire, password_from_wire
 
 
 class Function97(enum.IntEnum):
@@ -284,7 +284,7 @@ def encode_request97(req: Request97) -> Frame:
     if isinstance(req, RereadRequest97):
         return Frame(req.address, Function97.REREAD, b"")
     if isinstance(req, WriteRequest97):
-        return Frame(req.address, Function97.WRITE_DATA, di97_to_wire(req.di) + _password(req.password) + req.data)
+        return Frame(req.address, Function97.WRITE_DATA, di97_to_wire(req.di) + password_to_wire(req.password) + req.data)
     if isinstance(req, TimeSyncRequest97):
         return Frame(req.address, Function97.BROADCAST_TIME, encode_datetime(req.when, TIME_FIELDS_1997))
     if isinstance(req, ChangeAddressRequest97):
@@ -295,9 +295,9 @@ def encode_request97(req: Request97) -> Frame:
     if isinstance(req, ChangeBaudRequest97):
         return Frame(req.address, Function97.CHANGE_BAUD, bytes((_baud_bits(req.baud),)))
     if isinstance(req, ChangePasswordRequest97):
-        return Frame(req.address, Function97.CHANGE_PASSWORD, _password(req.old) + _password(req.new))
+        return Frame(req.address, Function97.CHANGE_PASSWORD, password_to_wire(req.old) + password_to_wire(req.new))
     if isinstance(req, ClearDemandRequest97):
-        return Frame(req.address, Function97.CLEAR_DEMAND, _password(req.password))
+        return Frame(req.address, Function97.CLEAR_DEMAND, password_to_wire(req.password))
     raise TypeError(f"not a DL/T 645-1997 request: {req!r}")
 
 
@@ -317,7 +317,7 @@ def encode_response97(resp: Response97) -> Frame:
         data = b"" if resp.baud is None else bytes((_baud_bits(resp.baud),))
         return Frame(resp.address, up | Function97.CHANGE_BAUD, data)
     if isinstance(resp, ChangePasswordResponse97):
-        return Frame(resp.address, up | Function97.CHANGE_PASSWORD, _password(resp.password))
+        return Frame(resp.address, up | Function97.CHANGE_PASSWORD, password_to_wire(resp.password))
     if isinstance(resp, AbnormalResponse97):
         return Frame(resp.address, up | ABNORMAL | resp.function, bytes((int(resp.error),)))
     raise TypeError(f"not a DL/T 645-1997 response: {resp!r}")
@@ -358,7 +358,7 @@ def decode_request97(frame: Frame) -> Request97:
         return RereadRequest97(frame.address)
     if fn is Function97.WRITE_DATA:
         _need(frame, DI_SIZE + PASSWORD_SIZE, "write request", exact=False)
-        return WriteRequest97(frame.address, di97_from_wire(d), _password_text(d[2:6]), d[6:])
+        return WriteRequest97(frame.address, di97_from_wire(d), password_from_wire(d[2:6]), d[6:])
     if fn is Function97.BROADCAST_TIME:
         _need(frame, 6, "time sync")
         return TimeSyncRequest97(decode_datetime(d, TIME_FIELDS_1997), frame.address)
@@ -373,9 +373,9 @@ def decode_request97(frame: Frame) -> Request97:
         return ChangeBaudRequest97(frame.address, _baud_from(d[0]))
     if fn is Function97.CHANGE_PASSWORD:
         _need(frame, 2 * PASSWORD_SIZE, "change password request")
-        return ChangePasswordRequest97(frame.address, _password_text(d[0:4]), _password_text(d[4:8]))
+        return ChangePasswordRequest97(frame.address, password_from_wire(d[0:4]), password_from_wire(d[4:8]))
     _need(frame, PASSWORD_SIZE, "clear demand request")  # CLEAR_DEMAND, the last one
-    return ClearDemandRequest97(frame.address, _password_text(d))
+    return ClearDemandRequest97(frame.address, password_from_wire(d))
 
 
 def _baud_from(z: int) -> int:
@@ -410,7 +410,7 @@ def decode_response97(frame: Frame) -> Response97:
         return ChangeBaudResponse97(frame.address, _baud_from(d[0]))
     if fn is Function97.CHANGE_PASSWORD:
         _need(frame, PASSWORD_SIZE, "change password reply")
-        return ChangePasswordResponse97(frame.address, _password_text(d))
+        return ChangePasswordResponse97(frame.address, password_from_wire(d))
     if fn in ACK_FUNCTIONS_97:
         _need(frame, 0, f"{fn.name} reply")
         return AckResponse97(frame.address, fn)
