@@ -18,6 +18,7 @@ from meterd.config import (
     SerialLink,
     StoreConfig,
     TcpLink,
+    Framing,
     Timeouts,
     load_config,
     parse_config,
@@ -114,7 +115,8 @@ def test_good_config_becomes_the_typed_model(tmp_path: Path) -> None:
             preamble=4,
             turnaround=0.02,
         ),
-        ChannelConfig(name="dtu7", link=TcpLink(host="127.0.0.1", port=8899), timeouts=Timeouts()),
+        ChannelConfig(name="dtu7", link=TcpLink(host="127.0.0.1", port=8899), timeouts=Timeouts(),
+                      framing=Framing.TCP),
         ChannelConfig(name="spare", link=SerialLink(device="/dev/ttyUSB1"), timeouts=Timeouts()),
     )
     assert config.meters == (
@@ -221,7 +223,7 @@ pt = -1
 [[meters]]
 address = "1"
 channel = "bus1"
-protocol = "modbus"
+protocol = "iec62056"
 
 [[meters]]
 address = "12345678901234"
@@ -284,7 +286,7 @@ EXPECTED = [
     'meters[0].ct: must be a positive number, got "x"',
     "meters[0].pt: must be a positive number, got -1",
     'meters[1].address: 000000000001 is already meters[0] on channel "bus1"',
-    'meters[1].protocol: must be one of "dlt645-2007", got "modbus"',
+    'meters[1].protocol: must be one of "dlt645-2007", "dlt645-1997", "modbus", got "iec62056"',
     'meters[2].address: must be 1 to 12 decimal digits, got "12345678901234"',
     'meters[2].channel: no channel named "bus2" (did you mean "bus1"?)',
     'meters[3].address: must be 1 to 12 decimal digits, got "AAAAAAAAAAAA"',

@@ -1,19 +1,26 @@
 """A channel owns one link (a half-duplex RS-485 bus, a serial server, a DTU): one request in flight.
 
-``transact`` is the only way bytes reach a meter.  Per attempt it:
+:meth:`Channel.exchange` is the only way bytes reach a meter, whatever its protocol.  The
+protocol supplies the request bytes and a :class:`ReplyMatcher` that is fed what comes back and
+says when the awaited reply is complete (DL/T 645 frames through the stream decoder here,
+Modbus ADUs through pymodbus' framers in :mod:`meterd.collector.modbus`).  Per attempt the
+channel:
 
 1. waits out the bus turnaround after the previous answer, drops stale input,
-2. writes the request (with ``FE`` wake-up bytes),
-3. reads until a reply frame for the same function arrives: the first byte must come within the
-   response timeout, later bytes within the inter-byte timeout.  Echoed request frames (RS-485
-   adapters that hear themselves) are skipped.  Noise and bad-checksum frames are dropped by the
-   stream decoder and, if nothing good follows, make the attempt ``garbled`` rather than a timeout.
-4. checks the replying address.
+2. writes the request,
+3. reads until the matcher returns the reply: the first byte must come within the response
+   timeout, later bytes within the inter-byte timeout.  Echoed requests, noise and corrupt frames
+   are the matcher's business; if nothing good follows, the attempt is ``garbled`` (something
+   corrupt was dropped), ``incomplete`` (a reply started but stopped short) or ``timeout``
+   (nothing),
+4. lets the matcher check who replied (``wrong_address``).
 
-Timeouts, garbled replies, wrong addresses and link errors are retried up to ``retries`` times;
-a meter's abnormal reply is an answer and is returned, never retried.  Each outcome is counted in
-:class:`ChannelStats`.  A dead link is reopened on the next transaction; the channel logs once when
-its link goes down and once when it comes back.
+Timeouts, garbled and incomplete replies, wrong addresses and link errors are retried up to
+``retries`` times; a meter's refusal (DL/T 645 abnormal reply, Modbus exception response) is an
+answer and is returned, never retried.  Each outcome is counted in :class:`ChannelStats`.  A dead
+link is reopened on the next transaction; the channel logs once when its link goes down and once
+when it comes back.  :meth:`Channel.transact` is the DL/T 645 (2007 and 1997: one envelope)
+shorthand.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 from meterd.collector.transports.base import Transport
 from meterd.errors import LinkError, LinkTimeoutError, MeterdError
@@ -42,9 +49,31 @@ log = logging.getLogger(__name__)
 class FailureKind(enum.StrEnum):
     TIMEOUT = "timeout"
     GARBLED = "garbled"
+    INCOMPLETE = "incomplete"
     WRONG_ADDRESS = "wrong_address"
     ABNORMAL = "abnormal"
     LINK = "link"
+
+
+class WrongPeer(MeterdError):
+    """Raised by a matcher: a complete, valid reply came from another meter (address / unit id)."""
+
+
+class ReplyMatcher(Protocol):
+    """The receive side of one attempt, supplied by the protocol.
+
+    ``feed`` takes the bytes as they come and returns the decoded reply once it is complete
+    (``None``: need more); it raises :class:`WrongPeer` for a reply from someone else.
+    ``dropped`` counts corrupt frames it threw away; ``pending`` is whether it holds the start
+    of a reply that has not completed.
+    """
+
+    dropped: int
+
+    def feed(self, data: bytes) -> Any | None: ...
+
+    @property
+    def pending(self) -> bool: ...
 
 
 class TransactionError(MeterdError):
@@ -68,7 +97,7 @@ class TraceEvent:
     channel: str
     direction: str  # "tx", "rx", "drop", "note"
     data: bytes
-    frame: Frame | None = None
+    frame: Any = None  # the decoded request or reply: a DL/T 645 Frame or a pymodbus PDU
     note: str = ""
     at: float = 0.0
 
@@ -131,18 +160,30 @@ class Channel:
         self._lock = asyncio.Lock()
         self._last_done = 0.0
         self._link_down = False
-        self._decoder = StreamDecoder()
 
     async def close(self) -> None:
         await self.transport.close()
 
     async def transact(self, request: Frame, *, expect_reply: bool = True) -> Frame | None:
-        """Send ``request``; return the meter's reply frame (normal or abnormal).
+        """DL/T 645: send ``request``; return the meter's reply frame (normal or abnormal).
 
         Raises TransactionError once every attempt failed.  With ``expect_reply=False``
         (broadcasts), the request is only written.
         """
         wire = encode_frame(request, preamble=self.preamble)
+        return await self.exchange(request.address, wire, lambda: Dlt645Reply(request), request=request,
+                                   expect_reply=expect_reply)
+
+    async def exchange(
+        self,
+        meter: str,
+        wire: bytes,
+        matcher: Callable[[], ReplyMatcher],
+        *,
+        request: Any = None,
+        expect_reply: bool = True,
+    ) -> Any:
+        """Write ``wire`` to ``meter`` and return what a fresh ``matcher()`` per attempt decodes."""
         async with self._lock:
             self.stats.transactions += 1
             last: TransactionError | None = None
@@ -151,7 +192,7 @@ class Channel:
                     self.stats.retries += 1
                 self.stats.attempts += 1
                 try:
-                    reply = await self._attempt(request, wire, expect_reply)
+                    reply = await self._attempt(meter, wire, matcher() if expect_reply else None, request)
                 except TransactionError as exc:
                     self.stats.failures[exc.kind] += 1
                     last = exc
@@ -178,8 +219,7 @@ class Channel:
             log.info("channel %s: link is back", self.name)
             self._link_down = False
 
-    async def _attempt(self, request: Frame, wire: bytes, expect_reply: bool) -> Frame | None:
-        meter = request.address
+    async def _attempt(self, meter: str, wire: bytes, matcher: ReplyMatcher | None, request: Any) -> Any:
         await self._ensure_open(meter)
         if self.turnaround:
             wait = self._last_done + self.turnaround - time.monotonic()
@@ -187,14 +227,11 @@ class Channel:
                 await asyncio.sleep(wait)
         transport = self.transport
         transport.reset_input()
-        decoder = self._decoder
-        decoder.clear()
-        dropped_before = decoder.dropped
         self._emit("tx", wire, request)
         started = time.monotonic()
         try:
             await transport.write(wire)
-            if not expect_reply:
+            if matcher is None:
                 return None
             received = bytearray()
             timeout = self.timing.response
@@ -202,30 +239,62 @@ class Channel:
                 try:
                     chunk = await transport.read(timeout)
                 except LinkTimeoutError:
-                    kind = FailureKind.GARBLED if decoder.dropped > dropped_before else FailureKind.TIMEOUT
+                    if matcher.dropped:
+                        kind, what = FailureKind.GARBLED, "no valid reply (corrupt frame dropped)"
+                    elif matcher.pending:
+                        kind, what = FailureKind.INCOMPLETE, "reply stopped short"
+                    else:
+                        kind, what = FailureKind.TIMEOUT, "no answer"
                     if received:
                         self._emit("drop", bytes(received), note=f"{kind}: incomplete or corrupt reply")
-                    what = "no valid reply" if received else "no answer"
-                    raise TransactionError(kind, f"{what} within {self.timing.response} s",
+                    limit = self.timing.inter_byte if received else self.timing.response
+                    raise TransactionError(kind, f"{what} within {limit} s",
                                            meter=meter, received=bytes(received)) from None
                 received += chunk
                 timeout = self.timing.inter_byte
-                decoder.feed(chunk)
-                while (frame := decoder.next_frame()) is not None:
-                    if not frame.is_reply:
-                        continue  # our own request echoed by the adapter
-                    self._emit("rx", bytes(received), frame)
-                    if frame.function != request.function:
-                        continue
-                    if request.address != BROADCAST and "A" not in request.address and frame.address != meter:
-                        raise TransactionError(
-                            FailureKind.WRONG_ADDRESS, f"reply came from {frame.address}",
-                            meter=meter, received=bytes(received))
+                try:
+                    reply = matcher.feed(chunk)
+                except WrongPeer as exc:
+                    raise TransactionError(FailureKind.WRONG_ADDRESS, str(exc),
+                                           meter=meter, received=bytes(received)) from None
+                if reply is not None:
+                    self._emit("rx", bytes(received), reply)
                     self.stats.record_success(time.monotonic() - started)
-                    return frame
+                    return reply
         except LinkError as exc:
             raise TransactionError(FailureKind.LINK, str(exc), meter=meter) from exc
 
     def _emit(self, direction: str, data: bytes, frame: Frame | None = None, note: str = "") -> None:
         if self.trace is not None:
             self.trace(TraceEvent(self.name, direction, data, frame, note, time.monotonic()))
+
+
+class Dlt645Reply:
+    """DL/T 645 matcher (2007 and 1997 share the envelope): the first reply frame for the
+    request's function; echoed requests and replies to other functions are skipped; a reply from
+    another address is a :class:`WrongPeer` (unless the request was broadcast or wildcarded)."""
+
+    __slots__ = ("request", "decoder", "_check_address")
+
+    def __init__(self, request: Frame) -> None:
+        self.request = request
+        self.decoder = StreamDecoder()
+        self._check_address = request.address != BROADCAST and "A" not in request.address
+
+    @property
+    def dropped(self) -> int:
+        return self.decoder.dropped
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.decoder.pending)
+
+    def feed(self, data: bytes) -> Frame | None:
+        self.decoder.feed(data)
+        while (frame := self.decoder.next_frame()) is not None:
+            if not frame.is_reply or frame.function != self.request.function:
+                continue  # our own request echoed by the adapter, or a stray reply
+            if self._check_address and frame.address != self.request.address:
+                raise WrongPeer(f"reply came from {frame.address}")
+            return frame
+        return None

@@ -19,9 +19,13 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from meterd.collector.channel import Channel, Timing, TraceHook
-from meterd.collector.poll import MeterTarget, RoundResult, poll_round
+from meterd.collector.modbus import ModbusLink
+from meterd.collector.poll import MeterTarget, Reads, RoundResult, poll_round
 from meterd.collector.transports import SerialTransport, TcpTransport, Transport
-from meterd.config.model import ChannelConfig, Config, PollConfig, SerialLink
+from meterd.config.model import ChannelConfig, Config, MeterConfig, PollConfig, Protocol, SerialLink
+from meterd.errors import ConfigError
+from meterd.protocols import modbus
+from meterd.protocols.readspec import ReadSpec, describe_items, resolve_dlt645
 from meterd.storage.sqlite import MeterRecord, SqliteStore
 from meterd.storage.writer import BatchWriter
 
@@ -58,13 +62,34 @@ def make_channel(cfg: ChannelConfig, trace: TraceHook | None = None) -> Channel:
 @dataclass(frozen=True, slots=True)
 class PlannedPoll:
     poll: PollConfig
-    meters: tuple[MeterTarget, ...]
+    meters: tuple[tuple[MeterTarget, Reads], ...]  # each meter with what it is asked for, in its protocol
 
 
 @dataclass(frozen=True, slots=True)
 class ChannelPlan:
     channel: ChannelConfig
     polls: tuple[PlannedPoll, ...]
+
+    @property
+    def has_modbus(self) -> bool:
+        return any(t.protocol == Protocol.MODBUS for p in self.polls for t, _ in p.meters)
+
+
+def target(m: MeterConfig) -> MeterTarget:
+    return MeterTarget(m.address, m.ct, m.pt, str(m.protocol), m.unit, m.regmap)
+
+
+def meter_reads(meter: MeterConfig, poll: PollConfig) -> Reads:
+    """What ``poll`` asks of ``meter``, in the meter's protocol (the loader has checked it resolves)."""
+    if meter.protocol is Protocol.MODBUS:
+        assert meter.regmap is not None
+        return modbus.compile_plan(meter.regmap, poll.quantities)
+    explicit = poll.items if meter.protocol is Protocol.DLT645_2007 else poll.items_1997
+    spec, missing = resolve_dlt645(poll.quantities, explicit, edition=str(meter.protocol))
+    if missing:
+        raise ConfigError([f"{poll.name}: meter {meter.address} ({meter.protocol}) has no identifier for "
+                           f"{', '.join(missing)}"])
+    return spec
 
 
 def compile_plan(config: Config) -> tuple[ChannelPlan, ...]:
@@ -73,9 +98,7 @@ def compile_plan(config: Config) -> tuple[ChannelPlan, ...]:
     for ch in config.channels:
         polls = []
         for poll in config.polls:
-            meters = tuple(
-                MeterTarget(m.address, m.ct, m.pt) for m in config.meters_for(poll) if m.channel == ch.name
-            )
+            meters = tuple((target(m), meter_reads(m, poll)) for m in config.meters_for(poll) if m.channel == ch.name)
             if meters:
                 polls.append(PlannedPoll(poll, meters))
         plans.append(ChannelPlan(ch, tuple(polls)))
@@ -83,15 +106,37 @@ def compile_plan(config: Config) -> tuple[ChannelPlan, ...]:
 
 
 def describe_plan(plans: tuple[ChannelPlan, ...]) -> list[str]:
+    """The start-up log: per channel, per poll, the requests each kind of meter gets.
+
+    Meters asked the same thing are summarised on one line; a Modbus meter's compiled requests are
+    listed block by block (once per register map and poll).
+    """
     lines = []
     for plan in plans:
         link = plan.channel.link
         where = (f"serial {link.device} {link.baud} {link.bytesize}{link.parity}{link.stopbits}"
                  if isinstance(link, SerialLink) else f"tcp {link.host}:{link.port}")
+        if plan.has_modbus:
+            where += f", modbus {plan.channel.framing}"
         lines.append(f"channel {plan.channel.name} ({where})")
         for p in plan.polls:
-            items = " ".join(f"{di:08X}" for di in p.poll.items)
-            lines.append(f"  poll {p.poll.name} every {p.poll.interval:g} s: {len(p.meters)} meter(s), items {items}")
+            lines.append(f"  poll {p.poll.name} every {p.poll.interval:g} s: {len(p.meters)} meter(s)")
+            groups: dict[str, list[str]] = {}
+            details: dict[str, list[str]] = {}
+            for meter, reads in p.meters:
+                if isinstance(reads, modbus.ReadPlan):
+                    key = f"modbus {reads.map_name}"
+                    who = f"{meter.address}@{meter.unit}"
+                    details.setdefault(key, ["    " + line for line in reads.describe().splitlines()])
+                else:
+                    assert isinstance(reads, ReadSpec)
+                    key = f"{meter.protocol} items {describe_items(meter.protocol, reads)}"
+                    who = meter.address
+                groups.setdefault(key, []).append(who)
+            for key, who in groups.items():
+                shown = ", ".join(who[:4]) + (f" and {len(who) - 4} more" if len(who) > 4 else "")
+                lines.append(f"    {key}: {shown}")
+                lines.extend(details.get(key, []))
         if not plan.polls:
             lines.append("  (no polls)")
     return lines
@@ -101,6 +146,7 @@ def describe_plan(plans: tuple[ChannelPlan, ...]) -> list[str]:
 class ChannelRunner:
     plan: ChannelPlan
     channel: Channel
+    modbus: ModbusLink | None = None
     rounds: int = 0
     overruns: int = 0
     next_due: dict[str, float] = field(default_factory=dict)
@@ -122,7 +168,11 @@ class Daemon:
         self.on_round = on_round
         self.plan = compile_plan(config)
         self.writer = BatchWriter(store, config.store.batch_size, config.store.flush_interval)
-        self.runners = [ChannelRunner(p, make_channel(p.channel, trace)) for p in self.plan]
+        self.runners = []
+        for p in self.plan:
+            channel = make_channel(p.channel, trace)
+            link = ModbusLink(channel, str(p.channel.framing)) if p.has_modbus else None
+            self.runners.append(ChannelRunner(p, channel, link))
 
     async def run(self, stop: asyncio.Event) -> None:
         for line in describe_plan(self.plan):
@@ -169,7 +219,7 @@ class Daemon:
                     pass
 
     async def run_round(self, runner: ChannelRunner, planned: PlannedPoll) -> RoundResult:
-        result = await poll_round(runner.channel, planned.meters, planned.poll.items, self.clock())
+        result = await poll_round(runner.channel, planned.meters, None, self.clock(), link=runner.modbus)
         runner.rounds += 1
         self.writer.add_many(result.readings)
         self.writer.add_attempts(result.attempts)

@@ -1,30 +1,52 @@
-"""Poll rounds: read a set of data identifiers from every meter of a channel and make readings.
+"""Poll rounds: read what a poll wants from every meter of a channel and make readings.
 
-A round walks the meters of one channel in order, one request in flight (the channel enforces it).
-For each identifier it sends a read, follows ``B1`` follow-up frames, decodes the payload with the
-catalogue and turns each value into a :class:`~meterd.readings.Reading` with the meter's
-transformer ratios applied (energy, demand, power x CT x PT; current x CT; voltage x PT).
+A round walks the meters of one channel in order, one request in flight (the channel enforces it),
+each in its own protocol:
+
+* DL/T 645-2007: for each identifier a read, ``B1`` follow-up frames followed, the payload decoded
+  with the catalogue;
+* DL/T 645-1997: the same with the 1997 control codes (01 / 02) and catalogue;
+* Modbus: the meter's compiled :class:`~meterd.protocols.modbus.ReadPlan`, one request per block
+  (with the map's pause between requests), decoded with the register map.
+
+Every value becomes a :class:`~meterd.readings.Reading` with the meter's transformer ratios applied
+(energy, demand, power x CT x PT; current x CT; voltage x PT; nothing for a Modbus register the
+map marks as primary-side), so downstream code cannot tell the protocols apart.
 
 Frozen values are stamped with the meter's own freeze time (read once per meter and round from the
 identifier the catalogue names); everything else with the round's time, which is passed in.
 
-Failures never stop a round.  An abnormal reply (the meter refuses one identifier) is recorded
-and the next identifier is read.  A meter that does not answer at all (timeout, link error) has
+Failures never stop a round.  An abnormal reply (the meter refuses one identifier, or a Modbus
+exception response, recorded with its exception code) is recorded and the next one is read.  A meter that does not answer at all (timeout, link error) has
 its remaining identifiers recorded as not tried, so one dead meter costs the bus one timeout per
 round, not one per identifier.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, Union
 
 from meterd.collector.channel import Channel, FailureKind, TransactionError
+from meterd.collector.modbus import ModbusLink, ModbusRefused
 from meterd.errors import ProtocolError
 from meterd.protocols.dlt645 import catalogue
-from meterd.protocols.dlt645.catalogue import Scaling
+from meterd.protocols.dlt645.catalogue import DecodedValue, Scaling
+from meterd.protocols.dlt645.catalogue1997 import decode97
+from meterd.protocols.dlt645.v1997 import (
+    AbnormalResponse97,
+    ReadFollowUpRequest97,
+    ReadFollowUpResponse97,
+    ReadRequest97,
+    ReadResponse97,
+    decode_response97,
+    encode_request97,
+)
+from meterd.protocols.modbus import ReadPlan, RegisterMap, decode_block
+from meterd.protocols.readspec import DLT645_1997, DLT645_2007, MODBUS, ReadSpec
 from meterd.protocols.dlt645.messages import (
     AbnormalResponse,
     ReadFollowUpRequest,
@@ -47,6 +69,9 @@ class MeterTarget:
     address: str
     ct: Decimal = Decimal(1)
     pt: Decimal = Decimal(1)
+    protocol: str = DLT645_2007  # "dlt645-2007", "dlt645-1997" or "modbus"
+    unit: int | None = None  # Modbus unit id
+    regmap: RegisterMap | None = field(default=None, compare=False, repr=False)
 
     def scale(self, value: Decimal, scaling: Scaling) -> Decimal:
         if scaling is Scaling.CTPT:
@@ -148,33 +173,134 @@ def to_readings(
     return out
 
 
+Reads = Union[Sequence[int], ReadSpec, ReadPlan]
+
+
+async def read_item97(channel: Channel, address: str, di: int) -> bytes:
+    """DL/T 645-1997: read one identifier, following up (02) while the meter says there is more."""
+    reply = await channel.transact(encode_request97(ReadRequest97(address, di)))
+    assert reply is not None
+    try:
+        message = decode_response97(reply)
+    except ProtocolError as exc:
+        raise ReadFailed(FailureKind.GARBLED, f"undecodable reply: {exc}") from exc
+    if isinstance(message, AbnormalResponse97):
+        raise ReadFailed(FailureKind.ABNORMAL, message.describe())
+    if not isinstance(message, ReadResponse97) or message.di != di:
+        raise ReadFailed(FailureKind.GARBLED, f"reply is not for {di:04X}: {message!r}")
+    payload = bytearray(message.data)
+    more = message.follow_up
+    seq = 0
+    while more:
+        seq += 1
+        if seq > MAX_FOLLOW_UPS:
+            raise ReadFailed(FailureKind.GARBLED, f"{di:04X}: more than {MAX_FOLLOW_UPS} follow-up frames")
+        reply = await channel.transact(encode_request97(ReadFollowUpRequest97(address, di)))
+        assert reply is not None
+        follow = decode_response97(reply)
+        if isinstance(follow, AbnormalResponse97):
+            raise ReadFailed(FailureKind.ABNORMAL, f"follow-up {seq}: {follow.describe()}")
+        if not isinstance(follow, (ReadFollowUpResponse97, ReadResponse97)) or follow.di != di:
+            raise ReadFailed(FailureKind.GARBLED, f"follow-up {seq} is not for {di:04X}")
+        payload += follow.data
+        more = follow.follow_up
+    return bytes(payload)
+
+
+def values_to_readings(
+    meter: MeterTarget, values: Iterable[DecodedValue], timestamp: datetime, meter_tz: tzinfo
+) -> list[Reading]:
+    out = []
+    for v in values:
+        value = v.value
+        if isinstance(value, Decimal):
+            value = meter.scale(value, v.scaling)
+        elif isinstance(value, datetime):
+            value = value.replace(tzinfo=meter_tz).astimezone(timezone.utc)
+        out.append(Reading(meter.address, v.quantity, timestamp, value, v.unit, Quality.GOOD))
+    return out
+
+
+class _Attempts:
+    """Per-meter bookkeeping: one Attempt per identifier / block, with the latency it took."""
+
+    def __init__(self, channel: Channel, meter: MeterTarget, now: datetime) -> None:
+        self.channel, self.meter, self.now = channel, meter, now
+        self.list: list[Attempt] = []
+        self.dead: str | None = None
+        self._latency = 0.0
+        self._successes = 0
+
+    def start(self) -> None:
+        self._latency = self.channel.stats.latency_total
+        self._successes = self.channel.stats.successes
+
+    def ok(self, item: str) -> None:
+        n = self.channel.stats.successes - self._successes
+        latency = (self.channel.stats.latency_total - self._latency) / n if n else None
+        self.add(item, "ok", latency)
+
+    def add(self, item: str, outcome: str, latency: float | None = None, detail: str = "") -> None:
+        self.list.append(Attempt(self.meter.address, self.channel.name, item, self.now, outcome, latency, detail))
+
+    def skip_if_dead(self, item: str) -> bool:
+        if self.dead is None:
+            return False
+        self.add(item, self.dead, detail="not tried: the meter did not answer an earlier request this round")
+        return True
+
+    def failed(self, item: str, exc: TransactionError) -> None:
+        self.add(item, exc.kind, detail=str(exc))
+        if exc.kind in _GIVE_UP:
+            self.dead = exc.kind
+
+
 async def poll_meter(
     channel: Channel,
     meter: MeterTarget,
-    items: Sequence[int],
+    reads: Reads,
     now: datetime,
     *,
     meter_tz: tzinfo = CHINA_STANDARD_TIME,
     curve_points: int = 4,
     curve_interval: timedelta = catalogue.DEFAULT_CURVE_INTERVAL,
+    link: ModbusLink | None = None,
 ) -> tuple[list[Reading], list[Attempt]]:
-    """Read ``items`` from one meter.  Load-curve identifiers fetch the last ``curve_points``
-    records (N-records-from-a-time form) and give one reading per record."""
+    """Read one meter, in its protocol.
+
+    ``reads`` is a :class:`ReadSpec` (or a plain list of identifiers) for DL/T 645 meters and a
+    :class:`~meterd.protocols.modbus.ReadPlan` for Modbus meters, which also need ``link``.
+    DL/T 645-2007 load-curve identifiers fetch the last ``curve_points`` records
+    (N-records-from-a-time form) and give one reading per record.
+    """
+    if meter.protocol == MODBUS:
+        if not isinstance(reads, ReadPlan) or link is None:
+            raise TypeError(f"meter {meter.address}: a Modbus meter is polled with a ReadPlan and a ModbusLink")
+        return await _poll_modbus(link, meter, reads, now)
+    spec = reads if isinstance(reads, ReadSpec) else ReadSpec(tuple(reads))
+    if meter.protocol == DLT645_1997:
+        return await _poll_1997(channel, meter, spec, now, meter_tz)
+    return await _poll_2007(channel, meter, spec, now, meter_tz, curve_points, curve_interval)
+
+
+async def _poll_2007(
+    channel: Channel,
+    meter: MeterTarget,
+    spec: ReadSpec,
+    now: datetime,
+    meter_tz: tzinfo,
+    curve_points: int,
+    curve_interval: timedelta,
+) -> tuple[list[Reading], list[Attempt]]:
     readings: list[Reading] = []
-    attempts: list[Attempt] = []
+    log = _Attempts(channel, meter, now)
     freeze_times: dict[int, datetime] = {}
-    dead: str | None = None
-
-    def attempt(di: int, outcome: str, latency: float | None = None, detail: str = "") -> None:
-        attempts.append(Attempt(meter.address, channel.name, f"{di:08X}", now, outcome, latency, detail))
-
-    for di in items:
-        if dead is not None:
-            attempt(di, dead, detail="not tried: the meter did not answer an earlier request this round")
+    for di in spec.items:
+        label = f"{di:08X}"
+        if log.skip_if_dead(label):
             continue
         item = catalogue.lookup(di)
-        started = channel.stats.latency_total
-        successes = channel.stats.successes
+        log.start()
         try:
             stamp = now
             if item.timestamp_di is not None:
@@ -187,38 +313,106 @@ async def poll_meter(
             if item.records:
                 first = curve_window(now, meter_tz, curve_points, curve_interval)
                 payload = await read_item(channel, meter.address, di, count=curve_points, start=first)
-                readings.extend(curve_readings(meter, di, payload, meter_tz, curve_interval))
+                got = curve_readings(meter, di, payload, meter_tz, curve_interval)
             else:
                 payload = await read_item(channel, meter.address, di)
-                readings.extend(to_readings(meter, di, payload, stamp, meter_tz))
+                got = to_readings(meter, di, payload, stamp, meter_tz)
+            readings.extend(r for r in got if spec.wanted(di, r.quantity))
         except TransactionError as exc:
-            attempt(di, exc.kind, detail=str(exc))
-            if exc.kind in _GIVE_UP:
-                dead = exc.kind
+            log.failed(label, exc)
             continue
         except ReadFailed as exc:
-            attempt(di, exc.kind, detail=f"meter {meter.address} {di:08X}: {exc.detail}")
+            log.add(label, exc.kind, detail=f"meter {meter.address} {label}: {exc.detail}")
             continue
         except ProtocolError as exc:
-            attempt(di, FailureKind.GARBLED, detail=f"meter {meter.address} {di:08X}: {exc}")
+            log.add(label, FailureKind.GARBLED, detail=f"meter {meter.address} {label}: {exc}")
             continue
-        n = channel.stats.successes - successes
-        latency = (channel.stats.latency_total - started) / n if n else None
-        attempt(di, "ok", latency)
-    return readings, attempts
+        log.ok(label)
+    return readings, log.list
+
+
+async def _poll_1997(
+    channel: Channel, meter: MeterTarget, spec: ReadSpec, now: datetime, meter_tz: tzinfo
+) -> tuple[list[Reading], list[Attempt]]:
+    readings: list[Reading] = []
+    log = _Attempts(channel, meter, now)
+    local_now = now.astimezone(meter_tz).replace(tzinfo=None)  # gives 1997 demand times their year
+    for di in spec.items:
+        label = f"{di:04X}"
+        if log.skip_if_dead(label):
+            continue
+        log.start()
+        try:
+            payload = await read_item97(channel, meter.address, di)
+            values = decode97(di, payload, now=local_now)
+            readings.extend(r for r in values_to_readings(meter, values, now, meter_tz) if spec.wanted(di, r.quantity))
+        except TransactionError as exc:
+            log.failed(label, exc)
+            continue
+        except ReadFailed as exc:
+            log.add(label, exc.kind, detail=f"meter {meter.address} {label}: {exc.detail}")
+            continue
+        except ProtocolError as exc:
+            log.add(label, FailureKind.GARBLED, detail=f"meter {meter.address} {label}: {exc}")
+            continue
+        log.ok(label)
+    return readings, log.list
+
+
+def block_label(block: object) -> str:
+    """``FC03 0x0000 x20``: how a Modbus read is named in attempts and logs."""
+    fn = getattr(block, "function")
+    return f"FC{fn.read_code:02d} 0x{getattr(block, 'address'):04X} x{getattr(block, 'count')}"
+
+
+async def _poll_modbus(
+    link: ModbusLink, meter: MeterTarget, plan: ReadPlan, now: datetime
+) -> tuple[list[Reading], list[Attempt]]:
+    readings: list[Reading] = []
+    log = _Attempts(link.channel, meter, now)
+    assert meter.unit is not None
+    for index, block in enumerate(plan):
+        label = block_label(block)
+        if log.skip_if_dead(label):
+            continue
+        if index and plan.pause_between_requests:
+            await asyncio.sleep(plan.pause_between_requests)
+        log.start()
+        try:
+            data = await link.read_block(meter.address, meter.unit, block)
+            values = decode_block(block, data)
+        except TransactionError as exc:
+            log.failed(label, exc)
+            continue
+        except ModbusRefused as exc:
+            log.add(label, FailureKind.ABNORMAL, detail=f"meter {meter.address} unit {meter.unit} {label}: {exc.error}")
+            continue
+        except ProtocolError as exc:
+            log.add(label, FailureKind.GARBLED, detail=f"meter {meter.address} unit {meter.unit} {label}: {exc}")
+            continue
+        readings.extend(values_to_readings(meter, values, now, CHINA_STANDARD_TIME))
+        log.ok(label)
+    return readings, log.list
 
 
 async def poll_round(
     channel: Channel,
-    meters: Iterable[MeterTarget],
-    items: Sequence[int],
+    meters: Iterable[MeterTarget] | Iterable[tuple[MeterTarget, Reads]],
+    items: Reads | None,
     now: datetime,
     *,
     meter_tz: tzinfo = CHINA_STANDARD_TIME,
+    link: ModbusLink | None = None,
 ) -> RoundResult:
+    """One round over ``meters``: either targets all read with ``items``, or (target, reads) pairs."""
     result = RoundResult(channel.name, now)
-    for meter in meters:
-        readings, attempts = await poll_meter(channel, meter, items, now, meter_tz=meter_tz)
+    for entry in meters:
+        if isinstance(entry, tuple):
+            meter, reads = entry
+        else:
+            meter, reads = entry, items
+        assert reads is not None
+        readings, attempts = await poll_meter(channel, meter, reads, now, meter_tz=meter_tz, link=link)
         result.readings.extend(readings)
         result.attempts.extend(attempts)
     return result

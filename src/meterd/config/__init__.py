@@ -3,7 +3,8 @@
 What lives here: the model (:mod:`.model`, frozen dataclasses and ``StrEnum`` choices that the
 collector, storage and CLI code against) and the loader (:mod:`.loader`, ``tomllib`` plus
 validation).  May import: ``meterd.errors`` and the DL/T 645 codec helpers in
-``meterd.protocols.dlt645`` (address normalisation, DI parsing, the catalogue); nothing that does
+``meterd.protocols`` (address normalisation, DI parsing, the catalogues, Modbus register maps,
+the quantity resolver); nothing that does
 I/O beyond reading the one file.
 
 Contract: :func:`load_config` either returns a :class:`Config` in which every cross-reference
@@ -16,6 +17,7 @@ from meterd.config.loader import load_config, parse_config
 from meterd.config.model import (
     ChannelConfig,
     Config,
+    Framing,
     MeterConfig,
     Parity,
     PollConfig,
@@ -29,6 +31,7 @@ from meterd.config.model import (
 __all__ = [
     "ChannelConfig",
     "Config",
+    "Framing",
     "MeterConfig",
     "Parity",
     "PollConfig",

@@ -28,6 +28,7 @@ from typing import Any, Final, Iterable
 from meterd.config.model import (
     ChannelConfig,
     Config,
+    Framing,
     MeterConfig,
     Parity,
     PollConfig,
@@ -41,6 +42,8 @@ from meterd.checking import Checker, hint, show
 from meterd.errors import ConfigError, ProtocolError
 from meterd.protocols.dlt645.frame import BROADCAST, normalize_address
 from meterd.protocols.dlt645.messages import parse_di
+from meterd.protocols.modbus.registermap import builtin_maps, get_map, load_map
+from meterd.protocols.modbus.schema import RegisterMap
 
 BAUD_RATES: Final = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 BYTESIZES: Final = (7, 8)
@@ -59,11 +62,12 @@ _CHANNEL_KEYS: Final = (
     "retries",
     "preamble",
     "turnaround",
+    "framing",
 )
 _SERIAL_KEYS: Final = ("device", "baud", "bytesize", "parity", "stopbits")
 _TCP_KEYS: Final = ("host", "port")
-_METER_KEYS: Final = ("address", "channel", "protocol", "ct", "pt", "name", "group")
-_POLL_KEYS: Final = ("name", "interval", "groups", "items")
+_METER_KEYS: Final = ("address", "channel", "protocol", "ct", "pt", "name", "group", "unit", "model")
+_POLL_KEYS: Final = ("name", "interval", "groups", "items", "items_1997", "quantities")
 
 _DURATION_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)", re.IGNORECASE)
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -119,7 +123,7 @@ def parse_config(
     ]
     # A broken [channels] table is reported once; do not also blame every meter that uses it.
     channel_names = set(channels_raw) if channels_raw is not None else None
-    meters = _meters(check, data.get("meters", []), channel_names=channel_names)
+    meters = _meters(check, data.get("meters", []), channel_names=channel_names, base_dir=base_dir)
     polls = _polls(check, data.get("polls", []), meters)
 
     if check.problems:
@@ -181,8 +185,10 @@ def _channel(check: _Checker, path: str, name: str, raw: Any) -> ChannelConfig |
     retries = check.integer(f"{path}.retries", table.get("retries", 1), low=0, high=MAX_RETRIES)
     preamble = check.integer(f"{path}.preamble", table.get("preamble", 4), low=0, high=MAX_PREAMBLE)
     turnaround = check.duration(f"{path}.turnaround", table.get("turnaround", 0.0), allow_zero=True)
+    default_framing = Framing.TCP if "tcp" in table and "serial" not in table else Framing.RTU
+    framing = check.choice(f"{path}.framing", table.get("framing", str(default_framing)), Framing)
 
-    values = (link, connect, response, inter_byte, retries, preamble, turnaround)
+    values = (link, connect, response, inter_byte, retries, preamble, turnaround, framing)
     if any(v is None for v in values):
         return None
     assert link is not None and connect is not None and response is not None
@@ -195,6 +201,7 @@ def _channel(check: _Checker, path: str, name: str, raw: Any) -> ChannelConfig |
         retries=retries,
         preamble=preamble,
         turnaround=turnaround,
+        framing=framing,
     )
 
 
@@ -230,12 +237,14 @@ def _tcp(check: _Checker, path: str, raw: Any) -> TcpLink | None:
 
 
 def _meters(
-    check: _Checker, raw: Any, *, channel_names: set[str] | None
+    check: _Checker, raw: Any, *, channel_names: set[str] | None, base_dir: Path | None = None
 ) -> list[tuple[dict[str, Any], MeterConfig | None]]:
     """Each meter's raw table (for the poll cross-check) with its typed node, if it is valid."""
     items = check.array_of_tables("meters", raw)
     result: list[tuple[dict[str, Any], MeterConfig | None]] = []
     seen: dict[tuple[str, str], int] = {}  # (channel, address) -> index of first meter
+    units: dict[tuple[str, int], int] = {}  # (channel, Modbus unit) -> index of first meter
+    maps: dict[str, RegisterMap | None] = {}
     for index, table in items:
         path = f"meters[{index}]"
         check.known_keys(path, table, _METER_KEYS)
@@ -256,12 +265,64 @@ def _meters(
         pt = check.ratio(f"{path}.pt", table.get("pt", 1))
         name = check.string(f"{path}.name", table.get("name", ""), allow_empty=True)
         group = check.string(f"{path}.group", table.get("group", "default"))
+        unit: int | None = None
+        regmap: RegisterMap | None = None
+        modbus_ok = True
+        if protocol is Protocol.MODBUS:
+            if "unit" not in table:
+                check.problem(f"{path}.unit", "missing: a Modbus meter needs its unit id (1..247)")
+                modbus_ok = False
+            else:
+                unit = check.integer(f"{path}.unit", table["unit"], low=1, high=247)
+                modbus_ok = unit is not None
+                if unit is not None and channel is not None:
+                    first = units.setdefault((channel, unit), index)
+                    if first != index:
+                        check.problem(f"{path}.unit", f"unit {unit} is already meters[{first}] on channel {show(channel)}")
+            if "model" not in table:
+                check.problem(f"{path}.model", "missing: a Modbus meter needs its register map: a shipped "
+                              f"model ({', '.join(sorted(builtin_maps()))}) or a map file *.toml")
+                modbus_ok = False
+            else:
+                regmap = _register_map(check, f"{path}.model", table["model"], base_dir, maps)
+                modbus_ok = modbus_ok and regmap is not None
+        elif protocol is not None:
+            for key in ("unit", "model"):
+                if key in table:
+                    check.problem(f"{path}.{key}", f"only Modbus meters have a {key}; this meter speaks {protocol}")
         values = (address, channel, protocol, ct, pt, name, group)
         meter = None
-        if all(v is not None for v in values):
-            meter = MeterConfig(*values)  # type: ignore[arg-type]
+        if all(v is not None for v in values) and modbus_ok:
+            meter = MeterConfig(*values, unit=unit, regmap=regmap)  # type: ignore[arg-type]
         result.append((table, meter))
     return result
+
+
+def _register_map(
+    check: _Checker, path: str, raw: Any, base_dir: Path | None, cache: dict[str, RegisterMap | None]
+) -> RegisterMap | None:
+    if not isinstance(raw, str) or not raw.strip():
+        check.problem(path, f"must be a shipped model name or a map file path, got {show(raw)}")
+        return None
+    if raw in cache:
+        return cache[raw]
+    regmap: RegisterMap | None = None
+    try:
+        if raw.endswith(".toml") or "/" in raw:
+            file = Path(raw)
+            if base_dir is not None and not file.is_absolute():
+                file = base_dir / file
+            regmap = load_map(file)
+        else:
+            regmap = get_map(raw)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            check.problem(path, problem)
+    except (KeyError, LookupError):
+        models = sorted(builtin_maps())
+        check.problem(path, f"no shipped register map {show(raw)}{hint(raw, models)}; shipped: {', '.join(models)}")
+    cache[raw] = regmap
+    return regmap
 
 
 def _meter_address(check: _Checker, path: str, table: dict[str, Any]) -> str | None:
@@ -322,18 +383,109 @@ def _polls(
             if not unknown and not selected:
                 check.problem(path, "selects no meters")
 
-        items: tuple[int, ...] | None = None
-        if "items" not in table:
-            check.problem(f"{path}.items", "missing: required (a list of data identifiers)")
-        else:
+        items: tuple[int, ...] | None = ()
+        items_1997: tuple[int, ...] | None = ()
+        quantities: tuple[str, ...] | None = ()
+        if not any(k in table for k in ("items", "items_1997", "quantities")):
+            check.problem(path, "missing: what to read: quantities = [...] (any protocol), "
+                          "items = [...] (DL/T 645-2007 identifiers) or items_1997 = [...]")
+        if "items" in table:
             items = _poll_items(check, f"{path}.items", table["items"])
+        if "items_1997" in table:
+            items_1997 = _poll_items_1997(check, f"{path}.items_1997", table["items_1997"])
+        if "quantities" in table:
+            quantities = _poll_quantities(check, f"{path}.quantities", table["quantities"])
 
-        if name is None or interval is None or groups is None or items is None:
+        if name is None or interval is None or groups is None or None in (items, items_1997, quantities):
             result.append(None)
         else:
-            poll = PollConfig(name=name, interval=interval, groups=tuple(groups), items=items)
+            assert items is not None and items_1997 is not None and quantities is not None
+            poll = PollConfig(name=name, interval=interval, groups=tuple(groups), items=items,
+                              items_1997=items_1997, quantities=quantities)
+            _poll_reaches(check, path, poll, meters)
             result.append(poll)
     return result
+
+
+def _poll_reaches(
+    check: _Checker, path: str, poll: PollConfig, meters: list[tuple[dict[str, Any], MeterConfig | None]]
+) -> None:
+    """Every meter the poll selects can be asked for what the poll wants, in its own protocol."""
+    from meterd.protocols.readspec import resolve_dlt645
+
+    for index, (_, meter) in enumerate(meters):
+        if meter is None or (poll.groups and meter.group not in poll.groups):
+            continue
+        who = f"meters[{index}] ({meter.address}, {meter.protocol}"
+        if meter.protocol is Protocol.MODBUS:
+            assert meter.regmap is not None
+            who += f" model {meter.regmap.name})"
+            missing = [q for q in poll.quantities if q not in meter.regmap]
+            if missing:
+                check.problem(f"{path}.quantities", f"{who} has no register for {', '.join(missing)}")
+            elif not poll.quantities:
+                check.problem(path, f"reads nothing from {who}: Modbus meters are read by quantities = [...]")
+            continue
+        who += ")"
+        explicit = poll.items if meter.protocol is Protocol.DLT645_2007 else poll.items_1997
+        spec, missing = resolve_dlt645(poll.quantities, explicit, edition=str(meter.protocol))
+        if missing:
+            check.problem(f"{path}.quantities", f"{who} has no identifier for {', '.join(missing)}")
+        elif not spec.items:
+            key = "items" if meter.protocol is Protocol.DLT645_2007 else "items_1997"
+            check.problem(path, f"reads nothing from {who}: give {key} = [...] or quantities = [...]")
+
+
+def _poll_quantities(check: _Checker, path: str, raw: Any) -> tuple[str, ...] | None:
+    from meterd.protocols.modbus.quantities import known_quantities
+    from meterd.protocols.readspec import dlt645_1997_index, dlt645_index
+
+    if not isinstance(raw, list) or not raw:
+        check.problem(path, f"must be a non-empty list of quantity names, got {show(raw)}")
+        return None
+    known = set(known_quantities()) | set(dlt645_index()) | set(dlt645_1997_index())
+    out: list[str] = []
+    ok = True
+    for i, q in enumerate(raw):
+        if not isinstance(q, str):
+            check.problem(f"{path}[{i}]", f"must be a quantity name such as \"voltage.a\", got {show(q)}")
+            ok = False
+        elif q not in known:
+            check.problem(f"{path}[{i}]", f"unknown quantity {show(q)}{hint(q, known)}")
+            ok = False
+        elif q in out:
+            check.problem(f"{path}[{i}]", f"{q} is listed twice")
+            ok = False
+        else:
+            out.append(q)
+    return tuple(out) if ok else None
+
+
+def _poll_items_1997(check: _Checker, path: str, raw: Any) -> tuple[int, ...] | None:
+    from meterd.protocols.dlt645.catalogue1997 import lookup97
+    from meterd.protocols.dlt645.v1997 import parse_di97
+
+    if not isinstance(raw, list) or not raw:
+        check.problem(path, f'must be a non-empty list of 1997 data identifiers such as "9010", got {show(raw)}')
+        return None
+    out: list[int] = []
+    ok = True
+    for i, entry in enumerate(raw):
+        try:
+            if isinstance(entry, bool) or not isinstance(entry, (str, int)):
+                raise ProtocolError(f'must be 4 hex digits such as "9010", got {show(entry)}')
+            di = parse_di97(entry)
+            lookup97(di)
+        except ProtocolError as exc:
+            check.problem(f"{path}[{i}]", str(exc))
+            ok = False
+            continue
+        if di in out:
+            check.problem(f"{path}[{i}]", f"{di:04X} is listed twice")
+            ok = False
+            continue
+        out.append(di)
+    return tuple(out) if ok else None
 
 
 def _poll_items(check: _Checker, path: str, raw: Any) -> tuple[int, ...] | None:

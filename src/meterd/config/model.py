@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+from meterd.protocols.modbus.schema import RegisterMap
+
 
 class Parity(enum.StrEnum):
     NONE = "N"
@@ -22,6 +24,20 @@ class Parity(enum.StrEnum):
 
 class Protocol(enum.StrEnum):
     DLT645_2007 = "dlt645-2007"
+    DLT645_1997 = "dlt645-1997"
+    MODBUS = "modbus"
+
+    @property
+    def is_dlt645(self) -> bool:
+        return self is not Protocol.MODBUS
+
+
+class Framing(enum.StrEnum):
+    """How Modbus meters on a channel are framed: RTU (serial, or RTU passed through TCP by a
+    serial server / DTU) or Modbus TCP (MBAP).  DL/T 645 meters ignore it."""
+
+    RTU = "rtu"
+    TCP = "tcp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +70,7 @@ class ChannelConfig:
     retries: int = 1
     preamble: int = 4  # FE wake-up bytes before each request
     turnaround: float = 0.0  # pause between transactions on the bus
+    framing: Framing = Framing.RTU  # Modbus framing; the loader defaults it to TCP on tcp links
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +82,10 @@ class MeterConfig:
     pt: Decimal = Decimal(1)
     name: str = ""
     group: str = "default"
+    unit: int | None = None  # Modbus unit id (slave address), Modbus meters only
+    regmap: RegisterMap | None = field(default=None, repr=False)  # Modbus meters only
+
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +93,9 @@ class PollConfig:
     name: str
     interval: float
     groups: tuple[str, ...]  # empty: every meter
-    items: tuple[int, ...]  # DL/T 645 data identifiers
+    items: tuple[int, ...] = ()  # DL/T 645-2007 data identifiers (2007 meters)
+    items_1997: tuple[int, ...] = ()  # DL/T 645-1997 data identifiers (1997 meters)
+    quantities: tuple[str, ...] = ()  # canonical quantities: every protocol, see meterd.protocols.readspec
 
 
 @dataclass(frozen=True, slots=True)

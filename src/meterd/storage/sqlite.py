@@ -40,7 +40,7 @@ from meterd.readings import Quality, Reading, Value
 
 READINGS_FILE: Final = "readings.sqlite3"
 STATE_FILE: Final = "state.sqlite3"
-OUTCOMES: Final = frozenset({"ok", "timeout", "garbled", "wrong_address", "abnormal", "link"})
+OUTCOMES: Final = frozenset({"ok", "timeout", "garbled", "incomplete", "wrong_address", "abnormal", "link"})
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS: Final = timedelta(milliseconds=1)
