@@ -14,7 +14,7 @@ from meterd.collector.poll import MeterTarget, poll_meter
 from meterd.collector.transports import SerialTransport, TcpTransport, Transport
 from meterd.errors import ProtocolError
 from meterd.protocols.dlt645 import catalogue
-from meterd.protocols.dlt645.frame import normalize_address
+from meterd.protocols.dlt645.frame import Frame, normalize_address
 from meterd.protocols.dlt645.messages import decode_message, parse_di
 
 
@@ -40,11 +40,13 @@ def trace_printer(event: TraceEvent) -> None:
     stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
     arrow = {"tx": "TX ->", "rx": "RX <-", "drop": "DROP "}.get(event.direction, event.direction)
     line = f"{stamp} {arrow} {event.data.hex(' ').upper()}"
-    if event.frame is not None:
+    if isinstance(event.frame, Frame):
         try:
             line += f"\n{'':17}{decode_message(event.frame)}"
         except ProtocolError as exc:
             line += f"\n{'':17}{event.frame.describe_control()} ({exc})"
+    elif event.frame is not None:  # a Modbus PDU
+        line += f"\n{'':17}{event.frame}"
     if event.note:
         line += f"\n{'':17}{event.note}"
     print(line, file=sys.stderr, flush=True)

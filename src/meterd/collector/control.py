@@ -1,0 +1,194 @@
+"""Relay control, one path for every protocol: send the command, then read the relay back.
+
+:func:`send_relay_command` is what the command queue (prepaid control) and operators' manual
+commands call.  It never trusts an acknowledgement: a meter can accept a trip and leave its relay
+closed (a welded contact, a stuck latch), so every command is followed by a read of the meter's
+own state and the result says what that read showed.
+
+=================  =====================================  ==========================================
+protocol           command                                read back
+=================  =====================================  ==========================================
+DL/T 645-2007      1C with password, operator code and    status word 3 (04000503): ``relay.open``,
+                   validity time (2013 amendment)         ``alarm.pre_trip``, ``relay.protected``
+DL/T 645-1997      -- the 1997 edition has no relay       --
+                   command: refused with ControlError
+Modbus             the map's ``[relay]`` coil/register    the map's ``relay.open`` entry
+                   write (FC05 / FC06 / FC16)
+=================  =====================================  ==========================================
+
+Outcomes: the meter refused (abnormal reply / exception response), the link failed, or the state
+read back does not match the command -- each a :class:`~meterd.errors.ControlError` carrying a
+:class:`ControlOutcome` with the evidence.  Only a read-back that matches is ``confirmed``.
+``RECLOSE_ALLOWED`` (the customer closes the relay with the meter's button) is confirmed by the
+command-open flag going off where the meter reports it, else by the acknowledgement alone;
+alarm and protect commands are confirmed by their flags.  Time (the validity window) is passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Final
+
+from meterd.collector.channel import Channel, TransactionError
+from meterd.collector.modbus import ModbusLink, ModbusRefused
+from meterd.collector.poll import CHINA_STANDARD_TIME, MeterTarget, ReadFailed, read_item
+from meterd.errors import ControlError, ProtocolError
+from meterd.protocols.dlt645 import catalogue
+from meterd.protocols.dlt645.messages import (
+    AbnormalResponse,
+    AckResponse,
+    RelayCommand,
+    RelayControlRequest,
+    decode_response,
+    encode_request,
+)
+from meterd.protocols.modbus import compile_plan, decode_block, relay_command
+from meterd.protocols.readspec import DLT645_1997, MODBUS
+
+STATUS_WORD_3: Final = 0x04000503
+DEFAULT_VALIDITY: Final = timedelta(minutes=10)
+
+# What the read-back must show after each command: (flag, expected value).
+EXPECTED: Final = {
+    RelayCommand.TRIP: ("relay.open", True),
+    RelayCommand.RECLOSE: ("relay.open", False),
+    RelayCommand.RECLOSE_ALLOWED: ("relay.command_open", False),
+    RelayCommand.ALARM: ("alarm.pre_trip", True),
+    RelayCommand.ALARM_RELEASE: ("alarm.pre_trip", False),
+    RelayCommand.PROTECT: ("relay.protected", True),
+    RelayCommand.PROTECT_RELEASE: ("relay.protected", False),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """DL/T 645 password (level + 3 bytes, 8 hex digits) and operator code (8 hex digits)."""
+
+    password: str
+    operator: str
+
+    def __repr__(self) -> str:  # never print a meter password
+        return f"Credentials(password=***, operator={self.operator})"
+
+
+@dataclass(slots=True)
+class ControlOutcome:
+    meter: str
+    command: RelayCommand
+    sent_at: datetime
+    acknowledged: bool = False
+    confirmed: bool = False
+    read_back: dict[str, bool] = field(default_factory=dict)
+    detail: str = ""
+
+
+async def send_relay_command(
+    channel: Channel,
+    meter: MeterTarget,
+    command: RelayCommand,
+    now: datetime,
+    *,
+    credentials: Credentials | None = None,
+    valid_for: timedelta = DEFAULT_VALIDITY,
+    link: ModbusLink | None = None,
+    settle: float = 0.0,
+) -> ControlOutcome:
+    """Send ``command`` to ``meter`` and confirm it by reading the state back.
+
+    Returns the confirmed outcome; raises ControlError (with ``.outcome``) otherwise.  ``settle``
+    is the pause before the read-back (a motorised breaker takes a moment).
+    """
+    outcome = ControlOutcome(meter.address, command, now)
+    if meter.protocol == DLT645_1997:
+        _fail(outcome, "DL/T 645-1997 defines no relay-control command; this meter cannot be switched remotely")
+    try:
+        if meter.protocol == MODBUS:
+            await _modbus_command(link, meter, command, outcome)
+        else:
+            await _dlt645_command(channel, meter, command, now, credentials, valid_for, outcome)
+        outcome.acknowledged = True
+        if settle:
+            await asyncio.sleep(settle)
+        outcome.read_back = await read_relay_state(channel, meter, link=link)
+    except TransactionError as exc:
+        _fail(outcome, f"{'no acknowledgement' if not outcome.acknowledged else 'read-back failed'}: {exc}")
+    except ModbusRefused as exc:
+        _fail(outcome, f"refused: {exc.error}")
+    except (ReadFailed, ProtocolError) as exc:
+        _fail(outcome, f"read-back failed: {exc}")
+    flag, expected = EXPECTED[command]
+    if flag not in outcome.read_back:
+        if command is RelayCommand.RECLOSE_ALLOWED:
+            outcome.confirmed = True
+            outcome.detail = "acknowledged; the meter does not report the command flag"
+            return outcome
+        _fail(outcome, f"the meter does not report {flag}, so {command.name} cannot be confirmed")
+    if outcome.read_back[flag] != expected:
+        _fail(outcome, f"control anomaly: {command.name} acknowledged but {flag} reads {outcome.read_back[flag]}")
+    outcome.confirmed = True
+    outcome.detail = f"{flag} = {expected} read back"
+    return outcome
+
+
+async def read_relay_state(channel: Channel, meter: MeterTarget, *, link: ModbusLink | None = None) -> dict[str, bool]:
+    """The relay flags the meter reports now (DL/T 645-2007 status word 3, or the Modbus map)."""
+    if meter.protocol == MODBUS:
+        if link is None or meter.regmap is None or meter.unit is None:
+            raise ControlError(f"meter {meter.address}: a Modbus meter needs its link, unit and register map")
+        wanted = [q for q in ("relay.open", "relay.command_open", "alarm.pre_trip", "relay.protected")
+                  if q in meter.regmap]
+        if not wanted:
+            raise ControlError(f"meter {meter.address}: register map {meter.regmap.name} has no relay state")
+        flags: dict[str, bool] = {}
+        for block in compile_plan(meter.regmap, wanted):
+            data = await link.read_block(meter.address, meter.unit, block)
+            flags.update({v.quantity: bool(v.value) for v in decode_block(block, data)})
+        return flags
+    payload = await read_item(channel, meter.address, STATUS_WORD_3)
+    return {v.quantity: bool(v.value) for v in catalogue.decode(STATUS_WORD_3, payload)
+            if isinstance(v.value, bool)}
+
+
+async def _dlt645_command(
+    channel: Channel,
+    meter: MeterTarget,
+    command: RelayCommand,
+    now: datetime,
+    credentials: Credentials | None,
+    valid_for: timedelta,
+    outcome: ControlOutcome,
+) -> None:
+    if credentials is None:
+        _fail(outcome, "a DL/T 645 relay command needs the meter password and an operator code")
+    assert credentials is not None
+    valid_until = (now + valid_for).astimezone(CHINA_STANDARD_TIME).replace(tzinfo=None, microsecond=0)
+    request = RelayControlRequest(meter.address, command, credentials.password, credentials.operator, valid_until)
+    reply = await channel.transact(encode_request(request))
+    assert reply is not None
+    message = decode_response(reply)
+    if isinstance(message, AbnormalResponse):
+        _fail(outcome, f"refused: {message.error.describe()}")
+    if not isinstance(message, AckResponse):
+        _fail(outcome, f"unexpected reply {message!r}")
+
+
+async def _modbus_command(
+    link: ModbusLink | None, meter: MeterTarget, command: RelayCommand, outcome: ControlOutcome
+) -> None:
+    if link is None or meter.regmap is None or meter.unit is None:
+        _fail(outcome, "a Modbus meter needs its link, unit and register map")
+    assert link is not None and meter.regmap is not None and meter.unit is not None
+    if command not in (RelayCommand.TRIP, RelayCommand.RECLOSE):
+        _fail(outcome, f"Modbus meters take TRIP and RECLOSE only, not {command.name}")
+    if meter.regmap.relay is None:
+        _fail(outcome, f"register map {meter.regmap.name} has no [relay]: this meter cannot be switched")
+    await link.write(meter.address, meter.unit, relay_command(meter.regmap, command is RelayCommand.TRIP))
+
+
+def _fail(outcome: ControlOutcome, why: str) -> None:
+    outcome.detail = why
+    error = ControlError(f"meter {outcome.meter}: {outcome.command.name}: {why}")
+    error.outcome = outcome  # type: ignore[attr-defined]
+    raise error
