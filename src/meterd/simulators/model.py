@@ -37,6 +37,12 @@ here; a real meter only *allows* closing and waits for the customer to press its
 ``PROTECT`` does not move the relay.  With ``stuck_relay`` the meter acknowledges every command and
 its command state (status word 3 bit 6) follows, but the relay (bit 4) does not move.
 
+For DL/T 645-1997 meters (the bus translates their frames) the model also offers the 1997
+running status word C020 (``status.word1997`` with ``power.active.reverse`` /
+``power.reactive.reverse`` from the sign of total power, and ``alarm.battery_low``, never set),
+:meth:`~MeterModel.clear_demand` and :meth:`~MeterModel.change_password`; ``write`` and these
+take no operator code (``operator=None``), only the password.
+
 Edge cases: ``now`` earlier than the time already reached is ignored (the model never goes back);
 a time sync forward across midnight takes the missed daily freezes (补冻) and settlement with the
 registers of the sync moment; load-curve points skipped by a jump stay missing; a time sync back
@@ -62,6 +68,12 @@ from meterd.protocols.dlt645.catalogue import (
     Value,
     decode,
     status3_word,
+)
+from meterd.protocols.dlt645.catalogue1997 import (
+    ACTIVE_REVERSE_BIT,
+    BATTERY_LOW_BIT,
+    REACTIVE_REVERSE_BIT,
+    STATUS_WORD_97,
 )
 from meterd.protocols.dlt645.frame import normalize_address
 from meterd.protocols.dlt645.messages import MeterErrorBits, RelayCommand
@@ -200,7 +212,15 @@ _CURVE_SOURCE: Final = {n: s for n, s, _ in _CURVE_SOURCES}
 _CURVE_PLACES: Final = {n: p for n, _, p in _CURVE_SOURCES}
 
 
+# the DL/T 645-1997 status word (C020) and the flags it decodes into: misc, like the 2007 words
+_STATUS_97_QUANTITIES: Final = frozenset(
+    {STATUS_WORD_97, "alarm.battery_low", "power.active.reverse", "power.reactive.reverse"}
+)
+
+
 def _section(quantity: str) -> str:
+    if quantity in _STATUS_97_QUANTITIES:
+        return "misc"
     if quantity.startswith("energy."):
         return "energy_prev" if ".prev" in quantity else "energy"
     if quantity == "demand.active.now":
@@ -582,7 +602,31 @@ class MeterModel:
             out["relay.command_open"] = self.command_open
             out["alarm.pre_trip"] = self.pre_trip_alarm
             out["relay.protected"] = self.protected
+            out.update(self._status97(m))
         return out
+
+    def _status97(self, m: datetime) -> dict[str, Value]:
+        """The DL/T 645-1997 running status word C020 and its flags.
+
+        D4 / D5: active / reactive power reverse, the signs of ``power.active.total`` /
+        ``power.reactive.total`` (a 1997 meter reports power unsigned and the direction here).
+        D2, clock battery low: never -- the model's battery stays near 3.6 V.
+        """
+        p, q = (0.0, 0.0) if self.relay_open else self._power(m)
+        active_reverse = _q(p, 4) < 0
+        reactive_reverse = _q(q, 4) < 0
+        battery_low = False
+        word = (
+            (BATTERY_LOW_BIT if battery_low else 0)
+            | (ACTIVE_REVERSE_BIT if active_reverse else 0)
+            | (REACTIVE_REVERSE_BIT if reactive_reverse else 0)
+        )
+        return {
+            STATUS_WORD_97: word,
+            "alarm.battery_low": battery_low,
+            "power.active.reverse": active_reverse,
+            "power.reactive.reverse": reactive_reverse,
+        }
 
     # --- frozen data and curves ----------------------------------------------------------------
 
@@ -644,10 +688,11 @@ class MeterModel:
 
     # --- commands ------------------------------------------------------------------------------
 
-    def _authorize(self, password: str, operator: str, what: str) -> Refusal | None:
+    def _authorize(self, password: str, operator: str | None, what: str) -> Refusal | None:
+        """``operator`` None: the command has no operator code (DL/T 645-1997), only the password counts."""
         if password.upper() != self.password:
             return Refusal(MeterErrorBits.UNAUTHORIZED, f"meter {self.address}: {what} with wrong password {password}")
-        if self.operators is not None and operator.upper() not in self.operators:
+        if operator is not None and self.operators is not None and operator.upper() not in self.operators:
             return Refusal(
                 MeterErrorBits.UNAUTHORIZED, f"meter {self.address}: {what} by unknown operator code {operator}"
             )
@@ -688,8 +733,12 @@ class MeterModel:
             self.protected = False
         return None
 
-    def write(self, di: int, data: bytes, *, password: str, operator: str, now: datetime) -> Refusal | None:
-        """A 14 write: the clock (0400010C), date (04000101) or time (04000102)."""
+    def write(self, di: int, data: bytes, *, password: str, operator: str | None, now: datetime) -> Refusal | None:
+        """A 14 write: the clock (0400010C), date (04000101) or time (04000102).
+
+        ``data`` in the 2007 layout of ``di``.  ``operator`` None: a write without an operator code
+        (a DL/T 645-1997 04 write, translated by the bus), checked by password alone.
+        """
         self.advance(now)
         refused = self._authorize(password, operator, f"write of {di:08X}")
         if refused:
@@ -712,6 +761,33 @@ class MeterModel:
             except ValueError:
                 return Refusal(MeterErrorBits.OTHER, f"meter {self.address}: {value} is not a time of day")
         self.set_clock(new, now=now)  # type: ignore[arg-type]
+        return None
+
+    def clear_demand(self, *, password: str, now: datetime) -> Refusal | None:
+        """Clear the current maximum demand (DL/T 645-1997 10): every register 0, its time the meter clock.
+
+        Settled (``prevN``) demand stays.  Password only, as the 1997 command has no operator code.
+        """
+        self.advance(now)
+        refused = self._authorize(password, None, "clear demand")
+        if refused:
+            return refused
+        self._reset_demand(self.meter_clock(now).replace(second=0, microsecond=0))
+        return None
+
+    def change_password(self, old: str, new: str, *, now: datetime) -> Refusal | None:
+        """Replace the password (DL/T 645-1997 0F) when ``old`` ("PAP2P1P0") is the current one.
+
+        The model keeps one password, level included: ``new`` replaces it whole.
+        """
+        self.advance(now)
+        refused = self._authorize(old, None, "change password")
+        if refused:
+            return refused
+        try:
+            self.password = _check_code(new, f"meter {self.address}: new password")
+        except ValueError as exc:
+            return Refusal(MeterErrorBits.OTHER, str(exc))
         return None
 
     def set_clock(self, meter_time: datetime, *, now: datetime) -> None:
