@@ -3,35 +3,57 @@
 Strategy: :class:`FleetSpec` is plain data and validated all at once (every problem listed in one
 :class:`~meterd.errors.ConfigError`).  :func:`run_fleet` derives everything else from it
 deterministically: meter addresses are sequential 12-digit BCD numbers from ``first_address``
-across all buses (pty buses first, then TCP buses); each meter's seed, load scale (0.6..1.6) and
+across all buses, in bus order -- DL/T 645 pty buses, DL/T 645 TCP buses, then Modbus pty buses
+(RTU) and Modbus TCP buses (MBAP, or RTU over TCP); each meter's seed, load scale (0.6..1.6) and
 rooftop PV (every fourth meter) come from ``seed`` and its position, so one spec always yields
 the same fleet.  All meters share one :class:`~meterd.simulators.serve.SimClock` (``speed``
 simulated seconds per real second) and start at its start time.
 
-Faults are given per address, as a :class:`FaultPlan`, a mapping ``{kind: probability}``, or text
-``"KIND[:PROB]"`` (several joined by commas; ``late`` takes ``late:PROB:SECONDS`` as well).  Kinds
-are the link faults of :data:`~meterd.simulators.dlt645.FAULT_KINDS` plus ``stuck_relay`` (a
-meter fault: the relay acknowledges control but does not move).
+DL/T 645 meters speak DL/T 645-2007 unless listed in ``v1997``.  A Modbus bus serves every meter
+through the register map ``modbus_model``, under unit ids 1..``meters_per_bus`` in address order;
+the meters keep their 12-digit address as their name (what ``faults`` and the fleet document use).
+
+Faults are given per address, as a plan, a mapping ``{kind: probability}``, or text
+``"KIND[:PROB]"`` (several joined by commas; ``late`` takes ``late:PROB:SECONDS`` as well, and the
+Modbus ``exception`` takes ``exception:PROB:CODE``).  Kinds are the link faults of the meter's
+protocol -- :data:`~meterd.simulators.dlt645.FAULT_KINDS` (a :class:`FaultPlan`) for DL/T 645,
+:data:`~meterd.simulators.modbus.MODBUS_FAULT_KINDS` (a :class:`ModbusFaultPlan`) for Modbus -- plus
+``stuck_relay`` (a meter fault: the relay acknowledges control but does not move).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Mapping, Union
+from typing import Any, Collection, Final, Mapping, Union
 
 from meterd.errors import ConfigError, ProtocolError
 from meterd.protocols.dlt645.frame import normalize_address
+from meterd.protocols.modbus import get_map
 from meterd.simulators.dlt645 import FAULT_KINDS, Dlt645Bus, FaultPlan
 from meterd.simulators.model import LoadProfile, MeterModel, noise
+from meterd.simulators.modbus import FRAMINGS, MAX_UNIT, MODBUS_FAULT_KINDS, ModbusBus, ModbusFaultPlan
 from meterd.simulators.serve import DEFAULT_PTY_TURNAROUND, RunningBus, SimClock, serve_pty, serve_tcp
 
 STUCK_RELAY: Final = "stuck_relay"
 ALL_FAULT_KINDS: Final = (*FAULT_KINDS, STUCK_RELAY)
+MODBUS_ALL_FAULT_KINDS: Final = (*MODBUS_FAULT_KINDS, STUCK_RELAY)
 PV_EVERY: Final = 4
 
-FaultSource = Union[str, FaultPlan, Mapping[str, float]]
+DLT645: Final = "dlt645"
+MODBUS: Final = "modbus"
+DLT645_2007: Final = "dlt645-2007"
+DLT645_1997: Final = "dlt645-1997"
+
+FaultSource = Union[str, FaultPlan, ModbusFaultPlan, Mapping[str, float]]
+AnyFaultPlan = Union[FaultPlan, ModbusFaultPlan]
+
+
+def dlt645_speaks_1997() -> bool:
+    """Whether this build's :class:`Dlt645Bus` takes ``protocols=`` (DL/T 645-1997 meters)."""
+    return "protocols" in inspect.signature(Dlt645Bus.__init__).parameters
 
 
 def parse_fault(text: str) -> tuple[str, str]:
@@ -45,10 +67,23 @@ def parse_fault(text: str) -> tuple[str, str]:
         raise ConfigError(f"--fault {text!r}: {exc}") from None
 
 
-def _parse_kinds(address: str, source: FaultSource, problems: list[str]) -> tuple[FaultPlan | None, bool]:
-    """One address's faults -> (link fault plan or None, stuck relay)."""
+def _parse_kinds(
+    address: str, source: FaultSource, problems: list[str], protocol: str = DLT645
+) -> tuple[AnyFaultPlan | None, bool]:
+    """One address's faults -> (link fault plan or None, stuck relay).
+
+    ``protocol`` says which fault kinds and plan class apply: DL/T 645 or Modbus.
+    """
+    modbus = protocol == MODBUS
+    if modbus and isinstance(source, (ModbusFaultPlan, FaultPlan)):
+        return ModbusFaultPlan.coerce(source), False
+    if isinstance(source, ModbusFaultPlan):
+        problems.append(f"faults.{address}: a Modbus fault plan for a DL/T 645 meter")
+        return None, False
     if isinstance(source, FaultPlan):
         return source, False
+    kinds = MODBUS_ALL_FAULT_KINDS if modbus else ALL_FAULT_KINDS
+    with_extra = ("late", "exception") if modbus else ("late",)
     items: list[tuple[str, float, float | None]] = []
     if isinstance(source, str):
         for part in filter(None, (p.strip() for p in source.split(","))):
@@ -58,7 +93,7 @@ def _parse_kinds(address: str, source: FaultSource, problems: list[str]) -> tupl
             except ValueError:
                 problems.append(f"faults.{address}: {part!r} is not KIND[:PROB]")
                 continue
-            if len(values) > (2 if kind == "late" else 1):
+            if len(values) > (2 if kind in with_extra else 1):
                 problems.append(f"faults.{address}: {part!r} has too many fields")
                 continue
             items.append((kind, values[0] if values else 1.0, values[1] if len(values) > 1 else None))
@@ -66,19 +101,22 @@ def _parse_kinds(address: str, source: FaultSource, problems: list[str]) -> tupl
         items = [(str(k), float(v), None) for k, v in source.items()]
     else:
         problems.append(f"faults.{address}: {source!r} is not a fault description")
-    plan: FaultPlan | None = None
+    plan: Any = None
     stuck = False
-    for kind, prob, late_by in items:
-        if kind not in ALL_FAULT_KINDS:
-            problems.append(f"faults.{address}: unknown fault kind {kind!r} (known: {', '.join(ALL_FAULT_KINDS)})")
+    for kind, prob, extra_value in items:
+        if kind not in kinds:
+            what = "Modbus fault kind" if modbus else "fault kind"
+            problems.append(f"faults.{address}: unknown {what} {kind!r} (known: {', '.join(kinds)})")
         elif not 0.0 <= prob <= 1.0:
             problems.append(f"faults.{address}: probability {prob} of {kind} must be within 0..1")
         elif kind == STUCK_RELAY:
             stuck = prob > 0
         else:
-            extra = {} if late_by is None else {"late_by": late_by}
+            extra: dict[str, float] = {}
+            if extra_value is not None:
+                extra = {"exception_code": extra_value} if kind == "exception" else {"late_by": extra_value}
             try:
-                one = FaultPlan.of(kind, prob, **extra)
+                one = ModbusFaultPlan.of(kind, prob, **extra) if modbus else FaultPlan.of(kind, prob, **extra)
             except ValueError as exc:
                 problems.append(f"faults.{address}: {exc}")
                 continue
@@ -86,9 +124,23 @@ def _parse_kinds(address: str, source: FaultSource, problems: list[str]) -> tupl
     return plan, stuck
 
 
+def describe_plan(plan: AnyFaultPlan) -> dict[str, float | int]:
+    """A plan as the fleet document shows it: active kinds, plus ``late_by``/``exception_code``."""
+    if isinstance(plan, ModbusFaultPlan):
+        return plan.describe()
+    return plan.active | ({"late_by": plan.late_by} if plan.late else {})
+
+
 @dataclass(frozen=True, slots=True)
 class FleetSpec:
-    """What to simulate.  ``turnaround`` None means 20 ms on pty buses and 0 on TCP."""
+    """What to simulate.  ``turnaround`` None means 20 ms on pty buses and 0 on TCP.
+
+    ``pty_buses``/``tcp_buses`` are DL/T 645 buses (``baud`` 8E1 on ptys); ``modbus_pty_buses``
+    are Modbus RTU lines (``modbus_baud`` 8N1), ``modbus_tcp_buses`` Modbus TCP ports speaking
+    ``modbus_tcp_framing`` (``"tcp"``: MBAP; ``"rtu"``: RTU over TCP), every Modbus meter through
+    the register map ``modbus_model``.  ``v1997``: addresses of DL/T 645 meters that speak
+    DL/T 645-1997.  TCP ports: DL/T 645 buses from ``port``, Modbus TCP buses after them.
+    """
 
     pty_buses: int = 1
     tcp_buses: int = 0
@@ -105,32 +157,55 @@ class FleetSpec:
     start: datetime | None = None  # simulated start time; None = local wall time now
     password: str = "02123456"
     tick: float = 1.0
+    modbus_pty_buses: int = 0
+    modbus_tcp_buses: int = 0
+    modbus_model: str = "generic"
+    modbus_tcp_framing: str = "tcp"
+    modbus_baud: int = 9600
+    v1997: Collection[str] = ()
 
     def __post_init__(self) -> None:
         problems: list[str] = []
-        if self.pty_buses < 0 or self.tcp_buses < 0:
+        counts = (self.pty_buses, self.tcp_buses, self.modbus_pty_buses, self.modbus_tcp_buses)
+        if min(counts) < 0:
             problems.append("bus counts must be >= 0")
-        if self.pty_buses + self.tcp_buses < 1:
-            problems.append("a fleet needs at least one bus (pty or tcp)")
+        if sum(max(c, 0) for c in counts) < 1:
+            problems.append("a fleet needs at least one bus (pty, tcp, modbus pty or modbus tcp)")
         if not 1 <= self.meters_per_bus <= 255:
             problems.append(f"meters_per_bus {self.meters_per_bus} must be 1..255")
+        elif self.modbus_buses and self.meters_per_bus > MAX_UNIT:
+            problems.append(f"meters_per_bus {self.meters_per_bus} must be 1..{MAX_UNIT} on Modbus buses (unit ids)")
+        if self.modbus_tcp_framing not in FRAMINGS:
+            problems.append(f"modbus_tcp_framing {self.modbus_tcp_framing!r} must be tcp (MBAP) or rtu (RTU over TCP)")
+        if self.modbus_baud <= 0:
+            problems.append(f"modbus_baud {self.modbus_baud} must be > 0")
+        try:
+            get_map(self.modbus_model)
+        except ConfigError as exc:
+            problems.extend(f"modbus_model: {p}" for p in exc.problems)
         if self.speed <= 0:
             problems.append(f"speed {self.speed} must be > 0")
         if self.baud <= 0:
             problems.append(f"baud {self.baud} must be > 0")
         if self.turnaround is not None and self.turnaround < 0:
             problems.append(f"turnaround {self.turnaround} must be >= 0 seconds")
-        if not 0 <= self.port <= 65535 or (self.port and self.port + self.tcp_buses - 1 > 65535):
-            problems.append(f"port {self.port} leaves no room for {self.tcp_buses} TCP buses")
+        tcp_ports = self.tcp_buses + self.modbus_tcp_buses
+        if not 0 <= self.port <= 65535 or (self.port and self.port + tcp_ports - 1 > 65535):
+            problems.append(f"port {self.port} leaves no room for {tcp_ports} TCP buses")
         first = None
         try:
             first = int(normalize_address(self.first_address))
         except (ProtocolError, ValueError):
             problems.append(f"first_address {self.first_address!r} is not a 12-digit decimal address")
-        total = max(self.pty_buses + self.tcp_buses, 0) * max(self.meters_per_bus, 0)
+        total = max(sum(max(c, 0) for c in counts), 0) * max(self.meters_per_bus, 0)
         if first is not None and first + total > 10**12:
             problems.append(f"{total} meters from {self.first_address} run past 999999999999")
-        known = set() if problems else set(self.all_addresses())
+        layout_ok = (
+            min(counts) >= 0 and sum(counts) > 0 and 1 <= self.meters_per_bus <= 255
+            and first is not None and first + total <= 10**12
+        )  # fmt: skip
+        known = set(self.all_addresses()) if layout_ok else set()
+        modbus = set(self.modbus_addresses()) if layout_ok else set()
         for address, source in self.faults.items():
             try:
                 key = normalize_address(address)
@@ -139,27 +214,73 @@ class FleetSpec:
                 continue
             if known and key not in known:
                 problems.append(f"faults.{key}: no such meter in the fleet ({self.all_addresses()[0]}..)")
-            _parse_kinds(key, source, problems)
+            if layout_ok or not self.modbus_buses:  # else: which protocol the meter speaks is unknown
+                _parse_kinds(key, source, problems, MODBUS if key in modbus else DLT645)
+        if isinstance(self.v1997, str):
+            problems.append(f"v1997 {self.v1997!r} must be a collection of addresses, not one string")
+        else:
+            for address in self.v1997:
+                try:
+                    key = normalize_address(address)
+                except ProtocolError as exc:
+                    problems.append(f"v1997: {exc}")
+                    continue
+                if key in modbus:
+                    problems.append(f"v1997: {key} is a Modbus meter; only DL/T 645 meters speak DL/T 645-1997")
+                elif known and key not in known:
+                    problems.append(f"v1997: {key}: no such meter in the fleet ({self.all_addresses()[0]}..)")
+            if self.v1997 and not dlt645_speaks_1997():
+                problems.append("v1997: this build's DL/T 645 simulator cannot speak DL/T 645-1997 "
+                                "(Dlt645Bus has no protocols=)")  # fmt: skip
         if problems:
             raise ConfigError(problems)
 
+    @property
+    def modbus_buses(self) -> int:
+        return max(self.modbus_pty_buses, 0) + max(self.modbus_tcp_buses, 0)
+
+    def bus_layout(self) -> list[tuple[str, str]]:
+        """(protocol, kind) of every bus, in bus order: ``("dlt645" | "modbus", "pty" | "tcp")``."""
+        return (
+            [(DLT645, "pty")] * self.pty_buses
+            + [(DLT645, "tcp")] * self.tcp_buses
+            + [(MODBUS, "pty")] * self.modbus_pty_buses
+            + [(MODBUS, "tcp")] * self.modbus_tcp_buses
+        )
+
     def addresses(self) -> list[list[str]]:
-        """Meter addresses per bus, pty buses first."""
+        """Meter addresses per bus, in bus order (see :meth:`bus_layout`)."""
         first = int(normalize_address(self.first_address))
         n = self.meters_per_bus
-        return [[f"{first + b * n + i:012d}" for i in range(n)] for b in range(self.pty_buses + self.tcp_buses)]
+        return [[f"{first + b * n + i:012d}" for i in range(n)] for b in range(len(self.bus_layout()))]
 
     def all_addresses(self) -> list[str]:
         return [a for bus in self.addresses() for a in bus]
 
-    def fault_plans(self) -> tuple[dict[str, FaultPlan], frozenset[str]]:
-        """(link fault plan per address, addresses with a stuck relay)."""
-        plans: dict[str, FaultPlan] = {}
+    def modbus_addresses(self) -> list[str]:
+        """Addresses of the meters on Modbus buses."""
+        return [a for (protocol, _), bus in zip(self.bus_layout(), self.addresses()) if protocol == MODBUS for a in bus]
+
+    def v1997_addresses(self) -> frozenset[str]:
+        return frozenset(normalize_address(a) for a in self.v1997)
+
+    def meter_protocol(self, address: str) -> str:
+        """``"dlt645-2007"``, ``"dlt645-1997"`` or ``"modbus"``."""
+        key = normalize_address(address)
+        if key in self.modbus_addresses():
+            return MODBUS
+        return DLT645_1997 if key in self.v1997_addresses() else DLT645_2007
+
+    def fault_plans(self) -> tuple[dict[str, AnyFaultPlan], frozenset[str]]:
+        """(link fault plan per address -- a :class:`ModbusFaultPlan` for Modbus meters, else a
+        :class:`FaultPlan` --, addresses with a stuck relay)."""
+        plans: dict[str, Any] = {}
         stuck: set[str] = set()
         problems: list[str] = []
+        modbus = set(self.modbus_addresses())
         for address, source in self.faults.items():
             key = normalize_address(address)
-            plan, is_stuck = _parse_kinds(key, source, problems)
+            plan, is_stuck = _parse_kinds(key, source, problems, MODBUS if key in modbus else DLT645)
             if plan is not None:
                 plans[key] = plan if key not in plans else plans[key].merged(plan)
             if is_stuck:
@@ -169,13 +290,32 @@ class FleetSpec:
 
 @dataclass(frozen=True, slots=True)
 class FleetBus:
+    """One running bus: ``protocol`` ``"dlt645"`` or ``"modbus"``; ``framing`` (Modbus only) ``"rtu"``
+    or ``"tcp"`` (MBAP); ``units`` (Modbus only) the unit id of each meter, in ``meters`` order;
+    ``meter_protocols`` each meter's protocol (``dlt645-2007``, ``dlt645-1997``, ``modbus``);
+    ``model`` (Modbus only) the register map's name."""
+
     kind: str  # "pty" or "tcp"
     endpoint: str  # device path or "host:port"
     meters: tuple[str, ...]
     running: RunningBus = field(compare=False, repr=False)
+    protocol: str = DLT645
+    framing: str | None = None
+    units: tuple[int, ...] = ()
+    meter_protocols: tuple[str, ...] = ()
+    model: str | None = None
+
+    @property
+    def protocols(self) -> dict[str, str]:
+        """Meter address -> its protocol."""
+        default = MODBUS if self.protocol == MODBUS else DLT645_2007
+        return {a: p for a, p in zip(self.meters, self.meter_protocols or (default,) * len(self.meters))}
 
     def as_dict(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"kind": self.kind, "endpoint": self.endpoint, "meters": list(self.meters)}
+        doc: dict[str, Any] = {"kind": self.kind, "endpoint": self.endpoint, "meters": list(self.meters),
+                               "protocol": self.protocol, "framing": self.framing, "protocols": self.protocols}
+        if self.protocol == MODBUS:
+            doc.update(model=self.model, units=dict(zip(self.meters, self.units)))
         r = self.running
         if self.kind == "pty" and r.line is not None:
             doc.update(baud=r.line.baud, bytesize=r.line.bytesize, parity=r.line.parity,
@@ -205,13 +345,23 @@ class Fleet:
 
     @property
     def bus_names(self) -> list[str]:
-        """``pty1``, ``pty2``, ..., ``tcp1``, ...: stable names to use as channel names."""
+        """``pty1``, ``pty2``, ..., ``tcp1``, ... (DL/T 645), ``mbpty1``, ..., ``mbtcp1``, ... (Modbus):
+        stable names to use as channel names."""
         counts: dict[str, int] = {}
         names = []
         for b in self.buses:
-            counts[b.kind] = counts.get(b.kind, 0) + 1
-            names.append(f"{b.kind}{counts[b.kind]}")
+            name = f"mb{b.kind}" if b.protocol == MODBUS else b.kind
+            counts[name] = counts.get(name, 0) + 1
+            names.append(f"{name}{counts[name]}")
         return names
+
+    def unit(self, address: str) -> int | None:
+        """The Modbus unit id of a meter, None for a DL/T 645 meter."""
+        key = normalize_address(address)
+        for b in self.buses:
+            if key in b.meters and b.units:
+                return b.units[b.meters.index(key)]
+        return None
 
     def as_dict(self) -> dict[str, Any]:
         plans, stuck = self.spec.fault_plans()
@@ -221,7 +371,7 @@ class Fleet:
             "seed": self.spec.seed,
             "password": self.spec.password,
             "buses": [{"name": name, **b.as_dict()} for name, b in zip(self.bus_names, self.buses)],
-            "faults": {a: p.active | ({"late_by": p.late_by} if p.late else {}) for a, p in sorted(plans.items())},
+            "faults": {a: describe_plan(p) for a, p in sorted(plans.items())},
             "stuck_relays": sorted(stuck),
         }
 
@@ -263,25 +413,49 @@ async def run_fleet(spec: FleetSpec) -> Fleet:
     clock = SimClock.starting(spec.start, spec.speed)
     models = build_meters(spec, clock.start)
     plans, _ = spec.fault_plans()
+    v1997 = spec.v1997_addresses()
+    regmap = get_map(spec.modbus_model) if spec.modbus_buses else None
     buses: list[FleetBus] = []
+    tcp_index = 0
     try:
-        for i, addresses in enumerate(spec.addresses()):
-            bus = Dlt645Bus(
-                [models[a] for a in addresses],
-                {a: plans[a] for a in addresses if a in plans},
-                seed=spec.seed * 7919 + i,
-            )
-            if i < spec.pty_buses:
+        for i, (addresses, (protocol, kind)) in enumerate(zip(spec.addresses(), spec.bus_layout())):
+            seed = spec.seed * 7919 + i
+            bus: Dlt645Bus | ModbusBus
+            if protocol == MODBUS:
+                assert regmap is not None
+                units = tuple(range(1, len(addresses) + 1))
+                framing = "rtu" if kind == "pty" else spec.modbus_tcp_framing
+                bus = ModbusBus(
+                    {u: models[a] for u, a in zip(units, addresses)},
+                    regmap,
+                    framing=framing,
+                    faults={u: plans[a] for u, a in zip(units, addresses) if a in plans},
+                    seed=seed,
+                )
+                extra: dict[str, Any] = dict(protocol=MODBUS, framing=framing, units=units,
+                                             meter_protocols=(MODBUS,) * len(addresses), model=regmap.name)
+            else:
+                old = {a: DLT645_1997 for a in addresses if a in v1997}
+                bus = Dlt645Bus(
+                    [models[a] for a in addresses],
+                    {a: p for a in addresses if isinstance(p := plans.get(a), FaultPlan)},
+                    seed=seed,
+                    **({"protocols": old} if old else {}),
+                )
+                extra = dict(meter_protocols=tuple(old.get(a, DLT645_2007) for a in addresses))
+            if kind == "pty":
                 turnaround = DEFAULT_PTY_TURNAROUND if spec.turnaround is None else spec.turnaround
+                baud = spec.modbus_baud if protocol == MODBUS else spec.baud
                 running = await serve_pty(
-                    bus, baud=spec.baud, wire_time=spec.wire_time, turnaround=turnaround, clock=clock, tick=spec.tick
+                    bus, baud=baud, wire_time=spec.wire_time, turnaround=turnaround, clock=clock, tick=spec.tick
                 )
             else:
-                port = spec.port + (i - spec.pty_buses) if spec.port else 0
+                port = spec.port + tcp_index if spec.port else 0
+                tcp_index += 1
                 running = await serve_tcp(
                     bus, spec.host, port, turnaround=spec.turnaround or 0.0, clock=clock, tick=spec.tick
                 )
-            buses.append(FleetBus(running.kind, running.endpoint, tuple(addresses), running))
+            buses.append(FleetBus(running.kind, running.endpoint, tuple(addresses), running, **extra))
     except BaseException:
         for b in buses:
             with contextlib.suppress(Exception):

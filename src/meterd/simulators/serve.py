@@ -2,9 +2,14 @@
 
 Strategy
 --------
-Both links feed received bytes into a :class:`~meterd.protocols.dlt645.frame.StreamDecoder`
-(so ``FE`` preambles, noise and split writes are handled by the real codec) and hand each
-whole frame to :meth:`Dlt645Bus.handle` with the simulated time ``clock()``.
+A bus is a :class:`~meterd.simulators.dlt645.Dlt645Bus` or a
+:class:`~meterd.simulators.modbus.ModbusBus`.  Both links feed received bytes into the bus's
+stream decoder -- for DL/T 645 a :class:`~meterd.protocols.dlt645.frame.StreamDecoder` (so ``FE``
+preambles, noise and split writes are handled by the real codec), for Modbus the one
+``ModbusBus.decoder()`` makes (RTU or MBAP, pymodbus' framer) -- and hand each whole frame to the
+bus with the simulated time ``clock()``: ``Dlt645Bus.handle``, or ``await ModbusBus.handle_async``.
+On a pty a pause between bytes longer than the inter-frame gap tells an RTU decoder that the
+line went idle, so a cut request never swallows the next one.
 
 *Pseudo-terminal* (:func:`serve_pty`): ``os.openpty()``; the slave side is put in raw mode and
 its path (``/dev/pts/N``) is what the master opens with pyserial -- to the master it is a real
@@ -16,8 +21,9 @@ counts as complete no earlier than its first byte's arrival plus its own wire ti
 starts ``turnaround`` (meter processing, 20 ms by default) plus any injected delay after that,
 never while an earlier reply is still on the wire, and is written in small chunks, each no
 earlier than the moment its last bit would have left a real UART.  The line settings are the
-simulator's own (2400 8E1 by default); what the master sets on the pty is not checked (a pty has
-no parity and no baud rate; see :data:`PARKED_SPEED` for why ``stty`` shows 50 baud).
+simulator's own (2400 8E1 by default for DL/T 645, 9600 8N1 for Modbus RTU); what the master sets
+on the pty is not checked (a pty has no parity and no baud rate; see :data:`PARKED_SPEED` for why
+``stty`` shows 50 baud).
 
 *TCP* (:func:`serve_tcp`): an asyncio server, as a serial server or transparent DTU would be;
 every connection reaches the same meters; replies after ``turnaround`` (0 by default) plus any
@@ -41,17 +47,22 @@ import time
 import tty
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Awaitable, Callable, Collection, Final
+from typing import Awaitable, Callable, Collection, Final, Iterator, Protocol, Union
 
 from meterd.errors import LinkError
 from meterd.protocols.dlt645.frame import Frame, StreamDecoder, encode_frame
 from meterd.simulators.dlt645 import Dlt645Bus, Reply
+from meterd.simulators.modbus import DEFAULT_BAUD as MODBUS_BAUD
+from meterd.simulators.modbus import DEFAULT_PARITY as MODBUS_PARITY
+from meterd.simulators.modbus import ModbusBus
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
 DEFAULT_PTY_TURNAROUND: Final = 0.020
+DLT645_BAUD: Final = 2400  # DL/T 645 pty line: 2400 8E1
+DLT645_PARITY: Final = "E"
 PACE_CHUNK_SECONDS: Final = 0.010  # write a paced reply in pieces of about this much wire time
 WRITE_STALL_LIMIT: Final = 2.0  # give up on a reply nobody reads (pty buffer full) after this
 
@@ -142,6 +153,34 @@ class LinkStats:
         }
 
 
+SimBus = Union[Dlt645Bus, ModbusBus]
+Request = Union[Frame, bytes]  # a decoded DL/T 645 frame, or a whole Modbus ADU
+
+
+class LinkDecoder(Protocol):
+    """What a link needs of a bus's stream decoder."""
+
+    dropped: int
+
+    def feed(self, data: bytes) -> None: ...
+
+    def frames(self) -> Iterator[Request]: ...
+
+    @property
+    def pending(self) -> bytes: ...
+
+
+def _decoder(bus: SimBus) -> LinkDecoder:
+    """A fresh stream decoder for one link of ``bus``."""
+    if isinstance(bus, ModbusBus):
+        return bus.decoder()
+    return StreamDecoder()  # type: ignore[return-value]
+
+
+def _line_defaults(bus: SimBus) -> tuple[int, str]:
+    return (MODBUS_BAUD, MODBUS_PARITY) if isinstance(bus, ModbusBus) else (DLT645_BAUD, DLT645_PARITY)
+
+
 class RunningBus:
     """A bus being served.  ``endpoint`` is the pty device path or ``"host:port"``."""
 
@@ -149,7 +188,7 @@ class RunningBus:
         self,
         kind: str,
         endpoint: str,
-        bus: Dlt645Bus,
+        bus: SimBus,
         stats: LinkStats,
         closer: Callable[[], Awaitable[None]],
         line: LineSettings | None = None,
@@ -188,16 +227,20 @@ class RunningBus:
         return f"RunningBus({self.kind} {self.endpoint}, meters={self.meters})"
 
 
-def _handle(bus: Dlt645Bus, frame: Frame, clock: Clock, endpoint: str) -> list[Reply]:
-    """``bus.handle`` that never takes the link down: a simulator bug is logged with the frame."""
+async def _handle(bus: SimBus, request: Request, clock: Clock, endpoint: str) -> list[Reply]:
+    """The bus's handler that never takes the link down: a simulator bug is logged with the request."""
     try:
-        return bus.handle(frame, clock())
+        if isinstance(bus, ModbusBus):
+            assert not isinstance(request, Frame)
+            return await bus.handle_async(request, clock())
+        return bus.handle(request, clock())
     except Exception:
-        log.exception("simulated bus %s failed on request %s", endpoint, encode_frame(frame).hex(" ").upper())
+        raw = encode_frame(request) if isinstance(request, Frame) else bytes(request)
+        log.exception("simulated bus %s failed on request %s", endpoint, raw.hex(" ").upper())
         return []
 
 
-async def _ticker(bus: Dlt645Bus, clock: Clock, every: float) -> None:
+async def _ticker(bus: SimBus, clock: Clock, every: float) -> None:
     while True:
         await asyncio.sleep(every)
         try:
@@ -253,7 +296,7 @@ async def _termios_guard(fd: int) -> None:
 class _PtyLink:
     def __init__(
         self,
-        bus: Dlt645Bus,
+        bus: SimBus,
         fd: int,
         slave_fd: int,
         line: LineSettings,
@@ -266,8 +309,9 @@ class _PtyLink:
         self.name = os.ttyname(slave_fd)
         self.turnaround, self.clock, self.stats = turnaround, clock, stats
         self.loop = asyncio.get_running_loop()
-        self.decoder = StreamDecoder()
-        self.queue: asyncio.Queue[tuple[Frame, float, int, float]] = asyncio.Queue()
+        self.decoder = _decoder(bus)
+        self.idle: Callable[[], None] | None = getattr(self.decoder, "idle", None)
+        self.queue: asyncio.Queue[tuple[Request, float, int, float]] = asyncio.Queue()
         # a pause longer than this between reads starts a new request (inter-frame gap)
         self.gap = max(0.05, 10 * line.byte_time) if wire_time else 0.05
         self.burst_start = 0.0
@@ -288,6 +332,8 @@ class _PtyLink:
         now = self.loop.time()
         if now - self.last_rx > self.gap:
             self.burst_start, self.burst_bytes = now, 0
+            if self.idle is not None:
+                self.idle()  # RTU: the silence ended whatever frame was buffered
         self.last_rx = now
         self.burst_bytes += len(data)
         self.stats.rx_bytes += len(data)
@@ -301,7 +347,7 @@ class _PtyLink:
         while True:
             frame, first_rx, nbytes, last_rx = await self.queue.get()
             self.stats.requests += 1
-            replies = _handle(self.bus, frame, self.clock, self.name)
+            replies = await _handle(self.bus, frame, self.clock, self.name)
             request_end = max(last_rx, first_rx + self.line.wire_time(nbytes)) if self.wire_time else last_rx
             for reply in replies:
                 begin = max(request_end + self.turnaround + reply.delay, self.line_free)
@@ -348,19 +394,25 @@ async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
 
 
 async def serve_pty(
-    bus: Dlt645Bus,
+    bus: SimBus,
     *,
-    baud: int = 2400,
+    baud: int | None = None,
     bytesize: int = 8,
-    parity: str = "E",
+    parity: str | None = None,
     stopbits: float = 1,
     wire_time: bool = True,
     turnaround: float = DEFAULT_PTY_TURNAROUND,
     clock: Clock | None = None,
     tick: float = 1.0,
 ) -> RunningBus:
-    """Serve ``bus`` on a new pseudo-terminal; the master opens ``RunningBus.endpoint``."""
-    line = LineSettings(baud, bytesize, parity.upper(), stopbits)
+    """Serve ``bus`` on a new pseudo-terminal; the master opens ``RunningBus.endpoint``.
+
+    ``baud``/``parity`` default to the bus's usual line: 2400 8E1 for DL/T 645, 9600 8N1 for Modbus.
+    """
+    default_baud, default_parity = _line_defaults(bus)
+    line = LineSettings(
+        default_baud if baud is None else baud, bytesize, (default_parity if parity is None else parity).upper(), stopbits
+    )
     if turnaround < 0:
         raise ValueError(f"turnaround {turnaround} must be >= 0 seconds")
     clock = clock or SimClock.starting()
@@ -399,7 +451,7 @@ async def serve_pty(
 
 
 async def serve_tcp(
-    bus: Dlt645Bus,
+    bus: SimBus,
     host: str = "127.0.0.1",
     port: int = 0,
     *,
@@ -407,12 +459,16 @@ async def serve_tcp(
     clock: Clock | None = None,
     tick: float = 1.0,
 ) -> RunningBus:
-    """Serve ``bus`` on a TCP port (0 = a free one), like a serial server / transparent DTU."""
+    """Serve ``bus`` on a TCP port (0 = a free one), like a serial server / transparent DTU.
+
+    A :class:`ModbusBus` speaks its own framing there: Modbus TCP (MBAP) or RTU over TCP.
+    """
     if turnaround < 0:
         raise ValueError(f"turnaround {turnaround} must be >= 0 seconds")
     clock = clock or SimClock.starting()
     stats = LinkStats(faults=bus.stats.faults)
     connections: set[asyncio.Task[None]] = set()
+    closing = False
     loop = asyncio.get_running_loop()
 
     async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -424,7 +480,7 @@ async def serve_tcp(
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        decoder = StreamDecoder()
+        decoder = _decoder(bus)
         peer = str(writer.get_extra_info("peername"))
         try:
             while data := await reader.read(4096):
@@ -433,7 +489,7 @@ async def serve_tcp(
                 decoder.feed(data)
                 for frame in decoder.frames():
                     stats.requests += 1
-                    for reply in _handle(bus, frame, clock, peer):
+                    for reply in await _handle(bus, frame, clock, peer):
                         await _sleep_until(loop, received + turnaround + reply.delay)
                         writer.write(reply.data)
                         await writer.drain()
@@ -442,6 +498,11 @@ async def serve_tcp(
                 stats.dropped = decoder.dropped
         except (ConnectionError, OSError):
             pass  # the master went away; that is its business
+        except asyncio.CancelledError:
+            # close() cancelled us: end normally, as asyncio (3.11) logs a cancelled
+            # client_connected_cb task as an error ("Exception in callback ...")
+            if not closing:
+                raise
         finally:
             writer.close()
             with contextlib.suppress(Exception):
@@ -458,6 +519,8 @@ async def serve_tcp(
     ticker = asyncio.create_task(_ticker(bus, clock, tick), name=f"sim-tick {endpoint}")
 
     async def close() -> None:
+        nonlocal closing
+        closing = True
         server.close()
         await _cancel([ticker, *connections])
         with contextlib.suppress(Exception):
