@@ -309,9 +309,26 @@ class MeterDatastore:
     an :class:`~pymodbus.constants.ExcCodes`, ``async_setValues`` None or an ExcCodes.
     """
 
+    # A meter refreshes its measurement registers about once a second; so does the simulator, which
+    # keeps each unit's register image for that long (relay and alarm changes show at once).
+    REFRESH_SECONDS = 1
+
     def __init__(self, units: Mapping[int, MeterModel], regmap: RegisterMap) -> None:
         self.units = dict(units)
         self.layout = _Layout.of(regmap)
+        self._images: dict[tuple[int, Function], tuple[tuple[object, ...], dict[int, int | bool]]] = {}
+
+    def _image(self, device_id: int, model: MeterModel, function: Function, now: datetime) -> dict[int, int | bool]:
+        key = (
+            int(now.timestamp()) // self.REFRESH_SECONDS if now.tzinfo else now.replace(microsecond=0),
+            model.relay_open, model.command_open, model.pre_trip_alarm, model.protected,
+        )
+        cached = self._images.get((device_id, function))
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        image = self.layout.image(model, function, now)
+        self._images[(device_id, function)] = (key, image)
+        return image
 
     def device_ids(self) -> list[int]:
         return list(self.units)
@@ -328,7 +345,7 @@ class MeterDatastore:
         readable = self.layout.readable[function]
         if any(a not in readable for a in range(address, address + count)):
             return ExcCodes.ILLEGAL_ADDRESS
-        image = self.layout.image(model, function, _NOW.get())
+        image = self._image(device_id, model, function, _NOW.get())
         if function.is_bit:
             return [bool(image.get(a, False)) for a in range(address, address + count)]
         return [int(image.get(a, 0)) for a in range(address, address + count)]
