@@ -431,3 +431,164 @@ def test_not_utf8(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.problems[0].startswith(f"{path}: not UTF-8 text")
+
+
+# --- 1997 and Modbus meters, polls by quantity -------------------------------------------------
+
+MIXED = """
+[store]
+data_dir = "data"
+
+[channels.bus]
+serial = { device = "/dev/ttyUSB0" }
+
+[channels.gw]
+tcp = { host = "10.0.0.9", port = 502 }
+
+[channels.dtu]
+tcp = { host = "10.0.0.10", port = 9000 }
+framing = "rtu"
+
+[[meters]]
+address = "1"
+channel = "bus"
+
+[[meters]]
+address = "2"
+channel = "bus"
+protocol = "dlt645-1997"
+
+[[meters]]
+address = "3"
+channel = "gw"
+protocol = "modbus"
+unit = 1
+model = "eastron-sdm630"
+ct = 100
+
+[[meters]]
+address = "4"
+channel = "dtu"
+protocol = "modbus"
+unit = 2
+model = "maps/mine.toml"
+
+[[polls]]
+name = "energy"
+interval = "15m"
+quantities = ["energy.active.import.total", "voltage.a"]
+"""
+
+MY_MAP = """
+[model]
+name = "mine"
+manufacturer = "me"
+source = "the manual"
+primary = false
+
+[[register]]
+quantity = "energy.active.import.total"
+address = 0
+type = "u32"
+scale = "0.01"
+unit = "kWh"
+
+[[register]]
+quantity = "voltage.a"
+address = 2
+type = "u16"
+scale = "0.1"
+unit = "V"
+"""
+
+
+def test_mixed_protocols_and_a_map_file_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "mine.toml").write_text(MY_MAP, encoding="utf-8")
+    config = load_config(write(tmp_path, MIXED))
+    protocols = [m.protocol for m in config.meters]
+    assert protocols == [Protocol.DLT645_2007, Protocol.DLT645_1997, Protocol.MODBUS, Protocol.MODBUS]
+    sdm, mine = config.meters[2], config.meters[3]
+    assert (sdm.unit, sdm.regmap.name, sdm.ct) == (1, "eastron-sdm630", Decimal(100))
+    assert (mine.unit, mine.regmap.name) == (2, "mine")
+    assert [c.framing for c in config.channels] == [Framing.RTU, Framing.TCP, Framing.RTU]
+    assert config.polls[0].quantities == ("energy.active.import.total", "voltage.a")
+
+
+def test_the_daemon_plan_asks_each_protocol_in_its_own_terms(tmp_path: Path) -> None:
+    from meterd.collector.daemon import compile_plan, describe_plan
+
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "mine.toml").write_text(MY_MAP, encoding="utf-8")
+    plans = compile_plan(load_config(write(tmp_path, MIXED)))
+    text = "\n".join(describe_plan(plans))
+    assert "dlt645-2007 items 00010000 02010100: 000000000001" in text
+    assert "dlt645-1997 items 9010 B611: 000000000002" in text
+    assert "modbus eastron-sdm630: 000000000003@1" in text
+    assert "modbus mine: 000000000004@2" in text
+    assert "FC04" in text and "FC03" in text  # the compiled requests are logged
+
+
+@pytest.mark.parametrize(
+    ("fragment", "expected"),
+    [
+        ('protocol = "modbus"\nmodel = "generic"', "meters[0].unit: missing: a Modbus meter needs its unit id (1..247)"),
+        ('protocol = "modbus"\nunit = 1', "meters[0].model: missing: a Modbus meter needs its register map"),
+        ('protocol = "modbus"\nunit = 300\nmodel = "generic"', "meters[0].unit: must be"),
+        ('protocol = "modbus"\nunit = 1\nmodel = "eastron-sdm603"', "meters[0].model: unknown register map 'eastron-sdm603' (did you mean \"eastron-sdm630\"?)"),
+        ('unit = 1', "meters[0].unit: only Modbus meters have a unit; this meter speaks dlt645-2007"),
+    ],
+)
+def test_modbus_meter_problems(tmp_path: Path, fragment: str, expected: str) -> None:
+    text = f"""
+    [store]
+    data_dir = "d"
+    [channels.c]
+    tcp = {{ host = "h", port = 1 }}
+    [[meters]]
+    address = "1"
+    channel = "c"
+    {fragment}
+    [[polls]]
+    name = "p"
+    interval = 60
+    quantities = ["voltage.a"]
+    """
+    text = "\n".join(line.strip() for line in text.splitlines())
+    found = problems_of(text, tmp_path)
+    assert any(expected in p for p in found), found
+
+
+def test_an_invalid_map_stops_start_up_naming_file_and_key(tmp_path: Path) -> None:
+    (tmp_path / "maps").mkdir()
+    bad = MY_MAP.replace('address = 2\ntype = "u16"', 'address = 1\ntype = "u16"')  # overlaps the u32
+    (tmp_path / "maps" / "mine.toml").write_text(bad, encoding="utf-8")
+    found = problems_of(MIXED, tmp_path)
+    hit = [p for p in found if "mine.toml" in p and "register[1]" in p]
+    assert hit and "meters[3].model" in hit[0] and "overlap" in hit[0], found
+
+
+def test_a_quantity_a_meter_cannot_deliver_is_named_with_meter_and_model(tmp_path: Path) -> None:
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "mine.toml").write_text(MY_MAP, encoding="utf-8")
+    found = problems_of(MIXED.replace('"voltage.a"]', '"voltage.a", "frequency"]'), tmp_path)
+    assert any("meters[3] (000000000004, modbus model mine) has no register for frequency" in p for p in found), found
+    assert any("meters[1] (000000000002, dlt645-1997) has no identifier for frequency" in p for p in found), found
+    assert not any("meters[0]" in p for p in found)  # a 2007 meter has 02800002
+
+
+def test_unknown_quantity_and_1997_items(tmp_path: Path) -> None:
+    text = MIXED.replace('quantities = ["energy.active.import.total", "voltage.a"]',
+                         'quantities = ["voltage.x"]\nitems_1997 = ["9010", "ZZ"]')
+    found = problems_of(text, tmp_path)
+    assert any("polls[0].quantities[0]: unknown quantity \"voltage.x\"" in p for p in found), found
+    assert any("polls[0].items_1997[1]" in p and "4 hex digits" in p for p in found), found
+
+
+def test_a_poll_that_reads_nothing_from_a_meter(tmp_path: Path) -> None:
+    text = MIXED.replace('quantities = ["energy.active.import.total", "voltage.a"]', 'items = ["00010000"]')
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "mine.toml").write_text(MY_MAP, encoding="utf-8")
+    found = problems_of(text, tmp_path)
+    assert any("reads nothing from meters[1] (000000000002, dlt645-1997): give items_1997" in p for p in found), found
+    assert any("reads nothing from meters[2]" in p and "quantities" in p for p in found), found
