@@ -20,6 +20,14 @@ def test_demo_then_readings(run_meterd, tmp_path):
     assert len(rows) >= 2 and all(row["unit"] == "kWh" for row in rows)
     values = [float(row["value"]) for row in rows]
     assert values == sorted(values)  # a register never runs backwards
+    # a DL/T 645-1997 meter (3), a Modbus RTU meter on a pty (17) and a Modbus TCP meter (21): the
+    # same quantities, units and kinds of value as the 2007 meters
+    for meter in ("3", "17", "21"):
+        r = run_meterd("readings", "--meter", meter, "--data-dir", str(data), "--json")
+        assert r.returncode == 0, r.stderr
+        got = {row["quantity"]: row["unit"] for row in json.loads(r.stdout)}
+        assert got["energy.active.import.total"] == "kWh" and got["voltage.a"] == "V", (meter, got)
+        assert {"energy.active.import.rate2", "current.a", "power.active.total"} <= set(got)
 
 
 def test_read_with_trace_against_meterd_simulate(meterd_bin, run_meterd):

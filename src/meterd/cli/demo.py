@@ -1,9 +1,12 @@
 """``meterd demo``: a simulated district polled by the real daemon, readings shown as they arrive.
 
 The district: two RS-485 buses on pseudo-terminals (2400 8E1, with wire time, like real
-buses) and two serial servers on TCP ports, each with a handful of DL/T 645-2007 meters whose
-energy registers move (the simulated clock runs 60x faster than real time so the numbers move
-visibly).  One meter never answers and one garbles its replies, so failures show up too.
+buses) and two serial servers on TCP ports, each with a handful of DL/T 645 meters -- most speak
+DL/T 645-2007, two old ones on the first bus DL/T 645-1997 -- plus a Modbus RTU bus (pty, 9600
+8N1) and a Modbus TCP gateway of commercial meters.  Energy registers move (the simulated clock
+runs 60x faster than real time so the numbers move visibly).  One meter never answers and one
+garbles its replies, so failures show up too.  Every meter is polled by the same quantity names;
+each is asked in its own protocol and the readings cannot tell them apart.
 
 The demo writes the config it generated next to its store (``<data-dir>/demo.toml``) so an
 operator can look at it, and everything the daemon read can be listed afterwards with
@@ -27,7 +30,16 @@ from meterd.config.loader import parse_config
 from meterd.simulators.fleet import FleetSpec, run_fleet
 from meterd.storage.sqlite import SqliteStore
 
-DEMO_ITEMS = ["0001FF00", "0201FF00", "0202FF00", "02030000", "02800002", "04000503"]
+DEMO_QUANTITIES = [
+    "energy.active.import.total",
+    "energy.active.import.rate2",
+    "energy.active.import.rate4",
+    "voltage.a",
+    "current.a",
+    "power.active.total",
+]
+LEGACY_METERS = ("000000000003", "000000000004")  # DL/T 645-1997 meters on the first bus
+GROUPS = {"dlt645-2007": "smart", "dlt645-1997": "legacy", "modbus": "ci"}
 SHOWN = [
     ("energy.active.import.total", "energy kWh"),
     ("energy.active.import.rate2", "peak kWh"),
@@ -50,29 +62,43 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def demo_config(fleet, data_dir: Path, interval: float) -> str:
     lines = ["[store]", f'data_dir = "{data_dir.resolve()}"', 'flush_interval = "1s"', ""]
     for i, bus in enumerate(fleet.buses):
-        name = f"{bus.kind}{i + 1}"
+        name = f"{'mb' if bus.protocol == 'modbus' else ''}{bus.kind}{i + 1}"
         if bus.kind == "pty":
+            line = bus.running.line
             lines += [f"[channels.{name}]",
-                      f'serial = {{ device = "{bus.endpoint}", baud = 2400, parity = "E" }}',
+                      f'serial = {{ device = "{bus.endpoint}", baud = {line.baud}, parity = "{line.parity}" }}',
                       'response_timeout = "1s"', 'inter_byte_timeout = "200ms"', "retries = 1", ""]
         else:
             host, _, port = bus.endpoint.rpartition(":")
             lines += [f"[channels.{name}]", f'tcp = {{ host = "{host}", port = {port} }}',
-                      'response_timeout = "500ms"', "retries = 1", ""]
-        for address in bus.meters:
-            lines += ["[[meters]]", f'address = "{address}"', f'channel = "{name}"',
-                      f"ct = {1 if bus.kind == 'pty' else 20}", ""]
+                      'response_timeout = "500ms"', "retries = 1"]
+            if bus.framing:
+                lines.append(f'framing = "{bus.framing}"')
+            lines.append("")
+        units = dict(zip(bus.meters, bus.units))
+        for address, protocol in bus.protocols.items():
+            lines += ["[[meters]]", f'address = "{address}"', f'channel = "{name}"', f'protocol = "{protocol}"',
+                      f'group = "{GROUPS[protocol]}"', f"ct = {1 if bus.kind == 'pty' else 20}"]
+            if protocol == "modbus":
+                lines += [f"unit = {units[address]}", f'model = "{bus.model}"']
+            lines.append("")
     lines += ["[[polls]]", 'name = "realtime"', f"interval = {interval}",
-              "items = [" + ", ".join(f'"{d}"' for d in DEMO_ITEMS) + "]", ""]
+              "quantities = [" + ", ".join(f'"{q}"' for q in DEMO_QUANTITIES) + "]", ""]
+    # DL/T 645-1997 has no relay state to read: the relay poll goes to the other meters
+    lines += ["[[polls]]", 'name = "relay"', f"interval = {interval}", 'groups = ["smart", "ci"]',
+              'quantities = ["relay.open"]', ""]
     return "\n".join(lines)
 
 
 class RoundPrinter:
+    """One line per meter and round, with the latest value of each column from any poll."""
+
     def __init__(self) -> None:
         self.header_done = False
+        self.latest: dict[str, dict[str, object]] = defaultdict(dict)
 
     def __call__(self, result: RoundResult) -> None:
-        by_meter: dict[str, dict[str, object]] = defaultdict(dict)
+        by_meter = self.latest
         for r in result.readings:
             by_meter[r.meter][r.quantity] = r.value
         failed: dict[str, str] = {}
@@ -83,7 +109,7 @@ class RoundPrinter:
         if not self.header_done:
             print(f"{'time':<8} {'channel':<6} {'meter':<12} " + " ".join(f"{h:>11}" for _, h in SHOWN))
             self.header_done = True
-        meters = sorted(set(by_meter) | set(failed))
+        meters = sorted({r.meter for r in result.readings} | set(failed))
         for m in meters:
             if m in by_meter and m not in failed:
                 cells = []
@@ -103,6 +129,9 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float) -> d
         pty_buses=2,
         tcp_buses=2,
         meters_per_bus=4,
+        modbus_pty_buses=1,
+        modbus_tcp_buses=1,
+        v1997=LEGACY_METERS,
         speed=60.0,
         faults={"000000000012": "no_answer", "000000000016": "garble"},
         seed=7,
@@ -117,7 +146,8 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float) -> d
         config = parse_config(tomllib.loads(text), source=str(data_dir / "demo.toml"), base_dir=data_dir)
         print(f"meterd demo: {len(config.meters)} simulated meters on {len(config.channels)} channels "
               f"(config: {data_dir / 'demo.toml'}, store: {data_dir})")
-        print("meter 000000000012 never answers and 000000000016 garbles its replies, to show failures.")
+        print("meter 000000000012 never answers and 000000000016 garbles its replies, to show failures; "
+              f"{' and '.join(LEGACY_METERS)} speak DL/T 645-1997; the mb* channels are Modbus meters.")
         with SqliteStore(config.store.data_dir) as store:
             daemon = Daemon(config, store, on_round=RoundPrinter())
             for line in describe_plan(daemon.plan):
