@@ -592,3 +592,12 @@ def test_a_poll_that_reads_nothing_from_a_meter(tmp_path: Path) -> None:
     found = problems_of(text, tmp_path)
     assert any("reads nothing from meters[1] (000000000002, dlt645-1997): give items_1997" in p for p in found), found
     assert any("reads nothing from meters[2]" in p and "quantities" in p for p in found), found
+
+
+def test_the_shipped_example_config_loads_and_plans() -> None:
+    from meterd.collector.daemon import compile_plan
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "site.toml"
+    config = load_config(example)
+    assert {m.protocol for m in config.meters} == set(Protocol)
+    assert all(p.polls for p in compile_plan(config))
