@@ -84,3 +84,38 @@ items = ["00010000", "02010100"]
     finally:
         sim.send_signal(signal.SIGTERM)
         sim.wait(10)
+
+
+def test_read_1997_and_modbus_meters_against_meterd_simulate(meterd_bin, run_meterd):
+    sim = subprocess.Popen([meterd_bin, "simulate", "--pty", "0", "--tcp-buses", "1", "--modbus-tcp", "1",
+                            "--meters-per-bus", "2", "--v1997", "2", "--json"], stdout=subprocess.PIPE, text=True)
+    try:
+        doc = json.loads(sim.stdout.readline())
+        dlt, mb = doc["buses"][0], doc["buses"][1]
+        assert mb["protocol"] == "modbus"
+        p = run_meterd("read", "--tcp", dlt["endpoint"], "--protocol", "dlt645-1997", "--address", "2",
+                       "--di", "9010", "--quantity", "voltage.a", "--trace", "--json")
+        assert p.returncode == 0, p.stderr
+        got = {r["quantity"]: r for r in json.loads(p.stdout)["readings"]}
+        assert set(got) == {"energy.active.import.total", "voltage.a"}
+        assert "68 02 00 00 00 00 00 68 01 02 43 C3" in p.stderr  # 1997 read of 9010 (+33: 43 C3)
+        # the 2007 meter on the same bus does not answer 1997
+        p = run_meterd("read", "--tcp", dlt["endpoint"], "--protocol", "dlt645-1997", "--address", "1",
+                       "--di", "9010", "--timeout", "0.3", "--retries", "0")
+        assert p.returncode == 1 and "timeout" in p.stderr
+        address, unit = mb["meters"][1], mb["units"][mb["meters"][1]]
+        p = run_meterd("read", "--tcp", mb["endpoint"], "--protocol", "modbus", "--unit", str(unit),
+                       "--address", address, "--quantity", "voltage.a", "--quantity", "relay.open",
+                       "--ct", "10", "--trace", "--json")
+        assert p.returncode == 0, p.stderr
+        got = {r["quantity"]: r["value"] for r in json.loads(p.stdout)["readings"]}
+        assert set(got) == {"voltage.a", "relay.open"} and got["relay.open"] is False
+        assert "ReadHoldingRegisters" in p.stderr or "FC" in p.stderr or "TX ->" in p.stderr
+        bad = run_meterd("read", "--tcp", mb["endpoint"], "--protocol", "modbus", "--quantity", "voltage.a")
+        assert bad.returncode == 2 and "--unit" in bad.stderr
+        bad = run_meterd("read", "--tcp", mb["endpoint"], "--protocol", "modbus", "--unit", "1",
+                         "--model", "sdm999", "--quantity", "voltage.a")
+        assert bad.returncode == 2 and "sdm999" in bad.stderr
+    finally:
+        sim.terminate()
+        sim.wait(10)

@@ -1,4 +1,9 @@
-"""``meterd read``: a technician's on-demand read of one meter, with an optional raw frame trace."""
+"""``meterd read``: a technician's on-demand read of one meter, with an optional raw frame trace.
+
+Any protocol: DL/T 645-2007 and -1997 meters by data identifier (``--di``), every protocol by
+canonical quantity (``--quantity``), resolved the way the daemon resolves a poll; Modbus meters
+by unit id and register map (``--unit``, ``--model``).
+"""
 
 from __future__ import annotations
 
@@ -12,21 +17,33 @@ from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, forma
 from meterd.collector.channel import Channel, Timing, TraceEvent
 from meterd.collector.poll import MeterTarget, poll_meter
 from meterd.collector.transports import SerialTransport, TcpTransport, Transport
-from meterd.errors import ProtocolError
+from meterd.collector.modbus import ModbusLink
+from meterd.errors import ConfigError, ProtocolError
 from meterd.protocols.dlt645 import catalogue
+from meterd.protocols.dlt645.catalogue1997 import lookup97
+from meterd.protocols.dlt645.v1997 import parse_di97
+from meterd.protocols.modbus import compile_plan, get_map, load_map
+from meterd.protocols.readspec import resolve_dlt645
 from meterd.protocols.dlt645.frame import Frame, normalize_address
 from meterd.protocols.dlt645.messages import decode_message, parse_di
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("read", help="read data identifiers from one meter now")
+    p = sub.add_parser("read", help="read one meter now (DL/T 645-2007, -1997 or Modbus)")
     link = p.add_mutually_exclusive_group(required=True)
     link.add_argument("--serial", metavar="DEVICE", help="serial device, e.g. /dev/ttyUSB0")
     link.add_argument("--tcp", metavar="HOST:PORT", help="serial server or DTU reached over TCP")
     p.add_argument("--baud", type=int, default=2400)
     p.add_argument("--parity", choices=["N", "E", "O"], default="E")
-    p.add_argument("--address", required=True, help="meter address (up to 12 digits)")
-    p.add_argument("--di", action="append", required=True, help="data identifier, e.g. 00010000 (repeatable)")
+    p.add_argument("--protocol", choices=["dlt645-2007", "dlt645-1997", "modbus"], default="dlt645-2007")
+    p.add_argument("--address", help="meter address (up to 12 digits; for Modbus the asset number, optional)")
+    p.add_argument("--di", action="append", default=[],
+                   help="data identifier, e.g. 00010000 (2007) or 9010 (1997) (repeatable)")
+    p.add_argument("--quantity", action="append", default=[],
+                   help="canonical quantity, e.g. voltage.a (repeatable; any protocol)")
+    p.add_argument("--unit", type=int, help="Modbus unit id (1..247)")
+    p.add_argument("--model", default="generic", help="Modbus register map: shipped name or map file")
+    p.add_argument("--framing", choices=["rtu", "tcp"], help="Modbus framing (default: rtu on serial, tcp on TCP)")
     p.add_argument("--ct", default="1", help="CT ratio applied to the values (default 1)")
     p.add_argument("--pt", default="1", help="PT ratio applied to the values (default 1)")
     p.add_argument("--timeout", type=float, default=2.0, help="response timeout in seconds")
@@ -52,16 +69,47 @@ def trace_printer(event: TraceEvent) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        address = normalize_address(args.address)
+def _reads(args: argparse.Namespace):
+    """(MeterTarget, what to read) from the arguments; ProtocolError / ConfigError name the bad one."""
+    ct, pt = Decimal(args.ct), Decimal(args.pt)
+    if not args.di and not args.quantity:
+        raise ProtocolError("nothing to read: give --di or --quantity")
+    if args.protocol == "modbus":
+        if args.di:
+            raise ProtocolError("--di is for DL/T 645 meters; read a Modbus meter by --quantity")
+        if args.unit is None or not 1 <= args.unit <= 247:
+            raise ProtocolError(f"--unit: a Modbus meter needs its unit id 1..247, got {args.unit}")
+        regmap = load_map(args.model) if args.model.endswith(".toml") else get_map(args.model)
+        address = normalize_address(args.address or "0")
+        meter = MeterTarget(address, ct, pt, "modbus", args.unit, regmap)
+        return meter, compile_plan(regmap, args.quantity)
+    if not args.address:
+        raise ProtocolError("--address: a DL/T 645 meter needs its address")
+    address = normalize_address(args.address)
+    if args.protocol == "dlt645-1997":
+        dis = [parse_di97(d) for d in args.di]
+        for di in dis:
+            lookup97(di)
+    else:
         dis = [parse_di(d) for d in args.di]
         for di in dis:
             catalogue.lookup(di)
-        ct, pt = Decimal(args.ct), Decimal(args.pt)
-    except (ProtocolError, InvalidOperation) as exc:
-        error(str(exc) if isinstance(exc, ProtocolError) else f"bad CT/PT ratio: {args.ct!r}/{args.pt!r}")
+    spec, missing = resolve_dlt645(args.quantity, dis, edition=args.protocol)
+    if missing:
+        raise ProtocolError(f"--quantity: {args.protocol} has no identifier for {', '.join(missing)}")
+    return MeterTarget(address, ct, pt, args.protocol), spec
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        meter, reads = _reads(args)
+    except (ProtocolError, ConfigError) as exc:
+        error(str(exc))
         return EXIT_BAD_INPUT
+    except InvalidOperation:
+        error(f"bad CT/PT ratio: {args.ct!r}/{args.pt!r}")
+        return EXIT_BAD_INPUT
+    address = meter.address
     transport: Transport
     if args.serial:
         transport = SerialTransport("cli", args.serial, baud=args.baud, parity=args.parity)
@@ -73,10 +121,13 @@ def run(args: argparse.Namespace) -> int:
         transport = TcpTransport("cli", host, int(port), connect_timeout=args.timeout)
     channel = Channel("cli", transport, timing=Timing(args.timeout, min(0.5, args.timeout)), retries=args.retries,
                       trace=trace_printer if args.trace else None)
+    link = None
+    if meter.protocol == "modbus":
+        link = ModbusLink(channel, args.framing or ("rtu" if args.serial else "tcp"))
 
     async def go():
         try:
-            return await poll_meter(channel, MeterTarget(address, ct, pt), dis, datetime.now(timezone.utc))
+            return await poll_meter(channel, meter, reads, datetime.now(timezone.utc), link=link)
         finally:
             await channel.close()
 
