@@ -1,0 +1,1111 @@
+"""DTUs that dial in: a TCP listener for GPRS/4G transparent terminals, and a transport per terminal.
+
+A DTU (data transfer unit) sits next to the meters' RS-485 bus and connects *to* the master over
+the mobile network.  Once connected it first sends a *registration packet* (注册包) carrying its
+terminal id, then passes bytes through transparently in both directions, and every so often sends
+a *heartbeat packet* (心跳包) so the master (and the operator's NAT) know the link is alive.  What
+those two packets look like is configured per DTU model: :class:`DtuFormat`.
+
+:class:`DtuListener` accepts the connections, recognises the registration (trying each configured
+format), maps the terminal id to its channel, strips heartbeats, watches liveness and keeps the
+per-terminal statistics.  :class:`DtuTransport` is the :class:`~meterd.collector.transports.base.Transport`
+a :class:`~meterd.collector.channel.Channel` uses to reach the meters behind one terminal: it
+opens at once when the DTU is online and raises :class:`~meterd.errors.LinkError` at once when it
+is not (the channel records a ``link`` failure and tries again next round), so a round never
+waits for a DTU that is not there.
+
+Rules of the listener
+---------------------
+* Registration: the bytes a new connection sends are matched against every format.  A valid
+  registration whose id is in ``known`` puts the terminal online; any bytes behind it in the same
+  read are handled as ordinary traffic.
+* Rejections, each logged with the peer and counted in ``status()["rejected"]`` by reason:
+
+  ``unknown_id``            a well-formed registration of a terminal id that is not configured;
+                            the connection is closed.
+  ``malformed``             recognisably a registration attempt (the format's prefix/header, or
+                            for a plain ASCII format: text) but not a valid one -- bad characters,
+                            wrong length, unknown packet type; closed at once.
+  ``oversized``             a registration longer than the format allows; closed at once.
+  ``bad_checksum``          a framed registration with a wrong checksum; closed at once.
+  ``unregistered_data``     bytes that are no registration in any format (meter frames, binary
+                            noise, a heartbeat) before the terminal registered: dropped and
+                            counted once per connection; the connection may still register until
+                            the registration deadline.
+  ``registration_timeout``  no valid registration within ``registration_timeout`` seconds of
+                            connecting; closed.
+
+* Replacement: a second connection registering an id that is online replaces the first: the
+  old connection is aborted and a read waiting on it fails at once with ``LinkClosedError``; the
+  terminal stays online (its online time runs on) and ``replaced`` is counted.
+* Liveness: any byte from the DTU (heartbeat or meter data: DTUs of the USR family only send
+  heartbeats while idle) resets the heartbeat timer.  A registered connection silent for
+  ``heartbeat_timeout`` seconds is marked offline and aborted (``heartbeat_timeouts``).
+* Heartbeats are recognised where a heartbeat packet can start: at the beginning of a read
+  (several in a row), and for self-delimiting checksummed frame formats also at its end.  A DTU
+  writes a heartbeat as one packet, so it arrives whole at a read boundary; heartbeat bytes in the
+  middle of meter data are left alone (they are meter data).
+
+Time: timeouts run on the event loop's monotonic clock (a wall-clock step never takes DTUs
+offline); timestamps and the online time behind the online-rate statistic come from ``clock``
+(aware UTC datetimes, like the daemon's clock).
+
+Presets (see :data:`PRESETS`)
+-----------------------------
+``usr-ascii``
+    Modelled on USR-IOT (有人物联网) DTUs and serial servers (USR-G780/G786 4G DTUs,
+    USR-TCP232, USR-DR404 ...) with a *custom registration packet* sent once when the TCP
+    connection is made ("connect with" / 连接发送): the registration is the terminal id as ASCII
+    text, e.g. ``DTU00000001`` (USR allows up to 40 bytes).  Heartbeat: ``www.usr.cn`` -- the
+    factory default content of USR's network heartbeat (sent every 30 s by default) -- or ``HB``,
+    a common site convention; both are accepted.
+``hex-frame``
+    A framed binary registration in the style of the "protocol mode" of Chinese DTUs (Hongdian's
+    DDP frames ``7B type len <11-byte id> ... 7B``, Four-Faith's compatible mode, 7E-framed TcpDtu
+    conventions with register/heartbeat types), reduced to a generic frame meterd defines itself --
+    it is not any single vendor's wire format::
+
+        AA 55 | type | len | id (len bytes, ASCII) | CS
+        type 01 = registration, 02 = heartbeat (carries the id too)
+        CS   = sum of type, len and id bytes, modulo 256
+
+    Unlike a bare ASCII id it is self-delimiting and checksummed, so heartbeats are recognised at
+    both ends of a read and a corrupt registration is told from a wrong id.
+
+Other models are described with :class:`DtuFormat` fields (``DtuFormat.from_dict`` takes config
+keys): text framing ``prefix + id + suffix`` with an ASCII or hex (raw bytes, shown as hex digits)
+id of fixed or variable length and fixed heartbeat packets; or frame framing as ``hex-frame`` with
+its own header, types, checksum (``sum8``, ``xor8``, ``none``) and tail.  ``data_carries_registration``
+covers DTUs set to put the registration in front of every packet ("data with" / 数据携带): it is
+stripped from the start of every read.
+
+Not handled: formats that wrap every data packet (Hongdian DDP's 0x09 user-data frames, MQTT
+DTUs); registration packets split over several reads for a variable-length format with neither
+suffix nor fixed length (the read is taken as the whole packet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import logging
+import re
+import socket
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Final, Iterable, Mapping, Sequence
+
+from meterd.collector.transports.base import Transport
+from meterd.errors import ConfigError, LinkClosedError, LinkError
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+FRAMINGS: Final = ("text", "frame")
+ID_ENCODINGS: Final = ("ascii", "hex")
+CHECKSUMS: Final = ("sum8", "xor8", "none")
+DEFAULT_ID_PATTERN: Final = r"[0-9A-Za-z_.:\-]+"
+MAX_ID_LENGTH: Final = 255
+
+# rejection reasons (keys of status()["rejected"])
+UNKNOWN_ID: Final = "unknown_id"
+MALFORMED: Final = "malformed"
+OVERSIZED: Final = "oversized"
+BAD_CHECKSUM: Final = "bad_checksum"
+UNREGISTERED_DATA: Final = "unregistered_data"
+REGISTRATION_TIMEOUT: Final = "registration_timeout"
+REJECT_REASONS: Final = (UNKNOWN_ID, MALFORMED, OVERSIZED, BAD_CHECKSUM, UNREGISTERED_DATA, REGISTRATION_TIMEOUT)
+
+MAX_UNKNOWN_IDS: Final = 100  # distinct unknown ids remembered in status()
+PENDING_LIMIT: Final = 1024  # bytes buffered from an unregistered connection while a format wants more
+RX_BUFFER_LIMIT: Final = 65536  # unread meter bytes kept for a channel; a chatty DTU cannot grow it further
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --- formats --------------------------------------------------------------------------------------
+
+
+class ParseStatus(enum.StrEnum):
+    OK = "ok"  # a valid registration: terminal_id, consumed
+    MORE = "more"  # could become a registration: wait for more bytes
+    BAD = "bad"  # a registration attempt of this format, but invalid: reason, detail
+    FOREIGN = "foreign"  # not a registration of this format at all
+
+
+@dataclass(frozen=True, slots=True)
+class Parse:
+    status: ParseStatus
+    terminal_id: str | None = None
+    consumed: int = 0
+    reason: str = ""
+    detail: str = ""
+
+
+_MORE: Final = Parse(ParseStatus.MORE)
+
+
+def _foreign(detail: str) -> Parse:
+    return Parse(ParseStatus.FOREIGN, detail=detail)
+
+
+def _bad(reason: str, detail: str) -> Parse:
+    return Parse(ParseStatus.BAD, reason=reason, detail=detail)
+
+
+class PacketKind(enum.StrEnum):
+    REGISTRATION = "registration"
+    HEARTBEAT = "heartbeat"
+    PAYLOAD = "payload"  # meter data (anything that is neither)
+    INVALID = "invalid"  # a broken registration (reason says how)
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    kind: PacketKind
+    terminal_id: str | None = None
+    reason: str = ""
+    detail: str = ""
+
+
+def _is_text(data: bytes) -> bool:
+    return all(b in (9, 10, 13) or 0x20 <= b < 0x7F for b in data)
+
+
+def _show(data: bytes, limit: int = 32) -> str:
+    text = data[:limit].hex(" ").upper()
+    return text + (f" ... ({len(data)} bytes)" if len(data) > limit else "")
+
+
+@dataclass(frozen=True, slots=True)
+class DtuFormat:
+    """How one DTU model registers and heart-beats.  See the module doc for the two framings.
+
+    ``text``: registration = ``prefix + id + suffix``; the id is ``id_length`` bytes, or ends at
+    ``suffix``, or (neither) is the rest of the read; heartbeats are the fixed ``heartbeats``
+    packets.  ``frame``: ``header + type + len + id + checksum + tail`` for both packets.
+    ``id_encoding``: ``ascii`` (the id is text, checked against ``id_pattern``) or ``hex`` (the id
+    is raw bytes, the terminal id is their upper-case hex digits -- BCD ids read as their digits).
+    """
+
+    name: str
+    framing: str = "text"
+    description: str = ""
+    id_encoding: str = "ascii"
+    id_pattern: str = DEFAULT_ID_PATTERN
+    id_length: int | None = None  # fixed id length in bytes; None: variable, 1..max_id_length
+    max_id_length: int = 40
+    # text framing
+    prefix: bytes = b""
+    suffix: bytes = b""
+    heartbeats: tuple[bytes, ...] = ()
+    # frame framing
+    header: bytes = b"\xaa\x55"
+    registration_type: int = 0x01
+    heartbeat_type: int = 0x02
+    checksum: str = "sum8"
+    tail: bytes = b""
+    # both
+    data_carries_registration: bool = False
+    _regex: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError([f"dtu format {self.name!r}: {p}" for p in problems])
+        object.__setattr__(self, "_regex", re.compile(self.id_pattern))
+        object.__setattr__(self, "heartbeats", tuple(bytes(h) for h in self.heartbeats))
+
+    def problems(self) -> list[str]:
+        p: list[str] = []
+        if not self.name:
+            p.append("name must not be empty")
+        if self.framing not in FRAMINGS:
+            p.append(f"framing {self.framing!r} must be one of {', '.join(FRAMINGS)}")
+        if self.id_encoding not in ID_ENCODINGS:
+            p.append(f"id_encoding {self.id_encoding!r} must be one of {', '.join(ID_ENCODINGS)}")
+        if not 1 <= self.max_id_length <= MAX_ID_LENGTH:
+            p.append(f"max_id_length {self.max_id_length} must be 1..{MAX_ID_LENGTH}")
+        if self.id_length is not None and not 1 <= self.id_length <= MAX_ID_LENGTH:
+            p.append(f"id_length {self.id_length} must be 1..{MAX_ID_LENGTH}")
+        try:
+            re.compile(self.id_pattern)
+        except re.error as exc:
+            p.append(f"id_pattern {self.id_pattern!r} is not a regular expression: {exc}")
+        if self.framing == "text":
+            if self.id_encoding == "hex" and not (self.prefix or self.suffix or self.id_length):
+                p.append("a hex id needs a prefix, a suffix or a fixed id_length to be told from meter data")
+            if any(not h for h in self.heartbeats):
+                p.append("an empty heartbeat packet")
+        elif self.framing == "frame":
+            if not self.header:
+                p.append("frame framing needs a header")
+            for key in ("registration_type", "heartbeat_type"):
+                v = getattr(self, key)
+                if not isinstance(v, int) or not 0 <= v <= 0xFF:
+                    p.append(f"{key} {v!r} must be a byte value 0..255")
+            if self.registration_type == self.heartbeat_type:
+                p.append("registration_type and heartbeat_type must differ")
+            if self.checksum not in CHECKSUMS:
+                p.append(f"checksum {self.checksum!r} must be one of {', '.join(CHECKSUMS)}")
+        return p
+
+    # --- building (what a DTU sends; also the test side) ---------------------------------------
+
+    def id_bytes(self, terminal_id: str) -> bytes:
+        if self.id_encoding == "hex":
+            try:
+                return bytes.fromhex(terminal_id)
+            except ValueError:
+                raise ValueError(f"terminal id {terminal_id!r} is not hex digits") from None
+        return terminal_id.encode("ascii")
+
+    def encode_registration(self, terminal_id: str) -> bytes:
+        raw = self.id_bytes(terminal_id)
+        if self.framing == "frame":
+            return self._frame(self.registration_type, raw)
+        return self.prefix + raw + self.suffix
+
+    def encode_heartbeat(self, terminal_id: str = "") -> bytes:
+        if self.framing == "frame":
+            return self._frame(self.heartbeat_type, self.id_bytes(terminal_id))
+        if not self.heartbeats:
+            raise ValueError(f"dtu format {self.name!r} has no heartbeat packet")
+        return self.heartbeats[0]
+
+    def _frame(self, ptype: int, raw: bytes) -> bytes:
+        if len(raw) > MAX_ID_LENGTH:
+            raise ValueError(f"terminal id of {len(raw)} bytes does not fit a length byte")
+        body = bytes([ptype, len(raw)]) + raw
+        return self.header + body + self._checksum(body) + self.tail
+
+    def _checksum(self, body: bytes) -> bytes:
+        if self.checksum == "sum8":
+            return bytes([sum(body) & 0xFF])
+        if self.checksum == "xor8":
+            x = 0
+            for b in body:
+                x ^= b
+            return bytes([x])
+        return b""
+
+    # --- recognising -----------------------------------------------------------------------------
+
+    @property
+    def max_registration(self) -> int:
+        """The longest valid registration packet, in bytes."""
+        n = self.id_length or self.max_id_length
+        if self.framing == "frame":
+            return len(self.header) + 2 + n + len(self._checksum(b"")) + len(self.tail)
+        return len(self.prefix) + n + len(self.suffix)
+
+    def parse_registration(self, buf: bytes) -> Parse:
+        """Whether ``buf`` (what a new connection sent so far) starts with a registration."""
+        buf = bytes(buf)
+        if self.framing == "frame":
+            return self._parse_frame(buf)
+        return self._parse_text(buf)
+
+    def _decode_id(self, raw: bytes) -> Parse | str:
+        if self.id_encoding == "hex":
+            text = raw.hex().upper()
+        else:
+            try:
+                text = raw.decode("ascii")
+            except UnicodeDecodeError:
+                return _bad(MALFORMED, f"terminal id is not ASCII: {_show(raw)}")
+        assert self._regex is not None
+        if not self._regex.fullmatch(text):
+            return _bad(MALFORMED, f"terminal id {text!r} does not match {self.id_pattern}")
+        return text
+
+    def _parse_text(self, buf: bytes) -> Parse:
+        p = self.prefix
+        if len(buf) < len(p):
+            return _MORE if p.startswith(buf) else _foreign("no registration prefix")
+        if not buf.startswith(p):
+            return _foreign("no registration prefix")
+        if not p and buf in self.heartbeats:
+            return _foreign("a heartbeat, not a registration")
+        body = buf[len(p):]
+        if self.id_encoding == "ascii" and not _is_text(body[: self.max_registration]):
+            if not p:
+                return _foreign("binary data, not an ASCII registration")
+        limit = self.id_length or self.max_id_length
+        if self.suffix:
+            end = body.find(self.suffix)
+            if end < 0:
+                if len(body) >= limit + len(self.suffix):
+                    return _bad(OVERSIZED, f"no registration suffix within {limit} id bytes")
+                return _MORE
+            raw, consumed = body[:end], len(p) + end + len(self.suffix)
+        elif self.id_length:
+            if len(body) < self.id_length:
+                return _MORE
+            raw, consumed = body[: self.id_length], len(p) + self.id_length
+        else:
+            if not body:
+                return _MORE
+            raw, consumed = body, len(buf)
+        if len(raw) > limit:
+            return _bad(OVERSIZED, f"terminal id of {len(raw)} bytes, at most {limit} allowed")
+        if self.id_length and len(raw) != self.id_length:
+            return _bad(MALFORMED, f"terminal id of {len(raw)} bytes, expected {self.id_length}")
+        if not raw:
+            return _bad(MALFORMED, "empty terminal id")
+        decoded = self._decode_id(raw)
+        if isinstance(decoded, Parse):
+            return decoded
+        return Parse(ParseStatus.OK, decoded, consumed)
+
+    def _frame_at(self, buf: bytes, pos: int) -> tuple[Parse, int]:
+        """The frame at ``buf[pos:]``: (parse result, packet type or -1)."""
+        h = self.header
+        view = buf[pos:]
+        if len(view) < len(h):
+            return (_MORE if h.startswith(view) else _foreign("no frame header")), -1
+        if not view.startswith(h):
+            return _foreign("no frame header"), -1
+        if len(view) < len(h) + 2:
+            return _MORE, -1
+        ptype, n = view[len(h)], view[len(h) + 1]
+        if ptype not in (self.registration_type, self.heartbeat_type):
+            return _bad(MALFORMED, f"unknown packet type {ptype:02X}"), ptype
+        limit = self.id_length or self.max_id_length
+        if n > limit:
+            return _bad(OVERSIZED, f"length byte {n}, at most {limit} id bytes allowed"), ptype
+        if n == 0 or (self.id_length and n != self.id_length):
+            return _bad(MALFORMED, f"length byte {n}"), ptype
+        cs_len = len(self._checksum(b""))
+        size = len(h) + 2 + n + cs_len + len(self.tail)
+        if len(view) < size:
+            return _MORE, ptype
+        body = view[len(h): len(h) + 2 + n]
+        if view[len(h) + 2 + n: len(h) + 2 + n + cs_len] != self._checksum(body):
+            return _bad(BAD_CHECKSUM, f"checksum mismatch in {_show(view[:size])}"), ptype
+        if view[size - len(self.tail): size] != self.tail:
+            return _bad(MALFORMED, "wrong frame tail"), ptype
+        decoded = self._decode_id(body[2:])
+        if isinstance(decoded, Parse):
+            return decoded, ptype
+        return Parse(ParseStatus.OK, decoded, size), ptype
+
+    def _parse_frame(self, buf: bytes) -> Parse:
+        result, ptype = self._frame_at(buf, 0)
+        if ptype == self.heartbeat_type and result.status is not ParseStatus.BAD:
+            return _MORE if result.status is ParseStatus.MORE else _foreign("a heartbeat, not a registration")
+        return result
+
+    def strip_heartbeats(self, data: bytes) -> tuple[bytes, int]:
+        """``data`` without the heartbeat packets at its start (and, frame framing, its end);
+        how many were removed."""
+        count = 0
+        if self.framing == "frame":
+            while data:
+                result, ptype = self._frame_at(data, 0)
+                if result.status is not ParseStatus.OK or ptype != self.heartbeat_type:
+                    break
+                data = data[result.consumed:]
+                count += 1
+            while data:
+                found = False
+                pos = data.rfind(self.header)
+                while pos > 0:
+                    result, ptype = self._frame_at(data, pos)
+                    if result.status is ParseStatus.OK and ptype == self.heartbeat_type \
+                            and pos + result.consumed == len(data):
+                        data = data[:pos]
+                        count += 1
+                        found = True
+                        break
+                    pos = data.rfind(self.header, 0, pos)
+                if not found:
+                    break
+            return data, count
+        while data:
+            for hb in self.heartbeats:
+                if data.startswith(hb):
+                    data = data[len(hb):]
+                    count += 1
+                    break
+            else:
+                break
+        return data, count
+
+    def strip_registration(self, data: bytes, terminal_id: str) -> tuple[bytes, int]:
+        """``data`` without copies of the terminal's registration at its start ("data with")."""
+        reg = self.encode_registration(terminal_id)
+        count = 0
+        while data.startswith(reg):
+            data = data[len(reg):]
+            count += 1
+        return data, count
+
+    def classify(self, packet: bytes) -> Classified:
+        """One whole packet: a registration (with its terminal id), a heartbeat, an invalid
+        registration (with the reason), or meter payload."""
+        packet = bytes(packet)
+        rest, beats = self.strip_heartbeats(packet)
+        if beats and not rest:
+            return Classified(PacketKind.HEARTBEAT)
+        result = self.parse_registration(packet)
+        if result.status is ParseStatus.OK and result.consumed == len(packet):
+            return Classified(PacketKind.REGISTRATION, result.terminal_id)
+        if result.status is ParseStatus.BAD:
+            return Classified(PacketKind.INVALID, reason=result.reason, detail=result.detail)
+        return Classified(PacketKind.PAYLOAD)
+
+    # --- configuration -------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, name: str, doc: Mapping[str, Any]) -> DtuFormat:
+        """A format from config keys (every problem listed in one ConfigError).
+
+        ``preset`` (start from a preset), ``framing``, ``description``, ``id_encoding``,
+        ``id_pattern``, ``id_length``, ``max_id_length``, ``registration_type``,
+        ``heartbeat_type``, ``checksum``, ``data_carries_registration``; byte strings as ASCII
+        text or hex digits: ``prefix``/``prefix_hex``, ``suffix``/``suffix_hex``,
+        ``header``/``header_hex``, ``tail``/``tail_hex``; heartbeats as ``heartbeat``/
+        ``heartbeat_hex`` (one) or ``heartbeats``/``heartbeats_hex`` (a list).
+        """
+        problems: list[str] = []
+        where = f"dtu format {name!r}"
+        kw: dict[str, Any] = {}
+        base: DtuFormat | None = None
+        if "preset" in doc:
+            preset = doc["preset"]
+            if preset not in PRESETS:
+                problems.append(f"{where}: preset {preset!r} is not one of {', '.join(PRESETS)}")
+            else:
+                base = PRESETS[preset]
+        plain = {
+            "framing": str, "description": str, "id_encoding": str, "id_pattern": str, "checksum": str,
+            "id_length": int, "max_id_length": int, "registration_type": int, "heartbeat_type": int,
+            "data_carries_registration": bool,
+        }
+        byte_keys = ("prefix", "suffix", "header", "tail")
+        known = {"preset", *plain, *byte_keys, *(f"{k}_hex" for k in byte_keys),
+                 "heartbeat", "heartbeat_hex", "heartbeats", "heartbeats_hex"}
+        for key in doc:
+            if key not in known:
+                problems.append(f"{where}: unknown key {key!r}")
+        for key, typ in plain.items():
+            if key not in doc:
+                continue
+            value = doc[key]
+            if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+                problems.append(f"{where}: {key} must be an integer, not {value!r}")
+            elif typ is not int and not isinstance(value, typ):
+                problems.append(f"{where}: {key} must be a {typ.__name__}, not {value!r}")
+            else:
+                kw[key] = value
+
+        def as_bytes(key: str, value: Any, hexed: bool) -> bytes | None:
+            if not isinstance(value, str):
+                problems.append(f"{where}: {key} must be a string, not {value!r}")
+                return None
+            if hexed:
+                try:
+                    return bytes.fromhex(value)
+                except ValueError:
+                    problems.append(f"{where}: {key} {value!r} is not hex digits")
+                    return None
+            try:
+                return value.encode("ascii")
+            except UnicodeEncodeError:
+                problems.append(f"{where}: {key} {value!r} is not ASCII (use {key}_hex)")
+                return None
+
+        for key in byte_keys:
+            if key in doc and f"{key}_hex" in doc:
+                problems.append(f"{where}: give {key} or {key}_hex, not both")
+            for k, hexed in ((key, False), (f"{key}_hex", True)):
+                if k in doc and (b := as_bytes(k, doc[k], hexed)) is not None:
+                    kw[key] = b
+        beats: list[bytes] = []
+        for k, hexed, many in (("heartbeat", False, False), ("heartbeat_hex", True, False),
+                               ("heartbeats", False, True), ("heartbeats_hex", True, True)):
+            if k not in doc:
+                continue
+            values = doc[k] if many else [doc[k]]
+            if many and not isinstance(values, list):
+                problems.append(f"{where}: {k} must be a list of strings")
+                continue
+            for v in values:
+                if (b := as_bytes(k, v, hexed)) is not None:
+                    beats.append(b)
+        if beats:
+            kw["heartbeats"] = tuple(beats)
+        if problems:
+            raise ConfigError(problems)
+        if base is not None:
+            return dataclasses.replace(base, name=name, **kw)
+        return cls(name=name, **kw)
+
+
+USR_ASCII: Final = DtuFormat(
+    "usr-ascii",
+    framing="text",
+    description="USR-IOT custom registration packet: the terminal id as ASCII text, sent on connect; "
+    "heartbeat 'www.usr.cn' (USR factory default) or 'HB'",
+    id_encoding="ascii",
+    max_id_length=40,
+    heartbeats=(b"www.usr.cn", b"HB"),
+)
+
+HEX_FRAME: Final = DtuFormat(
+    "hex-frame",
+    framing="frame",
+    description="AA 55 | type (01 registration, 02 heartbeat) | len | id (ASCII) | sum8 of type..id",
+    id_encoding="ascii",
+    max_id_length=32,
+    header=b"\xaa\x55",
+    registration_type=0x01,
+    heartbeat_type=0x02,
+    checksum="sum8",
+)
+
+PRESETS: Final[dict[str, DtuFormat]] = {f.name: f for f in (USR_ASCII, HEX_FRAME)}
+
+
+def get_format(fmt: DtuFormat | str) -> DtuFormat:
+    """A preset by name, or the format itself."""
+    if isinstance(fmt, DtuFormat):
+        return fmt
+    try:
+        return PRESETS[fmt]
+    except KeyError:
+        raise ConfigError(f"unknown dtu format {fmt!r}; presets: {', '.join(PRESETS)}") from None
+
+
+# --- the listener ---------------------------------------------------------------------------------
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection from a DTU (or anyone)."""
+
+    def __init__(self, listener: DtuListener) -> None:
+        self.listener = listener
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.pending = bytearray()
+        self.terminal: _Terminal | None = None
+        self.fmt: DtuFormat | None = None
+        self.closed = False
+        self.close_reason: str | None = None
+        self.saw_unregistered = False
+        self.deadline: asyncio.TimerHandle | None = None
+        self.last_rx = self.loop.time()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self.listener._accepted(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.last_rx = self.loop.time()
+        if self.terminal is None:
+            self.listener._pre_registration(self, data)
+        else:
+            self.listener._from_dtu(self, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.cancel_deadline()
+        self.listener._connection_lost(self, exc)
+
+    def cancel_deadline(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def shut(self, reason: str, *, abort: bool = False) -> None:
+        """Close (gracefully, or at once with ``abort``), remembering why."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self.cancel_deadline()
+        if self.transport is not None and not self.closed:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+        self.closed = True
+
+
+@dataclass(eq=False)
+class _Terminal:
+    terminal_id: str
+    channel: str
+    session: _Connection | None = None
+    transport: DtuTransport | None = None
+    online_event: asyncio.Event = field(default_factory=asyncio.Event)
+    peer: str | None = None
+    format: str | None = None
+    connected_since: datetime | None = None
+    online_since: datetime | None = None  # start of the current online span (survives replacement)
+    online_total: float = 0.0  # seconds of closed online spans
+    last_seen: datetime | None = None
+    last_heartbeat: datetime | None = None
+    last_offline: datetime | None = None
+    offline_reason: str = ""
+    counters: Counter[str] = field(default_factory=Counter)
+
+    def online_seconds(self, now: datetime) -> float:
+        running = (now - self.online_since).total_seconds() if self.online_since is not None else 0.0
+        return self.online_total + max(running, 0.0)
+
+
+COUNTERS: Final = ("registrations", "replaced", "heartbeats", "heartbeat_timeouts", "disconnects",
+                   "rx_bytes", "tx_bytes", "unsolicited_bytes")
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+class DtuListener:
+    """The TCP server DTUs dial into.  ``known`` maps terminal id -> channel name.
+
+    ``formats``: the registration/heartbeat formats accepted (presets by name or
+    :class:`DtuFormat`), tried in order.  ``heartbeat_timeout``: seconds of silence after which a
+    registered DTU is offline.  ``registration_timeout``: seconds a new connection has to register.
+    """
+
+    def __init__(
+        self,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        *,
+        formats: Sequence[DtuFormat | str] = ("usr-ascii",),
+        known: Mapping[str, str],
+        heartbeat_timeout: float = 120.0,
+        registration_timeout: float = 10.0,
+        clock: Clock = utc_now,
+        name: str = "dtu",
+        check_interval: float | None = None,
+    ) -> None:
+        if isinstance(formats, (str, DtuFormat)):
+            formats = [formats]
+        problems: list[str] = []
+        self.formats: list[DtuFormat] = []
+        for f in formats:
+            try:
+                self.formats.append(get_format(f))
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        if not formats:
+            problems.append(f"listener {name}: at least one dtu format is needed")
+        if heartbeat_timeout <= 0:
+            problems.append(f"listener {name}: heartbeat_timeout {heartbeat_timeout} must be > 0 seconds")
+        if registration_timeout <= 0:
+            problems.append(f"listener {name}: registration_timeout {registration_timeout} must be > 0 seconds")
+        if not 0 <= port <= 65535:
+            problems.append(f"listener {name}: port {port} must be 0..65535")
+        if problems:
+            raise ConfigError(problems)
+        self.name = name
+        self.host = host
+        self.port = port
+        self.heartbeat_timeout = float(heartbeat_timeout)
+        self.registration_timeout = float(registration_timeout)
+        self.check_interval = check_interval or min(1.0, self.heartbeat_timeout / 5)
+        self.clock = clock
+        self._terminals: dict[str, _Terminal] = {tid: _Terminal(tid, ch) for tid, ch in known.items()}
+        self._pending: set[_Connection] = set()
+        self._connections: set[_Connection] = set()
+        self._server: asyncio.Server | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._bound: tuple[str, int] | None = None
+        self.started: datetime | None = None
+        self.accepted = 0
+        self.rejected: Counter[str] = Counter()
+        self.unknown_ids: Counter[str] = Counter()
+
+    # --- life cycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port)
+        except OSError as exc:
+            raise LinkError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}",
+                            channel=self.name) from exc
+        self._bound = self._server.sockets[0].getsockname()[:2]
+        self.started = self.clock()
+        self._watchdog = asyncio.create_task(self._watch(), name=f"dtu-watchdog {self.name}")
+        log.info("dtu listener %s: listening on %s:%s for %d terminal(s), formats %s", self.name,
+                 self._bound[0], self._bound[1], len(self._terminals), ", ".join(f.name for f in self.formats))
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watchdog
+            self._watchdog = None
+        for term in self._terminals.values():
+            if term.session is not None:
+                conn = term.session
+                self._offline(term, conn, "listener closed")
+                conn.shut("listener closed", abort=True)
+        for conn in list(self._connections):
+            conn.shut("listener closed", abort=True)
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+
+    async def __aenter__(self) -> DtuListener:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def bound_port(self) -> int:
+        if self._bound is None:
+            raise RuntimeError(f"dtu listener {self.name} is not started")
+        return int(self._bound[1])
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    # --- what channels use ------------------------------------------------------------------------
+
+    def transport(self, terminal_id: str, *, connect_wait: float = 0.0) -> DtuTransport:
+        """The transport to the meters behind ``terminal_id`` (one per terminal, named after its channel)."""
+        term = self._terminal(terminal_id)
+        if term.transport is None:
+            term.transport = DtuTransport(self, terminal_id, term.channel, connect_wait=connect_wait)
+        else:
+            term.transport.connect_wait = connect_wait
+        return term.transport
+
+    def channel_of(self, terminal_id: str) -> str:
+        return self._terminal(terminal_id).channel
+
+    def is_online(self, terminal_id: str) -> bool:
+        return self._terminal(terminal_id).session is not None
+
+    async def wait_online(self, terminal_id: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the terminal to be online; whether it is."""
+        term = self._terminal(terminal_id)
+        if term.session is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(term.online_event.wait(), timeout)
+        return term.session is not None
+
+    @property
+    def terminal_ids(self) -> list[str]:
+        return list(self._terminals)
+
+    def _terminal(self, terminal_id: str) -> _Terminal:
+        try:
+            return self._terminals[terminal_id]
+        except KeyError:
+            raise KeyError(f"dtu listener {self.name}: terminal {terminal_id!r} is not configured") from None
+
+    # --- statistics ---------------------------------------------------------------------------------
+
+    def terminal_status(self, terminal_id: str) -> dict[str, Any]:
+        term = self._terminal(terminal_id)
+        now = self.clock()
+        online = term.online_seconds(now)
+        observed = (now - self.started).total_seconds() if self.started is not None else 0.0
+        doc: dict[str, Any] = {
+            "channel": term.channel,
+            "state": "online" if term.session is not None else "offline",
+            "peer": term.peer if term.session is not None else None,
+            "format": term.format,
+            "connected_since": _iso(term.connected_since) if term.session is not None else None,
+            "last_seen": _iso(term.last_seen),
+            "last_heartbeat": _iso(term.last_heartbeat),
+            "last_offline": _iso(term.last_offline),
+            "offline_reason": term.offline_reason or None,
+            "online_seconds": round(online, 3),
+            "online_rate": round(min(online / observed, 1.0), 4) if observed > 0 else None,
+        }
+        doc.update({k: term.counters[k] for k in COUNTERS})
+        return doc
+
+    def status(self) -> dict[str, Any]:
+        terminals = {tid: self.terminal_status(tid) for tid in self._terminals}
+        return {
+            "name": self.name,
+            "host": self._bound[0] if self._bound else self.host,
+            "port": self._bound[1] if self._bound else self.port,
+            "formats": [f.name for f in self.formats],
+            "started": _iso(self.started),
+            "heartbeat_timeout": self.heartbeat_timeout,
+            "registration_timeout": self.registration_timeout,
+            "accepted": self.accepted,
+            "pending": len(self._pending),
+            "known": len(self._terminals),
+            "online": sum(1 for t in terminals.values() if t["state"] == "online"),
+            "rejected": {r: self.rejected[r] for r in REJECT_REASONS},
+            "unknown_ids": dict(self.unknown_ids),
+            "terminals": terminals,
+        }
+
+    # --- connection events (called by _Connection) -----------------------------------------------
+
+    def _accepted(self, conn: _Connection) -> None:
+        if self._server is None:
+            conn.shut("listener closed", abort=True)
+            return
+        self.accepted += 1
+        self._connections.add(conn)
+        self._pending.add(conn)
+        conn.deadline = conn.loop.call_later(self.registration_timeout, self._registration_deadline, conn)
+        log.debug("dtu listener %s: connection from %s", self.name, conn.peer)
+
+    def _reject(self, conn: _Connection, reason: str, detail: str, data: bytes = b"") -> None:
+        self.rejected[reason] += 1
+        shown = f" [{_show(data)}]" if data else ""
+        log.warning("dtu listener %s: connection from %s rejected (%s): %s%s", self.name, conn.peer, reason,
+                    detail, shown)
+        self._pending.discard(conn)
+        conn.shut(reason)
+
+    def _registration_deadline(self, conn: _Connection) -> None:
+        conn.deadline = None
+        if conn.terminal is None and not conn.closed:
+            self._reject(conn, REGISTRATION_TIMEOUT, f"no registration within {self.registration_timeout:g} s")
+
+    def _pre_registration(self, conn: _Connection, data: bytes) -> None:
+        conn.pending += data
+        buf = bytes(conn.pending)
+        results = [(fmt, fmt.parse_registration(buf)) for fmt in self.formats]
+        for fmt, r in results:
+            if r.status is ParseStatus.OK:
+                conn.pending.clear()
+                assert r.terminal_id is not None
+                self._register(conn, fmt, r.terminal_id, buf[r.consumed:])
+                return
+        if any(r.status is ParseStatus.MORE for _, r in results) and len(buf) <= PENDING_LIMIT:
+            return
+        for fmt, r in results:
+            if r.status is ParseStatus.BAD:
+                self._reject(conn, r.reason, f"{fmt.name}: {r.detail}", buf)
+                return
+        if any(r.status is ParseStatus.MORE for _, r in results):
+            self._reject(conn, OVERSIZED, f"more than {PENDING_LIMIT} bytes without a complete registration")
+            return
+        conn.pending.clear()
+        if not conn.saw_unregistered:
+            conn.saw_unregistered = True
+            self.rejected[UNREGISTERED_DATA] += 1
+            log.warning("dtu listener %s: %s sent data before registering (dropped; it has %g s to register) [%s]",
+                        self.name, conn.peer, self.registration_timeout, _show(buf))
+
+    def _register(self, conn: _Connection, fmt: DtuFormat, terminal_id: str, rest: bytes) -> None:
+        term = self._terminals.get(terminal_id)
+        if term is None:
+            if terminal_id in self.unknown_ids or len(self.unknown_ids) < MAX_UNKNOWN_IDS:
+                first = terminal_id not in self.unknown_ids
+                self.unknown_ids[terminal_id] += 1
+            else:
+                first = False
+            self.rejected[UNKNOWN_ID] += 1
+            (log.warning if first else log.debug)(
+                "dtu listener %s: unknown terminal %r from %s refused", self.name, terminal_id, conn.peer)
+            self._pending.discard(conn)
+            conn.shut(UNKNOWN_ID)
+            return
+        conn.cancel_deadline()
+        self._pending.discard(conn)
+        now = self.clock()
+        conn.terminal, conn.fmt = term, fmt
+        old = term.session
+        term.session = conn
+        if old is not None and old is not conn:
+            term.counters["replaced"] += 1
+            log.warning("dtu listener %s: terminal %s re-registered from %s; dropping its connection from %s",
+                        self.name, terminal_id, conn.peer, old.peer)
+            self._detach(term, old, f"replaced by a new connection from {conn.peer}")
+            old.shut("replaced", abort=True)
+        else:
+            term.online_since = now
+            term.online_event.set()
+            log.info("dtu listener %s: terminal %s (channel %s) online from %s (%s)", self.name, terminal_id,
+                     term.channel, conn.peer, fmt.name)
+        term.counters["registrations"] += 1
+        term.connected_since = term.last_seen = now
+        term.peer, term.format = conn.peer, fmt.name
+        if rest:
+            self._from_dtu(conn, rest)
+
+    def _from_dtu(self, conn: _Connection, data: bytes) -> None:
+        term = conn.terminal
+        if term is None or term.session is not conn:
+            return  # a replaced connection's last bytes
+        term.last_seen = self.clock()
+        term.counters["rx_bytes"] += len(data)
+        fmt = conn.fmt
+        assert fmt is not None
+        if fmt.data_carries_registration:
+            data, _ = fmt.strip_registration(data, term.terminal_id)
+        payload, beats = fmt.strip_heartbeats(data)
+        if beats:
+            term.counters["heartbeats"] += beats
+            term.last_heartbeat = term.last_seen
+        if not payload:
+            return
+        transport = term.transport
+        if transport is not None and transport._session is conn:
+            if len(transport._buffer) + len(payload) > RX_BUFFER_LIMIT:
+                term.counters["unsolicited_bytes"] += len(transport._buffer)
+                transport.reset_input()  # nobody is reading: what piled up is stale
+            transport._received(payload)
+        else:
+            term.counters["unsolicited_bytes"] += len(payload)
+
+    def _connection_lost(self, conn: _Connection, exc: Exception | None) -> None:
+        self._connections.discard(conn)
+        self._pending.discard(conn)
+        term = conn.terminal
+        if term is not None and term.session is conn:
+            if conn.close_reason is None:
+                term.counters["disconnects"] += 1
+                reason = f"connection lost: {exc}" if exc else "the DTU closed the connection"
+            else:
+                reason = conn.close_reason
+            self._offline(term, conn, reason)
+
+    def _offline(self, term: _Terminal, conn: _Connection, reason: str) -> None:
+        if term.session is not conn:
+            return
+        now = self.clock()
+        term.session = None
+        term.online_total = term.online_seconds(now)
+        term.online_since = None
+        term.online_event.clear()
+        term.last_offline, term.offline_reason = now, reason
+        self._detach(term, conn, reason)
+        log.warning("dtu listener %s: terminal %s (channel %s) offline: %s", self.name, term.terminal_id,
+                    term.channel, reason)
+
+    def _detach(self, term: _Terminal, conn: _Connection, reason: str) -> None:
+        transport = term.transport
+        if transport is not None and transport._session is conn:
+            transport._session_lost(LinkClosedError(f"terminal {term.terminal_id}: {reason}"))
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.check_interval)
+            now = loop.time()
+            for term in self._terminals.values():
+                conn = term.session
+                if conn is not None and now - conn.last_rx > self.heartbeat_timeout:
+                    term.counters["heartbeat_timeouts"] += 1
+                    reason = f"no heartbeat for {self.heartbeat_timeout:g} s"
+                    conn.close_reason = reason
+                    self._offline(term, conn, reason)
+                    conn.shut(reason, abort=True)
+
+
+# --- the transport ----------------------------------------------------------------------------------
+
+
+class DtuTransport(Transport):
+    """The pipe to the bus behind one DTU: bound to its current connection at ``open()``.
+
+    ``open()`` returns at once if the terminal is online (waiting up to ``connect_wait`` seconds
+    for it to come online first, if set) and raises :class:`LinkError` if it is not.  When the
+    connection goes away (the DTU drops, is replaced, stops heart-beating) a pending ``read``
+    fails at once with :class:`LinkClosedError` and the transport is closed; the next ``open()``
+    binds to whatever connection the terminal has then.  ``close()`` only unbinds: the DTU's TCP
+    connection belongs to the listener and stays up.
+    """
+
+    def __init__(self, listener: DtuListener, terminal_id: str, name: str, *, connect_wait: float = 0.0) -> None:
+        super().__init__(name)
+        self.listener = listener
+        self.terminal_id = terminal_id
+        self.connect_wait = connect_wait
+        self._session: _Connection | None = None
+
+    @property
+    def is_open(self) -> bool:
+        s = self._session
+        return (s is not None and self._closed_exc is None and not s.closed
+                and self.listener._terminals[self.terminal_id].session is s)
+
+    async def open(self) -> None:
+        term = self.listener._terminals[self.terminal_id]
+        if term.session is None and self.connect_wait > 0 and self.listener.running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(term.online_event.wait(), self.connect_wait)
+        s = term.session
+        if s is None or s.closed:
+            if not self.listener.running:
+                raise LinkError(f"terminal {self.terminal_id} offline (dtu listener {self.listener.name} "
+                                "is not running)", channel=self.name)
+            since = ""
+            if term.last_offline is not None:
+                since = f" since {term.last_offline.isoformat(timespec='seconds')}: {term.offline_reason}"
+            elif term.counters["registrations"] == 0:
+                since = " (never registered)"
+            raise LinkError(f"terminal {self.terminal_id} offline{since}", channel=self.name)
+        self._buffer.clear()
+        self._closed_exc = None
+        self._session = s
+
+    async def write(self, data: bytes) -> None:
+        if not self.is_open:
+            raise LinkClosedError(f"terminal {self.terminal_id} is not connected", channel=self.name)
+        assert self._session is not None
+        self._session.write(data)
+        self.listener._terminals[self.terminal_id].counters["tx_bytes"] += len(data)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            self._session = None
+            self._lost(LinkClosedError(f"terminal {self.terminal_id}: transport closed"))
+
+    def _session_lost(self, exc: LinkClosedError) -> None:
+        self._session = None
+        self._lost(exc)
+
+    def __repr__(self) -> str:
+        return f"DtuTransport({self.name!r}, terminal {self.terminal_id})"
+
+
+def known_from(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """terminal id -> channel name from pairs, refusing an id given twice."""
+    out: dict[str, str] = {}
+    problems = []
+    for tid, channel in pairs:
+        if tid in out:
+            problems.append(f"terminal {tid!r} is given for channels {out[tid]!r} and {channel!r}")
+        out[tid] = channel
+    if problems:
+        raise ConfigError(problems)
+    return out

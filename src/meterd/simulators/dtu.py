@@ -1,0 +1,507 @@
+"""Simulated GPRS/4G DTUs: each dials the master, registers, heart-beats, and carries meter frames
+to a simulated bus behind it.
+
+A :class:`DtuSimulator` is the TCP *client* side of a transparent DTU: it connects to the master's
+DTU listener, sends its registration packet, sends a heartbeat every ``heartbeat`` seconds, and
+feeds whatever the master sends into the bus's stream decoder (the real DL/T 645
+:class:`~meterd.protocols.dlt645.frame.StreamDecoder`, or the Modbus bus's own RTU/MBAP decoder);
+each whole request goes to the sans-I/O bus (``Dlt645Bus.handle`` / ``ModbusBus.handle_async``)
+with the simulated time, and the replies are written back after ``turnaround`` plus any injected
+delay.  The bus sees exactly what it would see on a serial server.
+
+Faults of the link itself, on command: :meth:`~DtuSimulator.drop` (coverage lost: the TCP
+connection is aborted), :meth:`~DtuSimulator.reconnect`, :meth:`~DtuSimulator.cut_next_reply`
+(the next reply stops after a few bytes and the connection drops -- a drop mid-frame),
+:meth:`~DtuSimulator.stop_heartbeat` / :meth:`~DtuSimulator.resume_heartbeat`, ``answering =
+False`` (the DTU is up but the bus behind it is silent), ``registration=`` (any bytes instead of
+the registration packet: garbage, oversized), ``register=False`` plus :meth:`~DtuSimulator.send`
+(data before registering).  With ``reconnect_delay`` set, the DTU dials again by itself that many
+seconds after losing its connection, like a real DTU.
+
+Registration and heartbeat packets: the formats are built here again, from their description in
+:mod:`meterd.collector.dtu` (this package never imports the collector, so the simulator and the
+master cannot share a bug): ``usr-ascii`` registers with the terminal id as ASCII text and beats
+``www.usr.cn``; ``hex-frame`` sends ``AA 55 type len id sum8`` (type 01 registration, 02
+heartbeat).  Any object with ``encode_registration(id)`` and ``encode_heartbeat(id)`` (a
+collector ``DtuFormat`` for a custom model, in a test) is accepted as well.
+
+:func:`run_dtu_fleet` starts many DTUs with a few meters each, sharing one simulated clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Final, Protocol, Union
+
+from meterd.errors import LinkError
+from meterd.protocols.dlt645.frame import Frame, StreamDecoder, encode_frame, normalize_address
+from meterd.protocols.modbus import get_map
+from meterd.simulators.dlt645 import Dlt645Bus, Reply
+from meterd.simulators.model import MeterModel
+from meterd.simulators.modbus import ModbusBus
+from meterd.simulators.serve import SimClock
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+SimBus = Union[Dlt645Bus, ModbusBus]
+
+CUT_LINGER: Final = 0.05  # after a cut reply, let its bytes reach the master before aborting
+
+
+# --- packet formats (the DTU's side) ----------------------------------------------------------------
+
+
+class PacketFormat(Protocol):
+    def encode_registration(self, terminal_id: str) -> bytes: ...
+
+    def encode_heartbeat(self, terminal_id: str) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SimDtuFormat:
+    """Registration and heartbeat packets of one DTU model, as functions of the terminal id."""
+
+    name: str
+    registration: Callable[[str], bytes]
+    heartbeat: Callable[[str], bytes]
+
+    def encode_registration(self, terminal_id: str) -> bytes:
+        return self.registration(terminal_id)
+
+    def encode_heartbeat(self, terminal_id: str) -> bytes:
+        return self.heartbeat(terminal_id)
+
+
+def _aa55(ptype: int, terminal_id: str) -> bytes:
+    ident = terminal_id.encode("ascii")
+    body = bytes([ptype, len(ident)]) + ident
+    return b"\xaa\x55" + body + bytes([sum(body) % 256])
+
+
+SIM_FORMATS: Final[dict[str, SimDtuFormat]] = {
+    "usr-ascii": SimDtuFormat("usr-ascii", lambda tid: tid.encode("ascii"), lambda tid: b"www.usr.cn"),
+    "hex-frame": SimDtuFormat("hex-frame", lambda tid: _aa55(0x01, tid), lambda tid: _aa55(0x02, tid)),
+}
+
+
+def sim_format(fmt: str | PacketFormat) -> PacketFormat:
+    if isinstance(fmt, str):
+        try:
+            return SIM_FORMATS[fmt]
+        except KeyError:
+            raise ValueError(f"unknown DTU format {fmt!r}; known: {', '.join(SIM_FORMATS)}") from None
+    return fmt
+
+
+# --- one DTU ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DtuSimStats:
+    connections: int = 0  # successful connects
+    connect_failures: int = 0
+    registrations: int = 0  # registration packets sent
+    heartbeats: int = 0
+    requests: int = 0  # whole frames decoded from the master
+    replies: int = 0
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    drops: int = 0  # connections ended by drop() / cut_next_reply()
+    closed_by_master: int = 0  # connections the master ended
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+
+
+class _Link:
+    """One TCP connection of the simulator."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.tasks: list[asyncio.Task[None]] = []
+        self.dropped = False
+        self.ended = asyncio.Event()
+
+
+class DtuSimulator:
+    """A transparent DTU with ``bus`` behind it, dialling ``host:port``."""
+
+    def __init__(
+        self,
+        terminal_id: str,
+        bus: SimBus,
+        host: str,
+        port: int,
+        fmt: str | PacketFormat = "usr-ascii",
+        *,
+        heartbeat: float | None = 30.0,
+        clock: Clock | None = None,
+        turnaround: float = 0.0,
+        registration: bytes | None = None,
+        register: bool = True,
+        heartbeat_packet: bytes | None = None,
+        reconnect_delay: float | None = None,
+        tick: float | None = 1.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if heartbeat is not None and heartbeat <= 0:
+            raise ValueError(f"heartbeat interval {heartbeat} must be > 0 seconds (or None: never)")
+        if turnaround < 0:
+            raise ValueError(f"turnaround {turnaround} must be >= 0 seconds")
+        self.terminal_id = terminal_id
+        self.bus = bus
+        self.host = host
+        self.port = port
+        self.fmt = sim_format(fmt)
+        self.heartbeat = heartbeat
+        self.clock: Clock = clock or SimClock.starting()
+        self.turnaround = turnaround
+        self.registration = self.fmt.encode_registration(terminal_id) if registration is None else registration
+        self.register = register
+        self.heartbeat_packet = heartbeat_packet
+        self.reconnect_delay = reconnect_delay
+        self.tick = tick
+        self.connect_timeout = connect_timeout
+        self.answering = True
+        self.heartbeating = True
+        self.stats = DtuSimStats()
+        self._link: _Link | None = None
+        self._cut: int | None = None
+        self._closing = False
+        self._ticker: asyncio.Task[None] | None = None
+        self._redial: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "down"
+        return f"DtuSimulator({self.terminal_id!r} -> {self.host}:{self.port}, {state}, meters={self.bus.addresses})"
+
+    @property
+    def connected(self) -> bool:
+        link = self._link
+        return link is not None and not link.ended.is_set()
+
+    @property
+    def meters(self) -> list[str]:
+        return self.bus.addresses
+
+    # --- life cycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and register (raises LinkError if the master cannot be reached)."""
+        self._closing = False
+        if self.tick and self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick(), name=f"sim-dtu-tick {self.terminal_id}")
+        await self._connect()
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in (self._redial, self._ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._redial = self._ticker = None
+        await self._end(abort=False)
+
+    async def __aenter__(self) -> DtuSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- commands --------------------------------------------------------------------------------
+
+    async def drop(self) -> None:
+        """Lose the connection now (abort: no goodbye), like losing mobile coverage."""
+        if self._link is not None:
+            self.stats.drops += 1
+        await self._end(abort=True)
+
+    async def reconnect(self) -> None:
+        """Drop the connection if there is one, then dial and register again."""
+        if self.connected:
+            await self.drop()
+        if self._redial is not None:
+            self._redial.cancel()
+            self._redial = None
+        await self._connect()
+
+    def stop_heartbeat(self) -> None:
+        self.heartbeating = False
+
+    def resume_heartbeat(self) -> None:
+        self.heartbeating = True
+
+    def cut_next_reply(self, keep: int) -> None:
+        """Send only the first ``keep`` bytes of the next reply, then drop the connection."""
+        self._cut = max(0, keep)
+
+    async def send(self, data: bytes) -> None:
+        """Write raw bytes to the master (data before registering, noise, a heartbeat ...)."""
+        link = self._link
+        if link is None or link.ended.is_set():
+            raise LinkError(f"DTU {self.terminal_id} is not connected")
+        await self._write(link, data)
+
+    async def wait_disconnected(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the current connection to end; whether it has."""
+        link = self._link
+        if link is None:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(link.ended.wait(), timeout)
+        return link.ended.is_set()
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        await self._end(abort=True)
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port),
+                                                    self.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            self.stats.connect_failures += 1
+            raise LinkError(f"DTU {self.terminal_id}: cannot connect to {self.host}:{self.port}: {exc}") from exc
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        link = _Link(reader, writer)
+        self._link = link
+        self.stats.connections += 1
+        if self.register:
+            await self._write(link, self.registration)
+            self.stats.registrations += 1
+        link.tasks.append(asyncio.create_task(self._serve(link), name=f"sim-dtu {self.terminal_id}"))
+        if self.heartbeat is not None:
+            link.tasks.append(asyncio.create_task(self._beat(link), name=f"sim-dtu-hb {self.terminal_id}"))
+
+    async def _end(self, *, abort: bool) -> None:
+        link, self._link = self._link, None
+        if link is None:
+            return
+        link.dropped = abort
+        current = asyncio.current_task()
+        for t in link.tasks:
+            if t is not current:
+                t.cancel()
+        if abort:
+            link.writer.transport.abort()
+        else:
+            link.writer.close()
+        for t in link.tasks:
+            if t is not current:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(link.writer.wait_closed(), 1.0)
+        link.ended.set()
+
+    async def _write(self, link: _Link, data: bytes) -> None:
+        link.writer.write(data)
+        self.stats.tx_bytes += len(data)
+        await link.writer.drain()
+
+    def _decoder(self) -> Any:
+        return self.bus.decoder() if isinstance(self.bus, ModbusBus) else StreamDecoder()
+
+    async def _answer(self, request: Frame | bytes) -> list[Reply]:
+        try:
+            if isinstance(self.bus, ModbusBus):
+                assert not isinstance(request, Frame)
+                return await self.bus.handle_async(request, self.clock())
+            return self.bus.handle(request, self.clock())
+        except Exception:
+            raw = encode_frame(request) if isinstance(request, Frame) else bytes(request)
+            log.exception("DTU %s: simulated bus failed on request %s", self.terminal_id, raw.hex(" ").upper())
+            return []
+
+    async def _serve(self, link: _Link) -> None:
+        loop = asyncio.get_running_loop()
+        decoder = self._decoder()
+        by_master = False
+        try:
+            while data := await link.reader.read(4096):
+                received = loop.time()
+                self.stats.rx_bytes += len(data)
+                decoder.feed(data)
+                for request in decoder.frames():
+                    self.stats.requests += 1
+                    if not self.answering:
+                        continue
+                    for reply in await self._answer(request):
+                        delay = received + self.turnaround + reply.delay - loop.time()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                        if self._cut is not None:
+                            keep, self._cut = self._cut, None
+                            await self._write(link, reply.data[:keep])
+                            await asyncio.sleep(CUT_LINGER)
+                            self.stats.drops += 1
+                            link.dropped = True
+                            link.writer.transport.abort()
+                            return
+                        await self._write(link, reply.data)
+                        self.stats.replies += 1
+            by_master = True
+        except (ConnectionError, OSError):
+            by_master = not link.dropped
+        finally:
+            self._link_ended(link, by_master)
+
+    def _link_ended(self, link: _Link, by_master: bool) -> None:
+        if link.ended.is_set():
+            return
+        if by_master and not link.dropped and not self._closing:
+            self.stats.closed_by_master += 1
+            log.debug("DTU %s: the master closed the connection", self.terminal_id)
+        for t in link.tasks:
+            if t is not asyncio.current_task():
+                t.cancel()
+        if not link.writer.transport.is_closing():
+            link.writer.transport.abort()
+        link.ended.set()
+        if self._link is link:
+            self._link = None
+        if self.reconnect_delay is not None and not self._closing:
+            self._redial = asyncio.create_task(self._dial_again(), name=f"sim-dtu-redial {self.terminal_id}")
+
+    async def _dial_again(self) -> None:
+        assert self.reconnect_delay is not None
+        while not self._closing:
+            await asyncio.sleep(self.reconnect_delay)
+            try:
+                await self._connect()
+                return
+            except LinkError as exc:
+                log.debug("%s", exc)
+
+    async def _beat(self, link: _Link) -> None:
+        assert self.heartbeat is not None
+        packet = self.heartbeat_packet
+        if packet is None:
+            packet = self.fmt.encode_heartbeat(self.terminal_id)
+        try:
+            while True:
+                await asyncio.sleep(self.heartbeat)
+                if self.heartbeating:
+                    await self._write(link, packet)
+                    self.stats.heartbeats += 1
+        except (ConnectionError, OSError):
+            pass
+
+    async def _tick(self) -> None:
+        assert self.tick
+        while True:
+            await asyncio.sleep(self.tick)
+            try:
+                self.bus.advance(self.clock())
+            except Exception:
+                log.exception("DTU %s: advancing the meters failed", self.terminal_id)
+
+
+# --- many DTUs ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DtuFleet:
+    """Running DTU simulators.  ``meters`` maps a terminal id to the addresses behind it; for
+    Modbus DTUs ``units`` maps a meter address to its unit id."""
+
+    dtus: list[DtuSimulator]
+    clock: SimClock
+    protocol: str
+    meters: dict[str, list[str]] = field(default_factory=dict)
+    units: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def terminal_ids(self) -> list[str]:
+        return [d.terminal_id for d in self.dtus]
+
+    def dtu(self, terminal_id: str) -> DtuSimulator:
+        for d in self.dtus:
+            if d.terminal_id == terminal_id:
+                return d
+        raise KeyError(f"no simulated DTU {terminal_id!r}")
+
+    def known(self, channel: str = "{terminal_id}") -> dict[str, str]:
+        """terminal id -> channel name (``channel`` formatted with ``terminal_id`` and ``index``, from 1)."""
+        return {d.terminal_id: channel.format(terminal_id=d.terminal_id, index=i + 1) for i, d in enumerate(self.dtus)}
+
+    async def close(self) -> None:
+        await asyncio.gather(*(d.close() for d in self.dtus), return_exceptions=True)
+
+    async def __aenter__(self) -> DtuFleet:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def run_dtu_fleet(
+    n_dtus: int,
+    meters_per_dtu: int,
+    host: str,
+    port: int,
+    *,
+    fmt: str | PacketFormat = "usr-ascii",
+    protocol: str = "dlt645",
+    id_prefix: str = "DTU",
+    first_id: int = 1,
+    first_address: str | int = "000000000001",
+    heartbeat: float | None = 30.0,
+    speed: float = 1.0,
+    start: datetime | None = None,
+    seed: int = 0,
+    tick: float | None = 1.0,
+    turnaround: float = 0.0,
+    reconnect_delay: float | None = None,
+    modbus_model: str = "generic",
+) -> DtuFleet:
+    """Start ``n_dtus`` DTUs, each with ``meters_per_dtu`` meters, all registering with ``host:port``.
+
+    Terminal ids are ``{id_prefix}{n:08d}`` from ``first_id`` (``DTU00000001``, ...); meter
+    addresses run on from ``first_address`` across the DTUs, in DTU order.  ``protocol``:
+    ``"dlt645"`` (DL/T 645-2007 meters) or ``"modbus"`` (RTU through the DTU, unit ids 1..n, the
+    register map ``modbus_model``).  The caller closes the returned :class:`DtuFleet`.
+    """
+    if n_dtus < 1 or meters_per_dtu < 1:
+        raise ValueError("a DTU fleet needs at least one DTU with at least one meter")
+    if protocol not in ("dlt645", "modbus"):
+        raise ValueError(f"protocol {protocol!r} must be dlt645 or modbus")
+    if protocol == "modbus" and meters_per_dtu > 247:
+        raise ValueError(f"meters_per_dtu {meters_per_dtu} must be 1..247 on Modbus (unit ids)")
+    first = int(normalize_address(first_address))
+    if first + n_dtus * meters_per_dtu > 10**12:
+        raise ValueError(f"{n_dtus * meters_per_dtu} meters from {first_address} run past 999999999999")
+    clock = SimClock.starting(start, speed)
+    regmap = get_map(modbus_model) if protocol == "modbus" else None
+    fleet = DtuFleet([], clock, protocol)
+    for d in range(n_dtus):
+        tid = f"{id_prefix}{first_id + d:08d}"
+        addresses = [f"{first + d * meters_per_dtu + i:012d}" for i in range(meters_per_dtu)]
+        models = [MeterModel(a, start=clock.start, seed=seed * 1_000_003 + d * meters_per_dtu + i)
+                  for i, a in enumerate(addresses)]
+        bus: SimBus
+        if regmap is not None:
+            bus = ModbusBus({u + 1: m for u, m in enumerate(models)}, regmap, framing="rtu", seed=seed * 7919 + d)
+            fleet.units.update({a: u + 1 for u, a in enumerate(addresses)})
+        else:
+            bus = Dlt645Bus(models, seed=seed * 7919 + d)
+        fleet.meters[tid] = addresses
+        fleet.dtus.append(DtuSimulator(tid, bus, host, port, fmt, heartbeat=heartbeat, clock=clock, tick=tick,
+                                       turnaround=turnaround, reconnect_delay=reconnect_delay))
+    results = await asyncio.gather(*(d.start() for d in fleet.dtus), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        await fleet.close()
+        raise failed[0]
+    return fleet
