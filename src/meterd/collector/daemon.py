@@ -22,7 +22,8 @@ from meterd.collector.channel import Channel, Timing, TraceHook
 from meterd.collector.modbus import ModbusLink
 from meterd.collector.poll import MeterTarget, Reads, RoundResult, poll_round
 from meterd.collector.transports import SerialTransport, TcpTransport, Transport
-from meterd.config.model import ChannelConfig, Config, MeterConfig, PollConfig, Protocol, SerialLink
+from meterd.collector.dtu import DtuListener
+from meterd.config.model import ChannelConfig, Config, DtuLink, MeterConfig, PollConfig, Protocol, SerialLink
 from meterd.errors import ConfigError
 from meterd.protocols import modbus
 from meterd.protocols.readspec import ReadSpec, describe_items, resolve_dlt645
@@ -39,18 +40,23 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def make_transport(cfg: ChannelConfig) -> Transport:
+def make_transport(cfg: ChannelConfig, listeners: dict[str, DtuListener] | None = None) -> Transport:
     link = cfg.link
+    if isinstance(link, DtuLink):
+        assert listeners is not None, "DTU channels need the daemon's listeners"
+        return listeners[link.listener].transport(link.terminal, connect_wait=link.connect_wait)
     if isinstance(link, SerialLink):
         return SerialTransport(cfg.name, link.device, baud=link.baud, bytesize=link.bytesize,
                                parity=str(link.parity), stopbits=link.stopbits)
     return TcpTransport(cfg.name, link.host, link.port, connect_timeout=cfg.timeouts.connect)
 
 
-def make_channel(cfg: ChannelConfig, trace: TraceHook | None = None) -> Channel:
+def make_channel(
+    cfg: ChannelConfig, trace: TraceHook | None = None, listeners: dict[str, DtuListener] | None = None
+) -> Channel:
     return Channel(
         cfg.name,
-        make_transport(cfg),
+        make_transport(cfg, listeners),
         timing=Timing(cfg.timeouts.response, cfg.timeouts.inter_byte),
         retries=cfg.retries,
         preamble=cfg.preamble,
@@ -114,8 +120,12 @@ def describe_plan(plans: tuple[ChannelPlan, ...]) -> list[str]:
     lines = []
     for plan in plans:
         link = plan.channel.link
-        where = (f"serial {link.device} {link.baud} {link.bytesize}{link.parity}{link.stopbits}"
-                 if isinstance(link, SerialLink) else f"tcp {link.host}:{link.port}")
+        if isinstance(link, SerialLink):
+            where = f"serial {link.device} {link.baud} {link.bytesize}{link.parity}{link.stopbits}"
+        elif isinstance(link, DtuLink):
+            where = f"dtu {link.terminal} via listener {link.listener}"
+        else:
+            where = f"tcp {link.host}:{link.port}"
         if plan.has_modbus:
             where += f", modbus {plan.channel.framing}"
         lines.append(f"channel {plan.channel.name} ({where})")
@@ -168,9 +178,16 @@ class Daemon:
         self.on_round = on_round
         self.plan = compile_plan(config)
         self.writer = BatchWriter(store, config.store.batch_size, config.store.flush_interval)
+        self.listeners: dict[str, DtuListener] = {}
+        for lc in config.listeners:
+            known = {c.link.terminal: c.name for c in config.channels
+                     if isinstance(c.link, DtuLink) and c.link.listener == lc.name}
+            self.listeners[lc.name] = DtuListener(
+                lc.host, lc.port, formats=lc.formats, known=known, heartbeat_timeout=lc.heartbeat_timeout,
+                registration_timeout=lc.registration_timeout, clock=clock, name=lc.name)
         self.runners = []
         for p in self.plan:
-            channel = make_channel(p.channel, trace)
+            channel = make_channel(p.channel, trace, self.listeners)
             link = ModbusLink(channel, str(p.channel.framing)) if p.has_modbus else None
             self.runners.append(ChannelRunner(p, channel, link))
 
@@ -181,6 +198,9 @@ class Daemon:
             MeterRecord(m.address, m.channel, str(m.protocol), m.ct, m.pt, m.name, m.group)
             for m in self.config.meters
         )
+        for name, listener in self.listeners.items():
+            await listener.start()
+            log.info("listener %s: DTUs connect to port %d", name, listener.bound_port)
         self.writer.start()
         tasks = [asyncio.create_task(self._run_channel(r, stop), name=f"channel:{r.channel.name}")
                  for r in self.runners if r.plan.polls]
@@ -192,6 +212,8 @@ class Daemon:
             await asyncio.gather(*tasks, return_exceptions=True)
             for r in self.runners:
                 await r.channel.close()
+            for listener in self.listeners.values():
+                await listener.close()
             await self.writer.close()
 
     async def _run_channel(self, runner: ChannelRunner, stop: asyncio.Event) -> None:
@@ -232,3 +254,6 @@ class Daemon:
             r.channel.name: {**r.channel.stats.as_dict(), "rounds": r.rounds, "overruns": r.overruns}
             for r in self.runners
         }
+
+    def listener_status(self) -> dict[str, object]:
+        return {name: listener.status() for name, listener in self.listeners.items()}

@@ -28,7 +28,9 @@ from typing import Any, Final, Iterable
 from meterd.config.model import (
     ChannelConfig,
     Config,
+    DtuLink,
     Framing,
+    ListenerConfig,
     MeterConfig,
     Parity,
     PollConfig,
@@ -51,11 +53,14 @@ STOPBITS: Final = (1, 2)
 MAX_RETRIES: Final = 10
 MAX_PREAMBLE: Final = 4  # DL/T 645-2007 clause 4.1: up to four FE bytes before a frame
 
-_TOP_KEYS: Final = ("store", "channels", "meters", "polls")
+_TOP_KEYS: Final = ("store", "channels", "meters", "polls", "listeners")
+_LISTENER_KEYS: Final = ("host", "port", "formats", "heartbeat_timeout", "registration_timeout")
+_DTU_KEYS: Final = ("listener", "terminal", "connect_wait")
 _STORE_KEYS: Final = ("data_dir", "batch_size", "flush_interval")
 _CHANNEL_KEYS: Final = (
     "serial",
     "tcp",
+    "dtu",
     "connect_timeout",
     "response_timeout",
     "inter_byte_timeout",
@@ -117,6 +122,8 @@ def parse_config(
     check.known_keys("", data, _TOP_KEYS)
 
     store = _store(check, data.get("store"), base_dir)
+    listeners_raw = check.table("listeners", data.get("listeners", {})) or {}
+    listeners = [_listener(check, f"listeners.{name}", name, raw) for name, raw in listeners_raw.items()]
     channels_raw = check.table("channels", data.get("channels", {}))
     channels = [
         _channel(check, f"channels.{name}", name, raw) for name, raw in (channels_raw or {}).items()
@@ -125,6 +132,7 @@ def parse_config(
     channel_names = set(channels_raw) if channels_raw is not None else None
     meters = _meters(check, data.get("meters", []), channel_names=channel_names, base_dir=base_dir)
     polls = _polls(check, data.get("polls", []), meters)
+    _check_dtu_links(check, [c for c in channels if c is not None], set(listeners_raw))
 
     if check.problems:
         raise ConfigError(check.problems)
@@ -135,6 +143,7 @@ def parse_config(
         channels=tuple(c for c in channels if c is not None),
         meters=tuple(m for _, m in meters if m is not None),
         polls=tuple(p for p in polls if p is not None),
+        listeners=tuple(x for x in listeners if x is not None),
     )
 
 
@@ -171,13 +180,16 @@ def _channel(check: _Checker, path: str, name: str, raw: Any) -> ChannelConfig |
     if not name.strip():
         check.problem(path, "channel name must not be empty")
 
-    link: SerialLink | TcpLink | None = None
-    if ("serial" in table) == ("tcp" in table):
-        check.problem(path, "needs exactly one of serial = {...} or tcp = {...}")
+    link: SerialLink | TcpLink | DtuLink | None = None
+    kinds = [k for k in ("serial", "tcp", "dtu") if k in table]
+    if len(kinds) != 1:
+        check.problem(path, "needs exactly one of serial = {...}, tcp = {...} or dtu = {...}")
     elif "serial" in table:
         link = _serial(check, f"{path}.serial", table["serial"])
-    else:
+    elif "tcp" in table:
         link = _tcp(check, f"{path}.tcp", table["tcp"])
+    else:
+        link = _dtu(check, f"{path}.dtu", table["dtu"])
 
     connect = check.duration(f"{path}.connect_timeout", table.get("connect_timeout", 5.0))
     response = check.duration(f"{path}.response_timeout", table.get("response_timeout", 2.0))
@@ -203,6 +215,60 @@ def _channel(check: _Checker, path: str, name: str, raw: Any) -> ChannelConfig |
         turnaround=turnaround,
         framing=framing,
     )
+
+
+def _dtu(check: _Checker, path: str, raw: Any) -> DtuLink | None:
+    table = check.table(path, raw)
+    if table is None:
+        return None
+    check.known_keys(path, table, _DTU_KEYS)
+    listener = check.required_string(path, table, "listener")
+    terminal = check.required_string(path, table, "terminal")
+    wait = check.duration(f"{path}.connect_wait", table.get("connect_wait", 0), allow_zero=True)
+    if listener is None or terminal is None or wait is None:
+        return None
+    return DtuLink(listener=listener, terminal=terminal, connect_wait=wait)
+
+
+def _listener(check: _Checker, path: str, name: str, raw: Any) -> ListenerConfig | None:
+    from meterd.collector.dtu import PRESETS
+
+    table = check.table(path, raw)
+    if table is None:
+        return None
+    check.known_keys(path, table, _LISTENER_KEYS)
+    host = check.string(f"{path}.host", table.get("host", "0.0.0.0"))
+    port = check.integer(f"{path}.port", table.get("port", 9000), low=0, high=65535)
+    formats = check.string_list(f"{path}.formats", table.get("formats", ["usr-ascii"]))
+    if formats is not None:
+        if not formats:
+            check.problem(f"{path}.formats", f"must name at least one format: {', '.join(PRESETS)}")
+        for i, f in enumerate(formats):
+            if f not in PRESETS:
+                check.problem(f"{path}.formats[{i}]", f"unknown DTU format {show(f)}{hint(f, PRESETS)}; "
+                              f"shipped: {', '.join(PRESETS)}")
+    heartbeat = check.duration(f"{path}.heartbeat_timeout", table.get("heartbeat_timeout", 120))
+    registration = check.duration(f"{path}.registration_timeout", table.get("registration_timeout", 10))
+    if None in (host, port, formats, heartbeat, registration):
+        return None
+    assert host is not None and port is not None and formats is not None
+    assert heartbeat is not None and registration is not None
+    return ListenerConfig(name, host, port, tuple(formats), heartbeat, registration)
+
+
+def _check_dtu_links(check: _Checker, channels: list[ChannelConfig], listeners: set[str]) -> None:
+    seen: dict[tuple[str, str], str] = {}
+    for ch in channels:
+        link = ch.link
+        if not isinstance(link, DtuLink):
+            continue
+        path = f"channels.{ch.name}.dtu"
+        if link.listener not in listeners:
+            check.problem(f"{path}.listener", f"no listener named {show(link.listener)}{hint(link.listener, listeners)}")
+            continue
+        first = seen.setdefault((link.listener, link.terminal), ch.name)
+        if first != ch.name:
+            check.problem(f"{path}.terminal", f"terminal {show(link.terminal)} is already channel {show(first)}")
 
 
 def _serial(check: _Checker, path: str, raw: Any) -> SerialLink | None:

@@ -56,6 +56,27 @@ class TcpLink:
 
 
 @dataclass(frozen=True, slots=True)
+class DtuLink:
+    """A bus behind a GPRS/4G DTU that connects in to one of the master's listeners."""
+
+    listener: str
+    terminal: str  # the id the DTU registers with
+    connect_wait: float = 0.0  # how long a round waits for an offline DTU before failing the link
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """A TCP server DTUs connect to (``[listeners.NAME]``)."""
+
+    name: str
+    host: str = "0.0.0.0"
+    port: int = 9000
+    formats: tuple[str, ...] = ("usr-ascii",)  # registration / heartbeat formats (presets)
+    heartbeat_timeout: float = 120.0
+    registration_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Timeouts:
     connect: float = 5.0
     response: float = 2.0  # request sent -> first byte of the reply
@@ -65,7 +86,7 @@ class Timeouts:
 @dataclass(frozen=True, slots=True)
 class ChannelConfig:
     name: str
-    link: SerialLink | TcpLink
+    link: SerialLink | TcpLink | DtuLink
     timeouts: Timeouts = field(default_factory=Timeouts)
     retries: int = 1
     preamble: int = 4  # FE wake-up bytes before each request
@@ -112,6 +133,7 @@ class Config:
     channels: tuple[ChannelConfig, ...] = ()
     meters: tuple[MeterConfig, ...] = ()
     polls: tuple[PollConfig, ...] = ()
+    listeners: tuple[ListenerConfig, ...] = ()
 
     def channel(self, name: str) -> ChannelConfig:
         """The channel called ``name``; KeyError if there is none."""
