@@ -1,0 +1,134 @@
+"""``meterd quality``: collection quality of a day per meter, channel (terminal) and area.
+
+Reads the state store of a data directory (``--data-dir``, or the one a config names with
+``-c``), folds in the attempts recorded since the last look and prints, for a China Standard Time
+day (default today): per meter, per channel and per area (meter group) the attempts, successes,
+failures by kind, success rate, terminal online rate and the meters that gave no data.  Rows
+under the operators' 97 % line are marked ``!``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json
+from meterd.errors import ConfigError
+from meterd.storage.quality import CST, DAY, THRESHOLD, QualityReport, QualityRow, QualityStore, cst_day
+from meterd.storage.sqlite import STATE_FILE
+
+DEFAULT_DATA_DIR = Path("meterd-data")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quality", help="collection quality of a day per meter, channel and area")
+    p.add_argument("--area", help="only this area (meter group)")
+    p.add_argument("--date", help="the day, YYYY-MM-DD in China Standard Time (default today)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-c", "--config", help="config file (its store's data directory is used)")
+    where.add_argument("--data-dir", help=f"data directory (default ./{DEFAULT_DATA_DIR})")
+    p.add_argument("--threshold", type=float, default=THRESHOLD * 100,
+                   help="flag rows under this many percent (default %(default)g)")
+    p.add_argument("--recompute", action="store_true", help="recompute the day from the attempts log")
+    p.add_argument("--meters", choices=("all", "flagged", "none"), default="all",
+                   help="which meter rows to print (default all)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run)
+
+
+def resolve_data_dir(args: argparse.Namespace) -> Path:
+    if getattr(args, "config", None):
+        from meterd.config.loader import load_config
+
+        return load_config(args.config).store.data_dir
+    return Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}"
+
+
+def format_report(report: QualityReport, *, meters: str = "all") -> list[str]:
+    """The report as text lines: a table of meters, then channels, areas and the total."""
+    kinds = report.failure_kinds
+    head = ["", "AREA", "CHANNEL", "METER", "ATTEMPTS", "OK", *(k.upper() for k in kinds), "SUCCESS%",
+            "DATA%", "ONLINE%", "NO-DATA"]
+    right = {"ATTEMPTS", "OK", "SUCCESS%", "DATA%", "ONLINE%", *(k.upper() for k in kinds)}
+
+    def cells(row: QualityRow) -> list[str]:
+        if row.level == "meter":
+            area, channel, meter = row.area, row.channel, row.key
+            nodata = "yes" if row.no_data else ""
+        else:
+            area = row.area if row.level in ("area", "channel") else ""
+            channel = row.channel if row.level == "channel" else ""
+            meter = {"channel": "(channel)", "area": "(area)", "total": "(total)"}[row.level]
+            if row.level == "area":
+                area = row.key
+            nodata = f"{len(row.no_data)}/{row.meters}" if row.meters else "0"
+        return ["!" if row.below else "", area, channel, meter, str(row.attempts), str(row.ok),
+                *(str(row.failures.get(k, 0)) for k in kinds), _pct(row.success_rate),
+                "" if row.level == "meter" else _pct(row.data_rate), _pct(row.online_rate), nodata]
+
+    shown = {"all": report.meters, "flagged": [r for r in report.meters if r.below], "none": []}[meters]
+    sections = [shown, report.channels, report.areas, [report.total]]
+    table = [[cells(r) for r in rows] for rows in sections]
+    widths = [max([len(h)] + [len(c[i]) for rows in table for c in rows]) for i, h in enumerate(head)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if head[i] in right else v.ljust(w)
+                         for i, (v, w) in enumerate(zip(values, widths))).rstrip()
+
+    until = "24:00" if report.end - report.start >= DAY else f"{report.end.astimezone(CST):%H:%M}"
+    title = (f"collection quality {report.day.isoformat()} (China Standard Time, 00:00-{until})"
+             + (f", area {report.area}" if report.area else "")
+             + f"; rows under {report.threshold * 100:g} % marked !")
+    out = [title, line(head)]
+    for rows in table:
+        if not rows:
+            continue
+        out.append(line(["-" * w for w in widths]))
+        out.extend(line(c) for c in rows)
+    nodata = [m for r in report.meters for m in r.no_data]
+    if nodata:
+        shown_list = ", ".join(nodata[:20]) + (f" and {len(nodata) - 20} more" if len(nodata) > 20 else "")
+        out.append(f"meters with no data: {shown_list}")
+    flagged = [r for r in (*report.channels, *report.areas, report.total) if r.below]
+    for r in flagged:
+        who = "total" if r.level == "total" else f"{r.level} {r.key}"
+        out.append(f"! {who}: under {report.threshold * 100:g} % on {', '.join(r.flags)}")
+    return out
+
+
+def run(args: argparse.Namespace, *, clock: Callable[[], datetime] | None = None) -> int:
+    now = (clock or (lambda: datetime.now(timezone.utc)))()
+    try:
+        day = date.fromisoformat(args.date) if args.date else cst_day(now)
+        data_dir = resolve_data_dir(args)
+    except ValueError as exc:
+        error(f"--date {args.date!r}: {exc}" if args.date else str(exc))
+        return EXIT_BAD_INPUT
+    except ConfigError as exc:
+        error(str(exc))
+        return EXIT_BAD_INPUT
+    if not 0 < args.threshold <= 100:
+        error(f"--threshold {args.threshold:g} must be a percentage above 0 and at most 100")
+        return EXIT_BAD_INPUT
+    if not (data_dir / STATE_FILE).exists():
+        error(f"no state store in {data_dir} (run the daemon or the demo first, or pass --data-dir)")
+        return EXIT_BAD_INPUT
+    with QualityStore(data_dir, threshold=args.threshold / 100) as quality:
+        if args.recompute:
+            quality.rollup(day)
+        report = quality.report(day, args.area, now=now)
+    if args.json:
+        print_json(report.as_dict())
+        return EXIT_OK
+    if not report.meters:
+        print(f"no meters{' in area ' + args.area if args.area else ''} and no attempts on {day.isoformat()}")
+        return EXIT_OK
+    for text in format_report(report, meters=args.meters):
+        print(text)
+    return EXIT_OK

@@ -1,0 +1,499 @@
+"""Simulated MQTT terminals (gateways / concentrators) in front of simulated meter buses.
+
+A :class:`MqttTerminal` is what :mod:`meterd.collector.mqtt` talks to, over a real broker, in the
+topic tree and payloads documented there (and in ``docs/mqtt.md``):
+
+* it connects with its last will -- a retained ``offline`` on ``<root>/terminals/<tid>/status`` --
+  subscribes to its ``down`` topic and then publishes a retained ``online`` (again after every
+  reconnect: a restarted broker without persistence has forgotten it);
+* each request's ``frame`` goes to its bus -- :meth:`Dlt645Bus.handle
+  <meterd.simulators.dlt645.Dlt645Bus.handle>` or :meth:`ModbusBus.handle_async
+  <meterd.simulators.modbus.ModbusBus.handle_async>` at the terminal's simulated ``clock`` -- one
+  request at a time, as on one RS-485 port; every reply the bus gives goes back on ``up`` with the
+  request's correlation id (after the reply's own ``delay``: the bus's ``late`` fault, plus the
+  terminal's ``latency``).  A meter that does not answer gets no reply message.  A request received
+  after its ``expires`` is dropped (counted), as is a malformed one;
+* :meth:`~MqttTerminal.push_readings` publishes the current values of ``push_quantities`` of every
+  meter (one message per meter, values as exact decimal text); ``push_every`` seconds runs it on a
+  schedule;
+* :meth:`~MqttTerminal.go_offline` kills the connection without a DISCONNECT (the socket is shut
+  down under the client and it never reconnects), so the broker publishes the will;
+  :meth:`~MqttTerminal.come_back` connects anew; :meth:`~MqttTerminal.close` leaves cleanly
+  (``offline`` published by the terminal itself, then DISCONNECT).
+
+Each terminal is one paho-mqtt client with its network thread (``loop_start``); its events are
+handed to the asyncio loop with ``call_soon_threadsafe`` and all terminal state lives there.
+
+:func:`run_mqtt_fleet` starts ``n_terminals`` terminals ``T001``, ``T002``, ... with
+``meters_per_terminal`` meters each, all DL/T 645-2007, DL/T 645-1997 or Modbus; meter ``m`` of
+terminal ``t`` has the address ``f"{t:06d}{m:06d}"`` (Modbus: unit id ``m``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone, tzinfo
+from typing import Any, Callable, Final, Sequence, Union
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+
+from meterd.collector.mqtt import (
+    DEFAULT_ROOT,
+    OFFLINE,
+    ONLINE,
+    QOS,
+    PayloadError,
+    ReplyMessage,
+    RequestMessage,
+    Topics,
+    check_terminal_id,
+    new_client,
+    readings_payload,
+    utc_now,
+)
+from meterd.collector.poll import CHINA_STANDARD_TIME
+from meterd.protocols.modbus import get_map
+from meterd.protocols.modbus.quantities import known_quantities
+from meterd.protocols.readspec import DLT645_1997, DLT645_2007, MODBUS
+from meterd.readings import Reading
+from meterd.simulators.dlt645 import Dlt645Bus
+from meterd.simulators.modbus import ModbusBus
+from meterd.simulators.model import MeterModel
+from meterd.simulators.serve import SimClock
+
+log = logging.getLogger(__name__)
+
+SimBus = Union[Dlt645Bus, ModbusBus]
+Clock = Callable[[], datetime]
+
+DEFAULT_PUSH_QUANTITIES: Final = (
+    "energy.active.import.total",
+    "energy.active.export.total",
+    "power.active.total",
+    "voltage.a",
+    "current.a",
+)
+NO_RECONNECT: Final = 3600  # seconds: the back-off a killed client waits (it is stopped long before)
+
+
+@dataclass(slots=True)
+class TerminalStats:
+    connects: int = 0
+    requests: int = 0  # well-formed requests received
+    replies: int = 0  # reply messages published
+    silent: int = 0  # requests the bus gave no answer to
+    expired: int = 0  # requests received after their "expires": dropped
+    malformed: int = 0  # undecodable requests: dropped
+    errors: int = 0  # the bus failed on a request
+    pushed_messages: int = 0
+    pushed_readings: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class MqttTerminal:
+    """One simulated terminal with its bus.  See the module doc."""
+
+    def __init__(
+        self,
+        terminal_id: str,
+        bus: SimBus,
+        host: str,
+        port: int = 1883,
+        *,
+        clock: Clock | None = None,
+        root: str = DEFAULT_ROOT,
+        client_id: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        keepalive: int = 10,
+        latency: float = 0.0,
+        push_quantities: Sequence[str] = DEFAULT_PUSH_QUANTITIES,
+        push_every: float | None = None,
+        meter_tz: tzinfo = CHINA_STANDARD_TIME,
+        honour_expiry: bool = True,
+        reconnect_min: float = 0.5,
+        reconnect_max: float = 5.0,
+        wall_clock: Clock = utc_now,
+    ) -> None:
+        """``clock`` is the meters' simulated time (naive, meter-local; default a
+        :class:`SimClock` from now); ``wall_clock`` (aware) stamps ``replied``/``sent`` and checks
+        ``expires``; ``latency`` seconds are added before each reply."""
+        self.terminal_id = check_terminal_id(terminal_id)
+        self.bus = bus
+        self.host = host
+        self.port = port
+        self.clock: Clock = clock or SimClock.starting()
+        self.topics = Topics(root)
+        self.client_id = client_id or f"{root}-sim-{terminal_id}"
+        self.username = username
+        self.password = password
+        self.keepalive = keepalive
+        self.latency = latency
+        self.push_quantities = tuple(push_quantities)
+        self.push_every = push_every
+        self.meter_tz = meter_tz
+        self.honour_expiry = honour_expiry
+        self.reconnect = (reconnect_min, reconnect_max)
+        self.wall_clock = wall_clock
+        self.stats = TerminalStats()
+        self.connected = False
+        self._client: mqtt.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping: list[asyncio.Task[Any]] = []  # loop_stop of killed clients
+        self._connected_event: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"MqttTerminal({self.terminal_id!r}, meters={self.addresses}, connected={self.connected})"
+
+    @property
+    def meters(self) -> list[MeterModel]:
+        return list(self.bus.meters)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [m.address for m in self.bus.meters]
+
+    @property
+    def protocol(self) -> str:
+        return MODBUS if isinstance(self.bus, ModbusBus) else DLT645_2007
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, timeout: float | None = 10.0) -> bool:
+        """Connect (with the will), subscribe, publish ``online``; start the request worker and the
+        push schedule.  Waits up to ``timeout`` s for the connection; whether it is up."""
+        if self._client is not None:
+            raise RuntimeError(f"terminal {self.terminal_id} is already running")
+        self._loop = asyncio.get_running_loop()
+        self._connected_event = asyncio.Event()
+        self._queue = asyncio.Queue()
+        client = new_client(self.client_id, username=self.username, password=self.password,
+                            reconnect=self.reconnect)
+        client.will_set(self.topics.status(self.terminal_id), OFFLINE, qos=QOS, retain=True)
+        client.on_connect = self._paho_connect
+        client.on_disconnect = self._paho_disconnect
+        client.on_message = self._paho_message
+        self._client = client
+        self._tasks = [asyncio.create_task(self._worker(), name=f"mqtt-terminal-{self.terminal_id}")]
+        if self.push_every:
+            self._tasks.append(asyncio.create_task(self._pusher(self.push_every)))
+        client.connect_async(self.host, self.port, self.keepalive)
+        client.loop_start()
+        if timeout is None:
+            return self.connected
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected_event.wait(), timeout)
+        return self.connected
+
+    async def go_offline(self) -> None:
+        """Vanish without a DISCONNECT (the broker publishes the will): the socket is shut down
+        under the client, which is never let to reconnect.  Queued requests are lost."""
+        client = self._detach()
+        if client is None:
+            return
+        client.reconnect_delay_set(NO_RECONNECT, NO_RECONNECT)
+        sock = client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr,attr-defined]
+        # the network thread notices, then sleeps in its back-off; stopping it takes up to 1 s
+        self._stopping.append(asyncio.create_task(asyncio.to_thread(client.loop_stop)))
+        await self._cancel_tasks()
+
+    async def come_back(self, timeout: float | None = 10.0) -> bool:
+        """Connect again after :meth:`go_offline` (a fresh client)."""
+        return await self.start(timeout)
+
+    async def close(self) -> None:
+        """Leave cleanly: ``offline`` (retained) published by the terminal itself, then DISCONNECT."""
+        was_connected = self.connected
+        client = self._detach()
+        await self._cancel_tasks()
+        if client is not None:
+            if was_connected:
+                info = client.publish(self.topics.status(self.terminal_id), OFFLINE, qos=QOS, retain=True)
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(info.wait_for_publish, 2.0)
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+        self.connected = False
+        for task in self._stopping:
+            with contextlib.suppress(Exception):
+                await task
+        self._stopping.clear()
+
+    async def __aenter__(self) -> MqttTerminal:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _detach(self) -> mqtt.Client | None:
+        client, self._client = self._client, None
+        self.connected = False
+        return client
+
+    async def _cancel_tasks(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    # --- paho thread -> loop thread -------------------------------------------------------------
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _paho_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            log.error("terminal %s: broker refused the connection: %s", self.terminal_id, reason)
+            return
+        client.subscribe(self.topics.down(self.terminal_id), QOS)
+        client.publish(self.topics.status(self.terminal_id), ONLINE, qos=QOS, retain=True)
+        self._post(self._on_connected, client)
+
+    def _paho_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._post(self._on_disconnected, client)
+
+    def _paho_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._post(self._on_message, client, bytes(message.payload))
+
+    def _on_connected(self, client: mqtt.Client) -> None:
+        if client is not self._client:
+            return  # a client already killed by go_offline
+        self.connected = True
+        self.stats.connects += 1
+        if self._connected_event is not None:
+            self._connected_event.set()
+
+    def _on_disconnected(self, client: mqtt.Client) -> None:
+        if client is self._client:
+            self.connected = False
+
+    def _on_message(self, client: mqtt.Client, payload: bytes) -> None:
+        if client is self._client:
+            self._queue.put_nowait(payload)
+
+    # --- requests -------------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            payload = await self._queue.get()
+            try:
+                await self._handle(payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats.errors += 1
+                log.exception("terminal %s: handling a request failed", self.terminal_id)
+
+    async def _handle(self, payload: bytes) -> None:
+        try:
+            request = RequestMessage.parse(payload)
+        except PayloadError as exc:
+            self.stats.malformed += 1
+            log.warning("terminal %s: dropped a malformed request: %s", self.terminal_id, exc)
+            return
+        self.stats.requests += 1
+        if self.honour_expiry and request.expires is not None and self.wall_clock() > request.expires:
+            self.stats.expired += 1
+            log.info("terminal %s: request %s expired before it arrived; dropped", self.terminal_id, request.id)
+            return
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        bus = self.bus
+        now = self.clock()
+        try:
+            if isinstance(bus, ModbusBus):
+                replies = await bus.handle_async(request.frame, now)
+            else:
+                replies = bus.handle(request.frame, now)
+        except Exception:
+            self.stats.errors += 1
+            log.exception("terminal %s: the bus failed on %s", self.terminal_id, request.frame.hex(" ").upper())
+            return
+        if not replies:
+            self.stats.silent += 1
+        for reply in replies:
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
+            message = ReplyMessage(request.id, reply.data, self._protocol_of(reply.meter, request.protocol),
+                                   reply.meter or request.meter, request.sent, self.wall_clock())
+            if self._publish(self.topics.up(self.terminal_id), message.payload()):
+                self.stats.replies += 1
+
+    def _protocol_of(self, meter: str, asked: str | None) -> str | None:
+        bus = self.bus
+        if isinstance(bus, ModbusBus):
+            return MODBUS
+        try:
+            return bus.protocol_of(meter)
+        except KeyError:
+            return asked
+
+    def _publish(self, topic: str, payload: bytes) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        info = client.publish(topic, payload, qos=QOS)
+        return info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)  # NO_CONN: queued
+
+    # --- pushed readings ------------------------------------------------------------------------
+
+    def push_readings(self, now: datetime | None = None, quantities: Sequence[str] | None = None) -> int:
+        """Publish the meters' current ``quantities`` (default ``push_quantities``) at ``now``
+        (simulated meter-local time, default the clock), one message per meter.  The number of
+        readings published (0 while offline)."""
+        if self._client is None:
+            return 0
+        now = self.clock() if now is None else now
+        stamp = now.replace(tzinfo=self.meter_tz).astimezone(timezone.utc)
+        wanted = tuple(quantities) if quantities is not None else self.push_quantities
+        specs = known_quantities()
+        sent = 0
+        for model in self.bus.meters:
+            values = model.values(now, wanted)
+            readings = []
+            for q in wanted:
+                if q not in values:
+                    continue
+                value = values[q]
+                if isinstance(value, datetime) and value.tzinfo is None:
+                    value = value.replace(tzinfo=self.meter_tz)
+                spec = specs.get(q)
+                readings.append(Reading(model.address, q, stamp, value, spec.unit if spec else ""))
+            if not readings:
+                continue
+            if self._publish(self.topics.up(self.terminal_id),
+                             readings_payload(model.address, readings, sent=self.wall_clock())):
+                self.stats.pushed_messages += 1
+                self.stats.pushed_readings += len(readings)
+                sent += len(readings)
+        return sent
+
+    async def _pusher(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            if self.connected:
+                try:
+                    self.push_readings()
+                except Exception:
+                    log.exception("terminal %s: pushing readings failed", self.terminal_id)
+
+
+# --- a fleet of terminals ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class MqttFleet:
+    """Running terminals, by id, sharing one simulated clock."""
+
+    terminals: dict[str, MqttTerminal]
+    clock: Clock
+    protocol: str
+    units: dict[str, dict[int, str]] = field(default_factory=dict)  # Modbus: tid -> unit -> address
+
+    def terminal(self, tid: str) -> MqttTerminal:
+        return self.terminals[tid]
+
+    def addresses(self, tid: str) -> list[str]:
+        return self.terminals[tid].addresses
+
+    async def close(self) -> None:
+        await asyncio.gather(*(t.close() for t in self.terminals.values()), return_exceptions=True)
+
+    async def __aenter__(self) -> MqttFleet:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def terminal_id(n: int) -> str:
+    return f"T{n:03d}"
+
+
+def meter_address(terminal: int, meter: int) -> str:
+    return f"{terminal:06d}{meter:06d}"
+
+
+async def run_mqtt_fleet(
+    n_terminals: int,
+    meters_per_terminal: int,
+    host: str,
+    port: int = 1883,
+    *,
+    protocol: str = DLT645_2007,
+    root: str = DEFAULT_ROOT,
+    start: datetime | None = None,
+    speed: float = 1.0,
+    clock: Clock | None = None,
+    regmap: str = "generic",
+    framing: str = "rtu",
+    latency: float = 0.0,
+    push_every: float | None = None,
+    seed: int = 0,
+    keepalive: int = 10,
+    reconnect_min: float = 0.5,
+    reconnect_max: float = 5.0,
+    timeout: float = 10.0,
+) -> MqttFleet:
+    """Start ``n_terminals`` terminals (``T001``...) of ``meters_per_terminal`` meters each, all
+    speaking ``protocol`` (``dlt645-2007``, ``dlt645-1997`` or ``modbus`` through the register map
+    ``regmap`` with ``framing``).  Raises ConnectionError (having closed them all) if some terminal
+    is not connected within ``timeout`` s.  The caller closes the fleet."""
+    if protocol not in (DLT645_2007, DLT645_1997, MODBUS):
+        raise ValueError(f"protocol {protocol!r} must be dlt645-2007, dlt645-1997 or modbus")
+    if not 1 <= n_terminals <= 999 or not 1 <= meters_per_terminal <= 247:
+        raise ValueError("1..999 terminals of 1..247 meters each")
+    if clock is None:
+        clock = SimClock.starting(start, speed)
+    begin = clock()
+    regmap_obj = get_map(regmap) if protocol == MODBUS else None
+    terminals: dict[str, MqttTerminal] = {}
+    units: dict[str, dict[int, str]] = {}
+    for t in range(1, n_terminals + 1):
+        tid = terminal_id(t)
+        models = [MeterModel(meter_address(t, m), start=begin, seed=seed * 1_000_003 + t * 1000 + m)
+                  for m in range(1, meters_per_terminal + 1)]
+        bus: SimBus
+        if protocol == MODBUS:
+            assert regmap_obj is not None
+            bus = ModbusBus({m: model for m, model in enumerate(models, start=1)}, regmap_obj, framing=framing,
+                            seed=seed + t)
+            units[tid] = bus.units
+        else:
+            v1997 = {m.address: DLT645_1997 for m in models} if protocol == DLT645_1997 else None
+            bus = Dlt645Bus(models, seed=seed + t, protocols=v1997)
+        terminals[tid] = MqttTerminal(tid, bus, host, port, clock=clock, root=root, keepalive=keepalive,
+                                      latency=latency, push_every=push_every, reconnect_min=reconnect_min,
+                                      reconnect_max=reconnect_max)
+    fleet = MqttFleet(terminals, clock, protocol, units)
+    up = await asyncio.gather(*(term.start(timeout) for term in terminals.values()))
+    if not all(up):
+        down = [tid for tid, ok in zip(terminals, up, strict=True) if not ok]
+        await fleet.close()
+        raise ConnectionError(f"MQTT terminals not connected to {host}:{port} within {timeout} s: {', '.join(down)}")
+    return fleet
+
+
+__all__ = [
+    "DEFAULT_PUSH_QUANTITIES", "MqttFleet", "MqttTerminal", "TerminalStats", "meter_address", "run_mqtt_fleet",
+    "terminal_id",
+]  # fmt: skip

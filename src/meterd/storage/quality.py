@@ -1,0 +1,540 @@
+"""Collection quality: per meter, terminal (channel) and area (meter group), per China Standard
+Time day -- attempts, successes, failures by kind, success rate, terminal online time and rate,
+and meters that gave no data.
+
+It lives in the state store (``state.sqlite3``, beside the ``attempts`` log it is computed from)::
+
+    quality_daily(day, meter, channel, outcome, area, count, latency_sum, latency_n, first_ts, last_ts)
+        PRIMARY KEY (day, meter, channel, outcome)      -- one row per outcome, so any new outcome counts
+    terminal_online(terminal, start_ts, end_ts)          -- online intervals fed in; end NULL = still online
+        PRIMARY KEY (terminal, start_ts)
+    quality_state(key, value)                            -- 'attempts_watermark': last attempts.id folded in
+
+``day`` is ``YYYY-MM-DD`` in China Standard Time (UTC+8); ``*_ts`` are epoch milliseconds, UTC,
+like the rest of the store.  The rollup is incremental: :meth:`QualityStore.update` folds in the
+attempts recorded since the last call (by ``attempts.id``); :meth:`QualityStore.rollup` recomputes
+one day from scratch (after a back-dated import, or when a meter's group changed).  ``area`` is
+the meter's group in the meters archive when its attempts were folded in.
+
+Rates.  ``success_rate`` = ok attempts / attempts.  For a channel, area or the total,
+``data_rate`` = meters with at least one ok attempt that day / meters (the archive's meters of
+that channel or area count even with no attempt at all), and ``online_rate`` = the union of the
+terminal's online intervals within the day (up to ``now`` for today) / that span.  The operators'
+line is 97 %: a row under it on any of its rates is flagged.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Callable, Final, Iterable
+
+from meterd.storage.sqlite import _STATE_SCHEMA, OUTCOMES, STATE_FILE, Attempt, SqliteStore, from_ms, to_ms
+
+CST: Final = timezone(timedelta(hours=8), "CST")
+THRESHOLD: Final = 0.97
+DAY: Final = timedelta(days=1)
+#: Failure kinds in the order reports show them (outcomes not listed here follow, sorted).
+FAILURE_ORDER: Final = ("timeout", "link", "garbled", "incomplete", "wrong_address", "abnormal")
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS quality_daily (
+    day         TEXT    NOT NULL,
+    meter       TEXT    NOT NULL,
+    channel     TEXT    NOT NULL,
+    outcome     TEXT    NOT NULL,
+    area        TEXT    NOT NULL DEFAULT 'default',
+    count       INTEGER NOT NULL,
+    latency_sum REAL    NOT NULL DEFAULT 0,
+    latency_n   INTEGER NOT NULL DEFAULT 0,
+    first_ts    INTEGER NOT NULL,
+    last_ts     INTEGER NOT NULL,
+    PRIMARY KEY (day, meter, channel, outcome)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS quality_daily_area ON quality_daily (day, area);
+CREATE TABLE IF NOT EXISTS terminal_online (
+    terminal TEXT    NOT NULL,
+    start_ts INTEGER NOT NULL,
+    end_ts   INTEGER,
+    PRIMARY KEY (terminal, start_ts)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quality_state (
+    key   TEXT NOT NULL PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+# attempts.ts (ms, UTC) -> the China Standard Time day
+_DAY_SQL: Final = "date(a.ts / 1000 + 28800, 'unixepoch')"
+
+_FOLD: Final = f"""
+INSERT INTO quality_daily (day, meter, channel, outcome, area, count, latency_sum, latency_n, first_ts, last_ts)
+SELECT {_DAY_SQL}, a.meter, a.channel, a.outcome, COALESCE(m.meter_group, 'default'), COUNT(*),
+       COALESCE(SUM(a.latency), 0), COUNT(a.latency), MIN(a.ts), MAX(a.ts)
+FROM attempts a LEFT JOIN meters m ON m.address = a.meter
+WHERE a.id > ? AND a.id <= ? {{extra}}
+GROUP BY 1, 2, 3, 4
+ON CONFLICT (day, meter, channel, outcome) DO UPDATE SET
+    count = count + excluded.count,
+    area = excluded.area,
+    latency_sum = latency_sum + excluded.latency_sum,
+    latency_n = latency_n + excluded.latency_n,
+    first_ts = MIN(first_ts, excluded.first_ts),
+    last_ts = MAX(last_ts, excluded.last_ts)
+"""
+
+
+def cst_day(moment: datetime) -> date:
+    """The China Standard Time day of an aware ``moment``."""
+    return moment.astimezone(CST).date()
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime.combine(day, time(), CST)
+    return start, start + DAY
+
+
+def _rate(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+@dataclass
+class QualityRow:
+    """One line of a report: a meter, a channel (terminal), an area, or the total."""
+
+    level: str  # "meter", "channel", "area" or "total"
+    key: str  # meter address, channel name, area name, or "total"
+    area: str = ""
+    channel: str = ""
+    attempts: int = 0
+    ok: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    latency_sum: float = 0.0
+    latency_n: int = 0
+    meters: int = 0  # meters counted (1 for a meter row)
+    no_data: list[str] = field(default_factory=list)  # meters without an ok attempt that day
+    online_seconds: float | None = None
+    span_seconds: float = 0.0  # the day's span the online rate is over (up to now for today)
+    terminals: int = 0  # terminals whose online time is known (aggregates)
+    flags: list[str] = field(default_factory=list)  # which rates are under the threshold
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+    @property
+    def success_rate(self) -> float | None:
+        return _rate(self.ok, self.attempts)
+
+    @property
+    def meters_with_data(self) -> int:
+        return self.meters - len(self.no_data)
+
+    @property
+    def data_rate(self) -> float | None:
+        return _rate(self.meters_with_data, self.meters)
+
+    @property
+    def online_rate(self) -> float | None:
+        if self.online_seconds is None or not self.span_seconds or not self.terminals:
+            return None
+        return self.online_seconds / (self.span_seconds * self.terminals)
+
+    @property
+    def latency_mean(self) -> float | None:
+        return _rate(self.latency_sum, self.latency_n)
+
+    @property
+    def below(self) -> bool:
+        return bool(self.flags)
+
+    def flag(self, threshold: float) -> None:
+        self.flags = []
+        if self.success_rate is not None and self.success_rate < threshold:
+            self.flags.append("success")
+        if self.level == "meter":
+            if self.no_data:
+                self.flags.append("no_data")
+        elif self.data_rate is not None and self.data_rate < threshold:
+            self.flags.append("data")
+        if self.online_rate is not None and self.online_rate < threshold:
+            self.flags.append("online")
+
+    def add(self, other: QualityRow) -> None:
+        self.attempts += other.attempts
+        self.ok += other.ok
+        for k, n in other.failures.items():
+            self.failures[k] = self.failures.get(k, 0) + n
+        self.latency_sum += other.latency_sum
+        self.latency_n += other.latency_n
+        self.meters += other.meters
+        self.no_data += other.no_data
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "level": self.level, "key": self.key, "area": self.area, "channel": self.channel,
+            "attempts": self.attempts, "ok": self.ok, "failed": self.failed, "failures": dict(self.failures),
+            "success_rate": self.success_rate, "meters": self.meters, "meters_with_data": self.meters_with_data,
+            "data_rate": self.data_rate, "no_data": list(self.no_data), "online_seconds": self.online_seconds,
+            "span_seconds": self.span_seconds, "online_rate": self.online_rate, "latency_mean": self.latency_mean,
+            "flags": list(self.flags), "below": self.below,
+        }
+
+
+@dataclass
+class QualityReport:
+    day: date
+    area: str | None
+    threshold: float
+    start: datetime  # the span covered (CST day, cut at ``now`` for today)
+    end: datetime
+    meters: list[QualityRow]
+    channels: list[QualityRow]
+    areas: list[QualityRow]
+    total: QualityRow
+
+    @property
+    def rows(self) -> list[QualityRow]:
+        return [*self.meters, *self.channels, *self.areas, self.total]
+
+    @property
+    def flagged(self) -> list[QualityRow]:
+        return [r for r in self.rows if r.below]
+
+    @property
+    def failure_kinds(self) -> list[str]:
+        """The failure kinds that occur in this report, in display order."""
+        seen = {k for r in self.meters for k, n in r.failures.items() if n}
+        return [k for k in FAILURE_ORDER if k in seen] + sorted(seen - set(FAILURE_ORDER))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "day": self.day.isoformat(), "area": self.area, "threshold": self.threshold,
+            "start": self.start.isoformat(), "end": self.end.isoformat(),
+            "meters": [r.as_dict() for r in self.meters], "channels": [r.as_dict() for r in self.channels],
+            "areas": [r.as_dict() for r in self.areas], "total": self.total.as_dict(),
+        }
+
+
+def merged_seconds(intervals: Iterable[tuple[datetime, datetime]], start: datetime, end: datetime) -> float:
+    """Seconds of ``[start, end)`` covered by the union of ``intervals``."""
+    clipped = sorted((max(a, start), min(b, end)) for a, b in intervals if b > start and a < end and b > a)
+    total = 0.0
+    cur_a: datetime | None = None
+    cur_b: datetime | None = None
+    for a, b in clipped:
+        if cur_b is None or a > cur_b:
+            if cur_a is not None and cur_b is not None:
+                total += (cur_b - cur_a).total_seconds()
+            cur_a, cur_b = a, b
+        elif b > cur_b:
+            cur_b = b
+    if cur_a is not None and cur_b is not None:
+        total += (cur_b - cur_a).total_seconds()
+    return total
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class QualityStore:
+    """The quality tables in ``state.sqlite3`` (a path to it, its data directory, or a SqliteStore).
+
+    It keeps its own connection (WAL: the daemon's writer is not blocked), so it may live in
+    another process, e.g. ``meterd quality``.
+    """
+
+    def __init__(
+        self,
+        state: Path | str | SqliteStore,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        threshold: float = THRESHOLD,
+    ) -> None:
+        if isinstance(state, SqliteStore):
+            path = state.data_dir / STATE_FILE
+        else:
+            path = Path(state)
+            if path.is_dir():
+                path = path / STATE_FILE
+        self.path = path
+        self.clock = clock
+        self.threshold = threshold
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=5.0)
+        self._conn.row_factory = sqlite3.Row
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(_STATE_SCHEMA + _SCHEMA)
+        except BaseException:
+            self._conn.close()
+            raise
+        self._closed = False
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def __enter__(self) -> QualityStore:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # --- rollup --------------------------------------------------------------------------------
+
+    def _watermark(self) -> int:
+        row = self._conn.execute("SELECT value FROM quality_state WHERE key = 'attempts_watermark'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _set_watermark(self, value: int) -> None:
+        self._conn.execute(
+            "INSERT INTO quality_state (key, value) VALUES ('attempts_watermark', ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (value,))
+
+    def _fold_new(self) -> tuple[int, int]:
+        """Fold attempts after the watermark; (how many, the new watermark).  Caller holds the lock
+        and the transaction."""
+        mark = self._watermark()
+        (top,) = self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM attempts").fetchone()
+        if top < mark:  # the attempts log was emptied and ids started again
+            mark = 0
+        if top == mark:
+            return 0, mark
+        (n,) = self._conn.execute("SELECT COUNT(*) FROM attempts WHERE id > ? AND id <= ?", (mark, top)).fetchone()
+        self._conn.execute(_FOLD.format(extra=""), (mark, top))
+        self._set_watermark(top)
+        return int(n), int(top)
+
+    def update(self) -> int:
+        """Fold the attempts recorded since the last update into ``quality_daily``; how many."""
+        with self._lock, self._conn:
+            n, _ = self._fold_new()
+        return n
+
+    def rollup(self, day: date) -> int:
+        """Recompute ``day`` from the attempts log (other days are brought up to date as well);
+        returns the attempts counted for ``day``."""
+        start, end = day_bounds(day)
+        with self._lock, self._conn:
+            _, top = self._fold_new()
+            self._conn.execute("DELETE FROM quality_daily WHERE day = ?", (day.isoformat(),))
+            self._conn.execute(_FOLD.format(extra="AND a.ts >= ? AND a.ts < ?"), (0, top, to_ms(start), to_ms(end)))
+            (n,) = self._conn.execute("SELECT COALESCE(SUM(count), 0) FROM quality_daily WHERE day = ?",
+                                      (day.isoformat(),)).fetchone()
+        return int(n)
+
+    # --- terminal online time ------------------------------------------------------------------
+
+    def record_online(self, terminal: str, start: datetime, end: datetime | None = None) -> None:
+        """Terminal ``terminal`` (a channel name) was online from ``start`` to ``end``; ``end`` None
+        while it still is (record it again with the same ``start`` and the real end later)."""
+        if end is not None and end < start:
+            raise ValueError(f"terminal {terminal}: online interval ends ({end}) before it starts ({start})")
+        with self._lock, self._conn:
+            self._conn.execute(
+                "INSERT INTO terminal_online (terminal, start_ts, end_ts) VALUES (?, ?, ?)"
+                " ON CONFLICT (terminal, start_ts) DO UPDATE SET end_ts = excluded.end_ts",
+                (terminal, to_ms(start), None if end is None else to_ms(end)))
+
+    def online_seconds(self, terminal: str, start: datetime, end: datetime) -> float | None:
+        """Seconds ``terminal`` was online within ``[start, end)``; None if nothing is recorded for it."""
+        with self._lock:
+            known = self._conn.execute("SELECT 1 FROM terminal_online WHERE terminal = ? LIMIT 1",
+                                       (terminal,)).fetchone()
+            rows = self._conn.execute(
+                "SELECT start_ts, end_ts FROM terminal_online WHERE terminal = ? AND start_ts < ?"
+                " AND (end_ts IS NULL OR end_ts > ?)", (terminal, to_ms(end), to_ms(start))).fetchall()
+        if known is None:
+            return None
+        return merged_seconds(((from_ms(r[0]), end if r[1] is None else from_ms(r[1])) for r in rows), start, end)
+
+    def close_open(self) -> int:
+        """Close intervals left open (a daemon that stopped without saying so) at the terminal's last
+        answered attempt after the interval's start (or its start); how many were closed."""
+        with self._lock, self._conn:
+            cur = self._conn.execute(
+                "UPDATE terminal_online SET end_ts = COALESCE((SELECT MAX(a.ts) FROM attempts a"
+                " WHERE a.channel = terminal_online.terminal AND a.outcome != 'link'"
+                " AND a.ts >= terminal_online.start_ts), start_ts) WHERE end_ts IS NULL")
+        return cur.rowcount
+
+    # --- reports -------------------------------------------------------------------------------
+
+    def _archive(self) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute("SELECT address, channel, meter_group FROM meters ORDER BY address").fetchall()
+
+    def report(self, day: date, area: str | None = None, *, now: datetime | None = None,
+               refresh: bool = True) -> QualityReport:
+        """The quality of ``day`` (CST): rows per meter, channel and area, and the total.
+
+        ``area`` keeps only that meter group.  ``now`` (default: the clock) cuts today's span for
+        online rates; ``refresh`` folds in new attempts first.
+        """
+        if refresh:
+            self.update()
+        start, end = day_bounds(day)
+        now = now or self.clock()
+        span_end = max(start, min(end, now))
+        span = (span_end - start).total_seconds()
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT meter, channel, outcome, area, count, latency_sum, latency_n FROM quality_daily"
+                " WHERE day = ? ORDER BY meter, channel", (day.isoformat(),)).fetchall()
+        meters: dict[tuple[str, str], QualityRow] = {}
+        for r in rows:
+            if area is not None and r["area"] != area:
+                continue
+            row = meters.setdefault((r["meter"], r["channel"]), QualityRow(
+                "meter", r["meter"], area=r["area"], channel=r["channel"], meters=1))
+            row.attempts += r["count"]
+            if r["outcome"] == "ok":
+                row.ok += r["count"]
+                row.latency_sum += r["latency_sum"]
+                row.latency_n += r["latency_n"]
+            else:
+                row.failures[r["outcome"]] = row.failures.get(r["outcome"], 0) + r["count"]
+        seen = {m for m, _ in meters}
+        for a in self._archive():
+            if a["address"] in seen or (area is not None and a["meter_group"] != area):
+                continue
+            meters[(a["address"], a["channel"])] = QualityRow(
+                "meter", a["address"], area=a["meter_group"], channel=a["channel"], meters=1)
+        # a meter with rows on two channels (it moved that day) counts once: as a meter with data
+        # if any of its rows has an ok attempt
+        with_data = {m for (m, _), row in meters.items() if row.ok}
+        counted: set[str] = set()
+        for (m, _), row in sorted(meters.items()):
+            if m in counted:
+                row.meters = 0
+            counted.add(m)
+            if m not in with_data and row.meters:
+                row.no_data = [m]
+        meter_rows = sorted(meters.values(), key=lambda r: (r.area, r.channel, r.key))
+
+        channels: dict[str, QualityRow] = {}
+        areas: dict[str, QualityRow] = {}
+        area_channels: dict[str, set[str]] = {}
+        total = QualityRow("total", "total")
+        for row in meter_rows:
+            channels.setdefault(row.channel, QualityRow("channel", row.channel, channel=row.channel)).add(row)
+            areas.setdefault(row.area, QualityRow("area", row.area, area=row.area)).add(row)
+            area_channels.setdefault(row.area, set()).add(row.channel)
+            total.add(row)
+        online = {ch: self.online_seconds(ch, start, span_end) for ch in channels}
+        for ch, row in channels.items():
+            if area is not None:
+                row.area = area
+            row.span_seconds = span
+            if online[ch] is not None:
+                row.online_seconds, row.terminals = online[ch], 1
+        known = [ch for ch, s in online.items() if s is not None]
+        for name, row in areas.items():
+            chans = [ch for ch in sorted(area_channels[name]) if online[ch] is not None]
+            row.span_seconds = span
+            if chans:
+                row.online_seconds = sum(online[ch] or 0.0 for ch in chans)
+                row.terminals = len(chans)
+        total.span_seconds = span
+        if known:
+            total.online_seconds = sum(online[ch] or 0.0 for ch in known)
+            total.terminals = len(known)
+        if area is not None:
+            total.area = area
+        channel_rows = [channels[k] for k in sorted(channels)]
+        area_rows = [areas[k] for k in sorted(areas)]
+        for row in (*meter_rows, *channel_rows, *area_rows, total):
+            row.flag(self.threshold)
+        return QualityReport(day, area, self.threshold, start, span_end, meter_rows, channel_rows, area_rows, total)
+
+    def metrics(self, day: date, *, now: datetime | None = None) -> dict[str, float]:
+        """Flat numbers for dashboards / Prometheus: ``quality.<level>[.<key>].<name>``.
+
+        ``quality.total.attempts``, ``quality.total.success_rate``, ``quality.area.<area>.data_rate``,
+        ``quality.channel.<channel>.online_rate``, ``quality.meter.<address>.failures.timeout``, ...
+        Rates are fractions (0..1); a rate with nothing to count is left out.
+        """
+        report = self.report(day, now=now)
+        out: dict[str, float] = {}
+
+        def put(prefix: str, row: QualityRow) -> None:
+            out[f"{prefix}.attempts"] = row.attempts
+            out[f"{prefix}.ok"] = row.ok
+            out[f"{prefix}.failed"] = row.failed
+            for kind, n in row.failures.items():
+                out[f"{prefix}.failures.{kind}"] = n
+            out[f"{prefix}.below_threshold"] = 1 if row.below else 0
+            rates = {"success_rate": row.success_rate, "online_rate": row.online_rate,
+                     "latency_mean": row.latency_mean}
+            if row.level != "meter":
+                out[f"{prefix}.meters"] = row.meters
+                out[f"{prefix}.meters_no_data"] = len(row.no_data)
+                rates["data_rate"] = row.data_rate
+            if row.online_seconds is not None:
+                out[f"{prefix}.online_seconds"] = row.online_seconds
+            for name, value in rates.items():
+                if value is not None:
+                    out[f"{prefix}.{name}"] = value
+
+        for row in report.meters:
+            put(f"quality.meter.{row.key}", row)
+        for row in report.channels:
+            put(f"quality.channel.{row.key}", row)
+        for row in report.areas:
+            put(f"quality.area.{row.key}", row)
+        put("quality.total", report.total)
+        return out
+
+
+class OnlineTracker:
+    """Feeds :meth:`QualityStore.record_online` from what rounds saw: a terminal (channel) is online
+    from the first round with any attempt that got past the link (an answer, or at least a meter
+    that did not answer on a working link) until the first round whose attempts all failed on the
+    link.  Open intervals are written with no end, so a report during the day counts them up to
+    ``now``; :meth:`start` closes the ones a previous run left open."""
+
+    def __init__(self, quality: QualityStore) -> None:
+        self.quality = quality
+        self.open: dict[str, datetime] = {}
+
+    def start(self) -> None:
+        self.quality.close_open()
+
+    def up(self, terminal: str, at: datetime) -> None:
+        if terminal not in self.open:
+            self.open[terminal] = at
+            self.quality.record_online(terminal, at, None)
+
+    def down(self, terminal: str, at: datetime) -> None:
+        since = self.open.pop(terminal, None)
+        if since is not None:
+            self.quality.record_online(terminal, since, max(since, at))
+
+    def observe(self, terminal: str, attempts: Iterable[Attempt], at: datetime) -> None:
+        """A round on ``terminal`` that started ``at`` made ``attempts``."""
+        outcomes = [a.outcome for a in attempts]
+        if not outcomes:
+            return
+        if any(o != "link" for o in outcomes):
+            self.up(terminal, at)
+        else:
+            self.down(terminal, at)
+
+    def stop(self, at: datetime) -> None:
+        for terminal in list(self.open):
+            self.down(terminal, at)
+
+
+__all__ = [
+    "CST", "FAILURE_ORDER", "OUTCOMES", "THRESHOLD", "OnlineTracker", "QualityReport", "QualityRow", "QualityStore",
+    "cst_day", "day_bounds", "merged_seconds",
+]
