@@ -91,7 +91,8 @@ class VictoriaMetrics:
         """Every stored sample of the series matching ``match``, duplicates included."""
         with urllib.request.urlopen(self.url + "/internal/force_flush", timeout=10):
             pass  # make just-written samples searchable
-        query = urllib.parse.urlencode({"match[]": match})
+        # export ends at "now" (whole seconds) by default: ask past it so fresh points show
+        query = urllib.parse.urlencode({"match[]": match, "start": "0", "end": str(int(time.time()) + 86400)})
         with urllib.request.urlopen(f"{self.url}/api/v1/export?{query}", timeout=10) as resp:
             return [json.loads(line) for line in resp.read().splitlines() if line.strip()]
 

@@ -22,8 +22,20 @@ from meterd.collector.channel import Channel, Timing, TraceHook
 from meterd.collector.modbus import ModbusLink
 from meterd.collector.poll import MeterTarget, Reads, RoundResult, poll_round
 from meterd.collector.transports import SerialTransport, TcpTransport, Transport
+import os
+
 from meterd.collector.dtu import DtuListener
-from meterd.config.model import ChannelConfig, Config, DtuLink, MeterConfig, PollConfig, Protocol, SerialLink
+from meterd.collector.mqtt import MqttHub
+from meterd.config.model import (
+    ChannelConfig,
+    Config,
+    DtuLink,
+    MeterConfig,
+    MqttLink,
+    PollConfig,
+    Protocol,
+    SerialLink,
+)
 from meterd.errors import ConfigError
 from meterd.protocols import modbus
 from meterd.protocols.readspec import ReadSpec, describe_items, resolve_dlt645
@@ -40,8 +52,16 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def make_transport(cfg: ChannelConfig, listeners: dict[str, DtuListener] | None = None) -> Transport:
+def make_transport(
+    cfg: ChannelConfig,
+    listeners: dict[str, DtuListener] | None = None,
+    hub: MqttHub | None = None,
+    units: dict[int, str] | None = None,
+) -> Transport:
     link = cfg.link
+    if isinstance(link, MqttLink):
+        assert hub is not None, "MQTT channels need the daemon's hub"
+        return hub.transport(link.terminal, name=cfg.name, units=units or None)
     if isinstance(link, DtuLink):
         assert listeners is not None, "DTU channels need the daemon's listeners"
         return listeners[link.listener].transport(link.terminal, connect_wait=link.connect_wait)
@@ -52,17 +72,41 @@ def make_transport(cfg: ChannelConfig, listeners: dict[str, DtuListener] | None 
 
 
 def make_channel(
-    cfg: ChannelConfig, trace: TraceHook | None = None, listeners: dict[str, DtuListener] | None = None
+    cfg: ChannelConfig,
+    trace: TraceHook | None = None,
+    listeners: dict[str, DtuListener] | None = None,
+    hub: MqttHub | None = None,
+    units: dict[int, str] | None = None,
 ) -> Channel:
     return Channel(
         cfg.name,
-        make_transport(cfg, listeners),
+        make_transport(cfg, listeners, hub, units),
         timing=Timing(cfg.timeouts.response, cfg.timeouts.inter_byte),
         retries=cfg.retries,
         preamble=cfg.preamble,
         turnaround=cfg.turnaround,
         trace=trace,
     )
+
+
+def secret(env: str, key: str) -> str:
+    """A secret from the environment variable the config names; a missing one stops start-up."""
+    value = os.environ.get(env)
+    if not value:
+        raise ConfigError([f"{key}: environment variable {env} (the secret) is not set"])
+    return value
+
+
+def make_sink(config: Config, store: SqliteStore):
+    """Where readings go: the SQLite store, or InfluxDB (attempts and state stay in SQLite)."""
+    influx = config.store.influxdb
+    if influx is None:
+        return store
+    from meterd.storage.influx import InfluxStore
+
+    token = secret(influx.token_env, "store.influxdb.token_env")
+    return InfluxStore(influx.url, influx.org, influx.bucket, token, influx.spool_dir, timeout=influx.timeout,
+                       batch=influx.batch, state=store)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +168,8 @@ def describe_plan(plans: tuple[ChannelPlan, ...]) -> list[str]:
             where = f"serial {link.device} {link.baud} {link.bytesize}{link.parity}{link.stopbits}"
         elif isinstance(link, DtuLink):
             where = f"dtu {link.terminal} via listener {link.listener}"
+        elif isinstance(link, MqttLink):
+            where = f"mqtt terminal {link.terminal}"
         else:
             where = f"tcp {link.host}:{link.port}"
         if plan.has_modbus:
@@ -177,7 +223,20 @@ class Daemon:
         self.clock = clock
         self.on_round = on_round
         self.plan = compile_plan(config)
-        self.writer = BatchWriter(store, config.store.batch_size, config.store.flush_interval)
+        self.sink = make_sink(config, store)
+        self.writer = BatchWriter(self.sink, config.store.batch_size, config.store.flush_interval)
+        self.hub: MqttHub | None = None
+        if config.mqtt is not None:
+            m = config.mqtt
+            self.hub = MqttHub(m.host, m.port, client_id=m.client_id, username=m.username,
+                               password=secret(m.password_env, "mqtt.password_env") if m.password_env else None,
+                               keepalive=m.keepalive, clock=clock, root=m.root, request_ttl=m.request_ttl,
+                               on_readings=self._pushed)
+        self.scheduler = None
+        if config.tasks:
+            from meterd.collector.schedule import TaskScheduler
+
+            self.scheduler = TaskScheduler(config.tasks, config.meters, self._task_round, store=store, clock=clock)
         self.listeners: dict[str, DtuListener] = {}
         for lc in config.listeners:
             known = {c.link.terminal: c.name for c in config.channels
@@ -187,9 +246,13 @@ class Daemon:
                 registration_timeout=lc.registration_timeout, clock=clock, name=lc.name)
         self.runners = []
         for p in self.plan:
-            channel = make_channel(p.channel, trace, self.listeners)
-            link = ModbusLink(channel, str(p.channel.framing)) if p.has_modbus else None
+            on_channel = config.meters_on(p.channel.name)
+            units = {m.unit: m.address for m in on_channel if m.unit is not None}
+            channel = make_channel(p.channel, trace, self.listeners, self.hub, units)
+            has_modbus = any(m.protocol is Protocol.MODBUS for m in on_channel)
+            link = ModbusLink(channel, str(p.channel.framing)) if has_modbus else None
             self.runners.append(ChannelRunner(p, channel, link))
+        self._by_channel = {r.channel.name: r for r in self.runners}
 
     async def run(self, stop: asyncio.Event) -> None:
         for line in describe_plan(self.plan):
@@ -201,12 +264,24 @@ class Daemon:
         for name, listener in self.listeners.items():
             await listener.start()
             log.info("listener %s: DTUs connect to port %d", name, listener.bound_port)
+        if self.hub is not None:
+            if not await self.hub.start(timeout=5.0):
+                log.warning("mqtt: broker %s:%d not reachable yet; retrying in the background",
+                            self.config.mqtt.host, self.config.mqtt.port)  # type: ignore[union-attr]
         self.writer.start()
         tasks = [asyncio.create_task(self._run_channel(r, stop), name=f"channel:{r.channel.name}")
                  for r in self.runners if r.plan.polls]
+        if hasattr(self.sink, "replay"):
+            tasks.append(asyncio.create_task(self._replay_spool(stop), name="spool-replay"))
+        if self.scheduler is not None:
+            for line in self.scheduler.describe(self.clock()):
+                log.info("tasks: %s", line)
+            self.scheduler.start()
         try:
             await stop.wait()
         finally:
+            if self.scheduler is not None:
+                self.scheduler.shutdown()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -214,7 +289,11 @@ class Daemon:
                 await r.channel.close()
             for listener in self.listeners.values():
                 await listener.close()
+            if self.hub is not None:
+                await self.hub.close()
             await self.writer.close()
+            if self.sink is not self.store:
+                await asyncio.to_thread(self.sink.close)
 
     async def _run_channel(self, runner: ChannelRunner, stop: asyncio.Event) -> None:
         start = time.monotonic()
@@ -254,6 +333,39 @@ class Daemon:
             r.channel.name: {**r.channel.stats.as_dict(), "rounds": r.rounds, "overruns": r.overruns}
             for r in self.runners
         }
+
+    def _pushed(self, terminal: str, readings: list) -> None:
+        """Readings an MQTT terminal pushed on its own schedule: straight to the writer."""
+        self.writer.add_many(readings)
+
+    async def _replay_spool(self, stop: asyncio.Event, every: float = 5.0) -> None:
+        """Drain the store's spool while it holds anything (writes drain it too, this is faster)."""
+        while not stop.is_set():
+            try:
+                if self.sink.spool_size()[0]:
+                    await asyncio.to_thread(self.sink.replay)
+            except Exception:  # the store logs its own outages; never let the loop die
+                log.exception("spool replay failed")
+            try:
+                await asyncio.wait_for(stop.wait(), every)
+            except TimeoutError:
+                pass
+
+    async def _task_round(self, task, meters_by_channel, reads, now):
+        """A scheduled task's round on one channel (called by the TaskScheduler)."""
+        from meterd.collector.schedule import poll_task
+
+        result = None
+        for name, meters in meters_by_channel.items():
+            runner = self._by_channel[name]
+            pairs = [(target(m), reads[m.address]) for m in meters if m.address in reads]
+            result = await poll_task(runner.channel, task, pairs, now, link=runner.modbus)
+            runner.rounds += 1
+            self.writer.add_many(result.readings)
+            self.writer.add_attempts(result.attempts)
+            if self.on_round is not None:
+                self.on_round(result)
+        return result
 
     def listener_status(self) -> dict[str, object]:
         return {name: listener.status() for name, listener in self.listeners.items()}

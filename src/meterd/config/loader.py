@@ -30,7 +30,10 @@ from meterd.config.model import (
     Config,
     DtuLink,
     Framing,
+    InfluxConfig,
     ListenerConfig,
+    MqttConfig,
+    MqttLink,
     MeterConfig,
     Parity,
     PollConfig,
@@ -53,14 +56,22 @@ STOPBITS: Final = (1, 2)
 MAX_RETRIES: Final = 10
 MAX_PREAMBLE: Final = 4  # DL/T 645-2007 clause 4.1: up to four FE bytes before a frame
 
-_TOP_KEYS: Final = ("store", "channels", "meters", "polls", "listeners")
+_TOP_KEYS: Final = ("store", "channels", "meters", "polls", "listeners", "mqtt", "tasks")
+_MQTT_KEYS: Final = ("host", "port", "client_id", "username", "password_env", "keepalive", "root", "request_ttl")
+_MQTT_LINK_KEYS: Final = ("terminal",)
+_INFLUX_KEYS: Final = ("url", "org", "bucket", "token_env", "spool_dir", "timeout", "batch")
+_TASK_KEYS: Final = ("name", "kind", "groups", "quantities", "items", "items_1997", "every", "cron", "jitter",
+                     "misfire_grace", "curve_points", "curve_interval", "day", "time", "tasks", "lookback_days",
+                     "max_points", "settle")
+_TASK_DURATIONS: Final = ("every", "jitter", "misfire_grace", "settle")
 _LISTENER_KEYS: Final = ("host", "port", "formats", "heartbeat_timeout", "registration_timeout")
 _DTU_KEYS: Final = ("listener", "terminal", "connect_wait")
-_STORE_KEYS: Final = ("data_dir", "batch_size", "flush_interval")
+_STORE_KEYS: Final = ("data_dir", "batch_size", "flush_interval", "influxdb")
 _CHANNEL_KEYS: Final = (
     "serial",
     "tcp",
     "dtu",
+    "mqtt",
     "connect_timeout",
     "response_timeout",
     "inter_byte_timeout",
@@ -133,6 +144,12 @@ def parse_config(
     meters = _meters(check, data.get("meters", []), channel_names=channel_names, base_dir=base_dir)
     polls = _polls(check, data.get("polls", []), meters)
     _check_dtu_links(check, [c for c in channels if c is not None], set(listeners_raw))
+    mqtt = _mqtt(check, data["mqtt"]) if "mqtt" in data else None
+    if "mqtt" not in data:
+        for c in channels:
+            if c is not None and isinstance(c.link, MqttLink):
+                check.problem(f"channels.{c.name}.mqtt", "an MQTT channel needs the [mqtt] broker section")
+    tasks = _tasks(check, data.get("tasks", []), meters)
 
     if check.problems:
         raise ConfigError(check.problems)
@@ -144,6 +161,8 @@ def parse_config(
         meters=tuple(m for _, m in meters if m is not None),
         polls=tuple(p for p in polls if p is not None),
         listeners=tuple(x for x in listeners if x is not None),
+        mqtt=mqtt,
+        tasks=tuple(tasks),
     )
 
 
@@ -167,9 +186,117 @@ def _store(check: _Checker, raw: Any, base_dir: Path | None) -> StoreConfig | No
             data_dir = base_dir / data_dir
     batch_size = check.integer("store.batch_size", table.get("batch_size", 500), low=1)
     flush_interval = check.duration("store.flush_interval", table.get("flush_interval", 1.0))
+    influx = None
+    if "influxdb" in table and data_dir is not None:
+        influx = _influx(check, table["influxdb"], data_dir)
+        if influx is None:
+            return None
     if data_dir is None or batch_size is None or flush_interval is None:
         return None
-    return StoreConfig(data_dir=data_dir, batch_size=batch_size, flush_interval=flush_interval)
+    return StoreConfig(data_dir=data_dir, batch_size=batch_size, flush_interval=flush_interval, influxdb=influx)
+
+
+def _secret_env(check: _Checker, path: str, table: dict[str, Any], key: str, *, required: bool) -> str | None:
+    """The *name* of the environment variable holding a secret; a secret itself is never in the file."""
+    if key not in table:
+        if required:
+            check.problem(f"{path}.{key}", "missing: the name of the environment variable holding the secret")
+        return None
+    name = check.string(f"{path}.{key}", table[key])
+    if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        check.problem(f"{path}.{key}", f"must be an environment variable name such as METERD_TOKEN, got {show(name)}")
+        return None
+    return name
+
+
+def _influx(check: _Checker, raw: Any, data_dir: Path) -> InfluxConfig | None:
+    path = "store.influxdb"
+    table = check.table(path, raw)
+    if table is None:
+        return None
+    if "token" in table:
+        check.problem(f"{path}.token", "a secret must not be written in the config: put it in an environment "
+                      "variable and name that with token_env")
+    check.known_keys(path, {k: v for k, v in table.items() if k != "token"}, _INFLUX_KEYS)
+    url = check.required_string(path, table, "url")
+    if url is not None and not re.match(r"https?://", url):
+        check.problem(f"{path}.url", f"must start with http:// or https://, got {show(url)}")
+        url = None
+    org = check.required_string(path, table, "org")
+    bucket = check.required_string(path, table, "bucket")
+    token_env = _secret_env(check, path, table, "token_env", required=True)
+    spool = Path(str(table.get("spool_dir", "influx-spool"))).expanduser()
+    if not spool.is_absolute():
+        spool = data_dir / spool
+    timeout = check.duration(f"{path}.timeout", table.get("timeout", 10.0))
+    batch = check.integer(f"{path}.batch", table.get("batch", 5000), low=1)
+    if None in (url, org, bucket, token_env, timeout, batch):
+        return None
+    return InfluxConfig(url, org, bucket, token_env, spool, timeout, batch)  # type: ignore[arg-type]
+
+
+def _mqtt(check: _Checker, raw: Any) -> MqttConfig | None:
+    table = check.table("mqtt", raw)
+    if table is None:
+        return None
+    if "password" in table:
+        check.problem("mqtt.password", "a secret must not be written in the config: put it in an environment "
+                      "variable and name that with password_env")
+    check.known_keys("mqtt", {k: v for k, v in table.items() if k != "password"}, _MQTT_KEYS)
+    host = check.required_string("mqtt", table, "host")
+    port = check.integer("mqtt.port", table.get("port", 1883), low=1, high=65535)
+    client_id = check.string("mqtt.client_id", table.get("client_id", "meterd-master"))
+    username = check.string("mqtt.username", table["username"]) if "username" in table else None
+    password_env = _secret_env(check, "mqtt", table, "password_env", required=False)
+    keepalive = check.integer("mqtt.keepalive", table.get("keepalive", 30), low=5, high=3600)
+    root = check.string("mqtt.root", table.get("root", "meterd"))
+    ttl = check.duration("mqtt.request_ttl", table.get("request_ttl", 30.0))
+    if None in (host, port, client_id, keepalive, root, ttl):
+        return None
+    return MqttConfig(host, port, client_id, username, password_env, keepalive, root, ttl)  # type: ignore[arg-type]
+
+
+def _tasks(check: _Checker, raw: Any, meters: list[tuple[dict[str, Any], MeterConfig | None]]) -> list[Any]:
+    from meterd.collector.schedule import TaskSpec, TaskSpecError
+
+    out: list[Any] = []
+    names: dict[str, int] = {}
+    for index, table in check.array_of_tables("tasks", raw):
+        path = f"tasks[{index}]"
+        check.known_keys(path, table, _TASK_KEYS)
+        name = check.required_string(path, table, "name")
+        if name is not None and (first := names.setdefault(name, index)) != index:
+            check.problem(f"{path}.name", f"{show(name)} is already the name of tasks[{first}]")
+        kind = check.required_string(path, table, "kind")
+        groups = check.string_list(f"{path}.groups", table.get("groups", []))
+        items = _poll_items(check, f"{path}.items", table["items"]) if "items" in table else ()
+        items_1997 = _poll_items_1997(check, f"{path}.items_1997", table["items_1997"]) if "items_1997" in table else ()
+        quantities = _poll_quantities(check, f"{path}.quantities", table["quantities"]) if "quantities" in table else ()
+        durations: dict[str, float | None] = {}
+        for key in _TASK_DURATIONS:
+            if key in table:
+                durations[key] = check.duration(f"{path}.{key}", table[key], allow_zero=key != "every")
+        cron = check.string(f"{path}.cron", table["cron"]) if "cron" in table else None
+        if None in (name, kind, groups, items, items_1997, quantities) or None in durations.values():
+            continue
+        options = {k: table[k] for k in ("curve_points", "curve_interval", "day", "time", "tasks", "lookback_days",
+                                          "max_points") if k in table}
+        if "settle" in durations:
+            options["settle"] = durations["settle"]
+        try:
+            spec = TaskSpec(name, kind, groups=tuple(groups or ()), quantities=quantities or (), items=items or (),
+                            items_1997=items_1997 or (), every=durations.get("every"), cron=cron,
+                            jitter=durations.get("jitter") or 0.0, options=options,
+                            misfire_grace=durations.get("misfire_grace"))
+        except TaskSpecError as exc:
+            check.problem(path, str(exc))
+            continue
+        if spec.kind.value != "reread":
+            probe = PollConfig(name=spec.name, interval=1.0, groups=spec.groups, items=spec.items,
+                               items_1997=spec.items_1997, quantities=spec.quantities)
+            _poll_reaches(check, path, probe, meters)
+        out.append(spec)
+    return out
 
 
 def _channel(check: _Checker, path: str, name: str, raw: Any) -> ChannelConfig | None:
@@ -181,15 +308,21 @@ def _channel(check: _Checker, path: str, name: str, raw: Any) -> ChannelConfig |
         check.problem(path, "channel name must not be empty")
 
     link: SerialLink | TcpLink | DtuLink | None = None
-    kinds = [k for k in ("serial", "tcp", "dtu") if k in table]
+    kinds = [k for k in ("serial", "tcp", "dtu", "mqtt") if k in table]
     if len(kinds) != 1:
-        check.problem(path, "needs exactly one of serial = {...}, tcp = {...} or dtu = {...}")
+        check.problem(path, "needs exactly one of serial = {...}, tcp = {...}, dtu = {...} or mqtt = {...}")
     elif "serial" in table:
         link = _serial(check, f"{path}.serial", table["serial"])
     elif "tcp" in table:
         link = _tcp(check, f"{path}.tcp", table["tcp"])
-    else:
+    elif "dtu" in table:
         link = _dtu(check, f"{path}.dtu", table["dtu"])
+    else:
+        mtable = check.table(f"{path}.mqtt", table["mqtt"])
+        if mtable is not None:
+            check.known_keys(f"{path}.mqtt", mtable, _MQTT_LINK_KEYS)
+            terminal = check.required_string(f"{path}.mqtt", mtable, "terminal")
+            link = MqttLink(terminal) if terminal is not None else None
 
     connect = check.duration(f"{path}.connect_timeout", table.get("connect_timeout", 5.0))
     response = check.duration(f"{path}.response_timeout", table.get("response_timeout", 2.0))

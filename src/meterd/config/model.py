@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from meterd.protocols.modbus.schema import RegisterMap
 
@@ -65,6 +66,42 @@ class DtuLink:
 
 
 @dataclass(frozen=True, slots=True)
+class MqttLink:
+    """The meters behind one MQTT terminal (gateway / concentrator) on the site's broker."""
+
+    terminal: str
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    """The site's MQTT broker (``[mqtt]``).  The password is never in the file: ``password_env``
+    names the environment variable holding it."""
+
+    host: str
+    port: int = 1883
+    client_id: str = "meterd-master"
+    username: str | None = None
+    password_env: str | None = None
+    keepalive: int = 30
+    root: str = "meterd"
+    request_ttl: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class InfluxConfig:
+    """``[store.influxdb]``: readings go to InfluxDB (v2 write API); ``token_env`` names the
+    environment variable holding the API token; undeliverable readings wait in ``spool_dir``."""
+
+    url: str
+    org: str
+    bucket: str
+    token_env: str
+    spool_dir: Path
+    timeout: float = 10.0
+    batch: int = 5000
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerConfig:
     """A TCP server DTUs connect to (``[listeners.NAME]``)."""
 
@@ -86,7 +123,7 @@ class Timeouts:
 @dataclass(frozen=True, slots=True)
 class ChannelConfig:
     name: str
-    link: SerialLink | TcpLink | DtuLink
+    link: SerialLink | TcpLink | DtuLink | MqttLink
     timeouts: Timeouts = field(default_factory=Timeouts)
     retries: int = 1
     preamble: int = 4  # FE wake-up bytes before each request
@@ -121,9 +158,10 @@ class PollConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    data_dir: Path
+    data_dir: Path  # the SQLite state store (and readings, unless influxdb is set)
     batch_size: int = 500
     flush_interval: float = 1.0
+    influxdb: InfluxConfig | None = None  # readings to InfluxDB instead of SQLite
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +172,8 @@ class Config:
     meters: tuple[MeterConfig, ...] = ()
     polls: tuple[PollConfig, ...] = ()
     listeners: tuple[ListenerConfig, ...] = ()
+    mqtt: MqttConfig | None = None
+    tasks: tuple[Any, ...] = ()  # meterd.collector.schedule.TaskSpec, built by the loader
 
     def channel(self, name: str) -> ChannelConfig:
         """The channel called ``name``; KeyError if there is none."""
