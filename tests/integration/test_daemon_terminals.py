@@ -19,7 +19,7 @@ from meterd.config.loader import parse_config
 from meterd.errors import ConfigError
 from meterd.simulators.dtu import run_dtu_fleet
 from meterd.simulators.mqtt_terminal import run_mqtt_fleet
-from meterd.storage.quality import QualityStore
+from meterd.storage.quality import QualityStore, cst_day
 from meterd.storage.sqlite import SqliteStore
 
 
@@ -113,7 +113,7 @@ async def test_terminals_tasks_and_influx_end_to_end(tmp_path, victoria, monkeyp
                 await dtus.close()
             attempts = store.attempts()
             assert store.count_readings() == 0  # readings went to InfluxDB, not SQLite
-            quality = QualityStore(store).report(datetime.now(timezone.utc).astimezone().date())
+            quality = QualityStore(store).report(cst_day(datetime.now(timezone.utc)))
     finally:
         await mqtt_fleet.close()
         broker.stop()
@@ -123,6 +123,9 @@ async def test_terminals_tasks_and_influx_end_to_end(tmp_path, victoria, monkeyp
         assert set(samples) == {"energy.active.import.total", "voltage.a"}, (meter, samples)
         assert 150 < samples["voltage.a"][-1][1] < 300
     assert quality.total.attempts == len(attempts)
+    channels = {row.channel: row for row in quality.channels}
+    assert set(channels) == {"t1", "d1"}
+    assert channels["t1"].online_seconds > 0 and channels["t1"].ok > 0
 
 
 def test_secrets_are_refused_inline_and_named_when_missing(tmp_path, monkeypatch):

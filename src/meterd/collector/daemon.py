@@ -232,6 +232,10 @@ class Daemon:
                                password=secret(m.password_env, "mqtt.password_env") if m.password_env else None,
                                keepalive=m.keepalive, clock=clock, root=m.root, request_ttl=m.request_ttl,
                                on_readings=self._pushed)
+        from meterd.storage.quality import OnlineTracker, QualityStore
+
+        self.quality = QualityStore(store, clock=clock)
+        self.online = OnlineTracker(self.quality)
         self.scheduler = None
         if config.tasks:
             from meterd.collector.schedule import TaskScheduler
@@ -269,8 +273,10 @@ class Daemon:
                 log.warning("mqtt: broker %s:%d not reachable yet; retrying in the background",
                             self.config.mqtt.host, self.config.mqtt.port)  # type: ignore[union-attr]
         self.writer.start()
+        self.online.start()
         tasks = [asyncio.create_task(self._run_channel(r, stop), name=f"channel:{r.channel.name}")
                  for r in self.runners if r.plan.polls]
+        tasks.append(asyncio.create_task(self._quality_loop(stop), name="quality"))
         if hasattr(self.sink, "replay"):
             tasks.append(asyncio.create_task(self._replay_spool(stop), name="spool-replay"))
         if self.scheduler is not None:
@@ -292,6 +298,9 @@ class Daemon:
             if self.hub is not None:
                 await self.hub.close()
             await self.writer.close()
+            self.online.stop(self.clock())
+            await asyncio.to_thread(self.quality.update)
+            self.quality.close()
             if self.sink is not self.store:
                 await asyncio.to_thread(self.sink.close)
 
@@ -322,10 +331,7 @@ class Daemon:
     async def run_round(self, runner: ChannelRunner, planned: PlannedPoll) -> RoundResult:
         result = await poll_round(runner.channel, planned.meters, None, self.clock(), link=runner.modbus)
         runner.rounds += 1
-        self.writer.add_many(result.readings)
-        self.writer.add_attempts(result.attempts)
-        if self.on_round is not None:
-            self.on_round(result)
+        self._observed(result)
         return result
 
     def stats(self) -> dict[str, object]:
@@ -333,6 +339,25 @@ class Daemon:
             r.channel.name: {**r.channel.stats.as_dict(), "rounds": r.rounds, "overruns": r.overruns}
             for r in self.runners
         }
+
+    async def _quality_loop(self, stop: asyncio.Event, every: float = 60.0) -> None:
+        """Fold new attempts into the daily quality rollup now and then (the CLI also folds on read)."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), every)
+            except TimeoutError:
+                pass
+            try:
+                await asyncio.to_thread(self.quality.update)
+            except Exception:
+                log.exception("quality rollup failed")
+
+    def _observed(self, result: RoundResult) -> None:
+        self.writer.add_many(result.readings)
+        self.writer.add_attempts(result.attempts)
+        self.online.observe(result.channel, result.attempts, result.started)
+        if self.on_round is not None:
+            self.on_round(result)
 
     def _pushed(self, terminal: str, readings: list) -> None:
         """Readings an MQTT terminal pushed on its own schedule: straight to the writer."""
@@ -361,10 +386,7 @@ class Daemon:
             pairs = [(target(m), reads[m.address]) for m in meters if m.address in reads]
             result = await poll_task(runner.channel, task, pairs, now, link=runner.modbus)
             runner.rounds += 1
-            self.writer.add_many(result.readings)
-            self.writer.add_attempts(result.attempts)
-            if self.on_round is not None:
-                self.on_round(result)
+            self._observed(result)
         return result
 
     def listener_status(self) -> dict[str, object]:
