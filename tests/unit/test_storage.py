@@ -410,3 +410,37 @@ def test_writer_rejects_bad_settings() -> None:
         BatchWriter(FlakyStore(), batch_size=0)
     with pytest.raises(ValueError):
         BatchWriter(FlakyStore(), flush_interval=0)
+
+
+@pytest.mark.asyncio
+async def test_a_steady_stream_of_readings_never_starves_attempts() -> None:
+    """A flush writes what was queued when it began, readings and attempts in turn: attempts get
+    written while readings keep arriving faster than one batch per write."""
+    import time as _time
+
+    class SlowSink:
+        def __init__(self) -> None:
+            self.readings = 0
+            self.attempts = 0
+
+        def write_readings(self, readings: Sequence[Reading]) -> int:
+            _time.sleep(0.005)
+            self.readings += len(readings)
+            return len(readings)
+
+        def record_attempts(self, attempts: Sequence[Attempt]) -> None:
+            self.attempts += len(attempts)
+
+    sink = SlowSink()
+    writer = BatchWriter(sink, batch_size=5, flush_interval=0.01)
+    writer.start()
+    writer.add_attempts([Attempt("000000000001", "bus1", "0001FF00", T0, "ok", 0.3)])
+    n = 0
+    deadline = asyncio.get_running_loop().time() + 0.5
+    while asyncio.get_running_loop().time() < deadline and sink.attempts == 0:
+        writer.add_many(reading(n + i) for i in range(20))  # 4 batches per tick: always behind
+        n += 20
+        await asyncio.sleep(0.002)
+    assert sink.attempts == 1, "the attempt waited behind an endless stream of readings"
+    await writer.close()
+    assert sink.readings == n

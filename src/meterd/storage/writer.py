@@ -112,19 +112,28 @@ class BatchWriter:
     # --- writing -------------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Write everything queued so far; raises the store's error if a write fails."""
+        """Write everything queued so far; raises the store's error if a write fails.
+
+        Only what was queued when the flush began is written, readings and attempts batch by
+        batch in turn, so under a steady stream of new readings a flush still ends and attempts
+        are never starved behind readings.
+        """
         async with self._write_lock:
-            while self._readings:
-                batch = self._readings[: self.batch_size]
-                await self._guarded(self.store.write_readings, batch)
-                # Only now that the store has the batch may it leave the queue.
-                del self._readings[: len(batch)]
-                self.written += len(batch)
-            while self._attempts:
-                batch_a = self._attempts[: self.batch_size]
-                await self._guarded(self.store.record_attempts, batch_a)
-                del self._attempts[: len(batch_a)]
-                self.attempts_written += len(batch_a)
+            readings_left, attempts_left = len(self._readings), len(self._attempts)
+            while readings_left > 0 or attempts_left > 0:
+                if readings_left > 0:
+                    batch = self._readings[: min(self.batch_size, readings_left)]
+                    await self._guarded(self.store.write_readings, batch)
+                    # Only now that the store has the batch may it leave the queue.
+                    del self._readings[: len(batch)]
+                    self.written += len(batch)
+                    readings_left -= len(batch)
+                if attempts_left > 0:
+                    batch_a = self._attempts[: min(self.batch_size, attempts_left)]
+                    await self._guarded(self.store.record_attempts, batch_a)
+                    del self._attempts[: len(batch_a)]
+                    self.attempts_written += len(batch_a)
+                    attempts_left -= len(batch_a)
 
     async def _guarded(self, write: Callable[[list[Any]], object], batch: list[Any]) -> None:
         try:
