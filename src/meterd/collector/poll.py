@@ -28,7 +28,7 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
-from typing import Iterable, Sequence, Union
+from typing import Awaitable, Callable, Iterable, Sequence, Union
 
 from meterd.collector.channel import Channel, FailureKind, TransactionError
 from meterd.collector.modbus import ModbusLink, ModbusRefused
@@ -45,7 +45,7 @@ from meterd.protocols.dlt645.v1997 import (
     decode_response97,
     encode_request97,
 )
-from meterd.protocols.modbus import ReadPlan, RegisterMap, decode_block
+from meterd.protocols.modbus import ReadBlock, ReadPlan, RegisterMap, decode_block
 from meterd.protocols.readspec import DLT645_1997, DLT645_2007, MODBUS, ReadSpec
 from meterd.protocols.dlt645.messages import (
     AbnormalResponse,
@@ -254,6 +254,29 @@ class _Attempts:
         if exc.kind in _GIVE_UP:
             self.dead = exc.kind
 
+    async def run(self, item: str, fetch: Callable[[], Awaitable[list[Reading]]], who: str) -> list[Reading]:
+        """One identifier / block: skipped if the meter is dead, else fetched and its outcome
+        recorded the same way for every protocol.  The readings, or none if it failed."""
+        if self.skip_if_dead(item):
+            return []
+        self.start()
+        try:
+            got = await fetch()
+        except TransactionError as exc:
+            self.failed(item, exc)
+            return []
+        except ReadFailed as exc:
+            self.add(item, exc.kind, detail=f"{who} {item}: {exc.detail}")
+            return []
+        except ModbusRefused as exc:
+            self.add(item, FailureKind.ABNORMAL, detail=f"{who} {item}: {exc.error}")
+            return []
+        except ProtocolError as exc:
+            self.add(item, FailureKind.GARBLED, detail=f"{who} {item}: {exc}")
+            return []
+        self.ok(item)
+        return got
+
 
 async def poll_meter(
     channel: Channel,
@@ -295,39 +318,29 @@ async def _poll_2007(
     readings: list[Reading] = []
     log = _Attempts(channel, meter, now)
     freeze_times: dict[int, datetime] = {}
-    for di in spec.items:
-        label = f"{di:08X}"
-        if log.skip_if_dead(label):
-            continue
+    who = f"meter {meter.address}"
+
+    async def fetch(di: int) -> list[Reading]:
         item = catalogue.lookup(di)
-        log.start()
-        try:
-            stamp = now
-            if item.timestamp_di is not None:
-                if item.timestamp_di not in freeze_times:
-                    raw = await read_item(channel, meter.address, item.timestamp_di)
-                    (tv,) = catalogue.decode(item.timestamp_di, raw)
-                    assert isinstance(tv.value, datetime)
-                    freeze_times[item.timestamp_di] = tv.value.replace(tzinfo=meter_tz).astimezone(timezone.utc)
-                stamp = freeze_times[item.timestamp_di]
-            if item.records:
-                first = curve_window(now, meter_tz, curve_points, curve_interval)
-                payload = await read_item(channel, meter.address, di, count=curve_points, start=first)
-                got = curve_readings(meter, di, payload, meter_tz, curve_interval)
-            else:
-                payload = await read_item(channel, meter.address, di)
-                got = to_readings(meter, di, payload, stamp, meter_tz)
-            readings.extend(r for r in got if spec.wanted(di, r.quantity))
-        except TransactionError as exc:
-            log.failed(label, exc)
-            continue
-        except ReadFailed as exc:
-            log.add(label, exc.kind, detail=f"meter {meter.address} {label}: {exc.detail}")
-            continue
-        except ProtocolError as exc:
-            log.add(label, FailureKind.GARBLED, detail=f"meter {meter.address} {label}: {exc}")
-            continue
-        log.ok(label)
+        stamp = now
+        if item.timestamp_di is not None:
+            if item.timestamp_di not in freeze_times:
+                raw = await read_item(channel, meter.address, item.timestamp_di)
+                (tv,) = catalogue.decode(item.timestamp_di, raw)
+                assert isinstance(tv.value, datetime)
+                freeze_times[item.timestamp_di] = tv.value.replace(tzinfo=meter_tz).astimezone(timezone.utc)
+            stamp = freeze_times[item.timestamp_di]
+        if item.records:
+            first = curve_window(now, meter_tz, curve_points, curve_interval)
+            payload = await read_item(channel, meter.address, di, count=curve_points, start=first)
+            got = curve_readings(meter, di, payload, meter_tz, curve_interval)
+        else:
+            payload = await read_item(channel, meter.address, di)
+            got = to_readings(meter, di, payload, stamp, meter_tz)
+        return [r for r in got if spec.wanted(di, r.quantity)]
+
+    for di in spec.items:
+        readings.extend(await log.run(f"{di:08X}", lambda di=di: fetch(di), who))
     return readings, log.list
 
 
@@ -337,25 +350,14 @@ async def _poll_1997(
     readings: list[Reading] = []
     log = _Attempts(channel, meter, now)
     local_now = now.astimezone(meter_tz).replace(tzinfo=None)  # gives 1997 demand times their year
+
+    async def fetch(di: int) -> list[Reading]:
+        payload = await read_item97(channel, meter.address, di)
+        values = decode97(di, payload, now=local_now)
+        return [r for r in values_to_readings(meter, values, now, meter_tz) if spec.wanted(di, r.quantity)]
+
     for di in spec.items:
-        label = f"{di:04X}"
-        if log.skip_if_dead(label):
-            continue
-        log.start()
-        try:
-            payload = await read_item97(channel, meter.address, di)
-            values = decode97(di, payload, now=local_now)
-            readings.extend(r for r in values_to_readings(meter, values, now, meter_tz) if spec.wanted(di, r.quantity))
-        except TransactionError as exc:
-            log.failed(label, exc)
-            continue
-        except ReadFailed as exc:
-            log.add(label, exc.kind, detail=f"meter {meter.address} {label}: {exc.detail}")
-            continue
-        except ProtocolError as exc:
-            log.add(label, FailureKind.GARBLED, detail=f"meter {meter.address} {label}: {exc}")
-            continue
-        log.ok(label)
+        readings.extend(await log.run(f"{di:04X}", lambda di=di: fetch(di), f"meter {meter.address}"))
     return readings, log.list
 
 
@@ -371,27 +373,17 @@ async def _poll_modbus(
     readings: list[Reading] = []
     log = _Attempts(link.channel, meter, now)
     assert meter.unit is not None
-    for index, block in enumerate(plan):
-        label = block_label(block)
-        if log.skip_if_dead(label):
-            continue
+    unit = meter.unit
+
+    async def fetch(index: int, block: ReadBlock) -> list[Reading]:
         if index and plan.pause_between_requests:
             await asyncio.sleep(plan.pause_between_requests)
-        log.start()
-        try:
-            data = await link.read_block(meter.address, meter.unit, block)
-            values = decode_block(block, data)
-        except TransactionError as exc:
-            log.failed(label, exc)
-            continue
-        except ModbusRefused as exc:
-            log.add(label, FailureKind.ABNORMAL, detail=f"meter {meter.address} unit {meter.unit} {label}: {exc.error}")
-            continue
-        except ProtocolError as exc:
-            log.add(label, FailureKind.GARBLED, detail=f"meter {meter.address} unit {meter.unit} {label}: {exc}")
-            continue
-        readings.extend(values_to_readings(meter, values, now, CHINA_STANDARD_TIME))
-        log.ok(label)
+        data = await link.read_block(meter.address, unit, block)
+        return values_to_readings(meter, decode_block(block, data), now, CHINA_STANDARD_TIME)
+
+    who = f"meter {meter.address} unit {unit}"
+    for index, block in enumerate(plan):
+        readings.extend(await log.run(block_label(block), lambda i=index, b=block: fetch(i, b), who))
     return readings, log.list
 
 
