@@ -174,6 +174,16 @@ _FUNCTIONS_2007: Final = frozenset(int(f) for f in Function)
 _FUNCTIONS_1997: Final = frozenset(int(f) for f in Function97)
 
 
+def fires(rng: random.Random, p: float) -> bool:
+    """Whether a fault of probability ``p`` fires: never at 0, always at 1 (no draw for either,
+    so a run stays reproducible from the seed), else one draw from the bus's seeded ``rng``."""
+    if p <= 0.0:
+        return False
+    if p >= 1.0:
+        return True
+    return rng.random() < p
+
+
 @dataclass(frozen=True, slots=True)
 class FaultPlan:
     """Probabilities (0..1) of each link fault for one meter; ``late_by`` seconds for ``late``."""
@@ -365,11 +375,7 @@ class Dlt645Bus:
         return [self._reply(meter, encode_response(response_or_none), plan, ())]
 
     def _fires(self, p: float) -> bool:
-        if p <= 0.0:
-            return False
-        if p >= 1.0:
-            return True
-        return self._rng.random() < p
+        return fires(self._rng, p)
 
     def _broadcast(self, frame: Frame, now: datetime) -> list[Reply]:
         """Time sync (the same 08 frame in both editions) reaches every meter; freeze (16) the 2007 ones."""

@@ -78,7 +78,7 @@ from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
 from meterd.protocols.dlt645.catalogue import Value
 from meterd.protocols.dlt645.messages import RelayCommand
 from meterd.protocols.modbus import Function, RegisterMap, WriteRequest, encode_values, relay_command
-from meterd.simulators.dlt645 import BusStats, FaultPlan, Reply
+from meterd.simulators.dlt645 import BusStats, FaultPlan, Reply, fires
 from meterd.simulators.model import MeterModel
 
 log = logging.getLogger(__name__)
@@ -653,11 +653,7 @@ class ModbusBus:
         return []
 
     def _fires(self, p: float) -> bool:
-        if p <= 0.0:
-            return False
-        if p >= 1.0:
-            return True
-        return self._rng.random() < p
+        return fires(self._rng, p)
 
     # --- replies and faults -----------------------------------------------------------------
 
