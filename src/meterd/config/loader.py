@@ -17,13 +17,12 @@ in force.  Durations are a number of seconds or a string with units: ``"500ms"``
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import tomllib
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Final, Iterable
+from typing import Any, Final
 
 from meterd.config.model import (
     ChannelConfig,
@@ -517,9 +516,6 @@ def _register_map(
     except ConfigError as exc:
         for problem in exc.problems:
             check.problem(path, problem)
-    except (KeyError, LookupError):
-        models = sorted(builtin_maps())
-        check.problem(path, f"no shipped register map {show(raw)}{hint(raw, models)}; shipped: {', '.join(models)}")
     cache[raw] = regmap
     return regmap
 
