@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import heapq
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Final, Protocol
 
 from meterd.collector.transports.base import Transport
 from meterd.errors import LinkError, LinkTimeoutError, MeterdError
@@ -136,6 +137,54 @@ class ChannelStats:
 
 TraceHook = Callable[[TraceEvent], None]
 
+ROUTINE: Final = 10  # scheduled and round reads
+URGENT: Final = 0  # relay commands and their read-back, operators' on-demand reads
+
+
+class PriorityLock:
+    """A FIFO lock whose waiters with a lower ``priority`` number go first.
+
+    A relay command queued behind a 10,000-meter round is sent at the next transaction boundary,
+    not after the round: the bus is handed to the most urgent waiter, oldest first.
+    """
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = 0
+
+    def locked(self) -> bool:
+        return self._locked
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self, priority: int = ROUTINE) -> None:
+        if not self._locked and not self._waiters:
+            self._locked = True
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._waiters, (priority, self._seq, future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # handed the lock as we were cancelled: pass it on
+            else:
+                self._waiters = [w for w in self._waiters if w[2] is not future]
+                heapq.heapify(self._waiters)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_result(None)  # ownership passes straight to the waiter
+                return
+        self._locked = False
+
 
 class Channel:
     def __init__(
@@ -157,14 +206,14 @@ class Channel:
         self.turnaround = turnaround
         self.trace = trace
         self.stats = ChannelStats()
-        self._lock = asyncio.Lock()
+        self._lock = PriorityLock()
         self._last_done = 0.0
         self._link_down = False
 
     async def close(self) -> None:
         await self.transport.close()
 
-    async def transact(self, request: Frame, *, expect_reply: bool = True) -> Frame | None:
+    async def transact(self, request: Frame, *, expect_reply: bool = True, priority: int = ROUTINE) -> Frame | None:
         """DL/T 645: send ``request``; return the meter's reply frame (normal or abnormal).
 
         Raises TransactionError once every attempt failed.  With ``expect_reply=False``
@@ -172,7 +221,7 @@ class Channel:
         """
         wire = encode_frame(request, preamble=self.preamble)
         return await self.exchange(request.address, wire, lambda: Dlt645Reply(request), request=request,
-                                   expect_reply=expect_reply)
+                                   expect_reply=expect_reply, priority=priority)
 
     async def exchange(
         self,
@@ -182,9 +231,15 @@ class Channel:
         *,
         request: Any = None,
         expect_reply: bool = True,
+        priority: int = ROUTINE,
     ) -> Any:
-        """Write ``wire`` to ``meter`` and return what a fresh ``matcher()`` per attempt decodes."""
-        async with self._lock:
+        """Write ``wire`` to ``meter`` and return what a fresh ``matcher()`` per attempt decodes.
+
+        ``priority`` orders waiting transactions: :data:`URGENT` ones (relay commands) go ahead of
+        :data:`ROUTINE` reads still queued on the bus.
+        """
+        await self._lock.acquire(priority)
+        try:
             self.stats.transactions += 1
             last: TransactionError | None = None
             for attempt in range(self.retries + 1):
@@ -204,6 +259,8 @@ class Channel:
                 return reply
             assert last is not None
             raise last
+        finally:
+            self._lock.release()
 
     async def _ensure_open(self, meter: str) -> None:
         if self.transport.is_open:

@@ -22,6 +22,7 @@ read back does not match the command -- each a :class:`~meterd.errors.ControlErr
 ``RECLOSE_ALLOWED`` (the customer closes the relay with the meter's button) is confirmed by the
 command-open flag going off where the meter reports it, else by the acknowledgement alone;
 alarm and protect commands are confirmed by their flags.  Time (the validity window) is passed in.
+Commands and their read-back go ahead of routine reads waiting for the bus (:data:`URGENT`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 
-from meterd.collector.channel import Channel, TransactionError
+from meterd.collector.channel import URGENT, Channel, TransactionError
 from meterd.collector.modbus import ModbusLink, ModbusRefused
 from meterd.collector.poll import CHINA_STANDARD_TIME, MeterTarget, ReadFailed, read_item
 from meterd.errors import ControlError, ProtocolError
@@ -143,10 +144,10 @@ async def read_relay_state(channel: Channel, meter: MeterTarget, *, link: Modbus
             raise ControlError(f"meter {meter.address}: register map {meter.regmap.name} has no relay state")
         flags: dict[str, bool] = {}
         for block in compile_plan(meter.regmap, wanted):
-            data = await link.read_block(meter.address, meter.unit, block)
+            data = await link.read_block(meter.address, meter.unit, block, priority=URGENT)
             flags.update({v.quantity: bool(v.value) for v in decode_block(block, data)})
         return flags
-    payload = await read_item(channel, meter.address, STATUS_WORD_3)
+    payload = await read_item(channel, meter.address, STATUS_WORD_3, priority=URGENT)
     return {v.quantity: bool(v.value) for v in catalogue.decode(STATUS_WORD_3, payload)
             if isinstance(v.value, bool)}
 
@@ -165,7 +166,7 @@ async def _dlt645_command(
     assert credentials is not None
     valid_until = (now + valid_for).astimezone(CHINA_STANDARD_TIME).replace(tzinfo=None, microsecond=0)
     request = RelayControlRequest(meter.address, command, credentials.password, credentials.operator, valid_until)
-    reply = await channel.transact(encode_request(request))
+    reply = await channel.transact(encode_request(request), priority=URGENT)
     assert reply is not None
     message = decode_response(reply)
     if isinstance(message, AbnormalResponse):
@@ -184,7 +185,7 @@ async def _modbus_command(
         _fail(outcome, f"Modbus meters take TRIP and RECLOSE only, not {command.name}")
     if meter.regmap.relay is None:
         _fail(outcome, f"register map {meter.regmap.name} has no [relay]: this meter cannot be switched")
-    await link.write(meter.address, meter.unit, relay_command(meter.regmap, command is RelayCommand.TRIP))
+    await link.write(meter.address, meter.unit, relay_command(meter.regmap, command is RelayCommand.TRIP), priority=URGENT)
 
 
 def _fail(outcome: ControlOutcome, why: str) -> None:

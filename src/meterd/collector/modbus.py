@@ -37,7 +37,7 @@ from pymodbus.pdu.register_message import (
     WriteSingleRegisterRequest,
 )
 
-from meterd.collector.channel import Channel, WrongPeer
+from meterd.collector.channel import ROUTINE, Channel, WrongPeer
 from meterd.errors import DeviceRejectedError, ProtocolError
 from meterd.protocols.modbus import Function, ReadBlock, WriteRequest
 
@@ -142,7 +142,7 @@ class ModbusLink:
         self._framer = FramerRTU(self._decoder) if self.framing is Framing.RTU else FramerSocket(self._decoder)
         self._tid = 0
 
-    async def execute(self, meter: str, unit: int, request: ModbusPDU) -> ModbusPDU:
+    async def execute(self, meter: str, unit: int, request: ModbusPDU, *, priority: int = ROUTINE) -> ModbusPDU:
         """Send ``request`` to ``unit``; the reply PDU (an :class:`ExceptionResponse` is a reply).
 
         Raises :class:`~meterd.collector.channel.TransactionError` when every attempt failed.
@@ -160,13 +160,16 @@ class ModbusLink:
         reply = await self.channel.exchange(
             meter, wire, lambda: ModbusReply(framing, decoder, unit, tid, fc), request=request,
             expect_reply=unit != 0,  # unit 0 is broadcast: nobody answers
+            priority=priority,
         )
         return reply
 
-    async def read_block(self, meter: str, unit: int, block: ReadBlock) -> list[int] | list[bool]:
+    async def read_block(
+        self, meter: str, unit: int, block: ReadBlock, *, priority: int = ROUTINE
+    ) -> list[int] | list[bool]:
         """The registers (or bits) of one planned read.  Raises ModbusRefused on an exception reply."""
         request = _READS[block.function](address=block.address, count=block.count)
-        reply = _checked(meter, await self.execute(meter, unit, request))
+        reply = _checked(meter, await self.execute(meter, unit, request, priority=priority))
         if block.function.is_bit:
             bits = list(reply.bits)
             if len(bits) < block.count:
@@ -180,7 +183,7 @@ class ModbusLink:
             )
         return registers
 
-    async def write(self, meter: str, unit: int, write: WriteRequest) -> None:
+    async def write(self, meter: str, unit: int, write: WriteRequest, *, priority: int = ROUTINE) -> None:
         """Send one write (FC05 / FC06 / FC16).  Raises ModbusRefused on an exception reply."""
         request: ModbusPDU
         if write.function is Function.COIL:
@@ -189,7 +192,7 @@ class ModbusLink:
             request = WriteSingleRegisterRequest(address=write.address, registers=[int(write.values[0])])
         else:
             request = WriteMultipleRegistersRequest(address=write.address, registers=[int(v) for v in write.values])
-        _checked(meter, await self.execute(meter, unit, request))
+        _checked(meter, await self.execute(meter, unit, request, priority=priority))
 
 
 def _checked(meter: str, reply: ModbusPDU) -> ModbusPDU:

@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from typing import Awaitable, Callable, Iterable, Sequence, Union
 
-from meterd.collector.channel import Channel, FailureKind, TransactionError
+from meterd.collector.channel import ROUTINE, Channel, FailureKind, TransactionError
 from meterd.collector.modbus import ModbusLink, ModbusRefused
 from meterd.errors import ProtocolError
 from meterd.protocols.dlt645 import catalogue
@@ -105,10 +105,11 @@ class ReadFailed(Exception):
 
 
 async def read_item(
-    channel: Channel, address: str, di: int, *, count: int | None = None, start: datetime | None = None
+    channel: Channel, address: str, di: int, *, count: int | None = None, start: datetime | None = None,
+    priority: int = ROUTINE,
 ) -> bytes:
     """Read one identifier, following up until the meter says there is no more.  Payload bytes."""
-    reply = await channel.transact(encode_request(ReadRequest(address, di, count, start)))
+    reply = await channel.transact(encode_request(ReadRequest(address, di, count, start)), priority=priority)
     assert reply is not None
     try:
         message = decode_response(reply)
@@ -125,7 +126,7 @@ async def read_item(
         seq += 1
         if seq > MAX_FOLLOW_UPS:
             raise ReadFailed(FailureKind.GARBLED, f"{di:08X}: more than {MAX_FOLLOW_UPS} follow-up frames")
-        reply = await channel.transact(encode_request(ReadFollowUpRequest(address, di, seq)))
+        reply = await channel.transact(encode_request(ReadFollowUpRequest(address, di, seq)), priority=priority)
         assert reply is not None
         follow = decode_response(reply)
         if isinstance(follow, AbnormalResponse):
