@@ -83,6 +83,12 @@ class ControlOutcome:
     confirmed: bool = False
     read_back: dict[str, bool] = field(default_factory=dict)
     detail: str = ""
+    failure: str = ""  # "" | "unsupported" | "unreachable" | "refused" | "read-back" | "anomaly"
+
+    @property
+    def retryable(self) -> bool:
+        """The meter could not be reached (or its state not read): worth trying again later."""
+        return self.failure in ("unreachable", "read-back")
 
 
 async def send_relay_command(
@@ -103,6 +109,7 @@ async def send_relay_command(
     """
     outcome = ControlOutcome(meter.address, command, now)
     if meter.protocol == DLT645_1997:
+        outcome.failure = "unsupported"
         _fail(outcome, "DL/T 645-1997 defines no relay-control command; this meter cannot be switched remotely")
     try:
         if meter.protocol == MODBUS:
@@ -114,10 +121,13 @@ async def send_relay_command(
             await asyncio.sleep(settle)
         outcome.read_back = await read_relay_state(channel, meter, link=link)
     except TransactionError as exc:
+        outcome.failure = "read-back" if outcome.acknowledged else "unreachable"
         _fail(outcome, f"{'no acknowledgement' if not outcome.acknowledged else 'read-back failed'}: {exc}")
     except ModbusRefused as exc:
+        outcome.failure = "refused"
         _fail(outcome, f"refused: {exc.error}")
     except (ReadFailed, ProtocolError) as exc:
+        outcome.failure = "read-back" if outcome.acknowledged else "refused"
         _fail(outcome, f"read-back failed: {exc}")
     flag, expected = EXPECTED[command]
     if flag not in outcome.read_back:
@@ -125,8 +135,10 @@ async def send_relay_command(
             outcome.confirmed = True
             outcome.detail = "acknowledged; the meter does not report the command flag"
             return outcome
+        outcome.failure = "unsupported"
         _fail(outcome, f"the meter does not report {flag}, so {command.name} cannot be confirmed")
     if outcome.read_back[flag] != expected:
+        outcome.failure = "anomaly"
         _fail(outcome, f"control anomaly: {command.name} acknowledged but {flag} reads {outcome.read_back[flag]}")
     outcome.confirmed = True
     outcome.detail = f"{flag} = {expected} read back"
@@ -190,6 +202,7 @@ async def _modbus_command(
 
 def _fail(outcome: ControlOutcome, why: str) -> None:
     outcome.detail = why
+    outcome.failure = outcome.failure or ("refused" if why.startswith("refused") else "unsupported")
     error = ControlError(f"meter {outcome.meter}: {outcome.command.name}: {why}")
     error.outcome = outcome  # type: ignore[attr-defined]
     raise error

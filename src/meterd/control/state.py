@@ -1,0 +1,794 @@
+"""The prepaid side of the state database: accounts, the ledger, balances, charging cursors,
+commands, relay states and the audit log, in ``state.sqlite3`` beside the meter archive.
+
+Exactly-once is the design:
+
+- ``ledger.key`` is UNIQUE (payment id, ``charge:meter:rate:period:n``, adjustment id,
+  ``fixed:account:month``).  An entry is inserted with ``INSERT OR IGNORE`` and the balance moves
+  only when the row went in, in the same transaction, so a replay, a restart or a duplicate
+  delivery applies nothing twice and ``balance == SUM(ledger)`` always holds
+  (:meth:`ControlStore.verify_balances` checks it).
+- Amounts are stored as integer fen (``amount_fen``) beside their text: sums in SQL are exact, and
+  ``Decimal`` comes back with two places.  Amounts finer than a fen are refused, never rounded away.
+- A charging pass writes its entries, the cursors it advanced, tier usage and flags in one
+  transaction: a kill -9 leaves either all of it or none of it.
+- A command is marked ``sent`` and committed *before* its bytes go out.  After a crash a ``sent``
+  command is never sent again; it is settled by reading the relay back
+  (:mod:`meterd.control.commands`).
+- Writers take the database lock up front (``BEGIN IMMEDIATE``), so the daemon and a CLI
+  ``meterd pay`` in another process serialise instead of failing half-way.
+
+Every ledger change and every command transition is written to ``audit`` in the same transaction,
+with who (an operator, ``policy``, ``billing``, ``daemon``) and why.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Final, Iterable, Iterator, Mapping, Sequence
+
+from meterd.control.model import (
+    CommandKind,
+    CommandRequest,
+    CommandState,
+    EntryKind,
+    LedgerEntry,
+    Rate,
+)
+from meterd.storage.sqlite import STATE_FILE, from_ms, to_ms
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS accounts (
+    account     TEXT NOT NULL PRIMARY KEY,
+    customer    TEXT NOT NULL DEFAULT '',
+    area        TEXT NOT NULL DEFAULT '',
+    tariff      TEXT NOT NULL,
+    protected   INTEGER NOT NULL DEFAULT 0,
+    thresholds  TEXT NOT NULL DEFAULT '{}',
+    opened_ts   INTEGER NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'normal',
+    held        TEXT,
+    manual_until_ts INTEGER,
+    fixed_through_ts INTEGER,
+    balance_fen INTEGER NOT NULL DEFAULT 0,
+    last_seq    INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS accounts_area ON accounts (area);
+CREATE TABLE IF NOT EXISTS account_meters (
+    meter       TEXT NOT NULL PRIMARY KEY,
+    account     TEXT NOT NULL,
+    multiplier  TEXT NOT NULL DEFAULT '1'
+);
+CREATE INDEX IF NOT EXISTS account_meters_account ON account_meters (account);
+CREATE TABLE IF NOT EXISTS ledger (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    key         TEXT NOT NULL UNIQUE,
+    account     TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    amount_fen  INTEGER NOT NULL,
+    ts          INTEGER NOT NULL,
+    recorded_ts INTEGER NOT NULL,
+    actor       TEXT NOT NULL,
+    detail      TEXT NOT NULL DEFAULT '',
+    meter       TEXT,
+    rate        TEXT,
+    kwh         TEXT,
+    price       TEXT,
+    period_start_ts INTEGER,
+    period_end_ts   INTEGER
+);
+CREATE INDEX IF NOT EXISTS ledger_account ON ledger (account, seq);
+CREATE TABLE IF NOT EXISTS cursors (
+    meter  TEXT NOT NULL,
+    rate   TEXT NOT NULL,
+    ts     INTEGER NOT NULL,
+    value  TEXT NOT NULL,
+    PRIMARY KEY (meter, rate)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tier_usage (
+    account TEXT NOT NULL,
+    period  TEXT NOT NULL,
+    kwh     TEXT NOT NULL,
+    PRIMARY KEY (account, period)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS charge_flags (
+    id      INTEGER PRIMARY KEY,
+    meter   TEXT NOT NULL,
+    rate    TEXT NOT NULL,
+    ts      INTEGER NOT NULL,
+    kind    TEXT NOT NULL,
+    detail  TEXT NOT NULL,
+    UNIQUE (meter, rate, ts, kind)
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    meter        TEXT NOT NULL,
+    account      TEXT,
+    kind         TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    manual       INTEGER NOT NULL DEFAULT 0,
+    created_ts   INTEGER NOT NULL,
+    expires_ts   INTEGER NOT NULL,
+    next_try_ts  INTEGER NOT NULL,
+    sent_ts      INTEGER,
+    finished_ts  INTEGER,
+    tries        INTEGER NOT NULL DEFAULT 0,
+    detail       TEXT NOT NULL DEFAULT '',
+    read_back    TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS commands_state ON commands (state, next_try_ts);
+CREATE INDEX IF NOT EXISTS commands_meter ON commands (meter, id);
+CREATE TABLE IF NOT EXISTS relay_states (
+    meter   TEXT NOT NULL PRIMARY KEY,
+    ts      INTEGER NOT NULL,
+    flags   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts      INTEGER NOT NULL,
+    actor   TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail  TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS audit_subject ON audit (subject, id);
+"""
+
+ACTIVE_STATES: Final = (CommandState.QUEUED.value, CommandState.SENT.value)
+# Commands that undo each other: queuing one cancels the other if it has not gone out yet.
+OPPOSITE: Final = {
+    CommandKind.TRIP: (CommandKind.RECLOSE, CommandKind.RECLOSE_ALLOWED),
+    CommandKind.RECLOSE: (CommandKind.TRIP,),
+    CommandKind.RECLOSE_ALLOWED: (CommandKind.TRIP,),
+    CommandKind.ALARM: (CommandKind.ALARM_RELEASE,),
+    CommandKind.ALARM_RELEASE: (CommandKind.ALARM,),
+    CommandKind.PROTECT: (CommandKind.PROTECT_RELEASE,),
+    CommandKind.PROTECT_RELEASE: (CommandKind.PROTECT,),
+}
+
+
+class LedgerError(ValueError):
+    """A payment, adjustment or account that cannot be applied; the message says why."""
+
+
+def to_fen(amount: Decimal | str | int, *, what: str = "amount") -> int:
+    """Exact yuan -> integer fen; refuses non-numbers, NaN/infinity and fractions of a fen."""
+    try:
+        value = Decimal(str(amount).strip()) if not isinstance(amount, Decimal) else amount
+    except InvalidOperation:
+        raise LedgerError(f"{what} {amount!r} is not a number") from None
+    if not value.is_finite():
+        raise LedgerError(f"{what} {amount!r} is not a finite number")
+    fen = value * 100
+    if fen != fen.to_integral_value():
+        raise LedgerError(f"{what} {amount} has more than two decimal places (fen)")
+    return int(fen)
+
+
+def from_fen(fen: int) -> Decimal:
+    return Decimal(fen).scaleb(-2)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSpec:
+    """An account as configured or imported (the billing system is the system of record)."""
+
+    account: str
+    tariff: str
+    meters: Mapping[str, Decimal]  # meter address -> CT × PT
+    customer: str = ""
+    area: str = ""
+    protected: bool = False
+    thresholds: Mapping[str, str] = field(default_factory=dict)  # overrides of the site defaults
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    account: str
+    customer: str
+    area: str
+    tariff: str
+    protected: bool
+    thresholds: dict[str, str]
+    opened: datetime
+    state: str
+    held: str | None
+    balance: Decimal
+    meters: dict[str, Decimal]
+    manual_until: datetime | None = None
+    fixed_through: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    seq: int
+    key: str
+    account: str
+    kind: EntryKind
+    amount: Decimal
+    at: datetime
+    recorded: datetime
+    actor: str
+    detail: str
+    meter: str | None = None
+    rate: str | None = None
+    kwh: Decimal | None = None
+    price: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What :meth:`ControlStore.pay` / :meth:`adjust` did: ``applied`` False means nothing
+    changed (a duplicate id) and ``reason`` says so."""
+
+    applied: bool
+    balance: Decimal
+    reason: str = ""
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    id: int
+    meter: str
+    account: str | None
+    kind: CommandKind
+    state: CommandState
+    reason: str
+    requested_by: str
+    manual: bool
+    created: datetime
+    expires: datetime
+    next_try: datetime
+    sent: datetime | None
+    finished: datetime | None
+    tries: int
+    detail: str
+    read_back: dict[str, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    detail: dict[str, Any]
+
+
+def _dec(text: str | None) -> Decimal | None:
+    return None if text is None else Decimal(text)
+
+
+def _opt_ms(at: datetime | None) -> int | None:
+    return None if at is None else to_ms(at)
+
+
+def _opt_dt(ms: int | None) -> datetime | None:
+    return None if ms is None else from_ms(ms)
+
+
+class ControlStore:
+    """Prepaid state in ``data_dir/state.sqlite3`` (shared with the meter archive)."""
+
+    def __init__(self, data_dir: Path | str) -> None:
+        self.path = Path(data_dir) / STATE_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA busy_timeout=30000")
+        with self._lock:
+            self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> ControlStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taking the database lock up front; rolled back on any error."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def _audit(self, conn: sqlite3.Connection, now: datetime, actor: str, action: str, subject: str,
+               detail: Mapping[str, Any]) -> None:
+        conn.execute(
+            "INSERT INTO audit (ts, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+            (to_ms(now), actor, action, subject, json.dumps(detail, default=str, ensure_ascii=False)),
+        )
+
+    # --- accounts ------------------------------------------------------------------------------
+
+    def upsert_accounts(self, specs: Iterable[AccountSpec], *, actor: str, now: datetime) -> list[str]:
+        """Create or update accounts and their meter assignments; returns what changed, one line each
+        (also audited).  Balances, ledger and control state are never touched here."""
+        changes: list[str] = []
+        with self._write() as conn:
+            for spec in specs:
+                thresholds = json.dumps(dict(sorted(spec.thresholds.items())))
+                row = conn.execute("SELECT * FROM accounts WHERE account = ?", (spec.account,)).fetchone()
+                if row is None:
+                    conn.execute(
+                        "INSERT INTO accounts (account, customer, area, tariff, protected, thresholds, opened_ts) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (spec.account, spec.customer, spec.area, spec.tariff, int(spec.protected), thresholds,
+                         to_ms(now)),
+                    )
+                    changes.append(f"account {spec.account}: created (tariff {spec.tariff}, area {spec.area!r})")
+                else:
+                    fields = {"customer": spec.customer, "area": spec.area, "tariff": spec.tariff,
+                              "protected": int(spec.protected), "thresholds": thresholds}
+                    diff = {k: (row[k], v) for k, v in fields.items() if row[k] != v}
+                    if diff:
+                        conn.execute(
+                            "UPDATE accounts SET " + ", ".join(f"{k} = ?" for k in diff) + " WHERE account = ?",
+                            (*(v for _, v in diff.values()), spec.account),
+                        )
+                        changes.append(f"account {spec.account}: " + ", ".join(
+                            f"{k} {old!r} -> {new!r}" for k, (old, new) in diff.items()))
+                current = {r["meter"]: r for r in conn.execute(
+                    "SELECT meter, multiplier FROM account_meters WHERE account = ?", (spec.account,))}
+                for meter, multiplier in spec.meters.items():
+                    owner = conn.execute("SELECT account, multiplier FROM account_meters WHERE meter = ?",
+                                         (meter,)).fetchone()
+                    if owner is None:
+                        conn.execute("INSERT INTO account_meters (meter, account, multiplier) VALUES (?, ?, ?)",
+                                     (meter, spec.account, str(multiplier)))
+                        changes.append(f"account {spec.account}: meter {meter} assigned (×{multiplier})")
+                    elif owner["account"] != spec.account or Decimal(owner["multiplier"]) != multiplier:
+                        conn.execute("UPDATE account_meters SET account = ?, multiplier = ? WHERE meter = ?",
+                                     (spec.account, str(multiplier), meter))
+                        changes.append(f"account {spec.account}: meter {meter} moved from {owner['account']} "
+                                       f"(×{owner['multiplier']} -> ×{multiplier})")
+                for meter in set(current) - set(spec.meters):
+                    conn.execute("DELETE FROM account_meters WHERE meter = ?", (meter,))
+                    changes.append(f"account {spec.account}: meter {meter} unassigned")
+            for line in changes:
+                self._audit(conn, now, actor, "account", line.split(":", 1)[0].split()[1], {"change": line})
+        return changes
+
+    def _account(self, row: sqlite3.Row, meters: dict[str, Decimal]) -> Account:
+        return Account(
+            account=row["account"], customer=row["customer"], area=row["area"], tariff=row["tariff"],
+            protected=bool(row["protected"]), thresholds=json.loads(row["thresholds"]),
+            opened=from_ms(row["opened_ts"]), state=row["state"], held=row["held"],
+            balance=from_fen(row["balance_fen"]), meters=meters,
+            manual_until=_opt_dt(row["manual_until_ts"]), fixed_through=_opt_dt(row["fixed_through_ts"]),
+        )
+
+    def account(self, account: str) -> Account | None:
+        rows = self._read("SELECT * FROM accounts WHERE account = ?", (account,))
+        if not rows:
+            return None
+        meters = {r["meter"]: Decimal(r["multiplier"]) for r in self._read(
+            "SELECT meter, multiplier FROM account_meters WHERE account = ? ORDER BY meter", (account,))}
+        return self._account(rows[0], meters)
+
+    def accounts(self, *, area: str | None = None, names: Iterable[str] | None = None) -> list[Account]:
+        meters: dict[str, dict[str, Decimal]] = {}
+        for r in self._read("SELECT meter, account, multiplier FROM account_meters ORDER BY meter"):
+            meters.setdefault(r["account"], {})[r["meter"]] = Decimal(r["multiplier"])
+        if area is not None:
+            rows = self._read("SELECT * FROM accounts WHERE area = ? ORDER BY account", (area,))
+        else:
+            rows = self._read("SELECT * FROM accounts ORDER BY account")
+        wanted = None if names is None else set(names)
+        return [self._account(r, meters.get(r["account"], {})) for r in rows
+                if wanted is None or r["account"] in wanted]
+
+    def meter_accounts(self) -> dict[str, tuple[str, Decimal]]:
+        """meter -> (account, CT × PT) for every assigned meter."""
+        return {r["meter"]: (r["account"], Decimal(r["multiplier"]))
+                for r in self._read("SELECT meter, account, multiplier FROM account_meters")}
+
+    def set_control_state(self, updates: Iterable[tuple[str, str, str | None]], *, now: datetime,
+                          actor: str = "policy") -> None:
+        """(account, new state, held reason) for each account whose control state changed."""
+        with self._write() as conn:
+            for account, state, held in updates:
+                old = conn.execute("SELECT state, held FROM accounts WHERE account = ?", (account,)).fetchone()
+                if old is None or (old["state"], old["held"]) == (state, held):
+                    continue
+                conn.execute("UPDATE accounts SET state = ?, held = ? WHERE account = ?", (state, held, account))
+                self._audit(conn, now, actor, "control-state", account,
+                            {"from": old["state"], "to": state, "held": held})
+
+    def set_manual_until(self, account: str, until: datetime | None, *, now: datetime, actor: str,
+                         reason: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE accounts SET manual_until_ts = ? WHERE account = ?", (_opt_ms(until), account))
+            self._audit(conn, now, actor, "manual-hold", account, {"until": until, "reason": reason})
+
+    # --- ledger --------------------------------------------------------------------------------
+
+    def _insert_entry(self, conn: sqlite3.Connection, entry: LedgerEntry, fen: int, actor: str,
+                      now: datetime) -> int | None:
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO ledger (key, account, kind, amount_fen, ts, recorded_ts, actor, detail, meter, "
+            "rate, kwh, price, period_start_ts, period_end_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (entry.key, entry.account, str(entry.kind), fen, to_ms(entry.at), to_ms(now), actor, entry.detail,
+             entry.meter, None if entry.rate is None else str(entry.rate),
+             None if entry.kwh is None else str(entry.kwh), None if entry.price is None else str(entry.price),
+             _opt_ms(entry.period_start), _opt_ms(entry.period_end)),
+        )
+        if cur.rowcount != 1:
+            return None
+        seq = cur.lastrowid
+        conn.execute("UPDATE accounts SET balance_fen = balance_fen + ?, last_seq = ? WHERE account = ?",
+                     (fen, seq, entry.account))
+        return seq
+
+    def apply(self, entries: Sequence[LedgerEntry], *, actor: str, now: datetime,
+              audit_each: bool = True) -> list[LedgerEntry]:
+        """Append ``entries`` in one transaction; those whose key is already in the ledger are skipped.
+        Returns the entries that were applied.  Every entry's account must exist."""
+        applied: list[LedgerEntry] = []
+        fens = [to_fen(e.amount, what=f"ledger entry {e.key}: amount") for e in entries]
+        with self._write() as conn:
+            known = {r[0] for r in conn.execute("SELECT account FROM accounts")} if entries else set()
+            for entry, fen in zip(entries, fens):
+                if entry.account not in known:
+                    raise LedgerError(f"ledger entry {entry.key}: unknown account {entry.account}")
+                if self._insert_entry(conn, entry, fen, actor, now) is not None:
+                    applied.append(entry)
+                    if audit_each:
+                        self._audit(conn, now, actor, str(entry.kind), entry.account,
+                                    {"key": entry.key, "amount": entry.amount, "detail": entry.detail})
+        return applied
+
+    def _money_entry(self, kind: EntryKind, account: str, amount: Decimal | str, key: str, *, actor: str,
+                     now: datetime, detail: str, positive: bool) -> Applied:
+        if not key or not str(key).strip():
+            raise LedgerError(f"{kind} for account {account}: a reference id is required")
+        fen = to_fen(amount, what=f"{kind} {key}: amount")
+        if positive and fen <= 0:
+            raise LedgerError(f"{kind} {key}: amount {amount} must be positive")
+        if not positive and fen == 0:
+            raise LedgerError(f"{kind} {key}: amount must not be zero")
+        entry = LedgerEntry(key=f"{kind}:{key}", account=account, kind=kind, amount=from_fen(fen), at=now,
+                            detail=detail)
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM accounts WHERE account = ?", (account,)).fetchone() is None:
+                raise LedgerError(f"{kind} {key}: unknown account {account}")
+            existing = conn.execute("SELECT account, amount_fen, recorded_ts FROM ledger WHERE key = ?",
+                                    (entry.key,)).fetchone()
+            if existing is not None:
+                balance = conn.execute("SELECT balance_fen FROM accounts WHERE account = ?", (account,)).fetchone()
+                same = existing["account"] == account and existing["amount_fen"] == fen
+                why = (f"{kind} {key} was already applied on {from_ms(existing['recorded_ts']).isoformat()}"
+                       + ("; nothing changed" if same else
+                          f" to account {existing['account']} for {from_fen(existing['amount_fen'])}; "
+                          f"this differing duplicate was ignored"))
+                self._audit(conn, now, actor, f"{kind}-duplicate", account, {"key": key, "amount": amount,
+                                                                              "reason": why})
+                return Applied(False, from_fen(balance["balance_fen"]), why)
+            seq = self._insert_entry(conn, entry, fen, actor, now)
+            self._audit(conn, now, actor, str(kind), account, {"key": key, "amount": entry.amount, "detail": detail})
+            balance = conn.execute("SELECT balance_fen FROM accounts WHERE account = ?", (account,)).fetchone()
+        return Applied(True, from_fen(balance["balance_fen"]), seq=seq)
+
+    def pay(self, account: str, amount: Decimal | str, ref: str, *, actor: str, now: datetime,
+            detail: str = "") -> Applied:
+        """A payment (counter, billing import).  ``ref`` is the payment id: a second payment with the
+        same id applies nothing and says when the first was applied."""
+        return self._money_entry(EntryKind.PAYMENT, account, amount, ref, actor=actor, now=now,
+                                 detail=detail or f"payment {ref}", positive=True)
+
+    def adjust(self, account: str, amount: Decimal | str, ref: str, *, actor: str, now: datetime,
+               reason: str) -> Applied:
+        """A signed adjustment (credit or debit) with its id and reason."""
+        if not reason or not reason.strip():
+            raise LedgerError(f"adjustment {ref}: a reason is required")
+        return self._money_entry(EntryKind.ADJUSTMENT, account, amount, ref, actor=actor, now=now,
+                                 detail=reason, positive=False)
+
+    def balance(self, account: str) -> Decimal:
+        rows = self._read("SELECT balance_fen FROM accounts WHERE account = ?", (account,))
+        if not rows:
+            raise LedgerError(f"unknown account {account}")
+        return from_fen(rows[0][0])
+
+    def ledger(self, account: str, *, since: datetime | None = None, limit: int | None = None) -> list[LedgerRow]:
+        sql = "SELECT * FROM ledger WHERE account = ?"
+        params: list[Any] = [account]
+        if since is not None:
+            sql += " AND ts >= ?"
+            params.append(to_ms(since))
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql.replace('ORDER BY seq', 'ORDER BY seq DESC')} LIMIT ?) ORDER BY seq"
+            params.append(limit)
+        return [
+            LedgerRow(seq=r["seq"], key=r["key"], account=r["account"], kind=EntryKind(r["kind"]),
+                      amount=from_fen(r["amount_fen"]), at=from_ms(r["ts"]), recorded=from_ms(r["recorded_ts"]),
+                      actor=r["actor"], detail=r["detail"], meter=r["meter"], rate=r["rate"],
+                      kwh=_dec(r["kwh"]), price=_dec(r["price"]))
+            for r in self._read(sql, params)
+        ]
+
+    def verify_balances(self) -> list[str]:
+        """Accounts whose kept balance differs from the sum of their ledger (should be none)."""
+        rows = self._read(
+            "SELECT a.account, a.balance_fen, COALESCE(SUM(l.amount_fen), 0) AS total FROM accounts a "
+            "LEFT JOIN ledger l ON l.account = a.account GROUP BY a.account HAVING a.balance_fen != total")
+        return [f"account {r['account']}: balance {from_fen(r['balance_fen'])} but ledger sums to "
+                f"{from_fen(r['total'])}" for r in rows]
+
+    def last_seq(self) -> int:
+        return self._read("SELECT COALESCE(MAX(seq), 0) FROM ledger")[0][0]
+
+    def accounts_changed_since(self, seq: int) -> set[str]:
+        return {r[0] for r in self._read("SELECT DISTINCT account FROM ledger WHERE seq > ?", (seq,))}
+
+    def average_daily_cost(self, now: datetime, *, days: int = 30) -> dict[str, Decimal]:
+        """Per account: charges (energy and fixed) over the last ``days`` days ÷ days, as a cost ≥ 0."""
+        since = to_ms(now - timedelta(days=days))
+        rows = self._read(
+            "SELECT account, -SUM(amount_fen) FROM ledger WHERE kind IN ('charge', 'fixed') AND ts >= ? "
+            "GROUP BY account", (since,))
+        return {r[0]: (from_fen(r[1]) / days).quantize(Decimal("0.01")) for r in rows}
+
+    # --- charging state ------------------------------------------------------------------------
+
+    def cursors(self, meters: Iterable[str] | None = None) -> dict[tuple[str, Rate], tuple[datetime, Decimal]]:
+        if meters is None:
+            rows = self._read("SELECT * FROM cursors")
+        else:
+            wanted = list(meters)
+            rows = []
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i:i + 500]
+                rows += self._read(f"SELECT * FROM cursors WHERE meter IN ({','.join('?' * len(chunk))})", chunk)
+        return {(r["meter"], Rate(r["rate"])): (from_ms(r["ts"]), Decimal(r["value"])) for r in rows}
+
+    def tier_usage(self) -> dict[tuple[str, str], Decimal]:
+        return {(r["account"], r["period"]): Decimal(r["kwh"]) for r in self._read("SELECT * FROM tier_usage")}
+
+    def commit_charging(
+        self,
+        entries: Sequence[LedgerEntry],
+        cursors: Iterable[tuple[str, Rate, datetime, Decimal]],
+        usage: Iterable[tuple[str, str, Decimal]],
+        flags: Iterable[tuple[str, Rate, datetime, str, str]],
+        fixed_through: Mapping[str, datetime],
+        *,
+        now: datetime,
+        actor: str = "charging",
+    ) -> int:
+        """One charging pass, all or nothing: entries (duplicates skipped), advanced cursors, tier
+        usage, flags and fixed-charge watermarks.  Returns the number of entries applied.  The pass
+        is audited as one line per account charged (entries are in the ledger itself)."""
+        fens = [to_fen(e.amount, what=f"ledger entry {e.key}: amount") for e in entries]
+        applied: dict[str, list[int]] = {}
+        with self._write() as conn:
+            for entry, fen in zip(entries, fens):
+                if self._insert_entry(conn, entry, fen, actor, now) is not None:
+                    totals = applied.setdefault(entry.account, [0, 0])
+                    totals[0] += 1
+                    totals[1] += fen
+            conn.executemany(
+                "INSERT INTO cursors (meter, rate, ts, value) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (meter, rate) DO UPDATE SET ts = excluded.ts, value = excluded.value",
+                [(m, str(r), to_ms(at), str(v)) for m, r, at, v in cursors])
+            conn.executemany(
+                "INSERT INTO tier_usage (account, period, kwh) VALUES (?, ?, ?) "
+                "ON CONFLICT (account, period) DO UPDATE SET kwh = excluded.kwh",
+                [(a, p, str(k)) for a, p, k in usage])
+            conn.executemany(
+                "INSERT OR IGNORE INTO charge_flags (meter, rate, ts, kind, detail) VALUES (?, ?, ?, ?, ?)",
+                [(m, str(r), to_ms(at), k, d) for m, r, at, k, d in flags])
+            conn.executemany("UPDATE accounts SET fixed_through_ts = ? WHERE account = ?",
+                             [(to_ms(at), a) for a, at in fixed_through.items()])
+            conn.executemany(
+                "INSERT INTO audit (ts, actor, action, subject, detail) VALUES (?, ?, 'charge', ?, ?)",
+                [(to_ms(now), actor, account, json.dumps({"entries": n, "amount": str(from_fen(fen))}))
+                 for account, (n, fen) in applied.items()])
+        return sum(n for n, _ in applied.values())
+
+    def charge_flags(self, *, meter: str | None = None, limit: int = 100) -> list[tuple[str, str, datetime, str, str]]:
+        sql, params = "SELECT * FROM charge_flags", []
+        if meter is not None:
+            sql += " WHERE meter = ?"
+            params.append(meter)
+        rows = self._read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [(r["meter"], r["rate"], from_ms(r["ts"]), r["kind"], r["detail"]) for r in rows]
+
+    # --- commands ------------------------------------------------------------------------------
+
+    def _command(self, r: sqlite3.Row) -> Command:
+        return Command(
+            id=r["id"], meter=r["meter"], account=r["account"], kind=CommandKind(r["kind"]),
+            state=CommandState(r["state"]), reason=r["reason"], requested_by=r["requested_by"],
+            manual=bool(r["manual"]), created=from_ms(r["created_ts"]), expires=from_ms(r["expires_ts"]),
+            next_try=from_ms(r["next_try_ts"]), sent=_opt_dt(r["sent_ts"]), finished=_opt_dt(r["finished_ts"]),
+            tries=r["tries"], detail=r["detail"], read_back=json.loads(r["read_back"]),
+        )
+
+    def queue_commands(self, requests: Sequence[CommandRequest], *, now: datetime, ttl: timedelta,
+                       dry_run: bool = False) -> list[Command]:
+        """Queue commands (one transaction).  A request identical in meter and kind to a command
+        still queued or sent is not queued again; one that undoes a queued command cancels it
+        (superseded).  In dry-run mode the commands are recorded as ``dry-run`` and never sent."""
+        created: list[int] = []
+        with self._write() as conn:
+            for req in requests:
+                active = conn.execute(
+                    "SELECT id, kind, state FROM commands WHERE meter = ? AND state IN (?, ?) ORDER BY id",
+                    (req.meter, *ACTIVE_STATES)).fetchall()
+                if any(r["kind"] == req.kind.value for r in active):
+                    continue
+                for r in active:
+                    if r["state"] == CommandState.QUEUED and CommandKind(r["kind"]) in OPPOSITE[req.kind]:
+                        conn.execute("UPDATE commands SET state = ?, finished_ts = ?, detail = ? WHERE id = ?",
+                                     (CommandState.CANCELLED.value, to_ms(now),
+                                      f"superseded by {req.kind} ({req.reason})", r["id"]))
+                        self._audit(conn, now, req.requested_by, "command-cancelled", req.meter,
+                                    {"id": r["id"], "reason": f"superseded by {req.kind}"})
+                state = CommandState.DRY_RUN if dry_run else CommandState.QUEUED
+                cur = conn.execute(
+                    "INSERT INTO commands (meter, account, kind, state, reason, requested_by, manual, created_ts, "
+                    "expires_ts, next_try_ts, finished_ts, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (req.meter, req.account, req.kind.value, state.value, req.reason, req.requested_by,
+                     int(req.manual), to_ms(now), to_ms(now + ttl), to_ms(now),
+                     to_ms(now) if dry_run else None, "dry run: not sent" if dry_run else ""),
+                )
+                created.append(cur.lastrowid)
+                self._audit(conn, now, req.requested_by, "command-queued", req.meter,
+                            {"id": cur.lastrowid, "kind": req.kind.value, "account": req.account,
+                             "reason": req.reason, "dry_run": dry_run, **req.extra})
+        return [self.command(i) for i in created]  # type: ignore[misc]
+
+    def command(self, command_id: int) -> Command | None:
+        rows = self._read("SELECT * FROM commands WHERE id = ?", (command_id,))
+        return self._command(rows[0]) if rows else None
+
+    def commands(self, *, state: str | None = None, meter: str | None = None, limit: int = 200) -> list[Command]:
+        sql, params = "SELECT * FROM commands WHERE 1 = 1", []
+        if state is not None:
+            sql += " AND state = ?"
+            params.append(state)
+        if meter is not None:
+            sql += " AND meter = ?"
+            params.append(meter)
+        return [self._command(r) for r in self._read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))]
+
+    def due_commands(self, now: datetime, *, limit: int = 1000) -> list[Command]:
+        rows = self._read("SELECT * FROM commands WHERE state = ? AND next_try_ts <= ? ORDER BY id LIMIT ?",
+                          (CommandState.QUEUED.value, to_ms(now), limit))
+        return [self._command(r) for r in rows]
+
+    def next_due(self) -> datetime | None:
+        rows = self._read("SELECT MIN(next_try_ts) FROM commands WHERE state = ?", (CommandState.QUEUED.value,))
+        return _opt_dt(rows[0][0])
+
+    def in_flight(self) -> list[Command]:
+        """Commands marked sent whose outcome was never recorded (the daemon died mid-command)."""
+        return [self._command(r) for r in self._read("SELECT * FROM commands WHERE state = ? ORDER BY id",
+                                                     (CommandState.SENT.value,))]
+
+    def _transition(self, command_id: int, to: CommandState, *, now: datetime, actor: str, detail: str,
+                    expect: Sequence[CommandState], read_back: Mapping[str, bool] | None = None,
+                    next_try: datetime | None = None) -> Command:
+        with self._write() as conn:
+            row = conn.execute("SELECT * FROM commands WHERE id = ?", (command_id,)).fetchone()
+            if row is None:
+                raise LedgerError(f"no command #{command_id}")
+            current = CommandState(row["state"])
+            if current not in expect:
+                raise LedgerError(f"command #{command_id} is {current}, not {' or '.join(map(str, expect))}")
+            sets = {"state": to.value, "detail": detail}
+            if to is CommandState.SENT:
+                sets |= {"sent_ts": to_ms(now), "tries": row["tries"] + 1}
+            elif to.final:
+                sets["finished_ts"] = to_ms(now)
+            if read_back is not None:
+                sets["read_back"] = json.dumps(dict(read_back))
+            if next_try is not None:
+                sets["next_try_ts"] = to_ms(next_try)
+            conn.execute("UPDATE commands SET " + ", ".join(f"{k} = ?" for k in sets) + " WHERE id = ?",
+                         (*sets.values(), command_id))
+            self._audit(conn, now, actor, f"command-{to.value}", row["meter"],
+                        {"id": command_id, "kind": row["kind"], "from": current.value, "detail": detail,
+                         **({"read_back": dict(read_back)} if read_back else {})})
+            row = conn.execute("SELECT * FROM commands WHERE id = ?", (command_id,)).fetchone()
+        return self._command(row)
+
+    def mark_sent(self, command_id: int, *, now: datetime) -> Command:
+        """Claim a queued command for sending; committed before any byte goes out."""
+        return self._transition(command_id, CommandState.SENT, now=now, actor="daemon", detail="sending",
+                                expect=(CommandState.QUEUED,))
+
+    def finish(self, command_id: int, state: CommandState, *, now: datetime, detail: str,
+               read_back: Mapping[str, bool] | None = None, actor: str = "daemon") -> Command:
+        return self._transition(command_id, state, now=now, actor=actor, detail=detail, read_back=read_back,
+                                expect=(CommandState.SENT, CommandState.QUEUED))
+
+    def retry_later(self, command_id: int, *, now: datetime, next_try: datetime, detail: str) -> Command:
+        """Back to the queue: the meter did not answer (offline); tried again at ``next_try``."""
+        return self._transition(command_id, CommandState.QUEUED, now=now, actor="daemon", detail=detail,
+                                expect=(CommandState.SENT,), next_try=next_try)
+
+    def cancel(self, command_id: int, *, now: datetime, actor: str, reason: str) -> Command:
+        if not reason or not reason.strip():
+            raise LedgerError("cancelling a command needs a reason")
+        return self._transition(command_id, CommandState.CANCELLED, now=now, actor=actor,
+                                detail=f"cancelled by {actor}: {reason}", expect=(CommandState.QUEUED,))
+
+    def expire(self, now: datetime) -> list[Command]:
+        """Queued commands whose validity ran out (an offline meter): expired, never sent late."""
+        rows = self._read("SELECT id FROM commands WHERE state = ? AND expires_ts <= ?",
+                          (CommandState.QUEUED.value, to_ms(now)))
+        done = []
+        for r in rows:
+            try:
+                done.append(self._transition(r[0], CommandState.EXPIRED, now=now, actor="daemon",
+                                             detail="expired before the meter could be reached",
+                                             expect=(CommandState.QUEUED,)))
+            except LedgerError:
+                continue  # taken meanwhile
+        return done
+
+    def area_trips_since(self, since: datetime) -> dict[str, int]:
+        """Automatic trips per area (queued, sent or confirmed) since ``since``: the hourly cap's count."""
+        rows = self._read(
+            "SELECT a.area, COUNT(*) FROM commands c JOIN accounts a ON a.account = c.account "
+            "WHERE c.kind = 'trip' AND c.manual = 0 AND c.created_ts >= ? AND c.state IN "
+            "('queued', 'sent', 'confirmed') GROUP BY a.area", (to_ms(since),))
+        return {r[0]: r[1] for r in rows}
+
+    # --- relay states and audit ----------------------------------------------------------------
+
+    def record_relay(self, meter: str, flags: Mapping[str, bool], *, now: datetime) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO relay_states (meter, ts, flags) VALUES (?, ?, ?) ON CONFLICT (meter) DO "
+                         "UPDATE SET ts = excluded.ts, flags = excluded.flags",
+                         (meter, to_ms(now), json.dumps(dict(flags))))
+
+    def relay_state(self, meter: str) -> tuple[datetime, dict[str, bool]] | None:
+        rows = self._read("SELECT ts, flags FROM relay_states WHERE meter = ?", (meter,))
+        return (from_ms(rows[0][0]), json.loads(rows[0][1])) if rows else None
+
+    def audit(self, actor: str, action: str, subject: str, detail: Mapping[str, Any], *, now: datetime) -> None:
+        with self._write() as conn:
+            self._audit(conn, now, actor, action, subject, detail)
+
+    def audit_log(self, *, subject: str | None = None, limit: int = 100) -> list[AuditRow]:
+        sql, params = "SELECT * FROM audit", []
+        if subject is not None:
+            sql += " WHERE subject = ?"
+            params.append(subject)
+        rows = self._read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [AuditRow(r["id"], from_ms(r["ts"]), r["actor"], r["action"], r["subject"], json.loads(r["detail"]))
+                for r in reversed(rows)]
+
+
+def utc(at: datetime) -> datetime:
+    return at.astimezone(timezone.utc)

@@ -1,0 +1,182 @@
+"""The prepaid state database: exactly-once ledger, balances kept equal to the ledger, command lifecycle."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from meterd.control.model import CommandKind, CommandRequest, CommandState, EntryKind, LedgerEntry, Rate
+from meterd.control.state import AccountSpec, ControlStore, LedgerError, to_fen
+
+T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+M1, M2 = "000000000001", "000000000002"
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = ControlStore(tmp_path)
+    s.upsert_accounts([AccountSpec("A1", "res", {M1: Decimal(1)}, customer="Li", area="TA1"),
+                       AccountSpec("A2", "res", {M2: Decimal(30)}, area="TA1", protected=True)],
+                      actor="test", now=T0)
+    yield s
+    s.close()
+
+
+def test_payment_applies_once_per_reference(store):
+    first = store.pay("A1", "100.50", "R1", actor="counter", now=T0)
+    again = store.pay("A1", "100.50", "R1", actor="counter", now=T0 + timedelta(minutes=1))
+    assert first.applied and first.balance == Decimal("100.50")
+    assert not again.applied and "already applied" in again.reason and again.balance == Decimal("100.50")
+    assert [r.kind for r in store.ledger("A1")] == [EntryKind.PAYMENT]
+    actions = [a.action for a in store.audit_log(subject="A1")]
+    assert "payment" in actions and "payment-duplicate" in actions
+
+
+def test_a_duplicate_id_with_a_different_amount_is_ignored_and_says_so(store):
+    store.pay("A1", "50", "R1", actor="counter", now=T0)
+    again = store.pay("A1", "80", "R1", actor="counter", now=T0)
+    assert not again.applied and "differing duplicate" in again.reason
+    assert store.balance("A1") == Decimal("50.00")
+
+
+@pytest.mark.parametrize("amount, message", [
+    ("abc", "not a number"), ("-5", "must be positive"), ("0", "must be positive"), ("1.234", "two decimal"),
+    ("NaN", "finite"), ("Infinity", "finite"),
+])
+def test_bad_payments_are_refused_and_change_nothing(store, amount, message):
+    with pytest.raises(LedgerError, match=message):
+        store.pay("A1", amount, "R9", actor="counter", now=T0)
+    assert store.ledger("A1") == [] and store.balance("A1") == 0
+
+
+def test_unknown_account_and_missing_reference_are_refused(store):
+    with pytest.raises(LedgerError, match="unknown account NOPE"):
+        store.pay("NOPE", "10", "R1", actor="counter", now=T0)
+    with pytest.raises(LedgerError, match="reference id is required"):
+        store.pay("A1", "10", " ", actor="counter", now=T0)
+    with pytest.raises(LedgerError, match="reason is required"):
+        store.adjust("A1", "-1", "ADJ1", actor="op", now=T0, reason="")
+
+
+def test_adjustments_are_signed(store):
+    store.pay("A1", "20", "R1", actor="counter", now=T0)
+    assert store.adjust("A1", "-2.50", "ADJ1", actor="op", now=T0, reason="meter test").balance == Decimal("17.50")
+    assert store.adjust("A1", "1", "ADJ2", actor="op", now=T0, reason="goodwill").balance == Decimal("18.50")
+
+
+def test_apply_skips_known_keys_and_rolls_back_on_unknown_account(store):
+    charge = LedgerEntry("charge:M1:total:a/b:0", "A1", EntryKind.CHARGE, Decimal("-1.23"), T0, meter=M1,
+                         rate=Rate.TOTAL, kwh=Decimal("2.5"), price=Decimal("0.4920"))
+    assert store.apply([charge], actor="charging", now=T0) == [charge]
+    assert store.apply([charge], actor="charging", now=T0) == []
+    bad = LedgerEntry("charge:X", "NOPE", EntryKind.CHARGE, Decimal("-1"), T0)
+    other = LedgerEntry("charge:Y", "A1", EntryKind.CHARGE, Decimal("-1"), T0)
+    with pytest.raises(LedgerError, match="unknown account NOPE"):
+        store.apply([other, bad], actor="charging", now=T0)
+    assert store.balance("A1") == Decimal("-1.23")  # `other` was rolled back with the batch
+    row = store.ledger("A1")[0]
+    assert (row.meter, row.rate, row.kwh, row.price) == (M1, "total", Decimal("2.5"), Decimal("0.4920"))
+
+
+def test_commit_charging_is_all_or_nothing(store, monkeypatch):
+    entry = LedgerEntry("charge:1", "A1", EntryKind.CHARGE, Decimal("-3.00"), T0)
+    fraction = LedgerEntry("charge:2", "A1", EntryKind.CHARGE, Decimal("-0.001"), T0)  # finer than a fen
+    with pytest.raises(LedgerError, match="two decimal"):
+        store.commit_charging([entry, fraction], [(M1, Rate.TOTAL, T0, Decimal("10"))], [], [], {}, now=T0)
+    assert store.balance("A1") == 0 and store.cursors() == {}
+    n = store.commit_charging([entry], [(M1, Rate.TOTAL, T0, Decimal("10"))], [("A1", "2026", Decimal("6"))],
+                              [(M1, Rate.TOTAL, T0, "negative_delta", "x")], {"A1": T0}, now=T0)
+    assert n == 1 and store.balance("A1") == Decimal("-3.00")
+    assert store.cursors() == {(M1, Rate.TOTAL): (T0, Decimal("10"))}
+    assert store.tier_usage() == {("A1", "2026"): Decimal("6")}
+    assert store.account("A1").fixed_through == T0
+    assert store.charge_flags()[0][3] == "negative_delta"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["pay", "adjust", "charge"]), st.integers(0, 30),
+                          st.integers(-5000, 5000)), max_size=30))
+def test_balance_always_equals_the_ledger_whatever_is_replayed(tmp_path_factory, events):
+    store = ControlStore(tmp_path_factory.mktemp("prop"))
+    store.upsert_accounts([AccountSpec("A", "res", {M1: Decimal(1)})], actor="t", now=T0)
+    expected: dict[str, int] = {}
+    for _ in range(2):  # everything delivered twice
+        for kind, ref, fen in events:
+            amount = Decimal(fen).scaleb(-2)
+            key = f"{kind}{ref}"
+            try:
+                if kind == "pay":
+                    store.pay("A", abs(amount) or Decimal("0.01"), key, actor="t", now=T0)
+                    expected.setdefault(f"payment:{key}", to_fen(abs(amount) or Decimal("0.01")))
+                elif kind == "adjust":
+                    if fen:
+                        store.adjust("A", amount, key, actor="t", now=T0, reason="r")
+                        expected.setdefault(f"adjustment:{key}", fen)
+                else:
+                    store.apply([LedgerEntry(key, "A", EntryKind.CHARGE, -abs(amount), T0)], actor="t", now=T0)
+                    expected.setdefault(key, -abs(fen))
+            except LedgerError:
+                pytest.fail("valid entry refused")
+    assert store.verify_balances() == []
+    assert store.balance("A") == Decimal(sum(expected.values())).scaleb(-2)
+    store.close()
+
+
+def _req(kind, meter=M1, by="policy"):
+    return CommandRequest(meter, kind, "balance low", by, account="A1")
+
+
+def test_command_lifecycle_is_stored_and_audited(store):
+    [cmd] = store.queue_commands([_req(CommandKind.TRIP)], now=T0, ttl=timedelta(hours=1))
+    assert cmd.state is CommandState.QUEUED and store.due_commands(T0) == [cmd]
+    sent = store.mark_sent(cmd.id, now=T0)
+    assert sent.state is CommandState.SENT and sent.tries == 1 and store.in_flight() == [sent]
+    with pytest.raises(LedgerError, match="is sent, not queued"):
+        store.mark_sent(cmd.id, now=T0)  # a second claim is refused: never sent twice
+    done = store.finish(cmd.id, CommandState.CONFIRMED, now=T0, detail="ok", read_back={"relay.open": True})
+    assert done.state is CommandState.CONFIRMED and done.read_back == {"relay.open": True} and done.finished == T0
+    actions = [a.action for a in store.audit_log(subject=M1)]
+    assert actions == ["command-queued", "command-sent", "command-confirmed"]
+
+
+def test_same_command_is_not_queued_twice_and_an_opposite_one_supersedes(store):
+    store.queue_commands([_req(CommandKind.TRIP)], now=T0, ttl=timedelta(hours=1))
+    assert store.queue_commands([_req(CommandKind.TRIP)], now=T0, ttl=timedelta(hours=1)) == []
+    [reclose] = store.queue_commands([_req(CommandKind.RECLOSE_ALLOWED)], now=T0, ttl=timedelta(hours=1))
+    states = {c.kind: c.state for c in store.commands(meter=M1)}
+    assert states == {CommandKind.TRIP: CommandState.CANCELLED, CommandKind.RECLOSE_ALLOWED: CommandState.QUEUED}
+    assert "superseded" in store.commands(state="cancelled")[0].detail
+
+
+def test_expiry_retry_cancel_and_dry_run(store):
+    [a] = store.queue_commands([_req(CommandKind.ALARM)], now=T0, ttl=timedelta(minutes=10))
+    store.mark_sent(a.id, now=T0)
+    store.retry_later(a.id, now=T0, next_try=T0 + timedelta(minutes=5), detail="offline")
+    assert store.due_commands(T0 + timedelta(minutes=4)) == []
+    assert [c.id for c in store.due_commands(T0 + timedelta(minutes=5))] == [a.id]
+    assert [c.state for c in store.expire(T0 + timedelta(minutes=10))] == [CommandState.EXPIRED]
+    [b] = store.queue_commands([_req(CommandKind.TRIP, M2)], now=T0, ttl=timedelta(minutes=10))
+    with pytest.raises(LedgerError, match="needs a reason"):
+        store.cancel(b.id, now=T0, actor="op", reason=" ")
+    assert store.cancel(b.id, now=T0, actor="op", reason="wrong meter").state is CommandState.CANCELLED
+    [c] = store.queue_commands([_req(CommandKind.TRIP, M2)], now=T0, ttl=timedelta(hours=1), dry_run=True)
+    assert c.state is CommandState.DRY_RUN and store.due_commands(T0 + timedelta(hours=2)) == []
+
+
+def test_area_trip_count_only_counts_automatic_trips(store):
+    store.queue_commands([_req(CommandKind.TRIP), CommandRequest(M2, CommandKind.TRIP, "x", "op", account="A2",
+                                                                manual=True)], now=T0, ttl=timedelta(hours=1))
+    assert store.area_trips_since(T0 - timedelta(hours=1)) == {"TA1": 1}
+
+
+def test_account_upsert_reports_changes_and_moves_meters(store):
+    changes = store.upsert_accounts([AccountSpec("A1", "tou", {M1: Decimal(1), M2: Decimal(30)}, area="TA2")],
+                                    actor="billing", now=T0)
+    assert any("tariff 'res' -> 'tou'" in c for c in changes)
+    assert any(f"meter {M2} moved from A2" in c for c in changes)
+    assert store.meter_accounts()[M2] == ("A1", Decimal(30))
+    assert store.upsert_accounts([AccountSpec("A1", "tou", {M1: Decimal(1), M2: Decimal(30)}, area="TA2")],
+                                 actor="billing", now=T0) == []
