@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from meterd.cli.common import EXIT_OK, format_value
@@ -56,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
     p.add_argument("--data-dir", default="meterd-data", help="where the demo keeps its store (default ./meterd-data)")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between poll rounds (default 5)")
+    p.add_argument("--quiet", action="store_true", help="do not print readings, only the prepaid story and totals")
     p.set_defaults(func=run)
 
 
@@ -87,13 +89,130 @@ def demo_config(fleet, data_dir: Path, interval: float) -> str:
     # DL/T 645-1997 has no relay state to read: the relay poll goes to the other meters
     lines += ["[[polls]]", 'name = "relay"', f"interval = {interval}", 'groups = ["smart", "ci"]',
               'quantities = ["relay.open"]', ""]
+    lines += PREPAID_CONFIG.splitlines()
     return "\n".join(lines)
+
+
+# Prepaid control in the demo: a household that runs out of money (a steep demo price so it happens
+# within a minute), a tiered household with money, and a protected one (保电) that is never tripped.
+PREPAID_ACCOUNT, PROTECTED_ACCOUNT = "DEMO-1001", "DEMO-1003"
+PREPAID_METER = "000000000009"
+OPENING, TOP_UP = "6.00", "200.00"
+PREPAID_CONFIG = f"""
+[prepaid]
+check_every = "2s"
+retry_every = "5s"
+command_ttl = "10m"
+valid_for = "24h"   # the simulated meters' clocks run 60x fast: a 10-minute validity would lapse in 10 s
+reclose = "allowed"
+thresholds = {{ reminder = "4", alarm = "2", trip = "0", reclose = "1" }}
+
+[[prepaid.tariffs]]
+name = "demo-flat"
+[[prepaid.tariffs.versions]]
+effective = 2020-01-01
+kind = "flat"
+price = "0.60"
+
+[[prepaid.tariffs]]
+name = "demo-tiered"
+[[prepaid.tariffs.versions]]
+effective = 2020-01-01
+kind = "tiered"
+tier_period = "year"
+tiers = [{{ upto = "2160", price = "0.4883" }}, {{ upto = "4800", price = "0.5383" }}, {{ price = "0.7883" }}]
+
+[[prepaid.accounts]]
+account = "{PREPAID_ACCOUNT}"
+customer = "Zhang Wei (demo: runs out of money)"
+area = "TA-DEMO"
+tariff = "demo-flat"
+meters = ["{PREPAID_METER}"]
+
+[[prepaid.accounts]]
+account = "DEMO-1002"
+customer = "Li Na (tiered)"
+area = "TA-DEMO"
+tariff = "demo-tiered"
+meters = ["000000000010"]
+
+[[prepaid.accounts]]
+account = "{PROTECTED_ACCOUNT}"
+customer = "Clinic (保电: never tripped automatically)"
+area = "TA-DEMO"
+tariff = "demo-flat"
+meters = ["000000000011"]
+protected = true
+"""
+DEMO_SECRETS = {"METERD_METER_PASSWORD": "02123456", "METERD_OPERATOR_CODE": "00000001"}  # the simulators' own
+
+
+async def watch_prepaid(data_dir: Path, stop: asyncio.Event, *, poll: float = 1.0) -> list[str]:
+    """Print the prepaid story as it happens, and play the customer: pay when the supply is cut.
+
+    Uses the same paths an operator would: the state database and ``ControlStore.pay`` (what
+    ``meterd pay`` calls).  Returns the lines printed, for the demo's test.
+    """
+    from meterd.control.state import ControlStore
+
+    printed: list[str] = []
+
+    def say(line: str) -> None:
+        line = f"{datetime.now().strftime('%H:%M:%S')} prepaid: {line}"
+        printed.append(line)
+        print(line)
+        sys.stdout.flush()
+
+    store = ControlStore(data_dir)
+    try:
+        opening = store.pay(PREPAID_ACCOUNT, OPENING, "DEMO-OPENING", actor="demo", now=_utcnow())
+        if opening.applied:
+            say(f"{PREPAID_ACCOUNT} opens with a payment of {OPENING} (flat tariff, trips at 0.00)")
+        store.pay("DEMO-1002", "500.00", "DEMO-OPENING-1002", actor="demo", now=_utcnow())
+        seen_states: dict[str, str] = {}
+        seen_commands: dict[int, str] = {}
+        paid = False
+        while not stop.is_set():
+            for account in store.accounts():
+                if seen_states.get(account.account) != account.state:
+                    if account.account in seen_states or account.state != "normal":
+                        say(f"{account.account} balance {account.balance}: state {account.state}"
+                            + (f" (trip held: {account.held})" if account.held else ""))
+                    seen_states[account.account] = account.state
+            for command in reversed(store.commands(limit=50)):
+                if seen_commands.get(command.id) != command.state.value:
+                    seen_commands[command.id] = command.state.value
+                    relay = ""
+                    if command.read_back:
+                        relay = " | read back from the meter: " + ", ".join(
+                            f"{k}={'yes' if v else 'no'}" for k, v in sorted(command.read_back.items()))
+                    say(f"command #{command.id} {command.kind.value} -> meter {command.meter}: {command.state.value}"
+                        f" ({command.reason})" + relay)
+                    if (command.kind.value == "trip" and command.state.value == "confirmed"
+                            and command.account == PREPAID_ACCOUNT and not paid):
+                        await asyncio.sleep(2 * poll)
+                        result = store.pay(PREPAID_ACCOUNT, TOP_UP, "DEMO-TOPUP-1", actor="demo", now=_utcnow())
+                        paid = True
+                        say(f"the customer pays {TOP_UP} at the counter (meterd pay {PREPAID_ACCOUNT} {TOP_UP} "
+                            f"--ref DEMO-TOPUP-1): balance {result.balance}")
+            try:
+                await asyncio.wait_for(stop.wait(), poll)
+            except TimeoutError:
+                pass
+    finally:
+        store.close()
+    return printed
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 class RoundPrinter:
     """One line per meter and round, with the latest value of each column from any poll."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, quiet: bool = False) -> None:
+        self.quiet = quiet  # only the prepaid story
         self.header_done = False
         self.latest: dict[str, dict[str, object]] = defaultdict(dict)
 
@@ -101,6 +220,8 @@ class RoundPrinter:
         by_meter = self.latest
         for r in result.readings:
             by_meter[r.meter][r.quantity] = r.value
+        if self.quiet:
+            return
         failed: dict[str, str] = {}
         for a in result.attempts:
             if a.outcome != "ok":
@@ -124,7 +245,7 @@ class RoundPrinter:
         sys.stdout.flush()
 
 
-async def run_demo(data_dir: Path, duration: float | None, interval: float) -> dict[str, object]:
+async def run_demo(data_dir: Path, duration: float | None, interval: float, *, quiet: bool = False) -> dict[str, object]:
     spec = FleetSpec(
         pty_buses=2,
         tcp_buses=2,
@@ -148,8 +269,10 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float) -> d
               f"(config: {data_dir / 'demo.toml'}, store: {data_dir})")
         print("meter 000000000012 never answers and 000000000016 garbles its replies, to show failures; "
               f"{' and '.join(LEGACY_METERS)} speak DL/T 645-1997; the mb* channels are Modbus meters.")
+        for name, value in DEMO_SECRETS.items():
+            os.environ.setdefault(name, value)
         with SqliteStore(config.store.data_dir) as store:
-            daemon = Daemon(config, store, on_round=RoundPrinter())
+            daemon = Daemon(config, store, on_round=RoundPrinter(quiet=quiet))
             for line in describe_plan(daemon.plan):
                 print("plan:", line)
             stop = asyncio.Event()
@@ -158,18 +281,22 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float) -> d
                 loop.add_signal_handler(sig, stop.set)
             if duration is not None:
                 loop.call_later(duration, stop.set)
+            watcher = asyncio.create_task(watch_prepaid(config.store.data_dir, stop))
             await daemon.run(stop)
+            story = await watcher
             stats = daemon.stats()
             total = store.count_readings()
         print(f"stored {total} readings in {data_dir}; try: meterd readings --meter 000000000001 "
               f"--data-dir {data_dir} --since -10m")
-        return stats
+        print(f"prepaid: try meterd account show {PREPAID_ACCOUNT} --data-dir {data_dir}; "
+              f"meterd ledger {PREPAID_ACCOUNT} --data-dir {data_dir}; meterd commands --data-dir {data_dir}")
+        return {"channels": stats, "prepaid": story}
     finally:
         await fleet.close()
 
 
 def run(args: argparse.Namespace) -> int:
-    stats = asyncio.run(run_demo(Path(args.data_dir), args.duration, args.interval))
-    for name, s in stats.items():
+    result = asyncio.run(run_demo(Path(args.data_dir), args.duration, args.interval, quiet=args.quiet))
+    for name, s in result["channels"].items():
         print(f"channel {name}: {s}")
     return EXIT_OK

@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Awaitable, Callable
 
 from meterd.collector.channel import Channel, Timing, TraceHook
 from meterd.collector.modbus import ModbusLink
@@ -257,6 +257,26 @@ class Daemon:
             link = ModbusLink(channel, str(p.channel.framing)) if has_modbus else None
             self.runners.append(ChannelRunner(p, channel, link))
         self._by_channel = {r.channel.name: r for r in self.runners}
+        self._meters = {m.address: m for m in config.meters}
+        # Extensions: observers see every batch of readings (rounds, tasks, pushed); services run
+        # beside the channels until stop.  Prepaid control plugs in here when configured.
+        self.observers: list[Callable[[list], None]] = []
+        self.services: list[Callable[[asyncio.Event], Awaitable[None]]] = []
+        self.prepaid = None
+        if config.prepaid is not None:
+            from meterd.control.runtime import PrepaidRuntime
+
+            self.prepaid = PrepaidRuntime(self, config.prepaid, clock=clock)
+
+    def route(self, address: str) -> tuple[Channel, MeterTarget, ModbusLink | None] | None:
+        """How the daemon reaches a configured meter: its channel, target and Modbus link."""
+        meter = self._meters.get(address)
+        if meter is None:
+            return None
+        runner = self._by_channel.get(meter.channel)
+        if runner is None:
+            return None
+        return runner.channel, target(meter), runner.modbus
 
     async def run(self, stop: asyncio.Event) -> None:
         for line in describe_plan(self.plan):
@@ -279,6 +299,8 @@ class Daemon:
         tasks.append(asyncio.create_task(self._quality_loop(stop), name="quality"))
         if hasattr(self.sink, "replay"):
             tasks.append(asyncio.create_task(self._replay_spool(stop), name="spool-replay"))
+        tasks += [asyncio.create_task(service(stop), name=f"service:{getattr(service, '__qualname__', service)}")
+                  for service in self.services]
         if self.scheduler is not None:
             for line in self.scheduler.describe(self.clock()):
                 log.info("tasks: %s", line)
@@ -356,12 +378,21 @@ class Daemon:
         self.writer.add_many(result.readings)
         self.writer.add_attempts(result.attempts)
         self.online.observe(result.channel, result.attempts, result.started)
+        self._notify_observers(result.readings)
         if self.on_round is not None:
             self.on_round(result)
 
     def _pushed(self, terminal: str, readings: list) -> None:
         """Readings an MQTT terminal pushed on its own schedule: straight to the writer."""
         self.writer.add_many(readings)
+        self._notify_observers(readings)
+
+    def _notify_observers(self, readings: list) -> None:
+        for observer in self.observers:
+            try:
+                observer(readings)
+            except Exception:  # an extension's bug must not stop collection
+                log.exception("reading observer %r failed", observer)
 
     async def _replay_spool(self, stop: asyncio.Event, every: float = 5.0) -> None:
         """Drain the store's spool while it holds anything (writes drain it too, this is faster)."""

@@ -55,7 +55,7 @@ STOPBITS: Final = (1, 2)
 MAX_RETRIES: Final = 10
 MAX_PREAMBLE: Final = 4  # DL/T 645-2007 clause 4.1: up to four FE bytes before a frame
 
-_TOP_KEYS: Final = ("store", "channels", "meters", "polls", "listeners", "mqtt", "tasks")
+_TOP_KEYS: Final = ("store", "channels", "meters", "polls", "listeners", "mqtt", "tasks", "prepaid")
 _MQTT_KEYS: Final = ("host", "port", "client_id", "username", "password_env", "keepalive", "root", "request_ttl")
 _MQTT_LINK_KEYS: Final = ("terminal",)
 _INFLUX_KEYS: Final = ("url", "org", "bucket", "token_env", "spool_dir", "timeout", "batch")
@@ -149,6 +149,12 @@ def parse_config(
             if c is not None and isinstance(c.link, MqttLink):
                 check.problem(f"channels.{c.name}.mqtt", "an MQTT channel needs the [mqtt] broker section")
     tasks = _tasks(check, data.get("tasks", []), meters)
+    prepaid = None
+    if "prepaid" in data:
+        from meterd.config.prepaid import parse_prepaid  # the control package is only loaded when used
+
+        ratios = {m.address: m.ct * m.pt for _, m in meters if m is not None}
+        prepaid = parse_prepaid(check, data["prepaid"], meters=ratios, base_dir=base_dir, secret_env=_secret_env)
 
     if check.problems:
         raise ConfigError(check.problems)
@@ -162,6 +168,7 @@ def parse_config(
         listeners=tuple(x for x in listeners if x is not None),
         mqtt=mqtt,
         tasks=tuple(tasks),
+        prepaid=prepaid,
     )
 
 

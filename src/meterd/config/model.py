@@ -174,6 +174,7 @@ class Config:
     listeners: tuple[ListenerConfig, ...] = ()
     mqtt: MqttConfig | None = None
     tasks: tuple[Any, ...] = ()  # meterd.collector.schedule.TaskSpec, built by the loader
+    prepaid: Any = None  # meterd.config.prepaid.PrepaidConfig: tariffs, accounts, policy, limits
 
     def channel(self, name: str) -> ChannelConfig:
         """The channel called ``name``; KeyError if there is none."""

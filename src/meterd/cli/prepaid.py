@@ -1,0 +1,347 @@
+"""Prepaid control from the command line: accounts, payments, adjustments, manual commands, the ledger.
+
+``meterd account list|show``, ``meterd pay ACCOUNT AMOUNT --ref ID``, ``meterd adjust ACCOUNT
+AMOUNT --ref ID --reason …``, ``meterd trip|reclose|alarm METER --reason … --operator …``,
+``meterd commands [--state …]``, ``meterd cancel ID --reason … --operator …``,
+``meterd ledger ACCOUNT``.
+
+They work on the state database of a config (``-c``) or data directory (``--data-dir``), also
+while the daemon runs: a payment made here is seen by the daemon's next policy pass (which
+recloses if it lifts the balance), and a manual command queued here is sent by the daemon ahead of
+routine reads (``--wait`` follows it to its end).  Money is exact: an amount with more than two
+decimals, a non-number, or a payment id already used is refused with the reason and changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json
+from meterd.errors import ConfigError
+
+DEFAULT_DATA_DIR = Path("meterd-data")
+MANUAL_KINDS = {"trip": "trip", "reclose": "reclose", "alarm": "alarm", "alarm-release": "alarm-release",
+                "reclose-allowed": "reclose-allowed", "protect": "protect", "protect-release": "protect-release"}
+
+
+def _where(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-c", "--config", help="config file (its data directory, tariffs and meters are used)")
+    where.add_argument("--data-dir", help=f"data directory (default ./{DEFAULT_DATA_DIR})")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("account", help="prepaid accounts: list, show")
+    p.add_argument("action", choices=("list", "show"))
+    p.add_argument("account", nargs="?", help="the account number (show)")
+    p.add_argument("--area", help="only this area (list)")
+    p.add_argument("--state", help="only accounts in this control state (list): normal, reminded, alarmed, tripped")
+    p.add_argument("--json", action="store_true")
+    _where(p)
+    p.set_defaults(func=account_cmd)
+
+    p = sub.add_parser("pay", help="record a payment at the counter (applied once per --ref)")
+    p.add_argument("account")
+    p.add_argument("amount", help="yuan, e.g. 100 or 88.50")
+    p.add_argument("--ref", required=True, help="the payment id (receipt number): a second use changes nothing")
+    p.add_argument("--operator", default="counter", help="who took the payment")
+    p.add_argument("--json", action="store_true")
+    _where(p)
+    p.set_defaults(func=pay_cmd)
+
+    p = sub.add_parser("adjust", help="a signed ledger adjustment with its id and reason")
+    p.add_argument("account")
+    p.add_argument("amount", help="yuan; negative debits, e.g. -12.30")
+    p.add_argument("--ref", required=True, help="the adjustment id")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--operator", required=True)
+    p.add_argument("--json", action="store_true")
+    _where(p)
+    p.set_defaults(func=adjust_cmd)
+
+    for kind in ("trip", "reclose", "alarm"):
+        p = sub.add_parser(kind, help=f"queue a manual {kind} command (sent by the daemon, confirmed by read-back)")
+        p.add_argument("meter")
+        p.add_argument("--reason", required=True)
+        p.add_argument("--operator", required=True)
+        if kind == "reclose":
+            p.add_argument("--direct", action="store_true", help="直接合闸 instead of 合闸允许 (customer presses)")
+        if kind == "alarm":
+            p.add_argument("--release", action="store_true", help="release the alarm instead")
+        p.add_argument("--wait", type=float, default=0.0, metavar="S",
+                       help="wait up to S seconds for the command to end and print its outcome")
+        p.add_argument("--json", action="store_true")
+        _where(p)
+        p.set_defaults(func=command_cmd, kind=kind)
+
+    p = sub.add_parser("commands", help="the command queue and history")
+    p.add_argument("--state", choices=("queued", "sent", "confirmed", "failed", "expired", "cancelled", "dry-run"))
+    p.add_argument("--meter")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    _where(p)
+    p.set_defaults(func=commands_cmd)
+
+    p = sub.add_parser("cancel", help="cancel a queued command")
+    p.add_argument("id", type=int)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--operator", required=True)
+    _where(p)
+    p.set_defaults(func=cancel_cmd)
+
+    p = sub.add_parser("ledger", help="an account's ledger, oldest first, with the running balance")
+    p.add_argument("account")
+    p.add_argument("--limit", type=int, help="only the last N entries")
+    p.add_argument("--json", action="store_true")
+    _where(p)
+    p.set_defaults(func=ledger_cmd)
+
+
+def _context(args: argparse.Namespace) -> tuple[Path, Any]:
+    if getattr(args, "config", None):
+        from meterd.config.loader import load_config
+
+        config = load_config(args.config)
+        return config.store.data_dir, config
+    return (Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR), None
+
+
+def _store(args: argparse.Namespace):
+    from meterd.control.state import ControlStore
+
+    data_dir, config = _context(args)
+    if config is None and not data_dir.exists():
+        raise ConfigError(f"data directory {data_dir} does not exist (use -c site.toml or --data-dir)")
+    return ControlStore(data_dir), config
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _guard(func):
+    def wrapper(args: argparse.Namespace) -> int:
+        from meterd.control.state import LedgerError
+
+        try:
+            return func(args)
+        except ConfigError as exc:
+            error(str(exc))
+            return EXIT_BAD_INPUT
+        except LedgerError as exc:
+            error(str(exc))
+            return EXIT_BAD_INPUT
+    wrapper.__name__ = func.__name__
+    return wrapper
+
+
+def _remaining_kwh(config: Any, account: Any, now: datetime) -> Decimal | None:
+    """Remaining energy for display and IC-card style meters: balance ÷ current price."""
+    if config is None or config.prepaid is None or account.balance <= 0:
+        return None
+    tariff = config.prepaid.tariffs.get(account.tariff)
+    if tariff is None:
+        return None
+    price = tariff.current_price(now)
+    if not price:
+        return None
+    return (account.balance / price).quantize(Decimal("0.01"))
+
+
+def _account_doc(store: Any, config: Any, a: Any, now: datetime) -> dict[str, Any]:
+    relays = {}
+    for meter in a.meters:
+        found = store.relay_state(meter)
+        relays[meter] = None if found is None else {"at": found[0].isoformat(), **found[1]}
+    return {
+        "account": a.account, "customer": a.customer, "area": a.area, "tariff": a.tariff,
+        "protected": a.protected, "balance": str(a.balance), "state": a.state, "held": a.held,
+        "remaining_kwh": None if (r := _remaining_kwh(config, a, now)) is None else str(r),
+        "meters": {m: str(k) for m, k in a.meters.items()}, "relay": relays,
+        "thresholds": a.thresholds, "opened": a.opened.isoformat(),
+        "manual_hold_until": a.manual_until.isoformat() if a.manual_until else None,
+    }
+
+
+@_guard
+def account_cmd(args: argparse.Namespace) -> int:
+    store, config = _store(args)
+    now = _now()
+    with store:
+        if args.action == "show":
+            if not args.account:
+                error("account show needs an ACCOUNT")
+                return EXIT_BAD_INPUT
+            a = store.account(args.account)
+            if a is None:
+                error(f"unknown account {args.account}")
+                return EXIT_BAD_INPUT
+            doc = _account_doc(store, config, a, now)
+            doc["recent"] = [_ledger_doc(r) for r in store.ledger(a.account, limit=5)]
+            if args.json:
+                print_json(doc)
+                return EXIT_OK
+            for key in ("account", "customer", "area", "tariff", "protected", "balance", "remaining_kwh", "state",
+                        "held", "manual_hold_until", "opened"):
+                if doc[key] not in (None, ""):
+                    print(f"{key:<18} {doc[key]}")
+            for meter, ratio in doc["meters"].items():
+                relay = doc["relay"][meter]
+                shown = "relay not read yet" if relay is None else ", ".join(
+                    f"{k}={'yes' if v else 'no'}" for k, v in relay.items() if k != "at") + f" (at {relay['at']})"
+                print(f"meter {meter} ×{ratio}: {shown}")
+            for row in doc["recent"]:
+                print(f"  {row['at']}  {row['kind']:<10} {row['amount']:>12}  {row['detail']}")
+            return EXIT_OK
+        accounts = [a for a in store.accounts(area=args.area) if args.state is None or a.state == args.state]
+        docs = [_account_doc(store, config, a, now) for a in accounts]
+        if args.json:
+            print_json(docs)
+            return EXIT_OK
+        print(f"{'ACCOUNT':<14} {'AREA':<10} {'BALANCE':>12} {'STATE':<9} {'PROT':<4} CUSTOMER")
+        for d in docs:
+            print(f"{d['account']:<14} {d['area']:<10} {d['balance']:>12} {d['state']:<9} "
+                  f"{'yes' if d['protected'] else '':<4} {d['customer']}")
+        return EXIT_OK
+
+
+@_guard
+def pay_cmd(args: argparse.Namespace) -> int:
+    store, _ = _store(args)
+    with store:
+        result = store.pay(args.account, args.amount, args.ref, actor=args.operator, now=_now())
+    if args.json:
+        print_json({"applied": result.applied, "balance": str(result.balance), "reason": result.reason})
+    elif result.applied:
+        print(f"payment {args.ref}: {args.amount} applied to {args.account}; balance {result.balance}")
+    else:
+        print(f"payment {args.ref}: not applied: {result.reason}; balance {result.balance}")
+    return EXIT_OK
+
+
+@_guard
+def adjust_cmd(args: argparse.Namespace) -> int:
+    store, _ = _store(args)
+    with store:
+        result = store.adjust(args.account, args.amount, args.ref, actor=args.operator, now=_now(),
+                              reason=args.reason)
+    if args.json:
+        print_json({"applied": result.applied, "balance": str(result.balance), "reason": result.reason})
+    elif result.applied:
+        print(f"adjustment {args.ref}: {args.amount} applied to {args.account}; balance {result.balance}")
+    else:
+        print(f"adjustment {args.ref}: not applied: {result.reason}; balance {result.balance}")
+    return EXIT_OK
+
+
+def _command_doc(c: Any) -> dict[str, Any]:
+    return {"id": c.id, "meter": c.meter, "account": c.account, "kind": c.kind.value, "state": c.state.value,
+            "reason": c.reason, "requested_by": c.requested_by, "manual": c.manual,
+            "created": c.created.isoformat(), "expires": c.expires.isoformat(),
+            "sent": c.sent.isoformat() if c.sent else None,
+            "finished": c.finished.isoformat() if c.finished else None,
+            "tries": c.tries, "detail": c.detail, "read_back": c.read_back}
+
+
+@_guard
+def command_cmd(args: argparse.Namespace) -> int:
+    from meterd.control.engine import queue_manual
+    from meterd.control.model import CommandKind
+    from meterd.storage.sqlite import SqliteStore
+
+    kind = CommandKind(args.kind)
+    if args.kind == "reclose":
+        kind = CommandKind.RECLOSE if args.direct else CommandKind.RECLOSE_ALLOWED
+    if args.kind == "alarm" and args.release:
+        kind = CommandKind.ALARM_RELEASE
+    store, config = _store(args)
+    meter = args.meter.strip().zfill(12) if args.meter.strip().isdigit() else args.meter.strip()
+    if config is not None:
+        known = [m.address for m in config.meters]
+        ttl = config.prepaid.settings.command_ttl if config.prepaid else timedelta(hours=2)
+        hold = config.prepaid.settings.manual_hold if config.prepaid else timedelta(hours=24)
+    else:
+        with SqliteStore(store.path.parent) as archive:
+            known = [m.address for m in archive.meters()]
+        ttl, hold = timedelta(hours=2), timedelta(hours=24)
+    with store:
+        command = queue_manual(store, meter, kind, operator=args.operator, reason=args.reason, now=_now(),
+                               ttl=ttl, known_meters=known, manual_hold=hold)
+        if not args.json:
+            print(f"command #{command.id} {command.kind.value} to meter {meter} queued; the daemon sends it "
+                  "ahead of routine reads and confirms it by reading the relay back")
+        deadline = time.monotonic() + args.wait
+        while args.wait and not command.state.final and time.monotonic() < deadline:
+            time.sleep(0.2)
+            command = store.command(command.id) or command
+    if args.json:
+        print_json(_command_doc(command))
+    elif args.wait:
+        print(f"command #{command.id}: {command.state.value}" + (f": {command.detail}" if command.detail else ""))
+    if args.wait and command.state.final and command.state.value != "confirmed":
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+@_guard
+def commands_cmd(args: argparse.Namespace) -> int:
+    store, _ = _store(args)
+    with store:
+        commands = store.commands(state=args.state, meter=args.meter, limit=args.limit)
+    if args.json:
+        print_json([_command_doc(c) for c in commands])
+        return EXIT_OK
+    print(f"{'ID':>5} {'METER':<12} {'KIND':<15} {'STATE':<9} {'BY':<12} {'CREATED':<25} REASON / DETAIL")
+    for c in commands:
+        print(f"{c.id:>5} {c.meter:<12} {c.kind.value:<15} {c.state.value:<9} {c.requested_by:<12} "
+              f"{c.created.isoformat(timespec='seconds'):<25} {c.reason}" + (f" | {c.detail}" if c.detail else ""))
+    return EXIT_OK
+
+
+@_guard
+def cancel_cmd(args: argparse.Namespace) -> int:
+    store, _ = _store(args)
+    with store:
+        command = store.cancel(args.id, now=_now(), actor=args.operator, reason=args.reason)
+    print(f"command #{command.id} cancelled")
+    return EXIT_OK
+
+
+def _ledger_doc(r: Any, balance: Decimal | None = None) -> dict[str, Any]:
+    doc = {"seq": r.seq, "key": r.key, "kind": r.kind.value, "amount": str(r.amount), "at": r.at.isoformat(),
+           "recorded": r.recorded.isoformat(), "actor": r.actor, "detail": r.detail, "meter": r.meter,
+           "rate": r.rate, "kwh": None if r.kwh is None else str(r.kwh),
+           "price": None if r.price is None else str(r.price)}
+    if balance is not None:
+        doc["balance"] = str(balance)
+    return doc
+
+
+@_guard
+def ledger_cmd(args: argparse.Namespace) -> int:
+    store, _ = _store(args)
+    with store:
+        if store.account(args.account) is None:
+            error(f"unknown account {args.account}")
+            return EXIT_BAD_INPUT
+        rows = store.ledger(args.account)
+        balance = store.balance(args.account)
+    running, docs = Decimal("0.00"), []
+    for r in rows:
+        running += r.amount
+        docs.append(_ledger_doc(r, running))
+    if args.limit:
+        docs = docs[-args.limit:]
+    if args.json:
+        print_json({"account": args.account, "balance": str(balance), "entries": docs})
+        return EXIT_OK
+    print(f"{'SEQ':>6} {'AT':<25} {'KIND':<10} {'AMOUNT':>12} {'BALANCE':>12}  DETAIL")
+    for d in docs:
+        print(f"{d['seq']:>6} {d['at'][:25]:<25} {d['kind']:<10} {d['amount']:>12} {d['balance']:>12}  {d['detail']}")
+    print(f"balance {balance}")
+    return EXIT_OK

@@ -1,0 +1,398 @@
+"""Charging (计费): register readings in, ledger entries out.
+
+:func:`charge_account` turns an account's new register readings into CHARGE entries, given the
+cursors (the last reading already charged up to, per meter and register) and the account's
+tiered usage so far.  It returns the entries, the cursors and usage that changed, and flags for
+what an operator should look at.  The caller stores all of it in one transaction; the ledger
+refuses a second entry with the same key.  The rules, which are the contract:
+
+1. Readings of all the account's meters are processed in time order (ties: meter, register,
+   value).  For each (meter, register) the charge is the delta between consecutive good readings.
+   The first reading of a register with no cursor sets the cursor and charges nothing.
+2. A reading at the cursor's instant with the same value is a duplicate delivery: ignored silently.
+   With another value: DUPLICATE_CONFLICT flag, ignored.  A reading older than the cursor: LATE
+   flag, ignored (a later delta already covered it).  Nothing is ever charged twice, so charging a
+   batch again with the returned cursors and usage yields no entries.
+3. A value below the cursor's is a register rollover when it fell by more than half the span
+   (span = REGISTER_SPAN × the meter's CT×PT multiplier, readings being primary kWh): the delta
+   is ``value + span - cursor``, charged, with a ROLLOVER flag.  Otherwise NEGATIVE_DELTA flag:
+   nothing charged or credited, and the cursor stays where it was.
+4. A gap is one big delta, charged when the next reading arrives.  Energy in a delta is assumed
+   uniform in time: a delta is split pro rata by time at every tariff version start, every tier
+   period start (CST Jan 1 or first of the month, TIERED) and every change of the day schedule's
+   rate (TOU from SCHEDULE).  The split is quantized to KWH_PLACES cumulatively, so the pieces
+   are never negative and add up exactly to the delta (the last piece takes the remainder).
+5. A piece is charged only when the version in force over it charges that register
+   (``charged_rates``): cursors are kept for every register supplied, charged or not.  A piece
+   before the first version is not charged and the cursor still advances; a NO_TARIFF flag says
+   so, once per delta, for the registers the first version charges (the others would not have
+   been charged anyway).
+6. FLAT: piece × price.  TOU from REGISTERS: each rate register at its own price.  TOU from
+   SCHEDULE: the TOTAL register's pieces at the price of the schedule's rate, the entry's ``rate``
+   being that TOU rate.  TIERED: pieces add to the account's usage of their period (year or month,
+   per the version), in processing order across all its meters; a piece that crosses a tier's
+   ``upto`` is split there, each part at its tier's price, the split instant interpolated.
+7. An entry: kind CHARGE, ``amount = -money(kwh × price)`` (never positive), ``at`` = the piece's
+   end, key ``charge:{meter}:{register}:{delta start}/{delta end}:{n}`` (UTC ISO instants, n the
+   entry's index within the delta).  Zero-kWh pieces make no entry.
+8. A meter replacement in the batch is applied at its instant, after the old meter's readings of
+   that instant and before the new meter's: the old meter's final values are charged like
+   readings, then the new meter's cursors are set to its initial values (REPLACEMENT flag).
+   Readings of the old meter after the replacement are LATE.  Applying a replacement again is
+   harmless: the new meter's cursors at or after its instant are left alone.  Pass a replacement
+   in every batch that may still carry the old meter's readings: a cursor cannot say its meter
+   was retired.
+
+:func:`fixed_charges` adds the tariff's fixed monthly charge, one FIXED entry per CST month.
+Everything is pure; instants must be timezone-aware and come back UTC.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from types import MappingProxyType
+from typing import Final
+
+from meterd.control.model import (
+    FEN,
+    KWH_PLACES,
+    REGISTER_SPAN,
+    EntryKind,
+    LedgerEntry,
+    Rate,
+    RegisterReading,
+    money,
+)
+from meterd.control.tariff import UTC, Tariff, TariffKind, TariffVersion, TierPeriod, TouSource, as_utc
+
+_NO_MULTIPLIERS: Final[Mapping[str, Decimal]] = MappingProxyType({})
+_US: Final = timedelta(microseconds=1)
+_ZERO: Final = Decimal(0)
+_ZERO_MONEY: Final = Decimal(0).quantize(FEN)
+
+# Readings of one collection round share their instant, so an entry key's two ISO stamps repeat
+# across thousands of accounts: memoized.  Only UTC datetimes reach it (equal instants in other
+# zones would otherwise share a cache slot).
+_iso = functools.lru_cache(maxsize=4096)(datetime.isoformat)
+
+# A piece of a delta: (start, end, version in force or None, the rate it is priced at or None when
+# that version does not charge the register, the tier period key for a tiered version or None)
+_Piece = tuple[datetime, datetime, "TariffVersion | None", "Rate | None", "str | None"]
+
+# phases of events at the same instant: old meter's readings, replacement, new meter's readings
+_READING, _REPLACEMENT, _NEW_METER_READING = 0, 1, 2
+
+
+class FlagKind(enum.StrEnum):
+    NEGATIVE_DELTA = "negative_delta"
+    LATE = "late"
+    DUPLICATE_CONFLICT = "duplicate_conflict"
+    ROLLOVER = "rollover"
+    NO_TARIFF = "no_tariff"
+    REPLACEMENT = "replacement"
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """The last good reading already charged up to, per (meter, register rate)."""
+
+    meter: str
+    rate: Rate
+    at: datetime
+    value: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Cumulative kWh charged to an account within one tier period ("2026" or "2026-11", CST)."""
+
+    account: str
+    period: str
+    kwh: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeFlag:
+    meter: str
+    rate: Rate
+    at: datetime
+    kind: FlagKind
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class MeterReplacement:
+    key: str  # natural unique id of the replacement event
+    account: str
+    old_meter: str
+    new_meter: str
+    at: datetime
+    old_final: Mapping[Rate, Decimal]  # the old meter's final register values (primary kWh)
+    new_initial: Mapping[Rate, Decimal]  # the new meter's initial register values
+
+
+@dataclass(slots=True)
+class ChargeResult:
+    entries: list[LedgerEntry] = field(default_factory=list)  # CHARGE (amount <= 0)
+    cursors: dict[tuple[str, Rate], Cursor] = field(default_factory=dict)  # only those that changed
+    usage: dict[str, Usage] = field(default_factory=dict)  # only the periods that changed
+    flags: list[ChargeFlag] = field(default_factory=list)
+
+
+def charge_account(account: str, tariff: Tariff, readings: Iterable[RegisterReading],
+                   cursors: Mapping[tuple[str, Rate], Cursor], usage: Mapping[str, Usage], *,
+                   multipliers: Mapping[str, Decimal] = _NO_MULTIPLIERS,
+                   replacements: Sequence[MeterReplacement] = ()) -> ChargeResult:
+    """Charge ``readings`` (any of the account's meters, any order) from ``cursors`` and ``usage``.
+
+    ``cursors`` and ``usage`` are only read, so one mapping of every account may be passed.
+    ``replacements`` of other accounts are ignored.  Raises ValueError for a tariff with problems.
+    """
+    if problems := tariff.problems():
+        raise ValueError(f"tariff {tariff.name!r} has problems: {'; '.join(problems)}")
+    run = _Run(account, tariff, cursors, usage, multipliers)
+    events: list[tuple] = []
+    if replacements:
+        by_key = {r.key: r for r in replacements if r.account == account}
+        installed = {(r.new_meter, as_utc(r.at)) for r in by_key.values()}
+        events += [(as_utc(r.at), _REPLACEMENT, r.old_meter, k, r) for k, r in sorted(by_key.items())]
+        for r in readings:
+            at = as_utc(r.at)
+            phase = _NEW_METER_READING if (r.meter, at) in installed else _READING
+            events.append((at, phase, r.meter, r.rate, r.value))
+    else:
+        events += [(as_utc(r.at), _READING, r.meter, r.rate, r.value) for r in readings]
+    if replacements:
+        events.sort(key=lambda e: e[:4] if e[1] == _REPLACEMENT else e)
+    elif len(events) > 1:
+        events.sort()
+    for at, phase, meter, rate, value in events:
+        if phase == _REPLACEMENT:
+            run.replace(value)
+        else:
+            run.reading(meter, rate, at, value)
+    return run.result()
+
+
+def fixed_charges(account: str, tariff: Tariff, start: datetime, end: datetime) -> list[LedgerEntry]:
+    """One FIXED entry per CST calendar month whose first instant lies in (start, end], for the
+    version in force at that instant (none before the first version, none for a zero charge)."""
+    if problems := tariff.problems():
+        raise ValueError(f"tariff {tariff.name!r} has problems: {'; '.join(problems)}")
+    end = as_utc(end)
+    out: list[LedgerEntry] = []
+    month = TierPeriod.MONTH.next_start(start)
+    while month <= end:
+        following = TierPeriod.MONTH.next_start(month)
+        version = tariff.version_at(month)
+        if version is not None and version.fixed_monthly:
+            label = TierPeriod.MONTH.key(month)
+            out.append(LedgerEntry(
+                key=f"fixed:{account}:{label}", account=account, kind=EntryKind.FIXED,
+                amount=_charge_amount(version.fixed_monthly), at=month,
+                detail=f"fixed monthly charge {label} ({tariff.name})",
+                period_start=month, period_end=following,
+            ))
+        month = following
+    return out
+
+
+def _charge_amount(value: Decimal) -> Decimal:
+    """A charge is never positive, and never the odd-looking -0.00."""
+    m = money(value)
+    return -m if m else _ZERO_MONEY
+
+
+class _Run:
+    """The state of one charge_account call: cursors and usage changed so far over the inputs."""
+
+    __slots__ = ("account", "tariff", "cursors", "usage", "multipliers", "retired",
+                 "new_cursors", "new_usage", "entries", "flags")
+
+    def __init__(self, account: str, tariff: Tariff, cursors: Mapping[tuple[str, Rate], Cursor],
+                 usage: Mapping[str, Usage], multipliers: Mapping[str, Decimal]) -> None:
+        self.account = account
+        self.tariff = tariff
+        self.cursors = cursors
+        self.usage = usage
+        self.multipliers = multipliers
+        self.retired: dict[str, datetime] = {}  # old meter -> replaced at
+        self.new_cursors: dict[tuple[str, Rate], Cursor] = {}
+        self.new_usage: dict[str, Decimal] = {}
+        self.entries: list[LedgerEntry] = []
+        self.flags: list[ChargeFlag] = []
+
+    def result(self) -> ChargeResult:
+        account = self.account
+        usage = {p: Usage(account, p, kwh) for p, kwh in self.new_usage.items()} if self.new_usage else {}
+        return ChargeResult(self.entries, self.new_cursors, usage, self.flags)
+
+    def flag(self, meter: str, rate: Rate, at: datetime, kind: FlagKind, detail: str) -> None:
+        self.flags.append(ChargeFlag(meter, rate, at, kind, detail))
+
+    def cursor(self, key: tuple[str, Rate]) -> Cursor | None:
+        return self.new_cursors.get(key) or self.cursors.get(key)
+
+    # --- readings -------------------------------------------------------------------------------
+
+    def reading(self, meter: str, rate: Rate, at: datetime, value: Decimal) -> None:
+        key = (meter, rate)
+        if self.retired and meter in self.retired and at > self.retired[meter]:
+            self.flag(meter, rate, at, FlagKind.LATE, f"reading {value} of {meter}, replaced at "
+                      f"{self.retired[meter].isoformat()}")
+            return
+        cur = self.new_cursors.get(key) or self.cursors.get(key)
+        if cur is None:
+            self.new_cursors[key] = Cursor(meter, rate, at, value)
+            return
+        cur_at = cur.at if cur.at.tzinfo is UTC else as_utc(cur.at)
+        if at <= cur_at:
+            if at < cur_at:
+                self.flag(meter, rate, at, FlagKind.LATE,
+                          f"reading {value} is older than the cursor {cur.value} at {cur.at.isoformat()}")
+            elif value != cur.value:
+                self.flag(meter, rate, at, FlagKind.DUPLICATE_CONFLICT,
+                          f"reading {value} conflicts with {cur.value} already taken at this instant")
+            return
+        delta = value - cur.value
+        if delta < 0:
+            span = REGISTER_SPAN * self.multipliers.get(meter, 1)
+            if -delta * 2 > span:
+                delta += span
+                self.flag(meter, rate, at, FlagKind.ROLLOVER,
+                          f"register rolled over at {span}: {cur.value} -> {value}, {delta} kWh")
+            else:
+                self.flag(meter, rate, at, FlagKind.NEGATIVE_DELTA,
+                          f"register went back from {cur.value} to {value}: not charged, cursor kept")
+                return
+        if delta:
+            self.charge(meter, rate, cur_at, at, delta)
+        self.new_cursors[key] = Cursor(meter, rate, at, value)
+
+    def replace(self, r: MeterReplacement) -> None:
+        at = as_utc(r.at)
+        for rate, value in sorted(r.old_final.items()):
+            self.reading(r.old_meter, rate, at, value)
+        self.retired[r.old_meter] = at
+        applied = False
+        for rate, value in sorted(r.new_initial.items()):
+            key = (r.new_meter, rate)
+            cur = self.cursor(key)
+            if cur is None or cur.at < at:  # at or after: this replacement was applied before
+                self.new_cursors[key] = Cursor(r.new_meter, rate, at, value)
+                applied = True
+        if applied:
+            initial = ", ".join(f"{rate} {value}" for rate, value in sorted(r.new_initial.items()))
+            self.flag(r.old_meter, Rate.TOTAL, at, FlagKind.REPLACEMENT,
+                      f"{r.old_meter} replaced by {r.new_meter} ({r.key}); new meter starts at {initial}")
+
+    # --- one delta ------------------------------------------------------------------------------
+
+    def charge(self, meter: str, register: Rate, t0: datetime, t1: datetime, kwh: Decimal) -> None:
+        """Charge ``kwh`` used on ``meter``'s ``register`` over (t0, t1]."""
+        tariff = self.tariff
+        version = tariff.version_at(t0)
+        starts = tariff.effective_instants(t0, t1)
+        pieces: list[_Piece] = []
+        if starts:
+            bounds = [t0, *starts, t1]
+            for i in range(len(bounds) - 1):
+                a = bounds[i]
+                _split(pieces, a, bounds[i + 1], version if i == 0 else tariff.version_at(a), register)
+        else:
+            _split(pieces, t0, t1, version, register)
+
+        if len(pieces) == 1:
+            energies = [kwh]
+        else:  # cumulative rounding: never a negative piece, and they add up to kwh exactly
+            total = (t1 - t0) // _US
+            energies = []
+            done = _ZERO
+            for piece in pieces[:-1]:
+                upto = (kwh * ((piece[1] - t0) // _US) / total).quantize(KWH_PLACES, ROUND_HALF_UP)
+                energies.append(upto - done)
+                done = upto
+            energies.append(kwh - done)
+
+        key_prefix = ""
+        n = 0
+        uncovered = _ZERO
+        for (a, b, v, rate, period), e in zip(pieces, energies):
+            if v is None:
+                uncovered += e
+                continue
+            if rate is None or not e:
+                continue
+            if not key_prefix:
+                key_prefix = f"charge:{meter}:{register}:{_iso(t0)}/{_iso(t1)}:"
+            if period is not None:
+                n = self.charge_tiered(key_prefix, n, meter, a, b, v, e, period)
+                continue
+            price = v.price if v.kind is TariffKind.FLAT else v.rate_prices[rate]
+            self.entry(f"{key_prefix}{n}", meter, rate, a, b, e, price, f"{e:.4f} kWh × {price} {rate}")
+            n += 1
+        if pieces[0][2] is None and register in tariff.versions[0].charged_rates:
+            self.flag(meter, register, t1, FlagKind.NO_TARIFF,
+                      f"{uncovered} kWh over {t0.isoformat()}/{t1.isoformat()} before tariff "
+                      f"{tariff.name!r} takes effect: not charged")
+
+    def charge_tiered(self, key_prefix: str, n: int, meter: str, a: datetime, b: datetime,
+                      v: TariffVersion, kwh: Decimal, period: str) -> int:
+        used = self.new_usage.get(period)
+        if used is None:
+            known = self.usage.get(period)
+            used = known.kwh if known is not None else _ZERO
+        tiers = v.tiers
+        rest = kwh
+        start = a
+        while rest:
+            i = v.tier_index(used)
+            upto = tiers[i].upto
+            part = rest if upto is None or used + rest <= upto else upto - used
+            rest -= part
+            if rest:  # the tier is crossed inside the piece: where, assuming uniform use
+                done = kwh - rest
+                end = a + _US * int((((b - a) // _US) * done / kwh).to_integral_value(ROUND_HALF_UP))
+            else:
+                end = b
+            price = tiers[i].price
+            self.entry(f"{key_prefix}{n}", meter, Rate.TOTAL, start, end, part, price,
+                       f"{part:.4f} kWh × {price} tier {i + 1} ({period})")
+            n += 1
+            used += part
+            start = end
+        self.new_usage[period] = used
+        return n
+
+    def entry(self, key: str, meter: str, rate: Rate, a: datetime, b: datetime, kwh: Decimal,
+              price: Decimal, detail: str) -> None:
+        amount = (kwh * price).quantize(FEN, ROUND_HALF_UP)  # money(), inlined: this is the hot path
+        self.entries.append(LedgerEntry(key, self.account, EntryKind.CHARGE, -amount if amount else _ZERO_MONEY,
+                                        b, detail, meter, rate, kwh, price, a, b))
+
+
+def _split(pieces: list[_Piece], a: datetime, b: datetime, v: TariffVersion | None, register: Rate) -> None:
+    """Append the pieces of (a, b], all under version ``v``, to ``pieces``."""
+    if v is None or register not in v.charged_rates:
+        pieces.append((a, b, v, None, None))
+    elif v.kind is TariffKind.TIERED:
+        period = v.tier_period
+        key, nxt = period.locate(a)
+        while nxt < b:
+            pieces.append((a, nxt, v, register, key))
+            a = nxt
+            key, nxt = period.locate(a)
+        pieces.append((a, b, v, register, key))
+    elif v.tou_source is TouSource.SCHEDULE and v.kind is TariffKind.TOU:
+        rate = v.schedule_rate(a)
+        for t, next_rate in v.schedule_changes(a, b):
+            pieces.append((a, t, v, rate, None))
+            a, rate = t, next_rate
+        pieces.append((a, b, v, rate, None))
+    else:
+        pieces.append((a, b, v, register, None))

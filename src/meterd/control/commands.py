@@ -1,0 +1,223 @@
+"""Sending queued commands: write-then-verify, at most once on the wire per claim, settled after a crash.
+
+The lifecycle (stored and audited by :class:`~meterd.control.state.ControlStore`)::
+
+    queued --claim--> sent --read back matches--> confirmed
+       ^                |---refused / stuck relay / unsupported--> failed   (a control anomaly, reported)
+       |                `---meter unreachable------------------.
+       `------------------- retry at next_try -----------------'  until expires --> expired
+    queued --operator--> cancelled           queued --opposite command--> cancelled (superseded)
+
+- A command is claimed (``sent``, committed) before its bytes go out.  If the daemon dies there,
+  the command is *never sent again*: on restart :meth:`CommandExecutor.recover` reads the relay back
+  and settles it as ``confirmed`` (the meter did it) or ``failed`` (it did not, or cannot be read
+  before the command expires) for an operator to look at.
+- An unreachable meter (offline, link down) keeps its command queued and is tried again every
+  ``retry_every`` until the command expires.  Before a retry the relay is read first: if an earlier
+  try reached the meter though its acknowledgement was lost, the command is confirmed without being
+  sent again.
+- A relay that does not move after an acknowledged command is a control anomaly: ``failed`` with
+  the read-back as evidence, an ``anomaly`` notice, and no automatic retry.
+- Commands go to the channel as :data:`~meterd.collector.channel.URGENT` transactions, ahead of
+  routine reads; commands on different channels run in parallel, on one channel one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Awaitable, Callable, Iterable
+
+from meterd.collector.channel import Channel, TransactionError
+from meterd.collector.control import (
+    EXPECTED,
+    ControlOutcome,
+    Credentials,
+    read_relay_state,
+    send_relay_command,
+)
+from meterd.collector.modbus import ModbusLink
+from meterd.collector.poll import MeterTarget, ReadFailed
+from meterd.control.model import CommandState
+from meterd.control.policy import Notice
+from meterd.control.state import Command, ControlStore
+from meterd.errors import ControlError, MeterdError
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+Publish = Callable[[Iterable[Notice]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class MeterRoute:
+    """How to reach a meter: its channel, target, Modbus link (Modbus meters) and credentials."""
+
+    channel: Channel
+    target: MeterTarget
+    link: ModbusLink | None = None
+    credentials: Credentials | None = None
+
+
+Resolver = Callable[[str], MeterRoute | None]
+
+
+class CommandExecutor:
+    def __init__(
+        self,
+        store: ControlStore,
+        resolve: Resolver,
+        *,
+        clock: Clock,
+        retry_every: timedelta = timedelta(minutes=5),
+        valid_for: timedelta = timedelta(minutes=10),
+        settle: float = 0.0,
+        publish: Publish | None = None,
+    ) -> None:
+        self.store = store
+        self.resolve = resolve
+        self.clock = clock
+        self.retry_every = retry_every
+        self.valid_for = valid_for
+        self.settle = settle
+        self.publish = publish
+        self.wake = asyncio.Event()
+        self._in_flight: set[int] = set()
+
+    async def run(self, stop: asyncio.Event, *, idle: float = 1.0) -> None:
+        """Settle orphans, then send due commands until ``stop``; :attr:`wake` cuts the idle wait short
+        (set it after queuing).  ``idle`` bounds how late a command queued by another process
+        (``meterd trip``) is noticed."""
+        await self.recover()
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except MeterdError as exc:  # a store problem must not kill the daemon; say it and go on
+                log.error("command executor: %s", exc)
+            self.wake.clear()
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
+            await asyncio.wait(waiters, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+
+    async def run_once(self) -> list[Command]:
+        """Expire stale commands, then send every due one; returns the commands as they ended up."""
+        now = self.clock()
+        for cmd in await asyncio.to_thread(self.store.expire, now):
+            log.warning("command #%d %s to meter %s expired: %s", cmd.id, cmd.kind, cmd.meter, cmd.reason)
+            await self._notify([_anomaly(cmd, now, "expired before the meter could be reached")])
+        due = await asyncio.to_thread(self.store.due_commands, now)
+        by_channel: dict[str, list[Command]] = {}
+        done: list[Command] = []
+        for cmd in due:
+            route = self.resolve(cmd.meter)
+            if route is None:
+                claimed = await asyncio.to_thread(self.store.mark_sent, cmd.id, now=now)
+                done.append(await self._finish(claimed, CommandState.FAILED,
+                                               f"meter {cmd.meter} is not in the configuration: no channel reaches it"))
+                continue
+            by_channel.setdefault(route.channel.name, []).append(cmd)
+
+        async def lane(commands: list[Command]) -> list[Command]:
+            return [await self.execute(cmd) for cmd in commands]
+
+        for results in await asyncio.gather(*(lane(cmds) for cmds in by_channel.values())):
+            done.extend(results)
+        return done
+
+    async def execute(self, cmd: Command) -> Command:
+        route = self.resolve(cmd.meter)
+        now = self.clock()
+        claimed = await asyncio.to_thread(self.store.mark_sent, cmd.id, now=now)
+        if route is None:
+            return await self._finish(claimed, CommandState.FAILED, f"meter {cmd.meter} has no route")
+        self._in_flight.add(cmd.id)
+        try:
+            flag, expected = EXPECTED[cmd.kind.relay_command]
+            if claimed.tries > 1:  # an earlier try may have reached the meter: look before sending again
+                try:
+                    state = await read_relay_state(route.channel, route.target, link=route.link)
+                except (TransactionError, ReadFailed, ControlError, MeterdError) as exc:
+                    return await self._later(claimed, f"meter unreachable before retry: {exc}")
+                await asyncio.to_thread(self.store.record_relay, cmd.meter, state, now=self.clock())
+                if state.get(flag) == expected:
+                    return await self._finish(claimed, CommandState.CONFIRMED,
+                                              f"{flag} = {expected} read back before retrying: not sent again",
+                                              state)
+            try:
+                outcome = await send_relay_command(
+                    route.channel, route.target, cmd.kind.relay_command, now, credentials=route.credentials,
+                    valid_for=self.valid_for, link=route.link, settle=self.settle)
+            except ControlError as exc:
+                outcome = getattr(exc, "outcome", None) or ControlOutcome(cmd.meter, cmd.kind.relay_command, now,
+                                                                          detail=str(exc), failure="refused")
+                if outcome.read_back:
+                    await asyncio.to_thread(self.store.record_relay, cmd.meter, outcome.read_back, now=self.clock())
+                if outcome.retryable:
+                    return await self._later(claimed, outcome.detail)
+                return await self._finish(claimed, CommandState.FAILED, outcome.detail, outcome.read_back)
+            await asyncio.to_thread(self.store.record_relay, cmd.meter, outcome.read_back, now=self.clock())
+            return await self._finish(claimed, CommandState.CONFIRMED, outcome.detail, outcome.read_back)
+        finally:
+            self._in_flight.discard(cmd.id)
+
+    async def recover(self) -> list[Command]:
+        """Settle commands left ``sent`` by a daemon that died mid-command, by read-back only."""
+        settled = []
+        for cmd in await asyncio.to_thread(self.store.in_flight):
+            if cmd.id in self._in_flight:
+                continue
+            settled.append(await self._settle_orphan(cmd))
+        return settled
+
+    async def _settle_orphan(self, cmd: Command) -> Command:
+        route = self.resolve(cmd.meter)
+        flag, expected = EXPECTED[cmd.kind.relay_command]
+        if route is None:
+            return await self._finish(cmd, CommandState.FAILED,
+                                      "interrupted by a restart and the meter is no longer configured: not resent")
+        try:
+            state = await read_relay_state(route.channel, route.target, link=route.link)
+        except (TransactionError, ReadFailed, ControlError, MeterdError) as exc:
+            return await self._finish(cmd, CommandState.FAILED,
+                                      f"interrupted by a restart; relay state unreadable ({exc}): not resent, "
+                                      "check the meter")
+        await asyncio.to_thread(self.store.record_relay, cmd.meter, state, now=self.clock())
+        if state.get(flag) == expected:
+            return await self._finish(cmd, CommandState.CONFIRMED,
+                                      f"interrupted by a restart; {flag} = {expected} read back: not resent", state)
+        return await self._finish(cmd, CommandState.FAILED,
+                                  f"interrupted by a restart; {flag} reads {state.get(flag)}: not resent, "
+                                  "check the meter and send again if still wanted", state)
+
+    async def _later(self, cmd: Command, why: str) -> Command:
+        now = self.clock()
+        next_try = now + self.retry_every
+        if next_try >= cmd.expires:
+            return await self._finish(cmd, CommandState.EXPIRED, f"expired: the meter did not answer ({why})")
+        log.info("command #%d %s to meter %s: %s; retry at %s", cmd.id, cmd.kind, cmd.meter, why,
+                 next_try.isoformat())
+        return await asyncio.to_thread(self.store.retry_later, cmd.id, now=now, next_try=next_try,
+                                       detail=f"try {cmd.tries}: {why}")
+
+    async def _finish(self, cmd: Command, state: CommandState, detail: str,
+                      read_back: dict[str, bool] | None = None) -> Command:
+        now = self.clock()
+        done = await asyncio.to_thread(self.store.finish, cmd.id, state, now=now, detail=detail, read_back=read_back)
+        if state is CommandState.CONFIRMED:
+            log.info("command #%d %s to meter %s confirmed: %s", cmd.id, cmd.kind, cmd.meter, detail)
+        else:
+            log.warning("command #%d %s to meter %s %s: %s", cmd.id, cmd.kind, cmd.meter, state, detail)
+            await self._notify([_anomaly(done, now, detail)])
+        return done
+
+    async def _notify(self, notices: list[Notice]) -> None:
+        if self.publish is not None and notices:
+            await self.publish(notices)
+
+
+def _anomaly(cmd: Command, now: datetime, detail: str) -> Notice:
+    return Notice(account=cmd.account or "", kind="anomaly", meter=cmd.meter, at=now,
+                  message=f"command #{cmd.id} {cmd.kind} to meter {cmd.meter} {cmd.state}: {detail}")

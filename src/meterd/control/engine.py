@@ -1,0 +1,334 @@
+"""The prepaid engine: readings in, ledger entries, control states and commands out.
+
+It wraps the pure parts (:mod:`~meterd.control.charging`, :mod:`~meterd.control.policy`,
+:mod:`~meterd.control.limits`) with the state database:
+
+1. :meth:`PrepaidEngine.observe` keeps the good energy-register readings of assigned meters
+   (real-time registers and daily frozen registers, the latter at the meter's own freeze time) and
+   active-power samples of meters under a power limit.  Nothing is lost if the daemon dies before
+   the next pass: charging works from cursors, so the next reading charges the whole delta.
+2. :meth:`charge` turns them into ledger entries with the account's tariff, plus fixed monthly
+   charges, and commits entries, cursors, tier usage and flags in one transaction.
+3. :meth:`decide` runs the policy over every account whose ledger moved since the last pass
+   (payments made by another process, e.g. ``meterd pay``, included) and every account not in the
+   normal state (a held trip is re-decided until it can go out), stores the new control states and
+   queues the commands; :meth:`power` does the same for 定值控制.
+4. Notices go to the notifier.
+
+Every function takes ``now``; the daemon's clock is the only clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Iterable, Mapping
+
+from meterd.control.charging import Cursor, FlagKind, Usage, charge_account, fixed_charges
+from meterd.control.limits import PowerLimit, PowerSample, evaluate_power
+from meterd.control.model import CST, QUANTITY_RATE, CommandKind, CommandRequest, LedgerEntry, RegisterReading
+from meterd.control.policy import (
+    AccountView,
+    ControlState,
+    Notice,
+    SafetyRules,
+    Threshold,
+    Thresholds,
+    check_manual,
+    decide_all,
+)
+from meterd.control.state import Account, Command, ControlStore, LedgerError
+from meterd.control.tariff import Tariff
+from meterd.readings import Quality, Reading
+
+log = logging.getLogger(__name__)
+
+FROZEN_PREFIX = "frozen.daily."
+POWER_QUANTITY = "power.active.total"
+POWER_WINDOW = timedelta(hours=2)  # power samples kept per meter for 定值控制
+
+
+@dataclass(frozen=True, slots=True)
+class PrepaidSettings:
+    thresholds: Thresholds
+    rules: SafetyRules
+    command_ttl: timedelta = timedelta(hours=2)
+    retry_every: timedelta = timedelta(minutes=5)
+    valid_for: timedelta = timedelta(minutes=10)
+    settle: float = 0.0
+    check_every: float = 60.0
+    manual_hold: timedelta = timedelta(hours=24)
+
+
+@dataclass(slots=True)
+class PassSummary:
+    accounts: int = 0
+    entries: int = 0
+    flags: dict[str, int] = field(default_factory=dict)
+    decisions: int = 0
+    commands: list[Command] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+
+
+def thresholds_for(defaults: Thresholds, overrides: Mapping[str, str]) -> Thresholds:
+    """The site's thresholds with an account's overrides (``{"alarm": "3d"}``) applied."""
+    values = {name: getattr(defaults, name) for name in ("reminder", "alarm", "trip", "reclose")}
+    for name, text in overrides.items():
+        if name not in values:
+            raise LedgerError(f"unknown threshold {name!r} (use reminder, alarm, trip, reclose)")
+        values[name] = Threshold.parse(text)
+    return Thresholds(**values)
+
+
+def register_reading(reading: Reading) -> RegisterReading | None:
+    """The energy-register reading charging needs, or None (other quantities, bad quality)."""
+    if reading.quality is not Quality.GOOD or not isinstance(reading.value, Decimal):
+        return None
+    quantity = reading.quantity
+    if quantity.startswith(FROZEN_PREFIX):
+        quantity = quantity[len(FROZEN_PREFIX):]
+    rate = QUANTITY_RATE.get(quantity)
+    if rate is None:
+        return None
+    return RegisterReading(reading.meter, rate, reading.timestamp, reading.value)
+
+
+class PrepaidEngine:
+    def __init__(
+        self,
+        store: ControlStore,
+        settings: PrepaidSettings,
+        tariffs: Mapping[str, Tariff],
+        *,
+        limits: Iterable[PowerLimit] = (),
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.tariffs = dict(tariffs)
+        self.limits = {limit.meter: limit for limit in limits}
+        self._pending: dict[str, list[RegisterReading]] = defaultdict(list)
+        self._samples: dict[str, list[PowerSample]] = defaultdict(list)
+        self._power_active: dict[str, bool] = {}
+        self._power_held: dict[str, str | None] = {}
+        self._seq = -1  # ledger watermark of the last policy pass; -1: every account on the first
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Reload meter -> account assignments (after an account import)."""
+        self._meters = self.store.meter_accounts()
+
+    # --- 1. observe ----------------------------------------------------------------------------
+
+    def observe(self, readings: Iterable[Reading]) -> int:
+        """Keep what charging and power control need; returns how many register readings were kept."""
+        kept = 0
+        for reading in readings:
+            if reading.meter in self.limits and reading.quantity == POWER_QUANTITY \
+                    and isinstance(reading.value, Decimal) and reading.quality is Quality.GOOD:
+                self._samples[reading.meter].append(PowerSample(reading.timestamp, reading.value))
+            owner = self._meters.get(reading.meter)
+            if owner is None:
+                continue
+            register = register_reading(reading)
+            if register is not None:
+                self._pending[owner[0]].append(register)
+                kept += 1
+        return kept
+
+    @property
+    def pending(self) -> int:
+        return sum(len(v) for v in self._pending.values())
+
+    # --- 2. charge -----------------------------------------------------------------------------
+
+    def charge(self, now: datetime) -> PassSummary:
+        """Charge what was observed (and fixed monthly charges due by ``now``); one transaction."""
+        pending, self._pending = self._pending, defaultdict(list)
+        try:
+            return self._charge(pending, now)
+        except BaseException:
+            for account, readings in pending.items():  # nothing was committed: try again next pass
+                self._pending[account][:0] = readings
+            raise
+
+    def _charge(self, pending: dict[str, list[RegisterReading]], now: datetime) -> PassSummary:
+        summary = PassSummary()
+        accounts = {a.account: a for a in self.store.accounts()}
+        entries: list[LedgerEntry] = []
+        cursors: list = []
+        usage_rows: list = []
+        flags: list = []
+        fixed_through: dict[str, datetime] = {}
+        meters = [m for acct in pending for m in accounts[acct].meters] if pending else []
+        stored_cursors = self.store.cursors(meters) if meters else {}
+        stored_usage = self.store.tier_usage() if pending else {}
+        for name, account in accounts.items():
+            tariff = self.tariffs.get(account.tariff)
+            if tariff is None:
+                if name in pending:
+                    log.error("account %s: tariff %r is not configured; %d reading(s) not charged",
+                              name, account.tariff, len(pending[name]))
+                    self._pending[name].extend(pending[name])  # keep them for when it is
+                continue
+            readings = pending.get(name)
+            if readings:
+                current = {key: Cursor(key[0], key[1], at, value) for key, (at, value) in stored_cursors.items()
+                           if key[0] in account.meters}
+                usage = {period: Usage(acct, period, kwh) for (acct, period), kwh in stored_usage.items()
+                         if acct == name}
+                result = charge_account(name, tariff, readings, current, usage, multipliers=account.meters)
+                entries.extend(result.entries)
+                cursors.extend((c.meter, c.rate, c.at, c.value) for c in result.cursors.values())
+                usage_rows.extend((name, u.period, u.kwh) for u in result.usage.values())
+                for flag in result.flags:
+                    summary.flags[flag.kind] = summary.flags.get(flag.kind, 0) + 1
+                    if flag.kind is not FlagKind.LATE:  # a frozen value arriving after a live one: routine
+                        flags.append((flag.meter, flag.rate, flag.at, str(flag.kind), flag.detail))
+                summary.accounts += 1
+            start = account.fixed_through or account.opened
+            if _month(start) != _month(now) or account.fixed_through is None:
+                fixed = fixed_charges(name, tariff, start, now)
+                entries.extend(fixed)
+                fixed_through[name] = now
+        if entries or cursors or flags or fixed_through:
+            summary.entries = self.store.commit_charging(entries, cursors, usage_rows, flags, fixed_through, now=now)
+        return summary
+
+    # --- 3. decide -----------------------------------------------------------------------------
+
+    def views(self, now: datetime, accounts: list[Account]) -> list[AccountView]:
+        needs_average = any(
+            t.days is not None
+            for a in accounts
+            for t in _all(thresholds_for(self.settings.thresholds, a.thresholds)))
+        averages = self.store.average_daily_cost(now) if needs_average else {}
+        views = []
+        for a in accounts:
+            manual_hold = a.manual_until is not None and now < a.manual_until
+            views.append(AccountView(
+                account=a.account, area=a.area, protected=a.protected or manual_hold, balance=a.balance,
+                avg_daily_cost=averages.get(a.account, Decimal(0)), state=ControlState(a.state),
+                meters=tuple(a.meters), thresholds=thresholds_for(self.settings.thresholds, a.thresholds),
+                held=a.held))
+        return views
+
+    def decide(self, now: datetime) -> PassSummary:
+        """The policy over accounts whose money moved, or that are not back to normal."""
+        summary = PassSummary()
+        seq = self.store.last_seq()
+        changed = None if self._seq < 0 else self.store.accounts_changed_since(self._seq)
+        accounts = [a for a in self.store.accounts()
+                    if changed is None or a.account in changed or a.state != ControlState.NORMAL or a.held]
+        self._seq = seq
+        if not accounts:
+            return summary
+        area_trips = self.store.area_trips_since(now - timedelta(hours=1))
+        decisions = decide_all(self.views(now, accounts), self.settings.rules, now, area_trips)
+        summary.decisions = len(decisions)
+        requests: list[CommandRequest] = []
+        updates = []
+        for d in decisions:
+            requests.extend(d.commands)
+            summary.notices.extend(d.notices)
+            updates.append((d.account, str(d.new_state), d.held))
+        self.store.set_control_state(updates, now=now)
+        if requests:
+            summary.commands = self.store.queue_commands(requests, now=now, ttl=self.settings.command_ttl,
+                                                         dry_run=self.settings.rules.dry_run)
+        return summary
+
+    def power(self, now: datetime) -> PassSummary:
+        """定值控制: meters whose load stayed above their limit long enough."""
+        summary = PassSummary()
+        if not self.limits:
+            return summary
+        area_trips = self.store.area_trips_since(now - timedelta(hours=1))
+        requests: list[CommandRequest] = []
+        for meter, limit in self.limits.items():
+            samples = [s for s in self._samples.get(meter, []) if s.at >= now - POWER_WINDOW]
+            self._samples[meter] = samples
+            samples.sort(key=lambda s: s.at)
+            decision = evaluate_power(limit, samples, now, self.settings.rules,
+                                      active=self._power_active.get(meter, False),
+                                      area_trips_last_hour=area_trips.get(limit.area, 0),
+                                      held=self._power_held.get(meter))
+            self._power_held[meter] = decision.held
+            self._power_active[meter] = decision.exceeded_since is not None and (
+                self._power_active.get(meter, False) or decision.command is not None)
+            if decision.command is not None:
+                requests.append(decision.command)
+                if decision.command.kind is CommandKind.TRIP:
+                    area_trips[limit.area] = area_trips.get(limit.area, 0) + 1
+            if decision.notice is not None:
+                summary.notices.append(decision.notice)
+        if requests:
+            summary.commands = self.store.queue_commands(requests, now=now, ttl=self.settings.command_ttl,
+                                                         dry_run=self.settings.rules.dry_run)
+        return summary
+
+    def run_pass(self, now: datetime) -> PassSummary:
+        """charge, decide, power: one pass (blocking; the daemon runs it in a worker thread)."""
+        charged = self.charge(now)
+        decided = self.decide(now)
+        powered = self.power(now)
+        charged.decisions = decided.decisions
+        charged.commands = decided.commands + powered.commands
+        charged.notices = decided.notices + powered.notices
+        return charged
+
+
+def _month(at: datetime) -> tuple[int, int]:
+    local = at.astimezone(CST)
+    return local.year, local.month
+
+
+def _all(t: Thresholds) -> tuple[Threshold, ...]:
+    return (t.reminder, t.alarm, t.trip, t.reclose)
+
+
+def queue_manual(
+    store: ControlStore,
+    meter: str,
+    kind: CommandKind,
+    *,
+    operator: str | None,
+    reason: str | None,
+    now: datetime,
+    ttl: timedelta,
+    known_meters: Iterable[str],
+    manual_hold: timedelta = timedelta(hours=24),
+) -> Command:
+    """An operator's command: validated (operator, reason, known meter, protected accounts), queued
+    ahead of nothing but sent by the daemon ahead of routine reads.  Raises LedgerError with the
+    reason when refused; the refusal is audited too."""
+    owner = store.meter_accounts().get(meter)
+    account = store.account(owner[0]) if owner else None
+    refusal = None
+    if meter not in set(known_meters) and owner is None:
+        refusal = f"unknown meter {meter}: not in the configuration and not assigned to an account"
+    else:
+        refusal = check_manual(kind, operator=operator, reason=reason,
+                               protected=bool(account and account.protected))
+    if refusal is not None:
+        store.audit(operator or "unknown", "command-refused", meter,
+                    {"kind": str(kind), "reason": reason, "refusal": refusal}, now=now)
+        raise LedgerError(refusal)
+    assert operator is not None and reason is not None
+    request = CommandRequest(meter=meter, kind=kind, reason=reason.strip(), requested_by=operator.strip(),
+                             account=account.account if account else None, manual=True)
+    queued = store.queue_commands([request], now=now, ttl=ttl)
+    if not queued:
+        active = [c for c in store.commands(meter=meter) if not c.state.final and c.kind is kind]
+        raise LedgerError(f"meter {meter}: a {kind} command is already {active[0].state} as #{active[0].id}"
+                          if active else f"meter {meter}: {kind} not queued")
+    if account is not None and kind in (CommandKind.RECLOSE, CommandKind.RECLOSE_ALLOWED) \
+            and account.state == ControlState.TRIPPED:
+        # An operator's reclose of a tripped account holds automatic trips for a while, else the
+        # next policy pass would trip it straight back.
+        store.set_manual_until(account.account, now + manual_hold, now=now, actor=operator,
+                               reason=f"manual {kind}: {reason}")
+        store.set_control_state([(account.account, str(ControlState.ALARMED), None)], now=now, actor=operator)
+    return queued[0]

@@ -1,0 +1,373 @@
+"""The prepaid policy (费控策略): from an account's balance to relay commands and notices.
+
+Pure: :func:`decide` looks at one :class:`AccountView` (balance, average daily cost, the state the
+account is in, its thresholds) and a ``now`` passed in, and returns a :class:`Decision` -- the new
+state, the :class:`~meterd.control.model.CommandRequest` per meter and the :class:`Notice` s.  The
+caller stores the state, queues the commands (in dry-run the command store records them without
+sending) and publishes the notices.
+
+Levels.  Four thresholds, each an amount in yuan (``"50"``, ``"-10"``) or days of average use
+(``"3d"`` = 3 × average daily cost), resolve to four levels (:meth:`Thresholds.levels`):
+reminder ≥ alarm ≥ trip, and reclose > trip.  ``trip`` is the overdraft limit: the supply is cut
+when the balance is at or below it.  ``reclose`` is where the supply comes back, strictly above
+``trip``: that gap is the hysteresis that keeps a balance hovering around the trip level from
+flipping the relay (trip, reclose, trip, ...).  The balance band is the state the balance alone
+asks for: ``> reminder`` NORMAL, ``> alarm`` REMINDED, ``> trip`` ALARMED, else TRIPPED.
+
+State machine (commands are sent to every meter of the account, in the order listed):
+
+==========  ====================================  ==========  ==========================  ==========
+state       balance                               new state   commands                    notices
+==========  ====================================  ==========  ==========================  ==========
+NORMAL      band REMINDED                         REMINDED    --                          reminder
+NORMAL,     band ALARMED                          ALARMED     ALARM                       alarm
+REMINDED
+NORMAL,     band TRIPPED, trip allowed            TRIPPED     ALARM, TRIP                 trip
+REMINDED
+ALARMED     band TRIPPED, trip allowed            TRIPPED     TRIP                        trip
+NORMAL,     band TRIPPED, trip *held*             ALARMED     ALARM                       alarm,
+REMINDED                                                                                  held [1]
+ALARMED     band TRIPPED, trip *held*             ALARMED     --                          held [1]
+REMINDED    band NORMAL                           NORMAL      --                          --
+ALARMED     band NORMAL or REMINDED               the band    ALARM_RELEASE               --
+TRIPPED     ≤ reclose level                       TRIPPED     --                          --
+TRIPPED     > reclose level, band ALARMED         ALARMED     reclose_kind                reclose
+TRIPPED     > reclose level, band NORMAL or       the band    reclose_kind, ALARM_RELEASE reclose
+            REMINDED
+any         band = state                          state       --                          --
+==========  ====================================  ==========  ==========================  ==========
+
+[1] only when the hold reason differs from :attr:`AccountView.held` (one notice per reason, not one
+per pass).
+
+A trip is *held* (:func:`automatic_trip_hold`) -- the account stays ALARMED and
+:attr:`Decision.held` says why -- when the account is protected (保电: never tripped
+automatically), when :func:`trip_blocked` says no automatic trips now (quiet hours, weekend,
+holiday, unless the weekend day is a make-up working day 调休), or when the area has had its
+``max_trips_per_area_hour``.  A held trip is decided again on every pass: when the block ends the
+trip goes out.  Operators' commands are not decided here; :func:`check_manual` only vets them.
+
+Area cap.  The count is of TRIP commands (one per meter) in the area in the last hour, as the
+command store counts them.  An account trips whole (all its meters) when the count is below the
+cap, so the cap can be passed by at most one account's meters.  :func:`decide_all` adds the trips
+it decides to the count as it goes, so one pass over many accounts keeps the cap too; it decides
+in the order it is given the accounts.
+
+Calendar questions (quiet hours, weekend, holiday) are answered in CST; ``now`` must be
+timezone-aware.  Quiet hours and power windows are ``[start, end)``; ``end <= start`` wraps past
+midnight; ``start == end`` is an empty window.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal, InvalidOperation
+from typing import Final
+
+from meterd.control.model import CST, FEN, CommandKind, CommandRequest, money
+
+NOTICE_KINDS: Final = frozenset({"reminder", "alarm", "trip", "reclose", "held", "anomaly", "power-limit"})
+PROTECTED_REASON: Final = "protected account (保电): never tripped automatically"
+
+
+class ControlState(enum.StrEnum):
+    NORMAL = "normal"
+    REMINDED = "reminded"
+    ALARMED = "alarmed"
+    TRIPPED = "tripped"
+
+
+_DEPTH: Final = {ControlState.NORMAL: 0, ControlState.REMINDED: 1, ControlState.ALARMED: 2, ControlState.TRIPPED: 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """A level: ``amount`` yuan, or ``days`` of average use (days × average daily cost).
+    Exactly one of the two is set."""
+
+    amount: Decimal | None = None
+    days: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        if (self.amount is None) == (self.days is None):
+            raise ValueError(f"a threshold is an amount or a number of days, exactly one: {self!r}")
+        value = self.amount if self.amount is not None else self.days
+        if not isinstance(value, Decimal) or not value.is_finite():
+            raise ValueError(f"a threshold must be a finite Decimal: {value!r}")
+
+    def resolve(self, avg_daily_cost: Decimal) -> Decimal:
+        """The level in yuan, to the fen."""
+        if self.amount is not None:
+            return money(self.amount)
+        assert self.days is not None
+        return money(self.days * avg_daily_cost)
+
+    @classmethod
+    def parse(cls, text: str | int | float | Decimal) -> Threshold:
+        """``"50"`` / ``50`` / ``-10`` → an amount in yuan; ``"3d"`` → 3 days of average use."""
+        if isinstance(text, bool) or not isinstance(text, (str, int, float, Decimal)):
+            raise ValueError(f"threshold {text!r}: expected a number of yuan or a number of days such as '3d'")
+        raw = str(text).strip()
+        days = raw[-1:] in ("d", "D")
+        number = raw[:-1].strip() if days else raw
+        value: Decimal | None
+        try:
+            value = Decimal(number)
+        except InvalidOperation:
+            value = None
+        if value is None or not value.is_finite() or not number:
+            raise ValueError(f"threshold {text!r}: expected an amount in yuan such as '50' or '-10', "
+                             "or days of average use such as '3d'")
+        return cls(days=value) if days else cls(amount=value)
+
+    def __str__(self) -> str:
+        return f"{self.days}d" if self.days is not None else str(self.amount)
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    reminder: Threshold
+    alarm: Threshold
+    trip: Threshold  # the overdraft limit: trip when balance <= this level (e.g. 0 or -10)
+    reclose: Threshold  # the supply comes back when the balance is above this level
+
+    def problems(self) -> list[str]:
+        """What is wrong with the order of the levels, where it can be told without the average
+        daily cost (both amounts, or both days): reminder ≥ alarm > trip, reclose > trip."""
+        found: list[str] = []
+        for high, low, strict, why in (
+            ("reminder", "alarm", False, ""),
+            ("alarm", "trip", True, ""),
+            ("reclose", "trip", True, ": the gap stops the relay flapping around the trip level"),
+        ):
+            a, b = _comparable(getattr(self, high), getattr(self, low))
+            if a is None or b is None:
+                continue
+            if a < b or (strict and a == b):
+                relation = ">" if strict else "≥"
+                found.append(f"{high} ({getattr(self, high)}) must be {relation} {low} ({getattr(self, low)}){why}")
+        return found
+
+    def levels(self, avg_daily_cost: Decimal) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+        """The levels in yuan (reminder, alarm, trip, reclose), made consistent whatever the mix of
+        amounts and days gives: alarm is raised to trip, reminder to alarm, and reclose to one fen
+        above trip (the hysteresis always holds, and a balance at or below trip is always in the
+        TRIPPED band)."""
+        trip = self.trip.resolve(avg_daily_cost)
+        alarm = max(self.alarm.resolve(avg_daily_cost), trip)
+        reminder = max(self.reminder.resolve(avg_daily_cost), alarm)
+        reclose = max(self.reclose.resolve(avg_daily_cost), trip + FEN)
+        return reminder, alarm, trip, reclose
+
+
+def _comparable(a: Threshold, b: Threshold) -> tuple[Decimal | None, Decimal | None]:
+    if a.amount is not None and b.amount is not None:
+        return a.amount, b.amount
+    if a.days is not None and b.days is not None:
+        return a.days, b.days
+    return None, None
+
+
+@dataclass(frozen=True, slots=True)
+class SafetyRules:
+    quiet_hours: tuple[tuple[time, time], ...] = ()  # CST [start, end), may wrap midnight: no automatic trips
+    no_trip_weekends: bool = False
+    holidays: frozenset[date] = frozenset()  # CST dates without automatic trips
+    workdays: frozenset[date] = frozenset()  # weekend days that are working days (调休): trips allowed
+    max_trips_per_area_hour: int | None = None
+    dry_run: bool = False  # the decisions are the same; the command store records without sending
+    reclose_kind: CommandKind = CommandKind.RECLOSE_ALLOWED  # or RECLOSE (direct)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    account: str
+    area: str
+    protected: bool
+    balance: Decimal
+    avg_daily_cost: Decimal
+    state: ControlState
+    meters: tuple[str, ...]
+    thresholds: Thresholds
+    held: str | None = None  # the reason the last automatic trip was held, if any
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    account: str
+    kind: str  # one of NOTICE_KINDS
+    message: str
+    at: datetime
+    meter: str | None = None
+    balance: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in NOTICE_KINDS:
+            raise ValueError(f"notice kind {self.kind!r} is not one of {sorted(NOTICE_KINDS)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    account: str
+    old_state: ControlState
+    new_state: ControlState
+    commands: tuple[CommandRequest, ...]
+    notices: tuple[Notice, ...]
+    held: str | None
+
+
+def in_window(t: time, start: time, end: time) -> bool:
+    """Whether the time of day ``t`` is in ``[start, end)``; ``end < start`` wraps past midnight."""
+    if start <= end:
+        return start <= t < end
+    return t >= start or t < end
+
+
+def local_time(now: datetime) -> datetime:
+    """``now`` in CST; a naive datetime is refused (it would silently mean the host's zone)."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError(f"now must be timezone-aware: {now!r}")
+    return now.astimezone(CST)
+
+
+def trip_blocked(rules: SafetyRules, now: datetime) -> str | None:
+    """Why automatic trips are not allowed at ``now`` (quiet hours, holiday, weekend), or None.
+    The reasons are stable over the block, so a held notice is sent once per block."""
+    local = local_time(now)
+    for start, end in rules.quiet_hours:
+        if in_window(local.time(), start, end):
+            return f"quiet hours {start:%H:%M}-{end:%H:%M} CST"
+    day = local.date()
+    if day in rules.holidays:
+        return f"holiday {day.isoformat()}"
+    if rules.no_trip_weekends and day.weekday() >= 5 and day not in rules.workdays:
+        return "weekend"
+    return None
+
+
+def automatic_trip_hold(rules: SafetyRules, now: datetime, *, protected: bool, area: str,
+                        area_trips_last_hour: int) -> str | None:
+    """Why an automatic trip must be held now, or None: protected, blocked time, area cap."""
+    if protected:
+        return PROTECTED_REASON
+    blocked = trip_blocked(rules, now)
+    if blocked is not None:
+        return blocked
+    cap = rules.max_trips_per_area_hour
+    if cap is not None and area_trips_last_hour >= cap:
+        return f"area trip cap reached: at most {cap} trips per hour in area {area}"
+    return None
+
+
+def yuan(value: Decimal) -> str:
+    return f"{money(value):.2f}"
+
+
+def _band(balance: Decimal, reminder: Decimal, alarm: Decimal, trip: Decimal) -> ControlState:
+    if balance > reminder:
+        return ControlState.NORMAL
+    if balance > alarm:
+        return ControlState.REMINDED
+    if balance > trip:
+        return ControlState.ALARMED
+    return ControlState.TRIPPED
+
+
+def decide(view: AccountView, rules: SafetyRules, now: datetime, *, area_trips_last_hour: int = 0) -> Decision:
+    """One account's next step (the table in the module docstring)."""
+    reminder, alarm, trip, reclose = view.thresholds.levels(view.avg_daily_cost)
+    balance = view.balance
+    band = _band(balance, reminder, alarm, trip)
+    old = view.state
+    commands: list[CommandRequest] = []
+    notices: list[Notice] = []
+    held: str | None = None
+
+    def command(kind: CommandKind, reason: str) -> None:
+        commands.extend(CommandRequest(meter, kind, reason, "policy", account=view.account) for meter in view.meters)
+
+    def notice(kind: str, message: str) -> None:
+        notices.append(Notice(view.account, kind, message, now, balance=balance))
+
+    b = yuan(balance)
+    below_alarm = f"balance {b} ≤ alarm level {yuan(alarm)}"
+    below_trip = f"balance {b} ≤ trip level {yuan(trip)}"
+    above_alarm = f"balance {b} > alarm level {yuan(alarm)}"
+
+    if old is ControlState.TRIPPED:
+        if balance > reclose:
+            new = band
+            why = f"balance {b} > reclose level {yuan(reclose)}"
+            command(rules.reclose_kind, why)
+            if new in (ControlState.NORMAL, ControlState.REMINDED):
+                command(CommandKind.ALARM_RELEASE, above_alarm)
+            restored = ("supply restored" if rules.reclose_kind is CommandKind.RECLOSE
+                        else "supply may be restored: press the button on the meter (合闸允许)")
+            notice("reclose", f"{why}: {restored}")
+        else:
+            new = old
+    elif band is ControlState.TRIPPED:
+        held = automatic_trip_hold(rules, now, protected=view.protected, area=view.area,
+                                   area_trips_last_hour=area_trips_last_hour)
+        if old is not ControlState.ALARMED:
+            command(CommandKind.ALARM, below_trip)
+            if held is not None:
+                notice("alarm", f"{below_trip}: low balance alarm, please top up")
+        if held is None:
+            new = ControlState.TRIPPED
+            command(CommandKind.TRIP, below_trip)
+            notice("trip", f"{below_trip}: supply cut, top up to above {yuan(reclose)} to restore")
+        else:
+            new = ControlState.ALARMED
+            if held != view.held:
+                notice("held", f"trip held: {held} ({below_trip})")
+    elif _DEPTH[band] > _DEPTH[old]:
+        new = band
+        if band is ControlState.REMINDED:
+            notice("reminder", f"balance {b} ≤ reminder level {yuan(reminder)}: please top up")
+        else:
+            command(CommandKind.ALARM, below_alarm)
+            notice("alarm", f"{below_alarm}: low balance alarm, please top up")
+    elif _DEPTH[band] < _DEPTH[old]:
+        new = band
+        if old is ControlState.ALARMED:
+            command(CommandKind.ALARM_RELEASE, above_alarm)
+    else:
+        new = old
+    return Decision(view.account, old, new, tuple(commands), tuple(notices), held)
+
+
+def _changes(view: AccountView, decision: Decision) -> bool:
+    return bool(decision.new_state != view.state or decision.commands or decision.notices
+                or decision.held != view.held)
+
+
+def decide_all(views: Iterable[AccountView], rules: SafetyRules, now: datetime,
+               area_trips: Mapping[str, int]) -> list[Decision]:
+    """:func:`decide` for each account in order, counting the trips of this pass per area so the
+    area cap holds within the pass.  Only decisions that change something are returned."""
+    trips = dict(area_trips)
+    out: list[Decision] = []
+    for view in views:
+        decision = decide(view, rules, now, area_trips_last_hour=trips.get(view.area, 0))
+        tripped = sum(1 for c in decision.commands if c.kind is CommandKind.TRIP)
+        if tripped:
+            trips[view.area] = trips.get(view.area, 0) + tripped
+        if _changes(view, decision):
+            out.append(decision)
+    return out
+
+
+def check_manual(kind: CommandKind, *, operator: str | None, reason: str | None, protected: bool) -> str | None:
+    """Why an operator's manual command is refused, or None: who and why are required, and a
+    protected account is not tripped by hand either (release the protection first)."""
+    if operator is None or not operator.strip():
+        return "operator required: a manual command must name who asked for it"
+    if reason is None or not reason.strip():
+        return "reason required: a manual command must say why"
+    if kind is CommandKind.TRIP and protected:
+        return "protected account (保电): manual trip refused; release the protection first"
+    return None

@@ -1,0 +1,140 @@
+"""Prepaid control inside the daemon: the engine's passes, the command executor and the notifier.
+
+The daemon builds one :class:`PrepaidRuntime` when the config has a ``[prepaid]`` section.  It
+sees every reading the daemon collects (observer), and runs as a service beside the channels:
+
+- at start: the configured accounts are written to the state database (audited as ``config``),
+  and commands left ``sent`` by a previous run are settled by read-back, never resent;
+- every ``check_every`` (and soon after a round brings register readings): charge, decide, queue
+  commands, publish notices, and wake the executor;
+- the executor sends queued commands (the policy's and operators' from ``meterd trip`` …)
+  through the daemon's channels as urgent transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from datetime import datetime
+from typing import TYPE_CHECKING, Callable
+
+from meterd.collector.control import Credentials
+from meterd.control.commands import CommandExecutor, MeterRoute
+from meterd.control.engine import PrepaidEngine
+from meterd.control.notify import LogFileSink, Notifier, WebhookSink
+from meterd.control.state import ControlStore
+from meterd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from meterd.collector.daemon import Daemon
+    from meterd.config.prepaid import PrepaidConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PASSWORD_ENV = "METERD_METER_PASSWORD"
+DEFAULT_OPERATOR_ENV = "METERD_OPERATOR_CODE"
+
+
+def credentials_from_env(config: PrepaidConfig, *, required: bool) -> Credentials | None:
+    """The DL/T 645 password and operator code, from the environment variables the config names."""
+    password_env = config.password_env or DEFAULT_PASSWORD_ENV
+    operator_env = config.operator_env or DEFAULT_OPERATOR_ENV
+    password, operator = os.environ.get(password_env), os.environ.get(operator_env)
+    problems = []
+    for env, value, key in ((password_env, password, "prepaid.password_env"),
+                            (operator_env, operator, "prepaid.operator_env")):
+        if not value:
+            problems.append(f"{key}: environment variable {env} (a DL/T 645 relay-control secret) is not set")
+        elif len(value) != 8 or any(c not in "0123456789abcdefABCDEF" for c in value):
+            problems.append(f"{key}: {env} must hold 8 hex digits")
+    if problems:
+        if required:
+            raise ConfigError(problems)
+        return None
+    assert password is not None and operator is not None
+    return Credentials(password, operator)
+
+
+def make_notifier(config: PrepaidConfig) -> Notifier:
+    sinks = []
+    for n in config.notify:
+        if n.kind == "log":
+            assert n.path is not None
+            sinks.append(LogFileSink(n.path))
+        else:
+            assert n.url is not None
+            sinks.append(WebhookSink(n.url, template=n.template, headers=n.headers, timeout=n.timeout,
+                                     kinds=n.kinds))
+    return Notifier(sinks)
+
+
+class PrepaidRuntime:
+    def __init__(self, daemon: Daemon, config: PrepaidConfig, *, clock: Callable[[], datetime]) -> None:
+        self.daemon = daemon
+        self.config = config
+        self.clock = clock
+        dlt645 = any(m.protocol.is_dlt645 for m in daemon.config.meters)
+        # A DL/T 645 site cannot switch a relay without these; say so at start, not at the first trip.
+        self.credentials = credentials_from_env(config, required=dlt645 and not config.settings.rules.dry_run)
+        self.store = ControlStore(daemon.config.store.data_dir)
+        self.store.upsert_accounts(config.accounts, actor="config", now=clock())
+        self.engine = PrepaidEngine(self.store, config.settings, config.tariffs, limits=config.power_limits)
+        self.notifier = make_notifier(config)
+        self.executor = CommandExecutor(
+            self.store, self.route, clock=clock, retry_every=config.settings.retry_every,
+            valid_for=config.settings.valid_for, settle=config.settings.settle, publish=self.notifier.publish)
+        self._kick = asyncio.Event()
+        self.passes = 0
+        daemon.observers.append(self.observe)
+        daemon.services.append(self.run)
+
+    def route(self, meter: str) -> MeterRoute | None:
+        found = self.daemon.route(meter)
+        if found is None:
+            return None
+        channel, target, link = found
+        return MeterRoute(channel, target, link, self.credentials)
+
+    def observe(self, readings: list) -> None:
+        if self.engine.observe(readings):
+            self._kick.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        executor = asyncio.create_task(self.executor.run(stop), name="prepaid-commands")
+        every = self.config.settings.check_every
+        try:
+            while not stop.is_set():
+                await self.run_pass()
+                self._kick.clear()
+                waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._kick.wait())]
+                await asyncio.wait(waiters, timeout=every, return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    w.cancel()
+                if self._kick.is_set() and not stop.is_set():
+                    # Let the rest of a round land before charging: one pass per burst of readings.
+                    try:
+                        await asyncio.wait_for(stop.wait(), min(1.0, every))
+                    except TimeoutError:
+                        pass
+        finally:
+            executor.cancel()
+            await asyncio.gather(executor, return_exceptions=True)
+            self.store.close()
+
+    async def run_pass(self) -> None:
+        now = self.clock()
+        try:
+            summary = await asyncio.to_thread(self.engine.run_pass, now)
+        except Exception:
+            log.exception("prepaid pass failed; readings stay pending for the next one")
+            return
+        self.passes += 1
+        if summary.entries or summary.commands or summary.flags:
+            log.info("prepaid: %d ledger entries for %d accounts, %d decisions, %d commands queued, flags %s",
+                     summary.entries, summary.accounts, summary.decisions, len(summary.commands),
+                     summary.flags or "none")
+        if summary.notices:
+            await self.notifier.publish(summary.notices)
+        if summary.commands:
+            self.executor.wake.set()

@@ -1,0 +1,188 @@
+"""meterd.control.notify against a real local HTTP server: JSON and templated webhook posts, retries,
+an unreachable URL that does not raise, the JSON Lines log, and a Notifier whose sinks fail alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.parse
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import free_port
+from meterd.control.model import CST
+from meterd.control.notify import LogFileSink, Notifier, WebhookSink, notice_dict
+from meterd.control.policy import Notice
+
+AT = datetime(2024, 5, 15, 22, 30, tzinfo=CST)
+TRIP = Notice("acc1", "trip", "balance -3.20 ≤ trip level 0.00: supply cut", AT, balance=Decimal("-3.20"))
+TRICKY = Notice("acc2", "held", 'trip held: "quiet hours"\nback at 07:00 {ok} $5 \\ 保电', AT, meter="m7")
+
+
+class Recorder:
+    """A threaded http.server that records POSTs and answers with scripted statuses (then 200)."""
+
+    def __init__(self, statuses: Sequence[int]) -> None:
+        self.statuses = list(statuses)
+        self.posts: list[tuple[str, dict[str, str], bytes]] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                recorder.posts.append((self.path, dict(self.headers), body))
+                status = recorder.statuses.pop(0) if recorder.statuses else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
+                                       daemon=True)
+
+    def bodies(self) -> list[bytes]:
+        return [body for _, _, body in self.posts]
+
+
+@pytest.fixture
+def make_server():
+    made: list[Recorder] = []
+
+    def make(statuses: Sequence[int] = ()) -> Recorder:
+        recorder = Recorder(statuses)
+        recorder.thread.start()
+        made.append(recorder)
+        return recorder
+
+    yield make
+    for recorder in made:
+        recorder.server.shutdown()
+        recorder.server.server_close()
+        recorder.thread.join(5)
+
+
+async def test_webhook_posts_the_notice_as_json(make_server):
+    srv = make_server()
+    await WebhookSink(srv.url, headers={"X-Token": "s3cret"}).send(TRIP)
+    [(path, headers, body)] = srv.posts
+    assert path == "/hook"
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    assert headers["X-Token"] == "s3cret"
+    assert json.loads(body) == {"account": "acc1", "kind": "trip", "message": TRIP.message,
+                                "at": "2024-05-15T22:30:00+08:00", "meter": None, "balance": "-3.20"}
+
+
+async def test_webhook_template_escapes_values_for_json(make_server):
+    srv = make_server()
+    template = '{"to": "13800000000", "text": "[$kind] $account/$meter: ${message}", "balance": "$balance"}'
+    sink = WebhookSink(srv.url, template=template)
+    await sink.send(TRICKY)
+    await sink.send(TRIP)
+    first, second = (json.loads(b) for b in srv.bodies())
+    assert first == {"to": "13800000000", "text": f"[held] acc2/m7: {TRICKY.message}", "balance": ""}
+    assert second["text"] == f"[trip] acc1/: {TRIP.message}" and second["balance"] == "-3.20"
+
+
+async def test_webhook_template_form_encoded(make_server):
+    srv = make_server()
+    await WebhookSink(srv.url, template="to=13800000000&text=$message&at=$at", escape="form").send(TRICKY)
+    [(_, headers, body)] = srv.posts
+    assert headers["Content-Type"] == "application/x-www-form-urlencoded"
+    form = urllib.parse.parse_qs(body.decode(), strict_parsing=True)
+    assert form == {"to": ["13800000000"], "text": [TRICKY.message], "at": ["2024-05-15T22:30:00+08:00"]}
+
+
+@pytest.mark.parametrize("template, error", [
+    ('{"to": "$phone"}', "unknown template fields ['phone']"),
+    ('{"cost": "5$"}', "not valid"),
+])
+def test_webhook_template_is_checked_when_made(template, error):
+    with pytest.raises(ValueError, match=error.replace("[", r"\[")):
+        WebhookSink("http://127.0.0.1:9/x", template=template)
+
+
+async def test_webhook_kinds_filter(make_server):
+    srv = make_server()
+    sink = WebhookSink(srv.url, kinds=frozenset({"trip", "reclose"}))
+    await sink.send(TRICKY)
+    await sink.send(TRIP)
+    assert [json.loads(b)["kind"] for b in srv.bodies()] == ["trip"]
+
+
+async def test_webhook_retries_until_the_server_answers(make_server, caplog):
+    srv = make_server([500, 503])
+    with caplog.at_level(logging.WARNING, logger="meterd.control.notify"):
+        await WebhookSink(srv.url, retries=2, backoff=0.01).send(TRIP)
+    assert len(srv.posts) == 3
+    assert len(set(srv.bodies())) == 1
+    assert caplog.records == []
+
+
+async def test_webhook_gives_up_after_the_retries_and_warns(make_server, caplog):
+    srv = make_server([500, 500, 500, 500])
+    with caplog.at_level(logging.WARNING, logger="meterd.control.notify"):
+        await WebhookSink(srv.url + "?key=s3cret", retries=2, backoff=0.01).send(TRIP)
+    assert len(srv.posts) == 3
+    [record] = caplog.records
+    assert srv.url in record.getMessage() and "s3cret" not in record.getMessage()
+    assert "trip notice for account 'acc1'" in record.getMessage()
+    assert "after 3 attempt(s)" in record.getMessage()
+
+
+async def test_webhook_does_not_retry_a_client_error(make_server, caplog):
+    srv = make_server([400])
+    with caplog.at_level(logging.WARNING, logger="meterd.control.notify"):
+        await WebhookSink(srv.url, retries=2, backoff=0.01).send(TRIP)
+    assert len(srv.posts) == 1
+    assert "HTTP Error 400" in caplog.text
+
+
+@pytest.mark.parametrize("url", ["refused", "not a url"])
+async def test_an_unreachable_url_does_not_raise(url, caplog):
+    if url == "refused":
+        url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+    with caplog.at_level(logging.WARNING, logger="meterd.control.notify"):
+        await WebhookSink(url, retries=1, backoff=0.01, timeout=2).send(TRIP)
+    [record] = caplog.records
+    assert "not delivered after 2 attempt(s)" in record.getMessage()
+
+
+async def test_log_file_sink_writes_json_lines(tmp_path):
+    path = tmp_path / "deep" / "er" / "notices.jsonl"
+    sink = LogFileSink(path)
+    await sink.send(TRIP)
+    await sink.send(TRICKY)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == [notice_dict(TRIP), notice_dict(TRICKY)]
+    assert json.loads(lines[1])["message"] == TRICKY.message  # the newline stayed inside its line
+    assert "保电" in lines[1]
+
+
+class Broken:
+    async def send(self, notice: Notice) -> None:
+        raise RuntimeError("sink is down")
+
+
+async def test_notifier_sends_to_every_sink_and_survives_a_broken_one(make_server, tmp_path, caplog):
+    srv = make_server()
+    path = tmp_path / "notices.jsonl"
+    notifier = Notifier([Broken(), WebhookSink(srv.url), LogFileSink(path)])
+    with caplog.at_level(logging.ERROR, logger="meterd.control.notify"):
+        await notifier.publish(iter([TRIP, TRICKY]))
+    assert [json.loads(b)["account"] for b in srv.bodies()] == ["acc1", "acc2"]
+    assert [json.loads(line)["account"] for line in path.read_text(encoding="utf-8").splitlines()] == ["acc1", "acc2"]
+    assert caplog.text.count("notify sink Broken failed") == 2
+
+
+async def test_notifier_with_nothing_to_do():
+    await Notifier([]).publish([TRIP])
+    await Notifier([Broken()]).publish([])

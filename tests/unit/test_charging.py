@@ -1,0 +1,471 @@
+"""Charging: hand-computed tables (the arithmetic in a comment beside each), then properties over
+random reading series: charges are never positive, the kWh charged add up to the register advance,
+a replay charges nothing, and one call equals the same series split over two calls."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal as D
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meterd.control.charging import (
+    ChargeFlag,
+    ChargeResult,
+    Cursor,
+    FlagKind,
+    MeterReplacement,
+    Usage,
+    charge_account,
+    fixed_charges,
+)
+from meterd.control.model import CST, EntryKind, LedgerEntry, Rate, RegisterReading
+from meterd.control.tariff import Tariff, TariffKind, TariffVersion, Tier, TierPeriod, TouPeriod, TouSource
+
+UTC = timezone.utc
+ACC = "A1"
+M1, M2 = "M1", "M2"
+T, SHARP, PEAK, FLAT, VALLEY = Rate.TOTAL, Rate.SHARP, Rate.PEAK, Rate.FLAT, Rate.VALLEY
+
+
+def cst(mo: int, d: int, h: int = 0, mi: int = 0, y: int = 2026) -> datetime:
+    """A CST wall-clock time, as the UTC instant charging returns."""
+    return datetime(y, mo, d, h, mi, tzinfo=CST).astimezone(UTC)
+
+
+def rd(meter: str, rate: Rate, at: datetime, value: str) -> RegisterReading:
+    return RegisterReading(meter, rate, at, D(value))
+
+
+def cur(meter: str, rate: Rate, at: datetime, value: str) -> dict[tuple[str, Rate], Cursor]:
+    return {(meter, rate): Cursor(meter, rate, at, D(value))}
+
+
+def flat(price: str, effective: date = date(2026, 1, 1), **kw) -> TariffVersion:
+    return TariffVersion(effective, TariffKind.FLAT, price=D(price), **kw)
+
+
+def charge(tariff: Tariff, readings: Iterable[RegisterReading], cursors=None, usage=None, **kw) -> ChargeResult:
+    return charge_account(ACC, tariff, readings, cursors or {}, usage or {}, **kw)
+
+
+def table(entries: Sequence[LedgerEntry]) -> list[tuple]:
+    """(meter, rate, kwh, price, amount, period_start, period_end) per entry."""
+    return [(e.meter, e.rate, e.kwh, e.price, e.amount, e.period_start, e.period_end) for e in entries]
+
+
+def kinds(flags: Sequence[ChargeFlag]) -> list[tuple[str, Rate, FlagKind]]:
+    return [(f.meter, f.rate, f.kind) for f in flags]
+
+
+FLAT_TARIFF = Tariff("flat", (flat("0.5283"),))
+
+
+# --- flat, first reading, gap ------------------------------------------------------------------
+
+
+def test_flat():
+    readings = [
+        rd(M1, T, cst(3, 1), "100.00"),  # first reading, no cursor: sets it, charges nothing
+        rd(M1, T, cst(3, 2), "112.50"),
+        rd(M1, T, cst(3, 3), "112.50"),  # no advance: the cursor moves, no entry
+        rd(M1, T, cst(3, 4), "130.01"),
+    ]
+    result = charge(FLAT_TARIFF, reversed(readings))  # any order in, time order applied
+    assert table(result.entries) == [
+        # 112.50 - 100.00 = 12.50 kWh × 0.5283 = 6.60375 -> 6.60
+        (M1, T, D("12.50"), D("0.5283"), D("-6.60"), cst(3, 1), cst(3, 2)),
+        # 130.01 - 112.50 = 17.51 kWh × 0.5283 = 9.250533 -> 9.25
+        (M1, T, D("17.51"), D("0.5283"), D("-9.25"), cst(3, 3), cst(3, 4)),
+    ]
+    first = result.entries[0]
+    assert first.kind is EntryKind.CHARGE
+    assert first.account == ACC
+    assert first.at == first.period_end
+    assert first.detail == "12.5000 kWh × 0.5283 total"
+    assert first.key == "charge:M1:total:2026-02-28T16:00:00+00:00/2026-03-01T16:00:00+00:00:0"
+    assert result.cursors == cur(M1, T, cst(3, 4), "130.01")
+    assert result.flags == []
+    assert result.usage == {}
+
+
+def test_first_reading_sets_the_cursor_and_charges_nothing():
+    result = charge(FLAT_TARIFF, [rd(M1, T, cst(3, 1), "42.00"), rd(M1, PEAK, cst(3, 1), "7.00")])
+    assert result.entries == [] and result.flags == []
+    assert result.cursors == {**cur(M1, T, cst(3, 1), "42.00"), **cur(M1, PEAK, cst(3, 1), "7.00")}
+
+
+def test_gap_is_one_big_delta():
+    # ten days without readings: 1100.00 - 1000.00 = 100 kWh × 0.5283 = 52.83, over the whole gap
+    result = charge(FLAT_TARIFF, [rd(M1, T, cst(3, 11, 9), "1100.00")], cur(M1, T, cst(3, 1, 9), "1000.00"))
+    assert table(result.entries) == [(M1, T, D("100.00"), D("0.5283"), D("-52.83"), cst(3, 1, 9), cst(3, 11, 9))]
+
+
+def test_timezone_of_the_input_does_not_matter():
+    # the same instants given as CST-aware datetimes: same keys, UTC instants back
+    in_cst = [rd(M1, T, cst(3, 1).astimezone(CST), "1.00"), rd(M1, T, cst(3, 2).astimezone(CST), "3.00")]
+    in_utc = [rd(M1, T, cst(3, 1), "1.00"), rd(M1, T, cst(3, 2), "3.00")]
+    assert charge(FLAT_TARIFF, in_cst).entries == charge(FLAT_TARIFF, in_utc).entries
+    with pytest.raises(ValueError, match="naive"):
+        charge(FLAT_TARIFF, [rd(M1, T, datetime(2026, 3, 1), "1.00")])
+
+
+def test_a_tariff_with_problems_is_refused():
+    with pytest.raises(ValueError, match="a flat tariff needs a price"):
+        charge(Tariff("bad", (TariffVersion(date(2026, 1, 1), TariffKind.FLAT),)), [])
+
+
+# --- time of use -------------------------------------------------------------------------------
+
+PRICES = {SHARP: D("1.0276"), PEAK: D("0.8563"), FLAT: D("0.5283"), VALLEY: D("0.2803")}
+TOU_REG = Tariff("tou", (TariffVersion(date(2026, 1, 1), TariffKind.TOU, rate_prices=PRICES),))
+
+
+def test_tou_from_registers():
+    t0, t1 = cst(3, 1), cst(3, 2)
+    cursors = {}
+    for rate, value in [(T, "260.00"), (SHARP, "10.00"), (PEAK, "50.00"), (FLAT, "80.00"), (VALLEY, "120.00")]:
+        cursors |= cur(M1, rate, t0, value)
+    readings = [rd(M1, T, t1, "281.75"), rd(M1, SHARP, t1, "12.00"), rd(M1, PEAK, t1, "55.50"),
+                rd(M1, FLAT, t1, "84.25"), rd(M1, VALLEY, t1, "130.00")]
+    result = charge(TOU_REG, readings, cursors)
+    # readings of one instant are taken in register order: flat, peak, sharp, total, valley
+    assert table(result.entries) == [
+        (M1, FLAT, D("4.25"), D("0.5283"), D("-2.25"), t0, t1),  # 4.25 × 0.5283 = 2.245275 -> 2.25
+        (M1, PEAK, D("5.50"), D("0.8563"), D("-4.71"), t0, t1),  # 5.5 × 0.8563 = 4.70965 -> 4.71
+        (M1, SHARP, D("2.00"), D("1.0276"), D("-2.06"), t0, t1),  # 2 × 1.0276 = 2.0552 -> 2.06
+        (M1, VALLEY, D("10.00"), D("0.2803"), D("-2.80"), t0, t1),  # 10 × 0.2803 = 2.803 -> 2.80
+    ]  # TOTAL advanced 21.75 kWh: its cursor moves, but a registers tariff does not charge it
+    assert result.cursors[(M1, T)] == Cursor(M1, T, t1, D("281.75"))
+    assert len(result.cursors) == 5
+    assert result.entries[1].detail == "5.5000 kWh × 0.8563 peak"
+
+
+SCHED_PRICES = {SHARP: D("1.2"), PEAK: D("0.9"), FLAT: D("0.6"), VALLEY: D("0.3")}
+# 00:00 valley, 08:00 peak, 12:00 flat, 18:00 sharp, 20:00 peak, 22:00 valley (through midnight)
+SCHEDULE = (
+    TouPeriod(time(0), VALLEY),
+    TouPeriod(time(8), PEAK),
+    TouPeriod(time(12), FLAT),
+    TouPeriod(time(18), SHARP),
+    TouPeriod(time(20), PEAK),
+    TouPeriod(time(22), VALLEY),
+)
+TOU_SCHED = Tariff("tou-schedule", (TariffVersion(date(2026, 1, 1), TariffKind.TOU, rate_prices=SCHED_PRICES,
+                                                  tou_source=TouSource.SCHEDULE, day_schedule=SCHEDULE),))
+
+
+def test_tou_from_a_day_schedule_splits_an_interval_across_periods():
+    # 07:00 -> 13:00 CST, 12 kWh on TOTAL, 2 kWh an hour:
+    #   07-08 valley 1 h = 2 kWh × 0.3 = 0.60;  08-12 peak 4 h = 8 kWh × 0.9 = 7.20;
+    #   12-13 flat 1 h = 2 kWh × 0.6 = 1.20
+    result = charge(TOU_SCHED, [rd(M1, T, cst(3, 1, 13), "1012.00")], cur(M1, T, cst(3, 1, 7), "1000.00"))
+    assert table(result.entries) == [
+        (M1, VALLEY, D("2.0000"), D("0.3"), D("-0.60"), cst(3, 1, 7), cst(3, 1, 8)),
+        (M1, PEAK, D("8.0000"), D("0.9"), D("-7.20"), cst(3, 1, 8), cst(3, 1, 12)),
+        (M1, FLAT, D("2.0000"), D("0.6"), D("-1.20"), cst(3, 1, 12), cst(3, 1, 13)),
+    ]
+    # the key names the register (TOTAL), the entry the TOU rate it was priced at
+    assert [e.key[-7:] for e in result.entries] == ["00:00:0", "00:00:1", "00:00:2"]
+    assert all(":total:" in e.key for e in result.entries)
+
+
+def test_tou_schedule_rounding_and_midnight():
+    # 21:00 -> 09:00 next day (12 h), 1.00 kWh: peak 21-22 (1 h), valley 22-08 (10 h; 00:00 is no
+    # boundary: valley on both sides), peak 08-09 (1 h).  Cumulative at 22:00: 1/12 = 0.08333 -> 0.0833;
+    # at 08:00: 11/12 = 0.91667 -> 0.9167.  Pieces 0.0833, 0.8334, 0.0833 (sum 1.0000).
+    #   0.0833 × 0.9 = 0.07497 -> 0.07;  0.8334 × 0.3 = 0.25002 -> 0.25
+    result = charge(TOU_SCHED, [rd(M1, T, cst(3, 2, 9), "11.00")], cur(M1, T, cst(3, 1, 21), "10.00"))
+    assert table(result.entries) == [
+        (M1, PEAK, D("0.0833"), D("0.9"), D("-0.07"), cst(3, 1, 21), cst(3, 1, 22)),
+        (M1, VALLEY, D("0.8334"), D("0.3"), D("-0.25"), cst(3, 1, 22), cst(3, 2, 8)),
+        (M1, PEAK, D("0.0833"), D("0.9"), D("-0.07"), cst(3, 2, 8), cst(3, 2, 9)),
+    ]
+
+
+# --- tiers -------------------------------------------------------------------------------------
+
+
+def test_tiers_by_year_across_two_meters():
+    tariff = Tariff("tiered", (TariffVersion(date(2026, 1, 1), TariffKind.TIERED, tiers=(
+        Tier(D(100), D("0.5")), Tier(D(200), D("0.7")), Tier(None, D("1.0")))),))
+    cursors = cur(M1, T, cst(3, 1), "500.00") | cur(M2, T, cst(3, 1), "40.00")
+    usage = {"2026": Usage(ACC, "2026", D(90))}
+    readings = [rd(M2, T, cst(3, 3), "140.00"), rd(M1, T, cst(3, 2), "520.00")]
+    result = charge(tariff, readings, cursors, usage)
+    assert table(result.entries) == [
+        # M1 first (its reading is earlier): 20 kWh over 24 h from 90 used: 10 kWh reach 100 (tier 1),
+        # 10 kWh at tier 2.  Uniform use: 10/20 of 24 h -> split at 12:00.  10 × 0.5 = 5.00, 10 × 0.7 = 7.00
+        (M1, T, D("10"), D("0.5"), D("-5.00"), cst(3, 1), cst(3, 1, 12)),
+        (M1, T, D("10.00"), D("0.7"), D("-7.00"), cst(3, 1, 12), cst(3, 2)),
+        # M2: 100 kWh over 48 h from 110 used: 90 reach 200 (tier 2), 10 at tier 3.
+        # 90/100 of 48 h = 43.2 h = 43 h 12 min -> 03-02 19:12.  90 × 0.7 = 63.00, 10 × 1.0 = 10.00
+        (M2, T, D("90"), D("0.7"), D("-63.00"), cst(3, 1), cst(3, 2, 19, 12)),
+        (M2, T, D("10.00"), D("1.0"), D("-10.00"), cst(3, 2, 19, 12), cst(3, 3)),
+    ]
+    assert [e.detail for e in result.entries[:2]] == ["10.0000 kWh × 0.5 tier 1 (2026)",
+                                                      "10.0000 kWh × 0.7 tier 2 (2026)"]
+    assert result.usage == {"2026": Usage(ACC, "2026", D("210.00"))}  # 90 + 20 + 100
+
+
+def test_tiers_by_month_split_at_the_month_and_at_the_step():
+    tariff = Tariff("tiered-month", (TariffVersion(date(2026, 1, 1), TariffKind.TIERED, tier_period=TierPeriod.MONTH,
+                                                   tiers=(Tier(D(50), D("0.5")), Tier(None, D("0.8")))),))
+    cursors = cur(M1, T, cst(3, 31), "0.00") | cur(M2, T, cst(4, 1), "10.00")
+    usage = {"2026-03": Usage(ACC, "2026-03", D(40))}
+    readings = [rd(M1, T, cst(4, 2), "48.00"), rd(M2, T, cst(4, 3), "40.00")]
+    result = charge(tariff, readings, cursors, usage)
+    assert table(result.entries) == [
+        # M1 48 kWh over 48 h, split at 04-01 00:00 CST: 24 kWh in March, 24 in April.
+        # March from 40 used: 10 kWh to 50 (tier 1; 10/24 of 24 h = 10:00), 14 at tier 2.
+        (M1, T, D("10"), D("0.5"), D("-5.00"), cst(3, 31), cst(3, 31, 10)),  # 10 × 0.5
+        (M1, T, D("14.0000"), D("0.8"), D("-11.20"), cst(3, 31, 10), cst(4, 1)),  # 14 × 0.8
+        (M1, T, D("24.00"), D("0.5"), D("-12.00"), cst(4, 1), cst(4, 2)),  # April from 0: 24 × 0.5
+        # M2 30 kWh over 48 h, April from 24 used: 26 kWh to 50 (26/30 of 48 h = 41.6 h -> 04-02 17:36),
+        # 4 at tier 2.  26 × 0.5 = 13.00, 4 × 0.8 = 3.20
+        (M2, T, D("26.00"), D("0.5"), D("-13.00"), cst(4, 1), cst(4, 2, 17, 36)),
+        (M2, T, D("4.00"), D("0.8"), D("-3.20"), cst(4, 2, 17, 36), cst(4, 3)),
+    ]
+    assert result.usage == {
+        "2026-03": Usage(ACC, "2026-03", D("64.0000")),  # 40 + 24
+        "2026-04": Usage(ACC, "2026-04", D("54.00")),  # 24 + 30
+    }
+
+
+# --- tariff versions ---------------------------------------------------------------------------
+
+
+def test_price_change_mid_delta_is_split_at_the_effective_instant():
+    tariff = Tariff("flat", (flat("0.5"), flat("0.6", date(2026, 4, 1))))
+    # 03-31 16:00 -> 04-01 09:00 CST (17 h), 10 kWh; the new price from 04-01 00:00 CST, 8 h in:
+    #   8/17 × 10 = 4.70588 -> 4.7059 at 0.5 = 2.35295 -> 2.35;  5.2941 at 0.6 = 3.17646 -> 3.18
+    result = charge(tariff, [rd(M1, T, cst(4, 1, 9), "110.00")], cur(M1, T, cst(3, 31, 16), "100.00"))
+    assert table(result.entries) == [
+        (M1, T, D("4.7059"), D("0.5"), D("-2.35"), cst(3, 31, 16), cst(4, 1)),
+        (M1, T, D("5.2941"), D("0.6"), D("-3.18"), cst(4, 1), cst(4, 1, 9)),
+    ]
+
+
+def test_a_new_version_that_charges_other_registers():
+    # flat until 04-01, TOU from registers after.  12 h either side of 04-01 00:00 CST.
+    tariff = Tariff("switch", (flat("0.5"), TariffVersion(date(2026, 4, 1), TariffKind.TOU, rate_prices=PRICES)))
+    cursors = cur(M1, T, cst(3, 31, 12), "100.00") | cur(M1, PEAK, cst(3, 31, 12), "40.00")
+    readings = [rd(M1, T, cst(4, 1, 12), "120.00"), rd(M1, PEAK, cst(4, 1, 12), "46.00")]
+    result = charge(tariff, readings, cursors)
+    assert table(result.entries) == [
+        # PEAK 6 kWh: the March half (3 kWh) is under the flat version, which does not charge PEAK;
+        # the April half 3 × 0.8563 = 2.5689 -> 2.57.  It is the delta's second piece: n = 1.
+        (M1, PEAK, D("3.0000"), D("0.8563"), D("-2.57"), cst(4, 1), cst(4, 1, 12)),
+        # TOTAL 20 kWh: March half 10 × 0.5 = 5.00; the April half is not charged (TOU registers)
+        (M1, T, D("10.0000"), D("0.5"), D("-5.00"), cst(3, 31, 12), cst(4, 1)),
+    ]
+    assert result.entries[0].key.endswith(":0")  # n counts entries of the delta
+
+
+def test_no_tariff_before_the_first_version():
+    tariff = Tariff("late-start", (flat("0.5", date(2026, 3, 1)),))
+    # 02-28 12:00 -> 03-01 12:00 CST, 24 kWh: the first 12 h have no tariff (12 kWh not charged),
+    # the last 12 h 12 × 0.5 = 6.00.  PEAK is not charged by a flat tariff: no flag for it.
+    cursors = cur(M1, T, cst(2, 28, 12), "0.00") | cur(M1, PEAK, cst(2, 28, 12), "0.00")
+    readings = [rd(M1, T, cst(3, 1, 12), "24.00"), rd(M1, PEAK, cst(3, 1, 12), "5.00")]
+    result = charge(tariff, readings, cursors)
+    assert table(result.entries) == [(M1, T, D("12.0000"), D("0.5"), D("-6.00"), cst(3, 1), cst(3, 1, 12))]
+    assert kinds(result.flags) == [(M1, T, FlagKind.NO_TARIFF)]
+    assert result.flags[0].detail.startswith("12.0000 kWh over")
+    assert result.cursors[(M1, T)].value == D("24.00")  # the cursor advances all the same
+    # entirely before the tariff: flagged, cursor advanced, nothing charged
+    early = charge(tariff, [rd(M1, T, cst(2, 10), "9.00")], cur(M1, T, cst(2, 1), "1.00"))
+    assert early.entries == [] and kinds(early.flags) == [(M1, T, FlagKind.NO_TARIFF)]
+    assert early.cursors == cur(M1, T, cst(2, 10), "9.00")
+
+
+# --- register trouble --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("multiplier", "before", "after", "kwh", "flag"),
+    [
+        # span = 10^6 × 40 = 4 × 10^7 primary kWh: 25 + 40 000 000 - 39 999 990 = 35 kWh
+        (D(40), "39999990.00", "25.00", D("35.00"), FlagKind.ROLLOVER),
+        # no multiplier, span 10^6: 5 + 1 000 000 - 999 990 = 15 kWh
+        (None, "999990.00", "5.00", D("15.00"), FlagKind.ROLLOVER),
+        # fell 600 000: more than half of 10^6 but less than half of 4 × 10^7 -> not a rollover
+        (D(40), "700000.00", "100000.00", None, FlagKind.NEGATIVE_DELTA),
+        (None, "1000.00", "990.00", None, FlagKind.NEGATIVE_DELTA),
+    ],
+)
+def test_rollover_and_negative_delta(multiplier, before, after, kwh, flag):
+    multipliers = {M1: multiplier} if multiplier else {}
+    result = charge(FLAT_TARIFF, [rd(M1, T, cst(3, 2), after)], cur(M1, T, cst(3, 1), before),
+                    multipliers=multipliers)
+    assert kinds(result.flags) == [(M1, T, flag)]
+    if kwh is None:  # not charged, not credited, the cursor stays
+        assert result.entries == [] and result.cursors == {}
+    else:
+        assert [e.kwh for e in result.entries] == [kwh]
+        assert result.cursors == cur(M1, T, cst(3, 2), after)
+
+
+def test_after_a_negative_delta_the_next_reading_charges_from_the_kept_cursor():
+    readings = [rd(M1, T, cst(3, 2), "499.50"), rd(M1, T, cst(3, 3), "510.00")]
+    result = charge(FLAT_TARIFF, readings, cur(M1, T, cst(3, 1), "500.00"))
+    # 510.00 - 500.00 = 10 kWh over 03-01 -> 03-03; 10 × 0.5283 = 5.283 -> 5.28
+    assert table(result.entries) == [(M1, T, D("10.00"), D("0.5283"), D("-5.28"), cst(3, 1), cst(3, 3))]
+    assert kinds(result.flags) == [(M1, T, FlagKind.NEGATIVE_DELTA)]
+
+
+def test_late_duplicate_and_conflicting_readings():
+    readings = [
+        rd(M1, T, cst(3, 1), "190.00"),  # older than the cursor: LATE
+        rd(M1, T, cst(3, 2), "200.00"),  # the cursor itself again: silently ignored
+        rd(M1, T, cst(3, 2), "201.00"),  # same instant, other value: DUPLICATE_CONFLICT
+        rd(M1, T, cst(3, 3), "210.00"),
+        rd(M1, T, cst(3, 3), "210.00"),  # delivered twice in one batch: charged once
+    ]
+    result = charge(FLAT_TARIFF, readings, cur(M1, T, cst(3, 2), "200.00"))
+    # 10 kWh × 0.5283 = 5.283 -> 5.28
+    assert table(result.entries) == [(M1, T, D("10.00"), D("0.5283"), D("-5.28"), cst(3, 2), cst(3, 3))]
+    assert [(f.kind, f.at) for f in result.flags] == [(FlagKind.LATE, cst(3, 1)),
+                                                       (FlagKind.DUPLICATE_CONFLICT, cst(3, 2))]
+
+
+# --- meter replacement -------------------------------------------------------------------------
+
+SWAP = MeterReplacement("swap-1", ACC, M1, M2, cst(3, 2, 12), {T: D("1013.00")}, {T: D("0.50")})
+
+
+def test_replacement():
+    readings = [
+        rd(M1, T, cst(3, 2), "1010.00"),
+        rd(M1, T, cst(3, 2, 18), "1014.00"),  # the old meter after its replacement: LATE
+        rd(M2, T, cst(3, 3), "5.50"),
+    ]
+    result = charge(FLAT_TARIFF, readings, cur(M1, T, cst(3, 1), "1000.00"), replacements=[SWAP])
+    assert table(result.entries) == [
+        (M1, T, D("10.00"), D("0.5283"), D("-5.28"), cst(3, 1), cst(3, 2)),  # 10 × 0.5283 = 5.283
+        # old final 1013.00 - 1010.00 = 3 kWh up to the replacement: 3 × 0.5283 = 1.5849 -> 1.58
+        (M1, T, D("3.00"), D("0.5283"), D("-1.58"), cst(3, 2), cst(3, 2, 12)),
+        # new meter from its initial 0.50: 5.50 - 0.50 = 5 kWh × 0.5283 = 2.6415 -> 2.64
+        (M2, T, D("5.00"), D("0.5283"), D("-2.64"), cst(3, 2, 12), cst(3, 3)),
+    ]
+    assert [(f.meter, f.kind, f.at) for f in result.flags] == [
+        (M1, FlagKind.REPLACEMENT, cst(3, 2, 12)),
+        (M1, FlagKind.LATE, cst(3, 2, 18)),
+    ]
+    assert "replaced by M2 (swap-1)" in result.flags[0].detail
+    assert result.cursors == cur(M1, T, cst(3, 2, 12), "1013.00") | cur(M2, T, cst(3, 3), "5.50")
+    # applying the same batch again with the new cursors: nothing charged, no second REPLACEMENT
+    again = charge(FLAT_TARIFF, readings, result.cursors, replacements=[SWAP])
+    assert again.entries == [] and again.cursors == {}
+    assert FlagKind.REPLACEMENT not in {f.kind for f in again.flags}
+
+
+def test_replacement_of_a_meter_never_read_and_a_new_meter_read_at_the_instant():
+    readings = [rd(M2, T, cst(3, 2, 12), "0.50"), rd(M2, T, cst(3, 2, 13), "1.50")]
+    other = MeterReplacement("swap-x", "OTHER", "M8", "M9", cst(3, 2, 12), {T: D(1)}, {T: D(0)})
+    result = charge(FLAT_TARIFF, readings, {}, replacements=[SWAP, other])  # other accounts ignored
+    # no old cursor: nothing to charge.  The new meter's reading at the instant equals its initial
+    # value (a duplicate); one hour later 1 kWh × 0.5283 = 0.5283 -> 0.53
+    assert table(result.entries) == [(M2, T, D("1.00"), D("0.5283"), D("-0.53"), cst(3, 2, 12), cst(3, 2, 13))]
+    assert kinds(result.flags) == [(M1, T, FlagKind.REPLACEMENT)]
+    assert result.cursors[(M1, T)] == Cursor(M1, T, cst(3, 2, 12), D("1013.00"))
+
+
+# --- fixed monthly charges ---------------------------------------------------------------------
+
+
+def test_fixed_charges():
+    tariff = Tariff("fixed", (flat("0.5", date(2025, 12, 15), fixed_monthly=D("10.00")),
+                              flat("0.5", date(2026, 3, 1), fixed_monthly=D("12.345")),
+                              flat("0.5", date(2026, 5, 1))))
+    # months starting in (2025-11-01, 2026-06-01] CST: Dec 1 is before the first version (none),
+    # Jan, Feb at 10.00; Mar, Apr at 12.345 -> 12.35 (half up); May, Jun at 0 (none)
+    got = fixed_charges(ACC, tariff, cst(11, 1, y=2025), cst(6, 1))
+    assert [(e.key, e.amount, e.at, e.period_end) for e in got] == [
+        ("fixed:A1:2026-01", D("-10.00"), cst(1, 1), cst(2, 1)),
+        ("fixed:A1:2026-02", D("-10.00"), cst(2, 1), cst(3, 1)),
+        ("fixed:A1:2026-03", D("-12.35"), cst(3, 1), cst(4, 1)),
+        ("fixed:A1:2026-04", D("-12.35"), cst(4, 1), cst(5, 1)),
+    ]
+    assert all(e.kind is EntryKind.FIXED and e.account == ACC for e in got)
+    # (start, end]: a month starting exactly at start is not in, one starting exactly at end is
+    assert [e.key for e in fixed_charges(ACC, tariff, cst(1, 1), cst(2, 1))] == ["fixed:A1:2026-02"]
+    assert fixed_charges(ACC, tariff, cst(1, 1), cst(1, 31)) == []
+
+
+# --- properties --------------------------------------------------------------------------------
+
+PROPERTY_TARIFFS = [
+    Tariff("flat+change", (flat("0.5283", date(2025, 12, 1)), flat("0.6123", date(2026, 1, 10)))),
+    Tariff("schedule", (TariffVersion(date(2025, 12, 1), TariffKind.TOU, rate_prices=SCHED_PRICES,
+                                      tou_source=TouSource.SCHEDULE, day_schedule=SCHEDULE),)),
+    Tariff("tiered-year", (TariffVersion(date(2025, 12, 1), TariffKind.TIERED, tiers=(
+        Tier(D(30), D("0.51")), Tier(D(80), D("0.63")), Tier(None, D("0.99")))),)),
+    Tariff("tiered-month+flat", (
+        TariffVersion(date(2025, 12, 1), TariffKind.TIERED, tier_period=TierPeriod.MONTH,
+                      tiers=(Tier(D(20), D("0.4")), Tier(None, D("0.7")))),
+        flat("0.55", date(2026, 1, 20)),
+    )),
+]
+START = cst(12, 20, y=2025)
+
+
+@st.composite
+def series(draw) -> list[RegisterReading]:
+    """TOTAL readings of one or two meters, non-decreasing, over a few weeks across a year end,
+    with duplicate deliveries; sorted as charging orders them (time, meter, register, value)."""
+    out: list[RegisterReading] = []
+    for meter in draw(st.sampled_from([(M1,), (M1, M2)])):
+        at, value = START, D(draw(st.integers(0, 10_000)))
+        for _ in range(draw(st.integers(1, 8))):
+            minutes = draw(st.integers(0, 6 * 24 * 60))
+            if minutes:  # else the same reading delivered again
+                at += timedelta(minutes=minutes)
+                value += D(draw(st.integers(0, 5_000))) / 100
+            out.append(RegisterReading(meter, T, at, value))
+    return sorted(out, key=lambda r: (r.at, r.meter, r.rate, r.value))
+
+
+def merged(result: ChargeResult, cursors: Mapping, usage: Mapping) -> tuple[dict, dict]:
+    return {**cursors, **result.cursors}, {**usage, **result.usage}
+
+
+PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(st.sampled_from(PROPERTY_TARIFFS), series())
+def test_charges_are_never_positive_and_add_up_to_the_register_advance(tariff, readings):
+    result = charge(tariff, readings)
+    assert all(e.amount <= 0 and e.kwh > 0 for e in result.entries)
+    assert all(e.period_start < e.period_end for e in result.entries)
+    assert len({e.key for e in result.entries}) == len(result.entries)
+    for meter in {r.meter for r in readings}:
+        values = [r.value for r in readings if r.meter == meter]
+        assert sum(e.kwh for e in result.entries if e.meter == meter) == values[-1] - values[0]
+
+
+@PROPERTY
+@given(st.sampled_from(PROPERTY_TARIFFS), series(), st.data())
+def test_a_replayed_prefix_charges_nothing(tariff, readings, data):
+    prefix = readings[:data.draw(st.integers(0, len(readings)))]
+    first = charge(tariff, prefix)
+    cursors, usage = merged(first, {}, {})
+    again = charge(tariff, prefix, cursors, usage)
+    assert again.entries == [] and again.cursors == {} and again.usage == {}
+    assert {f.kind for f in again.flags} <= {FlagKind.LATE}
+
+
+@PROPERTY
+@given(st.sampled_from(PROPERTY_TARIFFS), series(), st.data())
+def test_one_call_equals_two_consecutive_calls(tariff, readings, data):
+    cut = data.draw(st.integers(0, len(readings)))
+    whole = charge(tariff, readings)
+    head = charge(tariff, readings[:cut])
+    cursors, usage = merged(head, {}, {})
+    tail = charge(tariff, readings[cut:], cursors, usage)
+    assert head.entries + tail.entries == whole.entries
+    assert merged(tail, cursors, usage) == merged(whole, {}, {})
