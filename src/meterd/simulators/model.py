@@ -307,6 +307,7 @@ class MeterModel:
         self._true = start  # true time reached
         self._offset = clock_offset
         self.relay_open = False
+        self.control_log: list[tuple[datetime, RelayCommand]] = []
         self.command_open = False
         self.pre_trip_alarm = False
         self.protected = False
@@ -703,6 +704,7 @@ class MeterModel:
     ) -> Refusal | None:
         """A 1C relay-control command.  None when accepted, else the :class:`Refusal`."""
         self.advance(now)
+        self.control_log.append((now, command))  # what reached the meter, for tests: never sent twice
         what = f"relay control {command.name}"
         refused = self._authorize(password, operator, what)
         if refused:
