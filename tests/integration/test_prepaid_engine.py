@@ -1,0 +1,175 @@
+"""The prepaid engine on a real state database, time passed in: readings become charges, the policy
+moves accounts through their states and queues commands, payments from another connection reclose."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from meterd.control.engine import PrepaidEngine, PrepaidSettings, queue_manual
+from meterd.control.limits import PowerLimit
+from meterd.control.model import CommandKind, CommandState
+from meterd.control.policy import SafetyRules, Threshold, Thresholds
+from meterd.control.state import AccountSpec, ControlStore, LedgerError
+from meterd.control.tariff import Tariff, TariffKind, TariffVersion
+from meterd.readings import Quality, Reading
+
+M1, M2, BIG = "000000000001", "000000000002", "000000000009"
+T0 = datetime(2026, 11, 2, 2, 0, tzinfo=timezone.utc)  # a Monday, 10:00 CST
+FLAT = Tariff("flat", (TariffVersion(effective=datetime(2020, 1, 1).date(), kind=TariffKind.FLAT,
+                                     price=Decimal("0.50")),))
+THRESHOLDS = Thresholds(Threshold(Decimal(20)), Threshold(Decimal(10)), Threshold(Decimal(0)),
+                        Threshold(Decimal(5)))
+
+
+def energy(meter: str, at: datetime, kwh: str, quantity: str = "energy.active.import.total") -> Reading:
+    return Reading(meter, quantity, at, Decimal(kwh), "kWh")
+
+
+def make(tmp_path, rules: SafetyRules = SafetyRules(), limits=()):
+    store = ControlStore(tmp_path)
+    store.upsert_accounts([AccountSpec("A1", "flat", {M1: Decimal(1)}, area="TA1"),
+                           AccountSpec("A2", "flat", {M2: Decimal(1)}, area="TA1", protected=True)],
+                          actor="test", now=T0)
+    engine = PrepaidEngine(store, PrepaidSettings(THRESHOLDS, rules), {"flat": FLAT}, limits=limits)
+    return store, engine
+
+
+def kinds(commands):
+    return [(c.meter, c.kind) for c in commands]
+
+
+def test_an_account_runs_down_is_tripped_pays_and_is_reclosed(tmp_path):
+    store, engine = make(tmp_path)
+    store.pay("A1", "30", "P1", actor="counter", now=T0)
+    store.pay("A2", "30", "P2", actor="counter", now=T0)
+    engine.observe([energy(M1, T0, "1000"), energy(M2, T0, "500")])
+    first = engine.run_pass(T0)
+    assert first.entries == 0 and first.commands == []  # first readings only set the cursors
+    engine.observe([energy(M1, T0 + timedelta(hours=1), "1030")])  # 30 kWh x 0.50 = 15.00
+    p = engine.run_pass(T0 + timedelta(hours=1))
+    assert store.balance("A1") == Decimal("15.00") and p.entries == 1
+    assert store.account("A1").state == "reminded" and p.commands == []
+    engine.observe([energy(M1, T0 + timedelta(hours=2), "1040")])  # -5.00 -> 10.00: alarm (<= 10)
+    p = engine.run_pass(T0 + timedelta(hours=2))
+    assert kinds(p.commands) == [(M1, CommandKind.ALARM)] and store.account("A1").state == "alarmed"
+    engine.observe([energy(M1, T0 + timedelta(hours=3), "1062")])  # -11.00 -> -1.00: trip
+    p = engine.run_pass(T0 + timedelta(hours=3))
+    assert kinds(p.commands) == [(M1, CommandKind.TRIP)] and store.account("A1").state == "tripped"
+    assert store.balance("A1") == Decimal("-1.00")
+    # replaying the same readings (a restart, a duplicate delivery) charges nothing
+    engine.observe([energy(M1, T0 + timedelta(hours=2), "1040"), energy(M1, T0 + timedelta(hours=3), "1062")])
+    assert engine.run_pass(T0 + timedelta(hours=3, minutes=1)).entries == 0
+    assert store.balance("A1") == Decimal("-1.00")
+    # a payment made by another process (meterd pay) is seen by the next pass
+    with ControlStore(tmp_path) as counter:
+        counter.pay("A1", "100", "P3", actor="counter", now=T0 + timedelta(hours=4))
+    p = engine.run_pass(T0 + timedelta(hours=4))
+    assert set(kinds(p.commands)) == {(M1, CommandKind.RECLOSE_ALLOWED), (M1, CommandKind.ALARM_RELEASE)}
+    assert store.account("A1").state == "normal" and store.verify_balances() == []
+    assert [n.kind for n in p.notices] == ["reclose"]
+
+
+def test_protected_accounts_are_held_not_tripped(tmp_path):
+    store, engine = make(tmp_path)
+    store.pay("A1", "100", "P1", actor="c", now=T0)
+    store.pay("A2", "30", "P2", actor="c", now=T0)
+    engine.observe([energy(M2, T0, "0")])
+    assert engine.run_pass(T0).commands == []
+    engine.observe([energy(M2, T0 + timedelta(hours=1), "70")])  # 30 - 35 = -5: trip level, but 保电
+    p = engine.run_pass(T0 + timedelta(hours=1))
+    assert kinds(p.commands) == [(M2, CommandKind.ALARM)]
+    account = store.account("A2")
+    assert account.state == "alarmed" and "protected" in account.held
+    assert [n.kind for n in p.notices].count("held") == 1
+    again = engine.run_pass(T0 + timedelta(hours=2))  # re-decided every pass, but no new notice
+    assert again.commands == [] and [n.kind for n in again.notices].count("held") == 0
+
+
+def test_quiet_hours_hold_the_trip_until_they_end(tmp_path):
+    rules = SafetyRules(quiet_hours=((time(22, 0), time(7, 0)),))
+    store, engine = make(tmp_path, rules)
+    store.pay("A1", "0.50", "P1", actor="c", now=T0)
+    store.pay("A2", "100", "P2", actor="c", now=T0)
+    night = datetime(2026, 11, 2, 15, 0, tzinfo=timezone.utc)  # 23:00 CST
+    engine.observe([energy(M1, night, "0")])
+    engine.run_pass(night)
+    engine.observe([energy(M1, night + timedelta(minutes=30), "2")])
+    p = engine.run_pass(night + timedelta(minutes=30))
+    assert (M1, CommandKind.TRIP) not in kinds(p.commands) and "quiet hours" in store.account("A1").held
+    morning = datetime(2026, 11, 2, 23, 30, tzinfo=timezone.utc)  # 07:30 CST
+    p = engine.run_pass(morning)
+    assert kinds(p.commands) == [(M1, CommandKind.TRIP)] and store.account("A1").state == "tripped"
+
+
+def test_dry_run_records_what_would_be_sent(tmp_path):
+    store, engine = make(tmp_path, SafetyRules(dry_run=True))
+    engine.run_pass(T0)
+    commands = store.commands()
+    assert {c.state for c in commands} == {CommandState.DRY_RUN}
+    assert (M1, CommandKind.TRIP) in kinds(commands)
+    assert store.due_commands(T0 + timedelta(days=1)) == []
+
+
+def test_bad_readings_are_flagged_and_not_charged(tmp_path):
+    store, engine = make(tmp_path)
+    engine.observe([energy(M1, T0, "100"), energy(M1, T0 + timedelta(hours=1), "90"),
+                    Reading(M1, "energy.active.import.total", T0 + timedelta(hours=2), Decimal("500"),
+                            quality=Quality.SUSPECT)])
+    p = engine.run_pass(T0 + timedelta(hours=2))
+    assert p.flags == {"negative_delta": 1} and store.balance("A1") == 0
+    assert store.charge_flags()[0][3] == "negative_delta"
+
+
+def test_frozen_daily_registers_charge_like_live_ones(tmp_path):
+    store, engine = make(tmp_path)
+    engine.observe([energy(M1, T0, "100", "frozen.daily.energy.active.import.total"),
+                    energy(M1, T0 + timedelta(days=1), "110", "frozen.daily.energy.active.import.total")])
+    engine.run_pass(T0 + timedelta(days=1, hours=1))
+    assert store.balance("A1") == Decimal("-5.00")
+
+
+def test_power_limit_trips_a_large_customer_after_the_hold(tmp_path):
+    limit = PowerLimit(meter=BIG, account=None, area="TA9", limit_kw=Decimal(80), hold=timedelta(minutes=10),
+                       action=CommandKind.TRIP)
+    store, engine = make(tmp_path, limits=[limit])
+    store.pay("A1", "100", "P1", actor="c", now=T0)
+    store.pay("A2", "100", "P2", actor="c", now=T0)
+    for minute in range(0, 16, 5):
+        engine.observe([Reading(BIG, "power.active.total", T0 + timedelta(minutes=minute), Decimal(95), "kW")])
+    p = engine.run_pass(T0 + timedelta(minutes=15))
+    assert kinds(p.commands) == [(BIG, CommandKind.TRIP)] and p.commands[0].requested_by == "power-limit"
+    engine.observe([Reading(BIG, "power.active.total", T0 + timedelta(minutes=20), Decimal(96), "kW")])
+    assert engine.run_pass(T0 + timedelta(minutes=20)).commands == []  # acted on once per excursion
+
+
+def test_manual_commands_need_an_operator_and_respect_protection(tmp_path):
+    store, engine = make(tmp_path)
+    known = [M1, M2]
+    ttl = timedelta(hours=1)
+    with pytest.raises(LedgerError, match="unknown meter"):
+        queue_manual(store, "000000000077", CommandKind.TRIP, operator="op", reason="r", now=T0, ttl=ttl,
+                     known_meters=known)
+    with pytest.raises(LedgerError, match="protected"):
+        queue_manual(store, M2, CommandKind.TRIP, operator="op", reason="r", now=T0, ttl=ttl, known_meters=known)
+    with pytest.raises(LedgerError, match="operator"):
+        queue_manual(store, M1, CommandKind.TRIP, operator=" ", reason="r", now=T0, ttl=ttl, known_meters=known)
+    cmd = queue_manual(store, M1, CommandKind.TRIP, operator="wang", reason="meter swap", now=T0, ttl=ttl,
+                       known_meters=known)
+    assert cmd.manual and cmd.requested_by == "wang"
+    refusals = [a for a in store.audit_log(subject=M2) if a.action == "command-refused"]
+    assert refusals and "protected" in refusals[0].detail["refusal"]
+
+
+def test_an_operators_reclose_of_a_tripped_account_holds_automatic_trips(tmp_path):
+    store, engine = make(tmp_path)
+    engine.run_pass(T0)  # zero balance: A1 trips
+    assert store.account("A1").state == "tripped"
+    queue_manual(store, M1, CommandKind.RECLOSE, operator="wang", reason="hospital visit", now=T0,
+                 ttl=timedelta(hours=1), known_meters=[M1], manual_hold=timedelta(hours=24))
+    p = engine.run_pass(T0 + timedelta(hours=1))
+    assert (M1, CommandKind.TRIP) not in kinds(p.commands)
+    p = engine.run_pass(T0 + timedelta(hours=25))
+    assert (M1, CommandKind.TRIP) in kinds(p.commands)
