@@ -234,3 +234,12 @@ def test_schedule_time_with_zone_is_a_problem():
     v = _v(TariffKind.TOU, rate_prices=PRICES, tou_source=TouSource.SCHEDULE,
            day_schedule=(TouPeriod(time(0), Rate.VALLEY), TouPeriod(tz_time, Rate.PEAK)))
     assert v.problems() == ["day schedule start 08:00:00+08:00 carries a time zone: starts are CST local times"]
+
+
+def test_config_strings_become_enums():
+    v = TariffVersion(date(2026, 1, 1), "tou", rate_prices=PRICES, tou_source="schedule",
+                      day_schedule=(TouPeriod(time(0), "valley"), TouPeriod(time(8), "peak")))
+    assert v.kind is TariffKind.TOU and v.tou_source is TouSource.SCHEDULE
+    assert v.day_schedule[1].rate is Rate.PEAK
+    assert v.problems() == []
+    assert TariffVersion(date(2026, 1, 1), "cheap").problems() == ["unknown tariff kind 'cheap'"]

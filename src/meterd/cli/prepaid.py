@@ -117,7 +117,11 @@ def _store(args: argparse.Namespace):
     data_dir, config = _context(args)
     if config is None and not data_dir.exists():
         raise ConfigError(f"data directory {data_dir} does not exist (use -c site.toml or --data-dir)")
-    return ControlStore(data_dir), config
+    store = ControlStore(data_dir)
+    if config is not None and config.prepaid is not None:
+        # The config's accounts, as the daemon writes them at start: usable before it first ran.
+        store.upsert_accounts(config.prepaid.accounts, actor="config", now=_now())
+    return store, config
 
 
 def _now() -> datetime:

@@ -40,7 +40,11 @@ def run(args: argparse.Namespace) -> int:
         error(f"{exc}\nnothing was started")
         return EXIT_BAD_INPUT
     with SqliteStore(config.store.data_dir) as store:
-        daemon = Daemon(config, store)
+        try:
+            daemon = Daemon(config, store)
+        except ConfigError as exc:  # a secret the config names is not in the environment
+            error(f"{exc}\nnothing was started")
+            return EXIT_BAD_INPUT
         asyncio.run(run_daemon(daemon, args.duration))
         log.info("stopped; channel statistics: %s", daemon.stats())
     return EXIT_OK

@@ -31,17 +31,18 @@ refuses a second entry with the same key.  The rules, which are the contract:
    SCHEDULE: the TOTAL register's pieces at the price of the schedule's rate, the entry's ``rate``
    being that TOU rate.  TIERED: pieces add to the account's usage of their period (year or month,
    per the version), in processing order across all its meters; a piece that crosses a tier's
-   ``upto`` is split there, each part at its tier's price, the split instant interpolated.
+   ``upto`` is split there, each part at its tier's price, the split instant interpolated.  Only
+   kWh charged under a TIERED version count towards usage.
 7. An entry: kind CHARGE, ``amount = -money(kwh × price)`` (never positive), ``at`` = the piece's
    end, key ``charge:{meter}:{register}:{delta start}/{delta end}:{n}`` (UTC ISO instants, n the
    entry's index within the delta).  Zero-kWh pieces make no entry.
 8. A meter replacement in the batch is applied at its instant, after the old meter's readings of
    that instant and before the new meter's: the old meter's final values are charged like
-   readings, then the new meter's cursors are set to its initial values (REPLACEMENT flag).
-   Readings of the old meter after the replacement are LATE.  Applying a replacement again is
-   harmless: the new meter's cursors at or after its instant are left alone.  Pass a replacement
-   in every batch that may still carry the old meter's readings: a cursor cannot say its meter
-   was retired.
+   readings, then the new meter's cursors are set to its initial values (one REPLACEMENT flag,
+   on the old meter's TOTAL).  Readings of the old meter after the replacement are LATE.
+   Applying a replacement again is harmless: the new meter's cursors at or after its instant are
+   left alone.  Pass a replacement in every batch that may still carry the old meter's readings:
+   a cursor cannot say its meter was retired.
 
 :func:`fixed_charges` adds the tariff's fixed monthly charge, one FIXED entry per CST month.
 Everything is pure; instants must be timezone-aware and come back UTC.

@@ -34,7 +34,7 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import Final
 
-from meterd.control.model import CST, TOU_RATES, Rate
+from meterd.control.model import TOU_RATES, Rate
 
 UTC: Final = timezone.utc
 _CST_SHIFT: Final = timedelta(hours=8)  # CST has no daylight saving: local = UTC + 8 h, always
@@ -64,6 +64,17 @@ def _cst_midnight(day: date) -> datetime:
 def _since_midnight(t: time) -> timedelta:
     """A schedule start as an offset from local midnight (a zone on the time is a problem, ignored)."""
     return timedelta(hours=t.hour, minutes=t.minute, seconds=t.second, microseconds=t.microsecond)
+
+
+def _coerce(cls: type[enum.StrEnum], value: object) -> object:
+    """A config string as its enum member ("tou" -> TariffKind.TOU); anything else as it is, for
+    problems() to report."""
+    if isinstance(value, str) and not isinstance(value, cls):
+        try:
+            return cls(value)
+        except ValueError:
+            pass
+    return value
 
 
 class TariffKind(enum.StrEnum):
@@ -107,6 +118,9 @@ class TouPeriod:
     start: time
     rate: Rate
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rate", _coerce(Rate, self.rate))
+
 
 @dataclass(frozen=True, slots=True)
 class Tier:
@@ -144,6 +158,8 @@ class TariffVersion:
     _charged: tuple[Rate, ...] = field(init=False, repr=False, compare=False, default=(Rate.TOTAL,))
 
     def __post_init__(self) -> None:
+        for name, cls in (("kind", TariffKind), ("tou_source", TouSource), ("tier_period", TierPeriod)):
+            object.__setattr__(self, name, _coerce(cls, getattr(self, name)))
         if self.kind is TariffKind.TOU and self.tou_source is TouSource.REGISTERS:
             object.__setattr__(self, "_charged", TOU_RATES)
         periods = sorted(
