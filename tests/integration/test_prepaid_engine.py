@@ -10,7 +10,7 @@ import pytest
 
 from meterd.control.engine import PrepaidEngine, PrepaidSettings, queue_manual
 from meterd.control.limits import PowerLimit
-from meterd.control.model import CommandKind, CommandState
+from meterd.control.model import CommandKind, CommandState, Rate
 from meterd.control.policy import SafetyRules, Threshold, Thresholds
 from meterd.control.state import AccountSpec, ControlStore, LedgerError
 from meterd.control.tariff import Tariff, TariffKind, TariffVersion
@@ -173,3 +173,26 @@ def test_an_operators_reclose_of_a_tripped_account_holds_automatic_trips(tmp_pat
     assert (M1, CommandKind.TRIP) not in kinds(p.commands)
     p = engine.run_pass(T0 + timedelta(hours=25))
     assert (M1, CommandKind.TRIP) in kinds(p.commands)
+
+
+def test_a_meter_replacement_charges_the_old_meters_last_use_once_and_continues_on_the_new(tmp_path):
+    store, engine = make(tmp_path)
+    store.pay("A1", "100", "P1", actor="c", now=T0)
+    engine.observe([energy(M1, T0, "1000")])
+    engine.run_pass(T0)
+    swap = T0 + timedelta(hours=1)
+    new = "000000000005"
+    assert store.record_replacement("WO-1", "A1", M1, new, swap, {Rate.TOTAL: Decimal("1010")},
+                                    {Rate.TOTAL: Decimal("3")}, Decimal(1), actor="wang", now=swap)
+    assert not store.record_replacement("WO-1", "A1", M1, new, swap, {Rate.TOTAL: Decimal("1010")},
+                                        {Rate.TOTAL: Decimal("3")}, Decimal(1), actor="wang", now=swap)
+    p = engine.run_pass(swap)  # the old meter's last 10 kWh
+    assert store.balance("A1") == Decimal("95.00") and p.flags.get("replacement") == 1
+    engine.observe([energy(new, swap + timedelta(hours=1), "7")])  # 4 kWh on the new meter
+    engine.run_pass(swap + timedelta(hours=1))
+    engine.run_pass(swap + timedelta(hours=2))  # the replacement is passed again: nothing twice
+    assert store.balance("A1") == Decimal("93.00")
+    assert store.meter_accounts()[new] == ("A1", Decimal(1)) and M1 not in store.meter_accounts()
+    with pytest.raises(LedgerError, match="is not on account"):
+        store.record_replacement("WO-2", "A1", M1, "000000000006", swap, {Rate.TOTAL: Decimal(1)},
+                                 {Rate.TOTAL: Decimal(0)}, Decimal(1), actor="wang", now=swap)

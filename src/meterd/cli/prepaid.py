@@ -94,6 +94,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _where(p)
     p.set_defaults(func=cancel_cmd)
 
+    p = sub.add_parser("replace-meter", help="record a meter swap: old meter's final and new meter's initial registers")
+    p.add_argument("account")
+    p.add_argument("old_meter")
+    p.add_argument("new_meter")
+    p.add_argument("--old-final", required=True, metavar="KWH",
+                   help="the old meter's final register as displayed, e.g. 1234.56 or total=1234.56,peak=400.1")
+    p.add_argument("--new-initial", required=True, metavar="KWH", help="the new meter's initial register")
+    p.add_argument("--at", help="when the swap happened (ISO 8601 with zone; default now)")
+    p.add_argument("--multiplier", help="CT × PT of the new meter (default: from -c, else the old meter's)")
+    p.add_argument("--ref", required=True, help="the replacement work-order id: a second use changes nothing")
+    p.add_argument("--operator", required=True)
+    _where(p)
+    p.set_defaults(func=replace_cmd)
+
     p = sub.add_parser("ledger", help="an account's ledger, oldest first, with the running balance")
     p.add_argument("account")
     p.add_argument("--limit", type=int, help="only the last N entries")
@@ -348,4 +362,69 @@ def ledger_cmd(args: argparse.Namespace) -> int:
     for d in docs:
         print(f"{d['seq']:>6} {d['at'][:25]:<25} {d['kind']:<10} {d['amount']:>12} {d['balance']:>12}  {d['detail']}")
     print(f"balance {balance}")
+    return EXIT_OK
+
+
+def _registers(text: str, multiplier: Decimal, what: str) -> dict:
+    from decimal import InvalidOperation
+
+    from meterd.control.model import Rate
+    from meterd.control.state import LedgerError
+
+    values = {}
+    for part in text.split(","):
+        name, _, number = part.rpartition("=")
+        try:
+            rate = Rate((name or "total").strip())
+        except ValueError:
+            raise LedgerError(f"{what}: unknown register {name!r} (total, sharp, peak, flat, valley)") from None
+        try:
+            value = Decimal(number.strip())
+        except InvalidOperation:
+            raise LedgerError(f"{what}: {number!r} is not a number") from None
+        if not value.is_finite() or value < 0:
+            raise LedgerError(f"{what}: {number!r} must be a reading of zero or more")
+        values[rate] = value * multiplier
+    return values
+
+
+@_guard
+def replace_cmd(args: argparse.Namespace) -> int:
+    from meterd.control.model import Rate
+    from meterd.control.state import LedgerError
+
+    store, config = _store(args)
+    norm = lambda m: m.strip().zfill(12) if m.strip().isdigit() else m.strip()  # noqa: E731
+    old, new = norm(args.old_meter), norm(args.new_meter)
+    at = _now()
+    if args.at:
+        try:
+            at = datetime.fromisoformat(args.at)
+        except ValueError:
+            raise LedgerError(f"--at {args.at!r} is not an ISO 8601 time") from None
+        if at.tzinfo is None:
+            raise LedgerError(f"--at {args.at!r} needs a time zone, e.g. {args.at}+08:00")
+    with store:
+        owner = store.meter_accounts().get(old)
+        if owner is None or owner[0] != args.account:
+            raise LedgerError(f"meter {old} is not on account {args.account}")
+        old_multiplier = owner[1]
+        if args.multiplier:
+            new_multiplier = _registers(args.multiplier, Decimal(1), "--multiplier")[Rate.TOTAL]
+            if new_multiplier <= 0:
+                raise LedgerError(f"--multiplier {args.multiplier} must be positive")
+        elif config is not None and any(m.address == new for m in config.meters):
+            m = next(m for m in config.meters if m.address == new)
+            new_multiplier = m.ct * m.pt
+        else:
+            new_multiplier = old_multiplier
+        done = store.record_replacement(
+            args.ref, args.account, old, new, at, _registers(args.old_final, old_multiplier, "--old-final"),
+            _registers(args.new_initial, new_multiplier, "--new-initial"), new_multiplier,
+            actor=args.operator, now=_now())
+    if done:
+        print(f"replacement {args.ref}: meter {old} -> {new} on {args.account} recorded; the daemon charges the old "
+              f"meter's last use at its next pass. Put {new} in the config's account too.")
+    else:
+        print(f"replacement {args.ref} was already recorded; nothing changed")
     return EXIT_OK

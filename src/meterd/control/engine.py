@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Iterable, Mapping
 
-from meterd.control.charging import Cursor, FlagKind, Usage, charge_account, fixed_charges
+from meterd.control.charging import Cursor, FlagKind, MeterReplacement, Usage, charge_account, fixed_charges
 from meterd.control.limits import PowerLimit, PowerSample, evaluate_power
 from meterd.control.model import CST, QUANTITY_RATE, CommandKind, CommandRequest, LedgerEntry, RegisterReading
 from meterd.control.policy import (
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 FROZEN_PREFIX = "frozen.daily."
 POWER_QUANTITY = "power.active.total"
 POWER_WINDOW = timedelta(hours=2)  # power samples kept per meter for 定值控制
+REPLACEMENT_WINDOW = timedelta(days=7)  # replacements passed to charging (re-applying one is harmless)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,8 @@ class PassSummary:
 
 def thresholds_for(defaults: Thresholds, overrides: Mapping[str, str]) -> Thresholds:
     """The site's thresholds with an account's overrides (``{"alarm": "3d"}``) applied."""
+    if not overrides:
+        return defaults
     values = {name: getattr(defaults, name) for name in ("reminder", "alarm", "trip", "reclose")}
     for name, text in overrides.items():
         if name not in values:
@@ -156,30 +159,41 @@ class PrepaidEngine:
 
     def _charge(self, pending: dict[str, list[RegisterReading]], now: datetime) -> PassSummary:
         summary = PassSummary()
-        accounts = {a.account: a for a in self.store.accounts()}
+        accounts = self.store.charging_view()
         entries: list[LedgerEntry] = []
         cursors: list = []
         usage_rows: list = []
         flags: list = []
         fixed_through: dict[str, datetime] = {}
-        meters = [m for acct in pending for m in accounts[acct].meters] if pending else []
-        stored_cursors = self.store.cursors(meters) if meters else {}
-        stored_usage = self.store.tier_usage() if pending else {}
-        for name, account in accounts.items():
-            tariff = self.tariffs.get(account.tariff)
+        replaced = self.store.replacements(since=now - REPLACEMENT_WINDOW)
+        replacements: dict[str, list[MeterReplacement]] = defaultdict(list)
+        for key, acct, old, new, at, old_final, new_initial in replaced:
+            replacements[acct].append(MeterReplacement(key, acct, old, new, at, old_final, new_initial))
+            pending.setdefault(acct, [])
+        meters = [m for acct in pending if acct in accounts for m in accounts[acct][1]] + [r[2] for r in replaced]
+        cursors_by_meter: dict[str, dict] = defaultdict(dict)
+        for key, (at, value) in (self.store.cursors(meters) if meters else {}).items():
+            cursors_by_meter[key[0]][key] = Cursor(key[0], key[1], at, value)
+        usage_by_account: dict[str, dict[str, Usage]] = defaultdict(dict)
+        for (acct, period), kwh in (self.store.tier_usage() if pending else {}).items():
+            usage_by_account[acct][period] = Usage(acct, period, kwh)
+        this_month = _month(now)
+        for name, (tariff_name, account_meters, opened, charged_through) in accounts.items():
+            tariff = self.tariffs.get(tariff_name)
             if tariff is None:
                 if name in pending:
                     log.error("account %s: tariff %r is not configured; %d reading(s) not charged",
-                              name, account.tariff, len(pending[name]))
+                              name, tariff_name, len(pending[name]))
                     self._pending[name].extend(pending[name])  # keep them for when it is
                 continue
             readings = pending.get(name)
-            if readings:
-                current = {key: Cursor(key[0], key[1], at, value) for key, (at, value) in stored_cursors.items()
-                           if key[0] in account.meters}
-                usage = {period: Usage(acct, period, kwh) for (acct, period), kwh in stored_usage.items()
-                         if acct == name}
-                result = charge_account(name, tariff, readings, current, usage, multipliers=account.meters)
+            if readings or name in replacements:
+                current = {key: c for m in account_meters for key, c in cursors_by_meter[m].items()}
+                if name in replacements:  # the old meters' cursors and multipliers are needed too
+                    for r in replacements[name]:
+                        current.update({k: c for k, c in cursors_by_meter[r.old_meter].items()})
+                result = charge_account(name, tariff, readings or [], current, usage_by_account[name],
+                                        multipliers=account_meters, replacements=replacements.get(name, ()))
                 entries.extend(result.entries)
                 cursors.extend((c.meter, c.rate, c.at, c.value) for c in result.cursors.values())
                 usage_rows.extend((name, u.period, u.kwh) for u in result.usage.values())
@@ -188,8 +202,8 @@ class PrepaidEngine:
                     if flag.kind is not FlagKind.LATE:  # a frozen value arriving after a live one: routine
                         flags.append((flag.meter, flag.rate, flag.at, str(flag.kind), flag.detail))
                 summary.accounts += 1
-            start = account.fixed_through or account.opened
-            if _month(start) != _month(now) or account.fixed_through is None:
+            start = charged_through or opened
+            if charged_through is None or _month(start) != this_month:
                 fixed = fixed_charges(name, tariff, start, now)
                 entries.extend(fixed)
                 fixed_through[name] = now
@@ -200,19 +214,17 @@ class PrepaidEngine:
     # --- 3. decide -----------------------------------------------------------------------------
 
     def views(self, now: datetime, accounts: list[Account]) -> list[AccountView]:
-        needs_average = any(
-            t.days is not None
-            for a in accounts
-            for t in _all(thresholds_for(self.settings.thresholds, a.thresholds)))
+        thresholds = {a.account: thresholds_for(self.settings.thresholds, a.thresholds) for a in accounts}
+        needs_average = any(t.days is not None for ts in set(thresholds.values()) for t in _all(ts))
         averages = self.store.average_daily_cost(now) if needs_average else {}
+        zero = Decimal(0)
         views = []
         for a in accounts:
             manual_hold = a.manual_until is not None and now < a.manual_until
             views.append(AccountView(
                 account=a.account, area=a.area, protected=a.protected or manual_hold, balance=a.balance,
-                avg_daily_cost=averages.get(a.account, Decimal(0)), state=ControlState(a.state),
-                meters=tuple(a.meters), thresholds=thresholds_for(self.settings.thresholds, a.thresholds),
-                held=a.held))
+                avg_daily_cost=averages.get(a.account, zero), state=ControlState(a.state),
+                meters=tuple(a.meters), thresholds=thresholds[a.account], held=a.held))
         return views
 
     def decide(self, now: datetime) -> PassSummary:
@@ -271,6 +283,7 @@ class PrepaidEngine:
 
     def run_pass(self, now: datetime) -> PassSummary:
         """charge, decide, power: one pass (blocking; the daemon runs it in a worker thread)."""
+        self.refresh()  # meters moved by an import or a replacement since the last pass
         charged = self.charge(now)
         decided = self.decide(now)
         powered = self.power(now)

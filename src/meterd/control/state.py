@@ -132,6 +132,17 @@ CREATE TABLE IF NOT EXISTS relay_states (
     ts      INTEGER NOT NULL,
     flags   TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS replacements (
+    key         TEXT NOT NULL PRIMARY KEY,
+    account     TEXT NOT NULL,
+    old_meter   TEXT NOT NULL,
+    new_meter   TEXT NOT NULL,
+    ts          INTEGER NOT NULL,
+    old_final   TEXT NOT NULL,
+    new_initial TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    recorded_ts INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
     ts      INTEGER NOT NULL,
@@ -378,7 +389,8 @@ class ControlStore:
     def _account(self, row: sqlite3.Row, meters: dict[str, Decimal]) -> Account:
         return Account(
             account=row["account"], customer=row["customer"], area=row["area"], tariff=row["tariff"],
-            protected=bool(row["protected"]), thresholds=json.loads(row["thresholds"]),
+            protected=bool(row["protected"]),
+            thresholds={} if row["thresholds"] == "{}" else json.loads(row["thresholds"]),
             opened=from_ms(row["opened_ts"]), state=row["state"], held=row["held"],
             balance=from_fen(row["balance_fen"]), meters=meters,
             manual_until=_opt_dt(row["manual_until_ts"]), fixed_through=_opt_dt(row["fixed_through_ts"]),
@@ -403,6 +415,18 @@ class ControlStore:
         wanted = None if names is None else set(names)
         return [self._account(r, meters.get(r["account"], {})) for r in rows
                 if wanted is None or r["account"] in wanted]
+
+    def charging_view(self) -> dict[str, tuple[str, dict[str, Decimal], datetime, datetime | None]]:
+        """account -> (tariff, meters with CT × PT, opened, fixed charges through): what a charging
+        pass needs, without the cost of full :class:`Account` objects for a whole district."""
+        meters: dict[str, dict[str, Decimal]] = {}
+        for meter, account, multiplier in self._read("SELECT meter, account, multiplier FROM account_meters"):
+            meters.setdefault(account, {})[meter] = Decimal(multiplier)
+        return {
+            account: (tariff, meters.get(account, {}), from_ms(opened), _opt_dt(fixed))
+            for account, tariff, opened, fixed in self._read(
+                "SELECT account, tariff, opened_ts, fixed_through_ts FROM accounts")
+        }
 
     def meter_accounts(self) -> dict[str, tuple[str, Decimal]]:
         """meter -> (account, CT × PT) for every assigned meter."""
@@ -586,14 +610,38 @@ class ControlStore:
         """One charging pass, all or nothing: entries (duplicates skipped), advanced cursors, tier
         usage, flags and fixed-charge watermarks.  Returns the number of entries applied.  The pass
         is audited as one line per account charged (entries are in the ledger itself)."""
-        fens = [to_fen(e.amount, what=f"ledger entry {e.key}: amount") for e in entries]
+        rows = []
+        seen: set[str] = set()
+        for e in entries:
+            if e.key in seen:
+                continue  # the same entry twice in one batch: once
+            seen.add(e.key)
+            rows.append((e.key, e.account, e.kind.value, to_fen(e.amount, what=f"ledger entry {e.key}: amount"),
+                         to_ms(e.at), e.detail, e.meter, None if e.rate is None else e.rate.value,
+                         None if e.kwh is None else str(e.kwh), None if e.price is None else str(e.price),
+                         _opt_ms(e.period_start), _opt_ms(e.period_end)))
         applied: dict[str, list[int]] = {}
+        recorded = to_ms(now)
         with self._write() as conn:
-            for entry, fen in zip(entries, fens):
-                if self._insert_entry(conn, entry, fen, actor, now) is not None:
-                    totals = applied.setdefault(entry.account, [0, 0])
-                    totals[0] += 1
-                    totals[1] += fen
+            # Under the write lock nobody else inserts: the keys already present are exactly those
+            # the INSERT OR IGNORE below skips, so balances move by what went in, in bulk.
+            known: set[str] = set()
+            keys = [r[0] for r in rows]
+            for i in range(0, len(keys), 900):
+                chunk = keys[i:i + 900]
+                known.update(k for (k,) in conn.execute(
+                    f"SELECT key FROM ledger WHERE key IN ({','.join('?' * len(chunk))})", chunk))
+            fresh = [r for r in rows if r[0] not in known]
+            conn.executemany(
+                "INSERT OR IGNORE INTO ledger (key, account, kind, amount_fen, ts, recorded_ts, actor, detail, meter, "
+                "rate, kwh, price, period_start_ts, period_end_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(k, a, kind, fen, ts, recorded, actor, *rest) for k, a, kind, fen, ts, *rest in fresh])
+            for r in fresh:
+                totals = applied.setdefault(r[1], [0, 0])
+                totals[0] += 1
+                totals[1] += r[3]
+            conn.executemany("UPDATE accounts SET balance_fen = balance_fen + ? WHERE account = ?",
+                             [(fen, account) for account, (_, fen) in applied.items()])
             conn.executemany(
                 "INSERT INTO cursors (meter, rate, ts, value) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (meter, rate) DO UPDATE SET ts = excluded.ts, value = excluded.value",
@@ -620,6 +668,50 @@ class ControlStore:
             params.append(meter)
         rows = self._read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
         return [(r["meter"], r["rate"], from_ms(r["ts"]), r["kind"], r["detail"]) for r in rows]
+
+    # --- meter replacements ----------------------------------------------------------------------
+
+    def record_replacement(self, key: str, account: str, old_meter: str, new_meter: str, at: datetime,
+                           old_final: Mapping[Rate, Decimal], new_initial: Mapping[Rate, Decimal],
+                           multiplier: Decimal, *, actor: str, now: datetime) -> bool:
+        """A meter swapped on an account: the old meter's final and the new meter's initial register
+        values (primary kWh), charged by the next pass.  The new meter takes the old one's place on
+        the account.  Returns False (nothing changed) for a key already recorded."""
+        if not key.strip():
+            raise LedgerError("a meter replacement needs an id (--ref)")
+        if not old_final or not new_initial:
+            raise LedgerError(f"replacement {key}: the old meter's final and the new meter's initial values "
+                              "are both needed")
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM replacements WHERE key = ?", (key,)).fetchone():
+                return False
+            owner = conn.execute("SELECT account FROM account_meters WHERE meter = ?", (old_meter,)).fetchone()
+            if owner is None or owner[0] != account:
+                raise LedgerError(f"replacement {key}: meter {old_meter} is not on account {account}")
+            taken = conn.execute("SELECT account FROM account_meters WHERE meter = ?", (new_meter,)).fetchone()
+            if taken is not None:
+                raise LedgerError(f"replacement {key}: meter {new_meter} already belongs to account {taken[0]}")
+            conn.execute(
+                "INSERT INTO replacements (key, account, old_meter, new_meter, ts, old_final, new_initial, actor, "
+                "recorded_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, account, old_meter, new_meter, to_ms(at),
+                 json.dumps({str(r): str(v) for r, v in old_final.items()}),
+                 json.dumps({str(r): str(v) for r, v in new_initial.items()}), actor, to_ms(now)))
+            conn.execute("DELETE FROM account_meters WHERE meter = ?", (old_meter,))
+            conn.execute("INSERT INTO account_meters (meter, account, multiplier) VALUES (?, ?, ?)",
+                         (new_meter, account, str(multiplier)))
+            self._audit(conn, now, actor, "meter-replaced", account,
+                        {"key": key, "old": old_meter, "new": new_meter, "at": at,
+                         "old_final": {str(r): str(v) for r, v in old_final.items()},
+                         "new_initial": {str(r): str(v) for r, v in new_initial.items()}})
+        return True
+
+    def replacements(self, *, since: datetime) -> list[tuple[str, str, str, str, datetime, dict, dict]]:
+        """(key, account, old, new, at, old_final, new_initial) recorded since ``since``."""
+        rows = self._read("SELECT * FROM replacements WHERE recorded_ts >= ? ORDER BY ts", (to_ms(since),))
+        return [(r["key"], r["account"], r["old_meter"], r["new_meter"], from_ms(r["ts"]),
+                 {Rate(k): Decimal(v) for k, v in json.loads(r["old_final"]).items()},
+                 {Rate(k): Decimal(v) for k, v in json.loads(r["new_initial"]).items()}) for r in rows]
 
     # --- commands ------------------------------------------------------------------------------
 

@@ -1,0 +1,104 @@
+"""Charging and policy for a whole district after one daily round: seconds and peak RSS.
+
+Builds a scratch state database with ``--accounts`` prepaid accounts (one meter each, a mix of
+flat, tiered and time-of-use-from-registers tariffs, payments applied, cursors set by the previous
+day's readings), then feeds one daily round of register readings to the engine and times
+:meth:`PrepaidEngine.run_pass` -- charging (ledger entries, cursors, tier usage, in one
+transaction) and the policy (views, decisions, control states, queued commands).  About 2 % of the
+accounts are set up to cross a threshold so commands are queued too.  Target: < 5 s for 100,000.
+
+    python benchmarks/bench_prepaid.py [--accounts 100000]
+
+Prints numbers; it is not a pass/fail test.  Time is fixed (no clock reads in the data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+
+from meterd.control.engine import PrepaidEngine, PrepaidSettings
+from meterd.control.model import TOU_RATES, EntryKind, LedgerEntry, Rate
+from meterd.control.policy import SafetyRules, Threshold, Thresholds
+from meterd.control.state import AccountSpec, ControlStore
+from meterd.control.tariff import Tariff, TariffKind, TariffVersion, Tier
+from meterd.readings import Reading
+
+DAY0 = datetime(2026, 11, 22, 16, 10, tzinfo=timezone.utc)  # 00:10 CST: the daily frozen round
+DAY1 = DAY0 + timedelta(days=1)
+EFFECTIVE = date(2026, 1, 1)
+TARIFFS = {
+    "flat": Tariff("flat", (TariffVersion(EFFECTIVE, TariffKind.FLAT, price=Decimal("0.5283")),)),
+    "tiered": Tariff("tiered", (TariffVersion(EFFECTIVE, TariffKind.TIERED, tiers=(
+        Tier(Decimal(2160), Decimal("0.4883")), Tier(Decimal(4800), Decimal("0.5383")), Tier(None, Decimal("0.7883")))),)),
+    "tou": Tariff("tou", (TariffVersion(EFFECTIVE, TariffKind.TOU, rate_prices={
+        Rate.SHARP: Decimal("1.0"), Rate.PEAK: Decimal("0.8"), Rate.FLAT: Decimal("0.55"),
+        Rate.VALLEY: Decimal("0.3")}),)),
+}
+THRESHOLDS = Thresholds(Threshold(Decimal(50)), Threshold(Decimal(20)), Threshold(Decimal(0)), Threshold(Decimal(10)))
+
+
+def meter(i: int) -> str:
+    return f"{i:012d}"
+
+
+def readings(n: int, at: datetime, day: int) -> list[Reading]:
+    out = []
+    for i in range(1, n + 1):
+        base = Decimal(1000 + i % 5000) + Decimal(day) * Decimal("8.37")
+        if i % 3 == 2:  # time-of-use accounts: the four rate registers
+            for k, rate in enumerate(TOU_RATES):
+                out.append(Reading(meter(i), rate.quantity, at, base / 4 + k, "kWh"))
+        else:
+            out.append(Reading(meter(i), "frozen.daily.energy.active.import.total", at, base, "kWh"))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--accounts", type=int, default=100_000)
+    args = parser.parse_args()
+    n = args.accounts
+    kinds = ("flat", "tiered", "tou")
+    with tempfile.TemporaryDirectory(prefix="bench-prepaid-") as tmp:
+        store = ControlStore(tmp)
+        t = time.perf_counter()
+        store.upsert_accounts([AccountSpec(f"A{i:07d}", kinds[i % 3], {meter(i): Decimal(1)}, area=f"TA{i % 1000:04d}")
+                               for i in range(1, n + 1)], actor="bench", now=DAY0)
+        payments = [LedgerEntry(f"payment:open-{i}", f"A{i:07d}", EntryKind.PAYMENT,
+                                Decimal("24.00") if i % 50 == 0 else Decimal("300.00"), DAY0) for i in range(1, n + 1)]
+        store.apply(payments, actor="bench", now=DAY0, audit_each=False)
+        settings = PrepaidSettings(THRESHOLDS, SafetyRules(max_trips_per_area_hour=50))
+        engine = PrepaidEngine(store, settings, TARIFFS)
+        engine.observe(readings(n, DAY0, 0))
+        engine.run_pass(DAY0)  # yesterday: cursors set, every account decided once
+        setup = time.perf_counter() - t
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+        round_readings = readings(n, DAY1, 1)
+        t0 = time.perf_counter()
+        engine.observe(round_readings)
+        t1 = time.perf_counter()
+        charged = engine.charge(DAY1)
+        t2 = time.perf_counter()
+        decided = engine.decide(DAY1)
+        t3 = time.perf_counter()
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        problems = store.verify_balances()
+        store.close()
+    print(f"prepaid pass for {n:,} accounts after one daily round ({len(round_readings):,} register readings)")
+    print(f"  setup (accounts, payments, yesterday's pass): {setup:.1f} s")
+    print(f"  observe:  {t1 - t0:6.2f} s")
+    print(f"  charge:   {t2 - t1:6.2f} s   {charged.entries:,} ledger entries for {charged.accounts:,} accounts")
+    print(f"  decide:   {t3 - t2:6.2f} s   {decided.decisions:,} decisions, {len(decided.commands):,} commands queued")
+    print(f"  total:    {t3 - t0:6.2f} s   (target < 5 s)")
+    print(f"  peak RSS: {rss:.0f} MiB (before the pass {rss_before:.0f} MiB)")
+    print(f"  balances equal to the ledger: {'yes' if not problems else problems[:3]}")
+
+
+if __name__ == "__main__":
+    main()
