@@ -97,7 +97,7 @@ def demo_config(fleet, data_dir: Path, interval: float) -> str:
 # within a minute), a tiered household with money, and a protected one (保电) that is never tripped.
 PREPAID_ACCOUNT, PROTECTED_ACCOUNT = "DEMO-1001", "DEMO-1003"
 PREPAID_METER = "000000000009"
-OPENING, TOP_UP = "6.00", "200.00"
+OPENING, TOP_UP = "3.00", "200.00"
 PREPAID_CONFIG = f"""
 [prepaid]
 check_every = "2s"
@@ -105,7 +105,7 @@ retry_every = "5s"
 command_ttl = "10m"
 valid_for = "24h"   # the simulated meters' clocks run 60x fast: a 10-minute validity would lapse in 10 s
 reclose = "allowed"
-thresholds = {{ reminder = "4", alarm = "2", trip = "0", reclose = "1" }}
+thresholds = {{ reminder = "2", alarm = "1", trip = "0", reclose = "1" }}
 
 [[prepaid.tariffs]]
 name = "demo-flat"

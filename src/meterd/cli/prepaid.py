@@ -405,6 +405,9 @@ def replace_cmd(args: argparse.Namespace) -> int:
         if at.tzinfo is None:
             raise LedgerError(f"--at {args.at!r} needs a time zone, e.g. {args.at}+08:00")
     with store:
+        if store.has_replacement(args.ref):
+            print(f"replacement {args.ref} was already recorded; nothing changed")
+            return EXIT_OK
         owner = store.meter_accounts().get(old)
         if owner is None or owner[0] != args.account:
             raise LedgerError(f"meter {old} is not on account {args.account}")

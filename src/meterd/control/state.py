@@ -706,6 +706,9 @@ class ControlStore:
                          "new_initial": {str(r): str(v) for r, v in new_initial.items()}})
         return True
 
+    def has_replacement(self, key: str) -> bool:
+        return bool(self._read("SELECT 1 FROM replacements WHERE key = ?", (key,)))
+
     def replacements(self, *, since: datetime) -> list[tuple[str, str, str, str, datetime, dict, dict]]:
         """(key, account, old, new, at, old_final, new_initial) recorded since ``since``."""
         rows = self._read("SELECT * FROM replacements WHERE recorded_ts >= ? ORDER BY ts", (to_ms(since),))
