@@ -156,8 +156,9 @@ def parse_prepaid(check: Any, raw: Any, *, meters: dict[str, Decimal], base_dir:
         check_every=duration("check_every", 60.0),
         manual_hold=dt.timedelta(seconds=duration("manual_hold", 86400, zero=True)),
     )
-    tariffs = _tariffs(check, table.get("tariffs", []))
-    accounts = _accounts(check, table.get("accounts", []), tariffs, meters, thresholds)
+    broken: set[str] = set()
+    tariffs = _tariffs(check, table.get("tariffs", []), broken)
+    accounts = _accounts(check, table.get("accounts", []), tariffs, meters, thresholds, broken)
     limits = _limits(check, table.get("power_limits", []), meters, accounts)
     notify = _notify(check, table.get("notify", []), base_dir)
     password_env = secret_env(check, "prepaid", table, "password_env", required=False)
@@ -253,7 +254,9 @@ def _thresholds(check: Any, path: str, raw: Any, base: dict[str, Any]) -> Thresh
     return thresholds
 
 
-def _tariffs(check: Any, raw: Any) -> dict[str, Tariff]:
+def _tariffs(check: Any, raw: Any, broken: set[str]) -> dict[str, Tariff]:
+    """The valid tariffs; the names of invalid ones go to ``broken`` (accounts naming them are not
+    blamed a second time)."""
     tariffs: dict[str, Tariff] = {}
     for index, table in check.array_of_tables("prepaid.tariffs", raw):
         path = f"prepaid.tariffs[{index}]"
@@ -271,12 +274,16 @@ def _tariffs(check: Any, raw: Any) -> dict[str, Tariff]:
             if version is not None:
                 versions.append(version)
         if name is None or len(versions) != len(entries) or not versions:
+            if name is not None:
+                broken.add(name)
             continue
         tariff = Tariff(name=name, versions=tuple(sorted(versions, key=lambda v: v.effective)))
         problems = tariff.problems()
         for problem in problems:
             check.problem(path, problem)
-        if not problems:
+        if problems:
+            broken.add(name)
+        else:
             tariffs[name] = tariff
     return tariffs
 
@@ -330,13 +337,14 @@ def _version(check: Any, path: str, table: dict[str, Any]) -> TariffVersion | No
     if len(check.problems) > before or kind is None or not effective:
         return None
     version = TariffVersion(effective=effective[0], kind=kind, **kwargs)
-    for problem in version.problems():
+    problems = version.problems()
+    for problem in problems:
         check.problem(path, problem)
-    return version
+    return None if problems else version
 
 
 def _accounts(check: Any, raw: Any, tariffs: dict[str, Tariff], meters: dict[str, Decimal],
-              defaults: Thresholds | None) -> list[AccountSpec]:
+              defaults: Thresholds | None, broken: set[str]) -> list[AccountSpec]:
     accounts: list[AccountSpec] = []
     seen: dict[str, str] = {}
     owners: dict[str, str] = {}
@@ -348,7 +356,7 @@ def _accounts(check: Any, raw: Any, tariffs: dict[str, Tariff], meters: dict[str
         if name is not None and name in seen:
             check.problem(f"{path}.account", f"account {name} is defined twice (also {seen[name]})")
         tariff = check.required_string(path, table, "tariff")
-        if tariff is not None and tariff not in tariffs and not any("prepaid.tariffs" in p for p in check.problems):
+        if tariff is not None and tariff not in tariffs and tariff not in broken:
             check.problem(f"{path}.tariff", f"unknown tariff {tariff!r}" + (
                 f" (defined: {', '.join(sorted(tariffs))})" if tariffs else ": no [[prepaid.tariffs]] defined"))
         assigned: dict[str, Decimal] = {}
@@ -455,7 +463,7 @@ def _notify(check: Any, raw: Any, base_dir: Path | None) -> list[NotifyConfig]:
                 try:
                     WebhookSink("http://check.invalid/", template=template)
                 except ValueError as exc:
-                    check.problem(f"{path}.template", str(exc))
+                    check.problem(f"{path}.template", str(exc).replace("webhook http://check.invalid/: ", ""))
                     url = None
             headers = check.table(f"{path}.headers", table.get("headers", {})) or {}
             timeout = check.duration(f"{path}.timeout", table.get("timeout", 5.0))
