@@ -196,3 +196,20 @@ def test_a_meter_replacement_charges_the_old_meters_last_use_once_and_continues_
     with pytest.raises(LedgerError, match="is not on account"):
         store.record_replacement("WO-2", "A1", M1, "000000000006", swap, {Rate.TOTAL: Decimal(1)},
                                  {Rate.TOTAL: Decimal(0)}, Decimal(1), actor="wang", now=swap)
+
+
+def test_commands_fit_what_each_meter_can_take(tmp_path):
+    caps = {M1: frozenset({CommandKind.TRIP, CommandKind.RECLOSE}),  # a Modbus meter with a relay map
+            M2: frozenset()}  # DL/T 645-1997: no relay command
+    store = ControlStore(tmp_path)
+    store.upsert_accounts([AccountSpec("A1", "flat", {M1: Decimal(1)}, area="TA1"),
+                           AccountSpec("A2", "flat", {M2: Decimal(1)}, area="TA1")], actor="test", now=T0)
+    engine = PrepaidEngine(store, PrepaidSettings(THRESHOLDS, SafetyRules()), {"flat": FLAT},
+                           capabilities=caps.get)
+    p = engine.run_pass(T0)  # both at zero: trip
+    assert kinds(p.commands) == [(M1, CommandKind.TRIP)]  # no alarm for Modbus, nothing for 1997
+    assert [n.meter for n in p.notices if n.kind == "anomaly"] == [M2]
+    assert store.account("A2").state == "tripped"  # the state moves: the operator must act on site
+    store.pay("A1", "100", "P1", actor="c", now=T0)
+    p = engine.run_pass(T0 + timedelta(minutes=1))
+    assert kinds(p.commands) == [(M1, CommandKind.RECLOSE)] and "direct" in p.commands[0].reason

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from meterd.control.charging import Cursor, FlagKind, MeterReplacement, Usage, charge_account, fixed_charges
 from meterd.control.limits import PowerLimit, PowerSample, evaluate_power
@@ -107,8 +107,12 @@ class PrepaidEngine:
         tariffs: Mapping[str, Tariff],
         *,
         limits: Iterable[PowerLimit] = (),
+        capabilities: Callable[[str], frozenset[CommandKind] | None] | None = None,
     ) -> None:
         self.store = store
+        # What each meter can take (None: unknown, everything): DL/T 645-2007 all commands, Modbus
+        # meters TRIP and RECLOSE through their map's relay, DL/T 645-1997 none.
+        self.capabilities = capabilities
         self.settings = settings
         self.tariffs = dict(tariffs)
         self.limits = {limit.meter: limit for limit in limits}
@@ -243,7 +247,7 @@ class PrepaidEngine:
         requests: list[CommandRequest] = []
         updates = []
         for d in decisions:
-            requests.extend(d.commands)
+            requests.extend(self._adapt(d.commands, now, summary.notices))
             summary.notices.extend(d.notices)
             updates.append((d.account, str(d.new_state), d.held))
         self.store.set_control_state(updates, now=now)
@@ -271,7 +275,7 @@ class PrepaidEngine:
             self._power_active[meter] = decision.exceeded_since is not None and (
                 self._power_active.get(meter, False) or decision.command is not None)
             if decision.command is not None:
-                requests.append(decision.command)
+                requests.extend(self._adapt([decision.command], now, summary.notices))
                 if decision.command.kind is CommandKind.TRIP:
                     area_trips[limit.area] = area_trips.get(limit.area, 0) + 1
             if decision.notice is not None:
@@ -280,6 +284,24 @@ class PrepaidEngine:
             summary.commands = self.store.queue_commands(requests, now=now, ttl=self.settings.command_ttl,
                                                          dry_run=self.settings.rules.dry_run)
         return summary
+
+    def _adapt(self, commands: Iterable[CommandRequest], now: datetime, notices: list[Notice]) -> list[CommandRequest]:
+        """Fit commands to what each meter can take: a Modbus relay has no 合闸允许, so
+        RECLOSE_ALLOWED becomes RECLOSE; a command a meter cannot take at all is not queued, and a
+        notice says so (its account's state still moves: the operator must act)."""
+        out = []
+        for c in commands:
+            caps = self.capabilities(c.meter) if self.capabilities is not None else None
+            if caps is None or c.kind in caps:
+                out.append(c)
+            elif c.kind is CommandKind.RECLOSE_ALLOWED and CommandKind.RECLOSE in caps:
+                out.append(replace(c, kind=CommandKind.RECLOSE, reason=f"{c.reason} (direct: the meter has no "
+                                                                       "reclose-allowed)"))
+            elif c.kind in (CommandKind.TRIP, CommandKind.RECLOSE, CommandKind.RECLOSE_ALLOWED):
+                notices.append(Notice(account=c.account or "", kind="anomaly", meter=c.meter, at=now,
+                                      message=f"meter {c.meter} cannot be switched remotely: {c.kind} not sent "
+                                              f"({c.reason}); switch it on site"))
+        return out
 
     def run_pass(self, now: datetime) -> PassSummary:
         """charge, decide, power: one pass (blocking; the daemon runs it in a worker thread)."""

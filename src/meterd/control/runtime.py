@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Callable
 from meterd.collector.control import Credentials
 from meterd.control.commands import CommandExecutor, MeterRoute
 from meterd.control.engine import PrepaidEngine
+from meterd.control.model import CommandKind
 from meterd.control.notify import LogFileSink, Notifier, WebhookSink
 from meterd.control.state import ControlStore
 from meterd.errors import ConfigError
@@ -79,7 +80,8 @@ class PrepaidRuntime:
         self.credentials = credentials_from_env(config, required=dlt645 and not config.settings.rules.dry_run)
         self.store = ControlStore(daemon.config.store.data_dir)
         self.store.upsert_accounts(config.accounts, actor="config", now=clock())
-        self.engine = PrepaidEngine(self.store, config.settings, config.tariffs, limits=config.power_limits)
+        self.engine = PrepaidEngine(self.store, config.settings, config.tariffs, limits=config.power_limits,
+                                    capabilities=self.capabilities)
         self.notifier = make_notifier(config)
         self.executor = CommandExecutor(
             self.store, self.route, clock=clock, retry_every=config.settings.retry_every,
@@ -88,6 +90,18 @@ class PrepaidRuntime:
         self.passes = 0
         daemon.observers.append(self.observe)
         daemon.services.append(self.run)
+
+    def capabilities(self, meter: str) -> frozenset[CommandKind] | None:
+        found = self.daemon.route(meter)
+        if found is None:
+            return None  # not configured: the executor fails it with that reason
+        target = found[1]
+        if target.protocol == "dlt645-1997":
+            return frozenset()
+        if target.protocol == "modbus":
+            has_relay = target.regmap is not None and target.regmap.relay is not None
+            return frozenset({CommandKind.TRIP, CommandKind.RECLOSE}) if has_relay else frozenset()
+        return None  # DL/T 645-2007: every command
 
     def route(self, meter: str) -> MeterRoute | None:
         found = self.daemon.route(meter)
