@@ -583,10 +583,13 @@ class ControlStore:
     # --- charging state ------------------------------------------------------------------------
 
     def cursors(self, meters: Iterable[str] | None = None) -> dict[tuple[str, Rate], tuple[datetime, Decimal]]:
-        if meters is None:
+        wanted = None if meters is None else list(meters)
+        if wanted is None or len(wanted) > 5000:  # a district: one scan beats thousands of lookups
             rows = self._read("SELECT * FROM cursors")
+            if wanted is not None:
+                keep = set(wanted)
+                rows = [r for r in rows if r["meter"] in keep]
         else:
-            wanted = list(meters)
             rows = []
             for i in range(0, len(wanted), 500):
                 chunk = wanted[i:i + 500]
@@ -622,20 +625,31 @@ class ControlStore:
                          _opt_ms(e.period_start), _opt_ms(e.period_end)))
         applied: dict[str, list[int]] = {}
         recorded = to_ms(now)
+        insert = ("INSERT OR IGNORE INTO ledger (key, account, kind, amount_fen, ts, recorded_ts, actor, detail, "
+                  "meter, rate, kwh, price, period_start_ts, period_end_ts) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
         with self._write() as conn:
-            # Under the write lock nobody else inserts: the keys already present are exactly those
-            # the INSERT OR IGNORE below skips, so balances move by what went in, in bulk.
-            known: set[str] = set()
-            keys = [r[0] for r in rows]
-            for i in range(0, len(keys), 900):
-                chunk = keys[i:i + 900]
-                known.update(k for (k,) in conn.execute(
-                    f"SELECT key FROM ledger WHERE key IN ({','.join('?' * len(chunk))})", chunk))
-            fresh = [r for r in rows if r[0] not in known]
-            conn.executemany(
-                "INSERT OR IGNORE INTO ledger (key, account, kind, amount_fen, ts, recorded_ts, actor, detail, meter, "
-                "rate, kwh, price, period_start_ts, period_end_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(k, a, kind, fen, ts, recorded, actor, *rest) for k, a, kind, fen, ts, *rest in fresh])
+            # Under the write lock nobody else inserts.  Optimistically insert all; if some keys were
+            # already there (a replay), undo and insert only the fresh ones, so balances move by
+            # exactly what went in.
+            seq_before = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()[0]
+            conn.execute("SAVEPOINT entries")
+            before = conn.total_changes
+            conn.executemany(insert, [(k, a, kind, fen, ts, recorded, actor, *rest)
+                                      for k, a, kind, fen, ts, *rest in rows])
+            fresh = rows
+            if conn.total_changes - before != len(rows):
+                conn.execute("ROLLBACK TO entries")
+                known: set[str] = set()
+                keys = [r[0] for r in rows]
+                for i in range(0, len(keys), 900):
+                    chunk = keys[i:i + 900]
+                    known.update(k for (k,) in conn.execute(
+                        f"SELECT key FROM ledger WHERE key IN ({','.join('?' * len(chunk))})", chunk))
+                fresh = [r for r in rows if r[0] not in known]
+                conn.executemany(insert, [(k, a, kind, fen, ts, recorded, actor, *rest)
+                                          for k, a, kind, fen, ts, *rest in fresh])
+            conn.execute("RELEASE entries")
             for r in fresh:
                 totals = applied.setdefault(r[1], [0, 0])
                 totals[0] += 1
@@ -655,10 +669,13 @@ class ControlStore:
                 [(m, str(r), to_ms(at), k, d) for m, r, at, k, d in flags])
             conn.executemany("UPDATE accounts SET fixed_through_ts = ? WHERE account = ?",
                              [(to_ms(at), a) for a, at in fixed_through.items()])
-            conn.executemany(
-                "INSERT INTO audit (ts, actor, action, subject, detail) VALUES (?, ?, 'charge', ?, ?)",
-                [(to_ms(now), actor, account, json.dumps({"entries": n, "amount": str(from_fen(fen))}))
-                 for account, (n, fen) in applied.items()])
+            if applied:
+                # One audit line per pass; each entry is itself in the ledger with actor and time.
+                seq_after = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()[0]
+                self._audit(conn, now, actor, "charge", "*", {
+                    "accounts": len(applied), "entries": sum(n for n, _ in applied.values()),
+                    "amount": str(from_fen(sum(f for _, f in applied.values()))),
+                    "ledger_seq": [seq_before + 1, seq_after]})
         return sum(n for n, _ in applied.values())
 
     def charge_flags(self, *, meter: str | None = None, limit: int = 100) -> list[tuple[str, str, datetime, str, str]]:

@@ -113,9 +113,11 @@ class Attempt:
 
 def to_ms(moment: datetime) -> int:
     """Aware datetime -> integer milliseconds since the epoch (exact, no float rounding)."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"timestamp {moment.isoformat()} has no time zone; meterd stores UTC")
-    return (moment - _EPOCH) // _MS
+    try:
+        d = moment - _EPOCH  # TypeError for a naive datetime
+    except TypeError:
+        raise ValueError(f"timestamp {moment.isoformat()} has no time zone; meterd stores UTC") from None
+    return d.days * 86_400_000 + d.seconds * 1000 + d.microseconds // 1000
 
 
 def from_ms(ms: int) -> datetime:
