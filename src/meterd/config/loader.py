@@ -55,7 +55,8 @@ STOPBITS: Final = (1, 2)
 MAX_RETRIES: Final = 10
 MAX_PREAMBLE: Final = 4  # DL/T 645-2007 clause 4.1: up to four FE bytes before a frame
 
-_TOP_KEYS: Final = ("store", "channels", "meters", "polls", "listeners", "mqtt", "tasks", "prepaid")
+_TOP_KEYS: Final = ("store", "channels", "meters", "polls", "listeners", "mqtt", "tasks", "prepaid", "topology",
+                     "analytics", "sync")
 _MQTT_KEYS: Final = ("host", "port", "client_id", "username", "password_env", "keepalive", "root", "request_ttl")
 _MQTT_LINK_KEYS: Final = ("terminal",)
 _INFLUX_KEYS: Final = ("url", "org", "bucket", "token_env", "spool_dir", "timeout", "batch")
@@ -156,6 +157,17 @@ def parse_config(
         ratios = {m.address: m.ct * m.pt for _, m in meters if m is not None}
         prepaid = parse_prepaid(check, data["prepaid"], meters=ratios, base_dir=base_dir, secret_env=_secret_env)
 
+    analytics = sync = None
+    if "topology" in data or "analytics" in data:
+        from meterd.config.analytics import parse_analytics
+
+        analytics = parse_analytics(check, data.get("topology"), data.get("analytics"),
+                                    meters={m.address for _, m in meters if m is not None})
+    if "sync" in data:
+        from meterd.config.analytics import parse_sync
+
+        sync = parse_sync(check, data["sync"], base_dir=base_dir, secret_env=_secret_env)
+
     if check.problems:
         raise ConfigError(check.problems)
     assert store is not None
@@ -169,6 +181,8 @@ def parse_config(
         mqtt=mqtt,
         tasks=tuple(tasks),
         prepaid=prepaid,
+        analytics=analytics,
+        sync=sync,
     )
 
 

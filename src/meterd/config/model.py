@@ -175,6 +175,8 @@ class Config:
     mqtt: MqttConfig | None = None
     tasks: tuple[Any, ...] = ()  # meterd.collector.schedule.TaskSpec, built by the loader
     prepaid: Any = None  # meterd.config.prepaid.PrepaidConfig: tariffs, accounts, policy, limits
+    analytics: Any = None  # meterd.config.analytics.AnalyticsConfig: topology, anomaly limits, outages
+    sync: Any = None  # meterd.config.analytics.SyncConfig: billing-system jobs
 
     def channel(self, name: str) -> ChannelConfig:
         """The channel called ``name``; KeyError if there is none."""

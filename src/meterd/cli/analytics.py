@@ -1,0 +1,302 @@
+"""Reports: ``meterd lineloss``, ``meterd anomalies``, ``meterd outages``, ``meterd stats``.
+
+Each reads the state database of a config (``-c``; the topology comes from it) and prints a table,
+``--json``, or ``--csv FILE`` (``-`` for stdout).  Periods: ``2026-11-22`` (a day), ``2026-11``
+(a month), ``2026-Q4`` (a quarter), ``2026-11-01..2026-11-15`` (inclusive days); default yesterday
+(CST).  Line loss is computed from the daily frozen registers the daemon keeps (the register at
+the start of each day), with its completeness and the meters missing shown beside every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import csv
+import io
+import sys
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json
+from meterd.errors import ConfigError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lineloss", help="line loss per area / line for a day, month or period")
+    p.add_argument("--area", "--unit", dest="unit", help="only this area, line or group")
+    p.add_argument("--kind", choices=("area", "line", "group"), help="only units of this kind")
+    p.add_argument("--period", help="YYYY-MM-DD, YYYY-MM, YYYY-Qn or START..END (default yesterday, CST)")
+    p.add_argument("--include-estimated", action="store_true",
+                   help="use estimated register values too (the report says which meters)")
+    _common(p)
+    p.set_defaults(func=lineloss_cmd)
+
+    p = sub.add_parser("anomalies", help="metering anomalies (voltage, current imbalance, no data, ...)")
+    p.add_argument("--state", choices=("open", "closed", "all"), default="open")
+    p.add_argument("--meter")
+    p.add_argument("--kind")
+    p.add_argument("--limit", type=int, default=200)
+    _common(p)
+    p.set_defaults(func=anomalies_cmd)
+
+    p = sub.add_parser("outages", help="area outages found from meters going silent together")
+    p.add_argument("--open", action="store_true", help="only outages still going on")
+    _common(p)
+    p.set_defaults(func=outages_cmd)
+
+    p = sub.add_parser("stats", help="energy by area / industry / group and period, or a load curve")
+    p.add_argument("what", choices=("energy", "curve"))
+    p.add_argument("--by", choices=("unit", "industry", "group"), default="unit", help="energy: grouping")
+    p.add_argument("--period", help="energy: as for lineloss; curve: one day YYYY-MM-DD (default yesterday)")
+    p.add_argument("--split", choices=("day", "month", "quarter"), help="energy: one column per sub-period")
+    p.add_argument("--meter", help="curve: one meter")
+    p.add_argument("--unit", help="curve: the meters of an area / line")
+    p.add_argument("--group", help="curve: the meters of a group")
+    p.add_argument("--step", default="15m", help="curve: bucket size (default 15m)")
+    _common(p)
+    p.set_defaults(func=stats_cmd)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", required=True, help="config file (topology, data directory)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true")
+    out.add_argument("--csv", metavar="FILE", help="write CSV to FILE ('-' for stdout)")
+
+
+def today_cst(now: datetime | None = None) -> date:
+    from meterd.control.model import CST
+
+    return (now or datetime.now(timezone.utc)).astimezone(CST).date()
+
+
+def parse_period(text: str | None, *, today: date) -> tuple[date, date]:
+    """``None`` -> yesterday; a day; ``YYYY-MM``; ``YYYY-Qn``; ``A..B`` (inclusive)."""
+    if not text:
+        day = today - timedelta(days=1)
+        return day, day
+    text = text.strip()
+    try:
+        if ".." in text:
+            a, b = text.split("..", 1)
+            start, end = date.fromisoformat(a), date.fromisoformat(b)
+        elif "-Q" in text.upper():
+            year, q = text.upper().split("-Q")
+            quarter = int(q)
+            if not 1 <= quarter <= 4:
+                raise ValueError
+            start = date(int(year), 3 * quarter - 2, 1)
+            end_month = 3 * quarter
+            end = date(int(year), end_month, calendar.monthrange(int(year), end_month)[1])
+        elif len(text) == 7:
+            year, month = map(int, text.split("-"))
+            start = date(year, month, 1)
+            end = date(year, month, calendar.monthrange(year, month)[1])
+        else:
+            start = end = date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--period {text!r}: use YYYY-MM-DD, YYYY-MM, YYYY-Qn or START..END") from None
+    if end < start:
+        raise ConfigError(f"--period {text!r}: the end is before the start")
+    return start, end
+
+
+def _load(args: argparse.Namespace):
+    from meterd.config.loader import load_config
+
+    config = load_config(args.config)
+    return config
+
+
+def _emit(args: argparse.Namespace, rows: list[dict[str, Any]], columns: list[str], table: Iterable[str]) -> None:
+    if args.json:
+        print_json(rows)
+        return
+    if args.csv:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (";".join(v) if isinstance(v, (list, tuple)) else v) for k, v in row.items()})
+        if args.csv == "-":
+            sys.stdout.write(out.getvalue())
+        else:
+            Path(args.csv).write_text(out.getvalue(), encoding="utf-8")
+            print(f"{len(rows)} rows written to {args.csv}")
+        return
+    for line in table:
+        print(line)
+
+
+def _guard(func):
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except ConfigError as exc:
+            error(str(exc))
+            return EXIT_BAD_INPUT
+    wrapper.__name__ = func.__name__
+    return wrapper
+
+
+def _require_topology(config: Any) -> Any:
+    if config.analytics is None or not config.analytics.topology.units:
+        raise ConfigError(f"{config.source}: no [[topology.units]]: line loss and statistics need the areas "
+                          "and their metering points")
+    return config.analytics.topology
+
+
+@_guard
+def lineloss_cmd(args: argparse.Namespace) -> int:
+    from meterd.analytics.energy import DailyRegisterStore, LossHistory
+    from meterd.analytics.lineloss import line_loss_all
+
+    config = _load(args)
+    topology = _require_topology(config)
+    if args.unit and args.unit not in topology.units:
+        raise ConfigError(f"unknown area/line {args.unit!r} (defined: {', '.join(sorted(topology.units))})")
+    start, end = parse_period(args.period, today=today_cst())
+    days = [start, end + timedelta(days=1)]
+    with DailyRegisterStore(config.store.data_dir) as store:
+        registers = store.registers(days)
+    with LossHistory(config.store.data_dir) as history_store:
+        history = {u: history_store.recent(u, before=start) for u in topology.units} if start == end else {}
+    reports = line_loss_all(topology, registers, start, end, history=history,
+                            include_estimated=args.include_estimated, kind=args.kind)
+    if args.unit:
+        reports = [r for r in reports if r.unit == args.unit]
+    rows = [r.as_dict() for r in reports]
+    columns = ["unit", "kind", "start", "end", "supply", "sales", "auxiliary", "loss", "rate", "completeness",
+               "supply_points", "supply_with_data", "sales_points", "sales_with_data", "flags", "missing",
+               "estimated"]
+    period = f"{start}" if start == end else f"{start}..{end}"
+
+    def table() -> Iterable[str]:
+        yield f"line loss {period} (kWh; rate = loss / supply; completeness = points with data)"
+        yield (f"{'UNIT':<14} {'KIND':<5} {'SUPPLY':>12} {'SALES':>12} {'LOSS':>11} {'RATE%':>7} "
+               f"{'COMPLETE%':>9}  FLAGS / MISSING")
+        for r in reports:
+            rate = "-" if r.rate is None else f"{r.rate}"
+            extra = ", ".join(r.flags)
+            if r.missing:
+                shown = ", ".join(r.missing[:5]) + (f" (+{len(r.missing) - 5})" if len(r.missing) > 5 else "")
+                extra += f" | missing {shown}"
+            if r.estimated:
+                extra += f" | estimated {', '.join(r.estimated[:5])}"
+            yield (f"{r.unit:<14} {r.kind:<5} {r.supply:>12} {r.sales:>12} {r.loss:>11} {rate:>7} "
+                   f"{r.completeness:>9}  {extra}")
+    _emit(args, rows, columns, table())
+    return EXIT_OK
+
+
+@_guard
+def anomalies_cmd(args: argparse.Namespace) -> int:
+    from meterd.analytics.anomalies import AnomalyStore
+
+    config = _load(args)
+    with AnomalyStore(config.store.data_dir) as store:
+        events = store.events(state=None if args.state == "all" else args.state, meter=args.meter, kind=args.kind,
+                              limit=args.limit)
+    rows = [e.as_dict() for e in events]
+    columns = ["id", "meter", "kind", "severity", "opened", "last_seen", "closed", "detail"]
+
+    def table() -> Iterable[str]:
+        yield f"{'ID':>5} {'METER':<12} {'KIND':<24} {'SEVERITY':<8} {'OPENED':<25} {'CLOSED':<25} DETAIL"
+        for row in rows:
+            yield (f"{row['id']:>5} {row['meter']:<12} {row['kind']:<24} {row['severity']:<8} "
+                   f"{str(row['opened'])[:25]:<25} {str(row['closed'] or '-')[:25]:<25} {row['detail']}")
+    _emit(args, rows, columns, table())
+    return EXIT_OK
+
+
+@_guard
+def outages_cmd(args: argparse.Namespace) -> int:
+    from meterd.analytics.outages import OutageStore
+
+    config = _load(args)
+    with OutageStore(config.store.data_dir) as store:
+        outages = store.outages(open_only=args.open)
+    rows = [o.as_dict() for o in outages]
+    columns = ["id", "unit", "started", "ended", "meters", "accounts"]
+
+    def table() -> Iterable[str]:
+        yield f"{'ID':>4} {'AREA':<14} {'STARTED':<25} {'ENDED':<25} {'METERS':>6} ACCOUNTS"
+        for row in rows:
+            yield (f"{row['id']:>4} {row['unit']:<14} {str(row['started'])[:25]:<25} "
+                   f"{str(row['ended'] or 'ongoing')[:25]:<25} {len(row['meters']):>6} {', '.join(row['accounts'])}")
+    _emit(args, rows, columns, table())
+    return EXIT_OK
+
+
+def _duration(text: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        return timedelta(seconds=float(text[:-1]) * units[text[-1]]) if text[-1] in units else \
+            timedelta(seconds=float(text))
+    except (ValueError, IndexError):
+        raise ConfigError(f"--step {text!r}: use e.g. 15m, 1h, 900") from None
+
+
+@_guard
+def stats_cmd(args: argparse.Namespace) -> int:
+    from meterd.analytics.energy import DailyRegisterStore
+    from meterd.analytics.stats import energy_by, load_curve, periods
+
+    config = _load(args)
+    topology = _require_topology(config)
+    if args.what == "energy":
+        start, end = parse_period(args.period, today=today_cst())
+        spans = periods(args.split, start, end) if args.split else [(start, end)]
+        days = sorted({d for a, b in spans for d in (a, b + timedelta(days=1))})
+        with DailyRegisterStore(config.store.data_dir) as store:
+            registers = store.registers(days)
+        rows: list[dict[str, Any]] = []
+        for a, b in spans:
+            for key, kwh in sorted(energy_by(topology, registers, a, b, by=args.by).items()):
+                rows.append({"start": a.isoformat(), "end": b.isoformat(), args.by: key, "kwh": str(kwh)})
+        columns = ["start", "end", args.by, "kwh"]
+
+        def table() -> Iterable[str]:
+            yield f"{'START':<10} {'END':<10} {args.by.upper():<16} {'KWH':>14}"
+            for r in rows:
+                yield f"{r['start']:<10} {r['end']:<10} {r[args.by]:<16} {r['kwh']:>14}"
+        _emit(args, rows, columns, table())
+        return EXIT_OK
+    # curve
+    from meterd.control.model import CST
+    from meterd.storage.sqlite import SqliteStore
+
+    if sum(x is not None for x in (args.meter, args.unit, args.group)) != 1:
+        raise ConfigError("stats curve needs exactly one of --meter, --unit, --group")
+    if args.meter:
+        meters = [args.meter.zfill(12) if args.meter.isdigit() else args.meter]
+    elif args.unit:
+        if args.unit not in topology.units:
+            raise ConfigError(f"unknown area/line {args.unit!r}")
+        meters = [p.meter for p in topology.points_of(args.unit) if p.role.value == "sales"] or \
+            [p.meter for p in topology.points_of(args.unit)]
+    else:
+        meters = sorted({p.meter for p in topology.points if args.group in p.groups})
+        if not meters:
+            raise ConfigError(f"no metering point is in group {args.group!r}")
+    day, _ = parse_period(args.period, today=today_cst())
+    start = datetime(day.year, day.month, day.day, tzinfo=CST)
+    series = {}
+    with SqliteStore(config.store.data_dir) as store:
+        for m in meters:
+            points = []
+            for quantity in ("power.active.total", "curve.power.active.total"):
+                points += [(r.timestamp, r.value) for r in store.readings(m, since=start, until=start + timedelta(days=1),
+                                                                          quantity=quantity)]
+            series[m] = sorted(points)
+    curve = load_curve(series, step=_duration(args.step))
+    rows = [{"at": at.isoformat(), "kw": str(kw), "meters": n} for at, kw, n in curve]
+
+    def curve_table() -> Iterable[str]:
+        yield f"load curve {day} of {len(meters)} meter(s), step {args.step}"
+        yield f"{'AT':<26} {'KW':>12} {'METERS':>6}"
+        for r in rows:
+            yield f"{r['at']:<26} {r['kw']:>12} {r['meters']:>6}"
+    _emit(args, rows, ["at", "kw", "meters"], curve_table())
+    return EXIT_OK
