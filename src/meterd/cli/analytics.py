@@ -129,6 +129,28 @@ def _emit(args: argparse.Namespace, rows: list[dict[str, Any]], columns: list[st
         print(line)
 
 
+def _plain(obj: Any) -> dict[str, Any]:
+    """A stored event / outage as JSON-ready values (ISO times, enum values, lists)."""
+    import dataclasses
+    import enum
+    from decimal import Decimal
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, enum.Enum):
+            return v.value
+        if isinstance(v, datetime):
+            return v.isoformat()
+        if isinstance(v, Decimal):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return {f.name: conv(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
 def _guard(func):
     def wrapper(args: argparse.Namespace) -> int:
         try:
@@ -198,7 +220,7 @@ def anomalies_cmd(args: argparse.Namespace) -> int:
     with AnomalyStore(config.store.data_dir) as store:
         events = store.events(state=None if args.state == "all" else args.state, meter=args.meter, kind=args.kind,
                               limit=args.limit)
-    rows = [e.as_dict() for e in events]
+    rows = [_plain(e) for e in events]
     columns = ["id", "meter", "kind", "severity", "opened", "last_seen", "closed", "detail"]
 
     def table() -> Iterable[str]:
@@ -217,7 +239,7 @@ def outages_cmd(args: argparse.Namespace) -> int:
     config = _load(args)
     with OutageStore(config.store.data_dir) as store:
         outages = store.outages(open_only=args.open)
-    rows = [o.as_dict() for o in outages]
+    rows = [_plain(o) for o in outages]
     columns = ["id", "unit", "started", "ended", "meters", "accounts"]
 
     def table() -> Iterable[str]:

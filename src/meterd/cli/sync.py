@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 from datetime import date, datetime, timezone
-from typing import Any
 
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json
 from meterd.errors import ConfigError, SyncError
@@ -25,37 +24,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=sync_cmd)
 
 
-def register_lookup(data_dir: Any):
-    """``register_of(meter, day)`` for reading-day exports: the daily frozen register the daemon keeps."""
-    from meterd.analytics.energy import DailyRegisterStore
-
-    store = DailyRegisterStore(data_dir)
-    cache: dict[date, dict] = {}
-
-    def register_of(meter: str, day: date):
-        if day not in cache:
-            cache[day] = store.registers([day])
-        return cache[day].get((meter, day))
-
-    return register_of, store
-
-
-def run_named(config: Any, name: str, *, now: datetime, day: date | None = None):
-    from meterd.billing_link.jobs import run_job
-
-    jobs = {j.name: j for j in (config.sync.jobs if config.sync else ())}
-    if name not in jobs:
-        raise ConfigError(f"unknown sync job {name!r}" + (f" (configured: {', '.join(sorted(jobs))})" if jobs
-                                                           else ": the config has no [[sync.jobs]]"))
-    tariffs = tuple(config.prepaid.tariffs) if config.prepaid else ()
-    register_of, store = register_lookup(config.store.data_dir)
-    try:
-        return run_job(jobs[name], data_dir=config.store.data_dir, now=now, known_tariffs=tariffs,
-                       register_of=register_of, day=day)
-    finally:
-        store.close()
-
-
 def sync_cmd(args: argparse.Namespace) -> int:
     from meterd.billing_link.jobs import SyncStore
     from meterd.config.loader import load_config
@@ -66,6 +34,8 @@ def sync_cmd(args: argparse.Namespace) -> int:
             if not args.job:
                 raise ConfigError("sync run needs the job's name")
             day = date.fromisoformat(args.day) if args.day else None
+            from meterd.billing_link.runtime import run_named
+
             result = run_named(config, args.job, now=datetime.now(timezone.utc), day=day)
             if args.json:
                 print_json(result.as_dict())

@@ -267,6 +267,16 @@ class Daemon:
             from meterd.control.runtime import PrepaidRuntime
 
             self.prepaid = PrepaidRuntime(self, config.prepaid, clock=clock)
+        self.analytics = None
+        if config.analytics is not None:
+            from meterd.analytics.runtime import AnalyticsRuntime
+
+            self.analytics = AnalyticsRuntime(self, config.analytics, clock=clock)
+        self.sync = None
+        if config.sync is not None and config.sync.jobs:
+            from meterd.billing_link.runtime import SyncRuntime
+
+            self.sync = SyncRuntime(self, config, clock=clock)
 
     def route(self, address: str) -> tuple[Channel, MeterTarget, ModbusLink | None] | None:
         """How the daemon reaches a configured meter: its channel, target and Modbus link."""

@@ -1,0 +1,139 @@
+"""Analytics inside the daemon: daily registers, anomaly events, outages and the line-loss history.
+
+The daemon builds one :class:`AnalyticsRuntime` when the config has ``[topology]`` or
+``[analytics]``.  As an observer it sees every reading; as a service, every ``check_every``:
+
+- daily frozen energy registers go to the daily-register table (line loss, reading-day exports);
+- each meter's recent readings (a two-hour window) are checked by the anomaly detectors, and the
+  anomaly events opened, kept or closed; a configured meter that has not answered for
+  ``no_data_after`` is a no-data event even if it never answered since the start;
+- meters of an area going silent together open an outage (with the affected prepaid accounts), and
+  close it when they answer again;
+- once a day, the previous day's line loss per unit goes to the history the jump flag compares with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict, deque
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Callable
+
+from meterd.analytics.anomalies import AnomalyStore, Kind, detect
+from meterd.analytics.energy import DailyRegisterStore, LossHistory
+from meterd.analytics.lineloss import line_loss_all
+from meterd.analytics.outages import OutageStore, detect_outages
+from meterd.readings import Quality, Reading
+
+if TYPE_CHECKING:
+    from meterd.collector.daemon import Daemon
+    from meterd.config.analytics import AnalyticsConfig
+
+log = logging.getLogger(__name__)
+
+WINDOW = timedelta(hours=2)
+FROZEN = ("frozen.daily.energy.active.import.total", "frozen.daily.energy.active.export.total")
+
+
+class AnalyticsRuntime:
+    def __init__(self, daemon: Daemon, config: AnalyticsConfig, *, clock: Callable[[], datetime]) -> None:
+        self.daemon = daemon
+        self.config = config
+        self.clock = clock
+        data_dir = daemon.config.store.data_dir
+        self.registers = DailyRegisterStore(data_dir)
+        self.anomalies = AnomalyStore(data_dir)
+        self.outages = OutageStore(data_dir)
+        self.history = LossHistory(data_dir)
+        self.meters = [m.address for m in daemon.config.meters]
+        self.started = clock()
+        self._recent: dict[str, deque[Reading]] = defaultdict(deque)
+        self._last_seen: dict[str, datetime] = {}
+        self._frozen: list[Reading] = []
+        self._loss_done: set = set()
+        self.checks = 0
+        daemon.observers.append(self.observe)
+        daemon.services.append(self.run)
+
+    def observe(self, readings: list) -> None:
+        for r in readings:
+            if r.quantity in FROZEN:
+                self._frozen.append(r)
+                continue
+            if r.quality is Quality.ESTIMATED:
+                continue
+            self._recent[r.meter].append(r)
+            seen = self._last_seen.get(r.meter)
+            if seen is None or r.timestamp > seen:
+                self._last_seen[r.meter] = r.timestamp
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), self.config.check_every)
+                except TimeoutError:
+                    pass
+                try:
+                    await asyncio.to_thread(self.check, self.clock())
+                except Exception:
+                    log.exception("analytics check failed; trying again next time")
+        finally:
+            frozen, self._frozen = self._frozen, []
+            if frozen:
+                await asyncio.to_thread(self.registers.record, frozen)
+            for store in (self.registers, self.anomalies, self.outages, self.history):
+                store.close()
+
+    def check(self, now: datetime) -> dict[str, int]:
+        frozen, self._frozen = self._frozen, []
+        recorded = self.registers.record(frozen) if frozen else 0
+        findings = []
+        for meter in self.meters:
+            window = self._recent[meter]
+            while window and window[0].timestamp < now - WINDOW:
+                window.popleft()
+            findings += detect(meter, list(window), now, self.config.limits,
+                               last_seen=self._last_seen.get(meter, self.started),
+                               generator=meter in self.config.generators)
+        opened, closed = self.anomalies.update(findings, [(m, k) for m in self.meters for k in Kind], now)
+        for event in opened:
+            log.warning("anomaly opened: meter %s %s: %s", event.meter, event.kind, event.detail)
+        outages_opened = outages_closed = 0
+        topology = self.config.topology
+        if topology.units:
+            status = {p.meter: (self._last_seen.get(p.meter, self.started), False) for p in topology.points}
+            found = detect_outages(topology, status, now, silent_after=self.config.outage_silent_after,
+                                   min_share=self.config.outage_min_share, min_meters=self.config.outage_min_meters)
+            accounts = self._accounts_of()
+            o_opened, o_closed = self.outages.update(found, now, accounts.get)
+            outages_opened, outages_closed = len(o_opened), len(o_closed)
+            for o in o_opened:
+                log.warning("outage in %s since %s: %d meters silent", o.unit, o.started.isoformat(), len(o.meters))
+            self._daily_loss(now)
+        self.checks += 1
+        return {"registers": recorded, "findings": len(findings), "opened": len(opened), "closed": len(closed),
+                "outages_opened": outages_opened, "outages_closed": outages_closed}
+
+    def _accounts_of(self) -> dict[str, str]:
+        runtime = getattr(self.daemon, "prepaid", None)
+        if runtime is None:
+            return {}
+        return {m: a for m, (a, _) in runtime.store.meter_accounts().items()}
+
+    def _daily_loss(self, now: datetime) -> None:
+        """Yesterday's loss per unit, into the history the jump flag compares with (once a day)."""
+        from meterd.cli.analytics import today_cst
+
+        day = today_cst(now) - timedelta(days=1)
+        if day in self._loss_done:
+            return
+        registers = self.registers.registers([day, day + timedelta(days=1)])
+        if not registers:
+            return
+        history = self.history.recent_all(before=day)
+        reports = line_loss_all(self.config.topology, registers, day, day, history=history)
+        saved = self.history.save(reports)
+        if saved:
+            self._loss_done.add(day)

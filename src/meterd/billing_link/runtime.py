@@ -1,0 +1,98 @@
+"""The billing link inside the daemon: each ``[[sync.jobs]]`` with a ``schedule`` runs on its cron
+(China Standard Time) through APScheduler, in a worker thread, one run of a job at a time (a run
+still going when the next is due is not started twice; the misfire is logged).  ``meterd sync run``
+runs the same :func:`run_named` by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any, Callable
+
+from meterd.errors import ConfigError, MeterdError
+
+if TYPE_CHECKING:
+    from meterd.collector.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+
+def register_lookup(data_dir: Any):
+    """``register_of(meter, day)`` for reading-day exports, from the daily frozen registers the
+    daemon keeps; returns it and the store to close."""
+    from meterd.analytics.energy import DailyRegisterStore
+
+    store = DailyRegisterStore(data_dir)
+    cache: dict[date, dict] = {}
+
+    def register_of(meter: str, day: date):
+        if day not in cache:
+            cache[day] = store.registers([day])
+        return cache[day].get((meter, day))
+
+    return register_of, store
+
+
+def run_named(config: Any, name: str, *, now: datetime, day: date | None = None):
+    """Run the configured job ``name`` once (blocking)."""
+    from meterd.billing_link.jobs import run_job
+
+    jobs = {j.name: j for j in (config.sync.jobs if config.sync else ())}
+    if name not in jobs:
+        raise ConfigError(f"unknown sync job {name!r}" + (f" (configured: {', '.join(sorted(jobs))})" if jobs
+                                                           else ": the config has no [[sync.jobs]]"))
+    tariffs = tuple(config.prepaid.tariffs) if config.prepaid else ()
+    register_of, store = register_lookup(config.store.data_dir)
+    try:
+        return run_job(jobs[name], data_dir=config.store.data_dir, now=now, known_tariffs=tariffs,
+                       register_of=register_of, day=day)
+    finally:
+        store.close()
+
+
+class SyncRuntime:
+    def __init__(self, daemon: Daemon, config: Any, *, clock: Callable[[], datetime]) -> None:
+        self.daemon = daemon
+        self.config = config
+        self.clock = clock
+        self.runs: dict[str, int] = {}
+        self._running: set[str] = set()
+        daemon.services.append(self.run)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+        from apscheduler.triggers.cron import CronTrigger
+
+        from meterd.control.model import CST
+
+        scheduler = AsyncIOScheduler(timezone=CST)
+        for name, cron in self.config.sync.schedules.items():
+            scheduler.add_job(self.run_once, CronTrigger.from_crontab(cron, timezone=CST), args=[name], id=name,
+                              max_instances=1, coalesce=True, misfire_grace_time=300)
+            log.info("sync job %s scheduled: %s (CST)", name, cron)
+        scheduler.start()
+        try:
+            await stop.wait()
+        finally:
+            scheduler.shutdown(wait=False)
+
+    async def run_once(self, name: str) -> Any:
+        if name in self._running:
+            log.warning("sync job %s is still running; this run is skipped", name)
+            return None
+        self._running.add(name)
+        try:
+            result = await asyncio.to_thread(run_named, self.config, name, now=self.clock())
+            self.runs[name] = self.runs.get(name, 0) + 1
+            log.info("sync job %s: %d applied, %d duplicates, %d quarantined", name, result.applied,
+                     result.duplicates, result.quarantined)
+            if self.daemon.prepaid is not None and result.kind.value == "import_accounts":
+                self.daemon.prepaid.engine.refresh()
+            return result
+        except MeterdError as exc:
+            log.error("sync job %s failed: %s", name, exc)
+            return None
+        finally:
+            self._running.discard(name)
