@@ -50,6 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--by", choices=("unit", "industry", "group"), default="unit", help="energy: grouping")
     p.add_argument("--period", help="energy: as for lineloss; curve: one day YYYY-MM-DD (default yesterday)")
     p.add_argument("--split", choices=("day", "month", "quarter"), help="energy: one column per sub-period")
+    p.add_argument("--role", choices=("sales", "supply", "auxiliary", "all"), default="sales",
+                   help="energy: which points count (default sales: what customers used)")
     p.add_argument("--meter", help="curve: one meter")
     p.add_argument("--unit", help="curve: the meters of an area / line")
     p.add_argument("--group", help="curve: the meters of a group")
@@ -264,6 +266,7 @@ def _duration(text: str) -> timedelta:
 def stats_cmd(args: argparse.Namespace) -> int:
     from meterd.analytics.energy import DailyRegisterStore
     from meterd.analytics.stats import energy_by, load_curve, periods
+    from meterd.analytics.topology import Role
 
     config = _load(args)
     topology = _require_topology(config)
@@ -275,7 +278,8 @@ def stats_cmd(args: argparse.Namespace) -> int:
             registers = store.registers(days)
         rows: list[dict[str, Any]] = []
         for a, b in spans:
-            for key, kwh in sorted(energy_by(topology, registers, a, b, by=args.by).items()):
+            roles = None if args.role == "all" else {Role(args.role)}
+            for key, kwh in sorted(energy_by(topology, registers, a, b, by=args.by, roles=roles).items()):
                 rows.append({"start": a.isoformat(), "end": b.isoformat(), args.by: key, "kwh": str(kwh)})
         columns = ["start", "end", args.by, "kwh"]
 
