@@ -169,3 +169,65 @@ meters = ["000000000001"]
 """
     with pytest.raises(ConfigError, match="already belongs to account A1"):
         load(text)
+
+
+TOPOLOGY = BASE + """
+[[topology.units]]
+name = "TA1"
+loss_threshold = "8"
+
+[[topology.points]]
+meter = "1"
+unit = "TA1"
+role = "supply"
+[[topology.points]]
+meter = "000000000002"
+unit = "TA1"
+industry = "residential"
+groups = ["north"]
+
+[analytics]
+check_every = "30s"
+voltage_high_pct = "10"
+generators = ["000000000002"]
+outage_min_meters = 5
+"""
+
+
+def test_topology_and_analytics_sections():
+    a = load(TOPOLOGY).analytics
+    assert set(a.topology.units) == {"TA1"} and a.topology.units["TA1"].loss_threshold == Decimal(8)
+    assert [p.role.value for p in a.topology.points_of("TA1")] == ["supply", "sales"]
+    assert a.limits.voltage_high_pct == Decimal(10) and a.check_every == 30.0
+    assert a.generators == frozenset({"000000000002"}) and a.outage_min_meters == 5
+
+
+def test_topology_and_sync_mistakes_are_named():
+    bad = BASE + """
+[[topology.units]]
+name = "TA1"
+kind = "village"
+[[topology.units]]
+name = "TA2"
+parent = "nowhere"
+[[topology.points]]
+meter = "000000000009"
+unit = "TA9"
+role = "boss"
+
+[[sync.jobs]]
+name = "pay"
+kind = "import_everything"
+folder = "in"
+url = "http://x"
+token = "secret"
+schedule = "every tuesday"
+"""
+    with pytest.raises(ConfigError) as info:
+        load(bad)
+    text = "\n".join(info.value.problems)
+    for expected in ("topology.units[0].kind", "parent 'nowhere' is not a unit", "topology.points[0].meter",
+                     "topology.points[0].unit: unknown unit 'TA9'", "topology.points[0].role",
+                     "sync.jobs[0].kind", "needs exactly one of folder", "sync.jobs[0].token: secrets",
+                     "sync.jobs[0].schedule"):
+        assert expected in text, (expected, text)
