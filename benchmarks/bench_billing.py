@@ -1,0 +1,117 @@
+"""Billing link: payment import throughput from a drop-folder CSV into the ledger.
+
+Builds a scratch state database with ``--accounts`` prepaid accounts, drops one CSV of
+``--payments`` payments (UTF-8, a header row, every account paying in turn) into a drop folder's
+inbox and times :func:`run_job` -- parse, validate, the bulk ledger path (one
+``ControlStore.apply`` per chunk of ``payment:ID`` entries, audited per entry) and the per-chunk
+progress commits.  Then the same file is dropped again (recognised by its SHA-256: all
+duplicates), the same payments in a file with other bytes (every record looked up in the ledger
+as a duplicate), and, for comparison, ``--pay-sample`` payments go through ``ControlStore.pay`` one
+transaction each.
+
+    python benchmarks/bench_billing.py [--accounts 10000] [--payments 100000] [--chunk 500]
+
+Prints numbers; it is not a pass/fail test.  Time is fixed (no clock reads in the data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+from meterd.billing_link.jobs import JobKind, JobSpec, run_job
+from meterd.control.state import AccountSpec, ControlStore
+
+NOW = datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc)
+
+
+def account(i: int) -> str:
+    return f"A{i:06d}"
+
+
+def write_payments(path: Path, n: int, accounts: int, prefix: str = "P") -> Decimal:
+    total = Decimal(0)
+    paid = (NOW - timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("payment_id,account,amount,paid_at,channel\r\n")
+        for i in range(n):
+            amount = Decimal(10 + i % 190) + Decimal(i % 100) / 100
+            total += amount
+            f.write(f"{prefix}{i:08d},{account(i % accounts)},{amount},{paid},wechat\r\n")
+    return total
+
+
+def drop(folder: Path, src: Path, name: str) -> None:
+    tmp = folder / "inbox" / (name + ".tmp")
+    shutil.copy(src, tmp)
+    tmp.rename(folder / "inbox" / name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--accounts", type=int, default=10_000)
+    ap.add_argument("--payments", type=int, default=100_000)
+    ap.add_argument("--chunk", type=int, default=500)
+    ap.add_argument("--pay-sample", type=int, default=2000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        folder = Path(tmp) / "drop"
+        (folder / "inbox").mkdir(parents=True)
+        t0 = time.perf_counter()
+        with ControlStore(data_dir) as store:
+            store.upsert_accounts([AccountSpec(account(i), "flat", {f"{i:012d}": Decimal(1)})
+                                   for i in range(args.accounts)], actor="bench", now=NOW)
+        print(f"setup: {args.accounts} accounts in {time.perf_counter() - t0:.2f} s")
+        src = Path(tmp) / "payments.csv"
+        total = write_payments(src, args.payments, args.accounts)
+        size = src.stat().st_size
+        spec = JobSpec("payments", JobKind.IMPORT_PAYMENTS, folder=folder, chunk=args.chunk)
+
+        drop(folder, src, "payments-1.csv")
+        t0 = time.perf_counter()
+        result = run_job(spec, data_dir=data_dir, now=NOW)
+        elapsed = time.perf_counter() - t0
+        assert result.applied == args.payments, result.as_dict()
+        print(f"import {args.payments} payments ({size / 1e6:.1f} MB CSV, chunk {args.chunk}): {elapsed:.2f} s, "
+              f"{args.payments / elapsed:,.0f} records/s")
+
+        drop(folder, src, "payments-2.csv")
+        t0 = time.perf_counter()
+        result = run_job(spec, data_dir=data_dir, now=NOW + timedelta(minutes=5))
+        elapsed = time.perf_counter() - t0
+        assert result.applied == 0 and result.duplicates == args.payments, result.as_dict()
+        print(f"the same file dropped again (identical bytes): {elapsed:.2f} s")
+
+        resent = Path(tmp) / "resent.csv"
+        resent.write_bytes(src.read_bytes().replace(b"\r\n", b"\n"))  # other bytes, the same payments
+        drop(folder, resent, "payments-3.csv")
+        t0 = time.perf_counter()
+        result = run_job(spec, data_dir=data_dir, now=NOW + timedelta(minutes=10))
+        elapsed = time.perf_counter() - t0
+        assert result.applied == 0 and result.duplicates == args.payments, result.as_dict()
+        print(f"the same payments in another file, every record looked up as a duplicate: {elapsed:.2f} s, "
+              f"{args.payments / elapsed:,.0f} records/s")
+
+        with ControlStore(data_dir) as store:
+            balance = sum((a.balance for a in store.accounts()), Decimal(0))
+            assert balance == total, (balance, total)
+            assert not store.verify_balances()
+            n = min(args.pay_sample, args.payments)
+            t0 = time.perf_counter()
+            for i in range(n):
+                store.pay(account(i % args.accounts), "10.00", f"Q{i:08d}", actor="bench", now=NOW)
+            elapsed = time.perf_counter() - t0
+        print(f"for comparison, ControlStore.pay one by one: {n} in {elapsed:.2f} s, {n / elapsed:,.0f} records/s")
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"sum of balances = file total = {total}; peak RSS {rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

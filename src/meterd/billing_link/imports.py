@@ -1,0 +1,436 @@
+"""Imports: payments into the ledger, accounts into the archive, from a drop folder or HTTP.
+
+A *sink* applies records of one kind (:class:`PaymentSink`, :class:`AccountSink`); a *driver*
+feeds it chunks from a source (:func:`import_folder`, :func:`import_http`) and commits progress
+after each chunk (see :mod:`meterd.billing_link.store` for why that survives kill -9).
+
+Payments take the bulk path: a chunk is one :meth:`ControlStore.apply` of ``payment:ID`` entries --
+the key :meth:`ControlStore.pay` uses, so a payment made at the counter and the same id imported
+later (or the other way round) is applied once.  An entry the ledger skipped is looked up:
+
+- same account and amount, and the ledger line came from this very delivery (its detail names the
+  same file row / HTTP page and record) -> *replayed*: the chunk was applied before a kill, or the
+  last HTTP page was fetched again;
+- same account and amount, other delivery -> *duplicate*: ignored with its reason, counted;
+- another account or amount -> quarantined, "duplicate payment id with a different amount/account".
+
+Accounts: the billing system is the system of record.  Each record is diffed against the archive
+(created, changed fields, meters assigned / moved / unassigned / multiplier) and upserted with
+actor ``billing``; fields a file does not carry (no ``area`` column) keep the archive's value, and
+per-account threshold overrides (local policy, not billing data) are kept.  Accounts in the
+archive but missing from a full import are reported, never deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Collection, Final, Protocol, Sequence
+
+from meterd.billing_link.folder import FORMATS, PROCESSED, QUARANTINE, DropFolder
+from meterd.billing_link.http import get_page, shown_url, token_from_env
+from meterd.billing_link.model import Outcome, Run
+from meterd.billing_link.store import FileRow
+from meterd.billing_link.records import (
+    ACCOUNT_FIELDS,
+    PAYMENT_FIELDS,
+    AccountRecord,
+    BadFileError,
+    Payment,
+    RawRecord,
+    RecordError,
+    account_of,
+    import_conflicts,
+    json_records,
+    parse_records,
+    payment_of,
+)
+from meterd.control.model import CST, EntryKind, LedgerEntry
+from meterd.control.state import Account, AccountSpec, ControlStore, LedgerError, LedgerRow
+
+DIFFERENT_DUPLICATE: Final = "duplicate payment id with a different amount/account"
+MISSING_SHOWN: Final = 20  # account names listed in the "missing from the import" line
+
+
+class Sink(Protocol):
+    required: Sequence[str]
+    identical_is_duplicate: bool
+
+    def start(self) -> None: ...  # a new full import (file, HTTP run) begins
+
+    def prepare(self, records: Sequence[RawRecord]) -> None: ...  # a whole file or page, before chunks
+
+    def apply(self, records: Sequence[RawRecord], tag: str) -> Outcome: ...
+
+    def end(self, source: str, *, full: bool) -> Outcome: ...
+
+
+# --- payments ----------------------------------------------------------------------------------------
+
+
+class PaymentSink:
+    required = PAYMENT_FIELDS
+    # A file byte-for-byte equal to one finished without quarantined records can only hold
+    # duplicates now (ledger keys are never removed): it is counted so, without the lookups.
+    identical_is_duplicate = True
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.control: ControlStore = run.control
+        self.known = {a.account for a in self.control.accounts()}
+        self.unknown: set[str] = set()
+        self.ledgers: dict[str, dict[str, LedgerRow]] = {}
+
+    def start(self) -> None:
+        pass
+
+    def prepare(self, records: Sequence[RawRecord]) -> None:
+        pass
+
+    def end(self, source: str, *, full: bool) -> Outcome:
+        return Outcome()
+
+    def _exists(self, account: str) -> bool:
+        if account in self.known:
+            return True
+        if account in self.unknown:
+            return False
+        found = self.control.account(account) is not None  # created since the run began?
+        (self.known if found else self.unknown).add(account)
+        return found
+
+    def _detail(self, p: Payment, tag: str, no: int) -> str:
+        via = f" via {p.channel}" if p.channel else ""
+        return f"billing payment {p.payment_id}{via}, paid {p.paid_at.isoformat()}; {tag} record {no}"
+
+    def apply(self, records: Sequence[RawRecord], tag: str) -> Outcome:
+        out = Outcome()
+        todo: list[tuple[RawRecord, Payment, LedgerEntry]] = []
+        for rec in records:
+            try:
+                p = payment_of(rec, now=self.run.now)
+                if not self._exists(p.account):
+                    raise RecordError(f"unknown account {p.account}")
+            except RecordError as exc:
+                out.refuse(rec.no, rec.raw, str(exc))
+                continue
+            todo.append((rec, p, LedgerEntry(key=f"{EntryKind.PAYMENT}:{p.payment_id}", account=p.account,
+                                             kind=EntryKind.PAYMENT, amount=p.amount, at=self.run.now,
+                                             detail=self._detail(p, tag, rec.no))))
+        skipped = self._enter(todo, out)
+        self._classify(skipped, out, tag)
+        return out
+
+    def _enter(self, todo: list[tuple[RawRecord, Payment, LedgerEntry]],
+               out: Outcome) -> list[tuple[RawRecord, Payment, LedgerEntry]]:
+        """Apply the chunk in one transaction; returns the entries the ledger skipped (key known)."""
+        if not todo:
+            return []
+        try:
+            applied = {e.key for e in self.control.apply([e for _, _, e in todo], actor="billing", now=self.run.now)}
+        except LedgerError:
+            # Something in the chunk cannot go in (an account gone meanwhile): one by one, so the
+            # rest still does.
+            skipped = []
+            for item in todo:
+                rec, _, entry = item
+                try:
+                    if self.control.apply([entry], actor="billing", now=self.run.now):
+                        out.counts["applied"] += 1
+                    else:
+                        skipped.append(item)
+                except LedgerError as exc:
+                    out.refuse(rec.no, rec.raw, str(exc))
+            return skipped
+        skipped, first = [], set()
+        for item in todo:
+            key = item[2].key
+            if key in applied and key not in first:  # the same id twice in a chunk: the first went in
+                first.add(key)
+                out.counts["applied"] += 1
+            else:
+                skipped.append(item)
+        return skipped
+
+    def _payment_row(self, account: str, key: str) -> LedgerRow | None:
+        """The ledger line of payment ``key`` on ``account``.  Ledger lines never change, so an
+        account's payments are read once per run and again only when a key is not among them."""
+        rows = self.ledgers.get(account)
+        if rows is None or key not in rows:
+            rows = self.ledgers[account] = {r.key: r for r in self.control.ledger(account)
+                                            if r.kind == EntryKind.PAYMENT}
+        return rows.get(key)
+
+    def _classify(self, skipped: list[tuple[RawRecord, Payment, LedgerEntry]], out: Outcome, tag: str) -> None:
+        if not skipped:
+            return
+        duplicates: list[str] = []
+        for rec, p, entry in skipped:
+            row = self._payment_row(p.account, entry.key)
+            if row is None:
+                out.refuse(rec.no, rec.raw, f"{DIFFERENT_DUPLICATE}: payment {p.payment_id} was already applied to "
+                                            f"another account, not {p.account}")
+            elif row.amount != p.amount:
+                out.refuse(rec.no, rec.raw, f"{DIFFERENT_DUPLICATE}: payment {p.payment_id} was applied to "
+                                            f"{p.account} for {row.amount}, this record says {p.amount}")
+            elif row.detail == entry.detail:
+                out.counts["replayed"] += 1
+            else:
+                out.counts["duplicates"] += 1
+                duplicates.append(p.payment_id)
+                out.lines.append(f"payment {p.payment_id} (record {rec.no}): duplicate ignored, already applied "
+                                 f"{row.recorded.astimezone(CST):%Y-%m-%d %H:%M} CST ({row.detail})")
+        if duplicates:
+            # pay() audits each duplicate; here one line per chunk says which ids were ignored.
+            self.control.audit("billing", "payment-duplicates", "*",
+                               {"source": tag, "count": len(duplicates), "ids": duplicates[:50]}, now=self.run.now)
+
+
+# --- accounts ------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Held:
+    """The archive's view of one account, kept current as the import goes."""
+
+    customer: str
+    area: str
+    tariff: str
+    protected: bool
+    thresholds: dict[str, str]
+    meters: dict[str, object]
+
+    @classmethod
+    def of(cls, a: Account) -> _Held:
+        return cls(a.customer, a.area, a.tariff, a.protected, dict(a.thresholds), dict(a.meters))
+
+
+class AccountSink:
+    required = ACCOUNT_FIELDS
+    identical_is_duplicate = False  # applied again: the archive follows the billing system
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.known_tariffs: Collection[str] = run.known_tariffs
+        self.held = {a.account: _Held.of(a) for a in run.control.accounts()}
+        self.owner = {m: name for name, h in self.held.items() for m in h.meters}
+        self.seen: set[str] = set()
+        self.decided: dict[int, AccountRecord | str] = {}
+
+    def start(self) -> None:
+        self.seen = set()
+
+    def prepare(self, records: Sequence[RawRecord]) -> None:
+        """Validate a whole file or page first: an account or meter given twice is a conflict
+        across chunks, and a resumed file must decide the same way."""
+        self.decided = {}
+        good: list[tuple[int, AccountRecord]] = []
+        for rec in records:
+            name = rec.fields.get("account")
+            if isinstance(name, (str, int)) and str(name).strip():
+                self.seen.add(str(name).strip())
+            try:
+                parsed = account_of(rec, known_tariffs=self.known_tariffs)
+            except RecordError as exc:
+                self.decided[rec.no] = str(exc)
+                continue
+            self.decided[rec.no] = parsed
+            good.append((rec.no, parsed))
+        self.decided.update(import_conflicts(good))
+
+    def apply(self, records: Sequence[RawRecord], tag: str) -> Outcome:
+        out = Outcome()
+        specs = []
+        for rec in records:
+            decided = self.decided[rec.no]
+            if isinstance(decided, str):
+                out.refuse(rec.no, rec.raw, decided)
+                continue
+            spec = self._diff(decided, out)
+            if spec is not None:
+                specs.append(spec)
+        if specs:
+            self.run.control.upsert_accounts(specs, actor="billing", now=self.run.now)
+        return out
+
+    def _diff(self, rec: AccountRecord, out: Outcome) -> AccountSpec | None:
+        old = self.held.get(rec.account)
+        customer = rec.customer if rec.customer is not None else (old.customer if old else "")
+        area = rec.area if rec.area is not None else (old.area if old else "")
+        protected = rec.protected if rec.protected is not None else (old.protected if old else False)
+        new = _Held(customer, area, rec.tariff, protected, old.thresholds if old else {}, dict(rec.meters))
+        lines = []
+        if old is None:
+            lines.append(f"account {rec.account}: created (tariff {rec.tariff}, area {area!r}, "
+                         f"{len(rec.meters)} meter(s))")
+        else:
+            changed = [f"{what} {a!r} -> {b!r}" for what, a, b in (
+                ("customer", old.customer, customer), ("area", old.area, area), ("tariff", old.tariff, rec.tariff),
+                ("protected", old.protected, protected)) if a != b]
+            if changed:
+                lines.append(f"account {rec.account}: changed {', '.join(changed)}")
+        old_meters = old.meters if old else {}
+        for meter, multiplier in rec.meters.items():
+            was = self.owner.get(meter)
+            if was is None:
+                lines.append(f"meter {meter}: assigned to account {rec.account} (×{multiplier})")
+            elif was != rec.account:
+                lines.append(f"meter {meter}: moved from account {was} to {rec.account} (×{multiplier})")
+                out.counts["meters_moved"] += 1
+                del self.held[was].meters[meter]
+            elif old_meters[meter] != multiplier:
+                lines.append(f"meter {meter}: multiplier ×{old_meters[meter]} -> ×{multiplier} "
+                             f"(account {rec.account})")
+            self.owner[meter] = rec.account
+        for meter in old_meters:
+            if meter not in rec.meters:
+                lines.append(f"meter {meter}: unassigned from account {rec.account}")
+                self.owner.pop(meter, None)
+        self.held[rec.account] = new
+        if not lines:
+            out.counts["unchanged"] += 1
+            return None
+        out.counts["created" if old is None else "changed"] += 1
+        out.counts["applied"] += 1
+        out.lines += lines
+        return AccountSpec(account=rec.account, tariff=rec.tariff, meters=dict(rec.meters), customer=customer,
+                           area=area, protected=protected, thresholds=dict(new.thresholds))
+
+    def end(self, source: str, *, full: bool) -> Outcome:
+        out = Outcome()
+        if not full:
+            return out
+        missing = sorted(set(self.held) - self.seen)
+        if missing:
+            out.counts["missing"] += len(missing)
+            shown = ", ".join(missing[:MISSING_SHOWN]) + (", ..." if len(missing) > MISSING_SHOWN else "")
+            out.lines.append(f"{len(missing)} account(s) in the archive are not in {source} (kept, never deleted by "
+                             f"an import): {shown}")
+        return out
+
+
+def sink_for(run: Run) -> Sink:
+    from meterd.billing_link.model import JobKind
+
+    return PaymentSink(run) if run.spec.kind is JobKind.IMPORT_PAYMENTS else AccountSink(run)
+
+
+# --- drivers -------------------------------------------------------------------------------------------
+
+
+def _report(run: Run, out: Outcome) -> None:
+    run.result.add(out.counts)
+    for line in out.lines:
+        run.result.note(line)
+
+
+def import_folder(run: Run, sink: Sink) -> None:
+    spec, sync, result = run.spec, run.sync, run.result
+    assert spec.folder is not None
+    folder = DropFolder(Path(spec.folder))
+    folder.ensure()
+    for path in folder.incoming():
+        name = path.name
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        prev = sync.latest_file(spec.name, name, sha)
+        if prev is not None and prev.status in ("done", "quarantined") and prev.moved_to \
+                and not Path(prev.moved_to).exists():
+            folder.move(path, Path(prev.moved_to))  # handled before a crash, not yet moved
+            result.note(f"{name}: was {prev.status} before an interruption; moved to {prev.moved_to}")
+            continue
+        result.files.append(name)
+        try:
+            batch = parse_records(data, FORMATS[path.suffix.lower()], sink.required)
+        except BadFileError as exc:
+            target = folder.stamped(QUARANTINE, name, run.now)
+            folder.write_atomic(QUARANTINE, target.name + ".reason.txt",
+                                f"{name}: {exc.reason}\nsha256 {sha}\njob {spec.name}\n".encode())
+            head = data[:500].decode("utf-8", errors="replace")
+            sync.reject_file(spec.name, name, sha, reason=exc.reason, raw=head, moved_to=str(target), now=run.now)
+            folder.move(path, target)
+            result.add({"quarantined": 1, "files_quarantined": 1})
+            result.note(f"{name}: quarantined whole ({exc.reason}) -> {target.name}")
+            continue
+        total = len(batch.records)
+        twin = sync.finished_twin(spec.name, sha) if sink.identical_is_duplicate else None
+        if twin is not None and not twin.counts.get("quarantined") and twin.records_total == total and not (
+                prev is not None and prev.status == "running"):
+            _identical(run, folder, path, sha, total, batch.encoding, twin)
+            continue
+        if prev is not None and prev.status == "running" and prev.records_total == total:
+            file_id, start = prev.id, prev.records_done
+        else:
+            file_id, start = sync.start_file(spec.name, name, sha, total=total, encoding=batch.encoding,
+                                             now=run.now), 0
+        sink.start()
+        sink.prepare(batch.records)
+        done = Outcome()
+        for i in range(start, total, spec.chunk):
+            part = batch.records[i:i + spec.chunk]
+            out = sink.apply(part, f"file {name} #{file_id}")
+            sync.commit_chunk(file_id, spec.name, name, records_done=i + len(part), refused=out.refused,
+                              counts=out.counts, now=run.now)
+            done.merge(out)
+        done.merge(sink.end(name, full=True))
+        target = folder.stamped(PROCESSED, name, run.now)
+        sync.finish_file(file_id, status="done", moved_to=str(target), now=run.now)
+        folder.move(path, target)
+        sync.set_watermark(spec.name, str(spec.kind), name)
+        result.watermark = name
+        c = done.counts
+        result.note(f"{name}: {total} record(s), {batch.format} {batch.encoding}"
+                    + (f", resumed at record {start + 1}" if start else "")
+                    + f": {c['applied']} applied, {c['duplicates']} duplicate(s), {c['replayed']} replayed, "
+                      f"{c['quarantined']} quarantined -> {target.name}")
+        _report(run, done)
+
+
+def _identical(run: Run, folder: DropFolder, path: Path, sha: str, total: int, encoding: str, twin: FileRow) -> None:
+    spec, sync = run.spec, run.sync
+    file_id = sync.start_file(spec.name, path.name, sha, total=total, encoding=encoding, now=run.now)
+    sync.commit_chunk(file_id, spec.name, path.name, records_done=total, refused=(),
+                      counts={"duplicates": total}, now=run.now)
+    target = folder.stamped(PROCESSED, path.name, run.now)
+    sync.finish_file(file_id, status="done", moved_to=str(target), now=run.now)
+    folder.move(path, target)
+    sync.set_watermark(spec.name, str(spec.kind), path.name)
+    run.result.watermark = path.name
+    run.result.add({"duplicates": total})
+    run.result.note(f"{path.name}: identical to {twin.name} (file #{twin.id}, imported before): all {total} "
+                    f"record(s) are duplicates, ignored -> {target.name}")
+
+
+def import_http(run: Run, sink: Sink) -> None:
+    spec, sync, result = run.spec, run.sync, run.result
+    assert spec.url is not None
+    token = token_from_env(spec.token_env)
+    since = sync.watermark(spec.name)
+    full = since is None
+    sink.start()
+    shown = shown_url(spec.url)
+    pages = 0
+    while True:
+        page = get_page(spec.url, since=since, limit=spec.chunk, token=token)
+        records = json_records(page.records)
+        source = f"{shown} since={since or '-'}"
+        sink.prepare(records)
+        done = Outcome()
+        for i in range(0, len(records), spec.chunk):
+            done.merge(sink.apply(records[i:i + spec.chunk], source))
+        watermark = page.next if page.next is not None else since
+        known = sync.commit_page(spec.name, str(spec.kind), watermark=watermark, source=source,
+                                 refused=done.refused, now=run.now)
+        if known:
+            done.counts["quarantined"] -= known
+            done.counts["already_quarantined"] += known
+        _report(run, done)
+        pages += 1
+        result.watermark = watermark
+        if page.next is None or page.next == since:
+            break
+        since = page.next
+    result.files.append(shown)
+    result.note(f"{shown}: {pages} page(s), watermark {result.watermark}")
+    _report(run, sink.end(shown, full=full))

@@ -1,0 +1,127 @@
+"""Running one billing job: :func:`run_job`.
+
+A run takes a per-job lock (``data_dir/sync-<job>.lock``, flock: released by the kernel when the
+process dies, so kill -9 leaves nothing stale), marks the job ``running`` in ``sync_jobs``, opens
+its own :class:`ControlStore` and :class:`SyncStore` connections, does the work and records
+``ok`` (with the run's counts) or ``error`` (with the message).  A job killed half-way shows
+``running`` until the next run, which resumes it: a drop-folder file at its committed record
+count, an HTTP import at its watermark (advanced only after a page is fully applied), an export
+by writing the same file again.
+
+Time is ``now``, passed in; nothing here reads the clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import logging
+import os
+import re
+from contextlib import contextmanager
+from datetime import date, datetime
+from pathlib import Path
+from typing import Callable, Collection, Iterator
+
+from meterd.billing_link.exports import export_balances, export_readings
+from meterd.billing_link.imports import import_folder, import_http, sink_for
+from meterd.billing_link.model import JobKind, JobResult, JobSpec, RegisterOf, Run
+from meterd.billing_link.store import SyncStore
+from meterd.control.state import ControlStore
+from meterd.errors import SyncError
+
+__all__ = ["JobKind", "JobSpec", "JobResult", "SyncStore", "run_job"]
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def job_lock(data_dir: Path, name: str) -> Iterator[None]:
+    """One run of a job at a time (the daemon's schedule and ``meterd sync run`` may meet)."""
+    path = Path(data_dir) / f"sync-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SyncError(f"job {name} is already running (lock {path})") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check(spec: JobSpec, now: datetime) -> None:
+    if now.tzinfo is None:
+        raise ValueError(f"job {spec.name}: now {now.isoformat()} has no time zone")
+    if (spec.folder is None) == (spec.url is None):
+        raise ValueError(f"job {spec.name}: needs exactly one of folder (a drop folder) or url (HTTP JSON)")
+    if spec.chunk < 1:
+        raise ValueError(f"job {spec.name}: chunk must be at least 1, not {spec.chunk}")
+
+
+def _work(run: Run) -> None:
+    kind = run.spec.kind
+    if kind.imports:
+        sink = sink_for(run)
+        (import_folder if run.spec.folder is not None else import_http)(run, sink)
+    elif kind is JobKind.EXPORT_READINGS:
+        export_readings(run)
+    else:
+        export_balances(run)
+
+
+def run_job(
+    spec: JobSpec,
+    *,
+    data_dir: Path,
+    now: datetime,
+    known_tariffs: Collection[str] = (),
+    register_of: RegisterOf | Callable[..., object] | None = None,
+    day: date | None = None,
+) -> JobResult:
+    """Run ``spec`` once, now.  ``known_tariffs``: tariff names an imported account may use (the
+    others are quarantined).  ``register_of(meter, day)``: the register value at the start of
+    ``day`` -- ``Decimal``, ``(Decimal, estimated)`` or None -- for reading-day exports.  ``day``:
+    export that reading day (default: the days after the watermark through today).
+
+    Raises :class:`SyncError` (HTTP failure, a job already running, a drop folder that cannot be
+    used) after recording it as the job's last status; bad files and records do not raise, they
+    are quarantined."""
+    _check(spec, now)
+    kind = JobKind(spec.kind)
+    if spec.kind is not kind:  # "import_payments" given as text
+        spec = dataclasses.replace(spec, kind=kind)
+    data_dir = Path(data_dir)
+    with job_lock(data_dir, spec.name):
+        sync = SyncStore(data_dir)
+        try:
+            control = ControlStore(data_dir)
+        except BaseException:
+            sync.close()
+            raise
+        try:
+            result = JobResult(job=spec.name, kind=kind)
+            run = Run(spec=spec, now=now, sync=sync, control=control, result=result,
+                      known_tariffs=frozenset(known_tariffs), register_of=register_of,  # type: ignore[arg-type]
+                      day=day)
+            sync.begin_run(spec.name, str(kind), now)
+            try:
+                _work(run)
+            except OSError as exc:
+                sync.finish_run(spec.name, status="error", counts=result.summary(), error=str(exc))
+                raise SyncError(f"job {spec.name}: {exc}") from exc
+            except Exception as exc:
+                sync.finish_run(spec.name, status="error", counts=result.summary(), error=str(exc))
+                raise
+            result.finish()
+            if result.watermark is None:
+                result.watermark = sync.watermark(spec.name)
+            sync.finish_run(spec.name, status="ok", counts=result.summary())
+            log.info("sync job %s (%s): %d applied, %d duplicates, %d replayed, %d quarantined, %d file(s)",
+                     spec.name, kind, result.applied, result.duplicates, result.replayed, result.quarantined,
+                     len(result.files))
+            return result
+        finally:
+            control.close()
+            sync.close()

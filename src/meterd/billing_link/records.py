@@ -1,0 +1,420 @@
+"""Billing records: bytes from the billing system -> validated payments and accounts, or a reason.
+
+Pure: no files, sockets or clocks (``now`` is passed in).  Three steps, each with its own failure:
+
+1. :func:`decode_text` -- bytes to text.  A UTF-8 BOM wins; else strict UTF-8; else (the billing
+   system may send GBK) strict GB18030, a superset of GBK.  A file that is neither is decoded line
+   by line in the encoding most of its non-ASCII lines are valid in, with U+FFFD for the bytes
+   that are not: those records are then refused as garbled, the rest of the file goes on.
+   (GB18030 decodes many UTF-8 byte runs into wrong-but-valid Chinese, so a UTF-8 file with one
+   bad line must not fall through to GB18030 as a whole.)
+2. :func:`parse_records` -- text to :class:`RawRecord` s.  CSV needs a header row (comma, or tab
+   when the header has tabs and no commas); JSON is a list of objects or ``{"records": [...]}``,
+   numbers kept exact (``Decimal``).  A file that cannot be read at all -- bad JSON, no header,
+   required columns missing -- raises :class:`BadFileError` and is quarantined whole.  Headers
+   may use the billing system's Chinese column names (:data:`ALIASES`).
+3. :func:`payment_of` / :func:`account_of` -- one record to a :class:`Payment` or an
+   :class:`AccountRecord`, or :class:`RecordError` with the reason it is quarantined.
+
+Record numbers are what an operator can find in the file: the CSV line a record starts on
+(the header is line 1), or the 1-based position in the JSON list.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any, Collection, Final, Iterable, Mapping
+
+from meterd.control.model import CST
+from meterd.errors import SyncError
+
+PAYMENT_FIELDS: Final = ("payment_id", "account", "amount", "paid_at")  # required
+ACCOUNT_FIELDS: Final = ("account", "tariff", "meters")  # required; customer, area, protected optional
+
+# Column names as the billing system may spell them -> our field names.
+ALIASES: Final[Mapping[str, str]] = {
+    "id": "payment_id", "paymentid": "payment_id", "缴费流水号": "payment_id", "流水号": "payment_id",
+    "收费流水号": "payment_id",
+    "account_no": "account", "户号": "account", "用户编号": "account", "客户编号": "account",
+    "金额": "amount", "缴费金额": "amount", "实收金额": "amount",
+    "paid_time": "paid_at", "缴费时间": "paid_at", "收费时间": "paid_at",
+    "缴费渠道": "channel", "渠道": "channel", "缴费方式": "channel",
+    "户名": "customer", "用户名称": "customer", "客户名称": "customer",
+    "台区": "area", "台区编号": "area",
+    "电价": "tariff", "电价码": "tariff",
+    "meter": "meters", "电能表": "meters", "表号": "meters",
+    "保电": "protected",
+}
+TRUE_WORDS: Final = frozenset({"1", "true", "yes", "y", "t", "是"})
+FALSE_WORDS: Final = frozenset({"", "0", "false", "no", "n", "f", "否"})
+MAX_AMOUNT: Final = Decimal(100_000_000)  # yuan; far beyond any real payment, far within the ledger's int64 fen
+FUTURE_SLACK: Final = timedelta(days=1)  # clocks differ; a payment dated later than this is a bad date
+_DATE_FORMATS: Final = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d", "%Y%m%d%H%M%S", "%Y%m%d")
+
+
+class BadFileError(SyncError):
+    """A file that cannot be read as records at all; ``reason`` is written beside it in quarantine."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class RecordError(ValueError):
+    """One record refused; ``str(exc)`` is the reason kept in the quarantine table."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    no: int  # CSV line the record starts on (header = 1) or 1-based JSON position
+    fields: Mapping[str, Any]  # our field name -> value (str from CSV; JSON scalars/lists from JSON)
+    raw: str  # the record as received
+    problem: str | None = None  # unreadable as a record at all (wrong field count, not an object)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    records: list[RawRecord]
+    encoding: str  # utf-8 | utf-8-sig | gb18030, "+garbled" when some bytes were undecodable
+    format: str  # csv | json
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    payment_id: str
+    account: str
+    amount: Decimal  # yuan, > 0, at most two decimals
+    paid_at: datetime  # aware; naive times in the file are CST
+    channel: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    """An imported account.  ``None`` means the import did not carry the field (keep what the
+    archive has); an empty string means it is empty in the billing system."""
+
+    account: str
+    tariff: str
+    meters: Mapping[str, Decimal]  # address -> CT × PT
+    customer: str | None = None
+    area: str | None = None
+    protected: bool | None = None
+
+
+# --- 1. bytes -> text ------------------------------------------------------------------------------
+
+
+def _valid(data: bytes, encoding: str) -> bool:
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def decode_text(data: bytes) -> tuple[str, str]:
+    """(text, encoding used).  Never raises: undecodable bytes become U+FFFD (see the module doc)."""
+    if data.startswith(codecs.BOM_UTF8):
+        body, name = data[len(codecs.BOM_UTF8):], "utf-8-sig"
+        if _valid(body, "utf-8"):
+            return body.decode("utf-8"), name
+        return body.decode("utf-8", errors="replace"), name + "+garbled"
+    if _valid(data, "utf-8"):
+        return data.decode("utf-8"), "utf-8"
+    lines = [line for line in data.splitlines() if not line.isascii()]
+    utf8 = sum(1 for line in lines if _valid(line, "utf-8"))
+    if utf8 == 0 and _valid(data, "gb18030"):
+        return data.decode("gb18030"), "gb18030"
+    encoding = "utf-8" if utf8 * 2 >= len(lines) else "gb18030"
+    return data.decode(encoding, errors="replace"), encoding + "+garbled"
+
+
+# --- 2. text -> raw records ------------------------------------------------------------------------
+
+
+def field_name(header: str) -> str:
+    key = header.strip().lstrip("\ufeff").strip()
+    return ALIASES.get(key, ALIASES.get(key.lower(), key.lower()))
+
+
+def parse_records(data: bytes, fmt: str, required: Collection[str]) -> Batch:
+    """A whole file -> its records; :class:`BadFileError` when it cannot be read at all."""
+    if not data.strip():
+        raise BadFileError("empty file")
+    text, encoding = decode_text(data)
+    if fmt == "json":
+        return Batch(json_records(_load_json(text)), encoding, "json")
+    if fmt == "csv":
+        return Batch(csv_records(text, required), encoding, "csv")
+    raise BadFileError(f"unknown format {fmt!r} (csv or json)")
+
+
+def _load_json(text: str) -> list[Any]:
+    try:
+        doc = json.loads(text, parse_float=Decimal)
+    except json.JSONDecodeError as exc:
+        raise BadFileError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadFileError("not valid JSON: nested too deeply") from None
+    if isinstance(doc, dict) and isinstance(doc.get("records"), list):
+        return doc["records"]
+    if isinstance(doc, list):
+        return doc
+    raise BadFileError('JSON must be a list of objects or {"records": [...]}')
+
+
+def json_records(items: Iterable[Any]) -> list[RawRecord]:
+    out = []
+    for no, item in enumerate(items, 1):
+        raw = json.dumps(item, ensure_ascii=False, default=str)
+        if not isinstance(item, dict):
+            out.append(RawRecord(no, {}, raw, f"record is a JSON {type(item).__name__}, not an object"))
+            continue
+        out.append(RawRecord(no, {field_name(str(k)): v for k, v in item.items()}, raw))
+    return out
+
+
+def csv_records(text: str, required: Collection[str]) -> list[RawRecord]:
+    lines = io.StringIO(text, newline="").readlines()
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        raise BadFileError("no header row")
+    delimiter = "\t" if "\t" in lines[first] and "," not in lines[first] else ","
+    reader = csv.reader(iter(lines[first:]), delimiter=delimiter, strict=False)
+    try:
+        header = [field_name(h) for h in next(reader)]
+    except csv.Error as exc:
+        raise BadFileError(f"unreadable header row: {exc}") from None
+    doubled = sorted({h for h in header if h and header.count(h) > 1})
+    if doubled:
+        raise BadFileError(f"column(s) given twice in the header: {', '.join(doubled)}")
+    missing = [f for f in required if f not in header]
+    if missing:
+        raise BadFileError(f"missing required column(s) {', '.join(missing)} (header: {', '.join(header)})")
+    out = []
+    done = first + reader.line_num  # physical lines consumed so far
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # e.g. a NUL byte: this line is garbage, the next may not be
+            start, done = done, first + reader.line_num
+            out.append(RawRecord(start + 1, {}, "".join(lines[start:done]).rstrip("\r\n"), f"unreadable CSV: {exc}"))
+            continue
+        start, done = done, first + reader.line_num
+        raw = "".join(lines[start:done]).rstrip("\r\n")
+        if not row or not any(cell.strip() for cell in row):
+            continue  # blank line
+        no = start + 1 + next(i for i, line in enumerate(lines[start:done]) if line.strip())
+        if len(row) != len(header):
+            out.append(RawRecord(no, dict(zip(header, row)), raw,
+                                 f"{len(row)} fields where the header has {len(header)}"))
+            continue
+        out.append(RawRecord(no, dict(zip(header, row)), raw))
+    return out
+
+
+# --- 3. raw record -> payment / account ------------------------------------------------------------
+
+
+_GARBLED: Final = re.compile("[\x00-\x08\x0a-\x1f\x7f\ufffd]")  # U+FFFD: bytes that did not decode
+
+
+def _garbled(value: str) -> bool:
+    return _GARBLED.search(value) is not None
+
+
+def _text(rec: RawRecord, name: str, *, required: bool, label: str | None = None) -> str | None:
+    value = rec.fields.get(name)
+    label = label or name
+    if value is None:
+        if required:
+            raise RecordError(f"missing {label}")
+        return None
+    if isinstance(value, (dict, list, bool)):
+        raise RecordError(f"{label} must be text, got {json.dumps(value, default=str)[:40]}")
+    text = str(value).strip()
+    if required and not text:
+        raise RecordError(f"empty {label}")
+    return text
+
+
+def _check_readable(rec: RawRecord) -> None:
+    if rec.problem:
+        raise RecordError(rec.problem)
+    for name, value in rec.fields.items():
+        if isinstance(value, str) and _garbled(value):
+            raise RecordError(f"garbled text in {name} (undecodable bytes or control characters: wrong encoding?)")
+
+
+def amount_of(value: Any) -> Decimal:
+    """A payment amount in yuan: a positive number with at most two decimals, never rounded."""
+    if value is None:
+        raise RecordError("missing amount")
+    if isinstance(value, (bool, dict, list)):
+        raise RecordError(f"amount {value!r} is not a number")
+    text = str(value).strip()
+    if not text:
+        raise RecordError("missing amount")
+    try:
+        amount = value if isinstance(value, Decimal) else Decimal(text)
+    except InvalidOperation:
+        raise RecordError(f"amount {text!r} is not a number") from None
+    if not amount.is_finite():
+        raise RecordError(f"amount {text!r} is not a finite number")
+    if amount == 0:
+        raise RecordError("amount is zero")
+    if amount < 0:
+        raise RecordError(f"amount {text} is negative")
+    if int(amount.normalize().as_tuple().exponent) < -2:
+        raise RecordError(f"amount {text} has more than two decimals (fen)")
+    if amount > MAX_AMOUNT:
+        raise RecordError(f"amount {text} is more than {MAX_AMOUNT} yuan")
+    return amount
+
+
+def moment_of(value: Any, *, now: datetime) -> datetime:
+    """A payment time: ISO 8601 or the usual Chinese spreadsheet forms; naive times are CST."""
+    text = "" if value is None else str(value).strip()
+    if not text or isinstance(value, (bool, dict, list)):
+        raise RecordError("missing paid_at")
+    norm = text.replace("/", "-")
+    try:
+        at = datetime.fromisoformat(norm)
+    except ValueError:
+        for pattern in _DATE_FORMATS:
+            try:
+                at = datetime.strptime(norm, pattern)
+                break
+            except ValueError:
+                continue
+        else:
+            raise RecordError(f"bad date {text!r} in paid_at") from None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=CST)
+    if at > now + FUTURE_SLACK:
+        raise RecordError(f"bad date {text!r} in paid_at: later than now ({now.astimezone(CST):%Y-%m-%d %H:%M} CST)")
+    return at
+
+
+def payment_of(rec: RawRecord, *, now: datetime) -> Payment:
+    _check_readable(rec)
+    payment_id = _text(rec, "payment_id", required=True, label="payment id")
+    account = _text(rec, "account", required=True)
+    amount = amount_of(rec.fields.get("amount"))
+    paid_at = moment_of(rec.fields.get("paid_at"), now=now)
+    channel = _text(rec, "channel", required=False) or ""
+    return Payment(payment_id, account, amount, paid_at, channel)  # type: ignore[arg-type]
+
+
+def address_of(text: str) -> str:
+    """A meter address as the archive keys it: all digits -> 12 digits (as the config does)."""
+    text = text.strip()
+    return text.zfill(12) if text.isdigit() else text
+
+
+def multiplier_of(value: Any, meter: str) -> Decimal:
+    """CT × PT: a number, or ``ct*pt`` (also ``x`` / ``×``)."""
+    text = str(value).strip().lower().replace("×", "*").replace("x", "*")
+    try:
+        parts = [Decimal(p) for p in text.split("*")] if text else [Decimal(1)]
+    except InvalidOperation:
+        raise RecordError(f"meter {meter}: multiplier {value!r} is not a number or CT*PT") from None
+    result = Decimal(1)
+    for p in parts:
+        if not p.is_finite() or p <= 0:
+            raise RecordError(f"meter {meter}: multiplier {value!r} must be positive")
+        result *= p
+    return result
+
+
+def meters_of(value: Any) -> dict[str, Decimal]:
+    """``"addr:ct*pt;addr2"`` (also ``,`` or ``；``), a JSON list of ``{meter, multiplier}`` or of
+    such strings, as text or as JSON."""
+    if value is None:
+        raise RecordError("missing meters")
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value, parse_float=Decimal)
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"meters: not a valid JSON list ({exc})") from None
+    items: list[tuple[str, Any]] = []
+    if isinstance(value, str):
+        for part in value.replace("；", ";").replace(",", ";").split(";"):
+            if part.strip():
+                meter, _, mult = part.partition(":")
+                items.append((meter, mult))
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict) and isinstance(item.get("meter"), (str, int)) and not isinstance(
+                    item.get("meter"), bool):
+                items.append((str(item["meter"]), item.get("multiplier", "")))
+            elif isinstance(item, str):
+                meter, _, mult = item.partition(":")
+                items.append((meter, mult))
+            else:
+                raise RecordError(f"meters: {json.dumps(item, default=str)[:60]} is not {{meter, multiplier}}")
+    else:
+        raise RecordError(f"meters: {value!r} is neither text nor a list")
+    meters: dict[str, Decimal] = {}
+    for meter, mult in items:
+        address = address_of(meter)
+        if not address or any(c.isspace() for c in address) or _garbled(address):
+            raise RecordError(f"meters: bad meter address {meter!r}")
+        if address in meters:
+            raise RecordError(f"meters: meter {address} listed twice")
+        meters[address] = multiplier_of("" if mult is None else mult, address)
+    return meters
+
+
+def flag_of(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = "" if value is None else str(value).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise RecordError(f"{name} {value!r} is not yes/no")
+
+
+def account_of(rec: RawRecord, *, known_tariffs: Collection[str]) -> AccountRecord:
+    _check_readable(rec)
+    account = _text(rec, "account", required=True)
+    tariff = _text(rec, "tariff", required=True)
+    if tariff not in known_tariffs:
+        raise RecordError(f"unknown tariff {tariff!r}" + (f" (known: {', '.join(sorted(known_tariffs))})"
+                                                          if known_tariffs else " (no tariffs are configured)"))
+    meters = meters_of(rec.fields.get("meters"))
+    protected = flag_of(rec.fields["protected"], "protected") if "protected" in rec.fields else None
+    return AccountRecord(account, tariff, meters, customer=_text(rec, "customer", required=False),  # type: ignore
+                         area=_text(rec, "area", required=False), protected=protected)
+
+
+def import_conflicts(records: Iterable[tuple[int, AccountRecord]]) -> dict[int, str]:
+    """Within one import: an account given twice, or a meter given to two accounts.  The first
+    record wins; later ones are refused (record number -> reason)."""
+    accounts: dict[str, int] = {}
+    meters: dict[str, tuple[str, int]] = {}
+    refused: dict[int, str] = {}
+    for no, rec in records:
+        if rec.account in accounts:
+            first = accounts[rec.account]
+            refused[no] = f"account {rec.account} appears again in this import (first at record {first})"
+            continue
+        clash = next(((m, meters[m]) for m in rec.meters if m in meters), None)
+        if clash is not None:
+            m, (other, at) = clash
+            refused[no] = f"meter {m} is also given to account {other} in this import (record {at})"
+            continue
+        accounts[rec.account] = no
+        meters.update({m: (rec.account, no) for m in rec.meters})
+    return refused
