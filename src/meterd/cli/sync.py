@@ -30,6 +30,11 @@ def sync_cmd(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(args.config)
+        if config.prepaid is not None and config.prepaid.accounts:
+            from meterd.control.state import ControlStore
+
+            with ControlStore(config.store.data_dir) as control:  # as the daemon does at start
+                control.upsert_accounts(config.prepaid.accounts, actor="config", now=datetime.now(timezone.utc))
         if args.action == "run":
             if not args.job:
                 raise ConfigError("sync run needs the job's name")
