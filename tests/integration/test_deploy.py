@@ -1,0 +1,471 @@
+"""The deployment files in ``deploy/`` do what they claim.
+
+* Mosquitto: a real broker runs ``deploy/mosquitto/meterd.conf`` with only the listener port, the
+  file paths and persistence rewritten, and ``deploy/mosquitto/acl`` byte for byte; accounts come
+  from ``mosquitto_passwd -b``.  Raw paho clients then play the master and terminals T001/T002.
+  "Not delivered" is shown without waiting out a timeout: the forbidden message is followed, on
+  the same connection, by an allowed one, and the subscriber's list is checked once the allowed
+  one has arrived (one client's messages reach a subscriber in the order they were published).
+* systemd: ``deploy/meterd.service`` has the keys the deployment relies on, and
+  ``systemd-analyze verify`` accepts it where that tool exists.
+* Grafana: the dashboard JSON loads, and every query names the measurement, fields, tags and
+  quantities that docs/influxdb.md and meterd's catalogue define.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from mosquitto import Mosquitto, mosquitto_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+TOPICS = "meterd/terminals"
+PASSWORDS = {"master": "master-secret", "T001": "t001-secret", "T002": "t002-secret"}
+
+
+def mosquitto_passwd_binary() -> str | None:
+    found = shutil.which("mosquitto_passwd")
+    if found:
+        return found
+    broker = mosquitto_binary()
+    for folder in ("/usr/bin", str(Path(broker).parent) if broker else None):
+        if folder and os.access(Path(folder) / "mosquitto_passwd", os.X_OK):
+            return str(Path(folder) / "mosquitto_passwd")
+    return None
+
+
+needs_mosquitto = pytest.mark.skipif(mosquitto_binary() is None or mosquitto_passwd_binary() is None,
+                                     reason="mosquitto / mosquitto_passwd are not installed")
+
+
+# --- the broker as shipped ---------------------------------------------------------------------
+
+
+def test_shipped_broker_config_has_the_essentials():
+    conf = directives((DEPLOY / "mosquitto" / "meterd.conf").read_text())
+    assert conf["allow_anonymous"] == ["false"]
+    assert conf["set_tcp_nodelay"] == ["true"]
+    assert conf["per_listener_settings"] == ["false"]
+    assert len(conf["password_file"]) == len(conf["acl_file"]) == 1
+    acl = [line.split() for line in (DEPLOY / "mosquitto" / "acl").read_text().splitlines()
+           if line.strip() and not line.lstrip().startswith("#")]
+    # the topic tree of docs/mqtt.md, and nothing more for a terminal
+    doc = (ROOT / "docs" / "mqtt.md").read_text()
+    for kind in ("down", "up", "status"):
+        assert f"`<root>/terminals/<tid>/{kind}`" in doc
+    assert ["pattern", "read", f"{TOPICS}/%u/down"] in acl
+    assert ["pattern", "write", f"{TOPICS}/%u/up"] in acl
+    assert ["pattern", "write", f"{TOPICS}/%u/status"] in acl
+    assert [rule for rule in acl if rule[0] == "pattern"] == [
+        ["pattern", "read", f"{TOPICS}/%u/down"], ["pattern", "write", f"{TOPICS}/%u/up"],
+        ["pattern", "write", f"{TOPICS}/%u/status"]]
+    assert ["user", "master"] in acl and ["topic", "readwrite", "meterd/#"] in acl
+
+
+def directives(text: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = defaultdict(list)
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            found[key].append(value.strip())
+    return found
+
+
+def derived_config(shipped: str, port: int, passwd: Path, acl: Path) -> str:
+    """The shipped config with the test's port, files and no persistence; nothing else changed."""
+    rewrites = {
+        r"^listener 1883$": f"listener {port} 127.0.0.1",
+        r"^password_file .*$": f"password_file {passwd}",
+        r"^acl_file .*$": f"acl_file {acl}",
+        r"^persistence true$": "persistence false",
+    }
+    text = shipped
+    for pattern, replacement in rewrites.items():
+        text, n = re.subn(pattern, replacement, text, flags=re.MULTILINE)
+        assert n == 1, f"deploy/mosquitto/meterd.conf: expected one line matching {pattern!r}"
+    if os.geteuid() == 0:
+        # Mosquitto started as root drops to the "mosquitto" user, which cannot read pytest's
+        # private temp dir; a real install runs it as that user from the start.
+        text += "user root\n"
+    return text
+
+
+@pytest.fixture
+def broker(tmp_path):
+    work = tmp_path / "broker"
+    b = Mosquitto(work)  # a free port and the log; its config is replaced below
+    acl = work / "acl"
+    shutil.copyfile(DEPLOY / "mosquitto" / "acl", acl)
+    passwd = work / "passwd"
+    tool = mosquitto_passwd_binary()
+    for i, (user, password) in enumerate(PASSWORDS.items()):
+        subprocess.run([tool, *(["-c"] if i == 0 else []), "-b", str(passwd), user, password], check=True,
+                       capture_output=True, timeout=10)
+    for path in (acl, passwd):
+        path.chmod(0o600)
+    b.config.write_text(derived_config((DEPLOY / "mosquitto" / "meterd.conf").read_text(), b.port, passwd, acl))
+    with b:
+        yield b
+
+
+class Peer:
+    """A paho client on its own network thread, recording what it receives."""
+
+    def __init__(self, broker, username: str | None, password: str | None = None, *, client_id: str,
+                 will: tuple[str, str] | None = None) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Condition()
+        self._connack = threading.Event()
+        self._subacks: list = []
+        self.reason = None
+        # no reconnecting: a refused or dropped client stays out, and its thread ends at once
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                        reconnect_on_failure=False)
+        if username is not None:
+            c.username_pw_set(username, password)
+        if will is not None:
+            c.will_set(will[0], will[1], qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_subscribe = self._on_subscribe
+        c.on_message = self._on_message
+        c.connect(broker.host, broker.port, keepalive=30)
+        c.loop_start()
+        assert self._connack.wait(5), "no CONNACK"
+        self.client = c
+
+    def _on_connect(self, client, userdata, flags, reason, properties) -> None:
+        self.reason = reason
+        self._connack.set()
+
+    def _on_subscribe(self, client, userdata, mid, reasons, properties) -> None:
+        with self._lock:
+            self._subacks.append(reasons)
+            self._lock.notify_all()
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._lock:
+            self.messages.append((message.topic, bytes(message.payload)))
+            self._lock.notify_all()
+
+    @property
+    def connected(self) -> bool:
+        return self.reason is not None and not self.reason.is_failure and self.client.is_connected()
+
+    def subscribe(self, *topics: str) -> list:
+        with self._lock:
+            before = len(self._subacks)
+            self.client.subscribe([(t, 1) for t in topics])
+            assert self._lock.wait_for(lambda: len(self._subacks) > before, 5), "no SUBACK"
+            return self._subacks[-1]
+
+    def publish(self, topic: str, payload: str, retain: bool = False) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(5)  # the PUBACK: the broker has handled it (delivered or dropped)
+        assert info.is_published()
+
+    def wait_for(self, topic: str, payload: bytes, timeout: float = 5.0) -> list[tuple[str, bytes]]:
+        with self._lock:
+            assert self._lock.wait_for(lambda: (topic, payload) in self.messages, timeout), \
+                f"{topic} {payload!r} not received; got {self.messages}"
+            return list(self.messages)
+
+    def drop(self) -> None:
+        """Vanish without DISCONNECT (power cut): the broker publishes the will, if allowed."""
+        sock = self.client.socket()
+        assert sock is not None
+        sock.shutdown(socket.SHUT_RDWR)  # paho's thread sees the connection lost and ends
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def peers(broker):
+    made: list[Peer] = []
+
+    def make(username: str | None, *, client_id: str | None = None, password: str | None = None,
+             will: tuple[str, str] | None = None) -> Peer:
+        if password is None and username is not None:
+            password = PASSWORDS[username]
+        p = Peer(broker, username, password, client_id=client_id or f"{username}-{len(made)}", will=will)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
+
+
+@needs_mosquitto
+def test_a_terminal_reaches_the_master_only_on_its_own_topics(peers):
+    master = peers("master")
+    a, b = peers("T001"), peers("T002")
+    assert master.connected and a.connected and b.connected
+    assert all(not r.is_failure for r in master.subscribe("meterd/#"))
+    b.subscribe(f"{TOPICS}/T002/down")
+    a.subscribe(f"{TOPICS}/T001/down")
+
+    # A's replies reach the master; what A publishes as B (up, down, status) is dropped
+    a.publish(f"{TOPICS}/T002/up", '{"id":"forged","frame":"68"}')
+    a.publish(f"{TOPICS}/T002/down", '{"type":"request","id":"forged","frame":"68"}')
+    a.publish(f"{TOPICS}/T002/status", "offline", retain=True)
+    a.publish("meterd/elsewhere", "x")
+    a.publish(f"{TOPICS}/T001/down", "A may not write its own down either")
+    a.publish(f"{TOPICS}/T001/status", "online", retain=True)
+    a.publish(f"{TOPICS}/T001/up", '{"id":"s-1","frame":"68"}')
+    got = master.wait_for(f"{TOPICS}/T001/up", b'{"id":"s-1","frame":"68"}')
+    assert got == [(f"{TOPICS}/T001/status", b"online"), (f"{TOPICS}/T001/up", b'{"id":"s-1","frame":"68"}')]
+    assert b.messages == []  # B never saw the forged request
+
+    # the master writes any terminal's down; each terminal gets its own, never the other's
+    master.publish(f"{TOPICS}/T002/down", "for B")
+    master.publish(f"{TOPICS}/T001/down", "for A")
+    b.wait_for(f"{TOPICS}/T002/down", b"for B")
+    assert a.wait_for(f"{TOPICS}/T001/down", b"for A") == [(f"{TOPICS}/T001/down", b"for A")]
+
+    # a retained status A tried to forge for B is not there for a master that connects later
+    b.publish(f"{TOPICS}/T002/status", "online", retain=True)
+    later = peers("master")
+    later.subscribe(f"{TOPICS}/+/status")
+    later.wait_for(f"{TOPICS}/T002/status", b"online")
+    assert sorted(later.wait_for(f"{TOPICS}/T001/status", b"online")) == [
+        (f"{TOPICS}/T001/status", b"online"), (f"{TOPICS}/T002/status", b"online")]
+
+
+@needs_mosquitto
+def test_a_terminal_cannot_read_another_terminals_requests(peers):
+    master, a, b = peers("master"), peers("T001"), peers("T002")
+    # Mosquitto grants the subscriptions (MQTT 3.1.1 has no per-topic refusal it would use
+    # here) and filters every message against the ACL on delivery instead
+    a.subscribe(f"{TOPICS}/T002/down", f"{TOPICS}/+/down", f"{TOPICS}/+/up", "meterd/#", "#")
+    b.subscribe(f"{TOPICS}/T002/down")
+    master.publish(f"{TOPICS}/T002/down", "request for B")
+    b.publish(f"{TOPICS}/T002/up", "reply from B")
+    master.publish(f"{TOPICS}/T001/down", "request for A")
+    b.wait_for(f"{TOPICS}/T002/down", b"request for B")
+    got = a.wait_for(f"{TOPICS}/T001/down", b"request for A")
+    assert {topic for topic, _ in got} == {f"{TOPICS}/T001/down"}  # its own, once per matching subscription
+
+
+@needs_mosquitto
+def test_a_will_only_lands_on_the_terminals_own_status(peers):
+    master = peers("master")
+    master.subscribe(f"{TOPICS}/+/status")
+    impostor = peers("T001", client_id="impostor", will=(f"{TOPICS}/T002/status", "impostor"))
+    b = peers("T002", will=(f"{TOPICS}/T002/status", "offline"))
+    b.publish(f"{TOPICS}/T002/status", "online", retain=True)
+    master.wait_for(f"{TOPICS}/T002/status", b"online")
+    impostor.drop()
+    b.drop()
+    master.wait_for(f"{TOPICS}/T002/status", b"offline")
+    master.subscribe("meterd/barrier")
+    master.publish("meterd/barrier", "done")  # both disconnects are handled before this comes back
+    got = master.wait_for("meterd/barrier", b"done")
+    assert [m for m in got if m[0].endswith("/status")] == [(f"{TOPICS}/T002/status", b"online"),
+                                                           (f"{TOPICS}/T002/status", b"offline")]
+
+
+@needs_mosquitto
+@pytest.mark.parametrize("who", ["wrong password", "another terminal's password", "unknown user", "anonymous"])
+def test_only_known_accounts_get_in(peers, who):
+    username, password = {
+        "wrong password": ("T001", "guess"),
+        "another terminal's password": ("T001", PASSWORDS["T002"]),
+        "unknown user": ("T999", "t999-secret"),
+        "anonymous": (None, None),
+    }[who]
+    peer = peers(username, password=password or "", client_id="intruder") if username else \
+        peers(None, client_id="anonymous")
+    assert peer.reason is not None and peer.reason.is_failure
+    assert str(peer.reason) == "Not authorized"
+    assert not peer.connected
+
+
+@needs_mosquitto
+async def test_meterd_reads_a_meter_through_the_shipped_acl(broker):
+    """meterd's own hub and simulated terminal, each with its account: the ACL fits their topics."""
+    from meterd.collector.channel import Channel, Timing
+    from meterd.collector.mqtt import MqttHub
+    from meterd.collector.poll import CHINA_STANDARD_TIME, MeterTarget, poll_meter
+    from meterd.simulators.dlt645 import Dlt645Bus
+    from meterd.simulators.model import MeterModel
+    from meterd.simulators.mqtt_terminal import MqttTerminal
+
+    start = datetime(2025, 6, 1, 8, 0)
+    bus = Dlt645Bus([MeterModel("000000000001", start=start, seed=1)])
+    hub = MqttHub(broker.host, broker.port, client_id="meterd-master", username="master",
+                  password=PASSWORDS["master"], reconnect_min=0.1, reconnect_max=0.5)
+    term = MqttTerminal("T001", bus, broker.host, broker.port, clock=lambda: start, username="T001",
+                        password=PASSWORDS["T001"], reconnect_min=0.1, reconnect_max=0.5)
+    assert await hub.start(5)
+    try:
+        assert await term.start(5)
+        assert await hub.wait_status("T001", "online", 3)  # the retained status passed the ACL
+        channel = Channel("gw-T001", hub.transport("T001"), timing=Timing(2.0, 0.5), retries=0)
+        readings, attempts = await poll_meter(channel, MeterTarget("000000000001"), [0x00010000],
+                                              start.replace(tzinfo=CHINA_STANDARD_TIME))
+        assert [a.outcome for a in attempts] == ["ok"]
+        assert [r.quantity for r in readings] == ["energy.active.import.total"]
+        await term.close()
+        assert await hub.wait_status("T001", "offline", 3)
+    finally:
+        await term.close()
+        await hub.close()
+
+
+# --- systemd -----------------------------------------------------------------------------------
+
+
+def unit_file(text: str) -> dict[str, dict[str, list[str]]]:
+    """systemd's INI dialect: repeated keys accumulate, ``#``/``;`` comments, no continuation lines here."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        assert not line.endswith("\\"), f"line {n}: keep unit lines unwrapped"
+        if line.startswith("["):
+            assert line.endswith("]"), f"line {n}: {raw!r}"
+            current = sections.setdefault(line[1:-1], defaultdict(list))
+            continue
+        key, eq, value = line.partition("=")
+        assert eq and current is not None, f"line {n} is not KEY=value in a section: {raw!r}"
+        current[key.strip()].append(value.strip())
+    return sections
+
+
+def test_systemd_unit_has_what_the_deployment_relies_on():
+    unit = unit_file((DEPLOY / "meterd.service").read_text())
+    assert set(unit) == {"Unit", "Service", "Install"}
+    u, s = unit["Unit"], unit["Service"]
+    assert {"network-online.target", "mosquitto.service"} <= set(" ".join(u["After"]).split())
+    assert "network-online.target" in " ".join(u["Wants"]).split()
+    (exec_start,) = s["ExecStart"]
+    program, *args = exec_start.split()
+    assert program.endswith("/meterd") and args == ["run", "-c", "/etc/meterd/site.toml"]
+    expected = {
+        "User": "meterd", "EnvironmentFile": "/etc/meterd/secrets.env", "Restart": "on-failure",
+        "KillSignal": "SIGTERM", "StateDirectory": "meterd", "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
+    }
+    for key, value in expected.items():
+        assert s[key] == [value], key
+    assert "TimeoutStopSec" in s or "TimeoutSec" in s
+    assert "/var/lib/meterd" in " ".join(s["ReadWritePaths"]).split()
+    assert "dialout" in " ".join(s["SupplementaryGroups"]).split()
+    assert "2" in " ".join(s["RestartPreventExitStatus"]).split()  # bad config: exit 2, no restart loop
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+    # no secret is set in the unit itself
+    for value in s.get("Environment", []):
+        assert not re.search(r"METERD_\w+=", value), value
+
+
+def test_secrets_example_lists_every_secret_the_config_names():
+    example = (DEPLOY / "secrets.env.example").read_text()
+    names = [line.split("=", 1)[0] for line in example.splitlines() if line.strip() and not line.startswith("#")]
+    assert names == ["METERD_METER_PASSWORD", "METERD_OPERATOR_CODE", "METERD_MQTT_PASSWORD",
+                     "METERD_INFLUX_TOKEN", "METERD_BILLING_TOKEN"]
+    for line in example.splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert re.fullmatch(r"[A-Z_]+=\S+", line), f"systemd EnvironmentFile line: {line!r}"
+    # each is the name meterd's config and docs use for that secret
+    sources = "\n".join(p.read_text(errors="replace") for folder in ("src/meterd/config", "docs", "examples")
+                        for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".toml"))
+    sources += (ROOT / "README.md").read_text()
+    for name in names:
+        assert name in sources, f"{name} is not named anywhere in the config code or docs"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path, meterd_bin):
+    # verify checks that ExecStart's binary exists: point it at the meterd installed here
+    text = (DEPLOY / "meterd.service").read_text()
+    text, n = re.subn(r"^ExecStart=\S+", f"ExecStart={meterd_bin}", text, flags=re.MULTILINE)
+    assert n == 1
+    unit = tmp_path / "meterd.service"
+    unit.write_text(text)
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    complaints = [line for line in (done.stdout + done.stderr).splitlines() if "meterd.service" in line]
+    # unknown keys and bad values are only warnings (exit 0): fail on any line about our unit
+    assert done.returncode == 0 and complaints == [], done.stdout + done.stderr
+
+
+# --- Grafana -----------------------------------------------------------------------------------
+
+
+def documented_schema() -> tuple[set[str], set[str], set[str]]:
+    """Measurements, tags and fields from docs/influxdb.md."""
+    doc = (ROOT / "docs" / "influxdb.md").read_text()
+    measurements = set(re.findall(r"\*\*Measurement:\*\*\s*`([^`]+)`", doc))
+    section = lambda title: doc.split(title, 1)[1].split("\n\n**", 1)[0]  # noqa: E731
+    tags = set(re.findall(r"^\| `([a-z_]+)` \|", section("**Tags**"), flags=re.MULTILINE))
+    fields = set(re.findall(r"^\| `([a-z_]+)` \|", section("**Fields.**"), flags=re.MULTILINE))
+    assert measurements and tags and fields, "docs/influxdb.md changed shape: update this test"
+    return measurements, tags, fields
+
+
+def dashboard_queries(dashboard: dict) -> list[tuple[str, str]]:
+    queries = [(f"variable {v['name']}", v["query"]) for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    for panel in dashboard["panels"]:
+        for inner in [panel, *panel.get("panels", [])]:
+            for target in inner.get("targets", []):
+                queries.append((f"panel {inner['title']!r} {target['refId']}", target["query"]))
+    return queries
+
+
+def test_grafana_dashboard_queries_the_documented_schema():
+    from meterd.protocols.readspec import dlt645_index
+
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "meterd.json").read_text())
+    datasource = (DEPLOY / "grafana" / "provisioning" / "datasources" / "meterd.yaml").read_text()
+    (uid,) = re.findall(r"^\s+uid:\s*(\S+)", datasource, flags=re.MULTILINE)
+    assert re.search(r"^\s+version:\s*Flux\s*$", datasource, flags=re.MULTILINE)
+    assert "token: ${METERD_INFLUX_TOKEN}" in datasource  # from the environment, never inline
+    assert "path:" in (DEPLOY / "grafana" / "provisioning" / "dashboards" / "meterd.yaml").read_text()
+
+    measurements, tags, fields = documented_schema()
+    known_quantities = set(dlt645_index())
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert "meter" in variables
+    quantities_shown: set[str] = set()
+    queries = dashboard_queries(dashboard)
+    assert len(queries) >= 5
+    for where, flux in queries:
+        named = re.findall(r'_measurement\s*==\s*"([^"]+)"', flux) + re.findall(r'measurement:\s*"([^"]+)"', flux)
+        assert named, f"{where} names no measurement"
+        assert set(named) <= measurements, f"{where}: {set(named) - measurements} not in docs/influxdb.md"
+        used_fields = set(re.findall(r'_field\s*==\s*"([^"]+)"', flux))
+        assert used_fields <= fields, f"{where}: fields {used_fields - fields} not in docs/influxdb.md"
+        used_columns = set(re.findall(r"\br\.([A-Za-z]\w*)", flux))
+        assert used_columns <= tags | fields, f"{where}: {used_columns - tags - fields} not in docs/influxdb.md"
+        for var in re.findall(r"\$\{(\w+)", flux):
+            assert var in variables, f"{where} uses ${{{var}}}, which the dashboard does not define"
+        if where.startswith("panel"):
+            assert re.search(r"r\.meter =~ /\^\$\{meter:regex\}\$/", flux), f"{where} ignores the meter variable"
+            exact = set(re.findall(r'r\.quantity\s*==\s*"([^"]+)"', flux))
+            patterns = re.findall(r"r\.quantity\s*=~\s*/([^/]+)/", flux)
+            matched = {q for p in patterns for q in known_quantities if re.fullmatch(p, q)}
+            assert exact or matched, f"{where} selects no quantity"
+            assert exact <= known_quantities, f"{where}: {exact - known_quantities} is no meterd quantity"
+            assert all(any(re.fullmatch(p, q) for q in known_quantities) for p in patterns), where
+            quantities_shown |= exact | matched
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == uid
+    assert {"energy.active.import.total", "power.active.total", "voltage.a", "voltage.b", "voltage.c",
+            "current.a", "current.b", "current.c"} <= quantities_shown
