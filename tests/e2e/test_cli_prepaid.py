@@ -128,7 +128,8 @@ def test_manual_commands_are_queued_listed_and_cancelled(run_meterd, site):
 
 def test_the_demo_tells_the_prepaid_story(run_meterd, tmp_path):
     data = tmp_path / "demo-data"
-    p = run_meterd("demo", "--quiet", "--duration", "30", "--interval", "2", "--data-dir", str(data), timeout=180)
+    p = run_meterd("demo", "--quiet", "--stop-after-story", "--duration", "90", "--interval", "2", "--data-dir",
+                   str(data), timeout=180)
     assert p.returncode == 0, p.stderr
     out = p.stdout
     assert "DEMO-1001 opens with a payment" in out

@@ -58,6 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default="meterd-data", help="where the demo keeps its store (default ./meterd-data)")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between poll rounds (default 5)")
     p.add_argument("--quiet", action="store_true", help="do not print readings, only the prepaid story and totals")
+    p.add_argument("--stop-after-story", action="store_true",
+                   help="stop once the prepaid account has been tripped, has paid and is reclosed")
     p.set_defaults(func=run)
 
 
@@ -147,7 +149,8 @@ protected = true
 DEMO_SECRETS = {"METERD_METER_PASSWORD": "02123456", "METERD_OPERATOR_CODE": "00000001"}  # the simulators' own
 
 
-async def watch_prepaid(data_dir: Path, stop: asyncio.Event, *, poll: float = 1.0) -> list[str]:
+async def watch_prepaid(data_dir: Path, stop: asyncio.Event, *, poll: float = 1.0,
+                        stop_after_story: bool = False) -> list[str]:
     """Print the prepaid story as it happens, and play the customer: pay when the supply is cut.
 
     Uses the same paths an operator would: the state database and ``ControlStore.pay`` (what
@@ -195,6 +198,10 @@ async def watch_prepaid(data_dir: Path, stop: asyncio.Event, *, poll: float = 1.
                         paid = True
                         say(f"the customer pays {TOP_UP} at the counter (meterd pay {PREPAID_ACCOUNT} {TOP_UP} "
                             f"--ref DEMO-TOPUP-1): balance {result.balance}")
+                    if (paid and stop_after_story and command.account == PREPAID_ACCOUNT
+                            and command.kind.value.startswith("reclose") and command.state.value == "confirmed"):
+                        say("the story is told: stopping")
+                        asyncio.get_running_loop().call_later(2 * poll, stop.set)
             try:
                 await asyncio.wait_for(stop.wait(), poll)
             except TimeoutError:
@@ -245,7 +252,8 @@ class RoundPrinter:
         sys.stdout.flush()
 
 
-async def run_demo(data_dir: Path, duration: float | None, interval: float, *, quiet: bool = False) -> dict[str, object]:
+async def run_demo(data_dir: Path, duration: float | None, interval: float, *, quiet: bool = False,
+                   stop_after_story: bool = False) -> dict[str, object]:
     spec = FleetSpec(
         pty_buses=2,
         tcp_buses=2,
@@ -281,7 +289,7 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float, *, q
                 loop.add_signal_handler(sig, stop.set)
             if duration is not None:
                 loop.call_later(duration, stop.set)
-            watcher = asyncio.create_task(watch_prepaid(config.store.data_dir, stop))
+            watcher = asyncio.create_task(watch_prepaid(config.store.data_dir, stop, stop_after_story=stop_after_story))
             await daemon.run(stop)
             story = await watcher
             stats = daemon.stats()
@@ -296,7 +304,8 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float, *, q
 
 
 def run(args: argparse.Namespace) -> int:
-    result = asyncio.run(run_demo(Path(args.data_dir), args.duration, args.interval, quiet=args.quiet))
+    result = asyncio.run(run_demo(Path(args.data_dir), args.duration, args.interval, quiet=args.quiet,
+                                  stop_after_story=args.stop_after_story))
     for name, s in result["channels"].items():
         print(f"channel {name}: {s}")
     return EXIT_OK
