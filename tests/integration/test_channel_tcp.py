@@ -11,7 +11,8 @@ import pytest
 
 from meterd.collector.channel import Channel, FailureKind, Timing, TransactionError
 from meterd.collector.transports import TcpTransport
-from meterd.protocols.dlt645.frame import Frame
+from meterd.errors import LinkTimeoutError
+from meterd.protocols.dlt645.frame import Frame, encode_frame
 from meterd.protocols.dlt645.messages import ReadRequest, encode_request
 
 # read reply of 00010000 = 1234.56 kWh from meter 000000000001 (checksum worked by hand: 0x9F)
@@ -155,3 +156,31 @@ async def test_connection_refused_and_peer_closing_are_link_failures():
         frame = await ch.transact(REQUEST)  # first attempt: peer hangs up; retry reconnects
         await ch.close()
     assert frame is not None and ch.stats.failures[FailureKind.LINK] == 1
+
+
+async def test_one_timeout_timer_serves_reads_with_shorter_and_longer_timeouts():
+    """A transport keeps one timeout timer across reads (re-armed lazily): a read with a shorter
+    timeout than the one before still times out on time, and a read with a longer timeout is not
+    cut short when the timer armed for the earlier read fires."""
+    async with Peer(lambda n, req: [(0, REPLY)] if n in (1, 3) else []) as peer:
+        t = TcpTransport("t", "127.0.0.1", peer.port)
+        await t.open()
+        loop = asyncio.get_running_loop()
+        wire = encode_frame(REQUEST)
+        try:
+            await t.write(wire)
+            assert await t.read(5.0) == REPLY  # answered at once; its timer stays armed 5 s out
+            await t.write(wire)
+            t0 = loop.time()
+            with pytest.raises(LinkTimeoutError):
+                await t.read(0.1)  # earlier than the armed timer: re-armed for it
+            assert 0.09 <= loop.time() - t0 < 1.0
+            await t.write(wire)
+            assert await t.read(0.2) == REPLY  # arms a timer 0.2 s out
+            await t.write(wire)
+            t0 = loop.time()
+            with pytest.raises(LinkTimeoutError):
+                await t.read(0.5)  # the 0.2 s timer fires first and re-arms for this read
+            assert 0.45 <= loop.time() - t0 < 1.5
+        finally:
+            await t.close()

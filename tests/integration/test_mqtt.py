@@ -38,7 +38,7 @@ from meterd.protocols.dlt645.messages import ReadRequest, encode_request
 from meterd.protocols.dlt645.v1997 import ReadRequest97, encode_request97
 from meterd.protocols.modbus import compile_plan, get_map
 from meterd.readings import Quality, Reading
-from meterd.simulators.dlt645 import Dlt645Bus
+from meterd.simulators.dlt645 import Dlt645Bus, FaultPlan
 from meterd.simulators.modbus import ModbusBus
 from meterd.simulators.model import MeterModel
 from meterd.simulators.mqtt_terminal import MqttTerminal, run_mqtt_fleet
@@ -170,6 +170,16 @@ def test_payloads_round_trip_exactly():
     assert RequestMessage.parse(req.payload()) == req
     rep = ReplyMessage("s-1", b"\x01\x02", "modbus", None, stamp, stamp)
     assert ReplyMessage.from_json(decode_json(rep.payload())) == rep
+    # the hand-written payloads are the bytes json.dumps gives, odd ids and all
+    for cid in ("s-1", 'say "hi"\\', "tab\there", "ünï\x7f"):
+        req = RequestMessage(cid, b"\x01", "modbus", None, 7, stamp, None)
+        assert req.payload() == json.dumps(
+            {"type": "request", "id": cid, "meter": None, "protocol": "modbus", "unit": 7, "frame": "01",
+             "sent": "2025-06-01T00:05:00.000Z"}, separators=(",", ":"), ensure_ascii=False).encode()
+        rep = ReplyMessage(cid, b"\x01", None, A1, None, stamp)
+        assert rep.payload() == json.dumps(
+            {"type": "reply", "id": cid, "meter": A1, "protocol": None, "frame": "01",
+             "replied": "2025-06-01T00:05:00.000Z"}, separators=(",", ":"), ensure_ascii=False).encode()
 
     bad = [
         (b"\xff", "not UTF-8"), (b"{", "not JSON"), (b"[]", "not an object"),
@@ -398,6 +408,25 @@ async def test_a_request_that_expired_on_the_way_is_dropped_by_the_terminal(brok
     assert expired["expires"] == expired["sent"] and parse_rfc3339(fresh["expires"]) > parse_rfc3339(fresh["sent"])
 
 
+async def test_a_late_meter_holds_the_port_and_the_next_request_waits_its_turn(broker, spy):
+    """A terminal answers at once while its port is idle, but a meter's ``late`` reply is waited
+    out first: the request behind it is answered after it, never overtaking it (one RS-485 port)."""
+    bus = Dlt645Bus([MeterModel(A1, start=START, seed=1), MeterModel(A2, start=START, seed=2)],
+                    faults={A1: FaultPlan(late=1.0, late_by=0.3)})
+    term = await start_terminal(broker, "T001", bus)
+    try:
+        for cid, meter in (("late-1", A1), ("next-2", A2)):
+            frame = encode_frame(encode_request(ReadRequest(meter, ENERGY)), preamble=PREAMBLE)
+            await spy.publish("meterd/terminals/T001/down", RequestMessage(cid, frame).payload())
+        await until(lambda: len(spy.json("up")) == 2, 5)
+    finally:
+        await term.close()
+    first, second = spy.json("up")
+    assert [first["id"], second["id"]] == ["late-1", "next-2"]
+    assert parse_rfc3339(second["replied"]) >= parse_rfc3339(first["replied"])
+    assert term.stats.requests == term.stats.replies == 2 and term.stats.errors == 0
+
+
 def bus_untouched(term: MqttTerminal) -> bool:
     return term.bus.stats.requests == 0
 
@@ -464,3 +493,18 @@ async def test_fifty_terminals_at_once(broker, hub):
     assert {r.meter for rr in rounds for r in rr.readings} == {a for t in fleet.terminals for a in fleet.addresses(t)}
     assert hub.stats.published == hub.stats.replies_matched == 100
     assert time.monotonic() - t0 < 10
+
+
+async def test_keepalive_pings_keep_an_idle_connection_up(broker):
+    """The event loop drives paho (no network thread): its keep-alive must still ping, or the
+    broker drops an idle client after 1.5 keep-alive periods (Mosquitto notices within ~5 s)."""
+    hub = MqttHub(broker.host, broker.port, client_id="meterd-idle", keepalive=1, reconnect_min=0.1)
+    term = MqttTerminal("T009", dlt645_bus(), broker.host, broker.port, clock=fixed_clock, keepalive=1)
+    assert await hub.start(5) and await term.start(5)
+    try:
+        await asyncio.sleep(7.0)
+        assert hub.connected and term.connected
+        assert hub.stats.connects == 1 and hub.stats.disconnects == 0 and term.stats.connects == 1
+    finally:
+        await term.close()
+        await hub.close()

@@ -8,6 +8,7 @@ Topic tree (``<root>`` is ``meterd`` unless configured; ``<tid>`` a terminal id,
 
     <root>/terminals/<tid>/down     master -> terminal: requests              QoS 1, not retained
     <root>/terminals/<tid>/up       terminal -> master: replies, pushed data  QoS 1, not retained
+                                    (the master subscribes at QoS 0: see UP_QOS)
     <root>/terminals/<tid>/status   "online" / "offline" (plain text)         QoS 1, RETAINED
 
 A terminal connects with its *last will* ``offline`` (retained) on its status topic and then
@@ -59,9 +60,9 @@ Pushed readings (``up``)::
 ``timestamp`` must carry a zone.  One bad item rejects the whole message (nothing half-stored).
 
 The master side: :class:`MqttHub` is one paho-mqtt client (MQTT 3.1.1, clean session, QoS 1)
-whose network thread (``loop_start``) hands every event to the asyncio loop with
-``call_soon_threadsafe``; all state lives in the loop thread.  It reconnects by itself with
-exponential back-off (``reconnect_delay_set``) and re-subscribes on every connect.  It tracks each
+driven by the asyncio loop itself (:class:`~meterd.collector.paho_loop.PahoDriver`: no network
+thread, every paho callback runs in the loop thread, where all state lives).  It reconnects by
+itself with exponential back-off and re-subscribes on every connect.  It tracks each
 terminal's status from the retained status topic (a reconnect forgets them: the broker re-sends
 what it still retains), routes replies by correlation id to the waiting :class:`MqttTransport`,
 and hands pushed readings to ``on_readings(terminal_id, readings)``.
@@ -90,6 +91,7 @@ import contextlib
 import inspect
 import json
 import logging
+import re
 import secrets
 import socket
 from collections import OrderedDict, deque
@@ -101,6 +103,8 @@ from typing import Any, Callable, Final, Iterable, Mapping
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from meterd.collector import paho_loop
+from meterd.collector.paho_loop import PahoDriver
 from meterd.collector.transports.base import Transport
 from meterd.errors import LinkClosedError, LinkError, LinkTimeoutError, ProtocolError
 from meterd.protocols.dlt645.frame import decode_frame
@@ -113,11 +117,17 @@ DEFAULT_ROOT: Final = "meterd"
 ONLINE: Final = "online"
 OFFLINE: Final = "offline"
 QOS: Final = 1
+# The master takes ``up`` (replies, pushed readings) at QoS 0: its session is clean, so the broker
+# drops whatever it has not delivered when the connection breaks, QoS 1 or not; over a live TCP
+# connection QoS 0 arrives just as surely, and saves a PUBACK per reply on both ends.  Terminals
+# still publish at QoS 1 (to the broker) and requests go out at QoS 1.
+UP_QOS: Final = 0
 PROTOCOLS: Final = (DLT645_2007, DLT645_1997, MODBUS)
 VALUE_KINDS: Final = ("decimal", "integer", "boolean", "time", "text")
 MAX_ID_LEN: Final = 128
 EXPIRED_IDS_KEPT: Final = 4096  # ids remembered as "ours, but no longer awaited" (late replies)
 REJECTS_KEPT: Final = 50
+DESCRIBED_KEPT: Final = 256  # request frames a transport remembers the sniffed protocol/meter of
 # DL/T 645-1997-only control codes (03 without data is 1997's re-read, with data 2007's security)
 _FUNCTIONS_1997_ONLY: Final = frozenset({0x01, 0x02, 0x04, 0x0A, 0x0C, 0x0F, 0x10})
 _FORBIDDEN_IN_ID: Final = frozenset("/+#\x00")
@@ -132,6 +142,8 @@ def utc_now() -> datetime:
 
 def rfc3339(t: datetime) -> str:
     """Aware (naive = UTC) datetime -> ``2025-06-01T00:05:00.000Z``."""
+    if t.tzinfo is timezone.utc:  # the usual case: every request stamps one or two
+        return t.isoformat(timespec="milliseconds")[:-6] + "Z"
     if t.tzinfo is None:
         t = t.replace(tzinfo=timezone.utc)
     return t.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -250,6 +262,18 @@ def _dumps(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+_PLAIN_TEXT = re.compile(r'[^\x00-\x1f"\\]*\Z')  # nothing json.dumps(ensure_ascii=False) would escape
+
+
+def _json_text(text: str | None) -> str:
+    """A JSON string (or null), exactly as :func:`_dumps` writes it."""
+    if text is None:
+        return "null"
+    if _PLAIN_TEXT.match(text):
+        return f'"{text}"'
+    return json.dumps(text, ensure_ascii=False)
+
+
 def decode_json(payload: bytes) -> dict[str, Any]:
     """MQTT payload -> JSON object.  PayloadError for anything else."""
     try:
@@ -313,15 +337,18 @@ class RequestMessage:
     expires: datetime | None = None
 
     def payload(self) -> bytes:
-        obj: dict[str, Any] = {"type": "request", "id": self.id, "meter": self.meter, "protocol": self.protocol}
+        # written out by hand (the same bytes json.dumps gives): one per request, on the hot path
+        parts = ['{"type":"request","id":', _json_text(self.id), ',"meter":', _json_text(self.meter),
+                 ',"protocol":', _json_text(self.protocol)]
         if self.unit is not None:
-            obj["unit"] = self.unit
-        obj["frame"] = self.frame.hex()
+            parts += [',"unit":', json.dumps(self.unit)]
+        parts += [',"frame":"', self.frame.hex(), '"']
         if self.sent is not None:
-            obj["sent"] = rfc3339(self.sent)
+            parts += [',"sent":"', rfc3339(self.sent), '"']
         if self.expires is not None:
-            obj["expires"] = rfc3339(self.expires)
-        return _dumps(obj)
+            parts += [',"expires":"', rfc3339(self.expires), '"']
+        parts.append("}")
+        return "".join(parts).encode()
 
     @classmethod
     def parse(cls, payload: bytes) -> RequestMessage:
@@ -345,13 +372,14 @@ class ReplyMessage:
     replied: datetime | None = None
 
     def payload(self) -> bytes:
-        obj: dict[str, Any] = {"type": "reply", "id": self.id, "meter": self.meter, "protocol": self.protocol,
-                               "frame": self.frame.hex()}
+        parts = ['{"type":"reply","id":', _json_text(self.id), ',"meter":', _json_text(self.meter),
+                 ',"protocol":', _json_text(self.protocol), ',"frame":"', self.frame.hex(), '"']
         if self.sent is not None:
-            obj["sent"] = rfc3339(self.sent)
+            parts += [',"sent":"', rfc3339(self.sent), '"']
         if self.replied is not None:
-            obj["replied"] = rfc3339(self.replied)
-        return _dumps(obj)
+            parts += [',"replied":"', rfc3339(self.replied), '"']
+        parts.append("}")
+        return "".join(parts).encode()
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> ReplyMessage:
@@ -487,9 +515,10 @@ def new_client(
 ) -> mqtt.Client:
     """A paho-mqtt 2.x client as meterd uses them (the hub and the simulated terminals): callback
     API version 2, MQTT 3.1.1, clean session, reconnect back-off ``reconnect`` (min, max seconds),
-    no client-side cap on messages in flight, TCP_NODELAY, paho's log at debug level."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
-                         protocol=mqtt.MQTTv311)
+    no client-side cap on messages in flight, TCP_NODELAY, paho's log at debug level; its socket is
+    a :class:`~meterd.collector.paho_loop.BufferedSocket` (run it with a ``PahoDriver``)."""
+    client = paho_loop.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
+                              protocol=mqtt.MQTTv311)
     client.on_log = _paho_log
     client.on_socket_open = _no_delay
     if username is not None:
@@ -558,6 +587,7 @@ class MqttHub:
         self.clock = clock
         self.topics = Topics(root)
         self.on_readings = on_readings
+        self._ttl: timedelta | None = None
         self.request_ttl = request_ttl
         self.stats = HubStats()
         self.rejects: deque[str] = deque(maxlen=REJECTS_KEPT)  # the latest rejection reasons
@@ -568,18 +598,26 @@ class MqttHub:
         self._expired: OrderedDict[str, str] = OrderedDict()  # our old ids -> terminal
         self._session = secrets.token_hex(4)
         self._seq = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._started = False
         self._closing = False
 
         client = new_client(client_id, username=username, password=password, tls=tls,
                             reconnect=(reconnect_min, reconnect_max))
-        client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
         client.on_message = self._paho_message
         client.on_connect_fail = self._paho_connect_fail
         self._client = client
+        self._driver = PahoDriver(client, host, port, keepalive, reconnect=(reconnect_min, reconnect_max),
+                                  on_connect=self._paho_connect)
+
+    @property
+    def request_ttl(self) -> float | None:
+        return None if self._ttl is None else self._ttl.total_seconds()
+
+    @request_ttl.setter
+    def request_ttl(self, seconds: float | None) -> None:
+        self._ttl = None if seconds is None else timedelta(seconds=seconds)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -589,15 +627,13 @@ class MqttHub:
         if self._started:
             raise RuntimeError("MqttHub.start called twice")
         self._started = True
-        self._loop = asyncio.get_running_loop()
-        self._client.connect_async(self.host, self.port, self.keepalive)
-        self._client.loop_start()
+        self._driver.start()
         if timeout is None:
             return self.connected
         return await self.wait_connected(timeout)
 
     async def close(self) -> None:
-        """Disconnect cleanly and stop the network thread; waiting reads fail with a link error."""
+        """Disconnect cleanly and stop reconnecting; waiting reads fail with a link error."""
         if self._closing:
             return
         self._closing = True
@@ -606,7 +642,7 @@ class MqttHub:
                 t._fail(LinkClosedError("MQTT hub closed", channel=t.name))
         if self._started:
             self._client.disconnect()
-            await asyncio.to_thread(self._client.loop_stop)
+            await self._driver.stop()
         self.connected = False
 
     async def __aenter__(self) -> MqttHub:
@@ -678,9 +714,9 @@ class MqttHub:
         self._check_link(t)
         self._seq += 1
         cid = f"{self._session}-{self._seq:x}"
-        info = describe_frame(frame, protocol=t.protocol, units=t.units)
+        info = t._describe(frame)
         sent = self.clock()
-        expires = sent + timedelta(seconds=self.request_ttl) if self.request_ttl is not None else None
+        expires = sent + self._ttl if self._ttl is not None else None
         payload = RequestMessage(cid, frame, info.protocol, info.meter, info.unit, sent, expires).payload()
         self._pending[cid] = t
         result = self._client.publish(self.topics.down(t.terminal), payload, qos=QOS)
@@ -700,35 +736,26 @@ class MqttHub:
             while len(self._expired) > EXPIRED_IDS_KEPT:
                 self._expired.popitem(last=False)
 
-    # --- paho thread -> loop thread -------------------------------------------------------------
-
-    def _post(self, fn: Callable[..., None], *args: Any) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # the loop closed meanwhile
-            pass
+    # --- paho callbacks (run in the loop thread by the PahoDriver) -------------------------------
 
     def _paho_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
-            self._post(self._connect_refused, str(reason))
+            self._connect_refused(str(reason))
             return
         # subscribe before anything is published on this connection: replies cannot outrun it
-        client.subscribe([(self.topics.all_status, QOS), (self.topics.all_up, QOS)])
-        self._post(self._on_connected)
+        client.subscribe([(self.topics.all_status, QOS), (self.topics.all_up, UP_QOS)])
+        self._on_connected()
 
     def _paho_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        self._post(self._on_disconnected, str(reason))
+        self._on_disconnected(str(reason))
 
     def _paho_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._post(self._connect_failed)
+        self._connect_failed()
 
     def _paho_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._post(self._on_message, message.topic, bytes(message.payload))
+        self._on_message(message.topic, message.payload)
 
-    # --- loop thread ----------------------------------------------------------------------------
+    # --- events ----------------------------------------------------------------------------
 
     def _connect_refused(self, reason: str) -> None:
         log.error("MQTT broker %s:%d refused the connection: %s", self.host, self.port, reason)
@@ -868,6 +895,7 @@ class MqttTransport(Transport):
         self.terminal = terminal
         self.protocol = protocol
         self.units = dict(units) if units is not None else None
+        self._described: dict[bytes, FrameInfo] = {}  # a round sends the same frames again and again
         self._open = False
         self._current: str | None = None
         self._in_flight = False
@@ -906,6 +934,14 @@ class MqttTransport(Transport):
             self.hub._retire(self._current)
             self._current = None
         self._in_flight = False
+
+    def _describe(self, frame: bytes) -> FrameInfo:
+        info = self._described.get(frame)
+        if info is None:
+            if len(self._described) >= DESCRIBED_KEPT:
+                self._described.clear()
+            info = self._described[frame] = describe_frame(frame, protocol=self.protocol, units=self.units)
+        return info
 
     # called by the hub, in the loop thread
     def _reply(self, reply: ReplyMessage) -> None:

@@ -347,7 +347,11 @@ class Dlt645Bus:
             return []
         if frame.address == BROADCAST:
             return self._broadcast(frame, now)
-        targets = [m for m in self.meters if address_matches(frame.address, m.address) and self._speaks(m, frame)]
+        pattern = frame.address
+        if "A" in pattern:  # AA wildcards
+            targets = [m for m in self.meters if address_matches(pattern, m.address) and self._speaks(m, frame)]
+        else:
+            targets = [m for m in self.meters if m.address == pattern and self._speaks(m, frame)]
         if not targets:
             self.stats.ignored += 1
             return []

@@ -176,9 +176,12 @@ class Snapshot:
     time: datetime
     energy: tuple[tuple[int, ...], ...]
 
-    def energy_values(self, prefix: str, suffix: str = "") -> dict[str, Value]:
+    def energy_values(self, prefix: str, suffix: str = "", kinds: Collection[str] | None = None) -> dict[str, Value]:
+        """The registers by quantity name; only the ``kinds`` (``active.import`` ...) asked for."""
         out: dict[str, Value] = {}
         for name, parts in ENERGY_KINDS:
+            if kinds is not None and name not in kinds:
+                continue
             wrap = _WRAP_SIGNED if len(parts) > 1 else _WRAP
             rates = [sum(self.energy[i][r] for i in parts) for r in range(RATES)]
             base = f"{prefix}{name}"
@@ -216,6 +219,11 @@ _CURVE_PLACES: Final = {n: p for n, _, p in _CURVE_SOURCES}
 _STATUS_97_QUANTITIES: Final = frozenset(
     {STATUS_WORD_97, "alarm.battery_low", "power.active.reverse", "power.reactive.reverse"}
 )
+
+
+def _energy_kind(quantity: str) -> str:
+    """``energy.active.import.rate1`` -> ``active.import`` (the ENERGY_KINDS name)."""
+    return quantity[len("energy."):].rsplit(".", 1)[0]
 
 
 def _section(quantity: str) -> str:
@@ -481,7 +489,8 @@ class MeterModel:
         self._max_demand = {(k, r): (0, t) for k in range(len(DEMAND_KINDS)) for r in range(RATES + 1)}
 
     def _hundredths(self) -> tuple[tuple[int, ...], ...]:
-        return tuple(tuple(v // _UNIT_PER_HUNDREDTH for v in kind) for kind in self._reg)
+        per = _UNIT_PER_HUNDREDTH.__rfloordiv__  # v // _UNIT_PER_HUNDREDTH, without a genexpr per value
+        return tuple([tuple(map(per, kind)) for kind in self._reg])
 
     def _snapshot(self, t: datetime) -> Snapshot:
         return Snapshot(t, self._hundredths())
@@ -503,10 +512,12 @@ class MeterModel:
 
     # --- instantaneous values ------------------------------------------------------------------
 
-    def _variables(self, m: datetime) -> dict[str, Value]:
+    def _variables(self, m: datetime, wanted: Collection[str] | None = None) -> dict[str, Value]:
+        """Instantaneous values at meter time ``m``; with ``wanted``, only those are made Decimals
+        (the float work is shared: the neutral current needs every phase)."""
         p, q = (0.0, 0.0) if self.relay_open else self._power(m)
         sec = _minute_index(m) * 60 + m.second
-        out: dict[str, Value] = {}
+        out: dict[str, tuple[float, int]] = {}  # name -> (value, decimal places)
         names = PHASE_NAMES[: self.phases]
         i_phasor = 0j
         for i, ph in enumerate(names):
@@ -514,28 +525,28 @@ class MeterModel:
             pp, qq = p * self._weights[i], q * self._weights[i]
             s = math.hypot(pp, qq)
             amps = s * 1000.0 / v
-            out[f"voltage.{ph}"] = _q(v, 1)
-            out[f"current.{ph}"] = _q(-amps if pp < 0 else amps, 3)
-            out[f"power.active.{ph}"] = _q(pp, 4)
-            out[f"power.reactive.{ph}"] = _q(qq, 4)
-            out[f"power.apparent.{ph}"] = _q(-s if pp < 0 else s, 4)
-            out[f"pf.{ph}"] = _q(pp / s if s else 1.0, 3)
+            out[f"voltage.{ph}"] = (v, 1)
+            out[f"current.{ph}"] = (-amps if pp < 0 else amps, 3)
+            out[f"power.active.{ph}"] = (pp, 4)
+            out[f"power.reactive.{ph}"] = (qq, 4)
+            out[f"power.apparent.{ph}"] = (-s if pp < 0 else s, 4)
+            out[f"pf.{ph}"] = (pp / s if s else 1.0, 3)
             angle = math.degrees(math.atan2(qq, pp)) % 360.0 if s else 0.0
-            out[f"angle.{ph}"] = _q(angle, 1)
+            out[f"angle.{ph}"] = (angle, 1)
             shift = math.radians(-120.0 * i) - math.atan2(qq, pp)
             i_phasor += amps * complex(math.cos(shift), math.sin(shift))
         s_total = math.hypot(p, q)
-        out["power.active.total"] = _q(p, 4)
-        out["power.reactive.total"] = _q(q, 4)
-        out["power.apparent.total"] = _q(-s_total if p < 0 else s_total, 4)
-        out["pf.total"] = _q(p / s_total if s_total else 1.0, 3)
-        out["current.n"] = _q(abs(i_phasor), 3)
-        out["frequency"] = _q(50.0 + 0.03 * noise(self._key, 50, sec), 2)
-        out["battery.clock"] = _q(3.60 + 0.02 * noise(self._key, 51, sec // 86_400), 2)
+        out["power.active.total"] = (p, 4)
+        out["power.reactive.total"] = (q, 4)
+        out["power.apparent.total"] = (-s_total if p < 0 else s_total, 4)
+        out["pf.total"] = (p / s_total if s_total else 1.0, 3)
+        out["current.n"] = (abs(i_phasor), 3)
+        out["frequency"] = (50.0 + 0.03 * noise(self._key, 50, sec), 2)
+        out["battery.clock"] = (3.60 + 0.02 * noise(self._key, 51, sec // 86_400), 2)
         n = len(self._window)  # minutes in the sliding demand window so far
         net = (self._win_sum[IMP] - self._win_sum[EXP]) / n if n else 0.0
-        out["demand.active.now"] = _q(net * 60 / _UNIT_PER_KWH, 4)
-        return out
+        out["demand.active.now"] = (net * 60 / _UNIT_PER_KWH, 4)
+        return {k: _q(x, places) for k, (x, places) in out.items() if wanted is None or k in wanted}
 
     def status3(self) -> int:
         return status3_word(
@@ -567,7 +578,9 @@ class MeterModel:
         sections = _ALL_SECTIONS if quantities is None else {_section(q) for q in quantities}
         out: dict[str, Value] = {}
         if "energy" in sections:
-            out.update(self._snapshot(m).energy_values("energy."))
+            # a read asks for one register: format only the kinds asked for (the dict may hold more)
+            kinds = None if quantities is None else {_energy_kind(q) for q in quantities}
+            out.update(self._snapshot(m).energy_values("energy.", kinds=kinds))
         if "energy_prev" in sections:
             for s, st in enumerate(self._settlements, start=1):
                 out.update(st.snapshot.energy_values("energy.", f".prev{s}"))
@@ -577,7 +590,7 @@ class MeterModel:
             for s, st in enumerate(self._settlements, start=1):
                 out.update(self._demand_values(st.demand, f".prev{s}"))
         if "variables" in sections:
-            out.update(self._variables(m))
+            out.update(self._variables(m, quantities))
         if "frozen" in sections:
             for which in ("daily", "hourly"):
                 latest = self.frozen(which, 1)

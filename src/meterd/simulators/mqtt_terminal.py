@@ -21,8 +21,9 @@ topic tree and payloads documented there (and in ``docs/mqtt.md``):
   :meth:`~MqttTerminal.come_back` connects anew; :meth:`~MqttTerminal.close` leaves cleanly
   (``offline`` published by the terminal itself, then DISCONNECT).
 
-Each terminal is one paho-mqtt client with its network thread (``loop_start``); its events are
-handed to the asyncio loop with ``call_soon_threadsafe`` and all terminal state lives there.
+Each terminal is one paho-mqtt client driven by the asyncio loop
+(:class:`~meterd.collector.paho_loop.PahoDriver`: no thread per terminal, so hundreds of them share
+one process cheaply); its callbacks run in the loop thread, where all terminal state lives.
 
 :func:`run_mqtt_fleet` starts ``n_terminals`` terminals ``T001``, ``T002``, ... with
 ``meters_per_terminal`` meters each, all DL/T 645-2007, DL/T 645-1997 or Modbus; meter ``m`` of
@@ -34,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone, tzinfo
 from typing import Any, Callable, Final, Sequence, Union
@@ -56,6 +56,7 @@ from meterd.collector.mqtt import (
     readings_payload,
     utc_now,
 )
+from meterd.collector.paho_loop import PahoDriver
 from meterd.collector.poll import CHINA_STANDARD_TIME
 from meterd.protocols.modbus import get_map
 from meterd.protocols.modbus.quantities import known_quantities
@@ -78,7 +79,7 @@ DEFAULT_PUSH_QUANTITIES: Final = (
     "voltage.a",
     "current.a",
 )
-NO_RECONNECT: Final = 3600  # seconds: the back-off a killed client waits (it is stopped long before)
+CLOSE_WAIT: Final = 2.0  # seconds close() waits for the broker to take the terminal's "offline"
 
 
 @dataclass(slots=True)
@@ -145,10 +146,10 @@ class MqttTerminal:
         self.stats = TerminalStats()
         self.connected = False
         self._client: mqtt.Client | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._driver: PahoDriver | None = None
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()  # payloads; (request, replies) to finish
+        self._busy = False  # the worker is on a request
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping: list[asyncio.Task[Any]] = []  # loop_stop of killed clients
         self._connected_event: asyncio.Event | None = None
 
     def __repr__(self) -> str:
@@ -173,21 +174,21 @@ class MqttTerminal:
         push schedule.  Waits up to ``timeout`` s for the connection; whether it is up."""
         if self._client is not None:
             raise RuntimeError(f"terminal {self.terminal_id} is already running")
-        self._loop = asyncio.get_running_loop()
         self._connected_event = asyncio.Event()
         self._queue = asyncio.Queue()
+        self._busy = False
         client = new_client(self.client_id, username=self.username, password=self.password,
                             reconnect=self.reconnect)
         client.will_set(self.topics.status(self.terminal_id), OFFLINE, qos=QOS, retain=True)
-        client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
         client.on_message = self._paho_message
         self._client = client
+        self._driver = PahoDriver(client, self.host, self.port, self.keepalive, reconnect=self.reconnect,
+                                  on_connect=self._paho_connect)
         self._tasks = [asyncio.create_task(self._worker(), name=f"mqtt-terminal-{self.terminal_id}")]
         if self.push_every:
             self._tasks.append(asyncio.create_task(self._pusher(self.push_every)))
-        client.connect_async(self.host, self.port, self.keepalive)
-        client.loop_start()
+        self._driver.start()
         if timeout is None:
             return self.connected
         with contextlib.suppress(TimeoutError):
@@ -197,16 +198,10 @@ class MqttTerminal:
     async def go_offline(self) -> None:
         """Vanish without a DISCONNECT (the broker publishes the will): the socket is shut down
         under the client, which is never let to reconnect.  Queued requests are lost."""
-        client = self._detach()
-        if client is None:
+        client, driver = self._detach()
+        if client is None or driver is None:
             return
-        client.reconnect_delay_set(NO_RECONNECT, NO_RECONNECT)
-        sock = client.socket()
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr,attr-defined]
-        # the network thread notices, then sleeps in its back-off; stopping it takes up to 1 s
-        self._stopping.append(asyncio.create_task(asyncio.to_thread(client.loop_stop)))
+        await driver.stop(abort=True)
         await self._cancel_tasks()
 
     async def come_back(self, timeout: float | None = 10.0) -> bool:
@@ -216,20 +211,17 @@ class MqttTerminal:
     async def close(self) -> None:
         """Leave cleanly: ``offline`` (retained) published by the terminal itself, then DISCONNECT."""
         was_connected = self.connected
-        client = self._detach()
+        client, driver = self._detach()
         await self._cancel_tasks()
-        if client is not None:
+        if client is not None and driver is not None:
             if was_connected:
                 info = client.publish(self.topics.status(self.terminal_id), OFFLINE, qos=QOS, retain=True)
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(info.wait_for_publish, 2.0)
+                deadline = asyncio.get_running_loop().time() + CLOSE_WAIT
+                while not info.is_published() and driver.attached and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.01)  # the PUBACK comes in through the loop
             client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
+            await driver.stop()
         self.connected = False
-        for task in self._stopping:
-            with contextlib.suppress(Exception):
-                await task
-        self._stopping.clear()
 
     async def __aenter__(self) -> MqttTerminal:
         await self.start()
@@ -238,10 +230,11 @@ class MqttTerminal:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _detach(self) -> mqtt.Client | None:
+    def _detach(self) -> tuple[mqtt.Client | None, PahoDriver | None]:
         client, self._client = self._client, None
+        driver, self._driver = self._driver, None
         self.connected = False
-        return client
+        return client, driver
 
     async def _cancel_tasks(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -251,14 +244,7 @@ class MqttTerminal:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
 
-    # --- paho thread -> loop thread -------------------------------------------------------------
-
-    def _post(self, fn: Callable[..., None], *args: Any) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(fn, *args)
+    # --- paho callbacks (in the loop thread) ------------------------------------------------------
 
     def _paho_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
@@ -266,13 +252,13 @@ class MqttTerminal:
             return
         client.subscribe(self.topics.down(self.terminal_id), QOS)
         client.publish(self.topics.status(self.terminal_id), ONLINE, qos=QOS, retain=True)
-        self._post(self._on_connected, client)
+        self._on_connected(client)
 
     def _paho_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        self._post(self._on_disconnected, client)
+        self._on_disconnected(client)
 
     def _paho_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._post(self._on_message, client, bytes(message.payload))
+        self._on_message(client, message.payload)
 
     def _on_connected(self, client: mqtt.Client) -> None:
         if client is not self._client:
@@ -287,56 +273,113 @@ class MqttTerminal:
             self.connected = False
 
     def _on_message(self, client: mqtt.Client, payload: bytes) -> None:
-        if client is self._client:
+        if client is not self._client:
+            return
+        if not self._busy and self._queue.empty() and not self.latency and isinstance(self.bus, Dlt645Bus):
+            self._answer_now(payload)
+        else:
             self._queue.put_nowait(payload)
 
     # --- requests -------------------------------------------------------------------------------
 
     async def _worker(self) -> None:
         while True:
-            payload = await self._queue.get()
+            item = await self._queue.get()
+            self._busy = True
             try:
-                await self._handle(payload)
+                if isinstance(item, tuple):  # answered at once, but a reply waits out a delay
+                    await self._send_replies(*item)
+                else:
+                    await self._handle(item)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 self.stats.errors += 1
                 log.exception("terminal %s: handling a request failed", self.terminal_id)
+            finally:
+                self._busy = False
 
-    async def _handle(self, payload: bytes) -> None:
+    def _answer_now(self, payload: bytes) -> None:
+        """The port is idle and the bus answers synchronously: no hop through the worker (the
+        reply goes out in the same loop pass as the request's PUBACK).  A reply with a ``delay``
+        is left to the worker, and the requests behind it queue as they would."""
+        try:
+            request = self._accept(payload)
+            if request is None:
+                return
+            replies = self._ask_bus(request)
+            if replies is None:
+                return
+            if any(reply.delay for reply in replies):
+                self._queue.put_nowait((request, replies))
+                return
+            if not replies:
+                self.stats.silent += 1
+            for reply in replies:
+                self._publish_reply(request, reply)
+        except Exception:
+            self.stats.errors += 1
+            log.exception("terminal %s: handling a request failed", self.terminal_id)
+
+    def _accept(self, payload: bytes) -> RequestMessage | None:
+        """Parse and count a request; None if it is malformed or expired (dropped, counted)."""
         try:
             request = RequestMessage.parse(payload)
         except PayloadError as exc:
             self.stats.malformed += 1
             log.warning("terminal %s: dropped a malformed request: %s", self.terminal_id, exc)
-            return
+            return None
         self.stats.requests += 1
         if self.honour_expiry and request.expires is not None and self.wall_clock() > request.expires:
             self.stats.expired += 1
             log.info("terminal %s: request %s expired before it arrived; dropped", self.terminal_id, request.id)
+            return None
+        return request
+
+    def _ask_bus(self, request: RequestMessage) -> list[Any] | None:
+        """A DL/T 645 bus's replies; None if it failed (counted, logged)."""
+        assert isinstance(self.bus, Dlt645Bus)
+        try:
+            return self.bus.handle(request.frame, self.clock())
+        except Exception:
+            self.stats.errors += 1
+            log.exception("terminal %s: the bus failed on %s", self.terminal_id, request.frame.hex(" ").upper())
+            return None
+
+    async def _handle(self, payload: bytes) -> None:
+        request = self._accept(payload)
+        if request is None:
             return
         if self.latency:
             await asyncio.sleep(self.latency)
         bus = self.bus
-        now = self.clock()
-        try:
-            if isinstance(bus, ModbusBus):
-                replies = await bus.handle_async(request.frame, now)
-            else:
-                replies = bus.handle(request.frame, now)
-        except Exception:
-            self.stats.errors += 1
-            log.exception("terminal %s: the bus failed on %s", self.terminal_id, request.frame.hex(" ").upper())
-            return
+        if isinstance(bus, ModbusBus):
+            try:
+                replies = await bus.handle_async(request.frame, self.clock())
+            except Exception:
+                self.stats.errors += 1
+                log.exception("terminal %s: the bus failed on %s", self.terminal_id, request.frame.hex(" ").upper())
+                return
+        else:
+            got = self._ask_bus(request)
+            if got is None:
+                return
+            replies = got
+        await self._send_replies(request, replies)
+
+    async def _send_replies(self, request: RequestMessage, replies: list[Any]) -> None:
         if not replies:
             self.stats.silent += 1
         for reply in replies:
             if reply.delay:
                 await asyncio.sleep(reply.delay)
-            message = ReplyMessage(request.id, reply.data, self._protocol_of(reply.meter, request.protocol),
-                                   reply.meter or request.meter, request.sent, self.wall_clock())
-            if self._publish(self.topics.up(self.terminal_id), message.payload()):
-                self.stats.replies += 1
+            self._publish_reply(request, reply)
+
+    def _publish_reply(self, request: RequestMessage, reply: Any) -> None:
+        message = ReplyMessage(request.id, reply.data, self._protocol_of(reply.meter, request.protocol),
+                               reply.meter or request.meter, request.sent, self.wall_clock())
+        if self._publish(self.topics.up(self.terminal_id), message.payload()):
+            self.stats.replies += 1
 
     def _protocol_of(self, meter: str, asked: str | None) -> str | None:
         bus = self.bus

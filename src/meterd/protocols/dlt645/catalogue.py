@@ -46,6 +46,7 @@ energy, demand and power take CT x PT, current CT, voltage PT.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -102,6 +103,11 @@ class DataItem:
     repeat: tuple[Field, ...] = ()
     records: bool = False
     timestamp_di: int | None = None
+    # the quantity names, worked out once: the simulator asks for them on every read
+    _quantities: tuple[str, ...] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_quantities", tuple(f.quantity for f in self.fields + self.repeat))
 
     @property
     def size(self) -> int:
@@ -109,7 +115,7 @@ class DataItem:
 
     @property
     def quantities(self) -> tuple[str, ...]:
-        return tuple(f.quantity for f in self.fields + self.repeat)
+        return self._quantities
 
 
 @dataclass(frozen=True, slots=True)
