@@ -92,3 +92,18 @@ def test_reading_day_export_lists_every_account(run_meterd, tmp_path):
     assert all(r.get("status") == "missing" for r in rows), rows
     p = run_meterd("sync", "run", "nope", "-c", "site.toml")
     assert p.returncode == 2 and "unknown sync job 'nope'" in p.stderr
+
+
+def test_status_and_quarantine_as_csv(run_meterd, tmp_path):
+    import csv
+    import io
+
+    (tmp_path / "site.toml").write_text(SITE)
+    inbox = tmp_path / "billing" / "payments" / "inbox"
+    inbox.mkdir(parents=True)
+    (inbox / "p.csv").write_text("payment_id,account,amount,paid_at\nP1,NOPE,1,2026-11-20 10:00:00\n")
+    assert run_meterd("sync", "run", "payments", "-c", "site.toml").returncode == 0
+    rows = list(csv.DictReader(io.StringIO(run_meterd("sync", "quarantine", "-c", "site.toml", "--csv", "-").stdout)))
+    assert len(rows) == 1 and "NOPE" in rows[0]["reason"]
+    rows = list(csv.DictReader(io.StringIO(run_meterd("sync", "status", "-c", "site.toml", "--csv", "-").stdout)))
+    assert {r["job"] for r in rows} >= {"payments"}

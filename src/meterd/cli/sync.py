@@ -20,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--day", help="export_readings: the reading day YYYY-MM-DD (default: the next after the watermark)")
     p.add_argument("-c", "--config", required=True)
     p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--json", action="store_true")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true")
+    out.add_argument("--csv", metavar="FILE", help="status / quarantine as CSV to FILE ('-' for stdout)")
     p.set_defaults(func=sync_cmd)
 
 
@@ -54,6 +56,12 @@ def sync_cmd(args: argparse.Namespace) -> int:
             rows = store.status() if args.action == "status" else store.quarantine(job=args.job, limit=args.limit)
         if args.json:
             print_json(rows)
+        elif args.csv:
+            from meterd.cli.analytics import _emit
+
+            columns = sorted({k for r in rows for k in r}) or ["job"]
+            _emit(args, [{k: (v if isinstance(v, (str, int, float, type(None))) else str(v)) for k, v in r.items()}
+                         for r in rows], columns, [])
         elif args.action == "status":
             print(f"{'JOB':<20} {'WATERMARK':<26} {'LAST RUN':<26} STATUS / COUNTS")
             for r in rows:
