@@ -213,3 +213,38 @@ def test_commands_fit_what_each_meter_can_take(tmp_path):
     store.pay("A1", "100", "P1", actor="c", now=T0)
     p = engine.run_pass(T0 + timedelta(minutes=1))
     assert kinds(p.commands) == [(M1, CommandKind.RECLOSE)] and "direct" in p.commands[0].reason
+
+
+def test_the_lean_policy_pass_decides_exactly_what_the_full_one_would(tmp_path):
+    """decide() reads only the accounts the policy could change (quiet_level): its decisions must
+    be those of decide_all over every account."""
+    import random
+
+    from meterd.control.policy import decide_all
+
+    rng = random.Random(7)
+    store = ControlStore(tmp_path)
+    specs = [AccountSpec(f"A{i:03d}", "flat", {f"{i:012d}": Decimal(1)}, area=f"TA{i % 3}",
+                         protected=i % 11 == 0, thresholds={"alarm": "15"} if i % 13 == 0 else {})
+             for i in range(1, 121)]
+    store.upsert_accounts(specs, actor="test", now=T0)
+    for spec in specs:
+        store.pay(spec.account, Decimal(rng.randrange(1, 6000)).scaleb(-2), f"p-{spec.account}", actor="t", now=T0)
+        if rng.random() < 0.5:
+            store.adjust(spec.account, Decimal(-rng.randrange(1, 6000)).scaleb(-2), f"a-{spec.account}",
+                         actor="t", now=T0, reason="test")
+    states = ["normal", "reminded", "alarmed", "tripped"]
+    store.set_control_state([(s.account, rng.choice(states), rng.choice([None, None, "weekend"])) for s in specs],
+                            now=T0, actor="test")
+    engine = PrepaidEngine(store, PrepaidSettings(THRESHOLDS, SafetyRules(max_trips_per_area_hour=5)), {"flat": FLAT})
+    now = T0 + timedelta(minutes=1)
+    expected = decide_all(engine.views(now, store.accounts()), engine.settings.rules, now,
+                          store.area_trips_since(now - timedelta(hours=1)))
+    assert expected and len(expected) < len(specs)  # some accounts have nothing to decide
+    summary = engine.decide(now)
+    assert summary.decisions == len(expected)
+    after = {a.account: (a.state, a.held) for a in store.accounts()}
+    for d in expected:
+        assert after[d.account] == (str(d.new_state), d.held)
+    assert sorted((c.meter, c.kind) for c in summary.commands) == sorted(
+        (c.meter, c.kind) for d in expected for c in d.commands)

@@ -487,3 +487,27 @@ def test_one_call_equals_two_consecutive_calls(tariff, readings, data):
     tail = charge(tariff, readings[cut:], cursors, usage)
     assert head.entries + tail.entries == whole.entries
     assert merged(tail, cursors, usage) == merged(whole, {}, {})
+
+
+# --- a district's pass: a shared memo and entries as field tuples change nothing ----------------------
+
+def test_a_shared_memo_and_field_tuples_charge_exactly_the_same():
+    tiered = Tariff("tiered", (TariffVersion(date(2026, 1, 1), TariffKind.TIERED, tier_period=TierPeriod.MONTH,
+                                             tiers=(Tier(D(100), D("0.5")), Tier(None, D("0.8")))),))
+    changing = Tariff("changing", (flat("0.5"), TariffVersion(date(2026, 4, 1), TariffKind.TOU, rate_prices=PRICES)))
+    late = Tariff("late-start", (flat("0.5", date(2026, 3, 1)),))
+    t0, t1 = cst(3, 31, 12), cst(4, 1, 12)  # across a version change, a month start (tiers), a schedule
+    cases = []
+    for tariff in (FLAT_TARIFF, TOU_REG, TOU_SCHED, tiered, changing, late):
+        for register in (T, SHARP, PEAK, FLAT, VALLEY):
+            cases.append((tariff, [rd(M1, register, t1, "180.50"), rd(M2, register, t1, "7.25")],
+                          cur(M1, register, t0, "100.00") | cur(M2, register, cst(2, 27), "1.00"),
+                          {"2026-03": Usage(ACC, "2026-03", D("95"))}))
+    memo: dict = {}
+    for _ in range(2):  # the second round finds every plan in the memo
+        for tariff, readings, cursors, usage in cases:
+            plain = charge(tariff, readings, cursors, usage)
+            fast = charge(tariff, readings, cursors, usage, memo=memo, as_fields=True)
+            assert [LedgerEntry(*fields) for fields in fast.entries] == plain.entries
+            assert (fast.cursors, fast.usage, fast.flags) == (plain.cursors, plain.usage, plain.flags)
+    assert memo  # and it was used

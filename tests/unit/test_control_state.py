@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -180,3 +181,46 @@ def test_account_upsert_reports_changes_and_moves_meters(store):
     assert store.meter_accounts()[M2] == ("A1", Decimal(30))
     assert store.upsert_accounts([AccountSpec("A1", "tou", {M1: Decimal(1), M2: Decimal(30)}, area="TA2")],
                                  actor="billing", now=T0) == []
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_a_charging_batch_in_parts_applies_each_key_once_and_moves_balances_by_what_went_in(store, pipelined):
+    def entry(key, account, amount):
+        return (key, account, EntryKind.CHARGE, Decimal(amount), T0, "", M1, Rate.TOTAL, Decimal("1"),
+                Decimal("0.5"), T0, T0 + timedelta(days=1))
+
+    store.commit_charging([LedgerEntry(*entry("charge:old", "A1", "-1.00"))], [], [], [], {}, now=T0)
+    with store.charging_batch(now=T0, pipelined=pipelined) as batch:
+        batch.add([entry("charge:a", "A1", "-2.00"), entry("charge:old", "A1", "-1.00")],  # a replay
+                  [(M1, Rate.TOTAL, T0, Decimal("10"))])
+        batch.add([entry("charge:a", "A1", "-2.00"), entry("charge:b", "A2", "-0.50"),  # a key twice
+                   entry("charge:c", "A2", "-0.25")], [(M2, Rate.TOTAL, T0, Decimal("3"))])
+    assert batch.applied == 3 and batch.summary["accounts"] == 2 and batch.summary["amount"] == "-2.75"
+    assert store.balance("A1") == Decimal("-3.00") and store.balance("A2") == Decimal("-0.75")
+    assert store.verify_balances() == []
+    assert store.cursors() == {(M1, Rate.TOTAL): (T0, Decimal("10")), (M2, Rate.TOTAL): (T0, Decimal("3"))}
+    assert store.audit_log(subject="*")[-1].detail["entries"] == 3
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_a_charging_batch_that_fails_part_way_leaves_nothing(store, pipelined):
+    good = ("charge:a", "A1", EntryKind.CHARGE, Decimal("-2.00"), T0, "", None, None, None, None, None, None)
+    sub_fen = ("charge:b", "A1", EntryKind.CHARGE, Decimal("-0.001"), T0, "", None, None, None, None, None, None)
+    with pytest.raises(LedgerError, match="two decimal"):
+        with store.charging_batch(now=T0, pipelined=pipelined) as batch:
+            for i in range(3):
+                batch.add([(f"charge:{i}", *good[1:])], [(M1, Rate.TOTAL, T0, Decimal(i))])
+            batch.add([sub_fen])
+    assert store.balance("A1") == 0 and store.cursors() == {} and store.ledger("A1") == []
+    store.pay("A1", "5", "after", actor="t", now=T0)  # the store is usable: no writer left, no open transaction
+    assert store.balance("A1") == Decimal("5.00")
+
+
+def test_an_error_in_the_charging_writer_reaches_the_caller_and_rolls_back(store):
+    entry = ("charge:a", "A1", EntryKind.CHARGE, Decimal("-2.00"), T0, "", None, None, None, None, None, None)
+    with pytest.raises(sqlite3.IntegrityError):
+        with store.charging_batch(now=T0, pipelined=True) as batch:
+            batch.add([entry], usage=[(None, "2026", Decimal("1"))])  # NOT NULL: fails in the writer thread
+            for i in range(50):
+                batch.add([(f"charge:{i}", *entry[1:])])
+    assert store.balance("A1") == 0 and store.ledger("A1") == [] and store.tier_usage() == {}

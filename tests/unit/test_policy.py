@@ -24,6 +24,7 @@ from meterd.control.policy import (
     check_manual,
     decide,
     decide_all,
+    quiet_level,
     trip_blocked,
 )
 
@@ -423,3 +424,30 @@ def test_check_manual(kind, operator, reason, protected, refusal):
 def test_notice_kind_is_checked():
     with pytest.raises(ValueError, match="notice kind"):
         Notice("acc1", "bogus", "x", WEDNESDAY)
+
+
+# -- the quiet level: where decide() leaves a normal account alone --------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(fen=st.lists(st.integers(-5_000, 20_000), min_size=4, max_size=4), above=st.integers(1, 10**7),
+       avg=st.integers(0, 10**6), protected=st.booleans(), trips=st.integers(0, 60),
+       rules=st.sampled_from([NO_RULES, QUIET, SafetyRules(max_trips_per_area_hour=1, no_trip_weekends=True)]))
+def test_above_the_quiet_level_a_normal_account_is_left_alone(fen, above, avg, protected, trips, rules):
+    th = Thresholds(*(Threshold(amount=Decimal(f).scaleb(-2)) for f in fen))
+    level = quiet_level(th)
+    assert level is not None
+    v = view(str(level + Decimal(above).scaleb(-2)), N, protected=protected, th=th, avg=str(Decimal(avg).scaleb(-2)))
+    for now in (WEDNESDAY, WEDNESDAY.replace(hour=23), datetime(2024, 5, 18, 12, tzinfo=CST)):
+        d = decide(v, rules, now, area_trips_last_hour=trips)
+        assert (d.new_state, d.commands, d.notices, d.held) == (N, (), (), None)
+        assert decide_all([v], rules, now, {"north": trips}) == []
+    # at the level itself the account is reminded (the level is the reminder level, not below it)
+    assert decide(replace(v, balance=level), rules, WEDNESDAY).new_state is not N
+
+
+def test_the_quiet_level_needs_amounts_for_reminder_alarm_and_trip():
+    assert quiet_level(thresholds()) == Decimal("50.00")
+    assert quiet_level(thresholds(reminder="5", alarm="20")) == Decimal("20.00")  # raised to alarm
+    assert quiet_level(thresholds(reclose="3d")) == Decimal("50.00")  # reclose is not a NORMAL matter
+    for days in ({"reminder": "3d"}, {"alarm": "3d"}, {"trip": "-1d"}):
+        assert quiet_level(thresholds(**days)) is None

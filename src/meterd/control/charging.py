@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import enum
 import functools
+from operator import itemgetter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -87,6 +88,7 @@ _Piece = tuple[datetime, datetime, "TariffVersion | None", "Rate | None", "str |
 
 # phases of events at the same instant: old meter's readings, replacement, new meter's readings
 _READING, _REPLACEMENT, _NEW_METER_READING = 0, 1, 2
+_ONE_EVENT: Final = itemgetter(2, 3, 0, 4)  # a reading event -> _Run.reading's arguments
 
 
 class FlagKind(enum.StrEnum):
@@ -148,15 +150,22 @@ class ChargeResult:
 def charge_account(account: str, tariff: Tariff, readings: Iterable[RegisterReading],
                    cursors: Mapping[tuple[str, Rate], Cursor], usage: Mapping[str, Usage], *,
                    multipliers: Mapping[str, Decimal] = _NO_MULTIPLIERS,
-                   replacements: Sequence[MeterReplacement] = ()) -> ChargeResult:
+                   replacements: Sequence[MeterReplacement] = (),
+                   memo: dict | None = None, as_fields: bool = False) -> ChargeResult:
     """Charge ``readings`` (any of the account's meters, any order) from ``cursors`` and ``usage``.
 
     ``cursors`` and ``usage`` are only read, so one mapping of every account may be passed.
     ``replacements`` of other accounts are ignored.  Raises ValueError for a tariff with problems.
+
+    For a district: ``memo``, one empty dict shared by the calls of a pass, keeps how a delta
+    splits and is priced (it depends only on the tariff, the register and the delta's two
+    instants, which the accounts of a round share); ``as_fields`` returns the entries as tuples
+    of :class:`LedgerEntry`'s fields in order (``LedgerEntry(*fields)`` is the entry), sparing
+    the frozen dataclass.  Neither changes what is charged.
     """
     if problems := tariff.problems():
         raise ValueError(f"tariff {tariff.name!r} has problems: {'; '.join(problems)}")
-    run = _Run(account, tariff, cursors, usage, multipliers)
+    run = _Run(account, tariff, cursors, usage, multipliers, memo)
     events: list[tuple] = []
     if replacements:
         by_key = {r.key: r for r in replacements if r.account == account}
@@ -167,7 +176,11 @@ def charge_account(account: str, tariff: Tariff, readings: Iterable[RegisterRead
             phase = _NEW_METER_READING if (r.meter, at) in installed else _READING
             events.append((at, phase, r.meter, r.rate, r.value))
     else:
-        events += [(as_utc(r.at), _READING, r.meter, r.rate, r.value) for r in readings]
+        events += [(r.at if r.at.tzinfo is UTC else as_utc(r.at), _READING, r.meter, r.rate, r.value)
+                   for r in readings]
+        if len(events) == 1:  # a meter read once: the common case of a district's round
+            run.reading(*_ONE_EVENT(events[0]))
+            return run.result(as_fields)
     if replacements:
         events.sort(key=lambda e: e[:4] if e[1] == _REPLACEMENT else e)
     elif len(events) > 1:
@@ -177,7 +190,7 @@ def charge_account(account: str, tariff: Tariff, readings: Iterable[RegisterRead
             run.replace(value)
         else:
             run.reading(meter, rate, at, value)
-    return run.result()
+    return run.result(as_fields)
 
 
 def fixed_charges(account: str, tariff: Tariff, start: datetime, end: datetime) -> list[LedgerEntry]:
@@ -212,12 +225,13 @@ def _charge_amount(value: Decimal) -> Decimal:
 class _Run:
     """The state of one charge_account call: cursors and usage changed so far over the inputs."""
 
-    __slots__ = ("account", "tariff", "cursors", "usage", "multipliers", "retired",
+    __slots__ = ("account", "tariff", "cursors", "usage", "multipliers", "memo", "retired",
                  "new_cursors", "new_usage", "entries", "flags")
 
     def __init__(self, account: str, tariff: Tariff, cursors: Mapping[tuple[str, Rate], Cursor],
-                 usage: Mapping[str, Usage], multipliers: Mapping[str, Decimal]) -> None:
+                 usage: Mapping[str, Usage], multipliers: Mapping[str, Decimal], memo: dict | None) -> None:
         self.account = account
+        self.memo = memo
         self.tariff = tariff
         self.cursors = cursors
         self.usage = usage
@@ -225,13 +239,14 @@ class _Run:
         self.retired: dict[str, datetime] = {}  # old meter -> replaced at
         self.new_cursors: dict[tuple[str, Rate], Cursor] = {}
         self.new_usage: dict[str, Decimal] = {}
-        self.entries: list[LedgerEntry] = []
+        self.entries: list[tuple] = []  # LedgerEntry fields
         self.flags: list[ChargeFlag] = []
 
-    def result(self) -> ChargeResult:
+    def result(self, as_fields: bool) -> ChargeResult:
         account = self.account
         usage = {p: Usage(account, p, kwh) for p, kwh in self.new_usage.items()} if self.new_usage else {}
-        return ChargeResult(self.entries, self.new_cursors, usage, self.flags)
+        entries = self.entries if as_fields else [LedgerEntry(*e) for e in self.entries]
+        return ChargeResult(entries, self.new_cursors, usage, self.flags)
 
     def flag(self, meter: str, rate: Rate, at: datetime, kind: FlagKind, detail: str) -> None:
         self.flags.append(ChargeFlag(meter, rate, at, kind, detail))
@@ -297,19 +312,18 @@ class _Run:
     def charge(self, meter: str, register: Rate, t0: datetime, t1: datetime, kwh: Decimal) -> None:
         """Charge ``kwh`` used on ``meter``'s ``register`` over (t0, t1]."""
         tariff = self.tariff
-        version = tariff.version_at(t0)
-        starts = tariff.effective_instants(t0, t1)
-        pieces: list[_Piece] = []
-        if starts:
-            bounds = [t0, *starts, t1]
-            for i in range(len(bounds) - 1):
-                a = bounds[i]
-                _split(pieces, a, bounds[i + 1], version if i == 0 else tariff.version_at(a), register)
+        memo = self.memo
+        if memo is None:
+            plan = _plan(tariff, register, t0, t1)
         else:
-            _split(pieces, t0, t1, version, register)
+            mkey = (id(tariff), register, t0, t1)
+            plan = memo.get(mkey)
+            if plan is None or plan[0] is not tariff:
+                plan = memo[mkey] = _plan(tariff, register, t0, t1)
+        _, pieces, prices, key_mid, no_tariff = plan
 
         if len(pieces) == 1:
-            energies = [kwh]
+            energies = (kwh,)
         else:  # cumulative rounding: never a negative piece, and they add up to kwh exactly
             total = (t1 - t0) // _US
             energies = []
@@ -320,24 +334,25 @@ class _Run:
                 done = upto
             energies.append(kwh - done)
 
-        key_prefix = ""
+        key_prefix = f"charge:{meter}:{key_mid}"
         n = 0
         uncovered = _ZERO
-        for (a, b, v, rate, period), e in zip(pieces, energies):
+        entries = self.entries
+        for (a, b, v, rate, period), e, priced in zip(pieces, energies, prices):
             if v is None:
                 uncovered += e
                 continue
             if rate is None or not e:
                 continue
-            if not key_prefix:
-                key_prefix = f"charge:{meter}:{register}:{_iso(t0)}/{_iso(t1)}:"
             if period is not None:
                 n = self.charge_tiered(key_prefix, n, meter, a, b, v, e, period)
                 continue
-            price = v.price if v.kind is TariffKind.FLAT else v.rate_prices[rate]
-            self.entry(f"{key_prefix}{n}", meter, rate, a, b, e, price, f"{e:.4f} kWh × {price} {rate}")
+            price, suffix = priced
+            amount = (e * price).quantize(FEN, ROUND_HALF_UP)  # money(), inlined: this is the hot path
+            entries.append((f"{key_prefix}{n}", self.account, EntryKind.CHARGE, -amount if amount else _ZERO_MONEY,
+                            b, f"{e:.4f} kWh{suffix}", meter, rate, e, price, a, b))
             n += 1
-        if pieces[0][2] is None and register in tariff.versions[0].charged_rates:
+        if no_tariff:
             self.flag(meter, register, t1, FlagKind.NO_TARIFF,
                       f"{uncovered} kWh over {t0.isoformat()}/{t1.isoformat()} before tariff "
                       f"{tariff.name!r} takes effect: not charged")
@@ -373,8 +388,33 @@ class _Run:
     def entry(self, key: str, meter: str, rate: Rate, a: datetime, b: datetime, kwh: Decimal,
               price: Decimal, detail: str) -> None:
         amount = (kwh * price).quantize(FEN, ROUND_HALF_UP)  # money(), inlined: this is the hot path
-        self.entries.append(LedgerEntry(key, self.account, EntryKind.CHARGE, -amount if amount else _ZERO_MONEY,
-                                        b, detail, meter, rate, kwh, price, a, b))
+        self.entries.append((key, self.account, EntryKind.CHARGE, -amount if amount else _ZERO_MONEY,
+                             b, detail, meter, rate, kwh, price, a, b))
+
+
+def _plan(tariff: Tariff, register: Rate, t0: datetime, t1: datetime) -> tuple:
+    """What charging a delta of ``register`` over (t0, t1] needs besides its kWh and meter: the
+    pieces, each piece's (price, detail suffix) when it is priced directly (None for an uncharged
+    or tiered piece), the key's middle part, and whether a NO_TARIFF flag is due."""
+    version = tariff.version_at(t0)
+    starts = tariff.effective_instants(t0, t1)
+    pieces: list[_Piece] = []
+    if starts:
+        bounds = [t0, *starts, t1]
+        for i in range(len(bounds) - 1):
+            a = bounds[i]
+            _split(pieces, a, bounds[i + 1], version if i == 0 else tariff.version_at(a), register)
+    else:
+        _split(pieces, t0, t1, version, register)
+    prices = []
+    for _, _, v, rate, period in pieces:
+        if v is None or rate is None or period is not None:
+            prices.append(None)
+        else:
+            price = v.price if v.kind is TariffKind.FLAT else v.rate_prices[rate]
+            prices.append((price, f" × {price} {rate}"))
+    no_tariff = pieces[0][2] is None and register in tariff.versions[0].charged_rates
+    return tariff, pieces, prices, f"{register}:{_iso(t0)}/{_iso(t1)}:", no_tariff
 
 
 def _split(pieces: list[_Piece], a: datetime, b: datetime, v: TariffVersion | None, register: Rate) -> None:

@@ -340,6 +340,19 @@ def decide(view: AccountView, rules: SafetyRules, now: datetime, *, area_trips_l
     return Decision(view.account, old, new, tuple(commands), tuple(notices), held)
 
 
+def quiet_level(thresholds: Thresholds) -> Decimal | None:
+    """The balance above which :func:`decide` changes nothing for a NORMAL account with no held
+    trip, whatever its average use, area, protection or meters; None when that level depends on
+    the average use (a reminder, alarm or trip level in days).
+
+    Why: with amounts the levels are fixed, such a balance is in the NORMAL band, and NORMAL in the
+    NORMAL band is the "band = state" row of the table: same state, no command, no notice, no hold.
+    A caller may skip those accounts (the quiet majority of a district) without building views."""
+    if any(t.days is not None for t in (thresholds.reminder, thresholds.alarm, thresholds.trip)):
+        return None
+    return thresholds.levels(Decimal(0))[0]
+
+
 def _changes(view: AccountView, decision: Decision) -> bool:
     return bool(decision.new_state != view.state or decision.commands or decision.notices
                 or decision.held != view.held)

@@ -25,14 +25,17 @@ with who (an operator, ``policy``, ``billing``, ``daemon``) and why.
 from __future__ import annotations
 
 import json
+import queue
 import sqlite3
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
+from operator import attrgetter
 from pathlib import Path
-from typing import Any, Final, Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Callable, Final, Iterable, Iterator, Mapping, Sequence
 
 from meterd.control.model import (
     CommandKind,
@@ -289,6 +292,167 @@ def _opt_dt(ms: int | None) -> datetime | None:
     return None if ms is None else from_ms(ms)
 
 
+# A ledger entry's fields in LedgerEntry order: what the charging hot path hands over instead of
+# building a frozen dataclass per entry (LedgerEntry(*fields) is the entry).
+EntryFields = tuple[str, str, EntryKind, Decimal, datetime, str, "str | None", "Rate | None", "Decimal | None",
+                    "Decimal | None", "datetime | None", "datetime | None"]
+entry_fields = attrgetter("key", "account", "kind", "amount", "at", "detail", "meter", "rate", "kwh", "price",
+                           "period_start", "period_end")
+_HUNDRED: Final = Decimal(100)
+_RATES: Final[dict[str, Rate]] = {r.value: r for r in Rate}
+_ENUM_TEXT: Final[dict[str, str]] = {m: m.value for m in (*EntryKind, *Rate)}  # bound as plain str
+_LEDGER_COLUMNS: Final = ("key, account, kind, amount_fen, ts, recorded_ts, actor, detail, meter, rate, kwh, price, "
+                          "period_start_ts, period_end_ts")
+# Rows per multi-row VALUES statement (fewer if SQLite takes fewer parameters): one step, the GIL
+# released for all of them.  Pipelined, each statement costs the writer a wait for the GIL.
+_ROWS_PER_STATEMENT: Final = 2000
+_QUEUED_STATEMENTS: Final = 8  # a pipelined batch's statements waiting for the writer (memory bound)
+
+
+def _values(n_rows: int, n_columns: int) -> str:
+    one = "(" + ", ".join("?" * n_columns) + ")"
+    return ", ".join([one] * n_rows)
+
+
+class ChargingBatch:
+    """The write side of one charging pass (:meth:`ControlStore.charging_batch`).
+
+    Entries go in with ``INSERT OR IGNORE`` (the ledger key is UNIQUE), many rows per statement.
+    After each part, balances move by what the ledger actually took since the previous part (the
+    rows above a ``seq`` watermark: this transaction's own, under the write lock), so a replayed
+    or duplicated key moves nothing: exactly once without asking which keys are known.
+
+    Pipelined, the statements run in a writer thread while the caller computes the next part:
+    SQLite releases the GIL for the whole of a many-row statement (it would not help row by row:
+    the writer would queue for the GIL at every row).  The writer is the only user of the
+    connection until the batch ends, and is gone before the COMMIT or ROLLBACK.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, now: datetime, actor: str, *, pipelined: bool = False) -> None:
+        self._conn = conn
+        self._recorded = to_ms(now)
+        self._actor = actor
+        self._ms: dict[datetime, int] = {}  # instants repeat across thousands of entries
+        self._seq_before = self._seq_mark = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()[0]
+        self.applied = 0
+        self.summary: dict[str, Any] = {}
+        self._max_params = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._error: BaseException | None = None
+        self._abort = False
+        self._jobs: queue.Queue | None = None
+        self._writer: threading.Thread | None = None
+        if pipelined:
+            self._jobs = queue.Queue(maxsize=_QUEUED_STATEMENTS)
+            self._writer = threading.Thread(target=self._run_writer, name="charging-writer", daemon=True)
+            self._writer.start()
+
+    def _to_ms(self, at: datetime) -> int:
+        ms = self._ms.get(at)
+        if ms is None:
+            ms = self._ms[at] = to_ms(at)
+        return ms
+
+    def add(self, entries: Iterable[EntryFields], cursors: Iterable[tuple[str, Rate, datetime, Decimal]] = (),
+            usage: Iterable[tuple[str, str, Decimal]] = (), flags: Iterable[tuple[str, Rate, datetime, str, str]] = (),
+            fixed_through: Mapping[str, datetime] = MappingProxyType({})) -> None:
+        """Write a part of the pass (entries as :data:`EntryFields`).  Raises LedgerError for an
+        amount finer than a fen; the whole pass is then rolled back."""
+        if self._error is not None:
+            raise self._error
+        recorded, actor, ms, text = self._recorded, self._actor, self._to_ms, _ENUM_TEXT.get
+        params: list[Any] = []
+        for key, account, kind, amount, at, detail, meter, rate, kwh, price, start, end in entries:
+            try:  # to_fen(), inlined for the common case: a Decimal to the fen
+                x = amount * _HUNDRED
+                fen = int(x)
+            except (ArithmeticError, ValueError, TypeError):
+                x, fen = None, 0
+            if fen != x:  # not a Decimal, or finer than a fen, or not finite: to_fen decides (or refuses)
+                fen = to_fen(amount, what=f"ledger entry {key}: amount")
+            params += (key, account, text(kind, kind), fen, ms(at), recorded, actor, detail, meter,
+                       None if rate is None else text(rate, rate), None if kwh is None else str(kwh),
+                       None if price is None else str(price), None if start is None else ms(start),
+                       None if end is None else ms(end))
+        self._insert(f"INSERT OR IGNORE INTO ledger ({_LEDGER_COLUMNS}) VALUES ", "", 14, params)
+        params = []
+        for m, r, at, v in cursors:
+            params += (m, text(r, r), ms(at), str(v))
+        self._insert("INSERT INTO cursors (meter, rate, ts, value) VALUES ",
+                     " ON CONFLICT (meter, rate) DO UPDATE SET ts = excluded.ts, value = excluded.value", 4, params)
+        params = []
+        for a, p, k in usage:
+            params += (a, p, str(k))
+        self._insert("INSERT INTO tier_usage (account, period, kwh) VALUES ",
+                     " ON CONFLICT (account, period) DO UPDATE SET kwh = excluded.kwh", 3, params)
+        params = []
+        for m, r, at, k, d in flags:
+            params += (m, text(r, r), ms(at), k, d)
+        self._insert("INSERT OR IGNORE INTO charge_flags (meter, rate, ts, kind, detail) VALUES ", "", 5, params)
+        if fixed_through:
+            self._submit(self._conn.executemany, "UPDATE accounts SET fixed_through_ts = ? WHERE account = ?",
+                         [(ms(at), a) for a, at in fixed_through.items()])
+        self._submit(self._move_balances)
+
+    def _move_balances(self) -> None:
+        """Move the balances by the entries the ledger took since the last time: the rows above
+        the watermark (this transaction's own; nobody else writes meanwhile)."""
+        conn, since = self._conn, self._seq_mark
+        self._seq_mark = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()[0]
+        if self._seq_mark > since:
+            conn.execute(
+                "UPDATE accounts SET balance_fen = balance_fen + moved.fen, last_seq = moved.seq "
+                # NOT INDEXED: the rows by seq range, then grouped (ledger_account would walk all history)
+                "FROM (SELECT account, SUM(amount_fen) AS fen, MAX(seq) AS seq FROM ledger NOT INDEXED WHERE seq > ? "
+                "GROUP BY account) AS moved WHERE accounts.account = moved.account", (since,))
+
+    def _insert(self, head: str, tail: str, width: int, params: list[Any]) -> None:
+        """``head`` VALUES (...), (...) ``tail`` for the flat ``params``, many rows per statement."""
+        step = min(_ROWS_PER_STATEMENT, self._max_params // width) * width
+        for i in range(0, len(params), step):
+            chunk = params[i:i + step]
+            self._submit(self._conn.execute, head + _values(len(chunk) // width, width) + tail, chunk)
+
+    def _submit(self, job: Callable[..., Any], *args: Any) -> None:
+        if self._jobs is None:
+            job(*args)
+        else:
+            self._jobs.put((job, args))
+
+    def _run_writer(self) -> None:
+        assert self._jobs is not None
+        while (item := self._jobs.get()) is not None:
+            if self._error is None and not self._abort:
+                job, args = item
+                try:
+                    job(*args)
+                except BaseException as exc:  # handed to the caller's thread
+                    self._error = exc
+
+    def _stop(self, *, abort: bool) -> None:
+        """Wait for the writer to finish what was queued (``abort``: to skip it) and end."""
+        if self._writer is None:
+            return
+        self._abort = abort
+        assert self._jobs is not None
+        self._jobs.put(None)
+        self._writer.join()
+        self._writer = None
+
+    def _finish(self) -> None:
+        self._stop(abort=False)
+        if self._error is not None:
+            raise self._error
+        seq = self._seq_before
+        count, total, last, accounts = self._conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(amount_fen), 0), MAX(seq), COUNT(DISTINCT account) FROM ledger NOT INDEXED "
+            "WHERE seq > ?", (seq,)).fetchone()
+        if not count:
+            return
+        self.applied = count
+        self.summary = {"accounts": accounts, "entries": count, "amount": str(from_fen(total)),
+                        "ledger_seq": [seq + 1, last]}
+
+
 class ControlStore:
     """Prepaid state in ``data_dir/state.sqlite3`` (shared with the meter archive)."""
 
@@ -300,6 +464,7 @@ class ControlStore:
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA busy_timeout=30000")
+        self._conn.execute("PRAGMA temp_store=MEMORY")  # a charging pass groups its entries by account
         with self._lock:
             self._conn.executescript(_SCHEMA)
 
@@ -328,6 +493,13 @@ class ControlStore:
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
+
+    def _tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """:meth:`_read` as plain tuples: for whole-district reads, where Row objects cost."""
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.row_factory = None
+            return cur.execute(sql, params).fetchall()
 
     def _audit(self, conn: sqlite3.Connection, now: datetime, actor: str, action: str, subject: str,
                detail: Mapping[str, Any]) -> None:
@@ -420,13 +592,59 @@ class ControlStore:
         """account -> (tariff, meters with CT × PT, opened, fixed charges through): what a charging
         pass needs, without the cost of full :class:`Account` objects for a whole district."""
         meters: dict[str, dict[str, Decimal]] = {}
-        for meter, account, multiplier in self._read("SELECT meter, account, multiplier FROM account_meters"):
-            meters.setdefault(account, {})[meter] = Decimal(multiplier)
-        return {
-            account: (tariff, meters.get(account, {}), from_ms(opened), _opt_dt(fixed))
-            for account, tariff, opened, fixed in self._read(
-                "SELECT account, tariff, opened_ts, fixed_through_ts FROM accounts")
-        }
+        multipliers: dict[str, Decimal] = {}  # a district has a handful of CT × PT values
+        for meter, account, text in self._tuples("SELECT meter, account, multiplier FROM account_meters"):
+            multiplier = multipliers.get(text)
+            if multiplier is None:
+                multiplier = multipliers[text] = Decimal(text)
+            own = meters.get(account)
+            if own is None:
+                meters[account] = {meter: multiplier}
+            else:
+                own[meter] = multiplier
+        instants: dict[int | None, datetime | None] = {None: None}  # accounts opened or charged together
+        out = {}
+        for account, tariff, opened, fixed in self._tuples(
+                "SELECT account, tariff, opened_ts, fixed_through_ts FROM accounts"):
+            o = instants.get(opened)
+            if o is None:
+                o = instants[opened] = from_ms(opened)
+            f = instants.get(fixed)
+            if f is None and fixed is not None:
+                f = instants[fixed] = from_ms(fixed)
+            out[account] = (tariff, meters.get(account) or {}, o, f)
+        return out
+
+    def policy_rows(self, *, changed_since: int | None, quiet_above: Decimal | None) -> list[tuple]:
+        """What a policy pass looks at, as tuples ``(account, area, protected, thresholds, state,
+        held, balance_fen, manual_until_ms, meters)`` in account order (``thresholds`` the overrides'
+        JSON text, ``meters`` a tuple in meter order), without building :class:`Account` objects.
+
+        Every account not NORMAL or with a held trip; and the accounts whose ledger moved after
+        ``changed_since`` (all when None), less those that use the site's thresholds and whose
+        balance is above ``quiet_above`` (see :func:`meterd.control.policy.quiet_level`; None: keep
+        them all)."""
+        quiet_fen = None if quiet_above is None else to_fen(quiet_above, what="quiet level")
+        rows = self._tuples(
+            "SELECT account, area, protected, thresholds, state, held, balance_fen, manual_until_ts FROM accounts "
+            "WHERE state != 'normal' OR held IS NOT NULL "
+            "OR ((?1 IS NULL OR thresholds != '{}' OR balance_fen <= ?1) "
+            "    AND (?2 IS NULL OR account IN (SELECT account FROM ledger NOT INDEXED WHERE seq > ?2))) "
+            "ORDER BY account", (quiet_fen, changed_since))
+        meters: dict[str, list[str]] = {}
+        sql = "SELECT account, meter FROM account_meters"
+        if len(rows) > 5000:
+            found = self._tuples(sql + " ORDER BY meter")
+        else:
+            found = []
+            names = [r[0] for r in rows]
+            for i in range(0, len(names), 500):
+                chunk = names[i:i + 500]
+                found += self._tuples(f"{sql} WHERE account IN ({','.join('?' * len(chunk))}) ORDER BY meter", chunk)
+            found.sort(key=lambda r: r[1])
+        for account, meter in found:
+            meters.setdefault(account, []).append(meter)
+        return [(*r, tuple(meters.get(r[0], ()))) for r in rows]
 
     def meter_accounts(self) -> dict[str, tuple[str, Decimal]]:
         """meter -> (account, CT × PT) for every assigned meter."""
@@ -570,7 +788,7 @@ class ControlStore:
         return self._read("SELECT COALESCE(MAX(seq), 0) FROM ledger")[0][0]
 
     def accounts_changed_since(self, seq: int) -> set[str]:
-        return {r[0] for r in self._read("SELECT DISTINCT account FROM ledger WHERE seq > ?", (seq,))}
+        return {r[0] for r in self._read("SELECT DISTINCT account FROM ledger NOT INDEXED WHERE seq > ?", (seq,))}
 
     def average_daily_cost(self, now: datetime, *, days: int = 30) -> dict[str, Decimal]:
         """Per account: charges (energy and fixed) over the last ``days`` days ÷ days, as a cost ≥ 0."""
@@ -584,17 +802,26 @@ class ControlStore:
 
     def cursors(self, meters: Iterable[str] | None = None) -> dict[tuple[str, Rate], tuple[datetime, Decimal]]:
         wanted = None if meters is None else list(meters)
+        sql = "SELECT meter, rate, ts, value FROM cursors"
         if wanted is None or len(wanted) > 5000:  # a district: one scan beats thousands of lookups
-            rows = self._read("SELECT * FROM cursors")
+            rows = self._tuples(sql)
             if wanted is not None:
                 keep = set(wanted)
-                rows = [r for r in rows if r["meter"] in keep]
+                rows = [r for r in rows if r[0] in keep]
         else:
             rows = []
             for i in range(0, len(wanted), 500):
                 chunk = wanted[i:i + 500]
-                rows += self._read(f"SELECT * FROM cursors WHERE meter IN ({','.join('?' * len(chunk))})", chunk)
-        return {(r["meter"], Rate(r["rate"])): (from_ms(r["ts"]), Decimal(r["value"])) for r in rows}
+                rows += self._tuples(f"{sql} WHERE meter IN ({','.join('?' * len(chunk))})", chunk)
+        rates = _RATES
+        instants: dict[int, datetime] = {}  # the cursors of one round share their instant
+        out = {}
+        for meter, rate, ts, value in rows:
+            at = instants.get(ts)
+            if at is None:
+                at = instants[ts] = from_ms(ts)
+            out[(meter, rates.get(rate) or Rate(rate))] = (at, Decimal(value))
+        return out
 
     def tier_usage(self) -> dict[tuple[str, str], Decimal]:
         return {(r["account"], r["period"]): Decimal(r["kwh"]) for r in self._read("SELECT * FROM tier_usage")}
@@ -612,71 +839,27 @@ class ControlStore:
     ) -> int:
         """One charging pass, all or nothing: entries (duplicates skipped), advanced cursors, tier
         usage, flags and fixed-charge watermarks.  Returns the number of entries applied.  The pass
-        is audited as one line per account charged (entries are in the ledger itself)."""
-        rows = []
-        seen: set[str] = set()
-        for e in entries:
-            if e.key in seen:
-                continue  # the same entry twice in one batch: once
-            seen.add(e.key)
-            rows.append((e.key, e.account, e.kind.value, to_fen(e.amount, what=f"ledger entry {e.key}: amount"),
-                         to_ms(e.at), e.detail, e.meter, None if e.rate is None else e.rate.value,
-                         None if e.kwh is None else str(e.kwh), None if e.price is None else str(e.price),
-                         _opt_ms(e.period_start), _opt_ms(e.period_end)))
-        applied: dict[str, list[int]] = {}
-        recorded = to_ms(now)
-        insert = ("INSERT OR IGNORE INTO ledger (key, account, kind, amount_fen, ts, recorded_ts, actor, detail, "
-                  "meter, rate, kwh, price, period_start_ts, period_end_ts) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        is audited as one line (entries are in the ledger itself, each with actor and time)."""
+        with self.charging_batch(now=now, actor=actor) as batch:
+            batch.add([entry_fields(e) for e in entries], cursors, usage, flags, fixed_through)
+        return batch.applied
+
+    @contextmanager
+    def charging_batch(self, *, now: datetime, actor: str = "charging", pipelined: bool = False
+                       ) -> Iterator[ChargingBatch]:
+        """:meth:`commit_charging` filled in parts, for a district: one transaction (``BEGIN
+        IMMEDIATE`` ... ``COMMIT``, rolled back on any error), so a pass is still all or nothing.
+        ``pipelined``: written by a thread while the caller computes the next part.  Nothing else
+        may use the store until the block ends."""
         with self._write() as conn:
-            # Under the write lock nobody else inserts.  Optimistically insert all; if some keys were
-            # already there (a replay), undo and insert only the fresh ones, so balances move by
-            # exactly what went in.
-            seq_before = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()[0]
-            conn.execute("SAVEPOINT entries")
-            before = conn.total_changes
-            conn.executemany(insert, [(k, a, kind, fen, ts, recorded, actor, *rest)
-                                      for k, a, kind, fen, ts, *rest in rows])
-            fresh = rows
-            if conn.total_changes - before != len(rows):
-                conn.execute("ROLLBACK TO entries")
-                known: set[str] = set()
-                keys = [r[0] for r in rows]
-                for i in range(0, len(keys), 900):
-                    chunk = keys[i:i + 900]
-                    known.update(k for (k,) in conn.execute(
-                        f"SELECT key FROM ledger WHERE key IN ({','.join('?' * len(chunk))})", chunk))
-                fresh = [r for r in rows if r[0] not in known]
-                conn.executemany(insert, [(k, a, kind, fen, ts, recorded, actor, *rest)
-                                          for k, a, kind, fen, ts, *rest in fresh])
-            conn.execute("RELEASE entries")
-            for r in fresh:
-                totals = applied.setdefault(r[1], [0, 0])
-                totals[0] += 1
-                totals[1] += r[3]
-            conn.executemany("UPDATE accounts SET balance_fen = balance_fen + ? WHERE account = ?",
-                             [(fen, account) for account, (_, fen) in applied.items()])
-            conn.executemany(
-                "INSERT INTO cursors (meter, rate, ts, value) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (meter, rate) DO UPDATE SET ts = excluded.ts, value = excluded.value",
-                [(m, str(r), to_ms(at), str(v)) for m, r, at, v in cursors])
-            conn.executemany(
-                "INSERT INTO tier_usage (account, period, kwh) VALUES (?, ?, ?) "
-                "ON CONFLICT (account, period) DO UPDATE SET kwh = excluded.kwh",
-                [(a, p, str(k)) for a, p, k in usage])
-            conn.executemany(
-                "INSERT OR IGNORE INTO charge_flags (meter, rate, ts, kind, detail) VALUES (?, ?, ?, ?, ?)",
-                [(m, str(r), to_ms(at), k, d) for m, r, at, k, d in flags])
-            conn.executemany("UPDATE accounts SET fixed_through_ts = ? WHERE account = ?",
-                             [(to_ms(at), a) for a, at in fixed_through.items()])
-            if applied:
-                # One audit line per pass; each entry is itself in the ledger with actor and time.
-                seq_after = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()[0]
-                self._audit(conn, now, actor, "charge", "*", {
-                    "accounts": len(applied), "entries": sum(n for n, _ in applied.values()),
-                    "amount": str(from_fen(sum(f for _, f in applied.values()))),
-                    "ledger_seq": [seq_before + 1, seq_after]})
-        return sum(n for n, _ in applied.values())
+            batch = ChargingBatch(conn, now, actor, pipelined=pipelined)
+            try:
+                yield batch
+                batch._finish()
+            finally:
+                batch._stop(abort=True)  # after an error: the writer is gone before the ROLLBACK
+            if batch.applied:
+                self._audit(conn, now, actor, "charge", "*", batch.summary)
 
     def charge_flags(self, *, meter: str | None = None, limit: int = 100) -> list[tuple[str, str, datetime, str, str]]:
         sql, params = "SELECT * FROM charge_flags", []
