@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from meterd.config.model import (
+    ApiConfig,
     ChannelConfig,
     Config,
     DtuLink,
@@ -56,7 +57,7 @@ MAX_RETRIES: Final = 10
 MAX_PREAMBLE: Final = 4  # DL/T 645-2007 clause 4.1: up to four FE bytes before a frame
 
 _TOP_KEYS: Final = ("store", "channels", "meters", "polls", "listeners", "mqtt", "tasks", "prepaid", "topology",
-                     "analytics", "sync")
+                     "analytics", "sync", "api")
 _MQTT_KEYS: Final = ("host", "port", "client_id", "username", "password_env", "keepalive", "root", "request_ttl")
 _MQTT_LINK_KEYS: Final = ("terminal",)
 _INFLUX_KEYS: Final = ("url", "org", "bucket", "token_env", "spool_dir", "timeout", "batch")
@@ -168,6 +169,8 @@ def parse_config(
 
         sync = parse_sync(check, data["sync"], base_dir=base_dir, secret_env=_secret_env)
 
+    api = _api(check, data["api"]) if "api" in data else None
+
     if check.problems:
         raise ConfigError(check.problems)
     assert store is not None
@@ -183,6 +186,7 @@ def parse_config(
         prepaid=prepaid,
         analytics=analytics,
         sync=sync,
+        api=api,
     )
 
 
@@ -214,6 +218,19 @@ def _store(check: _Checker, raw: Any, base_dir: Path | None) -> StoreConfig | No
     if data_dir is None or batch_size is None or flush_interval is None:
         return None
     return StoreConfig(data_dir=data_dir, batch_size=batch_size, flush_interval=flush_interval, influxdb=influx)
+
+
+def _api(check: _Checker, raw: Any) -> ApiConfig | None:
+    """``[api] host = "127.0.0.1", port = 8080``: the HTTP API the daemon serves (tokens: ``meterd token``)."""
+    table = check.table("api", raw)
+    if table is None:
+        return None
+    check.known_keys("api", table, ("host", "port"))
+    host = check.string("api.host", table.get("host", "127.0.0.1"))
+    port = check.integer("api.port", table.get("port", 8080), low=1, high=65535)
+    if host is None or port is None:
+        return None
+    return ApiConfig(host=host, port=port)
 
 
 def _secret_env(check: _Checker, path: str, table: dict[str, Any], key: str, *, required: bool) -> str | None:

@@ -165,6 +165,12 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str  # the file it came from, for messages
     store: StoreConfig
@@ -177,6 +183,7 @@ class Config:
     prepaid: Any = None  # meterd.config.prepaid.PrepaidConfig: tariffs, accounts, policy, limits
     analytics: Any = None  # meterd.config.analytics.AnalyticsConfig: topology, anomaly limits, outages
     sync: Any = None  # meterd.config.analytics.SyncConfig: billing-system jobs
+    api: ApiConfig | None = None  # the HTTP API the daemon serves
 
     def channel(self, name: str) -> ChannelConfig:
         """The channel called ``name``; KeyError if there is none."""
