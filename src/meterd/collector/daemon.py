@@ -272,6 +272,11 @@ class Daemon:
             from meterd.analytics.runtime import AnalyticsRuntime
 
             self.analytics = AnalyticsRuntime(self, config.analytics, clock=clock)
+        self.api = None
+        if config.api is not None:
+            from meterd.api.runtime import ApiRuntime
+
+            self.api = ApiRuntime(self, clock=clock)
         self.sync = None
         if config.sync is not None and config.sync.jobs:
             from meterd.billing_link.runtime import SyncRuntime
