@@ -1,5 +1,5 @@
-"""The daemon serves the HTTP API: a token made with ``meterd token``, a viewer reads, an operator
-pays, a revoked token is refused; the token's secret is never stored."""
+"""The daemon serves the HTTP API: a token made with ``meterd token``, a viewer reads (and scrapes
+/metrics), an operator pays, a revoked token is refused; the token's secret is never stored."""
 
 from __future__ import annotations
 
@@ -77,6 +77,17 @@ def test_the_daemon_serves_the_api_with_tokens_from_the_cli(meterd_bin, run_mete
         assert call(port, "/api/v1/payments", viewer["token"], {"account": "A1", "amount": "10", "ref": "W1"})[0] == 403
         status, paid = call(port, "/api/v1/payments", operator["token"], {"account": "A1", "amount": "10", "ref": "W1"})
         assert status == 201, paid
+        metrics = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                         headers={"Authorization": f"Bearer {viewer['token']}"})
+        with urllib.request.urlopen(metrics, timeout=10) as response:
+            text = response.read().decode()
+        assert 'meterd_channel_transactions_total{channel="bus1"}' in text
+        assert "# TYPE meterd_channel_waiting gauge" in text and 'meterd_commands{state="dry-run"}' in text
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+            raise AssertionError("/metrics without a token")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
         assert run_meterd("token", "revoke", viewer["id"], "-c", "site.toml").returncode == 0
         assert call(port, "/api/v1/accounts", viewer["token"])[0] == 401
     finally:

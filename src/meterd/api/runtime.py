@@ -1,4 +1,7 @@
-"""The HTTP API inside the daemon: a uvicorn server on ``[api]`` host and port, stopped with it."""
+"""The HTTP API inside the daemon: a uvicorn server on ``[api]`` host and port, stopped with it,
+plus ``/metrics`` in the Prometheus text format (viewer token): per-channel transactions, failures
+by kind, latency, requests waiting for the bus, rounds and overruns; spool size; commands by state;
+prepaid passes; open anomalies and outages."""
 
 from __future__ import annotations
 
@@ -21,7 +24,11 @@ class ApiRuntime:
 
         api = daemon.config.api
         assert api is not None
+        from starlette.routing import Route
+
         app = create_app(daemon.config.store.data_dir, clock=clock, config=daemon.config)
+        self.daemon = daemon
+        app.router.routes.insert(0, Route("/metrics", self.metrics, methods=["GET"]))
         self.server = uvicorn.Server(uvicorn.Config(app, host=api.host, port=api.port, log_level="warning",
                                                     access_log=False, lifespan="on"))
         self.server.install_signal_handlers = lambda: None  # the daemon owns the signals
@@ -35,3 +42,76 @@ class ApiRuntime:
         finally:
             self.server.should_exit = True
             await asyncio.gather(serving, return_exceptions=True)
+
+    async def metrics(self, request):  # type: ignore[no-untyped-def]
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import PlainTextResponse
+
+        from meterd.api.tokens import Role, TokenStore
+
+        scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+        found = None
+        if scheme.lower() == "bearer" and secret.strip():
+            def verify():
+                with TokenStore(self.daemon.config.store.data_dir) as tokens:
+                    return tokens.verify(secret.strip())
+            found = await run_in_threadpool(verify)
+        if found is None:
+            return PlainTextResponse("a viewer token is required\n", status_code=401,
+                                     headers={"WWW-Authenticate": 'Bearer realm="meterd"'})
+        if not Role(found[2]).allows(Role.VIEWER):
+            return PlainTextResponse("forbidden\n", status_code=403)
+        text = await run_in_threadpool(render_metrics, self.daemon)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_metrics(daemon: Daemon) -> str:
+    """The daemon's live figures as Prometheus text exposition."""
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            shown = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+            lines.append(f"{name}{{{shown}}} {value}" if shown else f"{name} {value}")
+
+    runners = daemon.runners
+    metric("meterd_channel_transactions_total", "counter", "transactions per channel",
+           [({"channel": r.channel.name}, r.channel.stats.transactions) for r in runners])
+    metric("meterd_channel_successes_total", "counter", "successful transactions per channel",
+           [({"channel": r.channel.name}, r.channel.stats.successes) for r in runners])
+    metric("meterd_channel_failures_total", "counter", "failed attempts per channel and kind",
+           [({"channel": r.channel.name, "kind": str(k)}, n) for r in runners
+            for k, n in sorted(r.channel.stats.failures.items())])
+    metric("meterd_channel_latency_mean_seconds", "gauge", "mean reply latency per channel",
+           [({"channel": r.channel.name}, round(r.channel.stats.latency_mean, 6)) for r in runners])
+    metric("meterd_channel_latency_max_seconds", "gauge", "longest reply latency per channel",
+           [({"channel": r.channel.name}, round(r.channel.stats.latency_max, 6)) for r in runners])
+    metric("meterd_channel_waiting", "gauge", "transactions waiting for the bus per channel",
+           [({"channel": r.channel.name}, r.channel._lock.waiting) for r in runners])
+    metric("meterd_channel_rounds_total", "counter", "poll rounds per channel",
+           [({"channel": r.channel.name}, r.rounds) for r in runners])
+    metric("meterd_channel_overruns_total", "counter", "poll ticks missed because a round overran",
+           [({"channel": r.channel.name}, r.overruns) for r in runners])
+    spool = getattr(daemon.sink, "spool_size", None)
+    if spool is not None:
+        records, size = spool()
+        metric("meterd_spool_records", "gauge", "readings waiting in the store's spool", [({}, records)])
+        metric("meterd_spool_bytes", "gauge", "size of the store's spool", [({}, size)])
+    prepaid = getattr(daemon, "prepaid", None)
+    if prepaid is not None:
+        counts: dict[str, int] = {}
+        for command in prepaid.store.commands(limit=100_000):
+            counts[command.state.value] = counts.get(command.state.value, 0) + 1
+        metric("meterd_commands", "gauge", "relay commands by state", [({"state": k}, v) for k, v in sorted(counts.items())])
+        metric("meterd_prepaid_passes_total", "counter", "charging and policy passes", [({}, prepaid.passes)])
+    analytics = getattr(daemon, "analytics", None)
+    if analytics is not None:
+        metric("meterd_anomalies_open", "gauge", "open anomaly events", [({}, len(analytics.anomalies.events(state="open", limit=100_000)))])
+        metric("meterd_outages_open", "gauge", "outages going on", [({}, len(analytics.outages.outages(open_only=True)))])
+    return "\n".join(lines) + "\n"
