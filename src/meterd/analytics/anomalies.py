@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
-from meterd.analytics._db import StateTables
+from meterd.storage.statedb import StateDatabase
 from meterd.control.model import CST
 from meterd.readings import Quality, Reading
 from meterd.storage.sqlite import from_ms, to_ms
@@ -388,11 +388,12 @@ def _merge_evidence(old: Sequence[dict[str, str]], new: Iterable[dict[str, str]]
 _COLUMNS: Final = "id, meter, kind, severity, opened_ts, last_seen_ts, closed_ts, detail, evidence"
 
 
-class AnomalyStore(StateTables):
+class AnomalyStore(StateDatabase):
     """Anomaly events in ``data_dir/state.sqlite3``: at most one open event per (meter, kind)
     (a partial unique index says so), opened, kept up to date and closed by :meth:`update`."""
 
     SCHEMA = _SCHEMA
+    ROWS = False  # plain tuples
 
     def update(
         self, findings: Iterable[Finding], checked: Iterable[tuple[str, Kind]], now: datetime

@@ -30,7 +30,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 
-from meterd.analytics._db import StateTables
+from meterd.storage.statedb import StateDatabase
 from meterd.control.model import CST
 from meterd.readings import Quality, Reading
 from meterd.storage.sqlite import to_ms
@@ -78,10 +78,11 @@ _IN_CHUNK: Final = 500  # meters per "IN (...)" query, well under SQLite's varia
 _FEW_METERS: Final = 2_000  # above this, one scan of the day index and a filter is faster
 
 
-class DailyRegisterStore(StateTables):
+class DailyRegisterStore(StateDatabase):
     """Daily frozen registers of every meter in ``data_dir/state.sqlite3``."""
 
     SCHEMA = _REGISTERS_SCHEMA
+    ROWS = False  # plain tuples
 
     def record(self, readings: Iterable[Reading]) -> int:
         """Keep the daily frozen import/export totals among ``readings``; other quantities and
@@ -172,10 +173,11 @@ class DailyRegisterStore(StateTables):
             return conn.execute("DELETE FROM daily_registers WHERE day < ?", (before.isoformat(),)).rowcount
 
 
-class LossHistory(StateTables):
+class LossHistory(StateDatabase):
     """Daily line-loss rates per unit: what the jump flag compares today's rate with."""
 
     SCHEMA = _HISTORY_SCHEMA
+    ROWS = False  # plain tuples
 
     def save(self, reports: Iterable[LossReport], *, include_incomplete: bool = False) -> int:
         """Store the rate of each one-day report (a rerun of a day replaces it); returns how many.

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
-from meterd.analytics._db import StateTables
+from meterd.storage.statedb import StateDatabase
 from meterd.analytics.topology import Topology
 from meterd.storage.sqlite import from_ms, to_ms
 
@@ -135,10 +135,11 @@ def _outage(row: tuple[Any, ...]) -> Outage:
 _COLUMNS: Final = "id, unit, started_ts, ended_ts, meters, accounts"
 
 
-class OutageStore(StateTables):
+class OutageStore(StateDatabase):
     """Outages in ``data_dir/state.sqlite3``; never two open for one unit (a partial unique index)."""
 
     SCHEMA = _SCHEMA
+    ROWS = False  # plain tuples
 
     def update(
         self,

@@ -14,13 +14,12 @@ import hashlib
 import hmac
 import secrets
 import sqlite3
-import threading
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Final
 
-from meterd.storage.sqlite import STATE_FILE, from_ms, to_ms
+from meterd.storage.sqlite import from_ms, to_ms
+from meterd.storage.statedb import StateDatabase
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS api_tokens (
@@ -64,31 +63,11 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class TokenStore:
+class TokenStore(StateDatabase):
     """Tokens in ``data_dir/state.sqlite3`` (own connection, WAL, 30 s busy timeout)."""
 
-    def __init__(self, data_dir: Path | str) -> None:
-        self.path = Path(data_dir) / STATE_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0, isolation_level=None)
-        try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA busy_timeout=30000")
-            self._conn.executescript(_SCHEMA)
-        except BaseException:
-            self._conn.close()
-            raise
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> TokenStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    SCHEMA = _SCHEMA
+    ROWS = False  # plain tuples
 
     def create(self, name: str, role: Role | str, now: datetime) -> tuple[str, str]:
         """A new token: returns ``(id, secret)``.  The secret is not kept: show it once."""

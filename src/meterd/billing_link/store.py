@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Final, Iterator, Mapping, Sequence
+from typing import Any, Final, Mapping, Sequence
 
-from meterd.storage.sqlite import STATE_FILE, from_ms, to_ms
+from meterd.storage.sqlite import from_ms, to_ms
+from meterd.storage.statedb import StateDatabase
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS sync_jobs (
@@ -96,44 +94,10 @@ def _add(counts: dict[str, int], delta: Mapping[str, int]) -> dict[str, int]:
     return out
 
 
-class SyncStore:
+class SyncStore(StateDatabase):
     """Watermarks, file progress and quarantine of the billing jobs in ``data_dir/state.sqlite3``."""
 
-    def __init__(self, data_dir: Path | str) -> None:
-        self.path = Path(data_dir) / STATE_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA busy_timeout=30000")
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        with self._lock:
-            self._conn.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> SyncStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+    SCHEMA = _SCHEMA
 
     # --- jobs ----------------------------------------------------------------------------------
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from operator import attrgetter
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Final, Iterable, Iterator, Mapping, Sequence
 
@@ -45,7 +44,8 @@ from meterd.control.model import (
     LedgerEntry,
     Rate,
 )
-from meterd.storage.sqlite import STATE_FILE, from_ms, to_ms
+from meterd.storage.sqlite import from_ms, to_ms
+from meterd.storage.statedb import StateDatabase
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -453,46 +453,11 @@ class ChargingBatch:
                         "ledger_seq": [seq + 1, last]}
 
 
-class ControlStore:
+class ControlStore(StateDatabase):
     """Prepaid state in ``data_dir/state.sqlite3`` (shared with the meter archive)."""
 
-    def __init__(self, data_dir: Path | str) -> None:
-        self.path = Path(data_dir) / STATE_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA busy_timeout=30000")
-        self._conn.execute("PRAGMA temp_store=MEMORY")  # a charging pass groups its entries by account
-        with self._lock:
-            self._conn.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> ControlStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taking the database lock up front; rolled back on any error."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+    SCHEMA = _SCHEMA
+    PRAGMAS = ("temp_store=MEMORY",)  # a charging pass groups its entries by account
 
     def _tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """:meth:`_read` as plain tuples: for whole-district reads, where Row objects cost."""

@@ -1,27 +1,33 @@
-"""The analytics tables' connection to ``state.sqlite3``, opened the way every state store opens it.
+"""One way to open the state database for the stores that share it.
 
-WAL (readers never block the writer), ``busy_timeout`` 30 s (the daemon, the CLI and reports are
-separate processes writing the same file), autocommit mode with explicit ``BEGIN IMMEDIATE`` for
-writes (a writer takes the database lock up front instead of failing half-way), and one lock per
-connection so a store may be shared by the event loop and ``asyncio.to_thread`` workers.
+``state.sqlite3`` holds the meter archive, the prepaid ledger and commands, the analytics tables,
+the sync jobs' progress and the API tokens.  Each store keeps its own connection, opened here the
+same way: WAL (readers never block the writer), ``busy_timeout`` 30 s (the daemon, the CLI and
+reports are separate processes writing the same file), autocommit mode with explicit
+``BEGIN IMMEDIATE`` for writes (a writer takes the database lock up front instead of failing
+half-way), and one re-entrant lock per connection so a store may be shared by the event loop and
+``asyncio.to_thread`` workers.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Iterator, Self, Sequence
 
 from meterd.storage.sqlite import STATE_FILE
 
 
-class StateTables:
-    """Base of the analytics stores: one connection to ``data_dir/state.sqlite3`` and its schema."""
+class StateDatabase:
+    """Base of the state-database stores: one connection to ``data_dir/state.sqlite3`` and the
+    subclass's ``SCHEMA``.  ``ROWS`` gives :class:`sqlite3.Row` results (else plain tuples);
+    ``PRAGMAS`` are extra settings for this connection."""
 
-    SCHEMA = ""
+    SCHEMA: ClassVar[str] = ""
+    ROWS: ClassVar[bool] = True
+    PRAGMAS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, data_dir: Path | str) -> None:
         self.path = Path(data_dir) / STATE_FILE
@@ -29,8 +35,12 @@ class StateTables:
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0, isolation_level=None)
         try:
+            if self.ROWS:
+                self._conn.row_factory = sqlite3.Row
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA busy_timeout=30000")
+            for pragma in self.PRAGMAS:
+                self._conn.execute(f"PRAGMA {pragma}")
             with self._lock:
                 self._conn.executescript(self.SCHEMA)
         except BaseException:
@@ -62,6 +72,6 @@ class StateTables:
                 raise
             self._conn.execute("COMMIT")
 
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
