@@ -254,12 +254,12 @@ def outages_cmd(args: argparse.Namespace) -> int:
 
 
 def _duration(text: str) -> timedelta:
-    units = {"s": 1, "m": 60, "h": 3600}
-    try:
-        return timedelta(seconds=float(text[:-1]) * units[text[-1]]) if text[-1] in units else \
-            timedelta(seconds=float(text))
-    except (ValueError, IndexError):
-        raise ConfigError(f"--step {text!r}: use e.g. 15m, 1h, 900") from None
+    from meterd.config.loader import _seconds  # the config's duration forms: 900, "15m", "1h"
+
+    seconds = _seconds(text)
+    if seconds is None or seconds <= 0:
+        raise ConfigError(f"--step {text!r}: use e.g. 15m, 1h, 900")
+    return timedelta(seconds=seconds)
 
 
 @_guard
