@@ -24,7 +24,7 @@ import json
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Final
@@ -38,10 +38,13 @@ from starlette.routing import Route
 
 from meterd.analytics.anomalies import AnomalyStore, Event
 from meterd.analytics.outages import Outage, OutageStore
+from meterd.analytics.views import curve_meters, curve_points, energy_rows, lineloss_reports, parse_period, parse_step
 from meterd.api.tokens import Role, TokenStore
 from meterd.control.engine import queue_manual
 from meterd.control.model import CommandKind, CommandState
 from meterd.control.state import Account, Command, ControlStore, LedgerError, LedgerRow, to_fen
+from meterd.errors import ConfigError, MeterdError
+from meterd.storage.quality import QualityStore, cst_day
 from meterd.storage.sqlite import MeterRecord, SqliteStore, encode_value
 
 log = logging.getLogger(__name__)
@@ -116,6 +119,52 @@ SCHEMAS: Final[dict[str, Any]] = {
                      "evidence": {"type": "array", "items": {"type": "object"}}}),
     "Outage": _obj({"id": {"type": "integer"}, "unit": _STR, "started": _TIME, "ended": _OPT_TIME,
                     "meters": {"type": "array", "items": _STR}, "accounts": {"type": "array", "items": _STR}}),
+    "Overview": _obj({"at": _TIME, "day": _STR, "meters": {"type": "integer"},
+                      "meters_with_data_today": {"type": "integer"},
+                      "terminals": _obj({"total": {"type": "integer"}, "online": {"type": "integer"}}),
+                      "collection": _obj({"attempts": {"type": "integer"}, "successes": {"type": "integer"},
+                                          "success_rate": {"type": ["number", "null"]}, "target": {"type": "number"}}),
+                      "accounts": _obj({s: {"type": "integer"} for s in ("total", *ACCOUNT_STATES)}),
+                      "commands": {"type": "object", "additionalProperties": {"type": "integer"}},
+                      "anomalies_open": {"type": "integer"}, "outages_open": {"type": "integer"}}),
+    "LineLoss": _obj({"unit": _STR, "kind": _STR, "start": _STR, "end": _STR, "supply": _STR, "sales": _STR,
+                      "auxiliary": _STR, "loss": _STR, "rate": _OPT_STR, "supply_points": {"type": "integer"},
+                      "supply_with_data": {"type": "integer"}, "sales_points": {"type": "integer"},
+                      "sales_with_data": {"type": "integer"}, "completeness": _STR,
+                      "missing": {"type": "array", "items": _STR}, "estimated": {"type": "array", "items": _STR},
+                      "flags": {"type": "array", "items": _STR}}),
+    "Energy": _obj({"start": _STR, "end": _STR, "key": _STR, "kwh": _STR}),
+    "Curve": _obj({"subject": _STR, "day": _STR, "step_seconds": {"type": "integer"}, "meters": {"type": "array",
+                   "items": _STR}, "points": {"type": "array", "items": _obj(
+                       {"at": _TIME, "kw": _STR, "meters": {"type": "integer"}})}}),
+    "Quality": {"type": "object", "required": ["day", "total", "meters", "channels", "areas"],
+                "properties": {"day": _STR, "total": {"type": "object"}, "meters": {"type": "array"},
+                               "channels": {"type": "array"}, "areas": {"type": "array"}}},
+    "Terminal": _obj({"id": _STR, "channel": _STR, "kind": {"type": "string", "enum": ["dtu", "mqtt"]},
+                      "online": {"type": "boolean"}, "since": _OPT_TIME, "meters": {"type": "integer"}}),
+    "SyncJob": _obj({"job": _STR, "kind": _STR, "schedule": _OPT_STR, "watermark": _OPT_STR, "last_run": _OPT_TIME,
+                     "last_status": _OPT_STR, "last_error": _OPT_STR, "counts": {"type": "object"},
+                     "files_unfinished": {"type": "integer"}, "quarantined_total": {"type": "integer"}}),
+    "SyncRun": _obj({"job": _STR, "kind": _STR, "applied": {"type": "integer"}, "duplicates": {"type": "integer"},
+                     "quarantined": {"type": "integer"}}),
+    "Attempt": _obj({"meter": _STR, "channel": _STR, "item": _STR, "timestamp": _TIME, "outcome": _STR,
+                     "latency": {"type": ["number", "null"]}, "detail": _STR}),
+    "OnDemandRead": _obj({"meter": _STR, "readings": {"type": "array", "items": _ref("Reading")},
+                          "attempts": {"type": "array", "items": _ref("Attempt")}}),
+    "Channel": _obj({"name": _STR, "stats": {"type": "object"}}),
+    "Diagnostics": _obj({"channels": {"type": "array", "items": _ref("Channel")},
+                         "listeners": {"type": "object"}, "spool": {"type": "object"}}),
+    "Token": _obj({"id": _STR, "name": _STR, "role": {"type": "string", "enum": [r.value for r in Role]},
+                   "created": _TIME, "revoked": _OPT_TIME}),
+    "NewToken": _obj({"id": _STR, "name": _STR, "role": _STR, "secret": _STR}),
+    "ConfigSummary": {"type": "object", "required": ["source", "data_dir", "channels", "meters", "polls"],
+                      "properties": {"source": _STR, "data_dir": _STR, "channels": {"type": "array"},
+                                     "meters": {"type": "integer"}, "polls": {"type": "array"},
+                                     "tasks": {"type": "array"}, "sections": {"type": "array"}}},
+    "ReadRequest": _obj({"quantities": {"type": "array", "items": _STR, "minItems": 1, "maxItems": 32}},
+                        additionalProperties=False),
+    "TokenRequest": _obj({"name": _STR, "role": {"type": "string", "enum": [r.value for r in Role]}},
+                         additionalProperties=False),
     "CommandRequest": _obj({"meter": _STR, "kind": {"type": "string", "enum": list(MANUAL_KINDS)},
                             "reason": _STR}, additionalProperties=False),
     "CancelRequest": _obj({"reason": _STR}, additionalProperties=False),
@@ -179,6 +228,60 @@ def _outage_doc(o: Outage) -> dict[str, Any]:
             "meters": list(o.meters), "accounts": list(o.accounts)}
 
 
+def _attempt_doc(a: Any) -> dict[str, Any]:
+    return {"meter": a.meter, "channel": a.channel, "item": a.item, "timestamp": a.timestamp.isoformat(),
+            "outcome": a.outcome, "latency": a.latency, "detail": a.detail}
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-ready copy of a stats object: dataclasses, mappings, enums, Decimals, times."""
+    import dataclasses
+    import enum
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, Decimal):
+        return str(obj)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def _job_kind(config: Any, name: str) -> str:
+    for job in (config.sync.jobs if config is not None and config.sync else ()):
+        if job.name == name:
+            return str(getattr(job.kind, "value", job.kind))
+    return "unknown"
+
+
+def _config_doc(config: Any) -> dict[str, Any]:
+    """What an admin may see of the running config: names, links, counts -- no secrets (the
+    loader refuses them inline anyway; environment variable names are shown, never values)."""
+    def link(ch: Any) -> dict[str, Any]:
+        kind = type(ch.link).__name__.removesuffix("Link").lower()
+        doc = {"kind": kind}
+        for attr in ("device", "baud", "host", "port", "listener", "terminal"):
+            if hasattr(ch.link, attr):
+                doc[attr] = _plain(getattr(ch.link, attr))
+        return doc
+    sections = [name for name in ("mqtt", "prepaid", "analytics", "sync", "api") if getattr(config, name, None)]
+    return {"source": config.source, "data_dir": str(config.store.data_dir),
+            "channels": [{"name": ch.name, "link": link(ch), "meters": len(config.meters_on(ch.name))}
+                         for ch in config.channels],
+            "meters": len(config.meters),
+            "polls": [{"name": p.name, "groups": list(p.groups), "quantities": list(p.quantities)} for p in config.polls],
+            "tasks": [getattr(t, "name", str(t)) for t in config.tasks],
+            "sections": sections}
+
+
 # --- input -------------------------------------------------------------------------------------
 
 
@@ -210,11 +313,21 @@ async def _body(request: Request, schema: str) -> dict[str, Any]:
         if name not in doc:
             raise ApiError(400, f"missing field: {name}")
     for name, value in doc.items():
+        prop = spec["properties"][name]
+        if prop.get("type") == "array":  # a list of non-empty strings
+            if not isinstance(value, list) or not value:
+                raise ApiError(400, f"field {name} must be a non-empty list of strings")
+            if len(value) > prop.get("maxItems", 100):
+                raise ApiError(400, f"field {name} has {len(value)} items, at most {prop.get('maxItems', 100)}")
+            for item in value:
+                if not isinstance(item, str) or not item.strip():
+                    raise ApiError(400, f"field {name} must hold non-empty strings, not {item!r}")
+            continue
         if not isinstance(value, str):
             raise ApiError(400, f"field {name} must be a string, not {type(value).__name__}")
         if not value.strip():
             raise ApiError(400, f"field {name} must not be empty")
-        enum = spec["properties"][name].get("enum")
+        enum = prop.get("enum")
         if enum and value not in enum:
             raise ApiError(400, f"field {name} must be one of {', '.join(enum)}, not {value!r}")
     return doc
@@ -286,22 +399,49 @@ class Endpoint:
 
 
 LIMIT_PARAM: Final = ("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "at most this many")
+PERIOD_PARAM: Final = ("period", _STR, "YYYY-MM-DD, YYYY-MM, YYYY-Qn or START..END (default yesterday, CST)")
 
 
 class Api:
     """The handlers, over the stores of one data directory."""
 
-    def __init__(self, data_dir: Path, clock: Clock, config: Any) -> None:
-        self.data_dir, self.clock, self.config = data_dir, clock, config
+    def __init__(self, data_dir: Path, clock: Clock, config: Any, daemon: Any = None) -> None:
+        self.data_dir, self.clock, self.config, self.daemon = data_dir, clock, config, daemon
         self.tokens = TokenStore(data_dir)
         self.control = ControlStore(data_dir)
         self.archive = SqliteStore(data_dir)
         self.anomalies = AnomalyStore(data_dir)
         self.outages = OutageStore(data_dir)
+        self.quality = QualityStore(data_dir, clock=clock)
+        self._syncing: set[str] = set()
 
     def close(self) -> None:
-        for store in (self.tokens, self.control, self.archive, self.anomalies, self.outages):
+        for store in (self.tokens, self.control, self.archive, self.anomalies, self.outages, self.quality):
             store.close()
+
+    def _need_config(self, what: str) -> Any:
+        if self.config is None:
+            raise ApiError(503, f"{what} needs the site config: served by the daemon (or create_app(config=...))")
+        return self.config
+
+    def _need_daemon(self, what: str) -> Any:
+        if self.daemon is None:
+            raise ApiError(503, f"{what} is only served by the running daemon")
+        return self.daemon
+
+    def _terminals(self) -> list[dict[str, Any]]:
+        from meterd.config.model import DtuLink, MqttLink
+
+        online = self.quality.online_since()
+        out = []
+        if self.config is not None:
+            for ch in self.config.channels:
+                if isinstance(ch.link, (DtuLink, MqttLink)):
+                    out.append({"id": ch.link.terminal, "channel": ch.name,
+                                "kind": "dtu" if isinstance(ch.link, DtuLink) else "mqtt",
+                                "online": ch.name in online, "since": _iso(online.get(ch.name)),
+                                "meters": len(self.config.meters_on(ch.name))})
+        return out
 
     def _audit(self, caller: Caller, action: str, subject: str, detail: dict[str, Any]) -> None:
         self.control.audit(caller.name, f"api-{action}", subject,
@@ -391,6 +531,249 @@ class Api:
         limit = _query_limit(request, 1000)
         rows = await run_in_threadpool(lambda: self.outages.outages(open_only, limit=limit))
         return JSONResponse([_outage_doc(o) for o in rows])
+
+
+    # --- views: overview, line loss, energy, curves, quality, terminals, sync ---
+
+    async def overview(self, request: Request, caller: Caller | None) -> Response:
+        def work() -> dict[str, Any]:
+            now = self.clock()
+            day = cst_day(now)
+            total = self.quality.report(day, now=now).total
+            terminals = self._terminals()
+            accounts = {s: 0 for s in ACCOUNT_STATES}
+            accounts.update(self.control.counts("accounts", "state"))
+            return {"at": now.isoformat(), "day": day.isoformat(), "meters": len(self._known_meters()),
+                    "meters_with_data_today": total.meters_with_data,
+                    "terminals": {"total": len(terminals), "online": sum(t["online"] for t in terminals)},
+                    "collection": {"attempts": total.attempts, "successes": total.ok,
+                                   "success_rate": total.success_rate, "target": self.quality.threshold},
+                    "accounts": {"total": sum(accounts.values()), **accounts},
+                    "commands": self.control.counts("commands", "state"),
+                    "anomalies_open": sum(self.anomalies.counts("anomalies", "severity", "closed_ts IS NULL").values()),
+                    "outages_open": sum(self.outages.counts("outages", "unit", "ended_ts IS NULL").values())}
+        return JSONResponse(await run_in_threadpool(work))
+
+    def _period(self, request: Request) -> tuple[date, date]:
+        try:
+            return parse_period(request.query_params.get("period"), today=cst_day(self.clock()), name="period")
+        except ConfigError as exc:
+            raise ApiError(400, f"query parameter {exc}") from None
+
+    async def lineloss(self, request: Request, caller: Caller | None) -> Response:
+        config = self._need_config("line loss")
+        start, end = self._period(request)
+        unit = request.query_params.get("unit") or None
+        kind = _query_enum(request, "kind", ("area", "line", "group"))
+        estimated = _query_enum(request, "include_estimated", ("true", "false")) == "true"
+        if config.analytics is None or config.analytics.topology is None:
+            return JSONResponse([])
+
+        def work() -> list[dict[str, Any]]:
+            try:
+                return [r.as_dict() for r in lineloss_reports(config, start, end, unit=unit, kind=kind,
+                                                               include_estimated=estimated)]
+            except ConfigError as exc:
+                raise ApiError(404, str(exc)) from None
+        return JSONResponse(await run_in_threadpool(work))
+
+    async def energy(self, request: Request, caller: Caller | None) -> Response:
+        from meterd.analytics.stats import periods
+
+        config = self._need_config("energy statistics")
+        start, end = self._period(request)
+        by = _query_enum(request, "by", ("unit", "industry", "group")) or "unit"
+        split = _query_enum(request, "split", ("day", "month", "quarter"))
+        role = _query_enum(request, "role", ("sales", "supply", "auxiliary", "all")) or "sales"
+        if split == "day" and (end - start).days > 366:
+            raise ApiError(400, "query parameter split=day: at most 367 days")
+        if config.analytics is None or config.analytics.topology is None:
+            return JSONResponse([])
+
+        def work() -> list[dict[str, Any]]:
+            spans = periods(split, start, end) if split else [(start, end)]
+            return [{"start": r["start"], "end": r["end"], "key": r[by], "kwh": r["kwh"]}
+                    for r in energy_rows(config, spans, by=by, role=role)]  # type: ignore[arg-type]
+        return JSONResponse(await run_in_threadpool(work))
+
+    async def curve(self, request: Request, caller: Caller | None) -> Response:
+        q = request.query_params
+        meter, unit, group = q.get("meter"), q.get("unit"), q.get("group")
+        if sum(x is not None for x in (meter, unit, group)) != 1:
+            raise ApiError(400, "give exactly one of the query parameters meter, unit, group")
+        text = q.get("day")
+        if text is None:
+            day = cst_day(self.clock())
+        else:
+            try:
+                day = date.fromisoformat(text)
+            except ValueError:
+                raise ApiError(400, f"query parameter day={text!r} is not a date (YYYY-MM-DD)") from None
+        try:
+            step = parse_step(q.get("step", "15m"), name="query parameter step")
+        except ConfigError as exc:
+            raise ApiError(400, str(exc)) from None
+        if not timedelta(minutes=1) <= step <= timedelta(days=1):
+            raise ApiError(400, "query parameter step must be from 1m to 1d")
+
+        def work() -> dict[str, Any]:
+            if meter is not None:
+                address = _meter_address(meter)
+                if not self._meter_exists(address):
+                    raise ApiError(404, f"unknown meter {address}")
+                meters, subject = [address], f"meter {address}"
+            else:
+                if self.config is None or self.config.analytics is None or self.config.analytics.topology is None:
+                    raise ApiError(404, "no topology configured: ask for a meter's curve")
+                try:
+                    meters = curve_meters(self.config, unit=unit, group=group)
+                except ConfigError as exc:
+                    raise ApiError(404, str(exc)) from None
+                subject = f"unit {unit}" if unit is not None else f"group {group}"
+            points = curve_points(self.data_dir, meters, day, step)
+            return {"subject": subject, "day": day.isoformat(), "step_seconds": int(step.total_seconds()),
+                    "meters": meters,
+                    "points": [{"at": at.isoformat(), "kw": str(kw), "meters": n} for at, kw, n in points]}
+        return JSONResponse(await run_in_threadpool(work))
+
+    async def quality_report(self, request: Request, caller: Caller | None) -> Response:
+        text = request.query_params.get("day")
+        try:
+            day = cst_day(self.clock()) if text is None else date.fromisoformat(text)
+        except ValueError:
+            raise ApiError(400, f"query parameter day={text!r} is not a date (YYYY-MM-DD)") from None
+        area = request.query_params.get("area") or None
+        report = await run_in_threadpool(lambda: self.quality.report(day, area, now=self.clock()))
+        return JSONResponse(report.as_dict())
+
+    async def terminals(self, request: Request, caller: Caller | None) -> Response:
+        return JSONResponse(await run_in_threadpool(self._terminals))
+
+    async def sync_status(self, request: Request, caller: Caller | None) -> Response:
+        from meterd.billing_link.store import SyncStore
+
+        schedules = self.config.sync.schedules if self.config is not None and self.config.sync else {}
+        configured = [j.name for j in self.config.sync.jobs] if self.config is not None and self.config.sync else []
+
+        def work() -> list[dict[str, Any]]:
+            with SyncStore(self.data_dir) as store:
+                rows = {r["job"]: r for r in store.status()}
+            out = []
+            for name in sorted(set(rows) | set(configured)):
+                r = rows.get(name, {})
+                out.append({"job": name, "kind": r.get("kind") or _job_kind(self.config, name),
+                            "schedule": schedules.get(name), "watermark": r.get("watermark"),
+                            "last_run": _iso(r.get("last_run")), "last_status": r.get("last_status"),
+                            "last_error": r.get("last_error"), "counts": r.get("counts", {}),
+                            "files_unfinished": r.get("files_unfinished", 0),
+                            "quarantined_total": r.get("quarantined_total", 0)})
+            return out
+        return JSONResponse(await run_in_threadpool(work))
+
+    async def sync_run(self, request: Request, caller: Caller | None) -> Response:
+        from meterd.billing_link.runtime import SyncBusy, run_named
+
+        assert caller is not None
+        config = self._need_config("a sync run")
+        name = request.path_params["job"]
+        if name not in {j.name for j in (config.sync.jobs if config.sync else ())}:
+            raise ApiError(404, f"unknown sync job {name!r}")
+        runtime = getattr(self.daemon, "sync", None)
+        if name in self._syncing or (runtime is not None and name in runtime._running):
+            raise ApiError(409, f"sync job {name} is already running")
+        self._audit(caller, "sync-run", name, {"state": "started"})
+        self._syncing.add(name)
+        try:
+            if runtime is not None:
+                result = await runtime.run_now(name)
+            else:
+                result = await run_in_threadpool(lambda: run_named(config, name, now=self.clock()))
+        except SyncBusy as exc:
+            raise ApiError(409, str(exc)) from None
+        except MeterdError as exc:
+            self._audit(caller, "sync-run", name, {"state": "failed", "error": str(exc)})
+            raise ApiError(422, f"sync job {name} failed: {exc}") from None
+        finally:
+            self._syncing.discard(name)
+        self._audit(caller, "sync-run", name, {"state": "done", "applied": result.applied})
+        return JSONResponse({"job": name, "kind": result.kind.value, "applied": result.applied,
+                             "duplicates": result.duplicates, "quarantined": result.quarantined})
+
+    # --- technician: diagnostics and on-demand reads ---
+
+    async def meter_attempts(self, request: Request, caller: Caller | None) -> Response:
+        meter = _meter_address(request.path_params["address"])
+        since = _query_time(request, "since") or self.clock() - timedelta(hours=24)
+        limit = _query_limit(request, 200)
+
+        def work() -> list[dict[str, Any]]:
+            if not self._meter_exists(meter):
+                raise ApiError(404, f"unknown meter {meter}")
+            return [_attempt_doc(a) for a in self.archive.attempts(meter=meter, since=since)[-limit:]]
+        return JSONResponse(await run_in_threadpool(work))
+
+    async def diagnostics(self, request: Request, caller: Caller | None) -> Response:
+        daemon = self._need_daemon("live channel diagnostics")
+        spool = getattr(daemon.sink, "spool_size", None)
+        records, size = spool() if spool is not None else (0, 0)
+        return JSONResponse({"channels": [{"name": name, "stats": _plain(stats)} for name, stats in daemon.stats().items()],
+                             "listeners": _plain(daemon.listener_status()),
+                             "spool": {"records": records, "bytes": size}})
+
+    async def read_now(self, request: Request, caller: Caller | None) -> Response:
+        from meterd.api.live import ReadRefused, call_now
+
+        assert caller is not None
+        meter = _meter_address(request.path_params["address"])
+        body = await _body(request, "ReadRequest")
+        daemon = self._need_daemon("an on-demand read")
+        if not self._meter_exists(meter):
+            raise ApiError(404, f"unknown meter {meter}")
+        try:
+            readings, attempts = await call_now(daemon, meter, body["quantities"], now=self.clock())
+        except ReadRefused as exc:
+            raise ApiError(400, str(exc)) from None
+        await run_in_threadpool(self._audit, caller, "read", meter,
+                                {"quantities": body["quantities"], "readings": len(readings),
+                                 "failed": sum(a.outcome != "ok" for a in attempts)})
+        return JSONResponse({"meter": meter, "readings": [_reading_doc(r) for r in readings],
+                             "attempts": [_attempt_doc(a) for a in attempts]})
+
+    # --- admin: tokens and config ---
+
+    async def tokens_list(self, request: Request, caller: Caller | None) -> Response:
+        rows = await run_in_threadpool(self.tokens.list)
+        return JSONResponse([{"id": t.id, "name": t.name, "role": t.role.value, "created": t.created.isoformat(),
+                              "revoked": _iso(t.revoked)} for t in rows])
+
+    async def token_create(self, request: Request, caller: Caller | None) -> Response:
+        assert caller is not None
+        body = await _body(request, "TokenRequest")
+
+        def work() -> tuple[str, str]:
+            token_id, secret = self.tokens.create(body["name"], body["role"], self.clock())
+            self._audit(caller, "token-create", token_id, {"name": body["name"].strip(), "new_role": body["role"]})
+            return token_id, secret
+        token_id, secret = await run_in_threadpool(work)
+        return JSONResponse({"id": token_id, "name": body["name"].strip(), "role": body["role"], "secret": secret},
+                            status_code=201)
+
+    async def token_revoke(self, request: Request, caller: Caller | None) -> Response:
+        assert caller is not None
+        token_id = request.path_params["id"]
+
+        def work() -> None:
+            if token_id == caller.token_id:
+                raise ApiError(409, "a token cannot revoke itself; use another admin token or the CLI")
+            if not self.tokens.revoke(token_id, self.clock()):
+                raise ApiError(404, f"no live token {token_id!r}")
+            self._audit(caller, "token-revoke", token_id, {})
+        await run_in_threadpool(work)
+        return JSONResponse({"id": token_id, "revoked": True})
+
+    async def config_summary(self, request: Request, caller: Caller | None) -> Response:
+        config = self._need_config("the config summary")
+        return JSONResponse(_config_doc(config))
 
     # --- write endpoints ---
 
@@ -512,10 +895,60 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
              {200: _array("Outage")},
              query=(("open", {"type": "string", "enum": ["true", "false"]}, "only open outages"), LIMIT_PARAM),
              errors=(*_AUTH_ERRORS, 400)),
+    Endpoint("GET", "/api/v1/overview", Role.VIEWER, "the district at a glance: meters, terminals online, today's "
+             "collection rate against its target, accounts by state, commands, open anomalies and outages",
+             Api.overview, {200: _ref("Overview")}, errors=_AUTH_ERRORS),
+    Endpoint("GET", "/api/v1/lineloss", Role.VIEWER, "line loss per area / line with completeness (empty without a "
+             "topology)", Api.lineloss, {200: _array("LineLoss")},
+             query=(PERIOD_PARAM, ("unit", _STR, "only this area / line / group"),
+                    ("kind", {"type": "string", "enum": ["area", "line", "group"]}, "only units of this kind"),
+                    ("include_estimated", {"type": "string", "enum": ["true", "false"]}, "use estimated registers")),
+             errors=(*_AUTH_ERRORS, 400, 404, 503)),
+    Endpoint("GET", "/api/v1/energy", Role.VIEWER, "energy per area, industry or group and period", Api.energy,
+             {200: _array("Energy")},
+             query=(PERIOD_PARAM, ("by", {"type": "string", "enum": ["unit", "industry", "group"]}, "default unit"),
+                    ("split", {"type": "string", "enum": ["day", "month", "quarter"]}, "one row per sub-period"),
+                    ("role", {"type": "string", "enum": ["sales", "supply", "auxiliary", "all"]}, "default sales")),
+             errors=(*_AUTH_ERRORS, 400, 503)),
+    Endpoint("GET", "/api/v1/curve", Role.VIEWER, "the load curve (summed active power per bucket) of a meter, an "
+             "area / line or a group for one CST day", Api.curve, {200: _ref("Curve")},
+             query=(("meter", _STR, "one meter"), ("unit", _STR, "an area / line (its sales points)"),
+                    ("group", _STR, "a topology group"), ("day", {"type": "string", "format": "date"},
+                                                          "CST day, default today"),
+                    ("step", _STR, "bucket size: 15m (default), 1h, 900")),
+             errors=(*_AUTH_ERRORS, 400, 404)),
+    Endpoint("GET", "/api/v1/quality", Role.VIEWER, "collection quality per meter, channel and area for a day",
+             Api.quality_report, {200: _ref("Quality")},
+             query=(("day", {"type": "string", "format": "date"}, "CST day, default today"),
+                    ("area", _STR, "only this meter group")), errors=(*_AUTH_ERRORS, 400)),
+    Endpoint("GET", "/api/v1/terminals", Role.VIEWER, "DTUs and MQTT terminals with their online state",
+             Api.terminals, {200: _array("Terminal")}, errors=_AUTH_ERRORS),
+    Endpoint("GET", "/api/v1/sync", Role.VIEWER, "billing sync jobs: last run, status, counts, quarantine",
+             Api.sync_status, {200: _array("SyncJob")}, errors=_AUTH_ERRORS),
+    Endpoint("POST", "/api/v1/sync/{job}/run", Role.OPERATOR, "run a sync job now (waits for it to finish)",
+             Api.sync_run, {200: _ref("SyncRun")}, path_params=("job",), errors=(*_AUTH_ERRORS, 404, 409, 422, 503)),
+    Endpoint("GET", "/api/v1/meters/{address}/attempts", Role.TECHNICIAN, "a meter's recent requests and how each "
+             "ended (diagnostics)", Api.meter_attempts, {200: _array("Attempt")},
+             query=(("since", _TIME, "from this time, default 24 h ago"), LIMIT_PARAM), path_params=("address",),
+             errors=(*_AUTH_ERRORS, 400, 404)),
+    Endpoint("POST", "/api/v1/meters/{address}/read", Role.TECHNICIAN, "call now: read quantities of a meter at "
+             "once, ahead of routine reads; the readings are stored", Api.read_now, {200: _ref("OnDemandRead")},
+             path_params=("address",), body="ReadRequest", errors=(*_AUTH_ERRORS, 400, 404, 413, 503)),
+    Endpoint("GET", "/api/v1/diagnostics", Role.TECHNICIAN, "live channel statistics, listeners, spool",
+             Api.diagnostics, {200: _ref("Diagnostics")}, errors=(*_AUTH_ERRORS, 503)),
+    Endpoint("GET", "/api/v1/tokens", Role.ADMIN, "API tokens (never their secrets)", Api.tokens_list,
+             {200: _array("Token")}, errors=_AUTH_ERRORS),
+    Endpoint("POST", "/api/v1/tokens", Role.ADMIN, "create a token; its secret is in this answer only",
+             Api.token_create, {201: _ref("NewToken")}, body="TokenRequest", errors=(*_AUTH_ERRORS, 400, 413)),
+    Endpoint("POST", "/api/v1/tokens/{id}/revoke", Role.ADMIN, "revoke a token", Api.token_revoke,
+             {200: {"type": "object"}}, path_params=("id",), errors=(*_AUTH_ERRORS, 404, 409)),
+    Endpoint("GET", "/api/v1/config", Role.ADMIN, "the running config: channels, meters, polls (no secrets)",
+             Api.config_summary, {200: _ref("ConfigSummary")}, errors=(*_AUTH_ERRORS, 503)),
 )
 
 _ERROR_TEXT: Final = {400: "bad request", 401: "missing or bad token", 403: "role too low", 404: "not found",
-                      409: "conflict", 413: "body over 64 KiB", 422: "refused"}
+                      409: "conflict", 413: "body over 64 KiB", 422: "refused",
+                      503: "needs the running daemon or the site config"}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -589,10 +1022,12 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": "internal error"}, status_code=500)
 
 
-def create_app(data_dir: Path, *, clock: Clock, config: Any = None) -> Starlette:
+def create_app(data_dir: Path, *, clock: Clock, config: Any = None, daemon: Any = None) -> Starlette:
     """The API over ``data_dir``'s stores.  ``clock`` gives the aware time of each write;
-    ``config`` (a loaded site config, optional) supplies the known meters and command TTLs."""
-    api = Api(Path(data_dir), clock, config)
+    ``config`` (a loaded site config, optional) supplies the known meters, command TTLs, topology
+    and sync jobs; ``daemon`` (when the daemon serves it) the live channels for on-demand reads and
+    diagnostics -- without it those answer 503."""
+    api = Api(Path(data_dir), clock, config, daemon)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
@@ -601,7 +1036,9 @@ def create_app(data_dir: Path, *, clock: Clock, config: Any = None) -> Starlette
         finally:
             api.close()
 
-    routes = [Route(ep.path, _wrap(api, ep), methods=[ep.method]) for ep in ENDPOINTS]
+    from meterd.api.dashboard import dashboard_routes
+
+    routes = [Route(ep.path, _wrap(api, ep), methods=[ep.method]) for ep in ENDPOINTS] + dashboard_routes()
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error})
     app.state.api = api

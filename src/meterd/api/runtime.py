@@ -26,7 +26,7 @@ class ApiRuntime:
         assert api is not None
         from starlette.routing import Route
 
-        app = create_app(daemon.config.store.data_dir, clock=clock, config=daemon.config)
+        app = create_app(daemon.config.store.data_dir, clock=clock, config=daemon.config, daemon=daemon)
         self.daemon = daemon
         app.router.routes.insert(0, Route("/metrics", self.metrics, methods=["GET"]))
         self.server = uvicorn.Server(uvicorn.Config(app, host=api.host, port=api.port, log_level="warning",
@@ -105,13 +105,13 @@ def render_metrics(daemon: Daemon) -> str:
         metric("meterd_spool_bytes", "gauge", "size of the store's spool", [({}, size)])
     prepaid = getattr(daemon, "prepaid", None)
     if prepaid is not None:
-        counts: dict[str, int] = {}
-        for command in prepaid.store.commands(limit=100_000):
-            counts[command.state.value] = counts.get(command.state.value, 0) + 1
+        counts = prepaid.store.counts("commands", "state")
         metric("meterd_commands", "gauge", "relay commands by state", [({"state": k}, v) for k, v in sorted(counts.items())])
         metric("meterd_prepaid_passes_total", "counter", "charging and policy passes", [({}, prepaid.passes)])
     analytics = getattr(daemon, "analytics", None)
     if analytics is not None:
-        metric("meterd_anomalies_open", "gauge", "open anomaly events", [({}, len(analytics.anomalies.events(state="open", limit=100_000)))])
-        metric("meterd_outages_open", "gauge", "outages going on", [({}, len(analytics.outages.outages(open_only=True)))])
+        open_events = sum(analytics.anomalies.counts("anomalies", "kind", "closed_ts IS NULL").values())
+        open_outages = sum(analytics.outages.counts("outages", "unit", "ended_ts IS NULL").values())
+        metric("meterd_anomalies_open", "gauge", "open anomaly events", [({}, open_events)])
+        metric("meterd_outages_open", "gauge", "outages going on", [({}, open_outages)])
     return "\n".join(lines) + "\n"

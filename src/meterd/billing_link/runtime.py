@@ -79,9 +79,20 @@ class SyncRuntime:
             scheduler.shutdown(wait=False)
 
     async def run_once(self, name: str) -> Any:
-        if name in self._running:
+        """A scheduled run: a run still going is skipped, a failure logged."""
+        try:
+            return await self.run_now(name)
+        except SyncBusy:
             log.warning("sync job %s is still running; this run is skipped", name)
-            return None
+        except MeterdError as exc:
+            log.error("sync job %s failed: %s", name, exc)
+        return None
+
+    async def run_now(self, name: str) -> Any:
+        """Run ``name`` now (the API's "start a sync job"); :class:`SyncBusy` while a run of it is
+        going, :class:`~meterd.errors.MeterdError` when it fails."""
+        if name in self._running:
+            raise SyncBusy(f"sync job {name} is already running")
         self._running.add(name)
         try:
             result = await asyncio.to_thread(run_named, self.config, name, now=self.clock())
@@ -91,8 +102,9 @@ class SyncRuntime:
             if self.daemon.prepaid is not None and result.kind.value == "import_accounts":
                 self.daemon.prepaid.engine.refresh()
             return result
-        except MeterdError as exc:
-            log.error("sync job %s failed: %s", name, exc)
-            return None
         finally:
             self._running.discard(name)
+
+
+class SyncBusy(MeterdError):
+    """A run of the job is already going."""

@@ -10,14 +10,15 @@ the start of each day), with its completeness and the meters missing shown besid
 from __future__ import annotations
 
 import argparse
-import calendar
 import csv
 import io
 import sys
-from datetime import date, datetime, timedelta, timezone
+from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from meterd.analytics.views import parse_period, today_cst
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json
 from meterd.errors import ConfigError
 
@@ -65,43 +66,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true")
     out.add_argument("--csv", metavar="FILE", help="write CSV to FILE ('-' for stdout)")
-
-
-def today_cst(now: datetime | None = None) -> date:
-    from meterd.control.model import CST
-
-    return (now or datetime.now(timezone.utc)).astimezone(CST).date()
-
-
-def parse_period(text: str | None, *, today: date) -> tuple[date, date]:
-    """``None`` -> yesterday; a day; ``YYYY-MM``; ``YYYY-Qn``; ``A..B`` (inclusive)."""
-    if not text:
-        day = today - timedelta(days=1)
-        return day, day
-    text = text.strip()
-    try:
-        if ".." in text:
-            a, b = text.split("..", 1)
-            start, end = date.fromisoformat(a), date.fromisoformat(b)
-        elif "-Q" in text.upper():
-            year, q = text.upper().split("-Q")
-            quarter = int(q)
-            if not 1 <= quarter <= 4:
-                raise ValueError
-            start = date(int(year), 3 * quarter - 2, 1)
-            end_month = 3 * quarter
-            end = date(int(year), end_month, calendar.monthrange(int(year), end_month)[1])
-        elif len(text) == 7:
-            year, month = map(int, text.split("-"))
-            start = date(year, month, 1)
-            end = date(year, month, calendar.monthrange(year, month)[1])
-        else:
-            start = end = date.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"--period {text!r}: use YYYY-MM-DD, YYYY-MM, YYYY-Qn or START..END") from None
-    if end < start:
-        raise ConfigError(f"--period {text!r}: the end is before the start")
-    return start, end
 
 
 def _load(args: argparse.Namespace):
@@ -164,32 +128,14 @@ def _guard(func):
     return wrapper
 
 
-def _require_topology(config: Any) -> Any:
-    if config.analytics is None or not config.analytics.topology.units:
-        raise ConfigError(f"{config.source}: no [[topology.units]]: line loss and statistics need the areas "
-                          "and their metering points")
-    return config.analytics.topology
-
-
 @_guard
 def lineloss_cmd(args: argparse.Namespace) -> int:
-    from meterd.analytics.energy import DailyRegisterStore, LossHistory
-    from meterd.analytics.lineloss import line_loss_all
+    from meterd.analytics.views import lineloss_reports
 
     config = _load(args)
-    topology = _require_topology(config)
-    if args.unit and args.unit not in topology.units:
-        raise ConfigError(f"unknown area/line {args.unit!r} (defined: {', '.join(sorted(topology.units))})")
     start, end = parse_period(args.period, today=today_cst())
-    days = [start, end + timedelta(days=1)]
-    with DailyRegisterStore(config.store.data_dir) as store:
-        registers = store.registers(days)
-    with LossHistory(config.store.data_dir) as history_store:
-        history = {u: history_store.recent(u, before=start) for u in topology.units} if start == end else {}
-    reports = line_loss_all(topology, registers, start, end, history=history,
-                            include_estimated=args.include_estimated, kind=args.kind)
-    if args.unit:
-        reports = [r for r in reports if r.unit == args.unit]
+    reports = lineloss_reports(config, start, end, unit=args.unit, kind=args.kind,
+                               include_estimated=args.include_estimated)
     rows = [r.as_dict() for r in reports]
     columns = ["unit", "kind", "start", "end", "supply", "sales", "auxiliary", "loss", "rate", "completeness",
                "supply_points", "supply_with_data", "sales_points", "sales_with_data", "flags", "missing",
@@ -253,34 +199,17 @@ def outages_cmd(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _duration(text: str) -> timedelta:
-    from meterd.config.loader import _seconds  # the config's duration forms: 900, "15m", "1h"
-
-    seconds = _seconds(text)
-    if seconds is None or seconds <= 0:
-        raise ConfigError(f"--step {text!r}: use e.g. 15m, 1h, 900")
-    return timedelta(seconds=seconds)
-
-
 @_guard
 def stats_cmd(args: argparse.Namespace) -> int:
-    from meterd.analytics.energy import DailyRegisterStore
-    from meterd.analytics.stats import energy_by, load_curve, periods
-    from meterd.analytics.topology import Role
+    from meterd.analytics.stats import periods
+    from meterd.analytics.views import curve_meters, curve_points, energy_rows, parse_step, require_topology
 
     config = _load(args)
-    topology = _require_topology(config)
+    require_topology(config)
     if args.what == "energy":
         start, end = parse_period(args.period, today=today_cst())
         spans = periods(args.split, start, end) if args.split else [(start, end)]
-        days = sorted({d for a, b in spans for d in (a, b + timedelta(days=1))})
-        with DailyRegisterStore(config.store.data_dir) as store:
-            registers = store.registers(days)
-        rows: list[dict[str, Any]] = []
-        for a, b in spans:
-            roles = None if args.role == "all" else {Role(args.role)}
-            for key, kwh in sorted(energy_by(topology, registers, a, b, by=args.by, roles=roles).items()):
-                rows.append({"start": a.isoformat(), "end": b.isoformat(), args.by: key, "kwh": str(kwh)})
+        rows = energy_rows(config, spans, by=args.by, role=args.role)
         columns = ["start", "end", args.by, "kwh"]
 
         def table() -> Iterable[str]:
@@ -290,33 +219,11 @@ def stats_cmd(args: argparse.Namespace) -> int:
         _emit(args, rows, columns, table())
         return EXIT_OK
     # curve
-    from meterd.control.model import CST
-    from meterd.storage.sqlite import SqliteStore
-
     if sum(x is not None for x in (args.meter, args.unit, args.group)) != 1:
         raise ConfigError("stats curve needs exactly one of --meter, --unit, --group")
-    if args.meter:
-        meters = [args.meter.zfill(12) if args.meter.isdigit() else args.meter]
-    elif args.unit:
-        if args.unit not in topology.units:
-            raise ConfigError(f"unknown area/line {args.unit!r}")
-        meters = [p.meter for p in topology.points_of(args.unit) if p.role.value == "sales"] or \
-            [p.meter for p in topology.points_of(args.unit)]
-    else:
-        meters = sorted({p.meter for p in topology.points if args.group in p.groups})
-        if not meters:
-            raise ConfigError(f"no metering point is in group {args.group!r}")
+    meters = curve_meters(config, meter=args.meter, unit=args.unit, group=args.group)
     day, _ = parse_period(args.period, today=today_cst())
-    start = datetime(day.year, day.month, day.day, tzinfo=CST)
-    series = {}
-    with SqliteStore(config.store.data_dir) as store:
-        for m in meters:
-            points = []
-            for quantity in ("power.active.total", "curve.power.active.total"):
-                points += [(r.timestamp, r.value) for r in store.readings(m, since=start, until=start + timedelta(days=1),
-                                                                          quantity=quantity)]
-            series[m] = sorted(points)
-    curve = load_curve(series, step=_duration(args.step))
+    curve = curve_points(config.store.data_dir, meters, day, parse_step(args.step))
     rows = [{"at": at.isoformat(), "kw": str(kw), "meters": n} for at, kw, n in curve]
 
     def curve_table() -> Iterable[str]:

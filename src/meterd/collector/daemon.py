@@ -397,6 +397,13 @@ class Daemon:
         if self.on_round is not None:
             self.on_round(result)
 
+    def ingest(self, readings: list, attempts: list) -> None:
+        """Readings and attempts made outside a round (an operator's on-demand read): stored and
+        seen by the observers like a round's."""
+        self.writer.add_many(readings)
+        self.writer.add_attempts(attempts)
+        self._notify_observers(readings)
+
     def _pushed(self, terminal: str, readings: list) -> None:
         """Readings an MQTT terminal pushed on its own schedule: straight to the writer."""
         self.writer.add_many(readings)

@@ -367,6 +367,18 @@ class QualityStore:
                 " AND a.ts >= terminal_online.start_ts), start_ts) WHERE end_ts IS NULL")
         return cur.rowcount
 
+    def online_since(self) -> dict[str, datetime]:
+        """Terminals online now (an interval with no end): when each came online."""
+        with self._lock:
+            rows = self._conn.execute("SELECT terminal, MAX(start_ts) FROM terminal_online WHERE end_ts IS NULL"
+                                      " GROUP BY terminal").fetchall()
+        return {r[0]: from_ms(r[1]) for r in rows}
+
+    def terminals_seen(self) -> list[str]:
+        """Every terminal with an online interval on record."""
+        with self._lock:
+            return [r[0] for r in self._conn.execute("SELECT DISTINCT terminal FROM terminal_online ORDER BY 1")]
+
     # --- reports -------------------------------------------------------------------------------
 
     def _archive(self) -> list[sqlite3.Row]:
