@@ -13,7 +13,6 @@ never part of an error.  Errors are :class:`HttpSyncError` with the URL as shown
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -57,9 +56,11 @@ def shown_url(url: str) -> str:
 def token_from_env(name: str | None) -> str | None:
     if name is None:
         return None
-    token = os.environ.get(name)
+    from meterd import secrets
+
+    token = secrets.lookup(name)
     if not token:
-        raise SyncError(f"environment variable {name} (the billing system's token) is not set")
+        raise SyncError(f"{secrets.where(name)} (the billing system's token) is not set")
     return token
 
 

@@ -22,8 +22,6 @@ from meterd.collector.channel import Channel, Timing, TraceHook
 from meterd.collector.modbus import ModbusLink
 from meterd.collector.poll import MeterTarget, Reads, RoundResult, poll_round
 from meterd.collector.transports import SerialTransport, TcpTransport, Transport
-import os
-
 from meterd.collector.dtu import DtuListener
 from meterd.collector.mqtt import MqttHub
 from meterd.config.model import (
@@ -91,9 +89,11 @@ def make_channel(
 
 def secret(env: str, key: str) -> str:
     """A secret from the environment variable the config names; a missing one stops start-up."""
-    value = os.environ.get(env)
+    from meterd import secrets
+
+    value = secrets.lookup(env)
     if not value:
-        raise ConfigError([f"{key}: environment variable {env} (the secret) is not set"])
+        raise ConfigError([f"{key}: {secrets.where(env)} (the secret) is not set"])
     return value
 
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from datetime import datetime
 from typing import TYPE_CHECKING, Callable
 
+from meterd import secrets
 from meterd.collector.control import Credentials
 from meterd.control.commands import CommandExecutor, MeterRoute
 from meterd.control.engine import PrepaidEngine
@@ -41,12 +41,12 @@ def credentials_from_env(config: PrepaidConfig, *, required: bool) -> Credential
     """The DL/T 645 password and operator code, from the environment variables the config names."""
     password_env = config.password_env or DEFAULT_PASSWORD_ENV
     operator_env = config.operator_env or DEFAULT_OPERATOR_ENV
-    password, operator = os.environ.get(password_env), os.environ.get(operator_env)
+    password, operator = secrets.lookup(password_env), secrets.lookup(operator_env)
     problems = []
     for env, value, key in ((password_env, password, "prepaid.password_env"),
                             (operator_env, operator, "prepaid.operator_env")):
         if not value:
-            problems.append(f"{key}: environment variable {env} (a DL/T 645 relay-control secret) is not set")
+            problems.append(f"{key}: {secrets.where(env)} (a DL/T 645 relay-control secret) is not set")
         elif len(value) != 8 or any(c not in "0123456789abcdefABCDEF" for c in value):
             problems.append(f"{key}: {env} must hold 8 hex digits")
     if problems:
