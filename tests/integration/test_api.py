@@ -220,6 +220,8 @@ MATRIX = {
     "/healthz": (None, 200),
     "/api/v1/openapi.json": (None, 200),
     "/api/v1/meters": ("viewer", 200),
+    "/api/v1/meters?limit=2&after=000000000001": ("viewer", 200),
+    "/api/v1/meters/1": ("viewer", 200),
     "/api/v1/meters/000000000001/readings?quantity=energy.active.import.total&limit=2": ("viewer", 200),
     "/api/v1/meters/1/readings?since=2026-11-23T00:00:00%2B00:00&until=2026-11-24T00:00:00Z": ("viewer", 200),
     "/api/v1/accounts": ("viewer", 200),
@@ -285,6 +287,17 @@ def test_reads_show_the_stores(site: Site) -> None:
     assert anomalies[0]["kind"] == "no_data"
     _, _, outages = site.call("GET", "/api/v1/outages?open=true", role="viewer")
     assert outages[0]["unit"] == "TA-001" and outages[0]["accounts"] == ["A1001"]
+
+
+def test_meters_page_by_address_and_one_meter_shows_its_latest(site: Site) -> None:
+    _, _, page = site.call("GET", "/api/v1/meters?limit=2", role="viewer")
+    _, _, rest = site.call("GET", f"/api/v1/meters?after={page[-1]['address']}&limit=2", role="viewer")
+    assert [m["address"] for m in page] == ["000000000001", "000000000002"]
+    assert [m["address"] for m in rest] == ["000000000003", "000000000004"]
+    _, _, one = site.call("GET", "/api/v1/meters/000000000001", role="viewer")
+    assert one["latest"]["energy.active.import.total"]["value"] == "1000.25" and one["name"] == "m1"
+    status, _, doc = site.call("GET", "/api/v1/meters/424242", role="viewer")
+    assert status == 404 and "000000424242" in doc["error"]
 
 
 def test_openapi_describes_every_route(site: Site) -> None:

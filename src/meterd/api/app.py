@@ -414,6 +414,7 @@ class Api:
         self.outages = OutageStore(data_dir)
         self.quality = QualityStore(data_dir, clock=clock)
         self._syncing: set[str] = set()
+        self._configured = frozenset(m.address for m in config.meters) if config is not None else frozenset()
 
     def close(self) -> None:
         for store in (self.tokens, self.control, self.archive, self.anomalies, self.outages, self.quality):
@@ -449,11 +450,13 @@ class Api:
 
     def _known_meters(self) -> list[str]:
         if self.config is not None:
-            return [m.address for m in self.config.meters]
+            return list(self._configured)
         return [m.address for m in self.archive.meters()]
 
     def _meter_exists(self, address: str) -> bool:
-        return address in set(self._known_meters()) or address in self.control.meter_accounts()
+        """Configured, in the archive (a meter since removed keeps its history) or on an account."""
+        return (address in self._configured or self.archive.meter(address) is not None
+                or address in self.control.meter_accounts())
 
     # --- read endpoints ---
 
@@ -464,8 +467,24 @@ class Api:
         return JSONResponse(openapi_document())
 
     async def meters(self, request: Request, caller: Caller | None) -> Response:
+        limit = _query_limit(request, 1000)
+        after = request.query_params.get("after") or None
+
         def work() -> list[dict[str, Any]]:
-            return [_meter_doc(m, self.archive.latest(m.address)) for m in self.archive.meters()]
+            return [_meter_doc(m, self.archive.latest(m.address)) for m in self.archive.meters(after=after,
+                                                                                                limit=limit)]
+        return JSONResponse(await run_in_threadpool(work))
+
+    async def meter(self, request: Request, caller: Caller | None) -> Response:
+        address = _meter_address(request.path_params["address"])
+
+        def work() -> dict[str, Any]:
+            record = self.archive.meter(address)
+            if record is None:
+                if not self._meter_exists(address):
+                    raise ApiError(404, f"unknown meter {address}")
+                record = MeterRecord(address, "", "", Decimal(1), Decimal(1))
+            return _meter_doc(record, self.archive.latest(address))
         return JSONResponse(await run_in_threadpool(work))
 
     async def readings(self, request: Request, caller: Caller | None) -> Response:
@@ -854,8 +873,12 @@ _AUTH_ERRORS: Final = (401, 403)
 ENDPOINTS: Final[tuple[Endpoint, ...]] = (
     Endpoint("GET", "/healthz", None, "liveness", Api.healthz, {200: _ref("Health")}),
     Endpoint("GET", "/api/v1/openapi.json", None, "this document", Api.openapi, {200: {"type": "object"}}),
-    Endpoint("GET", "/api/v1/meters", Role.VIEWER, "the meter archive with each meter's latest readings",
-             Api.meters, {200: _array("Meter")}, errors=_AUTH_ERRORS),
+    Endpoint("GET", "/api/v1/meters", Role.VIEWER, "the meter archive with each meter's latest readings, by "
+             "address, a page at a time", Api.meters, {200: _array("Meter")},
+             query=(("after", _STR, "the page after this address (the last one of the previous page)"),
+                    LIMIT_PARAM), errors=(*_AUTH_ERRORS, 400)),
+    Endpoint("GET", "/api/v1/meters/{address}", Role.VIEWER, "one meter with its latest reading of each quantity",
+             Api.meter, {200: _ref("Meter")}, path_params=("address",), errors=(*_AUTH_ERRORS, 404)),
     Endpoint("GET", "/api/v1/meters/{address}/readings", Role.VIEWER, "a meter's readings, oldest first",
              Api.readings, {200: _ref("Readings")},
              query=(("quantity", _STR, "only this quantity, e.g. energy.active.import.total"),

@@ -240,9 +240,27 @@ class SqliteStore:
                 rows,
             )
 
-    def meters(self) -> list[MeterRecord]:
+    def meter(self, address: str) -> MeterRecord | None:
+        """The archive's record of one meter, None if it has none."""
+        found = self.meters(after=None, limit=1, address=address)
+        return found[0] if found else None
+
+    def meters(self, *, after: str | None = None, limit: int | None = None,
+               address: str | None = None) -> list[MeterRecord]:
+        """The archive's meters by address; a page of them with ``after`` (an address) and ``limit``."""
+        sql, params = "SELECT * FROM meters", []
+        if address is not None:
+            sql += " WHERE address = ?"
+            params.append(address)
+        elif after is not None:
+            sql += " WHERE address > ?"
+            params.append(after)
+        sql += " ORDER BY address"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
         with self._lock:
-            rows = self._state.execute("SELECT * FROM meters ORDER BY address").fetchall()
+            rows = self._state.execute(sql, params).fetchall()
         return [
             MeterRecord(
                 address=r["address"],
