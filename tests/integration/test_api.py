@@ -453,3 +453,11 @@ def test_tokens_are_stored_hashed(site: Site) -> None:
         assert tokens.verify(site.tokens["revoked"]) is None
         listed = {t.name: t for t in tokens.list()}
     assert listed["gone"].revoked is not None and listed["admin-user"].revoked is None
+
+
+def test_docs_list_every_endpoint() -> None:
+    from meterd.api.app import ENDPOINTS
+
+    text = (Path(__file__).parents[2] / "docs" / "api.md").read_text()
+    missing = [f"{ep.method} {ep.path}" for ep in ENDPOINTS if f"`{ep.method} {ep.path}`" not in text]
+    assert not missing, f"docs/api.md does not list {missing}"
