@@ -31,3 +31,10 @@ class Reading:
     value: Value
     unit: str = ""
     quality: Quality = Quality.GOOD
+
+
+def address_key(text: str) -> str:
+    """A meter address as the archive, the ledger and the config key it: all digits -> the
+    12-digit form (``1`` is ``000000000001``); anything else stripped and kept as written."""
+    text = text.strip()
+    return text.zfill(12) if text.isdigit() else text

@@ -19,6 +19,7 @@ from meterd.analytics.lineloss import LossReport
 from meterd.analytics.topology import Role, Topology
 from meterd.control.model import CST
 from meterd.errors import ConfigError
+from meterd.readings import address_key
 
 CURVE_QUANTITIES = ("power.active.total", "curve.power.active.total")
 
@@ -108,7 +109,7 @@ def curve_meters(config: Any, *, meter: str | None = None, unit: str | None = No
     if sum(x is not None for x in (meter, unit, group)) != 1:
         raise ConfigError("a load curve needs exactly one of meter, unit (area/line) or group")
     if meter is not None:
-        return [meter.zfill(12) if meter.isdigit() else meter]
+        return [address_key(meter)]
     topology = require_topology(config)
     if unit is not None:
         if unit not in topology.units:

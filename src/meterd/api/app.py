@@ -44,6 +44,7 @@ from meterd.control.engine import queue_manual
 from meterd.control.model import CommandKind, CommandState
 from meterd.control.state import Account, Command, ControlStore, LedgerError, LedgerRow, to_fen
 from meterd.errors import ConfigError, MeterdError
+from meterd.readings import address_key
 from meterd.storage.quality import QualityStore, cst_day
 from meterd.storage.sqlite import MeterRecord, SqliteStore, encode_value
 
@@ -374,9 +375,7 @@ def _query_enum(request: Request, name: str, choices: tuple[str, ...]) -> str | 
     return text
 
 
-def _meter_address(text: str) -> str:
-    text = text.strip()
-    return text.zfill(12) if text.isdigit() else text
+_meter_address = address_key
 
 
 # --- the endpoint table ------------------------------------------------------------------------

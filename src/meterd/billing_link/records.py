@@ -34,6 +34,7 @@ from typing import Any, Collection, Final, Iterable, Mapping
 
 from meterd.control.model import CST
 from meterd.errors import SyncError
+from meterd.readings import address_key
 
 PAYMENT_FIELDS: Final = ("payment_id", "account", "amount", "paid_at")  # required
 ACCOUNT_FIELDS: Final = ("account", "tariff", "meters")  # required; customer, area, protected optional
@@ -315,10 +316,7 @@ def payment_of(rec: RawRecord, *, now: datetime) -> Payment:
     return Payment(payment_id, account, amount, paid_at, channel)  # type: ignore[arg-type]
 
 
-def address_of(text: str) -> str:
-    """A meter address as the archive keys it: all digits -> 12 digits (as the config does)."""
-    text = text.strip()
-    return text.zfill(12) if text.isdigit() else text
+address_of = address_key  # a meter address as the archive keys it
 
 
 def multiplier_of(value: Any, meter: str) -> Decimal:

@@ -23,6 +23,7 @@ from typing import Any
 
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json
 from meterd.errors import ConfigError
+from meterd.readings import address_key
 
 DEFAULT_DATA_DIR = Path("meterd-data")
 MANUAL_KINDS = {"trip": "trip", "reclose": "reclose", "alarm": "alarm", "alarm-release": "alarm-release",
@@ -278,7 +279,7 @@ def command_cmd(args: argparse.Namespace) -> int:
     if args.kind == "alarm" and args.release:
         kind = CommandKind.ALARM_RELEASE
     store, config = _store(args)
-    meter = args.meter.strip().zfill(12) if args.meter.strip().isdigit() else args.meter.strip()
+    meter = address_key(args.meter)
     if config is not None:
         known = [m.address for m in config.meters]
         ttl = config.prepaid.settings.command_ttl if config.prepaid else timedelta(hours=2)
@@ -394,8 +395,7 @@ def replace_cmd(args: argparse.Namespace) -> int:
     from meterd.control.state import LedgerError
 
     store, config = _store(args)
-    norm = lambda m: m.strip().zfill(12) if m.strip().isdigit() else m.strip()  # noqa: E731
-    old, new = norm(args.old_meter), norm(args.new_meter)
+    old, new = address_key(args.old_meter), address_key(args.new_meter)
     at = _now()
     if args.at:
         try:

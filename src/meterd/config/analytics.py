@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from meterd.checking import show
+from meterd.readings import address_key
 
 _UNIT_KEYS: Final = ("name", "kind", "parent", "loss_threshold", "jump_threshold")
 _POINT_KEYS: Final = ("meter", "unit", "role", "multiplier", "industry", "groups")
@@ -95,9 +96,7 @@ def _number(check: Any, path: str, value: Any, *, low: Decimal | None = None) ->
     return number
 
 
-def _address(text: str) -> str:
-    text = text.strip()
-    return text.zfill(12) if text.isdigit() else text
+_address = address_key
 
 
 def parse_analytics(check: Any, topology_raw: Any, analytics_raw: Any, *, meters: set[str]) -> AnalyticsConfig | None:

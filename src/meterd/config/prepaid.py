@@ -69,6 +69,7 @@ from meterd.control.model import TOU_RATES, CommandKind, Rate
 from meterd.control.policy import SafetyRules, Threshold, Thresholds
 from meterd.control.state import AccountSpec
 from meterd.control.tariff import Tariff, TariffKind, TariffVersion, Tier, TierPeriod, TouPeriod, TouSource
+from meterd.readings import address_key
 
 _KEYS: Final = ("dry_run", "check_every", "command_ttl", "retry_every", "valid_for", "settle", "manual_hold",
                 "reclose", "quiet_hours", "no_trip_weekends", "holidays", "workdays", "max_trips_per_area_hour",
@@ -361,7 +362,7 @@ def _accounts(check: Any, raw: Any, tariffs: dict[str, Tariff], meters: dict[str
                 f" (defined: {', '.join(sorted(tariffs))})" if tariffs else ": no [[prepaid.tariffs]] defined"))
         assigned: dict[str, Decimal] = {}
         for i, meter in enumerate(check.string_list(f"{path}.meters", table.get("meters", [])) or []):
-            address = meter.strip().zfill(12) if meter.strip().isdigit() else meter.strip()
+            address = address_key(meter)
             if address not in meters:
                 check.problem(f"{path}.meters[{i}]", f"meter {meter} is not in [[meters]]")
             elif address in owners:
@@ -401,7 +402,7 @@ def _limits(check: Any, raw: Any, meters: dict[str, Decimal], accounts: list[Acc
         before = len(check.problems)
         meter = check.required_string(path, table, "meter")
         if meter is not None:
-            meter = meter.strip().zfill(12) if meter.strip().isdigit() else meter.strip()
+            meter = address_key(meter)
             if meter not in meters:
                 check.problem(f"{path}.meter", f"meter {meter} is not in [[meters]]")
         limit = _money(check, f"{path}.limit_kw", table["limit_kw"], positive=True) if "limit_kw" in table else None
