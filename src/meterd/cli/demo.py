@@ -11,20 +11,28 @@ each is asked in its own protocol and the readings cannot tell them apart.
 The demo writes the config it generated next to its store (``<data-dir>/demo.toml``) so an
 operator can look at it, and everything the daemon read can be listed afterwards with
 ``meterd readings --meter ADDR --data-dir <data-dir>``.
+
+The demo also serves the HTTP API and the operator dashboard (``--api-port``, default 8645; 0
+turns it off): it makes an admin token named ``demo-dashboard`` (stored hashed like any other; the
+previous demo's is revoked) and prints the dashboard's address with the token in the URL fragment.
+When the default port is taken the demo runs without the API and says so; a port given on the
+command line that is taken is an error.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
+import socket
 import sys
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from meterd.cli.common import EXIT_OK, format_value
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, format_value
 from meterd.collector.daemon import Daemon, describe_plan
 from meterd.collector.poll import RoundResult
 from meterd.config.loader import parse_config
@@ -39,6 +47,8 @@ DEMO_QUANTITIES = [
     "current.a",
     "power.active.total",
 ]
+DEFAULT_API_PORT = 8645
+DEMO_TOKEN_NAME = "demo-dashboard"
 LEGACY_METERS = ("000000000003", "000000000004")  # DL/T 645-1997 meters on the first bus
 GROUPS = {"dlt645-2007": "smart", "dlt645-1997": "legacy", "modbus": "ci"}
 SHOWN = [
@@ -60,11 +70,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="do not print readings, only the prepaid story and totals")
     p.add_argument("--stop-after-story", action="store_true",
                    help="stop once the prepaid account has been tripped, has paid and is reclosed")
+    p.add_argument("--api-port", type=int, default=None,
+                   help=f"serve the HTTP API and dashboard on this port (default {DEFAULT_API_PORT}; 0: off)")
+    p.add_argument("--api-host", default="127.0.0.1", help="address the API listens on (default 127.0.0.1)")
     p.set_defaults(func=run)
 
 
-def demo_config(fleet, data_dir: Path, interval: float) -> str:
+def demo_config(fleet, data_dir: Path, interval: float, api: tuple[str, int] | None = None) -> str:
     lines = ["[store]", f'data_dir = "{data_dir.resolve()}"', 'flush_interval = "1s"', ""]
+    if api is not None:
+        lines += ["[api]", f"host = {json.dumps(api[0])}", f"port = {api[1]}", ""]
     for i, bus in enumerate(fleet.buses):
         name = f"{'mb' if bus.protocol == 'modbus' else ''}{bus.kind}{i + 1}"
         if bus.kind == "pty":
@@ -252,8 +267,48 @@ class RoundPrinter:
         sys.stdout.flush()
 
 
+def demo_token(data_dir: Path) -> str:
+    """A fresh admin token for the demo's dashboard; the previous demo's is revoked.  Audited as
+    ``meterd token`` does, with the demo as the operator."""
+    from meterd.api.tokens import Role, TokenStore
+    from meterd.control.state import ControlStore
+
+    now = _utcnow()
+    with TokenStore(data_dir) as tokens, ControlStore(data_dir) as audit:
+        for old in tokens.list():
+            if old.name == DEMO_TOKEN_NAME and old.revoked is None and tokens.revoke(old.id, now):
+                audit.audit("demo", "api-token-revoked", f"token:{old.id}", {}, now=now)
+        token_id, secret = tokens.create(DEMO_TOKEN_NAME, Role.ADMIN, now)
+        audit.audit("demo", "api-token-created", f"token:{token_id}",
+                    {"name": DEMO_TOKEN_NAME, "role": Role.ADMIN.value}, now=now)
+        return secret
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why the API could not listen on ``host:port`` (bound and released at once, as uvicorn will
+    bind it: with SO_REUSEADDR), or None."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"cannot resolve {host}: {exc}"
+    family, kind, proto, _, address = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(address)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def api_base(host: str, port: int) -> str:
+    """Where a browser on this machine reaches the API (a wildcard address is not one to open)."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, f"[{host}]" if ":" in host else host)
+    return f"http://{shown}:{port}"
+
+
 async def run_demo(data_dir: Path, duration: float | None, interval: float, *, quiet: bool = False,
-                   stop_after_story: bool = False) -> dict[str, object]:
+                   stop_after_story: bool = False, api: tuple[str, int] | None = None) -> dict[str, object]:
     spec = FleetSpec(
         pty_buses=2,
         tcp_buses=2,
@@ -268,7 +323,7 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float, *, q
     fleet = await run_fleet(spec)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        text = demo_config(fleet, data_dir, interval)
+        text = demo_config(fleet, data_dir, interval, api)
         (data_dir / "demo.toml").write_text(text)
         import tomllib
 
@@ -279,6 +334,12 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float, *, q
               f"{' and '.join(LEGACY_METERS)} speak DL/T 645-1997; the mb* channels are Modbus meters.")
         for name, value in DEMO_SECRETS.items():
             os.environ.setdefault(name, value)
+        if api is not None:
+            base = api_base(*api)
+            print(f"dashboard: {base}/dashboard#token={demo_token(config.store.data_dir)}")
+            print(f"API: {base}/api/v1/openapi.json (the dashboard's token is an admin token, "
+                  f"{DEMO_TOKEN_NAME}; the next demo revokes it)")
+        sys.stdout.flush()
         with SqliteStore(config.store.data_dir) as store:
             daemon = Daemon(config, store, on_round=RoundPrinter(quiet=quiet))
             for line in describe_plan(daemon.plan):
@@ -304,8 +365,24 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float, *, q
 
 
 def run(args: argparse.Namespace) -> int:
+    api = None
+    port = DEFAULT_API_PORT if args.api_port is None else args.api_port
+    if not 0 <= port <= 65535:
+        error(f"--api-port {port}: a port is 1..65535 (0: no API)")
+        return EXIT_BAD_INPUT
+    if port:
+        problem = port_problem(args.api_host, port)
+        if problem is None:
+            api = (args.api_host, port)
+        elif args.api_port is None:
+            print(f"meterd demo: the API and dashboard are off: port {port} on {args.api_host} is not free "
+                  f"({problem}); choose one with --api-port PORT", file=sys.stderr)
+        else:
+            error(f"--api-port {port}: cannot listen on {args.api_host}:{port} ({problem}); "
+                  "choose another port, or 0 for no API")
+            return EXIT_BAD_INPUT
     result = asyncio.run(run_demo(Path(args.data_dir), args.duration, args.interval, quiet=args.quiet,
-                                  stop_after_story=args.stop_after_story))
+                                  stop_after_story=args.stop_after_story, api=api))
     for name, s in result["channels"].items():
         print(f"channel {name}: {s}")
     return EXIT_OK
