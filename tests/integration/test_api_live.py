@@ -118,3 +118,62 @@ port = {port}
         assert audit and audit[0].actor == "tech-wang" and audit[0].detail["quantities"] == ["voltage.a", "relay.open"]
     finally:
         await fleet.close()
+
+
+async def test_a_taken_api_port_does_not_stop_collection_and_is_retried(tmp_path) -> None:
+    import socket
+
+    fleet = await run_fleet(FleetSpec(pty_buses=0, tcp_buses=1, meters_per_bus=1, wire_time=False, seed=5))
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    port = squatter.getsockname()[1]
+    try:
+        bus = fleet.buses[0]
+        host, _, bus_port = bus.endpoint.rpartition(":")
+        text = f"""
+[store]
+data_dir = "{tmp_path / 'data'}"
+flush_interval = "100ms"
+[channels.bus1]
+tcp = {{ host = "{host}", port = {bus_port} }}
+[[meters]]
+address = "{bus.meters[0]}"
+channel = "bus1"
+[[polls]]
+name = "rt"
+interval = "200ms"
+quantities = ["energy.active.import.total"]
+[api]
+port = {port}
+"""
+        config = parse_config(tomllib.loads(text), source="taken.toml")
+        rounds: list[Any] = []
+        with SqliteStore(config.store.data_dir) as store:
+            daemon = Daemon(config, store, on_round=rounds.append)
+            daemon.api.retry_bind = 0.2
+            stop = asyncio.Event()
+            task = asyncio.create_task(daemon.run(stop))
+            try:
+                for _ in range(100):
+                    if len(rounds) >= 3:
+                        break
+                    await asyncio.sleep(0.05)
+                assert len(rounds) >= 3 and not task.done()  # collecting, API or not
+                squatter.close()
+                for _ in range(100):
+                    try:
+                        status, _ = await asyncio.to_thread(call, port, "GET", "/healthz", "x")
+                        if status == 200:
+                            break
+                    except OSError:
+                        pass
+                    await asyncio.sleep(0.1)
+                assert status == 200
+            finally:
+                stop.set()
+                await task
+    finally:
+        squatter.close()
+        await fleet.close()

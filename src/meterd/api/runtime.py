@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from datetime import datetime
 from typing import TYPE_CHECKING, Callable
 
@@ -34,14 +35,44 @@ class ApiRuntime:
         self.server.install_signal_handlers = lambda: None  # the daemon owns the signals
         daemon.services.append(self.run)
 
+    retry_bind = 30.0  # seconds between attempts to listen while the port is taken
+
+    def _listen(self) -> socket.socket:
+        host, port = self.server.config.host, self.server.config.port
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
     async def run(self, stop: asyncio.Event) -> None:
-        serving = asyncio.create_task(self.server.serve())
-        log.info("HTTP API on %s:%d", self.server.config.host, self.server.config.port)
+        """Serve until ``stop``.  A port that is taken does not stop the daemon: collection and
+        control go on, the error is logged and listening is tried again every :attr:`retry_bind`."""
+        host, port = self.server.config.host, self.server.config.port
+        while True:
+            try:
+                sock = self._listen()
+                break
+            except OSError as exc:
+                log.error("HTTP API: cannot listen on %s:%d (%s); the daemon goes on without it and tries again "
+                          "in %.0f s", host, port, exc.strerror or exc, self.retry_bind)
+            try:
+                await asyncio.wait_for(stop.wait(), self.retry_bind)
+                return
+            except TimeoutError:
+                pass
+        serving = asyncio.create_task(self.server.serve(sockets=[sock]))
+        log.info("HTTP API on %s:%d", host, port)
         try:
             await asyncio.wait([serving, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.server.should_exit = True
             await asyncio.gather(serving, return_exceptions=True)
+            sock.close()
 
     async def metrics(self, request):  # type: ignore[no-untyped-def]
         from starlette.concurrency import run_in_threadpool
