@@ -1,9 +1,13 @@
 """Charging: hand-computed tables (the arithmetic in a comment beside each), then properties over
 random reading series: charges are never positive, the kWh charged add up to the register advance,
-a replay charges nothing, and one call equals the same series split over two calls."""
+a replay charges nothing, and one call equals the same series split over two calls.
+
+Every test runs twice: through :func:`charge_account`, and through :class:`DistrictCharger` (a
+district's pass), whose own path for the plain accounts must charge exactly the same."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal as D
@@ -16,6 +20,7 @@ from meterd.control.charging import (
     ChargeFlag,
     ChargeResult,
     Cursor,
+    DistrictCharger,
     FlagKind,
     MeterReplacement,
     Usage,
@@ -48,8 +53,37 @@ def flat(price: str, effective: date = date(2026, 1, 1), **kw) -> TariffVersion:
     return TariffVersion(effective, TariffKind.FLAT, price=D(price), **kw)
 
 
+def district_charge(account: str, tariff: Tariff, readings: Iterable[RegisterReading], cursors: Mapping,
+                    usage: Mapping, *, memo: dict | None = None, as_fields: bool = False, **kw) -> ChargeResult:
+    """:func:`charge_account` through :class:`DistrictCharger`: charged once to plan the deltas,
+    then again on a new charger with those plans, which takes its own path where it applies."""
+    readings = list(readings)
+    planning = DistrictCharger()
+    if memo is not None:
+        planning.memo = memo
+    planning.charge(account, tariff, readings, cursors, usage, **kw)
+    charger = DistrictCharger()
+    charger.memo = planning.memo
+    charger.charge(account, tariff, readings, cursors, usage, **kw)
+    entries, moved, usage_rows, flags = charger.take()
+    assert planning.take()[0] == entries  # the same, planned or not
+    return ChargeResult(entries if as_fields else [LedgerEntry(*e) for e in entries],
+                        {(c.meter, c.rate): c for c in moved},
+                        {period: Usage(a, period, kwh) for a, period, kwh in usage_rows}, flags)
+
+
+CHARGE = charge_account  # or district_charge: see the implementation fixture
+
+
+@pytest.fixture(autouse=True, params=["charge_account", "DistrictCharger"])
+def implementation(request, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "CHARGE",
+                        charge_account if request.param == "charge_account" else district_charge)
+    return request.param
+
+
 def charge(tariff: Tariff, readings: Iterable[RegisterReading], cursors=None, usage=None, **kw) -> ChargeResult:
-    return charge_account(ACC, tariff, readings, cursors or {}, usage or {}, **kw)
+    return CHARGE(ACC, tariff, readings, cursors or {}, usage or {}, **kw)
 
 
 def table(entries: Sequence[LedgerEntry]) -> list[tuple]:
@@ -451,7 +485,8 @@ def merged(result: ChargeResult, cursors: Mapping, usage: Mapping) -> tuple[dict
     return {**cursors, **result.cursors}, {**usage, **result.usage}
 
 
-PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=100, deadline=None,  # the implementation fixture only picks a function
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
 @PROPERTY
@@ -511,3 +546,52 @@ def test_a_shared_memo_and_field_tuples_charge_exactly_the_same():
             assert [LedgerEntry(*fields) for fields in fast.entries] == plain.entries
             assert (fast.cursors, fast.usage, fast.flags) == (plain.cursors, plain.usage, plain.flags)
     assert memo  # and it was used
+
+
+def test_a_district_charger_charges_the_plain_accounts_itself(monkeypatch, implementation):
+    if implementation != "charge_account":
+        pytest.skip("one run is enough")
+    tiered = Tariff("tiered", (TariffVersion(date(2026, 1, 1), TariffKind.TIERED, tier_period=TierPeriod.MONTH,
+                                             tiers=(Tier(D(100), D("0.5")), Tier(None, D("0.8")))),))
+    t0, t1 = cst(3, 10), cst(3, 11)
+    march = {"2026-03": Usage("", "2026-03", D("10"))}
+    near_the_step = {"2026-03": Usage("", "2026-03", D("95"))}
+    accounts = [  # (account, tariff, readings, cursors, usage, plain)
+        ("flat", FLAT_TARIFF, [rd("F", T, t1, "112.50")], cur("F", T, t0, "100.00"), {}, True),
+        ("tou", TOU_REG, [rd("R", r, t1, v) for r, v in ((SHARP, "3.5"), (PEAK, "7"), (FLAT, "12"), (VALLEY, "20"))],
+         {k: c for r in (SHARP, PEAK, FLAT, VALLEY) for k, c in cur("R", r, t0, "1.25").items()}, {}, True),
+        ("tiered", tiered, [rd("T1", T, t1, "30"), rd("T2", T, t1, "50")],  # two meters, one step, in order
+         cur("T1", T, t0, "20") | cur("T2", T, t0, "45"), march, True),
+        ("crossing", tiered, [rd("X", T, t1, "30")], cur("X", T, t0, "20"), near_the_step, False),
+        ("still", FLAT_TARIFF, [rd("S", T, t1, "100.00")], cur("S", T, t0, "100.00"), {}, True),
+        ("new", FLAT_TARIFF, [rd("N", T, t1, "5")], {}, {}, False),  # no cursor yet
+        ("late", FLAT_TARIFF, [rd("L", T, t0, "5")], cur("L", T, t1, "4"), {}, False),
+        ("twice", FLAT_TARIFF, [rd("W", T, t1, "7"), rd("W", T, t1 + timedelta(hours=1), "8")],
+         cur("W", T, t0, "5"), {}, False),
+    ]
+    expected = [charge_account(a, t, r, c, u) for a, t, r, c, u, _ in accounts]
+    charger = DistrictCharger()
+    for a, t, r, c, u, _ in accounts:  # plans every delta
+        charger.charge(a, t, r, c, u)
+    assert [LedgerEntry(*e) for e in charger.take()[0]] == [e for x in expected for e in x.entries]
+
+    general: list[str] = []
+
+    def counted(account, *args, **kw):
+        general.append(account)
+        return charge_account(account, *args, **kw)
+
+    monkeypatch.setattr(sys.modules[DistrictCharger.__module__], "charge_account", counted)
+    for a, t, r, c, u, _ in accounts:
+        charger.charge(a, t, r, c, u)
+    entries, moved, usage_rows, flags = charger.take()
+    assert general == [a for a, *_, plain in accounts if not plain]
+    assert [LedgerEntry(*e) for e in entries] == [e for x in expected for e in x.entries]
+    assert moved == [c for x in expected for c in x.cursors.values()]
+    assert usage_rows == [(a, u.period, u.kwh) for (a, *_), x in zip(accounts, expected) for u in x.usage.values()]
+    assert flags == [f for x in expected for f in x.flags]
+    # hand-checked, the plain ones: 12.50 kWh × 0.5283 = 6.60375 -> 6.60; tiers: 10 + 10 + 5 kWh, below 100
+    assert table(expected[0].entries) == [("F", T, D("12.50"), D("0.5283"), D("-6.60"), t0, t1)]
+    assert [e.amount for e in expected[2].entries] == [D("-5.00"), D("-2.50")]
+    assert expected[2].usage["2026-03"].kwh == D("25")
+    assert expected[4].entries == [] and expected[4].cursors[("S", T)].at == t1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -214,6 +215,33 @@ def test_a_charging_batch_that_fails_part_way_leaves_nothing(store, pipelined):
     assert store.balance("A1") == 0 and store.cursors() == {} and store.ledger("A1") == []
     store.pay("A1", "5", "after", actor="t", now=T0)  # the store is usable: no writer left, no open transaction
     assert store.balance("A1") == Decimal("5.00")
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_charging_pass_commits_without_waiting_for_the_disk_and_checkpoints_in_the_background(store, fails):
+    """The pass's COMMIT runs with synchronous=NORMAL and no automatic checkpoint; both settings
+    come back for the store's other writes (a payment waits for the disk), and a thread of its own
+    copies the WAL back into the database file."""
+    conn = store._conn
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: SQLite's default
+    seen = []
+    entry = ("charge:a", "A1", EntryKind.CHARGE, Decimal("-2.00"), T0, "", None, None, None, None, None, None)
+    with pytest.raises(LedgerError) if fails else contextlib.nullcontext(), store.charging_batch(now=T0) as batch:
+        seen.append((conn.execute("PRAGMA synchronous").fetchone()[0],
+                     conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]))
+        batch.add([entry], [(M1, Rate.TOTAL, T0, Decimal(10))])
+        if fails:
+            batch.add([("charge:b", *entry[1:3], Decimal("-0.001"), *entry[4:])])
+    assert seen == [(1, 0)]
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    assert store.balance("A1") == (0 if fails else Decimal("-2.00")) and store.verify_balances() == []
+    if not fails:
+        assert store._checkpointer is not None
+        store._checkpointer.join()
+        file_only = sqlite3.connect(f"file:{store.path}?immutable=1", uri=True)  # the file, not the WAL
+        assert file_only.execute("SELECT key FROM ledger").fetchall() == [("charge:a",)]
+        file_only.close()
 
 
 def test_an_error_in_the_charging_writer_reaches_the_caller_and_rolls_back(store):

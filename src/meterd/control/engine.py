@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Callable, Final, Iterable, Iterator, Mapping
 
-from meterd.control.charging import Cursor, FlagKind, MeterReplacement, Usage, charge_account, fixed_charges
+from meterd.control.charging import Cursor, DistrictCharger, FlagKind, MeterReplacement, Usage, fixed_charges
 from meterd.control.limits import PowerLimit, PowerSample, evaluate_power
 from meterd.control.model import CST, QUANTITY_RATE, CommandKind, CommandRequest, RegisterReading
 from meterd.control.policy import (
@@ -45,7 +45,7 @@ from meterd.control.policy import (
     quiet_level,
 )
 from meterd.control.state import Account, ChargingBatch, Command, ControlStore, LedgerError, entry_fields, from_fen
-from meterd.control.tariff import Tariff, TierPeriod
+from meterd.control.tariff import UTC, Tariff, TierPeriod
 from meterd.readings import Quality, Reading
 from meterd.storage.sqlite import to_ms
 
@@ -139,6 +139,10 @@ class PrepaidEngine:
 
     def observe(self, readings: Iterable[Reading]) -> int:
         """Keep what charging and power control need; returns how many register readings were kept."""
+        with _collector_paused():  # a district's round keeps 100,000s of objects: as in a pass
+            return self._observe(readings)
+
+    def _observe(self, readings: Iterable[Reading]) -> int:
         kept = 0
         limits, meters, pending, rates, good = self.limits, self._meters, self._pending, _REGISTER_RATE, Quality.GOOD
         for reading in readings:
@@ -182,69 +186,79 @@ class PrepaidEngine:
             pending.setdefault(acct, [])
         meters = [m for acct in pending if acct in accounts for m in accounts[acct][1]] + [r[2] for r in replaced]
         cursors_by_meter: dict[str, dict] = {}
-        for key, (at, value) in (self.store.cursors(meters) if meters else {}).items():
-            own = cursors_by_meter.get(key[0])
+        for row in self.store.cursor_rows(meters) if meters else ():
+            meter = row[0]
+            own = cursors_by_meter.get(meter)
             if own is None:
-                own = cursors_by_meter[key[0]] = {}
-            own[key] = Cursor(key[0], key[1], at, value)
+                own = cursors_by_meter[meter] = {}
+            own[(meter, row[1])] = Cursor._make(row)
         usage_by_account: dict[str, dict[str, Usage]] = defaultdict(dict)
         for (acct, period), kwh in (self.store.tier_usage() if pending else {}).items():
             usage_by_account[acct][period] = Usage(acct, period, kwh)
         local = now.astimezone(CST)  # fixed charges are due for accounts not charged through this month
-        month_start = datetime(local.year, local.month, 1, tzinfo=CST)
+        # both bounds in UTC, like the instants they are compared with (no time zone arithmetic)
+        month_start = datetime(local.year, local.month, 1, tzinfo=CST).astimezone(UTC)
         month_end = TierPeriod.MONTH.next_start(now)
-        memo: dict = {}  # how a delta splits and is priced, shared by the accounts of the round
+        charger = DistrictCharger()
         none: dict = {}
         entries: list[tuple] = []
-        cursors: list[tuple] = []
-        usage_rows: list[tuple] = []
-        flags: list[tuple] = []
         fixed_through: dict[str, datetime] = {}
         late = FlagKind.LATE
+
+        def write(batch: ChargingBatch | None) -> ChargingBatch | None:
+            """Hand what was charged since the last write to the pass's transaction."""
+            charged, cursors, usage_rows, found = charger.take()
+            flags = []
+            for flag in found:
+                summary.flags[flag.kind] = summary.flags.get(flag.kind, 0) + 1
+                if flag.kind is not late:  # a frozen value arriving after a live one: routine
+                    flags.append((flag.meter, flag.rate, flag.at, str(flag.kind), flag.detail))
+            if not (charged or entries or cursors or usage_rows or flags or fixed_through):
+                return batch
+            batch = batch or transaction.enter_context(self.store.charging_batch(now=now, pipelined=True))
+            batch.add(charged + entries if entries else charged, cursors, usage_rows, flags, fixed_through)
+            entries.clear()
+            fixed_through.clear()
+            return batch
+
         # The pass is one transaction, written in parts as the accounts are charged (memory stays
         # flat for a district), opened when there is something to write.  The store is not used
         # otherwise until the block ends.
+        tariff_of, readings_of, usage_of, charge = self.tariffs.get, pending.get, usage_by_account.get, charger.charge
         with ExitStack() as transaction:
             batch: ChargingBatch | None = None
             for done, (name, (tariff_name, account_meters, opened, charged_through)) in enumerate(accounts.items()):
-                if done and done % CHARGE_CHUNK == 0 and (entries or cursors or usage_rows or flags or fixed_through):
-                    batch = batch or transaction.enter_context(self.store.charging_batch(now=now, pipelined=True))
-                    batch.add(entries, cursors, usage_rows, flags, fixed_through)
-                    entries, cursors, usage_rows, flags, fixed_through = [], [], [], [], {}
-                tariff = self.tariffs.get(tariff_name)
+                if done % CHARGE_CHUNK == 0 and done:
+                    batch = write(batch)
+                tariff = tariff_of(tariff_name)
                 if tariff is None:
                     if name in pending:
                         log.error("account %s: tariff %r is not configured; %d reading(s) not charged",
                                   name, tariff_name, len(pending[name]))
                         self._pending[name].extend(pending[name])  # keep them for when it is
                     continue
-                readings = pending.get(name)
+                readings = readings_of(name)
                 if readings or name in replacements:
-                    if len(account_meters) == 1 and name not in replacements:
-                        current = cursors_by_meter.get(next(iter(account_meters)), none)  # only read
-                    else:
+                    if name in replacements:
                         current = {key: c for m in account_meters for key, c in cursors_by_meter.get(m, none).items()}
-                        for r in replacements.get(name, ()):  # the old meters' cursors are needed too
+                        for r in replacements[name]:  # the old meters' cursors are needed too
                             current.update(cursors_by_meter.get(r.old_meter, none))
-                    result = charge_account(name, tariff, readings or [], current, usage_by_account.get(name, none),
-                                            multipliers=account_meters, replacements=replacements.get(name, ()),
-                                            memo=memo, as_fields=True)
-                    entries += result.entries
-                    cursors += [(c.meter, c.rate, c.at, c.value) for c in result.cursors.values()]
-                    if result.usage:
-                        usage_rows += [(name, u.period, u.kwh) for u in result.usage.values()]
-                    for flag in result.flags:
-                        summary.flags[flag.kind] = summary.flags.get(flag.kind, 0) + 1
-                        if flag.kind is not late:  # a frozen value arriving after a live one: routine
-                            flags.append((flag.meter, flag.rate, flag.at, str(flag.kind), flag.detail))
+                        charge(name, tariff, readings or [], current, usage_of(name, none), account_meters,
+                               replacements[name])
+                    else:
+                        if len(account_meters) == 1:
+                            for meter in account_meters:
+                                current = cursors_by_meter.get(meter, none)  # only read
+                        else:
+                            current = {key: c for m in account_meters
+                                       for key, c in cursors_by_meter.get(m, none).items()}
+                        charge(name, tariff, readings, current, usage_of(name, none), account_meters)
                     summary.accounts += 1
                 start = charged_through or opened
                 if charged_through is None or not month_start <= start < month_end:
                     entries += [entry_fields(e) for e in fixed_charges(name, tariff, start, now)]
                     fixed_through[name] = now
-            if entries or cursors or usage_rows or flags or fixed_through:
-                batch = batch or transaction.enter_context(self.store.charging_batch(now=now, pipelined=True))
-                batch.add(entries, cursors, usage_rows, flags, fixed_through)
+            batch = write(batch)
         summary.entries = batch.applied if batch is not None else 0
         return summary
 

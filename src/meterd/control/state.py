@@ -301,11 +301,32 @@ entry_fields = attrgetter("key", "account", "kind", "amount", "at", "detail", "m
 _HUNDRED: Final = Decimal(100)
 _RATES: Final[dict[str, Rate]] = {r.value: r for r in Rate}
 _ENUM_TEXT: Final[dict[str, str]] = {m: m.value for m in (*EntryKind, *Rate)}  # bound as plain str
+
+
+class _Memo(dict):
+    """``memo[x]`` is ``convert(x)``, computed once per distinct ``x``; ``memo[None]`` is None.
+    For the columns whose values repeat across a district's rows (instants, kinds, rates).  Not
+    for Decimals: equal values may differ in text (0.5, 0.50)."""
+
+    __slots__ = ("_convert",)
+
+    def __init__(self, convert: Callable[[Any], Any], known: Mapping[Any, Any] = MappingProxyType({})) -> None:
+        super().__init__(known)
+        self[None] = None
+        self._convert = convert
+
+    def __missing__(self, key: Any) -> Any:
+        value = self[key] = self._convert(key)
+        return value
+
+
 _LEDGER_COLUMNS: Final = ("key, account, kind, amount_fen, ts, recorded_ts, actor, detail, meter, rate, kwh, price, "
                           "period_start_ts, period_end_ts")
 # Rows per multi-row VALUES statement (fewer if SQLite takes fewer parameters): one step, the GIL
-# released for all of them.  Pipelined, each statement costs the writer a wait for the GIL.
-_ROWS_PER_STATEMENT: Final = 2000
+# released for all of them.  Pipelined, each statement costs the writer a wait for the GIL (2,000
+# rows: the caller waited 1 s of a 100,000-account pass for the writer; 4,000: 0.4 s, and the
+# cached statements cost a few MiB more; 8,000: 0.3 s and 12 MiB more again).
+_ROWS_PER_STATEMENT: Final = 4000
 _QUEUED_STATEMENTS: Final = 8  # a pipelined batch's statements waiting for the writer (memory bound)
 
 
@@ -332,7 +353,8 @@ class ChargingBatch:
         self._conn = conn
         self._recorded = to_ms(now)
         self._actor = actor
-        self._ms: dict[datetime, int] = {}  # instants repeat across thousands of entries
+        self._ms = _Memo(to_ms)  # instants repeat across thousands of entries
+        self._text = _Memo(str, _ENUM_TEXT)  # kinds and rates as plain str
         self._seq_before = self._seq_mark = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()[0]
         self.applied = 0
         self.summary: dict[str, Any] = {}
@@ -346,12 +368,6 @@ class ChargingBatch:
             self._writer = threading.Thread(target=self._run_writer, name="charging-writer", daemon=True)
             self._writer.start()
 
-    def _to_ms(self, at: datetime) -> int:
-        ms = self._ms.get(at)
-        if ms is None:
-            ms = self._ms[at] = to_ms(at)
-        return ms
-
     def add(self, entries: Iterable[EntryFields], cursors: Iterable[tuple[str, Rate, datetime, Decimal]] = (),
             usage: Iterable[tuple[str, str, Decimal]] = (), flags: Iterable[tuple[str, Rate, datetime, str, str]] = (),
             fixed_through: Mapping[str, datetime] = MappingProxyType({})) -> None:
@@ -359,7 +375,7 @@ class ChargingBatch:
         amount finer than a fen; the whole pass is then rolled back."""
         if self._error is not None:
             raise self._error
-        recorded, actor, ms, text = self._recorded, self._actor, self._to_ms, _ENUM_TEXT.get
+        recorded, actor, ms, text = self._recorded, self._actor, self._ms, self._text
         params: list[Any] = []
         for key, account, kind, amount, at, detail, meter, rate, kwh, price, start, end in entries:
             try:  # to_fen(), inlined for the common case: a Decimal to the fen
@@ -369,14 +385,12 @@ class ChargingBatch:
                 x, fen = None, 0
             if fen != x:  # not a Decimal, or finer than a fen, or not finite: to_fen decides (or refuses)
                 fen = to_fen(amount, what=f"ledger entry {key}: amount")
-            params += (key, account, text(kind, kind), fen, ms(at), recorded, actor, detail, meter,
-                       None if rate is None else text(rate, rate), None if kwh is None else str(kwh),
-                       None if price is None else str(price), None if start is None else ms(start),
-                       None if end is None else ms(end))
+            params += (key, account, text[kind], fen, ms[at], recorded, actor, detail, meter, text[rate],
+                       None if kwh is None else str(kwh), None if price is None else str(price), ms[start], ms[end])
         self._insert(f"INSERT OR IGNORE INTO ledger ({_LEDGER_COLUMNS}) VALUES ", "", 14, params)
         params = []
         for m, r, at, v in cursors:
-            params += (m, text(r, r), ms(at), str(v))
+            params += (m, text[r], ms[at], str(v))
         self._insert("INSERT INTO cursors (meter, rate, ts, value) VALUES ",
                      " ON CONFLICT (meter, rate) DO UPDATE SET ts = excluded.ts, value = excluded.value", 4, params)
         params = []
@@ -386,11 +400,11 @@ class ChargingBatch:
                      " ON CONFLICT (account, period) DO UPDATE SET kwh = excluded.kwh", 3, params)
         params = []
         for m, r, at, k, d in flags:
-            params += (m, text(r, r), ms(at), k, d)
+            params += (m, text[r], ms[at], k, d)
         self._insert("INSERT OR IGNORE INTO charge_flags (meter, rate, ts, kind, detail) VALUES ", "", 5, params)
         if fixed_through:
             self._submit(self._conn.executemany, "UPDATE accounts SET fixed_through_ts = ? WHERE account = ?",
-                         [(ms(at), a) for a, at in fixed_through.items()])
+                         [(ms[at], a) for a, at in fixed_through.items()])
         self._submit(self._move_balances)
 
     def _move_balances(self) -> None:
@@ -557,28 +571,18 @@ class ControlStore(StateDatabase):
         """account -> (tariff, meters with CT × PT, opened, fixed charges through): what a charging
         pass needs, without the cost of full :class:`Account` objects for a whole district."""
         meters: dict[str, dict[str, Decimal]] = {}
-        multipliers: dict[str, Decimal] = {}  # a district has a handful of CT × PT values
+        multipliers = _Memo(Decimal)  # a district has a handful of CT × PT values (keyed by text)
         for meter, account, text in self._tuples("SELECT meter, account, multiplier FROM account_meters"):
-            multiplier = multipliers.get(text)
-            if multiplier is None:
-                multiplier = multipliers[text] = Decimal(text)
             own = meters.get(account)
             if own is None:
-                meters[account] = {meter: multiplier}
+                meters[account] = {meter: multipliers[text]}
             else:
-                own[meter] = multiplier
-        instants: dict[int | None, datetime | None] = {None: None}  # accounts opened or charged together
-        out = {}
-        for account, tariff, opened, fixed in self._tuples(
-                "SELECT account, tariff, opened_ts, fixed_through_ts FROM accounts"):
-            o = instants.get(opened)
-            if o is None:
-                o = instants[opened] = from_ms(opened)
-            f = instants.get(fixed)
-            if f is None and fixed is not None:
-                f = instants[fixed] = from_ms(fixed)
-            out[account] = (tariff, meters.get(account) or {}, o, f)
-        return out
+                own[meter] = multipliers[text]
+        instants = _Memo(from_ms)  # accounts opened or charged together share their instants
+        owned = meters.get
+        return {account: (tariff, owned(account) or {}, instants[opened], instants[fixed])
+                for account, tariff, opened, fixed in self._tuples(
+                    "SELECT account, tariff, opened_ts, fixed_through_ts FROM accounts")}
 
     def policy_rows(self, *, changed_since: int | None, quiet_above: Decimal | None) -> list[tuple]:
         """What a policy pass looks at, as tuples ``(account, area, protected, thresholds, state,
@@ -766,6 +770,10 @@ class ControlStore(StateDatabase):
     # --- charging state ------------------------------------------------------------------------
 
     def cursors(self, meters: Iterable[str] | None = None) -> dict[tuple[str, Rate], tuple[datetime, Decimal]]:
+        return {(meter, rate): (at, value) for meter, rate, at, value in self.cursor_rows(meters)}
+
+    def cursor_rows(self, meters: Iterable[str] | None = None) -> list[tuple[str, Rate, datetime, Decimal]]:
+        """:meth:`cursors` as rows ``(meter, rate, at, value)``, for a district's pass."""
         wanted = None if meters is None else list(meters)
         sql = "SELECT meter, rate, ts, value FROM cursors"
         if wanted is None or len(wanted) > 5000:  # a district: one scan beats thousands of lookups
@@ -778,18 +786,13 @@ class ControlStore(StateDatabase):
             for i in range(0, len(wanted), 500):
                 chunk = wanted[i:i + 500]
                 rows += self._tuples(f"{sql} WHERE meter IN ({','.join('?' * len(chunk))})", chunk)
-        rates = _RATES
-        instants: dict[int, datetime] = {}  # the cursors of one round share their instant
-        out = {}
-        for meter, rate, ts, value in rows:
-            at = instants.get(ts)
-            if at is None:
-                at = instants[ts] = from_ms(ts)
-            out[(meter, rates.get(rate) or Rate(rate))] = (at, Decimal(value))
-        return out
+        rates = _Memo(Rate, _RATES)
+        instants = _Memo(from_ms)  # the cursors of one round share their instant
+        return [(meter, rates[rate], instants[ts], Decimal(value)) for meter, rate, ts, value in rows]
 
     def tier_usage(self) -> dict[tuple[str, str], Decimal]:
-        return {(r["account"], r["period"]): Decimal(r["kwh"]) for r in self._read("SELECT * FROM tier_usage")}
+        return {(account, period): Decimal(kwh)
+                for account, period, kwh in self._tuples("SELECT account, period, kwh FROM tier_usage")}
 
     def commit_charging(
         self,
@@ -815,8 +818,10 @@ class ControlStore(StateDatabase):
         """:meth:`commit_charging` filled in parts, for a district: one transaction (``BEGIN
         IMMEDIATE`` ... ``COMMIT``, rolled back on any error), so a pass is still all or nothing.
         ``pipelined``: written by a thread while the caller computes the next part.  Nothing else
-        may use the store until the block ends."""
-        with self._write() as conn:
+        may use the store until the block ends.  The COMMIT does not wait for the disk (see
+        :meth:`_write`'s ``redoable``): a pass lost to a power cut loses its cursors with its
+        entries, and the next pass charges the same energy again, once."""
+        with self._write(redoable=True) as conn:
             batch = ChargingBatch(conn, now, actor, pipelined=pipelined)
             try:
                 yield batch
@@ -924,7 +929,12 @@ class ControlStore(StateDatabase):
                 self._audit(conn, now, req.requested_by, "command-queued", req.meter,
                             {"id": cur.lastrowid, "kind": req.kind.value, "account": req.account,
                              "reason": req.reason, "dry_run": dry_run, **req.extra})
-        return [self.command(i) for i in created]  # type: ignore[misc]
+        found: dict[int, Command] = {}
+        for i in range(0, len(created), 500):  # read back in a few queries, not one per command
+            chunk = created[i:i + 500]
+            found.update((r["id"], self._command(r)) for r in self._read(
+                f"SELECT * FROM commands WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return [found[i] for i in created]
 
     def command(self, command_id: int) -> Command | None:
         rows = self._read("SELECT * FROM commands WHERE id = ?", (command_id,))

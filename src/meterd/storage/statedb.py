@@ -7,10 +7,16 @@ reports are separate processes writing the same file), autocommit mode with expl
 ``BEGIN IMMEDIATE`` for writes (a writer takes the database lock up front instead of failing
 half-way), and one re-entrant lock per connection so a store may be shared by the event loop and
 ``asyncio.to_thread`` workers.
+
+A big transaction (a charging pass writes tens of MB) is committed without waiting for the disk
+and without the automatic checkpoint, which would copy all of it back into the database file
+inside the COMMIT; a thread with a connection of its own checkpoints instead, while the caller
+goes on.  See :meth:`StateDatabase._write`.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -18,6 +24,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator, Self, Sequence
 
 from meterd.storage.sqlite import STATE_FILE
+
+log = logging.getLogger(__name__)
 
 
 class StateDatabase:
@@ -33,11 +41,13 @@ class StateDatabase:
         self.path = Path(data_dir) / STATE_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._checkpointer: threading.Thread | None = None
         self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0, isolation_level=None)
         try:
             if self.ROWS:
                 self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            self._wal = str(mode).lower() == "wal"  # else (a file system without WAL) nothing is relaxed
             self._conn.execute("PRAGMA busy_timeout=30000")
             for pragma in self.PRAGMAS:
                 self._conn.execute(f"PRAGMA {pragma}")
@@ -53,6 +63,9 @@ class StateDatabase:
             if not self._closed:
                 self._closed = True
                 self._conn.close()
+            if self._checkpointer is not None:
+                self._checkpointer.join()
+                self._checkpointer = None
 
     def __enter__(self) -> Self:
         return self
@@ -61,16 +74,66 @@ class StateDatabase:
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, database lock taken up front; rolled back on any error."""
+    def _write(self, *, redoable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction, database lock taken up front; rolled back on any error.
+
+        ``redoable``, for a big transaction whose work is redone when it is lost (a charging pass:
+        its cursors are lost with its entries), never for a payment: the COMMIT does not wait for
+        the disk (``synchronous=NORMAL`` in WAL mode, for this transaction only) and does not
+        checkpoint; :meth:`_checkpoint_soon` does, in the background.  The transaction still
+        survives the process being killed at any point; an OS crash or power cut may lose it
+        (never half of it, never the file) until the next ordinary commit, whose wait for the disk
+        covers it too."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            conn = self._conn
+            if not (redoable and self._wal):  # NORMAL outside WAL mode could corrupt on a power cut
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return
+            level = conn.execute("PRAGMA synchronous").fetchone()[0]
+            every = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+            conn.execute(f"PRAGMA synchronous={min(int(level), 1)}")  # NORMAL, unless set lower
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                conn.execute(f"PRAGMA wal_autocheckpoint={int(every)}")
+                conn.execute(f"PRAGMA synchronous={int(level)}")
+            if every > 0:
+                self._checkpoint_soon()
+
+    def _checkpoint_soon(self) -> None:
+        """Copy the WAL back into the database file from a thread with its own connection
+        (``PASSIVE``: it waits for nobody and nobody waits for it; a writer's automatic checkpoint
+        meanwhile finds the checkpoint taken and skips).  What it does not finish, the next
+        automatic checkpoint does."""
+        if self._checkpointer is not None and self._checkpointer.is_alive():
+            return
+        path = self.path
+
+        def checkpoint() -> None:
+            try:
+                conn = sqlite3.connect(path, timeout=1.0, isolation_level=None)
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                finally:
+                    conn.close()
+            except sqlite3.Error as exc:  # the next automatic checkpoint does it
+                log.debug("background checkpoint of %s: %s", path, exc)
+
+        self._checkpointer = threading.Thread(target=checkpoint, name="wal-checkpoint", daemon=True)
+        self._checkpointer.start()
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
