@@ -5,11 +5,15 @@ the buffer must hand out exactly those pieces from one kernel read, report EOF a
 socket would, and gather a flush's packets into one write without losing or reordering any.
 """
 
+import logging
 import socket
 
+import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.exception import MalformedPacket
 
+from meterd.collector.mqtt import new_client
 from meterd.collector.paho_loop import BufferedSocket, Client
 
 # PUBLISH QoS 0 of "a/b" with payload "hi", then PINGRESP
@@ -98,3 +102,55 @@ def test_the_client_skips_topic_filters_only_while_there_are_none():
     assert list(client._on_message_filtered.iter_match("meterd/terminals/T1/up")) == []
     client.message_callback_add("meterd/terminals/+/up", print)
     assert list(client._on_message_filtered.iter_match("meterd/terminals/T1/up")) == [print]
+
+
+def _queue_qos1(client: Client) -> "mqtt.MQTTMessageInfo":
+    """A QoS 1 publish on a client that is not connected: paho keeps it, waiting for its PUBACK."""
+    info = client.publish("a/b", b"hi", qos=1)
+    assert info.mid in client._out_messages
+    return info
+
+
+def _feed_puback(client: Client, packet: bytes) -> object:
+    client._in_packet = {"command": 0x40, "have_remaining": 1, "remaining_count": [len(packet)],
+                         "remaining_mult": 1, "remaining_length": len(packet), "packet": bytearray(packet),
+                         "to_process": 0, "pos": 0}
+    return client._handle_pubackcomp("PUBACK")
+
+
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv311, mqtt.MQTTv5])
+def test_a_puback_completes_the_publish_as_paho_itself_does(protocol):
+    fast, plain = (Client(CallbackAPIVersion.VERSION2, client_id="t", protocol=protocol),
+                   mqtt.Client(CallbackAPIVersion.VERSION2, client_id="t", protocol=protocol))
+    seen: dict[str, list] = {"fast": [], "plain": []}
+    for name, client in (("fast", fast), ("plain", plain)):
+        client.on_publish = lambda c, u, mid, rc, props, name=name: seen[name].append(
+            (mid, rc.is_failure, rc.getName(), type(props).__name__, props.json()))
+        info = _queue_qos1(client)
+        assert _feed_puback(client, info.mid.to_bytes(2, "big")) == mqtt.MQTT_ERR_SUCCESS
+        assert info._published  # is_published() raises: the client never connected
+        assert info.mid not in client._out_messages
+        assert _feed_puback(client, b"\x7f\x7f") == mqtt.MQTT_ERR_SUCCESS  # an unknown mid: ignored
+    assert seen["fast"] == seen["plain"] and len(seen["fast"]) == 1
+
+
+def test_a_malformed_puback_takes_paho_s_own_path():
+    client = Client(CallbackAPIVersion.VERSION2, client_id="t")
+    _queue_qos1(client)
+    with pytest.raises(MalformedPacket):
+        _feed_puback(client, b"\x00\x01\x00")
+
+
+def test_paho_chatter_is_logged_at_debug_only_when_wanted(caplog):
+    client = new_client("t")
+    caplog.set_level(logging.INFO, logger="meterd.collector.mqtt.paho")
+    client._easy_log(mqtt.MQTT_LOG_ERR, "not shown %s", "x")
+    assert not caplog.records
+    caplog.set_level(logging.DEBUG, logger="meterd.collector.mqtt.paho")
+    client._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", "boom")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.DEBUG, "failed to receive on socket: boom")]
+    lines = []
+    client.on_log = lambda c, u, level, text: lines.append((level, text))  # paho's own hook still works
+    client._easy_log(mqtt.MQTT_LOG_WARNING, "w %d", 1)
+    assert lines == [(mqtt.MQTT_LOG_WARNING, "w 1")]

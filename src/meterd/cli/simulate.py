@@ -100,6 +100,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from meterd.collector.heap import settle_heap
 from meterd.errors import ConfigError, LinkError, ProtocolError
 from meterd.protocols.dlt645.frame import normalize_address
 from meterd.protocols.modbus import builtin_maps, get_map
@@ -939,6 +940,7 @@ async def _shard(spec: TerminalSpec, first: int, count: int, clock: Any, conn: A
     except Exception as exc:  # noqa: BLE001
         conn.send(("error", str(exc)))
         return
+    settle_heap()
     conn.send(("up", None))
 
     def readable() -> None:
@@ -1213,6 +1215,7 @@ async def serve_plan(
 
                 clock = SimClock.starting(t.start, t.speed)
             terms = await start_terminals(t, clock, shards)
+        settle_heap()  # the meters' models live as long as the simulator: out of the collector's way
         if plan.site is not None and plan.site_text is not None:
             write_site_config(plan.site.path, plan.site_text)
         doc = document(fleet, terms, plan, clock)

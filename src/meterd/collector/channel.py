@@ -35,12 +35,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Final, Protocol
 
 from meterd.collector.transports.base import Transport
-from meterd.errors import LinkError, LinkTimeoutError, MeterdError
+from meterd.errors import LinkError, LinkTimeoutError, MeterdError, ProtocolError
 from meterd.protocols.dlt645.frame import (
     BROADCAST,
     PREAMBLE,
     Frame,
     StreamDecoder,
+    decode_frame,
     encode_frame,
 )
 
@@ -138,6 +139,7 @@ class ChannelStats:
 TraceHook = Callable[[TraceEvent], None]
 
 ROUTINE: Final = 10  # scheduled and round reads
+WIRE_FRAMES_KEPT: Final = 4096  # encoded request frames a channel keeps (cleared when full)
 URGENT: Final = 0  # relay commands and their read-back, operators' on-demand reads
 
 
@@ -207,6 +209,7 @@ class Channel:
         self.trace = trace
         self.stats = ChannelStats()
         self._lock = PriorityLock()
+        self._wire: dict[Frame, bytes] = {}  # request frame -> its bytes with this channel's preamble
         self._last_done = 0.0
         self._link_down = False
 
@@ -219,7 +222,12 @@ class Channel:
         Raises TransactionError once every attempt failed.  With ``expect_reply=False``
         (broadcasts), the request is only written.
         """
-        wire = encode_frame(request, preamble=self.preamble)
+        wire = self._wire.get(request)
+        if wire is None:  # a round sends the same few requests to the same meters, round after round
+            wire = encode_frame(request, preamble=self.preamble)
+            if len(self._wire) >= WIRE_FRAMES_KEPT:
+                self._wire.clear()
+            self._wire[request] = wire
         return await self.exchange(request.address, wire, lambda: Dlt645Reply(request), request=request,
                                    expect_reply=expect_reply, priority=priority)
 
@@ -315,7 +323,8 @@ class Channel:
                     raise TransactionError(FailureKind.WRONG_ADDRESS, str(exc),
                                            meter=meter, received=bytes(received)) from None
                 if reply is not None:
-                    self._emit("rx", bytes(received), reply)
+                    if self.trace is not None:
+                        self._emit("rx", bytes(received), reply)
                     self.stats.record_success(time.monotonic() - started)
                     return reply
         except LinkError as exc:
@@ -331,27 +340,47 @@ class Dlt645Reply:
     request's function; echoed requests and replies to other functions are skipped; a reply from
     another address is a :class:`WrongPeer` (unless the request was broadcast or wildcarded)."""
 
-    __slots__ = ("request", "decoder", "_check_address")
+    __slots__ = ("request", "_decoder", "_check_address")
 
     def __init__(self, request: Frame) -> None:
         self.request = request
-        self.decoder = StreamDecoder()
+        self._decoder: StreamDecoder | None = None  # made when a read is not one whole frame
         self._check_address = request.address != BROADCAST and "A" not in request.address
 
     @property
+    def decoder(self) -> StreamDecoder:
+        if self._decoder is None:
+            self._decoder = StreamDecoder()
+        return self._decoder
+
+    @property
     def dropped(self) -> int:
-        return self.decoder.dropped
+        return 0 if self._decoder is None else self._decoder.dropped
 
     @property
     def pending(self) -> bool:
-        return bool(self.decoder.pending)
+        return self._decoder is not None and bool(self._decoder.pending)
 
     def feed(self, data: bytes) -> Frame | None:
-        self.decoder.feed(data)
-        while (frame := self.decoder.next_frame()) is not None:
-            if not frame.is_reply or frame.function != self.request.function:
-                continue  # our own request echoed by the adapter, or a stray reply
-            if self._check_address and frame.address != self.request.address:
-                raise WrongPeer(f"reply came from {frame.address}")
-            return frame
+        if self._decoder is None:
+            # the usual read: the whole reply (after its FE preamble) and nothing else; the stream
+            # decoder would find the same frame and be left empty
+            try:
+                frame = decode_frame(data)
+            except ProtocolError:
+                pass  # anything else: noise, pieces, several frames -- the stream decoder's job
+            else:
+                return self._match(frame)
+        decoder = self.decoder
+        decoder.feed(data)
+        while (frame := decoder.next_frame()) is not None:
+            if (reply := self._match(frame)) is not None:
+                return reply
         return None
+
+    def _match(self, frame: Frame) -> Frame | None:
+        if not frame.is_reply or frame.function != self.request.function:
+            return None  # our own request echoed by the adapter, or a stray reply
+        if self._check_address and frame.address != self.request.address:
+            raise WrongPeer(f"reply came from {frame.address}")
+        return frame

@@ -23,6 +23,7 @@ from meterd.collector.modbus import ModbusLink
 from meterd.collector.poll import MeterTarget, Reads, RoundResult, poll_round
 from meterd.collector.transports import SerialTransport, TcpTransport, Transport
 from meterd.collector.dtu import DtuListener
+from meterd.collector.heap import settle_heap
 from meterd.collector.mqtt import MqttHub
 from meterd.config.model import (
     ChannelConfig,
@@ -309,6 +310,7 @@ class Daemon:
                             self.config.mqtt.host, self.config.mqtt.port)  # type: ignore[union-attr]
         self.writer.start()
         self.online.start()
+        settle_heap()  # start-up's objects live as long as the daemon: out of the collector's way
         tasks = [asyncio.create_task(self._run_channel(r, stop), name=f"channel:{r.channel.name}")
                  for r in self.runners if r.plan.polls]
         tasks.append(asyncio.create_task(self._quality_loop(stop), name="quality"))

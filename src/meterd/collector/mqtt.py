@@ -128,6 +128,8 @@ MAX_ID_LEN: Final = 128
 EXPIRED_IDS_KEPT: Final = 4096  # ids remembered as "ours, but no longer awaited" (late replies)
 REJECTS_KEPT: Final = 50
 DESCRIBED_KEPT: Final = 256  # request frames a transport remembers the sniffed protocol/meter of
+TOPICS_KEPT: Final = 16384  # incoming topics the hub remembers the parse of
+_UNPARSED: Final = object()
 # DL/T 645-1997-only control codes (03 without data is 1997's re-read, with data 2007's security)
 _FUNCTIONS_1997_ONLY: Final = frozenset({0x01, 0x02, 0x04, 0x0A, 0x0C, 0x0F, 0x10})
 _FORBIDDEN_IN_ID: Final = frozenset("/+#\x00")
@@ -326,6 +328,27 @@ def _opt_protocol(obj: Mapping[str, Any]) -> str | None:
     return p
 
 
+def _request_fields(meter: str | None, protocol: str | None, unit: int | None, frame: bytes) -> str:
+    """The middle of a request payload, from ``"meter"`` to ``"frame"``: the same for every request
+    of one frame to one terminal, so a transport keeps it per frame."""
+    parts = [',"meter":', _json_text(meter), ',"protocol":', _json_text(protocol)]
+    if unit is not None:
+        parts += [',"unit":', json.dumps(unit)]
+    parts += [',"frame":"', frame.hex(), '"']
+    return "".join(parts)
+
+
+def _request_payload(id_json: str, fields: str, sent: datetime | None, expires: datetime | None) -> bytes:
+    """A request payload from its parts (``id_json``: the id as a JSON string)."""
+    parts = ['{"type":"request","id":', id_json, fields]
+    if sent is not None:
+        parts += [',"sent":"', rfc3339(sent), '"']
+    if expires is not None:
+        parts += [',"expires":"', rfc3339(expires), '"']
+    parts.append("}")
+    return "".join(parts).encode()
+
+
 @dataclass(frozen=True, slots=True)
 class RequestMessage:
     id: str
@@ -338,17 +361,8 @@ class RequestMessage:
 
     def payload(self) -> bytes:
         # written out by hand (the same bytes json.dumps gives): one per request, on the hot path
-        parts = ['{"type":"request","id":', _json_text(self.id), ',"meter":', _json_text(self.meter),
-                 ',"protocol":', _json_text(self.protocol)]
-        if self.unit is not None:
-            parts += [',"unit":', json.dumps(self.unit)]
-        parts += [',"frame":"', self.frame.hex(), '"']
-        if self.sent is not None:
-            parts += [',"sent":"', rfc3339(self.sent), '"']
-        if self.expires is not None:
-            parts += [',"expires":"', rfc3339(self.expires), '"']
-        parts.append("}")
-        return "".join(parts).encode()
+        return _request_payload(_json_text(self.id), _request_fields(self.meter, self.protocol, self.unit, self.frame),
+                                self.sent, self.expires)
 
     @classmethod
     def parse(cls, payload: bytes) -> RequestMessage:
@@ -491,12 +505,7 @@ def parse_readings(obj: Mapping[str, Any]) -> tuple[str, list[Reading]]:
 
 # --- the hub -----------------------------------------------------------------------------------
 
-_paho_logger = logging.getLogger(f"{__name__}.paho")
-
-
-def _paho_log(client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
-    """paho's chatter (and its 'not connected' errors while reconnecting) at debug level."""
-    _paho_logger.debug("%s", text)
+_paho_logger = logging.getLogger(f"{__name__}.paho")  # paho's chatter, at debug level (see new_client)
 
 
 def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -519,7 +528,7 @@ def new_client(
     a :class:`~meterd.collector.paho_loop.BufferedSocket` (run it with a ``PahoDriver``)."""
     client = paho_loop.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
                               protocol=mqtt.MQTTv311)
-    client.on_log = _paho_log
+    client.debug_log = _paho_logger
     client.on_socket_open = _no_delay
     if username is not None:
         client.username_pw_set(username, password)
@@ -595,6 +604,7 @@ class MqttHub:
         self._status: dict[str, str] = {}
         self._transports: dict[str, list[MqttTransport]] = {}
         self._pending: dict[str, MqttTransport] = {}  # correlation id -> transport awaiting it
+        self._topic_cache: dict[str, tuple[str, str] | None] = {}  # topic -> Topics.parse(topic)
         self._expired: OrderedDict[str, str] = OrderedDict()  # our old ids -> terminal
         self._session = secrets.token_hex(4)
         self._seq = 0
@@ -714,12 +724,14 @@ class MqttHub:
         self._check_link(t)
         self._seq += 1
         cid = f"{self._session}-{self._seq:x}"
-        info = t._describe(frame)
+        fields = t._request_fields(frame)
         sent = self.clock()
         expires = sent + self._ttl if self._ttl is not None else None
-        payload = RequestMessage(cid, frame, info.protocol, info.meter, info.unit, sent, expires).payload()
+        # what RequestMessage(cid, frame, protocol, meter, unit, sent, expires).payload() gives;
+        # the id is hex digits and a dash: a JSON string as it stands
+        payload = _request_payload(f'"{cid}"', fields, sent, expires)
         self._pending[cid] = t
-        result = self._client.publish(self.topics.down(t.terminal), payload, qos=QOS)
+        result = self._client.publish(t._down_topic, payload, qos=QOS)
         if result.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             # paho keeps a QoS 1 message and sends it after a reconnect: its reply will be late
             self._retire(cid)
@@ -801,7 +813,12 @@ class MqttHub:
             log.exception("MQTT: handling a message on %s failed", topic)
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
-        parsed = self.topics.parse(topic)
+        parsed = self._topic_cache.get(topic, _UNPARSED)
+        if parsed is _UNPARSED:  # a few topics per terminal, each seen again and again
+            parsed = self.topics.parse(topic)
+            if len(self._topic_cache) >= TOPICS_KEPT:
+                self._topic_cache.clear()
+            self._topic_cache[topic] = parsed
         if parsed is None or parsed[1] == "down":
             self._reject("malformed", None, f"unexpected topic {topic!r}")
             return
@@ -895,7 +912,9 @@ class MqttTransport(Transport):
         self.terminal = terminal
         self.protocol = protocol
         self.units = dict(units) if units is not None else None
-        self._described: dict[bytes, FrameInfo] = {}  # a round sends the same frames again and again
+        # a round sends the same frames again and again: what each one is, and its payload fields
+        self._described: dict[bytes, tuple[FrameInfo, str]] = {}
+        self._down_topic = hub.topics.down(terminal)
         self._open = False
         self._current: str | None = None
         self._in_flight = False
@@ -936,12 +955,20 @@ class MqttTransport(Transport):
         self._in_flight = False
 
     def _describe(self, frame: bytes) -> FrameInfo:
-        info = self._described.get(frame)
-        if info is None:
+        return self._frame_entry(frame)[0]
+
+    def _request_fields(self, frame: bytes) -> str:
+        """The payload fields from ``"meter"`` to ``"frame"`` for a request carrying ``frame``."""
+        return self._frame_entry(frame)[1]
+
+    def _frame_entry(self, frame: bytes) -> tuple[FrameInfo, str]:
+        entry = self._described.get(frame)
+        if entry is None:
             if len(self._described) >= DESCRIBED_KEPT:
                 self._described.clear()
-            info = self._described[frame] = describe_frame(frame, protocol=self.protocol, units=self.units)
-        return info
+            info = describe_frame(frame, protocol=self.protocol, units=self.units)
+            entry = self._described[frame] = (info, _request_fields(info.meter, info.protocol, info.unit, frame))
+        return entry
 
     # called by the hub, in the loop thread
     def _reply(self, reply: ReplyMessage) -> None:

@@ -27,6 +27,10 @@ Strategy notes:
 * paho sends each packet with its own ``send``; while the driver flushes, the socket gathers them
   and writes them with one.  What the kernel does not take (paho's queue or gathered bytes) is
   written when the socket becomes writable again.
+* For every PUBACK paho 2.x builds a ``ReasonCode`` and an (empty) MQTT 5 ``Properties`` even on
+  an MQTT 3.1.1 connection, which costs more than the rest of handling the packet:
+  :class:`Client` hands ``on_publish`` one pair made per client instead (3.1.1 PUBACKs carry
+  neither; MQTT 5 and malformed packets take paho's own path).
 """
 
 from __future__ import annotations
@@ -41,7 +45,11 @@ import weakref
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.matcher import MQTTMatcher
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +144,43 @@ class _Filters(MQTTMatcher):
 
 
 class Client(mqtt.Client):
-    """paho's client, reading and writing through a :class:`BufferedSocket`."""
+    """paho's client, reading and writing through a :class:`BufferedSocket`, with a cheaper
+    MQTT 3.1.1 PUBACK (see the module doc).
+
+    ``debug_log``, if set, gets all of paho's chatter at debug level (its "not connected" errors
+    while reconnecting too), formatted only when that logger is enabled for debug: paho's own
+    ``on_log`` formats a line for every packet in and out, used or not.
+    """
+
+    debug_log: logging.Logger | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._on_message_filtered = _Filters()
+        # what a 3.1.1 PUBACK "carries": success, no properties (shared by all its PUBACKs)
+        self._puback_reason = ReasonCode(PacketTypes.PUBACK)
+        self._puback_properties = Properties(PacketTypes.PUBACK)
 
     def _create_socket(self) -> Any:
         return BufferedSocket(super()._create_socket())
+
+    def _easy_log(self, level: Any, fmt: str, *args: Any) -> None:
+        log = self.debug_log
+        if log is not None and log.isEnabledFor(logging.DEBUG):
+            log.debug(fmt, *args)
+        if self._on_log is not None or self._logger is not None:
+            super()._easy_log(level, fmt, *args)
+
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        if cmd != "PUBACK" or self._protocol == MQTTProtocolVersion.MQTTv5 or len(packet) != 2:
+            return super()._handle_pubackcomp(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received %s (Mid: %d)", cmd, mid)
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, self._puback_reason, self._puback_properties)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 class _MiscTicker:

@@ -28,11 +28,12 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
-from typing import Awaitable, Callable, Iterable, Sequence, Union
+from typing import Awaitable, Callable, Final, Iterable, Sequence, Union
 
 from meterd.collector.channel import ROUTINE, Channel, FailureKind, TransactionError
 from meterd.collector.modbus import ModbusLink, ModbusRefused
 from meterd.errors import ProtocolError
+from meterd.protocols.dlt645.frame import Frame
 from meterd.protocols.dlt645 import catalogue
 from meterd.protocols.dlt645.catalogue import DecodedValue, Scaling
 from meterd.protocols.dlt645.catalogue1997 import decode97
@@ -104,12 +105,33 @@ class ReadFailed(Exception):
         super().__init__(detail)
 
 
+_READ_FRAMES: dict[tuple[str, int], Frame] = {}
+READ_FRAMES_KEPT: Final = 65536
+
+
+def _read_frame(address: str, di: int) -> Frame:
+    """``encode_request(ReadRequest(address, di))``, made once per meter and identifier: a poll
+    asks every meter the same things every round."""
+    key = (address, di)
+    frame = _READ_FRAMES.get(key)
+    if frame is None:
+        frame = encode_request(ReadRequest(address, di))
+        if len(_READ_FRAMES) >= READ_FRAMES_KEPT:
+            _READ_FRAMES.clear()
+        _READ_FRAMES[key] = frame
+    return frame
+
+
 async def read_item(
     channel: Channel, address: str, di: int, *, count: int | None = None, start: datetime | None = None,
     priority: int = ROUTINE,
 ) -> bytes:
     """Read one identifier, following up until the meter says there is no more.  Payload bytes."""
-    reply = await channel.transact(encode_request(ReadRequest(address, di, count, start)), priority=priority)
+    if count is None and start is None:
+        request = _read_frame(address, di)
+    else:
+        request = encode_request(ReadRequest(address, di, count, start))
+    reply = await channel.transact(request, priority=priority)
     assert reply is not None
     try:
         message = decode_response(reply)

@@ -172,6 +172,7 @@ _DI97: Final = 2
 _WRITABLE_97: Final = {0xC010: 0x04000101, 0xC011: 0x04000102}
 _FUNCTIONS_2007: Final = frozenset(int(f) for f in Function)
 _FUNCTIONS_1997: Final = frozenset(int(f) for f in Function97)
+_DECODED_KEPT: Final = 4096  # request frames a bus remembers the decoding of (bounded: cleared when full)
 
 
 def fires(rng: random.Random, p: float) -> bool:
@@ -282,6 +283,8 @@ class Dlt645Bus:
         self._last97: dict[MeterModel, Response97] = {}
         self.max_reply_data97 = MAX_REPLY_DATA_97
         self.stats = BusStats()
+        self._frames: dict[bytes, Frame] = {}  # request bytes -> decoded frame
+        self._requests: dict[Frame, Request] = {}  # request frame -> decoded 2007 request
 
     def _set_protocols(self, protocols: Mapping[str, str]) -> None:
         not_here: list[str] = []
@@ -337,11 +340,18 @@ class Dlt645Bus:
         if isinstance(request, Frame):
             frame = request
         else:
-            try:
-                frame = decode_frame(request)
-            except ProtocolError:
-                self.stats.ignored += 1  # a real meter stays silent on a corrupt frame
-                return []
+            key = bytes(request)
+            cached = self._frames.get(key)
+            if cached is None:
+                try:
+                    cached = decode_frame(key)
+                except ProtocolError:
+                    self.stats.ignored += 1  # a real meter stays silent on a corrupt frame
+                    return []
+                if len(self._frames) >= _DECODED_KEPT:
+                    self._frames.clear()
+                self._frames[key] = cached
+            frame = cached
         if frame.is_reply:
             self.stats.ignored += 1
             return []
@@ -351,7 +361,8 @@ class Dlt645Bus:
         if "A" in pattern:  # AA wildcards
             targets = [m for m in self.meters if address_matches(pattern, m.address) and self._speaks(m, frame)]
         else:
-            targets = [m for m in self.meters if m.address == pattern and self._speaks(m, frame)]
+            one = self._by_address.get(pattern)
+            targets = [one] if one is not None and self._speaks(one, frame) else []
         if not targets:
             self.stats.ignored += 1
             return []
@@ -403,7 +414,7 @@ class Dlt645Bus:
 
     def _answer(self, meter: MeterModel, frame: Frame, now: datetime) -> Response | None:
         try:
-            req: Request = decode_request(frame)
+            req: Request = self._decode_request(frame)
         except ProtocolError:
             fn = _function_of(frame)
             return None if fn is None else self._refuse(meter, fn, MeterErrorBits.OTHER)
@@ -435,6 +446,17 @@ class Dlt645Bus:
                 return self._refuse(meter, Function.RELAY_CONTROL, refused.error)
             return AckResponse(meter.address, Function.RELAY_CONTROL)
         return self._refuse(meter, Function(frame.function), MeterErrorBits.OTHER)  # pragma: no cover
+
+    def _decode_request(self, frame: Frame) -> Request:
+        """:func:`decode_request`, remembered per frame: a master polls the same few requests
+        round after round (decoding is pure, so a repeated frame decodes the same)."""
+        req = self._requests.get(frame)
+        if req is None:
+            req = decode_request(frame)
+            if len(self._requests) >= _DECODED_KEPT:
+                self._requests.clear()
+            self._requests[frame] = req
+        return req
 
     def _refuse(self, meter: MeterModel, fn: Function, error: MeterErrorBits) -> AbnormalResponse:
         self.stats.refusals += 1

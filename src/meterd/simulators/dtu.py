@@ -321,19 +321,34 @@ class DtuSimulator:
         return self.bus.decoder() if isinstance(self.bus, ModbusBus) else StreamDecoder()
 
     async def _answer(self, request: Frame | bytes) -> list[Reply]:
+        if not isinstance(self.bus, ModbusBus):
+            return self._answer_now(request)
         try:
-            if isinstance(self.bus, ModbusBus):
-                assert not isinstance(request, Frame)
-                return await self.bus.handle_async(request, self.clock())
-            return self.bus.handle(request, self.clock())
-        except Exception:
-            raw = encode_frame(request) if isinstance(request, Frame) else bytes(request)
-            log.exception("DTU %s: simulated bus failed on request %s", self.terminal_id, raw.hex(" ").upper())
+            assert not isinstance(request, Frame)
+            return await self.bus.handle_async(request, self.clock())
+        except Exception:  # noqa: BLE001 -- a bus bug is logged; the DTU stays up
+            self._bus_failed(request)
             return []
+
+    def _answer_now(self, request: Frame | bytes) -> list[Reply]:
+        """A DL/T 645 bus answers synchronously: no coroutine per request."""
+        assert isinstance(self.bus, Dlt645Bus)
+        try:
+            return self.bus.handle(request, self.clock())
+        except Exception:  # noqa: BLE001 -- a bus bug is logged; the DTU stays up
+            self._bus_failed(request)
+            return []
+
+    def _bus_failed(self, request: Frame | bytes) -> None:
+        raw = encode_frame(request) if isinstance(request, Frame) else bytes(request)
+        log.exception("DTU %s: simulated bus failed on request %s", self.terminal_id, raw.hex(" ").upper())
 
     async def _serve(self, link: _Link) -> None:
         loop = asyncio.get_running_loop()
         decoder = self._decoder()
+        sync = not isinstance(self.bus, ModbusBus)
+        writer = link.writer
+        transport = writer.transport
         by_master = False
         try:
             while data := await link.reader.read(4096):
@@ -344,7 +359,7 @@ class DtuSimulator:
                     self.stats.requests += 1
                     if not self.answering:
                         continue
-                    for reply in await self._answer(request):
+                    for reply in self._answer_now(request) if sync else await self._answer(request):
                         delay = received + self.turnaround + reply.delay - loop.time()
                         if delay > 0:
                             await asyncio.sleep(delay)
@@ -354,9 +369,14 @@ class DtuSimulator:
                             await asyncio.sleep(CUT_LINGER)
                             self.stats.drops += 1
                             link.dropped = True
-                            link.writer.transport.abort()
+                            transport.abort()
                             return
-                        await self._write(link, reply.data)
+                        # _write without its drain while the socket takes everything (the usual
+                        # case): drain only waits when the kernel is full or the link closing
+                        writer.write(reply.data)
+                        self.stats.tx_bytes += len(reply.data)
+                        if transport.get_write_buffer_size() or transport.is_closing():
+                            await writer.drain()
                         self.stats.replies += 1
             by_master = True
         except (ConnectionError, OSError):

@@ -251,6 +251,40 @@ _ALL_SECTIONS: Final = frozenset(
     {"energy", "energy_prev", "demand", "demand_prev", "frozen", "curve", "variables", "misc"}
 )
 
+# instantaneous values that need no power flow: one noise draw each (see _variables)
+_CHEAP_VARIABLES: Final = frozenset({*(f"voltage.{p}" for p in PHASE_NAMES), "frequency", "battery.clock"})
+
+
+@dataclass(frozen=True, slots=True)
+class _ValuesPlan:
+    """What :meth:`MeterModel.values` has to work out for one set of quantities (kept per set:
+    the bus asks for the same few identifiers over and over)."""
+
+    sections: frozenset[str]
+    energy: frozenset[str] | None  # the current energy registers asked for; None: all
+    cheap: frozenset[str] | None  # the variables asked for, when all are in _CHEAP_VARIABLES
+
+
+def _values_plan(quantities: Collection[str] | None) -> _ValuesPlan:
+    if quantities is None:
+        return _ValuesPlan(_ALL_SECTIONS, None, None)
+    sections = frozenset(_section(q) for q in quantities)
+    energy = frozenset(q for q in quantities if _section(q) == "energy")
+    variables = frozenset(q for q in quantities if _section(q) == "variables")
+    return _ValuesPlan(sections, energy, variables if variables <= _CHEAP_VARIABLES else None)
+
+
+# per energy kind: the quantity names of its total and rates 1..RATES
+_ENERGY_NAMES: Final = {
+    name: (f"energy.{name}.total", *(f"energy.{name}.rate{r}" for r in range(1, RATES + 1)))
+    for name, _ in ENERGY_KINDS
+}
+_VOLTAGE_NAMES: Final = tuple(f"voltage.{p}" for p in PHASE_NAMES)
+
+
+_PLANS: dict[object, _ValuesPlan] = {}
+_PLANS_KEPT: Final = 1024
+
 # --- the meter ---------------------------------------------------------------------------------
 
 
@@ -327,6 +361,7 @@ class MeterModel:
         self._weights = tuple(w / sum(weights) for w in weights)
         self._v_bias = tuple(3.0 * noise(self._key, 30 + i, 0) for i in range(phases))
         self._power_cache: tuple[int, float, float] = (-1, 0.0, 0.0)
+        self._step_cache: tuple[int, object, int, tuple[tuple[int, int], ...]] = (-1, None, 0, ())
 
         mstart = self.meter_clock(start)
         self._minute_acc = [0] * _BASE
@@ -422,16 +457,24 @@ class MeterModel:
     def _integrate(self, m: datetime, dt_us: int) -> None:
         if self.relay_open or dt_us <= 0:
             return
-        p, q = self._power(m)
-        rate = self.tariff.rate_of_minute(m.hour * 60 + m.minute) - 1
+        # load and tariff rate are constant within a meter minute: work out which registers tick
+        # and by how much per microsecond once per minute (a meter is read many times a minute)
+        idx = _minute_index(m)
+        step = self._step_cache
+        if step[0] != idx or step[1] is not self.tariff:
+            p, q = self._power(m)
+            rate = self.tariff.rate_of_minute(m.hour * 60 + m.minute) - 1
+            a = IMP if p >= 0 else EXP
+            s = S_IMP if p >= 0 else S_EXP
+            quad = (Q1 if p >= 0 else Q2) if q >= 0 else (Q4 if p >= 0 else Q3)
+            mw = ((a, round(abs(p) * 1_000_000)),  # mW: x us gives the register units
+                  (quad, round(abs(q) * 1_000_000)),
+                  (s, round(math.hypot(p, q) * 1_000_000)))
+            step = self._step_cache = (idx, self.tariff, rate, mw)
+        rate, mw = step[2], step[3]
         reg, acc = self._reg, self._minute_acc
-        ep = round(abs(p) * 1_000_000) * dt_us  # mW x us
-        eq = round(abs(q) * 1_000_000) * dt_us
-        es = round(math.hypot(p, q) * 1_000_000) * dt_us
-        a = IMP if p >= 0 else EXP
-        s = S_IMP if p >= 0 else S_EXP
-        quad = (Q1 if p >= 0 else Q2) if q >= 0 else (Q4 if p >= 0 else Q3)
-        for kind, e in ((a, ep), (quad, eq), (s, es)):
+        for kind, w in mw:
+            e = w * dt_us
             reg[kind][rate] += e
             acc[kind] += e
 
@@ -495,6 +538,31 @@ class MeterModel:
     def _snapshot(self, t: datetime) -> Snapshot:
         return Snapshot(t, self._hundredths())
 
+    def _energy_values(self, wanted: Collection[str] | None) -> dict[str, Value]:
+        """The current energy registers named in ``wanted`` (None: all of them): the values
+        ``self._snapshot(m).energy_values("energy.")`` holds for those names, reading only the
+        registers they are made of (a poll asks for one or two, not 55)."""
+        if wanted is None:
+            return Snapshot(self._true, self._hundredths()).energy_values("energy.")
+        reg = self._reg
+        per = _UNIT_PER_HUNDREDTH
+        out: dict[str, Value] = {}
+        for name, parts in ENERGY_KINDS:
+            names = _ENERGY_NAMES[name]
+            if wanted.isdisjoint(names):
+                continue
+            wrap = _WRAP_SIGNED if len(parts) > 1 else _WRAP
+            if len(parts) == 1:
+                rates = [v // per for v in reg[parts[0]]]
+            else:
+                rates = [sum(reg[i][r] // per for i in parts) for r in range(RATES)]
+            if names[0] in wanted:
+                out[names[0]] = _d(sum(rates) % wrap, 2)
+            for r in range(RATES):
+                if names[r + 1] in wanted:
+                    out[names[r + 1]] = _d(rates[r] % wrap, 2)
+        return out
+
     def _record_curve(self, t: datetime) -> None:
         values = self._variables(t)
         h = self._hundredths()
@@ -511,6 +579,22 @@ class MeterModel:
             del self._curves[min(self._curves)]
 
     # --- instantaneous values ------------------------------------------------------------------
+
+    def _cheap_variables(self, m: datetime, wanted: Collection[str]) -> dict[str, Value]:
+        """The ``wanted`` voltages, frequency and clock battery at meter time ``m``: the same
+        numbers :meth:`_variables` gives, without the power flow it works out for the rest."""
+        sec = _minute_index(m) * 60 + m.second
+        out: dict[str, Value] = {}
+        key = self._key
+        for i in range(self.phases):
+            name = _VOLTAGE_NAMES[i]
+            if name in wanted:
+                out[name] = _q(220.0 + self._v_bias[i] + 1.5 * noise(key, 40 + i, sec), 1)
+        if "frequency" in wanted:
+            out["frequency"] = _q(50.0 + 0.03 * noise(key, 50, sec), 2)
+        if "battery.clock" in wanted:
+            out["battery.clock"] = _q(3.60 + 0.02 * noise(key, 51, sec // 86_400), 2)
+        return out
 
     def _variables(self, m: datetime, wanted: Collection[str] | None = None) -> dict[str, Value]:
         """Instantaneous values at meter time ``m``; with ``wanted``, only those are made Decimals
@@ -575,12 +659,19 @@ class MeterModel:
         """
         self.advance(now)
         m = self.meter_clock(now)
-        sections = _ALL_SECTIONS if quantities is None else {_section(q) for q in quantities}
+        if isinstance(quantities, tuple):  # what the catalogue hands out: hashable, asked again and again
+            plan = _PLANS.get(quantities)
+            if plan is None:
+                if len(_PLANS) >= _PLANS_KEPT:
+                    _PLANS.clear()
+                plan = _PLANS[quantities] = _values_plan(quantities)
+        else:
+            plan = _values_plan(quantities)
+        sections = plan.sections
         out: dict[str, Value] = {}
         if "energy" in sections:
-            # a read asks for one register: format only the kinds asked for (the dict may hold more)
-            kinds = None if quantities is None else {_energy_kind(q) for q in quantities}
-            out.update(self._snapshot(m).energy_values("energy.", kinds=kinds))
+            # a read asks for one register: make only the ones asked for
+            out.update(self._energy_values(plan.energy))
         if "energy_prev" in sections:
             for s, st in enumerate(self._settlements, start=1):
                 out.update(st.snapshot.energy_values("energy.", f".prev{s}"))
@@ -590,7 +681,10 @@ class MeterModel:
             for s, st in enumerate(self._settlements, start=1):
                 out.update(self._demand_values(st.demand, f".prev{s}"))
         if "variables" in sections:
-            out.update(self._variables(m, quantities))
+            if plan.cheap is not None:
+                out.update(self._cheap_variables(m, plan.cheap))
+            else:
+                out.update(self._variables(m, quantities))
         if "frozen" in sections:
             for which in ("daily", "hourly"):
                 latest = self.frozen(which, 1)

@@ -132,6 +132,7 @@ class MqttTerminal:
         self.port = port
         self.clock: Clock = clock or SimClock.starting()
         self.topics = Topics(root)
+        self._up_topic = self.topics.up(self.terminal_id)
         self.client_id = client_id or f"{root}-sim-{terminal_id}"
         self.username = username
         self.password = password
@@ -378,7 +379,7 @@ class MqttTerminal:
     def _publish_reply(self, request: RequestMessage, reply: Any) -> None:
         message = ReplyMessage(request.id, reply.data, self._protocol_of(reply.meter, request.protocol),
                                reply.meter or request.meter, request.sent, self.wall_clock())
-        if self._publish(self.topics.up(self.terminal_id), message.payload()):
+        if self._publish(self._up_topic, message.payload()):
             self.stats.replies += 1
 
     def _protocol_of(self, meter: str, asked: str | None) -> str | None:

@@ -108,8 +108,25 @@ FRAME = Struct(
 _ADDR_OK = frozenset(b"0123456789A")
 
 
+# Both directions are remembered (bounded): a master talks to the same meters all day long, and
+# checking six BCD bytes in Python costs more than the rest of encoding or decoding a frame.
+_TO_WIRE: dict[str, bytes] = {}
+_FROM_WIRE: dict[bytes, str] = {}
+ADDRESSES_KEPT: Final = 65536
+
+
 def address_to_wire(address: str) -> bytes:
     """``"000000001234"`` -> ``34 12 00 00 00 00`` (BCD, low byte first); ``AA`` bytes are kept."""
+    wire = _TO_WIRE.get(address)
+    if wire is None:
+        wire = _address_to_wire(address)
+        if len(_TO_WIRE) >= ADDRESSES_KEPT:
+            _TO_WIRE.clear()
+        _TO_WIRE[address] = wire
+    return wire
+
+
+def _address_to_wire(address: str) -> bytes:
     if len(address) != 12:
         raise ProtocolError(f"address {address!r} must have 12 digits")
     try:
@@ -126,6 +143,17 @@ def address_to_wire(address: str) -> bytes:
 
 def address_from_wire(raw: bytes) -> str:
     """The inverse of :func:`address_to_wire`; rejects bytes that are neither BCD nor ``AA``."""
+    key = bytes(raw)
+    address = _FROM_WIRE.get(key)
+    if address is None:
+        address = _address_from_wire(key)
+        if len(_FROM_WIRE) >= ADDRESSES_KEPT:
+            _FROM_WIRE.clear()
+        _FROM_WIRE[key] = address
+    return address
+
+
+def _address_from_wire(raw: bytes) -> str:
     for b in raw:
         if b != 0xAA and ((b >> 4) > 9 or (b & 0x0F) > 9):
             raise ProtocolError("address is not BCD", bytes(raw))

@@ -340,11 +340,14 @@ def encode_response(resp: Response) -> Frame:
 # --- decoding ----------------------------------------------------------------------------------
 
 
+_BY_CODE: Final = {int(f): f for f in Function}  # Function(code) is an enum call per frame
+
+
 def _function(frame: Frame) -> Function:
-    try:
-        return Function(frame.function)
-    except ValueError:
-        raise ProtocolError(f"unknown function code {frame.function:02X}") from None
+    fn = _BY_CODE.get(frame.function)
+    if fn is None:
+        raise ProtocolError(f"unknown function code {frame.function:02X}")
+    return fn
 
 
 def _need(frame: Frame, size: int, what: str, exact: bool = True) -> None:
