@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from meterd.collector.channel import ROUTINE, URGENT, PriorityLock
+from meterd.collector.channel import ROUTINE, URGENT, PriorityLock, urgent
 
 
 async def _use(lock: PriorityLock, name: str, priority: int, order: list[str], hold: asyncio.Event | None = None):
@@ -35,6 +35,26 @@ def test_urgent_waiter_overtakes_queued_routine_reads():
     order, lock = asyncio.run(main())
     assert order == ["r0", "trip", "r1", "r2", "r3"]  # FIFO within a priority
     assert not lock.locked()
+
+
+def test_an_urgent_scope_puts_routine_calls_inside_it_ahead():
+    async def in_scope(lock: PriorityLock, order: list[str]) -> None:
+        with urgent():  # e.g. poll_meter for an operator: its layers pass no priority along
+            await _use(lock, "call-now", ROUTINE, order)
+
+    async def main():
+        lock, order, hold = PriorityLock(), [], asyncio.Event()
+        first = asyncio.create_task(_use(lock, "r0", ROUTINE, order, hold))
+        await asyncio.sleep(0)
+        tasks = [asyncio.create_task(_use(lock, f"r{i}", ROUTINE, order)) for i in (1, 2)]
+        tasks.append(asyncio.create_task(in_scope(lock, order)))
+        tasks.append(asyncio.create_task(_use(lock, "r3", ROUTINE, order)))  # outside the scope: routine
+        await asyncio.sleep(0)
+        hold.set()
+        await asyncio.gather(first, *tasks)
+        return order
+
+    assert asyncio.run(main()) == ["r0", "call-now", "r1", "r2", "r3"]
 
 
 def test_cancelled_waiter_neither_holds_nor_blocks_the_lock():

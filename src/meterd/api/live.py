@@ -1,7 +1,8 @@
 """What only the running daemon can do for the API: the technician's on-demand read ("call now").
 
 The read goes through the meter's own channel -- the same bus lock as routine rounds, so it never
-talks over them -- resolved the way a poll resolves quantities.  Its readings and attempts go to
+talks over them, but as an urgent transaction that waits ahead of them -- resolved the way a poll
+resolves quantities.  Its readings and attempts go to
 the daemon's writer like a round's, so prepaid charging and quality statistics see them.
 """
 
@@ -43,6 +44,7 @@ def resolve(meter: Any, quantities: Sequence[str]) -> Any:
 
 async def call_now(daemon: Daemon, address: str, quantities: Sequence[str], *, now: datetime) -> tuple[list, list]:
     """Read ``quantities`` of ``address`` now; (readings, attempts), both also handed to the writer."""
+    from meterd.collector.channel import urgent
     from meterd.collector.poll import poll_meter
 
     route = daemon.route(address)
@@ -50,6 +52,7 @@ async def call_now(daemon: Daemon, address: str, quantities: Sequence[str], *, n
         raise ReadRefused(f"meter {address} is not on a channel this daemon polls")
     channel, meter, link = route
     reads = resolve(meter, quantities)
-    readings, attempts = await asyncio.wait_for(poll_meter(channel, meter, reads, now, link=link), READ_TIMEOUT)
+    with urgent():  # ahead of routine rounds waiting for the same bus
+        readings, attempts = await asyncio.wait_for(poll_meter(channel, meter, reads, now, link=link), READ_TIMEOUT)
     daemon.ingest(readings, attempts)
     return readings, attempts

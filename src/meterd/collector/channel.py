@@ -26,11 +26,14 @@ shorthand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import enum
 import heapq
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Final, Protocol
 
@@ -143,6 +146,21 @@ WIRE_FRAMES_KEPT: Final = 4096  # encoded request frames a channel keeps (cleare
 URGENT: Final = 0  # relay commands and their read-back, operators' on-demand reads
 
 
+_scope: contextvars.ContextVar[int] = contextvars.ContextVar("meterd_bus_priority", default=ROUTINE)
+
+
+@contextlib.contextmanager
+def urgent() -> Iterator[None]:
+    """Every transaction made inside (in this task and the tasks it starts) waits for the bus as
+    :data:`URGENT`: an operator's on-demand read goes ahead of routine rounds without each layer
+    between it and the channel passing a priority along."""
+    token = _scope.set(URGENT)
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
 class PriorityLock:
     """A FIFO lock whose waiters with a lower ``priority`` number go first.
 
@@ -168,7 +186,7 @@ class PriorityLock:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._seq += 1
-        heapq.heappush(self._waiters, (priority, self._seq, future))
+        heapq.heappush(self._waiters, (min(priority, _scope.get()), self._seq, future))
         try:
             await future
         except asyncio.CancelledError:
