@@ -248,3 +248,69 @@ def test_the_lean_policy_pass_decides_exactly_what_the_full_one_would(tmp_path):
         assert after[d.account] == (str(d.new_state), d.held)
     assert sorted((c.meter, c.kind) for c in summary.commands) == sorted(
         (c.meter, c.kind) for d in expected for c in d.commands)
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_a_pass_charges_the_same_in_chunks_as_in_one_part(tmp_path, monkeypatch, chunk):
+    """A district's pass is written in chunks of accounts, every account reading the one mapping of
+    the pass's cursors: whatever the chunking, the ledger, cursors, tier usage and balances are
+    those of one chunk for all (multi-meter accounts, a tariff not configured, a replacement)."""
+    from meterd.control import engine as engine_module
+    from meterd.control.model import TOU_RATES
+    from meterd.control.tariff import Tier
+
+    effective = datetime(2020, 1, 1).date()
+    tariffs = {
+        "flat": Tariff("flat", (TariffVersion(effective, TariffKind.FLAT, price=Decimal("0.5283"),
+                                              fixed_monthly=Decimal("2.50")),)),
+        "tiered": Tariff("tiered", (TariffVersion(effective, TariffKind.TIERED, tiers=(
+            Tier(Decimal(15), Decimal("0.4883")), Tier(None, Decimal("0.7883")))),)),
+        "tou": Tariff("tou", (TariffVersion(effective, TariffKind.TOU, rate_prices={
+            Rate.SHARP: Decimal("1.0"), Rate.PEAK: Decimal("0.8"), Rate.FLAT: Decimal("0.55"),
+            Rate.VALLEY: Decimal("0.3")}),)),
+    }
+    kinds = ("flat", "tiered", "tou", "missing")
+    specs = [AccountSpec(f"A{i:03d}", kinds[i % 4] if i % 9 else "tiered",
+                         {f"{i:09d}{k:03d}": Decimal(1) for k in range(1 + (i % 9 == 0))}, area=f"TA{i % 3}")
+             for i in range(1, 31)]
+
+    def round_of(at: datetime, day: int) -> list[Reading]:
+        out = []
+        for i, spec in enumerate(specs, start=1):
+            if i % 7 == 0 and day:  # some accounts not read today
+                continue
+            for k, meter in enumerate(spec.meters):
+                base = Decimal(100 + i) + Decimal(day) * Decimal(i % 5 + k) * Decimal("3.17")
+                if spec.tariff == "tou":
+                    out += [energy(meter, at, str(base / 4 + j), rate.quantity) for j, rate in enumerate(TOU_RATES)]
+                else:
+                    out.append(energy(meter, at, str(base)))
+        return out
+
+    def run(data_dir, chunk: int):
+        monkeypatch.setattr(engine_module, "CHARGE_CHUNK", chunk)
+        store = ControlStore(data_dir)
+        store.upsert_accounts(specs, actor="test", now=T0)
+        engine = PrepaidEngine(store, PrepaidSettings(THRESHOLDS, SafetyRules()), tariffs)
+        for day in range(3):
+            at = T0 + timedelta(days=day)
+            engine.observe(round_of(at, day))
+            if day == 2:  # a meter swapped: its old meter's cursor is read too
+                old = next(iter(specs[4].meters))
+                store.record_replacement("WO-1", specs[4].account, old, "000000000777", at - timedelta(hours=1),
+                                         {Rate.TOTAL: Decimal("140")}, {Rate.TOTAL: Decimal("1")}, Decimal(1),
+                                         actor="t", now=at)
+            engine.run_pass(at)
+        state = ([(r.key, r.account, r.amount, r.detail) for a in specs for r in store.ledger(a.account)],
+                 store.cursors(), store.tier_usage(), {a.account: a.balance for a in store.accounts()})
+        assert store.verify_balances() == []
+        store.close()
+        return state
+
+    expected = run(tmp_path / "one", 10**6)
+    assert len(expected[0]) > 40 and expected[2]  # charges, fixed charges and tier usage were made
+    # the swapped meter's last use (105 -> 140 kWh, across tier 1's 15 kWh) up to the replacement: its own cursor
+    last_use = "charge:000000005000:total:2026-11-03T02:00:00+00:00/2026-11-04T01:00:00+00:00:"
+    assert [r[2] for r in expected[0] if r[0].startswith(last_use)] == [Decimal("-7.32"), Decimal("-15.77")]
+    got = run(tmp_path / "parts", chunk)
+    assert got == expected

@@ -252,3 +252,39 @@ def test_an_error_in_the_charging_writer_reaches_the_caller_and_rolls_back(store
             for i in range(50):
                 batch.add([(f"charge:{i}", *entry[1:])])
     assert store.balance("A1") == 0 and store.ledger("A1") == [] and store.tier_usage() == {}
+
+
+
+def test_cursor_rows_and_the_cursor_map_are_the_stored_cursors(store):
+    from meterd.control.charging import Cursor
+
+    store.commit_charging([], [(M1, Rate.TOTAL, T0, Decimal("10.50")), (M1, Rate.PEAK, T0, Decimal("4")),
+                               (M2, Rate.TOTAL, T0, Decimal("3"))], [], [], {}, now=T0)
+    expected = {(M1, Rate.TOTAL): Cursor(M1, Rate.TOTAL, T0, Decimal("10.50")),
+                (M1, Rate.PEAK): Cursor(M1, Rate.PEAK, T0, Decimal("4")),
+                (M2, Rate.TOTAL): Cursor(M2, Rate.TOTAL, T0, Decimal("3"))}
+    assert store.cursor_map() == expected and store.cursor_map([M1]) == {
+        k: v for k, v in expected.items() if k[0] == M1}
+    rows = store.cursor_rows([M2, "000000000099"])
+    assert rows == [expected[(M2, Rate.TOTAL)]] and type(rows[0]) is Cursor and rows[0].value == Decimal("3")
+    assert all(type(c.rate) is Rate and str(c.value) == str(expected[k].value) for k, c in store.cursor_map().items())
+
+
+def test_decisions_are_stored_with_their_commands_in_one_transaction(store, monkeypatch):
+    trip = CommandRequest(meter=M1, kind=CommandKind.TRIP, reason="balance -1.00", requested_by="policy", account="A1")
+    queued = store.record_decisions([("A1", "tripped", None), ("A2", "normal", None)], [trip], now=T0,
+                                    ttl=timedelta(hours=2))
+    assert [(c.meter, c.kind, c.state) for c in queued] == [(M1, CommandKind.TRIP, CommandState.QUEUED)]
+    assert store.account("A1").state == "tripped" and store.account("A2").state == "normal"  # unchanged: no audit
+    assert [a.action for a in store.audit_log(subject="A1")][-1] == "control-state"
+    assert [a.action for a in store.audit_log(subject=M1)][-1] == "command-queued"
+    assert store.record_decisions([("A1", "tripped", None)], [], now=T0, ttl=timedelta(hours=2)) == []
+
+    def fails(*args):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "_queue", fails)  # all or nothing: the state does not move without its command
+    reclose = CommandRequest(meter=M1, kind=CommandKind.RECLOSE, reason="paid", requested_by="policy", account="A1")
+    with pytest.raises(sqlite3.OperationalError):
+        store.record_decisions([("A1", "normal", None)], [reclose], now=T0, ttl=timedelta(hours=2))
+    assert store.account("A1").state == "tripped" and len(store.commands()) == 1

@@ -28,11 +28,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Callable, Final, Iterable, Iterator, Mapping
+from itertools import islice
+from typing import Callable, Final, Iterable, Iterator, Mapping, NamedTuple
 
-from meterd.control.charging import Cursor, DistrictCharger, FlagKind, MeterReplacement, Usage, fixed_charges
+from meterd.control.charging import DistrictCharger, FlagKind, MeterReplacement, Usage, fixed_charges
 from meterd.control.limits import PowerLimit, PowerSample, evaluate_power
-from meterd.control.model import CST, QUANTITY_RATE, CommandKind, CommandRequest, RegisterReading
+from meterd.control.model import CST, QUANTITY_RATE, CommandKind, CommandRequest, Rate, RegisterReading
 from meterd.control.policy import (
     AccountView,
     ControlState,
@@ -57,6 +58,19 @@ POWER_WINDOW = timedelta(hours=2)  # power samples kept per meter for 定值控�
 REPLACEMENT_WINDOW = timedelta(days=7)  # replacements passed to charging (re-applying one is harmless)
 # quantity -> the register it reads, live or frozen daily
 _REGISTER_RATE: Final = {**QUANTITY_RATE, **{FROZEN_PREFIX + q: r for q, r in QUANTITY_RATE.items()}}
+
+
+class _Observed(NamedTuple):
+    """A :class:`RegisterReading` kept for the next pass, as a named tuple with the same fields
+    (charging only reads them): a district's round keeps 100,000s, and a frozen dataclass costs
+    twice as much to build."""
+
+    meter: str
+    rate: Rate
+    at: datetime
+    value: Decimal
+
+
 CHARGE_CHUNK = 5000  # accounts charged between two writes of the pass's transaction
 
 
@@ -124,7 +138,7 @@ class PrepaidEngine:
         self.settings = settings
         self.tariffs = dict(tariffs)
         self.limits = {limit.meter: limit for limit in limits}
-        self._pending: dict[str, list[RegisterReading]] = defaultdict(list)
+        self._pending: dict[str, list[RegisterReading | _Observed]] = defaultdict(list)
         self._samples: dict[str, list[PowerSample]] = defaultdict(list)
         self._power_active: dict[str, bool] = {}
         self._power_held: dict[str, str | None] = {}
@@ -155,7 +169,7 @@ class PrepaidEngine:
                 continue
             rate = rates.get(reading.quantity)  # register_reading(), inlined: a round has 100,000s
             if rate is not None and reading.quality is good and isinstance(reading.value, Decimal):
-                pending[owner[0]].append(RegisterReading(meter, rate, reading.timestamp, reading.value))
+                pending[owner[0]].append(_Observed(meter, rate, reading.timestamp, reading.value))
                 kept += 1
         return kept
 
@@ -185,13 +199,9 @@ class PrepaidEngine:
             replacements[acct].append(MeterReplacement(key, acct, old, new, at, old_final, new_initial))
             pending.setdefault(acct, [])
         meters = [m for acct in pending if acct in accounts for m in accounts[acct][1]] + [r[2] for r in replaced]
-        cursors_by_meter: dict[str, dict] = {}
-        for row in self.store.cursor_rows(meters) if meters else ():
-            meter = row[0]
-            own = cursors_by_meter.get(meter)
-            if own is None:
-                own = cursors_by_meter[meter] = {}
-            own[(meter, row[1])] = Cursor._make(row)
+        # One mapping of every cursor needed, passed to every account (charging only reads it): no
+        # per-account mappings to build for a district.
+        cursors = self.store.cursor_map(meters) if meters else {}
         usage_by_account: dict[str, dict[str, Usage]] = defaultdict(dict)
         for (acct, period), kwh in (self.store.tier_usage() if pending else {}).items():
             usage_by_account[acct][period] = Usage(acct, period, kwh)
@@ -201,22 +211,24 @@ class PrepaidEngine:
         month_end = TierPeriod.MONTH.next_start(now)
         charger = DistrictCharger()
         none: dict = {}
+        in_chunks = iter(accounts.items())
+        charged = 0
         entries: list[tuple] = []
         fixed_through: dict[str, datetime] = {}
         late = FlagKind.LATE
 
         def write(batch: ChargingBatch | None) -> ChargingBatch | None:
             """Hand what was charged since the last write to the pass's transaction."""
-            charged, cursors, usage_rows, found = charger.take()
+            taken, moved, usage_rows, found = charger.take()
             flags = []
             for flag in found:
                 summary.flags[flag.kind] = summary.flags.get(flag.kind, 0) + 1
                 if flag.kind is not late:  # a frozen value arriving after a live one: routine
                     flags.append((flag.meter, flag.rate, flag.at, str(flag.kind), flag.detail))
-            if not (charged or entries or cursors or usage_rows or flags or fixed_through):
+            if not (taken or entries or moved or usage_rows or flags or fixed_through):
                 return batch
             batch = batch or transaction.enter_context(self.store.charging_batch(now=now, pipelined=True))
-            batch.add(charged + entries if entries else charged, cursors, usage_rows, flags, fixed_through)
+            batch.add(taken + entries if entries else taken, moved, usage_rows, flags, fixed_through)
             entries.clear()
             fixed_through.clear()
             return batch
@@ -227,38 +239,30 @@ class PrepaidEngine:
         tariff_of, readings_of, usage_of, charge = self.tariffs.get, pending.get, usage_by_account.get, charger.charge
         with ExitStack() as transaction:
             batch: ChargingBatch | None = None
-            for done, (name, (tariff_name, account_meters, opened, charged_through)) in enumerate(accounts.items()):
-                if done % CHARGE_CHUNK == 0 and done:
-                    batch = write(batch)
-                tariff = tariff_of(tariff_name)
-                if tariff is None:
-                    if name in pending:
-                        log.error("account %s: tariff %r is not configured; %d reading(s) not charged",
-                                  name, tariff_name, len(pending[name]))
-                        self._pending[name].extend(pending[name])  # keep them for when it is
-                    continue
-                readings = readings_of(name)
-                if readings or name in replacements:
-                    if name in replacements:
-                        current = {key: c for m in account_meters for key, c in cursors_by_meter.get(m, none).items()}
-                        for r in replacements[name]:  # the old meters' cursors are needed too
-                            current.update(cursors_by_meter.get(r.old_meter, none))
-                        charge(name, tariff, readings or [], current, usage_of(name, none), account_meters,
+            while chunk := list(islice(in_chunks, CHARGE_CHUNK)):
+                batch = write(batch)  # the previous chunk's (nothing before the first)
+                for name, (tariff_name, account_meters, opened, charged_through) in chunk:
+                    tariff = tariff_of(tariff_name)
+                    if tariff is None:
+                        if name in pending:
+                            log.error("account %s: tariff %r is not configured; %d reading(s) not charged",
+                                      name, tariff_name, len(pending[name]))
+                            self._pending[name].extend(pending[name])  # keep them for when it is
+                        continue
+                    readings = readings_of(name)
+                    if replacements and name in replacements:
+                        charge(name, tariff, readings or [], cursors, usage_of(name, none), account_meters,
                                replacements[name])
-                    else:
-                        if len(account_meters) == 1:
-                            for meter in account_meters:
-                                current = cursors_by_meter.get(meter, none)  # only read
-                        else:
-                            current = {key: c for m in account_meters
-                                       for key, c in cursors_by_meter.get(m, none).items()}
-                        charge(name, tariff, readings, current, usage_of(name, none), account_meters)
-                    summary.accounts += 1
-                start = charged_through or opened
-                if charged_through is None or not month_start <= start < month_end:
-                    entries += [entry_fields(e) for e in fixed_charges(name, tariff, start, now)]
-                    fixed_through[name] = now
+                        charged += 1
+                    elif readings:
+                        charge(name, tariff, readings, cursors, usage_of(name, none), account_meters)
+                        charged += 1
+                    start = charged_through or opened
+                    if charged_through is None or not month_start <= start < month_end:
+                        entries += [entry_fields(e) for e in fixed_charges(name, tariff, start, now)]
+                        fixed_through[name] = now
             batch = write(batch)
+        summary.accounts = charged
         summary.entries = batch.applied if batch is not None else 0
         return summary
 
@@ -322,10 +326,9 @@ class PrepaidEngine:
             requests.extend(self._adapt(d.commands, now, summary.notices))
             summary.notices.extend(d.notices)
             updates.append((d.account, str(d.new_state), d.held))
-        self.store.set_control_state(updates, now=now)
-        if requests:
-            summary.commands = self.store.queue_commands(requests, now=now, ttl=self.settings.command_ttl,
-                                                         dry_run=self.settings.rules.dry_run)
+        # the new states and their commands in one transaction (one wait for the disk)
+        summary.commands = self.store.record_decisions(updates, requests, now=now, ttl=self.settings.command_ttl,
+                                                       dry_run=self.settings.rules.dry_run)
         return summary
 
     def power(self, now: datetime) -> PassSummary:

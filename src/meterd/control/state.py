@@ -36,6 +36,7 @@ from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Callable, Final, Iterable, Iterator, Mapping, Sequence
 
+from meterd.control.charging import Cursor
 from meterd.control.model import (
     CommandKind,
     CommandRequest,
@@ -624,13 +625,29 @@ class ControlStore(StateDatabase):
                           actor: str = "policy") -> None:
         """(account, new state, held reason) for each account whose control state changed."""
         with self._write() as conn:
-            for account, state, held in updates:
-                old = conn.execute("SELECT state, held FROM accounts WHERE account = ?", (account,)).fetchone()
-                if old is None or (old["state"], old["held"]) == (state, held):
-                    continue
-                conn.execute("UPDATE accounts SET state = ?, held = ? WHERE account = ?", (state, held, account))
-                self._audit(conn, now, actor, "control-state", account,
-                            {"from": old["state"], "to": state, "held": held})
+            self._set_control_state(conn, updates, now, actor)
+
+    def _set_control_state(self, conn: sqlite3.Connection, updates: Iterable[tuple[str, str, str | None]],
+                           now: datetime, actor: str) -> None:
+        for account, state, held in updates:
+            old = conn.execute("SELECT state, held FROM accounts WHERE account = ?", (account,)).fetchone()
+            if old is None or (old["state"], old["held"]) == (state, held):
+                continue
+            conn.execute("UPDATE accounts SET state = ?, held = ? WHERE account = ?", (state, held, account))
+            self._audit(conn, now, actor, "control-state", account,
+                        {"from": old["state"], "to": state, "held": held})
+
+    def record_decisions(self, updates: Iterable[tuple[str, str, str | None]], requests: Sequence[CommandRequest],
+                         *, now: datetime, ttl: timedelta, dry_run: bool = False,
+                         actor: str = "policy") -> list[Command]:
+        """:meth:`set_control_state` and :meth:`queue_commands` in one transaction: a policy pass's
+        new states and the commands they call for are stored together (a crash between the two
+        cannot leave an account tripped on paper with no trip queued), with one wait for the
+        disk instead of two."""
+        with self._write() as conn:
+            self._set_control_state(conn, updates, now, actor)
+            created = self._queue(conn, requests, now, ttl, dry_run)
+        return self._read_commands(created)
 
     def set_manual_until(self, account: str, until: datetime | None, *, now: datetime, actor: str,
                          reason: str) -> None:
@@ -772,8 +789,9 @@ class ControlStore(StateDatabase):
     def cursors(self, meters: Iterable[str] | None = None) -> dict[tuple[str, Rate], tuple[datetime, Decimal]]:
         return {(meter, rate): (at, value) for meter, rate, at, value in self.cursor_rows(meters)}
 
-    def cursor_rows(self, meters: Iterable[str] | None = None) -> list[tuple[str, Rate, datetime, Decimal]]:
-        """:meth:`cursors` as rows ``(meter, rate, at, value)``, for a district's pass."""
+    def cursor_rows(self, meters: Iterable[str] | None = None) -> list[Cursor]:
+        """:meth:`cursors` as rows ``(meter, rate, at, value)``, for a district's pass: built as
+        :class:`~meterd.control.charging.Cursor` tuples straight away (charging needs them so)."""
         wanted = None if meters is None else list(meters)
         sql = "SELECT meter, rate, ts, value FROM cursors"
         if wanted is None or len(wanted) > 5000:  # a district: one scan beats thousands of lookups
@@ -788,7 +806,13 @@ class ControlStore(StateDatabase):
                 rows += self._tuples(f"{sql} WHERE meter IN ({','.join('?' * len(chunk))})", chunk)
         rates = _Memo(Rate, _RATES)
         instants = _Memo(from_ms)  # the cursors of one round share their instant
-        return [(meter, rates[rate], instants[ts], Decimal(value)) for meter, rate, ts, value in rows]
+        make = tuple.__new__  # make(Cursor, ...) is Cursor(...) without a named tuple's Python-level __new__
+        return [make(Cursor, (meter, rates[rate], instants[ts], Decimal(value))) for meter, rate, ts, value in rows]
+
+    def cursor_map(self, meters: Iterable[str] | None = None) -> dict[tuple[str, Rate], Cursor]:
+        """:meth:`cursor_rows` as the mapping charging reads, ``(meter, rate) -> cursor``: one
+        mapping for a whole district's pass."""
+        return {(c[0], c[1]): c for c in self.cursor_rows(meters)}
 
     def tier_usage(self) -> dict[tuple[str, str], Decimal]:
         return {(account, period): Decimal(kwh)
@@ -902,33 +926,41 @@ class ControlStore(StateDatabase):
         """Queue commands (one transaction).  A request identical in meter and kind to a command
         still queued or sent is not queued again; one that undoes a queued command cancels it
         (superseded).  In dry-run mode the commands are recorded as ``dry-run`` and never sent."""
-        created: list[int] = []
         with self._write() as conn:
-            for req in requests:
-                active = conn.execute(
-                    "SELECT id, kind, state FROM commands WHERE meter = ? AND state IN (?, ?) ORDER BY id",
-                    (req.meter, *ACTIVE_STATES)).fetchall()
-                if any(r["kind"] == req.kind.value for r in active):
-                    continue
-                for r in active:
-                    if r["state"] == CommandState.QUEUED and CommandKind(r["kind"]) in OPPOSITE[req.kind]:
-                        conn.execute("UPDATE commands SET state = ?, finished_ts = ?, detail = ? WHERE id = ?",
-                                     (CommandState.CANCELLED.value, to_ms(now),
-                                      f"superseded by {req.kind} ({req.reason})", r["id"]))
-                        self._audit(conn, now, req.requested_by, "command-cancelled", req.meter,
-                                    {"id": r["id"], "reason": f"superseded by {req.kind}"})
-                state = CommandState.DRY_RUN if dry_run else CommandState.QUEUED
-                cur = conn.execute(
-                    "INSERT INTO commands (meter, account, kind, state, reason, requested_by, manual, created_ts, "
-                    "expires_ts, next_try_ts, finished_ts, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (req.meter, req.account, req.kind.value, state.value, req.reason, req.requested_by,
-                     int(req.manual), to_ms(now), to_ms(now + ttl), to_ms(now),
-                     to_ms(now) if dry_run else None, "dry run: not sent" if dry_run else ""),
-                )
-                created.append(cur.lastrowid)
-                self._audit(conn, now, req.requested_by, "command-queued", req.meter,
-                            {"id": cur.lastrowid, "kind": req.kind.value, "account": req.account,
-                             "reason": req.reason, "dry_run": dry_run, **req.extra})
+            created = self._queue(conn, requests, now, ttl, dry_run)
+        return self._read_commands(created)
+
+    def _queue(self, conn: sqlite3.Connection, requests: Sequence[CommandRequest], now: datetime, ttl: timedelta,
+               dry_run: bool) -> list[int]:
+        created: list[int] = []
+        for req in requests:
+            active = conn.execute(
+                "SELECT id, kind, state FROM commands WHERE meter = ? AND state IN (?, ?) ORDER BY id",
+                (req.meter, *ACTIVE_STATES)).fetchall()
+            if any(r["kind"] == req.kind.value for r in active):
+                continue
+            for r in active:
+                if r["state"] == CommandState.QUEUED and CommandKind(r["kind"]) in OPPOSITE[req.kind]:
+                    conn.execute("UPDATE commands SET state = ?, finished_ts = ?, detail = ? WHERE id = ?",
+                                 (CommandState.CANCELLED.value, to_ms(now),
+                                  f"superseded by {req.kind} ({req.reason})", r["id"]))
+                    self._audit(conn, now, req.requested_by, "command-cancelled", req.meter,
+                                {"id": r["id"], "reason": f"superseded by {req.kind}"})
+            state = CommandState.DRY_RUN if dry_run else CommandState.QUEUED
+            cur = conn.execute(
+                "INSERT INTO commands (meter, account, kind, state, reason, requested_by, manual, created_ts, "
+                "expires_ts, next_try_ts, finished_ts, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (req.meter, req.account, req.kind.value, state.value, req.reason, req.requested_by,
+                 int(req.manual), to_ms(now), to_ms(now + ttl), to_ms(now),
+                 to_ms(now) if dry_run else None, "dry run: not sent" if dry_run else ""),
+            )
+            created.append(cur.lastrowid)
+            self._audit(conn, now, req.requested_by, "command-queued", req.meter,
+                        {"id": cur.lastrowid, "kind": req.kind.value, "account": req.account,
+                         "reason": req.reason, "dry_run": dry_run, **req.extra})
+        return created
+
+    def _read_commands(self, created: list[int]) -> list[Command]:
         found: dict[int, Command] = {}
         for i in range(0, len(created), 500):  # read back in a few queries, not one per command
             chunk = created[i:i + 500]
