@@ -279,3 +279,13 @@ def test_bad_token_bodies_are_400(site: Site) -> None:
     for body in ({"name": "x"}, {"name": "x", "role": "root"}, {"name": "", "role": "viewer"}):
         status, _, doc = site.call("POST", "/api/v1/tokens", role="admin", body=body)
         assert status == 400, (body, doc)
+
+
+def test_accounts_by_state_are_filtered_with_their_meters(site: Site) -> None:
+    _, _, normal = site.call("GET", "/api/v1/accounts?state=normal&area=TA-1", role="viewer")
+    assert [(a["account"], a["meters"]) for a in normal] == [("A1", {"000000000002": "1"}),
+                                                              ("A2", {"000000000003": "1"})]
+    _, _, tripped = site.call("GET", "/api/v1/accounts?state=tripped", role="viewer")
+    assert tripped == []
+    with ControlStore(site.data_dir) as control:
+        assert [a.account for a in control.accounts(state="normal", names=["A2"])] == ["A2"]

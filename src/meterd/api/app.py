@@ -504,7 +504,7 @@ class Api:
         state = _query_enum(request, "state", ACCOUNT_STATES)
 
         def work() -> list[dict[str, Any]]:
-            return [_account_doc(a) for a in self.control.accounts(area=area) if state is None or a.state == state]
+            return [_account_doc(a) for a in self.control.accounts(area=area, state=state)]
         return JSONResponse(await run_in_threadpool(work))
 
     async def account(self, request: Request, caller: Caller | None) -> Response:

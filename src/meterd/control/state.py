@@ -556,17 +556,30 @@ class ControlStore(StateDatabase):
             "SELECT meter, multiplier FROM account_meters WHERE account = ? ORDER BY meter", (account,))}
         return self._account(rows[0], meters)
 
-    def accounts(self, *, area: str | None = None, names: Iterable[str] | None = None) -> list[Account]:
-        meters: dict[str, dict[str, Decimal]] = {}
-        for r in self._read("SELECT meter, account, multiplier FROM account_meters ORDER BY meter"):
-            meters.setdefault(r["account"], {})[r["meter"]] = Decimal(r["multiplier"])
+    def accounts(self, *, area: str | None = None, names: Iterable[str] | None = None,
+                 state: str | None = None) -> list[Account]:
+        """Accounts by name, optionally only an area's, only some names, or only one control state
+        (filtered in SQL: a dashboard asking for the accounts near trip does not load a district)."""
+        where, params = [], []
         if area is not None:
-            rows = self._read("SELECT * FROM accounts WHERE area = ? ORDER BY account", (area,))
-        else:
-            rows = self._read("SELECT * FROM accounts ORDER BY account")
+            where.append("area = ?")
+            params.append(area)
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        rows = self._read("SELECT * FROM accounts" + (" WHERE " + " AND ".join(where) if where else "")
+                          + " ORDER BY account", params)
         wanted = None if names is None else set(names)
-        return [self._account(r, meters.get(r["account"], {})) for r in rows
-                if wanted is None or r["account"] in wanted]
+        rows = [r for r in rows if wanted is None or r["account"] in wanted]
+        meters: dict[str, dict[str, Decimal]] = {}
+        if len(rows) < 500:
+            for r in rows:
+                meters[r["account"]] = {m["meter"]: Decimal(m["multiplier"]) for m in self._read(
+                    "SELECT meter, multiplier FROM account_meters WHERE account = ? ORDER BY meter", (r["account"],))}
+        else:
+            for r in self._read("SELECT meter, account, multiplier FROM account_meters ORDER BY meter"):
+                meters.setdefault(r["account"], {})[r["meter"]] = Decimal(r["multiplier"])
+        return [self._account(r, meters.get(r["account"], {})) for r in rows]
 
     def charging_view(self) -> dict[str, tuple[str, dict[str, Decimal], datetime, datetime | None]]:
         """account -> (tariff, meters with CT × PT, opened, fixed charges through): what a charging
