@@ -10,7 +10,9 @@ warm-up, it counts for ``--seconds``:
 * reads/s: successful attempts (one request/reply of one identifier) per second;
 * latency p50/p95/p99 of those attempts (``Attempt.latency``: request sent -> whole reply, as the
   channel measures it, so it includes the broker / DTU hop and the simulator, not a round's queue);
-* readings/s the batching writer handed to the store;
+* readings/s the batching writer handed to the store, and how many were queued (at the end, and
+  the most seen at a look once a second), and the share of the window the writer spent writing:
+  a queue that grows, or a writer busy near 100%, means it falls behind;
 * the daemon's RSS (``VmRSS``, and its peak ``VmHWM``), and CPU seconds of the daemon, the
   simulator and the broker over the window (a 2-core machine runs all three).
 
@@ -197,8 +199,10 @@ async def bench(args: argparse.Namespace, config_path: Path, sim_pid: int, broke
                                                                args.online_timeout)
             await asyncio.sleep(args.warmup)
             rss_samples = []
+            pending_samples = []
             counter.on = True
             written0, attempts_w0 = daemon.writer.written, daemon.writer.attempts_written
+            write_s0 = daemon.writer.write_seconds
             overruns0 = sum(s["overruns"] for s in daemon.stats().values())  # type: ignore[index]
             cpu0 = (cpu_seconds(), tree_cpu_seconds(sim_pid), cpu_seconds(broker_pid))
             busy0 = machine_busy()
@@ -208,6 +212,7 @@ async def bench(args: argparse.Namespace, config_path: Path, sim_pid: int, broke
             t0 = time.perf_counter()
             while (elapsed := time.perf_counter() - t0) < args.seconds:
                 rss_samples.append(proc_status()["VmRSS"])
+                pending_samples.append(daemon.writer.pending)
                 await asyncio.sleep(min(1.0, args.seconds - elapsed))
             elapsed = time.perf_counter() - t0
             if profiler:
@@ -217,6 +222,7 @@ async def bench(args: argparse.Namespace, config_path: Path, sim_pid: int, broke
             busy1 = machine_busy()
             written = daemon.writer.written - written0
             attempts_written = daemon.writer.attempts_written - attempts_w0
+            write_s = daemon.writer.write_seconds - write_s0
             overruns = sum(s["overruns"] for s in daemon.stats().values()) - overruns0  # type: ignore[index]
             status = proc_status()
             pending = daemon.writer.pending
@@ -229,7 +235,8 @@ async def bench(args: argparse.Namespace, config_path: Path, sim_pid: int, broke
         "kinds": {k: (len(v), percentiles(sorted(v))) for k, v in counter.by_kind.items() if v},
         "build_s": build, "online_dtus": online_dtus, "online_mqtt": online_mqtt, "online_after_s": took,
         "elapsed": elapsed, "ok": counter.ok, "failed": counter.failed, "written": written,
-        "attempts_written": attempts_written, "pending_at_end": pending, "overruns": overruns,
+        "attempts_written": attempts_written, "write_s": write_s, "pending_at_end": pending,
+        "pending_max": max(pending_samples, default=0), "overruns": overruns,
         "p50": cuts[49], "p95": cuts[94], "p99": cuts[98], "max": lat[-1] if lat else float("nan"),
         "rss": status["VmRSS"], "hwm": status["VmHWM"], "rss_window_max": max(rss_samples),
         "cpu": [b - a for a, b in zip(cpu0, cpu1)], "profile": profiler,
@@ -308,7 +315,12 @@ def main() -> None:
         print(f"    {kind:<5} {n / r['elapsed']:7,.0f} reads/s, p50 {cuts[49] * 1000:.1f} ms  "
               f"p95 {cuts[94] * 1000:.1f} ms  p99 {cuts[98] * 1000:.1f} ms")
     print(f"  readings/s       {r['written'] / r['elapsed']:,.0f} written to the store "
-          f"({r['attempts_written'] / r['elapsed']:,.0f} attempts/s recorded; {r['pending_at_end']} queued at the end)")
+          f"({r['attempts_written'] / r['elapsed']:,.0f} attempts/s recorded; {r['pending_at_end']} queued at the end, "
+          f"at most {r['pending_max']} at the once-a-second looks)")
+    if r["write_s"] > 0:
+        print(f"  store writer     busy {r['write_s'] / r['elapsed']:.0%} of the window: drains "
+              f"~{r['written'] / r['write_s']:,.0f} readings/s (+ as many attempts) while it writes "
+              "(rounds end together, so the queue comes in bursts)")
     rss_ok = "met" if r["hwm"] < 500 * MIB else "MISSED"
     print(f"  daemon RSS       {r['rss'] / MIB:.0f} MiB now, {r['rss_window_max'] / MIB:.0f} MiB max in the window, "
           f"peak {r['hwm'] / MIB:.0f} MiB (target < 500 MiB: {rss_ok}); simulator {sim_rss / MIB:.0f} MiB")

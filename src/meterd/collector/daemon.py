@@ -2,8 +2,8 @@
 
 Each channel task owns its bus.  Its polls come due on their own intervals; due rounds run one
 after another on the bus (a bus carries one request at a time), so rounds never pile up: a round
-that overruns its interval makes the next one start late, and a tick missed that way is counted as
-an overrun, not queued.  Channels run in parallel.
+that overruns its interval makes the next one start late (as soon as it ends), and a tick missed
+that way is counted as an overrun, not queued.  Channels run in parallel.
 
 Time: the wall clock is read only here, through the ``clock`` passed in; everything below gets
 ``now`` as an argument.
@@ -356,9 +356,10 @@ class Daemon:
                 nxt = runner.next_due[p.poll.name] + interval
                 after = time.monotonic()
                 if nxt <= after:
-                    missed = int((after - nxt) // interval) + 1
-                    runner.overruns += missed
-                    nxt += missed * interval
+                    # overran: the ticks that passed are counted, and the next round starts now,
+                    # late, rather than idling the bus until the next tick
+                    runner.overruns += int((after - nxt) // interval) + 1
+                    nxt = after
                 runner.next_due[p.poll.name] = nxt
             wait = min(runner.next_due.values()) - time.monotonic()
             if wait > 0:

@@ -362,6 +362,9 @@ class MeterModel:
         self._v_bias = tuple(3.0 * noise(self._key, 30 + i, 0) for i in range(phases))
         self._power_cache: tuple[int, float, float] = (-1, 0.0, 0.0)
         self._step_cache: tuple[int, object, int, tuple[tuple[int, int], ...]] = (-1, None, 0, ())
+        # (true time of the next meter-minute boundary, the offset it was worked out with, the
+        # minute's index): advance() inside one meter minute skips the boundary walk
+        self._minute_end: tuple[datetime, timedelta, int] | None = None
 
         mstart = self.meter_clock(start)
         self._minute_acc = [0] * _BASE
@@ -420,11 +423,28 @@ class MeterModel:
 
     def advance(self, now: datetime) -> None:
         """Integrate energy and take every freeze, curve record and settlement up to ``now``."""
-        if now <= self._true:
+        true = self._true
+        if now <= true:
             return
         offset = self._offset
+        known = self._minute_end
+        if known is not None and now < known[0] and known[1] == offset:
+            # still in the meter minute of the last advance (the usual case: a meter is read many
+            # times a minute): no boundary to walk, the same as _integrate(true + offset, ...)
+            step = self._step_cache
+            if step[0] == known[2] and step[1] is self.tariff:
+                if not self.relay_open:
+                    dt_us = _us(now - true)
+                    rate = step[2]
+                    reg, acc = self._reg, self._minute_acc
+                    for kind, w in step[3]:
+                        e = w * dt_us
+                        reg[kind][rate] += e
+                        acc[kind] += e
+                self._true = now
+                return
         end = now + offset
-        m = self._true + offset
+        m = true + offset
         while m < end:
             boundary = m.replace(second=0, microsecond=0) + _MIN
             stop = boundary if boundary <= end else end
@@ -433,6 +453,7 @@ class MeterModel:
             if stop == boundary:
                 self._on_minute(boundary)
         self._true = now
+        self._minute_end = (end.replace(second=0, microsecond=0) + _MIN - offset, offset, _minute_index(end))
 
     def _power(self, m: datetime) -> tuple[float, float]:
         """Net active (kW, + import) and reactive (kvar, + inductive) power of the meter minute."""

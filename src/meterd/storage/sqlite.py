@@ -23,12 +23,21 @@ Edge cases worth knowing:
 
 One lock serialises every call, so a store may be shared by the event loop and the worker threads
 that ``asyncio.to_thread`` uses.
+
+Batches are inserted with multi-row ``INSERT ... VALUES (...), (...), ...`` statements
+(:func:`_insert_rows`), not ``executemany``: the sqlite3 module lets go of the GIL around every
+``sqlite3_step``, i.e. once per row with ``executemany``, and a worker thread that lets go of the GIL
+waits a whole switch interval (5 ms) to get it back from a busy event loop -- 500 rows took
+seconds and the writer fell behind the collector exactly when the loop was busiest.  A multi-row
+statement steps once per chunk of up to 2,048 rows; the rows go in in order, so of two rows with one
+key the later still wins, and attempt ids still count up in recording order.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from itertools import chain
 from operator import itemgetter
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -189,6 +198,38 @@ def _reading(row: sqlite3.Row) -> Reading:
     )
 
 
+_CHUNK_ROWS: Final = 2048  # the most rows one INSERT statement takes (14,336 values of 7 columns)
+
+
+def _chunks(total: int, largest: int) -> list[int]:
+    """Split ``total`` rows into chunks of ``largest`` rows and one of the rest.
+
+    A batch is nearly always the writer's ``batch_size`` rows, so the statements' texts repeat and
+    sqlite3's statement cache keeps them prepared; an odd size costs one prepare.
+    """
+    sizes = [largest] * (total // largest)
+    if total % largest:
+        sizes.append(total % largest)
+    return sizes
+
+
+def _insert_rows(conn: sqlite3.Connection, head: str, width: int, rows: Sequence[tuple[object, ...]]) -> None:
+    """``head`` (``INSERT ... (cols) VALUES``) with ``rows`` of ``width`` values, in order.
+
+    Does what ``conn.executemany(head + " (?, ...)", rows)`` does, in one ``sqlite3_step`` per chunk
+    instead of one per row (see the module docstring for why that matters).
+    """
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    largest = _CHUNK_ROWS
+    while largest > 1 and largest * width > limit:
+        largest //= 2
+    one = "(" + ", ".join("?" * width) + ")"
+    start = 0
+    for size in _chunks(len(rows), largest):
+        conn.execute(f"{head} {', '.join([one] * size)}", list(chain.from_iterable(rows[start:start + size])))
+        start += size
+
+
 # --- the store ---------------------------------------------------------------------------------
 
 
@@ -295,9 +336,10 @@ class SqliteStore:
         # of two rows with one key the later still wins.
         rows.sort(key=_ROW_KEY)
         with self._lock, self._readings:
-            self._readings.executemany(
-                "INSERT OR REPLACE INTO readings (meter, quantity, ts, value, kind, unit, quality)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            _insert_rows(
+                self._readings,
+                "INSERT OR REPLACE INTO readings (meter, quantity, ts, value, kind, unit, quality) VALUES",
+                7,
                 rows,
             )
         return len(rows)
@@ -357,9 +399,10 @@ class SqliteStore:
             ts = to_ms(a.timestamp)
             rows.append((a.meter, a.channel, a.item, ts, a.outcome, a.latency, a.detail))
         with self._lock, self._state:
-            self._state.executemany(
-                "INSERT INTO attempts (meter, channel, item, ts, outcome, latency, detail)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            _insert_rows(
+                self._state,
+                "INSERT INTO attempts (meter, channel, item, ts, outcome, latency, detail) VALUES",
+                7,
                 rows,
             )
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from meterd.readings import Reading
 from meterd.storage.sqlite import Attempt
@@ -64,6 +65,9 @@ class BatchWriter:
         self._failures = 0  # consecutive failed writes; >0 means the store is down
         self.written = 0  # readings the store has taken
         self.attempts_written = 0
+        # seconds spent waiting for store writes (the worker thread's writes and the trips to and
+        # from it); written / write_seconds is how fast the writer can drain a queue
+        self.write_seconds = 0.0
 
     @property
     def pending(self) -> int:
@@ -114,42 +118,59 @@ class BatchWriter:
     async def flush(self) -> None:
         """Write everything queued so far; raises the store's error if a write fails.
 
-        Only what was queued when the flush began is written, readings and attempts batch by
-        batch in turn, so under a steady stream of new readings a flush still ends and attempts
-        are never starved behind readings.
+        Only what was queued when the flush began is written, a batch of readings and one of
+        attempts at a time, so under a steady stream of new readings a flush still ends and
+        attempts are never starved behind readings.
         """
         async with self._write_lock:
             readings_left, attempts_left = len(self._readings), len(self._attempts)
             while readings_left > 0 or attempts_left > 0:
-                if readings_left > 0:
-                    batch = self._readings[: min(self.batch_size, readings_left)]
-                    await self._guarded(self.store.write_readings, batch)
-                    # Only now that the store has the batch may it leave the queue.
+                batch = self._readings[: min(self.batch_size, readings_left)]
+                batch_a = self._attempts[: min(self.batch_size, attempts_left)]
+                taken = [False, False]
+                failure: Exception | None = None
+                started = time.perf_counter()
+                try:
+                    await asyncio.to_thread(self._write_pair, batch, batch_a, taken)
+                except Exception as exc:  # noqa: BLE001 -- raised again below, once the taken half is off the queue
+                    failure = exc
+                self.write_seconds += time.perf_counter() - started
+                # Only what the store has taken may leave the queue (readings even when the
+                # attempts after them failed).
+                if taken[0]:
                     del self._readings[: len(batch)]
                     self.written += len(batch)
                     readings_left -= len(batch)
-                if attempts_left > 0:
-                    batch_a = self._attempts[: min(self.batch_size, attempts_left)]
-                    await self._guarded(self.store.record_attempts, batch_a)
+                if taken[1]:
                     del self._attempts[: len(batch_a)]
                     self.attempts_written += len(batch_a)
                     attempts_left -= len(batch_a)
+                if failure is not None:
+                    self._failed(failure)
+                    raise failure
+                if self._failures:
+                    log.warning("store writes recovered after %d failed attempts", self._failures)
+                    self._failures = 0
 
-    async def _guarded(self, write: Callable[[list[Any]], object], batch: list[Any]) -> None:
-        try:
-            await asyncio.to_thread(write, batch)
-        except Exception:
-            self._failures += 1
-            if self._failures == 1:
-                log.exception(
-                    "store write failed; %d readings and %d attempts kept for retry",
-                    len(self._readings),
-                    len(self._attempts),
-                )
-            raise
-        if self._failures:
-            log.warning("store writes recovered after %d failed attempts", self._failures)
-            self._failures = 0
+    def _write_pair(self, readings: list[Reading], attempts: list[Attempt], taken: list[bool]) -> None:
+        """In the worker thread: both batches in one trip (a busy loop makes few trips a second);
+        ``taken`` tells which of the two the store has taken."""
+        if readings:
+            self.store.write_readings(readings)
+            taken[0] = True
+        if attempts:
+            self.store.record_attempts(attempts)
+            taken[1] = True
+
+    def _failed(self, exc: Exception) -> None:
+        self._failures += 1
+        if self._failures == 1:
+            log.error(
+                "store write failed; %d readings and %d attempts kept for retry",
+                len(self._readings),
+                len(self._attempts),
+                exc_info=exc,
+            )
 
     def start(self) -> None:
         """Start the background flusher (needs a running event loop); idempotent."""
@@ -177,7 +198,7 @@ class BatchWriter:
             try:
                 await self.flush()
             except Exception:
-                pass  # logged by _guarded; the batch stays queued for the next round
+                pass  # logged by _failed; the batch stays queued for the next round
 
     async def _wait(self) -> None:
         """Until a batch is full, the interval has passed, or close() is called.
