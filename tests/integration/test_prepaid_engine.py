@@ -314,3 +314,42 @@ def test_a_pass_charges_the_same_in_chunks_as_in_one_part(tmp_path, monkeypatch,
     assert [r[2] for r in expected[0] if r[0].startswith(last_use)] == [Decimal("-7.32"), Decimal("-15.77")]
     got = run(tmp_path / "parts", chunk)
     assert got == expected
+
+
+def test_a_meter_moved_by_an_import_mid_pass_charges_the_owner_at_reading_time(tmp_path):
+    """过户: the old customer pays up to the readings taken while the meter was theirs; the new one
+    from there on, with nothing charged twice or lost."""
+    store, engine = make(tmp_path)
+    store.pay("A1", "100", "P1", actor="c", now=T0)
+    engine.observe([energy(M1, T0, "1000")])
+    engine.run_pass(T0)
+    engine.observe([energy(M1, T0 + timedelta(hours=1), "1030")])  # read while A1 holds M1
+    # an account import moves M1 to A3 before the next pass (the engine has not been refreshed)
+    store.upsert_accounts([AccountSpec("A1", "flat", {}, area="TA1"),
+                           AccountSpec("A3", "flat", {M1: Decimal(1)}, area="TA1")], actor="import", now=T0)
+    engine.run_pass(T0 + timedelta(hours=1))
+    assert store.balance("A1") == Decimal("85.00")  # 30 kWh x 0.50
+    assert store.balance("A3") == Decimal("0.00")
+    engine.refresh()
+    engine.observe([energy(M1, T0 + timedelta(hours=2), "1040")])
+    engine.run_pass(T0 + timedelta(hours=2))
+    assert store.balance("A1") == Decimal("85.00") and store.balance("A3") == Decimal("-5.00")
+    assert store.verify_balances() == []
+
+
+def test_the_new_owner_of_a_moved_meter_is_charged_from_where_the_old_one_stopped(tmp_path):
+    store, engine = make(tmp_path)
+    engine.observe([energy(M1, T0, "1000")])
+    engine.run_pass(T0)
+    engine.observe([energy(M1, T0 + timedelta(hours=1), "1030")])  # A1's
+    store.upsert_accounts([AccountSpec("A1", "flat", {}, area="TA1"),
+                           AccountSpec("A3", "flat", {M1: Decimal(1)}, area="TA1")], actor="import", now=T0)
+    engine.refresh()
+    engine.observe([energy(M1, T0 + timedelta(hours=2), "1040")])  # A3's, in the same pass
+    engine.run_pass(T0 + timedelta(hours=2))
+    engine.run_pass(T0 + timedelta(hours=2, minutes=1))  # A3's reading waited one pass
+    assert store.balance("A1") == Decimal("-15.00") and store.balance("A3") == Decimal("-5.00")
+    charged = [(a, r.kwh) for a in ("A1", "A3") for r in store.ledger(a)
+               if r.kwh is not None]
+    assert sorted(charged) == [("A1", Decimal("30")), ("A3", Decimal("10"))]
+    assert store.verify_balances() == []

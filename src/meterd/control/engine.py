@@ -190,6 +190,41 @@ class PrepaidEngine:
                 self._pending[account][:0] = readings
             raise
 
+    def _moved_meters(self, pending: dict[str, list], accounts: dict[str, tuple], replaced: list[tuple]) -> None:
+        """An account import may move a meter to another account after some of its readings were
+        observed (过户).  Those readings were taken while the old account held the meter, so the
+        old account is charged for them: the meter joins its meters for this pass.  The new
+        owner's own readings of that meter wait one pass, so its charge starts from the cursor
+        the old account's leaves (charging reads cursors, it never shares them within a pass)."""
+        old_meters: dict[str, set[str]] = defaultdict(set)
+        for _, acct, old, *_ in replaced:
+            old_meters[acct].add(old)
+        moved: dict[str, dict[str, Decimal]] = {}
+        owner_now: dict[str, Decimal] | None = None
+        for name, readings in pending.items():
+            info = accounts.get(name)
+            if info is None:
+                continue
+            own, olds = info[1], old_meters.get(name)
+            for r in readings:
+                meter = r.meter
+                if meter not in own and not (olds and meter in olds):
+                    if owner_now is None:  # the same meter keeps its CT x PT
+                        owner_now = {m: k for _, v in accounts.items() for m, k in v[1].items()}
+                    moved.setdefault(name, {})[meter] = owner_now.get(meter, Decimal(1))
+        if not moved:
+            return
+        taken = {m for extra in moved.values() for m in extra}
+        for name, readings in pending.items():
+            if name not in moved and any(r.meter in taken for r in readings):
+                self._pending[name].extend(r for r in readings if r.meter in taken)
+                pending[name] = [r for r in readings if r.meter not in taken]
+        for name, extra in moved.items():
+            tariff, meters, opened, through = accounts[name]
+            accounts[name] = (tariff, {**meters, **extra}, opened, through)
+            log.info("account %s: charged for meter(s) %s read before an import moved them", name,
+                     ", ".join(sorted(extra)))
+
     def _charge(self, pending: dict[str, list[RegisterReading]], now: datetime) -> PassSummary:
         summary = PassSummary()
         accounts = self.store.charging_view()
@@ -198,6 +233,7 @@ class PrepaidEngine:
         for key, acct, old, new, at, old_final, new_initial in replaced:
             replacements[acct].append(MeterReplacement(key, acct, old, new, at, old_final, new_initial))
             pending.setdefault(acct, [])
+        self._moved_meters(pending, accounts, replaced)
         meters = [m for acct in pending if acct in accounts for m in accounts[acct][1]] + [r[2] for r in replaced]
         # One mapping of every cursor needed, passed to every account (charging only reads it): no
         # per-account mappings to build for a district.
