@@ -287,5 +287,8 @@ def test_accounts_by_state_are_filtered_with_their_meters(site: Site) -> None:
                                                               ("A2", {"000000000003": "1"})]
     _, _, tripped = site.call("GET", "/api/v1/accounts?state=tripped", role="viewer")
     assert tripped == []
+    _, _, first = site.call("GET", "/api/v1/accounts?limit=1", role="viewer")
+    _, _, second = site.call("GET", f"/api/v1/accounts?limit=1&after={first[0]['account']}", role="viewer")
+    assert [a["account"] for a in first + second] == ["A1", "A2"]
     with ControlStore(site.data_dir) as control:
         assert [a.account for a in control.accounts(state="normal", names=["A2"])] == ["A2"]

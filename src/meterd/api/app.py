@@ -502,9 +502,11 @@ class Api:
     async def accounts(self, request: Request, caller: Caller | None) -> Response:
         area = request.query_params.get("area") or None
         state = _query_enum(request, "state", ACCOUNT_STATES)
+        after = request.query_params.get("after") or None
+        limit = _query_limit(request, MAX_LIMIT) if "limit" in request.query_params else None
 
         def work() -> list[dict[str, Any]]:
-            return [_account_doc(a) for a in self.control.accounts(area=area, state=state)]
+            return [_account_doc(a) for a in self.control.accounts(area=area, state=state, after=after, limit=limit)]
         return JSONResponse(await run_in_threadpool(work))
 
     async def account(self, request: Request, caller: Caller | None) -> Response:
@@ -884,9 +886,12 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
                     ("since", _TIME, "from this time (ISO 8601 with zone), inclusive"),
                     ("until", _TIME, "to this time, exclusive"), LIMIT_PARAM),
              path_params=("address",), errors=(*_AUTH_ERRORS, 400, 404)),
-    Endpoint("GET", "/api/v1/accounts", Role.VIEWER, "prepaid accounts", Api.accounts, {200: _array("Account")},
+    Endpoint("GET", "/api/v1/accounts", Role.VIEWER, "prepaid accounts by name, all or a page at a time",
+             Api.accounts, {200: _array("Account")},
              query=(("area", _STR, "only this area"),
-                    ("state", {"type": "string", "enum": list(ACCOUNT_STATES)}, "only this control state")),
+                    ("state", {"type": "string", "enum": list(ACCOUNT_STATES)}, "only this control state"),
+                    ("after", _STR, "the page after this account (the last one of the previous page)"),
+                    LIMIT_PARAM),
              errors=(*_AUTH_ERRORS, 400)),
     Endpoint("GET", "/api/v1/accounts/{account}", Role.VIEWER, "one account: balance, state, why a trip is held",
              Api.account, {200: _ref("Account")}, path_params=("account",), errors=(*_AUTH_ERRORS, 404)),

@@ -557,18 +557,21 @@ class ControlStore(StateDatabase):
         return self._account(rows[0], meters)
 
     def accounts(self, *, area: str | None = None, names: Iterable[str] | None = None,
-                 state: str | None = None) -> list[Account]:
-        """Accounts by name, optionally only an area's, only some names, or only one control state
-        (filtered in SQL: a dashboard asking for the accounts near trip does not load a district)."""
-        where, params = [], []
-        if area is not None:
-            where.append("area = ?")
-            params.append(area)
-        if state is not None:
-            where.append("state = ?")
-            params.append(state)
-        rows = self._read("SELECT * FROM accounts" + (" WHERE " + " AND ".join(where) if where else "")
-                          + " ORDER BY account", params)
+                 state: str | None = None, after: str | None = None, limit: int | None = None) -> list[Account]:
+        """Accounts by name, optionally only an area's, only some names, only one control state, or
+        a page (``after`` an account name, at most ``limit``) -- filtered in SQL: a dashboard asking
+        for the accounts near trip does not load a district."""
+        where: list[str] = []
+        params: list[Any] = []
+        for clause, value in (("area = ?", area), ("state = ?", state), ("account > ?", after)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        sql = "SELECT * FROM accounts" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY account"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        rows = self._read(sql, params)
         wanted = None if names is None else set(names)
         rows = [r for r in rows if wanted is None or r["account"] in wanted]
         meters: dict[str, dict[str, Decimal]] = {}
