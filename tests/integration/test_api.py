@@ -10,6 +10,7 @@ the stores, and every answer checked against the API's own OpenAPI document.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import json
@@ -19,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -163,12 +165,10 @@ def _seed(data_dir: Path) -> dict[str, str]:
     return secrets
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory):
-    data_dir = tmp_path_factory.mktemp("api")
-    tokens = _seed(data_dir)
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread on a free port; yields its base URL."""
     port = free_port()
-    app = create_app(data_dir, clock=lambda: datetime.now(timezone.utc))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -176,9 +176,19 @@ def site(tmp_path_factory: pytest.TempPathFactory):
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.01)
-    yield Site(data_dir, f"http://127.0.0.1:{port}", tokens)
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory):
+    data_dir = tmp_path_factory.mktemp("api")
+    tokens = _seed(data_dir)
+    with serve(create_app(data_dir, clock=lambda: datetime.now(timezone.utc))) as base:
+        yield Site(data_dir, base, tokens)
 
 
 def _new_meter(site: Site) -> str:

@@ -6,8 +6,6 @@ computed by hand from what was seeded.  The on-demand read through a running dae
 
 from __future__ import annotations
 
-import threading
-import time
 import tomllib
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -15,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
+from test_api import ROLES, Site, serve
 
-from conftest import free_port
 from meterd.analytics.energy import IMPORT_DAILY, DailyRegisterStore
 from meterd.api import Role, TokenStore, create_app
 from meterd.config.loader import parse_config
@@ -25,7 +22,6 @@ from meterd.control.state import AccountSpec, ControlStore
 from meterd.readings import Reading
 from meterd.storage.quality import QualityStore
 from meterd.storage.sqlite import Attempt, MeterRecord, SqliteStore
-from test_api import ROLES, Site
 
 CST = timezone(timedelta(hours=8))
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=CST)  # the API's clock
@@ -123,20 +119,10 @@ def site(tmp_path_factory: pytest.TempPathFactory):
     config = parse_config(tomllib.loads(SITE.format(data=data_dir, billing=billing, meters=meters)),
                           source="views.toml")
     tokens = _seed(data_dir)
-    port = free_port()
-    app = create_app(data_dir, clock=lambda: NOW, config=config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    s = Site(data_dir, f"http://127.0.0.1:{port}", tokens)
-    s.billing = billing  # type: ignore[attr-defined]
-    yield s
-    server.should_exit = True
-    thread.join(10)
+    with serve(create_app(data_dir, clock=lambda: NOW, config=config)) as base:
+        s = Site(data_dir, base, tokens)
+        s.billing = billing  # type: ignore[attr-defined]
+        yield s
 
 
 # path -> (least role, status when allowed); 503: served only by the daemon

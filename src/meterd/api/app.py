@@ -234,28 +234,6 @@ def _attempt_doc(a: Any) -> dict[str, Any]:
             "outcome": a.outcome, "latency": a.latency, "detail": a.detail}
 
 
-def _plain(obj: Any) -> Any:
-    """JSON-ready copy of a stats object: dataclasses, mappings, enums, Decimals, times."""
-    import dataclasses
-    import enum
-
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, datetime):
-        return obj.isoformat()
-    if isinstance(obj, Decimal):
-        return str(obj)
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
-
-
 def _job_kind(config: Any, name: str) -> str:
     for job in (config.sync.jobs if config is not None and config.sync else ()):
         if job.name == name:
@@ -271,7 +249,7 @@ def _config_doc(config: Any) -> dict[str, Any]:
         doc = {"kind": kind}
         for attr in ("device", "baud", "host", "port", "listener", "terminal"):
             if hasattr(ch.link, attr):
-                doc[attr] = _plain(getattr(ch.link, attr))
+                doc[attr] = getattr(ch.link, attr)
         return doc
     sections = [name for name in ("mqtt", "prepaid", "analytics", "sync", "api") if getattr(config, name, None)]
     return {"source": config.source, "data_dir": str(config.store.data_dir),
@@ -699,7 +677,7 @@ class Api:
         if name not in {j.name for j in (config.sync.jobs if config.sync else ())}:
             raise ApiError(404, f"unknown sync job {name!r}")
         runtime = getattr(self.daemon, "sync", None)
-        if name in self._syncing or (runtime is not None and name in runtime._running):
+        if name in self._syncing or (runtime is not None and runtime.is_running(name)):
             raise ApiError(409, f"sync job {name} is already running")
         self._audit(caller, "sync-run", name, {"state": "started"})
         self._syncing.add(name)
@@ -736,8 +714,8 @@ class Api:
         daemon = self._need_daemon("live channel diagnostics")
         spool = getattr(daemon.sink, "spool_size", None)
         records, size = spool() if spool is not None else (0, 0)
-        return JSONResponse({"channels": [{"name": name, "stats": _plain(stats)} for name, stats in daemon.stats().items()],
-                             "listeners": _plain(daemon.listener_status()),
+        return JSONResponse({"channels": [{"name": name, "stats": stats} for name, stats in daemon.stats().items()],
+                             "listeners": daemon.listener_status(),
                              "spool": {"records": records, "bytes": size}})
 
     async def read_now(self, request: Request, caller: Caller | None) -> Response:

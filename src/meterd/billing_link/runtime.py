@@ -78,6 +78,9 @@ class SyncRuntime:
         finally:
             scheduler.shutdown(wait=False)
 
+    def is_running(self, name: str) -> bool:
+        return name in self._running
+
     async def run_once(self, name: str) -> Any:
         """A scheduled run: a run still going is skipped, a failure logged."""
         try:

@@ -374,11 +374,6 @@ class QualityStore:
                                       " GROUP BY terminal").fetchall()
         return {r[0]: from_ms(r[1]) for r in rows}
 
-    def terminals_seen(self) -> list[str]:
-        """Every terminal with an online interval on record."""
-        with self._lock:
-            return [r[0] for r in self._conn.execute("SELECT DISTINCT terminal FROM terminal_online ORDER BY 1")]
-
     # --- reports -------------------------------------------------------------------------------
 
     def _archive(self) -> list[sqlite3.Row]:
