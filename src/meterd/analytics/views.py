@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from meterd.analytics.lineloss import LossReport
 from meterd.analytics.topology import Role, Topology
-from meterd.control.model import CST
+from meterd.control.model import CST, local_date
 from meterd.errors import ConfigError
 from meterd.readings import address_key
 
@@ -25,7 +25,7 @@ CURVE_QUANTITIES = ("power.active.total", "curve.power.active.total")
 
 
 def today_cst(now: datetime | None = None) -> date:
-    return (now or datetime.now(UTC)).astimezone(CST).date()
+    return local_date(now or datetime.now(UTC))
 
 
 def parse_period(text: str | None, *, today: date, name: str = "--period") -> tuple[date, date]:
