@@ -10,11 +10,12 @@ from types import SimpleNamespace
 import pytest
 
 from meterd.collector.daemon import Daemon
+from meterd.supervise import Backoff
 
 
 def _runner(interval: float) -> SimpleNamespace:
     poll = SimpleNamespace(poll=SimpleNamespace(name="p", interval=interval))
-    return SimpleNamespace(plan=SimpleNamespace(polls=(poll,)), next_due={}, overruns=0)
+    return SimpleNamespace(plan=SimpleNamespace(polls=(poll,)), next_due={}, overruns=0, backoff=Backoff())
 
 
 async def _starts(durations: list[float], interval: float) -> tuple[list[float], SimpleNamespace]:

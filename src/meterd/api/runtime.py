@@ -65,10 +65,14 @@ class ApiRuntime:
                 return
             except TimeoutError:
                 pass
+        self.server.should_exit = False  # a restart after a failure serves again
         serving = asyncio.create_task(self.server.serve(sockets=[sock]))
         log.info("HTTP API on %s:%d", host, port)
         try:
             await asyncio.wait([serving, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+            if serving.done() and not stop.is_set():
+                serving.result()  # its exception, for the daemon's supervisor to log (and restart)
+                raise RuntimeError(f"the HTTP API server on {host}:{port} stopped by itself")
         finally:
             self.server.should_exit = True
             await asyncio.gather(serving, return_exceptions=True)

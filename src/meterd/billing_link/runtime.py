@@ -89,6 +89,8 @@ class SyncRuntime:
             log.warning("sync job %s is still running; this run is skipped", name)
         except MeterdError as exc:
             log.error("sync job %s failed: %s", name, exc)
+        except Exception:  # a bug: said with its traceback; the next scheduled run tries again
+            log.exception("sync job %s failed", name)
         return None
 
     async def run_now(self, name: str) -> Any:

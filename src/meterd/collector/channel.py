@@ -19,7 +19,8 @@ Timeouts, garbled and incomplete replies, wrong addresses and link errors are re
 ``retries`` times; a meter's refusal (DL/T 645 abnormal reply, Modbus exception response) is an
 answer and is returned, never retried.  Each outcome is counted in :class:`ChannelStats`.  A dead
 link is reopened on the next transaction; the channel logs once when its link goes down and once
-when it comes back.  :meth:`Channel.transact` is the DL/T 645 (2007 and 1997: one envelope)
+when it comes back.  An exception from the link that is none of meterd's (an untranslated
+third-party error, a bug) is a ``link`` failure too, logged with its traceback.  :meth:`Channel.transact` is the DL/T 645 (2007 and 1997: one envelope)
 shorthand.
 """
 
@@ -39,6 +40,7 @@ from typing import Any, Callable, Final, Protocol
 
 from meterd.collector.transports.base import Transport
 from meterd.errors import LinkError, LinkTimeoutError, MeterdError, ProtocolError
+from meterd.supervise import describe
 from meterd.protocols.dlt645.frame import (
     BROADCAST,
     PREAMBLE,
@@ -273,7 +275,12 @@ class Channel:
                     self.stats.retries += 1
                 self.stats.attempts += 1
                 try:
-                    reply = await self._attempt(meter, wire, matcher() if expect_reply else None, request)
+                    try:
+                        reply = await self._attempt(meter, wire, matcher() if expect_reply else None, request)
+                    except (MeterdError, asyncio.CancelledError):
+                        raise
+                    except Exception as exc:  # nobody translated it: the link is in an unknown state
+                        raise self._unexpected(meter, exc) from exc
                 except TransactionError as exc:
                     self.stats.failures[exc.kind] += 1
                     last = exc
@@ -287,6 +294,16 @@ class Channel:
             raise last
         finally:
             self._lock.release()
+
+    def _unexpected(self, meter: str, exc: Exception) -> TransactionError:
+        """An exception from the link (or its matcher) that is none of ours -- an untranslated
+        third-party error or a bug -- is a ``link`` failure: counted, retried and reopened like one,
+        and logged with its traceback once per spell of trouble."""
+        what = describe(exc)
+        if not self._link_down:
+            log.error("channel %s: link down: unexpected %s", self.name, what, exc_info=exc)
+            self._link_down = True
+        return TransactionError(FailureKind.LINK, f"unexpected {what}", meter=meter)
 
     async def _ensure_open(self, meter: str) -> None:
         if self.transport.is_open:

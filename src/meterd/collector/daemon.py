@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
-from meterd.collector.channel import Channel, Timing, TraceHook
+from meterd.collector.channel import Channel, FailureKind, Timing, TraceHook
 from meterd.collector.modbus import ModbusLink
-from meterd.collector.poll import MeterTarget, Reads, RoundResult, poll_round
+from meterd.collector.poll import MeterTarget, Reads, RoundResult, link_failed, poll_round
 from meterd.collector.transports import SerialTransport, TcpTransport, Transport
 from meterd.collector.dtu import DtuListener
 from meterd.collector.heap import settle_heap
@@ -40,6 +40,7 @@ from meterd.protocols import modbus
 from meterd.protocols.readspec import ReadSpec, describe_items, resolve_dlt645
 from meterd.storage.sqlite import MeterRecord, SqliteStore
 from meterd.storage.writer import BatchWriter
+from meterd.supervise import Backoff, Pause, describe, log_task_failure, supervise, wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,7 @@ class ChannelRunner:
     rounds: int = 0
     overruns: int = 0
     next_due: dict[str, float] = field(default_factory=dict)
+    backoff: Backoff = field(default_factory=Backoff)  # restarts after a round that raised
 
 
 class Daemon:
@@ -313,11 +315,13 @@ class Daemon:
         settle_heap()  # start-up's objects live as long as the daemon: out of the collector's way
         tasks = [asyncio.create_task(self._run_channel(r, stop), name=f"channel:{r.channel.name}")
                  for r in self.runners if r.plan.polls]
-        tasks.append(asyncio.create_task(self._quality_loop(stop), name="quality"))
+        tasks.append(self._supervised("quality rollup", self._quality_loop, stop))
         if hasattr(self.sink, "replay"):
-            tasks.append(asyncio.create_task(self._replay_spool(stop), name="spool-replay"))
-        tasks += [asyncio.create_task(service(stop), name=f"service:{getattr(service, '__qualname__', service)}")
+            tasks.append(self._supervised("spool replay", self._replay_spool, stop))
+        tasks += [self._supervised(f"service {getattr(service, '__qualname__', service)}", service, stop)
                   for service in self.services]
+        for t in tasks:
+            t.add_done_callback(log_task_failure)  # whatever slips past the supervisors is said at once
         if self.scheduler is not None:
             for line in self.scheduler.describe(self.clock()):
                 log.info("tasks: %s", line)
@@ -343,7 +347,23 @@ class Daemon:
             if self.sink is not self.store:
                 await asyncio.to_thread(self.sink.close)
 
+    #: How the daemon waits out a back-off (a test passes one that does not sleep).
+    pause: Pause = staticmethod(wait_or_stop)
+
+    def _supervised(self, name: str, body: Callable[[asyncio.Event], Awaitable[None]],
+                    stop: asyncio.Event) -> asyncio.Task[None]:
+        """``body(stop)`` as a task that is logged and restarted with back-off if it ever ends early."""
+        return asyncio.create_task(supervise(name, lambda: body(stop), stop, pause=self.pause), name=name)
+
     async def _run_channel(self, runner: ChannelRunner, stop: asyncio.Event) -> None:
+        """Run the channel's polls until ``stop``.
+
+        A round that raises (anything a round does not itself record as a failed attempt: a bug, an
+        exception from a hook) does not end the channel: it is logged with its traceback, counted
+        as a ``link`` failure in the channel's statistics and as ``link`` attempts for the round's
+        meters, the link is closed, and the channel starts again -- the failed poll first -- after
+        a back-off (1 s doubling to 60 s; a round that completes resets it).
+        """
         start = time.monotonic()
         for p in runner.plan.polls:
             runner.next_due[p.poll.name] = start
@@ -351,7 +371,14 @@ class Daemon:
             now_mono = time.monotonic()
             due = [p for p in runner.plan.polls if runner.next_due[p.poll.name] <= now_mono]
             for p in due:
-                await self.run_round(runner, p)
+                try:
+                    await self.run_round(runner, p)
+                except Exception as exc:
+                    delay = await self._round_failed(runner, p, exc)
+                    if await self.pause(stop, delay):
+                        return
+                    break  # start again: the failed poll is still due
+                runner.backoff.reset()
                 interval = p.poll.interval
                 nxt = runner.next_due[p.poll.name] + interval
                 after = time.monotonic()
@@ -367,6 +394,23 @@ class Daemon:
                     await asyncio.wait_for(stop.wait(), wait)
                 except TimeoutError:
                     pass
+
+    async def _round_failed(self, runner: ChannelRunner, planned: PlannedPoll, exc: Exception) -> float:
+        """Log, count and record a round that raised; close the link.  The back-off delay."""
+        channel = runner.channel
+        delay = runner.backoff.next_delay()
+        log.error("channel %s: poll %s failed (%s); restarting the channel in %g s", channel.name,
+                  planned.poll.name, describe(exc), delay, exc_info=exc)
+        channel.stats.failures[FailureKind.LINK] += 1
+        now = self.clock()
+        attempts = link_failed(channel.name, planned.meters, now, f"round failed: {describe(exc)}"[:500])
+        try:
+            self.writer.add_attempts(attempts)
+            self.online.observe(channel.name, attempts, now)
+            await channel.close()
+        except Exception:
+            log.exception("channel %s: recording the failed round failed", channel.name)
+        return delay
 
     async def run_round(self, runner: ChannelRunner, planned: PlannedPoll) -> RoundResult:
         result = await poll_round(runner.channel, planned.meters, None, self.clock(), link=runner.modbus)

@@ -1027,8 +1027,12 @@ class DtuListener:
                     term.counters["heartbeat_timeouts"] += 1
                     reason = f"no heartbeat for {self.heartbeat_timeout:g} s"
                     conn.close_reason = reason
-                    self._offline(term, conn, reason)
-                    conn.shut(reason, abort=True)
+                    try:
+                        self._offline(term, conn, reason)
+                        conn.shut(reason, abort=True)
+                    except Exception:  # one terminal's trouble must not end the watch over all of them
+                        log.exception("dtu listener %s: taking terminal %s offline failed", self.name,
+                                      term.terminal_id)
 
 
 # --- the transport ----------------------------------------------------------------------------------

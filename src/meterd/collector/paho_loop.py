@@ -51,6 +51,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from meterd.supervise import log_task_failure
+
 log = logging.getLogger(__name__)
 
 MISC_EVERY = 1.0  # seconds between loop_misc calls (keep-alive pings, ping timeouts), as paho's thread
@@ -271,6 +273,7 @@ class PahoDriver:
         self._lost = asyncio.Event()
         self.client.connect_async(self.host, self.port, self.keepalive)
         self._task = self._loop.create_task(self._connector(), name=f"mqtt-connect {self.host}:{self.port}")
+        self._task.add_done_callback(log_task_failure)
 
     async def stop(self, *, abort: bool = False, timeout: float = 2.0) -> None:
         """Stop reconnecting and detach from the loop.  Call after ``client.disconnect()`` (waits up

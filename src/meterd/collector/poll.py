@@ -390,6 +390,23 @@ def block_label(block: object) -> str:
     return f"FC{fn.read_code:02d} 0x{getattr(block, 'address'):04X} x{getattr(block, 'count')}"
 
 
+def item_labels(meter: MeterTarget, reads: Reads) -> list[str]:
+    """The items a round asks ``meter`` for, named as its attempts name them."""
+    if isinstance(reads, ReadPlan):
+        return [block_label(block) for block in reads]
+    items = reads.items if isinstance(reads, ReadSpec) else tuple(reads)
+    width = 4 if meter.protocol == DLT645_1997 else 8
+    return [f"{di:0{width}X}" for di in items]
+
+
+def link_failed(channel: str, meters: Iterable[tuple[MeterTarget, Reads]], now: datetime,
+                detail: str) -> list[Attempt]:
+    """A round that died before it could say how each request went: every item of every meter is a
+    ``link`` failure, as a dead link's are (:class:`_Attempts` records the same)."""
+    return [Attempt(meter.address, channel, item, now, FailureKind.LINK, None, detail)
+            for meter, reads in meters for item in item_labels(meter, reads)]
+
+
 async def _poll_modbus(
     link: ModbusLink, meter: MeterTarget, plan: ReadPlan, now: datetime
 ) -> tuple[list[Reading], list[Attempt]]:

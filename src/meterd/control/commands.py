@@ -96,6 +96,8 @@ class CommandExecutor:
                 await self.run_once()
             except MeterdError as exc:  # a store problem must not kill the daemon; say it and go on
                 log.error("command executor: %s", exc)
+            except Exception:  # nor may anything else: the next round tries again
+                log.exception("command executor: sending due commands failed")
             self.wake.clear()
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
             await asyncio.wait(waiters, timeout=idle, return_when=asyncio.FIRST_COMPLETED)

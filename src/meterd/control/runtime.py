@@ -26,6 +26,7 @@ from meterd.control.model import CommandKind
 from meterd.control.notify import LogFileSink, Notifier, WebhookSink
 from meterd.control.state import ControlStore
 from meterd.errors import ConfigError
+from meterd.supervise import supervise
 
 if TYPE_CHECKING:
     from meterd.collector.daemon import Daemon
@@ -115,11 +116,17 @@ class PrepaidRuntime:
             self._kick.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        executor = asyncio.create_task(self.executor.run(stop), name="prepaid-commands")
+        """Passes until ``stop``.  A pass that fails is logged and the next one runs as usual; the
+        store stays open unless ``stop`` is set, so the daemon can restart this service."""
+        executor = asyncio.create_task(supervise("prepaid command executor", lambda: self.executor.run(stop), stop),
+                                       name="prepaid-commands")
         every = self.config.settings.check_every
         try:
             while not stop.is_set():
-                await self.run_pass()
+                try:
+                    await self.run_pass()
+                except Exception:
+                    log.exception("prepaid pass failed; readings stay pending for the next one")
                 self._kick.clear()
                 waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._kick.wait())]
                 await asyncio.wait(waiters, timeout=every, return_when=asyncio.FIRST_COMPLETED)
@@ -134,7 +141,8 @@ class PrepaidRuntime:
         finally:
             executor.cancel()
             await asyncio.gather(executor, return_exceptions=True)
-            self.store.close()
+            if stop.is_set():
+                self.store.close()
 
     async def run_pass(self) -> None:
         now = self.clock()

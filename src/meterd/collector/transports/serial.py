@@ -3,11 +3,17 @@
 pyserial does the line settings; the file descriptor is watched by the event loop so a read never
 blocks the loop.  Writes go to the kernel buffer at once; we do not ``tcdrain``, which at 2400 baud
 would stall the whole loop for the frame's wire time.
+
+pyserial lets ``termios.error`` through from some calls (``tcsetattr`` while opening, ``tcflush`` in
+``reset_input_buffer``); it is not an ``OSError``.  A port the driver refuses to configure (a pty
+reopened at the 8E1 it was left at answers EINVAL, pyserial/pyserial#196) or a device that went away
+under an open port is a link error like any other, so :data:`PORT_ERRORS` includes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import termios
 
 import serial
 
@@ -15,6 +21,7 @@ from meterd.collector.transports.base import Transport
 from meterd.errors import LinkClosedError, LinkError
 
 PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
+PORT_ERRORS = (serial.SerialException, OSError, termios.error)
 
 
 class SerialTransport(Transport):
@@ -52,8 +59,9 @@ class SerialTransport(Transport):
                 write_timeout=2,
                 exclusive=True,
             )
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise LinkError(f"cannot open {self.device} at {self.line_settings}: {exc}", channel=self.name) from exc
+        except (*PORT_ERRORS, ValueError) as exc:
+            raise LinkError(f"cannot open {self.device} at {self.line_settings}: {_say(exc)}",
+                            channel=self.name) from exc
         self._port = port
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(port.fileno(), self._on_readable)
@@ -62,7 +70,7 @@ class SerialTransport(Transport):
         assert self._port is not None
         try:
             data = self._port.read(4096)
-        except (serial.SerialException, OSError) as exc:
+        except PORT_ERRORS as exc:
             self._detach()
             self._lost(LinkClosedError(f"{self.device}: {exc}", channel=self.name))
             return
@@ -74,7 +82,7 @@ class SerialTransport(Transport):
             raise LinkClosedError(f"{self.device} is not open", channel=self.name)
         try:
             self._port.write(data)
-        except (serial.SerialException, OSError) as exc:
+        except PORT_ERRORS as exc:
             self._detach()
             raise LinkClosedError(f"{self.device}: write failed: {exc}", channel=self.name) from exc
 
@@ -83,7 +91,7 @@ class SerialTransport(Transport):
         if self._port is not None:
             try:
                 self._port.reset_input_buffer()
-            except (serial.SerialException, OSError):
+            except PORT_ERRORS:
                 pass
 
     def _detach(self) -> None:
@@ -98,9 +106,16 @@ class SerialTransport(Transport):
             self._detach()
             try:
                 self._port.close()
-            except (serial.SerialException, OSError):
+            except PORT_ERRORS:
                 pass
             self._port = None
 
     def __repr__(self) -> str:
         return f"SerialTransport({self.name!r}, {self.device} {self.line_settings})"
+
+
+def _say(exc: BaseException) -> str:
+    """``termios.error`` prints as a bare tuple, ``(22, 'Invalid argument')``: name it."""
+    if isinstance(exc, termios.error):
+        return f"cannot configure the port: {exc.args[-1] if exc.args else exc}"
+    return str(exc)
