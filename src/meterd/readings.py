@@ -21,6 +21,7 @@ class Quality(enum.StrEnum):
     GOOD = "good"  # read from the meter and decoded
     SUSPECT = "suspect"  # read, but the meter flagged a problem (e.g. clock battery, status bits)
     ESTIMATED = "estimated"  # not read; filled in by the master (never mixed silently with good)
+    IMPLAUSIBLE = "implausible"  # read, but impossible (NaN, beyond the register, more than the meter can carry)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from meterd.control.charging import (
     fixed_charges,
 )
 from meterd.control.model import CST, EntryKind, LedgerEntry, Rate, RegisterReading
+from meterd.plausibility import Rating
 from meterd.control.tariff import Tariff, TariffKind, TariffVersion, Tier, TierPeriod, TouPeriod, TouSource
 
 UTC = timezone.utc
@@ -58,11 +59,12 @@ def district_charge(account: str, tariff: Tariff, readings: Iterable[RegisterRea
     """:func:`charge_account` through :class:`DistrictCharger`: charged once to plan the deltas,
     then again on a new charger with those plans, which takes its own path where it applies."""
     readings = list(readings)
-    planning = DistrictCharger()
+    ratings = kw.pop("ratings", {})
+    planning = DistrictCharger(ratings)
     if memo is not None:
         planning.memo = memo
     planning.charge(account, tariff, readings, cursors, usage, **kw)
-    charger = DistrictCharger()
+    charger = DistrictCharger(ratings)
     charger.memo = planning.memo
     charger.charge(account, tariff, readings, cursors, usage, **kw)
     entries, moved, usage_rows, flags = charger.take()
@@ -476,7 +478,8 @@ def series(draw) -> list[RegisterReading]:
             minutes = draw(st.integers(0, 6 * 24 * 60))
             if minutes:  # else the same reading delivered again
                 at += timedelta(minutes=minutes)
-                value += D(draw(st.integers(0, 5_000))) / 100
+                # at most 1 kWh a minute: 60 kW, within what the default rating can carry
+                value += D(draw(st.integers(0, min(5_000, 100 * minutes)))) / 100
             out.append(RegisterReading(meter, T, at, value))
     return sorted(out, key=lambda r: (r.at, r.meter, r.rate, r.value))
 
@@ -595,3 +598,59 @@ def test_a_district_charger_charges_the_plain_accounts_itself(monkeypatch, imple
     assert [e.amount for e in expected[2].entries] == [D("-5.00"), D("-2.50")]
     assert expected[2].usage["2026-03"].kwh == D("25")
     assert expected[4].entries == [] and expected[4].cursors[("S", T)].at == t1
+
+
+# --- plausibility (issue 14): nothing impossible is charged ------------------------------------
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "3.4028234663852886E+38", "1E+30", "1E+16",
+                                   "1000000", "-1"])
+def test_a_value_that_is_no_register_value_is_flagged_never_charged_and_never_a_cursor(value):
+    t0, t1 = cst(11, 2, 10), cst(11, 2, 10, 15)
+    start = cur(M1, T, t0, "1000")
+    result = charge(FLAT_TARIFF, [rd(M1, T, t1, value)], start)
+    assert result.entries == [] and result.cursors == {}
+    assert kinds(result.flags) == [(M1, T, FlagKind.IMPLAUSIBLE)]
+    # the next good reading charges from the old cursor, as if the absurd one had never come
+    after = charge(FLAT_TARIFF, [rd(M1, T, t1, value), rd(M1, T, cst(11, 2, 10, 30), "1002")], start)
+    assert sum(e.kwh for e in after.entries) == D(2)
+
+
+def test_an_advance_beyond_what_the_meter_can_carry_is_held_and_charging_resumes_from_the_cursor():
+    t0 = cst(11, 2, 10)
+    start = cur(M1, T, t0, "1000")
+    # default rating 3 x 220 V x 100 A x 1.2 = 79.2 kW: 19.8 kWh in 15 minutes, + 2 register steps
+    limit = D("19.8") + D("0.02")
+    at_limit = charge(FLAT_TARIFF, [rd(M1, T, cst(11, 2, 10, 15), str(1000 + limit))], start)
+    assert sum(e.kwh for e in at_limit.entries) == limit and at_limit.flags == []
+    over = charge(FLAT_TARIFF, [rd(M1, T, cst(11, 2, 10, 15), str(1000 + limit + D("0.01")))], start)
+    assert over.entries == [] and over.cursors == {} and kinds(over.flags) == [(M1, T, FlagKind.IMPLAUSIBLE)]
+    assert "more than the meter can carry" in over.flags[0].detail
+    # a spike, then the register where it should be: the spike is held, the real use charged
+    spike = charge(FLAT_TARIFF, [rd(M1, T, cst(11, 2, 10, 15), "500000"), rd(M1, T, cst(11, 2, 10, 30), "1005")],
+                   start)
+    assert sum(e.kwh for e in spike.entries) == D(5)
+    assert kinds(spike.flags) == [(M1, T, FlagKind.IMPLAUSIBLE)]
+
+
+def test_the_meters_rating_and_multiplier_set_what_it_can_carry():
+    t0, t1 = cst(11, 2, 10), cst(11, 2, 11)  # one hour
+    start = cur(M1, T, t0, "1000")
+    small = {M1: Rating(rated_current=D(60), phases=1)}  # 60 A x 220 V x 1.2 = 15.84 kW
+    held = charge(FLAT_TARIFF, [rd(M1, T, t1, "1016")], start, ratings=small)
+    assert kinds(held.flags) == [(M1, T, FlagKind.IMPLAUSIBLE)] and held.entries == []
+    fine = charge(FLAT_TARIFF, [rd(M1, T, t1, "1015.8")], start, ratings=small)
+    assert sum(e.kwh for e in fine.entries) == D("15.8")
+    # a CT of 50: 50 x 79.2 kW = 3960 kW
+    big = charge(FLAT_TARIFF, [rd(M1, T, t1, "4900")], start, multipliers={M1: D(50)})
+    assert sum(e.kwh for e in big.entries) == D(3900) and big.flags == []
+
+
+def test_an_absurd_rollover_is_not_charged():
+    # a glitch to 0 from high up the register looks like a rollover of ~400,000 kWh in 15 minutes
+    start = cur(M1, T, cst(11, 2, 10), "600000")
+    result = charge(FLAT_TARIFF, [rd(M1, T, cst(11, 2, 10, 15), "0")], start)
+    assert result.entries == [] and kinds(result.flags) == [(M1, T, FlagKind.IMPLAUSIBLE)]
+    # a real rollover over a plausible interval still charges
+    real = charge(FLAT_TARIFF, [rd(M1, T, cst(11, 2, 10, 15), "2")], cur(M1, T, cst(11, 2, 10), "999995"))
+    assert sum(e.kwh for e in real.entries) == D(7) and kinds(real.flags) == [(M1, T, FlagKind.ROLLOVER)]

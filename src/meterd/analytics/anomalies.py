@@ -24,46 +24,26 @@ give it :class:`Limits` with its own nominal.
 
 from __future__ import annotations
 
-import enum
-import json
-import sqlite3
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Final
+from typing import Final
 
-from meterd.storage.statedb import StateDatabase
 from meterd.control.model import CST
 from meterd.readings import Quality, Reading
-from meterd.storage.sqlite import from_ms, to_ms
+from meterd.storage.anomalies import EVIDENCE_PER_EVENT, AnomalyStore, Event, Finding, Kind, Severity
+
+__all__ = ["EVIDENCE_PER_EVENT", "AnomalyStore", "Event", "Finding", "Kind", "Limits", "Severity", "detect"]
 
 PHASES: Final = ("a", "b", "c")
 EVIDENCE_PER_FINDING: Final = 10  # the first and the last five samples of a long run
-EVIDENCE_PER_EVENT: Final = 50  # an open event keeps how it started and its latest evidence
 SAME_READ: Final = timedelta(seconds=60)  # phase values this close together belong to one reading
 _HUNDRED: Final = Decimal(100)
+_NOT_MEASURED: Final = (Quality.ESTIMATED, Quality.IMPLAUSIBLE)
 _ZERO: Final = Decimal(0)
-
-
-class Kind(enum.StrEnum):
-    VOLTAGE = "voltage_out_of_limits"  # 电压回路异常: 电压越限, 失压, 断相
-    IMBALANCE = "current_imbalance"  # 电流回路异常: 三相负荷不平衡, CT open or shorted
-    NO_DATA = "no_data"  # 电能表故障: 无数据
-    REVERSE = "reverse_energy"  # 反向电量: wiring error or tampering on a consumer's meter
-    CLOCK = "clock_drift"  # 时钟超差
-    RELAY_OPEN_ENERGY = "energy_while_relay_open"  # 跳闸后仍有电量: stuck relay or bypass
-
-
-class Severity(enum.StrEnum):
-    INFO = "info"
-    WARNING = "warning"
-    CRITICAL = "critical"
-
-
-_RANK: Final = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
 
 
 @dataclass(frozen=True)
@@ -91,16 +71,6 @@ class Limits:
     reverse_min_duration: timedelta = timedelta(minutes=15)  # negative power held this long
     # Ours: five counts of 0.01 kWh; a trip confirmed mid-interval may still show one or two.
     relay_open_min_kwh: Decimal = Decimal("0.05")
-
-
-@dataclass(frozen=True)
-class Finding:
-    meter: str
-    kind: Kind
-    severity: Severity
-    at: datetime  # when the condition began (as far as the readings show)
-    detail: str
-    evidence: tuple[dict[str, str], ...]  # {meter, quantity, timestamp (ISO), value}
 
 
 # --- the detectors -----------------------------------------------------------------------------
@@ -313,7 +283,7 @@ def detect(
     energy is then normal and not reported.
     """
     mine = [r for r in readings if r.meter == meter]
-    measured = sorted((r for r in mine if r.quality != Quality.ESTIMATED), key=lambda r: r.timestamp)
+    measured = sorted((r for r in mine if r.quality not in _NOT_MEASURED), key=lambda r: r.timestamp)
     series: dict[str, list[Reading]] = defaultdict(list)
     for r in measured:
         if r.quantity.startswith(_NUMERIC_PREFIXES):
@@ -331,152 +301,3 @@ def detect(
         _relay_open_energy(meter, series, limits),
     ]
     return [f for f in found if f is not None]
-
-
-# --- the event store ---------------------------------------------------------------------------
-
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS anomalies (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    meter        TEXT    NOT NULL,
-    kind         TEXT    NOT NULL,
-    severity     TEXT    NOT NULL,
-    opened_ts    INTEGER NOT NULL,
-    last_seen_ts INTEGER NOT NULL,
-    closed_ts    INTEGER,
-    detail       TEXT    NOT NULL,
-    evidence     TEXT    NOT NULL DEFAULT '[]'
-);
-CREATE UNIQUE INDEX IF NOT EXISTS anomalies_open ON anomalies (meter, kind) WHERE closed_ts IS NULL;
-CREATE INDEX IF NOT EXISTS anomalies_meter ON anomalies (meter, opened_ts);
-CREATE INDEX IF NOT EXISTS anomalies_opened ON anomalies (opened_ts);
-"""
-
-
-@dataclass(frozen=True)
-class Event:
-    id: int
-    meter: str
-    kind: Kind
-    severity: Severity
-    opened: datetime
-    last_seen: datetime
-    closed: datetime | None
-    detail: str
-    evidence: tuple[dict[str, str], ...]
-
-
-def _event(row: sqlite3.Row | tuple[Any, ...]) -> Event:
-    id_, meter, kind, severity, opened, last_seen, closed, detail, evidence = row
-    return Event(id_, meter, Kind(kind), Severity(severity), from_ms(opened), from_ms(last_seen),
-                 None if closed is None else from_ms(closed), detail, tuple(json.loads(evidence)))
-
-
-def _merge_evidence(old: Sequence[dict[str, str]], new: Iterable[dict[str, str]]) -> list[dict[str, str]]:
-    seen = {(e["quantity"], e["timestamp"]) for e in old}
-    out = list(old)
-    for e in new:
-        if (e["quantity"], e["timestamp"]) not in seen:
-            seen.add((e["quantity"], e["timestamp"]))
-            out.append(e)
-    if len(out) > EVIDENCE_PER_EVENT:
-        half = EVIDENCE_PER_EVENT // 2
-        out = out[:half] + out[-(EVIDENCE_PER_EVENT - half):]
-    return out
-
-
-_COLUMNS: Final = "id, meter, kind, severity, opened_ts, last_seen_ts, closed_ts, detail, evidence"
-
-
-class AnomalyStore(StateDatabase):
-    """Anomaly events in ``data_dir/state.sqlite3``: at most one open event per (meter, kind)
-    (a partial unique index says so), opened, kept up to date and closed by :meth:`update`."""
-
-    SCHEMA = _SCHEMA
-    ROWS = False  # plain tuples
-
-    def update(
-        self, findings: Iterable[Finding], checked: Iterable[tuple[str, Kind]], now: datetime
-    ) -> tuple[list[Event], list[Event]]:
-        """Apply one round of checks; returns (events opened, events closed).
-
-        A finding opens an event unless one is open for its (meter, kind), which is then updated
-        (severity and detail of the latest finding, ``last_seen`` = now, evidence appended up to a
-        cap).  Every (meter, kind) in ``checked`` without a finding has its open event closed at
-        ``now``.  Pairs of findings count as checked.  All in one transaction.
-        """
-        grouped: dict[tuple[str, Kind], list[Finding]] = {}
-        for f in findings:
-            grouped.setdefault((f.meter, Kind(f.kind)), []).append(f)
-        quiet = {(m, Kind(k)) for m, k in checked} - grouped.keys()
-        now_ms = to_ms(now)
-        opened_ids: list[int] = []
-        closed_ids: list[int] = []
-        with self._write() as conn:
-            open_now = {(m, k): (i, ev) for i, m, k, ev in conn.execute(
-                "SELECT id, meter, kind, evidence FROM anomalies WHERE closed_ts IS NULL")}
-            for (meter, kind), fs in grouped.items():
-                severity = max((f.severity for f in fs), key=lambda s: _RANK[Severity(s)])
-                detail = "; ".join(f.detail for f in fs)
-                evidence = [e for f in fs for e in f.evidence]
-                current = open_now.get((meter, kind))
-                if current is None:
-                    cur = conn.execute(
-                        "INSERT INTO anomalies (meter, kind, severity, opened_ts, last_seen_ts, detail, evidence)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (meter, kind.value, Severity(severity).value, min(to_ms(min(f.at for f in fs)), now_ms),
-                         now_ms, detail, json.dumps(_merge_evidence([], evidence), ensure_ascii=False)),
-                    )
-                    assert cur.lastrowid is not None
-                    opened_ids.append(cur.lastrowid)
-                else:
-                    event_id, old = current
-                    conn.execute(
-                        "UPDATE anomalies SET severity = ?, detail = ?, last_seen_ts = ?, evidence = ? WHERE id = ?",
-                        (Severity(severity).value, detail, now_ms,
-                         json.dumps(_merge_evidence(json.loads(old), evidence), ensure_ascii=False), event_id),
-                    )
-            for key in quiet:
-                if key in open_now:
-                    closed_ids.append(open_now[key][0])
-            conn.executemany("UPDATE anomalies SET closed_ts = ? WHERE id = ?", [(now_ms, i) for i in closed_ids])
-            opened = self._by_ids(conn, opened_ids)
-            closed = self._by_ids(conn, closed_ids)
-        return opened, closed
-
-    @staticmethod
-    def _by_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> list[Event]:
-        out = []
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            out += conn.execute(
-                f"SELECT {_COLUMNS} FROM anomalies WHERE id IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk
-            ).fetchall()
-        return [_event(r) for r in out]
-
-    def events(
-        self,
-        state: str | None = None,
-        meter: str | None = None,
-        kind: Kind | str | None = None,
-        limit: int = 1000,
-    ) -> list[Event]:
-        """Events, newest first; ``state`` is "open", "closed" or None (both)."""
-        where, params = [], []
-        if state == "open":
-            where.append("closed_ts IS NULL")
-        elif state == "closed":
-            where.append("closed_ts IS NOT NULL")
-        elif state is not None:
-            raise ValueError(f"state must be 'open', 'closed' or None, not {state!r}")
-        if meter is not None:
-            where.append("meter = ?")
-            params.append(meter)
-        if kind is not None:
-            where.append("kind = ?")
-            params.append(Kind(kind).value)
-        sql = f"SELECT {_COLUMNS} FROM anomalies"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY opened_ts DESC, id DESC LIMIT ?"
-        return [_event(r) for r in self._read(sql, (*params, limit))]

@@ -89,8 +89,8 @@ class DailyRegisterStore(StateDatabase):
         non-numeric values are ignored.  Returns how many rows were written or replaced."""
         rows = []
         for r in readings:
-            if r.quantity not in DAILY_QUANTITIES:
-                continue
+            if r.quantity not in DAILY_QUANTITIES or r.quality is Quality.IMPLAUSIBLE:
+                continue  # an impossible value never reaches line loss
             value = r.value
             if isinstance(value, bool) or not isinstance(value, (Decimal, int)):
                 continue

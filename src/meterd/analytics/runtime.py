@@ -20,7 +20,8 @@ from collections import defaultdict, deque
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Callable
 
-from meterd.analytics.anomalies import AnomalyStore, Kind, detect
+from meterd.analytics.anomalies import AnomalyStore, detect
+from meterd.storage.anomalies import DETECTED
 from meterd.analytics.energy import DailyRegisterStore, LossHistory
 from meterd.analytics.lineloss import line_loss_all
 from meterd.analytics.outages import OutageStore, detect_outages
@@ -58,6 +59,8 @@ class AnalyticsRuntime:
 
     def observe(self, readings: list) -> None:
         for r in readings:
+            if r.quality is Quality.IMPLAUSIBLE:
+                continue  # flagged at the door; it has its own anomaly
             if r.quantity in FROZEN:
                 self._frozen.append(r)
                 continue
@@ -97,7 +100,7 @@ class AnalyticsRuntime:
             findings += detect(meter, list(window), now, self.config.limits,
                                last_seen=self._last_seen.get(meter, self.started),
                                generator=meter in self.config.generators)
-        opened, closed = self.anomalies.update(findings, [(m, k) for m in self.meters for k in Kind], now)
+        opened, closed = self.anomalies.update(findings, [(m, k) for m in self.meters for k in DETECTED], now)
         for event in opened:
             log.warning("anomaly opened: meter %s %s: %s", event.meter, event.kind, event.detail)
         outages_opened = outages_closed = 0

@@ -22,6 +22,7 @@ from meterd.collector.channel import Channel, FailureKind, Timing, TraceHook
 from meterd.collector.modbus import ModbusLink
 from meterd.collector.poll import MeterTarget, Reads, RoundResult, link_failed, poll_round
 from meterd.collector.transports import SerialTransport, TcpTransport, Transport
+from meterd.collector.door import Door
 from meterd.collector.dtu import DtuListener
 from meterd.collector.heap import settle_heap
 from meterd.collector.mqtt import MqttHub
@@ -36,8 +37,10 @@ from meterd.config.model import (
     SerialLink,
 )
 from meterd.errors import ConfigError
+from meterd.plausibility import Implausible
 from meterd.protocols import modbus
 from meterd.protocols.readspec import ReadSpec, describe_items, resolve_dlt645
+from meterd.storage.anomalies import AnomalyStore, Finding, Kind, Severity
 from meterd.storage.sqlite import MeterRecord, SqliteStore
 from meterd.storage.writer import BatchWriter
 from meterd.supervise import Backoff, Pause, describe, log_task_failure, supervise, wait_or_stop
@@ -87,6 +90,20 @@ def make_channel(
         turnaround=cfg.turnaround,
         trace=trace,
     )
+
+
+def push_meters(config: Config) -> dict[str, frozenset[str]]:
+    """terminal id -> the meters configured behind it: the only ones it may push readings for."""
+    out: dict[str, set[str]] = {}
+    for c in config.channels:
+        if isinstance(c.link, MqttLink):
+            out.setdefault(c.link.terminal, set()).update(m.address for m in config.meters_on(c.name))
+    return {t: frozenset(meters) for t, meters in out.items()}
+
+
+def _log_failure(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("recording implausible readings as anomalies failed", exc_info=future.exception())
 
 
 def secret(env: str, key: str) -> str:
@@ -228,13 +245,16 @@ class Daemon:
         self.plan = compile_plan(config)
         self.sink = make_sink(config, store)
         self.writer = BatchWriter(self.sink, config.store.batch_size, config.store.flush_interval)
+        # Every reading passes the door before anything else sees it: the impossible is flagged.
+        self.door = Door(config.meters, record=self._record_implausible)
+        self._anomalies = None  # AnomalyStore, opened when the door first has something to record
         self.hub: MqttHub | None = None
         if config.mqtt is not None:
             m = config.mqtt
             self.hub = MqttHub(m.host, m.port, client_id=m.client_id, username=m.username,
                                password=secret(m.password_env, "mqtt.password_env") if m.password_env else None,
                                keepalive=m.keepalive, clock=clock, root=m.root, request_ttl=m.request_ttl,
-                               on_readings=self._pushed)
+                               on_readings=self._pushed, push_meters=push_meters(config))
         from meterd.storage.quality import OnlineTracker, QualityStore
 
         self.quality = QualityStore(store, clock=clock)
@@ -346,6 +366,8 @@ class Daemon:
             self.quality.close()
             if self.sink is not self.store:
                 await asyncio.to_thread(self.sink.close)
+            if self._anomalies is not None:
+                self._anomalies.close()
 
     #: How the daemon waits out a back-off (a test passes one that does not sleep).
     pause: Pause = staticmethod(wait_or_stop)
@@ -437,6 +459,7 @@ class Daemon:
                 log.exception("quality rollup failed")
 
     def _observed(self, result: RoundResult) -> None:
+        result.readings = self.door.screen(result.readings)
         self.writer.add_many(result.readings)
         self.writer.add_attempts(result.attempts)
         self.online.observe(result.channel, result.attempts, result.started)
@@ -447,14 +470,38 @@ class Daemon:
     def ingest(self, readings: list, attempts: list) -> None:
         """Readings and attempts made outside a round (an operator's on-demand read): stored and
         seen by the observers like a round's."""
+        readings = self.door.screen(readings)
         self.writer.add_many(readings)
         self.writer.add_attempts(attempts)
         self._notify_observers(readings)
 
     def _pushed(self, terminal: str, readings: list) -> None:
-        """Readings an MQTT terminal pushed on its own schedule: straight to the writer."""
+        """Readings an MQTT terminal pushed on its own schedule (of a meter configured behind it:
+        the hub drops the others): through the door to the writer."""
+        readings = self.door.screen(readings)
         self.writer.add_many(readings)
         self._notify_observers(readings)
+
+    def _record_implausible(self, found: list[Implausible]) -> None:
+        """The door's findings as metering anomalies, written off the event loop (rare: a
+        thread per batch that has any)."""
+        findings = [Finding(f.meter, Kind.IMPLAUSIBLE, Severity.WARNING, f.at, f.describe(),
+                            ({"meter": f.meter, "quantity": f.quantity, "timestamp": f.at.isoformat(),
+                              "value": str(f.value)[:40]},)) for f in found]
+        now = self.clock()
+
+        def write() -> None:
+            if self._anomalies is None:
+                self._anomalies = AnomalyStore(self.config.store.data_dir)
+            self._anomalies.record(findings, now)
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            write()
+            return
+        future = loop.run_in_executor(None, write)
+        future.add_done_callback(_log_failure)
 
     def _notify_observers(self, readings: list) -> None:
         for observer in self.observers:

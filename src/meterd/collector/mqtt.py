@@ -57,7 +57,8 @@ Pushed readings (``up``)::
 ``value`` is always a *string*, so a decimal stays exact (``"13152.08"``, never a float);
 ``kind`` says how to read it: ``decimal`` (the default), ``integer``, ``boolean`` (``true`` /
 ``false``), ``time`` (RFC 3339) or ``text``.  ``unit`` defaults to ``""``, ``quality`` to ``good``;
-``timestamp`` must carry a zone.  One bad item rejects the whole message (nothing half-stored).
+``timestamp`` must carry a zone; every time in a payload must lie from 1970-01-01 to before
+2100-01-01 UTC.  One bad item rejects the whole message (nothing half-stored).
 
 The master side: :class:`MqttHub` is one paho-mqtt client (MQTT 3.1.1, clean session, QoS 1)
 driven by the asyncio loop itself (:class:`~meterd.collector.paho_loop.PahoDriver`: no network
@@ -70,7 +71,8 @@ and hands pushed readings to ``on_readings(terminal_id, readings)``.
 What goes wrong, and where it is counted (:class:`HubStats`; each rejection is also logged with
 its reason, and nothing else is disturbed):
 
-* ``malformed``: not JSON, not an object, missing or ill-typed fields, bad hex, a bad reading, a
+* ``malformed``: not JSON (or nested too deeply), not an object, missing or ill-typed fields, bad
+  hex, a bad reading or a time out of range, a
   status that is neither ``online`` nor ``offline``, an unexpected topic;
 * ``unknown_ids``: a reply whose id this hub never issued (or issued for another terminal);
 * ``late``: a reply for an id this hub issued earlier but no longer waits for (the channel timed
@@ -133,6 +135,11 @@ _UNPARSED: Final = object()
 # DL/T 645-1997-only control codes (03 without data is 1997's re-read, with data 2007's security)
 _FUNCTIONS_1997_ONLY: Final = frozenset({0x01, 0x02, 0x04, 0x0A, 0x0C, 0x0F, 0x10})
 _FORBIDDEN_IN_ID: Final = frozenset("/+#\x00")
+# Times in payloads (timestamps, time values, sent / replied / expires) must lie in this window: no
+# meter reads before the epoch, and anything past 2100 is a terminal's clock gone wrong.
+EARLIEST: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST: Final = datetime(2100, 1, 1, tzinfo=timezone.utc)
+MAX_TIME_LEN: Final = 64
 
 Clock = Callable[[], datetime]
 ReadingsCallback = Callable[[str, list[Reading]], Any]
@@ -152,16 +159,28 @@ def rfc3339(t: datetime) -> str:
 
 
 def parse_rfc3339(text: object, what: str = "time") -> datetime:
-    """RFC 3339 text with a zone -> aware UTC datetime.  PayloadError otherwise."""
+    """RFC 3339 text with a zone -> aware UTC datetime within [:data:`EARLIEST`, :data:`LATEST`).
+
+    PayloadError otherwise: not text, not a time, no zone, or out of range (``0001-01-01T00:00+08:00``
+    is not even a datetime in UTC; 1969 or 2200 is no meter's time).
+    """
     if not isinstance(text, str):
         raise PayloadError(f"{what} must be an RFC 3339 string, not {type(text).__name__}")
+    if len(text) > MAX_TIME_LEN:
+        raise PayloadError(f"{what} {text[:40]!r}... is not an RFC 3339 time")
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
         raise PayloadError(f"{what} {text!r} is not an RFC 3339 time") from None
     if t.tzinfo is None:
         raise PayloadError(f"{what} {text!r} has no time zone")
-    return t.astimezone(timezone.utc)
+    try:
+        t = t.astimezone(timezone.utc)
+    except OverflowError:
+        t = EARLIEST - timedelta(1) if t.year == 1 else LATEST
+    if not EARLIEST <= t < LATEST:
+        raise PayloadError(f"{what} {text!r} is out of range (from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d} UTC)")
+    return t
 
 
 def check_terminal_id(tid: str) -> str:
@@ -277,13 +296,16 @@ def _json_text(text: str | None) -> str:
 
 
 def decode_json(payload: bytes) -> dict[str, Any]:
-    """MQTT payload -> JSON object.  PayloadError for anything else."""
+    """MQTT payload -> JSON object.  PayloadError for anything else, including JSON nested so deeply
+    that the parser gives up (``[[[[...`` 100,000 deep raises RecursionError, cleanly)."""
     try:
         obj = json.loads(payload.decode("utf-8"))
     except UnicodeDecodeError:
         raise PayloadError("payload is not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise PayloadError(f"payload is not JSON: {exc.msg} at char {exc.pos}") from None
+    except RecursionError:
+        raise PayloadError("payload is JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise PayloadError(f"payload is a JSON {type(obj).__name__}, not an object")
     return obj
@@ -550,6 +572,7 @@ class HubStats:
     malformed: int = 0  # bad JSON / payload / status / topic: dropped
     pushed_messages: int = 0
     pushed_readings: int = 0
+    pushed_foreign: int = 0  # pushed readings of a meter not configured behind the pushing terminal: dropped
     outage_lost: int = 0  # requests in flight when the broker connection dropped: failed as link errors
     outage_refused: int = 0  # open/write while the broker was not connected: link errors
     offline_lost: int = 0  # requests in flight when their terminal went offline
@@ -584,6 +607,7 @@ class MqttHub:
         reconnect_max: float = 30.0,
         request_ttl: float | None = 30.0,
         tls: bool = False,
+        push_meters: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         if not client_id:
             raise ValueError("an MQTT client id is required")
@@ -596,6 +620,8 @@ class MqttHub:
         self.clock = clock
         self.topics = Topics(root)
         self.on_readings = on_readings
+        # terminal -> the meters behind it, the only ones it may push for (None: any meter)
+        self.push_meters = push_meters
         self._ttl: timedelta | None = None
         self.request_ttl = request_ttl
         self.stats = HubStats()
@@ -800,8 +826,8 @@ class MqttHub:
                     self.stats.outage_lost += 1
         self._changed()
 
-    def _reject(self, counter: str, tid: str | None, reason: str) -> None:
-        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+    def _reject(self, counter: str, tid: str | None, reason: str, count: int = 1) -> None:
+        setattr(self.stats, counter, getattr(self.stats, counter) + count)
         text = f"terminal {tid}: {reason}" if tid else reason
         self.rejects.append(f"{counter}: {text}")
         log.warning("MQTT: dropped a message (%s): %s", counter, text)
@@ -875,6 +901,10 @@ class MqttHub:
             self._reject("unknown_ids", tid, f"reply id {reply.id!r} was never issued by this master")
 
     def _on_pushed(self, tid: str, meter: str, readings: list[Reading]) -> None:
+        if self.push_meters is not None and meter not in self.push_meters.get(tid, ()):
+            self._reject("pushed_foreign", tid, f"pushed {len(readings)} reading(s) of meter {meter}, which "
+                         "is not configured behind it", count=len(readings))
+            return
         self.stats.pushed_messages += 1
         self.stats.pushed_readings += len(readings)
         if self.on_readings is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
@@ -45,6 +46,7 @@ from meterd.config.model import (
 )
 from meterd.checking import Checker, hint, show
 from meterd.errors import ConfigError, ProtocolError
+from meterd.plausibility import DEFAULT_RATING, Rating
 from meterd.protocols.dlt645.frame import BROADCAST, normalize_address
 from meterd.protocols.dlt645.messages import parse_di
 from meterd.protocols.modbus.registermap import builtin_maps, get_map, load_map
@@ -57,7 +59,7 @@ MAX_RETRIES: Final = 10
 MAX_PREAMBLE: Final = 4  # DL/T 645-2007 clause 4.1: up to four FE bytes before a frame
 
 _TOP_KEYS: Final = ("secrets_file", "store", "channels", "meters", "polls", "listeners", "mqtt", "tasks", "prepaid", "topology",
-                     "analytics", "sync", "api")
+                     "analytics", "sync", "api", "plausibility")
 _MQTT_KEYS: Final = ("host", "port", "client_id", "username", "password_env", "keepalive", "root", "request_ttl")
 _MQTT_LINK_KEYS: Final = ("terminal",)
 _INFLUX_KEYS: Final = ("url", "org", "bucket", "token_env", "spool_dir", "timeout", "batch")
@@ -83,7 +85,12 @@ _CHANNEL_KEYS: Final = (
 )
 _SERIAL_KEYS: Final = ("device", "baud", "bytesize", "parity", "stopbits")
 _TCP_KEYS: Final = ("host", "port")
-_METER_KEYS: Final = ("address", "channel", "protocol", "ct", "pt", "name", "group", "unit", "model")
+_RATING_KEYS: Final = ("rated_current", "rated_voltage", "phases")
+_METER_KEYS: Final = ("address", "channel", "protocol", "ct", "pt", "name", "group", "unit", "model", *_RATING_KEYS)
+_PLAUSIBILITY_KEYS: Final = (*_RATING_KEYS, "overload", "models")
+MAX_RATIO: Final = Decimal(1_000_000)  # CT x PT of the largest HV metering point is ~10^6 (500 kV/100 V x 2000/1 A)
+MAX_RATED_CURRENT: Final = Decimal(100_000)  # A
+MAX_RATED_VOLTAGE: Final = Decimal(1_000_000)  # V
 _POLL_KEYS: Final = ("name", "interval", "groups", "items", "items_1997", "quantities")
 
 _DURATION_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)", re.IGNORECASE)
@@ -145,7 +152,8 @@ def parse_config(
     ]
     # A broken [channels] table is reported once; do not also blame every meter that uses it.
     channel_names = set(channels_raw) if channels_raw is not None else None
-    meters = _meters(check, data.get("meters", []), channel_names=channel_names, base_dir=base_dir)
+    ratings = _plausibility(check, data.get("plausibility", {}))
+    meters = _meters(check, data.get("meters", []), channel_names=channel_names, base_dir=base_dir, ratings=ratings)
     polls = _polls(check, data.get("polls", []), meters)
     _check_dtu_links(check, [c for c in channels if c is not None], set(listeners_raw))
     mqtt = _mqtt(check, data["mqtt"]) if "mqtt" in data else None
@@ -512,8 +520,54 @@ def _tcp(check: _Checker, path: str, raw: Any) -> TcpLink | None:
     return TcpLink(host=host, port=port)
 
 
+def _rating_values(check: _Checker, path: str, table: dict[str, Any]) -> dict[str, Any] | None:
+    """The rating keys present in ``table``, checked; None when one is wrong."""
+    values: dict[str, Any] = {}
+    ok = True
+    for key, high in (("rated_current", MAX_RATED_CURRENT), ("rated_voltage", MAX_RATED_VOLTAGE)):
+        if key in table:
+            number = check.ratio(f"{path}.{key}", table[key])
+            if number is not None and number > high:
+                check.problem(f"{path}.{key}", f"must be at most {high}, got {show(table[key])}")
+                number = None
+            ok = ok and number is not None
+            values[key] = number
+    if "phases" in table:
+        phases = table["phases"]
+        if phases not in (1, 3) or isinstance(phases, bool):
+            check.problem(f"{path}.phases", f"must be 1 or 3, got {show(phases)}")
+            ok = False
+        values["phases"] = phases
+    if "overload" in table:
+        overload = check.ratio(f"{path}.overload", table["overload"])
+        if overload is not None and not 1 <= overload <= 10:
+            check.problem(f"{path}.overload", f"must be between 1 and 10, got {show(table['overload'])}")
+            overload = None
+        ok = ok and overload is not None
+        values["overload"] = overload
+    return values if ok else None
+
+
+def _plausibility(check: _Checker, raw: Any) -> tuple[Rating, dict[str, Rating]]:
+    """``[plausibility]``: the site's default rating and per-model ratings (``models.<model>``,
+    the meters' ``model`` key)."""
+    table = check.table("plausibility", raw) or {}
+    check.known_keys("plausibility", table, _PLAUSIBILITY_KEYS)
+    site = Rating(**(_rating_values(check, "plausibility", table) or {}))
+    models: dict[str, Rating] = {}
+    for name, model_raw in (check.table("plausibility.models", table.get("models", {})) or {}).items():
+        path = f"plausibility.models.{name}"
+        model_table = check.table(path, model_raw)
+        if model_table is None:
+            continue
+        check.known_keys(path, model_table, _RATING_KEYS)
+        models[name] = replace(site, **(_rating_values(check, path, model_table) or {}))
+    return site, models
+
+
 def _meters(
-    check: _Checker, raw: Any, *, channel_names: set[str] | None, base_dir: Path | None = None
+    check: _Checker, raw: Any, *, channel_names: set[str] | None, base_dir: Path | None = None,
+    ratings: tuple[Rating, dict[str, Rating]] = (DEFAULT_RATING, {}),
 ) -> list[tuple[dict[str, Any], MeterConfig | None]]:
     """Each meter's raw table (for the poll cross-check) with its typed node, if it is valid."""
     items = check.array_of_tables("meters", raw)
@@ -566,10 +620,22 @@ def _meters(
             for key in ("unit", "model"):
                 if key in table:
                     check.problem(f"{path}.{key}", f"only Modbus meters have a {key}; this meter speaks {protocol}")
+        for key, value in (("ct", ct), ("pt", pt)):
+            if value is not None and value > MAX_RATIO:
+                check.problem(f"{path}.{key}", f"must be at most {MAX_RATIO}, got {show(table[key])}")
+        if ct is not None and pt is not None and ct * pt > MAX_RATIO:
+            check.problem(f"{path}.ct", f"ct x pt = {ct * pt} is more than any metering point ({MAX_RATIO})")
+            ct = None
+        site, models = ratings
+        model_name = table.get("model")
+        rating = models.get(model_name, site) if isinstance(model_name, str) else site
+        own = _rating_values(check, path, table)
+        if own:
+            rating = replace(rating, **own)
         values = (address, channel, protocol, ct, pt, name, group)
         meter = None
-        if all(v is not None for v in values) and modbus_ok:
-            meter = MeterConfig(*values, unit=unit, regmap=regmap)  # type: ignore[arg-type]
+        if all(v is not None for v in values) and modbus_ok and own is not None:
+            meter = MeterConfig(*values, unit=unit, regmap=regmap, rating=rating)  # type: ignore[arg-type]
         result.append((table, meter))
     return result
 

@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from meterd.plausibility import DEFAULT_RATING, Rating
 from meterd.protocols.modbus.schema import RegisterMap
 
 
@@ -142,6 +143,7 @@ class MeterConfig:
     group: str = "default"
     unit: int | None = None  # Modbus unit id (slave address), Modbus meters only
     regmap: RegisterMap | None = field(default=None, repr=False)  # Modbus meters only
+    rating: Rating = DEFAULT_RATING  # what its circuit can carry: meter keys > [plausibility] model > site
 
 
 

@@ -17,6 +17,14 @@ refuses a second entry with the same key.  The rules, which are the contract:
    (span = REGISTER_SPAN × the meter's CT×PT multiplier, readings being primary kWh): the delta
    is ``value + span - cursor``, charged, with a ROLLOVER flag.  Otherwise NEGATIVE_DELTA flag:
    nothing charged or credited, and the cursor stays where it was.
+3a. Nothing impossible is charged (:mod:`meterd.plausibility`, the same rules as the collector's
+   door, here against the persisted cursor): a value that is not finite or lies outside
+   0..span is flagged IMPLAUSIBLE and ignored (it never becomes a cursor); a delta (a rollover's
+   included) larger than ``max_kw × hours + 2 register steps`` since the cursor is flagged
+   IMPLAUSIBLE, not charged, and the cursor stays, so the charge resumes from there when the
+   register is plausible again.  ``max_kw`` is the meter's :class:`~meterd.plausibility.Rating`
+   (``ratings``, default :data:`~meterd.plausibility.DEFAULT_RATING`) × its CT×PT multiplier.  A
+   register that truly jumped stays held until an operator records a meter replacement.
 4. A gap is one big delta, charged when the next reading arrives.  Energy in a delta is assumed
    uniform in time: a delta is split pro rata by time at every tariff version start, every tier
    period start (CST Jan 1 or first of the month, TIERED) and every change of the day schedule's
@@ -71,8 +79,12 @@ from meterd.control.model import (
     money,
 )
 from meterd.control.tariff import UTC, Tariff, TariffKind, TariffVersion, TierPeriod, TouSource, as_utc
+from meterd.plausibility import DEFAULT_RATING, REGISTER_STEP, Rating, max_advance
 
 _NO_MULTIPLIERS: Final[Mapping[str, Decimal]] = MappingProxyType({})
+_NO_RATINGS: Final[Mapping[str, Rating]] = MappingProxyType({})
+_ONE: Final = Decimal(1)
+_HOUR: Final = Decimal(3600)
 _US: Final = timedelta(microseconds=1)
 _ZERO: Final = Decimal(0)
 _ZERO_MONEY: Final = Decimal(0).quantize(FEN)
@@ -98,6 +110,7 @@ class FlagKind(enum.StrEnum):
     ROLLOVER = "rollover"
     NO_TARIFF = "no_tariff"
     REPLACEMENT = "replacement"
+    IMPLAUSIBLE = "implausible"
 
 
 class Cursor(NamedTuple):
@@ -154,7 +167,8 @@ def charge_account(account: str, tariff: Tariff, readings: Iterable[RegisterRead
                    cursors: Mapping[tuple[str, Rate], Cursor], usage: Mapping[str, Usage], *,
                    multipliers: Mapping[str, Decimal] = _NO_MULTIPLIERS,
                    replacements: Sequence[MeterReplacement] = (),
-                   memo: dict | None = None, as_fields: bool = False) -> ChargeResult:
+                   memo: dict | None = None, as_fields: bool = False,
+                   ratings: Mapping[str, Rating] = _NO_RATINGS) -> ChargeResult:
     """Charge ``readings`` (any of the account's meters, any order) from ``cursors`` and ``usage``.
 
     ``cursors`` and ``usage`` are only read, so one mapping of every account may be passed.
@@ -168,7 +182,7 @@ def charge_account(account: str, tariff: Tariff, readings: Iterable[RegisterRead
     """
     if problems := tariff.problems():
         raise ValueError(f"tariff {tariff.name!r} has problems: {'; '.join(problems)}")
-    run = _Run(account, tariff, cursors, usage, multipliers, memo)
+    run = _Run(account, tariff, cursors, usage, multipliers, memo, ratings)
     events: list[tuple] = []
     if replacements:
         by_key = {r.key: r for r in replacements if r.account == account}
@@ -211,9 +225,11 @@ class DistrictCharger:
     per-call set-up a district pays 100,000 times.
     """
 
-    __slots__ = ("_checked", "cursors", "entries", "flags", "memo", "usage")
+    __slots__ = ("_checked", "_limits", "cursors", "entries", "flags", "memo", "ratings", "usage")
 
-    def __init__(self) -> None:
+    def __init__(self, ratings: Mapping[str, Rating] = _NO_RATINGS) -> None:
+        self.ratings = ratings  # meter -> what its circuit can carry (default: DEFAULT_RATING)
+        self._limits: dict[tuple[str, Decimal], tuple[Decimal, Decimal]] = {}  # (meter, CT×PT) -> (kW, step)
         self.memo: dict = {}  # shared with charge_account: how a delta splits and is priced
         self.entries: list[tuple] = []  # LedgerEntry fields (``as_fields``)
         self.cursors: list[Cursor] = []  # cursors that changed
@@ -236,18 +252,28 @@ class DistrictCharger:
             if problems := tariff.problems():
                 raise ValueError(f"tariff {tariff.name!r} has problems: {'; '.join(problems)}")
             self._checked[id(tariff)] = tariff
-        if not replacements and readings and self._plain(account, tariff, readings, cursors, usage):
+        if not replacements and readings and self._plain(account, tariff, readings, cursors, usage, multipliers):
             return
         result = charge_account(account, tariff, readings, cursors, usage, multipliers=multipliers,
-                                replacements=replacements, memo=self.memo, as_fields=True)
+                                replacements=replacements, memo=self.memo, as_fields=True, ratings=self.ratings)
         self.entries += result.entries
         self.cursors += result.cursors.values()
         if result.usage:
             self.usage += [(account, u.period, u.kwh) for u in result.usage.values()]
         self.flags += result.flags
 
+    def _limit(self, meter: str, multiplier: Decimal) -> tuple[Decimal, Decimal]:
+        """(max kW, register step), primary side, for ``meter`` at ``multiplier``."""
+        key = (meter, multiplier)
+        limit = self._limits.get(key)
+        if limit is None:
+            limit = self._limits[key] = (self.ratings.get(meter, DEFAULT_RATING).max_kw(multiplier),
+                                         REGISTER_STEP * multiplier)
+        return limit
+
     def _plain(self, account: str, tariff: Tariff, readings: Sequence[RegisterReading],
-               cursors: Mapping[tuple[str, Rate], Cursor], usage: Mapping[str, Usage]) -> bool:
+               cursors: Mapping[tuple[str, Rate], Cursor], usage: Mapping[str, Usage],
+               multipliers: Mapping[str, Decimal]) -> bool:
         """Charge the plain kind (see the class) and return True; else change nothing, False."""
         if len(readings) > 1:
             readings = sorted(readings, key=_READING_ORDER)
@@ -265,10 +291,15 @@ class DistrictCharger:
             t0 = cur.at
             if t0.tzinfo is not UTC or at <= t0:
                 return False
+            if not value.is_finite():
+                return False
             kwh = value - cur.value
             if kwh:
                 if kwh < 0:
                     return False
+                max_kw, step = self._limit(meter, multipliers.get(meter, _ONE))
+                if kwh > max_kw * Decimal((at - t0).total_seconds()) / _HOUR + 2 * step:
+                    return False  # more than the meter can carry: charge_account flags it
                 plan = memo.get((tid, rate, t0, at))
                 if plan is None or plan[0] is not tariff:
                     return False  # not planned yet: charge_account plans it
@@ -339,12 +370,14 @@ def _charge_amount(value: Decimal) -> Decimal:
 class _Run:
     """The state of one charge_account call: cursors and usage changed so far over the inputs."""
 
-    __slots__ = ("account", "tariff", "cursors", "usage", "multipliers", "memo", "retired",
+    __slots__ = ("account", "tariff", "cursors", "usage", "multipliers", "memo", "ratings", "retired",
                  "new_cursors", "new_usage", "entries", "flags")
 
     def __init__(self, account: str, tariff: Tariff, cursors: Mapping[tuple[str, Rate], Cursor],
-                 usage: Mapping[str, Usage], multipliers: Mapping[str, Decimal], memo: dict | None) -> None:
+                 usage: Mapping[str, Usage], multipliers: Mapping[str, Decimal], memo: dict | None,
+                 ratings: Mapping[str, Rating] = _NO_RATINGS) -> None:
         self.account = account
+        self.ratings = ratings
         self.memo = memo
         self.tariff = tariff
         self.cursors = cursors
@@ -376,6 +409,12 @@ class _Run:
             self.flag(meter, rate, at, FlagKind.LATE, f"reading {value} of {meter}, replaced at "
                       f"{self.retired[meter].isoformat()}")
             return
+        multiplier = self.multipliers.get(meter, _ONE)
+        span = REGISTER_SPAN * multiplier
+        if not value.is_finite() or value < 0 or value >= span:
+            self.flag(meter, rate, at, FlagKind.IMPLAUSIBLE,
+                      f"reading {str(value)[:40]} is not a register value (0..{span}): not charged")
+            return
         cur = self.new_cursors.get(key) or self.cursors.get(key)
         if cur is None:
             self.new_cursors[key] = Cursor(meter, rate, at, value)
@@ -390,17 +429,26 @@ class _Run:
                           f"reading {value} conflicts with {cur.value} already taken at this instant")
             return
         delta = value - cur.value
-        if delta < 0:
-            span = REGISTER_SPAN * self.multipliers.get(meter, 1)
-            if -delta * 2 > span:
-                delta += span
-                self.flag(meter, rate, at, FlagKind.ROLLOVER,
-                          f"register rolled over at {span}: {cur.value} -> {value}, {delta} kWh")
-            else:
+        rolled = delta < 0
+        if rolled:
+            if -delta * 2 <= span:
                 self.flag(meter, rate, at, FlagKind.NEGATIVE_DELTA,
                           f"register went back from {cur.value} to {value}: not charged, cursor kept")
                 return
+            delta += span
         if delta:
+            max_kw = self.ratings.get(meter, DEFAULT_RATING).max_kw(multiplier)
+            allowed = max_advance(max_kw, REGISTER_STEP * multiplier, cur_at, at)
+            if delta > allowed:
+                how = f"rolled over at {span} and advanced" if rolled else "advanced"
+                self.flag(meter, rate, at, FlagKind.IMPLAUSIBLE,
+                          f"register {how} {delta} kWh from {cur.value} at {cur_at.isoformat()} to {value}: more "
+                          f"than the meter can carry ({max_kw} kW allows {allowed.normalize()}): not charged, "
+                          f"cursor kept")
+                return
+            if rolled:
+                self.flag(meter, rate, at, FlagKind.ROLLOVER,
+                          f"register rolled over at {span}: {cur.value} -> {value}, {delta} kWh")
             self.charge(meter, rate, cur_at, at, delta)
         self.new_cursors[key] = Cursor(meter, rate, at, value)
 

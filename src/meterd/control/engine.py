@@ -15,6 +15,14 @@ It wraps the pure parts (:mod:`~meterd.control.charging`, :mod:`~meterd.control.
    queues the commands; :meth:`power` does the same for 定值控制.
 4. Notices go to the notifier.
 
+One account never stops the others: an exception while charging or deciding one account is
+logged, reported as a ``prepaid_failed`` anomaly on its meters (through ``report``), and that
+account is skipped (its readings are dropped: charging works from cursors, so its next good
+reading charges the whole delta once the fault is fixed); every other account of the pass is
+charged and decided as usual.  Charging's IMPLAUSIBLE flags (a register ahead of the last
+charged value by more than the meter can carry) are reported as ``implausible_advance``
+anomalies, closed when the register charges normally again.
+
 Every function takes ``now``; the daemon's clock is the only clock.
 """
 
@@ -47,10 +55,16 @@ from meterd.control.policy import (
 )
 from meterd.control.state import Account, ChargingBatch, Command, ControlStore, LedgerError, entry_fields, from_fen
 from meterd.control.tariff import UTC, Tariff, TierPeriod
+from meterd.plausibility import Rating
 from meterd.readings import Quality, Reading
-from meterd.storage.sqlite import to_ms
+from meterd.storage.anomalies import Finding, Kind, Severity
+from meterd.storage.sqlite import from_ms, to_ms
 
 log = logging.getLogger(__name__)
+
+# What the engine tells the anomaly store: findings to open or update, and (meter, kind) pairs
+# whose condition is gone.
+Report = Callable[[list[Finding], list[tuple[str, Kind]]], None]
 
 FROZEN_PREFIX = "frozen.daily."
 POWER_QUANTITY = "power.active.total"
@@ -94,6 +108,8 @@ class PassSummary:
     decisions: int = 0
     commands: list[Command] = field(default_factory=list)
     notices: list[Notice] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # account -> why charging or deciding it failed
+    held: dict[tuple[str, Rate], tuple[datetime, str]] = field(default_factory=dict)  # implausible registers
 
 
 def thresholds_for(defaults: Thresholds, overrides: Mapping[str, str]) -> Thresholds:
@@ -130,8 +146,14 @@ class PrepaidEngine:
         *,
         limits: Iterable[PowerLimit] = (),
         capabilities: Callable[[str], frozenset[CommandKind] | None] | None = None,
+        ratings: Mapping[str, Rating] | None = None,
+        report: Report | None = None,
     ) -> None:
         self.store = store
+        self.ratings = dict(ratings or {})  # meter -> what its circuit can carry (charging's plausibility)
+        self.report = report
+        self._held: set[tuple[str, Rate]] = set()  # registers charging holds as implausible
+        self._failing: set[str] = set()  # accounts whose last charge failed
         # What each meter can take (None: unknown, everything): DL/T 645-2007 all commands, Modbus
         # meters TRIP and RECLOSE through their map's relay, DL/T 645-1997 none.
         self.capabilities = capabilities
@@ -245,19 +267,26 @@ class PrepaidEngine:
         # both bounds in UTC, like the instants they are compared with (no time zone arithmetic)
         month_start = datetime(local.year, local.month, 1, tzinfo=CST).astimezone(UTC)
         month_end = TierPeriod.MONTH.next_start(now)
-        charger = DistrictCharger()
+        charger = DistrictCharger(self.ratings)
+        failed: dict[str, str] = {}  # account -> why it was skipped
+        failing, ok = self._failing, set()  # accounts that failed before; those charged this time
         none: dict = {}
         in_chunks = iter(accounts.items())
         charged = 0
         entries: list[tuple] = []
         fixed_through: dict[str, datetime] = {}
-        late = FlagKind.LATE
+        late, implausible = FlagKind.LATE, FlagKind.IMPLAUSIBLE
+        held_before, resumed = self._held, set()  # registers held as implausible; those charged again
 
         def write(batch: ChargingBatch | None) -> ChargingBatch | None:
             """Hand what was charged since the last write to the pass's transaction."""
             taken, moved, usage_rows, found = charger.take()
+            if held_before:
+                resumed.update(k for c in moved if (k := (c.meter, c.rate)) in held_before)
             flags = []
             for flag in found:
+                if flag.kind is implausible:
+                    summary.held[(flag.meter, flag.rate)] = (flag.at, flag.detail)
                 summary.flags[flag.kind] = summary.flags.get(flag.kind, 0) + 1
                 if flag.kind is not late:  # a frozen value arriving after a live one: routine
                     flags.append((flag.meter, flag.rate, flag.at, str(flag.kind), flag.detail))
@@ -286,21 +315,55 @@ class PrepaidEngine:
                             self._pending[name].extend(pending[name])  # keep them for when it is
                         continue
                     readings = readings_of(name)
-                    if replacements and name in replacements:
-                        charge(name, tariff, readings or [], cursors, usage_of(name, none), account_meters,
-                               replacements[name])
-                        charged += 1
-                    elif readings:
-                        charge(name, tariff, readings, cursors, usage_of(name, none), account_meters)
-                        charged += 1
-                    start = charged_through or opened
-                    if charged_through is None or not month_start <= start < month_end:
-                        entries += [entry_fields(e) for e in fixed_charges(name, tariff, start, now)]
-                        fixed_through[name] = now
+                    try:
+                        if replacements and name in replacements:
+                            charge(name, tariff, readings or [], cursors, usage_of(name, none), account_meters,
+                                   replacements[name])
+                            charged += 1
+                        elif readings:
+                            charge(name, tariff, readings, cursors, usage_of(name, none), account_meters)
+                            charged += 1
+                        if readings and failing and name in failing:
+                            ok.add(name)
+                        start = charged_through or opened
+                        if charged_through is None or not month_start <= start < month_end:
+                            fixed = [entry_fields(e) for e in fixed_charges(name, tariff, start, now)]
+                            entries += fixed
+                            fixed_through[name] = now
+                    except Exception as exc:  # one account's fault never stops the district's pass
+                        failed[name] = f"charging failed: {type(exc).__name__}: {str(exc)[:200]}"
+                        log.error("account %s: %s; %d reading(s) skipped, the other accounts charged",
+                                  name, failed[name], len(readings or ()), exc_info=len(failed) <= 3)
             batch = write(batch)
         summary.accounts = charged
         summary.entries = batch.applied if batch is not None else 0
+        summary.failed = failed
+        self._report_charging(failed, accounts, summary, resumed, ok, now)
         return summary
+
+    def _report_charging(self, failed: dict[str, str], accounts: dict[str, tuple], summary: PassSummary,
+                         resumed: set[tuple[str, Rate]], charged_now: set[str], now: datetime) -> None:
+        """Failed accounts and registers held as implausible, as anomalies (after the commit).  A
+        held register whose cursor moved again is no longer held; its meter's event closes when
+        none of its registers is."""
+        held = summary.held
+        still = (self._held - resumed) | held.keys()
+        released = {meter for meter, _ in self._held - still} - {meter for meter, _ in still}
+        self._held = still
+        recovered = [name for name in self._failing - failed.keys() if name in charged_now]
+        self._failing = (self._failing - set(recovered)) | failed.keys()
+        if self.report is None or not (failed or held or released or recovered):
+            return
+        findings = [Finding(meter, Kind.PREPAID_FAILED, Severity.CRITICAL, now, f"account {name}: {why}; skipped",
+                            ()) for name, why in failed.items() for meter in sorted(accounts[name][1])]
+        findings += [Finding(meter, Kind.IMPLAUSIBLE_ADVANCE, Severity.WARNING, at, detail, ())
+                     for (meter, _), (at, detail) in held.items()]
+        resolved = [(meter, Kind.IMPLAUSIBLE_ADVANCE) for meter in sorted(released)]
+        resolved += [(meter, Kind.PREPAID_FAILED) for name in recovered for meter in accounts.get(name, ((), {}))[1]]
+        try:
+            self.report(findings, resolved)
+        except Exception:
+            log.exception("reporting %d prepaid anomaly finding(s) failed", len(findings))
 
     # --- 3. decide -----------------------------------------------------------------------------
 
@@ -315,7 +378,7 @@ class PrepaidEngine:
             views.append(AccountView(
                 account=a.account, area=a.area, protected=a.protected or manual_hold, balance=a.balance,
                 avg_daily_cost=averages.get(a.account, zero), state=ControlState(a.state),
-                meters=tuple(a.meters), thresholds=thresholds[a.account], held=a.held))
+                meters=tuple(a.meters), thresholds=thresholds[a.account], held=a.held, alarmed_at=a.alarmed_at))
         return views
 
     def _row_views(self, now: datetime, rows: list[tuple]) -> list[AccountView]:
@@ -334,8 +397,9 @@ class PrepaidEngine:
             AccountView(account=account, area=area,
                         protected=bool(protected) or (manual_until is not None and now_ms < manual_until),
                         balance=from_fen(fen), avg_daily_cost=averages.get(account, zero), state=states[state],
-                        meters=meters, thresholds=by_text[thresholds], held=held)
-            for account, area, protected, thresholds, state, held, fen, manual_until, meters in rows
+                        meters=meters, thresholds=by_text[thresholds], held=held,
+                        alarmed_at=None if alarmed is None else from_ms(alarmed))
+            for account, area, protected, thresholds, state, held, fen, manual_until, alarmed, meters in rows
         ]
 
     def decide(self, now: datetime) -> PassSummary:
@@ -354,18 +418,51 @@ class PrepaidEngine:
         if not rows:
             return summary
         area_trips = self.store.area_trips_since(now - timedelta(hours=1))
-        decisions = decide_all(self._row_views(now, rows), self.settings.rules, now, area_trips)
+        views = self._row_views(now, rows)
+        try:
+            decisions = decide_all(views, self.settings.rules, now, area_trips)
+        except Exception:  # one account's fault: decide them one by one, skipping the ones that fail
+            decisions = self._decide_each(views, now, area_trips, summary)
         summary.decisions = len(decisions)
         requests: list[CommandRequest] = []
         updates = []
         for d in decisions:
             requests.extend(self._adapt(d.commands, now, summary.notices))
             summary.notices.extend(d.notices)
-            updates.append((d.account, str(d.new_state), d.held))
+            updates.append((d.account, str(d.new_state), d.held, d.alarmed_at))
         # the new states and their commands in one transaction (one wait for the disk)
         summary.commands = self.store.record_decisions(updates, requests, now=now, ttl=self.settings.command_ttl,
                                                        dry_run=self.settings.rules.dry_run)
         return summary
+
+    def _decide_each(self, views: list[AccountView], now: datetime, area_trips: Mapping[str, int],
+                     summary: PassSummary) -> list:
+        """:func:`decide_all` account by account, the area trip cap counted across them as it
+        does; an account whose decision raises is logged, reported and skipped."""
+        trips = dict(area_trips)
+        out = []
+        for view in views:
+            try:
+                decided = decide_all([view], self.settings.rules, now, trips)
+            except Exception as exc:
+                why = f"deciding failed: {type(exc).__name__}: {str(exc)[:200]}"
+                summary.failed[view.account] = why
+                log.error("account %s: %s; skipped, the other accounts decided", view.account, why,
+                          exc_info=len(summary.failed) <= 3)
+                continue
+            for d in decided:
+                tripped = sum(1 for c in d.commands if c.kind is CommandKind.TRIP)
+                if tripped:
+                    trips[view.area] = trips.get(view.area, 0) + tripped
+            out += decided
+        if self.report is not None and summary.failed:
+            meters = {v.account: v.meters for v in views}
+            try:
+                self.report([Finding(m, Kind.PREPAID_FAILED, Severity.CRITICAL, now, f"account {a}: {why}; skipped", ())
+                             for a, why in summary.failed.items() for m in meters.get(a, ())], [])
+            except Exception:
+                log.exception("reporting prepaid failures failed")
+        return out
 
     def power(self, now: datetime) -> PassSummary:
         """定值控制: meters whose load stayed above their limit long enough."""
@@ -423,6 +520,7 @@ class PrepaidEngine:
         charged.decisions = decided.decisions
         charged.commands = decided.commands + powered.commands
         charged.notices = decided.notices + powered.notices
+        charged.failed.update(decided.failed)
         return charged
 
 

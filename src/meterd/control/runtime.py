@@ -26,6 +26,7 @@ from meterd.control.model import CommandKind
 from meterd.control.notify import LogFileSink, Notifier, WebhookSink
 from meterd.control.state import ControlStore
 from meterd.errors import ConfigError
+from meterd.storage.anomalies import AnomalyStore, Finding, Kind
 from meterd.supervise import supervise
 
 if TYPE_CHECKING:
@@ -81,8 +82,11 @@ class PrepaidRuntime:
         self.credentials = credentials_from_env(config, required=dlt645 and not config.settings.rules.dry_run)
         self.store = ControlStore(daemon.config.store.data_dir)
         self.store.upsert_accounts(config.accounts, actor="config", now=clock())
+        self.anomalies = AnomalyStore(daemon.config.store.data_dir)
         self.engine = PrepaidEngine(self.store, config.settings, config.tariffs, limits=config.power_limits,
-                                    capabilities=self.capabilities)
+                                    capabilities=self.capabilities,
+                                    ratings={m.address: m.rating for m in daemon.config.meters},
+                                    report=self._report)
         self.notifier = make_notifier(config)
         self.executor = CommandExecutor(
             self.store, self.route, clock=clock, retry_every=config.settings.retry_every,
@@ -143,6 +147,13 @@ class PrepaidRuntime:
             await asyncio.gather(executor, return_exceptions=True)
             if stop.is_set():
                 self.store.close()
+                self.anomalies.close()
+
+    def _report(self, findings: list[Finding], resolved: list[tuple[str, Kind]]) -> None:
+        """The engine's anomalies (failed accounts, registers held as implausible) to the store."""
+        opened, _ = self.anomalies.record(findings, self.clock(), resolved=resolved)
+        for event in opened:
+            log.warning("anomaly opened: meter %s %s: %s", event.meter, event.kind, event.detail)
 
     async def run_pass(self) -> None:
         now = self.clock()

@@ -1,0 +1,71 @@
+"""The collector's door: every batch of readings passes :class:`~meterd.plausibility.Gate` before
+the store, the observers (prepaid, analytics) and the rest of the daemon see it.
+
+:func:`bounds` turns a configured meter into its :class:`~meterd.plausibility.MeterBounds`: its
+rating × CT × PT, and each energy register's span in the meter's protocol (DL/T 645: 10^6 kWh on
+the meter; a Modbus map's integer register: ``2^bits × scale``; a float register:
+:data:`~meterd.plausibility.FLOAT_ENERGY_SPAN`), primary side.
+
+:class:`Door` screens, counts, logs once per meter and quantity (not once per reading), and hands
+what it found to an anomaly recorder (the daemon writes them to the state database off the loop).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+
+from meterd.config.model import MeterConfig, Protocol
+from meterd.plausibility import (
+    DLT645_ENERGY_SPAN,
+    FLOAT_ENERGY_SPAN,
+    Gate,
+    Implausible,
+    MeterBounds,
+    is_energy,
+)
+from meterd.readings import Reading
+
+log = logging.getLogger(__name__)
+
+Recorder = Callable[[list[Implausible]], None]
+
+
+def bounds(meter: MeterConfig) -> MeterBounds:
+    multiplier = meter.ct * meter.pt
+    spans: dict[str, Decimal] = {}
+    if meter.protocol is Protocol.MODBUS and meter.regmap is not None:
+        for entry in meter.regmap.entries:
+            if not is_energy(entry.quantity):
+                continue
+            raw = FLOAT_ENERGY_SPAN if entry.type.is_float else Decimal(entry.type.int_range[1] + 1) * entry.scale
+            spans[entry.quantity] = raw if entry.primary else raw * multiplier
+    return MeterBounds.of(meter.rating, multiplier, spans, DLT645_ENERGY_SPAN)
+
+
+class Door:
+    """The gate with the daemon's bookkeeping around it."""
+
+    def __init__(self, meters: Iterable[MeterConfig], record: Recorder | None = None) -> None:
+        self.gate = Gate({m.address: bounds(m) for m in meters})
+        self.record = record
+        self.flagged = 0  # readings flagged implausible since start
+        self._told: set[tuple[str, str]] = set()  # (meter, quantity) already logged
+
+    def screen(self, readings: list[Reading]) -> list[Reading]:
+        out, found = self.gate.screen(readings)
+        if not found:
+            return readings
+        self.flagged += len(found)
+        for f in found:
+            if (f.meter, f.quantity) not in self._told:
+                self._told.add((f.meter, f.quantity))
+                log.warning("implausible reading, stored flagged and not charged: %s (further ones of this "
+                            "meter and quantity are counted, and recorded as anomalies)", f.describe())
+        if self.record is not None:
+            try:
+                self.record(found)
+            except Exception:  # recording must never stop collection
+                log.exception("recording %d implausible reading(s) as anomalies failed", len(found))
+        return out

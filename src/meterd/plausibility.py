@@ -1,0 +1,197 @@
+"""Plausibility at the door: readings a meter cannot have produced are flagged, never charged.
+
+A CRC-valid reply can still carry nonsense: a Modbus float32 of ``7F7F FFFF`` (3.4E38 kWh), a
+terminal's pushed ``1e30``, a register that jumps by more energy than the meter's circuit can
+carry in the time since its last reading.  Such a value is stored (the technician wants to see
+what came in) with quality ``implausible``, reported as a metering anomaly naming the meter and
+the value, and kept away from everything that counts money or decides control (they take
+``good`` readings only).
+
+The rules, checked in this order for every reading with a numeric value:
+
+1. *Not a number*: NaN and infinities (``Decimal`` can hold both).
+2. *Beyond the register's span*: an energy register counts from 0 up to its span and wraps
+   there: DL/T 645 registers are XXXXXX.XX kWh on the meter (10^6), a Modbus integer register
+   ``2^bits × scale``, a Modbus float register at most :data:`FLOAT_ENERGY_SPAN`; primary-side
+   readings multiply the span by CT × PT.  A negative energy register is beyond it too.  Other
+   quantities (volts, amps, kW, power factor) are held to :data:`MAGNITUDE_CEILING`: no meter
+   reports 10^12 of anything, and a value that large would poison every sum it enters.
+3. *An advance the circuit cannot carry*: energy registers (active and reactive, each rate,
+   live and daily frozen kept apart) may rise between two readings by at most
+   ``max_kw × hours + 2 register steps`` (the steps absorb the register's 0.01 kWh resolution on
+   a short interval).  ``max_kw`` is :meth:`Rating.max_kw`: rated (maximum) current × phase
+   voltage × phases × an overload allowance, × CT × PT.  The previous reading of the register,
+   whatever its verdict, is the baseline (a spike is flagged and the reading after it, back where
+   it was, is not; a register that truly jumped is flagged once here and then held by charging,
+   which compares with the last *charged* value and never charges the jump: an operator settles
+   it with ``meterd replace-meter``).  A reading older than the baseline is not judged against it.
+
+The baseline lives in memory: after a restart the first reading of each register is judged by
+rules 1 and 2 only, and charging's own check (the same rule against its persisted cursor) still
+stands between it and the ledger.
+
+:class:`Gate` is pure: readings in, (readings with verdicts, findings) out; time comes from the
+readings' own timestamps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Final
+
+from meterd.readings import Quality, Reading
+
+# A DL/T 645 energy register is XXXXXX.XX kWh on the meter (secondary side): it wraps at 10^6.
+DLT645_ENERGY_SPAN: Final = Decimal(1_000_000)
+# A float register has no span of its own; no meter's display counts 10^10 kWh.
+FLOAT_ENERGY_SPAN: Final = Decimal(10) ** 10
+# Any other quantity: beyond this it is not a measurement.
+MAGNITUDE_CEILING: Final = Decimal(10) ** 12
+# One count of a 0.01 kWh register; the advance rule allows two (secondary side, × CT × PT).
+REGISTER_STEP: Final = Decimal("0.01")
+_ENERGY_PREFIXES: Final = ("energy.", "frozen.daily.energy.", "frozen.monthly.energy.")
+_HOUR_SECONDS: Final = Decimal(3600)
+_KILO: Final = Decimal(1000)
+
+
+def is_energy(quantity: str) -> bool:
+    """A cumulative energy register (kWh or kvarh), live or frozen."""
+    return quantity.startswith(_ENERGY_PREFIXES)
+
+
+@dataclass(frozen=True, slots=True)
+class Rating:
+    """What a meter's circuit can carry, on the meter's (secondary) side.
+
+    The defaults are the loosest common direct-connected meter, so that they flag only the
+    impossible: three phases of 220 V at 100 A (a 10(100) A meter), 20 % overload: 79.2 kW.
+    Give a meter or a model its own rating to tighten it (a 5(60) A single-phase meter:
+    ``rated_current = 60, phases = 1``; a CT-operated 1.5(6) A meter: ``rated_current = 6``).
+    """
+
+    rated_current: Decimal = Decimal(100)  # A per phase: the meter's maximum current (Imax)
+    rated_voltage: Decimal = Decimal(220)  # V, phase to neutral (57.7 for a 3×100 V PT meter)
+    phases: int = 3
+    overload: Decimal = Decimal("1.2")  # how far past its rating a meter may be driven
+
+    def max_kw(self, multiplier: Decimal = Decimal(1)) -> Decimal:
+        """The most power (kW, primary side for ``multiplier`` = CT × PT) the meter can carry."""
+        return self.rated_current * self.rated_voltage * self.phases * self.overload * multiplier / _KILO
+
+
+DEFAULT_RATING: Final = Rating()
+
+
+def max_advance(max_kw: Decimal, step: Decimal, t0: datetime, t1: datetime) -> Decimal:
+    """The most a register may rise over (t0, t1]: ``max_kw × hours + 2 steps``."""
+    seconds = Decimal((t1 - t0).total_seconds())
+    return max_kw * seconds / _HOUR_SECONDS + 2 * step
+
+
+@dataclass(frozen=True, slots=True)
+class MeterBounds:
+    """One meter's limits, primary side (the side readings are stored on)."""
+
+    max_kw: Decimal
+    step: Decimal  # one register count, primary kWh
+    spans: Mapping[str, Decimal]  # energy quantity -> its register's span; others: ``span``
+    span: Decimal  # energy registers not in ``spans``
+
+    @classmethod
+    def of(cls, rating: Rating, multiplier: Decimal = Decimal(1), spans: Mapping[str, Decimal] | None = None,
+           span: Decimal = DLT645_ENERGY_SPAN) -> MeterBounds:
+        """Bounds from a rating and CT × PT; ``spans`` and ``span`` are already primary."""
+        return cls(rating.max_kw(multiplier), REGISTER_STEP * multiplier, dict(spans or {}), span * multiplier)
+
+    def span_of(self, quantity: str) -> Decimal:
+        base = quantity
+        for prefix in ("frozen.daily.", "frozen.monthly."):
+            if base.startswith(prefix):
+                base = base[len(prefix):]
+                break
+        return self.spans.get(base, self.span)
+
+
+DEFAULT_BOUNDS: Final = MeterBounds.of(DEFAULT_RATING)
+
+
+@dataclass(frozen=True, slots=True)
+class Implausible:
+    """Why one reading was flagged."""
+
+    meter: str
+    quantity: str
+    at: datetime
+    value: object
+    reason: str
+
+    def describe(self) -> str:
+        return f"meter {self.meter} {self.quantity} = {_show(self.value)} at {self.at.isoformat()}: {self.reason}"
+
+
+def _show(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class Gate:
+    """Judges readings as they arrive; keeps each energy register's previous reading.
+
+    ``bounds`` maps meter -> :class:`MeterBounds`; a meter not in it gets ``default`` (the
+    default rating, CT × PT of 1).  Memory: one entry per (meter, energy quantity) seen.
+    """
+
+    __slots__ = ("bounds", "default", "_last")
+
+    def __init__(self, bounds: Mapping[str, MeterBounds], default: MeterBounds = DEFAULT_BOUNDS) -> None:
+        self.bounds = dict(bounds)
+        self.default = default
+        self._last: dict[tuple[str, str], tuple[datetime, Decimal]] = {}
+
+    def screen(self, readings: Iterable[Reading]) -> tuple[list[Reading], list[Implausible]]:
+        """The readings, each implausible one replaced by a copy with quality ``implausible``
+        (same order, nothing dropped), and why each was flagged."""
+        out: list[Reading] = []
+        found: list[Implausible] = []
+        for r in readings:
+            reason = self.judge(r)
+            if reason is None:
+                out.append(r)
+            else:
+                found.append(Implausible(r.meter, r.quantity, r.timestamp, r.value, reason))
+                out.append(replace(r, quality=Quality.IMPLAUSIBLE))
+        return out, found
+
+    def judge(self, r: Reading) -> str | None:
+        """Why ``r`` is implausible, or None.  Remembers energy readings as the next baseline."""
+        value = r.value
+        if type(value) is not Decimal:
+            return None  # times, status words, text: not measurements of magnitude
+        if not value.is_finite():
+            return "not a number"
+        quantity = r.quantity
+        if not is_energy(quantity):
+            if abs(value) >= MAGNITUDE_CEILING:
+                return f"beyond any measurement (|value| >= {MAGNITUDE_CEILING:E})"
+            return None
+        bounds = self.bounds.get(r.meter, self.default)
+        span = bounds.span_of(quantity)
+        if value < 0 or value >= span:
+            return f"beyond the register's span 0..{span}"
+        key = (r.meter, quantity)
+        last = self._last.get(key)
+        at = r.timestamp
+        if last is not None and at <= last[0]:
+            return None  # older than the baseline: nothing to compare with
+        self._last[key] = (at, value)
+        if last is None or value <= last[1]:
+            return None  # a fall is charging's to judge (rollover or a register going back)
+        allowed = max_advance(bounds.max_kw, bounds.step, last[0], at)
+        if value - last[1] > allowed:
+            hours = (at - last[0]).total_seconds() / 3600
+            return (f"advanced {value - last[1]} since {last[1]} at {last[0].isoformat()} ({hours:.4g} h): "
+                    f"more than the {bounds.max_kw} kW the meter can carry allows ({allowed.normalize()})")
+        return None

@@ -1,0 +1,232 @@
+"""Anomaly events in the state database: what the detectors found, what the door refused, what a
+prepaid pass could not do -- one table, at most one open event per (meter, kind).
+
+The detectors (:mod:`meterd.analytics.anomalies`) open, keep and close their kinds by checking;
+the door (:mod:`meterd.plausibility`, through the collector) and the prepaid engine record theirs
+as they happen (:meth:`AnomalyStore.record`), and those stay open until an operator has seen them
+or the condition is gone.  Kept in ``storage`` so that every layer above may write to it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from meterd.storage.sqlite import from_ms, to_ms
+from meterd.storage.statedb import StateDatabase
+
+EVIDENCE_PER_EVENT: Final = 50  # an open event keeps how it started and its latest evidence
+
+
+class Kind(enum.StrEnum):
+    VOLTAGE = "voltage_out_of_limits"  # 电压回路异常: 电压越限, 失压, 断相
+    IMBALANCE = "current_imbalance"  # 电流回路异常: 三相负荷不平衡, CT open or shorted
+    NO_DATA = "no_data"  # 电能表故障: 无数据
+    REVERSE = "reverse_energy"  # 反向电量: wiring error or tampering on a consumer's meter
+    CLOCK = "clock_drift"  # 时钟超差
+    RELAY_OPEN_ENERGY = "energy_while_relay_open"  # 跳闸后仍有电量: stuck relay or bypass
+    # recorded as they happen, not by the detectors:
+    IMPLAUSIBLE = "implausible_reading"  # a value the meter cannot have produced (meterd.plausibility)
+    PREPAID_FAILED = "prepaid_failed"  # charging or deciding the meter's account failed; skipped
+    IMPLAUSIBLE_ADVANCE = "implausible_advance"  # ahead of the last charged value by more than it can carry: held
+
+
+# The kinds the detectors judge by checking (a check that finds nothing closes the event); the
+# others are recorded by whoever met them and closed by them.
+DETECTED: Final = (Kind.VOLTAGE, Kind.IMBALANCE, Kind.NO_DATA, Kind.REVERSE, Kind.CLOCK, Kind.RELAY_OPEN_ENERGY)
+
+
+class Severity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+_RANK: Final = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
+
+
+@dataclass(frozen=True)
+class Finding:
+    meter: str
+    kind: Kind
+    severity: Severity
+    at: datetime  # when the condition began (as far as the readings show)
+    detail: str
+    evidence: tuple[dict[str, str], ...]  # {meter, quantity, timestamp (ISO), value}
+
+
+# --- the event store ---------------------------------------------------------------------------
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS anomalies (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    meter        TEXT    NOT NULL,
+    kind         TEXT    NOT NULL,
+    severity     TEXT    NOT NULL,
+    opened_ts    INTEGER NOT NULL,
+    last_seen_ts INTEGER NOT NULL,
+    closed_ts    INTEGER,
+    detail       TEXT    NOT NULL,
+    evidence     TEXT    NOT NULL DEFAULT '[]'
+);
+CREATE UNIQUE INDEX IF NOT EXISTS anomalies_open ON anomalies (meter, kind) WHERE closed_ts IS NULL;
+CREATE INDEX IF NOT EXISTS anomalies_meter ON anomalies (meter, opened_ts);
+CREATE INDEX IF NOT EXISTS anomalies_opened ON anomalies (opened_ts);
+"""
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    meter: str
+    kind: Kind
+    severity: Severity
+    opened: datetime
+    last_seen: datetime
+    closed: datetime | None
+    detail: str
+    evidence: tuple[dict[str, str], ...]
+
+
+def _event(row: sqlite3.Row | tuple[Any, ...]) -> Event:
+    id_, meter, kind, severity, opened, last_seen, closed, detail, evidence = row
+    return Event(id_, meter, Kind(kind), Severity(severity), from_ms(opened), from_ms(last_seen),
+                 None if closed is None else from_ms(closed), detail, tuple(json.loads(evidence)))
+
+
+def _merge_evidence(old: Sequence[dict[str, str]], new: Iterable[dict[str, str]]) -> list[dict[str, str]]:
+    seen = {(e["quantity"], e["timestamp"]) for e in old}
+    out = list(old)
+    for e in new:
+        if (e["quantity"], e["timestamp"]) not in seen:
+            seen.add((e["quantity"], e["timestamp"]))
+            out.append(e)
+    if len(out) > EVIDENCE_PER_EVENT:
+        half = EVIDENCE_PER_EVENT // 2
+        out = out[:half] + out[-(EVIDENCE_PER_EVENT - half):]
+    return out
+
+
+MAX_DETAIL: Final = 2000  # characters of an event's detail; the evidence keeps the values
+
+
+def _detail(findings: Sequence[Finding]) -> str:
+    """The findings' details joined, bounded: a meter flagged a thousand times in one batch
+    must not make a megabyte row."""
+    text = "; ".join(f.detail for f in findings[:10])
+    if len(findings) > 10:
+        text += f"; and {len(findings) - 10} more"
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL - 3] + "..."
+
+
+_COLUMNS: Final = "id, meter, kind, severity, opened_ts, last_seen_ts, closed_ts, detail, evidence"
+
+
+class AnomalyStore(StateDatabase):
+    """Anomaly events in ``data_dir/state.sqlite3``: at most one open event per (meter, kind)
+    (a partial unique index says so), opened, kept up to date and closed by :meth:`update`."""
+
+    SCHEMA = _SCHEMA
+    ROWS = False  # plain tuples
+
+    def record(self, findings: Iterable[Finding], now: datetime, *,
+               resolved: Iterable[tuple[str, Kind]] = ()) -> tuple[list[Event], list[Event]]:
+        """Open (or bring up to date) an event per finding, and close the open events of
+        ``resolved`` (meter, kind) pairs that have no finding here; nothing else is touched.
+        For the kinds recorded as they happen (not in :data:`DETECTED`)."""
+        findings = list(findings)
+        resolved = set(resolved) - {(f.meter, Kind(f.kind)) for f in findings}
+        if not findings and not resolved:
+            return [], []
+        return self.update(findings, resolved, now)
+
+    def update(
+        self, findings: Iterable[Finding], checked: Iterable[tuple[str, Kind]], now: datetime
+    ) -> tuple[list[Event], list[Event]]:
+        """Apply one round of checks; returns (events opened, events closed).
+
+        A finding opens an event unless one is open for its (meter, kind), which is then updated
+        (severity and detail of the latest finding, ``last_seen`` = now, evidence appended up to a
+        cap).  Every (meter, kind) in ``checked`` without a finding has its open event closed at
+        ``now``.  Pairs of findings count as checked.  All in one transaction.
+        """
+        grouped: dict[tuple[str, Kind], list[Finding]] = {}
+        for f in findings:
+            grouped.setdefault((f.meter, Kind(f.kind)), []).append(f)
+        quiet = {(m, Kind(k)) for m, k in checked} - grouped.keys()
+        now_ms = to_ms(now)
+        opened_ids: list[int] = []
+        closed_ids: list[int] = []
+        with self._write() as conn:
+            open_now = {(m, k): (i, ev) for i, m, k, ev in conn.execute(
+                "SELECT id, meter, kind, evidence FROM anomalies WHERE closed_ts IS NULL")}
+            for (meter, kind), fs in grouped.items():
+                severity = max((f.severity for f in fs), key=lambda s: _RANK[Severity(s)])
+                detail = _detail(fs)
+                evidence = [e for f in fs for e in f.evidence]
+                current = open_now.get((meter, kind))
+                if current is None:
+                    cur = conn.execute(
+                        "INSERT INTO anomalies (meter, kind, severity, opened_ts, last_seen_ts, detail, evidence)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (meter, kind.value, Severity(severity).value, min(to_ms(min(f.at for f in fs)), now_ms),
+                         now_ms, detail, json.dumps(_merge_evidence([], evidence), ensure_ascii=False)),
+                    )
+                    assert cur.lastrowid is not None
+                    opened_ids.append(cur.lastrowid)
+                else:
+                    event_id, old = current
+                    conn.execute(
+                        "UPDATE anomalies SET severity = ?, detail = ?, last_seen_ts = ?, evidence = ? WHERE id = ?",
+                        (Severity(severity).value, detail, now_ms,
+                         json.dumps(_merge_evidence(json.loads(old), evidence), ensure_ascii=False), event_id),
+                    )
+            for key in quiet:
+                if key in open_now:
+                    closed_ids.append(open_now[key][0])
+            conn.executemany("UPDATE anomalies SET closed_ts = ? WHERE id = ?", [(now_ms, i) for i in closed_ids])
+            opened = self._by_ids(conn, opened_ids)
+            closed = self._by_ids(conn, closed_ids)
+        return opened, closed
+
+    @staticmethod
+    def _by_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> list[Event]:
+        out = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            out += conn.execute(
+                f"SELECT {_COLUMNS} FROM anomalies WHERE id IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk
+            ).fetchall()
+        return [_event(r) for r in out]
+
+    def events(
+        self,
+        state: str | None = None,
+        meter: str | None = None,
+        kind: Kind | str | None = None,
+        limit: int = 1000,
+    ) -> list[Event]:
+        """Events, newest first; ``state`` is "open", "closed" or None (both)."""
+        where, params = [], []
+        if state == "open":
+            where.append("closed_ts IS NULL")
+        elif state == "closed":
+            where.append("closed_ts IS NOT NULL")
+        elif state is not None:
+            raise ValueError(f"state must be 'open', 'closed' or None, not {state!r}")
+        if meter is not None:
+            where.append("meter = ?")
+            params.append(meter)
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(Kind(kind).value)
+        sql = f"SELECT {_COLUMNS} FROM anomalies"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY opened_ts DESC, id DESC LIMIT ?"
+        return [_event(r) for r in self._read(sql, (*params, limit))]
