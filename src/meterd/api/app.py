@@ -13,6 +13,8 @@ Requests are checked in this order, and the first failure answers:
 4. the subject (unknown meter, account or command: 404);
 5. the store's own rules (a refused command: 422; a command no longer queued: 409).
 
+A date or time in a query that is no date is 400; one outside 1970-01-01 .. 2099-12-31 is 422.
+
 Nothing is written before step 5, so a 4xx from steps 1-4 leaves the database as it was.  Money
 travels as strings ("88.50"), never floats.  Blocking store calls run in the thread pool.  The
 secret in ``Authorization`` is never logged; an audit row names the token by its id.
@@ -24,7 +26,7 @@ import json
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Final
@@ -324,6 +326,14 @@ def _money(text: str, *, positive: bool) -> Decimal:
     return Decimal(fen).scaleb(-2)
 
 
+# Every date and time in a query goes through _query_time, _query_day or _query_period: text that is
+# no date is 400; a date outside [FIRST_DAY, LAST_DAY] is 422 (no meter read before the epoch, and
+# date arithmetic past year 9999 overflows -- a day of 9999-12-31 used to answer 500).
+FIRST_DAY: Final = date(1970, 1, 1)
+LAST_DAY: Final = date(2099, 12, 31)
+_OUT_OF_RANGE: Final = f"is out of range (from {FIRST_DAY} to {LAST_DAY})"
+
+
 def _query_time(request: Request, name: str) -> datetime | None:
     text = request.query_params.get(name)
     if text is None:
@@ -334,7 +344,37 @@ def _query_time(request: Request, name: str) -> datetime | None:
         raise ApiError(400, f"query parameter {name}={text!r} is not an ISO 8601 time") from None
     if at.tzinfo is None:
         raise ApiError(400, f"query parameter {name}={text!r} needs a time zone, e.g. {text}+08:00")
+    try:
+        day = at.astimezone(timezone.utc).date()
+    except OverflowError:  # 0001-01-01T00:00+08:00 is before year 1 in UTC
+        day = date.min
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ApiError(422, f"query parameter {name}={text!r} {_OUT_OF_RANGE}, UTC")
     return at
+
+
+def _query_day(request: Request, name: str, default: date) -> date:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, f"query parameter {name}={text!r} is not a date (YYYY-MM-DD)") from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ApiError(422, f"query parameter {name}={text!r} {_OUT_OF_RANGE}")
+    return day
+
+
+def _query_period(request: Request, name: str, today: date) -> tuple[date, date]:
+    text = request.query_params.get(name)
+    try:
+        start, end = parse_period(text, today=today, name=name)
+    except ConfigError as exc:
+        raise ApiError(400, f"query parameter {'; '.join(exc.problems)}") from None
+    if not (FIRST_DAY <= start and end <= LAST_DAY):
+        raise ApiError(422, f"query parameter {name}={text!r} {_OUT_OF_RANGE}")
+    return start, end
 
 
 def _query_limit(request: Request, default: int) -> int:
@@ -553,10 +593,7 @@ class Api:
         return JSONResponse(await run_in_threadpool(work))
 
     def _period(self, request: Request) -> tuple[date, date]:
-        try:
-            return parse_period(request.query_params.get("period"), today=cst_day(self.clock()), name="period")
-        except ConfigError as exc:
-            raise ApiError(400, f"query parameter {exc}") from None
+        return _query_period(request, "period", cst_day(self.clock()))
 
     async def lineloss(self, request: Request, caller: Caller | None) -> Response:
         config = self._need_config("line loss")
@@ -599,14 +636,7 @@ class Api:
         meter, unit, group = q.get("meter"), q.get("unit"), q.get("group")
         if sum(x is not None for x in (meter, unit, group)) != 1:
             raise ApiError(400, "give exactly one of the query parameters meter, unit, group")
-        text = q.get("day")
-        if text is None:
-            day = cst_day(self.clock())
-        else:
-            try:
-                day = date.fromisoformat(text)
-            except ValueError:
-                raise ApiError(400, f"query parameter day={text!r} is not a date (YYYY-MM-DD)") from None
+        day = _query_day(request, "day", cst_day(self.clock()))
         try:
             step = parse_step(q.get("step", "15m"), name="query parameter step")
         except ConfigError as exc:
@@ -635,11 +665,7 @@ class Api:
         return JSONResponse(await run_in_threadpool(work))
 
     async def quality_report(self, request: Request, caller: Caller | None) -> Response:
-        text = request.query_params.get("day")
-        try:
-            day = cst_day(self.clock()) if text is None else date.fromisoformat(text)
-        except ValueError:
-            raise ApiError(400, f"query parameter day={text!r} is not a date (YYYY-MM-DD)") from None
+        day = _query_day(request, "day", cst_day(self.clock()))
         area = request.query_params.get("area") or None
         report = await run_in_threadpool(lambda: self.quality.report(day, area, now=self.clock()))
         return JSONResponse(report.as_dict())
@@ -863,7 +889,7 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
              query=(("quantity", _STR, "only this quantity, e.g. energy.active.import.total"),
                     ("since", _TIME, "from this time (ISO 8601 with zone), inclusive"),
                     ("until", _TIME, "to this time, exclusive"), LIMIT_PARAM),
-             path_params=("address",), errors=(*_AUTH_ERRORS, 400, 404)),
+             path_params=("address",), errors=(*_AUTH_ERRORS, 400, 404, 422)),
     Endpoint("GET", "/api/v1/accounts", Role.VIEWER, "prepaid accounts by name, all or a page at a time",
              Api.accounts, {200: _array("Account")},
              query=(("area", _STR, "only this area"),
@@ -908,24 +934,24 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
              query=(PERIOD_PARAM, ("unit", _STR, "only this area / line / group"),
                     ("kind", {"type": "string", "enum": ["area", "line", "group"]}, "only units of this kind"),
                     ("include_estimated", {"type": "string", "enum": ["true", "false"]}, "use estimated registers")),
-             errors=(*_AUTH_ERRORS, 400, 404, 503)),
+             errors=(*_AUTH_ERRORS, 400, 404, 422, 503)),
     Endpoint("GET", "/api/v1/energy", Role.VIEWER, "energy per area, industry or group and period", Api.energy,
              {200: _array("Energy")},
              query=(PERIOD_PARAM, ("by", {"type": "string", "enum": ["unit", "industry", "group"]}, "default unit"),
                     ("split", {"type": "string", "enum": ["day", "month", "quarter"]}, "one row per sub-period"),
                     ("role", {"type": "string", "enum": ["sales", "supply", "auxiliary", "all"]}, "default sales")),
-             errors=(*_AUTH_ERRORS, 400, 503)),
+             errors=(*_AUTH_ERRORS, 400, 422, 503)),
     Endpoint("GET", "/api/v1/curve", Role.VIEWER, "the load curve (summed active power per bucket) of a meter, an "
              "area / line or a group for one CST day", Api.curve, {200: _ref("Curve")},
              query=(("meter", _STR, "one meter"), ("unit", _STR, "an area / line (its sales points)"),
                     ("group", _STR, "a topology group"), ("day", {"type": "string", "format": "date"},
                                                           "CST day, default today"),
                     ("step", _STR, "bucket size: 15m (default), 1h, 900")),
-             errors=(*_AUTH_ERRORS, 400, 404)),
+             errors=(*_AUTH_ERRORS, 400, 404, 422)),
     Endpoint("GET", "/api/v1/quality", Role.VIEWER, "collection quality per meter, channel and area for a day",
              Api.quality_report, {200: _ref("Quality")},
              query=(("day", {"type": "string", "format": "date"}, "CST day, default today"),
-                    ("area", _STR, "only this meter group")), errors=(*_AUTH_ERRORS, 400)),
+                    ("area", _STR, "only this meter group")), errors=(*_AUTH_ERRORS, 400, 422)),
     Endpoint("GET", "/api/v1/terminals", Role.VIEWER, "DTUs and MQTT terminals with their online state",
              Api.terminals, {200: _array("Terminal")}, errors=_AUTH_ERRORS),
     Endpoint("GET", "/api/v1/sync", Role.VIEWER, "billing sync jobs: last run, status, counts, quarantine",
@@ -935,7 +961,7 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
     Endpoint("GET", "/api/v1/meters/{address}/attempts", Role.TECHNICIAN, "a meter's recent requests and how each "
              "ended (diagnostics)", Api.meter_attempts, {200: _array("Attempt")},
              query=(("since", _TIME, "from this time, default 24 h ago"), LIMIT_PARAM), path_params=("address",),
-             errors=(*_AUTH_ERRORS, 400, 404)),
+             errors=(*_AUTH_ERRORS, 400, 404, 422)),
     Endpoint("POST", "/api/v1/meters/{address}/read", Role.TECHNICIAN, "call now: read quantities of a meter at "
              "once, ahead of routine reads; the readings are stored", Api.read_now, {200: _ref("OnDemandRead")},
              path_params=("address",), body="ReadRequest", errors=(*_AUTH_ERRORS, 400, 404, 413, 503)),
