@@ -415,6 +415,9 @@ def _load_fleet_file(path: str, problems: list[str]) -> dict[str, dict[str, Any]
     except tomllib.TOMLDecodeError as exc:
         problems.append(f"--fleet-config {path}: invalid TOML: {exc}")
         return {}
+    except RecursionError:
+        problems.append(f"--fleet-config {path}: nested too deeply")
+        return {}
     out: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
         if key not in ("dtus", "mqtt"):

@@ -96,6 +96,11 @@ _POLL_KEYS: Final = ("name", "interval", "groups", "items", "items_1997", "quant
 _DURATION_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)", re.IGNORECASE)
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_FORMS: Final = 'seconds, or "500ms", "30s", "15m", "1h"'
+# Bounds on what a config file may be, checked before any of it is used.  A district's config with
+# 100,000 meters is ~7 MiB; no real config nests more than a handful of levels
+# ([channels.c0] serial = {...}; [[topology.units]] ...).
+MAX_CONFIG_BYTES: Final = 64 * 2**20
+MAX_CONFIG_DEPTH: Final = 32
 _TOML_POSITION: Final = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
 
 
@@ -103,12 +108,7 @@ def load_config(path: str | Path) -> Config:
     """Read and validate ``path``; relative paths inside resolve against its folder."""
     path = Path(path)
     source = str(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+    raw = read_bounded(path, source)
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -116,7 +116,42 @@ def load_config(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         where = _toml_position(exc)
         raise ConfigError(f"{source}: {where}invalid TOML: {_toml_message(exc)}") from exc
+    except RecursionError:  # tomllib recurses per level: ``a = [[[[...`` 100,000 deep
+        raise ConfigError(f"{source}: nested too deeply (more than {MAX_CONFIG_DEPTH} levels of arrays or "
+                          "tables)") from None
+    check_depth(data, source)
     return parse_config(data, source=source, base_dir=path.parent)
+
+
+def read_bounded(path: Path, source: str, limit: int | None = None) -> bytes:
+    """A file's bytes, at most ``limit`` (default :data:`MAX_CONFIG_BYTES`): ConfigError past it,
+    before more is read, and for a missing or unreadable file."""
+    limit = MAX_CONFIG_BYTES if limit is None else limit
+    try:
+        with path.open("rb") as f:
+            raw = f.read(limit + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+    if len(raw) > limit:
+        raise ConfigError(f"{source}: larger than {limit // 2**20} MiB: not a config file")
+    return raw
+
+
+def check_depth(data: Any, source: str, limit: int | None = None) -> None:
+    """ConfigError naming the key where ``data`` nests deeper than ``limit`` (default
+    :data:`MAX_CONFIG_DEPTH`) arrays or tables; walked without recursion."""
+    limit = MAX_CONFIG_DEPTH if limit is None else limit
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if depth > limit and isinstance(node, (dict, list)):
+            raise ConfigError(f"{source}: {where}: nested more than {limit} levels deep")
+        if isinstance(node, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(node))
 
 
 def _toml_position(exc: tomllib.TOMLDecodeError) -> str:

@@ -95,11 +95,18 @@ __all__ = [
 # --- loading -----------------------------------------------------------------------------------
 
 
+MAX_MAP_BYTES = 4 * 2**20  # the largest built-in map is ~10 KiB
+
+
 def load_map(path: str | Path) -> RegisterMap:
     """Read and validate one register-map file; ConfigError lists every problem in it."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_MAP_BYTES + 1)
+        if len(raw) > MAX_MAP_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_MAP_BYTES // 2**20} MiB: not a register map")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except OSError as exc:
@@ -114,7 +121,12 @@ def loads_map(text: str, source: str = "<map>") -> RegisterMap:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
-    return parse_map(data, source)
+    except RecursionError:  # tomllib recurses per level of ``[[[[...``
+        raise ConfigError(f"{source}: nested too deeply") from None
+    try:
+        return parse_map(data, source)
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
 
 
 @lru_cache(maxsize=1)
