@@ -52,6 +52,17 @@ def run_named(config: Any, name: str, *, now: datetime, day: date | None = None)
         store.close()
 
 
+def check_tokens(jobs: Any) -> None:
+    """Every job's ``token_env`` must be set when the daemon starts: a missing token stops start-up
+    naming the job and the variable, instead of failing the job at its first scheduled run."""
+    from meterd import secrets
+
+    problems = [f"sync job {job.name}: token_env: {secrets.where(job.token_env)} (the billing system's token) "
+                "is not set" for job in jobs if job.token_env is not None and not secrets.lookup(job.token_env)]
+    if problems:
+        raise ConfigError(problems)
+
+
 class SyncRuntime:
     def __init__(self, daemon: Daemon, config: Any, *, clock: Callable[[], datetime]) -> None:
         self.daemon = daemon
@@ -59,6 +70,7 @@ class SyncRuntime:
         self.clock = clock
         self.runs: dict[str, int] = {}
         self._running: set[str] = set()
+        check_tokens(config.sync.jobs)
         daemon.services.append(self.run)
 
     async def run(self, stop: asyncio.Event) -> None:
