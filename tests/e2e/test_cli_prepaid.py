@@ -86,12 +86,37 @@ def test_pay_adjust_ledger_and_account(run_meterd, site):
     assert "A1" in p.stdout and "H1" in p.stdout and "yes" in p.stdout
 
 
+def test_accounts_start_pending_and_an_operator_activates_them_once(run_meterd, site):
+    listed = run_meterd("account", "list", "-c", site)
+    assert [line.split()[3] for line in listed.stdout.splitlines()[1:]] == ["pending", "pending"]
+    assert [a["account"] for a in json.loads(run_meterd("account", "list", "--state", "pending", "-c", site,
+                                                         "--json").stdout)] == ["A1", "H1"]
+    p = run_meterd("account", "activate", "A1", "--opening-balance", "50.00", "--ref", "MIG-1", "--operator", "li",
+                   "-c", site)
+    assert p.returncode == 0 and "opening balance 50.00 applied" in p.stdout and "balance 50.00" in p.stdout, p.stderr
+    p = run_meterd("account", "activate", "A1", "--opening-balance", "50.00", "--ref", "MIG-1", "--operator", "li",
+                   "-c", site)
+    assert p.returncode == 0 and "nothing changed" in p.stdout and "balance 50.00" in p.stdout
+    shown = json.loads(run_meterd("account", "show", "A1", "-c", site, "--json").stdout)
+    assert (shown["state"], shown["balance"], shown["alarmed_at"]) == ("normal", "50.00", None)
+    entries = json.loads(run_meterd("ledger", "A1", "-c", site, "--json").stdout)["entries"]
+    assert [(e["key"], e["kind"], e["actor"]) for e in entries] == [("opening:A1", "opening", "li")]
+    p = run_meterd("account", "activate", "H1", "--ref", "MIG-2", "--operator", "li", "-c", site)
+    assert p.returncode == 2 and "missing --opening-balance" in p.stderr
+    for bad, why in (("1.005", "more than two decimals"), ("1e3", "--opening-balance \"1e3\" refused"),
+                     ("2000000", "more than the limit")):
+        p = run_meterd("account", "activate", "H1", "--opening-balance", bad, "--ref", "MIG-2", "--operator", "li",
+                       "-c", site)
+        assert p.returncode == 2 and why in p.stderr, p.stderr
+    assert json.loads(run_meterd("account", "show", "H1", "-c", site, "--json").stdout)["state"] == "pending"
+
+
 @pytest.mark.parametrize("args, message", [
     (("pay", "NOPE", "10", "--ref", "X"), "unknown account NOPE"),
-    (("pay", "A1", "ten", "--ref", "X"), "not a number"),
-    (("pay", "A1", "-5", "--ref", "X"), "must be positive"),
-    (("pay", "A1", "1.005", "--ref", "X"), "two decimal places"),
-    (("adjust", "A1", "0", "--ref", "X", "--reason", "r", "--operator", "o"), "must not be zero"),
+    (("pay", "A1", "ten", "--ref", "X"), 'argument amount "ten" refused: it is not an amount'),
+    (("pay", "A1", "-5", "--ref", "X"), 'argument amount "-5" refused: it takes no sign'),
+    (("pay", "A1", "1.005", "--ref", "X"), "more than two decimals"),
+    (("adjust", "A1", "0", "--ref", "X", "--reason", "r", "--operator", "o"), "zero is not an amount"),
     (("trip", "000000000002", "--reason", "test", "--operator", "li"), "protected account"),
     (("trip", "000000000099", "--reason", "test", "--operator", "li"), "unknown meter"),
     (("trip", "000000000001", "--reason", " ", "--operator", "li"), "reason"),
@@ -108,6 +133,40 @@ def test_bad_input_is_refused_with_its_reason_and_nothing_is_written(run_meterd,
     ledger = json.loads(run_meterd("ledger", "A1", "-c", site, "--json").stdout)
     assert ledger["entries"] == [] and ledger["balance"] == "0.00"
     assert json.loads(run_meterd("commands", "-c", site, "--json").stdout) == []
+
+
+# issue #14: "92233720368547758.07" drove the balance past int64 into a float; "1e3" … "10." were applied
+# (the long one was a traceback, exit 1).  Now each is one line naming the argument, exit 2, nothing written.
+REFUSED_AMOUNTS = [
+    ("92233720368547758.07", "more than the limit of 5000 yuan (set by [prepaid] max_payment)"),
+    ("5000.01", "more than the limit of 5000 yuan"), ("1e3", "exponent"), ("1E+2", "exponent"),
+    ("1_000", "separators"), ("１０", "U+FF11 FULLWIDTH DIGIT ONE"), ("١٠", "U+0661 ARABIC-INDIC DIGIT ONE"),
+    ("+10", "takes no sign"), (" 10", "whitespace"), ("10 ", "whitespace"), (".5", "before the point"),
+    ("10.", "after the point"), ("NaN", "NaN"), ("Infinity", "infinity"), ("-0", "takes no sign"),
+    ("0", "zero is not an amount"), ("", "empty"), ("1" * 5000, "longer than 24 characters"),
+]
+
+
+def test_amounts_outside_the_grammar_or_over_the_limit_exit_2_naming_the_argument(run_meterd, tmp_path):
+    (tmp_path / "limited.toml").write_text(SITE.replace("[prepaid]\n", '[prepaid]\nmax_payment = "5000"\n'
+                                                                      'max_adjustment = "300"\n'))
+    for amount, says in REFUSED_AMOUNTS:
+        p = run_meterd("pay", "--ref", "X", "-c", "limited.toml", "--", "A1", amount)
+        assert p.returncode == 2 and p.stdout == "", (amount, p.stdout, p.stderr)
+        [line] = p.stderr.splitlines()
+        assert line.startswith("meterd: argument amount ") and says in line, (amount, line)
+    for amount, says in (("-300.01", "more than the limit of 300 yuan (set by [prepaid] max_adjustment)"),
+                         ("-1e3", "exponent"), ("-0", "zero is not an amount"), ("--5", "not an amount")):
+        p = run_meterd("adjust", "--ref", "Y", "--reason", "r", "--operator", "o", "-c", "limited.toml", "--", "A1",
+                       amount)
+        assert p.returncode == 2 and p.stderr.startswith("meterd: argument amount ") and says in p.stderr, p.stderr
+    ledger = json.loads(run_meterd("ledger", "A1", "-c", "limited.toml", "--json").stdout)
+    assert ledger["entries"] == [] and ledger["balance"] == "0.00"
+    p = run_meterd("pay", "--ref", "OK1", "-c", "limited.toml", "--", "A1", "5000")
+    assert p.returncode == 0 and "payment OK1: 5000.00 applied" in p.stdout and "balance 5000.00" in p.stdout
+    p = run_meterd("adjust", "--ref", "OK2", "--reason", "r", "--operator", "o", "-c", "limited.toml", "--", "A1",
+                   "+0.5")
+    assert p.returncode == 0 and "balance 5000.50" in p.stdout, p.stderr
 
 
 def test_manual_commands_are_queued_listed_and_cancelled(run_meterd, site):

@@ -81,6 +81,9 @@ channel = "bus1"
 address = "{M2}"
 channel = "bus1"
 
+[plausibility]  # the simulated meters run 3600x faster than the wall clock, and so does their energy
+rated_current = 540000
+
 [[polls]]
 name = "energy"
 interval = 0.3
@@ -91,6 +94,7 @@ check_every = "300ms"
 retry_every = "1s"
 valid_for = "720h"
 reclose = "direct"
+trip_notice = "0s"  # about crashes, not onboarding: trips follow alarms at once, accounts open at 0.00
 thresholds = {{ reminder = "30", alarm = "20", trip = "0", reclose = "10" }}
 
 [[prepaid.tariffs]]
@@ -105,12 +109,14 @@ account = "A1"
 tariff = "steep"
 meters = ["{M1}"]
 area = "TA1"
+opening_balance = "0"
 
 [[prepaid.accounts]]
 account = "A2"
 tariff = "steep"
 meters = ["{M2}"]
 area = "TA1"
+opening_balance = "0"
 """
 
 

@@ -24,6 +24,7 @@ from meterd.billing_link.folder import DropFolder
 from meterd.billing_link.http import HttpSyncError
 from meterd.billing_link.jobs import JobKind, JobSpec, SyncStore, job_lock, run_job
 from meterd.billing_link.store import SyncStore as _Store
+from meterd.control.amounts import AmountLimits
 from meterd.control.state import AccountSpec, ControlStore
 from meterd.errors import SyncError
 
@@ -43,6 +44,8 @@ def data_dir(tmp_path) -> Path:
             AccountSpec("A1002", "residential", {M[2]: Decimal(1)}, customer="李四", area="TA-001"),
             AccountSpec("A1003", "commercial", {M[3]: Decimal(80), M[4]: Decimal(1)}, customer="王五", area="TA-002"),
         ], actor="test", now=NOW - timedelta(days=30))
+        # live accounts, as a district running before opening balances existed (onboarding: its own tests)
+        store.set_control_state([(a, "normal", None) for a in ("A1001", "A1002", "A1003")], now=NOW, actor="test")
     return d
 
 
@@ -128,7 +131,7 @@ def test_the_same_id_in_two_files_is_a_duplicate_or_quarantined_when_it_differs(
     assert any(line.startswith("payment P1 (record 2): duplicate ignored") for line in result.detail)
     assert quarantined(data_dir) == {
         ("b.csv", 3): "duplicate payment id with a different amount/account: payment P2 was applied to A1002 for "
-                      "20.00, this record says 25",
+                      "20.00, this record says 25.00",
         ("b.csv", 5): "duplicate payment id with a different amount/account: payment P3 was already applied to "
                       "another account, not A1001",
     }
@@ -160,10 +163,11 @@ def test_bad_records_are_quarantined_with_reasons_and_the_rest_applies(data_dir,
     reasons = quarantined(data_dir)
     assert reasons == {
         ("mixed.csv", 3): "unknown account A9999",
-        ("mixed.csv", 4): "amount 'ten' is not a number",
-        ("mixed.csv", 5): "amount -5 is negative",
-        ("mixed.csv", 6): "amount is zero",
-        ("mixed.csv", 7): "amount 1.234 has more than two decimals (fen)",
+        ("mixed.csv", 4): 'amount "ten" refused: it is not an amount: write yuan with at most two decimals, '
+                          "e.g. 100 or 88.50",
+        ("mixed.csv", 5): 'amount "-5" refused: it takes no sign',
+        ("mixed.csv", 6): 'amount "0" refused: zero is not an amount here',
+        ("mixed.csv", 7): 'amount "1.234" refused: more than two decimals (the fen is the smallest unit)',
         ("mixed.csv", 8): "3 fields where the header has 5",
         ("mixed.csv", 9): "empty payment id",
         ("mixed.csv", 10): "bad date 'not-a-date' in paid_at",
@@ -192,9 +196,45 @@ def test_json_payment_files(data_dir, folder):
         "garbage"]}))
     result = run_job(pay_spec(folder), data_dir=data_dir, now=NOW)
     assert (result.applied, result.quarantined) == (1, 2)
-    assert set(quarantined(data_dir).values()) == {"amount 0.005 has more than two decimals (fen)",
+    assert set(quarantined(data_dir).values()) == {'amount "0.005" refused: more than two decimals (the fen is '
+                                                   "the smallest unit)",
                                                    "record is a JSON str, not an object"}
     assert balances(data_dir)["A1001"] == Decimal("12.50")
+
+
+# issue #14: every one of these was applied before ("92233720368547758.07" up to the import's own 10^8 limit)
+REFUSED_AMOUNTS = {"1e3": "exponent", "1E+2": "exponent", "1_000": "separators", "１０": "FULLWIDTH DIGIT ONE",
+                   "١٠": "ARABIC-INDIC DIGIT ONE", "+10": "takes no sign", " 10": "whitespace", "10 ": "whitespace",
+                   ".5": "before the point", "10.": "after the point", "10.500": "two decimals",
+                   "92233720368547758.07": "more than the limit of 5000 yuan (set by [prepaid] max_payment)",
+                   "5000.01": "more than the limit of 5000 yuan", "9" * 300: "longer than 24 characters"}
+
+
+def test_amounts_outside_the_grammar_or_over_the_sites_limit_are_quarantined_with_the_reason(data_dir, folder):
+    rows = [f'Q{i},A1001,"{amount}",2026-03-01,' for i, amount in enumerate(REFUSED_AMOUNTS)]
+    drop(folder, "amounts.csv", HEADER + "\n".join([*rows, "G1,A1002,5000,2026-03-01,"]) + "\n")
+    result = run_job(pay_spec(folder), data_dir=data_dir, now=NOW, amounts=AmountLimits(max_payment=Decimal(5000)))
+    assert (result.applied, result.quarantined) == (1, len(REFUSED_AMOUNTS))
+    reasons = quarantined(data_dir)
+    for i, says in enumerate(REFUSED_AMOUNTS.values()):
+        assert reasons[("amounts.csv", i + 2)].startswith("amount ") and says in reasons[("amounts.csv", i + 2)]
+    assert balances(data_dir) == {"A1001": Decimal("0.00"), "A1002": Decimal("5000.00"), "A1003": Decimal("0.00")}
+    with ControlStore(data_dir) as store:
+        assert store.verify_balances() == []
+
+
+def test_json_numbers_are_amounts_as_written(data_dir, folder):
+    drop(folder, "n.json", b'[{"payment_id": "N1", "account": "A1001", "amount": 1e3, "paid_at": "2026-03-01"},'
+                           b' {"payment_id": "N2", "account": "A1001", "amount": 1.5e1, "paid_at": "2026-03-01"},'
+                           b' {"payment_id": "N3", "account": "A1001", "amount": true, "paid_at": "2026-03-01"},'
+                           b' {"payment_id": "N4", "account": "A1002", "amount": 88.50, "paid_at": "2026-03-01"},'
+                           b' {"payment_id": "N5", "account": "A1003", "amount": 7, "paid_at": "2026-03-01"}]')
+    result = run_job(pay_spec(folder), data_dir=data_dir, now=NOW)
+    assert (result.applied, result.quarantined) == (2, 3)
+    assert sorted(quarantined(data_dir).values()) == [
+        'amount "1.5e1" refused: an exponent is not accepted', 'amount "1e3" refused: an exponent is not accepted',
+        'amount must be a number or string such as 88.50 or "88.50", not a true/false (true)']
+    assert balances(data_dir) == {"A1001": Decimal("0.00"), "A1002": Decimal("88.50"), "A1003": Decimal("7.00")}
 
 
 @pytest.mark.parametrize("name, data, reason", [
@@ -299,7 +339,7 @@ def test_account_import_reports_the_diff_and_the_archive_follows(data_dir, folde
     assert set(result.detail[1:]) >= {
         "account A1001: changed area 'TA-001' -> 'TA-009', protected False -> True",
         f"meter {M[3]}: moved from account A1003 to A1002 (×200)",
-        "account A1004: created (tariff residential, area 'TA-003', 1 meter(s))",
+        "account A1004: created (tariff residential, area 'TA-003', 1 meter(s)), pending: no opening balance",
         f"meter {M[5]}: assigned to account A1004 (×100)",
     }
     assert quarantined(data_dir, "accounts") == {
@@ -317,6 +357,47 @@ def test_account_import_reports_the_diff_and_the_archive_follows(data_dir, folde
     drop(folder, "accounts.csv", text.encode("gbk"))
     again = run_job(spec, data_dir=data_dir, now=NOW + timedelta(hours=1), known_tariffs=TARIFFS)
     assert again.applied == 0 and again.counts["unchanged"] == 4
+
+
+def test_account_import_opening_balances_activate_once(data_dir, folder):
+    """A new account without an opening balance waits pending; a record with one applies it once
+    and activates; an activation without an amount opens at 0.00; live accounts are not credited."""
+    text = ("户号,电价,表号,期初余额,启用\n"
+            f"A2001,residential,{M[5]},50.00,\n"  # opens with 50.00
+            f"A2002,residential,{M[6]},,\n"  # no opening balance: pending
+            f"A2003,residential,{M[7]},,是\n"  # activated without an amount: 0.00
+            f"A2004,residential,{M[8]},-12.30,\n"  # owes 12.30 from the old system
+            f"A2005,residential,{M[9]},1.234,\n"  # refused
+            f"A1001,residential,{M[1]},80,\n")  # live before opening balances: its ledger stands
+    drop(folder, "open.csv", text.encode("gbk"))
+    spec = JobSpec("accounts", JobKind.IMPORT_ACCOUNTS, folder=folder)
+    result = run_job(spec, data_dir=data_dir, now=NOW, known_tariffs=TARIFFS)
+    assert result.counts["created"] == 4 and result.counts["activated"] == 3 and result.counts["opening_ignored"] == 1
+    assert quarantined(data_dir, "accounts") == {
+        ("open.csv", 6): 'opening_balance "1.234" refused: more than two decimals (the fen is the smallest unit)'}
+    assert {"account A2001: opening balance 50.00 applied", "account A2003: opening balance 0.00 applied",
+            "account A2002: created (tariff residential, area '', 1 meter(s)), pending: no opening balance"} \
+        <= set(result.detail)
+    with ControlStore(data_dir) as store:
+        got = {a.account: (a.state, a.balance) for a in store.accounts()}
+        assert store.opening_balances() == {"A2001": Decimal("50.00"), "A2003": Decimal("0.00"),
+                                            "A2004": Decimal("-12.30")}
+    assert got["A2001"] == ("normal", Decimal("50.00")) and got["A2002"] == ("pending", Decimal("0.00"))
+    assert got["A2003"] == ("normal", Decimal("0.00")) and got["A2004"] == ("normal", Decimal("-12.30"))
+    assert got["A1001"] == ("normal", Decimal("0.00"))
+    # the same file again: nothing twice; then a different opening balance and a late one for A2002
+    drop(folder, "open.csv", text.encode("gbk"))
+    again = run_job(spec, data_dir=data_dir, now=NOW + timedelta(hours=1), known_tariffs=TARIFFS)
+    assert again.applied == 0 and again.counts["unchanged"] == 5
+    later = ("account,tariff,meters,opening_balance\n"
+             f"A2001,residential,{M[5]},60\n"
+             f"A2002,residential,{M[6]},20\n")
+    drop(folder, "later.csv", later)
+    done = run_job(spec, data_dir=data_dir, now=NOW + timedelta(hours=2), known_tariffs=TARIFFS)
+    assert done.counts["activated"] == 1 and done.counts["unchanged"] == 1
+    assert any(line.startswith("account A2001: opening balance 60.00 not applied: 50.00 was applied")
+               for line in done.detail)
+    assert balances(data_dir)["A2001"] == Decimal("50.00") and balances(data_dir)["A2002"] == Decimal("20.00")
 
 
 def test_accounts_missing_from_an_import_are_reported_never_deleted(data_dir, folder):
@@ -494,7 +575,7 @@ def test_http_payments_are_paged_and_the_watermark_follows(data_dir, billing):
     assert (result.applied, result.quarantined, result.watermark) == (7, 2, "6")
     source = f"{billing.url('/api/payments')} since=6"
     assert quarantined(data_dir, "http-payments") == {(source, 2): "unknown account A9999",
-                                                      (source, 3): "amount -1 is negative"}
+                                                      (source, 3): 'amount "-1" refused: it takes no sign'}
     # Next run: the last page is asked again (its next was null): nothing applied twice, not
     # counted as duplicates either; new records are.
     billing.records += [payment(9), payment(10)]

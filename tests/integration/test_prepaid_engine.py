@@ -28,10 +28,18 @@ def energy(meter: str, at: datetime, kwh: str, quantity: str = "energy.active.im
     return Reading(meter, quantity, at, Decimal(kwh), "kWh")
 
 
-def make(tmp_path, rules: SafetyRules = SafetyRules(), limits=()):
+# Most tests here are about charging and the state machine, not onboarding: their accounts open at
+# 0.00 (active) and trips follow alarms at once.  The notice period and pending accounts have their
+# own tests (tests/integration/test_prepaid_onboarding.py).
+NO_NOTICE = SafetyRules(trip_notice=timedelta(0))
+OPEN = Decimal(0)
+
+
+def make(tmp_path, rules: SafetyRules = NO_NOTICE, limits=()):
     store = ControlStore(tmp_path)
-    store.upsert_accounts([AccountSpec("A1", "flat", {M1: Decimal(1)}, area="TA1"),
-                           AccountSpec("A2", "flat", {M2: Decimal(1)}, area="TA1", protected=True)],
+    store.upsert_accounts([AccountSpec("A1", "flat", {M1: Decimal(1)}, area="TA1", opening_balance=OPEN),
+                           AccountSpec("A2", "flat", {M2: Decimal(1)}, area="TA1", protected=True,
+                                       opening_balance=OPEN)],
                           actor="test", now=T0)
     engine = PrepaidEngine(store, PrepaidSettings(THRESHOLDS, rules), {"flat": FLAT}, limits=limits)
     return store, engine
@@ -89,7 +97,7 @@ def test_protected_accounts_are_held_not_tripped(tmp_path):
 
 
 def test_quiet_hours_hold_the_trip_until_they_end(tmp_path):
-    rules = SafetyRules(quiet_hours=((time(22, 0), time(7, 0)),))
+    rules = SafetyRules(quiet_hours=((time(22, 0), time(7, 0)),), trip_notice=timedelta(0))
     store, engine = make(tmp_path, rules)
     store.pay("A1", "0.50", "P1", actor="c", now=T0)
     store.pay("A2", "100", "P2", actor="c", now=T0)
@@ -105,7 +113,7 @@ def test_quiet_hours_hold_the_trip_until_they_end(tmp_path):
 
 
 def test_dry_run_records_what_would_be_sent(tmp_path):
-    store, engine = make(tmp_path, SafetyRules(dry_run=True))
+    store, engine = make(tmp_path, SafetyRules(dry_run=True, trip_notice=timedelta(0)))
     engine.run_pass(T0)
     commands = store.commands()
     assert {c.state for c in commands} == {CommandState.DRY_RUN}
@@ -202,9 +210,10 @@ def test_commands_fit_what_each_meter_can_take(tmp_path):
     caps = {M1: frozenset({CommandKind.TRIP, CommandKind.RECLOSE}),  # a Modbus meter with a relay map
             M2: frozenset()}  # DL/T 645-1997: no relay command
     store = ControlStore(tmp_path)
-    store.upsert_accounts([AccountSpec("A1", "flat", {M1: Decimal(1)}, area="TA1"),
-                           AccountSpec("A2", "flat", {M2: Decimal(1)}, area="TA1")], actor="test", now=T0)
-    engine = PrepaidEngine(store, PrepaidSettings(THRESHOLDS, SafetyRules()), {"flat": FLAT},
+    store.upsert_accounts([AccountSpec("A1", "flat", {M1: Decimal(1)}, area="TA1", opening_balance=OPEN),
+                           AccountSpec("A2", "flat", {M2: Decimal(1)}, area="TA1", opening_balance=OPEN)],
+                          actor="test", now=T0)
+    engine = PrepaidEngine(store, PrepaidSettings(THRESHOLDS, NO_NOTICE), {"flat": FLAT},
                            capabilities=caps.get)
     p = engine.run_pass(T0)  # both at zero: trip
     assert kinds(p.commands) == [(M1, CommandKind.TRIP)]  # no alarm for Modbus, nothing for 1997
@@ -233,7 +242,7 @@ def test_the_lean_policy_pass_decides_exactly_what_the_full_one_would(tmp_path):
         if rng.random() < 0.5:
             store.adjust(spec.account, Decimal(-rng.randrange(1, 6000)).scaleb(-2), f"a-{spec.account}",
                          actor="t", now=T0, reason="test")
-    states = ["normal", "reminded", "alarmed", "tripped"]
+    states = ["pending", "normal", "reminded", "alarmed", "tripped"]
     store.set_control_state([(s.account, rng.choice(states), rng.choice([None, None, "weekend"])) for s in specs],
                             now=T0, actor="test")
     engine = PrepaidEngine(store, PrepaidSettings(THRESHOLDS, SafetyRules(max_trips_per_area_hour=5)), {"flat": FLAT})
@@ -243,9 +252,10 @@ def test_the_lean_policy_pass_decides_exactly_what_the_full_one_would(tmp_path):
     assert expected and len(expected) < len(specs)  # some accounts have nothing to decide
     summary = engine.decide(now)
     assert summary.decisions == len(expected)
-    after = {a.account: (a.state, a.held) for a in store.accounts()}
+    after = {a.account: (a.state, a.held, a.alarmed_at) for a in store.accounts()}
     for d in expected:
-        assert after[d.account] == (str(d.new_state), d.held)
+        assert after[d.account] == (str(d.new_state), d.held, d.alarmed_at)
+    assert not any(d.account for d in expected if d.old_state == "pending")
     assert sorted((c.meter, c.kind) for c in summary.commands) == sorted(
         (c.meter, c.kind) for d in expected for c in d.commands)
 
@@ -353,3 +363,95 @@ def test_the_new_owner_of_a_moved_meter_is_charged_from_where_the_old_one_stoppe
                if r.kwh is not None]
     assert sorted(charged) == [("A1", Decimal("30")), ("A3", Decimal("10"))]
     assert store.verify_balances() == []
+
+
+# --- one account never stops the district (issue 14) ---------------------------------------------
+
+
+@pytest.mark.parametrize("absurd", ["3.4028234663852886E+38", "1E+30", "NaN", "1E+16"])
+def test_an_absurd_reading_is_not_charged_and_the_other_accounts_are_charged(tmp_path, absurd):
+    # Before: decimal.InvalidOperation from every pass, no account charged or decided again (and
+    # 1E+16 kWh charged as 5 x 10^15 yuan).
+    store, engine = make(tmp_path)
+    store.pay("A1", "30", "P1", actor="c", now=T0)
+    store.pay("A2", "30", "P2", actor="c", now=T0)
+    engine.observe([energy(M1, T0, "1000"), energy(M2, T0, "500")])
+    engine.run_pass(T0)
+    t1 = T0 + timedelta(minutes=15)
+    engine.observe([energy(M1, t1, absurd), energy(M2, t1, "510")])
+    summary = engine.run_pass(t1)
+    assert store.balance("A2") == Decimal("25.00") and store.balance("A1") == Decimal("30.00")
+    assert summary.failed == {} and summary.flags.get("implausible") == 1
+    # the absurd value never became the cursor: the next good reading charges from 1000
+    engine.observe([energy(M1, t1 + timedelta(minutes=15), "1004")])
+    engine.run_pass(t1 + timedelta(minutes=15))
+    assert store.balance("A1") == Decimal("28.00") and store.verify_balances() == []
+
+
+class Reports(list):
+    def __call__(self, findings, resolved):
+        self.append((list(findings), list(resolved)))
+
+
+def test_a_failure_charging_one_account_skips_it_reports_it_and_charges_the_rest(tmp_path, monkeypatch):
+    reports = Reports()
+    store = ControlStore(tmp_path)
+    store.upsert_accounts([AccountSpec("A1", "flat", {M1: Decimal(1)}, area="TA1", opening_balance=Decimal(0)),
+                           AccountSpec("A2", "flat", {M2: Decimal(1)}, area="TA1", opening_balance=Decimal(0))], actor="test", now=T0)
+    store.pay("A1", "30", "P1", actor="c", now=T0)
+    store.pay("A2", "30", "P2", actor="c", now=T0)
+    engine = PrepaidEngine(store, PrepaidSettings(THRESHOLDS, SafetyRules()), {"flat": FLAT}, report=reports)
+    engine.observe([energy(M1, T0, "1000"), energy(M2, T0, "500")])
+    engine.run_pass(T0)
+
+    import meterd.control.engine as engine_module
+
+    real = engine_module.DistrictCharger.charge
+
+    def faulty(self, account, *args, **kw):  # fault injection: one account's charge raises
+        if account == "A1":
+            raise ArithmeticError("injected fault")
+        return real(self, account, *args, **kw)
+
+    monkeypatch.setattr(engine_module.DistrictCharger, "charge", faulty)
+    t1 = T0 + timedelta(hours=1)
+    engine.observe([energy(M1, t1, "1010"), energy(M2, t1, "530")])
+    summary = engine.run_pass(t1)
+    assert list(summary.failed) == ["A1"] and "injected fault" in summary.failed["A1"]
+    assert store.balance("A2") == Decimal("15.00") and store.account("A2").state == "reminded"
+    assert store.balance("A1") == Decimal("30.00")
+    findings, _ = reports[-1]
+    assert [(f.meter, str(f.kind)) for f in findings] == [(M1, "prepaid_failed")] and "A1" in findings[0].detail
+    # fixed: the next pass charges A1's whole delta from its cursor (the skipped reading is not lost)
+    monkeypatch.setattr(engine_module.DistrictCharger, "charge", real)
+    engine.observe([energy(M1, t1 + timedelta(hours=1), "1012")])
+    summary = engine.run_pass(t1 + timedelta(hours=1))
+    assert summary.failed == {} and store.balance("A1") == Decimal("24.00")
+    assert reports[-1][1] == [(M1, "prepaid_failed")]  # the event is closed
+    assert store.verify_balances() == []
+
+
+def test_a_failure_deciding_one_account_skips_it_and_decides_the_rest(tmp_path, monkeypatch):
+    reports = Reports()
+    store = ControlStore(tmp_path)
+    store.upsert_accounts([AccountSpec("A1", "flat", {M1: Decimal(1)}, area="TA1", opening_balance=Decimal(0)),
+                           AccountSpec("A2", "flat", {M2: Decimal(1)}, area="TA1", opening_balance=Decimal(0))], actor="test", now=T0)
+    store.pay("A1", "15", "P1", actor="c", now=T0)
+    store.pay("A2", "15", "P2", actor="c", now=T0)
+    engine = PrepaidEngine(store, PrepaidSettings(THRESHOLDS, SafetyRules()), {"flat": FLAT}, report=reports)
+
+    import meterd.control.policy as policy
+
+    real = policy.decide
+
+    def faulty(view, *args, **kw):  # fault injection: deciding one account raises
+        if view.account == "A1":
+            raise ValueError("injected fault")
+        return real(view, *args, **kw)
+
+    monkeypatch.setattr(policy, "decide", faulty)
+    summary = engine.run_pass(T0)
+    assert list(summary.failed) == ["A1"] and "injected fault" in summary.failed["A1"]
+    assert store.account("A2").state == "reminded"  # 15.00 <= reminder 20: decided as usual
+    assert store.account("A1").state == "normal"
+    assert [(f.meter, str(f.kind)) for f in reports[-1][0]] == [(M1, "prepaid_failed")]

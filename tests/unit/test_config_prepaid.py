@@ -231,3 +231,80 @@ schedule = "every tuesday"
                      "sync.jobs[0].kind", "needs exactly one of folder", "sync.jobs[0].token: secrets",
                      "sync.jobs[0].schedule"):
         assert expected in text, (expected, text)
+
+
+def test_trip_notice_and_opening_balances():
+    p = load(GOOD).prepaid
+    assert p.settings.rules.trip_notice == timedelta(hours=24)  # the default
+    assert p.accounts[0].opening_balance is None  # no key: the account starts pending
+    text = GOOD.replace('command_ttl = "1h"', 'command_ttl = "1h"\ntrip_notice = "36h"').replace(
+        'thresholds = { alarm = "30" }', 'thresholds = { alarm = "30" }\nopening_balance = "-12.30"')
+    p = load(text).prepaid
+    assert p.settings.rules.trip_notice == timedelta(hours=36)
+    assert p.accounts[0].opening_balance == Decimal("-12.30") and "prepaid.accounts[0]" in p.accounts[0].opening_ref
+    for value, opening in (('"0"', Decimal(0)), ("50", Decimal(50))):
+        p = load(GOOD.replace('thresholds = { alarm = "30" }', f"opening_balance = {value}")).prepaid
+        assert p.accounts[0].opening_balance == opening
+    assert load(GOOD.replace('command_ttl = "1h"', 'trip_notice = "0s"')).prepaid.settings.rules.trip_notice \
+        == timedelta(0)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("opening_balance", '"1.234"', "prepaid.accounts[0].opening_balance: opening balance \"1.234\" refused: more than two decimals"),
+    ("opening_balance", '"lots"', "prepaid.accounts[0].opening_balance: opening balance \"lots\" refused: it is not an amount"),
+    ("opening_balance", "12.5", "prepaid.accounts[0].opening_balance: must be an amount in yuan written as a string"),
+    ("opening_balance", "true", "prepaid.accounts[0].opening_balance: must be an amount"),
+    ("trip_notice", '"-1h"', "prepaid.trip_notice: must be a duration of zero or more"),
+    ("trip_notice", '"soon"', "prepaid.trip_notice: must be a duration of zero or more"),
+])
+def test_trip_notice_and_opening_balance_mistakes_are_named(key, value, message):
+    where = 'thresholds = { alarm = "30" }' if key == "opening_balance" else 'command_ttl = "1h"'
+    with pytest.raises(ConfigError) as info:
+        load(GOOD.replace(where, f"{where}\n{key} = {value}"))
+    assert any(message in p for p in info.value.problems), info.value.problems
+
+
+# --- amounts (issue #14): the limits per payment / adjustment, and thresholds by the amount grammar ---
+
+
+def test_amount_limits_default_to_a_million_yuan_and_can_be_set():
+    assert load(GOOD).prepaid.amounts.max_payment == Decimal(1_000_000)
+    assert load(GOOD).prepaid.amounts.max_adjustment == Decimal(1_000_000)
+    p = load(GOOD.replace('command_ttl = "1h"', 'command_ttl = "1h"\nmax_payment = "5000"\nmax_adjustment = 200'))
+    assert p.prepaid.amounts.max_payment == Decimal(5000) and p.prepaid.amounts.max_adjustment == Decimal(200)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("max_payment", '"1e6"', 'prepaid.max_payment: amount "1e6" refused: an exponent'),
+    ("max_payment", "1e6", "prepaid.max_payment: must be an amount in yuan written as a string"),
+    ("max_payment", '"0"', 'prepaid.max_payment: amount "0" refused: zero'),
+    ("max_payment", '"-5"', 'prepaid.max_payment: amount "-5" refused: it takes no sign'),
+    ("max_payment", "true", "prepaid.max_payment: must be an amount"),
+    ("max_adjustment", '"92233720368547758.07"', "prepaid.max_adjustment: amount \"92233720368547758.07\" refused: "
+                                                 "more than the limit of 10000000000 yuan"),
+    ("max_adjustment", '"１０"', "prepaid.max_adjustment: amount \"１０\" refused: only ASCII digits"),
+])
+def test_amount_limit_mistakes_are_named(key, value, message):
+    with pytest.raises(ConfigError) as info:
+        load(GOOD.replace('command_ttl = "1h"', f'command_ttl = "1h"\n{key} = {value}'))
+    assert any(p.startswith("site.toml: ") and message in p for p in info.value.problems), info.value.problems
+
+
+@pytest.mark.parametrize("value, message", [
+    ('"1e30"', 'prepaid.thresholds.reminder: threshold "1e30" refused: an exponent'),
+    ('"99999999999"', "prepaid.thresholds.reminder: threshold \"99999999999\" refused: more than the limit"),
+    ('" 50"', "prepaid.thresholds.reminder: threshold \" 50\" refused: it has whitespace"),
+    ('"50.001"', "prepaid.thresholds.reminder: threshold \"50.001\" refused: more than two decimals"),
+    ("50.5", "prepaid.thresholds.reminder: must be an amount in yuan written as a string"),
+    ('"1e30d"', 'prepaid.thresholds.reminder: days "1e30" refused: an exponent'),
+    ('"9999d"', 'prepaid.thresholds.reminder: days "9999" refused: more than the limit of 3650'),
+])
+def test_thresholds_follow_the_amount_grammar(value, message):
+    with pytest.raises(ConfigError) as info:
+        load(GOOD.replace('thresholds = { reminder = "50",', f"thresholds = {{ reminder = {value},"))
+    assert any(message in p for p in info.value.problems), info.value.problems
+
+
+def test_good_thresholds_still_load():
+    p = load(GOOD.replace('thresholds = { reminder = "50",', 'thresholds = { reminder = 60,')).prepaid
+    assert p.settings.thresholds.reminder.amount == Decimal(60) and p.settings.thresholds.alarm.days == Decimal(3)

@@ -4,7 +4,7 @@ the relay from flapping.  Levels in these tables: reminder 50, alarm 20, trip 0,
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -31,8 +31,11 @@ from meterd.control.policy import (
 N, R, A, T = ControlState.NORMAL, ControlState.REMINDED, ControlState.ALARMED, ControlState.TRIPPED
 K = CommandKind
 WEDNESDAY = datetime(2024, 5, 15, 10, 0, tzinfo=CST)
-NO_RULES = SafetyRules()
-QUIET = SafetyRules(quiet_hours=((time(22), time(7)),))
+# These tables are about the state machine and the other rules: no notice period unless a test says so
+# (the notice period has its own tests below).
+NO_NOTICE = timedelta(0)
+NO_RULES = SafetyRules(trip_notice=NO_NOTICE)
+QUIET = SafetyRules(trip_notice=NO_NOTICE, quiet_hours=((time(22), time(7)),))
 
 
 def thresholds(reminder="50", alarm="20", trip="0", reclose="10") -> Thresholds:
@@ -40,10 +43,10 @@ def thresholds(reminder="50", alarm="20", trip="0", reclose="10") -> Thresholds:
 
 
 def view(balance, state=N, *, meters=("m1",), protected=False, held=None, th=None, avg="10", area="north",
-         account="acc1") -> AccountView:
+         account="acc1", alarmed_at=None) -> AccountView:
     return AccountView(account=account, area=area, protected=protected, balance=Decimal(balance),
                        avg_daily_cost=Decimal(avg), state=state, meters=meters, thresholds=th or thresholds(),
-                       held=held)
+                       held=held, alarmed_at=alarmed_at)
 
 
 def kinds(decision: Decision) -> list[CommandKind]:
@@ -178,7 +181,7 @@ def test_reclose_kind_and_reason():
 
 def test_dry_run_decides_the_same():
     for balance, state in [("-1", A), ("30", T), ("15", N)]:
-        assert decide(view(balance, state), SafetyRules(dry_run=True), WEDNESDAY) == \
+        assert decide(view(balance, state), replace(NO_RULES, dry_run=True), WEDNESDAY) == \
             decide(view(balance, state), NO_RULES, WEDNESDAY)
 
 
@@ -254,8 +257,8 @@ NIGHT = at(2024, 5, 15, 23, 0)
     (A, True, NO_RULES, WEDNESDAY, A, [], ["held"], PROTECTED_REASON),
     (A, False, QUIET, NIGHT, A, [], ["held"], "quiet hours 22:00-07:00 CST"),
     (N, False, QUIET, NIGHT, A, [K.ALARM], ["alarm", "held"], "quiet hours 22:00-07:00 CST"),
-    (A, False, SafetyRules(no_trip_weekends=True), at(2024, 5, 18), A, [], ["held"], "weekend"),
-    (A, False, SafetyRules(holidays=frozenset({date(2024, 10, 1)})), at(2024, 10, 1), A, [], ["held"],
+    (A, False, replace(NO_RULES, no_trip_weekends=True), at(2024, 5, 18), A, [], ["held"], "weekend"),
+    (A, False, replace(NO_RULES, holidays=frozenset({date(2024, 10, 1)})), at(2024, 10, 1), A, [], ["held"],
      "holiday 2024-10-01"),
     # the blocks do not keep a tripped account tripped, nor stop a reclose
     (T, True, QUIET, NIGHT, A, [K.RECLOSE_ALLOWED], ["reclose"], None),
@@ -296,7 +299,7 @@ def test_held_is_cleared_when_the_balance_recovers():
 
 
 def test_area_cap_single_decision():
-    rules = SafetyRules(max_trips_per_area_hour=3)
+    rules = SafetyRules(trip_notice=NO_NOTICE, max_trips_per_area_hour=3)
     assert decide(view("-5", A), rules, WEDNESDAY, area_trips_last_hour=2).new_state is T
     d = decide(view("-5", A), rules, WEDNESDAY, area_trips_last_hour=3)
     assert (d.new_state, d.held) == (A, "area trip cap reached: at most 3 trips per hour in area north")
@@ -309,7 +312,7 @@ def test_area_cap_single_decision():
     ({"east": 9}, ["a1", "a2", "s1"]),
 ])
 def test_area_cap_within_one_pass(already, tripped):
-    rules = SafetyRules(max_trips_per_area_hour=2)
+    rules = SafetyRules(trip_notice=NO_NOTICE, max_trips_per_area_hour=2)
     views = [view("-5", A, account=f"a{i}") for i in range(1, 5)] + [view("-5", A, account="s1", area="south")]
     decisions = decide_all(views, rules, WEDNESDAY, already)
     assert [d.account for d in decisions if d.new_state is T] == tripped
@@ -319,7 +322,7 @@ def test_area_cap_within_one_pass(already, tripped):
 
 
 def test_area_cap_counts_meters():
-    rules = SafetyRules(max_trips_per_area_hour=2)
+    rules = SafetyRules(trip_notice=NO_NOTICE, max_trips_per_area_hour=2)
     views = [view("-5", A, account="big", meters=("m1", "m2")), view("-5", A, account="small")]
     decisions = decide_all(views, rules, WEDNESDAY, {"north": 1})
     assert [(d.account, d.new_state, len(d.commands)) for d in decisions] == [("big", T, 2), ("small", A, 0)]
@@ -329,7 +332,8 @@ def test_decide_all_returns_only_changes():
     views = [
         view("100", N, account="rich"),
         view("30", R, account="steady"),
-        view("-5", A, account="protected", protected=True, held=PROTECTED_REASON),
+        view("-5", A, account="protected", protected=True, held=PROTECTED_REASON,
+             alarmed_at=WEDNESDAY - timedelta(days=2)),
         view("5", T, account="still-tripped"),
         view("-5", A, account="goes"),
     ]
@@ -388,7 +392,8 @@ def test_relay_commands_alternate(levels, balances, steps, start, reclose):
     state, held = start, None
     sent: list[CommandKind] = []
     for balance, (quiet, protected, area_trips) in zip(balances, steps):
-        rules = SafetyRules(quiet_hours=((time(22), time(7)),), max_trips_per_area_hour=2, reclose_kind=reclose)
+        rules = SafetyRules(trip_notice=NO_NOTICE, quiet_hours=((time(22), time(7)),), max_trips_per_area_hour=2,
+                            reclose_kind=reclose)
         d = decide(view(balance, state, meters=("m1", "m2"), th=th, protected=protected, held=held), rules,
                    NIGHT if quiet else WEDNESDAY, area_trips_last_hour=area_trips)
         assert [c.meter for c in d.commands] == ["m1", "m2"] * (len(d.commands) // 2)
@@ -399,6 +404,151 @@ def test_relay_commands_alternate(levels, balances, steps, start, reclose):
     for group in ((K.TRIP, reclose), (K.ALARM, K.ALARM_RELEASE)):
         seq = [k for k in sent if k in group]
         assert all(a != b for a, b in zip(seq, seq[1:])), seq
+
+
+# -- pending accounts ----------------------------------------------------------------------------
+
+P = ControlState.PENDING
+
+
+@pytest.mark.parametrize("balance", ["100", "50", "20", "0", "-500"])
+def test_a_pending_account_is_never_reminded_alarmed_or_tripped(balance):
+    for rules, now in ((NO_RULES, WEDNESDAY), (SafetyRules(), WEDNESDAY), (QUIET, NIGHT)):
+        d = decide(view(balance, P), rules, now)
+        assert (d.new_state, d.commands, d.notices, d.held, d.alarmed_at) == (P, (), (), None, None)
+        assert decide(view(balance, P, held="weekend"), rules, now).held == "weekend"  # untouched
+        assert decide_all([view(balance, P)], rules, now, {}) == []
+
+
+# -- the notice period ---------------------------------------------------------------------------
+
+DAY = timedelta(hours=24)
+NOTICE = SafetyRules()  # the default: 24 h
+assert NOTICE.trip_notice == DAY
+
+
+def test_normal_to_below_trip_is_alarmed_first_and_waits_the_notice():
+    """Balance 0 with trip level 0 (an opening balance of 0): alarmed, the trip held with the times."""
+    d = decide(view("0", N), NOTICE, WEDNESDAY)
+    assert (d.new_state, kinds(d), notice_kinds(d)) == (A, [K.ALARM], ["alarm", "held"])
+    assert d.alarmed_at == WEDNESDAY
+    assert d.held == "notice period: alarmed 2024-05-15 10:00 CST, trip not before 2024-05-16 10:00 CST"
+    alarm, held = d.notices
+    assert alarm.message == ("balance 0.00 ≤ trip level 0.00: low balance alarm, please top up; "
+                             "supply cut not before 2024-05-16 10:00 CST")
+    assert held.message == f"trip held: {d.held} (balance 0.00 ≤ trip level 0.00)"
+
+
+def test_the_trip_goes_out_when_the_notice_has_passed_and_not_a_minute_before():
+    start = WEDNESDAY
+    waiting = view("-5", A, alarmed_at=start, held="notice period: alarmed 2024-05-15 10:00 CST, trip not before "
+                                                      "2024-05-16 10:00 CST")
+    early = decide(waiting, NOTICE, start + DAY - timedelta(seconds=1))
+    assert (early.new_state, early.commands, early.notices, early.held) == (A, (), (), waiting.held)
+    assert early.alarmed_at == start
+    due = decide(waiting, NOTICE, start + DAY)
+    assert (due.new_state, kinds(due), notice_kinds(due), due.held) == (T, [K.TRIP], ["trip"], None)
+    assert due.alarmed_at == start  # the episode goes on while tripped
+
+
+def test_the_notice_runs_from_the_alarm_not_from_the_fall_below_trip():
+    """Alarmed at 20 on Monday, below trip on Wednesday: the notice had passed, the trip goes out."""
+    alarmed = decide(view("15", R), NOTICE, WEDNESDAY - 2 * DAY)
+    assert (alarmed.new_state, kinds(alarmed), alarmed.alarmed_at) == (A, [K.ALARM], WEDNESDAY - 2 * DAY)
+    d = decide(view("-1", A, alarmed_at=alarmed.alarmed_at), NOTICE, WEDNESDAY)
+    assert (d.new_state, kinds(d)) == (T, [K.TRIP])
+
+
+def test_notice_seconds_are_rounded_up_in_the_reason():
+    d = decide(view("-1", N), NOTICE, WEDNESDAY + timedelta(seconds=30))
+    assert d.held == "notice period: alarmed 2024-05-15 10:00 CST, trip not before 2024-05-16 10:01 CST"
+
+
+def test_an_alarmed_account_without_an_episode_start_begins_one_now():
+    """Stored before episodes were kept (or put there by an operator's reclose): never tripped at once."""
+    d = decide(view("-5", A), NOTICE, WEDNESDAY)
+    assert (d.new_state, d.commands, d.alarmed_at) == (A, (), WEDNESDAY)
+    assert d.held.startswith("notice period: alarmed 2024-05-15 10:00 CST")
+    quiet = decide(view("5", A), NOTICE, WEDNESDAY)  # still only in the alarm band: the clock starts too
+    assert (quiet.new_state, quiet.commands, quiet.notices, quiet.alarmed_at) == (A, (), (), WEDNESDAY)
+    assert decide_all([view("5", A)], NOTICE, WEDNESDAY, {}) == [quiet]  # stored, so it is kept
+
+
+def test_a_payment_out_of_the_alarm_band_ends_the_episode_and_the_next_alarm_starts_a_new_one():
+    released = decide(view("25", A, alarmed_at=WEDNESDAY - 3 * DAY), NOTICE, WEDNESDAY)
+    assert (released.new_state, kinds(released), released.alarmed_at) == (R, [K.ALARM_RELEASE], None)
+    again = decide(view("-1", R), NOTICE, WEDNESDAY + timedelta(hours=1))
+    assert (again.new_state, kinds(again), again.alarmed_at) == (A, [K.ALARM], WEDNESDAY + timedelta(hours=1))
+    assert again.held.startswith("notice period")
+
+
+def test_a_payment_that_stays_in_the_alarm_band_does_not_restart_the_notice():
+    d = decide(view("15", A, alarmed_at=WEDNESDAY - timedelta(hours=20)), NOTICE, WEDNESDAY)
+    assert (d.new_state, d.commands, d.alarmed_at) == (A, (), WEDNESDAY - timedelta(hours=20))
+
+
+def test_a_reclose_into_the_alarm_band_begins_a_new_notice():
+    d = decide(view("12", T, alarmed_at=WEDNESDAY - 5 * DAY), NOTICE, WEDNESDAY)
+    assert (d.new_state, kinds(d), d.alarmed_at) == (A, [K.RECLOSE_ALLOWED], WEDNESDAY)
+    assert "low balance alarm" in d.notices[0].message
+    back = decide(view("-1", A, alarmed_at=d.alarmed_at), NOTICE, WEDNESDAY + timedelta(hours=1))
+    assert (back.new_state, back.commands) == (A, ())
+    assert back.held.startswith("notice period")
+    full = decide(view("100", T, alarmed_at=WEDNESDAY - 5 * DAY), NOTICE, WEDNESDAY)
+    assert (full.new_state, full.alarmed_at) == (N, None)
+
+
+def test_protected_is_the_reason_shown_and_the_episode_is_still_kept():
+    d = decide(view("-5", N, protected=True), NOTICE, WEDNESDAY)
+    assert (d.new_state, kinds(d), d.held, d.alarmed_at) == (A, [K.ALARM], PROTECTED_REASON, WEDNESDAY)
+    assert "not before" not in d.notices[0].message  # a protected account is never cut: no trip time
+    # protection lifted after the notice: the trip goes out at once
+    lifted = decide(view("-5", A, alarmed_at=WEDNESDAY, held=PROTECTED_REASON), NOTICE, WEDNESDAY + 2 * DAY)
+    assert (lifted.new_state, kinds(lifted)) == (T, [K.TRIP])
+
+
+def test_after_the_notice_quiet_hours_still_hold_the_trip():
+    rules = replace(QUIET, trip_notice=DAY)
+    d = decide(view("-5", A, alarmed_at=NIGHT - DAY - timedelta(hours=1)), rules, NIGHT)
+    assert (d.new_state, d.held) == (A, "quiet hours 22:00-07:00 CST")
+    during = decide(view("-5", N), rules, NIGHT)  # both apply: the notice is given first
+    assert during.held.startswith("notice period: alarmed 2024-05-15 23:00 CST, trip not before 2024-05-16 23:00")
+
+
+def test_dry_run_keeps_the_notice_too():
+    assert decide(view("0", N), replace(NOTICE, dry_run=True), WEDNESDAY) == decide(view("0", N), NOTICE, WEDNESDAY)
+
+
+def test_zero_notice_trips_in_the_pass_that_alarms_as_before():
+    d = decide(view("0", N), NO_RULES, WEDNESDAY)
+    assert (d.new_state, kinds(d), d.held, d.alarmed_at) == (T, [K.ALARM, K.TRIP], None, WEDNESDAY)
+
+
+@settings(max_examples=300, deadline=None)
+@given(balances=st.lists(st.decimals(min_value=-60, max_value=80, places=2), max_size=40),
+       steps=st.lists(st.integers(1, 12 * 60), min_size=40, max_size=40), notice_h=st.integers(0, 48),
+       start=st.sampled_from([N, R, A, T]), protected=st.booleans())
+def test_no_automatic_trip_before_the_notice_has_passed_since_an_alarm(balances, steps, notice_h, start, protected):
+    """Whatever the balances and however time moves on (carried over as the caller stores it),
+    every automatic TRIP comes at least the notice period after the ALARM command or the reclose
+    that began its episode, and the meter was sent an ALARM before its first TRIP."""
+    rules = SafetyRules(trip_notice=timedelta(hours=notice_h))
+    now = WEDNESDAY
+    state, held, alarmed_at = start, None, None
+    began: datetime | None = None if start is not T else now - 10 * DAY  # an old trip: its own past
+    alarm_sent = start in (A, T)
+    for balance, minutes in zip(balances, steps):
+        now += timedelta(minutes=minutes)
+        d = decide(view(balance, state, held=held, alarmed_at=alarmed_at, protected=protected), rules, now)
+        if K.ALARM in kinds(d):
+            alarm_sent = True
+        if d.alarmed_at is not None and d.alarmed_at != alarmed_at:
+            began = d.alarmed_at
+            assert began == now
+        if K.TRIP in kinds(d):
+            assert not protected and alarm_sent
+            assert began is not None and now - began >= rules.trip_notice
+        state, held, alarmed_at = d.new_state, d.held, d.alarmed_at
 
 
 # -- manual commands -----------------------------------------------------------------------------

@@ -18,13 +18,18 @@ Accounts: the billing system is the system of record.  Each record is diffed aga
 (created, changed fields, meters assigned / moved / unassigned / multiplier) and upserted with
 actor ``billing``; fields a file does not carry (no ``area`` column) keep the archive's value, and
 per-account threshold overrides (local policy, not billing data) are kept.  Accounts in the
-archive but missing from a full import are reported, never deleted.
+archive but missing from a full import are reported, never deleted.  A new account is ``pending``
+(charged, never alarmed or tripped) until a record carries its ``opening_balance`` (applied once
+as ``opening:ACCOUNT``) or ``activate`` = yes (an opening balance of 0.00); a later, different
+opening balance is reported and not applied, and one for an account that was active without one
+(live before opening balances existed) is counted (``opening_ignored``) and not applied.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Collection, Final, Protocol, Sequence
 
@@ -47,7 +52,7 @@ from meterd.billing_link.records import (
     payment_of,
 )
 from meterd.control.model import CST, EntryKind, LedgerEntry
-from meterd.control.state import Account, AccountSpec, ControlStore, LedgerError, LedgerRow
+from meterd.control.state import PENDING, Account, AccountSpec, ControlStore, LedgerError, LedgerRow
 
 DIFFERENT_DUPLICATE: Final = "duplicate payment id with a different amount/account"
 MISSING_SHOWN: Final = 20  # account names listed in the "missing from the import" line
@@ -200,10 +205,13 @@ class _Held:
     protected: bool
     thresholds: dict[str, str]
     meters: dict[str, object]
+    pending: bool = False
+    opening: Decimal | None = None  # the opening balance applied, if any
 
     @classmethod
-    def of(cls, a: Account) -> _Held:
-        return cls(a.customer, a.area, a.tariff, a.protected, dict(a.thresholds), dict(a.meters))
+    def of(cls, a: Account, opening: Decimal | None = None) -> _Held:
+        return cls(a.customer, a.area, a.tariff, a.protected, dict(a.thresholds), dict(a.meters),
+                   a.state == PENDING, opening)
 
 
 class AccountSink:
@@ -213,7 +221,8 @@ class AccountSink:
     def __init__(self, run: Run) -> None:
         self.run = run
         self.known_tariffs: Collection[str] = run.known_tariffs
-        self.held = {a.account: _Held.of(a) for a in run.control.accounts()}
+        openings = run.control.opening_balances()
+        self.held = {a.account: _Held.of(a, openings.get(a.account)) for a in run.control.accounts()}
         self.owner = {m: name for name, h in self.held.items() for m in h.meters}
         self.seen: set[str] = set()
         self.decided: dict[int, AccountRecord | str] = {}
@@ -247,23 +256,35 @@ class AccountSink:
             if isinstance(decided, str):
                 out.refuse(rec.no, rec.raw, decided)
                 continue
-            spec = self._diff(decided, out)
+            spec = self._diff(decided, out, ref=f"billing {tag} record {rec.no}")
             if spec is not None:
                 specs.append(spec)
         if specs:
-            self.run.control.upsert_accounts(specs, actor="billing", now=self.run.now)
+            changes = self.run.control.upsert_accounts(specs, actor="billing", now=self.run.now)
+            # what the opening balances did (applied, activated, a different one refused) is known here
+            out.lines += [line for line in changes if "opening balance" in line or "activated" in line]
+            out.counts["activated"] += sum(1 for line in changes if line.endswith("activated (was pending)"))
         return out
 
-    def _diff(self, rec: AccountRecord, out: Outcome) -> AccountSpec | None:
+    def _diff(self, rec: AccountRecord, out: Outcome, *, ref: str = "") -> AccountSpec | None:
         old = self.held.get(rec.account)
         customer = rec.customer if rec.customer is not None else (old.customer if old else "")
         area = rec.area if rec.area is not None else (old.area if old else "")
         protected = rec.protected if rec.protected is not None else (old.protected if old else False)
-        new = _Held(customer, area, rec.tariff, protected, old.thresholds if old else {}, dict(rec.meters))
+        opens = rec.opening_balance is not None or bool(rec.activate)
+        amount = rec.opening_balance if rec.opening_balance is not None else Decimal(0)
+        opening = old.opening if old and (old.opening is not None or not old.pending) else (amount if opens else None)
+        new = _Held(customer, area, rec.tariff, protected, old.thresholds if old else {}, dict(rec.meters),
+                    (old.pending if old else True) and not opens, opening)
+        # the store applies it, once, and says what it did (apply() reports its lines)
+        opening_news = opens and (old is None or old.pending or (
+            old.opening is not None and rec.opening_balance is not None and old.opening != rec.opening_balance))
+        if opens and old is not None and not old.pending and old.opening is None and rec.opening_balance is not None:
+            out.counts["opening_ignored"] += 1  # live before opening balances: its balance is its ledger's
         lines = []
         if old is None:
             lines.append(f"account {rec.account}: created (tariff {rec.tariff}, area {area!r}, "
-                         f"{len(rec.meters)} meter(s))")
+                         f"{len(rec.meters)} meter(s))" + ("" if opens else ", pending: no opening balance"))
         else:
             changed = [f"{what} {a!r} -> {b!r}" for what, a, b in (
                 ("customer", old.customer, customer), ("area", old.area, area), ("tariff", old.tariff, rec.tariff),
@@ -288,14 +309,19 @@ class AccountSink:
                 lines.append(f"meter {meter}: unassigned from account {rec.account}")
                 self.owner.pop(meter, None)
         self.held[rec.account] = new
-        if not lines:
+        if not lines and not opening_news:
             out.counts["unchanged"] += 1
             return None
-        out.counts["created" if old is None else "changed"] += 1
-        out.counts["applied"] += 1
+        if not lines and old is not None and not old.pending:
+            out.counts["unchanged"] += 1  # only a different opening balance: refused and reported by the store
+        else:
+            out.counts["created" if old is None else "changed"] += 1
+            out.counts["applied"] += 1
         out.lines += lines
         return AccountSpec(account=rec.account, tariff=rec.tariff, meters=dict(rec.meters), customer=customer,
-                           area=area, protected=protected, thresholds=dict(new.thresholds))
+                           area=area, protected=protected, thresholds=dict(new.thresholds),
+                           opening_balance=rec.opening_balance, activate=bool(rec.activate),
+                           opening_ref=ref if opens else "")
 
     def end(self, source: str, *, full: bool) -> Outcome:
         out = Outcome()

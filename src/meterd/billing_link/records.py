@@ -10,7 +10,8 @@ Pure: no files, sockets or clocks (``now`` is passed in).  Three steps, each wit
    bad line must not fall through to GB18030 as a whole.)
 2. :func:`parse_records` -- text to :class:`RawRecord` s.  CSV needs a header row (comma, or tab
    when the header has tabs and no commas); JSON is a list of objects or ``{"records": [...]}``,
-   numbers kept exact (``Decimal``).  A file that cannot be read at all -- bad JSON, no header,
+   numbers kept exact (:class:`~meterd.control.amounts.JsonNumber`: a ``Decimal`` that remembers
+   the text it was written as, so ``1.5e1`` is refused as an amount although it equals 15).  A file that cannot be read at all -- bad JSON, no header,
    required columns missing -- raises :class:`BadFileError` and is quarantined whole.  Headers
    may use the billing system's Chinese column names (:data:`ALIASES`).
 3. :func:`payment_of` / :func:`account_of` -- one record to a :class:`Payment` or an
@@ -32,12 +33,22 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Collection, Final, Iterable, Mapping
 
+from meterd.control.amounts import (
+    DEFAULT_LIMIT,
+    AmountError,
+    AmountLimits,
+    JsonNumber,
+    amount_text,
+    parse_amount,
+    parse_payment,
+)
 from meterd.control.model import CST
 from meterd.errors import SyncError
 from meterd.readings import address_key
 
 PAYMENT_FIELDS: Final = ("payment_id", "account", "amount", "paid_at")  # required
-ACCOUNT_FIELDS: Final = ("account", "tariff", "meters")  # required; customer, area, protected optional
+ACCOUNT_FIELDS: Final = ("account", "tariff", "meters")  # required; customer, area, protected, opening_balance,
+# activate optional
 
 # Column names as the billing system may spell them -> our field names.
 ALIASES: Final[Mapping[str, str]] = {
@@ -52,10 +63,11 @@ ALIASES: Final[Mapping[str, str]] = {
     "电价": "tariff", "电价码": "tariff",
     "meter": "meters", "电能表": "meters", "表号": "meters",
     "保电": "protected",
+    "期初余额": "opening_balance", "初始余额": "opening_balance", "opening": "opening_balance",
+    "启用": "activate", "激活": "activate",
 }
 TRUE_WORDS: Final = frozenset({"1", "true", "yes", "y", "t", "是"})
 FALSE_WORDS: Final = frozenset({"", "0", "false", "no", "n", "f", "否"})
-MAX_AMOUNT: Final = Decimal(100_000_000)  # yuan; far beyond any real payment, far within the ledger's int64 fen
 FUTURE_SLACK: Final = timedelta(days=1)  # clocks differ; a payment dated later than this is a bad date
 _DATE_FORMATS: Final = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d", "%Y%m%d%H%M%S", "%Y%m%d")
 
@@ -107,6 +119,8 @@ class AccountRecord:
     customer: str | None = None
     area: str | None = None
     protected: bool | None = None
+    opening_balance: Decimal | None = None  # signed yuan: applied once, activates a pending account
+    activate: bool | None = None  # activate without an opening balance (one of 0.00)
 
 
 # --- 1. bytes -> text ------------------------------------------------------------------------------
@@ -159,9 +173,9 @@ def parse_records(data: bytes, fmt: str, required: Collection[str]) -> Batch:
 
 def _load_json(text: str) -> list[Any]:
     try:
-        doc = json.loads(text, parse_float=Decimal)
-    except json.JSONDecodeError as exc:
-        raise BadFileError(f"not valid JSON: {exc}") from None
+        doc = json.loads(text, parse_float=JsonNumber)
+    except ValueError as exc:  # JSONDecodeError; also an integer over Python's 4,300-digit limit
+        raise BadFileError(f"not valid JSON: {str(exc)[:200]}") from None
     except RecursionError:
         raise BadFileError("not valid JSON: nested too deeply") from None
     if isinstance(doc, dict) and isinstance(doc.get("records"), list):
@@ -256,30 +270,16 @@ def _check_readable(rec: RawRecord) -> None:
             raise RecordError(f"garbled text in {name} (undecodable bytes or control characters: wrong encoding?)")
 
 
-def amount_of(value: Any) -> Decimal:
-    """A payment amount in yuan: a positive number with at most two decimals, never rounded."""
+def amount_of(value: Any, limits: AmountLimits = AmountLimits()) -> Decimal:
+    """A payment amount in yuan by the one amount grammar (:func:`~meterd.control.amounts.parse_payment`):
+    no sign, no spaces, at most two decimals, more than zero, at most ``limits.max_payment``.  A
+    JSON number counts as the text it was written as; ``true`` or a list is no amount."""
     if value is None:
         raise RecordError("missing amount")
-    if isinstance(value, (bool, dict, list)):
-        raise RecordError(f"amount {value!r} is not a number")
-    text = str(value).strip()
-    if not text:
-        raise RecordError("missing amount")
     try:
-        amount = value if isinstance(value, Decimal) else Decimal(text)
-    except InvalidOperation:
-        raise RecordError(f"amount {text!r} is not a number") from None
-    if not amount.is_finite():
-        raise RecordError(f"amount {text!r} is not a finite number")
-    if amount == 0:
-        raise RecordError("amount is zero")
-    if amount < 0:
-        raise RecordError(f"amount {text} is negative")
-    if int(amount.normalize().as_tuple().exponent) < -2:
-        raise RecordError(f"amount {text} has more than two decimals (fen)")
-    if amount > MAX_AMOUNT:
-        raise RecordError(f"amount {text} is more than {MAX_AMOUNT} yuan")
-    return amount
+        return parse_payment(amount_text(value, what="amount", numbers=True), limits, what="amount")
+    except AmountError as exc:
+        raise RecordError(str(exc)) from None
 
 
 def moment_of(value: Any, *, now: datetime) -> datetime:
@@ -306,11 +306,23 @@ def moment_of(value: Any, *, now: datetime) -> datetime:
     return at
 
 
-def payment_of(rec: RawRecord, *, now: datetime) -> Payment:
+def opening_of(value: Any) -> Decimal | None:
+    """An opening balance in yuan by the amount grammar: signed, zero allowed, at most
+    :data:`~meterd.control.amounts.DEFAULT_LIMIT` either way; an empty cell is none."""
+    if value is None or value == "":
+        return None
+    try:
+        return parse_amount(amount_text(value, what="opening_balance", numbers=True), signed=True,
+                            limit=DEFAULT_LIMIT, what="opening_balance", zero=True)
+    except AmountError as exc:
+        raise RecordError(str(exc)) from None
+
+
+def payment_of(rec: RawRecord, *, now: datetime, limits: AmountLimits = AmountLimits()) -> Payment:
     _check_readable(rec)
     payment_id = _text(rec, "payment_id", required=True, label="payment id")
     account = _text(rec, "account", required=True)
-    amount = amount_of(rec.fields.get("amount"))
+    amount = amount_of(rec.fields.get("amount"), limits)
     paid_at = moment_of(rec.fields.get("paid_at"), now=now)
     channel = _text(rec, "channel", required=False) or ""
     return Payment(payment_id, account, amount, paid_at, channel)  # type: ignore[arg-type]
@@ -393,8 +405,11 @@ def account_of(rec: RawRecord, *, known_tariffs: Collection[str]) -> AccountReco
                                                           if known_tariffs else " (no tariffs are configured)"))
     meters = meters_of(rec.fields.get("meters"))
     protected = flag_of(rec.fields["protected"], "protected") if "protected" in rec.fields else None
+    opening = opening_of(rec.fields.get("opening_balance"))
+    activate = flag_of(rec.fields["activate"], "activate") if "activate" in rec.fields else None
     return AccountRecord(account, tariff, meters, customer=_text(rec, "customer", required=False),  # type: ignore
-                         area=_text(rec, "area", required=False), protected=protected)
+                         area=_text(rec, "area", required=False), protected=protected, opening_balance=opening,
+                         activate=activate)
 
 
 def import_conflicts(records: Iterable[tuple[int, AccountRecord]]) -> dict[int, str]:

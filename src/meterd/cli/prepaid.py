@@ -1,6 +1,7 @@
 """Prepaid control from the command line: accounts, payments, adjustments, manual commands, the ledger.
 
-``meterd account list|show``, ``meterd pay ACCOUNT AMOUNT --ref ID``, ``meterd adjust ACCOUNT
+``meterd account list|show``, ``meterd account activate ACCOUNT --opening-balance YUAN --ref ID
+--operator NAME``, ``meterd pay ACCOUNT AMOUNT --ref ID``, ``meterd adjust ACCOUNT
 AMOUNT --ref ID --reason …``, ``meterd trip|reclose|alarm METER --reason … --operator …``,
 ``meterd commands [--state …]``, ``meterd cancel ID --reason … --operator …``,
 ``meterd ledger ACCOUNT``.
@@ -8,8 +9,10 @@ AMOUNT --ref ID --reason …``, ``meterd trip|reclose|alarm METER --reason … -
 They work on the state database of a config (``-c``) or data directory (``--data-dir``), also
 while the daemon runs: a payment made here is seen by the daemon's next policy pass (which
 recloses if it lifts the balance), and a manual command queued here is sent by the daemon ahead of
-routine reads (``--wait`` follows it to its end).  Money is exact: an amount with more than two
-decimals, a non-number, or a payment id already used is refused with the reason and changes nothing.
+routine reads (``--wait`` follows it to its end).  Money is exact: an amount outside the amount
+grammar (:mod:`meterd.control.amounts`: ASCII digits, at most two decimals, a sign only on an
+adjustment) or over ``[prepaid] max_payment`` / ``max_adjustment`` (of ``-c``; the defaults
+without it), or a payment id already used, is refused with the reason and changes nothing.
 """
 
 from __future__ import annotations
@@ -37,18 +40,23 @@ def _where(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("account", help="prepaid accounts: list, show")
-    p.add_argument("action", choices=("list", "show"))
-    p.add_argument("account", nargs="?", help="the account number (show)")
+    p = sub.add_parser("account", help="prepaid accounts: list, show, activate")
+    p.add_argument("action", choices=("list", "show", "activate"))
+    p.add_argument("account", nargs="?", help="the account number (show, activate)")
     p.add_argument("--area", help="only this area (list)")
-    p.add_argument("--state", help="only accounts in this control state (list): normal, reminded, alarmed, tripped")
+    p.add_argument("--state", help="only accounts in this control state (list): pending, normal, reminded, alarmed, "
+                                    "tripped")
+    p.add_argument("--opening-balance", metavar="YUAN",
+                   help="activate: the balance the account starts with, signed (0 if it has none); applied once")
+    p.add_argument("--ref", help="activate: the work order or reference of the activation")
+    p.add_argument("--operator", help="activate: who activates the account")
     p.add_argument("--json", action="store_true")
     _where(p)
     p.set_defaults(func=account_cmd)
 
     p = sub.add_parser("pay", help="record a payment at the counter (applied once per --ref)")
     p.add_argument("account")
-    p.add_argument("amount", help="yuan, e.g. 100 or 88.50")
+    p.add_argument("amount", help="yuan, e.g. 100 or 88.50 (no sign, at most two decimals)")
     p.add_argument("--ref", required=True, help="the payment id (receipt number): a second use changes nothing")
     p.add_argument("--operator", default="counter", help="who took the payment")
     p.add_argument("--json", action="store_true")
@@ -57,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("adjust", help="a signed ledger adjustment with its id and reason")
     p.add_argument("account")
-    p.add_argument("amount", help="yuan; negative debits, e.g. -12.30")
+    p.add_argument("amount", help="yuan, at most two decimals; negative debits, e.g. -12.30")
     p.add_argument("--ref", required=True, help="the adjustment id")
     p.add_argument("--reason", required=True)
     p.add_argument("--operator", required=True)
@@ -126,10 +134,10 @@ def _context(args: argparse.Namespace) -> tuple[Path, Any]:
     return (Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR), None
 
 
-def _store(args: argparse.Namespace):
+def _store(args: argparse.Namespace, context: tuple[Path, Any] | None = None):
     from meterd.control.state import ControlStore
 
-    data_dir, config = _context(args)
+    data_dir, config = context or _context(args)
     if config is None and not data_dir.exists():
         raise ConfigError(f"data directory {data_dir} does not exist (use -c site.toml or --data-dir)")
     store = ControlStore(data_dir)
@@ -145,6 +153,7 @@ def _now() -> datetime:
 
 def _guard(func):
     def wrapper(args: argparse.Namespace) -> int:
+        from meterd.control.amounts import AmountError
         from meterd.control.state import LedgerError
 
         try:
@@ -152,7 +161,7 @@ def _guard(func):
         except ConfigError as exc:
             error(str(exc))
             return EXIT_BAD_INPUT
-        except LedgerError as exc:
+        except (LedgerError, AmountError) as exc:
             error(str(exc))
             return EXIT_BAD_INPUT
     wrapper.__name__ = func.__name__
@@ -184,7 +193,30 @@ def _account_doc(store: Any, config: Any, a: Any, now: datetime) -> dict[str, An
         "meters": {m: str(k) for m, k in a.meters.items()}, "relay": relays,
         "thresholds": a.thresholds, "opened": a.opened.isoformat(),
         "manual_hold_until": a.manual_until.isoformat() if a.manual_until else None,
+        "alarmed_at": a.alarmed_at.isoformat() if a.alarmed_at else None,
     }
+
+
+def _activate(store: Any, args: argparse.Namespace, now: datetime) -> int:
+    """``meterd account activate``: the opening balance applied once, the account out of pending."""
+    missing = [f"--{name.replace('_', '-')}" for name in ("opening_balance", "ref", "operator")
+               if not getattr(args, name)]
+    if not args.account or missing:
+        error("account activate needs an ACCOUNT" if not args.account else
+              f"account activate {args.account}: missing {', '.join(missing)} (use --opening-balance 0 for an "
+              "account that starts with nothing)")
+        return EXIT_BAD_INPUT
+    from meterd.control.state import parse_opening
+
+    opening = parse_opening(args.opening_balance, what="--opening-balance")
+    result = store.activate(args.account, opening, args.ref, actor=args.operator, now=now)
+    if args.json:
+        print_json({"applied": result.applied, "balance": str(result.balance), "reason": result.reason})
+    elif result.applied:
+        print(f"account {args.account}: {result.reason}; balance {result.balance}")
+    else:
+        print(f"account {args.account}: nothing changed: {result.reason}; balance {result.balance}")
+    return EXIT_OK
 
 
 @_guard
@@ -192,6 +224,8 @@ def account_cmd(args: argparse.Namespace) -> int:
     store, config = _store(args)
     now = _now()
     with store:
+        if args.action == "activate":
+            return _activate(store, args, now)
         if args.action == "show":
             if not args.account:
                 error("account show needs an ACCOUNT")
@@ -206,7 +240,7 @@ def account_cmd(args: argparse.Namespace) -> int:
                 print_json(doc)
                 return EXIT_OK
             for key in ("account", "customer", "area", "tariff", "protected", "balance", "remaining_kwh", "state",
-                        "held", "manual_hold_until", "opened"):
+                        "held", "alarmed_at", "manual_hold_until", "opened"):
                 if doc[key] not in (None, ""):
                     print(f"{key:<18} {doc[key]}")
             for meter, ratio in doc["meters"].items():
@@ -229,15 +263,25 @@ def account_cmd(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
+def _amount_limits(config: Any) -> Any:
+    from meterd.control.amounts import AmountLimits
+
+    return config.prepaid.amounts if config is not None and config.prepaid is not None else AmountLimits()
+
+
 @_guard
 def pay_cmd(args: argparse.Namespace) -> int:
-    store, _ = _store(args)
+    from meterd.control.amounts import parse_payment
+
+    context = _context(args)
+    amount = parse_payment(args.amount, _amount_limits(context[1]), what="argument amount")  # before any write
+    store, _ = _store(args, context)
     with store:
-        result = store.pay(args.account, args.amount, args.ref, actor=args.operator, now=_now())
+        result = store.pay(args.account, amount, args.ref, actor=args.operator, now=_now())
     if args.json:
         print_json({"applied": result.applied, "balance": str(result.balance), "reason": result.reason})
     elif result.applied:
-        print(f"payment {args.ref}: {args.amount} applied to {args.account}; balance {result.balance}")
+        print(f"payment {args.ref}: {amount} applied to {args.account}; balance {result.balance}")
     else:
         print(f"payment {args.ref}: not applied: {result.reason}; balance {result.balance}")
     return EXIT_OK
@@ -245,14 +289,18 @@ def pay_cmd(args: argparse.Namespace) -> int:
 
 @_guard
 def adjust_cmd(args: argparse.Namespace) -> int:
-    store, _ = _store(args)
+    from meterd.control.amounts import parse_adjustment
+
+    context = _context(args)
+    amount = parse_adjustment(args.amount, _amount_limits(context[1]), what="argument amount")  # before any write
+    store, _ = _store(args, context)
     with store:
-        result = store.adjust(args.account, args.amount, args.ref, actor=args.operator, now=_now(),
+        result = store.adjust(args.account, amount, args.ref, actor=args.operator, now=_now(),
                               reason=args.reason)
     if args.json:
         print_json({"applied": result.applied, "balance": str(result.balance), "reason": result.reason})
     elif result.applied:
-        print(f"adjustment {args.ref}: {args.amount} applied to {args.account}; balance {result.balance}")
+        print(f"adjustment {args.ref}: {amount} applied to {args.account}; balance {result.balance}")
     else:
         print(f"adjustment {args.ref}: not applied: {result.reason}; balance {result.balance}")
     return EXIT_OK

@@ -10,6 +10,7 @@
     valid_for = "10m"                  # DL/T 645 1C validity window written into the command
     settle = "0s"                      # pause before the relay read-back
     manual_hold = "24h"                # after an operator's reclose, no automatic trip for this long
+    trip_notice = "24h"                # from the first alarm to the earliest automatic trip ("0s": none)
     reclose = "allowed"                # "allowed" (合闸允许: the customer presses the button) or "direct"
     quiet_hours = ["22:00-07:00"]      # no automatic trips (CST)
     no_trip_weekends = true
@@ -18,6 +19,8 @@
     password_env = "METERD_METER_PASSWORD"   # DL/T 645 password (level + 3 bytes, 8 hex digits)
     operator_env = "METERD_OPERATOR_CODE"    # DL/T 645 operator code (8 hex digits)
     thresholds = { reminder = "50", alarm = "20", trip = "0", reclose = "10" }   # yuan, or "3d": days of average use
+    max_payment = "1000000"            # yuan: the most one payment may be (CLI, API, billing imports)
+    max_adjustment = "1000000"         # yuan: the most one adjustment may be, either sign
 
     [[prepaid.tariffs]]
     name = "residential"
@@ -38,6 +41,7 @@
     meters = ["000000000001"]          # configured meters; CT × PT comes from the meter
     protected = false                  # 保电: never tripped automatically
     thresholds = { alarm = "3d" }      # overrides
+    opening_balance = "50.00"          # yuan, signed; applied once.  Without it the account is pending
 
     [[prepaid.power_limits]]           # 定值控制 for large customers
     meter = "000000000009"
@@ -63,23 +67,27 @@ from pathlib import Path
 from typing import Any, Final
 
 from meterd.checking import show
+from meterd.control.amounts import DEFAULT_LIMIT, ENTRY_LIMIT, AmountError, AmountLimits, parse_amount
 from meterd.control.engine import PrepaidSettings
 from meterd.control.limits import PowerLimit, PowerWindow
 from meterd.control.model import TOU_RATES, CommandKind, Rate
-from meterd.control.policy import SafetyRules, Threshold, Thresholds
-from meterd.control.state import AccountSpec
+from meterd.control.policy import DEFAULT_TRIP_NOTICE, SafetyRules, Threshold, Thresholds
+from meterd.control.state import AccountSpec, LedgerError, parse_opening
 from meterd.control.tariff import Tariff, TariffKind, TariffVersion, Tier, TierPeriod, TouPeriod, TouSource
 from meterd.readings import address_key
 
 _KEYS: Final = ("dry_run", "check_every", "command_ttl", "retry_every", "valid_for", "settle", "manual_hold",
+                "trip_notice",
                 "reclose", "quiet_hours", "no_trip_weekends", "holidays", "workdays", "max_trips_per_area_hour",
-                "password_env", "operator_env", "thresholds", "tariffs", "accounts", "power_limits", "notify")
+                "password_env", "operator_env", "thresholds", "tariffs", "accounts", "power_limits", "notify",
+                "max_payment", "max_adjustment")
 _THRESHOLD_KEYS: Final = ("reminder", "alarm", "trip", "reclose")
 _DEFAULT_THRESHOLDS: Final = {"reminder": "50", "alarm": "20", "trip": "0", "reclose": "10"}
 _TARIFF_KEYS: Final = ("name", "versions")
 _VERSION_KEYS: Final = ("effective", "kind", "price", "rates", "tou_source", "schedule", "tiers", "tier_period",
                         "fixed_monthly")
-_ACCOUNT_KEYS: Final = ("account", "customer", "area", "tariff", "meters", "protected", "thresholds")
+_ACCOUNT_KEYS: Final = ("account", "customer", "area", "tariff", "meters", "protected", "thresholds",
+                         "opening_balance")
 _LIMIT_KEYS: Final = ("meter", "account", "limit_kw", "hold", "action", "windows")
 _NOTIFY_KEYS: Final = ("kind", "path", "url", "template", "kinds", "headers", "timeout")
 _RATE_NAMES: Final = {r.value: r for r in TOU_RATES}
@@ -106,6 +114,7 @@ class PrepaidConfig:
     notify: tuple[NotifyConfig, ...] = ()
     password_env: str | None = None
     operator_env: str | None = None
+    amounts: AmountLimits = AmountLimits()  # max_payment, max_adjustment
 
 
 def parse_prepaid(check: Any, raw: Any, *, meters: dict[str, Decimal], base_dir: Path | None,
@@ -145,6 +154,7 @@ def parse_prepaid(check: Any, raw: Any, *, meters: dict[str, Decimal], base_dir:
         max_trips_per_area_hour=cap,
         dry_run=dry_run,
         reclose_kind=reclose or CommandKind.RECLOSE_ALLOWED,
+        trip_notice=dt.timedelta(seconds=duration("trip_notice", DEFAULT_TRIP_NOTICE.total_seconds(), zero=True)),
     )
     thresholds = _thresholds(check, "prepaid.thresholds", table.get("thresholds", {}), _DEFAULT_THRESHOLDS)
     settings = PrepaidSettings(
@@ -164,10 +174,35 @@ def parse_prepaid(check: Any, raw: Any, *, meters: dict[str, Decimal], base_dir:
     notify = _notify(check, table.get("notify", []), base_dir)
     password_env = secret_env(check, "prepaid", table, "password_env", required=False)
     operator_env = secret_env(check, "prepaid", table, "operator_env", required=False)
+    amounts = AmountLimits(*(_limit(check, f"prepaid.{key}", table[key]) if key in table else DEFAULT_LIMIT
+                             for key in ("max_payment", "max_adjustment")))
     if len(check.problems) > before:
         return None
     return PrepaidConfig(settings=settings, tariffs=tariffs, accounts=tuple(accounts), power_limits=tuple(limits),
-                         notify=tuple(notify), password_env=password_env, operator_env=operator_env)
+                         notify=tuple(notify), password_env=password_env, operator_env=operator_env, amounts=amounts)
+
+
+def _amount(check: Any, path: str, value: Any, *, signed: bool, zero: bool, limit: Decimal,
+            what: str = "amount") -> Decimal | None:
+    """A money value of the config by the one amount grammar (:mod:`meterd.control.amounts`): a
+    string, or a TOML integer; a TOML float is binary and refused."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        check.problem(path, f'must be an amount in yuan written as a string, e.g. "100" or "88.50", got {show(value)}')
+        return None
+    try:
+        return parse_amount(value, signed=signed, zero=zero, limit=limit, what=what)
+    except AmountError as exc:
+        check.problem(path, str(exc))
+        return None
+
+
+def _limit(check: Any, path: str, value: Any) -> Decimal:
+    """``max_payment`` / ``max_adjustment``: more than zero, at most ENTRY_LIMIT (no ledger entry
+    may be larger, whatever the config says)."""
+    found = _amount(check, path, value, signed=False, zero=False, limit=ENTRY_LIMIT)
+    return DEFAULT_LIMIT if found is None else found
 
 
 def _bool(check: Any, path: str, value: Any) -> bool:
@@ -233,6 +268,33 @@ def _money(check: Any, path: str, value: Any, *, positive: bool = False) -> Deci
     return number
 
 
+def _opening(check: Any, path: str, value: Any) -> Decimal | None:
+    """An opening balance by the amount grammar: a string ("50.00", "-12.30") or an integer (TOML
+    floats are binary and refused)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        check.problem(path, f'must be an amount in yuan written as a string, e.g. "50.00" or "-12.30", '
+                            f"got {show(value)}")
+        return None
+    try:
+        return parse_opening(value, what="opening balance")
+    except LedgerError as exc:
+        check.problem(path, str(exc))
+        return None
+
+
+MAX_THRESHOLD_DAYS: Final = Decimal(3650)  # "3d" levels: days of average use, at most ten years
+
+
+def _threshold_text(check: Any, path: str, value: Any) -> bool:
+    """A level in yuan by the amount grammar (signed: a trip level may be an overdraft, "-10"; at
+    most ENTRY_LIMIT), or days of average use ("3d", "1.5d", at most MAX_THRESHOLD_DAYS): a
+    level of 1e30 would overflow the fen it is compared in.  Problems recorded; False if any."""
+    if isinstance(value, str) and value[-1:] in ("d", "D"):
+        return _amount(check, path, value[:-1], signed=True, zero=True, limit=MAX_THRESHOLD_DAYS,
+                       what="days") is not None
+    return _amount(check, path, value, signed=True, zero=True, limit=ENTRY_LIMIT, what="threshold") is not None
+
+
 def _thresholds(check: Any, path: str, raw: Any, base: dict[str, Any]) -> Thresholds | None:
     table = check.table(path, raw) if path else raw
     if table is None:
@@ -243,8 +305,11 @@ def _thresholds(check: Any, path: str, raw: Any, base: dict[str, Any]) -> Thresh
         if key not in table and isinstance(base.get(key), Threshold):
             values[key] = base[key]
             continue
+        raw_value = table.get(key, base.get(key))
+        if key in table and not _threshold_text(check, f"{path}.{key}", raw_value):
+            continue
         try:
-            values[key] = Threshold.parse(table.get(key, base.get(key)))
+            values[key] = Threshold.parse(raw_value)
         except ValueError as exc:
             check.problem(f"{path}.{key}", str(exc))
     if len(values) < len(_THRESHOLD_KEYS):
@@ -385,11 +450,14 @@ def _accounts(check: Any, raw: Any, tariffs: dict[str, Tariff], meters: dict[str
         for key, value in (("customer", customer), ("area", area)):
             if not isinstance(value, str):
                 check.problem(f"{path}.{key}", f"must be a string, got {show(value)}")
+        opening = _opening(check, f"{path}.opening_balance", table["opening_balance"]) \
+            if "opening_balance" in table else None
         if len(check.problems) > before or name is None or tariff is None:
             continue
         seen[name] = path
         accounts.append(AccountSpec(account=name, tariff=tariff, meters=assigned, customer=customer, area=area,
-                                    protected=protected, thresholds=thresholds))
+                                    protected=protected, thresholds=thresholds, opening_balance=opening,
+                                    opening_ref=f"config {path}" if opening is not None else ""))
     return accounts
 
 

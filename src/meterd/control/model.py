@@ -73,6 +73,7 @@ class EntryKind(enum.StrEnum):
     CHARGE = "charge"
     FIXED = "fixed"  # fixed monthly charge
     ADJUSTMENT = "adjustment"
+    OPENING = "opening"  # the balance an account starts with (carried over from before meterd), once
 
 
 @dataclass(frozen=True, slots=True)

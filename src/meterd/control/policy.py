@@ -34,17 +34,34 @@ TRIPPED     ≤ reclose level                       TRIPPED     --              
 TRIPPED     > reclose level, band ALARMED         ALARMED     reclose_kind                reclose
 TRIPPED     > reclose level, band NORMAL or       the band    reclose_kind, ALARM_RELEASE reclose
             REMINDED
+PENDING     any                                   PENDING     --                          --
 any         band = state                          state       --                          --
 ==========  ====================================  ==========  ==========================  ==========
 
 [1] only when the hold reason differs from :attr:`AccountView.held` (one notice per reason, not one
 per pass).
 
+PENDING is an account created without an opening balance (switching prepaid on for a district
+must cut nobody off): it is charged as usual, so its balance stays honest, but the policy does
+nothing for it -- no reminder, alarm or trip -- until an operator or the billing system activates
+it (its state becomes NORMAL and the next pass decides it from its balance).
+
+Notice period.  An automatic trip needs a warning first: :attr:`SafetyRules.trip_notice` must have
+passed since the alarm episode began (:attr:`AccountView.alarmed_at`, kept by the caller from
+:attr:`Decision.alarmed_at`).  The episode begins when the account enters ALARMED -- from NORMAL
+or REMINDED with the ALARM command and the alarm notice, or from TRIPPED by a reclose whose balance
+is still at or below the alarm level -- and ends when the balance leaves the alarm band (ALARM_RELEASE);
+the next alarm begins a new one.  An account that falls from NORMAL straight into the TRIPPED band
+is alarmed in that pass and waits the notice like any other.  An ALARMED account with no episode
+start (stored before episodes were kept, or put there by an operator's reclose) begins one at
+``now``: the notice is never skipped, only ever started late.
+
 A trip is *held* (:func:`automatic_trip_hold`) -- the account stays ALARMED and
 :attr:`Decision.held` says why -- when the account is protected (保电: never tripped
-automatically), when :func:`trip_blocked` says no automatic trips now (quiet hours, weekend,
-holiday, unless the weekend day is a make-up working day 调休), or when the area has had its
-``max_trips_per_area_hour``.  A held trip is decided again on every pass: when the block ends the
+automatically), when the notice period has not passed (:func:`notice_hold`), when
+:func:`trip_blocked` says no automatic trips now (quiet hours, weekend, holiday, unless the
+weekend day is a make-up working day 调休), or when the area has had its
+``max_trips_per_area_hour``.  The first reason that applies is the one given, in that order.  A held trip is decided again on every pass: when the block ends the
 trip goes out.  Operators' commands are not decided here; :func:`check_manual` only vets them.
 
 Area cap.  The count is of TRIP commands (one per meter) in the area in the last hour, as the
@@ -63,7 +80,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Final
 
@@ -71,9 +88,13 @@ from meterd.control.model import CST, FEN, CommandKind, CommandRequest, money
 
 NOTICE_KINDS: Final = frozenset({"reminder", "alarm", "trip", "reclose", "held", "anomaly", "power-limit"})
 PROTECTED_REASON: Final = "protected account (保电): never tripped automatically"
+# A day: an alarm raised at any hour gives the customer a whole day, with its banking hours and one
+# evening at home, to see the notice or hear the meter and top up before an automatic trip.
+DEFAULT_TRIP_NOTICE: Final = timedelta(hours=24)
 
 
 class ControlState(enum.StrEnum):
+    PENDING = "pending"  # created without an opening balance: charged, never reminded, alarmed or tripped
     NORMAL = "normal"
     REMINDED = "reminded"
     ALARMED = "alarmed"
@@ -180,6 +201,7 @@ class SafetyRules:
     max_trips_per_area_hour: int | None = None
     dry_run: bool = False  # the decisions are the same; the command store records without sending
     reclose_kind: CommandKind = CommandKind.RECLOSE_ALLOWED  # or RECLOSE (direct)
+    trip_notice: timedelta = DEFAULT_TRIP_NOTICE  # from the first alarm to the earliest automatic trip
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +215,7 @@ class AccountView:
     meters: tuple[str, ...]
     thresholds: Thresholds
     held: str | None = None  # the reason the last automatic trip was held, if any
+    alarmed_at: datetime | None = None  # when the current alarm episode began (the notice period's start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +240,7 @@ class Decision:
     commands: tuple[CommandRequest, ...]
     notices: tuple[Notice, ...]
     held: str | None
+    alarmed_at: datetime | None = None  # the alarm episode's start, to store (None: not in one)
 
 
 def in_window(t: time, start: time, end: time) -> bool:
@@ -248,11 +272,33 @@ def trip_blocked(rules: SafetyRules, now: datetime) -> str | None:
     return None
 
 
+def earliest_trip(rules: SafetyRules, alarmed_at: datetime) -> str:
+    """When the notice period of an episode begun at ``alarmed_at`` ends, in CST to the minute,
+    rounded up so the time shown is never earlier than the real one."""
+    shown = local_time(alarmed_at + rules.trip_notice)
+    if shown.second or shown.microsecond:
+        shown = shown.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    return f"{shown:%Y-%m-%d %H:%M} CST"
+
+
+def notice_hold(rules: SafetyRules, now: datetime, alarmed_at: datetime) -> str | None:
+    """Why the notice period still holds an automatic trip at ``now``, or None when it has passed."""
+    if now >= alarmed_at + rules.trip_notice:
+        return None
+    return (f"notice period: alarmed {local_time(alarmed_at):%Y-%m-%d %H:%M} CST, "
+            f"trip not before {earliest_trip(rules, alarmed_at)}")
+
+
 def automatic_trip_hold(rules: SafetyRules, now: datetime, *, protected: bool, area: str,
-                        area_trips_last_hour: int) -> str | None:
-    """Why an automatic trip must be held now, or None: protected, blocked time, area cap."""
+                        area_trips_last_hour: int, alarmed_at: datetime | None = None) -> str | None:
+    """Why an automatic trip must be held now, or None: protected, notice period (when
+    ``alarmed_at`` is given), blocked time, area cap -- the first that applies."""
     if protected:
         return PROTECTED_REASON
+    if alarmed_at is not None:
+        waiting = notice_hold(rules, now, alarmed_at)
+        if waiting is not None:
+            return waiting
     blocked = trip_blocked(rules, now)
     if blocked is not None:
         return blocked
@@ -278,13 +324,18 @@ def _band(balance: Decimal, reminder: Decimal, alarm: Decimal, trip: Decimal) ->
 
 def decide(view: AccountView, rules: SafetyRules, now: datetime, *, area_trips_last_hour: int = 0) -> Decision:
     """One account's next step (the table in the module docstring)."""
+    old = view.state
+    if old is ControlState.PENDING:  # nothing changes until the account is activated
+        return Decision(view.account, old, old, (), (), view.held, view.alarmed_at)
     reminder, alarm, trip, reclose = view.thresholds.levels(view.avg_daily_cost)
     balance = view.balance
     band = _band(balance, reminder, alarm, trip)
-    old = view.state
     commands: list[CommandRequest] = []
     notices: list[Notice] = []
     held: str | None = None
+    # The alarm episode in force: an ALARMED account without one begins it now (never skipped).
+    episode = (view.alarmed_at or now) if old is ControlState.ALARMED else (
+        view.alarmed_at if old is ControlState.TRIPPED else None)
 
     def command(kind: CommandKind, reason: str) -> None:
         commands.extend(CommandRequest(meter, kind, reason, "policy", account=view.account) for meter in view.meters)
@@ -304,18 +355,26 @@ def decide(view: AccountView, rules: SafetyRules, now: datetime, *, area_trips_l
             command(rules.reclose_kind, why)
             if new in (ControlState.NORMAL, ControlState.REMINDED):
                 command(CommandKind.ALARM_RELEASE, above_alarm)
+                episode = None
+            else:  # still in the alarm band: a new episode, so a new notice before the next trip
+                episode = now
             restored = ("supply restored" if rules.reclose_kind is CommandKind.RECLOSE
                         else "supply may be restored: press the button on the meter (合闸允许)")
-            notice("reclose", f"{why}: {restored}")
+            still = f"; {below_alarm}: low balance alarm, please top up" if new is ControlState.ALARMED else ""
+            notice("reclose", f"{why}: {restored}{still}")
         else:
             new = old
     elif band is ControlState.TRIPPED:
-        held = automatic_trip_hold(rules, now, protected=view.protected, area=view.area,
-                                   area_trips_last_hour=area_trips_last_hour)
         if old is not ControlState.ALARMED:
             command(CommandKind.ALARM, below_trip)
-            if held is not None:
-                notice("alarm", f"{below_trip}: low balance alarm, please top up")
+            episode = now
+        assert episode is not None
+        held = automatic_trip_hold(rules, now, protected=view.protected, area=view.area,
+                                   area_trips_last_hour=area_trips_last_hour, alarmed_at=episode)
+        if old is not ControlState.ALARMED and held is not None:
+            waiting = not view.protected and notice_hold(rules, now, episode) is not None
+            when = f"; supply cut not before {earliest_trip(rules, episode)}" if waiting else ""
+            notice("alarm", f"{below_trip}: low balance alarm, please top up{when}")
         if held is None:
             new = ControlState.TRIPPED
             command(CommandKind.TRIP, below_trip)
@@ -331,13 +390,15 @@ def decide(view: AccountView, rules: SafetyRules, now: datetime, *, area_trips_l
         else:
             command(CommandKind.ALARM, below_alarm)
             notice("alarm", f"{below_alarm}: low balance alarm, please top up")
+            episode = now
     elif _DEPTH[band] < _DEPTH[old]:
         new = band
+        episode = None  # out of the alarm band: the episode ends
         if old is ControlState.ALARMED:
             command(CommandKind.ALARM_RELEASE, above_alarm)
     else:
         new = old
-    return Decision(view.account, old, new, tuple(commands), tuple(notices), held)
+    return Decision(view.account, old, new, tuple(commands), tuple(notices), held, episode)
 
 
 def quiet_level(thresholds: Thresholds) -> Decimal | None:
@@ -355,7 +416,7 @@ def quiet_level(thresholds: Thresholds) -> Decimal | None:
 
 def _changes(view: AccountView, decision: Decision) -> bool:
     return bool(decision.new_state != view.state or decision.commands or decision.notices
-                or decision.held != view.held)
+                or decision.held != view.held or decision.alarmed_at != view.alarmed_at)
 
 
 def decide_all(views: Iterable[AccountView], rules: SafetyRules, now: datetime,

@@ -10,6 +10,13 @@ Exactly-once is the design:
   (:meth:`ControlStore.verify_balances` checks it).
 - Amounts are stored as integer fen (``amount_fen``) beside their text: sums in SQL are exact, and
   ``Decimal`` comes back with two places.  Amounts finer than a fen are refused, never rounded away.
+  Text amounts follow the one grammar of :mod:`meterd.control.amounts`.
+- Balances stay integers far inside SQLite's int64 (whose ``+`` turns REAL on overflow): no
+  entry beyond ``ENTRY_LIMIT`` (10^12 fen) goes in, and no write leaves a balance outside
+  ±``BALANCE_LIMIT_FEN`` (10^18 fen) -- a payment, adjustment or charging pass that would is
+  refused whole.  A ``SUM`` over entries could overflow only past 8 million entries of the
+  largest size in one sum, and SQLite's ``SUM`` raises then, never returns a float;
+  :meth:`ControlStore.verify_balances` then sums again exactly, in Python.
 - A charging pass writes its entries, the cursors it advanced, tier usage and flags in one
   transaction: a kill -9 leaves either all of it or none of it.
 - A command is marked ``sent`` and committed *before* its bytes go out.  After a crash a ``sent``
@@ -20,6 +27,16 @@ Exactly-once is the design:
 
 Every ledger change and every command transition is written to ``audit`` in the same transaction,
 with who (an operator, ``policy``, ``billing``, ``daemon``) and why.
+
+Onboarding.  An account is created ``pending``: charged like any other, never acted on by the
+policy.  An opening balance is one ledger entry, ``opening:ACCOUNT`` (so a replayed import or a
+restart with the same config applies it once), and it activates the pending account (``normal``;
+the next policy pass decides from the balance) -- in the same transaction when the account is
+created with one.  Activating without an amount records an opening balance of 0.00: the
+activation is then in the ledger too, which is what makes the next pass look at the account.  An
+opening balance is applied to pending accounts only: a second, different one, or one for an
+account that was active without one (live before opening balances existed), is refused --
+reported and audited -- and an adjustment corrects the balance instead.
 """
 
 from __future__ import annotations
@@ -31,13 +48,15 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Callable, Final, Iterable, Iterator, Mapping, Sequence
 
+from meterd.control.amounts import BALANCE_LIMIT_FEN, DEFAULT_LIMIT, ENTRY_LIMIT, AmountError, parse_amount
 from meterd.control.charging import Cursor
 from meterd.control.model import (
+    CST,
     CommandKind,
     CommandRequest,
     CommandState,
@@ -157,6 +176,15 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_subject ON audit (subject, id);
 """
+# Each step after _SCHEMA (see meterd.storage.statedb).  1: the start of an account's alarm episode,
+# so the notice period before an automatic trip survives a restart.  Existing accounts keep their
+# state (only accounts created from now on without an opening balance are pending); an account
+# already alarmed has no start yet, and the policy begins its notice at its next pass.
+_MIGRATIONS: Final = (
+    ("ALTER TABLE accounts ADD COLUMN alarmed_ts INTEGER",),
+)
+OPENING_PREFIX: Final = "opening:"
+PENDING: Final = "pending"  # ControlState.PENDING (policy is above this module)
 
 ACTIVE_STATES: Final = (CommandState.QUEUED.value, CommandState.SENT.value)
 # Commands that undo each other: queuing one cancels the other if it has not gone out yet.
@@ -175,18 +203,49 @@ class LedgerError(ValueError):
     """A payment, adjustment or account that cannot be applied; the message says why."""
 
 
+_ENTRY_LIMIT_FEN: Final = int(ENTRY_LIMIT * 100)
+
+
 def to_fen(amount: Decimal | str | int, *, what: str = "amount") -> int:
-    """Exact yuan -> integer fen; refuses non-numbers, NaN/infinity and fractions of a fen."""
-    try:
-        value = Decimal(str(amount).strip()) if not isinstance(amount, Decimal) else amount
-    except InvalidOperation:
-        raise LedgerError(f"{what} {amount!r} is not a number") from None
+    """Exact yuan -> integer fen.  Refuses text outside the amount grammar
+    (:func:`~meterd.control.amounts.parse_amount`), floats, NaN/infinity, fractions of a fen and
+    anything beyond :data:`~meterd.control.amounts.ENTRY_LIMIT` yuan either way."""
+    if isinstance(amount, str):
+        try:
+            value = parse_amount(amount, signed=True, limit=ENTRY_LIMIT, what=what, zero=True)
+        except AmountError as exc:
+            raise LedgerError(str(exc)) from None
+    elif isinstance(amount, Decimal):
+        value = amount
+    elif isinstance(amount, int) and not isinstance(amount, bool):
+        value = Decimal(amount)
+    else:
+        raise LedgerError(f"{what} {amount!r} is not an amount (a Decimal or text such as \"88.50\")")
     if not value.is_finite():
         raise LedgerError(f"{what} {amount!r} is not a finite number")
+    if abs(value) > ENTRY_LIMIT:  # compared before any arithmetic: 1E+999999 * 100 would overflow
+        raise LedgerError(f"{what} {amount} refused: more than {ENTRY_LIMIT} yuan, beyond any real ledger entry")
     fen = value * 100
     if fen != fen.to_integral_value():
         raise LedgerError(f"{what} {amount} has more than two decimal places (fen)")
     return int(fen)
+
+
+def _balance_room(fen: str) -> str:
+    """SQL: ``fen`` is an integer balance within ±BALANCE_LIMIT_FEN (REAL after an overflow is not)."""
+    return f"(typeof({fen}) = 'integer' AND {fen} BETWEEN -{BALANCE_LIMIT_FEN} AND {BALANCE_LIMIT_FEN})"
+
+
+def parse_opening(value: str | int | Decimal, *, what: str = "opening balance",
+                  limit: Decimal = DEFAULT_LIMIT) -> Decimal:
+    """An opening balance typed or imported: signed yuan by the amount grammar, zero allowed (an
+    account that starts with nothing), at most ``limit`` either way (an opening balance is a
+    one-off entry like an adjustment, bounded like one).  ``int``: a TOML integer."""
+    text = str(value) if isinstance(value, (int, Decimal)) and not isinstance(value, bool) else value
+    try:
+        return parse_amount(text, signed=True, limit=limit, what=what, zero=True)  # type: ignore[arg-type]
+    except AmountError as exc:
+        raise LedgerError(str(exc)) from None
 
 
 def from_fen(fen: int) -> Decimal:
@@ -204,6 +263,9 @@ class AccountSpec:
     area: str = ""
     protected: bool = False
     thresholds: Mapping[str, str] = field(default_factory=dict)  # overrides of the site defaults
+    opening_balance: Decimal | None = None  # yuan, signed: applied once, activates a pending account
+    activate: bool = False  # activate without an amount given (an opening balance of 0.00)
+    opening_ref: str = ""  # where the opening balance comes from (a work order, an import record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +283,7 @@ class Account:
     meters: dict[str, Decimal]
     manual_until: datetime | None = None
     fixed_through: datetime | None = None
+    alarmed_at: datetime | None = None  # the start of the current alarm episode (the notice period)
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,7 +447,7 @@ class ChargingBatch:
                 fen = int(x)
             except (ArithmeticError, ValueError, TypeError):
                 x, fen = None, 0
-            if fen != x:  # not a Decimal, or finer than a fen, or not finite: to_fen decides (or refuses)
+            if fen != x or not -_ENTRY_LIMIT_FEN <= fen <= _ENTRY_LIMIT_FEN:  # to_fen decides (or refuses)
                 fen = to_fen(amount, what=f"ledger entry {key}: amount")
             params += (key, account, text[kind], fen, ms[at], recorded, actor, detail, meter, text[rate],
                        None if kwh is None else str(kwh), None if price is None else str(price), ms[start], ms[end])
@@ -414,11 +477,29 @@ class ChargingBatch:
         conn, since = self._conn, self._seq_mark
         self._seq_mark = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()[0]
         if self._seq_mark > since:
-            conn.execute(
-                "UPDATE accounts SET balance_fen = balance_fen + moved.fen, last_seq = moved.seq "
-                # NOT INDEXED: the rows by seq range, then grouped (ledger_account would walk all history)
-                "FROM (SELECT account, SUM(amount_fen) AS fen, MAX(seq) AS seq FROM ledger NOT INDEXED WHERE seq > ? "
-                "GROUP BY account) AS moved WHERE accounts.account = moved.account", (since,))
+            moved = ("(SELECT account, SUM(amount_fen) AS fen, MAX(seq) AS seq FROM ledger NOT INDEXED WHERE seq > ? "
+                     "GROUP BY account) AS moved")
+            try:
+                # A balance that would leave its range becomes NULL, which NOT NULL refuses: the
+                # check costs one CASE per row (a trigger would cost a pass ~0.1 s per 100,000 accounts).
+                conn.execute(
+                    f"UPDATE accounts SET balance_fen = CASE WHEN {_balance_room('balance_fen + moved.fen')} "
+                    "THEN balance_fen + moved.fen END, last_seq = moved.seq "
+                    # NOT INDEXED: the rows by seq range, then grouped (ledger_account would walk all history)
+                    f"FROM {moved} WHERE accounts.account = moved.account", (since,))
+            except (sqlite3.IntegrityError, sqlite3.OperationalError) as exc:
+                if "balance_fen" not in str(exc) and "overflow" not in str(exc):
+                    raise
+                try:
+                    row = conn.execute(f"SELECT a.account, a.balance_fen, moved.fen FROM accounts a JOIN {moved} "
+                                       f"ON a.account = moved.account WHERE NOT "
+                                       f"{_balance_room('a.balance_fen + moved.fen')} LIMIT 1", (since,)).fetchone()
+                except sqlite3.OperationalError:  # the sum of one account's entries overflowed
+                    row = None
+                which = (f"account {row[0]}: balance {from_fen(row[1])} moved by {from_fen(row[2])}" if row
+                         else "an account's entries sum beyond int64")
+                raise LedgerError(f"charging refused: {which} would leave the range of ±"
+                                  f"{from_fen(BALANCE_LIMIT_FEN)} yuan") from None
 
     def _insert(self, head: str, tail: str, width: int, params: list[Any]) -> None:
         """``head`` VALUES (...), (...) ``tail`` for the flat ``params``, many rows per statement."""
@@ -472,6 +553,8 @@ class ControlStore(StateDatabase):
     """Prepaid state in ``data_dir/state.sqlite3`` (shared with the meter archive)."""
 
     SCHEMA = _SCHEMA
+    STORE = "control"
+    MIGRATIONS = _MIGRATIONS
     PRAGMAS = ("temp_store=MEMORY",)  # a charging pass groups its entries by account
 
     def _tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
@@ -492,20 +575,24 @@ class ControlStore(StateDatabase):
 
     def upsert_accounts(self, specs: Iterable[AccountSpec], *, actor: str, now: datetime) -> list[str]:
         """Create or update accounts and their meter assignments; returns what changed, one line each
-        (also audited).  Balances, ledger and control state are never touched here."""
+        (also audited).  A new account without an opening balance is created ``pending``; a spec
+        with one (or ``activate``) applies it once and activates the account (:meth:`_open`).
+        Otherwise balances, ledger and control state are never touched here."""
         changes: list[str] = []
         with self._write() as conn:
             for spec in specs:
                 thresholds = json.dumps(dict(sorted(spec.thresholds.items())))
                 row = conn.execute("SELECT * FROM accounts WHERE account = ?", (spec.account,)).fetchone()
+                opens = spec.opening_balance is not None or spec.activate
                 if row is None:
                     conn.execute(
-                        "INSERT INTO accounts (account, customer, area, tariff, protected, thresholds, opened_ts) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO accounts (account, customer, area, tariff, protected, thresholds, opened_ts, "
+                        "state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (spec.account, spec.customer, spec.area, spec.tariff, int(spec.protected), thresholds,
-                         to_ms(now)),
+                         to_ms(now), PENDING),  # activated below when the spec opens it
                     )
-                    changes.append(f"account {spec.account}: created (tariff {spec.tariff}, area {spec.area!r})")
+                    changes.append(f"account {spec.account}: created (tariff {spec.tariff}, area {spec.area!r})"
+                                   + ("" if opens else ", pending: no opening balance"))
                 else:
                     fields = {"customer": spec.customer, "area": spec.area, "tariff": spec.tariff,
                               "protected": int(spec.protected), "thresholds": thresholds}
@@ -534,9 +621,84 @@ class ControlStore(StateDatabase):
                 for meter in set(current) - set(spec.meters):
                     conn.execute("DELETE FROM account_meters WHERE meter = ?", (meter,))
                     changes.append(f"account {spec.account}: meter {meter} unassigned")
+                if opens:
+                    fen = 0 if spec.opening_balance is None else to_fen(
+                        spec.opening_balance, what=f"account {spec.account}: opening balance")
+                    changes += self._open(conn, spec.account, fen, spec.opening_ref, actor=actor, now=now)[1]
             for line in changes:
                 self._audit(conn, now, actor, "account", line.split(":", 1)[0].split()[1], {"change": line})
         return changes
+
+    def _open(self, conn: sqlite3.Connection, account: str, fen: int, ref: str, *, actor: str,
+              now: datetime) -> tuple[bool, list[str]]:
+        """Apply the opening balance ``fen`` of ``account`` (once: ``opening:ACCOUNT``) and activate
+        the account if it is pending.  Returns (whether anything changed, the lines saying what);
+        the ledger entry and the state change are audited here, the lines by the caller."""
+        key = OPENING_PREFIX + account
+        lines: list[str] = []
+        changed = False
+        amount = from_fen(fen)
+        existing = conn.execute("SELECT amount_fen, recorded_ts, actor FROM ledger WHERE key = ?", (key,)).fetchone()
+        row = conn.execute("SELECT state, opened_ts FROM accounts WHERE account = ?", (account,)).fetchone()
+        pending = row is not None and row["state"] == PENDING
+        if existing is None and not pending:
+            why = (f"account {account}: opening balance {amount} not applied: the account is active (opened "
+                   f"{from_ms(row['opened_ts']).astimezone(CST):%Y-%m-%d %H:%M} CST) without one; correct its "
+                   "balance with an adjustment")
+            self._audit(conn, now, actor, "opening-refused", account, {"key": key, "amount": amount, "ref": ref,
+                                                                       "reason": why})
+            lines.append(why)
+        elif existing is None:
+            detail = f"opening balance ({actor}{', ' + ref if ref else ''})"
+            self._insert_entry(conn, LedgerEntry(key=key, account=account, kind=EntryKind.OPENING, amount=amount,
+                                                 at=now, detail=detail), fen, actor, now)
+            self._audit(conn, now, actor, str(EntryKind.OPENING), account,
+                        {"key": key, "amount": amount, "detail": detail, "ref": ref})
+            lines.append(f"account {account}: opening balance {amount} applied")
+            changed = True
+        elif existing["amount_fen"] != fen:
+            why = (f"account {account}: opening balance {amount} not applied: {from_fen(existing['amount_fen'])} was "
+                   f"applied on {from_ms(existing['recorded_ts']).astimezone(CST):%Y-%m-%d %H:%M} CST by "
+                   f"{existing['actor']} (an opening balance is applied once; correct it with an adjustment)")
+            self._audit(conn, now, actor, "opening-duplicate", account, {"key": key, "amount": amount, "ref": ref,
+                                                                         "reason": why})
+            lines.append(why)
+        if pending:
+            conn.execute("UPDATE accounts SET state = 'normal', held = NULL, alarmed_ts = NULL WHERE account = ?",
+                         (account,))
+            self._audit(conn, now, actor, "control-state", account,
+                        {"from": PENDING, "to": "normal", "held": None, "reason": "activated", "ref": ref})
+            lines.append(f"account {account}: activated (was pending)")
+            changed = True
+        return changed, lines
+
+    def activate(self, account: str, opening_balance: Decimal | str | None, ref: str, *, actor: str,
+                 now: datetime) -> Applied:
+        """An operator's (or the billing system's) activation of ``account`` with its opening
+        balance (None: 0.00).  ``applied`` is False when nothing changed: the account was active
+        with this opening balance already, or another one was applied before (``reason`` says so)."""
+        if not ref or not ref.strip():
+            raise LedgerError(f"activating account {account}: a reference id is required (--ref)")
+        if not actor or not actor.strip():
+            raise LedgerError(f"activating account {account}: the operator is required")
+        fen = 0 if opening_balance is None else to_fen(opening_balance, what=f"account {account}: opening balance")
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM accounts WHERE account = ?", (account,)).fetchone() is None:
+                raise LedgerError(f"activating account {account}: unknown account")
+            changed, lines = self._open(conn, account, fen, ref.strip(), actor=actor, now=now)
+            for line in lines:
+                self._audit(conn, now, actor, "account", account, {"change": line})
+            balance = conn.execute("SELECT balance_fen FROM accounts WHERE account = ?", (account,)).fetchone()[0]
+        if changed:
+            return Applied(True, from_fen(balance), "; ".join(lines))
+        return Applied(False, from_fen(balance), "; ".join(lines) or
+                       f"account {account} is active with opening balance {from_fen(fen)} already; nothing changed")
+
+    def opening_balances(self) -> dict[str, Decimal]:
+        """account -> the opening balance applied to it (accounts without one are not listed)."""
+        rows = self._tuples("SELECT account, amount_fen FROM ledger WHERE key >= ? AND key < ?",
+                            (OPENING_PREFIX, OPENING_PREFIX[:-1] + chr(ord(OPENING_PREFIX[-1]) + 1)))
+        return {account: from_fen(fen) for account, fen in rows}
 
     def _account(self, row: sqlite3.Row, meters: dict[str, Decimal]) -> Account:
         return Account(
@@ -546,6 +708,7 @@ class ControlStore(StateDatabase):
             opened=from_ms(row["opened_ts"]), state=row["state"], held=row["held"],
             balance=from_fen(row["balance_fen"]), meters=meters,
             manual_until=_opt_dt(row["manual_until_ts"]), fixed_through=_opt_dt(row["fixed_through_ts"]),
+            alarmed_at=_opt_dt(row["alarmed_ts"]),
         )
 
     def account(self, account: str) -> Account | None:
@@ -603,20 +766,22 @@ class ControlStore(StateDatabase):
 
     def policy_rows(self, *, changed_since: int | None, quiet_above: Decimal | None) -> list[tuple]:
         """What a policy pass looks at, as tuples ``(account, area, protected, thresholds, state,
-        held, balance_fen, manual_until_ms, meters)`` in account order (``thresholds`` the overrides'
-        JSON text, ``meters`` a tuple in meter order), without building :class:`Account` objects.
+        held, balance_fen, manual_until_ms, alarmed_ms, meters)`` in account order (``thresholds``
+        the overrides' JSON text, ``meters`` a tuple in meter order), without building
+        :class:`Account` objects.
 
-        Every account not NORMAL or with a held trip; and the accounts whose ledger moved after
+        Never a pending account (the policy leaves those alone).  Every other account not NORMAL
+        or with a held trip; and the accounts whose ledger moved after
         ``changed_since`` (all when None), less those that use the site's thresholds and whose
         balance is above ``quiet_above`` (see :func:`meterd.control.policy.quiet_level`; None: keep
         them all)."""
         quiet_fen = None if quiet_above is None else to_fen(quiet_above, what="quiet level")
         rows = self._tuples(
-            "SELECT account, area, protected, thresholds, state, held, balance_fen, manual_until_ts FROM accounts "
-            "WHERE state != 'normal' OR held IS NOT NULL "
+            "SELECT account, area, protected, thresholds, state, held, balance_fen, manual_until_ts, alarmed_ts "
+            "FROM accounts WHERE state != ?3 AND (state != 'normal' OR held IS NOT NULL "
             "OR ((?1 IS NULL OR thresholds != '{}' OR balance_fen <= ?1) "
-            "    AND (?2 IS NULL OR account IN (SELECT account FROM ledger NOT INDEXED WHERE seq > ?2))) "
-            "ORDER BY account", (quiet_fen, changed_since))
+            "    AND (?2 IS NULL OR account IN (SELECT account FROM ledger NOT INDEXED WHERE seq > ?2)))) "
+            "ORDER BY account", (quiet_fen, changed_since, PENDING))
         meters: dict[str, list[str]] = {}
         sql = "SELECT account, meter FROM account_meters"
         if len(rows) > 5000:
@@ -637,23 +802,28 @@ class ControlStore(StateDatabase):
         return {r["meter"]: (r["account"], Decimal(r["multiplier"]))
                 for r in self._read("SELECT meter, account, multiplier FROM account_meters")}
 
-    def set_control_state(self, updates: Iterable[tuple[str, str, str | None]], *, now: datetime,
-                          actor: str = "policy") -> None:
-        """(account, new state, held reason) for each account whose control state changed."""
+    def set_control_state(self, updates: Iterable[tuple], *, now: datetime, actor: str = "policy") -> None:
+        """(account, new state, held reason[, alarm episode start]) for each account whose control
+        state changed; without the fourth item the episode is cleared (the policy begins a new one
+        if the account is alarmed)."""
         with self._write() as conn:
             self._set_control_state(conn, updates, now, actor)
 
-    def _set_control_state(self, conn: sqlite3.Connection, updates: Iterable[tuple[str, str, str | None]],
-                           now: datetime, actor: str) -> None:
-        for account, state, held in updates:
-            old = conn.execute("SELECT state, held FROM accounts WHERE account = ?", (account,)).fetchone()
-            if old is None or (old["state"], old["held"]) == (state, held):
+    def _set_control_state(self, conn: sqlite3.Connection, updates: Iterable[tuple], now: datetime,
+                           actor: str) -> None:
+        for account, state, held, *more in updates:
+            alarmed = _opt_ms(more[0]) if more else None
+            old = conn.execute("SELECT state, held, alarmed_ts FROM accounts WHERE account = ?", (account,)).fetchone()
+            if old is None or (old["state"], old["held"], old["alarmed_ts"]) == (state, held, alarmed):
                 continue
-            conn.execute("UPDATE accounts SET state = ?, held = ? WHERE account = ?", (state, held, account))
-            self._audit(conn, now, actor, "control-state", account,
-                        {"from": old["state"], "to": state, "held": held})
+            conn.execute("UPDATE accounts SET state = ?, held = ?, alarmed_ts = ? WHERE account = ?",
+                         (state, held, alarmed, account))
+            detail: dict[str, Any] = {"from": old["state"], "to": state, "held": held}
+            if alarmed != old["alarmed_ts"]:
+                detail["alarmed_at"] = _opt_dt(alarmed)
+            self._audit(conn, now, actor, "control-state", account, detail)
 
-    def record_decisions(self, updates: Iterable[tuple[str, str, str | None]], requests: Sequence[CommandRequest],
+    def record_decisions(self, updates: Iterable[tuple], requests: Sequence[CommandRequest],
                          *, now: datetime, ttl: timedelta, dry_run: bool = False,
                          actor: str = "policy") -> list[Command]:
         """:meth:`set_control_state` and :meth:`queue_commands` in one transaction: a policy pass's
@@ -686,8 +856,13 @@ class ControlStore(StateDatabase):
         if cur.rowcount != 1:
             return None
         seq = cur.lastrowid
-        conn.execute("UPDATE accounts SET balance_fen = balance_fen + ?, last_seq = ? WHERE account = ?",
-                     (fen, seq, entry.account))
+        moved = conn.execute(f"UPDATE accounts SET balance_fen = balance_fen + ?1, last_seq = ?2 WHERE account = ?3 "
+                             f"AND {_balance_room('balance_fen + ?1')}", (fen, seq, entry.account))
+        if moved.rowcount != 1:  # the caller's transaction is rolled back: the entry does not stay
+            row = conn.execute("SELECT balance_fen FROM accounts WHERE account = ?", (entry.account,)).fetchone()
+            now_at = "unknown account" if row is None else f"balance {from_fen(row[0])}"
+            raise LedgerError(f"ledger entry {entry.key}: {from_fen(fen)} would take account {entry.account} "
+                              f"({now_at}) beyond ±{from_fen(BALANCE_LIMIT_FEN)} yuan; refused")
         return seq
 
     def apply(self, entries: Sequence[LedgerEntry], *, actor: str, now: datetime,
@@ -712,7 +887,9 @@ class ControlStore(StateDatabase):
                      now: datetime, detail: str, positive: bool) -> Applied:
         if not key or not str(key).strip():
             raise LedgerError(f"{kind} for account {account}: a reference id is required")
-        fen = to_fen(amount, what=f"{kind} {key}: amount")
+        fen = to_fen(amount, what=f"{kind} {key}: amount")  # text: the amount grammar
+        if positive and isinstance(amount, str) and amount[:1] in "+-":
+            raise LedgerError(f"{kind} {key}: amount {amount!r} refused: a payment takes no sign")
         if positive and fen <= 0:
             raise LedgerError(f"{kind} {key}: amount {amount} must be positive")
         if not positive and fen == 0:
@@ -779,12 +956,28 @@ class ControlStore(StateDatabase):
         ]
 
     def verify_balances(self) -> list[str]:
-        """Accounts whose kept balance differs from the sum of their ledger (should be none)."""
-        rows = self._read(
-            "SELECT a.account, a.balance_fen, COALESCE(SUM(l.amount_fen), 0) AS total FROM accounts a "
-            "LEFT JOIN ledger l ON l.account = a.account GROUP BY a.account HAVING a.balance_fen != total")
-        return [f"account {r['account']}: balance {from_fen(r['balance_fen'])} but ledger sums to "
-                f"{from_fen(r['total'])}" for r in rows]
+        """Accounts whose kept balance differs from the sum of their ledger, or is not an integer
+        number of fen within ±BALANCE_LIMIT_FEN (should be none).  SQLite sums; should a sum
+        overflow int64 (SQLite's SUM raises then, it never rounds), Python sums again, exactly."""
+        try:
+            rows = [tuple(r) for r in self._read(
+                "SELECT a.account, a.balance_fen, COALESCE(SUM(l.amount_fen), 0) AS total FROM accounts a "
+                "LEFT JOIN ledger l ON l.account = a.account GROUP BY a.account "
+                f"HAVING a.balance_fen != total OR NOT {_balance_room('a.balance_fen')}")]
+        except sqlite3.OperationalError as exc:
+            if "overflow" not in str(exc):
+                raise
+            totals: dict[str, int] = {}
+            for account, fen in self._tuples("SELECT account, amount_fen FROM ledger"):
+                totals[account] = totals.get(account, 0) + fen
+            rows = [(a, b, totals.get(a, 0)) for a, b in self._tuples("SELECT account, balance_fen FROM accounts")
+                    if type(b) is not int or b != totals.get(a, 0) or abs(b) > BALANCE_LIMIT_FEN]
+        out = []
+        for account, balance, total in rows:
+            kept = f"{from_fen(balance)}" if type(balance) is int else f"{balance!r} (not an integer of fen)"
+            out.append(f"account {account}: balance {kept} but ledger sums to {from_fen(int(total))}"
+                       if balance != total else f"account {account}: balance {kept} is out of range")
+        return out
 
     def last_seq(self) -> int:
         return self._read("SELECT COALESCE(MAX(seq), 0) FROM ledger")[0][0]

@@ -8,6 +8,15 @@ reports are separate processes writing the same file), autocommit mode with expl
 half-way), and one re-entrant lock per connection so a store may be shared by the event loop and
 ``asyncio.to_thread`` workers.
 
+Schema changes are versioned per store: ``SCHEMA`` is the store's first version (``CREATE ... IF
+NOT EXISTS``), and each entry of ``MIGRATIONS`` is one step after it -- a few statements run in
+one write transaction together with the new version number in ``schema_versions``.  Every
+database, new or years old, goes through the same steps in the same order, once: a new file is
+created at version 0 and migrated like an old one, so the upgrade path is the path every test
+takes.  A process that finds the version already there skips the step (two processes opening an
+old file at once serialise on the write lock and the second finds nothing left to do); a file
+newer than the code is refused rather than written with an older idea of its tables.
+
 A big transaction (a charging pass writes tens of MB) is committed without waiting for the disk
 and without the automatic checkpoint, which would copy all of it back into the database file
 inside the COMMIT; a thread with a connection of its own checkpoints instead, while the caller
@@ -23,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Self, Sequence
 
+from meterd.errors import ConfigError
 from meterd.storage.sqlite import STATE_FILE
 
 log = logging.getLogger(__name__)
@@ -34,6 +44,8 @@ class StateDatabase:
     ``PRAGMAS`` are extra settings for this connection."""
 
     SCHEMA: ClassVar[str] = ""
+    STORE: ClassVar[str] = ""  # the name ``schema_versions`` keeps this store's version under
+    MIGRATIONS: ClassVar[tuple[tuple[str, ...], ...]] = ()  # version n+1 = statements of MIGRATIONS[n]
     ROWS: ClassVar[bool] = True
     PRAGMAS: ClassVar[tuple[str, ...]] = ()
 
@@ -53,10 +65,42 @@ class StateDatabase:
                 self._conn.execute(f"PRAGMA {pragma}")
             with self._lock:
                 self._conn.executescript(self.SCHEMA)
+            self._migrate()
         except BaseException:
             self._conn.close()
             raise
         self._closed = False
+
+    def _schema_version(self) -> int:
+        found = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_versions'")
+        if found.fetchone() is None:
+            return 0
+        row = self._conn.execute("SELECT version FROM schema_versions WHERE store = ?", (self.STORE,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _migrate(self) -> None:
+        """Bring this store's tables to ``len(MIGRATIONS)`` (see the module docstring)."""
+        if not self.MIGRATIONS:
+            return
+        latest = len(self.MIGRATIONS)
+        with self._lock:
+            if self._schema_version() == latest:
+                return
+            with self._write() as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_versions (store TEXT NOT NULL PRIMARY KEY, "
+                             "version INTEGER NOT NULL)")
+                done = self._schema_version()  # again, under the write lock
+                if done > latest:
+                    raise ConfigError(f"state database {self.path}: the {self.STORE} tables are at schema version "
+                                      f"{done}, newer than this meterd knows ({latest}): upgrade meterd")
+                for step in self.MIGRATIONS[done:]:
+                    for statement in step:
+                        conn.execute(statement)
+                if done < latest:
+                    conn.execute("INSERT INTO schema_versions (store, version) VALUES (?, ?) ON CONFLICT (store) "
+                                 "DO UPDATE SET version = excluded.version", (self.STORE, latest))
+                    log.info("state database %s: %s tables migrated from schema version %d to %d", self.path,
+                             self.STORE, done, latest)
 
     def close(self) -> None:
         with self._lock:

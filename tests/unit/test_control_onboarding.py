@@ -1,0 +1,158 @@
+"""Onboarding in the state database: opening balances applied once, pending accounts, activation,
+the alarm episode kept across restarts, and the schema migration that adds it to old files."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from meterd.control.model import EntryKind
+from meterd.control.state import _SCHEMA, AccountSpec, ControlStore, LedgerError
+from meterd.errors import ConfigError
+from meterd.storage.sqlite import STATE_FILE
+
+T0 = datetime(2026, 12, 7, 2, 0, tzinfo=timezone.utc)  # 10:00 CST
+M1, M2, M3 = "000000000001", "000000000002", "000000000003"
+
+
+@pytest.fixture
+def store(tmp_path):
+    with ControlStore(tmp_path) as s:
+        yield s
+
+
+def test_an_account_without_an_opening_balance_is_created_pending(store):
+    changes = store.upsert_accounts([AccountSpec("A1", "res", {M1: Decimal(1)})], actor="billing", now=T0)
+    assert changes[0] == "account A1: created (tariff res, area ''), pending: no opening balance"
+    a = store.account("A1")
+    assert (a.state, a.balance, store.ledger("A1")) == ("pending", Decimal("0.00"), [])
+    # the policy pass never reads it
+    assert store.policy_rows(changed_since=None, quiet_above=None) == []
+
+
+def test_an_opening_balance_is_one_ledger_entry_applied_once_and_activates(store):
+    spec = AccountSpec("A1", "res", {M1: Decimal(1)}, opening_balance=Decimal("50.00"), opening_ref="WO-7")
+    changes = store.upsert_accounts([spec], actor="config", now=T0)
+    assert "account A1: opening balance 50.00 applied" in changes
+    a = store.account("A1")
+    assert (a.state, a.balance) == ("normal", Decimal("50.00"))
+    [row] = store.ledger("A1")
+    assert (row.key, row.kind, row.amount, row.actor) == ("opening:A1", EntryKind.OPENING, Decimal("50.00"), "config")
+    assert "WO-7" in row.detail
+    # a restart with the same config, a replayed import: nothing twice, nothing said
+    assert store.upsert_accounts([spec], actor="config", now=T0 + timedelta(hours=1)) == []
+    assert store.balance("A1") == Decimal("50.00") and len(store.ledger("A1")) == 1
+    assert store.opening_balances() == {"A1": Decimal("50.00")}
+    audit = [(r.action, r.detail.get("key")) for r in store.audit_log(subject="A1")]
+    assert ("opening", "opening:A1") in audit
+    assert store.verify_balances() == []
+
+
+def test_a_different_opening_balance_later_is_not_applied_and_is_reported(store):
+    store.upsert_accounts([AccountSpec("A1", "res", {}, opening_balance=Decimal("50"))], actor="billing", now=T0)
+    changes = store.upsert_accounts([AccountSpec("A1", "res", {}, opening_balance=Decimal("80"))], actor="billing",
+                                    now=T0 + timedelta(days=1))
+    assert changes == ["account A1: opening balance 80.00 not applied: 50.00 was applied on 2026-12-07 10:00 CST by "
+                       "billing (an opening balance is applied once; correct it with an adjustment)"]
+    assert store.balance("A1") == Decimal("50.00")
+    assert "opening-duplicate" in [r.action for r in store.audit_log(subject="A1")]
+
+
+def test_opening_balances_may_be_zero_or_negative_but_not_finer_than_a_fen(store):
+    store.upsert_accounts([AccountSpec("Z", "res", {}, opening_balance=Decimal(0)),
+                           AccountSpec("N", "res", {}, opening_balance=Decimal("-12.30"))], actor="billing", now=T0)
+    assert (store.account("Z").state, store.balance("Z")) == ("normal", Decimal("0.00"))
+    assert store.ledger("Z")[0].key == "opening:Z"
+    assert store.balance("N") == Decimal("-12.30")
+    with pytest.raises(LedgerError, match="account F: opening balance 1.005 has more than two decimal places"):
+        store.upsert_accounts([AccountSpec("F", "res", {}, opening_balance=Decimal("1.005"))], actor="b", now=T0)
+    assert store.account("F") is None  # the whole upsert was rolled back
+
+
+def test_an_operator_activates_a_pending_account_once(store):
+    store.upsert_accounts([AccountSpec("A1", "res", {M1: Decimal(1)})], actor="billing", now=T0)
+    store.pay("A1", "20", "P1", actor="counter", now=T0)  # payments and charges go on while pending
+    done = store.activate("A1", Decimal("30.50"), "MIG-1", actor="wang", now=T0 + timedelta(hours=1))
+    assert done.applied and done.balance == Decimal("50.50")
+    assert store.account("A1").state == "normal"
+    again = store.activate("A1", Decimal("30.50"), "MIG-1", actor="wang", now=T0 + timedelta(hours=2))
+    assert not again.applied and "already" in again.reason and again.balance == Decimal("50.50")
+    other = store.activate("A1", Decimal("99"), "MIG-2", actor="wang", now=T0 + timedelta(hours=2))
+    assert not other.applied and "30.50 was applied" in other.reason and store.balance("A1") == Decimal("50.50")
+    states = [r.detail for r in store.audit_log(subject="A1") if r.action == "control-state"]
+    assert states == [{"from": "pending", "to": "normal", "held": None, "reason": "activated", "ref": "MIG-1"}]
+    assert store.last_seq() > 0 and store.verify_balances() == []
+
+
+def test_activation_without_an_amount_opens_at_zero_so_the_policy_sees_it(store):
+    store.upsert_accounts([AccountSpec("A1", "res", {M1: Decimal(1)})], actor="billing", now=T0)
+    seq = store.last_seq()
+    store.upsert_accounts([AccountSpec("A1", "res", {M1: Decimal(1)}, activate=True)], actor="billing", now=T0)
+    assert store.account("A1").state == "normal" and store.opening_balances() == {"A1": Decimal("0.00")}
+    rows = store.policy_rows(changed_since=seq, quiet_above=Decimal(50))
+    assert [r[0] for r in rows] == ["A1"]  # the ledger moved: the next pass decides it
+
+
+@pytest.mark.parametrize("account, ref, actor, message", [
+    ("A9", "R", "wang", "unknown account"),
+    ("A1", " ", "wang", "reference id"),
+    ("A1", "R", "", "operator"),
+])
+def test_activation_refusals(store, account, ref, actor, message):
+    store.upsert_accounts([AccountSpec("A1", "res", {})], actor="billing", now=T0)
+    with pytest.raises(LedgerError, match=message):
+        store.activate(account, Decimal(1), ref, actor=actor, now=T0)
+    assert store.account("A1").state == "pending"
+
+
+def test_the_alarm_episode_is_stored_and_survives_a_restart(tmp_path):
+    with ControlStore(tmp_path) as store:
+        store.upsert_accounts([AccountSpec("A1", "res", {M1: Decimal(1)}, opening_balance=Decimal(0))],
+                              actor="t", now=T0)
+        store.record_decisions([("A1", "alarmed", "notice period: ...", T0)], [], now=T0, ttl=timedelta(hours=2))
+    with ControlStore(tmp_path) as store:
+        a = store.account("A1")
+        assert (a.state, a.alarmed_at) == ("alarmed", T0)
+        [row] = store.policy_rows(changed_since=None, quiet_above=None)
+        assert row[8] == int(T0.timestamp() * 1000)
+        audit = [r.detail for r in store.audit_log(subject="A1") if r.action == "control-state"]
+        assert audit[-1]["alarmed_at"] == T0.isoformat(sep=" ")
+        store.set_control_state([("A1", "normal", None)], now=T0, actor="t")  # no episode given: cleared
+        assert store.account("A1").alarmed_at is None
+
+
+def _old_database(tmp_path) -> None:
+    """A state database as meterd wrote it before alarm episodes were kept (schema version 0)."""
+    conn = sqlite3.connect(tmp_path / STATE_FILE)
+    conn.executescript(_SCHEMA)
+    ms = int(T0.timestamp() * 1000)
+    for name, state in (("A1", "normal"), ("A2", "alarmed"), ("A3", "tripped"), ("A4", "reminded")):
+        conn.execute("INSERT INTO accounts (account, tariff, opened_ts, state, balance_fen) VALUES (?, 'res', ?, ?, 0)",
+                     (name, ms, state))
+    conn.commit()
+    conn.close()
+
+
+def test_the_migration_keeps_live_accounts_live(tmp_path):
+    _old_database(tmp_path)
+    with ControlStore(tmp_path) as store:
+        assert {a.account: (a.state, a.alarmed_at) for a in store.accounts()} == {
+            "A1": ("normal", None), "A2": ("alarmed", None), "A3": ("tripped", None), "A4": ("reminded", None)}
+        # only accounts created from now on without an opening balance are pending
+        store.upsert_accounts([AccountSpec("A1", "res", {}), AccountSpec("B1", "res", {})], actor="config", now=T0)
+        assert store.account("A1").state == "normal" and store.account("B1").state == "pending"
+    with sqlite3.connect(tmp_path / STATE_FILE) as conn:
+        assert conn.execute("SELECT version FROM schema_versions WHERE store = 'control'").fetchone() == (1,)
+    with ControlStore(tmp_path) as store:  # opened again: nothing left to do
+        assert store.account("A2").state == "alarmed"
+
+
+def test_a_database_newer_than_the_code_is_refused(tmp_path):
+    ControlStore(tmp_path).close()
+    with sqlite3.connect(tmp_path / STATE_FILE) as conn:
+        conn.execute("UPDATE schema_versions SET version = 7 WHERE store = 'control'")
+    with pytest.raises(ConfigError, match="schema version 7, newer than this meterd knows"):
+        ControlStore(tmp_path)
