@@ -146,3 +146,19 @@ def test_bad_ratings_are_config_errors_naming_the_key(extra, meter, message):
     with pytest.raises(ConfigError) as caught:
         load(extra, meter)
     assert any(message in p for p in caught.value.problems), caught.value.problems
+
+
+def test_the_load_curve_leaves_out_implausible_power(tmp_path):
+    from meterd.analytics.views import curve_points
+    from meterd.control.model import CST
+    from meterd.storage.sqlite import SqliteStore
+
+    day = datetime(2026, 11, 2, tzinfo=CST)
+    with SqliteStore(tmp_path) as store:
+        store.write_readings([
+            Reading(M, "power.active.total", day + timedelta(hours=1), D("2.5"), "kW"),
+            Reading(M, "power.active.total", day + timedelta(hours=1, minutes=5), D("NaN"), "kW", Quality.IMPLAUSIBLE),
+            Reading(M, "power.active.total", day + timedelta(hours=2), D("1E+30"), "kW", Quality.IMPLAUSIBLE),
+        ])
+    points = curve_points(tmp_path, [M], day.date(), timedelta(minutes=15))
+    assert [(at.hour, kw, n) for at, kw, n in points] == [(1, D("2.5"), 1)]

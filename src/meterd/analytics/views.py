@@ -19,7 +19,7 @@ from meterd.analytics.lineloss import LossReport
 from meterd.analytics.topology import Role, Topology
 from meterd.control.model import CST, local_date
 from meterd.errors import ConfigError
-from meterd.readings import address_key
+from meterd.readings import Quality, address_key
 
 CURVE_QUANTITIES = ("power.active.total", "curve.power.active.total")
 
@@ -135,7 +135,8 @@ def curve_points(data_dir: Path, meters: list[str], day: date, step: timedelta) 
             points = []
             for quantity in CURVE_QUANTITIES:
                 points += [(r.timestamp, r.value) for r in store.readings(m, since=start, until=start + timedelta(days=1),
-                                                                          quantity=quantity)]
+                                                                          quantity=quantity)
+                           if r.quality is not Quality.IMPLAUSIBLE]  # flagged at the door: not a load
             series[m] = sorted(points)
     return load_curve(series, step=step)
 

@@ -89,7 +89,7 @@ _RATING_KEYS: Final = ("rated_current", "rated_voltage", "phases")
 _METER_KEYS: Final = ("address", "channel", "protocol", "ct", "pt", "name", "group", "unit", "model", *_RATING_KEYS)
 _PLAUSIBILITY_KEYS: Final = (*_RATING_KEYS, "overload", "models")
 MAX_RATIO: Final = Decimal(1_000_000)  # CT x PT of the largest HV metering point is ~10^6 (500 kV/100 V x 2000/1 A)
-MAX_RATED_CURRENT: Final = Decimal(100_000)  # A
+MAX_RATED_CURRENT: Final = Decimal(1_000_000)  # A (a simulated meter at 3600x speed needs 540,000)
 MAX_RATED_VOLTAGE: Final = Decimal(1_000_000)  # V
 _POLL_KEYS: Final = ("name", "interval", "groups", "items", "items_1997", "quantities")
 
@@ -267,16 +267,22 @@ def _store(check: _Checker, raw: Any, base_dir: Path | None) -> StoreConfig | No
 
 
 def _api(check: _Checker, raw: Any) -> ApiConfig | None:
-    """``[api] host = "127.0.0.1", port = 8080``: the HTTP API the daemon serves (tokens: ``meterd token``)."""
+    """``[api] host = "127.0.0.1", port = 8080``: the HTTP API the daemon serves (tokens: ``meterd token``),
+    with its connection limits (``header_timeout``, ``keep_alive_timeout``, ``max_connections``)."""
     table = check.table("api", raw)
     if table is None:
         return None
-    check.known_keys("api", table, ("host", "port"))
+    check.known_keys("api", table, ("host", "port", "header_timeout", "keep_alive_timeout", "max_connections"))
     host = check.string("api.host", table.get("host", "127.0.0.1"))
     port = check.integer("api.port", table.get("port", 8080), low=1, high=65535)
-    if host is None or port is None:
+    header_timeout = check.duration("api.header_timeout", table.get("header_timeout", 10.0))
+    keep_alive = check.duration("api.keep_alive_timeout", table.get("keep_alive_timeout", 5.0))
+    max_connections = check.integer("api.max_connections", table.get("max_connections", 1024),
+                                    low=1, high=1_000_000)
+    if host is None or port is None or header_timeout is None or keep_alive is None or max_connections is None:
         return None
-    return ApiConfig(host=host, port=port)
+    return ApiConfig(host=host, port=port, header_timeout=header_timeout, keep_alive_timeout=keep_alive,
+                     max_connections=max_connections)
 
 
 def _inline_secrets(check: _Checker, path: str, node: Any) -> None:
