@@ -305,6 +305,35 @@ def decode_frame(raw: bytes | bytearray | memoryview) -> Frame:
     )
 
 
+def scan_frames(data: bytes | bytearray | memoryview) -> list[tuple[int, int, Frame]]:
+    """Every valid frame in ``data`` with where it lies: ``(start, end, frame)``, ``data[start:end]``
+    being ``68 .. 16`` (wake-up ``FE`` bytes before it are not included).
+
+    Strategy: the :class:`StreamDecoder`'s hunt over a whole buffer at once, unbounded (a paste or a
+    capture file, not a live link): try each ``68`` whose header fits; a frame that decodes is taken
+    and the hunt goes on after it; anything else drops that ``68`` only.  Bytes not covered by a
+    result are noise the caller can report.  Linear but for ``68`` bytes whose ``L`` looks valid.
+    """
+    data = bytes(data)
+    n = len(data)
+    out: list[tuple[int, int, Frame]] = []
+    pos = data.find(b"\x68")
+    while 0 <= pos and n - pos >= MIN_FRAME:
+        if data[pos + 7] == START:
+            end = pos + MIN_FRAME + data[pos + 9]
+            if end <= n and data[end - 1] == END:
+                try:
+                    frame = decode_frame(data[pos:end])
+                except ProtocolError:
+                    pass
+                else:
+                    out.append((pos, end, frame))
+                    pos = data.find(b"\x68", end)
+                    continue
+        pos = data.find(b"\x68", pos + 1)
+    return out
+
+
 # --- stream decoding -------------------------------------------------------------------------
 
 
