@@ -415,7 +415,10 @@ class DtuFormat:
                 count += 1
             while data:
                 found = False
-                pos = data.rfind(self.header)
+                # a heartbeat ending the read starts within its last max_registration bytes: look
+                # only there (every header found costs a slice of the rest of the read)
+                window = max(0, len(data) - self.max_registration)
+                pos = data.rfind(self.header, window)
                 while pos > 0:
                     result, ptype = self._frame_at(data, pos)
                     if result.status is ParseStatus.OK and ptype == self.heartbeat_type \
@@ -424,7 +427,7 @@ class DtuFormat:
                         count += 1
                         found = True
                         break
-                    pos = data.rfind(self.header, 0, pos)
+                    pos = data.rfind(self.header, window, pos)
                 if not found:
                     break
             return data, count
@@ -480,7 +483,7 @@ class DtuFormat:
         base: DtuFormat | None = None
         if "preset" in doc:
             preset = doc["preset"]
-            if preset not in PRESETS:
+            if not isinstance(preset, str) or preset not in PRESETS:
                 problems.append(f"{where}: preset {preset!r} is not one of {', '.join(PRESETS)}")
             else:
                 base = PRESETS[preset]
