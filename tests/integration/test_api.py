@@ -222,7 +222,17 @@ def _request(site: Site, name: str) -> tuple[str, str, Any]:
         return "POST", "/api/v1/payments", {"account": "A1001", "amount": "10.50", "ref": ref}
     if name == "adjustment":
         return "POST", "/api/v1/adjustments", {"account": "A1001", "amount": "-1.25", "ref": ref, "reason": "fix"}
+    if name == "activate":
+        return "POST", f"/api/v1/accounts/{_new_account(site)}/activate", {"opening_balance": "12.30", "ref": ref}
     return "GET", name, None
+
+
+def _new_account(site: Site) -> str:
+    """A new pending account (created without an opening balance)."""
+    name = f"P{next(_addresses)}"
+    with ControlStore(site.data_dir) as control:
+        control.upsert_accounts([AccountSpec(name, "residential", {})], actor="test", now=NOW)
+    return name
 
 
 # endpoint -> (least role, status when allowed)
@@ -245,6 +255,7 @@ MATRIX = {
     "cancel": ("operator", 200),
     "payment": ("operator", 201),
     "adjustment": ("operator", 201),
+    "activate": ("operator", 201),
 }
 
 
@@ -344,6 +355,35 @@ def test_payment_twice_is_applied_once(site: Site) -> None:
     assert audit[-1].actor == "admin-user" and audit[-1].detail["token_id"] == site.tokens["admin"].split(".")[0]
 
 
+def test_an_operator_activates_a_pending_account_once(site: Site) -> None:
+    name = _new_account(site)
+    _, _, shown = site.call("GET", f"/api/v1/accounts/{name}", role="viewer")
+    assert (shown["state"], shown["alarmed_at"]) == ("pending", None)
+    _, _, pending = site.call("GET", "/api/v1/accounts?state=pending", role="viewer")
+    assert name in [a["account"] for a in pending]
+    for bad, code in (("1e3", 422), ("1.005", 422), ("2000000", 422), (12, 400)):
+        before = _snapshot(site)
+        status, _, refused = site.call("POST", f"/api/v1/accounts/{name}/activate", role="operator",
+                                       body={"opening_balance": bad, "ref": "MIG-1"})
+        assert status == code and "opening_balance" in refused["error"], refused
+        assert _snapshot(site) == before
+    status, _, done = site.call("POST", f"/api/v1/accounts/{name}/activate", role="operator",
+                                body={"opening_balance": "-12.30", "ref": "MIG-1"})
+    assert status == 201 and done["applied"] is True and done["balance"] == "-12.30"
+    status, _, again = site.call("POST", f"/api/v1/accounts/{name}/activate", role="admin",
+                                 body={"opening_balance": "-12.30", "ref": "MIG-1"})
+    assert status == 200 and again["applied"] is False and again["balance"] == "-12.30"
+    _, _, shown = site.call("GET", f"/api/v1/accounts/{name}", role="viewer")
+    assert shown["state"] == "normal"
+    status, _, missing = site.call("POST", "/api/v1/accounts/NOPE/activate", role="operator",
+                                   body={"opening_balance": "0", "ref": "MIG-2"})
+    assert status == 404 and "unknown account NOPE" in missing["error"]
+    with ControlStore(site.data_dir) as control:
+        assert [r.key for r in control.ledger(name)] == [f"opening:{name}"]
+        assert control.ledger(name)[0].actor == "operator-user"
+        assert "api-activate" in [a.action for a in control.audit_log(subject=name)]
+
+
 def test_command_is_queued_as_the_token_name_and_cancelled(site: Site) -> None:
     meter = _new_meter(site)
     status, _, command = site.call("POST", "/api/v1/commands", role="operator",
@@ -377,12 +417,13 @@ BAD = [
     ("POST", PAY, b"[1, 2]", 400, "JSON object"),
     ("POST", PAY, b"", 400, "not valid JSON"),
     ("POST", PAY, b"[" * 60_000, 400, "not valid JSON"),
-    ("POST", PAY, json.dumps({"account": "A1001", "amount": 10, "ref": "x1"}).encode(), 400, "must be a string"),
+    ("POST", PAY, json.dumps({"account": "A1001", "amount": 10, "ref": "x1"}).encode(), 422,
+     'must be a JSON string such as "88.50"'),
     ("POST", PAY, json.dumps({"account": "A1001", "amount": "10"}).encode(), 400, "missing field: ref"),
-    ("POST", PAY, json.dumps({"account": "A1001", "amount": "1.234", "ref": "x2"}).encode(), 400, "two decimal"),
-    ("POST", PAY, json.dumps({"account": "A1001", "amount": "-5", "ref": "x3"}).encode(), 400, "positive"),
-    ("POST", PAY, json.dumps({"account": "A1001", "amount": "NaN", "ref": "x4"}).encode(), 400, "finite"),
-    ("POST", PAY, json.dumps({"account": "A1001", "amount": "abc", "ref": "x5"}).encode(), 400, "not a number"),
+    ("POST", PAY, json.dumps({"account": "A1001", "amount": "1.234", "ref": "x2"}).encode(), 422, "two decimals"),
+    ("POST", PAY, json.dumps({"account": "A1001", "amount": "-5", "ref": "x3"}).encode(), 422, "takes no sign"),
+    ("POST", PAY, json.dumps({"account": "A1001", "amount": "NaN", "ref": "x4"}).encode(), 422, "NaN"),
+    ("POST", PAY, json.dumps({"account": "A1001", "amount": "abc", "ref": "x5"}).encode(), 422, "not an amount"),
     ("POST", PAY, json.dumps({"account": "A1001", "amount": "1", "ref": "x6", "x": "1"}).encode(), 400, "unknown"),
     ("POST", PAY, json.dumps({"account": "A1001", "amount": "1", "ref": " "}).encode(), 400, "empty"),
     ("POST", PAY, json.dumps({"account": "NOPE", "amount": "1", "ref": "x7"}).encode(), 404, "unknown account"),
@@ -390,7 +431,7 @@ BAD = [
     ("POST", "/api/v1/adjustments", json.dumps({"account": "A1001", "amount": "1", "ref": "y1"}).encode(), 400,
      "missing field: reason"),
     ("POST", "/api/v1/adjustments", json.dumps({"account": "A1001", "amount": "0", "ref": "y2",
-                                                "reason": "r"}).encode(), 400, "zero"),
+                                                "reason": "r"}).encode(), 422, "zero"),
     ("POST", "/api/v1/commands", json.dumps({"meter": "000000000001", "kind": "explode",
                                              "reason": "r"}).encode(), 400, "must be one of"),
     ("POST", "/api/v1/commands", json.dumps({"meter": "999999999999", "kind": "trip",
@@ -424,6 +465,58 @@ def test_bad_input_is_4xx_and_writes_nothing(site: Site, method: str, path: str,
     assert got == status, doc
     assert says in doc["error"]
     assert _snapshot(site) == before
+
+
+# The amount grammar (issue #14): each refused the same on both endpoints, 422 with the reason, nothing written.
+# Before: "1e3", "1_000", "１０", "+10", " 10", ".5", "10." and "92233720368547758.07" were applied (the last one
+# drove the balance past int64 into a float); the others were 400.
+AMOUNTS = [
+    ("92233720368547758.07", "more than the limit of 1000000 yuan"), ("1e3", "exponent"), ("1E+2", "exponent"),
+    ("1_000", "separators"), ("１０", "U+FF11 FULLWIDTH DIGIT ONE"), ("١٠", "U+0661 ARABIC-INDIC DIGIT ONE"),
+    (" 10", "whitespace"), ("10 ", "whitespace"), (".5", "before the point"), ("10.", "after the point"),
+    ("NaN", "NaN"), ("Infinity", "infinity"), ("0", "zero"), ("", "empty"), ("1" * 5000, "longer than 24"),
+    ("1000000.01", "more than the limit"), (1000, "not a JSON number"), (10.5, "not a floating-point number"),
+    (1e3, "not a floating-point number"), (True, "not a true/false"), (None, "not a null"),
+]
+
+
+@pytest.mark.parametrize("endpoint", ["payments", "adjustments"])
+@pytest.mark.parametrize(("amount", "says"), AMOUNTS, ids=[repr(a)[:24] for a, _ in AMOUNTS])
+def test_an_amount_outside_the_grammar_is_422_and_writes_nothing(site: Site, endpoint: str, amount: Any,
+                                                                  says: str) -> None:
+    body = {"account": "A1001", "amount": amount, "ref": f"bad-{next(_addresses)}"}
+    if endpoint == "adjustments":
+        body["reason"] = "test"
+        says = says.replace("1000000 yuan", "1000000 yuan (set by [prepaid] max_adjustment)")
+    before = _snapshot(site)
+    status, _, doc = site.call("POST", f"/api/v1/{endpoint}", role="operator", body=body)
+    assert status == 422, doc
+    assert doc["error"].startswith("field amount ") and says in doc["error"], doc
+    assert len(doc["error"]) < 200
+    assert _snapshot(site) == before
+
+
+@pytest.mark.parametrize("amount", ["+10", "-0", "-5"])
+def test_a_payment_with_a_sign_is_422(site: Site, amount: str) -> None:
+    before = _snapshot(site)
+    status, _, doc = site.call("POST", PAY, role="operator", body={"account": "A1001", "amount": amount, "ref": "s1"})
+    assert status == 422 and "takes no sign" in doc["error"] and _snapshot(site) == before
+
+
+def test_an_adjustment_may_carry_either_sign_and_is_stored_to_the_fen(site: Site) -> None:
+    for amount, delta in (("+2.5", Decimal("2.50")), ("-2.50", Decimal("-2.50"))):
+        with ControlStore(site.data_dir) as control:
+            start = control.balance("A1001")
+        status, _, doc = site.call("POST", "/api/v1/adjustments", role="operator",
+                                   body={"account": "A1001", "amount": amount, "ref": f"sign-{amount}", "reason": "t"})
+        assert status == 201 and doc["balance"] == str(start + delta)
+
+
+def test_the_openapi_document_states_the_amount_grammar(site: Site) -> None:
+    schemas = site.openapi["components"]["schemas"]
+    pay, adjust = schemas["PaymentRequest"]["properties"]["amount"], schemas["AdjustmentRequest"]["properties"]["amount"]
+    assert pay["pattern"] == r"^[0-9]+(\.[0-9]{1,2})?$" and adjust["pattern"] == r"^[+-]?[0-9]+(\.[0-9]{1,2})?$"
+    assert pay["maxLength"] == adjust["maxLength"] == 24
 
 
 def test_chunked_oversize_body_is_413(site: Site) -> None:

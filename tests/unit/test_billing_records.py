@@ -27,6 +27,7 @@ from meterd.billing_link.records import (
     parse_records,
     payment_of,
 )
+from meterd.control.amounts import AmountLimits, JsonNumber
 from meterd.control.model import CST
 from meterd.errors import SyncError
 
@@ -154,18 +155,35 @@ def test_a_good_payment():
     ({"payment_id": ""}, "empty payment id"),
     ({"payment_id": "   "}, "empty payment id"),
     ({"account": ""}, "empty account"),
-    ({"amount": "abc"}, "amount 'abc' is not a number"),
-    ({"amount": "1,000.00"}, "is not a number"),
-    ({"amount": "NaN"}, "not a finite number"),
-    ({"amount": "Infinity"}, "not a finite number"),
-    ({"amount": "-5"}, "amount -5 is negative"),
-    ({"amount": "0"}, "amount is zero"),
-    ({"amount": "0.00"}, "amount is zero"),
+    ({"amount": "abc"}, 'amount "abc" refused: it is not an amount'),
+    ({"amount": "1,000.00"}, "separators"),
+    ({"amount": "NaN"}, "NaN and infinity"),
+    ({"amount": "Infinity"}, "NaN and infinity"),
+    ({"amount": "-5"}, 'amount "-5" refused: it takes no sign'),
+    ({"amount": "0"}, "zero is not an amount"),
+    ({"amount": "0.00"}, "zero is not an amount"),
     ({"amount": "10.001"}, "more than two decimals"),
-    ({"amount": "1e-3"}, "more than two decimals"),
-    ({"amount": "1e30"}, "is more than"),
-    ({"amount": ""}, "missing amount"),
-    ({"amount": True}, "not a number"),
+    ({"amount": "10.500"}, "more than two decimals"),
+    ({"amount": "1e-3"}, "exponent"),
+    ({"amount": "1e30"}, "exponent"),
+    ({"amount": ""}, 'amount "" refused: it is empty'),
+    ({"amount": True}, "not a true/false"),
+    # issue #14: each of these was applied before (the first drove the balance past int64)
+    ({"amount": "92233720368547758.07"}, "more than the limit of 1000000 yuan (set by [prepaid] max_payment)"),
+    ({"amount": "100000000"}, "more than the limit of 1000000 yuan"),
+    ({"amount": "1e3"}, "exponent"),
+    ({"amount": "1E+2"}, "exponent"),
+    ({"amount": "1_000"}, "separators"),
+    ({"amount": "１０"}, "FULLWIDTH DIGIT ONE"),
+    ({"amount": "١٠"}, "ARABIC-INDIC DIGIT ONE"),
+    ({"amount": "+10"}, "takes no sign"),
+    ({"amount": "-0"}, "takes no sign"),
+    ({"amount": " 10"}, "whitespace"),
+    ({"amount": "10 "}, "whitespace"),
+    ({"amount": ".5"}, "before the point"),
+    ({"amount": "10."}, "after the point"),
+    ({"amount": "9" * 10_000}, "longer than 24 characters"),
+    ({"amount": 10.5}, "floating-point"),  # never from parse_records (JSON numbers come as JsonNumber)
     ({"paid_at": "yesterday"}, "bad date 'yesterday'"),
     ({"paid_at": "2026-02-30 10:00"}, "bad date"),
     ({"paid_at": "2026-03-05 10:00"}, "later than now"),
@@ -188,11 +206,33 @@ def test_missing_payment_fields(missing):
 
 
 @pytest.mark.parametrize("value, expected", [
-    ("10", Decimal("10")), ("10.5", Decimal("10.5")), ("10.50", Decimal("10.50")), ("10.500", Decimal("10.500")),
-    (" 7.25 ", Decimal("7.25")), (Decimal("3.10"), Decimal("3.10")), (5, Decimal(5)),
+    ("10", Decimal("10")), ("10.5", Decimal("10.5")), ("10.50", Decimal("10.50")), ("1000000", Decimal(1_000_000)),
+    (Decimal("3.10"), Decimal("3.10")), (5, Decimal(5)), (JsonNumber("7.25"), Decimal("7.25")),
 ])
 def test_good_amounts(value, expected):
-    assert amount_of(value) == expected
+    assert amount_of(value) == expected and amount_of(value).as_tuple().exponent == -2
+
+
+def test_the_payment_limit_is_the_sites():
+    limits = AmountLimits(max_payment=Decimal(500))
+    assert amount_of("500", limits) == 500
+    with pytest.raises(RecordError, match=r"more than the limit of 500 yuan \(set by \[prepaid\] max_payment\)"):
+        payment_of(good_payment(amount="500.01"), now=NOW, limits=limits)
+
+
+@pytest.mark.parametrize("literal, says", [("1e3", "exponent"), ("1.5e1", "exponent"), ("10.500", "two decimals"),
+                                           ("1" * 30, "longer than")])
+def test_json_numbers_are_amounts_only_as_written(literal, says):
+    batch = parse_records(('[{"payment_id": "P1", "account": "A1", "amount": %s, "paid_at": "2026-03-01"}]'
+                           % literal).encode(), "json", PAYMENT_FIELDS)
+    with pytest.raises(RecordError, match=says):
+        payment_of(batch.records[0], now=NOW)
+
+
+def test_an_integer_too_long_for_python_is_a_bad_file_not_a_crash():
+    data = ('[{"payment_id": "P1", "account": "A1", "amount": %s, "paid_at": "2026-03-01"}]' % ("9" * 5000)).encode()
+    with pytest.raises(BadFileError, match="not valid JSON"):
+        parse_records(data, "json", PAYMENT_FIELDS)
 
 
 @pytest.mark.parametrize("text, expected", [

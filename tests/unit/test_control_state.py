@@ -45,8 +45,12 @@ def test_a_duplicate_id_with_a_different_amount_is_ignored_and_says_so(store):
 
 
 @pytest.mark.parametrize("amount, message", [
-    ("abc", "not a number"), ("-5", "must be positive"), ("0", "must be positive"), ("1.234", "two decimal"),
-    ("NaN", "finite"), ("Infinity", "finite"),
+    ("abc", "not an amount"), ("-5", "takes no sign"), ("0", "must be positive"), ("1.234", "two decimals"),
+    ("NaN", "NaN"), ("Infinity", "infinity"), ("1e3", "exponent"), ("1E+2", "exponent"), ("1_000", "separators"),
+    ("１０", "ASCII"), ("١٠", "ASCII"), ("+10", "takes no sign"), ("-0", "takes no sign"), (" 10", "whitespace"),
+    ("10 ", "whitespace"), (".5", "before the point"), ("10.", "after the point"), ("", "empty"),
+    ("92233720368547758.07", "more than the limit of 10000000000 yuan"), ("9" * 100, "longer than"),
+    (10.5, "not an amount"), (True, "not an amount"), (Decimal("1E+999999"), "beyond any real ledger entry"),
 ])
 def test_bad_payments_are_refused_and_change_nothing(store, amount, message):
     with pytest.raises(LedgerError, match=message):

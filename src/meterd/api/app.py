@@ -9,14 +9,19 @@ Requests are checked in this order, and the first failure answers:
 1. the token (missing, malformed, unknown or revoked: 401 with ``WWW-Authenticate: Bearer``);
 2. the role (403);
 3. the body (over 64 KiB: 413; not JSON, not an object, a missing field or a wrong type: 400) and
-   query parameters (400);
+   query parameters (400); an amount outside the amount grammar or over its limit (422, below);
 4. the subject (unknown meter, account or command: 404);
 5. the store's own rules (a refused command: 422; a command no longer queued: 409).
 
 A date or time in a query that is no date is 400; one outside 1970-01-01 .. 2099-12-31 is 422.
 
 Nothing is written before step 5, so a 4xx from steps 1-4 leaves the database as it was.  Money
-travels as strings ("88.50"), never floats.  Blocking store calls run in the thread pool.  The
+travels as strings ("88.50"), never floats: an ``amount`` must be a JSON string by the one amount
+grammar (:mod:`meterd.control.amounts`: ASCII digits, at most two decimals, a sign only on an
+adjustment, at most ``[prepaid] max_payment`` / ``max_adjustment``); anything else -- a JSON
+number, ``true``, ``"1e3"``, ``"+10"`` for a payment -- is 422 with the reason.  A JSON number
+is refused even when it looks exact, because many clients have turned it into a binary float
+before it is sent.  Blocking store calls run in the thread pool.  The
 secret in ``Authorization`` is never logged; an audit row names the token by its id.
 """
 
@@ -44,7 +49,8 @@ from meterd.analytics.views import curve_meters, curve_points, energy_rows, line
 from meterd.api.tokens import Role, TokenStore
 from meterd.control.engine import queue_manual
 from meterd.control.model import CommandKind, CommandState
-from meterd.control.state import Account, Command, ControlStore, LedgerError, LedgerRow, to_fen
+from meterd.control.amounts import AmountError, AmountLimits, amount_text, parse_adjustment, parse_payment
+from meterd.control.state import Account, Command, ControlStore, LedgerError, LedgerRow, parse_opening
 from meterd.errors import ConfigError, MeterdError
 from meterd.readings import address_key
 from meterd.storage.quality import QualityStore, cst_day
@@ -56,7 +62,7 @@ MAX_BODY: Final = 64 * 1024
 MAX_LIMIT: Final = 10_000
 MANUAL_KINDS: Final = ("trip", "reclose", "reclose-allowed", "alarm", "alarm-release")
 COMMAND_STATES: Final = tuple(s.value for s in CommandState)
-ACCOUNT_STATES: Final = ("normal", "reminded", "alarmed", "tripped")
+ACCOUNT_STATES: Final = ("pending", "normal", "reminded", "alarmed", "tripped")
 Clock = Callable[[], datetime]
 
 
@@ -80,6 +86,12 @@ _OPT_STR: Final = {"type": ["string", "null"]}
 _TIME: Final = {"type": "string", "format": "date-time"}
 _OPT_TIME: Final = {"type": ["string", "null"], "format": "date-time"}
 _MONEY: Final = {"type": "string", "pattern": r"^-?\d+(\.\d{1,2})?$", "description": "yuan, exact"}
+_PAYMENT_AMOUNT: Final = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,2})?$", "maxLength": 24,
+                          "description": "yuan: ASCII digits, at most two decimals, no sign; more than 0 and at "
+                                         "most [prepaid] max_payment (default 1000000); else 422"}
+_ADJUSTMENT_AMOUNT: Final = {"type": "string", "pattern": r"^[+-]?[0-9]+(\.[0-9]{1,2})?$", "maxLength": 24,
+                             "description": "yuan: ASCII digits, at most two decimals, negative debits; not 0, at "
+                                            "most [prepaid] max_adjustment (default 1000000) either way; else 422"}
 
 
 def _obj(props: dict[str, Any], required: tuple[str, ...] | None = None, **extra: Any) -> dict[str, Any]:
@@ -96,7 +108,7 @@ SCHEMAS: Final[dict[str, Any]] = {
     "Health": _obj({"status": {"type": "string", "enum": ["ok"]}}),
     "Reading": _obj({"meter": _STR, "quantity": _STR, "timestamp": _TIME, "value": _STR,
                      "kind": {"type": "string", "enum": ["decimal", "datetime", "int", "str", "bool"]},
-                     "unit": _STR, "quality": {"type": "string", "enum": ["good", "suspect", "estimated"]}}),
+                     "unit": _STR, "quality": {"type": "string", "enum": ["good", "suspect", "estimated", "implausible"]}}),
     "Meter": _obj({"address": _STR, "channel": _STR, "protocol": _STR, "ct": _STR, "pt": _STR, "name": _STR,
                    "group": _STR, "latest": {"type": "object", "additionalProperties": _ref("Reading")}}),
     "Readings": _obj({"meter": _STR, "readings": {"type": "array", "items": _ref("Reading")}}),
@@ -104,7 +116,7 @@ SCHEMAS: Final[dict[str, Any]] = {
                      "protected": {"type": "boolean"}, "balance": _MONEY,
                      "state": {"type": "string", "enum": list(ACCOUNT_STATES)}, "held": _OPT_STR,
                      "meters": {"type": "object", "additionalProperties": _STR}, "opened": _TIME,
-                     "manual_hold_until": _OPT_TIME}),
+                     "manual_hold_until": _OPT_TIME, "alarmed_at": _OPT_TIME}),
     "LedgerEntry": _obj({"seq": {"type": "integer"}, "key": _STR, "kind": _STR, "amount": _MONEY, "at": _TIME,
                          "recorded": _TIME, "actor": _STR, "detail": _STR, "meter": _OPT_STR, "rate": _OPT_STR,
                          "kwh": _OPT_STR, "price": _OPT_STR, "balance": _MONEY}),
@@ -171,9 +183,12 @@ SCHEMAS: Final[dict[str, Any]] = {
     "CommandRequest": _obj({"meter": _STR, "kind": {"type": "string", "enum": list(MANUAL_KINDS)},
                             "reason": _STR}, additionalProperties=False),
     "CancelRequest": _obj({"reason": _STR}, additionalProperties=False),
-    "PaymentRequest": _obj({"account": _STR, "amount": _MONEY, "ref": _STR}, additionalProperties=False),
-    "AdjustmentRequest": _obj({"account": _STR, "amount": _MONEY, "ref": _STR, "reason": _STR},
+    "PaymentRequest": _obj({"account": _STR, "amount": _PAYMENT_AMOUNT, "ref": _STR}, additionalProperties=False),
+    "AdjustmentRequest": _obj({"account": _STR, "amount": _ADJUSTMENT_AMOUNT, "ref": _STR, "reason": _STR},
                               additionalProperties=False),
+    "ActivationRequest": _obj({"opening_balance": {**_ADJUSTMENT_AMOUNT, "description": (
+        "yuan: ASCII digits, at most two decimals, negative when the customer owes; 0 for none; at most 1000000 "
+        "either way; else 422")}, "ref": _STR}, additionalProperties=False),
 }
 
 
@@ -203,7 +218,7 @@ def _account_doc(a: Account) -> dict[str, Any]:
     return {"account": a.account, "customer": a.customer, "area": a.area, "tariff": a.tariff,
             "protected": a.protected, "balance": str(a.balance), "state": a.state, "held": a.held,
             "meters": {m: str(k) for m, k in a.meters.items()}, "opened": a.opened.isoformat(),
-            "manual_hold_until": _iso(a.manual_until)}
+            "manual_hold_until": _iso(a.manual_until), "alarmed_at": _iso(a.alarmed_at)}
 
 
 def _ledger_doc(r: LedgerRow, balance: Decimal) -> dict[str, Any]:
@@ -304,6 +319,8 @@ async def _body(request: Request, schema: str) -> dict[str, Any]:
                 if not isinstance(item, str) or not item.strip():
                     raise ApiError(400, f"field {name} must hold non-empty strings, not {item!r}")
             continue
+        if name == "amount":  # the amount grammar has its own answer (422): Api._money
+            continue
         if not isinstance(value, str):
             raise ApiError(400, f"field {name} must be a string, not {type(value).__name__}")
         if not value.strip():
@@ -314,16 +331,13 @@ async def _body(request: Request, schema: str) -> dict[str, Any]:
     return doc
 
 
-def _money(text: str, *, positive: bool) -> Decimal:
+def _amount(value: Any, limits: AmountLimits, *, adjustment: bool) -> Decimal:
+    """The body's ``amount`` by the amount grammar, or 422 with the reason."""
     try:
-        fen = to_fen(text)
-    except LedgerError as exc:
-        raise ApiError(400, f"field amount: {exc}") from None
-    if positive and fen <= 0:
-        raise ApiError(400, f"field amount must be positive, not {text}")
-    if fen == 0:
-        raise ApiError(400, "field amount must not be zero")
-    return Decimal(fen).scaleb(-2)
+        text = amount_text(value, what="field amount", numbers=False)
+        return (parse_adjustment if adjustment else parse_payment)(text, limits, what="field amount")
+    except AmountError as exc:
+        raise ApiError(422, str(exc)) from None
 
 
 # Every date and time in a query goes through _query_time, _query_day or _query_period: text that is
@@ -846,7 +860,9 @@ class Api:
     async def _money(self, request: Request, caller: Caller | None, *, adjustment: bool) -> Response:
         assert caller is not None
         body = await _body(request, "AdjustmentRequest" if adjustment else "PaymentRequest")
-        amount = _money(body["amount"], positive=not adjustment)
+        prepaid = getattr(self.config, "prepaid", None)
+        amount = _amount(body["amount"], prepaid.amounts if prepaid is not None else AmountLimits(),
+                         adjustment=adjustment)
         account, ref = body["account"], body["ref"]
 
         def work() -> Any:
@@ -866,6 +882,32 @@ class Api:
         result = await run_in_threadpool(work)
         return JSONResponse({"applied": result.applied, "balance": str(result.balance), "reason": result.reason,
                              "seq": result.seq}, status_code=201 if result.applied else 200)
+
+    async def activate(self, request: Request, caller: Caller | None) -> Response:
+        """A pending account activated with its opening balance (applied once, ``opening:ACCOUNT``);
+        the token's name is the operator, as for payments."""
+        assert caller is not None
+        name = request.path_params["account"]
+        body = await _body(request, "ActivationRequest")
+        try:
+            opening = parse_opening(amount_text(body["opening_balance"], what="field opening_balance",
+                                                numbers=False), what="field opening_balance")
+        except (AmountError, LedgerError) as exc:
+            raise ApiError(422, str(exc)) from None
+
+        def work() -> Any:
+            if self.control.account(name) is None:
+                raise ApiError(404, f"unknown account {name}")
+            try:
+                result = self.control.activate(name, opening, body["ref"], actor=caller.name, now=self.clock())
+            except LedgerError as exc:
+                raise ApiError(422, str(exc)) from None
+            self._audit(caller, "activate", name, {"ref": body["ref"], "opening_balance": str(opening),
+                                                   "applied": result.applied})
+            return result
+        result = await run_in_threadpool(work)
+        return JSONResponse({"applied": result.applied, "balance": str(result.balance), "reason": result.reason,
+                             "seq": None}, status_code=201 if result.applied else 200)
 
     async def payment(self, request: Request, caller: Caller | None) -> Response:
         return await self._money(request, caller, adjustment=False)
@@ -912,6 +954,10 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
     Endpoint("POST", "/api/v1/commands/{id}/cancel", Role.OPERATOR, "cancel a queued command", Api.cancel_command,
              {200: _ref("Command")}, path_params=("id",), body="CancelRequest",
              errors=(*_AUTH_ERRORS, 400, 404, 409, 413)),
+    Endpoint("POST", "/api/v1/accounts/{account}/activate", Role.OPERATOR, "activate a pending account with its "
+             "opening balance (applied once; the token's name is the operator)", Api.activate,
+             {201: _ref("Applied"), 200: _ref("Applied")}, path_params=("account",), body="ActivationRequest",
+             errors=(*_AUTH_ERRORS, 400, 404, 413, 422)),
     Endpoint("POST", "/api/v1/payments", Role.OPERATOR, "a payment, applied once per ref", Api.payment,
              {201: _ref("Applied"), 200: _ref("Applied")}, body="PaymentRequest",
              errors=(*_AUTH_ERRORS, 400, 404, 413, 422)),

@@ -17,9 +17,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Final
 
+from meterd.control.amounts import JsonNumber
 from meterd.errors import SyncError
 
 TIMEOUT: Final = 30.0
@@ -97,9 +97,9 @@ def get_page(url: str, *, since: str | None, limit: int, token: str | None, time
     shown = shown_url(full)
     body = _send(urllib.request.Request(full, headers=_headers(token)), shown, timeout)
     try:
-        doc = json.loads(body.decode("utf-8-sig"), parse_float=Decimal)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise HttpSyncError(f"answer is not JSON ({exc})", url=shown, status=200) from None
+        doc = json.loads(body.decode("utf-8-sig"), parse_float=JsonNumber)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError, a 4,300-digit integer
+        raise HttpSyncError(f"answer is not JSON ({str(exc)[:200]})", url=shown, status=200) from None
     if isinstance(doc, list):  # a bare list: one page, nothing more
         return Page(doc, None)
     if not isinstance(doc, dict) or not isinstance(doc.get("records", []), list):

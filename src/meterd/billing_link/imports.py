@@ -114,7 +114,7 @@ class PaymentSink:
         todo: list[tuple[RawRecord, Payment, LedgerEntry]] = []
         for rec in records:
             try:
-                p = payment_of(rec, now=self.run.now)
+                p = payment_of(rec, now=self.run.now, limits=self.run.amounts)
                 if not self._exists(p.account):
                     raise RecordError(f"unknown account {p.account}")
             except RecordError as exc:

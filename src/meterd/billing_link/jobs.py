@@ -27,6 +27,7 @@ from meterd.billing_link.exports import export_balances, export_readings
 from meterd.billing_link.imports import import_folder, import_http, sink_for
 from meterd.billing_link.model import JobKind, JobResult, JobSpec, RegisterOf, Run
 from meterd.billing_link.store import SyncStore
+from meterd.control.amounts import AmountLimits
 from meterd.control.state import ControlStore
 from meterd.errors import SyncError
 
@@ -79,11 +80,13 @@ def run_job(
     known_tariffs: Collection[str] = (),
     register_of: RegisterOf | Callable[..., object] | None = None,
     day: date | None = None,
+    amounts: AmountLimits = AmountLimits(),
 ) -> JobResult:
     """Run ``spec`` once, now.  ``known_tariffs``: tariff names an imported account may use (the
     others are quarantined).  ``register_of(meter, day)``: the register value at the start of
     ``day`` -- ``Decimal``, ``(Decimal, estimated)`` or None -- for reading-day exports.  ``day``:
-    export that reading day (default: the days after the watermark through today).
+    export that reading day (default: the days after the watermark through today).  ``amounts``:
+    the site's ``[prepaid] max_payment``; a payment over it is quarantined with the reason.
 
     Raises :class:`SyncError` (HTTP failure, a job already running, a drop folder that cannot be
     used) after recording it as the job's last status; bad files and records do not raise, they
@@ -104,7 +107,7 @@ def run_job(
             result = JobResult(job=spec.name, kind=kind)
             run = Run(spec=spec, now=now, sync=sync, control=control, result=result,
                       known_tariffs=frozenset(known_tariffs), register_of=register_of,  # type: ignore[arg-type]
-                      day=day)
+                      day=day, amounts=amounts)
             sync.begin_run(spec.name, str(kind), now)
             try:
                 _work(run)

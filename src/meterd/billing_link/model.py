@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Final, Mapping
 
 from meterd.billing_link.store import Refusal, SyncStore
+from meterd.control.amounts import AmountLimits
 from meterd.control.state import ControlStore
 
 DETAIL_LINES: Final = 200  # human lines kept in a JobResult; the rest are counted
@@ -111,6 +112,7 @@ class Run:
     known_tariffs: Collection[str] = ()
     register_of: RegisterOf | None = None
     day: date | None = None
+    amounts: AmountLimits = AmountLimits()  # [prepaid] max_payment: a larger payment is quarantined
 
 
 @dataclass(slots=True)

@@ -38,6 +38,7 @@ def register_lookup(data_dir: Any):
 def run_named(config: Any, name: str, *, now: datetime, day: date | None = None):
     """Run the configured job ``name`` once (blocking)."""
     from meterd.billing_link.jobs import run_job
+    from meterd.control.amounts import AmountLimits
 
     jobs = {j.name: j for j in (config.sync.jobs if config.sync else ())}
     if name not in jobs:
@@ -47,7 +48,8 @@ def run_named(config: Any, name: str, *, now: datetime, day: date | None = None)
     register_of, store = register_lookup(config.store.data_dir)
     try:
         return run_job(jobs[name], data_dir=config.store.data_dir, now=now, known_tariffs=tariffs,
-                       register_of=register_of, day=day)
+                       register_of=register_of, day=day,
+                       amounts=config.prepaid.amounts if config.prepaid else AmountLimits())
     finally:
         store.close()
 

@@ -124,7 +124,8 @@ def parse_amount(text: str, *, signed: bool, limit: Decimal, what: str, zero: bo
         raise AmountError(f"{what} {quote(text)} refused: zero is not an amount here")
     if abs(value) > limit:
         where = f" (set by [prepaid] {limit_key})" if limit_key else ""
-        raise AmountError(f"{what} {quote(text)} refused: more than the limit of {limit} yuan{where}")
+        shown = f"{limit:f}" if limit != limit.to_integral_value() else f"{limit.to_integral_value():f}"
+        raise AmountError(f"{what} {quote(text)} refused: more than the limit of {shown} yuan{where}")
     return abs(value) if value == 0 else value  # -0.00 -> 0.00
 
 
@@ -144,7 +145,8 @@ def amount_text(value: Any, *, what: str, numbers: bool) -> str:
         if isinstance(value, Decimal):
             return str(value)
     kind = {bool: "true/false", float: "floating-point number", int: "JSON number", Decimal: "JSON number",
-            JsonNumber: "JSON number"}.get(type(value), type(value).__name__)
+            JsonNumber: "JSON number", type(None): "null", list: "list", dict: "object"}.get(type(value),
+                                                                                           type(value).__name__)
     shown = "true" if value is True else "false" if value is False else f"{value!s:.40}"
     wanted = 'a number or string such as 88.50 or "88.50"' if numbers else 'a JSON string such as "88.50"'
     raise AmountError(f"{what} must be {wanted}, not a {kind} ({shown})")

@@ -1,0 +1,203 @@
+"""Balances and ledger sums never overflow SQLite's int64 nor turn into floats (issue #14).
+
+Before: ``meterd pay A1 92233720368547758.07`` put int64's largest fen into the balance, the next
+payment turned it into a REAL (9.22e18, SQLite's ``+`` on overflow), later payments vanished in
+float rounding and ``verify_balances()`` died of "integer overflow".  Now every text amount goes
+through the one grammar, no entry exceeds ENTRY_LIMIT, no write leaves a balance outside
+±BALANCE_LIMIT_FEN, and the property test below drives random sequences of accepted and refused
+operations through the real store."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meterd.control.amounts import BALANCE_LIMIT_FEN, ENTRY_LIMIT, AmountError, AmountLimits, parse_adjustment, \
+    parse_payment
+from meterd.control.model import EntryKind, LedgerEntry
+from meterd.control.state import AccountSpec, ControlStore, LedgerError, to_fen
+from meterd.storage.sqlite import STATE_FILE
+
+T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+M1, M2 = "000000000001", "000000000002"
+
+
+def _open(path: Path) -> ControlStore:
+    store = ControlStore(path)
+    store.upsert_accounts([AccountSpec("A1", "res", {M1: Decimal(1)}), AccountSpec("A2", "res", {M2: Decimal(1)})],
+                          actor="test", now=T0)
+    return store
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = _open(tmp_path)
+    yield s
+    s.close()
+
+
+def _snapshot(path: Path) -> tuple:
+    with sqlite3.connect(path / STATE_FILE) as conn:
+        return (conn.execute("SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM ledger").fetchone(),
+                conn.execute("SELECT account, balance_fen, typeof(balance_fen) FROM accounts ORDER BY account")
+                .fetchall())
+
+
+def _charge(key: str, account: str, amount: Decimal) -> tuple:
+    return (key, account, EntryKind.CHARGE, amount, T0, "", None, None, None, None, None, None)
+
+
+def _seed_balance(path: Path, account: str, fen: int) -> None:
+    """An account already holding ``fen`` (with the ledger line that explains it), written past the
+    store: reaching 10^18 fen through the store would take a million of its largest entries."""
+    with sqlite3.connect(path / STATE_FILE) as conn:
+        conn.execute("INSERT INTO ledger (key, account, kind, amount_fen, ts, recorded_ts, actor) "
+                     "VALUES (?, ?, 'adjustment', ?, 0, 0, 'test')", (f"seed:{account}", account, fen))
+        conn.execute("UPDATE accounts SET balance_fen = balance_fen + ? WHERE account = ?", (fen, account))
+
+
+def test_the_reported_overflow_is_refused_and_nothing_moves(store, tmp_path):
+    before = _snapshot(tmp_path)
+    for amount in ("92233720368547758.07", Decimal("92233720368547758.07"), 9223372036854775807):
+        with pytest.raises(LedgerError, match="10000000000"):
+            store.pay("A1", amount, f"P{amount!s:.5}", actor="counter", now=T0)
+    assert _snapshot(tmp_path) == before and store.verify_balances() == []
+
+
+@pytest.mark.parametrize("amount", [10.5, float("nan"), True, None, [1]])
+def test_to_fen_takes_no_floats_or_other_types(amount):
+    with pytest.raises(LedgerError, match="not an amount"):
+        to_fen(amount)
+
+
+@pytest.mark.parametrize("amount", [Decimal("1E+999999"), Decimal("-1E+999999"), ENTRY_LIMIT + Decimal("0.01")])
+def test_to_fen_refuses_beyond_the_entry_limit_before_any_arithmetic(amount):
+    with pytest.raises(LedgerError, match="beyond any real ledger entry"):
+        to_fen(amount)
+    assert to_fen(ENTRY_LIMIT) == 10**12 and to_fen(-ENTRY_LIMIT) == -(10**12)
+
+
+def test_a_payment_that_would_leave_the_balance_range_is_refused_whole(store, tmp_path):
+    _seed_balance(tmp_path, "A1", BALANCE_LIMIT_FEN - 50)
+    before = _snapshot(tmp_path)
+    with pytest.raises(LedgerError, match=r"would take account A1 .* beyond"):
+        store.pay("A1", "1", "P1", actor="counter", now=T0)
+    with pytest.raises(LedgerError, match="beyond"):
+        store.apply([LedgerEntry("payment:P2", "A1", EntryKind.PAYMENT, Decimal(1), T0)], actor="billing", now=T0)
+    assert _snapshot(tmp_path) == before and store.verify_balances() == []
+    assert store.pay("A1", "0.50", "P3", actor="counter", now=T0).applied  # up to the limit: fine
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_a_charging_pass_that_would_leave_the_balance_range_is_refused_whole(store, tmp_path, pipelined):
+    _seed_balance(tmp_path, "A2", -BALANCE_LIMIT_FEN + 50)
+    before = _snapshot(tmp_path)
+    with pytest.raises(LedgerError, match=r"charging refused: account A2: balance .* would leave the range"):
+        with store.charging_batch(now=T0, pipelined=pipelined) as batch:
+            batch.add([_charge("charge:a", "A1", Decimal("-2.00")), _charge("charge:b", "A2", Decimal("-1.00"))])
+    assert _snapshot(tmp_path) == before and store.verify_balances() == []
+
+
+def test_a_charge_beyond_the_entry_limit_is_refused_on_the_fast_path_too(store, tmp_path):
+    before = _snapshot(tmp_path)
+    with pytest.raises(LedgerError, match="beyond any real ledger entry"):
+        with store.charging_batch(now=T0) as batch:
+            batch.add([_charge("charge:a", "A1", Decimal("-5000000000000000.00"))])  # a 1E16 kWh reading's charge
+    assert _snapshot(tmp_path) == before
+
+
+def test_verify_balances_reports_a_float_balance_and_sums_exactly_past_int64(store, tmp_path):
+    with sqlite3.connect(tmp_path / STATE_FILE) as conn:
+        conn.execute("UPDATE accounts SET balance_fen = 9.223372036854776e18 WHERE account = 'A1'")
+    assert store.verify_balances() == ["account A1: balance 9.223372036854776e+18 (not an integer of fen) but ledger "
+                                       "sums to 0.00"]
+    with sqlite3.connect(tmp_path / STATE_FILE) as conn:
+        conn.execute("UPDATE accounts SET balance_fen = 0 WHERE account = 'A1'")
+        conn.executemany("INSERT INTO ledger (key, account, kind, amount_fen, ts, recorded_ts, actor) "
+                         "VALUES (?, 'A2', 'adjustment', ?, 0, 0, 'test')", [("x1", 2**62), ("x2", 2**62)])
+        with pytest.raises(sqlite3.OperationalError, match="integer overflow"):  # what SQLite's SUM does
+            conn.execute("SELECT SUM(amount_fen) FROM ledger").fetchone()
+    assert store.verify_balances() == [f"account A2: balance 0.00 but ledger sums to {Decimal(2**63).scaleb(-2)}"]
+
+
+# --- the property --------------------------------------------------------------------------------
+
+LIMITS = AmountLimits(max_payment=Decimal(1_000_000), max_adjustment=Decimal(50_000))
+_fen = st.integers(min_value=1, max_value=100_000_000)
+_good = _fen.map(lambda f: f"{f // 100}.{f % 100:02d}" if f % 3 else str(f // 100 or 1))
+_bad = st.sampled_from(["92233720368547758.07", "1e3", "1E+2", "1_000", "１０", "١٠", "+10", " 10", "10 ", ".5",
+                        "10.", "NaN", "Infinity", "-0", "0", "", "1.234", "1" * 40, "1000000.01", "-1"])
+_amount = st.one_of(_good, _bad, _good.map(lambda t: "-" + t), st.text(max_size=12))
+_account = st.sampled_from(["A1", "A2"])
+_op = st.one_of(
+    st.tuples(st.just("pay"), _account, _amount, st.sampled_from(["P1", "P2", "P3"])),
+    st.tuples(st.just("adjust"), _account, _amount, st.sampled_from(["J1", "J2"])),
+    st.tuples(st.just("store-pay"), _account, _amount, st.sampled_from(["P1", "P4"])),  # text straight to the store
+    st.tuples(st.just("charge"), _account, _fen, st.sampled_from(["c1", "c2", "c3"])),
+    st.tuples(st.just("import"), _account, _fen, st.sampled_from(["P1", "B1"])),  # billing: store.apply
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_op, max_size=20))
+def test_any_sequence_of_operations_keeps_balances_equal_to_the_ledger(ops):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp)
+        store = _open(path)
+        try:
+            model: dict[str, tuple[str, int]] = {}  # ledger key -> (account, fen): what must be there
+            for i, (kind, account, amount, ref) in enumerate(ops):
+                before = _snapshot(path)
+                now = T0 + timedelta(minutes=i)
+                try:
+                    if kind == "pay":
+                        value = parse_payment(amount, LIMITS)
+                        key = f"payment:{ref}"
+                        store.pay(account, value, ref, actor="counter", now=now)
+                    elif kind == "adjust":
+                        value = parse_adjustment(amount, LIMITS)
+                        key = f"adjustment:{ref}"
+                        store.adjust(account, value, ref, actor="op", now=now, reason="r")
+                    elif kind == "store-pay":  # the store applies the grammar itself, up to ENTRY_LIMIT
+                        key = f"payment:{ref}"
+                        try:
+                            value = parse_payment(amount, AmountLimits(ENTRY_LIMIT, ENTRY_LIMIT))
+                        except AmountError:
+                            value = None
+                        try:
+                            store.pay(account, amount, ref, actor="counter", now=now)
+                        except LedgerError:
+                            assert value is None
+                            raise
+                        assert value is not None, f"the store took {amount!r}"
+                    elif kind == "charge":
+                        key, value = f"charge:{ref}", -Decimal(amount).scaleb(-2)
+                        with store.charging_batch(now=now) as batch:
+                            batch.add([_charge(key, account, value)])
+                    else:
+                        key, value = f"payment:{ref}", Decimal(amount).scaleb(-2)
+                        store.apply([LedgerEntry(key, account, EntryKind.PAYMENT, value, now)], actor="billing",
+                                    now=now)
+                except (AmountError, LedgerError):
+                    assert _snapshot(path) == before  # a refused amount changes nothing
+                    continue
+                model.setdefault(key, (account, int(value * 100)))  # a replayed key applies nothing
+            assert store.verify_balances() == []
+            for account in ("A1", "A2"):
+                balance = store.balance(account)
+                assert isinstance(balance, Decimal) and balance.as_tuple().exponent == -2
+                assert balance == sum((Decimal(f).scaleb(-2) for a, f in model.values() if a == account), Decimal(0))
+            ledger = store.ledger("A1") + store.ledger("A2")
+            assert {r.key: (r.account, int(r.amount * 100)) for r in ledger} == model
+            with sqlite3.connect(path / STATE_FILE) as conn:
+                assert {t for (t,) in conn.execute("SELECT DISTINCT typeof(balance_fen) FROM accounts")} == {"integer"}
+                assert {t for (t,) in conn.execute("SELECT DISTINCT typeof(amount_fen) FROM ledger")} <= {"integer"}
+        finally:
+            store.close()
