@@ -127,3 +127,37 @@ async def test_a_round_that_raises_restarts_the_channel_with_backoff(tmp_path: P
             (m, i, "link") for m in ("000000000001", "000000000002") for i in ("0001FF00", "0201FF00")}
         assert len(aborted) == 4 * 4  # every item of every meter, in each of the 4 failed rounds
         assert "RuntimeError: hook bug" in aborted[0].detail
+
+
+async def test_a_service_that_fails_is_logged_and_restarted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = _config(tmp_path)
+    runs: list[int] = []
+    delays: list[float] = []
+    stop = asyncio.Event()
+
+    async def flaky(stop_: asyncio.Event) -> None:
+        runs.append(1)
+        if len(runs) < 3:
+            raise KeyError(f"bug #{len(runs)}")
+        await stop_.wait()
+
+    async def pause(stop_: asyncio.Event, seconds: float) -> bool:
+        delays.append(seconds)
+        return stop_.is_set()
+
+    with SqliteStore(config.store.data_dir) as store:
+        daemon = Daemon(config, store)
+        daemon.runners.clear()  # no polling: the service is the subject
+        daemon.services.append(flaky)
+        daemon.pause = pause  # type: ignore[method-assign]
+        with caplog.at_level(logging.ERROR):
+            task = asyncio.create_task(daemon.run(stop))
+            for _ in range(200):  # a bound, not a timing
+                if len(runs) >= 3:
+                    break
+                await asyncio.sleep(0.01)
+            stop.set()
+            await asyncio.wait_for(task, 30)
+    assert len(runs) == 3 and delays == [1, 2]
+    failed = [r for r in caplog.records if "flaky failed" in r.getMessage()]
+    assert len(failed) == 2 and "KeyError: 'bug #1'" in failed[0].getMessage() and failed[0].exc_info
