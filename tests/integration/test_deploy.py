@@ -363,6 +363,7 @@ def test_systemd_unit_has_what_the_deployment_relies_on():
         "User": "meterd", "EnvironmentFile": "/etc/meterd/secrets.env", "Restart": "on-failure",
         "KillSignal": "SIGTERM", "StateDirectory": "meterd", "NoNewPrivileges": "yes",
         "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
+        "LimitNOFILE": "65536",  # 2,000 API clients and the DTUs must not exhaust 1,024 descriptors
     }
     for key, value in expected.items():
         assert s[key] == [value], key

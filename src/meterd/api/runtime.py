@@ -1,20 +1,51 @@
 """The HTTP API inside the daemon: a uvicorn server on ``[api]`` host and port, stopped with it,
-plus ``/metrics`` in the Prometheus text format (viewer token): per-channel transactions, failures
-by kind, latency, requests waiting for the bus, rounds and overruns; spool size; commands by state;
-prepaid passes; open anomalies and outages."""
+its connections held to the ``[api]`` limits by :mod:`meterd.api.guard`; plus ``/metrics`` in the
+Prometheus text format (viewer token): per-channel transactions, failures by kind, latency,
+requests waiting for the bus, rounds and overruns; spool size; commands by state; prepaid passes;
+open anomalies and outages; API connections and what the guard closed."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 from datetime import datetime
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Final
+
+from meterd import logthrottle
+from meterd.api.guard import ConnectionGuard
 
 if TYPE_CHECKING:
     from meterd.collector.daemon import Daemon
 
 log = logging.getLogger(__name__)
+
+FD_RESERVE_SHARE: Final = 2  # the API may use at most 1/2 of the process's file descriptors
+
+
+MAX_BACKLOG: Final = 2048  # uvicorn's default
+
+
+def fd_budget(configured: int) -> tuple[int, int]:
+    """The API's connection cap and listen backlog within the process's soft ``RLIMIT_NOFILE``.
+
+    The cap is ``[api] max_connections``, lowered to half the file descriptors where that is
+    smaller: the other half stays for DTUs, serial ports, MQTT, the stores and their files.  The
+    backlog matters too: asyncio accepts up to ``backlog`` connections in one go, before any of
+    them reaches the guard that closes the surplus, so a burst of 2,000 connects would take 2,000
+    descriptors at once; it is kept to half of what the cap leaves of the API's half."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return configured, MAX_BACKLOG
+    budget = max(16, soft // FD_RESERVE_SHARE)
+    cap = configured
+    if configured > budget:
+        log.warning("HTTP API: max_connections %d lowered to %d, half of this process's %d file descriptors "
+                    "(raise LimitNOFILE / ulimit -n for more)", configured, budget, soft)
+        cap = budget
+    backlog = min(MAX_BACKLOG, max(16, (soft - soft // 4 - cap) // 2))
+    return cap, backlog
 
 
 class ApiRuntime:
@@ -30,9 +61,14 @@ class ApiRuntime:
         app = create_app(daemon.config.store.data_dir, clock=clock, config=daemon.config, daemon=daemon)
         self.daemon = daemon
         app.router.routes.insert(0, Route("/metrics", self.metrics, methods=["GET"]))
+        cap, backlog = fd_budget(api.max_connections)
+        self.guard = ConnectionGuard(cap, api.header_timeout)
         self.server = uvicorn.Server(uvicorn.Config(app, host=api.host, port=api.port, log_level="warning",
-                                                    access_log=False, lifespan="on"))
+                                                    access_log=False, lifespan="on", http=self.guard.protocol(),
+                                                    timeout_keep_alive=api.keep_alive_timeout,  # type: ignore[arg-type]
+                                                    backlog=backlog))
         self.server.install_signal_handlers = lambda: None  # the daemon owns the signals
+        logthrottle.install("uvicorn.error")  # 'Invalid HTTP request received.' once per minute, with a count
         daemon.services.append(self.run)
 
     retry_bind = 30.0  # seconds between attempts to listen while the port is taken
@@ -115,6 +151,13 @@ def render_metrics(daemon: Daemon) -> str:
             shown = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
             lines.append(f"{name}{{{shown}}} {value}" if shown else f"{name} {value}")
 
+    api = getattr(daemon, "api", None)
+    guard = getattr(api, "guard", None)
+    if guard is not None:
+        metric("meterd_api_connections", "gauge", "open HTTP API connections", [({}, guard.open)])
+        metric("meterd_api_connections_closed_total", "counter", "HTTP API connections the guard closed or refused",
+               [({"reason": "evicted"}, guard.evicted), ({"reason": "refused"}, guard.refused),
+                ({"reason": "header_timeout"}, guard.header_timeouts)])
     runners = daemon.runners
     metric("meterd_channel_transactions_total", "counter", "transactions per channel",
            [({"channel": r.channel.name}, r.channel.stats.transactions) for r in runners])

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 
+from meterd import logthrottle
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error
 from meterd.collector.daemon import Daemon
 from meterd.config.loader import load_config
 from meterd.errors import ConfigError
+from meterd.logthrottle import THROTTLE
 from meterd.storage.sqlite import SqliteStore
 
 log = logging.getLogger("meterd")
@@ -23,6 +26,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise this process's soft ``RLIMIT_NOFILE`` to its hard limit; the (soft, hard) in force.
+
+    Every DTU, API client, serial port and store file is a file descriptor, and the soft limit a
+    login or container hands a process is often 1,024 while the hard limit allows far more (the
+    systemd unit sets both with ``LimitNOFILE``)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:  # RLIM_INFINITY refused by the kernel's nr_open
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    return soft, hard
+
+
+async def flush_log_throttle(stop: asyncio.Event, every: float = 5.0) -> None:
+    """Report the counts of throttled log lines whose interval is over (see meterd.logthrottle)."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), every)
+        except TimeoutError:
+            pass
+        THROTTLE.flush()
+
+
 async def run_daemon(daemon: Daemon, duration: float | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -30,7 +59,15 @@ async def run_daemon(daemon: Daemon, duration: float | None) -> None:
         loop.add_signal_handler(sig, stop.set)
     if duration is not None:
         loop.call_later(duration, stop.set)
-    await daemon.run(stop)
+    # asyncio logs 'socket.accept() out of system resource' with a traceback for every connection
+    # waiting in a listener's backlog (up to 2,048 a second for the API) when file descriptors run out
+    logthrottle.install("asyncio")
+    flusher = asyncio.create_task(flush_log_throttle(stop), name="log-throttle")
+    try:
+        await daemon.run(stop)
+    finally:
+        stop.set()
+        await flusher
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         error(f"{exc}\nnothing was started")
         return EXIT_BAD_INPUT
+    soft, hard = raise_nofile_limit()
+    log.info("open-file limit %s (hard %s)", soft, hard)
     with SqliteStore(config.store.data_dir) as store:
         try:
             daemon = Daemon(config, store)

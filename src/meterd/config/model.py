@@ -170,6 +170,9 @@ class StoreConfig:
 class ApiConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    header_timeout: float = 10.0  # seconds a client has to send a whole request (meterd.api.guard)
+    keep_alive_timeout: float = 5.0  # seconds an idle kept-alive connection stays open after an answer
+    max_connections: int = 1024  # open connections; at the cap the longest-waiting idle one makes room
 
 
 @dataclass(frozen=True, slots=True)
