@@ -103,8 +103,8 @@ def _seed(data_dir: Path) -> dict[str, str]:
         quality.record_online("term1", at(TODAY, 8), at(TODAY, 9))
     with ControlStore(data_dir) as control:
         control.upsert_accounts([
-            AccountSpec("A1", "res", {"000000000002": Decimal(1)}, area="TA-1"),
-            AccountSpec("A2", "res", {"000000000003": Decimal(1)}, area="TA-1"),
+            AccountSpec("A1", "res", {"000000000002": Decimal(1)}, area="TA-1", opening_balance=Decimal(0)),
+            AccountSpec("A2", "res", {"000000000003": Decimal(1)}, area="TA-1", opening_balance=Decimal(0)),
         ], actor="test", now=NOW)
     with TokenStore(data_dir) as tokens:
         return {role: tokens.create(f"{role}-user", role, NOW)[1] for role in ROLES}
@@ -159,7 +159,7 @@ def test_overview_counts_what_was_seeded(site: Site) -> None:
     assert doc["day"] == "2026-11-23" and doc["meters"] == 6
     assert doc["collection"] == {"attempts": 4, "successes": 3, "success_rate": 0.75, "target": 0.97}
     assert doc["terminals"] == {"total": 2, "online": 1}
-    assert doc["accounts"]["total"] == 2 and doc["accounts"]["normal"] == 2
+    assert doc["accounts"]["total"] == 2 and doc["accounts"]["normal"] == 2 and doc["accounts"]["pending"] == 0
 
 
 def test_line_loss_and_energy_by_hand(site: Site) -> None:

@@ -81,7 +81,15 @@ class PrepaidRuntime:
         # A DL/T 645 site cannot switch a relay without these; say so at start, not at the first trip.
         self.credentials = credentials_from_env(config, required=dlt645 and not config.settings.rules.dry_run)
         self.store = ControlStore(daemon.config.store.data_dir)
-        self.store.upsert_accounts(config.accounts, actor="config", now=clock())
+        for line in self.store.upsert_accounts(config.accounts, actor="config", now=clock()):
+            if "not applied" in line:  # an opening balance the config changed after it was applied
+                log.warning("config: %s", line)
+            elif "opening balance" in line or "pending" in line or "activated" in line:
+                log.info("config: %s", line)
+        pending = self.store.counts("accounts", "state").get("pending", 0)
+        if pending:
+            log.warning("prepaid: %d account(s) pending: charged, but never reminded, alarmed or tripped until "
+                        "activated with an opening balance (meterd account activate, or the billing import)", pending)
         self.anomalies = AnomalyStore(daemon.config.store.data_dir)
         self.engine = PrepaidEngine(self.store, config.settings, config.tariffs, limits=config.power_limits,
                                     capabilities=self.capabilities,

@@ -384,6 +384,7 @@
     setText("t-accounts-detail", doc.accounts
       ? `${a.tripped || 0} tripped · ${a.alarmed || 0} alarmed · ${a.reminded || 0} reminded`
         + (a.total !== undefined ? ` of ${a.total}` : "")
+        + (a.pending ? ` · ${a.pending} pending activation (never tripped until activated)` : "")
       : "");
 
     const byState = doc.commands || {};
