@@ -10,12 +10,14 @@ kind inside the window are only counted.  The count is reported in one summary l
 
 at the first event of that kind after the window (just before that event's own line), or by
 :meth:`LogThrottle.flush` once the window is over, whichever comes first -- the daemon calls
-``flush`` every few seconds, so a burst that stops is still reported.
+:func:`flush_all` every few seconds, so a burst that stops is still reported.
 
 Two ways in:
 
-* :meth:`LogThrottle.log` for our own call sites: ``THROTTLE.log(log, logging.WARNING, "reject:malformed",
-  "dtu listener %s: ...", name, ...)``;
+* :meth:`LogThrottle.log` for our own call sites.  A component that logs per event keeps a
+  throttle of its own, as it keeps its own statistics (``self._log = LogThrottle()``;
+  ``self._log.log(log, logging.WARNING, "malformed", "MQTT: dropped ...", ...)``), so two listeners
+  or two test cases never share windows; :func:`flush_all` reaches every throttle alive;
 * :class:`ThrottleFilter` for loggers we do not own (uvicorn's ``uvicorn.error``, ``asyncio``):
   a :class:`logging.Filter` whose kind is the first line of the record's message template; a
   suppressed record is dropped (with its traceback), the summary is emitted through the same
@@ -31,6 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Final
 
@@ -56,6 +59,7 @@ class LogThrottle:
         self.clock = clock
         self._windows: dict[tuple[str, str], _Window] = {}
         self._lock = threading.Lock()  # loggers are called from worker threads too
+        _ALIVE.add(self)
 
     def admit(self, logger_name: str, kind: str, level: int = logging.WARNING) -> tuple[bool, int, float]:
         """Whether an event of ``kind`` is to be logged now; with it, how many events of that kind
@@ -147,4 +151,12 @@ def install(logger_name: str, throttle: LogThrottle | None = None) -> ThrottleFi
     return found
 
 
-THROTTLE: Final = LogThrottle()  # the process's throttle: every call site shares its kinds and windows
+_ALIVE: weakref.WeakSet[LogThrottle] = weakref.WeakSet()
+
+
+def flush_all() -> int:
+    """:meth:`LogThrottle.flush` on every throttle alive; how many summary lines."""
+    return sum(throttle.flush() for throttle in list(_ALIVE))
+
+
+THROTTLE: Final = LogThrottle()  # for the filters on loggers we do not own (one per process)

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from meterd.logthrottle import MAX_KINDS, LogThrottle, ThrottleFilter, install
+from meterd.logthrottle import MAX_KINDS, LogThrottle, ThrottleFilter, flush_all, install
 
 
 class Clock:
@@ -131,3 +131,17 @@ def test_kinds_remembered_are_bounded(caplog, clock):
 def test_interval_must_be_positive():
     with pytest.raises(ValueError):
         LogThrottle(0)
+
+
+def test_flush_all_reaches_every_throttle_alive(caplog, clock):
+    first, second = LogThrottle(60, clock=clock), LogThrottle(60, clock=clock)
+    log = logging.getLogger("meterd.test.all")
+    with caplog.at_level(logging.WARNING, logger="meterd.test.all"):
+        for throttle in (first, second, first):
+            throttle.log(log, logging.WARNING, "k", "event")
+            throttle.log(log, logging.WARNING, "k", "event")
+        clock.now += 60
+        assert flush_all() >= 2
+    mine = [r.getMessage() for r in caplog.records if r.name == "meterd.test.all"]
+    assert mine[:2] == ["event", "event"]
+    assert sorted(mine[2:]) == ["1 more like this in the last 60 s: k", "3 more like this in the last 60 s: k"]

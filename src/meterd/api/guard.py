@@ -45,7 +45,7 @@ from typing import Any, ClassVar, Final
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from meterd.logthrottle import THROTTLE
+from meterd.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class ConnectionGuard:
         self.evicted = 0  # closed to make room for a newer connection
         self.refused = 0  # turned away: every connection was in the middle of a request
         self.header_timeouts = 0  # closed for not sending a whole request in time
+        self.log = LogThrottle()  # what the guard does is logged once a minute per kind, with a count
 
     def protocol(self) -> type[GuardedH11Protocol]:
         """The protocol class to hand uvicorn as ``Config(http=...)``, bound to this guard."""
@@ -95,8 +96,9 @@ class ConnectionGuard:
                 return False
             oldest = next(iter(self._waiting))
             self.evicted += 1
-            THROTTLE.log(log, logging.WARNING, "api:evict", "HTTP API: %d connections open (max_connections); "
-                         "closing the ones waiting longest without a request to make room", self.open)
+            self.log.log(log, logging.WARNING, "HTTP API connections closed to make room",
+                         "HTTP API: %d connections open (max_connections); closing the ones waiting longest "
+                         "without a request to make room", self.open)
             oldest._release()
             oldest.transport.close()
         self.open += 1
@@ -125,7 +127,7 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         if not self.guard._admit():
             self.guard.refused += 1
-            THROTTLE.log(log, logging.WARNING, "api:refuse", "HTTP API: all %d connections are in the middle of "
+            self.guard.log.log(log, logging.WARNING, "HTTP API connections refused", "HTTP API: all %d connections are in the middle of "
                          "a request; new connections are answered 503", self.guard.max_connections)
             assert isinstance(transport, asyncio.WriteTransport)
             transport.write(BUSY_RESPONSE)
@@ -178,7 +180,7 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline = None
         if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
             self.guard.header_timeouts += 1
-            THROTTLE.log(log, logging.INFO, "api:header-timeout", "HTTP API: closed a connection from %s that "
+            self.guard.log.log(log, logging.INFO, "HTTP API connections closed at the header timeout", "HTTP API: closed a connection from %s that "
                          "sent no complete request within %g s (header_timeout)",
                          f"{self.client[0]}:{self.client[1]}" if self.client else "?", self.guard.header_timeout)
             self._release()

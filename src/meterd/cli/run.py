@@ -13,7 +13,6 @@ from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error
 from meterd.collector.daemon import Daemon
 from meterd.config.loader import load_config
 from meterd.errors import ConfigError
-from meterd.logthrottle import THROTTLE
 from meterd.storage.sqlite import SqliteStore
 
 log = logging.getLogger("meterd")
@@ -49,7 +48,7 @@ async def flush_log_throttle(stop: asyncio.Event, every: float = 5.0) -> None:
             await asyncio.wait_for(stop.wait(), every)
         except TimeoutError:
             pass
-        THROTTLE.flush()
+        logthrottle.flush_all()
 
 
 async def run_daemon(daemon: Daemon, duration: float | None) -> None:

@@ -19,7 +19,8 @@ Rules of the listener
 * Registration: the bytes a new connection sends are matched against every format.  A valid
   registration whose id is in ``known`` puts the terminal online; any bytes behind it in the same
   read are handled as ordinary traffic.
-* Rejections, each logged with the peer and counted in ``status()["rejected"]`` by reason:
+* Rejections, each counted in ``status()["rejected"]`` by reason and logged with the peer (once a
+  minute per reason, with a count of the rest: a flood of bad connections does not fill the log):
 
   ``unknown_id``            a well-formed registration of a terminal id that is not configured;
                             the connection is closed.
@@ -100,6 +101,7 @@ from typing import Any, Callable, Final, Iterable, Mapping, Sequence
 
 from meterd.collector.transports.base import Transport
 from meterd.errors import ConfigError, LinkClosedError, LinkError
+from meterd.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -744,6 +746,7 @@ class DtuListener:
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
         self.unknown_ids: Counter[str] = Counter()
+        self._log = LogThrottle()  # rejections: once a minute per reason, with a count
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -891,8 +894,9 @@ class DtuListener:
     def _reject(self, conn: _Connection, reason: str, detail: str, data: bytes = b"") -> None:
         self.rejected[reason] += 1
         shown = f" [{_show(data)}]" if data else ""
-        log.warning("dtu listener %s: connection from %s rejected (%s): %s%s", self.name, conn.peer, reason,
-                    detail, shown)
+        self._log.log(log, logging.WARNING, f"dtu listener {self.name}: connections rejected ({reason})",
+                     "dtu listener %s: connection from %s rejected (%s): %s%s", self.name, conn.peer, reason,
+                     detail, shown)
         self._pending.discard(conn)
         conn.shut(reason)
 
@@ -924,8 +928,9 @@ class DtuListener:
         if not conn.saw_unregistered:
             conn.saw_unregistered = True
             self.rejected[UNREGISTERED_DATA] += 1
-            log.warning("dtu listener %s: %s sent data before registering (dropped; it has %g s to register) [%s]",
-                        self.name, conn.peer, self.registration_timeout, _show(buf))
+            self._log.log(log, logging.WARNING, f"dtu listener {self.name}: data before registering",
+                         "dtu listener %s: %s sent data before registering (dropped; it has %g s to register) [%s]",
+                         self.name, conn.peer, self.registration_timeout, _show(buf))
 
     def _register(self, conn: _Connection, fmt: DtuFormat, terminal_id: str, rest: bytes) -> None:
         term = self._terminals.get(terminal_id)

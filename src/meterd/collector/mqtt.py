@@ -109,6 +109,7 @@ from meterd.collector import paho_loop
 from meterd.collector.paho_loop import PahoDriver
 from meterd.collector.transports.base import Transport
 from meterd.errors import LinkClosedError, LinkError, LinkTimeoutError, ProtocolError
+from meterd.logthrottle import LogThrottle
 from meterd.protocols.dlt645.frame import decode_frame
 from meterd.protocols.readspec import DLT645_1997, DLT645_2007, MODBUS
 from meterd.readings import Quality, Reading, Value
@@ -626,6 +627,7 @@ class MqttHub:
         self.request_ttl = request_ttl
         self.stats = HubStats()
         self.rejects: deque[str] = deque(maxlen=REJECTS_KEPT)  # the latest rejection reasons
+        self._log = LogThrottle()  # dropped messages: logged once a minute per counter, with a count
         self.connected = False
         self._status: dict[str, str] = {}
         self._transports: dict[str, list[MqttTransport]] = {}
@@ -830,13 +832,15 @@ class MqttHub:
         setattr(self.stats, counter, getattr(self.stats, counter) + count)
         text = f"terminal {tid}: {reason}" if tid else reason
         self.rejects.append(f"{counter}: {text}")
-        log.warning("MQTT: dropped a message (%s): %s", counter, text)
+        self._log.log(log, logging.WARNING, f"MQTT messages dropped ({counter})", "MQTT: dropped a message (%s): %s",
+                      counter, text)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         try:
             self._dispatch(topic, payload)
         except Exception:  # never let one message take the hub down
-            log.exception("MQTT: handling a message on %s failed", topic)
+            self._log.log(log, logging.ERROR, "MQTT messages whose handling failed",
+                          "MQTT: handling a message on %s failed", topic, exc_info=True)
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
         parsed = self._topic_cache.get(topic, _UNPARSED)

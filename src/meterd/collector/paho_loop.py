@@ -51,6 +51,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from meterd.logthrottle import LogThrottle
 from meterd.supervise import log_task_failure
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,7 @@ class PahoDriver:
         self._running = False
         self._connecting = False  # reconnect() is running in a worker thread
         self._delay: float | None = None
+        self._log = LogThrottle()  # a callback failing on every message: once a minute, with a count
         client.on_connect = self._paho_connect
         client.on_socket_open = self._socket_open
         client.on_socket_close = self._socket_close
@@ -377,7 +379,8 @@ class PahoDriver:
                 client.loop_read()
                 sock = client.socket()
         except Exception:  # a callback raised inside paho: keep the connection going
-            log.exception("MQTT %s:%d: handling incoming data failed", self.host, self.port)
+            self._log.log(log, logging.ERROR, "MQTT incoming data whose handling failed",
+                          "MQTT %s:%d: handling incoming data failed", self.host, self.port, exc_info=True)
 
     def _flush(self) -> None:
         self._flush_pending = False
