@@ -67,7 +67,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-prepaid-") as tmp:
         store = ControlStore(tmp)
         t = time.perf_counter()
-        store.upsert_accounts([AccountSpec(f"A{i:07d}", kinds[i % 3], {meter(i): Decimal(1)}, area=f"TA{i % 1000:04d}")
+        store.upsert_accounts([AccountSpec(f"A{i:07d}", kinds[i % 3], {meter(i): Decimal(1)}, area=f"TA{i % 1000:04d}",
+                                           opening_balance=Decimal(0))  # active: the policy acts on them
                                for i in range(1, n + 1)], actor="bench", now=DAY0)
         payments = [LedgerEntry(f"payment:open-{i}", f"A{i:07d}", EntryKind.PAYMENT,
                                 Decimal("24.00") if i % 50 == 0 else Decimal("300.00"), DAY0) for i in range(1, n + 1)]

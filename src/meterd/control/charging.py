@@ -84,7 +84,6 @@ from meterd.plausibility import DEFAULT_RATING, REGISTER_STEP, Rating, max_advan
 _NO_MULTIPLIERS: Final[Mapping[str, Decimal]] = MappingProxyType({})
 _NO_RATINGS: Final[Mapping[str, Rating]] = MappingProxyType({})
 _ONE: Final = Decimal(1)
-_HOUR: Final = Decimal(3600)
 _US: Final = timedelta(microseconds=1)
 _ZERO: Final = Decimal(0)
 _ZERO_MONEY: Final = Decimal(0).quantize(FEN)
@@ -229,7 +228,9 @@ class DistrictCharger:
 
     def __init__(self, ratings: Mapping[str, Rating] = _NO_RATINGS) -> None:
         self.ratings = ratings  # meter -> what its circuit can carry (default: DEFAULT_RATING)
-        self._limits: dict[tuple[str, Decimal], tuple[Decimal, Decimal]] = {}  # (meter, CT×PT) -> (kW, step)
+        # (id(rating), CT×PT, t0, t1) -> the most a register may advance over (t0, t1]: a district's
+        # meters share a few ratings and multipliers and a round's instants
+        self._limits: dict[tuple[int, Decimal, datetime, datetime], Decimal] = {}
         self.memo: dict = {}  # shared with charge_account: how a delta splits and is priced
         self.entries: list[tuple] = []  # LedgerEntry fields (``as_fields``)
         self.cursors: list[Cursor] = []  # cursors that changed
@@ -262,13 +263,10 @@ class DistrictCharger:
             self.usage += [(account, u.period, u.kwh) for u in result.usage.values()]
         self.flags += result.flags
 
-    def _limit(self, meter: str, multiplier: Decimal) -> tuple[Decimal, Decimal]:
-        """(max kW, register step), primary side, for ``meter`` at ``multiplier``."""
-        key = (meter, multiplier)
-        limit = self._limits.get(key)
-        if limit is None:
-            limit = self._limits[key] = (self.ratings.get(meter, DEFAULT_RATING).max_kw(multiplier),
-                                         REGISTER_STEP * multiplier)
+    def _limit(self, key: tuple[int, Decimal, datetime, datetime], rating: Rating) -> Decimal:
+        """:func:`~meterd.plausibility.max_advance` for ``key`` (rule 3a), kept for the pass."""
+        _, multiplier, t0, t1 = key
+        limit = self._limits[key] = max_advance(rating.max_kw(multiplier), REGISTER_STEP * multiplier, t0, t1)
         return limit
 
     def _plain(self, account: str, tariff: Tariff, readings: Sequence[RegisterReading],
@@ -279,7 +277,7 @@ class DistrictCharger:
             readings = sorted(readings, key=_READING_ORDER)
             if len({(r.meter, r.rate) for r in readings}) < len(readings):
                 return False  # a register read twice: its second delta starts at its first
-        memo, tid, charge = self.memo, id(tariff), EntryKind.CHARGE
+        memo, tid, charge, limits, ratings = self.memo, id(tariff), EntryKind.CHARGE, self._limits, self.ratings
         entries: list[tuple] = []
         moved: list[Cursor] = []
         used: dict[str, Decimal] = {}  # tier period -> kWh so far, as it changes
@@ -297,8 +295,9 @@ class DistrictCharger:
             if kwh:
                 if kwh < 0:
                     return False
-                max_kw, step = self._limit(meter, multipliers.get(meter, _ONE))
-                if kwh > max_kw * Decimal((at - t0).total_seconds()) / _HOUR + 2 * step:
+                rating = ratings.get(meter, DEFAULT_RATING)
+                key = (id(rating), multipliers.get(meter, _ONE), t0, at)
+                if kwh > (limits.get(key) or self._limit(key, rating)):
                     return False  # more than the meter can carry: charge_account flags it
                 plan = memo.get((tid, rate, t0, at))
                 if plan is None or plan[0] is not tariff:
