@@ -54,6 +54,7 @@ MAGNITUDE_CEILING: Final = Decimal(10) ** 12
 REGISTER_STEP: Final = Decimal("0.01")
 _ENERGY_PREFIXES: Final = ("energy.", "frozen.daily.energy.", "frozen.monthly.energy.")
 _HOUR_SECONDS: Final = Decimal(3600)
+_TIGHTER: Final = 1 - 1e-9  # a float screen errs towards the exact judgement
 _KILO: Final = Decimal(1000)
 
 
@@ -144,12 +145,21 @@ class Gate:
     default rating, CT × PT of 1).  Memory: one entry per (meter, energy quantity) seen.
     """
 
-    __slots__ = ("bounds", "default", "_last")
+    __slots__ = ("bounds", "default", "_last", "_rules")
 
     def __init__(self, bounds: Mapping[str, MeterBounds], default: MeterBounds = DEFAULT_BOUNDS) -> None:
         self.bounds = dict(bounds)
         self.default = default
         self._last: dict[tuple[str, str], tuple[datetime, Decimal]] = {}
+        # (meter, quantity) -> (span, kWh a second, slack kWh, bounds): the advance rule as floats,
+        # a hair tighter than the exact one, screens the common case; the rest is judged exactly
+        self._rules: dict[tuple[str, str], tuple[Decimal, float, float, MeterBounds]] = {}
+
+    def _rule(self, key: tuple[str, str]) -> tuple[Decimal, float, float, MeterBounds]:
+        bounds = self.bounds.get(key[0], self.default)
+        rule = self._rules[key] = (bounds.span_of(key[1]), float(bounds.max_kw) / 3600 * _TIGHTER,
+                                   float(2 * bounds.step) * _TIGHTER, bounds)
+        return rule
 
     def screen(self, readings: Iterable[Reading]) -> tuple[list[Reading], list[Implausible]]:
         """The readings, each implausible one replaced by a copy with quality ``implausible``
@@ -177,11 +187,10 @@ class Gate:
             if abs(value) >= MAGNITUDE_CEILING:
                 return f"beyond any measurement (|value| >= {MAGNITUDE_CEILING:E})"
             return None
-        bounds = self.bounds.get(r.meter, self.default)
-        span = bounds.span_of(quantity)
+        key = (r.meter, quantity)
+        span, per_second, slack, bounds = self._rules.get(key) or self._rule(key)
         if value < 0 or value >= span:
             return f"beyond the register's span 0..{span}"
-        key = (r.meter, quantity)
         last = self._last.get(key)
         at = r.timestamp
         if last is not None and at <= last[0]:
@@ -189,6 +198,8 @@ class Gate:
         self._last[key] = (at, value)
         if last is None or value <= last[1]:
             return None  # a fall is charging's to judge (rollover or a register going back)
+        if float(value - last[1]) <= per_second * (at - last[0]).total_seconds() + slack:
+            return None
         allowed = max_advance(bounds.max_kw, bounds.step, last[0], at)
         if value - last[1] > allowed:
             hours = (at - last[0]).total_seconds() / 3600
