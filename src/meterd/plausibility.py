@@ -42,6 +42,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Final
 
+from meterd.control.model import CST
 from meterd.readings import Quality, Reading
 
 # A DL/T 645 energy register is XXXXXX.XX kWh on the meter (secondary side): it wraps at 10^6.
@@ -130,7 +131,12 @@ class Implausible:
     reason: str
 
     def describe(self) -> str:
-        return f"meter {self.meter} {self.quantity} = {_show(self.value)} at {self.at.isoformat()}: {self.reason}"
+        return f"meter {self.meter} {self.quantity} = {_show(self.value)} at {_local(self.at)}: {self.reason}"
+
+
+def _local(at: datetime) -> str:
+    """An instant as the operator reads it: the site's time, with its zone."""
+    return at.astimezone(CST).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def _show(value: object) -> str:
@@ -203,6 +209,6 @@ class Gate:
         allowed = max_advance(bounds.max_kw, bounds.step, last[0], at)
         if value - last[1] > allowed:
             hours = (at - last[0]).total_seconds() / 3600
-            return (f"advanced {value - last[1]} since {last[1]} at {last[0].isoformat()} ({hours:.4g} h): "
+            return (f"advanced {value - last[1]} since {last[1]} at {_local(last[0])} ({hours:.4g} h): "
                     f"more than the {bounds.max_kw} kW the meter can carry allows ({allowed.normalize()})")
         return None
