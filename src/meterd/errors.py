@@ -15,6 +15,7 @@ Errors are grouped by where in the life of the daemon they happen::
      +-- DeviceRejectedError          a meter answered with an abnormal reply (carries its error bits)
      +-- ControlError                 a control action was not confirmed by read-back
      +-- SyncError                    billing-system exchange failed
+     +-- StorageFullError             a database or spool cannot be written: disk full (nothing half-written)
 
 Third-party exceptions (pyserial, asyncio, construct, ...) are translated once, at the edge,
 with ``raise ... from exc``.  The protocol codecs raise only ProtocolError subclasses; a meter's
@@ -112,3 +113,14 @@ class ControlError(MeterdError):
 
 class SyncError(MeterdError):
     """An exchange with the billing system failed."""
+
+
+class StorageFullError(MeterdError):
+    """A write was refused for want of space: the disk (or the database's size limit) is full.
+
+    The transaction it was part of was rolled back whole.  ``what`` names the store for people
+    ("the state database"), ``path`` the file."""
+
+    def __init__(self, what: str, path: object) -> None:
+        self.what, self.path = what, path
+        super().__init__(f"{what} cannot be written: disk full ({path})")

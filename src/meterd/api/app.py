@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -51,12 +52,15 @@ from meterd.control.engine import queue_manual
 from meterd.control.model import CommandKind, CommandState
 from meterd.control.amounts import AmountError, AmountLimits, amount_text, parse_adjustment, parse_payment
 from meterd.control.state import Account, Command, ControlStore, LedgerError, LedgerRow, parse_opening
-from meterd.errors import ConfigError, MeterdError
+from meterd.errors import ConfigError, MeterdError, StorageFullError
+from meterd.logthrottle import LogThrottle
 from meterd.readings import address_key
 from meterd.storage.quality import QualityStore, cst_day
 from meterd.storage.sqlite import MeterRecord, SqliteStore, encode_value
+from meterd.storage.statedb import disk_full
 
 log = logging.getLogger(__name__)
+_ERROR_LOG = LogThrottle()  # a failing request is logged once a minute per kind, with a count
 
 MAX_BODY: Final = 64 * 1024
 MAX_LIMIT: Final = 10_000
@@ -1095,8 +1099,21 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    log.error("API %s %s failed: %r", request.method, request.url.path, exc)
+    _ERROR_LOG.log(log, logging.ERROR, f"API requests failed with {type(exc).__name__}",
+                   "API %s %s failed: %r", request.method, request.url.path, exc)
     return JSONResponse({"error": "internal error"}, status_code=500)
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    """A write refused for want of space is 503 with what cannot be written (the transaction was
+    rolled back whole: nothing is half-written); any other database error is a 500 as before."""
+    if not disk_full(exc):
+        raise exc
+    what = exc.what if isinstance(exc, StorageFullError) else "the database"
+    _ERROR_LOG.log(log, logging.ERROR, "API requests refused: disk full", "API %s %s: %s", request.method,
+                   request.url.path, exc)
+    return JSONResponse({"error": f"{what} cannot be written: disk full"}, status_code=503,
+                        headers={"Retry-After": "60"})
 
 
 def create_app(data_dir: Path, *, clock: Clock, config: Any = None, daemon: Any = None) -> Starlette:
@@ -1117,6 +1134,8 @@ def create_app(data_dir: Path, *, clock: Clock, config: Any = None, daemon: Any 
 
     routes = [Route(ep.path, _wrap(api, ep), methods=[ep.method]) for ep in ENDPOINTS] + dashboard_routes()
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error})
+                    exception_handlers={ApiError: _api_error, HTTPException: _http_error, StorageFullError: _storage_error,
+                                        sqlite3.Error: _storage_error, OSError: _storage_error,
+                                        Exception: _server_error})
     app.state.api = api
     return app

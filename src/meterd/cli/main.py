@@ -7,6 +7,7 @@ import logging
 import sys
 
 from meterd import __version__
+from meterd.errors import StorageFullError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +34,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from meterd.cli.common import EXIT_FAILED, error
+        from meterd.storage.statedb import disk_full
+
+        if not disk_full(exc):
+            raise
+        # one line, no traceback; the transaction was rolled back whole, nothing is half-written
+        error(str(exc) if isinstance(exc, StorageFullError) else f"cannot write: disk full ({exc})")
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -25,17 +25,73 @@ goes on.  See :meth:`StateDatabase._write`.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Self, Sequence
+from typing import Any, ClassVar, Final, Iterator, Self, Sequence
 
-from meterd.errors import ConfigError
+from meterd.errors import ConfigError, StorageFullError
 from meterd.storage.sqlite import STATE_FILE
 
 log = logging.getLogger(__name__)
+
+
+NEARLY_FULL: Final = 1024 * 1024  # bytes free below which SQLite's I/O errors are taken for a full disk
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` .. ``COMMIT``, rolled back on any error, a failed COMMIT included.
+
+    After some errors (``SQLITE_FULL`` among them) SQLite has already rolled the transaction back
+    itself; a second ROLLBACK would fail with "no transaction is active" and hide the real error,
+    so it is sent only while a transaction is open."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def disk_full(exc: BaseException, directory: Path | None = None) -> bool:
+    """Whether ``exc``, or an error it was raised from, is a write refused for want of space:
+    :class:`StorageFullError`, SQLite's ``SQLITE_FULL``, ``ENOSPC``/``EDQUOT``, or -- with the
+    ``directory`` of the database -- an SQLite I/O error while that file system has (almost) no
+    space left (SQLite reports a shared-memory or WAL file it cannot grow as ``disk I/O error``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StorageFullError):
+            return True
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(current, sqlite3.Error):
+            code = getattr(current, "sqlite_errorcode", None)
+            if code is None:
+                if "database or disk is full" in str(current):
+                    return True
+            elif code & 0xFF == sqlite3.SQLITE_FULL:
+                return True
+            elif code & 0xFF == sqlite3.SQLITE_IOERR and directory is not None and _space_left(directory) < NEARLY_FULL:
+                return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _space_left(directory: Path) -> int:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return NEARLY_FULL
+    return st.f_bavail * st.f_frsize
 
 
 class StateDatabase:
@@ -66,8 +122,10 @@ class StateDatabase:
             with self._lock:
                 self._conn.executescript(self.SCHEMA)
             self._migrate()
-        except BaseException:
+        except BaseException as exc:
             self._conn.close()
+            if isinstance(exc, sqlite3.Error) and disk_full(exc, self.path.parent):
+                raise StorageFullError("the state database", self.path) from exc
             raise
         self._closed = False
 
@@ -128,34 +186,34 @@ class StateDatabase:
         survives the process being killed at any point; an OS crash or power cut may lose it
         (never half of it, never the file) until the next ordinary commit, whose wait for the disk
         covers it too."""
-        with self._lock:
+        with self._lock, self._full_named():
             conn = self._conn
             if not (redoable and self._wal):  # NORMAL outside WAL mode could corrupt on a power cut
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(conn):
                     yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
                 return
             level = conn.execute("PRAGMA synchronous").fetchone()[0]
             every = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
             conn.execute(f"PRAGMA synchronous={min(int(level), 1)}")  # NORMAL, unless set lower
             conn.execute("PRAGMA wal_autocheckpoint=0")
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(conn):
                     yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
             finally:
                 conn.execute(f"PRAGMA wal_autocheckpoint={int(every)}")
                 conn.execute(f"PRAGMA synchronous={int(level)}")
             if every > 0:
                 self._checkpoint_soon()
+
+    @contextmanager
+    def _full_named(self) -> Iterator[None]:
+        """A write refused for want of space becomes :class:`StorageFullError` naming the file."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if disk_full(exc, self.path.parent):
+                raise StorageFullError("the state database", self.path) from exc
+            raise
 
     def _checkpoint_soon(self) -> None:
         """Copy the WAL back into the database file from a thread with its own connection
