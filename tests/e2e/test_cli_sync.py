@@ -75,7 +75,8 @@ def test_payments_from_a_drop_folder_once_with_quarantine(run_meterd, tmp_path):
     assert json.loads(run_meterd("ledger", "A2", "-c", "site.toml", "--json").stdout)["balance"] == "50.50"
     reasons = " | ".join(q["reason"] for q in json.loads(
         run_meterd("sync", "quarantine", "payments", "-c", "site.toml", "--json").stdout))
-    assert "unknown account NOPE" in reasons and "negative" in reasons and "not a number" in reasons, reasons
+    assert "unknown account NOPE" in reasons and 'amount "-3" refused: it takes no sign' in reasons \
+        and 'amount "abc" refused: it is not an amount' in reasons, reasons
     status = {s["job"]: s for s in json.loads(run_meterd("sync", "status", "-c", "site.toml", "--json").stdout)}
     assert status["payments"]["last_status"] == "ok"
     assert list((tmp_path / "billing" / "payments" / "processed").iterdir())
