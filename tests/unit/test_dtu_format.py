@@ -58,6 +58,23 @@ def test_usr_ascii_binary_data_and_heartbeats_are_no_registration(data):
     assert USR_ASCII.parse_registration(data).status is FOREIGN
 
 
+@pytest.mark.parametrize("data, beats", [(b"DTU00000001" + b"www.usr.cn" * 3, 3), (b"DTU00000001HB" + b"www.usr.cn" * 3, 4),
+                                         (b"DTU00000001" + b"www.usr.cn" * 7, 7)])  # 81 bytes: was "oversized"
+def test_usr_ascii_registration_and_heartbeats_in_one_read(data, beats):
+    # A delayed accept (a busy master) hands over the registration and the heartbeats sent since
+    # in one read: the registration is recognised and the heartbeats are left for the stream.
+    r = USR_ASCII.parse_registration(data)
+    assert (r.status, r.terminal_id, r.consumed) == (OK, "DTU00000001", 11)
+    assert USR_ASCII.strip_heartbeats(data[r.consumed:]) == (b"", beats)
+
+
+def test_an_id_that_ends_like_a_heartbeat_is_kept_whole():
+    # ambiguous: a valid id as it is stays whole (an id may end in "HB"); only a read that cannot
+    # be an id is split before its trailing heartbeats
+    r = USR_ASCII.parse_registration(b"SITEHB")
+    assert (r.status, r.terminal_id, r.consumed) == (OK, "SITEHB", 6)
+
+
 def test_usr_ascii_heartbeats_are_stripped_at_the_start_only():
     assert USR_ASCII.strip_heartbeats(b"www.usr.cn") == (b"", 1)
     assert USR_ASCII.strip_heartbeats(b"HBwww.usr.cn" + DLT645_REQUEST) == (DLT645_REQUEST, 2)

@@ -59,7 +59,9 @@ Presets (see :data:`PRESETS`)
     connection is made ("connect with" / 连接发送): the registration is the terminal id as ASCII
     text, e.g. ``DTU00000001`` (USR allows up to 40 bytes).  Heartbeat: ``www.usr.cn`` -- the
     factory default content of USR's network heartbeat (sent every 30 s by default) -- or ``HB``,
-    a common site convention; both are accepted.
+    a common site convention; both are accepted.  A read that cannot be an id as it is (too long,
+    or not of the id's form) but is an id followed by heartbeats -- a registration and the
+    heartbeats sent since, handed over together after a delayed accept -- is split there.
 ``hex-frame``
     A framed binary registration in the style of the "protocol mode" of Chinese DTUs (Hongdian's
     DDP frames ``7B type len <11-byte id> ... 7B``, Four-Faith's compatible mode, 7E-framed TcpDtu
@@ -355,6 +357,9 @@ class DtuFormat:
             if not body:
                 return _MORE
             raw, consumed = body, len(buf)
+            cut = self._before_heartbeats(raw, limit)
+            if cut < len(raw):  # registration and heartbeats arrived in one read (a delayed accept)
+                raw, consumed = raw[:cut], len(p) + cut
         if len(raw) > limit:
             return _bad(OVERSIZED, f"terminal id of {len(raw)} bytes, at most {limit} allowed")
         if self.id_length and len(raw) != self.id_length:
@@ -397,6 +402,19 @@ class DtuFormat:
         if isinstance(decoded, Parse):
             return decoded, ptype
         return Parse(ParseStatus.OK, decoded, size), ptype
+
+    def _before_heartbeats(self, raw: bytes, limit: int) -> int:
+        """Where the heartbeats that end ``raw`` begin (``len(raw)`` when none do, or when
+        ``raw`` is a valid id as it is: an id may itself end like a heartbeat)."""
+        if not self.heartbeats or (len(raw) <= limit and isinstance(self._decode_id(raw), str)):
+            return len(raw)
+        end = len(raw)
+        longest_first = sorted(self.heartbeats, key=len, reverse=True)
+        while True:
+            hb = next((h for h in longest_first if len(h) < end and raw.endswith(h, 0, end)), None)
+            if hb is None:
+                return end
+            end -= len(hb)
 
     def _parse_frame(self, buf: bytes) -> Parse:
         result, ptype = self._frame_at(buf, 0)
