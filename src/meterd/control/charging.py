@@ -257,7 +257,7 @@ class DistrictCharger:
             return
         result = charge_account(account, tariff, readings, cursors, usage, multipliers=multipliers,
                                 replacements=replacements, memo=self.memo, as_fields=True, ratings=self.ratings)
-        self.entries += result.entries
+        self.entries += result.entries  # type: ignore[arg-type]  # fields tuples: as_fields=True
         self.cursors += result.cursors.values()
         if result.usage:
             self.usage += [(account, u.period, u.kwh) for u in result.usage.values()]
@@ -392,7 +392,7 @@ class _Run:
         account = self.account
         usage = {p: Usage(account, p, kwh) for p, kwh in self.new_usage.items()} if self.new_usage else {}
         entries = self.entries if as_fields else [LedgerEntry(*e) for e in self.entries]
-        return ChargeResult(entries, self.new_cursors, usage, self.flags)
+        return ChargeResult(entries, self.new_cursors, usage, self.flags)  # type: ignore[arg-type]  # as_fields
 
     def flag(self, meter: str, rate: Rate, at: datetime, kind: FlagKind, detail: str) -> None:
         self.flags.append(ChargeFlag(meter, rate, at, kind, detail))
@@ -474,13 +474,15 @@ class _Run:
         """Charge ``kwh`` used on ``meter``'s ``register`` over (t0, t1]."""
         tariff = self.tariff
         memo = self.memo
+        plan: tuple
         if memo is None:
             plan = _plan(tariff, register, t0, t1)
         else:
             mkey = (id(tariff), register, t0, t1)
-            plan = memo.get(mkey)
-            if plan is None or plan[0] is not tariff:
-                plan = memo[mkey] = _plan(tariff, register, t0, t1)
+            cached = memo.get(mkey)
+            if cached is None or cached[0] is not tariff:
+                cached = memo[mkey] = _plan(tariff, register, t0, t1)
+            plan = cached
         _, pieces, prices, key_mid, no_tariff, simple = plan
         if simple is not None:  # one piece priced directly (FLAT, TOU): the common case, inlined
             rate, price, suffix = simple
@@ -490,8 +492,9 @@ class _Run:
                                  price, t0, t1))
             return
 
+        energies: list[Decimal]
         if len(pieces) == 1:
-            energies = (kwh,)
+            energies = [kwh]
         else:  # cumulative rounding: never a negative piece, and they add up to kwh exactly
             total = (t1 - t0) // _US
             energies = []
@@ -575,12 +578,13 @@ def _plan(tariff: Tariff, register: Rate, t0: datetime, t1: datetime) -> tuple:
             _split(pieces, a, bounds[i + 1], version if i == 0 else tariff.version_at(a), register)
     else:
         _split(pieces, t0, t1, version, register)
-    prices = []
+    prices: list[tuple[Decimal, str] | None] = []
     for _, _, v, rate, period in pieces:
         if v is None or rate is None or period is not None:
             prices.append(None)
         else:
             price = v.price if v.kind is TariffKind.FLAT else v.rate_prices[rate]
+            assert price is not None, "a FLAT version has a price (Tariff.problems)"
             prices.append((price, f" × {price} {rate}"))
     no_tariff = pieces[0][2] is None and register in tariff.versions[0].charged_rates
     simple = (pieces[0][3], *prices[0]) if len(pieces) == 1 and prices[0] is not None else None
