@@ -51,7 +51,8 @@ from meterd.billing_link.records import (
     parse_records,
     payment_of,
 )
-from meterd.control.model import CST, EntryKind, LedgerEntry
+from meterd.clock import CST
+from meterd.control.model import EntryKind, LedgerEntry
 from meterd.control.state import PENDING, Account, AccountSpec, ControlStore, LedgerError, LedgerRow
 
 DIFFERENT_DUPLICATE: Final = "duplicate payment id with a different amount/account"
@@ -59,8 +60,11 @@ MISSING_SHOWN: Final = 20  # account names listed in the "missing from the impor
 
 
 class Sink(Protocol):
-    required: Sequence[str]
-    identical_is_duplicate: bool
+    @property
+    def required(self) -> Sequence[str]: ...  # the fields a record must carry
+
+    @property
+    def identical_is_duplicate(self) -> bool: ...
 
     def start(self) -> None: ...  # a new full import (file, HTTP run) begins
 

@@ -157,7 +157,7 @@ def parse_analytics(check: Any, topology_raw: Any, analytics_raw: Any, *, meters
         if not isinstance(industry, str):
             check.problem(f"{path}.industry", f"must be a string, got {show(industry)}")
             ok = False
-        if ok:
+        if ok and multiplier is not None:
             points.append(Point(meter=_address(meter), unit=unit, role=Role(role), multiplier=multiplier,
                                 industry=industry, groups=tuple(groups)))
     result_topology = Topology(units=units, points=tuple(points))

@@ -300,7 +300,7 @@ class SqliteStore:
     def meters(self, *, after: str | None = None, limit: int | None = None,
                address: str | None = None) -> list[MeterRecord]:
         """The archive's meters by address; a page of them with ``after`` (an address) and ``limit``."""
-        sql, params = "SELECT * FROM meters", []
+        sql, params = "SELECT * FROM meters", list[object]()
         if address is not None:
             sql += " WHERE address = ?"
             params.append(address)
