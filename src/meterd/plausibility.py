@@ -42,7 +42,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Final
 
-from meterd.control.model import CST
+from meterd.clock import CST
 from meterd.readings import Quality, Reading
 
 # A DL/T 645 energy register is XXXXXX.XX kWh on the meter (secondary side): it wraps at 10^6.

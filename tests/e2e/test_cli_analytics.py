@@ -15,7 +15,7 @@ import pytest
 from meterd.analytics.anomalies import AnomalyStore, Finding, Kind, Severity
 from meterd.analytics.energy import DailyRegisterStore
 from meterd.analytics.outages import OutageFinding, OutageStore
-from meterd.control.model import CST
+from meterd.clock import CST
 from meterd.readings import Quality, Reading
 from meterd.storage.sqlite import SqliteStore
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import pytest
 from meterd.analytics import DailyRegisterStore, LossHistory, Point, Role, Topology, Unit, line_loss_all
 from meterd.analytics.energy import EXPORT_DAILY, IMPORT_DAILY
 from meterd.analytics.lineloss import registers_needed
+from meterd.clock import CST
 from meterd.readings import Quality, Reading
 from meterd.storage import MeterRecord, SqliteStore
 
@@ -26,7 +27,7 @@ DEC = Decimal
 
 def freeze(day: date) -> datetime:
     """The daily freeze at 00:00 CST of ``day``, as the collector stores it (UTC)."""
-    return datetime(day.year, day.month, day.day, tzinfo=timezone(timedelta(hours=8))).astimezone(UTC)
+    return datetime(day.year, day.month, day.day, tzinfo=CST).astimezone(UTC)
 
 
 def reading(meter: str, day: date, value: str, quality: Quality = Quality.GOOD,

@@ -7,7 +7,7 @@ computed by hand from what was seeded.  The on-demand read through a running dae
 from __future__ import annotations
 
 import tomllib
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,13 +17,13 @@ from test_api import ROLES, Site, serve
 
 from meterd.analytics.energy import IMPORT_DAILY, DailyRegisterStore
 from meterd.api import Role, TokenStore, create_app
+from meterd.clock import CST
 from meterd.config.loader import parse_config
 from meterd.control.state import AccountSpec, ControlStore
 from meterd.readings import Reading
 from meterd.storage.quality import QualityStore
 from meterd.storage.sqlite import Attempt, MeterRecord, SqliteStore
 
-CST = timezone(timedelta(hours=8))
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=CST)  # the API's clock
 TODAY, YESTERDAY = date(2026, 11, 23), date(2026, 11, 22)
 

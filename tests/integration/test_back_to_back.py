@@ -18,7 +18,7 @@ from decimal import Decimal
 import pytest
 
 from meterd.collector.daemon import Daemon
-from meterd.collector.poll import CHINA_STANDARD_TIME
+from meterd.clock import CST
 from meterd.config.loader import parse_config
 from meterd.protocols.modbus.quantities import known_quantities
 from meterd.simulators.dlt645 import Dlt645Bus
@@ -123,7 +123,7 @@ async def test_every_protocol_and_link_gives_the_same_readings(protocol, link, t
     running = await serve(protocol, link)
     try:
         config = parse_config(tomllib.loads(config_for(protocol, link, running.endpoint, tmp_path)), "b2b.toml")
-        now = AT.replace(tzinfo=CHINA_STANDARD_TIME)
+        now = AT.replace(tzinfo=CST)
         with SqliteStore(config.store.data_dir) as store:
             daemon = Daemon(config, store, clock=lambda: now)
             runner = daemon.runners[0]

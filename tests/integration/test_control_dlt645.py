@@ -8,7 +8,8 @@ import pytest
 
 from meterd.collector.channel import Channel, Timing
 from meterd.collector.control import Credentials, read_relay_state, send_relay_command
-from meterd.collector.poll import CHINA_STANDARD_TIME, MeterTarget
+from meterd.clock import CST
+from meterd.collector.poll import MeterTarget
 from meterd.collector.transports import TcpTransport
 from meterd.errors import ControlError
 from meterd.protocols.dlt645.messages import RelayCommand
@@ -17,7 +18,7 @@ from meterd.simulators.model import MeterModel
 from meterd.simulators.serve import SimClock, serve_tcp
 
 START = datetime(2025, 6, 1, 8, 0)
-NOW = START.replace(tzinfo=CHINA_STANDARD_TIME)
+NOW = START.replace(tzinfo=CST)
 OK, STUCK, OLD = "000000000001", "000000000002", "000000000003"
 CREDS = Credentials("02123456", "12345678")
 

@@ -19,7 +19,8 @@ from meterd.config.loader import parse_config
 from meterd.errors import ConfigError
 from meterd.simulators.dtu import run_dtu_fleet
 from meterd.simulators.mqtt_terminal import run_mqtt_fleet
-from meterd.storage.quality import QualityStore, cst_day
+from meterd.clock import local_date
+from meterd.storage.quality import QualityStore
 from meterd.storage.sqlite import SqliteStore
 
 
@@ -113,7 +114,7 @@ async def test_terminals_tasks_and_influx_end_to_end(tmp_path, victoria, monkeyp
                 await dtus.close()
             attempts = store.attempts()
             assert store.count_readings() == 0  # readings went to InfluxDB, not SQLite
-            quality = QualityStore(store).report(cst_day(datetime.now(timezone.utc)))
+            quality = QualityStore(store).report(local_date(datetime.now(timezone.utc)))
     finally:
         await mqtt_fleet.close()
         broker.stop()

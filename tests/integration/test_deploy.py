@@ -301,7 +301,8 @@ async def test_meterd_reads_a_meter_through_the_shipped_acl(broker):
     """meterd's own hub and simulated terminal, each with its account: the ACL fits their topics."""
     from meterd.collector.channel import Channel, Timing
     from meterd.collector.mqtt import MqttHub
-    from meterd.collector.poll import CHINA_STANDARD_TIME, MeterTarget, poll_meter
+    from meterd.clock import CST
+    from meterd.collector.poll import MeterTarget, poll_meter
     from meterd.simulators.dlt645 import Dlt645Bus
     from meterd.simulators.model import MeterModel
     from meterd.simulators.mqtt_terminal import MqttTerminal
@@ -318,7 +319,7 @@ async def test_meterd_reads_a_meter_through_the_shipped_acl(broker):
         assert await hub.wait_status("T001", "online", 3)  # the retained status passed the ACL
         channel = Channel("gw-T001", hub.transport("T001"), timing=Timing(2.0, 0.5), retries=0)
         readings, attempts = await poll_meter(channel, MeterTarget("000000000001"), [0x00010000],
-                                              start.replace(tzinfo=CHINA_STANDARD_TIME))
+                                              start.replace(tzinfo=CST))
         assert [a.outcome for a in attempts] == ["ok"]
         assert [r.quantity for r in readings] == ["energy.active.import.total"]
         await term.close()

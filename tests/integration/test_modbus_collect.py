@@ -11,7 +11,8 @@ import pytest
 from meterd.collector.channel import Channel, FailureKind, Timing
 from meterd.collector.control import send_relay_command
 from meterd.collector.modbus import ModbusLink
-from meterd.collector.poll import CHINA_STANDARD_TIME, MeterTarget, poll_round
+from meterd.clock import CST
+from meterd.collector.poll import MeterTarget, poll_round
 from meterd.collector.transports import SerialTransport, TcpTransport
 from meterd.errors import ControlError
 from meterd.protocols.dlt645.messages import RelayCommand
@@ -21,7 +22,7 @@ from meterd.simulators.modbus import ModbusBus, ModbusFaultPlan
 from meterd.simulators.serve import serve_pty, serve_tcp
 
 START = datetime(2025, 6, 1, 8, 0)
-NOW = START.replace(tzinfo=CHINA_STANDARD_TIME)
+NOW = START.replace(tzinfo=CST)
 GENERIC = get_map("generic")
 QUANTITIES = ["energy.active.import.total", "voltage.a", "current.a", "relay.open"]
 

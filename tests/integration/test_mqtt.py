@@ -32,7 +32,8 @@ from meterd.collector.mqtt import (
     parse_rfc3339,
     readings_payload,
 )
-from meterd.collector.poll import CHINA_STANDARD_TIME, MeterTarget, poll_meter, poll_round
+from meterd.clock import CST
+from meterd.collector.poll import MeterTarget, poll_meter, poll_round
 from meterd.protocols.dlt645.frame import PREAMBLE, encode_frame
 from meterd.protocols.dlt645.messages import ReadRequest, encode_request
 from meterd.protocols.dlt645.v1997 import ReadRequest97, encode_request97
@@ -47,7 +48,7 @@ from mosquitto import Mosquitto, mosquitto_binary
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto is not installed")
 
 START = datetime(2025, 6, 1, 8, 0)
-NOW = START.replace(tzinfo=CHINA_STANDARD_TIME)
+NOW = START.replace(tzinfo=CST)
 ENERGY = 0x00010000
 ENERGY_97 = 0x9010
 A1, A2 = "000000000001", "000000000002"
@@ -155,7 +156,7 @@ def test_payloads_round_trip_exactly():
         Reading(A1, "energy.active.import.total", stamp, Decimal("13152.080"), "kWh"),
         Reading(A1, "relay.open", stamp, False, ""),
         Reading(A1, "status.word3", stamp, 17, "", Quality.SUSPECT),
-        Reading(A1, "clock", stamp, datetime(2025, 6, 1, 8, 5, tzinfo=CHINA_STANDARD_TIME), ""),
+        Reading(A1, "clock", stamp, datetime(2025, 6, 1, 8, 5, tzinfo=CST), ""),
         Reading(A1, "meter.time", stamp, "08:05:00", ""),
     ]
     raw = readings_payload(A1, readings, sent=stamp)

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import free_port
-from meterd.control.model import CST
+from meterd.clock import CST
 from meterd.control.notify import LogFileSink, Notifier, WebhookSink, notice_dict
 from meterd.control.policy import Notice
 

@@ -21,7 +21,7 @@ from meterd.analytics.anomalies import (
     Severity,
     detect,
 )
-from meterd.control.model import CST
+from meterd.clock import CST
 from meterd.readings import Quality, Reading, Value
 
 T0 = datetime(2024, 5, 1, 2, 0, tzinfo=UTC)  # 10:00 CST

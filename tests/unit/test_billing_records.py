@@ -28,7 +28,7 @@ from meterd.billing_link.records import (
     payment_of,
 )
 from meterd.control.amounts import AmountLimits, JsonNumber
-from meterd.control.model import CST
+from meterd.clock import CST
 from meterd.errors import SyncError
 
 NOW = datetime(2026, 3, 1, 4, 0, tzinfo=timezone.utc)  # 12:00 CST

@@ -27,7 +27,8 @@ from meterd.control.charging import (
     charge_account,
     fixed_charges,
 )
-from meterd.control.model import CST, EntryKind, LedgerEntry, Rate, RegisterReading
+from meterd.clock import CST
+from meterd.control.model import EntryKind, LedgerEntry, Rate, RegisterReading
 from meterd.plausibility import Rating
 from meterd.control.tariff import Tariff, TariffKind, TariffVersion, Tier, TierPeriod, TouPeriod, TouSource
 

@@ -9,7 +9,8 @@ from decimal import Decimal
 import pytest
 
 from meterd.control.limits import PowerLimit, PowerSample, PowerWindow, evaluate_power
-from meterd.control.model import CST, CommandKind
+from meterd.clock import CST
+from meterd.control.model import CommandKind
 from meterd.control.policy import PROTECTED_REASON, SafetyRules
 
 K = CommandKind

@@ -150,7 +150,7 @@ def test_bad_ratings_are_config_errors_naming_the_key(extra, meter, message):
 
 def test_the_load_curve_leaves_out_implausible_power(tmp_path):
     from meterd.analytics.views import curve_points
-    from meterd.control.model import CST
+    from meterd.clock import CST
     from meterd.storage.sqlite import SqliteStore
 
     day = datetime(2026, 11, 2, tzinfo=CST)

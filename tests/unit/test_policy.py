@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterd.control.model import CST, CommandKind
+from meterd.clock import CST
+
+from meterd.control.model import CommandKind
 from meterd.control.policy import (
     PROTECTED_REASON,
     AccountView,

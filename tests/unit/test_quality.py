@@ -12,7 +12,8 @@ from decimal import Decimal
 import pytest
 
 from meterd.cli import quality as quality_cli
-from meterd.storage.quality import CST, OnlineTracker, QualityStore, cst_day, merged_seconds
+from meterd.clock import CST, local_date
+from meterd.storage.quality import OnlineTracker, QualityStore, merged_seconds
 from meterd.storage.sqlite import Attempt, MeterRecord, SqliteStore
 
 DAY = date(2025, 3, 4)
@@ -161,8 +162,8 @@ def test_today_is_cut_at_now(quality):
     assert report.end == noon
     assert ch["bus1"].online_rate == 1.0  # online 00:00-12:00 of 12 h so far
     assert ch["bus2"].online_rate == pytest.approx(10 / 12)  # 00:00-06:00 and 08:00-12:00
-    assert cst_day(noon) == DAY
-    assert cst_day(T0 - timedelta(milliseconds=1)) == DAY - timedelta(days=1)
+    assert local_date(noon) == DAY
+    assert local_date(T0 - timedelta(milliseconds=1)) == DAY - timedelta(days=1)
 
 
 def test_online_intervals_merge_and_clip():

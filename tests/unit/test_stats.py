@@ -9,7 +9,7 @@ import pytest
 
 from meterd.analytics.stats import energy_by, load_curve, periods
 from meterd.analytics.topology import Point, Role, Topology, Unit
-from meterd.control.model import CST
+from meterd.clock import CST
 
 D = date(2024, 5, 1)
 D1 = D + timedelta(days=1)

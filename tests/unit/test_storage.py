@@ -15,12 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meterd.clock import CST
 from meterd.readings import Quality, Reading, Value
 from meterd.storage import Attempt, BatchWriter, MeterRecord, SqliteStore
 from meterd.storage.sqlite import decode_value, encode_value
 
 T0 = datetime(2024, 3, 1, 0, 0, tzinfo=timezone.utc)
-CST = timezone(timedelta(hours=8))
 
 
 def reading(

@@ -8,7 +8,9 @@ from decimal import Decimal as D
 
 import pytest
 
-from meterd.control.model import CST, TOU_RATES, Rate
+from meterd.clock import CST
+
+from meterd.control.model import TOU_RATES, Rate
 from meterd.control.tariff import (
     Tariff,
     TariffKind,

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Final
 
-from meterd.control.model import CST
+from meterd.clock import CST
 from meterd.readings import Quality, Reading
 from meterd.storage.anomalies import EVIDENCE_PER_EVENT, AnomalyStore, Event, Finding, Kind, Severity
 

@@ -31,7 +31,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 
 from meterd.storage.statedb import StateDatabase
-from meterd.control.model import CST
+from meterd.clock import CST
 from meterd.readings import Quality, Reading
 from meterd.storage.sqlite import to_ms
 

@@ -127,7 +127,7 @@ class AnalyticsRuntime:
 
     def _daily_loss(self, now: datetime) -> None:
         """Yesterday's loss per unit, into the history the jump flag compares with (once a day)."""
-        from meterd.cli.analytics import today_cst
+        from meterd.clock import today_cst
 
         day = today_cst(now) - timedelta(days=1)
         if day in self._loss_done:

@@ -24,7 +24,7 @@ from typing import Final, Literal
 
 from meterd.analytics.lineloss import RegisterMap, period_energy
 from meterd.analytics.topology import Point, Role, Topology
-from meterd.control.model import CST
+from meterd.clock import CST
 
 _ZERO: Final = Decimal(0)
 _ONE: Final = Decimal(1)

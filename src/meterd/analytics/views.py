@@ -10,22 +10,18 @@ Periods: ``2026-11-22`` (a day), ``2026-11`` (a month), ``2026-Q4`` (a quarter),
 from __future__ import annotations
 
 import calendar
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 from meterd.analytics.lineloss import LossReport
 from meterd.analytics.topology import Role, Topology
-from meterd.control.model import CST, local_date
+from meterd.clock import CST
 from meterd.errors import ConfigError
 from meterd.readings import Quality, address_key
 
 CURVE_QUANTITIES = ("power.active.total", "curve.power.active.total")
-
-
-def today_cst(now: datetime | None = None) -> date:
-    return local_date(now or datetime.now(UTC))
 
 
 def parse_period(text: str | None, *, today: date, name: str = "--period") -> tuple[date, date]:

@@ -8,7 +8,7 @@ What lives here:
   and the OpenAPI 3.1 document built from the same route table.
 
 May import: ``meterd.control`` (state, engine, model), ``meterd.storage.sqlite``,
-``meterd.analytics`` -- never ``collector`` or ``cli``: the API works on the stores, whoever
+``meterd.analytics``, ``meterd.clock`` -- never ``collector`` or ``cli``: the API works on the stores, whoever
 writes them, so it runs inside the daemon or beside it.
 
 Contract: bad input is a 4xx with a JSON ``{"error": ...}`` and changes nothing; every write is

@@ -46,6 +46,7 @@ from starlette.routing import Route
 
 from meterd.analytics.anomalies import AnomalyStore, Event
 from meterd.analytics.outages import Outage, OutageStore
+from meterd.clock import Clock, local_date
 from meterd.analytics.views import curve_meters, curve_points, energy_rows, lineloss_reports, parse_period, parse_step
 from meterd.api.tokens import Role, TokenStore
 from meterd.control.engine import queue_manual
@@ -55,7 +56,7 @@ from meterd.control.state import Account, Command, ControlStore, LedgerError, Le
 from meterd.errors import ConfigError, MeterdError, StorageFullError
 from meterd.logthrottle import LogThrottle
 from meterd.readings import address_key
-from meterd.storage.quality import QualityStore, cst_day
+from meterd.storage.quality import QualityStore
 from meterd.storage.sqlite import MeterRecord, SqliteStore, encode_value
 from meterd.storage.statedb import disk_full
 
@@ -67,7 +68,6 @@ MAX_LIMIT: Final = 10_000
 MANUAL_KINDS: Final = ("trip", "reclose", "reclose-allowed", "alarm", "alarm-release")
 COMMAND_STATES: Final = tuple(s.value for s in CommandState)
 ACCOUNT_STATES: Final = ("pending", "normal", "reminded", "alarmed", "tripped")
-Clock = Callable[[], datetime]
 
 
 class ApiError(Exception):
@@ -594,7 +594,7 @@ class Api:
     async def overview(self, request: Request, caller: Caller | None) -> Response:
         def work() -> dict[str, Any]:
             now = self.clock()
-            day = cst_day(now)
+            day = local_date(now)
             total = self.quality.report(day, now=now).total
             terminals = self._terminals()
             accounts = {s: 0 for s in ACCOUNT_STATES}
@@ -611,7 +611,7 @@ class Api:
         return JSONResponse(await run_in_threadpool(work))
 
     def _period(self, request: Request) -> tuple[date, date]:
-        return _query_period(request, "period", cst_day(self.clock()))
+        return _query_period(request, "period", local_date(self.clock()))
 
     async def lineloss(self, request: Request, caller: Caller | None) -> Response:
         config = self._need_config("line loss")
@@ -654,7 +654,7 @@ class Api:
         meter, unit, group = q.get("meter"), q.get("unit"), q.get("group")
         if sum(x is not None for x in (meter, unit, group)) != 1:
             raise ApiError(400, "give exactly one of the query parameters meter, unit, group")
-        day = _query_day(request, "day", cst_day(self.clock()))
+        day = _query_day(request, "day", local_date(self.clock()))
         try:
             step = parse_step(q.get("step", "15m"), name="query parameter step")
         except ConfigError as exc:
@@ -683,7 +683,7 @@ class Api:
         return JSONResponse(await run_in_threadpool(work))
 
     async def quality_report(self, request: Request, caller: Caller | None) -> Response:
-        day = _query_day(request, "day", cst_day(self.clock()))
+        day = _query_day(request, "day", local_date(self.clock()))
         area = request.query_params.get("area") or None
         report = await run_in_threadpool(lambda: self.quality.report(day, area, now=self.clock()))
         return JSONResponse(report.as_dict())

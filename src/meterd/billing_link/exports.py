@@ -32,7 +32,7 @@ from typing import Any, Final, Iterable, Mapping, Sequence
 from meterd.billing_link.folder import OUTBOX, DropFolder
 from meterd.billing_link.http import post_json, shown_url, token_from_env
 from meterd.billing_link.model import RegisterOf, Run
-from meterd.control.model import CST, local_date
+from meterd.clock import CST, local_date
 from meterd.errors import SyncError
 
 READING_COLUMNS: Final = ("account", "meter", "day", "register_kwh", "estimated", "status")

@@ -42,7 +42,7 @@ from meterd.control.amounts import (
     parse_amount,
     parse_payment,
 )
-from meterd.control.model import CST
+from meterd.clock import CST
 from meterd.errors import SyncError
 from meterd.readings import address_key
 

@@ -79,7 +79,7 @@ class SyncRuntime:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
         from apscheduler.triggers.cron import CronTrigger
 
-        from meterd.control.model import CST
+        from meterd.clock import CST
 
         scheduler = AsyncIOScheduler(timezone=CST)
         for name, cron in self.config.sync.schedules.items():

@@ -16,7 +16,8 @@ from typing import Callable
 
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json
 from meterd.errors import ConfigError
-from meterd.storage.quality import CST, DAY, THRESHOLD, QualityReport, QualityRow, QualityStore, cst_day
+from meterd.clock import CST, local_date
+from meterd.storage.quality import DAY, THRESHOLD, QualityReport, QualityRow, QualityStore
 from meterd.storage.sqlite import STATE_FILE
 
 DEFAULT_DATA_DIR = Path("meterd-data")
@@ -105,7 +106,7 @@ def format_report(report: QualityReport, *, meters: str = "all") -> list[str]:
 def run(args: argparse.Namespace, *, clock: Callable[[], datetime] | None = None) -> int:
     now = (clock or (lambda: datetime.now(timezone.utc)))()
     try:
-        day = date.fromisoformat(args.date) if args.date else cst_day(now)
+        day = date.fromisoformat(args.date) if args.date else local_date(now)
         data_dir = resolve_data_dir(args)
     except ValueError as exc:
         error(f"--date {args.date!r}: {exc}" if args.date else str(exc))

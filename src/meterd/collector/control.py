@@ -34,7 +34,8 @@ from typing import Final
 
 from meterd.collector.channel import URGENT, Channel, TransactionError
 from meterd.collector.modbus import ModbusLink, ModbusRefused
-from meterd.collector.poll import CHINA_STANDARD_TIME, MeterTarget, ReadFailed, read_item
+from meterd.clock import CST
+from meterd.collector.poll import MeterTarget, ReadFailed, read_item
 from meterd.errors import ControlError, ProtocolError
 from meterd.protocols.dlt645 import catalogue
 from meterd.protocols.dlt645.messages import (
@@ -176,7 +177,7 @@ async def _dlt645_command(
     if credentials is None:
         _fail(outcome, "a DL/T 645 relay command needs the meter password and an operator code")
     assert credentials is not None
-    valid_until = (now + valid_for).astimezone(CHINA_STANDARD_TIME).replace(tzinfo=None, microsecond=0)
+    valid_until = (now + valid_for).astimezone(CST).replace(tzinfo=None, microsecond=0)
     request = RelayControlRequest(meter.address, command, credentials.password, credentials.operator, valid_until)
     reply = await channel.transact(encode_request(request), priority=URGENT)
     assert reply is not None

@@ -15,9 +15,9 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
+from meterd.clock import Clock, utc_now
 from meterd.collector.channel import Channel, FailureKind, Timing, TraceHook
 from meterd.collector.modbus import ModbusLink
 from meterd.collector.poll import MeterTarget, Reads, RoundResult, link_failed, poll_round
@@ -47,12 +47,7 @@ from meterd.supervise import Backoff, Pause, describe, log_task_failure, supervi
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 RoundHook = Callable[[RoundResult], None]
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def make_transport(

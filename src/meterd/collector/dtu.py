@@ -98,16 +98,15 @@ import re
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Final, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final, Iterable, Mapping, Sequence
 
 from meterd.collector.transports.base import Transport
+from meterd.clock import Clock, utc_now
 from meterd.errors import ConfigError, LinkClosedError, LinkError
 from meterd.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], datetime]
 
 FRAMINGS: Final = ("text", "frame")
 ID_ENCODINGS: Final = ("ascii", "hex")
@@ -127,10 +126,6 @@ REJECT_REASONS: Final = (UNKNOWN_ID, MALFORMED, OVERSIZED, BAD_CHECKSUM, UNREGIS
 MAX_UNKNOWN_IDS: Final = 100  # distinct unknown ids remembered in status()
 PENDING_LIMIT: Final = 1024  # bytes buffered from an unregistered connection while a format wants more
 RX_BUFFER_LIMIT: Final = 65536  # unread meter bytes kept for a channel; a chatty DTU cannot grow it further
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 # --- formats --------------------------------------------------------------------------------------

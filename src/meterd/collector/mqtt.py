@@ -108,6 +108,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from meterd.collector import paho_loop
 from meterd.collector.paho_loop import PahoDriver
 from meterd.collector.transports.base import Transport
+from meterd.clock import Clock, utc_now
 from meterd.errors import LinkClosedError, LinkError, LinkTimeoutError, ProtocolError
 from meterd.logthrottle import LogThrottle
 from meterd.protocols.dlt645.frame import decode_frame
@@ -142,12 +143,7 @@ EARLIEST: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 LATEST: Final = datetime(2100, 1, 1, tzinfo=timezone.utc)
 MAX_TIME_LEN: Final = 64
 
-Clock = Callable[[], datetime]
 ReadingsCallback = Callable[[str, list[Reading]], Any]
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def rfc3339(t: datetime) -> str:
@@ -1044,5 +1040,4 @@ __all__ = [
     "reading_json",
     "readings_payload",
     "rfc3339",
-    "utc_now",
 ]  # fmt: skip

@@ -32,6 +32,7 @@ from typing import Awaitable, Callable, Final, Iterable, Sequence, Union
 
 from meterd.collector.channel import ROUTINE, Channel, FailureKind, TransactionError
 from meterd.collector.modbus import ModbusLink, ModbusRefused
+from meterd.clock import CST
 from meterd.errors import ProtocolError
 from meterd.protocols.dlt645.frame import Frame
 from meterd.protocols.dlt645 import catalogue
@@ -60,7 +61,6 @@ from meterd.protocols.dlt645.messages import (
 from meterd.readings import Quality, Reading
 from meterd.storage.sqlite import Attempt
 
-CHINA_STANDARD_TIME = timezone(timedelta(hours=8), "CST")
 MAX_FOLLOW_UPS = 32
 _GIVE_UP = (FailureKind.TIMEOUT, FailureKind.LINK)
 
@@ -307,7 +307,7 @@ async def poll_meter(
     reads: Reads,
     now: datetime,
     *,
-    meter_tz: tzinfo = CHINA_STANDARD_TIME,
+    meter_tz: tzinfo = CST,
     curve_points: int = 4,
     curve_interval: timedelta = catalogue.DEFAULT_CURVE_INTERVAL,
     link: ModbusLink | None = None,
@@ -419,7 +419,7 @@ async def _poll_modbus(
         if index and plan.pause_between_requests:
             await asyncio.sleep(plan.pause_between_requests)
         data = await link.read_block(meter.address, unit, block)
-        return values_to_readings(meter, decode_block(block, data), now, CHINA_STANDARD_TIME)
+        return values_to_readings(meter, decode_block(block, data), now, CST)
 
     who = f"meter {meter.address} unit {unit}"
     for index, block in enumerate(plan):
@@ -433,7 +433,7 @@ async def poll_round(
     items: Reads | None,
     now: datetime,
     *,
-    meter_tz: tzinfo = CHINA_STANDARD_TIME,
+    meter_tz: tzinfo = CST,
     link: ModbusLink | None = None,
 ) -> RoundResult:
     """One round over ``meters``: either targets all read with ``items``, or (target, reads) pairs."""

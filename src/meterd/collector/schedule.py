@@ -42,7 +42,7 @@ import inspect
 import logging
 import time as _time
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol, Sequence, Union
 
 from apscheduler.events import (
@@ -57,10 +57,10 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from meterd.clock import CST, Clock, utc_now
 from meterd.collector.channel import Channel, FailureKind, TransactionError
 from meterd.collector.modbus import ModbusLink
 from meterd.collector.poll import (
-    CHINA_STANDARD_TIME,
     MeterTarget,
     ReadFailed,
     Reads,
@@ -82,7 +82,6 @@ from meterd.storage.sqlite import Attempt
 
 log = logging.getLogger(__name__)
 
-CST = CHINA_STANDARD_TIME
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
 #: Interval triggers count from this instant, so ``every = 900`` fires at :00, :15, :30, :45 CST.
@@ -788,10 +787,6 @@ async def poll_task(
 # --- the scheduler -----------------------------------------------------------------------------
 
 
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 @dataclass
 class JobStats:
     """Counters of one job (one task on one channel)."""
@@ -840,7 +835,7 @@ class TaskScheduler:
         run_round: RunRound,
         *,
         store: ReadingSource | None = None,
-        clock: Callable[[], datetime] = utc_now,
+        clock: Clock = utc_now,
         tz: tzinfo = CST,
     ) -> None:
         names = [t.name for t in tasks]

@@ -40,6 +40,7 @@ from meterd.collector.control import (
 )
 from meterd.collector.modbus import ModbusLink
 from meterd.collector.poll import MeterTarget, ReadFailed
+from meterd.clock import Clock
 from meterd.control.model import CommandState
 from meterd.control.policy import Notice
 from meterd.control.state import Command, ControlStore
@@ -47,7 +48,6 @@ from meterd.errors import ControlError, MeterdError
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 Publish = Callable[[Iterable[Notice]], Awaitable[None]]
 
 

@@ -41,7 +41,8 @@ from typing import Callable, Final, Iterable, Iterator, Mapping, NamedTuple
 
 from meterd.control.charging import DistrictCharger, FlagKind, MeterReplacement, Usage, fixed_charges
 from meterd.control.limits import PowerLimit, PowerSample, evaluate_power
-from meterd.control.model import CST, QUANTITY_RATE, CommandKind, CommandRequest, Rate, RegisterReading
+from meterd.clock import CST
+from meterd.control.model import QUANTITY_RATE, CommandKind, CommandRequest, Rate, RegisterReading
 from meterd.control.policy import (
     AccountView,
     ControlState,

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Final
 
 from meterd.protocols.dlt645.messages import RelayCommand
 
-CST: Final = timezone(timedelta(hours=8), "CST")
 FEN: Final = Decimal("0.01")
 KWH_PLACES: Final = Decimal("0.0001")  # energy is split (price changes, tiers) to 0.1 Wh
 
@@ -24,10 +23,6 @@ KWH_PLACES: Final = Decimal("0.0001")  # energy is split (price changes, tiers) 
 def money(value: Decimal) -> Decimal:
     """Round to the fen, half up (how a bill is rounded)."""
     return value.quantize(FEN, rounding=ROUND_HALF_UP)
-
-
-def local_date(at: datetime) -> date:
-    return at.astimezone(CST).date()
 
 
 class Rate(enum.StrEnum):

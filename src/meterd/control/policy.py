@@ -84,7 +84,8 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Final
 
-from meterd.control.model import CST, FEN, CommandKind, CommandRequest, money
+from meterd.clock import local_time
+from meterd.control.model import FEN, CommandKind, CommandRequest, money
 
 NOTICE_KINDS: Final = frozenset({"reminder", "alarm", "trip", "reclose", "held", "anomaly", "power-limit"})
 PROTECTED_REASON: Final = "protected account (保电): never tripped automatically"
@@ -248,13 +249,6 @@ def in_window(t: time, start: time, end: time) -> bool:
     if start <= end:
         return start <= t < end
     return t >= start or t < end
-
-
-def local_time(now: datetime) -> datetime:
-    """``now`` in CST; a naive datetime is refused (it would silently mean the host's zone)."""
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise ValueError(f"now must be timezone-aware: {now!r}")
-    return now.astimezone(CST)
 
 
 def trip_blocked(rules: SafetyRules, now: datetime) -> str | None:

@@ -55,8 +55,8 @@ from typing import Any, Callable, Final, Iterable, Iterator, Mapping, Sequence
 
 from meterd.control.amounts import BALANCE_LIMIT_FEN, DEFAULT_LIMIT, ENTRY_LIMIT, AmountError, parse_amount
 from meterd.control.charging import Cursor
+from meterd.clock import CST
 from meterd.control.model import (
-    CST,
     CommandKind,
     CommandRequest,
     CommandState,

@@ -10,6 +10,6 @@ datastore execution), :mod:`.serve` (either bus served over a real pseudo-termin
 wire timing, or over TCP like a serial server / transparent DTU / Modbus TCP gateway) and
 :mod:`.fleet` (many buses from a few parameters, for ``meterd simulate`` and ``meterd demo``).
 
-May import ``meterd.protocols``, ``meterd.errors`` and ``meterd.readings`` only -- never the
+May import ``meterd.protocols``, ``meterd.errors``, ``meterd.clock`` and ``meterd.readings`` only -- never the
 collector's polling engine, so a simulator and the master can never share a bug.
 """

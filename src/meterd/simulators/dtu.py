@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Final, Protocol, Union
 
+from meterd.clock import Clock
 from meterd.errors import LinkError
 from meterd.protocols.dlt645.frame import Frame, StreamDecoder, encode_frame, normalize_address
 from meterd.protocols.modbus import get_map
@@ -48,7 +49,6 @@ from meterd.simulators.serve import SimClock
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 SimBus = Union[Dlt645Bus, ModbusBus]
 
 CUT_LINGER: Final = 0.05  # after a cut reply, let its bytes reach the master before aborting

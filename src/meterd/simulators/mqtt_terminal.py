@@ -37,7 +37,7 @@ import contextlib
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone, tzinfo
-from typing import Any, Callable, Final, Sequence, Union
+from typing import Any, Final, Sequence, Union
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -54,10 +54,9 @@ from meterd.collector.mqtt import (
     check_terminal_id,
     new_client,
     readings_payload,
-    utc_now,
 )
+from meterd.clock import CST, Clock, utc_now
 from meterd.collector.paho_loop import PahoDriver
-from meterd.collector.poll import CHINA_STANDARD_TIME
 from meterd.protocols.modbus import get_map
 from meterd.protocols.modbus.quantities import known_quantities
 from meterd.protocols.readspec import DLT645_1997, DLT645_2007, MODBUS
@@ -70,7 +69,6 @@ from meterd.simulators.serve import SimClock
 log = logging.getLogger(__name__)
 
 SimBus = Union[Dlt645Bus, ModbusBus]
-Clock = Callable[[], datetime]
 
 DEFAULT_PUSH_QUANTITIES: Final = (
     "energy.active.import.total",
@@ -117,7 +115,7 @@ class MqttTerminal:
         latency: float = 0.0,
         push_quantities: Sequence[str] = DEFAULT_PUSH_QUANTITIES,
         push_every: float | None = None,
-        meter_tz: tzinfo = CHINA_STANDARD_TIME,
+        meter_tz: tzinfo = CST,
         honour_expiry: bool = True,
         reconnect_min: float = 0.5,
         reconnect_max: float = 5.0,

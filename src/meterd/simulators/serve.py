@@ -46,9 +46,10 @@ import termios
 import time
 import tty
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Awaitable, Callable, Collection, Final, Iterator, Protocol, Union
 
+from meterd.clock import CST, Clock
 from meterd.errors import LinkError
 from meterd.protocols.dlt645.frame import Frame, StreamDecoder, encode_frame
 from meterd.simulators.dlt645 import Dlt645Bus, Reply
@@ -58,7 +59,6 @@ from meterd.simulators.modbus import ModbusBus
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 
 DEFAULT_PTY_TURNAROUND: Final = 0.020
 DLT645_BAUD: Final = 2400  # DL/T 645 pty line: 2400 8E1
@@ -86,7 +86,7 @@ class SimClock:
         """A clock starting at ``start`` (default: now in China Standard Time, the meters' local
         time, to the second)."""
         if start is None:
-            start = datetime.now(timezone(timedelta(hours=8))).replace(tzinfo=None)
+            start = datetime.now(CST).replace(tzinfo=None)
         return cls(start.replace(microsecond=0), speed)
 
     def __call__(self) -> datetime:

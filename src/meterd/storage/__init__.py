@@ -6,7 +6,7 @@ and attempts -- and :class:`BatchWriter` (:mod:`.writer`), which batches what th
 produces and writes it off the event loop.  Stores for InfluxDB and PostgreSQL join here later
 behind the same methods.
 
-May import: ``meterd.readings`` and ``meterd.errors`` only (never ``collector``, ``config`` or
+May import: ``meterd.readings``, ``meterd.clock`` and ``meterd.errors`` only (never ``collector``, ``config`` or
 ``protocols``: the store knows readings, not how they were read).
 
 Contract:

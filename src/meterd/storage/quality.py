@@ -28,14 +28,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Final, Iterable
+from typing import Any, Final, Iterable
 
+from meterd.clock import CST, Clock, utc_now
 from meterd.storage.sqlite import _STATE_SCHEMA, OUTCOMES, STATE_FILE, Attempt, SqliteStore, from_ms, to_ms
 
-CST: Final = timezone(timedelta(hours=8), "CST")
 THRESHOLD: Final = 0.97
 DAY: Final = timedelta(days=1)
 #: Failure kinds in the order reports show them (outcomes not listed here follow, sorted).
@@ -86,11 +86,6 @@ ON CONFLICT (day, meter, channel, outcome) DO UPDATE SET
     first_ts = MIN(first_ts, excluded.first_ts),
     last_ts = MAX(last_ts, excluded.last_ts)
 """
-
-
-def cst_day(moment: datetime) -> date:
-    """The China Standard Time day of an aware ``moment``."""
-    return moment.astimezone(CST).date()
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
@@ -238,10 +233,6 @@ def merged_seconds(intervals: Iterable[tuple[datetime, datetime]], start: dateti
     return total
 
 
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 class QualityStore:
     """The quality tables in ``state.sqlite3`` (a path to it, its data directory, or a SqliteStore).
 
@@ -253,7 +244,7 @@ class QualityStore:
         self,
         state: Path | str | SqliteStore,
         *,
-        clock: Callable[[], datetime] = utc_now,
+        clock: Clock = utc_now,
         threshold: float = THRESHOLD,
     ) -> None:
         if isinstance(state, SqliteStore):
@@ -542,6 +533,6 @@ class OnlineTracker:
 
 
 __all__ = [
-    "CST", "FAILURE_ORDER", "OUTCOMES", "THRESHOLD", "OnlineTracker", "QualityReport", "QualityRow", "QualityStore",
-    "cst_day", "day_bounds", "merged_seconds",
+    "FAILURE_ORDER", "OUTCOMES", "THRESHOLD", "OnlineTracker", "QualityReport", "QualityRow", "QualityStore",
+    "day_bounds", "merged_seconds",
 ]
