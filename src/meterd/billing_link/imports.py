@@ -60,8 +60,11 @@ MISSING_SHOWN: Final = 20  # account names listed in the "missing from the impor
 
 
 class Sink(Protocol):
-    required: Sequence[str]
-    identical_is_duplicate: bool
+    @property
+    def required(self) -> Sequence[str]: ...  # the fields a record must carry
+
+    @property
+    def identical_is_duplicate(self) -> bool: ...
 
     def start(self) -> None: ...  # a new full import (file, HTTP run) begins
 

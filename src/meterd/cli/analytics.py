@@ -203,7 +203,8 @@ def outages_cmd(args: argparse.Namespace) -> int:
 @_guard
 def stats_cmd(args: argparse.Namespace) -> int:
     from meterd.analytics.stats import periods
-    from meterd.analytics.views import curve_meters, curve_points, energy_rows, parse_step, require_topology
+    from meterd.analytics.views import curve_meters, curve_points, energy_rows, require_topology
+    from meterd.config.loader import parse_step
 
     config = _load(args)
     require_topology(config)
@@ -225,12 +226,12 @@ def stats_cmd(args: argparse.Namespace) -> int:
     meters = curve_meters(config, meter=args.meter, unit=args.unit, group=args.group)
     day, _ = parse_period(args.period, today=today_cst())
     curve = curve_points(config.store.data_dir, meters, day, parse_step(args.step))
-    rows = [{"at": at.isoformat(), "kw": str(kw), "meters": n} for at, kw, n in curve]
+    points: list[dict[str, object]] = [{"at": at.isoformat(), "kw": str(kw), "meters": n} for at, kw, n in curve]
 
     def curve_table() -> Iterable[str]:
         yield f"load curve {day} of {len(meters)} meter(s), step {args.step}"
         yield f"{'AT':<26} {'KW':>12} {'METERS':>6}"
-        for r in rows:
+        for r in points:
             yield f"{r['at']:<26} {r['kw']:>12} {r['meters']:>6}"
-    _emit(args, rows, ["at", "kw", "meters"], curve_table())
+    _emit(args, points, ["at", "kw", "meters"], curve_table())
     return EXIT_OK
