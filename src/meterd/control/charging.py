@@ -66,7 +66,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from operator import attrgetter, itemgetter
 from types import MappingProxyType
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from meterd.control.model import (
     FEN,
@@ -83,6 +83,10 @@ from meterd.plausibility import DEFAULT_RATING, REGISTER_STEP, Rating, max_advan
 
 _NO_MULTIPLIERS: Final[Mapping[str, Decimal]] = MappingProxyType({})
 _NO_RATINGS: Final[Mapping[str, Rating]] = MappingProxyType({})
+
+EntryFields = tuple[Any, ...]  # LedgerEntry's fields in order: ``LedgerEntry(*fields)`` is the entry
+Plan = tuple[Any, ...]  # how a delta splits and is priced: see _plan
+Memo = dict[Any, Plan]  # (id(tariff), register, t0, t1) -> Plan, shared by a pass's calls
 _ONE: Final = Decimal(1)
 _US: Final = timedelta(microseconds=1)
 _ZERO: Final = Decimal(0)
@@ -166,7 +170,7 @@ def charge_account(account: str, tariff: Tariff, readings: Iterable[RegisterRead
                    cursors: Mapping[tuple[str, Rate], Cursor], usage: Mapping[str, Usage], *,
                    multipliers: Mapping[str, Decimal] = _NO_MULTIPLIERS,
                    replacements: Sequence[MeterReplacement] = (),
-                   memo: dict | None = None, as_fields: bool = False,
+                   memo: Memo | None = None, as_fields: bool = False,
                    ratings: Mapping[str, Rating] = _NO_RATINGS) -> ChargeResult:
     """Charge ``readings`` (any of the account's meters, any order) from ``cursors`` and ``usage``.
 
@@ -182,7 +186,7 @@ def charge_account(account: str, tariff: Tariff, readings: Iterable[RegisterRead
     if problems := tariff.problems():
         raise ValueError(f"tariff {tariff.name!r} has problems: {'; '.join(problems)}")
     run = _Run(account, tariff, cursors, usage, multipliers, memo, ratings)
-    events: list[tuple] = []
+    events: list[tuple[Any, ...]] = []
     if replacements:
         by_key = {r.key: r for r in replacements if r.account == account}
         installed = {(r.new_meter, as_utc(r.at)) for r in by_key.values()}
@@ -231,14 +235,14 @@ class DistrictCharger:
         # (id(rating), CT×PT, t0, t1) -> the most a register may advance over (t0, t1]: a district's
         # meters share a few ratings and multipliers and a round's instants
         self._limits: dict[tuple[int, Decimal, datetime, datetime], Decimal] = {}
-        self.memo: dict = {}  # shared with charge_account: how a delta splits and is priced
-        self.entries: list[tuple] = []  # LedgerEntry fields (``as_fields``)
+        self.memo: Memo = {}  # shared with charge_account: how a delta splits and is priced
+        self.entries: list[EntryFields] = []  # LedgerEntry fields (``as_fields``)
         self.cursors: list[Cursor] = []  # cursors that changed
         self.usage: list[tuple[str, str, Decimal]] = []  # (account, period, kWh) that changed
         self.flags: list[ChargeFlag] = []
         self._checked: dict[int, Tariff] = {}  # tariffs whose problems() were looked at
 
-    def take(self) -> tuple[list[tuple], list[Cursor], list[tuple[str, str, Decimal]], list[ChargeFlag]]:
+    def take(self) -> tuple[list[EntryFields], list[Cursor], list[tuple[str, str, Decimal]], list[ChargeFlag]]:
         """What was charged since the last call (entries, cursors, usage, flags), and forget it."""
         out = self.entries, self.cursors, self.usage, self.flags
         self.entries, self.cursors, self.usage, self.flags = [], [], [], []
@@ -278,7 +282,7 @@ class DistrictCharger:
             if len({(r.meter, r.rate) for r in readings}) < len(readings):
                 return False  # a register read twice: its second delta starts at its first
         memo, tid, charge, limits, ratings = self.memo, id(tariff), EntryKind.CHARGE, self._limits, self.ratings
-        entries: list[tuple] = []
+        entries: list[EntryFields] = []
         moved: list[Cursor] = []
         used: dict[str, Decimal] = {}  # tier period -> kWh so far, as it changes
         for r in readings:
@@ -373,7 +377,7 @@ class _Run:
                  "new_cursors", "new_usage", "entries", "flags")
 
     def __init__(self, account: str, tariff: Tariff, cursors: Mapping[tuple[str, Rate], Cursor],
-                 usage: Mapping[str, Usage], multipliers: Mapping[str, Decimal], memo: dict | None,
+                 usage: Mapping[str, Usage], multipliers: Mapping[str, Decimal], memo: Memo | None,
                  ratings: Mapping[str, Rating] = _NO_RATINGS) -> None:
         self.account = account
         self.ratings = ratings
@@ -385,7 +389,7 @@ class _Run:
         self.retired: dict[str, datetime] = {}  # old meter -> replaced at
         self.new_cursors: dict[tuple[str, Rate], Cursor] = {}
         self.new_usage: dict[str, Decimal] = {}
-        self.entries: list[tuple] = []  # LedgerEntry fields
+        self.entries: list[EntryFields] = []  # LedgerEntry fields
         self.flags: list[ChargeFlag] = []
 
     def result(self, as_fields: bool) -> ChargeResult:
@@ -474,7 +478,7 @@ class _Run:
         """Charge ``kwh`` used on ``meter``'s ``register`` over (t0, t1]."""
         tariff = self.tariff
         memo = self.memo
-        plan: tuple
+        plan: Plan
         if memo is None:
             plan = _plan(tariff, register, t0, t1)
         else:
@@ -563,7 +567,7 @@ class _Run:
                              b, detail, meter, rate, kwh, price, a, b))
 
 
-def _plan(tariff: Tariff, register: Rate, t0: datetime, t1: datetime) -> tuple:
+def _plan(tariff: Tariff, register: Rate, t0: datetime, t1: datetime) -> Plan:
     """What charging a delta of ``register`` over (t0, t1] needs besides its kWh and meter: the
     pieces, each piece's (price, detail suffix) when it is priced directly (None for an uncharged
     or tiered piece), the key's middle part, whether a NO_TARIFF flag is due, and (rate, price,
