@@ -21,8 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from meterd.collector.channel import Channel, FailureKind, Timing
 from meterd.collector.modbus import ModbusLink
-from meterd.collector.mqtt import (
-    MqttHub,
+from meterd.collector.mqtt import MqttHub
+from meterd.protocols.terminal.mqtt import (
     PayloadError,
     ReplyMessage,
     RequestMessage,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from meterd.collector.dtu import (
+from meterd.protocols.terminal.dtu import (
     HEX_FRAME,
     PRESETS,
     USR_ASCII,

@@ -1,4 +1,4 @@
-"""Property tests for the DTU registration parser (:class:`meterd.collector.dtu.DtuFormat`), like
+"""Property tests for the DTU registration parser (:class:`meterd.protocols.terminal.dtu.DtuFormat`), like
 the DL/T 645 ones (issue #14): arbitrary bytes never raise and give a sane answer; every valid
 registration and heartbeat round-trips, whole, in pieces and with data behind it; a config table
 gives a format or a ConfigError, nothing else."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from meterd.collector.dtu import (
+from meterd.protocols.terminal.dtu import (
     HEX_FRAME,
     PRESETS,
     USR_ASCII,

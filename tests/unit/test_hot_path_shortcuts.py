@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from meterd.collector.channel import Channel, Dlt645Reply, Timing, WrongPeer
 from meterd.collector.heap import THRESHOLDS, settle_heap
-from meterd.collector.mqtt import MqttHub, RequestMessage, _request_payload, describe_frame
+from meterd.collector.mqtt import MqttHub
 from meterd.collector.poll import _read_frame
 from meterd.collector.transports.base import Transport
 from meterd.errors import ProtocolError
@@ -38,6 +38,7 @@ from meterd.protocols.dlt645.frame import (
 )
 from meterd.protocols.dlt645.messages import ReadRequest, ReadResponse, decode_request, encode_request, encode_response
 from meterd.protocols.dlt645.v1997 import ReadRequest97, encode_request97
+from meterd.protocols.terminal.mqtt import RequestMessage, describe_frame, request_payload
 from meterd.readings import Quality, Reading
 from meterd.simulators.dlt645 import Dlt645Bus, FaultPlan
 from meterd.simulators.model import (
@@ -152,7 +153,7 @@ def test_the_request_payload_from_cached_fields_is_the_message_payload(frame, un
     for expires in (sent + timedelta(seconds=30), None):
         want = RequestMessage("ab12cd34-1f", frame, info.protocol, info.meter, info.unit, sent, expires).payload()
         for _ in range(2):  # the first time fills the transport's cache
-            got = _request_payload('"ab12cd34-1f"', t._request_fields(frame), sent, expires)
+            got = request_payload('"ab12cd34-1f"', t._request_fields(frame), sent, expires)
             assert got == want
         assert json.loads(got)["frame"] == frame.hex()
     assert t._down_topic == "site/a/terminals/T\u00e9st/down"

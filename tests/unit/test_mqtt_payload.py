@@ -12,10 +12,10 @@ from decimal import Decimal
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from meterd.collector.mqtt import (
+from meterd.collector.mqtt import MqttHub
+from meterd.protocols.terminal.mqtt import (
     EARLIEST,
     LATEST,
-    MqttHub,
     PayloadError,
     ReplyMessage,
     RequestMessage,

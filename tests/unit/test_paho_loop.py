@@ -13,8 +13,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.exception import MalformedPacket
 
-from meterd.collector.mqtt import new_client
-from meterd.collector.paho_loop import BufferedSocket, Client
+from meterd.collector.transports.paho_loop import BufferedSocket, Client, new_client
 
 # PUBLISH QoS 0 of "a/b" with payload "hi", then PINGRESP
 PUBLISH = bytes.fromhex("30 07 00 03 61 2f 62 68 69")
@@ -143,10 +142,10 @@ def test_a_malformed_puback_takes_paho_s_own_path():
 
 def test_paho_chatter_is_logged_at_debug_only_when_wanted(caplog):
     client = new_client("t")
-    caplog.set_level(logging.INFO, logger="meterd.collector.mqtt.paho")
+    caplog.set_level(logging.INFO, logger="meterd.collector.transports.paho_loop.paho")
     client._easy_log(mqtt.MQTT_LOG_ERR, "not shown %s", "x")
     assert not caplog.records
-    caplog.set_level(logging.DEBUG, logger="meterd.collector.mqtt.paho")
+    caplog.set_level(logging.DEBUG, logger="meterd.collector.transports.paho_loop.paho")
     client._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", "boom")
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.DEBUG, "failed to receive on socket: boom")]

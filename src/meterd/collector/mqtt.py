@@ -1,67 +1,11 @@
-"""Meters behind MQTT terminals (gateways, concentrators): one broker connection for the master.
+"""Meters behind MQTT terminals (gateways, concentrators): the master's one broker connection.
 
-A terminal bridges MQTT to its RS-485 bus.  The master sends it a meter frame (DL/T 645 or Modbus,
-exactly the bytes a serial line would carry), the terminal puts them on its bus and sends back
-what the meter answered; terminals may also push readings they collected themselves.
-
-Topic tree (``<root>`` is ``meterd`` unless configured; ``<tid>`` a terminal id, no ``/ + #``)::
-
-    <root>/terminals/<tid>/down     master -> terminal: requests              QoS 1, not retained
-    <root>/terminals/<tid>/up       terminal -> master: replies, pushed data  QoS 1, not retained
-                                    (the master subscribes at QoS 0: see UP_QOS)
-    <root>/terminals/<tid>/status   "online" / "offline" (plain text)         QoS 1, RETAINED
-
-A terminal connects with its *last will* ``offline`` (retained) on its status topic and then
-publishes a retained ``online``; when it vanishes without a clean DISCONNECT (power cut, dead
-cellular link, keepalive expiry) the broker publishes the will, so the master always knows the
-last state.  A terminal that shuts down cleanly publishes ``offline`` itself first.
-
-Payloads are UTF-8 JSON objects.  Times are RFC 3339 (``2025-06-01T00:05:00.000Z``).
-
-Request (``down``)::
-
-    {"type": "request", "id": "5f0c9a1e-2a", "meter": "000000000001",
-     "protocol": "dlt645-2007", "frame": "fefefefe68010000000000681104333334333316",
-     "sent": "2025-06-01T00:05:00.000Z", "expires": "2025-06-01T00:05:30.000Z"}
-
-* ``id``: the correlation id, a string unique per request (master session + sequence number);
-* ``frame``: the request bytes in hex, as they would go on the wire (DL/T 645 with its ``FE``
-  preamble; Modbus as an RTU ADU with CRC, or MBAP);
-* ``protocol``: ``dlt645-2007``, ``dlt645-1997`` or ``modbus`` (a terminal may pick its port or
-  line settings by it); ``meter``: the DL/T 645 address from the frame, or for Modbus the meter the
-  transport was told owns that unit (``null`` if unknown); ``unit``: the Modbus unit id (Modbus
-  only);
-* ``expires`` (optional): a terminal should drop a request it receives after this time -- the
-  master gave up on it long ago (e.g. a request the client library re-sent after a broker restart).
-
-Reply (``up``): the request's ``id``, the meter's answer in ``frame`` (hex), ``sent`` echoed from
-the request and ``replied`` (when the terminal got the answer)::
-
-    {"type": "reply", "id": "5f0c9a1e-2a", "meter": "000000000001", "protocol": "dlt645-2007",
-     "frame": "fefefefe68010000000000689108333334338967453316...",
-     "sent": "2025-06-01T00:05:00.000Z", "replied": "2025-06-01T00:05:00.180Z"}
-
-Only ``id`` and ``frame`` are required; ``type`` (if present) must be ``reply``.  A meter that does
-not answer gets no reply message (the master times out, as on a wire).  A bus answering in several
-pieces may send several replies with the same ``id``; their frames are fed to the channel in order.
-
-Pushed readings (``up``)::
-
-    {"type": "readings", "meter": "000001000001", "sent": "2025-06-01T00:05:00.000Z",
-     "readings": [
-        {"quantity": "energy.active.import.total", "value": "13152.08", "unit": "kWh",
-         "timestamp": "2025-06-01T00:05:00.000Z"},
-        {"quantity": "relay.open", "value": "false", "kind": "boolean",
-         "timestamp": "2025-06-01T00:05:00.000Z", "quality": "good"}]}
-
-``value`` is always a *string*, so a decimal stays exact (``"13152.08"``, never a float);
-``kind`` says how to read it: ``decimal`` (the default), ``integer``, ``boolean`` (``true`` /
-``false``), ``time`` (RFC 3339) or ``text``.  ``unit`` defaults to ``""``, ``quality`` to ``good``;
-``timestamp`` must carry a zone; every time in a payload must lie from 1970-01-01 to before
-2100-01-01 UTC.  One bad item rejects the whole message (nothing half-stored).
+The topic tree and the payloads (requests, replies, pushed readings) are the sans-I/O codec in
+:mod:`meterd.protocols.terminal.mqtt` (documented there and in ``docs/mqtt.md``); this module is
+the I/O around it.
 
 The master side: :class:`MqttHub` is one paho-mqtt client (MQTT 3.1.1, clean session, QoS 1)
-driven by the asyncio loop itself (:class:`~meterd.collector.paho_loop.PahoDriver`: no network
+driven by the asyncio loop itself (:class:`~meterd.collector.transports.paho_loop.PahoDriver`: no network
 thread, every paho callback runs in the loop thread, where all state lives).  It reconnects by
 itself with exponential back-off and re-subscribes on every connect.  It tracks each
 terminal's status from the retained status topic (a reconnect forgets them: the broker re-sends
@@ -89,474 +33,59 @@ So a broker restart loses no request silently: each one is either answered, or f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
-import json
 import logging
-import re
 import secrets
-import socket
 from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Final, Iterable, Mapping
+from datetime import timedelta
+from typing import Any, Final
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 
-from meterd.collector import paho_loop
-from meterd.collector.paho_loop import PahoDriver
-from meterd.collector.transports.base import Transport
 from meterd.clock import Clock, utc_now
-from meterd.errors import LinkClosedError, LinkError, LinkTimeoutError, ProtocolError
+from meterd.collector.transports.base import Transport
+from meterd.collector.transports.paho_loop import PahoDriver, new_client
+from meterd.errors import LinkClosedError, LinkError, LinkTimeoutError
 from meterd.logthrottle import LogThrottle
-from meterd.protocols.dlt645.frame import decode_frame
-from meterd.protocols.readspec import DLT645_1997, DLT645_2007, MODBUS
-from meterd.readings import Quality, Reading, Value
+from meterd.protocols.terminal.mqtt import (
+    DEFAULT_ROOT,
+    OFFLINE,
+    ONLINE,
+    PROTOCOLS,
+    QOS,
+    FrameInfo,
+    PayloadError,
+    ReplyMessage,
+    Topics,
+    check_terminal_id,
+    decode_json,
+    describe_frame,
+    parse_readings,
+    request_fields,
+    request_payload,
+)
+from meterd.readings import Reading
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ROOT: Final = "meterd"
-ONLINE: Final = "online"
-OFFLINE: Final = "offline"
-QOS: Final = 1
 # The master takes ``up`` (replies, pushed readings) at QoS 0: its session is clean, so the broker
 # drops whatever it has not delivered when the connection breaks, QoS 1 or not; over a live TCP
 # connection QoS 0 arrives just as surely, and saves a PUBACK per reply on both ends.  Terminals
 # still publish at QoS 1 (to the broker) and requests go out at QoS 1.
 UP_QOS: Final = 0
-PROTOCOLS: Final = (DLT645_2007, DLT645_1997, MODBUS)
-VALUE_KINDS: Final = ("decimal", "integer", "boolean", "time", "text")
-MAX_ID_LEN: Final = 128
 EXPIRED_IDS_KEPT: Final = 4096  # ids remembered as "ours, but no longer awaited" (late replies)
 REJECTS_KEPT: Final = 50
 DESCRIBED_KEPT: Final = 256  # request frames a transport remembers the sniffed protocol/meter of
 TOPICS_KEPT: Final = 16384  # incoming topics the hub remembers the parse of
 _UNPARSED: Final = object()
-# DL/T 645-1997-only control codes (03 without data is 1997's re-read, with data 2007's security)
-_FUNCTIONS_1997_ONLY: Final = frozenset({0x01, 0x02, 0x04, 0x0A, 0x0C, 0x0F, 0x10})
-_FORBIDDEN_IN_ID: Final = frozenset("/+#\x00")
-# Times in payloads (timestamps, time values, sent / replied / expires) must lie in this window: no
-# meter reads before the epoch, and anything past 2100 is a terminal's clock gone wrong.
-EARLIEST: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
-LATEST: Final = datetime(2100, 1, 1, tzinfo=timezone.utc)
-MAX_TIME_LEN: Final = 64
 
 ReadingsCallback = Callable[[str, list[Reading]], Any]
 
 
-def rfc3339(t: datetime) -> str:
-    """Aware (naive = UTC) datetime -> ``2025-06-01T00:05:00.000Z``."""
-    if t.tzinfo is timezone.utc:  # the usual case: every request stamps one or two
-        return t.isoformat(timespec="milliseconds")[:-6] + "Z"
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return t.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_rfc3339(text: object, what: str = "time") -> datetime:
-    """RFC 3339 text with a zone -> aware UTC datetime within [:data:`EARLIEST`, :data:`LATEST`).
-
-    PayloadError otherwise: not text, not a time, no zone, or out of range (``0001-01-01T00:00+08:00``
-    is not even a datetime in UTC; 1969 or 2200 is no meter's time).
-    """
-    if not isinstance(text, str):
-        raise PayloadError(f"{what} must be an RFC 3339 string, not {type(text).__name__}")
-    if len(text) > MAX_TIME_LEN:
-        raise PayloadError(f"{what} {text[:40]!r}... is not an RFC 3339 time")
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        raise PayloadError(f"{what} {text!r} is not an RFC 3339 time") from None
-    if t.tzinfo is None:
-        raise PayloadError(f"{what} {text!r} has no time zone")
-    try:
-        t = t.astimezone(timezone.utc)
-    except OverflowError:
-        t = EARLIEST - timedelta(1) if t.year == 1 else LATEST
-    if not EARLIEST <= t < LATEST:
-        raise PayloadError(f"{what} {text!r} is out of range (from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d} UTC)")
-    return t
-
-
-def check_terminal_id(tid: str) -> str:
-    if not isinstance(tid, str) or not tid or any(c in _FORBIDDEN_IN_ID for c in tid):
-        raise ValueError(f"terminal id {tid!r} must be a non-empty string without / + # or NUL")
-    return tid
-
-
-# --- topics ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Topics:
-    """The topic tree under one root (``meterd`` by default)."""
-
-    root: str = DEFAULT_ROOT
-
-    def __post_init__(self) -> None:
-        r = self.root
-        if not r or any(c in r for c in "+#\x00") or r.startswith("/") or r.endswith("/"):
-            raise ValueError(f"MQTT topic root {self.root!r} must be non-empty, without + # and outer /")
-
-    def down(self, tid: str) -> str:
-        return f"{self.root}/terminals/{tid}/down"
-
-    def up(self, tid: str) -> str:
-        return f"{self.root}/terminals/{tid}/up"
-
-    def status(self, tid: str) -> str:
-        return f"{self.root}/terminals/{tid}/status"
-
-    @property
-    def all_up(self) -> str:
-        return f"{self.root}/terminals/+/up"
-
-    @property
-    def all_status(self) -> str:
-        return f"{self.root}/terminals/+/status"
-
-    def parse(self, topic: str) -> tuple[str, str] | None:
-        """``<root>/terminals/<tid>/<kind>`` -> (tid, kind); None for anything else."""
-        prefix = f"{self.root}/terminals/"
-        if not topic.startswith(prefix):
-            return None
-        rest = topic[len(prefix):].split("/")
-        if len(rest) != 2 or not rest[0] or rest[1] not in ("down", "up", "status"):
-            return None
-        return rest[0], rest[1]
-
-
-# --- payloads ----------------------------------------------------------------------------------
-
-
-class PayloadError(ValueError):
-    """A message that does not follow the payload format (the reason is the message)."""
-
-
-@dataclass(frozen=True, slots=True)
-class FrameInfo:
-    """What the master knows of a request frame: protocol, meter address, Modbus unit id."""
-
-    protocol: str | None
-    meter: str | None = None
-    unit: int | None = None
-
-
-def describe_frame(
-    data: bytes, *, protocol: str | None = None, units: Mapping[int, str] | None = None
-) -> FrameInfo:
-    """Sniff a request frame: a valid DL/T 645 frame gives its address and edition (by control
-    code: 01 02 04 0A 0C 0F 10 and a bare 03 are 1997), anything else is taken for Modbus (RTU, or
-    MBAP when its header fits) and gives its unit id, named through ``units`` if given.
-    ``protocol``, when given, overrides the sniffed protocol."""
-    if protocol is not None and protocol not in PROTOCOLS:
-        raise ValueError(f"protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
-    if protocol != MODBUS:
-        try:
-            frame = decode_frame(data)
-        except ProtocolError:
-            frame = None
-        if frame is not None:
-            if protocol is None:
-                fn = frame.function
-                v1997 = fn in _FUNCTIONS_1997_ONLY or (fn == 0x03 and not frame.data)
-                protocol = DLT645_1997 if v1997 else DLT645_2007
-            return FrameInfo(protocol, frame.address)
-        if protocol is not None:
-            return FrameInfo(protocol)
-    unit: int | None = None
-    n = len(data)
-    if n >= 8 and data[2] == 0 and data[3] == 0 and int.from_bytes(data[4:6], "big") == n - 6:
-        unit = data[6]  # MBAP
-    elif n >= 4:
-        unit = data[0]  # RTU
-    meter = units.get(unit) if units is not None and unit is not None else None
-    return FrameInfo(MODBUS, meter, unit)
-
-
-def _dumps(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-_PLAIN_TEXT = re.compile(r'[^\x00-\x1f"\\]*\Z')  # nothing json.dumps(ensure_ascii=False) would escape
-
-
-def _json_text(text: str | None) -> str:
-    """A JSON string (or null), exactly as :func:`_dumps` writes it."""
-    if text is None:
-        return "null"
-    if _PLAIN_TEXT.match(text):
-        return f'"{text}"'
-    return json.dumps(text, ensure_ascii=False)
-
-
-def decode_json(payload: bytes) -> dict[str, Any]:
-    """MQTT payload -> JSON object.  PayloadError for anything else, including JSON nested so deeply
-    that the parser gives up (``[[[[...`` 100,000 deep raises RecursionError, cleanly)."""
-    try:
-        obj = json.loads(payload.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise PayloadError("payload is not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise PayloadError(f"payload is not JSON: {exc.msg} at char {exc.pos}") from None
-    except RecursionError:
-        raise PayloadError("payload is JSON nested too deeply") from None
-    if not isinstance(obj, dict):
-        raise PayloadError(f"payload is a JSON {type(obj).__name__}, not an object")
-    return obj
-
-
-def _hex(obj: Mapping[str, Any], key: str = "frame") -> bytes:
-    text = obj.get(key)
-    if not isinstance(text, str):
-        raise PayloadError(f"{key!r} must be a hex string" + ("" if key in obj else ", and is missing"))
-    try:
-        data = bytes.fromhex(text)
-    except ValueError:
-        raise PayloadError(f"{key!r} is not hex: {text[:40]!r}") from None
-    if not data:
-        raise PayloadError(f"{key!r} is empty")
-    return data
-
-
-def _id(obj: Mapping[str, Any]) -> str:
-    cid = obj.get("id")
-    if not isinstance(cid, str) or not cid or len(cid) > MAX_ID_LEN:
-        raise PayloadError(f"'id' must be a non-empty string of at most {MAX_ID_LEN} characters, got {cid!r}"[:200])
-    return cid
-
-
-def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
-    v = obj.get(key)
-    if v is not None and not isinstance(v, str):
-        raise PayloadError(f"{key!r} must be a string or null, not {type(v).__name__}")
-    return v
-
-
-def _opt_time(obj: Mapping[str, Any], key: str) -> datetime | None:
-    v = obj.get(key)
-    return None if v is None else parse_rfc3339(v, repr(key))
-
-
-def _opt_protocol(obj: Mapping[str, Any]) -> str | None:
-    p = _opt_str(obj, "protocol")
-    if p is not None and p not in PROTOCOLS:
-        raise PayloadError(f"'protocol' {p!r} is not one of {', '.join(PROTOCOLS)}")
-    return p
-
-
-def _request_fields(meter: str | None, protocol: str | None, unit: int | None, frame: bytes) -> str:
-    """The middle of a request payload, from ``"meter"`` to ``"frame"``: the same for every request
-    of one frame to one terminal, so a transport keeps it per frame."""
-    parts = [',"meter":', _json_text(meter), ',"protocol":', _json_text(protocol)]
-    if unit is not None:
-        parts += [',"unit":', json.dumps(unit)]
-    parts += [',"frame":"', frame.hex(), '"']
-    return "".join(parts)
-
-
-def _request_payload(id_json: str, fields: str, sent: datetime | None, expires: datetime | None) -> bytes:
-    """A request payload from its parts (``id_json``: the id as a JSON string)."""
-    parts = ['{"type":"request","id":', id_json, fields]
-    if sent is not None:
-        parts += [',"sent":"', rfc3339(sent), '"']
-    if expires is not None:
-        parts += [',"expires":"', rfc3339(expires), '"']
-    parts.append("}")
-    return "".join(parts).encode()
-
-
-@dataclass(frozen=True, slots=True)
-class RequestMessage:
-    id: str
-    frame: bytes
-    protocol: str | None = None
-    meter: str | None = None
-    unit: int | None = None
-    sent: datetime | None = None
-    expires: datetime | None = None
-
-    def payload(self) -> bytes:
-        # written out by hand (the same bytes json.dumps gives): one per request, on the hot path
-        return _request_payload(_json_text(self.id), _request_fields(self.meter, self.protocol, self.unit, self.frame),
-                                self.sent, self.expires)
-
-    @classmethod
-    def parse(cls, payload: bytes) -> RequestMessage:
-        obj = decode_json(payload)
-        if obj.get("type", "request") != "request":
-            raise PayloadError(f"'type' {obj.get('type')!r} is not 'request'")
-        unit = obj.get("unit")
-        if unit is not None and (isinstance(unit, bool) or not isinstance(unit, int) or not 0 <= unit <= 255):
-            raise PayloadError(f"'unit' {unit!r} is not a Modbus unit id")
-        return cls(_id(obj), _hex(obj), _opt_protocol(obj), _opt_str(obj, "meter"), unit,
-                   _opt_time(obj, "sent"), _opt_time(obj, "expires"))
-
-
-@dataclass(frozen=True, slots=True)
-class ReplyMessage:
-    id: str
-    frame: bytes
-    protocol: str | None = None
-    meter: str | None = None
-    sent: datetime | None = None
-    replied: datetime | None = None
-
-    def payload(self) -> bytes:
-        parts = ['{"type":"reply","id":', _json_text(self.id), ',"meter":', _json_text(self.meter),
-                 ',"protocol":', _json_text(self.protocol), ',"frame":"', self.frame.hex(), '"']
-        if self.sent is not None:
-            parts += [',"sent":"', rfc3339(self.sent), '"']
-        if self.replied is not None:
-            parts += [',"replied":"', rfc3339(self.replied), '"']
-        parts.append("}")
-        return "".join(parts).encode()
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> ReplyMessage:
-        if obj.get("type", "reply") != "reply":
-            raise PayloadError(f"'type' {obj.get('type')!r} is not 'reply'")
-        return cls(_id(obj), _hex(obj), _opt_protocol(obj), _opt_str(obj, "meter"),
-                   _opt_time(obj, "sent"), _opt_time(obj, "replied"))
-
-
-def _value_json(value: Value) -> tuple[str, str]:
-    """A reading's value -> (text, kind)."""
-    if isinstance(value, bool):
-        return ("true" if value else "false"), "boolean"
-    if isinstance(value, int):
-        return str(value), "integer"
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError(f"value {value} is not finite")
-        return str(value), "decimal"
-    if isinstance(value, datetime):
-        return rfc3339(value), "time"
-    if isinstance(value, str):
-        return value, "text"
-    raise TypeError(f"a reading value cannot be a {type(value).__name__}")
-
-
-def _value_from_json(text: object, kind: object) -> Value:
-    if not isinstance(text, str):
-        raise PayloadError(f"'value' must be a string (decimal text keeps it exact), not {type(text).__name__}")
-    if kind == "decimal":
-        try:
-            d = Decimal(text.strip())
-        except InvalidOperation:
-            raise PayloadError(f"'value' {text[:40]!r} is not a decimal number") from None
-        if not d.is_finite():
-            raise PayloadError(f"'value' {text!r} is not a finite number")
-        return d
-    if kind == "integer":
-        try:
-            return int(text.strip())
-        except ValueError:
-            raise PayloadError(f"'value' {text[:40]!r} is not an integer") from None
-    if kind == "boolean":
-        if text not in ("true", "false"):
-            raise PayloadError(f"'value' {text[:40]!r} is not true/false")
-        return text == "true"
-    if kind == "time":
-        return parse_rfc3339(text, "'value'")
-    if kind == "text":
-        return text
-    raise PayloadError(f"'kind' {kind!r} is not one of {', '.join(VALUE_KINDS)}")
-
-
-def reading_json(r: Reading) -> dict[str, Any]:
-    text, kind = _value_json(r.value)
-    obj: dict[str, Any] = {"quantity": r.quantity, "value": text, "unit": r.unit, "timestamp": rfc3339(r.timestamp)}
-    if kind != "decimal":
-        obj["kind"] = kind
-    if r.quality is not Quality.GOOD:
-        obj["quality"] = str(r.quality)
-    return obj
-
-
-def readings_payload(meter: str, readings: Iterable[Reading], sent: datetime | None = None) -> bytes:
-    """A pushed-readings message for one meter (every reading's ``meter`` must be ``meter``)."""
-    items = []
-    for r in readings:
-        if r.meter != meter:
-            raise ValueError(f"reading of meter {r.meter} in a message for meter {meter}")
-        items.append(reading_json(r))
-    obj: dict[str, Any] = {"type": "readings", "meter": meter}
-    if sent is not None:
-        obj["sent"] = rfc3339(sent)
-    obj["readings"] = items
-    return _dumps(obj)
-
-
-def parse_readings(obj: Mapping[str, Any]) -> tuple[str, list[Reading]]:
-    """A pushed-readings object -> (meter, readings).  PayloadError names the first bad item."""
-    meter = obj.get("meter")
-    if not isinstance(meter, str) or not meter or len(meter) > 64:
-        raise PayloadError(f"'meter' must be a non-empty string, got {meter!r}"[:200])
-    items = obj.get("readings")
-    if not isinstance(items, list):
-        raise PayloadError("'readings' must be a list")
-    out: list[Reading] = []
-    for i, item in enumerate(items):
-        try:
-            if not isinstance(item, dict):
-                raise PayloadError(f"is a {type(item).__name__}, not an object")
-            quantity = item.get("quantity")
-            if not isinstance(quantity, str) or not quantity:
-                raise PayloadError("'quantity' must be a non-empty string")
-            unit = item.get("unit", "")
-            if not isinstance(unit, str):
-                raise PayloadError("'unit' must be a string")
-            value = _value_from_json(item.get("value"), item.get("kind", "decimal"))
-            stamp = parse_rfc3339(item.get("timestamp"), "'timestamp'")
-            try:
-                quality = Quality(item.get("quality", "good"))
-            except ValueError:
-                raise PayloadError(f"'quality' {item.get('quality')!r} is not one of "
-                                   f"{', '.join(q.value for q in Quality)}") from None
-        except PayloadError as exc:
-            raise PayloadError(f"readings[{i}]: {exc}") from None
-        out.append(Reading(meter, quantity, stamp, value, unit, quality))
-    return meter, out
-
-
 # --- the hub -----------------------------------------------------------------------------------
-
-_paho_logger = logging.getLogger(f"{__name__}.paho")  # paho's chatter, at debug level (see new_client)
-
-
-def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    """Small request/reply messages: no Nagle delay (with delayed ACKs it costs ~40 ms a hop)."""
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def new_client(
-    client_id: str,
-    *,
-    username: str | None = None,
-    password: str | None = None,
-    tls: bool = False,
-    reconnect: tuple[float, float] = (1.0, 30.0),
-) -> mqtt.Client:
-    """A paho-mqtt 2.x client as meterd uses them (the hub and the simulated terminals): callback
-    API version 2, MQTT 3.1.1, clean session, reconnect back-off ``reconnect`` (min, max seconds),
-    no client-side cap on messages in flight, TCP_NODELAY, paho's log at debug level; its socket is
-    a :class:`~meterd.collector.paho_loop.BufferedSocket` (run it with a ``PahoDriver``)."""
-    client = paho_loop.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
-                              protocol=mqtt.MQTTv311)
-    client.debug_log = _paho_logger
-    client.on_socket_open = _no_delay
-    if username is not None:
-        client.username_pw_set(username, password)
-    if tls:
-        client.tls_set()
-    client.reconnect_delay_set(*reconnect)  # type: ignore[arg-type]
-    client.max_inflight_messages_set(0)
-    return client
-
 
 @dataclass(slots=True)
 class HubStats:
@@ -753,7 +282,7 @@ class MqttHub:
         expires = sent + self._ttl if self._ttl is not None else None
         # what RequestMessage(cid, frame, protocol, meter, unit, sent, expires).payload() gives;
         # the id is hex digits and a dash: a JSON string as it stands
-        payload = _request_payload(f'"{cid}"', fields, sent, expires)
+        payload = request_payload(f'"{cid}"', fields, sent, expires)
         self._pending[cid] = t
         result = self._client.publish(t._down_topic, payload, qos=QOS)
         if result.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -997,7 +526,7 @@ class MqttTransport(Transport):
             if len(self._described) >= DESCRIBED_KEPT:
                 self._described.clear()
             info = describe_frame(frame, protocol=self.protocol, units=self.units)
-            entry = self._described[frame] = (info, _request_fields(info.meter, info.protocol, info.unit, frame))
+            entry = self._described[frame] = (info, request_fields(info.meter, info.protocol, info.unit, frame))
         return entry
 
     # called by the hub, in the loop thread
@@ -1017,27 +546,4 @@ class MqttTransport(Transport):
         return lost
 
 
-__all__ = [
-    "DEFAULT_ROOT",
-    "OFFLINE",
-    "ONLINE",
-    "PROTOCOLS",
-    "VALUE_KINDS",
-    "FrameInfo",
-    "HubStats",
-    "MqttHub",
-    "MqttTransport",
-    "PayloadError",
-    "ReplyMessage",
-    "RequestMessage",
-    "Topics",
-    "check_terminal_id",
-    "decode_json",
-    "describe_frame",
-    "new_client",
-    "parse_readings",
-    "parse_rfc3339",
-    "reading_json",
-    "readings_payload",
-    "rfc3339",
-]  # fmt: skip
+__all__ = ["UP_QOS", "HubStats", "MqttHub", "MqttTransport", "ReadingsCallback"]

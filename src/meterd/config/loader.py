@@ -490,7 +490,7 @@ def _dtu(check: _Checker, path: str, raw: Any) -> DtuLink | None:
 
 
 def _listener(check: _Checker, path: str, name: str, raw: Any) -> ListenerConfig | None:
-    from meterd.collector.dtu import PRESETS
+    from meterd.protocols.terminal.dtu import PRESETS
 
     table = check.table(path, raw)
     if table is None:

@@ -19,11 +19,12 @@ the registration packet: garbage, oversized), ``register=False`` plus :meth:`~Dt
 seconds after losing its connection, like a real DTU.
 
 Registration and heartbeat packets: the formats are built here again, from their description in
-:mod:`meterd.collector.dtu` (this package never imports the collector, so the simulator and the
-master cannot share a bug): ``usr-ascii`` registers with the terminal id as ASCII text and beats
-``www.usr.cn``; ``hex-frame`` sends ``AA 55 type len id sum8`` (type 01 registration, 02
-heartbeat).  Any object with ``encode_registration(id)`` and ``encode_heartbeat(id)`` (a
-collector ``DtuFormat`` for a custom model, in a test) is accepted as well.
+:mod:`meterd.protocols.terminal.dtu` (on purpose not with that codec, which the master uses: the
+simulator and the master cannot share a bug): ``usr-ascii`` registers with the terminal id as
+ASCII text and beats ``www.usr.cn``; ``hex-frame`` sends ``AA 55 type len id sum8`` (type 01
+registration, 02 heartbeat).  Any object with ``encode_registration(id)`` and
+``encode_heartbeat(id)`` (a :class:`~meterd.protocols.terminal.dtu.DtuFormat` for a custom
+model, in a test) is accepted as well.
 
 :func:`run_dtu_fleet` starts many DTUs with a few meters each, sharing one simulated clock.
 """

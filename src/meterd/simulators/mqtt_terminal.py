@@ -1,7 +1,7 @@
 """Simulated MQTT terminals (gateways / concentrators) in front of simulated meter buses.
 
 A :class:`MqttTerminal` is what :mod:`meterd.collector.mqtt` talks to, over a real broker, in the
-topic tree and payloads documented there (and in ``docs/mqtt.md``):
+topic tree and payloads of :mod:`meterd.protocols.terminal.mqtt` (and in ``docs/mqtt.md``):
 
 * it connects with its last will -- a retained ``offline`` on ``<root>/terminals/<tid>/status`` --
   subscribes to its ``down`` topic and then publishes a retained ``online`` (again after every
@@ -22,8 +22,9 @@ topic tree and payloads documented there (and in ``docs/mqtt.md``):
   (``offline`` published by the terminal itself, then DISCONNECT).
 
 Each terminal is one paho-mqtt client driven by the asyncio loop
-(:class:`~meterd.collector.paho_loop.PahoDriver`: no thread per terminal, so hundreds of them share
-one process cheaply); its callbacks run in the loop thread, where all terminal state lives.
+(:class:`~meterd.collector.transports.paho_loop.PahoDriver`: no thread per terminal, so hundreds
+of them share one process cheaply); its callbacks run in the loop thread, where all terminal state
+lives.
 
 :func:`run_mqtt_fleet` starts ``n_terminals`` terminals ``T001``, ``T002``, ... with
 ``meters_per_terminal`` meters each, all DL/T 645-2007, DL/T 645-1997 or Modbus; meter ``m`` of
@@ -42,7 +43,12 @@ from typing import Any, Final, Sequence, Union
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
-from meterd.collector.mqtt import (
+from meterd.clock import CST, Clock, utc_now
+from meterd.collector.transports.paho_loop import PahoDriver, new_client
+from meterd.protocols.modbus import get_map
+from meterd.protocols.modbus.quantities import known_quantities
+from meterd.protocols.readspec import DLT645_1997, DLT645_2007, MODBUS
+from meterd.protocols.terminal.mqtt import (
     DEFAULT_ROOT,
     OFFLINE,
     ONLINE,
@@ -52,14 +58,8 @@ from meterd.collector.mqtt import (
     RequestMessage,
     Topics,
     check_terminal_id,
-    new_client,
     readings_payload,
 )
-from meterd.clock import CST, Clock, utc_now
-from meterd.collector.paho_loop import PahoDriver
-from meterd.protocols.modbus import get_map
-from meterd.protocols.modbus.quantities import known_quantities
-from meterd.protocols.readspec import DLT645_1997, DLT645_2007, MODBUS
 from meterd.readings import Reading
 from meterd.simulators.dlt645 import Dlt645Bus
 from meterd.simulators.modbus import ModbusBus

@@ -17,6 +17,9 @@ waits and tries again with exponential back-off (``reconnect``: min, doubling up
 min after a successful CONNACK, as paho's own loop does), and paho re-sends what it kept
 (unacknowledged QoS 1).
 
+:func:`new_client` makes the client as meterd uses it, for the master's hub and the simulated
+terminals alike: a byte pipe to the broker, nothing of meterd's topics or payloads.
+
 Strategy notes:
 
 * paho reads a packet with two or three ``recv`` calls (type byte, length bytes, body) and one
@@ -42,10 +45,11 @@ import socket
 import ssl
 import threading
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -447,4 +451,39 @@ class PahoDriver:
         pass  # _flush watches the socket for writability itself: it also knows the gathered bytes
 
 
-__all__ = ["MISC_EVERY", "BufferedSocket", "Client", "PahoDriver"]
+# --- the clients meterd makes ---------------------------------------------------------------
+
+_paho_logger = logging.getLogger(f"{__name__}.paho")  # paho's own chatter, at debug level (see new_client)
+
+
+def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """Small request/reply messages: no Nagle delay (with delayed ACKs it costs ~40 ms a hop)."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def new_client(
+    client_id: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    tls: bool = False,
+    reconnect: tuple[float, float] = (1.0, 30.0),
+) -> mqtt.Client:
+    """A paho-mqtt 2.x client as meterd uses them (the hub and the simulated terminals): callback
+    API version 2, MQTT 3.1.1, clean session, reconnect back-off ``reconnect`` (min, max seconds),
+    no client-side cap on messages in flight, TCP_NODELAY, paho's log at debug level; its socket is
+    a :class:`BufferedSocket` (run it with a :class:`PahoDriver`)."""
+    client = Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311)
+    client.debug_log = _paho_logger
+    client.on_socket_open = _no_delay
+    if username is not None:
+        client.username_pw_set(username, password)
+    if tls:
+        client.tls_set()
+    client.reconnect_delay_set(*reconnect)  # type: ignore[arg-type]
+    client.max_inflight_messages_set(0)
+    return client
+
+
+__all__ = ["MISC_EVERY", "BufferedSocket", "Client", "PahoDriver", "new_client"]
