@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from meterd.collector.daemon import Daemon
 from meterd.collector.poll import RoundResult
 from meterd.config.loader import load_config
+from meterd.heap import settle_heap
 from meterd.storage.sqlite import SqliteStore
 from mosquitto import Mosquitto
 
@@ -192,6 +193,7 @@ async def bench(args: argparse.Namespace, config_path: Path, sim_pid: int, broke
         t_build = time.perf_counter()
         daemon = Daemon(config, store, on_round=counter)
         build = time.perf_counter() - t_build
+        settle_heap()  # the benchmark owns the process and sets its GC policy, as `meterd run` does
         stop = asyncio.Event()
         task = asyncio.create_task(daemon.run(stop))
         try:

@@ -4,6 +4,7 @@ Errors are grouped by where in the life of the daemon they happen::
 
     MeterdError
      +-- ConfigError                  startup only: every problem of a config file, listed together
+     |    +-- TaskSpecError           (also ValueError) a poll task that cannot be scheduled  [collector.schedule]
      +-- LinkError                    the byte pipe to a bus or terminal failed
      |    +-- LinkTimeoutError        (also TimeoutError) nothing, or not enough, came back in time
      |    +-- LinkClosedError         (also ConnectionError) the peer closed / device went away
@@ -11,11 +12,33 @@ Errors are grouped by where in the life of the daemon they happen::
      |    +-- ChecksumError           CS byte does not match the frame
      |    +-- FrameLengthError        L field or payload length is inconsistent
      |    +-- UnknownIdentifierError  a data identifier that is not in the catalogue
-     |    +-- AddressMismatchError    a well-formed reply came from another meter
+     |    +-- AddressMismatchError    a well-formed reply came from another meter (address, Modbus unit)
+     |    +-- PayloadError            (also ValueError) an MQTT message off the payload schema  [MQTT codec]
+     +-- TransactionError             one request to one meter failed after its retries; ``kind`` says
+     |                                how (timeout, link, garbled, wrong_address ...)  [collector.channel]
+     +-- ReadFailed                   one identifier of one meter could not be read  [collector.poll]
      +-- DeviceRejectedError          a meter answered with an abnormal reply (carries its error bits)
+     |    +-- ModbusRefused           a Modbus exception response  [collector.modbus]
+     +-- ReadRefusedError             an on-demand read asked for a meter or quantity this node cannot read
      +-- ControlError                 a control action was not confirmed by read-back
+     +-- AmountError                  (also ValueError) an amount outside the grammar or the limits  [control.amounts]
+     +-- LedgerError                  (also ValueError) a payment, adjustment, command or account the
+     |                                ledger refuses; the message says why  [control.state]
      +-- SyncError                    billing-system exchange failed
-     +-- StorageFullError             a database or spool cannot be written: disk full (nothing half-written)
+     |    +-- BadFileError            a whole file or response is unusable  [billing_link.records]
+     |    +-- HttpSyncError           the billing system's HTTP endpoint failed  [billing_link.http]
+     |    +-- RecordError             (also ValueError) one record refused and quarantined  [billing_link.records]
+     |    +-- SyncBusy                a run of the job is already going  [billing_link.runtime]
+     +-- StorageError                 a store (time series, spool, state database) cannot be used
+     |    +-- StorageFullError        a database or spool cannot be written: disk full (nothing half-written)
+     |    +-- SpoolLockedError        (also RuntimeError) another process has the spool open  [storage.spool]
+     +-- ApiError                     an HTTP request refused with a status and a message  [api.app]
+     +-- BadInput                     (also ValueError) a probe argument that is not an address,
+                                      port or identifier  [cli.probe]
+
+Classes defined outside this module name their module in brackets; ``tests/unit/test_errors.py``
+checks that every exception class of meterd is under MeterdError and that each class drawn here
+has the parent drawn.
 
 Third-party exceptions (pyserial, asyncio, construct, ...) are translated once, at the edge,
 with ``raise ... from exc``.  The protocol codecs raise only ProtocolError subclasses; a meter's
@@ -90,12 +113,14 @@ class UnknownIdentifierError(ProtocolError):
 
 
 class AddressMismatchError(ProtocolError):
-    """A reply came from a meter other than the one asked."""
+    """A complete, valid reply came from a meter other than the one asked (another address, or
+    another Modbus unit id).  ``expected`` and ``got`` name the two (``"000001000002"``,
+    ``"unit 3"``); the channel records the attempt as ``wrong_address``."""
 
     def __init__(self, expected: str, got: str, data: bytes | None = None) -> None:
         self.expected = expected
         self.got = got
-        super().__init__(f"reply from meter {got}, expected {expected}", data)
+        super().__init__(f"reply came from {got}, not {expected}", data)
 
 
 class DeviceRejectedError(MeterdError):
@@ -111,11 +136,20 @@ class ControlError(MeterdError):
     """A control command was not confirmed by reading the relay state back."""
 
 
+class ReadRefusedError(MeterdError):
+    """An on-demand read cannot be made as asked: the meter is on no channel of this node, or it
+    has no way to read a quantity asked for.  Nothing was sent."""
+
+
 class SyncError(MeterdError):
     """An exchange with the billing system failed."""
 
 
-class StorageFullError(MeterdError):
+class StorageError(MeterdError):
+    """A store (the time-series store, the spool, the state database) cannot be used."""
+
+
+class StorageFullError(StorageError):
     """A write was refused for want of space: the disk (or the database's size limit) is full.
 
     The transaction it was part of was rolled back whole.  ``what`` names the store for people

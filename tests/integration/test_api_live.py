@@ -15,7 +15,7 @@ from typing import Any
 
 from conftest import free_port
 from meterd.api import TokenStore
-from meterd.collector.daemon import Daemon
+from meterd.app import build_node
 from meterd.config.loader import parse_config
 from meterd.simulators.fleet import FleetSpec, run_fleet
 from meterd.storage.sqlite import SqliteStore
@@ -67,7 +67,7 @@ port = {port}
             tech = tokens.create("tech-wang", "technician", now)[1]
             viewer = tokens.create("wall", "viewer", now)[1]
         with SqliteStore(config.store.data_dir) as store:
-            daemon = Daemon(config, store)
+            daemon = build_node(config, store)
             stop = asyncio.Event()
             task = asyncio.create_task(daemon.run(stop))
             try:
@@ -151,7 +151,7 @@ port = {port}
         config = parse_config(tomllib.loads(text), source="taken.toml")
         rounds: list[Any] = []
         with SqliteStore(config.store.data_dir) as store:
-            daemon = Daemon(config, store, on_round=rounds.append)
+            daemon = build_node(config, store, on_round=rounds.append)
             daemon.api.retry_bind = 0.2
             stop = asyncio.Event()
             task = asyncio.create_task(daemon.run(stop))

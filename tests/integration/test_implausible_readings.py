@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from mosquitto import Mosquitto
 
+from meterd.app import build_node
 from meterd.collector.daemon import Daemon
 from meterd.config.loader import parse_config
 from meterd.control.state import ControlStore
@@ -108,14 +109,15 @@ async def test_an_absurd_pushed_reading_is_flagged_and_every_other_account_is_st
     config = parse_config(tomllib.loads(site(data, broker.port)), "site.toml", tmp_path)
     now = [T0]
     store = SqliteStore(data)
-    daemon = Daemon(config, store, clock=lambda: now[0])
+    node = build_node(config, store, clock=lambda: now[0])
+    daemon = node.collector
     stop = asyncio.Event()
     run = asyncio.create_task(daemon.run(stop))
     terminal = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="T001")
     terminal.connect("127.0.0.1", broker.port)
     terminal.loop_start()
     try:
-        assert daemon.hub is not None and daemon.prepaid is not None
+        assert daemon.hub is not None and node.prepaid is not None
         await until(lambda: daemon.hub.connected)
         up = "meterd/terminals/T001/up"
         t1 = T0 + timedelta(minutes=15)
@@ -128,7 +130,7 @@ async def test_an_absurd_pushed_reading_is_flagged_and_every_other_account_is_st
         await until(lambda: daemon.door.flagged == 1)
         await until(lambda: daemon.writer.pending == 0)
 
-        summary = await asyncio.to_thread(daemon.prepaid.engine.run_pass, t1 + timedelta(minutes=1))
+        summary = await asyncio.to_thread(node.prepaid.engine.run_pass, t1 + timedelta(minutes=1))
     finally:
         terminal.loop_stop()
         terminal.disconnect()
@@ -193,7 +195,7 @@ quantities = ["{ENERGY}", "voltage.a"]
     store = SqliteStore(data)
     seen: list = []
     daemon = Daemon(config, store, clock=lambda: T0)
-    daemon.observers.append(seen.extend)
+    daemon.subscribe(seen.extend)
     try:
         runner = daemon.runners[0]
         result = await daemon.run_round(runner, runner.plan.polls[0])

@@ -148,7 +148,7 @@ async def test_a_service_that_fails_is_logged_and_restarted(tmp_path: Path, capl
     with SqliteStore(config.store.data_dir) as store:
         daemon = Daemon(config, store)
         daemon.runners.clear()  # no polling: the service is the subject
-        daemon.services.append(flaky)
+        daemon.add_service(flaky)
         daemon.pause = pause  # type: ignore[method-assign]
         with caplog.at_level(logging.ERROR):
             task = asyncio.create_task(daemon.run(stop))

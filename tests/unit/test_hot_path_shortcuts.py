@@ -20,12 +20,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterd.collector.channel import Channel, Dlt645Reply, Timing, WrongPeer
-from meterd.collector.heap import THRESHOLDS, settle_heap
+from meterd.collector.channel import Channel, Dlt645Reply, Timing
+from meterd.heap import THRESHOLDS, settle_heap
 from meterd.collector.mqtt import MqttHub
-from meterd.collector.poll import _read_frame
+from meterd.protocols.drivers import get_driver
 from meterd.collector.transports.base import Transport
-from meterd.errors import ProtocolError
+from meterd.errors import AddressMismatchError, ProtocolError
 from meterd.protocols.dlt645.frame import (
     PREAMBLE,
     StreamDecoder,
@@ -115,6 +115,10 @@ class _Recorder(Transport):
         pass
 
 
+def _read_frame(address: str, di: int, protocol: str = "dlt645-2007"):
+    return get_driver(protocol).read_request(address, di)
+
+
 async def test_a_channel_sends_the_same_bytes_from_its_frame_cache():
     channel = Channel("c", _Recorder(), timing=Timing(0.5, 0.5), preamble=2)
     frames = [_read_frame(a, di) for a in ADDRESSES for di in (0x00010000, 0x02010100)]
@@ -130,6 +134,15 @@ def test_a_remembered_read_frame_is_the_encoded_request():
         for di in (0x00010000, 0x02010100, 0x0001FF00):
             assert _read_frame(address, di) == encode_request(ReadRequest(address, di))
             assert _read_frame(address, di) is _read_frame(address, di)
+
+
+def test_a_remembered_1997_read_frame_is_the_1997_request():
+    """The 1997 edition shares the driver class, not the 2007 frame cache: the same number is
+    another identifier in another frame."""
+    for address in ADDRESSES:
+        for di in (0x9010, 0xB611):
+            assert _read_frame(address, di, "dlt645-1997") == encode_request97(ReadRequest97(address, di))
+            assert _read_frame(address, di, "dlt645-1997") is _read_frame(address, di, "dlt645-1997")
 
 
 # --- MQTT request payloads ---------------------------------------------------------------------
@@ -308,8 +321,8 @@ def _run(matcher: Dlt645Reply, chunks: list[bytes]) -> tuple[object, int, bool]:
             got = matcher.feed(chunk)
             if got is not None:
                 break
-    except WrongPeer as exc:
-        got = f"WrongPeer: {exc}"
+    except AddressMismatchError as exc:
+        got = f"AddressMismatchError: {exc}"
     return got, matcher.dropped, matcher.pending
 
 

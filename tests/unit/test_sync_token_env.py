@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from meterd.collector.daemon import Daemon
+from meterd.app import build_node
 from meterd.config.loader import parse_config
 from meterd.errors import ConfigError
 from meterd.storage.sqlite import SqliteStore
@@ -41,7 +41,7 @@ def test_an_unset_token_stops_start_up_naming_job_and_variable(tmp_path: Path,
     config = parse_config(tomllib.loads(_site(tmp_path)), source="site.toml")  # the CLI's other commands may load it
     with SqliteStore(config.store.data_dir) as store:
         with pytest.raises(ConfigError) as info:
-            Daemon(config, store)
+            build_node(config, store)
     assert info.value.problems == [f"sync job payments: token_env: environment variable {VAR} (the billing "
                                    "system's token) is not set"]
 
@@ -50,7 +50,7 @@ def test_a_set_token_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv(VAR, "s3cret")
     config = parse_config(tomllib.loads(_site(tmp_path)), source="site.toml")
     with SqliteStore(config.store.data_dir) as store:
-        assert Daemon(config, store).sync is not None
+        assert build_node(config, store).sync is not None
 
 
 def test_meterd_run_exits_2_with_the_message(tmp_path: Path, run_meterd, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -141,6 +141,10 @@ class OutageStore(StateDatabase):
     SCHEMA = _SCHEMA
     ROWS = False  # plain tuples
 
+    def open_count(self) -> int:
+        """Outages going on now."""
+        return sum(self._count_by("outages", "unit", "ended_ts IS NULL").values())
+
     def update(
         self,
         findings: Iterable[OutageFinding],

@@ -1,7 +1,8 @@
 """Analytics inside the daemon: daily registers, anomaly events, outages and the line-loss history.
 
-The daemon builds one :class:`AnalyticsRuntime` when the config has ``[topology]`` or
-``[analytics]``.  As an observer it sees every reading; as a service, every ``check_every``:
+``meterd.app`` builds one :class:`AnalyticsRuntime` when the config has ``[topology]`` or
+``[analytics]``, subscribes :meth:`~AnalyticsRuntime.observe` to every reading the collector lets
+through and runs :meth:`~AnalyticsRuntime.run` as a service; every ``check_every``:
 
 - daily frozen energy registers go to the daily-register table (line loss, reading-day exports);
 - each meter's recent readings (a two-hour window) are checked by the anomaly detectors, and the
@@ -18,6 +19,8 @@ import asyncio
 import logging
 from collections import defaultdict, deque
 from datetime import datetime, timedelta
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from meterd.analytics.anomalies import AnomalyStore, detect
@@ -28,7 +31,6 @@ from meterd.analytics.outages import OutageStore, detect_outages
 from meterd.readings import Quality, Reading
 
 if TYPE_CHECKING:
-    from meterd.collector.daemon import Daemon
     from meterd.config.analytics import AnalyticsConfig
 
 log = logging.getLogger(__name__)
@@ -38,24 +40,24 @@ FROZEN = ("frozen.daily.energy.active.import.total", "frozen.daily.energy.active
 
 
 class AnalyticsRuntime:
-    def __init__(self, daemon: Daemon, config: AnalyticsConfig, *, clock: Callable[[], datetime]) -> None:
-        self.daemon = daemon
+    def __init__(self, config: AnalyticsConfig, *, meters: Sequence[str], data_dir: Path,
+                 clock: Callable[[], datetime], accounts_of: Callable[[], dict[str, str]] | None = None) -> None:
+        """``meters``: the configured meters' addresses; ``accounts_of``: meter -> account of the
+        assigned meters (prepaid control's), named in outages."""
         self.config = config
         self.clock = clock
-        data_dir = daemon.config.store.data_dir
+        self._accounts_of = accounts_of or dict
         self.registers = DailyRegisterStore(data_dir)
         self.anomalies = AnomalyStore(data_dir)
         self.outages = OutageStore(data_dir)
         self.history = LossHistory(data_dir)
-        self.meters = [m.address for m in daemon.config.meters]
+        self.meters = list(meters)
         self.started = clock()
         self._recent: dict[str, deque[Reading]] = defaultdict(deque)
         self._last_seen: dict[str, datetime] = {}
         self._frozen: list[Reading] = []
         self._loss_done: set = set()
         self.checks = 0
-        daemon.observers.append(self.observe)
-        daemon.services.append(self.run)
 
     def observe(self, readings: list) -> None:
         for r in readings:
@@ -119,11 +121,13 @@ class AnalyticsRuntime:
         return {"registers": recorded, "findings": len(findings), "opened": len(opened), "closed": len(closed),
                 "outages_opened": outages_opened, "outages_closed": outages_closed}
 
-    def _accounts_of(self) -> dict[str, str]:
-        runtime = getattr(self.daemon, "prepaid", None)
-        if runtime is None:
-            return {}
-        return {m: a for m, (a, _) in runtime.store.meter_accounts().items()}
+    def open_anomalies(self) -> int:
+        """Anomaly events open now (``/metrics``)."""
+        return self.anomalies.open_count()
+
+    def open_outages(self) -> int:
+        """Outages going on now (``/metrics``)."""
+        return self.outages.open_count()
 
     def _daily_loss(self, now: datetime) -> None:
         """Yesterday's loss per unit, into the history the jump flag compares with (once a day)."""

@@ -136,12 +136,3 @@ def curve_points(data_dir: Path, meters: list[str], day: date, step: timedelta) 
             series[m] = sorted(points)
     return load_curve(series, step=step)
 
-
-def parse_step(text: str, *, name: str = "--step") -> timedelta:
-    """A bucket size in the config's duration forms: 900, "15m", "1h"."""
-    from meterd.config.loader import _seconds
-
-    seconds = _seconds(text)
-    if seconds is None or seconds <= 0:
-        raise ConfigError(f"{name} {text!r}: use e.g. 15m, 1h, 900")
-    return timedelta(seconds=seconds)

@@ -47,13 +47,15 @@ from starlette.routing import Route
 from meterd.analytics.anomalies import AnomalyStore, Event
 from meterd.analytics.outages import Outage, OutageStore
 from meterd.clock import Clock, local_date
-from meterd.analytics.views import curve_meters, curve_points, energy_rows, lineloss_reports, parse_period, parse_step
+from meterd.analytics.views import curve_meters, curve_points, energy_rows, lineloss_reports, parse_period
+from meterd.api.live import LiveNode
 from meterd.api.tokens import Role, TokenStore
 from meterd.control.engine import queue_manual
 from meterd.control.model import CommandKind, CommandState
 from meterd.control.amounts import AmountError, AmountLimits, amount_text, parse_adjustment, parse_payment
 from meterd.control.state import Account, Command, ControlStore, LedgerError, LedgerRow, parse_opening
-from meterd.errors import ConfigError, MeterdError, StorageFullError
+from meterd.config.loader import parse_step
+from meterd.errors import ConfigError, MeterdError, ReadRefusedError, StorageFullError
 from meterd.logthrottle import LogThrottle
 from meterd.readings import address_key
 from meterd.storage.quality import QualityStore
@@ -70,7 +72,7 @@ COMMAND_STATES: Final = tuple(s.value for s in CommandState)
 ACCOUNT_STATES: Final = ("pending", "normal", "reminded", "alarmed", "tripped")
 
 
-class ApiError(Exception):
+class ApiError(MeterdError):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers
@@ -440,8 +442,9 @@ PERIOD_PARAM: Final = ("period", _STR, "YYYY-MM-DD, YYYY-MM, YYYY-Qn or START..E
 class Api:
     """The handlers, over the stores of one data directory."""
 
-    def __init__(self, data_dir: Path, clock: Clock, config: Any, daemon: Any = None) -> None:
-        self.data_dir, self.clock, self.config, self.daemon = data_dir, clock, config, daemon
+    def __init__(self, data_dir: Path, clock: Clock, config: Any, live: LiveNode | None = None,
+                 sync: Any = None) -> None:
+        self.data_dir, self.clock, self.config, self.live, self.sync = data_dir, clock, config, live, sync
         self.tokens = TokenStore(data_dir)
         self.control = ControlStore(data_dir)
         self.archive = SqliteStore(data_dir)
@@ -460,10 +463,10 @@ class Api:
             raise ApiError(503, f"{what} needs the site config: served by the daemon (or create_app(config=...))")
         return self.config
 
-    def _need_daemon(self, what: str) -> Any:
-        if self.daemon is None:
+    def _need_live(self, what: str) -> LiveNode:
+        if self.live is None:
             raise ApiError(503, f"{what} is only served by the running daemon")
-        return self.daemon
+        return self.live
 
     def _terminals(self) -> list[dict[str, Any]]:
         from meterd.config.model import DtuLink, MqttLink
@@ -598,16 +601,16 @@ class Api:
             total = self.quality.report(day, now=now).total
             terminals = self._terminals()
             accounts = {s: 0 for s in ACCOUNT_STATES}
-            accounts.update(self.control.counts("accounts", "state"))
+            accounts.update(self.control.accounts_by_state())
             return {"at": now.isoformat(), "day": day.isoformat(), "meters": len(self._known_meters()),
                     "meters_with_data_today": total.meters_with_data,
                     "terminals": {"total": len(terminals), "online": sum(t["online"] for t in terminals)},
                     "collection": {"attempts": total.attempts, "successes": total.ok,
                                    "success_rate": total.success_rate, "target": self.quality.threshold},
                     "accounts": {"total": sum(accounts.values()), **accounts},
-                    "commands": self.control.counts("commands", "state"),
-                    "anomalies_open": sum(self.anomalies.counts("anomalies", "severity", "closed_ts IS NULL").values()),
-                    "outages_open": sum(self.outages.counts("outages", "unit", "ended_ts IS NULL").values())}
+                    "commands": self.control.commands_by_state(),
+                    "anomalies_open": self.anomalies.open_count(),
+                    "outages_open": self.outages.open_count()}
         return JSONResponse(await run_in_threadpool(work))
 
     def _period(self, request: Request) -> tuple[date, date]:
@@ -720,7 +723,7 @@ class Api:
         name = request.path_params["job"]
         if name not in {j.name for j in (config.sync.jobs if config.sync else ())}:
             raise ApiError(404, f"unknown sync job {name!r}")
-        runtime = getattr(self.daemon, "sync", None)
+        runtime = self.sync
         if name in self._syncing or (runtime is not None and runtime.is_running(name)):
             raise ApiError(409, f"sync job {name} is already running")
         self._audit(caller, "sync-run", name, {"state": "started"})
@@ -755,25 +758,22 @@ class Api:
         return JSONResponse(await run_in_threadpool(work))
 
     async def diagnostics(self, request: Request, caller: Caller | None) -> Response:
-        daemon = self._need_daemon("live channel diagnostics")
-        spool = getattr(daemon.sink, "spool_size", None)
-        records, size = spool() if spool is not None else (0, 0)
-        return JSONResponse({"channels": [{"name": name, "stats": stats} for name, stats in daemon.stats().items()],
-                             "listeners": daemon.listener_status(),
+        live = self._need_live("live channel diagnostics")
+        records, size = live.spool_size() or (0, 0)
+        return JSONResponse({"channels": [{"name": name, "stats": stats} for name, stats in live.stats().items()],
+                             "listeners": live.listener_status(),
                              "spool": {"records": records, "bytes": size}})
 
     async def read_now(self, request: Request, caller: Caller | None) -> Response:
-        from meterd.api.live import ReadRefused, call_now
-
         assert caller is not None
         meter = _meter_address(request.path_params["address"])
         body = await _body(request, "ReadRequest")
-        daemon = self._need_daemon("an on-demand read")
+        live = self._need_live("an on-demand read")
         if not self._meter_exists(meter):
             raise ApiError(404, f"unknown meter {meter}")
         try:
-            readings, attempts = await call_now(daemon, meter, body["quantities"], now=self.clock())
-        except ReadRefused as exc:
+            readings, attempts = await live.read_now(meter, body["quantities"], now=self.clock())
+        except ReadRefusedError as exc:
             raise ApiError(400, str(exc)) from None
         await run_in_threadpool(self._audit, caller, "read", meter,
                                 {"quantities": body["quantities"], "readings": len(readings),
@@ -1116,12 +1116,14 @@ async def _storage_error(request: Request, exc: Exception) -> Response:
                         headers={"Retry-After": "60"})
 
 
-def create_app(data_dir: Path, *, clock: Clock, config: Any = None, daemon: Any = None) -> Starlette:
+def create_app(data_dir: Path, *, clock: Clock, config: Any = None, live: LiveNode | None = None,
+               sync: Any = None) -> Starlette:
     """The API over ``data_dir``'s stores.  ``clock`` gives the aware time of each write;
     ``config`` (a loaded site config, optional) supplies the known meters, command TTLs, topology
-    and sync jobs; ``daemon`` (when the daemon serves it) the live channels for on-demand reads and
-    diagnostics -- without it those answer 503."""
-    api = Api(Path(data_dir), clock, config, daemon)
+    and sync jobs; ``live`` (when the daemon serves it) the collector's on-demand reads and
+    diagnostics -- without it those answer 503; ``sync`` the daemon's billing-link runtime (a
+    scheduled run and an API run of one job never overlap)."""
+    api = Api(Path(data_dir), clock, config, live, sync)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]

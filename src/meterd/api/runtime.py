@@ -10,14 +10,16 @@ import asyncio
 import logging
 import resource
 import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Callable, Final
+from typing import TYPE_CHECKING, Any, Callable, Final, Protocol
 
 from meterd import logthrottle
 from meterd.api.guard import ConnectionGuard
 
 if TYPE_CHECKING:
-    from meterd.collector.daemon import Daemon
+    from meterd.api.live import LiveNode
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +50,58 @@ def fd_budget(configured: int) -> tuple[int, int]:
     return cap, backlog
 
 
+class ChannelCounters(Protocol):
+    """One channel's live counters, as the collector reports them (latencies in seconds)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def transactions(self) -> int: ...
+    @property
+    def successes(self) -> int: ...
+    @property
+    def failures(self) -> tuple[tuple[str, int], ...]: ...
+    @property
+    def latency_mean(self) -> float: ...
+    @property
+    def latency_max(self) -> float: ...
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def rounds(self) -> int: ...
+    @property
+    def overruns(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """What ``/metrics`` shows, handed over by ``meterd.app``: each is asked at scrape time (in a
+    worker thread); the parts a node does not run are ``None``."""
+
+    channels: Callable[[], Sequence[ChannelCounters]]
+    spool: Callable[[], tuple[int, int] | None]
+    commands: Callable[[], dict[str, int]] | None = None  # relay commands by state
+    prepaid_passes: Callable[[], int] | None = None
+    open_anomalies: Callable[[], int] | None = None
+    open_outages: Callable[[], int] | None = None
+
+
 class ApiRuntime:
-    def __init__(self, daemon: Daemon, *, clock: Callable[[], datetime]) -> None:
+    def __init__(self, config: Any, *, clock: Callable[[], datetime], live: LiveNode, figures: Figures,
+                 sync: Any = None) -> None:
+        """``config``: the site config (its ``[api]`` section); ``live``: the collector's on-demand
+        reads and diagnostics; ``sync``: the billing link's runtime, when the node runs one."""
         import uvicorn
 
         from meterd.api.app import create_app
 
-        api = daemon.config.api
+        api = config.api
         assert api is not None
         from starlette.routing import Route
 
-        app = create_app(daemon.config.store.data_dir, clock=clock, config=daemon.config, daemon=daemon)
-        self.daemon = daemon
+        app = create_app(config.store.data_dir, clock=clock, config=config, live=live, sync=sync)
+        self.data_dir = config.store.data_dir
+        self.figures = figures
         app.router.routes.insert(0, Route("/metrics", self.metrics, methods=["GET"]))
         cap, backlog = fd_budget(api.max_connections)
         self.guard = ConnectionGuard(cap, api.header_timeout)
@@ -69,7 +111,6 @@ class ApiRuntime:
                                                     backlog=backlog))
         self.server.install_signal_handlers = lambda: None  # the daemon owns the signals
         logthrottle.install("uvicorn.error")  # 'Invalid HTTP request received.' once per minute, with a count
-        daemon.services.append(self.run)
 
     retry_bind = 30.0  # seconds between attempts to listen while the port is taken
 
@@ -124,7 +165,7 @@ class ApiRuntime:
         found = None
         if scheme.lower() == "bearer" and secret.strip():
             def verify():
-                with TokenStore(self.daemon.config.store.data_dir) as tokens:
+                with TokenStore(self.data_dir) as tokens:
                     return tokens.verify(secret.strip())
             found = await run_in_threadpool(verify)
         if found is None:
@@ -132,7 +173,7 @@ class ApiRuntime:
                                      headers={"WWW-Authenticate": 'Bearer realm="meterd"'})
         if not Role(found[2]).allows(Role.VIEWER):
             return PlainTextResponse("forbidden\n", status_code=403)
-        text = await run_in_threadpool(render_metrics, self.daemon)
+        text = await run_in_threadpool(render_metrics, self.figures, self.guard)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
@@ -140,8 +181,8 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render_metrics(daemon: Daemon) -> str:
-    """The daemon's live figures as Prometheus text exposition."""
+def render_metrics(figures: Figures, guard: ConnectionGuard | None = None) -> str:
+    """The node's live figures as Prometheus text exposition."""
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
@@ -151,45 +192,38 @@ def render_metrics(daemon: Daemon) -> str:
             shown = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
             lines.append(f"{name}{{{shown}}} {value}" if shown else f"{name} {value}")
 
-    api = getattr(daemon, "api", None)
-    guard = getattr(api, "guard", None)
     if guard is not None:
         metric("meterd_api_connections", "gauge", "open HTTP API connections", [({}, guard.open)])
         metric("meterd_api_connections_closed_total", "counter", "HTTP API connections the guard closed or refused",
                [({"reason": "evicted"}, guard.evicted), ({"reason": "refused"}, guard.refused),
                 ({"reason": "header_timeout"}, guard.header_timeouts)])
-    runners = daemon.runners
+    channels = figures.channels()
     metric("meterd_channel_transactions_total", "counter", "transactions per channel",
-           [({"channel": r.channel.name}, r.channel.stats.transactions) for r in runners])
+           [({"channel": c.name}, c.transactions) for c in channels])
     metric("meterd_channel_successes_total", "counter", "successful transactions per channel",
-           [({"channel": r.channel.name}, r.channel.stats.successes) for r in runners])
+           [({"channel": c.name}, c.successes) for c in channels])
     metric("meterd_channel_failures_total", "counter", "failed attempts per channel and kind",
-           [({"channel": r.channel.name, "kind": str(k)}, n) for r in runners
-            for k, n in sorted(r.channel.stats.failures.items())])
+           [({"channel": c.name, "kind": k}, n) for c in channels for k, n in c.failures])
     metric("meterd_channel_latency_mean_seconds", "gauge", "mean reply latency per channel",
-           [({"channel": r.channel.name}, round(r.channel.stats.latency_mean, 6)) for r in runners])
+           [({"channel": c.name}, round(c.latency_mean, 6)) for c in channels])
     metric("meterd_channel_latency_max_seconds", "gauge", "longest reply latency per channel",
-           [({"channel": r.channel.name}, round(r.channel.stats.latency_max, 6)) for r in runners])
+           [({"channel": c.name}, round(c.latency_max, 6)) for c in channels])
     metric("meterd_channel_waiting", "gauge", "transactions waiting for the bus per channel",
-           [({"channel": r.channel.name}, r.channel._lock.waiting) for r in runners])
+           [({"channel": c.name}, c.waiting) for c in channels])
     metric("meterd_channel_rounds_total", "counter", "poll rounds per channel",
-           [({"channel": r.channel.name}, r.rounds) for r in runners])
+           [({"channel": c.name}, c.rounds) for c in channels])
     metric("meterd_channel_overruns_total", "counter", "poll ticks missed because a round overran",
-           [({"channel": r.channel.name}, r.overruns) for r in runners])
-    spool = getattr(daemon.sink, "spool_size", None)
+           [({"channel": c.name}, c.overruns) for c in channels])
+    spool = figures.spool()
     if spool is not None:
-        records, size = spool()
+        records, size = spool
         metric("meterd_spool_records", "gauge", "readings waiting in the store's spool", [({}, records)])
         metric("meterd_spool_bytes", "gauge", "size of the store's spool", [({}, size)])
-    prepaid = getattr(daemon, "prepaid", None)
-    if prepaid is not None:
-        counts = prepaid.store.counts("commands", "state")
+    if figures.commands is not None and figures.prepaid_passes is not None:
+        counts = figures.commands()
         metric("meterd_commands", "gauge", "relay commands by state", [({"state": k}, v) for k, v in sorted(counts.items())])
-        metric("meterd_prepaid_passes_total", "counter", "charging and policy passes", [({}, prepaid.passes)])
-    analytics = getattr(daemon, "analytics", None)
-    if analytics is not None:
-        open_events = sum(analytics.anomalies.counts("anomalies", "kind", "closed_ts IS NULL").values())
-        open_outages = sum(analytics.outages.counts("outages", "unit", "ended_ts IS NULL").values())
-        metric("meterd_anomalies_open", "gauge", "open anomaly events", [({}, open_events)])
-        metric("meterd_outages_open", "gauge", "outages going on", [({}, open_outages)])
+        metric("meterd_prepaid_passes_total", "counter", "charging and policy passes", [({}, figures.prepaid_passes())])
+    if figures.open_anomalies is not None and figures.open_outages is not None:
+        metric("meterd_anomalies_open", "gauge", "open anomaly events", [({}, figures.open_anomalies())])
+        metric("meterd_outages_open", "gauge", "outages going on", [({}, figures.open_outages())])
     return "\n".join(lines) + "\n"

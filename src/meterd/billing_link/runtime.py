@@ -9,12 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from meterd.errors import ConfigError, MeterdError
-
-if TYPE_CHECKING:
-    from meterd.collector.daemon import Daemon
+from meterd.errors import ConfigError, MeterdError, SyncError
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +63,16 @@ def check_tokens(jobs: Any) -> None:
 
 
 class SyncRuntime:
-    def __init__(self, daemon: Daemon, config: Any, *, clock: Callable[[], datetime]) -> None:
-        self.daemon = daemon
+    def __init__(self, config: Any, *, clock: Callable[[], datetime],
+                 accounts_imported: Callable[[], None] | None = None) -> None:
+        """``config``: the site config (its ``[sync]`` jobs); ``accounts_imported`` is called after
+        an accounts import applied (prepaid control re-reads its meter assignments)."""
         self.config = config
         self.clock = clock
+        self.accounts_imported = accounts_imported
         self.runs: dict[str, int] = {}
         self._running: set[str] = set()
         check_tokens(config.sync.jobs)
-        daemon.services.append(self.run)
 
     async def run(self, stop: asyncio.Event) -> None:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -118,12 +117,12 @@ class SyncRuntime:
             self.runs[name] = self.runs.get(name, 0) + 1
             log.info("sync job %s: %d applied, %d duplicates, %d quarantined", name, result.applied,
                      result.duplicates, result.quarantined)
-            if self.daemon.prepaid is not None and result.kind.value == "import_accounts":
-                self.daemon.prepaid.engine.refresh()
+            if self.accounts_imported is not None and result.kind.value == "import_accounts":
+                self.accounts_imported()
             return result
         finally:
             self._running.discard(name)
 
 
-class SyncBusy(MeterdError):
+class SyncBusy(SyncError):
     """A run of the job is already going."""

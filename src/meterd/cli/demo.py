@@ -32,10 +32,12 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from meterd.app import build_node
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, format_value
-from meterd.collector.daemon import Daemon, describe_plan
+from meterd.collector.daemon import describe_plan
 from meterd.collector.poll import RoundResult
 from meterd.config.loader import parse_config
+from meterd.heap import settle_heap
 from meterd.simulators.fleet import FleetSpec, run_fleet
 from meterd.storage.sqlite import SqliteStore
 
@@ -358,8 +360,8 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float, *, q
                   f"{DEMO_TOKEN_NAME}; the next demo revokes it)")
         sys.stdout.flush()
         with SqliteStore(config.store.data_dir) as store:
-            daemon = Daemon(config, store, on_round=RoundPrinter(quiet=quiet))
-            for line in describe_plan(daemon.plan):
+            node = build_node(config, store, on_round=RoundPrinter(quiet=quiet))
+            for line in describe_plan(node.collector.plan):
                 print("plan:", line)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -368,9 +370,10 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float, *, q
             if duration is not None:
                 loop.call_later(duration, stop.set)
             watcher = asyncio.create_task(watch_prepaid(config.store.data_dir, stop, stop_after_story=stop_after_story))
-            await daemon.run(stop)
+            settle_heap()  # this command owns the process: start-up's objects are out of the collector's way
+            await node.run(stop)
             story = await watcher
-            stats = daemon.stats()
+            stats = node.stats()
             total = store.count_readings()
         print(f"stored {total} readings in {data_dir}; try: meterd readings --meter 000000000001 "
               f"--data-dir {data_dir} --since -10m")

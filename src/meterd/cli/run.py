@@ -1,4 +1,8 @@
-"""``meterd run -c CONFIG``: the daemon."""
+"""``meterd run -c CONFIG``: the daemon.
+
+This command owns the process: it builds the node through :func:`meterd.app.build_node`, owns the
+signals, and sets the process's garbage-collector policy once start-up is built
+(:func:`meterd.heap.settle_heap`)."""
 
 from __future__ import annotations
 
@@ -9,10 +13,11 @@ import resource
 import signal
 
 from meterd import logthrottle
+from meterd.app import Node, build_node
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error
-from meterd.collector.daemon import Daemon
 from meterd.config.loader import load_config
 from meterd.errors import ConfigError
+from meterd.heap import settle_heap
 from meterd.storage.sqlite import SqliteStore
 
 log = logging.getLogger("meterd")
@@ -51,7 +56,7 @@ async def flush_log_throttle(stop: asyncio.Event, every: float = 5.0) -> None:
         logthrottle.flush_all()
 
 
-async def run_daemon(daemon: Daemon, duration: float | None) -> None:
+async def run_daemon(node: Node, duration: float | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -62,8 +67,9 @@ async def run_daemon(daemon: Daemon, duration: float | None) -> None:
     # waiting in a listener's backlog (up to 2,048 a second for the API) when file descriptors run out
     logthrottle.install("asyncio")
     flusher = asyncio.create_task(flush_log_throttle(stop), name="log-throttle")
+    settle_heap()  # start-up's objects live as long as the daemon: out of the collector's way
     try:
-        await daemon.run(stop)
+        await node.run(stop)
     finally:
         stop.set()
         await flusher
@@ -79,10 +85,10 @@ def run(args: argparse.Namespace) -> int:
     log.info("open-file limit %s (hard %s)", soft, hard)
     with SqliteStore(config.store.data_dir) as store:
         try:
-            daemon = Daemon(config, store)
+            node = build_node(config, store)
         except ConfigError as exc:  # a secret the config names is not in the environment
             error(f"{exc}\nnothing was started")
             return EXIT_BAD_INPUT
-        asyncio.run(run_daemon(daemon, args.duration))
-        log.info("stopped; channel statistics: %s", daemon.stats())
+        asyncio.run(run_daemon(node, args.duration))
+        log.info("stopped; channel statistics: %s", node.stats())
     return EXIT_OK

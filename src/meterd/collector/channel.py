@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Final, Protocol
 
 from meterd.collector.transports.base import Transport
-from meterd.errors import LinkError, LinkTimeoutError, MeterdError, ProtocolError
+from meterd.errors import AddressMismatchError, LinkError, LinkTimeoutError, MeterdError, ProtocolError
 from meterd.supervise import describe
 from meterd.protocols.dlt645.frame import (
     BROADCAST,
@@ -62,15 +62,11 @@ class FailureKind(enum.StrEnum):
     LINK = "link"
 
 
-class WrongPeer(MeterdError):
-    """Raised by a matcher: a complete, valid reply came from another meter (address / unit id)."""
-
-
 class ReplyMatcher(Protocol):
     """The receive side of one attempt, supplied by the protocol.
 
     ``feed`` takes the bytes as they come and returns the decoded reply once it is complete
-    (``None``: need more); it raises :class:`WrongPeer` for a reply from someone else.
+    (``None``: need more); it raises :class:`~meterd.errors.AddressMismatchError` for a reply from someone else.
     ``dropped`` counts corrupt frames it threw away; ``pending`` is whether it holds the start
     of a reply that has not completed.
     """
@@ -233,6 +229,11 @@ class Channel:
         self._last_done = 0.0
         self._link_down = False
 
+    @property
+    def waiting(self) -> int:
+        """Transactions queued for the bus behind the one in flight (for /metrics)."""
+        return self._lock.waiting
+
     async def close(self) -> None:
         await self.transport.close()
 
@@ -354,7 +355,7 @@ class Channel:
                 timeout = self.timing.inter_byte
                 try:
                     reply = matcher.feed(chunk)
-                except WrongPeer as exc:
+                except AddressMismatchError as exc:
                     raise TransactionError(FailureKind.WRONG_ADDRESS, str(exc),
                                            meter=meter, received=bytes(received)) from None
                 if reply is not None:
@@ -373,7 +374,7 @@ class Channel:
 class Dlt645Reply:
     """DL/T 645 matcher (2007 and 1997 share the envelope): the first reply frame for the
     request's function; echoed requests and replies to other functions are skipped; a reply from
-    another address is a :class:`WrongPeer` (unless the request was broadcast or wildcarded)."""
+    another address is an :class:`~meterd.errors.AddressMismatchError` (unless the request was broadcast or wildcarded)."""
 
     __slots__ = ("request", "_decoder", "_check_address")
 
@@ -417,5 +418,5 @@ class Dlt645Reply:
         if not frame.is_reply or frame.function != self.request.function:
             return None  # our own request echoed by the adapter, or a stray reply
         if self._check_address and frame.address != self.request.address:
-            raise WrongPeer(f"reply came from {frame.address}")
+            raise AddressMismatchError(self.request.address, frame.address)
         return frame

@@ -15,6 +15,8 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Awaitable, Callable
 
 from meterd.clock import Clock, utc_now
@@ -24,7 +26,8 @@ from meterd.collector.poll import MeterTarget, Reads, RoundResult, link_failed, 
 from meterd.collector.transports import SerialTransport, TcpTransport, Transport
 from meterd.collector.door import Door
 from meterd.collector.dtu import DtuListener
-from meterd.collector.heap import settle_heap
+from meterd.collector import ondemand
+from meterd.collector.ports import ChannelFigures, Observer, Route, Service
 from meterd.collector.mqtt import MqttHub
 from meterd.config.model import (
     ChannelConfig,
@@ -33,15 +36,15 @@ from meterd.config.model import (
     MeterConfig,
     MqttLink,
     PollConfig,
-    Protocol,
     SerialLink,
 )
 from meterd.errors import ConfigError
 from meterd.plausibility import Implausible
+from meterd.readings import Reading
 from meterd.protocols import modbus
-from meterd.protocols.readspec import ReadSpec, describe_items, resolve_dlt645
+from meterd.protocols.drivers import LinkKind, get_driver
 from meterd.storage.anomalies import AnomalyStore, Finding, Kind, Severity
-from meterd.storage.sqlite import MeterRecord, SqliteStore
+from meterd.storage.sqlite import Attempt, MeterRecord, SqliteStore
 from meterd.storage.writer import BatchWriter
 from meterd.supervise import Backoff, Pause, describe, log_task_failure, supervise, wait_or_stop
 
@@ -136,7 +139,7 @@ class ChannelPlan:
 
     @property
     def has_modbus(self) -> bool:
-        return any(t.protocol == Protocol.MODBUS for p in self.polls for t, _ in p.meters)
+        return any(t.driver.link is LinkKind.MODBUS for p in self.polls for t, _ in p.meters)
 
 
 def target(m: MeterConfig) -> MeterTarget:
@@ -145,15 +148,12 @@ def target(m: MeterConfig) -> MeterTarget:
 
 def meter_reads(meter: MeterConfig, poll: PollConfig) -> Reads:
     """What ``poll`` asks of ``meter``, in the meter's protocol (the loader has checked it resolves)."""
-    if meter.protocol is Protocol.MODBUS:
-        assert meter.regmap is not None
-        return modbus.compile_plan(meter.regmap, poll.quantities)
-    explicit = poll.items if meter.protocol is Protocol.DLT645_2007 else poll.items_1997
-    spec, missing = resolve_dlt645(poll.quantities, explicit, edition=str(meter.protocol))
-    if missing:
-        raise ConfigError([f"{poll.name}: meter {meter.address} ({meter.protocol}) has no identifier for "
-                           f"{', '.join(missing)}"])
-    return spec
+    driver = get_driver(meter.protocol)
+    reads, missing = driver.plan(poll.quantities, driver.explicit_items(poll), meter.regmap)
+    if missing or reads is None:
+        raise ConfigError([f"{poll.name}: meter {meter.address} ({driver.describe_meter(meter.regmap)}) has no "
+                           f"{driver.missing_noun} for {', '.join(missing)}"])
+    return reads
 
 
 def compile_plan(config: Config) -> tuple[ChannelPlan, ...]:
@@ -194,13 +194,11 @@ def describe_plan(plans: tuple[ChannelPlan, ...]) -> list[str]:
             groups: dict[str, list[str]] = {}
             details: dict[str, list[str]] = {}
             for meter, reads in p.meters:
-                if isinstance(reads, modbus.ReadPlan):
-                    key = f"modbus {reads.map_name}"
+                key = meter.driver.describe(reads)
+                if isinstance(reads, modbus.ReadPlan):  # listed block by block
                     who = f"{meter.address}@{meter.unit}"
                     details.setdefault(key, ["    " + line for line in reads.describe().splitlines()])
                 else:
-                    assert isinstance(reads, ReadSpec)
-                    key = f"{meter.protocol} items {describe_items(meter.protocol, reads)}"
                     who = meter.address
                 groups.setdefault(key, []).append(who)
             for key, who in groups.items():
@@ -271,37 +269,26 @@ class Daemon:
             on_channel = config.meters_on(p.channel.name)
             units = {m.unit: m.address for m in on_channel if m.unit is not None}
             channel = make_channel(p.channel, trace, self.listeners, self.hub, units)
-            has_modbus = any(m.protocol is Protocol.MODBUS for m in on_channel)
+            has_modbus = any(get_driver(m.protocol).link is LinkKind.MODBUS for m in on_channel)
             link = ModbusLink(channel, str(p.channel.framing)) if has_modbus else None
             self.runners.append(ChannelRunner(p, channel, link))
         self._by_channel = {r.channel.name: r for r in self.runners}
         self._meters = {m.address: m for m in config.meters}
-        # Extensions: observers see every batch of readings (rounds, tasks, pushed); services run
-        # beside the channels until stop.  Prepaid control plugs in here when configured.
-        self.observers: list[Callable[[list], None]] = []
-        self.services: list[Callable[[asyncio.Event], Awaitable[None]]] = []
-        self.prepaid = None
-        if config.prepaid is not None:
-            from meterd.control.runtime import PrepaidRuntime
+        # What the rest of the node plugs in (meterd.app wires it; see collector.ports): observers
+        # see every batch of readings (rounds, tasks, pushed); services run beside the channels.
+        self._observers: list[Observer] = []
+        self._services: list[Service] = []
 
-            self.prepaid = PrepaidRuntime(self, config.prepaid, clock=clock)
-        self.analytics = None
-        if config.analytics is not None:
-            from meterd.analytics.runtime import AnalyticsRuntime
+    def subscribe(self, observer: Observer) -> None:
+        """``observer(readings)`` for every batch that passed the door; one that raises is logged."""
+        self._observers.append(observer)
 
-            self.analytics = AnalyticsRuntime(self, config.analytics, clock=clock)
-        self.api = None
-        if config.api is not None:
-            from meterd.api.runtime import ApiRuntime
+    def add_service(self, service: Service) -> None:
+        """``service(stop)`` runs beside the channels from :meth:`run`'s start until stop, supervised
+        (logged and restarted with back-off if it ends early).  Add before :meth:`run`."""
+        self._services.append(service)
 
-            self.api = ApiRuntime(self, clock=clock)
-        self.sync = None
-        if config.sync is not None and config.sync.jobs:
-            from meterd.billing_link.runtime import SyncRuntime
-
-            self.sync = SyncRuntime(self, config, clock=clock)
-
-    def route(self, address: str) -> tuple[Channel, MeterTarget, ModbusLink | None] | None:
+    def route(self, address: str) -> Route | None:
         """How the daemon reaches a configured meter: its channel, target and Modbus link."""
         meter = self._meters.get(address)
         if meter is None:
@@ -309,7 +296,16 @@ class Daemon:
         runner = self._by_channel.get(meter.channel)
         if runner is None:
             return None
-        return runner.channel, target(meter), runner.modbus
+        return Route(runner.channel, target(meter), runner.modbus)
+
+    async def read_now(self, address: str, quantities: Sequence[str], *,
+                       now: datetime) -> tuple[list[Reading], list[Attempt]]:
+        """An on-demand read of ``address``, ahead of routine rounds on its bus; stored and seen by
+        the observers like a round's.  :class:`~meterd.errors.ReadRefusedError` when the meter is
+        not on a channel of this daemon or cannot read a quantity asked for."""
+        readings, attempts = await ondemand.read(self.route(address), address, quantities, now=now)
+        self.ingest(readings, attempts)
+        return readings, attempts
 
     async def run(self, stop: asyncio.Event) -> None:
         for line in describe_plan(self.plan):
@@ -327,14 +323,13 @@ class Daemon:
                             self.config.mqtt.host, self.config.mqtt.port)  # type: ignore[union-attr]
         self.writer.start()
         self.online.start()
-        settle_heap()  # start-up's objects live as long as the daemon: out of the collector's way
         tasks = [asyncio.create_task(self._run_channel(r, stop), name=f"channel:{r.channel.name}")
                  for r in self.runners if r.plan.polls]
         tasks.append(self._supervised("quality rollup", self._quality_loop, stop))
         if hasattr(self.sink, "replay"):
             tasks.append(self._supervised("spool replay", self._replay_spool, stop))
         tasks += [self._supervised(f"service {getattr(service, '__qualname__', service)}", service, stop)
-                  for service in self.services]
+                  for service in self._services]
         for t in tasks:
             t.add_done_callback(log_task_failure)  # whatever slips past the supervisors is said at once
         if self.scheduler is not None:
@@ -435,11 +430,23 @@ class Daemon:
         self._observed(result)
         return result
 
-    def stats(self) -> dict[str, object]:
+    def stats(self) -> dict[str, dict[str, object]]:
         return {
             r.channel.name: {**r.channel.stats.as_dict(), "rounds": r.rounds, "overruns": r.overruns}
             for r in self.runners
         }
+
+    def channel_figures(self) -> list[ChannelFigures]:
+        """Every channel's live counters, for ``/metrics``."""
+        return [ChannelFigures(r.channel.name, r.channel.stats.transactions, r.channel.stats.successes,
+                               tuple((str(k), n) for k, n in sorted(r.channel.stats.failures.items())),
+                               r.channel.stats.latency_mean, r.channel.stats.latency_max, r.channel.waiting,
+                               r.rounds, r.overruns) for r in self.runners]
+
+    def spool_size(self) -> tuple[int, int] | None:
+        """(records, bytes) waiting in the store's spool; ``None`` for a store without one."""
+        spool = getattr(self.sink, "spool_size", None)
+        return spool() if spool is not None else None
 
     async def _quality_loop(self, stop: asyncio.Event, every: float = 60.0) -> None:
         """Fold new attempts into the daily quality rollup now and then (the CLI also folds on read)."""
@@ -499,7 +506,7 @@ class Daemon:
         future.add_done_callback(_log_failure)
 
     def _notify_observers(self, readings: list) -> None:
-        for observer in self.observers:
+        for observer in self._observers:
             try:
                 observer(readings)
             except Exception:  # an extension's bug must not stop collection

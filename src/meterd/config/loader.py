@@ -21,6 +21,7 @@ import math
 import re
 import tomllib
 from dataclasses import replace
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
@@ -49,6 +50,7 @@ from meterd.errors import ConfigError, ProtocolError
 from meterd.plausibility import DEFAULT_RATING, Rating
 from meterd.protocols.dlt645.frame import BROADCAST, normalize_address
 from meterd.protocols.dlt645.messages import parse_di
+from meterd.protocols.drivers import get_driver
 from meterd.protocols.modbus.registermap import builtin_maps, get_map, load_map
 from meterd.protocols.modbus.schema import RegisterMap
 
@@ -639,7 +641,7 @@ def _meters(
         unit: int | None = None
         regmap: RegisterMap | None = None
         modbus_ok = True
-        if protocol is Protocol.MODBUS:
+        if protocol is not None and get_driver(protocol).by_unit_and_map:
             if "unit" not in table:
                 check.problem(f"{path}.unit", "missing: a Modbus meter needs its unit id (1..247)")
                 modbus_ok = False
@@ -791,39 +793,25 @@ def _poll_reaches(
     check: _Checker, path: str, poll: PollConfig, meters: list[tuple[dict[str, Any], MeterConfig | None]]
 ) -> None:
     """Every meter the poll selects can be asked for what the poll wants, in its own protocol."""
-    from meterd.protocols.readspec import resolve_dlt645
-
     for index, (_, meter) in enumerate(meters):
         if meter is None or (poll.groups and meter.group not in poll.groups):
             continue
-        who = f"meters[{index}] ({meter.address}, {meter.protocol}"
-        if meter.protocol is Protocol.MODBUS:
-            assert meter.regmap is not None
-            who += f" model {meter.regmap.name})"
-            missing = [q for q in poll.quantities if q not in meter.regmap]
-            if missing:
-                check.problem(f"{path}.quantities", f"{who} has no register for {', '.join(missing)}")
-            elif not poll.quantities:
-                check.problem(path, f"reads nothing from {who}: Modbus meters are read by quantities = [...]")
-            continue
-        who += ")"
-        explicit = poll.items if meter.protocol is Protocol.DLT645_2007 else poll.items_1997
-        spec, missing = resolve_dlt645(poll.quantities, explicit, edition=str(meter.protocol))
+        driver = get_driver(meter.protocol)
+        who = f"meters[{index}] ({meter.address}, {driver.describe_meter(meter.regmap)})"
+        reads, missing = driver.plan(poll.quantities, driver.explicit_items(poll), meter.regmap)
         if missing:
-            check.problem(f"{path}.quantities", f"{who} has no identifier for {', '.join(missing)}")
-        elif not spec.items:
-            key = "items" if meter.protocol is Protocol.DLT645_2007 else "items_1997"
-            check.problem(path, f"reads nothing from {who}: give {key} = [...] or quantities = [...]")
+            check.problem(f"{path}.quantities", f"{who} has no {driver.missing_noun} for {', '.join(missing)}")
+        elif reads is None or not driver.item_labels(reads):
+            check.problem(path, f"reads nothing from {who}: {driver.nothing_to_read()}")
 
 
 def _poll_quantities(check: _Checker, path: str, raw: Any) -> tuple[str, ...] | None:
-    from meterd.protocols.modbus.quantities import known_quantities
-    from meterd.protocols.readspec import dlt645_1997_index, dlt645_index
+    from meterd.protocols.drivers import all_quantities
 
     if not isinstance(raw, list) or not raw:
         check.problem(path, f"must be a non-empty list of quantity names, got {show(raw)}")
         return None
-    known = set(known_quantities()) | set(dlt645_index()) | set(dlt645_1997_index())
+    known = all_quantities()
     out: list[str] = []
     ok = True
     for i, q in enumerate(raw):
@@ -947,7 +935,7 @@ class _Checker(Checker):
         return None
 
     def duration(self, path: str, value: Any, *, allow_zero: bool = False) -> float | None:
-        seconds = _seconds(value)
+        seconds = parse_duration(value)
         what = "a duration of zero or more" if allow_zero else "a positive duration"
         if seconds is None:
             self.problem(path, f"must be {what} ({_DURATION_FORMS}), got {show(value)}")
@@ -965,7 +953,9 @@ class _Checker(Checker):
         return number
 
 
-def _seconds(value: Any) -> float | None:
+def parse_duration(value: Any) -> float | None:
+    """Seconds in the config's duration forms (``900``, ``1.5``, ``"15m"``, ``"1h30m"``,
+    ``"250ms"``); ``None`` for anything else (the caller names the key or argument)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
@@ -977,6 +967,15 @@ def _seconds(value: Any) -> float | None:
     if not parts or _DURATION_PART.sub("", text).strip():
         return None
     return sum(float(number) * _UNIT_SECONDS[unit.lower()] for number, unit in parts)
+
+
+def parse_step(text: str, *, name: str = "--step") -> timedelta:
+    """A positive duration given as an argument (a command-line option, a query parameter) in the
+    config's duration forms: 900, "15m", "1h"; :class:`ConfigError` naming the argument."""
+    seconds = parse_duration(text)
+    if seconds is None or seconds <= 0:
+        raise ConfigError(f"{name} {text!r}: use e.g. 15m, 1h, 900")
+    return timedelta(seconds=seconds)
 
 
 def _decimal(value: Any) -> Decimal | None:

@@ -1,36 +1,41 @@
 """Prepaid control inside the daemon: the engine's passes, the command executor and the notifier.
 
-The daemon builds one :class:`PrepaidRuntime` when the config has a ``[prepaid]`` section.  It
-sees every reading the daemon collects (observer), and runs as a service beside the channels:
+``meterd.app`` builds one :class:`PrepaidRuntime` when the config has a ``[prepaid]`` section,
+hands it the collector's ``route`` (how to reach a meter), subscribes :meth:`~PrepaidRuntime.observe`
+to every reading and runs :meth:`~PrepaidRuntime.run` as a service beside the channels:
 
 - at start: the configured accounts are written to the state database (audited as ``config``),
   and commands left ``sent`` by a previous run are settled by read-back, never resent;
 - every ``check_every`` (and soon after a round brings register readings): charge, decide, queue
   commands, publish notices, and wake the executor;
 - the executor sends queued commands (the policy's and operators' from ``meterd trip`` …)
-  through the daemon's channels as urgent transactions.
+  through the meters' channels as urgent transactions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from datetime import datetime
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from meterd import secrets
 from meterd.collector.control import Credentials
+from meterd.clock import Clock
 from meterd.control.commands import CommandExecutor, MeterRoute
 from meterd.control.engine import PrepaidEngine
 from meterd.control.model import CommandKind
 from meterd.control.notify import LogFileSink, Notifier, WebhookSink
 from meterd.control.state import ControlStore
 from meterd.errors import ConfigError
+from meterd.protocols.drivers import get_driver
 from meterd.storage.anomalies import AnomalyStore, Finding, Kind
 from meterd.supervise import supervise
 
 if TYPE_CHECKING:
-    from meterd.collector.daemon import Daemon
+    from meterd.config.model import MeterConfig
     from meterd.config.prepaid import PrepaidConfig
 
 log = logging.getLogger(__name__)
@@ -72,28 +77,33 @@ def make_notifier(config: PrepaidConfig) -> Notifier:
     return Notifier(sinks)
 
 
+#: How to reach a configured meter (its channel, target and Modbus link; no credentials), or None.
+RouteLookup = Callable[[str], MeterRoute | None]
+
+
 class PrepaidRuntime:
-    def __init__(self, daemon: Daemon, config: PrepaidConfig, *, clock: Callable[[], datetime]) -> None:
-        self.daemon = daemon
+    def __init__(self, config: PrepaidConfig, *, meters: Sequence[MeterConfig], data_dir: Path,
+                 route: RouteLookup, clock: Clock) -> None:
         self.config = config
         self.clock = clock
-        dlt645 = any(m.protocol.is_dlt645 for m in daemon.config.meters)
+        self._route = route
+        needed = any(get_driver(m.protocol).credentials for m in meters)
         # A DL/T 645 site cannot switch a relay without these; say so at start, not at the first trip.
-        self.credentials = credentials_from_env(config, required=dlt645 and not config.settings.rules.dry_run)
-        self.store = ControlStore(daemon.config.store.data_dir)
+        self.credentials = credentials_from_env(config, required=needed and not config.settings.rules.dry_run)
+        self.store = ControlStore(data_dir)
         for line in self.store.upsert_accounts(config.accounts, actor="config", now=clock()):
             if "not applied" in line:  # an opening balance the config changed after it was applied
                 log.warning("config: %s", line)
             elif "opening balance" in line or "pending" in line or "activated" in line:
                 log.info("config: %s", line)
-        pending = self.store.counts("accounts", "state").get("pending", 0)
+        pending = self.store.accounts_by_state().get("pending", 0)
         if pending:
             log.warning("prepaid: %d account(s) pending: charged, but never reminded, alarmed or tripped until "
                         "activated with an opening balance (meterd account activate, or the billing import)", pending)
-        self.anomalies = AnomalyStore(daemon.config.store.data_dir)
+        self.anomalies = AnomalyStore(data_dir)
         self.engine = PrepaidEngine(self.store, config.settings, config.tariffs, limits=config.power_limits,
                                     capabilities=self.capabilities,
-                                    ratings={m.address: m.rating for m in daemon.config.meters},
+                                    ratings={m.address: m.rating for m in meters},
                                     report=self._report)
         self.notifier = make_notifier(config)
         self.executor = CommandExecutor(
@@ -101,27 +111,22 @@ class PrepaidRuntime:
             valid_for=config.settings.valid_for, settle=config.settings.settle, publish=self.notifier.publish)
         self._kick = asyncio.Event()
         self.passes = 0
-        daemon.observers.append(self.observe)
-        daemon.services.append(self.run)
 
     def capabilities(self, meter: str) -> frozenset[CommandKind] | None:
-        found = self.daemon.route(meter)
+        found = self._route(meter)
         if found is None:
             return None  # not configured: the executor fails it with that reason
-        target = found[1]
-        if target.protocol == "dlt645-1997":
-            return frozenset()
-        if target.protocol == "modbus":
-            has_relay = target.regmap is not None and target.regmap.relay is not None
-            return frozenset({CommandKind.TRIP, CommandKind.RECLOSE}) if has_relay else frozenset()
-        return None  # DL/T 645-2007: every command
+        target = found.target
+        relay = target.driver.relay_commands(target.regmap)
+        return frozenset(kind for kind in CommandKind if kind.relay_command in relay)
 
     def route(self, meter: str) -> MeterRoute | None:
-        found = self.daemon.route(meter)
-        if found is None:
-            return None
-        channel, target, link = found
-        return MeterRoute(channel, target, link, self.credentials)
+        found = self._route(meter)
+        return None if found is None else dataclasses.replace(found, credentials=self.credentials)
+
+    def meter_accounts(self) -> dict[str, str]:
+        """meter -> its account, for every assigned meter."""
+        return {m: a for m, (a, _) in self.store.meter_accounts().items()}
 
     def observe(self, readings: list) -> None:
         if self.engine.observe(readings):

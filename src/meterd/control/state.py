@@ -64,6 +64,7 @@ from meterd.control.model import (
     LedgerEntry,
     Rate,
 )
+from meterd.errors import MeterdError
 from meterd.storage.sqlite import from_ms, to_ms
 from meterd.storage.statedb import StateDatabase
 
@@ -199,7 +200,7 @@ OPPOSITE: Final = {
 }
 
 
-class LedgerError(ValueError):
+class LedgerError(MeterdError, ValueError):
     """A payment, adjustment or account that cannot be applied; the message says why."""
 
 
@@ -796,6 +797,14 @@ class ControlStore(StateDatabase):
         for account, meter in found:
             meters.setdefault(account, []).append(meter)
         return [(*r, tuple(meters.get(r[0], ()))) for r in rows]
+
+    def accounts_by_state(self) -> dict[str, int]:
+        """Accounts per control state (only the states that have any)."""
+        return self._count_by("accounts", "state")
+
+    def commands_by_state(self) -> dict[str, int]:
+        """Relay commands per state (only the states that have any)."""
+        return self._count_by("commands", "state")
 
     def meter_accounts(self) -> dict[str, tuple[str, Decimal]]:
         """meter -> (account, CT × PT) for every assigned meter."""

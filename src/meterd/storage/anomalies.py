@@ -134,6 +134,10 @@ class AnomalyStore(StateDatabase):
     SCHEMA = _SCHEMA
     ROWS = False  # plain tuples
 
+    def open_count(self) -> int:
+        """Anomaly events open now."""
+        return sum(self._count_by("anomalies", "kind", "closed_ts IS NULL").values())
+
     def record(self, findings: Iterable[Finding], now: datetime, *,
                resolved: Iterable[tuple[str, Kind]] = ()) -> tuple[list[Event], list[Event]]:
         """Open (or bring up to date) an event per finding, and close the open events of

@@ -241,8 +241,8 @@ class StateDatabase:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
 
-    def counts(self, table: str, column: str, where: str = "") -> dict[str, int]:
-        """Rows of ``table`` per value of ``column``, optionally filtered by ``where`` -- for
-        dashboards and metrics.  The names and the filter come from code, never from a request."""
+    def _count_by(self, table: str, column: str, where: str = "") -> dict[str, int]:
+        """Rows of ``table`` per value of ``column``, optionally filtered by ``where``: for the
+        stores' own typed counting methods (their table, column and filter are constants)."""
         sql = f"SELECT {column}, COUNT(*) FROM {table}" + (f" WHERE {where}" if where else "") + f" GROUP BY {column}"
         return {str(r[0]): int(r[1]) for r in self._read(sql)}
