@@ -8,8 +8,10 @@ What lives here:
   and the OpenAPI 3.1 document built from the same route table.
 
 May import: ``meterd.control`` (state, engine, model), ``meterd.storage.sqlite``,
-``meterd.analytics``, ``meterd.clock`` -- never ``collector`` or ``cli``: the API works on the stores, whoever
-writes them, so it runs inside the daemon or beside it.
+``meterd.analytics``, ``meterd.billing_link`` (sync runs), ``meterd.config`` (argument grammar),
+``meterd.clock`` -- never ``collector`` or ``cli``: the API works on the stores, whoever writes
+them, so it runs inside the daemon or beside it; what only a running node can do (on-demand
+reads, live channel figures) it is handed by ``meterd.app`` (:mod:`.live`).
 
 Contract: bad input is a 4xx with a JSON ``{"error": ...}`` and changes nothing; every write is
 audited with the token's name and id; a secret is shown once at creation and never stored or logged.

@@ -11,7 +11,8 @@ Modules: :mod:`.records` (pure parsing and validation), :mod:`.store` (watermark
 quarantine in ``state.sqlite3``), :mod:`.imports`, :mod:`.exports`, :mod:`.jobs` (``run_job``).
 
 May import: ``meterd.control`` (the ledger and the archive, through ``ControlStore``'s public
-methods only), ``meterd.storage.sqlite`` (time encoding, file names), ``meterd.errors``, ``meterd.clock``.  Never the
+methods only), ``meterd.analytics`` (the daily frozen registers, for reading-day exports),
+``meterd.storage.sqlite`` (time encoding, file names), ``meterd.errors``, ``meterd.clock``.  Never the
 collector or the protocols.  Time is passed in; nothing reads the clock.
 """
 

@@ -4,8 +4,10 @@ What lives here: the model (:mod:`.model`, frozen dataclasses and ``StrEnum`` ch
 collector, storage and CLI code against) and the loader (:mod:`.loader`, ``tomllib`` plus
 validation).  May import: ``meterd.errors`` and the DL/T 645 codec helpers in
 ``meterd.protocols`` (address normalisation, DI parsing, the catalogues, Modbus register maps,
-the quantity resolver); nothing that does
-I/O beyond reading the one file.
+the quantity resolver), and the value types of ``meterd.control``, ``meterd.analytics`` and
+``meterd.billing_link`` that it builds (tariffs, thresholds, topology, sync job specs: a setting
+and its domain value are one type; those parts never import config at run time); nothing that
+does I/O beyond reading the one file.
 
 Contract: :func:`load_config` either returns a :class:`Config` in which every cross-reference
 holds, or raises :class:`~meterd.errors.ConfigError` listing *every* problem, each as
