@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meterd.api.app import ENDPOINTS, SCHEMAS
+from meterd.api.app import ENDPOINTS
+from meterd.api.schemas import SCHEMAS
 from meterd.storage.sqlite import STATE_FILE
 from test_api import Site
 from test_api_views import site  # noqa: F401  (the seeded server with a site config)

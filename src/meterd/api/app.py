@@ -44,22 +44,42 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from meterd.analytics.anomalies import AnomalyStore, Event
-from meterd.analytics.outages import Outage, OutageStore
-from meterd.clock import Clock, local_date
+from meterd.analytics.anomalies import AnomalyStore
+from meterd.analytics.outages import OutageStore
 from meterd.analytics.views import curve_meters, curve_points, energy_rows, lineloss_reports, parse_period
 from meterd.api.live import LiveNode
+from meterd.api.schemas import (
+    ACCOUNT_STATES,
+    COMMAND_STATES,
+    SCHEMAS,
+    STR,
+    TIME,
+    account_doc,
+    anomaly_doc,
+    array,
+    attempt_doc,
+    command_doc,
+    config_doc,
+    iso,
+    job_kind,
+    ledger_doc,
+    meter_doc,
+    outage_doc,
+    reading_doc,
+    ref,
+)
 from meterd.api.tokens import Role, TokenStore
-from meterd.control.engine import queue_manual
-from meterd.control.model import CommandKind, CommandState
-from meterd.control.amounts import AmountError, AmountLimits, amount_text, parse_adjustment, parse_payment
-from meterd.control.state import Account, Command, ControlStore, LedgerError, LedgerRow, parse_opening
+from meterd.clock import Clock, local_date
 from meterd.config.loader import parse_step
+from meterd.control.amounts import AmountError, AmountLimits, amount_text, parse_adjustment, parse_payment
+from meterd.control.engine import queue_manual
+from meterd.control.model import CommandKind
+from meterd.control.state import Command, ControlStore, LedgerError, parse_opening
 from meterd.errors import ConfigError, MeterdError, ReadRefusedError, StorageFullError
 from meterd.logthrottle import LogThrottle
 from meterd.readings import address_key
 from meterd.storage.quality import QualityStore
-from meterd.storage.sqlite import MeterRecord, SqliteStore, encode_value
+from meterd.storage.sqlite import MeterRecord, SqliteStore
 from meterd.storage.statedb import disk_full
 
 log = logging.getLogger(__name__)
@@ -67,9 +87,6 @@ _ERROR_LOG = LogThrottle()  # a failing request is logged once a minute per kind
 
 MAX_BODY: Final = 64 * 1024
 MAX_LIMIT: Final = 10_000
-MANUAL_KINDS: Final = ("trip", "reclose", "reclose-allowed", "alarm", "alarm-release")
-COMMAND_STATES: Final = tuple(s.value for s in CommandState)
-ACCOUNT_STATES: Final = ("pending", "normal", "reminded", "alarmed", "tripped")
 
 
 class ApiError(MeterdError):
@@ -83,205 +100,6 @@ class Caller:
     token_id: str
     name: str
     role: Role
-
-
-# --- schemas -----------------------------------------------------------------------------------
-
-_STR: Final = {"type": "string"}
-_OPT_STR: Final = {"type": ["string", "null"]}
-_TIME: Final = {"type": "string", "format": "date-time"}
-_OPT_TIME: Final = {"type": ["string", "null"], "format": "date-time"}
-_MONEY: Final = {"type": "string", "pattern": r"^-?\d+(\.\d{1,2})?$", "description": "yuan, exact"}
-_PAYMENT_AMOUNT: Final = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,2})?$", "maxLength": 24,
-                          "description": "yuan: ASCII digits, at most two decimals, no sign; more than 0 and at "
-                                         "most [prepaid] max_payment (default 1000000); else 422"}
-_ADJUSTMENT_AMOUNT: Final = {"type": "string", "pattern": r"^[+-]?[0-9]+(\.[0-9]{1,2})?$", "maxLength": 24,
-                             "description": "yuan: ASCII digits, at most two decimals, negative debits; not 0, at "
-                                            "most [prepaid] max_adjustment (default 1000000) either way; else 422"}
-
-
-def _obj(props: dict[str, Any], required: tuple[str, ...] | None = None, **extra: Any) -> dict[str, Any]:
-    return {"type": "object", "properties": props, "required": list(props if required is None else required),
-            **extra}
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-SCHEMAS: Final[dict[str, Any]] = {
-    "Error": _obj({"error": _STR}),
-    "Health": _obj({"status": {"type": "string", "enum": ["ok"]}}),
-    "Reading": _obj({"meter": _STR, "quantity": _STR, "timestamp": _TIME, "value": _STR,
-                     "kind": {"type": "string", "enum": ["decimal", "datetime", "int", "str", "bool"]},
-                     "unit": _STR, "quality": {"type": "string", "enum": ["good", "suspect", "estimated", "implausible"]}}),
-    "Meter": _obj({"address": _STR, "channel": _STR, "protocol": _STR, "ct": _STR, "pt": _STR, "name": _STR,
-                   "group": _STR, "latest": {"type": "object", "additionalProperties": _ref("Reading")}}),
-    "Readings": _obj({"meter": _STR, "readings": {"type": "array", "items": _ref("Reading")}}),
-    "Account": _obj({"account": _STR, "customer": _STR, "area": _STR, "tariff": _STR,
-                     "protected": {"type": "boolean"}, "balance": _MONEY,
-                     "state": {"type": "string", "enum": list(ACCOUNT_STATES)}, "held": _OPT_STR,
-                     "meters": {"type": "object", "additionalProperties": _STR}, "opened": _TIME,
-                     "manual_hold_until": _OPT_TIME, "alarmed_at": _OPT_TIME}),
-    "LedgerEntry": _obj({"seq": {"type": "integer"}, "key": _STR, "kind": _STR, "amount": _MONEY, "at": _TIME,
-                         "recorded": _TIME, "actor": _STR, "detail": _STR, "meter": _OPT_STR, "rate": _OPT_STR,
-                         "kwh": _OPT_STR, "price": _OPT_STR, "balance": _MONEY}),
-    "Ledger": _obj({"account": _STR, "balance": _MONEY, "entries": {"type": "array", "items": _ref("LedgerEntry")}}),
-    "Command": _obj({"id": {"type": "integer"}, "meter": _STR, "account": _OPT_STR,
-                     "kind": {"type": "string", "enum": [k.value for k in CommandKind]},
-                     "state": {"type": "string", "enum": list(COMMAND_STATES)}, "reason": _STR,
-                     "requested_by": _STR, "manual": {"type": "boolean"}, "created": _TIME, "expires": _TIME,
-                     "sent": _OPT_TIME, "finished": _OPT_TIME, "tries": {"type": "integer"}, "detail": _STR,
-                     "read_back": {"type": "object", "additionalProperties": {"type": "boolean"}}}),
-    "Applied": _obj({"applied": {"type": "boolean"}, "balance": _MONEY, "reason": _STR,
-                     "seq": {"type": ["integer", "null"]}}),
-    "Anomaly": _obj({"id": {"type": "integer"}, "meter": _STR, "kind": _STR,
-                     "severity": _STR, "opened": _TIME, "last_seen": _TIME, "closed": _OPT_TIME, "detail": _STR,
-                     "evidence": {"type": "array", "items": {"type": "object"}}}),
-    "Outage": _obj({"id": {"type": "integer"}, "unit": _STR, "started": _TIME, "ended": _OPT_TIME,
-                    "meters": {"type": "array", "items": _STR}, "accounts": {"type": "array", "items": _STR}}),
-    "Overview": _obj({"at": _TIME, "day": _STR, "meters": {"type": "integer"},
-                      "meters_with_data_today": {"type": "integer"},
-                      "terminals": _obj({"total": {"type": "integer"}, "online": {"type": "integer"}}),
-                      "collection": _obj({"attempts": {"type": "integer"}, "successes": {"type": "integer"},
-                                          "success_rate": {"type": ["number", "null"]}, "target": {"type": "number"}}),
-                      "accounts": _obj({s: {"type": "integer"} for s in ("total", *ACCOUNT_STATES)}),
-                      "commands": {"type": "object", "additionalProperties": {"type": "integer"}},
-                      "anomalies_open": {"type": "integer"}, "outages_open": {"type": "integer"}}),
-    "LineLoss": _obj({"unit": _STR, "kind": _STR, "start": _STR, "end": _STR, "supply": _STR, "sales": _STR,
-                      "auxiliary": _STR, "loss": _STR, "rate": _OPT_STR, "supply_points": {"type": "integer"},
-                      "supply_with_data": {"type": "integer"}, "sales_points": {"type": "integer"},
-                      "sales_with_data": {"type": "integer"}, "completeness": _STR,
-                      "missing": {"type": "array", "items": _STR}, "estimated": {"type": "array", "items": _STR},
-                      "flags": {"type": "array", "items": _STR}}),
-    "Energy": _obj({"start": _STR, "end": _STR, "key": _STR, "kwh": _STR}),
-    "Curve": _obj({"subject": _STR, "day": _STR, "step_seconds": {"type": "integer"}, "meters": {"type": "array",
-                   "items": _STR}, "points": {"type": "array", "items": _obj(
-                       {"at": _TIME, "kw": _STR, "meters": {"type": "integer"}})}}),
-    "Quality": {"type": "object", "required": ["day", "total", "meters", "channels", "areas"],
-                "properties": {"day": _STR, "total": {"type": "object"}, "meters": {"type": "array"},
-                               "channels": {"type": "array"}, "areas": {"type": "array"}}},
-    "Terminal": _obj({"id": _STR, "channel": _STR, "kind": {"type": "string", "enum": ["dtu", "mqtt"]},
-                      "online": {"type": "boolean"}, "since": _OPT_TIME, "meters": {"type": "integer"}}),
-    "SyncJob": _obj({"job": _STR, "kind": _STR, "schedule": _OPT_STR, "watermark": _OPT_STR, "last_run": _OPT_TIME,
-                     "last_status": _OPT_STR, "last_error": _OPT_STR, "counts": {"type": "object"},
-                     "files_unfinished": {"type": "integer"}, "quarantined_total": {"type": "integer"}}),
-    "SyncRun": _obj({"job": _STR, "kind": _STR, "applied": {"type": "integer"}, "duplicates": {"type": "integer"},
-                     "quarantined": {"type": "integer"}}),
-    "Attempt": _obj({"meter": _STR, "channel": _STR, "item": _STR, "timestamp": _TIME, "outcome": _STR,
-                     "latency": {"type": ["number", "null"]}, "detail": _STR}),
-    "OnDemandRead": _obj({"meter": _STR, "readings": {"type": "array", "items": _ref("Reading")},
-                          "attempts": {"type": "array", "items": _ref("Attempt")}}),
-    "Channel": _obj({"name": _STR, "stats": {"type": "object"}}),
-    "Diagnostics": _obj({"channels": {"type": "array", "items": _ref("Channel")},
-                         "listeners": {"type": "object"}, "spool": {"type": "object"}}),
-    "Token": _obj({"id": _STR, "name": _STR, "role": {"type": "string", "enum": [r.value for r in Role]},
-                   "created": _TIME, "revoked": _OPT_TIME}),
-    "NewToken": _obj({"id": _STR, "name": _STR, "role": _STR, "secret": _STR}),
-    "ConfigSummary": {"type": "object", "required": ["source", "data_dir", "channels", "meters", "polls"],
-                      "properties": {"source": _STR, "data_dir": _STR, "channels": {"type": "array"},
-                                     "meters": {"type": "integer"}, "polls": {"type": "array"},
-                                     "tasks": {"type": "array"}, "sections": {"type": "array"}}},
-    "ReadRequest": _obj({"quantities": {"type": "array", "items": _STR, "minItems": 1, "maxItems": 32}},
-                        additionalProperties=False),
-    "TokenRequest": _obj({"name": _STR, "role": {"type": "string", "enum": [r.value for r in Role]}},
-                         additionalProperties=False),
-    "CommandRequest": _obj({"meter": _STR, "kind": {"type": "string", "enum": list(MANUAL_KINDS)},
-                            "reason": _STR}, additionalProperties=False),
-    "CancelRequest": _obj({"reason": _STR}, additionalProperties=False),
-    "PaymentRequest": _obj({"account": _STR, "amount": _PAYMENT_AMOUNT, "ref": _STR}, additionalProperties=False),
-    "AdjustmentRequest": _obj({"account": _STR, "amount": _ADJUSTMENT_AMOUNT, "ref": _STR, "reason": _STR},
-                              additionalProperties=False),
-    "ActivationRequest": _obj({"opening_balance": {**_ADJUSTMENT_AMOUNT, "description": (
-        "yuan: ASCII digits, at most two decimals, negative when the customer owes; 0 for none; at most 1000000 "
-        "either way; else 422")}, "ref": _STR}, additionalProperties=False),
-}
-
-
-def _array(name: str) -> dict[str, Any]:
-    return {"type": "array", "items": _ref(name)}
-
-
-# --- documents ---------------------------------------------------------------------------------
-
-
-def _iso(at: datetime | None) -> str | None:
-    return None if at is None else at.isoformat()
-
-
-def _reading_doc(r: Any) -> dict[str, Any]:
-    text, kind = encode_value(r.value)
-    return {"meter": r.meter, "quantity": r.quantity, "timestamp": r.timestamp.isoformat(), "value": text,
-            "kind": kind, "unit": r.unit, "quality": str(r.quality)}
-
-
-def _meter_doc(m: MeterRecord, latest: dict[str, Any]) -> dict[str, Any]:
-    return {"address": m.address, "channel": m.channel, "protocol": m.protocol, "ct": str(m.ct), "pt": str(m.pt),
-            "name": m.name, "group": m.group, "latest": {q: _reading_doc(r) for q, r in latest.items()}}
-
-
-def _account_doc(a: Account) -> dict[str, Any]:
-    return {"account": a.account, "customer": a.customer, "area": a.area, "tariff": a.tariff,
-            "protected": a.protected, "balance": str(a.balance), "state": a.state, "held": a.held,
-            "meters": {m: str(k) for m, k in a.meters.items()}, "opened": a.opened.isoformat(),
-            "manual_hold_until": _iso(a.manual_until), "alarmed_at": _iso(a.alarmed_at)}
-
-
-def _ledger_doc(r: LedgerRow, balance: Decimal) -> dict[str, Any]:
-    return {"seq": r.seq, "key": r.key, "kind": str(r.kind), "amount": str(r.amount), "at": r.at.isoformat(),
-            "recorded": r.recorded.isoformat(), "actor": r.actor, "detail": r.detail, "meter": r.meter,
-            "rate": r.rate, "kwh": None if r.kwh is None else str(r.kwh),
-            "price": None if r.price is None else str(r.price), "balance": str(balance)}
-
-
-def _command_doc(c: Command) -> dict[str, Any]:
-    return {"id": c.id, "meter": c.meter, "account": c.account, "kind": c.kind.value, "state": c.state.value,
-            "reason": c.reason, "requested_by": c.requested_by, "manual": c.manual,
-            "created": c.created.isoformat(), "expires": c.expires.isoformat(), "sent": _iso(c.sent),
-            "finished": _iso(c.finished), "tries": c.tries, "detail": c.detail, "read_back": dict(c.read_back)}
-
-
-def _anomaly_doc(e: Event) -> dict[str, Any]:
-    return {"id": e.id, "meter": e.meter, "kind": str(e.kind), "severity": str(e.severity),
-            "opened": e.opened.isoformat(), "last_seen": e.last_seen.isoformat(), "closed": _iso(e.closed),
-            "detail": e.detail, "evidence": [dict(x) for x in e.evidence]}
-
-
-def _outage_doc(o: Outage) -> dict[str, Any]:
-    return {"id": o.id, "unit": o.unit, "started": o.started.isoformat(), "ended": _iso(o.ended),
-            "meters": list(o.meters), "accounts": list(o.accounts)}
-
-
-def _attempt_doc(a: Any) -> dict[str, Any]:
-    return {"meter": a.meter, "channel": a.channel, "item": a.item, "timestamp": a.timestamp.isoformat(),
-            "outcome": a.outcome, "latency": a.latency, "detail": a.detail}
-
-
-def _job_kind(config: Any, name: str) -> str:
-    for job in (config.sync.jobs if config is not None and config.sync else ()):
-        if job.name == name:
-            return str(getattr(job.kind, "value", job.kind))
-    return "unknown"
-
-
-def _config_doc(config: Any) -> dict[str, Any]:
-    """What an admin may see of the running config: names, links, counts -- no secrets (the
-    loader refuses them inline anyway; environment variable names are shown, never values)."""
-    def link(ch: Any) -> dict[str, Any]:
-        kind = type(ch.link).__name__.removesuffix("Link").lower()
-        doc = {"kind": kind}
-        for attr in ("device", "baud", "host", "port", "listener", "terminal"):
-            if hasattr(ch.link, attr):
-                doc[attr] = getattr(ch.link, attr)
-        return doc
-    sections = [name for name in ("mqtt", "prepaid", "analytics", "sync", "api") if getattr(config, name, None)]
-    return {"source": config.source, "data_dir": str(config.store.data_dir),
-            "channels": [{"name": ch.name, "link": link(ch), "meters": len(config.meters_on(ch.name))}
-                         for ch in config.channels],
-            "meters": len(config.meters),
-            "polls": [{"name": p.name, "groups": list(p.groups), "quantities": list(p.quantities)} for p in config.polls],
-            "tasks": [getattr(t, "name", str(t)) for t in config.tasks],
-            "sections": sections}
 
 
 # --- input -------------------------------------------------------------------------------------
@@ -436,7 +254,7 @@ class Endpoint:
 
 
 LIMIT_PARAM: Final = ("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "at most this many")
-PERIOD_PARAM: Final = ("period", _STR, "YYYY-MM-DD, YYYY-MM, YYYY-Qn or START..END (default yesterday, CST)")
+PERIOD_PARAM: Final = ("period", STR, "YYYY-MM-DD, YYYY-MM, YYYY-Qn or START..END (default yesterday, CST)")
 
 
 class Api:
@@ -478,7 +296,7 @@ class Api:
                 if isinstance(ch.link, (DtuLink, MqttLink)):
                     out.append({"id": ch.link.terminal, "channel": ch.name,
                                 "kind": "dtu" if isinstance(ch.link, DtuLink) else "mqtt",
-                                "online": ch.name in online, "since": _iso(online.get(ch.name)),
+                                "online": ch.name in online, "since": iso(online.get(ch.name)),
                                 "meters": len(self.config.meters_on(ch.name))})
         return out
 
@@ -509,7 +327,7 @@ class Api:
         after = request.query_params.get("after") or None
 
         def work() -> list[dict[str, Any]]:
-            return [_meter_doc(m, self.archive.latest(m.address)) for m in self.archive.meters(after=after,
+            return [meter_doc(m, self.archive.latest(m.address)) for m in self.archive.meters(after=after,
                                                                                                 limit=limit)]
         return JSONResponse(await run_in_threadpool(work))
 
@@ -522,7 +340,7 @@ class Api:
                 if not self._meter_exists(address):
                     raise ApiError(404, f"unknown meter {address}")
                 record = MeterRecord(address, "", "", Decimal(1), Decimal(1))
-            return _meter_doc(record, self.archive.latest(address))
+            return meter_doc(record, self.archive.latest(address))
         return JSONResponse(await run_in_threadpool(work))
 
     async def readings(self, request: Request, caller: Caller | None) -> Response:
@@ -535,7 +353,7 @@ class Api:
             if not self._meter_exists(meter):
                 raise ApiError(404, f"unknown meter {meter}")
             rows = self.archive.readings(meter, since=since, until=until, quantity=quantity, limit=limit)
-            return {"meter": meter, "readings": [_reading_doc(r) for r in rows]}
+            return {"meter": meter, "readings": [reading_doc(r) for r in rows]}
         return JSONResponse(await run_in_threadpool(work))
 
     async def accounts(self, request: Request, caller: Caller | None) -> Response:
@@ -545,7 +363,7 @@ class Api:
         limit = _query_limit(request, MAX_LIMIT) if "limit" in request.query_params else None
 
         def work() -> list[dict[str, Any]]:
-            return [_account_doc(a) for a in self.control.accounts(area=area, state=state, after=after, limit=limit)]
+            return [account_doc(a) for a in self.control.accounts(area=area, state=state, after=after, limit=limit)]
         return JSONResponse(await run_in_threadpool(work))
 
     async def account(self, request: Request, caller: Caller | None) -> Response:
@@ -553,7 +371,7 @@ class Api:
         found = await run_in_threadpool(self.control.account, name)
         if found is None:
             raise ApiError(404, f"unknown account {name}")
-        return JSONResponse(_account_doc(found))
+        return JSONResponse(account_doc(found))
 
     async def ledger(self, request: Request, caller: Caller | None) -> Response:
         name = request.path_params["account"]
@@ -565,7 +383,7 @@ class Api:
             running, docs = Decimal("0.00"), []
             for r in self.control.ledger(name):
                 running += r.amount
-                docs.append(_ledger_doc(r, running))
+                docs.append(ledger_doc(r, running))
             return {"account": name, "balance": str(self.control.balance(name)),
                     "entries": docs[-limit:] if limit else docs}
         return JSONResponse(await run_in_threadpool(work))
@@ -576,20 +394,20 @@ class Api:
         limit = _query_limit(request, 200)
         rows = await run_in_threadpool(lambda: self.control.commands(
             state=state, meter=_meter_address(meter) if meter else None, limit=limit))
-        return JSONResponse([_command_doc(c) for c in rows])
+        return JSONResponse([command_doc(c) for c in rows])
 
     async def anomalies_list(self, request: Request, caller: Caller | None) -> Response:
         state = _query_enum(request, "state", ("open", "closed", "all"))
         limit = _query_limit(request, 1000)
         rows = await run_in_threadpool(lambda: self.anomalies.events(
             state=None if state in (None, "all") else state, limit=limit))
-        return JSONResponse([_anomaly_doc(e) for e in rows])
+        return JSONResponse([anomaly_doc(e) for e in rows])
 
     async def outages_list(self, request: Request, caller: Caller | None) -> Response:
         open_only = _query_enum(request, "open", ("true", "false")) == "true"
         limit = _query_limit(request, 1000)
         rows = await run_in_threadpool(lambda: self.outages.outages(open_only, limit=limit))
-        return JSONResponse([_outage_doc(o) for o in rows])
+        return JSONResponse([outage_doc(o) for o in rows])
 
 
     # --- views: overview, line loss, energy, curves, quality, terminals, sync ---
@@ -706,9 +524,9 @@ class Api:
             out = []
             for name in sorted(set(rows) | set(configured)):
                 r = rows.get(name, {})
-                out.append({"job": name, "kind": r.get("kind") or _job_kind(self.config, name),
+                out.append({"job": name, "kind": r.get("kind") or job_kind(self.config, name),
                             "schedule": schedules.get(name), "watermark": r.get("watermark"),
-                            "last_run": _iso(r.get("last_run")), "last_status": r.get("last_status"),
+                            "last_run": iso(r.get("last_run")), "last_status": r.get("last_status"),
                             "last_error": r.get("last_error"), "counts": r.get("counts", {}),
                             "files_unfinished": r.get("files_unfinished", 0),
                             "quarantined_total": r.get("quarantined_total", 0)})
@@ -754,7 +572,7 @@ class Api:
         def work() -> list[dict[str, Any]]:
             if not self._meter_exists(meter):
                 raise ApiError(404, f"unknown meter {meter}")
-            return [_attempt_doc(a) for a in self.archive.attempts(meter=meter, since=since)[-limit:]]
+            return [attempt_doc(a) for a in self.archive.attempts(meter=meter, since=since)[-limit:]]
         return JSONResponse(await run_in_threadpool(work))
 
     async def diagnostics(self, request: Request, caller: Caller | None) -> Response:
@@ -778,15 +596,15 @@ class Api:
         await run_in_threadpool(self._audit, caller, "read", meter,
                                 {"quantities": body["quantities"], "readings": len(readings),
                                  "failed": sum(a.outcome != "ok" for a in attempts)})
-        return JSONResponse({"meter": meter, "readings": [_reading_doc(r) for r in readings],
-                             "attempts": [_attempt_doc(a) for a in attempts]})
+        return JSONResponse({"meter": meter, "readings": [reading_doc(r) for r in readings],
+                             "attempts": [attempt_doc(a) for a in attempts]})
 
     # --- admin: tokens and config ---
 
     async def tokens_list(self, request: Request, caller: Caller | None) -> Response:
         rows = await run_in_threadpool(self.tokens.list)
         return JSONResponse([{"id": t.id, "name": t.name, "role": t.role.value, "created": t.created.isoformat(),
-                              "revoked": _iso(t.revoked)} for t in rows])
+                              "revoked": iso(t.revoked)} for t in rows])
 
     async def token_create(self, request: Request, caller: Caller | None) -> Response:
         assert caller is not None
@@ -815,7 +633,7 @@ class Api:
 
     async def config_summary(self, request: Request, caller: Caller | None) -> Response:
         config = self._need_config("the config summary")
-        return JSONResponse(_config_doc(config))
+        return JSONResponse(config_doc(config))
 
     # --- write endpoints ---
 
@@ -840,7 +658,7 @@ class Api:
             self._audit(caller, "command", meter, {"id": command.id, "kind": kind.value, "reason": body["reason"]})
             return command
         command = await run_in_threadpool(work)
-        return JSONResponse(_command_doc(command), status_code=201)
+        return JSONResponse(command_doc(command), status_code=201)
 
     async def cancel_command(self, request: Request, caller: Caller | None) -> Response:
         assert caller is not None
@@ -859,7 +677,7 @@ class Api:
                 raise ApiError(409, str(exc)) from None
             self._audit(caller, "cancel", command.meter, {"id": command_id, "reason": body["reason"]})
             return command
-        return JSONResponse(_command_doc(await run_in_threadpool(work)))
+        return JSONResponse(command_doc(await run_in_threadpool(work)))
 
     async def _money(self, request: Request, caller: Caller | None, *, adjustment: bool) -> Response:
         assert caller is not None
@@ -922,109 +740,109 @@ class Api:
 
 _AUTH_ERRORS: Final = (401, 403)
 ENDPOINTS: Final[tuple[Endpoint, ...]] = (
-    Endpoint("GET", "/healthz", None, "liveness", Api.healthz, {200: _ref("Health")}),
+    Endpoint("GET", "/healthz", None, "liveness", Api.healthz, {200: ref("Health")}),
     Endpoint("GET", "/api/v1/openapi.json", None, "this document", Api.openapi, {200: {"type": "object"}}),
     Endpoint("GET", "/api/v1/meters", Role.VIEWER, "the meter archive with each meter's latest readings, by "
-             "address, a page at a time", Api.meters, {200: _array("Meter")},
-             query=(("after", _STR, "the page after this address (the last one of the previous page)"),
+             "address, a page at a time", Api.meters, {200: array("Meter")},
+             query=(("after", STR, "the page after this address (the last one of the previous page)"),
                     LIMIT_PARAM), errors=(*_AUTH_ERRORS, 400)),
     Endpoint("GET", "/api/v1/meters/{address}", Role.VIEWER, "one meter with its latest reading of each quantity",
-             Api.meter, {200: _ref("Meter")}, path_params=("address",), errors=(*_AUTH_ERRORS, 404)),
+             Api.meter, {200: ref("Meter")}, path_params=("address",), errors=(*_AUTH_ERRORS, 404)),
     Endpoint("GET", "/api/v1/meters/{address}/readings", Role.VIEWER, "a meter's readings, oldest first",
-             Api.readings, {200: _ref("Readings")},
-             query=(("quantity", _STR, "only this quantity, e.g. energy.active.import.total"),
-                    ("since", _TIME, "from this time (ISO 8601 with zone), inclusive"),
-                    ("until", _TIME, "to this time, exclusive"), LIMIT_PARAM),
+             Api.readings, {200: ref("Readings")},
+             query=(("quantity", STR, "only this quantity, e.g. energy.active.import.total"),
+                    ("since", TIME, "from this time (ISO 8601 with zone), inclusive"),
+                    ("until", TIME, "to this time, exclusive"), LIMIT_PARAM),
              path_params=("address",), errors=(*_AUTH_ERRORS, 400, 404, 422)),
     Endpoint("GET", "/api/v1/accounts", Role.VIEWER, "prepaid accounts by name, all or a page at a time",
-             Api.accounts, {200: _array("Account")},
-             query=(("area", _STR, "only this area"),
+             Api.accounts, {200: array("Account")},
+             query=(("area", STR, "only this area"),
                     ("state", {"type": "string", "enum": list(ACCOUNT_STATES)}, "only this control state"),
-                    ("after", _STR, "the page after this account (the last one of the previous page)"),
+                    ("after", STR, "the page after this account (the last one of the previous page)"),
                     LIMIT_PARAM),
              errors=(*_AUTH_ERRORS, 400)),
     Endpoint("GET", "/api/v1/accounts/{account}", Role.VIEWER, "one account: balance, state, why a trip is held",
-             Api.account, {200: _ref("Account")}, path_params=("account",), errors=(*_AUTH_ERRORS, 404)),
+             Api.account, {200: ref("Account")}, path_params=("account",), errors=(*_AUTH_ERRORS, 404)),
     Endpoint("GET", "/api/v1/accounts/{account}/ledger", Role.VIEWER, "the ledger with the running balance",
-             Api.ledger, {200: _ref("Ledger")}, query=(LIMIT_PARAM,), path_params=("account",),
+             Api.ledger, {200: ref("Ledger")}, query=(LIMIT_PARAM,), path_params=("account",),
              errors=(*_AUTH_ERRORS, 400, 404)),
     Endpoint("GET", "/api/v1/commands", Role.VIEWER, "the command queue and history, newest first", Api.commands,
-             {200: _array("Command")},
+             {200: array("Command")},
              query=(("state", {"type": "string", "enum": list(COMMAND_STATES)}, "only this state"),
-                    ("meter", _STR, "only this meter"), LIMIT_PARAM), errors=(*_AUTH_ERRORS, 400)),
+                    ("meter", STR, "only this meter"), LIMIT_PARAM), errors=(*_AUTH_ERRORS, 400)),
     Endpoint("POST", "/api/v1/commands", Role.OPERATOR, "queue a manual command (the token's name is the operator)",
-             Api.post_command, {201: _ref("Command")}, body="CommandRequest",
+             Api.post_command, {201: ref("Command")}, body="CommandRequest",
              errors=(*_AUTH_ERRORS, 400, 404, 413, 422)),
     Endpoint("POST", "/api/v1/commands/{id}/cancel", Role.OPERATOR, "cancel a queued command", Api.cancel_command,
-             {200: _ref("Command")}, path_params=("id",), body="CancelRequest",
+             {200: ref("Command")}, path_params=("id",), body="CancelRequest",
              errors=(*_AUTH_ERRORS, 400, 404, 409, 413)),
     Endpoint("POST", "/api/v1/accounts/{account}/activate", Role.OPERATOR, "activate a pending account with its "
              "opening balance (applied once; the token's name is the operator)", Api.activate,
-             {201: _ref("Applied"), 200: _ref("Applied")}, path_params=("account",), body="ActivationRequest",
+             {201: ref("Applied"), 200: ref("Applied")}, path_params=("account",), body="ActivationRequest",
              errors=(*_AUTH_ERRORS, 400, 404, 413, 422)),
     Endpoint("POST", "/api/v1/payments", Role.OPERATOR, "a payment, applied once per ref", Api.payment,
-             {201: _ref("Applied"), 200: _ref("Applied")}, body="PaymentRequest",
+             {201: ref("Applied"), 200: ref("Applied")}, body="PaymentRequest",
              errors=(*_AUTH_ERRORS, 400, 404, 413, 422)),
     Endpoint("POST", "/api/v1/adjustments", Role.OPERATOR, "a signed adjustment with its reason, once per ref",
-             Api.adjustment, {201: _ref("Applied"), 200: _ref("Applied")}, body="AdjustmentRequest",
+             Api.adjustment, {201: ref("Applied"), 200: ref("Applied")}, body="AdjustmentRequest",
              errors=(*_AUTH_ERRORS, 400, 404, 413, 422)),
     Endpoint("GET", "/api/v1/anomalies", Role.VIEWER, "anomaly events, newest first", Api.anomalies_list,
-             {200: _array("Anomaly")},
+             {200: array("Anomaly")},
              query=(("state", {"type": "string", "enum": ["open", "closed", "all"]}, "default: all"), LIMIT_PARAM),
              errors=(*_AUTH_ERRORS, 400)),
     Endpoint("GET", "/api/v1/outages", Role.VIEWER, "outages, latest first", Api.outages_list,
-             {200: _array("Outage")},
+             {200: array("Outage")},
              query=(("open", {"type": "string", "enum": ["true", "false"]}, "only open outages"), LIMIT_PARAM),
              errors=(*_AUTH_ERRORS, 400)),
     Endpoint("GET", "/api/v1/overview", Role.VIEWER, "the district at a glance: meters, terminals online, today's "
              "collection rate against its target, accounts by state, commands, open anomalies and outages",
-             Api.overview, {200: _ref("Overview")}, errors=_AUTH_ERRORS),
+             Api.overview, {200: ref("Overview")}, errors=_AUTH_ERRORS),
     Endpoint("GET", "/api/v1/lineloss", Role.VIEWER, "line loss per area / line with completeness (empty without a "
-             "topology)", Api.lineloss, {200: _array("LineLoss")},
-             query=(PERIOD_PARAM, ("unit", _STR, "only this area / line / group"),
+             "topology)", Api.lineloss, {200: array("LineLoss")},
+             query=(PERIOD_PARAM, ("unit", STR, "only this area / line / group"),
                     ("kind", {"type": "string", "enum": ["area", "line", "group"]}, "only units of this kind"),
                     ("include_estimated", {"type": "string", "enum": ["true", "false"]}, "use estimated registers")),
              errors=(*_AUTH_ERRORS, 400, 404, 422, 503)),
     Endpoint("GET", "/api/v1/energy", Role.VIEWER, "energy per area, industry or group and period", Api.energy,
-             {200: _array("Energy")},
+             {200: array("Energy")},
              query=(PERIOD_PARAM, ("by", {"type": "string", "enum": ["unit", "industry", "group"]}, "default unit"),
                     ("split", {"type": "string", "enum": ["day", "month", "quarter"]}, "one row per sub-period"),
                     ("role", {"type": "string", "enum": ["sales", "supply", "auxiliary", "all"]}, "default sales")),
              errors=(*_AUTH_ERRORS, 400, 422, 503)),
     Endpoint("GET", "/api/v1/curve", Role.VIEWER, "the load curve (summed active power per bucket) of a meter, an "
-             "area / line or a group for one CST day", Api.curve, {200: _ref("Curve")},
-             query=(("meter", _STR, "one meter"), ("unit", _STR, "an area / line (its sales points)"),
-                    ("group", _STR, "a topology group"), ("day", {"type": "string", "format": "date"},
+             "area / line or a group for one CST day", Api.curve, {200: ref("Curve")},
+             query=(("meter", STR, "one meter"), ("unit", STR, "an area / line (its sales points)"),
+                    ("group", STR, "a topology group"), ("day", {"type": "string", "format": "date"},
                                                           "CST day, default today"),
-                    ("step", _STR, "bucket size: 15m (default), 1h, 900")),
+                    ("step", STR, "bucket size: 15m (default), 1h, 900")),
              errors=(*_AUTH_ERRORS, 400, 404, 422)),
     Endpoint("GET", "/api/v1/quality", Role.VIEWER, "collection quality per meter, channel and area for a day",
-             Api.quality_report, {200: _ref("Quality")},
+             Api.quality_report, {200: ref("Quality")},
              query=(("day", {"type": "string", "format": "date"}, "CST day, default today"),
-                    ("area", _STR, "only this meter group")), errors=(*_AUTH_ERRORS, 400, 422)),
+                    ("area", STR, "only this meter group")), errors=(*_AUTH_ERRORS, 400, 422)),
     Endpoint("GET", "/api/v1/terminals", Role.VIEWER, "DTUs and MQTT terminals with their online state",
-             Api.terminals, {200: _array("Terminal")}, errors=_AUTH_ERRORS),
+             Api.terminals, {200: array("Terminal")}, errors=_AUTH_ERRORS),
     Endpoint("GET", "/api/v1/sync", Role.VIEWER, "billing sync jobs: last run, status, counts, quarantine",
-             Api.sync_status, {200: _array("SyncJob")}, errors=_AUTH_ERRORS),
+             Api.sync_status, {200: array("SyncJob")}, errors=_AUTH_ERRORS),
     Endpoint("POST", "/api/v1/sync/{job}/run", Role.OPERATOR, "run a sync job now (waits for it to finish)",
-             Api.sync_run, {200: _ref("SyncRun")}, path_params=("job",), errors=(*_AUTH_ERRORS, 404, 409, 422, 503)),
+             Api.sync_run, {200: ref("SyncRun")}, path_params=("job",), errors=(*_AUTH_ERRORS, 404, 409, 422, 503)),
     Endpoint("GET", "/api/v1/meters/{address}/attempts", Role.TECHNICIAN, "a meter's recent requests and how each "
-             "ended (diagnostics)", Api.meter_attempts, {200: _array("Attempt")},
-             query=(("since", _TIME, "from this time, default 24 h ago"), LIMIT_PARAM), path_params=("address",),
+             "ended (diagnostics)", Api.meter_attempts, {200: array("Attempt")},
+             query=(("since", TIME, "from this time, default 24 h ago"), LIMIT_PARAM), path_params=("address",),
              errors=(*_AUTH_ERRORS, 400, 404, 422)),
     Endpoint("POST", "/api/v1/meters/{address}/read", Role.TECHNICIAN, "call now: read quantities of a meter at "
-             "once, ahead of routine reads; the readings are stored", Api.read_now, {200: _ref("OnDemandRead")},
+             "once, ahead of routine reads; the readings are stored", Api.read_now, {200: ref("OnDemandRead")},
              path_params=("address",), body="ReadRequest", errors=(*_AUTH_ERRORS, 400, 404, 413, 503)),
     Endpoint("GET", "/api/v1/diagnostics", Role.TECHNICIAN, "live channel statistics, listeners, spool",
-             Api.diagnostics, {200: _ref("Diagnostics")}, errors=(*_AUTH_ERRORS, 503)),
+             Api.diagnostics, {200: ref("Diagnostics")}, errors=(*_AUTH_ERRORS, 503)),
     Endpoint("GET", "/api/v1/tokens", Role.ADMIN, "API tokens (never their secrets)", Api.tokens_list,
-             {200: _array("Token")}, errors=_AUTH_ERRORS),
+             {200: array("Token")}, errors=_AUTH_ERRORS),
     Endpoint("POST", "/api/v1/tokens", Role.ADMIN, "create a token; its secret is in this answer only",
-             Api.token_create, {201: _ref("NewToken")}, body="TokenRequest", errors=(*_AUTH_ERRORS, 400, 413)),
+             Api.token_create, {201: ref("NewToken")}, body="TokenRequest", errors=(*_AUTH_ERRORS, 400, 413)),
     Endpoint("POST", "/api/v1/tokens/{id}/revoke", Role.ADMIN, "revoke a token", Api.token_revoke,
              {200: {"type": "object"}}, path_params=("id",), errors=(*_AUTH_ERRORS, 404, 409)),
     Endpoint("GET", "/api/v1/config", Role.ADMIN, "the running config: channels, meters, polls (no secrets)",
-             Api.config_summary, {200: _ref("ConfigSummary")}, errors=(*_AUTH_ERRORS, 503)),
+             Api.config_summary, {200: ref("ConfigSummary")}, errors=(*_AUTH_ERRORS, 503)),
 )
 
 _ERROR_TEXT: Final = {400: "bad request", 401: "missing or bad token", 403: "role too low", 404: "not found",
@@ -1041,17 +859,17 @@ def openapi_document() -> dict[str, Any]:
             op["x-role"] = str(ep.role)
         else:
             op["security"] = []
-        params = [{"name": p, "in": "path", "required": True, "schema": _STR} for p in ep.path_params]
+        params = [{"name": p, "in": "path", "required": True, "schema": STR} for p in ep.path_params]
         params += [{"name": n, "in": "query", "required": False, "schema": s, "description": d} for n, s, d in ep.query]
         if params:
             op["parameters"] = params
         if ep.body:
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(ep.body)}}}
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(ep.body)}}}
         for status, schema in ep.responses.items():
             op["responses"][str(status)] = {"description": "ok", "content": {"application/json": {"schema": schema}}}
         for status in ep.errors:
             op["responses"][str(status)] = {"description": _ERROR_TEXT[status],
-                                            "content": {"application/json": {"schema": _ref("Error")}}}
+                                            "content": {"application/json": {"schema": ref("Error")}}}
         paths.setdefault(ep.path, {})[ep.method.lower()] = op
     return {
         "openapi": "3.1.0",
