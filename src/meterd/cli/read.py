@@ -19,13 +19,10 @@ from meterd.collector.poll import MeterTarget, poll_meter
 from meterd.collector.transports import SerialTransport, TcpTransport, Transport
 from meterd.collector.modbus import ModbusLink
 from meterd.errors import ConfigError, ProtocolError
-from meterd.protocols.dlt645 import catalogue
-from meterd.protocols.dlt645.catalogue1997 import lookup97
-from meterd.protocols.dlt645.v1997 import parse_di97
-from meterd.protocols.modbus import compile_plan, get_map, load_map
-from meterd.protocols.readspec import resolve_dlt645
-from meterd.protocols.dlt645.frame import Frame, normalize_address
-from meterd.protocols.dlt645.messages import decode_message, parse_di
+from meterd.protocols.dlt645.frame import Frame
+from meterd.protocols.dlt645.messages import decode_message
+from meterd.protocols.drivers import LinkKind, get_driver, protocol_names
+from meterd.protocols.modbus import get_map, load_map
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     link.add_argument("--tcp", metavar="HOST:PORT", help="serial server or DTU reached over TCP")
     p.add_argument("--baud", type=int, default=2400)
     p.add_argument("--parity", choices=["N", "E", "O"], default="E")
-    p.add_argument("--protocol", choices=["dlt645-2007", "dlt645-1997", "modbus"], default="dlt645-2007")
+    p.add_argument("--protocol", choices=protocol_names(), default="dlt645-2007")
     p.add_argument("--address", help="meter address (up to 12 digits; for Modbus the asset number, optional)")
     p.add_argument("--di", action="append", default=[],
                    help="data identifier, e.g. 00010000 (2007) or 9010 (1997) (repeatable)")
@@ -74,30 +71,25 @@ def _reads(args: argparse.Namespace):
     ct, pt = Decimal(args.ct), Decimal(args.pt)
     if not args.di and not args.quantity:
         raise ProtocolError("nothing to read: give --di or --quantity")
-    if args.protocol == "modbus":
-        if args.di:
-            raise ProtocolError("--di is for DL/T 645 meters; read a Modbus meter by --quantity")
+    driver = get_driver(args.protocol)
+    dis = [driver.parse_item(d) for d in args.di]  # Modbus: refused, it is read by quantity
+    regmap = None
+    unit = None
+    if driver.by_unit_and_map:
         if args.unit is None or not 1 <= args.unit <= 247:
             raise ProtocolError(f"--unit: a Modbus meter needs its unit id 1..247, got {args.unit}")
         regmap = load_map(args.model) if args.model.endswith(".toml") else get_map(args.model)
-        address = normalize_address(args.address or "0")
-        meter = MeterTarget(address, ct, pt, "modbus", args.unit, regmap)
-        return meter, compile_plan(regmap, args.quantity)
-    if not args.address:
-        raise ProtocolError("--address: a DL/T 645 meter needs its address")
-    address = normalize_address(args.address)
-    if args.protocol == "dlt645-1997":
-        dis = [parse_di97(d) for d in args.di]
-        for di in dis:
-            lookup97(di)
+        unit = args.unit
+        address = driver.normalize_address(args.address or "0")
     else:
-        dis = [parse_di(d) for d in args.di]
-        for di in dis:
-            catalogue.lookup(di)
-    spec, missing = resolve_dlt645(args.quantity, dis, edition=args.protocol)
-    if missing:
-        raise ProtocolError(f"--quantity: {args.protocol} has no identifier for {', '.join(missing)}")
-    return MeterTarget(address, ct, pt, args.protocol), spec
+        if not args.address:
+            raise ProtocolError(f"--address: a {driver.label} meter needs its address")
+        address = driver.normalize_address(args.address)
+    reads, missing = driver.plan(args.quantity, dis, regmap)
+    if missing or reads is None:
+        raise ProtocolError(f"--quantity: {driver.describe_meter(regmap)} has no {driver.missing_noun} for "
+                            f"{', '.join(missing)}")
+    return MeterTarget(address, ct, pt, driver.name, unit, regmap), reads
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     channel = Channel("cli", transport, timing=Timing(args.timeout, min(0.5, args.timeout)), retries=args.retries,
                       trace=trace_printer if args.trace else None)
     link = None
-    if meter.protocol == "modbus":
+    if meter.driver.link is LinkKind.MODBUS:
         link = ModbusLink(channel, args.framing or ("rtu" if args.serial else "tcp"))
 
     async def go():

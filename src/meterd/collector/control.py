@@ -37,19 +37,12 @@ from meterd.collector.modbus import ModbusLink, ModbusRefused
 from meterd.clock import CST
 from meterd.collector.poll import MeterTarget, ReadFailed, read_item
 from meterd.errors import ControlError, ProtocolError
-from meterd.protocols.dlt645 import catalogue
-from meterd.protocols.dlt645.messages import (
-    AbnormalResponse,
-    AckResponse,
-    RelayCommand,
-    RelayControlRequest,
-    decode_response,
-    encode_request,
-)
+from meterd.protocols.dlt645.messages import RelayCommand
+from meterd.protocols.drivers import LinkKind
+from meterd.protocols.drivers.base import FrameDriver
+from meterd.protocols.drivers.dlt645 import STATUS_WORD_3
 from meterd.protocols.modbus import compile_plan, decode_block, relay_command
-from meterd.protocols.readspec import DLT645_1997, MODBUS
 
-STATUS_WORD_3: Final = 0x04000503
 DEFAULT_VALIDITY: Final = timedelta(minutes=10)
 
 # What the read-back must show after each command: (flag, expected value).
@@ -109,11 +102,12 @@ async def send_relay_command(
     is the pause before the read-back (a motorised breaker takes a moment).
     """
     outcome = ControlOutcome(meter.address, command, now)
-    if meter.protocol == DLT645_1997:
+    why = meter.driver.relay_refusal(command, meter.regmap)
+    if why is not None:  # the protocol (or the meter's map) has no such command: nothing is sent
         outcome.failure = "unsupported"
-        _fail(outcome, "DL/T 645-1997 defines no relay-control command; this meter cannot be switched remotely")
+        _fail(outcome, why)
     try:
-        if meter.protocol == MODBUS:
+        if meter.driver.link is LinkKind.MODBUS:
             await _modbus_command(link, meter, command, outcome)
         else:
             await _dlt645_command(channel, meter, command, now, credentials, valid_for, outcome)
@@ -148,7 +142,7 @@ async def send_relay_command(
 
 async def read_relay_state(channel: Channel, meter: MeterTarget, *, link: ModbusLink | None = None) -> dict[str, bool]:
     """The relay flags the meter reports now (DL/T 645-2007 status word 3, or the Modbus map)."""
-    if meter.protocol == MODBUS:
+    if meter.driver.link is LinkKind.MODBUS:
         if link is None or meter.regmap is None or meter.unit is None:
             raise ControlError(f"meter {meter.address}: a Modbus meter needs its link, unit and register map")
         wanted = [q for q in ("relay.open", "relay.command_open", "alarm.pre_trip", "relay.protected")
@@ -160,8 +154,13 @@ async def read_relay_state(channel: Channel, meter: MeterTarget, *, link: Modbus
             data = await link.read_block(meter.address, meter.unit, block, priority=URGENT)
             flags.update({v.quantity: bool(v.value) for v in decode_block(block, data)})
         return flags
-    payload = await read_item(channel, meter.address, STATUS_WORD_3, priority=URGENT)
-    return {v.quantity: bool(v.value) for v in catalogue.decode(STATUS_WORD_3, payload)
+    driver = meter.driver
+    assert isinstance(driver, FrameDriver)
+    di = driver.relay_state_item()
+    if di is None:
+        raise ControlError(f"meter {meter.address}: {driver.label} reports no relay state")
+    payload = await read_item(channel, meter.address, di, priority=URGENT, driver=driver)
+    return {v.quantity: bool(v.value) for v in driver.decode(di, payload, now=datetime.min)
             if isinstance(v.value, bool)}
 
 
@@ -177,15 +176,15 @@ async def _dlt645_command(
     if credentials is None:
         _fail(outcome, "a DL/T 645 relay command needs the meter password and an operator code")
     assert credentials is not None
+    driver = meter.driver
+    assert isinstance(driver, FrameDriver)
     valid_until = (now + valid_for).astimezone(CST).replace(tzinfo=None, microsecond=0)
-    request = RelayControlRequest(meter.address, command, credentials.password, credentials.operator, valid_until)
-    reply = await channel.transact(encode_request(request), priority=URGENT)
+    request = driver.relay_request(meter.address, command, credentials.password, credentials.operator, valid_until)
+    reply = await channel.transact(request, priority=URGENT)
     assert reply is not None
-    message = decode_response(reply)
-    if isinstance(message, AbnormalResponse):
-        _fail(outcome, f"refused: {message.error.describe()}")
-    if not isinstance(message, AckResponse):
-        _fail(outcome, f"unexpected reply {message!r}")
+    why = driver.relay_reply(reply)
+    if why is not None:
+        _fail(outcome, why)
 
 
 async def _modbus_command(
@@ -194,10 +193,6 @@ async def _modbus_command(
     if link is None or meter.regmap is None or meter.unit is None:
         _fail(outcome, "a Modbus meter needs its link, unit and register map")
     assert link is not None and meter.regmap is not None and meter.unit is not None
-    if command not in (RelayCommand.TRIP, RelayCommand.RECLOSE):
-        _fail(outcome, f"Modbus meters take TRIP and RECLOSE only, not {command.name}")
-    if meter.regmap.relay is None:
-        _fail(outcome, f"register map {meter.regmap.name} has no [relay]: this meter cannot be switched")
     await link.write(meter.address, meter.unit, relay_command(meter.regmap, command is RelayCommand.TRIP), priority=URGENT)
 
 

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 
-from meterd.config.model import MeterConfig, Protocol
+from meterd.config.model import MeterConfig
 from meterd.plausibility import (
     DLT645_ENERGY_SPAN,
     FLOAT_ENERGY_SPAN,
@@ -35,7 +35,7 @@ Recorder = Callable[[list[Implausible]], None]
 def bounds(meter: MeterConfig) -> MeterBounds:
     multiplier = meter.ct * meter.pt
     spans: dict[str, Decimal] = {}
-    if meter.protocol is Protocol.MODBUS and meter.regmap is not None:
+    if meter.regmap is not None:  # a register map says how wide each energy register is
         for entry in meter.regmap.entries:
             if not is_energy(entry.quantity):
                 continue

@@ -37,8 +37,8 @@ from pymodbus.pdu.register_message import (
     WriteSingleRegisterRequest,
 )
 
-from meterd.collector.channel import ROUTINE, Channel, WrongPeer
-from meterd.errors import DeviceRejectedError, ProtocolError
+from meterd.collector.channel import ROUTINE, Channel
+from meterd.errors import AddressMismatchError, DeviceRejectedError, ProtocolError
 from meterd.protocols.modbus import Function, ReadBlock, WriteRequest
 
 MAX_UNIT: Final = 247
@@ -118,7 +118,7 @@ class ModbusReply:
             if self.framing is Framing.TCP and tid != self.tid:
                 continue  # a late reply to an earlier request
             if unit != self.unit:
-                raise WrongPeer(f"reply came from unit {unit}, not unit {self.unit}")
+                raise AddressMismatchError(f"unit {self.unit}", f"unit {unit}")
             pdu = self.decoder.decode(payload)
             if pdu is None or (pdu.function_code & 0x7F) != self.function_code:
                 self.dropped += 1

@@ -1,11 +1,12 @@
 """Poll rounds: read what a poll wants from every meter of a channel and make readings.
 
 A round walks the meters of one channel in order, one request in flight (the channel enforces it),
-each in its own protocol:
+each in its own protocol, through the driver the meter's target resolved once (``MeterTarget.driver``);
+what happens on the channel depends only on the driver's :class:`~meterd.protocols.drivers.LinkKind`:
 
-* DL/T 645-2007: for each identifier a read, ``B1`` follow-up frames followed, the payload decoded
-  with the catalogue;
-* DL/T 645-1997: the same with the 1997 control codes (01 / 02) and catalogue;
+* frame protocols (DL/T 645-2007 and -1997): for each identifier a read, follow-up frames followed
+  (``B1`` / ``A2``), the payload decoded with the edition's catalogue -- the meter's
+  :class:`~meterd.protocols.drivers.base.FrameDriver` encodes and decodes every frame;
 * Modbus: the meter's compiled :class:`~meterd.protocols.modbus.ReadPlan`, one request per block
   (with the map's pause between requests), decoded with the register map.
 
@@ -28,36 +29,19 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
-from typing import Awaitable, Callable, Final, Iterable, Sequence, Union
+from typing import Any, Awaitable, Callable, Final, Iterable, Sequence, Union
 
 from meterd.collector.channel import ROUTINE, Channel, FailureKind, TransactionError
 from meterd.collector.modbus import ModbusLink, ModbusRefused
 from meterd.clock import CST
-from meterd.errors import ProtocolError
-from meterd.protocols.dlt645.frame import Frame
+from meterd.errors import MeterdError, ProtocolError
 from meterd.protocols.dlt645 import catalogue
 from meterd.protocols.dlt645.catalogue import DecodedValue, Scaling
-from meterd.protocols.dlt645.catalogue1997 import decode97
-from meterd.protocols.dlt645.v1997 import (
-    AbnormalResponse97,
-    ReadFollowUpRequest97,
-    ReadFollowUpResponse97,
-    ReadRequest97,
-    ReadResponse97,
-    decode_response97,
-    encode_request97,
-)
+from meterd.protocols.drivers import Driver, LinkKind, get_driver
+from meterd.protocols.drivers.base import FrameDriver
+from meterd.protocols.drivers.modbus import block_label
 from meterd.protocols.modbus import ReadBlock, ReadPlan, RegisterMap, decode_block
-from meterd.protocols.readspec import DLT645_1997, DLT645_2007, MODBUS, ReadSpec
-from meterd.protocols.dlt645.messages import (
-    AbnormalResponse,
-    ReadFollowUpRequest,
-    ReadFollowUpResponse,
-    ReadRequest,
-    ReadResponse,
-    decode_response,
-    encode_request,
-)
+from meterd.protocols.readspec import DLT645_2007, ReadSpec
 from meterd.readings import Quality, Reading
 from meterd.storage.sqlite import Attempt
 
@@ -73,6 +57,11 @@ class MeterTarget:
     protocol: str = DLT645_2007  # "dlt645-2007", "dlt645-1997" or "modbus"
     unit: int | None = None  # Modbus unit id
     regmap: RegisterMap | None = field(default=None, compare=False, repr=False)
+    # resolved once, when the target is made (at plan time), never per read
+    driver: Driver = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "driver", get_driver(self.protocol))
 
     def scale(self, value: Decimal, scaling: Scaling) -> Decimal:
         if scaling is Scaling.CTPT:
@@ -96,7 +85,7 @@ class RoundResult:
         return [a for a in self.attempts if a.outcome != "ok"]
 
 
-class ReadFailed(Exception):
+class ReadFailed(MeterdError):
     """Internal: one identifier of one meter could not be read."""
 
     def __init__(self, kind: str, detail: str) -> None:
@@ -105,56 +94,43 @@ class ReadFailed(Exception):
         super().__init__(detail)
 
 
-_READ_FRAMES: dict[tuple[str, int], Frame] = {}
-READ_FRAMES_KEPT: Final = 65536
-
-
-def _read_frame(address: str, di: int) -> Frame:
-    """``encode_request(ReadRequest(address, di))``, made once per meter and identifier: a poll
-    asks every meter the same things every round."""
-    key = (address, di)
-    frame = _READ_FRAMES.get(key)
-    if frame is None:
-        frame = encode_request(ReadRequest(address, di))
-        if len(_READ_FRAMES) >= READ_FRAMES_KEPT:
-            _READ_FRAMES.clear()
-        _READ_FRAMES[key] = frame
-    return frame
+DLT645_2007_DRIVER: Final = get_driver(DLT645_2007)
 
 
 async def read_item(
     channel: Channel, address: str, di: int, *, count: int | None = None, start: datetime | None = None,
-    priority: int = ROUTINE,
+    priority: int = ROUTINE, driver: FrameDriver | None = None,
 ) -> bytes:
-    """Read one identifier, following up until the meter says there is no more.  Payload bytes."""
-    if count is None and start is None:
-        request = _read_frame(address, di)
-    else:
-        request = encode_request(ReadRequest(address, di, count, start))
-    reply = await channel.transact(request, priority=priority)
+    """Read one identifier, following up until the meter says there is no more.  Payload bytes.
+
+    ``driver`` is the meter's frame protocol (default DL/T 645-2007)."""
+    codec = DLT645_2007_DRIVER if driver is None else driver
+    assert isinstance(codec, FrameDriver)
+    reply = await channel.transact(codec.read_request(address, di, count, start), priority=priority)
     assert reply is not None
     try:
-        message = decode_response(reply)
+        message: Any = codec.decode_reply(reply)
     except ProtocolError as exc:
         raise ReadFailed(FailureKind.GARBLED, f"undecodable reply: {exc}") from exc
-    if isinstance(message, AbnormalResponse):
-        raise ReadFailed(FailureKind.ABNORMAL, message.error.describe())
-    if not isinstance(message, ReadResponse) or message.di != di:
-        raise ReadFailed(FailureKind.GARBLED, f"reply is not for {di:08X}: {message!r}")
+    if isinstance(message, codec.abnormal_replies):
+        raise ReadFailed(FailureKind.ABNORMAL, codec.refusal(message))
+    if not isinstance(message, codec.read_replies) or message.di != di:
+        raise ReadFailed(FailureKind.GARBLED, f"reply is not for {codec.format_item(di)}: {message!r}")
     payload = bytearray(message.data)
     more = message.follow_up
     seq = 0
     while more:
         seq += 1
         if seq > MAX_FOLLOW_UPS:
-            raise ReadFailed(FailureKind.GARBLED, f"{di:08X}: more than {MAX_FOLLOW_UPS} follow-up frames")
-        reply = await channel.transact(encode_request(ReadFollowUpRequest(address, di, seq)), priority=priority)
+            raise ReadFailed(FailureKind.GARBLED,
+                             f"{codec.format_item(di)}: more than {MAX_FOLLOW_UPS} follow-up frames")
+        reply = await channel.transact(codec.follow_up_request(address, di, seq), priority=priority)
         assert reply is not None
-        follow = decode_response(reply)
-        if isinstance(follow, AbnormalResponse):
-            raise ReadFailed(FailureKind.ABNORMAL, f"follow-up {seq}: {follow.error.describe()}")
-        if not isinstance(follow, ReadFollowUpResponse) or follow.di != di:
-            raise ReadFailed(FailureKind.GARBLED, f"follow-up {seq} is not for {di:08X}")
+        follow: Any = codec.decode_reply(reply)
+        if isinstance(follow, codec.abnormal_replies):
+            raise ReadFailed(FailureKind.ABNORMAL, f"follow-up {seq}: {codec.refusal(follow)}")
+        if not isinstance(follow, codec.follow_up_replies) or follow.di != di:
+            raise ReadFailed(FailureKind.GARBLED, f"follow-up {seq} is not for {codec.format_item(di)}")
         payload += follow.data
         more = follow.follow_up
     return bytes(payload)
@@ -182,52 +158,7 @@ def curve_readings(
     return out
 
 
-def to_readings(
-    meter: MeterTarget, di: int, payload: bytes, timestamp: datetime, meter_tz: tzinfo
-) -> list[Reading]:
-    out = []
-    for v in catalogue.decode(di, payload):
-        value = v.value
-        if isinstance(value, Decimal):
-            value = meter.scale(value, v.scaling)
-        elif isinstance(value, datetime):
-            value = value.replace(tzinfo=meter_tz).astimezone(timezone.utc)
-        out.append(Reading(meter.address, v.quantity, timestamp, value, v.unit, Quality.GOOD))
-    return out
-
-
 Reads = Union[Sequence[int], ReadSpec, ReadPlan]
-
-
-async def read_item97(channel: Channel, address: str, di: int) -> bytes:
-    """DL/T 645-1997: read one identifier, following up (02) while the meter says there is more."""
-    reply = await channel.transact(encode_request97(ReadRequest97(address, di)))
-    assert reply is not None
-    try:
-        message = decode_response97(reply)
-    except ProtocolError as exc:
-        raise ReadFailed(FailureKind.GARBLED, f"undecodable reply: {exc}") from exc
-    if isinstance(message, AbnormalResponse97):
-        raise ReadFailed(FailureKind.ABNORMAL, message.describe())
-    if not isinstance(message, ReadResponse97) or message.di != di:
-        raise ReadFailed(FailureKind.GARBLED, f"reply is not for {di:04X}: {message!r}")
-    payload = bytearray(message.data)
-    more = message.follow_up
-    seq = 0
-    while more:
-        seq += 1
-        if seq > MAX_FOLLOW_UPS:
-            raise ReadFailed(FailureKind.GARBLED, f"{di:04X}: more than {MAX_FOLLOW_UPS} follow-up frames")
-        reply = await channel.transact(encode_request97(ReadFollowUpRequest97(address, di)))
-        assert reply is not None
-        follow = decode_response97(reply)
-        if isinstance(follow, AbnormalResponse97):
-            raise ReadFailed(FailureKind.ABNORMAL, f"follow-up {seq}: {follow.describe()}")
-        if not isinstance(follow, (ReadFollowUpResponse97, ReadResponse97)) or follow.di != di:
-            raise ReadFailed(FailureKind.GARBLED, f"follow-up {seq} is not for {di:04X}")
-        payload += follow.data
-        more = follow.follow_up
-    return bytes(payload)
 
 
 def values_to_readings(
@@ -319,17 +250,15 @@ async def poll_meter(
     DL/T 645-2007 load-curve identifiers fetch the last ``curve_points`` records
     (N-records-from-a-time form) and give one reading per record.
     """
-    if meter.protocol == MODBUS:
+    if meter.driver.link is LinkKind.MODBUS:
         if not isinstance(reads, ReadPlan) or link is None:
             raise TypeError(f"meter {meter.address}: a Modbus meter is polled with a ReadPlan and a ModbusLink")
         return await _poll_modbus(link, meter, reads, now)
-    spec = reads if isinstance(reads, ReadSpec) else ReadSpec(tuple(reads))
-    if meter.protocol == DLT645_1997:
-        return await _poll_1997(channel, meter, spec, now, meter_tz)
-    return await _poll_2007(channel, meter, spec, now, meter_tz, curve_points, curve_interval)
+    spec = reads if isinstance(reads, ReadSpec) else ReadSpec(tuple(reads))  # type: ignore[arg-type]
+    return await _poll_frames(channel, meter, spec, now, meter_tz, curve_points, curve_interval)
 
 
-async def _poll_2007(
+async def _poll_frames(
     channel: Channel,
     meter: MeterTarget,
     spec: ReadSpec,
@@ -338,65 +267,46 @@ async def _poll_2007(
     curve_points: int,
     curve_interval: timedelta,
 ) -> tuple[list[Reading], list[Attempt]]:
+    """A frame-protocol meter (DL/T 645, either edition): one read per identifier.  A frozen value
+    is stamped with the freeze time its item names (read once per meter and round); a load-curve
+    item fetches its last ``curve_points`` records."""
+    driver = meter.driver
+    assert isinstance(driver, FrameDriver)
     readings: list[Reading] = []
     log = _Attempts(channel, meter, now)
     freeze_times: dict[int, datetime] = {}
+    local_now = now.astimezone(meter_tz).replace(tzinfo=None)  # gives 1997 demand times their year
     who = f"meter {meter.address}"
 
     async def fetch(di: int) -> list[Reading]:
-        item = catalogue.lookup(di)
+        item = driver.lookup(di)
         stamp = now
         if item.timestamp_di is not None:
             if item.timestamp_di not in freeze_times:
-                raw = await read_item(channel, meter.address, item.timestamp_di)
-                (tv,) = catalogue.decode(item.timestamp_di, raw)
+                raw = await read_item(channel, meter.address, item.timestamp_di, driver=driver)
+                (tv,) = driver.decode(item.timestamp_di, raw, now=local_now)
                 assert isinstance(tv.value, datetime)
                 freeze_times[item.timestamp_di] = tv.value.replace(tzinfo=meter_tz).astimezone(timezone.utc)
             stamp = freeze_times[item.timestamp_di]
         if item.records:
             first = curve_window(now, meter_tz, curve_points, curve_interval)
-            payload = await read_item(channel, meter.address, di, count=curve_points, start=first)
+            payload = await read_item(channel, meter.address, di, count=curve_points, start=first, driver=driver)
             got = curve_readings(meter, di, payload, meter_tz, curve_interval)
         else:
-            payload = await read_item(channel, meter.address, di)
-            got = to_readings(meter, di, payload, stamp, meter_tz)
+            payload = await read_item(channel, meter.address, di, driver=driver)
+            got = values_to_readings(meter, driver.decode(di, payload, now=local_now), stamp, meter_tz)
         return [r for r in got if spec.wanted(di, r.quantity)]
 
     for di in spec.items:
-        readings.extend(await log.run(f"{di:08X}", lambda di=di: fetch(di), who))
+        readings.extend(await log.run(driver.format_item(di), lambda di=di: fetch(di), who))
     return readings, log.list
-
-
-async def _poll_1997(
-    channel: Channel, meter: MeterTarget, spec: ReadSpec, now: datetime, meter_tz: tzinfo
-) -> tuple[list[Reading], list[Attempt]]:
-    readings: list[Reading] = []
-    log = _Attempts(channel, meter, now)
-    local_now = now.astimezone(meter_tz).replace(tzinfo=None)  # gives 1997 demand times their year
-
-    async def fetch(di: int) -> list[Reading]:
-        payload = await read_item97(channel, meter.address, di)
-        values = decode97(di, payload, now=local_now)
-        return [r for r in values_to_readings(meter, values, now, meter_tz) if spec.wanted(di, r.quantity)]
-
-    for di in spec.items:
-        readings.extend(await log.run(f"{di:04X}", lambda di=di: fetch(di), f"meter {meter.address}"))
-    return readings, log.list
-
-
-def block_label(block: object) -> str:
-    """``FC03 0x0000 x20``: how a Modbus read is named in attempts and logs."""
-    fn = getattr(block, "function")
-    return f"FC{fn.read_code:02d} 0x{getattr(block, 'address'):04X} x{getattr(block, 'count')}"
 
 
 def item_labels(meter: MeterTarget, reads: Reads) -> list[str]:
     """The items a round asks ``meter`` for, named as its attempts name them."""
-    if isinstance(reads, ReadPlan):
-        return [block_label(block) for block in reads]
-    items = reads.items if isinstance(reads, ReadSpec) else tuple(reads)
-    width = 4 if meter.protocol == DLT645_1997 else 8
-    return [f"{di:0{width}X}" for di in items]
+    if not isinstance(reads, (ReadSpec, ReadPlan)):
+        reads = ReadSpec(tuple(reads))
+    return meter.driver.item_labels(reads)
 
 
 def link_failed(channel: str, meters: Iterable[tuple[MeterTarget, Reads]], now: datetime,

@@ -70,13 +70,14 @@ from meterd.collector.poll import (
     read_item,
 )
 from meterd.config.model import MeterConfig
-from meterd.config.model import Protocol as MeterProtocol
 from meterd.errors import ConfigError, ProtocolError, UnknownIdentifierError
 from meterd.protocols import modbus
 from meterd.protocols.dlt645 import catalogue
 from meterd.protocols.dlt645.catalogue import DataItem, Kind
 from meterd.protocols.dlt645.catalogue1997 import lookup97
-from meterd.protocols.readspec import ReadSpec, resolve_dlt645
+from meterd.protocols.drivers import get_driver
+from meterd.protocols.drivers.base import FrameDriver
+from meterd.protocols.readspec import ReadSpec
 from meterd.readings import Reading
 from meterd.storage.sqlite import Attempt
 
@@ -386,21 +387,12 @@ def task_reads(task: TaskSpec, meter: MeterConfig) -> Reads | None:
     """
     if task.kind is TaskKind.REREAD or not task.covers(meter):
         return None
-    if meter.protocol is MeterProtocol.MODBUS:
-        if not task.quantities:
-            return None
-        assert meter.regmap is not None
-        missing = [q for q in task.quantities if q not in meter.regmap]
-        if missing:
-            raise ConfigError([(f"task {task.name}: meter {meter.address} (modbus {meter.regmap.name}) has no "
-                                f"register for {', '.join(missing)}")])
-        return modbus.compile_plan(meter.regmap, task.quantities)
-    explicit = task.items if meter.protocol is MeterProtocol.DLT645_2007 else task.items_1997
-    spec, missing = resolve_dlt645(task.quantities, explicit, edition=str(meter.protocol))
-    if missing:
-        raise ConfigError([(f"task {task.name}: meter {meter.address} ({meter.protocol}) has no identifier for "
-                            f"{', '.join(missing)}")])
-    return spec if spec.items else None
+    driver = get_driver(meter.protocol)
+    reads, missing = driver.plan(task.quantities, driver.explicit_items(task), meter.regmap)
+    if missing or reads is None:
+        raise ConfigError([(f"task {task.name}: meter {meter.address} ({driver.describe_meter(meter.regmap)}) has "
+                            f"no {driver.missing_noun} for {', '.join(missing)}")])
+    return reads if driver.item_labels(reads) else None
 
 
 # --- what a re-read must fetch (pure, given the store) -----------------------------------------
@@ -570,14 +562,15 @@ def missing_for(
         return MeterNeed(meter.address, quantities=qs, missing=tuple(missing), tasks=(task.name,) if qs else ())
 
     assert isinstance(reads, ReadSpec)
-    edition_1997 = meter.protocol is MeterProtocol.DLT645_1997
+    driver = get_driver(meter.protocol)
+    assert isinstance(driver, FrameDriver)
     items: list[int] = []
     keep: dict[int, frozenset[str] | None] = {}
     curves: list[CurveGap] = []
     for di in reads.items:
-        item = lookup97(di) if edition_1997 else catalogue.lookup(di)
+        item = driver.lookup(di)
         expected = _expected(item, reads.keep.get(di))
-        if not edition_1997 and item.records:
+        if item.records:
             step = task.curve_interval
             q = item.fields[0].quantity
             have = set(stored.get(q, ()))
@@ -592,7 +585,7 @@ def missing_for(
                 curves += gaps
                 missing += [f"{task.name}: {g}" for g in gaps]
             continue
-        if not edition_1997 and item.timestamp_di is not None:
+        if item.timestamp_di is not None:
             period = _freeze_period(di)
             back = (di & 0xFF) - 1
             freezes = sorted({_floor(f, period, tz) - back * period for f in fires})
@@ -615,8 +608,7 @@ def missing_for(
             if di not in keep:
                 items.append(di)
                 keep[di] = reads.keep.get(di)
-            label = f"{di:04X}" if edition_1997 else f"{di:08X}"
-            missing.append(f"{task.name}: {label} ({', '.join(absent)})")
+            missing.append(f"{task.name}: {driver.format_item(di)} ({', '.join(absent)})")
     spec = ReadSpec(tuple(items), keep) if items else None
     need = MeterNeed(meter.address, spec, curves=tuple(curves), missing=tuple(missing))
     return replace(need, tasks=() if need.empty else (task.name,))

@@ -25,13 +25,12 @@ class Parity(enum.StrEnum):
 
 
 class Protocol(enum.StrEnum):
+    """The config's names of :data:`meterd.protocols.drivers.BACKENDS` (a test keeps them equal);
+    code asks the driver, never compares these."""
+
     DLT645_2007 = "dlt645-2007"
     DLT645_1997 = "dlt645-1997"
     MODBUS = "modbus"
-
-    @property
-    def is_dlt645(self) -> bool:
-        return self is not Protocol.MODBUS
 
 
 class Framing(enum.StrEnum):
