@@ -23,7 +23,7 @@ Errors are grouped by where in the life of the daemon they happen::
      +-- ControlError                 a control action was not confirmed by read-back
      +-- AmountError                  (also ValueError) an amount outside the grammar or the limits  [control.amounts]
      +-- LedgerError                  (also ValueError) a payment, adjustment, command or account the
-     |                                ledger refuses; the message says why  [control.state]
+     |                                prepaid state database refuses; the message says why
      +-- SyncError                    billing-system exchange failed
      |    +-- BadFileError            a whole file or response is unusable  [billing_link.records]
      |    +-- HttpSyncError           the billing system's HTTP endpoint failed  [billing_link.http]
@@ -139,6 +139,11 @@ class ControlError(MeterdError):
 class ReadRefusedError(MeterdError):
     """An on-demand read cannot be made as asked: the meter is on no channel of this node, or it
     has no way to read a quantity asked for.  Nothing was sent."""
+
+
+class LedgerError(MeterdError, ValueError):
+    """A payment, adjustment, account change or command transition the prepaid state database
+    refuses; the message says why.  Nothing was written."""
 
 
 class SyncError(MeterdError):

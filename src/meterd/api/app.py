@@ -72,9 +72,10 @@ from meterd.api.tokens import Role, TokenStore
 from meterd.clock import Clock, local_date
 from meterd.config.loader import parse_step
 from meterd.control.amounts import AmountError, AmountLimits, amount_text, parse_adjustment, parse_payment
+from meterd.control.command_store import Command
 from meterd.control.engine import queue_manual
 from meterd.control.model import CommandKind
-from meterd.control.state import Command, ControlStore, LedgerError, parse_opening
+from meterd.control.state import ControlStore, LedgerError, parse_opening
 from meterd.errors import ConfigError, MeterdError, ReadRefusedError, StorageFullError
 from meterd.logthrottle import LogThrottle
 from meterd.readings import address_key

@@ -16,8 +16,9 @@ from typing import Any, Final
 from meterd.analytics.anomalies import Event
 from meterd.analytics.outages import Outage
 from meterd.api.tokens import Role
+from meterd.control.command_store import Command
 from meterd.control.model import CommandKind, CommandState
-from meterd.control.state import Account, Command, LedgerRow
+from meterd.control.state import Account, LedgerRow
 from meterd.storage.sqlite import MeterRecord, encode_value
 
 MANUAL_KINDS: Final = ("trip", "reclose", "reclose-allowed", "alarm", "alarm-release")

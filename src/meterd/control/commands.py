@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Awaitable, Callable, Iterable
 
+from meterd.clock import Clock
 from meterd.collector.channel import Channel, TransactionError
 from meterd.collector.control import (
     EXPECTED,
@@ -40,10 +41,10 @@ from meterd.collector.control import (
 )
 from meterd.collector.modbus import ModbusLink
 from meterd.collector.poll import MeterTarget, ReadFailed
-from meterd.clock import Clock
+from meterd.control.command_store import Command
 from meterd.control.model import CommandState
 from meterd.control.policy import Notice
-from meterd.control.state import Command, ControlStore
+from meterd.control.state import ControlStore
 from meterd.errors import ControlError, MeterdError
 
 log = logging.getLogger(__name__)

@@ -38,9 +38,10 @@ from decimal import Decimal
 from itertools import islice
 from typing import Callable, Final, Iterable, Mapping, NamedTuple
 
-from meterd.control.charging import DistrictCharger, FlagKind, MeterReplacement, Usage, fixed_charges
-from meterd.control.limits import PowerLimit, PowerSample, evaluate_power
 from meterd.clock import CST
+from meterd.control.charging import DistrictCharger, FlagKind, MeterReplacement, Usage, fixed_charges
+from meterd.control.command_store import Command
+from meterd.control.limits import PowerLimit, PowerSample, evaluate_power
 from meterd.control.model import QUANTITY_RATE, CommandKind, CommandRequest, Rate, RegisterReading
 from meterd.control.policy import (
     AccountView,
@@ -53,7 +54,7 @@ from meterd.control.policy import (
     decide_all,
     quiet_level,
 )
-from meterd.control.state import Account, ChargingBatch, Command, ControlStore, LedgerError, entry_fields, from_fen
+from meterd.control.state import Account, ChargingBatch, ControlStore, LedgerError, entry_fields, from_fen
 from meterd.control.tariff import UTC, Tariff, TierPeriod
 from meterd.heap import collector_paused
 from meterd.plausibility import Rating

@@ -53,20 +53,18 @@ from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Callable, Final, Iterable, Iterator, Mapping, Sequence
 
+from meterd.clock import CST
 from meterd.control.amounts import BALANCE_LIMIT_FEN, DEFAULT_LIMIT, ENTRY_LIMIT, AmountError, parse_amount
 from meterd.control.charging import Cursor
-from meterd.clock import CST
+from meterd.control.command_store import Command, CommandStore, _opt_dt, _opt_ms
 from meterd.control.model import (
-    CommandKind,
     CommandRequest,
-    CommandState,
     EntryKind,
     LedgerEntry,
     Rate,
 )
-from meterd.errors import MeterdError
+from meterd.errors import LedgerError
 from meterd.storage.sqlite import from_ms, to_ms
-from meterd.storage.statedb import StateDatabase
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -187,21 +185,6 @@ _MIGRATIONS: Final = (
 OPENING_PREFIX: Final = "opening:"
 PENDING: Final = "pending"  # ControlState.PENDING (policy is above this module)
 
-ACTIVE_STATES: Final = (CommandState.QUEUED.value, CommandState.SENT.value)
-# Commands that undo each other: queuing one cancels the other if it has not gone out yet.
-OPPOSITE: Final = {
-    CommandKind.TRIP: (CommandKind.RECLOSE, CommandKind.RECLOSE_ALLOWED),
-    CommandKind.RECLOSE: (CommandKind.TRIP,),
-    CommandKind.RECLOSE_ALLOWED: (CommandKind.TRIP,),
-    CommandKind.ALARM: (CommandKind.ALARM_RELEASE,),
-    CommandKind.ALARM_RELEASE: (CommandKind.ALARM,),
-    CommandKind.PROTECT: (CommandKind.PROTECT_RELEASE,),
-    CommandKind.PROTECT_RELEASE: (CommandKind.PROTECT,),
-}
-
-
-class LedgerError(MeterdError, ValueError):
-    """A payment, adjustment or account that cannot be applied; the message says why."""
 
 
 _ENTRY_LIMIT_FEN: Final = int(ENTRY_LIMIT * 100)
@@ -315,46 +298,8 @@ class Applied:
     seq: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
-    id: int
-    meter: str
-    account: str | None
-    kind: CommandKind
-    state: CommandState
-    reason: str
-    requested_by: str
-    manual: bool
-    created: datetime
-    expires: datetime
-    next_try: datetime
-    sent: datetime | None
-    finished: datetime | None
-    tries: int
-    detail: str
-    read_back: dict[str, bool]
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRow:
-    id: int
-    at: datetime
-    actor: str
-    action: str
-    subject: str
-    detail: dict[str, Any]
-
-
 def _dec(text: str | None) -> Decimal | None:
     return None if text is None else Decimal(text)
-
-
-def _opt_ms(at: datetime | None) -> int | None:
-    return None if at is None else to_ms(at)
-
-
-def _opt_dt(ms: int | None) -> datetime | None:
-    return None if ms is None else from_ms(ms)
 
 
 # A ledger entry's fields in LedgerEntry order: what the charging hot path hands over instead of
@@ -550,27 +495,15 @@ class ChargingBatch:
                         "ledger_seq": [seq + 1, last]}
 
 
-class ControlStore(StateDatabase):
-    """Prepaid state in ``data_dir/state.sqlite3`` (shared with the meter archive)."""
+class ControlStore(CommandStore):
+    """Prepaid state in ``data_dir/state.sqlite3`` (shared with the meter archive): accounts, the
+    ledger, balances and charging here; commands, relay states and the audit log from
+    :class:`~meterd.control.command_store.CommandStore`."""
 
     SCHEMA = _SCHEMA
     STORE = "control"
     MIGRATIONS = _MIGRATIONS
     PRAGMAS = ("temp_store=MEMORY",)  # a charging pass groups its entries by account
-
-    def _tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        """:meth:`_read` as plain tuples: for whole-district reads, where Row objects cost."""
-        with self._lock:
-            cur = self._conn.cursor()
-            cur.row_factory = None
-            return cur.execute(sql, params).fetchall()
-
-    def _audit(self, conn: sqlite3.Connection, now: datetime, actor: str, action: str, subject: str,
-               detail: Mapping[str, Any]) -> None:
-        conn.execute(
-            "INSERT INTO audit (ts, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
-            (to_ms(now), actor, action, subject, json.dumps(detail, default=str, ensure_ascii=False)),
-        )
 
     # --- accounts ------------------------------------------------------------------------------
 
@@ -1128,186 +1061,6 @@ class ControlStore(StateDatabase):
                  {Rate(k): Decimal(v) for k, v in json.loads(r["old_final"]).items()},
                  {Rate(k): Decimal(v) for k, v in json.loads(r["new_initial"]).items()}) for r in rows]
 
-    # --- commands ------------------------------------------------------------------------------
-
-    def _command(self, r: sqlite3.Row) -> Command:
-        return Command(
-            id=r["id"], meter=r["meter"], account=r["account"], kind=CommandKind(r["kind"]),
-            state=CommandState(r["state"]), reason=r["reason"], requested_by=r["requested_by"],
-            manual=bool(r["manual"]), created=from_ms(r["created_ts"]), expires=from_ms(r["expires_ts"]),
-            next_try=from_ms(r["next_try_ts"]), sent=_opt_dt(r["sent_ts"]), finished=_opt_dt(r["finished_ts"]),
-            tries=r["tries"], detail=r["detail"], read_back=json.loads(r["read_back"]),
-        )
-
-    def queue_commands(self, requests: Sequence[CommandRequest], *, now: datetime, ttl: timedelta,
-                       dry_run: bool = False) -> list[Command]:
-        """Queue commands (one transaction).  A request identical in meter and kind to a command
-        still queued or sent is not queued again; one that undoes a queued command cancels it
-        (superseded).  In dry-run mode the commands are recorded as ``dry-run`` and never sent."""
-        with self._write() as conn:
-            created = self._queue(conn, requests, now, ttl, dry_run)
-        return self._read_commands(created)
-
-    def _queue(self, conn: sqlite3.Connection, requests: Sequence[CommandRequest], now: datetime, ttl: timedelta,
-               dry_run: bool) -> list[int]:
-        created: list[int] = []
-        for req in requests:
-            active = conn.execute(
-                "SELECT id, kind, state FROM commands WHERE meter = ? AND state IN (?, ?) ORDER BY id",
-                (req.meter, *ACTIVE_STATES)).fetchall()
-            if any(r["kind"] == req.kind.value for r in active):
-                continue
-            for r in active:
-                if r["state"] == CommandState.QUEUED and CommandKind(r["kind"]) in OPPOSITE[req.kind]:
-                    conn.execute("UPDATE commands SET state = ?, finished_ts = ?, detail = ? WHERE id = ?",
-                                 (CommandState.CANCELLED.value, to_ms(now),
-                                  f"superseded by {req.kind} ({req.reason})", r["id"]))
-                    self._audit(conn, now, req.requested_by, "command-cancelled", req.meter,
-                                {"id": r["id"], "reason": f"superseded by {req.kind}"})
-            state = CommandState.DRY_RUN if dry_run else CommandState.QUEUED
-            cur = conn.execute(
-                "INSERT INTO commands (meter, account, kind, state, reason, requested_by, manual, created_ts, "
-                "expires_ts, next_try_ts, finished_ts, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (req.meter, req.account, req.kind.value, state.value, req.reason, req.requested_by,
-                 int(req.manual), to_ms(now), to_ms(now + ttl), to_ms(now),
-                 to_ms(now) if dry_run else None, "dry run: not sent" if dry_run else ""),
-            )
-            created.append(cur.lastrowid)
-            self._audit(conn, now, req.requested_by, "command-queued", req.meter,
-                        {"id": cur.lastrowid, "kind": req.kind.value, "account": req.account,
-                         "reason": req.reason, "dry_run": dry_run, **req.extra})
-        return created
-
-    def _read_commands(self, created: list[int]) -> list[Command]:
-        found: dict[int, Command] = {}
-        for i in range(0, len(created), 500):  # read back in a few queries, not one per command
-            chunk = created[i:i + 500]
-            found.update((r["id"], self._command(r)) for r in self._read(
-                f"SELECT * FROM commands WHERE id IN ({','.join('?' * len(chunk))})", chunk))
-        return [found[i] for i in created]
-
-    def command(self, command_id: int) -> Command | None:
-        rows = self._read("SELECT * FROM commands WHERE id = ?", (command_id,))
-        return self._command(rows[0]) if rows else None
-
-    def commands(self, *, state: str | None = None, meter: str | None = None, limit: int = 200) -> list[Command]:
-        sql, params = "SELECT * FROM commands WHERE 1 = 1", []
-        if state is not None:
-            sql += " AND state = ?"
-            params.append(state)
-        if meter is not None:
-            sql += " AND meter = ?"
-            params.append(meter)
-        return [self._command(r) for r in self._read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))]
-
-    def due_commands(self, now: datetime, *, limit: int = 1000) -> list[Command]:
-        rows = self._read("SELECT * FROM commands WHERE state = ? AND next_try_ts <= ? ORDER BY id LIMIT ?",
-                          (CommandState.QUEUED.value, to_ms(now), limit))
-        return [self._command(r) for r in rows]
-
-    def next_due(self) -> datetime | None:
-        rows = self._read("SELECT MIN(next_try_ts) FROM commands WHERE state = ?", (CommandState.QUEUED.value,))
-        return _opt_dt(rows[0][0])
-
-    def in_flight(self) -> list[Command]:
-        """Commands marked sent whose outcome was never recorded (the daemon died mid-command)."""
-        return [self._command(r) for r in self._read("SELECT * FROM commands WHERE state = ? ORDER BY id",
-                                                     (CommandState.SENT.value,))]
-
-    def _transition(self, command_id: int, to: CommandState, *, now: datetime, actor: str, detail: str,
-                    expect: Sequence[CommandState], read_back: Mapping[str, bool] | None = None,
-                    next_try: datetime | None = None) -> Command:
-        with self._write() as conn:
-            row = conn.execute("SELECT * FROM commands WHERE id = ?", (command_id,)).fetchone()
-            if row is None:
-                raise LedgerError(f"no command #{command_id}")
-            current = CommandState(row["state"])
-            if current not in expect:
-                raise LedgerError(f"command #{command_id} is {current}, not {' or '.join(map(str, expect))}")
-            sets = {"state": to.value, "detail": detail}
-            if to is CommandState.SENT:
-                sets |= {"sent_ts": to_ms(now), "tries": row["tries"] + 1}
-            elif to.final:
-                sets["finished_ts"] = to_ms(now)
-            if read_back is not None:
-                sets["read_back"] = json.dumps(dict(read_back))
-            if next_try is not None:
-                sets["next_try_ts"] = to_ms(next_try)
-            conn.execute("UPDATE commands SET " + ", ".join(f"{k} = ?" for k in sets) + " WHERE id = ?",
-                         (*sets.values(), command_id))
-            self._audit(conn, now, actor, f"command-{to.value}", row["meter"],
-                        {"id": command_id, "kind": row["kind"], "from": current.value, "detail": detail,
-                         **({"read_back": dict(read_back)} if read_back else {})})
-            row = conn.execute("SELECT * FROM commands WHERE id = ?", (command_id,)).fetchone()
-        return self._command(row)
-
-    def mark_sent(self, command_id: int, *, now: datetime) -> Command:
-        """Claim a queued command for sending; committed before any byte goes out."""
-        return self._transition(command_id, CommandState.SENT, now=now, actor="daemon", detail="sending",
-                                expect=(CommandState.QUEUED,))
-
-    def finish(self, command_id: int, state: CommandState, *, now: datetime, detail: str,
-               read_back: Mapping[str, bool] | None = None, actor: str = "daemon") -> Command:
-        return self._transition(command_id, state, now=now, actor=actor, detail=detail, read_back=read_back,
-                                expect=(CommandState.SENT, CommandState.QUEUED))
-
-    def retry_later(self, command_id: int, *, now: datetime, next_try: datetime, detail: str) -> Command:
-        """Back to the queue: the meter did not answer (offline); tried again at ``next_try``."""
-        return self._transition(command_id, CommandState.QUEUED, now=now, actor="daemon", detail=detail,
-                                expect=(CommandState.SENT,), next_try=next_try)
-
-    def cancel(self, command_id: int, *, now: datetime, actor: str, reason: str) -> Command:
-        if not reason or not reason.strip():
-            raise LedgerError("cancelling a command needs a reason")
-        return self._transition(command_id, CommandState.CANCELLED, now=now, actor=actor,
-                                detail=f"cancelled by {actor}: {reason}", expect=(CommandState.QUEUED,))
-
-    def expire(self, now: datetime) -> list[Command]:
-        """Queued commands whose validity ran out (an offline meter): expired, never sent late."""
-        rows = self._read("SELECT id FROM commands WHERE state = ? AND expires_ts <= ?",
-                          (CommandState.QUEUED.value, to_ms(now)))
-        done = []
-        for r in rows:
-            try:
-                done.append(self._transition(r[0], CommandState.EXPIRED, now=now, actor="daemon",
-                                             detail="expired before the meter could be reached",
-                                             expect=(CommandState.QUEUED,)))
-            except LedgerError:
-                continue  # taken meanwhile
-        return done
-
-    def area_trips_since(self, since: datetime) -> dict[str, int]:
-        """Automatic trips per area (queued, sent or confirmed) since ``since``: the hourly cap's count."""
-        rows = self._read(
-            "SELECT a.area, COUNT(*) FROM commands c JOIN accounts a ON a.account = c.account "
-            "WHERE c.kind = 'trip' AND c.manual = 0 AND c.created_ts >= ? AND c.state IN "
-            "('queued', 'sent', 'confirmed') GROUP BY a.area", (to_ms(since),))
-        return {r[0]: r[1] for r in rows}
-
-    # --- relay states and audit ----------------------------------------------------------------
-
-    def record_relay(self, meter: str, flags: Mapping[str, bool], *, now: datetime) -> None:
-        with self._write() as conn:
-            conn.execute("INSERT INTO relay_states (meter, ts, flags) VALUES (?, ?, ?) ON CONFLICT (meter) DO "
-                         "UPDATE SET ts = excluded.ts, flags = excluded.flags",
-                         (meter, to_ms(now), json.dumps(dict(flags))))
-
-    def relay_state(self, meter: str) -> tuple[datetime, dict[str, bool]] | None:
-        rows = self._read("SELECT ts, flags FROM relay_states WHERE meter = ?", (meter,))
-        return (from_ms(rows[0][0]), json.loads(rows[0][1])) if rows else None
-
-    def audit(self, actor: str, action: str, subject: str, detail: Mapping[str, Any], *, now: datetime) -> None:
-        with self._write() as conn:
-            self._audit(conn, now, actor, action, subject, detail)
-
-    def audit_log(self, *, subject: str | None = None, limit: int = 100) -> list[AuditRow]:
-        sql, params = "SELECT * FROM audit", []
-        if subject is not None:
-            sql += " WHERE subject = ?"
-            params.append(subject)
-        rows = self._read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
-        return [AuditRow(r["id"], from_ms(r["ts"]), r["actor"], r["action"], r["subject"], json.loads(r["detail"]))
-                for r in reversed(rows)]
 
 
 def utc(at: datetime) -> datetime:
