@@ -80,7 +80,7 @@ class BadFileError(SyncError):
         super().__init__(reason)
 
 
-class RecordError(ValueError):
+class RecordError(SyncError, ValueError):
     """One record refused; ``str(exc)`` is the reason kept in the quarantine table."""
 
 

@@ -643,7 +643,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-class BadInput(ValueError):
+class BadInput(MeterdError, ValueError):
     pass
 
 

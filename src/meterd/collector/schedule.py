@@ -130,8 +130,13 @@ _OPTIONS: Mapping[TaskKind, frozenset[str]] = {
 }
 
 
-class TaskSpecError(ValueError):
-    """A task that cannot be scheduled; the message names the task and the key."""
+class TaskSpecError(ConfigError, ValueError):
+    """A task that cannot be scheduled; the message names the task and the key (the loader lists
+    it among the config's problems)."""
+
+    def __init__(self, message: str) -> None:
+        self.problems = [message]
+        ValueError.__init__(self, message)
 
 
 def _int_option(name: str, options: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:

@@ -88,6 +88,7 @@ from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
+from meterd.errors import StorageError
 from meterd.readings import Quality, Reading
 from meterd.storage.sqlite import Attempt, to_ms
 from meterd.storage.spool import Spool
@@ -193,14 +194,14 @@ class InfluxStats:
     failures: int = 0  # requests that failed because the server was unavailable
 
 
-class _Rejected(Exception):
+class _Rejected(StorageError):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"HTTP {status}: {reason}")
         self.status = status
         self.reason = reason
 
 
-class _Unavailable(Exception):
+class _Unavailable(StorageError):
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.reason = reason

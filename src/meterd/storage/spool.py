@@ -58,6 +58,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Callable, Final
 
+from meterd.errors import StorageError
+
 log = logging.getLogger(__name__)
 
 MAGIC: Final = b"MDSPOOL1"
@@ -68,7 +70,7 @@ SEGMENT_SUFFIX: Final = ".seg"
 _SEGMENT_NAME: Final = re.compile(r"^(\d{20})\.seg$")
 
 
-class SpoolLockedError(RuntimeError):
+class SpoolLockedError(StorageError, RuntimeError):
     """Another process (or another Spool in this one) has the directory open."""
 
 

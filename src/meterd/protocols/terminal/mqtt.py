@@ -185,7 +185,7 @@ class Topics:
 # --- payloads ----------------------------------------------------------------------------------
 
 
-class PayloadError(ValueError):
+class PayloadError(ProtocolError, ValueError):
     """A message that does not follow the payload format (the reason is the message)."""
 
 
