@@ -259,7 +259,7 @@ groups = "default"
 items = "00010000"
 """
 
-DURATION = 'seconds, or "500ms", "30s", "15m", "1h"'
+DURATION = 'seconds, or "500ms", "30s", "15m", "1h", "1d", "1h30m"'
 BAUDS = "300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200"
 
 EXPECTED = [

@@ -70,7 +70,7 @@ from meterd.api.schemas import (
 )
 from meterd.api.tokens import Role, TokenStore
 from meterd.clock import Clock, local_date
-from meterd.config.loader import parse_step
+from meterd.config.durations import parse_step
 from meterd.control.amounts import AmountError, AmountLimits, amount_text, parse_adjustment, parse_payment
 from meterd.control.command_store import Command
 from meterd.control.engine import queue_manual

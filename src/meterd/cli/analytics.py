@@ -204,7 +204,7 @@ def outages_cmd(args: argparse.Namespace) -> int:
 def stats_cmd(args: argparse.Namespace) -> int:
     from meterd.analytics.stats import periods
     from meterd.analytics.views import curve_meters, curve_points, energy_rows, require_topology
-    from meterd.config.loader import parse_step
+    from meterd.config.durations import parse_step
 
     config = _load(args)
     require_topology(config)

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from meterd.config.durations import parse_duration
 from meterd.readings import Reading
 
 EXIT_OK = 0
@@ -66,14 +67,11 @@ def error(message: str) -> None:
 
 
 def parse_time(text: str, now: datetime) -> datetime:
-    """``2026-11-23``, ``2026-11-23T10:00``, ``-2h``, ``-30m``, ``-1d`` -> aware UTC datetime."""
+    """``2026-11-23``, ``2026-11-23T10:00``, or a duration ago (:mod:`meterd.config.durations`):
+    ``-2h``, ``-30m``, ``-1d``, ``-1h30m`` -> aware UTC datetime."""
     t = text.strip()
-    if t.startswith("-") and t[-1:] in "smhd":
-        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-        try:
-            return now - timedelta(seconds=float(t[1:-1]) * units[t[-1]])
-        except ValueError:
-            pass
+    if t.startswith("-") and (seconds := parse_duration(t[1:])) is not None:
+        return now - timedelta(seconds=seconds)
     try:
         dt = datetime.fromisoformat(t)
     except ValueError:

@@ -17,15 +17,14 @@ in force.  Durations are a number of seconds or a string with units: ``"500ms"``
 
 from __future__ import annotations
 
-import math
 import re
 import tomllib
 from dataclasses import replace
-from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
 
+from meterd.config.durations import DURATION_FORMS, parse_duration
 from meterd.config.model import (
     ApiConfig,
     ChannelConfig,
@@ -95,9 +94,6 @@ MAX_RATED_CURRENT: Final = Decimal(1_000_000)  # A (a simulated meter at 3600x s
 MAX_RATED_VOLTAGE: Final = Decimal(1_000_000)  # V
 _POLL_KEYS: Final = ("name", "interval", "groups", "items", "items_1997", "quantities")
 
-_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)", re.IGNORECASE)
-_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_FORMS: Final = 'seconds, or "500ms", "30s", "15m", "1h"'
 # Bounds on what a config file may be, checked before any of it is used.  A district's config with
 # 100,000 meters is ~7 MiB; no real config nests more than a handful of levels
 # ([channels.c0] serial = {...}; [[topology.units]] ...).
@@ -938,7 +934,7 @@ class _Checker(Checker):
         seconds = parse_duration(value)
         what = "a duration of zero or more" if allow_zero else "a positive duration"
         if seconds is None:
-            self.problem(path, f"must be {what} ({_DURATION_FORMS}), got {show(value)}")
+            self.problem(path, f"must be {what} ({DURATION_FORMS}), got {show(value)}")
             return None
         if seconds < 0 or (seconds == 0 and not allow_zero):
             self.problem(path, f"must be {what}, got {show(value)}")
@@ -951,31 +947,6 @@ class _Checker(Checker):
             self.problem(path, f"must be a positive number, got {show(value)}")
             return None
         return number
-
-
-def parse_duration(value: Any) -> float | None:
-    """Seconds in the config's duration forms (``900``, ``1.5``, ``"15m"``, ``"1h30m"``,
-    ``"250ms"``); ``None`` for anything else (the caller names the key or argument)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    parts = _DURATION_PART.findall(text)
-    if not parts or _DURATION_PART.sub("", text).strip():
-        return None
-    return sum(float(number) * _UNIT_SECONDS[unit.lower()] for number, unit in parts)
-
-
-def parse_step(text: str, *, name: str = "--step") -> timedelta:
-    """A positive duration given as an argument (a command-line option, a query parameter) in the
-    config's duration forms: 900, "15m", "1h"; :class:`ConfigError` naming the argument."""
-    seconds = parse_duration(text)
-    if seconds is None or seconds <= 0:
-        raise ConfigError(f"{name} {text!r}: use e.g. 15m, 1h, 900")
-    return timedelta(seconds=seconds)
 
 
 def _decimal(value: Any) -> Decimal | None:
