@@ -4,7 +4,7 @@ Errors are grouped by where in the life of the daemon they happen::
 
     MeterdError
      +-- ConfigError                  startup only: every problem of a config file, listed together
-     |    +-- TaskSpecError           (also ValueError) a poll task that cannot be scheduled  [collector.schedule]
+     |    +-- TaskSpecError           (also ValueError) a poll task that cannot be scheduled  [config.tasks]
      +-- LinkError                    the byte pipe to a bus or terminal failed
      |    +-- LinkTimeoutError        (also TimeoutError) nothing, or not enough, came back in time
      |    +-- LinkClosedError         (also ConnectionError) the peer closed / device went away

@@ -73,7 +73,7 @@ def test_the_drawn_tree_is_the_real_one() -> None:
 def test_the_errors_callers_catch_as_builtins_still_are() -> None:
     """Moving a class under MeterdError keeps the built-in base its callers catch it by."""
     from meterd.billing_link.records import RecordError
-    from meterd.collector.schedule import TaskSpecError
+    from meterd.config.tasks import TaskSpecError
     from meterd.control.state import LedgerError
     from meterd.storage.spool import SpoolLockedError
 

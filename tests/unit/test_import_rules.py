@@ -61,8 +61,6 @@ KNOWN: dict[tuple[str, str], str] = {
     # part C (terminal codecs): the MQTT payload codec returns readings; the codec rule allows
     # only errors and checking
     ("meterd.protocols.terminal.mqtt", "meterd.readings"): "C: MQTT payload codec without Reading",
-    # part D (module splits): pure task planning leaves the APScheduler wrapper in collector/
-    ("meterd.config.loader", "meterd.collector.schedule"): "D: task planning split from the scheduler",
 }
 
 

@@ -13,26 +13,24 @@ import pytest
 
 from meterd.collector.channel import Channel, Timing
 from meterd.collector.poll import RoundResult
-from meterd.collector.schedule import (
-    CST,
+from meterd.clock import CST
+from meterd.collector.scheduler import TaskScheduler, poll_task
+from meterd.collector.tasks import (
     CurveGap,
     MeterNeed,
     Missed,
-    TaskScheduler,
-    TaskSpec,
-    TaskSpecError,
     due_tasks,
     fire_times,
     merge_needs,
     meter_target,
     missing_for,
     next_fire_times,
-    poll_task,
     reread_plan,
     task_reads,
 )
 from meterd.collector.transports import TcpTransport
 from meterd.config.model import MeterConfig, Protocol
+from meterd.config.tasks import TaskSpec, TaskSpecError
 from meterd.protocols.modbus import ReadPlan, get_map
 from meterd.protocols.readspec import ReadSpec
 from meterd.readings import Reading

@@ -254,7 +254,7 @@ class Daemon:
         self.online = OnlineTracker(self.quality)
         self.scheduler = None
         if config.tasks:
-            from meterd.collector.schedule import TaskScheduler
+            from meterd.collector.scheduler import TaskScheduler
 
             self.scheduler = TaskScheduler(config.tasks, config.meters, self._task_round, store=store, clock=clock)
         self.listeners: dict[str, DtuListener] = {}
@@ -527,7 +527,7 @@ class Daemon:
 
     async def _task_round(self, task, meters_by_channel, reads, now):
         """A scheduled task's round on one channel (called by the TaskScheduler)."""
-        from meterd.collector.schedule import poll_task
+        from meterd.collector.scheduler import poll_task
 
         result = None
         for name, meters in meters_by_channel.items():

@@ -381,7 +381,7 @@ def _mqtt(check: _Checker, raw: Any) -> MqttConfig | None:
 
 
 def _tasks(check: _Checker, raw: Any, meters: list[tuple[dict[str, Any], MeterConfig | None]]) -> list[Any]:
-    from meterd.collector.schedule import TaskSpec, TaskSpecError
+    from meterd.config.tasks import TaskSpec, TaskSpecError
 
     out: list[Any] = []
     names: dict[str, int] = {}

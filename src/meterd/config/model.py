@@ -183,7 +183,7 @@ class Config:
     polls: tuple[PollConfig, ...] = ()
     listeners: tuple[ListenerConfig, ...] = ()
     mqtt: MqttConfig | None = None
-    tasks: tuple[Any, ...] = ()  # meterd.collector.schedule.TaskSpec, built by the loader
+    tasks: tuple[Any, ...] = ()  # meterd.config.tasks.TaskSpec, built by the loader
     prepaid: Any = None  # meterd.config.prepaid.PrepaidConfig: tariffs, accounts, policy, limits
     analytics: Any = None  # meterd.config.analytics.AnalyticsConfig: topology, anomaly limits, outages
     sync: Any = None  # meterd.config.analytics.SyncConfig: billing-system jobs
