@@ -34,10 +34,11 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import Final
 
+from meterd.clock import CST
 from meterd.control.model import TOU_RATES, Rate
 
 UTC: Final = timezone.utc
-_CST_SHIFT: Final = timedelta(hours=8)  # CST has no daylight saving: local = UTC + 8 h, always
+_CST_SHIFT: Final = CST.utcoffset(None)  # CST has no daylight saving: local = UTC + 8 h, always
 _DAY: Final = timedelta(days=1)
 
 
