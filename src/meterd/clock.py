@@ -13,8 +13,9 @@ May import nothing of meterd: every layer, the protocol codecs excepted, may imp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone
-from typing import Callable, Final
+from typing import Final
 
 __all__ = ["CST", "UTC", "Clock", "local_date", "local_time", "today_cst", "utc_now"]
 

@@ -17,9 +17,10 @@ import asyncio
 import inspect
 import logging
 import time as _time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
-from typing import Awaitable, Callable, Iterable, Mapping, Sequence, Union
+from typing import Union
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,

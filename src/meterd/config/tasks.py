@@ -24,9 +24,10 @@ Schedules are in China Standard Time.  What a task reads and when it is due is p
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time, timedelta
-from typing import Any, Mapping
+from typing import Any
 
 from apscheduler.triggers.cron import CronTrigger
 

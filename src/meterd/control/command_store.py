@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, Mapping, Sequence
+from typing import Any, Final
 
 from meterd.control.model import CommandKind, CommandRequest, CommandState
 from meterd.errors import LedgerError
@@ -140,9 +141,11 @@ class CommandStore(StateDatabase):
                  int(req.manual), to_ms(now), to_ms(now + ttl), to_ms(now),
                  to_ms(now) if dry_run else None, "dry run: not sent" if dry_run else ""),
             )
-            created.append(cur.lastrowid)
+            command_id = cur.lastrowid
+            assert command_id is not None  # an INSERT that went in has a row id
+            created.append(command_id)
             self._audit(conn, now, req.requested_by, "command-queued", req.meter,
-                        {"id": cur.lastrowid, "kind": req.kind.value, "account": req.account,
+                        {"id": command_id, "kind": req.kind.value, "account": req.account,
                          "reason": req.reason, "dry_run": dry_run, **req.extra})
         return created
 
@@ -192,7 +195,7 @@ class CommandStore(StateDatabase):
             current = CommandState(row["state"])
             if current not in expect:
                 raise LedgerError(f"command #{command_id} is {current}, not {' or '.join(map(str, expect))}")
-            sets = {"state": to.value, "detail": detail}
+            sets: dict[str, Any] = {"state": to.value, "detail": detail}
             if to is CommandState.SENT:
                 sets |= {"sent_ts": to_ms(now), "tries": row["tries"] + 1}
             elif to.final:
