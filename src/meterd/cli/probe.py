@@ -72,6 +72,7 @@ from meterd.protocols.dlt645.v1997 import (
     encode_request97,
     is_1997_frame,
 )
+from meterd.protocols.drivers import get_driver
 from meterd.protocols.modbus import ReadBlock, RegisterMap, builtin_maps, compile_plan, decode_block
 
 DLT2007: Final = "dlt645-2007"
@@ -83,9 +84,16 @@ PROTOCOL_ALIASES: Final = {
     "modbus": MODBUS,
 }  # fmt: skip
 DEFAULT_PROTOCOLS: Final = (DLT2007, DLT1997, MODBUS)
-DEFAULT_BAUDS: Final = {DLT2007: (2400, 1200, 9600), DLT1997: (2400, 1200, 9600), MODBUS: (9600, 19200, 4800, 2400)}
-DEFAULT_PARITIES: Final = {DLT2007: ("E",), DLT1997: ("E",), MODBUS: ("N", "E")}
+DEFAULT_BAUDS: Final = {p: get_driver(p).serial_bauds for p in DEFAULT_PROTOCOLS}
+DEFAULT_PARITIES: Final = {p: get_driver(p).serial_parities for p in DEFAULT_PROTOCOLS}
 DEFAULT_UNITS: Final = (1, 2, 3)
+
+
+def _by_unit(protocol: str) -> bool:
+    """Meters of ``protocol`` are reached by unit id and told apart by register map (Modbus):
+    probed unit by unit, over a framing, with candidate models."""
+    return get_driver(protocol).by_unit_and_map
+
 DEFAULT_TCP_FRAMINGS: Final = (Framing.TCP, Framing.RTU)
 
 DI_ADDRESS: Final = 0x04000401  # 通信地址
@@ -192,11 +200,11 @@ def plan_settings(options: ProbeOptions) -> list[tuple[str, Setting]]:
     groups: list[tuple[str, Setting]] = []
     for protocol in options.protocols:
         if options.link.is_serial:
-            framing = Framing.RTU if protocol == MODBUS else None
+            framing = Framing.RTU if _by_unit(protocol) else None
             for baud in options.bauds or DEFAULT_BAUDS[protocol]:
                 for parity in options.parities or DEFAULT_PARITIES[protocol]:
                     groups.append((protocol, Setting(baud, parity, framing)))
-        elif protocol == MODBUS:
+        elif _by_unit(protocol):
             groups += [(protocol, Setting(framing=f)) for f in options.framings or DEFAULT_TCP_FRAMINGS]
         else:
             groups.append((protocol, Setting()))
@@ -252,7 +260,7 @@ class TryResult:
             "detail": self.detail,
             "evidence": self.evidence,
         }
-        if self.protocol == MODBUS and self.detected:
+        if _by_unit(self.protocol) and self.detected:
             out["models"] = [m.as_dict() for m in self.models]
             out["candidate_models"] = self.candidates
         return out
@@ -287,7 +295,7 @@ class ProbeReport:
             "address": self.address,
             "detected": [
                 {"protocol": t.protocol, "link": str(t.setting), "target": t.target, "outcome": t.outcome,
-                 "evidence": t.evidence, **({"candidate_models": t.candidates} if t.protocol == MODBUS else {})}
+                 "evidence": t.evidence, **({"candidate_models": t.candidates} if _by_unit(t.protocol) else {})}
                 for t in self.detected
             ],  # fmt: skip
             "tries": [t.as_dict() for t in self.tries],
@@ -348,14 +356,12 @@ async def probe(options: ProbeOptions, on_result: Callable[[TryResult], None] | 
                 if not opened_once:
                     report.aborted = str(exc).removeprefix("probe: ")
                     return report
-                target = options.address if protocol != MODBUS else "-"
+                target = "-" if _by_unit(protocol) else options.address
                 record(TryResult(protocol, setting, target, LINK_ERROR, str(exc).removeprefix("probe: ")))
                 continue
             opened_once = True
-            if protocol == DLT2007:
-                results = [await _try_2007(channel, options, setting)]
-            elif protocol == DLT1997:
-                results = [_doubt_1997_refusal(await _try_1997(channel, options, setting), report)]
+            if protocol in FRAME_PROBES:
+                results = [await FRAME_PROBES[protocol](channel, options, setting, report)]
             else:
                 results = []
                 assert setting.framing is not None
@@ -364,7 +370,7 @@ async def probe(options: ProbeOptions, on_result: Callable[[TryResult], None] | 
                     results.append(await _try_modbus(link, unit, options, setting))
                     record(results[-1])  # as it comes: a Modbus group can take a while
             for result in results:
-                if protocol != MODBUS:
+                if not _by_unit(protocol):  # Modbus results were recorded as they came
                     record(result)
                 if result.detected:
                     found.add(protocol)
@@ -489,6 +495,14 @@ async def _try_1997(channel: Channel, options: ProbeOptions, setting: Setting) -
     return result
 
 
+async def _probe_2007(channel: Channel, options: ProbeOptions, setting: Setting, report: ProbeReport) -> TryResult:
+    return await _try_2007(channel, options, setting)
+
+
+async def _probe_1997(channel: Channel, options: ProbeOptions, setting: Setting, report: ProbeReport) -> TryResult:
+    return _doubt_1997_refusal(await _try_1997(channel, options, setting), report)
+
+
 def _doubt_1997_refusal(result: TryResult, report: ProbeReport) -> TryResult:
     """A C1 refusal from a meter that answered 2007 at the same setting may be a 2007 meter
     refusing a control code it does not know: say so."""
@@ -500,6 +514,11 @@ def _doubt_1997_refusal(result: TryResult, report: ProbeReport) -> TryResult:
             result.detail += f" ({note})"
             result.evidence["note"] = note
     return result
+
+
+# protocol -> how one link setting is probed for a meter of it (a unit-addressed protocol is probed
+# unit by unit, see probe()); each edition has its own way of telling its replies apart
+FRAME_PROBES: Final = {DLT2007: _probe_2007, DLT1997: _probe_1997}
 
 
 # --- Modbus --------------------------------------------------------------------------------------
@@ -797,11 +816,11 @@ def _summary(report: ProbeReport) -> list[str]:
     lines = []
     for t in report.detected:
         line = f"found: {t.protocol} at {t.setting}, {t.target}"
-        if t.protocol != MODBUS and "address" in t.evidence:
+        if not _by_unit(t.protocol) and "address" in t.evidence:
             line = f"found: {t.protocol} at {t.setting}, address {t.evidence['address']}"
         if t.outcome == REFUSED:
             line += f" (refused: {t.detail})"
-        if t.protocol == MODBUS:
+        if _by_unit(t.protocol):
             line += f"; candidate models: {', '.join(t.candidates) or 'none of the shipped maps'}"
         lines.append(line)
     return lines

@@ -40,7 +40,6 @@ from meterd.errors import ControlError, ProtocolError
 from meterd.protocols.dlt645.messages import RelayCommand
 from meterd.protocols.drivers import LinkKind
 from meterd.protocols.drivers.base import FrameDriver
-from meterd.protocols.drivers.dlt645 import STATUS_WORD_3
 from meterd.protocols.modbus import compile_plan, decode_block, relay_command
 
 DEFAULT_VALIDITY: Final = timedelta(minutes=10)
@@ -160,7 +159,7 @@ async def read_relay_state(channel: Channel, meter: MeterTarget, *, link: Modbus
     if di is None:
         raise ControlError(f"meter {meter.address}: {driver.label} reports no relay state")
     payload = await read_item(channel, meter.address, di, priority=URGENT, driver=driver)
-    return {v.quantity: bool(v.value) for v in driver.decode(di, payload, now=datetime.min)
+    return {v.quantity: bool(v.value) for v in driver.decode(di, payload, None)
             if isinstance(v.value, bool)}
 
 

@@ -29,7 +29,7 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
-from typing import Any, Awaitable, Callable, Final, Iterable, Sequence, Union
+from typing import Any, Awaitable, Callable, Final, Iterable, Sequence, Union, cast
 
 from meterd.collector.channel import ROUTINE, Channel, FailureKind, TransactionError
 from meterd.collector.modbus import ModbusLink, ModbusRefused
@@ -94,7 +94,7 @@ class ReadFailed(MeterdError):
         super().__init__(detail)
 
 
-DLT645_2007_DRIVER: Final = get_driver(DLT645_2007)
+DLT645_2007_DRIVER: Final = cast(FrameDriver, get_driver(DLT645_2007))
 
 
 async def read_item(
@@ -105,7 +105,6 @@ async def read_item(
 
     ``driver`` is the meter's frame protocol (default DL/T 645-2007)."""
     codec = DLT645_2007_DRIVER if driver is None else driver
-    assert isinstance(codec, FrameDriver)
     reply = await channel.transact(codec.read_request(address, di, count, start), priority=priority)
     assert reply is not None
     try:
@@ -270,12 +269,12 @@ async def _poll_frames(
     """A frame-protocol meter (DL/T 645, either edition): one read per identifier.  A frozen value
     is stamped with the freeze time its item names (read once per meter and round); a load-curve
     item fetches its last ``curve_points`` records."""
-    driver = meter.driver
-    assert isinstance(driver, FrameDriver)
+    driver = cast(FrameDriver, meter.driver)  # poll_meter sent only FRAMES drivers here
     readings: list[Reading] = []
     log = _Attempts(channel, meter, now)
     freeze_times: dict[int, datetime] = {}
-    local_now = now.astimezone(meter_tz).replace(tzinfo=None)  # gives 1997 demand times their year
+    # dates values the meter sends without a year (1997 demand times)
+    local_now = now.astimezone(meter_tz).replace(tzinfo=None) if driver.needs_local_now else None
     who = f"meter {meter.address}"
 
     async def fetch(di: int) -> list[Reading]:
@@ -284,7 +283,7 @@ async def _poll_frames(
         if item.timestamp_di is not None:
             if item.timestamp_di not in freeze_times:
                 raw = await read_item(channel, meter.address, item.timestamp_di, driver=driver)
-                (tv,) = driver.decode(item.timestamp_di, raw, now=local_now)
+                (tv,) = driver.decode(item.timestamp_di, raw, local_now)
                 assert isinstance(tv.value, datetime)
                 freeze_times[item.timestamp_di] = tv.value.replace(tzinfo=meter_tz).astimezone(timezone.utc)
             stamp = freeze_times[item.timestamp_di]
@@ -294,7 +293,7 @@ async def _poll_frames(
             got = curve_readings(meter, di, payload, meter_tz, curve_interval)
         else:
             payload = await read_item(channel, meter.address, di, driver=driver)
-            got = values_to_readings(meter, driver.decode(di, payload, now=local_now), stamp, meter_tz)
+            got = values_to_readings(meter, driver.decode(di, payload, local_now), stamp, meter_tz)
         return [r for r in got if spec.wanted(di, r.quantity)]
 
     for di in spec.items:

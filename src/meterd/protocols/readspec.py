@@ -93,6 +93,9 @@ def dlt645_1997_index() -> Mapping[str, int]:
     return _best(_candidates_1997())
 
 
+_INDEXES: Final = {DLT645_2007: dlt645_index, DLT645_1997: dlt645_1997_index}
+
+
 @dataclass(frozen=True, slots=True)
 class ReadSpec:
     """The identifiers one DL/T 645 meter is asked for in a poll, and what to keep of each.
@@ -114,7 +117,7 @@ def resolve_dlt645(
 ) -> tuple[ReadSpec, list[str]]:
     """Explicit ``items`` plus the identifiers carrying ``quantities``; also the quantities the
     edition has no identifier for."""
-    index = dlt645_1997_index() if edition == DLT645_1997 else dlt645_index()
+    index = _INDEXES[edition]()
     order: list[int] = list(dict.fromkeys(items))
     keep: dict[int, frozenset[str] | None] = {di: None for di in order}
     wanted: dict[int, set[str]] = {}
@@ -133,7 +136,3 @@ def resolve_dlt645(
             keep[di] = frozenset(qs)
     return ReadSpec(tuple(order), keep), missing
 
-
-def describe_items(edition: str, spec: ReadSpec) -> str:
-    fmt = "{:04X}" if edition == DLT645_1997 else "{:08X}"
-    return " ".join(fmt.format(di) for di in spec.items)

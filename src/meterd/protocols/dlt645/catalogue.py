@@ -435,30 +435,36 @@ def status3_word(*, relay_open: bool, command_open: bool, pre_trip: bool, protec
 # --- decoding and encoding payloads ------------------------------------------------------------
 
 
-def _layout(item: DataItem, size: int) -> tuple[Field, ...]:
+def layout(item: DataItem, size: int, digits: int = 8) -> tuple[Field, ...]:
+    """The fields a payload of ``size`` bytes carries for ``item`` (a block carries as many groups
+    of its repeated part as fit); FrameLengthError naming the identifier (``digits`` wide: 8 in
+    2007, 4 in 1997) if the size fits no layout."""
     fixed = item.size
     if not item.repeat:
         if size != fixed:
-            raise FrameLengthError(f"{item.di:08X} ({item.name}) needs {fixed} bytes, got {size}")
+            raise FrameLengthError(f"{item.di:0{digits}X} ({item.name}) needs {fixed} bytes, got {size}")
         return item.fields
     # the repeated part is made of groups shaped like the first group of fields
     group = len(item.fields)
     group_size = fixed
     extra = size - fixed
     if extra < 0 or extra % group_size:
-        raise FrameLengthError(f"{item.di:08X} ({item.name}): {size} bytes is not a whole number of values")
+        raise FrameLengthError(f"{item.di:0{digits}X} ({item.name}): {size} bytes is not a whole number of values")
     count = extra // group_size
     if count * group > len(item.repeat):
-        raise FrameLengthError(f"{item.di:08X} ({item.name}): {size} bytes is more values than exist")
+        raise FrameLengthError(f"{item.di:0{digits}X} ({item.name}): {size} bytes is more values than exist")
     return item.fields + item.repeat[: count * group]
 
 
-def decode(di: int, payload: bytes) -> list[DecodedValue]:
-    """The data bytes of a read reply (after the DI) -> decoded values in wire order."""
+def decode(di: int, payload: bytes, now: datetime | None = None) -> list[DecodedValue]:
+    """The data bytes of a read reply (after the DI) -> decoded values in wire order.
+
+    ``now`` is not needed (every 2007 date carries its year); it is accepted so that both editions'
+    decoders have one signature (:mod:`meterd.protocols.drivers.dlt645`)."""
     item = lookup(di)
     if item.records:
         raise ProtocolError(f"{di:08X} is a load curve: use decode_records")
-    fields = _layout(item, len(payload))
+    fields = layout(item, len(payload))
     out: list[DecodedValue] = []
     pos = 0
     for f in fields:

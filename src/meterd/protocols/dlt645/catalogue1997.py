@@ -66,7 +66,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Final, Mapping
 
-from meterd.errors import FrameLengthError, ProtocolError, UnknownIdentifierError
+from meterd.errors import ProtocolError, UnknownIdentifierError
 from meterd.protocols.bcd import decode_datetime, encode_datetime
 from meterd.protocols.dlt645.catalogue import (
     DEMAND_UNITS,
@@ -79,6 +79,7 @@ from meterd.protocols.dlt645.catalogue import (
     Value,
     decode_field,
     encode_field,
+    layout,
 )
 
 MAX_RATE_97: Final = 14
@@ -262,28 +263,13 @@ def _parse_noyear(text: str, quantity: str) -> datetime:
 # --- decoding and encoding payloads ------------------------------------------------------------
 
 
-def _layout(item: DataItem, size: int) -> tuple[Field, ...]:
-    fixed = item.size
-    if not item.repeat:
-        if size != fixed:
-            raise FrameLengthError(f"{item.di:04X} ({item.name}) needs {fixed} bytes, got {size}")
-        return item.fields
-    extra = size - fixed
-    if extra < 0 or extra % fixed:
-        raise FrameLengthError(f"{item.di:04X} ({item.name}): {size} bytes is not a whole number of values")
-    count = extra // fixed * len(item.fields)
-    if count > len(item.repeat):
-        raise FrameLengthError(f"{item.di:04X} ({item.name}): {size} bytes is more values than exist")
-    return item.fields + item.repeat[:count]
-
-
 def decode97(di: int, payload: bytes, *, now: datetime | None = None) -> list[DecodedValue]:
     """The data bytes of a 1997 read reply (after the DI) -> decoded values in wire order.
 
     ``now`` gives demand times (MMDDhhmm) their year; see the module docstring.
     """
     item = lookup97(di)
-    fields = _layout(item, len(payload))
+    fields = layout(item, len(payload), 4)
     out: list[DecodedValue] = []
     pos = 0
     for f in fields:

@@ -160,6 +160,40 @@ def _address_from_wire(raw: bytes) -> str:
     return raw[::-1].hex().upper()
 
 
+def need_data(frame: Frame, size: int, what: str, exact: bool = True) -> None:
+    """FrameLengthError unless ``frame`` carries ``size`` data bytes (at least ``size``, not ``exact``)."""
+    n = len(frame.data)
+    if (exact and n != size) or (not exact and n < size):
+        raise FrameLengthError(f"{what}: data field of {n} bytes, expected {'' if exact else 'at least '}{size}")
+
+
+def identifier_to_wire(di: int, size: int) -> bytes:
+    """A data identifier of ``size`` bytes (4 in 2007, 2 in 1997), low byte first."""
+    if not 0 <= di < 1 << (8 * size):
+        raise ProtocolError(f"data identifier {di!r} is not {size} bytes")
+    return di.to_bytes(size, "little")
+
+
+def identifier_from_wire(raw: bytes, size: int) -> int:
+    if len(raw) < size:
+        raise FrameLengthError(f"data field shorter than the {size}-byte identifier", bytes(raw))
+    return int.from_bytes(raw[:size], "little")
+
+
+def parse_identifier(text: str | int, size: int, example: str) -> int:
+    """``"00010000"`` / ``"9010"`` (spaces and 0x allowed) -> the identifier; ``size`` bytes exactly."""
+    if isinstance(text, int):
+        return text
+    digits = 2 * size
+    t = text.strip().replace(" ", "").removeprefix("0x").removeprefix("0X")
+    if len(t) != digits:
+        raise ProtocolError(f"data identifier {text!r} must be {digits} hex digits, e.g. {example}")
+    try:
+        return int(t, 16)
+    except ValueError:
+        raise ProtocolError(f"data identifier {text!r} must be {digits} hex digits") from None
+
+
 def normalize_address(address: str | int) -> str:
     """Accept ``1234``, ``"1234"`` or ``"000000001234"`` and return the 12-digit form."""
     text = str(address).strip().upper()

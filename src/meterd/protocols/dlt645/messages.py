@@ -42,7 +42,11 @@ from meterd.protocols.dlt645.frame import (
     Function,
     address_from_wire,
     address_to_wire,
+    identifier_from_wire,
+    identifier_to_wire,
+    parse_identifier,
 )
+from meterd.protocols.dlt645.frame import need_data as _need
 
 
 class MeterErrorBits(enum.IntFlag):
@@ -80,16 +84,15 @@ TIME_FIELDS: Final = "YYMMDDhhmmss"
 RECORD_TIME_FIELDS: Final = "YYMMDDhhmm"
 
 
+DI_SIZE: Final = 4
+
+
 def di_to_wire(di: int) -> bytes:
-    if not 0 <= di <= 0xFFFFFFFF:
-        raise ProtocolError(f"data identifier {di!r} is not 4 bytes")
-    return di.to_bytes(4, "little")
+    return identifier_to_wire(di, DI_SIZE)
 
 
 def di_from_wire(raw: bytes) -> int:
-    if len(raw) < 4:
-        raise FrameLengthError("data field shorter than the 4-byte identifier", bytes(raw))
-    return int.from_bytes(raw[:4], "little")
+    return identifier_from_wire(raw, DI_SIZE)
 
 
 def format_di(di: int) -> str:
@@ -97,15 +100,7 @@ def format_di(di: int) -> str:
 
 
 def parse_di(text: str | int) -> int:
-    if isinstance(text, int):
-        return text
-    t = text.strip().replace(" ", "").removeprefix("0x").removeprefix("0X")
-    if len(t) != 8:
-        raise ProtocolError(f"data identifier {text!r} must be 8 hex digits, e.g. 00010000")
-    try:
-        return int(t, 16)
-    except ValueError:
-        raise ProtocolError(f"data identifier {text!r} must be 8 hex digits") from None
+    return parse_identifier(text, DI_SIZE, "00010000")
 
 
 def _code4(text: str, what: str) -> bytes:
@@ -348,12 +343,6 @@ def _function(frame: Frame) -> Function:
     if fn is None:
         raise ProtocolError(f"unknown function code {frame.function:02X}")
     return fn
-
-
-def _need(frame: Frame, size: int, what: str, exact: bool = True) -> None:
-    n = len(frame.data)
-    if (exact and n != size) or (not exact and n < size):
-        raise FrameLengthError(f"{what}: data field of {n} bytes, expected {'' if exact else 'at least '}{size}")
 
 
 def decode_request(frame: Frame) -> Request:

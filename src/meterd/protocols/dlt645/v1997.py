@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Union
 
-from meterd.errors import FrameLengthError, ProtocolError
+from meterd.errors import ProtocolError
 from meterd.protocols.bcd import decode_datetime, encode_datetime
 from meterd.protocols.dlt645.frame import (
     ABNORMAL,
@@ -55,7 +55,11 @@ from meterd.protocols.dlt645.frame import (
     Frame,
     address_from_wire,
     address_to_wire,
+    identifier_from_wire,
+    identifier_to_wire,
+    parse_identifier,
 )
+from meterd.protocols.dlt645.frame import need_data as _need
 from meterd.protocols.dlt645.messages import password_to_wire, password_from_wire
 
 
@@ -97,15 +101,11 @@ PASSWORD_SIZE: Final = 4
 
 
 def di97_to_wire(di: int) -> bytes:
-    if not 0 <= di <= 0xFFFF:
-        raise ProtocolError(f"data identifier {di!r} is not 2 bytes")
-    return di.to_bytes(2, "little")
+    return identifier_to_wire(di, DI_SIZE)
 
 
 def di97_from_wire(raw: bytes) -> int:
-    if len(raw) < 2:
-        raise FrameLengthError("data field shorter than the 2-byte identifier", bytes(raw))
-    return int.from_bytes(raw[:2], "little")
+    return identifier_from_wire(raw, DI_SIZE)
 
 
 def format_di97(di: int) -> str:
@@ -113,15 +113,7 @@ def format_di97(di: int) -> str:
 
 
 def parse_di97(text: str | int) -> int:
-    if isinstance(text, int):
-        return text
-    t = text.strip().replace(" ", "").removeprefix("0x").removeprefix("0X")
-    if len(t) != 4:
-        raise ProtocolError(f"data identifier {text!r} must be 4 hex digits, e.g. 9010")
-    try:
-        return int(t, 16)
-    except ValueError:
-        raise ProtocolError(f"data identifier {text!r} must be 4 hex digits") from None
+    return parse_identifier(text, DI_SIZE, "9010")
 
 
 # --- requests ----------------------------------------------------------------------------------
@@ -331,12 +323,6 @@ def _function(frame: Frame) -> Function97:
         return Function97(frame.function)
     except ValueError:
         raise ProtocolError(f"function code {frame.function:02X} is not DL/T 645-1997") from None
-
-
-def _need(frame: Frame, size: int, what: str, exact: bool = True) -> None:
-    n = len(frame.data)
-    if (exact and n != size) or (not exact and n < size):
-        raise FrameLengthError(f"{what}: data field of {n} bytes, expected {'' if exact else 'at least '}{size}")
 
 
 def decode_request97(frame: Frame) -> Request97:

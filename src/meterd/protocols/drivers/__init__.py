@@ -17,7 +17,7 @@ and ``meterd.protocols``.
 from __future__ import annotations
 
 import importlib
-from functools import lru_cache
+from functools import cache
 from typing import Any, Final
 
 from meterd.errors import ConfigError
@@ -52,7 +52,7 @@ def get_driver(name: str) -> Driver:
     return _load(str(name))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(name: str) -> Driver:
     try:
         module, cls, kwargs = BACKENDS[name]

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 from meterd.protocols.dlt645.catalogue import DataItem, DecodedValue
 from meterd.protocols.dlt645.frame import Frame, normalize_address
@@ -43,6 +44,8 @@ class Driver(abc.ABC):
     missing_noun: str = "identifier"  # "has no <noun> for <quantity>"
     by_unit_and_map: bool = False  # a meter is reached by a unit id and described by a register map
     credentials: bool = False  # the site needs the meter password / operator code (relay control)
+    serial_bauds: tuple[int, ...] = (9600,)  # the line settings meters of this protocol usually use,
+    serial_parities: tuple[str, ...] = ("N",)  # most common first (what a probe tries)
 
     def __init__(self, *, name: str) -> None:
         self.name = name  # the registry name, as the config spells it
@@ -110,16 +113,22 @@ class Driver(abc.ABC):
 class FrameDriver(Driver):
     """A driver whose requests are frames it encodes and whose replies are frames it decodes.
 
-    The reading part is table-driven so that the collector's read loop does no allocation of its
-    own: :meth:`decode_reply` returns the codec's message; a message of :attr:`read_replies` (first
+    The reading part is table-driven (plain attributes bound to the codec's own functions, no
+    wrapper calls on the hot path) so that the collector's read loop does no work of its own: :meth:`decode_reply` returns the codec's message; a message of :attr:`read_replies` (first
     frame) or :attr:`follow_up_replies` has ``di``, ``data`` and ``follow_up``; one of
     :attr:`abnormal_replies` is the meter's refusal, described by :meth:`refusal`.
     """
 
     link = LinkKind.FRAMES
-    read_replies: tuple[type, ...]
-    follow_up_replies: tuple[type, ...]
-    abnormal_replies: tuple[type, ...]
+    read_replies: tuple[type[Any], ...]
+    follow_up_replies: tuple[type[Any], ...]
+    abnormal_replies: tuple[type[Any], ...]
+    decode_reply: Callable[[Frame], object]  # the meter's reply as the codec's message; ProtocolError if malformed
+    lookup: Callable[[int], DataItem]  # the catalogue entry of an identifier
+    # a read's payload -> values; the third argument (meter-local naive time, or None) dates the
+    # values a meter sends without a year, where ``needs_local_now`` says there are such values
+    decode: Callable[[int, bytes, datetime | None], list[DecodedValue]]
+    needs_local_now: bool = False
 
     @abc.abstractmethod
     def read_request(self, address: str, di: int, count: int | None = None, start: datetime | None = None) -> Frame:
@@ -130,20 +139,9 @@ class FrameDriver(Driver):
         """The frame that asks for follow-up frame ``seq`` (1, 2, ...) of a read."""
 
     @abc.abstractmethod
-    def decode_reply(self, frame: Frame) -> object:
-        """The meter's reply as the codec's message; ProtocolError if malformed."""
-
-    @abc.abstractmethod
     def refusal(self, message: Any) -> str:
         """An abnormal reply, described for people."""
 
-    @abc.abstractmethod
-    def lookup(self, di: int) -> DataItem:
-        """The catalogue entry of ``di``."""
-
-    @abc.abstractmethod
-    def decode(self, di: int, payload: bytes, *, now: datetime) -> list[DecodedValue]:
-        """A read's payload -> values; ``now`` (meter-local, naive) dates values without a year."""
 
     def relay_request(
         self, address: str, command: RelayCommand, password: str, operator: str, valid_until: datetime

@@ -15,10 +15,11 @@ Quantities are resolved to identifiers by :func:`meterd.protocols.readspec.resol
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import Any, Callable, Final, Mapping, Sequence
+from typing import Any, Final
 
 from meterd.errors import ProtocolError
 from meterd.protocols.dlt645 import catalogue, catalogue1997, messages, v1997
@@ -53,7 +54,8 @@ class Edition:
     follow_up_replies: tuple[type, ...]  # 1997 meters may answer a follow-up with an 81 frame
     abnormal_replies: tuple[type, ...]
     refusal: Callable[[Any], str]
-    decode: Callable[[int, bytes, datetime], list[DecodedValue]]
+    decode: Callable[[int, bytes, datetime | None], list[DecodedValue]]
+    needs_local_now: bool  # replies hold dates without a year (1997 demand times)
 
 
 EDITIONS: Final = {
@@ -67,7 +69,8 @@ EDITIONS: Final = {
         follow_up_replies=(messages.ReadFollowUpResponse,),
         abnormal_replies=(messages.AbnormalResponse,),
         refusal=lambda message: message.error.describe(),
-        decode=lambda di, payload, now: catalogue.decode(di, payload),
+        decode=catalogue.decode,
+        needs_local_now=False,
     ),
     1997: Edition(
         1997, "DL/T 645-1997", 4, "items_1997", dlt645_1997_index, v1997.parse_di97, catalogue1997.lookup97,
@@ -80,12 +83,15 @@ EDITIONS: Final = {
         abnormal_replies=(v1997.AbnormalResponse97,),
         refusal=lambda message: message.describe(),
         decode=lambda di, payload, now: catalogue1997.decode97(di, payload, now=now),
+        needs_local_now=True,
     ),
 }
 
 
 class Dlt645Driver(FrameDriver):
     credentials = True  # both editions, as before the registry: a DL/T 645 site is asked for them
+    serial_bauds = (2400, 1200, 9600)  # RS-485 buses run 8E1
+    serial_parities = ("E",)
 
     def __init__(self, *, name: str, edition: int) -> None:
         super().__init__(name=name)
@@ -93,12 +99,16 @@ class Dlt645Driver(FrameDriver):
         self.label = self.edition.label
         self.items_key = self.edition.items_key
         self._fmt = f"{{:0{self.edition.digits}X}}"
+        self.format_item = self._fmt.format  # type: ignore[method-assign]  # per read: no wrapper
         self._frames: dict[tuple[str, int], Frame] = {}
         self.read_replies = self.edition.read_replies
         self.follow_up_replies = self.edition.follow_up_replies
         self.abnormal_replies = self.edition.abnormal_replies
         # the codec's own function, not a wrapper: this runs once per reply on the hot path
-        self.decode_reply = self.edition.decode_reply  # type: ignore[method-assign]
+        self.decode_reply = self.edition.decode_reply
+        self.lookup = self.edition.lookup
+        self.decode = self.edition.decode
+        self.needs_local_now = self.edition.needs_local_now
 
     # --- planning -------------------------------------------------------------------------------
 
@@ -115,13 +125,13 @@ class Dlt645Driver(FrameDriver):
         return resolve_dlt645(quantities, items, edition=self.name)
 
     def item_labels(self, reads: Reads) -> list[str]:
-        items = reads.items if isinstance(reads, ReadSpec) else tuple(reads)  # type: ignore[arg-type]
-        return [self._fmt.format(di) for di in items]
+        assert isinstance(reads, ReadSpec)
+        return [self._fmt.format(di) for di in reads.items]
 
     def describe(self, reads: Reads) -> str:
         return f"{self.name} items {' '.join(self.item_labels(reads))}"
 
-    def format_item(self, item: int) -> str:
+    def format_item(self, item: int) -> str:  # replaced by the bound str.format in __init__
         return self._fmt.format(item)
 
     def parse_item(self, text: str) -> int:
@@ -177,14 +187,6 @@ class Dlt645Driver(FrameDriver):
     def follow_up_request(self, address: str, di: int, seq: int) -> Frame:
         return self.edition.follow_up(address, di, seq)
 
-    def decode_reply(self, frame: Frame) -> object:  # replaced per edition in __init__
-        raise NotImplementedError
-
     def refusal(self, message: Any) -> str:
         return self.edition.refusal(message)
 
-    def lookup(self, di: int) -> DataItem:
-        return self.edition.lookup(di)
-
-    def decode(self, di: int, payload: bytes, *, now: datetime) -> list[DecodedValue]:
-        return self.edition.decode(di, payload, now)

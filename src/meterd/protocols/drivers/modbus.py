@@ -7,22 +7,22 @@ only, confirmed by the map's ``relay.open`` entry.
 
 from __future__ import annotations
 
-from typing import Final, Sequence
+from collections.abc import Sequence
+from typing import Final
 
 from meterd.errors import ProtocolError
 from meterd.protocols.dlt645.messages import RelayCommand
 from meterd.protocols.drivers.base import Driver, LinkKind, Reads
-from meterd.protocols.modbus.plan import ReadPlan, compile_plan
+from meterd.protocols.modbus.plan import ReadBlock, ReadPlan, compile_plan
 from meterd.protocols.modbus.quantities import known_quantities
 from meterd.protocols.modbus.schema import RegisterMap
 
 RELAY_COMMANDS: Final = frozenset({RelayCommand.TRIP, RelayCommand.RECLOSE})
 
 
-def block_label(block: object) -> str:
+def block_label(block: ReadBlock) -> str:
     """``FC03 0x0000 x20``: how a Modbus read is named in attempts and logs."""
-    fn = getattr(block, "function")
-    return f"FC{fn.read_code:02d} 0x{getattr(block, 'address'):04X} x{getattr(block, 'count')}"
+    return f"FC{block.function.read_code:02d} 0x{block.address:04X} x{block.count}"
 
 
 class ModbusDriver(Driver):
@@ -30,6 +30,8 @@ class ModbusDriver(Driver):
     link = LinkKind.MODBUS
     missing_noun = "register"
     by_unit_and_map = True
+    serial_bauds = (9600, 19200, 4800, 2400)
+    serial_parities = ("N", "E")
 
     def known_quantities(self) -> frozenset[str]:
         return frozenset(known_quantities())
