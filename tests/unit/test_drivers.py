@@ -3,13 +3,19 @@ naming it, and each driver says what it can do (quantities, plans, relay command
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from meterd import protocols
+from meterd.collector import poll
+from meterd.collector.channel import Channel, Timing
 from meterd.collector.poll import MeterTarget
+from meterd.collector.transports.base import Transport
 from meterd.config.loader import parse_config
 from meterd.config.model import Protocol
 from meterd.control.model import CommandKind
@@ -26,6 +32,10 @@ from meterd.protocols.drivers import (
 from meterd.protocols.drivers.base import FrameDriver
 from meterd.protocols.modbus import get_map
 from meterd.protocols.readspec import ReadSpec
+from meterd.simulators.dlt645 import Dlt645Bus
+from meterd.simulators.model import MeterModel
+
+drivers = protocols.drivers
 
 
 def test_every_configurable_protocol_has_a_driver_and_nothing_else_is_registered() -> None:
@@ -164,3 +174,60 @@ def test_link_kinds() -> None:
         assert isinstance(get_driver(name), FrameDriver)
     assert get_driver("modbus").link is LinkKind.MODBUS
     assert get_driver("modbus").by_unit_and_map and not get_driver("dlt645-2007").by_unit_and_map
+
+
+# --- resolved once, at plan time ------------------------------------------------------------------
+
+
+class _BusTransport(Transport):
+    """A real channel's byte pipe onto the simulated DL/T 645 bus (both editions on one bus)."""
+
+    def __init__(self, bus: Dlt645Bus, now: datetime) -> None:
+        super().__init__("sim")
+        self.bus, self.now = bus, now
+
+    @property
+    def is_open(self) -> bool:
+        return True
+
+    async def open(self) -> None:
+        pass
+
+    async def write(self, data: bytes) -> None:
+        for reply in self.bus.handle(data, self.now):
+            self._received(reply.data)
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_round_asks_the_registry_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver is looked up when the target is made; the poll itself (2007 and 1997 meters on
+    one bus, both through the one frame read loop) never goes back to the registry."""
+    now = datetime(2026, 3, 1, 4, 0, tzinfo=UTC)
+    local = datetime(2026, 3, 1, 12, 0)  # the meters' own (CST) clock
+    a7, a97 = "000000000001", "000000000002"
+    bus = Dlt645Bus([MeterModel(a7, start=local), MeterModel(a97, start=local)], protocols={a97: "dlt645-1997"})
+    wanted = ["energy.active.import.total", "voltage.a"]
+    targets = [MeterTarget(a7, protocol="dlt645-2007"), MeterTarget(a97, protocol="dlt645-1997")]
+    reads = [t.driver.plan(wanted)[0] for t in targets]
+
+    def no_lookups(name: str) -> None:
+        raise AssertionError(f"registry asked for {name!r} during a round")
+
+    monkeypatch.setattr(drivers, "get_driver", no_lookups)
+    monkeypatch.setattr(drivers, "_load", no_lookups)
+    monkeypatch.setattr(poll, "get_driver", no_lookups)
+
+    async def go() -> poll.RoundResult:
+        channel = Channel("bus", _BusTransport(bus, local), timing=Timing(0.5, 0.5))
+        try:
+            return await poll.poll_round(channel, list(zip(targets, reads)), None, now)
+        finally:
+            await channel.close()
+
+    result = asyncio.run(go())
+    assert [a.outcome for a in result.attempts] == ["ok"] * 4
+    assert [a.item for a in result.attempts] == ["00010000", "02010100", "9010", "B611"]
+    for address in (a7, a97):
+        assert sorted(r.quantity for r in result.readings if r.meter == address) == sorted(wanted)
