@@ -24,6 +24,7 @@ from meterd.collector.modbus import ModbusLink
 from meterd.collector.mqtt import MqttHub
 from meterd.protocols.terminal.mqtt import (
     PayloadError,
+    PushedReading,
     ReplyMessage,
     RequestMessage,
     decode_json,
@@ -164,7 +165,9 @@ def test_payloads_round_trip_exactly():
     assert doc["readings"][0] == {"quantity": "energy.active.import.total", "value": "13152.080", "unit": "kWh",
                                   "timestamp": "2025-06-01T00:05:00.000Z"}
     meter, back = parse_readings(decode_json(raw))
-    assert meter == A1 and back == readings  # Decimal("13152.080") keeps its digits; the time its instant
+    # Decimal("13152.080") keeps its digits; the time its instant
+    assert meter == A1 and back == [PushedReading(r.meter, r.quantity, r.timestamp, r.value, r.unit, r.quality)
+                                    for r in readings]
     assert str(back[0].value) == "13152.080"
 
     req = RequestMessage("s-1", bytes.fromhex("fefe68"), "dlt645-2007", A1, None, stamp, stamp)

@@ -35,8 +35,8 @@ def start_simulator(meterd_bin: str, cwd: Path, *args: str, per_process: int | N
     if per_process is None:
         cmd = [meterd_bin, "--log-level", "WARNING", "simulate", *args]
     else:
-        code = ("import sys; from meterd.cli import simulate; "
-                f"simulate.MQTT_TERMINALS_PER_PROCESS = {per_process}; sys.exit(simulate.main(sys.argv[1:]))")
+        code = ("import sys; from meterd.cli import simulate; from meterd.simulators import shard; "
+                f"shard.MQTT_TERMINALS_PER_PROCESS = {per_process}; sys.exit(simulate.main(sys.argv[1:]))")
         cmd = [sys.executable, "-c", code, *args]
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -67,7 +67,7 @@ from meterd.protocols.terminal.mqtt import (
     request_fields,
     request_payload,
 )
-from meterd.readings import Reading
+from meterd.readings import Quality, Reading
 
 log = logging.getLogger(__name__)
 
@@ -384,8 +384,9 @@ class MqttHub:
         try:
             obj = decode_json(payload)
             if obj.get("type") == "readings":
-                meter, readings = parse_readings(obj)
-                self._on_pushed(tid, meter, readings)
+                meter, pushed = parse_readings(obj)
+                self._on_pushed(tid, meter, [Reading(p.meter, p.quantity, p.timestamp, p.value, p.unit,
+                                                     Quality(p.quality)) for p in pushed])
                 return
             reply = ReplyMessage.from_json(obj)
         except PayloadError as exc:

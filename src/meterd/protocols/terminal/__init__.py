@@ -8,6 +8,7 @@
 Both sides use them: the collector's I/O (:mod:`meterd.collector.dtu`, :mod:`meterd.collector.mqtt`)
 and the simulators.  No sockets, clocks or logging; times are passed in.
 
-May import ``meterd.errors``, ``meterd.readings`` (the reading record pushed payloads carry) and
-``meterd.protocols``.
+May import only ``meterd.errors`` and ``meterd.protocols``, like every codec: pushed readings are
+read into the codec's own :class:`~meterd.protocols.terminal.mqtt.PushedReading`, from which the
+collector makes its :class:`~meterd.readings.Reading`.
 """

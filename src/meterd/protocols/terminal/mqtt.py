@@ -76,12 +76,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from meterd.errors import ProtocolError
 from meterd.protocols.dlt645.frame import decode_frame
 from meterd.protocols.readspec import DLT645_1997, DLT645_2007, MODBUS
-from meterd.readings import Quality, Reading, Value
 
 DEFAULT_ROOT: Final = "meterd"
 ONLINE: Final = "online"
@@ -98,6 +97,11 @@ _FORBIDDEN_IN_ID: Final = frozenset("/+#\x00")
 EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST: Final = datetime(2100, 1, 1, tzinfo=UTC)
 MAX_TIME_LEN: Final = 64
+#: A reading's quality as a payload says it: the values of :class:`meterd.readings.Quality`.
+QUALITIES: Final = ("good", "suspect", "estimated", "implausible")
+
+#: What a reading's value may be (as :data:`meterd.readings.Value`).
+Value = Decimal | datetime | int | str | bool
 
 
 def rfc3339(t: datetime) -> str:
@@ -420,17 +424,48 @@ def _value_from_json(text: object, kind: object) -> Value:
     raise PayloadError(f"'kind' {kind!r} is not one of {', '.join(VALUE_KINDS)}")
 
 
-def reading_json(r: Reading) -> dict[str, Any]:
+class ReadingLike(Protocol):
+    """What :func:`readings_payload` needs of a reading (a :class:`meterd.readings.Reading` is one)."""
+
+    @property
+    def meter(self) -> str: ...
+    @property
+    def quantity(self) -> str: ...
+    @property
+    def timestamp(self) -> datetime: ...
+    @property
+    def value(self) -> Value: ...
+    @property
+    def unit(self) -> str: ...
+    @property
+    def quality(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PushedReading:
+    """One reading of a pushed-readings message, as :func:`parse_readings` reads it: the fields of a
+    :class:`meterd.readings.Reading`, ``quality`` one of :data:`QUALITIES` (the collector makes the
+    Reading)."""
+
+    meter: str
+    quantity: str
+    timestamp: datetime
+    value: Value
+    unit: str = ""
+    quality: str = "good"
+
+
+def reading_json(r: ReadingLike) -> dict[str, Any]:
     text, kind = _value_json(r.value)
     obj: dict[str, Any] = {"quantity": r.quantity, "value": text, "unit": r.unit, "timestamp": rfc3339(r.timestamp)}
     if kind != "decimal":
         obj["kind"] = kind
-    if r.quality is not Quality.GOOD:
+    if r.quality != "good":
         obj["quality"] = str(r.quality)
     return obj
 
 
-def readings_payload(meter: str, readings: Iterable[Reading], sent: datetime | None = None) -> bytes:
+def readings_payload(meter: str, readings: Iterable[ReadingLike], sent: datetime | None = None) -> bytes:
     """A pushed-readings message for one meter (every reading's ``meter`` must be ``meter``)."""
     items = []
     for r in readings:
@@ -444,7 +479,7 @@ def readings_payload(meter: str, readings: Iterable[Reading], sent: datetime | N
     return _dumps(obj)
 
 
-def parse_readings(obj: Mapping[str, Any]) -> tuple[str, list[Reading]]:
+def parse_readings(obj: Mapping[str, Any]) -> tuple[str, list[PushedReading]]:
     """A pushed-readings object -> (meter, readings).  PayloadError names the first bad item."""
     meter = obj.get("meter")
     if not isinstance(meter, str) or not meter or len(meter) > 64:
@@ -452,7 +487,7 @@ def parse_readings(obj: Mapping[str, Any]) -> tuple[str, list[Reading]]:
     items = obj.get("readings")
     if not isinstance(items, list):
         raise PayloadError("'readings' must be a list")
-    out: list[Reading] = []
+    out: list[PushedReading] = []
     for i, item in enumerate(items):
         try:
             if not isinstance(item, dict):
@@ -465,14 +500,12 @@ def parse_readings(obj: Mapping[str, Any]) -> tuple[str, list[Reading]]:
                 raise PayloadError("'unit' must be a string")
             value = _value_from_json(item.get("value"), item.get("kind", "decimal"))
             stamp = parse_rfc3339(item.get("timestamp"), "'timestamp'")
-            try:
-                quality = Quality(item.get("quality", "good"))
-            except ValueError:
-                raise PayloadError(f"'quality' {item.get('quality')!r} is not one of "
-                                   f"{', '.join(q.value for q in Quality)}") from None
+            quality = item.get("quality", "good")
+            if not isinstance(quality, str) or quality not in QUALITIES:
+                raise PayloadError(f"'quality' {quality!r} is not one of {', '.join(QUALITIES)}")
         except PayloadError as exc:
             raise PayloadError(f"readings[{i}]: {exc}") from None
-        out.append(Reading(meter, quantity, stamp, value, unit, quality))
+        out.append(PushedReading(meter, quantity, stamp, value, unit, quality))
     return meter, out
 
 
@@ -484,12 +517,16 @@ __all__ = [
     "ONLINE",
     "PROTOCOLS",
     "QOS",
+    "QUALITIES",
     "VALUE_KINDS",
     "FrameInfo",
     "PayloadError",
+    "PushedReading",
+    "ReadingLike",
     "ReplyMessage",
     "RequestMessage",
     "Topics",
+    "Value",
     "check_terminal_id",
     "decode_json",
     "describe_frame",
