@@ -58,9 +58,6 @@ KNOWN: dict[tuple[str, str], str] = {
     # reach control through meterd.app, like the collector's route
     ("meterd.control.commands", "meterd.collector"): "B: relay command + read-back through the drivers",
     ("meterd.control.runtime", "meterd.collector"): "B: relay credentials through the drivers",
-    # part C (terminal codecs): the MQTT payload codec returns readings; the codec rule allows
-    # only errors and checking
-    ("meterd.protocols.terminal.mqtt", "meterd.readings"): "C: MQTT payload codec without Reading",
 }
 
 
