@@ -80,7 +80,6 @@ EXPIRED_IDS_KEPT: Final = 4096  # ids remembered as "ours, but no longer awaited
 REJECTS_KEPT: Final = 50
 DESCRIBED_KEPT: Final = 256  # request frames a transport remembers the sniffed protocol/meter of
 TOPICS_KEPT: Final = 16384  # incoming topics the hub remembers the parse of
-_UNPARSED: Final = object()
 
 ReadingsCallback = Callable[[str, list[Reading]], Any]
 
@@ -318,7 +317,7 @@ class MqttHub:
         self._connect_failed()
 
     def _paho_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._on_message(message.topic, message.payload)
+        self._on_message(message.topic, bytes(message.payload))  # the same object when it is bytes already
 
     # --- events ----------------------------------------------------------------------------
 
@@ -368,8 +367,9 @@ class MqttHub:
                           "MQTT: handling a message on %s failed", topic, exc_info=True)
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
-        parsed = self._topic_cache.get(topic, _UNPARSED)
-        if parsed is _UNPARSED:  # a few topics per terminal, each seen again and again
+        try:
+            parsed = self._topic_cache[topic]  # a few topics per terminal, each seen again and again
+        except KeyError:
             parsed = self.topics.parse(topic)
             if len(self._topic_cache) >= TOPICS_KEPT:
                 self._topic_cache.clear()

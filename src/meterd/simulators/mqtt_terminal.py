@@ -257,7 +257,7 @@ class MqttTerminal:
         self._on_disconnected(client)
 
     def _paho_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._on_message(client, message.payload)
+        self._on_message(client, bytes(message.payload))  # the same object when it is bytes already
 
     def _on_connected(self, client: mqtt.Client) -> None:
         if client is not self._client:
