@@ -17,8 +17,7 @@ def collector_enabled() -> Iterator[None]:
     was = gc.isenabled()
     gc.enable()
     yield
-    if not was:
-        gc.disable()
+    (gc.enable if was else gc.disable)()  # as it was: a test that switched it off must not leave it off
 
 
 def test_overlapping_pauses_keep_the_collector_off_until_the_last_one_ends() -> None:
