@@ -61,7 +61,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from meterd.clock import Clock, utc_now
 from meterd.collector.transports.base import Transport
@@ -286,7 +286,7 @@ class DtuListener:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)
 
-    async def __aenter__(self) -> DtuListener:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

@@ -40,7 +40,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -207,7 +207,7 @@ class MqttHub:
             await self._driver.stop()
         self.connected = False
 
-    async def __aenter__(self) -> MqttHub:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -362,7 +362,7 @@ class MqttHub:
     def _on_message(self, topic: str, payload: bytes) -> None:
         try:
             self._dispatch(topic, payload)
-        except Exception:  # never let one message take the hub down
+        except Exception:  # noqa: BLE001 -- never let one message take the hub down
             self._log.log(log, logging.ERROR, "MQTT messages whose handling failed",
                           "MQTT: handling a message on %s failed", topic, exc_info=True)
 

@@ -95,9 +95,10 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final, Iterable, Mapping
+from typing import Final
 
 from meterd.errors import ProtocolError, UnknownIdentifierError
 from meterd.protocols.dlt645.catalogue import encode, encode_records, lookup
@@ -664,6 +665,14 @@ def _bits97(refusal: Refusal) -> MeterErrorBits1997:
 
 
 __all__ = [
-    "BusStats", "Dlt645Bus", "FAULT_KINDS", "FaultPlan", "MAX_REPLY_DATA", "MAX_REPLY_DATA_97", "PROTOCOL_1997",
-    "PROTOCOL_2007", "PROTOCOLS", "Reply",
+    "FAULT_KINDS",
+    "MAX_REPLY_DATA",
+    "MAX_REPLY_DATA_97",
+    "PROTOCOLS",
+    "PROTOCOL_1997",
+    "PROTOCOL_2007",
+    "BusStats",
+    "Dlt645Bus",
+    "FaultPlan",
+    "Reply",
 ]  # fmt: skip

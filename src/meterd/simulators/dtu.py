@@ -35,22 +35,23 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Final, Protocol, Union
+from typing import Any, Final, Protocol, Self
 
 from meterd.clock import Clock
 from meterd.errors import LinkError
 from meterd.protocols.dlt645.frame import Frame, StreamDecoder, encode_frame, normalize_address
 from meterd.protocols.modbus import get_map
 from meterd.simulators.dlt645 import Dlt645Bus, Reply
-from meterd.simulators.model import MeterModel
 from meterd.simulators.modbus import ModbusBus
+from meterd.simulators.model import MeterModel
 from meterd.simulators.serve import SimClock
 
 log = logging.getLogger(__name__)
 
-SimBus = Union[Dlt645Bus, ModbusBus]
+SimBus = Dlt645Bus | ModbusBus
 
 CUT_LINGER: Final = 0.05  # after a cut reply, let its bytes reach the master before aborting
 
@@ -218,7 +219,7 @@ class DtuSimulator:
         self._redial = self._ticker = None
         await self._end(abort=False)
 
-    async def __aenter__(self) -> DtuSimulator:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -467,7 +468,7 @@ class DtuFleet:
     async def close(self) -> None:
         await asyncio.gather(*(d.close() for d in self.dtus), return_exceptions=True)
 
-    async def __aenter__(self) -> DtuFleet:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

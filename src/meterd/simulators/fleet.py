@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Collection, Final, Mapping, Union
+from typing import Any, Final, Self
 
 from meterd.errors import ConfigError, ProtocolError
 from meterd.protocols.dlt645.frame import normalize_address
 from meterd.protocols.modbus import get_map
 from meterd.simulators.dlt645 import FAULT_KINDS, Dlt645Bus, FaultPlan
-from meterd.simulators.model import LoadProfile, MeterModel, noise
 from meterd.simulators.modbus import FRAMINGS, MAX_UNIT, MODBUS_FAULT_KINDS, ModbusBus, ModbusFaultPlan
+from meterd.simulators.model import LoadProfile, MeterModel, noise
 from meterd.simulators.serve import DEFAULT_PTY_TURNAROUND, RunningBus, SimClock, serve_pty, serve_tcp
 
 STUCK_RELAY: Final = "stuck_relay"
@@ -47,8 +48,8 @@ MODBUS: Final = "modbus"
 DLT645_2007: Final = "dlt645-2007"
 DLT645_1997: Final = "dlt645-1997"
 
-FaultSource = Union[str, FaultPlan, ModbusFaultPlan, Mapping[str, float]]
-AnyFaultPlan = Union[FaultPlan, ModbusFaultPlan]
+FaultSource = str | FaultPlan | ModbusFaultPlan | Mapping[str, float]
+AnyFaultPlan = FaultPlan | ModbusFaultPlan
 
 
 def dlt645_speaks_1997() -> bool:
@@ -380,7 +381,7 @@ class Fleet:
             with contextlib.suppress(Exception):
                 await b.running.close()
 
-    async def __aenter__(self) -> Fleet:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -432,8 +433,8 @@ async def run_fleet(spec: FleetSpec) -> Fleet:
                     faults={u: plans[a] for u, a in zip(units, addresses) if a in plans},
                     seed=seed,
                 )
-                extra: dict[str, Any] = dict(protocol=MODBUS, framing=framing, units=units,
-                                             meter_protocols=(MODBUS,) * len(addresses), model=regmap.name)
+                extra: dict[str, Any] = {"protocol": MODBUS, "framing": framing, "units": units,
+                                         "meter_protocols": (MODBUS,) * len(addresses), "model": regmap.name}
             else:
                 old = {a: DLT645_1997 for a in addresses if a in v1997}
                 bus = Dlt645Bus(
@@ -442,7 +443,7 @@ async def run_fleet(spec: FleetSpec) -> Fleet:
                     seed=seed,
                     **({"protocols": old} if old else {}),
                 )
-                extra = dict(meter_protocols=tuple(old.get(a, DLT645_2007) for a in addresses))
+                extra = {"meter_protocols": tuple(old.get(a, DLT645_2007) for a in addresses)}
             if kind == "pty":
                 turnaround = DEFAULT_PTY_TURNAROUND if spec.turnaround is None else spec.turnaround
                 baud = spec.modbus_baud if protocol == MODBUS else spec.baud

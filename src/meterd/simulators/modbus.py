@@ -63,13 +63,15 @@ and spoil only the reply.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
 import math
 import random
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Final, Iterator, Mapping, Sequence, Union
+from typing import Final
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerRTU, FramerSocket
@@ -191,7 +193,7 @@ class ModbusFaultPlan:
         return out
 
 
-ModbusFaultPlanLike = Union[ModbusFaultPlan, FaultPlan, Mapping[str, float]]
+ModbusFaultPlanLike = ModbusFaultPlan | FaultPlan | Mapping[str, float]
 
 
 # --- live values -------------------------------------------------------------------------------
@@ -271,7 +273,7 @@ class _Layout:
             gap = wa.limit(f) if wa.max_gap is None else wa.max_gap
             filled = set(addresses)
             ordered = sorted(addresses)
-            for a, b in zip(ordered, ordered[1:]):
+            for a, b in itertools.pairwise(ordered):
                 if 1 < b - a <= gap + 1:
                     filled.update(range(a + 1, b))
             readable[f] = frozenset(filled)
@@ -699,7 +701,18 @@ class ModbusBus:
 
 
 __all__ = [
-    "DEFAULT_BAUD", "DEFAULT_PARITY", "FRAMINGS", "MAX_UNIT", "MODBUS_FAULT_KINDS", "MbapStreamDecoder",
-    "MeterDatastore", "ModbusBus", "ModbusFaultPlan", "ModbusFaultPlanLike", "RtuStreamDecoder",
-    "SUPPORTED_FUNCTIONS", "line_voltage", "live_values",
+    "DEFAULT_BAUD",
+    "DEFAULT_PARITY",
+    "FRAMINGS",
+    "MAX_UNIT",
+    "MODBUS_FAULT_KINDS",
+    "SUPPORTED_FUNCTIONS",
+    "MbapStreamDecoder",
+    "MeterDatastore",
+    "ModbusBus",
+    "ModbusFaultPlan",
+    "ModbusFaultPlanLike",
+    "RtuStreamDecoder",
+    "line_voltage",
+    "live_values",
 ]  # fmt: skip

@@ -55,10 +55,11 @@ from __future__ import annotations
 import math
 from array import array
 from collections import deque
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Collection, Final, Iterable
+from typing import Final
 
 from meterd.errors import ProtocolError
 from meterd.protocols.dlt645.catalogue import (
@@ -88,8 +89,16 @@ from meterd.simulators.profile import (
 )
 
 __all__ = [
-    "CHINA_TOU", "DEMAND_KINDS", "ENERGY_KINDS", "LoadProfile", "MeterModel", "RESIDENTIAL_KW",
-    "Refusal", "Snapshot", "TouSchedule", "noise",
+    "CHINA_TOU",
+    "DEMAND_KINDS",
+    "ENERGY_KINDS",
+    "RESIDENTIAL_KW",
+    "LoadProfile",
+    "MeterModel",
+    "Refusal",
+    "Snapshot",
+    "TouSchedule",
+    "noise",
 ]  # fmt: skip
 
 # --- constants ---------------------------------------------------------------------------------
@@ -447,7 +456,7 @@ class MeterModel:
         m = true + offset
         while m < end:
             boundary = m.replace(second=0, microsecond=0) + _MIN
-            stop = boundary if boundary <= end else end
+            stop = min(boundary, end)
             self._integrate(m, _us(stop - m))
             m = stop
             if stop == boundary:

@@ -36,9 +36,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone, tzinfo
-from typing import Any, Final, Sequence, Union
+from datetime import UTC, datetime, tzinfo
+from typing import Any, Final, Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -68,7 +69,7 @@ from meterd.simulators.serve import SimClock
 
 log = logging.getLogger(__name__)
 
-SimBus = Union[Dlt645Bus, ModbusBus]
+SimBus = Dlt645Bus | ModbusBus
 
 DEFAULT_PUSH_QUANTITIES: Final = (
     "energy.active.import.total",
@@ -222,7 +223,7 @@ class MqttTerminal:
             await driver.stop()
         self.connected = False
 
-    async def __aenter__(self) -> MqttTerminal:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -405,7 +406,7 @@ class MqttTerminal:
         if self._client is None:
             return 0
         now = self.clock() if now is None else now
-        stamp = now.replace(tzinfo=self.meter_tz).astimezone(timezone.utc)
+        stamp = now.replace(tzinfo=self.meter_tz).astimezone(UTC)
         wanted = tuple(quantities) if quantities is not None else self.push_quantities
         specs = known_quantities()
         sent = 0
@@ -460,7 +461,7 @@ class MqttFleet:
     async def close(self) -> None:
         await asyncio.gather(*(t.close() for t in self.terminals.values()), return_exceptions=True)
 
-    async def __aenter__(self) -> MqttFleet:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -45,9 +45,10 @@ import socket
 import termios
 import time
 import tty
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Awaitable, Callable, Collection, Final, Iterator, Protocol, Union
+from typing import Final, Protocol, Self
 
 from meterd.clock import CST, Clock
 from meterd.errors import LinkError
@@ -153,8 +154,8 @@ class LinkStats:
         }
 
 
-SimBus = Union[Dlt645Bus, ModbusBus]
-Request = Union[Frame, bytes]  # a decoded DL/T 645 frame, or a whole Modbus ADU
+SimBus = Dlt645Bus | ModbusBus
+Request = Frame | bytes  # a decoded DL/T 645 frame, or a whole Modbus ADU
 
 
 class LinkDecoder(Protocol):
@@ -217,7 +218,7 @@ class RunningBus:
         if closer is not None:
             await closer()
 
-    async def __aenter__(self) -> RunningBus:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

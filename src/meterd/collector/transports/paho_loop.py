@@ -74,7 +74,7 @@ class BufferedSocket:
     :meth:`uncork` is called again; an error there is left for the next read to find.
     """
 
-    __slots__ = ("sock", "_buf", "_pos", "_out", "corked")
+    __slots__ = ("_buf", "_out", "_pos", "corked", "sock")
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
@@ -306,7 +306,7 @@ class PahoDriver:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._detach()
-        self.client._sock_close()  # noqa: SLF001 -- paho's own close: on_socket_close, state kept
+        self.client._sock_close()
 
     # --- connecting -----------------------------------------------------------------------------
 
@@ -382,7 +382,7 @@ class PahoDriver:
             while isinstance(sock, BufferedSocket) and sock.buffered:
                 client.loop_read()
                 sock = client.socket()
-        except Exception:  # a callback raised inside paho: keep the connection going
+        except Exception:  # noqa: BLE001 -- a callback raised inside paho: keep the connection going
             self._log.log(log, logging.ERROR, "MQTT incoming data whose handling failed",
                           "MQTT %s:%d: handling incoming data failed", self.host, self.port, exc_info=True)
 
