@@ -10,7 +10,7 @@ import tomllib
 from datetime import datetime, timezone
 
 from meterd.analytics.outages import OutageStore
-from meterd.collector.daemon import Daemon
+from meterd.app import build_node
 from meterd.config.loader import parse_config
 from meterd.simulators.dlt645 import Dlt645Bus, FaultPlan
 from meterd.simulators.model import MeterModel
@@ -54,7 +54,7 @@ async def test_an_area_that_goes_dark_together_is_one_outage_opened_and_closed(t
     outages = OutageStore(tmp_path)
     try:
         with SqliteStore(tmp_path) as store:
-            daemon = Daemon(config, store, clock=lambda: datetime.now(timezone.utc))
+            daemon = build_node(config, store, clock=lambda: datetime.now(timezone.utc))  # analytics needs the node
             stop = asyncio.Event()
             task = asyncio.create_task(daemon.run(stop))
             try:
