@@ -184,3 +184,22 @@ async def test_one_timeout_timer_serves_reads_with_shorter_and_longer_timeouts()
             assert 0.45 <= loop.time() - t0 < 1.5
         finally:
             await t.close()
+
+
+async def test_a_late_answer_from_another_meter_is_skipped_and_the_right_one_taken():
+    # Meter 2's answer comes after its request timed out; it arrives while the channel waits for
+    # meter 1.  Before: wrong_address, and every following transaction one reply behind.
+    request_other = encode_request(ReadRequest("000000000002", 0x00010000))
+
+    def script(n, req):
+        return [(0.25, REPLY_OTHER)] if n == 1 else [(0.02, REPLY)]
+
+    async with Peer(script) as peer:
+        ch = channel(peer.port, retries=0, timing=Timing(response=0.15, inter_byte=0.1))
+        with pytest.raises(TransactionError) as info:
+            await ch.transact(request_other)
+        assert info.value.kind is FailureKind.TIMEOUT
+        frame = await ch.transact(REQUEST)
+        await ch.close()
+    assert frame.address == "000000000001"
+    assert ch.stats.successes == 1 and FailureKind.WRONG_ADDRESS not in ch.stats.failures

@@ -336,10 +336,14 @@ class Channel:
                 return None
             received = bytearray()
             timeout = self.timing.response
+            mismatch: AddressMismatchError | None = None
             while True:
                 try:
                     chunk = await transport.read(timeout)
                 except LinkTimeoutError:
+                    if mismatch is not None:  # only another meter answered
+                        raise TransactionError(FailureKind.WRONG_ADDRESS, str(mismatch),
+                                               meter=meter, received=bytes(received)) from None
                     if matcher.dropped:
                         kind, what = FailureKind.GARBLED, "no valid reply (corrupt frame dropped)"
                     elif matcher.pending:
@@ -356,8 +360,16 @@ class Channel:
                 try:
                     reply = matcher.feed(chunk)
                 except AddressMismatchError as exc:
-                    raise TransactionError(FailureKind.WRONG_ADDRESS, str(exc),
-                                           meter=meter, received=bytes(received)) from None
+                    # Another meter's reply: a late answer to an earlier request (its timeout ran
+                    # out while it was on its way) or a meter answering to the wrong address.  Skip
+                    # it and keep listening until the response deadline, so one late reply cannot
+                    # put every following transaction one reply behind; only if nobody else
+                    # answers is the attempt a wrong_address.
+                    mismatch = exc
+                    self._emit("drop", bytes(received), note=f"skipped: {exc}")
+                    received.clear()
+                    timeout = max(0.0, started + self.timing.response - time.monotonic())
+                    continue
                 if reply is not None:
                     if self.trace is not None:
                         self._emit("rx", bytes(received), reply)
