@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import difflib
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 def show(value: Any) -> str:

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import gc
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final, Iterator
+from typing import Final
 
 # (young, middle, old): a young collection every 20,000 container allocations instead of 700;
 # the middle and old generations keep CPython's ratios

@@ -34,8 +34,9 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Final
+from typing import Any, Final
 
 MAX_KINDS: Final = 4096
 DEFAULT_INTERVAL: Final = 60.0

@@ -151,7 +151,7 @@ class Gate:
     default rating, CT × PT of 1).  Memory: one entry per (meter, energy quantity) seen.
     """
 
-    __slots__ = ("bounds", "default", "_last", "_rules")
+    __slots__ = ("_last", "_rules", "bounds", "default")
 
     def __init__(self, bounds: Mapping[str, MeterBounds], default: MeterBounds = DEFAULT_BOUNDS) -> None:
         self.bounds = dict(bounds)

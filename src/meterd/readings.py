@@ -12,9 +12,8 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Union
 
-Value = Union[Decimal, datetime, int, str, bool]
+Value = Decimal | datetime | int | str | bool
 
 
 class Quality(enum.StrEnum):

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Final
+from typing import Final
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ async def supervise(
             await body()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- a supervised task's fault is logged and it restarts
             failure = exc
         if stop.is_set():
             return
@@ -127,5 +128,13 @@ def log_task_failure(task: asyncio.Task[object]) -> None:
         log.error("task %s failed (%s)", task.get_name(), describe(exc), exc_info=exc)
 
 
-__all__ = ["Backoff", "FIRST_DELAY", "MAX_DELAY", "Pause", "describe", "log_task_failure", "supervise",
-           "wait_or_stop"]
+__all__ = [
+    "FIRST_DELAY",
+    "MAX_DELAY",
+    "Backoff",
+    "Pause",
+    "describe",
+    "log_task_failure",
+    "supervise",
+    "wait_or_stop",
+]

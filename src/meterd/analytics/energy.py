@@ -30,10 +30,10 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 
-from meterd.storage.statedb import StateDatabase
 from meterd.clock import CST
 from meterd.readings import Quality, Reading
 from meterd.storage.sqlite import to_ms
+from meterd.storage.statedb import StateDatabase
 
 if TYPE_CHECKING:
     from meterd.analytics.lineloss import LossReport

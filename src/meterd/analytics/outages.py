@@ -32,9 +32,9 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
-from meterd.storage.statedb import StateDatabase
 from meterd.analytics.topology import Topology
 from meterd.storage.sqlite import from_ms, to_ms
+from meterd.storage.statedb import StateDatabase
 
 _SHARE_PLACES: Final = Decimal("0.0001")
 

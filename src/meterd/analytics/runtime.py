@@ -18,17 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from meterd.analytics.anomalies import AnomalyStore, detect
-from meterd.storage.anomalies import DETECTED
 from meterd.analytics.energy import DailyRegisterStore, LossHistory
 from meterd.analytics.lineloss import line_loss_all
 from meterd.analytics.outages import OutageStore, detect_outages
 from meterd.readings import Quality, Reading
+from meterd.storage.anomalies import DETECTED
 
 if TYPE_CHECKING:
     from meterd.config.analytics import AnalyticsConfig

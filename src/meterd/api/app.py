@@ -30,12 +30,13 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Final
+from typing import Any, Final
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -184,7 +185,7 @@ def _query_time(request: Request, name: str) -> datetime | None:
     if at.tzinfo is None:
         raise ApiError(400, f"query parameter {name}={text!r} needs a time zone, e.g. {text}+08:00")
     try:
-        day = at.astimezone(timezone.utc).date()
+        day = at.astimezone(UTC).date()
     except OverflowError:  # 0001-01-01T00:00+08:00 is before year 1 in UTC
         day = date.min
     if not FIRST_DAY <= day <= LAST_DAY:

@@ -10,10 +10,10 @@ import asyncio
 import logging
 import resource
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from meterd import logthrottle
 from meterd.api.guard import ConnectionGuard

@@ -24,10 +24,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, Iterable, Mapping, Sequence
+from typing import Any, Final
 
 from meterd.billing_link.folder import OUTBOX, DropFolder
 from meterd.billing_link.http import post_json, shown_url, token_from_env

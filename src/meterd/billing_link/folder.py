@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -54,7 +54,7 @@ class DropFolder:
         stem, dot, ext = name.rpartition(".")
         if not dot:
             stem, ext = name, ""
-        stamp = now.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         for n in range(10_000):
             candidate = self.root / sub / (f"{stem}.{stamp}" + (f"-{n}" if n else "") + (f".{ext}" if ext else ""))
             if not candidate.exists() and not candidate.with_name(candidate.name + ".reason.txt").exists():

@@ -28,15 +28,15 @@ opening balance is reported and not applied, and one for an account that was act
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Collection, Final, Protocol, Sequence
+from typing import Final, Protocol
 
 from meterd.billing_link.folder import FORMATS, PROCESSED, QUARANTINE, DropFolder
 from meterd.billing_link.http import get_page, shown_url, token_from_env
 from meterd.billing_link.model import Outcome, Run
-from meterd.billing_link.store import FileRow
 from meterd.billing_link.records import (
     ACCOUNT_FIELDS,
     PAYMENT_FIELDS,
@@ -51,6 +51,7 @@ from meterd.billing_link.records import (
     parse_records,
     payment_of,
 )
+from meterd.billing_link.store import FileRow
 from meterd.clock import CST
 from meterd.control.model import EntryKind, LedgerEntry
 from meterd.control.state import PENDING, Account, AccountSpec, ControlStore, LedgerError, LedgerRow

@@ -18,20 +18,20 @@ import fcntl
 import logging
 import os
 import re
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
-from typing import Callable, Collection, Iterator
 
 from meterd.billing_link.exports import export_balances, export_readings
 from meterd.billing_link.imports import import_folder, import_http, sink_for
 from meterd.billing_link.model import JobKind, JobResult, JobSpec, RegisterOf, Run
 from meterd.billing_link.store import SyncStore
-from meterd.control.amounts import AmountLimits
+from meterd.control.amounts import DEFAULT_LIMITS, AmountLimits
 from meterd.control.state import ControlStore
 from meterd.errors import SyncError
 
-__all__ = ["JobKind", "JobSpec", "JobResult", "SyncStore", "run_job"]
+__all__ = ["JobKind", "JobResult", "JobSpec", "SyncStore", "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def run_job(
     known_tariffs: Collection[str] = (),
     register_of: RegisterOf | Callable[..., object] | None = None,
     day: date | None = None,
-    amounts: AmountLimits = AmountLimits(),
+    amounts: AmountLimits = DEFAULT_LIMITS,
 ) -> JobResult:
     """Run ``spec`` once, now.  ``known_tariffs``: tariff names an imported account may use (the
     others are quarantined).  ``register_of(meter, day)``: the register value at the start of

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Collection, Final, Mapping
+from typing import Any, Final
 
 from meterd.billing_link.store import Refusal, SyncStore
-from meterd.control.amounts import AmountLimits
+from meterd.control.amounts import DEFAULT_LIMITS, AmountLimits
 from meterd.control.state import ControlStore
 
 DETAIL_LINES: Final = 200  # human lines kept in a JobResult; the rest are counted
@@ -112,7 +113,7 @@ class Run:
     known_tariffs: Collection[str] = ()
     register_of: RegisterOf | None = None
     day: date | None = None
-    amounts: AmountLimits = AmountLimits()  # [prepaid] max_payment: a larger payment is quarantined
+    amounts: AmountLimits = DEFAULT_LIMITS  # [prepaid] max_payment: a larger payment is quarantined
 
 
 @dataclass(slots=True)

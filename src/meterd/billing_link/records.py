@@ -28,13 +28,16 @@ import csv
 import io
 import json
 import re
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, Collection, Final, Iterable, Mapping
+from typing import Any, Final
 
+from meterd.clock import CST
 from meterd.control.amounts import (
     DEFAULT_LIMIT,
+    DEFAULT_LIMITS,
     AmountError,
     AmountLimits,
     JsonNumber,
@@ -42,7 +45,6 @@ from meterd.control.amounts import (
     parse_amount,
     parse_payment,
 )
-from meterd.clock import CST
 from meterd.errors import SyncError
 from meterd.readings import address_key
 
@@ -270,7 +272,7 @@ def _check_readable(rec: RawRecord) -> None:
             raise RecordError(f"garbled text in {name} (undecodable bytes or control characters: wrong encoding?)")
 
 
-def amount_of(value: Any, limits: AmountLimits = AmountLimits()) -> Decimal:
+def amount_of(value: Any, limits: AmountLimits = DEFAULT_LIMITS) -> Decimal:
     """A payment amount in yuan by the one amount grammar (:func:`~meterd.control.amounts.parse_payment`):
     no sign, no spaces, at most two decimals, more than zero, at most ``limits.max_payment``.  A
     JSON number counts as the text it was written as; ``true`` or a list is no amount."""
@@ -318,7 +320,7 @@ def opening_of(value: Any) -> Decimal | None:
         raise RecordError(str(exc)) from None
 
 
-def payment_of(rec: RawRecord, *, now: datetime, limits: AmountLimits = AmountLimits()) -> Payment:
+def payment_of(rec: RawRecord, *, now: datetime, limits: AmountLimits = DEFAULT_LIMITS) -> Payment:
     _check_readable(rec)
     payment_id = _text(rec, "payment_id", required=True, label="payment id")
     account = _text(rec, "account", required=True)

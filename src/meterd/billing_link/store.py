@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Mapping, Sequence
+from typing import Any, Final
 
 from meterd.storage.sqlite import from_ms, to_ms
 from meterd.storage.statedb import StateDatabase

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from meterd.analytics.views import parse_period
-from meterd.clock import today_cst
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json
+from meterd.clock import today_cst
 from meterd.errors import ConfigError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -76,4 +76,4 @@ def parse_time(text: str, now: datetime) -> datetime:
         dt = datetime.fromisoformat(t)
     except ValueError:
         raise ValueError(f"{text!r} is not a time (use 2026-11-23T10:00, or -2h, -30m, -1d)") from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)

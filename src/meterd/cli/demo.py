@@ -29,7 +29,7 @@ import signal
 import socket
 import sys
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from meterd.app import build_node
@@ -246,7 +246,7 @@ async def watch_prepaid(data_dir: Path, stop: asyncio.Event, *, poll: float = 1.
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class RoundPrinter:

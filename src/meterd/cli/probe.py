@@ -36,10 +36,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Callable, Final, Iterable, Sequence
+from typing import Any, Final
 
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.pdu.register_message import ReadHoldingRegistersRequest
@@ -297,7 +298,7 @@ class ProbeReport:
                 {"protocol": t.protocol, "link": str(t.setting), "target": t.target, "outcome": t.outcome,
                  "evidence": t.evidence, **({"candidate_models": t.candidates} if _by_unit(t.protocol) else {})}
                 for t in self.detected
-            ],  # fmt: skip
+            ],
             "tries": [t.as_dict() for t in self.tries],
             "aborted": self.aborted,
             "hints": self.hints(),
@@ -435,7 +436,7 @@ async def _read_2007_energy(channel: Channel, address: str, result: TryResult) -
         assert frame is not None
         reply = decode_response(frame)
     except TransactionError as exc:
-        result.evidence[f"{DI_ENERGY:08X}"] = "%s: %s" % _failure(exc)
+        result.evidence[f"{DI_ENERGY:08X}"] = "{}: {}".format(*_failure(exc))
         return
     except ProtocolError as exc:
         result.evidence[f"{DI_ENERGY:08X}"] = f"garbled: {exc}"

@@ -10,13 +10,13 @@ under the operators' 97 % line are marked ``!``.
 from __future__ import annotations
 
 import argparse
-from datetime import date, datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Callable
 
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json
-from meterd.errors import ConfigError
 from meterd.clock import CST, local_date
+from meterd.errors import ConfigError
 from meterd.storage.quality import DAY, THRESHOLD, QualityReport, QualityRow, QualityStore
 from meterd.storage.sqlite import STATE_FILE
 
@@ -104,7 +104,7 @@ def format_report(report: QualityReport, *, meters: str = "all") -> list[str]:
 
 
 def run(args: argparse.Namespace, *, clock: Callable[[], datetime] | None = None) -> int:
-    now = (clock or (lambda: datetime.now(timezone.utc)))()
+    now = (clock or (lambda: datetime.now(UTC)))()
     try:
         day = date.fromisoformat(args.date) if args.date else local_date(now)
         data_dir = resolve_data_dir(args)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, format_value, print_json, reading_dict
 from meterd.collector.channel import Channel, Timing, TraceEvent
+from meterd.collector.modbus import ModbusLink
 from meterd.collector.poll import MeterTarget, poll_meter
 from meterd.collector.transports import SerialTransport, TcpTransport, Transport
-from meterd.collector.modbus import ModbusLink
 from meterd.errors import ConfigError, ProtocolError
 from meterd.protocols.dlt645.frame import Frame
 from meterd.protocols.dlt645.messages import decode_message
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
     async def go():
         try:
-            return await poll_meter(channel, meter, reads, datetime.now(timezone.utc), link=link)
+            return await poll_meter(channel, meter, reads, datetime.now(UTC), link=link)
         finally:
             await channel.close()
 

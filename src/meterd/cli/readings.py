@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, format_value, parse_time, print_json, reading_dict
@@ -36,7 +36,7 @@ def resolve_data_dir(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         meter = normalize_address(args.meter)
         since = parse_time(args.since, now) if args.since else None

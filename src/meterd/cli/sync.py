@@ -7,7 +7,7 @@ watermark and last outcome, and list the records that were quarantined with thei
 from __future__ import annotations
 
 import argparse
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json
 from meterd.errors import ConfigError, SyncError
@@ -36,14 +36,14 @@ def sync_cmd(args: argparse.Namespace) -> int:
             from meterd.control.state import ControlStore
 
             with ControlStore(config.store.data_dir) as control:  # as the daemon does at start
-                control.upsert_accounts(config.prepaid.accounts, actor="config", now=datetime.now(timezone.utc))
+                control.upsert_accounts(config.prepaid.accounts, actor="config", now=datetime.now(UTC))
         if args.action == "run":
             if not args.job:
                 raise ConfigError("sync run needs the job's name")
             day = date.fromisoformat(args.day) if args.day else None
             from meterd.billing_link.runtime import run_named
 
-            result = run_named(config, args.job, now=datetime.now(timezone.utc), day=day)
+            result = run_named(config, args.job, now=datetime.now(UTC), day=day)
             if args.json:
                 print_json(result.as_dict())
             else:
@@ -65,7 +65,7 @@ def sync_cmd(args: argparse.Namespace) -> int:
         elif args.action == "status":
             print(f"{'JOB':<20} {'WATERMARK':<26} {'LAST RUN':<26} STATUS / COUNTS")
             for r in rows:
-                print(f"{r['job']:<20} {str(r.get('watermark') or '-'):<26} {str(r.get('last_run') or '-')[:26]:<26} "
+                print(f"{r['job']:<20} {r.get('watermark') or '-'!s:<26} {str(r.get('last_run') or '-')[:26]:<26} "
                       f"{r.get('last_status')} {r.get('counts')}")
         else:
             for r in rows:

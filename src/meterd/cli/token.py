@@ -8,7 +8,7 @@ Creating and revoking tokens is audited.
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json
 from meterd.errors import ConfigError
@@ -35,7 +35,7 @@ def token_cmd(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         error(str(exc))
         return EXIT_BAD_INPUT
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     data_dir = config.store.data_dir
     with TokenStore(data_dir) as tokens, ControlStore(data_dir) as audit:
         if args.action == "list":

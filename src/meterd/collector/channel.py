@@ -34,13 +34,12 @@ import heapq
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Final, Protocol
+from typing import Any, Final, Protocol
 
 from meterd.collector.transports.base import Transport
 from meterd.errors import AddressMismatchError, LinkError, LinkTimeoutError, MeterdError, ProtocolError
-from meterd.supervise import describe
 from meterd.protocols.dlt645.frame import (
     BROADCAST,
     PREAMBLE,
@@ -49,6 +48,7 @@ from meterd.protocols.dlt645.frame import (
     decode_frame,
     encode_frame,
 )
+from meterd.supervise import describe
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,7 @@ class ChannelStats:
     def record_success(self, latency: float) -> None:
         self.successes += 1
         self.latency_total += latency
-        if latency > self.latency_max:
-            self.latency_max = latency
+        self.latency_max = max(self.latency_max, latency)
 
     @property
     def latency_mean(self) -> float:
@@ -388,7 +387,7 @@ class Dlt645Reply:
     request's function; echoed requests and replies to other functions are skipped; a reply from
     another address is an :class:`~meterd.errors.AddressMismatchError` (unless the request was broadcast or wildcarded)."""
 
-    __slots__ = ("request", "_decoder", "_check_address")
+    __slots__ = ("_check_address", "_decoder", "request")
 
     def __init__(self, request: Frame) -> None:
         self.request = request

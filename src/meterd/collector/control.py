@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 
+from meterd.clock import CST
 from meterd.collector.channel import URGENT, Channel, TransactionError
 from meterd.collector.modbus import ModbusLink, ModbusRefused
-from meterd.clock import CST
 from meterd.collector.poll import MeterTarget, ReadFailed, read_item
 from meterd.errors import ControlError, ProtocolError
 from meterd.protocols.dlt645.messages import RelayCommand

@@ -14,21 +14,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from collections.abc import Sequence
 from datetime import datetime
-from typing import Awaitable, Callable
 
 from meterd.clock import Clock, utc_now
+from meterd.collector import ondemand
 from meterd.collector.channel import Channel, FailureKind, Timing, TraceHook
-from meterd.collector.modbus import ModbusLink
-from meterd.collector.poll import MeterTarget, Reads, RoundResult, link_failed, poll_round
-from meterd.collector.transports import SerialTransport, TcpTransport, Transport
 from meterd.collector.door import Door
 from meterd.collector.dtu import DtuListener
-from meterd.collector import ondemand
-from meterd.collector.ports import ChannelFigures, Observer, Route, Service
+from meterd.collector.modbus import ModbusLink
 from meterd.collector.mqtt import MqttHub
+from meterd.collector.poll import MeterTarget, Reads, RoundResult, link_failed, poll_round
+from meterd.collector.ports import ChannelFigures, Observer, Route, Service
+from meterd.collector.transports import SerialTransport, TcpTransport, Transport
 from meterd.config.model import (
     ChannelConfig,
     Config,
@@ -40,9 +39,9 @@ from meterd.config.model import (
 )
 from meterd.errors import ConfigError
 from meterd.plausibility import Implausible
-from meterd.readings import Reading
 from meterd.protocols import modbus
 from meterd.protocols.drivers import LinkKind, get_driver
+from meterd.readings import Reading
 from meterd.storage.anomalies import AnomalyStore, Finding, Kind, Severity
 from meterd.storage.sqlite import Attempt, MeterRecord, SqliteStore
 from meterd.storage.writer import BatchWriter
@@ -151,8 +150,8 @@ def meter_reads(meter: MeterConfig, poll: PollConfig) -> Reads:
     driver = get_driver(meter.protocol)
     reads, missing = driver.plan(poll.quantities, driver.explicit_items(poll), meter.regmap)
     if missing or reads is None:
-        raise ConfigError([f"{poll.name}: meter {meter.address} ({driver.describe_meter(meter.regmap)}) has no "
-                           f"{driver.missing_noun} for {', '.join(missing)}"])
+        raise ConfigError([(f"{poll.name}: meter {meter.address} ({driver.describe_meter(meter.regmap)}) has no "
+                           f"{driver.missing_noun} for {', '.join(missing)}")])
     return reads
 
 
@@ -317,10 +316,9 @@ class Daemon:
         for name, listener in self.listeners.items():
             await listener.start()
             log.info("listener %s: DTUs connect to port %d", name, listener.bound_port)
-        if self.hub is not None:
-            if not await self.hub.start(timeout=5.0):
-                log.warning("mqtt: broker %s:%d not reachable yet; retrying in the background",
-                            self.config.mqtt.host, self.config.mqtt.port)  # type: ignore[union-attr]
+        if self.hub is not None and not await self.hub.start(timeout=5.0):
+            log.warning("mqtt: broker %s:%d not reachable yet; retrying in the background",
+                        self.config.mqtt.host, self.config.mqtt.port)  # type: ignore[union-attr]
         self.writer.start()
         self.online.start()
         tasks = [asyncio.create_task(self._run_channel(r, stop), name=f"channel:{r.channel.name}")
@@ -385,7 +383,7 @@ class Daemon:
             for p in due:
                 try:
                     await self.run_round(runner, p)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 -- a round's fault is counted and the channel restarts
                     delay = await self._round_failed(runner, p, exc)
                     if await self.pause(stop, delay):
                         return

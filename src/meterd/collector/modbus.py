@@ -19,8 +19,9 @@ channel dropping stale input before each request.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Sequence
+from typing import Final
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerRTU, FramerSocket
@@ -85,7 +86,7 @@ class ModbusRefused(DeviceRejectedError):
 class ModbusReply:
     """Receive side of one Modbus attempt (see :class:`~meterd.collector.channel.ReplyMatcher`)."""
 
-    __slots__ = ("framing", "framer", "decoder", "unit", "tid", "function_code", "dropped", "_buf")
+    __slots__ = ("_buf", "decoder", "dropped", "framer", "framing", "function_code", "tid", "unit")
 
     def __init__(self, framing: Framing, decoder: DecodePDU, unit: int, tid: int, function_code: int) -> None:
         self.framing = framing

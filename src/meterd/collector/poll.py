@@ -26,14 +26,15 @@ round, not one per identifier.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
-from typing import Any, Awaitable, Callable, Final, Iterable, Sequence, Union, cast
+from typing import Any, Final, cast
 
+from meterd.clock import CST
 from meterd.collector.channel import ROUTINE, Channel, FailureKind, TransactionError
 from meterd.collector.modbus import ModbusLink, ModbusRefused
-from meterd.clock import CST
 from meterd.errors import MeterdError, ProtocolError
 from meterd.protocols.dlt645 import catalogue
 from meterd.protocols.dlt645.catalogue import DecodedValue, Scaling
@@ -152,12 +153,12 @@ def curve_readings(
         if p.value is None:
             continue  # the meter has no record for that slot; a re-read pass may fill it later
         assert isinstance(p.value, Decimal)
-        ts = p.timestamp.replace(tzinfo=meter_tz).astimezone(timezone.utc)
+        ts = p.timestamp.replace(tzinfo=meter_tz).astimezone(UTC)
         out.append(Reading(meter.address, field_.quantity, ts, meter.scale(p.value, field_.scaling), field_.unit))
     return out
 
 
-Reads = Union[Sequence[int], ReadSpec, ReadPlan]
+Reads = Sequence[int] | ReadSpec | ReadPlan
 
 
 def values_to_readings(
@@ -169,7 +170,7 @@ def values_to_readings(
         if isinstance(value, Decimal):
             value = meter.scale(value, v.scaling)
         elif isinstance(value, datetime):
-            value = value.replace(tzinfo=meter_tz).astimezone(timezone.utc)
+            value = value.replace(tzinfo=meter_tz).astimezone(UTC)
         out.append(Reading(meter.address, v.quantity, timestamp, value, v.unit, Quality.GOOD))
     return out
 
@@ -285,7 +286,7 @@ async def _poll_frames(
                 raw = await read_item(channel, meter.address, item.timestamp_di, driver=driver)
                 (tv,) = driver.decode(item.timestamp_di, raw, local_now)
                 assert isinstance(tv.value, datetime)
-                freeze_times[item.timestamp_di] = tv.value.replace(tzinfo=meter_tz).astimezone(timezone.utc)
+                freeze_times[item.timestamp_di] = tv.value.replace(tzinfo=meter_tz).astimezone(UTC)
             stamp = freeze_times[item.timestamp_di]
         if item.records:
             first = curve_window(now, meter_tz, curve_points, curve_interval)

@@ -20,7 +20,6 @@ import time as _time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
-from typing import Union
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,
@@ -71,9 +70,9 @@ log = logging.getLogger(__name__)
 
 # --- running one round -------------------------------------------------------------------------
 
-TaskReads = Union[Reads, MeterNeed]
+TaskReads = Reads | MeterNeed
 RunRound = Callable[[TaskSpec, Mapping[str, Sequence[MeterConfig]], Mapping[str, TaskReads], datetime],
-                    Union[RoundResult, Awaitable[RoundResult]]]
+                    RoundResult | Awaitable[RoundResult]]
 _GIVE_UP = (FailureKind.TIMEOUT, FailureKind.LINK)
 
 
@@ -351,7 +350,7 @@ class TaskScheduler:
             for ch in self.channels_of(t):
                 sched.add_job(self.run_task, trigger, args=(t.name, ch), id=job_id(t.name, ch),
                               name=f"{t.kind} {t.name} on {ch}", max_instances=1, coalesce=True,
-                              misfire_grace_time=max(1, int(round(t.grace))), replace_existing=True)
+                              misfire_grace_time=max(1, round(t.grace)), replace_existing=True)
         sched.add_listener(self._on_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED | EVENT_JOB_ERROR
                            | EVENT_JOB_EXECUTED)
         sched.start()

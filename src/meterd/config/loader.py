@@ -24,6 +24,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
 
+from meterd.checking import Checker, hint, show
 from meterd.config.durations import DURATION_FORMS, parse_duration
 from meterd.config.model import (
     ApiConfig,
@@ -33,9 +34,9 @@ from meterd.config.model import (
     Framing,
     InfluxConfig,
     ListenerConfig,
+    MeterConfig,
     MqttConfig,
     MqttLink,
-    MeterConfig,
     Parity,
     PollConfig,
     Protocol,
@@ -44,7 +45,6 @@ from meterd.config.model import (
     TcpLink,
     Timeouts,
 )
-from meterd.checking import Checker, hint, show
 from meterd.errors import ConfigError, ProtocolError
 from meterd.plausibility import DEFAULT_RATING, Rating
 from meterd.protocols.dlt645.frame import BROADCAST, normalize_address

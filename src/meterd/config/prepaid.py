@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from meterd.checking import show
-from meterd.control.amounts import DEFAULT_LIMIT, ENTRY_LIMIT, AmountError, AmountLimits, parse_amount
+from meterd.control.amounts import DEFAULT_LIMIT, DEFAULT_LIMITS, ENTRY_LIMIT, AmountError, AmountLimits, parse_amount
 from meterd.control.engine import PrepaidSettings
 from meterd.control.limits import PowerLimit, PowerWindow
 from meterd.control.model import TOU_RATES, CommandKind, Rate
@@ -114,7 +114,7 @@ class PrepaidConfig:
     notify: tuple[NotifyConfig, ...] = ()
     password_env: str | None = None
     operator_env: str | None = None
-    amounts: AmountLimits = AmountLimits()  # max_payment, max_adjustment
+    amounts: AmountLimits = DEFAULT_LIMITS  # max_payment, max_adjustment
 
 
 def parse_prepaid(check: Any, raw: Any, *, meters: dict[str, Decimal], base_dir: Path | None,

@@ -37,7 +37,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from meterd.errors import MeterdError
 
@@ -62,6 +62,9 @@ class AmountLimits:
 
     max_payment: Decimal = DEFAULT_LIMIT
     max_adjustment: Decimal = DEFAULT_LIMIT
+
+
+DEFAULT_LIMITS: Final = AmountLimits()  # the defaults, shared (frozen)
 
 
 def quote(text: str) -> str:
@@ -159,7 +162,7 @@ class JsonNumber(Decimal):
 
     literal: str
 
-    def __new__(cls, text: str) -> JsonNumber:
+    def __new__(cls, text: str) -> Self:
         self = super().__new__(cls, text)
         self.literal = text
         return self

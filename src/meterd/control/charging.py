@@ -62,7 +62,7 @@ import enum
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from operator import attrgetter, itemgetter
 from types import MappingProxyType
@@ -78,7 +78,7 @@ from meterd.control.model import (
     RegisterReading,
     money,
 )
-from meterd.control.tariff import UTC, Tariff, TariffKind, TariffVersion, TierPeriod, TouSource, as_utc
+from meterd.control.tariff import Tariff, TariffKind, TariffVersion, TierPeriod, TouSource, as_utc
 from meterd.plausibility import DEFAULT_RATING, REGISTER_STEP, Rating, max_advance
 
 _NO_MULTIPLIERS: Final[Mapping[str, Decimal]] = MappingProxyType({})
@@ -373,8 +373,20 @@ def _charge_amount(value: Decimal) -> Decimal:
 class _Run:
     """The state of one charge_account call: cursors and usage changed so far over the inputs."""
 
-    __slots__ = ("account", "tariff", "cursors", "usage", "multipliers", "memo", "ratings", "retired",
-                 "new_cursors", "new_usage", "entries", "flags")
+    __slots__ = (
+        "account",
+        "cursors",
+        "entries",
+        "flags",
+        "memo",
+        "multipliers",
+        "new_cursors",
+        "new_usage",
+        "ratings",
+        "retired",
+        "tariff",
+        "usage",
+    )
 
     def __init__(self, account: str, tariff: Tariff, cursors: Mapping[tuple[str, Rate], Cursor],
                  usage: Mapping[str, Usage], multipliers: Mapping[str, Decimal], memo: Memo | None,

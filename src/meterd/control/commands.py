@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Awaitable, Callable, Iterable
 
 from meterd.clock import Clock
 from meterd.collector.channel import Channel, TransactionError

@@ -31,12 +31,13 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import islice
-from typing import Callable, Final, Iterable, Mapping, NamedTuple
+from typing import Final, NamedTuple
 
 from meterd.clock import CST
 from meterd.control.charging import DistrictCharger, FlagKind, MeterReplacement, Usage, fixed_charges
@@ -55,7 +56,7 @@ from meterd.control.policy import (
     quiet_level,
 )
 from meterd.control.state import Account, ChargingBatch, ControlStore, LedgerError, entry_fields, from_fen
-from meterd.control.tariff import UTC, Tariff, TierPeriod
+from meterd.control.tariff import Tariff, TierPeriod
 from meterd.heap import collector_paused
 from meterd.plausibility import Rating
 from meterd.readings import Quality, Reading
@@ -131,8 +132,7 @@ def register_reading(reading: Reading) -> RegisterReading | None:
     if reading.quality is not Quality.GOOD or not isinstance(reading.value, Decimal):
         return None
     quantity = reading.quantity
-    if quantity.startswith(FROZEN_PREFIX):
-        quantity = quantity[len(FROZEN_PREFIX):]
+    quantity = quantity.removeprefix(FROZEN_PREFIX)
     rate = QUANTITY_RATE.get(quantity)
     if rate is None:
         return None
@@ -426,7 +426,7 @@ class PrepaidEngine:
         views = self._row_views(now, rows)
         try:
             decisions = decide_all(views, self.settings.rules, now, area_trips)
-        except Exception:  # one account's fault: decide them one by one, skipping the ones that fail
+        except Exception:  # noqa: BLE001 -- one account's fault: decide them one by one, skip those that fail
             decisions = self._decide_each(views, now, area_trips, summary)
         summary.decisions = len(decisions)
         requests: list[CommandRequest] = []

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from decimal import Decimal
 
-from meterd.control.model import CommandKind, CommandRequest
 from meterd.clock import local_time
+from meterd.control.model import CommandKind, CommandRequest
 from meterd.control.policy import Notice, SafetyRules, automatic_trip_hold, in_window
 
 POWER_ACTIONS = (CommandKind.ALARM, CommandKind.TRIP)

@@ -128,10 +128,11 @@ class Threshold:
         return money(self.days * avg_daily_cost)
 
     @classmethod
-    def parse(cls, text: str | int | float | Decimal) -> Threshold:
+    def parse(cls, text: str | float | Decimal) -> Threshold:
         """``"50"`` / ``50`` / ``-10`` → an amount in yuan; ``"3d"`` → 3 days of average use."""
         if isinstance(text, bool) or not isinstance(text, (str, int, float, Decimal)):
-            raise ValueError(f"threshold {text!r}: expected a number of yuan or a number of days such as '3d'")
+            raise ValueError(  # noqa: TRY004 -- callers treat every bad threshold alike (ValueError)
+                f"threshold {text!r}: expected a number of yuan or a number of days such as '3d'")
         raw = str(text).strip()
         days = raw[-1:] in ("d", "D")
         number = raw[:-1].strip() if days else raw

@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from meterd import secrets
-from meterd.collector.control import Credentials
 from meterd.clock import Clock
+from meterd.collector.control import Credentials
 from meterd.control.commands import CommandExecutor, MeterRoute
 from meterd.control.engine import PrepaidEngine
 from meterd.control.model import CommandKind

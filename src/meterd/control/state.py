@@ -45,13 +45,14 @@ import json
 import queue
 import sqlite3
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from operator import attrgetter
 from types import MappingProxyType
-from typing import Any, Callable, Final, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final
 
 from meterd.clock import CST
 from meterd.control.amounts import BALANCE_LIMIT_FEN, DEFAULT_LIMIT, ENTRY_LIMIT, AmountError, parse_amount
@@ -467,7 +468,7 @@ class ChargingBatch:
                 job, args = item
                 try:
                     job(*args)
-                except BaseException as exc:  # handed to the caller's thread
+                except BaseException as exc:  # noqa: BLE001 -- handed to the caller's thread, re-raised there
                     self._error = exc
 
     def _stop(self, *, abort: bool) -> None:
@@ -1064,4 +1065,4 @@ class ControlStore(CommandStore):
 
 
 def utc(at: datetime) -> datetime:
-    return at.astimezone(timezone.utc)
+    return at.astimezone(UTC)

@@ -29,7 +29,7 @@ import enum
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from operator import attrgetter
 from typing import Final
@@ -37,7 +37,6 @@ from typing import Final
 from meterd.clock import CST
 from meterd.control.model import TOU_RATES, Rate
 
-UTC: Final = timezone.utc
 _CST_SHIFT: Final = CST.utcoffset(None)  # CST has no daylight saving: local = UTC + 8 h, always
 _DAY: Final = timedelta(days=1)
 

@@ -21,9 +21,10 @@ they carry.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Final, Iterable, Mapping
+from typing import Final
 
 from meterd.errors import UnknownIdentifierError
 from meterd.protocols.dlt645 import catalogue
@@ -47,11 +48,11 @@ def _best(candidates: Iterable[tuple[int, tuple[str, ...]]]) -> dict[str, int]:
 def _candidates_2007() -> Iterable[tuple[int, tuple[str, ...]]]:
     dis: list[int] = []
     for kk in catalogue.ENERGY_KINDS:
-        for rr in range(0, 15):
+        for rr in range(15):
             dis.append((kk << 16) | (rr << 8))
             dis.append(0x01000000 | (kk << 16) | (rr << 8))
     for d2 in range(0x01, 0x08):
-        dis += [0x02000000 | (d2 << 16) | (p << 8) for p in range(0, 4)]
+        dis += [0x02000000 | (d2 << 16) | (p << 8) for p in range(4)]
         dis.append(0x02000000 | (d2 << 16) | 0xFF00)
     dis += [0x02800000 | n for n in range(1, 0x0B)]
     dis += [0x04000101, 0x04000102, 0x0400010C, 0x04000401, 0x04000402]

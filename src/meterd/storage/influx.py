@@ -74,14 +74,14 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Final, Protocol
+from typing import Final, Protocol, Self
 
 import urllib3.exceptions
 from influxdb_client import InfluxDBClient, WritePrecision
@@ -90,8 +90,8 @@ from influxdb_client.rest import ApiException
 
 from meterd.errors import StorageError
 from meterd.readings import Quality, Reading
-from meterd.storage.sqlite import Attempt, to_ms
 from meterd.storage.spool import Spool
+from meterd.storage.sqlite import Attempt, to_ms
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class InfluxStore:
         gzip: bool = False,
         state: AttemptSink | None = None,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
@@ -459,7 +459,7 @@ class InfluxStore:
             finally:
                 self.spool.close()
 
-    def __enter__(self) -> InfluxStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Iterable
+from typing import Any, Final, Self
 
 from meterd.clock import CST, Clock, utc_now
 from meterd.storage.sqlite import _STATE_SCHEMA, OUTCOMES, STATE_FILE, Attempt, SqliteStore, from_ms, to_ms
@@ -273,7 +274,7 @@ class QualityStore:
                 self._closed = True
                 self._conn.close()
 
-    def __enter__(self) -> QualityStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

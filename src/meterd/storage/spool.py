@@ -52,11 +52,11 @@ import re
 import struct
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Final
+from typing import Final, Self
 
 from meterd.errors import StorageError
 
@@ -372,7 +372,7 @@ class Spool:
             self._close_active()
             os.close(self._lock_fd)
 
-    def __enter__(self) -> Spool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -37,14 +37,15 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from itertools import chain
 from operator import itemgetter
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Iterable, Sequence
+from typing import Final, Self
 
 from meterd.readings import Quality, Reading, Value
 
@@ -52,7 +53,7 @@ READINGS_FILE: Final = "readings.sqlite3"
 STATE_FILE: Final = "state.sqlite3"
 OUTCOMES: Final = frozenset({"ok", "timeout", "garbled", "incomplete", "wrong_address", "abnormal", "link"})
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MS: Final = timedelta(milliseconds=1)
 
 _READINGS_SCHEMA: Final = """
@@ -265,7 +266,7 @@ class SqliteStore:
             self._readings.close()
             self._state.close()
 
-    def __enter__(self) -> SqliteStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -30,9 +30,10 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Final, Iterator, Self, Sequence
+from typing import Any, ClassVar, Final, Self
 
 from meterd.errors import ConfigError, StorageFullError
 from meterd.storage.sqlite import STATE_FILE
@@ -78,9 +79,7 @@ def disk_full(exc: BaseException, directory: Path | None = None) -> bool:
             if code is None:
                 if "database or disk is full" in str(current):
                     return True
-            elif code & 0xFF == sqlite3.SQLITE_FULL:
-                return True
-            elif code & 0xFF == sqlite3.SQLITE_IOERR and directory is not None and _space_left(directory) < NEARLY_FULL:
+            elif code & 0xFF == sqlite3.SQLITE_FULL or code & 0xFF == sqlite3.SQLITE_IOERR and directory is not None and _space_left(directory) < NEARLY_FULL:
                 return True
         current = current.__cause__ or current.__context__
     return False

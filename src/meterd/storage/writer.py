@@ -197,8 +197,8 @@ class BatchWriter:
             await self._wait()
             try:
                 await self.flush()
-            except Exception:
-                pass  # logged by _failed; the batch stays queued for the next round
+            except Exception:  # noqa: BLE001, S110 -- logged by _failed; the batch stays queued for the next round
+                pass
 
     async def _wait(self) -> None:
         """Until a batch is full, the interval has passed, or close() is called.

@@ -8,4 +8,4 @@ from meterd.collector.transports.base import Transport
 from meterd.collector.transports.serial import SerialTransport
 from meterd.collector.transports.tcp import TcpTransport
 
-__all__ = ["Transport", "SerialTransport", "TcpTransport"]
+__all__ = ["SerialTransport", "TcpTransport", "Transport"]

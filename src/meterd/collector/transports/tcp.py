@@ -10,7 +10,7 @@ from meterd.errors import LinkClosedError, LinkError, LinkTimeoutError
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, owner: "TcpTransport") -> None:
+    def __init__(self, owner: TcpTransport) -> None:
         self.owner = owner
 
     def data_received(self, data: bytes) -> None:

@@ -48,16 +48,17 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Callable, Final, Mapping, Sequence, Union
+from typing import Final
 
 from meterd.errors import FrameLengthError, ProtocolError, UnknownIdentifierError
 from meterd.protocols.bcd import decode_datetime, encode_datetime, from_bcd_le, to_bcd_le
 
-Value = Union[Decimal, datetime, int, str, bool]
+Value = Decimal | datetime | int | str | bool
 
 
 class Scaling(enum.StrEnum):

@@ -62,9 +62,10 @@ Scaling as in 2007: energy, demand and power CT x PT, current CT, voltage PT.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Final, Mapping
+from typing import Final
 
 from meterd.errors import ProtocolError, UnknownIdentifierError
 from meterd.protocols.bcd import decode_datetime, encode_datetime

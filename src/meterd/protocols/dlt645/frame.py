@@ -35,13 +35,15 @@ from typing import Final
 from construct import (
     Bytes,
     Checksum,
-    ChecksumError as ConstructChecksumError,
     Const,
     ConstructError,
     Int8ub,
     RawCopy,
     Struct,
     this,
+)
+from construct import (
+    ChecksumError as ConstructChecksumError,
 )
 
 from meterd.errors import ChecksumError, FrameLengthError, ProtocolError
@@ -383,7 +385,7 @@ class StreamDecoder:
     The buffer never holds more than ``max_buffer`` bytes: older bytes are discarded first.
     """
 
-    __slots__ = ("_buf", "max_buffer", "dropped", "last_error", "discarded")
+    __slots__ = ("_buf", "discarded", "dropped", "last_error", "max_buffer")
 
     def __init__(self, max_buffer: int = 4 * MAX_FRAME) -> None:
         self._buf = bytearray()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Union
+from typing import Final
 
 from meterd.errors import FrameLengthError, ProtocolError
 from meterd.protocols.bcd import bcd_byte, decode_datetime, encode_datetime, from_bcd_byte
@@ -192,16 +192,16 @@ class RelayControlRequest:
     valid_until: datetime
 
 
-Request = Union[
-    ReadRequest,
-    ReadFollowUpRequest,
-    ReadAddressRequest,
-    WriteRequest,
-    TimeSyncRequest,
-    FreezeRequest,
-    ChangeBaudRequest,
-    RelayControlRequest,
-]
+Request = (
+    ReadRequest
+    | ReadFollowUpRequest
+    | ReadAddressRequest
+    | WriteRequest
+    | TimeSyncRequest
+    | FreezeRequest
+    | ChangeBaudRequest
+    | RelayControlRequest
+)
 
 # --- responses ---------------------------------------------------------------------------------
 
@@ -254,14 +254,14 @@ class AbnormalResponse:
         return f"{self.function.name} refused: {self.error.describe()}"
 
 
-Response = Union[
-    ReadResponse,
-    ReadFollowUpResponse,
-    ReadAddressResponse,
-    AckResponse,
-    ChangeBaudResponse,
-    AbnormalResponse,
-]
+Response = (
+    ReadResponse
+    | ReadFollowUpResponse
+    | ReadAddressResponse
+    | AckResponse
+    | ChangeBaudResponse
+    | AbnormalResponse
+)
 
 
 # --- encoding ----------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Union
+from typing import Final
 
 from meterd.errors import ProtocolError
 from meterd.protocols.bcd import decode_datetime, encode_datetime
@@ -60,7 +60,7 @@ from meterd.protocols.dlt645.frame import (
     parse_identifier,
 )
 from meterd.protocols.dlt645.frame import need_data as _need
-from meterd.protocols.dlt645.messages import password_to_wire, password_from_wire
+from meterd.protocols.dlt645.messages import password_from_wire, password_to_wire
 
 
 class Function97(enum.IntEnum):
@@ -178,17 +178,17 @@ class ClearDemandRequest97:
     password: str
 
 
-Request97 = Union[
-    ReadRequest97,
-    ReadFollowUpRequest97,
-    RereadRequest97,
-    WriteRequest97,
-    TimeSyncRequest97,
-    ChangeAddressRequest97,
-    ChangeBaudRequest97,
-    ChangePasswordRequest97,
-    ClearDemandRequest97,
-]
+Request97 = (
+    ReadRequest97
+    | ReadFollowUpRequest97
+    | RereadRequest97
+    | WriteRequest97
+    | TimeSyncRequest97
+    | ChangeAddressRequest97
+    | ChangeBaudRequest97
+    | ChangePasswordRequest97
+    | ClearDemandRequest97
+)
 
 # --- responses ---------------------------------------------------------------------------------
 
@@ -245,14 +245,14 @@ class AbnormalResponse97:
 
 AbnormalResponse1997 = AbnormalResponse97
 
-Response97 = Union[
-    ReadResponse97,
-    ReadFollowUpResponse97,
-    AckResponse97,
-    ChangeBaudResponse97,
-    ChangePasswordResponse97,
-    AbnormalResponse97,
-]
+Response97 = (
+    ReadResponse97
+    | ReadFollowUpResponse97
+    | AckResponse97
+    | ChangeBaudResponse97
+    | ChangePasswordResponse97
+    | AbnormalResponse97
+)
 
 # normal replies that carry no data
 ACK_FUNCTIONS_97: Final = frozenset({Function97.WRITE_DATA, Function97.WRITE_ADDRESS, Function97.CLEAR_DEMAND})

@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation, localcontext
-from typing import Final, Mapping, Sequence, Union
+from functools import lru_cache
+from typing import Final
 
 from pymodbus.client.mixin import ModbusClientMixin
 
@@ -43,8 +44,8 @@ from meterd.protocols.dlt645.catalogue import DecodedValue
 from meterd.protocols.modbus.plan import ReadBlock
 from meterd.protocols.modbus.registermap import DataType, Function, RegisterEntry, RegisterMap, WordOrder
 
-Number = Union[Decimal, int, float, str]
-RawValues = Union[list[int], list[bool]]
+Number = Decimal | int | float | str
+RawValues = list[int] | list[bool]
 
 _DT = ModbusClientMixin.DATATYPE
 PYMODBUS_TYPES: Final = {
@@ -249,7 +250,7 @@ def encode_value(entry: RegisterEntry, value: Number | bool) -> RawValues:
     return _to_registers(entry, raw)
 
 
-def _to_registers(entry: RegisterEntry, raw: int | float) -> list[int]:
+def _to_registers(entry: RegisterEntry, raw: float) -> list[int]:
     try:
         return ModbusClientMixin.convert_to_registers(
             raw, PYMODBUS_TYPES[entry.type], word_order=entry.word_order.value

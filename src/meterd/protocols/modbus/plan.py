@@ -22,8 +22,9 @@ records its offset inside its block, so decoding never recomputes the layout.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Final, Iterable, Iterator
+from typing import Final
 
 from meterd.errors import ConfigError
 from meterd.protocols.modbus.quantities import known_quantities

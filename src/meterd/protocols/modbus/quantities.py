@@ -28,9 +28,10 @@ Booleans (the relay flags) have no unit and no scaling; everything else is a num
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final, Mapping
+from typing import Final
 
 from meterd.protocols.dlt645 import catalogue
 from meterd.protocols.dlt645.catalogue import Kind, Scaling

@@ -8,9 +8,10 @@ protocol's (v1.1b3): a register is 16 bits, a read asks for 1..125 registers or 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Final, Iterator
+from typing import Final
 
 from meterd.protocols.dlt645.catalogue import Scaling
 

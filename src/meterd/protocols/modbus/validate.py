@@ -14,7 +14,7 @@ import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final, Iterable
+from typing import Any, Final
 
 from meterd.checking import Checker, hint, show
 from meterd.errors import ConfigError
