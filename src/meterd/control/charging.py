@@ -66,7 +66,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from operator import attrgetter, itemgetter
 from types import MappingProxyType
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, Protocol
 
 from meterd.control.model import (
     FEN,
@@ -75,7 +75,6 @@ from meterd.control.model import (
     EntryKind,
     LedgerEntry,
     Rate,
-    RegisterReading,
     money,
 )
 from meterd.control.tariff import Tariff, TariffKind, TariffVersion, TierPeriod, TouSource, as_utc
@@ -83,6 +82,20 @@ from meterd.plausibility import DEFAULT_RATING, REGISTER_STEP, Rating, max_advan
 
 _NO_MULTIPLIERS: Final[Mapping[str, Decimal]] = MappingProxyType({})
 _NO_RATINGS: Final[Mapping[str, Rating]] = MappingProxyType({})
+
+class ReadingLike(Protocol):
+    """What charging reads of a register reading: :class:`RegisterReading`, or any record with
+    the same fields (the engine keeps a round's readings as lighter named tuples)."""
+
+    @property
+    def meter(self) -> str: ...
+    @property
+    def rate(self) -> Rate: ...
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def value(self) -> Decimal: ...
+
 
 EntryFields = tuple[Any, ...]  # LedgerEntry's fields in order: ``LedgerEntry(*fields)`` is the entry
 Plan = tuple[Any, ...]  # how a delta splits and is priced: see _plan
@@ -166,7 +179,7 @@ class ChargeResult:
     flags: list[ChargeFlag] = field(default_factory=list)
 
 
-def charge_account(account: str, tariff: Tariff, readings: Iterable[RegisterReading],
+def charge_account(account: str, tariff: Tariff, readings: Iterable[ReadingLike],
                    cursors: Mapping[tuple[str, Rate], Cursor], usage: Mapping[str, Usage], *,
                    multipliers: Mapping[str, Decimal] = _NO_MULTIPLIERS,
                    replacements: Sequence[MeterReplacement] = (),
@@ -248,7 +261,7 @@ class DistrictCharger:
         self.entries, self.cursors, self.usage, self.flags = [], [], [], []
         return out
 
-    def charge(self, account: str, tariff: Tariff, readings: Sequence[RegisterReading],
+    def charge(self, account: str, tariff: Tariff, readings: Sequence[ReadingLike],
                cursors: Mapping[tuple[str, Rate], Cursor], usage: Mapping[str, Usage],
                multipliers: Mapping[str, Decimal] = _NO_MULTIPLIERS,
                replacements: Sequence[MeterReplacement] = ()) -> None:
@@ -273,7 +286,7 @@ class DistrictCharger:
         limit = self._limits[key] = max_advance(rating.max_kw(multiplier), REGISTER_STEP * multiplier, t0, t1)
         return limit
 
-    def _plain(self, account: str, tariff: Tariff, readings: Sequence[RegisterReading],
+    def _plain(self, account: str, tariff: Tariff, readings: Sequence[ReadingLike],
                cursors: Mapping[tuple[str, Rate], Cursor], usage: Mapping[str, Usage],
                multipliers: Mapping[str, Decimal]) -> bool:
         """Charge the plain kind (see the class) and return True; else change nothing, False."""

@@ -83,7 +83,7 @@ class CommandStore(StateDatabase):
     """Commands, relay states and the audit log (see the module docstring); opened as
     :class:`~meterd.control.state.ControlStore`."""
 
-    def _tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def _tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """:meth:`_read` as plain tuples: for whole-district reads, where Row objects cost."""
         with self._lock:
             cur = self._conn.cursor()

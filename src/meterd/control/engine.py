@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import islice
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from meterd.clock import CST
 from meterd.control.charging import DistrictCharger, FlagKind, MeterReplacement, Usage, fixed_charges
@@ -47,6 +47,7 @@ from meterd.control.model import QUANTITY_RATE, CommandKind, CommandRequest, Rat
 from meterd.control.policy import (
     AccountView,
     ControlState,
+    Decision,
     Notice,
     SafetyRules,
     Threshold,
@@ -55,8 +56,9 @@ from meterd.control.policy import (
     decide_all,
     quiet_level,
 )
-from meterd.control.state import Account, ChargingBatch, ControlStore, LedgerError, entry_fields, from_fen
+from meterd.control.state import Account, ChargingBatch, ControlStore, entry_fields, from_fen
 from meterd.control.tariff import Tariff, TierPeriod
+from meterd.errors import LedgerError
 from meterd.heap import collector_paused
 from meterd.plausibility import Rating
 from meterd.readings import Quality, Reading
@@ -217,7 +219,8 @@ class PrepaidEngine:
                 self._pending[account][:0] = readings
             raise
 
-    def _moved_meters(self, pending: dict[str, list], accounts: dict[str, tuple], replaced: list[tuple]) -> None:
+    def _moved_meters(self, pending: dict[str, list[Any]], accounts: dict[str, tuple[Any, ...]],
+                      replaced: list[tuple[Any, ...]]) -> None:
         """An account import may move a meter to another account after some of its readings were
         observed (过户).  Those readings were taken while the old account held the meter, so the
         old account is charged for them: the meter joins its meters for this pass.  The new
@@ -252,7 +255,7 @@ class PrepaidEngine:
             log.info("account %s: charged for meter(s) %s read before an import moved them", name,
                      ", ".join(sorted(extra)))
 
-    def _charge(self, pending: dict[str, list[RegisterReading]], now: datetime) -> PassSummary:
+    def _charge(self, pending: dict[str, list[RegisterReading | _Observed]], now: datetime) -> PassSummary:
         summary = PassSummary()
         accounts = self.store.charging_view()
         replaced = self.store.replacements(since=now - REPLACEMENT_WINDOW)
@@ -275,13 +278,14 @@ class PrepaidEngine:
         charger = DistrictCharger(self.ratings)
         failed: dict[str, str] = {}  # account -> why it was skipped
         failing, ok = self._failing, set()  # accounts that failed before; those charged this time
-        none: dict = {}
+        none: dict[str, Usage] = {}
         in_chunks = iter(accounts.items())
         charged = 0
-        entries: list[tuple] = []
+        entries: list[tuple[Any, ...]] = []
         fixed_through: dict[str, datetime] = {}
         late, implausible = FlagKind.LATE, FlagKind.IMPLAUSIBLE
-        held_before, resumed = self._held, set()  # registers held as implausible; those charged again
+        held_before = self._held  # registers held as implausible
+        resumed: set[tuple[str, Rate]] = set()  # those charged again
 
         def write(batch: ChargingBatch | None) -> ChargingBatch | None:
             """Hand what was charged since the last write to the pass's transaction."""
@@ -346,7 +350,7 @@ class PrepaidEngine:
         self._report_charging(failed, accounts, summary, resumed, ok, now)
         return summary
 
-    def _report_charging(self, failed: dict[str, str], accounts: dict[str, tuple], summary: PassSummary,
+    def _report_charging(self, failed: dict[str, str], accounts: dict[str, tuple[Any, ...]], summary: PassSummary,
                          resumed: set[tuple[str, Rate]], charged_now: set[str], now: datetime) -> None:
         """Failed accounts and registers held as implausible, as anomalies (after the commit).  A
         held register whose cursor moved again is no longer held; its meter's event closes when
@@ -386,7 +390,7 @@ class PrepaidEngine:
                 meters=tuple(a.meters), thresholds=thresholds[a.account], held=a.held, alarmed_at=a.alarmed_at))
         return views
 
-    def _row_views(self, now: datetime, rows: list[tuple]) -> list[AccountView]:
+    def _row_views(self, now: datetime, rows: list[tuple[Any, ...]]) -> list[AccountView]:
         """:meth:`views` from :meth:`ControlStore.policy_rows` tuples."""
         defaults = self.settings.thresholds
         by_text: dict[str, Thresholds] = {"{}": defaults}
@@ -441,7 +445,7 @@ class PrepaidEngine:
         return summary
 
     def _decide_each(self, views: list[AccountView], now: datetime, area_trips: Mapping[str, int],
-                     summary: PassSummary) -> list:
+                     summary: PassSummary) -> list[Decision]:
         """:func:`decide_all` account by account, the area trip cap counted across them as it
         does; an account whose decision raises is logged, reported and skipped."""
         trips = dict(area_trips)

@@ -31,6 +31,7 @@ from meterd.control.notify import LogFileSink, Notifier, WebhookSink
 from meterd.control.state import ControlStore
 from meterd.errors import ConfigError
 from meterd.protocols.drivers import get_driver
+from meterd.readings import Reading
 from meterd.storage.anomalies import AnomalyStore, Finding, Kind
 from meterd.supervise import supervise
 
@@ -65,7 +66,7 @@ def credentials_from_env(config: PrepaidConfig, *, required: bool) -> Credential
 
 
 def make_notifier(config: PrepaidConfig) -> Notifier:
-    sinks = []
+    sinks: list[LogFileSink | WebhookSink] = []
     for n in config.notify:
         if n.kind == "log":
             assert n.path is not None
@@ -128,7 +129,7 @@ class PrepaidRuntime:
         """meter -> its account, for every assigned meter."""
         return {m: a for m, (a, _) in self.store.meter_accounts().items()}
 
-    def observe(self, readings: list) -> None:
+    def observe(self, readings: list[Reading]) -> None:
         if self.engine.observe(readings):
             self._kick.set()
 

@@ -314,7 +314,7 @@ _RATES: Final[dict[str, Rate]] = {r.value: r for r in Rate}
 _ENUM_TEXT: Final[dict[str, str]] = {m: m.value for m in (*EntryKind, *Rate)}  # bound as plain str
 
 
-class _Memo(dict):
+class _Memo(dict[Any, Any]):
     """``memo[x]`` is ``convert(x)``, computed once per distinct ``x``; ``memo[None]`` is None.
     For the columns whose values repeat across a district's rows (instants, kinds, rates).  Not
     for Decimals: equal values may differ in text (0.5, 0.50)."""
@@ -372,7 +372,7 @@ class ChargingBatch:
         self._max_params = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._error: BaseException | None = None
         self._abort = False
-        self._jobs: queue.Queue | None = None
+        self._jobs: queue.Queue[Any] | None = None
         self._writer: threading.Thread | None = None
         if pipelined:
             self._jobs = queue.Queue(maxsize=_QUEUED_STATEMENTS)
@@ -410,8 +410,8 @@ class ChargingBatch:
         self._insert("INSERT INTO tier_usage (account, period, kwh) VALUES ",
                      " ON CONFLICT (account, period) DO UPDATE SET kwh = excluded.kwh", 3, params)
         params = []
-        for m, r, at, k, d in flags:
-            params += (m, text[r], ms[at], k, d)
+        for m, r, at, flag_kind, d in flags:
+            params += (m, text[r], ms[at], flag_kind, d)
         self._insert("INSERT OR IGNORE INTO charge_flags (meter, rate, ts, kind, detail) VALUES ", "", 5, params)
         if fixed_through:
             self._submit(self._conn.executemany, "UPDATE accounts SET fixed_through_ts = ? WHERE account = ?",
@@ -699,7 +699,7 @@ class ControlStore(CommandStore):
                 for account, tariff, opened, fixed in self._tuples(
                     "SELECT account, tariff, opened_ts, fixed_through_ts FROM accounts")}
 
-    def policy_rows(self, *, changed_since: int | None, quiet_above: Decimal | None) -> list[tuple]:
+    def policy_rows(self, *, changed_since: int | None, quiet_above: Decimal | None) -> list[tuple[Any, ...]]:
         """What a policy pass looks at, as tuples ``(account, area, protected, thresholds, state,
         held, balance_fen, manual_until_ms, alarmed_ms, meters)`` in account order (``thresholds``
         the overrides' JSON text, ``meters`` a tuple in meter order), without building
@@ -745,14 +745,14 @@ class ControlStore(CommandStore):
         return {r["meter"]: (r["account"], Decimal(r["multiplier"]))
                 for r in self._read("SELECT meter, account, multiplier FROM account_meters")}
 
-    def set_control_state(self, updates: Iterable[tuple], *, now: datetime, actor: str = "policy") -> None:
+    def set_control_state(self, updates: Iterable[tuple[Any, ...]], *, now: datetime, actor: str = "policy") -> None:
         """(account, new state, held reason[, alarm episode start]) for each account whose control
         state changed; without the fourth item the episode is cleared (the policy begins a new one
         if the account is alarmed)."""
         with self._write() as conn:
             self._set_control_state(conn, updates, now, actor)
 
-    def _set_control_state(self, conn: sqlite3.Connection, updates: Iterable[tuple], now: datetime,
+    def _set_control_state(self, conn: sqlite3.Connection, updates: Iterable[tuple[Any, ...]], now: datetime,
                            actor: str) -> None:
         for account, state, held, *more in updates:
             alarmed = _opt_ms(more[0]) if more else None
@@ -766,7 +766,7 @@ class ControlStore(CommandStore):
                 detail["alarmed_at"] = _opt_dt(alarmed)
             self._audit(conn, now, actor, "control-state", account, detail)
 
-    def record_decisions(self, updates: Iterable[tuple], requests: Sequence[CommandRequest],
+    def record_decisions(self, updates: Iterable[tuple[Any, ...]], requests: Sequence[CommandRequest],
                          *, now: datetime, ttl: timedelta, dry_run: bool = False,
                          actor: str = "policy") -> list[Command]:
         """:meth:`set_control_state` and :meth:`queue_commands` in one transaction: a policy pass's
@@ -923,7 +923,7 @@ class ControlStore(CommandStore):
         return out
 
     def last_seq(self) -> int:
-        return self._read("SELECT COALESCE(MAX(seq), 0) FROM ledger")[0][0]
+        return int(self._read("SELECT COALESCE(MAX(seq), 0) FROM ledger")[0][0])
 
     def accounts_changed_since(self, seq: int) -> set[str]:
         return {r[0] for r in self._read("SELECT DISTINCT account FROM ledger NOT INDEXED WHERE seq > ?", (seq,))}
@@ -1055,7 +1055,7 @@ class ControlStore(CommandStore):
     def has_replacement(self, key: str) -> bool:
         return bool(self._read("SELECT 1 FROM replacements WHERE key = ?", (key,)))
 
-    def replacements(self, *, since: datetime) -> list[tuple[str, str, str, str, datetime, dict, dict]]:
+    def replacements(self, *, since: datetime) -> list[tuple[str, str, str, str, datetime, dict[Any, Any], dict[Any, Any]]]:
         """(key, account, old, new, at, old_final, new_initial) recorded since ``since``."""
         rows = self._read("SELECT * FROM replacements WHERE recorded_ts >= ? ORDER BY ts", (to_ms(since),))
         return [(r["key"], r["account"], r["old_meter"], r["new_meter"], from_ms(r["ts"]),
