@@ -71,7 +71,8 @@ class ReplyMatcher(Protocol):
     of a reply that has not completed.
     """
 
-    dropped: int
+    @property
+    def dropped(self) -> int: ...
 
     def feed(self, data: bytes) -> Any | None: ...
 
@@ -420,8 +421,8 @@ class Dlt645Reply:
                 return self._match(frame)
         decoder = self.decoder
         decoder.feed(data)
-        while (frame := decoder.next_frame()) is not None:
-            if (reply := self._match(frame)) is not None:
+        while (found := decoder.next_frame()) is not None:
+            if (reply := self._match(found)) is not None:
                 return reply
         return None
 

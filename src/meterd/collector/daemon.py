@@ -25,7 +25,7 @@ from meterd.collector.door import Door
 from meterd.collector.dtu import DtuListener
 from meterd.collector.modbus import ModbusLink
 from meterd.collector.mqtt import MqttHub
-from meterd.collector.poll import MeterTarget, Reads, RoundResult, link_failed, poll_round
+from meterd.collector.poll import MeterTarget, RoundResult, link_failed, poll_round
 from meterd.collector.ports import ChannelFigures, Observer, Route, Service
 from meterd.collector.transports import SerialTransport, TcpTransport, Transport
 from meterd.config.model import (
@@ -41,6 +41,7 @@ from meterd.errors import ConfigError
 from meterd.plausibility import Implausible
 from meterd.protocols import modbus
 from meterd.protocols.drivers import LinkKind, get_driver
+from meterd.protocols.drivers.base import Reads
 from meterd.readings import Reading
 from meterd.storage.anomalies import AnomalyStore, Finding, Kind, Severity
 from meterd.storage.sqlite import Attempt, MeterRecord, SqliteStore
@@ -200,8 +201,8 @@ def describe_plan(plans: tuple[ChannelPlan, ...]) -> list[str]:
                 else:
                     who = meter.address
                 groups.setdefault(key, []).append(who)
-            for key, who in groups.items():
-                shown = ", ".join(who[:4]) + (f" and {len(who) - 4} more" if len(who) > 4 else "")
+            for key, whom in groups.items():
+                shown = ", ".join(whom[:4]) + (f" and {len(whom) - 4} more" if len(whom) > 4 else "")
                 lines.append(f"    {key}: {shown}")
                 lines.extend(details.get(key, []))
         if not plan.polls:
@@ -239,7 +240,7 @@ class Daemon:
         self.writer = BatchWriter(self.sink, config.store.batch_size, config.store.flush_interval)
         # Every reading passes the door before anything else sees it: the impossible is flagged.
         self.door = Door(config.meters, record=self._record_implausible)
-        self._anomalies = None  # AnomalyStore, opened when the door first has something to record
+        self._anomalies: AnomalyStore | None = None  # opened when the door first has something to record
         self.hub: MqttHub | None = None
         if config.mqtt is not None:
             m = config.mqtt

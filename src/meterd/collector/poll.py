@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
+from functools import partial
 from typing import Any, Final, cast
 
 from meterd.clock import CST
@@ -298,7 +299,7 @@ async def _poll_frames(
         return [r for r in got if spec.wanted(di, r.quantity)]
 
     for di in spec.items:
-        readings.extend(await log.run(driver.format_item(di), lambda di=di: fetch(di), who))
+        readings.extend(await log.run(driver.format_item(di), partial(fetch, di), who))
     return readings, log.list
 
 
@@ -333,7 +334,7 @@ async def _poll_modbus(
 
     who = f"meter {meter.address} unit {unit}"
     for index, block in enumerate(plan):
-        readings.extend(await log.run(block_label(block), lambda i=index, b=block: fetch(i, b), who))
+        readings.extend(await log.run(block_label(block), partial(fetch, index, block), who))
     return readings, log.list
 
 
@@ -348,6 +349,7 @@ async def poll_round(
 ) -> RoundResult:
     """One round over ``meters``: either targets all read with ``items``, or (target, reads) pairs."""
     result = RoundResult(channel.name, now)
+    reads: Reads | None
     for entry in meters:
         if isinstance(entry, tuple):
             meter, reads = entry

@@ -232,8 +232,9 @@ def live_values(model: MeterModel, quantities: Sequence[str], now: datetime) -> 
                 out[q] = line_voltage(va, vb)
         elif q in REACTIVE_IMPORT_EXPORT:
             parts = [have.get(s) for s in REACTIVE_IMPORT_EXPORT[q]]
-            if all(isinstance(p, Decimal) for p in parts):
-                out[q] = sum(parts, Decimal(0))  # type: ignore[arg-type]
+            decimals = [p for p in parts if isinstance(p, Decimal)]
+            if len(decimals) == len(parts):
+                out[q] = sum(decimals, Decimal(0))
     return out
 
 

@@ -497,7 +497,7 @@ class MeterModel:
             a = IMP if p >= 0 else EXP
             s = S_IMP if p >= 0 else S_EXP
             quad = (Q1 if p >= 0 else Q2) if q >= 0 else (Q4 if p >= 0 else Q3)
-            mw = ((a, round(abs(p) * 1_000_000)),  # mW: x us gives the register units
+            mw: tuple[tuple[int, int], ...] = ((a, round(abs(p) * 1_000_000)),  # mW: x us gives the register units
                   (quad, round(abs(q) * 1_000_000)),
                   (s, round(math.hypot(p, q) * 1_000_000)))
             step = self._step_cache = (idx, self.tariff, rate, mw)
@@ -568,7 +568,7 @@ class MeterModel:
     def _snapshot(self, t: datetime) -> Snapshot:
         return Snapshot(t, self._hundredths())
 
-    def _energy_values(self, wanted: Collection[str] | None) -> dict[str, Value]:
+    def _energy_values(self, wanted: frozenset[str] | None) -> dict[str, Value]:
         """The current energy registers named in ``wanted`` (None: all of them): the values
         ``self._snapshot(m).energy_values("energy.")`` holds for those names, reading only the
         registers they are made of (a poll asks for one or two, not 55)."""

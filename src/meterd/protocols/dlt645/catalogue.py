@@ -263,7 +263,9 @@ def _demand_item(di: int) -> DataItem | None:
     return DataItem(di, f"maximum {kind} demand {_rate(rr)} with its time{suffix}", _demand_fields(q, unit))
 
 
-_VARIABLES: Final = {
+_VariableSpec = tuple[str, int, int, bool, str, Scaling, bool]
+
+_VARIABLES: Final[dict[int, _VariableSpec]] = {
     # DI2: (quantity prefix, size, decimals, signed, unit, scaling, phases incl. total?)
     0x01: ("voltage", 2, 1, False, "V", Scaling.PT, False),
     0x02: ("current", 3, 3, True, "A", Scaling.CT, False),
@@ -275,7 +277,7 @@ _VARIABLES: Final = {
 }
 
 
-def _variable_field(prefix: str, phase: str, spec: tuple) -> Field:
+def _variable_field(prefix: str, phase: str, spec: _VariableSpec) -> Field:
     _, size, dec, signed, unit, scaling, _ = spec
     return Field(f"{prefix}.{phase}", Kind.NUMBER, size, dec, signed, unit, scaling)
 

@@ -294,7 +294,8 @@ def build_frame(frame: Frame) -> bytes:
         "data": scramble(frame.data),
     }
     try:
-        return FRAME.build({"body": {"value": body}})
+        wire: bytes = FRAME.build({"body": {"value": body}})
+        return wire
     except ConstructError as exc:
         raise ProtocolError(f"cannot build frame: {exc}") from exc
 

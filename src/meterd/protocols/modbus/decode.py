@@ -31,16 +31,17 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation, localcontext
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
 from pymodbus.client.mixin import ModbusClientMixin
 
 from meterd.errors import FrameLengthError, ProtocolError
-from meterd.protocols.dlt645.catalogue import DecodedValue
+from meterd.protocols.dlt645.catalogue import DecodedValue, Scaling
 from meterd.protocols.modbus.plan import ReadBlock
 from meterd.protocols.modbus.registermap import DataType, Function, RegisterEntry, RegisterMap, WordOrder
 
@@ -107,6 +108,8 @@ def decode_block(block: ReadBlock, data: Sequence[int] | Sequence[bool]) -> list
 
 
 _EXACT: Final = Context(prec=_PRECISION)
+# (struct unpacker, reverse words?, scaling) of one plain-integer field
+_FastField = tuple[Callable[[bytes], tuple[Any, ...]], bool, Scaling]
 _STRUCT_OF: Final = {
     DataType.U16: ">H",
     DataType.S16: ">h",
@@ -118,9 +121,9 @@ _STRUCT_OF: Final = {
 
 
 @lru_cache(maxsize=4096)
-def _block_layout(block: ReadBlock) -> tuple[tuple[object, bool, object] | None, ...]:
+def _block_layout(block: ReadBlock) -> tuple[_FastField | None, ...]:
     """Per field: (struct unpacker, reverse words?, scaling) for plain integers, else None."""
-    out: list[tuple[object, bool, object] | None] = []
+    out: list[_FastField | None] = []
     for f in block.fields:
         e = f.entry
         fmt = _STRUCT_OF.get(e.type)
@@ -207,7 +210,7 @@ def _check_registers(quantity: str, raw: Sequence[int] | Sequence[bool]) -> list
     for r in registers:
         if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= 0xFFFF:
             raise ProtocolError(f"{quantity}: a register must be an integer 0..65535, got {r!r}")
-    return registers  # type: ignore[return-value]
+    return registers
 
 
 def _as_bytes(data: Sequence[int] | Sequence[bool]) -> bytes | None:
@@ -260,7 +263,7 @@ def _to_registers(entry: RegisterEntry, raw: float) -> list[int]:
 
 
 def encode_values(
-    regmap: RegisterMap, values: Mapping[str, Number | bool]
+    regmap: RegisterMap, values: Mapping[str, Number | bool | datetime]
 ) -> dict[tuple[Function, int], RawValues]:
     """Values by quantity -> ``{(function, wire address): registers or [bit]}`` for a simulator.
 
@@ -273,6 +276,8 @@ def encode_values(
         if quantity not in regmap:
             raise ProtocolError(f"register map {regmap.name} has no {quantity}")
         entry = regmap.entry(quantity)
+        if isinstance(value, datetime):  # a model's clock has no register encoding
+            raise ProtocolError(f"{entry.quantity}: {value!r} is not a number")
         out[(entry.function, entry.address + offset)] = encode_value(entry, value)
     return out
 

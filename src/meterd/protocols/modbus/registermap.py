@@ -68,6 +68,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from meterd.checking import hint
 from meterd.errors import ConfigError
 from meterd.protocols.modbus.schema import (
     MAX_ADDRESS,
@@ -83,7 +84,7 @@ from meterd.protocols.modbus.schema import (
     WordOrder,
     Workarounds,
 )
-from meterd.protocols.modbus.validate import hint, parse_map
+from meterd.protocols.modbus.validate import parse_map
 
 __all__ = [
     "MAX_ADDRESS", "MAX_READ_BITS", "MAX_READ_REGISTERS", "RELAY_QUANTITY", "DataType", "Function",

@@ -244,7 +244,7 @@ def _boolean_values(
             check.problem(f"{path}.false_value", "a bit is false when it is not true_value: leave this out")
         level = check.boolean(f"{path}.true_value", table.get("true_value", True))
         return (None, None) if level is None else (level, not level)
-    values = []
+    values: list[int | None] = []
     for key in ("true_value", "false_value"):
         if key not in table:
             check.problem(f"{path}.{key}", f"missing: a boolean held in a {dtype} register needs both values")
@@ -276,7 +276,7 @@ def _relay(check: _Checker, raw: Any) -> RelaySpec | None:
         if dtype.is_float:
             check.problem("relay.type", "relay commands are integers or bits, not floats")
         return None
-    values = []
+    values: list[int | bool | None] = []
     for key in ("open", "close"):
         if key not in table:
             check.problem(f"relay.{key}", "missing: required")
@@ -291,12 +291,14 @@ def _relay(check: _Checker, raw: Any) -> RelaySpec | None:
         return None
 
     read_function = check.choice("relay.read_function", table.get("read_function", function), Function)
-    read_address = address
+    read_address: int | None = address
     if "read_address" in table:
         read_address = check.address("relay.read_address", table, "read_address")
     if read_function is None or read_address is None or open_value is None or close_value is None:
         return None
     read_type = DataType.BOOL if read_function.is_bit else (dtype if not function.is_bit else DataType.U16)
+    read_open: int | bool | None
+    read_closed: int | bool | None
     if read_type is DataType.BOOL:
         default_open = open_value if dtype is DataType.BOOL else True
         read_open = check.boolean("relay.read_open", table.get("read_open", default_open))
