@@ -25,6 +25,7 @@ from typing import Final, Literal
 from meterd.analytics.lineloss import RegisterMap, period_energy
 from meterd.analytics.topology import Point, Role, Topology
 from meterd.clock import CST
+from meterd.readings import Value
 
 _ZERO: Final = Decimal(0)
 _ONE: Final = Decimal(1)
@@ -98,7 +99,7 @@ def periods(kind: Literal["day", "month", "quarter"], start: date, end: date) ->
 
 
 def load_curve(
-    series: Mapping[str, Sequence[tuple[datetime, Decimal]]],
+    series: Mapping[str, Sequence[tuple[datetime, Value]]],  # powers are checked below: Decimal or int
     *,
     step: timedelta,
 ) -> list[tuple[datetime, Decimal, int]]:

@@ -35,13 +35,13 @@ def parse_period(text: str | None, *, today: date, name: str = "--period") -> tu
             a, b = text.split("..", 1)
             start, end = date.fromisoformat(a), date.fromisoformat(b)
         elif "-Q" in text.upper():
-            year, q = text.upper().split("-Q")
+            year_text, q = text.upper().split("-Q")
             quarter = int(q)
             if not 1 <= quarter <= 4:
                 raise ValueError
-            start = date(int(year), 3 * quarter - 2, 1)
+            start = date(int(year_text), 3 * quarter - 2, 1)
             end_month = 3 * quarter
-            end = date(int(year), end_month, calendar.monthrange(int(year), end_month)[1])
+            end = date(int(year_text), end_month, calendar.monthrange(int(year_text), end_month)[1])
         elif len(text) == 7:
             year, month = map(int, text.split("-"))
             start = date(year, month, 1)

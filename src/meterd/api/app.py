@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeVar
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -76,8 +76,8 @@ from meterd.control.amounts import AmountError, AmountLimits, amount_text, parse
 from meterd.control.command_store import Command
 from meterd.control.engine import queue_manual
 from meterd.control.model import CommandKind
-from meterd.control.state import ControlStore, LedgerError, parse_opening
-from meterd.errors import ConfigError, MeterdError, ReadRefusedError, StorageFullError
+from meterd.control.state import ControlStore, parse_opening
+from meterd.errors import ConfigError, LedgerError, MeterdError, ReadRefusedError, StorageFullError
 from meterd.logthrottle import LogThrottle
 from meterd.readings import address_key
 from meterd.storage.quality import QualityStore
@@ -226,11 +226,17 @@ def _query_limit(request: Request, default: int) -> int:
     return int(text)
 
 
-def _query_enum(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
+_Choice = TypeVar("_Choice", bound=str)
+
+
+def _query_enum(request: Request, name: str, choices: tuple[_Choice, ...]) -> _Choice | None:
     text = request.query_params.get(name)
-    if text is not None and text not in choices:
-        raise ApiError(400, f"query parameter {name}={text!r} must be one of {', '.join(choices)}")
-    return text
+    if text is None:
+        return None
+    for choice in choices:  # the matching choice, typed as the choices are (a Literal for a literal tuple)
+        if text == choice:
+            return choice
+    raise ApiError(400, f"query parameter {name}={text!r} must be one of {', '.join(choices)}")
 
 
 _meter_address = address_key
@@ -458,8 +464,10 @@ class Api:
 
         config = self._need_config("energy statistics")
         start, end = self._period(request)
-        by = _query_enum(request, "by", ("unit", "industry", "group")) or "unit"
-        split = _query_enum(request, "split", ("day", "month", "quarter"))
+        bys: tuple[Literal["unit", "industry", "group"], ...] = ("unit", "industry", "group")
+        splits: tuple[Literal["day", "month", "quarter"], ...] = ("day", "month", "quarter")
+        by = _query_enum(request, "by", bys) or "unit"
+        split = _query_enum(request, "split", splits)
         role = _query_enum(request, "role", ("sales", "supply", "auxiliary", "all")) or "sales"
         if split == "day" and (end - start).days > 366:
             raise ApiError(400, "query parameter split=day: at most 367 days")
@@ -469,7 +477,7 @@ class Api:
         def work() -> list[dict[str, Any]]:
             spans = periods(split, start, end) if split else [(start, end)]
             return [{"start": r["start"], "end": r["end"], "key": r[by], "kwh": r["kwh"]}
-                    for r in energy_rows(config, spans, by=by, role=role)]  # type: ignore[arg-type]
+                    for r in energy_rows(config, spans, by=by, role=role)]
         return JSONResponse(await run_in_threadpool(work))
 
     async def curve(self, request: Request, caller: Caller | None) -> Response:

@@ -54,7 +54,8 @@ from meterd.billing_link.records import (
 from meterd.billing_link.store import FileRow
 from meterd.clock import CST
 from meterd.control.model import EntryKind, LedgerEntry
-from meterd.control.state import PENDING, Account, AccountSpec, ControlStore, LedgerError, LedgerRow
+from meterd.control.state import PENDING, Account, AccountSpec, ControlStore, LedgerRow
+from meterd.errors import LedgerError
 
 DIFFERENT_DUPLICATE: Final = "duplicate payment id with a different amount/account"
 MISSING_SHOWN: Final = 20  # account names listed in the "missing from the import" line

@@ -31,6 +31,7 @@ import sys
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypedDict
 
 from meterd.app import build_node
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, format_value
@@ -62,6 +63,11 @@ SHOWN = [
     ("power.active.total", "P kW"),
     ("relay.open", "relay"),
 ]
+
+
+class DemoResult(TypedDict):
+    channels: dict[str, dict[str, object]]  # node.stats() per channel
+    prepaid: list[str]  # the prepaid story, as watch_prepaid printed it
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -327,7 +333,7 @@ def api_base(host: str, port: int) -> str:
 
 
 async def run_demo(data_dir: Path, duration: float | None, interval: float, *, quiet: bool = False,
-                   stop_after_story: bool = False, api: tuple[str, int] | None = None) -> dict[str, object]:
+                   stop_after_story: bool = False, api: tuple[str, int] | None = None) -> DemoResult:
     spec = FleetSpec(
         pty_buses=2,
         tcp_buses=2,

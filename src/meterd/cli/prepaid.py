@@ -154,7 +154,7 @@ def _now() -> datetime:
 def _guard(func):
     def wrapper(args: argparse.Namespace) -> int:
         from meterd.control.amounts import AmountError
-        from meterd.control.state import LedgerError
+        from meterd.errors import LedgerError
 
         try:
             return func(args)
@@ -418,7 +418,7 @@ def _registers(text: str, multiplier: Decimal, what: str) -> dict:
     from decimal import InvalidOperation
 
     from meterd.control.model import Rate
-    from meterd.control.state import LedgerError
+    from meterd.errors import LedgerError
 
     values = {}
     for part in text.split(","):
@@ -440,7 +440,7 @@ def _registers(text: str, multiplier: Decimal, what: str) -> dict:
 @_guard
 def replace_cmd(args: argparse.Namespace) -> int:
     from meterd.control.model import Rate
-    from meterd.control.state import LedgerError
+    from meterd.errors import LedgerError
 
     store, config = _store(args)
     old, new = address_key(args.old_meter), address_key(args.new_meter)

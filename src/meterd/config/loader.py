@@ -381,7 +381,7 @@ def _mqtt(check: _Checker, raw: Any) -> MqttConfig | None:
 
 
 def _tasks(check: _Checker, raw: Any, meters: list[tuple[dict[str, Any], MeterConfig | None]]) -> list[Any]:
-    from meterd.config.tasks import TaskSpec, TaskSpecError
+    from meterd.config.tasks import TaskSpec, TaskSpecError, task_kind
 
     out: list[Any] = []
     names: dict[str, int] = {}
@@ -403,12 +403,13 @@ def _tasks(check: _Checker, raw: Any, meters: list[tuple[dict[str, Any], MeterCo
         cron = check.string(f"{path}.cron", table["cron"]) if "cron" in table else None
         if None in (name, kind, groups, items, items_1997, quantities) or None in durations.values():
             continue
-        options = {k: table[k] for k in ("curve_points", "curve_interval", "day", "time", "tasks", "lookback_days",
+        assert name is not None and kind is not None  # both checked just above
+        options: dict[str, Any] = {k: table[k] for k in ("curve_points", "curve_interval", "day", "time", "tasks", "lookback_days",
                                           "max_points") if k in table}
         if "settle" in durations:
             options["settle"] = durations["settle"]
         try:
-            spec = TaskSpec(name, kind, groups=tuple(groups or ()), quantities=quantities or (), items=items or (),
+            spec = TaskSpec(name, task_kind(name, kind), groups=tuple(groups or ()), quantities=quantities or (), items=items or (),
                             items_1997=items_1997 or (), every=durations.get("every"), cron=cron,
                             jitter=durations.get("jitter") or 0.0, options=options,
                             misfire_grace=durations.get("misfire_grace"))
@@ -431,7 +432,7 @@ def _channel(check: _Checker, path: str, name: str, raw: Any) -> ChannelConfig |
     if not name.strip():
         check.problem(path, "channel name must not be empty")
 
-    link: SerialLink | TcpLink | DtuLink | None = None
+    link: SerialLink | TcpLink | DtuLink | MqttLink | None = None
     kinds = [k for k in ("serial", "tcp", "dtu", "mqtt") if k in table]
     if len(kinds) != 1:
         check.problem(path, "needs exactly one of serial = {...}, tcp = {...}, dtu = {...} or mqtt = {...}")

@@ -72,8 +72,9 @@ from meterd.control.engine import PrepaidSettings
 from meterd.control.limits import PowerLimit, PowerWindow
 from meterd.control.model import TOU_RATES, CommandKind, Rate
 from meterd.control.policy import DEFAULT_TRIP_NOTICE, SafetyRules, Threshold, Thresholds
-from meterd.control.state import AccountSpec, LedgerError, parse_opening
+from meterd.control.state import AccountSpec, parse_opening
 from meterd.control.tariff import Tariff, TariffKind, TariffVersion, Tier, TierPeriod, TouPeriod, TouSource
+from meterd.errors import LedgerError
 from meterd.readings import address_key
 
 _KEYS: Final = ("dry_run", "check_every", "command_ttl", "retry_every", "valid_for", "settle", "manual_hold",

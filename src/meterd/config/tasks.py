@@ -87,6 +87,17 @@ class TaskSpecError(ConfigError, ValueError):
         ValueError.__init__(self, message)
 
 
+def task_kind(name: str, kind: str) -> TaskKind:
+    """``kind`` (a kind's text, or a kind) as a :class:`TaskKind`; a :class:`TaskSpecError` naming
+    task ``name`` for any other text."""
+    try:
+        return TaskKind(kind)
+    except ValueError:
+        raise TaskSpecError(
+            f"task {name!r}: kind {kind!r} is not one of {', '.join(k.value for k in TaskKind)}"
+        ) from None
+
+
 def _int_option(name: str, options: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:
     value = options.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -128,12 +139,7 @@ class TaskSpec:
         name = self.name
         if not name:
             raise TaskSpecError("a task needs a name")
-        try:
-            kind = TaskKind(self.kind)
-        except ValueError:
-            raise TaskSpecError(
-                f"task {name!r}: kind {self.kind!r} is not one of {', '.join(k.value for k in TaskKind)}"
-            ) from None
+        kind = task_kind(name, self.kind)
         object.__setattr__(self, "kind", kind)
         for attr in ("groups", "quantities", "items", "items_1997"):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))

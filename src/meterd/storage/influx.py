@@ -395,8 +395,11 @@ class InfluxStore:
 
     def _post(self, lines: list[bytes]) -> None:
         try:
+            # influxdb-client annotates write_precision as WritePrecision, but its members (MS, ...)
+            # are plain str constants ("ms"): the library's own annotation is wrong, the value is right.
             self._write_api.write(
-                bucket=self.bucket, org=self.org, record=b"\n".join(lines), write_precision=WritePrecision.MS
+                bucket=self.bucket, org=self.org, record=b"\n".join(lines),
+                write_precision=WritePrecision.MS,  # type: ignore[arg-type]
             )
         except ApiException as exc:
             status = int(exc.status or 0)
