@@ -7,10 +7,11 @@ open anomalies and outages; API connections and what the guard closed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -86,6 +87,19 @@ class Figures:
     open_outages: Callable[[], int] | None = None
 
 
+def _server_without_signals(uvicorn: Any) -> Any:
+    """uvicorn's ``Server`` that leaves SIGINT/SIGTERM alone: the daemon owns the signals and stops
+    the API itself.  (uvicorn 0.29+ takes them in ``capture_signals`` while serving; the older
+    ``install_signal_handlers`` hook is gone, and assigning it did nothing.)"""
+
+    class Server(uvicorn.Server):  # type: ignore[misc]  # uvicorn is imported lazily, untyped here
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return Server
+
+
 class ApiRuntime:
     def __init__(self, config: Any, *, clock: Callable[[], datetime], live: LiveNode, figures: Figures,
                  sync: Any = None) -> None:
@@ -105,11 +119,10 @@ class ApiRuntime:
         app.router.routes.insert(0, Route("/metrics", self.metrics, methods=["GET"]))
         cap, backlog = fd_budget(api.max_connections)
         self.guard = ConnectionGuard(cap, api.header_timeout)
-        self.server = uvicorn.Server(uvicorn.Config(app, host=api.host, port=api.port, log_level="warning",
+        self.server = _server_without_signals(uvicorn)(uvicorn.Config(app, host=api.host, port=api.port, log_level="warning",
                                                     access_log=False, lifespan="on", http=self.guard.protocol(),
                                                     timeout_keep_alive=api.keep_alive_timeout,  # type: ignore[arg-type]
                                                     backlog=backlog))
-        self.server.install_signal_handlers = lambda: None  # the daemon owns the signals
         logthrottle.install("uvicorn.error")  # 'Invalid HTTP request received.' once per minute, with a count
 
     retry_bind = 30.0  # seconds between attempts to listen while the port is taken
