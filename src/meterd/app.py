@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from meterd.analytics.runtime import AnalyticsRuntime
     from meterd.api.runtime import ApiRuntime, Figures
     from meterd.billing_link.runtime import SyncRuntime
-    from meterd.control.commands import MeterRoute
+    from meterd.control.commands import RelayLink
     from meterd.control.runtime import PrepaidRuntime
 
 
@@ -102,13 +102,13 @@ def build_node(
     return node
 
 
-def _meter_routes(collector: Daemon) -> Callable[[str], MeterRoute | None]:
-    """The collector's routes as prepaid control's :class:`~meterd.control.commands.MeterRoute`."""
-    from meterd.control.commands import MeterRoute
+def _meter_routes(collector: Daemon) -> Callable[[str], RelayLink | None]:
+    """The collector's routes as prepaid control's :class:`~meterd.control.commands.RelayLink`."""
+    from meterd.collector.control import MeterRelay
 
-    def route(address: str) -> MeterRoute | None:
+    def route(address: str) -> RelayLink | None:
         found = collector.route(address)
-        return None if found is None else MeterRoute(found.channel, found.target, found.link)
+        return None if found is None else MeterRelay(found.channel, found.target, found.link)
 
     return route
 

@@ -10,10 +10,10 @@ from decimal import Decimal
 import pytest
 
 from meterd.collector.channel import Channel, Timing
-from meterd.collector.control import Credentials, send_relay_command
+from meterd.collector.control import Credentials, MeterRelay, send_relay_command
 from meterd.collector.poll import MeterTarget, read_item
 from meterd.collector.transports import TcpTransport
-from meterd.control.commands import CommandExecutor, MeterRoute
+from meterd.control.commands import CommandExecutor
 from meterd.control.model import CommandKind, CommandRequest, CommandState
 from meterd.control.state import AccountSpec, ControlStore
 from meterd.protocols.dlt645.messages import RelayCommand
@@ -45,7 +45,7 @@ async def rig(tmp_path):
     store = ControlStore(tmp_path)
     store.upsert_accounts([AccountSpec("A1", "flat", {OK: Decimal(1), STUCK: Decimal(1), OFFLINE: Decimal(1)},
                                        area="TA1")], actor="test", now=Clock()())
-    routes = {a: MeterRoute(channel, MeterTarget(a, protocol="dlt645-1997" if a == OLD else "dlt645-2007"),
+    routes = {a: MeterRelay(channel, MeterTarget(a, protocol="dlt645-1997" if a == OLD else "dlt645-2007"),
                             credentials=CREDS) for a in (OK, STUCK, OFFLINE, OLD)}
     clock = Clock()
     notices: list = []

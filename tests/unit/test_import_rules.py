@@ -54,10 +54,6 @@ ALLOWED: dict[str, set[str]] = {
 
 #: (importing module, imported module prefix) -> the part of issue #15 that removes the edge.
 KNOWN: dict[tuple[str, str], str] = {
-    # part B (protocol drivers): relay command and read-back go behind the driver registry and
-    # reach control through meterd.app, like the collector's route
-    ("meterd.control.commands", "meterd.collector"): "B: relay command + read-back through the drivers",
-    ("meterd.control.runtime", "meterd.collector"): "B: relay credentials through the drivers",
 }
 
 

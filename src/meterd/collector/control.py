@@ -28,7 +28,7 @@ Commands and their read-back go ahead of routine reads waiting for the bus (:dat
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -41,48 +41,9 @@ from meterd.protocols.dlt645.messages import RelayCommand
 from meterd.protocols.drivers import LinkKind
 from meterd.protocols.drivers.base import FrameDriver
 from meterd.protocols.modbus import compile_plan, decode_block, relay_command
+from meterd.protocols.relay import EXPECTED, ControlOutcome, Credentials
 
 DEFAULT_VALIDITY: Final = timedelta(minutes=10)
-
-# What the read-back must show after each command: (flag, expected value).
-EXPECTED: Final = {
-    RelayCommand.TRIP: ("relay.open", True),
-    RelayCommand.RECLOSE: ("relay.open", False),
-    RelayCommand.RECLOSE_ALLOWED: ("relay.command_open", False),
-    RelayCommand.ALARM: ("alarm.pre_trip", True),
-    RelayCommand.ALARM_RELEASE: ("alarm.pre_trip", False),
-    RelayCommand.PROTECT: ("relay.protected", True),
-    RelayCommand.PROTECT_RELEASE: ("relay.protected", False),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """DL/T 645 password (level + 3 bytes, 8 hex digits) and operator code (8 hex digits)."""
-
-    password: str
-    operator: str
-
-    def __repr__(self) -> str:  # never print a meter password
-        return f"Credentials(password=***, operator={self.operator})"
-
-
-@dataclass(slots=True)
-class ControlOutcome:
-    meter: str
-    command: RelayCommand
-    sent_at: datetime
-    acknowledged: bool = False
-    confirmed: bool = False
-    read_back: dict[str, bool] = field(default_factory=dict)
-    detail: str = ""
-    failure: str = ""  # "" | "unsupported" | "unreachable" | "refused" | "read-back" | "anomaly"
-
-    @property
-    def retryable(self) -> bool:
-        """The meter could not be reached (or its state not read): worth trying again later."""
-        return self.failure in ("unreachable", "read-back")
-
 
 async def send_relay_command(
     channel: Channel,
@@ -201,3 +162,32 @@ def _fail(outcome: ControlOutcome, why: str) -> None:
     error = ControlError(f"meter {outcome.meter}: {outcome.command.name}: {why}")
     error.outcome = outcome  # type: ignore[attr-defined]
     raise error
+
+
+@dataclass(frozen=True, slots=True)
+class MeterRelay:
+    """One meter's relay as prepaid control reaches it (:class:`meterd.control.commands.RelayLink`):
+    its bus, target, Modbus link and credentials; commands go out as urgent transactions."""
+
+    channel: Channel
+    target: MeterTarget
+    link: ModbusLink | None = None
+    credentials: Credentials | None = None
+
+    @property
+    def bus(self) -> str:
+        return self.channel.name
+
+    def commands(self) -> frozenset[RelayCommand]:
+        return frozenset(self.target.driver.relay_commands(self.target.regmap))
+
+    def with_credentials(self, credentials: Credentials | None) -> MeterRelay:
+        return replace(self, credentials=credentials)
+
+    async def read_state(self) -> dict[str, bool]:
+        return await read_relay_state(self.channel, self.target, link=self.link)
+
+    async def send(self, command: RelayCommand, now: datetime, *, valid_for: timedelta,
+                   settle: float) -> ControlOutcome:
+        return await send_relay_command(self.channel, self.target, command, now, credentials=self.credentials,
+                                        valid_for=valid_for, link=self.link, settle=settle)

@@ -27,42 +27,44 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from meterd.clock import Clock
-from meterd.collector.channel import Channel, TransactionError
-from meterd.collector.control import (
-    EXPECTED,
-    ControlOutcome,
-    Credentials,
-    read_relay_state,
-    send_relay_command,
-)
-from meterd.collector.modbus import ModbusLink
-from meterd.collector.poll import MeterTarget, ReadFailed
 from meterd.control.command_store import Command
 from meterd.control.model import CommandState
 from meterd.control.policy import Notice
 from meterd.control.state import ControlStore
 from meterd.errors import ControlError, MeterdError
+from meterd.protocols.dlt645.messages import RelayCommand
+from meterd.protocols.relay import EXPECTED, ControlOutcome, Credentials
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Iterable[Notice]], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
-class MeterRoute:
-    """How to reach a meter: its channel, target, Modbus link (Modbus meters) and credentials."""
+class RelayLink(Protocol):
+    """How control reaches one meter's relay.  The collector implements it
+    (:class:`meterd.collector.control.MeterRelay`) and :mod:`meterd.app` hands it over, so control
+    never imports the collector.  ``read_state`` and ``send`` raise :class:`~meterd.errors.MeterdError`
+    subclasses when the meter cannot be reached; ``send`` raises :class:`~meterd.errors.ControlError`
+    (with its ``outcome``) when the command was refused or not confirmed."""
 
-    channel: Channel
-    target: MeterTarget
-    link: ModbusLink | None = None
-    credentials: Credentials | None = None
+    @property
+    def bus(self) -> str: ...  # commands on one bus go one after another; buses run in parallel
+
+    def commands(self) -> frozenset[RelayCommand]: ...  # what the meter can take
+
+    def with_credentials(self, credentials: Credentials | None) -> RelayLink: ...
+
+    async def read_state(self) -> dict[str, bool]: ...
+
+    async def send(self, command: RelayCommand, now: datetime, *, valid_for: timedelta,
+                   settle: float) -> ControlOutcome: ...
 
 
-Resolver = Callable[[str], MeterRoute | None]
+Resolver = Callable[[str], RelayLink | None]
 
 
 class CommandExecutor:
@@ -121,7 +123,7 @@ class CommandExecutor:
                 done.append(await self._finish(claimed, CommandState.FAILED,
                                                f"meter {cmd.meter} is not in the configuration: no channel reaches it"))
                 continue
-            by_channel.setdefault(route.channel.name, []).append(cmd)
+            by_channel.setdefault(route.bus, []).append(cmd)
 
         async def lane(commands: list[Command]) -> list[Command]:
             return [await self.execute(cmd) for cmd in commands]
@@ -141,8 +143,8 @@ class CommandExecutor:
             flag, expected = EXPECTED[cmd.kind.relay_command]
             if claimed.tries > 1:  # an earlier try may have reached the meter: look before sending again
                 try:
-                    state = await read_relay_state(route.channel, route.target, link=route.link)
-                except (TransactionError, ReadFailed, ControlError, MeterdError) as exc:
+                    state = await route.read_state()
+                except MeterdError as exc:  # a transaction, read or control failure
                     return await self._later(claimed, f"meter unreachable before retry: {exc}")
                 await asyncio.to_thread(self.store.record_relay, cmd.meter, state, now=self.clock())
                 if state.get(flag) == expected:
@@ -150,9 +152,7 @@ class CommandExecutor:
                                               f"{flag} = {expected} read back before retrying: not sent again",
                                               state)
             try:
-                outcome = await send_relay_command(
-                    route.channel, route.target, cmd.kind.relay_command, now, credentials=route.credentials,
-                    valid_for=self.valid_for, link=route.link, settle=self.settle)
+                outcome = await route.send(cmd.kind.relay_command, now, valid_for=self.valid_for, settle=self.settle)
             except ControlError as exc:
                 outcome = getattr(exc, "outcome", None) or ControlOutcome(cmd.meter, cmd.kind.relay_command, now,
                                                                           detail=str(exc), failure="refused")
@@ -182,8 +182,8 @@ class CommandExecutor:
             return await self._finish(cmd, CommandState.FAILED,
                                       "interrupted by a restart and the meter is no longer configured: not resent")
         try:
-            state = await read_relay_state(route.channel, route.target, link=route.link)
-        except (TransactionError, ReadFailed, ControlError, MeterdError) as exc:
+            state = await route.read_state()
+        except MeterdError as exc:  # a transaction, read or control failure
             return await self._finish(cmd, CommandState.FAILED,
                                       f"interrupted by a restart; relay state unreadable ({exc}): not resent, "
                                       "check the meter")

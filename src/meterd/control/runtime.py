@@ -15,7 +15,6 @@ to every reading and runs :meth:`~PrepaidRuntime.run` as a service beside the ch
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,14 +22,14 @@ from typing import TYPE_CHECKING
 
 from meterd import secrets
 from meterd.clock import Clock
-from meterd.collector.control import Credentials
-from meterd.control.commands import CommandExecutor, MeterRoute
+from meterd.control.commands import CommandExecutor, RelayLink
 from meterd.control.engine import PrepaidEngine
 from meterd.control.model import CommandKind
 from meterd.control.notify import LogFileSink, Notifier, WebhookSink
 from meterd.control.state import ControlStore
 from meterd.errors import ConfigError
 from meterd.protocols.drivers import get_driver
+from meterd.protocols.relay import Credentials
 from meterd.readings import Reading
 from meterd.storage.anomalies import AnomalyStore, Finding, Kind
 from meterd.supervise import supervise
@@ -79,7 +78,7 @@ def make_notifier(config: PrepaidConfig) -> Notifier:
 
 
 #: How to reach a configured meter (its channel, target and Modbus link; no credentials), or None.
-RouteLookup = Callable[[str], MeterRoute | None]
+RouteLookup = Callable[[str], RelayLink | None]
 
 
 class PrepaidRuntime:
@@ -117,13 +116,12 @@ class PrepaidRuntime:
         found = self._route(meter)
         if found is None:
             return None  # not configured: the executor fails it with that reason
-        target = found.target
-        relay = target.driver.relay_commands(target.regmap)
+        relay = found.commands()
         return frozenset(kind for kind in CommandKind if kind.relay_command in relay)
 
-    def route(self, meter: str) -> MeterRoute | None:
+    def route(self, meter: str) -> RelayLink | None:
         found = self._route(meter)
-        return None if found is None else dataclasses.replace(found, credentials=self.credentials)
+        return None if found is None else found.with_credentials(self.credentials)
 
     def meter_accounts(self) -> dict[str, str]:
         """meter -> its account, for every assigned meter."""
