@@ -25,6 +25,12 @@ from meterd.collector.transports import TcpTransport
 ITEMS = [0x00010000, 0x02010100, 0x02020100, 0x02030000, 0x04000503]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_simulators(channels: int, meters: int) -> tuple[subprocess.Popen, dict]:
     cmd = [sys.executable, "-m", "meterd.cli.main", "--log-level", "WARNING", "simulate", "--pty", "0",
            "--tcp-buses", str(channels), "--meters-per-bus", str(meters), "--no-wire-time",
@@ -80,7 +86,9 @@ def main() -> None:
     args = ap.parse_args()
     proc, fleet = start_simulators(args.channels, args.meters)
     try:
+        sim0, own0 = cpu_seconds(proc.pid), time.process_time()
         reads, failures, elapsed, channels = asyncio.run(bench(fleet, args.seconds))
+        sim_cpu, own_cpu = cpu_seconds(proc.pid) - sim0, time.process_time() - own0
     finally:
         proc.terminate()
         proc.wait(10)
@@ -91,6 +99,9 @@ def main() -> None:
     print(f"  elapsed          {elapsed:.2f} s")
     print(f"  reads/s          {reads / elapsed:,.0f}")
     print(f"  mean latency     {1000 * sum(lat) / len(lat):.3f} ms per read (per channel, incl. simulator)")
+    if reads:
+        print(f"  CPU per read     master {1e6 * own_cpu / reads:.1f} us, simulator {1e6 * sim_cpu / reads:.1f} us "
+              "(the two share the machine's cores)")
 
 
 if __name__ == "__main__":
