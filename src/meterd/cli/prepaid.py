@@ -210,13 +210,20 @@ def _activate(store: Any, args: argparse.Namespace, now: datetime) -> int:
 
     opening = parse_opening(args.opening_balance, what="--opening-balance")
     result = store.activate(args.account, opening, args.ref, actor=args.operator, now=now)
+    _print_ledger_result(args, result, f"account {args.account}: {result.reason}",
+                         f"account {args.account}: nothing changed")
+    return EXIT_OK
+
+
+def _print_ledger_result(args: argparse.Namespace, result: Any, applied: str, refused: str) -> None:
+    """What a ledger change (payment, adjustment, opening balance) did: ``applied``, or ``refused``
+    with the reason, each with the balance after; the same three fields with ``--json``."""
     if args.json:
         print_json({"applied": result.applied, "balance": str(result.balance), "reason": result.reason})
     elif result.applied:
-        print(f"account {args.account}: {result.reason}; balance {result.balance}")
+        print(f"{applied}; balance {result.balance}")
     else:
-        print(f"account {args.account}: nothing changed: {result.reason}; balance {result.balance}")
-    return EXIT_OK
+        print(f"{refused}: {result.reason}; balance {result.balance}")
 
 
 @_guard
@@ -278,12 +285,8 @@ def pay_cmd(args: argparse.Namespace) -> int:
     store, _ = _store(args, context)
     with store:
         result = store.pay(args.account, amount, args.ref, actor=args.operator, now=_now())
-    if args.json:
-        print_json({"applied": result.applied, "balance": str(result.balance), "reason": result.reason})
-    elif result.applied:
-        print(f"payment {args.ref}: {amount} applied to {args.account}; balance {result.balance}")
-    else:
-        print(f"payment {args.ref}: not applied: {result.reason}; balance {result.balance}")
+    _print_ledger_result(args, result, f"payment {args.ref}: {amount} applied to {args.account}",
+                         f"payment {args.ref}: not applied")
     return EXIT_OK
 
 
@@ -297,12 +300,8 @@ def adjust_cmd(args: argparse.Namespace) -> int:
     with store:
         result = store.adjust(args.account, amount, args.ref, actor=args.operator, now=_now(),
                               reason=args.reason)
-    if args.json:
-        print_json({"applied": result.applied, "balance": str(result.balance), "reason": result.reason})
-    elif result.applied:
-        print(f"adjustment {args.ref}: {amount} applied to {args.account}; balance {result.balance}")
-    else:
-        print(f"adjustment {args.ref}: not applied: {result.reason}; balance {result.balance}")
+    _print_ledger_result(args, result, f"adjustment {args.ref}: {amount} applied to {args.account}",
+                         f"adjustment {args.ref}: not applied")
     return EXIT_OK
 
 
