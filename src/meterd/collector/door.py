@@ -6,8 +6,8 @@ rating × CT × PT, and each energy register's span in the meter's protocol (DL/
 the meter; a Modbus map's integer register: ``2^bits × scale``; a float register:
 :data:`~meterd.plausibility.FLOAT_ENERGY_SPAN`), primary side.
 
-:class:`Door` screens, counts, logs once per meter and quantity (not once per reading), and hands
-what it found to an anomaly recorder (the daemon writes them to the state database off the loop).
+:class:`Door` screens, counts, logs once a minute per meter and quantity (with a count of the
+rest, never once per reading), and hands what it found to an anomaly recorder (the daemon writes them to the state database off the loop).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal
 
 from meterd.config.model import MeterConfig
+from meterd.logthrottle import LogThrottle
 from meterd.plausibility import (
     DLT645_ENERGY_SPAN,
     FLOAT_ENERGY_SPAN,
@@ -51,7 +52,7 @@ class Door:
         self.gate = Gate({m.address: bounds(m) for m in meters})
         self.record = record
         self.flagged = 0  # readings flagged implausible since start
-        self._told: set[tuple[str, str]] = set()  # (meter, quantity) already logged
+        self._log = LogThrottle()  # once a minute per meter and quantity, with a count
 
     def screen(self, readings: list[Reading]) -> list[Reading]:
         out, found = self.gate.screen(readings)
@@ -59,10 +60,8 @@ class Door:
             return readings
         self.flagged += len(found)
         for f in found:
-            if (f.meter, f.quantity) not in self._told:
-                self._told.add((f.meter, f.quantity))
-                log.warning("implausible reading, stored flagged and not charged: %s (further ones of this "
-                            "meter and quantity are counted, and recorded as anomalies)", f.describe())
+            self._log.log(log, logging.WARNING, f"implausible {f.meter} {f.quantity}",
+                          "implausible reading, stored flagged and not charged: %s", f.describe())
         if self.record is not None:
             try:
                 self.record(found)
