@@ -47,7 +47,6 @@ from meterd.control.model import QUANTITY_RATE, CommandKind, CommandRequest, Rat
 from meterd.control.policy import (
     AccountView,
     ControlState,
-    Decision,
     Notice,
     SafetyRules,
     Threshold,
@@ -428,10 +427,10 @@ class PrepaidEngine:
             return summary
         area_trips = self.store.area_trips_since(now - timedelta(hours=1))
         views = self._row_views(now, rows)
-        try:
-            decisions = decide_all(views, self.settings.rules, now, area_trips)
-        except Exception:  # noqa: BLE001 -- one account's fault: decide them one by one, skip those that fail
-            decisions = self._decide_each(views, now, area_trips, summary)
+        failures: dict[str, Exception] = {}  # one account's fault never stops the others
+        decisions = decide_all(views, self.settings.rules, now, area_trips, failed=failures)
+        if failures:
+            self._report_decide_failures(failures, views, now, summary)
         summary.decisions = len(decisions)
         requests: list[CommandRequest] = []
         updates = []
@@ -444,34 +443,22 @@ class PrepaidEngine:
                                                        dry_run=self.settings.rules.dry_run)
         return summary
 
-    def _decide_each(self, views: list[AccountView], now: datetime, area_trips: Mapping[str, int],
-                     summary: PassSummary) -> list[Decision]:
-        """:func:`decide_all` account by account, the area trip cap counted across them as it
-        does; an account whose decision raises is logged, reported and skipped."""
-        trips = dict(area_trips)
-        out = []
-        for view in views:
-            try:
-                decided = decide_all([view], self.settings.rules, now, trips)
-            except Exception as exc:
-                why = f"deciding failed: {type(exc).__name__}: {str(exc)[:200]}"
-                summary.failed[view.account] = why
-                log.error("account %s: %s; skipped, the other accounts decided", view.account, why,
-                          exc_info=len(summary.failed) <= 3)
-                continue
-            for d in decided:
-                tripped = sum(1 for c in d.commands if c.kind is CommandKind.TRIP)
-                if tripped:
-                    trips[view.area] = trips.get(view.area, 0) + tripped
-            out += decided
-        if self.report is not None and summary.failed:
-            meters = {v.account: v.meters for v in views}
-            try:
-                self.report([Finding(m, Kind.PREPAID_FAILED, Severity.CRITICAL, now, f"account {a}: {why}; skipped", ())
-                             for a, why in summary.failed.items() for m in meters.get(a, ())], [])
-            except Exception:
-                log.exception("reporting prepaid failures failed")
-        return out
+    def _report_decide_failures(self, failures: dict[str, Exception], views: list[AccountView], now: datetime,
+                                summary: PassSummary) -> None:
+        """Accounts whose decision raised: logged, reported as anomalies on their meters (the
+        others of the pass were decided as usual)."""
+        for account, exc in failures.items():
+            why = summary.failed[account] = f"deciding failed: {type(exc).__name__}: {str(exc)[:200]}"
+            log.error("account %s: %s; skipped, the other accounts decided", account, why,
+                      exc_info=exc if len(summary.failed) <= 3 else None)
+        if self.report is None:
+            return
+        meters = {v.account: v.meters for v in views}
+        try:
+            self.report([Finding(m, Kind.PREPAID_FAILED, Severity.CRITICAL, now, f"account {a}: {summary.failed[a]}; "
+                                 "skipped", ()) for a in failures for m in meters.get(a, ())], [])
+        except Exception:
+            log.exception("reporting prepaid failures failed")
 
     def power(self, now: datetime) -> PassSummary:
         """定值控制: meters whose load stayed above their limit long enough."""

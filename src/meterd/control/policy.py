@@ -415,13 +415,23 @@ def _changes(view: AccountView, decision: Decision) -> bool:
 
 
 def decide_all(views: Iterable[AccountView], rules: SafetyRules, now: datetime,
-               area_trips: Mapping[str, int]) -> list[Decision]:
+               area_trips: Mapping[str, int], *,
+               failed: dict[str, Exception] | None = None) -> list[Decision]:
     """:func:`decide` for each account in order, counting the trips of this pass per area so the
-    area cap holds within the pass.  Only decisions that change something are returned."""
+    area cap holds within the pass.  Only decisions that change something are returned.
+
+    With ``failed``, an account whose decision raises is put there (account -> exception) and
+    skipped, and every other account is decided as usual; without it the exception propagates."""
     trips = dict(area_trips)
     out: list[Decision] = []
     for view in views:
-        decision = decide(view, rules, now, area_trips_last_hour=trips.get(view.area, 0))
+        try:
+            decision = decide(view, rules, now, area_trips_last_hour=trips.get(view.area, 0))
+        except Exception as exc:  # one account's fault, handed to the caller
+            if failed is None:
+                raise
+            failed[view.account] = exc
+            continue
         tripped = sum(1 for c in decision.commands if c.kind is CommandKind.TRIP)
         if tripped:
             trips[view.area] = trips.get(view.area, 0) + tripped
