@@ -42,3 +42,42 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# --- PostgreSQL: a server of the tests' own, and stores on both backends ---------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL server for the run (tests/pgserver.py); in CI a missing PostgreSQL fails."""
+    import pgserver
+
+    if not pgserver.available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (apt-get install postgresql)")
+        pytest.skip("PostgreSQL is not installed")
+    server = pgserver.PgServer()
+    try:
+        yield server
+    finally:
+        from meterd.storage.database import close_pools
+
+        close_pools()
+        server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh, empty PostgreSQL database of this test's own."""
+    return pg_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_where(request, tmp_path):
+    """Where a store lives, once per backend: the data directory (SQLite) or a fresh PostgreSQL
+    database (a :class:`meterd.storage.database.Database`)."""
+    if request.param == "sqlite":
+        return tmp_path
+    from meterd.storage.database import Database
+
+    return Database(request.getfixturevalue("pg_url"), pool_size=4)

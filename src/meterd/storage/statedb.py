@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Final, Self
 
 from meterd.errors import ConfigError, StorageFullError
+from meterd.storage.database import Database, Location, as_database, translate_schema
 from meterd.storage.sqlite import STATE_FILE
 
 log = logging.getLogger(__name__)
@@ -104,11 +105,24 @@ class StateDatabase:
     ROWS: ClassVar[bool] = True
     PRAGMAS: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, data_dir: Path | str) -> None:
-        self.path = Path(data_dir) / STATE_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, data_dir: Location) -> None:
         self._lock = threading.RLock()
         self._checkpointer: threading.Thread | None = None
+        self._closed = True
+        db = as_database(data_dir)
+        self._wal = False
+        if db is not None:  # PostgreSQL: a PgConnection shaped like the sqlite3 one
+            self.database: Database | None = db
+            self.path = Path(str(db))  # for messages only
+            self._conn = db.connect()  # type: ignore[assignment]
+            with self._lock, _transaction(self._conn):  # the schema under the write lock: nodes start at once
+                self._conn.executescript(self.SCHEMA)
+            self._migrate()
+            self._closed = False
+            return
+        self.database = None
+        self.path = Path(data_dir) / STATE_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0, isolation_level=None)
         try:
             if self.ROWS:
@@ -128,9 +142,16 @@ class StateDatabase:
             raise
         self._closed = False
 
+    @property
+    def postgres(self) -> bool:
+        return self.database is not None
+
     def _schema_version(self) -> int:
-        found = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_versions'")
-        if found.fetchone() is None:
+        if self.database is not None:
+            if not self._conn.table_exists("schema_versions"):  # type: ignore[attr-defined]
+                return 0
+        elif self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_versions'"
+                                ).fetchone() is None:
             return 0
         row = self._conn.execute("SELECT version FROM schema_versions WHERE store = ?", (self.STORE,)).fetchone()
         return int(row[0]) if row else 0
@@ -152,7 +173,11 @@ class StateDatabase:
                                       f"{done}, newer than this meterd knows ({latest}): upgrade meterd")
                 for step in self.MIGRATIONS[done:]:
                     for statement in step:
-                        conn.execute(statement)
+                        if self.database is not None:
+                            for translated in translate_schema(statement):
+                                conn.execute(translated)
+                        else:
+                            conn.execute(statement)
                 if done < latest:
                     conn.execute("INSERT INTO schema_versions (store, version) VALUES (?, ?) ON CONFLICT (store) "
                                  "DO UPDATE SET version = excluded.version", (self.STORE, latest))
