@@ -11,13 +11,27 @@ from meterd.errors import StorageFullError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from meterd.cli import analytics, decode, demo, prepaid, probe, quality, read, readings, run, simulate, sync, token
+    from meterd.cli import (
+        analytics,
+        backup,
+        decode,
+        demo,
+        prepaid,
+        probe,
+        quality,
+        read,
+        readings,
+        run,
+        simulate,
+        sync,
+        token,
+    )
 
     parser = argparse.ArgumentParser(prog="meterd", description="meter data acquisition master station")
     parser.add_argument("--version", action="version", version=f"meterd {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, run, read, probe, decode, readings, quality, simulate, prepaid, analytics, sync, token):
+    for module in (demo, run, read, probe, decode, readings, quality, simulate, prepaid, analytics, sync, token, backup):
         module.add_parser(sub)
     return parser
 

@@ -33,7 +33,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Final, Self
+from typing import Any, ClassVar, Final, Self, cast
 
 from meterd.errors import ConfigError, StorageFullError
 from meterd.storage.database import Database, Location, as_database, translate_schema
@@ -114,14 +114,15 @@ class StateDatabase:
         if db is not None:  # PostgreSQL: a PgConnection shaped like the sqlite3 one
             self.database: Database | None = db
             self.path = Path(str(db))  # for messages only
-            self._conn = db.connect()  # type: ignore[assignment]
+            # PgConnection has the surface of sqlite3.Connection the stores use (storage/database.py)
+            self._conn: sqlite3.Connection = cast("sqlite3.Connection", db.connect())
             with self._lock, _transaction(self._conn):  # the schema under the write lock: nodes start at once
                 self._conn.executescript(self.SCHEMA)
             self._migrate()
             self._closed = False
             return
         self.database = None
-        self.path = Path(data_dir) / STATE_FILE
+        self.path = Path(cast("Path | str", data_dir)) / STATE_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0, isolation_level=None)
         try:
