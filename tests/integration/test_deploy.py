@@ -382,7 +382,7 @@ def test_secrets_example_lists_every_secret_the_config_names():
     example = (DEPLOY / "secrets.env.example").read_text()
     names = [line.split("=", 1)[0] for line in example.splitlines() if line.strip() and not line.startswith("#")]
     assert names == ["METERD_METER_PASSWORD", "METERD_OPERATOR_CODE", "METERD_MQTT_PASSWORD",
-                     "METERD_INFLUX_TOKEN", "METERD_BILLING_TOKEN"]
+                     "METERD_DB_PASSWORD", "METERD_INFLUX_TOKEN", "METERD_BILLING_TOKEN"]
     for line in example.splitlines():
         if line.strip() and not line.startswith("#"):
             assert re.fullmatch(r"[A-Z_]+=\S+", line), f"systemd EnvironmentFile line: {line!r}"

@@ -36,8 +36,8 @@ ALLOWED: dict[str, set[str]] = {
     "protocols": set(),
     "storage": set(),
     # config builds every part's settings from the part's own value types (tariffs, thresholds,
-    # topology, sync job specs); the parts never import config at run time.
-    "config": {"protocols", "control", "analytics", "billing_link"},
+    # topology, sync job specs, the store's Database location); the parts never import config at run time.
+    "config": {"protocols", "control", "analytics", "billing_link", "storage"},
     "collector": {"protocols", "storage", "config"},
     # control, analytics and billing_link get the collector's interface from meterd.app; they may
     # name their config section's type (annotation only: see the cycle check).

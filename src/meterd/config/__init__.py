@@ -4,8 +4,9 @@ What lives here: the model (:mod:`.model`, frozen dataclasses and ``StrEnum`` ch
 collector, storage and CLI code against) and the loader (:mod:`.loader`, ``tomllib`` plus
 validation).  May import: ``meterd.errors`` and the DL/T 645 codec helpers in
 ``meterd.protocols`` (address normalisation, DI parsing, the catalogues, Modbus register maps,
-the quantity resolver), and the value types of ``meterd.control``, ``meterd.analytics`` and
-``meterd.billing_link`` that it builds (tariffs, thresholds, topology, sync job specs: a setting
+the quantity resolver), and the value types of ``meterd.control``, ``meterd.analytics``,
+``meterd.billing_link`` and ``meterd.storage`` that it builds (tariffs, thresholds, topology, sync
+job specs, the PostgreSQL :class:`~meterd.storage.database.Database` the stores open on: a setting
 and its domain value are one type; those parts never import config at run time); nothing that
 does I/O beyond reading the one file.
 

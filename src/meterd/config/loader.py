@@ -22,7 +22,8 @@ import tomllib
 from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from meterd.checking import Checker, hint, show
 from meterd.config.durations import DURATION_FORMS, parse_duration
@@ -52,6 +53,7 @@ from meterd.protocols.dlt645.messages import parse_di
 from meterd.protocols.drivers import get_driver
 from meterd.protocols.modbus.registermap import builtin_maps, get_map, load_map
 from meterd.protocols.modbus.schema import RegisterMap
+from meterd.storage.database import Database, is_postgres_url, redact
 
 BAUD_RATES: Final = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 BYTESIZES: Final = (7, 8)
@@ -70,7 +72,8 @@ _TASK_KEYS: Final = ("name", "kind", "groups", "quantities", "items", "items_199
 _TASK_DURATIONS: Final = ("every", "jitter", "misfire_grace", "settle")
 _LISTENER_KEYS: Final = ("host", "port", "formats", "heartbeat_timeout", "registration_timeout")
 _DTU_KEYS: Final = ("listener", "terminal", "connect_wait")
-_STORE_KEYS: Final = ("data_dir", "batch_size", "flush_interval", "influxdb")
+_STORE_KEYS: Final = ("data_dir", "batch_size", "flush_interval", "influxdb", "database", "password_env", "pool_size")
+MAX_POOL_SIZE: Final = 1000  # connections per process; PostgreSQL's own max_connections is usually 100
 _CHANNEL_KEYS: Final = (
     "serial",
     "tcp",
@@ -244,7 +247,8 @@ def _store(check: _Checker, raw: Any, base_dir: Path | None) -> StoreConfig | No
     table = check.table("store", raw)
     if table is None:
         return None
-    check.known_keys("store", table, _STORE_KEYS)
+    # a password here is refused by _inline_secrets: put it in the environment, named by password_env
+    check.known_keys("store", {k: v for k, v in table.items() if k != "password"}, _STORE_KEYS)
     data_dir: Path | None = None
     if "data_dir" not in table:
         check.problem("store.data_dir", "missing: required")
@@ -259,9 +263,62 @@ def _store(check: _Checker, raw: Any, base_dir: Path | None) -> StoreConfig | No
         influx = _influx(check, table["influxdb"], data_dir)
         if influx is None:
             return None
-    if data_dir is None or batch_size is None or flush_interval is None:
+    database = _database(check, table)
+    if data_dir is None or batch_size is None or flush_interval is None or database is False:
         return None
-    return StoreConfig(data_dir=data_dir, batch_size=batch_size, flush_interval=flush_interval, influxdb=influx)
+    return StoreConfig(data_dir=data_dir, batch_size=batch_size, flush_interval=flush_interval, influxdb=influx,
+                       database=database, password_env=table.get("password_env") if database else None)
+
+
+def _database(check: _Checker, table: dict[str, Any]) -> Database | None | Literal[False]:
+    """``[store] database = "postgresql://user@host:port/dbname"``, ``password_env``, ``pool_size``:
+    the state in PostgreSQL (None: the SQLite files of data_dir; False: something was wrong).
+
+    The password is looked up now, in the environment or the secrets file: under the variable
+    ``password_env`` names (which must then be set), else under libpq's own ``PGPASSWORD`` (none:
+    libpq's other ways, ``~/.pgpass`` or a server that asks for none)."""
+    from meterd import secrets
+
+    path = "store.database"
+    if "database" not in table:
+        for key in ("password_env", "pool_size"):
+            if key in table:
+                check.problem(f"store.{key}", "only with store.database (the PostgreSQL database it is for)")
+        return None
+    url = check.string(path, table["database"])
+    password_env = _secret_env(check, "store", table, "password_env", required=False)
+    pool_size = check.integer("store.pool_size", table.get("pool_size", 8), low=1, high=MAX_POOL_SIZE)
+    if url is None or pool_size is None or ("password_env" in table and password_env is None):
+        return False
+    problem = _database_url_problem(url)
+    if problem:
+        check.problem(path, problem)
+        return False
+    name = password_env or "PGPASSWORD"
+    password = secrets.lookup(name)
+    if password_env is not None and password is None:
+        check.problem("store.password_env", f"{secrets.where(password_env)} (the database password) is not set")
+        return False
+    return Database(url, password=password, pool_size=pool_size)
+
+
+def _database_url_problem(url: str) -> str | None:
+    """What is wrong with a ``postgresql://`` URL for ``store.database``, or None.  The message never
+    repeats a password the URL holds."""
+    if not is_postgres_url(url):
+        return f"must be a PostgreSQL URL such as postgresql://meterd@db.example:5432/meterd, got {show(redact(url))}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        return f"not a valid URL ({exc}): {show(redact(url))}"
+    query = {k.lower() for k, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    if parts.password is not None or "password" in query:
+        return ("a password must not be written in the URL: put it in the environment or the secrets file and "
+                "name the variable with store.password_env")
+    if not parts.path.strip("/"):
+        return f"names no database (postgresql://user@host:port/DBNAME), got {show(redact(url))}"
+    return None
 
 
 def _api(check: _Checker, raw: Any) -> ApiConfig | None:

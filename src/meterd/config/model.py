@@ -16,6 +16,7 @@ from typing import Any
 
 from meterd.plausibility import DEFAULT_RATING, Rating
 from meterd.protocols.modbus.schema import RegisterMap
+from meterd.storage.database import Database, Location
 
 
 class Parity(enum.StrEnum):
@@ -159,10 +160,24 @@ class PollConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
+    """``[store]``: where the state lives and how readings are written.
+
+    ``data_dir`` always holds the files (spools, sync inboxes and locks); the state stores and
+    the archive live there as SQLite files unless ``database`` names a PostgreSQL database, whose
+    password comes from the environment or the secrets file (``password_env``), never the config.
+    Every store opens on :attr:`state`."""
+
     data_dir: Path  # the SQLite state store (and readings, unless influxdb is set)
     batch_size: int = 500
     flush_interval: float = 1.0
-    influxdb: InfluxConfig | None = None  # readings to InfluxDB instead of SQLite
+    influxdb: InfluxConfig | None = None  # readings to InfluxDB instead of the state location
+    database: Database | None = None  # PostgreSQL instead of the SQLite files of data_dir
+    password_env: str | None = None  # where database's password came from (None: libpq's own PGPASSWORD)
+
+    @property
+    def state(self) -> Location:
+        """Where every store opens: the PostgreSQL database if configured, else ``data_dir``."""
+        return self.database if self.database is not None else self.data_dir
 
 
 @dataclass(frozen=True, slots=True)
