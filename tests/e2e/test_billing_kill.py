@@ -40,7 +40,7 @@ from pathlib import Path
 from meterd.billing_link.jobs import JobKind, JobSpec, run_job
 folder, data_dir, chunk, now = sys.argv[1:5]
 spec = JobSpec("payments", JobKind.IMPORT_PAYMENTS, folder=Path(folder), chunk=int(chunk))
-r = run_job(spec, data_dir=Path(data_dir), now=datetime.fromisoformat(now))
+r = run_job(spec, where=Path(data_dir), now=datetime.fromisoformat(now))
 print(r.applied, r.replayed, r.duplicates, r.quarantined, flush=True)
 """
 

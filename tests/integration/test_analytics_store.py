@@ -19,6 +19,7 @@ from meterd.analytics.lineloss import registers_needed
 from meterd.clock import CST
 from meterd.readings import Quality, Reading
 from meterd.storage import MeterRecord, SqliteStore
+from meterd.storage.database import Location
 
 D = date(2024, 5, 1)
 D1 = D + timedelta(days=1)
@@ -36,8 +37,8 @@ def reading(meter: str, day: date, value: str, quality: Quality = Quality.GOOD,
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[DailyRegisterStore]:
-    with DailyRegisterStore(tmp_path) as s:
+def store(state_where: Location) -> Iterator[DailyRegisterStore]:
+    with DailyRegisterStore(state_where) as s:
         yield s
 
 
@@ -91,12 +92,12 @@ def test_estimated_flag_comes_back_on_the_full_scan(store: DailyRegisterStore) -
     assert store.registers([D]) == {("M1", D): (DEC(1), False), ("M2", D): (DEC(2), True)}
 
 
-def test_line_loss_from_the_store_and_history(tmp_path: Path) -> None:
+def test_line_loss_from_the_store_and_history(state_where: Location) -> None:
     topo = Topology.of([Unit("A1", "area"), Unit("A2", "area")], [
         Point("S1", "A1", Role.SUPPLY), Point("C1", "A1", Role.SALES), Point("C2", "A1", Role.SALES),
         Point("S2", "A2", Role.SUPPLY), Point("C3", "A2", Role.SALES),
     ])
-    with DailyRegisterStore(tmp_path) as registers, LossHistory(tmp_path) as history:
+    with DailyRegisterStore(state_where) as registers, LossHistory(state_where) as history:
         # history: A1 ran at 4 % for a week
         for n in range(1, 8):
             history.save(line_loss_all(topo, {("S1", D - timedelta(days=n)): (DEC(0), False),
@@ -139,8 +140,8 @@ def test_shares_state_sqlite3_with_the_other_stores(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
-def test_concurrent_writers_in_threads_and_connections(tmp_path: Path) -> None:
-    shared = DailyRegisterStore(tmp_path)
+def test_concurrent_writers_in_threads_and_connections(state_where: Location) -> None:
+    shared = DailyRegisterStore(state_where)
     errors: list[BaseException] = []
 
     def write(store: DailyRegisterStore, prefix: str) -> None:
@@ -150,7 +151,7 @@ def test_concurrent_writers_in_threads_and_connections(tmp_path: Path) -> None:
         except Exception as exc:  # noqa: BLE001 - reported by the assert below
             errors.append(exc)
 
-    others = [DailyRegisterStore(tmp_path) for _ in range(2)]
+    others = [DailyRegisterStore(state_where) for _ in range(2)]
     threads = [threading.Thread(target=write, args=(s, p)) for s, p in
                ((shared, "a"), (shared, "b"), (others[0], "c"), (others[1], "d"))]
     for t in threads:

@@ -32,7 +32,7 @@ def import_accounts(tmp_path: Path, data_dir: Path, rows: list[str], name: str, 
     inbox = tmp_path / "drop" / "inbox"
     inbox.mkdir(parents=True, exist_ok=True)
     (inbox / name).write_text("account,tariff,meters,area,opening_balance\n" + "".join(rows))
-    return run_job(JobSpec("accounts", JobKind.IMPORT_ACCOUNTS, folder=tmp_path / "drop"), data_dir=data_dir,
+    return run_job(JobSpec("accounts", JobKind.IMPORT_ACCOUNTS, folder=tmp_path / "drop"), where=data_dir,
                    now=now, known_tariffs=("flat",))
 
 

@@ -8,7 +8,6 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -23,6 +22,7 @@ from meterd.analytics.anomalies import (
 )
 from meterd.clock import CST
 from meterd.readings import Quality, Reading, Value
+from meterd.storage.database import Database, Location
 
 T0 = datetime(2024, 5, 1, 2, 0, tzinfo=UTC)  # 10:00 CST
 M = "000000000001"
@@ -270,8 +270,8 @@ def test_a_healthy_meter_has_no_findings() -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[AnomalyStore]:
-    with AnomalyStore(tmp_path) as s:
+def store(state_where: Location) -> Iterator[AnomalyStore]:
+    with AnomalyStore(state_where) as s:
         yield s
 
 
@@ -341,16 +341,24 @@ def test_evidence_is_capped_keeping_the_start_and_the_latest(store: AnomalyStore
     assert stamps[0] == at(0).isoformat() and stamps[-1] == at(EVIDENCE_PER_EVENT + 19).isoformat()
 
 
-def test_store_survives_reopening_and_stores_json(tmp_path: Path) -> None:
-    with AnomalyStore(tmp_path) as s:
+def test_store_survives_reopening_and_stores_json(state_where: Location) -> None:
+    with AnomalyStore(state_where) as s:
         s.update([finding()], [], at(0))
-    with AnomalyStore(tmp_path) as s:
+    with AnomalyStore(state_where) as s:
         assert len(s.events("open")) == 1
-    with sqlite3.connect(tmp_path / "state.sqlite3") as conn:
+    if isinstance(state_where, Database):
+        import psycopg
+
+        conn, integrity = state_where.connect(), psycopg.IntegrityError
+    else:
+        conn, integrity = sqlite3.connect(state_where / "state.sqlite3"), sqlite3.IntegrityError
+    try:
         (evidence,) = conn.execute("SELECT evidence FROM anomalies").fetchone()
-        with pytest.raises(sqlite3.IntegrityError):  # never two open events for (meter, kind)
+        with pytest.raises(integrity):  # never two open events for (meter, kind)
             conn.execute("INSERT INTO anomalies (meter, kind, severity, opened_ts, last_seen_ts, detail)"
                          " VALUES (?, 'voltage_out_of_limits', 'warning', 0, 0, '')", (M,))
+    finally:
+        conn.close()
     assert json.loads(evidence)[0]["value"] == "190"
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from meterd.analytics.outages import OutageFinding, OutageStore, detect_outages
 from meterd.analytics.topology import Point, Role, Topology, Unit
+from meterd.storage.database import Location
 
 NOW = datetime(2024, 7, 1, 6, 0, tzinfo=UTC)  # 14:00 CST
 AREA_METERS = ["S1", "C1", "C2", "C3", "C4"]
@@ -105,8 +105,8 @@ def test_only_areas_by_default() -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[OutageStore]:
-    with OutageStore(tmp_path) as s:
+def store(state_where: Location) -> Iterator[OutageStore]:
+    with OutageStore(state_where) as s:
         yield s
 
 

@@ -136,7 +136,7 @@ _COLUMNS: Final = "id, unit, started_ts, ended_ts, meters, accounts"
 
 
 class OutageStore(StateDatabase):
-    """Outages in ``data_dir/state.sqlite3``; never two open for one unit (a partial unique index)."""
+    """Outages in the state database; never two open for one unit (a partial unique index)."""
 
     SCHEMA = _SCHEMA
     ROWS = False  # plain tuples

@@ -13,7 +13,6 @@ import enum
 import hashlib
 import hmac
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -64,7 +63,7 @@ def _hash(secret: str) -> str:
 
 
 class TokenStore(StateDatabase):
-    """Tokens in ``data_dir/state.sqlite3`` (own connection, WAL, 30 s busy timeout)."""
+    """Tokens in the state database (a connection of their own)."""
 
     SCHEMA = _SCHEMA
     ROWS = False  # plain tuples
@@ -78,13 +77,12 @@ class TokenStore(StateDatabase):
             while True:
                 token_id = secrets.token_hex(4)
                 secret = f"{token_id}.{secrets.token_urlsafe(32)}"
-                try:
-                    self._conn.execute(
-                        "INSERT INTO api_tokens (id, name, role, hash, created_ts) VALUES (?, ?, ?, ?, ?)",
-                        (token_id, name.strip(), role.value, _hash(secret), to_ms(now)))
-                except sqlite3.IntegrityError:
-                    continue  # id collision (1 in 4 billion): draw again
-                return token_id, secret
+                cur = self._conn.execute(
+                    "INSERT OR IGNORE INTO api_tokens (id, name, role, hash, created_ts) VALUES (?, ?, ?, ?, ?)",
+                    (token_id, name.strip(), role.value, _hash(secret), to_ms(now)))
+                if cur.rowcount == 1:
+                    return token_id, secret
+                # an id collision (1 in 4 billion): draw again
 
     def verify(self, secret: str) -> tuple[str, str, Role] | None:
         """``(id, name, role)`` of a live token with this secret, else None."""

@@ -8,7 +8,7 @@ export reading-day readings keyed by account, export balances.  Sources and sink
 rest of the batch goes on; a file that cannot be read at all is quarantined whole.
 
 Modules: :mod:`.records` (pure parsing and validation), :mod:`.store` (watermarks, file progress,
-quarantine in ``state.sqlite3``), :mod:`.imports`, :mod:`.exports`, :mod:`.jobs` (``run_job``).
+quarantine in the state database), :mod:`.imports`, :mod:`.exports`, :mod:`.jobs` (``run_job``).
 
 May import: ``meterd.control`` (the ledger and the archive, through ``ControlStore``'s public
 methods only), ``meterd.analytics`` (the daily frozen registers, for reading-day exports),

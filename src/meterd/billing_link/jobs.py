@@ -1,7 +1,8 @@
 """Running one billing job: :func:`run_job`.
 
-A run takes a per-job lock (``data_dir/sync-<job>.lock``, flock: released by the kernel when the
-process dies, so kill -9 leaves nothing stale), marks the job ``running`` in ``sync_jobs``, opens
+A run takes a per-job lock -- on SQLite ``data_dir/sync-<job>.lock`` (flock), on PostgreSQL a
+session advisory lock, which every node of the site sees; either is released when the process
+dies, so kill -9 leaves nothing stale -- marks the job ``running`` in ``sync_jobs``, opens
 its own :class:`ControlStore` and :class:`SyncStore` connections, does the work and records
 ``ok`` (with the run's counts) or ``error`` (with the message).  A job killed half-way shows
 ``running`` until the next run, which resumes it: a drop-folder file at its committed record
@@ -22,6 +23,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
+from typing import Final
 
 from meterd.billing_link.exports import export_balances, export_readings
 from meterd.billing_link.imports import import_folder, import_http, sink_for
@@ -30,16 +32,27 @@ from meterd.billing_link.store import SyncStore
 from meterd.control.amounts import DEFAULT_LIMITS, AmountLimits
 from meterd.control.state import ControlStore
 from meterd.errors import SyncError
+from meterd.storage.database import Database, Location, as_database
 
 __all__ = ["JobKind", "JobResult", "JobSpec", "SyncStore", "run_job"]
 
 log = logging.getLogger(__name__)
 
 
+JOB_LOCK: Final = 0x73796E63  # 'sync': the advisory-lock family of the billing jobs on PostgreSQL
+
+
 @contextmanager
-def job_lock(data_dir: Path, name: str) -> Iterator[None]:
-    """One run of a job at a time (the daemon's schedule and ``meterd sync run`` may meet)."""
-    path = Path(data_dir) / f"sync-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock"
+def job_lock(where: Location, name: str) -> Iterator[None]:
+    """One run of a job at a time (the daemon's schedule and ``meterd sync run`` may meet, on one
+    machine or, on PostgreSQL, on any node of the site)."""
+    db = as_database(where)
+    if db is not None:
+        with _advisory_lock(db, name):
+            yield
+        return
+    assert not isinstance(where, Database)
+    path = Path(where) / f"sync-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -50,6 +63,24 @@ def job_lock(data_dir: Path, name: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def _advisory_lock(db: Database, name: str) -> Iterator[None]:
+    """A session-level advisory lock on a pooled connection held for the run: the session's end
+    (the process killed, the connection lost) releases it."""
+    pool = db.pool()
+    conn = pool.getconn()
+    try:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (JOB_LOCK, name)).fetchone()
+        if not (row and row[0]):
+            raise SyncError(f"job {name} is already running (advisory lock in {db})")
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (JOB_LOCK, name))
+    finally:
+        pool.putconn(conn)
 
 
 def _check(spec: JobSpec, now: datetime) -> None:
@@ -75,14 +106,15 @@ def _work(run: Run) -> None:
 def run_job(
     spec: JobSpec,
     *,
-    data_dir: Path,
+    where: Location,
     now: datetime,
     known_tariffs: Collection[str] = (),
     register_of: RegisterOf | Callable[..., object] | None = None,
     day: date | None = None,
     amounts: AmountLimits = DEFAULT_LIMITS,
 ) -> JobResult:
-    """Run ``spec`` once, now.  ``known_tariffs``: tariff names an imported account may use (the
+    """Run ``spec`` once, now, on the stores at ``where`` (the data directory, or the PostgreSQL
+    database).  ``known_tariffs``: tariff names an imported account may use (the
     others are quarantined).  ``register_of(meter, day)``: the register value at the start of
     ``day`` -- ``Decimal``, ``(Decimal, estimated)`` or None -- for reading-day exports.  ``day``:
     export that reading day (default: the days after the watermark through today).  ``amounts``:
@@ -95,11 +127,10 @@ def run_job(
     kind = JobKind(spec.kind)
     if spec.kind is not kind:  # "import_payments" given as text
         spec = dataclasses.replace(spec, kind=kind)
-    data_dir = Path(data_dir)
-    with job_lock(data_dir, spec.name):
-        sync = SyncStore(data_dir)
+    with job_lock(where, spec.name):
+        sync = SyncStore(where)
         try:
-            control = ControlStore(data_dir)
+            control = ControlStore(where)
         except BaseException:
             sync.close()
             raise

@@ -17,12 +17,12 @@ from meterd.errors import ConfigError, MeterdError, SyncError
 log = logging.getLogger(__name__)
 
 
-def register_lookup(data_dir: Any):
+def register_lookup(where: Any):
     """``register_of(meter, day)`` for reading-day exports, from the daily frozen registers the
-    daemon keeps; returns it and the store to close."""
+    daemon keeps at ``where``; returns it and the store to close."""
     from meterd.analytics.energy import DailyRegisterStore
 
-    store = DailyRegisterStore(data_dir)
+    store = DailyRegisterStore(where)
     cache: dict[date, dict] = {}
 
     def register_of(meter: str, day: date):
@@ -43,9 +43,9 @@ def run_named(config: Any, name: str, *, now: datetime, day: date | None = None)
         raise ConfigError(f"unknown sync job {name!r}" + (f" (configured: {', '.join(sorted(jobs))})" if jobs
                                                            else ": the config has no [[sync.jobs]]"))
     tariffs = tuple(config.prepaid.tariffs) if config.prepaid else ()
-    register_of, store = register_lookup(config.store.data_dir)
+    register_of, store = register_lookup(config.store.state)
     try:
-        return run_job(jobs[name], data_dir=config.store.data_dir, now=now, known_tariffs=tariffs,
+        return run_job(jobs[name], where=config.store.state, now=now, known_tariffs=tariffs,
                        register_of=register_of, day=day,
                        amounts=config.prepaid.amounts if config.prepaid else AmountLimits())
     finally:

@@ -1,4 +1,4 @@
-"""The billing link's own tables in ``state.sqlite3``: job watermarks, per-file progress, quarantine.
+"""The billing link's own tables in the state database: job watermarks, per-file progress, quarantine.
 
 Layout::
 
@@ -15,8 +15,9 @@ or the upsert (accounts) makes harmless; a quarantined record is never recorded 
 
 ``sync_files.status``: running -> done | quarantined (whole file) | abandoned (the inbox file was
 replaced under the same name before it was finished).  ``record_no`` 0 in the quarantine is a whole
-file.  This connection is our own (WAL, busy_timeout 30 s); it never holds a transaction while the
-control store writes, so the two cannot wait on each other.
+file.  This connection is our own; it never holds a transaction while the control store writes
+(on SQLite both take the file's one write lock, on PostgreSQL the same advisory lock), so the two
+cannot wait on each other.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def _add(counts: dict[str, int], delta: Mapping[str, int]) -> dict[str, int]:
 
 
 class SyncStore(StateDatabase):
-    """Watermarks, file progress and quarantine of the billing jobs in ``data_dir/state.sqlite3``."""
+    """Watermarks, file progress and quarantine of the billing jobs in the state database."""
 
     SCHEMA = _SCHEMA
 

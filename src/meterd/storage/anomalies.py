@@ -128,7 +128,7 @@ _COLUMNS: Final = "id, meter, kind, severity, opened_ts, last_seen_ts, closed_ts
 
 
 class AnomalyStore(StateDatabase):
-    """Anomaly events in ``data_dir/state.sqlite3``: at most one open event per (meter, kind)
+    """Anomaly events in the state database: at most one open event per (meter, kind)
     (a partial unique index says so), opened, kept up to date and closed by :meth:`update`."""
 
     SCHEMA = _SCHEMA
