@@ -1,5 +1,6 @@
 """Onboarding in the state database: opening balances applied once, pending accounts, activation,
-the alarm episode kept across restarts, and the schema migration that adds it to old files."""
+the alarm episode kept across restarts, and the schema migrations that bring old databases up to
+date -- on SQLite and on PostgreSQL (``state_where``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from decimal import Decimal
 import pytest
 
 from meterd.control.model import EntryKind
-from meterd.control.state import _SCHEMA, AccountSpec, ControlStore, LedgerError
+from meterd.control.state import _MIGRATIONS, _SCHEMA, AccountSpec, ControlStore, LedgerError
 from meterd.errors import ConfigError
+from meterd.storage.database import Database, translate_schema
 from meterd.storage.sqlite import STATE_FILE
 
 T0 = datetime(2026, 12, 7, 2, 0, tzinfo=timezone.utc)  # 10:00 CST
@@ -19,9 +21,36 @@ M1, M2, M3 = "000000000001", "000000000002", "000000000003"
 
 
 @pytest.fixture
-def store(tmp_path):
-    with ControlStore(tmp_path) as s:
+def store(state_where):
+    with ControlStore(state_where) as s:
         yield s
+
+
+class _Raw:
+    """A connection of the test's own to where the store lives, past the store (sqlite3 or psycopg)."""
+
+    def __init__(self, where) -> None:
+        if isinstance(where, Database):
+            import psycopg
+
+            self.postgres = True
+            self.conn = psycopg.connect(where.url, autocommit=True)
+        else:
+            self.postgres = False
+            self.conn = sqlite3.connect(where / STATE_FILE, isolation_level=None)
+
+    def execute(self, sql: str, params=()):
+        return self.conn.execute(sql.replace("?", "%s") if self.postgres else sql, params)
+
+    def script(self, script: str) -> None:
+        for statement in translate_schema(script) if self.postgres else [script]:
+            (self.conn.execute if self.postgres else self.conn.executescript)(statement)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.conn.close()
 
 
 def test_an_account_without_an_opening_balance_is_created_pending(store):
@@ -108,12 +137,12 @@ def test_activation_refusals(store, account, ref, actor, message):
     assert store.account("A1").state == "pending"
 
 
-def test_the_alarm_episode_is_stored_and_survives_a_restart(tmp_path):
-    with ControlStore(tmp_path) as store:
+def test_the_alarm_episode_is_stored_and_survives_a_restart(state_where):
+    with ControlStore(state_where) as store:
         store.upsert_accounts([AccountSpec("A1", "res", {M1: Decimal(1)}, opening_balance=Decimal(0))],
                               actor="t", now=T0)
         store.record_decisions([("A1", "alarmed", "notice period: ...", T0)], [], now=T0, ttl=timedelta(hours=2))
-    with ControlStore(tmp_path) as store:
+    with ControlStore(state_where) as store:
         a = store.account("A1")
         assert (a.state, a.alarmed_at) == ("alarmed", T0)
         [row] = store.policy_rows(changed_since=None, quiet_above=None)
@@ -124,35 +153,41 @@ def test_the_alarm_episode_is_stored_and_survives_a_restart(tmp_path):
         assert store.account("A1").alarmed_at is None
 
 
-def _old_database(tmp_path) -> None:
-    """A state database as meterd wrote it before alarm episodes were kept (schema version 0)."""
-    conn = sqlite3.connect(tmp_path / STATE_FILE)
-    conn.executescript(_SCHEMA)
-    ms = int(T0.timestamp() * 1000)
-    for name, state in (("A1", "normal"), ("A2", "alarmed"), ("A3", "tripped"), ("A4", "reminded")):
-        conn.execute("INSERT INTO accounts (account, tariff, opened_ts, state, balance_fen) VALUES (?, 'res', ?, ?, 0)",
-                     (name, ms, state))
-    conn.commit()
-    conn.close()
+def _old_database(where) -> None:
+    """A state database as meterd wrote it before alarm episodes were kept (schema version 0), with
+    a command queued then."""
+    with _Raw(where) as raw:
+        raw.script(_SCHEMA)
+        ms = int(T0.timestamp() * 1000)
+        for name, state in (("A1", "normal"), ("A2", "alarmed"), ("A3", "tripped"), ("A4", "reminded")):
+            raw.execute("INSERT INTO accounts (account, tariff, opened_ts, state, balance_fen) "
+                        "VALUES (?, 'res', ?, ?, 0)", (name, ms, state))
+        raw.execute("INSERT INTO commands (meter, account, kind, state, reason, requested_by, created_ts, expires_ts, "
+                    "next_try_ts) VALUES (?, 'A3', 'trip', 'queued', 'balance', 'policy', ?, ?, ?)",
+                    (M3, ms, ms + 3_600_000, ms))
 
 
-def test_the_migration_keeps_live_accounts_live(tmp_path):
-    _old_database(tmp_path)
-    with ControlStore(tmp_path) as store:
+def test_the_migration_keeps_live_accounts_live(state_where):
+    _old_database(state_where)
+    with ControlStore(state_where) as store:
         assert {a.account: (a.state, a.alarmed_at) for a in store.accounts()} == {
             "A1": ("normal", None), "A2": ("alarmed", None), "A3": ("tripped", None), "A4": ("reminded", None)}
         # only accounts created from now on without an opening balance are pending
         store.upsert_accounts([AccountSpec("A1", "res", {}), AccountSpec("B1", "res", {})], actor="config", now=T0)
         assert store.account("A1").state == "normal" and store.account("B1").state == "pending"
-    with sqlite3.connect(tmp_path / STATE_FILE) as conn:
-        assert conn.execute("SELECT version FROM schema_versions WHERE store = 'control'").fetchone() == (1,)
-    with ControlStore(tmp_path) as store:  # opened again: nothing left to do
+        [old] = store.due_commands(T0)  # the commands table has its node column: unclaimed so far
+        assert (old.meter, old.node) == (M3, None)
+        assert store.mark_sent(old.id, now=T0, node="n1").node == "n1"
+    with _Raw(state_where) as raw:
+        version = raw.execute("SELECT version FROM schema_versions WHERE store = 'control'").fetchone()
+        assert tuple(version) == (len(_MIGRATIONS),) == (2,)
+    with ControlStore(state_where) as store:  # opened again: nothing left to do
         assert store.account("A2").state == "alarmed"
 
 
-def test_a_database_newer_than_the_code_is_refused(tmp_path):
-    ControlStore(tmp_path).close()
-    with sqlite3.connect(tmp_path / STATE_FILE) as conn:
-        conn.execute("UPDATE schema_versions SET version = 7 WHERE store = 'control'")
+def test_a_database_newer_than_the_code_is_refused(state_where):
+    ControlStore(state_where).close()
+    with _Raw(state_where) as raw:
+        raw.execute("UPDATE schema_versions SET version = 7 WHERE store = 'control'")
     with pytest.raises(ConfigError, match="schema version 7, newer than this meterd knows"):
-        ControlStore(tmp_path)
+        ControlStore(state_where)

@@ -1,30 +1,73 @@
-"""The prepaid state database: exactly-once ledger, balances kept equal to the ledger, command lifecycle."""
+"""The prepaid state database: exactly-once ledger, balances kept equal to the ledger, command lifecycle.
+
+Every store test runs on SQLite and on PostgreSQL (``state_where``); the tests of SQLite's own
+machinery (WAL checkpoints, ``synchronous``) say so in their names and fixtures."""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+import tempfile
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from meterd.control.model import CommandKind, CommandRequest, CommandState, EntryKind, LedgerEntry, Rate
 from meterd.control.state import AccountSpec, ControlStore, LedgerError, to_fen
+from meterd.storage.database import Database
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 M1, M2 = "000000000001", "000000000002"
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = ControlStore(tmp_path)
+TABLES = "accounts, account_meters, ledger, cursors, tier_usage, charge_flags, commands, relay_states, replacements, audit"
+
+
+def _open(where) -> ControlStore:
+    s = ControlStore(where)
     s.upsert_accounts([AccountSpec("A1", "res", {M1: Decimal(1)}, customer="Li", area="TA1"),
                        AccountSpec("A2", "res", {M2: Decimal(30)}, area="TA1", protected=True)],
                       actor="test", now=T0)
+    return s
+
+
+@pytest.fixture
+def store(state_where):
+    s = _open(state_where)
     yield s
     s.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
+    """For the tests of SQLite's own machinery (WAL, ``synchronous``, checkpoints)."""
+    s = _open(tmp_path)
+    yield s
+    s.close()
+
+
+@contextlib.contextmanager
+def empty_store(where):
+    """A store with no rows, once per hypothesis example: a new SQLite file, or the test's
+    PostgreSQL database emptied (a database per example would cost a CREATE DATABASE each)."""
+    if isinstance(where, Database):
+        s = ControlStore(where)
+        s._conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY")
+        try:
+            yield s
+        finally:
+            s.close()
+        return
+    with tempfile.TemporaryDirectory() as tmp, ControlStore(tmp) as s:
+        yield s
+
+
+def _integrity_error(store):
+    import psycopg
+
+    return psycopg.IntegrityError if store.postgres else sqlite3.IntegrityError
 
 
 def test_payment_applies_once_per_reference(store):
@@ -102,11 +145,15 @@ def test_commit_charging_is_all_or_nothing(store, monkeypatch):
     assert store.charge_flags()[0][3] == "negative_delta"
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(["pay", "adjust", "charge"]), st.integers(0, 30),
                           st.integers(-5000, 5000)), max_size=30))
-def test_balance_always_equals_the_ledger_whatever_is_replayed(tmp_path_factory, events):
-    store = ControlStore(tmp_path_factory.mktemp("prop"))
+def test_balance_always_equals_the_ledger_whatever_is_replayed(state_where, events):
+    with empty_store(state_where) as store:
+        _replay_twice(store, events)
+
+
+def _replay_twice(store, events):
     store.upsert_accounts([AccountSpec("A", "res", {M1: Decimal(1)})], actor="t", now=T0)
     expected: dict[str, int] = {}
     for _ in range(2):  # everything delivered twice
@@ -128,7 +175,6 @@ def test_balance_always_equals_the_ledger_whatever_is_replayed(tmp_path_factory,
                 pytest.fail("valid entry refused")
     assert store.verify_balances() == []
     assert store.balance("A") == Decimal(sum(expected.values())).scaleb(-2)
-    store.close()
 
 
 def _req(kind, meter=M1, by="policy"):
@@ -222,10 +268,12 @@ def test_a_charging_batch_that_fails_part_way_leaves_nothing(store, pipelined):
 
 
 @pytest.mark.parametrize("fails", [False, True])
-def test_a_charging_pass_commits_without_waiting_for_the_disk_and_checkpoints_in_the_background(store, fails):
+def test_sqlite_a_charging_pass_commits_without_waiting_for_the_disk_and_checkpoints_in_the_background(
+        sqlite_store, fails):
     """The pass's COMMIT runs with synchronous=NORMAL and no automatic checkpoint; both settings
     come back for the store's other writes (a payment waits for the disk), and a thread of its own
     copies the WAL back into the database file."""
+    store = sqlite_store
     conn = store._conn
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: SQLite's default
     seen = []
@@ -248,9 +296,26 @@ def test_a_charging_pass_commits_without_waiting_for_the_disk_and_checkpoints_in
         file_only.close()
 
 
+def test_postgresql_a_charging_pass_commits_without_waiting_for_the_disk(pg_url):
+    """The same bargain on PostgreSQL: ``synchronous_commit`` off for the pass's transaction only."""
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as raw:  # the tests' server runs with it off: on here
+        raw.execute(f'ALTER DATABASE "{raw.info.dbname}" SET synchronous_commit = on')
+    with _open(Database(pg_url)) as store:
+        conn = store._conn
+        entry = ("charge:a", "A1", EntryKind.CHARGE, Decimal("-2.00"), T0, "", None, None, None, None, None, None)
+        with store.charging_batch(now=T0) as batch:
+            assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "off"
+            batch.add([entry], [(M1, Rate.TOTAL, T0, Decimal(10))])
+        assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+        store.pay("A1", "5", "P1", actor="t", now=T0)
+        assert store.balance("A1") == Decimal("3.00") and store.verify_balances() == []
+
+
 def test_an_error_in_the_charging_writer_reaches_the_caller_and_rolls_back(store):
     entry = ("charge:a", "A1", EntryKind.CHARGE, Decimal("-2.00"), T0, "", None, None, None, None, None, None)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(_integrity_error(store)):
         with store.charging_batch(now=T0, pipelined=True) as batch:
             batch.add([entry], usage=[(None, "2026", Decimal("1"))])  # NOT NULL: fails in the writer thread
             for i in range(50):

@@ -5,10 +5,15 @@ payment turned it into a REAL (9.22e18, SQLite's ``+`` on overflow), later payme
 float rounding and ``verify_balances()`` died of "integer overflow".  Now every text amount goes
 through the one grammar, no entry exceeds ENTRY_LIMIT, no write leaves a balance outside
 ±BALANCE_LIMIT_FEN, and the property test below drives random sequences of accepted and refused
-operations through the real store."""
+operations through the real store.
+
+On PostgreSQL (every test here that is about the store runs on both, ``state_where``) a BIGINT
+never turns REAL -- it raises -- and ``SUM(bigint)`` is an exact NUMERIC; the same amounts are
+refused with the same errors.  SQLite's REAL balances and its overflowing ``SUM`` are SQLite-only."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import tempfile
 from datetime import datetime, timedelta, timezone
@@ -23,52 +28,70 @@ from meterd.control.amounts import BALANCE_LIMIT_FEN, ENTRY_LIMIT, AmountError, 
     parse_payment
 from meterd.control.model import EntryKind, LedgerEntry
 from meterd.control.state import AccountSpec, ControlStore, LedgerError, to_fen
+from meterd.storage.database import Database
 from meterd.storage.sqlite import STATE_FILE
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 M1, M2 = "000000000001", "000000000002"
 
 
-def _open(path: Path) -> ControlStore:
-    store = ControlStore(path)
+def _open(where) -> ControlStore:
+    store = ControlStore(where)
     store.upsert_accounts([AccountSpec("A1", "res", {M1: Decimal(1)}), AccountSpec("A2", "res", {M2: Decimal(1)})],
                           actor="test", now=T0)
     return store
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = _open(tmp_path)
+def store(state_where):
+    s = _open(state_where)
     yield s
     s.close()
 
 
-def _snapshot(path: Path) -> tuple:
-    with sqlite3.connect(path / STATE_FILE) as conn:
-        return (conn.execute("SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM ledger").fetchone(),
-                conn.execute("SELECT account, balance_fen, typeof(balance_fen) FROM accounts ORDER BY account")
-                .fetchall())
+@contextlib.contextmanager
+def _raw(where):
+    """A connection of the test's own, past the store: what is committed (sqlite3 or psycopg)."""
+    if isinstance(where, Database):
+        import psycopg
+
+        with psycopg.connect(where.url, autocommit=True) as conn:
+            yield lambda sql, params=(): conn.execute(sql.replace("?", "%s"), params)
+        return
+    conn = sqlite3.connect(where / STATE_FILE, isolation_level=None)
+    try:
+        yield conn.execute
+    finally:
+        conn.close()
+
+
+def _snapshot(where) -> tuple:
+    with _raw(where) as sql:
+        # the type of each balance as well: SQLite's `+` turns an overflowing INTEGER into a REAL
+        kind = "pg_typeof(balance_fen)::text" if isinstance(where, Database) else "typeof(balance_fen)"
+        return (tuple(sql("SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM ledger").fetchone()),
+                [tuple(r) for r in sql(f"SELECT account, balance_fen, {kind} FROM accounts ORDER BY account")])
 
 
 def _charge(key: str, account: str, amount: Decimal) -> tuple:
     return (key, account, EntryKind.CHARGE, amount, T0, "", None, None, None, None, None, None)
 
 
-def _seed_balance(path: Path, account: str, fen: int) -> None:
+def _seed_balance(where, account: str, fen: int) -> None:
     """An account already holding ``fen`` (with the ledger line that explains it), written past the
     store: reaching 10^18 fen through the store would take a million of its largest entries."""
-    with sqlite3.connect(path / STATE_FILE) as conn:
-        conn.execute("INSERT INTO ledger (key, account, kind, amount_fen, ts, recorded_ts, actor) "
-                     "VALUES (?, ?, 'adjustment', ?, 0, 0, 'test')", (f"seed:{account}", account, fen))
-        conn.execute("UPDATE accounts SET balance_fen = balance_fen + ? WHERE account = ?", (fen, account))
+    with _raw(where) as sql:
+        sql("INSERT INTO ledger (key, account, kind, amount_fen, ts, recorded_ts, actor) "
+            "VALUES (?, ?, 'adjustment', ?, 0, 0, 'test')", (f"seed:{account}", account, fen))
+        sql("UPDATE accounts SET balance_fen = balance_fen + ? WHERE account = ?", (fen, account))
 
 
-def test_the_reported_overflow_is_refused_and_nothing_moves(store, tmp_path):
-    before = _snapshot(tmp_path)
+def test_the_reported_overflow_is_refused_and_nothing_moves(store, state_where):
+    before = _snapshot(state_where)
     for amount in ("92233720368547758.07", Decimal("92233720368547758.07"), 9223372036854775807):
         with pytest.raises(LedgerError, match="10000000000"):
             store.pay("A1", amount, f"P{amount!s:.5}", actor="counter", now=T0)
-    assert _snapshot(tmp_path) == before and store.verify_balances() == []
+    assert _snapshot(state_where) == before and store.verify_balances() == []
 
 
 @pytest.mark.parametrize("amount", [10.5, float("nan"), True, None, [1]])
@@ -84,46 +107,66 @@ def test_to_fen_refuses_beyond_the_entry_limit_before_any_arithmetic(amount):
     assert to_fen(ENTRY_LIMIT) == 10**12 and to_fen(-ENTRY_LIMIT) == -(10**12)
 
 
-def test_a_payment_that_would_leave_the_balance_range_is_refused_whole(store, tmp_path):
-    _seed_balance(tmp_path, "A1", BALANCE_LIMIT_FEN - 50)
-    before = _snapshot(tmp_path)
+def test_a_payment_that_would_leave_the_balance_range_is_refused_whole(store, state_where):
+    _seed_balance(state_where, "A1", BALANCE_LIMIT_FEN - 50)
+    before = _snapshot(state_where)
     with pytest.raises(LedgerError, match=r"would take account A1 .* beyond"):
         store.pay("A1", "1", "P1", actor="counter", now=T0)
     with pytest.raises(LedgerError, match="beyond"):
         store.apply([LedgerEntry("payment:P2", "A1", EntryKind.PAYMENT, Decimal(1), T0)], actor="billing", now=T0)
-    assert _snapshot(tmp_path) == before and store.verify_balances() == []
+    assert _snapshot(state_where) == before and store.verify_balances() == []
     assert store.pay("A1", "0.50", "P3", actor="counter", now=T0).applied  # up to the limit: fine
 
 
+def test_a_balance_past_the_range_already_refuses_every_entry_without_overflowing(store, state_where):
+    """A balance written past the store near int64's end: adding to it would overflow BIGINT on
+    PostgreSQL (an error) and turn REAL on SQLite; both refuse with the same LedgerError."""
+    _seed_balance(state_where, "A1", 2**63 - 100)
+    before = _snapshot(state_where)
+    with pytest.raises(LedgerError, match=r"would take account A1 .* beyond"):
+        store.pay("A1", "1", "P1", actor="counter", now=T0)
+    with pytest.raises(LedgerError, match=r"charging refused: account A1: balance .* would leave the range"):
+        with store.charging_batch(now=T0) as batch:
+            batch.add([_charge("charge:a", "A1", Decimal("10.00"))])
+    assert _snapshot(state_where) == before
+    assert store.verify_balances() == [f"account A1: balance {Decimal(2**63 - 100).scaleb(-2)} is out of range"]
+
+
 @pytest.mark.parametrize("pipelined", [False, True])
-def test_a_charging_pass_that_would_leave_the_balance_range_is_refused_whole(store, tmp_path, pipelined):
-    _seed_balance(tmp_path, "A2", -BALANCE_LIMIT_FEN + 50)
-    before = _snapshot(tmp_path)
+def test_a_charging_pass_that_would_leave_the_balance_range_is_refused_whole(store, state_where, pipelined):
+    _seed_balance(state_where, "A2", -BALANCE_LIMIT_FEN + 50)
+    before = _snapshot(state_where)
     with pytest.raises(LedgerError, match=r"charging refused: account A2: balance .* would leave the range"):
         with store.charging_batch(now=T0, pipelined=pipelined) as batch:
             batch.add([_charge("charge:a", "A1", Decimal("-2.00")), _charge("charge:b", "A2", Decimal("-1.00"))])
-    assert _snapshot(tmp_path) == before and store.verify_balances() == []
+    assert _snapshot(state_where) == before and store.verify_balances() == []
 
 
-def test_a_charge_beyond_the_entry_limit_is_refused_on_the_fast_path_too(store, tmp_path):
-    before = _snapshot(tmp_path)
+def test_a_charge_beyond_the_entry_limit_is_refused_on_the_fast_path_too(store, state_where):
+    before = _snapshot(state_where)
     with pytest.raises(LedgerError, match="beyond any real ledger entry"):
         with store.charging_batch(now=T0) as batch:
             batch.add([_charge("charge:a", "A1", Decimal("-5000000000000000.00"))])  # a 1E16 kWh reading's charge
-    assert _snapshot(tmp_path) == before
+    assert _snapshot(state_where) == before
 
 
-def test_verify_balances_reports_a_float_balance_and_sums_exactly_past_int64(store, tmp_path):
-    with sqlite3.connect(tmp_path / STATE_FILE) as conn:
-        conn.execute("UPDATE accounts SET balance_fen = 9.223372036854776e18 WHERE account = 'A1'")
-    assert store.verify_balances() == ["account A1: balance 9.223372036854776e+18 (not an integer of fen) but ledger "
-                                       "sums to 0.00"]
-    with sqlite3.connect(tmp_path / STATE_FILE) as conn:
-        conn.execute("UPDATE accounts SET balance_fen = 0 WHERE account = 'A1'")
-        conn.executemany("INSERT INTO ledger (key, account, kind, amount_fen, ts, recorded_ts, actor) "
-                         "VALUES (?, 'A2', 'adjustment', ?, 0, 0, 'test')", [("x1", 2**62), ("x2", 2**62)])
-        with pytest.raises(sqlite3.OperationalError, match="integer overflow"):  # what SQLite's SUM does
-            conn.execute("SELECT SUM(amount_fen) FROM ledger").fetchone()
+def test_sqlite_verify_balances_reports_a_float_balance(tmp_path):
+    """SQLite only: a PostgreSQL BIGINT column holds no REAL."""
+    with _open(tmp_path) as store:
+        with sqlite3.connect(tmp_path / STATE_FILE) as conn:
+            conn.execute("UPDATE accounts SET balance_fen = 9.223372036854776e18 WHERE account = 'A1'")
+        assert store.verify_balances() == ["account A1: balance 9.223372036854776e+18 (not an integer of fen) but "
+                                           "ledger sums to 0.00"]
+
+
+def test_verify_balances_sums_exactly_past_int64(store, state_where):
+    with _raw(state_where) as sql:
+        for key in ("x1", "x2"):
+            sql("INSERT INTO ledger (key, account, kind, amount_fen, ts, recorded_ts, actor) "
+                "VALUES (?, 'A2', 'adjustment', ?, 0, 0, 'test')", (key, 2**62))
+        if not isinstance(state_where, Database):
+            with pytest.raises(sqlite3.OperationalError, match="integer overflow"):  # what SQLite's SUM does
+                sql("SELECT SUM(amount_fen) FROM ledger").fetchone()
     assert store.verify_balances() == [f"account A2: balance 0.00 but ledger sums to {Decimal(2**63).scaleb(-2)}"]
 
 
@@ -145,11 +188,29 @@ _op = st.one_of(
 )
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(_op, max_size=20))
-def test_any_sequence_of_operations_keeps_balances_equal_to_the_ledger(ops):
+TABLES = "accounts, account_meters, ledger, cursors, tier_usage, charge_flags, commands, relay_states, replacements, audit"
+
+
+@contextlib.contextmanager
+def _fresh(state_where):
+    """Where a new store lives, once per hypothesis example: a new SQLite directory, or the test's
+    PostgreSQL database emptied (a CREATE DATABASE per example would cost more than the example)."""
+    if isinstance(state_where, Database):
+        with _raw(state_where) as sql:
+            for table in TABLES.split(", "):
+                if sql("SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None:
+                    sql(f"TRUNCATE {table} RESTART IDENTITY")
+        yield state_where
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp)
+        yield Path(tmp)
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(_op, max_size=20))
+def test_any_sequence_of_operations_keeps_balances_equal_to_the_ledger(state_where, ops):
+    with _fresh(state_where) as path:
         store = _open(path)
         try:
             model: dict[str, tuple[str, int]] = {}  # ledger key -> (account, fen): what must be there
@@ -196,8 +257,11 @@ def test_any_sequence_of_operations_keeps_balances_equal_to_the_ledger(ops):
                 assert balance == sum((Decimal(f).scaleb(-2) for a, f in model.values() if a == account), Decimal(0))
             ledger = store.ledger("A1") + store.ledger("A2")
             assert {r.key: (r.account, int(r.amount * 100)) for r in ledger} == model
-            with sqlite3.connect(path / STATE_FILE) as conn:
-                assert {t for (t,) in conn.execute("SELECT DISTINCT typeof(balance_fen) FROM accounts")} == {"integer"}
-                assert {t for (t,) in conn.execute("SELECT DISTINCT typeof(amount_fen) FROM ledger")} <= {"integer"}
+            if not isinstance(path, Database):  # PostgreSQL's BIGINT columns hold nothing else
+                with sqlite3.connect(path / STATE_FILE) as conn:
+                    assert {t for (t,) in conn.execute("SELECT DISTINCT typeof(balance_fen) FROM accounts")} == {
+                        "integer"}
+                    assert {t for (t,) in conn.execute("SELECT DISTINCT typeof(amount_fen) FROM ledger")} <= {
+                        "integer"}
         finally:
             store.close()

@@ -12,13 +12,22 @@ command is never sent again but settled by reading the relay back (:mod:`meterd.
 Queuing a command identical to one still queued or sent is a no-op; queuing one that undoes a
 queued command (:data:`OPPOSITE`) cancels it.  A transition from a state it cannot leave raises
 :class:`~meterd.errors.LedgerError`.
+
+Several nodes on one PostgreSQL database (see DESIGN.md, Scale-out).  Each sends the commands of
+the meters on the channels it holds (``meters=`` of :meth:`CommandStore.due_commands`,
+:meth:`~CommandStore.in_flight` and :meth:`~CommandStore.claim_due`).  A claim (queued -> sent)
+records the node and asks the node's ``fence`` inside the claiming write transaction: a node
+whose channel lease was taken over meanwhile is refused and the command stays queued for the new
+holder.  Claims serialise on the write lock (an advisory lock on PostgreSQL, ``BEGIN IMMEDIATE``
+on SQLite), so two nodes racing for one command claim it once; :meth:`~CommandStore.claim_due`
+also takes its rows ``FOR UPDATE SKIP LOCKED`` on PostgreSQL.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -59,6 +68,12 @@ class Command:
     tries: int
     detail: str
     read_back: dict[str, bool]
+    node: str | None = None  # the node that claimed (sent) it last, where nodes share the database
+
+
+# A node's check that it still holds the lease of the channel a command goes out on, called with
+# the claiming transaction's connection (so it reads the lease in the same transaction).
+Fence = Callable[[Any], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +101,17 @@ class CommandStore(StateDatabase):
     def _tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """:meth:`_read` as plain tuples: for whole-district reads, where Row objects cost."""
         with self._lock:
+            if self.postgres:  # rows are tuples already (read by name as well)
+                return self._conn.execute(sql, params).fetchall()
             cur = self._conn.cursor()
             cur.row_factory = None
             return cur.execute(sql, params).fetchall()
+
+    def _among(self, column: str, values: Collection[Any]) -> tuple[str, Any]:
+        """SQL and its one parameter: ``column`` is one of ``values`` (any number of them)."""
+        if self.postgres:
+            return f"{column} = ANY(?::text[])", list(values)
+        return f"{column} IN (SELECT value FROM json_each(?))", json.dumps(list(values))
 
     def _audit(self, conn: sqlite3.Connection, now: datetime, actor: str, action: str, subject: str,
                detail: Mapping[str, Any]) -> None:
@@ -105,7 +128,7 @@ class CommandStore(StateDatabase):
             state=CommandState(r["state"]), reason=r["reason"], requested_by=r["requested_by"],
             manual=bool(r["manual"]), created=from_ms(r["created_ts"]), expires=from_ms(r["expires_ts"]),
             next_try=from_ms(r["next_try_ts"]), sent=_opt_dt(r["sent_ts"]), finished=_opt_dt(r["finished_ts"]),
-            tries=r["tries"], detail=r["detail"], read_back=json.loads(r["read_back"]),
+            tries=r["tries"], detail=r["detail"], read_back=json.loads(r["read_back"]), node=r["node"],
         )
 
     def queue_commands(self, requests: Sequence[CommandRequest], *, now: datetime, ttl: timedelta,
@@ -134,14 +157,15 @@ class CommandStore(StateDatabase):
                     self._audit(conn, now, req.requested_by, "command-cancelled", req.meter,
                                 {"id": r["id"], "reason": f"superseded by {req.kind}"})
             state = CommandState.DRY_RUN if dry_run else CommandState.QUEUED
-            cur = conn.execute(
-                "INSERT INTO commands (meter, account, kind, state, reason, requested_by, manual, created_ts, "
-                "expires_ts, next_try_ts, finished_ts, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (req.meter, req.account, req.kind.value, state.value, req.reason, req.requested_by,
-                 int(req.manual), to_ms(now), to_ms(now + ttl), to_ms(now),
-                 to_ms(now) if dry_run else None, "dry run: not sent" if dry_run else ""),
-            )
-            command_id = cur.lastrowid
+            sql = ("INSERT INTO commands (meter, account, kind, state, reason, requested_by, manual, created_ts, "
+                   "expires_ts, next_try_ts, finished_ts, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            params = (req.meter, req.account, req.kind.value, state.value, req.reason, req.requested_by,
+                      int(req.manual), to_ms(now), to_ms(now + ttl), to_ms(now),
+                      to_ms(now) if dry_run else None, "dry run: not sent" if dry_run else "")
+            if self.postgres:  # RETURNING: lastval() would cost a savepoint and two round trips
+                command_id = conn.execute(sql + " RETURNING id", params).fetchone()[0]
+            else:
+                command_id = conn.execute(sql, params).lastrowid
             assert command_id is not None  # an INSERT that went in has a row id
             created.append(command_id)
             self._audit(conn, now, req.requested_by, "command-queued", req.meter,
@@ -171,23 +195,41 @@ class CommandStore(StateDatabase):
             params.append(meter)
         return [self._command(r) for r in self._read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))]
 
-    def due_commands(self, now: datetime, *, limit: int = 1000) -> list[Command]:
-        rows = self._read("SELECT * FROM commands WHERE state = ? AND next_try_ts <= ? ORDER BY id LIMIT ?",
-                          (CommandState.QUEUED.value, to_ms(now), limit))
+    def due_commands(self, now: datetime, *, limit: int = 1000, meters: Collection[str] | None = None
+                     ) -> list[Command]:
+        """Queued commands whose time has come, oldest first; only those for ``meters`` when given
+        (a node's: the meters on the channels it holds)."""
+        sql, params = "SELECT * FROM commands WHERE state = ? AND next_try_ts <= ?", [CommandState.QUEUED.value,
+                                                                                    to_ms(now)]
+        if meters is not None:
+            if not meters:
+                return []
+            clause, values = self._among("meter", meters)
+            sql += " AND " + clause
+            params.append(values)
+        rows = self._read(sql + " ORDER BY id LIMIT ?", (*params, limit))
         return [self._command(r) for r in rows]
 
     def next_due(self) -> datetime | None:
         rows = self._read("SELECT MIN(next_try_ts) FROM commands WHERE state = ?", (CommandState.QUEUED.value,))
         return _opt_dt(rows[0][0])
 
-    def in_flight(self) -> list[Command]:
-        """Commands marked sent whose outcome was never recorded (the daemon died mid-command)."""
-        return [self._command(r) for r in self._read("SELECT * FROM commands WHERE state = ? ORDER BY id",
-                                                     (CommandState.SENT.value,))]
+    def in_flight(self, *, meters: Collection[str] | None = None) -> list[Command]:
+        """Commands marked sent whose outcome was never recorded (the daemon died mid-command); only
+        those for ``meters`` when given (a node settles the orphans on the channels it holds)."""
+        sql, params = "SELECT * FROM commands WHERE state = ?", [CommandState.SENT.value]
+        if meters is not None:
+            if not meters:
+                return []
+            clause, values = self._among("meter", meters)
+            sql += " AND " + clause
+            params.append(values)
+        return [self._command(r) for r in self._read(sql + " ORDER BY id", params)]
 
     def _transition(self, command_id: int, to: CommandState, *, now: datetime, actor: str, detail: str,
                     expect: Sequence[CommandState], read_back: Mapping[str, bool] | None = None,
-                    next_try: datetime | None = None) -> Command:
+                    next_try: datetime | None = None, node: str | None = None,
+                    fence: Fence | None = None) -> Command:
         with self._write() as conn:
             row = conn.execute("SELECT * FROM commands WHERE id = ?", (command_id,)).fetchone()
             if row is None:
@@ -195,7 +237,12 @@ class CommandStore(StateDatabase):
             current = CommandState(row["state"])
             if current not in expect:
                 raise LedgerError(f"command #{command_id} is {current}, not {' or '.join(map(str, expect))}")
+            if fence is not None and not fence(conn):
+                raise LedgerError(f"command #{command_id} not sent: node {node}'s lease of the meter's channel is "
+                                  "lost (the command stays queued for the channel's holder)")
             sets: dict[str, Any] = {"state": to.value, "detail": detail}
+            if node is not None:
+                sets["node"] = node
             if to is CommandState.SENT:
                 sets |= {"sent_ts": to_ms(now), "tries": row["tries"] + 1}
             elif to.final:
@@ -208,14 +255,55 @@ class CommandStore(StateDatabase):
                          (*sets.values(), command_id))
             self._audit(conn, now, actor, f"command-{to.value}", row["meter"],
                         {"id": command_id, "kind": row["kind"], "from": current.value, "detail": detail,
-                         **({"read_back": dict(read_back)} if read_back else {})})
+                         **({"read_back": dict(read_back)} if read_back else {}),
+                         **({"node": node} if node is not None else {})})
             row = conn.execute("SELECT * FROM commands WHERE id = ?", (command_id,)).fetchone()
         return self._command(row)
 
-    def mark_sent(self, command_id: int, *, now: datetime) -> Command:
-        """Claim a queued command for sending; committed before any byte goes out."""
+    def mark_sent(self, command_id: int, *, now: datetime, node: str | None = None,
+                  fence: Fence | None = None) -> Command:
+        """Claim a queued command for sending; committed before any byte goes out.  ``node``: who
+        claims it (recorded).  ``fence``: called with the claiming transaction's connection; when it
+        returns False (the node's channel lease is lost) nothing changes and LedgerError is raised."""
         return self._transition(command_id, CommandState.SENT, now=now, actor="daemon", detail="sending",
-                                expect=(CommandState.QUEUED,))
+                                expect=(CommandState.QUEUED,), node=node, fence=fence)
+
+    def claim_due(self, now: datetime, *, node: str, meters: Collection[str] | None = None, limit: int = 100,
+                  fence: Fence | None = None) -> list[Command]:
+        """:meth:`mark_sent` for the due commands (oldest first, at most ``limit``, only those for
+        ``meters`` when given) in one transaction; returns the commands claimed, now ``sent``.
+        Claim only what goes out right away: a claimed command whose node dies is settled by
+        read-back, never sent (:meth:`in_flight`).  ``fence`` is asked once, for the whole claim."""
+        if meters is not None and not meters:
+            return []
+        where, params = "state = ? AND next_try_ts <= ?", [CommandState.QUEUED.value, to_ms(now)]
+        if meters is not None:
+            clause, values = self._among("meter", meters)
+            where += " AND " + clause
+            params.append(values)
+        sent = (CommandState.SENT.value, to_ms(now), node)
+        set_sent = "state = ?, sent_ts = ?, node = ?, tries = tries + 1, detail = 'sending'"
+        with self._write() as conn:
+            if fence is not None and not fence(conn):
+                raise LedgerError(f"node {node}: the lease of its channels is lost; no command claimed")
+            if self.postgres:
+                rows = conn.execute(f"UPDATE commands SET {set_sent} WHERE id IN (SELECT id FROM commands WHERE "
+                                    f"{where} ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING *",
+                                    (*sent, *params, limit)).fetchall()
+            else:
+                ids = [r[0] for r in conn.execute(f"SELECT id FROM commands WHERE {where} ORDER BY id LIMIT ?",
+                                                  (*params, limit))]
+                if not ids:
+                    return []
+                claimed, ids_json = self._among("id", ids)
+                conn.execute(f"UPDATE commands SET {set_sent} WHERE {claimed}", (*sent, ids_json))
+                rows = conn.execute(f"SELECT * FROM commands WHERE {claimed}", (ids_json,)).fetchall()
+            commands = sorted((self._command(r) for r in rows), key=lambda c: c.id)
+            for cmd in commands:
+                self._audit(conn, now, "daemon", "command-sent", cmd.meter,
+                            {"id": cmd.id, "kind": cmd.kind.value, "from": CommandState.QUEUED.value,
+                             "detail": "sending", "node": node})
+        return commands
 
     def finish(self, command_id: int, state: CommandState, *, now: datetime, detail: str,
                read_back: Mapping[str, bool] | None = None, actor: str = "daemon") -> Command:
