@@ -1,4 +1,9 @@
-"""meterd.storage against real SQLite files in tmp_path: round trips, replays, queries, batching."""
+"""meterd.storage against real databases: round trips, replays, queries, batching.
+
+The store tests run on both backends (``state_where``: SQLite files in tmp_path, and a fresh
+PostgreSQL database); those about SQLite's files are marked SQLite-only.  PostgreSQL's own
+(partitions, retention by partition, absurd timestamps) are in test_pg_readings.py.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +22,12 @@ from hypothesis import strategies as st
 
 from meterd.clock import CST
 from meterd.readings import Quality, Reading, Value
-from meterd.storage import Attempt, BatchWriter, MeterRecord, SqliteStore
+from meterd.storage import Attempt, BatchWriter, MeterRecord, PostgresStore, SqliteStore, open_store
+from meterd.storage.database import Location
 from meterd.storage.sqlite import decode_value, encode_value
 
 T0 = datetime(2024, 3, 1, 0, 0, tzinfo=timezone.utc)
+Store = SqliteStore | PostgresStore
 
 
 def reading(
@@ -33,15 +40,27 @@ def reading(
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    with SqliteStore(tmp_path / "data") as s:
+def store(state_where: Location) -> Iterator[Store]:
+    with open_store(state_where) as s:
         yield s
 
 
-# --- files -------------------------------------------------------------------------------------
+def stored_ts(store: Store) -> list[int]:
+    """The ``ts`` column as stored, read past the store."""
+    if isinstance(store, SqliteStore):
+        conn = sqlite3.connect(store.data_dir / "readings.sqlite3")
+        try:
+            return [ts for (ts,) in conn.execute("SELECT ts FROM readings ORDER BY ts")]
+        finally:
+            conn.close()
+    with store.database.pool().connection() as pg:
+        return [ts for (ts,) in pg.execute("SELECT ts FROM readings ORDER BY ts")]
 
 
-def test_creates_data_dir_with_two_wal_databases(tmp_path: Path) -> None:
+# --- files (SQLite only) -----------------------------------------------------------------------
+
+
+def test_sqlite_creates_data_dir_with_two_wal_databases(tmp_path: Path) -> None:
     data = tmp_path / "a" / "b"
     with SqliteStore(data):
         pass
@@ -51,23 +70,45 @@ def test_creates_data_dir_with_two_wal_databases(tmp_path: Path) -> None:
         conn.close()
 
 
-def test_readings_are_indexed_by_meter_and_time(store: SqliteStore, tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "data" / "readings.sqlite3")
+def test_sqlite_readings_are_indexed_by_meter_and_time(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path):
+        pass
+    conn = sqlite3.connect(tmp_path / "readings.sqlite3")
     query = "SELECT sql FROM sqlite_master WHERE name = 'readings_meter_ts'"
     (sql,) = conn.execute(query).fetchone()
     conn.close()
     assert "(meter, ts)" in sql
 
 
-def test_data_survives_reopening(tmp_path: Path) -> None:
-    with SqliteStore(tmp_path) as s:
+def test_open_store_picks_the_backend(tmp_path: Path, pg_url: str) -> None:
+    from meterd.storage.database import Database
+
+    with open_store(tmp_path) as s:
+        assert type(s) is SqliteStore
+    with open_store(str(tmp_path)) as s:
+        assert type(s) is SqliteStore and s.data_dir == tmp_path
+    with open_store(Database(pg_url)) as s:
+        assert type(s) is PostgresStore
+    with open_store(pg_url) as s:  # a URL as text names a database too
+        assert type(s) is PostgresStore
+
+
+# --- both backends -----------------------------------------------------------------------------
+
+
+def test_data_survives_reopening(state_where: Location) -> None:
+    with open_store(state_where) as s:
         s.write_readings([reading(0)])
-    with SqliteStore(tmp_path) as s:
+        s.upsert_meters([MeterRecord("000000000001", "bus1", "dlt645-2007", Decimal(1), Decimal(1))])
+        s.record_attempts([Attempt("000000000001", "bus1", "0001FF00", T0, "ok")])
+    with open_store(state_where) as s:
         assert s.readings("000000000001") == [reading(0)]
+        assert [m.address for m in s.meters()] == ["000000000001"]
+        assert len(s.attempts()) == 1
 
 
-def test_close_is_idempotent(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path)
+def test_close_is_idempotent(state_where: Location) -> None:
+    s = open_store(state_where)
     s.close()
     s.close()
 
@@ -87,6 +128,8 @@ VALUES: list[Value] = [
     "",
     "08:30:00",
     "电表 ✓",
+    "a\x00b",  # NUL: SQLite's text holds it, PostgreSQL's does not (stored escaped there)
+    'tab\tnewline\n back\\slash "quoted" \'single\'',  # what COPY's text format escapes
     datetime(2024, 2, 29, 23, 59, 1, tzinfo=CST),
     datetime(2024, 2, 29, 23, 59, 1, 123456, tzinfo=timezone.utc),
     datetime(2024, 2, 29, 23, 59),  # naive meter clock value
@@ -94,7 +137,7 @@ VALUES: list[Value] = [
 
 
 @pytest.mark.parametrize("value", VALUES, ids=repr)
-def test_every_value_type_round_trips_exactly(store: SqliteStore, value: Value) -> None:
+def test_every_value_type_round_trips_exactly(store: Store, value: Value) -> None:
     original = Reading("000000000001", "q", T0, value, "u", Quality.SUSPECT)
     store.write_readings([original])
     (back,) = store.readings("000000000001")
@@ -121,29 +164,27 @@ def test_value_encoding_round_trips(value: Value) -> None:
     assert type(back) is type(value) and str(back) == str(value)
 
 
-def test_unsupported_value_is_refused(store: SqliteStore) -> None:
+def test_unsupported_value_is_refused(store: Store) -> None:
     with pytest.raises(TypeError):
         store.write_readings([Reading("m", "q", T0, 1.5, "")])  # type: ignore[arg-type]
     assert store.count_readings() == 0
 
 
-def test_timestamps_are_utc_milliseconds(store: SqliteStore, tmp_path: Path) -> None:
+def test_timestamps_are_utc_milliseconds(store: Store) -> None:
     local = datetime(2024, 3, 1, 8, 0, 0, 999_999, tzinfo=CST)
     store.write_readings([Reading("m", "q", local, 1)])
-    conn = sqlite3.connect(tmp_path / "data" / "readings.sqlite3")
-    assert conn.execute("SELECT ts FROM readings").fetchone() == (1709251200999,)
-    conn.close()
+    assert stored_ts(store) == [1709251200999]
     (back,) = store.readings("m")
     assert back.timestamp == datetime(2024, 3, 1, 0, 0, 0, 999_000, tzinfo=timezone.utc)
     assert back.timestamp.tzinfo is timezone.utc
 
 
-def test_naive_timestamp_is_refused(store: SqliteStore) -> None:
+def test_naive_timestamp_is_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="no time zone"):
         store.write_readings([Reading("m", "q", datetime(2024, 3, 1), 1)])
 
 
-def test_a_failed_batch_writes_nothing(store: SqliteStore) -> None:
+def test_a_failed_batch_writes_nothing(store: Store) -> None:
     with pytest.raises(TypeError):
         bad = Reading("m", "q", T0, object())  # type: ignore[arg-type]
         store.write_readings([reading(0), bad])
@@ -153,7 +194,7 @@ def test_a_failed_batch_writes_nothing(store: SqliteStore) -> None:
 # --- readings ----------------------------------------------------------------------------------
 
 
-def test_replay_is_idempotent(store: SqliteStore) -> None:
+def test_replay_is_idempotent(store: Store) -> None:
     batch = [reading(i, value=Decimal(i)) for i in range(10)]
     assert store.write_readings(batch) == 10
     assert store.write_readings(batch) == 10
@@ -165,7 +206,7 @@ def test_replay_is_idempotent(store: SqliteStore) -> None:
     assert third.value == Decimal("3.5")
 
 
-def test_range_queries(store: SqliteStore) -> None:
+def test_range_queries(store: Store) -> None:
     store.write_readings(
         [reading(m, q, Decimal(m)) for m in range(0, 60, 15) for q in ("voltage.a", "current.a")]
         + [reading(0, meter="000000000002")]
@@ -185,7 +226,7 @@ def test_range_queries(store: SqliteStore) -> None:
     assert store.count_readings() == 9
 
 
-def test_latest(store: SqliteStore) -> None:
+def test_latest(store: Store) -> None:
     store.write_readings(
         [
             reading(0, "voltage.a", Decimal("220.1")),
@@ -202,10 +243,55 @@ def test_latest(store: SqliteStore) -> None:
     assert store.latest("000000000009") == {}
 
 
+def test_one_key_twice_in_a_batch_the_later_wins(store: Store) -> None:
+    batch = [reading(0, value=Decimal("1.0")), reading(1), reading(0, value=Decimal("2.0"))]
+    assert store.write_readings(batch) == 3
+    assert store.count_readings() == 2
+    assert [r.value for r in store.readings("000000000001")] == [Decimal("2.0"), Decimal("1.00")]
+    assert store.write_readings([]) == 0
+
+
+def test_a_rewrite_replaces_every_column_but_the_key(store: Store) -> None:
+    store.write_readings([reading(0)])
+    again = Reading("000000000001", "energy.active.import.total", T0, 7, "Wh", Quality.ESTIMATED)
+    store.write_readings([again])
+    assert store.readings("000000000001") == [again]
+
+
+def test_queries_with_nothing_to_match(store: Store) -> None:
+    assert store.readings("000000000001") == []
+    assert store.latest("000000000001") == {}
+    assert store.count_readings() == 0
+    assert store.meters() == [] and store.meter("000000000001") is None
+    assert store.attempts() == []
+
+
+def test_retention_forgets_readings_before_the_day(store: Store) -> None:
+    days = [T0 + timedelta(days=d, hours=h) for d in range(4) for h in (0, 23)]
+    store.write_readings([Reading("m", "q", at, Decimal(i)) for i, at in enumerate(days)])
+    store.drop_readings_before((T0 + timedelta(days=2)).date())
+    assert [r.timestamp for r in store.readings("m")] == days[4:]
+    store.drop_readings_before(T0.date())  # nothing that old is left: a no-op
+    assert store.count_readings() == 4
+    store.write_readings([Reading("m", "q", T0, Decimal(0))])  # a dropped day can be written again
+    assert store.count_readings() == 5
+
+
+def test_nul_in_a_key_is_refused_on_postgresql_only(store: Store) -> None:
+    bad = Reading("000000000001", "q\x00", T0, Decimal(1))
+    if isinstance(store, SqliteStore):
+        store.write_readings([bad])
+        assert store.readings("000000000001") == [bad]
+        return
+    with pytest.raises(ValueError, match="000000000001.*NUL"):
+        store.write_readings([reading(0), bad])
+    assert store.count_readings() == 0  # nothing of the batch
+
+
 # --- meters and attempts -----------------------------------------------------------------------
 
 
-def test_meter_archive_upsert(store: SqliteStore) -> None:
+def test_meter_archive_upsert(store: Store) -> None:
     a = MeterRecord(
         "000000000001", "bus1", "dlt645-2007", Decimal("50"), Decimal("1.0"), "Building A", "residential"
     )
@@ -218,7 +304,19 @@ def test_meter_archive_upsert(store: SqliteStore) -> None:
     assert str(store.meters()[0].ct) == "0.5"
 
 
-def test_attempts(store: SqliteStore) -> None:
+def test_meter_archive_pages_and_lookup(store: Store) -> None:
+    records = [MeterRecord(f"{n:012d}", "bus1", "dlt645-2007", Decimal(n), Decimal(1)) for n in range(1, 8)]
+    store.upsert_meters(reversed(records))
+    store.upsert_meters([])
+    assert store.meters(limit=3) == records[:3]
+    assert store.meters(after=records[2].address, limit=3) == records[3:6]
+    assert store.meters(after=records[5].address) == records[6:]
+    assert store.meters(after=records[6].address) == []
+    assert store.meter(records[4].address) == records[4]
+    assert store.meter("000000000099") is None
+
+
+def test_attempts(store: Store) -> None:
     attempts = [
         Attempt("000000000001", "bus1", "0001FF00", T0, "ok", 0.312),
         Attempt("000000000002", "bus1", "0001FF00", T0, "timeout", None, "no reply in 2.0 s"),
@@ -230,13 +328,13 @@ def test_attempts(store: SqliteStore) -> None:
     assert store.attempts(since=T0 + timedelta(minutes=1)) == [attempts[2]]
 
 
-def test_unknown_attempt_outcome_is_refused(store: SqliteStore) -> None:
+def test_unknown_attempt_outcome_is_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="outcome"):
         store.record_attempts([Attempt("m", "c", "0001FF00", T0, "timed_out")])
     assert store.attempts() == []
 
 
-def test_usable_from_worker_threads(store: SqliteStore) -> None:
+def test_usable_from_worker_threads(store: Store) -> None:
     def work(n: int) -> None:
         store.write_readings([reading(i, meter=f"{n:012d}") for i in range(50)])
         store.readings(f"{n:012d}")
@@ -305,7 +403,7 @@ class FlakyStore:
 
 
 @pytest.mark.asyncio
-async def test_writer_flushes_when_a_batch_is_full(store: SqliteStore) -> None:
+async def test_writer_flushes_when_a_batch_is_full(store: Store) -> None:
     timer = FakeTimer()
     writer = BatchWriter(store, batch_size=10, flush_interval=60.0, sleep=timer.sleep)
     writer.start()
@@ -319,7 +417,7 @@ async def test_writer_flushes_when_a_batch_is_full(store: SqliteStore) -> None:
 
 
 @pytest.mark.asyncio
-async def test_writer_flushes_when_the_interval_elapses(store: SqliteStore) -> None:
+async def test_writer_flushes_when_the_interval_elapses(store: Store) -> None:
     timer = FakeTimer()
     writer = BatchWriter(store, batch_size=500, flush_interval=1.0, sleep=timer.sleep)
     writer.start()
@@ -335,7 +433,7 @@ async def test_writer_flushes_when_the_interval_elapses(store: SqliteStore) -> N
 
 
 @pytest.mark.asyncio
-async def test_close_writes_everything(store: SqliteStore) -> None:
+async def test_close_writes_everything(store: Store) -> None:
     timer = FakeTimer()
     writer = BatchWriter(store, batch_size=7, flush_interval=60.0, sleep=timer.sleep)
     writer.start()
@@ -349,7 +447,7 @@ async def test_close_writes_everything(store: SqliteStore) -> None:
 
 
 @pytest.mark.asyncio
-async def test_explicit_flush_without_background_task(store: SqliteStore) -> None:
+async def test_explicit_flush_without_background_task(store: Store) -> None:
     writer = BatchWriter(store, batch_size=3)
     writer.add_many(reading(i) for i in range(8))
     await writer.flush()

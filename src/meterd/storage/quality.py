@@ -2,7 +2,8 @@
 Time day -- attempts, successes, failures by kind, success rate, terminal online time and rate,
 and meters that gave no data.
 
-It lives in the state store (``state.sqlite3``, beside the ``attempts`` log it is computed from)::
+It lives in the state store (``state.sqlite3``, or the PostgreSQL database, beside the
+``attempts`` log it is computed from)::
 
     quality_daily(day, meter, channel, outcome, area, count, latency_sum, latency_n, first_ts, last_ts)
         PRIMARY KEY (day, meter, channel, outcome)      -- one row per outcome, so any new outcome counts
@@ -21,13 +22,18 @@ Rates.  ``success_rate`` = ok attempts / attempts.  For a channel, area or the t
 that channel or area count even with no attempt at all), and ``online_rate`` = the union of the
 terminal's online intervals within the day (up to ``now`` for today) / that span.  The operators'
 line is 97 %: a row under it on any of its rates is flagged.
+
+On PostgreSQL the watermark is as safe as on SQLite: attempts ids are drawn and committed in one
+order there (:mod:`meterd.storage.postgres`), so no attempt below ``MAX(id)`` can still be on its
+way when the rollup moves the watermark past it.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -35,6 +41,8 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from meterd.clock import CST, Clock, utc_now
+from meterd.storage.database import Database, Location, PgConnection, as_database
+from meterd.storage.postgres import PostgresStore
 from meterd.storage.sqlite import _STATE_SCHEMA, OUTCOMES, STATE_FILE, Attempt, SqliteStore, from_ms, to_ms
 
 THRESHOLD: Final = 0.97
@@ -71,6 +79,7 @@ CREATE TABLE IF NOT EXISTS quality_state (
 
 # attempts.ts (ms, UTC) -> the China Standard Time day
 _DAY_SQL: Final = "date(a.ts / 1000 + 28800, 'unixepoch')"
+_DAY_PG: Final = "to_char(DATE '1970-01-01' + ((a.ts + 28800000) / 86400000)::integer, 'YYYY-MM-DD')"
 
 _FOLD: Final = f"""
 INSERT INTO quality_daily (day, meter, channel, outcome, area, count, latency_sum, latency_n, first_ts, last_ts)
@@ -86,6 +95,25 @@ ON CONFLICT (day, meter, channel, outcome) DO UPDATE SET
     latency_n = latency_n + excluded.latency_n,
     first_ts = MIN(first_ts, excluded.first_ts),
     last_ts = MAX(last_ts, excluded.last_ts)
+"""
+
+# The same on PostgreSQL: its day arithmetic, LEAST/GREATEST for the scalar MIN/MAX, the target's
+# columns named in SET, and the area an aggregate (PostgreSQL takes no bare column beside GROUP BY;
+# a meter has one row in the archive, so MAX is that row's group).
+_FOLD_PG: Final = f"""
+INSERT INTO quality_daily (day, meter, channel, outcome, area, count, latency_sum, latency_n, first_ts, last_ts)
+SELECT {_DAY_PG}, a.meter, a.channel, a.outcome, MAX(COALESCE(m.meter_group, 'default')), COUNT(*),
+       COALESCE(SUM(a.latency), 0), COUNT(a.latency), MIN(a.ts), MAX(a.ts)
+FROM attempts a LEFT JOIN meters m ON m.address = a.meter
+WHERE a.id > ? AND a.id <= ? {{extra}}
+GROUP BY 1, 2, 3, 4
+ON CONFLICT (day, meter, channel, outcome) DO UPDATE SET
+    count = quality_daily.count + excluded.count,
+    area = excluded.area,
+    latency_sum = quality_daily.latency_sum + excluded.latency_sum,
+    latency_n = quality_daily.latency_n + excluded.latency_n,
+    first_ts = LEAST(quality_daily.first_ts, excluded.first_ts),
+    last_ts = GREATEST(quality_daily.last_ts, excluded.last_ts)
 """
 
 
@@ -235,38 +263,75 @@ def merged_seconds(intervals: Iterable[tuple[datetime, datetime]], start: dateti
 
 
 class QualityStore:
-    """The quality tables in ``state.sqlite3`` (a path to it, its data directory, or a SqliteStore).
+    """The quality tables in ``state.sqlite3`` (a path to it, its data directory, or a SqliteStore),
+    or in a PostgreSQL database (a :class:`Database`, its URL, or a PostgresStore).
 
     It keeps its own connection (WAL: the daemon's writer is not blocked), so it may live in
-    another process, e.g. ``meterd quality``.
+    another process, e.g. ``meterd quality``.  On PostgreSQL that is a
+    :class:`~meterd.storage.database.PgConnection` whose write transactions take the ``quality``
+    advisory lock: two nodes never fold the same attempts in twice, and the state stores' writers
+    (the ledger) are not held up by a rollup.
     """
 
     def __init__(
         self,
-        state: Path | str | SqliteStore,
+        state: Location | SqliteStore | PostgresStore,
         *,
         clock: Clock = utc_now,
         threshold: float = THRESHOLD,
     ) -> None:
+        self.clock = clock
+        self.threshold = threshold
+        self._lock = threading.Lock()
+        db = state.database if isinstance(state, PostgresStore) else as_database(state)
+        self.database = db
+        if db is not None:
+            from meterd.storage.postgres import prepare_archive
+
+            self.path = Path(str(db))  # for messages only
+            self._fold_sql = _FOLD_PG
+            prepare_archive(db)  # the attempts and meters it reads
+            self._conn: sqlite3.Connection | PgConnection = db.connect("quality")
+            with self._transaction():
+                self._conn.executescript(_SCHEMA)
+            self._closed = False
+            return
         if isinstance(state, SqliteStore):
             path = state.data_dir / STATE_FILE
         else:
+            assert not isinstance(state, (Database, PostgresStore))
             path = Path(state)
             if path.is_dir():
                 path = path / STATE_FILE
         self.path = path
-        self.clock = clock
-        self.threshold = threshold
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=5.0)
-        self._conn.row_factory = sqlite3.Row
+        self._fold_sql = _FOLD
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=5.0)
+        conn.row_factory = sqlite3.Row
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(_STATE_SCHEMA + _SCHEMA)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_STATE_SCHEMA + _SCHEMA)
         except BaseException:
-            self._conn.close()
+            conn.close()
             raise
+        self._conn = conn
         self._closed = False
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction (the caller holds the lock): sqlite3's own on SQLite, an explicit
+        BEGIN .. COMMIT (under the ``quality`` lock) on PostgreSQL, rolled back on any error."""
+        conn = self._conn
+        if isinstance(conn, sqlite3.Connection):
+            with conn:
+                yield
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -302,13 +367,13 @@ class QualityStore:
         if top == mark:
             return 0, mark
         (n,) = self._conn.execute("SELECT COUNT(*) FROM attempts WHERE id > ? AND id <= ?", (mark, top)).fetchone()
-        self._conn.execute(_FOLD.format(extra=""), (mark, top))
+        self._conn.execute(self._fold_sql.format(extra=""), (mark, top))
         self._set_watermark(top)
         return int(n), int(top)
 
     def update(self) -> int:
         """Fold the attempts recorded since the last update into ``quality_daily``; how many."""
-        with self._lock, self._conn:
+        with self._lock, self._transaction():
             n, _ = self._fold_new()
         return n
 
@@ -316,10 +381,11 @@ class QualityStore:
         """Recompute ``day`` from the attempts log (other days are brought up to date as well);
         returns the attempts counted for ``day``."""
         start, end = day_bounds(day)
-        with self._lock, self._conn:
+        with self._lock, self._transaction():
             _, top = self._fold_new()
             self._conn.execute("DELETE FROM quality_daily WHERE day = ?", (day.isoformat(),))
-            self._conn.execute(_FOLD.format(extra="AND a.ts >= ? AND a.ts < ?"), (0, top, to_ms(start), to_ms(end)))
+            self._conn.execute(self._fold_sql.format(extra="AND a.ts >= ? AND a.ts < ?"),
+                               (0, top, to_ms(start), to_ms(end)))
             (n,) = self._conn.execute("SELECT COALESCE(SUM(count), 0) FROM quality_daily WHERE day = ?",
                                       (day.isoformat(),)).fetchone()
         return int(n)
@@ -331,7 +397,7 @@ class QualityStore:
         while it still is (record it again with the same ``start`` and the real end later)."""
         if end is not None and end < start:
             raise ValueError(f"terminal {terminal}: online interval ends ({end}) before it starts ({start})")
-        with self._lock, self._conn:
+        with self._lock, self._transaction():
             self._conn.execute(
                 "INSERT INTO terminal_online (terminal, start_ts, end_ts) VALUES (?, ?, ?)"
                 " ON CONFLICT (terminal, start_ts) DO UPDATE SET end_ts = excluded.end_ts",
@@ -352,7 +418,7 @@ class QualityStore:
     def close_open(self) -> int:
         """Close intervals left open (a daemon that stopped without saying so) at the terminal's last
         answered attempt after the interval's start (or its start); how many were closed."""
-        with self._lock, self._conn:
+        with self._lock, self._transaction():
             cur = self._conn.execute(
                 "UPDATE terminal_online SET end_ts = COALESCE((SELECT MAX(a.ts) FROM attempts a"
                 " WHERE a.channel = terminal_online.terminal AND a.outcome != 'link'"
@@ -368,7 +434,7 @@ class QualityStore:
 
     # --- reports -------------------------------------------------------------------------------
 
-    def _archive(self) -> list[sqlite3.Row]:
+    def _archive(self) -> list[Any]:
         with self._lock:
             return self._conn.execute("SELECT address, channel, meter_group FROM meters ORDER BY address").fetchall()
 

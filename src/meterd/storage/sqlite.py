@@ -39,7 +39,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from itertools import chain
 from operator import itemgetter
@@ -389,6 +389,12 @@ class SqliteStore:
         with self._lock:
             (count,) = self._readings.execute("SELECT COUNT(*) FROM readings").fetchone()
         return int(count)
+
+    def drop_readings_before(self, day: date) -> None:
+        """Retention: forget every reading before ``day`` (00:00 UTC)."""
+        cut = to_ms(datetime.combine(day, time(), UTC))
+        with self._lock, self._readings:
+            self._readings.execute("DELETE FROM readings WHERE ts < ?", (cut,))
 
     # --- attempts ------------------------------------------------------------------------------
 

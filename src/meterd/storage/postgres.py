@@ -1,0 +1,550 @@
+"""Readings, the meter archive and collection attempts in PostgreSQL: the scale-out store.
+
+:class:`PostgresStore` has the methods and the contract of :class:`~meterd.storage.sqlite.SqliteStore`
+(values round-trip to the same type and digits, UTC millisecond timestamps, a (meter, quantity, ts)
+key replaced on rewrite, a batch all or nothing, blocking and thread-safe).  On PostgreSQL there is
+one database for everything, so the meter archive and the attempts log sit beside the state
+stores' tables.  It talks psycopg 3 through the database's pool directly (not the
+:class:`~meterd.storage.database.PgConnection` shim): every call borrows a connection for itself,
+so threads share a store without a lock of its own.
+
+Layout::
+
+    readings(meter, quantity, ts, value, kind, unit, quality)   PARTITION BY RANGE (ts)
+        readings_YYYYMMDD     one partition per UTC day, PRIMARY KEY (meter, quantity, ts), (meter, ts)
+        readings_outside      the DEFAULT partition: readings of days that have no partition
+    meters(address, channel, protocol, ct, pt, name, meter_group)          PRIMARY KEY (address)
+    attempts(id, meter, channel, item, ts, outcome, latency, detail)
+
+``meter`` and ``quantity`` of readings compare byte-wise (``COLLATE "C"``) as SQLite's do: the
+same order of quantities within one timestamp, and cheaper comparisons in the key's B-tree.
+
+Writing a batch.  Rows are encoded as SQLite's are (``value`` TEXT with its ``kind``), reduced to
+one per key (the later wins, as with SQLite's ``INSERT OR REPLACE``), sorted by key (two nodes
+writing overlapping batches lock rows in one order: no deadlock), copied (``COPY``) into a temporary
+staging table of the session and upserted from it with one ``INSERT ... SELECT ... ON CONFLICT DO
+UPDATE``, in one transaction.  Measured for batches of 500-2,000 rows on loopback
+(benchmarks/bench_store.py): COPY + upsert ≈ 1-2 µs of client CPU per row, ``unnest`` of seven
+arrays ≈ 5 µs, a multi-row ``VALUES`` ≈ 19 µs, ``executemany`` ≈ 11 µs; the staging table is
+created once per pooled session (``ON COMMIT DELETE ROWS``: empty at the start of every
+transaction) instead of once per batch, which would churn the system catalogues.
+
+Partitions.  Before a batch is written, the partitions of its UTC days are created if they do
+not exist yet, in a transaction of their own under an advisory lock (two nodes that need the same
+day at once: the second finds it made), as a table attached to ``readings`` (``ATTACH`` blocks
+neither readers nor writers of the other days, ``CREATE TABLE ... PARTITION OF`` would lock the
+whole table).  Days this store knows to exist are remembered, so a batch of an existing day costs
+no query.
+
+Absurd timestamps.  A partition is made only for days from :data:`EARLIEST` up to
+``future_days`` (default 2) after the store's clock.  Year 9999 from a terminal whose clock is
+wrong, 1970 from a meter that lost its clock, a load-curve record dated next month: such
+readings are stored all the same -- in ``readings_outside``, readable like any other, with a
+warning (once a minute) naming a meter and the timestamp -- and create no partition, so garbage
+can never make thousands of tables.  Refusing them was the other choice, and the worse one: the
+collector's :class:`~meterd.storage.writer.BatchWriter` keeps a refused batch at the head of its
+queue and retries it, so one bad timestamp would stop every write after it.  When a day comes
+within the window its partition is created and that day's rows move out of ``readings_outside``
+in the same transaction (a partition cannot be attached over rows the default one holds).
+
+Retention.  :meth:`PostgresStore.drop_readings_before` drops the partitions of whole days before
+the cut (no row-by-row DELETE, no bloat) and deletes the same span from ``readings_outside``.
+
+Attempt ids.  The quality rollup folds attempts in by id after a watermark (``MAX(id)`` when it
+last ran), which is only right if every id below the newest committed one is committed too.  With
+several nodes writing attempts, a transaction that drew lower ids could commit after one that drew
+higher ids, and the rollup would skip it for ever; so writers of attempts take an advisory lock of
+their own for the transaction (a few ms per batch), and ids are drawn and committed in one order.
+
+Schema versions.  The ``readings`` and ``archive`` (meters, attempts) tables are versioned in
+``schema_versions`` like the state stores' (:class:`~meterd.storage.statedb.StateDatabase`): the
+first version is step 1 of the migrations, every database goes through the same steps under the
+state stores' write lock, and a database newer than this code is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import weakref
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self
+
+from meterd.clock import Clock, utc_now
+from meterd.errors import ConfigError
+from meterd.readings import Quality, Reading
+from meterd.storage.database import WRITE_LOCK, Database
+from meterd.storage.sqlite import (
+    _ROW_KEY,
+    OUTCOMES,
+    Attempt,
+    MeterRecord,
+    _reading_row,
+    decode_value,
+    from_ms,
+    to_ms,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+
+log = logging.getLogger(__name__)
+
+DAY_MS: Final = 86_400_000
+EPOCH_DAY: Final = date(1970, 1, 1)
+#: No partition is made for a day before this one: no meter of a meterd site was read before it
+#: (DL/T 645 clocks count years from 2000).
+EARLIEST: Final = date(2000, 1, 1)
+FUTURE_DAYS: Final = 2  # partitions are made up to this many days after the store's clock
+OUTSIDE: Final = "readings_outside"
+#: The kind of a text value with a NUL character, kept as a JSON string (PostgreSQL's text cannot
+#: hold NUL; SQLite's can): it reads back as the same ``str``.
+NUL_KIND: Final = "str-json"
+WARN_EVERY: Final = timedelta(minutes=1)
+
+_PARTITION: Final = re.compile(r"readings_(\d{8})")
+_PARTITION_LOCK: Final = "readings partitions"  # advisory lock (WRITE_LOCK, hashtext(this)) for partition DDL
+_ATTEMPTS_LOCK: Final = "attempts"  # advisory lock that orders attempt ids (see the module docstring)
+_STATE_LOCK: Final = "state"  # the state stores' write lock (database.PgConnection's family "state")
+
+_READINGS_MIGRATIONS: Final = (
+    (
+        """CREATE TABLE IF NOT EXISTS readings (
+            meter    TEXT COLLATE "C" NOT NULL,
+            quantity TEXT COLLATE "C" NOT NULL,
+            ts       BIGINT NOT NULL,
+            value    TEXT   NOT NULL,
+            kind     TEXT   NOT NULL,
+            unit     TEXT   NOT NULL DEFAULT '',
+            quality  TEXT   NOT NULL DEFAULT 'good',
+            PRIMARY KEY (meter, quantity, ts)
+        ) PARTITION BY RANGE (ts)""",
+        "CREATE INDEX IF NOT EXISTS readings_meter_ts ON readings (meter, ts)",
+        f"CREATE TABLE IF NOT EXISTS {OUTSIDE} PARTITION OF readings DEFAULT",
+    ),
+)
+
+_ARCHIVE_MIGRATIONS: Final = (
+    (
+        """CREATE TABLE IF NOT EXISTS meters (
+            address     TEXT NOT NULL PRIMARY KEY,
+            channel     TEXT NOT NULL,
+            protocol    TEXT NOT NULL,
+            ct          TEXT NOT NULL,
+            pt          TEXT NOT NULL,
+            name        TEXT NOT NULL DEFAULT '',
+            meter_group TEXT NOT NULL DEFAULT 'default'
+        )""",
+        """CREATE TABLE IF NOT EXISTS attempts (
+            id      BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            meter   TEXT   NOT NULL,
+            channel TEXT   NOT NULL,
+            item    TEXT   NOT NULL,
+            ts      BIGINT NOT NULL,
+            outcome TEXT   NOT NULL,
+            latency DOUBLE PRECISION,
+            detail  TEXT   NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX IF NOT EXISTS attempts_meter_ts ON attempts (meter, ts)",
+        "CREATE INDEX IF NOT EXISTS attempts_ts ON attempts (ts)",
+    ),
+)
+
+_COLUMNS: Final = "meter, quantity, ts, value, kind, unit, quality"
+_STAGING: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS readings_in (meter TEXT, quantity TEXT, ts BIGINT, value TEXT, kind TEXT,"
+    " unit TEXT, quality TEXT) ON COMMIT DELETE ROWS"
+)
+_UPSERT: Final = (
+    f"INSERT INTO readings ({_COLUMNS}) SELECT {_COLUMNS} FROM readings_in"
+    " ON CONFLICT (meter, quantity, ts) DO UPDATE SET value = excluded.value, kind = excluded.kind,"
+    " unit = excluded.unit, quality = excluded.quality"
+)
+
+
+# --- days and partitions -------------------------------------------------------------------------
+
+
+def day_number(day: date) -> int:
+    """Days since 1970-01-01 (the partition of a UTC day)."""
+    return (day - EPOCH_DAY).days
+
+
+def partition_name(day: int) -> str:
+    return f"readings_{EPOCH_DAY + timedelta(days=day):%Y%m%d}"
+
+
+def _partition_day(name: str) -> int | None:
+    m = _PARTITION.fullmatch(name)
+    if m is None:
+        return None
+    text = m.group(1)
+    try:
+        return day_number(date(int(text[:4]), int(text[4:6]), int(text[6:])))
+    except ValueError:
+        return None
+
+
+def _partitions(conn: psycopg.Connection[Any]) -> dict[int, str]:
+    """The day partitions attached to ``readings``: day number -> table name."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'readings'::regclass").fetchall()
+    out: dict[int, str] = {}
+    for (name,) in rows:
+        day = _partition_day(name)
+        if day is not None:
+            out[day] = name
+    return out
+
+
+def _lock(conn: psycopg.Connection[Any], name: str) -> None:
+    """A transaction-scoped advisory lock (released by COMMIT or ROLLBACK)."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (WRITE_LOCK, name))
+
+
+# --- schema versions -----------------------------------------------------------------------------
+
+
+def _version(conn: psycopg.Connection[Any], store: str) -> int:
+    (exists,) = conn.execute("SELECT to_regclass('schema_versions') IS NOT NULL").fetchone() or (False,)
+    if not exists:
+        return 0
+    row = conn.execute("SELECT version FROM schema_versions WHERE store = %s", (store,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _migrate(conn: psycopg.Connection[Any], db: Database, store: str, steps: Sequence[Sequence[str]]) -> None:
+    """Bring ``store``'s tables to ``len(steps)``, as :meth:`StateDatabase._migrate` does."""
+    latest = len(steps)
+    if _version(conn, store) == latest:
+        return
+    with conn.transaction():
+        _lock(conn, _STATE_LOCK)  # the state stores' write lock: their migrations and ours in turn
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_versions (store TEXT NOT NULL PRIMARY KEY, "
+                     "version BIGINT NOT NULL)")
+        done = _version(conn, store)  # again, under the lock
+        if done > latest:
+            raise ConfigError(f"state database {db}: the {store} tables are at schema version {done}, newer than "
+                              f"this meterd knows ({latest}): upgrade meterd")
+        for step in steps[done:]:
+            for statement in step:
+                conn.execute(statement)
+        if done < latest:
+            conn.execute("INSERT INTO schema_versions (store, version) VALUES (%s, %s) ON CONFLICT (store) "
+                         "DO UPDATE SET version = excluded.version", (store, latest))
+            log.info("state database %s: %s tables migrated from schema version %d to %d", db, store, done, latest)
+
+
+def prepare_archive(db: Database) -> None:
+    """Create (or migrate) the meter archive and the attempts log in ``db``: for stores that read
+    them without a :class:`PostgresStore` of their own (the quality rollup)."""
+    with db.pool().connection() as conn:
+        _migrate(conn, db, "archive", _ARCHIVE_MIGRATIONS)
+
+
+# --- the store -----------------------------------------------------------------------------------
+
+
+_Row = tuple[str, str, int, str, str, str, str]  # a readings row as _reading_row encodes it
+
+
+def _reading(row: Sequence[Any]) -> Reading:
+    meter, quantity, ts, value, kind, unit, quality = row
+    decoded = json.loads(value) if kind == NUL_KIND else decode_value(value, kind)
+    return Reading(meter, quantity, from_ms(ts), decoded, unit, Quality(quality))
+
+
+class PostgresStore:
+    """Readings, meters and attempts in the PostgreSQL database ``db`` (tables made if missing).
+
+    ``clock`` tells the store what day it is, for the window of days it makes partitions for
+    (:data:`EARLIEST` .. today + ``future_days``); readings outside it go to ``readings_outside``.
+    """
+
+    def __init__(self, db: Database, *, clock: Clock = utc_now, future_days: int = FUTURE_DAYS) -> None:
+        self.database = db
+        self.clock = clock
+        self.future_days = future_days
+        self._pool = db.pool()
+        self._days: set[int] = set()  # days known to have a partition
+        self._days_lock = threading.Lock()
+        self._staged: weakref.WeakSet[Any] = weakref.WeakSet()  # sessions that have the staging table
+        self._warned: datetime | None = None  # when readings outside the window were last logged
+        self._outside = 0  # such readings since then
+        with self._pool.connection() as conn:
+            _migrate(conn, db, "readings", _READINGS_MIGRATIONS)
+            _migrate(conn, db, "archive", _ARCHIVE_MIGRATIONS)
+        self._closed = False
+
+    def close(self) -> None:
+        """Nothing to give back (connections are borrowed per call); later calls are refused."""
+        self._closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"the store in {self.database} is closed")
+
+    # --- meters --------------------------------------------------------------------------------
+
+    def upsert_meters(self, meters: Iterable[MeterRecord]) -> None:
+        rows = [
+            (m.address, m.channel, m.protocol, str(m.ct), str(m.pt), m.name, m.group) for m in meters
+        ]
+        self._check_open()
+        if not rows:
+            return
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO meters (address, channel, protocol, ct, pt, name, meter_group)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (address) DO UPDATE SET channel = excluded.channel,"
+                " protocol = excluded.protocol, ct = excluded.ct, pt = excluded.pt,"
+                " name = excluded.name, meter_group = excluded.meter_group",
+                rows,
+            )
+
+    def meter(self, address: str) -> MeterRecord | None:
+        """The archive's record of one meter, None if it has none."""
+        found = self.meters(after=None, limit=1, address=address)
+        return found[0] if found else None
+
+    def meters(self, *, after: str | None = None, limit: int | None = None,
+               address: str | None = None) -> list[MeterRecord]:
+        """The archive's meters by address; a page of them with ``after`` (an address) and ``limit``."""
+        sql = "SELECT address, channel, protocol, ct, pt, name, meter_group FROM meters"
+        params: list[object] = []
+        if address is not None:
+            sql += " WHERE address = %s"
+            params.append(address)
+        elif after is not None:
+            sql += " WHERE address > %s"
+            params.append(after)
+        sql += " ORDER BY address"
+        if limit is not None and limit >= 0:  # SQLite takes a negative LIMIT for none; PostgreSQL refuses it
+            sql += " LIMIT %s"
+            params.append(limit)
+        rows = self._fetch(sql, params)
+        return [
+            MeterRecord(address=a, channel=c, protocol=p, ct=Decimal(ct), pt=Decimal(pt), name=n, group=g)
+            for a, c, p, ct, pt, n, g in rows
+        ]
+
+    # --- readings ------------------------------------------------------------------------------
+
+    def write_readings(self, readings: Sequence[Reading]) -> int:
+        """Store ``readings`` in one transaction; all or nothing.  Returns how many were written."""
+        rows = [_reading_row(r) for r in readings]  # encode first: a bad value fails before anything is sent
+        self._check_open()
+        if not rows:
+            return 0
+        unique: dict[tuple[str, str, int], _Row] = {}
+        for row in rows:
+            if row[4] == "str" and "\x00" in row[3]:
+                row = (*row[:3], json.dumps(row[3]), NUL_KIND, *row[5:])
+            unique[_ROW_KEY(row)] = row  # one row per key, the later wins
+        batch = sorted(unique.values(), key=_ROW_KEY)
+        self._make_partitions(batch)
+        import psycopg
+
+        with self._pool.connection() as conn:
+            try:
+                self._upsert(conn, batch)
+            except psycopg.errors.UndefinedTable:
+                self._staged.discard(conn)  # the session lost its staging table (DISCARD ALL?): once more
+                self._upsert(conn, batch)
+            except psycopg.DataError as exc:
+                for row in batch:
+                    if any("\x00" in text for text in row[:2] + row[5:]):
+                        raise ValueError(f"reading {row[0]!r} {row[1]!r} has a NUL character in its meter, quantity "
+                                         "or unit: PostgreSQL text cannot hold it") from exc
+                raise
+        return len(rows)
+
+    def _upsert(self, conn: psycopg.Connection[Any], batch: list[_Row]) -> None:
+        if conn not in self._staged:
+            conn.execute(_STAGING)  # outside the transaction: a rollback must not take it away
+            self._staged.add(conn)
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy("COPY readings_in FROM STDIN") as copy:
+                for row in batch:
+                    copy.write_row(row)
+            cur.execute(_UPSERT)
+
+    def _window(self) -> tuple[int, int]:
+        """The first and the last day this store makes partitions for."""
+        today = to_ms(self.clock()) // DAY_MS
+        return day_number(EARLIEST), today + self.future_days
+
+    def _make_partitions(self, batch: Sequence[_Row]) -> None:
+        """Create the partitions of the days of ``batch`` that are within the window and missing."""
+        days = {row[2] // DAY_MS for row in batch}
+        missing = days - self._days
+        if not missing:
+            return
+        first, last = self._window()
+        inside = {d for d in missing if first <= d <= last}
+        if len(inside) < len(missing):
+            self._note_outside([row for row in batch if not first <= row[2] // DAY_MS <= last], first, last)
+        if inside:
+            self.ensure_partitions(inside)
+
+    def ensure_partitions(self, days: Iterable[int]) -> None:
+        """Create the partitions of ``days`` (day numbers, :func:`day_number`) that do not exist,
+        moving any rows of those days out of ``readings_outside``.  Idempotent; safe while other
+        stores, in this process or on other nodes, create the same ones."""
+        import psycopg
+
+        wanted = set(days)
+        for attempt in range(3):
+            try:
+                with self._pool.connection() as conn, conn.transaction():
+                    _lock(conn, _PARTITION_LOCK)
+                    existing = _partitions(conn)
+                    for day in sorted(wanted - existing.keys()):
+                        self._create_partition(conn, day)
+                        existing[day] = partition_name(day)
+                with self._days_lock:
+                    self._days.update(existing)
+                return
+            except psycopg.errors.DuplicateTable:  # made by someone who did not take the lock
+                if attempt == 2:
+                    raise
+
+    @staticmethod
+    def _create_partition(conn: psycopg.Connection[Any], day: int) -> None:
+        name = partition_name(day)
+        lo, hi = day * DAY_MS, (day + 1) * DAY_MS
+        conn.execute(f"CREATE TABLE {name} (LIKE readings INCLUDING DEFAULTS)")
+        moved = conn.execute(
+            f"WITH gone AS (DELETE FROM {OUTSIDE} WHERE ts >= %s AND ts < %s RETURNING {_COLUMNS})"
+            f" INSERT INTO {name} ({_COLUMNS}) SELECT {_COLUMNS} FROM gone", (lo, hi)).rowcount
+        conn.execute(f"ALTER TABLE readings ATTACH PARTITION {name} FOR VALUES FROM ({lo}) TO ({hi})")
+        if moved:
+            log.info("readings partition %s created; %d reading(s) of that day moved in from %s", name, moved,
+                     OUTSIDE)
+        else:
+            log.debug("readings partition %s created", name)
+
+    def _note_outside(self, rows: list[_Row], first: int, last: int) -> None:
+        now = self.clock()
+        with self._days_lock:
+            self._outside += len(rows)
+            if self._warned is not None and now - self._warned < WARN_EVERY:
+                return
+            self._warned, count, self._outside = now, self._outside, 0
+        meter, quantity, ts = rows[0][:3]
+        log.warning("%d reading(s) with a timestamp outside %s .. %s stored in %s without a partition of their "
+                    "day (a wrong meter or terminal clock?), e.g. meter %s %s at %s", count,
+                    EPOCH_DAY + timedelta(days=first), EPOCH_DAY + timedelta(days=last), OUTSIDE, meter, quantity,
+                    from_ms(ts).isoformat())
+
+    def drop_readings_before(self, day: date) -> None:
+        """Retention: forget every reading before ``day`` (00:00 UTC), a whole partition at a time."""
+        self._check_open()
+        cut = day_number(day)
+        with self._pool.connection() as conn, conn.transaction():
+            _lock(conn, _PARTITION_LOCK)
+            old = {d: name for d, name in _partitions(conn).items() if d < cut}
+            for name in old.values():
+                conn.execute(f"DROP TABLE {name}")
+            conn.execute(f"DELETE FROM {OUTSIDE} WHERE ts < %s", (cut * DAY_MS,))
+        with self._days_lock:
+            self._days.difference_update(old)
+        if old:
+            log.info("readings before %s dropped: %d day partition(s)", day, len(old))
+
+    def readings(
+        self,
+        meter: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        quantity: str | None = None,
+        limit: int | None = None,
+    ) -> list[Reading]:
+        """A meter's readings with ``since <= timestamp < until``, by time then quantity."""
+        sql = f"SELECT {_COLUMNS} FROM readings WHERE meter = %s"
+        params: list[object] = [meter]
+        if since is not None:
+            sql += " AND ts >= %s"
+            params.append(to_ms(since))
+        if until is not None:
+            sql += " AND ts < %s"
+            params.append(to_ms(until))
+        if quantity is not None:
+            sql += " AND quantity = %s"
+            params.append(quantity)
+        sql += " ORDER BY ts, quantity"
+        if limit is not None and limit >= 0:
+            sql += " LIMIT %s"
+            params.append(limit)
+        return [_reading(r) for r in self._fetch(sql, params)]
+
+    def latest(self, meter: str) -> dict[str, Reading]:
+        """The newest reading of each quantity of ``meter``."""
+        rows = self._fetch(
+            f"SELECT DISTINCT ON (quantity) {_COLUMNS} FROM readings WHERE meter = %s ORDER BY quantity, ts DESC",
+            [meter])
+        return {r[1]: _reading(r) for r in rows}
+
+    def count_readings(self) -> int:
+        (count,) = self._fetch("SELECT COUNT(*) FROM readings", [])[0]
+        return int(count)
+
+    # --- attempts ------------------------------------------------------------------------------
+
+    def record_attempts(self, attempts: Sequence[Attempt]) -> None:
+        rows = []
+        for a in attempts:
+            if a.outcome not in OUTCOMES:
+                raise ValueError(f"attempt outcome {a.outcome!r} is not one of {sorted(OUTCOMES)}")
+            rows.append((a.meter, a.channel, a.item, to_ms(a.timestamp), a.outcome, a.latency, a.detail))
+        self._check_open()
+        if not rows:
+            return
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            _lock(conn, _ATTEMPTS_LOCK)  # ids drawn and committed in one order (module docstring)
+            with cur.copy("COPY attempts (meter, channel, item, ts, outcome, latency, detail) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+
+    def attempts(self, *, meter: str | None = None, since: datetime | None = None) -> list[Attempt]:
+        """Recorded attempts, oldest first (in recording order within one millisecond)."""
+        sql = "SELECT meter, channel, item, ts, outcome, latency, detail FROM attempts WHERE TRUE"
+        params: list[object] = []
+        if meter is not None:
+            sql += " AND meter = %s"
+            params.append(meter)
+        if since is not None:
+            sql += " AND ts >= %s"
+            params.append(to_ms(since))
+        sql += " ORDER BY ts, id"
+        return [
+            Attempt(meter=m, channel=c, item=i, timestamp=from_ms(ts), outcome=o, latency=lat, detail=d)
+            for m, c, i, ts, o, lat, d in self._fetch(sql, params)
+        ]
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _fetch(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+        self._check_open()
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
