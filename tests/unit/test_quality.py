@@ -1,6 +1,7 @@
 """Collection quality: daily rollup of the attempts log per meter / channel / area, terminal
 online rate from intervals, meters with no data, the 97 % line -- checked against tables worked
-out by hand -- and the ``meterd quality`` command through its argparse entry."""
+out by hand, on SQLite and on PostgreSQL (``state_where``) -- and the ``meterd quality`` command
+through its argparse entry (SQLite: it reads a data directory)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 
 from meterd.cli import quality as quality_cli
 from meterd.clock import CST, local_date
+from meterd.storage import open_store
+from meterd.storage.database import Database
 from meterd.storage.quality import OnlineTracker, QualityStore, merged_seconds
 from meterd.storage.sqlite import Attempt, MeterRecord, SqliteStore
 
@@ -38,35 +41,39 @@ def attempts(meter: str, channel: str, outcomes: dict[str, int], start: float = 
     return out
 
 
+def fill(s):
+    """The day worked out by hand: four meters on two channels in two areas."""
+    s.upsert_meters([
+        MeterRecord(A1, "bus1", "dlt645-2007", Decimal(1), Decimal(1), group="residential"),
+        MeterRecord(A2, "bus1", "dlt645-2007", Decimal(1), Decimal(1), group="residential"),
+        MeterRecord(A3, "bus2", "dlt645-2007", Decimal(1), Decimal(1), group="large"),
+        MeterRecord(A4, "bus2", "modbus", Decimal(1), Decimal(1), group="large"),  # never answers a thing
+    ])
+    s.record_attempts([
+        # A1: 10 attempts, all ok (one at 00:00:00.000 exactly: it belongs to the day)
+        Attempt(A1, "bus1", "00010000", T0, "ok", 0.2),
+        *attempts(A1, "bus1", {"ok": 9}),
+        # A2: 10 attempts, 7 ok, 2 timeouts, 1 garbled -> 70 %
+        *attempts(A2, "bus1", {"ok": 7, "timeout": 2, "garbled": 1}),
+        # A3: 100 attempts, 97 ok, 3 abnormal -> exactly 97 %: on the line, not under it
+        *attempts(A3, "bus2", {"ok": 97, "abnormal": 3}),
+        # A4: only failures -> no data
+        *attempts(A4, "bus2", {"timeout": 4}),
+        # the days around: not counted for DAY
+        Attempt(A1, "bus1", "00010000", T0 - timedelta(milliseconds=1), "timeout"),
+        Attempt(A2, "bus1", "00010000", T0 + timedelta(days=1), "ok", 0.2),
+    ])
+
+
 @pytest.fixture
-def store(tmp_path):
-    with SqliteStore(tmp_path) as s:
-        s.upsert_meters([
-            MeterRecord(A1, "bus1", "dlt645-2007", Decimal(1), Decimal(1), group="residential"),
-            MeterRecord(A2, "bus1", "dlt645-2007", Decimal(1), Decimal(1), group="residential"),
-            MeterRecord(A3, "bus2", "dlt645-2007", Decimal(1), Decimal(1), group="large"),
-            MeterRecord(A4, "bus2", "modbus", Decimal(1), Decimal(1), group="large"),  # never answers a thing
-        ])
-        s.record_attempts([
-            # A1: 10 attempts, all ok (one at 00:00:00.000 exactly: it belongs to the day)
-            Attempt(A1, "bus1", "00010000", T0, "ok", 0.2),
-            *attempts(A1, "bus1", {"ok": 9}),
-            # A2: 10 attempts, 7 ok, 2 timeouts, 1 garbled -> 70 %
-            *attempts(A2, "bus1", {"ok": 7, "timeout": 2, "garbled": 1}),
-            # A3: 100 attempts, 97 ok, 3 abnormal -> exactly 97 %: on the line, not under it
-            *attempts(A3, "bus2", {"ok": 97, "abnormal": 3}),
-            # A4: only failures -> no data
-            *attempts(A4, "bus2", {"timeout": 4}),
-            # the days around: not counted for DAY
-            Attempt(A1, "bus1", "00010000", T0 - timedelta(milliseconds=1), "timeout"),
-            Attempt(A2, "bus1", "00010000", T0 + timedelta(days=1), "ok", 0.2),
-        ])
+def store(state_where):
+    with open_store(state_where) as s:
+        fill(s)
         yield s
 
 
-@pytest.fixture
-def quality(store):
-    q = QualityStore(store, clock=lambda: AFTER)
+def online(q):
+    """The terminals' online intervals worked out by hand."""
     # bus1: 00:00-12:00 and 11:00-23:30 overlap -> 23.5 h online = 97.92 %
     q.record_online("bus1", at(0), at(12))
     q.record_online("bus1", at(11), at(23.5))
@@ -74,8 +81,22 @@ def quality(store):
     # online (no end): 6 + 16 = 22 h = 91.67 %
     q.record_online("bus2", at(-2), at(6))
     q.record_online("bus2", at(8))
-    yield q
-    q.close()
+
+
+@pytest.fixture
+def quality(store):
+    with QualityStore(store, clock=lambda: AFTER) as q:
+        online(q)
+        yield q
+
+
+@pytest.fixture
+def sqlite_quality(tmp_path):
+    """The same day in a data directory, for the command (which reads one)."""
+    with SqliteStore(tmp_path) as s, QualityStore(s, clock=lambda: AFTER) as q:
+        fill(s)
+        online(q)
+        yield q
 
 
 def rows_by_key(rows):
@@ -229,16 +250,63 @@ def test_incremental_update_and_recompute(store, quality):
     assert quality.update() == 0
 
 
-def test_state_db_path_or_data_dir(store, tmp_path):
+def test_sqlite_state_db_path_or_data_dir(tmp_path):
+    with SqliteStore(tmp_path) as store:
+        fill(store)
     with QualityStore(tmp_path / "state.sqlite3") as by_path, QualityStore(tmp_path) as by_dir:
         assert by_path.report(DAY, now=AFTER).total.attempts == 124
         assert by_dir.report(DAY, now=AFTER).total.attempts == 124  # the second one finds it folded in
 
 
-def test_fresh_state_file_gets_its_tables(tmp_path):
-    with QualityStore(tmp_path / "new.sqlite3") as q:
-        report = q.report(DAY, now=AFTER)
-    assert (report.meters, report.total.attempts, report.total.success_rate) == ([], 0, None)
+def test_postgresql_database_url_or_store(pg_url):
+    with open_store(Database(pg_url)) as store:
+        fill(store)
+        with QualityStore(pg_url) as by_url, QualityStore(Database(pg_url)) as by_db, QualityStore(store) as by_store:
+            assert by_url.report(DAY, now=AFTER).total.attempts == 124
+            assert by_db.report(DAY, now=AFTER).total.attempts == 124  # the second one finds it folded in
+            assert by_store.report(DAY, now=AFTER).total.attempts == 124
+
+
+def test_fresh_state_gets_its_tables(tmp_path, pg_url):
+    for where in (tmp_path / "new.sqlite3", Database(pg_url)):
+        with QualityStore(where) as q:
+            report = q.report(DAY, now=AFTER)
+        assert (report.meters, report.total.attempts, report.total.success_rate) == ([], 0, None)
+
+
+def test_two_nodes_fold_each_attempt_once(state_where):
+    """Two quality stores on one state (two processes, or two nodes on PostgreSQL) updating while
+    two writers keep recording attempts: every attempt is counted exactly once -- none twice (both
+    folding from one watermark), none never (an attempt committed below a watermark already
+    moved past it)."""
+    import threading
+
+    with open_store(state_where) as store, open_store(state_where) as other:
+        fill(store)
+        a, b = QualityStore(state_where, clock=lambda: AFTER), QualityStore(state_where, clock=lambda: AFTER)
+        stop = threading.Event()
+
+        def update(q):
+            while not stop.is_set():
+                q.update()
+
+        def record(s, meter):
+            for n in range(40):
+                s.record_attempts(attempts(meter, "bus2", {"ok": 2, "timeout": 1}, start=12 + n / 60))
+
+        updaters = [threading.Thread(target=update, args=(q,)) for q in (a, b)]
+        writers = [threading.Thread(target=record, args=args) for args in ((store, A3), (other, A4))]
+        for t in updaters + writers:
+            t.start()
+        for t in writers:
+            t.join()
+        stop.set()
+        for t in updaters:
+            t.join()
+        with a, b:
+            a.update()
+            assert a.report(DAY, refresh=False).total.attempts == 124 + 240
+            assert b.rollup(DAY) == 124 + 240  # recomputed from the log: the same
 
 
 def test_metrics_flat_names(quality):
@@ -266,7 +334,7 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(["quality", *argv])
 
 
-def test_cli_table(quality, tmp_path, capsys):
+def test_cli_table(sqlite_quality, tmp_path, capsys):
     args = parse("--data-dir", str(tmp_path), "--date", "2025-03-04")
     assert quality_cli.run(args, clock=lambda: AFTER) == 0
     out = capsys.readouterr().out
@@ -292,7 +360,7 @@ def test_cli_table(quality, tmp_path, capsys):
     assert "! total: under 97 % on success, data, online" in out
 
 
-def test_cli_json_and_area(quality, tmp_path, capsys):
+def test_cli_json_and_area(sqlite_quality, tmp_path, capsys):
     args = parse("--data-dir", str(tmp_path), "--date", "2025-03-04", "--area", "residential", "--json")
     assert quality_cli.run(args, clock=lambda: AFTER) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -303,7 +371,7 @@ def test_cli_json_and_area(quality, tmp_path, capsys):
     assert doc["channels"][0]["online_rate"] == pytest.approx(23.5 / 24)
 
 
-def test_cli_threshold_recompute_and_flagged_only(quality, tmp_path, capsys):
+def test_cli_threshold_recompute_and_flagged_only(sqlite_quality, tmp_path, capsys):
     args = parse("--data-dir", str(tmp_path), "--date", "2025-03-04", "--threshold", "60", "--recompute",
                  "--meters", "flagged")
     assert quality_cli.run(args, clock=lambda: AFTER) == 0
@@ -312,7 +380,7 @@ def test_cli_threshold_recompute_and_flagged_only(quality, tmp_path, capsys):
     assert next(line for line in out.splitlines() if A4 in line).startswith("!")
 
 
-def test_cli_defaults_to_today_in_cst(quality, tmp_path, capsys):
+def test_cli_defaults_to_today_in_cst(sqlite_quality, tmp_path, capsys):
     args = parse("--data-dir", str(tmp_path))
     # 2025-03-04 20:00 UTC is already 2025-03-05 04:00 in China
     assert quality_cli.run(args, clock=lambda: datetime(2025, 3, 4, 20, 0, tzinfo=timezone.utc)) == 0

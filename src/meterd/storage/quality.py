@@ -305,7 +305,8 @@ class QualityStore:
                 path = path / STATE_FILE
         self.path = path
         self._fold_sql = _FOLD
-        conn = sqlite3.connect(path, check_same_thread=False, timeout=5.0)
+        # autocommit: writes are explicit BEGIN IMMEDIATE transactions (see _transaction)
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=5.0, isolation_level=None)
         conn.row_factory = sqlite3.Row
         try:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -318,18 +319,20 @@ class QualityStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        """One write transaction (the caller holds the lock): sqlite3's own on SQLite, an explicit
-        BEGIN .. COMMIT (under the ``quality`` lock) on PostgreSQL, rolled back on any error."""
+        """One write transaction (the caller holds the lock), rolled back on any error.
+
+        The write lock is taken up front -- ``BEGIN IMMEDIATE`` on SQLite, the ``quality`` advisory
+        lock on PostgreSQL -- so the watermark read inside is the one the transaction moves: two
+        processes (the daemon and ``meterd quality``, or the API) updating at once fold each attempt
+        in once.  (sqlite3's implicit transaction began at the first INSERT, after the watermark
+        had been read, and both folded the same attempts in.)"""
         conn = self._conn
-        if isinstance(conn, sqlite3.Connection):
-            with conn:
-                yield
-            return
-        conn.execute("BEGIN")
+        conn.execute("BEGIN IMMEDIATE" if isinstance(conn, sqlite3.Connection) else "BEGIN")
         try:
             yield
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back itself (SQLITE_FULL)
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
 
