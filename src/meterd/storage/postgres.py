@@ -449,11 +449,13 @@ class PostgresStore:
             if self._warned is not None and now - self._warned < WARN_EVERY:
                 return
             self._warned, count, self._outside = now, self._outside, 0
-        meter, quantity, ts = rows[0][:3]
+        meters = sorted({row[0] for row in rows})
+        named = ", ".join(meters[:3]) + (f" and {len(meters) - 3} more" if len(meters) > 3 else "")
+        _, quantity, ts = rows[0][:3]
         log.warning("%d reading(s) with a timestamp outside %s .. %s stored in %s without a partition of their "
-                    "day (a wrong meter or terminal clock?), e.g. meter %s %s at %s", count,
-                    EPOCH_DAY + timedelta(days=first), EPOCH_DAY + timedelta(days=last), OUTSIDE, meter, quantity,
-                    from_ms(ts).isoformat())
+                    "day (a wrong meter or terminal clock?): meter(s) %s, e.g. %s at %s", count,
+                    EPOCH_DAY + timedelta(days=first), EPOCH_DAY + timedelta(days=last), OUTSIDE, named,
+                    quantity, from_ms(ts).isoformat())
 
     def drop_readings_before(self, day: date) -> None:
         """Retention: forget every reading before ``day`` (00:00 UTC), a whole partition at a time."""
