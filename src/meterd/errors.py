@@ -32,6 +32,7 @@ Errors are grouped by where in the life of the daemon they happen::
      +-- StorageError                 a store (time series, spool, state database) cannot be used
      |    +-- StorageFullError        a database or spool cannot be written: disk full (nothing half-written)
      |    +-- SpoolLockedError        (also RuntimeError) another process has the spool open  [storage.spool]
+     |    +-- LeaseError              the cluster's lease table cannot be used, or refused this node  [cluster.leases]
      +-- ApiError                     an HTTP request refused with a status and a message  [api.app]
      +-- BadInput                     (also ValueError) a probe argument that is not an address,
                                       port or identifier  [cli.probe]

@@ -263,7 +263,7 @@ DURATION = 'seconds, or "500ms", "30s", "15m", "1h", "1d", "1h30m"'
 BAUDS = "300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200"
 
 EXPECTED = [
-    "colour: unknown key",
+    "colour: unknown key (did you mean \"cluster\"?)",
     "store.data_dir: missing: required",
     "store.batch_size: must be at least 1, got 0",
     f'store.flush_interval: must be a positive duration ({DURATION}), got "soon"',

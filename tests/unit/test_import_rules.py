@@ -28,13 +28,16 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 CORE = {"errors", "checking", "clock", "readings", "plausibility", "secrets", "logthrottle", "supervise", "heap"}
 #: What the protocol codecs may use of the core (sans-I/O: no clocks, no logging).
 PROTOCOLS_CORE = {"errors", "checking"}
-EVERYTHING = {"protocols", "storage", "config", "collector", "control", "analytics", "billing_link", "api",
+EVERYTHING = {"protocols", "storage", "config", "collector", "control", "analytics", "billing_link", "api", "cluster",
               "simulators", "cli", "app"}
 
 #: package -> the packages it may import (besides itself and the core).
 ALLOWED: dict[str, set[str]] = {
     "protocols": set(),
     "storage": set(),
+    # collector nodes: the lease table in the state database; the collector and the jobs get the
+    # node's callbacks from meterd.app, they never import it
+    "cluster": {"storage", "config"},
     # config builds every part's settings from the part's own value types (tariffs, thresholds,
     # topology, sync job specs, the store's Database location); the parts never import config at run time.
     "config": {"protocols", "control", "analytics", "billing_link", "storage"},

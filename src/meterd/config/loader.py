@@ -62,7 +62,7 @@ MAX_RETRIES: Final = 10
 MAX_PREAMBLE: Final = 4  # DL/T 645-2007 clause 4.1: up to four FE bytes before a frame
 
 _TOP_KEYS: Final = ("secrets_file", "store", "channels", "meters", "polls", "listeners", "mqtt", "tasks", "prepaid", "topology",
-                     "analytics", "sync", "api", "plausibility")
+                     "analytics", "sync", "api", "plausibility", "cluster")
 _MQTT_KEYS: Final = ("host", "port", "client_id", "username", "password_env", "keepalive", "root", "request_ttl")
 _MQTT_LINK_KEYS: Final = ("terminal",)
 _INFLUX_KEYS: Final = ("url", "org", "bucket", "token_env", "spool_dir", "timeout", "batch")
@@ -217,6 +217,9 @@ def parse_config(
         sync = parse_sync(check, data["sync"], base_dir=base_dir, secret_env=_secret_env)
 
     api = _api(check, data["api"]) if "api" in data else None
+    from meterd.config.cluster import parse_cluster
+
+    cluster = None if store is None else parse_cluster(check, data.get("cluster"), postgres=store.database is not None)
 
     if check.problems:
         raise ConfigError(check.problems)
@@ -234,6 +237,7 @@ def parse_config(
         analytics=analytics,
         sync=sync,
         api=api,
+        cluster=cluster,
     )
 
 

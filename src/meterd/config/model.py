@@ -203,6 +203,7 @@ class Config:
     analytics: Any = None  # meterd.config.analytics.AnalyticsConfig: topology, anomaly limits, outages
     sync: Any = None  # meterd.config.analytics.SyncConfig: billing-system jobs
     api: ApiConfig | None = None  # the HTTP API the daemon serves
+    cluster: Any = None  # meterd.config.cluster.ClusterConfig: this process as one of several collector nodes
 
     def channel(self, name: str) -> ChannelConfig:
         """The channel called ``name``; KeyError if there is none."""

@@ -1,0 +1,406 @@
+"""Leases on a real PostgreSQL (the tests' own server): acquire, renew, expire, steal, fence; two
+nodes never both hold a resource; balancing with hysteresis converges and does not flap; the
+leadership of a job passes on when its leader dies.
+
+Expiry is judged by PostgreSQL's clock.  Where a test needs a lease to have expired it ages the
+rows in PostgreSQL (``age``) instead of sleeping; the overlap test runs on short real leases
+because it checks the local deadline against PostgreSQL's own expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+
+import psycopg
+import pytest
+
+from meterd.cluster.balance import Plan, fair_share, plan, slack_for
+from meterd.cluster.leases import LeaseBook, LeaseError, channel_resource, fence, leader_resource
+from meterd.cluster.node import ClusterNode
+from meterd.errors import ConfigError
+from meterd.storage.database import Database
+
+
+def book(url: str, node: str, lease_time: float = 15.0) -> LeaseBook:
+    b = LeaseBook(Database(url), node, lease_time=lease_time, timeout=5.0)
+    b.migrate()
+    b.join("test")
+    return b
+
+
+def age(url: str, node: str, seconds: float = 60.0) -> None:
+    """Make ``node`` look dead: its heartbeat and leases ``seconds`` in the past, by PostgreSQL's clock."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE cluster_nodes SET heartbeat = clock_timestamp() - make_interval(secs => %s) "
+                     "WHERE node = %s", (seconds, node))
+        conn.execute("UPDATE leases SET expires = clock_timestamp() - make_interval(secs => %s) WHERE holder = %s",
+                     (seconds, node))
+
+
+def holders(url: str) -> dict[str, str | None]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {r[0]: r[1] for r in conn.execute(
+            "SELECT resource, CASE WHEN expires > clock_timestamp() THEN holder END FROM leases")}
+
+
+# --- the balance arithmetic (pure) ----------------------------------------------------------------
+
+
+def test_fair_share_and_slack() -> None:
+    assert fair_share(30, 3) == 10 and fair_share(31, 3) == 11 and fair_share(5, 0) == 5 and fair_share(0, 3) == 0
+    assert slack_for(10) == 1 and slack_for(25) == 3 and slack_for(0) == 1 and slack_for(25, 0) == 0
+
+
+def test_plan_takes_below_the_share_and_gives_only_above_share_plus_slack() -> None:
+    assert plan(held=0, pinned=0, channels=30, live_nodes=3) == Plan(10, 10, 0)
+    assert plan(held=11, pinned=0, channels=30, live_nodes=3) == Plan(10, 0, 0)  # inside the band: keep
+    assert plan(held=15, pinned=0, channels=30, live_nodes=3) == Plan(10, 0, 4)  # down to share + slack
+    assert plan(held=15, pinned=14, channels=30, live_nodes=3) == Plan(10, 0, 1)  # pinned DTUs are never given back
+    assert plan(held=15, pinned=15, channels=30, live_nodes=3).give == 0
+
+
+# --- the lease book -------------------------------------------------------------------------------
+
+
+def test_acquire_renew_expire_and_tokens(pg_url: str) -> None:
+    a, b = book(pg_url, "a"), book(pg_url, "b")
+    try:
+        resources = [channel_resource(f"c{i}") for i in range(4)]
+        assert a.ensure(resources) == 4 and b.ensure(resources) == 0
+        got = a.acquire(resources, 3)
+        assert got == {resources[0]: 1, resources[1]: 1, resources[2]: 1}  # taken in name order
+        assert b.acquire(resources, 4) == {resources[3]: 1}  # only what is free
+        assert b.acquire(resources, 4) == {}
+        renewal = a.renew()
+        assert renewal.held == got and renewal.live_nodes == 2
+        age(pg_url, "a")
+        assert b.renew().live_nodes == 1  # a's heartbeat is stale: b is alone
+        taken = b.acquire(resources, 4)
+        assert taken == {r: 2 for r in got}  # a new holder: every token went up
+        assert a.renew().held == {}  # a learns it lost them all
+        # an expired lease nobody took is still ours to renew (nobody else polled it)
+        age(pg_url, "b")
+        assert b.renew().held == {**taken, resources[3]: 1}
+        assert holders(pg_url)[resources[0]] == "b"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_claim_steals_and_the_fence_refuses_the_old_holder(pg_url: str) -> None:
+    a, b = book(pg_url, "a"), book(pg_url, "b")
+    state = Database(pg_url).connect()
+    try:
+        r = channel_resource("dtu1")
+        a.ensure([r])
+        assert a.acquire([r], 1) == {r: 1}
+        check = fence("a", r, 1)
+        state.execute("BEGIN")
+        assert check(state) is True
+        state.execute("COMMIT")
+        token, previous = b.claim(r)
+        assert (token, previous) == (2, "a")
+        assert b.claim(r) == (2, None)  # claiming what we hold keeps the token
+        state.execute("BEGIN")
+        assert check(state) is False  # a lost it: a claim fenced by a's token is refused
+        assert fence("b", r, 2)(state) is True
+        state.execute("COMMIT")
+        assert a.renew().held == {}
+        assert a.holds(r, 1) is False and b.holds(r, 2) is True
+        assert b.release({r: 2}) == [r]
+        assert holders(pg_url)[r] is None
+        assert a.claim(channel_resource("new")) == (1, None)  # a row is made for an unknown resource
+    finally:
+        state.close()
+        a.close()
+        b.close()
+
+
+def test_a_steal_waits_for_a_claim_in_flight(pg_url: str) -> None:
+    """The fence locks the lease row until the claiming transaction ends: a node taking the lease
+    meanwhile waits, then finds the claim committed."""
+    a, b = book(pg_url, "a"), book(pg_url, "b")
+    state = Database(pg_url).connect()
+    try:
+        r = channel_resource("c")
+        a.ensure([r])
+        a.acquire([r], 1)
+        state.execute("BEGIN")
+        assert fence("a", r, 1)(state)
+        stolen: list[float] = []
+        thread = threading.Thread(target=lambda: (b.claim(r), stolen.append(time.monotonic())))
+        thread.start()
+        time.sleep(0.3)
+        assert not stolen  # blocked by the claim's FOR SHARE
+        committed = time.monotonic()
+        state.execute("COMMIT")
+        thread.join(5)
+        assert stolen and stolen[0] >= committed
+    finally:
+        state.close()
+        a.close()
+        b.close()
+
+
+def test_release_needs_the_token_and_leave_releases_everything(pg_url: str) -> None:
+    a, b = book(pg_url, "a"), book(pg_url, "b")
+    try:
+        rs = [channel_resource("x"), channel_resource("y"), leader_resource("prepaid")]
+        a.ensure(rs)
+        assert a.acquire(rs, 3) == dict.fromkeys(rs, 1)
+        assert a.release({rs[0]: 7}) == []  # not our token: nothing
+        assert b.release({rs[0]: 1}) == []  # not our lease: nothing
+        assert a.leave() == sorted(rs)
+        assert set(holders(pg_url).values()) == {None}
+        snap = b.snapshot()
+        stopped = {n.node: n for n in snap.nodes}["a"]
+        assert stopped.stopped and not snap.alive(stopped)
+        assert b.renew().live_nodes == 1  # a stopped node is not counted live
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_live_node_name_cannot_be_used_twice(pg_url: str) -> None:
+    a = book(pg_url, "same")
+    try:
+        other = LeaseBook(Database(pg_url), "same", lease_time=15.0)
+        other.host = "elsewhere"  # a process on another machine: whether it lives cannot be checked
+        with pytest.raises(LeaseError, match="in use"):
+            other.join("test")
+        age(pg_url, "same")  # its heartbeat lapsed: the name is free again, its leases released
+        other.join("test")
+        other.close()
+    finally:
+        a.close()
+
+
+def test_migrations_are_versioned_and_a_newer_schema_is_refused(pg_url: str) -> None:
+    a = book(pg_url, "a")
+    a.migrate()  # again: nothing to do
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert conn.execute("SELECT version FROM schema_versions WHERE store = 'cluster'").fetchone()[0] == 1
+        conn.execute("UPDATE schema_versions SET version = 99 WHERE store = 'cluster'")
+    with pytest.raises(ConfigError, match="newer"):
+        a.migrate()
+    a.close()
+
+
+def test_two_nodes_in_threads_never_both_hold_a_resource(pg_url: str) -> None:
+    """Each thread acquires, renews, stalls (stops renewing, so its leases expire), gives back, at
+    random, on real short leases.  Every interval in which a thread believed a resource was its own
+    (from the return of the call that took or renewed it to its local deadline, lease_time - 2 x
+    heartbeat after that call started) must be disjoint from every other thread's for that resource."""
+    lease, heartbeat = 0.6, 0.12
+    resources = [channel_resource(f"r{i}") for i in range(3)]
+    believed: list[tuple[str, str, float, float]] = []  # (thread, resource, from, until)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def node(name: str, seed: int) -> None:
+        rng = random.Random(seed)
+        b = book(pg_url, name, lease_time=lease)
+        b.ensure(resources)
+        mine: dict[str, int] = {}
+        end = time.monotonic() + 3.0
+        try:
+            while time.monotonic() < end:
+                began = time.monotonic()
+                renewed = b.renew().held
+                got = b.acquire([r for r in resources if r not in renewed], rng.randint(1, 3))
+                mine = {**renewed, **got}
+                known = time.monotonic()  # ours from when we learn it until the deadline the call's start sets
+                with lock:
+                    believed.extend((name, r, known, began + lease - 2 * heartbeat) for r in mine)
+                roll = rng.random()
+                if roll < 0.1 and mine:  # give one back, cleanly: stop believing first, then release
+                    r = rng.choice(sorted(mine))
+                    now = time.monotonic()
+                    with lock:
+                        believed[:] = [(n, x, f, min(u, now) if (n, x) == (name, r) else u) for n, x, f, u in believed]
+                    b.release({r: mine.pop(r)})
+                elif roll < 0.2:
+                    time.sleep(lease * 1.2)  # stall: our leases expire and the other takes them
+                else:
+                    time.sleep(heartbeat)
+        except BaseException as exc:  # noqa: BLE001 -- reported by the test thread
+            errors.append(exc)
+        finally:
+            b.close()
+
+    threads = [threading.Thread(target=node, args=(f"n{i}", i)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not errors, errors
+    by_resource: dict[str, list[tuple[str, float, float]]] = {}
+    for n, r, f, u in believed:
+        by_resource.setdefault(r, []).append((n, f, u))
+    overlaps = [(r, x, y) for r, spans in by_resource.items() for x in spans for y in spans
+                if x[0] < y[0] and x[1] < y[2] and y[1] < x[2]]
+    assert not overlaps, overlaps[:5]
+    assert {n for _, _, n in ((0, 0, s[0]) for spans in by_resource.values() for s in spans)} == {"n0", "n1"}
+
+
+# --- nodes: balancing, hand-over, leadership --------------------------------------------------------
+
+
+class Collector:
+    """What a node's collector is told: channels started and stopped, with the node's name."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, set[str]] = {}
+        self.starts = 0
+        self.stops = 0
+
+    def bind(self, node: ClusterNode) -> None:
+        mine = self.running.setdefault(node.name, set())
+
+        def start(channel: str) -> None:
+            for other, chans in self.running.items():
+                assert other == node.name or channel not in chans, f"{channel} runs on {other} and {node.name}"
+            mine.add(channel)
+            self.starts += 1
+
+        async def stop(channel: str) -> None:
+            mine.discard(channel)
+            self.stops += 1
+
+        node.bind(start, stop)
+
+
+def make_node(url: str, name: str, channels: list[str], collector: Collector, **kw) -> ClusterNode:
+    node = ClusterNode(LeaseBook(Database(url), name, lease_time=15.0), channels=channels, heartbeat=3.0,
+                       lease_time=15.0, **kw)
+    collector.bind(node)
+    return node
+
+
+async def settle(nodes: list[ClusterNode], rounds: int) -> None:
+    for _ in range(rounds):
+        for n in nodes:
+            await n.tick()
+
+
+async def test_nodes_share_the_channels_a_joining_node_takes_only_surplus_and_nothing_flaps(pg_url: str) -> None:
+    channels = [f"c{i:02d}" for i in range(30)]
+    collector = Collector()
+    stop = asyncio.Event()
+    a, b = make_node(pg_url, "a", channels, collector), make_node(pg_url, "b", channels, collector)
+    for n in (a, b):
+        assert await n.join(stop)
+    await settle([a, b], 3)
+    assert {len(collector.running["a"]), len(collector.running["b"])} == {15}
+    c = make_node(pg_url, "c", channels, collector)
+    assert await c.join(stop)
+    await settle([c, a, b], 4)
+    counts = {n: len(chans) for n, chans in collector.running.items()}
+    # share 10, slack 1: a and b shed down to 11 and c took what they shed; nobody lost a lease
+    assert counts == {"a": 11, "b": 11, "c": 8}, counts
+    assert a.stats.lost == b.stats.lost == c.stats.lost == 0
+    before = {n: set(chans) for n, chans in collector.running.items()}
+    starts = collector.starts
+    await settle([a, b, c], 5)
+    assert {n: set(chans) for n, chans in collector.running.items()} == before  # converged: no flapping
+    assert collector.starts == starts
+    assert sorted(ch for chans in collector.running.values() for ch in chans) == channels
+    for n in (a, b, c):
+        await n.leave()
+
+
+async def test_a_dead_nodes_channels_go_to_the_others_and_its_return_steals_nothing(pg_url: str) -> None:
+    channels = [f"c{i}" for i in range(9)]
+    collector = Collector()
+    stop = asyncio.Event()
+    nodes = [make_node(pg_url, n, channels, collector) for n in "abc"]
+    for n in nodes:
+        assert await n.join(stop)
+    await settle(nodes, 3)
+    a, b, _ = nodes
+    dead = set(collector.running["c"])
+    assert len(dead) == 3
+    age(pg_url, "c")  # c was killed: no heartbeat, its leases ran out
+    collector.running["c"].clear()
+    await settle([a, b], 2)
+    assert dead <= collector.running["a"] | collector.running["b"]
+    assert sorted(collector.running["a"] | collector.running["b"]) == channels
+    # c comes back (a new process): nothing is free, so it takes nothing and a and b, at 5 and 4
+    # with share 3 + slack 1, shed only what is above 4
+    c2 = make_node(pg_url, "c", channels, collector)
+    assert await c2.join(stop)
+    await settle([c2, a, b], 3)
+    counts = {n: len(chans) for n, chans in collector.running.items()}
+    assert counts["a"] <= 4 and counts["b"] <= 4 and sum(counts.values()) == 9, counts
+    assert a.stats.lost == b.stats.lost == 0
+    for n in (a, b, c2):
+        await n.leave()
+
+
+async def test_a_node_cut_off_from_postgresql_stops_before_its_lease_can_pass(pg_url: str) -> None:
+    """The local deadline: the watchdog stops a channel at renewed + lease_time - 2 x heartbeat."""
+    clock = [1000.0]
+    collector = Collector()
+    node = ClusterNode(LeaseBook(Database(pg_url), "a", lease_time=15.0), channels=["c1"], heartbeat=3.0,
+                       lease_time=15.0, monotonic=lambda: clock[0])
+    collector.bind(node)
+    stop = asyncio.Event()
+    assert await node.join(stop)
+    await node.tick()
+    assert collector.running["a"] == {"c1"} and node.allows("c1")
+    clock[0] += 8.9  # no renewal since: still inside lease_time - 2 x heartbeat = 9 s
+    assert node.allows("c1")
+    clock[0] += 0.2
+    assert not node.allows("c1")  # every write refused from here
+    watchdog = asyncio.create_task(node._watch(stop))
+    await asyncio.sleep(0.6)
+    assert collector.running["a"] == set() and node.stats.lapsed == 1
+    await node.tick()  # PostgreSQL answers again and nobody took the lease: polling resumes
+    assert collector.running["a"] == {"c1"} and node.allows("c1")
+    stop.set()
+    await watchdog
+    await node.leave()
+
+
+async def test_leadership_is_elected_once_and_passes_on_when_the_leader_dies(pg_url: str) -> None:
+    collector = Collector()
+    stop = asyncio.Event()
+    a = make_node(pg_url, "a", [], collector, jobs=["prepaid", "sync"])
+    b = make_node(pg_url, "b", [], collector, jobs=["prepaid", "sync"])
+    for n in (a, b):
+        assert await n.join(stop)
+    await settle([a, b], 2)
+    assert a.leading == {"prepaid": True, "sync": True} and b.leading == {"prepaid": False, "sync": False}
+    runs: list[tuple[str, str]] = []
+    cancelled: list[str] = []
+
+    def job(who: str):
+        async def service(stop: asyncio.Event) -> None:
+            runs.append((who, "start"))
+            try:
+                await stop.wait()
+            except asyncio.CancelledError:
+                cancelled.append(who)
+                raise
+
+        return service
+
+    leading_a = asyncio.create_task(a.lead("prepaid", job("a"), stop))
+    leading_b = asyncio.create_task(b.lead("prepaid", job("b"), stop))
+    await asyncio.sleep(0.05)
+    assert runs == [("a", "start")]
+    age(pg_url, "a")  # a stops heartbeating
+    await b.tick()
+    assert b.leading["prepaid"] is True
+    await asyncio.sleep(0.05)
+    assert runs == [("a", "start"), ("b", "start")]
+    await a.tick()  # a learns it lost the leadership: its job is cancelled
+    await asyncio.sleep(0.05)
+    assert a.leading["prepaid"] is False and cancelled == ["a"]
+    stop.set()
+    await asyncio.gather(leading_a, leading_b)
+    for n in (a, b):
+        await n.leave()
