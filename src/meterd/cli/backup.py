@@ -45,8 +45,7 @@ def _location(args: argparse.Namespace) -> Location:
     if args.config:
         from meterd.config.loader import load_config
 
-        store = load_config(args.config).store
-        return getattr(store, "state", store.data_dir)  # type: ignore[no-any-return]
+        return load_config(args.config).store.state
     return Path(args.data_dir)
 
 
