@@ -30,6 +30,7 @@ from meterd.clock import Clock, utc_now
 from meterd.collector.channel import TraceHook
 from meterd.collector.daemon import Daemon, RoundHook
 from meterd.config.model import Config
+from meterd.storage.postgres import PostgresStore
 from meterd.storage.sqlite import SqliteStore
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ class Node:
 
 def build_node(
     config: Config,
-    store: SqliteStore,
+    store: SqliteStore | PostgresStore,
     *,
     clock: Clock = utc_now,
     on_round: RoundHook | None = None,
@@ -71,11 +72,11 @@ def build_node(
     config names that is not in the environment)."""
     collector = Daemon(config, store, clock=clock, on_round=on_round, trace=trace)
     node = Node(collector)
-    data_dir = config.store.data_dir
+    where = config.store.state  # the data directory, or the PostgreSQL database
     if config.prepaid is not None:
         from meterd.control.runtime import PrepaidRuntime
 
-        node.prepaid = PrepaidRuntime(config.prepaid, meters=config.meters, data_dir=data_dir,
+        node.prepaid = PrepaidRuntime(config.prepaid, meters=config.meters, where=where,
                                       route=_meter_routes(collector), clock=clock)
         collector.subscribe(node.prepaid.observe)
         collector.add_service(node.prepaid.run)
@@ -83,7 +84,7 @@ def build_node(
         from meterd.analytics.runtime import AnalyticsRuntime
 
         node.analytics = AnalyticsRuntime(
-            config.analytics, meters=[m.address for m in config.meters], data_dir=data_dir, clock=clock,
+            config.analytics, meters=[m.address for m in config.meters], where=where, clock=clock,
             accounts_of=node.prepaid.meter_accounts if node.prepaid is not None else None)
         collector.subscribe(node.analytics.observe)
         collector.add_service(node.analytics.run)

@@ -20,7 +20,6 @@ import logging
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meterd.analytics.anomalies import AnomalyStore, detect
@@ -29,6 +28,7 @@ from meterd.analytics.lineloss import line_loss_all
 from meterd.analytics.outages import OutageStore, detect_outages
 from meterd.readings import Quality, Reading
 from meterd.storage.anomalies import DETECTED
+from meterd.storage.database import Location
 
 if TYPE_CHECKING:
     from meterd.config.analytics import AnalyticsConfig
@@ -40,17 +40,18 @@ FROZEN = ("frozen.daily.energy.active.import.total", "frozen.daily.energy.active
 
 
 class AnalyticsRuntime:
-    def __init__(self, config: AnalyticsConfig, *, meters: Sequence[str], data_dir: Path,
+    def __init__(self, config: AnalyticsConfig, *, meters: Sequence[str], where: Location,
                  clock: Callable[[], datetime], accounts_of: Callable[[], dict[str, str]] | None = None) -> None:
-        """``meters``: the configured meters' addresses; ``accounts_of``: meter -> account of the
-        assigned meters (prepaid control's), named in outages."""
+        """``meters``: the configured meters' addresses; ``where``: the state's location (the data
+        directory, or the PostgreSQL database); ``accounts_of``: meter -> account of the assigned
+        meters (prepaid control's), named in outages."""
         self.config = config
         self.clock = clock
         self._accounts_of = accounts_of or dict
-        self.registers = DailyRegisterStore(data_dir)
-        self.anomalies = AnomalyStore(data_dir)
-        self.outages = OutageStore(data_dir)
-        self.history = LossHistory(data_dir)
+        self.registers = DailyRegisterStore(where)
+        self.anomalies = AnomalyStore(where)
+        self.outages = OutageStore(where)
+        self.history = LossHistory(where)
         self.meters = list(meters)
         self.started = clock()
         self._recent: dict[str, deque[Reading]] = defaultdict(deque)

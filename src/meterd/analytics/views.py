@@ -12,14 +12,16 @@ from __future__ import annotations
 import calendar
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from meterd.analytics.lineloss import LossReport
 from meterd.analytics.topology import Role, Topology
 from meterd.clock import CST
 from meterd.errors import ConfigError
 from meterd.readings import Quality, address_key
+
+if TYPE_CHECKING:
+    from meterd.storage.database import Location
 
 CURVE_QUANTITIES = ("power.active.total", "curve.power.active.total")
 
@@ -71,9 +73,9 @@ def lineloss_reports(config: Any, start: date, end: date, *, unit: str | None = 
     topology = require_topology(config)
     if unit and unit not in topology.units:
         raise ConfigError(f"unknown area/line {unit!r} (defined: {', '.join(sorted(topology.units))})")
-    with DailyRegisterStore(config.store.data_dir) as store:
+    with DailyRegisterStore(config.store.state) as store:
         registers = store.registers([start, end + timedelta(days=1)])
-    with LossHistory(config.store.data_dir) as history_store:
+    with LossHistory(config.store.state) as history_store:
         history = {u: history_store.recent(u, before=start) for u in topology.units} if start == end else {}
     reports = line_loss_all(topology, registers, start, end, history=history, include_estimated=include_estimated,
                             kind=kind)
@@ -88,7 +90,7 @@ def energy_rows(config: Any, spans: list[tuple[date, date]], *, by: Literal["uni
 
     topology = require_topology(config)
     days = sorted({d for a, b in spans for d in (a, b + timedelta(days=1))})
-    with DailyRegisterStore(config.store.data_dir) as store:
+    with DailyRegisterStore(config.store.state) as store:
         registers = store.registers(days)
     roles = None if role == "all" else {Role(role)}
     rows = []
@@ -118,15 +120,16 @@ def curve_meters(config: Any, *, meter: str | None = None, unit: str | None = No
     return meters
 
 
-def curve_points(data_dir: Path, meters: list[str], day: date, step: timedelta) -> list[tuple[datetime, Decimal, int]]:
-    """The summed active power of ``meters`` over CST ``day`` in ``step`` buckets, from the stored
-    instantaneous power and load-curve readings: (bucket start, kW, meters contributing)."""
+def curve_points(where: Location, meters: list[str], day: date, step: timedelta) -> list[tuple[datetime, Decimal, int]]:
+    """The summed active power of ``meters`` over CST ``day`` in ``step`` buckets, from the
+    instantaneous power and load-curve readings stored at ``where`` (the data directory, or the
+    PostgreSQL database): (bucket start, kW, meters contributing)."""
     from meterd.analytics.stats import load_curve
-    from meterd.storage.sqlite import SqliteStore
+    from meterd.storage import open_store
 
     start = datetime(day.year, day.month, day.day, tzinfo=CST)
     series = {}
-    with SqliteStore(data_dir) as store:
+    with open_store(where) as store:
         for m in meters:
             points = []
             for quantity in CURVE_QUANTITIES:

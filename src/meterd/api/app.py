@@ -80,8 +80,10 @@ from meterd.control.state import ControlStore, parse_opening
 from meterd.errors import ConfigError, LedgerError, MeterdError, ReadRefusedError, StorageFullError
 from meterd.logthrottle import LogThrottle
 from meterd.readings import address_key
+from meterd.storage import open_store
+from meterd.storage.database import Database, Location
 from meterd.storage.quality import QualityStore
-from meterd.storage.sqlite import MeterRecord, SqliteStore
+from meterd.storage.sqlite import MeterRecord
 from meterd.storage.statedb import disk_full
 
 log = logging.getLogger(__name__)
@@ -266,17 +268,17 @@ PERIOD_PARAM: Final = ("period", STR, "YYYY-MM-DD, YYYY-MM, YYYY-Qn or START..EN
 
 
 class Api:
-    """The handlers, over the stores of one data directory."""
+    """The handlers, over the stores of one location (a data directory, or a PostgreSQL database)."""
 
-    def __init__(self, data_dir: Path, clock: Clock, config: Any, live: LiveNode | None = None,
+    def __init__(self, where: Location, clock: Clock, config: Any, live: LiveNode | None = None,
                  sync: Any = None) -> None:
-        self.data_dir, self.clock, self.config, self.live, self.sync = data_dir, clock, config, live, sync
-        self.tokens = TokenStore(data_dir)
-        self.control = ControlStore(data_dir)
-        self.archive = SqliteStore(data_dir)
-        self.anomalies = AnomalyStore(data_dir)
-        self.outages = OutageStore(data_dir)
-        self.quality = QualityStore(data_dir, clock=clock)
+        self.where, self.clock, self.config, self.live, self.sync = where, clock, config, live, sync
+        self.tokens = TokenStore(where)
+        self.control = ControlStore(where)
+        self.archive = open_store(where, clock=clock)
+        self.anomalies = AnomalyStore(where)
+        self.outages = OutageStore(where)
+        self.quality = QualityStore(where, clock=clock)
         self._syncing: set[str] = set()
         self._configured = frozenset(m.address for m in config.meters) if config is not None else frozenset()
 
@@ -507,7 +509,7 @@ class Api:
                 except ConfigError as exc:
                     raise ApiError(404, str(exc)) from None
                 subject = f"unit {unit}" if unit is not None else f"group {group}"
-            points = curve_points(self.data_dir, meters, day, step)
+            points = curve_points(self.where, meters, day, step)
             return {"subject": subject, "day": day.isoformat(), "step_seconds": int(step.total_seconds()),
                     "meters": meters,
                     "points": [{"at": at.isoformat(), "kw": str(kw), "meters": n} for at, kw, n in points]}
@@ -529,7 +531,7 @@ class Api:
         configured = [j.name for j in self.config.sync.jobs] if self.config is not None and self.config.sync else []
 
         def work() -> list[dict[str, Any]]:
-            with SyncStore(self.data_dir) as store:
+            with SyncStore(self.where) as store:
                 rows = {r["job"]: r for r in store.status()}
             out = []
             for name in sorted(set(rows) | set(configured)):
@@ -944,14 +946,15 @@ async def _storage_error(request: Request, exc: Exception) -> Response:
                         headers={"Retry-After": "60"})
 
 
-def create_app(data_dir: Path, *, clock: Clock, config: Any = None, live: LiveNode | None = None,
+def create_app(where: Location, *, clock: Clock, config: Any = None, live: LiveNode | None = None,
                sync: Any = None) -> Starlette:
-    """The API over ``data_dir``'s stores.  ``clock`` gives the aware time of each write;
+    """The API over the stores at ``where`` (a data directory, or a PostgreSQL
+    :class:`~meterd.storage.database.Database`).  ``clock`` gives the aware time of each write;
     ``config`` (a loaded site config, optional) supplies the known meters, command TTLs, topology
     and sync jobs; ``live`` (when the daemon serves it) the collector's on-demand reads and
     diagnostics -- without it those answer 503; ``sync`` the daemon's billing-link runtime (a
     scheduled run and an API run of one job never overlap)."""
-    api = Api(Path(data_dir), clock, config, live, sync)
+    api = Api(where if isinstance(where, Database) else Path(where), clock, config, live, sync)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]

@@ -113,8 +113,8 @@ class ApiRuntime:
         assert api is not None
         from starlette.routing import Route
 
-        app = create_app(config.store.data_dir, clock=clock, config=config, live=live, sync=sync)
-        self.data_dir = config.store.data_dir
+        app = create_app(config.store.state, clock=clock, config=config, live=live, sync=sync)
+        self.where = config.store.state
         self.figures = figures
         app.router.routes.insert(0, Route("/metrics", self.metrics, methods=["GET"]))
         cap, backlog = fd_budget(api.max_connections)
@@ -178,7 +178,7 @@ class ApiRuntime:
         found = None
         if scheme.lower() == "bearer" and secret.strip():
             def verify():
-                with TokenStore(self.data_dir) as tokens:
+                with TokenStore(self.where) as tokens:
                     return tokens.verify(secret.strip())
             found = await run_in_threadpool(verify)
         if found is None:

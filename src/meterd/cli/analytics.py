@@ -166,7 +166,7 @@ def anomalies_cmd(args: argparse.Namespace) -> int:
     from meterd.analytics.anomalies import AnomalyStore
 
     config = _load(args)
-    with AnomalyStore(config.store.data_dir) as store:
+    with AnomalyStore(config.store.state) as store:
         events = store.events(state=None if args.state == "all" else args.state, meter=args.meter, kind=args.kind,
                               limit=args.limit)
     rows = [_plain(e) for e in events]
@@ -186,7 +186,7 @@ def outages_cmd(args: argparse.Namespace) -> int:
     from meterd.analytics.outages import OutageStore
 
     config = _load(args)
-    with OutageStore(config.store.data_dir) as store:
+    with OutageStore(config.store.state) as store:
         outages = store.outages(open_only=args.open)
     rows = [_plain(o) for o in outages]
     columns = ["id", "unit", "started", "ended", "meters", "accounts"]
@@ -225,7 +225,7 @@ def stats_cmd(args: argparse.Namespace) -> int:
         raise ConfigError("stats curve needs exactly one of --meter, --unit, --group")
     meters = curve_meters(config, meter=args.meter, unit=args.unit, group=args.group)
     day, _ = parse_period(args.period, today=today_cst())
-    curve = curve_points(config.store.data_dir, meters, day, parse_step(args.step))
+    curve = curve_points(config.store.state, meters, day, parse_step(args.step))
     points: list[dict[str, object]] = [{"at": at.isoformat(), "kw": str(kw), "meters": n} for at, kw, n in curve]
 
     def curve_table() -> Iterable[str]:

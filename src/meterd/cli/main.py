@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
         backup,
         decode,
         demo,
+        migrate,
         prepaid,
         probe,
         quality,
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"meterd {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, run, read, probe, decode, readings, quality, simulate, prepaid, analytics, sync, token, backup):
+    for module in (demo, run, migrate, read, probe, decode, readings, quality, simulate, prepaid, analytics, sync, token,
+                   backup):
         module.add_parser(sub)
     return parser
 

@@ -27,6 +27,7 @@ from typing import Any
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json
 from meterd.errors import ConfigError
 from meterd.readings import address_key
+from meterd.storage.database import Location
 
 DEFAULT_DATA_DIR = Path("meterd-data")
 MANUAL_KINDS = {"trip": "trip", "reclose": "reclose", "alarm": "alarm", "alarm-release": "alarm-release",
@@ -125,22 +126,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=ledger_cmd)
 
 
-def _context(args: argparse.Namespace) -> tuple[Path, Any]:
+def _context(args: argparse.Namespace) -> tuple[Location, Any]:
     if getattr(args, "config", None):
         from meterd.config.loader import load_config
 
         config = load_config(args.config)
-        return config.store.data_dir, config
+        return config.store.state, config
     return (Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR), None
 
 
-def _store(args: argparse.Namespace, context: tuple[Path, Any] | None = None):
+def _store(args: argparse.Namespace, context: tuple[Location, Any] | None = None):
     from meterd.control.state import ControlStore
 
-    data_dir, config = context or _context(args)
-    if config is None and not data_dir.exists():
-        raise ConfigError(f"data directory {data_dir} does not exist (use -c site.toml or --data-dir)")
-    store = ControlStore(data_dir)
+    where, config = context or _context(args)
+    if config is None and isinstance(where, Path) and not where.exists():
+        raise ConfigError(f"data directory {where} does not exist (use -c site.toml or --data-dir)")
+    store = ControlStore(where)
     if config is not None and config.prepaid is not None:
         # The config's accounts, as the daemon writes them at start: usable before it first ran.
         store.upsert_accounts(config.prepaid.accounts, actor="config", now=_now())

@@ -17,6 +17,7 @@ from pathlib import Path
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json
 from meterd.clock import CST, local_date
 from meterd.errors import ConfigError
+from meterd.storage.database import Location
 from meterd.storage.quality import DAY, THRESHOLD, QualityReport, QualityRow, QualityStore
 from meterd.storage.sqlite import STATE_FILE
 
@@ -39,11 +40,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_data_dir(args: argparse.Namespace) -> Path:
+def resolve_location(args: argparse.Namespace) -> Location:
+    """The store ``-c`` names (its data directory, or its PostgreSQL database), else ``--data-dir``."""
     if getattr(args, "config", None):
         from meterd.config.loader import load_config
 
-        return load_config(args.config).store.data_dir
+        return load_config(args.config).store.state
     return Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR
 
 
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace, *, clock: Callable[[], datetime] | None = None
     now = (clock or (lambda: datetime.now(UTC)))()
     try:
         day = date.fromisoformat(args.date) if args.date else local_date(now)
-        data_dir = resolve_data_dir(args)
+        where = resolve_location(args)
     except ValueError as exc:
         error(f"--date {args.date!r}: {exc}" if args.date else str(exc))
         return EXIT_BAD_INPUT
@@ -117,10 +119,10 @@ def run(args: argparse.Namespace, *, clock: Callable[[], datetime] | None = None
     if not 0 < args.threshold <= 100:
         error(f"--threshold {args.threshold:g} must be a percentage above 0 and at most 100")
         return EXIT_BAD_INPUT
-    if not (data_dir / STATE_FILE).exists():
-        error(f"no state store in {data_dir} (run the daemon or the demo first, or pass --data-dir)")
+    if isinstance(where, Path) and not (where / STATE_FILE).exists():
+        error(f"no state store in {where} (run the daemon or the demo first, or pass --data-dir)")
         return EXIT_BAD_INPUT
-    with QualityStore(data_dir, threshold=args.threshold / 100) as quality:
+    with QualityStore(where, threshold=args.threshold / 100) as quality:
         if args.recompute:
             quality.rollup(day)
         report = quality.report(day, args.area, now=now)

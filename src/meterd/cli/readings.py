@@ -10,7 +10,9 @@ from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, format_value, pars
 from meterd.config.loader import load_config
 from meterd.errors import ConfigError, ProtocolError
 from meterd.protocols.dlt645.frame import normalize_address
-from meterd.storage.sqlite import SqliteStore
+from meterd.storage import open_store
+from meterd.storage.database import Location
+from meterd.storage.sqlite import READINGS_FILE
 
 DEFAULT_DATA_DIR = Path("meterd-data")
 
@@ -29,9 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_data_dir(args: argparse.Namespace) -> Path:
+def resolve_location(args: argparse.Namespace) -> Location:
+    """The store ``-c`` names (its data directory, or its PostgreSQL database), else ``--data-dir``."""
     if getattr(args, "config", None):
-        return load_config(args.config).store.data_dir
+        return load_config(args.config).store.state
     return Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR
 
 
@@ -41,14 +44,14 @@ def run(args: argparse.Namespace) -> int:
         meter = normalize_address(args.meter)
         since = parse_time(args.since, now) if args.since else None
         until = parse_time(args.until, now) if args.until else None
-        data_dir = resolve_data_dir(args)
+        where = resolve_location(args)
     except (ProtocolError, ValueError, ConfigError) as exc:
         error(str(exc))
         return EXIT_BAD_INPUT
-    if not (data_dir / "readings.sqlite3").exists():
-        error(f"no readings store in {data_dir} (run the daemon or the demo first, or pass --data-dir)")
+    if isinstance(where, Path) and not (where / READINGS_FILE).exists():
+        error(f"no readings store in {where} (run the daemon or the demo first, or pass --data-dir)")
         return EXIT_BAD_INPUT
-    with SqliteStore(data_dir) as store:
+    with open_store(where) as store:
         rows = store.readings(meter, since=since, until=until, quantity=args.quantity, limit=args.limit)
     if args.json:
         print_json([reading_dict(r) for r in rows])

@@ -14,11 +14,13 @@ import signal
 
 from meterd import logthrottle
 from meterd.app import Node, build_node
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error
+from meterd.cli.migrate import migrate, probe, unreachable
+from meterd.clock import utc_now
 from meterd.config.loader import load_config
 from meterd.errors import ConfigError
 from meterd.heap import settle_heap
-from meterd.storage.sqlite import SqliteStore
+from meterd.storage import open_store
 
 log = logging.getLogger("meterd")
 
@@ -83,7 +85,25 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     soft, hard = raise_nofile_limit()
     log.info("open-file limit %s (hard %s)", soft, hard)
-    with SqliteStore(config.store.data_dir) as store:
+    try:
+        # every store's tables brought to this meterd's schema, as meterd migrate does; a database
+        # written by a later meterd stops start-up here, before anything is written
+        probe(config.store.state)
+        migrated = migrate(config.store.state)
+        store = open_store(config.store.state, clock=utc_now)
+    except ConfigError as exc:
+        error(f"{exc}\nnothing was started")
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        if not unreachable(config.store.state, exc):
+            raise
+        error(f"cannot reach the database {config.store.state}: {exc}\nnothing was started")
+        return EXIT_FAILED
+    for v in migrated["versions"]:
+        if v["before"] != v["after"]:
+            log.info("%s: %s tables migrated from schema version %d to %d", migrated["location"], v["store"],
+                     v["before"], v["after"])
+    with store:
         try:
             node = build_node(config, store)
         except ConfigError as exc:  # a secret the config names is not in the environment

@@ -35,7 +35,7 @@ def sync_cmd(args: argparse.Namespace) -> int:
         if config.prepaid is not None and config.prepaid.accounts:
             from meterd.control.state import ControlStore
 
-            with ControlStore(config.store.data_dir) as control:  # as the daemon does at start
+            with ControlStore(config.store.state) as control:  # as the daemon does at start
                 control.upsert_accounts(config.prepaid.accounts, actor="config", now=datetime.now(UTC))
         if args.action == "run":
             if not args.job:
@@ -52,7 +52,7 @@ def sync_cmd(args: argparse.Namespace) -> int:
                 for line in result.detail:
                     print(f"  {line}")
             return EXIT_OK
-        with SyncStore(config.store.data_dir) as store:
+        with SyncStore(config.store.state) as store:
             rows = store.status() if args.action == "status" else store.quarantine(job=args.job, limit=args.limit)
         if args.json:
             print_json(rows)

@@ -36,8 +36,8 @@ def token_cmd(args: argparse.Namespace) -> int:
         error(str(exc))
         return EXIT_BAD_INPUT
     now = datetime.now(UTC)
-    data_dir = config.store.data_dir
-    with TokenStore(data_dir) as tokens, ControlStore(data_dir) as audit:
+    where = config.store.state
+    with TokenStore(where) as tokens, ControlStore(where) as audit:
         if args.action == "list":
             rows = [{"id": t.id, "name": t.name, "role": t.role.value, "created": t.created.isoformat(),
                      "revoked": t.revoked.isoformat() if t.revoked else None} for t in tokens.list()]

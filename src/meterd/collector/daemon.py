@@ -44,6 +44,7 @@ from meterd.protocols.drivers import LinkKind, get_driver
 from meterd.protocols.drivers.base import Reads
 from meterd.readings import Reading
 from meterd.storage.anomalies import AnomalyStore, Finding, Kind, Severity
+from meterd.storage.postgres import PostgresStore
 from meterd.storage.sqlite import Attempt, MeterRecord, SqliteStore
 from meterd.storage.writer import BatchWriter
 from meterd.supervise import Backoff, Pause, describe, log_task_failure, supervise, wait_or_stop
@@ -114,8 +115,8 @@ def secret(env: str, key: str) -> str:
     return value
 
 
-def make_sink(config: Config, store: SqliteStore):
-    """Where readings go: the SQLite store, or InfluxDB (attempts and state stay in SQLite)."""
+def make_sink(config: Config, store: SqliteStore | PostgresStore):
+    """Where readings go: the store, or InfluxDB (attempts and state stay in the store)."""
     influx = config.store.influxdb
     if influx is None:
         return store
@@ -225,7 +226,7 @@ class Daemon:
     def __init__(
         self,
         config: Config,
-        store: SqliteStore,
+        store: SqliteStore | PostgresStore,
         *,
         clock: Clock = utc_now,
         on_round: RoundHook | None = None,
@@ -493,7 +494,7 @@ class Daemon:
 
         def write() -> None:
             if self._anomalies is None:
-                self._anomalies = AnomalyStore(self.config.store.data_dir)
+                self._anomalies = AnomalyStore(self.config.store.state)
             self._anomalies.record(findings, now)
 
         try:

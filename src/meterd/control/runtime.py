@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meterd import secrets
@@ -32,6 +31,7 @@ from meterd.protocols.drivers import get_driver
 from meterd.protocols.relay import Credentials
 from meterd.readings import Reading
 from meterd.storage.anomalies import AnomalyStore, Finding, Kind
+from meterd.storage.database import Location
 from meterd.supervise import supervise
 
 if TYPE_CHECKING:
@@ -82,15 +82,16 @@ RouteLookup = Callable[[str], RelayLink | None]
 
 
 class PrepaidRuntime:
-    def __init__(self, config: PrepaidConfig, *, meters: Sequence[MeterConfig], data_dir: Path,
+    def __init__(self, config: PrepaidConfig, *, meters: Sequence[MeterConfig], where: Location,
                  route: RouteLookup, clock: Clock) -> None:
+        """``where``: the state's location (the data directory, or the PostgreSQL database)."""
         self.config = config
         self.clock = clock
         self._route = route
         needed = any(get_driver(m.protocol).credentials for m in meters)
         # A DL/T 645 site cannot switch a relay without these; say so at start, not at the first trip.
         self.credentials = credentials_from_env(config, required=needed and not config.settings.rules.dry_run)
-        self.store = ControlStore(data_dir)
+        self.store = ControlStore(where)
         for line in self.store.upsert_accounts(config.accounts, actor="config", now=clock()):
             if "not applied" in line:  # an opening balance the config changed after it was applied
                 log.warning("config: %s", line)
@@ -100,7 +101,7 @@ class PrepaidRuntime:
         if pending:
             log.warning("prepaid: %d account(s) pending: charged, but never reminded, alarmed or tripped until "
                         "activated with an opening balance (meterd account activate, or the billing import)", pending)
-        self.anomalies = AnomalyStore(data_dir)
+        self.anomalies = AnomalyStore(where)
         self.engine = PrepaidEngine(self.store, config.settings, config.tariffs, limits=config.power_limits,
                                     capabilities=self.capabilities,
                                     ratings={m.address: m.rating for m in meters},
