@@ -51,6 +51,10 @@ def test_migrate_makes_every_store_and_prints_the_versions(where, tmp_path, run_
     assert doc["backend"] == ("postgresql" if isinstance(where, Database) else "sqlite")
     versions = {v["store"]: (v["before"], v["after"]) for v in doc["versions"]}
     assert versions["control"] == (0, latest)
+    if isinstance(where, Database):  # the readings/archive store and the nodes' lease table version theirs too
+        assert {"readings", "archive", "cluster"} <= set(versions)
+        assert all(before == 0 and after >= 1 for before, after in versions.values())
+        assert "cluster leases" in doc["opened"]
     assert doc["migrated"] is True
     assert {"readings and archive", "control", "quality", "sync", "tokens", "anomalies", "outages"} <= set(doc["opened"])
     tables = {r[0] for r in sql(where, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"

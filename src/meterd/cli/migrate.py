@@ -37,8 +37,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 Opener = Callable[[Location], Any]  # opens a store (which migrates it); the result has close()
 
 
-def stores() -> list[tuple[str, Opener]]:
-    """Every store a node opens, in the order a node opens them: (name, opener)."""
+def stores(where: Location | None = None) -> list[tuple[str, Opener]]:
+    """Every store a node opens at ``where``: (name, opener).  The readings/archive store comes
+    first (it checks its own versions when opened: if it refuses, nothing else is touched); on
+    PostgreSQL the collector nodes' lease table last."""
     from meterd.analytics.energy import DailyRegisterStore, LossHistory
     from meterd.analytics.outages import OutageStore
     from meterd.api.tokens import TokenStore
@@ -50,14 +52,35 @@ def stores() -> list[tuple[str, Opener]]:
 
     return [("readings and archive", open_store), ("control", ControlStore), ("quality", QualityStore),
             ("anomalies", AnomalyStore), ("daily registers", DailyRegisterStore), ("line-loss history", LossHistory),
-            ("outages", OutageStore), ("sync", SyncStore), ("tokens", TokenStore)]
+            ("outages", OutageStore), ("sync", SyncStore), ("tokens", TokenStore),
+            *([("cluster leases", _lease_tables)] if as_database(where) is not None else [])]
+
+
+class _Closed:
+    def close(self) -> None:
+        pass
+
+
+def _lease_tables(where: Location) -> _Closed:
+    """The collector nodes' lease and node tables (:mod:`meterd.cluster.leases`), made or migrated."""
+    from meterd.cluster.leases import LeaseBook
+
+    db = as_database(where)
+    assert db is not None
+    book = LeaseBook(db, "meterd-migrate", lease_time=30.0)
+    try:
+        book.migrate()
+    finally:
+        book.close()
+    return _Closed()
 
 
 def known_versions() -> dict[str, int]:
     """The schema version this meterd brings each versioned state store to (``STORE`` -> latest)."""
+    from meterd.cluster import leases
     from meterd.storage.statedb import StateDatabase
 
-    out: dict[str, int] = {}
+    out: dict[str, int] = {leases.STORE: len(leases.MIGRATIONS)}
     pending: list[type[StateDatabase]] = [StateDatabase]
     while pending:
         cls = pending.pop()
@@ -99,7 +122,7 @@ def schema_versions(where: Location) -> dict[str, int]:
 def migrate(where: Location, openers: list[tuple[str, Opener]] | None = None) -> dict[str, Any]:
     """Open every store at ``where`` (migrating it); what was there before and after.  Raises
     :class:`NewerSchemaError` for a state store newer than this meterd, before writing anything."""
-    openers = stores() if openers is None else openers
+    openers = stores(where) if openers is None else openers
     before = schema_versions(where)
     newer = [f"state database {where}: the {name} tables are at schema version {before[name]}, newer than this "
              f"meterd knows ({latest}): upgrade meterd" for name, latest in sorted(known_versions().items())
