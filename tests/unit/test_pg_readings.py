@@ -130,17 +130,6 @@ def test_a_partition_someone_else_made_is_used(db: Database, store: PostgresStor
     assert sql(db, "SELECT COUNT(*) FROM readings_20240304") == [(1,)]
 
 
-def test_a_session_that_lost_its_staging_table_gets_it_again(db: Database, store: PostgresStore) -> None:
-    store.write_readings([r(NOW)])
-    pool = db.pool()
-    with pool.connection() as a, pool.connection() as b:  # every connection of the pool (max 2)
-        for conn in (a, b):
-            conn.execute("DROP TABLE IF EXISTS pg_temp.readings_in")
-    store.write_readings([r(NOW + timedelta(minutes=1))])
-    store.write_readings([r(NOW + timedelta(minutes=2))])
-    assert store.count_readings() == 3
-
-
 # --- retention -----------------------------------------------------------------------------------
 
 

@@ -20,14 +20,20 @@ Layout::
 same order of quantities within one timestamp, and cheaper comparisons in the key's B-tree.
 
 Writing a batch.  Rows are encoded as SQLite's are (``value`` TEXT with its ``kind``), reduced to
-one per key (the later wins, as with SQLite's ``INSERT OR REPLACE``), sorted by key (two nodes
-writing overlapping batches lock rows in one order: no deadlock), copied (``COPY``) into a temporary
-staging table of the session and upserted from it with one ``INSERT ... SELECT ... ON CONFLICT DO
-UPDATE``, in one transaction.  Measured for batches of 500-2,000 rows on loopback
-(benchmarks/bench_store.py): COPY + upsert ≈ 1-2 µs of client CPU per row, ``unnest`` of seven
-arrays ≈ 5 µs, a multi-row ``VALUES`` ≈ 19 µs, ``executemany`` ≈ 11 µs; the staging table is
-created once per pooled session (``ON COMMIT DELETE ROWS``: empty at the start of every
-transaction) instead of once per batch, which would churn the system catalogues.
+one per key (the later wins, as with SQLite's ``INSERT OR REPLACE``; one upsert statement may not
+touch a row twice), sorted by key (two nodes writing overlapping batches lock rows in one order:
+no deadlock), and sent as seven column arrays, in binary, to one ``INSERT ... SELECT * FROM
+unnest(...) ON CONFLICT DO UPDATE``: one statement, so atomic without BEGIN/COMMIT, and one round
+trip.  Round trips count: the writer runs in a worker thread, and every wait on the server gives
+the GIL to the busy event loop, which may keep it for a switch interval (5 ms).  Measured with
+benchmarks/bench_store.py (``--paths``; 500 and 2,000 rows, loopback, two shared cores): unnest ≈
+2 µs of client CPU per row and the most rows/s; one JSON array parameter ≈ 1 µs of client CPU but
+about a quarter fewer rows/s (the server parses it: the dear side when many nodes share one
+server); COPY into a staging table + an upsert from it ≈ 1.5 µs, but five round trips, and about
+twice as slow per batch as unnest while another thread holds the GIL; a multi-row ``VALUES`` ≈
+20 µs, ``executemany`` ≈ 11 µs.  A text value with a NUL character (SQLite's text holds one,
+PostgreSQL's cannot) is stored as JSON under the kind :data:`NUL_KIND` and reads back the same;
+a NUL in a meter, quantity or unit is refused with a ValueError naming the reading.
 
 Partitions.  Before a batch is written, the partitions of its UTC days are created if they do
 not exist yet, in a transaction of their own under an advisory lock (two nodes that need the same
@@ -68,7 +74,6 @@ import json
 import logging
 import re
 import threading
-import weakref
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -156,12 +161,10 @@ _ARCHIVE_MIGRATIONS: Final = (
 )
 
 _COLUMNS: Final = "meter, quantity, ts, value, kind, unit, quality"
-_STAGING: Final = (
-    "CREATE TEMP TABLE IF NOT EXISTS readings_in (meter TEXT, quantity TEXT, ts BIGINT, value TEXT, kind TEXT,"
-    " unit TEXT, quality TEXT) ON COMMIT DELETE ROWS"
-)
+# A batch is seven arrays, one per column, sent in binary in one statement: no parsing on either side.
 _UPSERT: Final = (
-    f"INSERT INTO readings ({_COLUMNS}) SELECT {_COLUMNS} FROM readings_in"
+    f"INSERT INTO readings ({_COLUMNS})"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[])"
     " ON CONFLICT (meter, quantity, ts) DO UPDATE SET value = excluded.value, kind = excluded.kind,"
     " unit = excluded.unit, quality = excluded.quality"
 )
@@ -274,7 +277,6 @@ class PostgresStore:
         self._pool = db.pool()
         self._days: set[int] = set()  # days known to have a partition
         self._days_lock = threading.Lock()
-        self._staged: weakref.WeakSet[Any] = weakref.WeakSet()  # sessions that have the staging table
         self._warned: datetime | None = None  # when readings outside the window were last logged
         self._outside = 0  # such readings since then
         with self._pool.connection() as conn:
@@ -360,15 +362,13 @@ class PostgresStore:
                 row = (*row[:3], json.dumps(row[3]), NUL_KIND, *row[5:])
             unique[_ROW_KEY(row)] = row  # one row per key, the later wins
         batch = sorted(unique.values(), key=_ROW_KEY)
+        columns = [list(column) for column in zip(*batch, strict=True)]
         self._make_partitions(batch)
         import psycopg
 
         with self._pool.connection() as conn:
             try:
-                self._upsert(conn, batch)
-            except psycopg.errors.UndefinedTable:
-                self._staged.discard(conn)  # the session lost its staging table (DISCARD ALL?): once more
-                self._upsert(conn, batch)
+                conn.execute(_UPSERT, columns)  # one statement: atomic without BEGIN/COMMIT
             except psycopg.DataError as exc:
                 for row in batch:
                     if any("\x00" in text for text in row[:2] + row[5:]):
@@ -376,16 +376,6 @@ class PostgresStore:
                                          "or unit: PostgreSQL text cannot hold it") from exc
                 raise
         return len(rows)
-
-    def _upsert(self, conn: psycopg.Connection[Any], batch: list[_Row]) -> None:
-        if conn not in self._staged:
-            conn.execute(_STAGING)  # outside the transaction: a rollback must not take it away
-            self._staged.add(conn)
-        with conn.transaction(), conn.cursor() as cur:
-            with cur.copy("COPY readings_in FROM STDIN") as copy:
-                for row in batch:
-                    copy.write_row(row)
-            cur.execute(_UPSERT)
 
     def _window(self) -> tuple[int, int]:
         """The first and the last day this store makes partitions for."""
