@@ -16,7 +16,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from meterd.errors import ConfigError
+from meterd.errors import ConfigError, StorageError
 from meterd.readings import Reading
 from meterd.storage import Attempt, PostgresStore
 from meterd.storage.database import WRITE_LOCK, Database
@@ -130,7 +130,45 @@ def test_a_partition_someone_else_made_is_used(db: Database, store: PostgresStor
     assert sql(db, "SELECT COUNT(*) FROM readings_20240304") == [(1,)]
 
 
+def test_a_long_query_does_not_hold_up_the_writer(db: Database) -> None:
+    """A report holding the table while a new day's partition is due: the batch goes to
+    readings_outside after the lock timeout instead of waiting (and making every query after it
+    wait); the partition is made on a later try and the rows move in."""
+    now = [NOW]
+    with PostgresStore(db, clock=lambda: now[0], lock_timeout=timedelta(milliseconds=200)) as s:
+        s.write_readings([r(NOW)])
+        with psycopg.connect(db.url, autocommit=True) as report, report.transaction():
+            report.execute("SELECT COUNT(*) FROM readings")  # holds every partition until it ends
+            started = time.monotonic()
+            writer = threading.Thread(target=lambda: (s.write_readings([r(NOW + timedelta(days=1))]),
+                                                      # the next batch does not try again
+                                                      s.write_readings([r(NOW + timedelta(days=1, minutes=1))])))
+            writer.start()
+            writer.join(5)
+            took = time.monotonic() - started
+            stuck = writer.is_alive()
+        writer.join()
+        assert not stuck and took < 2.0  # one lock timeout (0.2 s), not two, not the report's length
+        assert (day_partitions(db), outside(db)) == (["readings_20240305"], 2)
+        now[0] += timedelta(seconds=31)
+        s.write_readings([r(NOW + timedelta(days=1, minutes=2))])
+        assert (day_partitions(db), outside(db)) == (["readings_20240305", "readings_20240306"], 0)
+        assert s.count_readings() == 4
+
+
 # --- retention -----------------------------------------------------------------------------------
+
+
+def test_retention_behind_a_long_query_gives_up_and_drops_nothing(db: Database) -> None:
+    with PostgresStore(db, clock=clock, lock_timeout=timedelta(milliseconds=200)) as s:
+        s.write_readings([r(datetime(2024, 3, d, tzinfo=UTC)) for d in (1, 2, 3)])
+        with psycopg.connect(db.url, autocommit=True) as report, report.transaction():
+            report.execute("SELECT COUNT(*) FROM readings")
+            with pytest.raises(StorageError, match="readings before 2024-03-03 not dropped"):
+                s.drop_readings_before(date(2024, 3, 3))
+        assert s.count_readings() == 3
+        s.drop_readings_before(date(2024, 3, 3))
+        assert s.count_readings() == 1
 
 
 def test_retention_drops_older_partitions_and_keeps_newer_readings(db: Database, store: PostgresStore) -> None:

@@ -42,6 +42,13 @@ neither readers nor writers of the other days, ``CREATE TABLE ... PARTITION OF``
 whole table).  Days this store knows to exist are remembered, so a batch of an existing day costs
 no query.
 
+Locks.  Attaching a partition takes an exclusive lock on ``readings_outside``, dropping one an
+exclusive lock on ``readings``: each waits for the queries running on the table, and the queries
+after it queue behind it.  So partition DDL gives up after ``lock_timeout`` (2 s): a batch whose
+day's partition could not be made goes to ``readings_outside`` (moved into the partition when it
+is made, :data:`DDL_RETRY` later at the soonest), and retention raises :class:`StorageError`
+with nothing dropped.  Nobody waits behind a long report for long.
+
 Absurd timestamps.  A partition is made only for days from :data:`EARLIEST` up to
 ``future_days`` (default 2) after the store's clock.  Year 9999 from a terminal whose clock is
 wrong, 1970 from a meter that lost its clock, a load-curve record dated next month: such
@@ -81,7 +88,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
 from meterd.clock import Clock, utc_now
-from meterd.errors import ConfigError
+from meterd.errors import ConfigError, StorageError
 from meterd.readings import Quality, Reading
 from meterd.storage.database import WRITE_LOCK, Database
 from meterd.storage.sqlite import (
@@ -111,6 +118,10 @@ OUTSIDE: Final = "readings_outside"
 #: hold NUL; SQLite's can): it reads back as the same ``str``.
 NUL_KIND: Final = "str-json"
 WARN_EVERY: Final = timedelta(minutes=1)
+#: How long partition DDL waits for the table locks it needs before giving up (see "Locks" above),
+#: and how long a store then leaves it before trying again.
+DDL_LOCK_TIMEOUT: Final = timedelta(seconds=2)
+DDL_RETRY: Final = timedelta(seconds=30)
 
 _PARTITION: Final = re.compile(r"readings_(\d{8})")
 _PARTITION_LOCK: Final = "readings partitions"  # advisory lock (WRITE_LOCK, hashtext(this)) for partition DDL
@@ -270,10 +281,13 @@ class PostgresStore:
     (:data:`EARLIEST` .. today + ``future_days``); readings outside it go to ``readings_outside``.
     """
 
-    def __init__(self, db: Database, *, clock: Clock = utc_now, future_days: int = FUTURE_DAYS) -> None:
+    def __init__(self, db: Database, *, clock: Clock = utc_now, future_days: int = FUTURE_DAYS,
+                 lock_timeout: timedelta = DDL_LOCK_TIMEOUT) -> None:
         self.database = db
         self.clock = clock
         self.future_days = future_days
+        self.lock_timeout = lock_timeout
+        self._ddl_after: datetime | None = None  # partition DDL gave up on a busy table: not before then
         self._pool = db.pool()
         self._days: set[int] = set()  # days known to have a partition
         self._days_lock = threading.Lock()
@@ -392,8 +406,22 @@ class PostgresStore:
         inside = {d for d in missing if first <= d <= last}
         if len(inside) < len(missing):
             self._note_outside([row for row in batch if not first <= row[2] // DAY_MS <= last], first, last)
-        if inside:
+        if not inside:
+            return
+        import psycopg
+
+        now = self.clock()
+        if self._ddl_after is not None and now < self._ddl_after:
+            return  # the batch's rows of those days wait in readings_outside
+        try:
             self.ensure_partitions(inside)
+        except psycopg.errors.LockNotAvailable:
+            self._ddl_after = now + DDL_RETRY
+            log.warning("readings partition(s) %s not made: a long query holds the table; the readings of "
+                        "those days go to %s until a try %d s from now succeeds",
+                        ", ".join(partition_name(d) for d in sorted(inside)), OUTSIDE, DDL_RETRY.total_seconds())
+            return
+        self._ddl_after = None
 
     def ensure_partitions(self, days: Iterable[int]) -> None:
         """Create the partitions of ``days`` (day numbers, :func:`day_number`) that do not exist,
@@ -406,6 +434,7 @@ class PostgresStore:
             try:
                 with self._pool.connection() as conn, conn.transaction():
                     _lock(conn, _PARTITION_LOCK)
+                    self._limit_lock_waits(conn)
                     existing = _partitions(conn)
                     for day in sorted(wanted - existing.keys()):
                         self._create_partition(conn, day)
@@ -447,16 +476,30 @@ class PostgresStore:
                     EPOCH_DAY + timedelta(days=first), EPOCH_DAY + timedelta(days=last), OUTSIDE, named,
                     quantity, from_ms(ts).isoformat())
 
+    def _limit_lock_waits(self, conn: psycopg.Connection[Any]) -> None:
+        ms = max(1, int(self.lock_timeout.total_seconds() * 1000))
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{ms}ms",))  # this transaction only
+
     def drop_readings_before(self, day: date) -> None:
-        """Retention: forget every reading before ``day`` (00:00 UTC), a whole partition at a time."""
+        """Retention: forget every reading before ``day`` (00:00 UTC), a whole partition at a time.
+
+        Raises :class:`~meterd.errors.StorageError` (nothing dropped) when a long query holds the
+        table past the store's ``lock_timeout``; try again later."""
+        import psycopg
+
         self._check_open()
         cut = day_number(day)
-        with self._pool.connection() as conn, conn.transaction():
-            _lock(conn, _PARTITION_LOCK)
-            old = {d: name for d, name in _partitions(conn).items() if d < cut}
-            for name in old.values():
-                conn.execute(f"DROP TABLE {name}")
-            conn.execute(f"DELETE FROM {OUTSIDE} WHERE ts < %s", (cut * DAY_MS,))
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                _lock(conn, _PARTITION_LOCK)
+                self._limit_lock_waits(conn)
+                old = {d: name for d, name in _partitions(conn).items() if d < cut}
+                for name in old.values():
+                    conn.execute(f"DROP TABLE {name}")
+                conn.execute(f"DELETE FROM {OUTSIDE} WHERE ts < %s", (cut * DAY_MS,))
+        except psycopg.errors.LockNotAvailable as exc:
+            raise StorageError(f"readings before {day} not dropped: a long query holds the readings table in "
+                               f"{self.database}; nothing was dropped, try again later") from exc
         with self._days_lock:
             self._days.difference_update(old)
         if old:
