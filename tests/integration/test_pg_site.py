@@ -1,0 +1,305 @@
+"""A whole site on PostgreSQL, driven through the real ``meterd`` command as an operator would.
+
+The config names ``[store] database`` (a fresh database of the tests' own server) with its
+password in the environment; ``meterd migrate`` makes every store; accounts, payments,
+adjustments, manual commands, API tokens and a billing import go in through the CLI; ``meterd run``
+polls a simulated DL/T 645 bus (a ``meterd simulate`` process) and serves the API, which answers
+with the token made earlier; the readings come back through ``meterd readings`` and the reports
+through ``meterd quality`` / ``lineloss`` / ``stats``.  Everything is then found in PostgreSQL,
+and not one SQLite file exists: the data directory holds only what is files by nature (the
+billing drop folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import subprocess
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import free_port
+from meterd.clock import CST
+from meterd.readings import Reading
+from meterd.storage.database import Database
+
+A1, A2 = "000000000001", "000000000002"
+
+
+def site_toml(pg_url: str, bus_port: int, api_port: int) -> str:
+    return f"""
+[store]
+data_dir = "data"
+database = "{pg_url}"
+password_env = "METERD_DB_PASSWORD"
+pool_size = 4
+flush_interval = "200ms"
+
+[channels.bus1]
+tcp = {{ host = "127.0.0.1", port = {bus_port} }}
+response_timeout = "1s"
+inter_byte_timeout = "200ms"
+
+[[meters]]
+address = "{A1}"
+channel = "bus1"
+
+[[meters]]
+address = "{A2}"
+channel = "bus1"
+
+[[polls]]
+name = "rt"
+interval = 1
+quantities = ["energy.active.import.total", "voltage.a", "power.active.total"]
+
+[prepaid]
+dry_run = true
+check_every = "1s"
+thresholds = {{ reminder = "50", alarm = "20", trip = "0", reclose = "10" }}
+
+[[prepaid.tariffs]]
+name = "res"
+[[prepaid.tariffs.versions]]
+effective = 2020-01-01
+kind = "flat"
+price = "0.50"
+
+[[prepaid.accounts]]
+account = "A1"
+customer = "Zhang"
+area = "TA1"
+tariff = "res"
+meters = ["{A1}"]
+
+[[prepaid.accounts]]
+account = "A2"
+customer = "Li"
+area = "TA1"
+tariff = "res"
+meters = ["{A2}"]
+
+[[topology.units]]
+name = "TA1"
+
+[[topology.points]]
+meter = "{A2}"
+unit = "TA1"
+role = "supply"
+
+[[topology.points]]
+meter = "{A1}"
+unit = "TA1"
+role = "sales"
+industry = "residential"
+
+[[sync.jobs]]
+name = "payments"
+kind = "import_payments"
+folder = "billing/payments"
+
+[api]
+host = "127.0.0.1"
+port = {api_port}
+"""
+
+
+def psql(url: str, statement: str) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(statement).fetchall()
+
+
+def sqlite_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.suffix in (".sqlite3", ".sqlite3-wal", ".sqlite3-shm", ".db")]
+
+
+def first_line(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            proc.kill()
+            raise AssertionError(f"no document from meterd simulate within {timeout} s: {proc.communicate()[1]}")
+    return proc.stdout.readline()
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err
+
+
+def api_get(port: int, path: str, token: str) -> Any:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+@pytest.fixture
+def simulator(meterd_bin: str, tmp_path: Path):
+    """One simulated DL/T 645 TCP bus with two meters (a ``meterd simulate`` process)."""
+    proc = subprocess.Popen([meterd_bin, "--log-level", "WARNING", "simulate", "--tcp-buses", "1", "--pty", "0",
+                             "--meters-per-bus", "2", "--speed", "600", "--json", "--duration", "300"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        doc = json.loads(first_line(proc))
+        (bus,) = doc["buses"]
+        assert bus["meters"] == [A1, A2]
+        yield bus["port"]
+    finally:
+        stop(proc)
+
+
+def test_a_whole_site_on_postgresql_through_the_cli(pg_url, simulator, tmp_path, run_meterd, meterd_bin,
+                                                    monkeypatch):
+    monkeypatch.setenv("METERD_DB_PASSWORD", "not-asked-by-a-trust-server")  # the config names it: must be set
+    api_port = free_port()
+    (tmp_path / "site.toml").write_text(site_toml(pg_url, simulator, api_port))
+
+    def meterd(*args: str, ok: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        result = run_meterd(*args, "-c", "site.toml", timeout=timeout)
+        if ok:
+            assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result
+
+    def meterd_json(*args: str) -> Any:
+        return json.loads(meterd(*args, "--json").stdout)
+
+    # -- the schema ----------------------------------------------------------------------------
+    migrated = meterd_json("migrate")
+    assert migrated["backend"] == "postgresql" and migrated["location"] == pg_url
+    assert {v["store"] for v in migrated["versions"]} >= {"control", "readings", "archive"}
+    assert meterd_json("migrate")["migrated"] is False
+
+    # -- accounts and money --------------------------------------------------------------------
+    accounts = {a["account"]: a for a in meterd_json("account", "list")}
+    assert set(accounts) == {"A1", "A2"} and {a["state"] for a in accounts.values()} == {"pending"}
+    meterd("account", "activate", "A1", "--opening-balance", "50.00", "--ref", "MIG-A1", "--operator", "li")
+    meterd("account", "activate", "A2", "--opening-balance", "5.00", "--ref", "MIG-A2", "--operator", "li")
+    assert "balance 150.00" in meterd("pay", "A1", "100", "--ref", "P-1").stdout
+    again = meterd("pay", "A1", "100", "--ref", "P-1")
+    assert "not applied" in again.stdout  # one ledger key, one payment: in PostgreSQL as in SQLite
+    assert "balance 149.50" in meterd("adjust", "A1", "-0.50", "--ref", "ADJ-1", "--reason", "meter test",
+                                      "--operator", "li").stdout
+    ledger = meterd_json("ledger", "A1")
+    assert ledger["balance"] == "149.50"
+    assert [e["kind"] for e in ledger["entries"]] == ["opening", "payment", "adjustment"]
+
+    # -- a manual command, queued and cancelled --------------------------------------------------
+    queued = meterd_json("trip", A2, "--reason", "tamper found", "--operator", "li")
+    meterd("cancel", str(queued["id"]), "--reason", "customer called", "--operator", "li")
+    assert [c["state"] for c in meterd_json("commands")] == ["cancelled"]
+
+    # -- API tokens ----------------------------------------------------------------------------
+    token = meterd_json("token", "create", "grafana", "--role", "viewer")
+    assert [t["id"] for t in meterd_json("token", "list")] == [token["id"]]
+
+    # -- a billing import from the drop folder ---------------------------------------------------
+    inbox = tmp_path / "billing" / "payments" / "inbox"
+    inbox.mkdir(parents=True)
+    (inbox / "pay.csv").write_text("payment_id,account,amount,paid_at,channel\n"
+                                   "B-1,A2,20.00,2026-11-20 10:00:00,counter\nB-2,A9,1,2026-11-20,counter\n")
+    run = meterd_json("sync", "run", "payments")
+    assert (run["applied"], run["quarantined"]) == (1, 1)
+    (status,) = meterd_json("sync", "status")
+    assert status["last_status"] == "ok" and status["quarantined_total"] == 1
+    assert [q["reason"] for q in meterd_json("sync", "quarantine")] == ["unknown account A9"]
+    assert meterd_json("account", "show", "A2")["balance"] == "25.00"
+
+    # -- the daemon: polls the simulated bus, charges, serves the API ----------------------------
+    daemon = subprocess.Popen([meterd_bin, "run", "-c", "site.toml", "--duration", "12"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        seen: list[Any] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not seen:
+            time.sleep(0.5)
+            try:
+                seen = api_get(api_port, f"/api/v1/meters/{A1}/readings", token["token"])
+            except OSError:
+                continue  # not listening yet
+        assert seen, "the API served no readings of the polled meter"
+        account = api_get(api_port, "/api/v1/accounts/A1", token["token"])
+        assert account["account"] == "A1"
+        err = daemon.communicate(timeout=60)[1]
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
+    assert daemon.returncode == 0, err
+    assert not [line for line in err.splitlines() if " ERROR   meterd" in line], err
+
+    readings = meterd_json("readings", "--meter", A1)
+    quantities = {r["quantity"] for r in readings}
+    assert {"energy.active.import.total", "voltage.a"} <= quantities
+    energy = [Decimal(r["value"]) for r in readings if r["quantity"] == "energy.active.import.total"]
+    assert len(energy) >= 3 and energy == sorted(energy)  # a register read round after round, never back
+    quality = meterd_json("quality")
+    assert quality["total"]["attempts"] > 0 and quality["total"]["ok"] > 0
+    assert meterd("anomalies").returncode == 0 and meterd("outages").returncode == 0
+
+    # charging passes ran on the polled registers: the ledger in PostgreSQL has the charges
+    ledger = meterd_json("ledger", "A1")
+    assert "charge" in {e["kind"] for e in ledger["entries"]}, ledger["entries"]
+    assert Decimal(ledger["balance"]) < Decimal("149.50")
+
+    # -- where it all is ------------------------------------------------------------------------
+    counts = {table: psql(pg_url, f"SELECT COUNT(*) FROM {table}")[0][0]  # noqa: S608 -- constant names
+              for table in ("accounts", "ledger", "commands", "audit", "api_tokens", "sync_jobs", "sync_files",
+                            "sync_quarantine", "meters", "readings", "attempts")}
+    assert all(n > 0 for n in counts.values()), counts
+    assert psql(pg_url, "SELECT COUNT(*) FROM readings WHERE meter = '000000000001'")[0][0] >= len(readings)
+    assert sqlite_files(tmp_path) == []
+    assert not (tmp_path / "data" / "state.sqlite3").exists()
+    assert not (tmp_path / "data" / "readings.sqlite3").exists()
+
+
+def test_reports_read_the_postgresql_site(pg_url, tmp_path, run_meterd, monkeypatch):
+    """lineloss, stats energy and the load curve through the CLI, from registers and readings that
+    are only in PostgreSQL."""
+    from meterd.analytics.energy import IMPORT_DAILY, DailyRegisterStore
+    from meterd.storage import open_store
+
+    monkeypatch.setenv("METERD_DB_PASSWORD", "unused")
+    (tmp_path / "site.toml").write_text(site_toml(pg_url, 9, free_port()))
+    day = datetime(2026, 11, 20, tzinfo=CST)
+    db = Database(pg_url, pool_size=2)
+
+    def frozen(meter: str, offset: int, kwh: str) -> Reading:
+        return Reading(meter, IMPORT_DAILY, (day + timedelta(days=offset)).astimezone(UTC), Decimal(kwh), "kWh")
+
+    with DailyRegisterStore(db) as registers:
+        registers.record([frozen(A2, 0, "1000"), frozen(A2, 1, "1100"), frozen(A1, 0, "500"), frozen(A1, 1, "590")])
+    with open_store(db) as store:
+        store.write_readings([Reading(A1, "power.active.total", (day + timedelta(minutes=5 + 15 * k)).astimezone(UTC),
+                                      Decimal("2.5"), "kW") for k in range(4)])
+
+    loss = run_meterd("lineloss", "--period", "2026-11-20", "-c", "site.toml", "--json")
+    assert loss.returncode == 0, loss.stderr
+    (ta1,) = json.loads(loss.stdout)
+    assert (ta1["unit"], Decimal(ta1["supply"]), Decimal(ta1["sales"]), Decimal(ta1["loss"])) == (
+        "TA1", Decimal(100), Decimal(90), Decimal(10))
+    energy = run_meterd("stats", "energy", "--by", "industry", "--period", "2026-11-20", "-c", "site.toml", "--json")
+    assert energy.returncode == 0, energy.stderr
+    assert {r["industry"]: r["kwh"] for r in json.loads(energy.stdout)} == {"residential": "90"}
+    curve = run_meterd("stats", "curve", "--meter", A1, "--period", "2026-11-20", "--step", "15m", "-c", "site.toml",
+                       "--json")
+    assert curve.returncode == 0, curve.stderr
+    assert [(c["kw"], c["meters"]) for c in json.loads(curve.stdout)[:4]] == [("2.5", 1)] * 4
+    assert sqlite_files(tmp_path) == []
