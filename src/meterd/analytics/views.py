@@ -1,5 +1,5 @@
 """The report queries behind ``meterd lineloss`` / ``meterd stats`` and the HTTP API: one place
-that turns a config, a period and the stores of its data directory into line-loss reports, energy
+that turns a config, a period and the stores of its location (``[store]``) into line-loss reports, energy
 rows and load curves, so the CLI and the API cannot disagree.
 
 Periods: ``2026-11-22`` (a day), ``2026-11`` (a month), ``2026-Q4`` (a quarter),
