@@ -67,9 +67,14 @@ def pg_server():
 
 
 @pytest.fixture
-def pg_url(pg_server) -> str:
-    """A fresh, empty PostgreSQL database of this test's own."""
-    return pg_server.new_database()
+def pg_url(pg_server):
+    """A fresh, empty PostgreSQL database of this test's own.  The pools the test opened are closed
+    after it: each keeps connections open, and a run's hundreds of databases would exhaust the
+    server's max_connections ("too many clients")."""
+    yield pg_server.new_database()
+    from meterd.storage.database import close_pools
+
+    close_pools()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -66,12 +67,13 @@ def _readings(n: int) -> list[Reading]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def two_places(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Location, Location]:
+def two_places(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Location, Location]]:
     """Two empty stores' locations of one backend."""
     if request.param == "sqlite":
-        return tmp_path / "batched", tmp_path / "single"
-    server = request.getfixturevalue("pg_server")
-    return Database(server.new_database()), Database(server.new_database())
+        yield tmp_path / "batched", tmp_path / "single"
+        return
+    url = request.getfixturevalue("pg_url")  # its teardown closes the pools of both
+    yield Database(url), Database(request.getfixturevalue("pg_server").new_database())
 
 
 @pytest.mark.parametrize("total", [1, 257, 2100])
