@@ -8,6 +8,13 @@ transaction) and the policy (views, decisions, control states, queued commands).
 accounts are set up to cross a threshold so commands are queued too.  Target: < 5 s for 100,000.
 
     python benchmarks/bench_prepaid.py [--accounts 100000]
+    python benchmarks/bench_prepaid.py --postgres            # a temporary PostgreSQL of its own
+    python benchmarks/bench_prepaid.py --database postgresql://user@host/emptydb
+
+The state lives in a temporary SQLite file by default.  ``--postgres`` starts a PostgreSQL server
+of its own (tests/pgserver.py: initdb on a free port in a temporary directory, fsync off) and
+removes it afterwards; ``--database`` uses an existing, empty database (refused if it holds
+accounts) and leaves the tables behind.
 
 Prints numbers; it is not a pass/fail test.  Time is fixed (no clock reads in the data).
 """
@@ -15,11 +22,16 @@ Prints numbers; it is not a pass/fail test.  Time is fixed (no clock reads in th
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import resource
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 from meterd.control.engine import PrepaidEngine, PrepaidSettings
 from meterd.control.model import TOU_RATES, EntryKind, LedgerEntry, Rate
@@ -27,6 +39,7 @@ from meterd.control.policy import SafetyRules, Threshold, Thresholds
 from meterd.control.state import AccountSpec, ControlStore
 from meterd.control.tariff import Tariff, TariffKind, TariffVersion, Tier
 from meterd.readings import Reading
+from meterd.storage.database import Database, Location, close_pools
 
 DAY0 = datetime(2026, 11, 22, 16, 10, tzinfo=timezone.utc)  # 00:10 CST: the daily frozen round
 DAY1 = DAY0 + timedelta(days=1)
@@ -58,14 +71,46 @@ def readings(n: int, at: datetime, day: int) -> list[Reading]:
     return out
 
 
+@contextlib.contextmanager
+def location(args: argparse.Namespace) -> Iterator[tuple[Location, str]]:
+    """Where the state lives for the run, and how to name it."""
+    if args.database:
+        db = Database(args.database)
+        with ControlStore(db) as probe:
+            if probe.accounts(limit=1):
+                sys.exit(f"{db}: the database holds accounts already; give the benchmark an empty one")
+        yield db, f"PostgreSQL {db}"
+        close_pools()
+        return
+    if args.postgres:
+        path = Path(__file__).resolve().parent.parent / "tests" / "pgserver.py"
+        spec = importlib.util.spec_from_file_location("pgserver", path)
+        assert spec is not None and spec.loader is not None
+        pgserver = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(pgserver)
+        server = pgserver.PgServer()
+        try:
+            yield Database(server.new_database("bench")), f"PostgreSQL (temporary server, port {server.port})"
+        finally:
+            close_pools()
+            server.close()
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-prepaid-") as tmp:
+        yield Path(tmp), "SQLite (temporary file)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--accounts", type=int, default=100_000)
+    where_group = parser.add_mutually_exclusive_group()
+    where_group.add_argument("--postgres", action="store_true",
+                             help="start a temporary PostgreSQL server (tests/pgserver.py) and run on it")
+    where_group.add_argument("--database", metavar="URL", help="an existing, empty PostgreSQL database")
     args = parser.parse_args()
     n = args.accounts
     kinds = ("flat", "tiered", "tou")
-    with tempfile.TemporaryDirectory(prefix="bench-prepaid-") as tmp:
-        store = ControlStore(tmp)
+    with location(args) as (where, backend):
+        store = ControlStore(where)
         t = time.perf_counter()
         store.upsert_accounts([AccountSpec(f"A{i:07d}", kinds[i % 3], {meter(i): Decimal(1)}, area=f"TA{i % 1000:04d}",
                                            opening_balance=Decimal(0))  # active: the policy acts on them
@@ -94,6 +139,7 @@ def main() -> None:
         problems = store.verify_balances()
         store.close()
     print(f"prepaid pass for {n:,} accounts after one daily round ({len(round_readings):,} register readings)")
+    print(f"  state: {backend}")
     print(f"  setup (accounts, payments, yesterday's pass): {setup:.1f} s")
     print("  (CPU: all threads of the process; the charging pass writes from a thread of its own and")
     print("   checkpoints the WAL from another, so CPU may exceed the elapsed time)")

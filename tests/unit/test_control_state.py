@@ -203,6 +203,33 @@ def test_same_command_is_not_queued_twice_and_an_opposite_one_supersedes(store):
     assert "superseded" in store.commands(state="cancelled")[0].detail
 
 
+def test_requests_in_one_batch_are_queued_as_if_one_by_one(store):
+    """The rules apply within one call too (on PostgreSQL the batch is planned in memory and written
+    at once): a duplicate is skipped, a later opposite request supersedes the command queued
+    earlier in the same batch, a sent command is in the way like a queued one, dry runs never are."""
+    [sent] = store.queue_commands([_req(CommandKind.ALARM, M2)], now=T0, ttl=timedelta(hours=1))
+    store.mark_sent(sent.id, now=T0)
+    queued = store.queue_commands([_req(CommandKind.TRIP), _req(CommandKind.TRIP), _req(CommandKind.RECLOSE_ALLOWED),
+                                   _req(CommandKind.ALARM, M2), _req(CommandKind.TRIP, M2)],
+                                  now=T0, ttl=timedelta(hours=1))
+    assert [(c.meter, c.kind, c.state) for c in queued] == [  # as they are after the call
+        (M1, CommandKind.TRIP, CommandState.CANCELLED), (M1, CommandKind.RECLOSE_ALLOWED, CommandState.QUEUED),
+        (M2, CommandKind.TRIP, CommandState.QUEUED)]
+    assert [c.id for c in queued] == sorted(c.id for c in queued)
+    assert [(c.kind, c.state) for c in reversed(store.commands(meter=M1))] == [
+        (CommandKind.TRIP, CommandState.CANCELLED), (CommandKind.RECLOSE_ALLOWED, CommandState.QUEUED)]
+    assert [a.action for a in store.audit_log(subject=M1)] == ["command-queued", "command-cancelled",
+                                                              "command-queued"]
+    cancelled = store.audit_log(subject=M1)[1].detail
+    assert cancelled == {"id": queued[0].id, "reason": "superseded by reclose-allowed"}
+    dry = store.queue_commands([_req(CommandKind.TRIP, M2), _req(CommandKind.TRIP, M2)], now=T0,
+                               ttl=timedelta(hours=1), dry_run=True)  # M2's queued trip is in the way
+    assert dry == []
+    dry = store.queue_commands([_req(CommandKind.ALARM_RELEASE), _req(CommandKind.ALARM_RELEASE)], now=T0,
+                               ttl=timedelta(hours=1), dry_run=True)
+    assert [c.state for c in dry] == [CommandState.DRY_RUN] * 2
+
+
 def test_expiry_retry_cancel_and_dry_run(store):
     [a] = store.queue_commands([_req(CommandKind.ALARM)], now=T0, ttl=timedelta(minutes=10))
     store.mark_sent(a.id, now=T0)

@@ -387,6 +387,15 @@ class PgConnection:
     def getlimit(self, _category: int) -> int:
         return MAX_PARAMS
 
+    def copy_rows(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """``COPY table (columns) FROM STDIN`` of ``rows``, in the open transaction: the fastest way
+        for many rows in (a charging pass copies into a temporary table, ``ON COMMIT DROP``)."""
+        if self._held is None:
+            raise RuntimeError("copy_rows needs an open transaction (BEGIN)")
+        with self._held.cursor() as cur, cur.copy(sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+
     def close(self) -> None:
         if self._held is not None:
             self._end("ROLLBACK")
