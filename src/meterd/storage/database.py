@@ -125,7 +125,7 @@ class _Pools:
                     kwargs["password"] = db.password
                 pool = ConnectionPool(db.url, kwargs=kwargs, min_size=1, max_size=max(2, db.pool_size),
                                       open=True, name=f"meterd {redact(db.url)}",
-                                      check=ConnectionPool.check_connection, reconnect_timeout=60.0)
+                                      reconnect_timeout=60.0)
                 self._pools[key] = pool
             return pool
 
@@ -152,6 +152,7 @@ _OR_REPLACE: Final = re.compile(r"\bINSERT\s+OR\s+REPLACE\b", re.IGNORECASE)
 _NOT_INDEXED: Final = re.compile(r"\s+NOT\s+INDEXED\b", re.IGNORECASE)
 _IFNULL: Final = re.compile(r"\bIFNULL\s*\(", re.IGNORECASE)
 _RETURNING: Final = re.compile(r"\bRETURNING\b", re.IGNORECASE)
+_WRITES: Final = re.compile(r"\b(INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|TRUNCATE|nextval|setval)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +315,12 @@ class PgCursor:
         return self._lastrowid
 
 
+def _psycopg() -> Any:
+    import psycopg
+
+    return psycopg
+
+
 def _lastval(conn: psycopg.Connection[Any]) -> int | None:
     import psycopg
 
@@ -360,8 +367,17 @@ class PgConnection:
         args = _params(params, t.numbered)
         if self._held is not None:
             return self._run(self._held, t.sql, args, held=True)
-        with self._pool.connection() as conn:
-            return self._run(conn, t.sql, args, held=False)
+        retry = t.sql.lstrip()[:6].upper() == "SELECT" and _WRITES.search(t.sql) is None  # safe to run twice
+        for attempt in range(self._pool.max_size + 1):
+            with self._pool.connection() as conn:
+                try:
+                    return self._run(conn, t.sql, args, held=False)
+                except _psycopg().OperationalError:
+                    # a pooled connection the server dropped (a restart, a failover) is found out on
+                    # use, not by a check on every borrow: a read goes again on another connection
+                    if not (retry and conn.closed) or attempt == self._pool.max_size:
+                        raise
+        raise AssertionError("unreachable")
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> PgCursor:
         t = translate(sql)
@@ -414,14 +430,21 @@ class PgConnection:
     def _begin(self) -> None:
         if self._held is not None:
             raise RuntimeError("a transaction is already open on this connection")
-        conn = self._pool.getconn()
-        try:
-            conn.execute("BEGIN")
-            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (WRITE_LOCK, self.family))
-        except BaseException:
-            self._give_back(conn)
-            raise
-        self._held = conn
+        for attempt in range(self._pool.max_size + 1):
+            conn = self._pool.getconn()
+            try:
+                conn.execute("BEGIN")
+                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (WRITE_LOCK, self.family))
+            except _psycopg().OperationalError:
+                self._give_back(conn)  # a dropped connection is discarded by the pool; nothing was written
+                if not conn.closed or attempt == self._pool.max_size:
+                    raise
+                continue
+            except BaseException:
+                self._give_back(conn)
+                raise
+            self._held = conn
+            return
 
     def _end(self, verb: str) -> None:
         conn = self._held
