@@ -17,6 +17,14 @@ The collector calls every ``observe`` with each batch of readings that passed it
 supervises every ``run`` beside its channels (restarted with back-off if one ends early); its
 run/stop lifecycle is the node's.  The process's garbage-collector policy is not set here but by
 the process owner (``meterd run`` / ``meterd demo``), see :mod:`meterd.heap`.
+
+Collector nodes (``[cluster]``, on by default when the state is in PostgreSQL; see
+``docs/cluster.md``).  A :class:`~meterd.cluster.node.ClusterNode` is the collector's ownership:
+the daemon polls only the channels whose lease it holds.  The global jobs -- prepaid passes,
+analytics, billing sync -- run only on the node leading each (``leader:<job>``); the readings
+prepaid and analytics observe are forwarded by every node to that leader through PostgreSQL
+(:mod:`meterd.cluster.forward`), since each node reads only its own channels.  The command
+executor runs on every node, for the meters on the channels it holds, fenced by their leases.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from meterd.clock import Clock, utc_now
 from meterd.collector.channel import TraceHook
@@ -37,6 +45,8 @@ if TYPE_CHECKING:
     from meterd.analytics.runtime import AnalyticsRuntime
     from meterd.api.runtime import ApiRuntime, Figures
     from meterd.billing_link.runtime import SyncRuntime
+    from meterd.cluster.node import ClusterNode
+    from meterd.collector.ports import Service
     from meterd.control.commands import RelayLink
     from meterd.control.runtime import PrepaidRuntime
 
@@ -50,6 +60,7 @@ class Node:
     analytics: AnalyticsRuntime | None = None
     sync: SyncRuntime | None = None
     api: ApiRuntime | None = None
+    cluster: ClusterNode | None = None  # this process as one of several collector nodes
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run every part until ``stop`` is set, then stop them in order (the collector's lifecycle)."""
@@ -70,24 +81,45 @@ def build_node(
     """Build the node ``config`` describes over ``store``.  Raises
     :class:`~meterd.errors.ConfigError` for what only shows when parts are built (a secret the
     config names that is not in the environment)."""
-    collector = Daemon(config, store, clock=clock, on_round=on_round, trace=trace)
-    node = Node(collector)
+    cluster = _cluster_node(config)
+    collector = Daemon(config, store, clock=clock, on_round=on_round, trace=trace, ownership=cluster)
+    node = Node(collector, cluster=cluster)
     where = config.store.state  # the data directory, or the PostgreSQL database
     if config.prepaid is not None:
         from meterd.control.runtime import PrepaidRuntime
 
         node.prepaid = PrepaidRuntime(config.prepaid, meters=config.meters, where=where,
-                                      route=_meter_routes(collector), clock=clock)
-        collector.subscribe(node.prepaid.observe)
-        collector.add_service(node.prepaid.run)
+                                      route=_meter_routes(collector), clock=clock, scope=cluster)
+        if cluster is None:
+            collector.subscribe(node.prepaid.observe)
+            collector.add_service(node.prepaid.run)
+        else:
+            from meterd.control.engine import FROZEN_PREFIX, POWER_QUANTITY
+            from meterd.control.model import QUANTITY_RATE
+
+            registers = {*QUANTITY_RATE, *(FROZEN_PREFIX + q for q in QUANTITY_RATE), POWER_QUANTITY}
+            _forwarded(collector, cluster, config, "prepaid", node.prepaid.observe, node.prepaid.run,
+                       quantities=registers)
+            collector.add_service(node.prepaid.run_commands)
     if config.analytics is not None:
         from meterd.analytics.runtime import AnalyticsRuntime
 
         node.analytics = AnalyticsRuntime(
             config.analytics, meters=[m.address for m in config.meters], where=where, clock=clock,
             accounts_of=node.prepaid.meter_accounts if node.prepaid is not None else None)
-        collector.subscribe(node.analytics.observe)
-        collector.add_service(node.analytics.run)
+        if cluster is None:
+            collector.subscribe(node.analytics.observe)
+            collector.add_service(node.analytics.run)
+        else:
+            from meterd.readings import Quality
+
+            analytics = node.analytics
+
+            def leading() -> None:  # a new leader's no-data clock starts now, not when its process did
+                analytics.started = clock()
+
+            _forwarded(collector, cluster, config, "analytics", analytics.observe, analytics.run, prefixes=("",),
+                       qualities=(Quality.GOOD, Quality.SUSPECT), on_lead=leading)
     if config.sync is not None and config.sync.jobs:
         from meterd.billing_link.runtime import SyncRuntime
 
@@ -99,8 +131,68 @@ def build_node(
         node.api = ApiRuntime(config, clock=clock, live=collector, figures=_figures(node), sync=node.sync)
         collector.add_service(node.api.run)
     if node.sync is not None:
-        collector.add_service(node.sync.run)
+        collector.add_service(_led(cluster, "sync", node.sync.run))
     return node
+
+
+def _cluster_node(config: Config) -> ClusterNode | None:
+    """This process as a collector node, when ``[cluster]`` is on (the state in PostgreSQL)."""
+    settings = config.cluster
+    if settings is None:
+        return None
+    from meterd import __version__
+    from meterd.cluster.leases import LeaseBook, default_node_name
+    from meterd.cluster.node import ClusterNode
+
+    assert config.store.database is not None  # the loader allows [cluster] only with PostgreSQL
+    jobs = [job for job, on in (("prepaid", config.prepaid is not None), ("analytics", config.analytics is not None),
+                                ("sync", config.sync is not None and bool(config.sync.jobs))) if on]
+    book = LeaseBook(config.store.database, settings.node or default_node_name(), lease_time=settings.lease_time,
+                     timeout=max(1.0, settings.heartbeat))
+    node = ClusterNode(book, channels=[c.name for c in config.channels], jobs=jobs, heartbeat=settings.heartbeat,
+                       lease_time=settings.lease_time, slack=settings.slack, version=__version__,
+                       release_grace=max((c.timeouts.response for c in config.channels), default=0.0))
+    node.set_meters({m.address: m.channel for m in config.meters})
+    return node
+
+
+def _led(cluster: ClusterNode | None, job: str, service: Service) -> Service:
+    """``service`` as it runs on this node: as it is, or only while this node leads ``job``."""
+    if cluster is None:
+        return service
+
+    async def led(stop: asyncio.Event) -> None:
+        await cluster.lead(job, service, stop)
+
+    led.__qualname__ = f"leader:{job}"
+    return led
+
+
+def _forwarded(collector: Daemon, cluster: ClusterNode, config: Config, job: str,
+               feed: Callable[[list], None], service: Service, *,
+               on_lead: Callable[[], None] | None = None, **wanted: Any) -> None:
+    """A global job that observes readings, among nodes: every node forwards the readings it uses
+    (``wanted``: see :class:`~meterd.cluster.forward.Forwarder`) and the leader feeds them to it."""
+    from meterd.cluster.forward import Forwarder, ReadingQueue, drain
+
+    assert config.store.database is not None
+    queue = ReadingQueue(config.store.database, job, cluster.name)
+    queue.migrate()
+    forwarder = Forwarder(queue, **wanted)
+    collector.subscribe(forwarder.observe)
+    collector.add_service(forwarder.run)
+
+    async def leading(stop: asyncio.Event) -> None:
+        if on_lead is not None:
+            on_lead()
+        drainer = asyncio.create_task(drain(queue, feed, stop), name=f"{job} forwarded readings")
+        try:
+            await service(stop)
+        finally:
+            drainer.cancel()
+            await asyncio.gather(drainer, return_exceptions=True)
+
+    collector.add_service(_led(cluster, job, leading))
 
 
 def _meter_routes(collector: Daemon) -> Callable[[str], RelayLink | None]:

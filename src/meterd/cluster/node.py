@@ -77,11 +77,15 @@ class ClusterNode:
 
     ``channels``: every channel of the configuration (each is a lease ``channel:<name>``);
     ``jobs``: the global jobs this node can run (each a lease ``leader:<job>``).  The collector
-    binds ``start(channel)`` and ``stop(channel)`` (:meth:`bind`); jobs run through :meth:`lead`."""
+    binds ``start(channel)`` and ``stop(channel)`` (:meth:`bind`); jobs run through :meth:`lead`.
+    ``release_grace``: seconds between stopping a channel handed over and releasing its lease, so a
+    reply to the last request is off the bus before another node writes to it (the longest
+    response timeout of the channels)."""
 
     def __init__(self, book: LeaseBook, *, channels: Sequence[str], jobs: Sequence[str] = (),
                  heartbeat: float = 3.0, lease_time: float = 15.0, slack: int | None = None,
-                 version: str = "", monotonic: Callable[[], float] = time.monotonic) -> None:
+                 release_grace: float = 0.0, version: str = "",
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         if heartbeat * 3 > lease_time:
             raise ValueError(f"heartbeat {heartbeat} s must be at most a third of lease_time {lease_time} s")
         self.book = book
@@ -92,6 +96,7 @@ class ClusterNode:
         self.lease_time = float(lease_time)
         self.margin = 2 * self.heartbeat
         self.slack = slack
+        self.release_grace = release_grace  # after stopping a channel, before releasing it: a late reply lands
         self.version = version
         self.monotonic = monotonic
         self.held: dict[str, Held] = {}  # resource -> what this node holds
@@ -242,8 +247,7 @@ class ClusterNode:
         if self._left:
             return
         async with self._mutex:
-            for name in sorted(self.running):
-                await self._stop_channel(name)
+            await asyncio.gather(*(self._stop_channel(name) for name in sorted(self.running)))
             self._set_leading({})
             if self.joined:
                 self.joined = False
@@ -271,8 +275,7 @@ class ClusterNode:
                           self.name, exc)
             async with self._mutex:
                 if "not registered" in str(exc):  # our row is gone: start afresh, holding nothing
-                    for name in sorted(self.running):
-                        await self._stop_channel(name)
+                    await asyncio.gather(*(self._stop_channel(name) for name in sorted(self.running)))
                     self.held.clear()
                     self.joined = False
                 await self._reconcile()
@@ -351,10 +354,12 @@ class ClusterNode:
                 h = self.held.get(channel_resource(name))
                 if h is None:
                     continue
-                self._closing.add(name)
-                if name in self.running:
-                    await self._stop_channel(name)
+                self._closing.add(name)  # no write from here on
                 tokens[channel_resource(name)] = h.token
+            stopping = [name for name in channels if name in self.running]
+            await asyncio.gather(*(self._stop_channel(name) for name in stopping))
+            if stopping and self.release_grace > 0:
+                await asyncio.sleep(self.release_grace)
         try:
             released = await self._db(self.book.release, tokens) if tokens else []
         except LeaseError as exc:
@@ -437,12 +442,14 @@ class ClusterNode:
         with the mutex held."""
         now = self.monotonic()
         want = {c for c in self.channels if self.valid(CHANNEL + c, now) and c not in self._closing}
-        for name in sorted(self.running - want):
-            if CHANNEL + name in self.held and name not in self._closing:
-                self.stats.lapsed += 1
-                log.warning("cluster: node %s stops channel %s: no renewal from PostgreSQL for %.1f s", self.name,
-                            name, now - self.held[CHANNEL + name].renewed)
-            await self._stop_channel(name)
+        gone = sorted(self.running - want)
+        lapsed = [name for name in gone if CHANNEL + name in self.held and name not in self._closing]
+        if lapsed:
+            self.stats.lapsed += len(lapsed)
+            log.warning("cluster: node %s stops %d channel(s) (%s): no renewal from PostgreSQL for %.1f s", self.name,
+                        len(lapsed), ", ".join(lapsed[:5]) + (" ..." if len(lapsed) > 5 else ""),
+                        now - min(self.held[CHANNEL + n].renewed for n in lapsed))
+        await asyncio.gather(*(self._stop_channel(name) for name in gone))
         if self._start is not None:
             for name in sorted(want - self.running):
                 self.running.add(name)

@@ -7,6 +7,15 @@ that way is counted as an overrun, not queued.  Channels run in parallel.
 
 Time: the wall clock is read only here, through the ``clock`` passed in; everything below gets
 ``now`` as an argument.
+
+Collector nodes.  Given an :class:`Ownership` (a cluster node's leases, built by ``meterd.app``
+from :mod:`meterd.cluster`), the daemon polls only the channels it is told to: the ownership
+starts a channel's task when its lease is taken and stops it (cancelled, link closed) when the
+lease is lost, lapses or is handed over.  Every write to a channel's link asks the ownership
+first (:class:`LeasedTransport`), so nothing reaches a bus this node no longer holds: not a routine
+round, a scheduled task, an on-demand read or a relay command.  A DTU that registers here makes
+its channel this node's (``dtu_online``); pushed MQTT readings are taken only by the node that
+holds the terminal's channel, so each is stored once.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from meterd.clock import Clock, utc_now
 from meterd.collector import ondemand
@@ -37,7 +47,7 @@ from meterd.config.model import (
     PollConfig,
     SerialLink,
 )
-from meterd.errors import ConfigError
+from meterd.errors import ConfigError, LinkError, ReadRefusedError
 from meterd.plausibility import Implausible
 from meterd.protocols import modbus
 from meterd.protocols.drivers import LinkKind, get_driver
@@ -73,6 +83,62 @@ def make_transport(
     return TcpTransport(cfg.name, link.host, link.port, connect_timeout=cfg.timeouts.connect)
 
 
+class Ownership(Protocol):
+    """Which channels this node may poll: a collector node's leases (:class:`meterd.cluster.node.ClusterNode`).
+
+    ``allows(channel)`` is asked before every write and every round; ``bind(start, stop)`` hands
+    over the daemon's way to start and stop a channel; ``run(stop)`` keeps the leases until stop
+    (then stops the channels and gives the leases back); a DTU registering on this node or leaving
+    it is reported with ``dtu_online`` / ``dtu_offline``."""
+
+    def allows(self, channel: str) -> bool: ...
+
+    def bind(self, start: Callable[[str], None], stop: Callable[[str], Awaitable[None]]) -> None: ...
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+    def dtu_online(self, channel: str) -> None: ...
+
+    def dtu_offline(self, channel: str) -> None: ...
+
+
+class LeasedTransport(Transport):
+    """A channel's link that writes only while ``allowed()`` (this node holds the channel's lease):
+    otherwise :class:`~meterd.errors.LinkError`, which the channel records as a ``link`` failure.
+    Reads, and bytes arriving, go to the link as before."""
+
+    def __init__(self, inner: Transport, allowed: Callable[[], bool]) -> None:
+        super().__init__(inner.name)
+        self.inner = inner
+        self.allowed = allowed
+
+    @property
+    def is_open(self) -> bool:
+        return self.inner.is_open
+
+    async def open(self) -> None:
+        if not self.allowed():
+            raise LinkError("not polled by this node: another collector node holds its lease", channel=self.name)
+        await self.inner.open()
+
+    async def write(self, data: bytes) -> None:
+        if not self.allowed():
+            raise LinkError("not polled by this node: another collector node holds its lease", channel=self.name)
+        await self.inner.write(data)
+
+    async def read(self, timeout: float) -> bytes:
+        return await self.inner.read(timeout)
+
+    def reset_input(self) -> None:
+        self.inner.reset_input()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def __repr__(self) -> str:
+        return f"LeasedTransport({self.inner!r})"
+
+
 def make_channel(
     cfg: ChannelConfig,
     trace: TraceHook | None = None,
@@ -98,6 +164,11 @@ def push_meters(config: Config) -> dict[str, frozenset[str]]:
         if isinstance(c.link, MqttLink):
             out.setdefault(c.link.terminal, set()).update(m.address for m in config.meters_on(c.name))
     return {t: frozenset(meters) for t, meters in out.items()}
+
+
+def _allows(ownership: Ownership, channel: str) -> Callable[[], bool]:
+    allows = ownership.allows
+    return lambda: allows(channel)
 
 
 def _log_failure(future: asyncio.Future) -> None:
@@ -231,11 +302,14 @@ class Daemon:
         clock: Clock = utc_now,
         on_round: RoundHook | None = None,
         trace: TraceHook | None = None,
+        ownership: Ownership | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
         self.on_round = on_round
+        self.ownership = ownership  # None: a single node, every channel is ours
+        self._channel_tasks: dict[str, asyncio.Task[None]] = {}
         self.plan = compile_plan(config)
         self.sink = make_sink(config, store)
         self.writer = BatchWriter(self.sink, config.store.batch_size, config.store.flush_interval)
@@ -257,7 +331,8 @@ class Daemon:
         if config.tasks:
             from meterd.collector.scheduler import TaskScheduler
 
-            self.scheduler = TaskScheduler(config.tasks, config.meters, self._task_round, store=store, clock=clock)
+            self.scheduler = TaskScheduler(config.tasks, config.meters, self._task_round, store=store, clock=clock,
+                                           owns=ownership.allows if ownership is not None else None)
         self.listeners: dict[str, DtuListener] = {}
         for lc in config.listeners:
             known = {c.link.terminal: c.name for c in config.channels
@@ -270,10 +345,17 @@ class Daemon:
             on_channel = config.meters_on(p.channel.name)
             units = {m.unit: m.address for m in on_channel if m.unit is not None}
             channel = make_channel(p.channel, trace, self.listeners, self.hub, units)
+            if ownership is not None:
+                channel.transport = LeasedTransport(channel.transport, _allows(ownership, p.channel.name))
             has_modbus = any(get_driver(m.protocol).link is LinkKind.MODBUS for m in on_channel)
             link = ModbusLink(channel, str(p.channel.framing)) if has_modbus else None
             self.runners.append(ChannelRunner(p, channel, link))
         self._by_channel = {r.channel.name: r for r in self.runners}
+        # terminal -> its channel: pushed readings are taken only where that channel is held
+        self._push_channel = {c.link.terminal: c.name for c in config.channels if isinstance(c.link, MqttLink)}
+        if ownership is not None:
+            for listener in self.listeners.values():
+                listener.on_presence = self._dtu_presence
         self._meters = {m.address: m for m in config.meters}
         # What the rest of the node plugs in (meterd.app wires it; see collector.ports): observers
         # see every batch of readings (rounds, tasks, pushed); services run beside the channels.
@@ -304,6 +386,10 @@ class Daemon:
         """An on-demand read of ``address``, ahead of routine rounds on its bus; stored and seen by
         the observers like a round's.  :class:`~meterd.errors.ReadRefusedError` when the meter is
         not on a channel of this daemon or cannot read a quantity asked for."""
+        meter = self._meters.get(address)
+        if self.ownership is not None and meter is not None and not self.ownership.allows(meter.channel):
+            raise ReadRefusedError(f"meter {address}: its channel {meter.channel} is polled by another collector node "
+                                   "now; ask that node")
         readings, attempts = await ondemand.read(self.route(address), address, quantities, now=now)
         self.ingest(readings, attempts)
         return readings, attempts
@@ -323,8 +409,15 @@ class Daemon:
                         self.config.mqtt.host, self.config.mqtt.port)  # type: ignore[union-attr]
         self.writer.start()
         self.online.start()
-        tasks = [asyncio.create_task(self._run_channel(r, stop), name=f"channel:{r.channel.name}")
-                 for r in self.runners if r.plan.polls]
+        ownership: asyncio.Task[None] | None = None
+        if self.ownership is None:
+            tasks = [asyncio.create_task(self._run_channel(r, stop), name=f"channel:{r.channel.name}")
+                     for r in self.runners if r.plan.polls]
+        else:
+            tasks = []
+            self.ownership.bind(lambda name: self._start_channel(name, stop), self._stop_channel)
+            ownership = asyncio.create_task(self.ownership.run(stop), name="cluster node")
+            ownership.add_done_callback(log_task_failure)
         tasks.append(self._supervised("quality rollup", self._quality_loop, stop))
         if hasattr(self.sink, "replay"):
             tasks.append(self._supervised("spool replay", self._replay_spool, stop))
@@ -341,6 +434,8 @@ class Daemon:
         finally:
             if self.scheduler is not None:
                 self.scheduler.shutdown()
+            if ownership is not None:  # stops the channels, then gives their leases back
+                await asyncio.gather(ownership, return_exceptions=True)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -367,6 +462,38 @@ class Daemon:
         """``body(stop)`` as a task that is logged and restarted with back-off if it ever ends early."""
         return asyncio.create_task(supervise(name, lambda: body(stop), stop, pause=self.pause), name=name)
 
+    def _start_channel(self, name: str, stop: asyncio.Event) -> None:
+        """Poll ``name`` from now on (its lease was taken)."""
+        runner = self._by_channel.get(name)
+        if runner is None or not runner.plan.polls or name in self._channel_tasks:
+            return
+        task = asyncio.create_task(self._run_channel(runner, stop), name=f"channel:{name}")
+        task.add_done_callback(log_task_failure)
+        task.add_done_callback(lambda t: self._channel_tasks.pop(name, None) if self._channel_tasks.get(name) is t
+                               else None)
+        self._channel_tasks[name] = task
+
+    async def _stop_channel(self, name: str) -> None:
+        """Stop polling ``name`` (its lease is lost or handed over): the round in flight is
+        cancelled and the link closed."""
+        task = self._channel_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        runner = self._by_channel.get(name)
+        if runner is not None:
+            try:
+                await runner.channel.close()
+            except Exception:  # closing a link that failed: nothing more to do with it
+                log.debug("channel %s: closing the link failed", name, exc_info=True)
+
+    def _dtu_presence(self, channel: str, online: bool) -> None:
+        assert self.ownership is not None
+        if online:
+            self.ownership.dtu_online(channel)
+        else:
+            self.ownership.dtu_offline(channel)
+
     async def _run_channel(self, runner: ChannelRunner, stop: asyncio.Event) -> None:
         """Run the channel's polls until ``stop``.
 
@@ -380,6 +507,13 @@ class Daemon:
         for p in runner.plan.polls:
             runner.next_due[p.poll.name] = start
         while not stop.is_set():
+            if self.ownership is not None and not self.ownership.allows(runner.channel.name):
+                # the lease is not (or no longer) ours: no round; the ownership stops this task
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                except TimeoutError:
+                    pass
+                continue
             now_mono = time.monotonic()
             due = [p for p in runner.plan.polls if runner.next_due[p.poll.name] <= now_mono]
             for p in due:
@@ -479,7 +613,12 @@ class Daemon:
 
     def _pushed(self, terminal: str, readings: list) -> None:
         """Readings an MQTT terminal pushed on its own schedule (of a meter configured behind it:
-        the hub drops the others): through the door to the writer."""
+        the hub drops the others): through the door to the writer.  Among collector nodes, only
+        the node holding the terminal's channel takes them (each node's hub hears every push)."""
+        if self.ownership is not None:
+            channel = self._push_channel.get(terminal)
+            if channel is None or not self.ownership.allows(channel):
+                return
         readings = self.door.screen(readings)
         self.writer.add_many(readings)
         self._notify_observers(readings)

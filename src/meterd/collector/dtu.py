@@ -58,7 +58,7 @@ import contextlib
 import logging
 import socket
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Self
@@ -248,6 +248,9 @@ class DtuListener:
         self.rejected: Counter[str] = Counter()
         self.unknown_ids: Counter[str] = Counter()
         self._log = LogThrottle()  # rejections: once a minute per reason, with a count
+        # (channel, online): a terminal came online here or went offline (collector nodes: the
+        # node holding a DTU's connection owns its channel); called in the event loop
+        self.on_presence: Callable[[str, bool], None] | None = None
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -464,6 +467,7 @@ class DtuListener:
             term.online_event.set()
             log.info("dtu listener %s: terminal %s (channel %s) online from %s (%s)", self.name, terminal_id,
                      term.channel, conn.peer, fmt.name)
+            self._presence(term.channel, True)
         term.counters["registrations"] += 1
         term.connected_since = term.last_seen = now
         term.peer, term.format = conn.peer, fmt.name
@@ -519,6 +523,14 @@ class DtuListener:
         self._detach(term, conn, reason)
         log.warning("dtu listener %s: terminal %s (channel %s) offline: %s", self.name, term.terminal_id,
                     term.channel, reason)
+        self._presence(term.channel, False)
+
+    def _presence(self, channel: str, online: bool) -> None:
+        if self.on_presence is not None:
+            try:
+                self.on_presence(channel, online)
+            except Exception:  # the listener goes on whatever the observer does
+                log.exception("dtu listener %s: presence callback for channel %s failed", self.name, channel)
 
     def _detach(self, term: _Terminal, conn: _Connection, reason: str) -> None:
         transport = term.transport

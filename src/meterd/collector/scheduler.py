@@ -9,6 +9,10 @@ counted (:class:`JobStats`).  Rounds of different tasks on the same channel take
 carries one round at a time).  The round itself is the daemon's business: it passes
 ``run_round(task, meters_by_channel, reads, now) -> RoundResult`` (sync or async), and
 :func:`poll_task` is a ready-made body for it built on :func:`~meterd.collector.poll.poll_meter`.
+
+Among collector nodes every node schedules every job, and a run goes ahead only on the node that
+holds the channel's lease (``owns``); elsewhere it is counted (``elsewhere``) and skipped before
+anything is read or queried, so a task follows its channel from node to node.
 """
 
 from __future__ import annotations
@@ -172,6 +176,7 @@ class JobStats:
     skipped: int = 0  # a run came due while the previous one was still running: not started
     missed: int = 0  # a run came due later than its grace (event loop blocked, host asleep)
     idle: int = 0  # a run found nothing to read (a re-read with nothing missing)
+    elsewhere: int = 0  # a run came due while another collector node holds the channel: not run here
     errors: int = 0
     running: bool = False
     last_run: datetime | None = None
@@ -182,7 +187,8 @@ class JobStats:
     def as_dict(self) -> dict[str, object]:
         return {
             "task": self.task, "channel": self.channel, "runs": self.runs, "skipped": self.skipped,
-            "missed": self.missed, "idle": self.idle, "errors": self.errors, "running": self.running,
+            "missed": self.missed, "idle": self.idle, "elsewhere": self.elsewhere, "errors": self.errors,
+            "running": self.running,
             "last_run": self.last_run.isoformat() if self.last_run else None,
             "last_duration": self.last_duration, "last_readings": self.last_readings,
             "last_failures": self.last_failures,
@@ -200,7 +206,8 @@ class TaskScheduler:
     ``run_round(task, meters_by_channel, reads, now)`` is the daemon's: ``meters_by_channel`` has
     one channel (name -> its meters in this run), ``reads`` maps each meter address to its
     :data:`~meterd.collector.poll.Reads` (routine tasks) or :class:`MeterNeed` (re-reads).
-    ``store`` is needed by re-read tasks only.
+    ``store`` is needed by re-read tasks only.  ``owns(channel)``: whether this node polls the
+    channel now (collector nodes; None: every channel is ours).
     """
 
     def __init__(
@@ -212,6 +219,7 @@ class TaskScheduler:
         store: ReadingSource | None = None,
         clock: Clock = utc_now,
         tz: tzinfo = CST,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         names = [t.name for t in tasks]
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -230,6 +238,7 @@ class TaskScheduler:
         self.store = store
         self.clock = clock
         self.tz = tz
+        self.owns = owns
         self.last_runs: dict[str, datetime] = {}
         self.stats: dict[str, JobStats] = {}
         self._reads: dict[tuple[str, str], Reads] = {}
@@ -299,6 +308,9 @@ class TaskScheduler:
         t = self._task(task)
         jid = job_id(t.name, channel)
         stats = self.stats.setdefault(jid, JobStats(t.name, channel))
+        if self.owns is not None and not self.owns(channel):
+            stats.elsewhere += 1
+            return None
         if jid in self._running:
             stats.skipped += 1
             log.warning("task %s on %s: still running, this run is skipped", t.name, channel)

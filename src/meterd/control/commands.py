@@ -20,6 +20,14 @@ The lifecycle (stored and audited by :class:`~meterd.control.state.ControlStore`
   the read-back as evidence, an ``anomaly`` notice, and no automatic retry.
 - Commands go to the channel as :data:`~meterd.collector.channel.URGENT` transactions, ahead of
   routine reads; commands on different channels run in parallel, on one channel one at a time.
+
+Collector nodes (a :class:`Scope`): a node takes only the due commands of meters on the channels
+it holds, and claims each with its node name and a *fence*: inside the claiming transaction the
+lease of the meter's channel must still be this node's, with the token it took it with, and
+unexpired by PostgreSQL's clock; otherwise the claim is refused and the command stays queued for
+the channel's new holder.  Orphans (claimed, never finished: a node died mid-command) are settled
+only by the node holding their channel -- at start and whenever it takes channels.  A command is
+therefore sent at most once across nodes, and only by a node that holds the bus.
 """
 
 from __future__ import annotations
@@ -31,11 +39,11 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from meterd.clock import Clock
-from meterd.control.command_store import Command
+from meterd.control.command_store import Command, Fence
 from meterd.control.model import CommandState
 from meterd.control.policy import Notice
 from meterd.control.state import ControlStore
-from meterd.errors import ControlError, MeterdError
+from meterd.errors import ControlError, LedgerError, MeterdError
 from meterd.protocols.dlt645.messages import RelayCommand
 from meterd.protocols.relay import EXPECTED, ControlOutcome, Credentials
 
@@ -67,6 +75,20 @@ class RelayLink(Protocol):
 Resolver = Callable[[str], RelayLink | None]
 
 
+class Scope(Protocol):
+    """Which commands this node sends, among collector nodes (:class:`meterd.cluster.node.ClusterNode`)."""
+
+    @property
+    def name(self) -> str: ...  # the node, recorded with each claim
+
+    @property
+    def generation(self) -> int: ...  # grows when the channels held change: orphans are looked for again
+
+    def meters(self) -> frozenset[str]: ...  # the meters on the channels held now
+
+    def fence_for(self, meter: str) -> Fence | None: ...  # the claim check; None: not held here now
+
+
 class CommandExecutor:
     def __init__(
         self,
@@ -78,8 +100,10 @@ class CommandExecutor:
         valid_for: timedelta = timedelta(minutes=10),
         settle: float = 0.0,
         publish: Publish | None = None,
+        scope: Scope | None = None,
     ) -> None:
         self.store = store
+        self.scope = scope  # None: one node sends every command
         self.resolve = resolve
         self.clock = clock
         self.retry_every = retry_every
@@ -88,6 +112,7 @@ class CommandExecutor:
         self.publish = publish
         self.wake = asyncio.Event()
         self._in_flight: set[int] = set()
+        self._recovered = -1  # the scope's generation orphans were last settled for
 
     async def run(self, stop: asyncio.Event, *, idle: float = 1.0) -> None:
         """Settle orphans, then send due commands until ``stop``; :attr:`wake` cuts the idle wait short
@@ -96,6 +121,8 @@ class CommandExecutor:
         await self.recover()
         while not stop.is_set():
             try:
+                if self.scope is not None and self.scope.generation != self._recovered:
+                    await self.recover()  # channels taken over: their orphans are ours to settle now
                 await self.run_once()
             except MeterdError as exc:  # a store problem must not kill the daemon; say it and go on
                 log.error("command executor: %s", exc)
@@ -113,15 +140,21 @@ class CommandExecutor:
         for cmd in await asyncio.to_thread(self.store.expire, now):
             log.warning("command #%d %s to meter %s expired: %s", cmd.id, cmd.kind, cmd.meter, cmd.reason)
             await self._notify([_anomaly(cmd, now, "expired before the meter could be reached")])
-        due = await asyncio.to_thread(self.store.due_commands, now)
+        if self.scope is None:
+            due = await asyncio.to_thread(self.store.due_commands, now)
+        else:
+            meters = self.scope.meters()
+            due = await asyncio.to_thread(lambda: self.store.due_commands(now, meters=meters)) if meters else []
         by_channel: dict[str, list[Command]] = {}
         done: list[Command] = []
         for cmd in due:
             route = self.resolve(cmd.meter)
             if route is None:
-                claimed = await asyncio.to_thread(self.store.mark_sent, cmd.id, now=now)
-                done.append(await self._finish(claimed, CommandState.FAILED,
-                                               f"meter {cmd.meter} is not in the configuration: no channel reaches it"))
+                claimed = await self._claim(cmd, now)
+                if claimed is not None:
+                    done.append(await self._finish(claimed, CommandState.FAILED,
+                                                   f"meter {cmd.meter} is not in the configuration: no channel "
+                                                   "reaches it"))
                 continue
             by_channel.setdefault(route.bus, []).append(cmd)
 
@@ -132,10 +165,28 @@ class CommandExecutor:
             done.extend(results)
         return done
 
+    async def _claim(self, cmd: Command, now: datetime) -> Command | None:
+        """Mark ``cmd`` sent (committed before any byte goes out); among nodes, fenced by the lease of
+        its channel.  None when it was not ours to claim (taken meanwhile, or the lease is gone)."""
+        node = fence = None
+        if self.scope is not None:
+            node, fence = self.scope.name, self.scope.fence_for(cmd.meter)
+            if fence is None:
+                log.info("command #%d to meter %s left queued: its channel is not held by node %s now", cmd.id,
+                         cmd.meter, node)
+                return None
+        try:
+            return await asyncio.to_thread(lambda: self.store.mark_sent(cmd.id, now=now, node=node, fence=fence))
+        except LedgerError as exc:  # another node took it, or our lease of its channel is lost
+            log.info("command #%d to meter %s not claimed: %s", cmd.id, cmd.meter, exc)
+            return None
+
     async def execute(self, cmd: Command) -> Command:
         route = self.resolve(cmd.meter)
         now = self.clock()
-        claimed = await asyncio.to_thread(self.store.mark_sent, cmd.id, now=now)
+        claimed = await self._claim(cmd, now)
+        if claimed is None:
+            return cmd
         if route is None:
             return await self._finish(claimed, CommandState.FAILED, f"meter {cmd.meter} has no route")
         self._in_flight.add(cmd.id)
@@ -169,7 +220,13 @@ class CommandExecutor:
     async def recover(self) -> list[Command]:
         """Settle commands left ``sent`` by a daemon that died mid-command, by read-back only."""
         settled = []
-        for cmd in await asyncio.to_thread(self.store.in_flight):
+        if self.scope is None:
+            orphans = await asyncio.to_thread(self.store.in_flight)
+        else:
+            self._recovered = self.scope.generation
+            meters = self.scope.meters()
+            orphans = await asyncio.to_thread(lambda: self.store.in_flight(meters=meters)) if meters else []
+        for cmd in orphans:
             if cmd.id in self._in_flight:
                 continue
             settled.append(await self._settle_orphan(cmd))

@@ -10,6 +10,10 @@ to every reading and runs :meth:`~PrepaidRuntime.run` as a service beside the ch
   commands, publish notices, and wake the executor;
 - the executor sends queued commands (the policy's and operators' from ``meterd trip`` …)
   through the meters' channels as urgent transactions.
+
+Among collector nodes (a :class:`~meterd.control.commands.Scope`), the passes run on the node
+that leads the ``prepaid`` job (``meterd.app`` runs :meth:`~PrepaidRuntime.run` only there) and
+the executor on every node, for the meters on the channels it holds (:meth:`~PrepaidRuntime.run_commands`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from meterd import secrets
 from meterd.clock import Clock
-from meterd.control.commands import CommandExecutor, RelayLink
+from meterd.control.commands import CommandExecutor, RelayLink, Scope
 from meterd.control.engine import PrepaidEngine
 from meterd.control.model import CommandKind
 from meterd.control.notify import LogFileSink, Notifier, WebhookSink
@@ -83,7 +87,7 @@ RouteLookup = Callable[[str], RelayLink | None]
 
 class PrepaidRuntime:
     def __init__(self, config: PrepaidConfig, *, meters: Sequence[MeterConfig], where: Location,
-                 route: RouteLookup, clock: Clock) -> None:
+                 route: RouteLookup, clock: Clock, scope: Scope | None = None) -> None:
         """``where``: the state's location (the data directory, or the PostgreSQL database)."""
         self.config = config
         self.clock = clock
@@ -109,7 +113,9 @@ class PrepaidRuntime:
         self.notifier = make_notifier(config)
         self.executor = CommandExecutor(
             self.store, self.route, clock=clock, retry_every=config.settings.retry_every,
-            valid_for=config.settings.valid_for, settle=config.settings.settle, publish=self.notifier.publish)
+            valid_for=config.settings.valid_for, settle=config.settings.settle, publish=self.notifier.publish,
+            scope=scope)
+        self.commands_in_run = scope is None  # among nodes the executor runs apart: run_commands, on every node
         self._kick = asyncio.Event()
         self.passes = 0
 
@@ -135,8 +141,10 @@ class PrepaidRuntime:
     async def run(self, stop: asyncio.Event) -> None:
         """Passes until ``stop``.  A pass that fails is logged and the next one runs as usual; the
         store stays open unless ``stop`` is set, so the daemon can restart this service."""
-        executor = asyncio.create_task(supervise("prepaid command executor", lambda: self.executor.run(stop), stop),
-                                       name="prepaid-commands")
+        executor = None
+        if self.commands_in_run:
+            executor = asyncio.create_task(supervise("prepaid command executor", lambda: self.executor.run(stop),
+                                                     stop), name="prepaid-commands")
         every = self.config.settings.check_every
         try:
             while not stop.is_set():
@@ -156,11 +164,16 @@ class PrepaidRuntime:
                     except TimeoutError:
                         pass
         finally:
-            executor.cancel()
-            await asyncio.gather(executor, return_exceptions=True)
+            if executor is not None:
+                executor.cancel()
+                await asyncio.gather(executor, return_exceptions=True)
             if stop.is_set():
                 self.store.close()
                 self.anomalies.close()
+
+    async def run_commands(self, stop: asyncio.Event) -> None:
+        """The command executor alone (collector nodes: on every node, beside the leader's passes)."""
+        await self.executor.run(stop)
 
     def _report(self, findings: list[Finding], resolved: list[tuple[str, Kind]]) -> None:
         """The engine's anomalies (failed accounts, registers held as implausible) to the store."""

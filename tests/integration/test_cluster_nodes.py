@@ -1,0 +1,314 @@
+"""Three ``meterd run`` processes on one PostgreSQL split the channels of a simulated site; one is
+killed with SIGKILL and its channels are polled again by the others within the lease time;
+PostgreSQL is restarted under them and collection resumes.
+
+The simulated buses sit behind a recording relay (:class:`Recorder`): every request frame that
+reaches a bus is noted with the client connection it came on and when.  A node polls a bus on one
+connection at a time, so two connections whose requests interleave on one bus would be two nodes
+polling it at once -- the property the leases exist to prevent.
+
+Prepaid control runs too: the leader's passes charge what every node forwards, commands queued by
+an operator go out through whichever node holds the meter's channel, and after the kill (of the
+prepaid leader) no command went out twice, the balances equal the ledger, and what was charged
+equals the energy the registers advanced, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from meterd.control.model import CommandKind, CommandRequest
+from meterd.control.state import ControlStore
+from meterd.protocols.dlt645.frame import Function, StreamDecoder
+from meterd.simulators.fleet import FleetSpec, run_fleet
+from meterd.storage.database import Database
+
+pytestmark = pytest.mark.slow
+
+BUSES = 6
+METERS_PER_BUS = 3
+LEASE, HEARTBEAT = 6.0, 1.0
+PRICE = Decimal("0.50")
+ENV = {"METERD_METER_PASSWORD": "02123456", "METERD_OPERATOR_CODE": "00000001"}
+
+
+class Recorder:
+    """A TCP relay in front of one simulated bus recording each request frame: (connection, time,
+    function, meter)."""
+
+    def __init__(self, name: str, upstream: tuple[str, int]) -> None:
+        self.name = name
+        self.upstream = upstream
+        self.requests: list[tuple[int, float, int, str]] = []
+        self._next = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._next += 1
+        conn = self._next
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.close()
+            return
+        decoder = StreamDecoder()
+
+        async def down() -> None:
+            with _quiet():
+                while data := await up_reader.read(4096):
+                    writer.write(data)
+                    await writer.drain()
+
+        back = asyncio.create_task(down())
+        self._tasks.add(back)
+        with _quiet():
+            while data := await reader.read(4096):
+                decoder.feed(data)
+                while (frame := decoder.next_frame()) is not None:
+                    self.requests.append((conn, time.monotonic(), frame.function, frame.address))
+                up_writer.write(data)
+                await up_writer.drain()
+        back.cancel()
+        for w in (writer, up_writer):
+            w.close()
+
+    def overlaps(self) -> list[tuple[int, int]]:
+        """Pairs of connections whose requests interleave in time on this bus."""
+        spans: dict[int, list[float]] = {}
+        for conn, t, _, _ in self.requests:
+            span = spans.setdefault(conn, [t, t])
+            span[1] = t
+        items = sorted(spans.items())
+        return [(a, b) for i, (a, (a0, a1)) in enumerate(items) for b, (b0, b1) in items[i + 1:]
+                if a0 <= b1 and b0 <= a1]
+
+    def last_connection(self) -> int | None:
+        return self.requests[-1][0] if self.requests else None
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in self._tasks:
+            t.cancel()
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        return kind is not None and issubclass(kind, (ConnectionError, OSError, asyncio.CancelledError))
+
+
+def site(url: str, data_dir: Path, node: str, ports: list[int], addresses: list[list[str]]) -> str:
+    lines = [f"""
+[store]
+data_dir = "{data_dir}"
+database = "{url}"
+flush_interval = "200ms"
+
+[cluster]
+node = "{node}"
+lease_time = "{LEASE:g}s"
+heartbeat = "{HEARTBEAT:g}s"
+"""]
+    for i, (port, meters) in enumerate(zip(ports, addresses)):
+        lines.append(f'[channels.bus{i}]\ntcp = {{ host = "127.0.0.1", port = {port} }}\nresponse_timeout = "500ms"\n'
+                     'retries = 0\n')
+        for a in meters:
+            lines.append(f'[[meters]]\naddress = "{a}"\nchannel = "bus{i}"\n')
+    lines.append("""
+[[polls]]
+name = "rt"
+interval = "1s"
+quantities = ["energy.active.import.total", "voltage.a"]
+
+[prepaid]
+check_every = "1s"
+retry_every = "2s"
+
+[[prepaid.tariffs]]
+name = "flat"
+[[prepaid.tariffs.versions]]
+effective = 2020-01-01
+kind = "flat"
+price = "0.50"
+""")
+    for meters in addresses:
+        for a in meters:
+            lines.append(f'[[prepaid.accounts]]\naccount = "A{a}"\ntariff = "flat"\nmeters = ["{a}"]\n'
+                         'opening_balance = "10000.00"\n')
+    return "\n".join(lines)
+
+
+def query(url: str, sql: str, *args) -> list[tuple]:
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def leases(url: str) -> dict[str, str]:
+    """channel -> its live holder."""
+    try:
+        rows = query(url, "SELECT resource, holder FROM leases WHERE expires > clock_timestamp() AND holder IS NOT NULL")
+    except psycopg.Error:
+        return {}
+    return {r.removeprefix("channel:"): h for r, h in rows if r.startswith("channel:")} | \
+        {r: h for r, h in rows if r.startswith("leader:")}
+
+
+async def until(predicate, timeout: float, what: str) -> float:
+    began = time.monotonic()
+    while True:
+        try:
+            if predicate():
+                return time.monotonic() - began
+        except psycopg.Error:
+            pass
+        assert time.monotonic() - began < timeout, f"timed out after {timeout} s: {what}"
+        await asyncio.sleep(0.2)
+
+
+async def test_three_nodes_share_the_buses_survive_a_kill_and_a_postgresql_restart(pg_server, pg_url, tmp_path,
+                                                                                      meterd_bin):
+    spec = FleetSpec(pty_buses=0, tcp_buses=BUSES, meters_per_bus=METERS_PER_BUS, wire_time=False, speed=10.0,
+                     seed=5)
+    fleet = await run_fleet(spec)
+    recorders = []
+    procs: dict[str, subprocess.Popen] = {}
+    logs: dict[str, Path] = {}
+    try:
+        ports = []
+        for i, bus in enumerate(fleet.buses):
+            host, _, port = bus.endpoint.rpartition(":")
+            rec = Recorder(f"bus{i}", (host, int(port)))
+            ports.append(await rec.start())
+            recorders.append(rec)
+        addresses = [list(b.meters) for b in fleet.buses]
+        meters = [a for group in addresses for a in group]
+        env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1"}
+        for name in ("n1", "n2", "n3"):
+            cfg = tmp_path / f"{name}.toml"
+            cfg.write_text(site(pg_url, tmp_path / name, name, ports, addresses))
+            logs[name] = tmp_path / f"{name}.log"
+            procs[name] = subprocess.Popen([meterd_bin, "run", "-c", str(cfg)], stdout=subprocess.DEVNULL,
+                                           stderr=logs[name].open("w"), env=env, cwd=tmp_path)
+            if name == "n1":  # the first creates the tables; the others join a running site
+                await until(lambda: len(leases(pg_url)) >= BUSES, 30, "n1 takes every channel")
+
+        # 1. the three share the buses, every meter is collected
+        await until(lambda: {leases(pg_url).get(f"bus{i}") for i in range(BUSES)} == {"n1", "n2", "n3"},
+                    20, "every node holds a channel")
+        await until(lambda: len(query(pg_url, "SELECT DISTINCT meter FROM readings")) == len(meters), 20,
+                    "every meter collected")
+        held = leases(pg_url)
+        counts = {n: sum(1 for i in range(BUSES) if held[f"bus{i}"] == n) for n in procs}
+        assert max(counts.values()) <= 3, counts  # fair share 2, slack 1
+
+        # 2. operator commands go out through the node holding each meter's bus
+        store = ControlStore(Database(pg_url))
+        now = datetime.now(UTC)
+        first = store.queue_commands([CommandRequest(m, CommandKind.ALARM, "test", "tester", manual=True)
+                                      for m in meters], now=now, ttl=timedelta(minutes=10))
+        await until(lambda: all(c.state.value in ("confirmed", "failed") for c in
+                                (store.command(x.id) for x in first)), 20, "first commands settled")
+
+        # 3. kill -9 the prepaid leader: its buses are polled again by the others within the lease time
+        leader = held["leader:prepaid"]
+        victim_buses = [i for i in range(BUSES) if held[f"bus{i}"] == leader]
+        assert victim_buses
+        last_seen = {i: recorders[i].last_connection() for i in victim_buses}
+        second = store.queue_commands([CommandRequest(m, CommandKind.ALARM_RELEASE, "test", "tester", manual=True)
+                                       for m in meters], now=datetime.now(UTC), ttl=timedelta(minutes=10))
+        await asyncio.sleep(0.3)  # some of them in flight
+        procs[leader].send_signal(signal.SIGKILL)
+        procs[leader].wait(10)
+        killed = time.monotonic()
+
+        def moved() -> bool:
+            return all(recorders[i].requests and recorders[i].requests[-1][0] != last_seen[i]
+                       and recorders[i].requests[-1][1] > killed for i in victim_buses)
+
+        failover = await until(moved, LEASE + 10, "the dead node's buses polled again")
+        assert failover < LEASE + 3 * HEARTBEAT, failover
+        survivors = [n for n in procs if n != leader]
+        await until(lambda: leases(pg_url).get("leader:prepaid") in survivors, 10, "a new prepaid leader")
+        await until(lambda: all(c.state.value in ("confirmed", "failed") for c in
+                                (store.command(x.id) for x in second)), 30, "second commands settled")
+
+        # 4. PostgreSQL restarts under the survivors: they carry on
+        before = query(pg_url, "SELECT COUNT(*) FROM readings")[0][0]
+        store.close()
+        pg_server.restart()
+        restarted = time.monotonic()
+        await until(lambda: query(pg_url, "SELECT COUNT(*) FROM readings")[0][0] > before + 2 * len(meters), 30,
+                    "collection resumes after the restart")
+        for i in range(BUSES):
+            await until(lambda i=i: recorders[i].requests and recorders[i].requests[-1][1] > restarted + 1, 20,
+                        f"bus{i} polled after the restart")
+        await asyncio.sleep(2.0)  # a prepaid pass after the restart
+
+        # stop the survivors cleanly: they give their leases back
+        for n in survivors:
+            procs[n].send_signal(signal.SIGTERM)
+        for n in survivors:
+            assert procs[n].wait(30) == 0, logs[n].read_text()[-3000:]
+        assert not any(h for r, h in leases(pg_url).items())
+
+        # no bus ever saw two nodes at once
+        assert {r.name: r.overlaps() for r in recorders if r.overlaps()} == {}
+        # no command went out twice: one relay-control frame per command, each claimed once
+        sent: dict[str, int] = defaultdict(int)
+        for r in recorders:
+            for _, _, function, meter in r.requests:
+                if function == Function.RELAY_CONTROL:
+                    sent[meter] += 1
+        store = ControlStore(Database(pg_url))
+        commands = [store.command(c.id) for c in first + second]
+        claims = defaultdict(int)
+        for c in commands:
+            claims[c.meter] += c.tries
+        assert dict(sent) == dict(claims), (sent, claims)
+        assert all(c.tries <= 1 for c in commands if c.state.value == "confirmed")
+        assert sum(1 for c in commands if c.state.value == "confirmed") >= len(commands) - BUSES  # orphans at most
+        # balances equal the ledger; charged = the registers' advance x price, once
+        assert store.verify_balances() == []
+        for m in meters:
+            cursor = store.cursors([m])
+            charged = -sum((e.amount for e in store.ledger(f"A{m}") if e.kind.value == "charge"), Decimal(0))
+            energy = query(pg_url, "SELECT value FROM readings WHERE meter = %s AND quantity = %s ORDER BY ts",
+                           m, "energy.active.import.total")
+            assert cursor, m
+            first_kwh, last_kwh = Decimal(energy[0][0]), next(iter(cursor.values()))[1]
+            expected = (last_kwh - first_kwh) * PRICE
+            assert abs(charged - expected) <= Decimal("0.01") * (1 + len(energy)), (m, charged, expected)
+        store.close()
+        print(json.dumps({"failover_s": round(failover, 2), "counts": counts}))
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        for r in recorders:
+            await r.close()
+        await fleet.close()
+        for name, path in logs.items():
+            if path.exists():
+                sys.stderr.write(f"--- {name} (tail) ---\n{path.read_text()[-4000:]}\n")
