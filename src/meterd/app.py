@@ -217,6 +217,7 @@ def _figures(node: Node) -> Figures:
         prepaid_passes=(lambda: prepaid.passes) if prepaid is not None else None,
         open_anomalies=analytics.open_anomalies if analytics is not None else None,
         open_outages=analytics.open_outages if analytics is not None else None,
+        cluster=node.cluster.figures if node.cluster is not None else None,
     )
 
 

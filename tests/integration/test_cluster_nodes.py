@@ -253,6 +253,19 @@ async def test_three_nodes_share_the_buses_survive_a_kill_and_a_postgresql_resta
         await until(lambda: all(c.state.value in ("confirmed", "failed") for c in
                                 (store.command(x.id) for x in second)), 30, "second commands settled")
 
+        # meterd cluster status: the dead node is dead, the survivors hold every bus and one leads
+        shown = subprocess.run([meterd_bin, "cluster", "status", "-c", str(tmp_path / "n2.toml"), "--json"],
+                               capture_output=True, text=True, timeout=30, env=env)
+        assert shown.returncode == 0, shown.stderr
+        doc = json.loads(shown.stdout)
+        states = {n["node"]: n["state"] for n in doc["nodes"]}
+        assert states[leader] == "dead" and all(states[n] == "alive" for n in survivors), states
+        assert sorted(c for n in doc["nodes"] for c in n["channels"]) == [f"bus{i}" for i in range(BUSES)]
+        assert doc["leaders"]["prepaid"]["node"] in survivors and doc["channels_unheld"] == []
+        text = subprocess.run([meterd_bin, "cluster", "status", "-c", str(tmp_path / "n2.toml")],
+                              capture_output=True, text=True, timeout=30, env=env).stdout
+        assert "+08:00" in text and f"prepaid: {doc['leaders']['prepaid']['node']}" in text and "dead" in text
+
         # 4. PostgreSQL restarts under the survivors: they carry on
         before = query(pg_url, "SELECT COUNT(*) FROM readings")[0][0]
         store.close()

@@ -360,6 +360,12 @@ async def test_a_node_cut_off_from_postgresql_stops_before_its_lease_can_pass(pg
     assert collector.running["a"] == set() and node.stats.lapsed == 1
     await node.tick()  # PostgreSQL answers again and nobody took the lease: polling resumes
     assert collector.running["a"] == {"c1"} and node.allows("c1")
+    from meterd.api.runtime import Figures, render_metrics
+
+    text = render_metrics(Figures(channels=list, spool=lambda: None, cluster=node.figures))
+    assert 'meterd_cluster_channels_held{node="a"} 1' in text
+    assert 'meterd_cluster_lease_lapses_total{node="a"} 1' in text
+    assert 'meterd_cluster_live_nodes{node="a"} 1' in text
     stop.set()
     await watchdog
     await node.leave()

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import resource
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -85,6 +85,7 @@ class Figures:
     prepaid_passes: Callable[[], int] | None = None
     open_anomalies: Callable[[], int] | None = None
     open_outages: Callable[[], int] | None = None
+    cluster: Callable[[], Mapping[str, Any]] | None = None  # collector nodes: ClusterNode.figures
 
 
 def _server_without_signals(uvicorn: Any) -> Any:
@@ -239,4 +240,24 @@ def render_metrics(figures: Figures, guard: ConnectionGuard | None = None) -> st
     if figures.open_anomalies is not None and figures.open_outages is not None:
         metric("meterd_anomalies_open", "gauge", "open anomaly events", [({}, figures.open_anomalies())])
         metric("meterd_outages_open", "gauge", "outages going on", [({}, figures.open_outages())])
+    if figures.cluster is not None:
+        c = figures.cluster()
+        node = {"node": str(c["node"])}
+        metric("meterd_cluster_channels_held", "gauge", "channel leases this collector node holds",
+               [(node, c["channels_held"])])
+        metric("meterd_cluster_fair_share", "gauge", "channels per live node (ceil)", [(node, c["share"])])
+        metric("meterd_cluster_live_nodes", "gauge", "collector nodes with a heartbeat within the lease time",
+               [(node, c["live_nodes"])])
+        metric("meterd_cluster_leader", "gauge", "1 when this node leads the job",
+               [({**node, "job": job}, int(bool(on))) for job, on in sorted(c["leading"].items())])
+        metric("meterd_cluster_lease_losses_total", "counter", "leases found taken by another node at a renewal",
+               [(node, c["lost"])])
+        metric("meterd_cluster_lease_lapses_total", "counter",
+               "channels stopped because no renewal reached PostgreSQL in time", [(node, c["lapsed"])])
+        metric("meterd_cluster_renew_failures_total", "counter", "renewals that failed (PostgreSQL out of reach)",
+               [(node, c["renew_failures"])])
+        metric("meterd_cluster_leases_taken_total", "counter", "leases taken, by how",
+               [({**node, "how": "free"}, c["acquired"]), ({**node, "how": "dtu"}, c["claimed"])])
+        metric("meterd_cluster_leases_released_total", "counter", "leases given back (balancing, DTU gone)",
+               [(node, c["released"])])
     return "\n".join(lines) + "\n"

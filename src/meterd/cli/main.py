@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     from meterd.cli import (
         analytics,
         backup,
+        cluster,
         decode,
         demo,
         migrate,
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (demo, run, migrate, read, probe, decode, readings, quality, simulate, prepaid, analytics, sync, token,
-                   backup):
+                   backup, cluster):
         module.add_parser(sub)
     return parser
 

@@ -89,7 +89,11 @@ class Ownership(Protocol):
     ``allows(channel)`` is asked before every write and every round; ``bind(start, stop)`` hands
     over the daemon's way to start and stop a channel; ``run(stop)`` keeps the leases until stop
     (then stops the channels and gives the leases back); a DTU registering on this node or leaving
-    it is reported with ``dtu_online`` / ``dtu_offline``."""
+    it is reported with ``dtu_online`` / ``dtu_offline``.  ``name``: the node's, unique among live
+    nodes (it makes this node's MQTT client id)."""
+
+    @property
+    def name(self) -> str: ...
 
     def allows(self, channel: str) -> bool: ...
 
@@ -319,10 +323,13 @@ class Daemon:
         self.hub: MqttHub | None = None
         if config.mqtt is not None:
             m = config.mqtt
-            self.hub = MqttHub(m.host, m.port, client_id=m.client_id, username=m.username,
+            # among collector nodes each node is its own MQTT client (one client id = one session)
+            client_id = m.client_id if ownership is None else f"{m.client_id}.{ownership.name}"
+            self.hub = MqttHub(m.host, m.port, client_id=client_id, username=m.username,
                                password=secret(m.password_env, "mqtt.password_env") if m.password_env else None,
                                keepalive=m.keepalive, clock=clock, root=m.root, request_ttl=m.request_ttl,
                                on_readings=self._pushed, push_meters=push_meters(config))
+            self.hub.shared = ownership is not None
         from meterd.storage.quality import OnlineTracker, QualityStore
 
         self.quality = QualityStore(store, clock=clock)

@@ -94,6 +94,7 @@ class HubStats:
     replies_matched: int = 0  # reply messages fed to the waiting transport
     late: int = 0  # replies for an id of ours no longer awaited: dropped
     unknown_ids: int = 0  # replies for ids never issued here (or for another terminal): dropped
+    other_masters: int = 0  # replies to another collector node's requests (shared broker): ignored
     malformed: int = 0  # bad JSON / payload / status / topic: dropped
     pushed_messages: int = 0
     pushed_readings: int = 0
@@ -159,6 +160,9 @@ class MqttHub:
         self._topic_cache: dict[str, tuple[str, str] | None] = {}  # topic -> Topics.parse(topic)
         self._expired: OrderedDict[str, str] = OrderedDict()  # our old ids -> terminal
         self._session = secrets.token_hex(4)
+        # collector nodes share the broker and each hears every terminal's replies: a reply whose id
+        # another node's hub issued is theirs, not an anomaly (see meterd.collector.daemon)
+        self.shared = False
         self._seq = 0
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._started = False
@@ -424,6 +428,8 @@ class MqttHub:
             return
         if t is not None:
             self._reject("unknown_ids", tid, f"reply id {reply.id} was sent to terminal {t.terminal}")
+        elif self.shared and not reply.id.startswith(f"{self._session}-"):
+            self.stats.other_masters += 1
         elif self._expired.get(reply.id) == tid:
             self.stats.late += 1
             log.info("MQTT: terminal %s: late reply %s dropped (no longer awaited)", tid, reply.id)
