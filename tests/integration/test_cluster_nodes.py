@@ -325,3 +325,149 @@ async def test_three_nodes_share_the_buses_survive_a_kill_and_a_postgresql_resta
         for name, path in logs.items():
             if path.exists():
                 sys.stderr.write(f"--- {name} (tail) ---\n{path.read_text()[-4000:]}\n")
+
+
+class Balancer:
+    """The TCP load balancer DTUs dial: each new connection goes to the first backend that accepts
+    it, starting after the one the previous connection went to (round robin over live nodes)."""
+
+    def __init__(self, backends: list[int]) -> None:
+        self.backends = backends
+        self.sessions: list[int] = []  # the backend port of each connection, in order
+        self._turn = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first, n = self._turn, len(self.backends)
+        self._turn = (first + 1) % n
+        for k in range(n):
+            port = self.backends[(first + k) % n]
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                continue
+            self.sessions.append(port)
+            break
+        else:
+            writer.close()
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with _quiet():
+                while data := await src.read(4096):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        tasks = [asyncio.create_task(pipe(reader, up_writer)), asyncio.create_task(pipe(up_reader, writer))]
+        self._tasks.update(tasks)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in tasks:
+            t.cancel()
+        for w in (writer, up_writer):
+            w.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in self._tasks:
+            t.cancel()
+
+
+def dtu_site(url: str, data_dir: Path, node: str, listen: int, known: dict[str, str]) -> str:
+    lines = [f"""
+[store]
+data_dir = "{data_dir}"
+database = "{url}"
+flush_interval = "200ms"
+
+[cluster]
+node = "{node}"
+lease_time = "{LEASE:g}s"
+heartbeat = "{HEARTBEAT:g}s"
+
+[listeners.gprs]
+host = "127.0.0.1"
+port = {listen}
+heartbeat_timeout = "30s"
+"""]
+    for n, (tid, channel) in enumerate(known.items()):
+        lines.append(f'[channels.{channel}]\ndtu = {{ listener = "gprs", terminal = "{tid}" }}\n'
+                     'response_timeout = "500ms"\nretries = 0\n')
+        for i in range(2):
+            lines.append(f'[[meters]]\naddress = "{n * 2 + i + 1:012d}"\nchannel = "{channel}"\n')
+    lines.append('[[polls]]\nname = "rt"\ninterval = "500ms"\nquantities = ["energy.active.import.total"]\n')
+    return "\n".join(lines)
+
+
+async def test_the_node_holding_a_dtus_connection_polls_it_and_takes_it_over_before_the_lease_runs_out(
+        pg_url, tmp_path, meterd_bin):
+    from conftest import free_port
+    from meterd.simulators.dtu import run_dtu_fleet
+
+    listen = {"n1": free_port(), "n2": free_port()}
+    balancer = Balancer([listen["n1"], listen["n2"]])
+    lb_port = await balancer.start()
+    procs: dict[str, subprocess.Popen] = {}
+    logs: dict[str, Path] = {}
+    fleet = None
+    try:
+        known = {"DTU00000001": "feeder1", "DTU00000002": "feeder2"}
+        for name in ("n1", "n2"):
+            cfg = tmp_path / f"{name}.toml"
+            cfg.write_text(dtu_site(pg_url, tmp_path / name, name, listen[name], known))
+            logs[name] = tmp_path / f"{name}.log"
+            procs[name] = subprocess.Popen([meterd_bin, "run", "-c", str(cfg)], stdout=subprocess.DEVNULL,
+                                           stderr=logs[name].open("w"), env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                           cwd=tmp_path)
+        await until(lambda: len(query(pg_url, "SELECT node FROM cluster_nodes")) == 2, 30, "both nodes joined")
+        await asyncio.sleep(1.0)  # both listening
+        fleet = await run_dtu_fleet(2, 2, "127.0.0.1", lb_port, heartbeat=5.0, reconnect_delay=0.5)
+        port_node = {v: k for k, v in listen.items()}
+
+        def holders_match() -> bool:
+            held = leases(pg_url)
+            where = [port_node[p] for p in balancer.sessions[-2:]]
+            return len(balancer.sessions) >= 2 and [held.get("feeder1"), held.get("feeder2")] == where
+
+        await until(holders_match, 20, "each DTU's channel held by the node its connection went to")
+        await until(lambda: len(query(pg_url, "SELECT DISTINCT meter FROM readings")) == 4, 20, "all four meters")
+        held = leases(pg_url)
+        victim = held["feeder1"]
+        survivor = "n2" if victim == "n1" else "n1"
+        moved_meters = fleet.meters["DTU00000001"]
+        procs[victim].send_signal(signal.SIGKILL)
+        procs[victim].wait(10)
+        killed = datetime.now(UTC)
+        began = time.monotonic()
+
+        def read_again() -> bool:
+            rows = query(pg_url, "SELECT meter, MAX(ts) FROM readings WHERE meter = ANY(%s) GROUP BY meter",
+                         moved_meters)
+            return len(rows) == 2 and all(ts > killed.timestamp() * 1000 for _, ts in rows)  # UTC ms
+
+        took = await until(read_again, LEASE + 10, "the survivor reads the re-dialled DTU's meters")
+        # the DTU re-dialled the survivor, which took its channel at once: well inside the lease time
+        assert leases(pg_url)["feeder1"] == survivor
+        assert took < LEASE - 1, took
+        token = query(pg_url, "SELECT token FROM leases WHERE resource = 'channel:feeder1'")[0][0]
+        assert token >= 2
+        print(json.dumps({"dtu_failover_s": round(took, 2), "since_kill_s": round(time.monotonic() - began, 2)}))
+        procs[survivor].send_signal(signal.SIGTERM)
+        assert procs[survivor].wait(30) == 0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        if fleet is not None:
+            await fleet.close()
+        await balancer.close()
+        for name, path in logs.items():
+            if path.exists():
+                sys.stderr.write(f"--- {name} (tail) ---\n{path.read_text()[-3000:]}\n")
