@@ -67,7 +67,7 @@ def test_migrate_makes_every_store_and_prints_the_versions(where, tmp_path, run_
     again = run_meterd("migrate", "-c", str(config))
     assert again.returncode == 0, again.stderr
     assert "nothing to do" in again.stdout
-    assert re.search(rf"^\s+control\s+{latest}\s+{latest}$", again.stdout, re.M), again.stdout
+    assert re.search(rf"^\s+control\s+{latest}\s+{latest}$", again.stdout, re.MULTILINE), again.stdout
 
 
 def test_a_database_newer_than_this_meterd_is_refused_and_left_alone(where, tmp_path, run_meterd):

@@ -260,7 +260,7 @@ def test_a_whole_site_on_postgresql_through_the_cli(pg_url, simulator, tmp_path,
     assert Decimal(ledger["balance"]) < Decimal("149.50")
 
     # -- where it all is ------------------------------------------------------------------------
-    counts = {table: psql(pg_url, f"SELECT COUNT(*) FROM {table}")[0][0]  # noqa: S608 -- constant names
+    counts = {table: psql(pg_url, f"SELECT COUNT(*) FROM {table}")[0][0]
               for table in ("accounts", "ledger", "commands", "audit", "api_tokens", "sync_jobs", "sync_files",
                             "sync_quarantine", "meters", "readings", "attempts")}
     assert all(n > 0 for n in counts.values()), counts
@@ -302,4 +302,67 @@ def test_reports_read_the_postgresql_site(pg_url, tmp_path, run_meterd, monkeypa
                        "--json")
     assert curve.returncode == 0, curve.stderr
     assert [(c["kw"], c["meters"]) for c in json.loads(curve.stdout)[:4]] == [("2.5", 1)] * 4
+    assert sqlite_files(tmp_path) == []
+
+
+@pytest.fixture
+def password_server():
+    """A PostgreSQL of this test's own that asks role ``meterd`` for its password (scram-sha-256),
+    with a database ``site`` that role owns."""
+    import psycopg
+
+    import pgserver
+
+    if not pgserver.available():
+        pytest.skip("PostgreSQL is not installed")
+    server = pgserver.PgServer()
+    try:
+        with psycopg.connect(server.url(), autocommit=True) as conn:
+            conn.execute("CREATE ROLE meterd LOGIN PASSWORD 'c0rrect horse'")
+            conn.execute("CREATE DATABASE site OWNER meterd TEMPLATE template0")
+        hba = server.data / "pg_hba.conf"
+        hba.write_text("local all all trust\nhost all postgres 127.0.0.1/32 trust\n"
+                       "host all all 127.0.0.1/32 scram-sha-256\n")
+        server._run("pg_ctl", "-D", str(server.data), "reload")
+        time.sleep(0.5)
+        yield f"postgresql://meterd@127.0.0.1:{server.port}/site"
+    finally:
+        from meterd.storage.database import close_pools
+
+        close_pools()
+        server.close()
+
+
+def test_the_password_reaches_postgresql_from_the_secrets_file_or_the_environment(password_server, tmp_path,
+                                                                                   run_meterd, monkeypatch):
+    for name in ("METERD_DB_PASSWORD", "PGPASSWORD", "PGPASSFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))  # never the runner's ~/.pgpass
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("METERD_DB_PASSWORD='c0rrect horse'\n")
+    secrets.chmod(0o600)
+    site = tmp_path / "site.toml"
+    base = f'[store]\ndata_dir = "data"\ndatabase = "{password_server}"\npool_size = 2\n'
+    site.write_text('secrets_file = "secrets.env"\n' + base + 'password_env = "METERD_DB_PASSWORD"\n')
+
+    migrated = run_meterd("migrate", "-c", "site.toml", "--json")
+    assert migrated.returncode == 0, migrated.stderr
+    assert json.loads(migrated.stdout)["backend"] == "postgresql"
+    paid = run_meterd("pay", "A1", "10", "--ref", "P1", "-c", "site.toml")
+    assert paid.returncode == 2 and "A1" in paid.stderr  # no such account: refused by the store, which was reached
+
+    monkeypatch.setenv("METERD_DB_PASSWORD", "wrong")  # the environment wins over the secrets file
+    refused = run_meterd("migrate", "-c", "site.toml")
+    assert refused.returncode == 1
+    assert "cannot reach the database" in refused.stderr and "password authentication failed" in refused.stderr
+    assert "wrong" not in refused.stderr.replace("password authentication failed", "")
+    assert "c0rrect" not in refused.stderr
+
+    monkeypatch.delenv("METERD_DB_PASSWORD")
+    site.write_text(base)  # no password_env: libpq's own PGPASSWORD
+    assert run_meterd("migrate", "-c", "site.toml").returncode == 1
+    monkeypatch.setenv("PGPASSWORD", "c0rrect horse")
+    again = run_meterd("migrate", "-c", "site.toml", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["migrated"] is False
     assert sqlite_files(tmp_path) == []

@@ -95,8 +95,8 @@ def test_a_password_inside_the_url_is_refused_and_not_repeated(url: str) -> None
 
 def test_a_password_key_in_the_store_is_refused() -> None:
     assert problems(database=URL, password="hunter2") == [
-        "site.toml: store.password: a secret must not be written in the config: put it in the environment or the "
-        "secrets file and name the variable with password_env"]
+        ("site.toml: store.password: a secret must not be written in the config: put it in the environment or the "
+         "secrets file and name the variable with password_env")]
 
 
 @pytest.mark.parametrize(("keys", "expected"), [
