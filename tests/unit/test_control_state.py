@@ -280,6 +280,28 @@ def test_a_charging_batch_in_parts_applies_each_key_once_and_moves_balances_by_w
     assert store.audit_log(subject="*")[-1].detail["entries"] == 3
 
 
+def test_a_charging_batch_keeps_the_order_given_and_the_first_of_a_key_repeated_in_a_part(store):
+    def entry(key, amount):
+        return (key, "A1", EntryKind.CHARGE, Decimal(amount), T0, "", None, None, None, None, None, None)
+
+    with store.charging_batch(now=T0, pipelined=True) as batch:
+        batch.add([entry("charge:z", "-1.00"), entry("charge:a", "-2.00"), entry("charge:z", "-9.00"),
+                   entry("charge:m", "-3.00")])
+        batch.add([entry("fixed:b", "-0.50"), entry("charge:a", "-9.00")])
+    assert [(r.key, r.amount) for r in store.ledger("A1")] == [
+        ("charge:z", Decimal("-1.00")), ("charge:a", Decimal("-2.00")), ("charge:m", Decimal("-3.00")),
+        ("fixed:b", Decimal("-0.50"))]
+    assert batch.applied == 4 and store.balance("A1") == Decimal("-6.50") and store.verify_balances() == []
+
+
+def test_the_last_cursor_and_usage_of_a_key_in_a_part_stay(store):
+    store.commit_charging([], [(M1, Rate.TOTAL, T0, Decimal("1")), (M1, Rate.TOTAL, T0 + timedelta(days=1),
+                                                                     Decimal("2"))],
+                          [("A1", "2026", Decimal("5")), ("A1", "2026", Decimal("6"))], [], {}, now=T0)
+    assert store.cursors() == {(M1, Rate.TOTAL): (T0 + timedelta(days=1), Decimal("2"))}
+    assert store.tier_usage() == {("A1", "2026"): Decimal("6")}
+
+
 @pytest.mark.parametrize("pipelined", [False, True])
 def test_a_charging_batch_that_fails_part_way_leaves_nothing(store, pipelined):
     good = ("charge:a", "A1", EntryKind.CHARGE, Decimal("-2.00"), T0, "", None, None, None, None, None, None)

@@ -1,5 +1,6 @@
 """The prepaid side of the state database: accounts, the ledger, balances, charging cursors,
-commands, relay states and the audit log, in ``state.sqlite3`` beside the meter archive.
+commands, relay states and the audit log, in ``state.sqlite3`` beside the meter archive, or in
+PostgreSQL (:class:`~meterd.storage.database.Database`) with the same behaviour.
 
 Exactly-once is the design:
 
@@ -22,8 +23,15 @@ Exactly-once is the design:
 - A command is marked ``sent`` and committed *before* its bytes go out.  After a crash a ``sent``
   command is never sent again; it is settled by reading the relay back
   (:mod:`meterd.control.commands`).
-- Writers take the database lock up front (``BEGIN IMMEDIATE``), so the daemon and a CLI
-  ``meterd pay`` in another process serialise instead of failing half-way.
+- Writers take the database lock up front (``BEGIN IMMEDIATE``; on PostgreSQL the store family's
+  advisory lock), so the daemon and a CLI ``meterd pay`` in another process -- or another node --
+  serialise instead of failing half-way.
+
+On PostgreSQL a BIGINT never turns REAL, it raises; the range checks are computed in NUMERIC
+before anything is added, so the same amounts are refused with the same LedgerError.  Where the
+two dialects differ the SQL branches on :attr:`~meterd.storage.statedb.StateDatabase.postgres`;
+the bulk writes (a charging pass, a policy pass's states and commands) take fewer round trips
+there (COPY, batches), with the same rows and audit lines as the SQLite path.
 
 Every ledger change and every command transition is written to ``audit`` in the same transaction,
 with who (an operator, ``policy``, ``billing``, ``daemon``) and why.
@@ -357,33 +365,36 @@ _QUEUED_STATEMENTS: Final = 8  # a pipelined batch's statements waiting for the 
 # PostgreSQL: a part's rows are copied (``COPY ... FROM STDIN``, several times faster than binding
 # parameters) into temporary tables of the pass's transaction (``ON COMMIT DROP``: nothing stays
 # in the pooled session), then moved into the real tables by one statement each, with the
-# conflict rules of the SQLite path.  (table, its columns, the statement that moves them.)
+# conflict rules of the SQLite path.  (table, its columns, the columns copied, the statement that
+# moves them.)
 _PG_STAGES: Final = (
     ("charging_ledger", ("key text, account text, kind text, amount_fen bigint, ts bigint, recorded_ts bigint, "
                          "actor text, detail text, meter text, rate text, kwh text, price text, period_start_ts "
-                         "bigint, period_end_ts bigint"),
-     # The entries whose key is new go in (the part's keys are distinct, and no other writer
-     # inserts while the write lock is held: an anti-join, cheaper than ON CONFLICT's speculative
-     # insertion; the UNIQUE key still refuses a duplicate, failing the pass, never charging
-     # twice), and the balances move by exactly the rows that went in, each checked against the
-     # range in NUMERIC (nothing overflows).  An account out of range is not moved, which the
-     # counts show (ChargingBatch._stage_pg).  One statement per part.
-     (f"WITH taken AS (INSERT INTO ledger ({_LEDGER_COLUMNS}) SELECT * FROM charging_ledger AS c "
-      "WHERE NOT EXISTS (SELECT 1 FROM ledger AS l WHERE l.key = c.key) RETURNING account, amount_fen, seq), "
+                         "bigint, period_end_ts bigint, ord bigint GENERATED ALWAYS AS IDENTITY"), _LEDGER_COLUMNS,
+     # The entries whose key is new go in, in the order given (``ord``: seq as on SQLite; the
+     # part's keys are distinct, and no other writer inserts while the write lock is held: an
+     # anti-join, cheaper than ON CONFLICT's speculative insertion; the UNIQUE key still refuses a
+     # duplicate, failing the pass, never charging twice), and the balances move by exactly the
+     # rows that went in, each checked against the range in NUMERIC (nothing overflows).  An
+     # account out of range is not moved, which the counts show (ChargingBatch._stage_pg).  One
+     # statement per part.
+     (f"WITH taken AS (INSERT INTO ledger ({_LEDGER_COLUMNS}) SELECT {_LEDGER_COLUMNS} FROM charging_ledger AS c "
+      "WHERE NOT EXISTS (SELECT 1 FROM ledger AS l WHERE l.key = c.key) ORDER BY c.ord "
+      "RETURNING account, amount_fen, seq), "
       "moved AS (SELECT account, SUM(amount_fen) AS fen, MAX(seq) AS seq FROM taken GROUP BY account), "
       "done AS (UPDATE accounts SET balance_fen = accounts.balance_fen + moved.fen, last_seq = moved.seq "
       f"FROM moved WHERE accounts.account = moved.account AND {_pg_room('accounts.balance_fen + moved.fen')} "
       "RETURNING 1) "
       "SELECT (SELECT MAX(seq) FROM moved), (SELECT COUNT(*) FROM moved), (SELECT COUNT(*) FROM done)")),
-    ("charging_cursors", "meter text, rate text, ts bigint, value text",
+    ("charging_cursors", "meter text, rate text, ts bigint, value text", "meter, rate, ts, value",
      ("INSERT INTO cursors (meter, rate, ts, value) SELECT * FROM charging_cursors "
       "ON CONFLICT (meter, rate) DO UPDATE SET ts = excluded.ts, value = excluded.value")),
-    ("charging_usage", "account text, period text, kwh text",
+    ("charging_usage", "account text, period text, kwh text", "account, period, kwh",
      ("INSERT INTO tier_usage (account, period, kwh) SELECT * FROM charging_usage "
       "ON CONFLICT (account, period) DO UPDATE SET kwh = excluded.kwh")),
-    ("charging_flags", "meter text, rate text, ts bigint, kind text, detail text",
+    ("charging_flags", "meter text, rate text, ts bigint, kind text, detail text", "meter, rate, ts, kind, detail",
      "INSERT INTO charge_flags (meter, rate, ts, kind, detail) SELECT * FROM charging_flags ON CONFLICT DO NOTHING"),
-    ("charging_fixed", "account text, ts bigint",
+    ("charging_fixed", "account text, ts bigint", "account, ts",
      "UPDATE accounts SET fixed_through_ts = f.ts FROM charging_fixed AS f WHERE accounts.account = f.account"),
 )
 # The account that a part's entries (those above the watermark) would take out of range, if any.
@@ -391,8 +402,6 @@ _PG_OUT_OF_RANGE: Final = (
     "SELECT a.account, a.balance_fen, moved.fen FROM accounts a JOIN (SELECT account, SUM(amount_fen) AS fen "
     "FROM ledger WHERE seq > ? GROUP BY account) AS moved ON a.account = moved.account "
     f"WHERE a.last_seq <= ? AND NOT {_pg_room('a.balance_fen + moved.fen')} LIMIT 1")
-
-
 
 
 def _values(n_rows: int, n_columns: int) -> str:
@@ -407,6 +416,9 @@ class ChargingBatch:
     After each part, balances move by what the ledger actually took since the previous part (the
     rows above a ``seq`` watermark: this transaction's own, under the write lock), so a replayed
     or duplicated key moves nothing: exactly once without asking which keys are known.
+
+    On PostgreSQL the rows of a part are copied in and moved by a few statements (see
+    :data:`_PG_STAGES`), which move the balances by exactly the rows the ledger took.
 
     Pipelined, the statements run in a writer thread while the caller computes the next part:
     SQLite releases the GIL for the whole of a many-row statement (it would not help row by row:
@@ -502,14 +514,14 @@ class ChargingBatch:
     def _stage_pg(self, parts: list[list[Any]]) -> None:
         conn = self._conn
         if not self._staging:
-            for table, columns, _ in _PG_STAGES:
+            for table, columns, _, _ in _PG_STAGES:
                 conn.execute(f"CREATE TEMPORARY TABLE {table} ({columns}) ON COMMIT DROP")
             self._staging = True
         used = []
-        for (table, _, move), rows in zip(_PG_STAGES, parts):
+        for (table, _, copied, move), rows in zip(_PG_STAGES, parts):
             if not rows:
                 continue
-            conn.copy_rows(f"COPY {table} FROM STDIN", rows)  # type: ignore[attr-defined]
+            conn.copy_rows(f"COPY {table} ({copied}) FROM STDIN", rows)  # type: ignore[attr-defined]
             used.append(table)
             if table != "charging_ledger":
                 conn.execute(move)
