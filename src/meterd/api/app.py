@@ -38,6 +38,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
+import psycopg
+from psycopg_pool import PoolTimeout
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -946,6 +948,15 @@ async def _storage_error(request: Request, exc: Exception) -> Response:
                         headers={"Retry-After": "60"})
 
 
+async def _database_unreachable(request: Request, exc: Exception) -> Response:
+    """PostgreSQL down, restarting or failing over: 503 at once, never a 500; the statement was
+    rolled back whole (nothing is half-written) and the request can be made again."""
+    _ERROR_LOG.log(log, logging.ERROR, "API requests refused: the database is unreachable", "API %s %s: %s",
+                   request.method, request.url.path, exc)
+    return JSONResponse({"error": "the database is unreachable; try again shortly"}, status_code=503,
+                        headers={"Retry-After": "10"})
+
+
 def create_app(where: Location, *, clock: Clock, config: Any = None, live: LiveNode | None = None,
                sync: Any = None) -> Starlette:
     """The API over the stores at ``where`` (a data directory, or a PostgreSQL
@@ -969,6 +980,7 @@ def create_app(where: Location, *, clock: Clock, config: Any = None, live: LiveN
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={ApiError: _api_error, HTTPException: _http_error, StorageFullError: _storage_error,
                                         sqlite3.Error: _storage_error, OSError: _storage_error,
-                                        Exception: _server_error})
+                                        psycopg.OperationalError: _database_unreachable,
+                                        PoolTimeout: _database_unreachable, Exception: _server_error})
     app.state.api = api
     return app

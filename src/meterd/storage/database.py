@@ -75,6 +75,7 @@ class Database:
     url: str
     password: str | None = field(default=None, repr=False)
     pool_size: int = 8
+    timeout: float = 10.0  # seconds a statement waits for a connection while the server is unreachable
 
     def __post_init__(self) -> None:
         if not is_postgres_url(self.url):
@@ -125,7 +126,7 @@ class _Pools:
                     kwargs["password"] = db.password
                 pool = ConnectionPool(db.url, kwargs=kwargs, min_size=1, max_size=max(2, db.pool_size),
                                       open=True, name=f"meterd {redact(db.url)}",
-                                      reconnect_timeout=60.0)
+                                      timeout=db.timeout, reconnect_timeout=60.0)
                 self._pools[key] = pool
             return pool
 
