@@ -425,6 +425,7 @@ class Daemon:
             self.ownership.bind(lambda name: self._start_channel(name, stop), self._stop_channel)
             ownership = asyncio.create_task(self.ownership.run(stop), name="cluster node")
             ownership.add_done_callback(log_task_failure)
+            ownership.add_done_callback(lambda _: stop.set())  # a node that cannot keep leases stops
         tasks.append(self._supervised("quality rollup", self._quality_loop, stop))
         if hasattr(self.sink, "replay"):
             tasks.append(self._supervised("spool replay", self._replay_spool, stop))
