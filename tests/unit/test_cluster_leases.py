@@ -410,3 +410,116 @@ async def test_leadership_is_elected_once_and_passes_on_when_the_leader_dies(pg_
     await asyncio.gather(leading_a, leading_b)
     for n in (a, b):
         await n.leave()
+
+
+# --- commands among nodes: scoped, fenced, orphans settled by the holder -----------------------------
+
+
+class FakeRelay:
+    """A meter's relay as control reaches it: counts sends, reads back what the last send set."""
+
+    def __init__(self, meter: str, channel: str, sends: list[str]) -> None:
+        self.meter, self.channel, self.sends = meter, channel, sends
+        self.state: dict[str, bool] = {"alarm.pre_trip": True}  # already alarmed (an orphan's send got there)
+
+    @property
+    def bus(self) -> str:
+        return self.channel
+
+    def commands(self):
+        from meterd.protocols.dlt645.messages import RelayCommand
+
+        return frozenset(RelayCommand)
+
+    def with_credentials(self, credentials):
+        return self
+
+    async def read_state(self) -> dict[str, bool]:
+        return dict(self.state)
+
+    async def send(self, command, now, *, valid_for, settle):
+        from meterd.protocols.relay import EXPECTED, ControlOutcome
+
+        self.sends.append(self.meter)
+        flag, expected = EXPECTED[command]
+        self.state[flag] = expected
+        return ControlOutcome(self.meter, command, now, acknowledged=True, confirmed=True, read_back=dict(self.state),
+                              detail=f"{flag} = {expected} read back")
+
+
+async def test_commands_go_out_only_for_held_channels_fenced_and_orphans_are_settled_by_the_new_holder(pg_url):
+    from datetime import UTC, datetime, timedelta
+
+    from meterd.control.commands import CommandExecutor
+    from meterd.control.model import CommandKind, CommandRequest
+    from meterd.control.state import ControlStore
+
+    collector = Collector()
+    stop = asyncio.Event()
+    a = make_node(pg_url, "a", ["c1", "c2", "c3"], collector)
+    a.set_meters({"m1": "c1", "m2": "c2", "m3": "c3"})
+    assert await a.join(stop)
+    other = book(pg_url, "b")
+    other.ensure([channel_resource(c) for c in ("c1", "c2", "c3")])
+    assert other.acquire([channel_resource("c2"), channel_resource("c3")], 2)  # b holds c2 and c3
+    await a.tick()
+    assert a.holding() == ["c1"]
+    store = ControlStore(Database(pg_url))
+    sends: list[str] = []
+    relays = {m: FakeRelay(m, c, sends) for m, c in (("m1", "c1"), ("m2", "c2"), ("m3", "c3"))}
+    now = datetime.now(UTC)
+    executor = CommandExecutor(store, relays.get, clock=lambda: datetime.now(UTC), scope=a)
+    queued = {c.meter: c for c in store.queue_commands(
+        [CommandRequest(m, CommandKind.ALARM, "test", "tester", manual=True) for m in ("m1", "m2", "m3")],
+        now=now, ttl=timedelta(hours=1))}
+    # b claimed m3's command and died before finishing it: an orphan
+    store.mark_sent(queued["m3"].id, now=now, node="b")
+    await executor.run_once()
+    assert sends == ["m1"]  # only the meter on a's channel
+    assert store.command(queued["m1"].id).state.value == "confirmed"
+    assert store.command(queued["m1"].id).node == "a"
+    assert store.command(queued["m2"].id).state.value == "queued"
+    # b's node dies; a takes c2 and c3, and settles m3's orphan by read-back: not sent again
+    age(pg_url, "b")
+    await a.tick()
+    assert a.holding() == ["c1", "c2", "c3"]
+    settled = await executor.recover()
+    assert [c.meter for c in settled] == ["m3"] and settled[0].state.value == "confirmed"
+    assert "not resent" in settled[0].detail and sends == ["m1"]
+    # a DTU claims c2 for b just before a sends m2's command: a's claim is fenced off
+    other2 = LeaseBook(Database(pg_url), "b", lease_time=15.0)
+    other2.join("test")
+    other2.claim(channel_resource("c2"))
+    assert a.allows("c2")  # a has not renewed since: locally it still looks held
+    await executor.run_once()
+    assert sends == ["m1"] and store.command(queued["m2"].id).state.value == "queued"
+    await a.tick()  # a learns it lost c2
+    assert not a.allows("c2")
+    store.close()
+    other.close()
+    other2.close()
+    await a.leave()
+
+
+async def test_scheduled_tasks_run_only_where_the_channel_is_held() -> None:
+    from datetime import UTC, datetime
+
+    from meterd.collector.poll import RoundResult
+    from meterd.collector.scheduler import TaskScheduler
+    from meterd.config.model import MeterConfig
+    from meterd.config.tasks import TaskSpec
+
+    ran: list[str] = []
+
+    def run_round(task, meters_by_channel, reads, now):
+        ran.extend(meters_by_channel)
+        return RoundResult(next(iter(meters_by_channel)), now)
+
+    spec = TaskSpec("rt", "realtime", quantities=("voltage.a",), every=3600)
+    meters = [MeterConfig(address="000000000001", channel="c1"), MeterConfig(address="000000000002", channel="c2")]
+    held = {"c1"}
+    sched = TaskScheduler([spec], meters, run_round, owns=held.__contains__)
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    assert await sched.run_task("rt", "c1", now) is not None
+    assert await sched.run_task("rt", "c2", now) is None
+    assert ran == ["c1"] and sched.stats["rt@c2"].elsewhere == 1 and sched.stats["rt@c1"].runs == 1
