@@ -523,3 +523,40 @@ async def test_scheduled_tasks_run_only_where_the_channel_is_held() -> None:
     assert await sched.run_task("rt", "c1", now) is not None
     assert await sched.run_task("rt", "c2", now) is None
     assert ran == ["c1"] and sched.stats["rt@c2"].elsewhere == 1 and sched.stats["rt@c1"].runs == 1
+
+
+# --- readings forwarded to a job's leader -----------------------------------------------------------
+
+
+async def test_forwarded_readings_reach_the_leader_once_with_their_values(pg_url) -> None:
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from meterd.cluster.forward import Forwarder, ReadingQueue
+    from meterd.readings import Quality, Reading
+
+    db = Database(pg_url)
+    queue = ReadingQueue(db, "prepaid", "a")
+    queue.migrate()
+    queue.migrate()
+    at = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    kept = [Reading("m1", "energy.active.import.total", at, Decimal("123.45"), "kWh"),
+            Reading("m1", "frozen.daily.energy.active.import.total", at, Decimal("120.00"), "kWh")]
+    dropped = [Reading("m1", "voltage.a", at, Decimal("220.1"), "V"),
+               Reading("m2", "energy.active.import.total", at, Decimal("1"), "kWh", Quality.IMPLAUSIBLE)]
+    forwarder = Forwarder(queue, {"energy.active.import.total", "frozen.daily.energy.active.import.total"})
+    forwarder.observe(kept + dropped)
+    await forwarder.flush()
+    assert forwarder.pushed == 2 and queue.size() == 2
+    everything = Forwarder(ReadingQueue(db, "analytics", "a"), prefixes=("",),
+                           qualities=(Quality.GOOD, Quality.SUSPECT))
+    odd = [Reading("m3", "clock.datetime", at, at), Reading("m3", "status.word1", at, 0x1234),
+           Reading("m3", "relay.open", at, False), Reading("m3", "meter.model", at, "DDS-1", "", Quality.SUSPECT)]
+    everything.observe(odd)
+    await everything.flush()
+    # two leaders taking at once (an old one not yet stopped, a new one): each reading once
+    other = ReadingQueue(db, "prepaid", "b")
+    got = queue.take(1) + other.take() + queue.take()
+    assert sorted(got, key=lambda r: r.quantity) == sorted(kept, key=lambda r: r.quantity)
+    assert ReadingQueue(db, "analytics", "b").take() == odd
+

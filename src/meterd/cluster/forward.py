@@ -196,15 +196,16 @@ class Forwarder:
     async def flush(self) -> None:
         if not self._buffer:
             return
-        batch = list(self._buffer)
+        batch, self._buffer = self._buffer, deque()  # what arrives meanwhile waits for the next flush
         try:
-            await asyncio.to_thread(self.queue.push, batch)
+            await asyncio.to_thread(self.queue.push, list(batch))
         except LeaseError as exc:
             self._log.log(log, logging.WARNING, "forward failed", "cluster: forwarding %d reading(s) to the %s leader "
                           "failed (kept, tried again): %s", len(batch), self.queue.job, exc)
+            batch.extend(self._buffer)
+            self._buffer = batch
+            self.observe([])  # the bound
             return
-        for _ in range(len(batch)):
-            self._buffer.popleft()
         self.pushed += len(batch)
 
 
