@@ -406,3 +406,12 @@ def test_decisions_are_stored_with_their_commands_in_one_transaction(store, monk
     with pytest.raises(sqlite3.OperationalError):
         store.record_decisions([("A1", "normal", None)], [reclose], now=T0, ttl=timedelta(hours=2))
     assert store.account("A1").state == "tripped" and len(store.commands()) == 1
+
+
+def test_postgresql_update_heavy_tables_leave_room_for_hot_updates(pg_url):
+    with _open(Database(pg_url)) as store:
+        rows = store._read("SELECT relname, reloptions FROM pg_class WHERE relname IN ('cursors', 'accounts')")
+        assert {r[0]: r[1] for r in rows} == {"cursors": ["fillfactor=50"], "accounts": ["fillfactor=70"]}
+        store._conn.execute("ALTER TABLE cursors RESET (fillfactor)")
+    with ControlStore(Database(pg_url)) as store:  # set again where it is missing
+        assert store._read("SELECT reloptions FROM pg_class WHERE relname = 'cursors'")[0][0] == ["fillfactor=50"]
