@@ -64,6 +64,16 @@ def test_rows_transactions_lastrowid_and_the_write_lock_on_postgresql(pg_url):
     conn.execute("ROLLBACK")
     assert conn.execute("SELECT COUNT(*) FROM t WHERE k = 'gone'").fetchone()[0] == 0
 
+    conn.execute("BEGIN")  # a savepoint rolls back part of a transaction, not the transaction
+    conn.execute("INSERT INTO t (k, n) VALUES (?, ?)", ("kept", 1))
+    conn.execute("SAVEPOINT part")
+    conn.execute("INSERT INTO t (k, n) VALUES (?, ?)", ("undone", 1))
+    conn.execute("ROLLBACK TO SAVEPOINT part")
+    conn.execute("RELEASE SAVEPOINT part")
+    assert conn.in_transaction
+    conn.execute("COMMIT")
+    assert [r[0] for r in conn.execute("SELECT k FROM t WHERE k IN ('kept', 'undone')")] == ["kept"]
+
     # writers serialise like SQLite's BEGIN IMMEDIATE: a second store's transaction waits for the first
     other = db.connect()
     order: list[str] = []

@@ -352,17 +352,19 @@ class PgConnection:
         return self._held is not None
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> PgCursor:
-        head = sql.lstrip()[:16].upper()
-        if head.startswith("BEGIN"):
+        head = " ".join(sql[:32].split()[:2]).upper()
+        if head.startswith(("ROLLBACK TO", "SAVEPOINT", "RELEASE")):
+            pass  # a savepoint inside the open transaction: runs as it is
+        elif head.startswith("BEGIN"):
             self._begin()
             return PgCursor(None, None, -1)
-        if head.startswith(("COMMIT", "END")):
+        elif head.startswith(("COMMIT", "END")):
             self._end("COMMIT")
             return PgCursor(None, None, -1)
-        if head.startswith("ROLLBACK"):
+        elif head.startswith("ROLLBACK"):
             self._end("ROLLBACK")
             return PgCursor(None, None, -1)
-        if head.startswith("PRAGMA"):
+        elif head.startswith("PRAGMA"):
             return PgCursor(None, [], -1)
         t = translate(sql)
         args = _params(params, t.numbered)
