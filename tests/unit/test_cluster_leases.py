@@ -560,3 +560,36 @@ async def test_forwarded_readings_reach_the_leader_once_with_their_values(pg_url
     assert sorted(got, key=lambda r: r.quantity) == sorted(kept, key=lambda r: r.quantity)
     assert ReadingQueue(db, "analytics", "b").take() == odd
 
+
+
+# --- the [cluster] section --------------------------------------------------------------------------
+
+
+def _parse(store: str, cluster: str = ""):
+    import tomllib
+
+    from meterd.config.loader import parse_config
+
+    return parse_config(tomllib.loads(f"[store]\ndata_dir = 'd'\n{store}\n{cluster}"), "site.toml")
+
+
+def test_the_cluster_section() -> None:
+    from meterd.config.cluster import ClusterConfig
+
+    pg = "database = 'postgresql://meterd@db:5432/meterd'"
+    assert _parse("").cluster is None  # SQLite: one node
+    assert _parse(pg).cluster == ClusterConfig()  # PostgreSQL: a node among others, with the defaults
+    got = _parse(pg, "[cluster]\nnode = 'a'\nlease_time = '30s'\nheartbeat = '5s'\nslack = 2").cluster
+    assert got == ClusterConfig(node="a", lease_time=30.0, heartbeat=5.0, slack=2)
+    assert _parse(pg, "[cluster]\nenabled = false").cluster is None
+    for store, cluster, says in [
+        ("", "[cluster]\nenabled = true", "cluster: collector nodes share their leases through PostgreSQL"),
+        ("", "[cluster]\nnode = 'a'", "through PostgreSQL"),
+        (pg, "[cluster]\nheartbeat = '6s'", "cluster.heartbeat: must be at most a third of lease_time (15 s)"),
+        (pg, "[cluster]\nnodes = 'a'", 'cluster.nodes: unknown key (did you mean "node"?)'),
+        (pg, "[cluster]\nnode = ' a'", "cluster.node: must be printable"),
+        (pg, "[cluster]\nlease_time = 'soon'", "cluster.lease_time: must be a positive duration"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            _parse(store, cluster)
+        assert says in str(err.value), str(err.value)

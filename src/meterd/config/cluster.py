@@ -8,7 +8,8 @@
     heartbeat = "3s"         # leases renewed and work rebalanced this often (at most lease_time / 3)
     slack = 1                # channels a node may hold above its fair share before it gives some
                              # back (default: 1 or 10 % of the share, whichever is larger)
-    enabled = true           # default: on whenever [store] database is PostgreSQL
+    enabled = true           # default: on whenever [store] database is PostgreSQL (and whenever
+                             # this section is written: on SQLite it must then say false)
 
 A node polls only the channels whose lease it holds (see :mod:`meterd.cluster`).  Leases live in
 the PostgreSQL database of ``[store] database``; with the SQLite default there is nothing to share
@@ -48,7 +49,7 @@ def parse_cluster(check: Any, raw: Any, *, postgres: bool) -> ClusterConfig | No
     if table is None:
         return None
     check.known_keys("cluster", table, _KEYS)
-    enabled = table.get("enabled", postgres)
+    enabled = table.get("enabled", True)  # a [cluster] section means nodes, unless it says otherwise
     if not isinstance(enabled, bool):
         check.problem("cluster.enabled", f"must be true or false, got {enabled!r}")
         return None
