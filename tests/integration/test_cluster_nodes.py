@@ -141,6 +141,10 @@ name = "rt"
 interval = "1s"
 quantities = ["energy.active.import.total", "voltage.a"]
 
+[analytics]
+check_every = "1s"
+no_data_after = "4s"
+
 [prepaid]
 check_every = "1s"
 retry_every = "2s"
@@ -291,6 +295,10 @@ async def test_three_nodes_share_the_buses_survive_a_kill_and_a_postgresql_resta
         if outage < (LEASE - 2 * HEARTBEAT) * 1000 - 1000:
             assert all(g is not None and g < 4000 for g in gaps.values()), (outage, gaps)
 
+        # the analytics leader saw every node's readings (forwarded): no meter is without data
+        await until(lambda: leases(pg_url).get("leader:analytics") in survivors, 10, "a new analytics leader")
+        await until(lambda: not query(pg_url, "SELECT meter FROM anomalies WHERE kind = 'no_data' AND closed_ts IS NULL"),
+                    10, "no open no-data anomaly")
         # stop the survivors cleanly: they give their leases back
         for n in survivors:
             procs[n].send_signal(signal.SIGTERM)
