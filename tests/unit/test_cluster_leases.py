@@ -593,3 +593,21 @@ def test_the_cluster_section() -> None:
         with pytest.raises(ConfigError) as err:
             _parse(store, cluster)
         assert says in str(err.value), str(err.value)
+
+
+async def test_a_node_whose_row_vanished_stops_everything_and_joins_again(pg_url) -> None:
+    collector = Collector()
+    stop = asyncio.Event()
+    a = make_node(pg_url, "a", ["c1", "c2"], collector)
+    assert await a.join(stop)
+    await a.tick()
+    assert collector.running["a"] == {"c1", "c2"}
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # e.g. the database was restored from a backup
+        conn.execute("DELETE FROM cluster_nodes WHERE node = 'a'")
+    stops = collector.stops
+    await a.tick()
+    assert collector.stops == stops + 2 and a.joined  # stopped, released, registered again
+    await a.tick()
+    assert collector.running["a"] == {"c1", "c2"}
+    assert {r: h for r, h in holders(pg_url).items()} == {"channel:c1": "a", "channel:c2": "a"}
+    await a.leave()

@@ -82,7 +82,12 @@ MIGRATIONS: Final = (
 
 class LeaseError(StorageError):
     """The lease table could not be read or written (PostgreSQL unreachable, a statement timed
-    out), or it refused this node (its name is in use by a live node)."""
+    out), or it refused this node.  ``reason``: ``"unreachable"``, ``"name_in_use"`` (a live node
+    has this node's name) or ``"unregistered"`` (this node's row is gone: it must join again)."""
+
+    def __init__(self, message: str, *, reason: str = "unreachable") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def channel_resource(name: str) -> str:
@@ -258,7 +263,8 @@ class LeaseBook:
                 if row is not None and row[2] != self.incarnation and row[3] != STOPPED \
                         and float(row[4]) < self.lease_time and not _dead_here(row[0], row[1], self.host):
                     raise LeaseError(f"node name {self.node!r} is in use by a live node ({row[0]} pid {row[1]}, "
-                                     f"heartbeat {float(row[4]):.1f} s ago): give each node its own [cluster] node")
+                                     f"heartbeat {float(row[4]):.1f} s ago): give each node its own [cluster] node",
+                                     reason="name_in_use")
                 conn.execute(
                     "INSERT INTO cluster_nodes (node, host, pid, started, heartbeat, version, meta) "
                     "VALUES (%s, %s, %s, clock_timestamp(), clock_timestamp(), %s, %s::jsonb) ON CONFLICT (node) DO "
@@ -319,7 +325,7 @@ class LeaseBook:
         def body(conn: psycopg.Connection[Any]) -> Renewal:
             rows = conn.execute(sql, {"node": self.node, "lease": self.lease_time, "stopped": STOPPED}).fetchall()
             if rows and not rows[0][3]:  # our row is gone (pruned, or the database restored): join again
-                raise LeaseError(f"node {self.node} is not registered in the node table")
+                raise LeaseError(f"node {self.node} is not registered in the node table", reason="unregistered")
             held = {r[0]: int(r[1]) for r in rows if r[0] is not None}
             live = int(rows[0][2]) + 1 if rows else 1
             return Renewal(held, live)

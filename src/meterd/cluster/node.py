@@ -207,7 +207,7 @@ class ClusterNode:
                          len(self.channels), ", ".join(self.jobs) or "none", self.lease_time, self.heartbeat)
                 return True
             except LeaseError as exc:
-                if "in use" in str(exc) and self.monotonic() > give_up:
+                if exc.reason == "name_in_use" and self.monotonic() > give_up:
                     raise
                 self._log.log(log, logging.WARNING, "cluster join", "cluster: node %s cannot join yet: %s",
                               self.name, exc)
@@ -274,7 +274,7 @@ class ClusterNode:
             self._log.log(log, logging.WARNING, "cluster renewal", "cluster: node %s could not renew its leases: %s",
                           self.name, exc)
             async with self._mutex:
-                if "not registered" in str(exc):  # our row is gone: start afresh, holding nothing
+                if exc.reason == "unregistered":  # our row is gone: start afresh, holding nothing
                     await asyncio.gather(*(self._stop_channel(name) for name in sorted(self.running)))
                     self.held.clear()
                     self.joined = False
