@@ -27,10 +27,10 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 from meterd.cluster.leases import LeaseError
-from meterd.errors import ConfigError
 from meterd.logthrottle import LogThrottle
 from meterd.readings import Quality, Reading
-from meterd.storage.database import WRITE_LOCK, Database
+from meterd.storage.database import Database
+from meterd.storage.postgres import migrate_store
 
 if TYPE_CHECKING:
     import psycopg
@@ -77,26 +77,7 @@ class ReadingQueue:
             raise LeaseError(f"forwarded readings in {self.db}: {exc}".strip()) from exc
 
     def migrate(self) -> None:
-        latest = len(MIGRATIONS)
-
-        def body(conn: psycopg.Connection[Any]) -> None:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext('state'))", (WRITE_LOCK,))
-                conn.execute("CREATE TABLE IF NOT EXISTS schema_versions (store TEXT NOT NULL PRIMARY KEY, "
-                             "version BIGINT NOT NULL)")
-                row = conn.execute("SELECT version FROM schema_versions WHERE store = %s", (STORE,)).fetchone()
-                done = int(row[0]) if row else 0
-                if done > latest:
-                    raise ConfigError(f"state database {self.db}: the {STORE} tables are at schema version {done}, "
-                                      f"newer than this meterd knows ({latest}): upgrade meterd")
-                for step in MIGRATIONS[done:]:
-                    for statement in step:
-                        conn.execute(statement)
-                if done < latest:
-                    conn.execute("INSERT INTO schema_versions (store, version) VALUES (%s, %s) ON CONFLICT (store) "
-                                 "DO UPDATE SET version = excluded.version", (STORE, latest))
-
-        self._call(body)
+        self._call(lambda conn: migrate_store(conn, self.db, STORE, MIGRATIONS))
 
     def push(self, readings: Sequence[Reading]) -> int:
         if not readings:

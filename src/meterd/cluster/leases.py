@@ -43,8 +43,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from meterd.errors import ConfigError, StorageError
-from meterd.storage.database import WRITE_LOCK, Database
+from meterd.errors import StorageError
+from meterd.storage.database import Database
+from meterd.storage.postgres import migrate_store
 
 if TYPE_CHECKING:
     import psycopg
@@ -222,28 +223,7 @@ class LeaseBook:
     def migrate(self) -> None:
         """Bring the tables to the latest version (under the state stores' write lock, so nodes
         starting at once create them once); refuse a database newer than this code."""
-        latest = len(MIGRATIONS)
-
-        def body(conn: psycopg.Connection[Any]) -> None:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext('state'))", (WRITE_LOCK,))
-                conn.execute("CREATE TABLE IF NOT EXISTS schema_versions (store TEXT NOT NULL PRIMARY KEY, "
-                             "version BIGINT NOT NULL)")
-                row = conn.execute("SELECT version FROM schema_versions WHERE store = %s", (STORE,)).fetchone()
-                done = int(row[0]) if row else 0
-                if done > latest:
-                    raise ConfigError(f"state database {self.db}: the {STORE} tables are at schema version {done}, "
-                                      f"newer than this meterd knows ({latest}): upgrade meterd")
-                for step in MIGRATIONS[done:]:
-                    for statement in step:
-                        conn.execute(statement)
-                if done < latest:
-                    conn.execute("INSERT INTO schema_versions (store, version) VALUES (%s, %s) ON CONFLICT (store) "
-                                 "DO UPDATE SET version = excluded.version", (STORE, latest))
-                    log.info("state database %s: %s tables migrated from schema version %d to %d", self.db, STORE,
-                             done, latest)
-
-        self._call(body)
+        self._call(lambda conn: migrate_store(conn, self.db, STORE, MIGRATIONS))
 
     # --- joining and leaving ------------------------------------------------------------------
 

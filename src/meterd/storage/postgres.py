@@ -233,8 +233,9 @@ def _version(conn: psycopg.Connection[Any], store: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _migrate(conn: psycopg.Connection[Any], db: Database, store: str, steps: Sequence[Sequence[str]]) -> None:
-    """Bring ``store``'s tables to ``len(steps)``, as :meth:`StateDatabase._migrate` does."""
+def migrate_store(conn: psycopg.Connection[Any], db: Database, store: str, steps: Sequence[Sequence[str]]) -> None:
+    """Bring ``store``'s tables to ``len(steps)``, as :meth:`StateDatabase._migrate` does (also for the
+    other tables kept through psycopg directly: the cluster's leases and forwarded readings)."""
     latest = len(steps)
     if _version(conn, store) == latest:
         return
@@ -259,7 +260,7 @@ def prepare_archive(db: Database) -> None:
     """Create (or migrate) the meter archive and the attempts log in ``db``: for stores that read
     them without a :class:`PostgresStore` of their own (the quality rollup)."""
     with db.pool().connection() as conn:
-        _migrate(conn, db, "archive", _ARCHIVE_MIGRATIONS)
+        migrate_store(conn, db, "archive", _ARCHIVE_MIGRATIONS)
 
 
 # --- the store -----------------------------------------------------------------------------------
@@ -294,8 +295,8 @@ class PostgresStore:
         self._warned: datetime | None = None  # when readings outside the window were last logged
         self._outside = 0  # such readings since then
         with self._pool.connection() as conn:
-            _migrate(conn, db, "readings", _READINGS_MIGRATIONS)
-            _migrate(conn, db, "archive", _ARCHIVE_MIGRATIONS)
+            migrate_store(conn, db, "readings", _READINGS_MIGRATIONS)
+            migrate_store(conn, db, "archive", _ARCHIVE_MIGRATIONS)
         self._closed = False
 
     def close(self) -> None:
