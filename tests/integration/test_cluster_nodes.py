@@ -493,3 +493,26 @@ async def test_the_node_holding_a_dtus_connection_polls_it_and_takes_it_over_bef
         for name, path in logs.items():
             if path.exists():
                 sys.stderr.write(f"--- {name} (tail) ---\n{path.read_text()[-3000:]}\n")
+
+
+def test_a_second_node_under_a_live_nodes_name_exits_non_zero_saying_so(pg_url, tmp_path, meterd_bin):
+    """Two processes under one node name would share leases: the second refuses to join, and its
+    ``meterd run`` fails (exit 1, one line naming the live node), leaving the first undisturbed."""
+    from conftest import free_port
+
+    env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1"}
+    cfg = tmp_path / "same.toml"
+    cfg.write_text(site(pg_url, tmp_path / "same", "same", [free_port()], [["000000000001"]]))
+    first = subprocess.Popen([meterd_bin, "run", "-c", str(cfg)], stdout=subprocess.DEVNULL,
+                             stderr=(tmp_path / "first.log").open("w"), env=env, cwd=tmp_path)
+    try:
+        asyncio.run(until(lambda: bool(query(pg_url, "SELECT node FROM cluster_nodes WHERE node = 'same'")), 30,
+                          "the first node joins"))
+        second = subprocess.run([meterd_bin, "run", "-c", str(cfg)], capture_output=True, text=True, env=env,
+                                cwd=tmp_path, timeout=60)
+        assert second.returncode == 1, second.stderr[-2000:]
+        assert "in use by a live node" in second.stderr and "Traceback" not in second.stderr
+        assert first.poll() is None  # the first goes on
+    finally:
+        first.terminate()
+        first.wait(20)

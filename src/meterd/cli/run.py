@@ -17,6 +17,7 @@ from meterd.app import Node, build_node
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error
 from meterd.cli.migrate import migrate, probe, unreachable
 from meterd.clock import utc_now
+from meterd.cluster.leases import LeaseError
 from meterd.config.loader import load_config
 from meterd.errors import ConfigError
 from meterd.heap import settle_heap
@@ -109,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
         except ConfigError as exc:  # a secret the config names is not in the environment
             error(f"{exc}\nnothing was started")
             return EXIT_BAD_INPUT
-        asyncio.run(run_daemon(node, args.duration))
+        try:
+            asyncio.run(run_daemon(node, args.duration))
+        except LeaseError as exc:  # this node could not join the cluster or keep its leases
+            error(f"cluster: {exc}")
+            return EXIT_FAILED
         log.info("stopped; channel statistics: %s", node.stats())
     return EXIT_OK

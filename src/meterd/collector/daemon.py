@@ -424,7 +424,6 @@ class Daemon:
             tasks = []
             self.ownership.bind(lambda name: self._start_channel(name, stop), self._stop_channel)
             ownership = asyncio.create_task(self.ownership.run(stop), name="cluster node")
-            ownership.add_done_callback(log_task_failure)
             ownership.add_done_callback(lambda _: stop.set())  # a node that cannot keep leases stops
         tasks.append(self._supervised("quality rollup", self._quality_loop, stop))
         if hasattr(self.sink, "replay"):
@@ -461,6 +460,8 @@ class Daemon:
                 await asyncio.to_thread(self.sink.close)
             if self._anomalies is not None:
                 self._anomalies.close()
+        if ownership is not None and not ownership.cancelled() and (failure := ownership.exception()) is not None:
+            raise failure  # the node could not join or keep its leases (a name in use, say): the run failed
 
     #: How the daemon waits out a back-off (a test passes one that does not sleep).
     pause: Pause = staticmethod(wait_or_stop)
