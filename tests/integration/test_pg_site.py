@@ -244,6 +244,7 @@ def test_a_whole_site_on_postgresql_through_the_cli(pg_url, simulator, tmp_path,
             daemon.communicate()
     assert daemon.returncode == 0, err
     assert not [line for line in err.splitlines() if " ERROR   meterd" in line], err
+    assert "Traceback" not in err, err
 
     readings = meterd_json("readings", "--meter", A1)
     quantities = {r["quantity"] for r in readings}

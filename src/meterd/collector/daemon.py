@@ -14,8 +14,9 @@ starts a channel's task when its lease is taken and stops it (cancelled, link cl
 lease is lost, lapses or is handed over.  Every write to a channel's link asks the ownership
 first (:class:`LeasedTransport`), so nothing reaches a bus this node no longer holds: not a routine
 round, a scheduled task, an on-demand read or a relay command.  A DTU that registers here makes
-its channel this node's (``dtu_online``); pushed MQTT readings are taken only by the node that
-holds the terminal's channel, so each is stored once.
+its channel this node's (``dtu_online``).  MQTT terminals: requests and replies per node (each
+node's hub is its own client); pushed readings come through a shared subscription, so the broker
+hands each to one node, which takes it whatever channels it holds (see :mod:`meterd.collector.mqtt`).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from meterd.storage.writer import BatchWriter
 from meterd.supervise import Backoff, Pause, describe, log_task_failure, supervise, wait_or_stop
 
 log = logging.getLogger(__name__)
+SERVICE_GRACE = 5.0  # seconds the services (API, prepaid, sync) have to end by themselves at stop
 
 RoundHook = Callable[[RoundResult], None]
 
@@ -320,16 +322,21 @@ class Daemon:
         # Every reading passes the door before anything else sees it: the impossible is flagged.
         self.door = Door(config.meters, record=self._record_implausible)
         self._anomalies: AnomalyStore | None = None  # opened when the door first has something to record
+        # terminal -> its channel: pushes still sent on a terminal's up topic (heard by every node)
+        # are taken only where that channel is held
+        self._push_channel = {c.link.terminal: c.name for c in config.channels if isinstance(c.link, MqttLink)}
         self.hub: MqttHub | None = None
         if config.mqtt is not None:
             m = config.mqtt
-            # among collector nodes each node is its own MQTT client (one client id = one session)
+            # among collector nodes each node is its own MQTT client (one client id = one session),
+            # and the nodes take pushed readings through one shared subscription
             client_id = m.client_id if ownership is None else f"{m.client_id}.{ownership.name}"
             self.hub = MqttHub(m.host, m.port, client_id=client_id, username=m.username,
                                password=secret(m.password_env, "mqtt.password_env") if m.password_env else None,
                                keepalive=m.keepalive, clock=clock, root=m.root, request_ttl=m.request_ttl,
-                               on_readings=self._pushed, push_meters=push_meters(config))
-            self.hub.shared = ownership is not None
+                               on_readings=self._pushed, push_meters=push_meters(config),
+                               shared=ownership is not None,
+                               holds=self._holds_terminal if ownership is not None else None)
         from meterd.storage.quality import OnlineTracker, QualityStore
 
         self.quality = QualityStore(store, clock=clock)
@@ -358,8 +365,6 @@ class Daemon:
             link = ModbusLink(channel, str(p.channel.framing)) if has_modbus else None
             self.runners.append(ChannelRunner(p, channel, link))
         self._by_channel = {r.channel.name: r for r in self.runners}
-        # terminal -> its channel: pushed readings are taken only where that channel is held
-        self._push_channel = {c.link.terminal: c.name for c in config.channels if isinstance(c.link, MqttLink)}
         if ownership is not None:
             for listener in self.listeners.values():
                 listener.on_presence = self._dtu_presence
@@ -428,8 +433,9 @@ class Daemon:
         tasks.append(self._supervised("quality rollup", self._quality_loop, stop))
         if hasattr(self.sink, "replay"):
             tasks.append(self._supervised("spool replay", self._replay_spool, stop))
-        tasks += [self._supervised(f"service {getattr(service, '__qualname__', service)}", service, stop)
-                  for service in self._services]
+        services = [self._supervised(f"service {getattr(service, '__qualname__', service)}", service, stop)
+                    for service in self._services]
+        tasks += services
         for t in tasks:
             t.add_done_callback(log_task_failure)  # whatever slips past the supervisors is said at once
         if self.scheduler is not None:
@@ -443,6 +449,8 @@ class Daemon:
                 self.scheduler.shutdown()
             if ownership is not None:  # stops the channels, then gives their leases back
                 await asyncio.gather(ownership, return_exceptions=True)
+            if services:  # each ends by itself on stop (the API closes its connections); cancelled if not
+                await asyncio.wait(services, timeout=SERVICE_GRACE)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -622,15 +630,16 @@ class Daemon:
 
     def _pushed(self, terminal: str, readings: list) -> None:
         """Readings an MQTT terminal pushed on its own schedule (of a meter configured behind it:
-        the hub drops the others): through the door to the writer.  Among collector nodes, only
-        the node holding the terminal's channel takes them (each node's hub hears every push)."""
-        if self.ownership is not None:
-            channel = self._push_channel.get(terminal)
-            if channel is None or not self.ownership.allows(channel):
-                return
+        the hub drops the others): through the door to the writer.  Among collector nodes the
+        broker gave this push to this node alone, so it is taken whoever holds the channel."""
         readings = self.door.screen(readings)
         self.writer.add_many(readings)
         self._notify_observers(readings)
+
+    def _holds_terminal(self, terminal: str) -> bool:
+        """Whether this node holds ``terminal``'s channel (for pushes still sent on ``up``)."""
+        channel = self._push_channel.get(terminal)
+        return channel is not None and self.ownership is not None and self.ownership.allows(channel)
 
     def _record_implausible(self, found: list[Implausible]) -> None:
         """The door's findings as metering anomalies, written off the event loop (rare: a
