@@ -130,6 +130,73 @@ def test_apply_skips_known_keys_and_rolls_back_on_unknown_account(store):
     assert (row.meter, row.rate, row.kwh, row.price) == (M1, "total", Decimal("2.5"), Decimal("0.4920"))
 
 
+def _pay(key, account, amount, detail=""):
+    return LedgerEntry(key, account, EntryKind.PAYMENT, Decimal(amount), T0, detail=detail)
+
+
+def test_apply_in_one_call_takes_each_new_key_once_in_the_order_given_and_audits_each(store):
+    """One call of many entries (on PostgreSQL: one statement for all of them): a key already in
+    the ledger is skipped, a key given twice keeps its first entry, the balances move by what went
+    in, seq follows the order given, and each entry applied has its audit line, in order."""
+    store.apply([_pay("payment:old", "A1", "1.00")], actor="billing", now=T0)
+    audits = len(store.audit_log(limit=1000))
+    given = [_pay("payment:z", "A2", "5.00", "z"), _pay("payment:old", "A1", "9.00"),  # known: skipped
+             _pay("payment:a", "A1", "2.00", "a"), _pay("payment:z", "A1", "7.00", "z again"),  # twice: the first
+             LedgerEntry("adjustment:j", "A1", EntryKind.ADJUSTMENT, Decimal("-0.50"), T0, detail="j")]
+    applied = store.apply(given, actor="billing", now=T0 + timedelta(minutes=1))
+    assert applied == [given[0], given[2], given[4]]
+    assert store.balance("A1") == Decimal("2.50") and store.balance("A2") == Decimal("5.00")
+    assert store.verify_balances() == []
+    rows = store.ledger("A1") + store.ledger("A2")
+    assert [(r.key, r.account, r.amount, r.detail) for r in sorted(rows, key=lambda r: r.seq)] == [
+        ("payment:old", "A1", Decimal("1.00"), ""), ("payment:z", "A2", Decimal("5.00"), "z"),
+        ("payment:a", "A1", Decimal("2.00"), "a"), ("adjustment:j", "A1", Decimal("-0.50"), "j")]
+    new = store.audit_log(limit=1000)[audits:]
+    assert [(a.action, a.subject, a.actor, a.detail) for a in new] == [
+        ("payment", "A2", "billing", {"key": "payment:z", "amount": "5.00", "detail": "z"}),
+        ("payment", "A1", "billing", {"key": "payment:a", "amount": "2.00", "detail": "a"}),
+        ("adjustment", "A1", "billing", {"key": "adjustment:j", "amount": "-0.50", "detail": "j"})]
+    assert {a.at for a in new} == {T0 + timedelta(minutes=1)}
+    assert store.apply(given, actor="billing", now=T0) == []  # all known now: nothing, no audit line
+    assert store.apply([], actor="billing", now=T0) == []
+    assert len(store.audit_log(limit=1000)) == audits + 3 and store.balance("A1") == Decimal("2.50")
+    assert store.apply([_pay("payment:q", "A1", "1.00")], actor="bench", now=T0, audit_each=False)
+    assert len(store.audit_log(limit=1000)) == audits + 3 and store.balance("A1") == Decimal("3.50")
+
+
+def test_apply_keeps_every_field_and_the_last_seq_of_each_account(store):
+    charge = LedgerEntry("charge:M1:total:a/b:0", "A1", EntryKind.CHARGE, Decimal("-1.23"), T0 - timedelta(days=1),
+                         detail="d", meter=M1, rate=Rate.TOTAL, kwh=Decimal("2.50"), price=Decimal("0.4920"),
+                         period_start=T0 - timedelta(days=2), period_end=T0 - timedelta(days=1))
+    store.apply([charge, _pay("payment:1", "A2", "3")], actor="charging", now=T0)
+    [row] = store.ledger("A1")
+    assert (row.key, row.kind, row.amount, row.at, row.recorded, row.actor, row.detail, row.meter, row.rate, row.kwh,
+            row.price) == (charge.key, EntryKind.CHARGE, Decimal("-1.23"), charge.at, T0, "charging", "d", M1, "total",
+                           Decimal("2.50"), Decimal("0.4920"))
+    seq = store.last_seq()
+    assert store.accounts_changed_since(seq - 2) == {"A1", "A2"} and store.accounts_changed_since(seq - 1) == {"A2"}
+    # each account's last_seq is its last entry's (what the range checks of later writes rely on)
+    assert {tuple(r) for r in store._read("SELECT account, last_seq FROM accounts")} == {("A1", seq - 1), ("A2", seq)}
+    assert store.pay("A1", "1", "R1", actor="t", now=T0).seq == seq + 1
+
+
+def test_apply_with_an_unknown_account_anywhere_refuses_the_whole_call(store):
+    store.apply([_pay("payment:old", "A1", "1.00")], actor="billing", now=T0)
+    audits = len(store.audit_log(limit=1000))
+    given = [_pay("payment:a", "A1", "2.00"), _pay("payment:old", "NOPE", "1.00"),  # known key, unknown account
+             _pay("payment:b", "GONE", "1.00")]
+    with pytest.raises(LedgerError, match="ledger entry payment:old: unknown account NOPE"):
+        store.apply(given, actor="billing", now=T0)
+    with pytest.raises(LedgerError, match="ledger entry payment:b: unknown account GONE"):
+        store.apply([given[0], given[2], given[0]], actor="billing", now=T0)
+    assert [r.key for r in store.ledger("A1")] == ["payment:old"] and store.balance("A1") == Decimal("1.00")
+    assert len(store.audit_log(limit=1000)) == audits and store.verify_balances() == []
+    with pytest.raises(LedgerError, match="two decimal"):  # an amount finer than a fen: refused before anything
+        store.apply([given[0], _pay("payment:c", "A1", "0.001")], actor="billing", now=T0)
+    assert store.balance("A1") == Decimal("1.00")
+    assert store.apply([given[0]], actor="billing", now=T0) == [given[0]]  # usable afterwards
+
+
 def test_commit_charging_is_all_or_nothing(store, monkeypatch):
     entry = LedgerEntry("charge:1", "A1", EntryKind.CHARGE, Decimal("-3.00"), T0)
     fraction = LedgerEntry("charge:2", "A1", EntryKind.CHARGE, Decimal("-0.001"), T0)  # finer than a fen

@@ -118,6 +118,45 @@ def test_a_payment_that_would_leave_the_balance_range_is_refused_whole(store, st
     assert store.pay("A1", "0.50", "P3", actor="counter", now=T0).applied  # up to the limit: fine
 
 
+def _pay(key: str, account: str, amount: str) -> LedgerEntry:
+    return LedgerEntry(key, account, EntryKind.PAYMENT, Decimal(amount), T0)
+
+
+LIMIT = Decimal(BALANCE_LIMIT_FEN).scaleb(-2)
+
+
+@pytest.mark.parametrize("given, message", [
+    # the entry that crosses the limit is named, with the balance before it (the entries before it in the call)
+    ([_pay("payment:a", "A1", "0.30"), _pay("payment:b", "A1", "0.30")],
+     rf"ledger entry payment:b: 0.30 would take account A1 \(balance {LIMIT - Decimal('0.20')}\) beyond"),
+    # beyond and back within one call: refused at the entry that goes beyond, as one by one
+    ([_pay("payment:a", "A1", "1.00"), LedgerEntry("adjustment:b", "A1", EntryKind.ADJUSTMENT, Decimal(-1), T0)],
+     rf"ledger entry payment:a: 1.00 would take account A1 \(balance {LIMIT - Decimal('0.50')}\) beyond"),
+    # the first refusal in the order given wins: the range before an unknown account, and the other way round
+    ([_pay("payment:a", "A2", "1.00"), _pay("payment:b", "A1", "1.00"), _pay("payment:c", "NOPE", "1.00")],
+     r"ledger entry payment:b: 1.00 would take account A1 .* beyond"),
+    ([_pay("payment:a", "A2", "1.00"), _pay("payment:c", "NOPE", "1.00"), _pay("payment:b", "A1", "1.00")],
+     "ledger entry payment:c: unknown account NOPE"),
+])
+def test_apply_refuses_the_whole_call_at_the_first_entry_beyond_the_range(store, state_where, given, message):
+    _seed_balance(state_where, "A1", BALANCE_LIMIT_FEN - 50)
+    before = _snapshot(state_where)
+    with pytest.raises(LedgerError, match=message):
+        store.apply(given, actor="billing", now=T0)
+    assert _snapshot(state_where) == before and store.verify_balances() == []
+
+
+def test_apply_checks_only_the_entries_that_go_in(store, state_where):
+    """A known key, or a key's second entry in the call, moves nothing, so it cannot be refused."""
+    _seed_balance(state_where, "A1", BALANCE_LIMIT_FEN - 50)
+    assert store.apply([_pay("payment:a", "A1", "0.10")], actor="billing", now=T0)
+    given = [_pay("payment:a", "A1", "9.00"), _pay("payment:b", "A1", "0.40"), _pay("payment:b", "A1", "5.00"),
+             _pay("payment:c", "A2", "-1.00")]
+    assert store.apply(given, actor="billing", now=T0) == [given[1], given[3]]
+    assert store.balance("A1") == LIMIT and store.balance("A2") == Decimal("-1.00") and store.verify_balances() == []
+    assert store.apply([_pay("payment:d", "A2", str(-ENTRY_LIMIT))], actor="billing", now=T0)  # the largest entry
+
+
 def test_a_balance_past_the_range_already_refuses_every_entry_without_overflowing(store, state_where):
     """A balance written past the store near int64's end: adding to it would overflow BIGINT on
     PostgreSQL (an error) and turn REAL on SQLite; both refuse with the same LedgerError."""
@@ -128,6 +167,9 @@ def test_a_balance_past_the_range_already_refuses_every_entry_without_overflowin
     with pytest.raises(LedgerError, match=r"charging refused: account A1: balance .* would leave the range"):
         with store.charging_batch(now=T0) as batch:
             batch.add([_charge("charge:a", "A1", Decimal("10.00"))])
+    with pytest.raises(LedgerError, match=rf"ledger entry payment:b: -1.00 would take account A1 \(balance "
+                                          rf"{Decimal(2**63 - 100).scaleb(-2)}\) beyond"):
+        store.apply([_pay("payment:a", "A2", "1.00"), _pay("payment:b", "A1", "-1.00")], actor="billing", now=T0)
     assert _snapshot(state_where) == before
     assert store.verify_balances() == [f"account A1: balance {Decimal(2**63 - 100).scaleb(-2)} is out of range"]
 

@@ -407,6 +407,45 @@ _PG_OUT_OF_RANGE: Final = (
     f"WHERE a.last_seq <= ? AND NOT {_pg_room('a.balance_fen + moved.fen')} LIMIT 1")
 
 
+# PostgreSQL: one ``apply()`` copied into a temporary table of its transaction (``ON COMMIT DROP``;
+# COPY, several times faster than arrays bound as parameters) and moved in by one statement.  The
+# new keys go in, in the order given (``ON CONFLICT DO NOTHING``: a key already in the ledger, or
+# given twice in the call, keeps its first row); the balances move by exactly the rows taken, each
+# account only if its balance stays in range after every one of its entries in turn (the lowest and
+# highest running sums, in NUMERIC: SQLite's entry-by-entry check, and nothing overflows); and the
+# accounts no row of ``accounts`` names are returned, which refuses the whole call.  Returns the
+# keys taken, their lowest seq, the accounts moved and those that should have been, and the unknown
+# accounts.
+_PG_APPLY_STAGE: Final = (
+    "CREATE TEMPORARY TABLE applying (key text, account text, kind text, amount_fen bigint, ts bigint, detail text, "
+    "meter text, rate text, kwh text, price text, period_start_ts bigint, period_end_ts bigint, "
+    "ord bigint GENERATED ALWAYS AS IDENTITY) ON COMMIT DROP")
+_PG_APPLY_COPY: Final = ("COPY applying (key, account, kind, amount_fen, ts, detail, meter, rate, kwh, price, "
+                         "period_start_ts, period_end_ts) FROM STDIN")
+_PG_APPLY: Final = (
+    f"WITH taken AS (INSERT INTO ledger ({_LEDGER_COLUMNS}) SELECT key, account, kind, amount_fen, ts, ?1, ?2, detail, "
+    "meter, rate, kwh, price, period_start_ts, period_end_ts FROM applying ORDER BY ord ON CONFLICT (key) DO NOTHING "
+    "RETURNING key, account, amount_fen, seq), "
+    "runs AS (SELECT account, amount_fen, seq, SUM(amount_fen) OVER (PARTITION BY account ORDER BY seq) AS run "
+    "FROM taken), "
+    "moved AS (SELECT account, SUM(amount_fen) AS fen, MAX(seq) AS seq, MIN(run) AS lo, MAX(run) AS hi FROM runs "
+    "GROUP BY account), "
+    "done AS (UPDATE accounts SET balance_fen = accounts.balance_fen + moved.fen, last_seq = moved.seq FROM moved "
+    f"WHERE accounts.account = moved.account AND {_pg_room('accounts.balance_fen + moved.lo')} "
+    f"AND {_pg_room('accounts.balance_fen + moved.hi')} RETURNING 1) "
+    "SELECT (SELECT array_agg(key) FROM taken), (SELECT MIN(seq) FROM taken), (SELECT COUNT(*) FROM done), "
+    "(SELECT COUNT(*) FROM moved), (SELECT array_agg(DISTINCT account) FROM applying AS g "
+    "WHERE NOT EXISTS (SELECT 1 FROM accounts AS a WHERE a.account = g.account))")
+# After _PG_APPLY refused to move an account: the first entry taken (from seq ?1 on) that takes its
+# account's running balance out of range, with the balance before it.
+_PG_APPLY_OUT_OF_RANGE: Final = (
+    "SELECT key, account, amount_fen, run - amount_fen FROM (SELECT l.key, l.account, l.amount_fen, l.seq, "
+    "a.balance_fen::numeric + SUM(l.amount_fen) OVER (PARTITION BY l.account ORDER BY l.seq) AS run "
+    "FROM ledger AS l JOIN accounts AS a ON a.account = l.account WHERE l.seq >= ?1 AND a.last_seq < ?1) AS r "
+    f"WHERE NOT {_pg_room('run')} ORDER BY seq LIMIT 1")
+_PG_AUDIT_COPY: Final = "COPY audit (ts, actor, action, subject, detail) FROM STDIN"  # ids in the order copied
+
+
 def _values(n_rows: int, n_columns: int) -> str:
     one = "(" + ", ".join("?" * n_columns) + ")"
     return ", ".join([one] * n_rows)
@@ -1015,6 +1054,11 @@ class ControlStore(CommandStore):
         Returns the entries that were applied.  Every entry's account must exist."""
         applied: list[LedgerEntry] = []
         fens = [to_fen(e.amount, what=f"ledger entry {e.key}: amount") for e in entries]
+        if self.postgres:
+            if not entries:
+                return applied
+            with self._write() as conn:
+                return self._apply_pg(conn, entries, fens, actor=actor, now=now, audit_each=audit_each)
         with self._write() as conn:
             known = {r[0] for r in conn.execute("SELECT account FROM accounts")} if entries else set()
             for entry, fen in zip(entries, fens):
@@ -1025,6 +1069,54 @@ class ControlStore(CommandStore):
                     if audit_each:
                         self._audit(conn, now, actor, str(entry.kind), entry.account,
                                     {"key": entry.key, "amount": entry.amount, "detail": entry.detail})
+        return applied
+
+    def _apply_pg(self, conn: sqlite3.Connection, entries: Sequence[LedgerEntry], fens: Sequence[int], *,
+                  actor: str, now: datetime, audit_each: bool) -> list[LedgerEntry]:
+        """:meth:`apply` on PostgreSQL in a few statements whatever the number of entries, not two or
+        three per entry (see :data:`_PG_APPLY`; the audit lines of the entries taken copied in
+        order): the same entries applied, the same refusals (the first entry in order that SQLite's
+        one-by-one path would refuse is the one named).  Once per transaction (its temporary table)."""
+        text = _Memo(str, _ENUM_TEXT)
+        ms = _Memo(to_ms)
+        conn.execute(_PG_APPLY_STAGE)
+        conn.copy_rows(_PG_APPLY_COPY, [  # type: ignore[attr-defined]
+            (e.key, e.account, text[e.kind], fen, ms[e.at], e.detail, e.meter, text[e.rate],
+             None if e.kwh is None else str(e.kwh), None if e.price is None else str(e.price), ms[e.period_start],
+             ms[e.period_end]) for e, fen in zip(entries, fens)])
+        try:
+            keys, first_seq, moved, moving, unknown = conn.execute(_PG_APPLY, (to_ms(now), actor)).fetchone()
+        except Exception as exc:
+            if not _out_of_range(exc):
+                raise
+            raise LedgerError(f"ledger entries refused: a balance would leave the range of "
+                              f"±{from_fen(BALANCE_LIMIT_FEN)} yuan") from None
+        refusals: list[tuple[int, str]] = []  # (index of the entry, why): SQLite stops at the first
+        if unknown:
+            missing = set(unknown)
+            i = next(i for i, e in enumerate(entries) if e.account in missing)
+            refusals.append((i, f"ledger entry {entries[i].key}: unknown account {entries[i].account}"))
+        if moved != moving:
+            row = conn.execute(_PG_APPLY_OUT_OF_RANGE, (first_seq,)).fetchone()
+            if row is not None:
+                key, account, fen, before = row
+                i = next(i for i, e in enumerate(entries) if e.key == key)
+                why = (f"ledger entry {key}: {from_fen(fen)} would take account {account} (balance "
+                       f"{from_fen(int(before))}) beyond ±{from_fen(BALANCE_LIMIT_FEN)} yuan; refused")
+                refusals.append((i, why))
+        if refusals:  # the caller's transaction is rolled back: nothing stays
+            raise LedgerError(min(refusals)[1])
+        taken = set(keys or ())
+        applied = []
+        for e in entries:
+            if e.key in taken:
+                taken.discard(e.key)  # a key given twice: its first entry went in
+                applied.append(e)
+        if audit_each and applied:
+            at = to_ms(now)
+            conn.copy_rows(_PG_AUDIT_COPY, [  # type: ignore[attr-defined]
+                (at, actor, text[e.kind], e.account, json.dumps({"key": e.key, "amount": e.amount, "detail": e.detail},
+                                                                default=str, ensure_ascii=False)) for e in applied])
         return applied
 
     def _money_entry(self, kind: EntryKind, account: str, amount: Decimal | str, key: str, *, actor: str,
