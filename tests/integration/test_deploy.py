@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
@@ -65,15 +67,15 @@ def test_shipped_broker_config_has_the_essentials():
            if line.strip() and not line.lstrip().startswith("#")]
     # the topic tree of docs/mqtt.md, and nothing more for a terminal
     doc = (ROOT / "docs" / "mqtt.md").read_text()
-    for kind in ("down", "up", "status"):
+    for kind in ("down", "up", "push", "status"):
         assert f"`<root>/terminals/<tid>/{kind}`" in doc
-    assert ["pattern", "read", f"{TOPICS}/%u/down"] in acl
-    assert ["pattern", "write", f"{TOPICS}/%u/up"] in acl
-    assert ["pattern", "write", f"{TOPICS}/%u/status"] in acl
+    assert "`$share/meterd/<root>/terminals/+/push`" in doc
     assert [rule for rule in acl if rule[0] == "pattern"] == [
         ["pattern", "read", f"{TOPICS}/%u/down"], ["pattern", "write", f"{TOPICS}/%u/up"],
-        ["pattern", "write", f"{TOPICS}/%u/status"]]
+        ["pattern", "write", f"{TOPICS}/%u/push"], ["pattern", "write", f"{TOPICS}/%u/status"]]
+    # the master's read covers the shared subscription (checked against the published topic)
     assert ["user", "master"] in acl and ["topic", "readwrite", "meterd/#"] in acl
+    assert not [rule for rule in acl if "$share" in " ".join(rule)]
 
 
 def directives(text: str) -> dict[str, list[str]]:
@@ -263,6 +265,31 @@ def test_a_terminal_cannot_read_another_terminals_requests(peers):
 
 
 @needs_mosquitto
+def test_master_connections_in_the_shared_subscription_get_each_push_once_and_never_a_forged_one(peers):
+    """Collector nodes: two master connections in ``$share/meterd/...`` split a terminal's pushes
+    between them (each exactly once); a push a terminal forges for another terminal reaches nobody."""
+    shared = f"$share/meterd/{TOPICS}/+/push"
+    nodes = [peers("master", client_id="meterd-master.n1"), peers("master", client_id="meterd-master.n2")]
+    for node in nodes:
+        assert all(not r.is_failure for r in node.subscribe(shared))
+    spy = peers("master", client_id="spy")  # an ordinary subscription: every message, in order
+    spy.subscribe(f"{TOPICS}/+/push")
+    a = peers("T001")
+    sent = [f"push {i}".encode() for i in range(10)]
+    a.publish(f"{TOPICS}/T002/push", "forged")
+    for payload in sent:
+        a.publish(f"{TOPICS}/T001/push", payload.decode())
+    got = spy.wait_for(f"{TOPICS}/T001/push", sent[-1])
+    assert got == [(f"{TOPICS}/T001/push", p) for p in sent]  # the forged one was never routed
+    deadline = time.monotonic() + 5
+    while sum(len(n.messages) for n in nodes) < len(sent) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    taken = sorted(m for n in nodes for m in n.messages)
+    assert taken == sorted((f"{TOPICS}/T001/push", p) for p in sent)  # on the original topic, each once
+    assert all(n.messages for n in nodes)  # shared between the two, not all to one
+
+
+@needs_mosquitto
 def test_a_will_only_lands_on_the_terminals_own_status(peers):
     master = peers("master")
     master.subscribe(f"{TOPICS}/+/status")
@@ -322,11 +349,55 @@ async def test_meterd_reads_a_meter_through_the_shipped_acl(broker):
                                               start.replace(tzinfo=CST))
         assert [a.outcome for a in attempts] == ["ok"]
         assert [r.quantity for r in readings] == ["energy.active.import.total"]
+        assert term.push_readings() > 0  # on its push topic, which the ACL lets it write
+        for _ in range(300):
+            if hub.stats.pushed_messages:
+                break
+            await asyncio.sleep(0.01)
+        assert hub.stats.pushed_messages == 1 and hub.stats.pushed_on_up == 0
         await term.close()
         assert await hub.wait_status("T001", "offline", 3)
     finally:
         await term.close()
         await hub.close()
+
+
+@needs_mosquitto
+async def test_meterd_collector_nodes_take_each_push_once_through_the_shipped_acl(broker):
+    """Two hubs as collector nodes (``shared``) with the master's account: the shared subscription
+    passes the ACL and each push of the simulated terminal is taken by exactly one of them."""
+    from meterd.collector.mqtt import MqttHub
+    from meterd.simulators.dlt645 import Dlt645Bus
+    from meterd.simulators.model import MeterModel
+    from meterd.simulators.mqtt_terminal import MqttTerminal
+
+    start = datetime(2025, 6, 1, 8, 0)
+    taken: list[tuple[str, str, str]] = []
+    hubs = [MqttHub(broker.host, broker.port, client_id=f"meterd-master.n{i}", username="master",
+                    password=PASSWORDS["master"], reconnect_min=0.1, reconnect_max=0.5, shared=True,
+                    on_readings=lambda tid, rs, i=i: taken.extend((f"n{i}", r.meter, r.quantity) for r in rs))
+            for i in (1, 2)]
+    bus = Dlt645Bus([MeterModel("000000000001", start=start, seed=1)])
+    term = MqttTerminal("T001", bus, broker.host, broker.port, clock=lambda: start, username="T001",
+                        password=PASSWORDS["T001"], reconnect_min=0.1, reconnect_max=0.5)
+    try:
+        for hub in hubs:
+            assert await hub.start(5)
+        assert await term.start(5)
+        pushes = 20
+        for _ in range(pushes):
+            assert term.push_readings(quantities=["energy.active.import.total"]) == 1
+        for _ in range(500):
+            if sum(h.stats.pushed_messages for h in hubs) >= pushes:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # nothing more comes
+        assert sum(h.stats.pushed_messages for h in hubs) == len(taken) == pushes
+        assert {node for node, _, _ in taken} == {"n1", "n2"}
+    finally:
+        await term.close()
+        for hub in hubs:
+            await hub.close()
 
 
 # --- systemd -----------------------------------------------------------------------------------

@@ -12,6 +12,22 @@ terminal's status from the retained status topic (a reconnect forgets them: the 
 what it still retains), routes replies by correlation id to the waiting :class:`MqttTransport`,
 and hands pushed readings to ``on_readings(terminal_id, readings)``.
 
+Collector nodes (``shared=True``: several masters on one broker, one hub each, each with a client
+id of its own).  Requests and replies stay per node: every node subscribes to every terminal's
+``up`` and keeps the replies whose correlation id it issued (its session prefix); a reply to
+another node's request is counted in ``other_masters`` and ignored.  Pushed readings go to one
+node: the hubs subscribe to ``push`` as the shared subscription
+``$share/meterd/<root>/terminals/+/push``, the broker hands each push to exactly one of them (on
+its original topic), and that node takes it whichever channels it holds.  A node stopping cleanly
+unsubscribes from the group and waits for the broker's UNSUBACK before it disconnects, so the
+pushes the broker sent it before that are taken and later ones go to the other nodes; a node that
+dies takes with it what the broker had sent it and not yet been read (see ``docs/cluster.md``).
+
+A readings message on ``up`` (where terminals pushed before ``push`` existed) is still taken: on a
+single node always (counted in ``pushed_on_up`` too); among nodes every node hears it, so only the
+node ``holds(terminal)`` says holds the terminal's channel takes it, and the others count it in
+``pushed_not_held``.
+
 What goes wrong, and where it is counted (:class:`HubStats`; each rejection is also logged with
 its reason, and nothing else is disturbed):
 
@@ -56,6 +72,7 @@ from meterd.protocols.terminal.mqtt import (
     ONLINE,
     PROTOCOLS,
     QOS,
+    SHARE_GROUP,
     FrameInfo,
     PayloadError,
     ReplyMessage,
@@ -71,17 +88,20 @@ from meterd.readings import Quality, Reading
 
 log = logging.getLogger(__name__)
 
-# The master takes ``up`` (replies, pushed readings) at QoS 0: its session is clean, so the broker
-# drops whatever it has not delivered when the connection breaks, QoS 1 or not; over a live TCP
-# connection QoS 0 arrives just as surely, and saves a PUBACK per reply on both ends.  Terminals
-# still publish at QoS 1 (to the broker) and requests go out at QoS 1.
+# The master takes ``up`` (replies) and ``push`` (pushed readings) at QoS 0: its session is clean,
+# so the broker drops whatever it has not delivered when the connection breaks, QoS 1 or not; over
+# a live TCP connection QoS 0 arrives just as surely, and saves a PUBACK per message on both ends.
+# Terminals still publish at QoS 1 (to the broker) and requests go out at QoS 1.
 UP_QOS: Final = 0
+LEAVE_WAIT: Final = 2.0  # seconds close() waits for the UNSUBACK of the shared push subscription
 EXPIRED_IDS_KEPT: Final = 4096  # ids remembered as "ours, but no longer awaited" (late replies)
 REJECTS_KEPT: Final = 50
 DESCRIBED_KEPT: Final = 256  # request frames a transport remembers the sniffed protocol/meter of
 TOPICS_KEPT: Final = 16384  # incoming topics the hub remembers the parse of
 
 ReadingsCallback = Callable[[str, list[Reading]], Any]
+#: Among collector nodes: whether this node holds terminal ``tid``'s channel.
+HoldsCallback = Callable[[str], bool]
 
 
 # --- the hub -----------------------------------------------------------------------------------
@@ -96,8 +116,10 @@ class HubStats:
     unknown_ids: int = 0  # replies for ids never issued here (or for another terminal): dropped
     other_masters: int = 0  # replies to another collector node's requests (shared broker): ignored
     malformed: int = 0  # bad JSON / payload / status / topic: dropped
-    pushed_messages: int = 0
+    pushed_messages: int = 0  # pushed-readings messages taken (on push, or on up: pushed_on_up)
     pushed_readings: int = 0
+    pushed_on_up: int = 0  # of pushed_messages: those that came on up, the topic pushes used before push
+    pushed_not_held: int = 0  # pushes on up left to the node holding the terminal's channel (collector nodes)
     pushed_foreign: int = 0  # pushed readings of a meter not configured behind the pushing terminal: dropped
     outage_lost: int = 0  # requests in flight when the broker connection dropped: failed as link errors
     outage_refused: int = 0  # open/write while the broker was not connected: link errors
@@ -115,6 +137,10 @@ class MqttHub:
     ``clock`` stamps requests (``sent``, ``expires``); it returns an aware datetime.
     ``request_ttl`` (seconds, None: no ``expires``) tells terminals when to drop a stale request.
     ``reconnect_min`` / ``reconnect_max`` bound the exponential reconnect back-off (seconds).
+    ``shared``: one of several collector nodes on this broker (pushes through the shared
+    subscription of ``share_group``; replies to other nodes counted, not rejected); ``holds``
+    then says whether this node holds a terminal's channel (for pushes that still come on ``up``;
+    None: it holds every one).
     """
 
     def __init__(
@@ -134,6 +160,9 @@ class MqttHub:
         request_ttl: float | None = 30.0,
         tls: bool = False,
         push_meters: Mapping[str, frozenset[str]] | None = None,
+        shared: bool = False,
+        share_group: str = SHARE_GROUP,
+        holds: HoldsCallback | None = None,
     ) -> None:
         if not client_id:
             raise ValueError("an MQTT client id is required")
@@ -145,6 +174,7 @@ class MqttHub:
         self.keepalive = keepalive
         self.clock = clock
         self.topics = Topics(root)
+        self._shared_push = self.topics.shared_push(share_group)
         self.on_readings = on_readings
         # terminal -> the meters behind it, the only ones it may push for (None: any meter)
         self.push_meters = push_meters
@@ -160,9 +190,12 @@ class MqttHub:
         self._topic_cache: dict[str, tuple[str, str] | None] = {}  # topic -> Topics.parse(topic)
         self._expired: OrderedDict[str, str] = OrderedDict()  # our old ids -> terminal
         self._session = secrets.token_hex(4)
-        # collector nodes share the broker and each hears every terminal's replies: a reply whose id
-        # another node's hub issued is theirs, not an anomaly (see meterd.collector.daemon)
-        self.shared = False
+        # collector nodes share the broker: each hears every terminal's replies (a reply whose id
+        # another node's hub issued is theirs, not an anomaly) and takes pushes through the shared
+        # subscription; set before start (the subscriptions are made on connect)
+        self.shared = shared
+        self.holds = holds
+        self._leaving: asyncio.Future[None] | None = None  # close(): the shared push UNSUBACK awaited
         self._seq = 0
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._started = False
@@ -173,9 +206,17 @@ class MqttHub:
         client.on_disconnect = self._paho_disconnect
         client.on_message = self._paho_message
         client.on_connect_fail = self._paho_connect_fail
+        client.on_subscribe = self._paho_subscribe
+        client.on_unsubscribe = self._paho_unsubscribe
         self._client = client
         self._driver = PahoDriver(client, host, port, keepalive, reconnect=(reconnect_min, reconnect_max),
                                   on_connect=self._paho_connect)
+
+    @property
+    def push_subscription(self) -> str:
+        """What the hub subscribes to for pushed readings: the shared subscription among collector
+        nodes, every terminal's ``push`` on a single node."""
+        return self._shared_push if self.shared else self.topics.all_push
 
     @property
     def request_ttl(self) -> float | None:
@@ -199,7 +240,11 @@ class MqttHub:
         return await self.wait_connected(timeout)
 
     async def close(self) -> None:
-        """Disconnect cleanly and stop reconnecting; waiting reads fail with a link error."""
+        """Disconnect cleanly and stop reconnecting; waiting reads fail with a link error.
+
+        Among collector nodes the hub first leaves the shared push subscription and waits (up to
+        :data:`LEAVE_WAIT` s) for the broker's UNSUBACK: every push the broker sent this node
+        before it has arrived by then and is taken; the broker sends later ones to other nodes."""
         if self._closing:
             return
         self._closing = True
@@ -207,9 +252,24 @@ class MqttHub:
             for t in transports:
                 t._fail(LinkClosedError("MQTT hub closed", channel=t.name))
         if self._started:
+            if self.shared and self.connected:
+                await self._leave_share()
             self._client.disconnect()
             await self._driver.stop()
         self.connected = False
+
+    async def _leave_share(self) -> None:
+        self._leaving = asyncio.get_running_loop().create_future()
+        rc, _ = self._client.unsubscribe(self._shared_push)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._leaving), LEAVE_WAIT)
+        except TimeoutError:
+            log.warning("MQTT: no UNSUBACK from %s:%d within %g s; pushes sent to this node meanwhile may be lost",
+                        self.host, self.port, LEAVE_WAIT)
+        finally:
+            self._leaving = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -311,8 +371,16 @@ class MqttHub:
             self._connect_refused(str(reason))
             return
         # subscribe before anything is published on this connection: replies cannot outrun it
-        client.subscribe([(self.topics.all_status, QOS), (self.topics.all_up, UP_QOS)])
+        client.subscribe([(self.topics.all_status, QOS), (self.topics.all_up, UP_QOS),
+                          (self.push_subscription, UP_QOS)])
         self._on_connected()
+
+    def _paho_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        self._on_subscribed([getattr(r, "is_failure", False) for r in reasons])
+
+    def _paho_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        if self._leaving is not None and not self._leaving.done():
+            self._leaving.set_result(None)
 
     def _paho_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self._on_disconnected(str(reason))
@@ -331,6 +399,15 @@ class MqttHub:
     def _connect_failed(self) -> None:
         log.debug("MQTT broker %s:%d: connection attempt failed", self.host, self.port)
 
+    def _on_subscribed(self, refused: list[bool]) -> None:
+        """The SUBACK of the connect's subscriptions (status, up, push): say which were refused."""
+        topics = (self.topics.all_status, self.topics.all_up, self.push_subscription)
+        for topic, no in zip(topics, refused, strict=False):
+            if no:
+                hint = (" (does the broker support shared subscriptions? Mosquitto >= 1.6 does)"
+                        if topic == self._shared_push else "")
+                log.error("MQTT broker %s:%d refused the subscription to %s%s", self.host, self.port, topic, hint)
+
     def _on_connected(self) -> None:
         if self._closing:
             return
@@ -346,6 +423,8 @@ class MqttHub:
     def _on_disconnected(self, reason: str) -> None:
         was = self.connected
         self.connected = False
+        if self._leaving is not None and not self._leaving.done():
+            self._leaving.set_result(None)  # nothing more comes on this connection
         if was:
             self.stats.disconnects += 1
             if not self._closing:
@@ -387,16 +466,28 @@ class MqttHub:
             return
         try:
             obj = decode_json(payload)
-            if obj.get("type") == "readings":
-                meter, pushed = parse_readings(obj)
-                self._on_pushed(tid, meter, [Reading(p.meter, p.quantity, p.timestamp, p.value, p.unit,
-                                                     Quality(p.quality)) for p in pushed])
+            if kind == "push":
+                if obj.get("type", "readings") != "readings":
+                    raise PayloadError(f"'type' {obj.get('type')!r} on a push topic is not 'readings'")
+                self._take_pushed(tid, obj, on_up=False)
+                return
+            if obj.get("type") == "readings":  # a push on up, where pushes went before push existed
+                if self.holds is not None and not self.holds(tid):
+                    self.stats.pushed_not_held += 1  # every node hears it: the channel's holder takes it
+                    return
+                self._take_pushed(tid, obj, on_up=True)
                 return
             reply = ReplyMessage.from_json(obj)
         except PayloadError as exc:
             self._reject("malformed", tid, str(exc))
             return
         self._on_reply(tid, reply)
+
+    def _take_pushed(self, tid: str, obj: Mapping[str, Any], *, on_up: bool) -> None:
+        meter, pushed = parse_readings(obj)  # PayloadError: malformed
+        readings = [Reading(p.meter, p.quantity, p.timestamp, p.value, p.unit, Quality(p.quality)) for p in pushed]
+        if self._on_pushed(tid, meter, readings) and on_up:
+            self.stats.pushed_on_up += 1
 
     def _on_status(self, tid: str, payload: bytes) -> None:
         text = payload.decode("utf-8", "replace").strip().lower()
@@ -436,15 +527,16 @@ class MqttHub:
         else:
             self._reject("unknown_ids", tid, f"reply id {reply.id!r} was never issued by this master")
 
-    def _on_pushed(self, tid: str, meter: str, readings: list[Reading]) -> None:
+    def _on_pushed(self, tid: str, meter: str, readings: list[Reading]) -> bool:
+        """Hand one pushed-readings message to ``on_readings``; whether it was taken."""
         if self.push_meters is not None and meter not in self.push_meters.get(tid, ()):
             self._reject("pushed_foreign", tid, f"pushed {len(readings)} reading(s) of meter {meter}, which "
                          "is not configured behind it", count=len(readings))
-            return
+            return False
         self.stats.pushed_messages += 1
         self.stats.pushed_readings += len(readings)
         if self.on_readings is None:
-            return
+            return True
         try:
             result = self.on_readings(tid, readings)
             if inspect.isawaitable(result):
@@ -454,6 +546,7 @@ class MqttHub:
             self.stats.callback_errors += 1
             log.exception("MQTT: on_readings failed for %d readings of meter %s (terminal %s)",
                           len(readings), meter, tid)
+        return True
 
     def _callback_done(self, task: asyncio.Future[Any]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -553,4 +646,4 @@ class MqttTransport(Transport):
         return lost
 
 
-__all__ = ["UP_QOS", "HubStats", "MqttHub", "MqttTransport", "ReadingsCallback"]
+__all__ = ["LEAVE_WAIT", "UP_QOS", "HoldsCallback", "HubStats", "MqttHub", "MqttTransport", "ReadingsCallback"]

@@ -14,8 +14,9 @@ topic tree and payloads of :mod:`meterd.protocols.terminal.mqtt` (and in ``docs/
   terminal's ``latency``).  A meter that does not answer gets no reply message.  A request received
   after its ``expires`` is dropped (counted), as is a malformed one;
 * :meth:`~MqttTerminal.push_readings` publishes the current values of ``push_quantities`` of every
-  meter (one message per meter, values as exact decimal text); ``push_every`` seconds runs it on a
-  schedule;
+  meter on its ``push`` topic (one message per meter, values as exact decimal text);
+  ``push_every`` seconds runs it on a schedule; ``push_on_up=True`` makes it an older terminal that
+  pushes on ``up``, beside its replies;
 * :meth:`~MqttTerminal.go_offline` kills the connection without a DISCONNECT (the socket is shut
   down under the client and it never reconnects), so the broker publishes the will;
   :meth:`~MqttTerminal.come_back` connects anew; :meth:`~MqttTerminal.close` leaves cleanly
@@ -121,10 +122,12 @@ class MqttTerminal:
         reconnect_min: float = 0.5,
         reconnect_max: float = 5.0,
         wall_clock: Clock = utc_now,
+        push_on_up: bool = False,
     ) -> None:
         """``clock`` is the meters' simulated time (naive, meter-local; default a
         :class:`SimClock` from now); ``wall_clock`` (aware) stamps ``replied``/``sent`` and checks
-        ``expires``; ``latency`` seconds are added before each reply."""
+        ``expires``; ``latency`` seconds are added before each reply; ``push_on_up``: push on
+        ``up`` (as terminals did before ``push`` existed) instead of ``push``."""
         self.terminal_id = check_terminal_id(terminal_id)
         self.bus = bus
         self.host = host
@@ -132,6 +135,7 @@ class MqttTerminal:
         self.clock: Clock = clock or SimClock.starting()
         self.topics = Topics(root)
         self._up_topic = self.topics.up(self.terminal_id)
+        self._push_topic = self._up_topic if push_on_up else self.topics.push(self.terminal_id)
         self.client_id = client_id or f"{root}-sim-{terminal_id}"
         self.username = username
         self.password = password
@@ -423,8 +427,7 @@ class MqttTerminal:
                 readings.append(Reading(model.address, q, stamp, value, spec.unit if spec else ""))
             if not readings:
                 continue
-            if self._publish(self.topics.up(self.terminal_id),
-                             readings_payload(model.address, readings, sent=self.wall_clock())):
+            if self._publish(self._push_topic, readings_payload(model.address, readings, sent=self.wall_clock())):
                 self.stats.pushed_messages += 1
                 self.stats.pushed_readings += len(readings)
                 sent += len(readings)

@@ -10,10 +10,19 @@ clock in it: times are passed in.
 Topic tree (``<root>`` is ``meterd`` unless configured; ``<tid>`` a terminal id, no ``/ + #``)::
 
     <root>/terminals/<tid>/down     master -> terminal: requests              QoS 1, not retained
-    <root>/terminals/<tid>/up       terminal -> master: replies, pushed data  QoS 1, not retained
-                                    (the master subscribes at QoS 0: see
-                                    meterd.collector.mqtt.UP_QOS)
+    <root>/terminals/<tid>/up       terminal -> master: replies               QoS 1, not retained
+    <root>/terminals/<tid>/push     terminal -> master: pushed readings       QoS 1, not retained
+                                    (the master subscribes to up and push at
+                                    QoS 0: see meterd.collector.mqtt.UP_QOS)
     <root>/terminals/<tid>/status   "online" / "offline" (plain text)         QoS 1, RETAINED
+
+Replies and pushed readings have topics of their own because they go to different masters when
+several collector nodes share the broker: a reply belongs to the node that sent the request (every
+node subscribes to every ``up`` and keeps the replies whose correlation id it issued), a push to
+any one node (the nodes subscribe to ``push`` as one shared subscription,
+``$share/<group>/<root>/terminals/+/push``, so the broker hands each push to exactly one of them).
+A readings message on ``up`` -- where pushes went before they had a topic of their own -- is still
+understood (see :mod:`meterd.collector.mqtt`).
 
 A terminal connects with its *last will* ``offline`` (retained) on its status topic and then
 publishes a retained ``online``; when it vanishes without a clean DISCONNECT (power cut, dead
@@ -49,7 +58,7 @@ Only ``id`` and ``frame`` are required; ``type`` (if present) must be ``reply``.
 not answer gets no reply message (the master times out, as on a wire).  A bus answering in several
 pieces may send several replies with the same ``id``; their frames are fed to the channel in order.
 
-Pushed readings (``up``)::
+Pushed readings (``push``)::
 
     {"type": "readings", "meter": "000001000001", "sent": "2025-06-01T00:05:00.000Z",
      "readings": [
@@ -83,9 +92,13 @@ from meterd.protocols.dlt645.frame import decode_frame
 from meterd.protocols.readspec import DLT645_1997, DLT645_2007, MODBUS
 
 DEFAULT_ROOT: Final = "meterd"
+#: The shared-subscription group collector nodes take pushed readings in (``$share/<group>/...``).
+SHARE_GROUP: Final = "meterd"
 ONLINE: Final = "online"
 OFFLINE: Final = "offline"
 QOS: Final = 1
+#: The last level of a terminal's topics.
+KINDS: Final = ("down", "up", "push", "status")
 PROTOCOLS: Final = (DLT645_2007, DLT645_1997, MODBUS)
 VALUE_KINDS: Final = ("decimal", "integer", "boolean", "time", "text")
 MAX_ID_LEN: Final = 128
@@ -164,6 +177,9 @@ class Topics:
     def up(self, tid: str) -> str:
         return f"{self.root}/terminals/{tid}/up"
 
+    def push(self, tid: str) -> str:
+        return f"{self.root}/terminals/{tid}/push"
+
     def status(self, tid: str) -> str:
         return f"{self.root}/terminals/{tid}/status"
 
@@ -172,8 +188,19 @@ class Topics:
         return f"{self.root}/terminals/+/up"
 
     @property
+    def all_push(self) -> str:
+        return f"{self.root}/terminals/+/push"
+
+    @property
     def all_status(self) -> str:
         return f"{self.root}/terminals/+/status"
+
+    def shared_push(self, group: str = SHARE_GROUP) -> str:
+        """Every terminal's ``push`` as one shared subscription of ``group``: the broker delivers
+        each message to one subscriber of the group, on its original topic."""
+        if not group or any(c in group for c in "/+#\x00"):
+            raise ValueError(f"shared-subscription group {group!r} must be non-empty, without / + #")
+        return f"$share/{group}/{self.all_push}"
 
     def parse(self, topic: str) -> tuple[str, str] | None:
         """``<root>/terminals/<tid>/<kind>`` -> (tid, kind); None for anything else."""
@@ -181,7 +208,7 @@ class Topics:
         if not topic.startswith(prefix):
             return None
         rest = topic[len(prefix):].split("/")
-        if len(rest) != 2 or not rest[0] or rest[1] not in ("down", "up", "status"):
+        if len(rest) != 2 or not rest[0] or rest[1] not in KINDS:
             return None
         return rest[0], rest[1]
 
@@ -512,12 +539,14 @@ def parse_readings(obj: Mapping[str, Any]) -> tuple[str, list[PushedReading]]:
 __all__ = [
     "DEFAULT_ROOT",
     "EARLIEST",
+    "KINDS",
     "LATEST",
     "OFFLINE",
     "ONLINE",
     "PROTOCOLS",
     "QOS",
     "QUALITIES",
+    "SHARE_GROUP",
     "VALUE_KINDS",
     "FrameInfo",
     "PayloadError",
