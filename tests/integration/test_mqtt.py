@@ -27,6 +27,7 @@ from meterd.protocols.terminal.mqtt import (
     PushedReading,
     ReplyMessage,
     RequestMessage,
+    Topics,
     decode_json,
     describe_frame,
     parse_readings,
@@ -333,6 +334,52 @@ async def test_pushed_readings_arrive_through_on_readings(broker, hub):
             assert r.timestamp == stamp and r.quality is Quality.GOOD
         assert mine["energy.active.import.total"].unit == "kWh" and mine["voltage.a"].unit == "V"
     assert hub.stats.pushed_readings >= n + 2 and hub.stats.malformed == 0
+
+
+def test_the_topic_tree_has_push_beside_up():
+    t = Topics("site7")
+    assert t.push("T001") == "site7/terminals/T001/push" and t.all_push == "site7/terminals/+/push"
+    assert t.shared_push() == "$share/meterd/site7/terminals/+/push"
+    assert t.shared_push("g2") == "$share/g2/site7/terminals/+/push"
+    for kind in ("down", "up", "push", "status"):
+        assert t.parse(f"site7/terminals/T001/{kind}") == ("T001", kind)
+    for topic in ("site7/terminals/T001/pushed", "site7/terminals/T001/push/x", "$share/meterd/site7/terminals/T001/push",
+                  "meterd/terminals/T001/push"):
+        assert t.parse(topic) is None
+    for group in ("", "a/b", "+", "#"):
+        with pytest.raises(ValueError):
+            t.shared_push(group)
+
+
+async def test_pushes_go_on_push_and_pushes_on_up_are_still_taken(broker, hub, spy):
+    """The simulated terminal pushes on ``push``; one pushing on ``up`` (as before ``push`` existed)
+    is still taken by a single master, and counted as such."""
+    new = await start_terminal(broker, "T001", dlt645_bus(), push_quantities=["voltage.a"])
+    old = await start_terminal(broker, "T002", Dlt645Bus([MeterModel("000000000003", start=START)]),
+                               push_quantities=["voltage.a"], push_on_up=True)
+    try:
+        assert new.push_readings() == 2 and old.push_readings() == 1
+        await until(lambda: hub.stats.pushed_messages == 3)
+        await until(lambda: len(spy.json("push")) == 2 and len(spy.json("up")) == 1)
+    finally:
+        await new.close()
+        await old.close()
+    assert {tid for tid, _ in hub.on_readings} == {"T001", "T002"}
+    assert hub.stats.pushed_on_up == 1 and hub.stats.pushed_not_held == 0 and hub.stats.malformed == 0
+    assert {m["meter"] for m in spy.json("push")} == {A1, A2}
+
+
+async def test_a_push_topic_carries_readings_only(broker, hub, spy):
+    push = "meterd/terminals/T001/push"
+    stamp = "2025-06-01T00:00:00Z"
+    reading = {"quantity": "voltage.a", "value": "220.1", "timestamp": stamp}
+    await spy.publish(push, {"type": "reply", "id": "x-1", "frame": "68"})  # a reply on push
+    await spy.publish(push, {"id": "x-1", "frame": "68"})  # no type: taken for readings, and has no meter
+    await spy.publish(push, {"meter": A1, "readings": [reading]})  # no type: readings
+    await spy.publish(push, {"type": "readings", "meter": A1, "readings": [reading]})
+    await until(lambda: hub.stats.pushed_messages == 2 and hub.stats.malformed == 2)
+    assert hub.stats.unknown_ids == 0 and hub.stats.pushed_on_up == 0
+    assert "on a push topic is not 'readings'" in "\n".join(hub.rejects)
 
 
 async def test_malformed_payloads_and_unknown_ids_are_counted_and_disturb_nothing(broker, hub, spy, caplog):

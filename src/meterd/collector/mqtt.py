@@ -184,6 +184,7 @@ class MqttHub:
         self.rejects: deque[str] = deque(maxlen=REJECTS_KEPT)  # the latest rejection reasons
         self._log = LogThrottle()  # dropped messages: logged once a minute per counter, with a count
         self.connected = False
+        self.subscribed = False  # the broker acknowledged this connection's subscriptions (SUBACK)
         self._status: dict[str, str] = {}
         self._transports: dict[str, list[MqttTransport]] = {}
         self._pending: dict[str, MqttTransport] = {}  # correlation id -> transport awaiting it
@@ -300,6 +301,12 @@ class MqttHub:
     async def wait_connected(self, timeout: float) -> bool:
         return await self._wait(lambda: self.connected, timeout)
 
+    async def wait_subscribed(self, timeout: float) -> bool:
+        """Wait until the broker has acknowledged the subscriptions of the current connection:
+        from then on every message published reaches this hub (a push: this hub or another of
+        its shared group)."""
+        return await self._wait(lambda: self.connected and self.subscribed, timeout)
+
     async def wait_status(self, tid: str, status: str | None, timeout: float) -> bool:
         return await self._wait(lambda: self._status.get(tid) == status, timeout)
 
@@ -401,6 +408,8 @@ class MqttHub:
 
     def _on_subscribed(self, refused: list[bool]) -> None:
         """The SUBACK of the connect's subscriptions (status, up, push): say which were refused."""
+        self.subscribed = True
+        self._changed()
         topics = (self.topics.all_status, self.topics.all_up, self.push_subscription)
         for topic, no in zip(topics, refused, strict=False):
             if no:
@@ -423,6 +432,7 @@ class MqttHub:
     def _on_disconnected(self, reason: str) -> None:
         was = self.connected
         self.connected = False
+        self.subscribed = False
         if self._leaving is not None and not self._leaving.done():
             self._leaving.set_result(None)  # nothing more comes on this connection
         if was:
