@@ -90,6 +90,83 @@ def test_a_different_opening_balance_later_is_not_applied_and_is_reported(store)
     assert "opening-duplicate" in [r.action for r in store.audit_log(subject="A1")]
 
 
+def test_one_upsert_of_many_specs_is_applied_in_order_as_one_by_one(store, state_where):
+    """One call (on PostgreSQL: read at once, written as batches) says and does what the specs
+    would one after the other: an account given twice, a meter unassigned then taken by a later
+    spec, a meter moved from an earlier spec's account, opening balances applied, duplicated and
+    refused, accounts activated, and the audit lines in that order."""
+    M4, M6 = "000000000004", "000000000006"
+    store.upsert_accounts([AccountSpec("A1", "res", {M1: Decimal(1)}, opening_balance=Decimal(50)),
+                           AccountSpec("A2", "res", {M2: Decimal(1), M3: Decimal(1)}),
+                           AccountSpec("A3", "res", {})], actor="billing", now=T0)
+    with _Raw(state_where) as raw:  # live before opening balances existed
+        raw.execute("UPDATE accounts SET state = 'normal' WHERE account = 'A3'")
+    audits = len(store.audit_log(limit=1000))
+    later = T0 + timedelta(days=1)
+    changes = store.upsert_accounts([
+        AccountSpec("A2", "tou", {M2: Decimal(1), M4: Decimal(30)}, customer="Li"),
+        AccountSpec("A1", "res", {M1: Decimal(1), M3: Decimal(2)}, opening_balance=Decimal(80)),
+        AccountSpec("A5", "res", {M4: Decimal(30)}, opening_balance=Decimal(10), opening_ref="WO-5"),
+        AccountSpec("A2", "tou", {M2: Decimal(1)}, customer="Li", opening_balance=Decimal(5)),
+        AccountSpec("A3", "res", {}, opening_balance=Decimal(7)),
+        AccountSpec("A6", "res", {M6: Decimal(1)}, area="TA9"),
+    ], actor="billing", now=later)
+    assert changes == [
+        "account A2: customer '' -> 'Li', tariff 'res' -> 'tou'",
+        f"account A2: meter {M4} assigned (×30)",
+        f"account A2: meter {M3} unassigned",
+        f"account A1: meter {M3} assigned (×2)",
+        "account A1: opening balance 80.00 not applied: 50.00 was applied on 2026-12-07 10:00 CST by billing (an "
+        "opening balance is applied once; correct it with an adjustment)",
+        "account A5: created (tariff res, area '')",
+        f"account A5: meter {M4} moved from A2 (×30 -> ×30)",
+        "account A5: opening balance 10.00 applied",
+        "account A5: activated (was pending)",
+        "account A2: opening balance 5.00 applied",
+        "account A2: activated (was pending)",
+        "account A3: opening balance 7.00 not applied: the account is active (opened 2026-12-07 10:00 CST) without "
+        "one; correct its balance with an adjustment",
+        "account A6: created (tariff res, area 'TA9'), pending: no opening balance",
+        f"account A6: meter {M6} assigned (×1)",
+    ]
+    assert store.meter_accounts() == {M1: ("A1", Decimal(1)), M2: ("A2", Decimal(1)), M3: ("A1", Decimal(2)),
+                                      M4: ("A5", Decimal(30)), M6: ("A6", Decimal(1))}
+    got = {a.account: (a.state, a.balance, a.tariff, a.customer, a.area, a.opened) for a in store.accounts()}
+    assert got == {"A1": ("normal", Decimal("50.00"), "res", "", "", T0),
+                   "A2": ("normal", Decimal("5.00"), "tou", "Li", "", T0),
+                   "A3": ("normal", Decimal("0.00"), "res", "", "", T0),
+                   "A5": ("normal", Decimal("10.00"), "res", "", "", later),
+                   "A6": ("pending", Decimal("0.00"), "res", "", "TA9", later)}
+    opened = sorted((r for a in ("A2", "A5") for r in store.ledger(a)), key=lambda r: r.seq)
+    assert [(r.key, r.amount, r.actor, r.recorded) for r in opened] == [
+        ("opening:A5", Decimal("10.00"), "billing", later), ("opening:A2", Decimal("5.00"), "billing", later)]
+    assert "WO-5" in opened[0].detail and store.verify_balances() == []
+    new = store.audit_log(limit=1000)[audits:]
+    assert [(r.action, r.subject) for r in new] == [
+        ("opening-duplicate", "A1"), ("opening", "A5"), ("control-state", "A5"), ("opening", "A2"),
+        ("control-state", "A2"), ("opening-refused", "A3"), *[("account", line.split()[1][:-1]) for line in changes]]
+    assert [r.detail for r in new[len(new) - len(changes):]] == [{"change": line} for line in changes]
+    assert new[1].detail == {"key": "opening:A5", "amount": "10.00", "detail": "opening balance (billing, WO-5)",
+                             "ref": "WO-5"}
+    assert new[2].detail == {"from": "pending", "to": "normal", "held": None, "reason": "activated", "ref": "WO-5"}
+    assert {(r.actor, r.at) for r in new} == {("billing", later)}
+
+
+def test_an_upsert_refused_part_way_changes_nothing(store):
+    store.upsert_accounts([AccountSpec("A1", "res", {M1: Decimal(1)})], actor="billing", now=T0)
+    audits = len(store.audit_log(limit=1000))
+    with pytest.raises(LedgerError, match="account F: opening balance 1.005 has more than two decimal places"):
+        store.upsert_accounts([AccountSpec("A1", "tou", {M2: Decimal(1)}, opening_balance=Decimal(3)),
+                               AccountSpec("A7", "res", {M3: Decimal(1)}, opening_balance=Decimal(1)),
+                               AccountSpec("F", "res", {}, opening_balance=Decimal("1.005"))], actor="b", now=T0)
+    assert store.account("A7") is None and store.account("F") is None
+    a = store.account("A1")
+    assert (a.tariff, a.state, a.balance, a.meters) == ("res", "pending", Decimal("0.00"), {M1: Decimal(1)})
+    assert store.meter_accounts() == {M1: ("A1", Decimal(1))} and store.ledger("A1") == []
+    assert len(store.audit_log(limit=1000)) == audits
+    assert store.upsert_accounts([], actor="b", now=T0) == []
+
+
 def test_opening_balances_may_be_zero_or_negative_but_not_finer_than_a_fen(store):
     store.upsert_accounts([AccountSpec("Z", "res", {}, opening_balance=Decimal(0)),
                            AccountSpec("N", "res", {}, opening_balance=Decimal("-12.30"))], actor="billing", now=T0)

@@ -146,6 +146,20 @@ def test_apply_refuses_the_whole_call_at_the_first_entry_beyond_the_range(store,
     assert _snapshot(state_where) == before and store.verify_balances() == []
 
 
+def test_an_opening_balance_that_would_leave_the_range_refuses_the_whole_upsert(store, state_where):
+    _seed_balance(state_where, "A1", BALANCE_LIMIT_FEN - 50)  # pending, charged and paid meanwhile
+    before = _snapshot(state_where)
+    with pytest.raises(LedgerError, match=rf"ledger entry opening:A1: 1.00 would take account A1 \(balance "
+                                          rf"{LIMIT - Decimal('0.50')}\) beyond"):
+        store.upsert_accounts([AccountSpec("A3", "res", {}, opening_balance=Decimal(1)),
+                               AccountSpec("A1", "res", {M1: Decimal(1)}, opening_balance=Decimal(1))],
+                              actor="billing", now=T0)
+    assert _snapshot(state_where) == before and store.account("A1").state == "pending"
+    assert store.upsert_accounts([AccountSpec("A1", "res", {M1: Decimal(1)}, opening_balance=Decimal("0.50"))],
+                                 actor="billing", now=T0)[0] == "account A1: opening balance 0.50 applied"
+    assert store.balance("A1") == LIMIT and store.verify_balances() == []
+
+
 def test_apply_checks_only_the_entries_that_go_in(store, state_where):
     """A known key, or a key's second entry in the call, moves nothing, so it cannot be refused."""
     _seed_balance(state_where, "A1", BALANCE_LIMIT_FEN - 50)

@@ -38,6 +38,9 @@ from meterd.storage.sqlite import from_ms, to_ms
 from meterd.storage.statedb import StateDatabase
 
 ACTIVE_STATES: Final = (CommandState.QUEUED.value, CommandState.SENT.value)
+# An audit line's detail as :meth:`CommandStore._audit` writes it, by one encoder made once (batches
+# of audit lines: ``json.dumps`` with these options would build an encoder per line).
+_AUDIT_JSON: Final = json.JSONEncoder(default=str, ensure_ascii=False)
 # Commands that undo each other: queuing one cancels the other if it has not gone out yet.
 OPPOSITE: Final = {
     CommandKind.TRIP: (CommandKind.RECLOSE, CommandKind.RECLOSE_ALLOWED),
@@ -124,7 +127,7 @@ class CommandStore(StateDatabase):
     def _audit_row(now: datetime, actor: str, action: str, subject: str, detail: Mapping[str, Any]
                    ) -> tuple[Any, ...]:
         """An audit line for :meth:`_audit_many`, as :meth:`_audit` writes it."""
-        return (to_ms(now), actor, action, subject, json.dumps(detail, default=str, ensure_ascii=False))
+        return (to_ms(now), actor, action, subject, _AUDIT_JSON.encode(detail))
 
     def _audit_many(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         """Audit lines in order, as one batch (PostgreSQL pipelines them: one wait, not one per line)."""

@@ -30,8 +30,10 @@ Exactly-once is the design:
 On PostgreSQL a BIGINT never turns REAL, it raises; the range checks are computed in NUMERIC
 before anything is added, so the same amounts are refused with the same LedgerError.  Where the
 two dialects differ the SQL branches on :attr:`~meterd.storage.statedb.StateDatabase.postgres`;
-the bulk writes (a charging pass, a policy pass's states and commands) take fewer round trips
-there (COPY, batches), with the same rows and audit lines as the SQLite path.
+the bulk writes (a charging pass, a policy pass's states and commands, :meth:`ControlStore.apply`
+of a billing import, :meth:`ControlStore.upsert_accounts`) take a few round trips there whatever
+their size (COPY into temporary tables, one statement moving the rows in, batches), with the same
+rows, refusals and audit lines as the SQLite path, which goes row by row in process.
 
 Every ledger change and every command transition is written to ``audit`` in the same transaction,
 with who (an operator, ``policy``, ``billing``, ``daemon``) and why.
@@ -66,7 +68,7 @@ from typing import Any, ClassVar, Final
 from meterd.clock import CST
 from meterd.control.amounts import BALANCE_LIMIT_FEN, DEFAULT_LIMIT, ENTRY_LIMIT, AmountError, parse_amount
 from meterd.control.charging import Cursor
-from meterd.control.command_store import Command, CommandStore, _opt_dt, _opt_ms
+from meterd.control.command_store import _AUDIT_JSON, Command, CommandStore, _opt_dt, _opt_ms
 from meterd.control.model import (
     CommandRequest,
     EntryKind,
@@ -707,6 +709,9 @@ class ControlStore(CommandStore):
         with one (or ``activate``) applies it once and activates the account (:meth:`_open`).
         Otherwise balances, ledger and control state are never touched here."""
         changes: list[str] = []
+        if self.postgres:
+            with self._write() as conn:
+                return self._upsert_accounts_pg(conn, list(specs), actor=actor, now=now)
         with self._write() as conn:
             for spec in specs:
                 thresholds = json.dumps(dict(sorted(spec.thresholds.items())))
@@ -756,6 +761,155 @@ class ControlStore(CommandStore):
             for line in changes:
                 self._audit(conn, now, actor, "account", line.split(":", 1)[0].split()[1], {"change": line})
         return changes
+
+    def _upsert_accounts_pg(self, conn: sqlite3.Connection, specs: list[AccountSpec], *, actor: str,
+                            now: datetime) -> list[str]:
+        """:meth:`upsert_accounts` on PostgreSQL in a few statements, not several per account: what
+        the specs touch is read at once, the specs are applied in order to that copy by the rules of
+        the SQLite path (the same lines, the same audit lines in the same order, a meter taken by a
+        later spec from an earlier one), and the result is written as batches: accounts, meter
+        assignments, the opening balances (:meth:`_apply_pg`), the audit lines."""
+        if not specs:
+            return []
+        names = list({spec.account for spec in specs})
+        meters_named = list({meter for spec in specs for meter in spec.meters})
+        # account -> its row: [customer, area, tariff, protected, thresholds, state, held, alarmed_ts, opened_ts]
+        rows: dict[str, list[Any]] = {r[0]: list(r[1:]) for r in conn.execute(
+            "SELECT account, customer, area, tariff, protected, thresholds, state, held, alarmed_ts, opened_ts "
+            "FROM accounts WHERE account = ANY(?::text[])", (names,))}
+        created: set[str] = set()
+        touched: set[str] = set()  # existing accounts whose row changes
+        assigned: dict[str, tuple[str, str] | None] = {}  # meter -> (account, multiplier text); None: unassigned
+        meters_of: dict[str, set[str]] = {}  # account -> its meters
+        for meter, account, multiplier in conn.execute(
+                "SELECT meter, account, multiplier FROM account_meters WHERE meter = ANY(?::text[]) "
+                "OR account = ANY(?::text[])", (meters_named, names)):
+            assigned[meter] = (account, multiplier)
+            meters_of.setdefault(account, set()).add(meter)
+        stored = set(assigned)  # the meters with a row now
+        moved_meters: set[str] = set()
+        keys = [OPENING_PREFIX + spec.account for spec in specs if spec.opening_balance is not None or spec.activate]
+        openings: dict[str, tuple[int, int, str]] = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(
+            "SELECT key, amount_fen, recorded_ts, actor FROM ledger WHERE key = ANY(?::text[])", (keys,))} if keys else {}
+        new_entries: list[tuple[LedgerEntry, int]] = []
+        audits: list[tuple[Any, ...]] = []
+        changes: list[str] = []
+        fields = ("customer", "area", "tariff", "protected", "thresholds")
+        for spec in specs:
+            account = spec.account
+            thresholds = json.dumps(dict(sorted(spec.thresholds.items())))
+            values = (spec.customer, spec.area, spec.tariff, int(spec.protected), thresholds)
+            row = rows.get(account)
+            opens = spec.opening_balance is not None or spec.activate
+            if row is None:
+                rows[account] = [*values, PENDING, None, None, to_ms(now)]  # activated below when the spec opens it
+                created.add(account)
+                changes.append(f"account {account}: created (tariff {spec.tariff}, area {spec.area!r})"
+                               + ("" if opens else ", pending: no opening balance"))
+            else:
+                diff = {k: (row[i], v) for i, (k, v) in enumerate(zip(fields, values)) if row[i] != v}
+                if diff:
+                    row[:5] = values
+                    touched.add(account)
+                    changes.append(f"account {account}: " + ", ".join(
+                        f"{k} {old!r} -> {new!r}" for k, (old, new) in diff.items()))
+            current = set(meters_of.get(account, ()))
+            for meter, multiplier in spec.meters.items():
+                owner = assigned.get(meter)
+                if owner is None:
+                    changes.append(f"account {account}: meter {meter} assigned (×{multiplier})")
+                elif owner[0] != account or Decimal(owner[1]) != multiplier:
+                    meters_of[owner[0]].discard(meter)
+                    changes.append(f"account {account}: meter {meter} moved from {owner[0]} "
+                                   f"(×{owner[1]} -> ×{multiplier})")
+                else:
+                    continue
+                assigned[meter] = (account, str(multiplier))
+                meters_of.setdefault(account, set()).add(meter)
+                moved_meters.add(meter)
+            for meter in current - set(spec.meters):
+                assigned[meter] = None
+                meters_of[account].discard(meter)
+                moved_meters.add(meter)
+                changes.append(f"account {account}: meter {meter} unassigned")
+            if opens:
+                fen = 0 if spec.opening_balance is None else to_fen(
+                    spec.opening_balance, what=f"account {account}: opening balance")
+                if rows[account][5] == PENDING and account not in created:
+                    touched.add(account)  # activated
+                changes += self._open_pg(rows[account], openings, new_entries, audits, account, fen,
+                                         spec.opening_ref, actor=actor, now=now)
+        at = to_ms(now)
+        audits += [(at, actor, "account", line.split(":", 1)[0].split()[1], _AUDIT_JSON.encode({"change": line}))
+                   for line in changes]  # as _audit_row() writes them
+        # New rows are copied (none of them is in the table: read under the write lock); changed
+        # rows go as one array per column.
+        columns = "customer, area, tariff, protected, thresholds, state, held, alarmed_ts"
+        if created:
+            conn.copy_rows(f"COPY accounts (account, {columns}, opened_ts) FROM STDIN",  # type: ignore[attr-defined]
+                           [(a, *rows[a]) for a in created])
+        if touched:
+            conn.execute(
+                f"UPDATE accounts SET ({columns}) = (u.customer, u.area, u.tariff, u.protected, u.thresholds, u.state, "
+                "u.held, u.alarmed_ts) FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::bigint[], "
+                f"?::text[], ?::text[], ?::text[], ?::bigint[]) AS u(account, {columns}) "
+                "WHERE accounts.account = u.account", [list(c) for c in zip(*[(a, *rows[a][:8]) for a in touched])])
+        gone = [m for m in moved_meters if assigned[m] is None and m in stored]
+        if gone:
+            conn.execute("DELETE FROM account_meters WHERE meter = ANY(?::text[])", (gone,))
+        kept = [(m, *owner) for m in moved_meters if (owner := assigned[m]) is not None]
+        if new := [row for row in kept if row[0] not in stored]:
+            conn.copy_rows("COPY account_meters (meter, account, multiplier) FROM STDIN", new)  # type: ignore[attr-defined]
+        if changed := [list(c) for c in zip(*(row for row in kept if row[0] in stored))]:
+            conn.execute(
+                "UPDATE account_meters SET account = u.account, multiplier = u.multiplier FROM unnest(?::text[], "
+                "?::text[], ?::text[]) AS u(meter, account, multiplier) WHERE account_meters.meter = u.meter", changed)
+        if new_entries:
+            self._apply_pg(conn, [e for e, _ in new_entries], [fen for _, fen in new_entries], actor=actor, now=now,
+                           audit_each=False)
+        if audits:
+            conn.copy_rows(_PG_AUDIT_COPY, audits)  # type: ignore[attr-defined]
+        return changes
+
+    def _open_pg(self, row: list[Any], openings: dict[str, tuple[int, int, str]],
+                 new_entries: list[tuple[LedgerEntry, int]], audits: list[tuple[Any, ...]], account: str, fen: int,
+                 ref: str, *, actor: str, now: datetime) -> list[str]:
+        """:meth:`_open` on the copy of :meth:`_upsert_accounts_pg`: the account's ``row`` and the
+        opening entries known are updated in place, the entry to add and the audit lines appended."""
+        key = OPENING_PREFIX + account
+        lines: list[str] = []
+        amount = from_fen(fen)
+        existing = openings.get(key)
+        pending = row[5] == PENDING
+        if existing is None and not pending:
+            why = (f"account {account}: opening balance {amount} not applied: the account is active (opened "
+                   f"{from_ms(row[8]).astimezone(CST):%Y-%m-%d %H:%M} CST) without one; correct its "
+                   "balance with an adjustment")
+            audits.append(self._audit_row(now, actor, "opening-refused", account,
+                                          {"key": key, "amount": amount, "ref": ref, "reason": why}))
+            lines.append(why)
+        elif existing is None:
+            detail = f"opening balance ({actor}{', ' + ref if ref else ''})"
+            new_entries.append((LedgerEntry(key=key, account=account, kind=EntryKind.OPENING, amount=amount, at=now,
+                                            detail=detail), fen))
+            openings[key] = (fen, to_ms(now), actor)
+            audits.append(self._audit_row(now, actor, str(EntryKind.OPENING), account,
+                                          {"key": key, "amount": amount, "detail": detail, "ref": ref}))
+            lines.append(f"account {account}: opening balance {amount} applied")
+        elif existing[0] != fen:
+            why = (f"account {account}: opening balance {amount} not applied: {from_fen(existing[0])} was "
+                   f"applied on {from_ms(existing[1]).astimezone(CST):%Y-%m-%d %H:%M} CST by "
+                   f"{existing[2]} (an opening balance is applied once; correct it with an adjustment)")
+            audits.append(self._audit_row(now, actor, "opening-duplicate", account,
+                                          {"key": key, "amount": amount, "ref": ref, "reason": why}))
+            lines.append(why)
+        if pending:
+            row[5:8] = ["normal", None, None]
+            audits.append(self._audit_row(now, actor, "control-state", account,
+                                          {"from": PENDING, "to": "normal", "held": None, "reason": "activated",
+                                           "ref": ref}))
+            lines.append(f"account {account}: activated (was pending)")
+        return lines
 
     def _open(self, conn: sqlite3.Connection, account: str, fen: int, ref: str, *, actor: str,
               now: datetime) -> tuple[bool, list[str]]:
@@ -1115,8 +1269,8 @@ class ControlStore(CommandStore):
         if audit_each and applied:
             at = to_ms(now)
             conn.copy_rows(_PG_AUDIT_COPY, [  # type: ignore[attr-defined]
-                (at, actor, text[e.kind], e.account, json.dumps({"key": e.key, "amount": e.amount, "detail": e.detail},
-                                                                default=str, ensure_ascii=False)) for e in applied])
+                (at, actor, text[e.kind], e.account, _AUDIT_JSON.encode({"key": e.key, "amount": e.amount,
+                                                                         "detail": e.detail})) for e in applied])
         return applied
 
     def _money_entry(self, kind: EntryKind, account: str, amount: Decimal | str, key: str, *, actor: str,
