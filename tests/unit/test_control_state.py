@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import sys
 import tempfile
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from meterd.control.model import CommandKind, CommandRequest, CommandState, EntryKind, LedgerEntry, Rate
+from meterd.control import state
 from meterd.control.state import AccountSpec, ControlStore, LedgerError, to_fen
 from meterd.storage.database import Database
 
@@ -367,6 +369,72 @@ def test_the_last_cursor_and_usage_of_a_key_in_a_part_stay(store):
                           [("A1", "2026", Decimal("5")), ("A1", "2026", Decimal("6"))], [], {}, now=T0)
     assert store.cursors() == {(M1, Rate.TOTAL): (T0 + timedelta(days=1), Decimal("2"))}
     assert store.tier_usage() == {("A1", "2026"): Decimal("6")}
+
+
+@pytest.mark.parametrize("savepoints", [0, 1, 48])
+def test_a_charging_pass_is_the_same_whichever_way_its_parts_go_in(store, monkeypatch, savepoints):
+    """On PostgreSQL a part's entries are copied straight into the ledger in a savepoint, or, when
+    a key is there already (or the pass has used its savepoints), staged and taken by an anti-join:
+    the same rows, balances, counts and refusals either way (SQLite: one way, the same results)."""
+    monkeypatch.setattr(state, "_PG_SAVEPOINTS", savepoints)
+
+    def entry(key, account, amount):
+        return (key, account, EntryKind.CHARGE, Decimal(amount), T0, "", M1, Rate.TOTAL, None, None, None, None)
+
+    store.commit_charging([LedgerEntry(*entry("charge:old", "A2", "-1.00"))], [], [], [], {}, now=T0)
+    with store.charging_batch(now=T0, pipelined=True) as batch:
+        batch.add([entry("charge:a", "A1", "-2.00"), entry("charge:b", "A2", "-0.50")],
+                  [(M1, Rate.TOTAL, T0, Decimal("1"))])  # all new
+        batch.add([entry("charge:c", "A1", "-0.25"), entry("charge:old", "A2", "-9.00")],  # one known
+                  [(M1, Rate.TOTAL, T0, Decimal("2"))], [("A1", "2026", Decimal("7"))])
+        batch.add([entry("charge:old", "A2", "-9.00")])  # only known keys: nothing
+        batch.add([], [(M2, Rate.TOTAL, T0, Decimal("3"))])  # no entries
+        batch.add([entry("charge:d", "A2", "-0.10"), entry("charge:d", "A2", "-5.00")])  # a key twice
+    assert batch.applied == 4 and batch.summary["accounts"] == 2 and batch.summary["amount"] == "-2.85"
+    first, last = batch.summary["ledger_seq"]  # seq in the order given (PostgreSQL: maybe with gaps)
+    rows = sorted(store.ledger("A1") + store.ledger("A2"), key=lambda r: r.seq)[1:]
+    assert [r.key for r in rows] == ["charge:a", "charge:b", "charge:c", "charge:d"]
+    assert rows[0].seq == first and rows[-1].seq == last
+    assert store.balance("A1") == Decimal("-2.25") and store.balance("A2") == Decimal("-1.60")
+    assert store.cursors() == {(M1, Rate.TOTAL): (T0, Decimal("2")), (M2, Rate.TOTAL): (T0, Decimal("3"))}
+    assert store.tier_usage() == {("A1", "2026"): Decimal("7")} and store.verify_balances() == []
+
+
+def test_text_that_copy_would_escape_is_stored_as_given(store):
+    """Tabs, newlines, carriage returns and backslashes (``\\N`` is NULL in COPY's text format)
+    in keys, details, meters, periods: stored exactly, on the pass's fast path as on any other."""
+    odd = ["tab\there", "line\nbreak", "cr\rhere", "back\\slash", "\\N", "ends\\", "N", ""]
+    entries = [(f"charge:{i}:{text}", "A1", EntryKind.CHARGE, Decimal("-1.00"), T0, text, M1, None, None, None,
+                None, None) for i, text in enumerate(odd)]
+    with store.charging_batch(now=T0, pipelined=True) as batch:
+        batch.add(entries, [(text or "m", Rate.TOTAL, T0, Decimal(1)) for text in odd],
+                  [("A1", text, Decimal(2)) for text in odd])
+    rows = store.ledger("A1")
+    assert [(r.key, r.detail, r.meter) for r in rows] == [(e[0], e[5], M1) for e in entries]
+    assert {m for m, _ in store.cursors()} == {text or "m" for text in odd}
+    assert {p for _, p in store.tier_usage()} == set(odd)
+    assert store.balance("A1") == Decimal(-len(odd)) and store.verify_balances() == []
+    applied = store.apply([LedgerEntry(f"payment:{text}", "A1", EntryKind.PAYMENT, Decimal(1), T0, detail=text)
+                           for text in odd], actor="billing", now=T0)
+    assert len(applied) == len(odd) and [r.detail for r in store.ledger("A1")[len(odd):]] == odd
+
+
+def test_a_pipelined_pass_on_postgresql_shortens_the_switch_interval_while_it_writes(store):
+    """The writer waits on the server and takes the GIL back many times a part; while the caller
+    computes, a shorter switch interval hands the GIL over sooner.  Put back when the pass ends,
+    however it ends; nothing changes on SQLite."""
+    before = sys.getswitchinterval()
+    during = state._PG_SWITCH_INTERVAL if store.postgres else before
+    good = ("charge:a", "A1", EntryKind.CHARGE, Decimal("-2.00"), T0, "", None, None, None, None, None, None)
+    with store.charging_batch(now=T0, pipelined=True) as batch:
+        assert sys.getswitchinterval() == pytest.approx(during)
+        batch.add([good])
+    assert sys.getswitchinterval() == before
+    with pytest.raises(LedgerError, match="two decimal"):
+        with store.charging_batch(now=T0, pipelined=True) as batch:
+            assert sys.getswitchinterval() == pytest.approx(during)
+            batch.add([(*good[:3], Decimal("-0.001"), *good[4:])])
+    assert sys.getswitchinterval() == before and store.balance("A1") == Decimal("-2.00")
 
 
 @pytest.mark.parametrize("pipelined", [False, True])

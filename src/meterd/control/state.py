@@ -55,12 +55,14 @@ import json
 import logging
 import queue
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import repeat
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, ClassVar, Final
@@ -367,41 +369,100 @@ _LEDGER_COLUMNS: Final = ("key, account, kind, amount_fen, ts, recorded_ts, acto
 # cached statements cost a few MiB more; 8,000: 0.3 s and 12 MiB more again).
 _ROWS_PER_STATEMENT: Final = 4000
 _QUEUED_STATEMENTS: Final = 8  # a pipelined batch's statements waiting for the writer (memory bound)
-# PostgreSQL: a part's rows are copied (``COPY ... FROM STDIN``, several times faster than binding
-# parameters) into temporary tables of the pass's transaction (``ON COMMIT DROP``: nothing stays
-# in the pooled session), then moved into the real tables by one statement each, with the
-# conflict rules of the SQLite path.  (table, its columns, the columns copied, the statement that
-# moves them.)
-_PG_STAGES: Final = (
+# PostgreSQL, pipelined: the writer waits for the server several times a part (each statement, and
+# COPY sends its data in pieces) and takes the GIL back after each wait, while the caller computes
+# in pure Python and gives the GIL up only every switch interval (5 ms by default): that more than
+# doubled the writer's time (100,000 accounts: 4-5 s writing for 2.8 s of server work; 0.5 ms:
+# 2.9 s).  For the pass the interval is cut to this (process-wide, put back when the last pass ends).
+_PG_SWITCH_INTERVAL: Final = 0.0005
+
+
+class _SwitchInterval:
+    """``sys.setswitchinterval`` lowered while at least one pipelined PostgreSQL pass writes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved = 0.0
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._saved = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._saved, _PG_SWITCH_INTERVAL))
+            self._users += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                sys.setswitchinterval(self._saved)
+
+
+_switch_interval: Final = _SwitchInterval()
+# PostgreSQL: a part of a charging pass in a few round trips, whatever its size.  Its ledger rows
+# are copied (``COPY ... FROM STDIN``, several times faster than binding parameters) straight into
+# the ledger, in a savepoint: a key already there (a replayed pass) fails the COPY, which is rolled
+# back to the savepoint, and the part goes the staging way instead: into a temporary table, and in
+# by an anti-join (below).  The other rows are copied into temporary tables of the pass's
+# transaction (``ON COMMIT DROP``: nothing stays in the pooled session).  Then one statement moves
+# the balances by exactly the rows the ledger took in this part (above the ``seq`` watermark: this
+# transaction's own under the write lock; each account checked against the range in NUMERIC, so
+# nothing overflows, and an account out of range is not moved, which the counts show:
+# ChargingBatch._stage_pg), and moves the other rows in with the conflict rules of the SQLite path.
+_PG_STAGING: Final = (  # table, its columns
     ("charging_ledger", ("key text, account text, kind text, amount_fen bigint, ts bigint, recorded_ts bigint, "
                          "actor text, detail text, meter text, rate text, kwh text, price text, period_start_ts "
-                         "bigint, period_end_ts bigint, ord bigint GENERATED ALWAYS AS IDENTITY"), _LEDGER_COLUMNS,
-     # The entries whose key is new go in, in the order given (``ord``: seq as on SQLite; the
-     # part's keys are distinct, and no other writer inserts while the write lock is held: an
-     # anti-join, cheaper than ON CONFLICT's speculative insertion; the UNIQUE key still refuses a
-     # duplicate, failing the pass, never charging twice), and the balances move by exactly the
-     # rows that went in, each checked against the range in NUMERIC (nothing overflows).  An
-     # account out of range is not moved, which the counts show (ChargingBatch._stage_pg).  One
-     # statement per part.
-     (f"WITH taken AS (INSERT INTO ledger ({_LEDGER_COLUMNS}) SELECT {_LEDGER_COLUMNS} FROM charging_ledger AS c "
-      "WHERE NOT EXISTS (SELECT 1 FROM ledger AS l WHERE l.key = c.key) ORDER BY c.ord "
-      "RETURNING account, amount_fen, seq), "
-      "moved AS (SELECT account, SUM(amount_fen) AS fen, MAX(seq) AS seq FROM taken GROUP BY account), "
-      "done AS (UPDATE accounts SET balance_fen = accounts.balance_fen + moved.fen, last_seq = moved.seq "
-      f"FROM moved WHERE accounts.account = moved.account AND {_pg_room('accounts.balance_fen + moved.fen')} "
-      "RETURNING 1) "
-      "SELECT (SELECT MAX(seq) FROM moved), (SELECT COUNT(*) FROM moved), (SELECT COUNT(*) FROM done)")),
-    ("charging_cursors", "meter text, rate text, ts bigint, value text", "meter, rate, ts, value",
-     ("INSERT INTO cursors (meter, rate, ts, value) SELECT * FROM charging_cursors "
-      "ON CONFLICT (meter, rate) DO UPDATE SET ts = excluded.ts, value = excluded.value")),
-    ("charging_usage", "account text, period text, kwh text", "account, period, kwh",
-     ("INSERT INTO tier_usage (account, period, kwh) SELECT * FROM charging_usage "
-      "ON CONFLICT (account, period) DO UPDATE SET kwh = excluded.kwh")),
-    ("charging_flags", "meter text, rate text, ts bigint, kind text, detail text", "meter, rate, ts, kind, detail",
-     "INSERT INTO charge_flags (meter, rate, ts, kind, detail) SELECT * FROM charging_flags ON CONFLICT DO NOTHING"),
-    ("charging_fixed", "account text, ts bigint", "account, ts",
-     "UPDATE accounts SET fixed_through_ts = f.ts FROM charging_fixed AS f WHERE accounts.account = f.account"),
+                         "bigint, period_end_ts bigint, ord bigint GENERATED ALWAYS AS IDENTITY")),
+    ("charging_cursors", "meter text, rate text, ts bigint, value text"),
+    ("charging_usage", "account text, period text, kwh text"),
+    ("charging_flags", "meter text, rate text, ts bigint, kind text, detail text"),
+    ("charging_fixed", "account text, ts bigint"),
 )
+_PG_COPY: Final = {
+    "ledger": f"COPY ledger ({_LEDGER_COLUMNS}) FROM STDIN",
+    "charging_ledger": f"COPY charging_ledger ({_LEDGER_COLUMNS}) FROM STDIN",
+    "charging_cursors": "COPY charging_cursors (meter, rate, ts, value) FROM STDIN",
+    "charging_usage": "COPY charging_usage (account, period, kwh) FROM STDIN",
+    "charging_flags": "COPY charging_flags (meter, rate, ts, kind, detail) FROM STDIN",
+    "charging_fixed": "COPY charging_fixed (account, ts) FROM STDIN",
+}
+# The ledger rows of a part, by the way they went in: copied straight in (the rows above the
+# watermark ?1), or from the staging table: the entries whose key is new, in the order given (``ord``:
+# seq as on SQLite; the part's keys are distinct, and no other writer inserts while the write lock
+# is held: an anti-join, cheaper than ON CONFLICT's speculative insertion; the UNIQUE key still
+# refuses a duplicate, failing the pass, never charging twice).
+_PG_TAKEN: Final = {
+    "copied": "taken AS (SELECT account, amount_fen, seq FROM ledger WHERE seq > ?1)",
+    "staged": (f"taken AS (INSERT INTO ledger ({_LEDGER_COLUMNS}) SELECT {_LEDGER_COLUMNS} FROM charging_ledger AS c "
+               "WHERE NOT EXISTS (SELECT 1 FROM ledger AS l WHERE l.key = c.key) ORDER BY c.ord "
+               "RETURNING account, amount_fen, seq)"),
+}
+_PG_MOVE_BALANCES: Final = (
+    "moved AS (SELECT account, SUM(amount_fen) AS fen, MAX(seq) AS seq, COUNT(*) AS n FROM taken GROUP BY account), "
+    "done AS (UPDATE accounts SET balance_fen = accounts.balance_fen + moved.fen, last_seq = moved.seq "
+    f"FROM moved WHERE accounts.account = moved.account AND {_pg_room('accounts.balance_fen + moved.fen')} "
+    "RETURNING 1)")
+# Returns the new watermark, the accounts moved and those that should have been, the entries and
+# their sum, and (staged) the accounts.
+_PG_MOVED: Final = ("SELECT (SELECT MAX(seq) FROM moved), (SELECT COUNT(*) FROM moved), (SELECT COUNT(*) FROM done), "
+                    "(SELECT SUM(n) FROM moved), (SELECT SUM(fen) FROM moved)")
+_PG_MOVE: Final = {  # the other rows of a part, moved in with the ledger's in the same statement
+    "charging_cursors": ("cursors_moved AS (INSERT INTO cursors (meter, rate, ts, value) SELECT * FROM charging_cursors "
+                         "ON CONFLICT (meter, rate) DO UPDATE SET ts = excluded.ts, value = excluded.value)"),
+    "charging_usage": ("usage_moved AS (INSERT INTO tier_usage (account, period, kwh) SELECT * FROM charging_usage "
+                       "ON CONFLICT (account, period) DO UPDATE SET kwh = excluded.kwh)"),
+    "charging_flags": ("flags_moved AS (INSERT INTO charge_flags (meter, rate, ts, kind, detail) "
+                       "SELECT * FROM charging_flags ON CONFLICT DO NOTHING)"),
+}
+# Fixed-charge watermarks: accounts rows again, so a statement of their own (one statement may not
+# update a row twice).
+_PG_FIXED: Final = ("UPDATE accounts SET fixed_through_ts = f.ts FROM charging_fixed AS f "
+                    "WHERE accounts.account = f.account")
+# Savepoints a pass takes at most (one per part copied straight in).  Past 64 subtransactions a
+# transaction's subtransaction ids overflow its slot in shared memory and every other session's
+# snapshot looks into pg_subtrans until it ends; the parts after these go the staging way.
+_PG_SAVEPOINTS: Final = 48
 # The account that a part's entries (those above the watermark) would take out of range, if any.
 _PG_OUT_OF_RANGE: Final = (
     "SELECT a.account, a.balance_fen, moved.fen FROM accounts a JOIN (SELECT account, SUM(amount_fen) AS fen "
@@ -448,6 +509,25 @@ _PG_APPLY_OUT_OF_RANGE: Final = (
 _PG_AUDIT_COPY: Final = "COPY audit (ts, actor, action, subject, detail) FROM STDIN"  # ids in the order copied
 
 
+_NULL: Final = "\\N"  # NULL in COPY's text format
+
+
+def _copy_text(rows: Sequence[tuple[Any, ...]], data: str | None = None) -> str | None:
+    """``rows`` in COPY's text format (``data``: as formatted by the caller already, NULL as
+    ``\\N``), or None when a value holds a character that format escapes (a backslash, tab, newline
+    or carriage return: psycopg formats those rows instead).  Checked once for all the rows: every
+    backslash must be a NULL's, every tab and newline a separator."""
+    if not rows:
+        return None
+    if data is None:
+        data = "".join(["\t".join([_NULL if v is None else v if v.__class__ is str else str(v) for v in row]) + "\n"
+                        for row in rows])
+    if (data.count("\\") != sum(map(tuple.count, rows, repeat(None))) or "\r" in data
+            or data.count("\t") != len(rows) * (len(rows[0]) - 1) or data.count("\n") != len(rows)):
+        return None
+    return data
+
+
 def _values(n_rows: int, n_columns: int) -> str:
     one = "(" + ", ".join("?" * n_columns) + ")"
     return ", ".join([one] * n_rows)
@@ -462,7 +542,10 @@ class ChargingBatch:
     or duplicated key moves nothing: exactly once without asking which keys are known.
 
     On PostgreSQL the rows of a part are copied in and moved by a few statements (see
-    :data:`_PG_STAGES`), which move the balances by exactly the rows the ledger took.
+    :data:`_PG_STAGING`), which move the balances by exactly the rows the ledger took.  The
+    part's COPY text is made by the caller's thread (:func:`_copy_text`), so the writer only waits
+    on the server; and while it writes, the interpreter's switch interval is shortened
+    (:data:`_PG_SWITCH_INTERVAL`), so it gets the GIL back promptly after each wait.
 
     Pipelined, the statements run in a writer thread while the caller computes the next part:
     SQLite releases the GIL for the whole of a many-row statement (it would not help row by row:
@@ -475,6 +558,9 @@ class ChargingBatch:
         self._conn = conn
         self._postgres = postgres
         self._staging = False  # PostgreSQL: the temporary tables of the pass are created
+        self._savepoints = 0  # PostgreSQL: parts copied straight into the ledger (see _copied_in)
+        self._taken = [0, 0]  # PostgreSQL: entries the ledger took and their sum in fen, so far
+        self._accounts: set[str] = set()  # PostgreSQL: the accounts of those entries
         self._recorded = to_ms(now)
         self._actor = actor
         self._ms = _Memo(to_ms)  # instants repeat across thousands of entries
@@ -490,7 +576,14 @@ class ChargingBatch:
         if pipelined:
             self._jobs = queue.Queue(maxsize=_QUEUED_STATEMENTS)
             self._writer = threading.Thread(target=self._run_writer, name="charging-writer", daemon=True)
-            self._writer.start()
+            if postgres:
+                _switch_interval.enter()
+            try:
+                self._writer.start()
+            except BaseException:
+                if postgres:
+                    _switch_interval.leave()
+                raise
 
     def add(self, entries: Iterable[EntryFields], cursors: Iterable[tuple[str, Rate, datetime, Decimal]] = (),
             usage: Iterable[tuple[str, str, Decimal]] = (), flags: Iterable[tuple[str, Rate, datetime, str, str]] = (),
@@ -537,7 +630,7 @@ class ChargingBatch:
     def _add_pg(self, entries: list[Any], cursors: Iterable[tuple[str, Rate, datetime, Decimal]],
                 usage: Iterable[tuple[str, str, Decimal]], flags: Iterable[tuple[str, Rate, datetime, str, str]],
                 fixed_through: Mapping[str, datetime]) -> None:
-        """:meth:`add` on PostgreSQL: the same rows, copied (see :data:`_PG_STAGES`)."""
+        """:meth:`add` on PostgreSQL: the same rows, copied (see :data:`_PG_STAGING`)."""
         ms, text = self._ms, self._text
         ledger = list(zip(*[iter(entries)] * 14))
         if len({row[0] for row in ledger}) != len(ledger):  # a key twice in the part: the first one counts
@@ -545,33 +638,64 @@ class ChargingBatch:
             for row in ledger:
                 first.setdefault(row[0], row)
             ledger = list(first.values())
-        parts: list[list[Any]] = [ledger]
+        tables: list[list[Any]] = [ledger]
         # ON CONFLICT DO UPDATE may not touch a row twice in one statement; SQLite's rows in order
         # leave the last one's values: so does keeping the last row per key
-        parts.append(list({(m, r): (m, text[r], ms[at], str(v)) for m, r, at, v in cursors}.values()))
-        parts.append(list({(a, p): (a, p, str(k)) for a, p, k in usage}.values()))
-        parts.append([(m, text[r], ms[at], flag_kind, d) for m, r, at, flag_kind, d in flags])
-        parts.append([(a, ms[at]) for a, at in fixed_through.items()])
-        if any(parts):
-            self._submit(self._stage_pg, parts)
+        tables.append(list({(m, r): (m, text[r], ms[at], str(v)) for m, r, at, v in cursors}.values()))
+        tables.append(list({(a, p): (a, p, str(k)) for a, p, k in usage}.values()))
+        tables.append([(m, text[r], ms[at], flag_kind, d) for m, r, at, flag_kind, d in flags])
+        tables.append([(a, ms[at]) for a, at in fixed_through.items()])
+        if not any(tables):
+            return
+        # COPY's text of the part made here, while the writer is busy with the previous part (the
+        # two common tables by hand: a generic formatter costs twice as much)
+        n = _NULL
+        texts = [
+            _copy_text(ledger, "".join([
+                f"{k}\t{a}\t{kind}\t{fen}\t{ts}\t{rec}\t{by}\t{d}\t{n if m is None else m}\t{n if r is None else r}\t"
+                f"{n if kwh is None else kwh}\t{n if p is None else p}\t{n if s is None else s}\t{n if e is None else e}\n"
+                for k, a, kind, fen, ts, rec, by, d, m, r, kwh, p, s, e in ledger])),
+            _copy_text(tables[1], "".join([f"{m}\t{r}\t{ts}\t{v}\n" for m, r, ts, v in tables[1]])),
+            *map(_copy_text, tables[2:])]
+        self._submit(self._stage_pg, list(zip(tables, texts)))
 
-    def _stage_pg(self, parts: list[list[Any]]) -> None:
+    def _copy(self, table: str, rows: list[Any], data: str | None) -> None:
+        if data is None:  # a value COPY's text format escapes: psycopg formats the rows
+            self._conn.copy_rows(_PG_COPY[table], rows)  # type: ignore[attr-defined]
+        else:
+            self._conn.copy_data(_PG_COPY[table], data)  # type: ignore[attr-defined]
+
+    def _stage_pg(self, parts: list[tuple[list[Any], str | None]]) -> None:
+        """Write one part on PostgreSQL (see :data:`_PG_STAGING`): the other rows copied into their
+        temporary tables, the ledger rows copied straight in (or staged), then one statement.
+        ``parts``: each table's rows, with their COPY text (see :func:`_copy_text`)."""
         conn = self._conn
-        if not self._staging:
-            for table, columns, _, _ in _PG_STAGES:
-                conn.execute(f"CREATE TEMPORARY TABLE {table} ({columns}) ON COMMIT DROP")
+        if not self._staging:  # one round trip for all of them
+            conn.execute("DO $$BEGIN " + " ".join(f"CREATE TEMPORARY TABLE {table} ({columns}) ON COMMIT DROP;"
+                                                   for table, columns in _PG_STAGING) + " END$$")
             self._staging = True
+        (ledger, ledger_text), *others = parts
         used = []
-        for (table, _, copied, move), rows in zip(_PG_STAGES, parts):
-            if not rows:
-                continue
-            conn.copy_rows(f"COPY {table} ({copied}) FROM STDIN", rows)  # type: ignore[attr-defined]
-            used.append(table)
-            if table != "charging_ledger":
-                conn.execute(move)
-                continue
+        for (table, _), (rows, data) in zip(_PG_STAGING[1:], others):
+            if rows:
+                self._copy(table, rows, data)
+                used.append(table)
+        moves = [_PG_MOVE[table] for table in used if table in _PG_MOVE]
+        if not ledger:
+            if moves:
+                conn.execute(f"WITH {', '.join(moves)} SELECT 1")
+        else:
+            params: tuple[Any, ...] = ()
+            if self._copied_in(ledger, ledger_text):
+                way, params = "copied", (self._seq_mark,)
+            else:
+                self._copy("charging_ledger", ledger, ledger_text)
+                used.append("charging_ledger")
+                way = "staged"
+            select = _PG_MOVED + (", (SELECT array_agg(account) FROM moved)" if way == "staged" else "")
             try:
-                mark, accounts, moved = conn.execute(move).fetchone()
+                mark, accounts, moved, count, total, *taken = conn.execute(
+                    f"WITH {', '.join([_PG_TAKEN[way], _PG_MOVE_BALANCES, *moves])} {select}", params).fetchone()
             except Exception as exc:
                 if not _out_of_range(exc):
                     raise
@@ -585,7 +709,32 @@ class ChargingBatch:
                                       f"{from_fen(BALANCE_LIMIT_FEN)} yuan")
             if mark is not None:
                 self._seq_mark = mark
-        conn.execute(f"TRUNCATE {', '.join(used)}")  # created in this transaction: truncated in place
+                self._taken[0] += int(count)
+                self._taken[1] += int(total)
+                self._accounts.update(taken[0] if taken else (row[1] for row in ledger))
+        if "charging_fixed" in used:
+            conn.execute(_PG_FIXED)
+        if used:
+            conn.execute(f"TRUNCATE {', '.join(used)}")  # created in this transaction: truncated in place
+
+    def _copied_in(self, rows: list[Any], data: str | None) -> bool:
+        """Copy a part's ledger rows straight into the ledger, in a savepoint; False (nothing
+        written) when a key is in the ledger already, or the pass has used its savepoints."""
+        if self._savepoints >= _PG_SAVEPOINTS:
+            return False
+        self._savepoints += 1
+        conn = self._conn
+        conn.execute("SAVEPOINT charging_part")
+        try:
+            self._copy("ledger", rows, data)
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) != "23505":  # unique_violation: a key replayed
+                raise
+            conn.execute("ROLLBACK TO SAVEPOINT charging_part")
+            conn.execute("RELEASE SAVEPOINT charging_part")
+            return False
+        conn.execute("RELEASE SAVEPOINT charging_part")
+        return True
 
     def _move_balances(self) -> None:
         """Move the balances by the entries the ledger took since the last time: the rows above
@@ -649,15 +798,20 @@ class ChargingBatch:
         self._jobs.put(None)
         self._writer.join()
         self._writer = None
+        if self._postgres:
+            _switch_interval.leave()
 
     def _finish(self) -> None:
         self._stop(abort=False)
         if self._error is not None:
             raise self._error
         seq = self._seq_before
-        count, total, last, accounts = self._conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(amount_fen), 0), MAX(seq), COUNT(DISTINCT account) FROM ledger NOT INDEXED "
-            "WHERE seq > ?", (seq,)).fetchone()
+        if self._postgres:  # the parts' own counts (see _stage_pg): no second look at the pass's rows
+            count, total, last, accounts = *self._taken, self._seq_mark, len(self._accounts)
+        else:
+            count, total, last, accounts = self._conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(amount_fen), 0), MAX(seq), COUNT(DISTINCT account) FROM ledger "
+                "NOT INDEXED WHERE seq > ?", (seq,)).fetchone()
         if not count:
             return
         self.applied = count

@@ -415,6 +415,14 @@ class PgConnection:
             for row in rows:
                 copy.write_row(row)
 
+    def copy_data(self, sql: str, data: str | bytes) -> None:
+        """:meth:`copy_rows` of ``data`` formatted by the caller already (COPY's text format, all
+        rows in one piece), in the open transaction: one write, no per-row work in this thread."""
+        if self._held is None:
+            raise RuntimeError("copy_data needs an open transaction (BEGIN)")
+        with self._held.cursor() as cur, cur.copy(sql) as copy:
+            copy.write(data)
+
     def close(self) -> None:
         if self._held is not None:
             self._end("ROLLBACK")
