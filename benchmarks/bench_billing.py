@@ -10,6 +10,12 @@ as a duplicate), and, for comparison, ``--pay-sample`` payments go through ``Con
 transaction each.
 
     python benchmarks/bench_billing.py [--accounts 10000] [--payments 100000] [--chunk 500]
+    python benchmarks/bench_billing.py --postgres            # a temporary PostgreSQL of its own
+    python benchmarks/bench_billing.py --database postgresql://user@host/emptydb
+
+The state lives in a temporary SQLite file by default; ``--postgres`` and ``--database`` as in
+bench_prepaid.py (a temporary server of its own from tests/pgserver.py, or an existing, empty
+database).  The drop folder is a temporary directory either way.
 
 Prints numbers; it is not a pass/fail test.  Time is fixed (no clock reads in the data).
 """
@@ -25,8 +31,11 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
+from bench_prepaid import location  # benchmarks/ is the script's directory: on sys.path
+
 from meterd.billing_link.jobs import JobKind, JobSpec, run_job
 from meterd.control.state import AccountSpec, ControlStore
+from meterd.storage.database import Database
 
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc)
 
@@ -59,13 +68,18 @@ def main() -> None:
     ap.add_argument("--payments", type=int, default=100_000)
     ap.add_argument("--chunk", type=int, default=500)
     ap.add_argument("--pay-sample", type=int, default=2000)
+    where_group = ap.add_mutually_exclusive_group()
+    where_group.add_argument("--postgres", action="store_true",
+                             help="start a temporary PostgreSQL server (tests/pgserver.py) and run on it")
+    where_group.add_argument("--database", metavar="URL", help="an existing, empty PostgreSQL database")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(tmp) / "data"
+    with tempfile.TemporaryDirectory() as tmp, location(args) as (where, backend):
+        state_at = where if isinstance(where, Database) else Path(tmp) / "data"
         folder = Path(tmp) / "drop"
         (folder / "inbox").mkdir(parents=True)
+        print(f"state: {backend}")
         t0 = time.perf_counter()
-        with ControlStore(data_dir) as store:
+        with ControlStore(state_at) as store:
             store.upsert_accounts([AccountSpec(account(i), "flat", {f"{i:012d}": Decimal(1)})
                                    for i in range(args.accounts)], actor="bench", now=NOW)
         print(f"setup: {args.accounts} accounts in {time.perf_counter() - t0:.2f} s")
@@ -76,7 +90,7 @@ def main() -> None:
 
         drop(folder, src, "payments-1.csv")
         t0 = time.perf_counter()
-        result = run_job(spec, data_dir=data_dir, now=NOW)
+        result = run_job(spec, where=state_at, now=NOW)
         elapsed = time.perf_counter() - t0
         assert result.applied == args.payments, result.as_dict()
         print(f"import {args.payments} payments ({size / 1e6:.1f} MB CSV, chunk {args.chunk}): {elapsed:.2f} s, "
@@ -84,7 +98,7 @@ def main() -> None:
 
         drop(folder, src, "payments-2.csv")
         t0 = time.perf_counter()
-        result = run_job(spec, data_dir=data_dir, now=NOW + timedelta(minutes=5))
+        result = run_job(spec, where=state_at, now=NOW + timedelta(minutes=5))
         elapsed = time.perf_counter() - t0
         assert result.applied == 0 and result.duplicates == args.payments, result.as_dict()
         print(f"the same file dropped again (identical bytes): {elapsed:.2f} s")
@@ -93,13 +107,13 @@ def main() -> None:
         resent.write_bytes(src.read_bytes().replace(b"\r\n", b"\n"))  # other bytes, the same payments
         drop(folder, resent, "payments-3.csv")
         t0 = time.perf_counter()
-        result = run_job(spec, data_dir=data_dir, now=NOW + timedelta(minutes=10))
+        result = run_job(spec, where=state_at, now=NOW + timedelta(minutes=10))
         elapsed = time.perf_counter() - t0
         assert result.applied == 0 and result.duplicates == args.payments, result.as_dict()
         print(f"the same payments in another file, every record looked up as a duplicate: {elapsed:.2f} s, "
               f"{args.payments / elapsed:,.0f} records/s")
 
-        with ControlStore(data_dir) as store:
+        with ControlStore(state_at) as store:
             balance = sum((a.balance for a in store.accounts()), Decimal(0))
             assert balance == total, (balance, total)
             assert not store.verify_balances()
