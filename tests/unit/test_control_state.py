@@ -400,6 +400,14 @@ def test_a_charging_pass_is_the_same_whichever_way_its_parts_go_in(store, monkey
     assert store.tier_usage() == {("A1", "2026"): Decimal("7")} and store.verify_balances() == []
 
 
+def test_copy_text_is_copys_text_format_or_nothing():
+    assert state._copy_text([("a", 1, None), ("", -2, "x y")]) == "a\t1\t\\N\n\t-2\tx y\n"
+    assert state._copy_text([]) is None
+    for odd in ("tab\there", "new\nline", "cr\rhere", "back\\slash", "\\N", "x\\"):
+        assert state._copy_text([("a", None), (odd, None)]) is None, odd  # psycopg escapes those rows
+        assert state._copy_text([("a", odd)]) is None, odd
+
+
 def test_text_that_copy_would_escape_is_stored_as_given(store):
     """Tabs, newlines, carriage returns and backslashes (``\\N`` is NULL in COPY's text format)
     in keys, details, meters, periods: stored exactly, on the pass's fast path as on any other."""
@@ -417,6 +425,14 @@ def test_text_that_copy_would_escape_is_stored_as_given(store):
     applied = store.apply([LedgerEntry(f"payment:{text}", "A1", EntryKind.PAYMENT, Decimal(1), T0, detail=text)
                            for text in odd], actor="billing", now=T0)
     assert len(applied) == len(odd) and [r.detail for r in store.ledger("A1")[len(odd):]] == odd
+    specs = [AccountSpec(f"X{i}", "res", {f"M{i}{text}": Decimal(1)}, customer=text, area=text.upper())
+             for i, text in enumerate(odd)]
+    assert len(store.upsert_accounts(specs, actor="billing", now=T0)) == 2 * len(odd)
+    assert [(a.customer, a.area, a.meters) for a in store.accounts(names=[s.account for s in specs])] == [
+        (s.customer, s.area, dict(s.meters)) for s in specs]
+    assert [r.detail["change"] for r in store.audit_log(subject="X1")] == [
+        "account X1: created (tariff res, area 'LINE\\nBREAK'), pending: no opening balance",
+        "account X1: meter M1line\nbreak assigned (×1)"]
 
 
 def test_a_pipelined_pass_on_postgresql_shortens_the_switch_interval_while_it_writes(store):

@@ -528,6 +528,17 @@ def _copy_text(rows: Sequence[tuple[Any, ...]], data: str | None = None) -> str 
     return data
 
 
+def _copy(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]], data: str | None = None) -> None:
+    """``COPY ... FROM STDIN`` of ``rows`` in the open transaction (PostgreSQL), as the text of
+    :func:`_copy_text` (``data``: made already) when it has it, else formatted by psycopg."""
+    if data is None:
+        data = _copy_text(rows)
+    if data is None:
+        conn.copy_rows(sql, rows)  # type: ignore[attr-defined]
+    else:
+        conn.copy_data(sql, data)  # type: ignore[attr-defined]
+
+
 def _values(n_rows: int, n_columns: int) -> str:
     one = "(" + ", ".join("?" * n_columns) + ")"
     return ", ".join([one] * n_rows)
@@ -663,7 +674,7 @@ class ChargingBatch:
         if data is None:  # a value COPY's text format escapes: psycopg formats the rows
             self._conn.copy_rows(_PG_COPY[table], rows)  # type: ignore[attr-defined]
         else:
-            self._conn.copy_data(_PG_COPY[table], data)  # type: ignore[attr-defined]
+            _copy(self._conn, _PG_COPY[table], rows, data)
 
     def _stage_pg(self, parts: list[tuple[list[Any], str | None]]) -> None:
         """Write one part on PostgreSQL (see :data:`_PG_STAGING`): the other rows copied into their
@@ -1000,8 +1011,7 @@ class ControlStore(CommandStore):
         # rows go as one array per column.
         columns = "customer, area, tariff, protected, thresholds, state, held, alarmed_ts"
         if created:
-            conn.copy_rows(f"COPY accounts (account, {columns}, opened_ts) FROM STDIN",  # type: ignore[attr-defined]
-                           [(a, *rows[a]) for a in created])
+            _copy(conn, f"COPY accounts (account, {columns}, opened_ts) FROM STDIN", [(a, *rows[a]) for a in created])
         if touched:
             conn.execute(
                 f"UPDATE accounts SET ({columns}) = (u.customer, u.area, u.tariff, u.protected, u.thresholds, u.state, "
@@ -1013,7 +1023,7 @@ class ControlStore(CommandStore):
             conn.execute("DELETE FROM account_meters WHERE meter = ANY(?::text[])", (gone,))
         kept = [(m, *owner) for m in moved_meters if (owner := assigned[m]) is not None]
         if new := [row for row in kept if row[0] not in stored]:
-            conn.copy_rows("COPY account_meters (meter, account, multiplier) FROM STDIN", new)  # type: ignore[attr-defined]
+            _copy(conn, "COPY account_meters (meter, account, multiplier) FROM STDIN", new)
         if changed := [list(c) for c in zip(*(row for row in kept if row[0] in stored))]:
             conn.execute(
                 "UPDATE account_meters SET account = u.account, multiplier = u.multiplier FROM unnest(?::text[], "
@@ -1022,7 +1032,7 @@ class ControlStore(CommandStore):
             self._apply_pg(conn, [e for e, _ in new_entries], [fen for _, fen in new_entries], actor=actor, now=now,
                            audit_each=False)
         if audits:
-            conn.copy_rows(_PG_AUDIT_COPY, audits)  # type: ignore[attr-defined]
+            _copy(conn, _PG_AUDIT_COPY, audits)
         return changes
 
     def _open_pg(self, row: list[Any], openings: dict[str, tuple[int, int, str]],
@@ -1388,7 +1398,7 @@ class ControlStore(CommandStore):
         text = _Memo(str, _ENUM_TEXT)
         ms = _Memo(to_ms)
         conn.execute(_PG_APPLY_STAGE)
-        conn.copy_rows(_PG_APPLY_COPY, [  # type: ignore[attr-defined]
+        _copy(conn, _PG_APPLY_COPY, [
             (e.key, e.account, text[e.kind], fen, ms[e.at], e.detail, e.meter, text[e.rate],
              None if e.kwh is None else str(e.kwh), None if e.price is None else str(e.price), ms[e.period_start],
              ms[e.period_end]) for e, fen in zip(entries, fens)])
@@ -1422,7 +1432,7 @@ class ControlStore(CommandStore):
                 applied.append(e)
         if audit_each and applied:
             at = to_ms(now)
-            conn.copy_rows(_PG_AUDIT_COPY, [  # type: ignore[attr-defined]
+            _copy(conn, _PG_AUDIT_COPY, [
                 (at, actor, text[e.kind], e.account, _AUDIT_JSON.encode({"key": e.key, "amount": e.amount,
                                                                          "detail": e.detail})) for e in applied])
         return applied
