@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from meterd.control.amounts import BALANCE_LIMIT_FEN, ENTRY_LIMIT, AmountError, AmountLimits, parse_adjustment, \
     parse_payment
+from meterd.control import state
 from meterd.control.model import EntryKind, LedgerEntry
 from meterd.control.state import AccountSpec, ControlStore, LedgerError, to_fen
 from meterd.storage.database import Database
@@ -189,13 +190,18 @@ def test_a_balance_past_the_range_already_refuses_every_entry_without_overflowin
 
 
 @pytest.mark.parametrize("pipelined", [False, True])
-def test_a_charging_pass_that_would_leave_the_balance_range_is_refused_whole(store, state_where, pipelined):
+@pytest.mark.parametrize("savepoints", [0, 48])  # PostgreSQL: parts staged, or copied straight in
+def test_a_charging_pass_that_would_leave_the_balance_range_is_refused_whole(store, state_where, pipelined,
+                                                                               savepoints, monkeypatch):
+    monkeypatch.setattr(state, "_PG_SAVEPOINTS", savepoints)
     _seed_balance(state_where, "A2", -BALANCE_LIMIT_FEN + 50)
     before = _snapshot(state_where)
     with pytest.raises(LedgerError, match=r"charging refused: account A2: balance .* would leave the range"):
         with store.charging_batch(now=T0, pipelined=pipelined) as batch:
+            batch.add([_charge("charge:0", "A1", Decimal("-1.00"))], [("M", "total", T0, Decimal(1))])
             batch.add([_charge("charge:a", "A1", Decimal("-2.00")), _charge("charge:b", "A2", Decimal("-1.00"))])
     assert _snapshot(state_where) == before and store.verify_balances() == []
+    assert store.cursors() == {}
 
 
 def test_a_charge_beyond_the_entry_limit_is_refused_on_the_fast_path_too(store, state_where):
