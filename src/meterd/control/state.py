@@ -414,8 +414,8 @@ _PG_STAGING: Final = (  # table, its columns
     ("charging_ledger", ("key text, account text, kind text, amount_fen bigint, ts bigint, recorded_ts bigint, "
                          "actor text, detail text, meter text, rate text, kwh text, price text, period_start_ts "
                          "bigint, period_end_ts bigint, ord bigint GENERATED ALWAYS AS IDENTITY")),
-    ("charging_cursors", "meter text, rate text, ts bigint, value text"),
-    ("charging_usage", "account text, period text, kwh text"),
+    ("charging_cursors", "meter text, rate text, ts bigint, value text, ord bigint GENERATED ALWAYS AS IDENTITY"),
+    ("charging_usage", "account text, period text, kwh text, ord bigint GENERATED ALWAYS AS IDENTITY"),
     ("charging_flags", "meter text, rate text, ts bigint, kind text, detail text"),
     ("charging_fixed", "account text, ts bigint"),
 )
@@ -448,9 +448,12 @@ _PG_MOVE_BALANCES: Final = (
 _PG_MOVED: Final = ("SELECT (SELECT MAX(seq) FROM moved), (SELECT COUNT(*) FROM moved), (SELECT COUNT(*) FROM done), "
                     "(SELECT SUM(n) FROM moved), (SELECT SUM(fen) FROM moved)")
 _PG_MOVE: Final = {  # the other rows of a part, moved in with the ledger's in the same statement
-    "charging_cursors": ("cursors_moved AS (INSERT INTO cursors (meter, rate, ts, value) SELECT * FROM charging_cursors "
+    # the last row of a key copied (DISTINCT ON ... ord DESC), as SQLite's rows in order leave it
+    "charging_cursors": ("cursors_moved AS (INSERT INTO cursors (meter, rate, ts, value) SELECT DISTINCT ON (meter, rate) "
+                         "meter, rate, ts, value FROM charging_cursors ORDER BY meter, rate, ord DESC "
                          "ON CONFLICT (meter, rate) DO UPDATE SET ts = excluded.ts, value = excluded.value)"),
-    "charging_usage": ("usage_moved AS (INSERT INTO tier_usage (account, period, kwh) SELECT * FROM charging_usage "
+    "charging_usage": ("usage_moved AS (INSERT INTO tier_usage (account, period, kwh) SELECT DISTINCT ON (account, "
+                       "period) account, period, kwh FROM charging_usage ORDER BY account, period, ord DESC "
                        "ON CONFLICT (account, period) DO UPDATE SET kwh = excluded.kwh)"),
     "charging_flags": ("flags_moved AS (INSERT INTO charge_flags (meter, rate, ts, kind, detail) "
                        "SELECT * FROM charging_flags ON CONFLICT DO NOTHING)"),
@@ -603,6 +606,9 @@ class ChargingBatch:
         amount finer than a fen; the whole pass is then rolled back."""
         if self._error is not None:
             raise self._error
+        if self._postgres:
+            self._add_pg(entries, cursors, usage, flags, fixed_through)
+            return
         recorded, actor, ms, text = self._recorded, self._actor, self._ms, self._text
         params: list[Any] = []
         for key, account, kind, amount, at, detail, meter, rate, kwh, price, start, end in entries:
@@ -615,9 +621,6 @@ class ChargingBatch:
                 fen = to_fen(amount, what=f"ledger entry {key}: amount")
             params += (key, account, text[kind], fen, ms[at], recorded, actor, detail, meter, text[rate],
                        None if kwh is None else str(kwh), None if price is None else str(price), ms[start], ms[end])
-        if self._postgres:
-            self._add_pg(params, cursors, usage, flags, fixed_through)
-            return
         self._insert(f"INSERT OR IGNORE INTO ledger ({_LEDGER_COLUMNS}) VALUES ", "", 14, params)
         params = []
         for m, r, at, v in cursors:
@@ -638,22 +641,31 @@ class ChargingBatch:
                          [(ms[at], a) for a, at in fixed_through.items()])
         self._submit(self._move_balances)
 
-    def _add_pg(self, entries: list[Any], cursors: Iterable[tuple[str, Rate, datetime, Decimal]],
+    def _add_pg(self, entries: Iterable[EntryFields], cursors: Iterable[tuple[str, Rate, datetime, Decimal]],
                 usage: Iterable[tuple[str, str, Decimal]], flags: Iterable[tuple[str, Rate, datetime, str, str]],
                 fixed_through: Mapping[str, datetime]) -> None:
-        """:meth:`add` on PostgreSQL: the same rows, copied (see :data:`_PG_STAGING`)."""
-        ms, text = self._ms, self._text
-        ledger = list(zip(*[iter(entries)] * 14))
-        if len({row[0] for row in ledger}) != len(ledger):  # a key twice in the part: the first one counts
-            first: dict[str, tuple[Any, ...]] = {}
-            for row in ledger:
-                first.setdefault(row[0], row)
-            ledger = list(first.values())
-        tables: list[list[Any]] = [ledger]
-        # ON CONFLICT DO UPDATE may not touch a row twice in one statement; SQLite's rows in order
-        # leave the last one's values: so does keeping the last row per key
-        tables.append(list({(m, r): (m, text[r], ms[at], str(v)) for m, r, at, v in cursors}.values()))
-        tables.append(list({(a, p): (a, p, str(k)) for a, p, k in usage}.values()))
+        """:meth:`add` on PostgreSQL: the same rows (the same amounts refused), copied (see
+        :data:`_PG_STAGING`)."""
+        recorded, actor, ms, text = self._recorded, self._actor, self._ms, self._text
+        rows: dict[str, tuple[Any, ...]] = {}  # key -> row: a key twice in the part, the first one counts
+        for key, account, kind, amount, at, detail, meter, rate, kwh, price, start, end in entries:
+            try:  # to_fen(), inlined for the common case: a Decimal to the fen
+                x = amount * _HUNDRED
+                fen = int(x)
+            except (ArithmeticError, ValueError, TypeError):
+                x, fen = None, 0
+            if fen != x or not -_ENTRY_LIMIT_FEN <= fen <= _ENTRY_LIMIT_FEN:  # to_fen decides (or refuses)
+                fen = to_fen(amount, what=f"ledger entry {key}: amount")
+            if key not in rows:
+                rows[key] = (key, account, text[kind], fen, ms[at], recorded, actor, detail, meter, text[rate],
+                             None if kwh is None else str(kwh), None if price is None else str(price), ms[start],
+                             ms[end])
+        ledger = list(rows.values())
+        # A cursor or tier usage given twice in a part: SQLite's rows in order leave the last one's
+        # values; on PostgreSQL the statement keeps the last copied (ON CONFLICT DO UPDATE may not
+        # touch a row twice in one statement).
+        tables: list[list[Any]] = [ledger, [(m, text[r], ms[at], str(v)) for m, r, at, v in cursors],
+                                   [(a, p, str(k)) for a, p, k in usage]]
         tables.append([(m, text[r], ms[at], flag_kind, d) for m, r, at, flag_kind, d in flags])
         tables.append([(a, ms[at]) for a, at in fixed_through.items()])
         if not any(tables):
