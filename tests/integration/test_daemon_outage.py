@@ -64,7 +64,9 @@ async def test_an_area_that_goes_dark_together_is_one_outage_opened_and_closed(t
                     bus.faults[m] = FaultPlan.of("no_answer")
                 bus.faults[AREA2[1]] = FaultPlan.of("no_answer")  # one meter of TA2 fails on its own
                 assert await _until(lambda: any(o.unit == "TA1" for o in outages.outages(open_only=True)), 15)
-                [outage] = outages.outages(open_only=True)
+                opened = outages.outages(open_only=True)
+                assert len(opened) == 1, opened
+                [outage] = opened
                 assert outage.unit == "TA1" and set(outage.meters) == set(AREA1)
                 for m in AREA1:
                     del bus.faults[m]
