@@ -83,22 +83,24 @@ import re
 import threading
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
-from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
 from meterd.clock import Clock, utc_now
 from meterd.errors import ConfigError, StorageError
 from meterd.readings import Quality, Reading
-from meterd.storage.database import WRITE_LOCK, Database
+from meterd.storage.database import WRITE_LOCK, Database, translate
 from meterd.storage.sqlite import (
     _ROW_KEY,
     OUTCOMES,
+    UPSERT_METERS,
     Attempt,
     MeterRecord,
     _reading_row,
     decode_value,
     from_ms,
+    meter_record,
+    meters_query,
     to_ms,
 )
 
@@ -328,14 +330,7 @@ class PostgresStore:
         if not rows:
             return
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO meters (address, channel, protocol, ct, pt, name, meter_group)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (address) DO UPDATE SET channel = excluded.channel,"
-                " protocol = excluded.protocol, ct = excluded.ct, pt = excluded.pt,"
-                " name = excluded.name, meter_group = excluded.meter_group",
-                rows,
-            )
+            cur.executemany(translate(UPSERT_METERS).sql, rows)
 
     def meter(self, address: str) -> MeterRecord | None:
         """The archive's record of one meter, None if it has none."""
@@ -345,23 +340,10 @@ class PostgresStore:
     def meters(self, *, after: str | None = None, limit: int | None = None,
                address: str | None = None) -> list[MeterRecord]:
         """The archive's meters by address; a page of them with ``after`` (an address) and ``limit``."""
-        sql = "SELECT address, channel, protocol, ct, pt, name, meter_group FROM meters"
-        params: list[object] = []
-        if address is not None:
-            sql += " WHERE address = %s"
-            params.append(address)
-        elif after is not None:
-            sql += " WHERE address > %s"
-            params.append(after)
-        sql += " ORDER BY address"
-        if limit is not None and limit >= 0:  # SQLite takes a negative LIMIT for none; PostgreSQL refuses it
-            sql += " LIMIT %s"
-            params.append(limit)
-        rows = self._fetch(sql, params)
-        return [
-            MeterRecord(address=a, channel=c, protocol=p, ct=Decimal(ct), pt=Decimal(pt), name=n, group=g)
-            for a, c, p, ct, pt, n, g in rows
-        ]
+        if limit is not None and limit < 0:  # SQLite takes a negative LIMIT for none; PostgreSQL refuses it
+            limit = None
+        sql, params = meters_query(after=after, limit=limit, address=address)
+        return [meter_record(r) for r in self._fetch(translate(sql).sql, params)]
 
     # --- readings ------------------------------------------------------------------------------
 

@@ -231,6 +231,39 @@ def _insert_rows(conn: sqlite3.Connection, head: str, width: int, rows: Sequence
         start += size
 
 
+# The archive's SQL, shared with the PostgreSQL store (which takes it through database.translate).
+UPSERT_METERS: Final = (
+    "INSERT INTO meters (address, channel, protocol, ct, pt, name, meter_group)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (address) DO UPDATE SET channel = excluded.channel,"
+    " protocol = excluded.protocol, ct = excluded.ct, pt = excluded.pt,"
+    " name = excluded.name, meter_group = excluded.meter_group"
+)
+
+
+def meters_query(*, after: str | None, limit: int | None, address: str | None) -> tuple[str, list[object]]:
+    """The archive's meters by address (one, or a page after ``after``): SQL with ``?`` and its parameters."""
+    sql, params = "SELECT address, channel, protocol, ct, pt, name, meter_group FROM meters", list[object]()
+    if address is not None:
+        sql += " WHERE address = ?"
+        params.append(address)
+    elif after is not None:
+        sql += " WHERE address > ?"
+        params.append(after)
+    sql += " ORDER BY address"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return sql, params
+
+
+def meter_record(row: Sequence[object]) -> MeterRecord:
+    """A row of :func:`meters_query` as a :class:`MeterRecord`."""
+    address, channel, protocol, ct, pt, name, group = row
+    return MeterRecord(address=str(address), channel=str(channel), protocol=str(protocol), ct=Decimal(str(ct)),
+                       pt=Decimal(str(pt)), name=str(name), group=str(group))
+
+
 # --- the store ---------------------------------------------------------------------------------
 
 
@@ -284,14 +317,7 @@ class SqliteStore:
             (m.address, m.channel, m.protocol, str(m.ct), str(m.pt), m.name, m.group) for m in meters
         ]
         with self._lock, self._state:
-            self._state.executemany(
-                "INSERT INTO meters (address, channel, protocol, ct, pt, name, meter_group)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (address) DO UPDATE SET channel = excluded.channel,"
-                " protocol = excluded.protocol, ct = excluded.ct, pt = excluded.pt,"
-                " name = excluded.name, meter_group = excluded.meter_group",
-                rows,
-            )
+            self._state.executemany(UPSERT_METERS, rows)
 
     def meter(self, address: str) -> MeterRecord | None:
         """The archive's record of one meter, None if it has none."""
@@ -301,31 +327,10 @@ class SqliteStore:
     def meters(self, *, after: str | None = None, limit: int | None = None,
                address: str | None = None) -> list[MeterRecord]:
         """The archive's meters by address; a page of them with ``after`` (an address) and ``limit``."""
-        sql, params = "SELECT * FROM meters", list[object]()
-        if address is not None:
-            sql += " WHERE address = ?"
-            params.append(address)
-        elif after is not None:
-            sql += " WHERE address > ?"
-            params.append(after)
-        sql += " ORDER BY address"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
+        sql, params = meters_query(after=after, limit=limit, address=address)
         with self._lock:
             rows = self._state.execute(sql, params).fetchall()
-        return [
-            MeterRecord(
-                address=r["address"],
-                channel=r["channel"],
-                protocol=r["protocol"],
-                ct=Decimal(r["ct"]),
-                pt=Decimal(r["pt"]),
-                name=r["name"],
-                group=r["meter_group"],
-            )
-            for r in rows
-        ]
+        return [meter_record(r) for r in rows]
 
     # --- readings ------------------------------------------------------------------------------
 
