@@ -48,8 +48,12 @@ async def _until(predicate, timeout: float) -> bool:
 
 
 async def test_an_area_that_goes_dark_together_is_one_outage_opened_and_closed(tmp_path):
-    bus = Dlt645Bus([MeterModel(m, start=datetime(2026, 11, 23, 8, 0)) for m in AREA1 + AREA2])
-    running = await serve_tcp(bus, clock=SimClock.starting(speed=1.0))
+    start = datetime(2026, 11, 23, 8, 0)
+    bus = Dlt645Bus([MeterModel(m, start=start) for m in AREA1 + AREA2])
+    # the meters' clock starts where their model does: a clock at today's date would first make
+    # every model integrate, minute by minute in the event loop, the days since ``start`` (seconds
+    # with no poll answered, and the whole district looking dark, as the calendar moved on)
+    running = await serve_tcp(bus, clock=SimClock.starting(start, speed=1.0))
     config = parse_config(tomllib.loads(config_text(tmp_path, running.endpoint)), source="site.toml")
     outages = OutageStore(tmp_path)
     try:
