@@ -191,6 +191,25 @@ def test_a_gbk_file_with_chinese_headers(where, folder):
         assert "via 营业厅柜台" in store.ledger("A1001")[0].detail
 
 
+def test_a_gbk_file_some_of_whose_lines_are_valid_utf8_is_applied_whole(where, folder):
+    # issue 17: 郑伟, 郑强 and 专业 in GBK are valid UTF-8 byte runs (Hebrew and Greek letters); the
+    # file was decoded as UTF-8, those channels stored as ֣ΰ and the 营业厅 line quarantined as
+    # garbled, although the file is valid GB18030 as a whole
+    text = ("payment_id,account,amount,paid_at,channel\n"
+            "Z1,A1001,10.00,2026/3/1 10:00:00,郑伟\n"
+            "Z2,A1002,20.00,2026/3/1 10:05:00,郑强\n"
+            "Z3,A1003,30.00,2026/3/1 10:10:00,专业\n"
+            "Z4,A1003,5.00,2026/3/1 10:15:00,营业厅柜台\n")
+    drop(folder, "gbk-utf8ish.csv", text.encode("gbk"))
+    result = run_job(pay_spec(folder), where=where, now=NOW)
+    assert (result.applied, result.quarantined) == (4, 0) and "csv gb18030" in result.detail[0]
+    assert not any("garbled" in line for line in result.detail)
+    with ControlStore(where) as store:
+        assert "via 郑伟" in store.ledger("A1001")[0].detail
+        details = " | ".join(e.detail for e in store.ledger("A1003"))
+        assert "via 专业," in details and "via 营业厅柜台," in details
+
+
 def test_json_payment_files(where, folder):
     drop(folder, "p.json", json.dumps({"records": [
         {"payment_id": "J1", "account": "A1001", "amount": 12.5, "paid_at": "2026-03-01T08:00:00+08:00"},

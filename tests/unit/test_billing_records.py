@@ -66,6 +66,39 @@ def test_a_utf8_file_with_one_gbk_line_stays_utf8_and_marks_that_line():
     assert lines[:3] == ["户号,客户名称", "A1,张三", "A3,王五"] and "\ufffd" in lines[3]
 
 
+def test_a_gbk_file_whose_lines_happen_to_be_valid_utf8_is_read_whole_as_gb18030():
+    # 郑伟 is D6A3 CEB0 in GBK, which is also valid UTF-8 (Hebrew and Greek letters); 专业 too.
+    # Before: those lines were read as UTF-8, the others replaced, and the file quarantined whole.
+    rows = ["户号,客户名称", "A1,郑伟", "A2,郑强", "A3,专业", "A4,张三"]
+    data = "\n".join(rows).encode("gbk") + b"\n"
+    assert sum(1 for line in data.splitlines() if not line.isascii() and _utf8(line)) == 3
+    assert decode_text(data) == ("\n".join(rows) + "\n", "gb18030")
+
+
+def test_a_utf8_file_with_one_bad_line_that_is_valid_gb18030_as_a_whole_stays_utf8():
+    rows = ["户号,客户名称,备注", "A1,张三,缴费", "A2,王五,电费", "A3,赵六,余额"]
+    data = "\n".join(rows).encode("utf-8") + b"\nA4,\xc4\xe3\n"  # one GBK-ish line
+    assert _valid_gb(data), "the case under test: the whole file reads as GB18030 too"
+    text, encoding = decode_text(data)
+    assert encoding == "utf-8+garbled" and text.splitlines()[:4] == rows and "\ufffd" in text.splitlines()[4]
+
+
+def _utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _valid_gb(data: bytes) -> bool:
+    try:
+        data.decode("gb18030")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def test_bytes_neither_utf8_nor_gb18030_are_replaced_never_raised():
     text, encoding = decode_text(b"account,amount\nA1,\xff\xfe\x80\n")
     assert encoding.endswith("+garbled") and "\ufffd" in text

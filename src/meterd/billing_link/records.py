@@ -3,11 +3,14 @@
 Pure: no files, sockets or clocks (``now`` is passed in).  Three steps, each with its own failure:
 
 1. :func:`decode_text` -- bytes to text.  A UTF-8 BOM wins; else strict UTF-8; else (the billing
-   system may send GBK) strict GB18030, a superset of GBK.  A file that is neither is decoded line
-   by line in the encoding most of its non-ASCII lines are valid in, with U+FFFD for the bytes
-   that are not: those records are then refused as garbled, the rest of the file goes on.
-   (GB18030 decodes many UTF-8 byte runs into wrong-but-valid Chinese, so a UTF-8 file with one
-   bad line must not fall through to GB18030 as a whole.)
+   system may send GBK) GB18030, a superset of GBK, when the whole file is valid GB18030 and its
+   lines read as GB18030 more plausibly than as UTF-8 (see :func:`decode_text`).  Otherwise the
+   file is decoded in the encoding that won, with U+FFFD for the bytes that are not valid in it:
+   those records are then refused as garbled, the rest of the file goes on.
+   Both directions are ambiguous: many GBK lines happen to be valid UTF-8 (郑伟 is D6A3 CEB0,
+   which UTF-8 reads as Hebrew and Greek letters), and GB18030 reads many UTF-8 byte runs as
+   wrong-but-valid Chinese (缴费 becomes 缂磋垂) -- so neither "some line is valid UTF-8" nor "the
+   file is valid GB18030" decides alone.
 2. :func:`parse_records` -- text to :class:`RawRecord` s.  CSV needs a header row (comma, or tab
    when the header has tabs and no commas); JSON is a list of objects or ``{"records": [...]}``,
    numbers kept exact (:class:`~meterd.control.amounts.JsonNumber`: a ``Decimal`` that remembers
@@ -136,8 +139,42 @@ def _valid(data: bytes, encoding: str) -> bool:
     return True
 
 
+def _plausible_unicode(text: str) -> bool:
+    """Whether every non-ASCII character of ``text`` is one a Chinese billing file holds: CJK
+    ideographs, CJK and full-width punctuation, general punctuation and the Latin-1 signs (¥ · ×).
+    GBK bytes that happen to be valid UTF-8 read as Latin, Greek, Cyrillic or Hebrew letters."""
+    for c in text:
+        o = ord(c)
+        if o < 0x80 or 0xA0 <= o <= 0xBF or o in (0xD7, 0xF7) or 0x2000 <= o <= 0x206F:
+            continue
+        if 0x3000 <= o <= 0x303F or 0x3400 <= o <= 0x4DBF or 0x4E00 <= o <= 0x9FFF:
+            continue
+        if 0xF900 <= o <= 0xFAFF or 0xFF00 <= o <= 0xFFEF or 0x20000 <= o <= 0x3FFFF:
+            continue
+        return False
+    return True
+
+
+def _plausible_gb(text: str) -> bool:
+    """Whether ``text`` (a GB18030 reading) uses only GB2312's common characters: UTF-8 read as
+    GB18030 mostly lands on rare GBK characters and private-use code points."""
+    try:
+        text.encode("gb2312")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def decode_text(data: bytes) -> tuple[str, str]:
-    """(text, encoding used).  Never raises: undecodable bytes become U+FFFD (see the module doc)."""
+    """(text, encoding used).  Never raises: undecodable bytes become U+FFFD (see the module doc).
+
+    A file that is not valid UTF-8 but is valid GB18030 as a whole is GB18030 unless its lines
+    vote otherwise: each non-ASCII line valid in GB18030 and not in UTF-8 votes GB18030; a line valid in
+    both votes for the one encoding that reads it plausibly (UTF-8: ideographs and punctuation, not
+    stray Greek or Hebrew letters; GB18030: GB2312's common characters), neither when both or
+    neither do.  So a GBK file whose lines happen to be valid UTF-8 is read whole as GB18030, and a
+    UTF-8 file with one bad line stays UTF-8 with only that line marked garbled.  A file valid in
+    neither is decoded in the encoding that won the vote (UTF-8 on a tie), its bad bytes replaced."""
     if data.startswith(codecs.BOM_UTF8):
         body, name = data[len(codecs.BOM_UTF8):], "utf-8-sig"
         if _valid(body, "utf-8"):
@@ -146,10 +183,26 @@ def decode_text(data: bytes) -> tuple[str, str]:
     if _valid(data, "utf-8"):
         return data.decode("utf-8"), "utf-8"
     lines = [line for line in data.splitlines() if not line.isascii()]
-    utf8 = sum(1 for line in lines if _valid(line, "utf-8"))
-    if utf8 == 0 and _valid(data, "gb18030"):
+    gb_votes = utf8_votes = 0
+    for line in lines:
+        try:
+            as_utf8 = line.decode("utf-8")
+        except UnicodeDecodeError:
+            gb_votes += _valid(line, "gb18030")  # bytes valid in neither are evidence of nothing
+            continue
+        try:
+            as_gb = line.decode("gb18030")
+        except UnicodeDecodeError:
+            utf8_votes += 1
+            continue
+        utf8_ok, gb_ok = _plausible_unicode(as_utf8), _plausible_gb(as_gb)
+        if gb_ok and not utf8_ok:
+            gb_votes += 1
+        elif utf8_ok and not gb_ok:
+            utf8_votes += 1
+    encoding = "gb18030" if gb_votes > utf8_votes else "utf-8"
+    if encoding == "gb18030" and _valid(data, "gb18030"):
         return data.decode("gb18030"), "gb18030"
-    encoding = "utf-8" if utf8 * 2 >= len(lines) else "gb18030"
     return data.decode(encoding, errors="replace"), encoding + "+garbled"
 
 
