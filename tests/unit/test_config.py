@@ -464,7 +464,6 @@ channel = "gw"
 protocol = "modbus"
 unit = 1
 model = "eastron-sdm630"
-ct = 100
 
 [[meters]]
 address = "4"
@@ -472,6 +471,7 @@ channel = "dtu"
 protocol = "modbus"
 unit = 2
 model = "maps/mine.toml"
+ct = 100
 
 [[polls]]
 name = "energy"
@@ -509,10 +509,36 @@ def test_mixed_protocols_and_a_map_file_relative_to_the_config(tmp_path: Path) -
     protocols = [m.protocol for m in config.meters]
     assert protocols == [Protocol.DLT645_2007, Protocol.DLT645_1997, Protocol.MODBUS, Protocol.MODBUS]
     sdm, mine = config.meters[2], config.meters[3]
-    assert (sdm.unit, sdm.regmap.name, sdm.ct) == (1, "eastron-sdm630", Decimal(100))
-    assert (mine.unit, mine.regmap.name) == (2, "mine")
+    assert (sdm.unit, sdm.regmap.name, sdm.ct) == (1, "eastron-sdm630", Decimal(1))
+    assert (mine.unit, mine.regmap.name, mine.ct) == (2, "mine", Decimal(100))
     assert [c.framing for c in config.channels] == [Framing.RTU, Framing.TCP, Framing.RTU]
     assert config.polls[0].quantities == ("energy.active.import.total", "voltage.a")
+
+
+@pytest.mark.parametrize("key", ["ct", "pt"])
+def test_a_ratio_on_a_meter_whose_map_reports_primary_values_is_an_error_naming_the_meter(tmp_path, key):
+    # issue 17: examples/site.toml set ct = 100 on an SDM630 (primary = true) and it was ignored
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "mine.toml").write_text(MY_MAP, encoding="utf-8")
+    text = MIXED.replace('model = "eastron-sdm630"\n', f'model = "eastron-sdm630"\n{key} = 100\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    [problem] = caught.value.problems
+    assert f"meters[2].{key}: meter 000000000003: model eastron-sdm630 reports primary-side values" in problem
+    assert "would never be applied" in problem
+
+
+def test_a_ratio_of_one_on_a_primary_map_is_harmless(tmp_path):
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "mine.toml").write_text(MY_MAP, encoding="utf-8")
+    config = load_config(write(tmp_path, MIXED.replace('model = "eastron-sdm630"\n',
+                                                       'model = "eastron-sdm630"\nct = 1\npt = "1.0"\n')))
+    assert (config.meters[2].ct, config.meters[2].pt) == (1, 1)
+
+
+def test_the_example_site_config_loads():
+    example = Path(__file__).resolve().parents[2] / "examples" / "site.toml"
+    assert load_config(example).meters
 
 
 def test_the_daemon_plan_asks_each_protocol_in_its_own_terms(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ from meterd.config.model import (
 )
 from meterd.errors import ConfigError, ProtocolError
 from meterd.plausibility import DEFAULT_RATING, Rating
+from meterd.protocols.dlt645.catalogue import Scaling
 from meterd.protocols.dlt645.frame import BROADCAST, normalize_address
 from meterd.protocols.dlt645.messages import parse_di
 from meterd.protocols.drivers import get_driver
@@ -727,6 +728,8 @@ def _meters(
         if ct is not None and pt is not None and ct * pt > MAX_RATIO:
             check.problem(f"{path}.ct", f"ct x pt = {ct * pt} is more than any metering point ({MAX_RATIO})")
             ct = None
+        if regmap is not None:
+            ct, pt = _ratios_on_primary_map(check, path, address, regmap, ct, pt)
         site, models = ratings
         model_name = table.get("model")
         rating = models.get(model_name, site) if isinstance(model_name, str) else site
@@ -739,6 +742,26 @@ def _meters(
             meter = MeterConfig(*values, unit=unit, regmap=regmap, rating=rating)  # type: ignore[arg-type]
         result.append((table, meter))
     return result
+
+
+def _ratios_on_primary_map(
+    check: _Checker, path: str, address: str | None, regmap: RegisterMap, ct: Decimal | None, pt: Decimal | None
+) -> tuple[Decimal | None, Decimal | None]:
+    """A CT or PT ratio on a meter whose map reports every value on the primary side (the meter
+    applies its own ratios: ``primary = true``) would never be applied: an error naming the meter,
+    never a silent no-op."""
+    used = {e.scaling for e in regmap.entries}
+    for key, value, scalings in (("ct", ct, (Scaling.CT, Scaling.CTPT)), ("pt", pt, (Scaling.PT, Scaling.CTPT))):
+        if value is not None and value != 1 and not used.intersection(scalings):
+            check.problem(f"{path}.{key}", f"meter {address or '?'}: model {regmap.name} reports primary-side "
+                          f"values (its map says primary = true: the meter applies its own {key.upper()} ratio), so "
+                          f"{key} = {show(value)} would never be applied; set the ratio in the meter and remove "
+                          f"{key} here, or use a map with primary = false")
+            if key == "ct":
+                ct = None
+            else:
+                pt = None
+    return ct, pt
 
 
 def _register_map(
