@@ -1,9 +1,18 @@
-"""``meterd decode HEX``: decode any DL/T 645-2007 frame a technician pastes.
+"""``meterd decode HEX``: decode any DL/T 645 frame a technician pastes, 2007 or 1997.
 
 A paste may hold any number of frames with noise between them (a raw trace, a capture file piped
 in: ``meterd decode - < trace.hex``; no HEX at all reads standard input too).  Every valid frame is
 decoded; every byte that is part of no frame (bar the ``FE`` wake-up bytes before one) is reported
 on standard error: how many, and where, with their hex.  Nothing is dropped silently.
+
+The edition of each frame comes from its control code (:mod:`meterd.protocols.dlt645.explain`);
+requests, replies and abnormal replies decode fully: the identifier (8 hex digits in 2007, 4 in
+1997) and its catalogue name, the values with their units, the error bits named.  Times print in
+the site's zone (:mod:`meterd.cli.frametext`).
+
+Exit status: 0 when every frame decoded; 1 when a frame was found whose message or value cannot be
+decoded (each is named on standard error with its bytes and the reason); 2 when the input is not
+hex or holds no DL/T 645 frame at all.
 """
 
 from __future__ import annotations
@@ -11,23 +20,20 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from dataclasses import asdict
-from typing import Any, Final
+from typing import Final
 
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, format_value, print_json, to_jsonable
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json
+from meterd.cli.frametext import explain_dict, explain_lines, meter_now
+from meterd.clock import utc_now
 from meterd.errors import ProtocolError
-from meterd.protocols.dlt645 import catalogue
+from meterd.protocols.dlt645.explain import explain
 from meterd.protocols.dlt645.frame import Frame, decode_frame, scan_frames
-from meterd.protocols.dlt645.messages import (
-    ReadFollowUpResponse,
-    ReadRequest,
-    ReadResponse,
-    decode_message,
-)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("decode", help="decode DL/T 645 frame(s) given in hex")
+    p = sub.add_parser("decode", help="decode DL/T 645-2007 or -1997 frame(s) given in hex",
+                       description="Decode DL/T 645 frames (2007 or 1997, told apart by the control code). "
+                                   "Exit status 1 when a frame does not decode, 2 when there is no frame.")
     p.add_argument("hex", nargs="*", help="frame bytes in hex; spaces, FE preambles and several frames allowed; "
                    "none or - reads them from standard input")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -91,38 +97,6 @@ def describe_gaps(runs: list[tuple[int, bytes]]) -> list[str]:
     return lines
 
 
-def explain(frame: Frame) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "address": frame.address,
-        "control": f"{frame.control:02X}",
-        "control_meaning": frame.describe_control(),
-        "data": frame.data,
-    }
-    try:
-        message = decode_message(frame)
-    except ProtocolError as exc:
-        doc["message_error"] = str(exc)
-        return doc
-    doc["message"] = type(message).__name__
-    doc["fields"] = {k: v for k, v in asdict(message).items() if k != "address"}
-    if isinstance(message, (ReadRequest, ReadResponse, ReadFollowUpResponse)):
-        doc["fields"]["di"] = f"{message.di:08X}"
-        try:
-            item = catalogue.lookup(message.di)
-            doc["identifier"] = item.name
-            if isinstance(message, (ReadResponse, ReadFollowUpResponse)) and not item.records:
-                doc["values"] = [
-                    {"quantity": v.quantity, "value": v.value, "unit": v.unit}
-                    for v in catalogue.decode(message.di, message.data)
-                ]
-            elif isinstance(message, ReadResponse) and item.records:
-                _, points = catalogue.decode_records(message.di, message.data)
-                doc["values"] = [{"timestamp": p.timestamp, "value": p.value} for p in points]
-        except ProtocolError as exc:
-            doc["value_error"] = str(exc)
-    return doc
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         raw = parse_hex(read_paste(args.hex))
@@ -138,43 +112,34 @@ def run(args: argparse.Namespace) -> int:
                 decode_frame(raw[first:])
             except ProtocolError as exc:
                 reason = f": {exc}"
-        shown = raw[:64].hex(" ").upper() + (f" ... ({len(raw)} bytes)" if len(raw) > 64 else "")
-        error(f"no valid DL/T 645 frame in {shown or '(nothing)'}{reason}")
+        error(f"no valid DL/T 645 frame in {_shown(raw) or '(nothing)'}{reason}")
         return EXIT_BAD_INPUT
-    docs = [explain(frame) for _, _, frame in found]
+    now = meter_now(utc_now())  # gives 1997 demand times (no year in the frame) theirs
+    explained = [explain(frame, now) for _, _, frame in found]
     if args.json:
+        docs = [explain_dict(ex) for ex in explained]
         print_json(docs if len(docs) > 1 else docs[0])
     else:
-        for i, doc in enumerate(docs):
-            if len(docs) > 1:
+        for i, ex in enumerate(explained):
+            if len(explained) > 1:
                 if i:
                     print()
-                print(f"frame {i + 1} of {len(docs)}, at byte {found[i][0]}")
-            print_explained(doc)
+                print(f"frame {i + 1} of {len(explained)}, at byte {found[i][0]}")
+            print("\n".join(explain_lines(ex)))
     dropped = gaps(raw, found)
     if dropped:
         head, *places = describe_gaps(dropped)
         error(f"decoded {len(found)} frame(s); {head}")
         for line in places:
             print(line, file=sys.stderr)
-    return EXIT_OK
+    failed = [(i, ex) for i, ex in enumerate(explained) if not ex.decoded]
+    for i, ex in failed[:SHOWN_GAPS]:
+        error(f"frame {i + 1} (at byte {found[i][0]}) does not decode: {ex.message_error or ex.value_error}: "
+              f"{_shown(raw[found[i][0]:found[i][1]])}")
+    if len(failed) > SHOWN_GAPS:
+        error(f"and {len(failed) - SHOWN_GAPS} more frame(s) that do not decode")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
-def print_explained(doc: dict[str, Any]) -> None:
-    print(f"address  {doc['address']}")
-    print(f"control  {doc['control']}  {doc['control_meaning']}")
-    print(f"data     {to_jsonable(doc['data']) or '(none)'}   (0x33 removed)")
-    if "message_error" in doc:
-        print(f"message  cannot decode: {doc['message_error']}")
-        return
-    fields = ", ".join(f"{k}={format_value(v)}" for k, v in doc["fields"].items() if k != "data")
-    print(f"message  {doc['message']}  {fields}")
-    if "identifier" in doc:
-        print(f"meaning  {doc['identifier']}")
-    for v in doc.get("values", []):
-        if "quantity" in v:
-            print(f"value    {v['quantity']} = {format_value(v['value'])} {v['unit']}".rstrip())
-        else:
-            print(f"record   {format_value(v['timestamp'])}  {format_value(v['value'])}")
-    if "value_error" in doc:
-        print(f"value    cannot decode: {doc['value_error']}")
+def _shown(raw: bytes) -> str:
+    return raw[:64].hex(" ").upper() + (f" ... ({len(raw)} bytes)" if len(raw) > 64 else "")
