@@ -27,7 +27,7 @@ HEX_HB_DTU1 = bytes.fromhex("AA 55 02 04 44 54 55 31 24")
 
 
 def test_presets_are_registered_by_name():
-    assert set(PRESETS) == {"usr-ascii", "hex-frame"}
+    assert set(PRESETS) == {"usr-ascii", "usr-mac", "hex-frame"}
     assert get_format("usr-ascii") is USR_ASCII and get_format(HEX_FRAME) is HEX_FRAME
     with pytest.raises(ConfigError, match="unknown dtu format 'nope'"):
         get_format("nope")
@@ -134,9 +134,10 @@ def test_hex_frame_heartbeats_are_stripped_at_both_ends():
 
 
 def test_the_simulator_builds_the_same_bytes_independently():
+    ids = {"usr-mac": ("d8:b0:4c:00:04:c9", "00:0E:C6:12:34:56")}
     for name, fmt in PRESETS.items():
         sim = SIM_FORMATS[name]
-        for tid in ("DTU00000001", "861234567890123"):
+        for tid in ids.get(name, ("DTU00000001", "861234567890123")):
             assert sim.encode_registration(tid) == fmt.encode_registration(tid)
             assert fmt.strip_heartbeats(sim.encode_heartbeat(tid)) == (b"", 1)
 
@@ -193,7 +194,7 @@ def test_invalid_formats_list_every_problem():
     with pytest.raises(ConfigError) as info:
         DtuFormat("bad", framing="morse", id_encoding="base64", max_id_length=0, id_pattern="(")
     text = str(info.value)
-    for word in ("framing 'morse'", "id_encoding 'base64'", "max_id_length 0", "id_pattern"):
+    for word in ("framing: 'morse'", "id_encoding: 'base64'", "max_id_length: 0", "id_pattern"):
         assert word in text
     with pytest.raises(ConfigError, match="hex id needs a prefix"):
         DtuFormat("h", id_encoding="hex")

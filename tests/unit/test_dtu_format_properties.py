@@ -12,7 +12,9 @@ from meterd.protocols.terminal.dtu import (
     HEX_FRAME,
     PRESETS,
     USR_ASCII,
+    USR_MAC,
     DtuFormat,
+    DtuStream,
     PacketKind,
     Parse,
     ParseStatus,
@@ -26,7 +28,8 @@ XOR_TAIL = DtuFormat("xor-tail", framing="frame", header=b"\x7b\x7b", checksum="
                      registration_type=0x10, heartbeat_type=0x20, max_id_length=20)
 NO_CS = DtuFormat("no-cs", framing="frame", header=b"\xee", checksum="none", id_encoding="hex", id_length=4,
                   id_pattern=r"[0-9A-F]{8}")
-FORMATS = [USR_ASCII, HEX_FRAME, HEX_ID, FIXED, XOR_TAIL, NO_CS]
+MAC_FRAME = DtuFormat("mac-frame", framing="frame", header=b"\x7e", id_encoding="mac")
+FORMATS = [USR_ASCII, USR_MAC, HEX_FRAME, HEX_ID, FIXED, XOR_TAIL, NO_CS, MAC_FRAME]
 formats = st.sampled_from(FORMATS)
 
 
@@ -48,13 +51,25 @@ def test_arbitrary_bytes_never_raise(fmt: DtuFormat, raw: bytes) -> None:
     assert fmt.classify(raw).kind in PacketKind
     rest, beats = fmt.strip_heartbeats(raw)
     assert len(rest) + beats <= len(raw) and rest in raw
-    fmt.strip_registration(raw, "DTU1" if fmt.id_encoding == "ascii" and fmt.id_length is None else "")
+    tid = {"mac": "aa:bb:cc:dd:ee:ff", "hex": "01" * (fmt.fixed_length or 1)}.get(fmt.id_encoding, "DTU1")
+    if fmt.id_length and fmt.id_encoding == "ascii":
+        tid = "D" * fmt.id_length
+    fmt.strip_registration(raw, tid)
+    assert 1 <= fmt.resync(raw) <= max(len(raw), 1)
+    stream = DtuStream(fmt, tid)
+    payload, beats = stream.feed(raw)
+    assert len(payload) + len(stream.held) <= len(raw) and beats >= 0
 
 
 @st.composite
 def formats_with_ids(draw: st.DrawFn) -> tuple[DtuFormat, str]:
     fmt = draw(formats)
-    n = fmt.id_length or draw(st.integers(1, fmt.max_id_length))
+    n = fmt.fixed_length or draw(st.integers(1, fmt.max_id_length))
+    if fmt.id_encoding == "mac":
+        raw = draw(st.binary(min_size=n, max_size=n))
+        # six bytes that begin like a heartbeat are taken for one (the known-id lookup registers them)
+        assume(fmt.framing == "frame" or not any(raw.startswith(h) for h in fmt.heartbeats))
+        return fmt, raw.hex(":")
     if fmt.id_encoding == "hex":
         raw = draw(st.binary(min_size=n, max_size=n))
         # a suffix-delimited binary id cannot hold its own suffix: the first one ends it
@@ -62,7 +77,8 @@ def formats_with_ids(draw: st.DrawFn) -> tuple[DtuFormat, str]:
         return fmt, raw.hex().upper()
     alphabet = st.sampled_from("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.:-")
     tid = "".join(draw(st.lists(alphabet, min_size=n, max_size=n)))
-    assume(tid.encode() not in fmt.heartbeats)
+    # a prefix-less variable-length id made only of heartbeats ("HBHB") is taken for heartbeats
+    assume(bool(fmt.prefix) or fmt.strip_heartbeats(tid.encode())[0] != b"")
     return fmt, tid
 
 

@@ -17,9 +17,15 @@ waits for a DTU that is not there.
 
 Rules of the listener
 ---------------------
-* Registration: the bytes a new connection sends are matched against every format.  A valid
-  registration whose id is in ``known`` puts the terminal online; any bytes behind it in the same
-  read are handled as ordinary traffic.
+* Registration: the bytes a new connection sends are matched first against the registration
+  packets of the configured terminals in every format
+  (:class:`~meterd.protocols.terminal.dtu.KnownRegistrations`: whatever follows the packet, and
+  waiting while the bytes so far are a piece of one), then parsed by every format (to tell an
+  unknown id or a broken registration from data).  A valid registration whose id is in ``known``
+  puts the terminal online; any bytes behind it in the same read (heartbeats, the registration
+  again, meter data) are handled as ordinary traffic.  Bytes that are no registration in any
+  format are dropped up to where one could start (:meth:`~meterd.protocols.terminal.dtu.DtuFormat.resync`),
+  so garbage and a registration in one read still register.
 * Rejections, each counted in ``status()["rejected"]`` by reason and logged with the peer (once a
   minute per reason, with a count of the rest: a flood of bad connections does not fill the log):
 
@@ -33,7 +39,10 @@ Rules of the listener
   ``unregistered_data``     bytes that are no registration in any format (meter frames, binary
                             noise, a heartbeat) before the terminal registered: dropped and
                             counted once per connection; the connection may still register until
-                            the registration deadline.
+                            the registration deadline -- unless more than
+                            :data:`MAX_UNREGISTERED` bytes come without one (``oversized``, closed:
+                            nothing a peer sends before registering is kept beyond
+                            :data:`PENDING_LIMIT` bytes).
   ``registration_timeout``  no valid registration within ``registration_timeout`` seconds of
                             connecting; closed.
 
@@ -43,8 +52,13 @@ Rules of the listener
 * Liveness: any byte from the DTU (heartbeat or meter data: DTUs of the USR family only send
   heartbeats while idle) resets the heartbeat timer.  A registered connection silent for
   ``heartbeat_timeout`` seconds is marked offline and aborted (``heartbeat_timeouts``).
-* Heartbeats are stripped from every read by the terminal's format (at a read's start, and for
-  frame formats also at its end: see :meth:`~meterd.protocols.terminal.dtu.DtuFormat.strip_heartbeats`).
+* Heartbeats and the terminal's own registration are stripped from every read by a
+  :class:`~meterd.protocols.terminal.dtu.DtuStream` (at a read's start, and for frame formats
+  heartbeats also at its end).  A format with ``data_carries_registration`` ("with data") also
+  loses copies of the registration inside a read, and a read ending in the first bytes of the
+  registration keeps them back until the next read or ``hold`` seconds, whichever comes first.
+
+Every rejection's log line names the peer and shows the bytes (hex, the first 32).
 
 Time: timeouts run on the event loop's monotonic clock (a wall-clock step never takes DTUs
 offline); timestamps and the online time behind the online-rate statistic come from ``clock``
@@ -72,6 +86,8 @@ from meterd.protocols.terminal.dtu import (
     MALFORMED,
     OVERSIZED,
     DtuFormat,
+    DtuStream,
+    KnownRegistrations,
     ParseStatus,
     get_format,
     show_bytes,
@@ -87,6 +103,10 @@ REJECT_REASONS: Final = (UNKNOWN_ID, MALFORMED, OVERSIZED, BAD_CHECKSUM, UNREGIS
 
 MAX_UNKNOWN_IDS: Final = 100  # distinct unknown ids remembered in status()
 PENDING_LIMIT: Final = 1024  # bytes buffered from an unregistered connection while a format wants more
+MAX_UNREGISTERED: Final = 16384  # bytes an unregistered connection may send (dropped) before it is closed
+MAX_RESYNCS: Final = 64  # hunts for a registration inside unregistered bytes, per connection; then drop whole reads
+SHOWN_BYTES: Final = 32  # of a connection's first bytes, kept for the log lines
+HOLD: Final = 0.2  # seconds a read's tail that may start a "with data" registration waits for the next read
 RX_BUFFER_LIMIT: Final = 65536  # unread meter bytes kept for a channel; a chatty DTU cannot grow it further
 
 
@@ -109,6 +129,11 @@ class _Connection(asyncio.Protocol):
         self.saw_unregistered = False
         self.deadline: asyncio.TimerHandle | None = None
         self.last_rx = self.loop.time()
+        self.received = 0  # bytes before registering
+        self.first_bytes = b""  # the first SHOWN_BYTES of them, for the log
+        self.resyncs = 0
+        self.stream: DtuStream | None = None  # once registered
+        self.hold: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -135,12 +160,18 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.cancel_deadline()
+        self.cancel_hold()
         self.listener._connection_lost(self, exc)
 
     def cancel_deadline(self) -> None:
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
+
+    def cancel_hold(self) -> None:
+        if self.hold is not None:
+            self.hold.cancel()
+            self.hold = None
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
@@ -151,6 +182,7 @@ class _Connection(asyncio.Protocol):
         if self.close_reason is None:
             self.close_reason = reason
         self.cancel_deadline()
+        self.cancel_hold()
         if self.transport is not None and not self.closed:
             if abort:
                 self.transport.abort()
@@ -183,7 +215,7 @@ class _Terminal:
 
 
 COUNTERS: Final = ("registrations", "replaced", "heartbeats", "heartbeat_timeouts", "disconnects",
-                   "rx_bytes", "tx_bytes", "unsolicited_bytes")
+                   "rx_bytes", "tx_bytes", "unsolicited_bytes", "registration_prefixes")
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -196,6 +228,9 @@ class DtuListener:
     ``formats``: the registration/heartbeat formats accepted (presets by name or
     :class:`DtuFormat`), tried in order.  ``heartbeat_timeout``: seconds of silence after which a
     registered DTU is offline.  ``registration_timeout``: seconds a new connection has to register.
+    ``hold``: seconds a "with data" read's tail that may start the registration waits for the next
+    read.  A terminal id no format can register, or two whose registrations are the same bytes, is
+    a ConfigError.
     """
 
     def __init__(
@@ -210,6 +245,7 @@ class DtuListener:
         clock: Clock = utc_now,
         name: str = "dtu",
         check_interval: float | None = None,
+        hold: float = HOLD,
     ) -> None:
         if isinstance(formats, (str, DtuFormat)):
             formats = [formats]
@@ -228,6 +264,9 @@ class DtuListener:
             problems.append(f"listener {name}: registration_timeout {registration_timeout} must be > 0 seconds")
         if not 0 <= port <= 65535:
             problems.append(f"listener {name}: port {port} must be 0..65535")
+        if not problems:
+            self._known = KnownRegistrations(self.formats, known)
+            problems.extend(f"listener {name}: {p}" for p in self._known.problems)
         if problems:
             raise ConfigError(problems)
         self.name = name
@@ -236,6 +275,7 @@ class DtuListener:
         self.heartbeat_timeout = float(heartbeat_timeout)
         self.registration_timeout = float(registration_timeout)
         self.check_interval = check_interval or min(1.0, self.heartbeat_timeout / 5)
+        self.hold = hold
         self.clock = clock
         self._terminals: dict[str, _Terminal] = {tid: _Terminal(tid, ch) for tid, ch in known.items()}
         self._pending: set[_Connection] = set()
@@ -397,7 +437,7 @@ class DtuListener:
 
     def _reject(self, conn: _Connection, reason: str, detail: str, data: bytes = b"") -> None:
         self.rejected[reason] += 1
-        shown = f" [{show_bytes(data)}]" if data else ""
+        shown = f" [{show_bytes(data, SHOWN_BYTES)}]" if data else ""
         self._log.log(log, logging.WARNING, f"dtu listener {self.name}: connections rejected ({reason})",
                      "dtu listener %s: connection from %s rejected (%s): %s%s", self.name, conn.peer, reason,
                      detail, shown)
@@ -407,53 +447,85 @@ class DtuListener:
     def _registration_deadline(self, conn: _Connection) -> None:
         conn.deadline = None
         if conn.terminal is None and not conn.closed:
-            self._reject(conn, REGISTRATION_TIMEOUT, f"no registration within {self.registration_timeout:g} s")
+            self._reject(conn, REGISTRATION_TIMEOUT, f"no registration within {self.registration_timeout:g} s "
+                         f"({conn.received} bytes received)", conn.first_bytes)
 
     def _pre_registration(self, conn: _Connection, data: bytes) -> None:
+        if len(conn.first_bytes) < SHOWN_BYTES:
+            conn.first_bytes += data[: SHOWN_BYTES - len(conn.first_bytes)]
+        conn.received += len(data)
         conn.pending += data
-        buf = bytes(conn.pending)
-        results = [(fmt, fmt.parse_registration(buf)) for fmt in self.formats]
-        for fmt, r in results:
-            if r.status is ParseStatus.OK:
+        while conn.pending and conn.terminal is None and not conn.closed:
+            # one registration fits in PENDING_LIMIT bytes: look no further (a 256 KiB read is
+            # neither copied nor parsed whole)
+            buf = bytes(conn.pending[: PENDING_LIMIT + 1])
+            known = self._known.match(buf)
+            if known is not None:
+                fmt, terminal_id, n = known
+                rest = bytes(conn.pending[n:])
                 conn.pending.clear()
-                assert r.terminal_id is not None
-                self._register(conn, fmt, r.terminal_id, buf[r.consumed:])
+                self._register(conn, fmt, terminal_id, rest)
                 return
-        if any(r.status is ParseStatus.MORE for _, r in results) and len(buf) <= PENDING_LIMIT:
-            return
-        for fmt, r in results:
-            if r.status is ParseStatus.BAD:
-                self._reject(conn, r.reason, f"{fmt.name}: {r.detail}", buf)
+            waiting = self._known.incomplete(buf)
+            results = [(fmt, fmt.parse_registration(buf)) for fmt in self.formats]
+            if not waiting:
+                for fmt, r in results:
+                    if r.status is ParseStatus.OK:
+                        assert r.terminal_id is not None
+                        self._refuse_unknown(conn, fmt, r.terminal_id, buf)
+                        return
+            more = waiting or any(r.status is ParseStatus.MORE for _, r in results)
+            if more and len(conn.pending) <= PENDING_LIMIT:
                 return
-        if any(r.status is ParseStatus.MORE for _, r in results):
-            self._reject(conn, OVERSIZED, f"more than {PENDING_LIMIT} bytes without a complete registration")
+            for fmt, r in results:
+                if r.status is ParseStatus.BAD:
+                    self._reject(conn, r.reason, f"{fmt.name}: {r.detail}", buf)
+                    return
+            if more:
+                self._reject(conn, OVERSIZED, f"more than {PENDING_LIMIT} bytes without a complete registration",
+                             buf)
+                return
+            # no registration starts here in any format: drop what comes before the next place one could
+            if conn.resyncs < MAX_RESYNCS:
+                conn.resyncs += 1
+                skip = min(fmt.resync(buf) for fmt in self.formats)
+            else:
+                skip = len(conn.pending)
+            self._unregistered(conn, bytes(conn.pending[:skip]))
+            del conn.pending[:skip]
+        if conn.terminal is None and not conn.closed and conn.received - len(conn.pending) > MAX_UNREGISTERED:
+            self._reject(conn, OVERSIZED, f"{conn.received} bytes without a registration (at most "
+                         f"{MAX_UNREGISTERED} are read before one)", conn.first_bytes)
+
+    def _unregistered(self, conn: _Connection, dropped: bytes) -> None:
+        if conn.saw_unregistered:
             return
-        conn.pending.clear()
-        if not conn.saw_unregistered:
-            conn.saw_unregistered = True
-            self.rejected[UNREGISTERED_DATA] += 1
-            self._log.log(log, logging.WARNING, f"dtu listener {self.name}: data before registering",
-                         "dtu listener %s: %s sent data before registering (dropped; it has %g s to register) [%s]",
-                         self.name, conn.peer, self.registration_timeout, show_bytes(buf))
+        conn.saw_unregistered = True
+        self.rejected[UNREGISTERED_DATA] += 1
+        self._log.log(log, logging.WARNING, f"dtu listener {self.name}: data before registering",
+                     "dtu listener %s: %s sent data before registering (dropped; it has %g s to register) [%s]",
+                     self.name, conn.peer, self.registration_timeout, show_bytes(dropped, SHOWN_BYTES))
+
+    def _refuse_unknown(self, conn: _Connection, fmt: DtuFormat, terminal_id: str, data: bytes) -> None:
+        if terminal_id in self.unknown_ids or len(self.unknown_ids) < MAX_UNKNOWN_IDS:
+            first = terminal_id not in self.unknown_ids
+            self.unknown_ids[terminal_id] += 1
+        else:
+            first = False
+        self.rejected[UNKNOWN_ID] += 1
+        (log.warning if first else log.debug)(
+            "dtu listener %s: unknown terminal %r (%s) from %s refused [%s]", self.name, terminal_id, fmt.name,
+            conn.peer, show_bytes(data, SHOWN_BYTES))
+        self._pending.discard(conn)
+        conn.shut(UNKNOWN_ID)
 
     def _register(self, conn: _Connection, fmt: DtuFormat, terminal_id: str, rest: bytes) -> None:
-        term = self._terminals.get(terminal_id)
-        if term is None:
-            if terminal_id in self.unknown_ids or len(self.unknown_ids) < MAX_UNKNOWN_IDS:
-                first = terminal_id not in self.unknown_ids
-                self.unknown_ids[terminal_id] += 1
-            else:
-                first = False
-            self.rejected[UNKNOWN_ID] += 1
-            (log.warning if first else log.debug)(
-                "dtu listener %s: unknown terminal %r from %s refused", self.name, terminal_id, conn.peer)
-            self._pending.discard(conn)
-            conn.shut(UNKNOWN_ID)
-            return
+        term = self._terminals[terminal_id]
         conn.cancel_deadline()
         self._pending.discard(conn)
         now = self.clock()
         conn.terminal, conn.fmt = term, fmt
+        conn.stream = DtuStream(fmt, terminal_id)
         old = term.session
         term.session = conn
         if old is not None and old is not conn:
@@ -480,16 +552,28 @@ class DtuListener:
             return  # a replaced connection's last bytes
         term.last_seen = self.clock()
         term.counters["rx_bytes"] += len(data)
-        fmt = conn.fmt
-        assert fmt is not None
-        if fmt.data_carries_registration:
-            data, _ = fmt.strip_registration(data, term.terminal_id)
-        payload, beats = fmt.strip_heartbeats(data)
+        stream = conn.stream
+        assert stream is not None
+        conn.cancel_hold()
+        payload, beats = stream.feed(data)
         if beats:
             term.counters["heartbeats"] += beats
             term.last_heartbeat = term.last_seen
-        if not payload:
-            return
+        term.counters["registration_prefixes"] = stream.prefixes
+        if stream.held:
+            conn.hold = conn.loop.call_later(self.hold, self._release_held, conn)
+        if payload:
+            self._deliver(term, conn, payload)
+
+    def _release_held(self, conn: _Connection) -> None:
+        conn.hold = None
+        term = conn.terminal
+        if term is not None and term.session is conn and conn.stream is not None:
+            held = conn.stream.flush()
+            if held:
+                self._deliver(term, conn, held)
+
+    def _deliver(self, term: _Terminal, conn: _Connection, payload: bytes) -> None:
         transport = term.transport
         if transport is not None and transport._session is conn:
             if len(transport._buffer) + len(payload) > RX_BUFFER_LIMIT:

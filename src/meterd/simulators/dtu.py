@@ -18,11 +18,24 @@ the registration packet: garbage, oversized), ``register=False`` plus :meth:`~Dt
 (data before registering).  With ``reconnect_delay`` set, the DTU dials again by itself that many
 seconds after losing its connection, like a real DTU.
 
+How the DTU is set up, as on the vendors' configuration pages (``docs/dtu.md``):
+
+* ``register`` -- send the registration when the connection is made ("connect with" / 连接发送);
+* ``with_data`` -- put the registration in front of every reply ("with data" / 数据携带; both
+  together is the vendors' "both"); ``split_prefix`` writes each such packet in two writes cut
+  inside the registration, so the master may get it in two reads;
+* ``heartbeat_is_registration`` -- the heartbeat content is the registration content (a DTU left
+  with the same text in both: its first packet registers it, the rest are heartbeats);
+* ``heartbeat_with_registration`` -- the first heartbeat goes out in the same write as the
+  registration (a DTU that beats at once, or a master that accepted late: one read holds both);
+  ``after_registration`` -- any bytes in that same write (meter data behind the registration).
+
 Registration and heartbeat packets: the formats are built here again, from their description in
 :mod:`meterd.protocols.terminal.dtu` (on purpose not with that codec, which the master uses: the
 simulator and the master cannot share a bug): ``usr-ascii`` registers with the terminal id as
-ASCII text and beats ``www.usr.cn``; ``hex-frame`` sends ``AA 55 type len id sum8`` (type 01
-registration, 02 heartbeat).  Any object with ``encode_registration(id)`` and
+ASCII text and beats ``www.usr.cn``; ``usr-mac`` registers with the six bytes of a MAC written
+``aa:bb:cc:dd:ee:ff`` and beats ``www.usr.cn``; ``hex-frame`` sends ``AA 55 type len id sum8``
+(type 01 registration, 02 heartbeat).  Any object with ``encode_registration(id)`` and
 ``encode_heartbeat(id)`` (a :class:`~meterd.protocols.terminal.dtu.DtuFormat` for a custom
 model, in a test) is accepted as well.
 
@@ -86,8 +99,17 @@ def _aa55(ptype: int, terminal_id: str) -> bytes:
     return b"\xaa\x55" + body + bytes([sum(body) % 256])
 
 
+def _mac(terminal_id: str) -> bytes:
+    digits = terminal_id.replace(":", "").replace("-", "")
+    raw = bytes.fromhex(digits) if len(digits) == 12 else b""
+    if len(raw) != 6:
+        raise ValueError(f"a MAC DTU's id is six bytes written aa:bb:cc:dd:ee:ff, not {terminal_id!r}")
+    return raw
+
+
 SIM_FORMATS: Final[dict[str, SimDtuFormat]] = {
     "usr-ascii": SimDtuFormat("usr-ascii", lambda tid: tid.encode("ascii"), lambda tid: b"www.usr.cn"),
+    "usr-mac": SimDtuFormat("usr-mac", _mac, lambda tid: b"www.usr.cn"),
     "hex-frame": SimDtuFormat("hex-frame", lambda tid: _aa55(0x01, tid), lambda tid: _aa55(0x02, tid)),
 }
 
@@ -159,6 +181,11 @@ class DtuSimulator:
         reconnect_delay: float | None = None,
         tick: float | None = TICK,
         connect_timeout: float = 5.0,
+        with_data: bool = False,
+        split_prefix: bool = False,
+        heartbeat_is_registration: bool = False,
+        heartbeat_with_registration: bool = False,
+        after_registration: bytes = b"",
     ) -> None:
         if heartbeat is not None and heartbeat <= 0:
             raise ValueError(f"heartbeat interval {heartbeat} must be > 0 seconds (or None: never)")
@@ -174,7 +201,13 @@ class DtuSimulator:
         self.turnaround = turnaround
         self.registration = self.fmt.encode_registration(terminal_id) if registration is None else registration
         self.register = register
+        if heartbeat_is_registration:
+            heartbeat_packet = self.registration
         self.heartbeat_packet = heartbeat_packet
+        self.with_data = with_data
+        self.split_prefix = split_prefix
+        self.heartbeat_with_registration = heartbeat_with_registration
+        self.after_registration = bytes(after_registration)
         self.reconnect_delay = reconnect_delay
         self.tick = tick
         self.connect_timeout = connect_timeout
@@ -287,7 +320,11 @@ class DtuSimulator:
         self._link = link
         self.stats.connections += 1
         if self.register:
-            await self._write(link, self.registration)
+            first = self.registration
+            if self.heartbeat_with_registration:
+                first += self._heartbeat_packet()
+                self.stats.heartbeats += 1
+            await self._write(link, first + self.after_registration)
             self.stats.registrations += 1
         link.tasks.append(asyncio.create_task(self._serve(link), name=f"sim-dtu {self.terminal_id}"))
         if self.heartbeat is not None:
@@ -365,9 +402,16 @@ class DtuSimulator:
                         delay = received + self.turnaround + reply.delay - loop.time()
                         if delay > 0:
                             await asyncio.sleep(delay)
+                        data = reply.data
+                        if self.with_data:  # the registration in front of every packet
+                            data = self.registration + data
+                            if self.split_prefix:  # two writes, cut inside the registration
+                                cut = max(1, len(self.registration) // 2)
+                                await self._write(link, data[:cut])
+                                data = data[cut:]
                         if self._cut is not None:
                             keep, self._cut = self._cut, None
-                            await self._write(link, reply.data[:keep])
+                            await self._write(link, data[:keep])
                             await asyncio.sleep(CUT_LINGER)
                             self.stats.drops += 1
                             link.dropped = True
@@ -375,8 +419,8 @@ class DtuSimulator:
                             return
                         # _write without its drain while the socket takes everything (the usual
                         # case): drain only waits when the kernel is full or the link closing
-                        writer.write(reply.data)
-                        self.stats.tx_bytes += len(reply.data)
+                        writer.write(data)
+                        self.stats.tx_bytes += len(data)
                         if transport.get_write_buffer_size() or transport.is_closing():
                             await writer.drain()
                         self.stats.replies += 1
@@ -413,11 +457,14 @@ class DtuSimulator:
             except LinkError as exc:
                 log.debug("%s", exc)
 
+    def _heartbeat_packet(self) -> bytes:
+        if self.heartbeat_packet is not None:
+            return self.heartbeat_packet
+        return self.fmt.encode_heartbeat(self.terminal_id)
+
     async def _beat(self, link: _Link) -> None:
         assert self.heartbeat is not None
-        packet = self.heartbeat_packet
-        if packet is None:
-            packet = self.fmt.encode_heartbeat(self.terminal_id)
+        packet = self._heartbeat_packet()
         try:
             while True:
                 await asyncio.sleep(self.heartbeat)
