@@ -289,11 +289,47 @@ def test_trip_stops_energy_and_reclose_restarts_it() -> None:
     assert not word3(m, t2)["relay.open"]
 
 
-def test_reclose_allowed_closes_and_alarm_bits() -> None:
+def test_reclose_allowed_waits_for_the_button_then_closes() -> None:
     m = meter()
     ctl(m, RelayCommand.TRIP, T0)
+    assert not m.press_button(T0)  # a tripped meter's button does nothing without a permit
+    t1 = T0 + timedelta(hours=1)
+    assert ctl(m, RelayCommand.RECLOSE_ALLOWED, t1) is None
+    assert word3(m, t1) == {"relay.open": True, "relay.command_open": False, "alarm.pre_trip": False,
+                            "relay.protected": False}  # fmt: skip  # permitted, still open
+    e1 = imp(m, t1)
+    t2 = t1 + timedelta(hours=1)
+    assert imp(m, t2) == e1  # still no supply while it waits
+    assert m.press_button(t2) and not m.reclose_permitted
+    assert not word3(m, t2)["relay.open"]
+    assert imp(m, t2 + timedelta(hours=1)) == e1 + Decimal("2.00")
+    assert not m.press_button(t2 + timedelta(hours=1))  # pressed again: nothing left to do
+
+
+def test_the_customer_presses_by_itself_after_button_after_and_a_trip_cancels_the_permit() -> None:
+    m = meter(button_after=timedelta(minutes=30))
+    ctl(m, RelayCommand.TRIP, T0)
+    ctl(m, RelayCommand.RECLOSE_ALLOWED, T0)
+    e0 = imp(m, T0)
+    assert word3(m, T0 + timedelta(minutes=29))["relay.open"]
+    t = T0 + timedelta(hours=1)
+    assert not word3(m, t)["relay.open"]
+    assert imp(m, t) == e0 + Decimal("1.00")  # closed at exactly 00:30: half an hour at 2 kW
+    m2 = meter(button_after=timedelta(minutes=30))
+    ctl(m2, RelayCommand.TRIP, T0)
+    ctl(m2, RelayCommand.RECLOSE_ALLOWED, T0)
+    ctl(m2, RelayCommand.TRIP, T0 + timedelta(minutes=10))  # the money ran out again meanwhile
+    assert word3(m2, t)["relay.open"] and not m2.press_button(t)
+    stuck = meter(stuck_relay=True)
+    stuck.relay_open = True
+    ctl(stuck, RelayCommand.RECLOSE_ALLOWED, T0)
+    assert not stuck.press_button(T0) and stuck.relay_open
+
+
+def test_reclose_allowed_on_a_closed_relay_leaves_nothing_waiting_and_alarm_bits() -> None:
+    m = meter()
     assert ctl(m, RelayCommand.RECLOSE_ALLOWED, T0) is None
-    assert not m.relay_open
+    assert not m.relay_open and not m.reclose_permitted
     ctl(m, RelayCommand.ALARM, T0)
     assert word3(m, T0)["alarm.pre_trip"]
     ctl(m, RelayCommand.ALARM_RELEASE, T0)

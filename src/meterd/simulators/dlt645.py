@@ -28,6 +28,10 @@ A reply whose data field (DI + payload) would exceed :data:`MAX_REPLY_DATA` byte
 pieces: the first with control ``B1``, the rest on request with ``12`` / ``92``
 (DI + piece + SEQ; SEQ 1, 2, ... each follow-up; ``B2`` while more remain).
 
+A meter without supply (:meth:`MeterModel.power_down`) hears nothing: it does not answer, not
+even to ``AA`` wildcards, and broadcasts pass it by.  Power-down events are read like frozen data:
+``03110000`` the count, ``031100NN`` the NN-th last event.
+
 Faults (:class:`FaultPlan`, per meter) are drawn from one seeded ``random.Random`` per bus, in a
 fixed order, only for probabilities strictly between 0 and 1 -- so a run is reproducible from the
 seed and the request sequence, and probability 1.0 always fires.  ``no_answer`` drops the request
@@ -334,6 +338,10 @@ class Dlt645Bus:
         for m in self.meters:
             m.advance(now)
 
+    def press_button(self, address: str, now: datetime) -> bool:
+        """The customer presses the button of meter ``address`` (see :meth:`MeterModel.press_button`)."""
+        return self.meter(address).press_button(now)
+
     # --- the request path ----------------------------------------------------------------------
 
     def handle(self, request: bytes | bytearray | Frame, now: datetime) -> list[Reply]:
@@ -360,10 +368,11 @@ class Dlt645Bus:
             return self._broadcast(frame, now)
         pattern = frame.address
         if "A" in pattern:  # AA wildcards
-            targets = [m for m in self.meters if address_matches(pattern, m.address) and self._speaks(m, frame)]
+            targets = [m for m in self.meters
+                       if m.powered and address_matches(pattern, m.address) and self._speaks(m, frame)]
         else:
             one = self._by_address.get(pattern)
-            targets = [one] if one is not None and self._speaks(one, frame) else []
+            targets = [one] if one is not None and one.powered and self._speaks(one, frame) else []
         if not targets:
             self.stats.ignored += 1
             return []
@@ -395,7 +404,7 @@ class Dlt645Bus:
 
     def _broadcast(self, frame: Frame, now: datetime) -> list[Reply]:
         """Time sync (the same 08 frame in both editions) reaches every meter; freeze (16) the 2007 ones."""
-        listeners = [m for m in self.meters if self._speaks(m, frame)]
+        listeners = [m for m in self.meters if m.powered and self._speaks(m, frame)]
         if frame.function not in (Function.BROADCAST_TIME, Function.FREEZE) or not listeners:
             self.stats.ignored += 1
             return []
@@ -498,6 +507,10 @@ class Dlt645Bus:
                 meter.advance(now)
                 snapshot = meter.frozen(which, req.di & 0xFF)
                 return None if snapshot is None else encode(req.di, snapshot)
+            if req.di >> 8 == 0x031100 and req.di & 0xFF:  # the NN-th last power-down event
+                meter.advance(now)
+                record = meter.power_down_record(req.di & 0xFF)
+                return None if record is None else encode(req.di, record)
             return encode(req.di, meter.values(now, item.quantities))
         except UnknownIdentifierError:
             return None  # this meter lacks a value the identifier needs (e.g. phase B of 1-phase)

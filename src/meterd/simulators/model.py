@@ -32,10 +32,24 @@ combined reactive 2 = Q3 + Q4.  An open relay carries no current: no energy, no 
 
 Relay control follows DL/T 645-2007 (2013 amendment) 1C: password, then operator code (if the
 meter has a list of operators), then the command's validity time against the meter clock, then
-the protect (保电) state, which refuses a trip.  ``RECLOSE_ALLOWED`` (1B) closes the relay at once
-here; a real meter only *allows* closing and waits for the customer to press its button.
-``PROTECT`` does not move the relay.  With ``stuck_relay`` the meter acknowledges every command and
-its command state (status word 3 bit 6) follows, but the relay (bit 4) does not move.
+the protect (保电) state, which refuses a trip.  ``RECLOSE_ALLOWED`` (1B, 合闸允许) only *allows*
+closing, as a real meter does: the command state (status word 3 bit 6) clears at once, the relay
+(bit 4) stays open until the customer presses the meter's button -- :meth:`~MeterModel.press_button`,
+or by itself ``button_after`` after the permit (None: never by itself).  A trip or direct reclose
+cancels a waiting permit.  ``PROTECT`` does not move the relay.  With ``stuck_relay`` the meter
+acknowledges every command and its command state follows, but the relay does not move (nor on the
+button).
+
+Conditions (the physics a master must notice; each set at a true time ``now``, from which it holds):
+:meth:`~MeterModel.power_down` / :meth:`~MeterModel.power_up` -- no supply: the meter falls silent,
+its registers and load curve stand still, and on power-up its power-down event record (掉电事件,
+03110000 count, 031100NN start and end) shows the outage; :meth:`~MeterModel.set_reversed` --
+reversed wiring: power measured negative, the export registers grow, status word 1 D4/D5 and word
+2 say reverse; :meth:`~MeterModel.set_voltage` -- a sag or swell (a factor on each phase voltage;
+the load keeps its power, so current rises in a sag); :meth:`~MeterModel.set_phase_shares` -- the
+load's split over the phases (a current imbalance); :meth:`~MeterModel.set_clock_drift` -- the
+meter clock gains or loses so many seconds a day (energy still follows true time).  An
+:class:`~meterd.simulators.area.Area` makes a meter the supply meter of others.
 
 For DL/T 645-1997 meters (the bus translates their frames) the model also offers the 1997
 running status word C020 (``status.word1997`` with ``power.active.reverse`` /
@@ -59,7 +73,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Final
+from typing import Final, Protocol
 
 from meterd.errors import ProtocolError
 from meterd.protocols.dlt645.catalogue import (
@@ -137,6 +151,13 @@ PHASE_NAMES: Final = ("a", "b", "c")
 
 # the 3-byte power and demand registers hold at most 79.9999 kW / 99.9999 kW
 MAX_POWER_KW: Final = 79.0
+WORD1_ACTIVE_REVERSE: Final = 1 << 4  # running status word 1 (04000501): 有功功率方向 reverse
+WORD1_REACTIVE_REVERSE: Final = 1 << 5  # 无功功率方向 reverse
+POWER_DOWN_RECORDS: Final = 10  # 03110001..0311000A: the last ten power-down events
+_NO_VOLTS: Final = (0.0, 0.0, 0.0)
+# a voltage scale or clock drift past these is not a meter on a supply any more
+VOLTAGE_SCALE_RANGE: Final = (0.5, 1.5)
+MAX_DRIFT_PER_DAY: Final = 43_200.0  # seconds a day: a clock running half again as fast, or half as fast
 # energy registers roll over like a real meter's: XXXXXX.XX, combined (signed) ones at 799999.99
 _WRAP: Final = 10**8
 _WRAP_SIGNED: Final = 8 * 10**7
@@ -238,6 +259,8 @@ def _energy_kind(quantity: str) -> str:
 def _section(quantity: str) -> str:
     if quantity in _STATUS_97_QUANTITIES:
         return "misc"
+    if quantity.startswith("event."):
+        return "events"
     if quantity.startswith("energy."):
         return "energy_prev" if ".prev" in quantity else "energy"
     if quantity == "demand.active.now":
@@ -257,7 +280,7 @@ def _section(quantity: str) -> str:
 
 
 _ALL_SECTIONS: Final = frozenset(
-    {"energy", "energy_prev", "demand", "demand_prev", "frozen", "curve", "variables", "misc"}
+    {"energy", "energy_prev", "demand", "demand_prev", "frozen", "curve", "variables", "misc", "events"}
 )
 
 # instantaneous values that need no power flow: one noise draw each (see _variables)
@@ -291,6 +314,12 @@ _ENERGY_NAMES: Final = {
 _VOLTAGE_NAMES: Final = tuple(f"voltage.{p}" for p in PHASE_NAMES)
 
 
+class SupplySource(Protocol):
+    """What an area's supply meter measures (:class:`meterd.simulators.area.Area`)."""
+
+    def supply_flow(self, true: datetime) -> tuple[float, float]: ...
+
+
 _PLANS: dict[object, _ValuesPlan] = {}
 _PLANS_KEPT: Final = 1024
 
@@ -317,6 +346,7 @@ class MeterModel:
         settlement_day: int = 1,
         initial_energy_kwh: float | None = None,
         stuck_relay: bool = False,
+        button_after: timedelta | None = None,
     ) -> None:
         try:
             self.address = normalize_address(address)
@@ -352,6 +382,9 @@ class MeterModel:
         self.phases = phases
         self.settlement_day = settlement_day
         self.stuck_relay = stuck_relay
+        if button_after is not None and button_after < timedelta(0):
+            raise ValueError(f"{who}: button_after {button_after} must not be negative")
+        self.button_after = button_after
         self.baud = 2400
 
         self._key = mix(seed) ^ int(self.address)
@@ -362,12 +395,23 @@ class MeterModel:
         self.command_open = False
         self.pre_trip_alarm = False
         self.protected = False
+        self.reclose_permitted = False  # 合闸允许 received, the relay waits for the customer's button
+        self._press_at: datetime | None = None  # true time the customer presses it (button_after)
+
+        # supply conditions (see "Conditions" in the module doc)
+        self.powered = True
+        self.reversed = False
+        self._v_scale: tuple[float, ...] = (1.0,) * phases
+        self._drift = 0.0  # clock gain: meter seconds per true second, beyond one
+        self._area: SupplySource | None = None  # set when this meter is an area's supply meter (area.py)
+        self.power_downs = 0  # 掉电总次数
+        self._power_down_log: deque[list[datetime | None]] = deque(maxlen=POWER_DOWN_RECORDS)
 
         self._reg = [[0] * RATES for _ in range(_BASE)]
         self._init_registers(initial_energy_kwh)
         self._tanphi = math.tan(math.acos(self.profile.power_factor))
         weights = [1.0 + 0.12 * noise(self._key, 20 + i, 0) for i in range(phases)]
-        self._weights = tuple(w / sum(weights) for w in weights)
+        self._own_weights = self._weights = tuple(w / sum(weights) for w in weights)
         self._v_bias = tuple(3.0 * noise(self._key, 30 + i, 0) for i in range(phases))
         self._power_cache: tuple[int, float, float] = (-1, 0.0, 0.0)
         self._step_cache: tuple[int, object, int, tuple[tuple[int, int], ...]] = (-1, None, 0, ())
@@ -428,6 +472,8 @@ class MeterModel:
 
     def meter_clock(self, now: datetime) -> datetime:
         """What the meter's clock shows at true time ``now``."""
+        if self._drift and now > self._true:  # not advanced there yet: what it will have gained
+            return now + self._offset + timedelta(microseconds=round(_us(now - self._true) * self._drift))
         return max(now, self._true) + self._offset
 
     def advance(self, now: datetime) -> None:
@@ -435,14 +481,24 @@ class MeterModel:
         true = self._true
         if now <= true:
             return
-        offset = self._offset
+        press = self._press_at
+        if press is not None and now >= press:  # the customer presses the button on the way
+            self._press_at = None
+            self.advance(press)
+            self._button_pressed()
+            true = self._true
+            if now <= true:
+                return
+        before = offset = self._offset
+        if self._drift:  # a clock running fast or slow gains on true time as it goes
+            offset = self._offset = before + timedelta(microseconds=round(_us(now - true) * self._drift))
         known = self._minute_end
         if known is not None and now < known[0] and known[1] == offset:
             # still in the meter minute of the last advance (the usual case: a meter is read many
             # times a minute): no boundary to walk, the same as _integrate(true + offset, ...)
             step = self._step_cache
             if step[0] == known[2] and step[1] is self.tariff:
-                if not self.relay_open:
+                if not self.relay_open and self.powered:
                     dt_us = _us(now - true)
                     rate = step[2]
                     reg, acc = self._reg, self._minute_acc
@@ -453,11 +509,15 @@ class MeterModel:
                 self._true = now
                 return
         end = now + offset
-        m = true + offset
+        m = true + before
+        # energy follows true time; with a drifting clock a meter minute is not a true minute
+        meter_us = _us(end - m)
+        true_us = _us(now - true)
         while m < end:
             boundary = m.replace(second=0, microsecond=0) + _MIN
             stop = min(boundary, end)
-            self._integrate(m, _us(stop - m))
+            dt = _us(stop - m)
+            self._integrate(m, dt if meter_us == true_us else dt * true_us // meter_us)
             m = stop
             if stop == boundary:
                 self._on_minute(boundary)
@@ -465,11 +525,24 @@ class MeterModel:
         self._minute_end = (end.replace(second=0, microsecond=0) + _MIN - offset, offset, _minute_index(end))
 
     def _power(self, m: datetime) -> tuple[float, float]:
-        """Net active (kW, + import) and reactive (kvar, + inductive) power of the meter minute."""
+        """Net active (kW, + import) and reactive (kvar, + inductive) power of the meter minute, as
+        the meter measures it: the flow, turned round by reversed wiring."""
         idx = _minute_index(m)
         cached = self._power_cache
         if cached[0] == idx:
             return cached[1], cached[2]
+        area = self._area
+        if area is None:
+            p, q = self._flow(m, idx)
+        else:
+            p, q = area.supply_flow(m - self._offset)
+        if self.reversed:
+            p, q = -p, -q
+        self._power_cache = (idx, p, q)
+        return p, q
+
+    def _flow(self, m: datetime, idx: int) -> tuple[float, float]:
+        """The load less rooftop PV at meter minute ``m`` (index ``idx``): what really flows."""
         prof = self.profile
         hour = m.hour
         load = max(0.0, prof.load_kw(hour, noise(self._key, 2, idx)))
@@ -481,11 +554,26 @@ class MeterModel:
             hod = hour + m.minute / 60.0
             if 6.0 < hod < 18.0:
                 p -= prof.pv_peak_kw * math.sin(math.pi * (hod - 6.0) / 12.0) * (0.9 + 0.1 * noise(self._key, 3, idx))
-        self._power_cache = (idx, p, q)
         return p, q
 
+    def flow_at(self, true: datetime) -> tuple[float, float]:
+        """What really flows through this meter at true time ``true`` (kW, kvar; + towards the
+        customer): nothing with the relay open or the supply lost; reversed wiring changes what the
+        meter measures, not the flow.  An area's supply meter sums these over its customers."""
+        if self.relay_open or not self.powered:
+            return 0.0, 0.0
+        m = true + self._offset
+        idx = _minute_index(m)
+        cached = self._power_cache
+        if cached[0] == idx and self._area is None:
+            p, q = cached[1], cached[2]
+            return (-p, -q) if self.reversed else (p, q)
+        if self._area is not None:
+            return self._area.supply_flow(true)
+        return self._flow(m, idx)
+
     def _integrate(self, m: datetime, dt_us: int) -> None:
-        if self.relay_open or dt_us <= 0:
+        if self.relay_open or not self.powered or dt_us <= 0:
             return
         # load and tariff rate are constant within a meter minute: work out which registers tick
         # and by how much per microsecond once per minute (a meter is read many times a minute)
@@ -517,7 +605,7 @@ class MeterModel:
                 self._hourly.appendleft(self._snapshot(t))
             if t.hour == 0:
                 self._midnight(t)
-        if (t.hour * 60 + t.minute) % self._curve_minutes == 0:
+        if (t.hour * 60 + t.minute) % self._curve_minutes == 0 and self.powered:  # no records without power
             self._record_curve(t)
         tf = self.timed_freeze
         if tf is not None and all(
@@ -616,10 +704,11 @@ class MeterModel:
         sec = _minute_index(m) * 60 + m.second
         out: dict[str, Value] = {}
         key = self._key
+        scale = self._v_scale if self.powered else _NO_VOLTS
         for i in range(self.phases):
             name = _VOLTAGE_NAMES[i]
             if name in wanted:
-                out[name] = _q(220.0 + self._v_bias[i] + 1.5 * noise(key, 40 + i, sec), 1)
+                out[name] = _q((220.0 + self._v_bias[i] + 1.5 * noise(key, 40 + i, sec)) * scale[i], 1)
         if "frequency" in wanted:
             out["frequency"] = _q(50.0 + 0.03 * noise(key, 50, sec), 2)
         if "battery.clock" in wanted:
@@ -629,16 +718,18 @@ class MeterModel:
     def _variables(self, m: datetime, wanted: Collection[str] | None = None) -> dict[str, Value]:
         """Instantaneous values at meter time ``m``; with ``wanted``, only those are made Decimals
         (the float work is shared: the neutral current needs every phase)."""
-        p, q = (0.0, 0.0) if self.relay_open else self._power(m)
+        p, q = (0.0, 0.0) if self.relay_open or not self.powered else self._power(m)
         sec = _minute_index(m) * 60 + m.second
         out: dict[str, tuple[float, int]] = {}  # name -> (value, decimal places)
         names = PHASE_NAMES[: self.phases]
+        scale = self._v_scale if self.powered else _NO_VOLTS
+        weights = self._weights
         i_phasor = 0j
         for i, ph in enumerate(names):
-            v = 220.0 + self._v_bias[i] + 1.5 * noise(self._key, 40 + i, sec)
-            pp, qq = p * self._weights[i], q * self._weights[i]
+            v = (220.0 + self._v_bias[i] + 1.5 * noise(self._key, 40 + i, sec)) * scale[i]
+            pp, qq = p * weights[i], q * weights[i]
             s = math.hypot(pp, qq)
-            amps = s * 1000.0 / v
+            amps = s * 1000.0 / v if v else 0.0
             out[f"voltage.{ph}"] = (v, 1)
             out[f"current.{ph}"] = (-amps if pp < 0 else amps, 3)
             out[f"power.active.{ph}"] = (pp, 4)
@@ -732,7 +823,16 @@ class MeterModel:
             out["meter.time"] = clock.strftime("%H:%M:%S")
             out["meter.address"] = self.address
             out["meter.number"] = self.address
-            for n in (1, 2, 4, 5, 6, 7):
+            p, q = (0.0, 0.0) if self.relay_open or not self.powered else self._power(m)
+            active_reverse = _q(p, 4) < 0
+            reactive_reverse = _q(q, 4) < 0
+            # word 1: D4 / D5 active / reactive power reverse; word 2: the same per phase (D0..D2
+            # active, D4..D6 reactive), each phase carrying its share of the total's direction
+            out["status.word1"] = (WORD1_ACTIVE_REVERSE if active_reverse else 0) | (
+                WORD1_REACTIVE_REVERSE if reactive_reverse else 0)
+            phases = (1 << self.phases) - 1
+            out["status.word2"] = (phases if active_reverse else 0) | (phases << 4 if reactive_reverse else 0)
+            for n in (4, 5, 6, 7):
                 out[f"status.word{n}"] = 0
             word3 = self.status3()
             out["status.word3"] = word3
@@ -740,19 +840,21 @@ class MeterModel:
             out["relay.command_open"] = self.command_open
             out["alarm.pre_trip"] = self.pre_trip_alarm
             out["relay.protected"] = self.protected
-            out.update(self._status97(m))
+            out.update(self._status97(active_reverse, reactive_reverse))
+        if "events" in sections:
+            out["event.power_down.count"] = self.power_downs
+            latest = self.power_down_record(1)
+            if latest:
+                out.update(latest)
         return out
 
-    def _status97(self, m: datetime) -> dict[str, Value]:
+    def _status97(self, active_reverse: bool, reactive_reverse: bool) -> dict[str, Value]:
         """The DL/T 645-1997 running status word C020 and its flags.
 
         D4 / D5: active / reactive power reverse, the signs of ``power.active.total`` /
         ``power.reactive.total`` (a 1997 meter reports power unsigned and the direction here).
         D2, clock battery low: never -- the model's battery stays near 3.6 V.
         """
-        p, q = (0.0, 0.0) if self.relay_open else self._power(m)
-        active_reverse = _q(p, 4) < 0
-        reactive_reverse = _q(q, 4) < 0
         battery_low = False
         word = (
             (BATTERY_LOW_BIT if battery_low else 0)
@@ -856,12 +958,18 @@ class MeterModel:
             if self.protected:
                 return Refusal(MeterErrorBits.OTHER, f"meter {self.address}: trip refused, meter is protected (保电)")
             self.command_open = True
+            self._permit(False, now)
             if not self.stuck_relay:
                 self.relay_open = True
-        elif command in (RelayCommand.RECLOSE, RelayCommand.RECLOSE_ALLOWED):
+        elif command is RelayCommand.RECLOSE:
             self.command_open = False
+            self._permit(False, now)
             if not self.stuck_relay:
                 self.relay_open = False
+        elif command is RelayCommand.RECLOSE_ALLOWED:
+            # 合闸允许: the command state closes, the relay waits for the customer's button
+            self.command_open = False
+            self._permit(self.relay_open, now)
         elif command is RelayCommand.ALARM:
             self.pre_trip_alarm = True
         elif command is RelayCommand.ALARM_RELEASE:
@@ -871,6 +979,121 @@ class MeterModel:
         elif command is RelayCommand.PROTECT_RELEASE:
             self.protected = False
         return None
+
+    def _permit(self, waiting: bool, now: datetime) -> None:
+        self.reclose_permitted = waiting
+        self._press_at = now + self.button_after if waiting and self.button_after is not None else None
+
+    def press_button(self, now: datetime) -> bool:
+        """The customer presses the meter's button at true time ``now``: after a reclose permit
+        (合闸允许) the relay closes.  False when nothing happens -- no permit waiting, no supply, or a
+        stuck relay (the permit is then used up all the same)."""
+        self.advance(now)
+        if not self.reclose_permitted or not self.powered:
+            return False
+        self._press_at = None
+        return self._button_pressed()
+
+    def _button_pressed(self) -> bool:
+        self.reclose_permitted = False
+        if self.stuck_relay:
+            return False
+        self.relay_open = False
+        self._changed()
+        return True
+
+    # --- conditions: what the supply and the wiring do to the meter --------------------------------
+
+    def _changed(self) -> None:
+        """A condition changed at the time reached: work the minute's power out again."""
+        self._power_cache = (-1, 0.0, 0.0)
+        self._step_cache = (-1, None, 0, ())
+
+    def power_down(self, now: datetime) -> None:
+        """The supply is lost at true time ``now``: the meter falls silent (the bus does not
+        answer), its registers stand still and it takes no load-curve records; its clock runs on
+        the battery and its freezes are taken at power-up with the registers they would have had.
+        A power-down event (掉电事件) starts."""
+        self.advance(now)
+        if not self.powered:
+            return
+        self.powered = False
+        self.power_downs += 1
+        self._power_down_log.appendleft([self.meter_clock(now).replace(microsecond=0), None])
+        self._changed()
+
+    def power_up(self, now: datetime) -> None:
+        """The supply is back at true time ``now``: the power-down event ends (its record now
+        holds start and end, meter clock)."""
+        self.advance(now)
+        if self.powered:
+            return
+        self.powered = True
+        self._power_down_log[0][1] = self.meter_clock(now).replace(microsecond=0)
+        self._changed()
+
+    def power_down_record(self, n: int) -> dict[str, Value] | None:
+        """The ``n``-th last power-down event (1 = the latest) as ``event.power_down.start`` and,
+        once power is back, ``event.power_down.end``; None if there is no such event."""
+        if not 1 <= n <= len(self._power_down_log):
+            return None
+        start, end = self._power_down_log[n - 1]
+        assert start is not None
+        out: dict[str, Value] = {"event.power_down.start": start}
+        if end is not None:
+            out["event.power_down.end"] = end
+        return out
+
+    def set_reversed(self, reversed_: bool, now: datetime) -> None:
+        """Reversed wiring (a CT or the meter connected backwards) from true time ``now``: the meter
+        measures the flow turned round -- active and reactive power negative, the export and Q3
+        registers grow, status words 1 and 2 say reverse.  The flow itself does not change."""
+        self.advance(now)
+        self.reversed = bool(reversed_)
+        self._changed()
+
+    def set_voltage(self, scale: float | tuple[float, ...], now: datetime) -> None:
+        """The supply voltage times ``scale`` from true time ``now`` (one factor, or one per phase):
+        below 1 a sag, above 1 a swell, 1 normal.  The load takes the same power, so its current
+        rises as the voltage falls."""
+        scales = (float(scale),) * self.phases if isinstance(scale, (int, float)) else tuple(map(float, scale))
+        lo, hi = VOLTAGE_SCALE_RANGE
+        if len(scales) != self.phases or not all(lo <= x <= hi for x in scales):
+            raise ValueError(f"meter {self.address}: voltage scale {scale!r} must be {self.phases} factor(s) "
+                             f"within {lo}..{hi}")
+        self.advance(now)
+        self._v_scale = scales
+        self._changed()
+
+    def set_phase_shares(self, shares: tuple[float, ...] | None, now: datetime) -> None:
+        """How the load splits over the phases from true time ``now`` (shares, normalised; None: the
+        meter's own, nearly even split): an uneven split is a current imbalance."""
+        if shares is None:
+            weights = self._own_weights
+        else:
+            shares = tuple(float(x) for x in shares)
+            if self.phases != 3 or len(shares) != 3 or min(shares) < 0 or sum(shares) <= 0:
+                raise ValueError(f"meter {self.address}: phase shares {shares!r} must be three shares >= 0 "
+                                 "of a three-phase meter's load")
+            weights = tuple(x / sum(shares) for x in shares)
+        self.advance(now)
+        self._weights = weights
+        self._changed()
+
+    @property
+    def clock_drift(self) -> float:
+        """Seconds a day the meter clock gains (negative: loses)."""
+        return self._drift * 86_400.0
+
+    def set_clock_drift(self, seconds_per_day: float, now: datetime) -> None:
+        """From true time ``now`` the meter clock gains ``seconds_per_day`` (negative: loses) on true
+        time; a time sync sets it right and it drifts on from there."""
+        if not abs(seconds_per_day) <= MAX_DRIFT_PER_DAY:
+            raise ValueError(f"meter {self.address}: clock drift {seconds_per_day} s/day must be within "
+                             f"+-{MAX_DRIFT_PER_DAY:g}")
+        self.advance(now)
+        self._drift = seconds_per_day / 86_400.0
+        self._minute_end = None
 
     def write(self, di: int, data: bytes, *, password: str, operator: str | None, now: datetime) -> Refusal | None:
         """A 14 write: the clock (0400010C), date (04000101) or time (04000102).

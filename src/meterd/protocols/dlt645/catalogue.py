@@ -19,6 +19,9 @@ DI pattern             quantity                                   format
 04 00 01 0C / 01 / 02  clock / meter.date / meter.time            YYMMDDWWhhmmss ...
 04 00 04 01            meter.address                              12 digits
 04 00 05 01..07        status.word1..7 (word 3: relay, see below) 2 bytes, bit field
+03 11 00 00            event.power_down.count (掉电总次数)         XXXXXX (3 bytes)
+03 11 00 NN            event.power_down.start / .end (NN-th last  YYMMDDhhmmss x 2; an event still
+                       power-down, NN 01..0A)                     going on has an end of zeros
 05 06 00 NN            frozen.daily.time (NN-th last freeze)      YYMMDDhhmm
 05 06 KK NN            frozen.daily.energy.<kind>.total|rateN     block of XXXXXX.XX
 05 04 00/01/02 NN      frozen.hourly.time / ... (hourly freeze)
@@ -349,6 +352,24 @@ _CURVES: Final = {
 }
 
 
+POWER_DOWN_RECORDS: Final = 0x0A  # the meter keeps its last ten power-down events
+EVENT_TIME_FORMAT: Final = "YYMMDDhhmmss"
+
+
+def _event_item(di: int) -> DataItem | None:
+    """Power-down events (掉电事件, DL/T 645-2007 appendix A, 03 11): the count and the NN-th last
+    event's start and end time."""
+    if di == 0x03110000:
+        return DataItem(di, "power-down count", (Field("event.power_down.count", Kind.NUMBER, 3),))
+    nn = di & 0xFF
+    if di >> 8 != 0x031100 or not 1 <= nn <= POWER_DOWN_RECORDS:
+        return None
+    return DataItem(di, f"{nn}. last power-down: start and end", (
+        Field("event.power_down.start", Kind.DATETIME, 6, time_format=EVENT_TIME_FORMAT),
+        Field("event.power_down.end", Kind.DATETIME, 6, time_format=EVENT_TIME_FORMAT),
+    ))
+
+
 def _curve_item(di: int) -> DataItem | None:
     if (di >> 16) & 0xFF != 0x10:
         return None
@@ -382,6 +403,7 @@ _PATTERNS: Final[dict[int, Callable[[int], DataItem | None]]] = {
     0x00: _energy_item,
     0x01: _demand_item,
     0x02: _variable_item,
+    0x03: _event_item,
     0x06: _curve_item,
 }
 
