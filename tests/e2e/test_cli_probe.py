@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from contextlib import contextmanager
 from datetime import datetime
@@ -73,6 +74,11 @@ def modbus_tcp_bus() -> ModbusBus:
     return ModbusBus({5: MeterModel("5", start=START)}, get_map("eastron-sdm630"), framing="tcp")
 
 
+def iem3x55_tcp_bus() -> ModbusBus:
+    """An iEM3x55 has no holding register 0: it answers FC03 0 with exception 02."""
+    return ModbusBus({5: MeterModel("5", start=START)}, get_map("schneider-iem3x55"), framing="tcp")
+
+
 @pytest.fixture(scope="module")
 def dlt645_endpoint() -> Iterator[str]:
     with served(dlt645_bus) as endpoint:
@@ -81,7 +87,7 @@ def dlt645_endpoint() -> Iterator[str]:
 
 def test_probe_finds_a_2007_meter_and_not_1997(run_meterd, dlt645_endpoint):
     p = run_meterd("probe", "--tcp", dlt645_endpoint, "--address", "1", "--protocols", "2007,1997",
-                   "--timeout", FAST, "--json")  # fmt: skip
+                   "--timeout", FAST, "--json", "--all")  # fmt: skip
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert [(t["protocol"], t["outcome"]) for t in doc["tries"]] == [
@@ -92,6 +98,12 @@ def test_probe_finds_a_2007_meter_and_not_1997(run_meterd, dlt645_endpoint):
     assert found["protocol"] == "dlt645-2007" and found["evidence"]["address"] == "000000000001"
     assert found["evidence"]["energy.active.import.total"].endswith("kWh")
     assert doc["tries"][0]["settings"] == {} and doc["tries"][0]["link"] == "tcp"
+
+
+def test_probe_stops_at_the_first_identification(run_meterd, dlt645_endpoint):
+    p = run_meterd("probe", "--tcp", dlt645_endpoint, "--address", "1", "--timeout", FAST, "--json")
+    assert p.returncode == 0, p.stderr
+    assert [(t["protocol"], t["outcome"]) for t in json.loads(p.stdout)["tries"]] == [("dlt645-2007", "answered")]
 
 
 def test_probe_finds_a_1997_meter(run_meterd, dlt645_endpoint):
@@ -106,21 +118,20 @@ def test_probe_finds_a_1997_meter(run_meterd, dlt645_endpoint):
 
 
 def test_probe_finds_a_modbus_tcp_device_with_its_candidate_model(run_meterd):
-    with served(modbus_tcp_bus) as endpoint:
+    with served(iem3x55_tcp_bus) as endpoint:
         p = run_meterd("probe", "--tcp", endpoint, "--address", "5", "--protocols", "modbus",
                        "--unit", "4,5", "--timeout", FAST, "--json")  # fmt: skip
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert [(t["link"], t["target"], t["outcome"]) for t in doc["tries"]] == [
         ("modbus-tcp", "unit 4", "timeout"),
-        ("modbus-tcp", "unit 5", "refused"),  # exception 02: an SDM630 has no holding register 0
+        ("modbus-tcp", "unit 5", "refused"),  # exception 02 identifies a Modbus device all the same
     ]
     (found,) = doc["detected"]
-    assert found["target"] == "unit 5" and found["candidate_models"] == ["eastron-sdm630"]
+    assert found["target"] == "unit 5" and "schneider-iem3x55" in found["candidate_models"]
     models = {m["model"]: m for m in doc["tries"][1]["models"]}
-    assert models["eastron-sdm630"]["status"] == "candidate"
-    assert float(models["eastron-sdm630"]["values"]["voltage.a"].split()[0]) > 150
-    assert models["generic"]["status"] == "refused"
+    assert models["schneider-iem3x55"]["status"] == "candidate"
+    assert float(models["schneider-iem3x55"]["values"]["voltage.a"].split()[0]) > 150
 
 
 def test_probe_table_shows_modbus_candidates(run_meterd):
@@ -153,8 +164,15 @@ def test_probe_trace_prints_every_frame(run_meterd, dlt645_endpoint):
     err = p.stderr
     assert "TX -> FE FE FE FE 68 02 00 00 00 00 00 68 11 04" in err  # 2007 read 04000401
     assert "TX -> FE FE FE FE 68 02 00 00 00 00 00 68 01 02 43 C3" in err  # 1997 read 9010
-    assert "RX <- " in err and "ReadResponse97(" in err  # the 1997 reply, decoded as 1997
+    # each frame decoded in its edition, with its identifier 8 or 4 hex digits wide, at site time
+    assert re.search(r"^\d\d:\d\d:\d\d\.\d{3}\+08:00 TX -> FE FE FE FE 68 02 00 00 00 00 00 68 01 02 43 C3", err, re.M)
+    assert "DL/T 645-2007 request READ_DATA to 000000000002: 04000401 (communication address)" in err
+    assert "DL/T 645-1997 request READ_DATA to 000000000002: 9010 (active.import energy total)" in err
+    assert re.search(r"^\d\d:\d\d:\d\d\.\d{3}\+08:00 RX <- ", err, re.M)
+    assert re.search(r"DL/T 645-1997 reply READ_DATA from 000000000002: 9010 \(active.import energy total\), "
+                     r"energy.active.import.total = \d+\.\d\d kWh", err)
     assert "-- dlt645-1997 at tcp: read 9010" in err and "=> timeout" in err
+    assert "ReadResponse97(" not in err  # no dataclass repr with the identifier in decimal
 
 
 def test_probe_unreachable_link_names_the_host(run_meterd):

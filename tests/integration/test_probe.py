@@ -28,9 +28,11 @@ from meterd.cli.probe import (
 )
 from meterd.collector.modbus import Framing
 from meterd.collector.transports import serial as serial_transport
-from meterd.protocols.dlt645.frame import WILDCARD
+from meterd.errors import ProtocolError
+from meterd.protocols.dlt645.frame import WILDCARD, Frame, Function, decode_frame, encode_frame
+from meterd.protocols.dlt645.messages import ReadRequest, decode_request
 from meterd.protocols.modbus import get_map
-from meterd.simulators.dlt645 import Dlt645Bus, FaultPlan
+from meterd.simulators.dlt645 import Dlt645Bus, FaultPlan, Reply
 from meterd.simulators.model import MeterModel
 from meterd.simulators.modbus import ModbusBus
 from meterd.simulators.serve import SimClock, serve_pty, serve_tcp
@@ -49,6 +51,30 @@ def dlt_bus(*meters: tuple[str, str], faults: dict[str, FaultPlan] | None = None
     models = [MeterModel(a, start=START, seed=i) for i, (a, _) in enumerate(meters)]
     protocols = {m.address: p for m, (_, p) in zip(models, meters)}
     return Dlt645Bus(models, faults=faults, protocols=protocols)
+
+
+class RefusingBus(Dlt645Bus):
+    """A bus of 2007 meters as some are in the field: a control code a meter does not know (1997's 01)
+    is refused with that code's abnormal reply (``C1``, ERR 01) instead of silence; ``refuse`` lists
+    2007 identifiers the meters refuse with ``D1`` ERR 02 (no requested data)."""
+
+    def __init__(self, *args: object, refuse: frozenset[int] = frozenset(), **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.refuse = refuse
+
+    def handle(self, request: bytes | bytearray | Frame, now: datetime) -> list[Reply]:
+        try:
+            frame = request if isinstance(request, Frame) else decode_frame(bytes(request))
+        except ProtocolError:
+            return []
+        if not frame.is_reply and frame.address in self.addresses:
+            if frame.function not in {int(f) for f in Function}:
+                return [Reply(encode_frame(Frame(frame.address, 0xC0 | frame.function, b"\x01")))]
+            if frame.function == Function.READ_DATA:
+                req = decode_request(frame)
+                if isinstance(req, ReadRequest) and req.di in self.refuse:
+                    return [Reply(encode_frame(Frame(frame.address, 0xD1, b"\x02")))]
+        return super().handle(request, now)
 
 
 def outcomes(tries: list[TryResult]) -> list[tuple[str, str, str, str]]:
@@ -96,7 +122,8 @@ def test_plausibility_of_decoded_values() -> None:
 async def test_2007_meter_is_found_and_not_taken_for_1997() -> None:
     bus = dlt_bus(("000000000001", "dlt645-2007"))
     async with await serve_tcp(bus, clock=SimClock.starting(START)) as running:
-        options = ProbeOptions(tcp_link(running.endpoint), "000000000001", protocols=(DLT2007, DLT1997), timeout=FAST)
+        options = ProbeOptions(tcp_link(running.endpoint), "000000000001", protocols=(DLT2007, DLT1997), timeout=FAST,
+                               exhaustive=True)  # fmt: skip
         report = await probe(options)
     assert outcomes(report.tries) == [
         (DLT2007, "tcp", "000000000001", "answered"),
@@ -122,14 +149,82 @@ async def test_1997_meter_is_found_on_a_mixed_bus() -> None:
     assert kwh > 0
 
 
-async def test_refused_read_is_a_detection_with_the_error_code() -> None:
+async def test_a_refused_read_is_reported_with_the_error_code_but_identifies_nothing() -> None:
     bus = dlt_bus(("000000000003", "dlt645-1997"), faults={"000000000003": FaultPlan.of("abnormal")})
     async with await serve_tcp(bus, clock=SimClock.starting(START)) as running:
         options = ProbeOptions(tcp_link(running.endpoint), "3", protocols=(DLT1997,), timeout=FAST)
         report = await probe(options)
     (t,) = report.tries
-    assert t.outcome == "refused" and t.detected and "C1" in t.detail
+    assert t.outcome == "refused" and not t.detected and "C1" in t.detail and "ERR 01" in t.detail
     assert t.evidence["address"] == "000000000003"
+    assert report.detected == []
+    (hint,) = report.hints()
+    assert "a DL/T 645 meter 000000000003 is there" in hint
+
+
+async def test_a_2007_only_meter_refusing_a_1997_request_is_not_reported_as_1997() -> None:
+    """Issue 17: a 2007 meter that answers 1997's read (01) with an abnormal reply C1 was reported
+    as found by DL/T 645-1997 -- against probe's own documentation."""
+    bus = RefusingBus([MeterModel("000000000001", start=START)])
+    async with await serve_tcp(bus, clock=SimClock.starting(START)) as running:
+        link = tcp_link(running.endpoint)
+        alone = await probe(ProbeOptions(link, "1", protocols=(DLT1997,), timeout=FAST))
+        first = await probe(ProbeOptions(link, "1", protocols=(DLT1997, DLT2007), timeout=FAST))
+        every = await probe(ProbeOptions(link, "1", protocols=(DLT2007, DLT1997), timeout=FAST, exhaustive=True))
+    (refusal,) = alone.tries
+    assert refusal.outcome == "refused" and "abnormal reply (C1)" in refusal.detail and not refusal.detected
+    assert alone.detected == [] and "is there" in alone.hints()[0]
+    # tried first, the 1997 refusal identifies nothing and 2007 is tried next
+    assert outcomes(first.tries) == [(DLT1997, "tcp", "000000000001", "refused"),
+                                     (DLT2007, "tcp", "000000000001", "answered")]
+    assert [t.protocol for t in first.detected] == [DLT2007]
+    assert [t.protocol for t in every.detected] == [DLT2007]
+    assert every.tries[1].outcome == "refused"
+
+
+async def test_a_2007_meter_refusing_its_address_is_identified_by_its_energy() -> None:
+    bus = RefusingBus([MeterModel("000000000001", start=START)], refuse=frozenset({0x04000401}))
+    async with await serve_tcp(bus, clock=SimClock.starting(START)) as running:
+        report = await probe(ProbeOptions(tcp_link(running.endpoint), "1", protocols=(DLT2007,), timeout=FAST))
+    (t,) = report.tries
+    assert t.outcome == "answered" and t.detected
+    assert t.detail.startswith("abnormal reply (D1) to read 04000401: ERR 02")
+    assert t.detail.endswith("; read 00010000: meter 000000000001 replied (91)")
+    assert t.evidence["energy.active.import.total"].endswith(" kWh")
+
+
+async def test_a_2007_meter_refusing_everything_identifies_nothing() -> None:
+    bus = RefusingBus([MeterModel("000000000001", start=START)], refuse=frozenset({0x04000401, 0x00010000}))
+    async with await serve_tcp(bus, clock=SimClock.starting(START)) as running:
+        report = await probe(ProbeOptions(tcp_link(running.endpoint), "1", protocols=(DLT2007,), timeout=FAST))
+    (t,) = report.tries
+    assert t.outcome == "refused" and not t.detected
+    assert t.evidence["00010000"] == "refused: no data"
+
+
+async def test_probe_stops_at_the_first_identification_unless_all() -> None:
+    """Issue 17: after 1997 had answered, probe went on through every Modbus combination."""
+    bus = dlt_bus(("000000000002", "dlt645-1997"))
+    async with await serve_tcp(bus, clock=SimClock.starting(START)) as running:
+        link = tcp_link(running.endpoint)
+        first = await probe(ProbeOptions(link, "2", units=(1, 2), timeout=0.2))
+        every = await probe(ProbeOptions(link, "2", units=(1, 2), timeout=0.2, exhaustive=True))
+    assert outcomes(first.tries) == [(DLT2007, "tcp", "000000000002", "timeout"),
+                                     (DLT1997, "tcp", "000000000002", "answered")]
+    assert [t.protocol for t in every.tries] == [DLT2007, DLT1997] + [MODBUS] * 4
+
+
+async def test_modbus_units_stop_at_the_first_that_answers_unless_all() -> None:
+    bus = ModbusBus({1: MeterModel("1", start=START), 2: MeterModel("2", start=START)}, get_map("generic"),
+                    framing="tcp")  # fmt: skip
+    async with await serve_tcp(bus, clock=SimClock.starting(START)) as running:
+        link = tcp_link(running.endpoint)
+        first = await probe(ProbeOptions(link, "1", protocols=(MODBUS,), units=(1, 2, 3), timeout=FAST))
+        every = await probe(ProbeOptions(link, "1", protocols=(MODBUS,), units=(1, 2, 3), timeout=FAST,
+                                         exhaustive=True))  # fmt: skip
+    assert outcomes(first.tries) == [(MODBUS, "modbus-tcp", "unit 1", "answered")]
+    assert [(t.target, t.outcome) for t in every.tries if str(t.setting) == "modbus-tcp"] == [
+        ("unit 1", "answered"), ("unit 2", "answered"), ("unit 3", "timeout")]
 
 
 async def test_wildcard_address_finds_whoever_is_there() -> None:
@@ -188,7 +283,7 @@ async def test_serial_reopens_the_port_for_every_line_setting(monkeypatch) -> No
 
 
 async def test_modbus_tcp_exception_reply_is_a_detection_with_a_candidate_model() -> None:
-    bus = ModbusBus({7: MeterModel("7", start=START)}, get_map("eastron-sdm630"), framing="tcp")
+    bus = ModbusBus({7: MeterModel("7", start=START)}, get_map("schneider-iem3x55"), framing="tcp")
     async with await serve_tcp(bus, clock=SimClock.starting(START)) as running:
         options = ProbeOptions(tcp_link(running.endpoint), "7", protocols=(MODBUS,), units=default_units("7"),
                                timeout=FAST)  # fmt: skip
@@ -198,11 +293,8 @@ async def test_modbus_tcp_exception_reply_is_a_detection_with_a_candidate_model(
         (MODBUS, "modbus-tcp", "unit 7", "refused")
     ]
     t = report.tries[-1]
-    assert "02 (ILLEGAL_ADDRESS)" in t.detail  # an SDM630 has no holding register 0
-    assert t.candidates == ["eastron-sdm630"]
-    status = {m.model: m.status for m in t.models}
-    assert status == {"eastron-sdm630": "candidate", "generic": "refused", "chint-dtsu666": "refused",
-                      "schneider-iem3x55": "refused"}  # fmt: skip
+    assert "02 (ILLEGAL_ADDRESS)" in t.detail  # an iEM3x55's registers start far above holding register 0
+    assert t.detected and "schneider-iem3x55" in t.candidates
     volts = Decimal(next(m for m in t.models if m.is_candidate).values["voltage.a"].removesuffix(" V"))
     assert 150 < volts < 300
 
@@ -258,18 +350,3 @@ async def test_unreachable_link_aborts_naming_the_host() -> None:
 async def test_missing_serial_device_aborts_naming_it(device: str) -> None:
     report = await probe(ProbeOptions(LinkSpec(serial=device), "1", timeout=FAST))
     assert report.tries == [] and report.aborted is not None and device in report.aborted
-
-
-def test_a_1997_refusal_from_a_meter_that_answered_2007_is_flagged() -> None:
-    from meterd.cli.probe import ProbeReport, _doubt_1997_refusal
-
-    link = LinkSpec(serial="/dev/ttyUSB0")
-    line = Setting(2400, "E")
-    report = ProbeReport(link, "000000000001")
-    report.tries.append(TryResult(DLT2007, line, "000000000001", "answered", evidence={"address": "000000000001"}))
-    refusal = TryResult(DLT1997, line, "000000000001", "refused", "abnormal reply (C1)",
-                        evidence={"address": "000000000001"})  # fmt: skip
-    assert "may be a 2007 meter" in _doubt_1997_refusal(refusal, report).detail
-    other_line = TryResult(DLT1997, Setting(1200, "E"), "000000000001", "refused", "abnormal reply (C1)",
-                           evidence={"address": "000000000001"})  # fmt: skip
-    assert "note" not in _doubt_1997_refusal(other_line, report).evidence

@@ -5,30 +5,39 @@ meter address from the nameplate, and does not know the protocol, the baud rate 
 ``probe`` tries, in order (``--protocols``):
 
 * **DL/T 645-2007** -- read ``04000401`` (communication address) from the address; to the wildcard
-  ``AAAAAAAAAAAA`` it sends the read-address command (13) instead.  Any reply, normal or abnormal,
-  is a detection; the meter's own address is reported and its active import energy (``00010000``)
-  is read as evidence.
-* **DL/T 645-1997** -- read ``9010`` (active import energy, total) with control 01.  A 1997 reply
-  (``81`` or ``C1``) is a detection.  2007 meters do not answer control 01, so a 2007 meter is not
-  taken for a 1997 one.
+  ``AAAAAAAAAAAA`` it sends the read-address command (13) instead.  A normal 2007 reply (``91``,
+  ``93``) identifies the meter; its own address is reported and its active import energy
+  (``00010000``) is read as evidence.  If the meter refuses ``04000401`` (abnormal reply ``D1``),
+  a normal reply to ``00010000`` still identifies it.
+* **DL/T 645-1997** -- read ``9010`` (active import energy, total) with control 01.  A normal 1997
+  reply (``81``) identifies the meter.  2007 meters do not know control 01.
 * **Modbus** -- per framing, line setting and unit id, FC03 holding register 0, count 1.  A normal
-  reply *or an exception response* means a Modbus device answered at that unit.  For an answering
-  unit every shipped register map is then tried: the first read request of a plan for its voltages
-  and frequency is sent and decoded, and the maps whose values are plausible (voltage 50..500 V,
-  frequency 45..65 Hz) are reported as *candidate models*.
+  reply *or an exception response* identifies a Modbus device at that unit (only a Modbus device
+  frames an exception, CRC and all, for the unit asked).  For an answering unit every shipped
+  register map is then tried: the first read request of a plan for its voltages and frequency is
+  sent and decoded, and the maps whose values are plausible (voltage 50..500 V, frequency
+  45..65 Hz) are reported as *candidate models*.
+
+A DL/T 645 abnormal reply is *not* an identification, in either edition: the two share the frame
+envelope, and a meter that does not know a control code may refuse it with that code's abnormal
+reply (a 2007-only meter answering 1997's read 01 with ``C1``, a 1997 meter answering 2007's 11
+with ``D1``).  Such a try is reported as ``refused`` with the error bits: a DL/T 645 meter is at that
+address and line setting, its edition not established by that try.
 
 Link settings: on ``--serial`` every protocol is tried at each baud rate and parity (defaults: DL/T
 645 2400, 1200, 9600 baud with even parity; Modbus 9600, 19200, 4800, 2400 with no parity, then
 even), each on a freshly opened port (a new :class:`SerialTransport` and :class:`Channel`).  On
 ``--tcp`` the line settings belong to the serial server, so only the Modbus framing varies: Modbus
 TCP (MBAP) first, then RTU passed through; each protocol gets its own TCP connection so that bytes
-one protocol left in a device never spoil the next.  Once a protocol has answered at one setting,
-its remaining settings are skipped (``--all`` tries them anyway).
+one protocol left in a device never spoil the next.
+
+The probe stops at the first identification: no further unit, setting or protocol is tried.
+``--all`` tries every one anyway (to see every setting a meter answers at, or every unit on a bus).
 
 Each try is one transaction (``--retries`` adds more) with ``--timeout`` seconds for the answer.
 The results are a table, streamed as the tries finish, or one JSON document (``--json``).  Exit
-status: 0 when anything answered, 1 when nothing did (or the link could not be opened at all),
-2 for bad arguments.
+status: 0 when a protocol was identified, 1 when none was (nothing answered, only refusals, or the
+link could not be opened at all: one line naming the port or host and why), 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -46,20 +55,20 @@ from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.pdu.register_message import ReadHoldingRegistersRequest
 
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json, to_jsonable
+from meterd.cli.frametext import local_text, trace_printer
 from meterd.collector.channel import Channel, FailureKind, Timing, TraceEvent, TraceHook, TransactionError
 from meterd.collector.modbus import MAX_UNIT, Framing, ModbusLink, ModbusRefused, exception_name
 from meterd.collector.transports import SerialTransport, TcpTransport, Transport
 from meterd.errors import LinkError, MeterdError, ProtocolError
 from meterd.protocols.dlt645 import catalogue
 from meterd.protocols.dlt645.catalogue1997 import decode97
-from meterd.protocols.dlt645.frame import WILDCARD, Frame, normalize_address
+from meterd.protocols.dlt645.frame import WILDCARD, normalize_address
 from meterd.protocols.dlt645.messages import (
     AbnormalResponse,
     ReadAddressRequest,
     ReadAddressResponse,
     ReadRequest,
     ReadResponse,
-    decode_message,
     decode_response,
     encode_request,
 )
@@ -67,7 +76,6 @@ from meterd.protocols.dlt645.v1997 import (
     AbnormalResponse97,
     ReadRequest97,
     ReadResponse97,
-    decode_message97,
     decode_response97,
     describe_control97,
     encode_request97,
@@ -101,13 +109,12 @@ DI_ADDRESS: Final = 0x04000401  # 通信地址
 DI_ENERGY: Final = 0x00010000  # active import energy, total
 DI97_ENERGY: Final = 0x9010  # active import energy, total (1997)
 
-# answered outcomes: the device understood the request ("refused" is an abnormal / exception reply)
+# outcomes: "answered" is a normal reply, "refused" an abnormal (DL/T 645) or exception (Modbus) reply
 ANSWERED: Final = "answered"
 REFUSED: Final = "refused"
 LINK_ERROR: Final = "link_error"
-DETECTED: Final = frozenset({ANSWERED, REFUSED})
-# something came back but not a usable reply: a hint that a device may be there with other settings
-SOMETHING_THERE: Final = frozenset({"garbled", "incomplete", "wrong_address"})
+# something came back but not an identification: a hint that a device may be there
+SOMETHING_THERE: Final = frozenset({"garbled", "incomplete", "wrong_address", REFUSED})
 
 # what a plausible reading of a live meter looks like (candidate-model check)
 PLAUSIBLE_PHASE_VOLTAGE: Final = (Decimal(50), Decimal(500))
@@ -244,7 +251,9 @@ class TryResult:
 
     @property
     def detected(self) -> bool:
-        return self.outcome in DETECTED
+        """A positive identification of the protocol: a normal reply, or a Modbus exception response.
+        A DL/T 645 abnormal reply is not one (see the module docstring)."""
+        return self.outcome == ANSWERED or (self.outcome == REFUSED and _by_unit(self.protocol))
 
     @property
     def candidates(self) -> list[str]:
@@ -279,13 +288,16 @@ class ProbeReport:
         return [t for t in self.tries if t.detected]
 
     def hints(self) -> list[str]:
-        """When nothing answered: the settings where *something* came back."""
+        """When nothing was identified: the settings where *something* came back."""
         if self.detected:
             return []
         seen: list[str] = []
         for t in self.tries:
             if t.outcome in SOMETHING_THERE:
                 hint = f"{t.protocol} at {t.setting} ({t.target}): {t.outcome}: {t.detail}"
+                if t.outcome == REFUSED and "address" in t.evidence:
+                    hint += (f" -- a DL/T 645 meter {t.evidence['address']} is there; "
+                             "an abnormal reply does not tell its edition")
                 if hint not in seen:
                     seen.append(hint)
         return seen
@@ -319,7 +331,7 @@ def _failure(exc: TransactionError) -> tuple[str, str]:
 
 
 def _value_text(value: Any, unit: str = "") -> str:
-    text = value.isoformat(sep=" ") if isinstance(value, datetime) else str(to_jsonable(value))
+    text = local_text(value) if isinstance(value, datetime) else str(to_jsonable(value))
     return f"{text} {unit}".rstrip()
 
 
@@ -333,9 +345,9 @@ def _make_transport(link: LinkSpec, setting: Setting, timeout: float) -> Transpo
 
 
 async def probe(options: ProbeOptions, on_result: Callable[[TryResult], None] | None = None) -> ProbeReport:
-    """Run every try of ``options``; ``on_result`` sees each result as it is made."""
+    """Run the tries of ``options`` up to the first identification (every one with ``exhaustive``);
+    ``on_result`` sees each result as it is made."""
     report = ProbeReport(options.link, options.address)
-    found: set[str] = set()
     opened_once = False
 
     def record(result: TryResult) -> None:
@@ -345,8 +357,8 @@ async def probe(options: ProbeOptions, on_result: Callable[[TryResult], None] | 
             on_result(result)
 
     for protocol, setting in plan_settings(options):
-        if protocol in found and not options.exhaustive:
-            continue
+        if report.detected and not options.exhaustive:
+            break
         transport = _make_transport(options.link, setting, options.timeout)
         channel = Channel("probe", transport, timing=Timing(options.timeout, min(0.5, options.timeout)),
                           retries=options.retries, trace=options.trace)  # fmt: skip
@@ -370,11 +382,11 @@ async def probe(options: ProbeOptions, on_result: Callable[[TryResult], None] | 
                 for unit in options.units:
                     results.append(await _try_modbus(link, unit, options, setting))
                     record(results[-1])  # as it comes: a Modbus group can take a while
+                    if results[-1].detected and not options.exhaustive:
+                        break
             for result in results:
                 if not _by_unit(protocol):  # Modbus results were recorded as they came
                     record(result)
-                if result.detected:
-                    found.add(protocol)
         finally:
             await channel.close()
     return report
@@ -412,11 +424,12 @@ async def _try_2007(channel: Channel, options: ProbeOptions, setting: Setting) -
     result.evidence["address"] = frame.address
     if isinstance(reply, AbnormalResponse):
         result.outcome = REFUSED
-        result.detail = f"abnormal reply to {asked}: ERR {int(reply.error):02X} ({reply.error.describe()})"
+        result.detail = (f"abnormal reply ({frame.control:02X}) to {asked}: ERR {int(reply.error):02X} "
+                         f"({reply.error.describe()}); an abnormal reply does not identify the edition")
         result.evidence["error"] = f"{int(reply.error):02X}"
     else:
         result.outcome = ANSWERED
-        result.detail = f"{asked}: meter {frame.address} replied"
+        result.detail = f"{asked}: meter {frame.address} replied ({frame.control:02X})"
         if isinstance(reply, ReadResponse):
             try:
                 for v in catalogue.decode(reply.di, reply.data):
@@ -425,30 +438,37 @@ async def _try_2007(channel: Channel, options: ProbeOptions, setting: Setting) -
                 result.evidence["decode_error"] = str(exc)
         elif isinstance(reply, ReadAddressResponse):
             result.evidence["meter.address"] = reply.address
-    if "A" not in frame.address:
-        await _read_2007_energy(channel, frame.address, result)
+    if "A" not in frame.address and await _read_2007_energy(channel, frame.address, result) \
+            and result.outcome == REFUSED:
+        result.outcome = ANSWERED  # refused 04000401, but a normal 2007 reply to 00010000
+        result.detail += f"; read {DI_ENERGY:08X}: meter {frame.address} replied (91)"
     return result
 
 
-async def _read_2007_energy(channel: Channel, address: str, result: TryResult) -> None:
+async def _read_2007_energy(channel: Channel, address: str, result: TryResult) -> bool:
+    """Read 00010000 as evidence; whether a normal 2007 reply came (91 with that identifier)."""
     try:
         frame = await channel.transact(encode_request(ReadRequest(address, DI_ENERGY)))
         assert frame is not None
         reply = decode_response(frame)
     except TransactionError as exc:
         result.evidence[f"{DI_ENERGY:08X}"] = "{}: {}".format(*_failure(exc))
-        return
+        return False
     except ProtocolError as exc:
         result.evidence[f"{DI_ENERGY:08X}"] = f"garbled: {exc}"
-        return
+        return False
     if isinstance(reply, AbnormalResponse):
         result.evidence[f"{DI_ENERGY:08X}"] = f"refused: {reply.error.describe()}"
-    elif isinstance(reply, ReadResponse):
-        try:
-            for v in catalogue.decode(reply.di, reply.data):
-                result.evidence[v.quantity] = _value_text(v.value, v.unit)
-        except ProtocolError as exc:
-            result.evidence[f"{DI_ENERGY:08X}"] = f"undecodable: {exc}"
+        return False
+    if not isinstance(reply, ReadResponse) or reply.di != DI_ENERGY:
+        result.evidence[f"{DI_ENERGY:08X}"] = f"unexpected reply: {frame.describe_control()}"
+        return False
+    try:
+        for v in catalogue.decode(reply.di, reply.data):
+            result.evidence[v.quantity] = _value_text(v.value, v.unit)
+    except ProtocolError as exc:
+        result.evidence[f"{DI_ENERGY:08X}"] = f"undecodable: {exc}"
+    return True
 
 
 # --- DL/T 645-1997 -------------------------------------------------------------------------------
@@ -479,7 +499,8 @@ async def _try_1997(channel: Channel, options: ProbeOptions, setting: Setting) -
     if isinstance(reply, AbnormalResponse97):
         result.outcome = REFUSED
         err = f"ERR {int(reply.error):02X} ({reply.error.describe()})"
-        result.detail = f"abnormal reply ({frame.control:02X}) to {asked}: {err}"
+        result.detail = (f"abnormal reply ({frame.control:02X}) to {asked}: {err}; an abnormal reply does not "
+                         "identify the edition (a 2007-only meter refuses control 01 so)")
         result.evidence["error"] = f"{int(reply.error):02X}"
         return result
     result.outcome = ANSWERED
@@ -501,20 +522,7 @@ async def _probe_2007(channel: Channel, options: ProbeOptions, setting: Setting,
 
 
 async def _probe_1997(channel: Channel, options: ProbeOptions, setting: Setting, report: ProbeReport) -> TryResult:
-    return _doubt_1997_refusal(await _try_1997(channel, options, setting), report)
-
-
-def _doubt_1997_refusal(result: TryResult, report: ProbeReport) -> TryResult:
-    """A C1 refusal from a meter that answered 2007 at the same setting may be a 2007 meter
-    refusing a control code it does not know: say so."""
-    if result.outcome == REFUSED:
-        same = [t for t in report.tries if t.protocol == DLT2007 and t.detected and t.setting == result.setting
-                and t.evidence.get("address") == result.evidence.get("address")]  # fmt: skip
-        if same:
-            note = "the same meter answered DL/T 645-2007: this may be a 2007 meter refusing control 01"
-            result.detail += f" ({note})"
-            result.evidence["note"] = note
-    return result
+    return await _try_1997(channel, options, setting)
 
 
 # protocol -> how one link setting is probed for a meter of it (a unit-addressed protocol is probed
@@ -636,7 +644,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "probe",
         help="find out which protocol, line settings and address a meter answers on",
-        description="Try DL/T 645-2007, DL/T 645-1997 and Modbus on a link and report what answered.",
+        description="Try DL/T 645-2007, DL/T 645-1997 and Modbus on a link and report what answered; stop at "
+                    "the first identification (a normal reply; for Modbus an exception response too) unless "
+                    "--all. A DL/T 645 abnormal reply does not identify an edition.",
     )
     link = p.add_mutually_exclusive_group(required=True)
     link.add_argument("--serial", metavar="DEVICE", help="serial device, e.g. /dev/ttyUSB0")
@@ -657,8 +667,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for each answer (default 1.0)")
     p.add_argument("--retries", type=int, default=0, help="extra attempts per try (default 0)")
     p.add_argument("--all", action="store_true", dest="exhaustive",
-                   help="try every setting even after a protocol answered")
-    p.add_argument("--trace", action="store_true", help="print every frame sent and received to stderr")
+                   help="go on after the first identification: try every protocol, setting and unit")
+    p.add_argument("--trace", action="store_true",
+                   help="print every frame sent and received to stderr, decoded, with the site time")
     p.add_argument("--json", action="store_true")  # fmt: skip
     p.set_defaults(func=run)
 
@@ -774,29 +785,6 @@ def options_from_args(args: argparse.Namespace, trace: TraceHook | None = None) 
     )
 
 
-def trace_printer(event: TraceEvent) -> None:
-    """Like ``meterd read --trace``, but decodes 1997 frames as 1997 and prints the probe's notes."""
-    if event.direction == "note":
-        print(f"-- {event.note}", file=sys.stderr, flush=True)
-        return
-    stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
-    arrow = {"tx": "TX ->", "rx": "RX <-", "drop": "DROP "}.get(event.direction, event.direction)
-    line = f"{stamp} {arrow} {event.data.hex(' ').upper()}"
-    pad = " " * 17
-    frame = event.frame
-    if isinstance(frame, Frame):
-        try:
-            line += f"\n{pad}{decode_message97(frame) if is_1997_frame(frame) else decode_message(frame)}"
-        except ProtocolError as exc:
-            describe = describe_control97(frame) if is_1997_frame(frame) else frame.describe_control()
-            line += f"\n{pad}{describe} ({exc})"
-    elif frame is not None:  # a Modbus PDU
-        line += f"\n{pad}{frame}"
-    if event.note:
-        line += f"\n{pad}{event.note}"
-    print(line, file=sys.stderr, flush=True)
-
-
 _COLUMNS: Final = "{:<12} {:<18} {:<14} {:<14} {}"
 
 
@@ -819,7 +807,7 @@ def _summary(report: ProbeReport) -> list[str]:
         line = f"found: {t.protocol} at {t.setting}, {t.target}"
         if not _by_unit(t.protocol) and "address" in t.evidence:
             line = f"found: {t.protocol} at {t.setting}, address {t.evidence['address']}"
-        if t.outcome == REFUSED:
+        if t.outcome == REFUSED:  # a Modbus exception response: the unit is there
             line += f" (refused: {t.detail})"
         if _by_unit(t.protocol):
             line += f"; candidate models: {', '.join(t.candidates) or 'none of the shipped maps'}"
@@ -829,7 +817,7 @@ def _summary(report: ProbeReport) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        options = options_from_args(args, trace_printer if args.trace else None)
+        options = options_from_args(args, trace_printer() if args.trace else None)
     except BadInput as exc:
         error(str(exc))
         return EXIT_BAD_INPUT
@@ -854,7 +842,8 @@ def run(args: argparse.Namespace) -> int:
         for line in _summary(report):
             print(line)
         if not report.detected and not report.aborted:
-            print(f"nothing answered ({len(report.tries)} tries)")
+            refused = any(t.outcome == REFUSED for t in report.tries)
+            print(f"{'no protocol identified' if refused else 'nothing answered'} ({len(report.tries)} tries)")
             for hint in report.hints():
                 print(f"hint: something came back from {hint}")
     return EXIT_OK if report.detected else EXIT_FAILED
