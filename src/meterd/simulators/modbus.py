@@ -68,7 +68,7 @@ import logging
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Final
@@ -82,6 +82,7 @@ from meterd.protocols.dlt645.messages import RelayCommand
 from meterd.protocols.modbus import Function, RegisterMap, WriteRequest, encode_values, relay_command
 from meterd.simulators.dlt645 import BusStats, FaultPlan, Reply, fires
 from meterd.simulators.model import MeterModel
+from meterd.simulators.vendor_tables import VENDOR_TABLES, MeterState, ShareMemo, VendorTable
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,24 @@ def live_values(model: MeterModel, quantities: Sequence[str], now: datetime) -> 
 # --- the datastore -----------------------------------------------------------------------------
 
 
+def vendor_table(regmap: RegisterMap) -> VendorTable | None:
+    """The vendor's whole table behind ``regmap`` (None: the map is all the meter has).
+
+    Only when every entry of the map is a parameter of the table at the same wire address: a map
+    that only borrows a shipped map's name (or shifts it with ``address_offset``) gets no overlay.
+    """
+    table = VENDOR_TABLES.get(regmap.name)
+    if table is None:
+        return None
+    offset = regmap.workarounds.address_offset
+    for e in regmap.entries:
+        if not table.covers(e.function, e.address + offset, e.end - e.address):
+            log.debug("register map %s: %s is not in the %s vendor table; serving the map only",
+                      regmap.name, e.quantity, table.model)  # fmt: skip
+            return None
+    return table
+
+
 @dataclass(frozen=True, slots=True)
 class _Layout:
     """What one register map looks like on the wire (shared by every unit of that model)."""
@@ -252,6 +271,9 @@ class _Layout:
     limits: Mapping[Function, int]
     open_cmd: WriteRequest | None
     close_cmd: WriteRequest | None
+    vendor: VendorTable | None = None
+    # the vendor table's registers the map does not cover: read from the table's image
+    extra: Mapping[Function, frozenset[int]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, regmap: RegisterMap) -> _Layout:
@@ -262,6 +284,12 @@ class _Layout:
         for e in regmap.entries:
             used[e.function].update(range(e.address + offset, e.end + offset))
             quantities[e.function].append(e.quantity)
+        vendor = vendor_table(regmap)
+        extra: dict[Function, frozenset[int]] = {}
+        if vendor is not None:
+            for f in Function:
+                extra[f] = vendor.addresses(f) - used[f]
+                used[f] |= extra[f]
         writable: dict[Function, frozenset[int]] = {f: frozenset() for f in Function}
         open_cmd = close_cmd = None
         if regmap.relay is not None:
@@ -286,6 +314,8 @@ class _Layout:
             {f: wa.limit(f) for f in Function},
             open_cmd,
             close_cmd,
+            vendor,
+            {f: a - writable[f] for f, a in extra.items() if a - writable[f]},
         )
 
     def image(self, model: MeterModel, function: Function, now: datetime) -> dict[int, int | bool]:
@@ -298,6 +328,11 @@ class _Layout:
         quantities = self.quantities[function]
         if quantities:
             values = live_values(model, quantities, now)
+            if self.vendor is not None and self.vendor.magnitudes:
+                for q in self.vendor.magnitudes.intersection(values):
+                    signed = values[q]
+                    if isinstance(signed, Decimal):
+                        values[q] = abs(signed)
             for (_, address), raw in encode_values(self.regmap, values).items():
                 for i, v in enumerate(raw):
                     out[address + i] = v
@@ -320,17 +355,34 @@ class MeterDatastore:
         self.units = dict(units)
         self.layout = _Layout.of(regmap)
         self._images: dict[tuple[int, Function], tuple[tuple[object, ...], dict[int, int | bool]]] = {}
+        self._vendor_images: dict[tuple[int, Function], tuple[tuple[object, ...], dict[int, int]]] = {}
+        self._shares = ShareMemo()
 
-    def _image(self, device_id: int, model: MeterModel, function: Function, now: datetime) -> dict[int, int | bool]:
-        key = (
+    def _key(self, model: MeterModel, now: datetime) -> tuple[object, ...]:
+        return (
             int(now.timestamp()) // self.REFRESH_SECONDS if now.tzinfo else now.replace(microsecond=0),
             model.relay_open, model.command_open, model.pre_trip_alarm, model.protected,
-        )
+        )  # fmt: skip
+
+    def _image(self, device_id: int, model: MeterModel, function: Function, now: datetime) -> dict[int, int | bool]:
+        key = self._key(model, now)
         cached = self._images.get((device_id, function))
         if cached is not None and cached[0] == key:
             return cached[1]
         image = self.layout.image(model, function, now)
         self._images[(device_id, function)] = (key, image)
+        return image
+
+    def _vendor_image(self, device_id: int, model: MeterModel, function: Function, now: datetime) -> dict[int, int]:
+        """The vendor table's registers (made only when a read reaches past the map's)."""
+        key = self._key(model, now)
+        cached = self._vendor_images.get((device_id, function))
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        vendor = self.layout.vendor
+        assert vendor is not None  # only asked for when the layout has extra registers
+        image = vendor.image(MeterState.of(model, device_id, now, self._shares), function)
+        self._vendor_images[(device_id, function)] = (key, image)
         return image
 
     def device_ids(self) -> list[int]:
@@ -348,10 +400,16 @@ class MeterDatastore:
         readable = self.layout.readable[function]
         if any(a not in readable for a in range(address, address + count)):
             return ExcCodes.ILLEGAL_ADDRESS
-        image = self._image(device_id, model, function, _NOW.get())
+        now = _NOW.get()
+        image = self._image(device_id, model, function, now)
         if function.is_bit:
             return [bool(image.get(a, False)) for a in range(address, address + count)]
-        return [int(image.get(a, 0)) for a in range(address, address + count)]
+        span = range(address, address + count)
+        extra = self.layout.extra.get(function)
+        if extra and not extra.isdisjoint(span):
+            table = self._vendor_image(device_id, model, function, now)
+            return [int(image[a]) if a in image else table.get(a, 0) for a in span]
+        return [int(image.get(a, 0)) for a in span]
 
     async def async_setValues(
         self, device_id: int, func_code: int, address: int, values: Sequence[int] | Sequence[bool]
