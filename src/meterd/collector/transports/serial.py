@@ -8,12 +8,23 @@ pyserial lets ``termios.error`` through from some calls (``tcsetattr`` while ope
 ``reset_input_buffer``); it is not an ``OSError``.  A port the driver refuses to configure (a pty
 reopened at the 8E1 it was left at answers EINVAL, pyserial/pyserial#196) or a device that went away
 under an open port is a link error like any other, so :data:`PORT_ERRORS` includes it.
+
+Every way opening a port can fail -- no such device, not a tty (``/dev/null``, a plain file:
+ENOTTY from ``tcgetattr``), permission, another program holding the lock, a driver refusing the
+line settings, settings pyserial refuses (``ValueError``) or cannot pass to the kernel
+(``OverflowError`` for an absurd baud rate) -- becomes one :class:`~meterd.errors.LinkError`
+naming the device, the line settings and the reason in words (:func:`port_problem`).  The channel
+counts it as a ``link`` failure and tries the port again on its next transaction; ``meterd read``
+and ``meterd probe`` print it as one line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import termios
+from typing import Final
 
 import serial
 
@@ -22,6 +33,20 @@ from meterd.errors import LinkClosedError, LinkError
 
 PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
 PORT_ERRORS = (serial.SerialException, OSError, termios.error)
+SETTING_ERRORS = (ValueError, OverflowError)  # pyserial refused the settings, or they overflow a C int
+
+_REASONS: Final = {
+    errno.ENOENT: "no such device (nothing at that path: unplugged, or named differently?)",
+    errno.ENODEV: "no such device (the driver has no device behind that path)",
+    errno.ENXIO: "no such device (the driver has no device behind that path)",
+    errno.EACCES: "permission denied (is this user in the dialout group?)",
+    errno.EPERM: "permission denied (is this user in the dialout group?)",
+    errno.EBUSY: "in use by another program (the device is busy)",
+    errno.EAGAIN: "in use by another program (it holds the port's lock)",
+    errno.EISDIR: "a directory, not a serial port",
+    errno.ENOTTY: "not a serial port (it takes no line settings)",
+    errno.EIO: "input/output error (the device went away?)",
+}
 
 
 class SerialTransport(Transport):
@@ -59,12 +84,17 @@ class SerialTransport(Transport):
                 write_timeout=2,
                 exclusive=True,
             )
-        except (*PORT_ERRORS, ValueError) as exc:
-            raise LinkError(f"cannot open {self.device} at {self.line_settings}: {_say(exc)}",
+        except (*PORT_ERRORS, *SETTING_ERRORS) as exc:
+            raise LinkError(f"cannot open serial port {self.device} at {self.line_settings}: {port_problem(exc)}",
                             channel=self.name) from exc
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_reader(port.fileno(), self._on_readable)
+        except (OSError, ValueError) as exc:  # a device the event loop cannot watch
+            port.close()
+            raise LinkError(f"cannot watch serial port {self.device}: {port_problem(exc)}", channel=self.name) from exc
         self._port = port
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(port.fileno(), self._on_readable)
+        self._loop = loop
 
     def _on_readable(self) -> None:
         assert self._port is not None
@@ -72,7 +102,8 @@ class SerialTransport(Transport):
             data = self._port.read(4096)
         except PORT_ERRORS as exc:
             self._detach()
-            self._lost(LinkClosedError(f"{self.device}: {exc}", channel=self.name))
+            # no channel here: read() names it when it raises this on
+            self._lost(LinkClosedError(f"serial port {self.device}: {port_problem(exc)}"))
             return
         if data:
             self._received(data)
@@ -84,7 +115,8 @@ class SerialTransport(Transport):
             self._port.write(data)
         except PORT_ERRORS as exc:
             self._detach()
-            raise LinkClosedError(f"{self.device}: write failed: {exc}", channel=self.name) from exc
+            raise LinkClosedError(f"serial port {self.device}: write failed: {port_problem(exc)}",
+                                  channel=self.name) from exc
 
     def reset_input(self) -> None:
         super().reset_input()
@@ -114,8 +146,25 @@ class SerialTransport(Transport):
         return f"SerialTransport({self.name!r}, {self.device} {self.line_settings})"
 
 
-def _say(exc: BaseException) -> str:
-    """``termios.error`` prints as a bare tuple, ``(22, 'Invalid argument')``: name it."""
-    if isinstance(exc, termios.error):
-        return f"cannot configure the port: {exc.args[-1] if exc.args else exc}"
+def port_problem(exc: BaseException) -> str:
+    """Why a port could not be opened, in words.
+
+    pyserial wraps most failures in ``SerialException``: with the errno for ``open()``
+    (``[Errno 2] could not open port ...: [Errno 2] No such file ...``), without one but chained to
+    the ``termios.error`` for configuring (``Could not configure port: (25, '...')``).  ``termios.error``
+    itself prints as a bare tuple.  All of them are reduced to the errno's meaning.
+    """
+    if isinstance(exc, SETTING_ERRORS):
+        return f"bad line settings: {exc}"
+    cause = exc.__context__ if isinstance(exc, serial.SerialException) and exc.__context__ is not None else exc
+    if isinstance(cause, termios.error):
+        code = cause.args[0] if cause.args and isinstance(cause.args[0], int) else None
+        if code == errno.ENOTTY:
+            return _REASONS[errno.ENOTTY]
+        return f"cannot configure the port: {cause.args[-1] if cause.args else cause}"
+    code = getattr(exc, "errno", None) or getattr(cause, "errno", None)
+    if isinstance(code, int) and code:
+        return _REASONS.get(code) or os.strerror(code)
+    if "returned no data" in str(exc):  # pyserial's words for a read at end of file
+        return "the device went away (unplugged, or another program reads the port)"
     return str(exc)
