@@ -56,3 +56,25 @@ def test_config_and_cli_share_the_grammar() -> None:
     assert parse_time("-2h", now) == now - timedelta(hours=2)
     with pytest.raises(ValueError, match="is not a time"):
         parse_time("-5 minutes", now)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2h", datetime(2026, 11, 23, 8, 0, tzinfo=UTC)),  # issue 18: the README's form without the sign
+    ("-10m", datetime(2026, 11, 23, 9, 50, tzinfo=UTC)),
+    ("today", datetime(2026, 11, 22, 16, 0, tzinfo=UTC)),  # local (CST) midnight
+    ("yesterday", datetime(2026, 11, 21, 16, 0, tzinfo=UTC)),
+    ("2026-11-20", datetime(2026, 11, 19, 16, 0, tzinfo=UTC)),
+    ("20261120", datetime(2026, 11, 19, 16, 0, tzinfo=UTC)),  # a bare number is a date, not seconds
+    ("2026-11-20T10:00", datetime(2026, 11, 20, 2, 0, tzinfo=UTC)),  # no offset: site local time
+    ("2026-11-20 10:00", datetime(2026, 11, 20, 2, 0, tzinfo=UTC)),
+    ("2026-11-20T10:00Z", datetime(2026, 11, 20, 10, 0, tzinfo=UTC)),
+    ("now", datetime(2026, 11, 23, 10, 0, tzinfo=UTC)),
+])
+def test_times_an_operator_types(text, expected):
+    assert parse_time(text, datetime(2026, 11, 23, 10, 0, tzinfo=UTC)) == expected
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-x", "2026-13-01", "99999999d", "1e9d"])
+def test_times_that_are_not_times_say_so(text):
+    with pytest.raises(ValueError, match="is not a time"):
+        parse_time(text, datetime(2026, 11, 23, 10, 0, tzinfo=UTC))

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from meterd.clock import CST
 from meterd.config.durations import parse_duration
 from meterd.readings import Reading
 
@@ -67,13 +68,30 @@ def error(message: str) -> None:
 
 
 def parse_time(text: str, now: datetime) -> datetime:
-    """``2026-11-23``, ``2026-11-23T10:00``, or a duration ago (:mod:`meterd.config.durations`):
-    ``-2h``, ``-30m``, ``-1d``, ``-1h30m`` -> aware UTC datetime."""
+    """A time an operator types -> aware UTC datetime:
+
+    - a duration ago (:mod:`meterd.config.durations`), with or without the minus sign: ``2h``,
+      ``-2h``, ``30m``, ``-1d``, ``1h30m``;
+    - ``now``, ``today`` or ``yesterday`` (local midnight);
+    - a date (``2026-11-23``: its local midnight) or an ISO time (``2026-11-23T10:00``,
+      ``2026-11-23 10:00``); a time without an offset is the site's local time (China Standard
+      Time), one with an offset is taken as written."""
     t = text.strip()
-    if t.startswith("-") and (seconds := parse_duration(t[1:])) is not None:
-        return now - timedelta(seconds=seconds)
+    word = t.lower()
+    if word == "now":
+        return now.astimezone(UTC)
+    if word in ("today", "yesterday"):
+        day = now.astimezone(CST).date() - timedelta(days=1 if word == "yesterday" else 0)
+        return datetime.combine(day, datetime.min.time(), CST).astimezone(UTC)
+    ago = t.removeprefix("-")
+    # a duration has its unit (a bare number is a compact date: 20261123)
+    seconds = parse_duration(ago) if ago[:1].isdigit() and ago[-1:].isalpha() else None
     try:
+        if seconds is not None:
+            return now - timedelta(seconds=seconds)
         dt = datetime.fromisoformat(t)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a time (use 2026-11-23T10:00, or -2h, -30m, -1d)") from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{text!r} is not a time (use 2h or -2h for two hours ago, today, yesterday, "
+                         "2026-11-23, or 2026-11-23T10:00 in local time)") from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=CST)).astimezone(UTC)
+

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, format_value, parse_time, print_json, reading_dict
+from meterd.clock import CST
 from meterd.config.loader import load_config
 from meterd.errors import ConfigError, ProtocolError
 from meterd.protocols.dlt645.frame import normalize_address
@@ -20,8 +21,8 @@ DEFAULT_DATA_DIR = Path("meterd-data")
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("readings", help="show stored readings of a meter")
     p.add_argument("--meter", required=True, help="meter address")
-    p.add_argument("--since", help="start time: ISO date/time or relative like -2h")
-    p.add_argument("--until", help="end time: ISO date/time or relative")
+    p.add_argument("--since", help="start: 2h or -2h (ago), today, yesterday, 2026-11-23, 2026-11-23T10:00 (local time)")
+    p.add_argument("--until", help="end: the same forms as --since")
     p.add_argument("--quantity", help="only this quantity, e.g. energy.active.import.total")
     p.add_argument("--limit", type=int, default=None)
     where = p.add_mutually_exclusive_group()
@@ -59,6 +60,6 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no readings for meter {meter}")
     for r in rows:
-        ts = r.timestamp.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        ts = r.timestamp.astimezone(CST).isoformat(sep=" ", timespec="seconds")
         print(f"{ts}  {r.quantity:<40} {format_value(r.value)} {r.unit}".rstrip())
     return EXIT_OK
