@@ -12,17 +12,18 @@ import asyncio
 import sys
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from typing import Any, Final
 
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, format_value, print_json, reading_dict
-from meterd.collector.channel import Channel, Timing, TraceEvent
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json, reading_dict
+from meterd.cli.frametext import trace_printer, value_json, value_text
+from meterd.collector.channel import Channel, Timing
 from meterd.collector.modbus import ModbusLink
 from meterd.collector.poll import MeterTarget, poll_meter
 from meterd.collector.transports import SerialTransport, TcpTransport, Transport
-from meterd.errors import ConfigError, ProtocolError
-from meterd.protocols.dlt645.frame import Frame
-from meterd.protocols.dlt645.messages import decode_message
+from meterd.errors import ConfigError, LinkError, ProtocolError
 from meterd.protocols.drivers import LinkKind, get_driver, protocol_names
 from meterd.protocols.modbus import get_map, load_map
+from meterd.readings import Reading
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     link = p.add_mutually_exclusive_group(required=True)
     link.add_argument("--serial", metavar="DEVICE", help="serial device, e.g. /dev/ttyUSB0")
     link.add_argument("--tcp", metavar="HOST:PORT", help="serial server or DTU reached over TCP")
-    p.add_argument("--baud", type=int, default=2400)
+    p.add_argument("--baud", type=int, default=2400, help="serial baud rate (default 2400)")
     p.add_argument("--parity", choices=["N", "E", "O"], default="E")
     p.add_argument("--protocol", choices=protocol_names(), default="dlt645-2007")
     p.add_argument("--address", help="meter address (up to 12 digits; for Modbus the asset number, optional)")
@@ -45,25 +46,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pt", default="1", help="PT ratio applied to the values (default 1)")
     p.add_argument("--timeout", type=float, default=2.0, help="response timeout in seconds")
     p.add_argument("--retries", type=int, default=1)
-    p.add_argument("--trace", action="store_true", help="print every raw frame sent and received, decoded")
+    p.add_argument("--trace", action="store_true",
+                   help="print every raw frame sent and received to stderr, decoded, with the site time")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
-def trace_printer(event: TraceEvent) -> None:
-    stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
-    arrow = {"tx": "TX ->", "rx": "RX <-", "drop": "DROP "}.get(event.direction, event.direction)
-    line = f"{stamp} {arrow} {event.data.hex(' ').upper()}"
-    if isinstance(event.frame, Frame):
-        try:
-            line += f"\n{'':17}{decode_message(event.frame)}"
-        except ProtocolError as exc:
-            line += f"\n{'':17}{event.frame.describe_control()} ({exc})"
-    elif event.frame is not None:  # a Modbus PDU
-        line += f"\n{'':17}{event.frame}"
-    if event.note:
-        line += f"\n{'':17}{event.note}"
-    print(line, file=sys.stderr, flush=True)
+BAUD_RANGE: Final = (50, 4_000_000)
 
 
 def _reads(args: argparse.Namespace):
@@ -104,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
     address = meter.address
     transport: Transport
     if args.serial:
+        if not BAUD_RANGE[0] <= args.baud <= BAUD_RANGE[1]:
+            error(f"--baud {args.baud} is not a baud rate ({BAUD_RANGE[0]}..{BAUD_RANGE[1]}, e.g. 2400)")
+            return EXIT_BAD_INPUT
         transport = SerialTransport("cli", args.serial, baud=args.baud, parity=args.parity)
     else:
         host, _, port = args.tcp.rpartition(":")
@@ -112,28 +104,41 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_BAD_INPUT
         transport = TcpTransport("cli", host, int(port), connect_timeout=args.timeout)
     channel = Channel("cli", transport, timing=Timing(args.timeout, min(0.5, args.timeout)), retries=args.retries,
-                      trace=trace_printer if args.trace else None)
+                      trace=trace_printer() if args.trace else None)
     link = None
     if meter.driver.link is LinkKind.MODBUS:
         link = ModbusLink(channel, args.framing or ("rtu" if args.serial else "tcp"))
 
     async def go():
         try:
+            await transport.open()  # here, so that a port that cannot be used is one line, not a failed read
             return await poll_meter(channel, meter, reads, datetime.now(UTC), link=link)
         finally:
             await channel.close()
 
-    readings, attempts = asyncio.run(go())
+    try:
+        readings, attempts = asyncio.run(go())
+    except LinkError as exc:  # the transport's message names the port or the host and says why
+        error(str(exc).removeprefix(f"{exc.channel}: ") if exc.channel else str(exc))
+        return EXIT_FAILED
     failed = [a for a in attempts if a.outcome != "ok"]
     if args.json:
         print_json({
             "meter": address,
-            "readings": [reading_dict(r) for r in readings],
+            "readings": [_reading_json(r) for r in readings],
             "attempts": [{"item": a.item, "outcome": a.outcome, "detail": a.detail} for a in attempts],
         })
     else:
         for r in readings:
-            print(f"{r.quantity:<40} {format_value(r.value)} {r.unit}".rstrip())
+            print(f"{r.quantity:<40} {value_text(r.quantity, r.value, r.unit)}".rstrip())
         for a in failed:
             print(f"{a.item}: {a.outcome}: {a.detail}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _reading_json(r: Reading) -> dict[str, Any]:
+    """A reading as ``meterd readings`` gives it, but a date as a date and times in the site's zone."""
+    doc = reading_dict(r)
+    if isinstance(r.value, datetime):
+        doc["value"] = value_json(r.quantity, r.value)
+    return doc
