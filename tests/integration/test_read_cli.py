@@ -130,4 +130,4 @@ def test_probe_on_a_port_that_cannot_be_used_is_one_line(path: str, capsys) -> N
     assert rc == 1
     assert out == f"probing serial {path}, address 000000000001, timeout 0.2 s per try\n"
     (line,) = err.splitlines()
-    assert line.startswith(f"meterd: cannot use serial {path}: cannot open serial port {path} at 2400 8E1: ")
+    assert line.startswith(f"meterd: cannot open serial port {path} at 2400 8E1: ")

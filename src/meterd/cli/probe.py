@@ -835,7 +835,7 @@ def run(args: argparse.Namespace) -> int:
     report = asyncio.run(probe(options, on_result=None if args.json else show))
 
     if report.aborted:
-        error(f"cannot use {options.link}: {report.aborted}")
+        error(report.aborted)  # the transport's words name the port or host and say why
     if args.json:
         print_json(report.as_dict())
     else:
