@@ -167,8 +167,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--fault", action="append", default=[], metavar="ADDR:KIND[:PROB]",
                    help=f"inject a fault into a bus meter; KIND is one of {', '.join(ALL_FAULT_KINDS)} on DL/T 645 "
                    f"meters, {', '.join(MODBUS_ALL_FAULT_KINDS)} on Modbus meters (late:PROB:SECONDS, "
-                   "exception:PROB:CODE) (repeatable)")
+                   "exception:PROB:CODE; conditions take a value, not a probability: sag:0.85, swell:1.12, "
+                   "imbalance:SHARE_OF_A, clock_drift:SECONDS_A_DAY) (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed of loads and faults (default 0)")
+    p.add_argument("--control", default=None, metavar="SOCKET",
+                   help="take commands on this Unix socket while running: press ADDR, power-down/power-up "
+                        "ADDR..., reverse, voltage, shares, drift, status (meterd.simulators.control)")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
     p.add_argument("--json", action="store_true", help="print the endpoints as one JSON document")
 
@@ -298,6 +302,7 @@ def spec_from_args(args: argparse.Namespace) -> FleetSpec:
             port=args.port,
             seed=args.seed,
             start=start,
+            control=args.control,
         )
     except ConfigError as exc:
         raise ConfigError(problems + exc.problems) from None

@@ -18,14 +18,25 @@ Faults are given per address, as a plan, a mapping ``{kind: probability}``, or t
 Modbus ``exception`` takes ``exception:PROB:CODE``).  Kinds are the link faults of the meter's
 protocol -- :data:`~meterd.simulators.dlt645.FAULT_KINDS` (a :class:`FaultPlan`) for DL/T 645,
 :data:`~meterd.simulators.modbus.MODBUS_FAULT_KINDS` (a :class:`ModbusFaultPlan`) for Modbus -- plus
-``stuck_relay`` (a meter fault: the relay acknowledges control but does not move).
+``stuck_relay`` (a meter fault: the relay acknowledges control but does not move) and the meter
+conditions of :data:`CONDITION_KINDS`, held from the start, whose number is not a probability:
+``power_down`` (no supply: silent; DL/T 645 meters only), ``reverse`` (reversed wiring),
+``sag[:SCALE]`` / ``swell[:SCALE]`` (the voltage times SCALE, default 0.85 / 1.12),
+``imbalance[:SHARE]`` (phase A carries SHARE of the load, default 0.7, B and C the rest evenly) and
+``clock_drift[:SECONDS]`` (the clock gains SECONDS a day, default 60; negative: loses).
+
+Areas (``areas``, :class:`AreaSpec`): a supply meter measuring its customers plus a loss
+(:class:`~meterd.simulators.area.Area`), for line loss and whole-area outages.
+
+``control``: a Unix socket path where :mod:`meterd.simulators.control` takes commands while the
+fleet runs -- press a meter's button, power meters or whole areas down and up, change conditions.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Self
@@ -33,14 +44,25 @@ from typing import Any, Final, Self
 from meterd.errors import ConfigError, ProtocolError
 from meterd.protocols.dlt645.frame import normalize_address
 from meterd.protocols.modbus import get_map
+from meterd.simulators.area import DEFAULT_LOSS, MAX_LOSS, Area
+from meterd.simulators.control import SimControl, serve_control
 from meterd.simulators.dlt645 import FAULT_KINDS, Dlt645Bus, FaultPlan
 from meterd.simulators.modbus import FRAMINGS, MAX_UNIT, MODBUS_FAULT_KINDS, ModbusBus, ModbusFaultPlan
-from meterd.simulators.model import LoadProfile, MeterModel, noise
+from meterd.simulators.model import MAX_DRIFT_PER_DAY, VOLTAGE_SCALE_RANGE, LoadProfile, MeterModel, noise
 from meterd.simulators.serve import DEFAULT_PTY_TURNAROUND, RunningBus, SimClock, serve_pty, serve_tcp
 
 STUCK_RELAY: Final = "stuck_relay"
-ALL_FAULT_KINDS: Final = (*FAULT_KINDS, STUCK_RELAY)
-MODBUS_ALL_FAULT_KINDS: Final = (*MODBUS_FAULT_KINDS, STUCK_RELAY)
+# meter conditions: kind -> (default value, lowest, highest, what the value is)
+CONDITION_KINDS: Final[dict[str, tuple[float, float, float, str]]] = {
+    "power_down": (1.0, 1.0, 1.0, "nothing"),
+    "reverse": (1.0, 1.0, 1.0, "nothing"),
+    "sag": (0.85, VOLTAGE_SCALE_RANGE[0], 1.0, "the voltage scale"),
+    "swell": (1.12, 1.0, VOLTAGE_SCALE_RANGE[1], "the voltage scale"),
+    "imbalance": (0.7, 1 / 3, 1.0, "phase A's share of the load"),
+    "clock_drift": (60.0, -MAX_DRIFT_PER_DAY, MAX_DRIFT_PER_DAY, "seconds a day"),
+}
+ALL_FAULT_KINDS: Final = (*FAULT_KINDS, STUCK_RELAY, *CONDITION_KINDS)
+MODBUS_ALL_FAULT_KINDS: Final = (*MODBUS_FAULT_KINDS, STUCK_RELAY, *(k for k in CONDITION_KINDS if k != "power_down"))
 PV_EVERY: Final = 4
 
 DLT645: Final = "dlt645"
@@ -85,7 +107,7 @@ def _parse_kinds(
         return source, False
     kinds = MODBUS_ALL_FAULT_KINDS if modbus else ALL_FAULT_KINDS
     with_extra = ("late", "exception") if modbus else ("late",)
-    items: list[tuple[str, float, float | None]] = []
+    items: list[tuple[str, float | None, float | None]] = []  # kind, its number if given, the second
     if isinstance(source, str):
         for part in filter(None, (p.strip() for p in source.split(","))):
             kind, *nums = part.split(":")
@@ -97,15 +119,18 @@ def _parse_kinds(
             if len(values) > (2 if kind in with_extra else 1):
                 problems.append(f"faults.{address}: {part!r} has too many fields")
                 continue
-            items.append((kind, values[0] if values else 1.0, values[1] if len(values) > 1 else None))
+            items.append((kind, values[0] if values else None, values[1] if len(values) > 1 else None))
     elif isinstance(source, Mapping):
         items = [(str(k), float(v), None) for k, v in source.items()]
     else:
         problems.append(f"faults.{address}: {source!r} is not a fault description")
     plan: Any = None
     stuck = False
-    for kind, prob, extra_value in items:
-        if kind not in kinds:
+    for kind, number, extra_value in items:
+        prob = 1.0 if number is None else number
+        if kind in CONDITION_KINDS and kind in kinds:
+            _check_condition(address, kind, number, problems)
+        elif kind not in kinds:
             what = "Modbus fault kind" if modbus else "fault kind"
             problems.append(f"faults.{address}: unknown {what} {kind!r} (known: {', '.join(kinds)})")
         elif not 0.0 <= prob <= 1.0:
@@ -125,11 +150,97 @@ def _parse_kinds(
     return plan, stuck
 
 
+def _check_condition(address: str, kind: str, value: float | None, problems: list[str]) -> None:
+    _, low, high, what = CONDITION_KINDS[kind]
+    if value is None:
+        return  # the default
+    if low == high and value != low:
+        problems.append(f"faults.{address}: {kind} takes no number (or 1)")
+    elif not low <= value <= high:
+        problems.append(f"faults.{address}: {kind} {value:g} must be within {low:g}..{high:g} ({what})")
+
+
+def _condition_items(source: FaultSource) -> list[tuple[str, float]]:
+    """The meter conditions of one address's faults (checked already), with their defaults."""
+    if isinstance(source, (FaultPlan, ModbusFaultPlan)):
+        return []
+    if isinstance(source, Mapping):
+        return [(str(k), float(v)) for k, v in source.items() if str(k) in CONDITION_KINDS]
+    out = []
+    for part in filter(None, (p.strip() for p in str(source).split(","))):
+        kind, *nums = part.split(":")
+        if kind in CONDITION_KINDS:
+            out.append((kind, float(nums[0]) if nums else CONDITION_KINDS[kind][0]))
+    return out
+
+
+def apply_conditions(model: MeterModel, conditions: Mapping[str, float], now: datetime) -> None:
+    """Set a meter's conditions (kind -> value, as :data:`CONDITION_KINDS`) at true time ``now``."""
+    for kind, value in conditions.items():
+        if kind == "power_down":
+            model.power_down(now)
+        elif kind == "reverse":
+            model.set_reversed(True, now)
+        elif kind in ("sag", "swell"):
+            model.set_voltage(value, now)
+        elif kind == "imbalance":
+            rest = (1.0 - value) / 2
+            model.set_phase_shares((value, rest, rest), now)
+        elif kind == "clock_drift":
+            model.set_clock_drift(value, now)
+
+
 def describe_plan(plan: AnyFaultPlan) -> dict[str, float | int]:
     """A plan as the fleet document shows it: active kinds, plus ``late_by``/``exception_code``."""
     if isinstance(plan, ModbusFaultPlan):
         return plan.describe()
     return plan.active | ({"late_by": plan.late_by} if plan.late else {})
+
+
+@dataclass(frozen=True, slots=True)
+class AreaSpec:
+    """A transformer area: ``supply`` measures ``customers`` plus ``loss`` (a fraction of the
+    supply); ``ct``: CT ratios of its meters (default 1)."""
+
+    name: str
+    supply: str
+    customers: tuple[str, ...]
+    loss: float = DEFAULT_LOSS
+    ct: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def coerce(cls, source: AreaSpec | Mapping[str, Any], where: str, problems: list[str]) -> AreaSpec | None:
+        """An AreaSpec from itself or a mapping (``name``, ``supply``, ``customers``, ``loss``, ``ct``)."""
+        if isinstance(source, AreaSpec):
+            spec = source
+        elif isinstance(source, Mapping):
+            unknown = sorted(set(source) - {"name", "supply", "customers", "loss", "ct"})
+            if unknown:
+                problems.append(f"{where}: unknown key(s) {', '.join(map(str, unknown))} "
+                                "(expected name, supply, customers, loss, ct)")
+                return None
+            customers = source.get("customers", ())
+            if isinstance(customers, str) or not isinstance(customers, (list, tuple)):
+                problems.append(f"{where}.customers: must be a list of meter addresses")
+                return None
+            ct = source.get("ct", {})
+            loss = source.get("loss", DEFAULT_LOSS)
+            if not isinstance(ct, Mapping) or isinstance(loss, bool) or not isinstance(loss, (int, float)):
+                problems.append(f"{where}: loss must be a number and ct a table of address = ratio")
+                return None
+            spec = cls(str(source.get("name", "")), str(source.get("supply", "")), tuple(map(str, customers)),
+                       float(loss), {str(k): v for k, v in ct.items()})
+        else:
+            problems.append(f"{where}: {source!r} is not an area (name, supply, customers, loss)")
+            return None
+        try:
+            supply = normalize_address(spec.supply)
+            customers = tuple(normalize_address(c) for c in spec.customers)
+            ct = {normalize_address(a): r for a, r in spec.ct.items()}
+        except ProtocolError as exc:
+            problems.append(f"{where}: {exc}")
+            return None
+        return cls(spec.name, supply, customers, spec.loss, ct)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +275,8 @@ class FleetSpec:
     modbus_tcp_framing: str = "tcp"
     modbus_baud: int = 9600
     v1997: Collection[str] = ()
+    areas: Sequence[AreaSpec | Mapping[str, Any]] = ()
+    control: str | None = None  # a Unix socket path for commands while the fleet runs
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -233,8 +346,64 @@ class FleetSpec:
             if self.v1997 and not dlt645_speaks_1997():
                 problems.append("v1997: this build's DL/T 645 simulator cannot speak DL/T 645-1997 "
                                 "(Dlt645Bus has no protocols=)")  # fmt: skip
+        self._check_areas(known, problems)
+        if self.control is not None and (not self.control or "\0" in self.control):
+            problems.append(f"control {self.control!r} must be a socket path")
         if problems:
             raise ConfigError(problems)
+
+    def _check_areas(self, known: set[str], problems: list[str]) -> None:
+        if isinstance(self.areas, (str, Mapping)):
+            problems.append("areas must be a list of areas")
+            return
+        names: set[str] = set()
+        supplies: set[str] = set()
+        customers: dict[str, str] = {}
+        for i, source in enumerate(self.areas):
+            area = AreaSpec.coerce(source, f"areas[{i}]", problems)
+            if area is None:
+                continue
+            where = f"areas.{area.name or i}"
+            if not area.name or area.name in names:
+                problems.append(f"areas[{i}]: every area needs a name of its own, got {area.name!r}")
+            names.add(area.name)
+            meters = (area.supply, *area.customers)
+            strangers = [m for m in meters if known and m not in known]
+            if strangers:
+                problems.append(f"{where}: no such meter in the fleet: {', '.join(strangers)}")
+            if not area.customers:
+                problems.append(f"{where}: an area needs customers")
+            if area.supply in area.customers or len(set(area.customers)) != len(area.customers):
+                problems.append(f"{where}: a meter is listed twice (the supply meter among its customers?)")
+            if area.supply in supplies:
+                problems.append(f"{where}: meter {area.supply} is the supply meter of another area already")
+            supplies.add(area.supply)
+            for c in area.customers:
+                if c in customers:
+                    problems.append(f"{where}: meter {c} is a customer of area {customers[c]} already")
+                customers[c] = area.name
+            if not 0.0 <= area.loss <= MAX_LOSS:
+                problems.append(f"{where}: loss {area.loss} must be within 0..{MAX_LOSS} (a fraction of the supply)")
+            for a, r in area.ct.items():
+                if a not in meters:
+                    problems.append(f"{where}.ct: meter {a} is not in this area")
+                elif isinstance(r, bool) or not isinstance(r, int) or r < 1:
+                    problems.append(f"{where}.ct: ratio {r!r} of meter {a} must be a whole number >= 1")
+
+    def area_specs(self) -> list[AreaSpec]:
+        """The areas, checked and with 12-digit addresses."""
+        problems: list[str] = []
+        out = [AreaSpec.coerce(a, f"areas[{i}]", problems) for i, a in enumerate(self.areas)]
+        return [a for a in out if a is not None]
+
+    def conditions(self) -> dict[str, dict[str, float]]:
+        """Meter conditions held from the start, per address: kind -> value (defaults filled in)."""
+        out: dict[str, dict[str, float]] = {}
+        for address, source in self.faults.items():
+            found = dict(_condition_items(source))
+            if found:
+                out.setdefault(normalize_address(address), {}).update(found)
+        return out
 
     @property
     def modbus_buses(self) -> int:
@@ -331,14 +500,21 @@ class FleetBus:
 class Fleet:
     """Running buses, their meters and the shared simulated clock."""
 
-    def __init__(self, spec: FleetSpec, clock: SimClock, buses: list[FleetBus], models: dict[str, MeterModel]) -> None:
+    def __init__(self, spec: FleetSpec, clock: SimClock, buses: list[FleetBus], models: dict[str, MeterModel],
+                 areas: dict[str, Area] | None = None) -> None:
         self.spec = spec
         self.clock = clock
         self.buses = buses
         self.models = models
+        self.areas = dict(areas or {})
+        self.control: SimControl | None = None  # the control socket's commands, when it runs
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
     def meter(self, address: str) -> MeterModel:
         return self.models[normalize_address(address)]
+
+    def area(self, name: str) -> Area:
+        return self.areas[name]
 
     @property
     def addresses(self) -> list[str]:
@@ -366,17 +542,27 @@ class Fleet:
 
     def as_dict(self) -> dict[str, Any]:
         plans, stuck = self.spec.fault_plans()
+        faults: dict[str, dict[str, float | int]] = {a: describe_plan(p) for a, p in plans.items()}
+        for address, conditions in self.spec.conditions().items():  # shown with the faults, as given
+            faults.setdefault(address, {}).update(conditions)
         return {
             "start": self.clock.start.isoformat(),
             "speed": self.clock.speed,
             "seed": self.spec.seed,
             "password": self.spec.password,
             "buses": [{"name": name, **b.as_dict()} for name, b in zip(self.bus_names, self.buses)],
-            "faults": {a: describe_plan(p) for a, p in sorted(plans.items())},
+            "faults": dict(sorted(faults.items())),
             "stuck_relays": sorted(stuck),
+            "areas": [{"name": a.name, "supply": a.supply.address, "customers": [c.address for c in a.customers],
+                       "loss": a.loss, "ct": dict(a.ct)} for a in self.areas.values()],
+            "control": self.spec.control,
         }
 
     async def close(self) -> None:
+        closers, self._closers = self._closers, []
+        for closer in closers:
+            with contextlib.suppress(Exception):
+                await closer()
         for b in self.buses:
             with contextlib.suppress(Exception):
                 await b.running.close()
@@ -389,7 +575,7 @@ class Fleet:
 
 
 def build_meters(spec: FleetSpec, start: datetime) -> dict[str, MeterModel]:
-    """The fleet's meter models, deterministic from the spec."""
+    """The fleet's meter models, deterministic from the spec, with their conditions set."""
     _, stuck = spec.fault_plans()
     models: dict[str, MeterModel] = {}
     for index, address in enumerate(spec.all_addresses()):
@@ -406,13 +592,31 @@ def build_meters(spec: FleetSpec, start: datetime) -> dict[str, MeterModel]:
             password=spec.password,
             stuck_relay=address in stuck,
         )
+    for address, conditions in spec.conditions().items():
+        apply_conditions(models[address], conditions, start)
     return models
+
+
+def build_areas(spec: FleetSpec, models: Mapping[str, MeterModel]) -> dict[str, Area]:
+    """The spec's areas over ``models``; ConfigError naming the area when one cannot be (a supply
+    meter whose customers would overflow its power registers without a CT ratio)."""
+    areas: dict[str, Area] = {}
+    problems: list[str] = []
+    for a in spec.area_specs():
+        try:
+            areas[a.name] = Area(a.name, models[a.supply], [models[c] for c in a.customers], loss=a.loss, ct=a.ct)
+        except ValueError as exc:
+            problems.append(f"areas.{a.name}: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return areas
 
 
 async def run_fleet(spec: FleetSpec) -> Fleet:
     """Start every bus of ``spec``; the caller closes the returned :class:`Fleet`."""
     clock = SimClock.starting(spec.start, spec.speed)
     models = build_meters(spec, clock.start)
+    areas = build_areas(spec, models)
     plans, _ = spec.fault_plans()
     v1997 = spec.v1997_addresses()
     regmap = get_map(spec.modbus_model) if spec.modbus_buses else None
@@ -457,9 +661,13 @@ async def run_fleet(spec: FleetSpec) -> Fleet:
                     bus, spec.host, port, turnaround=spec.turnaround or 0.0, clock=clock, tick=spec.tick
                 )
             buses.append(FleetBus(running.kind, running.endpoint, tuple(addresses), running, **extra))
+        fleet = Fleet(spec, clock, buses, models, areas)
+        if spec.control is not None:
+            fleet.control = SimControl(models, areas, clock)
+            fleet._closers.append(await serve_control(fleet.control, spec.control))
     except BaseException:
         for b in buses:
             with contextlib.suppress(Exception):
                 await b.running.close()
         raise
-    return Fleet(spec, clock, buses, models)
+    return fleet
