@@ -226,3 +226,13 @@ def test_explain_never_raises_on_any_frame_the_envelope_decoder_accepts() -> Non
             frame = decode_frame(encode_frame(Frame(A, control, data)))
             ex = explain(frame)
             assert ex.decoded or (ex.message_error or ex.value_error)
+
+
+def test_a_1997_write_request_shows_the_value_written(capsys) -> None:
+    # C011 := 12:34:56 with password 02/123456 (the write-C011 golden of test_dlt645_1997.py)
+    rc, out, _ = run(capsys, "68 01 00 00 00 00 00 68 04 09 44 F3 35 89 67 45 89 67 45 B4 16")
+    assert rc == 0
+    assert "message  WriteRequest97  di=C011, password=02123456" in out
+    assert "meaning  C011: time of day" in out and "value    meter.time = 12:34:56 (meter clock" in out
+    rc, out, _ = run(capsys, "68 01 00 00 00 00 00 68 0C 01 43 21 16", "68 01 00 00 00 00 00 68 8C 00 5D 16")
+    assert rc == 0 and "ChangeBaudRequest97  baud=2400\n" in out and "ChangeBaudResponse97  baud=(none)\n" in out

@@ -67,11 +67,18 @@ def value_json(quantity: str, value: Any) -> Any:
     return to_jsonable(value)
 
 
-def _field_text(value: Any) -> str:
+_PLAIN_NUMBERS: Final = frozenset({"baud", "count", "seq", "minute", "hour", "day", "month"})
+
+
+def _field_text(name: str, value: Any) -> str:
+    if value is None:
+        return "(none)"
     if isinstance(value, datetime):
         return local_text(value)
     if isinstance(value, bytes):
         return value.hex(" ").upper() or "(none)"
+    if name in _PLAIN_NUMBERS and isinstance(value, int):
+        return str(value)
     return format_value(value)
 
 
@@ -143,7 +150,7 @@ def explain_lines(ex: Explained) -> list[str]:
     ]
     if ex.message_error is not None:
         return [*lines, f"message  cannot decode: {ex.message_error}"]
-    fields = ", ".join(f"{k}={_field_text(v)}" for k, v in _fields(ex).items())
+    fields = ", ".join(f"{k}={_field_text(k, v)}" for k, v in _fields(ex).items())
     lines.append(f"message  {type(ex.message).__name__}  {fields}".rstrip())
     if ex.refusal is not None:
         err, bits = ex.refusal
@@ -183,7 +190,7 @@ def summary(ex: Explained) -> str:
         first, last = ex.points[0], ex.points[-1]
         parts.append(f"{len(ex.points)} records {local_text(first.timestamp)} .. {local_text(last.timestamp)}")
     elif ex.di is None:
-        parts += [f"{k}={_field_text(v)}" for k, v in _fields(ex).items()]
+        parts += [f"{k}={_field_text(k, v)}" for k, v in _fields(ex).items()]
     if ex.value_error is not None:
         parts.append(f"value cannot decode: {ex.value_error}")
     return f"{head}: {', '.join(parts)}" if parts else head

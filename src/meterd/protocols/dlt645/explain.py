@@ -172,8 +172,17 @@ def _identifier(edition: int, message: Any, now: datetime | None) -> dict[str, A
             out["value_error"] = str(exc)
         return out
     out["identifier"] = item.name
+    if isinstance(message, (messages.WriteRequest, v1997.WriteRequest97)):
+        try:  # the value being written, where the catalogue knows its layout
+            if edition == EDITION_1997:
+                out["values"] = tuple(catalogue1997.decode97(di, message.data, now=now))
+            else:
+                out["values"] = tuple(catalogue.decode(di, message.data))
+        except ProtocolError as exc:  # a parameter written in a layout of its own: shown as bytes
+            out["value_note"] = f"the data written is not decoded: {exc}"
+        return out
     if not hasattr(message, "follow_up"):
-        return out  # a request: nothing to decode but the identifier
+        return out  # a read request: nothing to decode but the identifier
     try:
         if edition == EDITION_2007:
             if item.records:
