@@ -41,13 +41,17 @@ def attempts(meter: str, channel: str, outcomes: dict[str, int], start: float = 
     return out
 
 
+#: The topology's areas (台区); the meters' groups (what polls are bound to) cut across them.
+AREAS = {A1: "residential", A2: "residential", A3: "large", A4: "large"}
+
+
 def fill(s):
     """The day worked out by hand: four meters on two channels in two areas."""
     s.upsert_meters([
-        MeterRecord(A1, "bus1", "dlt645-2007", Decimal(1), Decimal(1), group="residential"),
-        MeterRecord(A2, "bus1", "dlt645-2007", Decimal(1), Decimal(1), group="residential"),
-        MeterRecord(A3, "bus2", "dlt645-2007", Decimal(1), Decimal(1), group="large"),
-        MeterRecord(A4, "bus2", "modbus", Decimal(1), Decimal(1), group="large"),  # never answers a thing
+        MeterRecord(A1, "bus1", "dlt645-2007", Decimal(1), Decimal(1), group="north"),
+        MeterRecord(A2, "bus1", "dlt645-2007", Decimal(1), Decimal(1), group="south"),
+        MeterRecord(A3, "bus2", "dlt645-2007", Decimal(1), Decimal(1), group="north"),
+        MeterRecord(A4, "bus2", "modbus", Decimal(1), Decimal(1), group="south"),  # never answers a thing
     ])
     s.record_attempts([
         # A1: 10 attempts, all ok (one at 00:00:00.000 exactly: it belongs to the day)
@@ -73,7 +77,8 @@ def store(state_where):
 
 
 def online(q):
-    """The terminals' online intervals worked out by hand."""
+    """The meters' areas, and the terminals' online intervals worked out by hand."""
+    q.set_areas(AREAS)
     # bus1: 00:00-12:00 and 11:00-23:30 overlap -> 23.5 h online = 97.92 %
     q.record_online("bus1", at(0), at(12))
     q.record_online("bus1", at(11), at(23.5))
@@ -156,7 +161,7 @@ def test_channel_area_and_total_rows_hand_computed(quality):
     assert {r.key for r in report.flagged} == {A2, A4, "bus1", "bus2", "residential", "large", "total"}
 
 
-def test_area_filter_keeps_only_that_group(quality):
+def test_area_filter_keeps_only_that_area(quality):
     report = quality.report(DAY, area="large")
     assert [r.key for r in report.meters] == [A3, A4]
     assert [r.key for r in report.channels] == ["bus2"]
@@ -166,7 +171,8 @@ def test_area_filter_keeps_only_that_group(quality):
 
 
 def test_meter_in_the_archive_without_any_attempt_has_no_data(store, quality):
-    store.upsert_meters([MeterRecord("000000000005", "bus3", "dlt645-2007", Decimal(1), Decimal(1), group="large")])
+    store.upsert_meters([MeterRecord("000000000005", "bus3", "dlt645-2007", Decimal(1), Decimal(1), group="north")])
+    quality.set_areas({**AREAS, "000000000005": "large"})
     report = quality.report(DAY)
     m5 = rows_by_key(report.meters)["000000000005"]
     assert (m5.attempts, m5.success_rate, m5.no_data, m5.flags) == (0, None, ["000000000005"], ["no_data"])
@@ -240,8 +246,9 @@ def test_incremental_update_and_recompute(store, quality):
     # the next day got its one attempt too, and the day before its one
     assert quality.report(DAY + timedelta(days=1)).total.attempts == 1
     assert quality.report(DAY - timedelta(days=1)).total.attempts == 1
-    # recompute from scratch gives the same numbers (no double counting), with the archive's new group
-    store.upsert_meters([MeterRecord(A2, "bus1", "dlt645-2007", Decimal(1), Decimal(1), group="large")])
+    # recompute from scratch gives the same numbers (no double counting); a meter the topology moved
+    # to another area counts there
+    quality.set_areas({**AREAS, A2: "large"})
     assert quality.rollup(DAY) == 125
     redone = quality.report(DAY)
     assert redone.total.attempts == 125
@@ -324,6 +331,120 @@ def test_metrics_flat_names(quality):
     assert all(isinstance(v, (int, float)) for v in m.values())
 
 
+# --- what is not a failure, what is not offline, which area (issue 18) -----------------------------
+
+A5, A6, A7 = "000000000005", "000000000006", "000000000007"
+
+
+def meter(address: str, channel: str, group: str = "north") -> MeterRecord:
+    return MeterRecord(address, channel, "dlt645-2007", Decimal(1), Decimal(1), group=group)
+
+
+def test_no_record_yet_is_neither_a_success_nor_a_failure(store, quality):
+    """Meters that answer "no such record yet" for today's freeze (they have not passed a midnight
+    since they were installed): the answer is not due -- out of the success rate's attempts, and a
+    meter whose every answer of the day was one is out of the data rate -- and nothing is flagged."""
+    store.upsert_meters([meter(A5, "bus5"), meter(A6, "bus5")])
+    quality.set_areas({**AREAS, A5: "new", A6: "new"})
+    store.record_attempts([
+        *attempts(A5, "bus5", {"ok": 30, "no_record": 10}),  # real-time reads, and the freeze not there yet
+        *attempts(A6, "bus5", {"no_record": 5}),  # polled for the freeze alone: not due today
+    ])
+    report = quality.report(DAY)
+    m = rows_by_key(report.meters)
+    assert (m[A5].attempts, m[A5].ok, m[A5].no_record, m[A5].due, m[A5].failures) == (40, 30, 10, 30, {})
+    assert (m[A5].success_rate, m[A5].flags) == (1.0, [])
+    assert (m[A6].success_rate, m[A6].no_data, m[A6].not_due, m[A6].flags) == (None, [], [A6], [])
+    bus5 = rows_by_key(report.channels)["bus5"]
+    assert (bus5.attempts, bus5.ok, bus5.no_record, bus5.failed, bus5.success_rate) == (45, 30, 15, 0, 1.0)
+    assert (bus5.meters, bus5.meters_due, bus5.meters_with_data, bus5.data_rate, bus5.flags) == (2, 1, 1, 1.0, [])
+    assert rows_by_key(report.areas)["new"].flags == []
+    total = report.total
+    assert (total.attempts, total.ok, total.no_record, total.failed) == (124 + 45, 114 + 30, 15, 10)
+    assert total.success_rate == pytest.approx((114 + 30) / (124 + 30))
+    assert (total.meters, total.meters_due, total.meters_with_data) == (6, 5, 4)
+    assert "no_record" not in report.failure_kinds
+    doc = next(c for c in report.as_dict()["channels"] if c["key"] == "bus5")
+    assert (doc["no_record"], doc["due"], doc["failed"], doc["not_due"], doc["meters_due"]) == (15, 30, 0, [A6], 1)
+    flat = quality.metrics(DAY)
+    assert (flat["quality.channel.bus5.no_record"], flat["quality.channel.bus5.meters_not_due"]) == (15, 1)
+    assert "quality.meter.000000000005.failures.no_record" not in flat
+
+
+def test_online_time_counts_from_the_masters_first_round_on_the_terminal(store, quality):
+    """A system started at noon: the morning before it is not offline time.  Per terminal and day,
+    the span runs from the later of 00:00 and the master's first round on the terminal."""
+    store.upsert_meters([meter(A5, "bus5"), meter(A6, "bus6")])
+    tracker = OnlineTracker(quality)
+    tracker.observe("bus5", [Attempt(A5, "bus5", "00010000", at(12), "ok")], at(12))  # first round: up
+    tracker.observe("bus6", [Attempt(A6, "bus6", "00010000", at(12), "link")], at(12))  # watched, never up
+    tracker.observe("bus5", [Attempt(A5, "bus5", "00010000", at(17), "link")], at(17))  # down at 17:00
+    now = at(18)
+    assert quality.online(["bus5", "bus6", "bus9"], T0, now) == {"bus5": (5 * 3600, 6 * 3600),
+                                                                 "bus6": (0.0, 6 * 3600)}  # bus9: never watched
+    report = quality.report(DAY, now=now)
+    ch = rows_by_key(report.channels)
+    assert (ch["bus5"].online_seconds, ch["bus5"].span_seconds) == (5 * 3600, 6 * 3600)
+    assert ch["bus5"].online_rate == pytest.approx(5 / 6)
+    assert (ch["bus6"].online_rate, ch["bus6"].flags) == (0.0, ["data", "online"])
+    # bus1 online all 18 h so far, bus2 00-06 and 08-18 (as watched since before the day began)
+    assert ch["bus1"].online_rate == 1.0 and ch["bus2"].online_rate == pytest.approx(16 / 18)
+    assert report.total.online_rate == pytest.approx((18 + 16 + 5 + 0) / (18 + 18 + 6 + 6))
+    # a restart later that day does not move the start of the watch
+    restarted = OnlineTracker(quality)
+    restarted.observe("bus5", [Attempt(A5, "bus5", "00010000", at(20), "ok")], at(20))
+    assert quality.watched_since()["bus5"] == at(12)
+    # the next day counts whole: bus5 online since 20:00 the day before, down at 06:00
+    restarted.down("bus5", at(24 + 6))
+    nxt = rows_by_key(quality.report(DAY + timedelta(days=1), now=at(24 + 12)).channels)
+    assert nxt["bus5"].online_rate == pytest.approx(6 / 12)
+    # the day before the first round: not watched, so unknown -- not 0 %
+    before = rows_by_key(quality.report(DAY - timedelta(days=1), now=now).channels)
+    assert (before["bus5"].online_rate, before["bus5"].flags) == (None, ["data"])
+
+
+def test_a_system_started_at_noon_is_not_flagged(state_where):
+    """The whole day as the daemon leaves it: healthy meters polled from 12:00, one of them new (no
+    freeze yet), reported at 18:00 -- every rate at or above the line, nothing flagged."""
+    with open_store(state_where) as s, QualityStore(s, clock=lambda: at(18)) as q:
+        s.upsert_meters([meter(A1, "bus1"), meter(A2, "bus1"), meter(A3, "bus2")])
+        q.set_areas({A1: "TA-1", A2: "TA-1", A3: "TA-2"})
+        tracker = OnlineTracker(q)
+        for minute in range(0, 6 * 60, 15):
+            t = at(12 + minute / 60)
+            rounds = {"bus1": [Attempt(A1, "bus1", "0001FF00", t, "ok", 0.1), Attempt(A2, "bus1", "0001FF00", t, "ok", 0.1)],
+                      "bus2": [Attempt(A3, "bus2", "0001FF00", t, "ok", 0.1), Attempt(A3, "bus2", "05060101", t, "no_record")]}
+            for channel, made in rounds.items():
+                s.record_attempts(made)
+                tracker.observe(channel, made, t)
+        report = q.report(DAY)
+    assert report.flagged == []
+    assert (report.total.success_rate, report.total.data_rate, report.total.online_rate) == (1.0, 1.0, 1.0)
+
+
+def test_areas_are_the_topologys_not_the_meter_groups(quality):
+    from meterd.analytics.topology import Point, Role, Topology, Unit
+    from meterd.storage.quality import topology_areas
+
+    topology = Topology.of([Unit("TA-1", "area"), Unit("TA-2", "area"), Unit("L-10kV", "line")], [
+        Point(A1, "TA-1", Role.SUPPLY), Point(A2, "TA-1", Role.SALES),
+        Point(A1, "L-10kV", Role.SALES),  # also a point of its line: its area is still TA-1
+        Point(A3, "L-10kV", Role.SUPPLY),  # of a line alone: in no area
+        Point(A2, "TA-2", Role.AUXILIARY),  # listed in a second area: the first listed counts
+    ])
+    assert topology_areas(topology) == {A1: "TA-1", A2: "TA-1"}
+    assert topology_areas(None) == {}
+    assert quality.set_areas(topology_areas(topology)) == 4  # A1, A2 moved; A3, A4 left their areas
+    assert quality.set_areas(topology_areas(topology)) == 0
+    report = quality.report(DAY)
+    assert {r.key: r.area for r in report.meters} == {A1: "TA-1", A2: "TA-1", A3: "-", A4: "-"}
+    assert [(r.key, r.attempts) for r in report.areas] == [("-", 104), ("TA-1", 20)]  # no "north" or "south"
+    assert [r.key for r in quality.report(DAY, area="-").meters] == [A3, A4]
+    assert quality.report(DAY, area="north").meters == []  # a group is not an area
+    with pytest.raises(ValueError, match="000000000001"):
+        quality.set_areas({A1: "-"})
+
+
 # --- the command -------------------------------------------------------------------------------
 
 
@@ -394,3 +515,27 @@ def test_cli_bad_input(tmp_path, capsys):
     assert quality_cli.run(parse("--data-dir", str(tmp_path), "--date", "2025-13-01")) == 2
     assert "--date" in capsys.readouterr().err
     assert quality_cli.run(parse("--data-dir", str(tmp_path), "--threshold", "0")) == 2
+
+
+def test_cli_no_record_column_not_due_meters_and_areas(sqlite_quality, tmp_path, capsys):
+    with SqliteStore(tmp_path) as s:
+        s.upsert_meters([meter(A5, "bus5"), meter(A6, "bus5")])
+        s.record_attempts([*attempts(A5, "bus5", {"ok": 3, "no_record": 2}), *attempts(A6, "bus5", {"no_record": 1})])
+    assert quality_cli.run(parse("--data-dir", str(tmp_path), "--date", "2025-03-04"), clock=lambda: AFTER) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[1].split() == ["AREA", "CHANNEL", "METER", "ATTEMPTS", "OK", "NO-RECORD", "TIMEOUT", "GARBLED",
+                                "ABNORMAL", "SUCCESS%", "DATA%", "ONLINE%", "NO-DATA"]
+    a5 = next(line for line in lines if A5 in line)
+    assert a5.split() == ["-", "bus5", A5, "5", "3", "2", "0", "0", "0", "100.0", "-"]  # in no area: "-"
+    a6 = next(line for line in lines if A6 in line and ":" not in line)
+    assert a6.split() == ["-", "bus5", A6, "1", "0", "1", "0", "0", "0", "-", "-", "not", "due"]
+    bus5 = next(line for line in lines if "bus5" in line and "(channel)" in line)
+    assert not bus5.startswith("!") and "0/1" in bus5  # one meter due, and it has data
+    assert f"meters with no record yet (not due): {A6}" in out
+    assert "residential" in out and "north" not in out  # areas, not the meters' groups
+    args = parse("--data-dir", str(tmp_path), "--date", "2025-03-04", "--area", "-", "--json")
+    assert quality_cli.run(args, clock=lambda: AFTER) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [m["key"] for m in doc["meters"]] == [A5, A6]
+    assert (doc["total"]["no_record"], doc["total"]["due"], doc["total"]["success_rate"]) == (3, 3, 1.0)

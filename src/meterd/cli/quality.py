@@ -2,9 +2,10 @@
 
 Reads the state store of a data directory (``--data-dir``, or the one a config names with
 ``-c``), folds in the attempts recorded since the last look and prints, for a China Standard Time
-day (default today): per meter, per channel and per area (meter group) the attempts, successes,
-failures by kind, success rate, terminal online rate and the meters that gave no data.  Rows
-under the operators' 97 % line are marked ``!``.
+day (default today): per meter, per channel and per area (the topology's 台区; ``-`` for meters in
+none) the attempts, successes, "no record yet" answers, failures by kind, success rate, terminal
+online rate and the meters that gave no data.  Rows under the operators' 97 % line are marked
+``!``.  How each figure is counted: :mod:`meterd.storage.quality` and ``docs/analytics.md``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ DEFAULT_DATA_DIR = Path("meterd-data")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quality", help="collection quality of a day per meter, channel and area")
-    p.add_argument("--area", help="only this area (meter group)")
+    p.add_argument("--area", help="only this topology area ('-': the meters in no area)")
     p.add_argument("--date", help="the day, YYYY-MM-DD in China Standard Time (default today)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("-c", "--config", help="config file (its store's data directory is used)")
@@ -56,22 +57,24 @@ def _pct(value: float | None) -> str:
 def format_report(report: QualityReport, *, meters: str = "all") -> list[str]:
     """The report as text lines: a table of meters, then channels, areas and the total."""
     kinds = report.failure_kinds
-    head = ["", "AREA", "CHANNEL", "METER", "ATTEMPTS", "OK", *(k.upper() for k in kinds), "SUCCESS%",
-            "DATA%", "ONLINE%", "NO-DATA"]
-    right = {"ATTEMPTS", "OK", "SUCCESS%", "DATA%", "ONLINE%", *(k.upper() for k in kinds)}
+    no_record = any(r.no_record for r in report.meters)
+    head = ["", "AREA", "CHANNEL", "METER", "ATTEMPTS", "OK", *(["NO-RECORD"] if no_record else []),
+            *(k.upper() for k in kinds), "SUCCESS%", "DATA%", "ONLINE%", "NO-DATA"]
+    right = {"ATTEMPTS", "OK", "NO-RECORD", "SUCCESS%", "DATA%", "ONLINE%", *(k.upper() for k in kinds)}
 
     def cells(row: QualityRow) -> list[str]:
         if row.level == "meter":
             area, channel, meter = row.area, row.channel, row.key
-            nodata = "yes" if row.no_data else ""
+            nodata = "yes" if row.no_data else "not due" if row.not_due else ""
         else:
             area = row.area if row.level in ("area", "channel") else ""
             channel = row.channel if row.level == "channel" else ""
             meter = {"channel": "(channel)", "area": "(area)", "total": "(total)"}[row.level]
             if row.level == "area":
                 area = row.key
-            nodata = f"{len(row.no_data)}/{row.meters}" if row.meters else "0"
+            nodata = f"{len(row.no_data)}/{row.meters_due}" if row.meters_due else "0"
         return ["!" if row.below else "", area, channel, meter, str(row.attempts), str(row.ok),
+                *([str(row.no_record)] if no_record else []),
                 *(str(row.failures.get(k, 0)) for k in kinds), _pct(row.success_rate),
                 "" if row.level == "meter" else _pct(row.data_rate), _pct(row.online_rate), nodata]
 
@@ -94,10 +97,14 @@ def format_report(report: QualityReport, *, meters: str = "all") -> list[str]:
             continue
         out.append(line(["-" * w for w in widths]))
         out.extend(line(c) for c in rows)
-    nodata = [m for r in report.meters for m in r.no_data]
-    if nodata:
-        shown_list = ", ".join(nodata[:20]) + (f" and {len(nodata) - 20} more" if len(nodata) > 20 else "")
-        out.append(f"meters with no data: {shown_list}")
+    for what, meters_ in (("meters with no data", [m for r in report.meters for m in r.no_data]),
+                          ("meters with no record yet (not due)", [m for r in report.meters for m in r.not_due])):
+        if meters_:
+            shown_list = ", ".join(meters_[:20]) + (f" and {len(meters_) - 20} more" if len(meters_) > 20 else "")
+            out.append(f"{what}: {shown_list}")
+    if no_record:
+        out.append("NO-RECORD: the meter answered that the record asked for is not there yet (a freeze, a "
+                   "settlement, a curve record): not due, neither success nor failure")
     flagged = [r for r in (*report.channels, *report.areas, report.total) if r.below]
     for r in flagged:
         who = "total" if r.level == "total" else f"{r.level} {r.key}"

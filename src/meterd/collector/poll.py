@@ -18,9 +18,15 @@ Frozen values are stamped with the meter's own freeze time (read once per meter 
 identifier the catalogue names); everything else with the round's time, which is passed in.
 
 Failures never stop a round.  An abnormal reply (the meter refuses one identifier, or a Modbus
-exception response, recorded with its exception code) is recorded and the next one is read.  A meter that does not answer at all (timeout, link error) has
-its remaining identifiers recorded as not tried, so one dead meter costs the bus one timeout per
-round, not one per identifier.
+exception response, recorded with its exception code) is recorded and the next one is read.  A
+meter that does not answer at all (timeout, link error) has its remaining identifiers recorded as
+not tried, so one dead meter costs the bus one timeout per round, not one per identifier.
+
+"No requested data" (DL/T 645 ERR bit D1, 无请求数据) for a record the meter makes at set times --
+a freeze, a past settlement day, load-curve records -- is the outcome ``no_record``, not
+``abnormal``: the meter answered that the record is not there (yet), e.g. today's daily freeze
+from a meter that has not passed a midnight since it was installed.  Quality counts it as not
+due, neither success nor failure (:mod:`meterd.storage.quality`).
 """
 
 from __future__ import annotations
@@ -49,6 +55,11 @@ from meterd.storage.sqlite import Attempt
 
 MAX_FOLLOW_UPS = 32
 _GIVE_UP = (FailureKind.TIMEOUT, FailureKind.LINK)
+#: The outcome of "no requested data" for a record item (see the module docstring).
+NO_RECORD: Final = "no_record"
+#: D1 of the ERR byte: 2007's NO_DATA (无请求数据) and, at the same position, 1997's DI_ERROR (数据标识错),
+#: which 1997 firmware answers when a read finds nothing.
+NO_DATA_BIT: Final = 0x02
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,16 +95,33 @@ class RoundResult:
 
     @property
     def failures(self) -> list[Attempt]:
-        return [a for a in self.attempts if a.outcome != "ok"]
+        """The attempts that failed (a ``no_record`` answer is none: the meter answered)."""
+        return [a for a in self.attempts if a.outcome != "ok" and a.outcome != NO_RECORD]
 
 
 class ReadFailed(MeterdError):
-    """Internal: one identifier of one meter could not be read."""
+    """Internal: one identifier of one meter could not be read.  ``no_data``: the meter's refusal
+    says it has no such data (:data:`NO_DATA_BIT`)."""
 
-    def __init__(self, kind: str, detail: str) -> None:
+    def __init__(self, kind: str, detail: str, *, no_data: bool = False) -> None:
         self.kind = kind
         self.detail = detail
+        self.no_data = no_data
         super().__init__(detail)
+
+
+def is_record_item(item: Any) -> bool:
+    """Whether a catalogue item is a record the meter makes at set times: a freeze (daily, hourly,
+    timed, or its freeze time), a past settlement day (``.prevN``) or load-curve records.  A block
+    that holds current values too is not one: "no data" there means the meter lacks the block."""
+    return bool(item.records or item.timestamp_di is not None
+                or all(q.startswith("frozen.") or ".prev" in q for q in item.quantities))
+
+
+def record_outcome(exc: ReadFailed, item: Any) -> str:
+    """The outcome of a failed read of ``item``: ``no_record`` for "no requested data" from a
+    record item, else the failure's kind."""
+    return NO_RECORD if exc.no_data and is_record_item(item) else exc.kind
 
 
 DLT645_2007_DRIVER: Final = cast(FrameDriver, get_driver(DLT645_2007))
@@ -114,7 +142,8 @@ async def read_item(
     except ProtocolError as exc:
         raise ReadFailed(FailureKind.GARBLED, f"undecodable reply: {exc}") from exc
     if isinstance(message, codec.abnormal_replies):
-        raise ReadFailed(FailureKind.ABNORMAL, codec.refusal(message))
+        raise ReadFailed(FailureKind.ABNORMAL, codec.refusal(message),
+                         no_data=bool(int(message.error) & NO_DATA_BIT))
     if not isinstance(message, codec.read_replies) or message.di != di:
         raise ReadFailed(FailureKind.GARBLED, f"reply is not for {codec.format_item(di)}: {message!r}")
     payload = bytearray(message.data)
@@ -281,6 +310,13 @@ async def _poll_frames(
 
     async def fetch(di: int) -> list[Reading]:
         item = driver.lookup(di)
+        try:
+            return await read(di, item)
+        except ReadFailed as exc:
+            exc.kind = record_outcome(exc, item)  # the freeze time's own read counts for its item
+            raise
+
+    async def read(di: int, item: Any) -> list[Reading]:
         stamp = now
         if item.timestamp_di is not None:
             if item.timestamp_di not in freeze_times:

@@ -38,6 +38,7 @@ from meterd.clock import CST, Clock, utc_now
 from meterd.collector.channel import Channel, FailureKind, TransactionError
 from meterd.collector.modbus import ModbusLink
 from meterd.collector.poll import (
+    NO_RECORD,
     MeterTarget,
     ReadFailed,
     Reads,
@@ -122,9 +123,9 @@ async def read_need(
             if exc.kind in _GIVE_UP:
                 dead = exc.kind
             continue
-        except ReadFailed as exc:
-            attempts.append(Attempt(meter.address, channel.name, label, now, exc.kind, None,
-                                    f"meter {meter.address} {label} back-fill: {exc.detail}"))
+        except ReadFailed as exc:  # "no data" for a curve slot range: no_record (the records are not there)
+            attempts.append(Attempt(meter.address, channel.name, label, now, NO_RECORD if exc.no_data else exc.kind,
+                                    None, f"meter {meter.address} {label} back-fill: {exc.detail}"))
             continue
         except ProtocolError as exc:
             attempts.append(Attempt(meter.address, channel.name, label, now, FailureKind.GARBLED, None,

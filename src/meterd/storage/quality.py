@@ -1,6 +1,6 @@
-"""Collection quality: per meter, terminal (channel) and area (meter group), per China Standard
-Time day -- attempts, successes, failures by kind, success rate, terminal online time and rate,
-and meters that gave no data.
+"""Collection quality: per meter, terminal (channel) and area, per China Standard Time day --
+attempts, successes, "no record yet" answers, failures by kind, success rate, terminal online time
+and rate, and meters that gave no data.
 
 It lives in the state store (``state.sqlite3``, or the PostgreSQL database, beside the
 ``attempts`` log it is computed from)::
@@ -9,19 +9,37 @@ It lives in the state store (``state.sqlite3``, or the PostgreSQL database, besi
         PRIMARY KEY (day, meter, channel, outcome)      -- one row per outcome, so any new outcome counts
     terminal_online(terminal, start_ts, end_ts)          -- online intervals fed in; end NULL = still online
         PRIMARY KEY (terminal, start_ts)
+    terminal_watch(terminal, since_ts)                   -- the master's first round on the terminal
+    quality_areas(meter, area)                           -- each meter's topology area (the daemon's config)
     quality_state(key, value)                            -- 'attempts_watermark': last attempts.id folded in
 
 ``day`` is ``YYYY-MM-DD`` in China Standard Time (UTC+8); ``*_ts`` are epoch milliseconds, UTC,
 like the rest of the store.  The rollup is incremental: :meth:`QualityStore.update` folds in the
 attempts recorded since the last call (by ``attempts.id``); :meth:`QualityStore.rollup` recomputes
-one day from scratch (after a back-dated import, or when a meter's group changed).  ``area`` is
-the meter's group in the meters archive when its attempts were folded in.
+one day from scratch (after a back-dated import).
 
-Rates.  ``success_rate`` = ok attempts / attempts.  For a channel, area or the total,
-``data_rate`` = meters with at least one ok attempt that day / meters (the archive's meters of
-that channel or area count even with no attempt at all), and ``online_rate`` = the union of the
-terminal's online intervals within the day (up to ``now`` for today) / that span.  The operators'
-line is 97 %: a row under it on any of its rates is flagged.
+Areas.  A meter's area is the topology area (``[[topology.units]]`` of kind ``area``, 台区) it is a
+point of -- the units line loss is computed for, not the meter group polls are bound to.  The
+daemon writes the mapping from its config at start (:meth:`QualityStore.set_areas`,
+:func:`topology_areas`); a report takes every meter's area from it as it is then, for past days
+too, as line loss does.  A meter in no area is in the area ``-`` (:data:`NO_AREA`).  (The
+``area`` column of ``quality_daily`` is no longer written; old databases keep what it held.)
+
+Outcomes.  ``ok`` is a success; ``no_record`` (the meter answered "no requested data" for a record
+it makes at set times -- a freeze, a settlement, a load-curve record: today's freeze of a meter
+that has not yet passed a midnight) is neither a success nor a failure: the request was not due.
+Every other outcome is a failure of its kind.
+
+Rates.  ``success_rate`` = ok / attempts due (attempts - no_record).  For a channel, area or the
+total, ``data_rate`` = meters with at least one ok attempt that day / meters due (the archive's
+meters of that channel or area count even with no attempt at all; a meter whose every attempt of
+the day was answered ``no_record`` is not due that day).  ``online_rate`` = the union of the
+terminal's online intervals / the part of the day the terminal was watched: from the later of
+00:00 and the master's first round on it (``terminal_watch``, else its first online interval)
+to the end of the day (``now`` for today).  The time before the master first polled a terminal
+-- before the system started, or before the terminal was configured -- is not offline time; the
+time a master that had been running was stopped is (the terminals could not reach it).  The
+operators' line is 97 %: a row under it on any of its rates is flagged.
 
 On PostgreSQL the watermark is as safe as on SQLite: attempts ids are drawn and committed in one
 order there (:mod:`meterd.storage.postgres`), so no attempt below ``MAX(id)`` can still be on its
@@ -32,7 +50,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -49,6 +67,11 @@ THRESHOLD: Final = 0.97
 DAY: Final = timedelta(days=1)
 #: Failure kinds in the order reports show them (outcomes not listed here follow, sorted).
 FAILURE_ORDER: Final = ("timeout", "link", "garbled", "incomplete", "wrong_address", "abnormal")
+OK: Final = "ok"
+#: The meter answered that the record asked for is not there (yet): not due, neither success nor failure.
+NO_RECORD: Final = "no_record"
+#: The area of a meter that is a point of no topology area.
+NO_AREA: Final = "-"
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS quality_daily (
@@ -64,13 +87,21 @@ CREATE TABLE IF NOT EXISTS quality_daily (
     last_ts     INTEGER NOT NULL,
     PRIMARY KEY (day, meter, channel, outcome)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS quality_daily_area ON quality_daily (day, area);
+DROP INDEX IF EXISTS quality_daily_area;
 CREATE TABLE IF NOT EXISTS terminal_online (
     terminal TEXT    NOT NULL,
     start_ts INTEGER NOT NULL,
     end_ts   INTEGER,
     PRIMARY KEY (terminal, start_ts)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS terminal_watch (
+    terminal TEXT    NOT NULL PRIMARY KEY,
+    since_ts INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quality_areas (
+    meter TEXT NOT NULL PRIMARY KEY,
+    area  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS quality_state (
     key   TEXT NOT NULL PRIMARY KEY,
     value INTEGER NOT NULL
@@ -82,34 +113,31 @@ _DAY_SQL: Final = "date(a.ts / 1000 + 28800, 'unixepoch')"
 _DAY_PG: Final = "to_char(DATE '1970-01-01' + ((a.ts + 28800000) / 86400000)::integer, 'YYYY-MM-DD')"
 
 _FOLD: Final = f"""
-INSERT INTO quality_daily (day, meter, channel, outcome, area, count, latency_sum, latency_n, first_ts, last_ts)
-SELECT {_DAY_SQL}, a.meter, a.channel, a.outcome, COALESCE(m.meter_group, 'default'), COUNT(*),
-       COALESCE(SUM(a.latency), 0), COUNT(a.latency), MIN(a.ts), MAX(a.ts)
-FROM attempts a LEFT JOIN meters m ON m.address = a.meter
+INSERT INTO quality_daily (day, meter, channel, outcome, count, latency_sum, latency_n, first_ts, last_ts)
+SELECT {_DAY_SQL}, a.meter, a.channel, a.outcome, COUNT(*), COALESCE(SUM(a.latency), 0), COUNT(a.latency),
+       MIN(a.ts), MAX(a.ts)
+FROM attempts a
 WHERE a.id > ? AND a.id <= ? {{extra}}
 GROUP BY 1, 2, 3, 4
 ON CONFLICT (day, meter, channel, outcome) DO UPDATE SET
     count = count + excluded.count,
-    area = excluded.area,
     latency_sum = latency_sum + excluded.latency_sum,
     latency_n = latency_n + excluded.latency_n,
     first_ts = MIN(first_ts, excluded.first_ts),
     last_ts = MAX(last_ts, excluded.last_ts)
 """
 
-# The same on PostgreSQL: its day arithmetic, LEAST/GREATEST for the scalar MIN/MAX, the target's
-# columns named in SET, and the area an aggregate (PostgreSQL takes no bare column beside GROUP BY;
-# a meter has one row in the archive, so MAX is that row's group).
+# The same on PostgreSQL: its day arithmetic, LEAST/GREATEST for the scalar MIN/MAX, and the
+# target's columns named in SET.
 _FOLD_PG: Final = f"""
-INSERT INTO quality_daily (day, meter, channel, outcome, area, count, latency_sum, latency_n, first_ts, last_ts)
-SELECT {_DAY_PG}, a.meter, a.channel, a.outcome, MAX(COALESCE(m.meter_group, 'default')), COUNT(*),
-       COALESCE(SUM(a.latency), 0), COUNT(a.latency), MIN(a.ts), MAX(a.ts)
-FROM attempts a LEFT JOIN meters m ON m.address = a.meter
+INSERT INTO quality_daily (day, meter, channel, outcome, count, latency_sum, latency_n, first_ts, last_ts)
+SELECT {_DAY_PG}, a.meter, a.channel, a.outcome, COUNT(*), COALESCE(SUM(a.latency), 0), COUNT(a.latency),
+       MIN(a.ts), MAX(a.ts)
+FROM attempts a
 WHERE a.id > ? AND a.id <= ? {{extra}}
 GROUP BY 1, 2, 3, 4
 ON CONFLICT (day, meter, channel, outcome) DO UPDATE SET
     count = quality_daily.count + excluded.count,
-    area = excluded.area,
     latency_sum = quality_daily.latency_sum + excluded.latency_sum,
     latency_n = quality_daily.latency_n + excluded.latency_n,
     first_ts = LEAST(quality_daily.first_ts, excluded.first_ts),
@@ -134,15 +162,17 @@ class QualityRow:
     key: str  # meter address, channel name, area name, or "total"
     area: str = ""
     channel: str = ""
-    attempts: int = 0
+    attempts: int = 0  # every attempt, no_record ones included
     ok: int = 0
+    no_record: int = 0  # answered "no record (yet)": not due
     failures: dict[str, int] = field(default_factory=dict)
     latency_sum: float = 0.0
     latency_n: int = 0
     meters: int = 0  # meters counted (1 for a meter row)
-    no_data: list[str] = field(default_factory=list)  # meters without an ok attempt that day
+    no_data: list[str] = field(default_factory=list)  # meters due without an ok attempt that day
+    not_due: list[str] = field(default_factory=list)  # meters whose every attempt was answered no_record
     online_seconds: float | None = None
-    span_seconds: float = 0.0  # the day's span the online rate is over (up to now for today)
+    span_seconds: float = 0.0  # the watched time the online rate is over, summed over its terminals
     terminals: int = 0  # terminals whose online time is known (aggregates)
     flags: list[str] = field(default_factory=list)  # which rates are under the threshold
 
@@ -151,22 +181,31 @@ class QualityRow:
         return sum(self.failures.values())
 
     @property
+    def due(self) -> int:
+        """Attempts that count for the success rate: all but the ``no_record`` ones."""
+        return self.attempts - self.no_record
+
+    @property
     def success_rate(self) -> float | None:
-        return _rate(self.ok, self.attempts)
+        return _rate(self.ok, self.due)
+
+    @property
+    def meters_due(self) -> int:
+        return self.meters - len(self.not_due)
 
     @property
     def meters_with_data(self) -> int:
-        return self.meters - len(self.no_data)
+        return self.meters_due - len(self.no_data)
 
     @property
     def data_rate(self) -> float | None:
-        return _rate(self.meters_with_data, self.meters)
+        return _rate(self.meters_with_data, self.meters_due)
 
     @property
     def online_rate(self) -> float | None:
         if self.online_seconds is None or not self.span_seconds or not self.terminals:
             return None
-        return self.online_seconds / (self.span_seconds * self.terminals)
+        return self.online_seconds / self.span_seconds
 
     @property
     def latency_mean(self) -> float | None:
@@ -191,20 +230,30 @@ class QualityRow:
     def add(self, other: QualityRow) -> None:
         self.attempts += other.attempts
         self.ok += other.ok
+        self.no_record += other.no_record
         for k, n in other.failures.items():
             self.failures[k] = self.failures.get(k, 0) + n
         self.latency_sum += other.latency_sum
         self.latency_n += other.latency_n
         self.meters += other.meters
         self.no_data += other.no_data
+        self.not_due += other.not_due
+
+    def add_online(self, online: float, span: float) -> None:
+        """One more terminal's online time over the span it was watched."""
+        self.online_seconds = (self.online_seconds or 0.0) + online
+        self.span_seconds += span
+        self.terminals += 1
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "level": self.level, "key": self.key, "area": self.area, "channel": self.channel,
-            "attempts": self.attempts, "ok": self.ok, "failed": self.failed, "failures": dict(self.failures),
-            "success_rate": self.success_rate, "meters": self.meters, "meters_with_data": self.meters_with_data,
-            "data_rate": self.data_rate, "no_data": list(self.no_data), "online_seconds": self.online_seconds,
-            "span_seconds": self.span_seconds, "online_rate": self.online_rate, "latency_mean": self.latency_mean,
+            "attempts": self.attempts, "ok": self.ok, "no_record": self.no_record, "due": self.due,
+            "failed": self.failed, "failures": dict(self.failures), "success_rate": self.success_rate,
+            "meters": self.meters, "meters_due": self.meters_due, "meters_with_data": self.meters_with_data,
+            "data_rate": self.data_rate, "no_data": list(self.no_data), "not_due": list(self.not_due),
+            "online_seconds": self.online_seconds, "span_seconds": self.span_seconds,
+            "online_rate": self.online_rate, "latency_mean": self.latency_mean,
             "flags": list(self.flags), "below": self.below,
         }
 
@@ -406,17 +455,66 @@ class QualityStore:
                 " ON CONFLICT (terminal, start_ts) DO UPDATE SET end_ts = excluded.end_ts",
                 (terminal, to_ms(start), None if end is None else to_ms(end)))
 
+    def record_watch(self, terminal: str, at: datetime) -> None:
+        """The master polled ``terminal`` at ``at``: its online time is measured from the earliest
+        such moment on (what came before is not offline time)."""
+        with self._lock, self._transaction():
+            self._conn.execute(
+                "INSERT INTO terminal_watch (terminal, since_ts) VALUES (?, ?) ON CONFLICT (terminal) DO UPDATE"
+                " SET since_ts = CASE WHEN excluded.since_ts < terminal_watch.since_ts THEN excluded.since_ts"
+                " ELSE terminal_watch.since_ts END", (terminal, to_ms(at)))
+
+    def watched_since(self) -> dict[str, datetime]:
+        """Since when the master has watched each terminal: its first round on it, or (data from before
+        rounds were recorded) the start of its first online interval, whichever is earlier."""
+        with self._lock:
+            rows = [*self._conn.execute("SELECT terminal, since_ts FROM terminal_watch").fetchall(),
+                    *self._conn.execute("SELECT terminal, MIN(start_ts) FROM terminal_online GROUP BY terminal"
+                                        ).fetchall()]
+        out: dict[str, int] = {}
+        for terminal, ts in rows:
+            out[terminal] = min(ts, out.get(terminal, ts))
+        return {t: from_ms(ts) for t, ts in out.items()}
+
+    def _intervals(self, terminals: Iterable[str] | None, start: datetime,
+                   end: datetime) -> dict[str, list[tuple[datetime, datetime]]]:
+        """The online intervals of ``terminals`` (None: all) that overlap ``[start, end)``; an open
+        one ends at ``end``."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT terminal, start_ts, end_ts FROM terminal_online WHERE start_ts < ?"
+                " AND (end_ts IS NULL OR end_ts > ?)", (to_ms(end), to_ms(start))).fetchall()
+        wanted = None if terminals is None else set(terminals)
+        out: dict[str, list[tuple[datetime, datetime]]] = {}
+        for terminal, a, b in rows:
+            if wanted is None or terminal in wanted:
+                out.setdefault(terminal, []).append((from_ms(a), end if b is None else from_ms(b)))
+        return out
+
     def online_seconds(self, terminal: str, start: datetime, end: datetime) -> float | None:
         """Seconds ``terminal`` was online within ``[start, end)``; None if nothing is recorded for it."""
         with self._lock:
             known = self._conn.execute("SELECT 1 FROM terminal_online WHERE terminal = ? LIMIT 1",
                                        (terminal,)).fetchone()
-            rows = self._conn.execute(
-                "SELECT start_ts, end_ts FROM terminal_online WHERE terminal = ? AND start_ts < ?"
-                " AND (end_ts IS NULL OR end_ts > ?)", (terminal, to_ms(end), to_ms(start))).fetchall()
         if known is None:
             return None
-        return merged_seconds(((from_ms(r[0]), end if r[1] is None else from_ms(r[1])) for r in rows), start, end)
+        return merged_seconds(self._intervals([terminal], start, end).get(terminal, ()), start, end)
+
+    def online(self, terminals: Iterable[str], start: datetime, end: datetime) -> dict[str, tuple[float, float]]:
+        """Per terminal watched within ``[start, end)``: (seconds online, seconds watched) -- the
+        span runs from the later of ``start`` and the terminal's :meth:`watched_since`.  Terminals
+        never watched before ``end`` are left out (their online time is unknown)."""
+        terminals = list(terminals)
+        since = self.watched_since()
+        intervals = self._intervals(terminals, start, end)
+        out: dict[str, tuple[float, float]] = {}
+        for terminal in terminals:
+            first = since.get(terminal)
+            if first is None or first >= end:
+                continue
+            begin = max(start, first)
+            out[terminal] = (merged_seconds(intervals.get(terminal, ()), begin, end), (end - begin).total_seconds())
+        return out
 
     def close_open(self) -> int:
         """Close intervals left open (a daemon that stopped without saying so) at the terminal's last
@@ -435,91 +533,118 @@ class QualityStore:
                                       " GROUP BY terminal").fetchall()
         return {r[0]: from_ms(r[1]) for r in rows}
 
+    # --- areas ---------------------------------------------------------------------------------
+
+    def set_areas(self, areas: Mapping[str, str]) -> int:
+        """Make ``areas`` (meter -> its topology area) the meters' areas: meters not in it are in no
+        area from now on.  Writes only what changed; returns how many meters changed."""
+        for meter, name in areas.items():
+            if not name or name == NO_AREA:
+                raise ValueError(f"meter {meter}: area {name!r} is not an area name")
+        with self._lock, self._transaction():
+            old = {r[0]: r[1] for r in self._conn.execute("SELECT meter, area FROM quality_areas").fetchall()}
+            gone = [(m,) for m in old if m not in areas]
+            changed = [(m, a) for m, a in areas.items() if old.get(m) != a]
+            if gone:
+                self._conn.executemany("DELETE FROM quality_areas WHERE meter = ?", gone)
+            if changed:
+                self._conn.executemany("INSERT INTO quality_areas (meter, area) VALUES (?, ?)"
+                                       " ON CONFLICT (meter) DO UPDATE SET area = excluded.area", changed)
+        return len(gone) + len(changed)
+
+    def areas(self) -> dict[str, str]:
+        """meter -> its topology area, as the daemon last wrote them (meters in no area are absent)."""
+        with self._lock:
+            return {r[0]: r[1] for r in self._conn.execute("SELECT meter, area FROM quality_areas").fetchall()}
+
     # --- reports -------------------------------------------------------------------------------
 
     def _archive(self) -> list[Any]:
         with self._lock:
-            return self._conn.execute("SELECT address, channel, meter_group FROM meters ORDER BY address").fetchall()
+            return self._conn.execute("SELECT address, channel FROM meters ORDER BY address").fetchall()
 
     def report(self, day: date, area: str | None = None, *, now: datetime | None = None,
                refresh: bool = True) -> QualityReport:
         """The quality of ``day`` (CST): rows per meter, channel and area, and the total.
 
-        ``area`` keeps only that meter group.  ``now`` (default: the clock) cuts today's span for
-        online rates; ``refresh`` folds in new attempts first.
+        ``area`` keeps only the meters of that topology area (:data:`NO_AREA` for those in none).
+        ``now`` (default: the clock) cuts today's span for online rates; ``refresh`` folds in new
+        attempts first.
         """
         if refresh:
             self.update()
         start, end = day_bounds(day)
         now = now or self.clock()
         span_end = max(start, min(end, now))
-        span = (span_end - start).total_seconds()
+        areas = self.areas()
         with self._lock:
             rows = self._conn.execute(
-                "SELECT meter, channel, outcome, area, count, latency_sum, latency_n FROM quality_daily"
+                "SELECT meter, channel, outcome, count, latency_sum, latency_n FROM quality_daily"
                 " WHERE day = ? ORDER BY meter, channel", (day.isoformat(),)).fetchall()
         meters: dict[tuple[str, str], QualityRow] = {}
-        for r in rows:
-            if area is not None and r["area"] != area:
+        for meter, channel, outcome, count, latency_sum, latency_n in rows:
+            where = areas.get(meter, NO_AREA)
+            if area is not None and where != area:
                 continue
-            row = meters.setdefault((r["meter"], r["channel"]), QualityRow(
-                "meter", r["meter"], area=r["area"], channel=r["channel"], meters=1))
-            row.attempts += r["count"]
-            if r["outcome"] == "ok":
-                row.ok += r["count"]
-                row.latency_sum += r["latency_sum"]
-                row.latency_n += r["latency_n"]
+            row = meters.setdefault((meter, channel), QualityRow("meter", meter, area=where, channel=channel,
+                                                                 meters=1))
+            row.attempts += count
+            if outcome == OK:
+                row.ok += count
+                row.latency_sum += latency_sum
+                row.latency_n += latency_n
+            elif outcome == NO_RECORD:
+                row.no_record += count
             else:
-                row.failures[r["outcome"]] = row.failures.get(r["outcome"], 0) + r["count"]
+                row.failures[outcome] = row.failures.get(outcome, 0) + count
         seen = {m for m, _ in meters}
-        for a in self._archive():
-            if a["address"] in seen or (area is not None and a["meter_group"] != area):
+        for address, channel in self._archive():
+            where = areas.get(address, NO_AREA)
+            if address in seen or (area is not None and where != area):
                 continue
-            meters[(a["address"], a["channel"])] = QualityRow(
-                "meter", a["address"], area=a["meter_group"], channel=a["channel"], meters=1)
-        # a meter with rows on two channels (it moved that day) counts once: as a meter with data
-        # if any of its rows has an ok attempt
-        with_data = {m for (m, _), row in meters.items() if row.ok}
+            meters[(address, channel)] = QualityRow("meter", address, area=where, channel=channel, meters=1)
+        # a meter with rows on two channels (it moved that day) counts once: as a meter with data if
+        # any of its rows has an ok attempt, as not due if every attempt of its rows was no_record
+        per_meter: dict[str, tuple[int, int, int]] = {}  # meter -> (attempts, no_record, ok)
+        for (m, _), row in meters.items():
+            n, nr, ok = per_meter.get(m, (0, 0, 0))
+            per_meter[m] = (n + row.attempts, nr + row.no_record, ok + row.ok)
         counted: set[str] = set()
         for (m, _), row in sorted(meters.items()):
             if m in counted:
                 row.meters = 0
+                continue
             counted.add(m)
-            if m not in with_data and row.meters:
-                row.no_data = [m]
+            n, nr, ok = per_meter[m]
+            if not ok:
+                (row.not_due if n and nr == n else row.no_data).append(m)
         meter_rows = sorted(meters.values(), key=lambda r: (r.area, r.channel, r.key))
 
         channels: dict[str, QualityRow] = {}
-        areas: dict[str, QualityRow] = {}
+        areas_rows: dict[str, QualityRow] = {}
         area_channels: dict[str, set[str]] = {}
         total = QualityRow("total", "total")
         for row in meter_rows:
             channels.setdefault(row.channel, QualityRow("channel", row.channel, channel=row.channel)).add(row)
-            areas.setdefault(row.area, QualityRow("area", row.area, area=row.area)).add(row)
+            areas_rows.setdefault(row.area, QualityRow("area", row.area, area=row.area)).add(row)
             area_channels.setdefault(row.area, set()).add(row.channel)
             total.add(row)
-        online = {ch: self.online_seconds(ch, start, span_end) for ch in channels}
+        online = self.online(channels, start, span_end)
         for ch, row in channels.items():
             if area is not None:
                 row.area = area
-            row.span_seconds = span
-            if online[ch] is not None:
-                row.online_seconds, row.terminals = online[ch], 1
-        known = [ch for ch, s in online.items() if s is not None]
-        for name, row in areas.items():
-            chans = [ch for ch in sorted(area_channels[name]) if online[ch] is not None]
-            row.span_seconds = span
-            if chans:
-                row.online_seconds = sum(online[ch] or 0.0 for ch in chans)
-                row.terminals = len(chans)
-        total.span_seconds = span
-        if known:
-            total.online_seconds = sum(online[ch] or 0.0 for ch in known)
-            total.terminals = len(known)
+            if ch in online:
+                row.add_online(*online[ch])
+        for name, row in areas_rows.items():
+            for ch in sorted(area_channels[name]):
+                if ch in online:
+                    row.add_online(*online[ch])
+        for ch in sorted(online):
+            total.add_online(*online[ch])
         if area is not None:
             total.area = area
         channel_rows = [channels[k] for k in sorted(channels)]
-        area_rows = [areas[k] for k in sorted(areas)]
+        area_rows = [areas_rows[k] for k in sorted(areas_rows)]
         for row in (*meter_rows, *channel_rows, *area_rows, total):
             row.flag(self.threshold)
         return QualityReport(day, area, self.threshold, start, span_end, meter_rows, channel_rows, area_rows, total)
@@ -537,6 +662,7 @@ class QualityStore:
         def put(prefix: str, row: QualityRow) -> None:
             out[f"{prefix}.attempts"] = row.attempts
             out[f"{prefix}.ok"] = row.ok
+            out[f"{prefix}.no_record"] = row.no_record
             out[f"{prefix}.failed"] = row.failed
             for kind, n in row.failures.items():
                 out[f"{prefix}.failures.{kind}"] = n
@@ -546,6 +672,7 @@ class QualityStore:
             if row.level != "meter":
                 out[f"{prefix}.meters"] = row.meters
                 out[f"{prefix}.meters_no_data"] = len(row.no_data)
+                out[f"{prefix}.meters_not_due"] = len(row.not_due)
                 rates["data_rate"] = row.data_rate
             if row.online_seconds is not None:
                 out[f"{prefix}.online_seconds"] = row.online_seconds
@@ -568,11 +695,14 @@ class OnlineTracker:
     from the first round with any attempt that got past the link (an answer, or at least a meter
     that did not answer on a working link) until the first round whose attempts all failed on the
     link.  Open intervals are written with no end, so a report during the day counts them up to
-    ``now``; :meth:`start` closes the ones a previous run left open."""
+    ``now``; :meth:`start` closes the ones a previous run left open.  The first round on a terminal
+    is recorded as the start of its watch (:meth:`QualityStore.record_watch`): its online time is
+    measured from there."""
 
     def __init__(self, quality: QualityStore) -> None:
         self.quality = quality
         self.open: dict[str, datetime] = {}
+        self.watched: set[str] = set()
 
     def start(self) -> None:
         self.quality.close_open()
@@ -592,6 +722,9 @@ class OnlineTracker:
         outcomes = [a.outcome for a in attempts]
         if not outcomes:
             return
+        if terminal not in self.watched:
+            self.quality.record_watch(terminal, at)
+            self.watched.add(terminal)
         if any(o != "link" for o in outcomes):
             self.up(terminal, at)
         else:
@@ -602,7 +735,22 @@ class OnlineTracker:
             self.down(terminal, at)
 
 
+def topology_areas(topology: Any) -> dict[str, str]:
+    """meter -> the topology area (a unit of kind ``area``) it is a point of, from a
+    :class:`~meterd.analytics.topology.Topology`; a meter listed in several areas (a tie meter)
+    is in the first, in ``[[topology.points]]`` order.  ``None`` (no topology): no meter is in an
+    area."""
+    out: dict[str, str] = {}
+    if topology is None:
+        return out
+    for point in topology.points:
+        unit = topology.units.get(point.unit)
+        if unit is not None and unit.kind == "area":
+            out.setdefault(point.meter, unit.name)
+    return out
+
+
 __all__ = [
-    "FAILURE_ORDER", "OUTCOMES", "THRESHOLD", "OnlineTracker", "QualityReport", "QualityRow", "QualityStore",
-    "day_bounds", "merged_seconds",
+    "FAILURE_ORDER", "NO_AREA", "NO_RECORD", "OUTCOMES", "THRESHOLD", "OnlineTracker", "QualityReport", "QualityRow",
+    "QualityStore", "day_bounds", "merged_seconds", "topology_areas",
 ]

@@ -51,7 +51,10 @@ from meterd.readings import Quality, Reading, Value
 
 READINGS_FILE: Final = "readings.sqlite3"
 STATE_FILE: Final = "state.sqlite3"
-OUTCOMES: Final = frozenset({"ok", "timeout", "garbled", "incomplete", "wrong_address", "abnormal", "link"})
+#: ``no_record``: the meter answered "no requested data" for a record it makes at set times (a freeze,
+#: a settlement, a load-curve record) -- the record is not there (yet); see :mod:`meterd.storage.quality`.
+OUTCOMES: Final = frozenset({"ok", "no_record", "timeout", "garbled", "incomplete", "wrong_address", "abnormal",
+                             "link"})
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MS: Final = timedelta(milliseconds=1)

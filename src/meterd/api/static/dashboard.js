@@ -373,7 +373,10 @@
       setText("t-success", `${(rate * 100).toFixed(2)} %`);
       $("gauge-fill").style.width = `${gaugeAt(rate)}%`;
       gauge.className = `gauge ${rate >= target ? "ok" : "bad"}`;
-      setText("t-success-detail", `${c.successes} of ${c.attempts} attempts · target ${(target * 100).toFixed(0)} %`
+      // success = successes / attempts due: a "no record yet" answer is not due (docs/analytics.md)
+      const notDue = c.no_record || 0;
+      setText("t-success-detail", `${c.successes} of ${c.attempts - notDue} attempts due`
+        + (notDue ? ` (${notDue} "no record yet")` : "") + ` · target ${(target * 100).toFixed(0)} %`
         + (rate >= target ? "" : " · BELOW TARGET"));
       document.body.dataset.successRate = String(rate);
     }
@@ -451,7 +454,7 @@
     setText("areas-note", lineloss.length ? `${lineloss.length} units · today so far (CST)` : "");
   }
 
-  /* Today's collection per channel and meter group, against the target (the quality report). */
+  /* Today's collection per channel and topology area, against the target (the quality report). */
   function drawQuality(quality) {
     if (quality === ABSENT || quality instanceof NotFound) {
       fill("quality-rows", [], quality === ABSENT ? "This daemon does not serve /api/v1/quality."
@@ -462,16 +465,18 @@
     const target = typeof quality.threshold === "number" ? quality.threshold : DEFAULT_TARGET;
     const rows = [...(quality.channels || []), ...(quality.areas || [])];
     fill("quality-rows", rows.map((r) => [
-      el("td", null, r.level === "area" ? "group" : r.level), el("td", null, r.key),
+      el("td", null, r.level), el("td", null, r.key),
       el("td", { class: `num ${r.success_rate !== null && r.success_rate < target ? "bad" : ""}` },
         r.success_rate === null || r.success_rate === undefined ? "–" : `${(r.success_rate * 100).toFixed(2)} %`),
-      el("td", { class: "num" }, `${r.ok ?? "–"} / ${r.attempts ?? "–"}`),
-      el("td", { class: `num ${r.meters_with_data < r.meters ? "warn" : ""}` }, `${r.meters_with_data ?? "–"} / ${r.meters ?? "–"}`),
-      el("td", null, Object.entries(r.failures || {}).sort().map(([k, n]) => `${k} ${n}`).join(", ") || "–"),
+      el("td", { class: "num" }, `${r.ok ?? "–"} / ${r.due ?? r.attempts ?? "–"}`),
+      el("td", { class: `num ${r.meters_with_data < (r.meters_due ?? r.meters) ? "warn" : ""}` },
+        `${r.meters_with_data ?? "–"} / ${r.meters_due ?? r.meters ?? "–"}`),
+      el("td", null, [...Object.entries(r.failures || {}).sort().map(([k, n]) => `${k} ${n}`),
+        ...(r.no_record ? [`no record yet ${r.no_record} (not due)`] : [])].join(", ") || "–"),
       el("td", null, (r.no_data || []).slice(0, 4).join(", ") + ((r.no_data || []).length > 4 ? " …" : "")),
     ]), "No collection attempts today yet.", 7);
     setText("quality-note", `target ${(target * 100).toFixed(0)} % · today since 00:00 CST · `
-      + "groups are the meters' configured groups");
+      + "areas are the topology's areas (台区), \"-\" the meters in none · a \"no record yet\" answer is not due");
   }
 
   function missingText(unit) {
