@@ -30,12 +30,18 @@ read asked for.  :class:`MeterDatastore` is an object with the same two coroutin
 call, so the execution stays pymodbus'.
 
 The register space of a meter (per data table) is every register of the map's entries and the
-relay command, plus the holes between them up to the map's ``max_gap`` workaround (a meter that
-rejects reads over undefined registers) or, when the map sets none, up to one request's worth:
-holes read as zero.  A read touching anything else is ``ILLEGAL_ADDRESS`` (02); a read longer than
-the map's ``max_registers``/``max_bits`` (or than Modbus allows) is ``ILLEGAL_VALUE`` (03).  Quantities
-the model has no register for are derived as a meter would: line voltages from the phase voltages
-(120 degrees apart), reactive import/export energy as Q1+Q2 / Q3+Q4 (IEC 62053-23).
+relay command -- and, for the shipped vendor maps, every register of the vendor's whole table
+(:mod:`.vendor_tables`: phase angles, THD, demands, per-phase energies, settings, worked out from
+the same model, with the vendor's signs: an Eastron or Schneider meter publishes current and VA as
+magnitudes, and so do the map's registers) -- plus the holes between them up to the map's
+``max_gap`` workaround (a meter that rejects reads over undefined registers) or, when the map sets
+none, up to one request's worth: holes read as zero.  A read touching anything else is
+``ILLEGAL_ADDRESS`` (02); a read longer than the map's ``max_registers``/``max_bits`` (or than
+Modbus allows) is ``ILLEGAL_VALUE`` (03).  The mapped registers come from a per-second image of the
+map's quantities only; the vendor table's image is made only when a read reaches past them, so a
+master polling the map pays nothing for the rest.  Quantities the model has no register for are
+derived as a meter would: line voltages from the phase voltages (120 degrees apart), reactive
+import/export energy as Q1+Q2 / Q3+Q4 (IEC 62053-23).
 
 Writes: only the map's ``[relay]`` command register (or coil) is writable.  Writing ``open`` trips
 the relay and ``close`` recloses it, through ``MeterModel.control`` with the meter's own password
@@ -82,7 +88,7 @@ from meterd.protocols.dlt645.messages import RelayCommand
 from meterd.protocols.modbus import Function, RegisterMap, WriteRequest, encode_values, relay_command
 from meterd.simulators.dlt645 import BusStats, FaultPlan, Reply, fires
 from meterd.simulators.model import MeterModel
-from meterd.simulators.vendor_tables import VENDOR_TABLES, MeterState, ShareMemo, VendorTable
+from meterd.simulators.vendor_tables import VENDOR_TABLES, LazyImage, MeterState, ShareMemo, VendorTable
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +361,7 @@ class MeterDatastore:
         self.units = dict(units)
         self.layout = _Layout.of(regmap)
         self._images: dict[tuple[int, Function], tuple[tuple[object, ...], dict[int, int | bool]]] = {}
-        self._vendor_images: dict[tuple[int, Function], tuple[tuple[object, ...], dict[int, int]]] = {}
+        self._vendor_images: dict[tuple[int, Function], tuple[tuple[object, ...], LazyImage]] = {}
         self._shares = ShareMemo()
 
     def _key(self, model: MeterModel, now: datetime) -> tuple[object, ...]:
@@ -373,7 +379,7 @@ class MeterDatastore:
         self._images[(device_id, function)] = (key, image)
         return image
 
-    def _vendor_image(self, device_id: int, model: MeterModel, function: Function, now: datetime) -> dict[int, int]:
+    def _vendor_image(self, device_id: int, model: MeterModel, function: Function, now: datetime) -> LazyImage:
         """The vendor table's registers (made only when a read reaches past the map's)."""
         key = self._key(model, now)
         cached = self._vendor_images.get((device_id, function))
@@ -381,7 +387,7 @@ class MeterDatastore:
             return cached[1]
         vendor = self.layout.vendor
         assert vendor is not None  # only asked for when the layout has extra registers
-        image = vendor.image(MeterState.of(model, device_id, now, self._shares), function)
+        image = vendor.lazy_image(MeterState.of(model, device_id, now, self._shares), function)
         self._vendor_images[(device_id, function)] = (key, image)
         return image
 
@@ -774,4 +780,5 @@ __all__ = [
     "RtuStreamDecoder",
     "line_voltage",
     "live_values",
+    "vendor_table",
 ]  # fmt: skip

@@ -62,9 +62,8 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Final
 
 from meterd.protocols.modbus import Function
@@ -72,8 +71,10 @@ from meterd.simulators.model import DEMAND_MINUTES, MeterModel
 from meterd.simulators.profile import mix, noise
 
 __all__ = [
+    "MAX_DEMAND_QUANTITIES",
     "MODEL_QUANTITIES",
     "VENDOR_TABLES",
+    "LazyImage",
     "MeterState",
     "ShareMemo",
     "VendorRegister",
@@ -85,7 +86,7 @@ __all__ = [
 PHASES: Final = ("a", "b", "c")
 _EPOCH: Final = datetime(2000, 1, 1)
 
-# what MeterState reads from the model, asked once per image (a tuple: the model caches its plan)
+# what MeterState reads from the model at once (tuples: the model caches its plan for them) ...
 MODEL_QUANTITIES: Final = (
     *(f"voltage.{p}" for p in PHASES),
     *(f"current.{p}" for p in PHASES),
@@ -94,15 +95,18 @@ MODEL_QUANTITIES: Final = (
     *(f"pf.{p}" for p in (*PHASES, "total")),
     "frequency",
     "demand.active.now",
-    "demand.active.import.total",
-    "demand.active.export.total",
-    "demand.apparent.import.total",
-    "demand.apparent.export.total",
     "energy.active.import.total",
     "energy.active.export.total",
     *(f"energy.reactive.q{n}.total" for n in range(1, 5)),
     "energy.apparent.import.total",
     "energy.apparent.export.total",
+)
+# ... and only when a register needs them: the model's maximum-demand table is costly to read
+MAX_DEMAND_QUANTITIES: Final = (
+    "demand.active.import.total",
+    "demand.active.export.total",
+    "demand.apparent.import.total",
+    "demand.apparent.export.total",
 )
 
 
@@ -135,16 +139,20 @@ class ShareMemo:
 
 
 def _f(values: Mapping[str, object], name: str) -> float:
-    v = values.get(name)
-    return float(v) if isinstance(v, (Decimal, int, float)) and not isinstance(v, bool) else 0.0
+    """``values[name]`` as a float; 0 for a quantity the meter lacks (phase B of a 1-phase meter)."""
+    try:
+        return float(values[name])  # type: ignore[arg-type]
+    except KeyError:
+        return 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MeterState:
     """One moment of a simulated meter as floats: V, A, kW, kvar, kVA, kWh, kvarh, kVAh, Hz.
 
     Signs as the model has them (DL/T 645): ``i`` and ``s`` carry the sign of the phase's P.
-    Absent phases (a single-phase meter's B and C) are 0.
+    Absent phases (a single-phase meter's B and C) are 0.  The maximum demands are read from the
+    model the first time a register asks for one.
     """
 
     unit: int
@@ -165,14 +173,14 @@ class MeterState:
     i_n: float
     freq: float
     demand_now: float  # kW, import - export, sliding window
-    demand_import_max: float
-    demand_export_max: float
-    demand_apparent_max: float
     e_import: float
     e_export: float
     e_q: tuple[float, float, float, float]  # Q1..Q4 reactive energy
     e_apparent: float  # import + export kVAh
     shares: tuple[float, float, float]
+    model: MeterModel | None = None
+    now: datetime | None = None
+    _max_demand: tuple[float, float, float] | None = None
 
     @classmethod
     def of(cls, model: MeterModel, unit: int, now: datetime, memo: ShareMemo) -> MeterState:
@@ -201,17 +209,37 @@ class MeterState:
             i_n=abs(_f(values, "current.n")),
             freq=_f(values, "frequency"),
             demand_now=_f(values, "demand.active.now"),
-            demand_import_max=_f(values, "demand.active.import.total"),
-            demand_export_max=_f(values, "demand.active.export.total"),
-            demand_apparent_max=max(
-                _f(values, "demand.apparent.import.total"), _f(values, "demand.apparent.export.total")
-            ),
             e_import=_f(values, "energy.active.import.total"),
             e_export=_f(values, "energy.active.export.total"),
             e_q=tuple(_f(values, f"energy.reactive.q{n}.total") for n in range(1, 5)),  # type: ignore[arg-type]
             e_apparent=_f(values, "energy.apparent.import.total") + _f(values, "energy.apparent.export.total"),
             shares=memo.shares(model.address, model.phases, s),
+            model=model,
+            now=now,
         )
+
+    def _maxima(self) -> tuple[float, float, float]:
+        if self._max_demand is None:
+            values = {} if self.model is None or self.now is None else self.model.values(self.now, MAX_DEMAND_QUANTITIES)
+            self._max_demand = (
+                _f(values, "demand.active.import.total"),
+                _f(values, "demand.active.export.total"),
+                max(_f(values, "demand.apparent.import.total"), _f(values, "demand.apparent.export.total")),
+            )
+        return self._max_demand
+
+    @property
+    def demand_import_max(self) -> float:
+        """Maximum active import demand since the last demand reset (the model's settlement)."""
+        return self._maxima()[0]
+
+    @property
+    def demand_export_max(self) -> float:
+        return self._maxima()[1]
+
+    @property
+    def demand_apparent_max(self) -> float:
+        return self._maxima()[2]
 
     # --- derived, the way a meter derives them ---------------------------------------------------
 
@@ -381,6 +409,7 @@ class VendorTable:
     source: str
     tables: Mapping[Function, tuple[VendorRegister, ...]]
     magnitudes: frozenset[str] = frozenset()
+    _index: dict[Function, dict[int, VendorRegister]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for function, registers in self.tables.items():
@@ -399,11 +428,44 @@ class VendorTable:
         return frozenset(a for r in self.tables.get(function, ()) for a in r.span)
 
     def image(self, state: MeterState, function: Function) -> dict[int, int]:
+        """Every register of ``function``'s table at once."""
         out: dict[int, int] = {}
         for r in self.tables.get(function, ()):
             for n, word in enumerate(r.encode(state)):
                 out[r.address + n] = word
         return out
+
+    def lazy_image(self, state: MeterState, function: Function) -> LazyImage:
+        """The registers of ``function``'s table, each worked out when first read."""
+        index = self._index.get(function)
+        if index is None:
+            index = {a: r for r in self.tables.get(function, ()) for a in r.span}
+            self._index[function] = index
+        return LazyImage(state, index)
+
+
+class LazyImage:
+    """A vendor table's registers at one moment, encoded parameter by parameter as reads reach
+    them: a master polling the map's blocks touches a few of the table's registers in the holes
+    between its fields, not the hundred it has."""
+
+    __slots__ = ("_index", "_state", "_words")
+
+    def __init__(self, state: MeterState, index: Mapping[int, VendorRegister]) -> None:
+        self._state = state
+        self._index = index
+        self._words: dict[int, int] = {}
+
+    def get(self, address: int, default: int = 0) -> int:
+        word = self._words.get(address)
+        if word is not None:
+            return word
+        register = self._index.get(address)
+        if register is None:
+            return default
+        for n, w in enumerate(register.encode(self._state)):
+            self._words[register.address + n] = w
+        return self._words[address]
 
 
 def _f32(address: int, name: str, value: Callable[[MeterState], float]) -> VendorRegister:
