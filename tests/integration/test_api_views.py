@@ -157,7 +157,8 @@ def test_view_by_role(site: Site, path: str, role: str | None) -> None:
 def test_overview_counts_what_was_seeded(site: Site) -> None:
     _, _, doc = site.call("GET", "/api/v1/overview", role="viewer")
     assert doc["day"] == "2026-11-23" and doc["meters"] == 6
-    assert doc["collection"] == {"attempts": 4, "successes": 3, "success_rate": 0.75, "target": 0.97}
+    assert doc["collection"] == {"attempts": 4, "successes": 3, "no_record": 0, "failed": 1, "success_rate": 0.75,
+                                 "target": 0.97}
     assert doc["terminals"] == {"total": 2, "online": 1}
     assert doc["accounts"]["total"] == 2 and doc["accounts"]["normal"] == 2 and doc["accounts"]["pending"] == 0
 

@@ -84,7 +84,12 @@ SCHEMAS: Final[dict[str, Any]] = {
                       "meters_with_data_today": {"type": "integer"},
                       "terminals": obj({"total": {"type": "integer"}, "online": {"type": "integer"}}),
                       "collection": obj({"attempts": {"type": "integer"}, "successes": {"type": "integer"},
-                                          "success_rate": {"type": ["number", "null"]}, "target": {"type": "number"}}),
+                                          "no_record": {"type": "integer", "description": "answered 'no record "
+                                                        "yet': not due, neither success nor failure"},
+                                          "failed": {"type": "integer"},
+                                          "success_rate": {"type": ["number", "null"],
+                                                           "description": "successes / (attempts - no_record)"},
+                                          "target": {"type": "number"}}),
                       "accounts": obj({s: {"type": "integer"} for s in ("total", *ACCOUNT_STATES)}),
                       "commands": {"type": "object", "additionalProperties": {"type": "integer"}},
                       "anomalies_open": {"type": "integer"}, "outages_open": {"type": "integer"}}),

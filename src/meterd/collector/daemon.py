@@ -56,6 +56,7 @@ from meterd.protocols.drivers.base import Reads
 from meterd.readings import Reading
 from meterd.storage.anomalies import AnomalyStore, Finding, Kind, Severity
 from meterd.storage.postgres import PostgresStore
+from meterd.storage.quality import topology_areas
 from meterd.storage.sqlite import Attempt, MeterRecord, SqliteStore
 from meterd.storage.writer import BatchWriter
 from meterd.supervise import Backoff, Pause, describe, log_task_failure, supervise, wait_or_stop
@@ -373,6 +374,7 @@ class Daemon:
         # see every batch of readings (rounds, tasks, pushed); services run beside the channels.
         self._observers: list[Observer] = []
         self._services: list[Service] = []
+        self._outcomes: dict[str, dict[str, int]] = {}  # channel -> attempt outcome -> count (/metrics)
 
     def subscribe(self, observer: Observer) -> None:
         """``observer(readings)`` for every batch that passed the door; one that raises is logged."""
@@ -413,6 +415,8 @@ class Daemon:
             MeterRecord(m.address, m.channel, str(m.protocol), m.ct, m.pt, m.name, m.group)
             for m in self.config.meters
         )
+        analytics = self.config.analytics  # quality counts meters by their topology area
+        self.quality.set_areas(topology_areas(analytics.topology if analytics is not None else None))
         for name, listener in self.listeners.items():
             await listener.start()
             log.info("listener %s: DTUs connect to port %d", name, listener.bound_port)
@@ -568,7 +572,7 @@ class Daemon:
         now = self.clock()
         attempts = link_failed(channel.name, planned.meters, now, f"round failed: {describe(exc)}"[:500])
         try:
-            self.writer.add_attempts(attempts)
+            self._record_attempts(attempts)
             self.online.observe(channel.name, attempts, now)
             await channel.close()
         except Exception:
@@ -592,7 +596,8 @@ class Daemon:
         return [ChannelFigures(r.channel.name, r.channel.stats.transactions, r.channel.stats.successes,
                                tuple((str(k), n) for k, n in sorted(r.channel.stats.failures.items())),
                                r.channel.stats.latency_mean, r.channel.stats.latency_max, r.channel.waiting,
-                               r.rounds, r.overruns) for r in self.runners]
+                               r.rounds, r.overruns, outcomes=tuple(sorted(self._outcomes.get(r.channel.name, {}).items())))
+                for r in self.runners]
 
     def spool_size(self) -> tuple[int, int] | None:
         """(records, bytes) waiting in the store's spool; ``None`` for a store without one."""
@@ -614,7 +619,7 @@ class Daemon:
     def _observed(self, result: RoundResult) -> None:
         result.readings = self.door.screen(result.readings)
         self.writer.add_many(result.readings)
-        self.writer.add_attempts(result.attempts)
+        self._record_attempts(result.attempts)
         self.online.observe(result.channel, result.attempts, result.started)
         self._notify_observers(result.readings)
         if self.on_round is not None:
@@ -625,8 +630,16 @@ class Daemon:
         seen by the observers like a round's."""
         readings = self.door.screen(readings)
         self.writer.add_many(readings)
-        self.writer.add_attempts(attempts)
+        self._record_attempts(attempts)
         self._notify_observers(readings)
+
+    def _record_attempts(self, attempts: list[Attempt]) -> None:
+        """Attempts to the store, where collection quality counts them, and to the per-channel
+        outcome counters of ``/metrics``: both count the same attempts by the same outcomes."""
+        self.writer.add_attempts(attempts)
+        for a in attempts:
+            counts = self._outcomes.setdefault(a.channel, {})
+            counts[a.outcome] = counts.get(a.outcome, 0) + 1
 
     def _pushed(self, terminal: str, readings: list) -> None:
         """Readings an MQTT terminal pushed on its own schedule (of a meter configured behind it:

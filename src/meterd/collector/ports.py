@@ -57,6 +57,8 @@ class ChannelFigures:
     waiting: int  # transactions queued for the bus
     rounds: int
     overruns: int
+    # attempts by outcome (ok, no_record, timeout, ...) since start, as collection quality counts them
+    outcomes: tuple[tuple[str, int], ...] = ()
 
 
 class Collector(Protocol):
