@@ -20,8 +20,9 @@ Rules of the listener
 * Registration: the bytes a new connection sends are matched first against the registration
   packets of the configured terminals in every format
   (:class:`~meterd.protocols.terminal.dtu.KnownRegistrations`: whatever follows the packet, and
-  waiting while the bytes so far are a piece of one), then parsed by every format (to tell an
-  unknown id or a broken registration from data).  A valid registration whose id is in ``known``
+  waiting while the bytes so far are a piece of one), then parsed by the formats in their order
+  (to tell an unknown id or a broken registration from data): the first format that sees a
+  registration, a broken one or the start of one decides.  A valid registration whose id is in ``known``
   puts the terminal online; any bytes behind it in the same read (heartbeats, the registration
   again, meter data) are handled as ordinary traffic.  Bytes that are no registration in any
   format are dropped up to where one could start (:meth:`~meterd.protocols.terminal.dtu.DtuFormat.resync`),
@@ -106,6 +107,7 @@ PENDING_LIMIT: Final = 1024  # bytes buffered from an unregistered connection wh
 MAX_UNREGISTERED: Final = 16384  # bytes an unregistered connection may send (dropped) before it is closed
 MAX_RESYNCS: Final = 64  # hunts for a registration inside unregistered bytes, per connection; then drop whole reads
 SHOWN_BYTES: Final = 32  # of a connection's first bytes, kept for the log lines
+MAX_SHIFT: Final = 256  # bytes of garbage looked past for a known registration behind it, when not unknown
 HOLD: Final = 0.2  # seconds a read's tail that may start a "with data" registration waits for the next read
 RX_BUFFER_LIMIT: Final = 65536  # unread meter bytes kept for a channel; a chatty DTU cannot grow it further
 
@@ -189,6 +191,14 @@ class _Connection(asyncio.Protocol):
             else:
                 self.transport.close()
         self.closed = True
+
+
+@dataclass(slots=True)
+class _Dropped:
+    """Bytes of one read dropped as no registration: how many, and the first of them."""
+
+    count: int = 0
+    shown: bytearray = field(default_factory=bytearray)
 
 
 @dataclass(eq=False)
@@ -455,6 +465,24 @@ class DtuListener:
             conn.first_bytes += data[: SHOWN_BYTES - len(conn.first_bytes)]
         conn.received += len(data)
         conn.pending += data
+        dropped = _Dropped()
+        self._look_for_registration(conn, dropped)
+        if dropped.count:
+            self._unregistered(conn, bytes(dropped.shown), dropped.count)
+        if conn.terminal is None and not conn.closed and conn.received - len(conn.pending) > MAX_UNREGISTERED:
+            self._reject(conn, OVERSIZED, f"{conn.received} bytes without a registration (at most "
+                         f"{MAX_UNREGISTERED} are read before one)", conn.first_bytes)
+
+    def _look_for_registration(self, conn: _Connection, dropped: _Dropped) -> None:
+        """Register ``conn`` from its pending bytes, refuse it, wait for more, or drop what cannot
+        be a registration (counted in ``dropped``, the first bytes kept for the log)."""
+        def drop(n: int) -> None:
+            room = SHOWN_BYTES - len(dropped.shown)
+            if room > 0:
+                dropped.shown += conn.pending[: min(n, room)]
+            dropped.count += n
+            del conn.pending[:n]
+
         while conn.pending and conn.terminal is None and not conn.closed:
             # one registration fits in PENDING_LIMIT bytes: look no further (a 256 KiB read is
             # neither copied nor parsed whole)
@@ -466,45 +494,48 @@ class DtuListener:
                 conn.pending.clear()
                 self._register(conn, fmt, terminal_id, rest)
                 return
-            waiting = self._known.incomplete(buf)
-            results = [(fmt, fmt.parse_registration(buf)) for fmt in self.formats]
-            if not waiting:
-                for fmt, r in results:
-                    if r.status is ParseStatus.OK:
-                        assert r.terminal_id is not None
-                        self._refuse_unknown(conn, fmt, r.terminal_id, buf)
-                        return
-            more = waiting or any(r.status is ParseStatus.MORE for _, r in results)
-            if more and len(conn.pending) <= PENDING_LIMIT:
-                return
-            for fmt, r in results:
-                if r.status is ParseStatus.BAD:
-                    self._reject(conn, r.reason, f"{fmt.name}: {r.detail}", buf)
+            # formats in order: the first that sees a registration (or the start of one) decides
+            fmt, r = self.formats[0], None
+            for f in self.formats:
+                parsed = f.parse_registration(buf)
+                if parsed.status is not ParseStatus.FOREIGN:
+                    fmt, r = f, parsed
+                    break
+            if self._known.incomplete(buf) or (r is not None and r.status is ParseStatus.MORE):
+                if len(conn.pending) <= PENDING_LIMIT:
                     return
-            if more:
                 self._reject(conn, OVERSIZED, f"more than {PENDING_LIMIT} bytes without a complete registration",
                              buf)
+                return
+            if r is not None and r.status is ParseStatus.OK:
+                assert r.terminal_id is not None
+                # garbage that ends in text runs into a prefix-less id: a configured terminal's
+                # registration a little further on is the registration
+                later = next((i for i in range(1, min(len(buf), MAX_SHIFT)) if self._known.match(buf[i:])), 0)
+                if later:
+                    drop(later)
+                    continue
+                self._refuse_unknown(conn, fmt, r.terminal_id, buf)
+                return
+            if r is not None:  # BAD
+                self._reject(conn, r.reason, f"{fmt.name}: {r.detail}", buf)
                 return
             # no registration starts here in any format: drop what comes before the next place one could
             if conn.resyncs < MAX_RESYNCS:
                 conn.resyncs += 1
-                skip = min(fmt.resync(buf) for fmt in self.formats)
+                drop(min(fmt.resync(buf) for fmt in self.formats))
             else:
-                skip = len(conn.pending)
-            self._unregistered(conn, bytes(conn.pending[:skip]))
-            del conn.pending[:skip]
-        if conn.terminal is None and not conn.closed and conn.received - len(conn.pending) > MAX_UNREGISTERED:
-            self._reject(conn, OVERSIZED, f"{conn.received} bytes without a registration (at most "
-                         f"{MAX_UNREGISTERED} are read before one)", conn.first_bytes)
+                drop(len(conn.pending))
 
-    def _unregistered(self, conn: _Connection, dropped: bytes) -> None:
+    def _unregistered(self, conn: _Connection, shown: bytes, count: int) -> None:
         if conn.saw_unregistered:
             return
         conn.saw_unregistered = True
         self.rejected[UNREGISTERED_DATA] += 1
+        more = f" ... ({count} bytes)" if count > len(shown) else ""
         self._log.log(log, logging.WARNING, f"dtu listener {self.name}: data before registering",
-                     "dtu listener %s: %s sent data before registering (dropped; it has %g s to register) [%s]",
-                     self.name, conn.peer, self.registration_timeout, show_bytes(dropped, SHOWN_BYTES))
+                     "dtu listener %s: %s sent data before registering (dropped; it has %g s to register) [%s%s]",
+                     self.name, conn.peer, self.registration_timeout, shown.hex(" ").upper(), more)
 
     def _refuse_unknown(self, conn: _Connection, fmt: DtuFormat, terminal_id: str, data: bytes) -> None:
         if terminal_id in self.unknown_ids or len(self.unknown_ids) < MAX_UNKNOWN_IDS:

@@ -54,6 +54,7 @@ from meterd.protocols.dlt645.messages import parse_di
 from meterd.protocols.drivers import get_driver
 from meterd.protocols.modbus.registermap import builtin_maps, get_map, load_map
 from meterd.protocols.modbus.schema import RegisterMap
+from meterd.protocols.terminal.dtu import CONFIG_KEYS, PRESETS, DtuFormat, get_format
 from meterd.storage.database import Database, is_postgres_url, redact
 
 BAUD_RATES: Final = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
@@ -193,6 +194,7 @@ def parse_config(
     meters = _meters(check, data.get("meters", []), channel_names=channel_names, base_dir=base_dir, ratings=ratings)
     polls = _polls(check, data.get("polls", []), meters)
     _check_dtu_links(check, [c for c in channels if c is not None], set(listeners_raw))
+    _check_dtu_terminals(check, [c for c in channels if c is not None], [lc for lc in listeners if lc is not None])
     mqtt = _mqtt(check, data["mqtt"]) if "mqtt" in data else None
     if "mqtt" not in data:
         for c in channels:
@@ -551,22 +553,13 @@ def _dtu(check: _Checker, path: str, raw: Any) -> DtuLink | None:
 
 
 def _listener(check: _Checker, path: str, name: str, raw: Any) -> ListenerConfig | None:
-    from meterd.protocols.terminal.dtu import PRESETS
-
     table = check.table(path, raw)
     if table is None:
         return None
     check.known_keys(path, table, _LISTENER_KEYS)
     host = check.string(f"{path}.host", table.get("host", "0.0.0.0"))
     port = check.integer(f"{path}.port", table.get("port", 9000), low=0, high=65535)
-    formats = check.string_list(f"{path}.formats", table.get("formats", ["usr-ascii"]))
-    if formats is not None:
-        if not formats:
-            check.problem(f"{path}.formats", f"must name at least one format: {', '.join(PRESETS)}")
-        for i, f in enumerate(formats):
-            if f not in PRESETS:
-                check.problem(f"{path}.formats[{i}]", f"unknown DTU format {show(f)}{hint(f, PRESETS)}; "
-                              f"shipped: {', '.join(PRESETS)}")
+    formats = _dtu_formats(check, f"{path}.formats", table.get("formats", ["usr-ascii"]))
     heartbeat = check.duration(f"{path}.heartbeat_timeout", table.get("heartbeat_timeout", 120))
     registration = check.duration(f"{path}.registration_timeout", table.get("registration_timeout", 10))
     if None in (host, port, formats, heartbeat, registration):
@@ -574,6 +567,81 @@ def _listener(check: _Checker, path: str, name: str, raw: Any) -> ListenerConfig
     assert host is not None and port is not None and formats is not None
     assert heartbeat is not None and registration is not None
     return ListenerConfig(name, host, port, tuple(formats), heartbeat, registration)
+
+
+def _dtu_formats(check: _Checker, path: str, raw: Any) -> list[str | DtuFormat] | None:
+    """A listener's ``formats``: preset names, or tables of format fields (``name``, optional
+    ``preset`` to start from, and the keys of :meth:`DtuFormat.from_dict`)."""
+    if not isinstance(raw, list):
+        check.problem(path, f"must be a list of DTU format names or tables, got {show(raw)}")
+        return None
+    if not raw:
+        check.problem(path, f"must name at least one format: {', '.join(PRESETS)}")
+        return None
+    formats: list[str | DtuFormat] = []
+    seen: dict[str, int] = {}
+    good = True
+    for i, entry in enumerate(raw):
+        where = f"{path}[{i}]"
+        if isinstance(entry, str):
+            if entry not in PRESETS:
+                check.problem(where, f"unknown DTU format {show(entry)}{hint(entry, PRESETS)}; "
+                              f"shipped: {', '.join(PRESETS)}")
+                good = False
+                continue
+            fname: str = entry
+            formats.append(entry)
+        elif isinstance(entry, dict):
+            fields = {k: v for k, v in entry.items() if k != "name"}
+            given = entry.get("name", f"formats[{i}]")
+            if not isinstance(given, str) or not given.strip():
+                check.problem(f"{where}.name", f"must be a non-empty string, got {show(given)}")
+                good = False
+                continue
+            fname = given
+            fmt, problems = DtuFormat.from_config(fname, fields)
+            for key, message in problems:
+                if message == "unknown key":
+                    message += hint(key, (*CONFIG_KEYS, "name"))
+                check.problem(f"{where}.{key}" if key else where, message)
+            if fmt is None:
+                good = False
+                continue
+            formats.append(fmt)
+        else:
+            check.problem(where, f"must be a DTU format name or a table of format fields, got {show(entry)}")
+            good = False
+            continue
+        if fname in seen:
+            check.problem(where, f"format {show(fname)} is already formats[{seen[fname]}]")
+            good = False
+        seen.setdefault(fname, i)
+    return formats if good else None
+
+
+def _check_dtu_terminals(check: _Checker, channels: list[ChannelConfig], listeners: list[ListenerConfig]) -> None:
+    """Every DTU channel's terminal can register in a format of its listener, and no two terminals
+    of a listener register with the same bytes (``AA:BB:..`` and ``aa-bb-..`` are one MAC)."""
+    by_name = {lc.name: [get_format(f) for f in lc.formats] for lc in listeners}
+    packets: dict[tuple[str, str, bytes], str] = {}
+    for ch in channels:
+        link = ch.link
+        if not isinstance(link, DtuLink) or link.listener not in by_name:
+            continue
+        path = f"channels.{ch.name}.dtu.terminal"
+        refused = []
+        for fmt in by_name[link.listener]:
+            reason = fmt.id_problem(link.terminal)
+            if reason is not None:
+                refused.append(f"{fmt.name}: {reason}")
+                continue
+            first = packets.setdefault((link.listener, fmt.name, fmt.encode_registration(link.terminal)), ch.name)
+            if first != ch.name:
+                check.problem(path, f"terminal {show(link.terminal)} registers with the same bytes as channel "
+                              f"{show(first)}'s terminal in DTU format {fmt.name}")
+        if len(refused) == len(by_name[link.listener]):
+            check.problem(path, f"terminal {show(link.terminal)} cannot register in any format of listener "
+                          f"{show(link.listener)}: {'; '.join(refused)}")
 
 
 def _check_dtu_links(check: _Checker, channels: list[ChannelConfig], listeners: set[str]) -> None:

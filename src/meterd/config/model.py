@@ -16,6 +16,7 @@ from typing import Any
 
 from meterd.plausibility import DEFAULT_RATING, Rating
 from meterd.protocols.modbus.schema import RegisterMap
+from meterd.protocols.terminal.dtu import DtuFormat
 from meterd.storage.database import Database, Location
 
 
@@ -109,7 +110,9 @@ class ListenerConfig:
     name: str
     host: str = "0.0.0.0"
     port: int = 9000
-    formats: tuple[str, ...] = ("usr-ascii",)  # registration / heartbeat formats (presets)
+    # registration / heartbeat formats, tried in order: preset names, or formats built from a table
+    # of fields (``{ name = "...", preset = "usr-ascii", data_carries_registration = true }``)
+    formats: tuple[str | DtuFormat, ...] = ("usr-ascii",)
     heartbeat_timeout: float = 120.0
     registration_timeout: float = 10.0
 

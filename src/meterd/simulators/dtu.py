@@ -23,7 +23,9 @@ How the DTU is set up, as on the vendors' configuration pages (``docs/dtu.md``):
 * ``register`` -- send the registration when the connection is made ("connect with" / 连接发送);
 * ``with_data`` -- put the registration in front of every reply ("with data" / 数据携带; both
   together is the vendors' "both"); ``split_prefix`` writes each such packet in two writes cut
-  inside the registration, so the master may get it in two reads;
+  inside the registration, so the master may get it in two reads; ``reply_packets`` cuts each
+  reply into that many packets (a DTU's packing interval shorter than a slow meter's byte gaps),
+  each with its own registration, all in one write (TCP merged them: the master gets one read);
 * ``heartbeat_is_registration`` -- the heartbeat content is the registration content (a DTU left
   with the same text in both: its first packet registers it, the rest are heartbeats);
 * ``heartbeat_with_registration`` -- the first heartbeat goes out in the same write as the
@@ -183,6 +185,7 @@ class DtuSimulator:
         connect_timeout: float = 5.0,
         with_data: bool = False,
         split_prefix: bool = False,
+        reply_packets: int = 1,
         heartbeat_is_registration: bool = False,
         heartbeat_with_registration: bool = False,
         after_registration: bytes = b"",
@@ -206,6 +209,9 @@ class DtuSimulator:
         self.heartbeat_packet = heartbeat_packet
         self.with_data = with_data
         self.split_prefix = split_prefix
+        if reply_packets < 1:
+            raise ValueError(f"reply_packets {reply_packets} must be >= 1")
+        self.reply_packets = reply_packets
         self.heartbeat_with_registration = heartbeat_with_registration
         self.after_registration = bytes(after_registration)
         self.reconnect_delay = reconnect_delay
@@ -404,7 +410,7 @@ class DtuSimulator:
                             await asyncio.sleep(delay)
                         data = reply.data
                         if self.with_data:  # the registration in front of every packet
-                            data = self.registration + data
+                            data = self._with_registration(data)
                             if self.split_prefix:  # two writes, cut inside the registration
                                 cut = max(1, len(self.registration) // 2)
                                 await self._write(link, data[:cut])
@@ -456,6 +462,11 @@ class DtuSimulator:
                 return
             except LinkError as exc:
                 log.debug("%s", exc)
+
+    def _with_registration(self, data: bytes) -> bytes:
+        n = min(self.reply_packets, len(data)) or 1
+        size = -(-len(data) // n)
+        return b"".join(self.registration + data[i:i + size] for i in range(0, len(data), size))
 
     def _heartbeat_packet(self) -> bytes:
         if self.heartbeat_packet is not None:

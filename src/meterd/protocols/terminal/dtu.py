@@ -586,16 +586,10 @@ class DtuFormat:
                 problems.append(("preset", f"{preset!r} is not one of {', '.join(PRESETS)}"))
             else:
                 base = PRESETS[preset]
-        plain = {
-            "framing": str, "description": str, "id_encoding": str, "id_pattern": str, "checksum": str,
-            "id_length": int, "max_id_length": int, "registration_type": int, "heartbeat_type": int,
-            "data_carries_registration": bool,
-        }
-        byte_keys = ("prefix", "suffix", "header", "tail")
-        known = {"preset", *plain, *byte_keys, *(f"{k}_hex" for k in byte_keys),
-                 "heartbeat", "heartbeat_hex", "heartbeats", "heartbeats_hex"}
+        plain = _PLAIN_KEYS
+        byte_keys = _BYTE_KEYS
         for key in doc:
-            if key not in known:
+            if key not in CONFIG_KEYS:
                 problems.append((str(key), "unknown key"))
         for key, typ in plain.items():
             if key not in doc:
@@ -660,6 +654,16 @@ class DtuFormat:
             object.__setattr__(probe, "name", name)
             return None, probe.problems()
 
+
+_PLAIN_KEYS: Final[dict[str, type]] = {
+    "framing": str, "description": str, "id_encoding": str, "id_pattern": str, "checksum": str,
+    "id_length": int, "max_id_length": int, "registration_type": int, "heartbeat_type": int,
+    "data_carries_registration": bool,
+}
+_BYTE_KEYS: Final = ("prefix", "suffix", "header", "tail")
+CONFIG_KEYS: Final = ("preset", *_PLAIN_KEYS, *_BYTE_KEYS, *(f"{k}_hex" for k in _BYTE_KEYS),
+                      "heartbeat", "heartbeat_hex", "heartbeats", "heartbeats_hex")
+"""The keys of a format's config table (:meth:`DtuFormat.from_dict`)."""
 
 USR_ASCII: Final = DtuFormat(
     "usr-ascii",
@@ -822,6 +826,7 @@ class DtuStream:
 __all__ = [
     "BAD_CHECKSUM",
     "CHECKSUMS",
+    "CONFIG_KEYS",
     "DEFAULT_ID_PATTERN",
     "FRAMINGS",
     "HEX_FRAME",
