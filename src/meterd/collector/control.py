@@ -20,7 +20,8 @@ Outcomes: the meter refused (abnormal reply / exception response), the link fail
 read back does not match the command -- each a :class:`~meterd.errors.ControlError` carrying a
 :class:`ControlOutcome` with the evidence.  Only a read-back that matches is ``confirmed``.
 ``RECLOSE_ALLOWED`` (the customer closes the relay with the meter's button) is confirmed by the
-command-open flag going off where the meter reports it, else by the acknowledgement alone;
+command-open flag going off where the meter reports it, else by the acknowledgement alone; a relay
+still open then is the meter waiting for the customer, which the detail says (not a failure);
 alarm and protect commands are confirmed by their flags.  Time (the validity window) is passed in.
 Commands and their read-back go ahead of routine reads waiting for the bus (:data:`URGENT`).
 """
@@ -97,6 +98,9 @@ async def send_relay_command(
         _fail(outcome, f"control anomaly: {command.name} acknowledged but {flag} reads {outcome.read_back[flag]}")
     outcome.confirmed = True
     outcome.detail = f"{flag} = {expected} read back"
+    if command is RelayCommand.RECLOSE_ALLOWED and outcome.read_back.get("relay.open"):
+        outcome.detail += ("; reclose permitted (合闸允许), relay still open: waiting for the customer to press the "
+                           "button on the meter")
     return outcome
 
 
