@@ -174,9 +174,14 @@ def show_bytes(data: bytes, limit: int = 32) -> str:
 
 def _tail_prefix(data: bytes, packet: bytes) -> int:
     """The length of the longest proper prefix of ``packet`` that ends ``data`` (0: none)."""
-    for k in range(min(len(packet) - 1, len(data)), 0, -1):
-        if data.endswith(packet[:k]):
-            return k
+    if not packet:
+        return 0
+    first = packet[0]
+    i = data.find(first, max(0, len(data) - len(packet) + 1))
+    while i >= 0:  # only where the packet's first byte is: usually nowhere
+        if packet.startswith(data[i:]):
+            return len(data) - i
+        i = data.find(first, i + 1)
     return 0
 
 
