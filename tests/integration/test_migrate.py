@@ -51,8 +51,9 @@ def test_migrate_makes_every_store_and_prints_the_versions(where, tmp_path, run_
     assert doc["backend"] == ("postgresql" if isinstance(where, Database) else "sqlite")
     versions = {v["store"]: (v["before"], v["after"]) for v in doc["versions"]}
     assert versions["control"] == (0, latest)
-    if isinstance(where, Database):  # the readings/archive store and the nodes' lease table version theirs too
-        assert {"readings", "archive", "cluster"} <= set(versions)
+    assert versions["readings"] == versions["archive"] == (0, 1)  # the readings/archive store, on both backends
+    if isinstance(where, Database):  # the nodes' lease table versions its own too
+        assert "cluster" in versions
         assert all(before == 0 and after >= 1 for before, after in versions.values())
         assert "cluster leases" in doc["opened"]
     assert doc["migrated"] is True
@@ -88,6 +89,21 @@ def test_a_database_newer_than_this_meterd_is_refused_and_left_alone(where, tmp_
     assert run.returncode == 2
     assert "newer than this meterd knows" in run.stderr and "nothing was started" in run.stderr
     assert sorted(sql(where, "SELECT store, version FROM schema_versions")) == before
+
+
+def test_a_readings_store_newer_than_this_meterd_is_refused_by_migrate_and_run(where, tmp_path, run_meterd):
+    config = site(tmp_path, where)
+    assert run_meterd("migrate", "-c", str(config)).returncode == 0
+    if isinstance(where, Database):
+        sql(where, "UPDATE schema_versions SET version = 4 WHERE store = 'readings'")
+    else:
+        with sqlite3.connect(Path(where) / "data" / "readings.sqlite3") as conn:
+            conn.execute("UPDATE schema_versions SET version = 4 WHERE store = 'readings'")
+    for command in (("migrate",), ("run", "--duration", "1")):
+        refused = run_meterd(*command, "-c", str(config))
+        assert refused.returncode == 2, refused.stderr
+        assert "the readings tables are at schema version 4, newer than this meterd knows (1)" in refused.stderr
+        assert "Traceback" not in refused.stderr
 
 
 def test_an_unreachable_database_is_exit_1(tmp_path, run_meterd):

@@ -75,12 +75,18 @@ def _lease_tables(where: Location) -> _Closed:
     return _Closed()
 
 
-def known_versions() -> dict[str, int]:
-    """The schema version this meterd brings each versioned state store to (``STORE`` -> latest)."""
-    from meterd.cluster import leases
+def known_versions(where: Location | None = None) -> dict[str, int]:
+    """The schema version this meterd brings each versioned state store to (``STORE`` -> latest),
+    on the backend of ``where`` (the readings/archive store's steps are the backend's own)."""
+    from meterd.cluster import forward, leases
+    from meterd.storage import postgres, sqlite
     from meterd.storage.statedb import StateDatabase
 
-    out: dict[str, int] = {leases.STORE: len(leases.MIGRATIONS)}
+    out: dict[str, int] = {leases.STORE: len(leases.MIGRATIONS), forward.STORE: len(forward.MIGRATIONS)}
+    if as_database(where) is not None:
+        out.update(readings=len(postgres._READINGS_MIGRATIONS), archive=len(postgres._ARCHIVE_MIGRATIONS))
+    else:
+        out.update(readings=len(sqlite.READINGS_MIGRATIONS), archive=len(sqlite.ARCHIVE_MIGRATIONS))
     pending: list[type[StateDatabase]] = [StateDatabase]
     while pending:
         cls = pending.pop()
@@ -125,7 +131,7 @@ def migrate(where: Location, openers: list[tuple[str, Opener]] | None = None) ->
     openers = stores(where) if openers is None else openers
     before = schema_versions(where)
     newer = [f"state database {where}: the {name} tables are at schema version {before[name]}, newer than this "
-             f"meterd knows ({latest}): upgrade meterd" for name, latest in sorted(known_versions().items())
+             f"meterd knows ({latest}): upgrade meterd" for name, latest in sorted(known_versions(where).items())
              if before.get(name, 0) > latest]
     if newer:
         raise NewerSchemaError(newer)

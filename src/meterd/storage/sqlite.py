@@ -35,6 +35,7 @@ key the later still wins, and attempt ids still count up in recording order.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -47,7 +48,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
+from meterd.errors import ConfigError
 from meterd.readings import Quality, Reading, Value
+
+log = logging.getLogger(__name__)
 
 READINGS_FILE: Final = "readings.sqlite3"
 STATE_FILE: Final = "state.sqlite3"
@@ -96,6 +100,14 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE INDEX IF NOT EXISTS attempts_meter_ts ON attempts (meter, ts);
 CREATE INDEX IF NOT EXISTS attempts_ts ON attempts (ts);
 """
+#: Schema versions, kept in each file's ``schema_versions`` as the state stores keep theirs
+#: (:mod:`meterd.storage.statedb`), under the names the PostgreSQL store uses: ``readings`` in
+#: readings.sqlite3, ``archive`` (meters, attempts) in state.sqlite3.  Version 1 is the layout above,
+#: which meterd made with ``CREATE ... IF NOT EXISTS`` before it kept versions (such a file is at 0
+#: and takes the same step); each later entry is one step of statements.  A file at a version
+#: newer than this code knows is refused before anything is written to it.
+READINGS_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = ((),)
+ARCHIVE_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = ((),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,13 +282,59 @@ def meter_record(row: Sequence[object]) -> MeterRecord:
 # --- the store ---------------------------------------------------------------------------------
 
 
-def _connect(path: Path, schema: str) -> sqlite3.Connection:
+def _connect(path: Path, schema: str, store: str, steps: Sequence[Sequence[str]]) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, timeout=5.0)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    # synchronous stays FULL (the default): a committed batch of readings survives a power cut.
-    conn.executescript(schema)
+    try:
+        conn.row_factory = sqlite3.Row
+        _check_version(conn, path, store, len(steps))  # before anything is written to a newer file
+        conn.execute("PRAGMA journal_mode=WAL")
+        # synchronous stays FULL (the default): a committed batch of readings survives a power cut.
+        conn.executescript(schema)
+        _migrate(conn, path, store, steps)
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def _schema_version(conn: sqlite3.Connection, store: str) -> int:
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_versions'").fetchone() is None:
+        return 0
+    row = conn.execute("SELECT version FROM schema_versions WHERE store = ?", (store,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _check_version(conn: sqlite3.Connection, path: Path, store: str, latest: int) -> int:
+    done = _schema_version(conn, store)
+    if done > latest:
+        raise ConfigError(f"{path}: the {store} tables are at schema version {done}, newer than this meterd knows "
+                          f"({latest}): upgrade meterd")
+    return done
+
+
+def _migrate(conn: sqlite3.Connection, path: Path, store: str, steps: Sequence[Sequence[str]]) -> None:
+    """Bring ``store``'s tables in ``conn`` to ``len(steps)``, in one write transaction (two
+    processes opening an old file at once: the second finds nothing left to do)."""
+    latest = len(steps)
+    if _schema_version(conn, store) == latest:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_versions (store TEXT NOT NULL PRIMARY KEY, "
+                     "version INTEGER NOT NULL)")
+        done = _check_version(conn, path, store, latest)  # again, under the write lock
+        for step in steps[done:]:
+            for statement in step:
+                conn.execute(statement)
+        if done < latest:
+            conn.execute("INSERT INTO schema_versions (store, version) VALUES (?, ?) ON CONFLICT (store) "
+                         "DO UPDATE SET version = excluded.version", (store, latest))
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    if done < latest:
+        log.info("%s: %s tables migrated from schema version %d to %d", path, store, done, latest)
 
 
 class SqliteStore:
@@ -286,9 +344,9 @@ class SqliteStore:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._readings = _connect(self.data_dir / READINGS_FILE, _READINGS_SCHEMA)
+        self._readings = _connect(self.data_dir / READINGS_FILE, _READINGS_SCHEMA, "readings", READINGS_MIGRATIONS)
         try:
-            self._state = _connect(self.data_dir / STATE_FILE, _STATE_SCHEMA)
+            self._state = _connect(self.data_dir / STATE_FILE, _STATE_SCHEMA, "archive", ARCHIVE_MIGRATIONS)
         except BaseException:
             self._readings.close()
             raise
