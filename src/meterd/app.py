@@ -10,7 +10,7 @@ others, taken from the collector's narrow interface (:mod:`meterd.collector.port
     prepaid    <- route (the meter's channel, target, Modbus link)      -> observe, run
     analytics  <- meter list; prepaid's meter -> account map            -> observe, run
     sync       <- prepaid's refresh after an accounts import            -> run
-    api        <- read_now, stats, listener_status, spool_size (live);
+    api        <- read_now, stats, listener_status, spool_size, readiness (live);
                   the figures /metrics shows; the sync runtime          -> run
 
 The collector calls every ``observe`` with each batch of readings that passed its door and
@@ -43,7 +43,8 @@ from meterd.storage.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from meterd.analytics.runtime import AnalyticsRuntime
-    from meterd.api.runtime import ApiRuntime, Figures
+    from meterd.api.metrics import Figures
+    from meterd.api.runtime import ApiRuntime
     from meterd.billing_link.runtime import SyncRuntime
     from meterd.cluster.node import ClusterNode
     from meterd.collector.ports import Service
@@ -207,7 +208,7 @@ def _meter_routes(collector: Daemon) -> Callable[[str], RelayLink | None]:
 
 
 def _figures(node: Node) -> Figures:
-    from meterd.api.runtime import Figures
+    from meterd.api.metrics import Figures
 
     prepaid, analytics = node.prepaid, node.analytics
     return Figures(
@@ -218,6 +219,8 @@ def _figures(node: Node) -> Figures:
         open_anomalies=analytics.open_anomalies if analytics is not None else None,
         open_outages=analytics.open_outages if analytics is not None else None,
         cluster=node.cluster.figures if node.cluster is not None else None,
+        terminals=node.collector.terminal_figures,
+        prepaid=prepaid.figures if prepaid is not None else None,
     )
 
 

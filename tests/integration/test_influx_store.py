@@ -30,7 +30,7 @@ import pytest
 from conftest import free_port
 
 from meterd.readings import Quality, Reading
-from meterd.storage.influx import InfluxStore, encode_reading
+from meterd.storage.influx import InfluxStore, encode_reading, meter_tags
 from meterd.storage.sqlite import Attempt, SqliteStore
 from meterd.storage.writer import BatchWriter
 
@@ -171,33 +171,56 @@ def spy_posts(store: InfluxStore) -> list[list[bytes]]:
 
 def test_line_protocol_for_every_kind_of_value():
     ts = BASE  # 1709251200000 ms
-    assert encode_reading(Reading("000000000001", "energy.active.import.total", ts, Decimal("12345.60"), "kWh")) == (
-        b'reading,meter=000000000001,quantity=energy.active.import.total value=12345.6,exact="12345.60",'
-        b'kind="decimal",unit="kWh",quality="good" 1709251200000'
+    place = meter_tags({"area": "TA-001", "group": "north", "channel": "bus 1"})
+    # Tags sorted by key; the unit is a tag; the value alone when a float holds it exactly.
+    assert encode_reading(Reading("000000000001", "energy.active.import.total", ts, Decimal("12345.60"), "kWh"),
+                          place) == (
+        b"reading,area=TA-001,channel=bus\\ 1,group=north,meter=000000000001,quantity=energy.active.import.total,"
+        b'unit=kWh value=12345.6,quality="good" 1709251200000'
     )
     assert encode_reading(Reading("m", "relay.open", ts, True, quality=Quality.SUSPECT)) == (
-        b'reading,meter=m,quantity=relay.open value=1.0,state=true,kind="bool",unit="",quality="suspect"'
-        b" 1709251200000"
+        b'reading,meter=m,quantity=relay.open value=1.0,state=true,quality="suspect" 1709251200000'
     )
     assert encode_reading(Reading("m", "status", ts, 7)) == (
-        b'reading,meter=m,quantity=status value=7.0,exact="7",kind="int",unit="",quality="good" 1709251200000'
+        b'reading,meter=m,quantity=status value=7.0,quality="good" 1709251200000'
     )
     assert encode_reading(Reading("m", "clock", ts, datetime(2024, 2, 29, 23, 59, 58))) == (
-        b'reading,meter=m,quantity=clock time_value="2024-02-29T23:59:58",kind="datetime",unit="",'
-        b'quality="good" 1709251200000'
+        b'reading,meter=m,quantity=clock time_value="2024-02-29T23:59:58",quality="good" 1709251200000'
     )
     assert encode_reading(Reading("m", "model", ts, 'DDS "1"\\x\n', quality=Quality.ESTIMATED)) == (
-        b'reading,meter=m,quantity=model text="DDS \\"1\\"\\\\x\\n",kind="str",unit="",quality="estimated"'
-        b" 1709251200000"
+        b'reading,meter=m,quantity=model text="DDS \\"1\\"\\\\x\\n",quality="estimated" 1709251200000'
     )
     # Tags escape separators; NaN has no float field but keeps its exact text.
     assert encode_reading(Reading("a b,c=d", "q", ts, Decimal("NaN"))) == (
-        b'reading,meter=a\\ b\\,c\\=d,quantity=q exact="NaN",kind="decimal",unit="",quality="good" 1709251200000'
+        b'reading,meter=a\\ b\\,c\\=d,quantity=q exact="NaN",quality="good" 1709251200000'
     )
     # Milliseconds are kept, finer parts cut off, like SqliteStore.
     assert encode_reading(Reading("m", "q", ts + timedelta(microseconds=1999), 1)).endswith(b" 1709251200001")
     with pytest.raises(ValueError, match="no time zone"):
         encode_reading(Reading("m", "q", datetime(2024, 1, 1), 1))
+
+
+@pytest.mark.parametrize(("value", "exact"), [
+    (Decimal("99999999.99") * 10000, False),  # an 8-digit register times CT x PT 10,000: 14 digits
+    (Decimal("123456789012.345"), False),  # 15 significant digits: float64 keeps them
+    (Decimal("1234567890123.4567"), True),  # 17: it does not
+    (2**53, False),
+    (2**53 + 1, True),
+    (-(2**64), True),
+    (Decimal("1E-400"), True),  # a float would say 0.0
+    (Decimal("Infinity"), True),  # no value field at all
+])
+def test_exact_text_only_where_a_float_loses_digits(value, exact):
+    line = encode_reading(Reading("m", "q", BASE, value)).decode()
+    assert ('exact="' in line) is exact, line
+    if "value=" in line and not exact:  # the float alone gives the number back
+        assert Decimal(line.split("value=")[1].split(",")[0]) == value
+
+
+def test_meter_tags_are_area_channel_and_group_only():
+    assert meter_tags({"group": "g", "area": "", "channel": "c"}) == ",channel=c,group=g"
+    with pytest.raises(ValueError, match="not unit"):
+        meter_tags({"unit": "kWh"})
 
 
 # --- round trip --------------------------------------------------------------------------------
@@ -228,19 +251,16 @@ def test_readings_are_written_and_read_back_exactly(victoria, tmp_path):
         "status": [(ms + 2, 4660.0)],
         "relay.open": [(ms + 3, 1.0), (ms + 4, 0.0)],
     }
-    assert server.samples(meter, "exact") == {  # the exact text, as VictoriaMetrics parses it
-        "energy.active.import.total": [(ms, 98765.43)],
-        "voltage.a": [(ms + 1, 220.1)],
-        "status": [(ms + 2, 4660.0)],
-    }
+    assert server.samples(meter, "exact") == {}  # every number here fits a float exactly
     assert server.samples(meter, "state") == {"relay.open": [(ms + 3, 1.0), (ms + 4, 0.0)]}
     # String fields arrive (VictoriaMetrics stores them as 0): one point per reading, right time.
     assert server.samples(meter, "time_value") == {"clock": [(ms + 5, 0.0)]}
     assert server.samples(meter, "text") == {"model": [(ms + 6, 0.0)]}
     assert len(server.samples(meter, "quality")["relay.open"]) == 2
-    # Only meter and quantity are tags.
+    # Identity and place are tags (unit where the quantity has one); no kind or unit field.
     labels = {frozenset(s["metric"]) for s in server.export(f'{{meter="{meter}"}}')}
-    assert labels == {frozenset({"__name__", "meter", "quantity"})}
+    assert labels == {frozenset({"__name__", "meter", "quantity"}), frozenset({"__name__", "meter", "quantity", "unit"})}
+    assert not server.export(f'{{__name__=~"reading_(kind|unit)",meter="{meter}"}}')
 
 
 # --- server down -------------------------------------------------------------------------------

@@ -331,6 +331,25 @@ class Api:
     async def healthz(self, request: Request, caller: Caller | None) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def readyz(self, request: Request, caller: Caller | None) -> Response:
+        """Ready for traffic: the state store answers a query, and the collector's channels are
+        started (served by the daemon only); otherwise 503 with every reason."""
+        def check() -> list[str]:
+            reasons = []
+            try:
+                self.archive.meters(limit=1)
+            except Exception as exc:  # noqa: BLE001 -- whatever the store raises, it is not reachable
+                reasons.append(f"the state store is unreachable: {type(exc).__name__}: {exc}"[:300])
+            waiting = ("no collector in this process (the API runs without the daemon)" if self.live is None
+                       else self.live.readiness())
+            if waiting is not None:
+                reasons.append(waiting)
+            return reasons
+        reasons = await run_in_threadpool(check)
+        if reasons:
+            return JSONResponse({"status": "not ready", "reasons": reasons}, status_code=503)
+        return JSONResponse({"status": "ready", "reasons": []})
+
     async def openapi(self, request: Request, caller: Caller | None) -> Response:
         return JSONResponse(openapi_document())
 
@@ -756,6 +775,8 @@ class Api:
 _AUTH_ERRORS: Final = (401, 403)
 ENDPOINTS: Final[tuple[Endpoint, ...]] = (
     Endpoint("GET", "/healthz", None, "liveness", Api.healthz, {200: ref("Health")}),
+    Endpoint("GET", "/readyz", None, "readiness: the state store answers and the channels are started (503 "
+             "with the reasons otherwise)", Api.readyz, {200: ref("Readiness"), 503: ref("Readiness")}),
     Endpoint("GET", "/api/v1/openapi.json", None, "this document", Api.openapi, {200: {"type": "object"}}),
     Endpoint("GET", "/api/v1/meters", Role.VIEWER, "the meter archive with each meter's latest readings, by "
              "address, a page at a time", Api.meters, {200: array("Meter")},

@@ -52,6 +52,8 @@ def ref(name: str) -> dict[str, str]:
 SCHEMAS: Final[dict[str, Any]] = {
     "Error": obj({"error": STR}),
     "Health": obj({"status": {"type": "string", "enum": ["ok"]}}),
+    "Readiness": obj({"status": {"type": "string", "enum": ["ready", "not ready"]},
+                      "reasons": {"type": "array", "items": STR}}),
     "Reading": obj({"meter": STR, "quantity": STR, "timestamp": TIME, "value": STR,
                      "kind": {"type": "string", "enum": ["decimal", "datetime", "int", "str", "bool"]},
                      "unit": STR, "quality": {"type": "string", "enum": ["good", "suspect", "estimated", "implausible"]}}),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,13 +32,13 @@ from typing import Protocol
 
 from meterd.clock import Clock, utc_now
 from meterd.collector import ondemand
-from meterd.collector.channel import Channel, FailureKind, Timing, TraceHook
+from meterd.collector.channel import LATENCY_BOUNDS, Channel, FailureKind, Timing, TraceHook
 from meterd.collector.door import Door
 from meterd.collector.dtu import DtuListener
 from meterd.collector.modbus import ModbusLink
 from meterd.collector.mqtt import MqttHub
 from meterd.collector.poll import MeterTarget, RoundResult, link_failed, poll_round
-from meterd.collector.ports import ChannelFigures, Observer, Route, Service
+from meterd.collector.ports import ChannelFigures, Observer, Route, Service, TerminalFigures
 from meterd.collector.transports import SerialTransport, TcpTransport, Transport
 from meterd.config.model import (
     ChannelConfig,
@@ -202,7 +203,21 @@ def make_sink(config: Config, store: SqliteStore | PostgresStore):
 
     token = secret(influx.token_env, "store.influxdb.token_env")
     return InfluxStore(influx.url, influx.org, influx.bucket, token, influx.spool_dir, timeout=influx.timeout,
-                       batch=influx.batch, state=store)
+                       batch=influx.batch, state=store, tags=meter_places(config))
+
+
+def meter_places(config: Config) -> dict[str, dict[str, str]]:
+    """Each meter's channel, group and topology area (the first ``[[topology.units]]`` of kind
+    ``area`` it is a point of): the tags its points carry in InfluxDB."""
+    areas: dict[str, str] = {}
+    topology = getattr(config.analytics, "topology", None)
+    if topology is not None:
+        for point in topology.points:
+            unit = topology.units.get(point.unit)
+            if unit is not None and unit.kind == "area":
+                areas.setdefault(point.meter, point.unit)
+    return {m.address: {"channel": m.channel, "group": m.group, "area": areas.get(m.address, "")}
+            for m in config.meters}
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +234,19 @@ class ChannelPlan:
     @property
     def has_modbus(self) -> bool:
         return any(t.driver.link is LinkKind.MODBUS for p in self.polls for t, _ in p.meters)
+
+
+def link_kind(plan: ChannelPlan) -> str:
+    """The channel's kind, as ``/metrics`` labels its read latencies: serial, tcp, modbus-tcp
+    (Modbus meters framed MBAP), dtu or mqtt."""
+    link = plan.channel.link
+    if isinstance(link, SerialLink):
+        return "serial"
+    if isinstance(link, DtuLink):
+        return "dtu"
+    if isinstance(link, MqttLink):
+        return "mqtt"
+    return "modbus-tcp" if plan.has_modbus and plan.channel.framing == "tcp" else "tcp"
 
 
 def target(m: MeterConfig) -> MeterTarget:
@@ -375,6 +403,7 @@ class Daemon:
         self._observers: list[Observer] = []
         self._services: list[Service] = []
         self._outcomes: dict[str, dict[str, int]] = {}  # channel -> attempt outcome -> count (/metrics)
+        self._running = False  # channels started, not yet stopping (readiness)
 
     def subscribe(self, observer: Observer) -> None:
         """``observer(readings)`` for every batch that passed the door; one that raises is logged."""
@@ -446,9 +475,11 @@ class Daemon:
             for line in self.scheduler.describe(self.clock()):
                 log.info("tasks: %s", line)
             self.scheduler.start()
+        self._running = True
         try:
             await stop.wait()
         finally:
+            self._running = False
             if self.scheduler is not None:
                 self.scheduler.shutdown()
             if ownership is not None:  # stops the channels, then gives their leases back
@@ -593,11 +624,30 @@ class Daemon:
 
     def channel_figures(self) -> list[ChannelFigures]:
         """Every channel's live counters, for ``/metrics``."""
-        return [ChannelFigures(r.channel.name, r.channel.stats.transactions, r.channel.stats.successes,
-                               tuple((str(k), n) for k, n in sorted(r.channel.stats.failures.items())),
-                               r.channel.stats.latency_mean, r.channel.stats.latency_max, r.channel.waiting,
-                               r.rounds, r.overruns, outcomes=tuple(sorted(self._outcomes.get(r.channel.name, {}).items())))
-                for r in self.runners]
+        mono, wall = time.monotonic(), self.clock().timestamp()
+        out = []
+        for r in self.runners:
+            stats = r.channel.stats
+            buckets = tuple(zip((*LATENCY_BOUNDS, math.inf), stats.latency_buckets[:], strict=True))
+            out.append(ChannelFigures(
+                r.channel.name, stats.transactions, stats.successes,
+                tuple((str(k), n) for k, n in sorted(stats.failures.items())),
+                stats.latency_mean, stats.latency_max, r.channel.waiting, r.rounds, r.overruns,
+                link=link_kind(r.plan), latency_buckets=buckets, latency_total=stats.latency_total,
+                last_success=wall - (mono - stats.last_success) if stats.last_success else None,
+                outcomes=tuple(sorted(self._outcomes.get(r.channel.name, {}).items()))))
+        return out
+
+    def terminal_figures(self) -> list[TerminalFigures]:
+        """The DTUs and MQTT terminals this node polls, online or not (``/metrics``)."""
+        return [TerminalFigures(link.terminal, r.channel.name, "dtu" if isinstance(link, DtuLink) else "mqtt",
+                                r.channel.name in self.online.open)
+                for r in self.runners if isinstance(link := r.plan.channel.link, (DtuLink, MqttLink))
+                and (self.ownership is None or self.ownership.allows(r.channel.name))]
+
+    def readiness(self) -> str | None:
+        """Why the collector is not ready (``/readyz``), or None once its channels are started."""
+        return None if self._running else "the collector's channels are not started (starting or stopping)"
 
     def spool_size(self) -> tuple[int, int] | None:
         """(records, bytes) waiting in the store's spool; ``None`` for a store without one."""

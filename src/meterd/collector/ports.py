@@ -13,7 +13,9 @@ each only what it uses of this interface, usually as bound methods:
   pushed readings);
 - :meth:`Collector.add_service` -- a long-running task supervised beside the channels until stop;
 - :meth:`Collector.stats`, :meth:`Collector.channel_figures`, :meth:`Collector.listener_status`,
-  :meth:`Collector.spool_size` -- live figures for diagnostics and ``/metrics``.
+  :meth:`Collector.spool_size`, :meth:`Collector.terminal_figures` -- live figures for diagnostics
+  and ``/metrics``;
+- :meth:`Collector.readiness` -- why the collector is not ready yet (``/readyz``), or None.
 """
 
 from __future__ import annotations
@@ -57,8 +59,23 @@ class ChannelFigures:
     waiting: int  # transactions queued for the bus
     rounds: int
     overruns: int
+    link: str = ""  # serial, tcp, modbus-tcp, dtu or mqtt: the read-latency histogram's label
+    latency_buckets: tuple[tuple[float, int], ...] = ()  # (upper bound in s, successes in it), +inf last
+    latency_total: float = 0.0  # seconds, summed over the successes
+    last_success: float | None = None  # unix seconds of the last reply; None: none since start
     # attempts by outcome (ok, no_record, timeout, ...) since start, as collection quality counts them
     outcomes: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalFigures:
+    """A DTU or MQTT terminal this node polls, and whether it is online now (as the quality
+    statistics count it: a round got past its link)."""
+
+    terminal: str
+    channel: str
+    kind: str  # dtu or mqtt
+    online: bool
 
 
 class Collector(Protocol):
@@ -81,5 +98,9 @@ class Collector(Protocol):
 
     def spool_size(self) -> tuple[int, int] | None: ...
 
+    def terminal_figures(self) -> list[TerminalFigures]: ...
 
-__all__ = ["ChannelFigures", "Collector", "Observer", "Route", "Service"]
+    def readiness(self) -> str | None: ...
+
+
+__all__ = ["ChannelFigures", "Collector", "Observer", "Route", "Service", "TerminalFigures"]

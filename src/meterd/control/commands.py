@@ -101,8 +101,12 @@ class CommandExecutor:
         settle: float = 0.0,
         publish: Publish | None = None,
         scope: Scope | None = None,
+        outcome: Callable[[Command, str], None] | None = None,
     ) -> None:
+        """``outcome(command, what)`` hears how each try ended: ``confirmed``, ``failed``,
+        ``expired`` or ``retry`` (``/metrics`` counts them)."""
         self.store = store
+        self.outcome = outcome
         self.scope = scope  # None: one node sends every command
         self.resolve = resolve
         self.clock = clock
@@ -139,6 +143,7 @@ class CommandExecutor:
         now = self.clock()
         for cmd in await asyncio.to_thread(self.store.expire, now):
             log.warning("command #%d %s to meter %s expired: %s", cmd.id, cmd.kind, cmd.meter, cmd.reason)
+            self._count(cmd, "expired")
             await self._notify([_anomaly(cmd, now, "expired before the meter could be reached")])
         if self.scope is None:
             due = await asyncio.to_thread(self.store.due_commands, now)
@@ -259,6 +264,7 @@ class CommandExecutor:
             return await self._finish(cmd, CommandState.EXPIRED, f"expired: the meter did not answer ({why})")
         log.info("command #%d %s to meter %s: %s; retry at %s", cmd.id, cmd.kind, cmd.meter, why,
                  next_try.isoformat())
+        self._count(cmd, "retry")
         return await asyncio.to_thread(self.store.retry_later, cmd.id, now=now, next_try=next_try,
                                        detail=f"try {cmd.tries}: {why}")
 
@@ -266,12 +272,17 @@ class CommandExecutor:
                       read_back: dict[str, bool] | None = None) -> Command:
         now = self.clock()
         done = await asyncio.to_thread(self.store.finish, cmd.id, state, now=now, detail=detail, read_back=read_back)
+        self._count(done, str(state))
         if state is CommandState.CONFIRMED:
             log.info("command #%d %s to meter %s confirmed: %s", cmd.id, cmd.kind, cmd.meter, detail)
         else:
             log.warning("command #%d %s to meter %s %s: %s", cmd.id, cmd.kind, cmd.meter, state, detail)
             await self._notify([_anomaly(done, now, detail)])
         return done
+
+    def _count(self, cmd: Command, what: str) -> None:
+        if self.outcome is not None:
+            self.outcome(cmd, what)
 
     async def _notify(self, notices: list[Notice]) -> None:
         if self.publish is not None and notices:

@@ -20,11 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
+from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
 from meterd import secrets
 from meterd.clock import Clock
+from meterd.control.command_store import Command
 from meterd.control.commands import CommandExecutor, RelayLink, Scope
 from meterd.control.engine import PrepaidEngine
 from meterd.control.model import CommandKind
@@ -84,6 +90,19 @@ def make_notifier(config: PrepaidConfig) -> Notifier:
 #: How to reach a configured meter (its channel, target and Modbus link; no credentials), or None.
 RouteLookup = Callable[[str], RelayLink | None]
 
+#: Upper bounds (seconds) of the pass-duration histogram (``/metrics``).
+PASS_BOUNDS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+@dataclass(frozen=True, slots=True)
+class PrepaidFigures:
+    """What ``/metrics`` shows of prepaid control, since this process started."""
+
+    passes: int
+    pass_buckets: tuple[tuple[float, int], ...]  # (upper bound in s, passes in it), +inf last
+    pass_seconds: float  # summed over the passes
+    outcomes: tuple[tuple[str, str, int], ...]  # (command kind, outcome, how many), sorted
+
 
 class PrepaidRuntime:
     def __init__(self, config: PrepaidConfig, *, meters: Sequence[MeterConfig], where: Location,
@@ -114,10 +133,21 @@ class PrepaidRuntime:
         self.executor = CommandExecutor(
             self.store, self.route, clock=clock, retry_every=config.settings.retry_every,
             valid_for=config.settings.valid_for, settle=config.settings.settle, publish=self.notifier.publish,
-            scope=scope)
+            scope=scope, outcome=self._outcome)
         self.commands_in_run = scope is None  # among nodes the executor runs apart: run_commands, on every node
         self._kick = asyncio.Event()
         self.passes = 0
+        self._pass_buckets = [0] * (len(PASS_BOUNDS) + 1)
+        self._pass_seconds = 0.0
+        self._outcomes: Counter[tuple[str, str]] = Counter()
+
+    def _outcome(self, command: Command, what: str) -> None:
+        self._outcomes[str(command.kind), what] += 1
+
+    def figures(self) -> PrepaidFigures:
+        """Passes, their durations and the command outcomes since start (``/metrics``)."""
+        return PrepaidFigures(self.passes, tuple(zip((*PASS_BOUNDS, math.inf), self._pass_buckets[:], strict=True)),
+                              self._pass_seconds, tuple((k, o, n) for (k, o), n in sorted(self._outcomes.items())))
 
     def capabilities(self, meter: str) -> frozenset[CommandKind] | None:
         found = self._route(meter)
@@ -183,11 +213,15 @@ class PrepaidRuntime:
 
     async def run_pass(self) -> None:
         now = self.clock()
+        started = time.monotonic()
         try:
             summary = await asyncio.to_thread(self.engine.run_pass, now)
         except Exception:
             log.exception("prepaid pass failed; readings stay pending for the next one")
             return
+        took = time.monotonic() - started
+        self._pass_buckets[bisect_left(PASS_BOUNDS, took)] += 1
+        self._pass_seconds += took
         self.passes += 1
         if summary.entries or summary.commands or summary.flags:
             log.info("prepaid: %d ledger entries for %d accounts, %d decisions, %d commands queued, flags %s",

@@ -9,26 +9,33 @@ Schema (see ``docs/influxdb.md`` for Grafana queries)
 
 One point per reading, in measurement ``reading``::
 
-    reading,meter=<address>,quantity=<quantity> <fields> <timestamp in ms>
+    reading,area=<area>,channel=<channel>,group=<group>,meter=<address>,quantity=<quantity>,unit=<unit> <fields> <ms>
 
-Tags (the series key -- only identity goes here):
+Tags (sorted by key, as InfluxDB prefers; an empty one is left out):
 
 - ``meter``: the meter's address (asset number), e.g. ``000000000001``.
-- ``quantity``: meterd's quantity name, e.g. ``energy_active_import``.
+- ``quantity``: meterd's quantity name, e.g. ``energy.active.import.total``.
+- ``unit``: ``kWh``, ``V``, ...: fixed per quantity, so it costs the series nothing and no point
+  repeats it.
+- ``area``, ``group``, ``channel``: where the meter sits -- its topology area (台区; a
+  ``[[topology.units]]`` of kind ``area`` it is a point of), its ``[[meters]] group`` and the
+  channel that reads it -- from ``tags`` (meterd's config), so Grafana can sum by area without
+  a list of meters.
 
-Fields (``kind``, ``unit`` and ``quality`` on every point; the others by the value's type):
+Fields, by the value's type (which of them is present says the type; no constant string rides
+on every point):
 
-- ``kind`` (string): ``decimal``, ``int``, ``bool``, ``datetime`` or ``str`` -- which fields follow.
-- ``unit`` (string): ``kWh``, ``V``, ...; ``""`` when the quantity has none.
-- ``quality`` (string): ``good``, ``suspect`` or ``estimated``.
-- ``value`` (float) for ``decimal``, ``int`` and ``bool`` (``1.0``/``0.0``): what Grafana plots.
+- ``quality`` (string): ``good``, ``suspect`` or ``estimated`` -- the one string every point has,
+  since it changes from reading to reading.
+- ``value`` (float) for decimals, ints and bools (``1.0``/``0.0``): what Grafana plots.
   ``float(Decimal)`` is correctly rounded; a NaN or infinite decimal has no ``value``.
-- ``exact`` (string) for ``decimal`` and ``int``: the exact text (``"12345.60"``), so the digits
-  a float cannot hold (energy is money) are never lost.
-- ``state`` (boolean) for ``bool``: relay closed, alarm raised...
-- ``time_value`` (string) for ``datetime``: ISO 8601 / RFC 3339 text.  Aware values carry their
+- ``exact`` (string) only where ``value`` cannot hold the number: a decimal of more than 15
+  significant digits (or beyond a float's exponent range, or NaN/infinite), an int beyond 2**53.
+  DL/T 645 registers (at most 8 digits, 12 with the CT x PT multiplier) never need it.
+- ``state`` (boolean) for bools: relay open, alarm raised...
+- ``time_value`` (string) for datetimes: ISO 8601 / RFC 3339 text.  Aware values carry their
   offset; the naive times meters report (their own local clock) have none.
-- ``text`` (string) for ``str``.
+- ``text`` (string) for strings.
 
 Each field always has the same type, so InfluxDB never sees a field type conflict.  Timestamps
 are the reading's timestamp in integer milliseconds since the epoch (``precision=ms``), like
@@ -36,9 +43,10 @@ are the reading's timestamp in integer milliseconds since the epoch (``precision
 
 Edge cases worth knowing:
 
-- **Idempotent.**  ``unit`` and ``quality`` are fields, not tags, so the series is exactly
-  (meter, quantity): writing the same meter+quantity+timestamp again replaces the point's fields
-  in InfluxDB.  Replays (from the spool, after a crash) therefore never duplicate a reading.
+- **Idempotent.**  ``quality`` is a field, so a reading written again (a replay from the spool,
+  after a crash) lands on the same series and timestamp and replaces the point's fields.  The
+  spool holds encoded lines, so a replay carries the tags the reading was first written with; a
+  meter moved to another area, group or channel starts new series from then on.
 - Tag values escape ``\\``, ``,``, ``=`` and space; string fields escape ``\\`` and ``"``.  Line
   protocol has no newline: CR, LF and TAB in tags and text are written as the two characters
   ``\\r``, ``\\n``, ``\\t``.  An empty tag value is left out (InfluxDB has no empty tags).
@@ -74,7 +82,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -129,51 +137,75 @@ def _float(number: Decimal | int) -> str | None:
     return repr(f)
 
 
+#: The tags a meter's place gives its points, besides meter, quantity and unit.  All sort before
+#: ``meter``, so a point's tags stay sorted by key.
+METER_TAGS: Final = ("area", "channel", "group")
+_EXACT_DIGITS: Final = 15  # a decimal of at most this many significant digits survives float64 exactly
+_EXACT_INT: Final = 2**53
+
+
+def meter_tags(tags: Mapping[str, str]) -> str:
+    """A meter's place (``area``, ``channel``, ``group``) as the tag text :func:`encode_reading` takes."""
+    unknown = set(tags) - set(METER_TAGS)
+    if unknown:
+        raise ValueError(f"meter tags must be among {', '.join(METER_TAGS)}, not {', '.join(sorted(unknown))}")
+    return "".join(f",{key}={_tag(tags[key])}" for key in METER_TAGS if tags.get(key))
+
+
 # Meters, quantities, units and timestamps repeat from reading to reading: cache their encodings.
 
 
 @lru_cache(maxsize=65536)
-def _series(meter: str, quantity: str) -> str:
-    key = MEASUREMENT
+def _series(meter: str, quantity: str, unit: str, place: str) -> str:
+    key = MEASUREMENT + place
     if meter:
         key += ",meter=" + _tag(meter)
     if quantity:
         key += ",quantity=" + _tag(quantity)
-    return key
+    if unit:
+        key += ",unit=" + _tag(unit)
+    return key + " "
 
 
-@lru_cache(maxsize=4096)
-def _common(kind: str, unit: str, quality: str) -> str:
-    return f'kind="{kind}",unit={_string(unit)},quality="{Quality(quality).value}"'
+@lru_cache(maxsize=16)
+def _quality(quality: str) -> str:
+    return f',quality="{Quality(quality).value}" '
 
 
 _ms = lru_cache(maxsize=4096)(to_ms)
 
 
-def encode_reading(reading: Reading) -> bytes:
-    """One reading as one line of line protocol (no trailing newline), timestamp in ms."""
+def _needs_exact(value: Decimal | int) -> bool:
+    """Whether a float64 ``value`` field loses digits of ``value`` (then ``exact`` keeps them)."""
+    if isinstance(value, int):
+        return not -_EXACT_INT <= value <= _EXACT_INT
+    return len(value.as_tuple().digits) > _EXACT_DIGITS or not -307 <= value.adjusted() <= 307
+
+
+def encode_reading(reading: Reading, place: str = "") -> bytes:
+    """One reading as one line of line protocol (no trailing newline), timestamp in ms.  ``place``:
+    the meter's extra tags, from :func:`meter_tags`."""
     value = reading.value
     # bool before int: bool is an int subclass.
     if isinstance(value, Decimal) or (isinstance(value, int) and not isinstance(value, bool)):
-        kind = "decimal" if isinstance(value, Decimal) else "int"
         number = _float(value)
         # str() of an int or Decimal has no character that needs escaping.
-        fields = f'value={number},exact="{value}"' if number is not None else f'exact="{value}"'
+        if number is None:
+            fields = f'exact="{value}"'
+        elif _needs_exact(value):
+            fields = f'value={number},exact="{value}"'
+        else:
+            fields = "value=" + number
     elif isinstance(value, bool):
-        kind = "bool"
         fields = "value=1.0,state=true" if value else "value=0.0,state=false"
     elif isinstance(value, datetime):
-        kind = "datetime"
         fields = "time_value=" + _string(value.isoformat())
     elif isinstance(value, str):
-        kind = "str"
         fields = "text=" + _string(value)
     else:
         raise TypeError(f"cannot store a {type(value).__name__} reading value: {value!r}")
-    return (
-        f"{_series(reading.meter, reading.quantity)} {fields},{_common(kind, reading.unit, reading.quality)}"
-        f" {_ms(reading.timestamp)}"
-    ).encode()
+    return (_series(reading.meter, reading.quantity, reading.unit, place) + fields + _quality(reading.quality)
+            + str(_ms(reading.timestamp))).encode()
 
 
 # --- the store ---------------------------------------------------------------------------------
@@ -230,6 +262,8 @@ class InfluxStore:
     per spool batch).  ``retry_interval`` is how long writes go straight to the spool after the
     server failed.  ``state`` (e.g. a :class:`~meterd.storage.sqlite.SqliteStore`) receives
     :meth:`record_attempts`, so an InfluxStore can be a :class:`~meterd.storage.writer.ReadingSink`.
+    ``tags``: meter address -> its ``area``, ``channel`` and ``group`` (:data:`METER_TAGS`), put on
+    each of its points.
     ``clock`` (monotonic seconds) and ``wall_clock`` (for the quarantine file) are injectable.
     """
 
@@ -246,6 +280,7 @@ class InfluxStore:
         retry_interval: float = 5.0,
         gzip: bool = False,
         state: AttemptSink | None = None,
+        tags: Mapping[str, Mapping[str, str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -259,6 +294,7 @@ class InfluxStore:
         self.batch = batch
         self.retry_interval = retry_interval
         self.state = state
+        self._places = {meter: meter_tags(t) for meter, t in (tags or {}).items()}
         self._clock = clock
         self._wall_clock = wall_clock
         self.spool_dir = Path(spool_dir)
@@ -290,7 +326,8 @@ class InfluxStore:
         part, and the caller's retry (:class:`~meterd.storage.writer.BatchWriter` keeps the batch)
         may write some twice, which is harmless.
         """
-        lines = [encode_reading(r) for r in readings]
+        places = self._places
+        lines = [encode_reading(r, places.get(r.meter, "")) for r in readings]
         if not lines:
             return 0
         with self._lock:
@@ -474,4 +511,4 @@ class InfluxStore:
         self.close()
 
 
-__all__ = ["MEASUREMENT", "REJECTED_FILE", "InfluxStats", "InfluxStore", "encode_reading"]
+__all__ = ["MEASUREMENT", "METER_TAGS", "REJECTED_FILE", "InfluxStats", "InfluxStore", "encode_reading", "meter_tags"]
