@@ -191,7 +191,6 @@ port = {broker.port}
         (["--mqtt-terminals", "2", "--mqtt", "broker:99999"], "--mqtt 'broker:99999': expected HOST:PORT"),
         (["--mqtt-terminals", "2", "--dtu-format", "hex-frame"], "--dtu-format: no DTUs are simulated"),
         (["--dtus", "1", "--write-config", "nowhere/site.toml"], "--write-config 'nowhere/site.toml': folder"),
-        (["--write-config", "site.toml"], "--write-config: describes terminals only"),
         (["--dtus", "1", "--write-config", "s.toml", "--poll-quantities", "volts"],
          "--poll-quantities: unknown quantity 'volts'"),
         (["--dtus", "1", "--write-config", "s.toml", "--poll-interval", "0"], "--poll-interval 0.0: must be > 0"),

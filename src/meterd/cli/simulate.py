@@ -43,11 +43,15 @@ processes and stopped by :mod:`meterd.simulators.shard`, this module being the a
       host = "127.0.0.1"         # the broker
       port = 1883
 
-* ``--write-config PATH`` writes a complete meterd site config for the terminals started (the
-  store in ``--data-dir``, ``[listeners.gprs]`` on the DTU port, ``[mqtt]``, one channel per
-  terminal, every meter, one poll of ``--poll-quantities`` every ``--poll-interval`` seconds),
-  checked with the config loader, before the document is printed: ``meterd run -c PATH`` then
-  collects from every simulated meter.
+* ``--write-config PATH`` writes a complete meterd site config for everything started (the store
+  in ``--data-dir``; a channel per bus -- ``serial`` on the pty's device path with the bus's line
+  settings, ``tcp`` on its host and port, Modbus TCP buses with their framing -- and per terminal,
+  with ``[listeners.gprs]`` on the DTU port and ``[mqtt]`` for terminals; every meter with its
+  protocol, unit id and register map; one poll of ``--poll-quantities`` every ``--poll-interval``
+  seconds).  It is checked with the config loader before anything starts (with stand-in
+  endpoints) and written, with the real pty paths and ports, once the buses listen and before the
+  document is printed: ``meterd run -c PATH`` (or ``meterd read -c PATH``) then collects from every
+  simulated meter.
 
 Terminals have no injected faults and no wire delay (``--turnaround`` adds a DTU reply delay).
 
@@ -74,7 +78,7 @@ The JSON document::
               "units": {}},                          # Modbus: address -> unit id
      "mqtt": {"broker": "127.0.0.1:1883", "host": "127.0.0.1", "port": 1883, "root": "meterd",
               "protocol": "dlt645-2007", "terminals": {"T001": ["000001000001", ...], ...}, "units": {}},
-     "config": "/abs/path/site.toml"}                # with --write-config, else null
+     "config": "/abs/path/site.toml"}                # with --write-config (else null, or absent for buses alone)
 
 Exit codes: 0 after a clean stop, 2 for bad arguments, 1 when a bus or the terminals cannot be
 started (e.g. the MQTT broker is not reachable).
@@ -202,8 +206,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="TOML file describing the terminals: [dtus] count/meters/format/protocol/host/port, "
                    "[mqtt] count/meters/protocol/host/port; flags given here win")
     t.add_argument("--write-config", default=None, metavar="PATH",
-                   help="write a meterd site config (listener, broker, a channel per terminal, every meter, "
-                   "one poll) for the terminals started: meterd run -c PATH")
+                   help="write a meterd site config (a channel per bus and per terminal, listener, broker, every "
+                   "meter, one poll) for everything started: meterd run -c PATH")
     t.add_argument("--data-dir", default=None, metavar="DIR",
                    help="store folder in the written config (default: data, next to the config)")
     t.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL, metavar="SECONDS",
@@ -537,10 +541,6 @@ def site_from_args(args: argparse.Namespace, problems: list[str]) -> SiteSpec | 
             problems.append("--poll-interval/--poll-quantities: only used with --write-config PATH")
         return None
     ok = True
-    if not terminals_asked(args):
-        problems.append("--write-config: describes terminals only: give --dtus and/or --mqtt-terminals "
-                        "(or --fleet-config)")
-        ok = False
     path = Path(args.write_config).expanduser()
     if not args.write_config.strip() or path.is_dir():
         problems.append(f"--write-config {args.write_config!r}: must be a file path")
@@ -587,24 +587,106 @@ def _duration(seconds: float) -> str:
     return f'"{seconds * 1000:g}ms"' if seconds < 1 else f'"{seconds:g}s"'
 
 
-def site_config(terms: TerminalSpec, site: SiteSpec) -> str:
-    """The meterd site config (TOML) for ``terms``: a channel per terminal, every meter, one poll."""
+LOOPBACK_FOR: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+def bus_sketch(spec: FleetSpec) -> list[dict[str, Any]]:
+    """The buses of ``spec`` as the fleet document will show them, with stand-in endpoints (a pty's
+    path and a free port are known only once the bus runs): enough to check the config before."""
+    out: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
+    tcp_index = 0
+    for addresses, (protocol, kind) in zip(spec.addresses(), spec.bus_layout()):
+        prefix = f"mb{kind}" if protocol == "modbus" else kind
+        counts[prefix] = counts.get(prefix, 0) + 1
+        bus: dict[str, Any] = {"name": f"{prefix}{counts[prefix]}", "kind": kind, "meters": addresses,
+                               "protocol": protocol,
+                               "protocols": {a: spec.meter_protocol(a) for a in addresses}}  # fmt: skip
+        if protocol == "modbus":
+            bus.update(model=spec.modbus_model, units={a: u for u, a in enumerate(addresses, 1)},
+                       framing="rtu" if kind == "pty" else spec.modbus_tcp_framing)  # fmt: skip
+        if kind == "pty":
+            bus.update(endpoint="/dev/pts/stand-in", baud=spec.modbus_baud if protocol == "modbus" else spec.baud,
+                       bytesize=8, parity="N" if protocol == "modbus" else "E", stopbits=1)  # fmt: skip
+        else:
+            port = spec.port + tcp_index if spec.port else 1
+            tcp_index += 1
+            bus.update(endpoint=f"{spec.host}:{port}", host=spec.host, port=port)
+        out.append(bus)
+    return out
+
+
+def _bus_lines(buses: list[dict[str, Any]]) -> list[str]:
+    """A channel per bus, then its meters."""
+    lines: list[str] = []
+    for b in buses:
+        name = b["name"]
+        lines.append(f"[channels.{name}]")
+        if b["kind"] == "pty":
+            stopbits = b["stopbits"]
+            lines.append(f"serial = {{ device = {_toml_str(b['endpoint'])}, baud = {b['baud']}, "
+                         f"bytesize = {b['bytesize']}, parity = {_toml_str(b['parity'])}, "
+                         f"stopbits = {int(stopbits) if stopbits == int(stopbits) else stopbits} }}")  # fmt: skip
+        else:
+            host = LOOPBACK_FOR.get(b["host"], b["host"])
+            lines.append(f"tcp = {{ host = {_toml_str(host)}, port = {b['port']} }}")
+        if b["protocol"] == "modbus":
+            lines.append(f"framing = {_toml_str(b['framing'])}")
+        lines += ['response_timeout = "2s"', ""]
+    for b in buses:
+        for address in b["meters"]:
+            protocol = b["protocols"].get(address, "dlt645-2007")
+            lines += ["[[meters]]", f"address = {_toml_str(address)}", f"channel = {_toml_str(b['name'])}",
+                      f"group = {_toml_str(b['name'])}"]  # fmt: skip
+            if protocol != "dlt645-2007":
+                lines.append(f"protocol = {_toml_str(protocol)}")
+            if protocol == "modbus":
+                lines += [f"unit = {b['units'][address]}", f"model = {_toml_str(b['model'])}"]
+            lines.append("")
+    return lines
+
+
+def site_config(terms: TerminalSpec | None, site: SiteSpec, buses: list[dict[str, Any]] | None = None) -> str:
+    """The meterd site config (TOML) for ``buses`` (the fleet document's, with their endpoints) and
+    ``terms``: a channel per bus and per terminal, every meter, one poll."""
+    buses = buses or []
+    bus_meters = sum(len(b["meters"]) for b in buses)
+    total = bus_meters + (terms.meters if terms is not None else 0)
     lines = [
-        f"# meterd site config written by `meterd simulate --write-config` for {terms.meters} simulated meters:",
+        f"# meterd site config written by `meterd simulate --write-config` for {total} simulated meters:",
     ]
+    for b in buses:
+        what = f"Modbus {b['framing']} {b['model']}" if b["protocol"] == "modbus" else "DL/T 645"
+        lines.append(f"#   bus {b['name']}: {b['kind']} {b['endpoint']}, {len(b['meters'])} {what} meters")
+    lines += _terminal_lines(terms, site, total) if terms is not None else _store_lines(site, total)
+    lines += _bus_lines(buses)
+    if terms is not None:
+        lines += _terminal_channels(terms)
+    lines += ["[[polls]]", 'name = "realtime"', f"interval = {_duration(site.poll_interval)}",
+              "quantities = [" + ", ".join(_toml_str(q) for q in site.quantities) + "]", ""]
+    return "\n".join(lines)
+
+
+def _store_lines(site: SiteSpec, meters: int) -> list[str]:
+    lines = [f"# Run it with: meterd run -c {site.path}", "", "[store]", f"data_dir = {_toml_str(site.data_dir)}"]
+    if meters > 1000:
+        # the writer stores one batch per trip through the event loop, and a loop busy with
+        # thousands of meters makes few trips a second: bigger batches keep up with it
+        lines.append(f"batch_size = {min(10_000, meters // 2)}")
+    lines.append("")
+    return lines
+
+
+def _terminal_lines(terms: TerminalSpec, site: SiteSpec, meters: int) -> list[str]:
+    """The terminals' comment lines, the store, the DTU listener and the broker."""
+    lines = []
     if terms.dtus:
         lines.append(f"#   {terms.dtus} GPRS DTUs ({terms.dtu_format}) dialling {terms.dtu_host}:{terms.dtu_port}, "
                      f"{terms.dtu_meters} {terms.dtu_protocol} meters each")
     if terms.mqtt_terminals:
         lines.append(f"#   {terms.mqtt_terminals} MQTT terminals on the broker {terms.mqtt_host}:{terms.mqtt_port}, "
                      f"{terms.mqtt_meters} {terms.mqtt_protocol} meters each")
-    lines += [f"# Run it with: meterd run -c {site.path}", "",
-              "[store]", f"data_dir = {_toml_str(site.data_dir)}"]
-    if terms.meters > 1000:
-        # the writer stores one batch per trip through the event loop, and a loop busy with
-        # thousands of meters makes few trips a second: bigger batches keep up with it
-        lines.append(f"batch_size = {min(10_000, terms.meters // 2)}")
-    lines.append("")
+    lines += _store_lines(site, meters)
     if terms.dtus:
         loopback = terms.dtu_host in ("127.0.0.1", "localhost", "::1")
         lines += ["[listeners.gprs]", f"host = {_toml_str(terms.dtu_host if loopback else '0.0.0.0')}",
@@ -614,6 +696,12 @@ def site_config(terms: TerminalSpec, site: SiteSpec) -> str:
         lines += ["[mqtt]", f"host = {_toml_str(terms.mqtt_host)}", f"port = {terms.mqtt_port}",
                   f"client_id = {_toml_str(f'meterd-master-{site.path.stem}')}",
                   f"root = {_toml_str(terms.mqtt_root)}", ""]
+    return lines
+
+
+def _terminal_channels(terms: TerminalSpec) -> list[str]:
+    """A channel per terminal, then the meters behind them."""
+    lines: list[str] = []
     # a DTU that is still dialling when a round starts: the round waits that long for it (many
     # DTUs dialling in at once take a while to be let in)
     connect_wait = max(3.0, 3 * terms.dtu_reconnect, 0.01 * terms.dtus)
@@ -638,19 +726,21 @@ def site_config(terms: TerminalSpec, site: SiteSpec) -> str:
 
     meters(dtus, "gprs", "modbus" if terms.dtu_protocol == "modbus" else "dlt645-2007", terms.dtu_model)
     meters(mqtts, "mqtt", terms.mqtt_protocol, terms.mqtt_model)
-    lines += ["[[polls]]", 'name = "realtime"', f"interval = {_duration(site.poll_interval)}",
-              "quantities = [" + ", ".join(_toml_str(q) for q in site.quantities) + "]", ""]
-    return "\n".join(lines)
+    return lines
 
 
-def check_quantities(terms: TerminalSpec, quantities: tuple[str, ...]) -> list[str]:
+def check_quantities(terms: TerminalSpec | None, quantities: tuple[str, ...], buses: FleetSpec | None = None) -> list[str]:
     """Problems if a kind of simulated meter cannot be asked for one of ``quantities``."""
     from meterd.protocols.drivers import get_driver
 
     kinds: dict[tuple[str, str], str] = {}
-    if terms.dtus:
-        kinds["modbus" if terms.dtu_protocol == "modbus" else "dlt645-2007", terms.dtu_model] = "DTU"
-    if terms.mqtt_terminals:
+    if buses is not None:
+        for address in buses.all_addresses():
+            protocol = buses.meter_protocol(address)
+            kinds.setdefault((protocol, buses.modbus_model), "bus")
+    if terms is not None and terms.dtus:
+        kinds.setdefault(("modbus" if terms.dtu_protocol == "modbus" else "dlt645-2007", terms.dtu_model), "DTU")
+    if terms is not None and terms.mqtt_terminals:
         kinds.setdefault((terms.mqtt_protocol, terms.mqtt_model), "MQTT")
     problems = []
     for (protocol, model), where in kinds.items():
@@ -729,12 +819,12 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     site = site_from_args(args, problems)
     if problems:
         raise ConfigError(problems)
-    if site is not None and terminals is not None and (problems := check_quantities(terminals, site.quantities)):
+    if site is not None and (problems := check_quantities(terminals, site.quantities, buses)):
         raise ConfigError(problems)
     plan = Plan(buses, terminals, site)
-    if site is not None and terminals is not None:
-        plan.site_text = site_config(terminals, site)
-        check_site_config(plan.site_text, site)
+    if site is not None:
+        # checked now with stand-in endpoints; written with the real ones once the buses run
+        check_site_config(site_config(terminals, site, bus_sketch(buses) if buses is not None else []), site)
     return plan
 
 
@@ -816,16 +906,18 @@ def run(args: argparse.Namespace) -> int:
         shards = fork_shards(plan.terminals, clock, settle_heap)  # before any thread or event loop
 
     def announce(doc: dict[str, Any]) -> None:
-        if plan.site is not None and plan.site_text is not None:
+        if plan.site is not None:
+            plan.site_text = site_config(plan.terminals, plan.site, doc["buses"])
+            check_site_config(plan.site_text, plan.site)
             write_site_config(plan.site.path, plan.site_text)
-        if plan.terminals is not None:
+        if plan.terminals is not None or plan.site is not None:
             doc["config"] = str(plan.site.path) if plan.site is not None else None
         print(json.dumps(doc) if args.json else format_table(doc), flush=True)
 
     try:
         fleet, terms = asyncio.run(serve_fleet(plan.buses, plan.terminals, announce=announce, duration=args.duration,
                                                clock=clock, shards=shards, settle=settle_heap))
-    except (LinkError, ConnectionError, OSError) as exc:
+    except (LinkError, ConnectionError, OSError, ConfigError) as exc:
         print(f"meterd simulate: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
