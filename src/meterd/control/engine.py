@@ -384,7 +384,7 @@ class PrepaidEngine:
         for a in accounts:
             manual_hold = a.manual_until is not None and now < a.manual_until
             views.append(AccountView(
-                account=a.account, area=a.area, protected=a.protected or manual_hold, balance=a.balance,
+                account=a.account, area=a.area, protected=a.protected_at(now) or manual_hold, balance=a.balance,
                 avg_daily_cost=averages.get(a.account, zero), state=ControlState(a.state),
                 meters=tuple(a.meters), thresholds=thresholds[a.account], held=a.held, alarmed_at=a.alarmed_at))
         return views
@@ -421,7 +421,7 @@ class PrepaidEngine:
         summary = PassSummary()
         seq = self.store.last_seq()
         rows = self.store.policy_rows(changed_since=None if self._seq < 0 else self._seq,
-                                      quiet_above=quiet_level(self.settings.thresholds))
+                                      quiet_above=quiet_level(self.settings.thresholds), now=now)
         self._seq = seq
         if not rows:
             return summary
@@ -467,7 +467,10 @@ class PrepaidEngine:
             return summary
         area_trips = self.store.area_trips_since(now - timedelta(hours=1))
         requests: list[CommandRequest] = []
+        overrides = self.store.protection_overrides(now)  # 保电 set or released by an operator (meterd protect)
         for meter, limit in self.limits.items():
+            if limit.account in overrides:
+                limit = replace(limit, protected=overrides[limit.account].protected)
             samples = [s for s in self._samples.get(meter, []) if s.at >= now - POWER_WINDOW]
             self._samples[meter] = samples
             samples.sort(key=lambda s: s.at)
@@ -546,7 +549,8 @@ def queue_manual(
         refusal = f"unknown meter {meter}: not in the configuration and not assigned to an account"
     else:
         refusal = check_manual(kind, operator=operator, reason=reason,
-                               protected=bool(account and account.protected))
+                               protected=bool(account and account.protected_at(now)),
+                               account=account.account if account else None)
     if refusal is not None:
         store.audit(operator or "unknown", "command-refused", meter,
                     {"kind": str(kind), "reason": reason, "refusal": refusal}, now=now)

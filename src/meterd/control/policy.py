@@ -440,13 +440,18 @@ def decide_all(views: Iterable[AccountView], rules: SafetyRules, now: datetime,
     return out
 
 
-def check_manual(kind: CommandKind, *, operator: str | None, reason: str | None, protected: bool) -> str | None:
+def check_manual(kind: CommandKind, *, operator: str | None, reason: str | None, protected: bool,
+                 account: str | None = None) -> str | None:
     """Why an operator's manual command is refused, or None: who and why are required, and a
-    protected account is not tripped by hand either (release the protection first)."""
+    protected account is not tripped by hand either (release the protection first: ``meterd
+    protect ACCOUNT --release``).  ``protected`` is the effective 保电 (an operator's override in
+    force, else the archive's flag)."""
     if operator is None or not operator.strip():
         return "operator required: a manual command must name who asked for it"
     if reason is None or not reason.strip():
         return "reason required: a manual command must say why"
     if kind is CommandKind.TRIP and protected:
-        return "protected account (保电): manual trip refused; release the protection first"
+        named = f" {account}" if account else ""
+        return (f"protected account{named} (保电): manual trip refused; release the protection first "
+                f"(meterd protect {account or 'ACCOUNT'} --release --reason … --operator …)")
     return None

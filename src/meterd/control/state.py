@@ -197,9 +197,13 @@ CREATE INDEX IF NOT EXISTS audit_subject ON audit (subject, id);
 # state (only accounts created from now on without an opening balance are pending); an account
 # already alarmed has no start yet, and the policy begins its notice at its next pass.
 # 2: the node that claimed (sent) a command, when several nodes share the database (PostgreSQL).
+# 3: operators' overrides of the archive's 保电 flag (``meterd protect``; see ControlStore.set_protection).
 _MIGRATIONS: Final = (
     ("ALTER TABLE accounts ADD COLUMN alarmed_ts INTEGER",),
     ("ALTER TABLE commands ADD COLUMN node TEXT",),
+    (("CREATE TABLE IF NOT EXISTS protection_overrides (account TEXT NOT NULL PRIMARY KEY, "
+      "protected INTEGER NOT NULL, archive INTEGER NOT NULL, reason TEXT NOT NULL, operator TEXT NOT NULL, "
+      "set_ts INTEGER NOT NULL, until_ts INTEGER)"),),
 )
 OPENING_PREFIX: Final = "opening:"
 PENDING: Final = "pending"  # ControlState.PENDING (policy is above this module)
@@ -284,12 +288,71 @@ class AccountSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ProtectionOverride:
+    """An operator's override of the archive's 保电 flag for one account (``meterd protect``).
+
+    In force while the archive still says ``archive`` (what it said when the operator acted: a new
+    value from the billing system or the config supersedes the override) and ``now`` is before
+    ``until`` (None: no end)."""
+
+    account: str
+    protected: bool  # what the operator set: True 保电 set, False released
+    archive: bool  # the archive's value it overrides
+    reason: str
+    operator: str
+    at: datetime
+    until: datetime | None = None
+
+    def in_force(self, archive: bool, now: datetime) -> bool:
+        return archive == self.archive and (self.until is None or now < self.until)
+
+
+_OVERRIDE_COLUMNS: Final = "account, protected, archive, reason, operator, set_ts, until_ts"
+
+
+def _override(row: Sequence[Any]) -> ProtectionOverride:
+    """A ``protection_overrides`` row (:data:`_OVERRIDE_COLUMNS`, in order) as its dataclass."""
+    account, protected, archive, reason, operator, set_ts, until_ts = row
+    return ProtectionOverride(account, bool(protected), bool(archive), reason, operator, from_ms(set_ts),
+                              _opt_dt(until_ts))
+
+
+def _cst(at: datetime) -> str:
+    return f"{at.astimezone(CST):%Y-%m-%d %H:%M} CST"
+
+
+def protection_words(protected: bool) -> str:
+    return "保电 set" if protected else "保电 released"
+
+
+def _superseded(o: ProtectionOverride, archive: bool, actor: str) -> str:
+    """The change line of an override ended by a new archive value (audited with the other lines)."""
+    return (f"account {o.account}: the archive's 保电 flag is now {'on' if archive else 'off'} ({actor}): it "
+            f"supersedes the operator's override ({protection_words(o.protected)} by {o.operator} on {_cst(o.at)}: "
+            f"{o.reason})")
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectionChange:
+    """What :meth:`ControlStore.set_protection` did: ``changed`` False when the account was
+    already as asked (``message`` says why); ``override`` the override in force after it (None:
+    the archive's value counts)."""
+
+    account: str
+    changed: bool
+    protected: bool  # the effective value after
+    archive: bool
+    override: ProtectionOverride | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class Account:
     account: str
     customer: str
     area: str
     tariff: str
-    protected: bool
+    protected: bool  # the archive's 保电 flag (config, billing import); protected_at() is what counts
     thresholds: dict[str, str]
     opened: datetime
     state: str
@@ -299,6 +362,17 @@ class Account:
     manual_until: datetime | None = None
     fixed_through: datetime | None = None
     alarmed_at: datetime | None = None  # the start of the current alarm episode (the notice period)
+    override: ProtectionOverride | None = None  # an operator's override of ``protected``, if one was made
+
+    def protection_override(self, now: datetime) -> ProtectionOverride | None:
+        """The operator's override in force at ``now``, or None (the archive's flag counts)."""
+        o = self.override
+        return o if o is not None and o.in_force(self.protected, now) else None
+
+    def protected_at(self, now: datetime) -> bool:
+        """The effective 保电 at ``now``: the operator's override in force, else the archive's flag."""
+        o = self.protection_override(now)
+        return self.protected if o is None else o.protected
 
 
 @dataclass(frozen=True, slots=True)
@@ -914,6 +988,12 @@ class ControlStore(CommandStore):
                         )
                         changes.append(f"account {spec.account}: " + ", ".join(
                             f"{k} {old!r} -> {new!r}" for k, (old, new) in diff.items()))
+                        if "protected" in diff:
+                            found = conn.execute(f"SELECT {_OVERRIDE_COLUMNS} FROM protection_overrides "
+                                                 "WHERE account = ?", (spec.account,)).fetchone()
+                            if found is not None:
+                                conn.execute("DELETE FROM protection_overrides WHERE account = ?", (spec.account,))
+                                changes.append(_superseded(_override(tuple(found)), spec.protected, actor))
                 current = {r["meter"]: r for r in conn.execute(
                     "SELECT meter, multiplier FROM account_meters WHERE account = ?", (spec.account,))}
                 for meter, multiplier in spec.meters.items():
@@ -971,6 +1051,9 @@ class ControlStore(CommandStore):
         new_entries: list[tuple[LedgerEntry, int]] = []
         audits: list[tuple[Any, ...]] = []
         changes: list[str] = []
+        overrides = {o.account: o for o in map(_override, conn.execute(
+            f"SELECT {_OVERRIDE_COLUMNS} FROM protection_overrides WHERE account = ANY(?::text[])", (names,)))}
+        superseded: list[str] = []
         fields = ("customer", "area", "tariff", "protected", "thresholds")
         for spec in specs:
             account = spec.account
@@ -990,6 +1073,9 @@ class ControlStore(CommandStore):
                     touched.add(account)
                     changes.append(f"account {account}: " + ", ".join(
                         f"{k} {old!r} -> {new!r}" for k, (old, new) in diff.items()))
+                    if "protected" in diff and (o := overrides.pop(account, None)) is not None:
+                        superseded.append(account)
+                        changes.append(_superseded(o, spec.protected, actor))
             current = set(meters_of.get(account, ()))
             for meter, multiplier in spec.meters.items():
                 owner = assigned.get(meter)
@@ -1030,6 +1116,8 @@ class ControlStore(CommandStore):
                 "u.held, u.alarmed_ts) FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::bigint[], "
                 f"?::text[], ?::text[], ?::text[], ?::bigint[]) AS u(account, {columns}) "
                 "WHERE accounts.account = u.account", [list(c) for c in zip(*[(a, *rows[a][:8]) for a in touched])])
+        if superseded:
+            conn.execute("DELETE FROM protection_overrides WHERE account = ANY(?::text[])", (superseded,))
         gone = [m for m in moved_meters if assigned[m] is None and m in stored]
         if gone:
             conn.execute("DELETE FROM account_meters WHERE meter = ANY(?::text[])", (gone,))
@@ -1160,7 +1248,8 @@ class ControlStore(CommandStore):
                             (OPENING_PREFIX, OPENING_PREFIX[:-1] + chr(ord(OPENING_PREFIX[-1]) + 1)))
         return {account: from_fen(fen) for account, fen in rows}
 
-    def _account(self, row: sqlite3.Row, meters: dict[str, Decimal]) -> Account:
+    def _account(self, row: sqlite3.Row, meters: dict[str, Decimal],
+                 override: ProtectionOverride | None = None) -> Account:
         return Account(
             account=row["account"], customer=row["customer"], area=row["area"], tariff=row["tariff"],
             protected=bool(row["protected"]),
@@ -1168,7 +1257,7 @@ class ControlStore(CommandStore):
             opened=from_ms(row["opened_ts"]), state=row["state"], held=row["held"],
             balance=from_fen(row["balance_fen"]), meters=meters,
             manual_until=_opt_dt(row["manual_until_ts"]), fixed_through=_opt_dt(row["fixed_through_ts"]),
-            alarmed_at=_opt_dt(row["alarmed_ts"]),
+            alarmed_at=_opt_dt(row["alarmed_ts"]), override=override,
         )
 
     def account(self, account: str) -> Account | None:
@@ -1177,7 +1266,78 @@ class ControlStore(CommandStore):
             return None
         meters = {r["meter"]: Decimal(r["multiplier"]) for r in self._read(
             "SELECT meter, multiplier FROM account_meters WHERE account = ? ORDER BY meter", (account,))}
-        return self._account(rows[0], meters)
+        found = self._tuples(f"SELECT {_OVERRIDE_COLUMNS} FROM protection_overrides WHERE account = ?", (account,))
+        return self._account(rows[0], meters, _override(found[0]) if found else None)
+
+    def _overrides(self) -> dict[str, ProtectionOverride]:
+        """Every override stored (a handful: they are made by hand), in force or not."""
+        return {o.account: o for o in map(_override, self._tuples(
+            f"SELECT {_OVERRIDE_COLUMNS} FROM protection_overrides"))}
+
+    def protection_overrides(self, now: datetime) -> dict[str, ProtectionOverride]:
+        """account -> the operator's 保电 override in force at ``now`` (the archive still says what
+        it said when the override was made, and its ``until`` has not passed)."""
+        overrides = self._overrides()
+        if not overrides:
+            return {}
+        clause, param = self._among("account", list(overrides))
+        archive = dict(self._tuples(f"SELECT account, protected FROM accounts WHERE {clause}", (param,)))
+        return {a: o for a, o in overrides.items() if a in archive and o.in_force(bool(archive[a]), now)}
+
+    def set_protection(self, account: str, protected: bool, *, reason: str, actor: str, now: datetime,
+                       until: datetime | None = None) -> ProtectionChange:
+        """An operator sets (``protected``) or releases the 保电 of ``account`` over the archive's
+        flag, until ``until`` (None: no end) or until the archive's flag changes (a billing import
+        or the config: :meth:`upsert_accounts` drops the override then and says so).  Asking for
+        what the archive says ends any override (the archive's flag counts again, with no end);
+        asking for what is in force already changes nothing.  Audited either way."""
+        if not actor or not actor.strip():
+            raise LedgerError(f"protection of account {account}: the operator is required (--operator)")
+        if not reason or not reason.strip():
+            raise LedgerError(f"protection of account {account}: a reason is required (--reason)")
+        if until is not None and until <= now:
+            raise LedgerError(f"protection of account {account}: --until {_cst(until)} is not in the future")
+        actor, reason = actor.strip(), reason.strip()
+        with self._write() as conn:
+            row = conn.execute("SELECT protected FROM accounts WHERE account = ?", (account,)).fetchone()
+            if row is None:
+                raise LedgerError(f"protection of account {account}: unknown account")
+            archive = bool(row[0])
+            found = conn.execute(f"SELECT {_OVERRIDE_COLUMNS} FROM protection_overrides WHERE account = ?",
+                                 (account,)).fetchone()
+            old = _override(tuple(found)) if found is not None else None
+            if old is not None and not old.in_force(archive, now):
+                old = None  # ended (its time passed, or the archive changed): as if it were not there
+            detail: dict[str, Any] = {"protected": protected, "archive": archive, "reason": reason,
+                                      "until": until, "before": protection_words(
+                                          old.protected if old else archive) + (" (override)" if old else "")}
+            if protected == archive:
+                if found is not None:
+                    conn.execute("DELETE FROM protection_overrides WHERE account = ?", (account,))
+                if old is None:
+                    message = (f"account {account}: {protection_words(protected)} already (the archive's flag); "
+                               "nothing changed")
+                    self._audit(conn, now, actor, "protection-unchanged", account, detail)
+                    return ProtectionChange(account, False, archive, archive, None, message)
+                message = (f"account {account}: {protection_words(protected)}: the override by {old.operator} "
+                           f"({protection_words(old.protected)} on {_cst(old.at)}) ended; the archive's flag "
+                           f"({'on' if archive else 'off'}) counts again")
+                self._audit(conn, now, actor, "protection-override-ended", account, detail)
+                return ProtectionChange(account, True, archive, archive, None, message)
+            new = ProtectionOverride(account, protected, archive, reason, actor, now, until)
+            if old is not None and old.until == until:
+                message = (f"account {account}: {protection_words(protected)} already, by {old.operator} on "
+                           f"{_cst(old.at)} ({old.reason}); nothing changed")
+                self._audit(conn, now, actor, "protection-unchanged", account, detail)
+                return ProtectionChange(account, False, protected, archive, old, message)
+            conn.execute("DELETE FROM protection_overrides WHERE account = ?", (account,))
+            conn.execute(f"INSERT INTO protection_overrides ({_OVERRIDE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (account, int(protected), int(archive), reason, actor, to_ms(now), _opt_ms(until)))
+            self._audit(conn, now, actor, "protection-override", account, detail)
+        ends = f"until {_cst(until)} or " if until is not None else "until "
+        message = (f"account {account}: {protection_words(protected)} by {actor} over the archive's flag "
+                   f"({'on' if archive else 'off'}), {ends}the billing system or the config changes that flag")
+        return ProtectionChange(account, True, protected, archive, new, message)
 
     def accounts(self, *, area: str | None = None, names: Iterable[str] | None = None,
                  state: str | None = None, after: str | None = None, limit: int | None = None) -> list[Account]:
@@ -1197,6 +1357,7 @@ class ControlStore(CommandStore):
         rows = self._read(sql, params)
         wanted = None if names is None else set(names)
         rows = [r for r in rows if wanted is None or r["account"] in wanted]
+        overrides = self._overrides()
         meters: dict[str, dict[str, Decimal]] = {}
         if len(rows) < 500:
             for r in rows:
@@ -1205,7 +1366,7 @@ class ControlStore(CommandStore):
         else:
             for r in self._read("SELECT meter, account, multiplier FROM account_meters ORDER BY meter"):
                 meters.setdefault(r["account"], {})[r["meter"]] = Decimal(r["multiplier"])
-        return [self._account(r, meters.get(r["account"], {})) for r in rows]
+        return [self._account(r, meters.get(r["account"], {}), overrides.get(r["account"])) for r in rows]
 
     def charging_view(self) -> dict[str, tuple[str, dict[str, Decimal], datetime, datetime | None]]:
         """account -> (tariff, meters with CT × PT, opened, fixed charges through): what a charging
@@ -1224,11 +1385,13 @@ class ControlStore(CommandStore):
                 for account, tariff, opened, fixed in self._tuples(
                     "SELECT account, tariff, opened_ts, fixed_through_ts FROM accounts")}
 
-    def policy_rows(self, *, changed_since: int | None, quiet_above: Decimal | None) -> list[tuple[Any, ...]]:
+    def policy_rows(self, *, changed_since: int | None, quiet_above: Decimal | None,
+                    now: datetime) -> list[tuple[Any, ...]]:
         """What a policy pass looks at, as tuples ``(account, area, protected, thresholds, state,
         held, balance_fen, manual_until_ms, alarmed_ms, meters)`` in account order (``thresholds``
         the overrides' JSON text, ``meters`` a tuple in meter order), without building
-        :class:`Account` objects.
+        :class:`Account` objects.  ``protected`` is the effective 保电 at ``now``: an operator's
+        override in force (:meth:`protection_overrides`), else the archive's flag.
 
         Never a pending account (the policy leaves those alone).  Every other account not NORMAL
         or with a held trip; and the accounts whose ledger moved after
@@ -1243,6 +1406,10 @@ class ControlStore(CommandStore):
             f"OR ((?1{typed} IS NULL OR thresholds != '{{}}' OR balance_fen <= ?1) "
             f"    AND (?2{typed} IS NULL OR account IN (SELECT account FROM ledger NOT INDEXED WHERE seq > ?2)))) "
             "ORDER BY account", (quiet_fen, changed_since, PENDING))
+        overrides = self.protection_overrides(now)  # a handful, made by hand: patched in, not joined
+        if overrides:
+            rows = [r if (o := overrides.get(r[0])) is None else (r[0], r[1], int(o.protected), *r[3:])
+                    for r in rows]
         meters: dict[str, list[str]] = {}
         sql = "SELECT account, meter FROM account_meters"
         if len(rows) > 5000:
