@@ -171,12 +171,12 @@ def spy_posts(store: InfluxStore) -> list[list[bytes]]:
 
 def test_line_protocol_for_every_kind_of_value():
     ts = BASE  # 1709251200000 ms
-    place = meter_tags({"area": "TA-001", "group": "north", "channel": "bus 1"})
+    place = meter_tags({"area": "TA-001", "group": "north", "channel": "bus 1", "role": "sales"})
     # Tags sorted by key; the unit is a tag; the value alone when a float holds it exactly.
     assert encode_reading(Reading("000000000001", "energy.active.import.total", ts, Decimal("12345.60"), "kWh"),
                           place) == (
         b"reading,area=TA-001,channel=bus\\ 1,group=north,meter=000000000001,quantity=energy.active.import.total,"
-        b'unit=kWh value=12345.6,quality="good" 1709251200000'
+        b'role=sales,unit=kWh value=12345.6,quality="good" 1709251200000'
     )
     assert encode_reading(Reading("m", "relay.open", ts, True, quality=Quality.SUSPECT)) == (
         b'reading,meter=m,quantity=relay.open value=1.0,state=true,quality="suspect" 1709251200000'
@@ -217,8 +217,8 @@ def test_exact_text_only_where_a_float_loses_digits(value, exact):
         assert Decimal(line.split("value=")[1].split(",")[0]) == value
 
 
-def test_meter_tags_are_area_channel_and_group_only():
-    assert meter_tags({"group": "g", "area": "", "channel": "c"}) == ",channel=c,group=g"
+def test_meter_tags_are_area_channel_group_and_role_only():
+    assert meter_tags({"group": "g", "area": "", "channel": "c"}) == (("channel", "c"), ("group", "g"))
     with pytest.raises(ValueError, match="not unit"):
         meter_tags({"unit": "kWh"})
 

@@ -331,8 +331,8 @@ async def test_a_running_daemon_exposes_what_the_alert_rules_name_is_ready_and_t
     series = {s["metric"]["meter"]: s["metric"] for s in server.export('{__name__="reading_value"}')
               if s["metric"].get("quantity") == "voltage.a"}
     assert series[first] == {"__name__": "reading_value", "meter": first, "quantity": "voltage.a", "unit": "V",
-                             "area": "TA-001", "group": "north", "channel": "bus1"}
-    assert series[second]["area"] == "TA-001"
+                             "area": "TA-001", "role": "supply", "group": "north", "channel": "bus1"}
+    assert (series[second]["area"], series[second]["role"]) == ("TA-001", "sales")
     assert series["000000000101"]["group"] == "south" and "area" not in series["000000000101"]
     assert not server.export('{__name__=~"reading_(kind|unit)"}')  # no constant strings as fields
 

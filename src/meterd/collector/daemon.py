@@ -207,17 +207,17 @@ def make_sink(config: Config, store: SqliteStore | PostgresStore):
 
 
 def meter_places(config: Config) -> dict[str, dict[str, str]]:
-    """Each meter's channel, group and topology area (the first ``[[topology.units]]`` of kind
-    ``area`` it is a point of): the tags its points carry in InfluxDB."""
-    areas: dict[str, str] = {}
+    """Each meter's channel, group, topology area (the first ``[[topology.units]]`` of kind
+    ``area`` it is a point of) and role there: the tags its points carry in InfluxDB."""
+    areas: dict[str, tuple[str, str]] = {}
     topology = getattr(config.analytics, "topology", None)
     if topology is not None:
         for point in topology.points:
             unit = topology.units.get(point.unit)
             if unit is not None and unit.kind == "area":
-                areas.setdefault(point.meter, point.unit)
-    return {m.address: {"channel": m.channel, "group": m.group, "area": areas.get(m.address, "")}
-            for m in config.meters}
+                areas.setdefault(point.meter, (point.unit, str(point.role)))
+    return {m.address: dict(zip(("area", "role"), areas.get(m.address, ("", "")), strict=True),
+                            channel=m.channel, group=m.group) for m in config.meters}
 
 
 @dataclass(frozen=True, slots=True)

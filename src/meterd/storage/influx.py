@@ -9,7 +9,7 @@ Schema (see ``docs/influxdb.md`` for Grafana queries)
 
 One point per reading, in measurement ``reading``::
 
-    reading,area=<area>,channel=<channel>,group=<group>,meter=<address>,quantity=<quantity>,unit=<unit> <fields> <ms>
+    reading,area=<area>,channel=<channel>,group=<group>,meter=<address>,quantity=<quantity>,role=<role>,unit=<unit> <fields> <ms>
 
 Tags (sorted by key, as InfluxDB prefers; an empty one is left out):
 
@@ -17,10 +17,10 @@ Tags (sorted by key, as InfluxDB prefers; an empty one is left out):
 - ``quantity``: meterd's quantity name, e.g. ``energy.active.import.total``.
 - ``unit``: ``kWh``, ``V``, ...: fixed per quantity, so it costs the series nothing and no point
   repeats it.
-- ``area``, ``group``, ``channel``: where the meter sits -- its topology area (台区; a
-  ``[[topology.units]]`` of kind ``area`` it is a point of), its ``[[meters]] group`` and the
-  channel that reads it -- from ``tags`` (meterd's config), so Grafana can sum by area without
-  a list of meters.
+- ``area``, ``role``, ``group``, ``channel``: where the meter sits -- its topology area (台区; the
+  first ``[[topology.units]]`` of kind ``area`` it is a point of) and its role there (``supply``,
+  ``sales``, ``auxiliary``), its ``[[meters]] group`` and the channel that reads it -- from
+  ``tags`` (meterd's config), so Grafana can sum an area's sales or supply without a list of meters.
 
 Fields, by the value's type (which of them is present says the type; no constant string rides
 on every point):
@@ -46,7 +46,7 @@ Edge cases worth knowing:
 - **Idempotent.**  ``quality`` is a field, so a reading written again (a replay from the spool,
   after a crash) lands on the same series and timestamp and replaces the point's fields.  The
   spool holds encoded lines, so a replay carries the tags the reading was first written with; a
-  meter moved to another area, group or channel starts new series from then on.
+  meter moved to another area, role, group or channel starts new series from then on.
 - Tag values escape ``\\``, ``,``, ``=`` and space; string fields escape ``\\`` and ``"``.  Line
   protocol has no newline: CR, LF and TAB in tags and text are written as the two characters
   ``\\r``, ``\\n``, ``\\t``.  An empty tag value is left out (InfluxDB has no empty tags).
@@ -137,34 +137,32 @@ def _float(number: Decimal | int) -> str | None:
     return repr(f)
 
 
-#: The tags a meter's place gives its points, besides meter, quantity and unit.  All sort before
-#: ``meter``, so a point's tags stay sorted by key.
-METER_TAGS: Final = ("area", "channel", "group")
+#: The tags a meter's place gives its points, besides meter, quantity and unit.
+METER_TAGS: Final = ("area", "channel", "group", "role")
 _EXACT_DIGITS: Final = 15  # a decimal of at most this many significant digits survives float64 exactly
 _EXACT_INT: Final = 2**53
 
+#: A meter's place as :func:`encode_reading` takes it: (tag, value) pairs.
+Place = tuple[tuple[str, str], ...]
 
-def meter_tags(tags: Mapping[str, str]) -> str:
-    """A meter's place (``area``, ``channel``, ``group``) as the tag text :func:`encode_reading` takes."""
+
+def meter_tags(tags: Mapping[str, str]) -> Place:
+    """A meter's place (``area``, ``channel``, ``group``, ``role``) as :func:`encode_reading` takes
+    it; empty values are left out."""
     unknown = set(tags) - set(METER_TAGS)
     if unknown:
         raise ValueError(f"meter tags must be among {', '.join(METER_TAGS)}, not {', '.join(sorted(unknown))}")
-    return "".join(f",{key}={_tag(tags[key])}" for key in METER_TAGS if tags.get(key))
+    return tuple((key, tags[key]) for key in METER_TAGS if tags.get(key))
 
 
 # Meters, quantities, units and timestamps repeat from reading to reading: cache their encodings.
 
 
 @lru_cache(maxsize=65536)
-def _series(meter: str, quantity: str, unit: str, place: str) -> str:
-    key = MEASUREMENT + place
-    if meter:
-        key += ",meter=" + _tag(meter)
-    if quantity:
-        key += ",quantity=" + _tag(quantity)
-    if unit:
-        key += ",unit=" + _tag(unit)
-    return key + " "
+def _series(meter: str, quantity: str, unit: str, place: Place) -> str:
+    """The series key, tags sorted by key (as InfluxDB prefers), empty ones left out."""
+    tags = sorted((*place, ("meter", meter), ("quantity", quantity), ("unit", unit)))
+    return MEASUREMENT + "".join(f",{key}={_tag(value)}" for key, value in tags if value) + " "
 
 
 @lru_cache(maxsize=16)
@@ -182,7 +180,7 @@ def _needs_exact(value: Decimal | int) -> bool:
     return len(value.as_tuple().digits) > _EXACT_DIGITS or not -307 <= value.adjusted() <= 307
 
 
-def encode_reading(reading: Reading, place: str = "") -> bytes:
+def encode_reading(reading: Reading, place: Place = ()) -> bytes:
     """One reading as one line of line protocol (no trailing newline), timestamp in ms.  ``place``:
     the meter's extra tags, from :func:`meter_tags`."""
     value = reading.value
@@ -262,8 +260,8 @@ class InfluxStore:
     per spool batch).  ``retry_interval`` is how long writes go straight to the spool after the
     server failed.  ``state`` (e.g. a :class:`~meterd.storage.sqlite.SqliteStore`) receives
     :meth:`record_attempts`, so an InfluxStore can be a :class:`~meterd.storage.writer.ReadingSink`.
-    ``tags``: meter address -> its ``area``, ``channel`` and ``group`` (:data:`METER_TAGS`), put on
-    each of its points.
+    ``tags``: meter address -> its ``area``, ``channel``, ``group`` and ``role``
+    (:data:`METER_TAGS`), put on each of its points.
     ``clock`` (monotonic seconds) and ``wall_clock`` (for the quarantine file) are injectable.
     """
 
@@ -327,7 +325,7 @@ class InfluxStore:
         may write some twice, which is harmless.
         """
         places = self._places
-        lines = [encode_reading(r, places.get(r.meter, "")) for r in readings]
+        lines = [encode_reading(r, places.get(r.meter, ())) for r in readings]
         if not lines:
             return 0
         with self._lock:
@@ -511,4 +509,5 @@ class InfluxStore:
         self.close()
 
 
-__all__ = ["MEASUREMENT", "METER_TAGS", "REJECTED_FILE", "InfluxStats", "InfluxStore", "encode_reading", "meter_tags"]
+__all__ = ["MEASUREMENT", "METER_TAGS", "REJECTED_FILE", "InfluxStats", "InfluxStore", "Place", "encode_reading",
+           "meter_tags"]
