@@ -362,3 +362,17 @@ async def test_megabytes_before_registering_close_the_connection_early(caplog, n
     assert s["rejected"]["oversized"] == 1 and s["pending"] == 0
     assert why in caplog.text
     assert outcome == "ok" and good.stats.connections == 1
+
+
+async def test_a_fleet_of_mac_dtus():
+    from meterd.simulators.dtu import run_dtu_fleet
+
+    known = {f"02:00:00:00:00:{n:02x}": f"ch{n}" for n in range(1, 6)}
+    async with listening(known, ("usr-mac",)) as listener:
+        fleet = await run_dtu_fleet(5, 2, "127.0.0.1", listener.bound_port, fmt="usr-mac", heartbeat=0.5, start=START)
+        async with fleet:
+            assert fleet.terminal_ids == list(known)
+            for tid in fleet.terminal_ids:
+                assert await listener.wait_online(tid, 2.0), tid
+            outcomes = [(await read_energy(channel(listener, tid), fleet.meters[tid][0]))[0] for tid in fleet.terminal_ids]
+    assert outcomes == ["ok"] * 5 and not rejected(listener)

@@ -212,6 +212,14 @@ def test_a_held_tail_that_was_meter_data_is_released_by_flush():
     assert stream.feed(b"X") == (b"DTU0X", 0)  # not the registration after all: in order, nothing lost
 
 
+def test_a_short_registration_is_stripped_from_a_reads_start_only_with_data():
+    # a one-character id "1" (0x31): a Modbus reply of unit 49 starts with it
+    reply = bytes.fromhex("31 03 02 00 2A 00 00")
+    assert DtuStream(USR_ASCII, "1").feed(reply) == (reply, 0)
+    one_with_data = DtuFormat("one", id_length=1, data_carries_registration=True)
+    assert DtuStream(one_with_data, "1").feed(b"1" + reply) == (reply, 0)
+
+
 def test_a_short_registration_is_not_looked_for_inside_data():
     short = DtuFormat("short", id_length=2, data_carries_registration=True)
     stream = DtuStream(short, "AB")

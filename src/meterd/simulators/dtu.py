@@ -555,7 +555,8 @@ async def run_dtu_fleet(
 ) -> DtuFleet:
     """Start ``n_dtus`` DTUs, each with ``meters_per_dtu`` meters, all registering with ``host:port``.
 
-    Terminal ids are ``{id_prefix}{n:08d}`` from ``first_id`` (``DTU00000001``, ...); meter
+    Terminal ids are ``{id_prefix}{n:08d}`` from ``first_id`` (``DTU00000001``, ...), or for
+    ``fmt="usr-mac"`` the locally administered MACs ``02:00:nn:nn:nn:nn`` (n = first_id, ...); meter
     addresses run on from ``first_address`` across the DTUs, in DTU order.  ``protocol``:
     ``"dlt645"`` (DL/T 645-2007 meters) or ``"modbus"`` (RTU through the DTU, unit ids 1..n, the
     register map ``modbus_model``).  The caller closes the returned :class:`DtuFleet`.
@@ -573,7 +574,9 @@ async def run_dtu_fleet(
     regmap = get_map(modbus_model) if protocol == "modbus" else None
     fleet = DtuFleet([], clock, protocol)
     for d in range(n_dtus):
-        tid = f"{id_prefix}{first_id + d:08d}"
+        n = first_id + d
+        tid = (f"02:00:{n >> 24 & 255:02x}:{n >> 16 & 255:02x}:{n >> 8 & 255:02x}:{n & 255:02x}"
+               if fmt == "usr-mac" else f"{id_prefix}{n:08d}")
         addresses = [f"{first + d * meters_per_dtu + i:012d}" for i in range(meters_per_dtu)]
         models = [MeterModel(a, start=clock.start, seed=seed * 1_000_003 + d * meters_per_dtu + i)
                   for i, a in enumerate(addresses)]

@@ -780,7 +780,9 @@ class DtuStream:
     :meth:`feed` takes each read and returns (meter bytes, heartbeats seen).  At the start of a
     read it removes the terminal's own registration and the format's heartbeats, in any order and
     number (a DTU re-announcing itself, a DTU whose heartbeat *is* its registration -- counted as
-    heartbeats when the read holds nothing else).  With ``data_carries_registration`` it also
+    heartbeats when the read holds nothing else); of a registration shorter than
+    :data:`MIN_INLINE_REGISTRATION` bytes only the one copy ``data_carries_registration`` puts
+    there (one or two bytes at the start of a reply are too likely to be the reply's).  With ``data_carries_registration`` it also
     removes copies of the registration inside the read (at least
     :data:`MIN_INLINE_REGISTRATION` bytes long) and holds back a tail of the read that is the
     start of the registration; the next read or :meth:`flush` decides what it was.
@@ -791,6 +793,10 @@ class DtuStream:
         self.format = fmt
         self.terminal_id = terminal_id
         self.registration = fmt.encode_registration(terminal_id)
+        # copies of the registration removed at a read's start: any number, or (a short one) the
+        # one a "with data" DTU puts there, or none
+        long_enough = len(self.registration) >= MIN_INLINE_REGISTRATION
+        self._leading = -1 if long_enough else int(fmt.data_carries_registration)
         self.held = b""
         self.prefixes = 0
 
@@ -800,7 +806,7 @@ class DtuStream:
         reg, fmt = self.registration, self.format
         beats = regs = 0
         while data:
-            if data.startswith(reg):
+            if (self._leading < 0 or regs < self._leading) and data.startswith(reg):
                 data = data[len(reg):]
                 regs += 1
                 continue
