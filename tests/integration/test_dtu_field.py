@@ -168,8 +168,13 @@ async def test_with_data_a_reply_in_several_packets_merged_into_one_read(fmt, ti
         ch = channel(listener, tid)
         outcomes = [(await read_energy(ch, a))[0] for a in (A1, A2, A1)]
         t = term(listener, tid)
-    assert outcomes == ["ok"] * 3 and sim.stats.replies == 3
+        await sim.reconnect()  # the count is the terminal's, over its connections
+        assert await listener.wait_online(tid, 2.0)
+        again = (await read_energy(ch, A2))[0]
+        t2 = term(listener, tid)
+    assert outcomes == ["ok"] * 3 and sim.stats.replies == 4 and again == "ok"
     assert t["registration_prefixes"] == 9 and t["unsolicited_bytes"] == 0
+    assert t2["registration_prefixes"] == 12 and t2["registrations"] == 2
 
 
 @pytest.mark.parametrize("packets", [1, 3], ids=["one-packet", "three-packets-one-read"])

@@ -586,11 +586,12 @@ class DtuListener:
         stream = conn.stream
         assert stream is not None
         conn.cancel_hold()
+        prefixes = stream.prefixes
         payload, beats = stream.feed(data)
         if beats:
             term.counters["heartbeats"] += beats
             term.last_heartbeat = term.last_seen
-        term.counters["registration_prefixes"] = stream.prefixes
+        term.counters["registration_prefixes"] += stream.prefixes - prefixes
         if stream.held:
             conn.hold = conn.loop.call_later(self.hold, self._release_held, conn)
         if payload:
