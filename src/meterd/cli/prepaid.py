@@ -4,7 +4,8 @@
 --operator NAME``, ``meterd pay ACCOUNT AMOUNT --ref ID``, ``meterd adjust ACCOUNT
 AMOUNT --ref ID --reason …``, ``meterd trip|reclose|alarm METER --reason … --operator …``,
 ``meterd commands [--state …]``, ``meterd cancel ID --reason … --operator …``,
-``meterd ledger ACCOUNT``.
+``meterd ledger ACCOUNT``, ``meterd protect ACCOUNT --set|--release --reason … --operator …
+[--until TIME]``.
 
 They work on the state database of a config (``-c``) or data directory (``--data-dir``), also
 while the daemon runs: a payment made here is seen by the daemon's next policy pass (which
@@ -13,6 +14,12 @@ routine reads (``--wait`` follows it to its end).  Money is exact: an amount out
 grammar (:mod:`meterd.control.amounts`: ASCII digits, at most two decimals, a sign only on an
 adjustment) or over ``[prepaid] max_payment`` / ``max_adjustment`` (of ``-c``; the defaults
 without it), or a payment id already used, is refused with the reason and changes nothing.
+
+Exit codes: 0 done; 2 bad input or refused (nothing written); 1 a command followed with ``--wait``
+ended other than confirmed (failed, expired, cancelled, dry-run); 3 (:data:`EXIT_PENDING`) it had
+not ended when the wait ran out (still queued: not sent yet; or sent, its read-back not in yet).
+Meters are typed as in ``meterd readings``: ``1`` is ``000000000001`` (:func:`address_key`).
+Times print in the site's zone with the offset; ``--json`` keeps ISO 8601.
 """
 
 from __future__ import annotations
@@ -24,14 +31,20 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, parse_time, print_json
+from meterd.clock import CST
+from meterd.config.durations import parse_duration
 from meterd.errors import ConfigError
 from meterd.readings import address_key
 from meterd.storage.database import Location
 
 DEFAULT_DATA_DIR = Path("meterd-data")
-MANUAL_KINDS = {"trip": "trip", "reclose": "reclose", "alarm": "alarm", "alarm-release": "alarm-release",
-                "reclose-allowed": "reclose-allowed", "protect": "protect", "protect-release": "protect-release"}
+# ``--wait`` ran out with the command not ended: still queued (the daemon has not sent it: is it
+# running, is the meter's channel up?) or sent and not confirmed yet.  Not a failure -- the daemon
+# may still send and confirm it -- and not success: the operator looks again (meterd commands).
+EXIT_PENDING = 3
+WAIT_HELP = ("wait up to S seconds for the command to end and print its outcome; exit 0 confirmed, 1 failed, "
+             f"expired or cancelled, {EXIT_PENDING} still queued or sent (not confirmed) when the wait runs out")
 
 
 def _where(p: argparse.ArgumentParser) -> None:
@@ -83,15 +96,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--direct", action="store_true", help="直接合闸 instead of 合闸允许 (customer presses)")
         if kind == "alarm":
             p.add_argument("--release", action="store_true", help="release the alarm instead")
-        p.add_argument("--wait", type=float, default=0.0, metavar="S",
-                       help="wait up to S seconds for the command to end and print its outcome")
+        p.add_argument("--wait", type=float, default=0.0, metavar="S", help=WAIT_HELP)
         p.add_argument("--json", action="store_true")
         _where(p)
         p.set_defaults(func=command_cmd, kind=kind)
 
+    p = sub.add_parser("protect", help="set or release an account's 保电 over the archive's flag (audited)",
+                       description="An operator's override of the 保电 (protection) flag that the config or the "
+                                   "billing system gives an account: a protected account is never tripped, "
+                                   "automatically or by hand.  In force until --until, or until the archive's "
+                                   "own flag for the account changes (a new value from the billing import or the "
+                                   "config supersedes the override).  Asking for what the archive says ends the "
+                                   "override.  The daemon's next policy pass uses it.")
+    p.add_argument("account")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--set", dest="protect", action="store_true", help="protect the account (保电)")
+    which.add_argument("--release", dest="protect", action="store_false", help="release its protection (保电解除)")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--operator", required=True)
+    p.add_argument("--until", metavar="TIME",
+                   help="when the override ends: a duration from now (8h, 2d) or a time (2026-12-09 08:00 in the "
+                        "site's zone, or ISO 8601 with an offset); default: until the archive's flag changes")
+    p.add_argument("--meters", action="store_true",
+                   help="also queue the meters' own 保电 / 保电解除 commands (confirmed by read-back); not with "
+                        "--until, which the meters cannot keep")
+    p.add_argument("--json", action="store_true")
+    _where(p)
+    p.set_defaults(func=protect_cmd)
+
     p = sub.add_parser("commands", help="the command queue and history")
     p.add_argument("--state", choices=("queued", "sent", "confirmed", "failed", "expired", "cancelled", "dry-run"))
-    p.add_argument("--meter")
+    p.add_argument("--meter", help="only this meter's (1 is 000000000001)")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
     _where(p)
@@ -101,6 +136,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("id", type=int)
     p.add_argument("--reason", required=True)
     p.add_argument("--operator", required=True)
+    p.add_argument("--json", action="store_true")
     _where(p)
     p.set_defaults(func=cancel_cmd)
 
@@ -115,6 +151,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--multiplier", help="CT × PT of the new meter (default: from -c, else the old meter's)")
     p.add_argument("--ref", required=True, help="the replacement work-order id: a second use changes nothing")
     p.add_argument("--operator", required=True)
+    p.add_argument("--json", action="store_true")
     _where(p)
     p.set_defaults(func=replace_cmd)
 
@@ -182,6 +219,18 @@ def _remaining_kwh(config: Any, account: Any, now: datetime) -> Decimal | None:
     return (account.balance / price).quantize(Decimal("0.01"))
 
 
+def _local(at: datetime | None) -> str:
+    """A time for people: in the site's zone with its offset, to the second ('' for none)."""
+    return "" if at is None else at.astimezone(CST).isoformat(sep=" ", timespec="seconds")
+
+
+def _override_doc(o: Any) -> dict[str, Any] | None:
+    if o is None:
+        return None
+    return {"protected": o.protected, "operator": o.operator, "reason": o.reason, "at": o.at.isoformat(),
+            "until": o.until.isoformat() if o.until else None}
+
+
 def _account_doc(store: Any, config: Any, a: Any, now: datetime) -> dict[str, Any]:
     relays = {}
     for meter in a.meters:
@@ -189,13 +238,81 @@ def _account_doc(store: Any, config: Any, a: Any, now: datetime) -> dict[str, An
         relays[meter] = None if found is None else {"at": found[0].isoformat(), **found[1]}
     return {
         "account": a.account, "customer": a.customer, "area": a.area, "tariff": a.tariff,
-        "protected": a.protected, "balance": str(a.balance), "state": a.state, "held": a.held,
+        # protected: the effective 保电 (an operator's override in force, else the archive's flag)
+        "protected": a.protected_at(now), "archive_protected": a.protected,
+        "protection_override": _override_doc(a.protection_override(now)),
+        "balance": str(a.balance), "state": a.state, "held": a.held,
         "remaining_kwh": None if (r := _remaining_kwh(config, a, now)) is None else str(r),
         "meters": {m: str(k) for m, k in a.meters.items()}, "relay": relays,
         "thresholds": a.thresholds, "opened": a.opened.isoformat(),
         "manual_hold_until": a.manual_until.isoformat() if a.manual_until else None,
         "alarmed_at": a.alarmed_at.isoformat() if a.alarmed_at else None,
     }
+
+
+def _protection_text(a: Any, now: datetime) -> str:
+    """The effective 保电 in words: yes/no, and the operator's override in force with who, why and until."""
+    o = a.protection_override(now)
+    if o is None:
+        return "yes (保电, from the archive)" if a.protected else "no"
+    until = f"until {_local(o.until)} or" if o.until else "until"
+    return (f"{'yes' if o.protected else 'no'}: 保电 {'set' if o.protected else 'released'} by {o.operator} on "
+            f"{_local(o.at)} ({o.reason}), {until} the archive's flag changes; the archive says "
+            f"{'yes' if a.protected else 'no'}")
+
+
+# Relay-state flags in words: (when true, when false).
+_RELAY_WORDS: dict[str, tuple[str, str]] = {
+    "relay.open": ("relay open", "relay closed"),
+    "relay.command_open": ("commanded open", "commanded closed"),
+    "alarm.pre_trip": ("pre-trip alarm on", "pre-trip alarm off"),
+    "relay.protected": ("meter 保电 on", "meter 保电 off"),
+}
+
+
+def _relay_text(found: tuple[datetime, dict[str, Any]] | None) -> str:
+    if found is None:
+        return "relay not read yet"
+    at, flags = found
+    parts = []
+    for key, value in flags.items():
+        words = _RELAY_WORDS.get(key)
+        if words is not None and isinstance(value, bool):
+            parts.append(words[0] if value else words[1])
+        else:
+            parts.append(f"{key} {'yes' if value is True else 'no' if value is False else value}")
+    return f"{', '.join(parts) or 'no flags read'} (read {_local(at)})"
+
+
+def _thresholds_text(a: Any) -> str:
+    if not a.thresholds:
+        return "the site's"
+    own = ", ".join(f"{name} {value}" for name, value in a.thresholds.items())
+    return f"{own} (this account's own; the site's for the others)"
+
+
+def _show_account(store: Any, config: Any, a: Any, now: datetime) -> None:
+    """``meterd account show`` as text: one ``name  value`` line each, values in words and times in
+    the site's zone; the relay of each meter; the last ledger entries."""
+    remaining = _remaining_kwh(config, a, now)
+    lines = [
+        ("account", a.account), ("customer", a.customer), ("area", a.area), ("tariff", a.tariff),
+        ("protected", _protection_text(a, now)), ("balance", f"{a.balance} yuan"),
+        ("remaining", None if remaining is None else f"{remaining} kWh at the current price"),
+        ("state", a.state), ("trip held", a.held), ("alarmed since", _local(a.alarmed_at)),
+        ("manual hold until", _local(a.manual_until)), ("opened", _local(a.opened)),
+        ("thresholds", _thresholds_text(a)),
+    ]
+    for name, value in lines:
+        if value not in (None, ""):
+            print(f"{name:<18} {value}")
+    for meter, ratio in a.meters.items():
+        print(f"meter {meter} ×{ratio}: {_relay_text(store.relay_state(meter))}")
+    recent = store.ledger(a.account, limit=5)
+    if recent:
+        print("recent ledger entries:")
+    for r in recent:
+        print(f"  {_local(r.at)}  {r.kind.value:<10} {r.amount:>12}  {r.detail}")
 
 
 def _activate(store: Any, args: argparse.Namespace, now: datetime) -> int:
@@ -242,32 +359,27 @@ def account_cmd(args: argparse.Namespace) -> int:
             if a is None:
                 error(f"unknown account {args.account}")
                 return EXIT_BAD_INPUT
-            doc = _account_doc(store, config, a, now)
-            doc["recent"] = [_ledger_doc(r) for r in store.ledger(a.account, limit=5)]
             if args.json:
+                doc = _account_doc(store, config, a, now)
+                doc["recent"] = [_ledger_doc(r) for r in store.ledger(a.account, limit=5)]
                 print_json(doc)
-                return EXIT_OK
-            for key in ("account", "customer", "area", "tariff", "protected", "balance", "remaining_kwh", "state",
-                        "held", "alarmed_at", "manual_hold_until", "opened"):
-                if doc[key] not in (None, ""):
-                    print(f"{key:<18} {doc[key]}")
-            for meter, ratio in doc["meters"].items():
-                relay = doc["relay"][meter]
-                shown = "relay not read yet" if relay is None else ", ".join(
-                    f"{k}={'yes' if v else 'no'}" for k, v in relay.items() if k != "at") + f" (at {relay['at']})"
-                print(f"meter {meter} ×{ratio}: {shown}")
-            for row in doc["recent"]:
-                print(f"  {row['at']}  {row['kind']:<10} {row['amount']:>12}  {row['detail']}")
+            else:
+                _show_account(store, config, a, now)
             return EXIT_OK
         accounts = [a for a in store.accounts(area=args.area) if args.state is None or a.state == args.state]
-        docs = [_account_doc(store, config, a, now) for a in accounts]
         if args.json:
-            print_json(docs)
+            print_json([_account_doc(store, config, a, now) for a in accounts])
             return EXIT_OK
-        print(f"{'ACCOUNT':<14} {'AREA':<10} {'BALANCE':>12} {'STATE':<9} {'PROT':<4} CUSTOMER")
-        for d in docs:
-            print(f"{d['account']:<14} {d['area']:<10} {d['balance']:>12} {d['state']:<9} "
-                  f"{'yes' if d['protected'] else '':<4} {d['customer']}")
+        print(f"{'ACCOUNT':<14} {'AREA':<10} {'BALANCE':>12} {'STATE':<9} {'PROT':<5} CUSTOMER")
+        overridden = False
+        for a in accounts:
+            prot = "yes" if a.protected_at(now) else ""
+            if a.protection_override(now) is not None:
+                prot, overridden = f"{prot or 'no'}*", True
+            print(f"{a.account:<14} {a.area:<10} {a.balance:>12} {a.state:<9} {prot:<5} {a.customer}")
+        if overridden:
+            print("* 保电 set or released by an operator over the archive's flag (meterd account show ACCOUNT says "
+                  "who, why and until when)")
         return EXIT_OK
 
 
@@ -319,7 +431,6 @@ def _command_doc(c: Any) -> dict[str, Any]:
 def command_cmd(args: argparse.Namespace) -> int:
     from meterd.control.engine import queue_manual
     from meterd.control.model import CommandKind
-    from meterd.storage.sqlite import SqliteStore
 
     kind = CommandKind(args.kind)
     if args.kind == "reclose":
@@ -328,45 +439,137 @@ def command_cmd(args: argparse.Namespace) -> int:
         kind = CommandKind.ALARM_RELEASE
     store, config = _store(args)
     meter = address_key(args.meter)
-    if config is not None:
-        known = [m.address for m in config.meters]
-        ttl = config.prepaid.settings.command_ttl if config.prepaid else timedelta(hours=2)
-        hold = config.prepaid.settings.manual_hold if config.prepaid else timedelta(hours=24)
-    else:
-        with SqliteStore(store.path.parent) as archive:
-            known = [m.address for m in archive.meters()]
-        ttl, hold = timedelta(hours=2), timedelta(hours=24)
+    known, ttl, hold = _command_settings(store, config)
     with store:
         command = queue_manual(store, meter, kind, operator=args.operator, reason=args.reason, now=_now(),
                                ttl=ttl, known_meters=known, manual_hold=hold)
         if not args.json:
             print(f"command #{command.id} {command.kind.value} to meter {meter} queued; the daemon sends it "
                   "ahead of routine reads and confirms it by reading the relay back")
-        deadline = time.monotonic() + args.wait
-        while args.wait and not command.state.final and time.monotonic() < deadline:
-            time.sleep(0.2)
-            command = store.command(command.id) or command
+        command = _follow(store, command, args.wait)
     if args.json:
         print_json(_command_doc(command))
-    elif args.wait:
+    if not args.wait:
+        return EXIT_OK
+    if not command.state.final:
+        error(_pending_text(command, args.wait))
+        return EXIT_PENDING
+    if not args.json:
         print(f"command #{command.id}: {command.state.value}" + (f": {command.detail}" if command.detail else ""))
-    if args.wait and command.state.final and command.state.value != "confirmed":
-        return EXIT_FAILED
+    return EXIT_OK if command.state.value == "confirmed" else EXIT_FAILED
+
+
+def _follow(store: Any, command: Any, wait: float) -> Any:
+    """The command once it has ended, or as it is when ``wait`` seconds have passed."""
+    deadline = time.monotonic() + wait
+    while wait and not command.state.final and time.monotonic() < deadline:
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        command = store.command(command.id) or command
+    return command
+
+
+def _pending_text(command: Any, wait: float) -> str:
+    """One line: a command followed with ``--wait`` had not ended when the wait ran out."""
+    what = f"command #{command.id} {command.kind.value} to meter {command.meter}"
+    if command.state.value == "sent":
+        return (f"{what}: sent but not confirmed after {wait:g} s (the relay is read back to confirm it); "
+                f"see meterd commands --meter {command.meter}")
+    return (f"{what}: still queued after {wait:g} s, not sent (is the daemon running and the meter's channel "
+            f"up?); it may still go out until it expires at {_local(command.expires)}")
+
+
+def _command_settings(store: Any, config: Any) -> tuple[list[str], timedelta, timedelta]:
+    """The meters a manual command may go to, its time to live and the manual hold after a reclose."""
+    if config is not None:
+        known = [m.address for m in config.meters]
+        ttl = config.prepaid.settings.command_ttl if config.prepaid else timedelta(hours=2)
+        hold = config.prepaid.settings.manual_hold if config.prepaid else timedelta(hours=24)
+        return known, ttl, hold
+    from meterd.storage.sqlite import SqliteStore
+
+    with SqliteStore(store.path.parent) as archive:  # --data-dir: the meters the daemon archived
+        return [m.address for m in archive.meters()], timedelta(hours=2), timedelta(hours=24)
+
+
+def _until(text: str | None, now: datetime) -> datetime | None:
+    """``--until``: a duration from now (``8h``, ``+2d``) or a time (``parse_time``: a date, an ISO
+    time in the site's zone or with its offset)."""
+    from meterd.errors import LedgerError
+
+    if text is None:
+        return None
+    ahead = text.strip().removeprefix("+")
+    if ahead[:1].isdigit() and ahead[-1:].isalpha():  # a duration has its unit (a bare number is a date)
+        seconds = parse_duration(ahead)
+        if seconds is None or seconds <= 0:
+            raise LedgerError(f"--until {text!r}: not a duration (use e.g. 8h, 2d, 1h30m) nor a time")
+        return now + timedelta(seconds=seconds)
+    if text.strip().startswith("-"):
+        raise LedgerError(f"--until {text!r}: the end of an override is in the future (8h, 2026-12-09 08:00)")
+    try:
+        return parse_time(text, now)
+    except ValueError:
+        raise LedgerError(f"--until {text!r} is not a time: use a duration from now (8h, 2d) or a time "
+                          "(2026-12-09 08:00 in the site's zone, or ISO 8601 with an offset)") from None
+
+
+@_guard
+def protect_cmd(args: argparse.Namespace) -> int:
+    """``meterd protect ACCOUNT --set|--release``: the operator's override of the archive's 保电."""
+    from meterd.control.engine import queue_manual
+    from meterd.control.model import CommandKind
+    from meterd.errors import LedgerError
+
+    now = _now()
+    until = _until(args.until, now)  # before any write
+    if args.meters and until is not None:
+        raise LedgerError("--meters with --until: a meter's own 保电 has no end time, and nothing would send the "
+                          "release when --until passes; queue the meters' commands without --until")
+    store, config = _store(args)
+    commands = []
+    with store:
+        change = store.set_protection(args.account, args.protect, reason=args.reason, actor=args.operator,
+                                      now=now, until=until)
+        account = store.account(args.account)
+        assert account is not None  # set_protection refuses an unknown account
+        if args.meters:
+            known, ttl, hold = _command_settings(store, config)
+            kind = CommandKind.PROTECT if args.protect else CommandKind.PROTECT_RELEASE
+            for meter in account.meters:
+                commands.append(queue_manual(store, meter, kind, operator=args.operator, reason=args.reason,
+                                             now=now, ttl=ttl, known_meters=known, manual_hold=hold))
+    if args.json:
+        print_json({"account": change.account, "changed": change.changed, "protected": change.protected,
+                    "archive_protected": change.archive, "protection_override": _override_doc(change.override),
+                    "message": change.message, "state": account.state, "balance": str(account.balance),
+                    "held": account.held, "commands": [_command_doc(c) for c in commands]})
+        return EXIT_OK
+    print(change.message)
+    if change.changed and account.state == "pending":
+        print(f"account {account.account} is pending: the policy does not act on it until it is activated")
+    elif change.changed:
+        held = f"; trip held: {account.held}" if account.held else ""
+        print(f"account {account.account} is {account.state} (balance {account.balance}{held}): the daemon's next "
+              f"policy pass decides it {'with' if change.protected else 'without'} 保电")
+    for c in commands:
+        print(f"command #{c.id} {c.kind.value} to meter {c.meter} queued; the daemon sends it and confirms it by "
+              "reading the relay back")
     return EXIT_OK
 
 
 @_guard
 def commands_cmd(args: argparse.Namespace) -> int:
     store, _ = _store(args)
+    meter = None if args.meter is None else address_key(args.meter)
     with store:
-        commands = store.commands(state=args.state, meter=args.meter, limit=args.limit)
+        commands = store.commands(state=args.state, meter=meter, limit=args.limit)
     if args.json:
         print_json([_command_doc(c) for c in commands])
         return EXIT_OK
     print(f"{'ID':>5} {'METER':<12} {'KIND':<15} {'STATE':<9} {'BY':<12} {'CREATED':<25} REASON / DETAIL")
     for c in commands:
         print(f"{c.id:>5} {c.meter:<12} {c.kind.value:<15} {c.state.value:<9} {c.requested_by:<12} "
-              f"{c.created.isoformat(timespec='seconds'):<25} {c.reason}" + (f" | {c.detail}" if c.detail else ""))
+              f"{_local(c.created):<25} {c.reason}" + (f" | {c.detail}" if c.detail else ""))
     return EXIT_OK
 
 
@@ -375,7 +578,10 @@ def cancel_cmd(args: argparse.Namespace) -> int:
     store, _ = _store(args)
     with store:
         command = store.cancel(args.id, now=_now(), actor=args.operator, reason=args.reason)
-    print(f"command #{command.id} cancelled")
+    if args.json:
+        print_json(_command_doc(command))
+    else:
+        print(f"command #{command.id} {command.kind.value} to meter {command.meter} cancelled")
     return EXIT_OK
 
 
@@ -409,7 +615,8 @@ def ledger_cmd(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{'SEQ':>6} {'AT':<25} {'KIND':<10} {'AMOUNT':>12} {'BALANCE':>12}  DETAIL")
     for d in docs:
-        print(f"{d['seq']:>6} {d['at'][:25]:<25} {d['kind']:<10} {d['amount']:>12} {d['balance']:>12}  {d['detail']}")
+        at = _local(datetime.fromisoformat(d["at"]))
+        print(f"{d['seq']:>6} {at:<25} {d['kind']:<10} {d['amount']:>12} {d['balance']:>12}  {d['detail']}")
     print(f"balance {balance}")
     return EXIT_OK
 
@@ -454,8 +661,7 @@ def replace_cmd(args: argparse.Namespace) -> int:
             raise LedgerError(f"--at {args.at!r} needs a time zone, e.g. {args.at}+08:00")
     with store:
         if store.has_replacement(args.ref):
-            print(f"replacement {args.ref} was already recorded; nothing changed")
-            return EXIT_OK
+            return _replaced(args, old, new, at, False)
         owner = store.meter_accounts().get(old)
         if owner is None or owner[0] != args.account:
             raise LedgerError(f"meter {old} is not on account {args.account}")
@@ -473,9 +679,19 @@ def replace_cmd(args: argparse.Namespace) -> int:
             args.ref, args.account, old, new, at, _registers(args.old_final, old_multiplier, "--old-final"),
             _registers(args.new_initial, new_multiplier, "--new-initial"), new_multiplier,
             actor=args.operator, now=_now())
+    return _replaced(args, old, new, at, done)
+
+
+def _replaced(args: argparse.Namespace, old: str, new: str, at: datetime, done: bool) -> int:
+    """What ``meterd replace-meter`` did: recorded now, or recorded before (nothing changed)."""
     if done:
-        print(f"replacement {args.ref}: meter {old} -> {new} on {args.account} recorded; the daemon charges the old "
-              f"meter's last use at its next pass. Put {new} in the config's account too.")
+        message = (f"replacement {args.ref}: meter {old} -> {new} on {args.account} recorded; the daemon charges the "
+                   f"old meter's last use at its next pass. Put {new} in the config's account too.")
     else:
-        print(f"replacement {args.ref} was already recorded; nothing changed")
+        message = f"replacement {args.ref} was already recorded; nothing changed"
+    if args.json:
+        print_json({"ref": args.ref, "account": args.account, "old_meter": old, "new_meter": new,
+                    "at": at.isoformat(), "recorded": done, "message": message})
+    else:
+        print(message)
     return EXIT_OK

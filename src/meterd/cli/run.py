@@ -2,7 +2,9 @@
 
 This command owns the process: it builds the node through :func:`meterd.app.build_node`, owns the
 signals, and sets the process's garbage-collector policy once start-up is built
-(:func:`meterd.heap.settle_heap`)."""
+(:func:`meterd.heap.settle_heap`).  When the daemon stops it prints a summary on stdout: how long
+it ran and each channel's figures (rounds, attempts, successes, retries, failures by kind, reply
+latency, overruns) as a table, or as one JSON document with ``--json``."""
 
 from __future__ import annotations
 
@@ -11,12 +13,14 @@ import asyncio
 import logging
 import resource
 import signal
+from datetime import datetime
+from typing import Any
 
 from meterd import logthrottle
 from meterd.app import Node, build_node
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json
 from meterd.cli.migrate import migrate, probe, unreachable
-from meterd.clock import utc_now
+from meterd.clock import CST, utc_now
 from meterd.cluster.leases import LeaseError
 from meterd.config.loader import load_config
 from meterd.errors import ConfigError
@@ -30,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the daemon")
     p.add_argument("-c", "--config", required=True, help="TOML config file")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--json", action="store_true", help="the summary printed at stop as JSON")
     p.set_defaults(func=run)
 
 
@@ -78,6 +83,39 @@ async def run_daemon(node: Node, duration: float | None) -> None:
         await flusher
 
 
+def summary(config_path: str, started: datetime, stopped: datetime,
+            channels: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What ``meterd run`` prints at stop: when it ran and each channel's statistics."""
+    return {"config": config_path, "started": started.isoformat(), "stopped": stopped.isoformat(),
+            "seconds": round((stopped - started).total_seconds(), 3), "channels": channels}
+
+
+def _duration_text(seconds: float) -> str:
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
+
+
+def summary_lines(doc: dict[str, Any]) -> list[str]:
+    """:func:`summary` as text: a line on the run, then one line per channel."""
+    started = datetime.fromisoformat(doc["started"]).astimezone(CST).isoformat(sep=" ", timespec="seconds")
+    lines = [f"meterd stopped after {_duration_text(doc['seconds'])} (started {started})"]
+    if not doc["channels"]:
+        return [*lines, "no channels"]
+    width = max(7, *(len(name) for name in doc["channels"]))
+    lines.append(f"{'CHANNEL':<{width}} {'ROUNDS':>7} {'ATTEMPTS':>9} {'OK':>9} {'RETRIES':>8} {'OVERRUNS':>9} "
+                 f"{'LATENCY ms mean/max':>20}  FAILURES")
+    for name, c in doc["channels"].items():
+        failures = ", ".join(f"{kind} {n}" for kind, n in c.get("failures", {}).items()) or "none"
+        latency = f"{c.get('latency_mean_ms', 0):.1f} / {c.get('latency_max_ms', 0):.1f}"
+        lines.append(f"{name:<{width}} {c.get('rounds', 0):>7} {c.get('attempts', 0):>9} {c.get('successes', 0):>9} "
+                     f"{c.get('retries', 0):>8} {c.get('overruns', 0):>9} {latency:>20}  {failures}")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
@@ -110,10 +148,16 @@ def run(args: argparse.Namespace) -> int:
         except ConfigError as exc:  # a secret the config names is not in the environment
             error(f"{exc}\nnothing was started")
             return EXIT_BAD_INPUT
+        started = utc_now()
         try:
             asyncio.run(run_daemon(node, args.duration))
         except LeaseError as exc:  # this node could not join the cluster or keep its leases
             error(f"cluster: {exc}")
             return EXIT_FAILED
-        log.info("stopped; channel statistics: %s", node.stats())
+        log.info("stopped")
+        doc = summary(args.config, started, utc_now(), node.stats())
+    if args.json:
+        print_json(doc)
+    else:
+        print("\n".join(summary_lines(doc)), flush=True)
     return EXIT_OK
