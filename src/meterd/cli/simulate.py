@@ -50,8 +50,8 @@ processes and stopped by :mod:`meterd.simulators.shard`, this module being the a
   protocol, unit id and register map; one poll of ``--poll-quantities`` every ``--poll-interval``
   seconds).  It is checked with the config loader before anything starts (with stand-in
   endpoints) and written, with the real pty paths and ports, once the buses listen and before the
-  document is printed: ``meterd run -c PATH`` (or ``meterd read -c PATH``) then collects from every
-  simulated meter.
+  document is printed: ``meterd run -c PATH`` then collects from every simulated meter (and the
+  link settings it holds are what ``meterd read`` needs to reach any one of them).
 
 Terminals have no injected faults and no wire delay (``--turnaround`` adds a DTU reply delay).
 
@@ -590,18 +590,26 @@ def _duration(seconds: float) -> str:
 LOOPBACK_FOR: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
+def bus_protocols(spec: FleetSpec) -> list[dict[str, str]]:
+    """Per bus, each meter's protocol (``dlt645-2007``, ``dlt645-1997``, ``modbus``)."""
+    v1997 = spec.v1997_addresses()
+    return [
+        {a: "modbus" if protocol == "modbus" else "dlt645-1997" if a in v1997 else "dlt645-2007" for a in addresses}
+        for addresses, (protocol, _) in zip(spec.addresses(), spec.bus_layout())
+    ]
+
+
 def bus_sketch(spec: FleetSpec) -> list[dict[str, Any]]:
     """The buses of ``spec`` as the fleet document will show them, with stand-in endpoints (a pty's
     path and a free port are known only once the bus runs): enough to check the config before."""
     out: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
     tcp_index = 0
-    for addresses, (protocol, kind) in zip(spec.addresses(), spec.bus_layout()):
+    for addresses, (protocol, kind), protocols in zip(spec.addresses(), spec.bus_layout(), bus_protocols(spec)):
         prefix = f"mb{kind}" if protocol == "modbus" else kind
         counts[prefix] = counts.get(prefix, 0) + 1
         bus: dict[str, Any] = {"name": f"{prefix}{counts[prefix]}", "kind": kind, "meters": addresses,
-                               "protocol": protocol,
-                               "protocols": {a: spec.meter_protocol(a) for a in addresses}}  # fmt: skip
+                               "protocol": protocol, "protocols": protocols}  # fmt: skip
         if protocol == "modbus":
             bus.update(model=spec.modbus_model, units={a: u for u, a in enumerate(addresses, 1)},
                        framing="rtu" if kind == "pty" else spec.modbus_tcp_framing)  # fmt: skip
@@ -735,9 +743,9 @@ def check_quantities(terms: TerminalSpec | None, quantities: tuple[str, ...], bu
 
     kinds: dict[tuple[str, str], str] = {}
     if buses is not None:
-        for address in buses.all_addresses():
-            protocol = buses.meter_protocol(address)
-            kinds.setdefault((protocol, buses.modbus_model), "bus")
+        for protocols in bus_protocols(buses):
+            for protocol in set(protocols.values()):
+                kinds.setdefault((protocol, buses.modbus_model), "bus")
     if terms is not None and terms.dtus:
         kinds.setdefault(("modbus" if terms.dtu_protocol == "modbus" else "dlt645-2007", terms.dtu_model), "DTU")
     if terms is not None and terms.mqtt_terminals:
