@@ -349,7 +349,6 @@ async def test_megabytes_before_registering_close_the_connection_early(caplog, n
             dtu(listener, T2, "hex-frame") as good:
         with caplog.at_level(logging.WARNING, logger="meterd.collector.dtu"):
             reader, writer = await asyncio.open_connection("127.0.0.1", listener.bound_port)
-            t0 = time.monotonic()
             sent = 0
             with contextlib.suppress(ConnectionError):
                 while sent < 64 * 2**20 and not reader.at_eof():
@@ -358,11 +357,10 @@ async def test_megabytes_before_registering_close_the_connection_early(caplog, n
                     sent += len(chunk)
                     await asyncio.sleep(0)
             closed = await closed_by_master(reader, 2.0)
-            took = time.monotonic() - t0
             writer.close()
         outcome, _ = await read_energy(channel(listener, T2))
         s = listener.status()
-    assert closed and took < 5.0  # long before the 30 s registration deadline
+    assert closed  # by the byte cap (oversized below), not the 30 s registration deadline
     assert sent < 64 * 2**20  # the master hung up; the peer could not go on sending
     assert s["rejected"]["oversized"] == 1 and s["pending"] == 0
     assert why in caplog.text
