@@ -226,8 +226,8 @@ async def test_dtu_formats_from_config_tables_register_and_are_read(tmp_path):
      ['listeners.gprs.formats[1]: format "usr-ascii" is already formats[0]']),
     ('[{ name = "", preset = "usr-ascii" }]', "DTU1", ['listeners.gprs.formats[0].name: must be a non-empty string']),
     ('["usr-mac"]', "DTU1",
-     ['channels.c1.dtu.terminal: terminal "DTU1" cannot register in any format of listener "gprs": usr-mac: '
-      "terminal id 'DTU1' is not a MAC address (aa:bb:cc:dd:ee:ff)"]),
+     [('channels.c1.dtu.terminal: terminal "DTU1" cannot register in any format of listener "gprs": usr-mac: '
+       "terminal id 'DTU1' is not a MAC address (aa:bb:cc:dd:ee:ff)")]),
     ('["usr-ascii"]', "D" * 41,
      ["cannot register in any format of listener \"gprs\": usr-ascii: terminal id of 41 bytes, at most 40 allowed"]),
 ])
@@ -271,5 +271,5 @@ dtu = {{ listener = "gprs", terminal = "D8-B0-4C-00-04-C9" }}
     with pytest.raises(ConfigError) as info:
         parse_config(tomllib.loads(text), "site.toml")
     assert info.value.problems == [
-        'site.toml: channels.b.dtu.terminal: terminal "D8-B0-4C-00-04-C9" registers with the same bytes as '
-        "channel \"a\"'s terminal in DTU format usr-mac"]
+        ('site.toml: channels.b.dtu.terminal: terminal "D8-B0-4C-00-04-C9" registers with the same bytes as '
+         "channel \"a\"'s terminal in DTU format usr-mac")]

@@ -264,7 +264,7 @@ async def test_registration_and_data_in_one_write(fmt, tid):
 
 async def test_a_registration_split_over_two_reads_registers():
     async with listening({T1: "ch1"}, ("usr-ascii", "hex-frame")) as listener:
-        reader, writer = await asyncio.open_connection("127.0.0.1", listener.bound_port)
+        _, writer = await asyncio.open_connection("127.0.0.1", listener.bound_port)
         writer.write(b"DTU000")
         await writer.drain()
         await asyncio.sleep(0.1)  # the master has read "DTU000" on its own by now
