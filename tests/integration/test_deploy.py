@@ -8,14 +8,12 @@
   one has arrived (one client's messages reach a subscriber in the order they were published).
 * systemd: ``deploy/meterd.service`` has the keys the deployment relies on, and
   ``systemd-analyze verify`` accepts it where that tool exists.
-* Grafana: the dashboard JSON loads, and every query names the measurement, fields, tags and
-  quantities that docs/influxdb.md and meterd's catalogue define.
+* Grafana and Prometheus: tests/integration/test_dashboards.py and test_metrics.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shutil
@@ -477,68 +475,3 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path, meterd_bin):
     complaints = [line for line in (done.stdout + done.stderr).splitlines() if "meterd.service" in line]
     # unknown keys and bad values are only warnings (exit 0): fail on any line about our unit
     assert done.returncode == 0 and complaints == [], done.stdout + done.stderr
-
-
-# --- Grafana -----------------------------------------------------------------------------------
-
-
-def documented_schema() -> tuple[set[str], set[str], set[str]]:
-    """Measurements, tags and fields from docs/influxdb.md."""
-    doc = (ROOT / "docs" / "influxdb.md").read_text()
-    measurements = set(re.findall(r"\*\*Measurement:\*\*\s*`([^`]+)`", doc))
-    section = lambda title: doc.split(title, 1)[1].split("\n\n**", 1)[0]  # noqa: E731
-    tags = set(re.findall(r"^\| `([a-z_]+)` \|", section("**Tags**"), flags=re.MULTILINE))
-    fields = set(re.findall(r"^\| `([a-z_]+)` \|", section("**Fields.**"), flags=re.MULTILINE))
-    assert measurements and tags and fields, "docs/influxdb.md changed shape: update this test"
-    return measurements, tags, fields
-
-
-def dashboard_queries(dashboard: dict) -> list[tuple[str, str]]:
-    queries = [(f"variable {v['name']}", v["query"]) for v in dashboard["templating"]["list"] if v["type"] == "query"]
-    for panel in dashboard["panels"]:
-        for inner in [panel, *panel.get("panels", [])]:
-            for target in inner.get("targets", []):
-                queries.append((f"panel {inner['title']!r} {target['refId']}", target["query"]))
-    return queries
-
-
-def test_grafana_dashboard_queries_the_documented_schema():
-    from meterd.protocols.readspec import dlt645_index
-
-    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "meterd.json").read_text())
-    datasource = (DEPLOY / "grafana" / "provisioning" / "datasources" / "meterd.yaml").read_text()
-    (uid,) = re.findall(r"^\s+uid:\s*(\S+)", datasource, flags=re.MULTILINE)
-    assert re.search(r"^\s+version:\s*Flux\s*$", datasource, flags=re.MULTILINE)
-    assert "token: ${METERD_INFLUX_TOKEN}" in datasource  # from the environment, never inline
-    assert "path:" in (DEPLOY / "grafana" / "provisioning" / "dashboards" / "meterd.yaml").read_text()
-
-    measurements, tags, fields = documented_schema()
-    known_quantities = set(dlt645_index())
-    variables = {v["name"] for v in dashboard["templating"]["list"]}
-    assert "meter" in variables
-    quantities_shown: set[str] = set()
-    queries = dashboard_queries(dashboard)
-    assert len(queries) >= 5
-    for where, flux in queries:
-        named = re.findall(r'_measurement\s*==\s*"([^"]+)"', flux) + re.findall(r'measurement:\s*"([^"]+)"', flux)
-        assert named, f"{where} names no measurement"
-        assert set(named) <= measurements, f"{where}: {set(named) - measurements} not in docs/influxdb.md"
-        used_fields = set(re.findall(r'_field\s*==\s*"([^"]+)"', flux))
-        assert used_fields <= fields, f"{where}: fields {used_fields - fields} not in docs/influxdb.md"
-        used_columns = set(re.findall(r"\br\.([A-Za-z]\w*)", flux))
-        assert used_columns <= tags | fields, f"{where}: {used_columns - tags - fields} not in docs/influxdb.md"
-        for var in re.findall(r"\$\{(\w+)", flux):
-            assert var in variables, f"{where} uses ${{{var}}}, which the dashboard does not define"
-        if where.startswith("panel"):
-            assert re.search(r"r\.meter =~ /\^\$\{meter:regex\}\$/", flux), f"{where} ignores the meter variable"
-            exact = set(re.findall(r'r\.quantity\s*==\s*"([^"]+)"', flux))
-            patterns = re.findall(r"r\.quantity\s*=~\s*/([^/]+)/", flux)
-            matched = {q for p in patterns for q in known_quantities if re.fullmatch(p, q)}
-            assert exact or matched, f"{where} selects no quantity"
-            assert exact <= known_quantities, f"{where}: {exact - known_quantities} is no meterd quantity"
-            assert all(any(re.fullmatch(p, q) for q in known_quantities) for p in patterns), where
-            quantities_shown |= exact | matched
-    for panel in dashboard["panels"]:
-        assert panel["datasource"]["uid"] == uid
-    assert {"energy.active.import.total", "power.active.total", "voltage.a", "voltage.b", "voltage.c",
-            "current.a", "current.b", "current.c"} <= quantities_shown
