@@ -62,6 +62,9 @@ in the same transaction (a partition cannot be attached over rows the default on
 
 Retention.  :meth:`PostgresStore.drop_readings_before` drops the partitions of whole days before
 the cut (no row-by-row DELETE, no bloat) and deletes the same span from ``readings_outside``.
+:meth:`PostgresStore.prune_readings` does the same for the days wholly before a cut, keeping the
+newest reading of each (meter, quantity) that has nothing newer (it moves to ``readings_outside``);
+:meth:`PostgresStore.prune_attempts` deletes old attempts in batches of their own transactions.
 
 Attempt ids.  The quality rollup folds attempts in by id after a watermark (``MAX(id)`` when it
 last ran), which is only right if every id below the newest committed one is committed too.  With
@@ -81,6 +84,7 @@ import json
 import logging
 import re
 import threading
+import time as _time
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from types import TracebackType
@@ -93,9 +97,12 @@ from meterd.storage.database import WRITE_LOCK, Database, translate
 from meterd.storage.sqlite import (
     _ROW_KEY,
     OUTCOMES,
+    PRUNE_PAUSE,
+    PRUNE_ROWS,
     UPSERT_METERS,
     Attempt,
     MeterRecord,
+    Pruned,
     _reading_row,
     decode_value,
     from_ms,
@@ -488,6 +495,53 @@ class PostgresStore:
         if old:
             log.info("readings before %s dropped: %d day partition(s)", day, len(old))
 
+    def prune_readings(self, before: datetime, *, keep_latest: bool = True, dry_run: bool = False,
+                       rows: int = PRUNE_ROWS, pause: float = PRUNE_PAUSE,
+                       stop: threading.Event | None = None) -> Pruned:
+        """Retention: forget the readings of the UTC days wholly before ``before``, a partition at a
+        time, and the same span of ``readings_outside``; one transaction.
+
+        With ``keep_latest`` the newest reading of each (meter, quantity) that has no reading from
+        the cut on is kept whatever its age (a meter silent for longer than the retention keeps its
+        last value): such rows are found first (a scan of the doomed days, which blocks nobody) and
+        put back after the drop, into ``readings_outside`` since their day has no partition any
+        more.  Raises :class:`~meterd.errors.StorageError` (nothing dropped) when a long query holds
+        the table past ``lock_timeout``.  ``dry_run`` counts what would go.  (``rows``, ``pause``
+        and ``stop`` are the SQLite store's batching: a partition goes in one statement.)"""
+        import psycopg
+
+        self._check_open()
+        cut = (to_ms(before) // DAY_MS) * DAY_MS  # whole days: a partition goes whole or not at all
+        keepers = (f"SELECT k.* FROM (SELECT DISTINCT ON (meter, quantity) {_COLUMNS} FROM readings WHERE ts < %s"
+                   " ORDER BY meter, quantity, ts DESC) k WHERE NOT EXISTS (SELECT 1 FROM readings n WHERE"
+                   " n.meter = k.meter AND n.quantity = k.quantity AND n.ts >= %s)")
+        if dry_run:
+            (old,) = self._fetch("SELECT COUNT(*) FROM readings WHERE ts < %s", [cut])[0]
+            kept = self._fetch(f"SELECT COUNT(*) FROM ({keepers}) x", [cut, cut])[0][0] if keep_latest and old else 0
+            return Pruned(int(old) - int(kept))
+        started = _time.monotonic()
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                (old,) = conn.execute("SELECT COUNT(*) FROM readings WHERE ts < %s", (cut,)).fetchone() or (0,)
+                kept = 0
+                if keep_latest and old:
+                    kept = conn.execute(f"CREATE TEMPORARY TABLE retention_keep ON COMMIT DROP AS {keepers}",
+                                        (cut, cut)).rowcount
+                _lock(conn, _PARTITION_LOCK)
+                self._limit_lock_waits(conn)
+                gone = {d: name for d, name in _partitions(conn).items() if (d + 1) * DAY_MS <= cut}
+                for name in gone.values():
+                    conn.execute(f"DROP TABLE {name}")
+                conn.execute(f"DELETE FROM {OUTSIDE} WHERE ts < %s", (cut,))
+                if kept:
+                    conn.execute(f"INSERT INTO readings ({_COLUMNS}) SELECT {_COLUMNS} FROM retention_keep")
+        except psycopg.errors.LockNotAvailable as exc:
+            raise StorageError(f"readings before {from_ms(cut).date()} not pruned: a long query holds the readings "
+                               f"table in {self.database}; nothing was dropped, try again later") from exc
+        with self._days_lock:
+            self._days.difference_update(gone)
+        return Pruned(int(old) - kept, 1, _time.monotonic() - started)
+
     def readings(
         self,
         meter: str,
@@ -542,6 +596,34 @@ class PostgresStore:
             with cur.copy("COPY attempts (meter, channel, item, ts, outcome, latency, detail) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
+
+    def prune_attempts(self, before: datetime, *, dry_run: bool = False, rows: int = PRUNE_ROWS,
+                       pause: float = PRUNE_PAUSE, stop: threading.Event | None = None) -> Pruned:
+        """Retention: delete the attempts stamped before ``before``, oldest first, ``rows`` per
+        statement (each its own transaction), pausing between as the SQLite store does.  The newest
+        attempt stays, as there (ids are never reused here, but both backends keep the same rows)."""
+        self._check_open()
+        cut = to_ms(before)
+        (keep,) = self._fetch("SELECT COALESCE(MAX(id), 0) FROM attempts", [])[0]
+        if dry_run:
+            (n,) = self._fetch("SELECT COUNT(*) FROM attempts WHERE ts < %s AND id < %s", [cut, keep])[0]
+            return Pruned(int(n))
+        total = transactions = 0
+        longest = last = 0.0
+        while not (stop is not None and stop.is_set()):
+            started = _time.monotonic()
+            with self._pool.connection() as conn:
+                deleted = conn.execute("DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE ts < %s AND "
+                                       "id < %s ORDER BY ts LIMIT %s)", (cut, keep, rows)).rowcount
+            last = _time.monotonic() - started
+            longest, total, transactions = max(longest, last), total + deleted, transactions + 1
+            if deleted < rows:
+                break
+            if stop is not None:
+                stop.wait(max(pause, last))
+            else:
+                _time.sleep(max(pause, last))
+        return Pruned(total, transactions, longest)
 
     def attempts(self, *, meter: str | None = None, since: datetime | None = None) -> list[Attempt]:
         """Recorded attempts, oldest first (in recording order within one millisecond)."""

@@ -38,7 +38,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+import time as _time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -119,6 +121,26 @@ class MeterRecord:
     pt: Decimal
     name: str = ""
     group: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What pruning one table did (or, in a dry run, would do): ``rows`` deleted, in
+    ``transactions`` write transactions, the longest of which held the table ``longest`` seconds."""
+
+    rows: int
+    transactions: int = 0
+    longest: float = 0.0
+
+
+#: Retention's batches (see :meth:`SqliteStore.prune_readings`): a prune transaction deletes at most
+#: PRUNE_ROWS rows and commits once it has run PRUNE_SLICE seconds; the next waits PRUNE_PAUSE
+#: seconds, or as long as the last one took if that was longer, so writers get the database at
+#: least half of the time.
+PRUNE_ROWS: Final = 5000
+PRUNE_SLICE: Final = 0.05
+PRUNE_PAUSE: Final = 0.02
+PRUNE_LOCKED_TRIES: Final = 10  # a prune transaction that finds the database locked tries again this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,6 +473,66 @@ class SqliteStore:
             ).fetchall()
         return {r["quantity"]: _reading(r) for r in rows}
 
+    def prune_readings(self, before: datetime, *, keep_latest: bool = True, dry_run: bool = False,
+                       rows: int = PRUNE_ROWS, pause: float = PRUNE_PAUSE,
+                       stop: threading.Event | None = None) -> Pruned:
+        """Retention: delete the readings stamped before ``before``, in small transactions.
+
+        With ``keep_latest`` the newest reading of each (meter, quantity) stays whatever its age:
+        a meter silent for longer than the retention keeps its last value.  The table is walked
+        one (meter, quantity) at a time along its key -- the next one after the last, its oldest
+        and newest timestamps: index seeks, not a scan of the table -- and each one's old rows go
+        in slices of at most ``rows`` (:data:`PRUNE_ROWS`); a transaction ends at ``rows`` rows or
+        :data:`PRUNE_SLICE` seconds, and the store (the writer's lock and SQLite's) is let go for
+        ``pause`` (at least) in between.  ``stop`` set: ends after the transaction in hand, with
+        what is done (the rest goes next time).  ``dry_run`` counts, deleting nothing.
+        """
+        cut = to_ms(before)
+        conn = self._readings
+        after: tuple[str, str] | None = None  # the (meter, quantity) the walk has passed
+        pair: tuple[str, str, int] | None = None  # the (meter, quantity) in hand and its bound (ts < bound goes)
+        tally = _Tally(pause)
+        while not (stop is not None and stop.is_set()):
+            done = False
+            with self._lock, tally.transaction(conn, dry_run) as tx:
+                while tx.deleted < rows and tx.running() < PRUNE_SLICE:
+                    if pair is None:
+                        found = conn.execute(
+                            "SELECT meter, quantity, ts FROM readings" + (" WHERE (meter, quantity) > (?, ?)" if after
+                                                                          else "") + " ORDER BY meter, quantity, ts LIMIT 1",
+                            after or ()).fetchone()
+                        if found is None:
+                            done = True
+                            break
+                        meter, quantity, oldest = found
+                        after = (meter, quantity)
+                        if oldest >= cut:
+                            continue  # nothing of this one is old
+                        bound = cut
+                        if keep_latest:
+                            (newest,) = conn.execute("SELECT MAX(ts) FROM readings WHERE meter = ? AND quantity = ?",
+                                                     (meter, quantity)).fetchone()
+                            bound = min(cut, newest)
+                        pair = (meter, quantity, bound)
+                    meter, quantity, bound = pair
+                    # the first ts past this slice (its rows-th old row), or the bound when fewer are left
+                    edge = conn.execute("SELECT ts FROM readings WHERE meter = ? AND quantity = ? AND ts < ? ORDER BY ts "
+                                        "LIMIT 1 OFFSET ?", (meter, quantity, bound, rows - tx.deleted)).fetchone()
+                    upto = bound if edge is None else edge[0]
+                    if edge is None:
+                        pair = None
+                    params = (meter, quantity, upto)
+                    if dry_run:
+                        tx.deleted += conn.execute("SELECT COUNT(*) FROM readings WHERE meter = ? AND quantity = ? "
+                                                   "AND ts < ?", params).fetchone()[0]
+                    else:
+                        tx.deleted += conn.execute("DELETE FROM readings WHERE meter = ? AND quantity = ? AND ts < ?",
+                                                   params).rowcount
+            if done:
+                break
+            tally.rest(stop)
+        return tally.result()
+
     def count_readings(self) -> int:
         with self._lock:
             (count,) = self._readings.execute("SELECT COUNT(*) FROM readings").fetchone()
@@ -479,6 +561,31 @@ class SqliteStore:
                 rows,
             )
 
+    def prune_attempts(self, before: datetime, *, dry_run: bool = False, rows: int = PRUNE_ROWS,
+                       pause: float = PRUNE_PAUSE, stop: threading.Event | None = None) -> Pruned:
+        """Retention: delete the attempts stamped before ``before``, ``rows`` at a time (oldest
+        first, along ``attempts_ts``), letting go of the state database between transactions as
+        :meth:`prune_readings` does.  The newest attempt stays whatever its age: SQLite draws a new
+        row's id after the largest there is, and the collection-quality rollup folds attempts by
+        id after its watermark, so an emptied log would hand out ids it has already counted."""
+        cut = to_ms(before)
+        conn = self._state
+        with self._lock:
+            (keep,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM attempts").fetchone()
+        if dry_run:
+            with self._lock:
+                (n,) = conn.execute("SELECT COUNT(*) FROM attempts WHERE ts < ? AND id < ?", (cut, keep)).fetchone()
+            return Pruned(int(n))
+        tally = _Tally(pause)
+        while not (stop is not None and stop.is_set()):
+            with self._lock, tally.transaction(conn, False) as tx:
+                tx.deleted = conn.execute("DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE ts < ? AND "
+                                          "id < ? ORDER BY ts LIMIT ?)", (cut, keep, rows)).rowcount
+            if tx.deleted < rows:
+                break
+            tally.rest(stop)
+        return tally.result()
+
     def attempts(self, *, meter: str | None = None, since: datetime | None = None) -> list[Attempt]:
         """Recorded attempts, oldest first (in recording order within one millisecond)."""
         sql = "SELECT * FROM attempts WHERE 1 = 1"
@@ -504,3 +611,66 @@ class SqliteStore:
             )
             for r in rows
         ]
+
+
+# --- retention's transactions --------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Tx:
+    started: float
+    write: bool
+    deleted: int = 0
+
+    def running(self) -> float:
+        return _time.monotonic() - self.started
+
+
+class _Tally:
+    """The write transactions of one prune: begun with the write lock taken up front (``BEGIN
+    IMMEDIATE``, tried again while another process holds it), timed, and rested between."""
+
+    def __init__(self, pause: float) -> None:
+        self.pause = pause
+        self.rows = 0
+        self.transactions = 0
+        self.longest = 0.0
+        self.last = 0.0
+
+    @contextmanager
+    def transaction(self, conn: sqlite3.Connection, dry_run: bool) -> Iterator[_Tx]:
+        """One write transaction (none in a dry run), committed at the end, rolled back on any error."""
+        if dry_run:
+            tx = _Tx(_time.monotonic(), write=False)
+            yield tx
+            self.rows += tx.deleted
+            return
+        for attempt in range(PRUNE_LOCKED_TRIES):
+            try:
+                conn.execute("BEGIN IMMEDIATE")  # waits up to the connection's busy timeout
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == PRUNE_LOCKED_TRIES - 1:
+                    raise
+        tx = _Tx(_time.monotonic(), write=True)
+        try:
+            yield tx
+            conn.commit()
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+        self.last = tx.running()
+        self.longest = max(self.longest, self.last)
+        self.transactions += 1
+        self.rows += tx.deleted
+
+    def rest(self, stop: threading.Event | None) -> None:
+        wait = max(self.pause, self.last)
+        if stop is not None:
+            stop.wait(wait)
+        elif wait > 0:
+            _time.sleep(wait)
+
+    def result(self) -> Pruned:
+        return Pruned(self.rows, self.transactions, self.longest)
