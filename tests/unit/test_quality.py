@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -194,7 +194,7 @@ def test_today_is_cut_at_now(quality):
 
 
 def test_online_intervals_merge_and_clip():
-    s = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    s = datetime(2025, 1, 1, tzinfo=UTC)
     h = timedelta(hours=1)
     assert merged_seconds([], s, s + 24 * h) == 0
     assert merged_seconds([(s - h, s + 2 * h), (s + h, s + 3 * h), (s + 5 * h, s + 6 * h), (s + 5 * h, s + 5 * h)],
@@ -412,8 +412,10 @@ def test_a_system_started_at_noon_is_not_flagged(state_where):
         tracker = OnlineTracker(q)
         for minute in range(0, 6 * 60, 15):
             t = at(12 + minute / 60)
-            rounds = {"bus1": [Attempt(A1, "bus1", "0001FF00", t, "ok", 0.1), Attempt(A2, "bus1", "0001FF00", t, "ok", 0.1)],
-                      "bus2": [Attempt(A3, "bus2", "0001FF00", t, "ok", 0.1), Attempt(A3, "bus2", "05060101", t, "no_record")]}
+            rounds = {"bus1": [Attempt(A1, "bus1", "0001FF00", t, "ok", 0.1),
+                               Attempt(A2, "bus1", "0001FF00", t, "ok", 0.1)],
+                      "bus2": [Attempt(A3, "bus2", "0001FF00", t, "ok", 0.1),
+                               Attempt(A3, "bus2", "05060101", t, "no_record")]}  # A3 new: no freeze yet
             for channel, made in rounds.items():
                 s.record_attempts(made)
                 tracker.observe(channel, made, t)
@@ -504,7 +506,7 @@ def test_cli_threshold_recompute_and_flagged_only(sqlite_quality, tmp_path, caps
 def test_cli_defaults_to_today_in_cst(sqlite_quality, tmp_path, capsys):
     args = parse("--data-dir", str(tmp_path))
     # 2025-03-04 20:00 UTC is already 2025-03-05 04:00 in China
-    assert quality_cli.run(args, clock=lambda: datetime(2025, 3, 4, 20, 0, tzinfo=timezone.utc)) == 0
+    assert quality_cli.run(args, clock=lambda: datetime(2025, 3, 4, 20, 0, tzinfo=UTC)) == 0
     out = capsys.readouterr().out
     assert out.startswith("collection quality 2025-03-05 (China Standard Time, 00:00-04:00)")
 
