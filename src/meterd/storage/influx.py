@@ -165,19 +165,25 @@ def _series(meter: str, quantity: str, unit: str, place: Place) -> str:
     return MEASUREMENT + "".join(f",{key}={_tag(value)}" for key, value in tags if value) + " "
 
 
-@lru_cache(maxsize=16)
+_QUALITY: Final = {q.value: f',quality="{q.value}" ' for q in Quality}
+
+
 def _quality(quality: str) -> str:
-    return f',quality="{Quality(quality).value}" '
+    found = _QUALITY.get(quality)
+    return found if found is not None else _QUALITY[Quality(quality).value]  # ValueError names a bad one
 
 
 _ms = lru_cache(maxsize=4096)(to_ms)
 
 
-def _needs_exact(value: Decimal | int) -> bool:
-    """Whether a float64 ``value`` field loses digits of ``value`` (then ``exact`` keeps them)."""
+def _exact_text(value: Decimal | int, number: str) -> str | None:
+    """``value``'s text where the float ``number`` (its ``repr``) loses digits of it, else None."""
     if isinstance(value, int):
-        return not -_EXACT_INT <= value <= _EXACT_INT
-    return len(value.as_tuple().digits) > _EXACT_DIGITS or not -307 <= value.adjusted() <= 307
+        return None if -_EXACT_INT <= value <= _EXACT_INT else str(value)
+    text = str(value)
+    if len(text) <= _EXACT_DIGITS + 1 and "E" not in text:  # at most 15 digits and a point: float64 keeps them
+        return None
+    return None if Decimal(number) == value else text
 
 
 def encode_reading(reading: Reading, place: Place = ()) -> bytes:
@@ -190,8 +196,8 @@ def encode_reading(reading: Reading, place: Place = ()) -> bytes:
         # str() of an int or Decimal has no character that needs escaping.
         if number is None:
             fields = f'exact="{value}"'
-        elif _needs_exact(value):
-            fields = f'value={number},exact="{value}"'
+        elif (exact := _exact_text(value, number)) is not None:
+            fields = f'value={number},exact="{exact}"'
         else:
             fields = "value=" + number
     elif isinstance(value, bool):
