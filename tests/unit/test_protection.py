@@ -5,7 +5,7 @@ PostgreSQL (``state_where``)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -19,7 +19,7 @@ from meterd.control.tariff import Tariff, TariffKind, TariffVersion
 from meterd.readings import Reading
 
 M1, M2 = "000000000001", "000000000002"
-T0 = datetime(2026, 11, 2, 2, 0, tzinfo=timezone.utc)  # a Monday, 10:00 CST
+T0 = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)  # a Monday, 10:00 CST
 HOUR = timedelta(hours=1)
 FLAT = Tariff("flat", (TariffVersion(effective=datetime(2020, 1, 1).date(), kind=TariffKind.FLAT,
                                      price=Decimal("0.50")),))

@@ -20,12 +20,12 @@ import logging
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from meterd.analytics.anomalies import AnomalyStore, detect
 from meterd.analytics.energy import DailyRegisterStore, LossHistory
 from meterd.analytics.lineloss import line_loss_all
-from meterd.analytics.outages import OutageStore, detect_outages
+from meterd.analytics.outages import OutageFinding, OutageStore, detect_outages
 from meterd.readings import Quality, Reading
 from meterd.storage.anomalies import DETECTED
 from meterd.storage.database import Location
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from meterd.config.analytics import AnalyticsConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WINDOW = timedelta(hours=2)
 FROZEN = ("frozen.daily.energy.active.import.total", "frozen.daily.energy.active.export.total")
@@ -59,6 +60,7 @@ class AnalyticsRuntime:
         self._frozen: list[Reading] = []
         self._loss_done: set = set()
         self.checks = 0
+        self._working: asyncio.Future | None = None  # the worker thread of the check half running
 
     def observe(self, readings: list) -> None:
         for r in readings:
@@ -75,24 +77,80 @@ class AnalyticsRuntime:
                 self._last_seen[r.meter] = r.timestamp
 
     async def run(self, stop: asyncio.Event) -> None:
+        """A check every ``check_every`` until ``stop``; then the frozen registers still held are
+        recorded and the stores closed.
+
+        Stopping.  No check begins once ``stop`` is set.  A check runs in a worker thread in two
+        halves (:meth:`_detect`, :meth:`_record`); the stores close only after the half in its
+        thread has ended, also when this service is cancelled meanwhile (an error it raises then
+        is still logged).  The accounts an outage names come from prepaid control's store, which
+        closes at stop: they are read on the event loop between the halves, only while ``stop``
+        is not set (an outage found as the daemon stops is found again at the next start)."""
         try:
-            while not stop.is_set():
+            while True:
                 try:
                     await asyncio.wait_for(stop.wait(), self.config.check_every)
                 except TimeoutError:
                     pass
+                if stop.is_set():
+                    break
                 try:
-                    await asyncio.to_thread(self.check, self.clock())
+                    await self._check(stop)
                 except Exception:
                     log.exception("analytics check failed; trying again next time")
         finally:
+            await self._thread_done()
             frozen, self._frozen = self._frozen, []
             if frozen:
                 await asyncio.to_thread(self.registers.record, frozen)
             for store in (self.registers, self.anomalies, self.outages, self.history):
                 store.close()
 
+    async def _in_thread(self, func: Callable[..., T], *args: object) -> T:
+        """``func(*args)`` in a worker thread.  Cancelling the caller does not let go of the thread:
+        :meth:`_thread_done` waits for it (its stores must stay open until it ends)."""
+        working = self._working = asyncio.ensure_future(asyncio.to_thread(func, *args))
+        try:
+            result = await asyncio.shield(working)
+        except asyncio.CancelledError:
+            raise  # the thread may still run: _thread_done waits for it
+        except BaseException:
+            self._working = None  # func's own error, raised to the caller
+            raise
+        self._working = None
+        return result
+
+    async def _thread_done(self) -> None:
+        """Wait for the worker thread of a check this service was cancelled out of; its error is logged."""
+        working, self._working = self._working, None
+        if working is None:
+            return
+        await asyncio.wait([working])
+        if not working.cancelled() and (exc := working.exception()) is not None:
+            log.error("analytics check failed while stopping", exc_info=exc)
+
+    async def _check(self, stop: asyncio.Event) -> dict[str, int]:
+        now = self.clock()
+        counts, outages = await self._in_thread(self._detect, now)
+        if outages is not None:
+            if stop.is_set():
+                return counts
+            accounts = self._accounts_of() if outages else {}  # prepaid's store: open while stop is not set
+            counts |= await self._in_thread(self._record, outages, now, accounts)
+        self.checks += 1
+        return counts
+
     def check(self, now: datetime) -> dict[str, int]:
+        """One whole check at ``now``, blocking (what :meth:`run` does every ``check_every``)."""
+        counts, outages = self._detect(now)
+        if outages is not None:
+            counts |= self._record(outages, now, self._accounts_of() if outages else {})
+        self.checks += 1
+        return counts
+
+    def _detect(self, now: datetime) -> tuple[dict[str, int], list[OutageFinding] | None]:
+        """Frozen registers recorded, anomaly events updated, outages detected (None without a
+        topology): everything of a check that uses this runtime's own stores only."""
         frozen, self._frozen = self._frozen, []
         recorded = self.registers.record(frozen) if frozen else 0
         findings = []
@@ -106,21 +164,23 @@ class AnalyticsRuntime:
         opened, closed = self.anomalies.update(findings, [(m, k) for m in self.meters for k in DETECTED], now)
         for event in opened:
             log.warning("anomaly opened: meter %s %s: %s", event.meter, event.kind, event.detail)
-        outages_opened = outages_closed = 0
+        counts = {"registers": recorded, "findings": len(findings), "opened": len(opened), "closed": len(closed),
+                  "outages_opened": 0, "outages_closed": 0}
         topology = self.config.topology
-        if topology.units:
-            status = {p.meter: (self._last_seen.get(p.meter, self.started), False) for p in topology.points}
-            found = detect_outages(topology, status, now, silent_after=self.config.outage_silent_after,
-                                   min_share=self.config.outage_min_share, min_meters=self.config.outage_min_meters)
-            accounts = self._accounts_of()
-            o_opened, o_closed = self.outages.update(found, now, accounts.get)
-            outages_opened, outages_closed = len(o_opened), len(o_closed)
-            for o in o_opened:
-                log.warning("outage in %s since %s: %d meters silent", o.unit, o.started.isoformat(), len(o.meters))
-            self._daily_loss(now)
-        self.checks += 1
-        return {"registers": recorded, "findings": len(findings), "opened": len(opened), "closed": len(closed),
-                "outages_opened": outages_opened, "outages_closed": outages_closed}
+        if not topology.units:
+            return counts, None
+        status = {p.meter: (self._last_seen.get(p.meter, self.started), False) for p in topology.points}
+        return counts, detect_outages(topology, status, now, silent_after=self.config.outage_silent_after,
+                                      min_share=self.config.outage_min_share, min_meters=self.config.outage_min_meters)
+
+    def _record(self, outages: list[OutageFinding], now: datetime, accounts: dict[str, str]) -> dict[str, int]:
+        """The outages found opened, kept or closed (naming the affected ``accounts``: meter ->
+        account), and yesterday's line loss saved once a day."""
+        o_opened, o_closed = self.outages.update(outages, now, accounts.get)
+        for o in o_opened:
+            log.warning("outage in %s since %s: %d meters silent", o.unit, o.started.isoformat(), len(o.meters))
+        self._daily_loss(now)
+        return {"outages_opened": len(o_opened), "outages_closed": len(o_closed)}
 
     def open_anomalies(self) -> int:
         """Anomaly events open now (``/metrics``)."""
