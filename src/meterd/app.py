@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from meterd.collector.ports import Service
     from meterd.control.commands import RelayLink
     from meterd.control.runtime import PrepaidRuntime
+    from meterd.storage.retention import RetentionJob
 
 
 @dataclass(slots=True)
@@ -62,6 +63,7 @@ class Node:
     sync: SyncRuntime | None = None
     api: ApiRuntime | None = None
     cluster: ClusterNode | None = None  # this process as one of several collector nodes
+    retention: RetentionJob | None = None  # prunes old readings and attempts (on the leader, among nodes)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run every part until ``stop`` is set, then stop them in order (the collector's lifecycle)."""
@@ -133,7 +135,17 @@ def build_node(
         collector.add_service(node.api.run)
     if node.sync is not None:
         collector.add_service(_led(cluster, "sync", node.sync.run))
+    node.retention = _retention(config, store, collector, clock)
+    collector.add_service(_led(cluster, "retention", node.retention.run))
     return node
+
+
+def _retention(config: Config, store: SqliteStore | PostgresStore, collector: Daemon, clock: Clock) -> RetentionJob:
+    """The background prune of ``[store] keep_readings`` / ``keep_attempts`` (meterd.storage.retention)."""
+    from meterd.storage.retention import Policy, RetentionJob
+
+    policy = Policy.from_seconds(config.store.keep_readings, config.store.keep_attempts, config.store.prune_at)
+    return RetentionJob(store, policy, clock=clock, fold=collector.quality.update)
 
 
 def _cluster_node(config: Config) -> ClusterNode | None:
@@ -147,7 +159,8 @@ def _cluster_node(config: Config) -> ClusterNode | None:
 
     assert config.store.database is not None  # the loader allows [cluster] only with PostgreSQL
     jobs = [job for job, on in (("prepaid", config.prepaid is not None), ("analytics", config.analytics is not None),
-                                ("sync", config.sync is not None and bool(config.sync.jobs))) if on]
+                                ("sync", config.sync is not None and bool(config.sync.jobs)),
+                                ("retention", True)) if on]
     book = LeaseBook(config.store.database, settings.node or default_node_name(), lease_time=settings.lease_time,
                      timeout=max(1.0, settings.heartbeat))
     node = ClusterNode(book, channels=[c.name for c in config.channels], jobs=jobs, heartbeat=settings.heartbeat,

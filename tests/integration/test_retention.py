@@ -11,8 +11,6 @@ import threading
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 
-import pytest
-
 from meterd.analytics.energy import IMPORT_DAILY, DailyRegisterStore
 from meterd.control.state import AccountSpec, ControlStore
 from meterd.readings import Quality, Reading
@@ -35,32 +33,33 @@ def _store(where):
     return open_store(where, clock=lambda: NOW)
 
 
-def _site(where) -> dict[str, int]:
-    """A site with 30 days of history: LIVE read every 6 hours until now, SILENT (dead for 20 days)
-    until 20 days ago; an attempt an hour; daily registers, payments and the quality rollup.
-    Returns what should be pruned from each table."""
+def _site(where, now: datetime = NOW) -> dict[str, int]:
+    """A site with 30 days of history before ``now``: LIVE read every 6 hours until now, SILENT
+    (dead for 20 days) until 20 days ago; an attempt an hour; daily registers and payments.
+    Returns what :data:`POLICY` should prune from each table at ``now``."""
     readings, attempts = [], []
     for hours in range(0, DAYS * 24, 6):
-        at = NOW - timedelta(hours=hours)
+        at = now - timedelta(hours=hours)
         for q in QUANTITIES:
             readings.append(Reading(LIVE, q, at, Decimal(10_000 - hours), "kWh"))
             if hours >= 20 * 24:
                 readings.append(Reading(SILENT, q, at, Decimal(5_000 - hours), "kWh"))
     for hours in reversed(range(DAYS * 24)):  # recorded as they happen, oldest first
-        attempts.append(Attempt(LIVE, "bus1", "00010000", NOW - timedelta(hours=hours, minutes=1), "ok", 0.1))
-    with _store(where) as store:
+        attempts.append(Attempt(LIVE, "bus1", "00010000", now - timedelta(hours=hours, minutes=1), "ok", 0.1))
+    with open_store(where, clock=lambda: now) as store:
         store.write_readings(readings)
         store.record_attempts(attempts)
     with DailyRegisterStore(where) as registers:
         registers.record([Reading(LIVE, IMPORT_DAILY, datetime(2026, 11, d, tzinfo=UTC) - timedelta(hours=8),
                                   Decimal(1000 + d), "kWh", Quality.GOOD) for d in range(1, 31)])
     with ControlStore(where) as control:
-        control.upsert_accounts([AccountSpec("A1", "res", {LIVE: Decimal(1)})], actor="test", now=NOW - timedelta(days=DAYS))
+        control.upsert_accounts([AccountSpec("A1", "res", {LIVE: Decimal(1)})], actor="test", now=now - timedelta(days=DAYS))
         for d in range(DAYS):
-            control.pay("A1", "10.00", f"R{d}", actor="counter", now=NOW - timedelta(days=d))
-    old_live = sum(1 for r in readings if r.meter == LIVE and r.timestamp < READINGS_CUT)
+            control.pay("A1", "10.00", f"R{d}", actor="counter", now=now - timedelta(days=d))
+    readings_cut, attempts_cut = POLICY.readings_cut(now), POLICY.attempts_cut(now)
+    old_live = sum(1 for r in readings if r.meter == LIVE and r.timestamp < readings_cut)
     old_silent = sum(1 for r in readings if r.meter == SILENT) - len(QUANTITIES)  # its newest per quantity stays
-    return {"readings": old_live + old_silent, "attempts": sum(1 for a in attempts if a.timestamp < ATTEMPTS_CUT)}
+    return {"readings": old_live + old_silent, "attempts": sum(1 for a in attempts if a.timestamp < attempts_cut)}
 
 
 def _kept(where) -> dict[str, object]:

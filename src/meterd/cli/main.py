@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         migrate,
         prepaid,
         probe,
+        prune,
         quality,
         read,
         readings,
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"meterd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=MeterdParser)
     for module in (demo, run, migrate, read, probe, decode, readings, quality, simulate, prepaid, analytics, sync, token,
-                   backup, cluster):
+                   backup, prune, cluster):
         module.add_parser(sub)
     return parser
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import replace
+from datetime import time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -28,6 +29,9 @@ from urllib.parse import parse_qsl, urlsplit
 from meterd.checking import Checker, hint, show
 from meterd.config.durations import DURATION_FORMS, parse_duration
 from meterd.config.model import (
+    KEEP_ATTEMPTS,
+    KEEP_READINGS,
+    PRUNE_AT,
     ApiConfig,
     ChannelConfig,
     Config,
@@ -74,7 +78,8 @@ _TASK_KEYS: Final = ("name", "kind", "groups", "quantities", "items", "items_199
 _TASK_DURATIONS: Final = ("every", "jitter", "misfire_grace", "settle")
 _LISTENER_KEYS: Final = ("host", "port", "formats", "heartbeat_timeout", "registration_timeout")
 _DTU_KEYS: Final = ("listener", "terminal", "connect_wait")
-_STORE_KEYS: Final = ("data_dir", "batch_size", "flush_interval", "influxdb", "database", "password_env", "pool_size")
+_STORE_KEYS: Final = ("data_dir", "batch_size", "flush_interval", "influxdb", "database", "password_env", "pool_size",
+                       "keep_readings", "keep_attempts", "prune_at")
 MAX_POOL_SIZE: Final = 1000  # connections per process; PostgreSQL's own max_connections is usually 100
 _CHANNEL_KEYS: Final = (
     "serial",
@@ -271,10 +276,50 @@ def _store(check: _Checker, raw: Any, base_dir: Path | None) -> StoreConfig | No
         if influx is None:
             return None
     database = _database(check, table)
-    if data_dir is None or batch_size is None or flush_interval is None or database is False:
+    keep_readings = _keep(check, "store.keep_readings", table.get("keep_readings", KEEP_READINGS), MIN_KEEP_READINGS,
+                          "the re-read tasks look back to yesterday's readings")
+    keep_attempts = _keep(check, "store.keep_attempts", table.get("keep_attempts", KEEP_ATTEMPTS), MIN_KEEP_ATTEMPTS,
+                          "the API shows a meter's recent attempts")
+    prune_at = _time_of_day(check, "store.prune_at", table.get("prune_at", PRUNE_AT))
+    if (data_dir is None or batch_size is None or flush_interval is None or database is False or keep_readings is False
+            or keep_attempts is False or prune_at is None):
         return None
     return StoreConfig(data_dir=data_dir, batch_size=batch_size, flush_interval=flush_interval, influxdb=influx,
-                       database=database, password_env=table.get("password_env") if database else None)
+                       database=database, password_env=table.get("password_env") if database else None,
+                       keep_readings=keep_readings, keep_attempts=keep_attempts, prune_at=prune_at)
+
+
+MIN_KEEP_READINGS: Final = 2 * 86400.0
+MIN_KEEP_ATTEMPTS: Final = 86400.0
+_FOREVER: Final = "forever"
+_TIME_OF_DAY: Final = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
+
+
+def _keep(check: _Checker, path: str, raw: Any, least: float, why: str) -> float | None | Literal[False]:
+    """A retention: a duration of at least ``least`` seconds, or ``"forever"`` / ``0`` for no
+    limit (None); False when it is wrong (said with the key)."""
+    if not isinstance(raw, bool) and (raw == 0 or isinstance(raw, str) and raw.strip().lower() in (_FOREVER, "0")):
+        return None
+    seconds = parse_duration(raw)
+    if seconds is None or seconds < 0:
+        check.problem(path, f'must be a duration ("400d", "90d", "12h"), or "forever" (or 0) to keep everything, '
+                      f"got {show(raw)}")
+        return False
+    if seconds < least:
+        check.problem(path, f"must be at least {least / 86400:g}d ({why}), or \"forever\" to keep everything, "
+                      f"got {show(raw)}")
+        return False
+    return seconds
+
+
+def _time_of_day(check: _Checker, path: str, raw: Any) -> time | None:
+    """A site-local time of day: ``"03:30"``, or a TOML local time (``03:30:00``)."""
+    if isinstance(raw, time) and raw.tzinfo is None:
+        return raw
+    if isinstance(raw, str) and (m := _TIME_OF_DAY.fullmatch(raw.strip())):
+        return time(int(m.group(1)), int(m.group(2)))
+    check.problem(path, f'must be a time of day in the site\'s time zone, "HH:MM" (e.g. "03:30"), got {show(raw)}')
+    return None
 
 
 def _database(check: _Checker, table: dict[str, Any]) -> Database | None | Literal[False]:

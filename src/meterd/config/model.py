@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,15 @@ class PollConfig:
     quantities: tuple[str, ...] = ()  # canonical quantities: every protocol, see meterd.protocols.readspec
 
 
+#: Retention defaults: raw readings 400 days (a billing dispute or a line-loss question about the
+#: same month last year still finds the load curves and registers behind it), attempts 90 days
+#: (diagnostics only: collection quality keeps its daily rollup for ever).  Pruned at 03:30 site
+#: time, after the 00:10 daily-frozen reads and their re-reads, before the morning's billing runs.
+KEEP_READINGS: float = 400 * 86400.0
+KEEP_ATTEMPTS: float = 90 * 86400.0
+PRUNE_AT: time = time(3, 30)
+
+
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     """``[store]``: where the state lives and how readings are written.
@@ -176,6 +186,12 @@ class StoreConfig:
     influxdb: InfluxConfig | None = None  # readings to InfluxDB instead of the state location
     database: Database | None = None  # PostgreSQL instead of the SQLite files of data_dir
     password_env: str | None = None  # where database's password came from (None: libpq's own PGPASSWORD)
+    # Retention (meterd.storage.retention): raw readings and collection attempts older than these
+    # many seconds are pruned once a day at prune_at (site time) and shortly after start; None:
+    # kept for ever.  Daily registers, the ledger, the audit log and commands are never pruned.
+    keep_readings: float | None = KEEP_READINGS
+    keep_attempts: float | None = KEEP_ATTEMPTS
+    prune_at: time = PRUNE_AT
 
     @property
     def state(self) -> Location:
