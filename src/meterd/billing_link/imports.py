@@ -267,8 +267,10 @@ class AccountSink:
                 specs.append(spec)
         if specs:
             changes = self.run.control.upsert_accounts(specs, actor="billing", now=self.run.now)
-            # what the opening balances did (applied, activated, a different one refused) is known here
-            out.lines += [line for line in changes if "opening balance" in line or "activated" in line]
+            # what the opening balances did (applied, activated, a different one refused) is known here,
+            # and which operators' 保电 overrides a new protected flag superseded
+            out.lines += [line for line in changes if "opening balance" in line or "activated" in line
+                          or "supersedes the operator's override" in line]
             out.counts["activated"] += sum(1 for line in changes if line.endswith("activated (was pending)"))
         return out
 
