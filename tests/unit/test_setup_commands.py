@@ -32,7 +32,7 @@ def test_ci_runs_the_readmes_test_command():
 
 def test_the_test_script_installs_every_server_the_suite_starts():
     script = (ROOT / "scripts" / "test").read_text(encoding="utf-8")
-    for package in ("mosquitto", "victoria-metrics", "chromium", "postgresql", "fonts-noto-cjk"):
+    for package in ("mosquitto", "victoria-metrics", "chromium", "postgresql", "fonts-noto-cjk", "prometheus"):
         assert f"need+=({package})" in script, package
     result = subprocess.run(["bash", "-n", str(ROOT / "scripts" / "test")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
