@@ -165,12 +165,12 @@ def test_the_dashboard_draws_the_demo_in_headless_chromium(demo, tmp_path):
     assert "hidden" in page.by_id["token-form"]  # the token from the fragment was taken
     assert int(body["data-cycles"]) >= 2  # it polled again: live
     assert int(body["data-curve-points"]) >= 1  # the load curve has data
-    assert int(body["data-energy-bars"]) >= 1  # so has the energy chart (by meter group: no topology)
+    assert int(body["data-energy-bars"]) >= 1  # so has the energy chart
     assert 0 < float(body["data-success-rate"]) <= 1  # one meter never answers, one garbles: below 1
     assert page.text["t-meters"].strip() == "24"
     assert "%" in page.text["t-success"] and "target 97 %" in page.text["t-success-detail"]
-    assert "mbtcp" in page.text["quality-rows"] and "No topology configured" in page.text["areas-rows"]
-    assert page.text["curve-note"].startswith("meter 000000000001")
+    assert "mbtcp" in page.text["quality-rows"] and "TA-DEMO" in page.text["areas-rows"]  # the demo's area
+    assert page.text["curve-note"].startswith("unit TA-DEMO")  # with a topology: the area's load
     assert "Chart.js did not load" not in shown.stdout
 
     shot = tmp_path / "dashboard.png"

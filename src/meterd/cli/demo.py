@@ -8,6 +8,19 @@ runs 60x faster than real time so the numbers move visibly).  One meter never an
 garbles its replies, so failures show up too.  Every meter is polled by the same quantity names;
 each is asked in its own protocol and the readings cannot tell them apart.
 
+Seven of the meters are the customers of one transformer area, TA-DEMO, whose supply meter (台区总表,
+meter 5, behind a 400/5 CT) measures them plus a 5 % technical loss
+(:class:`~meterd.simulators.area.Area`): the daemon reads the daily freezes, and ``meterd lineloss``
+and the dashboard's line-loss panel show the area's loss.  For that to show at once the simulated
+clock starts today at 23:55 CST with three days of daily freezes behind it: yesterday's loss is there
+from the first read, today's a few seconds later when the meters freeze at midnight.  (The meters'
+clocks run ahead of the wall clock, as they would at 60x anyway; relay commands are written with a
+long validity for that reason.)
+
+The prepaid story: a household runs out of money and is tripped, pays, and the master permits the
+reclose (合闸允许); the relay stays open until the customer presses the button on the meter, which
+the demo does for them a moment later -- the relay poll then shows the supply back.
+
 The demo writes the config it generated next to its store (``<data-dir>/demo.toml``) so an
 operator can look at it, and everything the daemon read can be listed afterwards with
 ``meterd readings --meter ADDR --data-dir <data-dir>``.
@@ -23,23 +36,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
 import socket
 import sys
 from collections import defaultdict
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import TypedDict
 
 from meterd.app import build_node
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, format_value
+from meterd.clock import today_cst
 from meterd.collector.daemon import describe_plan
 from meterd.collector.poll import RoundResult
 from meterd.config.loader import parse_config
 from meterd.heap import settle_heap
-from meterd.simulators.fleet import FleetSpec, run_fleet
+from meterd.simulators.fleet import AreaSpec, FleetSpec, run_fleet
 from meterd.storage.sqlite import SqliteStore
 
 DEMO_QUANTITIES = [
@@ -53,6 +69,21 @@ DEMO_QUANTITIES = [
 DEFAULT_API_PORT = 8645
 DEMO_TOKEN_NAME = "demo-dashboard"
 LEGACY_METERS = ("000000000003", "000000000004")  # DL/T 645-1997 meters on the first bus
+# The transformer area: its supply meter (on the second bus) and DL/T 645-2007 customers without
+# rooftop PV (PV feeding back would need export registers in the balance), injected faults or a prepaid
+# account: the daily freezes are read from the area's meters only, and a freeze carries the meter's own
+# time -- hours ahead of the wall clock here -- which would hold up charging by the wall clock.
+AREA = "TA-DEMO"
+AREA_GROUP = "area"
+AREA_SUPPLY = "000000000005"
+AREA_CUSTOMERS = ("000000000001", "000000000002", "000000000006", "000000000007", "000000000013",
+                  "000000000014", "000000000015")
+AREA_LOSS = 0.05
+AREA_METERS = frozenset({AREA_SUPPLY, *AREA_CUSTOMERS})
+SUPPLY_CT = 80  # 400/5
+SERVER_CT = 20  # the serial servers' (TCP buses') meters sit behind 100/5 CTs
+HISTORY_DAYS = 3
+START_TIME = time(23, 55)  # today, CST: midnight (and with it a daily freeze) comes 5 s after the start
 GROUPS = {"dlt645-2007": "smart", "dlt645-1997": "legacy", "modbus": "ci"}
 SHOWN = [
     ("energy.active.import.total", "energy kWh"),
@@ -95,6 +126,20 @@ def simulated_rating(speed: float) -> list[str]:
             f"rated_current = {int(150 * speed)}", ""]
 
 
+def meter_ct(address: str, kind: str) -> int:
+    """The CT ratio of a demo meter: the config's ``ct`` and the area model's agree on it."""
+    if address == AREA_SUPPLY:
+        return SUPPLY_CT
+    return 1 if kind == "pty" else SERVER_CT
+
+
+def demo_area(spec_kinds: dict[str, str]) -> AreaSpec:
+    """TA-DEMO, with each member's CT ratio (``spec_kinds``: address -> bus kind)."""
+    members = (AREA_SUPPLY, *AREA_CUSTOMERS)
+    return AreaSpec(AREA, AREA_SUPPLY, AREA_CUSTOMERS, loss=AREA_LOSS,
+                    ct={a: meter_ct(a, spec_kinds[a]) for a in members if meter_ct(a, spec_kinds[a]) != 1})
+
+
 def demo_config(fleet, data_dir: Path, interval: float, api: tuple[str, int] | None = None) -> str:
     lines = ["[store]", f'data_dir = "{data_dir.resolve()}"', 'flush_interval = "1s"', ""]
     if api is not None:
@@ -117,15 +162,24 @@ def demo_config(fleet, data_dir: Path, interval: float, api: tuple[str, int] | N
         units = dict(zip(bus.meters, bus.units))
         for address, protocol in bus.protocols.items():
             lines += ["[[meters]]", f'address = "{address}"', f'channel = "{name}"', f'protocol = "{protocol}"',
-                      f'group = "{GROUPS[protocol]}"', f"ct = {1 if bus.kind == 'pty' else 20}"]
+                      f'group = "{AREA_GROUP if address in AREA_METERS else GROUPS[protocol]}"',
+                      f"ct = {meter_ct(address, bus.kind)}"]
             if protocol == "modbus":
                 lines += [f"unit = {units[address]}", f'model = "{bus.model}"']
             lines.append("")
     lines += ["[[polls]]", 'name = "realtime"', f"interval = {interval}",
               "quantities = [" + ", ".join(f'"{q}"' for q in DEMO_QUANTITIES) + "]", ""]
     # DL/T 645-1997 has no relay state to read: the relay poll goes to the other meters
-    lines += ["[[polls]]", 'name = "relay"', f"interval = {interval}", 'groups = ["smart", "ci"]',
+    lines += ["[[polls]]", 'name = "relay"', f"interval = {interval}", f'groups = ["smart", "ci", "{AREA_GROUP}"]',
               'quantities = ["relay.open"]', ""]
+    # the area's latest three daily freezes, for line loss: today's start and yesterday's whether the
+    # first read comes before the meters' midnight or after
+    lines += ["[[polls]]", 'name = "frozen"', f"interval = {max(interval, 5.0)}", f'groups = ["{AREA_GROUP}"]',
+              'items = ["05060101", "05060102", "05060103"]', ""]
+    lines += [f"[[topology.units]]\nname = \"{AREA}\"\nloss_threshold = \"8\"\n"]
+    lines += [f'[[topology.points]]\nmeter = "{AREA_SUPPLY}"\nunit = "{AREA}"\nrole = "supply"\n']
+    lines += [f'[[topology.points]]\nmeter = "{m}"\nunit = "{AREA}"\nrole = "sales"\n' for m in AREA_CUSTOMERS]
+    lines += ['[analytics]\ncheck_every = "5s"\n']
     lines += PREPAID_CONFIG.splitlines()
     return "\n".join(lines)
 
@@ -136,13 +190,13 @@ def demo_config(fleet, data_dir: Path, interval: float, api: tuple[str, int] | N
 # the trip is seconds here so the story fits in a minute; a site keeps the default of a day.
 PREPAID_ACCOUNT, PROTECTED_ACCOUNT = "DEMO-1001", "DEMO-1003"
 PREPAID_METER = "000000000009"
-OPENING, TOP_UP = "3.00", "200.00"
+OPENING, TOP_UP = "1.50", "200.00"  # the story runs at night (low load): a small opening
 PREPAID_CONFIG = f"""
 [prepaid]
 check_every = "2s"
 retry_every = "5s"
 command_ttl = "10m"
-valid_for = "24h"   # the simulated meters' clocks run 60x fast: a 10-minute validity would lapse in 10 s
+valid_for = "30d"   # the simulated meters' clocks start up to a day ahead and run 60x fast: 12 real hours
 reclose = "allowed"
 trip_notice = "10s"
 thresholds = {{ reminder = "2", alarm = "1", trip = "0", reclose = "1" }}
@@ -190,11 +244,15 @@ DEMO_SECRETS = {"METERD_METER_PASSWORD": "02123456", "METERD_OPERATOR_CODE": "00
 
 
 async def watch_prepaid(data_dir: Path, stop: asyncio.Event, *, poll: float = 1.0,
-                        stop_after_story: bool = False) -> list[str]:
-    """Print the prepaid story as it happens, and play the customer: pay when the supply is cut.
+                        stop_after_story: bool = False, press: Callable[[], bool] | None = None,
+                        interval: float = 5.0) -> list[str]:
+    """Print the prepaid story as it happens, and play the customer: pay when the supply is cut,
+    and press the meter's button (``press``) once the master has permitted the reclose.
 
     Uses the same paths an operator would: the state database and ``ControlStore.pay`` (what
-    ``meterd pay`` calls).  Returns the lines printed, for the demo's test.
+    ``meterd pay`` calls).  Returns the lines printed, for the demo's test.  With
+    ``stop_after_story`` the demo stops a little over two poll ``interval`` s after the press, so the
+    relay poll has read the supply back.
     """
     from meterd.control.state import ControlStore
 
@@ -238,10 +296,18 @@ async def watch_prepaid(data_dir: Path, stop: asyncio.Event, *, poll: float = 1.
                         paid = True
                         say(f"the customer pays {TOP_UP} at the counter (meterd pay {PREPAID_ACCOUNT} {TOP_UP} "
                             f"--ref DEMO-TOPUP-1): balance {result.balance}")
-                    if (paid and stop_after_story and command.account == PREPAID_ACCOUNT
-                            and command.kind.value.startswith("reclose") and command.state.value == "confirmed"):
-                        say("the story is told: stopping")
-                        asyncio.get_running_loop().call_later(2 * poll, stop.set)
+                    if (paid and command.account == PREPAID_ACCOUNT and command.kind.value.startswith("reclose")
+                            and command.state.value == "confirmed"):
+                        if command.read_back.get("relay.open") and press is not None:
+                            say(f"meter {command.meter} permits the reclose (合闸允许) and waits for the customer "
+                                "to press its button")
+                            await asyncio.sleep(2 * poll)
+                            closed = press()
+                            say(f"the customer presses the button on meter {command.meter}: "
+                                + ("the relay closes, the supply is back" if closed else "nothing happens"))
+                        if stop_after_story:
+                            say("the story is told: stopping")
+                            asyncio.get_running_loop().call_later(max(2 * poll, 2.5 * interval), stop.set)
             try:
                 await asyncio.wait_for(stop.wait(), poll)
             except TimeoutError:
@@ -344,7 +410,11 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float, *, q
         speed=60.0,
         faults={"000000000012": "no_answer", "000000000016": "garble"},
         seed=7,
+        start=datetime.combine(today_cst(), START_TIME),
+        history_days=HISTORY_DAYS,
     )
+    kinds = {a: kind for (_, kind), bus in zip(spec.bus_layout(), spec.addresses()) for a in bus}
+    spec = dataclasses.replace(spec, areas=[demo_area(kinds)])
     fleet = await run_fleet(spec)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -357,6 +427,9 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float, *, q
               f"(config: {data_dir / 'demo.toml'}, store: {data_dir})")
         print("meter 000000000012 never answers and 000000000016 garbles its replies, to show failures; "
               f"{' and '.join(LEGACY_METERS)} speak DL/T 645-1997; the mb* channels are Modbus meters.")
+        print(f"area {AREA}: supply meter {AREA_SUPPLY} measures {len(AREA_CUSTOMERS)} customers plus a "
+              f"{AREA_LOSS:.0%} technical loss; the meters' clocks start at {fleet.clock.start:%Y-%m-%d %H:%M} "
+              f"with {HISTORY_DAYS} days of daily freezes (try: meterd lineloss -c {data_dir / 'demo.toml'})")
         for name, value in DEMO_SECRETS.items():
             os.environ.setdefault(name, value)
         if api is not None:
@@ -375,7 +448,11 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float, *, q
                 loop.add_signal_handler(sig, stop.set)
             if duration is not None:
                 loop.call_later(duration, stop.set)
-            watcher = asyncio.create_task(watch_prepaid(config.store.data_dir, stop, stop_after_story=stop_after_story))
+            def press() -> bool:  # the customer at the meter: the simulator's button
+                return fleet.meter(PREPAID_METER).press_button(fleet.clock())
+
+            watcher = asyncio.create_task(watch_prepaid(config.store.data_dir, stop, stop_after_story=stop_after_story,
+                                                        press=press, interval=interval))
             settle_heap()  # this command owns the process: start-up's objects are out of the collector's way
             await node.run(stop)
             story = await watcher

@@ -28,6 +28,9 @@ conditions of :data:`CONDITION_KINDS`, held from the start, whose number is not 
 Areas (``areas``, :class:`AreaSpec`): a supply meter measuring its customers plus a loss
 (:class:`~meterd.simulators.area.Area`), for line loss and whole-area outages.
 
+``history_days``: the meters start with that many daily freezes from before the start (line loss and
+reading-day exports have yesterday at once; see :meth:`MeterModel.backfill_daily`).
+
 ``control``: a Unix socket path where :mod:`meterd.simulators.control` takes commands while the
 fleet runs -- press a meter's button, power meters or whole areas down and up, change conditions.
 """
@@ -48,7 +51,14 @@ from meterd.simulators.area import DEFAULT_LOSS, MAX_LOSS, Area
 from meterd.simulators.control import SimControl, serve_control
 from meterd.simulators.dlt645 import FAULT_KINDS, Dlt645Bus, FaultPlan
 from meterd.simulators.modbus import FRAMINGS, MAX_UNIT, MODBUS_FAULT_KINDS, ModbusBus, ModbusFaultPlan
-from meterd.simulators.model import MAX_DRIFT_PER_DAY, VOLTAGE_SCALE_RANGE, LoadProfile, MeterModel, noise
+from meterd.simulators.model import (
+    FROZEN_KEEP,
+    MAX_DRIFT_PER_DAY,
+    VOLTAGE_SCALE_RANGE,
+    LoadProfile,
+    MeterModel,
+    noise,
+)
 from meterd.simulators.serve import DEFAULT_PTY_TURNAROUND, RunningBus, SimClock, serve_pty, serve_tcp
 
 STUCK_RELAY: Final = "stuck_relay"
@@ -277,6 +287,7 @@ class FleetSpec:
     v1997: Collection[str] = ()
     areas: Sequence[AreaSpec | Mapping[str, Any]] = ()
     control: str | None = None  # a Unix socket path for commands while the fleet runs
+    history_days: int = 0  # daily freezes the meters have from before the start (MeterModel.backfill_daily)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -347,6 +358,9 @@ class FleetSpec:
                 problems.append("v1997: this build's DL/T 645 simulator cannot speak DL/T 645-1997 "
                                 "(Dlt645Bus has no protocols=)")  # fmt: skip
         self._check_areas(known, problems)
+        if isinstance(self.history_days, bool) or not isinstance(self.history_days, int) \
+                or not 0 <= self.history_days <= FROZEN_KEEP:
+            problems.append(f"history_days {self.history_days!r} must be a whole number 0..{FROZEN_KEEP}")
         if self.control is not None and (not self.control or "\0" in self.control):
             problems.append(f"control {self.control!r} must be a socket path")
         if problems:
@@ -617,6 +631,12 @@ async def run_fleet(spec: FleetSpec) -> Fleet:
     clock = SimClock.starting(spec.start, spec.speed)
     models = build_meters(spec, clock.start)
     areas = build_areas(spec, models)
+    if spec.history_days:
+        try:
+            for model in models.values():  # after the areas: a supply meter's history is its customers'
+                model.backfill_daily(spec.history_days)
+        except ValueError as exc:
+            raise ConfigError([f"history_days: {exc}"]) from None
     plans, _ = spec.fault_plans()
     v1997 = spec.v1997_addresses()
     regmap = get_map(spec.modbus_model) if spec.modbus_buses else None

@@ -1169,6 +1169,51 @@ class MeterModel:
             for d in skipped[-FROZEN_KEEP:]:
                 self._midnight(d)
 
+    def backfill_daily(self, days: int, step: timedelta = timedelta(minutes=15)) -> None:
+        """Give a meter just made a history: daily freezes at the ``days`` meter midnights before its
+        start, as if it had run since -- each the start registers less the energy its flow (as
+        :meth:`_power` gives it: conditions, area) would have carried from that midnight to the
+        start, worked out in ``step`` pieces (coarser than the live minute walk; an area's supply
+        meter and its customers use the same pieces, so their balance holds).  A register too small
+        for its history (the export registers of a PV meter, say) is raised by what is missing: the
+        meter simply had more on it.  Only before the meter first advances."""
+        if self._daily or self._settlements or self._minute_end is not None:
+            raise ValueError(f"meter {self.address}: history can only be made before the meter runs")
+        if not 0 <= days <= FROZEN_KEEP:
+            raise ValueError(f"meter {self.address}: {days} days of history: 0..{FROZEN_KEEP}")
+        if step <= timedelta(0) or _MIN % step and step % _MIN:
+            raise ValueError(f"meter {self.address}: step {step} must divide a minute or be whole minutes")
+        start = self.meter_clock(self._true)
+        midnight = start.replace(hour=0, minute=0, second=0, microsecond=0)
+        used = [[0] * RATES for _ in range(_BASE)]  # energy from the walk's position to the start
+        history: list[tuple[datetime, list[list[int]]]] = []
+        t = start
+        dead = self.relay_open or not self.powered  # a history like the present: nothing flowed
+        for n in range(days):
+            day = midnight - timedelta(days=n)
+            while t > day and not dead:
+                t0 = max(day, t - step)
+                mid = t0 + (t - t0) / 2
+                p, q = self._power(mid)
+                rate = self.tariff.rate_of_minute(mid.hour * 60 + mid.minute) - 1
+                dt = _us(t - t0)
+                a, s_ = (IMP, S_IMP) if p >= 0 else (EXP, S_EXP)
+                quad = (Q1 if p >= 0 else Q2) if q >= 0 else (Q4 if p >= 0 else Q3)
+                for kind, kw in ((a, abs(p)), (quad, abs(q)), (s_, math.hypot(p, q))):
+                    used[kind][rate] += round(kw * 1_000_000) * dt
+                t = t0
+            history.append((day, [row[:] for row in used]))
+        self._power_cache = (-1, 0.0, 0.0)
+        reg = self._reg
+        for k in range(_BASE):  # the oldest day used the most: raise what it would take below zero
+            for r in range(RATES):
+                short = used[k][r] - reg[k][r]
+                if short > 0:
+                    reg[k][r] += -(-short // _UNIT_PER_HUNDREDTH) * _UNIT_PER_HUNDREDTH
+        for day, spent in reversed(history):  # oldest first: the deque holds the newest on the left
+            self._daily.appendleft(Snapshot(day, tuple(
+                tuple((reg[k][r] - spent[k][r]) // _UNIT_PER_HUNDREDTH for r in range(RATES)) for k in range(_BASE))))
+
     def freeze(
         self,
         *,
