@@ -5,6 +5,7 @@ story (an account runs out, is tripped, pays, is reclosed, relay read back from 
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pytest
 
@@ -195,9 +196,20 @@ def test_the_demo_tells_the_prepaid_story(run_meterd, tmp_path):
     assert "trip -> meter 000000000009: confirmed" in out and "relay.open=yes" in out, out
     assert "the customer pays" in out
     assert "reclose-allowed -> meter 000000000009: confirmed" in out, out
+    # 合闸允许: confirmed with the relay still open, waiting for the customer, who presses the button
+    assert "relay.command_open=no, relay.open=yes" in out and "waits for the customer to press its button" in out
+    assert "the customer presses the button on meter 000000000009: the relay closes" in out, out
     assert "trip held: protected account" in out  # the clinic (保电)
     shown = json.loads(run_meterd("account", "show", "DEMO-1001", "--data-dir", str(data), "--json").stdout)
-    assert shown["state"] == "normal" and shown["relay"]["000000000009"]["relay.open"] is False
+    assert shown["state"] == "normal" and shown["relay"]["000000000009"]["relay.command_open"] is False
+    polled = json.loads(run_meterd("readings", "--meter", "9", "--quantity", "relay.open", "--data-dir", str(data),
+                                   "--json").stdout)
+    assert polled[-1]["value"] is False  # the relay poll after the press: the supply is back
+    # the demo's area: yesterday's line loss (CST; the meters came with a history) is its 5 % loss, within
+    # what 0.01 kWh registers behind CTs (the supply meter's is 80) allow
+    [area] = json.loads(run_meterd("lineloss", "-c", str(data / "demo.toml"), "--json").stdout)
+    assert area["unit"] == "TA-DEMO" and area["completeness"] == "100.00", area
+    assert abs(Decimal(area["rate"]) - 5) <= Decimal("0.6"), area
     kinds = [e["kind"] for e in json.loads(run_meterd("ledger", "DEMO-1001", "--data-dir", str(data),
                                                       "--json").stdout)["entries"]]
     assert kinds.count("payment") == 2 and "charge" in kinds
