@@ -213,3 +213,119 @@ def test_the_demo_tells_the_prepaid_story(run_meterd, tmp_path):
     kinds = [e["kind"] for e in json.loads(run_meterd("ledger", "DEMO-1001", "--data-dir", str(data),
                                                       "--json").stdout)["entries"]]
     assert kinds.count("payment") == 2 and "charge" in kinds
+
+
+# --- issue 18: meters typed as readings does, --wait's exit code, 保电 release, --json, text ----------
+
+
+def test_commands_finds_a_meter_typed_short_as_readings_does(run_meterd, site):
+    assert run_meterd("trip", "1", "--reason", "tamper", "--operator", "li", "-c", site).returncode == 0
+    for typed in ("1", "000000000001", " 1 "):
+        listed = json.loads(run_meterd("commands", "--meter", typed, "-c", site, "--json").stdout)
+        assert [(c["meter"], c["kind"]) for c in listed] == [("000000000001", "trip")], typed
+    assert "000000000001 trip" in run_meterd("commands", "--meter", "1", "-c", site).stdout
+
+
+def test_wait_exits_3_when_the_command_is_still_queued_at_its_end(run_meterd, site):
+    p = run_meterd("trip", "1", "--reason", "tamper", "--operator", "li", "--wait", "0.5", "-c", site)
+    assert p.returncode == 3, (p.stdout, p.stderr)  # no daemon: nothing sends it
+    [line] = [x for x in p.stderr.splitlines() if x.startswith("meterd:")]  # (a new database logs its migration)
+    assert "command #1 trip to meter 000000000001: still queued after 0.5 s, not sent" in line, line
+    p = run_meterd("alarm", "1", "--reason", "low", "--operator", "li", "--wait", "0.3", "--json", "-c", site)
+    assert p.returncode == 3 and json.loads(p.stdout)["state"] == "queued"
+    help_text = run_meterd("trip", "--help").stdout
+    assert "3 still queued or sent" in " ".join(help_text.split())
+
+
+def test_an_operator_releases_and_sets_protection_over_the_archive(run_meterd, site, tmp_path):
+    p = run_meterd("trip", "2", "--reason", "works", "--operator", "li", "-c", site)
+    assert p.returncode == 2 and "meterd protect H1 --release" in p.stderr
+    p = run_meterd("protect", "H1", "--release", "--reason", "clinic closed for works", "--operator", "li",
+                   "--until", "8h", "-c", site)
+    assert p.returncode == 0, p.stderr
+    assert "H1: 保电 released by li" in p.stdout and "billing system or the config changes that flag" in p.stdout
+    shown = run_meterd("account", "show", "H1", "-c", site).stdout
+    [line] = [x for x in shown.splitlines() if x.startswith("protected")]
+    assert "no: 保电 released by li on " in line and "(clinic closed for works)" in line
+    assert "+08:00" in line and "the archive says yes" in line, line
+    doc = json.loads(run_meterd("account", "show", "H1", "-c", site, "--json").stdout)
+    assert (doc["protected"], doc["archive_protected"]) == (False, True)
+    assert doc["protection_override"]["operator"] == "li" and doc["protection_override"]["until"]
+    listed = run_meterd("account", "list", "-c", site).stdout.splitlines()
+    assert [x.split()[4] for x in listed if x.startswith("H1")] == ["no*"] and listed[-1].startswith("* 保电")
+    trip = run_meterd("trip", "2", "--reason", "works", "--operator", "li", "-c", site, "--json")
+    assert trip.returncode == 0, trip.stderr
+    run_meterd("cancel", str(json.loads(trip.stdout)["id"]), "--reason", "r", "--operator", "li", "-c", site)
+    p = run_meterd("protect", "H1", "--set", "--reason", "works done", "--operator", "wang", "-c", site)
+    assert p.returncode == 0 and "counts again" in p.stdout
+    assert run_meterd("trip", "2", "--reason", "x", "--operator", "li", "-c", site).returncode == 2
+    # A1: protected by an operator, then the config protects it itself: the config's new value
+    # supersedes the override, and the next use of -c says so
+    p = run_meterd("protect", "A1", "--set", "--reason", "hospital event", "--operator", "li", "--json", "-c", site)
+    assert json.loads(p.stdout)["protection_override"]["reason"] == "hospital event"
+    (tmp_path / site).write_text(SITE.replace('customer = "Zhang"', 'customer = "Zhang"\nprotected = true'))
+    p = run_meterd("account", "show", "A1", "-c", site, "--json")
+    assert "supersedes the operator's override (保电 set by li" in p.stderr, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["protected"] is True and doc["protection_override"] is None
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--until", "-2h"), "the end of an override is in the future"),
+    (("--until", "2020-01-01"), "is not in the future"),
+    (("--until", "soon"), "is not a time: use a duration from now"),
+    (("--until", "8h", "--meters"), "--meters with --until"),
+])
+def test_protect_refusals_are_one_line_and_change_nothing(run_meterd, site, args, says):
+    p = run_meterd("protect", "H1", "--release", "--reason", "r", "--operator", "li", *args, "-c", site)
+    assert p.returncode == 2 and says in p.stderr, p.stderr
+    assert len([x for x in p.stderr.splitlines() if "INFO" not in x]) == 1, p.stderr
+    assert json.loads(run_meterd("account", "show", "H1", "-c", site, "--json").stdout)["protected"] is True
+    p = run_meterd("protect", "NOPE", "--set", "--reason", "r", "--operator", "li", "-c", site)
+    assert p.returncode == 2 and "unknown account" in p.stderr
+
+
+def test_protect_with_meters_queues_the_meters_own_commands(run_meterd, site):
+    p = run_meterd("protect", "A1", "--set", "--reason", "event", "--operator", "li", "--meters", "-c", site,
+                   "--json")
+    assert p.returncode == 0, p.stderr
+    assert [(c["meter"], c["kind"], c["requested_by"]) for c in json.loads(p.stdout)["commands"]] == [
+        ("000000000001", "protect", "li")]
+
+
+def test_cancel_and_replace_meter_print_json(run_meterd, site):
+    queued = json.loads(run_meterd("trip", "1", "--reason", "t", "--operator", "li", "-c", site, "--json").stdout)
+    p = run_meterd("cancel", str(queued["id"]), "--reason", "called", "--operator", "li", "-c", site, "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["state"] == "cancelled"
+    args = ("replace-meter", "A1", "1", "3", "--old-final", "12.5", "--new-initial", "0", "--ref", "W1",
+            "--operator", "li", "-c", site, "--json")
+    first, again = json.loads(run_meterd(*args).stdout), json.loads(run_meterd(*args).stdout)
+    assert (first["recorded"], again["recorded"]) == (True, False)
+    assert (first["old_meter"], first["new_meter"]) == ("000000000001", "000000000003")
+
+
+def test_human_output_reads_as_text(run_meterd, site, tmp_path):
+    from datetime import UTC, datetime
+
+    from meterd.control.state import ControlStore
+
+    (tmp_path / site).write_text(SITE.replace('customer = "Zhang"', 'customer = "Zhang"\nthresholds = { trip = "-10" }'))
+    run_meterd("pay", "A1", "20", "--ref", "R1", "-c", site)
+    with ControlStore(tmp_path / "data") as store:  # as the daemon records a relay read back
+        store.record_relay("000000000001", {"relay.open": False, "relay.command_open": False,
+                                            "alarm.pre_trip": True, "relay.protected": False},
+                           now=datetime(2026, 11, 2, 2, 0, tzinfo=UTC))
+    run_meterd("trip", "1", "--reason", "t", "--operator", "li", "-c", site)
+    outputs = {name: run_meterd(*args, "-c", site).stdout for name, args in (
+        ("show A1", ("account", "show", "A1")), ("show H1", ("account", "show", "H1")),
+        ("list", ("account", "list")), ("commands", ("commands",)), ("ledger", ("ledger", "A1")))}
+    for name, out in outputs.items():
+        for python in ("False", "True", "None", "{", "["):
+            assert python not in out, (name, python, out)
+    show = outputs["show A1"]
+    assert "protected          no" in show and "balance            20.00 yuan" in show
+    assert "thresholds         trip -10 (this account's own" in show
+    assert ("meter 000000000001 ×50: relay closed, commanded closed, pre-trip alarm on, meter 保电 off "
+            "(read 2026-11-02 10:00:00+08:00)") in show
+    assert "protected          yes (保电, from the archive)" in outputs["show H1"]
+    assert "+08:00" in outputs["ledger"] and "+08:00" in outputs["commands"]

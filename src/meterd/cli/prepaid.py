@@ -181,7 +181,9 @@ def _store(args: argparse.Namespace, context: tuple[Location, Any] | None = None
     store = ControlStore(where)
     if config is not None and config.prepaid is not None:
         # The config's accounts, as the daemon writes them at start: usable before it first ran.
-        store.upsert_accounts(config.prepaid.accounts, actor="config", now=_now())
+        for line in store.upsert_accounts(config.prepaid.accounts, actor="config", now=_now()):
+            if "supersedes the operator's override" in line:  # a protected flag changed in the config
+                error(f"note: config {args.config}: {line}")
     return store, config
 
 
