@@ -12,6 +12,7 @@ from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 
 from meterd.analytics.energy import IMPORT_DAILY, DailyRegisterStore
+from meterd.clock import CST
 from meterd.control.state import AccountSpec, ControlStore
 from meterd.readings import Quality, Reading
 from meterd.storage import open_store
@@ -26,7 +27,7 @@ QUANTITIES = ("energy.active.import.total", "voltage.a")
 DAYS = 30
 POLICY = Policy(keep_readings=timedelta(days=10), keep_attempts=timedelta(days=5), at=time(3, 30))
 READINGS_CUT = datetime(2026, 11, 21, tzinfo=UTC)  # the UTC day 10 days before NOW
-ATTEMPTS_CUT = NOW - timedelta(days=5)
+ATTEMPTS_CUT = datetime(2026, 11, 25, 16, 0, tzinfo=UTC)  # the site day (CST) 5 days before NOW
 
 
 def _store(where):
@@ -211,7 +212,24 @@ def test_policy_cuts_and_the_daily_time():
     policy = Policy(timedelta(days=400), timedelta(days=90), time(3, 30))
     at = datetime(2026, 12, 1, 20, 0, tzinfo=UTC)  # 04:00 site time on 12-02
     assert policy.readings_cut(at) == datetime(2025, 10, 27, tzinfo=UTC)
-    assert policy.attempts_cut(at) == at - timedelta(days=90)
+    assert policy.attempts_cut(at) == datetime(2026, 9, 2, 16, 0, tzinfo=UTC)  # 2026-09-03 00:00 site time
     assert policy.next_run(at) == datetime(2026, 12, 2, 19, 30, tzinfo=UTC)  # 03:30 site time on 12-03
     assert policy.next_run(datetime(2026, 12, 1, 19, 29, tzinfo=UTC)) == datetime(2026, 12, 1, 19, 30, tzinfo=UTC)
     assert Policy.from_seconds(None, 86400.0, time(1, 0)) == Policy(None, timedelta(days=1), time(1, 0))
+
+
+def test_recomputing_the_quality_of_a_day_whose_attempts_were_pruned_keeps_its_rollup(state_where):
+    """``meterd quality --recompute`` of a day older than keep_attempts: the rollup is all that is
+    left of it, and a recompute from an empty log must not wipe it."""
+    _site(state_where)
+    old_day = (ATTEMPTS_CUT - timedelta(days=2)).astimezone(CST).date()
+    with QualityStore(state_where) as quality:
+        quality.update()
+        counted = quality.rollup(old_day)
+    assert counted == 24
+    with _store(state_where) as store:
+        prune(store, POLICY, NOW)
+    with QualityStore(state_where) as quality:
+        assert quality.rollup(old_day) == counted
+        recent = (NOW - timedelta(days=1)).astimezone(CST).date()
+        assert quality.rollup(recent) == 24  # a day still in the log is recomputed from it as before

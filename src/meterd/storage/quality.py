@@ -431,11 +431,15 @@ class QualityStore:
 
     def rollup(self, day: date) -> int:
         """Recompute ``day`` from the attempts log (other days are brought up to date as well);
-        returns the attempts counted for ``day``."""
+        returns the attempts counted for ``day``.  A day the log holds no attempt of keeps its
+        rollup: its attempts were pruned (retention goes by whole days), and the rollup is all
+        that is left of it."""
         start, end = day_bounds(day)
         with self._lock, self._transaction():
             _, top = self._fold_new()
-            self._conn.execute("DELETE FROM quality_daily WHERE day = ?", (day.isoformat(),))
+            if self._conn.execute("SELECT 1 FROM attempts WHERE ts >= ? AND ts < ? LIMIT 1",
+                                  (to_ms(start), to_ms(end))).fetchone() is not None:
+                self._conn.execute("DELETE FROM quality_daily WHERE day = ?", (day.isoformat(),))
             self._conn.execute(self._fold_sql.format(extra="AND a.ts >= ? AND a.ts < ?"),
                                (0, top, to_ms(start), to_ms(end)))
             (n,) = self._conn.execute("SELECT COALESCE(SUM(count), 0) FROM quality_daily WHERE day = ?",

@@ -11,12 +11,13 @@ The newest reading of each (meter, quantity) is never pruned, whatever its age: 
 longer than the retention keeps its last value (what the API's ``latest`` and a dispute about a
 dead meter need); one row per meter and quantity is all that costs.  Readings go by whole UTC days
 (the PostgreSQL store drops day partitions): a day goes at the first prune after all of it is older
-than ``keep_readings``.  Attempts go to the millisecond, but only once the quality rollup has
-folded them in (:func:`prune` folds first), and the newest attempt always stays (see
+than ``keep_readings``.  Attempts go by whole site days (collection quality counts by site day, and
+a day whose attempts are all gone keeps its rollup when recomputed), only once the quality rollup
+has folded them in (:func:`prune` folds first), and the newest attempt always stays (see
 :meth:`~meterd.storage.sqlite.SqliteStore.prune_attempts`).
 
 How: the stores' ``prune_readings`` / ``prune_attempts`` -- on SQLite in transactions of at most
-5,000 rows and 50 ms with the database let go between them, so the collector's writer never waits
+2,000 rows and 30 ms with the database let go between them, so the collector's writer never waits
 long; on PostgreSQL whole day partitions dropped in one short transaction, attempts in batches.
 
 When: :class:`RetentionJob` prunes once shortly after the daemon starts (:data:`START_DELAY`) and
@@ -88,7 +89,12 @@ class Policy:
         return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
     def attempts_cut(self, now: datetime) -> datetime | None:
-        return None if self.keep_attempts is None else now - self.keep_attempts
+        """Attempts before this go: the start of the site day ``keep_attempts`` before ``now``
+        (collection quality counts by site day: a day's attempts go all together)."""
+        if self.keep_attempts is None:
+            return None
+        day = (now - self.keep_attempts).astimezone(CST).date()
+        return datetime(day.year, day.month, day.day, tzinfo=CST).astimezone(UTC)
 
     def next_run(self, now: datetime) -> datetime:
         """The first ``at`` (site time) after ``now``."""

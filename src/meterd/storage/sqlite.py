@@ -137,8 +137,8 @@ class Pruned:
 #: PRUNE_ROWS rows and commits once it has run PRUNE_SLICE seconds; the next waits PRUNE_PAUSE
 #: seconds, or as long as the last one took if that was longer, so writers get the database at
 #: least half of the time.
-PRUNE_ROWS: Final = 5000
-PRUNE_SLICE: Final = 0.05
+PRUNE_ROWS: Final = 2000
+PRUNE_SLICE: Final = 0.03
 PRUNE_PAUSE: Final = 0.02
 PRUNE_LOCKED_TRIES: Final = 10  # a prune transaction that finds the database locked tries again this often
 
