@@ -316,3 +316,20 @@ def test_a_backfilled_history_balances_like_the_live_days_and_joins_them() -> No
     small.backfill_daily(3)  # registers too small for the history are raised: none goes below zero
     assert all(v >= 0 for snap in small.frozen_snapshots("daily") for row in snap.energy for v in row)
     assert small.values(start)["energy.active.export.total"] > 0  # type: ignore[operator]  # PV fed back
+
+
+def test_a_drifting_meter_read_many_times_a_minute_integrates_as_one_read_each_hour() -> None:
+    often, seldom = meter(), meter()
+    for m in (often, seldom):
+        m.set_clock_drift(600.0, T0)  # 10 minutes a day: a few microseconds per read, often none at all
+    now = T0
+    for i in range(6_000):  # reads 7..300 ms apart: the same-minute shortcut and the walk by turns
+        now += timedelta(microseconds=7_000 + (i * 7919) % 293_000)
+        often.advance(now)
+        if i % 600 == 0:
+            seldom.advance(now)
+    seldom.advance(now)
+    assert abs(often.meter_clock(now) - seldom.meter_clock(now)) <= timedelta(milliseconds=50)
+    a, b = often.values(now), seldom.values(now)
+    for q in ("energy.active.import.total", "energy.reactive.q1.total"):
+        assert abs(a[q] - b[q]) <= Decimal("0.04"), q  # type: ignore[operator]
