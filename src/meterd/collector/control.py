@@ -42,7 +42,7 @@ from meterd.protocols.dlt645.messages import RelayCommand
 from meterd.protocols.drivers import LinkKind
 from meterd.protocols.drivers.base import FrameDriver
 from meterd.protocols.modbus import compile_plan, decode_block, relay_command
-from meterd.protocols.relay import EXPECTED, ControlOutcome, Credentials
+from meterd.protocols.relay import EXPECTED, ControlOutcome, Credentials, said
 
 DEFAULT_VALIDITY: Final = timedelta(minutes=10)
 
@@ -95,9 +95,10 @@ async def send_relay_command(
         _fail(outcome, f"the meter does not report {flag}, so {command.name} cannot be confirmed")
     if outcome.read_back[flag] != expected:
         outcome.failure = "anomaly"
-        _fail(outcome, f"control anomaly: {command.name} acknowledged but {flag} reads {outcome.read_back[flag]}")
+        _fail(outcome, f"control anomaly: {command.name} acknowledged but {flag} reads "
+                       f"{said(outcome.read_back[flag])}")
     outcome.confirmed = True
-    outcome.detail = f"{flag} = {expected} read back"
+    outcome.detail = f"{flag} = {said(expected)} read back"
     if command is RelayCommand.RECLOSE_ALLOWED and outcome.read_back.get("relay.open"):
         outcome.detail += ("; reclose permitted (合闸允许), relay still open: waiting for the customer to press the "
                            "button on the meter")

@@ -45,7 +45,7 @@ from meterd.control.policy import Notice
 from meterd.control.state import ControlStore
 from meterd.errors import ControlError, LedgerError, MeterdError
 from meterd.protocols.dlt645.messages import RelayCommand
-from meterd.protocols.relay import EXPECTED, ControlOutcome, Credentials
+from meterd.protocols.relay import EXPECTED, ControlOutcome, Credentials, said
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class CommandExecutor:
                 await asyncio.to_thread(self.store.record_relay, cmd.meter, state, now=self.clock())
                 if state.get(flag) == expected:
                     return await self._finish(claimed, CommandState.CONFIRMED,
-                                              f"{flag} = {expected} read back before retrying: not sent again",
+                                              f"{flag} = {said(expected)} read back before retrying: not sent again",
                                               state)
             try:
                 outcome = await route.send(cmd.kind.relay_command, now, valid_for=self.valid_for, settle=self.settle)
@@ -252,9 +252,9 @@ class CommandExecutor:
         await asyncio.to_thread(self.store.record_relay, cmd.meter, state, now=self.clock())
         if state.get(flag) == expected:
             return await self._finish(cmd, CommandState.CONFIRMED,
-                                      f"interrupted by a restart; {flag} = {expected} read back: not resent", state)
+                                      f"interrupted by a restart; {flag} = {said(expected)} read back: not resent", state)
         return await self._finish(cmd, CommandState.FAILED,
-                                  f"interrupted by a restart; {flag} reads {state.get(flag)}: not resent, "
+                                  f"interrupted by a restart; {flag} reads {said(state.get(flag))}: not resent, "
                                   "check the meter and send again if still wanted", state)
 
     async def _later(self, cmd: Command, why: str) -> Command:

@@ -22,6 +22,11 @@ EXPECTED: Final = {
 }
 
 
+def said(value: object) -> str:
+    """A read-back flag's value in the details people read: yes, no, nothing (not reported)."""
+    return "yes" if value is True else "no" if value is False else "nothing" if value is None else str(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Credentials:
     """DL/T 645 password (level + 3 bytes, 8 hex digits) and operator code (8 hex digits)."""
