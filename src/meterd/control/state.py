@@ -47,6 +47,14 @@ activation is then in the ledger too, which is what makes the next pass look at 
 opening balance is applied to pending accounts only: a second, different one, or one for an
 account that was active without one (live before opening balances existed), is refused --
 reported and audited -- and an adjustment corrects the balance instead.
+
+保电.  ``accounts.protected`` is the archive's flag, as the config and the billing import write it
+(:meth:`ControlStore.upsert_accounts`).  An operator's override of it (``meterd protect``,
+:meth:`ControlStore.set_protection`) is a row of ``protection_overrides`` holding what the archive
+said when it was made: it is in force until its ``until`` and while the archive still says that;
+``upsert_accounts`` drops it, with a change line and an audit line, when a new value arrives.
+The policy pass reads the effective value (:meth:`ControlStore.policy_rows`; the overrides are a
+handful, patched into the rows rather than joined to a district's accounts).
 """
 
 from __future__ import annotations
