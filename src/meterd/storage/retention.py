@@ -17,7 +17,7 @@ has folded them in (:func:`prune` folds first), and the newest attempt always st
 :meth:`~meterd.storage.sqlite.SqliteStore.prune_attempts`).
 
 How: the stores' ``prune_readings`` / ``prune_attempts`` -- on SQLite in transactions of at most
-2,000 rows and 30 ms with the database let go between them, so the collector's writer never waits
+2,000 rows (and 32 statements) with the database let go between them, so the collector's writer never waits
 long; on PostgreSQL whole day partitions dropped in one short transaction, attempts in batches.
 
 When: :class:`RetentionJob` prunes once shortly after the daemon starts (:data:`START_DELAY`) and

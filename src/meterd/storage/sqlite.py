@@ -134,11 +134,11 @@ class Pruned:
 
 
 #: Retention's batches (see :meth:`SqliteStore.prune_readings`): a prune transaction deletes at most
-#: PRUNE_ROWS rows and commits once it has run PRUNE_SLICE seconds; the next waits PRUNE_PAUSE
-#: seconds, or as long as the last one took if that was longer, so writers get the database at
-#: least half of the time.
+#: PRUNE_ROWS rows with at most PRUNE_PAIRS statements; the next waits PRUNE_PAUSE seconds, or as
+#: long as the last one took if that was longer, so writers get the database at least half of the
+#: time.
 PRUNE_ROWS: Final = 2000
-PRUNE_SLICE: Final = 0.03
+PRUNE_PAIRS: Final = 32  # the most (meter, quantity) DELETE statements in one prune transaction
 PRUNE_PAUSE: Final = 0.02
 PRUNE_LOCKED_TRIES: Final = 10  # a prune transaction that finds the database locked tries again this often
 
@@ -480,57 +480,35 @@ class SqliteStore:
 
         With ``keep_latest`` the newest reading of each (meter, quantity) stays whatever its age:
         a meter silent for longer than the retention keeps its last value.  The table is walked
-        one (meter, quantity) at a time along its key -- the next one after the last, its oldest
-        and newest timestamps: index seeks, not a scan of the table -- and each one's old rows go
-        in slices of at most ``rows`` (:data:`PRUNE_ROWS`); a transaction ends at ``rows`` rows or
-        :data:`PRUNE_SLICE` seconds, and the store (the writer's lock and SQLite's) is let go for
-        ``pause`` (at least) in between.  ``stop`` set: ends after the transaction in hand, with
-        what is done (the rest goes next time).  ``dry_run`` counts, deleting nothing.
+        one (meter, quantity) at a time along its key (:class:`_PairWalk`: index seeks on a
+        read-only connection of its own, so the walk holds no lock and keeps nobody waiting), and
+        the old rows it finds go in slices of at most ``rows`` rows and :data:`PRUNE_PAIRS`
+        statements per transaction -- nothing but those DELETEs between BEGIN and COMMIT (every
+        statement lets go of the GIL, and getting it back from a busy event loop can take a switch
+        interval) -- with the store (the writer's lock and SQLite's) let go for ``pause`` at least
+        in between.  ``stop`` set: ends after the transaction in hand, with what is done (the
+        rest goes next time).  ``dry_run`` counts, deleting nothing and holding no lock.
         """
-        cut = to_ms(before)
         conn = self._readings
-        after: tuple[str, str] | None = None  # the (meter, quantity) the walk has passed
-        pair: tuple[str, str, int] | None = None  # the (meter, quantity) in hand and its bound (ts < bound goes)
-        tally = _Tally(pause)
-        while not (stop is not None and stop.is_set()):
-            done = False
-            with self._lock, tally.transaction(conn, dry_run) as tx:
-                while tx.deleted < rows and tx.running() < PRUNE_SLICE:
-                    if pair is None:
-                        found = conn.execute(
-                            "SELECT meter, quantity, ts FROM readings" + (" WHERE (meter, quantity) > (?, ?)" if after
-                                                                          else "") + " ORDER BY meter, quantity, ts LIMIT 1",
-                            after or ()).fetchone()
-                        if found is None:
-                            done = True
-                            break
-                        meter, quantity, oldest = found
-                        after = (meter, quantity)
-                        if oldest >= cut:
-                            continue  # nothing of this one is old
-                        bound = cut
-                        if keep_latest:
-                            (newest,) = conn.execute("SELECT MAX(ts) FROM readings WHERE meter = ? AND quantity = ?",
-                                                     (meter, quantity)).fetchone()
-                            bound = min(cut, newest)
-                        pair = (meter, quantity, bound)
-                    meter, quantity, bound = pair
-                    # the first ts past this slice (its rows-th old row), or the bound when fewer are left
-                    edge = conn.execute("SELECT ts FROM readings WHERE meter = ? AND quantity = ? AND ts < ? ORDER BY ts "
-                                        "LIMIT 1 OFFSET ?", (meter, quantity, bound, rows - tx.deleted)).fetchone()
-                    upto = bound if edge is None else edge[0]
-                    if edge is None:
-                        pair = None
-                    params = (meter, quantity, upto)
-                    if dry_run:
-                        tx.deleted += conn.execute("SELECT COUNT(*) FROM readings WHERE meter = ? AND quantity = ? "
-                                                   "AND ts < ?", params).fetchone()[0]
-                    else:
+        reader = sqlite3.connect(f"{(self.data_dir / READINGS_FILE).resolve().as_uri()}?mode=ro", uri=True,
+                                 timeout=30.0)
+        try:
+            walk = _PairWalk(reader, to_ms(before), keep_latest=keep_latest, whole=dry_run)
+            tally = _Tally(pause)
+            while not (stop is not None and stop.is_set()):
+                plan = walk.slice(rows, PRUNE_PAIRS)
+                if not plan:
+                    break
+                if dry_run:
+                    tally.rows += sum(n for *_, n in plan)
+                    continue
+                with self._lock, tally.transaction(conn, dry_run=False) as tx:
+                    for meter, quantity, upto, _ in plan:
                         tx.deleted += conn.execute("DELETE FROM readings WHERE meter = ? AND quantity = ? AND ts < ?",
-                                                   params).rowcount
-            if done:
-                break
-            tally.rest(stop)
+                                                   (meter, quantity, upto)).rowcount
+                tally.rest(stop)
+        finally:
+            reader.close()
         return tally.result()
 
     def count_readings(self) -> int:
@@ -624,6 +602,69 @@ class _Tx:
 
     def running(self) -> float:
         return _time.monotonic() - self.started
+
+
+class _PairWalk:
+    """The old rows of the readings table, one (meter, quantity) after another along the key: what
+    a prune transaction deletes next, found on a connection of its own (reads hold no lock in WAL
+    mode).  ``whole``: each pair's rows counted at once (a dry run, which deletes nothing, cannot
+    count a pair slice by slice)."""
+
+    def __init__(self, conn: sqlite3.Connection, cut: int, *, keep_latest: bool, whole: bool) -> None:
+        self.conn, self.cut, self.keep_latest, self.whole = conn, cut, keep_latest, whole
+        self.after: tuple[str, str] | None = None  # the last (meter, quantity) taken up
+        self.pair: tuple[str, str, int] | None = None  # the one in hand and its bound (ts < bound goes)
+
+    def slice(self, rows: int, pairs: int) -> list[tuple[str, str, int, int]]:
+        """(meter, quantity, ts bound, rows) to delete next: at most ``rows`` rows, ``pairs`` entries."""
+        plan: list[tuple[str, str, int, int]] = []
+        total = 0
+        while total < rows and len(plan) < pairs:
+            if self.pair is None and not self._next_pair():
+                break
+            assert self.pair is not None
+            meter, quantity, bound = self.pair
+            want = rows - total
+            key = (meter, quantity, bound)
+            if self.whole:
+                (n,) = self.conn.execute("SELECT COUNT(*) FROM readings WHERE meter = ? AND quantity = ? AND ts < ?",
+                                         key).fetchone()
+                upto, self.pair = bound, None
+            else:
+                (n,) = self.conn.execute("SELECT COUNT(*) FROM (SELECT 1 FROM readings WHERE meter = ? AND quantity = ? "
+                                         "AND ts < ? LIMIT ?)", (*key, want)).fetchone()
+                edge = None
+                if n == want:  # the slice is full: up to the first row past it
+                    edge = self.conn.execute("SELECT ts FROM readings WHERE meter = ? AND quantity = ? AND ts < ? "
+                                             "ORDER BY ts LIMIT 1 OFFSET ?", (*key, want)).fetchone()
+                if edge is None:
+                    upto, self.pair = bound, None
+                else:
+                    upto = edge[0]
+            if n:
+                plan.append((meter, quantity, upto, n))
+                total += n
+        return plan
+
+    def _next_pair(self) -> bool:
+        """Take up the next (meter, quantity) with rows before the cut; False at the end of the table."""
+        while True:
+            found = self.conn.execute(
+                "SELECT meter, quantity, ts FROM readings" + (" WHERE (meter, quantity) > (?, ?)" if self.after else "")
+                + " ORDER BY meter, quantity, ts LIMIT 1", self.after or ()).fetchone()
+            if found is None:
+                return False
+            meter, quantity, oldest = found
+            self.after = (meter, quantity)
+            if oldest >= self.cut:
+                continue  # nothing of this one is old
+            bound = self.cut
+            if self.keep_latest:
+                (newest,) = self.conn.execute("SELECT MAX(ts) FROM readings WHERE meter = ? AND quantity = ?",
+                                              (meter, quantity)).fetchone()
+                bound = min(bound, newest)
+            self.pair = (meter, quantity, bound)
+            return True
 
 
 class _Tally:
