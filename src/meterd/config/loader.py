@@ -68,7 +68,7 @@ MAX_RETRIES: Final = 10
 MAX_PREAMBLE: Final = 4  # DL/T 645-2007 clause 4.1: up to four FE bytes before a frame
 
 _TOP_KEYS: Final = ("secrets_file", "store", "channels", "meters", "polls", "listeners", "mqtt", "tasks", "prepaid", "topology",
-                     "analytics", "sync", "api", "plausibility", "cluster")
+                     "analytics", "sync", "api", "plausibility", "cluster", "site")
 _MQTT_KEYS: Final = ("host", "port", "client_id", "username", "password_env", "keepalive", "root", "request_ttl")
 _MQTT_LINK_KEYS: Final = ("terminal",)
 _INFLUX_KEYS: Final = ("url", "org", "bucket", "token_env", "spool_dir", "timeout", "batch")
@@ -228,6 +228,9 @@ def parse_config(
     from meterd.config.cluster import parse_cluster
 
     cluster = None if store is None else parse_cluster(check, data.get("cluster"), postgres=store.database is not None)
+    from meterd.config.site import SiteConfig, parse_site
+
+    site = parse_site(check, data.get("site"))
 
     if check.problems:
         raise ConfigError(check.problems)
@@ -246,6 +249,7 @@ def parse_config(
         sync=sync,
         api=api,
         cluster=cluster,
+        site=site or SiteConfig(),
     )
 
 

@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from meterd.config.site import SiteConfig
 from meterd.plausibility import DEFAULT_RATING, Rating
 from meterd.protocols.modbus.schema import RegisterMap
 from meterd.protocols.terminal.dtu import DtuFormat
@@ -223,6 +224,7 @@ class Config:
     sync: Any = None  # meterd.config.analytics.SyncConfig: billing-system jobs
     api: ApiConfig | None = None  # the HTTP API the daemon serves
     cluster: Any = None  # meterd.config.cluster.ClusterConfig: this process as one of several collector nodes
+    site: SiteConfig = field(default_factory=SiteConfig)  # [site]: the site's time zone (meterd.clock)
 
     def channel(self, name: str) -> ChannelConfig:
         """The channel called ``name``; KeyError if there is none."""
