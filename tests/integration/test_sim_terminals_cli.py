@@ -130,6 +130,29 @@ def test_dtus_and_mqtt_terminals_feed_meterd_run(tmp_path, broker, meterd_bin, r
 
 
 @needs_broker
+def test_mac_registering_dtus_write_a_config_meterd_run_collects_from(tmp_path, meterd_bin, run_meterd):
+    # issue 17: USR serial servers register with their six-byte MAC (the usr-mac preset)
+    dtu_port = free_port()
+    sim = start_simulator(meterd_bin, tmp_path, "--dtus", "2", "--meters-per-terminal", "2", "--dtu-format", "usr-mac",
+                          "--dtu-connect", f"127.0.0.1:{dtu_port}", "--write-config", "site.toml",
+                          "--poll-interval", "2", "--json", "--duration", "120")
+    try:
+        doc = json.loads(first_line(sim))
+        assert doc["dtus"]["format"] == "usr-mac"
+        assert list(doc["dtus"]["terminals"]) == ["02:00:00:00:00:01", "02:00:00:00:00:02"]
+        config = load_config(tmp_path / "site.toml")
+        assert [lc.formats for lc in config.listeners] == [("usr-mac",)]
+        links = {c.name: c.link for c in config.channels}
+        assert links["dtu-020000000002"] == DtuLink("gprs", "02:00:00:00:00:02", links["dtu-020000000002"].connect_wait)
+        run = run_meterd("run", "-c", "site.toml", "--duration", "4", timeout=40)
+        assert run.returncode == 0, run.stderr
+        got = readings(run_meterd, "000000000004")  # behind the second DTU
+        assert {r["quantity"] for r in got} == {"energy.active.import.total", "voltage.a"}, got
+    finally:
+        code, err = stop(sim)
+    assert code == 0, err
+
+
 def test_modbus_dtus_and_dlt645_1997_terminals_from_a_fleet_file(tmp_path, broker, meterd_bin, run_meterd):
     """Also: MQTT terminals spread over helper processes (paho's select() limits one process)."""
     dtu_port = free_port()

@@ -15,7 +15,7 @@ processes and stopped by :mod:`meterd.simulators.shard`, this module being the a
 
 * ``--dtus N``: GPRS/4G DTUs ``DTU00000001``... that dial *in* to the master's DTU listener at
   ``--dtu-connect HOST:PORT`` (default 127.0.0.1:9000), register in ``--dtu-format``
-  (``usr-ascii`` or ``hex-frame``) and heart-beat every ``--dtu-heartbeat`` seconds; behind each,
+  (``usr-ascii``, ``usr-mac`` or ``hex-frame``) and heart-beat every ``--dtu-heartbeat`` seconds; behind each,
   ``--meters-per-terminal`` meters speaking ``--dtu-protocol`` (``dlt645``: DL/T 645-2007, or
   ``modbus``: RTU, unit ids 1..M, register map ``--modbus-model``).  Meter addresses run on from
   ``--first-address`` (after the bus meters, if buses run too).  A DTU that cannot reach the
@@ -31,7 +31,7 @@ processes and stopped by :mod:`meterd.simulators.shard`, this module being the a
       [dtus]
       count = 500
       meters = 10
-      format = "usr-ascii"   # or "hex-frame"
+      format = "usr-ascii"   # or "usr-mac", "hex-frame"
       protocol = "dlt645"    # or "modbus"
       host = "127.0.0.1"     # where the master's DTU listener is
       port = 9000
@@ -120,7 +120,7 @@ from meterd.simulators.shard import (
 
 log = logging.getLogger(__name__)
 
-DTU_FORMATS: Final = ("usr-ascii", "hex-frame")
+DTU_FORMATS: Final = ("usr-ascii", "usr-mac", "hex-frame")
 DTU_PROTOCOLS: Final = ("dlt645", "modbus")
 MQTT_PROTOCOLS: Final = ("dlt645-2007", "dlt645-1997", "modbus")
 MAX_TERMINAL_METERS: Final = 247  # Modbus unit ids; the MQTT fleet's limit for every protocol
@@ -707,6 +707,11 @@ def _terminal_lines(terms: TerminalSpec, site: SiteSpec, meters: int) -> list[st
     return lines
 
 
+def _channel_name(terminal_id: str) -> str:
+    """A terminal's channel name: its id, or for a MAC ``dtu-020000000001`` (a bare TOML key)."""
+    return f"dtu-{terminal_id.replace(':', '')}" if ":" in terminal_id else terminal_id
+
+
 def _terminal_channels(terms: TerminalSpec) -> list[str]:
     """A channel per terminal, then the meters behind them."""
     lines: list[str] = []
@@ -715,7 +720,7 @@ def _terminal_channels(terms: TerminalSpec) -> list[str]:
     connect_wait = max(3.0, 3 * terms.dtu_reconnect, 0.01 * terms.dtus)
     dtus, mqtts = terms.dtu_fleet(), terms.mqtt_fleet()
     for tid in dtus:
-        lines += [f"[channels.{tid}]",
+        lines += [f"[channels.{_channel_name(tid)}]",
                   f'dtu = {{ listener = "gprs", terminal = {_toml_str(tid)}, connect_wait = {_duration(connect_wait)} }}',
                   'response_timeout = "3s"', ""]
     for tid in mqtts:
@@ -724,7 +729,7 @@ def _terminal_channels(terms: TerminalSpec) -> list[str]:
     def meters(fleet: dict[str, list[str]], group: str, protocol: str, model: str) -> None:
         for tid, addresses in fleet.items():
             for unit, address in enumerate(addresses, 1):
-                lines.extend(["[[meters]]", f'address = "{address}"', f"channel = {_toml_str(tid)}",
+                lines.extend(["[[meters]]", f'address = "{address}"', f"channel = {_toml_str(_channel_name(tid))}",
                               f'group = "{group}"'])
                 if protocol != "dlt645-2007":
                     lines.append(f'protocol = "{protocol}"')

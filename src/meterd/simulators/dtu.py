@@ -101,6 +101,11 @@ def _aa55(ptype: int, terminal_id: str) -> bytes:
     return b"\xaa\x55" + body + bytes([sum(body) % 256])
 
 
+def mac_id(n: int) -> str:
+    """The ``n``-th simulated MAC DTU's id: the locally administered ``02:00:nn:nn:nn:nn``."""
+    return f"02:00:{n >> 24 & 255:02x}:{n >> 16 & 255:02x}:{n >> 8 & 255:02x}:{n & 255:02x}"
+
+
 def _mac(terminal_id: str) -> bytes:
     digits = terminal_id.replace(":", "").replace("-", "")
     raw = bytes.fromhex(digits) if len(digits) == 12 else b""
@@ -575,8 +580,7 @@ async def run_dtu_fleet(
     fleet = DtuFleet([], clock, protocol)
     for d in range(n_dtus):
         n = first_id + d
-        tid = (f"02:00:{n >> 24 & 255:02x}:{n >> 16 & 255:02x}:{n >> 8 & 255:02x}:{n & 255:02x}"
-               if fmt == "usr-mac" else f"{id_prefix}{n:08d}")
+        tid = mac_id(n) if fmt == "usr-mac" else f"{id_prefix}{n:08d}"
         addresses = [f"{first + d * meters_per_dtu + i:012d}" for i in range(meters_per_dtu)]
         models = [MeterModel(a, start=clock.start, seed=seed * 1_000_003 + d * meters_per_dtu + i)
                   for i, a in enumerate(addresses)]

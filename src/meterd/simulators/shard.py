@@ -84,6 +84,11 @@ class TerminalSpec:
     turnaround: float = 0.0  # seconds, DTU replies
 
     def dtu_ids(self) -> list[str]:
+        """The DTUs' terminal ids as :func:`~meterd.simulators.dtu.run_dtu_fleet` gives them."""
+        if self.dtu_format == "usr-mac":
+            from meterd.simulators.dtu import mac_id
+
+            return [mac_id(i) for i in range(1, self.dtus + 1)]
         return [f"{DTU_ID_PREFIX}{i:08d}" for i in range(1, self.dtus + 1)]
 
     def dtu_fleet(self) -> dict[str, list[str]]:
