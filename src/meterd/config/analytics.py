@@ -53,14 +53,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from meterd.checking import show
+from meterd.config.keys import keys
 from meterd.readings import address_key
 
-_UNIT_KEYS: Final = ("name", "kind", "parent", "loss_threshold", "jump_threshold")
-_POINT_KEYS: Final = ("meter", "unit", "role", "multiplier", "industry", "groups")
-_ANALYTICS_KEYS: Final = ("loss_threshold", "jump_threshold", "check_every", "voltage_nominal", "voltage_low_pct",
-                          "voltage_high_pct", "imbalance_pct", "no_data_after", "clock_drift",
-                          "outage_silent_after", "outage_min_share", "outage_min_meters", "generators")
-_JOB_KEYS: Final = ("name", "kind", "folder", "url", "token_env", "schedule", "format", "encoding", "chunk")
+_UNIT_KEYS: Final = keys("topology.units[]")
+_POINT_KEYS: Final = keys("topology.points[]")
+_ANALYTICS_KEYS: Final = keys("analytics")
+_JOB_KEYS: Final = keys("sync.jobs[]")
 _UNIT_KINDS: Final = ("area", "line", "group")
 _ROLES: Final = ("supply", "sales", "auxiliary")
 _JOB_KINDS: Final = ("import_payments", "import_accounts", "export_readings", "export_balances")
@@ -109,7 +108,7 @@ def parse_analytics(check: Any, topology_raw: Any, analytics_raw: Any, *, meters
     default_loss = _number(check, "analytics.loss_threshold", analytics.get("loss_threshold", "10"), low=Decimal(0))
     default_jump = _number(check, "analytics.jump_threshold", analytics.get("jump_threshold", "5"), low=Decimal(0))
     topology = check.table("topology", topology_raw if topology_raw is not None else {}) or {}
-    check.known_keys("topology", topology, ("units", "points"))
+    check.known_keys("topology", topology, keys("topology"))
     units: dict[str, Any] = {}
     for index, table in check.array_of_tables("topology.units", topology.get("units", [])):
         path = f"topology.units[{index}]"
@@ -204,7 +203,7 @@ def parse_sync(check: Any, raw: Any, *, base_dir: Path | None, secret_env: Any) 
     table = check.table("sync", raw)
     if table is None:
         return None
-    check.known_keys("sync", table, ("jobs",))
+    check.known_keys("sync", table, keys("sync"))
     before = len(check.problems)
     jobs = []
     names: set[str] = set()

@@ -21,10 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
+from meterd.config.keys import keys
+
 DEFAULT_LEASE_TIME: Final = 15.0
 DEFAULT_HEARTBEAT: Final = 3.0
 MAX_NODE_NAME: Final = 120
-_KEYS: Final = ("node", "lease_time", "heartbeat", "slack", "enabled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,7 @@ def parse_cluster(check: Any, raw: Any, *, postgres: bool) -> ClusterConfig | No
     table = check.table("cluster", raw)
     if table is None:
         return None
-    check.known_keys("cluster", table, _KEYS)
+    check.known_keys("cluster", table, keys("cluster"))
     enabled = table.get("enabled", True)  # a [cluster] section means nodes, unless it says otherwise
     if not isinstance(enabled, bool):
         check.problem("cluster.enabled", f"must be true or false, got {enabled!r}")

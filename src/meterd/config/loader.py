@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from meterd.checking import Checker, hint, show
 from meterd.config.durations import DURATION_FORMS, parse_duration
+from meterd.config.keys import ROOT, keys
 from meterd.config.model import (
     KEEP_ATTEMPTS,
     KEEP_READINGS,
@@ -58,7 +59,7 @@ from meterd.protocols.dlt645.messages import parse_di
 from meterd.protocols.drivers import get_driver
 from meterd.protocols.modbus.registermap import builtin_maps, get_map, load_map
 from meterd.protocols.modbus.schema import RegisterMap
-from meterd.protocols.terminal.dtu import CONFIG_KEYS, PRESETS, DtuFormat, get_format
+from meterd.protocols.terminal.dtu import PRESETS, DtuFormat, get_format
 from meterd.storage.database import Database, is_postgres_url, redact
 
 BAUD_RATES: Final = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
@@ -67,42 +68,29 @@ STOPBITS: Final = (1, 2)
 MAX_RETRIES: Final = 10
 MAX_PREAMBLE: Final = 4  # DL/T 645-2007 clause 4.1: up to four FE bytes before a frame
 
-_TOP_KEYS: Final = ("secrets_file", "store", "channels", "meters", "polls", "listeners", "mqtt", "tasks", "prepaid", "topology",
-                     "analytics", "sync", "api", "plausibility", "cluster", "site")
-_MQTT_KEYS: Final = ("host", "port", "client_id", "username", "password_env", "keepalive", "root", "request_ttl")
-_MQTT_LINK_KEYS: Final = ("terminal",)
-_INFLUX_KEYS: Final = ("url", "org", "bucket", "token_env", "spool_dir", "timeout", "batch")
-_TASK_KEYS: Final = ("name", "kind", "groups", "quantities", "items", "items_1997", "every", "cron", "jitter",
-                     "misfire_grace", "curve_points", "curve_interval", "day", "time", "tasks", "lookback_days",
-                     "max_points", "settle")
+# The keys each section accepts: meterd.config.keys, the table docs/config.md is rendered from.
+_TOP_KEYS: Final = keys(ROOT)
+_MQTT_KEYS: Final = keys("mqtt")
+_MQTT_LINK_KEYS: Final = keys("channels.*.mqtt")
+_INFLUX_KEYS: Final = keys("store.influxdb")
+_TASK_KEYS: Final = keys("tasks[]")
 _TASK_DURATIONS: Final = ("every", "jitter", "misfire_grace", "settle")
-_LISTENER_KEYS: Final = ("host", "port", "formats", "heartbeat_timeout", "registration_timeout")
-_DTU_KEYS: Final = ("listener", "terminal", "connect_wait")
-_STORE_KEYS: Final = ("data_dir", "batch_size", "flush_interval", "influxdb", "database", "password_env", "pool_size",
-                       "keep_readings", "keep_attempts", "prune_at")
+_LISTENER_KEYS: Final = keys("listeners.*")
+_DTU_FORMAT_KEYS: Final = keys("listeners.*.formats[]")
+_DTU_KEYS: Final = keys("channels.*.dtu")
+_STORE_KEYS: Final = keys("store")
 MAX_POOL_SIZE: Final = 1000  # connections per process; PostgreSQL's own max_connections is usually 100
-_CHANNEL_KEYS: Final = (
-    "serial",
-    "tcp",
-    "dtu",
-    "mqtt",
-    "connect_timeout",
-    "response_timeout",
-    "inter_byte_timeout",
-    "retries",
-    "preamble",
-    "turnaround",
-    "framing",
-)
-_SERIAL_KEYS: Final = ("device", "baud", "bytesize", "parity", "stopbits")
-_TCP_KEYS: Final = ("host", "port")
-_RATING_KEYS: Final = ("rated_current", "rated_voltage", "phases")
-_METER_KEYS: Final = ("address", "channel", "protocol", "ct", "pt", "name", "group", "unit", "model", *_RATING_KEYS)
-_PLAUSIBILITY_KEYS: Final = (*_RATING_KEYS, "overload", "models")
+_CHANNEL_KEYS: Final = keys("channels.*")
+_SERIAL_KEYS: Final = keys("channels.*.serial")
+_TCP_KEYS: Final = keys("channels.*.tcp")
+_RATING_KEYS: Final = keys("plausibility.models.*")
+_METER_KEYS: Final = keys("meters[]")
+_PLAUSIBILITY_KEYS: Final = keys("plausibility")
 MAX_RATIO: Final = Decimal(1_000_000)  # CT x PT of the largest HV metering point is ~10^6 (500 kV/100 V x 2000/1 A)
 MAX_RATED_CURRENT: Final = Decimal(1_000_000)  # A (a simulated meter at 3600x speed needs 540,000)
 MAX_RATED_VOLTAGE: Final = Decimal(1_000_000)  # V
-_POLL_KEYS: Final = ("name", "interval", "groups", "items", "items_1997", "quantities")
+_POLL_KEYS: Final = keys("polls[]")
+_API_KEYS: Final = keys("api")
 
 # Bounds on what a config file may be, checked before any of it is used.  A district's config with
 # 100,000 meters is ~7 MiB; no real config nests more than a handful of levels
@@ -383,7 +371,7 @@ def _api(check: _Checker, raw: Any) -> ApiConfig | None:
     table = check.table("api", raw)
     if table is None:
         return None
-    check.known_keys("api", table, ("host", "port", "header_timeout", "keep_alive_timeout", "max_connections"))
+    check.known_keys("api", table, _API_KEYS)
     host = check.string("api.host", table.get("host", "127.0.0.1"))
     port = check.integer("api.port", table.get("port", 8080), low=1, high=65535)
     header_timeout = check.duration("api.header_timeout", table.get("header_timeout", 10.0))
@@ -651,7 +639,7 @@ def _dtu_formats(check: _Checker, path: str, raw: Any) -> list[str | DtuFormat] 
             fmt, problems = DtuFormat.from_config(fname, fields)
             for key, message in problems:
                 if message == "unknown key":
-                    message += hint(key, (*CONFIG_KEYS, "name"))
+                    message += hint(key, _DTU_FORMAT_KEYS)
                 check.problem(f"{where}.{key}" if key else where, message)
             if fmt is None:
                 good = False
@@ -933,10 +921,14 @@ def _polls(
     check: _Checker, raw: Any, meters: list[tuple[dict[str, Any], MeterConfig | None]]
 ) -> list[PollConfig | None]:
     known_groups = set()
+    known_addresses = set()
     for table, _ in meters:
         group = table.get("group", "default")
         if isinstance(group, str):
             known_groups.add(group)
+        address = _address_or_none(table.get("address"))
+        if address is not None:
+            known_addresses.add(address)
     names: dict[str, int] = {}
     result: list[PollConfig | None] = []
     for index, table in check.array_of_tables("polls", raw):
@@ -952,6 +944,7 @@ def _polls(
             interval = check.duration(f"{path}.interval", table["interval"])
 
         groups = check.string_list(f"{path}.groups", table.get("groups", []))
+        listed = _poll_meters(check, f"{path}.meters", table.get("meters", []), known_addresses)
         if groups is not None:
             unknown = [g for g in groups if g not in known_groups]
             for group in unknown:
@@ -960,7 +953,7 @@ def _polls(
                     f"no meter is in group {show(group)}{hint(group, known_groups)}",
                 )
             selected = [t for t, _ in meters if not groups or t.get("group", "default") in groups]
-            if not unknown and not selected:
+            if not unknown and not selected and not listed:
                 check.problem(path, "selects no meters")
 
         items: tuple[int, ...] | None = ()
@@ -976,12 +969,13 @@ def _polls(
         if "quantities" in table:
             quantities = _poll_quantities(check, f"{path}.quantities", table["quantities"])
 
-        if name is None or interval is None or groups is None or None in (items, items_1997, quantities):
+        if (name is None or interval is None or groups is None or listed is None
+                or None in (items, items_1997, quantities)):
             result.append(None)
         else:
             assert items is not None and items_1997 is not None and quantities is not None
             poll = PollConfig(name=name, interval=interval, groups=tuple(groups), items=items,
-                              items_1997=items_1997, quantities=quantities)
+                              items_1997=items_1997, quantities=quantities, meters=listed)
             _poll_reaches(check, path, poll, meters)
             result.append(poll)
     return result
@@ -992,7 +986,7 @@ def _poll_reaches(
 ) -> None:
     """Every meter the poll selects can be asked for what the poll wants, in its own protocol."""
     for index, (_, meter) in enumerate(meters):
-        if meter is None or (poll.groups and meter.group not in poll.groups):
+        if meter is None or not poll.selects(meter):
             continue
         driver = get_driver(meter.protocol)
         who = f"meters[{index}] ({meter.address}, {driver.describe_meter(meter.regmap)})"
@@ -1001,6 +995,40 @@ def _poll_reaches(
             check.problem(f"{path}.quantities", f"{who} has no {driver.missing_noun} for {', '.join(missing)}")
         elif reads is None or not driver.item_labels(reads):
             check.problem(path, f"reads nothing from {who}: {driver.nothing_to_read()}")
+
+
+def _address_or_none(raw: Any) -> str | None:
+    """A meter address as the loader normalises it (``"1"`` -> ``000000000001``), or None for
+    anything that is not one (the meter's own check says why)."""
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)) or not str(raw).strip().isdigit():
+        return None
+    try:
+        return normalize_address(str(raw).strip())
+    except ProtocolError:
+        return None
+
+
+def _poll_meters(check: _Checker, path: str, raw: Any, known: set[str]) -> tuple[str, ...] | None:
+    """A poll's ``meters``: addresses of configured meters, short forms allowed (``"1"``)."""
+    if not isinstance(raw, list):
+        check.problem(path, f'must be a list of meter addresses such as ["000000000001", "2"], got {show(raw)}')
+        return None
+    out: list[str] = []
+    ok = True
+    for i, entry in enumerate(raw):
+        address = _address_or_none(entry)
+        if address is None or address == BROADCAST:
+            check.problem(f"{path}[{i}]", f"must be a meter address of 1 to 12 decimal digits, got {show(entry)}")
+            ok = False
+        elif address not in known:
+            check.problem(f"{path}[{i}]", f"no meter {address} in [[meters]]")
+            ok = False
+        elif address in out:
+            check.problem(f"{path}[{i}]", f"meter {address} is listed twice")
+            ok = False
+        else:
+            out.append(address)
+    return tuple(out) if ok else None
 
 
 def _poll_quantities(check: _Checker, path: str, raw: Any) -> tuple[str, ...] | None:

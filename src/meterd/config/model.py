@@ -155,12 +155,21 @@ class MeterConfig:
 
 @dataclass(frozen=True, slots=True)
 class PollConfig:
+    """A routine read: the meters of ``groups`` and the addresses in ``meters`` (both empty: every
+    meter), asked for ``quantities`` and the identifiers of ``items`` / ``items_1997``."""
+
     name: str
     interval: float
-    groups: tuple[str, ...]  # empty: every meter
+    groups: tuple[str, ...]  # empty (and no meters): every meter
     items: tuple[int, ...] = ()  # DL/T 645-2007 data identifiers (2007 meters)
     items_1997: tuple[int, ...] = ()  # DL/T 645-1997 data identifiers (1997 meters)
     quantities: tuple[str, ...] = ()  # canonical quantities: every protocol, see meterd.protocols.readspec
+    meters: tuple[str, ...] = ()  # 12-digit addresses read besides the groups' meters
+
+    def selects(self, meter: MeterConfig) -> bool:
+        if not self.groups and not self.meters:
+            return True
+        return meter.group in self.groups or meter.address in self.meters
 
 
 #: Retention defaults: raw readings 400 days (a billing dispute or a line-loss question about the
@@ -237,7 +246,6 @@ class Config:
         return tuple(m for m in self.meters if m.channel == channel_name)
 
     def meters_for(self, poll: PollConfig) -> tuple[MeterConfig, ...]:
-        """The meters a poll reads: those in its groups, or all meters if it names none."""
-        if not poll.groups:
-            return self.meters
-        return tuple(m for m in self.meters if m.group in poll.groups)
+        """The meters a poll reads: those in its groups and those it lists, or all meters if it
+        names neither."""
+        return tuple(m for m in self.meters if poll.selects(m))

@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from meterd.checking import show
+from meterd.config.keys import keys
 from meterd.control.amounts import DEFAULT_LIMIT, DEFAULT_LIMITS, ENTRY_LIMIT, AmountError, AmountLimits, parse_amount
 from meterd.control.engine import PrepaidSettings
 from meterd.control.limits import PowerLimit, PowerWindow
@@ -77,20 +78,17 @@ from meterd.control.tariff import Tariff, TariffKind, TariffVersion, Tier, TierP
 from meterd.errors import LedgerError
 from meterd.readings import address_key
 
-_KEYS: Final = ("dry_run", "check_every", "command_ttl", "retry_every", "valid_for", "settle", "manual_hold",
-                "trip_notice",
-                "reclose", "quiet_hours", "no_trip_weekends", "holidays", "workdays", "max_trips_per_area_hour",
-                "password_env", "operator_env", "thresholds", "tariffs", "accounts", "power_limits", "notify",
-                "max_payment", "max_adjustment")
-_THRESHOLD_KEYS: Final = ("reminder", "alarm", "trip", "reclose")
+_KEYS: Final = keys("prepaid")
+_THRESHOLD_KEYS: Final = keys("prepaid.thresholds")
 _DEFAULT_THRESHOLDS: Final = {"reminder": "50", "alarm": "20", "trip": "0", "reclose": "10"}
-_TARIFF_KEYS: Final = ("name", "versions")
-_VERSION_KEYS: Final = ("effective", "kind", "price", "rates", "tou_source", "schedule", "tiers", "tier_period",
-                        "fixed_monthly")
-_ACCOUNT_KEYS: Final = ("account", "customer", "area", "tariff", "meters", "protected", "thresholds",
-                         "opening_balance")
-_LIMIT_KEYS: Final = ("meter", "account", "limit_kw", "hold", "action", "windows")
-_NOTIFY_KEYS: Final = ("kind", "path", "url", "template", "kinds", "headers", "timeout")
+_TARIFF_KEYS: Final = keys("prepaid.tariffs[]")
+_VERSION_KEYS: Final = keys("prepaid.tariffs[].versions[]")
+_PERIOD_KEYS: Final = keys("prepaid.tariffs[].versions[].schedule[]")
+_TIER_KEYS: Final = keys("prepaid.tariffs[].versions[].tiers[]")
+_ACCOUNT_KEYS: Final = keys("prepaid.accounts[]")
+_LIMIT_KEYS: Final = keys("prepaid.power_limits[]")
+_WINDOW_KEYS: Final = keys("prepaid.power_limits[].windows[]")
+_NOTIFY_KEYS: Final = keys("prepaid.notify[]")
 _RATE_NAMES: Final = {r.value: r for r in TOU_RATES}
 _HHMM: Final = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
@@ -381,6 +379,7 @@ def _version(check: Any, path: str, table: dict[str, Any]) -> TariffVersion | No
     if "schedule" in table:
         periods = []
         for i, entry in check.array_of_tables(f"{path}.schedule", table["schedule"]):
+            check.known_keys(f"{path}.schedule[{i}]", entry, _PERIOD_KEYS)
             start = _time(check, f"{path}.schedule[{i}].start", entry.get("start"))
             rate = _RATE_NAMES.get(entry.get("rate"))
             if rate is None:
@@ -392,6 +391,7 @@ def _version(check: Any, path: str, table: dict[str, Any]) -> TariffVersion | No
     if "tiers" in table:
         tiers = []
         for i, entry in check.array_of_tables(f"{path}.tiers", table["tiers"]):
+            check.known_keys(f"{path}.tiers[{i}]", entry, _TIER_KEYS)
             upto = _money(check, f"{path}.tiers[{i}].upto", entry["upto"], positive=True) if "upto" in entry else None
             price = _money(check, f"{path}.tiers[{i}].price", entry.get("price"), positive=True)
             if price is not None:
@@ -481,6 +481,7 @@ def _limits(check: Any, raw: Any, meters: dict[str, Decimal], accounts: list[Acc
             check.problem(f"{path}.action", f'must be "trip" or "alarm", got {show(table.get("action"))}')
         windows = []
         for i, entry in check.array_of_tables(f"{path}.windows", table.get("windows", [])):
+            check.known_keys(f"{path}.windows[{i}]", entry, _WINDOW_KEYS)
             start = _time(check, f"{path}.windows[{i}].start", entry.get("start"))
             end = _time(check, f"{path}.windows[{i}].end", entry.get("end"))
             kw = _money(check, f"{path}.windows[{i}].limit_kw", entry.get("limit_kw"), positive=True)

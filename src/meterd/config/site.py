@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import tzinfo
-from typing import Any, Final
+from typing import Any
 
 from meterd.checking import hint, show
 from meterd.clock import CST, DEFAULT_TIMEZONE, zone_named
-
-_KEYS: Final = ("timezone",)
+from meterd.config.keys import keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +38,7 @@ def parse_site(check: Any, raw: Any) -> SiteConfig | None:
     table = check.table("site", raw)
     if table is None:
         return None
-    check.known_keys("site", table, _KEYS)
+    check.known_keys("site", table, keys("site"))
     name = table.get("timezone", DEFAULT_TIMEZONE)
     if not isinstance(name, str):
         check.problem("site.timezone", f"must be an IANA time zone name such as \"Asia/Shanghai\", got {show(name)}")

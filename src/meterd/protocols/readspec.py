@@ -9,8 +9,11 @@ needs.
 * DL/T 645-2007 / -1997: for each quantity, the identifier that carries it with the fewest other
   values (``00010000`` for the active import total rather than the ``0001FF00`` block), found by
   searching the catalogue's current-value identifiers once (:func:`dlt645_index`,
-  :func:`dlt645_1997_index`).  Identifiers wanted for several quantities are read once.  Frozen,
-  settlement and curve identifiers are never chosen: a quantity name means the present value.
+  :func:`dlt645_1997_index`).  Identifiers wanted for several quantities are read once.  A quantity
+  name means the present value -- settlement and curve identifiers are never chosen -- except the
+  2007 freezes, whose names say so: ``frozen.daily.energy.<kind>.<rate>`` and ``frozen.daily.time``
+  are read from the last daily freeze (``0506KK01``), ``frozen.hourly.energy.active.import|export.total``
+  and ``frozen.hourly.time`` from the last hourly freeze (``0504KK01``), stamped with the freeze time.
 * Modbus: the meter's register map and :func:`~meterd.protocols.modbus.compile_plan`.
 
 Readings from identifiers chosen for quantities are filtered to the quantities asked for
@@ -70,6 +73,20 @@ def _candidates_2007() -> Iterable[tuple[int, tuple[str, ...]]]:
         yield di, quantities
 
 
+# The last freeze (NN = 01) of each kind DL/T 645-2007 appendix A defines: daily 05 06 KK 01 (KK 00: the
+# freeze time, 01..08 the energy kinds), hourly 05 04 KK 01 (00 time, 01/02 forward/reverse active).
+_LAST_FREEZES: Final = (*(0x05060001 | (kk << 8) for kk in range(9)), *(0x05040001 | (kk << 8) for kk in range(3)))
+
+
+_RATES_NAMED: Final = 14  # rate1..rate14, as for the present values (RR 01..0E above)
+
+
+def _frozen_2007() -> Iterable[tuple[int, tuple[str, ...]]]:
+    for di in _LAST_FREEZES:
+        yield di, tuple(q for q in catalogue.lookup(di).quantities
+                        if not (".rate" in q and int(q.rpartition(".rate")[2]) > _RATES_NAMED))
+
+
 def _candidates_1997() -> Iterable[tuple[int, tuple[str, ...]]]:
     for di in (*range(0x9000, 0x9200), *range(0xA000, 0xA200), *range(0xB000, 0xB700), *range(0xC000, 0xC100)):
         if (di >> 8) & 0x0F not in (0, 1) and di < 0xB600:
@@ -84,8 +101,9 @@ def _candidates_1997() -> Iterable[tuple[int, tuple[str, ...]]]:
 
 @lru_cache(maxsize=1)
 def dlt645_index() -> Mapping[str, int]:
-    """Quantity -> the DL/T 645-2007 identifier that reads its present value most cheaply."""
-    return _best(_candidates_2007())
+    """Quantity -> the DL/T 645-2007 identifier that reads its present value most cheaply (a
+    ``frozen.*`` quantity: its value at the last freeze)."""
+    return _best((*_candidates_2007(), *_frozen_2007()))
 
 
 @lru_cache(maxsize=1)
