@@ -97,6 +97,7 @@ from meterd.storage.database import WRITE_LOCK, Database, translate
 from meterd.storage.sqlite import (
     _ROW_KEY,
     OUTCOMES,
+    PRUNE_ATTEMPT_ROWS,
     PRUNE_PAUSE,
     PRUNE_ROWS,
     UPSERT_METERS,
@@ -597,7 +598,7 @@ class PostgresStore:
                 for row in rows:
                     copy.write_row(row)
 
-    def prune_attempts(self, before: datetime, *, dry_run: bool = False, rows: int = PRUNE_ROWS,
+    def prune_attempts(self, before: datetime, *, dry_run: bool = False, rows: int = PRUNE_ATTEMPT_ROWS,
                        pause: float = PRUNE_PAUSE, stop: threading.Event | None = None) -> Pruned:
         """Retention: delete the attempts stamped before ``before``, oldest first, ``rows`` per
         statement (each its own transaction), pausing between as the SQLite store does.  The newest
