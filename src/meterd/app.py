@@ -109,7 +109,7 @@ def build_node(
 
         node.analytics = AnalyticsRuntime(
             config.analytics, meters=[m.address for m in config.meters], where=where, clock=clock,
-            accounts_of=node.prepaid.meter_accounts if node.prepaid is not None else None)
+            accounts_of=node.prepaid.meter_accounts if node.prepaid is not None else None, zone=config.site.zone)
         if cluster is None:
             collector.subscribe(node.analytics.observe)
             collector.add_service(node.analytics.run)
@@ -144,7 +144,8 @@ def _retention(config: Config, store: SqliteStore | PostgresStore, collector: Da
     """The background prune of ``[store] keep_readings`` / ``keep_attempts`` (meterd.storage.retention)."""
     from meterd.storage.retention import Policy, RetentionJob
 
-    policy = Policy.from_seconds(config.store.keep_readings, config.store.keep_attempts, config.store.prune_at)
+    policy = Policy.from_seconds(config.store.keep_readings, config.store.keep_attempts, config.store.prune_at,
+                                 config.site.zone)
     return RetentionJob(store, policy, clock=clock, fold=collector.quality.update)
 
 

@@ -462,7 +462,7 @@ def test_cli_table(sqlite_quality, tmp_path, capsys):
     assert quality_cli.run(args, clock=lambda: AFTER) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].startswith("collection quality 2025-03-04 (China Standard Time, 00:00-24:00)")
+    assert lines[0].startswith("collection quality 2025-03-04 (Asia/Shanghai +08:00, 00:00-24:00)")
     header = lines[1].split()
     assert header == ["AREA", "CHANNEL", "METER", "ATTEMPTS", "OK", "TIMEOUT", "GARBLED", "ABNORMAL",
                       "SUCCESS%", "DATA%", "ONLINE%", "NO-DATA"]
@@ -508,7 +508,7 @@ def test_cli_defaults_to_today_in_cst(sqlite_quality, tmp_path, capsys):
     # 2025-03-04 20:00 UTC is already 2025-03-05 04:00 in China
     assert quality_cli.run(args, clock=lambda: datetime(2025, 3, 4, 20, 0, tzinfo=UTC)) == 0
     out = capsys.readouterr().out
-    assert out.startswith("collection quality 2025-03-05 (China Standard Time, 00:00-04:00)")
+    assert out.startswith("collection quality 2025-03-05 (Asia/Shanghai +08:00, 00:00-04:00)")
 
 
 def test_cli_bad_input(tmp_path, capsys):

@@ -28,11 +28,11 @@ from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Final
 
-from meterd.clock import CST
+from meterd.clock import CST, local_text
 from meterd.readings import Quality, Reading
 from meterd.storage.anomalies import EVIDENCE_PER_EVENT, AnomalyStore, Event, Finding, Kind, Severity
 
@@ -111,7 +111,7 @@ def _dec(r: Reading) -> Decimal:
     return r.value
 
 
-def _voltage(meter: str, series: dict[str, list[Reading]], limits: Limits) -> Finding | None:
+def _voltage(meter: str, series: dict[str, list[Reading]], limits: Limits, zone: tzinfo = CST) -> Finding | None:
     low = limits.voltage_nominal * (_HUNDRED + limits.voltage_low_pct) / _HUNDRED
     high = limits.voltage_nominal * (_HUNDRED + limits.voltage_high_pct) / _HUNDRED
     lost = limits.voltage_nominal / 2
@@ -129,7 +129,7 @@ def _voltage(meter: str, series: dict[str, list[Reading]], limits: Limits) -> Fi
         values = [_dec(r) for r in run]
         lo, hi = min(values), max(values)
         critical |= hi < lost
-        parts.append(f"phase {phase} {lo}..{hi} V since {run[0].timestamp.isoformat()}")
+        parts.append(f"phase {phase} {lo}..{hi} V since {local_text(run[0].timestamp, zone)}")
     return Finding(
         meter, Kind.VOLTAGE, Severity.CRITICAL if critical else Severity.WARNING,
         min(run[0].timestamp for run in runs.values()),
@@ -146,7 +146,7 @@ def _near(samples: Sequence[Reading], stamps: Sequence[datetime], at: datetime) 
     return best if best is not None and abs(best.timestamp - at) <= SAME_READ else None
 
 
-def _imbalance(meter: str, series: dict[str, list[Reading]], limits: Limits) -> Finding | None:
+def _imbalance(meter: str, series: dict[str, list[Reading]], limits: Limits, zone: tzinfo = CST) -> Finding | None:
     # Instants are phase a's samples; b and c are matched to them within SAME_READ, so phases read
     # one by one (DL/T 645-1997, single registers) line up as well as a block read does.
     b, c = series.get("current.b", []), series.get("current.c", [])
@@ -181,13 +181,13 @@ def _imbalance(meter: str, series: dict[str, list[Reading]], limits: Limits) -> 
     return Finding(
         meter, Kind.IMBALANCE, Severity.CRITICAL if dead else Severity.WARNING, run[0].timestamp,
         f"three-phase current imbalance {share.quantize(Decimal('0.1'))} % (limit {limits.imbalance_pct} %) "
-        f"since {run[0].timestamp.isoformat()}; latest {amps}" + ("; a phase carries no current" if dead else ""),
+        f"since {local_text(run[0].timestamp, zone)}; latest {amps}" + ("; a phase carries no current" if dead else ""),
         _evidence([*first, *last]),
     )
 
 
 def _no_data(meter: str, readings: Sequence[Reading], now: datetime, limits: Limits,
-             last_seen: datetime | None) -> Finding | None:
+             last_seen: datetime | None, zone: tzinfo = CST) -> Finding | None:
     newest = max(readings, key=lambda r: r.timestamp, default=None)  # estimated ones are gone already
     times = [t for t in (last_seen, newest.timestamp if newest else None) if t is not None]
     if not times:
@@ -199,11 +199,11 @@ def _no_data(meter: str, readings: Sequence[Reading], now: datetime, limits: Lim
     severity = Severity.CRITICAL if silent > 3 * limits.no_data_after else Severity.WARNING
     hours = Decimal(int(silent.total_seconds()) // 60) / 60
     return Finding(meter, Kind.NO_DATA, severity, last,
-                   f"no data for {hours.quantize(Decimal('0.1'))} h (since {last.isoformat()})",
+                   f"no data for {hours.quantize(Decimal('0.1'))} h (since {local_text(last, zone)})",
                    _evidence([newest]) if newest is not None else ())
 
 
-def _reverse(meter: str, series: dict[str, list[Reading]], limits: Limits) -> Finding | None:
+def _reverse(meter: str, series: dict[str, list[Reading]], limits: Limits, zone: tzinfo = CST) -> Finding | None:
     evidence: list[Reading] = []
     parts = []
     starts = []
@@ -219,7 +219,7 @@ def _reverse(meter: str, series: dict[str, list[Reading]], limits: Limits) -> Fi
     if _lasts(run, limits.reverse_min_duration):
         starts.append(run[0].timestamp)
         evidence += run
-        parts.append(f"active power negative since {run[0].timestamp.isoformat()} "
+        parts.append(f"active power negative since {local_text(run[0].timestamp, zone)} "
                      f"(latest {run[-1].value} kW)")
     if not parts:
         return None
@@ -243,7 +243,7 @@ def _clock(meter: str, series: dict[str, list[Reading]], limits: Limits) -> Find
                    f"meter clock {abs(drift)} {sign} (limit {limits.clock_drift})", _evidence([last]))
 
 
-def _relay_open_energy(meter: str, series: dict[str, list[Reading]], limits: Limits) -> Finding | None:
+def _relay_open_energy(meter: str, series: dict[str, list[Reading]], limits: Limits, zone: tzinfo = CST) -> Finding | None:
     # The relay holds its state until a read says otherwise (meterd reads it back after every
     # command), so energy counts from the first "open" of the trailing run to the newest sample.
     run = _trailing([r for r in series.get("relay.open", []) if isinstance(r.value, bool)],
@@ -258,7 +258,7 @@ def _relay_open_energy(meter: str, series: dict[str, list[Reading]], limits: Lim
     if moved < limits.relay_open_min_kwh:
         return None
     return Finding(meter, Kind.RELAY_OPEN_ENERGY, Severity.CRITICAL, since,
-                   f"{moved} kWh recorded while the relay is open (open since {since.isoformat()})",
+                   f"{moved} kWh recorded while the relay is open (open since {local_text(since, zone)})",
                    _evidence([run[0], energy[0], energy[-1]]))
 
 
@@ -273,6 +273,7 @@ def detect(
     *,
     last_seen: datetime | None = None,
     generator: bool = False,
+    zone: tzinfo = CST,
 ) -> list[Finding]:
     """The conditions that hold for ``meter`` at the end of ``readings``, one finding per kind.
 
@@ -280,7 +281,8 @@ def detect(
     the meter's last good reading known elsewhere (the window may be empty); a meter with no
     reading at all is reported as no data -- pass its commissioning time as ``last_seen`` to give a
     new meter its grace period.  ``generator`` marks a meter that may export (PV, storage): reverse
-    energy is then normal and not reported.
+    energy is then normal and not reported.  Times in the findings' texts are in ``zone`` (the
+    site's) with the offset.
     """
     mine = [r for r in readings if r.meter == meter]
     measured = sorted((r for r in mine if r.quality not in _NOT_MEASURED), key=lambda r: r.timestamp)
@@ -293,11 +295,11 @@ def detect(
                 r = replace(r, value=Decimal(r.value))
         series[r.quantity].append(r)
     found = [
-        _voltage(meter, series, limits),
-        _imbalance(meter, series, limits),
-        _no_data(meter, measured, now, limits, last_seen),
-        None if generator else _reverse(meter, series, limits),
+        _voltage(meter, series, limits, zone),
+        _imbalance(meter, series, limits, zone),
+        _no_data(meter, measured, now, limits, last_seen, zone),
+        None if generator else _reverse(meter, series, limits, zone),
         _clock(meter, series, limits),
-        _relay_open_energy(meter, series, limits),
+        _relay_open_energy(meter, series, limits, zone),
     ]
     return [f for f in found if f is not None]

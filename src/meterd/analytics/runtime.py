@@ -19,13 +19,14 @@ import asyncio
 import logging
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, TypeVar
 
 from meterd.analytics.anomalies import AnomalyStore, detect
 from meterd.analytics.energy import DailyRegisterStore, LossHistory
 from meterd.analytics.lineloss import line_loss_all
 from meterd.analytics.outages import OutageFinding, OutageStore, detect_outages
+from meterd.clock import CST, local_date, local_text
 from meterd.readings import Quality, Reading
 from meterd.storage.anomalies import DETECTED
 from meterd.storage.database import Location
@@ -42,12 +43,15 @@ FROZEN = ("frozen.daily.energy.active.import.total", "frozen.daily.energy.active
 
 class AnalyticsRuntime:
     def __init__(self, config: AnalyticsConfig, *, meters: Sequence[str], where: Location,
-                 clock: Callable[[], datetime], accounts_of: Callable[[], dict[str, str]] | None = None) -> None:
+                 clock: Callable[[], datetime], accounts_of: Callable[[], dict[str, str]] | None = None,
+                 zone: tzinfo = CST) -> None:
         """``meters``: the configured meters' addresses; ``where``: the state's location (the data
         directory, or the PostgreSQL database); ``accounts_of``: meter -> account of the assigned
-        meters (prepaid control's), named in outages."""
+        meters (prepaid control's), named in outages; ``zone``: the site's (``[site] timezone``), for
+        the times in findings and which day is yesterday."""
         self.config = config
         self.clock = clock
+        self.zone = zone
         self._accounts_of = accounts_of or dict
         self.registers = DailyRegisterStore(where)
         self.anomalies = AnomalyStore(where)
@@ -160,7 +164,7 @@ class AnalyticsRuntime:
                 window.popleft()
             findings += detect(meter, list(window), now, self.config.limits,
                                last_seen=self._last_seen.get(meter, self.started),
-                               generator=meter in self.config.generators)
+                               generator=meter in self.config.generators, zone=self.zone)
         opened, closed = self.anomalies.update(findings, [(m, k) for m in self.meters for k in DETECTED], now)
         for event in opened:
             log.warning("anomaly opened: meter %s %s: %s", event.meter, event.kind, event.detail)
@@ -178,7 +182,8 @@ class AnalyticsRuntime:
         account), and yesterday's line loss saved once a day."""
         o_opened, o_closed = self.outages.update(outages, now, accounts.get)
         for o in o_opened:
-            log.warning("outage in %s since %s: %d meters silent", o.unit, o.started.isoformat(), len(o.meters))
+            log.warning("outage in %s since %s: %d meters silent", o.unit, local_text(o.started, self.zone),
+                        len(o.meters))
         self._daily_loss(now)
         return {"outages_opened": len(o_opened), "outages_closed": len(o_closed)}
 
@@ -192,9 +197,7 @@ class AnalyticsRuntime:
 
     def _daily_loss(self, now: datetime) -> None:
         """Yesterday's loss per unit, into the history the jump flag compares with (once a day)."""
-        from meterd.clock import today_cst
-
-        day = today_cst(now) - timedelta(days=1)
+        day = local_date(now, self.zone) - timedelta(days=1)
         if day in self._loss_done:
             return
         registers = self.registers.registers([day, day + timedelta(days=1)])

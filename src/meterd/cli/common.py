@@ -5,11 +5,11 @@ from __future__ import annotations
 import enum
 import json
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
-from meterd.clock import CST
+from meterd.clock import CST, day_start, local_date, local_text
 from meterd.config.durations import parse_duration
 from meterd.readings import Reading
 
@@ -51,11 +51,19 @@ def reading_dict(r: Reading) -> dict[str, Any]:
     }
 
 
-def format_value(value: Any) -> str:
+def site_zone(config: Any) -> tzinfo:
+    """The site's zone for what a command prints: the config's ``[site] timezone``, or the default
+    (Asia/Shanghai) when the command runs on a data directory without a config."""
+    return CST if config is None else config.site.zone
+
+
+def format_value(value: Any, zone: tzinfo = CST) -> str:
+    """A reading's value for people; an aware time (a meter's clock, a freeze time) in ``zone``
+    with its offset, a naive one as the meter gave it."""
     if isinstance(value, enum.Enum):
         return f"{value.name} (0x{int(value):02X})" if isinstance(value, int) else str(value.name)
     if isinstance(value, datetime):
-        return value.isoformat(sep=" ")
+        return local_text(value, zone) if value.tzinfo is not None else value.isoformat(sep=" ")
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
@@ -67,22 +75,22 @@ def error(message: str) -> None:
     print(f"meterd: {message}", file=sys.stderr)
 
 
-def parse_time(text: str, now: datetime) -> datetime:
+def parse_time(text: str, now: datetime, zone: tzinfo = CST) -> datetime:
     """A time an operator types -> aware UTC datetime:
 
     - a duration ago (:mod:`meterd.config.durations`), with or without the minus sign: ``2h``,
       ``-2h``, ``30m``, ``-1d``, ``1h30m``;
-    - ``now``, ``today`` or ``yesterday`` (local midnight);
-    - a date (``2026-11-23``: its local midnight) or an ISO time (``2026-11-23T10:00``,
-      ``2026-11-23 10:00``); a time without an offset is the site's local time (China Standard
-      Time), one with an offset is taken as written."""
+    - ``now``, ``today`` or ``yesterday`` (midnight in ``zone``, the site's);
+    - a date (``2026-11-23``: its midnight in ``zone``) or an ISO time (``2026-11-23T10:00``,
+      ``2026-11-23 10:00``); a time without an offset is the site's local time (``zone``), one with
+      an offset is taken as written."""
     t = text.strip()
     word = t.lower()
     if word == "now":
         return now.astimezone(UTC)
     if word in ("today", "yesterday"):
-        day = now.astimezone(CST).date() - timedelta(days=1 if word == "yesterday" else 0)
-        return datetime.combine(day, datetime.min.time(), CST).astimezone(UTC)
+        day = local_date(now, zone) - timedelta(days=1 if word == "yesterday" else 0)
+        return day_start(day, zone).astimezone(UTC)
     ago = t.removeprefix("-")
     # a duration has its unit (a bare number is a compact date: 20261123)
     seconds = parse_duration(ago) if ago[:1].isdigit() and ago[-1:].isalpha() else None
@@ -93,5 +101,5 @@ def parse_time(text: str, now: datetime) -> datetime:
     except (ValueError, OverflowError):
         raise ValueError(f"{text!r} is not a time (use 2h or -2h for two hours ago, today, yesterday, "
                          "2026-11-23, or 2026-11-23T10:00 in local time)") from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=CST)).astimezone(UTC)
+    return (dt if dt.tzinfo else dt.replace(tzinfo=zone)).astimezone(UTC)
 

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, parse_time, print_json
-from meterd.clock import CST
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, parse_time, print_json, site_zone
+from meterd.clock import local_text
 from meterd.config.durations import parse_duration
 from meterd.errors import ConfigError
 from meterd.readings import address_key
@@ -221,9 +221,9 @@ def _remaining_kwh(config: Any, account: Any, now: datetime) -> Decimal | None:
     return (account.balance / price).quantize(Decimal("0.01"))
 
 
-def _local(at: datetime | None) -> str:
+def _local(at: datetime | None, zone: tzinfo) -> str:
     """A time for people: in the site's zone with its offset, to the second ('' for none)."""
-    return "" if at is None else at.astimezone(CST).isoformat(sep=" ", timespec="seconds")
+    return "" if at is None else local_text(at, zone)
 
 
 def _override_doc(o: Any) -> dict[str, Any] | None:
@@ -252,14 +252,14 @@ def _account_doc(store: Any, config: Any, a: Any, now: datetime) -> dict[str, An
     }
 
 
-def _protection_text(a: Any, now: datetime) -> str:
+def _protection_text(a: Any, now: datetime, zone: tzinfo) -> str:
     """The effective 保电 in words: yes/no, and the operator's override in force with who, why and until."""
     o = a.protection_override(now)
     if o is None:
         return "yes (保电, from the archive)" if a.protected else "no"
-    until = f"until {_local(o.until)} or" if o.until else "until"
+    until = f"until {_local(o.until, zone)} or" if o.until else "until"
     return (f"{'yes' if o.protected else 'no'}: 保电 {'set' if o.protected else 'released'} by {o.operator} on "
-            f"{_local(o.at)} ({o.reason}), {until} the archive's flag changes; the archive says "
+            f"{_local(o.at, zone)} ({o.reason}), {until} the archive's flag changes; the archive says "
             f"{'yes' if a.protected else 'no'}")
 
 
@@ -272,7 +272,7 @@ _RELAY_WORDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _relay_text(found: tuple[datetime, dict[str, Any]] | None) -> str:
+def _relay_text(found: tuple[datetime, dict[str, Any]] | None, zone: tzinfo) -> str:
     if found is None:
         return "relay not read yet"
     at, flags = found
@@ -283,7 +283,7 @@ def _relay_text(found: tuple[datetime, dict[str, Any]] | None) -> str:
             parts.append(words[0] if value else words[1])
         else:
             parts.append(f"{key} {'yes' if value is True else 'no' if value is False else value}")
-    return f"{', '.join(parts) or 'no flags read'} (read {_local(at)})"
+    return f"{', '.join(parts) or 'no flags read'} (read {_local(at, zone)})"
 
 
 def _thresholds_text(a: Any) -> str:
@@ -297,24 +297,25 @@ def _show_account(store: Any, config: Any, a: Any, now: datetime) -> None:
     """``meterd account show`` as text: one ``name  value`` line each, values in words and times in
     the site's zone; the relay of each meter; the last ledger entries."""
     remaining = _remaining_kwh(config, a, now)
+    zone = site_zone(config)
     lines = [
         ("account", a.account), ("customer", a.customer), ("area", a.area), ("tariff", a.tariff),
-        ("protected", _protection_text(a, now)), ("balance", f"{a.balance} yuan"),
+        ("protected", _protection_text(a, now, zone)), ("balance", f"{a.balance} yuan"),
         ("remaining", None if remaining is None else f"{remaining} kWh at the current price"),
-        ("state", a.state), ("trip held", a.held), ("alarmed since", _local(a.alarmed_at)),
-        ("manual hold until", _local(a.manual_until)), ("opened", _local(a.opened)),
+        ("state", a.state), ("trip held", a.held), ("alarmed since", _local(a.alarmed_at, zone)),
+        ("manual hold until", _local(a.manual_until, zone)), ("opened", _local(a.opened, zone)),
         ("thresholds", _thresholds_text(a)),
     ]
     for name, value in lines:
         if value not in (None, ""):
             print(f"{name:<18} {value}")
     for meter, ratio in a.meters.items():
-        print(f"meter {meter} ×{ratio}: {_relay_text(store.relay_state(meter))}")
+        print(f"meter {meter} ×{ratio}: {_relay_text(store.relay_state(meter), zone)}")
     recent = store.ledger(a.account, limit=5)
     if recent:
         print("recent ledger entries:")
     for r in recent:
-        print(f"  {_local(r.at)}  {r.kind.value:<10} {r.amount:>12}  {r.detail}")
+        print(f"  {_local(r.at, zone)}  {r.kind.value:<10} {r.amount:>12}  {r.detail}")
 
 
 def _activate(store: Any, args: argparse.Namespace, now: datetime) -> int:
@@ -454,7 +455,7 @@ def command_cmd(args: argparse.Namespace) -> int:
     if not args.wait:
         return EXIT_OK
     if not command.state.final:
-        error(_pending_text(command, args.wait))
+        error(_pending_text(command, args.wait, site_zone(config)))
         return EXIT_PENDING
     if not args.json:
         print(f"command #{command.id}: {command.state.value}" + (f": {command.detail}" if command.detail else ""))
@@ -470,14 +471,14 @@ def _follow(store: Any, command: Any, wait: float) -> Any:
     return command
 
 
-def _pending_text(command: Any, wait: float) -> str:
+def _pending_text(command: Any, wait: float, zone: tzinfo) -> str:
     """One line: a command followed with ``--wait`` had not ended when the wait ran out."""
     what = f"command #{command.id} {command.kind.value} to meter {command.meter}"
     if command.state.value == "sent":
         return (f"{what}: sent but not confirmed after {wait:g} s (the relay is read back to confirm it); "
                 f"see meterd commands --meter {command.meter}")
     return (f"{what}: still queued after {wait:g} s, not sent (is the daemon running and the meter's channel "
-            f"up?); it may still go out until it expires at {_local(command.expires)}")
+            f"up?); it may still go out until it expires at {_local(command.expires, zone)}")
 
 
 def _command_settings(store: Any, config: Any) -> tuple[list[str], timedelta, timedelta]:
@@ -493,7 +494,7 @@ def _command_settings(store: Any, config: Any) -> tuple[list[str], timedelta, ti
         return [m.address for m in archive.meters()], timedelta(hours=2), timedelta(hours=24)
 
 
-def _until(text: str | None, now: datetime) -> datetime | None:
+def _until(text: str | None, now: datetime, zone: tzinfo) -> datetime | None:
     """``--until``: a duration from now (``8h``, ``+2d``) or a time (``parse_time``: a date, an ISO
     time in the site's zone or with its offset)."""
     from meterd.errors import LedgerError
@@ -509,7 +510,7 @@ def _until(text: str | None, now: datetime) -> datetime | None:
     if text.strip().startswith("-"):
         raise LedgerError(f"--until {text!r}: the end of an override is in the future (8h, 2026-12-09 08:00)")
     try:
-        return parse_time(text, now)
+        return parse_time(text, now, zone)
     except ValueError:
         raise LedgerError(f"--until {text!r} is not a time: use a duration from now (8h, 2d) or a time "
                           "(2026-12-09 08:00 in the site's zone, or ISO 8601 with an offset)") from None
@@ -523,11 +524,12 @@ def protect_cmd(args: argparse.Namespace) -> int:
     from meterd.errors import LedgerError
 
     now = _now()
-    until = _until(args.until, now)  # before any write
+    context = _context(args)
+    until = _until(args.until, now, site_zone(context[1]))  # before any write
     if args.meters and until is not None:
         raise LedgerError("--meters with --until: a meter's own 保电 has no end time, and nothing would send the "
                           "release when --until passes; queue the meters' commands without --until")
-    store, config = _store(args)
+    store, config = _store(args, context)
     commands = []
     with store:
         change = store.set_protection(args.account, args.protect, reason=args.reason, actor=args.operator,
@@ -561,7 +563,7 @@ def protect_cmd(args: argparse.Namespace) -> int:
 
 @_guard
 def commands_cmd(args: argparse.Namespace) -> int:
-    store, _ = _store(args)
+    store, config = _store(args)
     meter = None if args.meter is None else address_key(args.meter)
     with store:
         commands = store.commands(state=args.state, meter=meter, limit=args.limit)
@@ -571,7 +573,7 @@ def commands_cmd(args: argparse.Namespace) -> int:
     print(f"{'ID':>5} {'METER':<12} {'KIND':<15} {'STATE':<9} {'BY':<12} {'CREATED':<25} REASON / DETAIL")
     for c in commands:
         print(f"{c.id:>5} {c.meter:<12} {c.kind.value:<15} {c.state.value:<9} {c.requested_by:<12} "
-              f"{_local(c.created):<25} {c.reason}" + (f" | {c.detail}" if c.detail else ""))
+              f"{_local(c.created, site_zone(config)):<25} {c.reason}" + (f" | {c.detail}" if c.detail else ""))
     return EXIT_OK
 
 
@@ -599,7 +601,7 @@ def _ledger_doc(r: Any, balance: Decimal | None = None) -> dict[str, Any]:
 
 @_guard
 def ledger_cmd(args: argparse.Namespace) -> int:
-    store, _ = _store(args)
+    store, config = _store(args)
     with store:
         if store.account(args.account) is None:
             error(f"unknown account {args.account}")
@@ -617,7 +619,7 @@ def ledger_cmd(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{'SEQ':>6} {'AT':<25} {'KIND':<10} {'AMOUNT':>12} {'BALANCE':>12}  DETAIL")
     for d in docs:
-        at = _local(datetime.fromisoformat(d["at"]))
+        at = _local(datetime.fromisoformat(d["at"]), site_zone(config))
         print(f"{d['seq']:>6} {at:<25} {d['kind']:<10} {d['amount']:>12} {d['balance']:>12}  {d['detail']}")
     print(f"balance {balance}")
     return EXIT_OK

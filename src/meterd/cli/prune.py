@@ -17,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json
-from meterd.clock import CST, utc_now
+from meterd.clock import local_text, utc_now
 from meterd.errors import ConfigError, StorageError
 from meterd.storage.sqlite import STATE_FILE
 
@@ -37,15 +37,17 @@ def run(args: argparse.Namespace) -> int:
     from meterd.storage.retention import Policy, prune
 
     try:
-        store_config = load_config(args.config).store
+        config = load_config(args.config)
     except ConfigError as exc:
         error(str(exc))
         return EXIT_BAD_INPUT
+    store_config = config.store
     where = store_config.state
     if isinstance(where, Path) and not (where / STATE_FILE).exists():
         error(f"no store in {where} (the data directory of {args.config}): nothing to prune")
         return EXIT_BAD_INPUT
-    policy = Policy.from_seconds(store_config.keep_readings, store_config.keep_attempts, store_config.prune_at)
+    policy = Policy.from_seconds(store_config.keep_readings, store_config.keep_attempts, store_config.prune_at,
+                                 config.site.zone)
     now = utc_now()
     try:
         probe(where)
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         note = "; the newest of each meter and quantity stays" if name == "readings" else ""
         print(f"{name}: {pruned.rows:,} {verb} (older than {keep / timedelta(days=1):g} days: before "
-              f"{before.astimezone(CST).isoformat(sep=' ', timespec='minutes')}{note})")
+              f"{local_text(before, policy.zone, timespec='minutes')}{note})")
     if report.dry_run:
         print(f"dry run: nothing was changed ({report.seconds:.1f} s)")
     else:

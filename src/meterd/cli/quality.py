@@ -1,8 +1,8 @@
 """``meterd quality``: collection quality of a day per meter, channel (terminal) and area.
 
 Reads the state store of a data directory (``--data-dir``, or the one a config names with
-``-c``), folds in the attempts recorded since the last look and prints, for a China Standard Time
-day (default today): per meter, per channel and per area (the topology's 台区; ``-`` for meters in
+``-c``), folds in the attempts recorded since the last look and prints, for a day in the site's
+zone (``[site] timezone`` of the config; Asia/Shanghai without one; default today): per meter, per channel and per area (the topology's 台区; ``-`` for meters in
 none) the attempts, successes, "no record yet" answers, failures by kind, success rate, terminal
 online rate and the meters that gave no data.  Rows under the operators' 97 % line are marked
 ``!``.  How each figure is counted: :mod:`meterd.storage.quality` and ``docs/analytics.md``.
@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
 
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json
-from meterd.clock import CST, local_date
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json, site_zone
+from meterd.clock import local_date, zone_name
 from meterd.errors import ConfigError
 from meterd.storage.database import Location
-from meterd.storage.quality import DAY, THRESHOLD, QualityReport, QualityRow, QualityStore
+from meterd.storage.quality import THRESHOLD, QualityReport, QualityRow, QualityStore
 from meterd.storage.sqlite import STATE_FILE
 
 DEFAULT_DATA_DIR = Path("meterd-data")
@@ -28,7 +28,7 @@ DEFAULT_DATA_DIR = Path("meterd-data")
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quality", help="collection quality of a day per meter, channel and area")
     p.add_argument("--area", help="only this topology area ('-': the meters in no area)")
-    p.add_argument("--date", help="the day, YYYY-MM-DD in China Standard Time (default today)")
+    p.add_argument("--date", help="the day, YYYY-MM-DD in the site's zone (default today)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("-c", "--config", help="config file (its store's data directory is used)")
     where.add_argument("--data-dir", help=f"data directory (default ./{DEFAULT_DATA_DIR})")
@@ -41,13 +41,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_location(args: argparse.Namespace) -> Location:
-    """The store ``-c`` names (its data directory, or its PostgreSQL database), else ``--data-dir``."""
+def resolve_location(args: argparse.Namespace) -> tuple[Location, tzinfo]:
+    """The store ``-c`` names (its data directory, or its PostgreSQL database) and the site's zone,
+    else ``--data-dir`` and the default zone."""
     if getattr(args, "config", None):
         from meterd.config.loader import load_config
 
-        return load_config(args.config).store.state
-    return Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR
+        config = load_config(args.config)
+        return config.store.state, site_zone(config)
+    return (Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR), site_zone(None)
 
 
 def _pct(value: float | None) -> str:
@@ -87,8 +89,11 @@ def format_report(report: QualityReport, *, meters: str = "all") -> list[str]:
         return "  ".join(v.rjust(w) if head[i] in right else v.ljust(w)
                          for i, (v, w) in enumerate(zip(values, widths))).rstrip()
 
-    until = "24:00" if report.end - report.start >= DAY else f"{report.end.astimezone(CST):%H:%M}"
-    title = (f"collection quality {report.day.isoformat()} (China Standard Time, 00:00-{until})"
+    zone = report.zone
+    start = report.start.astimezone(zone)
+    until = "24:00" if report.whole_day else f"{report.end.astimezone(zone):%H:%M}"
+    offset = start.isoformat()[19:]  # +08:00
+    title = (f"collection quality {report.day.isoformat()} ({zone_name(zone)} {offset}, {start:%H:%M}-{until})"
              + (f", area {report.area}" if report.area else "")
              + f"; rows under {report.threshold * 100:g} % marked !")
     out = [title, line(head)]
@@ -115,8 +120,8 @@ def format_report(report: QualityReport, *, meters: str = "all") -> list[str]:
 def run(args: argparse.Namespace, *, clock: Callable[[], datetime] | None = None) -> int:
     now = (clock or (lambda: datetime.now(UTC)))()
     try:
-        day = date.fromisoformat(args.date) if args.date else local_date(now)
-        where = resolve_location(args)
+        where, zone = resolve_location(args)
+        day = date.fromisoformat(args.date) if args.date else local_date(now, zone)
     except ValueError as exc:
         error(f"--date {args.date!r}: {exc}" if args.date else str(exc))
         return EXIT_BAD_INPUT
@@ -129,7 +134,7 @@ def run(args: argparse.Namespace, *, clock: Callable[[], datetime] | None = None
     if isinstance(where, Path) and not (where / STATE_FILE).exists():
         error(f"no state store in {where} (run the daemon or the demo first, or pass --data-dir)")
         return EXIT_BAD_INPUT
-    with QualityStore(where, threshold=args.threshold / 100) as quality:
+    with QualityStore(where, threshold=args.threshold / 100, zone=zone) as quality:
         if args.recompute:
             quality.rollup(day)
         report = quality.report(day, args.area, now=now)

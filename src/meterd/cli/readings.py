@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, format_value, parse_time, print_json, reading_dict
-from meterd.clock import CST
+from meterd.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    error,
+    format_value,
+    parse_time,
+    print_json,
+    reading_dict,
+    site_zone,
+)
+from meterd.clock import local_text
 from meterd.config.loader import load_config
 from meterd.errors import ConfigError, ProtocolError
 from meterd.protocols.dlt645.frame import normalize_address
@@ -21,7 +30,7 @@ DEFAULT_DATA_DIR = Path("meterd-data")
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("readings", help="show stored readings of a meter")
     p.add_argument("--meter", required=True, help="meter address")
-    p.add_argument("--since", help="start: 2h or -2h (ago), today, yesterday, 2026-11-23, 2026-11-23T10:00 (local time)")
+    p.add_argument("--since", help="start: 2h or -2h (ago), today, yesterday, 2026-11-23, 2026-11-23T10:00 (site time)")
     p.add_argument("--until", help="end: the same forms as --since")
     p.add_argument("--quantity", help="only this quantity, e.g. energy.active.import.total")
     p.add_argument("--limit", type=int, default=None)
@@ -32,20 +41,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_location(args: argparse.Namespace) -> Location:
-    """The store ``-c`` names (its data directory, or its PostgreSQL database), else ``--data-dir``."""
+def resolve_location(args: argparse.Namespace) -> tuple[Location, tzinfo]:
+    """The store ``-c`` names (its data directory, or its PostgreSQL database) and the site's zone,
+    else ``--data-dir`` and the default zone."""
     if getattr(args, "config", None):
-        return load_config(args.config).store.state
-    return Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR
+        config = load_config(args.config)
+        return config.store.state, site_zone(config)
+    return (Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR), site_zone(None)
 
 
 def run(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     try:
         meter = normalize_address(args.meter)
-        since = parse_time(args.since, now) if args.since else None
-        until = parse_time(args.until, now) if args.until else None
-        where = resolve_location(args)
+        where, zone = resolve_location(args)
+        since = parse_time(args.since, now, zone) if args.since else None
+        until = parse_time(args.until, now, zone) if args.until else None
     except (ProtocolError, ValueError, ConfigError) as exc:
         error(str(exc))
         return EXIT_BAD_INPUT
@@ -60,6 +71,5 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no readings for meter {meter}")
     for r in rows:
-        ts = r.timestamp.astimezone(CST).isoformat(sep=" ", timespec="seconds")
-        print(f"{ts}  {r.quantity:<40} {format_value(r.value)} {r.unit}".rstrip())
+        print(f"{local_text(r.timestamp, zone)}  {r.quantity:<40} {format_value(r.value, zone)} {r.unit}".rstrip())
     return EXIT_OK

@@ -368,7 +368,7 @@ class Daemon:
                                holds=self._holds_terminal if ownership is not None else None)
         from meterd.storage.quality import OnlineTracker, QualityStore
 
-        self.quality = QualityStore(store, clock=clock)
+        self.quality = QualityStore(store, clock=clock, zone=config.site.zone)  # days cut at the site's midnight
         self.online = OnlineTracker(self.quality)
         self.scheduler = None
         if config.tasks:

@@ -1,4 +1,4 @@
-"""Collection quality: per meter, terminal (channel) and area, per China Standard Time day --
+"""Collection quality: per meter, terminal (channel) and area, per day of the site's zone --
 attempts, successes, "no record yet" answers, failures by kind, success rate, terminal online time
 and rate, and meters that gave no data.
 
@@ -13,8 +13,11 @@ It lives in the state store (``state.sqlite3``, or the PostgreSQL database, besi
     quality_areas(meter, area)                           -- each meter's topology area (the daemon's config)
     quality_state(key, value)                            -- 'attempts_watermark': last attempts.id folded in
 
-``day`` is ``YYYY-MM-DD`` in China Standard Time (UTC+8); ``*_ts`` are epoch milliseconds, UTC,
-like the rest of the store.  The rollup is incremental: :meth:`QualityStore.update` folds in the
+``day`` is ``YYYY-MM-DD`` in the site's zone (``[site] timezone``: the ``zone`` a
+:class:`QualityStore` is opened with; default China Standard Time, UTC+8), cut at its midnight;
+``*_ts`` are epoch milliseconds, UTC, like the rest of the store.  The day is fixed when an attempt
+is folded in: the daemon and ``meterd quality -c`` open the store with the config's zone, and a
+site that changes its zone recomputes the days it wants cut the new way (``--recompute``).  The rollup is incremental: :meth:`QualityStore.update` folds in the
 attempts recorded since the last call (by ``attempts.id``); :meth:`QualityStore.rollup` recomputes
 one day from scratch (after a back-dated import).
 
@@ -48,17 +51,19 @@ way when the rollup moves the watermark past it.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-from meterd.clock import CST, Clock, utc_now
+from meterd.clock import CST, Clock, utc_now, zone_name
+from meterd.clock import day_bounds as _zone_day_bounds
 from meterd.storage.database import Database, Location, PgConnection, as_database
 from meterd.storage.postgres import PostgresStore
 from meterd.storage.sqlite import _STATE_SCHEMA, OUTCOMES, STATE_FILE, Attempt, SqliteStore, from_ms, to_ms
@@ -108,16 +113,21 @@ CREATE TABLE IF NOT EXISTS quality_state (
 );
 """
 
-# attempts.ts (ms, UTC) -> the China Standard Time day
+# attempts.ts (ms, UTC) -> the China Standard Time day (the default site zone: a fixed offset)
 _DAY_SQL: Final = "date(a.ts / 1000 + 28800, 'unixepoch')"
 _DAY_PG: Final = "to_char(DATE '1970-01-01' + ((a.ts + 28800000) / 86400000)::integer, 'YYYY-MM-DD')"
+# ... and the day in any other zone: SQLite asks Python (a function on the connection, zoneinfo's
+# rules), PostgreSQL its own copy of the IANA database.
+_DAY_SQL_ZONE: Final = "meterd_site_day(a.ts)"
+_DAY_PG_ZONE: Final = "to_char(to_timestamp(a.ts / 1000.0) AT TIME ZONE '{zone}', 'YYYY-MM-DD')"
+_ZONE_NAME: Final = re.compile(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*")
 
-_FOLD: Final = f"""
+_FOLD: Final = """
 INSERT INTO quality_daily (day, meter, channel, outcome, count, latency_sum, latency_n, first_ts, last_ts)
-SELECT {_DAY_SQL}, a.meter, a.channel, a.outcome, COUNT(*), COALESCE(SUM(a.latency), 0), COUNT(a.latency),
+SELECT {day}, a.meter, a.channel, a.outcome, COUNT(*), COALESCE(SUM(a.latency), 0), COUNT(a.latency),
        MIN(a.ts), MAX(a.ts)
 FROM attempts a
-WHERE a.id > ? AND a.id <= ? {{extra}}
+WHERE a.id > ? AND a.id <= ? {extra}
 GROUP BY 1, 2, 3, 4
 ON CONFLICT (day, meter, channel, outcome) DO UPDATE SET
     count = count + excluded.count,
@@ -129,12 +139,12 @@ ON CONFLICT (day, meter, channel, outcome) DO UPDATE SET
 
 # The same on PostgreSQL: its day arithmetic, LEAST/GREATEST for the scalar MIN/MAX, and the
 # target's columns named in SET.
-_FOLD_PG: Final = f"""
+_FOLD_PG: Final = """
 INSERT INTO quality_daily (day, meter, channel, outcome, count, latency_sum, latency_n, first_ts, last_ts)
-SELECT {_DAY_PG}, a.meter, a.channel, a.outcome, COUNT(*), COALESCE(SUM(a.latency), 0), COUNT(a.latency),
+SELECT {day}, a.meter, a.channel, a.outcome, COUNT(*), COALESCE(SUM(a.latency), 0), COUNT(a.latency),
        MIN(a.ts), MAX(a.ts)
 FROM attempts a
-WHERE a.id > ? AND a.id <= ? {{extra}}
+WHERE a.id > ? AND a.id <= ? {extra}
 GROUP BY 1, 2, 3, 4
 ON CONFLICT (day, meter, channel, outcome) DO UPDATE SET
     count = quality_daily.count + excluded.count,
@@ -145,9 +155,40 @@ ON CONFLICT (day, meter, channel, outcome) DO UPDATE SET
 """
 
 
-def day_bounds(day: date) -> tuple[datetime, datetime]:
-    start = datetime.combine(day, time(), CST)
-    return start, start + DAY
+def day_bounds(day: date, zone: tzinfo = CST) -> tuple[datetime, datetime]:
+    """``[start, end)`` of ``day`` in ``zone`` (:func:`meterd.clock.day_bounds`)."""
+    return _zone_day_bounds(day, zone)
+
+
+def _fold_sql(postgres: bool, zone: tzinfo) -> str:
+    """The fold statement with the day expression of ``zone``; ``{extra}`` is left for a condition."""
+    if zone is CST:
+        day = _DAY_PG if postgres else _DAY_SQL
+    elif postgres:
+        name = zone_name(zone)
+        if not _ZONE_NAME.fullmatch(name):  # names come from zoneinfo's keys; never quote anything else
+            raise ValueError(f"time zone {name!r} cannot be named to PostgreSQL")
+        day = _DAY_PG_ZONE.format(zone=name)
+    else:
+        day = _DAY_SQL_ZONE
+    return (_FOLD_PG if postgres else _FOLD).replace("{day}", day)
+
+
+def _site_day(zone: tzinfo) -> Any:
+    """``meterd_site_day(ts_ms)`` for SQLite: the ``YYYY-MM-DD`` of an epoch-milliseconds instant in
+    ``zone``, remembered per minute (offsets and their changes fall on whole minutes since 1972)."""
+    cache: dict[int, str] = {}
+
+    def site_day(ts: int) -> str:
+        minute = ts // 60_000
+        day = cache.get(minute)
+        if day is None:
+            if len(cache) > 100_000:
+                cache.clear()
+            day = cache[minute] = datetime.fromtimestamp(minute * 60.0, zone).date().isoformat()
+        return day
+
+    return site_day
 
 
 def _rate(num: float, den: float) -> float | None:
@@ -263,12 +304,18 @@ class QualityReport:
     day: date
     area: str | None
     threshold: float
-    start: datetime  # the span covered (CST day, cut at ``now`` for today)
+    start: datetime  # the span covered (the site's day, cut at ``now`` for today)
     end: datetime
     meters: list[QualityRow]
     channels: list[QualityRow]
     areas: list[QualityRow]
     total: QualityRow
+    zone: tzinfo = CST  # the site's, whose day this is
+
+    @property
+    def whole_day(self) -> bool:
+        """Whether the span is the whole day (not cut at ``now``)."""
+        return self.end >= day_bounds(self.day, self.zone)[1]
 
     @property
     def rows(self) -> list[QualityRow]:
@@ -328,9 +375,11 @@ class QualityStore:
         *,
         clock: Clock = utc_now,
         threshold: float = THRESHOLD,
+        zone: tzinfo = CST,
     ) -> None:
         self.clock = clock
         self.threshold = threshold
+        self.zone = zone  # the site's: days are cut at its midnight
         self._lock = threading.Lock()
         db = state.database if isinstance(state, PostgresStore) else as_database(state)
         self.database = db
@@ -338,7 +387,7 @@ class QualityStore:
             from meterd.storage.postgres import prepare_archive
 
             self.path = Path(str(db))  # for messages only
-            self._fold_sql = _FOLD_PG
+            self._fold_sql = _fold_sql(True, zone)
             prepare_archive(db)  # the attempts and meters it reads
             self._conn: sqlite3.Connection | PgConnection = db.connect("quality")
             with self._transaction():
@@ -353,10 +402,12 @@ class QualityStore:
             if path.is_dir():
                 path = path / STATE_FILE
         self.path = path
-        self._fold_sql = _FOLD
+        self._fold_sql = _fold_sql(False, zone)
         # autocommit: writes are explicit BEGIN IMMEDIATE transactions (see _transaction)
         conn = sqlite3.connect(path, check_same_thread=False, timeout=5.0, isolation_level=None)
         conn.row_factory = sqlite3.Row
+        if zone is not CST:
+            conn.create_function("meterd_site_day", 1, _site_day(zone), deterministic=True)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_STATE_SCHEMA + _SCHEMA)
@@ -434,7 +485,7 @@ class QualityStore:
         returns the attempts counted for ``day``.  A day the log holds no attempt of keeps its
         rollup: its attempts were pruned (retention goes by whole days), and the rollup is all
         that is left of it."""
-        start, end = day_bounds(day)
+        start, end = day_bounds(day, self.zone)
         with self._lock, self._transaction():
             _, top = self._fold_new()
             if self._conn.execute("SELECT 1 FROM attempts WHERE ts >= ? AND ts < ? LIMIT 1",
@@ -569,7 +620,7 @@ class QualityStore:
 
     def report(self, day: date, area: str | None = None, *, now: datetime | None = None,
                refresh: bool = True) -> QualityReport:
-        """The quality of ``day`` (CST): rows per meter, channel and area, and the total.
+        """The quality of ``day`` (the site's zone): rows per meter, channel and area, and the total.
 
         ``area`` keeps only the meters of that topology area (:data:`NO_AREA` for those in none).
         ``now`` (default: the clock) cuts today's span for online rates; ``refresh`` folds in new
@@ -577,7 +628,7 @@ class QualityStore:
         """
         if refresh:
             self.update()
-        start, end = day_bounds(day)
+        start, end = day_bounds(day, self.zone)
         now = now or self.clock()
         span_end = max(start, min(end, now))
         areas = self.areas()
@@ -651,7 +702,8 @@ class QualityStore:
         area_rows = [areas_rows[k] for k in sorted(areas_rows)]
         for row in (*meter_rows, *channel_rows, *area_rows, total):
             row.flag(self.threshold)
-        return QualityReport(day, area, self.threshold, start, span_end, meter_rows, channel_rows, area_rows, total)
+        return QualityReport(day, area, self.threshold, start, span_end, meter_rows, channel_rows, area_rows, total,
+                             zone=self.zone)
 
     def metrics(self, day: date, *, now: datetime | None = None) -> dict[str, float]:
         """Flat numbers for dashboards / Prometheus: ``quality.<level>[.<key>].<name>``.

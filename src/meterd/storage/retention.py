@@ -41,10 +41,10 @@ import threading
 import time as _time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any, Final, Protocol
 
-from meterd.clock import CST, Clock, utc_now
+from meterd.clock import CST, Clock, day_start, local_date, local_text, utc_now
 from meterd.errors import MeterdError
 from meterd.storage.sqlite import Pruned
 
@@ -69,17 +69,20 @@ class PrunableStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """How long each table is kept (``None``: for ever) and the site time of the daily prune."""
+    """How long each table is kept (``None``: for ever), the site time of the daily prune and the
+    site's zone (``[site] timezone``) that time and the attempts' days are in."""
 
     keep_readings: timedelta | None
     keep_attempts: timedelta | None
     at: time = time(3, 30)
+    zone: tzinfo = CST
 
     @classmethod
-    def from_seconds(cls, keep_readings: float | None, keep_attempts: float | None, at: time) -> Policy:
+    def from_seconds(cls, keep_readings: float | None, keep_attempts: float | None, at: time,
+                     zone: tzinfo = CST) -> Policy:
         """From the config's values (seconds, ``None`` for ever)."""
         return cls(None if keep_readings is None else timedelta(seconds=keep_readings),
-                   None if keep_attempts is None else timedelta(seconds=keep_attempts), at)
+                   None if keep_attempts is None else timedelta(seconds=keep_attempts), at, zone)
 
     def readings_cut(self, now: datetime) -> datetime | None:
         """Readings before this go: the start of the UTC day ``keep_readings`` before ``now``."""
@@ -93,15 +96,14 @@ class Policy:
         (collection quality counts by site day: a day's attempts go all together)."""
         if self.keep_attempts is None:
             return None
-        day = (now - self.keep_attempts).astimezone(CST).date()
-        return datetime(day.year, day.month, day.day, tzinfo=CST).astimezone(UTC)
+        return day_start(local_date(now - self.keep_attempts, self.zone), self.zone).astimezone(UTC)
 
     def next_run(self, now: datetime) -> datetime:
         """The first ``at`` (site time) after ``now``."""
-        local = now.astimezone(CST)
-        due = datetime.combine(local.date(), self.at, CST)
+        local = now.astimezone(self.zone)
+        due = datetime.combine(local.date(), self.at, self.zone)
         if due <= local:
-            due = datetime.combine(local.date() + timedelta(days=1), self.at, CST)
+            due = datetime.combine(local.date() + timedelta(days=1), self.at, self.zone)
         return due.astimezone(UTC)
 
     def describe(self) -> str:
@@ -128,6 +130,7 @@ class Report:
     attempts_before: datetime | None
     attempts: Pruned | None
     seconds: float
+    zone: tzinfo = CST  # the site's: the times shown
 
     @property
     def longest(self) -> float:
@@ -136,8 +139,8 @@ class Report:
     def line(self) -> str:
         """The log line (and ``meterd prune``'s summary)."""
         verb = "would prune" if self.dry_run else "pruned"
-        parts = [_part("readings", self.readings, self.readings_before),
-                 _part("attempts", self.attempts, self.attempts_before)]
+        parts = [_part("readings", self.readings, self.readings_before, self.zone),
+                 _part("attempts", self.attempts, self.attempts_before, self.zone)]
         text = f"retention: {verb} {', '.join(parts)} in {self.seconds:.1f} s"
         if not self.dry_run:
             text += f" (longest transaction {self.longest * 1000:.0f} ms)"
@@ -147,22 +150,22 @@ class Report:
         def table(p: Pruned | None, before: datetime | None) -> dict[str, Any]:
             if p is None:
                 return {"kept_forever": True, "rows": 0}
-            return {"kept_forever": False, "before": _site(before), "rows": p.rows, "transactions": p.transactions,
+            return {"kept_forever": False, "before": _site(before, self.zone), "rows": p.rows, "transactions": p.transactions,
                     "longest_transaction_s": round(p.longest, 4)}
 
-        return {"now": _site(self.now), "dry_run": self.dry_run, "seconds": round(self.seconds, 3),
+        return {"now": _site(self.now, self.zone), "dry_run": self.dry_run, "seconds": round(self.seconds, 3),
                 "readings": table(self.readings, self.readings_before),
                 "attempts": table(self.attempts, self.attempts_before)}
 
 
-def _site(at: datetime | None) -> str | None:
-    return None if at is None else at.astimezone(CST).isoformat(timespec="seconds")
+def _site(at: datetime | None, zone: tzinfo) -> str | None:
+    return None if at is None else at.astimezone(zone).isoformat(timespec="seconds")
 
 
-def _part(name: str, pruned: Pruned | None, before: datetime | None) -> str:
+def _part(name: str, pruned: Pruned | None, before: datetime | None, zone: tzinfo) -> str:
     if pruned is None or before is None:
         return f"no {name} ({name} kept for ever)"
-    return f"{pruned.rows:,} {name} before {before.astimezone(CST).isoformat(sep=' ', timespec='minutes')}"
+    return f"{pruned.rows:,} {name} before {local_text(before, zone, timespec='minutes')}"
 
 
 def prune(store: PrunableStore, policy: Policy, now: datetime, *, dry_run: bool = False,
@@ -180,20 +183,21 @@ def prune(store: PrunableStore, policy: Policy, now: datetime, *, dry_run: bool 
         readings = store.prune_readings(readings_before, keep_latest=True, dry_run=dry_run, stop=stop)
     if attempts_before is not None:
         if not dry_run:
-            _fold(store, fold)
+            _fold(store, fold, policy.zone)
         attempts = store.prune_attempts(attempts_before, dry_run=dry_run, stop=stop)
-    report = Report(now, dry_run, readings_before, readings, attempts_before, attempts, _time.monotonic() - started)
+    report = Report(now, dry_run, readings_before, readings, attempts_before, attempts, _time.monotonic() - started,
+                    policy.zone)
     log.info("%s", report.line())
     return report
 
 
-def _fold(store: PrunableStore, fold: Callable[[], object] | None) -> None:
+def _fold(store: PrunableStore, fold: Callable[[], object] | None, zone: tzinfo) -> None:
     if fold is not None:
         fold()
         return
     from meterd.storage.quality import QualityStore
 
-    with QualityStore(store) as quality:  # type: ignore[arg-type]
+    with QualityStore(store, zone=zone) as quality:  # type: ignore[arg-type]
         quality.update()
 
 
