@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         analytics,
         backup,
         cluster,
+        config_cmd,
         decode,
         demo,
         migrate,
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"meterd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=MeterdParser)
     for module in (demo, run, migrate, read, probe, decode, readings, quality, simulate, prepaid, analytics, sync, token,
-                   backup, prune, cluster):
+                   backup, prune, cluster, config_cmd):
         module.add_parser(sub)
     return parser
 

@@ -87,8 +87,8 @@ _RATING = (
 
 _SECTIONS: tuple[Section, ...] = (
     Section(ROOT, "table", "The top level of the file: the sections below, and where secrets may be read from.", (
-        Key("secrets_file", "path", "a file of NAME=value lines (mode 600) where the *_env names are also looked up "
-            "(the environment wins); relative to the config's folder"),
+        Key("secrets_file", "path", "a file of NAME=value lines (mode 600) where the `*_env` names are also looked "
+            "up (the environment wins); relative to the config's folder"),
         Key("store", "table", "where the state lives", required=True, section="store"),
         Key("channels", "tables by name", "the buses and links meters are reached through", section="channels.*"),
         Key("meters", "array of tables", "the meters", section="meters[]"),
@@ -129,7 +129,7 @@ _SECTIONS: tuple[Section, ...] = (
             "2d: the re-read tasks look back to yesterday); the newest of each meter and quantity stays", '"400d"'),
         Key("keep_attempts", f"{D}, or \"forever\" / 0", "collection attempts older than this are pruned (at "
             "least 1d); the quality rollup is kept", '"90d"'),
-        Key("prune_at", '"HH:MM"', "when the daily prune runs, site time (it also runs once a minute after the daemon starts)",
+        Key("prune_at", '"HH:MM"', "when the daily prune runs, site time (the first runs a minute after the daemon starts)",
             '"03:30"'),
     )),
     Section("store.influxdb", "table", "Readings go to InfluxDB through its v2 write API; the state stays in "
@@ -246,7 +246,7 @@ _SECTIONS: tuple[Section, ...] = (
         Key("name", "string", "a name shown with the meter", '""'),
         Key("group", "string", "the meter group polls and tasks select by", '"default"'),
         Key("unit", "integer 1..247", "Modbus unit id (Modbus meters only, required there; unique per channel)"),
-        Key("model", "model name or *.toml path", "Modbus register map: a shipped model or a map file relative to "
+        Key("model", "model name or `*.toml` path", "Modbus register map: a shipped model or a map file relative to "
             "the config (Modbus meters only, required there)"),
         *_RATING,
     )),
@@ -271,8 +271,8 @@ _SECTIONS: tuple[Section, ...] = (
         Key("meters", "list of addresses", 'meters it reads besides its groups\' ("1" is 000000000001); each '
             "must be in [[meters]]", "[]"),
         Key("quantities", "list of quantity names", "canonical quantities (`energy.active.import.total`, "
-            "`voltage.a`, ...; `frozen.daily.energy.*` and `frozen.hourly.energy.*` read the last freeze, stamped "
-            "with its freeze time)"),
+            "`voltage.a`, ...); the `frozen.daily.*` and `frozen.hourly.*` ones read the meter's last freeze, "
+            "stamped with its freeze time"),
         Key("items", "list of 8 hex digits", "DL/T 645-2007 data identifiers, read as they are"),
         Key("items_1997", "list of 4 hex digits", "DL/T 645-1997 data identifiers, read as they are"),
     )),
@@ -289,8 +289,8 @@ _SECTIONS: tuple[Section, ...] = (
             "reading_day: 0001FF01)"),
         Key("items_1997", "list of 4 hex digits", "DL/T 645-1997 identifiers"),
         Key("every", D, "run on this interval (instead of cron)"),
-        Key("cron", "five cron fields", 'minute hour day month weekday, CST; defaults: hourly "0 * * * *", '
-            'daily_frozen "15 0 * * *", reread "0 10,16,22 * * *"'),
+        Key("cron", "five cron fields", "minute hour day month weekday, CST; defaults: hourly `0 * * * *`, "
+            "daily_frozen `15 0 * * *`, reread `0 10,16,22 * * *`"),
         Key("jitter", D, "spread each run's start by up to this much (a fleet does not start at one instant)", "0"),
         Key("misfire_grace", D, "how late a run may still start (default: half the interval; cron tasks 5 min "
             "realtime, 10 min hourly, 6 h daily_frozen, 12 h reading_day, 30 min reread)"),
@@ -460,7 +460,8 @@ _SECTIONS: tuple[Section, ...] = (
         Key("clock_drift", D, "a meter clock off by more than this", '"5m"'),
         Key("outage_silent_after", D, "a meter silent this long counts as down (longer than the poll interval)",
             '"30m"'),
-        Key("outage_min_share", "number 0..1", "an area is out when this share of its meters went down together",
+        Key("outage_min_share", "number >= 0 (a share)", "an area is out when this share of its meters went down "
+            "together (0.6: 60 %)",
             '"0.6"'),
         Key("outage_min_meters", "integer >= 1", "... and at least this many", "3"),
         Key("generators", "list of addresses", "meters that may export (PV): no reverse-energy anomaly", "[]"),

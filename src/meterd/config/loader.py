@@ -1017,8 +1017,11 @@ def _poll_meters(check: _Checker, path: str, raw: Any, known: set[str]) -> tuple
     ok = True
     for i, entry in enumerate(raw):
         address = _address_or_none(entry)
-        if address is None or address == BROADCAST:
+        if address is None:
             check.problem(f"{path}[{i}]", f"must be a meter address of 1 to 12 decimal digits, got {show(entry)}")
+            ok = False
+        elif address == BROADCAST:
+            check.problem(f"{path}[{i}]", f"{BROADCAST} is the broadcast address, not a meter")
             ok = False
         elif address not in known:
             check.problem(f"{path}[{i}]", f"no meter {address} in [[meters]]")
