@@ -8,8 +8,8 @@
   its line, is not doubled in its industry or group).  Points without a key (no industry, no
   groups) and without usable data are left out; estimated registers only with
   ``include_estimated``.  Completeness belongs to the line-loss reports, not here.
-* :func:`periods` -- calendar days, months or quarters (CST calendar) covering a date range,
-  the first and last clipped to it.
+* :func:`periods` -- calendar days, months or quarters covering a date range, the first and last
+  clipped to it.
 * :func:`load_curve` -- the summed power of many meters per time bucket, with how many meters
   contributed to each bucket, so a dip from missing meters is told apart from a real one.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Final, Literal
 
@@ -102,16 +102,22 @@ def load_curve(
     series: Mapping[str, Sequence[tuple[datetime, Value]]],  # powers are checked below: Decimal or int
     *,
     step: timedelta,
+    anchor: datetime = _ANCHOR,
 ) -> list[tuple[datetime, Decimal, int]]:
     """(bucket start, summed power, meters contributing) per bucket that has data, in time order.
 
     ``series`` maps a meter to its (timestamp, power) samples.  Buckets are ``step`` long and
-    aligned to CST midnight; bucket starts are returned in CST.  A meter with several samples in
+    counted from ``anchor`` (default a CST midnight; a day's curve passes that day's midnight in the
+    site's zone, so its buckets start at 00:00 whatever the zone and its daylight saving); bucket
+    starts are returned in the anchor's zone.  A meter with several samples in
     one bucket contributes their mean (power is a rate: adding its samples would count it twice),
     to 0.0001; meters are then added.  Samples without a time zone, and float powers, are refused.
     """
     if step <= timedelta(0):
         raise ValueError(f"load_curve: step must be positive, not {step}")
+    if anchor.tzinfo is None:
+        raise ValueError(f"load_curve: anchor {anchor.isoformat()} has no time zone")
+    origin, zone = anchor.astimezone(UTC), anchor.tzinfo  # bucket arithmetic on UTC: exact in any zone
     per_bucket: dict[int, dict[str, list[Decimal]]] = defaultdict(dict)
     for meter, samples in series.items():
         for at, power in samples:
@@ -119,7 +125,7 @@ def load_curve(
                 raise ValueError(f"load_curve: meter {meter} sample at {at.isoformat()} has no time zone")
             if isinstance(power, bool) or not isinstance(power, (Decimal, int)):
                 raise TypeError(f"load_curve: meter {meter} power {power!r} is not a Decimal")
-            bucket = (at - _ANCHOR) // step
+            bucket = (at - origin) // step
             per_bucket[bucket].setdefault(meter, []).append(Decimal(power))
     out = []
     for bucket in sorted(per_bucket):
@@ -127,5 +133,5 @@ def load_curve(
         meters = per_bucket[bucket]
         for values in meters.values():
             total += values[0] if len(values) == 1 else (sum(values, _ZERO) / len(values)).quantize(_KW_PLACES)
-        out.append((_ANCHOR + bucket * step, total, len(meters)))
+        out.append(((origin + bucket * step).astimezone(zone), total, len(meters)))
     return out

@@ -3,20 +3,20 @@ that turns a config, a period and the stores of its location (``[store]``) into 
 rows and load curves, so the CLI and the API cannot disagree.
 
 Periods: ``2026-11-22`` (a day), ``2026-11`` (a month), ``2026-Q4`` (a quarter),
-``2026-11-01..2026-11-15`` (inclusive days); none means yesterday (CST).  Errors are
+``2026-11-01..2026-11-15`` (inclusive days); none means yesterday (the caller's ``today``: the site's).  Errors are
 :class:`~meterd.errors.ConfigError` naming the bad value and the parameter it came in (``name``).
 """
 
 from __future__ import annotations
 
 import calendar
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from meterd.analytics.lineloss import LossReport
 from meterd.analytics.topology import Role, Topology
-from meterd.clock import CST
+from meterd.clock import CST, day_bounds
 from meterd.errors import ConfigError
 from meterd.readings import Quality, address_key
 
@@ -120,22 +120,24 @@ def curve_meters(config: Any, *, meter: str | None = None, unit: str | None = No
     return meters
 
 
-def curve_points(where: Location, meters: list[str], day: date, step: timedelta) -> list[tuple[datetime, Decimal, int]]:
-    """The summed active power of ``meters`` over CST ``day`` in ``step`` buckets, from the
-    instantaneous power and load-curve readings stored at ``where`` (the data directory, or the
-    PostgreSQL database): (bucket start, kW, meters contributing)."""
+def curve_points(where: Location, meters: list[str], day: date, step: timedelta,
+                 zone: tzinfo = CST) -> list[tuple[datetime, Decimal, int]]:
+    """The summed active power of ``meters`` over ``day`` in the site's ``zone`` (midnight to
+    midnight) in ``step`` buckets from its midnight, from the instantaneous power and load-curve
+    readings stored at ``where`` (the data directory, or the PostgreSQL database): (bucket start
+    in ``zone``, kW, meters contributing)."""
     from meterd.analytics.stats import load_curve
     from meterd.storage import open_store
 
-    start = datetime(day.year, day.month, day.day, tzinfo=CST)
+    start, end = day_bounds(day, zone)
     series = {}
     with open_store(where) as store:
         for m in meters:
             points = []
             for quantity in CURVE_QUANTITIES:
-                points += [(r.timestamp, r.value) for r in store.readings(m, since=start, until=start + timedelta(days=1),
+                points += [(r.timestamp, r.value) for r in store.readings(m, since=start, until=end,
                                                                           quantity=quantity)
                            if r.quality is not Quality.IMPLAUSIBLE]  # flagged at the door: not a load
             series[m] = sorted(points)
-    return load_curve(series, step=step)
+    return [(at.astimezone(zone), kw, n) for at, kw, n in load_curve(series, step=step, anchor=start)]
 

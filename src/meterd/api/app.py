@@ -72,7 +72,7 @@ from meterd.api.schemas import (
     ref,
 )
 from meterd.api.tokens import Role, TokenStore
-from meterd.clock import Clock, local_date
+from meterd.clock import CST, Clock, local_date, zone_name
 from meterd.config.durations import parse_step
 from meterd.control.amounts import AmountError, AmountLimits, amount_text, parse_adjustment, parse_payment
 from meterd.control.command_store import Command
@@ -266,7 +266,7 @@ class Endpoint:
 
 
 LIMIT_PARAM: Final = ("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "at most this many")
-PERIOD_PARAM: Final = ("period", STR, "YYYY-MM-DD, YYYY-MM, YYYY-Qn or START..END (default yesterday, CST)")
+PERIOD_PARAM: Final = ("period", STR, "YYYY-MM-DD, YYYY-MM, YYYY-Qn or START..END (default yesterday, site time)")
 
 
 class Api:
@@ -275,12 +275,14 @@ class Api:
     def __init__(self, where: Location, clock: Clock, config: Any, live: LiveNode | None = None,
                  sync: Any = None) -> None:
         self.where, self.clock, self.config, self.live, self.sync = where, clock, config, live, sync
+        # the site's zone ([site] timezone): days and periods are its days (the default: CST)
+        self.zone = config.site.zone if config is not None else CST
         self.tokens = TokenStore(where)
         self.control = ControlStore(where)
         self.archive = open_store(where, clock=clock)
         self.anomalies = AnomalyStore(where)
         self.outages = OutageStore(where)
-        self.quality = QualityStore(where, clock=clock)
+        self.quality = QualityStore(where, clock=clock, zone=self.zone)
         self._syncing: set[str] = set()
         self._configured = frozenset(m.address for m in config.meters) if config is not None else frozenset()
 
@@ -446,12 +448,13 @@ class Api:
     async def overview(self, request: Request, caller: Caller | None) -> Response:
         def work() -> dict[str, Any]:
             now = self.clock()
-            day = local_date(now)
+            day = local_date(now, self.zone)
             total = self.quality.report(day, now=now).total
             terminals = self._terminals()
             accounts = {s: 0 for s in ACCOUNT_STATES}
             accounts.update(self.control.accounts_by_state())
-            return {"at": now.isoformat(), "day": day.isoformat(), "meters": len(self._known_meters()),
+            return {"at": now.isoformat(), "day": day.isoformat(), "timezone": zone_name(self.zone),
+                    "utc_offset": now.astimezone(self.zone).isoformat()[-6:], "meters": len(self._known_meters()),
                     "meters_with_data_today": total.meters_with_data,
                     "terminals": {"total": len(terminals), "online": sum(t["online"] for t in terminals)},
                     "collection": {"attempts": total.attempts, "successes": total.ok, "no_record": total.no_record,
@@ -464,7 +467,7 @@ class Api:
         return JSONResponse(await run_in_threadpool(work))
 
     def _period(self, request: Request) -> tuple[date, date]:
-        return _query_period(request, "period", local_date(self.clock()))
+        return _query_period(request, "period", local_date(self.clock(), self.zone))
 
     async def lineloss(self, request: Request, caller: Caller | None) -> Response:
         config = self._need_config("line loss")
@@ -509,7 +512,7 @@ class Api:
         meter, unit, group = q.get("meter"), q.get("unit"), q.get("group")
         if sum(x is not None for x in (meter, unit, group)) != 1:
             raise ApiError(400, "give exactly one of the query parameters meter, unit, group")
-        day = _query_day(request, "day", local_date(self.clock()))
+        day = _query_day(request, "day", local_date(self.clock(), self.zone))
         try:
             step = parse_step(q.get("step", "15m"), name="query parameter step")
         except ConfigError as exc:
@@ -531,14 +534,14 @@ class Api:
                 except ConfigError as exc:
                     raise ApiError(404, str(exc)) from None
                 subject = f"unit {unit}" if unit is not None else f"group {group}"
-            points = curve_points(self.where, meters, day, step)
+            points = curve_points(self.where, meters, day, step, self.zone)
             return {"subject": subject, "day": day.isoformat(), "step_seconds": int(step.total_seconds()),
                     "meters": meters,
                     "points": [{"at": at.isoformat(), "kw": str(kw), "meters": n} for at, kw, n in points]}
         return JSONResponse(await run_in_threadpool(work))
 
     async def quality_report(self, request: Request, caller: Caller | None) -> Response:
-        day = _query_day(request, "day", local_date(self.clock()))
+        day = _query_day(request, "day", local_date(self.clock(), self.zone))
         area = request.query_params.get("area") or None
         report = await run_in_threadpool(lambda: self.quality.report(day, area, now=self.clock()))
         return JSONResponse(report.as_dict())
@@ -846,15 +849,15 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
                     ("role", {"type": "string", "enum": ["sales", "supply", "auxiliary", "all"]}, "default sales")),
              errors=(*_AUTH_ERRORS, 400, 422, 503)),
     Endpoint("GET", "/api/v1/curve", Role.VIEWER, "the load curve (summed active power per bucket) of a meter, an "
-             "area / line or a group for one CST day", Api.curve, {200: ref("Curve")},
+             "area / line or a group for one day of the site's zone", Api.curve, {200: ref("Curve")},
              query=(("meter", STR, "one meter"), ("unit", STR, "an area / line (its sales points)"),
                     ("group", STR, "a topology group"), ("day", {"type": "string", "format": "date"},
-                                                          "CST day, default today"),
+                                                          "the site's day, default today"),
                     ("step", STR, "bucket size: 15m (default), 1h, 900")),
              errors=(*_AUTH_ERRORS, 400, 404, 422)),
     Endpoint("GET", "/api/v1/quality", Role.VIEWER, "collection quality per meter, channel and area for a day",
              Api.quality_report, {200: ref("Quality")},
-             query=(("day", {"type": "string", "format": "date"}, "CST day, default today"),
+             query=(("day", {"type": "string", "format": "date"}, "the site's day, default today"),
                     ("area", STR, "only this meter group")), errors=(*_AUTH_ERRORS, 400, 422)),
     Endpoint("GET", "/api/v1/terminals", Role.VIEWER, "DTUs and MQTT terminals with their online state",
              Api.terminals, {200: array("Terminal")}, errors=_AUTH_ERRORS),

@@ -3,7 +3,8 @@
 Each reads the state database of a config (``-c``; the topology comes from it) and prints a table,
 ``--json``, or ``--csv FILE`` (``-`` for stdout).  Periods: ``2026-11-22`` (a day), ``2026-11``
 (a month), ``2026-Q4`` (a quarter), ``2026-11-01..2026-11-15`` (inclusive days); default yesterday
-(CST).  Line loss is computed from the daily frozen registers the daemon keeps (the register at
+in the site's zone (``[site] timezone``).  Times print in that zone with the offset; ``--json`` and
+``--csv`` keep ISO 8601 with the offset.  Line loss is computed from the daily frozen registers the daemon keeps (the register at
 the start of each day), with its completeness and the meters missing shown beside every figure.
 """
 
@@ -19,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from meterd.analytics.views import parse_period
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json
-from meterd.clock import today_cst
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json, site_zone
+from meterd.clock import local_date, local_text, utc_now
 from meterd.errors import ConfigError
 
 
@@ -28,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lineloss", help="line loss per area / line for a day, month or period")
     p.add_argument("--area", "--unit", dest="unit", help="only this area, line or group")
     p.add_argument("--kind", choices=("area", "line", "group"), help="only units of this kind")
-    p.add_argument("--period", help="YYYY-MM-DD, YYYY-MM, YYYY-Qn or START..END (default yesterday, CST)")
+    p.add_argument("--period", help="YYYY-MM-DD, YYYY-MM, YYYY-Qn or START..END (default yesterday, site time)")
     p.add_argument("--include-estimated", action="store_true",
                    help="use estimated register values too (the report says which meters)")
     _common(p)
@@ -118,6 +119,16 @@ def _plain(obj: Any) -> dict[str, Any]:
     return {f.name: conv(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
 
 
+def _today(config: Any) -> Any:
+    """Today in the site's zone: what a period defaults from."""
+    return local_date(utc_now(), site_zone(config))
+
+
+def _when(text: Any, zone: Any, empty: str = "-") -> str:
+    """An ISO time from :func:`_plain` as people read it: site time with its offset."""
+    return empty if not text else local_text(datetime.fromisoformat(text), zone)
+
+
 def _guard(func):
     def wrapper(args: argparse.Namespace) -> int:
         try:
@@ -134,7 +145,7 @@ def lineloss_cmd(args: argparse.Namespace) -> int:
     from meterd.analytics.views import lineloss_reports
 
     config = _load(args)
-    start, end = parse_period(args.period, today=today_cst())
+    start, end = parse_period(args.period, today=_today(config))
     reports = lineloss_reports(config, start, end, unit=args.unit, kind=args.kind,
                                include_estimated=args.include_estimated)
     rows = [r.as_dict() for r in reports]
@@ -171,12 +182,13 @@ def anomalies_cmd(args: argparse.Namespace) -> int:
                               limit=args.limit)
     rows = [_plain(e) for e in events]
     columns = ["id", "meter", "kind", "severity", "opened", "last_seen", "closed", "detail"]
+    zone = site_zone(config)
 
     def table() -> Iterable[str]:
         yield f"{'ID':>5} {'METER':<12} {'KIND':<24} {'SEVERITY':<8} {'OPENED':<25} {'CLOSED':<25} DETAIL"
         for row in rows:
             yield (f"{row['id']:>5} {row['meter']:<12} {row['kind']:<24} {row['severity']:<8} "
-                   f"{str(row['opened'])[:25]:<25} {str(row['closed'] or '-')[:25]:<25} {row['detail']}")
+                   f"{_when(row['opened'], zone):<25} {_when(row['closed'], zone):<25} {row['detail']}")
     _emit(args, rows, columns, table())
     return EXIT_OK
 
@@ -190,12 +202,13 @@ def outages_cmd(args: argparse.Namespace) -> int:
         outages = store.outages(open_only=args.open)
     rows = [_plain(o) for o in outages]
     columns = ["id", "unit", "started", "ended", "meters", "accounts"]
+    zone = site_zone(config)
 
     def table() -> Iterable[str]:
         yield f"{'ID':>4} {'AREA':<14} {'STARTED':<25} {'ENDED':<25} {'METERS':>6} ACCOUNTS"
         for row in rows:
-            yield (f"{row['id']:>4} {row['unit']:<14} {str(row['started'])[:25]:<25} "
-                   f"{str(row['ended'] or 'ongoing')[:25]:<25} {len(row['meters']):>6} {', '.join(row['accounts'])}")
+            yield (f"{row['id']:>4} {row['unit']:<14} {_when(row['started'], zone):<25} "
+                   f"{_when(row['ended'], zone, 'ongoing'):<25} {len(row['meters']):>6} {', '.join(row['accounts'])}")
     _emit(args, rows, columns, table())
     return EXIT_OK
 
@@ -209,7 +222,7 @@ def stats_cmd(args: argparse.Namespace) -> int:
     config = _load(args)
     require_topology(config)
     if args.what == "energy":
-        start, end = parse_period(args.period, today=today_cst())
+        start, end = parse_period(args.period, today=_today(config))
         spans = periods(args.split, start, end) if args.split else [(start, end)]
         rows = energy_rows(config, spans, by=args.by, role=args.role)
         columns = ["start", "end", args.by, "kwh"]
@@ -224,14 +237,15 @@ def stats_cmd(args: argparse.Namespace) -> int:
     if sum(x is not None for x in (args.meter, args.unit, args.group)) != 1:
         raise ConfigError("stats curve needs exactly one of --meter, --unit, --group")
     meters = curve_meters(config, meter=args.meter, unit=args.unit, group=args.group)
-    day, _ = parse_period(args.period, today=today_cst())
-    curve = curve_points(config.store.state, meters, day, parse_step(args.step))
+    zone = site_zone(config)
+    day, _ = parse_period(args.period, today=_today(config))
+    curve = curve_points(config.store.state, meters, day, parse_step(args.step), zone)
     points: list[dict[str, object]] = [{"at": at.isoformat(), "kw": str(kw), "meters": n} for at, kw, n in curve]
 
     def curve_table() -> Iterable[str]:
         yield f"load curve {day} of {len(meters)} meter(s), step {args.step}"
-        yield f"{'AT':<26} {'KW':>12} {'METERS':>6}"
-        for r in points:
-            yield f"{r['at']:<26} {r['kw']:>12} {r['meters']:>6}"
+        yield f"{'AT':<25} {'KW':>12} {'METERS':>6}"
+        for at, kw, n in curve:
+            yield f"{local_text(at, zone):<25} {kw!s:>12} {n:>6}"
     _emit(args, points, ["at", "kw", "meters"], curve_table())
     return EXIT_OK

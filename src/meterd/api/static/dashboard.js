@@ -9,13 +9,17 @@
  *
  * For tests, <body> carries: data-loaded="1" once a refresh has completed, data-cycles,
  * data-updated (ISO time), data-curve-points, data-energy-bars, data-success-rate, data-errors
- * ("" when the last refresh had none) and data-token ("missing" / "refused" / "ok").
+ * ("" when the last refresh had none), data-token ("missing" / "refused" / "ok") and data-timezone
+ * (the site's zone the page shows times in).
+ *
+ * Times: every time and day is the site's ([site] timezone, from /api/v1/overview: read before
+ * the first refresh draws anything; Asia/Shanghai until then, or from a daemon without it).
  */
 "use strict";
 
 (function () {
   const TOKEN_KEY = "meterd.dashboard.token";
-  const TZ = "Asia/Shanghai";
+  const DEFAULT_ZONE = "Asia/Shanghai";
   const API = "api/v1/";
   const GAUGE_MIN = 0.8; // the success gauge shows 80 % .. 100 %
   const DEFAULT_TARGET = 0.97;
@@ -35,7 +39,9 @@
     cycles: 0,
     charts: { curve: null, energy: null },
     subjects: "",        // the curve subject options last built, to rebuild only on change
-    firstToday: new Map(), // "day|meter" -> first energy register reading of the CST day
+    firstToday: new Map(), // "day|meter" -> first energy register reading of the site's day
+    zone: DEFAULT_ZONE,  // the site's zone, and whether the daemon has said which it is
+    zoneKnown: false,
     paths: undefined,    // the daemon's API paths from its OpenAPI document, once read
   };
 
@@ -75,35 +81,85 @@
     body.replaceChildren(...shown);
   }
 
-  const cstFormat = new Intl.DateTimeFormat("en-CA", {
-    timeZone: TZ, year: "numeric", month: "2-digit", day: "2-digit",
-    hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
-  });
+  function zoneFormat(zone) {
+    return new Intl.DateTimeFormat("en-CA", {
+      timeZone: zone, year: "numeric", month: "2-digit", day: "2-digit",
+      hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
+    });
+  }
 
-  function cstParts(at) {
+  let siteFormat = zoneFormat(DEFAULT_ZONE);
+
+  function siteParts(at) {
     const out = {};
-    for (const p of cstFormat.formatToParts(at)) out[p.type] = p.value;
+    for (const p of siteFormat.formatToParts(at)) out[p.type] = p.value;
     return out;
   }
 
-  function cstDay(at) {
-    const p = cstParts(at);
+  function siteDay(at) {
+    const p = siteParts(at);
     return `${p.year}-${p.month}-${p.day}`;
   }
 
-  /* "HH:MM:SS" for today (CST), "YYYY-MM-DD HH:MM" before. */
-  function cstWhen(iso) {
+  /* The site zone's offset from UTC at ``ms`` (epoch milliseconds), in milliseconds. */
+  function offsetMs(ms) {
+    const p = siteParts(new Date(ms));
+    const wall = Date.UTC(+p.year, +p.month - 1, +p.day, +p.hour % 24, +p.minute, +p.second);
+    return wall - Math.floor(ms / 1000) * 1000;
+  }
+
+  function offsetText(ms) {
+    const minutes = Math.round(offsetMs(ms) / 60e3);
+    const a = Math.abs(minutes);
+    return `${minutes < 0 ? "-" : "+"}${String(Math.floor(a / 60)).padStart(2, "0")}:${String(a % 60).padStart(2, "0")}`;
+  }
+
+  /* The site's midnight starting ``day`` (YYYY-MM-DD) as ISO 8601 with its offset. */
+  function siteMidnight(day) {
+    const wall = Date.parse(`${day}T00:00:00Z`);
+    let at = wall - offsetMs(wall);
+    at = wall - offsetMs(at); // the offset at the midnight itself (a daylight-saving day)
+    return `${day}T00:00:00${offsetText(at)}`;
+  }
+
+  /* "HH:MM:SS" for today (the site's day), "YYYY-MM-DD HH:MM" before. */
+  function siteWhen(iso) {
     if (!iso) return "–";
     const at = new Date(iso);
     if (Number.isNaN(at.getTime())) return String(iso);
-    const p = cstParts(at);
-    if (cstDay(at) === cstDay(new Date())) return `${p.hour}:${p.minute}:${p.second}`;
+    const p = siteParts(at);
+    if (siteDay(at) === siteDay(new Date())) return `${p.hour}:${p.minute}:${p.second}`;
     return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}`;
   }
 
-  function cstClock(ms, seconds) {
-    const p = cstParts(new Date(ms));
+  function siteClock(ms, seconds) {
+    const p = siteParts(new Date(ms));
     return seconds ? `${p.hour}:${p.minute}:${p.second}` : `${p.hour}:${p.minute}`;
+  }
+
+  /* "Asia/Shanghai (UTC+08:00)": what the page says its times are. */
+  function zoneLabel() {
+    return `${state.zone} (UTC${offsetText(Date.now())})`;
+  }
+
+  /* The site's zone as the overview names it (a daemon without it, or a name this browser does
+   * not know: the default stays). */
+  function takeZone(overview) {
+    if (overview === ABSENT || overview instanceof NotFound) state.zoneKnown = true;
+    if (!usable(overview) || typeof overview.timezone !== "string") return;
+    state.zoneKnown = true;
+    if (overview.timezone !== state.zone) {
+      try {
+        siteFormat = zoneFormat(overview.timezone);
+        state.zone = overview.timezone;
+      } catch (exc) { // RangeError: unknown to this browser
+        return;
+      }
+    }
+    for (const node of document.querySelectorAll(".tz")) node.textContent = zoneLabel();
+    document.body.dataset.timezone = state.zone;
+    const axis = state.charts.curve && state.charts.curve.options.scales.x;
+    if (axis) axis.title.text = zoneLabel();
   }
 
   function num(text, places) {
@@ -265,7 +321,7 @@
       state.cycles += 1;
       const now = new Date();
       if (!errors.length) { // "last updated" is the last refresh where everything answered
-        setText("updated", cstWhen(now.toISOString()));
+        setText("updated", siteWhen(now.toISOString()));
         document.body.dataset.updated = now.toISOString();
       }
       $("updated").classList.toggle("stale", errors.length > 0);
@@ -292,7 +348,8 @@
   }
 
   async function cycle(errors) {
-    const day = cstDay(new Date());
+    if (!state.zoneKnown) takeZone(await call([], "overview", "overview", { optional: true }));
+    const day = siteDay(new Date());
     const q = encodeURIComponent;
     // one batch: everything but the curve, whose subjects come from the meters and areas
     const [overview, meters, terminals, lineloss, quality, commands, anomalies, outages, ...accounts] = await Promise.all([
@@ -314,6 +371,7 @@
         errors.push(`${name} panel: ${exc && exc.message ? exc.message : exc}`);
       }
     };
+    takeZone(overview);
     guard("overview", () => drawOverview(day, overview, { meters, terminals, commands, anomalies, outages, near }));
     guard("areas", () => drawAreas(day, lineloss));
     guard("collection", () => drawQuality(quality));
@@ -410,7 +468,7 @@
     if (Array.isArray(lists.meters)) {
       doc.meters = lists.meters.length;
       doc.meters_with_data_today = lists.meters.filter((m) =>
-        Object.values(m.latest || {}).some((r) => r && r.timestamp && cstDay(new Date(r.timestamp)) === day)).length;
+        Object.values(m.latest || {}).some((r) => r && r.timestamp && siteDay(new Date(r.timestamp)) === day)).length;
     }
     if (Array.isArray(lists.terminals)) {
       doc.terminals = { total: lists.terminals.length, online: lists.terminals.filter((t) => t.online).length };
@@ -451,7 +509,7 @@
       el("td", null, missingText(u)),
     ]), "No topology configured: add [[topology.units]] and [[topology.points]] to the site config "
       + "to see line loss per area (docs/analytics.md).", 9);
-    setText("areas-note", lineloss.length ? `${lineloss.length} units · today so far (CST)` : "");
+    setText("areas-note", lineloss.length ? `${lineloss.length} units · today so far (${state.zone})` : "");
   }
 
   /* Today's collection per channel and topology area, against the target (the quality report). */
@@ -475,7 +533,7 @@
         ...(r.no_record ? [`no record yet ${r.no_record} (not due)`] : [])].join(", ") || "–"),
       el("td", null, (r.no_data || []).slice(0, 4).join(", ") + ((r.no_data || []).length > 4 ? " …" : "")),
     ]), "No collection attempts today yet.", 7);
-    setText("quality-note", `target ${(target * 100).toFixed(0)} % · today since 00:00 CST · `
+    setText("quality-note", `target ${(target * 100).toFixed(0)} % · today since 00:00 ${state.zone} · `
       + "areas are the topology's areas (台区), \"-\" the meters in none · a \"no record yet\" answer is not due");
   }
 
@@ -504,7 +562,7 @@
   function drawCommands(commands) {
     if (!usable(commands)) return setText("commands-note", "Commands could not be read (see the banner).");
     fill("commands-rows", commands.map((c) => [
-      el("td", { class: "num" }, c.id), el("td", null, cstWhen(c.created)), el("td", null, c.meter),
+      el("td", { class: "num" }, c.id), el("td", null, siteWhen(c.created)), el("td", null, c.meter),
       el("td", null, c.kind + (c.manual ? " (manual)" : "")), el("td", null, badge(c.state, "state")),
       el("td", { class: "reason" }, [c.account ? `${c.account}: ` : "", c.reason]),
     ]), "No commands yet.", 6);
@@ -514,7 +572,7 @@
   function drawAnomalies(anomalies) {
     if (!usable(anomalies)) return setText("anomalies-note", "Anomalies could not be read (see the banner).");
     fill("anomalies-rows", anomalies.map((e) => [
-      el("td", null, cstWhen(e.opened)), el("td", null, e.meter), el("td", null, e.kind),
+      el("td", null, siteWhen(e.opened)), el("td", null, e.meter), el("td", null, e.kind),
       el("td", null, badge(e.severity, "severity")), el("td", { class: "reason" }, e.detail),
     ]), "No open anomalies.", 5);
     setText("anomalies-note", anomalies.length > MAX_ROWS ? `showing ${MAX_ROWS} of ${anomalies.length}` : "");
@@ -523,7 +581,7 @@
   function drawOutages(outages) {
     if (!usable(outages)) return setText("outages-note", "Outages could not be read (see the banner).");
     fill("outages-rows", outages.map((o) => [
-      el("td", null, cstWhen(o.started)), el("td", null, o.unit),
+      el("td", null, siteWhen(o.started)), el("td", null, o.unit),
       el("td", { class: "num" }, (o.meters || []).length),
       el("td", null, (o.accounts || []).slice(0, 5).join(", ") + ((o.accounts || []).length > 5 ? " …" : "")),
     ]), "No outage going on.", 4);
@@ -581,7 +639,7 @@
       { optional: true, soft404: true });
     let source = `mean power per ${step} bucket, summed over meters`;
     if (doc === ABSENT && kind === "meter") { // an older daemon: the meter's own power readings
-      const since = `${day}T00:00:00+08:00`;
+      const since = siteMidnight(day);
       const got = await call(errors, "readings", `meters/${q(name)}/readings?quantity=power.active.total`
         + `&since=${q(since)}&limit=10000`);
       doc = usable(got) ? { points: got.readings.map((r) => ({ at: r.timestamp, kw: r.value, meters: 1 })) } : got;
@@ -611,22 +669,22 @@
         animation: false, responsive: true, maintainAspectRatio: false, parsing: false, normalized: true,
         interaction: { mode: "nearest", intersect: false, axis: "x" },
         scales: {
-          x: { type: "linear", ticks: { callback: (v) => cstClock(v, false), maxTicksLimit: 13 },
-            title: { display: true, text: "CST" } },
+          x: { type: "linear", ticks: { callback: (v) => siteClock(v, false), maxTicksLimit: 13 },
+            title: { display: true, text: zoneLabel() } },
           y: { beginAtZero: true, title: { display: true, text: "kW" } },
           y1: { position: "right", beginAtZero: true, display: "auto", grid: { drawOnChartArea: false },
             title: { display: true, text: "meters" }, ticks: { precision: 0 } },
         },
         plugins: {
           legend: { display: false },
-          tooltip: { callbacks: { title: (items) => items.length ? cstWhen(new Date(items[0].parsed.x).toISOString()) : "" } },
+          tooltip: { callbacks: { title: (items) => items.length ? siteWhen(new Date(items[0].parsed.x).toISOString()) : "" } },
         },
       },
     };
   }
 
-  /* The time axis: a bucket either side of the data, ticks on whole CST minutes or hours (these
-   * steps divide 8 h, so their multiples since the epoch fall on the same CST clock times). */
+  /* The time axis: a bucket either side of the data, ticks on whole minutes or hours of the site's
+   * clock (counted from a site midnight: the zone's offset is taken off before rounding). */
   function timeAxis(axis, points, stepMs) {
     if (!points.length) {
       axis.min = axis.max = axis.ticks.stepSize = undefined;
@@ -643,8 +701,9 @@
         break;
       }
     }
-    axis.min = Math.floor(first / tick) * tick;
-    axis.max = Math.ceil(last / tick) * tick;
+    const off = offsetMs(first);
+    axis.min = Math.floor((first + off) / tick) * tick - off;
+    axis.max = Math.ceil((last + off) / tick) * tick - off;
     axis.ticks.stepSize = tick;
   }
 
@@ -672,7 +731,7 @@
     let note;
     if (usable(doc) && doc.length) {
       bars = doc.map((row) => ({ key: row.key, kwh: Number(row.kwh) }));
-      note = `kWh used today (CST) by ${$("energy-by").selectedOptions[0].textContent}, from the daily frozen registers`;
+      note = `kWh used today (${state.zone}) by ${$("energy-by").selectedOptions[0].textContent}, from the daily frozen registers`;
     } else {
       bars = await registerEnergy(errors, day, meters);
       note = (doc === ABSENT ? "This daemon does not serve /api/v1/energy"
@@ -690,7 +749,7 @@
   /* Today's import per meter group without topology: latest register minus today's first. */
   async function registerEnergy(errors, day, meters) {
     const quantity = "energy.active.import.total";
-    const since = `${day}T00:00:00+08:00`;
+    const since = siteMidnight(day);
     const q = encodeURIComponent;
     const withEnergy = meters.filter((m) => (m.latest || {})[quantity]);
     await Promise.all(withEnergy.map(async (m) => {
@@ -704,7 +763,7 @@
     for (const m of withEnergy) {
       const first = state.firstToday.get(`${day}|${m.address}`);
       const latest = Number(m.latest[quantity].value);
-      if (first === undefined || !Number.isFinite(latest) || cstDay(new Date(m.latest[quantity].timestamp)) !== day) continue;
+      if (first === undefined || !Number.isFinite(latest) || siteDay(new Date(m.latest[quantity].timestamp)) !== day) continue;
       const group = m.group || "(no group)";
       sums.set(group, (sums.get(group) || 0) + Math.max(0, latest - first));
     }
