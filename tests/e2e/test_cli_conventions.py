@@ -92,3 +92,18 @@ def test_output_piped_into_head_ends_quietly(tmp_path, meterd_bin):
     assert len(p.stdout.splitlines()) == 1
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
     assert "status=141" in p.stderr
+
+
+def test_the_demos_summary_is_a_table_or_json_never_a_python_dict(run_meterd, tmp_path):
+    p = run_meterd("demo", "--quiet", "--duration", "6", "--interval", "2", "--data-dir", str(tmp_path / "d1"),
+                   "--api-port", "0", timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "{'" not in p.stdout and "False" not in p.stdout and "None" not in p.stdout, p.stdout
+    assert any(line.startswith("CHANNEL ") and "FAILURES" in line for line in p.stdout.splitlines())
+    p = run_meterd("demo", "--json", "--duration", "6", "--interval", "2", "--data-dir", str(tmp_path / "d2"),
+                   "--api-port", "0", timeout=120)
+    assert p.returncode == 0, p.stderr
+    import json
+
+    doc = json.loads(p.stdout)  # the whole of stdout is the one document
+    assert set(doc["channels"]) >= {"pty1", "tcp3"} and doc["channels"]["tcp3"]["attempts"] > 0

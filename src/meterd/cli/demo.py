@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -49,7 +50,8 @@ from pathlib import Path
 from typing import TypedDict
 
 from meterd.app import build_node
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, format_value
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, format_value, print_json
+from meterd.cli.run import summary, summary_lines
 from meterd.clock import today_cst
 from meterd.collector.daemon import describe_plan
 from meterd.collector.poll import RoundResult
@@ -112,6 +114,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-port", type=int, default=None,
                    help=f"serve the HTTP API and dashboard on this port (default {DEFAULT_API_PORT}; 0: off)")
     p.add_argument("--api-host", default="127.0.0.1", help="address the API listens on (default 127.0.0.1)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON summary at the end (the readings and story go to stderr)")
     p.set_defaults(func=run)
 
 
@@ -484,8 +488,14 @@ def run(args: argparse.Namespace) -> int:
             error(f"--api-port {port}: cannot listen on {args.api_host}:{port} ({problem}); "
                   "choose another port, or 0 for no API")
             return EXIT_BAD_INPUT
-    result = asyncio.run(run_demo(Path(args.data_dir), args.duration, args.interval, quiet=args.quiet,
-                                  stop_after_story=args.stop_after_story, api=api))
-    for name, s in result["channels"].items():
-        print(f"channel {name}: {s}")
+    started = datetime.now(UTC)
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        result = asyncio.run(run_demo(Path(args.data_dir), args.duration, args.interval,
+                                      quiet=args.quiet or args.json, stop_after_story=args.stop_after_story, api=api))
+    doc = summary("demo", started, datetime.now(UTC), result["channels"])
+    if args.json:
+        print_json({**doc, "data_dir": str(args.data_dir), "prepaid": result["prepaid"]})
+        return EXIT_OK
+    for line in summary_lines(doc):
+        print(line)
     return EXIT_OK
