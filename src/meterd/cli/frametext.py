@@ -7,13 +7,17 @@ local time (:data:`meterd.clock.CST`), so a time read from its clock is that wal
 with ``+08:00``.  A meter's date (``meter.date``: 2007 ``04000101``, 1997 ``C010``) is a calendar
 date and prints as one, never as the instant its midnight was somewhere else; the meter's time of
 day (``meter.time``: ``04000102``, ``C011``) is its wall-clock time.
+
+Q/GDW 1376.1 frames (:mod:`meterd.protocols.gdw1376.explain`) print field by field: the link header,
+each data unit as pn/Fn with its values, PW/EC/Tp, and a DL/T 645 frame relayed by AFN 10 decoded
+as above.  A terminal keeps the site's time too, so its naive times print with the site's offset.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Final
 
 from meterd.cli.common import format_value, to_jsonable
@@ -22,6 +26,10 @@ from meterd.collector.channel import TraceEvent
 from meterd.protocols.dlt645.catalogue import DecodedValue
 from meterd.protocols.dlt645.explain import Explained, explain
 from meterd.protocols.dlt645.frame import Frame
+from meterd.protocols.gdw1376.explain import Explained1376
+from meterd.protocols.gdw1376.explain import explain as explain1376
+from meterd.protocols.gdw1376.frame import Frame as GdwFrame
+from meterd.protocols.gdw1376.units import point_name
 
 SITE_ZONE: Final = CST
 DATE_QUANTITIES: Final = frozenset({"meter.date"})  # a calendar date, not an instant
@@ -168,6 +176,86 @@ def explain_lines(ex: Explained) -> list[str]:
     return lines
 
 
+# --- Q/GDW 1376.1 ---------------------------------------------------------------------------------
+
+
+def gdw_value_text(value: Any, unit: str = "") -> str:
+    """One 1376.1 value for people: a terminal's naive time as site time with the offset, a date
+    as a date, bytes in hex, ``None`` as the standard's "no data"."""
+    if value is None:
+        return "(no data: EE)"
+    if isinstance(value, datetime):
+        return local_text(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex(" ").upper() or "(none)"
+    return f"{value} {unit}".rstrip()
+
+
+def gdw_value_json(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value_json("", value)
+    if isinstance(value, date):
+        return value.isoformat()
+    return to_jsonable(value)
+
+
+def gdw_lines(ex: Explained1376) -> list[str]:
+    """The decode of one Q/GDW 1376.1 frame for people (``meterd decode``)."""
+    lines = [f"{name:<8} {text}" for name, text in ex.header]
+    for item in ex.items:
+        lines.append(f"unit     {point_name(item.pn)} F{item.fn}  {item.name}")
+        lines += [f"           {name} = {gdw_value_text(value, unit)}" for name, value, unit in item.fields]
+        for n, relayed in enumerate(item.relayed, 1):
+            lines.append(f"           relayed DL/T 645 frame {n}:")
+            lines += [f"             {line}" for line in explain_lines(relayed)]
+    if ex.error is not None:
+        lines.append(f"unit     cannot decode: {ex.error}")
+        lines.append(f"           not decoded: {ex.rest.hex(' ').upper() or '(nothing)'}")
+    lines += [f"{name:<8} {text}" for name, text in ex.aux]
+    return lines
+
+
+def gdw_dict(ex: Explained1376) -> dict[str, Any]:
+    """The machine-readable decode of one Q/GDW 1376.1 frame (``meterd decode --json``)."""
+    frame = ex.frame
+    doc: dict[str, Any] = {
+        "protocol": "Q/GDW 1376.1",
+        "header": dict(ex.header),
+        "control": f"{frame.control:02X}",
+        "address": str(frame.address),
+        "afn": f"{frame.afn:02X}",
+        "seq": f"{frame.seq:02X}",
+        "units": [
+            {"pn": item.pn, "fn": item.fn, "name": item.name,
+             "values": [{"field": name, "value": gdw_value_json(value), "unit": unit}
+                        for name, value, unit in item.fields],
+             **({"relayed": [explain_dict(r) for r in item.relayed]} if item.relayed else {})}
+            for item in ex.items
+        ],
+    }
+    if ex.error is not None:
+        doc["error"] = ex.error
+        doc["not_decoded"] = ex.rest
+    doc.update(ex.aux)
+    return doc
+
+
+def gdw_summary(ex: Explained1376) -> str:
+    """One line for a trace: direction, terminal, AFN and the items with their first values."""
+    frame = ex.frame
+    who = f"from {frame.address}" if frame.is_uplink else f"to {frame.address}"
+    parts = []
+    for item in ex.items:
+        shown = ", ".join(f"{n} = {gdw_value_text(v, u)}" for n, v, u in item.fields[:TRACE_VALUES])
+        more = f", and {len(item.fields) - TRACE_VALUES} more" if len(item.fields) > TRACE_VALUES else ""
+        parts.append(f"{point_name(item.pn)} F{item.fn}" + (f" ({shown}{more})" if shown else ""))
+    if ex.error is not None:
+        parts.append(f"cannot decode: {ex.error}")
+    return f"Q/GDW 1376.1 AFN {frame.afn:02X}H {frame.function_name()} {who}: {'; '.join(parts) or '(no data)'}"
+
+
 # --- traces ---------------------------------------------------------------------------------------
 
 
@@ -210,6 +298,8 @@ def trace_line(event: TraceEvent, now: datetime) -> str:
     line = head + event.data.hex(" ").upper()
     if isinstance(event.frame, Frame):
         line += f"\n{pad}{summary(explain(event.frame, meter_now(now)))}"
+    elif isinstance(event.frame, GdwFrame):
+        line += f"\n{pad}{gdw_summary(explain1376(event.frame, meter_now(now)))}"
     elif event.frame is not None:  # a Modbus PDU
         line += f"\n{pad}{event.frame}"
     if event.note:

@@ -798,8 +798,16 @@ CATALOGUE: Final[dict[tuple[int, int, bool], Item]] = {
 """(AFN, Fn, uplink) -> :class:`Item`."""
 
 
+NO_DATA_REQUESTS: Final = frozenset({0x0C})
+"""AFNs whose master requests never carry data (any Fn reads as a bare DA/DT)."""
+
+
 def lookup(afn: int, fn: int, uplink: bool) -> Item | None:
-    return CATALOGUE.get((afn, fn, uplink))
+    item = CATALOGUE.get((afn, fn, uplink))
+    if item is None and not uplink and afn in NO_DATA_REQUESTS:
+        return Item(NAMES.get((afn, fn), f"F{fn} (not in meterd's catalogue; the request carries no data)"),
+                    _none_parse, _none_build)
+    return item
 
 
 def supported() -> list[tuple[int, int, bool]]:
