@@ -506,8 +506,10 @@ class PostgresStore:
         the cut on is kept whatever its age (a meter silent for longer than the retention keeps its
         last value): such rows are found first (a scan of the doomed days, which blocks nobody) and
         put back after the drop, into ``readings_outside`` since their day has no partition any
-        more.  Raises :class:`~meterd.errors.StorageError` (nothing dropped) when a long query holds
-        the table past ``lock_timeout``.  ``dry_run`` counts what would go.  (``rows``, ``pause``
+        more.  The count and that search come first in the transaction and block nobody; the
+        drops' lock on the table is held from then to COMMIT, and that span is the result's
+        ``longest``.  Raises :class:`~meterd.errors.StorageError` (nothing dropped) when a long query
+        holds the table past ``lock_timeout``.  ``dry_run`` counts what would go.  (``rows``, ``pause``
         and ``stop`` are the SQLite store's batching: a partition goes in one statement.)"""
         import psycopg
 
@@ -520,7 +522,7 @@ class PostgresStore:
             (old,) = self._fetch("SELECT COUNT(*) FROM readings WHERE ts < %s", [cut])[0]
             kept = self._fetch(f"SELECT COUNT(*) FROM ({keepers}) x", [cut, cut])[0][0] if keep_latest and old else 0
             return Pruned(int(old) - int(kept))
-        started = _time.monotonic()
+        locked = 0.0
         try:
             with self._pool.connection() as conn, conn.transaction():
                 (old,) = conn.execute("SELECT COUNT(*) FROM readings WHERE ts < %s", (cut,)).fetchone() or (0,)
@@ -528,6 +530,7 @@ class PostgresStore:
                 if keep_latest and old:
                     kept = conn.execute(f"CREATE TEMPORARY TABLE retention_keep ON COMMIT DROP AS {keepers}",
                                         (cut, cut)).rowcount
+                locked = _time.monotonic()  # from here to COMMIT the drops hold the table: writers queue
                 _lock(conn, _PARTITION_LOCK)
                 self._limit_lock_waits(conn)
                 gone = {d: name for d, name in _partitions(conn).items() if (d + 1) * DAY_MS <= cut}
@@ -539,9 +542,10 @@ class PostgresStore:
         except psycopg.errors.LockNotAvailable as exc:
             raise StorageError(f"readings before {from_ms(cut).date()} not pruned: a long query holds the readings "
                                f"table in {self.database}; nothing was dropped, try again later") from exc
+        held = _time.monotonic() - locked
         with self._days_lock:
             self._days.difference_update(gone)
-        return Pruned(int(old) - kept, 1, _time.monotonic() - started)
+        return Pruned(int(old) - kept, 1, held)
 
     def readings(
         self,
