@@ -455,3 +455,25 @@ def test_a_failure_deciding_one_account_skips_it_and_decides_the_rest(tmp_path, 
     assert store.account("A2").state == "reminded"  # 15.00 <= reminder 20: decided as usual
     assert store.account("A1").state == "normal"
     assert [(f.meter, str(f.kind)) for f in reports[-1][0]] == [(M1, "prepaid_failed")]
+
+
+def test_a_frozen_value_stamped_ahead_by_the_meters_clock_does_not_stall_charging(tmp_path):
+    # A meter whose clock runs 2 h ahead freezes "at midnight" at 22:00 master time: before, that
+    # value became the cursor 2 h in the future and every live reading until then was LATE
+    store, engine = make(tmp_path)
+    frozen = "frozen.daily.energy.active.import.total"
+    engine.observe([energy(M1, T0, "100")])
+    engine.run_pass(T0)
+    engine.observe([energy(M1, T0 + timedelta(hours=2), "104", frozen),  # the meter's clock: +2 h
+                    energy(M1, T0 + timedelta(minutes=10), "102")])
+    p = engine.run_pass(T0 + timedelta(minutes=10))
+    assert store.balance("A1") == Decimal("-1.00") and p.flags == {"clock_ahead": 1}
+    engine.observe([energy(M1, T0 + timedelta(minutes=20), "106")])
+    engine.run_pass(T0 + timedelta(minutes=20))
+    assert store.balance("A1") == Decimal("-3.00")  # live readings go on charging
+    [flag] = [f for f in store.charge_flags() if f[3] == "clock_ahead"]
+    assert flag[0] == M1 and "ahead of the master's" in flag[4]
+    # a frozen value within the slack of a slightly fast clock charges as before
+    engine.observe([energy(M1, T0 + timedelta(minutes=34), "108", frozen)])
+    engine.run_pass(T0 + timedelta(minutes=30))
+    assert store.balance("A1") == Decimal("-4.00")

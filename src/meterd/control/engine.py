@@ -76,6 +76,12 @@ POWER_WINDOW = timedelta(hours=2)  # power samples kept per meter for 定值控�
 REPLACEMENT_WINDOW = timedelta(days=7)  # replacements passed to charging (re-applying one is harmless)
 # quantity -> the register it reads, live or frozen daily
 _REGISTER_RATE: Final = {**QUANTITY_RATE, **{FROZEN_PREFIX + q: r for q, r in QUANTITY_RATE.items()}}
+_FROZEN_QUANTITIES: Final = frozenset(FROZEN_PREFIX + q for q in QUANTITY_RATE)
+#: How far ahead of the master's clock a frozen register's own time may be (meter clocks drift).
+#: A frozen value is stamped by the meter's clock; one stamped later than this would become a cursor
+#: in the future, and every live reading until then would be LATE: the meter's charging would stall.
+CLOCK_AHEAD_SLACK: Final = timedelta(minutes=5)
+CLOCK_AHEAD: Final = "clock_ahead"
 
 
 class _Observed(NamedTuple):
@@ -164,6 +170,7 @@ class PrepaidEngine:
         self.tariffs = dict(tariffs)
         self.limits = {limit.meter: limit for limit in limits}
         self._pending: dict[str, list[RegisterReading | _Observed]] = defaultdict(list)
+        self._frozen: dict[str, list[_Observed]] = defaultdict(list)  # frozen registers, by account
         self._samples: dict[str, list[PowerSample]] = defaultdict(list)
         self._power_active: dict[str, bool] = {}
         self._power_held: dict[str, str | None] = {}
@@ -184,6 +191,7 @@ class PrepaidEngine:
     def _observe(self, readings: Iterable[Reading]) -> int:
         kept = 0
         limits, meters, pending, rates, good = self.limits, self._meters, self._pending, _REGISTER_RATE, Quality.GOOD
+        frozen = _FROZEN_QUANTITIES
         for reading in readings:
             meter = reading.meter
             if limits and meter in limits and reading.quantity == POWER_QUANTITY \
@@ -194,29 +202,65 @@ class PrepaidEngine:
                 continue
             rate = rates.get(reading.quantity)  # register_reading(), inlined: a round has 100,000s
             if rate is not None and reading.quality is good and isinstance(reading.value, Decimal):
-                pending[owner[0]].append(_Observed(meter, rate, reading.timestamp, reading.value))
+                if reading.quantity in frozen:  # stamped by the meter's clock: checked at the pass
+                    self._frozen[owner[0]].append(_Observed(meter, rate, reading.timestamp, reading.value))
+                else:
+                    pending[owner[0]].append(_Observed(meter, rate, reading.timestamp, reading.value))
                 kept += 1
         return kept
 
     @property
     def pending(self) -> int:
-        return sum(len(v) for v in self._pending.values())
+        return sum(len(v) for v in self._pending.values()) + sum(len(v) for v in self._frozen.values())
+
+    def _frozen_due(self, now: datetime) -> list[tuple[str, _Observed]]:
+        """Move the frozen register values kept since the last pass into ``_pending``; return those
+        whose meter's clock stamped them later than ``now`` + :data:`CLOCK_AHEAD_SLACK`: they are
+        not charged (live readings charge that energy), so a meter whose clock runs ahead never
+        stalls its account's charging."""
+        frozen, self._frozen = self._frozen, defaultdict(list)
+        ahead, out = now + CLOCK_AHEAD_SLACK, []
+        for account, readings in frozen.items():
+            for r in readings:
+                if r.at > ahead:
+                    out.append((account, r))
+                else:
+                    self._pending[account].append(r)
+        return out
 
     # --- 2. charge -----------------------------------------------------------------------------
 
     def charge(self, now: datetime) -> PassSummary:
         """Charge what was observed (and fixed monthly charges due by ``now``); one transaction."""
+        ahead = self._frozen_due(now)
         pending, self._pending = self._pending, defaultdict(list)
         try:
             # A district's pass allocates millions of objects that live until its end (views,
             # cursors, entries) and make no cycles worth collecting early: without the pause the
             # collector walks everything again and again (about a fifth of a 100,000-account pass).
             with collector_paused():
-                return self._charge(pending, now)
+                summary = self._charge(pending, now)
+            if ahead:
+                self._clock_ahead(ahead, now, summary)
+            return summary
         except BaseException:
             for account, readings in pending.items():  # nothing was committed: try again next pass
                 self._pending[account][:0] = readings
             raise
+
+    def _clock_ahead(self, ahead: list[tuple[str, _Observed]], now: datetime, summary: PassSummary) -> None:
+        """Flag (one per meter and register) the frozen values stamped ahead of ``now``."""
+        first: dict[tuple[str, Rate], _Observed] = {}
+        for _, r in ahead:
+            first.setdefault((r.meter, r.rate), r)
+        summary.flags[CLOCK_AHEAD] = summary.flags.get(CLOCK_AHEAD, 0) + len(ahead)
+        rows = [(meter, rate, r.at, CLOCK_AHEAD,
+                 (f"frozen value {r.value} stamped {r.at.astimezone(CST).isoformat()} by the meter's clock, "
+                  f"{r.at - now} ahead of the master's: not charged (the live register charges that energy)"))
+                for (meter, rate), r in first.items()]
+        self.store.commit_charging([], [], [], rows, {}, now=now)
+        log.warning("prepaid: %d frozen register value(s) stamped ahead of the master's clock (meter %s first), "
+                    "not charged", len(ahead), rows[0][0])
 
     def _moved_meters(self, pending: dict[str, list[Any]], accounts: dict[str, tuple[Any, ...]],
                       replaced: list[tuple[Any, ...]]) -> None:
