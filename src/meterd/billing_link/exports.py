@@ -4,13 +4,15 @@ Each export is one document -- a file in ``outbox/`` (``NAME.tmp``, fsync, renam
 named after the job and what it covers, so running it again rewrites the same file:
 
 - readings: ``<job>-YYYYMMDD.csv|json``, one row per account and meter with the register value
-  at the start of that day (CST) from ``register_of(meter, day)``.  An account whose meter has no
+  at the start of that day from ``register_of(meter, day)`` (the meter's daily freeze, taken at
+  its midnight, Beijing time; the day is the freeze's date).  "Today" is the site's
+  (``[site] timezone``).  An account whose meter has no
   value, or that has no meter, is listed with an empty value and status ``missing`` -- never
   dropped, so the billing system sees whom it must estimate.  The watermark is the last day
   exported; without ``day`` a run exports every day after it through today (at most
   :data:`CATCH_UP` days), without a watermark just today.  An explicit ``day`` rewrites that day
   and never moves the watermark back.
-- balances: ``<job>-YYYYMMDD-HHMMSS.csv|json`` (``now`` in CST): every account's balance and
+- balances: ``<job>-YYYYMMDD-HHMMSS.csv|json`` (``now`` in the site's zone): every account's balance and
   control state as of ``now``.
 
 CSV has a header row and CRLF lines; JSON is ``{"job", "kind", "name", "generated", ...,
@@ -33,7 +35,7 @@ from typing import Any, Final
 from meterd.billing_link.folder import OUTBOX, DropFolder
 from meterd.billing_link.http import post_json, shown_url, token_from_env
 from meterd.billing_link.model import RegisterOf, Run
-from meterd.clock import CST, local_date
+from meterd.clock import local_date
 from meterd.errors import SyncError
 
 READING_COLUMNS: Final = ("account", "meter", "day", "register_kwh", "estimated", "status")
@@ -133,7 +135,7 @@ def export_readings(run: Run) -> None:
     if run.register_of is None:
         raise SyncError(f"job {spec.name}: export_readings needs register_of (the analytics store's register lookup)")
     watermark = run.sync.watermark(spec.name)
-    days = [run.day] if run.day is not None else pending_days(watermark, local_date(run.now))
+    days = [run.day] if run.day is not None else pending_days(watermark, local_date(run.now, run.zone))
     if not days:
         result.note(f"nothing to export: {watermark} is already exported (give a day to rewrite one)")
     accounts = [(a.account, list(a.meters)) for a in run.control.accounts()]
@@ -153,7 +155,7 @@ def export_balances(run: Run) -> None:
     as_of = run.now.isoformat()
     rows = [{"account": a.account, "customer": a.customer, "area": a.area, "balance": a.balance, "state": a.state,
              "held": a.held or "", "as_of": as_of} for a in run.control.accounts()]
-    deliver(run, f"{run.spec.name}-{run.now.astimezone(CST):%Y%m%d-%H%M%S}", BALANCE_COLUMNS, rows, {"as_of": as_of})
+    deliver(run, f"{run.spec.name}-{run.now.astimezone(run.zone):%Y%m%d-%H%M%S}", BALANCE_COLUMNS, rows, {"as_of": as_of})
     run.result.add({"applied": len(rows), "rows": len(rows)})
     run.sync.set_watermark(run.spec.name, str(run.spec.kind), as_of)
     run.result.watermark = as_of

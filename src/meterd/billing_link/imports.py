@@ -52,7 +52,7 @@ from meterd.billing_link.records import (
     payment_of,
 )
 from meterd.billing_link.store import FileRow
-from meterd.clock import CST
+from meterd.clock import local_text
 from meterd.control.model import EntryKind, LedgerEntry
 from meterd.control.state import PENDING, Account, AccountSpec, ControlStore, LedgerRow
 from meterd.errors import LedgerError
@@ -120,7 +120,7 @@ class PaymentSink:
         todo: list[tuple[RawRecord, Payment, LedgerEntry]] = []
         for rec in records:
             try:
-                p = payment_of(rec, now=self.run.now, limits=self.run.amounts)
+                p = payment_of(rec, now=self.run.now, limits=self.run.amounts, zone=self.run.zone)
                 if not self._exists(p.account):
                     raise RecordError(f"unknown account {p.account}")
             except RecordError as exc:
@@ -191,7 +191,7 @@ class PaymentSink:
                 out.counts["duplicates"] += 1
                 duplicates.append(p.payment_id)
                 out.lines.append(f"payment {p.payment_id} (record {rec.no}): duplicate ignored, already applied "
-                                 f"{row.recorded.astimezone(CST):%Y-%m-%d %H:%M} CST ({row.detail})")
+                                 f"{local_text(row.recorded, self.run.zone, timespec='minutes')} ({row.detail})")
         if duplicates:
             # pay() audits each duplicate; here one line per chunk says which ids were ignored.
             self.control.audit("billing", "payment-duplicates", "*",

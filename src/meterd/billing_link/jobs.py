@@ -21,7 +21,7 @@ import os
 import re
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import date, datetime, tzinfo
 from pathlib import Path
 from typing import Final
 
@@ -29,6 +29,7 @@ from meterd.billing_link.exports import export_balances, export_readings
 from meterd.billing_link.imports import import_folder, import_http, sink_for
 from meterd.billing_link.model import JobKind, JobResult, JobSpec, RegisterOf, Run
 from meterd.billing_link.store import SyncStore
+from meterd.clock import CST
 from meterd.control.amounts import DEFAULT_LIMITS, AmountLimits
 from meterd.control.state import ControlStore
 from meterd.errors import SyncError
@@ -112,6 +113,7 @@ def run_job(
     register_of: RegisterOf | Callable[..., object] | None = None,
     day: date | None = None,
     amounts: AmountLimits = DEFAULT_LIMITS,
+    zone: tzinfo = CST,
 ) -> JobResult:
     """Run ``spec`` once, now, on the stores at ``where`` (the data directory, or the PostgreSQL
     database).  ``known_tariffs``: tariff names an imported account may use (the
@@ -119,6 +121,8 @@ def run_job(
     ``day`` -- ``Decimal``, ``(Decimal, estimated)`` or None -- for reading-day exports.  ``day``:
     export that reading day (default: the days after the watermark through today).  ``amounts``:
     the site's ``[prepaid] max_payment``; a payment over it is quarantined with the reason.
+    ``zone``: the site's (``[site] timezone``): which day is today for an export, the time in a
+    balances file's name, the zone of a payment time written without an offset.
 
     Raises :class:`SyncError` (HTTP failure, a job already running, a drop folder that cannot be
     used) after recording it as the job's last status; bad files and records do not raise, they
@@ -138,7 +142,7 @@ def run_job(
             result = JobResult(job=spec.name, kind=kind)
             run = Run(spec=spec, now=now, sync=sync, control=control, result=result,
                       known_tariffs=frozenset(known_tariffs), register_of=register_of,  # type: ignore[arg-type]
-                      day=day, amounts=amounts)
+                      day=day, amounts=amounts, zone=zone)
             sync.begin_run(spec.name, str(kind), now)
             try:
                 _work(run)

@@ -6,12 +6,13 @@ import enum
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, tzinfo
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
 from meterd.billing_link.store import Refusal, SyncStore
+from meterd.clock import CST
 from meterd.control.amounts import DEFAULT_LIMITS, AmountLimits
 from meterd.control.state import ControlStore
 
@@ -114,6 +115,7 @@ class Run:
     register_of: RegisterOf | None = None
     day: date | None = None
     amounts: AmountLimits = DEFAULT_LIMITS  # [prepaid] max_payment: a larger payment is quarantined
+    zone: tzinfo = CST  # the site's ([site] timezone): export days and file names, naive times in files
 
 
 @dataclass(slots=True)

@@ -33,11 +33,11 @@ import json
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
-from meterd.clock import CST
+from meterd.clock import CST, local_text
 from meterd.control.amounts import (
     DEFAULT_LIMIT,
     DEFAULT_LIMITS,
@@ -109,7 +109,7 @@ class Payment:
     payment_id: str
     account: str
     amount: Decimal  # yuan, > 0, at most two decimals
-    paid_at: datetime  # aware; naive times in the file are CST
+    paid_at: datetime  # aware; naive times in the file are the site's
     channel: str = ""
 
 
@@ -337,8 +337,9 @@ def amount_of(value: Any, limits: AmountLimits = DEFAULT_LIMITS) -> Decimal:
         raise RecordError(str(exc)) from None
 
 
-def moment_of(value: Any, *, now: datetime) -> datetime:
-    """A payment time: ISO 8601 or the usual Chinese spreadsheet forms; naive times are CST."""
+def moment_of(value: Any, *, now: datetime, zone: tzinfo = CST) -> datetime:
+    """A payment time: ISO 8601 or the usual Chinese spreadsheet forms; naive times are the
+    site's (``zone``: the billing system's clock is the site's)."""
     text = "" if value is None else str(value).strip()
     if not text or isinstance(value, (bool, dict, list)):
         raise RecordError("missing paid_at")
@@ -355,9 +356,9 @@ def moment_of(value: Any, *, now: datetime) -> datetime:
         else:
             raise RecordError(f"bad date {text!r} in paid_at") from None
     if at.tzinfo is None:
-        at = at.replace(tzinfo=CST)
+        at = at.replace(tzinfo=zone)
     if at > now + FUTURE_SLACK:
-        raise RecordError(f"bad date {text!r} in paid_at: later than now ({now.astimezone(CST):%Y-%m-%d %H:%M} CST)")
+        raise RecordError(f"bad date {text!r} in paid_at: later than now ({local_text(now, zone, timespec='minutes')})")
     return at
 
 
@@ -373,12 +374,13 @@ def opening_of(value: Any) -> Decimal | None:
         raise RecordError(str(exc)) from None
 
 
-def payment_of(rec: RawRecord, *, now: datetime, limits: AmountLimits = DEFAULT_LIMITS) -> Payment:
+def payment_of(rec: RawRecord, *, now: datetime, limits: AmountLimits = DEFAULT_LIMITS,
+               zone: tzinfo = CST) -> Payment:
     _check_readable(rec)
     payment_id = _text(rec, "payment_id", required=True, label="payment id")
     account = _text(rec, "account", required=True)
     amount = amount_of(rec.fields.get("amount"), limits)
-    paid_at = moment_of(rec.fields.get("paid_at"), now=now)
+    paid_at = moment_of(rec.fields.get("paid_at"), now=now, zone=zone)
     channel = _text(rec, "channel", required=False) or ""
     return Payment(payment_id, account, amount, paid_at, channel)  # type: ignore[arg-type]
 

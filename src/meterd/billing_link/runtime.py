@@ -47,7 +47,7 @@ def run_named(config: Any, name: str, *, now: datetime, day: date | None = None)
     try:
         return run_job(jobs[name], where=config.store.state, now=now, known_tariffs=tariffs,
                        register_of=register_of, day=day,
-                       amounts=config.prepaid.amounts if config.prepaid else AmountLimits())
+                       amounts=config.prepaid.amounts if config.prepaid else AmountLimits(), zone=config.site.zone)
     finally:
         store.close()
 
@@ -79,13 +79,14 @@ class SyncRuntime:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
         from apscheduler.triggers.cron import CronTrigger
 
-        from meterd.clock import CST
+        from meterd.clock import zone_name
 
-        scheduler = AsyncIOScheduler(timezone=CST)
+        zone = self.config.site.zone  # schedules are the site's clock times
+        scheduler = AsyncIOScheduler(timezone=zone)
         for name, cron in self.config.sync.schedules.items():
-            scheduler.add_job(self.run_once, CronTrigger.from_crontab(cron, timezone=CST), args=[name], id=name,
+            scheduler.add_job(self.run_once, CronTrigger.from_crontab(cron, timezone=zone), args=[name], id=name,
                               max_instances=1, coalesce=True, misfire_grace_time=300)
-            log.info("sync job %s scheduled: %s (CST)", name, cron)
+            log.info("sync job %s scheduled: %s (%s)", name, cron, zone_name(zone))
         scheduler.start()
         try:
             await stop.wait()

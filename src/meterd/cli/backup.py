@@ -12,10 +12,11 @@ replaced only with ``--force``.
 from __future__ import annotations
 
 import argparse
+from datetime import datetime, tzinfo
 from pathlib import Path
 
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json
-from meterd.clock import CST, utc_now
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json, site_zone
+from meterd.clock import local_text, utc_now
 from meterd.errors import ConfigError
 from meterd.storage.backup import BackupError, backup, restore
 from meterd.storage.database import Location
@@ -41,18 +42,29 @@ def _where(p: argparse.ArgumentParser) -> None:
     where.add_argument("--data-dir", help="an SQLite data directory")
 
 
-def _location(args: argparse.Namespace) -> Location:
+def _location(args: argparse.Namespace) -> tuple[Location, tzinfo]:
+    """The store and the site's zone (the default one for a bare data directory)."""
     if args.config:
         from meterd.config.loader import load_config
 
-        return load_config(args.config).store.state
-    return Path(args.data_dir)
+        config = load_config(args.config)
+        return config.store.state, site_zone(config)
+    return Path(args.data_dir), site_zone(None)
+
+
+def _shown(created: object, zone: tzinfo) -> str:
+    """The manifest's creation time in site time (as written if it is no aware ISO time)."""
+    try:
+        at = datetime.fromisoformat(str(created))
+    except ValueError:
+        return str(created)
+    return local_text(at, zone) if at.tzinfo is not None else str(created)
 
 
 def run_backup(args: argparse.Namespace) -> int:
     try:
-        where = _location(args)
-        files = backup(where, Path(args.to), now=utc_now().astimezone(CST))
+        where, zone = _location(args)
+        files = backup(where, Path(args.to), now=utc_now().astimezone(zone))
     except ConfigError as exc:
         error(str(exc))
         return EXIT_BAD_INPUT
@@ -71,7 +83,7 @@ def run_backup(args: argparse.Namespace) -> int:
 
 def run_restore(args: argparse.Namespace) -> int:
     try:
-        where = _location(args)
+        where, zone = _location(args)
         manifest = restore(Path(args.source), where, force=args.force)
     except ConfigError as exc:
         error(str(exc))
@@ -82,5 +94,6 @@ def run_restore(args: argparse.Namespace) -> int:
     if args.json:
         print_json(manifest)
     else:
-        print(f"restored the backup of {manifest.get('created')} ({manifest.get('backend')}) from {args.source}")
+        print(f"restored the backup of {_shown(manifest.get('created'), zone)} ({manifest.get('backend')}) from "
+              f"{args.source}")
     return EXIT_OK

@@ -9,11 +9,11 @@ shown in the site's zone with its offset.
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json
-from meterd.clock import CST
+from meterd.clock import CST, local_text
 from meterd.errors import ConfigError
 
 
@@ -25,8 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cluster_cmd)
 
 
-def _local(at: datetime | None) -> str | None:
-    return None if at is None else at.astimezone(CST).isoformat(sep=" ", timespec="seconds")
+def _local(at: datetime | None, zone: tzinfo) -> str | None:
+    return None if at is None else local_text(at, zone)
 
 
 def _ago(seconds: float) -> str:
@@ -45,8 +45,9 @@ def _in(seconds: float | None) -> str:
     return f"in {seconds:.1f} s"
 
 
-def status_document(snapshot: Any) -> dict[str, Any]:
-    """A :class:`~meterd.cluster.leases.Snapshot` as the JSON ``meterd cluster status --json`` prints."""
+def status_document(snapshot: Any, zone: tzinfo = CST) -> dict[str, Any]:
+    """A :class:`~meterd.cluster.leases.Snapshot` as the JSON ``meterd cluster status --json`` prints
+    (times in ``zone``, the site's, with the offset)."""
     from meterd.cluster.leases import CHANNEL, LEADER
 
     held: dict[str, list[str]] = {}
@@ -65,17 +66,17 @@ def status_document(snapshot: Any) -> dict[str, Any]:
                 leads.setdefault(lease.holder, []).append(job)
         leases.append({"resource": lease.resource, "holder": lease.holder if live else None,
                        "last_holder": lease.holder, "token": lease.token,
-                       "expires": _local(lease.expires), "expires_in": None if lease.remaining is None
-                       else round(lease.remaining, 1), "renewed": _local(lease.renewed),
-                       "acquired": _local(lease.acquired)})
+                       "expires": _local(lease.expires, zone), "expires_in": None if lease.remaining is None
+                       else round(lease.remaining, 1), "renewed": _local(lease.renewed, zone),
+                       "acquired": _local(lease.acquired, zone)})
     nodes = [{"node": n.node, "state": "stopped" if n.stopped else "alive" if snapshot.alive(n) else "dead",
-              "host": n.host, "pid": n.pid, "version": n.version, "started": _local(n.started),
-              "heartbeat": _local(n.heartbeat), "heartbeat_age": round(n.age, 1),
+              "host": n.host, "pid": n.pid, "version": n.version, "started": _local(n.started, zone),
+              "heartbeat": _local(n.heartbeat, zone), "heartbeat_age": round(n.age, 1),
               "channels": sorted(held.get(n.node, [])), "leads": sorted(leads.get(n.node, []))}
              for n in snapshot.nodes]
     unheld = sorted(lease.resource.removeprefix(CHANNEL) for lease in snapshot.leases
                     if lease.resource.startswith(CHANNEL) and not lease.held)
-    return {"now": _local(snapshot.now), "lease_time": snapshot.lease_time, "nodes": nodes, "leases": leases,
+    return {"now": _local(snapshot.now, zone), "lease_time": snapshot.lease_time, "nodes": nodes, "leases": leases,
             "leaders": leaders, "channels_unheld": unheld}
 
 
@@ -138,7 +139,7 @@ def cluster_cmd(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     finally:
         book.close()
-    doc = status_document(snapshot)
+    doc = status_document(snapshot, config.site.zone)
     if args.json:
         print_json(doc)
     else:

@@ -13,14 +13,14 @@ import asyncio
 import logging
 import resource
 import signal
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from meterd import logthrottle
 from meterd.app import Node, build_node
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json
 from meterd.cli.migrate import migrate, probe, unreachable
-from meterd.clock import CST, utc_now
+from meterd.clock import CST, local_text, utc_now
 from meterd.cluster.leases import LeaseError
 from meterd.config.loader import load_config
 from meterd.errors import ConfigError
@@ -99,9 +99,10 @@ def _duration_text(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
 
 
-def summary_lines(doc: dict[str, Any]) -> list[str]:
-    """:func:`summary` as text: a line on the run, then one line per channel."""
-    started = datetime.fromisoformat(doc["started"]).astimezone(CST).isoformat(sep=" ", timespec="seconds")
+def summary_lines(doc: dict[str, Any], zone: tzinfo = CST) -> list[str]:
+    """:func:`summary` as text: a line on the run (its start in ``zone``, the site's, with the
+    offset), then one line per channel."""
+    started = local_text(datetime.fromisoformat(doc["started"]), zone)
     lines = [f"meterd stopped after {_duration_text(doc['seconds'])} (started {started})"]
     if not doc["channels"]:
         return [*lines, "no channels"]
@@ -159,5 +160,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(doc)
     else:
-        print("\n".join(summary_lines(doc)), flush=True)
+        print("\n".join(summary_lines(doc, config.site.zone)), flush=True)
     return EXIT_OK

@@ -2,14 +2,18 @@
 
 The daemon runs the jobs on their schedules; these run one now (the same code), show each job's
 watermark and last outcome, and list the records that were quarantined with their reasons.
+Times print in the site's zone (``[site] timezone``) with the offset; ``--json`` and ``--csv`` keep
+ISO 8601 with the offset.
 """
 
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
+from typing import Any
 
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json
+from meterd.clock import local_text
 from meterd.errors import ConfigError, SyncError
 
 
@@ -26,12 +30,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=sync_cmd)
 
 
+def _watermark(value: Any, zone: tzinfo) -> str:
+    """A watermark for people: a day or a file name as it is, an instant (a balances export's
+    as-of time) in site time."""
+    if not isinstance(value, str) or "T" not in value:
+        return "-" if value is None else str(value)
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    return value if at.tzinfo is None else local_text(at, zone)
+
+
+def _counts(counts: Any) -> str:
+    """A run's counts in words: ``applied 3, duplicates 1`` (no Python dict)."""
+    if not isinstance(counts, dict):
+        return "" if counts is None else str(counts)
+    return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "nothing"
+
+
 def sync_cmd(args: argparse.Namespace) -> int:
     from meterd.billing_link.jobs import SyncStore
     from meterd.config.loader import load_config
 
     try:
         config = load_config(args.config)
+        zone = config.site.zone
         if config.prepaid is not None and config.prepaid.accounts:
             from meterd.control.state import ControlStore
 
@@ -48,7 +72,7 @@ def sync_cmd(args: argparse.Namespace) -> int:
                 print_json(result.as_dict())
             else:
                 print(f"job {result.job} ({result.kind}): {result.applied} applied, {result.duplicates} duplicates, "
-                      f"{result.quarantined} quarantined; watermark {result.watermark}")
+                      f"{result.quarantined} quarantined; watermark {_watermark(result.watermark, zone)}")
                 for line in result.detail:
                     print(f"  {line}")
             return EXIT_OK
@@ -63,13 +87,16 @@ def sync_cmd(args: argparse.Namespace) -> int:
             _emit(args, [{k: (v if isinstance(v, (str, int, float, type(None))) else str(v)) for k, v in r.items()}
                          for r in rows], columns, [])
         elif args.action == "status":
-            print(f"{'JOB':<20} {'WATERMARK':<26} {'LAST RUN':<26} STATUS / COUNTS")
+            print(f"{'JOB':<20} {'WATERMARK':<25} {'LAST RUN':<25} STATUS / COUNTS")
             for r in rows:
-                print(f"{r['job']:<20} {r.get('watermark') or '-'!s:<26} {str(r.get('last_run') or '-')[:26]:<26} "
-                      f"{r.get('last_status')} {r.get('counts')}")
+                last = local_text(r["last_run"], zone) if r.get("last_run") else "-"
+                print(f"{r['job']:<20} {_watermark(r.get('watermark'), zone):<25} {last:<25} "
+                      f"{r.get('last_status') or '-'}: {_counts(r.get('counts'))}")
         else:
             for r in rows:
-                print(f"{r.get('job')} {r.get('source')} #{r.get('record_no')}: {r.get('reason')} | {r.get('raw')}")
+                when = local_text(r["ts"], zone) if r.get("ts") else "-"
+                print(f"{when} {r.get('job')} {r.get('source')} #{r.get('record_no')}: {r.get('reason')} | "
+                      f"{r.get('raw')}")
         return EXIT_OK
     except (ConfigError, ValueError) as exc:
         error(str(exc))

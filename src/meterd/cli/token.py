@@ -11,6 +11,7 @@ import argparse
 from datetime import UTC, datetime
 
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json
+from meterd.clock import local_text
 from meterd.errors import ConfigError
 
 
@@ -44,9 +45,10 @@ def token_cmd(args: argparse.Namespace) -> int:
             if args.json:
                 print_json(rows)
             else:
-                for r in rows:
-                    print(f"{r['id']}  {r['role']:<10} {r['name']:<20} created {r['created']}"
-                          + (f"  REVOKED {r['revoked']}" if r["revoked"] else ""))
+                zone = config.site.zone
+                for t in tokens.list():
+                    print(f"{t.id}  {t.role.value:<10} {t.name:<20} created {local_text(t.created, zone)}"
+                          + (f"  REVOKED {local_text(t.revoked, zone)}" if t.revoked else ""))
             return EXIT_OK
         if not args.name or not args.name.strip():
             error(f"token {args.action} needs a {'name' if args.action == 'create' else 'token id'}")
