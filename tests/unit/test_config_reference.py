@@ -145,6 +145,12 @@ def test_choices_in_the_table_are_the_codes():
     assert SECTIONS["sync.jobs[]"].key("kind").type == listed(_JOB_KINDS)
 
 
+def test_a_dtu_format_table_takes_the_keys_the_format_codec_knows():
+    from meterd.protocols.terminal.dtu import CONFIG_KEYS
+
+    assert set(SECTIONS["listeners.*.formats[]"].names) == {"name", *CONFIG_KEYS}
+
+
 def test_the_reference_names_the_keys_no_document_explained_before():
     page = render()
     for key in ("voltage_nominal", "registration_timeout", "request_ttl", "jitter", "voltage_low_pct",

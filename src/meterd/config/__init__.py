@@ -1,8 +1,9 @@
 """Configuration: TOML files -> validated, immutable, typed objects.
 
 What lives here: the model (:mod:`.model`, frozen dataclasses and ``StrEnum`` choices that the
-collector, storage and CLI code against) and the loader (:mod:`.loader`, ``tomllib`` plus
-validation).  May import: ``meterd.errors`` and the DL/T 645 codec helpers in
+collector, storage and CLI code against), the loader (:mod:`.loader`, ``tomllib`` plus
+validation), and the table of every key (:mod:`.keys`) that the loader's unknown-key checks use and
+``docs/config.md`` is rendered from (:mod:`.reference`).  May import: ``meterd.errors`` and the DL/T 645 codec helpers in
 ``meterd.protocols`` (address normalisation, DI parsing, the catalogues, Modbus register maps,
 the quantity resolver), and the value types of ``meterd.control``, ``meterd.analytics``,
 ``meterd.billing_link`` and ``meterd.storage`` that it builds (tariffs, thresholds, topology, sync

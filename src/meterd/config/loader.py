@@ -629,7 +629,8 @@ def _dtu_formats(check: _Checker, path: str, raw: Any) -> list[str | DtuFormat] 
             fname: str = entry
             formats.append(entry)
         elif isinstance(entry, dict):
-            fields = {k: v for k, v in entry.items() if k != "name"}
+            check.known_keys(where, entry, _DTU_FORMAT_KEYS)  # the keys docs/config.md lists, no other
+            fields = {k: v for k, v in entry.items() if k != "name" and k in _DTU_FORMAT_KEYS}
             given = entry.get("name", f"formats[{i}]")
             if not isinstance(given, str) or not given.strip():
                 check.problem(f"{where}.name", f"must be a non-empty string, got {show(given)}")
