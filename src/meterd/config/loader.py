@@ -1014,7 +1014,7 @@ def _poll_meters(check: _Checker, path: str, raw: Any, known: set[str]) -> tuple
     if not isinstance(raw, list):
         check.problem(path, f'must be a list of meter addresses such as ["000000000001", "2"], got {show(raw)}')
         return None
-    out: list[str] = []
+    out: dict[str, int] = {}
     ok = True
     for i, entry in enumerate(raw):
         address = _address_or_none(entry)
@@ -1031,7 +1031,7 @@ def _poll_meters(check: _Checker, path: str, raw: Any, known: set[str]) -> tuple
             check.problem(f"{path}[{i}]", f"meter {address} is listed twice")
             ok = False
         else:
-            out.append(address)
+            out[address] = i
     return tuple(out) if ok else None
 
 

@@ -165,11 +165,18 @@ class PollConfig:
     items_1997: tuple[int, ...] = ()  # DL/T 645-1997 data identifiers (1997 meters)
     quantities: tuple[str, ...] = ()  # canonical quantities: every protocol, see meterd.protocols.readspec
     meters: tuple[str, ...] = ()  # 12-digit addresses read besides the groups' meters
+    # the same as sets: a district's poll may list thousands of meters, asked about for every meter
+    _groups: frozenset[str] = field(init=False, repr=False, compare=False)
+    _meters: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_groups", frozenset(self.groups))
+        object.__setattr__(self, "_meters", frozenset(self.meters))
 
     def selects(self, meter: MeterConfig) -> bool:
         if not self.groups and not self.meters:
             return True
-        return meter.group in self.groups or meter.address in self.meters
+        return meter.group in self._groups or meter.address in self._meters
 
 
 #: Retention defaults: raw readings 400 days (a billing dispute or a line-loss question about the
