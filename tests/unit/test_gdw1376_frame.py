@@ -19,7 +19,8 @@ import random
 from datetime import datetime
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from meterd.errors import ChecksumError, FrameLengthError, ProtocolError
 from meterd.protocols.gdw1376.frame import (
@@ -64,8 +65,8 @@ RECORDED = {
     # answer (6.78 kWh), EC and Tp [HELLOWORLD]
     "forward": ("68 E2 00 E2 00 68 4B 00 02 34 12 04 10 E0 00 00 01 00 1F 6B BC 0A 10 00 "
                 "68 61 10 01 30 12 15 68 11 04 33 33 34 33 7B 16 " + "00 " * 16 + "00 13 51 23 21 05 A1 16", HELLOWORLD),
-    "forward_reply": ("68 AE 00 AE 00 68 A8 00 02 34 12 04 10 E0 00 00 01 00 1F 14 00 68 61 10 01 30 12 15 68 91 08 "
-                      "33 33 34 33 AB 39 33 33 49 16 4F 00 00 06 50 23 21 05 AE 16", HELLOWORLD),
+    "forward_reply": (("68 AE 00 AE 00 68 A8 00 02 34 12 04 10 E0 00 00 01 00 1F 14 00 68 61 10 01 30 12 15 68 91 08 "
+                      "33 33 34 33 AB 39 33 33 49 16 4F 00 00 06 50 23 21 05 AE 16"), HELLOWORLD),
     # login, its per-item confirmation (AFN 00 F3), a 2013 heartbeat with the terminal clock and its
     # confirmation [GFEP]
     "login_gfep": ("68 32 00 32 00 68 C9 21 45 03 00 00 02 74 00 00 01 00 A9 16", GFEP),
@@ -73,9 +74,9 @@ RECORDED = {
     "heartbeat_2013": ("68 4A 00 4A 00 68 C9 34 08 94 04 00 02 75 00 00 04 00 33 30 14 12 D2 20 93 16", GFEP),
     "heartbeat_ack_f3": ("68 4A 00 4A 00 68 0B 34 08 94 04 02 00 65 00 00 04 00 02 00 00 04 00 00 50 16", GFEP),
     # daily frozen energy request (AFN 0D F161/F163, p2..p6, Td_d 2011-12-25), L with protocol id 01
-    "f161_request_130": ("68 39 01 39 01 68 4B 02 43 8B 07 14 0D 6F 02 01 01 14 25 12 11 02 01 04 14 25 12 11 "
+    "f161_request_130": (("68 39 01 39 01 68 4B 02 43 8B 07 14 0D 6F 02 01 01 14 25 12 11 02 01 04 14 25 12 11 "
                          "04 01 01 14 25 12 11 04 01 04 14 25 12 11 08 01 01 14 25 12 11 08 01 04 14 25 12 11 "
-                         "10 01 01 14 25 12 11 10 01 04 14 25 12 11 20 01 01 14 25 12 11 20 01 04 14 25 12 11 E9 16",
+                         "10 01 01 14 25 12 11 10 01 04 14 25 12 11 20 01 01 14 25 12 11 20 01 04 14 25 12 11 E9 16"),
                          PRTL3761),
 }
 

@@ -264,7 +264,7 @@ def reply(to: Message, units: Iterable[DataUnit], *, afn: int | None = None,
 
 
 def confirm(to: Message, *, ok: bool = True, per_item: bool = False, ec: EventCounter | None = None,
-            master: int | None = None) -> Message:
+            tp: TimeLabel | None = None, master: int | None = None) -> Message:
     """AFN 00 answering ``to``: F1 (all confirmed) or F2 (all denied), or with ``per_item`` F3 naming
     each of ``to``'s data units.  From the master (``to`` came up) the control byte is 0BH for link
     frames (AFN 02) and 00H otherwise; from a terminal 80H (A0H with ``ec``).  ``master`` replaces
@@ -278,9 +278,10 @@ def confirm(to: Message, *, ok: bool = True, per_item: bool = False, ec: EventCo
     if to.is_uplink:
         fn = SecondaryFunction.LINK_STATUS if to.afn == Afn.LINK else SecondaryFunction.CONFIRM
         control = control_byte(uplink=False, prm=False, function=fn)
-        return Message(address, Afn.CONFIRM, units, control, seq_byte(to.seq_number))
+        return Message(address, Afn.CONFIRM, units, control, seq_byte(to.seq_number, tpv=tp is not None), None,
+                       None, tp)
     control = control_byte(uplink=True, prm=False, function=SecondaryFunction.CONFIRM, fcb_acd=ec is not None)
-    return Message(address, Afn.CONFIRM, units, control, seq_byte(to.seq_number), None, ec)
+    return Message(address, Afn.CONFIRM, units, control, seq_byte(to.seq_number, tpv=tp is not None), None, ec, tp)
 
 
 def link_confirm(login: Message, *, per_item: bool = False, master: int | None = None) -> bytes:
@@ -338,7 +339,9 @@ class Reassembler:
         first, last = parts[0], parts[-1]
         units = tuple(u for p in parts for u in p.units)
         seq = (first.seq & ~(FIN | TPV)) | FIN | (TPV if last.tp is not None else 0)
-        control = (last.control & ~FCB_ACD) | (FCB_ACD if last.ec is not None else 0)
+        control = last.control
+        if last.is_uplink:  # ACD goes with the EC the last frame carries
+            control = (control & ~FCB_ACD) | (FCB_ACD if last.ec is not None else 0)
         return Message(first.address, first.afn, units, control, seq, None, last.ec, last.tp, first.protocol)
 
     def pending(self) -> int:
