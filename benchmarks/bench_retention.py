@@ -115,8 +115,9 @@ def run(name: str, where, args: argparse.Namespace) -> None:
         print(f"  {label} prune (keep {keep} d): {r.rows:,} readings in {r.transactions} transaction(s), "
               f"{a.rows:,} attempts in {a.transactions}; {report.seconds:.1f} s "
               f"({(r.rows + a.rows) / max(report.seconds, 1e-9):,.0f} rows/s)")
-        held = "held the table locked" if name == "PostgreSQL" else "longest transaction"  # the drops' lock
-        print(f"    {held}: readings {r.longest * 1000:.1f} ms; longest transaction: attempts {a.longest * 1000:.1f} ms")
+        readings_held = "held the table locked" if name == "PostgreSQL" else "longest transaction"  # the drops' lock
+        print(f"    readings: {readings_held} {r.longest * 1000:.1f} ms; attempts: longest transaction "
+              f"{a.longest * 1000:.1f} ms")
         print(f"    writer (500 readings + an attempt per write, {len(waits)} writes during the prune): "
               f"median {statistics.median(waits) * 1000:.1f} ms, p99 {waits[int(len(waits) * 0.99)] * 1000:.1f} ms, "
               f"max {waits[-1] * 1000:.1f} ms; idle median {statistics.median(idle.waits) * 1000:.1f} ms, "
