@@ -59,7 +59,7 @@ def test_an_account_without_an_opening_balance_is_created_pending(store):
     a = store.account("A1")
     assert (a.state, a.balance, store.ledger("A1")) == ("pending", Decimal("0.00"), [])
     # the policy pass never reads it
-    assert store.policy_rows(changed_since=None, quiet_above=None) == []
+    assert store.policy_rows(changed_since=None, quiet_above=None, now=T0) == []
 
 
 def test_an_opening_balance_is_one_ledger_entry_applied_once_and_activates(store):
@@ -198,7 +198,7 @@ def test_activation_without_an_amount_opens_at_zero_so_the_policy_sees_it(store)
     seq = store.last_seq()
     store.upsert_accounts([AccountSpec("A1", "res", {M1: Decimal(1)}, activate=True)], actor="billing", now=T0)
     assert store.account("A1").state == "normal" and store.opening_balances() == {"A1": Decimal("0.00")}
-    rows = store.policy_rows(changed_since=seq, quiet_above=Decimal(50))
+    rows = store.policy_rows(changed_since=seq, quiet_above=Decimal(50), now=T0)
     assert [r[0] for r in rows] == ["A1"]  # the ledger moved: the next pass decides it
 
 
@@ -222,7 +222,7 @@ def test_the_alarm_episode_is_stored_and_survives_a_restart(state_where):
     with ControlStore(state_where) as store:
         a = store.account("A1")
         assert (a.state, a.alarmed_at) == ("alarmed", T0)
-        [row] = store.policy_rows(changed_since=None, quiet_above=None)
+        [row] = store.policy_rows(changed_since=None, quiet_above=None, now=T0)
         assert row[8] == int(T0.timestamp() * 1000)
         audit = [r.detail for r in store.audit_log(subject="A1") if r.action == "control-state"]
         assert audit[-1]["alarmed_at"] == T0.isoformat(sep=" ")
@@ -255,9 +255,11 @@ def test_the_migration_keeps_live_accounts_live(state_where):
         [old] = store.due_commands(T0)  # the commands table has its node column: unclaimed so far
         assert (old.meter, old.node) == (M3, None)
         assert store.mark_sent(old.id, now=T0, node="n1").node == "n1"
+        # 3: the operators' 保电 overrides have their table
+        assert store.set_protection("A1", True, reason="event", actor="li", now=T0).changed
     with _Raw(state_where) as raw:
         version = raw.execute("SELECT version FROM schema_versions WHERE store = 'control'").fetchone()
-        assert tuple(version) == (len(_MIGRATIONS),) == (2,)
+        assert tuple(version) == (len(_MIGRATIONS),) == (3,)
     with ControlStore(state_where) as store:  # opened again: nothing left to do
         assert store.account("A2").state == "alarmed"
 
