@@ -378,6 +378,9 @@ def test_formats_signs_ranges_and_no_data() -> None:
     assert fmt.encode_format("A.9", D("-79.9999")) == bytes.fromhex("99 99 F9")
     assert fmt.decode_format("A.9", bytes.fromhex("99 99 F9")) == D("-79.9999")
     assert fmt.encode_format("A.5", None) == b"\xee\xee" and fmt.decode_format("A.5", b"\xee\xee") is None
+    assert str(fmt.decode_format("A.14", bytes(5))) == "0.0000"  # zero keeps the resolution
+    negative_zero = fmt.decode_format("A.25", bytes.fromhex("00 00 80"))
+    assert negative_zero == 0 and fmt.encode_format("A.25", negative_zero) == bytes.fromhex("00 00 80")
     for name, value, match in (("A.9", D("80"), "does not fit"), ("A.7", D("-1"), "negative"),
                                ("A.14", D("0.00001"), "decimal"), ("A.5", D("800.0"), "does not fit")):
         with pytest.raises(ProtocolError, match=match):

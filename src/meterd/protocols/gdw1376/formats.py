@@ -65,8 +65,8 @@ def decode_number(raw: bytes, decimals: int, *, signed: bool = False, what: str 
         magnitude = from_bcd_le(data)
     except ProtocolError:
         raise ProtocolError(f"{what} is not BCD", bytes(raw)) from None
-    value = Decimal(-magnitude if negative else magnitude).scaleb(-decimals)
-    return value
+    # built from its digits so that zero keeps the format's resolution too ("0.0000", not "0E-4")
+    return Decimal((int(negative), tuple(int(c) for c in str(magnitude)), -decimals))
 
 
 def encode_number(value: Decimal | int | None, size: int, decimals: int, *, signed: bool = False,
@@ -84,7 +84,7 @@ def encode_number(value: Decimal | int | None, size: int, decimals: int, *, sign
     if abs(n) >= limit:
         raise ProtocolError(f"{what} {value} does not fit {size} bytes with {decimals} decimal(s)")
     raw = bytearray(to_bcd_le(abs(n), size))
-    if n < 0:
+    if signed and exact.is_signed():  # -0 too: a terminal may send the sign bit with a zero value
         raw[-1] |= SIGN
     return bytes(raw)
 
