@@ -71,9 +71,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from meterd.config.loader import load_config
+    from meterd.cli.common import load_site_config
 
-    config = load_config(args.config)
+    config = load_site_config(args.config)
     return config
 
 

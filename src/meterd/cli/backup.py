@@ -45,9 +45,9 @@ def _where(p: argparse.ArgumentParser) -> None:
 def _location(args: argparse.Namespace) -> tuple[Location, tzinfo]:
     """The store and the site's zone (the default one for a bare data directory)."""
     if args.config:
-        from meterd.config.loader import load_config
+        from meterd.cli.common import load_site_config
 
-        config = load_config(args.config)
+        config = load_site_config(args.config)
         return config.store.state, site_zone(config)
     return Path(args.data_dir), site_zone(None)
 

@@ -117,12 +117,12 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 
 def cluster_cmd(args: argparse.Namespace) -> int:
+    from meterd.cli.common import load_site_config
     from meterd.cluster.leases import LeaseBook, LeaseError, read_snapshot
     from meterd.config.cluster import DEFAULT_LEASE_TIME
-    from meterd.config.loader import load_config
 
     try:
-        config = load_config(args.config)
+        config = load_site_config(args.config)
     except ConfigError as exc:
         error(str(exc))
         return EXIT_BAD_INPUT

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import sys
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -69,6 +70,33 @@ def format_value(value: Any, zone: tzinfo = CST) -> str:
     if isinstance(value, int):
         return f"{value} (0x{value:04X})"
     return str(value)
+
+
+class SiteTimeFormatter(logging.Formatter):
+    """Log lines stamped in the site's zone with its offset (``2026-11-23 10:00:00.123+08:00``), not
+    the host's zone without one.  The zone is the default until a command that loads a config says
+    which it is (:func:`log_times_in`)."""
+
+    zone: tzinfo = CST
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return local_text(datetime.fromtimestamp(record.created, UTC), self.zone, timespec="milliseconds")
+
+
+def load_site_config(path: str) -> Any:
+    """:func:`~meterd.config.loader.load_config`, and the log's times in its site zone from now on."""
+    from meterd.config.loader import load_config
+
+    config = load_config(path)
+    log_times_in(config.site.zone)
+    return config
+
+
+def log_times_in(zone: tzinfo) -> None:
+    """From now on the log's times are in ``zone`` (the config's ``[site] timezone``)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, SiteTimeFormatter):
+            handler.formatter.zone = zone
 
 
 def error(message: str) -> None:

@@ -137,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config_from_environment(args)
-    logging.basicConfig(
-        level=log_level(args, argv),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from meterd.cli.common import SiteTimeFormatter
+
+    handler = logging.StreamHandler(sys.stderr)  # times in the site's zone with the offset
+    handler.setFormatter(SiteTimeFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=log_level(args, argv), handlers=[handler])
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -151,10 +151,10 @@ class NewerSchemaError(ConfigError):
 
 
 def migrate_cmd(args: argparse.Namespace) -> int:
-    from meterd.config.loader import load_config
+    from meterd.cli.common import load_site_config
 
     try:
-        where = load_config(args.config).store.state
+        where = load_site_config(args.config).store.state
     except ConfigError as exc:
         error(str(exc))
         return EXIT_BAD_INPUT

@@ -165,9 +165,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _context(args: argparse.Namespace) -> tuple[Location, Any]:
     if getattr(args, "config", None):
-        from meterd.config.loader import load_config
+        from meterd.cli.common import load_site_config
 
-        config = load_config(args.config)
+        config = load_site_config(args.config)
         return config.store.state, config
     return (Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR), None
 

@@ -31,13 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from meterd.cli.common import load_site_config
     from meterd.cli.migrate import probe, unreachable
-    from meterd.config.loader import load_config
     from meterd.storage import open_store
     from meterd.storage.retention import Policy, prune
 
     try:
-        config = load_config(args.config)
+        config = load_site_config(args.config)
     except ConfigError as exc:
         error(str(exc))
         return EXIT_BAD_INPUT

@@ -45,9 +45,9 @@ def resolve_location(args: argparse.Namespace) -> tuple[Location, tzinfo]:
     """The store ``-c`` names (its data directory, or its PostgreSQL database) and the site's zone,
     else ``--data-dir`` and the default zone."""
     if getattr(args, "config", None):
-        from meterd.config.loader import load_config
+        from meterd.cli.common import load_site_config
 
-        config = load_config(args.config)
+        config = load_site_config(args.config)
         return config.store.state, site_zone(config)
     return (Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR), site_zone(None)
 

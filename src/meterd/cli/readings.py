@@ -11,13 +11,13 @@ from meterd.cli.common import (
     EXIT_OK,
     error,
     format_value,
+    load_site_config,
     parse_time,
     print_json,
     reading_dict,
     site_zone,
 )
 from meterd.clock import local_text
-from meterd.config.loader import load_config
 from meterd.errors import ConfigError, ProtocolError
 from meterd.protocols.dlt645.frame import normalize_address
 from meterd.storage import open_store
@@ -45,7 +45,7 @@ def resolve_location(args: argparse.Namespace) -> tuple[Location, tzinfo]:
     """The store ``-c`` names (its data directory, or its PostgreSQL database) and the site's zone,
     else ``--data-dir`` and the default zone."""
     if getattr(args, "config", None):
-        config = load_config(args.config)
+        config = load_site_config(args.config)
         return config.store.state, site_zone(config)
     return (Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR), site_zone(None)
 

@@ -18,11 +18,10 @@ from typing import Any
 
 from meterd import logthrottle
 from meterd.app import Node, build_node
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, load_site_config, print_json
 from meterd.cli.migrate import migrate, probe, unreachable
 from meterd.clock import CST, local_text, utc_now
 from meterd.cluster.leases import LeaseError
-from meterd.config.loader import load_config
 from meterd.errors import ConfigError
 from meterd.heap import settle_heap
 from meterd.storage import open_store
@@ -119,7 +118,7 @@ def summary_lines(doc: dict[str, Any], zone: tzinfo = CST) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
+        config = load_site_config(args.config)
     except ConfigError as exc:
         error(f"{exc}\nnothing was started")
         return EXIT_BAD_INPUT

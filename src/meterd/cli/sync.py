@@ -51,10 +51,10 @@ def _counts(counts: Any) -> str:
 
 def sync_cmd(args: argparse.Namespace) -> int:
     from meterd.billing_link.jobs import SyncStore
-    from meterd.config.loader import load_config
+    from meterd.cli.common import load_site_config
 
     try:
-        config = load_config(args.config)
+        config = load_site_config(args.config)
         zone = config.site.zone
         if config.prepaid is not None and config.prepaid.accounts:
             from meterd.control.state import ControlStore

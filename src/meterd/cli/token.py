@@ -28,11 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def token_cmd(args: argparse.Namespace) -> int:
     from meterd.api.tokens import TokenStore
-    from meterd.config.loader import load_config
+    from meterd.cli.common import load_site_config
     from meterd.control.state import ControlStore
 
     try:
-        config = load_config(args.config)
+        config = load_site_config(args.config)
     except ConfigError as exc:
         error(str(exc))
         return EXIT_BAD_INPUT

@@ -262,8 +262,8 @@ class CommandExecutor:
         next_try = now + self.retry_every
         if next_try >= cmd.expires:
             return await self._finish(cmd, CommandState.EXPIRED, f"expired: the meter did not answer ({why})")
-        log.info("command #%d %s to meter %s: %s; retry at %s", cmd.id, cmd.kind, cmd.meter, why,
-                 next_try.isoformat())
+        log.info("command #%d %s to meter %s: %s; retry in %g s", cmd.id, cmd.kind, cmd.meter, why,
+                 self.retry_every.total_seconds())  # relative: the log line's own time is the site's
         self._count(cmd, "retry")
         return await asyncio.to_thread(self.store.retry_later, cmd.id, now=now, next_try=next_try,
                                        detail=f"try {cmd.tries}: {why}")
