@@ -10,7 +10,7 @@ What lives here:
 - :mod:`.energy` -- the daily register store and the line-loss history, in ``state.sqlite3``.
 
 May import: ``meterd.readings``, ``meterd.storage.sqlite`` (file name, time encoding) and
-``meterd.clock`` (``CST``) only -- never ``collector``, ``config`` (but for its section's type,
+``meterd.clock`` (the zones, day cuts, site-time text) only -- never ``collector``, ``config`` (but for its section's type,
 annotation only) or ``cli``: analytics works on what was stored, whoever stored it.
 
 Contract:
