@@ -36,6 +36,8 @@ Errors are grouped by where in the life of the daemon they happen::
      +-- ApiError                     an HTTP request refused with a status and a message  [api.app]
      +-- BadInput                     (also ValueError) a probe argument that is not an address,
                                       port or identifier  [cli.probe]
+     +-- CommandError                 (also ValueError) a simulator control command that cannot be
+                                      carried out; its text goes back to the sender  [simulators.control]
 
 Classes defined outside this module name their module in brackets; ``tests/unit/test_errors.py``
 checks that every exception class of meterd is under MeterdError and that each class drawn here

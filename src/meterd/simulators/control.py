@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 from meterd.clock import Clock
-from meterd.errors import LinkError, ProtocolError
+from meterd.errors import LinkError, MeterdError, ProtocolError
 from meterd.protocols.dlt645.frame import normalize_address
 from meterd.simulators.area import Area
 from meterd.simulators.model import MeterModel
@@ -51,7 +51,7 @@ _COMMANDS: Final = frozenset({"press", "power-down", "power-up", "reverse", "vol
                               "help"})
 
 
-class CommandError(ValueError):
+class CommandError(MeterdError, ValueError):
     """A command that cannot be carried out; its text goes back to the sender."""
 
 
