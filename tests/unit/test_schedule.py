@@ -406,7 +406,7 @@ def test_scheduler_plan_and_description(store):
     assert sched.missing(A1, "rt", DAY, NOW).curves[0].start == cst(2, 0)
     lines = sched.describe(cst(0, 0))
     assert lines[1].startswith(
-        "task df (daily_frozen, cron '15 0 * * *', groups res): 2 meter(s) on bus; next 03-04 00:15:00")
+        "task df (daily_frozen, cron '15 0 * * *', groups res): 2 meter(s) on bus; next 2025-03-04 00:15:00+08:00")
     assert [d.task.name for d in sched.due(cst(0, 16))] == ["rt", "df"]
     with pytest.raises(TaskSpecError, match="used twice"):
         TaskScheduler([RT, RT], METERS, lambda *a: None)

@@ -34,7 +34,7 @@ from apscheduler.events import (
 )
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from meterd.clock import CST, Clock, utc_now
+from meterd.clock import CST, Clock, local_text, utc_now
 from meterd.collector.channel import Channel, FailureKind, TransactionError
 from meterd.collector.modbus import ModbusLink
 from meterd.collector.poll import (
@@ -395,7 +395,7 @@ class TaskScheduler:
         """The start-up log: per task, its kind, schedule, meters, channels and next fire times."""
         lines = []
         for t in self.tasks.values():
-            nxt = ", ".join(f"{x.astimezone(self.tz):%m-%d %H:%M:%S}" for x in self.next_fire_times(t, now, 3))
+            nxt = ", ".join(local_text(x, self.tz) for x in self.next_fire_times(t, now, 3))  # with the offset
             lines.append(f"task {t.name} ({t.kind}, {t.period}, groups {', '.join(t.groups) or 'all'}): "
                          f"{len(self.meters_of(t))} meter(s) on {', '.join(self.channels_of(t)) or 'no channel'}; "
                          f"next {nxt}")
