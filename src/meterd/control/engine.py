@@ -28,6 +28,7 @@ Every function takes ``now``; the daemon's clock is the only clock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections import defaultdict
@@ -170,7 +171,7 @@ class PrepaidEngine:
         self.tariffs = dict(tariffs)
         self.limits = {limit.meter: limit for limit in limits}
         self._pending: dict[str, list[RegisterReading | _Observed]] = defaultdict(list)
-        self._frozen: dict[str, list[_Observed]] = defaultdict(list)  # frozen registers, by account
+        self._frozen: list[tuple[str, _Observed]] = []  # (account, reading) of the frozen ones in _pending
         self._samples: dict[str, list[PowerSample]] = defaultdict(list)
         self._power_active: dict[str, bool] = {}
         self._power_held: dict[str, str | None] = {}
@@ -202,43 +203,43 @@ class PrepaidEngine:
                 continue
             rate = rates.get(reading.quantity)  # register_reading(), inlined: a round has 100,000s
             if rate is not None and reading.quality is good and isinstance(reading.value, Decimal):
+                observed = _Observed(meter, rate, reading.timestamp, reading.value)
+                pending[owner[0]].append(observed)
                 if reading.quantity in frozen:  # stamped by the meter's clock: checked at the pass
-                    self._frozen[owner[0]].append(_Observed(meter, rate, reading.timestamp, reading.value))
-                else:
-                    pending[owner[0]].append(_Observed(meter, rate, reading.timestamp, reading.value))
+                    self._frozen.append((owner[0], observed))
                 kept += 1
         return kept
 
     @property
     def pending(self) -> int:
-        return sum(len(v) for v in self._pending.values()) + sum(len(v) for v in self._frozen.values())
+        return sum(len(v) for v in self._pending.values())
 
-    def _frozen_due(self, now: datetime) -> list[tuple[str, _Observed]]:
-        """Move the frozen register values kept since the last pass into ``_pending``; return those
-        whose meter's clock stamped them later than ``now`` + :data:`CLOCK_AHEAD_SLACK`: they are
-        not charged (live readings charge that energy), so a meter whose clock runs ahead never
-        stalls its account's charging."""
-        frozen, self._frozen = self._frozen, defaultdict(list)
-        ahead, out = now + CLOCK_AHEAD_SLACK, []
-        for account, readings in frozen.items():
-            for r in readings:
-                if r.at > ahead:
-                    out.append((account, r))
-                else:
-                    self._pending[account].append(r)
-        return out
-
-    # --- 2. charge -----------------------------------------------------------------------------
+    @staticmethod
+    def _frozen_ahead(frozen: list[tuple[str, _Observed]], pending: dict[str, list[Any]],
+                      now: datetime) -> list[tuple[str, _Observed]]:
+        """Take out of ``pending`` the frozen register values whose meter's clock stamped them
+        later than ``now`` + :data:`CLOCK_AHEAD_SLACK`, and return them: they are not charged (live
+        readings charge that energy), so a meter whose clock runs ahead never stalls its account's
+        charging.  The common case -- none ahead -- only compares each frozen value's time."""
+        limit = now + CLOCK_AHEAD_SLACK
+        ahead = [(account, r) for account, r in frozen if r.at > limit]
+        for account, r in ahead:
+            readings = pending.get(account)
+            if readings is not None:
+                with contextlib.suppress(ValueError):
+                    readings.remove(r)
+        return ahead
 
     def charge(self, now: datetime) -> PassSummary:
         """Charge what was observed (and fixed monthly charges due by ``now``); one transaction."""
-        ahead = self._frozen_due(now)
         pending, self._pending = self._pending, defaultdict(list)
+        frozen, self._frozen = self._frozen, []
         try:
             # A district's pass allocates millions of objects that live until its end (views,
             # cursors, entries) and make no cycles worth collecting early: without the pause the
             # collector walks everything again and again (about a fifth of a 100,000-account pass).
             with collector_paused():
+                ahead = self._frozen_ahead(frozen, pending, now)
                 summary = self._charge(pending, now)
             if ahead:
                 self._clock_ahead(ahead, now, summary)
@@ -246,6 +247,7 @@ class PrepaidEngine:
         except BaseException:
             for account, readings in pending.items():  # nothing was committed: try again next pass
                 self._pending[account][:0] = readings
+            self._frozen[:0] = frozen
             raise
 
     def _clock_ahead(self, ahead: list[tuple[str, _Observed]], now: datetime, summary: PassSummary) -> None:
