@@ -355,6 +355,25 @@ def test_payment_twice_is_applied_once(site: Site) -> None:
     assert audit[-1].actor == "admin-user" and audit[-1].detail["token_id"] == site.tokens["admin"].split(".")[0]
 
 
+def test_an_account_shows_the_effective_protection_with_the_archives_flag(site: Site) -> None:
+    # an operator's 保电 override (meterd protect) is what the API reports as protected
+    _, _, before = site.call("GET", "/api/v1/accounts/A1001", role="viewer")
+    assert before["protected"] is before["archive_protected"]
+    with ControlStore(site.data_dir) as control:
+        control.set_protection("A1001", not before["protected"], reason="hospital night shift", actor="li",
+                               now=datetime.now(timezone.utc))
+    try:
+        _, _, shown = site.call("GET", "/api/v1/accounts/A1001", role="viewer")
+        assert shown["protected"] is (not before["protected"])
+        assert shown["archive_protected"] is before["protected"]
+        _, _, listed = site.call("GET", "/api/v1/accounts", role="viewer")
+        assert [a["protected"] for a in listed if a["account"] == "A1001"] == [shown["protected"]]
+    finally:
+        with ControlStore(site.data_dir) as control:
+            control.set_protection("A1001", before["protected"], reason="back to the archive", actor="li",
+                                   now=datetime.now(timezone.utc))
+
+
 def test_an_operator_activates_a_pending_account_once(site: Site) -> None:
     name = _new_account(site)
     _, _, shown = site.call("GET", f"/api/v1/accounts/{name}", role="viewer")

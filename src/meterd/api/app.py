@@ -396,7 +396,9 @@ class Api:
         limit = _query_limit(request, MAX_LIMIT) if "limit" in request.query_params else None
 
         def work() -> list[dict[str, Any]]:
-            return [account_doc(a) for a in self.control.accounts(area=area, state=state, after=after, limit=limit)]
+            now = self.clock()
+            return [account_doc(a, now) for a in self.control.accounts(area=area, state=state, after=after,
+                                                                       limit=limit)]
         return JSONResponse(await run_in_threadpool(work))
 
     async def account(self, request: Request, caller: Caller | None) -> Response:
@@ -404,7 +406,7 @@ class Api:
         found = await run_in_threadpool(self.control.account, name)
         if found is None:
             raise ApiError(404, f"unknown account {name}")
-        return JSONResponse(account_doc(found))
+        return JSONResponse(account_doc(found, self.clock()))
 
     async def ledger(self, request: Request, caller: Caller | None) -> Response:
         name = request.path_params["account"]

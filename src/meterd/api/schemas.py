@@ -61,7 +61,7 @@ SCHEMAS: Final[dict[str, Any]] = {
                    "group": STR, "latest": {"type": "object", "additionalProperties": ref("Reading")}}),
     "Readings": obj({"meter": STR, "readings": {"type": "array", "items": ref("Reading")}}),
     "Account": obj({"account": STR, "customer": STR, "area": STR, "tariff": STR,
-                     "protected": {"type": "boolean"}, "balance": MONEY,
+                     "protected": {"type": "boolean"}, "archive_protected": {"type": "boolean"}, "balance": MONEY,
                      "state": {"type": "string", "enum": list(ACCOUNT_STATES)}, "held": OPT_STR,
                      "meters": {"type": "object", "additionalProperties": STR}, "opened": TIME,
                      "manual_hold_until": OPT_TIME, "alarmed_at": OPT_TIME}),
@@ -170,9 +170,11 @@ def meter_doc(m: MeterRecord, latest: dict[str, Any]) -> dict[str, Any]:
             "name": m.name, "group": m.group, "latest": {q: reading_doc(r) for q, r in latest.items()}}
 
 
-def account_doc(a: Account) -> dict[str, Any]:
+def account_doc(a: Account, now: datetime) -> dict[str, Any]:
+    """``protected`` is the effective 保电 at ``now`` (an operator's override in force, else the
+    archive's flag); ``archive_protected`` the billing system's / config's own flag."""
     return {"account": a.account, "customer": a.customer, "area": a.area, "tariff": a.tariff,
-            "protected": a.protected, "balance": str(a.balance), "state": a.state, "held": a.held,
+            "protected": a.protected_at(now), "archive_protected": a.protected, "balance": str(a.balance), "state": a.state, "held": a.held,
             "meters": {m: str(k) for m, k in a.meters.items()}, "opened": a.opened.isoformat(),
             "manual_hold_until": iso(a.manual_until), "alarmed_at": iso(a.alarmed_at)}
 
