@@ -52,7 +52,7 @@ from typing import TypedDict
 from meterd.app import build_node
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, format_value, print_json
 from meterd.cli.run import summary, summary_lines
-from meterd.clock import today_cst
+from meterd.clock import CST, local_text, today_cst
 from meterd.collector.daemon import describe_plan
 from meterd.collector.poll import RoundResult
 from meterd.config.loader import parse_config
@@ -101,6 +101,12 @@ SHOWN = [
 class DemoResult(TypedDict):
     channels: dict[str, dict[str, object]]  # node.stats() per channel
     prepaid: list[str]  # the prepaid story, as watch_prepaid printed it
+
+
+def _now_text() -> str:
+    """The wall clock for the demo's running lines: the site's time of day with its offset (the
+    demo's config names no [site], so Asia/Shanghai)."""
+    return local_text(datetime.now(UTC), CST)[11:]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -263,7 +269,7 @@ async def watch_prepaid(data_dir: Path, stop: asyncio.Event, *, poll: float = 1.
     printed: list[str] = []
 
     def say(line: str) -> None:
-        line = f"{datetime.now().strftime('%H:%M:%S')} prepaid: {line}"
+        line = f"{_now_text()} prepaid: {line}"
         printed.append(line)
         print(line)
         sys.stdout.flush()
@@ -343,9 +349,9 @@ class RoundPrinter:
         for a in result.attempts:
             if a.outcome != "ok":
                 failed.setdefault(a.meter, a.outcome)
-        stamp = datetime.now().strftime("%H:%M:%S")
+        stamp = _now_text()
         if not self.header_done:
-            print(f"{'time':<8} {'channel':<6} {'meter':<12} " + " ".join(f"{h:>11}" for _, h in SHOWN))
+            print(f"{'time':<14} {'channel':<6} {'meter':<12} " + " ".join(f"{h:>11}" for _, h in SHOWN))
             self.header_done = True
         meters = sorted({r.meter for r in result.readings} | set(failed))
         for m in meters:
@@ -356,9 +362,9 @@ class RoundPrinter:
                     if q == "relay.open":
                         v = "open" if v is True else "closed" if v is False else "-"
                     cells.append(f"{format_value(v) if not isinstance(v, str) else v:>11}")
-                print(f"{stamp:<8} {result.channel:<6} {m:<12} " + " ".join(cells))
+                print(f"{stamp:<14} {result.channel:<6} {m:<12} " + " ".join(cells))
             else:
-                print(f"{stamp:<8} {result.channel:<6} {m:<12} {'FAILED: ' + failed[m]:>11}")
+                print(f"{stamp:<14} {result.channel:<6} {m:<12} {'FAILED: ' + failed[m]:>11}")
         sys.stdout.flush()
 
 
@@ -431,8 +437,9 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float, *, q
               f"(config: {data_dir / 'demo.toml'}, store: {data_dir})")
         print("meter 000000000012 never answers and 000000000016 garbles its replies, to show failures; "
               f"{' and '.join(LEGACY_METERS)} speak DL/T 645-1997; the mb* channels are Modbus meters.")
+        clocks = local_text(fleet.clock.start.replace(tzinfo=CST), CST, timespec="minutes")  # meters: Beijing time
         print(f"area {AREA}: supply meter {AREA_SUPPLY} measures {len(AREA_CUSTOMERS)} customers plus a "
-              f"{AREA_LOSS:.0%} technical loss; the meters' clocks start at {fleet.clock.start:%Y-%m-%d %H:%M} "
+              f"{AREA_LOSS:.0%} technical loss; the meters' clocks start at {clocks} "
               f"with {HISTORY_DAYS} days of daily freezes (try: meterd lineloss -c {data_dir / 'demo.toml'})")
         for name, value in DEMO_SECRETS.items():
             os.environ.setdefault(name, value)
