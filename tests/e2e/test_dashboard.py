@@ -23,6 +23,7 @@ import struct
 import subprocess
 import threading
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from datetime import datetime, timezone
@@ -34,6 +35,7 @@ import uvicorn
 
 from conftest import free_port
 from meterd.api import create_app
+from meterd.config.loader import parse_config
 
 CHROMIUM = "/usr/bin/chromium"
 WINDOW = (1400, 1800)
@@ -167,6 +169,8 @@ def test_the_dashboard_draws_the_demo_in_headless_chromium(demo, tmp_path):
     assert int(body["data-curve-points"]) >= 1  # the load curve has data
     assert int(body["data-energy-bars"]) >= 1  # so has the energy chart
     assert 0 < float(body["data-success-rate"]) <= 1  # one meter never answers, one garbles: below 1
+    assert body["data-timezone"] == "Asia/Shanghai"  # the demo's config names no [site]
+    assert page.text["updated"].count(":") == 2 and "Asia/Shanghai (UTC+08:00)" in shown.stdout
     assert page.text["t-meters"].strip() == "24"
     assert "%" in page.text["t-success"] and "target 97 %" in page.text["t-success-detail"]
     assert "mbtcp" in page.text["quality-rows"] and "TA-DEMO" in page.text["areas-rows"]  # the demo's area
@@ -205,6 +209,15 @@ def test_the_dashboard_draws_the_demo_in_headless_chromium(demo, tmp_path):
     assert "has no /api/v1/curve" in page.text["curve-note"] and page.text["t-meters"].strip() == "24"
     assert "does not serve /api/v1/lineloss" in page.text["areas-rows"]
 
+    # a site in another zone: the page takes it from the overview and shows its times in it
+    site = parse_config(tomllib.loads(f'[site]\ntimezone = "America/Sao_Paulo"\n[store]\ndata_dir = "{data}"\n'))
+    with serve(data, without=set(), config=site) as elsewhere:
+        shown = chromium(tmp_path, f"{elsewhere}/dashboard#token={token}", "--dump-dom")
+    page = Page(shown.stdout)
+    assert page.body["data-loaded"] == "1" and page.body["data-errors"] == "", page.body
+    assert page.body["data-timezone"] == "America/Sao_Paulo"
+    assert "America/Sao_Paulo (UTC-03:00)" in shown.stdout and "UTC+08:00" not in shown.stdout
+
     # an endpoint the page needs fails: the banner says which, the rest is still drawn
     with serve(data, without={"/api/v1/anomalies"}) as broken:
         page = Page(chromium(tmp_path, f"{broken}/dashboard#token={token}", "--dump-dom").stdout)
@@ -214,9 +227,9 @@ def test_the_dashboard_draws_the_demo_in_headless_chromium(demo, tmp_path):
 
 
 @contextlib.contextmanager
-def serve(data_dir: Path, *, without: set[str]):
+def serve(data_dir: Path, *, without: set[str], config: object = None):
     """The API app over ``data_dir`` in this process, minus the routes ``without``."""
-    app = create_app(data_dir, clock=lambda: datetime.now(timezone.utc))
+    app = create_app(data_dir, clock=lambda: datetime.now(timezone.utc), config=config)
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in without]
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
