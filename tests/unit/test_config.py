@@ -278,8 +278,10 @@ EXPECTED = [
     "channels.bus1.retries: must be between 0 and 10, got 11",
     "channels.bus1.preamble: must be between 0 and 4, got 5",
     f'channels.bus1.turnaround: must be a duration of zero or more ({DURATION}), got "-20ms"',
-    "channels.both: needs exactly one of serial = {...}, tcp = {...}, dtu = {...} or mqtt = {...}",
-    "channels.neither: needs exactly one of serial = {...}, tcp = {...}, dtu = {...} or mqtt = {...}",
+    "channels.both: needs exactly one of serial = {...}, tcp = {...}, dtu = {...}, mqtt = {...} or "
+    "gdw1376 = {...}",
+    "channels.neither: needs exactly one of serial = {...}, tcp = {...}, dtu = {...}, mqtt = {...} or "
+    "gdw1376 = {...}",
     "channels.dtu.tcp.host: must not be empty",
     "channels.dtu.tcp.port: must be between 1 and 65535, got 70000",
     "channels.dtu2.tcp.port: missing: required",

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -35,6 +35,7 @@ from meterd.collector import ondemand
 from meterd.collector.channel import LATENCY_BOUNDS, Channel, FailureKind, Timing, TraceHook
 from meterd.collector.door import Door
 from meterd.collector.dtu import DtuListener
+from meterd.collector.gdw1376 import GdwChannel, GdwListener, gdw_round, password_bytes, read_events, sync_archive
 from meterd.collector.modbus import ModbusLink
 from meterd.collector.mqtt import MqttHub
 from meterd.collector.poll import MeterTarget, RoundResult, link_failed, poll_round
@@ -44,12 +45,13 @@ from meterd.config.model import (
     ChannelConfig,
     Config,
     DtuLink,
+    GdwLink,
     MeterConfig,
     MqttLink,
     PollConfig,
     SerialLink,
 )
-from meterd.errors import ConfigError, LinkError, ReadRefusedError
+from meterd.errors import ConfigError, LinkError, MeterdError, ReadRefusedError
 from meterd.plausibility import Implausible
 from meterd.protocols import modbus
 from meterd.protocols.drivers import LinkKind, get_driver
@@ -68,9 +70,12 @@ SERVICE_GRACE = 5.0  # seconds the services (API, prepaid, sync) have to end by 
 RoundHook = Callable[[RoundResult], None]
 
 
+Listener = DtuListener | GdwListener
+
+
 def make_transport(
     cfg: ChannelConfig,
-    listeners: dict[str, DtuListener] | None = None,
+    listeners: Mapping[str, Listener] | None = None,
     hub: MqttHub | None = None,
     units: dict[int, str] | None = None,
 ) -> Transport:
@@ -78,8 +83,8 @@ def make_transport(
     if isinstance(link, MqttLink):
         assert hub is not None, "MQTT channels need the daemon's hub"
         return hub.transport(link.terminal, name=cfg.name, units=units or None)
-    if isinstance(link, DtuLink):
-        assert listeners is not None, "DTU channels need the daemon's listeners"
+    if isinstance(link, (DtuLink, GdwLink)):
+        assert listeners is not None, "DTU and 1376.1 channels need the daemon's listeners"
         return listeners[link.listener].transport(link.terminal, connect_wait=link.connect_wait)
     if isinstance(link, SerialLink):
         return SerialTransport(cfg.name, link.device, baud=link.baud, bytesize=link.bytesize,
@@ -150,10 +155,13 @@ class LeasedTransport(Transport):
 def make_channel(
     cfg: ChannelConfig,
     trace: TraceHook | None = None,
-    listeners: dict[str, DtuListener] | None = None,
+    listeners: Mapping[str, Listener] | None = None,
     hub: MqttHub | None = None,
     units: dict[int, str] | None = None,
+    meters: Sequence[MeterConfig] = (),
 ) -> Channel:
+    if isinstance(cfg.link, GdwLink):
+        return make_gdw_channel(cfg, cfg.link, make_transport(cfg, listeners), trace, meters)
     return Channel(
         cfg.name,
         make_transport(cfg, listeners, hub, units),
@@ -163,6 +171,23 @@ def make_channel(
         turnaround=cfg.turnaround,
         trace=trace,
     )
+
+
+def make_gdw_channel(cfg: ChannelConfig, link: GdwLink, transport: Transport, trace: TraceHook | None,
+                     meters: Sequence[MeterConfig]) -> GdwChannel:
+    """The channel to a Q/GDW 1376.1 terminal; its password from the secret the config names (a
+    secret named but not set, or not 32 hex digits, stops start-up naming the key)."""
+    from meterd.collector.gdw1376 import GdwTransport
+    from meterd.protocols.gdw1376.frame import parse_terminal_address
+
+    key = f"channels.{cfg.name}.gdw1376.password_secret"
+    password = password_bytes(secret(link.password_secret, key), key) if link.password_secret else None
+    assert isinstance(transport, GdwTransport)
+    return GdwChannel(cfg.name, transport, parse_terminal_address(link.terminal),
+                      pns={m.address: m.pn for m in meters if m.pn is not None},
+                      timing=Timing(cfg.timeouts.response, cfg.timeouts.inter_byte), retries=cfg.retries,
+                      trace=trace, password=password, port=link.port, special=str(link.kind) == "special",
+                      turn=link.turn, archive=link.archive)
 
 
 def push_meters(config: Config) -> dict[str, frozenset[str]]:
@@ -177,6 +202,11 @@ def push_meters(config: Config) -> dict[str, frozenset[str]]:
 def _allows(ownership: Ownership, channel: str) -> Callable[[], bool]:
     allows = ownership.allows
     return lambda: allows(channel)
+
+
+def _log_audit(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("writing the audit log failed", exc_info=future.exception())
 
 
 def _log_failure(future: asyncio.Future) -> None:
@@ -244,6 +274,8 @@ def link_kind(plan: ChannelPlan) -> str:
         return "serial"
     if isinstance(link, DtuLink):
         return "dtu"
+    if isinstance(link, GdwLink):
+        return "gdw1376"
     if isinstance(link, MqttLink):
         return "mqtt"
     return "modbus-tcp" if plan.has_modbus and plan.channel.framing == "tcp" else "tcp"
@@ -291,6 +323,8 @@ def describe_plan(plans: tuple[ChannelPlan, ...]) -> list[str]:
             where = f"dtu {link.terminal} via listener {link.listener}"
         elif isinstance(link, MqttLink):
             where = f"mqtt terminal {link.terminal}"
+        elif isinstance(link, GdwLink):
+            where = f"gdw1376 {link.kind} {link.terminal} via listener {link.listener}"
         else:
             where = f"tcp {link.host}:{link.port}"
         if plan.has_modbus:
@@ -376,8 +410,15 @@ class Daemon:
 
             self.scheduler = TaskScheduler(config.tasks, config.meters, self._task_round, store=store, clock=clock,
                                            owns=ownership.allows if ownership is not None else None)
-        self.listeners: dict[str, DtuListener] = {}
+        self.listeners: dict[str, Listener] = {}
         for lc in config.listeners:
+            if lc.protocol == "gdw1376":
+                gdw_known = {c.link.terminal: c.name for c in config.channels
+                             if isinstance(c.link, GdwLink) and c.link.listener == lc.name}
+                self.listeners[lc.name] = GdwListener(
+                    lc.host, lc.port, known=gdw_known, heartbeat_timeout=lc.heartbeat_timeout,
+                    registration_timeout=lc.registration_timeout, clock=clock, name=lc.name)
+                continue
             known = {c.link.terminal: c.name for c in config.channels
                      if isinstance(c.link, DtuLink) and c.link.listener == lc.name}
             self.listeners[lc.name] = DtuListener(
@@ -387,7 +428,7 @@ class Daemon:
         for p in self.plan:
             on_channel = config.meters_on(p.channel.name)
             units = {m.unit: m.address for m in on_channel if m.unit is not None}
-            channel = make_channel(p.channel, trace, self.listeners, self.hub, units)
+            channel = make_channel(p.channel, trace, self.listeners, self.hub, units, on_channel)
             if ownership is not None:
                 channel.transport = LeasedTransport(channel.transport, _allows(ownership, p.channel.name))
             has_modbus = any(get_driver(m.protocol).link is LinkKind.MODBUS for m in on_channel)
@@ -397,6 +438,13 @@ class Daemon:
         if ownership is not None:
             for listener in self.listeners.values():
                 listener.on_presence = self._dtu_presence
+        for listener in self.listeners.values():
+            if isinstance(listener, GdwListener):
+                listener.on_login = self._gdw_login
+        self._gdw_tasks: set[asyncio.Task[None]] = set()
+        # what the node records terminal-side changes with (the archive downloaded): meterd.app
+        # sets it to the audit log's writer; called off the event loop
+        self.audit: Callable[[str, str, dict], None] | None = None
         self._meters = {m.address: m for m in config.meters}
         # What the rest of the node plugs in (meterd.app wires it; see collector.ports): observers
         # see every batch of readings (rounds, tasks, pushed); services run beside the channels.
@@ -448,7 +496,8 @@ class Daemon:
         self.quality.set_areas(topology_areas(analytics.topology if analytics is not None else None))
         for name, listener in self.listeners.items():
             await listener.start()
-            log.info("listener %s: DTUs connect to port %d", name, listener.bound_port)
+            log.info("listener %s: %s connect to port %d", name,
+                     "1376.1 terminals" if isinstance(listener, GdwListener) else "DTUs", listener.bound_port)
         if self.hub is not None and not await self.hub.start(timeout=5.0):
             log.warning("mqtt: broker %s:%d not reachable yet; retrying in the background",
                         self.config.mqtt.host, self.config.mqtt.port)  # type: ignore[union-attr]
@@ -489,6 +538,9 @@ class Daemon:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for gdw in list(self._gdw_tasks):
+                gdw.cancel()
+            await asyncio.gather(*self._gdw_tasks, return_exceptions=True)
             for r in self.runners:
                 await r.channel.close()
             for listener in self.listeners.values():
@@ -611,10 +663,56 @@ class Daemon:
         return delay
 
     async def run_round(self, runner: ChannelRunner, planned: PlannedPoll) -> RoundResult:
-        result = await poll_round(runner.channel, planned.meters, None, self.clock(), link=runner.modbus)
+        channel = runner.channel
+        if isinstance(channel, GdwChannel):
+            result = await gdw_round(channel, planned.meters, self.clock(), zone=self.config.site.zone)
+        else:
+            result = await poll_round(channel, planned.meters, None, self.clock(), link=runner.modbus)
         runner.rounds += 1
         self._observed(result)
+        if isinstance(channel, GdwChannel) and channel.events_waiting:
+            await self._gdw_events(channel)
         return result
+
+    # --- Q/GDW 1376.1 terminals: after a login, and the events they report ---------------------------
+
+    def _gdw_login(self, channel_name: str) -> None:
+        """A terminal logged in: its archive checked (and downloaded where it differs), its events read."""
+        runner = self._by_channel.get(channel_name)
+        if runner is None or not isinstance(runner.channel, GdwChannel):
+            return
+        if self.ownership is not None and not self.ownership.allows(channel_name):
+            return
+        task = asyncio.create_task(self._gdw_after_login(runner.channel), name=f"gdw1376 login {channel_name}")
+        self._gdw_tasks.add(task)
+        task.add_done_callback(self._gdw_tasks.discard)
+
+    async def _gdw_after_login(self, channel: GdwChannel) -> None:
+        if channel.archive and channel.pns:
+            protocols = {m.address: str(m.protocol) for m in self.config.meters_on(channel.name)}
+            audit = self.audit
+
+            def audited(action: str, subject: str, detail: dict) -> None:
+                if audit is not None:
+                    loop = asyncio.get_running_loop()
+                    loop.run_in_executor(None, audit, action, subject, detail).add_done_callback(_log_audit)
+
+            try:
+                await sync_archive(channel, protocols, audit=audited)
+            except MeterdError as exc:
+                log.warning("channel %s: the meter archive of terminal %s was not checked: %s", channel.name,
+                            channel.address.key, exc)
+        if channel.events_waiting:
+            await self._gdw_events(channel)
+
+    async def _gdw_events(self, channel: GdwChannel) -> None:
+        try:
+            readings = await read_events(channel, self.clock(), zone=self.config.site.zone)
+        except MeterdError as exc:
+            log.warning("channel %s: events of terminal %s not read: %s", channel.name, channel.address.key, exc)
+            return
+        if readings:
+            self.ingest(readings, [])
 
     def stats(self) -> dict[str, dict[str, object]]:
         return {
@@ -639,10 +737,9 @@ class Daemon:
         return out
 
     def terminal_figures(self) -> list[TerminalFigures]:
-        """The DTUs and MQTT terminals this node polls, online or not (``/metrics``)."""
-        return [TerminalFigures(link.terminal, r.channel.name, "dtu" if isinstance(link, DtuLink) else "mqtt",
-                                r.channel.name in self.online.open)
-                for r in self.runners if isinstance(link := r.plan.channel.link, (DtuLink, MqttLink))
+        """The DTUs, MQTT and Q/GDW 1376.1 terminals this node polls, online or not (``/metrics``)."""
+        return [TerminalFigures(link.terminal, r.channel.name, link_kind(r.plan), r.channel.name in self.online.open)
+                for r in self.runners if isinstance(link := r.plan.channel.link, (DtuLink, MqttLink, GdwLink))
                 and (self.ownership is None or self.ownership.allows(r.channel.name))]
 
     def readiness(self) -> str | None:

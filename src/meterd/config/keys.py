@@ -144,13 +144,16 @@ _SECTIONS: tuple[Section, ...] = (
         Key("batch", "integer >= 1", "readings per write request", "5000"),
     )),
     Section("channels.*", "named", "One bus or link: requests on a channel go one at a time, channels run in "
-            "parallel.  Exactly one of `serial`, `tcp`, `dtu` and `mqtt`.", (
+            "parallel.  Exactly one of `serial`, `tcp`, `dtu`, `mqtt` and `gdw1376`.", (
         Key("serial", "inline table", "a local RS-485 port", section="channels.*.serial"),
         Key("tcp", "inline table", "a serial server or transparent DTU the master connects to",
             section="channels.*.tcp"),
         Key("dtu", "inline table", "a bus behind a GPRS/4G DTU that connects in to a listener",
             section="channels.*.dtu"),
         Key("mqtt", "inline table", "the meters behind an MQTT terminal (needs `[mqtt]`)", section="channels.*.mqtt"),
+        Key("gdw1376", "inline table", "the meters behind a Q/GDW 1376.1 concentrator or special-transformer "
+            "terminal that logs in to a `protocol = \"gdw1376\"` listener (docs/gdw1376.md)",
+            section="channels.*.gdw1376"),
         Key("connect_timeout", D, "to open a TCP connection", '"5s"'),
         Key("response_timeout", D, "from the request sent to the first byte of the reply", '"2s"'),
         Key("inter_byte_timeout", D, "the longest silence inside one reply", '"500ms"'),
@@ -178,6 +181,27 @@ _SECTIONS: tuple[Section, ...] = (
         Key("terminal", "string", "the id the DTU registers with", required=True),
         Key("connect_wait", D, "how long a round waits for an offline DTU before the link fails (0 allowed)", "0"),
     )),
+    Section("channels.*.gdw1376", "table", "`gdw1376 = { listener = \"gw\", terminal = \"4401-0001\" }`: a Q/GDW "
+            "1376.1 terminal; its meters are `[[meters]]` with `channel` and `pn` (docs/gdw1376.md).", (
+        Key("listener", "listener name", "the `[listeners.NAME]` (with `protocol = \"gdw1376\"`) the terminal logs "
+            "in to", required=True),
+        Key("terminal", '"RRRR-TTTT"', "the terminal's address: region code A1, then A2 in 4 hex digits",
+            required=True),
+        Key("kind", '"concentrator" | "special"', "a concentrator (集中器: meter relays through AFN 10 with DL/T 645 "
+            "1C) or a special-transformer terminal (专变终端: trip / reclose its control turn with AFN 05)",
+            '"concentrator"'),
+        Key("password_secret", "variable name", "the environment variable (or secrets_file name) holding the "
+            "terminal's 16-byte password PW as 32 hex digits, sent in AFN 04, 05 and 10 frames; without it PW is "
+            "zeros and relay commands are refused"),
+        Key("port", "integer 1..31", "the terminal's RS-485 port its meters are on (AFN 10 relays, the archive)",
+            "2"),
+        Key("archive", "boolean", "compare the terminal's meter archive (AFN 0A F10) with the config's at login and "
+            "download the differences (AFN 04 F10)", "true"),
+        Key("turn", "integer 1..8", "special terminals: the control turn (轮次) AFN 05 F1 / F2 trips and recloses",
+            "1"),
+        Key("connect_wait", D, "how long a round waits for an offline terminal before the link fails (0 allowed)",
+            "0"),
+    )),
     Section("channels.*.mqtt", "table", "`mqtt = { terminal = \"T001\" }`", (
         Key("terminal", "string", "the terminal's id (its topics are under `[mqtt] root`)", required=True),
     )),
@@ -189,7 +213,10 @@ _SECTIONS: tuple[Section, ...] = (
             f"presets {_choices(DTU_PRESETS)}, or tables of fields", '["usr-ascii"]',
             section="listeners.*.formats[]"),
         Key("heartbeat_timeout", D, "a DTU silent this long is offline and its connection closed", '"120s"'),
-        Key("registration_timeout", D, "a connection that has not registered by then is closed", '"10s"'),
+        Key("registration_timeout", D, "a connection that has not registered (DTU) or logged in (AFN 02 F1) by "
+            "then is closed", '"10s"'),
+        Key("protocol", '"dtu" | "gdw1376"', "transparent DTUs, or Q/GDW 1376.1 terminals that log in with AFN 02 "
+            "F1 and heart-beat with F3 (then no `formats`)", '"dtu"'),
     )),
     Section("listeners.*.formats[]", "list", "A DTU format as a table of fields, e.g. `{ name = \"usr-mac-data\", "
             "preset = \"usr-mac\", data_carries_registration = true }`; docs/dtu.md explains each.  Byte strings "
@@ -246,6 +273,8 @@ _SECTIONS: tuple[Section, ...] = (
         Key("name", "string", "a name shown with the meter", '""'),
         Key("group", "string", "the meter group polls and tasks select by", '"default"'),
         Key("unit", "integer 1..247", "Modbus unit id (Modbus meters only, required there; unique per channel)"),
+        Key("pn", "integer 1..2040", "measuring point number behind a Q/GDW 1376.1 terminal (meters on a gdw1376 "
+            "channel only, required there; unique per channel)"),
         Key("model", "model name or `*.toml` path", "Modbus register map: a shipped model or a map file relative to "
             "the config (Modbus meters only, required there)"),
         *_RATING,

@@ -38,6 +38,7 @@ from meterd.config.model import (
     Config,
     DtuLink,
     Framing,
+    GdwLink,
     InfluxConfig,
     ListenerConfig,
     MeterConfig,
@@ -49,6 +50,7 @@ from meterd.config.model import (
     SerialLink,
     StoreConfig,
     TcpLink,
+    TerminalKind,
     Timeouts,
 )
 from meterd.errors import ConfigError, ProtocolError
@@ -78,6 +80,9 @@ _TASK_DURATIONS: Final = ("every", "jitter", "misfire_grace", "settle")
 _LISTENER_KEYS: Final = keys("listeners.*")
 _DTU_FORMAT_KEYS: Final = keys("listeners.*.formats[]")
 _DTU_KEYS: Final = keys("channels.*.dtu")
+_GDW_KEYS: Final = keys("channels.*.gdw1376")
+LISTENER_PROTOCOLS: Final = ("dtu", "gdw1376")
+MAX_PN: Final = 2040  # Q/GDW 1376.1: DA names points 1..2040
 _STORE_KEYS: Final = keys("store")
 MAX_POOL_SIZE: Final = 1000  # connections per process; PostgreSQL's own max_connections is usually 100
 _CHANNEL_KEYS: Final = keys("channels.*")
@@ -188,6 +193,7 @@ def parse_config(
     polls = _polls(check, data.get("polls", []), meters)
     _check_dtu_links(check, [c for c in channels if c is not None], set(listeners_raw))
     _check_dtu_terminals(check, [c for c in channels if c is not None], [lc for lc in listeners if lc is not None])
+    _check_gdw(check, [c for c in channels if c is not None], [lc for lc in listeners if lc is not None], meters)
     mqtt = _mqtt(check, data["mqtt"]) if "mqtt" in data else None
     if "mqtt" not in data:
         for c in channels:
@@ -533,16 +539,19 @@ def _channel(check: _Checker, path: str, name: str, raw: Any) -> ChannelConfig |
     if not name.strip():
         check.problem(path, "channel name must not be empty")
 
-    link: SerialLink | TcpLink | DtuLink | MqttLink | None = None
-    kinds = [k for k in ("serial", "tcp", "dtu", "mqtt") if k in table]
+    link: SerialLink | TcpLink | DtuLink | MqttLink | GdwLink | None = None
+    kinds = [k for k in ("serial", "tcp", "dtu", "mqtt", "gdw1376") if k in table]
     if len(kinds) != 1:
-        check.problem(path, "needs exactly one of serial = {...}, tcp = {...}, dtu = {...} or mqtt = {...}")
+        check.problem(path, "needs exactly one of serial = {...}, tcp = {...}, dtu = {...}, mqtt = {...} or "
+                      "gdw1376 = {...}")
     elif "serial" in table:
         link = _serial(check, f"{path}.serial", table["serial"])
     elif "tcp" in table:
         link = _tcp(check, f"{path}.tcp", table["tcp"])
     elif "dtu" in table:
         link = _dtu(check, f"{path}.dtu", table["dtu"])
+    elif "gdw1376" in table:
+        link = _gdw(check, f"{path}.gdw1376", table["gdw1376"])
     else:
         mtable = check.table(f"{path}.mqtt", table["mqtt"])
         if mtable is not None:
@@ -589,6 +598,86 @@ def _dtu(check: _Checker, path: str, raw: Any) -> DtuLink | None:
     return DtuLink(listener=listener, terminal=terminal, connect_wait=wait)
 
 
+def _gdw(check: _Checker, path: str, raw: Any) -> GdwLink | None:
+    """``gdw1376 = { listener = "gw", terminal = "4401-0001", ... }``: a Q/GDW 1376.1 terminal."""
+    from meterd.protocols.gdw1376.frame import parse_terminal_address
+
+    table = check.table(path, raw)
+    if table is None:
+        return None
+    check.known_keys(path, table, _GDW_KEYS)
+    listener = check.required_string(path, table, "listener")
+    terminal = check.required_string(path, table, "terminal")
+    if terminal is not None:
+        try:
+            terminal = parse_terminal_address(terminal).key
+        except ProtocolError as exc:
+            check.problem(f"{path}.terminal", str(exc))
+            terminal = None
+        else:
+            if terminal.endswith("-0000"):
+                check.problem(f"{path}.terminal", "terminal address 0 (A2 = 0000) is invalid in Q/GDW 1376.1")
+                terminal = None
+    kind = check.choice(f"{path}.kind", table.get("kind", "concentrator"), TerminalKind)
+    secret = _secret_env(check, path, table, "password_secret", required=False)
+    port = check.integer(f"{path}.port", table.get("port", 2), low=1, high=31)
+    turn = check.integer(f"{path}.turn", table.get("turn", 1), low=1, high=8)
+    archive = table.get("archive", True)
+    if not isinstance(archive, bool):
+        check.problem(f"{path}.archive", f"must be true or false, got {show(archive)}")
+    wait = check.duration(f"{path}.connect_wait", table.get("connect_wait", 0), allow_zero=True)
+    if None in (listener, terminal, kind, port, turn, wait) or not isinstance(archive, bool):
+        return None
+    assert listener is not None and terminal is not None and port is not None and turn is not None
+    assert wait is not None
+    return GdwLink(listener, terminal, kind, secret, port, archive, turn, wait)
+
+
+def _check_gdw(check: _Checker, channels: list[ChannelConfig], listeners: list[ListenerConfig],
+               meters: list[tuple[dict[str, Any], MeterConfig | None]]) -> None:
+    """A gdw1376 channel names a gdw1376 listener and a terminal no other channel has; its meters
+    have a ``pn``, unique on the channel; meters elsewhere have none."""
+    protocols = {lc.name: lc.protocol for lc in listeners}
+    seen: dict[tuple[str, str], str] = {}
+    gdw_channels = set()
+    for ch in channels:
+        link = ch.link
+        if isinstance(link, DtuLink) and protocols.get(link.listener) == "gdw1376":
+            check.problem(f"channels.{ch.name}.dtu.listener", f"listener {show(link.listener)} is for Q/GDW 1376.1 "
+                          "terminals (protocol = \"gdw1376\"): write gdw1376 = { listener = ..., terminal = ... }")
+        if not isinstance(link, GdwLink):
+            continue
+        gdw_channels.add(ch.name)
+        path = f"channels.{ch.name}.gdw1376"
+        if link.listener not in protocols:
+            check.problem(f"{path}.listener", f"no listener named {show(link.listener)}{hint(link.listener, protocols)}")
+        elif protocols[link.listener] != "gdw1376":
+            check.problem(f"{path}.listener", f"listener {show(link.listener)} is for DTUs: give it "
+                          "protocol = \"gdw1376\" or name a gdw1376 listener")
+        first = seen.setdefault((link.listener, link.terminal), ch.name)
+        if first != ch.name:
+            check.problem(f"{path}.terminal", f"terminal {link.terminal} is already channel {show(first)}")
+    points: dict[tuple[str, int], int] = {}
+    for index, (table, meter) in enumerate(meters):
+        channel = table.get("channel")
+        path = f"meters[{index}]"
+        if channel in gdw_channels:
+            if "pn" not in table:
+                check.problem(f"{path}.pn", f"missing: a meter behind Q/GDW 1376.1 terminal channel {show(channel)} "
+                              f"needs its measuring point number (1..{MAX_PN})")
+            elif meter is not None and meter.pn is not None:
+                first_index = points.setdefault((channel, meter.pn), index)
+                if first_index != index:
+                    check.problem(f"{path}.pn", f"pn {meter.pn} is already meters[{first_index}] on channel "
+                                  f"{show(channel)}")
+            if meter is not None and get_driver(meter.protocol).by_unit_and_map:
+                check.problem(f"{path}.protocol", "a meter behind a Q/GDW 1376.1 terminal speaks DL/T 645 "
+                              "(dlt645-2007 or dlt645-1997)")
+        elif "pn" in table and isinstance(channel, str):
+            check.problem(f"{path}.pn", f"only meters behind a Q/GDW 1376.1 terminal (a gdw1376 channel) have a pn; "
+                          f"channel {show(channel)} is not one")
+
+
 def _listener(check: _Checker, path: str, name: str, raw: Any) -> ListenerConfig | None:
     table = check.table(path, raw)
     if table is None:
@@ -599,11 +688,18 @@ def _listener(check: _Checker, path: str, name: str, raw: Any) -> ListenerConfig
     formats = _dtu_formats(check, f"{path}.formats", table.get("formats", ["usr-ascii"]))
     heartbeat = check.duration(f"{path}.heartbeat_timeout", table.get("heartbeat_timeout", 120))
     registration = check.duration(f"{path}.registration_timeout", table.get("registration_timeout", 10))
-    if None in (host, port, formats, heartbeat, registration):
+    protocol = table.get("protocol", "dtu")
+    if protocol not in LISTENER_PROTOCOLS:
+        check.problem(f"{path}.protocol", f"must be one of {', '.join(LISTENER_PROTOCOLS)}, got {show(protocol)}")
+        protocol = None
+    elif protocol == "gdw1376" and "formats" in table:
+        check.problem(f"{path}.formats", "Q/GDW 1376.1 terminals log in with AFN 02 F1: a gdw1376 listener has no "
+                      "DTU formats")
+    if None in (host, port, formats, heartbeat, registration, protocol):
         return None
     assert host is not None and port is not None and formats is not None
-    assert heartbeat is not None and registration is not None
-    return ListenerConfig(name, host, port, tuple(formats), heartbeat, registration)
+    assert heartbeat is not None and registration is not None and protocol is not None
+    return ListenerConfig(name, host, port, tuple(formats), heartbeat, registration, protocol)
 
 
 def _dtu_formats(check: _Checker, path: str, raw: Any) -> list[str | DtuFormat] | None:
@@ -842,10 +938,15 @@ def _meters(
         own = _rating_values(check, path, table)
         if own:
             rating = replace(rating, **own)
+        pn: int | None = None
+        pn_ok = True
+        if "pn" in table:
+            pn = check.integer(f"{path}.pn", table["pn"], low=1, high=MAX_PN)
+            pn_ok = pn is not None
         values = (address, channel, protocol, ct, pt, name, group)
         meter = None
-        if all(v is not None for v in values) and modbus_ok and own is not None:
-            meter = MeterConfig(*values, unit=unit, regmap=regmap, rating=rating)  # type: ignore[arg-type]
+        if all(v is not None for v in values) and modbus_ok and own is not None and pn_ok:
+            meter = MeterConfig(*values, unit=unit, regmap=regmap, rating=rating, pn=pn)  # type: ignore[arg-type]
         result.append((table, meter))
     return result
 

@@ -69,6 +69,28 @@ class DtuLink:
     connect_wait: float = 0.0  # how long a round waits for an offline DTU before failing the link
 
 
+class TerminalKind(enum.StrEnum):
+    """What a Q/GDW 1376.1 terminal is: its meters' relays are reached differently."""
+
+    CONCENTRATOR = "concentrator"  # 集中器: meter relays through AFN 10 (DL/T 645 1C)
+    SPECIAL = "special"  # 专变采集终端: its control turns through AFN 05 F1 / F2
+
+
+@dataclass(frozen=True, slots=True)
+class GdwLink:
+    """The meters behind a Q/GDW 1376.1 terminal (concentrator, special-transformer terminal) that
+    logs in to one of the master's ``protocol = "gdw1376"`` listeners."""
+
+    listener: str
+    terminal: str  # RRRR-TTTT, as the terminal's address prints
+    kind: TerminalKind = TerminalKind.CONCENTRATOR
+    password_secret: str | None = None  # the secret holding the 16-byte PW (32 hex digits)
+    port: int = 2  # the terminal's RS-485 port its meters are on (AFN 10 relays, the archive)
+    archive: bool = True  # download the meter archive (AFN 04 F10) at login when it differs
+    turn: int = 1  # special terminals: the control turn (轮次) AFN 05 trips and recloses
+    connect_wait: float = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class MqttLink:
     """The meters behind one MQTT terminal (gateway / concentrator) on the site's broker."""
@@ -117,6 +139,7 @@ class ListenerConfig:
     formats: tuple[str | DtuFormat, ...] = ("usr-ascii",)
     heartbeat_timeout: float = 120.0
     registration_timeout: float = 10.0
+    protocol: str = "dtu"  # "dtu" (transparent DTUs) or "gdw1376" (Q/GDW 1376.1 terminals log in)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +152,7 @@ class Timeouts:
 @dataclass(frozen=True, slots=True)
 class ChannelConfig:
     name: str
-    link: SerialLink | TcpLink | DtuLink | MqttLink
+    link: SerialLink | TcpLink | DtuLink | MqttLink | GdwLink
     timeouts: Timeouts = field(default_factory=Timeouts)
     retries: int = 1
     preamble: int = 4  # FE wake-up bytes before each request
@@ -148,6 +171,7 @@ class MeterConfig:
     group: str = "default"
     unit: int | None = None  # Modbus unit id (slave address), Modbus meters only
     regmap: RegisterMap | None = field(default=None, repr=False)  # Modbus meters only
+    pn: int | None = None  # measuring point number behind a Q/GDW 1376.1 terminal (gdw1376 channels only)
     rating: Rating = DEFAULT_RATING  # what its circuit can carry: meter keys > [plausibility] model > site
 
 
