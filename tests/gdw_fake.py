@@ -74,6 +74,9 @@ class FakeTerminal:
     writer: asyncio.StreamWriter | None = None
     task: asyncio.Task | None = None
     seq: int = 0
+    tripped: bool = False  # its control turn (AFN 05 F1 / F2): the load reads 0 while tripped
+    stuck: bool = False  # the turn does not trip: the load stays
+    controls: list[Message] = field(default_factory=list)
 
     async def connect(self, login: bool = True) -> None:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
@@ -154,6 +157,12 @@ class FakeTerminal:
             ec = self.ec or EventCounter(0, 0)
             return reply(msg, [unit(0, 1, EventLog(ec.important, ec.general, pointers.start, pointers.end,
                                                    records))], ec=self.ec)
+        if msg.afn == Afn.CONTROL:
+            self.controls.append(msg)
+            for _, fn, _ in msg.items():
+                if fn in (1, 2):
+                    self.tripped = fn == 1
+            return confirm(msg, ec=self.ec)
         if msg.afn == Afn.FORWARD:
             fwd: ForwardRequest = msg.units[0].values[0]
             payload = b""
@@ -170,6 +179,10 @@ class FakeTerminal:
             return EnergyReading(self.clock.replace(minute=0), energy(pn))
         if fn == 33:
             return ForwardEnergy(self.clock.replace(minute=0), energy(pn), (D(5),) * 5, (D(3),) * 5, (D(1),) * 5)
+        if fn == 25 and self.tripped and not self.stuck:
+            zero = (D("0.0000"),) * 4
+            return PresentPower(self.clock, zero, zero, (D("0.0"),) * 4, (D("220.1"), D("220.2"), D("220.3")),
+                                (D("0.000"),) * 3, None, zero)
         if fn == 25:
             return PresentPower(self.clock.replace(minute=0), (D("1.5"), D("0.5"), D("0.5"), D("0.5")),
                                 (D("0.2"),) * 4, (D("95.0"),) * 4, (D("220.1"), D("220.2"), D("220.3")),

@@ -62,6 +62,10 @@ async def send_relay_command(
     Returns the confirmed outcome; raises ControlError (with ``.outcome``) otherwise.  ``settle``
     is the pause before the read-back (a motorised breaker takes a moment).
     """
+    from meterd.collector.gdw1376 import GdwChannel, send_turn_command
+
+    if isinstance(channel, GdwChannel) and channel.special:  # the terminal's control turn (AFN 05)
+        return await send_turn_command(channel, meter, command, now, settle=settle)
     outcome = ControlOutcome(meter.address, command, now)
     why = meter.driver.relay_refusal(command, meter.regmap)
     if why is not None:  # the protocol (or the meter's map) has no such command: nothing is sent
