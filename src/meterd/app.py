@@ -88,6 +88,7 @@ def build_node(
     collector = Daemon(config, store, clock=clock, on_round=on_round, trace=trace, ownership=cluster)
     node = Node(collector, cluster=cluster)
     where = config.store.state  # the data directory, or the PostgreSQL database
+    collector.audit = _audit_writer(where, clock)  # terminal-side changes (a 1376.1 archive downloaded)
     if config.prepaid is not None:
         from meterd.control.runtime import PrepaidRuntime
 
@@ -208,6 +209,21 @@ def _forwarded(collector: Daemon, cluster: ClusterNode, config: Config, job: str
             await asyncio.gather(drainer, return_exceptions=True)
 
     collector.add_service(_led(cluster, job, leading))
+
+
+def _audit_writer(where: Any, clock: Clock) -> Callable[[str, str, dict], None]:
+    """What the collector records terminal-side changes with: the audit log (control's state
+    database), opened at the first entry, written by the daemon (off the event loop)."""
+    opened: list[Any] = []
+
+    def audit(action: str, subject: str, detail: dict) -> None:
+        if not opened:
+            from meterd.control.state import ControlStore
+
+            opened.append(ControlStore(where))
+        opened[0].audit("daemon", action, subject, detail, now=clock())
+
+    return audit
 
 
 def _meter_routes(collector: Daemon) -> Callable[[str], RelayLink | None]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import tomllib
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -239,10 +240,27 @@ async def test_archive_differences_are_downloaded_logged_and_audited(tmp_path, m
     assert "archive differs at pn 2" in caplog.text
 
 
-async def test_erc14_power_off_becomes_power_down_readings(tmp_path, monkeypatch):
+TOPOLOGY = """
+[[topology.units]]
+name = "TA-001"
+kind = "area"
+
+[[topology.points]]
+meter = "2001"
+unit = "TA-001"
+role = "supply"
+""" + "".join(f"""
+[[topology.points]]
+meter = "{1000 + pn}"
+unit = "TA-001"
+role = "sales"
+""" for pn in range(1, 5))
+
+
+async def test_erc14_power_off_becomes_power_down_readings_and_an_outage(tmp_path, monkeypatch):
     monkeypatch.setenv("GW_PW", PW_HEX)
     port = free_port()
-    config = parse_config(tomllib.loads(config_text(port, tmp_path)), "gw.toml")
+    config = parse_config(tomllib.loads(config_text(port, tmp_path) + TOPOLOGY), "gw.toml")
     got = []
     term = FakeTerminal(T1, "127.0.0.1", port, meters_of(1), password=bytes.fromhex(PW_HEX))
     term.archive = {pn: archive_entry(pn, a) for pn, a in meters_of(1).items()}
@@ -267,6 +285,22 @@ async def test_erc14_power_off_becomes_power_down_readings(tmp_path, monkeypatch
     assert all(r.value == datetime(2026, 1, 15, 9, 58, tzinfo=CST) for r in downs)
     reads = [msg for msg in term.requests if msg.afn == Afn.CLASS3_DATA]
     assert len(reads) == 1 and reads[0].units[0].values[0].start == 0 and reads[0].units[0].values[0].end == 1
+    # outage detection takes them as power-down reports: the area is out although its meters were read
+    # just now (the terminal keeps their last values) -- before, a report counted for nothing here
+    from meterd.analytics.runtime import AnalyticsRuntime
+
+    now = datetime.now(UTC)
+    runtime = AnalyticsRuntime(config.analytics, meters=[m.address for m in config.meters], where=config.store.state,
+                               clock=lambda: now)
+    runtime.observe(got)
+    # the terminal's clock here is in January: the readings as if taken just now (the meters are not silent)
+    runtime.observe([replace(r, quantity="energy.active.import.total", timestamp=now, value=Decimal(1)) for r in downs])
+    runtime.check(now)
+    (outage,) = runtime.outages.outages(open_only=True)
+    assert outage.unit == "TA-001" and outage.meters == tuple(sorted(meters_of(1).values()))
+    runtime.observe([replace(r, quantity="event.power_down.end", value=r.value + timedelta(minutes=3)) for r in downs])
+    runtime.check(now + timedelta(minutes=1))
+    assert runtime.outages.outages(open_only=True) == []  # power back: the outage closes
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -301,3 +335,18 @@ def test_a_password_secret_that_is_not_set_stops_start_up(tmp_path, monkeypatch)
     with SqliteStore(config.store.data_dir) as store, pytest.raises(ConfigError) as err:
         Daemon(config, store)
     assert "16 bytes as 32 hex digits" in str(err.value)
+
+
+def test_the_node_audits_terminal_changes_in_the_audit_log(tmp_path, monkeypatch):
+    from meterd.app import build_node
+    from meterd.control.state import ControlStore
+
+    monkeypatch.setenv("GW_PW", PW_HEX)
+    config = parse_config(tomllib.loads(config_text(free_port(), tmp_path)), "gw.toml")
+    with SqliteStore(config.store.data_dir) as store:
+        node = build_node(config, store)
+        assert node.collector.audit is not None
+        node.collector.audit("archive_download", f"terminal {T1}", {"channel": "c1", "differences": [{"pn": 2}]})
+    with ControlStore(config.store.state) as control:
+        (row,) = control.audit_log(subject=f"terminal {T1}")
+    assert (row.actor, row.action, row.detail["differences"]) == ("daemon", "archive_download", [{"pn": 2}])

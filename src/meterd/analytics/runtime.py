@@ -39,6 +39,9 @@ T = TypeVar("T")
 
 WINDOW = timedelta(hours=2)
 FROZEN = ("frozen.daily.energy.active.import.total", "frozen.daily.energy.active.export.total")
+# power-down reports (a meter's own event record, or a terminal's ERC14 for the meters behind it):
+# the value is when power went off / came back
+POWER_DOWN, POWER_UP = "event.power_down.start", "event.power_down.end"
 
 
 class AnalyticsRuntime:
@@ -62,6 +65,7 @@ class AnalyticsRuntime:
         self._recent: dict[str, deque[Reading]] = defaultdict(deque)
         self._last_seen: dict[str, datetime] = {}
         self._frozen: list[Reading] = []
+        self._power: dict[str, tuple[datetime | None, datetime | None]] = {}  # meter -> (last off, last on)
         self._loss_done: set = set()
         self.checks = 0
         self._working: asyncio.Future | None = None  # the worker thread of the check half running
@@ -72,6 +76,15 @@ class AnalyticsRuntime:
                 continue  # flagged at the door; it has its own anomaly
             if r.quantity in FROZEN:
                 self._frozen.append(r)
+                continue
+            if r.quantity in (POWER_DOWN, POWER_UP):  # a report, not a sign of life
+                if isinstance(r.value, datetime):
+                    off, on = self._power.get(r.meter, (None, None))
+                    if r.quantity == POWER_DOWN and (off is None or r.value > off):
+                        off = r.value
+                    elif r.quantity == POWER_UP and (on is None or r.value > on):
+                        on = r.value
+                    self._power[r.meter] = (off, on)
                 continue
             if r.quality is Quality.ESTIMATED:
                 continue
@@ -173,9 +186,15 @@ class AnalyticsRuntime:
         topology = self.config.topology
         if not topology.units:
             return counts, None
-        status = {p.meter: (self._last_seen.get(p.meter, self.started), False) for p in topology.points}
+        status = {p.meter: (self._last_seen.get(p.meter, self.started), self._powered_down(p.meter))
+                  for p in topology.points}
         return counts, detect_outages(topology, status, now, silent_after=self.config.outage_silent_after,
                                       min_share=self.config.outage_min_share, min_meters=self.config.outage_min_meters)
+
+    def _powered_down(self, meter: str) -> bool:
+        """Whether the meter's latest power report says the power is off (an off with no on after it)."""
+        off, on = self._power.get(meter, (None, None))
+        return off is not None and (on is None or on < off)
 
     def _record(self, outages: list[OutageFinding], now: datetime, accounts: dict[str, str]) -> dict[str, int]:
         """The outages found opened, kept or closed (naming the affected ``accounts``: meter ->
