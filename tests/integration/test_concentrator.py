@@ -429,6 +429,7 @@ async def control_state(master: Master) -> dict[int, dict[str, Any]]:
 async def test_afn05_trip_with_a_wrong_password_is_denied_and_the_right_one_trips_the_turn():
     clock = ManualClock(START)
     async with Master() as master, concentrator(master, clock, kind="special") as sim:
+        sim.terminal.advance(clock.forward(minutes=3))  # 23:43: collected with its load
         wrong = await master.ask(Afn.CONTROL, [unit(1, 1, RemoteTrip())], pw=bytes(16))
         assert is_deny(wrong)
         assert (await control_state(master))[6]["tripped"] == set()
@@ -436,8 +437,12 @@ async def test_afn05_trip_with_a_wrong_password_is_denied_and_the_right_one_trip
         ok = await master.ask(Afn.CONTROL, [unit(1, 1, RemoteTrip())], pw=PW)
         assert ok.afn == Afn.CONFIRM and ok.units[0].fns == (1,)
         assert await control_state(master) == {5: {"protected": False}, 6: {"tripped": {1}, "alarm": set()}}
+        # the turn's breaker cut the customer's load, and the terminal read it again at once
+        power = (await master.ask(Afn.CLASS1_DATA, [unit(2, 25)])).value(25, 2)
+        assert power.active[0] == 0 and power.read_at == clock() and meter(sim, 2).relay_open
         ok = await master.ask(Afn.CONTROL, [unit(1, 2)], pw=PW)  # permit reclose
         assert ok.units[0].fns == (1,) and (await control_state(master))[6]["tripped"] == set()
+        assert not meter(sim, 2).relay_open
 
 
 async def test_a_concentrator_has_no_turns_to_trip():

@@ -40,8 +40,12 @@ What it keeps (and answers from -- never from the live meters):
   power); the master sees the meter's readings stop ageing forward;
 - control turns (轮次), special-transformer terminals only (``kind="special"``, ``turns`` 1..8):
   AFN 05 F1 trips a turn (after ``alarm_minutes`` of pre-trip alarm; for ``limit_half_hours``,
-  then it closes by itself; 0: until released), F2 permits reclose, F25 / F33 protection (保电)
-  on / off (protection closes every tripped turn and refuses trips).  A concentrator denies F1/F2.
+  then it closes by itself; 0: until released), F2 permits reclose (the customer's breaker
+  closes at once), F25 / F33 protection (保电) on / off (protection closes every tripped turn and
+  refuses trips).  A tripped turn cuts the load of its measuring points (``turn_points``; by
+  default every turn cuts every point: one customer) -- their meters' relays open, so they meter
+  nothing -- and the terminal reads those points again at once, so AFN 0C F25 shows the trip.
+  A concentrator denies F1/F2.
 
 Replies: a request's data units are answered unit by unit; a unit whose every (pn, Fn) has data
 is answered as asked, the rest pair by pair, and pairs without data are left out.  Nothing to
@@ -76,7 +80,7 @@ from meterd.protocols.dlt645 import catalogue as dlt
 from meterd.protocols.dlt645.frame import PREAMBLE, normalize_address
 from meterd.protocols.dlt645.frame import decode_frame as decode_645
 from meterd.protocols.dlt645.frame import encode_frame as encode_645
-from meterd.protocols.dlt645.messages import AbnormalResponse, ReadRequest, ReadResponse
+from meterd.protocols.dlt645.messages import AbnormalResponse, ReadRequest, ReadResponse, RelayCommand
 from meterd.protocols.dlt645.messages import decode_response as decode_645_response
 from meterd.protocols.dlt645.messages import encode_request as encode_645_request
 from meterd.protocols.gdw1376.catalogue import (
@@ -146,6 +150,8 @@ _RATES: Final = 4
 _PHASES: Final = ("a", "b", "c")
 _TOTAL_PHASES: Final = ("total", *_PHASES)
 _HUNDRED: Final = Decimal(100)
+_BREAKER: Final = "00000000"  # the operator code a turn's breaker uses on its meters' relays
+_FOREVER: Final = datetime(2099, 12, 31, 23, 59, 59)
 
 
 # --- state ----------------------------------------------------------------------------------------
@@ -192,9 +198,9 @@ class TerminalStats:
 
 
 def default_archive(addresses: Iterable[str], port: int = RS485_PORT) -> list[MeterEntry]:
-    """Meters 1..n as measuring points 1..n (sequence number = pn), DL/T 645-2007 at the port's
-    default rate, 4 rates, 6.2 digits."""
-    return [MeterEntry(seq=pn, pn=pn, port=port, baud=0, protocol=PROTOCOL_645_2007, address=normalize_address(a))
+    """Meters 1..n as measuring points 1..n (sequence number = pn), DL/T 645-2007 at 2400 baud,
+    4 rates, 6.2 digits."""
+    return [MeterEntry(seq=pn, pn=pn, port=port, baud=2400, protocol=PROTOCOL_645_2007, address=normalize_address(a))
             for pn, a in enumerate(addresses, 1)]
 
 
@@ -253,6 +259,7 @@ class Gdw1376Terminal:
         start: datetime,
         kind: str = "concentrator",
         turns: int | None = None,
+        turn_points: Mapping[int, Iterable[int]] | None = None,
         password: bytes = bytes(PW_LEN),
         archive: Iterable[MeterEntry] | None = None,
         collect_interval: timedelta = DEFAULT_COLLECT,
@@ -287,6 +294,13 @@ class Gdw1376Terminal:
         self.bus = bus
         self.kind = kind
         self.turns = {n: Turn() for n in range(1, turns + 1)}
+        self.turn_points: dict[int, frozenset[int]] | None = None  # None: every turn cuts every point
+        if turn_points is not None:
+            unknown = sorted(set(turn_points) - set(self.turns))
+            if unknown:
+                raise ValueError(f"{who}: turn_points names turns {unknown} it does not have (1..{turns})")
+            self.turn_points = {n: frozenset(pns) for n, pns in turn_points.items()}
+        self._cut: set[int] = set()  # points whose load a tripped turn has cut
         self.password = bytes(password)
         self.collect_interval = collect_interval
         self.collect_power = collect_power
@@ -414,7 +428,7 @@ class Gdw1376Terminal:
         if not self.powered:
             return None
         t = self.clock(now)
-        self._run_turns(t)
+        self._run_turns(t, now)
         if self.protected_until is not None and t >= self.protected_until:
             self.protected_until = None
         midnight = t.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -564,7 +578,7 @@ class Gdw1376Terminal:
     def protected(self) -> bool:
         return self.protected_until is not None
 
-    def _run_turns(self, t: datetime) -> None:
+    def _run_turns(self, t: datetime, now: datetime) -> None:
         for turn in self.turns.values():
             if turn.alarm_until is not None and t >= turn.alarm_until:
                 turn.alarm_until = None
@@ -572,6 +586,32 @@ class Gdw1376Terminal:
             if turn.tripped and turn.release_at is not None and t >= turn.release_at:
                 turn.tripped = False
                 turn.release_at = None
+        self._apply_turns(now)
+
+    def _apply_turns(self, now: datetime) -> None:
+        """The breakers behind the turns: a point of a tripped turn carries no load (its meter's relay
+        opens), and closes when no tripped turn holds it any more.  The points just cut are read again
+        at once (a real terminal records the load after a trip), so F25 shows the trip."""
+        cut: set[int] = set()
+        for n, turn in self.turns.items():
+            if turn.tripped:
+                cut |= set(self.points) if self.turn_points is None else set(self.turn_points.get(n, ()))
+        opened, closed = cut - self._cut, self._cut - cut
+        if not opened and not closed:
+            return
+        self._cut = cut
+        for pn in sorted(opened | closed):
+            point = self.points.get(pn)
+            if point is None or point.address not in self.bus.addresses:
+                continue
+            command = RelayCommand.TRIP if pn in opened else RelayCommand.RECLOSE
+            model = self.bus.meter(point.address)
+            model.control(command, password=model.password, operator=_BREAKER, valid_until=_FOREVER, now=now)
+        read_at = self.clock(now).replace(second=0, microsecond=0)
+        for pn in sorted(opened):
+            point = self.points.get(pn)
+            if point is not None:
+                self._collect_point(pn, point, now, read_at, [])
 
     def tripped_turns(self) -> set[int]:
         return {n for n, turn in self.turns.items() if turn.tripped}
@@ -766,11 +806,11 @@ class Gdw1376Terminal:
     def _control(self, request: Message, now: datetime, t: datetime) -> list[Frame]:
         results = []
         for u in request.units:
-            ok = all(self._execute(pn, fn, value, t) for pn, fn, value in u.pairs())
+            ok = all(self._execute(pn, fn, value, t, now) for pn, fn, value in u.pairs())
             results.append(ItemResult(u.pns, u.fns, 0 if ok else 1))
         return self._confirm(request, results)
 
-    def _execute(self, pn: int, fn: int, value: Any, t: datetime) -> bool:
+    def _execute(self, pn: int, fn: int, value: Any, t: datetime, now: datetime) -> bool:
         if fn in (1, 2):
             turn = self.turns.get(pn)
             if turn is None:
@@ -802,6 +842,7 @@ class Gdw1376Terminal:
         else:
             return False
         self.stats.controls += 1
+        self._apply_turns(now)
         return True
 
     # AFN 10: transparent forwarding
