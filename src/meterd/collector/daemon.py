@@ -441,6 +441,7 @@ class Daemon:
         for listener in self.listeners.values():
             if isinstance(listener, GdwListener):
                 listener.on_login = self._gdw_login
+                listener.trace = trace
         self._gdw_tasks: set[asyncio.Task[None]] = set()
         # what the node records terminal-side changes with (the archive downloaded): meterd.app
         # sets it to the audit log's writer; called off the event loop

@@ -59,10 +59,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, tzinfo
 from decimal import Decimal
+from time import monotonic as time_monotonic
 from typing import Any, Final, NoReturn, Self
 
 from meterd.clock import CST, Clock, utc_now
-from meterd.collector.channel import ROUTINE, URGENT, Channel, FailureKind, Timing, TraceHook, TransactionError
+from meterd.collector.channel import (
+    ROUTINE,
+    URGENT,
+    Channel,
+    FailureKind,
+    Timing,
+    TraceEvent,
+    TraceHook,
+    TransactionError,
+)
 from meterd.collector.poll import MeterTarget, RoundResult, _Attempts, poll_meter
 from meterd.collector.transports.base import Transport
 from meterd.errors import AddressMismatchError, ConfigError, LinkClosedError, LinkError, ProtocolError
@@ -92,6 +102,7 @@ from meterd.protocols.gdw1376.frame import (
     Afn,
     EventCounter,
     TerminalAddress,
+    decode_frame,
     parse_terminal_address,
     scan_frames,
 )
@@ -275,6 +286,9 @@ class GdwListener:
         self._log = LogThrottle()
         self.on_presence: Callable[[str, bool], None] | None = None
         self.on_login: Callable[[str], None] | None = None
+        # the technician's frame trace: logins, heartbeats and the master's confirmations, as the
+        # channels trace their requests (``meterd.cli.frametext.trace_line`` prints both)
+        self.trace: TraceHook | None = None
 
     # --- life cycle --------------------------------------------------------------------------------
 
@@ -456,6 +470,8 @@ class GdwListener:
             return  # our own frame echoed, or another master's
         term = conn.terminal
         if frame.afn == Afn.LINK and frame.prm:
+            if self.trace is not None:
+                self._trace(term.channel if term is not None else self.name, "rx", raw, frame)
             try:
                 msg = decode_message(frame)
             except ProtocolError:
@@ -496,6 +512,15 @@ class GdwListener:
     def _send(self, term: _Terminal, conn: _Connection, data: bytes) -> None:
         conn.write(data)
         term.counters["tx_bytes"] += len(data)
+        if self.trace is not None:
+            self._trace(term.channel, "tx", data, decode_frame(data))
+
+    def _trace(self, channel: str, direction: str, data: bytes, frame: GdwFrame) -> None:
+        assert self.trace is not None
+        try:
+            self.trace(TraceEvent(channel, direction, data, frame, "", time_monotonic()))
+        except Exception:  # a trace printer's trouble is not the link's
+            log.exception("gdw1376 listener %s: trace hook failed", self.name)
 
     def _unregistered(self, conn: _Connection, raw: bytes) -> None:
         if conn.saw_unregistered:

@@ -69,12 +69,12 @@ class ChannelFigures:
 
 @dataclass(frozen=True, slots=True)
 class TerminalFigures:
-    """A DTU or MQTT terminal this node polls, and whether it is online now (as the quality
+    """A DTU, MQTT or Q/GDW 1376.1 terminal this node polls, and whether it is online now (as the quality
     statistics count it: a round got past its link)."""
 
     terminal: str
     channel: str
-    kind: str  # dtu or mqtt
+    kind: str  # dtu, mqtt or gdw1376
     online: bool
 
 
