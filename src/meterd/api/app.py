@@ -301,15 +301,15 @@ class Api:
         return self.live
 
     def _terminals(self) -> list[dict[str, Any]]:
-        from meterd.config.model import DtuLink, MqttLink
+        from meterd.config.model import DtuLink, GdwLink, MqttLink
 
         online = self.quality.online_since()
         out = []
         if self.config is not None:
             for ch in self.config.channels:
-                if isinstance(ch.link, (DtuLink, MqttLink)):
-                    out.append({"id": ch.link.terminal, "channel": ch.name,
-                                "kind": "dtu" if isinstance(ch.link, DtuLink) else "mqtt",
+                if isinstance(ch.link, (DtuLink, MqttLink, GdwLink)):
+                    kind = "dtu" if isinstance(ch.link, DtuLink) else "mqtt" if isinstance(ch.link, MqttLink) else "gdw1376"
+                    out.append({"id": ch.link.terminal, "channel": ch.name, "kind": kind,
                                 "online": ch.name in online, "since": iso(online.get(ch.name)),
                                 "meters": len(self.config.meters_on(ch.name))})
         return out
