@@ -350,3 +350,12 @@ def test_the_node_audits_terminal_changes_in_the_audit_log(tmp_path, monkeypatch
     with ControlStore(config.store.state) as control:
         (row,) = control.audit_log(subject=f"terminal {T1}")
     assert (row.actor, row.action, row.detail["differences"]) == ("daemon", "archive_download", [{"pn": 2}])
+
+
+def test_the_api_lists_1376_terminals(tmp_path):
+    from meterd.api.app import Api
+
+    config = parse_config(tomllib.loads(config_text(free_port(), tmp_path, password_secret=None)), "gw.toml")
+    api = Api(tmp_path, lambda: datetime.now(UTC), config, None, None)
+    terminals = {t["id"]: t for t in api._terminals()}
+    assert terminals[T1]["kind"] == "gdw1376" and terminals[T1]["channel"] == "c1" and terminals[T1]["meters"] == 4
