@@ -26,6 +26,14 @@ processes and stopped by :mod:`meterd.simulators.shard`, this module being the a
   ``dlt645-1997`` or ``modbus``); meter ``m`` of terminal ``t`` has the address
   ``f"{t:06d}{m:06d}"`` (Modbus: unit id ``m``).  paho's select() loop cannot use descriptors
   past 1023, so terminals beyond the first 250 run in forked helper processes (250 each).
+* ``--concentrators N``: Q/GDW 1376.1 concentrators ``4401-0001``... (``--concentrator-region``,
+  then A2 from 1 in hex; :mod:`meterd.simulators.concentrator`) that dial in to the master's
+  gdw1376 listener at ``--concentrator-connect HOST:PORT`` (default 127.0.0.1:9001), log in (AFN 02
+  F1), heart-beat every ``--concentrator-heartbeat`` seconds, collect their
+  ``--meters-per-concentrator`` DL/T 645-2007 meters (pn 1..M) every ``--concentrator-collect``
+  simulated seconds and answer AFN 0C/0D/0E/04/0A/05/10; ``--concentrator-kind special`` makes them
+  special-transformer terminals with control turns; ``--concentrator-password`` is their PW (32 hex
+  digits, default zeros).  Their meter addresses follow the DTU meters'.
 * ``--fleet-config FILE``: the same from a TOML file; flags given on the command line win::
 
       [dtus]
@@ -43,12 +51,23 @@ processes and stopped by :mod:`meterd.simulators.shard`, this module being the a
       host = "127.0.0.1"         # the broker
       port = 1883
 
+      [concentrators]
+      count = 500
+      meters = 32
+      host = "127.0.0.1"         # where the master's gdw1376 listener is
+      port = 9001
+      kind = "concentrator"      # or "special"
+
 * ``--write-config PATH`` writes a complete meterd site config for everything started (the store
   in ``--data-dir``; a channel per bus -- ``serial`` on the pty's device path with the bus's line
   settings, ``tcp`` on its host and port, Modbus TCP buses with their framing -- and per terminal,
-  with ``[listeners.gprs]`` on the DTU port and ``[mqtt]`` for terminals; every meter with its
-  protocol, unit id and register map; one poll of ``--poll-quantities`` every ``--poll-interval``
-  seconds).  It is checked with the config loader before anything starts (with stand-in
+  with ``[listeners.gprs]`` on the DTU port, ``[listeners.gdw1376]`` (``protocol = "gdw1376"``) on
+  the concentrator port and ``[mqtt]`` for terminals; a ``gdw1376 = { listener, terminal, kind,
+  password_secret }`` channel per concentrator; every meter with its protocol, unit id and register
+  map, or its ``pn``; one poll of ``--poll-quantities`` every ``--poll-interval`` seconds).  A
+  concentrator password other than zeros goes to a secrets file beside the config (``PATH`` with
+  the suffix ``.secrets``, mode 600, ``METERD_GDW1376_PASSWORD=...``) that the config names with
+  ``secrets_file``: the config itself holds no secret.  It is checked with the config loader before anything starts (with stand-in
   endpoints) and written, with the real pty paths and ports, once the buses listen and before the
   document is printed: ``meterd run -c PATH`` then collects from every simulated meter (and the
   link settings it holds are what ``meterd read`` needs to reach any one of them).
@@ -78,6 +97,10 @@ The JSON document::
               "units": {}},                          # Modbus: address -> unit id
      "mqtt": {"broker": "127.0.0.1:1883", "host": "127.0.0.1", "port": 1883, "root": "meterd",
               "protocol": "dlt645-2007", "terminals": {"T001": ["000001000001", ...], ...}, "units": {}},
+     "concentrators": {"connect": "127.0.0.1:9001", "host": "127.0.0.1", "port": 9001, "protocol": "gdw1376",
+                       "kind": "concentrator", "region": "4401", "heartbeat": 60.0, "collect_interval": 900.0,
+                       "password": "000...0", "meter_protocol": "dlt645-2007",
+                       "terminals": {"4401-0001": [{"address": "000000000001", "pn": 1}, ...], ...}},
      "config": "/abs/path/site.toml"}                # with --write-config (else null, or absent for buses alone)
 
 Exit codes: 0 after a clean stop, 2 for bad arguments, 1 when a bus or the terminals cannot be
@@ -109,9 +132,12 @@ from meterd.simulators.fleet import ALL_FAULT_KINDS, MODBUS_ALL_FAULT_KINDS, Fle
 from meterd.simulators.modbus import FRAMINGS
 from meterd.simulators.serve import SimClock
 from meterd.simulators.shard import (
+    DEFAULT_CONCENTRATOR_CONNECT,
+    DEFAULT_CONCENTRATOR_REGION,
     DEFAULT_DTU_CONNECT,
     DEFAULT_METERS_PER_TERMINAL,
     DEFAULT_MQTT_BROKER,
+    ZERO_PASSWORD,
     MqttShard,
     TerminalSpec,
     fork_shards,
@@ -130,6 +156,12 @@ DEFAULT_POLL_QUANTITIES: Final = ("energy.active.import.total", "voltage.a")
 DEFAULT_POLL_INTERVAL: Final = 60.0
 _DTU_FILE_KEYS: Final = ("count", "meters", "format", "protocol", "host", "port", "heartbeat", "model")
 _MQTT_FILE_KEYS: Final = ("count", "meters", "protocol", "host", "port", "root", "model")
+_CONCENTRATOR_FILE_KEYS: Final = ("count", "meters", "host", "port", "kind", "heartbeat", "region", "collect")
+CONCENTRATOR_KINDS: Final = ("concentrator", "special")
+MAX_CONCENTRATORS: Final = 0xFFFF  # A2 1..FFFF
+MAX_CONCENTRATOR_METERS: Final = 2040  # pn 1..2040
+GDW_LISTENER: Final = "gdw1376"
+GDW_PASSWORD_SECRET: Final = "METERD_GDW1376_PASSWORD"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -202,9 +234,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     t.add_argument("--meters-per-terminal", type=int, default=None, metavar="M",
                    help=f"meters behind each DTU and terminal (default {DEFAULT_METERS_PER_TERMINAL}; "
                    f"1..{MAX_TERMINAL_METERS})")
+    t.add_argument("--concentrators", type=int, default=None, metavar="N",
+                   help="Q/GDW 1376.1 concentrators RRRR-0001.. dialling in to --concentrator-connect (default 0)")
+    t.add_argument("--concentrator-connect", default=None, metavar="HOST:PORT",
+                   help="the master's gdw1376 listener the concentrators dial (default 127.0.0.1:9001)")
+    t.add_argument("--meters-per-concentrator", type=int, default=None, metavar="M",
+                   help=f"DL/T 645-2007 meters behind each concentrator, pn 1..M (default "
+                   f"{DEFAULT_METERS_PER_TERMINAL}; at most {MAX_CONCENTRATOR_METERS})")
+    t.add_argument("--concentrator-password", default=None, metavar="HEX",
+                   help="the concentrators' password PW, 32 hex digits (default zeros)")
+    t.add_argument("--concentrator-kind", default=None, metavar="|".join(CONCENTRATOR_KINDS),
+                   help="concentrator, or special: special-transformer terminals with control turns (AFN 05) "
+                   "(default concentrator)")
+    t.add_argument("--concentrator-heartbeat", type=float, default=None, metavar="SECONDS",
+                   help="concentrator heartbeat interval (default 60)")
+    t.add_argument("--concentrator-region", default=None, metavar="RRRR",
+                   help="the concentrators' region code A1, four digits (default 4401)")
+    t.add_argument("--concentrator-collect", type=float, default=None, metavar="SECONDS",
+                   help="simulated seconds between a concentrator's collections of its meters, dividing a day "
+                   "(default 900)")
     t.add_argument("--fleet-config", default=None, metavar="FILE",
                    help="TOML file describing the terminals: [dtus] count/meters/format/protocol/host/port, "
-                   "[mqtt] count/meters/protocol/host/port; flags given here win")
+                   "[mqtt] count/meters/protocol/host/port, [concentrators] count/meters/host/port/kind; flags "
+                   "given here win")
     t.add_argument("--write-config", default=None, metavar="PATH",
                    help="write a meterd site config (a channel per bus and per terminal, listener, broker, every "
                    "meter, one poll) for everything started: meterd run -c PATH")
@@ -222,7 +274,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def terminals_asked(args: argparse.Namespace) -> bool:
-    return any(getattr(args, k, None) is not None for k in ("dtus", "mqtt_terminals", "fleet_config"))
+    return any(getattr(args, k, None) is not None for k in ("dtus", "mqtt_terminals", "concentrators", "fleet_config"))
 
 
 def pty_buses(args: argparse.Namespace) -> int:
@@ -354,18 +406,18 @@ def _load_fleet_file(path: str, problems: list[str]) -> dict[str, dict[str, Any]
         return {}
     out: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
-        if key not in ("dtus", "mqtt"):
-            problems.append(f"{path}: {key}: unknown section; expected [dtus] and/or [mqtt]")
+        if key not in ("dtus", "mqtt", "concentrators"):
+            problems.append(f"{path}: {key}: unknown section; expected [dtus], [mqtt] and/or [concentrators]")
         elif not isinstance(value, dict):
             problems.append(f"{path}: {key}: must be a table ([{key}])")
         else:
-            allowed = _DTU_FILE_KEYS if key == "dtus" else _MQTT_FILE_KEYS
+            allowed = {"dtus": _DTU_FILE_KEYS, "mqtt": _MQTT_FILE_KEYS}.get(key, _CONCENTRATOR_FILE_KEYS)
             for k in value:
                 if k not in allowed:
                     problems.append(f"{path}: {key}.{k}: unknown key; expected one of {', '.join(allowed)}")
             out[key] = value
     if not out and not problems:
-        problems.append(f"--fleet-config {path}: describes no terminals: give [dtus] and/or [mqtt]")
+        problems.append(f"--fleet-config {path}: describes no terminals: give [dtus], [mqtt] and/or [concentrators]")
     return out
 
 
@@ -441,8 +493,11 @@ def terminal_spec_from_args(args: argparse.Namespace, bus_meters: int = 0) -> Te
             problems.append(f"{args.fleet_config}: {section}.count: missing: how many terminals")
     dtus = pick.integer(*pick(args.dtus, "--dtus", "dtus", "count", 0), 0, MAX_DTUS)
     n_mqtt = pick.integer(*pick(args.mqtt_terminals, "--mqtt-terminals", "mqtt", "count", 0), 0, MAX_MQTT_TERMINALS)
-    if dtus == 0 and n_mqtt == 0 and not (args.fleet_config and not tables):
-        problems.append("--dtus/--mqtt-terminals: no terminals to simulate: give at least one DTU or MQTT terminal")
+    n_conc = pick.integer(*pick(args.concentrators, "--concentrators", "concentrators", "count", 0), 0,
+                          MAX_CONCENTRATORS)
+    if dtus == 0 and n_mqtt == 0 and n_conc == 0 and not (args.fleet_config and not tables):
+        problems.append("--dtus/--mqtt-terminals: no terminals to simulate: give at least one DTU, MQTT terminal "
+                        "or concentrator (--concentrators)")
 
     values: dict[str, Any] = {}
     m = args.meters_per_terminal
@@ -450,6 +505,8 @@ def terminal_spec_from_args(args: argparse.Namespace, bus_meters: int = 0) -> Te
                               1, MAX_TERMINAL_METERS)
     mqtt_meters = pick.integer(*pick(m, "--meters-per-terminal", "mqtt", "meters", DEFAULT_METERS_PER_TERMINAL),
                                1, MAX_TERMINAL_METERS)
+    conc_meters = pick.integer(*pick(args.meters_per_concentrator, "--meters-per-concentrator", "concentrators",
+                                     "meters", DEFAULT_METERS_PER_TERMINAL), 1, MAX_CONCENTRATOR_METERS)
 
     dtu_cli_host = dtu_cli_port = None
     if args.dtu_connect is not None:
@@ -482,6 +539,41 @@ def terminal_spec_from_args(args: argparse.Namespace, bus_meters: int = 0) -> Te
         root = None
     values["mqtt_root"] = root
 
+    conc_cli_host = conc_cli_port = None
+    if args.concentrator_connect is not None:
+        hp = _host_port(args.concentrator_connect, "--concentrator-connect", problems)
+        conc_cli_host, conc_cli_port = hp if hp else DEFAULT_CONCENTRATOR_CONNECT
+    values["concentrator_host"] = pick.text(*pick(conc_cli_host, "--concentrator-connect", "concentrators", "host",
+                                                  DEFAULT_CONCENTRATOR_CONNECT[0]))
+    values["concentrator_port"] = pick.integer(*pick(conc_cli_port, "--concentrator-connect", "concentrators", "port",
+                                                     DEFAULT_CONCENTRATOR_CONNECT[1]), 1, 65535)
+    values["concentrator_kind"] = pick.choice(*pick(args.concentrator_kind, "--concentrator-kind", "concentrators",
+                                                    "kind", "concentrator"), CONCENTRATOR_KINDS)
+    values["concentrator_heartbeat"] = pick.number(*pick(args.concentrator_heartbeat, "--concentrator-heartbeat",
+                                                         "concentrators", "heartbeat", 60.0))
+    region = pick.text(*pick(args.concentrator_region, "--concentrator-region", "concentrators", "region",
+                             DEFAULT_CONCENTRATOR_REGION))
+    if region is not None and not (len(region) == 4 and region.isdigit()):
+        problems.append(f"--concentrator-region {region!r}: the region code A1 is four digits, e.g. 4401")
+        region = None
+    values["concentrator_region"] = region
+    collect = pick.number(*pick(args.concentrator_collect, "--concentrator-collect", "concentrators", "collect",
+                                900.0))
+    if collect is not None and (collect < 60 or 86_400 % collect):
+        problems.append(f"--concentrator-collect {collect:g}: must be whole seconds of at least a minute that "
+                        "divide a day (e.g. 300, 900, 3600)")
+        collect = None
+    values["concentrator_collect"] = collect
+    password = ZERO_PASSWORD
+    if args.concentrator_password is not None:
+        from meterd.simulators.concentrator import parse_password
+
+        try:
+            password = parse_password(args.concentrator_password).hex().upper()
+        except ValueError as exc:
+            problems.append(f"--concentrator-password: {exc}")
+    values["concentrator_password"] = password
+
     # flags of a kind of terminal that is not simulated are a mistake, not something to ignore
     if dtus == 0:
         for flag, value in (("--dtu-connect", args.dtu_connect), ("--dtu-format", args.dtu_format),
@@ -493,6 +585,16 @@ def terminal_spec_from_args(args: argparse.Namespace, bus_meters: int = 0) -> Te
                             ("--mqtt-root", args.mqtt_root)):
             if value is not None:
                 problems.append(f"{flag}: no MQTT terminals are simulated (give --mqtt-terminals N)")
+    if n_conc == 0:
+        for flag, value in (("--concentrator-connect", args.concentrator_connect),
+                            ("--meters-per-concentrator", args.meters_per_concentrator),
+                            ("--concentrator-password", args.concentrator_password),
+                            ("--concentrator-kind", args.concentrator_kind),
+                            ("--concentrator-heartbeat", args.concentrator_heartbeat),
+                            ("--concentrator-region", args.concentrator_region),
+                            ("--concentrator-collect", args.concentrator_collect)):
+            if value is not None:
+                problems.append(f"{flag}: no concentrators are simulated (give --concentrators N)")
 
     start = _start_time(args, problems)
     if args.speed <= 0:
@@ -511,23 +613,31 @@ def terminal_spec_from_args(args: argparse.Namespace, bus_meters: int = 0) -> Te
         first = int(normalize_address(args.first_address)) + bus_meters
     except (ProtocolError, ValueError):
         problems.append(f"--first-address {args.first_address!r} is not a 12-digit decimal address")
+    ranges = []  # (what, flag, first, count) of the meters numbered on from --first-address
     if first is not None and dtus and dtu_meters:
-        last = first + dtus * dtu_meters - 1
+        ranges.append(("DTU", "--dtus", first, dtus * dtu_meters))
+    if first is not None and n_conc and conc_meters:
+        ranges.append(("concentrator", "--concentrators", first + (dtus or 0) * (dtu_meters or 0),
+                       n_conc * conc_meters))
+    for what, flag, low, count in ranges:
+        last = low + count - 1
         if last > 999_999_999_999:
-            problems.append(f"--dtus: {dtus * dtu_meters} meters from {first:012d} run past 999999999999")
+            problems.append(f"{flag}: {count} meters from {low:012d} run past 999999999999")
         elif n_mqtt and mqtt_meters:
-            # MQTT meter m of terminal t is t * 10**6 + m: does the DTU range hold one?
+            # MQTT meter m of terminal t is t * 10**6 + m: does the range hold one?
             clash = next((t * 10**6 + 1 for t in range(1, n_mqtt + 1)
-                          if first <= t * 10**6 + mqtt_meters and t * 10**6 + 1 <= last), None)
+                          if low <= t * 10**6 + mqtt_meters and t * 10**6 + 1 <= last), None)
             if clash is not None:
-                problems.append(f"--first-address: the DTU meters {first:012d}..{last:012d} overlap the MQTT "
+                problems.append(f"--first-address: the {what} meters {low:012d}..{last:012d} overlap the MQTT "
                                 f"meters (terminal t's meters are t*10^6+1..); start them elsewhere, e.g. "
                                 f"--first-address 900000000001")
     if problems:
         raise ConfigError(problems)
     assert dtus is not None and n_mqtt is not None and dtu_meters is not None and mqtt_meters is not None
+    assert n_conc is not None and conc_meters is not None
     assert first is not None
     return TerminalSpec(dtus=dtus, dtu_meters=dtu_meters, mqtt_terminals=n_mqtt, mqtt_meters=mqtt_meters,
+                        concentrators=n_conc, concentrator_meters=conc_meters,
                         dtu_first_address=first, speed=args.speed, start=start, seed=args.seed,
                         turnaround=turnaround, **values)
 
@@ -654,9 +764,37 @@ def _bus_lines(buses: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def site_config(terms: TerminalSpec | None, site: SiteSpec, buses: list[dict[str, Any]] | None = None) -> str:
+def secrets_path(site: SiteSpec) -> Path:
+    """Where ``--write-config`` puts the concentrators' password: beside the config, suffix ``.secrets``."""
+    path = site.path
+    return path.with_name(path.name + ".secrets") if path.suffix == ".secrets" else path.with_suffix(".secrets")
+
+
+def needs_secrets(terms: TerminalSpec | None) -> bool:
+    """Whether the concentrators have a password to keep (zeros need none: the master's default)."""
+    return terms is not None and terms.concentrators > 0 and terms.concentrator_password.strip("0") != ""
+
+
+def write_secrets(site: SiteSpec, terms: TerminalSpec) -> None:
+    """The secrets file the written config names, mode 600, atomically."""
+    path = secrets_path(site)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp: mode 600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("# written by `meterd simulate --write-config`: the simulated concentrators' password PW\n"
+                    f"{GDW_PASSWORD_SECRET}={terms.concentrator_password}\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def site_config(terms: TerminalSpec | None, site: SiteSpec, buses: list[dict[str, Any]] | None = None, *,
+                secrets: bool = True) -> str:
     """The meterd site config (TOML) for ``buses`` (the fleet document's, with their endpoints) and
-    ``terms``: a channel per bus and per terminal, every meter, one poll."""
+    ``terms``: a channel per bus and per terminal, every meter, one poll.  ``secrets``: name the
+    secrets file (:func:`secrets_path`) the concentrators' password is in, when there is one."""
     buses = buses or []
     bus_meters = sum(len(b["meters"]) for b in buses)
     total = bus_meters + (terms.meters if terms is not None else 0)
@@ -666,7 +804,8 @@ def site_config(terms: TerminalSpec | None, site: SiteSpec, buses: list[dict[str
     for b in buses:
         what = f"Modbus {b['framing']} {b['model']}" if b["protocol"] == "modbus" else "DL/T 645"
         lines.append(f"#   bus {b['name']}: {b['kind']} {b['endpoint']}, {len(b['meters'])} {what} meters")
-    lines += _terminal_lines(terms, site, total) if terms is not None else _store_lines(site, total)
+    lines += (_terminal_lines(terms, site, total, secrets and needs_secrets(terms)) if terms is not None
+              else _store_lines(site, total))
     lines += _bus_lines(buses)
     if terms is not None:
         lines += _terminal_channels(terms)
@@ -685,8 +824,8 @@ def _store_lines(site: SiteSpec, meters: int) -> list[str]:
     return lines
 
 
-def _terminal_lines(terms: TerminalSpec, site: SiteSpec, meters: int) -> list[str]:
-    """The terminals' comment lines, the store, the DTU listener and the broker."""
+def _terminal_lines(terms: TerminalSpec, site: SiteSpec, meters: int, secrets: bool = False) -> list[str]:
+    """The terminals' comment lines, the secrets file, the store, the listeners and the broker."""
     lines = []
     if terms.dtus:
         lines.append(f"#   {terms.dtus} GPRS DTUs ({terms.dtu_format}) dialling {terms.dtu_host}:{terms.dtu_port}, "
@@ -694,12 +833,24 @@ def _terminal_lines(terms: TerminalSpec, site: SiteSpec, meters: int) -> list[st
     if terms.mqtt_terminals:
         lines.append(f"#   {terms.mqtt_terminals} MQTT terminals on the broker {terms.mqtt_host}:{terms.mqtt_port}, "
                      f"{terms.mqtt_meters} {terms.mqtt_protocol} meters each")
+    if terms.concentrators:
+        lines.append(f"#   {terms.concentrators} Q/GDW 1376.1 {terms.concentrator_kind} terminals dialling "
+                     f"{terms.concentrator_host}:{terms.concentrator_port}, {terms.concentrator_meters} "
+                     "DL/T 645-2007 meters each")
+    if secrets:
+        lines += ["# the concentrators' password PW (the config holds no secret):",
+                  f"secrets_file = {_toml_str(secrets_path(site).name)}", ""]
     lines += _store_lines(site, meters)
     if terms.dtus:
         loopback = terms.dtu_host in ("127.0.0.1", "localhost", "::1")
         lines += ["[listeners.gprs]", f"host = {_toml_str(terms.dtu_host if loopback else '0.0.0.0')}",
                   f"port = {terms.dtu_port}", f"formats = [{_toml_str(terms.dtu_format)}]",
                   f"heartbeat_timeout = {_duration(max(120.0, 4 * terms.dtu_heartbeat))}", ""]
+    if terms.concentrators:
+        loopback = terms.concentrator_host in ("127.0.0.1", "localhost", "::1")
+        lines += [f"[listeners.{GDW_LISTENER}]", f"host = {_toml_str(terms.concentrator_host if loopback else '0.0.0.0')}",
+                  f"port = {terms.concentrator_port}", f"protocol = {_toml_str(GDW_LISTENER)}",
+                  f"heartbeat_timeout = {_duration(max(120.0, 4 * terms.concentrator_heartbeat))}", ""]
     if terms.mqtt_terminals:
         lines += ["[mqtt]", f"host = {_toml_str(terms.mqtt_host)}", f"port = {terms.mqtt_port}",
                   f"client_id = {_toml_str(f'meterd-master-{site.path.stem}')}",
@@ -717,7 +868,7 @@ def _terminal_channels(terms: TerminalSpec) -> list[str]:
     lines: list[str] = []
     # a DTU that is still dialling when a round starts: the round waits that long for it (many
     # DTUs dialling in at once take a while to be let in)
-    connect_wait = max(3.0, 3 * terms.dtu_reconnect, 0.01 * terms.dtus)
+    connect_wait = max(3.0, 3 * terms.dtu_reconnect, 0.01 * max(terms.dtus, terms.concentrators))
     dtus, mqtts = terms.dtu_fleet(), terms.mqtt_fleet()
     for tid in dtus:
         lines += [f"[channels.{_channel_name(tid)}]",
@@ -739,6 +890,27 @@ def _terminal_channels(terms: TerminalSpec) -> list[str]:
 
     meters(dtus, "gprs", "modbus" if terms.dtu_protocol == "modbus" else "dlt645-2007", terms.dtu_model)
     meters(mqtts, "mqtt", terms.mqtt_protocol, terms.mqtt_model)
+    lines += _concentrator_channels(terms, connect_wait)
+    return lines
+
+
+def _concentrator_channels(terms: TerminalSpec, connect_wait: float) -> list[str]:
+    """A gdw1376 channel per concentrator, then its meters with their pn."""
+    lines: list[str] = []
+    fleet = terms.concentrator_fleet()
+    extra = ""
+    if terms.concentrator_kind != "concentrator":
+        extra += f", kind = {_toml_str(terms.concentrator_kind)}"
+    if needs_secrets(terms):
+        extra += f", password_secret = {_toml_str(GDW_PASSWORD_SECRET)}"
+    wait = _duration(connect_wait)
+    for key in fleet:
+        link = f"listener = {_toml_str(GDW_LISTENER)}, terminal = {_toml_str(key)}{extra}, connect_wait = {wait}"
+        lines += [f"[channels.gw-{key}]", f"gdw1376 = {{ {link} }}", 'response_timeout = "5s"', ""]
+    for key, meters in fleet.items():
+        for address, pn in meters:
+            lines += ["[[meters]]", f'address = "{address}"', f'channel = "gw-{key}"', f'group = "{GDW_LISTENER}"',
+                      f"pn = {pn}", ""]
     return lines
 
 
@@ -755,6 +927,8 @@ def check_quantities(terms: TerminalSpec | None, quantities: tuple[str, ...], bu
         kinds.setdefault(("modbus" if terms.dtu_protocol == "modbus" else "dlt645-2007", terms.dtu_model), "DTU")
     if terms is not None and terms.mqtt_terminals:
         kinds.setdefault((terms.mqtt_protocol, terms.mqtt_model), "MQTT")
+    if terms is not None and terms.concentrators:
+        kinds.setdefault(("dlt645-2007", terms.dtu_model), "concentrator")
     problems = []
     for (protocol, model), where in kinds.items():
         driver = get_driver(protocol)
@@ -837,7 +1011,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     plan = Plan(buses, terminals, site)
     if site is not None:
         # checked now with stand-in endpoints; written with the real ones once the buses run
-        check_site_config(site_config(terminals, site, bus_sketch(buses) if buses is not None else []), site)
+        check_site_config(site_config(terminals, site, bus_sketch(buses) if buses is not None else [], secrets=False),
+                          site)
     return plan
 
 
@@ -869,6 +1044,16 @@ def format_terminals(doc: dict[str, Any]) -> list[str]:
                      f"{len(addresses)} {part['protocol']} meters {_span(addresses)}")
         if len(ids) <= 20:
             lines += [f"  {tid}: {' '.join(meters)}" for tid, meters in fleet.items()]
+    part = doc.get("concentrators")
+    if part:
+        fleet = part["terminals"]
+        keys = list(fleet)
+        addresses = [m["address"] for meters in fleet.values() for m in meters]
+        lines.append(f"concentrators: {len(keys)} Q/GDW 1376.1 {part['kind']} terminals {_span(keys)} dialling "
+                     f"{part['connect']}, {len(addresses)} dlt645-2007 meters {_span(addresses)}")
+        if len(keys) <= 20:
+            lines += [f"  {key}: " + " ".join(f"p{m['pn']}={m['address']}" for m in meters)
+                      for key, meters in fleet.items()]
     if doc.get("config"):
         lines.append(f"config: {doc['config']} (meterd run -c {doc['config']})")
     return lines
@@ -920,6 +1105,9 @@ def run(args: argparse.Namespace) -> int:
 
     def announce(doc: dict[str, Any]) -> None:
         if plan.site is not None:
+            if needs_secrets(plan.terminals):
+                assert plan.terminals is not None
+                write_secrets(plan.site, plan.terminals)  # before the check: the config names the file
             plan.site_text = site_config(plan.terminals, plan.site, doc["buses"])
             check_site_config(plan.site_text, plan.site)
             write_site_config(plan.site.path, plan.site_text)

@@ -1,9 +1,11 @@
 """Simulated terminal fleets: GPRS DTUs and MQTT terminals by the hundred, sharded over processes.
 
 :class:`TerminalSpec` says what to simulate: ``dtus`` DTUs ``DTU00000001``... that dial *in* to
-the master's DTU listener, and ``mqtt_terminals`` MQTT terminals ``T001``... on a broker, each with
-its meters (the layout :func:`~meterd.simulators.dtu.run_dtu_fleet` and
-:func:`~meterd.simulators.mqtt_terminal.run_mqtt_fleet` use).  :func:`serve_fleet` runs them, with
+the master's DTU listener, ``mqtt_terminals`` MQTT terminals ``T001``... on a broker, and
+``concentrators`` Q/GDW 1376.1 concentrators ``4401-0001``... that dial in and log in to the
+master's gdw1376 listener, each with its meters (the layout :func:`~meterd.simulators.dtu.run_dtu_fleet`,
+:func:`~meterd.simulators.mqtt_terminal.run_mqtt_fleet` and
+:func:`~meterd.simulators.concentrator.concentrator_layout` use).  :func:`serve_fleet` runs them, with
 the meter buses of :mod:`meterd.simulators.fleet` if asked, until stopped.
 
 Sharding: paho's network loop uses select(), which cannot watch a descriptor past 1023, and each
@@ -46,6 +48,9 @@ Settle = Callable[[], None]
 DEFAULT_METERS_PER_TERMINAL: Final = 10
 DEFAULT_DTU_CONNECT: Final = ("127.0.0.1", 9000)
 DEFAULT_MQTT_BROKER: Final = ("127.0.0.1", 1883)
+DEFAULT_CONCENTRATOR_CONNECT: Final = ("127.0.0.1", 9001)
+DEFAULT_CONCENTRATOR_REGION: Final = "4401"
+ZERO_PASSWORD: Final = "00" * 16  # a terminal's PW, 32 hex digits
 DTU_ID_PREFIX: Final = "DTU"
 PASSWORD: Final = next(f.default for f in fields(FleetSpec) if f.name == "password")  # the meters' default
 
@@ -59,7 +64,7 @@ def _nothing() -> None:
 
 @dataclass(frozen=True, slots=True)
 class TerminalSpec:
-    """The DTUs and MQTT terminals to start (either count may be 0, not both)."""
+    """The DTUs, MQTT terminals and concentrators to start (any count may be 0, not all)."""
 
     dtus: int = 0
     dtu_meters: int = DEFAULT_METERS_PER_TERMINAL
@@ -78,10 +83,20 @@ class TerminalSpec:
     mqtt_protocol: str = "dlt645-2007"
     mqtt_model: str = "generic"
     mqtt_root: str = "meterd"
+    concentrators: int = 0
+    concentrator_meters: int = DEFAULT_METERS_PER_TERMINAL
+    concentrator_host: str = DEFAULT_CONCENTRATOR_CONNECT[0]
+    concentrator_port: int = DEFAULT_CONCENTRATOR_CONNECT[1]
+    concentrator_password: str = ZERO_PASSWORD  # PW as 32 hex digits
+    concentrator_kind: str = "concentrator"  # or "special" (special-transformer terminals)
+    concentrator_heartbeat: float = 60.0
+    concentrator_region: str = DEFAULT_CONCENTRATOR_REGION
+    concentrator_collect: float = 900.0  # simulated seconds between collections
+    concentrator_first_address: int = 0  # 0: after the DTU meters
     speed: float = 1.0
     start: datetime | None = None
     seed: int = 0
-    turnaround: float = 0.0  # seconds, DTU replies
+    turnaround: float = 0.0  # seconds, DTU and concentrator replies
 
     def dtu_ids(self) -> list[str]:
         """The DTUs' terminal ids as :func:`~meterd.simulators.dtu.run_dtu_fleet` gives them."""
@@ -102,9 +117,20 @@ class TerminalSpec:
         return {terminal_id(t): [meter_address(t, m) for m in range(1, self.mqtt_meters + 1)]
                 for t in range(1, self.mqtt_terminals + 1)}
 
+    def concentrator_fleet(self) -> dict[str, list[tuple[str, int]]]:
+        """``RRRR-TTTT`` -> its meters as (address, pn), addresses on from the DTU meters'."""
+        if not self.concentrators:
+            return {}
+        from meterd.simulators.concentrator import concentrator_layout
+
+        first = self.concentrator_first_address or self.dtu_first_address + self.dtus * self.dtu_meters
+        return concentrator_layout(self.concentrators, self.concentrator_meters, first_address=first,
+                                   region=self.concentrator_region)
+
     @property
     def meters(self) -> int:
-        return self.dtus * self.dtu_meters + self.mqtt_terminals * self.mqtt_meters
+        return (self.dtus * self.dtu_meters + self.mqtt_terminals * self.mqtt_meters
+                + self.concentrators * self.concentrator_meters)
 
     def as_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {}
@@ -129,6 +155,16 @@ class TerminalSpec:
             }
             if self.mqtt_protocol == "modbus":
                 doc["mqtt"]["model"] = self.mqtt_model
+        if self.concentrators:
+            doc["concentrators"] = {
+                "connect": f"{self.concentrator_host}:{self.concentrator_port}", "host": self.concentrator_host,
+                "port": self.concentrator_port, "protocol": "gdw1376", "kind": self.concentrator_kind,
+                "region": self.concentrator_region, "heartbeat": self.concentrator_heartbeat,
+                "collect_interval": self.concentrator_collect, "password": self.concentrator_password,
+                "meter_protocol": "dlt645-2007",
+                "terminals": {key: [{"address": a, "pn": pn} for a, pn in meters]
+                              for key, meters in self.concentrator_fleet().items()},
+            }
         return doc
 
 
@@ -291,10 +327,12 @@ async def _shard(spec: TerminalSpec, first: int, count: int, clock: Any, conn: A
 
 @dataclass(slots=True)
 class Terminals:
-    """Running DTUs and MQTT terminals (the first MQTT shard here, the rest in ``shards``)."""
+    """Running DTUs, MQTT terminals (the first MQTT shard here, the rest in ``shards``) and
+    concentrators."""
 
     spec: TerminalSpec
     dtus: list[Any] = field(default_factory=list)  # DtuSimulator
+    concentrators: list[Any] = field(default_factory=list)  # ConcentratorSimulator
     mqtt: Any = None  # MqttFleet
     shards: list[MqttShard] = field(default_factory=list)
     dialers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -306,12 +344,16 @@ class Terminals:
         spread = min(1.0, 0.002 * len(self.dtus))
         self.dialers = [asyncio.create_task(_dial(d, rng.random() * spread), name=f"dial {d.terminal_id}")
                         for d in self.dtus]
+        spread = min(1.0, 0.002 * len(self.concentrators))
+        self.dialers += [asyncio.create_task(c.start(rng.random() * spread), name=f"dial {c.key}")
+                         for c in self.concentrators]  # each keeps dialling (and logging in) by itself
 
     async def close(self) -> None:
         for t in self.dialers:
             t.cancel()
         await asyncio.gather(*self.dialers, return_exceptions=True)
-        await asyncio.gather(*(d.close() for d in self.dtus), *(s.stop() for s in self.shards),
+        await asyncio.gather(*(d.close() for d in self.dtus), *(c.close() for c in self.concentrators),
+                             *(s.stop() for s in self.shards),
                              *([self.mqtt.close()] if self.mqtt is not None else []), return_exceptions=True)
 
     def report(self) -> list[str]:
@@ -331,6 +373,15 @@ class Terminals:
             lines.append(f"mqtt: {self.spec.mqtt_terminals} terminals in {1 + len(self.shards)} process(es), "
                          f"{c['requests']} requests, {c['replies']} replies, {c['silent']} unanswered, "
                          f"{c['expired']} expired" + (f" (no counts from {len(lost)} process(es))" if lost else ""))
+        if self.concentrators:
+            cs = [c.stats for c in self.concentrators]
+            ts = [c.terminal.stats for c in self.concentrators]
+            lines.append(f"concentrators: {len(self.concentrators)} terminals, "
+                         f"{sum(c.logged_in for c in self.concentrators)} logged in at the end, "
+                         f"{sum(x.connections for x in cs)} connections, {sum(x.logins_confirmed for x in cs)} "
+                         f"confirmed logins, {sum(x.requests for x in cs)} requests, {sum(x.replies for x in cs)} "
+                         f"replies, {sum(x.heartbeats for x in cs)} heartbeats, {sum(x.collections for x in ts)} "
+                         f"collections, {sum(x.relays for x in ts)} relays")
         return lines
 
 
@@ -369,6 +420,21 @@ def build_dtus(spec: TerminalSpec, clock: Callable[[], datetime]) -> list[Any]:
     return out
 
 
+def build_concentrator_sims(spec: TerminalSpec, clock: Callable[[], datetime]) -> list[Any]:
+    """The concentrator simulators (not started), laid out as :meth:`TerminalSpec.concentrator_fleet`."""
+    if not spec.concentrators:
+        return []
+    from datetime import timedelta
+
+    from meterd.simulators.concentrator import build_concentrators, parse_password
+
+    return build_concentrators(spec.concentrator_fleet(), spec.concentrator_host, spec.concentrator_port, clock=clock,
+                               password=parse_password(spec.concentrator_password), kind=spec.concentrator_kind,
+                               heartbeat=spec.concentrator_heartbeat,
+                               collect_interval=timedelta(seconds=spec.concentrator_collect),
+                               reconnect_delay=spec.dtu_reconnect, turnaround=spec.turnaround, seed=spec.seed)
+
+
 def fork_shards(spec: TerminalSpec, clock: Any, settle: Settle = _nothing) -> list[MqttShard]:
     """Helper processes for the MQTT terminals past the first :data:`MQTT_TERMINALS_PER_PROCESS`
     (call before any thread or event loop exists); each calls ``settle`` once its terminals are up
@@ -380,7 +446,7 @@ async def start_terminals(spec: TerminalSpec, clock: Any, shards: list[MqttShard
     """Build the DTUs (they dial once :meth:`Terminals.start_dialling` is called) and start the
     MQTT terminals: the first shard here, the rest already forked in ``shards`` (ConnectionError
     if the broker cannot be reached)."""
-    terms = Terminals(spec, build_dtus(spec, clock), shards=list(shards or []))
+    terms = Terminals(spec, build_dtus(spec, clock), build_concentrator_sims(spec, clock), shards=list(shards or []))
     if spec.mqtt_terminals:
         first, count = mqtt_shards(spec.mqtt_terminals)[0]
         results = await asyncio.gather(start_mqtt(spec, first, count, clock),
@@ -472,7 +538,7 @@ async def serve_fleet(
             clock = clock or fleet.clock
         if terminals is not None:
             t = terminals
-            _raise_fd_limit(t.dtus + 3 * min(t.mqtt_terminals, MQTT_TERMINALS_PER_PROCESS) + 256)
+            _raise_fd_limit(t.dtus + t.concentrators + 3 * min(t.mqtt_terminals, MQTT_TERMINALS_PER_PROCESS) + 256)
             if clock is None:
                 clock = SimClock.starting(t.start, t.speed)
             terms = await start_terminals(t, clock, shards)
@@ -492,16 +558,20 @@ async def serve_fleet(
 
 
 __all__ = [
+    "DEFAULT_CONCENTRATOR_CONNECT",
+    "DEFAULT_CONCENTRATOR_REGION",
     "DEFAULT_DTU_CONNECT",
     "DEFAULT_METERS_PER_TERMINAL",
     "DEFAULT_MQTT_BROKER",
     "DTU_ID_PREFIX",
     "MQTT_TERMINALS_PER_PROCESS",
     "PASSWORD",
+    "ZERO_PASSWORD",
     "MqttShard",
     "Settle",
     "TerminalSpec",
     "Terminals",
+    "build_concentrator_sims",
     "build_dtus",
     "fleet_document",
     "fork_shards",
