@@ -1,0 +1,128 @@
+"""After a login: the terminal's meter archive checked and downloaded (AFN 0A / 04 F10); events read
+by pointer (AFN 0E F1), ERC14 as power-down reports."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime, tzinfo
+from typing import Any, Final
+
+from meterd.clock import CST
+from meterd.collector.channel import (
+    URGENT,
+)
+from meterd.collector.gdw1376.channel import GdwChannel
+from meterd.collector.gdw1376.rounds import _local
+from meterd.protocols.gdw1376.catalogue import (
+    PROTOCOL_645_1997,
+    PROTOCOL_645_2007,
+    ArchiveQuery,
+    EventLog,
+    EventPointers,
+    MeterArchive,
+    MeterEntry,
+    PowerOnOff,
+)
+from meterd.protocols.gdw1376.frame import (
+    Afn,
+)
+from meterd.protocols.gdw1376.messages import (
+    unit,
+)
+from meterd.protocols.readspec import DLT645_1997
+from meterd.readings import Quality, Reading
+
+log = logging.getLogger(__name__)
+
+# --- after login: the meter archive, events ----------------------------------------------------------
+
+BAUD_OF: Final = {DLT645_1997: 1200}
+DEFAULT_BAUD: Final = 2400
+
+
+def archive_entries(channel: GdwChannel, protocols: Mapping[str, str]) -> list[MeterEntry]:
+    """The archive the config says the terminal should hold: one entry per meter, seq = pn."""
+    out = []
+    for address, pn in sorted(channel.pns.items(), key=lambda kv: kv[1]):
+        protocol = protocols.get(address, "dlt645-2007")
+        out.append(MeterEntry(seq=pn, pn=pn, port=channel.port, baud=BAUD_OF.get(protocol, DEFAULT_BAUD),
+                              protocol=PROTOCOL_645_1997 if protocol == DLT645_1997 else PROTOCOL_645_2007,
+                              address=address))
+    return out
+
+
+def _same(a: MeterEntry, b: MeterEntry) -> bool:
+    return (a.pn, a.port, a.baud, a.protocol, a.address) == (b.pn, b.port, b.baud, b.protocol, b.address)
+
+
+def _show(e: MeterEntry | None) -> str:
+    if e is None:
+        return "none"
+    return f"pn {e.pn} meter {e.address} protocol {e.protocol} port {e.port} baud {e.baud or 'default'}"
+
+
+ARCHIVE_QUERY_BATCH: Final = 16
+
+
+async def sync_archive(channel: GdwChannel, protocols: Mapping[str, str], *,
+                       audit: Callable[[str, str, dict[str, Any]], None] | None = None) -> list[tuple[int, str, str]]:
+    """Query the terminal's archive (AFN 0A F10) for the configured meters, download what differs
+    (AFN 04 F10).  The differences as (pn, terminal's entry, config's entry)."""
+    wanted = archive_entries(channel, protocols)
+    held: dict[int, MeterEntry] = {}
+    for i in range(0, len(wanted), ARCHIVE_QUERY_BATCH):
+        seqs = tuple(e.seq for e in wanted[i:i + ARCHIVE_QUERY_BATCH])
+        reply = await channel.request(Afn.QUERY_PARAMETERS, [unit(0, 10, ArchiveQuery(seqs))])
+        for _, fn, value in reply.items():
+            if fn == 10 and isinstance(value, MeterArchive):
+                held.update({e.seq: e for e in value.entries})
+    diffs = [(e.pn, _show(held.get(e.seq)), _show(e)) for e in wanted
+             if e.seq not in held or not _same(held[e.seq], e)]
+    if not diffs:
+        log.info("channel %s: terminal %s holds the configured meter archive (%d meters)", channel.name,
+                 channel.address.key, len(wanted))
+        return []
+    for pn, theirs, ours in diffs:
+        log.warning("channel %s: terminal %s archive differs at pn %d: terminal has %s, config says %s; downloading",
+                    channel.name, channel.address.key, pn, theirs, ours)
+    changed = [e for e in wanted if e.seq not in held or not _same(held[e.seq], e)]
+    for i in range(0, len(changed), ARCHIVE_QUERY_BATCH):
+        await channel.request(Afn.SET_PARAMETERS, [unit(0, 10, MeterArchive(tuple(changed[i:i + ARCHIVE_QUERY_BATCH])))],
+                              pw=channel.pw("AFN 04"), priority=URGENT)
+    if audit is not None:
+        audit("archive_download", f"terminal {channel.address.key}",
+              {"channel": channel.name, "differences": [{"pn": pn, "terminal": t, "config": c} for pn, t, c in diffs]})
+    return diffs
+
+
+async def read_events(channel: GdwChannel, now: datetime, *, zone: tzinfo = CST) -> list[Reading]:
+    """The important events the terminal has since the last pointer read (AFN 0E F1); ERC14
+    power off/on as ``event.power_down.start`` / ``.end`` readings of every meter behind it."""
+    ec = channel.ec
+    if ec is None:
+        return []
+    end = ec.important
+    start = channel.event_pointer if channel.event_pointer is not None else (end - 1) & 0xFF
+    channel.events_waiting = False
+    if start == end:
+        return []
+    reply = await channel.request(Afn.CLASS3_DATA, [unit(0, 1, EventPointers(start, end))], priority=URGENT)
+    channel.event_pointer = end
+    out: list[Reading] = []
+    for _, fn, value in reply.items():
+        if fn != 1 or not isinstance(value, EventLog):
+            continue
+        for record in value.records:
+            if not isinstance(record, PowerOnOff):
+                log.info("channel %s: terminal %s event ERC%d", channel.name, channel.address.key, record.erc)
+                continue
+            off, on = _local(record.off, zone), _local(record.on, zone)
+            log.warning("channel %s: terminal %s reports power %s (ERC14)", channel.name, channel.address.key,
+                        f"off at {off.isoformat() if off else '?'}" + (f", on at {on.isoformat()}" if on else ""))
+            for meter in channel.pns:
+                if off is not None:
+                    out.append(Reading(meter, "event.power_down.start", off, off, "", Quality.GOOD))
+                if on is not None:
+                    out.append(Reading(meter, "event.power_down.end", on, on, "", Quality.GOOD))
+    return out
