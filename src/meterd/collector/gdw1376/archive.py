@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, tzinfo
 from typing import Any, Final
 
-from meterd.clock import CST
+from meterd.clock import CST, local_text
 from meterd.collector.channel import (
     URGENT,
 )
@@ -119,7 +119,7 @@ async def read_events(channel: GdwChannel, now: datetime, *, zone: tzinfo = CST)
                 continue
             off, on = _local(record.off, zone), _local(record.on, zone)
             log.warning("channel %s: terminal %s reports power %s (ERC14)", channel.name, channel.address.key,
-                        f"off at {off.isoformat() if off else '?'}" + (f", on at {on.isoformat()}" if on else ""))
+                        f"off at {local_text(off, zone) if off else '?'}" + (f", on at {local_text(on, zone)}" if on else ""))
             for meter in channel.pns:
                 if off is not None:
                     out.append(Reading(meter, "event.power_down.start", off, off, "", Quality.GOOD))
