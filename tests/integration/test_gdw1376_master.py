@@ -359,3 +359,36 @@ def test_the_api_lists_1376_terminals(tmp_path):
     api = Api(tmp_path, lambda: datetime.now(UTC), config, None, None)
     terminals = {t["id"]: t for t in api._terminals()}
     assert terminals[T1]["kind"] == "gdw1376" and terminals[T1]["channel"] == "c1" and terminals[T1]["meters"] == 4
+
+
+async def test_a_daily_frozen_task_reads_f161_from_the_terminal(tmp_path, monkeypatch):
+    monkeypatch.setenv("GW_PW", PW_HEX)
+    port = free_port()
+    tasks = """
+[[tasks]]
+name = "frozen"
+kind = "daily_frozen"
+quantities = ["frozen.daily.energy.active.import.total"]
+every = "1s"
+"""
+    config = parse_config(tomllib.loads(config_text(port, tmp_path, polls=tasks)), "gw.toml")
+    got = []
+    term = FakeTerminal(T1, "127.0.0.1", port, meters_of(1), password=bytes.fromhex(PW_HEX))
+    term.archive = {pn: archive_entry(pn, a) for pn, a in meters_of(1).items()}
+    with SqliteStore(config.store.data_dir) as store:
+        daemon = Daemon(config, store, clock=lambda: datetime.now(UTC))
+        daemon.subscribe(got.extend)
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        await asyncio.sleep(0.2)
+        await term.connect()
+        try:
+            await wait_for(lambda: {r.meter for r in got} >= set(meters_of(1).values()), timeout=8.0)
+        finally:
+            stop.set()
+            await task
+            await term.close()
+    assert {r.quantity for r in got} == {"frozen.daily.energy.active.import.total"}
+    assert all(r.timestamp == datetime(2026, 1, 15, 0, 0, tzinfo=CST) for r in got)
+    assert any(m.afn == Afn.CLASS2_DATA for m in term.requests)
+    assert not any(m.afn == Afn.FORWARD for m in term.requests)  # nothing relayed: the terminal keeps the freeze

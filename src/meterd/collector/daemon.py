@@ -845,13 +845,23 @@ class Daemon:
 
     async def _task_round(self, task, meters_by_channel, reads, now):
         """A scheduled task's round on one channel (called by the TaskScheduler)."""
-        from meterd.collector.scheduler import poll_task
+        from meterd.collector.scheduler import MeterNeed, poll_task
 
         result = None
         for name, meters in meters_by_channel.items():
             runner = self._by_channel[name]
             pairs = [(target(m), reads[m.address]) for m in meters if m.address in reads]
-            result = await poll_task(runner.channel, task, pairs, now, link=runner.modbus)
+            if isinstance(runner.channel, GdwChannel):  # terminal-kept data where the terminal has it
+                needs = [(t, r) for t, r in pairs if isinstance(r, MeterNeed)]
+                result = await gdw_round(runner.channel, [(t, r) for t, r in pairs if not isinstance(r, MeterNeed)],
+                                         now, zone=self.config.site.zone, curve_points=task.curve_points,
+                                         curve_interval=task.curve_interval)
+                if needs:  # a re-read's missing records: relayed to the meters
+                    extra = await poll_task(runner.channel, task, needs, now)
+                    result.readings.extend(extra.readings)
+                    result.attempts.extend(extra.attempts)
+            else:
+                result = await poll_task(runner.channel, task, pairs, now, link=runner.modbus)
             runner.rounds += 1
             self._observed(result)
         return result

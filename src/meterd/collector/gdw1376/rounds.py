@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any, Final
 
@@ -18,7 +18,7 @@ from meterd.collector.channel import (
 from meterd.collector.gdw1376.channel import GdwChannel
 from meterd.collector.poll import MeterTarget, RoundResult, _Attempts, poll_meter
 from meterd.errors import ProtocolError
-from meterd.protocols.dlt645.catalogue import Scaling
+from meterd.protocols.dlt645.catalogue import DEFAULT_CURVE_INTERVAL, Scaling
 from meterd.protocols.dlt645.catalogue import lookup as dlt645_lookup
 from meterd.protocols.gdw1376.catalogue import (
     EnergyReading,
@@ -155,8 +155,10 @@ MAX_UNITS_PER_REQUEST: Final = 4  # 4 x 8 meters x F129 (~31 bytes each) ~ 1 KB:
 
 
 async def gdw_round(channel: GdwChannel, meters: Sequence[tuple[MeterTarget, Any]], now: datetime, *,
-                    zone: tzinfo = CST) -> RoundResult:
-    """One poll round through a terminal (see the module docstring's table)."""
+                    zone: tzinfo = CST, curve_points: int = 4,
+                    curve_interval: timedelta = DEFAULT_CURVE_INTERVAL) -> RoundResult:
+    """One poll round through a terminal (see the module docstring's table); load-curve items are
+    relayed with ``curve_points`` / ``curve_interval`` (a task's)."""
     result = RoundResult(channel.name, now)
     plans = [_plan_meter(t, channel.pns[t.address], reads) for t, reads in meters if t.address in channel.pns]
     logs = {p.target.address: _Attempts(channel, p.target, now) for p in plans}
@@ -185,7 +187,8 @@ async def gdw_round(channel: GdwChannel, meters: Sequence[tuple[MeterTarget, Any
         if p.relayed:
             keep = {di: p.spec.keep.get(di) for di in p.relayed if di in p.spec.keep}
             readings, attempts = await poll_meter(channel, p.target, ReadSpec(tuple(p.relayed), keep), now,
-                                                  meter_tz=zone)
+                                                  meter_tz=zone, curve_points=curve_points,
+                                                  curve_interval=curve_interval)
             result.readings.extend(readings)
             logs[p.target.address].list.extend(attempts)
     for log_ in logs.values():
