@@ -18,8 +18,9 @@ sans-I/O, see that module).  It is the TCP *client*:
    doubling up to ``reconnect_max``, with a little seeded jitter so a fleet does not dial in step.
 
 A ticker runs the terminal's schedule every ``tick`` real seconds: the collection of its meters
-(one meter per step, giving the event loop back in between, so a fleet's collections at the same
-quarter hour do not stall the replies).
+(one meter per step, giving the event loop back in between, and one terminal at a time among those
+sharing ``collect_lock`` -- a fleet -- so the fleet's collections at the same quarter hour do not
+stall the replies).
 
 Faults (:class:`ConcentratorFaults`; settable at any time: ``sim.faults = ConcentratorFaults(...)``),
 each a probability per request, drawn in a fixed order from one seeded ``random.Random`` (0 and 1
@@ -192,6 +193,7 @@ class ConcentratorSimulator:
         turnaround: float = 0.0,
         faults: ConcentratorFaults | None = None,
         seed: int = 0,
+        collect_lock: asyncio.Lock | None = None,
     ) -> None:
         who = f"concentrator {terminal.address}"
         if heartbeat is not None and heartbeat <= 0:
@@ -230,6 +232,9 @@ class ConcentratorSimulator:
         self._powered = asyncio.Event()
         self._powered.set()
         self._first_delay = 0.0
+        # one collection at a time among the terminals sharing it (a fleet): 500 terminals stepping
+        # through their meters side by side would make every I/O wait for a meter of each
+        self._collect_lock = collect_lock or asyncio.Lock()
 
     def __repr__(self) -> str:
         state = "logged in" if self.logged_in else "connected" if self.connected else "down"
@@ -590,10 +595,11 @@ class ConcentratorSimulator:
         while True:
             await asyncio.sleep(self.tick)
             try:
-                steps = self.terminal.start_collection(self.clock())
-                if steps is not None:
-                    for _ in steps:
-                        await asyncio.sleep(0)
+                async with self._collect_lock:
+                    steps = self.terminal.start_collection(self.clock())
+                    if steps is not None:
+                        for _ in steps:
+                            await asyncio.sleep(0)
             except Exception:
                 log.exception("concentrator %s: the collection failed", self.key)
 
@@ -667,6 +673,7 @@ def build_concentrators(
     begin = clock()
     out = []
     index = 0
+    lock = asyncio.Lock()
     for c, (key, meters) in enumerate(layout.items()):
         models = []
         for address, _ in meters:
@@ -678,7 +685,7 @@ def build_concentrators(
                                    password=password, collect_interval=collect_interval)
         out.append(ConcentratorSimulator(terminal, host, port, clock=clock, heartbeat=heartbeat,
                                          reconnect_delay=reconnect_delay, reconnect_max=max(60.0, reconnect_delay),
-                                         turnaround=turnaround, seed=seed * 31 + c, tick=tick))
+                                         turnaround=turnaround, seed=seed * 31 + c, tick=tick, collect_lock=lock))
     return out
 
 
