@@ -14,7 +14,10 @@ The terminals run in a child process (a lightweight terminal written here with t
 of this process (all threads: the event loop and the store's writer) over the measured window,
 after every terminal is online and a warm-up.  Prints numbers; not a pass/fail test.
 
-    python benchmarks/bench_gdw1376.py [--terminals 500] [--meters 32] [--seconds 15] [--paths gdw1376,dtu]
+    python benchmarks/bench_gdw1376.py [--terminals 500] [--meters 32] [--seconds 15] [--paths gdw1376,dtu] [--sim]
+
+``--sim`` runs the concentrator simulator (``meterd.simulators.concentrator``: it collects its
+simulated meters itself, so its process is much busier) in place of the lightweight terminal.
 """
 
 from __future__ import annotations
@@ -120,8 +123,14 @@ async def gdw_terminal(n: int, port: int) -> None:
             writer.write(out)
 
 
-async def child(path: str, port: int, terminals: int, meters: int) -> None:
-    if path == "gdw1376":
+async def child(path: str, port: int, terminals: int, meters: int, sim: bool) -> None:
+    if path == "gdw1376" and sim:
+        from meterd.simulators.concentrator import run_concentrator_fleet
+
+        await run_concentrator_fleet(terminals, meters, "127.0.0.1", port, region=REGION, heartbeat=None,
+                                     start=datetime(2026, 12, 7, 19, 0))
+        await asyncio.Event().wait()
+    elif path == "gdw1376":
         await asyncio.gather(*(gdw_terminal(n, port) for n in range(1, terminals + 1)))
     else:
         from meterd.simulators.dtu import run_dtu_fleet
@@ -134,7 +143,7 @@ async def child(path: str, port: int, terminals: int, meters: int) -> None:
 # --- the master ---------------------------------------------------------------------------------------
 
 
-async def measure(path: str, terminals: int, meters: int, seconds: float) -> dict[str, float]:
+async def measure(path: str, terminals: int, meters: int, seconds: float, sim: bool) -> dict[str, float]:
     from meterd.collector.daemon import Daemon
     from meterd.config.loader import parse_config
     from meterd.storage.sqlite import SqliteStore
@@ -155,7 +164,7 @@ async def measure(path: str, terminals: int, meters: int, seconds: float) -> dic
         task = asyncio.create_task(daemon.run(stop))
         await asyncio.sleep(0.5)
         proc = subprocess.Popen([sys.executable, __file__, "--child", path, "--port", str(port),  # noqa: ASYNC220
-                                 "--terminals", str(terminals), "--meters", str(meters)])
+                                 "--terminals", str(terminals), "--meters", str(meters), *(["--sim"] if sim else [])])
         try:
             t0 = time.perf_counter()
             while daemon.listener_status()["gw"]["online"] < terminals:
@@ -189,16 +198,18 @@ def main() -> None:
     ap.add_argument("--paths", default="gdw1376,dtu")
     ap.add_argument("--child", choices=("gdw1376", "dtu"))
     ap.add_argument("--port", type=int)
+    ap.add_argument("--sim", action="store_true", help="concentrators: the concentrator simulator "
+                    "(meterd.simulators.concentrator) instead of the lightweight terminal written here")
     args = ap.parse_args()
     if args.child:
-        asyncio.run(child(args.child, args.port, args.terminals, args.meters))
+        asyncio.run(child(args.child, args.port, args.terminals, args.meters, args.sim))
         return
     logging.basicConfig(level=logging.ERROR)
     print(f"{args.terminals} terminals x {args.meters} meters, forward active energy total + 4 rates "
           f"(5 readings per meter), {args.seconds:g} s measured per path")
     results = {}
     for path in args.paths.split(","):
-        r = results[path] = asyncio.run(measure(path, args.terminals, args.meters, args.seconds))
+        r = results[path] = asyncio.run(measure(path, args.terminals, args.meters, args.seconds, args.sim))
         print(f"  {path:8} {r['per_s']:>9,.0f} readings/s   daemon CPU {r['cpu_us']:6.1f} us/reading   "
               f"({r['readings']:,} readings, {r['failed']} failed attempts, daemon CPU {r['cpu']:.1f} s, "
               f"terminals' CPU {r['child_cpu']:.1f} s in {r['wall']:.1f} s; all online after "
