@@ -1061,7 +1061,7 @@ def format_terminals(doc: dict[str, Any]) -> list[str]:
 
 def format_table(doc: dict[str, Any]) -> str:
     lines = []
-    if doc["buses"] or not (doc.get("dtus") or doc.get("mqtt")):
+    if doc["buses"] or not (doc.get("dtus") or doc.get("mqtt") or doc.get("concentrators")):
         lines.append(f"meterd simulate: {sum(len(b['meters']) for b in doc['buses'])} meters on {len(doc['buses'])} "
                      f"buses; simulated clock from {doc['start']} at x{doc['speed']:g}; password {doc['password']}")
         rows = [("BUS", "ENDPOINT", "LINE", "PROTOCOL", "METERS")]
