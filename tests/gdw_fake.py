@@ -77,6 +77,8 @@ class FakeTerminal:
     tripped: bool = False  # its control turn (AFN 05 F1 / F2): the load reads 0 while tripped
     stuck: bool = False  # the turn does not trip: the load stays
     controls: list[Message] = field(default_factory=list)
+    rates: int = 4  # F129 rates sent
+    split_at: int = 0  # replies longer than this are written in two pieces, 50 ms apart
 
     async def connect(self, login: bool = True) -> None:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
@@ -120,7 +122,13 @@ class FakeTerminal:
                 self.requests.append(msg)
                 out = self.answer(msg)
                 if out is not None:
-                    self.writer.write(encode(out))
+                    wire = encode(out)
+                    if self.split_at and len(wire) > self.split_at:  # a slow GPRS link: the frame in two reads
+                        self.writer.write(wire[:self.split_at])
+                        await self.writer.drain()
+                        await asyncio.sleep(0.05)
+                        wire = wire[self.split_at:]
+                    self.writer.write(wire)
             await self.writer.drain()
 
     def answer(self, msg: Message) -> Message | None:
@@ -176,7 +184,7 @@ class FakeTerminal:
         if fn == 2:
             return self.clock
         if fn == 129:
-            return EnergyReading(self.clock.replace(minute=0), energy(pn))
+            return EnergyReading(self.clock.replace(minute=0), energy(pn) + (D("1.00"),) * (self.rates - 4))
         if fn == 33:
             return ForwardEnergy(self.clock.replace(minute=0), energy(pn), (D(5),) * 5, (D(3),) * 5, (D(1),) * 5)
         if fn == 25 and self.tripped and not self.stuck:

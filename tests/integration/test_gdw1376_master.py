@@ -392,3 +392,24 @@ every = "1s"
     assert all(r.timestamp == datetime(2026, 1, 15, 0, 0, tzinfo=CST) for r in got)
     assert any(m.afn == Afn.CLASS2_DATA for m in term.requests)
     assert not any(m.afn == Afn.FORWARD for m in term.requests)  # nothing relayed: the terminal keeps the freeze
+
+
+async def test_a_reply_larger_than_4_kib_reaches_the_channel():
+    # 32 meters x F129 with 30 rates: one 5.2 KB reply arriving in two reads (the listener once dropped
+    # an incomplete frame past 4 KiB)
+    from meterd.collector.channel import Timing
+    from meterd.collector.gdw1376 import GdwChannel
+    from meterd.protocols.gdw1376.frame import parse_terminal_address
+    from meterd.protocols.gdw1376.messages import DataUnit
+
+    async with GdwListener("127.0.0.1", 0, known={T1: "c1"}) as listener:
+        term = FakeTerminal(T1, "127.0.0.1", listener.bound_port, {}, rates=30, split_at=4500)
+        await term.connect()
+        await term.wait_confirmed(1)
+        channel = GdwChannel("c1", listener.transport(T1), parse_terminal_address(T1), pns={},
+                             timing=Timing(2.0, 0.5), retries=0)
+        units = [DataUnit(tuple(range(g * 8 + 1, g * 8 + 9)), (129,)) for g in range(4)]
+        reply = await channel.request(Afn.CLASS1_DATA, units)
+        values = {pn: v for pn, fn, v in reply.items()}
+        assert len(values) == 32 and values[32].rates == 30 and values[32].total == 1320
+        await term.close()

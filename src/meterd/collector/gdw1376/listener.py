@@ -23,6 +23,8 @@ from meterd.collector.transports.base import Transport
 from meterd.errors import ConfigError, LinkClosedError, LinkError, ProtocolError
 from meterd.logthrottle import LogThrottle
 from meterd.protocols.gdw1376.frame import (
+    HEADER_LEN,
+    MAX_USER_DATA,
     Afn,
     decode_frame,
     parse_terminal_address,
@@ -46,7 +48,7 @@ OVERSIZED: Final = "oversized"
 REJECT_REASONS: Final = (UNKNOWN_ID, UNREGISTERED_DATA, REGISTRATION_TIMEOUT, OVERSIZED)
 COUNTERS: Final = ("logins", "replaced", "heartbeats", "heartbeat_timeouts", "logouts", "disconnects",
                    "rx_bytes", "tx_bytes", "unsolicited_frames")
-MAX_PENDING: Final = 4096  # bytes kept of an incomplete frame; a terminal's frames are far smaller
+MAX_PENDING: Final = HEADER_LEN + MAX_USER_DATA + 2  # bytes kept of an incomplete frame: the largest frame L allows
 MAX_UNKNOWN_IDS: Final = 100
 LINK_LOGIN, LINK_LOGOUT, LINK_HEARTBEAT = 1, 2, 3
 
