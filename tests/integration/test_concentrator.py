@@ -281,13 +281,13 @@ async def test_an_unconfirmed_login_is_retried_then_the_terminal_redials_with_ba
 
 async def test_a_master_that_stops_confirming_heartbeats_loses_the_terminal_which_comes_back():
     clock = ManualClock(START)
-    async with Master() as master, concentrator(master, clock, heartbeat=0.05, response_timeout=0.05,
+    async with Master() as master, concentrator(master, clock, heartbeat=0.05, response_timeout=0.2,
                                                 heartbeat_misses=2) as sim:
         master.confirm_links = False
-        await until(lambda: sim.stats.heartbeat_drops == 1)
+        await until(lambda: sim.stats.heartbeat_drops >= 1)
         master.confirm_links = True
-        await until(lambda: sim.stats.logins_confirmed == 2)
-        assert master.connections == 2
+        await until(lambda: sim.stats.logins_confirmed >= 2 and sim.logged_in)
+        assert master.connections >= 2
 
 
 # --- present data: as old as the last collection --------------------------------------------------
