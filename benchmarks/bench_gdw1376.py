@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -152,11 +153,13 @@ async def measure(path: str, terminals: int, meters: int, seconds: float, sim: b
     data_dir = tempfile.mkdtemp(prefix=f"bench-{path}-")
     config = parse_config(tomllib.loads(config_text(path, port, terminals, meters, data_dir)), f"{path}.toml")
     counted = {"readings": 0, "attempts": 0, "failed": 0}
+    kinds: Counter[str] = Counter()
 
     def on_round(result) -> None:
         counted["readings"] += len(result.readings)
         counted["attempts"] += len(result.attempts)
         counted["failed"] += len(result.failures)
+        kinds.update(f"{a.outcome}: {a.detail[:60]}" for a in result.failures)
 
     with SqliteStore(data_dir) as store:
         daemon = Daemon(config, store, on_round=on_round, clock=lambda: datetime.now(UTC))
@@ -174,6 +177,7 @@ async def measure(path: str, terminals: int, meters: int, seconds: float, sim: b
             online_after = time.perf_counter() - t0
             await asyncio.sleep(3.0)  # warm-up: every channel past its first rounds
             before = dict(counted)
+            kinds.clear()  # failures of the measured window only
             cpu0, child0, w0 = time.process_time(), cpu_seconds(proc.pid), time.perf_counter()
             await asyncio.sleep(seconds)
             cpu, child_cpu, wall = (time.process_time() - cpu0, cpu_seconds(proc.pid) - child0,
@@ -187,7 +191,7 @@ async def measure(path: str, terminals: int, meters: int, seconds: float, sim: b
     readings = max(got["readings"], 1)
     return {"readings": got["readings"], "failed": got["failed"], "wall": wall, "cpu": cpu,
             "child_cpu": child_cpu, "per_s": got["readings"] / wall, "cpu_us": 1e6 * cpu / readings,
-            "online_after": online_after}
+            "online_after": online_after, "kinds": kinds.most_common(3)}
 
 
 def main() -> None:
@@ -214,6 +218,8 @@ def main() -> None:
               f"({r['readings']:,} readings, {r['failed']} failed attempts, daemon CPU {r['cpu']:.1f} s, "
               f"terminals' CPU {r['child_cpu']:.1f} s in {r['wall']:.1f} s; all online after "
               f"{r['online_after']:.1f} s)")
+        if r["failed"]:
+            print(f"           most frequent failures: {r['kinds']}")
     if "gdw1376" in results and "dtu" in results:
         g, d = results["gdw1376"], results["dtu"]
         print(f"  gdw1376 / dtu: {g['per_s'] / d['per_s']:.2f}x readings/s, "
