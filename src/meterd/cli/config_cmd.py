@@ -22,7 +22,7 @@ import argparse
 from typing import Any
 
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json
-from meterd.config.model import Config, DtuLink, MqttLink, SerialLink
+from meterd.config.model import Config, DtuLink, GdwLink, MqttLink, SerialLink
 from meterd.errors import ConfigError
 
 
@@ -137,6 +137,8 @@ def _link(plan: Any) -> str:
         return f"dtu {link.terminal} via listener {link.listener}"
     if isinstance(link, MqttLink):
         return f"mqtt terminal {link.terminal}"
+    if isinstance(link, GdwLink):
+        return f"gdw1376 {link.kind} {link.terminal} via listener {link.listener}"
     return f"tcp {link.host}:{link.port}"
 
 
