@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from meterd.protocols.gdw1376.catalogue import (
@@ -146,8 +146,8 @@ class FakeTerminal:
         if msg.afn == Afn.CLASS2_DATA:
             units = []
             for u in msg.units:
-                day = u.values[0]
-                values = [FrozenEnergy(day, datetime.combine(day, datetime.min.time()).replace(minute=5),
+                day = u.values[0]  # the day that ended; read by the terminal just after its midnight
+                values = [FrozenEnergy(day, datetime.combine(day, datetime.min.time()) + timedelta(days=1, minutes=5),
                                        tuple(v - 5 for v in energy(pn))) for pn in u.pns for _ in u.fns]
                 units.append(DataUnit(u.pns, u.fns, tuple(values)))
             return reply(msg, units, ec=self.ec)

@@ -10,6 +10,7 @@ import tomllib
 from datetime import UTC, datetime, timedelta
 
 from conftest import free_port
+from meterd.clock import CST
 from meterd.collector.control import MeterRelay
 from meterd.collector.daemon import Daemon
 from meterd.config.loader import parse_config
@@ -19,7 +20,7 @@ from meterd.simulators.concentrator import concentrator_layout, run_concentrator
 from meterd.storage.sqlite import SqliteStore
 
 PW_HEX = "0102030405060708090A0B0C0D0E0F10"
-START = datetime(2026, 6, 1, 10, 0)
+START = datetime(2026, 5, 31, 23, 59, 58)  # the terminals pass midnight and freeze their meters' day
 
 
 def config_text(port: int, data_dir, layout: dict[str, list[tuple[str, int]]]) -> str:
@@ -42,7 +43,7 @@ heartbeat_timeout = "30s"
 [[polls]]
 name = "realtime"
 interval = "500ms"
-quantities = ["energy.active.import.total", "voltage.a", "meter.address"]
+quantities = ["energy.active.import.total", "voltage.a", "meter.address", "frozen.daily.energy.active.import.total"]
 """)
     return "".join(parts)
 
@@ -64,8 +65,9 @@ async def test_the_daemon_against_simulated_concentrators(tmp_path, monkeypatch)
         meters = [a for ms in layout.values() for a, _ in ms]
         try:
             assert await fleet.wait_logged_in(5.0)
-            wanted = {(a, q) for a in meters for q in ("energy.active.import.total", "voltage.a", "meter.address")}
-            for _ in range(250):
+            wanted = {(a, q) for a in meters for q in ("energy.active.import.total", "voltage.a", "meter.address",
+                                                       "frozen.daily.energy.active.import.total")}
+            for _ in range(500):
                 if {(r.meter, r.quantity) for r in got} >= wanted:
                     break
                 await asyncio.sleep(0.02)
@@ -99,6 +101,8 @@ async def test_the_daemon_against_simulated_concentrators(tmp_path, monkeypatch)
     by = {(r.meter, r.quantity): r for r in got}
     assert by[(meters[0], "meter.address")].value == meters[0]
     assert by[(meters[0], "voltage.a")].unit == "V"
+    # F161 for the day that ended (Td_d = May 31), frozen at 00:00 on June 1, the terminal's date
+    assert by[(meters[0], "frozen.daily.energy.active.import.total")].timestamp == datetime(2026, 6, 1, tzinfo=CST)
     downs = {r.meter for r in got if r.quantity == "event.power_down.start"}
     assert downs == {a for a, _ in layout[key1]}
     terminal = status["terminals"][key1]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import tomllib
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -390,7 +390,8 @@ every = "1s"
             await term.close()
     assert {r.quantity for r in got} == {"frozen.daily.energy.active.import.total"}
     assert all(r.timestamp == datetime(2026, 1, 15, 0, 0, tzinfo=CST) for r in got)
-    assert any(m.afn == Afn.CLASS2_DATA for m in term.requests)
+    asked = [m for m in term.requests if m.afn == Afn.CLASS2_DATA]
+    assert asked and asked[0].units[0].values[0] == date(2026, 1, 14)  # Td_d: the day before the terminal's date
     assert not any(m.afn == Afn.FORWARD for m in term.requests)  # nothing relayed: the terminal keeps the freeze
 
 

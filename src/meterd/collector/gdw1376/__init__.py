@@ -34,8 +34,9 @@ what a poll asks (DL/T 645 identifier)       read from the terminal
 forward active energy, total / rates         AFN 0C F129 (by pn, 8 meters per data unit)
 reactive combined 1, quadrant I / IV         AFN 0C F33
 voltage, current, power, power factor        AFN 0C F25
-daily frozen forward active energy           AFN 0D F161 for the terminal's date (its clock: F2),
-                                             stamped that date 00:00 site time
+daily frozen forward active energy           AFN 0D F161 for the day before the terminal's date (its
+                                             clock: F2; Td_d names the day that ended), stamped the
+                                             terminal's date 00:00 site time (when it was frozen)
 anything else                                AFN 10 F1: the DL/T 645 read relayed to the meter
 ===========================================  ==========================================================
 

@@ -178,7 +178,8 @@ async def gdw_round(channel: GdwChannel, meters: Sequence[tuple[MeterTarget, Any
     if frozen:
         day = await _terminal_date(channel, now, zone, logs, frozen)
         if day is not None:
-            units = _units(Afn.CLASS2_DATA, [p.pn for p in frozen], [161], day)
+            # Td_d names the day that ended: its registers were frozen at 00:00 of the terminal's date
+            units = _units(Afn.CLASS2_DATA, [p.pn for p in frozen], [161], day - timedelta(days=1))
             for i in range(0, len(units), MAX_UNITS_PER_REQUEST):
                 await _class_request(channel, Afn.CLASS2_DATA, units[i:i + MAX_UNITS_PER_REQUEST], by_pn, logs,
                                      result, now, zone)
@@ -244,8 +245,9 @@ async def _class_request(channel: GdwChannel, afn: int, units: list[DataUnit], b
                                     detail=f"terminal {channel.address.key} has no AFN {afn:02X}H F{fn} of p{pn}")
             continue
         if isinstance(value, FrozenEnergy):
-            period = value.period
-            stamp = (datetime.combine(period, FROZEN_STAMP, zone).astimezone(UTC) if period is not None else now)
+            period = value.period  # the day that ended: frozen at 00:00 of the next
+            stamp = (datetime.combine(period + timedelta(days=1), FROZEN_STAMP, zone).astimezone(UTC)
+                     if period is not None else now)
             pairs = [(f"frozen.daily.{q}", v, "kWh") for q, v in _rated("energy.active.import", value.values)]
             dis = plan.frozen
         else:
