@@ -28,6 +28,17 @@ def meterd_bin() -> str:
     return meterd_command()
 
 
+@pytest.fixture(autouse=True)
+def _secrets_file_forgotten():
+    """A secrets file a test loads (through a config's ``secrets_file``) is process state in
+    :mod:`meterd.secrets`: forget it after the test, so no later test finds its values or its name
+    in a message (test_sync_token_env failed after test_config_reference)."""
+    from meterd.secrets import forget_secrets_file
+
+    yield
+    forget_secrets_file()
+
+
 @pytest.fixture
 def run_meterd(meterd_bin, tmp_path):
     def run(*args: str, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:

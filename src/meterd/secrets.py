@@ -69,6 +69,14 @@ def load_secrets_file(path: Path) -> dict[str, str]:
     return values
 
 
+def forget_secrets_file() -> None:
+    """Forget the loaded secrets file (its values and its name): for a process that loads
+    another site's config, and for tests."""
+    global _loaded_from
+    _from_file.clear()
+    _loaded_from = None
+
+
 def lookup(name: str) -> str | None:
     """The secret in environment variable ``name``, else in the loaded secrets file."""
     return os.environ.get(name) or _from_file.get(name) or None
