@@ -39,10 +39,12 @@ quantities = ["energy.active.import.total", "meter.address"]
 """
 
 
-def check(tmp_path, *extra: str) -> subprocess.CompletedProcess[str]:
+def check(tmp_path, *extra: str, secret: bool = True) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "site.toml"
     path.write_text(SITE.format(data=tmp_path / "data"))
-    env = {**os.environ, "GW_PW": "00112233445566778899AABBCCDDEEFF"}
+    env = {k: v for k, v in os.environ.items() if k != "GW_PW"}
+    if secret:
+        env["GW_PW"] = "00112233445566778899AABBCCDDEEFF"
     return subprocess.run([sys.executable, "-m", "meterd.cli.main", "config", "check", "-c", str(path), *extra],
                           check=False, capture_output=True, text=True, env=env, timeout=120)
 
@@ -57,3 +59,9 @@ def test_config_check_shows_the_terminals_in_text_and_json(tmp_path):
     links = {c["name"]: c["link"] for c in json.loads(out.stdout)["channels"]}
     assert links == {"c1": "gdw1376 concentrator 4401-0001 via listener gw",
                      "zb7": "gdw1376 special 4401-0107 via listener gw"}
+
+
+def test_config_check_names_a_terminal_password_secret_that_is_not_set(tmp_path):
+    out = check(tmp_path, secret=False)
+    assert out.returncode == 2
+    assert "channels.c1.gdw1376.password_secret: environment variable GW_PW is not set" in out.stderr + out.stdout

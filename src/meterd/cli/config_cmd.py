@@ -99,6 +99,8 @@ def missing_secrets(config: Config) -> None:
         wanted.append(("mqtt.password_env", config.mqtt.password_env))
     if config.sync is not None:
         wanted += [(f"sync job {job.name}: token_env", job.token_env) for job in config.sync.jobs if job.token_env]
+    wanted += [(f"channels.{c.name}.gdw1376.password_secret", c.link.password_secret) for c in config.channels
+               if isinstance(c.link, GdwLink) and c.link.password_secret]  # 1376.1 terminals' PW
     for key, env in wanted:
         if not secrets.lookup(env):
             problems.append(f"{key}: {secrets.where(env)} is not set (the daemon does not start without it)")
