@@ -15,9 +15,11 @@ FROZEN = "frozen.daily.energy.active.import.total"
 
 
 async def test_a_poll_by_address_reads_the_last_daily_freeze(tmp_path):
-    # the simulated clock starts a second before midnight CST, so the meters hold a daily freeze
-    spec = FleetSpec(pty_buses=0, tcp_buses=1, meters_per_bus=3, wire_time=False, speed=60.0, seed=5,
-                     start=datetime(2026, 11, 22, 23, 59, 59))
+    # the meters start half a minute after midnight CST with a day of history, so they hold the
+    # freeze of that midnight whenever the first round comes (a clock started a second before
+    # midnight raced the first round on a loaded machine: no record yet, nothing stored)
+    spec = FleetSpec(pty_buses=0, tcp_buses=1, meters_per_bus=3, wire_time=False, speed=1.0, seed=5,
+                     start=datetime(2026, 11, 23, 0, 0, 30), history_days=1)
     fleet = await run_fleet(spec)
     rounds = []
     try:
