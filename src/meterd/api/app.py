@@ -778,6 +778,8 @@ class Api:
 
 
 _AUTH_ERRORS: Final = (401, 403)
+from meterd.api.console import CONSOLE_ENDPOINTS  # the console's pages: it uses Api and Endpoint above
+
 ENDPOINTS: Final[tuple[Endpoint, ...]] = (
     Endpoint("GET", "/healthz", None, "liveness", Api.healthz, {200: ref("Health")}),
     Endpoint("GET", "/readyz", None, "readiness: the state store answers and the channels are started (503 "
@@ -884,6 +886,7 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
              {200: {"type": "object"}}, path_params=("id",), errors=(*_AUTH_ERRORS, 404, 409)),
     Endpoint("GET", "/api/v1/config", Role.ADMIN, "the running config: channels, meters, polls (no secrets)",
              Api.config_summary, {200: ref("ConfigSummary")}, errors=(*_AUTH_ERRORS, 503)),
+    *CONSOLE_ENDPOINTS,
 )
 
 _ERROR_TEXT: Final = {400: "bad request", 401: "missing or bad token", 403: "role too low", 404: "not found",
