@@ -51,6 +51,7 @@ from meterd.analytics.anomalies import AnomalyStore
 from meterd.analytics.outages import OutageStore
 from meterd.analytics.views import curve_meters, curve_points, energy_rows, lineloss_reports, parse_period
 from meterd.api.live import LiveNode
+from meterd.api.reports import REPORT_QUERY, report_xlsx
 from meterd.api.schemas import (
     ACCOUNT_STATES,
     COMMAND_STATES,
@@ -863,6 +864,10 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
              Api.quality_report, {200: ref("Quality")},
              query=(("day", {"type": "string", "format": "date"}, "the site's day, default today"),
                     ("area", STR, "only this meter group")), errors=(*_AUTH_ERRORS, 400, 422)),
+    Endpoint("GET", "/api/v1/reports/{kind}.xlsx", Role.VIEWER, "a report as an Excel workbook (application/vnd."
+             "openxmlformats-officedocument.spreadsheetml.sheet): lineloss, energy, quality or balances for a period "
+             "beside its base (环比 / 同比)", report_xlsx, {200: {"type": "string", "format": "binary"}},
+             query=REPORT_QUERY, path_params=("kind",), errors=(*_AUTH_ERRORS, 400, 404, 422, 503)),
     Endpoint("GET", "/api/v1/terminals", Role.VIEWER, "DTUs and MQTT terminals with their online state",
              Api.terminals, {200: array("Terminal")}, errors=_AUTH_ERRORS),
     Endpoint("GET", "/api/v1/sync", Role.VIEWER, "billing sync jobs: last run, status, counts, quarantine",
