@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         quality,
         read,
         readings,
+        report,
         run,
         simulate,
         sync,
@@ -126,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                           epilog=f"{CONFIG_ENV}: the config file when -c is not given")
     parser.add_argument("--version", action="version", version=f"meterd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=MeterdParser)
-    for module in (demo, run, migrate, read, probe, decode, readings, quality, simulate, prepaid, analytics, sync, token,
-                   backup, prune, cluster, config_cmd):
+    for module in (demo, run, migrate, read, probe, decode, readings, quality, simulate, prepaid, analytics, report, sync,
+                   token, backup, prune, cluster, config_cmd):
         module.add_parser(sub)
     return parser
 
