@@ -24,9 +24,9 @@ from meterd.protocols.gdw1376.catalogue import (
     FrozenEnergy,
     MeterArchive,
     MeterEntry,
-    PowerOnOff,
     PresentPower,
 )
+from meterd.protocols.gdw1376.events import PowerOnOff
 from meterd.protocols.gdw1376.frame import (
     Afn,
     EventCounter,

@@ -44,10 +44,10 @@ from meterd.protocols.gdw1376.catalogue import (
     FrozenEnergy,
     MeterArchive,
     MeterEntry,
-    PowerOnOff,
     ProtectOn,
     RemoteTrip,
 )
+from meterd.protocols.gdw1376.events import PowerOnOff
 from meterd.protocols.gdw1376.frame import (
     Afn,
     Frame,

@@ -20,7 +20,7 @@ from meterd.collector.daemon import Daemon, compile_plan, describe_plan
 from meterd.collector.gdw1376 import GdwListener
 from meterd.config.loader import parse_config
 from meterd.errors import ConfigError
-from meterd.protocols.gdw1376.catalogue import PowerOnOff
+from meterd.protocols.gdw1376.events import PowerOnOff
 from meterd.protocols.gdw1376.frame import Afn, EventCounter
 from meterd.simulators.dlt645 import Dlt645Bus
 from meterd.simulators.model import MeterModel

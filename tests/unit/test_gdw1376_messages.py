@@ -26,7 +26,6 @@ from meterd.protocols.gdw1376.catalogue import (
     EnergyReading,
     EventLog,
     EventPointers,
-    EventRecord,
     ForwardEnergy,
     ForwardReply,
     ForwardRequest,
@@ -37,7 +36,6 @@ from meterd.protocols.gdw1376.catalogue import (
     MasterAddress,
     MeterArchive,
     MeterEntry,
-    PowerOnOff,
     PresentPower,
     ProtectOn,
     RemoteTrip,
@@ -46,6 +44,7 @@ from meterd.protocols.gdw1376.catalogue import (
     parse_f129,
     parse_f161,
 )
+from meterd.protocols.gdw1376.events import DECODED, EventRecord, PowerOnOff
 from meterd.protocols.gdw1376.frame import Afn, EventCounter, TerminalAddress, TimeLabel, decode_frame
 from meterd.protocols.gdw1376.messages import (
     DataUnit,
@@ -433,7 +432,8 @@ def uplink_units(draw: st.DrawFn) -> tuple[int, DataUnit]:
     if kind == "events":
         records = draw(st.lists(st.builds(PowerOnOff, st.none() | minutes, st.none() | minutes,
                                           st.none() | st.integers(0, 255))
-                                | st.builds(EventRecord, st.integers(0, 13), st.binary(max_size=20)), max_size=5))
+                                | st.builds(EventRecord, st.integers(0, 255).filter(lambda e: e not in DECODED),
+                                            st.binary(max_size=20)), max_size=5))
         start = draw(st.integers(0, 255))
         return 0x0E, unit(0, 1, EventLog(draw(st.integers(0, 255)), 0, start, (start + len(records)) % 256,
                                          tuple(records)))

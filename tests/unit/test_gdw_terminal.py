@@ -52,8 +52,9 @@ def state(t: Gdw1376Terminal, now: datetime) -> dict[int, dict[str, Any]]:
 def test_a_trip_with_alarm_and_limit_runs_its_timers_on_the_terminal_clock():
     t = terminal()
     assert ok(ask(t, START, Afn.CONTROL, [unit(2, 1, RemoteTrip(limit_half_hours=2, alarm_minutes=5))]))
-    assert state(t, START + timedelta(minutes=1))[6] == {"tripped": set(), "alarm": {2}}
-    assert state(t, START + timedelta(minutes=5))[6] == {"tripped": {2}, "alarm": set()}
+    assert state(t, START + timedelta(minutes=1))[6] == {"tripped": set(), "reminder": False}
+    assert t.turns[2].alarm_until is not None  # the pre-trip alarm runs; F6 shows no trip yet
+    assert state(t, START + timedelta(minutes=5))[6] == {"tripped": {2}, "reminder": False}
     assert state(t, START + timedelta(minutes=64))[6]["tripped"] == {2}
     assert state(t, START + timedelta(minutes=65))[6]["tripped"] == set()  # 5 min alarm + 1 h limit
 
@@ -62,7 +63,7 @@ def test_protection_closes_tripped_turns_and_refuses_trips_until_released():
     t = terminal()
     assert ok(ask(t, START, Afn.CONTROL, [unit(1, 1, RemoteTrip())]))
     assert ok(ask(t, START, Afn.CONTROL, [unit(0, 25, ProtectOn(0))]))
-    assert state(t, START) == {5: {"protected": True}, 6: {"tripped": set(), "alarm": set()}}
+    assert state(t, START) == {5: {"protected": True, "reminder": False}, 6: {"tripped": set(), "reminder": False}}
     (denied,) = ask(t, START, Afn.CONTROL, [unit(1, 1, RemoteTrip())])
     assert denied.units[0].fns == (2,)
     assert ok(ask(t, START, Afn.CONTROL, [unit(0, 33)]))

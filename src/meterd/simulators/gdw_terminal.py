@@ -30,19 +30,30 @@ What it keeps (and answers from -- never from the live meters):
   00:00 of the 1st of M + 1**.  A meter that was silent is asked again at every collection until
   it answers (补抄), ``catch_up_days`` back from the terminal's start; a day the meter has no
   freeze for is given up.  62 days and 12 months are kept;
-- important events: ERC14 (终端停/上电) when the terminal itself loses power
-  (:meth:`~Gdw1376Terminal.power_down` / :meth:`~Gdw1376Terminal.power_up`; by default the area
-  goes down with it: its meters lose power too).  The record (2013 layout, with the attribute
-  byte) holds the outage's start and end on the terminal clock and is written at power-up.  The
-  counter EC1 is the next record's pointer; while the master has not read up to it (AFN 0E F1
-  with Pn reaching it), every reply carries ACD = 1 and EC.  A single meter losing power while
-  the terminal stays up is no ERC14 (that record carries no pn: it says the terminal lost
-  power); the master sees the meter's readings stop ageing forward;
+- important events (every record goes to the important queue, EC1):
+
+  * ERC14 (终端停/上电) when the terminal itself loses power
+    (:meth:`~Gdw1376Terminal.power_down` / :meth:`~Gdw1376Terminal.power_up`; by default the area
+    goes down with it: its meters lose power too).  The record (2013 layout, with the attribute
+    byte) holds the outage's start and end on the terminal clock and is written at power-up.  A
+    single meter losing power while the terminal stays up is no ERC14 (that record carries no pn:
+    it says the terminal lost power);
+  * ERC31 (终端485抄表失败) when a meter that answered the last collection does not answer this
+    one (began, with its last good read and registers), and again when it answers (ended) -- as
+    the firmware in gdgly/NUC97X_JS does, a meter that never answered raises none;
+  * ERC21 (终端故障) code 4 (485抄表故障) when a collection finds no meter on its port answering
+    (once, until one answers again);
+  * ERC3 (参数变更) when the master sets parameters (AFN 04), naming the master (MSA) and the
+    items set;
+  * anything else put there with :meth:`~Gdw1376Terminal.record_event` (a test's ERC, known or not).
+
+  The counter EC1 is the next record's pointer; while the master has not read up to it (AFN 0E F1
+  with Pn reaching it), every reply carries ACD = 1 and EC;
 - control turns (轮次), special-transformer terminals only (``kind="special"``, ``turns`` 1..8):
   AFN 05 F1 trips a turn (after ``alarm_minutes`` of pre-trip alarm; for ``limit_half_hours``,
   then it closes by itself; 0: until released), F2 permits reclose (the customer's breaker
   closes at once), F25 / F33 protection (保电) on / off (protection closes every tripped turn and
-  refuses trips).  A tripped turn cuts the load of its measuring points (``turn_points``; by
+  refuses trips), F26 / F34 the payment reminder alarm (催费告警) on / off.  A tripped turn cuts the load of its measuring points (``turn_points``; by
   default every turn cuts every point: one customer) -- their meters' relays open, so they meter
   nothing -- and the terminal reads those points again at once, so AFN 0C F25 shows the trip.
   A concentrator denies F1/F2.
@@ -55,11 +66,11 @@ PSEQ).  Requests that carry a password (AFN 01, 04, 05, 0F, 10) are checked agai
 terminal's 16-byte ``password`` and denied with AFN 00 F2 when it differs.  A request whose Tp
 says it has expired on the terminal clock is dropped unanswered.
 
-The control state has no item in meterd's codec, so the terminal answers AFN 0C F5 (终端控制设置
-状态) and F6 (终端当前控制状态) of p0 with hand-laid data units (see :func:`control_state_units`
-and :func:`parse_control_state`): F5 ``[D0 保电 on, 0 groups]``, F6 ``[tripped turns D0..D7,
-turns in pre-trip alarm D0..D7, 0 groups]`` -- the leading fields of the standard's tables, the
-total-add-group part left empty.
+The control state is AFN 0C F5 (终端控制设置状态) and F6 (终端当前控制状态) of p0
+(:class:`~meterd.protocols.gdw1376.catalogue.ControlSettings` / ``ControlState``): F5 ``[D0 保电,
+D2 催费告警 on, 0 groups]``, F6 ``[tripped turns D0..D7, D0 催费告警 sounding, 0 groups]`` -- the
+total-add-group part left empty (the simulator has no power or energy control).  A turn in its
+pre-trip alarm is not yet tripped.
 
 AFN 10 F1 relays the embedded bytes on the RS-485 port (``port``, 2 by default) to the bus and
 returns what comes back -- real DL/T 645 bytes, ``FE`` preamble included; nothing (an empty
@@ -86,6 +97,8 @@ from meterd.protocols.dlt645.messages import encode_request as encode_645_reques
 from meterd.protocols.gdw1376.catalogue import (
     PROTOCOL_645_2007,
     ArchiveQuery,
+    ControlSettings,
+    ControlState,
     EnergyReading,
     EventLog,
     EventPointers,
@@ -98,11 +111,11 @@ from meterd.protocols.gdw1376.catalogue import (
     MasterAddress,
     MeterArchive,
     MeterEntry,
-    PowerOnOff,
     PresentPower,
     ProtectOn,
     RemoteTrip,
 )
+from meterd.protocols.gdw1376.events import ParameterChange, PowerOnOff, ReadFailure, TerminalEvent, TerminalFault
 from meterd.protocols.gdw1376.frame import (
     PW_LEN,
     Afn,
@@ -113,7 +126,7 @@ from meterd.protocols.gdw1376.frame import (
     control_byte,
     seq_byte,
 )
-from meterd.protocols.gdw1376.messages import DataUnit, Message, encode_units, unit
+from meterd.protocols.gdw1376.messages import DataUnit, Message, decode_units, encode_units, unit
 from meterd.protocols.gdw1376.units import ALL_POINTS, P0, encode_da, encode_dt
 from meterd.simulators.dlt645 import Dlt645Bus
 
@@ -178,6 +191,7 @@ class PointData:
     monthly: dict[date, FrozenEnergy] = field(default_factory=dict)  # AFN 0D F177 by Td_m
     given_up: set[date] = field(default_factory=set)  # days the meter has no freeze for
     answered: bool = False  # at the last collection
+    failing: bool = False  # an ERC31 "began" is on record and no "ended" yet
 
 
 @dataclass(slots=True)
@@ -185,6 +199,7 @@ class TerminalStats:
     requests: int = 0
     replies: int = 0  # frames
     denied: int = 0  # AFN 00 F2 answers (no data, bad password, unsupported)
+    events: int = 0  # event records written
     bad_password: int = 0
     expired: int = 0  # requests dropped for their Tp
     collections: int = 0
@@ -207,41 +222,31 @@ def default_archive(addresses: Iterable[str], port: int = RS485_PORT) -> list[Me
 # --- the hand-laid control state items (not in meterd's catalogue) ----------------------------------
 
 
-def control_state_units(fn: int, protected: bool, tripped: int, alarmed: int) -> bytes:
-    """DA DT and data of AFN 0C F5 or F6 for p0 (bits D0..D7 = turns 1..8)."""
+def control_state_units(fn: int, protected: bool, tripped: int, reminder: bool = False) -> bytes:
+    """DA DT and data of AFN 0C F5 or F6 for p0 (``tripped``: bits D0..D7 = turns 1..8)."""
     if fn == 5:
-        data = bytes((0x01 if protected else 0x00, 0x00))
+        value: Any = ControlSettings((0x01 if protected else 0) | (0x04 if reminder else 0))
     elif fn == 6:
-        data = bytes((tripped & 0xFF, alarmed & 0xFF, 0x00))
+        value = ControlState(tripped & 0xFF, 0x01 if reminder else 0)
     else:
         raise ProtocolError(f"AFN 0C F{fn} is not a control state item (F5, F6)")
-    return encode_da((P0,)) + encode_dt((fn,)) + data
+    return encode_units(Afn.CLASS1_DATA, True, [unit(P0, fn, value)])
 
 
 def parse_control_state(data: bytes) -> dict[int, dict[str, Any]]:
-    """The F5 / F6 units of an AFN 0C reply's data area (as :func:`control_state_units` lays them out,
-    other units skipped only if they come after) -> ``{5: {"protected": bool}, 6: {"tripped": set of
-    turns, "alarm": set of turns}}``.  For tests and tools; ProtocolError if the area holds other items
-    first."""
+    """The F5 / F6 units of an AFN 0C reply's data area -> ``{5: {"protected": bool, "reminder":
+    bool}, 6: {"tripped": set of turns, "reminder": bool}}``.  For tests and tools; ProtocolError
+    if the area holds anything else."""
     out: dict[int, dict[str, Any]] = {}
-    pos = 0
-    while pos + 4 <= len(data):
-        da1, da2, dt1, dt2 = data[pos:pos + 4]
-        if (da1, da2) != (0, 0) or dt2 != 0 or dt1 not in (0x10, 0x20):
-            raise ProtocolError(f"not an AFN 0C F5/F6 unit of p0 at byte {pos}", bytes(data[pos:pos + 4]))
-        if dt1 == 0x10:
-            if pos + 6 > len(data):
-                raise ProtocolError("AFN 0C F5 cut short", bytes(data[pos:]))
-            out[5] = {"protected": bool(data[pos + 4] & 1)}
-            pos += 6
-        else:
-            if pos + 7 > len(data):
-                raise ProtocolError("AFN 0C F6 cut short", bytes(data[pos:]))
-            out[6] = {"tripped": {b + 1 for b in range(8) if data[pos + 4] >> b & 1},
-                      "alarm": {b + 1 for b in range(8) if data[pos + 5] >> b & 1}}
-            pos += 7
-    if pos != len(data):
-        raise ProtocolError(f"{len(data) - pos} byte(s) after the control state units", bytes(data[pos:]))
+    for u in decode_units(Afn.CLASS1_DATA, True, data):
+        for pn, fn, value in u.pairs():
+            if pn == P0 and isinstance(value, ControlSettings):
+                out[5] = {"protected": value.protected, "reminder": value.reminder}
+            elif pn == P0 and isinstance(value, ControlState):
+                out[6] = {"tripped": {t for t in range(1, 9) if value.turn_tripped(t)},
+                          "reminder": bool(value.reminder & 1)}
+            else:
+                raise ProtocolError(f"AFN 0C {pn=} F{fn} is not a control state item of p0")
     return out
 
 
@@ -309,6 +314,8 @@ class Gdw1376Terminal:
         self.offset = clock_offset
         self.master_address: MasterAddress | None = None
         self.protected_until: datetime | None = None  # 保电 on until then (datetime.max: until released)
+        self.reminder = False  # 催费告警 on (AFN 05 F26 / F34)
+        self._port_down = False  # an ERC21 485-reading fault is on record
         self.stats = TerminalStats()
         self.archive: dict[int, MeterEntry] = {}
         self.points: dict[int, PointData] = {}
@@ -318,7 +325,7 @@ class Gdw1376Terminal:
         self._started_day = (start + clock_offset).date()
         self._catch_up = catch_up_days
         self._last_slot: datetime | None = None
-        self._events: deque[tuple[int, PowerOnOff]] = deque(maxlen=EVENTS_KEPT)  # (pointer, record)
+        self._events: deque[tuple[int, TerminalEvent]] = deque(maxlen=EVENTS_KEPT)  # (pointer, record)
         self._ec1 = 0  # next important record's pointer (EC1)
         self._ec2 = 0  # general events: none are kept
         self._read_to = 0  # the master has read important events up to (not including) this pointer
@@ -388,7 +395,17 @@ class Gdw1376Terminal:
         self.advance(now)
         return record
 
-    def _record(self, record: PowerOnOff) -> None:
+    def record_event(self, record: TerminalEvent) -> None:
+        """Write an important event record (any ERC, decoded or raw); ACD goes up until the master
+        has read it."""
+        self._record(record)
+
+    def events(self) -> list[TerminalEvent]:
+        """The records kept, oldest first."""
+        return [r for _, r in self._events]
+
+    def _record(self, record: TerminalEvent) -> None:
+        self.stats.events += 1
         self._events.append((self._ec1, record))
         self._ec1 = (self._ec1 + 1) % 256
         if (self._ec1 - self._read_to) % 256 > EVENTS_KEPT:  # the oldest unread one was overwritten
@@ -448,17 +465,26 @@ class Gdw1376Terminal:
         self.stats.collections += 1
         read_at = self.clock(now).replace(second=0, microsecond=0)
         days = self._pending_days(read_at.date())
+        asked = answered = 0
         for pn in sorted(self.points):
             point = self.points.get(pn)
             if point is not None:  # the archive may change between steps
-                self._collect_point(pn, point, now, read_at, days)
+                if self._collect_point(pn, point, now, read_at, days):
+                    asked += 1
+                    answered += point.answered
                 yield pn
+        if asked and not answered and not self._port_down:
+            self._port_down = True  # ERC21 fault 4: no meter on the RS-485 port answers
+            self._record(TerminalFault(read_at, 4))
+        elif answered:
+            self._port_down = False
 
-    def _collect_point(self, pn: int, point: PointData, now: datetime, read_at: datetime, days: list[date]) -> None:
+    def _collect_point(self, pn: int, point: PointData, now: datetime, read_at: datetime, days: list[date]) -> bool:
+        """One point read; False when the terminal does not read it (another port or protocol)."""
         e = self.entry(pn)
         if e is None or e.protocol != PROTOCOL_645_2007 or e.port != self.port:
             point.answered = False
-            return
+            return False
         got: dict[str, Any] = {}
         answered = False
         for di in _ENERGY_DIS:
@@ -472,9 +498,10 @@ class Gdw1376Terminal:
                 values = self._read(point.address, di, now)
                 if values is not None:
                     got.update(values)
+        self._read_failure_event(pn, point, answered, read_at)
         point.answered = answered
         if not answered:
-            return
+            return True
         if "energy.active.import.total" in got:
             point.energy = EnergyReading(read_at, _register_values(got, "active.import", 4))
             point.forward = ForwardEnergy(read_at, _register_values(got, "active.import", 4),
@@ -484,6 +511,18 @@ class Gdw1376Terminal:
         if self.collect_power and "voltage.a" in got:
             point.power = _present_power(got, read_at)
         self._collect_freezes(point, now, read_at, days)
+        return True
+
+    def _read_failure_event(self, pn: int, point: PointData, answered: bool, read_at: datetime) -> None:
+        """ERC31 when a meter that answered stops answering (with its last good read), and when it
+        answers again; a meter never read raises none (no last good read to report)."""
+        if not answered and point.answered and not point.failing and point.energy is not None:
+            point.failing = True
+            reactive = point.forward.reactive[0] if point.forward is not None else None
+            self._record(ReadFailure(read_at, pn, True, point.energy.read_at, point.energy.total, reactive))
+        elif answered and point.failing:
+            point.failing = False
+            self._record(ReadFailure(read_at, pn, False, None, None, None))
 
     def _pending_days(self, today: date) -> list[date]:
         first = max(self._started_day - timedelta(days=self._catch_up), today - timedelta(days=DAILY_KEPT))
@@ -712,30 +751,22 @@ class Gdw1376Terminal:
 
     # AFN 0C: present data from the last collection
     def _class1(self, request: Message, now: datetime, t: datetime) -> list[Frame]:
-        control: list[bytes] = []
-        rest: list[DataUnit] = []
-        for u in request.units:
-            if u.pns == (P0,) and set(u.fns) & set(CONTROL_FNS):
-                for fn in u.fns:
-                    if fn in CONTROL_FNS:
-                        control.append(control_state_units(fn, self.protected, self._bits("tripped"),
-                                                           self._bits("alarm")))
-                others = tuple(fn for fn in u.fns if fn not in CONTROL_FNS)
-                if others:
-                    rest.append(DataUnit(u.pns, others))
-            else:
-                rest.append(u)
-
         def value(pn: int, fn: int, asked: Any) -> Any:
             if pn == P0:
-                return t.replace(microsecond=0) if fn == 2 else None
+                if fn == 2:
+                    return t.replace(microsecond=0)
+                if fn == 5:
+                    return ControlSettings((0x01 if self.protected else 0) | (0x04 if self.reminder else 0))
+                if fn == 6:
+                    return ControlState(self._bits("tripped") if self.kind == "special" else 0,
+                                        0x01 if self.reminder else 0)
+                return None
             point = self.points.get(pn)
             if point is None:
                 return None
             return {129: point.energy, 33: point.forward, 25: point.power}.get(fn)
 
-        sub = Message(request.address, request.afn, tuple(rest), request.control, request.seq)
-        return self._data_reply(request, self._answer_units(sub, value) + control)
+        return self._data_reply(request, self._answer_units(request, value))
 
     # AFN 0D: frozen data
     def _class2(self, request: Message, now: datetime, t: datetime) -> list[Frame]:
@@ -775,6 +806,7 @@ class Gdw1376Terminal:
     # AFN 04: set parameters
     def _set(self, request: Message, now: datetime, t: datetime) -> list[Frame]:
         results = []
+        changed: list[bytes] = []
         for u in request.units:
             ok = True
             for pn, fn, value in u.pairs():
@@ -785,6 +817,11 @@ class Gdw1376Terminal:
                 else:
                     ok = False
             results.append(ItemResult(u.pns, u.fns, 0 if ok else 1))
+            if ok:
+                changed.append(encode_da(u.pns) + encode_dt(u.fns))
+        if changed:  # ERC3: the items set, and by whom (at most 60 items in one record: Le is one byte)
+            self._record(ParameterChange(t.replace(second=0, microsecond=0), request.address.master,
+                                         tuple(changed[:60])))
         return self._confirm(request, results)
 
     # AFN 0A: query parameters
@@ -837,6 +874,8 @@ class Gdw1376Terminal:
                 turn.alarm_until = turn.release_at = None
         elif fn == 33 and pn == P0:
             self.protected_until = None
+        elif fn in (26, 34) and pn == P0 and self.kind == "special":
+            self.reminder = fn == 26
         elif fn == 31 and pn == P0 and isinstance(value, datetime):
             self.offset = value - self._true
         else:

@@ -22,8 +22,8 @@ from meterd.protocols.gdw1376.catalogue import (
     EventPointers,
     MeterArchive,
     MeterEntry,
-    PowerOnOff,
 )
+from meterd.protocols.gdw1376.events import PowerOnOff
 from meterd.protocols.gdw1376.frame import (
     Afn,
 )

@@ -22,9 +22,15 @@ its data from the frame (``parse``) and how to lay a value out (``build``).  An 
                                                        alarm delay (minutes); pn = control turn
     05   F2   down       None                          permit reclose (允许合闸); pn = control turn
     05   F25  down       ProtectOn                     保电 on: duration in half hours (0: until released)
+    05   F26  down       None                          payment reminder alarm (催费告警) on
     05   F31  down       datetime                      time sync (A.1)
     05   F33  down       None                          保电 off
+    05   F34  down       None                          payment reminder alarm off
     0C   F2   up         datetime                      terminal clock (A.1)
+    0C   F5   up         ControlSettings               flags (D0 保电, D1 剔除, D2 催费告警), groups,
+                                                       6 bytes per group
+    0C   F6   up         ControlState                  trip outputs (D0..D7 turns), 催费告警 state,
+                                                       groups, 8 bytes per group
     0C   F25  up         PresentPower                  A.15, P x4 (A.9), Q x4 (A.9), PF x4 (A.5),
                                                        U x3 (A.7), I x3 + I0 (A.25), S x4 (A.9)
     0C   F33  up         ForwardEnergy                 A.15, M, active (A.14), reactive, Q1, Q4 (A.11)
@@ -39,7 +45,7 @@ its data from the frame (``parse``) and how to lay a value out (``build``).  An 
     0D   F179           (the same for reverse active)
     0E   F1/F2 down      EventPointers                 Pm, Pn (important / general events)
     0E   F1/F2 up        EventLog                      EC1, EC2, Pm, Pn, (Pn - Pm) mod 256 records
-                                                       (ERC, Le, data); ERC14 -> PowerOnOff
+                                                       (ERC, Le, data): typed by .events, else EventRecord
     10   F1   down       ForwardRequest                port, serial control byte, frame timeout, byte
                                                        timeout, k (2), k bytes (a DL/T 645 frame)
     10   F1   up         ForwardReply                  port, k (2), k bytes
@@ -59,6 +65,7 @@ from typing import Any, Final
 
 from meterd.errors import FrameLengthError, ProtocolError
 from meterd.protocols.gdw1376 import formats as fmt
+from meterd.protocols.gdw1376.events import TerminalEvent, decode_record, record_data
 from meterd.protocols.gdw1376.units import decode_da, decode_dt, encode_da, encode_dt
 
 
@@ -211,6 +218,40 @@ class ProtectOn:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlSettings:
+    """AFN 0C F5 (终端控制设置状态) of p0: what is switched on -- 保电 (D0), 剔除 (D1), the payment
+    reminder alarm 催费告警 (D2) -- then the total-add groups' settings (6 bytes per group whose
+    bit is set in ``groups``; kept as they came)."""
+
+    flags: int
+    groups: int = 0
+    group_data: bytes = b""
+
+    @property
+    def protected(self) -> bool:
+        return bool(self.flags & 0x01)
+
+    @property
+    def reminder(self) -> bool:
+        return bool(self.flags & 0x04)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlState:
+    """AFN 0C F6 (终端当前控制状态) of p0: the remote-trip outputs (D0..D7 = turns 1..8 tripped),
+    the payment reminder alarm now sounding (催费告警状态, D0), then the total-add groups' state
+    (8 bytes per group whose bit is set in ``groups``; kept as they came)."""
+
+    tripped: int
+    reminder: int = 0
+    groups: int = 0
+    group_data: bytes = b""
+
+    def turn_tripped(self, turn: int) -> bool:
+        return bool(self.tripped >> (turn - 1) & 1)
+
+
+@dataclass(frozen=True, slots=True)
 class PresentPower:
     """AFN 0C F25: the terminal's last reading of a point's power, power factor, voltage and current.
 
@@ -280,28 +321,6 @@ class EventPointers:
 
 
 @dataclass(frozen=True, slots=True)
-class PowerOnOff:
-    """ERC14 (终端停/上电事件): when the terminal lost power and when it came back (either may be
-    None while unknown).  ``flags`` is the 2013 attribute byte (D0 normal, D1 valid) when sent."""
-
-    off: datetime | None
-    on: datetime | None
-    flags: int | None = None
-
-    @property
-    def erc(self) -> int:
-        return ERC_POWER
-
-
-@dataclass(frozen=True, slots=True)
-class EventRecord:
-    """An event record meterd does not decode: its ERC code and data."""
-
-    erc: int
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class EventLog:
     """AFN 0E F1/F2 reply: the counters now, the pointers of the records sent, the records."""
 
@@ -309,7 +328,7 @@ class EventLog:
     general: int
     start: int
     end: int
-    records: tuple[PowerOnOff | EventRecord, ...]
+    records: tuple[TerminalEvent, ...]
 
 
 PARITIES: Final = ("N", "E", "O")
@@ -363,7 +382,6 @@ class ForwardReply:
     payload: bytes
 
 
-ERC_POWER: Final = 14
 
 
 # --- layouts --------------------------------------------------------------------------------------
@@ -517,6 +535,36 @@ def _protect_build(v: ProtectOn) -> bytes:
     return _u8(v.half_hours, "protection duration (half hours)")
 
 
+def _group_bytes(r: Reader, groups: int, size: int, what: str) -> bytes:
+    return r.take(size * groups.bit_count(), what)
+
+
+def _settings_parse(r: Reader) -> ControlSettings:
+    flags, groups = r.byte("F5 保电/剔除/催费告警 flags"), r.byte("F5 total-add group flags")
+    return ControlSettings(flags, groups, _group_bytes(r, groups, 6, "F5 total-add groups"))
+
+
+def _settings_build(v: ControlSettings) -> bytes:
+    if len(v.group_data) != 6 * v.groups.bit_count():
+        raise ProtocolError(f"F5: {v.groups.bit_count()} groups need {6 * v.groups.bit_count()} bytes, "
+                            f"{len(v.group_data)} given")
+    return _u8(v.flags, "F5 flags") + _u8(v.groups, "F5 groups") + v.group_data
+
+
+def _state_parse(r: Reader) -> ControlState:
+    tripped, reminder = r.byte("F6 remote-trip outputs"), r.byte("F6 reminder alarm state")
+    groups = r.byte("F6 total-add group flags")
+    return ControlState(tripped, reminder, groups, _group_bytes(r, groups, 8, "F6 total-add groups"))
+
+
+def _state_build(v: ControlState) -> bytes:
+    if len(v.group_data) != 8 * v.groups.bit_count():
+        raise ProtocolError(f"F6: {v.groups.bit_count()} groups need {8 * v.groups.bit_count()} bytes, "
+                            f"{len(v.group_data)} given")
+    return (_u8(v.tripped, "F6 trip outputs") + _u8(v.reminder, "F6 reminder") + _u8(v.groups, "F6 groups")
+            + v.group_data)
+
+
 def _a1_parse(r: Reader) -> datetime | None:
     return fmt.decode_a1(r.take(6, "A.1 date-time"))
 
@@ -628,21 +676,14 @@ def _pointers_build(v: EventPointers) -> bytes:
     return _u8(v.start, "event start pointer") + _u8(v.end, "event end pointer")
 
 
-def _record_parse(r: Reader) -> PowerOnOff | EventRecord:
+def _record_parse(r: Reader) -> TerminalEvent:
     erc = r.byte("event code ERC")
     length = r.byte(f"ERC{erc} length Le")
-    data = r.take(length, f"ERC{erc} data")
-    if erc == ERC_POWER and length in (10, 11):
-        return PowerOnOff(fmt.decode_a15(data[:5]), fmt.decode_a15(data[5:10]), data[10] if length == 11 else None)
-    return EventRecord(erc, data)
+    return decode_record(erc, r.take(length, f"ERC{erc} data"))
 
 
-def _record_build(v: PowerOnOff | EventRecord) -> bytes:
-    if isinstance(v, PowerOnOff):
-        data = fmt.encode_a15(v.off) + fmt.encode_a15(v.on) + (b"" if v.flags is None else _u8(v.flags, "ERC14 flags"))
-        erc = ERC_POWER
-    else:
-        data, erc = v.data, v.erc
+def _record_build(v: TerminalEvent) -> bytes:
+    erc, data = record_data(v)
     return _u8(erc, "ERC") + _u8(len(data), "event length Le") + data
 
 
@@ -734,9 +775,13 @@ NAMES: Final[dict[tuple[int, int], str]] = {
     (0x05, 1): "remote trip (遥控跳闸)",
     (0x05, 2): "permit reclose (允许合闸)",
     (0x05, 25): "protection on (终端保电投入)",
+    (0x05, 26): "payment reminder alarm on (催费告警投入)",
     (0x05, 31): "time sync (对时命令)",
     (0x05, 33): "protection off (终端保电解除)",
+    (0x05, 34): "payment reminder alarm off (催费告警解除)",
     (0x0C, 2): "terminal clock (终端日历时钟)",
+    (0x0C, 5): "control settings (终端控制设置状态)",
+    (0x0C, 6): "control state now (终端当前控制状态)",
     (0x0C, 25): "present power, power factor, voltage, current (当前三相及总有/无功功率、功率因数，三相电压、电流)",
     (0x0C, 33): "present forward active/reactive energy by rate (当前正向有/无功电能示值、一/四象限无功电能示值)",
     (0x0C, 129): "present forward active energy by rate (当前正向有功电能示值)",
@@ -772,10 +817,13 @@ _LAYOUTS[(0x04, 10, DOWN)] = _LAYOUTS[(0x0A, 10, UP)] = (_archive_parse, _archiv
 _LAYOUTS[(0x0A, 10, DOWN)] = (_archive_query_parse, _archive_query_build)
 _LAYOUTS[(0x05, 1, DOWN)] = (_trip_parse, _trip_build)
 _LAYOUTS[(0x05, 2, DOWN)] = _LAYOUTS[(0x05, 33, DOWN)] = _NONE_LAYOUT
+_LAYOUTS[(0x05, 26, DOWN)] = _LAYOUTS[(0x05, 34, DOWN)] = _NONE_LAYOUT
 _LAYOUTS[(0x05, 25, DOWN)] = (_protect_parse, _protect_build)
 _LAYOUTS[(0x05, 31, DOWN)] = (_a1_parse, _a1_build)
-for _fn in (2, 25, 33, 129, 131):
+for _fn in (2, 5, 6, 25, 33, 129, 131):
     _LAYOUTS[(0x0C, _fn, DOWN)] = _NONE_LAYOUT
+_LAYOUTS[(0x0C, 5, UP)] = (_settings_parse, _settings_build)
+_LAYOUTS[(0x0C, 6, UP)] = (_state_parse, _state_build)
 _LAYOUTS[(0x0C, 2, UP)] = (_a1_parse, _a1_build)
 _LAYOUTS[(0x0C, 25, UP)] = (_power_parse, _power_build)
 _LAYOUTS[(0x0C, 33, UP)] = (_forward_energy_parse, _forward_energy_build)

@@ -20,6 +20,7 @@ from meterd.errors import ProtocolError
 from meterd.protocols.dlt645 import explain as dlt645_explain
 from meterd.protocols.dlt645.frame import scan_frames as scan_dlt645
 from meterd.protocols.gdw1376 import catalogue as cat
+from meterd.protocols.gdw1376 import events as ev
 from meterd.protocols.gdw1376.frame import PROTOCOLS, Frame
 from meterd.protocols.gdw1376.messages import DataUnit, decode_units_partial
 from meterd.protocols.gdw1376.units import point_name
@@ -104,12 +105,25 @@ def value_fields(value: Any) -> list[Field]:
         out = [("EC1 important", value.important, ""), ("EC2 general", value.general, ""),
                ("pointers", f"{value.start}..{value.end}", "")]
         for n, rec in enumerate(value.records, 1):
-            if isinstance(rec, cat.PowerOnOff):
+            if isinstance(rec, ev.PowerOnOff):
                 flags = "" if rec.flags is None else f", flags {rec.flags:02X}"
                 out.append((f"record {n}", f"ERC14 power off {_t(rec.off)}, on {_t(rec.on)}{flags}", ""))
+            elif isinstance(rec, ev.EventRecord):
+                out.append((f"record {n}", rec.describe(), ""))
             else:
-                out.append((f"record {n}", f"ERC{rec.erc}: {rec.data.hex(' ').upper()} (not decoded)", ""))
+                at = f" at {_t(rec.at)}" if getattr(rec, "at", None) is not None else ""
+                out.append((f"record {n}", f"ERC{rec.erc}{at}: {rec.describe()}", ""))
         return out
+    if isinstance(value, cat.ControlSettings):
+        return [("保电 (protection)", "on" if value.protected else "off", ""),
+                ("剔除 (excluded)", "on" if value.flags & 0x02 else "off", ""),
+                ("催费告警 (payment reminder)", "on" if value.reminder else "off", ""),
+                ("total-add groups", f"{value.groups:08b}", "")]
+    if isinstance(value, cat.ControlState):
+        turns = [str(t) for t in range(1, 9) if value.turn_tripped(t)]
+        return [("tripped turns", ", ".join(turns) or "none", ""),
+                ("催费告警 sounding", "yes" if value.reminder & 1 else "no", ""),
+                ("total-add groups", f"{value.groups:08b}", "")]
     if isinstance(value, cat.ForwardRequest):
         return [("port", value.port, ""), ("line", str(value.serial), ""),
                 ("frame timeout", value.frame_timeout_ms, "ms"), ("byte timeout", value.byte_timeout_ms, "ms"),
