@@ -1,68 +1,266 @@
-"""Serial polling against the wire limit: one pty bus, the simulator honouring 2400-baud 8E1 wire
-time and a 20 ms meter turnaround.  The achievable rate is bounded by the wire, not by code:
-limit = 1 / (request wire time + turnaround + reply wire time).  Prints the share reached.
+"""Serial polling against the wire limit.
 
-    python benchmarks/bench_serial.py [--seconds 10] [--baud 2400]
+A bus's wire limit is what its line allows and no code can beat: one read takes the request's
+wire time, the meter's turnaround and the reply's wire time, back to back (2400 baud 8E1: 11 bits
+a byte, 4.58 ms; a 20-byte request, 20 ms, a 20-byte reply: ~203 ms).  The share of the limit a
+bus reaches is the time its reads would take on the wire over the time they took; what is lost
+is the gaps: the master reacting late to a reply, its next request written late, timers firing
+late.  The pty simulator times the wire (``meterd simulate --pty``, see
+:mod:`meterd.simulators.serve`), so this is measured on ptys as on real RS-485.
+
+Two ways to run:
+
+``--buses N`` (default 256): the daemon against ``meterd simulate --pty N`` (one DL/T 645 meter a
+bus, its own process(es)), on the site config the simulator writes (a serial channel per bus, one
+poll every ``--interval``, 100 ms, of two quantities: the buses never rest).  The daemon
+(:class:`~meterd.collector.daemon.Daemon`) runs in this process, which raises its open-file limit
+as ``meterd run`` does (256 pyserial ports are 1,280 descriptors).  After a warm-up it measures
+each bus over ``--seconds`` from its channel's counters, reply to reply (successes between the
+first and the last reply of the window and the time between them, so no read is cut in half),
+and prints the share of the wire limit per bus (median, min, the worst buses), the buses that
+collected nothing, failures, the daemon's CPU seconds and CPU per read, the simulator's CPU and
+the machine's load (other programs on the machine make the figures noisy: compare CPU seconds).
+
+``--single``: one bus, the simulator in this process, a channel reading back to back.
+
+    python benchmarks/bench_serial.py [--buses 256] [--seconds 20] [--warmup 5] [--baud 2400]
+    python benchmarks/bench_serial.py --single [--seconds 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import logging
+import os
+import selectors
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from datetime import datetime
+from pathlib import Path
 
+from meterd.cli.run import raise_nofile_limit
 from meterd.collector.channel import Channel, Timing
+from meterd.collector.daemon import Daemon
 from meterd.collector.transports import SerialTransport
+from meterd.config.loader import load_config
+from meterd.heap import settle_heap
 from meterd.protocols.dlt645.frame import PREAMBLE, encode_frame
 from meterd.protocols.dlt645.messages import ReadRequest, encode_request
 from meterd.simulators.dlt645 import Dlt645Bus
 from meterd.simulators.model import MeterModel
 from meterd.simulators.serve import LineSettings, SimClock, serve_pty
+from meterd.storage.sqlite import SqliteStore
 
 TURNAROUND = 0.020
 ADDRESS = "000000000001"
+TICK = os.sysconf("SC_CLK_TCK")
+QUANTITIES = "energy.active.import.total,voltage.a"
 
 
-async def bench(seconds: float, baud: int) -> None:
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU seconds of a process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its children (a simulator's helper processes)."""
+    total, pids = 0.0, [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            total += cpu_seconds(p)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pids.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def read_wire_time(line: LineSettings, turnaround: float, preamble: int, item: int) -> float:
+    """One read of ``item`` on the wire: request (with the channel's preamble), turnaround, reply
+    (as the simulator sends it, FE preamble included)."""
+    request = encode_request(ReadRequest(ADDRESS, item))
+    start = datetime(2025, 6, 1, 8, 0)
+    bus = Dlt645Bus([MeterModel(ADDRESS, start=start, seed=1)])
+    [reply] = bus.handle(encode_frame(request), start)
+    return line.wire_time(len(encode_frame(request, preamble=PREAMBLE[:preamble])) + len(reply.data)) + turnaround
+
+
+# --- one bus, in process ---------------------------------------------------------------------------
+
+
+async def bench_single(seconds: float, baud: int) -> None:
     clock = SimClock.starting()
     bus = Dlt645Bus([MeterModel(ADDRESS, start=clock.start, seed=1)])
     running = await serve_pty(bus, baud=baud, wire_time=True, turnaround=TURNAROUND, clock=clock)
     request = encode_request(ReadRequest(ADDRESS, 0x00010000))
     channel = Channel("bench", SerialTransport("bench", running.endpoint, baud=baud),
                       timing=Timing(2.0, 0.5), retries=0, preamble=4)
+    line = LineSettings(baud=baud)
     try:
-        reply = await channel.transact(request)  # warm up, and measure the reply length
+        reply = await channel.transact(request)  # warm up
         assert reply is not None
-        req_len = len(encode_frame(request, preamble=PREAMBLE))
-        rep_len = len(PREAMBLE) + len(encode_frame(reply))
-        line = LineSettings(baud=baud)
-        per_read = line.wire_time(req_len) + TURNAROUND + line.wire_time(rep_len)
+        per_read = read_wire_time(line, TURNAROUND, 4, 0x00010000)
         n = 0
-        t0 = time.perf_counter()
+        cpu0, t0 = time.process_time(), time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             await channel.transact(request)
             n += 1
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     finally:
         await channel.close()
         await running.close()
-    achieved = n / elapsed
-    limit = 1 / per_read
-    print(f"serial pty bus at {baud} 8E1 ({line.bits_per_byte:g} bits/byte), turnaround {TURNAROUND * 1000:g} ms, "
-          f"request {req_len} B, reply {rep_len} B")
-    print(f"  reads            {n} in {elapsed:.2f} s")
-    print(f"  achieved         {achieved:.2f} reads/s")
-    print(f"  wire limit       {limit:.2f} reads/s")
+    achieved, limit = n / elapsed, 1 / per_read
+    print(f"one serial pty bus at {baud} 8E1, turnaround {TURNAROUND * 1000:g} ms, simulator in this process")
+    print(f"  reads            {n} in {elapsed:.2f} s; CPU {cpu:.2f} s (master + simulator)")
+    print(f"  achieved         {achieved:.2f} reads/s; wire limit {limit:.2f} reads/s")
     print(f"  share of limit   {100 * achieved / limit:.1f} %")
 
 
+# --- a fleet of buses, the daemon in this process ----------------------------------------------------
+
+
+def start_simulator(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Popen, dict]:
+    cmd = [sys.executable, "-m", "meterd.cli.main", "--log-level", "WARNING", "simulate",
+           "--pty", str(args.buses), "--meters-per-bus", "1", "--baud", str(args.baud),
+           "--turnaround", f"{args.turnaround * 1000:g}", "--write-config", str(workdir / "site.toml"),
+           "--data-dir", str(workdir / "data"), "--poll-interval", f"{args.interval:g}",
+           "--poll-quantities", QUANTITIES, "--json"]
+    with open(workdir / "simulator.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(120):
+            proc.kill()
+            raise SystemExit("the simulator printed no document within 120 s")
+    text = ""
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"simulator exited: {proc.wait()}: {(workdir / 'simulator.log').read_text()[-2000:]}")
+        text += line
+        try:
+            return proc, json.loads(text)
+        except json.JSONDecodeError:
+            continue
+
+
+async def bench_fleet(args: argparse.Namespace, config_path: Path, sim_pid: int) -> dict:
+    config = load_config(config_path)
+    line = LineSettings(baud=args.baud)
+    per_read = {c.name: c.preamble for c in config.channels}
+    wire = {p: statistics.fmean(read_wire_time(line, args.turnaround, p, item) for item in (0x00010000, 0x02010100))
+            for p in set(per_read.values())}
+    with SqliteStore(config.store.data_dir) as store:
+        daemon = Daemon(config, store)
+        settle_heap()
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        try:
+            await asyncio.sleep(args.warmup)
+            before = {f.name: f for f in daemon.channel_figures()}
+            cpu0, sim0, busy0, t0 = time.process_time(), tree_cpu_seconds(sim_pid), machine_busy(), time.perf_counter()
+            load0 = os.getloadavg()
+            await asyncio.sleep(args.seconds)
+            after = {f.name: f for f in daemon.channel_figures()}
+            cpu, sim = time.process_time() - cpu0, tree_cpu_seconds(sim_pid) - sim0
+            busy1, elapsed, load1 = machine_busy(), time.perf_counter() - t0, os.getloadavg()
+        finally:
+            stop.set()
+            await task
+    shares: dict[str, float] = {}
+    failures: dict[str, int] = {}
+    reads = 0
+    latency = 0.0
+    for name, f1 in after.items():
+        f0 = before[name]
+        n = f1.successes - f0.successes
+        reads += n
+        latency += f1.latency_total - f0.latency_total
+        for kind, count in f1.failures:
+            failures[kind] = failures.get(kind, 0) + count - dict(f0.failures).get(kind, 0)
+        if n and f0.last_success is not None and f1.last_success is not None and f1.last_success > f0.last_success:
+            shares[name] = n * wire[per_read[name]] / (f1.last_success - f0.last_success)
+        else:
+            shares[name] = 0.0
+    return {"shares": shares, "failures": {k: v for k, v in failures.items() if v}, "reads": reads,
+            "elapsed": elapsed, "cpu": cpu, "sim_cpu": sim, "latency": latency / max(1, reads),
+            "wire": statistics.fmean(wire.values()), "load": (load0, load1),
+            "machine": (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])}
+
+
+def run_fleet(args: argparse.Namespace) -> None:
+    soft, hard = raise_nofile_limit()  # as `meterd run` does at start
+    workdir = Path(tempfile.mkdtemp(prefix="bench-serial-"))
+    sim = None
+    try:
+        sim, _doc = start_simulator(args, workdir)
+        r = asyncio.run(bench_fleet(args, workdir / "site.toml", sim.pid))
+    finally:
+        if sim is not None:
+            sim.send_signal(signal.SIGTERM)
+            try:
+                sim.wait(60)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+                sim.wait()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    shares = sorted(r["shares"].items(), key=lambda kv: kv[1])
+    values = [v for _, v in shares]
+    dead = [name for name, v in shares if v == 0.0]
+    print(f"{args.buses} serial pty buses at {args.baud} 8E1, 1 meter each, turnaround {args.turnaround * 1000:g} ms, "
+          f"poll every {args.interval:g} s of {QUANTITIES} (the buses never rest); open-file limit {soft} (hard {hard})")
+    print(f"  wire time a read {r['wire'] * 1000:.1f} ms (request + turnaround + reply); mean latency "
+          f"{r['latency'] * 1000:.1f} ms (request written -> reply complete)")
+    print(f"  window           {r['elapsed']:.1f} s after {args.warmup:g} s warm-up; {r['reads']} reads "
+          f"({r['reads'] / r['elapsed']:.0f}/s)")
+    print(f"  share of wire    median {100 * statistics.median(values):.1f} %  min {100 * values[0]:.1f} %  "
+          f"p10 {100 * values[len(values) // 10]:.1f} %  max {100 * values[-1]:.1f} %")
+    print("  worst buses      " + ", ".join(f"{n} {100 * v:.1f} %" for n, v in shares[:5]))
+    print(f"  buses below 97 % {sum(v < 0.97 for v in values)}; collected nothing {len(dead)}"
+          + (f" ({', '.join(dead[:8])}{' ...' if len(dead) > 8 else ''})" if dead else ""))
+    print(f"  failed attempts  {sum(r['failures'].values())} {r['failures'] or ''}")
+    print(f"  daemon CPU       {r['cpu']:.2f} s in the window ({100 * r['cpu'] / r['elapsed']:.0f} % of a core), "
+          f"{r['cpu'] / max(1, r['reads']) * 1e6:.0f} us a read")
+    print(f"  simulator CPU    {r['sim_cpu']:.2f} s ({100 * r['sim_cpu'] / r['elapsed']:.0f} % of a core)")
+    print(f"  machine          {100 * r['machine']:.0f} % busy (all cores) during the window; load average "
+          f"{r['load'][0][0]:.2f} -> {r['load'][1][0]:.2f} on {os.cpu_count()} CPUs")
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=10.0)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--single", action="store_true", help="one bus, the simulator in this process")
+    ap.add_argument("--buses", type=int, default=256)
+    ap.add_argument("--seconds", type=float, default=20.0, help="measuring window (default 20)")
+    ap.add_argument("--warmup", type=float, default=5.0, help="after start (default 5)")
+    ap.add_argument("--interval", type=float, default=0.1, help="poll interval, s (default 0.1)")
     ap.add_argument("--baud", type=int, default=2400)
+    ap.add_argument("--turnaround", type=float, default=TURNAROUND, help="meter turnaround, s (default 0.02)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
-    asyncio.run(bench(args.seconds, args.baud))
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    if args.single:
+        asyncio.run(bench_single(args.seconds, args.baud))
+    else:
+        run_fleet(args)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,21 @@
 """Serial pipe over pyserial (RS-485 adapters, or a pseudo-terminal, which pyserial opens alike).
 
-pyserial does the line settings; the file descriptor is watched by the event loop so a read never
-blocks the loop.  Writes go to the kernel buffer at once; we do not ``tcdrain``, which at 2400 baud
-would stall the whole loop for the frame's wire time.
+pyserial opens the port and does the line settings (termios: baud, parity, stop bits, exclusive
+lock); the bytes then go through the port's file descriptor (``Serial.fileno()``, non-blocking, as
+pyserial opens it): the event loop watches it (``add_reader``, epoll on Linux) and ``os.read`` /
+``os.write`` move the bytes.  pyserial's own ``read``/``write`` are not used: they wait in
+``select()``, which refuses a descriptor above 1023 (``ValueError: filedescriptor out of range``)
+-- and a daemon with a few hundred ports has such descriptors, as pyserial opens five per port
+(the port and two pipe pairs for ``cancel_read``/``cancel_write``): :data:`FDS_PER_PORT`.  A
+``select()`` per read also cost CPU for nothing: the loop has already said the port is readable.
+
+Writes go to the kernel buffer at once; we do not ``tcdrain``, which at 2400 baud would stall the
+whole loop for the frame's wire time.  A write the kernel takes only in part (its buffer full) waits
+for the descriptor to be writable, up to ``write_timeout`` (:data:`WRITE_TIMEOUT`) each time.
+
+Whatever the callback that reads the port meets -- an error, end of file (the device went away), a
+bug -- it stops watching the port and hands the failure to the waiting read, once: a port that
+fails never makes the loop call it again and again (each call a log line).
 
 pyserial lets ``termios.error`` through from some calls (``tcsetattr`` while opening, ``tcflush`` in
 ``reset_input_buffer``); it is not an ``OSError``.  A port the driver refuses to configure (a pty
@@ -34,6 +47,10 @@ from meterd.errors import LinkClosedError, LinkError
 PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
 PORT_ERRORS = (serial.SerialException, OSError, termios.error)
 SETTING_ERRORS = (ValueError, OverflowError)  # pyserial refused the settings, or they overflow a C int
+FDS_PER_PORT: Final = 5  # an open pyserial port: its descriptor and two pipes (cancel_read, cancel_write)
+READ_SIZE: Final = 4096
+WRITE_TIMEOUT: Final = 2.0  # a write the kernel does not take within this is a link failure
+GONE: Final = "the device went away (unplugged, or another program reads the port)"
 
 _REASONS: Final = {
     errno.ENOENT: "no such device (nothing at that path: unplugged, or named differently?)",
@@ -51,15 +68,18 @@ _REASONS: Final = {
 
 class SerialTransport(Transport):
     def __init__(
-        self, name: str, device: str, *, baud: int = 2400, bytesize: int = 8, parity: str = "E", stopbits: int = 1
+        self, name: str, device: str, *, baud: int = 2400, bytesize: int = 8, parity: str = "E", stopbits: int = 1,
+        write_timeout: float = WRITE_TIMEOUT,
     ) -> None:
         super().__init__(name)
+        self.write_timeout = write_timeout
         self.device = device
         self.baud = baud
         self.bytesize = bytesize
         self.parity = parity
         self.stopbits = stopbits
         self._port: serial.Serial | None = None
+        self._fd = -1  # the port's descriptor while the loop watches it
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -71,6 +91,8 @@ class SerialTransport(Transport):
         return f"{self.baud} {self.bytesize}{self.parity}{self.stopbits}"
 
     async def open(self) -> None:
+        if self._port is not None:  # lost (the reader failed) but not closed yet
+            await self.close()
         self._buffer.clear()
         self._closed_exc = None
         try:
@@ -81,57 +103,87 @@ class SerialTransport(Transport):
                 parity=PARITIES[self.parity],
                 stopbits=self.stopbits,
                 timeout=0,
-                write_timeout=2,
                 exclusive=True,
             )
+            fd = port.fileno()
         except (*PORT_ERRORS, *SETTING_ERRORS) as exc:
             raise LinkError(f"cannot open serial port {self.device} at {self.line_settings}: {port_problem(exc)}",
                             channel=self.name) from exc
         loop = asyncio.get_running_loop()
         try:
-            loop.add_reader(port.fileno(), self._on_readable)
+            os.set_blocking(fd, False)  # pyserial opens it so; a read or write must never wait
+            loop.add_reader(fd, self._on_readable)
         except (OSError, ValueError) as exc:  # a device the event loop cannot watch
             port.close()
             raise LinkError(f"cannot watch serial port {self.device}: {port_problem(exc)}", channel=self.name) from exc
-        self._port = port
-        self._loop = loop
+        self._port, self._fd, self._loop = port, fd, loop
 
     def _on_readable(self) -> None:
-        assert self._port is not None
         try:
-            data = self._port.read(4096)
-        except PORT_ERRORS as exc:
-            self._detach()
-            # no channel here: read() names it when it raises this on
-            self._lost(LinkClosedError(f"serial port {self.device}: {port_problem(exc)}"))
+            data = os.read(self._fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except Exception as exc:  # noqa: BLE001 -- EIO (the device went away), EBADF, or a bug: never again
+            self._fail(exc)
             return
         if data:
             self._received(data)
+        else:  # end of file: a tty reads it once its device hung up
+            self._fail(None)
+
+    def _fail(self, exc: BaseException | None) -> None:
+        """The port cannot be read any more: stop watching it and fail the waiting read (once)."""
+        self._detach()
+        if exc is None or (isinstance(exc, OSError) and exc.errno == errno.EIO):
+            reason = GONE
+        else:
+            reason = port_problem(exc)
+        # no channel here: read() names it when it raises this on
+        self._lost(LinkClosedError(f"serial port {self.device}: {reason}"))
 
     async def write(self, data: bytes) -> None:
-        if self._port is None:
+        if self._port is None or self._fd < 0:
             raise LinkClosedError(f"{self.device} is not open", channel=self.name)
+        view = memoryview(data)
         try:
-            self._port.write(data)
-        except PORT_ERRORS as exc:
+            while view:
+                try:
+                    n = os.write(self._fd, view)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                view = view[n:]
+                if view:  # the kernel's buffer is full (a stalled line): wait until it takes more
+                    await self._writable()
+        except (OSError, TimeoutError) as exc:
             self._detach()
-            raise LinkClosedError(f"serial port {self.device}: write failed: {port_problem(exc)}",
-                                  channel=self.name) from exc
+            reason = f"the port took nothing for {self.write_timeout:g} s" if isinstance(exc, TimeoutError) else port_problem(exc)
+            raise LinkClosedError(f"serial port {self.device}: write failed: {reason}", channel=self.name) from exc
+
+    async def _writable(self) -> None:
+        assert self._loop is not None
+        ready = self._loop.create_future()
+        self._loop.add_writer(self._fd, _resolve, ready)
+        try:
+            await asyncio.wait_for(ready, self.write_timeout)
+        finally:
+            self._loop.remove_writer(self._fd)
 
     def reset_input(self) -> None:
         super().reset_input()
-        if self._port is not None:
+        if self._port is not None and self._fd >= 0:
             try:
-                self._port.reset_input_buffer()
+                self._port.reset_input_buffer()  # tcflush(TCIFLUSH)
             except PORT_ERRORS:
                 pass
 
     def _detach(self) -> None:
-        if self._port is not None and self._loop is not None:
+        if self._fd >= 0 and self._loop is not None:
             try:
-                self._loop.remove_reader(self._port.fileno())
-            except (ValueError, OSError):
+                self._loop.remove_reader(self._fd)
+                self._loop.remove_writer(self._fd)
+            except (ValueError, OSError, RuntimeError):  # RuntimeError: the loop is closed
                 pass
+        self._fd = -1
 
     async def close(self) -> None:
         if self._port is not None:
@@ -144,6 +196,11 @@ class SerialTransport(Transport):
 
     def __repr__(self) -> str:
         return f"SerialTransport({self.name!r}, {self.device} {self.line_settings})"
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def port_problem(exc: BaseException) -> str:
@@ -166,5 +223,5 @@ def port_problem(exc: BaseException) -> str:
     if isinstance(code, int) and code:
         return _REASONS.get(code) or os.strerror(code)
     if "returned no data" in str(exc):  # pyserial's words for a read at end of file
-        return "the device went away (unplugged, or another program reads the port)"
+        return GONE
     return str(exc)
