@@ -436,7 +436,7 @@ async def test_afn05_trip_with_a_wrong_password_is_denied_and_the_right_one_trip
         assert sim.terminal.stats.bad_password == 1
         ok = await master.ask(Afn.CONTROL, [unit(1, 1, RemoteTrip())], pw=PW)
         assert ok.afn == Afn.CONFIRM and ok.units[0].fns == (1,)
-        assert await control_state(master) == {5: {"protected": False}, 6: {"tripped": {1}, "alarm": set()}}
+        assert await control_state(master) == {5: {"protected": False, "reminder": False}, 6: {"tripped": {1}, "reminder": False}}
         # the turn's breaker cut the customer's load, and the terminal read it again at once
         power = (await master.ask(Afn.CLASS1_DATA, [unit(2, 25)])).value(25, 2)
         assert power.active[0] == 0 and power.read_at == clock() and meter(sim, 2).relay_open

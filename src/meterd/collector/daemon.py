@@ -296,14 +296,34 @@ def meter_reads(meter: MeterConfig, poll: PollConfig) -> Reads:
 
 
 def compile_plan(config: Config) -> tuple[ChannelPlan, ...]:
-    """Config -> what each channel polls: the immutable plan the daemon logs at start."""
+    """Config -> what each channel polls: the immutable plan the daemon logs at start.
+
+    One pass over each channel's meters per poll (not over every meter per channel); a meter's
+    target is made once whatever the number of polls, and what a poll asks is resolved once per
+    kind of meter (protocol and register map) and shared by every meter of that kind -- the
+    plan is immutable, so 100,000 meters asked the same thing hold one :data:`Reads`, not 100,000.
+    """
+    targets: dict[int, MeterTarget] = {}
+    shared: dict[tuple[str, str, int], Reads] = {}
     plans = []
     for ch in config.channels:
+        on_channel = config.meters_on(ch.name)
         polls = []
         for poll in config.polls:
-            meters = tuple((target(m), meter_reads(m, poll)) for m in config.meters_for(poll) if m.channel == ch.name)
+            meters = []
+            for m in on_channel:
+                if not poll.selects(m):
+                    continue
+                key = (poll.name, str(m.protocol), id(m.regmap))  # the regmap lives as long as the config
+                reads = shared.get(key)
+                if reads is None:
+                    reads = shared[key] = meter_reads(m, poll)
+                t = targets.get(id(m))
+                if t is None:
+                    t = targets[id(m)] = target(m)
+                meters.append((t, reads))
             if meters:
-                polls.append(PlannedPoll(poll, meters))
+                polls.append(PlannedPoll(poll, tuple(meters)))
         plans.append(ChannelPlan(ch, tuple(polls)))
     return tuple(plans)
 
@@ -708,7 +728,8 @@ class Daemon:
 
     async def _gdw_events(self, channel: GdwChannel) -> None:
         try:
-            readings = await read_events(channel, self.clock(), zone=self.config.site.zone)
+            readings = await read_events(channel, self.clock(), zone=self.config.site.zone,
+                                         anomalies=self._record_anomalies)
         except MeterdError as exc:
             log.warning("channel %s: events of terminal %s not read: %s", channel.name, channel.address.key, exc)
             return
@@ -808,12 +829,19 @@ class Daemon:
         findings = [Finding(f.meter, Kind.IMPLAUSIBLE, Severity.WARNING, f.at, f.describe(),
                             ({"meter": f.meter, "quantity": f.quantity, "timestamp": f.at.isoformat(),
                               "value": str(f.value)[:40]},)) for f in found]
+        self._record_anomalies(findings)
+
+    def _record_anomalies(self, findings: list[Finding], ended: list[tuple[str, Kind]] | None = None) -> None:
+        """Anomalies met while collecting (the door's, a 1376.1 terminal's events), and the
+        (subject, kind) pairs ``ended`` closed after them, written off the event loop."""
         now = self.clock()
 
         def write() -> None:
             if self._anomalies is None:
                 self._anomalies = AnomalyStore(self.config.store.state)
             self._anomalies.record(findings, now)
+            if ended:
+                self._anomalies.record([], now, resolved=ended)
 
         try:
             loop = asyncio.get_running_loop()

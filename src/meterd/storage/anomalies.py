@@ -35,6 +35,19 @@ class Kind(enum.StrEnum):
     PREPAID_FAILED = "prepaid_failed"  # charging or deciding the meter's account failed; skipped
     IMPLAUSIBLE_ADVANCE = "implausible_advance"  # ahead of the last charged value by more than it can carry: held
 
+    @classmethod
+    def _missing_(cls, value: object) -> Kind | None:
+        # A Q/GDW 1376.1 terminal's event record, one kind per ERC: "terminal.erc31" (the collector
+        # records them, meterd.collector.gdw1376.events); a member made on first use.
+        if isinstance(value, str) and value.startswith("terminal.erc") and value[12:].isdigit() and len(value) <= 15:
+            member = str.__new__(cls, value)
+            member._name_ = value.upper().replace(".", "_")
+            member._value_ = value
+            known = cls._value2member_map_.setdefault(value, member)
+            assert isinstance(known, Kind)
+            return known
+        return None
+
 
 # The kinds the detectors judge by checking (a check that finds nothing closes the event); the
 # others are recorded by whoever met them and closed by them.

@@ -1,5 +1,5 @@
 """After a login: the terminal's meter archive checked and downloaded (AFN 0A / 04 F10); events read
-by pointer (AFN 0E F1), ERC14 as power-down reports."""
+by pointer (AFN 0E F1), ERC14 as power-down reports, the others as anomalies (:mod:`.events`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from meterd.collector.channel import (
     URGENT,
 )
 from meterd.collector.gdw1376.channel import GdwChannel
+from meterd.collector.gdw1376.events import event_findings
 from meterd.collector.gdw1376.rounds import _local
 from meterd.protocols.gdw1376.catalogue import (
     PROTOCOL_645_1997,
@@ -23,7 +24,7 @@ from meterd.protocols.gdw1376.catalogue import (
     MeterArchive,
     MeterEntry,
 )
-from meterd.protocols.gdw1376.events import PowerOnOff
+from meterd.protocols.gdw1376.events import PowerOnOff, TerminalEvent
 from meterd.protocols.gdw1376.frame import (
     Afn,
 )
@@ -32,8 +33,12 @@ from meterd.protocols.gdw1376.messages import (
 )
 from meterd.protocols.readspec import DLT645_1997
 from meterd.readings import Quality, Reading
+from meterd.storage.anomalies import Finding, Kind
 
 log = logging.getLogger(__name__)
+
+EventSink = Callable[[list[Finding], list[tuple[str, Kind]]], None]
+"""Where a terminal's events go as anomalies: (findings to record, (subject, kind) pairs ended)."""
 
 # --- after login: the meter archive, events ----------------------------------------------------------
 
@@ -96,9 +101,11 @@ async def sync_archive(channel: GdwChannel, protocols: Mapping[str, str], *,
     return diffs
 
 
-async def read_events(channel: GdwChannel, now: datetime, *, zone: tzinfo = CST) -> list[Reading]:
+async def read_events(channel: GdwChannel, now: datetime, *, zone: tzinfo = CST,
+                      anomalies: EventSink | None = None) -> list[Reading]:
     """The important events the terminal has since the last pointer read (AFN 0E F1); ERC14
-    power off/on as ``event.power_down.start`` / ``.end`` readings of every meter behind it."""
+    power off/on as ``event.power_down.start`` / ``.end`` readings of every meter behind it, the
+    other records handed to ``anomalies`` as (findings, ended pairs) (:mod:`.events`)."""
     ec = channel.ec
     if ec is None:
         return []
@@ -110,12 +117,15 @@ async def read_events(channel: GdwChannel, now: datetime, *, zone: tzinfo = CST)
     reply = await channel.request(Afn.CLASS3_DATA, [unit(0, 1, EventPointers(start, end))], priority=URGENT)
     channel.event_pointer = end
     out: list[Reading] = []
+    others: list[TerminalEvent] = []
     for _, fn, value in reply.items():
         if fn != 1 or not isinstance(value, EventLog):
             continue
         for record in value.records:
             if not isinstance(record, PowerOnOff):
-                log.info("channel %s: terminal %s event ERC%d", channel.name, channel.address.key, record.erc)
+                log.info("channel %s: terminal %s event ERC%d: %s", channel.name, channel.address.key, record.erc,
+                         record.describe())
+                others.append(record)
                 continue
             off, on = _local(record.off, zone), _local(record.on, zone)
             log.warning("channel %s: terminal %s reports power %s (ERC14)", channel.name, channel.address.key,
@@ -125,4 +135,7 @@ async def read_events(channel: GdwChannel, now: datetime, *, zone: tzinfo = CST)
                     out.append(Reading(meter, "event.power_down.start", off, off, "", Quality.GOOD))
                 if on is not None:
                     out.append(Reading(meter, "event.power_down.end", on, on, "", Quality.GOOD))
+    if others and anomalies is not None:
+        findings, ended = event_findings(others, channel.address.key, channel.pns, now, zone=zone)
+        anomalies(findings, ended)
     return out

@@ -1,0 +1,110 @@
+"""Back to back over real TCP: a concentrator's own events reach meterd's anomaly store.
+
+The daemon polls a simulated concentrator (meterd.simulators.concentrator) that collects its meters
+every simulated minute (the clock runs 60x).  An event the master does not decode (ERC99) is stored
+raw; a meter that stops answering the terminal's RS-485 reading raises ERC31, stored as anomaly
+``terminal.erc31`` of that meter with the record's fields, and closed when the meter answers again
+and the terminal reports so.  ``meterd anomalies`` and GET /api/v1/anomalies (through the same
+store) show them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tomllib
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from conftest import free_port
+from meterd.collector.daemon import Daemon
+from meterd.config.loader import parse_config
+from meterd.protocols.gdw1376.events import EventRecord
+from meterd.simulators.concentrator import concentrator_layout, run_concentrator_fleet
+from meterd.storage.anomalies import AnomalyStore, Event
+from meterd.storage.sqlite import SqliteStore
+
+START = datetime(2026, 6, 2, 10, 0, 30)
+
+
+def config_text(port: int, data_dir, meters: list[tuple[str, int]], key: str) -> str:
+    text = f"""
+[store]
+data_dir = "{data_dir}"
+flush_interval = "100ms"
+
+[listeners.gw]
+protocol = "gdw1376"
+host = "127.0.0.1"
+port = {port}
+
+[channels.c1]
+gdw1376 = {{ listener = "gw", terminal = "{key}" }}
+response_timeout = "2s"
+retries = 0
+
+[[polls]]
+name = "realtime"
+interval = "300ms"
+quantities = ["energy.active.import.total"]
+"""
+    return text + "".join(f'\n[[meters]]\naddress = "{a}"\nchannel = "c1"\npn = {pn}\n' for a, pn in meters)
+
+
+async def wait_for(store: AnomalyStore, found: Callable[[list[Event]], bool], seconds: float = 10.0) -> list[Event]:
+    events: list[Event] = []
+    for _ in range(int(seconds / 0.05)):
+        events = await asyncio.to_thread(store.events)
+        if found(events):
+            return events
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not found in time; the store has {[(e.meter, e.kind.value, e.closed) for e in events]}")
+
+
+async def test_terminal_events_become_anomalies(tmp_path, run_meterd):
+    port = free_port()
+    layout = concentrator_layout(1, 3)
+    (key, meters), = layout.items()
+    text = config_text(port, tmp_path / "data", meters, key)
+    (tmp_path / "site.toml").write_text(text)
+    config = parse_config(tomllib.loads(text), "site.toml")
+    silent = meters[1][0]
+    with SqliteStore(config.store.data_dir) as store, AnomalyStore(config.store.state) as anomalies:
+        daemon = Daemon(config, store, clock=lambda: datetime.now(UTC))
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        fleet = await run_concentrator_fleet(1, 3, "127.0.0.1", port, start=START, speed=60.0,
+                                             collect_interval=timedelta(minutes=1), tick=0.1, heartbeat=5.0,
+                                             reconnect_delay=0.2)
+        sim = fleet.concentrator(key)
+        try:
+            assert await fleet.wait_logged_in(5.0)
+            # a record meterd does not decode: stored with its raw bytes, under the terminal
+            sim.terminal.record_event(EventRecord(99, b"\x01\xab"))
+            events = await wait_for(anomalies, lambda es: any(e.kind.value == "terminal.erc99" for e in es))
+            (raw,) = [e for e in events if e.kind.value == "terminal.erc99"]
+            assert raw.meter == key and "01 AB" in raw.detail
+            assert {"quantity": "erc99.raw", "value": "01 AB"}.items() <= raw.evidence[-1].items()
+            # a meter stops answering the terminal: ERC31 began -> an open anomaly of that meter
+            sim.terminal.bus.meter(silent).power_down(fleet.clock())
+            events = await wait_for(anomalies, lambda es: any(e.kind.value == "terminal.erc31" for e in es))
+            (erc31,) = [e for e in events if e.kind.value == "terminal.erc31"]
+            assert erc31.meter == silent and erc31.closed is None and erc31.severity.value == "warning"
+            assert f"p{meters[1][1]} (meter {silent})" in erc31.detail and "does not answer" in erc31.detail
+            fields = {e["quantity"]: e["value"] for e in erc31.evidence}
+            assert fields["erc31.state"] == "began" and fields["erc31.energy.active.import.total"] != "-"
+            # it answers again: ERC31 ended -> the event closes
+            sim.terminal.bus.meter(silent).power_up(fleet.clock())
+            await wait_for(anomalies, lambda es: any(e.kind.value == "terminal.erc31" and e.closed for e in es))
+            assert daemon.runners[0].channel.name == "c1"  # the channel kept going throughout
+        finally:
+            stop.set()
+            await task
+            await fleet.close()
+    p = run_meterd("anomalies", "-c", str(tmp_path / "site.toml"), "--state", "all", "--json")
+    assert p.returncode == 0, p.stderr
+    shown = {(e["meter"], e["kind"]) for e in json.loads(p.stdout)}
+    assert {(silent, "terminal.erc31"), (key, "terminal.erc99")} <= shown
+    p = run_meterd("anomalies", "-c", str(tmp_path / "site.toml"), "--kind", "terminal.erc31", "--state", "all")
+    assert p.returncode == 0, p.stderr
+    assert "terminal.erc31" in p.stdout and silent in p.stdout
