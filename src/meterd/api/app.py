@@ -50,6 +50,8 @@ from starlette.routing import Route
 from meterd.analytics.anomalies import AnomalyStore
 from meterd.analytics.outages import OutageStore
 from meterd.analytics.views import curve_meters, curve_points, energy_rows, lineloss_reports, parse_period
+from meterd.api.alarms import AlarmWatch, watching
+from meterd.api.alarms import endpoints as alarm_endpoints
 from meterd.api.live import LiveNode
 from meterd.api.reports import REPORT_QUERY, report_xlsx
 from meterd.api.schemas import (
@@ -284,11 +286,12 @@ class Api:
         self.anomalies = AnomalyStore(where)
         self.outages = OutageStore(where)
         self.quality = QualityStore(where, clock=clock, zone=self.zone)
+        self.alarms = AlarmWatch.of(self)  # the alarm list (meterd.api.alarms)
         self._syncing: set[str] = set()
         self._configured = frozenset(m.address for m in config.meters) if config is not None else frozenset()
 
     def close(self) -> None:
-        for store in (self.tokens, self.control, self.archive, self.anomalies, self.outages, self.quality):
+        for store in (self.tokens, self.control, self.archive, self.anomalies, self.outages, self.quality, self.alarms):
             store.close()
 
     def _need_config(self, what: str) -> Any:
@@ -466,7 +469,8 @@ class Api:
                     "accounts": {"total": sum(accounts.values()), **accounts},
                     "commands": self.control.commands_by_state(),
                     "anomalies_open": self.anomalies.open_count(),
-                    "outages_open": self.outages.open_count()}
+                    "outages_open": self.outages.open_count(),
+                    "alarms": self.alarms.active_counts(now)}
         return JSONResponse(await run_in_threadpool(work))
 
     def _period(self, request: Request) -> tuple[date, date]:
@@ -892,6 +896,7 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
     Endpoint("GET", "/api/v1/config", Role.ADMIN, "the running config: channels, meters, polls (no secrets)",
              Api.config_summary, {200: ref("ConfigSummary")}, errors=(*_AUTH_ERRORS, 503)),
     *CONSOLE_ENDPOINTS,
+    *alarm_endpoints(Endpoint, _AUTH_ERRORS),
 )
 
 _ERROR_TEXT: Final = {400: "bad request", 401: "missing or bad token", 403: "role too low", 404: "not found",
@@ -1005,7 +1010,8 @@ def create_app(where: Location, *, clock: Clock, config: Any = None, live: LiveN
     @asynccontextmanager
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
         try:
-            yield
+            async with watching(api):  # the daemon's alarm list synced in the background
+                yield
         finally:
             api.close()
 

@@ -102,11 +102,15 @@ class CommandExecutor:
         publish: Publish | None = None,
         scope: Scope | None = None,
         outcome: Callable[[Command, str], None] | None = None,
+        finished: Callable[[Command], None] | None = None,
     ) -> None:
         """``outcome(command, what)`` hears how each try ended: ``confirmed``, ``failed``,
-        ``expired`` or ``retry`` (``/metrics`` counts them)."""
+        ``expired`` or ``retry`` (``/metrics`` counts them).  ``finished(command)`` is called in a
+        worker thread with each command that ended (confirmed, failed, expired): a failed relay
+        command is a control anomaly (:class:`~meterd.control.runtime.PrepaidRuntime` records it)."""
         self.store = store
         self.outcome = outcome
+        self.finished = finished
         self.scope = scope  # None: one node sends every command
         self.resolve = resolve
         self.clock = clock
@@ -273,6 +277,11 @@ class CommandExecutor:
         now = self.clock()
         done = await asyncio.to_thread(self.store.finish, cmd.id, state, now=now, detail=detail, read_back=read_back)
         self._count(done, str(state))
+        if self.finished is not None:
+            try:
+                await asyncio.to_thread(self.finished, done)
+            except Exception:  # the command's outcome is recorded; the anomaly is a report on top of it
+                log.exception("command #%d: recording its outcome as an anomaly failed", cmd.id)
         if state is CommandState.CONFIRMED:
             log.info("command #%d %s to meter %s confirmed: %s", cmd.id, cmd.kind, cmd.meter, detail)
         else:
@@ -287,6 +296,15 @@ class CommandExecutor:
     async def _notify(self, notices: list[Notice]) -> None:
         if self.publish is not None and notices:
             await self.publish(notices)
+
+
+def relay_stuck(cmd: Command) -> bool:
+    """A failed command whose read-back shows the relay not where the command was to put it (a
+    welded contact, a stuck latch): a control anomaly, not a meter that could not be reached."""
+    if cmd.state is not CommandState.FAILED or not cmd.read_back:
+        return False
+    flag, expected = EXPECTED[cmd.kind.relay_command]
+    return flag in cmd.read_back and cmd.read_back[flag] != expected
 
 
 def _anomaly(cmd: Command, now: datetime, detail: str) -> Notice:

@@ -26,21 +26,22 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Final
 
 from meterd import secrets
 from meterd.clock import Clock
 from meterd.control.command_store import Command
-from meterd.control.commands import CommandExecutor, RelayLink, Scope
+from meterd.control.commands import CommandExecutor, RelayLink, Scope, relay_stuck
 from meterd.control.engine import PrepaidEngine
-from meterd.control.model import CommandKind
+from meterd.control.model import CommandKind, CommandState
 from meterd.control.notify import LogFileSink, Notifier, WebhookSink
 from meterd.control.state import ControlStore
 from meterd.errors import ConfigError
 from meterd.protocols.drivers import get_driver
 from meterd.protocols.relay import Credentials
 from meterd.readings import Reading
-from meterd.storage.anomalies import AnomalyStore, Finding, Kind
+from meterd.storage.anomalies import AnomalyStore, Event, Finding, Kind, Severity
 from meterd.storage.database import Location
 from meterd.supervise import supervise
 
@@ -85,6 +86,29 @@ def make_notifier(config: PrepaidConfig) -> Notifier:
             sinks.append(WebhookSink(n.url, template=n.template, headers=n.headers, timeout=n.timeout,
                                      kinds=n.kinds))
     return Notifier(sinks)
+
+
+def record_command_anomaly(anomalies: AnomalyStore, command: Command, now: datetime) -> list[Event]:
+    """A failed relay command is a control anomaly of its meter (控制失败; critical when the relay
+    did not move), kept open -- one per meter, brought up to date by the next failure -- until a
+    command of the same kind to that meter is confirmed.  (An expired command is a meter that
+    could not be reached: the no-data detector's business.)  Returns the events opened."""
+    what = f"command.{command.kind.value}"
+    if command.state is CommandState.FAILED:
+        stuck = relay_stuck(command)
+        at = command.finished or now
+        text = (f"command #{command.id} {command.kind.value} failed" + (" (the relay did not move)" if stuck else "")
+                + f": {command.detail}")
+        finding = Finding(command.meter, Kind.COMMAND_FAILED, Severity.CRITICAL if stuck else Severity.WARNING, at,
+                          text[:500], ({"meter": command.meter, "quantity": what, "timestamp": at.isoformat(),
+                                        "value": f"#{command.id} failed"},))
+        opened, _ = anomalies.record([finding], now)
+        return opened
+    if command.state is CommandState.CONFIRMED:
+        found = anomalies.events(state="open", meter=command.meter, kind=Kind.COMMAND_FAILED, limit=1)
+        if found and found[0].evidence and found[0].evidence[-1].get("quantity") == what:
+            anomalies.record([], now, resolved=[(command.meter, Kind.COMMAND_FAILED)])
+    return []
 
 
 #: How to reach a configured meter (its channel, target and Modbus link; no credentials), or None.
@@ -133,7 +157,7 @@ class PrepaidRuntime:
         self.executor = CommandExecutor(
             self.store, self.route, clock=clock, retry_every=config.settings.retry_every,
             valid_for=config.settings.valid_for, settle=config.settings.settle, publish=self.notifier.publish,
-            scope=scope, outcome=self._outcome)
+            scope=scope, outcome=self._outcome, finished=self._command_finished)
         self.commands_in_run = scope is None  # among nodes the executor runs apart: run_commands, on every node
         self._kick = asyncio.Event()
         self.passes = 0
@@ -204,6 +228,10 @@ class PrepaidRuntime:
     async def run_commands(self, stop: asyncio.Event) -> None:
         """The command executor alone (collector nodes: on every node, beside the leader's passes)."""
         await self.executor.run(stop)
+
+    def _command_finished(self, command: Command) -> None:
+        for event in record_command_anomaly(self.anomalies, command, self.clock()):
+            log.warning("anomaly opened: meter %s %s: %s", event.meter, event.kind, event.detail)
 
     def _report(self, findings: list[Finding], resolved: list[tuple[str, Kind]]) -> None:
         """The engine's anomalies (failed accounts, registers held as implausible) to the store."""

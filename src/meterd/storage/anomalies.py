@@ -34,6 +34,7 @@ class Kind(enum.StrEnum):
     IMPLAUSIBLE = "implausible_reading"  # a value the meter cannot have produced (meterd.plausibility)
     PREPAID_FAILED = "prepaid_failed"  # charging or deciding the meter's account failed; skipped
     IMPLAUSIBLE_ADVANCE = "implausible_advance"  # ahead of the last charged value by more than it can carry: held
+    COMMAND_FAILED = "command_failed"  # 控制失败: a relay command failed (a stuck relay: critical); control records it
 
     @classmethod
     def _missing_(cls, value: object) -> Kind | None:
