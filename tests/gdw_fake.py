@@ -16,6 +16,8 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from meterd.protocols.gdw1376.catalogue import (
+    ControlSettings,
+    ControlState,
     EnergyReading,
     EventLog,
     ForwardEnergy,
@@ -75,7 +77,10 @@ class FakeTerminal:
     task: asyncio.Task | None = None
     seq: int = 0
     tripped: bool = False  # its control turn (AFN 05 F1 / F2): the load reads 0 while tripped
-    stuck: bool = False  # the turn does not trip: the load stays
+    stuck: bool = False  # the turn's output trips but its breaker does not open: the load stays
+    protected: bool = False  # 保电 (AFN 05 F25 / F33)
+    reminder: bool = False  # 催费告警 (AFN 05 F26 / F34)
+    control_state: bool = True  # answers AFN 0C F5 / F6 (else denies them, as older terminals do)
     controls: list[Message] = field(default_factory=list)
     rates: int = 4  # F129 rates sent
     split_at: int = 0  # replies longer than this are written in two pieces, 50 ms apart
@@ -135,6 +140,8 @@ class FakeTerminal:
         if msg.pw is not None and msg.pw != self.password:
             return confirm(msg, ok=False, ec=self.ec)
         if msg.afn == Afn.CLASS1_DATA:
+            if not self.control_state and any(fn in (5, 6) for _, fn, _ in msg.items()):
+                return confirm(msg, ok=False, ec=self.ec)
             units = []
             for u in msg.units:
                 values = []
@@ -170,6 +177,10 @@ class FakeTerminal:
             for _, fn, _ in msg.items():
                 if fn in (1, 2):
                     self.tripped = fn == 1
+                elif fn in (25, 33):
+                    self.protected = fn == 25
+                elif fn in (26, 34):
+                    self.reminder = fn == 26
             return confirm(msg, ec=self.ec)
         if msg.afn == Afn.FORWARD:
             fwd: ForwardRequest = msg.units[0].values[0]
@@ -183,6 +194,10 @@ class FakeTerminal:
     def class1(self, pn: int, fn: int) -> object:
         if fn == 2:
             return self.clock
+        if fn == 5:
+            return ControlSettings((1 if self.protected else 0) | (4 if self.reminder else 0))
+        if fn == 6:
+            return ControlState(0xFF if self.tripped else 0, 1 if self.reminder else 0)
         if fn == 129:
             return EnergyReading(self.clock.replace(minute=0), energy(pn) + (D("1.00"),) * (self.rates - 4))
         if fn == 33:

@@ -131,7 +131,8 @@ async def test_without_a_password_secret_relay_commands_are_refused_naming_the_k
 async def test_a_special_terminal_trips_its_turn_confirmed_by_the_load(site):
     async with site(kind="special") as s:
         out = await s.relay(METERS[1]).send(RelayCommand.TRIP, NOW, valid_for=VALID, settle=0.0)
-        assert out.confirmed and out.read_back == {"relay.open": True} and "turn 2 tripped" in out.detail
+        assert out.confirmed and out.read_back["relay.open"] is True and "turn 2 tripped" in out.detail
+        assert "turn output (AFN 0C F6)" in out.detail
         control = s.terminal.controls[-1]
         assert control.pw == bytes.fromhex(PW_HEX) and next(iter(control.items()))[:2] == (2, 1)  # p2 = turn 2, F1
         back = await s.relay(METERS[1]).send(RelayCommand.RECLOSE_ALLOWED, NOW,
@@ -141,3 +142,41 @@ async def test_a_special_terminal_trips_its_turn_confirmed_by_the_load(site):
         with pytest.raises(ControlError) as err:
             await s.relay(METERS[1]).send(RelayCommand.TRIP, NOW, valid_for=VALID, settle=0.0)
         assert "control anomaly" in str(err.value) and err.value.outcome.failure == "anomaly"  # type: ignore[attr-defined]
+
+
+async def test_a_special_terminal_alarm_and_protection_are_confirmed_by_its_control_state(site):
+    async with site(kind="special") as s:
+        relay = s.relay(METERS[1])
+        out = await relay.send(RelayCommand.ALARM, NOW, valid_for=VALID, settle=0.0)
+        assert out.confirmed and out.read_back["alarm.pre_trip"] is True and "AFN 0C F5/F6" in out.detail
+        assert [fn for _, fn, _ in s.terminal.controls[-1].items()] == [26]  # 催费告警投入, p0
+        out = await relay.send(RelayCommand.ALARM_RELEASE, NOW, valid_for=VALID, settle=0.0)
+        assert out.confirmed and out.read_back["alarm.pre_trip"] is False
+        assert [fn for _, fn, _ in s.terminal.controls[-1].items()] == [34]  # 催费告警解除
+        out = await relay.send(RelayCommand.PROTECT, NOW, valid_for=VALID, settle=0.0)
+        assert out.confirmed and out.read_back["relay.protected"] is True
+        # a terminal that acknowledges but does not change its state: an anomaly, not a confirmation
+        original = s.terminal.answer
+
+        def ack_only(msg):
+            if msg.afn == Afn.CONTROL:
+                from meterd.protocols.gdw1376.messages import confirm
+                s.terminal.controls.append(msg)
+                return confirm(msg)
+            return original(msg)
+
+        s.terminal.answer = ack_only  # type: ignore[method-assign]
+        with pytest.raises(ControlError) as err:
+            await relay.send(RelayCommand.PROTECT_RELEASE, NOW, valid_for=VALID, settle=0.0)
+        assert err.value.outcome.failure == "anomaly" and "relay.protected reads yes" in str(err.value)  # type: ignore[attr-defined]
+
+
+async def test_a_terminal_without_control_state_confirms_trips_by_the_load_and_refuses_the_rest(site):
+    async with site(kind="special") as s:
+        s.terminal.control_state = False
+        out = await s.relay(METERS[1]).send(RelayCommand.TRIP, NOW, valid_for=VALID, settle=0.0)
+        assert out.confirmed and out.read_back == {"relay.open": True} and "F6" not in out.detail
+        with pytest.raises(ControlError) as err:
+            await s.relay(METERS[1]).send(RelayCommand.ALARM, NOW, valid_for=VALID, settle=0.0)
+        assert err.value.outcome.failure == "read-back" and "AFN 0C F5/F6" in str(err.value)  # type: ignore[attr-defined]
+        assert s.terminal.reminder is True  # sent and acknowledged; only the confirmation is missing
