@@ -123,7 +123,7 @@ async def send_turn_command(channel: GdwChannel, meter: MeterTarget, command: An
     return outcome
 
 
-async def read_control_state(channel: GdwChannel, meter: str | None = None
+async def read_control_state(channel: GdwChannel, meter: str = ""
                              ) -> tuple[ControlSettings, ControlState] | None:
     """The terminal's control settings and state (AFN 0C F5, F6 of p0); None when it denies them
     (a terminal without control state)."""
