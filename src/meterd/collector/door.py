@@ -49,7 +49,20 @@ class Door:
     """The gate with the daemon's bookkeeping around it."""
 
     def __init__(self, meters: Iterable[MeterConfig], record: Recorder | None = None) -> None:
-        self.gate = Gate({m.address: bounds(m) for m in meters})
+        # bounds depend on the rating, CT, PT and map only: meters alike share one (immutable)
+        # MeterBounds -- 100,000 meters of a few kinds hold a few, built once each
+        alike: dict[tuple[object, ...], tuple[MeterBounds, MeterConfig]] = {}
+        by_meter: dict[str, MeterBounds] = {}
+        for m in meters:
+            # by identity (a model's or the site's rating is one object) and as written (1 and 1.0
+            # are equal Decimals, yet bounds made from them are written differently in messages);
+            # the first meter of a kind is kept with its bounds, so the ids stay its objects'
+            key = (id(m.rating), str(m.ct), str(m.pt), id(m.regmap))
+            found = alike.get(key)
+            if found is None:
+                found = alike[key] = (bounds(m), m)
+            by_meter[m.address] = found[0]
+        self.gate = Gate(by_meter)
         self.record = record
         self.flagged = 0  # readings flagged implausible since start
         self._log = LogThrottle()  # once a minute per meter and quantity, with a count

@@ -144,15 +144,18 @@ def check_depth(data: Any, source: str, limit: int | None = None) -> None:
     """ConfigError naming the key where ``data`` nests deeper than ``limit`` (default
     :data:`MAX_CONFIG_DEPTH`) arrays or tables; walked without recursion."""
     limit = MAX_CONFIG_DEPTH if limit is None else limit
+    # only tables and arrays go on the stack (a scalar nests nothing): a 100,000-meter file has
+    # ten times more scalars than containers, and each would cost a path string
     stack: list[tuple[Any, str, int]] = [(data, "", 0)]
     while stack:
         node, where, depth = stack.pop()
         if depth > limit and isinstance(node, (dict, list)):
             raise ConfigError(f"{source}: {where}: nested more than {limit} levels deep")
         if isinstance(node, dict):
-            stack.extend((v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in node.items())
+            stack.extend((v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in node.items()
+                         if isinstance(v, (dict, list)))
         elif isinstance(node, list):
-            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(node))
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(node) if isinstance(v, (dict, list)))
 
 
 def _toml_position(exc: tomllib.TOMLDecodeError) -> str:
@@ -395,13 +398,19 @@ def _inline_secrets(check: _Checker, path: str, node: Any) -> None:
     also say so; this catches the rest, e.g. a password under a notify webhook)."""
     from meterd.secrets import INLINE_SECRET_KEYS
 
+    # the path of a key is only made for a secret's key or a table or array to look into: a
+    # 100,000-meter file is mostly scalars, which hold no key
     if isinstance(node, list):
         for i, item in enumerate(node):
-            _inline_secrets(check, f"{path}[{i}]", item)
+            if isinstance(item, (dict, list)):
+                _inline_secrets(check, f"{path}[{i}]", item)
     elif isinstance(node, dict):
         for key, value in node.items():
+            secret = str(key).lower() in INLINE_SECRET_KEYS
+            if not secret and not isinstance(value, (dict, list)):
+                continue
             where = f"{path}.{key}" if path else str(key)
-            if str(key).lower() in INLINE_SECRET_KEYS and where not in _SECRETS_CHECKED_BY_SECTION:
+            if secret and where not in _SECRETS_CHECKED_BY_SECTION:
                 check.problem(where, "a secret must not be written in the config: put it in the environment or "
                               f"the secrets file and name the variable with {key}_env")
             else:
@@ -1008,11 +1017,14 @@ def _meter_address(check: _Checker, path: str, table: dict[str, Any]) -> str | N
     if not text.isdigit():
         check.problem(path, f"must be 1 to 12 decimal digits, got {show(raw)}")
         return None
-    try:
-        address = normalize_address(text)
-    except ProtocolError:
-        check.problem(path, f"must be 1 to 12 decimal digits, got {show(raw)}")
-        return None
+    if text.isascii() and len(text) <= 12:
+        address = text.zfill(12)  # what normalize_address makes of 1..12 ASCII digits, without its BCD round trip
+    else:
+        try:
+            address = normalize_address(text)
+        except ProtocolError:
+            check.problem(path, f"must be 1 to 12 decimal digits, got {show(raw)}")
+            return None
     if address == BROADCAST:
         check.problem(path, f"{BROADCAST} is the broadcast address, not a meter")
         return None
@@ -1024,11 +1036,12 @@ def _polls(
 ) -> list[PollConfig | None]:
     known_groups = set()
     known_addresses = set()
-    for table, _ in meters:
+    for table, meter in meters:
         group = table.get("group", "default")
         if isinstance(group, str):
             known_groups.add(group)
-        address = _address_or_none(table.get("address"))
+        # a valid meter's address is normalised already; an invalid meter's still counts as known
+        address = meter.address if meter is not None else _address_or_none(table.get("address"))
         if address is not None:
             known_addresses.add(address)
     names: dict[str, int] = {}
@@ -1054,7 +1067,10 @@ def _polls(
                     f"{path}.groups",
                     f"no meter is in group {show(group)}{hint(group, known_groups)}",
                 )
-            selected = [t for t, _ in meters if not groups or t.get("group", "default") in groups]
+            wanted = set(groups)
+            # (a group that is not a string is its meter's problem, and selects nothing)
+            selected = any(not wanted or (isinstance(g := t.get("group", "default"), str) and g in wanted)
+                           for t, _ in meters)
             if not unknown and not selected and not listed:
                 check.problem(path, "selects no meters")
 
@@ -1086,16 +1102,28 @@ def _polls(
 def _poll_reaches(
     check: _Checker, path: str, poll: PollConfig, meters: list[tuple[dict[str, Any], MeterConfig | None]]
 ) -> None:
-    """Every meter the poll selects can be asked for what the poll wants, in its own protocol."""
+    """Every meter the poll selects can be asked for what the poll wants, in its own protocol.
+
+    The answer depends on the meter's protocol and register map only: it is worked out once per
+    kind of meter (not per meter), and a problem still names each meter it applies to."""
+    kinds: dict[tuple[str, int], tuple[list[str], bool]] = {}  # (protocol, map) -> (missing, reads something)
     for index, (_, meter) in enumerate(meters):
         if meter is None or not poll.selects(meter):
             continue
+        kind = (str(meter.protocol), id(meter.regmap))  # a map lives as long as the meters that use it
+        known = kinds.get(kind)
+        if known is None:
+            driver = get_driver(meter.protocol)
+            reads, missing = driver.plan(poll.quantities, driver.explicit_items(poll), meter.regmap)
+            known = kinds[kind] = (missing, reads is not None and bool(driver.item_labels(reads)))
+        missing, reads_something = known
+        if not missing and reads_something:
+            continue
         driver = get_driver(meter.protocol)
         who = f"meters[{index}] ({meter.address}, {driver.describe_meter(meter.regmap)})"
-        reads, missing = driver.plan(poll.quantities, driver.explicit_items(poll), meter.regmap)
         if missing:
             check.problem(f"{path}.quantities", f"{who} has no {driver.missing_noun} for {', '.join(missing)}")
-        elif reads is None or not driver.item_labels(reads):
+        else:
             check.problem(path, f"reads nothing from {who}: {driver.nothing_to_read()}")
 
 
@@ -1255,13 +1283,12 @@ class _Checker(Checker):
         return value
 
     def choice(self, path: str, value: Any, enum_type: type[Any], *, upper: bool = False) -> Any:
-        options = [member.value for member in enum_type]
         if isinstance(value, str):
             try:
                 return enum_type(value.upper() if upper else value)
             except ValueError:
                 pass
-        listed = ", ".join(show(o) for o in options)
+        listed = ", ".join(show(member.value) for member in enum_type)
         self.problem(path, f"must be one of {listed}, got {show(value)}")
         return None
 

@@ -265,16 +265,28 @@ class Config:
     api: ApiConfig | None = None  # the HTTP API the daemon serves
     cluster: Any = None  # meterd.config.cluster.ClusterConfig: this process as one of several collector nodes
     site: SiteConfig = field(default_factory=SiteConfig)  # [site]: the site's time zone (meterd.clock)
+    # channel name -> its meters in config order, built once: the daemon, the API and the
+    # scheduler ask per channel, and a district has thousands of channels and 100,000 meters
+    _on_channel: dict[str, tuple[MeterConfig, ...]] = field(init=False, repr=False, compare=False)
+    _channels: dict[str, ChannelConfig] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        on: dict[str, list[MeterConfig]] = {}
+        for m in self.meters:
+            on.setdefault(m.channel, []).append(m)
+        object.__setattr__(self, "_on_channel", {name: tuple(ms) for name, ms in on.items()})
+        channels: dict[str, ChannelConfig] = {}
+        for c in self.channels:
+            channels.setdefault(c.name, c)  # the first of a name, as a search in order finds it
+        object.__setattr__(self, "_channels", channels)
 
     def channel(self, name: str) -> ChannelConfig:
         """The channel called ``name``; KeyError if there is none."""
-        for channel in self.channels:
-            if channel.name == name:
-                return channel
-        raise KeyError(name)
+        return self._channels[name]
 
     def meters_on(self, channel_name: str) -> tuple[MeterConfig, ...]:
-        return tuple(m for m in self.meters if m.channel == channel_name)
+        """The meters on ``channel_name``, in config order (empty for an unknown channel)."""
+        return self._on_channel.get(channel_name, ())
 
     def meters_for(self, poll: PollConfig) -> tuple[MeterConfig, ...]:
         """The meters a poll reads: those in its groups and those it lists, or all meters if it

@@ -1,0 +1,278 @@
+"""Building the daemon for a big fleet (issue 21): the shortcuts that make start-up fast give
+what the plain computations give, and every config check still finds and names its problem.
+
+The shortcuts: meters indexed by channel once (``Config.meters_on``), the plan compiled channel by
+channel with what a poll asks resolved once per kind of meter, plausibility bounds shared by alike
+meters, a poll's reach checked once per kind of meter, secrets and nesting checked without
+walking every scalar.  Each is compared here with the straightforward way on a mixed config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from meterd.collector.daemon import compile_plan, meter_reads, target
+from meterd.collector.door import Door, bounds
+from meterd.config import load_config, parse_config
+from meterd.config.loader import check_depth
+from meterd.errors import ConfigError
+
+MY_MAP = """
+[model]
+name = "mine"
+manufacturer = "me"
+source = "the manual"
+primary = false
+
+[[register]]
+quantity = "energy.active.import.total"
+address = 0
+type = "u32"
+scale = "0.01"
+unit = "kWh"
+
+[[register]]
+quantity = "voltage.a"
+address = 2
+type = "u16"
+scale = "0.1"
+unit = "V"
+"""
+
+# three channels, meters of every protocol interleaved across them in the file, two groups, a
+# poll for everyone, one for a group, one for a group plus listed meters, one for listed meters
+FLEET = """
+[store]
+data_dir = "data"
+
+[channels.bus]
+serial = { device = "/dev/ttyUSB0" }
+
+[channels.gw]
+tcp = { host = "10.0.0.9", port = 502 }
+
+[channels.spare]
+tcp = { host = "10.0.0.10", port = 9000 }
+
+[[meters]]
+address = "1"
+channel = "bus"
+group = "homes"
+
+[[meters]]
+address = "2"
+channel = "gw"
+protocol = "modbus"
+unit = 1
+model = "eastron-sdm630"
+group = "shops"
+
+[[meters]]
+address = "3"
+channel = "bus"
+protocol = "dlt645-1997"
+group = "shops"
+
+[[meters]]
+address = "4"
+channel = "gw"
+protocol = "modbus"
+unit = 2
+model = "maps/mine.toml"
+ct = 100
+
+[[meters]]
+address = "5"
+channel = "bus"
+ct = "1.0"
+group = "homes"
+
+[[meters]]
+address = "6"
+channel = "gw"
+protocol = "modbus"
+unit = 3
+model = "maps/mine.toml"
+group = "homes"
+
+[[meters]]
+address = "7"
+channel = "bus"
+group = "homes"
+rated_current = 60
+phases = 1
+
+[[meters]]
+address = "8"
+channel = "bus"
+group = "homes"
+rated_current = "60.0"
+phases = 1
+
+[[polls]]
+name = "all"
+interval = "15m"
+quantities = ["energy.active.import.total", "voltage.a"]
+
+[[polls]]
+name = "homes"
+interval = "1m"
+groups = ["homes"]
+quantities = ["voltage.a"]
+
+[[polls]]
+name = "shops-and-two"
+interval = "5m"
+groups = ["shops"]
+meters = ["7", "000000000004"]
+quantities = ["energy.active.import.total"]
+
+[[polls]]
+name = "listed"
+interval = "1h"
+meters = ["8"]
+items = ["00010000"]
+"""
+
+
+def load(tmp_path: Path, text: str = FLEET):
+    (tmp_path / "maps").mkdir(exist_ok=True)
+    (tmp_path / "maps" / "mine.toml").write_text(MY_MAP, encoding="utf-8")
+    path = tmp_path / "site.toml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return load_config(path)
+
+
+def problems_of(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    return info.value.problems
+
+
+def test_meters_on_a_channel_are_those_a_search_in_order_finds(tmp_path: Path) -> None:
+    config = load(tmp_path)
+    for name in ("bus", "gw", "spare", "no-such-channel"):
+        assert config.meters_on(name) == tuple(m for m in config.meters if m.channel == name)
+    assert [c.name for c in config.channels] == ["bus", "gw", "spare"]
+    assert all(config.channel(c.name) is c for c in config.channels)
+    with pytest.raises(KeyError):
+        config.channel("no-such-channel")
+    # a config made from another one indexes its own meters
+    fewer = dataclasses.replace(config, meters=config.meters[:2])
+    assert [m.address for m in fewer.meters_on("bus")] == ["000000000001"]
+    assert config.meters_on("bus") != fewer.meters_on("bus")
+    assert fewer == dataclasses.replace(config, meters=config.meters[:2])  # the index is not compared
+
+
+def test_the_plan_is_what_every_poll_asks_of_every_meter_channel_by_channel(tmp_path: Path) -> None:
+    config = load(tmp_path)
+    plain = []  # the plan as it was first written: every meter of every poll, per channel
+    for ch in config.channels:
+        polls = []
+        for poll in config.polls:
+            meters = tuple((target(m), meter_reads(m, poll)) for m in config.meters
+                           if poll.selects(m) and m.channel == ch.name)
+            if meters:
+                polls.append((poll, meters))
+        plain.append((ch, polls))
+    plans = compile_plan(config)
+    assert [(p.channel, [(pp.poll, pp.meters) for pp in p.polls]) for p in plans] == plain
+    by_name = {p.channel.name: {pp.poll.name: pp.meters for pp in p.polls} for p in plans}
+    assert set(by_name["bus"]) == {"all", "homes", "shops-and-two", "listed"}
+    assert [t.address[-1] for t, _ in by_name["bus"]["shops-and-two"]] == ["3", "7"]
+    assert [t.address[-1] for t, _ in by_name["gw"]["shops-and-two"]] == ["2", "4"]
+    assert by_name["spare"] == {}
+    # alike meters share what they are asked (one object), a meter keeps one target across polls
+    everyone = dict(by_name["bus"]["all"])
+    reads = {t.address[-1]: r for t, r in by_name["bus"]["all"]}
+    assert reads["1"] is reads["5"] is reads["7"] and reads["3"] is not reads["1"]
+    gw = {t.address[-1]: r for t, r in by_name["gw"]["all"]}
+    assert gw["4"] is gw["6"] and gw["2"] is not gw["4"]
+    homes = {t.address[-1]: t for t, _ in by_name["bus"]["homes"]}
+    assert homes["1"] is next(t for t in everyone if t.address.endswith("1"))
+
+
+def test_a_meter_the_plan_cannot_ask_is_named(tmp_path: Path) -> None:
+    config = load(tmp_path)
+    poll = dataclasses.replace(config.polls[0], quantities=("frequency",))
+    broken = dataclasses.replace(config, polls=(poll,))  # past the loader, which would refuse it
+    with pytest.raises(ConfigError, match=r"all: meter 000000000003 \(dlt645-1997\) has no identifier for frequency"):
+        compile_plan(broken)
+
+
+def test_alike_meters_share_their_bounds_and_each_meter_has_its_own_values(tmp_path: Path) -> None:
+    config = load(tmp_path)
+    door = Door(config.meters)
+    for m in config.meters:
+        assert door.gate.bounds[m.address] == bounds(m), m.address
+    by = {m.address[-1]: door.gate.bounds[m.address] for m in config.meters}
+    assert by["4"] is not by["6"]  # ct 100 and ct 1 on one map
+    assert by["4"].max_kw == 100 * by["6"].max_kw
+    assert by["1"] is not by["5"]  # ct 1 and ct "1.0": equal, but written differently
+    assert str(by["5"].step) == str(bounds(config.meters[4]).step)
+    assert by["7"] is not by["1"] and by["7"].max_kw == by["8"].max_kw  # own ratings, equal
+    assert by["1"] is door.gate.bounds["000000000001"]
+
+
+def test_every_meter_a_poll_cannot_reach_is_named_not_only_the_first_of_its_kind(tmp_path: Path) -> None:
+    text = FLEET.replace('quantities = ["energy.active.import.total", "voltage.a"]',
+                         'quantities = ["energy.active.import.total", "frequency"]')
+    found = problems_of(tmp_path, text)
+    named = sorted(p.split("meters[")[1].split("]")[0] for p in found if "has no" in p)
+    assert named == ["2", "3", "5"], found  # 2007 meters have 02800002, the SDM630 a register
+    assert any("polls[0].quantities: meters[3] (000000000004, modbus model mine) has no register for frequency" in p
+               for p in found)
+    assert any("polls[0].quantities: meters[5] (000000000006, modbus model mine) has no register for frequency" in p
+               for p in found)
+    assert any("meters[2] (000000000003, dlt645-1997) has no identifier for frequency" in p for p in found)
+    found = problems_of(tmp_path, FLEET.replace('items = ["00010000"]', 'items_1997 = ["9010"]'))
+    assert any("polls[3]: reads nothing from meters[7] (000000000008, dlt645-2007)" in p for p in found), found
+
+
+def test_a_poll_of_a_group_nobody_is_in_or_of_no_meters_is_still_refused(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, FLEET.replace('groups = ["shops"]', 'groups = ["shop"]'))
+    assert any('polls[2].groups: no meter is in group "shop" (did you mean "shops"?)' in p for p in found), found
+    empty = FLEET.split("[[meters]]")[0] + '[[polls]]\nname = "p"\ninterval = 60\nquantities = ["voltage.a"]\n'
+    found = problems_of(tmp_path, empty)
+    assert any("polls[0]: selects no meters" in p for p in found), found
+    # a meter whose group is not a string: its own problem, and the poll check does not trip on it
+    found = problems_of(tmp_path, FLEET.replace('address = "1"\nchannel = "bus"\ngroup = "homes"',
+                                                'address = "1"\nchannel = "bus"\ngroup = ["homes"]'))
+    assert any("meters[0].group: must be a string" in p for p in found), found
+
+
+@pytest.mark.parametrize("address, expected", [
+    ("1", "000000000001"), ("000000001234", "000000001234"), (42, "000000000042"), (" 9 ", "000000000009"),
+    ("123456789012", "123456789012"),
+])
+def test_short_and_full_addresses_normalise_as_before(tmp_path: Path, address, expected) -> None:
+    shown = f'"{address}"' if isinstance(address, str) else str(address)
+    config = load(tmp_path, FLEET.replace('address = "1"\n', f"address = {shown}\n", 1))
+    assert config.meters[0].address == expected
+
+
+@pytest.mark.parametrize("address", ["1234567890123", "１２", "12a", "AAAAAAAAAAAA", "999999999999", "-1"])
+def test_addresses_that_are_not_meters_are_refused_naming_the_key(tmp_path: Path, address) -> None:
+    found = problems_of(tmp_path, FLEET.replace('address = "1"\n', f'address = "{address}"\n', 1))
+    assert any(p.startswith(f"{tmp_path / 'site.toml'}: meters[0].address: ") for p in found), found
+
+
+def test_a_secret_deep_in_lists_of_tables_is_still_found(tmp_path: Path) -> None:
+    data = {"store": {"data_dir": "d"}, "a": [{"b": [[{"Token": "x"}], 1]}], "secret": 3}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "s.toml")
+    problems = info.value.problems
+    assert any(p.startswith("s.toml: a[0].b[0][0].Token: a secret must not be written in the config") for p in problems)
+    assert any(p.startswith("s.toml: secret: a secret must not be written") for p in problems)
+
+
+def test_the_depth_check_names_the_first_container_too_deep_and_ignores_scalars() -> None:
+    check_depth({"a": [[1, 2, {"b": 3}]], "c": Decimal(1)}, "s.toml", limit=3)
+    with pytest.raises(ConfigError, match=r"s\.toml: a\[0\]\[2\]: nested more than 2 levels deep"):
+        check_depth({"a": [[1, 2, {"b": 3}]]}, "s.toml", limit=2)
+    check_depth([], "s.toml", limit=0)
