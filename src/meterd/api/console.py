@@ -369,8 +369,8 @@ async def account_page(api: Api, request: Request, caller: Caller | None) -> Res
         if found is None:
             raise ApiError(404, f"unknown account {name}")
         now = api.clock()
-        since = now - timedelta(days=days)
-        step = timedelta(hours=1) if days <= 2 else timedelta(days=1)
+        since = max(now - timedelta(days=days), found.opened)  # nothing before the account opened
+        step = _bucket(now - since)
         rows = api.control._read("SELECT COALESCE(SUM(amount_fen), 0) AS s FROM ledger WHERE account = ? AND ts < ?",
                                  (name, int(since.timestamp() * 1000)))
         running = int(rows[0]["s"])
