@@ -123,6 +123,21 @@ def command_state(history: Iterable[Command], kind: CommandKind) -> tuple[Comman
 # --- gathering ----------------------------------------------------------------------------------
 
 
+def terminal_list(config: Any, quality: Any) -> list[dict[str, Any]]:
+    """The config's terminals (DTU, MQTT and 1376.1 channels) with their online state, as
+    ``GET /api/v1/terminals`` lists them (for the CLI, which has no :class:`Api`)."""
+    from meterd.config.model import DtuLink, GdwLink, MqttLink
+
+    online = quality.online_since()
+    out = []
+    for ch in config.channels:
+        if isinstance(ch.link, (DtuLink, MqttLink, GdwLink)):
+            kind = "dtu" if isinstance(ch.link, DtuLink) else "mqtt" if isinstance(ch.link, MqttLink) else "gdw1376"
+            out.append({"id": ch.link.terminal, "channel": ch.name, "kind": kind, "online": ch.name in online,
+                        "meters": len(config.meters_on(ch.name))})
+    return out
+
+
 class AlarmWatch:
     """Gathers the conditions from the stores and syncs the alarm store (thread-safe; one sync at a
     time, a caller that finds one running reads the store as it is).  ``terminals``: the terminals
@@ -465,4 +480,4 @@ def endpoints(endpoint: type[Endpoint], errors: tuple[int, ...]) -> tuple[Endpoi
     )
 
 
-__all__ = ["ALARM_SCHEMAS", "AlarmWatch", "alarm_doc", "endpoints", "watching"]
+__all__ = ["ALARM_SCHEMAS", "AlarmWatch", "alarm_doc", "endpoints", "terminal_list", "watching"]

@@ -103,6 +103,7 @@ def _quiet_pipe() -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from meterd.cli import (
+        alarms,
         analytics,
         backup,
         cluster,
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"meterd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=MeterdParser)
     for module in (demo, run, migrate, read, probe, decode, readings, quality, simulate, prepaid, analytics, report, sync,
-                   token, backup, prune, cluster, config_cmd):
+                   token, backup, prune, cluster, config_cmd, alarms):
         module.add_parser(sub)
     return parser
 
