@@ -293,3 +293,48 @@ def test_commands_need_a_reason_and_record_it(site: tuple[Site, Clock]) -> None:
     status, _, cancelled = s.call("POST", f"/api/v1/commands/{cmd['id']}/cancel", role="operator",
                                   body={"reason": "customer paid"})
     assert status == 200 and cancelled["state"] == "cancelled"
+
+
+def test_a_growing_spool_is_one_alarm_resolved_when_it_drains(tmp_path: Path) -> None:
+    from meterd.api.alarms import AlarmWatch
+
+    sizes = iter([(10, 1000), (40, 4000), (90, 9000), (160, 16000), (300, 30000), (0, 0), (0, 0)])
+    with ControlStore(tmp_path) as control, AnomalyStore(tmp_path) as anomalies, OutageStore(tmp_path) as outages:
+        watch = AlarmWatch(tmp_path, control=control, anomalies=anomalies, outages=outages, spool=lambda: next(sizes))
+        try:
+            raised = []
+            for i in range(5):  # a sample every 15 s, as the daemon's watch takes them
+                result = watch.refresh(NOW + timedelta(seconds=15 * i), force=True)
+                assert result is not None
+                raised += result[0]
+            [alarm_id] = raised  # from the third sample on it grows: one alarm, not one per sample
+            alarm = watch.store.alarm(alarm_id)
+            assert alarm is not None and alarm.kind.value == "spool_growing" and alarm.detail["records"] == 300
+            assert watch.refresh(NOW + timedelta(seconds=75), force=True) == ([], [alarm_id])  # drained
+        finally:
+            watch.close()
+
+
+def test_the_daemons_api_syncs_alarms_in_the_background(tmp_path: Path) -> None:
+    """With a running node (``live``) the list is synced without anybody asking for it."""
+    import time
+
+    from meterd.storage.alarms import AlarmStore
+
+    class Node:  # what the daemon hands the API: only the spool's size matters here
+        def spool_size(self) -> tuple[int, int] | None:
+            return (0, 0)
+
+        def readiness(self) -> str | None:
+            return None
+
+    with AnomalyStore(tmp_path) as anomalies:
+        anomalies.update([Finding(M3, Kind.NO_DATA, Severity.CRITICAL, NOW, "silent", ())], [], NOW)
+    with ControlStore(tmp_path), serve(create_app(tmp_path, clock=Clock(), live=Node())):  # type: ignore[arg-type]
+        deadline = time.monotonic() + 10
+        with AlarmStore(tmp_path) as store:
+            while not store.alarms()[0]:
+                assert time.monotonic() < deadline, "no alarm raised in the background"
+                time.sleep(0.05)
+            [alarm] = store.alarms()[0]
+    assert alarm.subject == M3 and alarm.severity.value == "critical"
