@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from meterd.analytics.energy import IMPORT_DAILY, DailyRegisterStore
 from meterd.clock import CST
@@ -122,7 +123,13 @@ def seed(data: Path) -> None:
         archive.record_attempts(attempts)
     with QualityStore(data) as quality:
         quality.set_areas({meters[0]: "TA1", meters[1]: "TA1", meters[2]: "TA1", meters[3]: "TA2", meters[4]: "TA2"})
-    with ControlStore(data) as control:
+    seed_ledger(data)
+
+
+def seed_ledger(where: Any) -> None:
+    """The accounts and their ledger, in a data directory or a PostgreSQL database."""
+    meters = [f"{i:012d}" for i in range(1, 6)]
+    with ControlStore(where) as control:
         # A1 (TA1): opened 2026-09-01 with 100.00; Oct: +50.00, -30.25; Nov: +20.00, -45.50; Dec 1 00:00: -10.00
         control.upsert_accounts([AccountSpec("A1", "res", {meters[1]: Decimal(1)}, customer="张三", area="TA1",
                                              opening_balance=Decimal("100.00"))], actor="test", now=cst(2026, 9, 1))

@@ -244,3 +244,19 @@ def test_the_generated_time_is_passed_in(site: Any) -> None:
     later = datetime(2027, 1, 2, 3, 4, 5, tzinfo=CST)
     render("energy", site, out, period="2026-11", base=None, by=None, now=later, zone=CST, today=later.date())
     assert openpyxl.load_workbook(out).active["B5"].value == "2027-01-02 03:04:05+08:00"
+
+
+def test_balances_on_both_backends(state_where: Any) -> None:
+    """The ledger sums are SQL: the same figures from SQLite and PostgreSQL."""
+    from types import SimpleNamespace
+
+    from report_site import seed_ledger
+
+    seed_ledger(state_where)
+    config = SimpleNamespace(source="pg.toml", store=SimpleNamespace(state=state_where))
+    out = io.BytesIO()
+    write_workbook(balances_report(config, report_periods("2026-11", None, today=TODAY), now=NOW, zone=CST, page=2),
+                   out)
+    detail = {r["Account"]: r for r in table(openpyxl.load_workbook(out)["余额明细 Accounts"])}
+    assert (detail["A1"]["Closing balance (元)"], detail["A1"]["Base closing balance (元)"]) == (94.25, 119.75)
+    assert (detail["A2"]["Closing balance (元)"], detail["A3"]["Closing balance (元)"]) == (-2.01, None)

@@ -368,10 +368,9 @@ def balances_report(config: Any, periods: Periods, *, now: datetime, zone: tzinf
     start, end = day_start(rep.start, zone), day_start(rep.end + timedelta(days=1), zone)
     base_end = day_start(base.end + timedelta(days=1), zone)
     areas: dict[str, _AreaTally] = {}
-    store = BalanceQueries(config.store.state)
 
     def detail() -> Iterator[Sequence[Any]]:
-        try:
+        with BalanceQueries(config.store.state) as store:
             for rows in store.pages(start=start, end=end, base_end=base_end, area=area, page=page):
                 for (account, customer, where, state, opened, _, opening, pay, charge, other, base_fen) in rows:
                     closing = None if opened >= to_ms(end) else opening + pay + charge + other
@@ -391,8 +390,6 @@ def balances_report(config: Any, periods: Periods, *, now: datetime, zone: tzinf
                            fen_to_yuan(base_closing),
                            None if closing is None or base_closing is None else fen_to_yuan(closing - base_closing),
                            change(closing, base_closing))
-        finally:
-            store.close()
 
     def summary() -> list[Sequence[Any]]:
         rows: list[Sequence[Any]] = []

@@ -143,19 +143,26 @@ def _header(ws: Any, sheet: Sheet) -> None:
 
 
 def _rows(ws: Any, sheet: Sheet, rows: Iterable[Sequence[Any]]) -> int:
-    # One cell object per column, reused row after row: write-only mode serialises a row when it
-    # is appended, so a sheet of 100,000 rows costs the memory of one.
-    cells = []
+    # One cell object per formatted column, reused row after row: write-only mode serialises a row
+    # when it is appended, so a sheet of 100,000 rows costs the memory of one.  Text and empty
+    # cells go as plain values (openpyxl takes a cell object the slow way, through an exception).
+    cells: list[WriteOnlyCell | None] = []
     for col in sheet.columns:
+        if col.fmt == "text":
+            cells.append(None)
+            continue
         c = WriteOnlyCell(ws)
         c.number_format = FORMATS[col.fmt]
         cells.append(c)
     n = 0
     for values in rows:
-        out = []
+        out: list[Any] = []
         for c, value in zip(cells, values, strict=True):
-            c.value = value
-            out.append(c)
+            if c is None or value is None:
+                out.append(value)
+            else:
+                c.value = value
+                out.append(c)
         ws.append(out)
         n += 1
     return n
