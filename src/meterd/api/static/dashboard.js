@@ -838,7 +838,7 @@
 
   function detailText(detail) {
     if (!detail || typeof detail !== "object") return String(detail ?? "");
-    return Object.entries(detail).filter(([k]) => k !== "token_id").map(([k, v]) =>
+    return Object.entries(detail).filter(([k, v]) => k !== "token_id" && v !== null && v !== "").map(([k, v]) =>
       `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(" · ");
   }
 
@@ -1170,8 +1170,8 @@
         onclick: () => { state.view.alarmState = s; refresh(); } },
       t(`alarmstate.${s}`) + (counts[s] !== undefined ? ` (${counts[s]})` : ""))));
     const rows = (doc ? doc.alarms : []).map((a) => [
-      when(a.raised_at), badge("severity", a.severity), word("alarmkind", a.kind), subjectLink(a.subject),
-      el("td", { class: "reason" }, el("strong", null, a.title), a.detail ? el("div", { class: "muted" }, a.detail) : null,
+      when(a.raised_at), badge("severity", a.severity), word("alarmkind", a.kind), subjectLink(a.kind, a.subject),
+      el("td", { class: "reason" }, el("strong", null, a.title), a.detail ? el("div", { class: "muted" }, detailText(a.detail)) : null,
         (a.history || []).length ? el("details", null, el("summary", null, t("alarms.history", { n: a.history.length })),
           el("ul", { class: "history" }, a.history.map((h) => el("li", null,
             `${when(h.at)} ${h.by}: ${word("alarmaction", h.action)}${h.comment ? ` — ${h.comment}` : ""}`)))) : null),
@@ -1185,14 +1185,11 @@
       "col.assignee", "col.actions"], rows, "empty.alarms"), pagerControls(`alarms-${wanted}`, doc && doc.next));
   };
 
-  function subjectLink(subject) {
+  function subjectLink(kind, subject) {
     const text = String(subject || "");
-    const [kind, ...rest] = text.split(":");
-    const id = rest.join(":");
-    if (kind === "meter" && id) return meterLink(id);
-    if (kind === "account" && id) return accountLink(id);
-    if ((kind === "unit" || kind === "area") && id) return areaLink(id);
-    if (kind === "terminal" && id) return terminalLink(id);
+    if (["anomaly", "relay_stuck", "command_failed"].includes(kind) && text) return meterLink(text);
+    if (kind === "outage" && text) return areaLink(text);
+    if (kind === "terminal_offline" && text) return terminalLink(text);
     if (/^\d{12}$/.test(text)) return meterLink(text);
     return text || "–";
   }
