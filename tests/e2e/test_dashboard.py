@@ -213,7 +213,7 @@ def test_search_a_meter_by_its_last_digits_and_trip_it_as_an_operator(demo, brow
         page.wait_for_selector("#p-commands .b-confirmed", timeout=30_000)
         page.wait_for_selector("#relay-state[data-open=true]", timeout=15_000)
         shot(page, shots, "meter-tripped")
-        status, doc = call(base, "GET", "/api/v1/console/commands?meter=000000000002&limit=1", tokens["viewer"])
+        _, doc = call(base, "GET", "/api/v1/console/commands?meter=000000000002&limit=1", tokens["viewer"])
         command = doc["commands"][0]  # type: ignore[index]
         assert (command["kind"], command["state"], command["requested_by"]) == ("trip", "confirmed", "console-operator")
         assert command["read_back"]["relay.open"] is True
@@ -265,7 +265,7 @@ def test_an_operator_acknowledges_an_alarm(demo, browser, shots):
         acked.locator("summary").click()
         assert "crew informed" in acked.inner_text()
         shot(page, shots, "alarms")
-        status, doc = call(base, "GET", "/api/v1/alarms?state=acknowledged", tokens["viewer"])
+        _, doc = call(base, "GET", "/api/v1/alarms?state=acknowledged", tokens["viewer"])
         alarm = next(a for a in doc["alarms"] if "console test" in json.dumps(a))  # type: ignore[index]
         assert alarm["history"][-1]["by"] == "console-operator" and alarm["history"][-1]["comment"] == "crew informed"
         assert not page.problems, page.problems
