@@ -51,6 +51,7 @@ from typing import TypedDict
 
 from meterd.app import build_node
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, format_value, print_json
+from meterd.cli.demo_terminals import DemoTerminals, start_terminals
 from meterd.cli.run import summary, summary_lines
 from meterd.clock import CST, local_text, today_cst
 from meterd.collector.daemon import describe_plan
@@ -150,7 +151,8 @@ def demo_area(spec_kinds: dict[str, str]) -> AreaSpec:
                     ct={a: meter_ct(a, spec_kinds[a]) for a in members if meter_ct(a, spec_kinds[a]) != 1})
 
 
-def demo_config(fleet, data_dir: Path, interval: float, api: tuple[str, int] | None = None) -> str:
+def demo_config(fleet, data_dir: Path, interval: float, api: tuple[str, int] | None = None,
+                terminals: DemoTerminals | None = None) -> str:
     lines = ["[store]", f'data_dir = "{data_dir.resolve()}"', 'flush_interval = "1s"', ""]
     if api is not None:
         lines += ["[api]", f"host = {json.dumps(api[0])}", f"port = {api[1]}", ""]
@@ -177,6 +179,8 @@ def demo_config(fleet, data_dir: Path, interval: float, api: tuple[str, int] | N
             if protocol == "modbus":
                 lines += [f"unit = {units[address]}", f'model = "{bus.model}"']
             lines.append("")
+    if terminals is not None:  # the concentrator, DTU and MQTT terminal with their meters
+        lines += terminals.config_lines()
     lines += ["[[polls]]", 'name = "realtime"', f"interval = {interval}",
               "quantities = [" + ", ".join(f'"{q}"' for q in DEMO_QUANTITIES) + "]", ""]
     # DL/T 645-1997 has no relay state to read: the relay poll goes to the other meters
@@ -200,7 +204,7 @@ def demo_config(fleet, data_dir: Path, interval: float, api: tuple[str, int] | N
 # the trip is seconds here so the story fits in a minute; a site keeps the default of a day.
 PREPAID_ACCOUNT, PROTECTED_ACCOUNT = "DEMO-1001", "DEMO-1003"
 PREPAID_METER = "000000000009"
-OPENING, TOP_UP = "1.50", "200.00"  # the story runs at night (low load): a small opening
+OPENING, TOP_UP = "0.70", "200.00"  # the story runs at night (low load): a small opening, below the alarm level
 PREPAID_CONFIG = f"""
 [prepaid]
 check_every = "2s"
@@ -426,9 +430,12 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float, *, q
     kinds = {a: kind for (_, kind), bus in zip(spec.bus_layout(), spec.addresses()) for a in bus}
     spec = dataclasses.replace(spec, areas=[demo_area(kinds)])
     fleet = await run_fleet(spec)
+    terminals: DemoTerminals | None = None
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        text = demo_config(fleet, data_dir, interval, api)
+        assert spec.start is not None
+        terminals = await start_terminals(data_dir, spec.start, spec.speed)
+        text = demo_config(fleet, data_dir, interval, api, terminals)
         (data_dir / "demo.toml").write_text(text)
         import tomllib
 
@@ -441,6 +448,8 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float, *, q
         print(f"area {AREA}: supply meter {AREA_SUPPLY} measures {len(AREA_CUSTOMERS)} customers plus a "
               f"{AREA_LOSS:.0%} technical loss; the meters' clocks start at {clocks} "
               f"with {HISTORY_DAYS} days of daily freezes (try: meterd lineloss -c {data_dir / 'demo.toml'})")
+        for line in terminals.describe():
+            print(line)
         for name, value in DEMO_SECRETS.items():
             os.environ.setdefault(name, value)
         if api is not None:
@@ -464,9 +473,18 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float, *, q
 
             watcher = asyncio.create_task(watch_prepaid(config.store.data_dir, stop, stop_after_story=stop_after_story,
                                                         press=press, interval=interval))
+
+            def say(line: str) -> None:
+                print(f"{_now_text()} terminals: {line}")
+                sys.stdout.flush()
+
+            cut = asyncio.create_task(terminals.cut(say, stop))
+            dial = asyncio.create_task(terminals.dial_dtus(spec.speed, spec.start, stop))
             settle_heap()  # this command owns the process: start-up's objects are out of the collector's way
             await node.run(stop)
             story = await watcher
+            await cut
+            await dial
             stats = node.stats()
             total = store.count_readings()
         print(f"stored {total} readings in {data_dir}; try: meterd readings --meter 000000000001 "
@@ -475,6 +493,8 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float, *, q
               f"meterd ledger {PREPAID_ACCOUNT} --data-dir {data_dir}; meterd commands --data-dir {data_dir}")
         return {"channels": stats, "prepaid": story}
     finally:
+        if terminals is not None:
+            await terminals.close()
         await fleet.close()
 
 
