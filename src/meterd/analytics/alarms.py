@@ -48,7 +48,8 @@ SPOOL_MIN_SAMPLES: Final = 3
 
 
 def anomaly_conditions(events: Iterable[Event]) -> list[Condition]:
-    """One condition per open anomaly event (closed events are no condition)."""
+    """One condition per open anomaly event (closed events are no condition).  The detail leaves out
+    what changes at every check (``last_seen``), so a sync rewrites an alarm only when it changed."""
     out = []
     for e in events:
         if e.closed is not None or str(e.kind) in SKIPPED_ANOMALIES:
@@ -57,8 +58,7 @@ def anomaly_conditions(events: Iterable[Event]) -> list[Condition]:
         out.append(Condition(
             f"anomaly:{e.id}", AlarmKind.ANOMALY, e.meter, SEVERITY.get(Severity(e.severity), AlarmSeverity.MAJOR),
             f"meter {e.meter}: {words}", e.opened,
-            {"anomaly_id": e.id, "anomaly_kind": str(e.kind), "text": e.detail, "opened": e.opened.isoformat(),
-             "last_seen": e.last_seen.isoformat()}))
+            {"anomaly_id": e.id, "anomaly_kind": str(e.kind), "text": e.detail, "opened": e.opened.isoformat()}))
     return out
 
 

@@ -154,6 +154,7 @@ class AlarmWatch:
         self._lock = threading.Lock()
         self._last: datetime | None = None  # the ``now`` of the last sync
         self._spool: deque[tuple[datetime, int, int]] = deque(maxlen=_SPOOL_SAMPLES)
+        self.background = False  # synced by :func:`watching`: requests read the store as it is
 
     @classmethod
     def of(cls, api: Api) -> AlarmWatch:
@@ -166,9 +167,10 @@ class AlarmWatch:
         self.store.close()
 
     def refresh(self, now: datetime, *, force: bool = False) -> tuple[list[int], list[int]] | None:
-        """Sync the alarms with what holds at ``now``; None when skipped (one ran within
-        :data:`REFRESH_EVERY`, or one is running)."""
-        if not force and self._last is not None and timedelta(0) <= now - self._last < REFRESH_EVERY:
+        """Sync the alarms with what holds at ``now``; None when skipped (not ``force``d and synced
+        in the background, or synced within :data:`REFRESH_EVERY`; or one is running)."""
+        if not force and (self.background or self._last is not None
+                          and timedelta(0) <= now - self._last < REFRESH_EVERY):
             return None
         if not self._lock.acquire(blocking=force):
             return None
@@ -186,7 +188,7 @@ class AlarmWatch:
         """Every condition holding at ``now`` and every key checked (an ongoing alarm whose key was
         checked and has no condition is resolved)."""
         ongoing = self.store.ongoing_keys()
-        conditions = anomaly_conditions(self.anomalies.events(state="open", limit=1_000_000))
+        conditions = anomaly_conditions(self.anomalies.open_events())
         conditions += outage_conditions(self.outages.outages(True, limit=1_000_000))
         checked = {k for k, kind in ongoing.items() if kind in (AlarmKind.ANOMALY, AlarmKind.OUTAGE)}
         if self.terminals is not None:
@@ -245,9 +247,11 @@ async def watching(api: Api) -> AsyncIterator[None]:
             await asyncio.sleep(WATCH_EVERY)
 
     task = asyncio.create_task(loop(), name="alarm-watch")
+    api.alarms.background = True
     try:
         yield
     finally:
+        api.alarms.background = False
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 

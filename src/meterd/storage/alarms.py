@@ -220,53 +220,77 @@ class AlarmStore(StateDatabase):
 
     # --- conditions in, alarms raised and resolved ------------------------------------------------
 
+    _ONGOING: Final = "SELECT id, cond_key, severity, title, detail, state FROM alarms WHERE ongoing = 1"
+
     def sync(self, conditions: Iterable[Condition], checked: Iterable[str], now: datetime
              ) -> tuple[list[int], list[int]]:
         """Apply what the sources found: an alarm raised for each condition without an ongoing one
         (its title, severity and detail refreshed otherwise), and the ongoing alarm of each key in
-        ``checked`` that has no condition resolved.  Returns (ids raised, ids resolved)."""
-        found: dict[str, Condition] = {}
+        ``checked`` that has no condition resolved.  Returns (ids raised, ids resolved).
+
+        The changes are worked out from a plain read first; only when there are some is the write
+        transaction taken (and the read done again inside it), so a sync that finds everything as
+        it was -- the usual case, every 15 s -- holds no write lock."""
+        found: dict[str, tuple[Condition, str, str]] = {}
         for c in conditions:
-            found.setdefault(c.key, c)
+            if c.key not in found:
+                found[c.key] = (c, _clip(c.title, MAX_TITLE), _detail_json(c.detail))
         quiet = set(checked) - found.keys()
-        now_ms = to_ms(now)
-        raised: list[int] = []
-        resolved: list[int] = []
+        if not self._changes(self._read(self._ONGOING), found, quiet):
+            return [], []
         with self._write() as conn:
-            ongoing = {key: (i, severity, title, detail, state) for i, key, severity, title, detail, state in conn.execute(
-                "SELECT id, cond_key, severity, title, detail, state FROM alarms WHERE ongoing = 1")}
-            for key, c in found.items():
-                detail = _detail_json(c.detail)
-                title = _clip(c.title, MAX_TITLE)
-                current = ongoing.get(key)
-                if current is None:
-                    since = min(to_ms(c.since), now_ms)
-                    cur = conn.execute(
-                        "INSERT INTO alarms (cond_key, kind, subject, severity, title, detail, raised_ts, updated_ts,"
-                        " state, ongoing) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
-                        (key, c.kind.value, c.subject, c.severity.value, title, detail, since, now_ms,
-                         AlarmState.OPEN.value))
-                    assert cur.lastrowid is not None
-                    raised.append(cur.lastrowid)
-                    conn.execute("INSERT INTO alarm_history (alarm, ts, actor, action, comment) VALUES (?, ?, ?, ?, ?)",
-                                 (cur.lastrowid, since, SYSTEM, Action.RAISED.value, None))
-                elif current[1:4] != (c.severity.value, title, detail):
-                    conn.execute("UPDATE alarms SET severity = ?, title = ?, detail = ?, updated_ts = ? WHERE id = ?",
-                                 (c.severity.value, title, detail, now_ms, current[0]))
-            for key in quiet:
-                current = ongoing.get(key)
-                if current is None:
-                    continue
-                alarm_id, state = current[0], current[4]
-                if state == AlarmState.CLOSED:
-                    conn.execute("UPDATE alarms SET ongoing = 0, updated_ts = ? WHERE id = ?", (now_ms, alarm_id))
-                else:
-                    conn.execute("UPDATE alarms SET ongoing = 0, state = ?, closed_ts = ?, updated_ts = ? WHERE id = ?",
-                                 (AlarmState.CLOSED.value, now_ms, now_ms, alarm_id))
-                conn.execute("INSERT INTO alarm_history (alarm, ts, actor, action, comment) VALUES (?, ?, ?, ?, ?)",
-                             (alarm_id, now_ms, SYSTEM, Action.RESOLVED.value, "the condition cleared"))
-                resolved.append(alarm_id)
-        return raised, resolved
+            return self._apply(conn, conn.execute(self._ONGOING).fetchall(), found, quiet, to_ms(now))
+
+    @staticmethod
+    def _changes(rows: Iterable[Sequence[Any]], found: Mapping[str, tuple[Condition, str, str]],
+                 quiet: set[str]) -> bool:
+        ongoing = {r[1]: r for r in rows}
+        if any(key in ongoing for key in quiet):
+            return True
+        for key, (c, title, detail) in found.items():
+            current = ongoing.get(key)
+            if current is None or tuple(current[2:5]) != (c.severity.value, title, detail):
+                return True
+        return False
+
+    def _apply(self, conn: Any, rows: Iterable[Sequence[Any]], found: Mapping[str, tuple[Condition, str, str]],
+               quiet: set[str], now_ms: int) -> tuple[list[int], list[int]]:
+        """The changes as a few batches (PostgreSQL pipelines a batch: one wait, not one per alarm)."""
+        ongoing = {r[1]: r for r in rows}  # key -> (id, key, severity, title, detail, state)
+        new: list[tuple[Any, ...]] = []
+        changed: list[tuple[Any, ...]] = []
+        for key, (c, title, detail) in found.items():
+            current = ongoing.get(key)
+            if current is None:
+                new.append((key, c.kind.value, c.subject, c.severity.value, title, detail,
+                            min(to_ms(c.since), now_ms), now_ms, AlarmState.OPEN.value))
+            elif tuple(current[2:5]) != (c.severity.value, title, detail):
+                changed.append((c.severity.value, title, detail, now_ms, current[0]))
+        history: list[tuple[Any, ...]] = []
+        raised: list[int] = []
+        if new:
+            conn.executemany("INSERT INTO alarms (cond_key, kind, subject, severity, title, detail, raised_ts, "
+                             "updated_ts, state, ongoing) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)", new)
+            ids = {key: i for i, key in conn.execute(  # the new ones among them: one ongoing alarm per key
+                "SELECT id, cond_key FROM alarms WHERE ongoing = 1 AND updated_ts = ?", (now_ms,))}
+            for key, *_, since, _updated, _state in new:
+                raised.append(ids[key])
+                history.append((ids[key], since, SYSTEM, Action.RAISED.value, None))
+        if changed:
+            conn.executemany("UPDATE alarms SET severity = ?, title = ?, detail = ?, updated_ts = ? WHERE id = ?",
+                             changed)
+        resolved = [ongoing[key] for key in quiet if key in ongoing]
+        if resolved:
+            conn.executemany("UPDATE alarms SET ongoing = 0, updated_ts = ? WHERE id = ?",
+                             [(now_ms, r[0]) for r in resolved if r[5] == AlarmState.CLOSED])
+            conn.executemany("UPDATE alarms SET ongoing = 0, state = ?, closed_ts = ?, updated_ts = ? WHERE id = ?",
+                             [(AlarmState.CLOSED.value, now_ms, now_ms, r[0]) for r in resolved
+                              if r[5] != AlarmState.CLOSED])
+            history += [(r[0], now_ms, SYSTEM, Action.RESOLVED.value, "the condition cleared") for r in resolved]
+        if history:
+            conn.executemany("INSERT INTO alarm_history (alarm, ts, actor, action, comment) VALUES (?, ?, ?, ?, ?)",
+                             history)
+        return sorted(raised), sorted(r[0] for r in resolved)
 
     def ongoing_keys(self, kinds: Iterable[AlarmKind] | None = None) -> dict[str, AlarmKind]:
         """The keys of the ongoing alarms (their condition not seen to clear), with their kind."""

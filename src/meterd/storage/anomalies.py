@@ -152,6 +152,14 @@ class AnomalyStore(StateDatabase):
         """Anomaly events open now."""
         return sum(self._count_by("anomalies", "kind", "closed_ts IS NULL").values())
 
+    def open_events(self) -> list[Event]:
+        """The events open now, oldest first, *without* their evidence (``evidence`` is empty): for
+        lists of thousands (the alarm list), where decoding every event's evidence would dominate."""
+        rows = self._read("SELECT id, meter, kind, severity, opened_ts, last_seen_ts, detail FROM anomalies "
+                          "WHERE closed_ts IS NULL ORDER BY id")
+        return [Event(i, m, Kind(k), Severity(s), from_ms(o), from_ms(seen), None, d, ())
+                for i, m, k, s, o, seen, d in rows]
+
     def record(self, findings: Iterable[Finding], now: datetime, *,
                resolved: Iterable[tuple[str, Kind]] = ()) -> tuple[list[Event], list[Event]]:
         """Open (or bring up to date) an event per finding, and close the open events of
