@@ -58,6 +58,8 @@ def test_spool_growing_over_the_window_only() -> None:
     assert spool_condition([*growing, (at(60), 5, 50)], at(60)) is None  # draining
     assert spool_condition([(at(0), 10, 1), (at(15), 10, 1), (at(30), 10, 1)], at(30)) is None  # flat
     assert spool_condition(growing, at(45 + 600)) is None  # samples older than the window
+    node = spool_condition(growing, at(45), node="collector-a")  # each collector node has its own spool
+    assert node is not None and node.key == "spool:collector-a" and "collector-a" in node.title
 
 
 def test_a_meters_commands_decide_one_condition_per_kind() -> None:

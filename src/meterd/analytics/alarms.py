@@ -22,7 +22,8 @@ from typing import Any, Final
 from meterd.storage.alarms import AlarmKind, AlarmSeverity, Condition
 from meterd.storage.anomalies import Event, Severity
 
-__all__ = ["SPOOL_WINDOW", "anomaly_conditions", "outage_conditions", "spool_condition", "terminal_conditions"]
+__all__ = ["SPOOL_WINDOW", "anomaly_conditions", "outage_conditions", "spool_condition", "spool_key",
+           "terminal_conditions"]
 
 SEVERITY: Final = {Severity.CRITICAL: AlarmSeverity.CRITICAL, Severity.WARNING: AlarmSeverity.MAJOR,
                    Severity.INFO: AlarmSeverity.MINOR}
@@ -98,17 +99,24 @@ def terminal_conditions(terminals: Iterable[Mapping[str, Any]], now: datetime,
     return out
 
 
-def spool_condition(samples: Sequence[tuple[datetime, int, int]], now: datetime) -> Condition | None:
+def spool_condition(samples: Sequence[tuple[datetime, int, int]], now: datetime, *,
+                    node: str | None = None) -> Condition | None:
     """The spool's (time, records, bytes) samples, oldest first: a condition when, over the last
     :data:`SPOOL_WINDOW` (at least :data:`SPOOL_MIN_SAMPLES` samples), it never shrank and ended
-    larger than it began.  A spool that drains, or stays as it is for a whole window, clears it."""
+    larger than it began.  A spool that drains, or stays as it is for a whole window, clears it.
+    ``node``: among collector nodes, whose spool (each node has its own: key ``spool:<node>``)."""
     recent = [s for s in samples if s[0] >= now - SPOOL_WINDOW]
     if len(recent) < SPOOL_MIN_SAMPLES:
         return None
     first, last = recent[0], recent[-1]
     if last[1] <= first[1] or any(b[1] < a[1] for a, b in pairwise(recent)):
         return None
-    return Condition("spool", AlarmKind.SPOOL_GROWING, "spool", AlarmSeverity.MAJOR,
-                     f"the readings spool keeps growing: {last[1]} records ({last[2]} bytes) waiting for the store",
+    key = spool_key(node)
+    return Condition(key, AlarmKind.SPOOL_GROWING, key.replace(":", " "), AlarmSeverity.MAJOR,
+                     f"the readings spool{'' if node is None else ' of node ' + node} keeps growing: {last[1]} records ({last[2]} bytes) waiting for the store",
                      first[0], {"records": last[1], "bytes": last[2], "records_before": first[1],
                                 "since": first[0].isoformat()})
+
+
+def spool_key(node: str | None = None) -> str:
+    return "spool" if node is None else f"spool:{node}"

@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import re
+import socket
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -38,7 +39,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from meterd.analytics.alarms import anomaly_conditions, outage_conditions, spool_condition, terminal_conditions
+from meterd.analytics.alarms import (
+    anomaly_conditions,
+    outage_conditions,
+    spool_condition,
+    spool_key,
+    terminal_conditions,
+)
 from meterd.analytics.outages import OutageStore
 from meterd.api.schemas import MONEY, OPT_STR, SCHEMAS, STR, TIME, array, obj, ref
 from meterd.api.tokens import Role
@@ -142,15 +149,16 @@ class AlarmWatch:
     """Gathers the conditions from the stores and syncs the alarm store (thread-safe; one sync at a
     time, a caller that finds one running reads the store as it is).  ``terminals``: the terminals
     as the API lists them (None: not judged -- no site config); ``watched``: since when the master
-    has polled each terminal's channel; ``spool``: the running node's spool size (records, bytes)."""
+    has polled each terminal's channel; ``spool``: the running node's spool size (records, bytes);
+    ``node``: its name among collector nodes (each watches its own spool)."""
 
     def __init__(self, where: Location, *, control: ControlStore, anomalies: AnomalyStore, outages: OutageStore,
                  terminals: Callable[[], list[dict[str, Any]]] | None = None,
                  watched: Callable[[], dict[str, datetime]] | None = None,
-                 spool: Callable[[], tuple[int, int] | None] | None = None) -> None:
+                 spool: Callable[[], tuple[int, int] | None] | None = None, node: str | None = None) -> None:
         self.store = AlarmStore(where)
         self.control, self.anomalies, self.outages = control, anomalies, outages
-        self.terminals, self.watched, self.spool = terminals, watched, spool
+        self.terminals, self.watched, self.spool, self.node = terminals, watched, spool, node
         self._lock = threading.Lock()
         self._last: datetime | None = None  # the ``now`` of the last sync
         self._spool: deque[tuple[datetime, int, int]] = deque(maxlen=_SPOOL_SAMPLES)
@@ -159,11 +167,19 @@ class AlarmWatch:
     @classmethod
     def of(cls, api: Api) -> AlarmWatch:
         """The watch over the API's own stores (terminals judged with a site config, the spool in the daemon)."""
+        cluster = getattr(api.config, "cluster", None)
+        node = None if cluster is None else cluster.node or socket.gethostname()
         return cls(api.where, control=api.control, anomalies=api.anomalies, outages=api.outages,
                    terminals=api._terminals if api.config is not None else None, watched=api.quality.watched_since,
-                   spool=api.live.spool_size if api.live is not None else None)
+                   spool=api.live.spool_size if api.live is not None else None, node=node)
+
+    def idle(self) -> None:
+        """Return once no sync is running (the stores it reads may be closed then)."""
+        with self._lock:
+            pass
 
     def close(self) -> None:
+        self.idle()
         self.store.close()
 
     def refresh(self, now: datetime, *, force: bool = False) -> tuple[list[int], list[int]] | None:
@@ -198,10 +214,10 @@ class AlarmWatch:
             size = self.spool()
             if size is not None:
                 self._spool.append((now, size[0], size[1]))
-                found = spool_condition(list(self._spool), now)
+                found = spool_condition(list(self._spool), now, node=self.node)
                 if found is not None:
                     conditions.append(found)
-                checked.add("spool")
+                checked.add(spool_key(self.node))
         found_commands, keys = self._commands(ongoing)
         return conditions + found_commands, checked | keys
 
@@ -254,6 +270,7 @@ async def watching(api: Api) -> AsyncIterator[None]:
         api.alarms.background = False
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        await run_in_threadpool(api.alarms.idle)  # a sync cancelled while in its thread has ended
 
 
 # --- documents ----------------------------------------------------------------------------------
