@@ -181,6 +181,11 @@ def _chart(ws: Any, sheet: Sheet, spec: Chart, index: int) -> None:
         chart = LineChart()
     chart.title = spec.title
     chart.y_axis.title = spec.y_title
+    # openpyxl 3.1 writes the axes as deleted unless told: recent Excel then draws none
+    chart.x_axis.delete = False
+    chart.y_axis.delete = False
+    if all(sheet.columns[s].fmt == "pct" for s in spec.series):
+        chart.y_axis.number_format = "0.0%"
     chart.height, chart.width = 9, max(16, min(40, 2 + rows * len(spec.series) * 0.6))
     first, last = HEADER_ROW, HEADER_ROW + rows
     for s in spec.series:
