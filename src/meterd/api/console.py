@@ -81,10 +81,25 @@ def _terminal_channels(api: Api) -> list[tuple[str, str, str]]:
     return [(t["id"], t["channel"], t["kind"]) for t in api._terminals()]
 
 
+def _owners(api: Api, meters: Iterable[str]) -> dict[str, str]:
+    """meter -> its account, for a page of meters (one query, not the district's table)."""
+    meters = list(meters)
+    if not meters:
+        return {}
+    marks = ", ".join("?" for _ in meters)
+    return {r["meter"]: r["account"] for r in api.control._read(
+        f"SELECT meter, account FROM account_meters WHERE meter IN ({marks})", meters)}
+
+
 def _meter_list(api: Api) -> list[Any]:
-    """The configured meters by address (the config's list), else the archive's records."""
+    """The configured meters by address (the config's list, sorted once per config), else the
+    archive's records."""
     if api.config is not None and api.config.meters:
-        return sorted(api.config.meters, key=lambda m: m.address)
+        cached = getattr(api, "_console_meters", None)
+        if cached is None or cached[0] is not api.config:
+            cached = (api.config, sorted(api.config.meters, key=lambda m: m.address))
+            api._console_meters = cached  # type: ignore[attr-defined]
+        return cached[1]
     return list(api.archive.meters())
 
 
@@ -115,7 +130,6 @@ async def search(api: Api, request: Request, caller: Caller | None) -> Response:
     def work() -> dict[str, Any]:
         found: list[dict[str, Any]] = []
         low = q.lower()
-        owners = api.control.meter_accounts()
         # meters: the exact address first, then short forms and names
         exact = address_key(q)
         meters = _meter_list(api)
@@ -124,10 +138,10 @@ async def search(api: Api, request: Request, caller: Caller | None) -> Response:
             (q.isdigit() and _digits_match(m.address, q)) or (m.name and low in m.name.lower()))][:limit]
         if not hits and api._meter_exists(exact):
             hits = [MeterRecord(exact, "", "", Decimal(1), Decimal(1))]
+        owners = _owners(api, (m.address for m in hits[:limit]))
         for m in hits[:limit]:
-            owner = owners.get(m.address)
             found.append({"type": "meter", "id": m.address, "label": m.address,
-                          "detail": " · ".join(x for x in (m.name, m.channel, owner[0] if owner else "") if x)})
+                          "detail": " · ".join(x for x in (m.name, m.channel, owners.get(m.address, "")) if x)})
         # accounts by their name or the customer's
         like = f"%{low}%"
         for r in api.control._read("SELECT account, customer, area, state FROM accounts WHERE LOWER(account) LIKE ?"
@@ -160,14 +174,32 @@ async def meter_list(api: Api, request: Request, caller: Caller | None) -> Respo
         if channel is None and group is None and (api.config is None or not api.config.meters):
             rows: list[Any] = api.archive.meters(after=after, limit=limit + 1)
         else:
-            rows = [m for m in _meter_list(api) if (after is None or m.address > after)
-                    and (channel is None or m.channel == channel) and (group is None or m.group == group)][:limit + 1]
+            meters = _meter_list(api)
+            start = 0 if after is None else _after(meters, after)
+            rows = []
+            for m in meters[start:]:
+                if (channel is None or m.channel == channel) and (group is None or m.group == group):
+                    rows.append(m)
+                    if len(rows) > limit:
+                        break
         rows, nxt = _page(rows, limit, lambda m: m.address)
-        owners = api.control.meter_accounts()
+        owners = _owners(api, (m.address for m in rows))
         return {"meters": [{"address": m.address, "name": m.name, "channel": m.channel, "group": m.group,
-                            "protocol": str(m.protocol), "account": (owners.get(m.address) or ("",))[0] or None}
+                            "protocol": str(m.protocol), "account": owners.get(m.address)}
                            for m in rows], "next": nxt}
     return JSONResponse(await run_in_threadpool(work))
+
+
+def _after(meters: list[Any], after: str) -> int:
+    """The index of the first meter after the address ``after`` in the sorted ``meters``."""
+    lo, hi = 0, len(meters)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if meters[mid].address <= after:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def _channel_terminal(api: Api, channel: str) -> dict[str, Any] | None:
@@ -191,8 +223,8 @@ async def meter_page(api: Api, request: Request, caller: Caller | None) -> Respo
         configured = next((m for m in (api.config.meters if api.config is not None else ()) if m.address == address),
                           None)
         latest = api.archive.latest(address)
-        owner = api.control.meter_accounts().get(address)
-        account = api.control.account(owner[0]) if owner else None
+        owner = _owners(api, [address]).get(address)
+        account = api.control.account(owner) if owner else None
         attempts = api.archive.attempts(meter=address, since=now - timedelta(hours=24))
         outcomes: dict[str, int] = {}
         for a in attempts:
@@ -531,13 +563,13 @@ async def terminal_page(api: Api, request: Request, caller: Caller | None) -> Re
                   if after is None or m.address > after]
         meters.sort(key=lambda m: m.address)
         page, nxt = _page(meters[:limit + 1], limit, lambda m: m.address)
-        owners = api.control.meter_accounts()
+        owners = _owners(api, (m.address for m in page))
         return {**found, "online_share": None if not seconds or not seconds[1] else round(seconds[0] / seconds[1], 4),
                 "intervals": [{"start": datetime.fromtimestamp(a / 1000, api.zone).isoformat(),
                                "end": None if b is None else datetime.fromtimestamp(b / 1000, api.zone).isoformat()}
                               for a, b in rows],
                 "meters_page": [{"address": m.address, "name": m.name, "pn": m.pn, "group": m.group,
-                                 "account": (owners.get(m.address) or ("",))[0] or None} for m in page],
+                                 "account": owners.get(m.address)} for m in page],
                 "next": nxt,
                 "failures": [{"meter": r[0], "item": r[1],
                               "at": datetime.fromtimestamp(r[2] / 1000, api.zone).isoformat(), "outcome": r[3],

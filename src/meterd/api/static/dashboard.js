@@ -691,11 +691,9 @@
     setText("curve-day", day);
     const select = $("curve-subject");
     const options = [...(units || []).map((u) => [`unit:${u.unit}`, `${word("unitkind", u.kind)} ${u.unit}`])];
-    if (!state.meterOptions) {
-      const page = await soft(errors, "console/meters?limit=500");
-      state.meterOptions = page ? page.meters.map((m) => [`meter:${m.address}`, `${t("word.meter")} ${m.address}`]) : [];
-    }
-    options.push(...state.meterOptions);
+    const chosen = state.curveMeter || (params.get("curve") || "").replace(/^meter:/, "");
+    if (chosen && !chosen.startsWith("unit:")) options.push([`meter:${chosen}`, `${t("word.meter")} ${chosen}`]);
+    if (!options.length) options.push(["meter:000000000001", `${t("word.meter")} 000000000001`]);
     const keyOf = options.map((o) => o[0]).join("|");
     if (select.dataset.key !== keyOf || select.dataset.lang !== state.lang) {
       const previous = select.value || params.get("curve") || "";
@@ -703,6 +701,7 @@
       select.dataset.key = keyOf;
       select.dataset.lang = state.lang;
       if (options.some((o) => o[0] === previous)) select.value = previous;
+      if (state.curveMeter) select.value = `meter:${state.curveMeter}`;
     }
     const subject = select.value;
     if (!subject) return;
@@ -807,7 +806,7 @@
     const latest = panel(main, "p-latest", "meter.latest", false);
     fillPanel(latest, table(["col.quantity", "#col.value", "col.unit", "col.time", "col.quality"],
       Object.values(doc.latest).map((x) => [t(`qty.${x.quantity}`) === `qty.${x.quantity}` ? x.quantity : t(`qty.${x.quantity}`),
-        numCell(x.value), x.unit, when(x.timestamp), x.quality === "good" ? "" : badge("quality", x.quality)]), "empty.readings"));
+        numCell(x.kind === "bool" ? t(truthy(x) ? "word.yes" : "word.no") : x.value), x.unit, when(x.timestamp), x.quality === "good" ? "" : badge("quality", x.quality)]), "empty.readings"));
 
     await drawMeterCurves(errors, main, doc.address);
 
@@ -836,10 +835,27 @@
     return [el("dt", null, t(key)), el("dd", null, ...value)];
   }
 
-  function detailText(detail) {
+  const ISO_TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d/;
+
+  /* An audit or alarm detail object as one line: "key: value", times in the site's zone, nested
+   * objects as key=value, booleans yes/no; ``skip`` keys left out. */
+  function detailText(detail, skip) {
     if (!detail || typeof detail !== "object") return String(detail ?? "");
-    return Object.entries(detail).filter(([k, v]) => k !== "token_id" && v !== null && v !== "").map(([k, v]) =>
-      `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(" · ");
+    const value = (v) => {
+      if (typeof v === "boolean") return t(v ? "word.yes" : "word.no");
+      if (typeof v === "string" && ISO_TIME.test(v)) return when(v);
+      if (v && typeof v === "object") return Object.entries(v).map(([k, x]) => `${k}=${value(x)}`).join(", ");
+      return String(v);
+    };
+    return Object.entries(detail).filter(([k, v]) => k !== "token_id" && !(skip || []).includes(k) && v !== null && v !== "")
+      .map(([k, v]) => `${k}: ${value(v)}`).join(" · ");
+  }
+
+  /* What an alarm's detail says that its title does not: the anomaly's own words first. */
+  function alarmDetail(detail) {
+    if (!detail || typeof detail !== "object") return String(detail ?? "");
+    const rest = detailText(detail, ["text", "anomaly_id", "anomaly_kind", "opened", "last_seen", "started"]);
+    return [detail.text, rest].filter(Boolean).join(" · ");
   }
 
   function attemptsTable(list) {
@@ -897,8 +913,8 @@
     const account = doc.account;
     const done = await confirmDialog({
       title: t(`act.${kind}.title`, { meter: doc.address }),
-      what: t(COMMAND_WHAT[kind], { meter: doc.address, account: account ? account.account : t("word.noaccount"),
-        customer: account ? account.customer : "" }),
+      what: t(COMMAND_WHAT[kind], { meter: doc.address,
+        owner: account ? t("act.owner", { account: account.account, customer: account.customer }) : t("word.noaccount") }),
       fields: [{ name: "reason", label: t("field.reason"), required: true }],
       danger: kind === "trip", okKey: `act.${kind}`,
       run: (v) => post("commands", { meter: doc.address, kind, reason: v.reason }),
@@ -1171,7 +1187,7 @@
       t(`alarmstate.${s}`) + (counts[s] !== undefined ? ` (${counts[s]})` : ""))));
     const rows = (doc ? doc.alarms : []).map((a) => [
       when(a.raised_at), badge("severity", a.severity), word("alarmkind", a.kind), subjectLink(a.kind, a.subject),
-      el("td", { class: "reason" }, el("strong", null, a.title), a.detail ? el("div", { class: "muted" }, detailText(a.detail)) : null,
+      el("td", { class: "reason" }, el("strong", null, a.title), a.detail ? el("div", { class: "muted" }, alarmDetail(a.detail)) : null,
         (a.history || []).length ? el("details", null, el("summary", null, t("alarms.history", { n: a.history.length })),
           el("ul", { class: "history" }, a.history.map((h) => el("li", null,
             `${when(h.at)} ${h.by}: ${word("alarmaction", h.action)}${h.comment ? ` — ${h.comment}` : ""}`)))) : null),
@@ -1351,6 +1367,12 @@
       refresh();
     });
     for (const id of ["curve-subject", "curve-step", "energy-by"]) $(id).addEventListener("change", () => refresh());
+    $("curve-meter").addEventListener("change", () => {
+      const typed = $("curve-meter").value.trim();
+      state.curveMeter = /^\d+$/.test(typed) ? typed.padStart(12, "0") : typed;
+      $("curve-subject").dataset.key = "";
+      refresh();
+    });
     window.addEventListener("hashchange", () => {
       if (location.hash.includes("token=")) takeToken();
       refresh();
