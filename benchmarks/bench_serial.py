@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import logging
 import os
+import pstats
+import re
 import selectors
 import shutil
 import signal
@@ -135,13 +138,15 @@ async def bench_single(seconds: float, baud: int) -> None:
 # --- a fleet of buses, the daemon in this process ----------------------------------------------------
 
 
-def start_simulator(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Popen, dict]:
+def start_simulator(args: argparse.Namespace, workdir: Path, index: int, buses: int,
+                    first: int) -> tuple[subprocess.Popen, dict]:
     cmd = [sys.executable, "-m", "meterd.cli.main", "--log-level", "WARNING", "simulate",
-           "--pty", str(args.buses), "--meters-per-bus", "1", "--baud", str(args.baud),
-           "--turnaround", f"{args.turnaround * 1000:g}", "--write-config", str(workdir / "site.toml"),
+           "--pty", str(buses), "--meters-per-bus", "1", "--first-address", f"{first:012d}", "--baud", str(args.baud),
+           "--turnaround", f"{args.turnaround * 1000:g}", "--write-config", str(workdir / f"site{index}.toml"),
            "--data-dir", str(workdir / "data"), "--poll-interval", f"{args.interval:g}",
            "--poll-quantities", QUANTITIES, "--json"]
-    with open(workdir / "simulator.log", "w") as log:
+    log_path = workdir / f"simulator{index}.log"
+    with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None
@@ -154,7 +159,7 @@ def start_simulator(args: argparse.Namespace, workdir: Path) -> tuple[subprocess
     while True:
         line = proc.stdout.readline()
         if not line:
-            raise SystemExit(f"simulator exited: {proc.wait()}: {(workdir / 'simulator.log').read_text()[-2000:]}")
+            raise SystemExit(f"simulator exited: {proc.wait()}: {log_path.read_text()[-2000:]}")
         text += line
         try:
             return proc, json.loads(text)
@@ -162,7 +167,31 @@ def start_simulator(args: argparse.Namespace, workdir: Path) -> tuple[subprocess
             continue
 
 
-async def bench_fleet(args: argparse.Namespace, config_path: Path, sim_pid: int) -> dict:
+def merged_config(workdir: Path, parts: int) -> Path:
+    """One site config from the ones each simulator process wrote: the first one's store and poll,
+    every process's channels and meters (channel ``ptyN`` of process i renamed ``s<i>-ptyN``)."""
+    if parts == 1:
+        return workdir / "site0.toml"
+    head: list[str] = []
+    buses: list[str] = []
+    tail: list[str] = []
+    for i in range(parts):
+        text = (workdir / f"site{i}.toml").read_text()
+        text = re.sub(r'(\[channels\.|channel = "|group = ")(pty\d+)', rf"\1s{i}-\2", text)
+        sections = re.split(r"(?m)^(?=\[)", text)
+        for section in sections:
+            if section.startswith(("[channels.", "[[meters]]")):
+                buses.append(section)
+            elif i == 0 and section.startswith("[[polls]]"):
+                tail.append(section)
+            elif i == 0:
+                head.append(section)
+    path = workdir / "site.toml"
+    path.write_text("".join(head + buses + tail))
+    return path
+
+
+async def bench_fleet(args: argparse.Namespace, config_path: Path, sim_pids: list[int]) -> dict:
     config = load_config(config_path)
     line = LineSettings(baud=args.baud)
     per_read = {c.name: c.preamble for c in config.channels}
@@ -176,11 +205,17 @@ async def bench_fleet(args: argparse.Namespace, config_path: Path, sim_pid: int)
         try:
             await asyncio.sleep(args.warmup)
             before = {f.name: f for f in daemon.channel_figures()}
-            cpu0, sim0, busy0, t0 = time.process_time(), tree_cpu_seconds(sim_pid), machine_busy(), time.perf_counter()
+            cpu0, sim0 = time.process_time(), sum(tree_cpu_seconds(p) for p in sim_pids)
+            busy0, t0 = machine_busy(), time.perf_counter()
             load0 = os.getloadavg()
+            profiler = cProfile.Profile(time.process_time) if args.profile else None  # CPU, not wall time
+            if profiler:
+                profiler.enable()
             await asyncio.sleep(args.seconds)
+            if profiler:
+                profiler.disable()
             after = {f.name: f for f in daemon.channel_figures()}
-            cpu, sim = time.process_time() - cpu0, tree_cpu_seconds(sim_pid) - sim0
+            cpu, sim = time.process_time() - cpu0, sum(tree_cpu_seconds(p) for p in sim_pids) - sim0
             busy1, elapsed, load1 = machine_busy(), time.perf_counter() - t0, os.getloadavg()
         finally:
             stop.set()
@@ -203,19 +238,26 @@ async def bench_fleet(args: argparse.Namespace, config_path: Path, sim_pid: int)
     return {"shares": shares, "failures": {k: v for k, v in failures.items() if v}, "reads": reads,
             "elapsed": elapsed, "cpu": cpu, "sim_cpu": sim, "latency": latency / max(1, reads),
             "wire": statistics.fmean(wire.values()), "load": (load0, load1),
-            "machine": (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])}
+            "machine": (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]), "profile": profiler}
 
 
 def run_fleet(args: argparse.Namespace) -> None:
     soft, hard = raise_nofile_limit()  # as `meterd run` does at start
     workdir = Path(tempfile.mkdtemp(prefix="bench-serial-"))
-    sim = None
+    sims: list[subprocess.Popen] = []
     try:
-        sim, _doc = start_simulator(args, workdir)
-        r = asyncio.run(bench_fleet(args, workdir / "site.toml", sim.pid))
+        per, extra = divmod(args.buses, args.sim_processes)
+        first = 1
+        for i in range(args.sim_processes):
+            n = per + (i < extra)
+            sim, _doc = start_simulator(args, workdir, i, n, first)
+            sims.append(sim)
+            first += n
+        r = asyncio.run(bench_fleet(args, merged_config(workdir, args.sim_processes), [s.pid for s in sims]))
     finally:
-        if sim is not None:
+        for sim in sims:
             sim.send_signal(signal.SIGTERM)
+        for sim in sims:
             try:
                 sim.wait(60)
             except subprocess.TimeoutExpired:
@@ -240,9 +282,12 @@ def run_fleet(args: argparse.Namespace) -> None:
     print(f"  failed attempts  {sum(r['failures'].values())} {r['failures'] or ''}")
     print(f"  daemon CPU       {r['cpu']:.2f} s in the window ({100 * r['cpu'] / r['elapsed']:.0f} % of a core), "
           f"{r['cpu'] / max(1, r['reads']) * 1e6:.0f} us a read")
-    print(f"  simulator CPU    {r['sim_cpu']:.2f} s ({100 * r['sim_cpu'] / r['elapsed']:.0f} % of a core)")
+    print(f"  simulator CPU    {r['sim_cpu']:.2f} s ({100 * r['sim_cpu'] / r['elapsed']:.0f} % of a core) in "
+          f"{args.sim_processes} process{'es' if args.sim_processes > 1 else ''}")
     print(f"  machine          {100 * r['machine']:.0f} % busy (all cores) during the window; load average "
           f"{r['load'][0][0]:.2f} -> {r['load'][1][0]:.2f} on {os.cpu_count()} CPUs")
+    if r["profile"]:
+        pstats.Stats(r["profile"]).sort_stats("tottime").print_stats(args.profile)
 
 
 def main() -> None:
@@ -254,7 +299,11 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=0.1, help="poll interval, s (default 0.1)")
     ap.add_argument("--baud", type=int, default=2400)
     ap.add_argument("--turnaround", type=float, default=TURNAROUND, help="meter turnaround, s (default 0.02)")
+    ap.add_argument("--sim-processes", type=int, default=1, metavar="K",
+                    help="run the buses in K `meterd simulate` processes (default 1)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="cProfile the daemon's CPU in the window, print the top N (slows it down)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     if args.single:

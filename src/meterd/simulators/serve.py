@@ -19,8 +19,12 @@ sees a hang-up between the master's opens) and reads and writes the master fd wi
 wire back: a byte takes ``1 start + bytesize + parity + stop`` bits at ``baud``.  A request
 counts as complete no earlier than its first byte's arrival plus its own wire time; the reply
 starts ``turnaround`` (meter processing, 20 ms by default) plus any injected delay after that,
-never while an earlier reply is still on the wire, and is written in small chunks, each no
-earlier than the moment its last bit would have left a real UART.  The line settings are the
+never while an earlier reply is still on the wire, and is written in pieces of about 16 ms of wire
+time (:data:`PACE_CHUNK_SECONDS`, as a USB adapter's latency timer hands bytes over), each no
+earlier than the moment its last bit would have left a real UART.  The pieces are written from
+timer callbacks (:class:`_Pacer`), not a task that sleeps between them, and one task per event
+loop keeps every slave parked (:class:`_TermiosGuard`): 256 buses in one process used to be
+5,120 task wake-ups a second for the guards alone.  The line settings are the
 simulator's own (2400 8E1 by default for DL/T 645, 9600 8N1 for Modbus RTU); what the master sets
 on the pty is not checked (a pty has no parity and no baud rate; see :data:`PARKED_SPEED` for why
 ``stty`` shows 50 baud).
@@ -45,10 +49,11 @@ import socket
 import termios
 import time
 import tty
+import weakref
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final, Protocol, Self
+from typing import ClassVar, Final, Protocol, Self
 
 from meterd.clock import CST, Clock
 from meterd.errors import LinkError
@@ -64,7 +69,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PTY_TURNAROUND: Final = 0.020
 DLT645_BAUD: Final = 2400  # DL/T 645 pty line: 2400 8E1
 DLT645_PARITY: Final = "E"
-PACE_CHUNK_SECONDS: Final = 0.010  # write a paced reply in pieces of about this much wire time
+# a paced reply reaches the master in pieces of about this much wire time, as a USB RS-485 adapter
+# hands received bytes over when its latency timer runs out (FTDI's default: 16 ms)
+PACE_CHUNK_SECONDS: Final = 0.016
 WRITE_STALL_LIMIT: Final = 2.0  # give up on a reply nobody reads (pty buffer full) after this
 
 
@@ -288,10 +295,41 @@ def _configure_slave(fd: int) -> None:
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
-async def _termios_guard(fd: int) -> None:
-    while True:
-        _park(fd)
-        await asyncio.sleep(TERMIOS_GUARD_PERIOD)
+class _TermiosGuard:
+    """Parks every pty slave served on one event loop, each :data:`TERMIOS_GUARD_PERIOD`: one task
+    for them all (a task per pty made 256 ptys 5,120 wake-ups a second)."""
+
+    _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TermiosGuard]] = (
+        weakref.WeakKeyDictionary())
+
+    def __init__(self) -> None:
+        self.fds: set[int] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def add(cls, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        guard = cls._by_loop.get(loop)
+        if guard is None:
+            guard = cls._by_loop[loop] = cls()
+        guard.fds.add(fd)
+        if guard.task is None or guard.task.done():
+            guard.task = loop.create_task(guard.run(), name="sim-termios")
+
+    @classmethod
+    async def remove(cls, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        guard = cls._by_loop.get(loop)
+        if guard is None:
+            return
+        guard.fds.discard(fd)
+        if not guard.fds and guard.task is not None:
+            task, guard.task = guard.task, None
+            await _cancel([task])
+
+    async def run(self) -> None:
+        while self.fds:
+            for fd in list(self.fds):
+                _park(fd)
+            await asyncio.sleep(TERMIOS_GUARD_PERIOD)
 
 
 class _PtyLink:
@@ -362,11 +400,11 @@ class _PtyLink:
             self.line_free = self.loop.time()
             return
         bt = self.line.byte_time
-        chunk = max(1, int(PACE_CHUNK_SECONDS / bt))
-        for offset in range(0, len(data), chunk):
-            piece = data[offset : offset + chunk]
-            await _sleep_until(self.loop, begin + (offset + len(piece)) * bt)
-            await self._write(piece)
+        pacer = _Pacer(self, data, begin, max(1, int(PACE_CHUNK_SECONDS / bt)))
+        try:
+            await pacer.done
+        finally:
+            pacer.cancel()
         self.line_free = max(self.loop.time(), begin + len(data) * bt)
 
     async def _write(self, data: bytes) -> None:
@@ -386,6 +424,61 @@ class _PtyLink:
                     self.stats.tx_abandoned += len(view)
                     return
                 await asyncio.sleep(0.005)
+
+
+class _Pacer:
+    """One reply written at wire speed from timer callbacks: each piece of ``chunk`` bytes when its
+    last bit would have left a real UART (a task woken per piece cost twice the loop's work).  A
+    piece the pty does not take (nobody reads the master side) is tried again every 5 ms, and
+    abandoned after :data:`WRITE_STALL_LIMIT`."""
+
+    __slots__ = ("begin", "bt", "chunk", "data", "done", "handle", "link", "sent", "stalled")
+
+    def __init__(self, link: _PtyLink, data: bytes, begin: float, chunk: int) -> None:
+        self.link, self.data, self.begin, self.chunk = link, data, begin, chunk
+        self.bt = link.line.byte_time
+        self.sent = 0
+        self.stalled = 0.0  # when the pty stopped taking bytes; 0: it takes them
+        self.done: asyncio.Future[None] = link.loop.create_future()
+        self.handle: asyncio.TimerHandle | None = link.loop.call_at(self._due(), self._step)
+
+    def _due(self) -> float:
+        return self.begin + min(len(self.data), self.sent + self.chunk) * self.bt
+
+    def _step(self) -> None:
+        self.handle = None
+        link = self.link
+        end = min(len(self.data), self.sent + self.chunk)
+        try:
+            n = os.write(link.fd, self.data[self.sent : end])
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            if not self.done.done():
+                self.done.set_exception(LinkError(f"pty write failed: {exc}"))
+            return
+        link.stats.tx_bytes += n
+        self.sent += n
+        now = link.loop.time()
+        if self.sent >= len(self.data):
+            if not self.done.done():
+                self.done.set_result(None)
+        elif self.sent < end:  # the pty's buffer is full
+            self.stalled = self.stalled or now
+            if now - self.stalled > WRITE_STALL_LIMIT:
+                link.stats.tx_abandoned += len(self.data) - self.sent
+                if not self.done.done():
+                    self.done.set_result(None)
+            else:
+                self.handle = link.loop.call_later(0.005, self._step)
+        else:
+            self.stalled = 0.0
+            self.handle = link.loop.call_at(self._due(), self._step)
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
 
 
 async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
@@ -436,11 +529,12 @@ async def serve_pty(
     tasks = [
         asyncio.create_task(link.worker(), name=f"sim-pty {path}"),
         asyncio.create_task(_ticker(bus, clock, tick), name=f"sim-tick {path}"),
-        asyncio.create_task(_termios_guard(slave_fd), name=f"sim-termios {path}"),
     ]
+    _TermiosGuard.add(loop, slave_fd)
 
     async def close() -> None:
         loop.remove_reader(master_fd)
+        await _TermiosGuard.remove(loop, slave_fd)
         await _cancel(tasks)
         os.close(master_fd)
         os.close(slave_fd)
