@@ -84,6 +84,9 @@ def test_line_loss_against_the_readings(site: Any) -> None:
     assert ws[f"O{first}"].number_format == "0.00%" and ws[f"C{first}"].number_format == "#,##0.00"
     assert ws[f"Q{first}"].number_format == "+0.00;-0.00;0.00"
     assert len(ws._charts) == 2
+    rate_chart = ws._charts[0]
+    assert rate_chart.x_axis.delete is False and rate_chart.y_axis.delete is False  # axes drawn
+    assert rate_chart.y_axis.number_format.formatCode == "0.0%" and len(rate_chart.series) == 2
 
 
 def test_line_loss_year_on_year_with_a_missing_base(site: Any) -> None:
