@@ -22,6 +22,8 @@ from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, load_
 from meterd.cli.migrate import migrate, probe, unreachable
 from meterd.clock import CST, local_text, utc_now
 from meterd.cluster.leases import LeaseError
+from meterd.collector.transports.serial import descriptor_shortfall
+from meterd.config.model import SerialLink
 from meterd.errors import ConfigError
 from meterd.heap import settle_heap
 from meterd.storage import open_store
@@ -124,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     soft, hard = raise_nofile_limit()
     log.info("open-file limit %s (hard %s)", soft, hard)
+    ports = sum(isinstance(c.link, SerialLink) for c in config.channels)
+    if (shortfall := descriptor_shortfall(ports, soft, hard)) is not None:
+        log.error("%s", shortfall)
     try:
         # every store's tables brought to this meterd's schema, as meterd migrate does; a database
         # written by a later meterd stops start-up here, before anything is written

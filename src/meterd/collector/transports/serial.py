@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import resource
 import termios
 from typing import Final
 
@@ -196,6 +197,19 @@ class SerialTransport(Transport):
 
     def __repr__(self) -> str:
         return f"SerialTransport({self.name!r}, {self.device} {self.line_settings})"
+
+
+def descriptor_shortfall(ports: int, soft_limit: int, hard_limit: int, reserve: int = 64) -> str | None:
+    """Why ``ports`` serial ports may not all open under the open-file limit, in words; None if they fit.
+
+    Each open port holds :data:`FDS_PER_PORT` descriptors; ``reserve`` leaves room for the store,
+    the API, listeners and logs (a node with DTUs or terminals needs more: one per connection)."""
+    needed = ports * FDS_PER_PORT + reserve
+    if soft_limit == resource.RLIM_INFINITY or needed <= soft_limit:
+        return None
+    return (f"{ports} serial channels need about {needed} open files ({FDS_PER_PORT} a port, as pyserial opens "
+            f"them, and {reserve} more) but the open-file limit is {soft_limit} (hard {hard_limit}): the ports "
+            "past it will fail to open; raise LimitNOFILE in the systemd unit or `ulimit -n` before starting")
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
