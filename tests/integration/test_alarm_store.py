@@ -155,3 +155,10 @@ def test_migrated_once_and_refused_when_newer(state_where: Location, store: Alar
             conn.execute("UPDATE schema_versions SET version = 7 WHERE store = 'alarms'")
     with pytest.raises(ConfigError, match="newer than this meterd knows"):
         AlarmStore(state_where)
+
+
+def test_meterd_migrate_brings_the_alarm_tables_too() -> None:
+    from meterd.cli.migrate import known_versions, stores
+
+    assert dict(stores())["alarms"] is AlarmStore
+    assert known_versions()["alarms"] == len(AlarmStore.MIGRATIONS) == 1

@@ -47,12 +47,13 @@ def stores(where: Location | None = None) -> list[tuple[str, Opener]]:
     from meterd.billing_link.store import SyncStore
     from meterd.control.state import ControlStore
     from meterd.storage import open_store
+    from meterd.storage.alarms import AlarmStore
     from meterd.storage.anomalies import AnomalyStore
     from meterd.storage.quality import QualityStore
 
     return [("readings and archive", open_store), ("control", ControlStore), ("quality", QualityStore),
             ("anomalies", AnomalyStore), ("daily registers", DailyRegisterStore), ("line-loss history", LossHistory),
-            ("outages", OutageStore), ("sync", SyncStore), ("tokens", TokenStore),
+            ("outages", OutageStore), ("sync", SyncStore), ("tokens", TokenStore), ("alarms", AlarmStore),
             *([("cluster leases", _lease_tables)] if as_database(where) is not None else [])]
 
 
