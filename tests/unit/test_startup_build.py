@@ -276,3 +276,65 @@ def test_the_depth_check_names_the_first_container_too_deep_and_ignores_scalars(
     with pytest.raises(ConfigError, match=r"s\.toml: a\[0\]\[2\]: nested more than 2 levels deep"):
         check_depth({"a": [[1, 2, {"b": 3}]]}, "s.toml", limit=2)
     check_depth([], "s.toml", limit=0)
+
+
+# --- the TOML parser: tomli where it reads TOML 1.0, tomllib for the rest ----------------------
+
+
+class _Toml11:
+    """A parser that reads what only TOML 1.1 allows (as tomli 2.3+ may)."""
+
+    @staticmethod
+    def loads(text: str) -> dict:
+        return {}
+
+
+class _Broken:
+    """A fast parser that fails on everything: tomllib must take over."""
+
+    @staticmethod
+    def loads(text: str) -> dict:
+        raise ValueError("no")
+
+
+def test_a_parser_that_reads_toml_1_1_is_not_used_and_tomllib_reads_1_0() -> None:
+    import tomllib
+
+    from meterd.config import loader
+
+    assert loader._toml_1_0(tomllib)
+    assert not loader._toml_1_0(_Toml11)
+    if loader.FAST_TOML is not None:
+        assert loader._toml_1_0(loader.FAST_TOML)
+
+
+def test_the_fast_parser_and_tomllib_give_one_config(tmp_path: Path, monkeypatch) -> None:
+    import tomllib
+
+    from meterd.config import loader
+
+    examples = sorted(Path(__file__).resolve().parents[2].joinpath("examples").glob("*.toml"))
+    texts = [p.read_text(encoding="utf-8") for p in examples] + [FLEET]
+    if loader.FAST_TOML is not None:  # where tomli is installed it must read what tomllib reads
+        for text in texts:
+            assert loader.FAST_TOML.loads(text) == tomllib.loads(text)
+    fast = load(tmp_path)
+    monkeypatch.setattr(loader, "FAST_TOML", None)  # the plain path: tomllib alone
+    assert load(tmp_path) == fast
+    monkeypatch.setattr(loader, "FAST_TOML", _Broken)  # a fast parser that fails: tomllib reads it
+    assert load(tmp_path) == fast
+
+
+@pytest.mark.parametrize("fast", ["installed", "none", "broken"])
+def test_a_broken_file_is_refused_with_tomllibs_message_whichever_parser_is_tried(tmp_path: Path, monkeypatch,
+                                                                                fast: str) -> None:
+    from meterd.config import loader
+
+    if fast != "installed":
+        monkeypatch.setattr(loader, "FAST_TOML", None if fast == "none" else _Broken)
+    text = FLEET.replace('name = "listed"', 'name = "listed"\nname = "twice"')
+    found = problems_of(tmp_path, text)
+    assert len(found) == 1 and "invalid TOML: Cannot overwrite a value" in found[0], found
+    assert f"{tmp_path / 'site.toml'}: line " in found[0]
+    found = problems_of(tmp_path, FLEET.replace('interval = "1h"', "interval = {a = 1,}"))  # TOML 1.1 only
+    assert len(found) == 1 and "invalid TOML: Invalid initial character for a key part" in found[0], found

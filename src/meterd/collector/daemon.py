@@ -354,8 +354,11 @@ def describe_plan(plans: tuple[ChannelPlan, ...]) -> list[str]:
             lines.append(f"  poll {p.poll.name} every {p.poll.interval:g} s: {len(p.meters)} meter(s)")
             groups: dict[str, list[str]] = {}
             details: dict[str, list[str]] = {}
+            described: dict[tuple[int, int], str] = {}  # meters asked alike share one reads object (compile_plan)
             for meter, reads in p.meters:
-                key = meter.driver.describe(reads)
+                key = described.get((id(meter.driver), id(reads)))
+                if key is None:
+                    key = described[(id(meter.driver), id(reads))] = meter.driver.describe(reads)
                 if isinstance(reads, modbus.ReadPlan):  # listed block by block
                     who = f"{meter.address}@{meter.unit}"
                     details.setdefault(key, ["    " + line for line in reads.describe().splitlines()])
@@ -507,12 +510,9 @@ class Daemon:
         return readings, attempts
 
     async def run(self, stop: asyncio.Event) -> None:
-        for line in describe_plan(self.plan):
-            log.info("plan: %s", line)
-        self.store.upsert_meters(
-            MeterRecord(m.address, m.channel, str(m.protocol), m.ct, m.pt, m.name, m.group)
-            for m in self.config.meters
-        )
+        """Start the listeners, the MQTT hub and the channels, then what can wait until the
+        channels poll (the meter archive written, the plan logged, the services started); run
+        until ``stop``.  Ready (:meth:`readiness`) once all of it has started."""
         analytics = self.config.analytics  # quality counts meters by their topology area
         self.quality.set_areas(topology_areas(analytics.topology if analytics is not None else None))
         for name, listener in self.listeners.items():
@@ -533,20 +533,29 @@ class Daemon:
             self.ownership.bind(lambda name: self._start_channel(name, stop), self._stop_channel)
             ownership = asyncio.create_task(self.ownership.run(stop), name="cluster node")
             ownership.add_done_callback(lambda _: stop.set())  # a node that cannot keep leases stops
-        tasks.append(self._supervised("quality rollup", self._quality_loop, stop))
-        if hasattr(self.sink, "replay"):
-            tasks.append(self._supervised("spool replay", self._replay_spool, stop))
-        services = [self._supervised(f"service {getattr(service, '__qualname__', service)}", service, stop)
-                    for service in self._services]
-        tasks += services
-        for t in tasks:
-            t.add_done_callback(log_task_failure)  # whatever slips past the supervisors is said at once
-        if self.scheduler is not None:
-            for line in self.scheduler.describe(self.clock()):
-                log.info("tasks: %s", line)
-            self.scheduler.start()
-        self._running = True
+        # The channels poll from here on (their first requests go out at the next await); what
+        # follows does not hold them up: the archive of configured meters is written off the
+        # event loop (100,000 rows), the plan logged, then the services that read the archive start.
+        services: list[asyncio.Task[None]] = []
         try:
+            await asyncio.to_thread(self.store.upsert_meters, [
+                MeterRecord(m.address, m.channel, str(m.protocol), m.ct, m.pt, m.name, m.group)
+                for m in self.config.meters])
+            for line in describe_plan(self.plan):
+                log.info("plan: %s", line)
+            tasks.append(self._supervised("quality rollup", self._quality_loop, stop))
+            if hasattr(self.sink, "replay"):
+                tasks.append(self._supervised("spool replay", self._replay_spool, stop))
+            services = [self._supervised(f"service {getattr(service, '__qualname__', service)}", service, stop)
+                        for service in self._services]
+            tasks += services
+            for t in tasks:
+                t.add_done_callback(log_task_failure)  # whatever slips past the supervisors is said at once
+            if self.scheduler is not None:
+                for line in self.scheduler.describe(self.clock()):
+                    log.info("tasks: %s", line)
+                self.scheduler.start()
+            self._running = True
             await stop.wait()
         finally:
             self._running = False
