@@ -7,6 +7,7 @@ What lives here:
 - :mod:`.stats` -- energy by unit, industry or group; calendar periods; summed load curves (pure).
 - :mod:`.anomalies` -- detectors over one meter's readings (pure) and the anomaly event store.
 - :mod:`.outages` -- areas gone dark together (pure) and the outage store.
+- :mod:`.alarms` -- what becomes an operator's alarm: anomalies, outages, terminals, spool (pure).
 - :mod:`.energy` -- the daily register store and the line-loss history, in ``state.sqlite3``.
 
 May import: ``meterd.readings``, ``meterd.storage.sqlite`` (file name, time encoding) and

@@ -6,6 +6,8 @@ What lives here:
   ``state.sqlite3``.
 - :mod:`.app` -- :func:`create_app`: JSON endpoints under ``/api/v1``, Bearer auth, role checks,
   and the OpenAPI 3.1 document built from the same route table.
+- :mod:`.alarms` -- the alarm list operators work (``/api/v1/alarms``: acknowledge, assign, close)
+  and 保电 from the API; :class:`~meterd.api.alarms.AlarmWatch` syncs the list from the stores.
 
 May import: ``meterd.control`` (state, engine, model), ``meterd.storage.sqlite``,
 ``meterd.analytics``, ``meterd.billing_link`` (sync runs), ``meterd.config`` (argument grammar),
