@@ -44,6 +44,10 @@ def test_demo_then_readings(run_meterd, tmp_path):
     assert a.returncode == 0, a.stderr
     found = {(e["meter"], e["kind"]) for e in json.loads(a.stdout)}
     assert {("4401-0001", "terminal.erc3"), ("000000000103", "terminal.erc31")} <= found, found
+    # the billing system's side: the payments file taken (one record quarantined), balances sent out
+    billing = data / "billing"
+    assert [f.name.startswith("payments-demo") for f in (billing / "payments" / "processed").iterdir()] == [True]
+    assert any(f.suffix == ".csv" for f in (billing / "balances" / "outbox").iterdir())
 
 
 def test_read_with_trace_against_meterd_simulate(meterd_bin, run_meterd):

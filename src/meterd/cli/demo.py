@@ -21,6 +21,15 @@ The prepaid story: a household runs out of money and is tripped, pays, and the m
 reclose (合闸允许); the relay stays open until the customer presses the button on the meter, which
 the demo does for them a moment later -- the relay poll then shows the supply back.
 
+Terminals (:mod:`meterd.cli.demo_terminals`): a Q/GDW 1376.1 concentrator with four meters, a GPRS
+DTU with three and -- where ``mosquitto`` is installed -- an MQTT terminal with two on a broker of
+the demo's own.  The concentrator's events become anomalies within seconds: the meter archive the
+master downloads at login (ERC3) and, 5 s in, a meter behind it that loses power (ERC31).
+
+The billing system: two sync jobs through drop folders under ``<data-dir>/billing`` -- payments in
+(one for an unknown account, quarantined with its reason) and balances out -- run 3 s in and then
+every minute (``meterd sync status``).
+
 The demo writes the config it generated next to its store (``<data-dir>/demo.toml``) so an
 operator can look at it, and everything the daemon read can be listed afterwards with
 ``meterd readings --meter ADDR --data-dir <data-dir>``.
@@ -194,8 +203,54 @@ def demo_config(fleet, data_dir: Path, interval: float, api: tuple[str, int] | N
     lines += [f'[[topology.points]]\nmeter = "{AREA_SUPPLY}"\nunit = "{AREA}"\nrole = "supply"\n']
     lines += [f'[[topology.points]]\nmeter = "{m}"\nunit = "{AREA}"\nrole = "sales"\n' for m in AREA_CUSTOMERS]
     lines += ['[analytics]\ncheck_every = "5s"\n']
+    lines += sync_config(data_dir)
     lines += PREPAID_CONFIG.splitlines()
     return "\n".join(lines)
+
+
+# The billing system's side of the demo (SG186-style sync jobs through drop folders under the data
+# directory): payments come in (one for an account the archive does not know: quarantined with its
+# reason), balances go out.  Both run a few seconds after the start and then every minute.
+SYNC_PAYMENTS, SYNC_BALANCES = "billing-payments", "billing-balances"
+SYNC_AFTER = 3.0
+
+
+def sync_config(data_dir: Path) -> list[str]:
+    billing = data_dir.resolve() / "billing"
+    return [(f'[[sync.jobs]]\nname = "{SYNC_PAYMENTS}"\nkind = "import_payments"\nfolder = "{billing / "payments"}"\n'
+            'schedule = "* * * * *"\n'),
+            (f'[[sync.jobs]]\nname = "{SYNC_BALANCES}"\nkind = "export_balances"\nfolder = "{billing / "balances"}"\n'
+            'schedule = "* * * * *"\n')]
+
+
+def drop_payments(data_dir: Path, day: str) -> Path:
+    """The billing system's payment file in the import job's inbox (written and renamed, as producers
+    do); the same ids every run, so a demo started again on its data applies nothing twice."""
+    inbox = data_dir / "billing" / "payments" / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    path = inbox / "payments-demo.csv"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("payment_id,account,amount,paid_at,channel\n"
+                   f"DEMO-BILL-0001,DEMO-1002,20.00,{day},营业厅柜台\n"
+                   f"DEMO-BILL-0002,DEMO-9999,30.00,{day},网上国网\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+async def run_sync_jobs(node, stop: asyncio.Event, say: Callable[[str], None]) -> None:
+    """Both sync jobs once, :data:`SYNC_AFTER` seconds in (their schedule runs them every minute)."""
+    try:
+        await asyncio.wait_for(stop.wait(), SYNC_AFTER)
+        return
+    except TimeoutError:
+        pass
+    if node.sync is None:
+        return
+    for name in (SYNC_PAYMENTS, SYNC_BALANCES):
+        result = await node.sync.run_once(name)
+        if result is not None:
+            say(f"sync job {name}: {result.applied} applied, {result.duplicates} duplicate(s), "
+                f"{result.quarantined} quarantined (meterd sync status / meterd sync quarantine)")
 
 
 # Prepaid control in the demo: a household that runs out of money (a steep demo price so it happens
@@ -436,6 +491,7 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float, *, q
         assert spec.start is not None
         terminals = await start_terminals(data_dir, spec.start, spec.speed)
         text = demo_config(fleet, data_dir, interval, api, terminals)
+        drop_payments(data_dir, today_cst().isoformat())
         (data_dir / "demo.toml").write_text(text)
         import tomllib
 
@@ -479,11 +535,18 @@ async def run_demo(data_dir: Path, duration: float | None, interval: float, *, q
                 sys.stdout.flush()
 
             cut = asyncio.create_task(terminals.cut(say, stop))
+
+            def billing(line: str) -> None:
+                print(f"{_now_text()} billing: {line}")
+                sys.stdout.flush()
+
+            syncs = asyncio.create_task(run_sync_jobs(node, stop, billing))
             dial = asyncio.create_task(terminals.dial_dtus(spec.speed, spec.start, stop))
             settle_heap()  # this command owns the process: start-up's objects are out of the collector's way
             await node.run(stop)
             story = await watcher
             await cut
+            await syncs
             await dial
             stats = node.stats()
             total = store.count_readings()
