@@ -162,3 +162,18 @@ def test_meterd_migrate_brings_the_alarm_tables_too() -> None:
 
     assert dict(stores())["alarms"] is AlarmStore
     assert known_versions()["alarms"] == len(AlarmStore.MIGRATIONS) == 1
+
+
+def test_since_when_a_polled_terminal_is_offline(state_where: Location) -> None:
+    from meterd.api.alarms import terminal_offline_since
+    from meterd.storage.quality import QualityStore
+
+    with QualityStore(state_where) as quality:
+        for channel in ("d1", "d2", "d3"):
+            quality.record_watch(channel, T0)
+        quality.record_online("d1", T0, T0 + timedelta(minutes=30))  # online, then dropped twice
+        quality.record_online("d1", T0 + timedelta(hours=1), T0 + timedelta(hours=2))
+        quality.record_online("d3", T0)  # online now
+        quality.record_online("d4", T0, T0 + timedelta(hours=1))  # never polled by the master's rounds
+        assert terminal_offline_since(quality) == {"d1": T0 + timedelta(hours=2), "d2": T0,
+                                                   "d4": T0 + timedelta(hours=1)}

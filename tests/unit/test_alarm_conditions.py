@@ -42,9 +42,11 @@ def test_outages_and_terminals() -> None:
     terminals = [{"id": "DTU1", "channel": "d1", "kind": "dtu", "online": False, "meters": 3},
                  {"id": "DTU2", "channel": "d2", "kind": "dtu", "online": False, "meters": 1},  # never polled
                  {"id": "T3", "channel": "t3", "kind": "mqtt", "online": True, "meters": 5}]
-    [t] = terminal_conditions(terminals, T0, {"d1": T0 - timedelta(days=1), "t3": T0})
-    assert (t.key, t.subject, t.kind) == ("terminal:d1", "DTU1", AlarmKind.TERMINAL_OFFLINE)
-    assert len(terminal_conditions(terminals, T0, None)) == 2  # no watch record: every offline one
+    offline = {"d1": T0 - timedelta(hours=1), "d2": T0 - timedelta(minutes=2)}  # d2: redialling, within grace
+    [t] = terminal_conditions(terminals, T0, offline)
+    assert (t.key, t.subject, t.kind, t.since) == ("terminal:d1", "DTU1", AlarmKind.TERMINAL_OFFLINE, offline["d1"])
+    assert len(terminal_conditions(terminals, T0 + timedelta(minutes=3), offline)) == 2
+    assert terminal_conditions(terminals, T0, {}) == []  # never polled: not known to be down
 
 
 def test_spool_growing_over_the_window_only() -> None:

@@ -22,7 +22,7 @@ from typing import Any, Final
 from meterd.storage.alarms import AlarmKind, AlarmSeverity, Condition
 from meterd.storage.anomalies import Event, Severity
 
-__all__ = ["SPOOL_WINDOW", "anomaly_conditions", "outage_conditions", "spool_condition", "spool_key",
+__all__ = ["SPOOL_WINDOW", "TERMINAL_GRACE", "anomaly_conditions", "outage_conditions", "spool_condition", "spool_key",
            "terminal_conditions"]
 
 SEVERITY: Final = {Severity.CRITICAL: AlarmSeverity.CRITICAL, Severity.WARNING: AlarmSeverity.MAJOR,
@@ -46,6 +46,9 @@ ANOMALY_TITLES: Final = {
 # last SPOOL_WINDOW (at least SPOOL_MIN_SAMPLES), it never shrank and ended larger than it began.
 SPOOL_WINDOW: Final = timedelta(minutes=5)
 SPOOL_MIN_SAMPLES: Final = 3
+# A terminal offline this long is an alarm: a DTU redials within a minute or two, and a daemon
+# restart drops every link for a moment.
+TERMINAL_GRACE: Final = timedelta(minutes=5)
 
 
 def anomaly_conditions(events: Iterable[Event]) -> list[Condition]:
@@ -79,23 +82,22 @@ def outage_conditions(outages: Iterable[Any]) -> list[Condition]:
 
 
 def terminal_conditions(terminals: Iterable[Mapping[str, Any]], now: datetime,
-                        watched: Mapping[str, datetime] | None = None) -> list[Condition]:
-    """One condition per terminal offline: ``terminals`` as the API lists them (``id``,
-    ``channel``, ``kind``, ``online``, ``meters``).  Only terminals the master has watched
-    (``watched``: channel -> since when; None: all) -- a terminal never polled is not known to
-    be down."""
+                        offline_since: Mapping[str, datetime], grace: timedelta = TERMINAL_GRACE) -> list[Condition]:
+    """One condition per terminal offline for at least ``grace``: ``terminals`` as the API lists
+    them (``id``, ``channel``, ``kind``, ``online``, ``meters``), ``offline_since`` channel -> since
+    when it is offline (its last online interval's end, or since the master first polled it).  A
+    terminal never polled is not known to be down; one that reconnects within ``grace`` (a DTU's
+    redial, the daemon's own restart) is no alarm."""
     out = []
     for t in terminals:
-        if t["online"]:
-            continue
-        since = watched.get(t["channel"]) if watched is not None else now
-        if since is None:
+        since = offline_since.get(t["channel"])
+        if t["online"] or since is None or now - since < grace:
             continue
         out.append(Condition(
             f"terminal:{t['channel']}", AlarmKind.TERMINAL_OFFLINE, str(t["id"]), AlarmSeverity.MAJOR,
             f"terminal {t['id']} ({t['kind']}, channel {t['channel']}) offline: {t['meters']} meters unreachable",
-            now, {"channel": t["channel"], "terminal_kind": t["kind"], "meters": t["meters"],
-                  "watched_since": since.isoformat()}))
+            since, {"channel": t["channel"], "terminal_kind": t["kind"], "meters": t["meters"],
+                    "offline_since": since.isoformat()}))
     return out
 
 

@@ -67,9 +67,12 @@ from meterd.storage.alarms import (
     AlarmState,
     AlarmStore,
     Condition,
+    alarm_doc,
 )
 from meterd.storage.anomalies import AnomalyStore
 from meterd.storage.database import Location
+from meterd.storage.quality import QualityStore
+from meterd.storage.sqlite import from_ms
 
 if TYPE_CHECKING:
     from meterd.api.app import Api, Caller, Endpoint
@@ -145,20 +148,34 @@ def terminal_list(config: Any, quality: Any) -> list[dict[str, Any]]:
     return out
 
 
+def terminal_offline_since(quality: QualityStore) -> dict[str, datetime]:
+    """Channel -> since when its terminal is offline, for the terminals the master has polled and
+    that are not online now: the end of its last online interval, or when it was first polled if
+    it never was online.  (The online intervals are the quality store's table, read through its
+    connection and lock, as its own methods do.)"""
+    watched = quality.watched_since()
+    online = quality.online_since()
+    with quality._lock:
+        rows = quality._conn.execute("SELECT terminal, MAX(end_ts) FROM terminal_online WHERE end_ts IS NOT NULL "
+                                     "GROUP BY terminal").fetchall()
+    ended = {str(t): from_ms(ts) for t, ts in rows}
+    return {t: max(since, ended.get(t, since)) for t, since in watched.items() if t not in online}
+
+
 class AlarmWatch:
     """Gathers the conditions from the stores and syncs the alarm store (thread-safe; one sync at a
     time, a caller that finds one running reads the store as it is).  ``terminals``: the terminals
-    as the API lists them (None: not judged -- no site config); ``watched``: since when the master
-    has polled each terminal's channel; ``spool``: the running node's spool size (records, bytes);
+    as the API lists them (None: not judged -- no site config); ``offline``: since when each
+    terminal's channel is offline (:func:`terminal_offline_since`); ``spool``: the running node's spool size (records, bytes);
     ``node``: its name among collector nodes (each watches its own spool)."""
 
     def __init__(self, where: Location, *, control: ControlStore, anomalies: AnomalyStore, outages: OutageStore,
                  terminals: Callable[[], list[dict[str, Any]]] | None = None,
-                 watched: Callable[[], dict[str, datetime]] | None = None,
+                 offline: Callable[[], dict[str, datetime]] | None = None,
                  spool: Callable[[], tuple[int, int] | None] | None = None, node: str | None = None) -> None:
         self.store = AlarmStore(where)
         self.control, self.anomalies, self.outages = control, anomalies, outages
-        self.terminals, self.watched, self.spool, self.node = terminals, watched, spool, node
+        self.terminals, self.offline, self.spool, self.node = terminals, offline, spool, node
         self._lock = threading.Lock()
         self._last: datetime | None = None  # the ``now`` of the last sync
         self._spool: deque[tuple[datetime, int, int]] = deque(maxlen=_SPOOL_SAMPLES)
@@ -170,7 +187,8 @@ class AlarmWatch:
         cluster = getattr(api.config, "cluster", None)
         node = None if cluster is None else cluster.node or socket.gethostname()
         return cls(api.where, control=api.control, anomalies=api.anomalies, outages=api.outages,
-                   terminals=api._terminals if api.config is not None else None, watched=api.quality.watched_since,
+                   terminals=api._terminals if api.config is not None else None,
+                   offline=lambda: terminal_offline_since(api.quality),
                    spool=api.live.spool_size if api.live is not None else None, node=node)
 
     def idle(self) -> None:
@@ -208,7 +226,7 @@ class AlarmWatch:
         conditions += outage_conditions(self.outages.outages(True, limit=1_000_000))
         checked = {k for k, kind in ongoing.items() if kind in (AlarmKind.ANOMALY, AlarmKind.OUTAGE)}
         if self.terminals is not None:
-            conditions += terminal_conditions(self.terminals(), now, self.watched() if self.watched else None)
+            conditions += terminal_conditions(self.terminals(), now, self.offline() if self.offline else {})
             checked |= {k for k, kind in ongoing.items() if kind is AlarmKind.TERMINAL_OFFLINE}
         if self.spool is not None:
             size = self.spool()
@@ -274,13 +292,6 @@ async def watching(api: Api) -> AsyncIterator[None]:
 
 
 # --- documents ----------------------------------------------------------------------------------
-
-
-def alarm_doc(a: Alarm) -> dict[str, Any]:
-    return {"id": a.id, "kind": a.kind.value, "subject": a.subject, "severity": a.severity.value, "title": a.title,
-            "detail": a.detail, "raised_at": a.raised_at.isoformat(), "state": a.state.value, "assignee": a.assignee,
-            "history": [{"at": s.at.isoformat(), "by": s.by, "action": s.action.value, "comment": s.comment}
-                        for s in a.history]}
 
 
 _COMMENT: Final = {"type": "string", "maxLength": MAX_COMMENT}
@@ -501,4 +512,5 @@ def endpoints(endpoint: type[Endpoint], errors: tuple[int, ...]) -> tuple[Endpoi
     )
 
 
-__all__ = ["ALARM_SCHEMAS", "AlarmWatch", "alarm_doc", "endpoints", "terminal_list", "watching"]
+__all__ = ["ALARM_SCHEMAS", "AlarmWatch", "alarm_doc", "endpoints", "terminal_list", "terminal_offline_since",
+           "watching"]

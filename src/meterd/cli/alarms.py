@@ -78,8 +78,7 @@ def _text(a: Any, zone: Any) -> str:
 
 
 def alarms_cmd(args: argparse.Namespace) -> int:
-    from meterd.api.alarms import alarm_doc
-    from meterd.storage.alarms import AlarmError
+    from meterd.storage.alarms import AlarmError, alarm_doc
 
     try:
         where, config = _context(args)
@@ -108,9 +107,9 @@ def alarms_cmd(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace, where: Any, config: Any) -> int:
     from meterd.analytics.anomalies import AnomalyStore
     from meterd.analytics.outages import OutageStore
-    from meterd.api.alarms import AlarmWatch, alarm_doc, terminal_list
+    from meterd.api.alarms import AlarmWatch, terminal_list, terminal_offline_since
     from meterd.control.state import ControlStore
-    from meterd.storage.alarms import AlarmState
+    from meterd.storage.alarms import AlarmState, alarm_doc
     from meterd.storage.quality import QualityStore
 
     if not 1 <= args.limit <= 10_000:
@@ -120,7 +119,7 @@ def _list(args: argparse.Namespace, where: Any, config: Any) -> int:
             QualityStore(where) as quality:
         watch = AlarmWatch(where, control=control, anomalies=anomalies, outages=outages,
                            terminals=(lambda: terminal_list(config, quality)) if config is not None else None,
-                           watched=quality.watched_since)
+                           offline=lambda: terminal_offline_since(quality))
         try:
             if not args.no_sync:
                 watch.refresh(now, force=True)

@@ -124,6 +124,14 @@ class Alarm:
     history: tuple[Step, ...] = ()
 
 
+def alarm_doc(a: Alarm) -> dict[str, Any]:
+    """The alarm as the API and ``meterd alarms --json`` give it (times ISO 8601, UTC)."""
+    return {"id": a.id, "kind": a.kind.value, "subject": a.subject, "severity": a.severity.value, "title": a.title,
+            "detail": a.detail, "raised_at": a.raised_at.isoformat(), "state": a.state.value, "assignee": a.assignee,
+            "history": [{"at": s.at.isoformat(), "by": s.by, "action": s.action.value, "comment": s.comment}
+                        for s in a.history]}
+
+
 # Version 1 of the alarm tables (see meterd.storage.statedb: a new database is migrated from 0 like
 # an old one).  ``audit`` is the prepaid store's table (meterd.control.state), created here too,
 # identically, so that a step and its audit line are one transaction whichever store came first.
