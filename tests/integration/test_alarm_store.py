@@ -53,6 +53,11 @@ def test_one_alarm_per_ongoing_condition(store: AlarmStore) -> None:
     assert first.detail == {"n": 3} and first.raised_at == T0 and first.state is AlarmState.OPEN
     assert [s.action for s in first.history] == [Action.RAISED]
     assert store.counts() == {"open": 2, "acknowledged": 0, "closed": 0}
+    # a failed command's alarm: the next failure shows the relay stuck
+    [c], _ = store.sync([cond("command:m:trip", kind=AlarmKind.COMMAND_FAILED)], [], T0)
+    store.sync([cond("command:m:trip", kind=AlarmKind.RELAY_STUCK)], [], T0 + timedelta(minutes=5))
+    stuck = store.alarm(c)
+    assert stuck is not None and stuck.kind is AlarmKind.RELAY_STUCK
 
 
 def test_cleared_condition_is_resolved_and_keeps_its_history(store: AlarmStore) -> None:

@@ -193,6 +193,12 @@ def _detail_json(detail: Mapping[str, Any]) -> str:
     return text
 
 
+def _looks(row: Sequence[Any]) -> tuple[Any, ...]:
+    """What a sync may change of an ongoing alarm (a row of ``AlarmStore._ONGOING``): severity,
+    title, detail, kind (a failed command's alarm becomes ``relay_stuck`` when the relay is found stuck)."""
+    return row[2], row[3], row[4], row[6]
+
+
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
@@ -228,7 +234,7 @@ class AlarmStore(StateDatabase):
 
     # --- conditions in, alarms raised and resolved ------------------------------------------------
 
-    _ONGOING: Final = "SELECT id, cond_key, severity, title, detail, state FROM alarms WHERE ongoing = 1"
+    _ONGOING: Final = "SELECT id, cond_key, severity, title, detail, state, kind FROM alarms WHERE ongoing = 1"
 
     def sync(self, conditions: Iterable[Condition], checked: Iterable[str], now: datetime
              ) -> tuple[list[int], list[int]]:
@@ -257,14 +263,14 @@ class AlarmStore(StateDatabase):
             return True
         for key, (c, title, detail) in found.items():
             current = ongoing.get(key)
-            if current is None or tuple(current[2:5]) != (c.severity.value, title, detail):
+            if current is None or _looks(current) != (c.severity.value, title, detail, c.kind.value):
                 return True
         return False
 
     def _apply(self, conn: Any, rows: Iterable[Sequence[Any]], found: Mapping[str, tuple[Condition, str, str]],
                quiet: set[str], now_ms: int) -> tuple[list[int], list[int]]:
         """The changes as a few batches (PostgreSQL pipelines a batch: one wait, not one per alarm)."""
-        ongoing = {r[1]: r for r in rows}  # key -> (id, key, severity, title, detail, state)
+        ongoing = {r[1]: r for r in rows}  # key -> (id, key, severity, title, detail, state, kind)
         new: list[tuple[Any, ...]] = []
         changed: list[tuple[Any, ...]] = []
         for key, (c, title, detail) in found.items():
@@ -272,8 +278,8 @@ class AlarmStore(StateDatabase):
             if current is None:
                 new.append((key, c.kind.value, c.subject, c.severity.value, title, detail,
                             min(to_ms(c.since), now_ms), now_ms, AlarmState.OPEN.value))
-            elif tuple(current[2:5]) != (c.severity.value, title, detail):
-                changed.append((c.severity.value, title, detail, now_ms, current[0]))
+            elif _looks(current) != (c.severity.value, title, detail, c.kind.value):
+                changed.append((c.severity.value, title, detail, c.kind.value, now_ms, current[0]))
         history: list[tuple[Any, ...]] = []
         raised: list[int] = []
         if new:
@@ -285,8 +291,8 @@ class AlarmStore(StateDatabase):
                 raised.append(ids[key])
                 history.append((ids[key], since, SYSTEM, Action.RAISED.value, None))
         if changed:
-            conn.executemany("UPDATE alarms SET severity = ?, title = ?, detail = ?, updated_ts = ? WHERE id = ?",
-                             changed)
+            conn.executemany("UPDATE alarms SET severity = ?, title = ?, detail = ?, kind = ?, updated_ts = ? "
+                             "WHERE id = ?", changed)
         resolved = [ongoing[key] for key in quiet if key in ongoing]
         if resolved:
             conn.executemany("UPDATE alarms SET ongoing = 0, updated_ts = ? WHERE id = ?",
