@@ -302,6 +302,9 @@ class Channel:
                     continue
                 finally:
                     self._last_done = time.monotonic()
+                if self._link_down:  # a spell of trouble ends with an answer, not with a port that opens
+                    log.info("channel %s: link is back", self.name)
+                    self._link_down = False
                 return reply
             assert last is not None
             raise last
@@ -328,9 +331,6 @@ class Channel:
                 log.warning("channel %s: link down: %s", self.name, exc)
                 self._link_down = True
             raise TransactionError(FailureKind.LINK, str(exc), meter=meter) from exc
-        if self._link_down:
-            log.info("channel %s: link is back", self.name)
-            self._link_down = False
 
     async def _attempt(self, meter: str, wire: bytes, matcher: ReplyMatcher | None, request: Any) -> Any:
         await self._ensure_open(meter)
