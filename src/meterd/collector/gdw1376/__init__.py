@@ -45,12 +45,14 @@ values are stamped with the time the terminal read the meter (never later than t
 Events: a reply whose EC says important events are waiting (ACD) makes the channel read them by
 pointer (AFN 0E F1); ERC14 (terminal power off / on) becomes ``event.power_down.start`` /
 ``.end`` readings of every meter behind the terminal, which outage detection takes as power-down
-reports.  At login the terminal's meter archive (AFN 0A F10) is compared with the config and the
+reports; every other record becomes an anomaly ``terminal.erc<N>`` of the meter it names or of the
+terminal (``events``).  At login the terminal's meter archive (AFN 0A F10) is compared with the config and the
 differences downloaded (AFN 04 F10), logged and audited (``archive``).  A special-transformer
-terminal's control turn is tripped and released with AFN 05 (``turns``).
+terminal's control turn is tripped and released, 保电 and 催费告警 set and cleared, with AFN 05,
+each confirmed by the terminal's control state read back (AFN 0C F5 / F6; ``turns``).
 
 Imports: :mod:`meterd.collector.channel`, ``poll`` and ``transports``, the protocol codecs, storage's
-reading types; nothing of control, analytics or the daemon.
+reading types and anomaly findings; nothing of control, analytics or the daemon.
 """
 
 from meterd.collector.gdw1376.archive import archive_entries, read_events, sync_archive
