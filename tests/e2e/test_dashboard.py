@@ -219,6 +219,8 @@ def test_search_a_meter_by_its_last_digits_and_trip_it_as_an_operator(demo, brow
         # confirmed: the command's state and the relay read back open
         page.wait_for_selector("#p-commands .b-confirmed", timeout=30_000)
         page.wait_for_selector("#relay-state[data-open=true]", timeout=15_000)
+        page.locator("button[data-range='1h']").click()  # the demo's meters are minutes old: the last hour
+        wait_js(page, "document.querySelector('button[data-range=\"1h\"]').classList.contains('on')")
         shot(page, shots, "meter-tripped")
         _, doc = call(base, "GET", "/api/v1/console/commands?meter=000000000002&limit=1", tokens["viewer"])
         command = doc["commands"][0]  # type: ignore[index]

@@ -136,7 +136,7 @@ async def search(api: Api, request: Request, caller: Caller | None) -> Response:
         hits = [m for m in meters if m.address == exact]
         hits += [m for m in meters if m.address != exact and (
             (q.isdigit() and _digits_match(m.address, q)) or (m.name and low in m.name.lower()))][:limit]
-        if not hits and api._meter_exists(exact):
+        if not hits and exact.isdigit() and (api.archive.meter(exact) is not None or _owners(api, [exact])):
             hits = [MeterRecord(exact, "", "", Decimal(1), Decimal(1))]
         owners = _owners(api, (m.address for m in hits[:limit]))
         for m in hits[:limit]:

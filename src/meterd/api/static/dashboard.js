@@ -420,6 +420,23 @@
     return state.charts[name];
   }
 
+  /* Ticks on whole minutes, hours or days of the site's clock between ``lo`` and ``hi`` (ms). */
+  function siteTicks(lo, hi) {
+    if (!Number.isFinite(lo) || !Number.isFinite(hi) || hi <= lo) return [];
+    const minute = 60e3;
+    let step = 7 * 1440 * minute;
+    for (const m of [1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440, 2880, 4320, 10080]) {
+      if ((hi - lo) / (m * minute) <= 8) {
+        step = m * minute;
+        break;
+      }
+    }
+    const off = offsetMs(lo);
+    const ticks = [];
+    for (let at = Math.ceil((lo + off) / step) * step - off; at <= hi && ticks.length < 20; at += step) ticks.push({ value: at });
+    return ticks;
+  }
+
   /* A line chart over time: datasets [{label, points [{x ms, y}], axis "y" | "y1", color, bar}]. */
   function timeChart(name, canvas, datasets, axes, range) {
     const xs = datasets.flatMap((d) => d.points.map((p) => p.x));
@@ -428,7 +445,8 @@
     const span = xs.length || range ? hi - lo : 0;
     const scales = {
       x: { type: "linear", min: range ? range[0] : undefined, max: range ? range[1] : undefined,
-        ticks: { callback: (v) => axisLabel(v, span), maxTicksLimit: 10 },
+        ticks: { callback: (v) => axisLabel(v, span), maxTicksLimit: 12 },
+        afterBuildTicks: (axis) => { axis.ticks = siteTicks(axis.min, axis.max); },
         title: { display: true, text: zoneLabel() } },
     };
     for (const [id, axis] of Object.entries(axes)) {
@@ -762,7 +780,7 @@
 
   // --- meter page ------------------------------------------------------------------------------
 
-  const RANGES = [["6h", 6], ["24h", 24], ["7d", 168], ["30d", 720]];
+  const RANGES = [["1h", 1], ["6h", 6], ["24h", 24], ["7d", 168], ["30d", 720]];
 
   PAGES.meter = async function (errors, r) {
     const address = r.arg;
@@ -868,7 +886,7 @@
   async function drawMeterCurves(errors, main, address) {
     const body = panel(main, "p-curve", "meter.curves", true);
     const range = state.view.range || "24h";
-    const hours = (RANGES.find((x) => x[0] === range) || RANGES[1])[1];
+    const hours = (RANGES.find((x) => x[0] === range) || RANGES[2])[1];
     let since;
     let until;
     if (range === "custom" && state.view.since && state.view.until) {
@@ -994,7 +1012,7 @@
       { label: t("account.kwhaxis"), axis: "y1", color: "#2da44e", stepped: true,
         points: series.filter((p) => p.kwh !== null).map((p) => ({ x: p.x, y: p.kwh })) },
     ], { y: { title: t("account.balanceaxis"), zero: false }, y1: { title: t("account.kwhaxis"), zero: false } },
-    [Date.now() - (state.view.days || 30) * 86400e3, Date.now()]);
+    [Math.max(Date.now() - (state.view.days || 30) * 86400e3, series.length ? series[0].x : 0), Date.now()]);
 
     for (const [id, title, kind] of [["p-payments", "account.payments", "payment"], ["p-ledger", "account.ledger", null]]) {
       const body = panel(main, id, title, true);
