@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from meterd.protocols.gdw1376.catalogue import EventPointers, MeterArchive, MeterEntry, ProtectOn, RemoteTrip
+from meterd.protocols.gdw1376.events import EventRecord, ParameterChange, ReadFailure, TerminalFault
 from meterd.protocols.gdw1376.frame import Afn, TerminalAddress, decode_frame, encode_frame, make_time_label
 from meterd.protocols.gdw1376.messages import DataUnit, Message, decode_message, encode, request, unit
 from meterd.simulators.dlt645 import Dlt645Bus
@@ -144,3 +145,54 @@ def test_changing_a_points_meter_drops_what_was_collected_for_it():
 def test_impossible_terminals_are_refused_with_a_reason(kind, turns):
     with pytest.raises(ValueError, match="terminal 3201-0012"):
         terminal(kind, turns=turns)
+
+
+# --- events other than ERC14, 催费告警 --------------------------------------------------------------
+
+
+def test_a_meter_that_stops_answering_raises_erc31_and_again_when_it_answers():
+    t = terminal(kind="concentrator")
+    t.collect(START)  # both meters answer
+    last = t.points[2].energy
+    assert last is not None
+    t.bus.meter("000000000002").power_down(START)
+    t.collect(START + timedelta(minutes=15))
+    t.collect(START + timedelta(minutes=30))  # still silent: no second record
+    t.bus.meter("000000000002").power_up(START + timedelta(minutes=40))
+    t.collect(START + timedelta(minutes=45))
+    began, ended = t.events()
+    assert isinstance(began, ReadFailure) and began.pn == 2 and began.began
+    assert began.at == START + timedelta(minutes=15) and began.last_read == START
+    assert began.energy == last.total  # the registers at the last good read
+    assert ended == ReadFailure(START + timedelta(minutes=45), 2, False, None, None, None)
+    assert t.events_waiting  # ACD until the master reads them
+
+
+def test_no_meter_answering_is_one_erc21_and_a_meter_never_read_raises_no_erc31():
+    t = terminal(kind="concentrator")
+    for m in t.bus.meters:
+        m.power_down(START)
+    t.collect(START)
+    t.collect(START + timedelta(minutes=15))
+    assert t.events() == [TerminalFault(START, 4)]  # once; no ERC31: neither meter was ever read
+
+
+def test_parameters_set_by_the_master_are_erc3_and_any_record_can_be_put_in():
+    t = terminal()
+    entries = MeterArchive((MeterEntry(seq=3, pn=3, port=2, baud=2400, protocol=30, address="000000000003"),))
+    assert ask(t, START, Afn.SET_PARAMETERS, [unit(0, 10, entries)])[0].afn == Afn.CONFIRM
+    (erc3,) = t.events()
+    assert isinstance(erc3, ParameterChange) and erc3.item_names() == ["p0 F10"] and erc3.master == ADDRESS.master
+    t.record_event(EventRecord(77, b"\xff"))
+    (log,) = ask(t, START, Afn.CLASS3_DATA, [unit(0, 1, EventPointers(0, 2))])
+    assert log.value(1).records == (erc3, EventRecord(77, b"\xff"))
+
+
+def test_the_payment_reminder_alarm_is_set_and_cleared_and_shown_in_f5_and_f6():
+    t = terminal()
+    assert ok(ask(t, START, Afn.CONTROL, [unit(0, 26)]))
+    assert state(t, START) == {5: {"protected": False, "reminder": True}, 6: {"tripped": set(), "reminder": True}}
+    assert ok(ask(t, START, Afn.CONTROL, [unit(0, 34)]))
+    assert state(t, START)[5]["reminder"] is False
+    (denied,) = ask(terminal(kind="concentrator"), START, Afn.CONTROL, [unit(0, 26)])
+    assert denied.units[0].fns == (2,)  # a concentrator has no 催费告警 output
