@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import textwrap
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -113,6 +114,11 @@ channel = "bus"
 group = "homes"
 rated_current = "60.0"
 phases = 1
+
+[[meters]]
+address = "9"
+channel = "gw"
+group = "flats"
 
 [[polls]]
 name = "all"
@@ -338,3 +344,81 @@ def test_a_broken_file_is_refused_with_tomllibs_message_whichever_parser_is_trie
     assert f"{tmp_path / 'site.toml'}: line " in found[0]
     found = problems_of(tmp_path, FLEET.replace('interval = "1h"', "interval = {a = 1,}"))  # TOML 1.1 only
     assert len(found) == 1 and "invalid TOML: Invalid initial character for a key part" in found[0], found
+
+
+# --- the task scheduler: each job's meters looked up by channel, not searched for ---------------
+
+TASKS = """
+[[tasks]]
+name = "rt"
+kind = "realtime"
+groups = ["homes"]
+quantities = ["energy.active.import.total"]
+every = "15m"
+
+[[tasks]]
+name = "all"
+kind = "realtime"
+quantities = ["voltage.a"]
+every = "1h"
+
+[[tasks]]
+name = "df"
+kind = "daily_frozen"
+groups = ["flats"]
+
+[[tasks]]
+name = "rr"
+kind = "reread"
+"""
+
+
+def test_the_scheduler_gives_each_job_the_meters_a_search_in_order_gives(tmp_path: Path) -> None:
+    from meterd.collector.scheduler import TaskScheduler
+    from meterd.collector.tasks import task_reads
+    from meterd.storage.sqlite import SqliteStore
+
+    config = load(tmp_path, FLEET + TASKS)
+    with SqliteStore(tmp_path / "data") as store:
+        sched = TaskScheduler(config.tasks, config.meters, lambda *a: None, store=store)
+        routine = [t for t in config.tasks if t.name != "rr"]
+        for t in config.tasks:
+            if t in routine:  # the plain way: every meter the task covers and can ask something
+                plain = [m for m in config.meters if task_reads(t, m) is not None]
+            else:  # a re-read: the meters its routine tasks read
+                plain = [m for m in config.meters if any(task_reads(r, m) is not None for r in routine)]
+            assert sched.meters_of(t.name) == tuple(plain), t.name
+            assert sched.channels_of(t.name) == tuple(dict.fromkeys(m.channel for m in plain)), t.name
+            for ch in ("bus", "gw", "spare"):
+                assert sched.meters_of(t.name, ch) == tuple(m for m in plain if m.channel == ch), (t.name, ch)
+            if t in routine:
+                for m in plain:
+                    assert sched._reads[(t.name, m.address)] == task_reads(t, m)
+        assert [m.address[-1] for m in sched.meters_of("rt")] == ["1", "5", "6", "7", "8"]
+        assert sched.channels_of("rt") == ("bus", "gw")
+        assert sched.channels_of("df") == ("gw",)
+        reads = sched.reads_for("all", "gw", datetime(2026, 3, 4, tzinfo=UTC))
+        assert list(reads) == ["000000000002", "000000000004", "000000000006", "000000000009"]
+
+
+async def test_a_task_round_gets_its_channels_meters_in_config_order(tmp_path: Path) -> None:
+    from meterd.collector.poll import RoundResult
+    from meterd.collector.scheduler import TaskScheduler
+
+    config = load(tmp_path, FLEET + TASKS)
+    seen = []
+
+    def run_round(task, meters_by_channel, reads, now):
+        seen.append({ch: [m.address[-1] for m in ms] for ch, ms in meters_by_channel.items()})
+        return RoundResult(next(iter(meters_by_channel)), now)
+
+    sched = TaskScheduler(config.tasks, config.meters, run_round, store=_NoStore())
+    now = datetime(2026, 3, 4, tzinfo=UTC)
+    await sched.run_task("rt", "bus", now)
+    await sched.run_task("all", "gw", now)
+    assert seen == [{"bus": ["1", "5", "7", "8"]}, {"gw": ["2", "4", "6", "9"]}]
+
+
+class _NoStore:
+    def readings(self, *a, **kw):
+        return []

@@ -246,13 +246,29 @@ class TaskScheduler:
         self._channel_locks: dict[str, asyncio.Lock] = {}
         self._running: set[str] = set()
         self.scheduler: AsyncIOScheduler | None = None
+        # task -> channel -> its meters the task reads, in config order: worked out once here (a
+        # re-read's on first use), since a job asks for its channel's meters at every run and a
+        # district has thousands of channels and 100,000 meters
+        self._by_channel: dict[str, dict[str, tuple[MeterConfig, ...]]] = {}
         for t in tasks:
             if t.kind is TaskKind.REREAD:
                 continue
+            # what a task asks depends on the meter's protocol and map only: resolved once per
+            # kind of meter and shared (a problem still names the first meter of its kind)
+            kinds: dict[tuple[str, int], tuple[Reads | None, MeterConfig]] = {}
+            on: dict[str, list[MeterConfig]] = {}
             for m in self.meters:
-                reads = task_reads(t, m)
+                if not t.covers(m):
+                    continue
+                kind = (str(m.protocol), id(m.regmap))
+                known = kinds.get(kind)
+                if known is None:
+                    known = kinds[kind] = (task_reads(t, m), m)  # the meter keeps the map's id its own
+                reads = known[0]
                 if reads is not None:
                     self._reads[(t.name, m.address)] = reads
+                    on.setdefault(m.channel, []).append(m)
+            self._by_channel[t.name] = {ch: tuple(ms) for ch, ms in on.items()}
         for t in tasks:
             for ch in self.channels_of(t):
                 self.stats[job_id(t.name, ch)] = JobStats(t.name, ch)
@@ -265,20 +281,29 @@ class TaskScheduler:
     def meters_of(self, task: TaskSpec | str, channel: str | None = None) -> tuple[MeterConfig, ...]:
         """The meters a task reads (a re-read: the meters in its groups that its routine tasks read)."""
         t = self._task(task)
-        if t.kind is TaskKind.REREAD:
+        by_channel = self._by_channel.get(t.name)
+        if by_channel is None:  # a re-read, the first time it is asked
             routine = self._routine_of(t)
-            chosen = [m for m in self.meters
-                      if t.covers(m) and any((r.name, m.address) in self._reads for r in routine)]
-        else:
-            chosen = [m for m in self.meters if (t.name, m.address) in self._reads]
-        return tuple(m for m in chosen if channel is None or m.channel == channel)
+            on: dict[str, list[MeterConfig]] = {}
+            for m in self.meters:
+                if t.covers(m) and any((r.name, m.address) in self._reads for r in routine):
+                    on.setdefault(m.channel, []).append(m)
+            by_channel = self._by_channel[t.name] = {ch: tuple(ms) for ch, ms in on.items()}
+        if channel is not None:
+            return by_channel.get(channel, ())
+        if len(by_channel) == 1:
+            return next(iter(by_channel.values()))
+        order = {id(m): i for i, m in enumerate(self.meters)}  # config order across channels, as before
+        return tuple(sorted((m for ms in by_channel.values() for m in ms), key=lambda m: order[id(m)]))
 
     def _routine_of(self, reread: TaskSpec) -> list[TaskSpec]:
         names = reread.options.get("tasks") or ()
         return [t for t in self.tasks.values() if t.kind in ROUTINE_KINDS and (not names or t.name in names)]
 
     def channels_of(self, task: TaskSpec | str) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(m.channel for m in self.meters_of(task)))
+        """The channels of the task's meters, in the order of their first meter in the config."""
+        self.meters_of(task, "")  # a re-read's meters worked out
+        return tuple(self._by_channel[self._task(task).name])  # made in config order: first meter first
 
     def due(self, now: datetime, missed: list[Missed] | None = None) -> list[Due]:
         """What is due at ``now`` given :attr:`last_runs` (see :func:`due_tasks`)."""
@@ -330,7 +355,7 @@ class TaskScheduler:
                     stats.idle += 1
                     self.last_runs[t.name] = at
                     return None
-                meters = {channel: tuple(m for m in self.meters if m.channel == channel and m.address in reads)}
+                meters = {channel: tuple(m for m in self.meters_of(t, channel) if m.address in reads)}
                 started = _time.monotonic()
                 try:
                     outcome = self.run_round(t, meters, reads, at)
