@@ -338,3 +338,31 @@ def test_the_daemons_api_syncs_alarms_in_the_background(tmp_path: Path) -> None:
                 time.sleep(0.05)
             [alarm] = store.alarms()[0]
     assert alarm.subject == M3 and alarm.severity.value == "critical"
+
+
+def test_the_alarm_list_and_its_steps_on_postgresql(pg_url: str) -> None:
+    from meterd.storage.database import Database
+
+    db = Database(pg_url, pool_size=4)
+    with ControlStore(db) as control:
+        control.upsert_accounts([AccountSpec("A1", "flat", {M1: Decimal(1)})], actor="test", now=NOW)
+        _fail(control, M1, CommandKind.TRIP, NOW, read_back={"relay.open": False})
+    with AnomalyStore(db) as anomalies:
+        anomalies.update([Finding(M3, Kind.NO_DATA, Severity.WARNING, NOW, "silent", ())], [], NOW)
+    with TokenStore(db) as tokens:
+        secrets = {role: tokens.create(f"{role}-user", role, NOW)[1] for role in ROLES}
+    with serve(create_app(db, clock=Clock())) as base:
+        s = Site(Path("/nonexistent"), base, secrets)
+        doc = _alarms(s)
+        assert sorted(a["kind"] for a in doc["alarms"]) == ["anomaly", "relay_stuck"]
+        first = doc["alarms"][0]["id"]
+        assert s.call("POST", f"/api/v1/alarms/{first}/close", role="operator", body={"comment": "done"})[0] == 200
+        status, _, again = s.call("POST", f"/api/v1/alarms/{first}/close", role="operator", body={"comment": "x"})
+        assert status == 409 and "closed already" in again["error"]
+        assert s.call("GET", "/api/v1/overview", role="viewer")[2]["alarms"] == {"open": 1, "acknowledged": 0}
+        status, _, protected = s.call("POST", "/api/v1/accounts/A1/protect", role="admin",
+                                      body={"protect": True, "reason": "hospital"})
+        assert status == 200 and protected["protected"] is True
+    with ControlStore(db) as control:
+        assert [r.action for r in control.audit_log(limit=20) if r.actor in ("operator-user", "admin-user")] == [
+            "alarm-close", "protection-override", "api-protect"]
