@@ -107,6 +107,8 @@ def test_steps_with_their_audit_line_and_refusals_write_nothing(state_where: Loc
         (lambda: store.act(a, Action.ASSIGNED, actor="li", now=T0, to="a\nb"), AlarmInputError, "one line"),
         (lambda: store.act(a, Action.RAISED, actor="li", now=T0), AlarmInputError, "not an operator's step"),
         (lambda: store.act(999, Action.CLOSED, actor="li", now=T0, comment="c"), AlarmNotFoundError, "no alarm #999"),
+        (lambda: store.act(10**30, Action.CLOSED, actor="li", now=T0, comment="c"), AlarmNotFoundError, "no alarm"),
+        (lambda: store.act(-1, Action.CLOSED, actor="li", now=T0, comment="c"), AlarmNotFoundError, "no alarm #-1"),
     ]
     before = store.alarm(a)
     for call, error, words in refusals:

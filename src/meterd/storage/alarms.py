@@ -328,6 +328,8 @@ class AlarmStore(StateDatabase):
         if assignee is not None and "\n" in assignee:
             raise AlarmInputError("to (the assignee) must be one line")
         assert who is not None
+        if not 0 < alarm_id < 2**63:  # no such row; and SQLite cannot even bind a larger number
+            raise AlarmNotFoundError(f"no alarm #{alarm_id}")
         now_ms = to_ms(now)
         with self._write() as conn:
             row = conn.execute(f"SELECT {_COLUMNS} FROM alarms WHERE id = ?", (alarm_id,)).fetchone()
