@@ -414,3 +414,33 @@ async def test_a_reply_larger_than_4_kib_reaches_the_channel():
         values = {pn: v for pn, fn, v in reply.items()}
         assert len(values) == 32 and values[32].rates == 30 and values[32].total == 1320
         await term.close()
+
+
+async def test_events_the_terminal_never_sends_are_skipped_after_a_few_tries(tmp_path, monkeypatch):
+    monkeypatch.setenv("GW_PW", PW_HEX)
+    port = free_port()
+    config = parse_config(tomllib.loads(config_text(port, tmp_path).replace('response_timeout = "1s"',
+                                                                          'response_timeout = "200ms"')), "gw.toml")
+    got = []
+    term = FakeTerminal(T1, "127.0.0.1", port, meters_of(1), password=bytes.fromhex(PW_HEX))
+    term.archive = {pn: archive_entry(pn, a) for pn, a in meters_of(1).items()}
+    term.ec = EventCounter(1, 0)  # an event waiting that the terminal never answers for
+    answer = term.answer
+    term.answer = lambda msg: None if msg.afn == Afn.CLASS3_DATA else answer(msg)  # type: ignore[method-assign]
+    with SqliteStore(config.store.data_dir) as store:
+        daemon = Daemon(config, store, clock=lambda: datetime.now(UTC))
+        daemon.subscribe(got.extend)
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        await asyncio.sleep(0.2)
+        await term.connect()
+        try:
+            await wait_for(lambda: len([m for m in term.requests if m.afn == Afn.CLASS3_DATA]) >= 3, 15.0)
+            before = len(got)
+            await asyncio.sleep(1.5)  # rounds go on, and the events are not asked for again
+        finally:
+            stop.set()
+            await task
+            await term.close()
+    assert len([m for m in term.requests if m.afn == Afn.CLASS3_DATA]) == 3
+    assert len(got) > before  # the channel kept polling

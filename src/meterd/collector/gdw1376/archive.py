@@ -11,10 +11,12 @@ from typing import Any, Final
 from meterd.clock import CST, local_text
 from meterd.collector.channel import (
     URGENT,
+    TransactionError,
 )
 from meterd.collector.gdw1376.channel import GdwChannel
 from meterd.collector.gdw1376.events import event_findings
 from meterd.collector.gdw1376.rounds import _local
+from meterd.errors import ProtocolError
 from meterd.protocols.gdw1376.catalogue import (
     PROTOCOL_645_1997,
     PROTOCOL_645_2007,
@@ -43,6 +45,7 @@ EventSink = Callable[[list[Finding], list[tuple[str, Kind]]], None]
 # --- after login: the meter archive, events ----------------------------------------------------------
 
 BAUD_OF: Final = {DLT645_1997: 1200}
+EVENT_READ_TRIES: Final = 3  # failed reads of the same events before they are skipped
 DEFAULT_BAUD: Final = 2400
 
 
@@ -114,8 +117,21 @@ async def read_events(channel: GdwChannel, now: datetime, *, zone: tzinfo = CST,
     channel.events_waiting = False
     if start == end:
         return []
-    reply = await channel.request(Afn.CLASS3_DATA, [unit(0, 1, EventPointers(start, end))], priority=URGENT)
-    channel.event_pointer = end
+    try:
+        reply = await channel.request(Afn.CLASS3_DATA, [unit(0, 1, EventPointers(start, end))], priority=URGENT)
+    except (TransactionError, ProtocolError) as exc:
+        # tried again after the next round (a link that failed once loses no events); records the
+        # terminal cannot send must not cost every round a timeout for ever: after a few tries they
+        # are skipped, loudly
+        channel.event_failures += 1
+        if channel.event_failures < EVENT_READ_TRIES:
+            channel.events_waiting = True
+            raise
+        log.error("channel %s: terminal %s: important events %d..%d not read in %d tries (%s): skipped",
+                  channel.name, channel.address.key, start, end, channel.event_failures, exc)
+        channel.event_pointer, channel.event_failures = end, 0
+        return []
+    channel.event_pointer, channel.event_failures = end, 0
     out: list[Reading] = []
     others: list[TerminalEvent] = []
     for _, fn, value in reply.items():

@@ -131,6 +131,7 @@ class GdwChannel(Channel):
         self.ec: EventCounter | None = None
         self.event_pointer: int | None = None  # the next important event to read
         self.events_waiting = False
+        self.event_failures = 0  # failed reads of the events from event_pointer (archive.read_events)
 
     @property
     def relay_timeout_ms(self) -> int:
