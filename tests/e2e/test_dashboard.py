@@ -360,6 +360,79 @@ def test_the_other_pages_draw_and_lists_page_on_the_server(demo, browser, shots)
         context.close()
 
 
+TERMINAL_SITE = """
+[store]
+data_dir = "{data}"
+[listeners.gprs]
+port = 1
+[channels.dtu1]
+dtu = {{ listener = "gprs", terminal = "DTU-0001" }}
+[[meters]]
+address = "000000000005"
+channel = "dtu1"
+[[meters]]
+address = "000000000006"
+channel = "dtu1"
+[[polls]]
+name = "p"
+interval = 60
+quantities = ["energy.active.import.total"]
+"""
+
+
+@needs_chromium
+def test_the_terminal_page_shows_its_online_history_meters_and_failures(browser, shots, tmp_path):
+    """The demo has no terminal (yet): a site with a DTU, its online intervals and a failure, served in-process."""
+    import tomllib
+    from datetime import timedelta
+
+    import uvicorn
+
+    from meterd.api import TokenStore, create_app
+    from meterd.config.loader import parse_config
+    from meterd.storage.quality import QualityStore
+    from meterd.storage.sqlite import Attempt, MeterRecord, SqliteStore
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    with SqliteStore(tmp_path) as archive:
+        archive.upsert_meters([MeterRecord(a, "dtu1", "dlt645-2007", 1, 1) for a in ("000000000005", "000000000006")])
+        archive.record_attempts([Attempt("000000000006", "dtu1", "00010000", now - timedelta(minutes=5), "timeout",
+                                         None, "no answer within 2.0 s"),
+                                 Attempt("000000000005", "dtu1", "00010000", now - timedelta(minutes=5), "ok", 0.2)])
+    with QualityStore(tmp_path) as quality:
+        quality.record_watch("dtu1", now - timedelta(hours=6))
+        quality.record_online("dtu1", now - timedelta(hours=6), now - timedelta(hours=4))
+        quality.record_online("dtu1", now - timedelta(hours=3), None)
+    with TokenStore(tmp_path) as tokens:
+        token = tokens.create("wall", "viewer", now)[1]
+    config = parse_config(tomllib.loads(TERMINAL_SITE.format(data=tmp_path)), source="terminal.toml")
+    app = create_app(tmp_path, clock=lambda: datetime.now(UTC), config=config)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning",
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline
+            time.sleep(0.01)
+        base = f"http://127.0.0.1:{server.config.port}"
+        context, page = open_console(browser, base, token, route="#/terminal/DTU-0001")
+        try:
+            assert "online" in page.inner_text("#p-state") and "DTU" in page.inner_text("#p-state")
+            assert page.locator("#p-online tbody tr").count() == 2
+            assert "000000000006" in page.inner_text("#p-meters") and "timeout" in page.inner_text("#p-failures")
+            share = page.inner_text("#p-state")
+            assert "83.3 %" in share, share  # online 2 h + 3 h of the 6 h watched
+            shot(page, shots, "terminal")
+            assert not page.problems, page.problems
+        finally:
+            context.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 @needs_chromium
 def test_a_refused_token_asks_for_another(demo, browser):
     base, _, _ = demo

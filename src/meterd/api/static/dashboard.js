@@ -1071,20 +1071,24 @@
       return;
     }
     setText("page-title", `${word("unitkind", doc.kind)} ${doc.unit}`);
+    // days before the first with any data (the archive does not reach back that far) are left out
+    const firstData = doc.series.findIndex((x) => x.supply_with_data + x.sales_with_data > 0);
+    const series = firstData < 0 ? [] : doc.series.slice(firstData);
     const chartBody = panel(main, "p-loss", "area.chart", true);
     if (!chartBody.querySelector("canvas")) chartBody.replaceChildren(chartBox("v-loss"), el("p", { class: "note", id: "area-note" }));
     const day0 = (d) => Date.parse(`${d}T00:00:00Z`) - offsetMs(Date.parse(`${d}T00:00:00Z`));
     timeChart("v-loss", $("v-loss"), [
-      { label: t("col.lossrate"), points: doc.series.filter((s) => s.rate !== null).map((s) => ({ x: day0(s.start), y: Number(s.rate) })) },
+      { label: t("col.lossrate"), points: series.filter((s) => s.rate !== null).map((s) => ({ x: day0(s.start), y: Number(s.rate) })) },
       { label: t("col.completeness"), axis: "y1", color: "#2da44e", stepped: true,
-        points: doc.series.map((s) => ({ x: day0(s.start), y: Number(s.completeness) })) },
-    ], { y: { title: `${t("col.lossrate")} %`, zero: false }, y1: { title: `${t("col.completeness")} %`, min: 0, max: 100 } },
+        points: series.map((s) => ({ x: day0(s.start), y: Number(s.completeness) })) },
+    ], { y: { title: `${t("col.lossrate")} %` }, y1: { title: `${t("col.completeness")} %`, min: 0, max: 100 } },
     [day0(doc.first), day0(doc.last)]);
-    setText("area-note", t("area.note", { first: doc.first, last: doc.last, threshold: doc.loss_threshold }));
+    setText("area-note", t("area.note", { first: doc.first, last: doc.last, threshold: doc.loss_threshold })
+      + (firstData > 0 ? ` · ${t("area.nodatabefore", { day: series.length ? series[0].start : doc.last })}` : ""));
 
     const days = panel(main, "p-days", "area.days", true);
     fillPanel(days, table(["col.day", "#col.supply", "#col.sales", "#col.auxiliary", "#col.loss", "#col.lossrate", "#col.completeness", "col.flags"],
-      doc.series.slice().reverse().map((s) => [s.start, numCell(num(s.supply, 2)), numCell(num(s.sales, 2)), numCell(num(s.auxiliary, 2)),
+      series.slice().reverse().map((s) => [s.start, numCell(num(s.supply, 2)), numCell(num(s.sales, 2)), numCell(num(s.auxiliary, 2)),
         numCell(num(s.loss, 2)), numCell(s.rate === null ? "–" : `${s.rate} %`), numCell(`${num(s.completeness, 0)} %`),
         (s.flags || []).map((f) => badge("flag", f))]), "empty.days"));
 
