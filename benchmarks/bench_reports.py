@@ -5,9 +5,10 @@ entries each (a payment on 1 October 2026, then a charge every other day through
 runs the real command -- ``meterd report balances --period 2026-11 -o FILE.xlsx`` (base: October)
 -- in a child process and prints its wall and CPU time and peak RSS (the child's own VmHWM),
 beside the peak RSS of a child that only loads the CLI, the reports and openpyxl: the difference is what the report
-costs.  The workbook is then opened read-only and its rows counted.
+costs.  The workbook is then opened read-only and its rows counted.  With ``--quality-days N`` it
+also times ``meterd report quality`` over N days beside the N before, of as many meters.
 
-    python benchmarks/bench_reports.py --accounts 100000 --entries 30 [--dir /tmp/district]
+    python benchmarks/bench_reports.py --accounts 100000 --entries 30 [--quality-days 7] [--dir /tmp/district]
 """
 
 from __future__ import annotations
@@ -28,6 +29,30 @@ from meterd.control.model import EntryKind, LedgerEntry
 from meterd.control.state import AccountSpec, ControlStore
 
 T0 = datetime(2026, 10, 1, 1, tzinfo=UTC)
+
+
+def build_quality(data: Path, meters: int, days: int) -> None:
+    """``meters`` meters on channels of 100 in areas of 100, each with 4 ok attempts a day rolled up
+    for ``days`` days from 2026-11-01 (written straight into the daily rollup: the fold itself is
+    the daemon's cost, not the report's)."""
+    import sqlite3
+
+    from meterd.storage.quality import QualityStore
+    from meterd.storage.sqlite import MeterRecord, SqliteStore
+
+    with SqliteStore(data) as store:
+        store.upsert_meters([MeterRecord(f"{i:012d}", f"ch{i // 100}", "dlt645-2007", Decimal(1), Decimal(1))
+                             for i in range(meters)])
+    with QualityStore(data) as quality:
+        quality.set_areas({f"{i:012d}": f"TA{i // 100:04d}" for i in range(meters)})
+    conn = sqlite3.connect(data / "state.sqlite3")
+    for d in range(days):
+        day = f"2026-11-{d + 1:02d}"
+        conn.executemany("INSERT INTO quality_daily (day, meter, channel, outcome, count, latency_sum, latency_n, "
+                         "first_ts, last_ts) VALUES (?, ?, ?, 'ok', 4, 0.4, 4, 0, 0)",
+                         [(day, f"{i:012d}", f"ch{i // 100}") for i in range(meters)])
+    conn.commit()
+    conn.close()
 
 
 def build(data: Path, accounts: int, entries: int) -> None:
@@ -79,9 +104,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--entries", type=int, default=30, help="ledger entries per account (default 30)")
+    parser.add_argument("--quality-days", type=int, default=0,
+                        help="also time meterd report quality over this many days (at most 15; the base is as "
+                             "many before) of --accounts meters (default: not)")
     parser.add_argument("--dir", type=Path, help="build the district here and keep it; a later run with the "
                                                  "same --dir reuses it")
     args = parser.parse_args()
+    if not 0 <= args.quality_days <= 15:
+        parser.error("--quality-days: 0 to 15 (the days are in November 2026)")
     with tempfile.TemporaryDirectory(prefix="bench-reports-") as tmp:
         root = args.dir or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -106,6 +136,17 @@ def main() -> None:
         print(f"meterd report balances --period 2026-11: {took:.1f} s wall, {cpu:.1f} s CPU, peak RSS {rss:.0f} MiB "
               f"(loading meterd and openpyxl alone: {base_s:.1f} s, {base_rss:.0f} MiB); {size:.1f} MiB workbook, "
               f"{rows:,} account rows")
+        if args.quality_days:
+            qroot = root / "quality"
+            qroot.mkdir(exist_ok=True)
+            if not (qroot / "site.toml").exists():
+                build_quality(qroot / "data", args.accounts, 2 * args.quality_days)
+                (qroot / "site.toml").write_text('[store]\ndata_dir = "data"\n')
+            period = f"2026-11-{args.quality_days + 1:02d}..2026-11-{2 * args.quality_days:02d}"  # base: the days before
+            took, cpu, rss = child(["report", "quality", "-c", "site.toml", "--period", period, "-o", "q.xlsx"], qroot)
+            print(f"meterd report quality --period {period} (and the {args.quality_days} days before) of "
+                  f"{args.accounts:,} meters: {took:.1f} s wall, {cpu:.1f} s CPU "
+                  f"({cpu / (2 * args.quality_days):.2f} s a day), peak RSS {rss:.0f} MiB")
         print(f"this process (building the database): peak RSS "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
