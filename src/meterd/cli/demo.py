@@ -267,7 +267,7 @@ retry_every = "5s"
 command_ttl = "10m"
 valid_for = "30d"   # the simulated meters' clocks start up to a day ahead and run 60x fast: 12 real hours
 reclose = "allowed"
-trip_notice = "10s"
+trip_notice = "6s"
 thresholds = {{ reminder = "2", alarm = "1", trip = "0", reclose = "1" }}
 
 [[prepaid.tariffs]]
