@@ -229,6 +229,9 @@ def test_api_serves_the_workbook_to_a_viewer(site: Any) -> None:
         assert rows["TA1"]["Base supply (kWh)"] == 800 and rows["TA1"]["Supply (kWh)"] == 1200
         status, _, body = _get(base, "/api/v1/reports/balances.xlsx?period=2026-11", viewer)
         assert status == 200 and openpyxl.load_workbook(io.BytesIO(body)).sheetnames[1] == "余额明细 Accounts"
+        for kind in ("lineloss", "energy", "quality", "balances"):  # as the console asks: by=unit for any report
+            status, _, body = _get(base, f"/api/v1/reports/{kind}.xlsx?period=2026-11-20&base=yoy&by=unit", viewer)
+            assert status == 200, (kind, body)
         for path, code, words in (
             ("/api/v1/reports/lineloss.xlsx", 401, b"Bearer"),
             ("/api/v1/reports/bills.xlsx", 404, b"unknown report 'bills'"),
@@ -240,6 +243,17 @@ def test_api_serves_the_workbook_to_a_viewer(site: Any) -> None:
         ):
             status, _, body = _get(base, path, None if code == 401 else viewer)
             assert status == code and words in body, (path, body)
+
+
+def test_by_unit_or_empty_is_each_reports_own_grouping() -> None:
+    """The console sends by=unit (the word of /api/v1/energy) or nothing whatever the report."""
+    from meterd.errors import ConfigError
+    from meterd.reports import check_by
+
+    assert [check_by(k, "unit") for k in ("lineloss", "energy", "quality", "balances")] == [None, "area", "area", "area"]
+    assert [check_by(k, "") for k in ("lineloss", "energy", "quality", "balances")] == [None, "area", "area", "area"]
+    with pytest.raises(ConfigError, match="the balances report is grouped by area"):
+        check_by("balances", "industry")
 
 
 def test_the_generated_time_is_passed_in(site: Any) -> None:

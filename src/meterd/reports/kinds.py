@@ -54,10 +54,10 @@ def check_by(kind: str, by: str | None, *, name: str = "--by") -> str | None:
     if kind not in BY:
         raise ConfigError(f"unknown report {kind!r}: one of {', '.join(KINDS)}")
     choices = BY[kind]
-    if by is None:
+    if not by:  # absent, or empty as a form sends it
         return choices[0]
-    if by == "unit" and kind == "energy":  # the word of GET /api/v1/energy and meterd stats
-        by = "area"
+    if by == "unit":  # the word of GET /api/v1/energy and meterd stats: each area / line -- every report's rows
+        return choices[0] if kind == "lineloss" else "area"
     if by not in choices:
         shown = ", ".join(c for c in choices if c)
         raise ConfigError(f"{name} {by!r}: the {kind} report is grouped by {shown}")
