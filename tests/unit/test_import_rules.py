@@ -29,7 +29,7 @@ CORE = {"errors", "checking", "clock", "readings", "plausibility", "secrets", "l
 #: What the protocol codecs may use of the core (sans-I/O: no clocks, no logging).
 PROTOCOLS_CORE = {"errors", "checking"}
 EVERYTHING = {"protocols", "storage", "config", "collector", "control", "analytics", "billing_link", "api", "cluster",
-              "simulators", "cli", "app"}
+              "simulators", "cli", "app", "reports"}
 
 #: package -> the packages it may import (besides itself and the core).
 ALLOWED: dict[str, set[str]] = {
@@ -49,7 +49,9 @@ ALLOWED: dict[str, set[str]] = {
     # the reading-day export reads the daily frozen registers analytics keeps; payments and
     # accounts go through control's store
     "billing_link": {"storage", "control", "analytics", "config"},
-    "api": {"storage", "control", "analytics", "billing_link", "config", "protocols"},
+    # the .xlsx reports read what the API's summaries read (line loss, energy, quality, balances)
+    "reports": {"storage", "control", "analytics", "config"},
+    "api": {"storage", "control", "analytics", "billing_link", "config", "protocols", "reports"},
     "app": EVERYTHING - {"cli", "simulators"},
     "cli": EVERYTHING,
     "simulators": {"protocols", "collector.transports"},
