@@ -4,8 +4,8 @@ The daemon polls a simulated concentrator (meterd.simulators.concentrator) that 
 every simulated minute (the clock runs 60x).  An event the master does not decode (ERC99) is stored
 raw; a meter that stops answering the terminal's RS-485 reading raises ERC31, stored as anomaly
 ``terminal.erc31`` of that meter with the record's fields, and closed when the meter answers again
-and the terminal reports so.  ``meterd anomalies`` and GET /api/v1/anomalies (through the same
-store) show them.
+and the terminal reports so.  ``meterd anomalies`` and GET /api/v1/anomalies (a real server over the
+same store) show them.
 """
 
 from __future__ import annotations
@@ -13,10 +13,15 @@ from __future__ import annotations
 import asyncio
 import json
 import tomllib
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from test_api import serve
+
 from conftest import free_port
+from meterd.api import TokenStore, create_app
+from meterd.api.tokens import Role
 from meterd.collector.daemon import Daemon
 from meterd.config.loader import parse_config
 from meterd.protocols.gdw1376.events import EventRecord
@@ -49,6 +54,19 @@ interval = "300ms"
 quantities = ["energy.active.import.total"]
 """
     return text + "".join(f'\n[[meters]]\naddress = "{a}"\nchannel = "c1"\npn = {pn}\n' for a, pn in meters)
+
+
+def api_anomalies(config) -> list[dict]:
+    """GET /api/v1/anomalies?state=all from a real server over the site's stores, as a viewer."""
+    now = datetime.now(UTC)
+    with TokenStore(config.store.data_dir) as tokens:
+        _, secret = tokens.create("viewer-user", Role.VIEWER, now)
+    with serve(create_app(config.store.data_dir, clock=lambda: now, config=config)) as base:
+        req = urllib.request.Request(base + "/api/v1/anomalies?state=all",
+                                     headers={"Authorization": f"Bearer {secret}", "Accept": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as answer:
+            docs: list[dict] = json.loads(answer.read())
+    return docs
 
 
 async def wait_for(store: AnomalyStore, found: Callable[[list[Event]], bool], seconds: float = 10.0) -> list[Event]:
@@ -108,3 +126,8 @@ async def test_terminal_events_become_anomalies(tmp_path, run_meterd):
     p = run_meterd("anomalies", "-c", str(tmp_path / "site.toml"), "--kind", "terminal.erc31", "--state", "all")
     assert p.returncode == 0, p.stderr
     assert "terminal.erc31" in p.stdout and silent in p.stdout
+    # GET /api/v1/anomalies: the same events, through a real server
+    docs = await asyncio.to_thread(api_anomalies, config)
+    by = {(d["meter"], d["kind"]): d for d in docs}
+    assert by[(silent, "terminal.erc31")]["closed"] is not None and by[(key, "terminal.erc99")]["closed"] is None
+    assert {"quantity": "erc99.raw", "value": "01 AB"}.items() <= by[(key, "terminal.erc99")]["evidence"][-1].items()
