@@ -28,7 +28,7 @@ START = datetime(2026, 6, 2, 10, 0, 30)
 async def test_special_terminal_turn_alarm_and_protection_through_the_simulator(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECIAL_PW", PW_HEX)
     port = free_port()
-    (key, meters), = concentrator_layout(1, 1).items()
+    (key, meters), = concentrator_layout(1, 2).items()
     text = f"""
 [store]
 data_dir = "{tmp_path}"
@@ -39,13 +39,21 @@ host = "127.0.0.1"
 port = {port}
 
 [channels.s1]
-gdw1376 = {{ listener = "gw", terminal = "{key}", kind = "special", turn = 1, password_secret = "SPECIAL_PW" }}
+gdw1376 = {{ listener = "gw", terminal = "{key}", kind = "special", password_secret = "SPECIAL_PW", archive = false }}
 response_timeout = "2s"
 
 [[meters]]
 address = "{meters[0][0]}"
 channel = "s1"
 pn = 1
+
+# an old meter: DL/T 645-1997 has no relay command, the terminal's turn does it all the same (the
+# simulated terminal collects 2007 meters only: its archive is left as it is, archive = false)
+[[meters]]
+address = "{meters[1][0]}"
+channel = "s1"
+pn = 2
+protocol = "dlt645-1997"
 
 [[polls]]
 name = "realtime"
@@ -57,7 +65,7 @@ quantities = ["energy.active.import.total"]
         daemon = Daemon(config, store, clock=lambda: datetime.now(UTC))
         stop = asyncio.Event()
         task = asyncio.create_task(daemon.run(stop))
-        fleet = await run_concentrator_fleet(1, 1, "127.0.0.1", port, kind="special", password=bytes.fromhex(PW_HEX),
+        fleet = await run_concentrator_fleet(1, 2, "127.0.0.1", port, kind="special", password=bytes.fromhex(PW_HEX),
                                              start=START, tick=0.1, heartbeat=5.0, reconnect_delay=0.2)
         sim = fleet.concentrator(key).terminal
         try:
@@ -87,6 +95,13 @@ quantities = ["energy.active.import.total"]
             assert err.value.outcome.failure == "refused"  # type: ignore[attr-defined]
             out = await send(RelayCommand.PROTECT_RELEASE)
             assert out.confirmed and out.read_back["relay.protected"] is False
+            # the 1997 meter: every command is offered (the turn's), and its trip goes through the turn
+            old = daemon.route(meters[1][0])
+            assert old is not None
+            old_relay = MeterRelay(old.channel, old.target, old.link)
+            assert old_relay.commands() == frozenset(RelayCommand)
+            out = await old_relay.send(RelayCommand.TRIP, now, valid_for=timedelta(minutes=10), settle=0.0)
+            assert out.confirmed and sim.tripped_turns() == {1}
         finally:
             stop.set()
             await task

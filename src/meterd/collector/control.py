@@ -188,6 +188,11 @@ class MeterRelay:
         return self.channel.name
 
     def commands(self) -> frozenset[RelayCommand]:
+        from meterd.collector.gdw1376 import GdwChannel
+        from meterd.collector.gdw1376.turns import TURN_COMMANDS
+
+        if isinstance(self.channel, GdwChannel) and self.channel.special:
+            return TURN_COMMANDS  # the terminal's control turn, whatever the meter behind it speaks
         return frozenset(self.target.driver.relay_commands(self.target.regmap))
 
     def with_credentials(self, credentials: Credentials | None) -> MeterRelay:

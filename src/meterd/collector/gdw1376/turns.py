@@ -16,6 +16,7 @@ from meterd.collector.channel import (
 from meterd.collector.gdw1376.channel import GdwChannel, TerminalDenied
 from meterd.collector.poll import MeterTarget
 from meterd.errors import ProtocolError
+from meterd.protocols.dlt645.messages import RelayCommand
 from meterd.protocols.gdw1376.catalogue import (
     ControlSettings,
     ControlState,
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 # --- control turns of a special-transformer terminal (AFN 05) ---------------------------------------
 
 TRIPPED_BELOW: Final = Decimal("0.001")  # kW: a tripped turn's load reads (next to) nothing
+TURN_COMMANDS: Final = frozenset(RelayCommand)  # AFN 05 F1/F2, F25/F33, F26/F34: every one, whatever the meter
 
 
 async def send_turn_command(channel: GdwChannel, meter: MeterTarget, command: Any, now: datetime, *,
@@ -50,7 +52,6 @@ async def send_turn_command(channel: GdwChannel, meter: MeterTarget, command: An
     the load alone and anything else refused as unconfirmable.  Returns the
     :class:`~meterd.protocols.relay.ControlOutcome`; ControlError (with ``.outcome``) otherwise."""
     from meterd.errors import ControlError
-    from meterd.protocols.dlt645.messages import RelayCommand
     from meterd.protocols.gdw1376.catalogue import ProtectOn, RemoteTrip
     from meterd.protocols.relay import EXPECTED, ControlOutcome, said
 
