@@ -331,6 +331,7 @@ def test_a_viewer_sees_no_action_buttons_and_the_api_refuses_them_anyway(demo, b
 
 @needs_chromium
 def test_the_other_pages_draw_and_lists_page_on_the_server(demo, browser, shots):
+    sync_api = pytest.importorskip("playwright.sync_api")
     base, tokens, data = demo
     context, page = open_console(browser, base, tokens["admin"], route="#/account/DEMO-1001")
     try:
@@ -338,6 +339,23 @@ def test_the_other_pages_draw_and_lists_page_on_the_server(demo, browser, shots)
         assert page.locator("button[data-action=pay]").count() == 1
         assert page.locator("button[data-action=protect], button[data-action=unprotect]").count() == 1
         page.wait_for_selector("#p-ledger tbody tr", timeout=10_000)
+        page.locator("button[data-action=pay]").click()  # a counter payment, applied once per receipt
+        assert "once per receipt number" in page.inner_text("#dialog-text")
+        page.fill("#dialog-fields input[name=amount]", "10.00")
+        page.fill("#dialog-fields input[name=ref]", "console-receipt-1")
+        page.locator("#dialog-ok").click()
+        page.wait_for_selector("#toast.ok", state="visible", timeout=10_000)
+        assert "Payment applied" in page.inner_text("#toast")
+        page.wait_for_selector("#p-payments tbody tr:has-text('console-receipt-1')", timeout=10_000)
+        if page.locator("button[data-action=protect]").count():  # 保电 set (admin), then released again
+            for verb, words in (("protect", "never be tripped automatically"), ("unprotect", "loses 保电")):
+                page.locator(f"button[data-action={verb}]").click()
+                assert words in page.inner_text("#dialog-text")
+                page.fill("#dialog-fields input[name=reason]", "console test: hospital visit")
+                page.locator("#dialog-ok").click()
+                page.wait_for_selector("#dialog", state="hidden", timeout=10_000)
+                page.wait_for_selector(f"button[data-action={'unprotect' if verb == 'protect' else 'protect'}]",
+                                       timeout=10_000)
         shot(page, shots, "account")
         go(page, "#/area/TA-DEMO")
         assert "000000000005" in page.inner_text("#p-points")
@@ -354,6 +372,13 @@ def test_the_other_pages_draw_and_lists_page_on_the_server(demo, browser, shots)
         shot(page, shots, "terminals")
         go(page, "#/reports")
         assert page.locator("#report-form select[name=kind] option").count() == 4
+        try:
+            with page.expect_download(timeout=60_000) as got:
+                page.locator("#report-form button[type=submit]").click()
+        except sync_api.TimeoutError:  # say what the page said instead
+            pytest.fail(f"no download; the page says: {page.inner_text('#toast')!r} {page.inner_text('#banner')!r}")
+        saved = got.value.path()
+        assert got.value.suggested_filename.endswith(".xlsx") and Path(saved).read_bytes()[:2] == b"PK"
         shot(page, shots, "reports")
         assert not page.problems, page.problems
     finally:
