@@ -370,6 +370,12 @@ def test_the_other_pages_draw_and_lists_page_on_the_server(demo, browser, shots)
         shot(page, shots, "meters-page-2")
         go(page, "#/terminals")
         shot(page, shots, "terminals")
+        if page.locator("#p-list tbody a").count():  # the demo's terminals (a concentrator, a DTU, ...)
+            cycles = int(page.evaluate("document.body.dataset.cycles"))
+            page.locator("#p-list tbody a").first.click()
+            wait_js(page, f"document.body.dataset.page === 'terminal' && Number(document.body.dataset.cycles) > {cycles}")
+            assert page.locator("#p-meters tbody a").count() >= 1
+            shot(page, shots, "terminal-demo")
         go(page, "#/reports")
         assert page.locator("#report-form select[name=kind] option").count() == 4
         try:

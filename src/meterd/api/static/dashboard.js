@@ -619,7 +619,7 @@
       "empty.near"));
     $("queue-table").replaceChildren(commandsTable(commands ? commands.commands : []));
     $("anomalies-table").replaceChildren(table(["col.opened", "col.meter", "col.kind", "col.severity", "col.detail"],
-      (anomalies || []).slice(0, 20).map((e) => [when(e.opened), meterLink(e.meter), word("anomaly", e.kind),
+      (anomalies || []).slice(0, 20).map((e) => [when(e.opened), /^\d{12}$/.test(e.meter) ? meterLink(e.meter) : terminalLink(e.meter), word("anomaly", e.kind),
         badge("severity", e.severity), el("td", { class: "reason" }, e.detail)]), "empty.anomalies"));
     $("outages-table").replaceChildren(table(["col.started", "col.area", "#col.meters"],
       (outages || []).slice(0, 20).map((o) => [when(o.started), areaLink(o.unit), numCell((o.meters || []).length)]),
