@@ -194,6 +194,8 @@ class FakeTerminal:
     def class1(self, pn: int, fn: int) -> object:
         if fn == 2:
             return self.clock
+        if fn == 7:
+            return self.ec or EventCounter(0, 0)
         if fn == 5:
             return ControlSettings((1 if self.protected else 0) | (4 if self.reminder else 0))
         if fn == 6:

@@ -131,3 +131,33 @@ async def test_terminal_events_become_anomalies(tmp_path, run_meterd):
     by = {(d["meter"], d["kind"]): d for d in docs}
     assert by[(silent, "terminal.erc31")]["closed"] is not None and by[(key, "terminal.erc99")]["closed"] is None
     assert {"quantity": "erc99.raw", "value": "01 AB"}.items() <= by[(key, "terminal.erc99")]["evidence"][-1].items()
+
+
+async def test_general_events_are_found_by_their_counter_and_read(tmp_path):
+    """A terminal that classes ERC31 as a general event (no ACD): the master reads the counters
+    (AFN 0C F7) now and then and the new general records (AFN 0E F2)."""
+    port = free_port()
+    (key, meters), = concentrator_layout(1, 2).items()
+    text = config_text(port, tmp_path / "data", meters, key)
+    config = parse_config(tomllib.loads(text), "site.toml")
+    silent = meters[0][0]
+    with SqliteStore(config.store.data_dir) as store, AnomalyStore(config.store.state) as anomalies:
+        daemon = Daemon(config, store, clock=lambda: datetime.now(UTC))
+        daemon.runners[0].channel.general_every = 0.3  # type: ignore[attr-defined]
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        fleet = await run_concentrator_fleet(1, 2, "127.0.0.1", port, start=START, speed=60.0,
+                                             collect_interval=timedelta(minutes=1), tick=0.1, heartbeat=5.0,
+                                             reconnect_delay=0.2)
+        sim = fleet.concentrator(key)
+        sim.terminal.general_ercs = frozenset({31})
+        try:
+            assert await fleet.wait_logged_in(5.0)
+            sim.terminal.bus.meter(silent).power_down(fleet.clock())
+            events = await wait_for(anomalies, lambda es: any(e.kind.value == "terminal.erc31" for e in es))
+            assert [e.meter for e in events if e.kind.value == "terminal.erc31"] == [silent]
+            assert sim.terminal.events(general=True) and not sim.terminal.events_waiting  # no ACD for it
+        finally:
+            stop.set()
+            await task
+            await fleet.close()

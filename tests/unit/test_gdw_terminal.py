@@ -196,3 +196,17 @@ def test_the_payment_reminder_alarm_is_set_and_cleared_and_shown_in_f5_and_f6():
     assert state(t, START)[5]["reminder"] is False
     (denied,) = ask(terminal(kind="concentrator"), START, Afn.CONTROL, [unit(0, 26)])
     assert denied.units[0].fns == (2,)  # a concentrator has no 催费告警 output
+
+
+def test_general_events_go_to_their_own_queue_without_acd_and_the_counters_show_them():
+    t = terminal(kind="concentrator", general_ercs={31})
+    t.collect(START)
+    t.bus.meter("000000000001").power_down(START)
+    t.collect(START + timedelta(minutes=15))  # ERC31: general
+    t.record_event(EventRecord(77, b"\x01"))  # important
+    assert [r.erc for r in t.events(general=True)] == [31] and [r.erc for r in t.events()] == [77]
+    (counters,) = ask(t, START, Afn.CLASS1_DATA, [unit(0, 7)])
+    assert counters.value(7).important == 1 and counters.value(7).general == 1
+    (log,) = ask(t, START, Afn.CLASS3_DATA, [unit(0, 2, EventPointers(0, 1))])
+    assert [r.erc for r in log.value(2).records] == [31]
+    assert t.events_waiting  # the important one still waits (ACD); reading general events clears nothing

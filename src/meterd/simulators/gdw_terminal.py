@@ -47,6 +47,10 @@ What it keeps (and answers from -- never from the live meters):
     items set;
   * anything else put there with :meth:`~Gdw1376Terminal.record_event` (a test's ERC, known or not).
 
+  Records of the ERCs in ``general_ercs`` go to the general queue instead (EC2, AFN 0E F2), as a
+  terminal's event classes (AFN 04 F9) may say: they raise no ACD; the master finds them by reading
+  the counters (AFN 0C F7).
+
   The counter EC1 is the next record's pointer; while the master has not read up to it (AFN 0E F1
   with Pn reaching it), every reply carries ACD = 1 and EC;
 - control turns (轮次), special-transformer terminals only (``kind="special"``, ``turns`` 1..8):
@@ -273,6 +277,7 @@ class Gdw1376Terminal:
         port: int = RS485_PORT,
         catch_up_days: int = CATCH_UP_DAYS,
         max_frame_data: int = MAX_FRAME_DATA,
+        general_ercs: Iterable[int] = (),
     ) -> None:
         who = f"terminal {address}"
         if kind not in KINDS:
@@ -311,6 +316,7 @@ class Gdw1376Terminal:
         self.collect_power = collect_power
         self.port = port
         self.max_frame_data = max_frame_data
+        self.general_ercs = frozenset(general_ercs)  # classed general (AFN 04 F9): EC2, read with AFN 0E F2
         self.offset = clock_offset
         self.master_address: MasterAddress | None = None
         self.protected_until: datetime | None = None  # 保电 on until then (datetime.max: until released)
@@ -327,7 +333,8 @@ class Gdw1376Terminal:
         self._last_slot: datetime | None = None
         self._events: deque[tuple[int, TerminalEvent]] = deque(maxlen=EVENTS_KEPT)  # (pointer, record)
         self._ec1 = 0  # next important record's pointer (EC1)
-        self._ec2 = 0  # general events: none are kept
+        self._general: deque[tuple[int, TerminalEvent]] = deque(maxlen=EVENTS_KEPT)
+        self._ec2 = 0  # next general record's pointer (EC2); general events raise no ACD
         self._read_to = 0  # the master has read important events up to (not including) this pointer
         self._requests: dict[tuple[str, int, int], bytes] = {}  # (address, di, n) -> request bytes
         self.set_archive(default_archive(bus.addresses, port) if archive is None else archive)
@@ -396,16 +403,20 @@ class Gdw1376Terminal:
         return record
 
     def record_event(self, record: TerminalEvent) -> None:
-        """Write an important event record (any ERC, decoded or raw); ACD goes up until the master
-        has read it."""
+        """Write an event record (any ERC, decoded or raw): important -- ACD goes up until the
+        master has read it -- unless its ERC is one of ``general_ercs``."""
         self._record(record)
 
-    def events(self) -> list[TerminalEvent]:
-        """The records kept, oldest first."""
-        return [r for _, r in self._events]
+    def events(self, *, general: bool = False) -> list[TerminalEvent]:
+        """The important (or general) records kept, oldest first."""
+        return [r for _, r in (self._general if general else self._events)]
 
     def _record(self, record: TerminalEvent) -> None:
         self.stats.events += 1
+        if record.erc in self.general_ercs:
+            self._general.append((self._ec2, record))
+            self._ec2 = (self._ec2 + 1) % 256
+            return
         self._events.append((self._ec1, record))
         self._ec1 = (self._ec1 + 1) % 256
         if (self._ec1 - self._read_to) % 256 > EVENTS_KEPT:  # the oldest unread one was overwritten
@@ -755,6 +766,8 @@ class Gdw1376Terminal:
             if pn == P0:
                 if fn == 2:
                     return t.replace(microsecond=0)
+                if fn == 7:
+                    return self.event_counter
                 if fn == 5:
                     return ControlSettings((0x01 if self.protected else 0) | (0x04 if self.reminder else 0))
                 if fn == 6:
@@ -788,7 +801,7 @@ class Gdw1376Terminal:
         for pn, fn, asked in request.items():
             if pn != P0 or not isinstance(asked, EventPointers) or fn not in (1, 2):
                 continue
-            stored = dict(self._events) if fn == 1 else {}
+            stored = dict(self._events if fn == 1 else self._general)
             asked_for = [p % 256 for p in range(asked.start, asked.start + (asked.end - asked.start) % 256)]
             held = [p for p in asked_for if p in stored]
             if not held:

@@ -16,7 +16,7 @@ from meterd.collector.channel import (
 from meterd.collector.gdw1376.channel import GdwChannel
 from meterd.collector.gdw1376.events import event_findings
 from meterd.collector.gdw1376.rounds import _local
-from meterd.errors import ProtocolError
+from meterd.errors import MeterdError, ProtocolError
 from meterd.protocols.gdw1376.catalogue import (
     PROTOCOL_645_1997,
     PROTOCOL_645_2007,
@@ -29,6 +29,7 @@ from meterd.protocols.gdw1376.catalogue import (
 from meterd.protocols.gdw1376.events import PowerOnOff, TerminalEvent
 from meterd.protocols.gdw1376.frame import (
     Afn,
+    EventCounter,
 )
 from meterd.protocols.gdw1376.messages import (
     unit,
@@ -106,19 +107,46 @@ async def sync_archive(channel: GdwChannel, protocols: Mapping[str, str], *,
 
 async def read_events(channel: GdwChannel, now: datetime, *, zone: tzinfo = CST,
                       anomalies: EventSink | None = None) -> list[Reading]:
-    """The important events the terminal has since the last pointer read (AFN 0E F1); ERC14
-    power off/on as ``event.power_down.start`` / ``.end`` readings of every meter behind it, the
-    other records handed to ``anomalies`` as (findings, ended pairs) (:mod:`.events`)."""
+    """The events the terminal has since the last pointer read: the important ones (AFN 0E F1)
+    when EC says they are waiting, the general ones (AFN 0E F2) when the counters read now and then
+    (AFN 0C F7, :attr:`GdwChannel.general_every`) show new ones.  ERC14 power off/on becomes
+    ``event.power_down.start`` / ``.end`` readings of every meter behind the terminal; the other
+    records are handed to ``anomalies`` as (findings, ended pairs) (:mod:`.events`)."""
+    records: list[TerminalEvent] = []
+    failure: MeterdError | None = None
+    if channel.important_waiting:
+        try:
+            records += await _read_important(channel)
+        except (TransactionError, ProtocolError) as exc:
+            failure = exc
+    if channel.general_due():
+        channel.general_checked()
+        try:
+            records += await _read_general(channel)
+        except (TransactionError, ProtocolError) as exc:  # tried again at the next check
+            log.warning("channel %s: terminal %s: general events not read: %s", channel.name, channel.address.key,
+                        exc)
+    out = _power_readings(channel, records, zone)
+    others = [r for r in records if not isinstance(r, PowerOnOff)]
+    if others and anomalies is not None:
+        findings, ended = event_findings(others, channel.address.key, channel.pns, now, zone=zone)
+        anomalies(findings, ended)
+    if failure is not None:
+        raise failure
+    return out
+
+
+async def _read_important(channel: GdwChannel) -> list[TerminalEvent]:
     ec = channel.ec
+    channel.events_waiting = False
     if ec is None:
         return []
     end = ec.important
     start = channel.event_pointer if channel.event_pointer is not None else (end - 1) & 0xFF
-    channel.events_waiting = False
     if start == end:
         return []
     try:
-        reply = await channel.request(Afn.CLASS3_DATA, [unit(0, 1, EventPointers(start, end))], priority=URGENT)
+        records = await _read_range(channel, 1, start, end)
     except (TransactionError, ProtocolError) as exc:
         # tried again after the next round (a link that failed once loses no events); records the
         # terminal cannot send must not cost every round a timeout for ever: after a few tries they
@@ -132,26 +160,53 @@ async def read_events(channel: GdwChannel, now: datetime, *, zone: tzinfo = CST,
         channel.event_pointer, channel.event_failures = end, 0
         return []
     channel.event_pointer, channel.event_failures = end, 0
+    return records
+
+
+async def _read_general(channel: GdwChannel) -> list[TerminalEvent]:
+    """General events: the counters first (AFN 0C F7), then the new records (AFN 0E F2).  The first
+    time (after the master started) the newest record only, as for important events."""
+    reply = await channel.request(Afn.CLASS1_DATA, [unit(0, 7)], priority=URGENT)
+    counters = reply.value(7, 0)
+    if not isinstance(counters, EventCounter):
+        return []
+    end = counters.general
+    if channel.general_pointer is None and end == 0:
+        channel.general_pointer = 0  # none ever
+        return []
+    start = channel.general_pointer if channel.general_pointer is not None else (end - 1) & 0xFF
+    if start == end:
+        return []
+    records = await _read_range(channel, 2, start, end)
+    channel.general_pointer = end
+    return records
+
+
+async def _read_range(channel: GdwChannel, fn: int, start: int, end: int) -> list[TerminalEvent]:
+    reply = await channel.request(Afn.CLASS3_DATA, [unit(0, fn, EventPointers(start, end))], priority=URGENT)
+    records: list[TerminalEvent] = []
+    for _, item, value in reply.items():
+        if item == fn and isinstance(value, EventLog):
+            records += value.records
+    for record in records:
+        if not isinstance(record, PowerOnOff):
+            log.info("channel %s: terminal %s event ERC%d: %s", channel.name, channel.address.key, record.erc,
+                     record.describe())
+    return records
+
+
+def _power_readings(channel: GdwChannel, records: list[TerminalEvent], zone: tzinfo) -> list[Reading]:
+    """ERC14 records as power-down reports of every meter behind the terminal."""
     out: list[Reading] = []
-    others: list[TerminalEvent] = []
-    for _, fn, value in reply.items():
-        if fn != 1 or not isinstance(value, EventLog):
+    for record in records:
+        if not isinstance(record, PowerOnOff):
             continue
-        for record in value.records:
-            if not isinstance(record, PowerOnOff):
-                log.info("channel %s: terminal %s event ERC%d: %s", channel.name, channel.address.key, record.erc,
-                         record.describe())
-                others.append(record)
-                continue
-            off, on = _local(record.off, zone), _local(record.on, zone)
-            log.warning("channel %s: terminal %s reports power %s (ERC14)", channel.name, channel.address.key,
-                        f"off at {local_text(off, zone) if off else '?'}" + (f", on at {local_text(on, zone)}" if on else ""))
-            for meter in channel.pns:
-                if off is not None:
-                    out.append(Reading(meter, "event.power_down.start", off, off, "", Quality.GOOD))
-                if on is not None:
-                    out.append(Reading(meter, "event.power_down.end", on, on, "", Quality.GOOD))
-    if others and anomalies is not None:
-        findings, ended = event_findings(others, channel.address.key, channel.pns, now, zone=zone)
-        anomalies(findings, ended)
+        off, on = _local(record.off, zone), _local(record.on, zone)
+        log.warning("channel %s: terminal %s reports power %s (ERC14)", channel.name, channel.address.key,
+                    f"off at {local_text(off, zone) if off else '?'}" + (f", on at {local_text(on, zone)}" if on else ""))
+        for meter in channel.pns:
+            if off is not None:
+                out.append(Reading(meter, "event.power_down.start", off, off, "", Quality.GOOD))
+            if on is not None:
+                out.append(Reading(meter, "event.power_down.end", on, on, "", Quality.GOOD))
     return out

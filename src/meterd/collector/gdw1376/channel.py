@@ -4,6 +4,7 @@ AFN 10 F1 (see the package docstring)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Final
 
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 PW_BYTES: Final = 16
 ZERO_PW: Final = bytes(PW_BYTES)
+GENERAL_EVENTS_EVERY: Final = 900.0  # s: how often the general events' counter is read (AFN 0C F7)
 RELAY_CONTROL: Final = 0x1C  # DL/T 645-2007 control code of relay commands (跳闸, 合闸允许, 报警, 保电)
 
 
@@ -130,8 +132,11 @@ class GdwChannel(Channel):
         self._seq = 0
         self.ec: EventCounter | None = None
         self.event_pointer: int | None = None  # the next important event to read
-        self.events_waiting = False
+        self.important_waiting = False  # EC says important events wait (events_waiting)
         self.event_failures = 0  # failed reads of the events from event_pointer (archive.read_events)
+        self.general_pointer: int | None = None  # the next general event to read
+        self.general_every = GENERAL_EVENTS_EVERY  # s between reads of the event counters (0: never)
+        self._general_at: float | None = None  # monotonic time of the last check; None: due now
 
     @property
     def relay_timeout_ms(self) -> int:
@@ -143,6 +148,24 @@ class GdwChannel(Channel):
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0x0F
         return self._seq
+
+    @property
+    def events_waiting(self) -> bool:
+        """Events to read: important ones EC announced, or a check of the general ones due."""
+        return self.important_waiting or self.general_due()
+
+    @events_waiting.setter
+    def events_waiting(self, value: bool) -> None:
+        self.important_waiting = value
+
+    def general_due(self) -> bool:
+        """Whether the terminal's general events should be looked at (a link clock, not logic time)."""
+        if self.general_every <= 0:
+            return False
+        return self._general_at is None or time.monotonic() - self._general_at >= self.general_every
+
+    def general_checked(self) -> None:
+        self._general_at = time.monotonic()
 
     def _saw_ec(self, ec: EventCounter) -> None:
         if self.ec is None or ec.important != self.ec.important:

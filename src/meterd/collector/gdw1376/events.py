@@ -19,6 +19,7 @@ an ERC meterd does not decode is a warning (someone should look at it).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime, tzinfo
 from typing import Final
 
@@ -54,9 +55,9 @@ def event_kind(erc: int) -> Kind:
 
 
 def event_findings(
-    records: list[TerminalEvent],
+    records: Sequence[TerminalEvent],
     terminal: str,
-    pns: dict[str, int],
+    pns: Mapping[str, int],
     now: datetime,
     *,
     zone: tzinfo = CST,

@@ -31,6 +31,7 @@ its data from the frame (``parse``) and how to lay a value out (``build``).  An 
                                                        6 bytes per group
     0C   F6   up         ControlState                  trip outputs (D0..D7 turns), 催费告警 state,
                                                        groups, 8 bytes per group
+    0C   F7   up         EventCounter                  EC1 important, EC2 general (the frame's EC)
     0C   F25  up         PresentPower                  A.15, P x4 (A.9), Q x4 (A.9), PF x4 (A.5),
                                                        U x3 (A.7), I x3 + I0 (A.25), S x4 (A.9)
     0C   F33  up         ForwardEnergy                 A.15, M, active (A.14), reactive, Q1, Q4 (A.11)
@@ -66,6 +67,7 @@ from typing import Any, Final
 from meterd.errors import FrameLengthError, ProtocolError
 from meterd.protocols.gdw1376 import formats as fmt
 from meterd.protocols.gdw1376.events import TerminalEvent, decode_record, record_data
+from meterd.protocols.gdw1376.frame import EventCounter
 from meterd.protocols.gdw1376.units import decode_da, decode_dt, encode_da, encode_dt
 
 
@@ -668,6 +670,14 @@ def _frozen_builder(period: Callable[[Any], bytes]) -> Callable[[FrozenEnergy], 
     return build
 
 
+def _counters_parse(r: Reader) -> EventCounter:
+    return EventCounter(r.byte("EC1 important events"), r.byte("EC2 general events"))
+
+
+def _counters_build(v: EventCounter) -> bytes:
+    return _u8(v.important, "EC1") + _u8(v.general, "EC2")
+
+
 def _pointers_parse(r: Reader) -> EventPointers:
     return EventPointers(r.byte("event start pointer Pm"), r.byte("event end pointer Pn"))
 
@@ -782,6 +792,7 @@ NAMES: Final[dict[tuple[int, int], str]] = {
     (0x0C, 2): "terminal clock (终端日历时钟)",
     (0x0C, 5): "control settings (终端控制设置状态)",
     (0x0C, 6): "control state now (终端当前控制状态)",
+    (0x0C, 7): "event counters (终端事件计数器当前值)",
     (0x0C, 25): "present power, power factor, voltage, current (当前三相及总有/无功功率、功率因数，三相电压、电流)",
     (0x0C, 33): "present forward active/reactive energy by rate (当前正向有/无功电能示值、一/四象限无功电能示值)",
     (0x0C, 129): "present forward active energy by rate (当前正向有功电能示值)",
@@ -820,10 +831,11 @@ _LAYOUTS[(0x05, 2, DOWN)] = _LAYOUTS[(0x05, 33, DOWN)] = _NONE_LAYOUT
 _LAYOUTS[(0x05, 26, DOWN)] = _LAYOUTS[(0x05, 34, DOWN)] = _NONE_LAYOUT
 _LAYOUTS[(0x05, 25, DOWN)] = (_protect_parse, _protect_build)
 _LAYOUTS[(0x05, 31, DOWN)] = (_a1_parse, _a1_build)
-for _fn in (2, 5, 6, 25, 33, 129, 131):
+for _fn in (2, 5, 6, 7, 25, 33, 129, 131):
     _LAYOUTS[(0x0C, _fn, DOWN)] = _NONE_LAYOUT
 _LAYOUTS[(0x0C, 5, UP)] = (_settings_parse, _settings_build)
 _LAYOUTS[(0x0C, 6, UP)] = (_state_parse, _state_build)
+_LAYOUTS[(0x0C, 7, UP)] = (_counters_parse, _counters_build)
 _LAYOUTS[(0x0C, 2, UP)] = (_a1_parse, _a1_build)
 _LAYOUTS[(0x0C, 25, UP)] = (_power_parse, _power_build)
 _LAYOUTS[(0x0C, 33, UP)] = (_forward_energy_parse, _forward_energy_build)
