@@ -800,7 +800,7 @@
     const relayWord = open ? (truthy(open) ? t("relay.open") : t("relay.closed")) : t("word.unknown");
     const account = doc.account;
     fillPanel(info, el("dl", { class: "facts" },
-      fact("meter.relay", el("span", { id: "relay-state", class: `badge ${truthy(open) ? "b-tripped" : "b-confirmed"}`,
+      fact("meter.relay", el("span", { id: "relay-state", class: `badge ${!open ? "" : truthy(open) ? "b-tripped" : "b-confirmed"}`,
         "data-open": open ? String(truthy(open)) : "" }, relayWord), open ? ` ${when(open.timestamp)}` : ""),
       fact("meter.protect", account ? (account.protected ? t("word.protected") : t("word.notprotected")) : "–",
         truthy(relay["relay.protected"]) ? ` · ${t("meter.meterprotect")}` : ""),
