@@ -422,3 +422,22 @@ async def test_a_task_round_gets_its_channels_meters_in_config_order(tmp_path: P
 class _NoStore:
     def readings(self, *a, **kw):
         return []
+
+
+# --- the DTU terminal-id check: text told from binary by one regex match -----------------------
+
+
+def test_dtu_text_check_agrees_with_a_byte_by_byte_test() -> None:
+    import random
+
+    from meterd.protocols.terminal.dtu import _is_text
+
+    def plain(data: bytes) -> bool:
+        return all(b in (9, 10, 13) or 0x20 <= b < 0x7F for b in data)
+
+    rng = random.Random(21)
+    samples = [bytes([b]) for b in range(256)] + [b"", b"DTU00000001", b"DTU0000\x000001", b"\r\n\t ~", "é".encode()]
+    samples += [bytes(rng.choice((0, 9, 10, 13, 31, 32, 65, 126, 127, 128, 255)) for _ in range(rng.randrange(1, 30)))
+                for _ in range(2000)]
+    assert [_is_text(s) for s in samples] == [plain(s) for s in samples]
+    assert sum(map(plain, samples)) > 100 and sum(not plain(s) for s in samples) > 100  # both answers were tried

@@ -1313,6 +1313,12 @@ def _poll_items(check: _Checker, path: str, raw: Any) -> tuple[int, ...] | None:
 class _Checker(Checker):
     """The shared checker plus the value kinds this file needs."""
 
+    def __init__(self, source: str) -> None:
+        super().__init__(source)
+        # a district's thousands of channels say "3s" and take the defaults again and again:
+        # each distinct valid duration is parsed once (a wrong one is parsed and named every time)
+        self._durations: dict[tuple[type, str | int | float, bool], float] = {}
+
     def string_list(self, path: str, value: Any) -> list[str] | None:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             self.problem(path, f"must be a list of strings, got {show(value)}")
@@ -1353,6 +1359,15 @@ class _Checker(Checker):
         return None
 
     def duration(self, path: str, value: Any, *, allow_zero: bool = False) -> float | None:
+        key = (type(value), value, allow_zero) if type(value) in (str, int, float) else None
+        if key is not None and (known := self._durations.get(key)) is not None:
+            return known
+        seconds = self._duration(path, value, allow_zero)
+        if key is not None and seconds is not None:
+            self._durations[key] = seconds
+        return seconds
+
+    def _duration(self, path: str, value: Any, allow_zero: bool) -> float | None:
         seconds = parse_duration(value)
         what = "a duration of zero or more" if allow_zero else "a positive duration"
         if seconds is None:
