@@ -1292,6 +1292,8 @@
       } catch (exc) { /* not JSON */ }
       throw new ApiFailure(path, response.status, `${response.status} ${why}`);
     }
+    const named = /filename="?([^";]+)"?/.exec(response.headers.get("Content-Disposition") || "");
+    if (named) filename = named[1]; // the server's name says what it holds (period, base, by)
     const blob = await response.blob();
     const url = URL.createObjectURL(blob);
     const a = el("a", { href: url, download: filename });
