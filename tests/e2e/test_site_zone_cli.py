@@ -12,6 +12,9 @@ daylight saving now, so the offset printed is the same whenever the test runs.  
 without ``[site]``: Asia/Shanghai (UTC+8), as before the setting existed -- there the walk catches
 what printed UTC before (the ledger cut the zone off; anomalies, token list and sync status printed
 UTC times).
+
+The commands are ``meterd`` processes forked from one that has imported the package
+(tests/cliserver.py): each is a process of its own, without a second of imports each.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from cliserver import CliServer
 from meterd.analytics.anomalies import AnomalyStore, Finding, Kind, Severity
 from meterd.analytics.outages import OutageFinding, OutageStore
 from meterd.control.state import ControlStore
@@ -102,6 +106,23 @@ def stamps_carry(text: str, offset: str) -> list[str]:
         if word in text:
             problems.append(f"{word.strip()!r} in the output")
     return problems
+
+
+@pytest.fixture(scope="module")
+def cli_server(tmp_path_factory):
+    server = CliServer(tmp_path_factory.mktemp("cli"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def run_meterd(cli_server, tmp_path):
+    """As conftest's: ``meterd`` with ``args`` in the test's folder; a forked process."""
+
+    def run(*args: str, timeout: float = 60, input: str | None = None):
+        return cli_server.run(*args, timeout=timeout, input=input, cwd=tmp_path)
+
+    return run
 
 
 @pytest.fixture(params=["Asia/Urumqi", "America/Sao_Paulo", None])
