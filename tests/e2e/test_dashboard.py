@@ -418,6 +418,8 @@ def test_the_other_pages_draw_and_lists_page_on_the_server(demo, browser, shots)
         assert page.locator("#p-list tbody tr").count() == demo_meters(data) - 20  # 20 + the rest, cut by the server
         assert "000000000024" in page.inner_text("#p-list")
         shot(page, shots, "meters-page-2")
+        go(page, "#/commands")  # every command, paged on the server, by state
+        assert page.locator("#p-list tbody tr").count() >= 1 and page.locator("#p-list .controls button").count() == 7
         go(page, "#/terminals")
         shot(page, shots, "terminals")
         if page.locator("#p-list tbody a").count():  # the demo's terminals (a concentrator, a DTU, ...)

@@ -1166,6 +1166,17 @@
       "empty.accounts"), pagerControls(`list-${wanted}`, doc && doc.next));
   };
 
+  PAGES.commands = async function (errors, r) {
+    const main = view(r, t("ov.queue"));
+    const wanted = state.view.state ?? r.query.get("state") ?? "";
+    const body = panel(main, "p-list", "list.commands", true);
+    const doc = await soft(errors, `console/commands?${wanted ? `state=${q(wanted)}&` : ""}${pagerQuery(`list-${wanted}`)}`);
+    const filter = el("div", { class: "controls range" }, ["", "queued", "sent", "confirmed", "failed", "expired", "cancelled"].map((x) =>
+      el("button", { type: "button", class: x === wanted ? "on" : "", onclick: () => { state.view.state = x; refresh(); } },
+        x ? word("cstate", x) : t("word.all"))));
+    fillPanel(body, filter, commandsTable(doc ? doc.commands : []), pagerControls(`list-${wanted}`, doc && doc.next));
+  };
+
   PAGES.areas = async function (errors, r) {
     const main = view(r, t("nav.areas"));
     const body = panel(main, "p-list", "list.areas", true);
