@@ -8,6 +8,11 @@ with the token made earlier; the readings come back through ``meterd readings`` 
 through ``meterd quality`` / ``lineloss`` / ``stats``.  Everything is then found in PostgreSQL,
 and not one SQLite file exists: the data directory holds only what is files by nature (the
 billing drop folder).
+
+The short commands are ``meterd`` processes forked from one that imported the package
+(tests/cliserver.py); the daemon and the simulator are started as the console script.  The daemon
+runs until what the checks after it need is in PostgreSQL, then gets SIGTERM (what ``--duration``
+does at its end: the same stop).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from cliserver import CliServer
 from conftest import free_port
 from meterd.clock import CST
 from meterd.readings import Reading
@@ -154,6 +160,30 @@ def api_get(port: int, path: str, token: str) -> Any:
         return json.loads(answer.read())
 
 
+@pytest.fixture(scope="module")
+def cli_server(tmp_path_factory):
+    server = CliServer(tmp_path_factory.mktemp("cli"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def run_meterd(cli_server, tmp_path):
+    """As conftest's: ``meterd`` with ``args`` in the test's folder; a forked process."""
+
+    def run(*args: str, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return cli_server.run(*args, timeout=timeout, input=input, cwd=tmp_path)
+
+    return run
+
+
+def wait_for(what: str, check, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def simulator(meterd_bin: str, tmp_path: Path):
     """One simulated DL/T 645 TCP bus with two meters (a ``meterd simulate`` process)."""
@@ -227,14 +257,14 @@ def test_a_whole_site_on_postgresql_through_the_cli(pg_url, simulator, tmp_path,
     assert meterd_json("account", "show", "A2")["balance"] == "25.00"
 
     # -- the daemon: polls the simulated bus, charges, serves the API ----------------------------
-    daemon = subprocess.Popen([meterd_bin, "run", "-c", "site.toml", "--duration", "12"], cwd=tmp_path,
+    daemon = subprocess.Popen([meterd_bin, "run", "-c", "site.toml", "--duration", "90"], cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         seen: list[Any] = []
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not seen:
-            time.sleep(0.5)
+            time.sleep(0.2)
             try:
                 seen = api_get(api_port, f"/api/v1/meters/{A1}/readings", token["token"])
             except OSError:
@@ -242,6 +272,15 @@ def test_a_whole_site_on_postgresql_through_the_cli(pg_url, simulator, tmp_path,
         assert seen, "the API served no readings of the polled meter"
         account = api_get(api_port, "/api/v1/accounts/A1", token["token"])
         assert account["account"] == "A1"
+
+        def collected_and_charged() -> bool:
+            energy = psql(pg_url, f"SELECT COUNT(*) FROM readings WHERE meter = '{A1}' "
+                                  "AND quantity = 'energy.active.import.total'")[0][0]
+            charges = psql(pg_url, "SELECT COUNT(*) FROM ledger WHERE account = 'A1' AND kind = 'charge'")[0][0]
+            return energy >= 3 and charges > 0
+
+        wait_for("three register readings of A1 and a charge in PostgreSQL", collected_and_charged, 60)
+        daemon.terminate()
         err = daemon.communicate(timeout=60)[1]
     finally:
         if daemon.poll() is None:
@@ -312,31 +351,44 @@ def test_reports_read_the_postgresql_site(pg_url, tmp_path, run_meterd, monkeypa
 
 
 @pytest.fixture
-def password_server():
-    """A PostgreSQL of this test's own that asks role ``meterd`` for its password (scram-sha-256),
-    with a database ``site`` that role owns."""
+def password_server(pg_server):
+    """The run's PostgreSQL (tests/pgserver.py, session-scoped: no initdb of this test's own) asking a
+    role of this test's own for its password (scram-sha-256: a line for that role ahead of the
+    trust lines in pg_hba.conf), with a database that role owns; all undone afterwards."""
     import psycopg
 
-    import pgserver
-
-    if not pgserver.available():
-        pytest.skip("PostgreSQL is not installed")
-    server = pgserver.PgServer()
+    role = database = f"pw_{os.getpid()}_{time.monotonic_ns()}"
+    hba = pg_server.data / "pg_hba.conf"
+    trusting = hba.read_text()
+    with psycopg.connect(pg_server.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'c0rrect horse'")
+        conn.execute(f"CREATE DATABASE {database} OWNER {role} TEMPLATE template0")
+    hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n" + trusting)
+    url = pg_server.url(database).replace(f"{pg_server.user}@", f"{role}@")
     try:
-        with psycopg.connect(server.url(), autocommit=True) as conn:
-            conn.execute("CREATE ROLE meterd LOGIN PASSWORD 'c0rrect horse'")
-            conn.execute("CREATE DATABASE site OWNER meterd TEMPLATE template0")
-        hba = server.data / "pg_hba.conf"
-        hba.write_text("local all all trust\nhost all postgres 127.0.0.1/32 trust\n"
-                       "host all all 127.0.0.1/32 scram-sha-256\n")
-        server._run("pg_ctl", "-D", str(server.data), "reload")
-        time.sleep(0.5)
-        yield f"postgresql://meterd@127.0.0.1:{server.port}/site"
+        pg_server._run("pg_ctl", "-D", str(pg_server.data), "reload")
+        wait_for("pg_hba.conf reloaded", lambda: _refused(url), 10)
+        yield url
     finally:
         from meterd.storage.database import close_pools
 
         close_pools()
-        server.close()
+        hba.write_text(trusting)
+        pg_server._run("pg_ctl", "-D", str(pg_server.data), "reload")
+        with psycopg.connect(pg_server.url(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def _refused(url: str) -> bool:
+    """Whether the server asks ``url``'s role for a password it was not given."""
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=5, password="").close()
+    except psycopg.OperationalError as exc:
+        return "password" in str(exc)
+    return False
 
 
 def test_the_password_reaches_postgresql_from_the_secrets_file_or_the_environment(password_server, tmp_path,
