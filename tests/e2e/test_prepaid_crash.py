@@ -4,11 +4,15 @@ charged twice or skipped, the balance equals the ledger, and no command reached 
 
 The simulated meters run in this test's process (a thread with its own event loop, real TCP), so
 the test can look at what each meter actually received; the daemon and the CLI are real processes.
+The killed daemons are started as the console script; the payments and the last, clean run are
+``meterd`` processes forked from one that imported the package (tests/cliserver.py), without a
+second of imports each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -16,17 +20,18 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 
 import pytest
 
+from cliserver import CliServer
 from meterd.control.model import Rate
 from meterd.control.state import ControlStore
-from meterd.storage.sqlite import SqliteStore, to_ms
 from meterd.simulators.dlt645 import Dlt645Bus
 from meterd.simulators.model import MeterModel
 from meterd.simulators.serve import SimClock, serve_tcp
+from meterd.storage.sqlite import SqliteStore, to_ms
 
 M1, M2 = "000000000001", "000000000002"
 SECRETS = {"METERD_METER_PASSWORD": "02123456", "METERD_OPERATOR_CODE": "00000001"}
@@ -120,6 +125,13 @@ opening_balance = "0"
 """
 
 
+@pytest.fixture(scope="module")
+def cli_server(tmp_path_factory):
+    server = CliServer(tmp_path_factory.mktemp("cli"))
+    yield server
+    server.close()
+
+
 @pytest.fixture
 def sim():
     s = SimThread(speed=3600.0)  # an hour of consumption per second: money runs out in seconds
@@ -127,7 +139,8 @@ def sim():
     s.close()
 
 
-def test_kill_9_never_applies_a_payment_or_charge_twice_nor_sends_a_command_twice(sim, meterd_bin, tmp_path):
+def test_kill_9_never_applies_a_payment_or_charge_twice_nor_sends_a_command_twice(sim, meterd_bin, cli_server,
+                                                                                   tmp_path):
     data = tmp_path / "data"
     cfg = tmp_path / "site.toml"
     cfg.write_text(config(data, sim.running.endpoint))
@@ -136,8 +149,7 @@ def test_kill_9_never_applies_a_payment_or_charge_twice_nor_sends_a_command_twic
     refs: list[str] = []
 
     def pay(account: str, ref: str) -> None:
-        p = subprocess.run([meterd_bin, "pay", account, "40", "--ref", ref, "-c", str(cfg)], env=env,
-                           capture_output=True, text=True, timeout=60)
+        p = cli_server.run("pay", account, "40", "--ref", ref, "-c", str(cfg), env=env, cwd=tmp_path, timeout=60)
         assert p.returncode == 0, p.stderr
         refs.append(ref)
 
@@ -155,11 +167,10 @@ def test_kill_9_never_applies_a_payment_or_charge_twice_nor_sends_a_command_twic
         daemon.wait(10)
         kills += 1
     # a last, clean run settles whatever the kills left behind
-    daemon = subprocess.Popen([meterd_bin, "--log-level", "WARNING", "run", "-c", str(cfg), "--duration", "4"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, err = daemon.communicate(timeout=60)
-    assert daemon.returncode == 0, err
-    assert "Traceback" not in err, err
+    last = cli_server.run("--log-level", "WARNING", "run", "-c", str(cfg), "--duration", "4", env=env, cwd=tmp_path,
+                          timeout=60)
+    assert last.returncode == 0, last.stderr
+    assert "Traceback" not in last.stderr, last.stderr
 
     with ControlStore(data) as store:
         assert store.verify_balances() == []
@@ -178,7 +189,7 @@ def test_kill_9_never_applies_a_payment_or_charge_twice_nor_sends_a_command_twic
                 periods = store._read("SELECT period_start_ts, period_end_ts, kwh, amount_fen, price FROM ledger "
                                       "WHERE meter = ? AND kind = 'charge' ORDER BY period_start_ts", (meter,))
                 assert periods, f"{account} was never charged"
-                for before, after in zip(periods, periods[1:]):
+                for before, after in itertools.pairwise(periods):
                     assert after["period_start_ts"] >= before["period_end_ts"], "an interval charged twice"
                 register = {to_ms(r.timestamp): r.value for r in readings_store.readings(
                     meter, quantity="energy.active.import.total")}
