@@ -41,10 +41,12 @@ from typing import Any, Final, Protocol
 
 from meterd.collector.transports.base import Transport
 from meterd.errors import AddressMismatchError, LinkError, LinkTimeoutError, MeterdError, ProtocolError
+from meterd.protocols.dlt645.fastpath import ReadValues, decode_read_reply
 from meterd.protocols.dlt645.frame import (
     BROADCAST,
     PREAMBLE,
     Frame,
+    Function,
     StreamDecoder,
     decode_frame,
     encode_frame,
@@ -255,14 +257,30 @@ class Channel:
         Raises TransactionError once every attempt failed.  With ``expect_reply=False``
         (broadcasts), the request is only written.
         """
+        reply: Frame | None = await self.exchange(request.address, self._wire_of(request), lambda: Dlt645Reply(request),
+                                                  request=request, expect_reply=expect_reply, priority=priority)
+        return reply
+
+    async def transact_values(self, request: Frame, *, priority: int = ROUTINE) -> Frame | ReadValues:
+        """:meth:`transact` of a DL/T 645-2007 read of one identifier that returns the reply
+        already decoded, ``(address, di, fields, values)`` of
+        :func:`~meterd.protocols.dlt645.fastpath.decode_read_reply`, where the reply is the plain
+        case it takes (a normal reply of that identifier from that meter), else the frame; a
+        channel with a trace hook always returns the frame (the hook shows it)."""
+        values = self.trace is None
+        reply: Frame | ReadValues = await self.exchange(
+            request.address, self._wire_of(request), lambda: Dlt645Reply(request, values=values),
+            request=request, priority=priority)
+        return reply
+
+    def _wire_of(self, request: Frame) -> bytes:
         wire = self._wire.get(request)
         if wire is None:  # a round sends the same few requests to the same meters, round after round
             wire = encode_frame(request, preamble=self.preamble)
             if len(self._wire) >= WIRE_FRAMES_KEPT:
                 self._wire.clear()
             self._wire[request] = wire
-        return await self.exchange(request.address, wire, lambda: Dlt645Reply(request), request=request,
-                                   expect_reply=expect_reply, priority=priority)
+        return wire
 
     async def exchange(
         self,
@@ -399,14 +417,21 @@ class Channel:
 class Dlt645Reply:
     """DL/T 645 matcher (2007 and 1997 share the envelope): the first reply frame for the
     request's function; echoed requests and replies to other functions are skipped; a reply from
-    another address is an :class:`~meterd.errors.AddressMismatchError` (unless the request was broadcast or wildcarded)."""
+    another address is an :class:`~meterd.errors.AddressMismatchError` (unless the request was broadcast or wildcarded).
 
-    __slots__ = ("_check_address", "_decoder", "request")
+    ``values`` (a DL/T 645-2007 read of one identifier): a whole plain reply of that identifier is
+    decoded in one step (:func:`~meterd.protocols.dlt645.fastpath.decode_read_reply`) and returned
+    as its values; anything else goes the way above."""
 
-    def __init__(self, request: Frame) -> None:
+    __slots__ = ("_check_address", "_decoder", "_values_of", "request")
+
+    def __init__(self, request: Frame, *, values: bool = False) -> None:
         self.request = request
         self._decoder: StreamDecoder | None = None  # made when a read is not one whole frame
         self._check_address = request.address != BROADCAST and "A" not in request.address
+        # the identifier whose reply may come back as values (a 2007 read of one, nothing more)
+        self._values_of = (int.from_bytes(request.data, "little")
+                           if values and request.control == Function.READ_DATA and len(request.data) == 4 else None)
 
     @property
     def decoder(self) -> StreamDecoder:
@@ -422,10 +447,16 @@ class Dlt645Reply:
     def pending(self) -> bool:
         return self._decoder is not None and bool(self._decoder.pending)
 
-    def feed(self, data: bytes) -> Frame | None:
+    def feed(self, data: bytes) -> Frame | ReadValues | None:
         if self._decoder is None:
             # the usual read: the whole reply (after its FE preamble) and nothing else; the stream
             # decoder would find the same frame and be left empty
+            if self._values_of is not None:
+                got = decode_read_reply(data)
+                if got is not None and got[1] == self._values_of:
+                    if self._check_address and got[0] != self.request.address:
+                        raise AddressMismatchError(self.request.address, got[0])
+                    return got
             try:
                 frame = decode_frame(data)
             except ProtocolError:

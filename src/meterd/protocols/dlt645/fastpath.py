@@ -183,7 +183,11 @@ def as_decoded(fields: Sequence[Field], values: Sequence[Value]) -> list[Decoded
     return [DecodedValue(f.quantity, v, f.unit, f.scaling) for f, v in zip(fields, values, strict=True)]
 
 
-def decode_read_reply(raw: bytes) -> tuple[str, int, tuple[Field, ...], Values] | None:
+ReadValues = tuple[str, int, tuple[Field, ...], Values]
+"""What :func:`decode_read_reply` returns: address, identifier, the item's fields, their values."""
+
+
+def decode_read_reply(raw: bytes) -> ReadValues | None:
     """One whole read reply (leading ``FE`` allowed, nothing after it) -> ``(address, di, fields,
     values)``, or None: not the plain case, take the plain path (see the module docstring)."""
     s = raw.find(START)
