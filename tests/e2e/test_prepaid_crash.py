@@ -25,7 +25,7 @@ from decimal import Decimal
 
 import pytest
 
-from cliserver import CliServer
+import cliserver
 from meterd.control.model import Rate
 from meterd.control.state import ControlStore
 from meterd.simulators.dlt645 import Dlt645Bus
@@ -125,11 +125,10 @@ opening_balance = "0"
 """
 
 
-@pytest.fixture(scope="module")
-def cli_server(tmp_path_factory):
-    server = CliServer(tmp_path_factory.mktemp("cli"))
-    yield server
-    server.close()
+@pytest.fixture
+def cli_server():
+    """``meterd`` processes forked from one that imported the package (tests/cliserver.py)."""
+    return cliserver.shared()
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from cliserver import CliServer
+import cliserver
 from meterd.analytics.anomalies import AnomalyStore, Finding, Kind, Severity
 from meterd.analytics.outages import OutageFinding, OutageStore
 from meterd.control.state import ControlStore
@@ -108,11 +108,10 @@ def stamps_carry(text: str, offset: str) -> list[str]:
     return problems
 
 
-@pytest.fixture(scope="module")
-def cli_server(tmp_path_factory):
-    server = CliServer(tmp_path_factory.mktemp("cli"))
-    yield server
-    server.close()
+@pytest.fixture
+def cli_server():
+    """``meterd`` processes forked from one that imported the package (tests/cliserver.py)."""
+    return cliserver.shared()
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from cliserver import CliServer
+import cliserver
 from conftest import free_port
 from meterd.clock import CST
 from meterd.readings import Reading
@@ -160,11 +160,10 @@ def api_get(port: int, path: str, token: str) -> Any:
         return json.loads(answer.read())
 
 
-@pytest.fixture(scope="module")
-def cli_server(tmp_path_factory):
-    server = CliServer(tmp_path_factory.mktemp("cli"))
-    yield server
-    server.close()
+@pytest.fixture
+def cli_server():
+    """``meterd`` processes forked from one that imported the package (tests/cliserver.py)."""
+    return cliserver.shared()
 
 
 @pytest.fixture
