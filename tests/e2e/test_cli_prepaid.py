@@ -9,6 +9,8 @@ from decimal import Decimal
 
 import pytest
 
+import cliserver
+
 SITE = """
 [store]
 data_dir = "data"
@@ -62,54 +64,66 @@ protected = true
 
 
 @pytest.fixture
+def meterd_cli(tmp_path):
+    """As conftest's ``run_meterd``, but forked from one process that imported the package
+    (tests/cliserver.py): a process of its own per command, without a second of imports each."""
+    server = cliserver.shared()
+
+    def run(*args: str, timeout: float = 60, input: str | None = None):
+        return server.run(*args, timeout=timeout, input=input, cwd=tmp_path)
+
+    return run
+
+
+@pytest.fixture
 def site(tmp_path):
     (tmp_path / "site.toml").write_text(SITE)
     return "site.toml"
 
 
-def test_pay_adjust_ledger_and_account(run_meterd, site):
-    p = run_meterd("pay", "A1", "100.50", "--ref", "R1", "-c", site)
+def test_pay_adjust_ledger_and_account(meterd_cli, site):
+    p = meterd_cli("pay", "A1", "100.50", "--ref", "R1", "-c", site)
     assert p.returncode == 0 and "balance 100.50" in p.stdout, p.stderr
-    p = run_meterd("pay", "A1", "100.50", "--ref", "R1", "-c", site)
+    p = meterd_cli("pay", "A1", "100.50", "--ref", "R1", "-c", site)
     assert p.returncode == 0 and "not applied" in p.stdout and "already applied" in p.stdout
-    p = run_meterd("adjust", "A1", "-0.50", "--ref", "ADJ1", "--reason", "meter test", "--operator", "li",
+    p = meterd_cli("adjust", "A1", "-0.50", "--ref", "ADJ1", "--reason", "meter test", "--operator", "li",
                    "-c", site)
     assert p.returncode == 0 and "balance 100.00" in p.stdout, p.stderr
-    p = run_meterd("ledger", "A1", "-c", site, "--json")
+    p = meterd_cli("ledger", "A1", "-c", site, "--json")
     doc = json.loads(p.stdout)
     assert doc["balance"] == "100.00" and [e["kind"] for e in doc["entries"]] == ["payment", "adjustment"]
     assert doc["entries"][-1]["balance"] == "100.00"
-    p = run_meterd("account", "show", "A1", "-c", site, "--json")
+    p = meterd_cli("account", "show", "A1", "-c", site, "--json")
     shown = json.loads(p.stdout)
     assert shown["balance"] == "100.00" and shown["meters"] == {"000000000001": "50"}
     assert shown["remaining_kwh"] == "200.00"  # balance ÷ current price
-    p = run_meterd("account", "list", "-c", site)
+    p = meterd_cli("account", "list", "-c", site)
     assert "A1" in p.stdout and "H1" in p.stdout and "yes" in p.stdout
 
 
-def test_accounts_start_pending_and_an_operator_activates_them_once(run_meterd, site):
-    listed = run_meterd("account", "list", "-c", site)
+def test_accounts_start_pending_and_an_operator_activates_them_once(meterd_cli, site):
+    listed = meterd_cli("account", "list", "-c", site)
     assert [line.split()[3] for line in listed.stdout.splitlines()[1:]] == ["pending", "pending"]
-    assert [a["account"] for a in json.loads(run_meterd("account", "list", "--state", "pending", "-c", site,
+    assert [a["account"] for a in json.loads(meterd_cli("account", "list", "--state", "pending", "-c", site,
                                                          "--json").stdout)] == ["A1", "H1"]
-    p = run_meterd("account", "activate", "A1", "--opening-balance", "50.00", "--ref", "MIG-1", "--operator", "li",
+    p = meterd_cli("account", "activate", "A1", "--opening-balance", "50.00", "--ref", "MIG-1", "--operator", "li",
                    "-c", site)
     assert p.returncode == 0 and "opening balance 50.00 applied" in p.stdout and "balance 50.00" in p.stdout, p.stderr
-    p = run_meterd("account", "activate", "A1", "--opening-balance", "50.00", "--ref", "MIG-1", "--operator", "li",
+    p = meterd_cli("account", "activate", "A1", "--opening-balance", "50.00", "--ref", "MIG-1", "--operator", "li",
                    "-c", site)
     assert p.returncode == 0 and "nothing changed" in p.stdout and "balance 50.00" in p.stdout
-    shown = json.loads(run_meterd("account", "show", "A1", "-c", site, "--json").stdout)
+    shown = json.loads(meterd_cli("account", "show", "A1", "-c", site, "--json").stdout)
     assert (shown["state"], shown["balance"], shown["alarmed_at"]) == ("normal", "50.00", None)
-    entries = json.loads(run_meterd("ledger", "A1", "-c", site, "--json").stdout)["entries"]
+    entries = json.loads(meterd_cli("ledger", "A1", "-c", site, "--json").stdout)["entries"]
     assert [(e["key"], e["kind"], e["actor"]) for e in entries] == [("opening:A1", "opening", "li")]
-    p = run_meterd("account", "activate", "H1", "--ref", "MIG-2", "--operator", "li", "-c", site)
+    p = meterd_cli("account", "activate", "H1", "--ref", "MIG-2", "--operator", "li", "-c", site)
     assert p.returncode == 2 and "missing --opening-balance" in p.stderr
     for bad, why in (("1.005", "more than two decimals"), ("1e3", "--opening-balance \"1e3\" refused"),
                      ("2000000", "more than the limit")):
-        p = run_meterd("account", "activate", "H1", "--opening-balance", bad, "--ref", "MIG-2", "--operator", "li",
+        p = meterd_cli("account", "activate", "H1", "--opening-balance", bad, "--ref", "MIG-2", "--operator", "li",
                        "-c", site)
         assert p.returncode == 2 and why in p.stderr, p.stderr
-    assert json.loads(run_meterd("account", "show", "H1", "-c", site, "--json").stdout)["state"] == "pending"
+    assert json.loads(meterd_cli("account", "show", "H1", "-c", site, "--json").stdout)["state"] == "pending"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -128,12 +142,12 @@ def test_accounts_start_pending_and_an_operator_activates_them_once(run_meterd, 
     (("replace-meter", "A1", "000000000001", "000000000003", "--old-final", "x", "--new-initial", "0",
       "--ref", "W", "--operator", "li"), "not a number"),
 ])
-def test_bad_input_is_refused_with_its_reason_and_nothing_is_written(run_meterd, site, args, message):
-    p = run_meterd(*args, "-c", site)
+def test_bad_input_is_refused_with_its_reason_and_nothing_is_written(meterd_cli, site, args, message):
+    p = meterd_cli(*args, "-c", site)
     assert p.returncode == 2 and message in p.stderr, (p.stdout, p.stderr)
-    ledger = json.loads(run_meterd("ledger", "A1", "-c", site, "--json").stdout)
+    ledger = json.loads(meterd_cli("ledger", "A1", "-c", site, "--json").stdout)
     assert ledger["entries"] == [] and ledger["balance"] == "0.00"
-    assert json.loads(run_meterd("commands", "-c", site, "--json").stdout) == []
+    assert json.loads(meterd_cli("commands", "-c", site, "--json").stdout) == []
 
 
 # issue #14: "92233720368547758.07" drove the balance past int64 into a float; "1e3" … "10." were applied
@@ -148,42 +162,42 @@ REFUSED_AMOUNTS = [
 ]
 
 
-def test_amounts_outside_the_grammar_or_over_the_limit_exit_2_naming_the_argument(run_meterd, tmp_path):
+def test_amounts_outside_the_grammar_or_over_the_limit_exit_2_naming_the_argument(meterd_cli, tmp_path):
     (tmp_path / "limited.toml").write_text(SITE.replace("[prepaid]\n", '[prepaid]\nmax_payment = "5000"\n'
                                                                       'max_adjustment = "300"\n'))
     for amount, says in REFUSED_AMOUNTS:
-        p = run_meterd("pay", "--ref", "X", "-c", "limited.toml", "--", "A1", amount)
+        p = meterd_cli("pay", "--ref", "X", "-c", "limited.toml", "--", "A1", amount)
         assert p.returncode == 2 and p.stdout == "", (amount, p.stdout, p.stderr)
         [line] = p.stderr.splitlines()
         assert line.startswith("meterd: argument amount ") and says in line, (amount, line)
     for amount, says in (("-300.01", "more than the limit of 300 yuan (set by [prepaid] max_adjustment)"),
                          ("-1e3", "exponent"), ("-0", "zero is not an amount"), ("--5", "not an amount")):
-        p = run_meterd("adjust", "--ref", "Y", "--reason", "r", "--operator", "o", "-c", "limited.toml", "--", "A1",
+        p = meterd_cli("adjust", "--ref", "Y", "--reason", "r", "--operator", "o", "-c", "limited.toml", "--", "A1",
                        amount)
         assert p.returncode == 2 and p.stderr.startswith("meterd: argument amount ") and says in p.stderr, p.stderr
-    ledger = json.loads(run_meterd("ledger", "A1", "-c", "limited.toml", "--json").stdout)
+    ledger = json.loads(meterd_cli("ledger", "A1", "-c", "limited.toml", "--json").stdout)
     assert ledger["entries"] == [] and ledger["balance"] == "0.00"
-    p = run_meterd("pay", "--ref", "OK1", "-c", "limited.toml", "--", "A1", "5000")
+    p = meterd_cli("pay", "--ref", "OK1", "-c", "limited.toml", "--", "A1", "5000")
     assert p.returncode == 0 and "payment OK1: 5000.00 applied" in p.stdout and "balance 5000.00" in p.stdout
-    p = run_meterd("adjust", "--ref", "OK2", "--reason", "r", "--operator", "o", "-c", "limited.toml", "--", "A1",
+    p = meterd_cli("adjust", "--ref", "OK2", "--reason", "r", "--operator", "o", "-c", "limited.toml", "--", "A1",
                    "+0.5")
     assert p.returncode == 0 and "balance 5000.50" in p.stdout, p.stderr
 
 
-def test_manual_commands_are_queued_listed_and_cancelled(run_meterd, site):
-    p = run_meterd("trip", "1", "--reason", "tamper found", "--operator", "li", "-c", site, "--json")
+def test_manual_commands_are_queued_listed_and_cancelled(meterd_cli, site):
+    p = meterd_cli("trip", "1", "--reason", "tamper found", "--operator", "li", "-c", site, "--json")
     assert p.returncode == 0, p.stderr
     cmd = json.loads(p.stdout)
     assert cmd["kind"] == "trip" and cmd["state"] == "queued" and cmd["requested_by"] == "li" and cmd["manual"]
-    p = run_meterd("trip", "1", "--reason", "again", "--operator", "li", "-c", site)
+    p = meterd_cli("trip", "1", "--reason", "again", "--operator", "li", "-c", site)
     assert p.returncode == 2 and "already queued" in p.stderr
-    p = run_meterd("reclose", "1", "--reason", "fixed", "--operator", "li", "-c", site, "--json")
+    p = meterd_cli("reclose", "1", "--reason", "fixed", "--operator", "li", "-c", site, "--json")
     assert json.loads(p.stdout)["kind"] == "reclose-allowed"
-    listed = json.loads(run_meterd("commands", "-c", site, "--json").stdout)
+    listed = json.loads(meterd_cli("commands", "-c", site, "--json").stdout)
     assert [(c["kind"], c["state"]) for c in listed] == [("reclose-allowed", "queued"), ("trip", "cancelled")]
-    p = run_meterd("cancel", str(listed[0]["id"]), "--reason", "customer called", "--operator", "li", "-c", site)
+    p = meterd_cli("cancel", str(listed[0]["id"]), "--reason", "customer called", "--operator", "li", "-c", site)
     assert p.returncode == 0
-    assert json.loads(run_meterd("commands", "--state", "queued", "-c", site, "--json").stdout) == []
+    assert json.loads(meterd_cli("commands", "--state", "queued", "-c", site, "--json").stdout) == []
 
 
 def test_the_demo_tells_the_prepaid_story(run_meterd, tmp_path):
@@ -218,53 +232,53 @@ def test_the_demo_tells_the_prepaid_story(run_meterd, tmp_path):
 # --- issue 18: meters typed as readings does, --wait's exit code, 保电 release, --json, text ----------
 
 
-def test_commands_finds_a_meter_typed_short_as_readings_does(run_meterd, site):
-    assert run_meterd("trip", "1", "--reason", "tamper", "--operator", "li", "-c", site).returncode == 0
+def test_commands_finds_a_meter_typed_short_as_readings_does(meterd_cli, site):
+    assert meterd_cli("trip", "1", "--reason", "tamper", "--operator", "li", "-c", site).returncode == 0
     for typed in ("1", "000000000001", " 1 "):
-        listed = json.loads(run_meterd("commands", "--meter", typed, "-c", site, "--json").stdout)
+        listed = json.loads(meterd_cli("commands", "--meter", typed, "-c", site, "--json").stdout)
         assert [(c["meter"], c["kind"]) for c in listed] == [("000000000001", "trip")], typed
-    assert "000000000001 trip" in run_meterd("commands", "--meter", "1", "-c", site).stdout
+    assert "000000000001 trip" in meterd_cli("commands", "--meter", "1", "-c", site).stdout
 
 
-def test_wait_exits_3_when_the_command_is_still_queued_at_its_end(run_meterd, site):
-    p = run_meterd("trip", "1", "--reason", "tamper", "--operator", "li", "--wait", "0.5", "-c", site)
+def test_wait_exits_3_when_the_command_is_still_queued_at_its_end(meterd_cli, site):
+    p = meterd_cli("trip", "1", "--reason", "tamper", "--operator", "li", "--wait", "0.5", "-c", site)
     assert p.returncode == 3, (p.stdout, p.stderr)  # no daemon: nothing sends it
     [line] = [x for x in p.stderr.splitlines() if x.startswith("meterd:")]  # (a new database logs its migration)
     assert "command #1 trip to meter 000000000001: still queued after 0.5 s, not sent" in line, line
-    p = run_meterd("alarm", "1", "--reason", "low", "--operator", "li", "--wait", "0.3", "--json", "-c", site)
+    p = meterd_cli("alarm", "1", "--reason", "low", "--operator", "li", "--wait", "0.3", "--json", "-c", site)
     assert p.returncode == 3 and json.loads(p.stdout)["state"] == "queued"
-    help_text = run_meterd("trip", "--help").stdout
+    help_text = meterd_cli("trip", "--help").stdout
     assert "3 still queued or sent" in " ".join(help_text.split())
 
 
-def test_an_operator_releases_and_sets_protection_over_the_archive(run_meterd, site, tmp_path):
-    p = run_meterd("trip", "2", "--reason", "works", "--operator", "li", "-c", site)
+def test_an_operator_releases_and_sets_protection_over_the_archive(meterd_cli, site, tmp_path):
+    p = meterd_cli("trip", "2", "--reason", "works", "--operator", "li", "-c", site)
     assert p.returncode == 2 and "meterd protect H1 --release" in p.stderr
-    p = run_meterd("protect", "H1", "--release", "--reason", "clinic closed for works", "--operator", "li",
+    p = meterd_cli("protect", "H1", "--release", "--reason", "clinic closed for works", "--operator", "li",
                    "--until", "8h", "-c", site)
     assert p.returncode == 0, p.stderr
     assert "H1: 保电 released by li" in p.stdout and "billing system or the config changes that flag" in p.stdout
-    shown = run_meterd("account", "show", "H1", "-c", site).stdout
+    shown = meterd_cli("account", "show", "H1", "-c", site).stdout
     [line] = [x for x in shown.splitlines() if x.startswith("protected")]
     assert "no: 保电 released by li on " in line and "(clinic closed for works)" in line
     assert "+08:00" in line and "the archive says yes" in line, line
-    doc = json.loads(run_meterd("account", "show", "H1", "-c", site, "--json").stdout)
+    doc = json.loads(meterd_cli("account", "show", "H1", "-c", site, "--json").stdout)
     assert (doc["protected"], doc["archive_protected"]) == (False, True)
     assert doc["protection_override"]["operator"] == "li" and doc["protection_override"]["until"]
-    listed = run_meterd("account", "list", "-c", site).stdout.splitlines()
+    listed = meterd_cli("account", "list", "-c", site).stdout.splitlines()
     assert [x.split()[4] for x in listed if x.startswith("H1")] == ["no*"] and listed[-1].startswith("* 保电")
-    trip = run_meterd("trip", "2", "--reason", "works", "--operator", "li", "-c", site, "--json")
+    trip = meterd_cli("trip", "2", "--reason", "works", "--operator", "li", "-c", site, "--json")
     assert trip.returncode == 0, trip.stderr
-    run_meterd("cancel", str(json.loads(trip.stdout)["id"]), "--reason", "r", "--operator", "li", "-c", site)
-    p = run_meterd("protect", "H1", "--set", "--reason", "works done", "--operator", "wang", "-c", site)
+    meterd_cli("cancel", str(json.loads(trip.stdout)["id"]), "--reason", "r", "--operator", "li", "-c", site)
+    p = meterd_cli("protect", "H1", "--set", "--reason", "works done", "--operator", "wang", "-c", site)
     assert p.returncode == 0 and "counts again" in p.stdout
-    assert run_meterd("trip", "2", "--reason", "x", "--operator", "li", "-c", site).returncode == 2
+    assert meterd_cli("trip", "2", "--reason", "x", "--operator", "li", "-c", site).returncode == 2
     # A1: protected by an operator, then the config protects it itself: the config's new value
     # supersedes the override, and the next use of -c says so
-    p = run_meterd("protect", "A1", "--set", "--reason", "hospital event", "--operator", "li", "--json", "-c", site)
+    p = meterd_cli("protect", "A1", "--set", "--reason", "hospital event", "--operator", "li", "--json", "-c", site)
     assert json.loads(p.stdout)["protection_override"]["reason"] == "hospital event"
     (tmp_path / site).write_text(SITE.replace('customer = "Zhang"', 'customer = "Zhang"\nprotected = true'))
-    p = run_meterd("account", "show", "A1", "-c", site, "--json")
+    p = meterd_cli("account", "show", "A1", "-c", site, "--json")
     assert "supersedes the operator's override (保电 set by li" in p.stderr, p.stderr
     doc = json.loads(p.stdout)
     assert doc["protected"] is True and doc["protection_override"] is None
@@ -276,47 +290,47 @@ def test_an_operator_releases_and_sets_protection_over_the_archive(run_meterd, s
     (("--until", "soon"), "is not a time: use a duration from now"),
     (("--until", "8h", "--meters"), "--meters with --until"),
 ])
-def test_protect_refusals_are_one_line_and_change_nothing(run_meterd, site, args, says):
-    p = run_meterd("protect", "H1", "--release", "--reason", "r", "--operator", "li", *args, "-c", site)
+def test_protect_refusals_are_one_line_and_change_nothing(meterd_cli, site, args, says):
+    p = meterd_cli("protect", "H1", "--release", "--reason", "r", "--operator", "li", *args, "-c", site)
     assert p.returncode == 2 and says in p.stderr, p.stderr
     assert len([x for x in p.stderr.splitlines() if "INFO" not in x]) == 1, p.stderr
-    assert json.loads(run_meterd("account", "show", "H1", "-c", site, "--json").stdout)["protected"] is True
-    p = run_meterd("protect", "NOPE", "--set", "--reason", "r", "--operator", "li", "-c", site)
+    assert json.loads(meterd_cli("account", "show", "H1", "-c", site, "--json").stdout)["protected"] is True
+    p = meterd_cli("protect", "NOPE", "--set", "--reason", "r", "--operator", "li", "-c", site)
     assert p.returncode == 2 and "unknown account" in p.stderr
 
 
-def test_protect_with_meters_queues_the_meters_own_commands(run_meterd, site):
-    p = run_meterd("protect", "A1", "--set", "--reason", "event", "--operator", "li", "--meters", "-c", site,
+def test_protect_with_meters_queues_the_meters_own_commands(meterd_cli, site):
+    p = meterd_cli("protect", "A1", "--set", "--reason", "event", "--operator", "li", "--meters", "-c", site,
                    "--json")
     assert p.returncode == 0, p.stderr
     assert [(c["meter"], c["kind"], c["requested_by"]) for c in json.loads(p.stdout)["commands"]] == [
         ("000000000001", "protect", "li")]
 
 
-def test_cancel_and_replace_meter_print_json(run_meterd, site):
-    queued = json.loads(run_meterd("trip", "1", "--reason", "t", "--operator", "li", "-c", site, "--json").stdout)
-    p = run_meterd("cancel", str(queued["id"]), "--reason", "called", "--operator", "li", "-c", site, "--json")
+def test_cancel_and_replace_meter_print_json(meterd_cli, site):
+    queued = json.loads(meterd_cli("trip", "1", "--reason", "t", "--operator", "li", "-c", site, "--json").stdout)
+    p = meterd_cli("cancel", str(queued["id"]), "--reason", "called", "--operator", "li", "-c", site, "--json")
     assert p.returncode == 0 and json.loads(p.stdout)["state"] == "cancelled"
     args = ("replace-meter", "A1", "1", "3", "--old-final", "12.5", "--new-initial", "0", "--ref", "W1",
             "--operator", "li", "-c", site, "--json")
-    first, again = json.loads(run_meterd(*args).stdout), json.loads(run_meterd(*args).stdout)
+    first, again = json.loads(meterd_cli(*args).stdout), json.loads(meterd_cli(*args).stdout)
     assert (first["recorded"], again["recorded"]) == (True, False)
     assert (first["old_meter"], first["new_meter"]) == ("000000000001", "000000000003")
 
 
-def test_human_output_reads_as_text(run_meterd, site, tmp_path):
+def test_human_output_reads_as_text(meterd_cli, site, tmp_path):
     from datetime import UTC, datetime
 
     from meterd.control.state import ControlStore
 
     (tmp_path / site).write_text(SITE.replace('customer = "Zhang"', 'customer = "Zhang"\nthresholds = { trip = "-10" }'))
-    run_meterd("pay", "A1", "20", "--ref", "R1", "-c", site)
+    meterd_cli("pay", "A1", "20", "--ref", "R1", "-c", site)
     with ControlStore(tmp_path / "data") as store:  # as the daemon records a relay read back
         store.record_relay("000000000001", {"relay.open": False, "relay.command_open": False,
                                             "alarm.pre_trip": True, "relay.protected": False},
                            now=datetime(2026, 11, 2, 2, 0, tzinfo=UTC))
-    run_meterd("trip", "1", "--reason", "t", "--operator", "li", "-c", site)
-    outputs = {name: run_meterd(*args, "-c", site).stdout for name, args in (
+    meterd_cli("trip", "1", "--reason", "t", "--operator", "li", "-c", site)
+    outputs = {name: meterd_cli(*args, "-c", site).stdout for name, args in (
         ("show A1", ("account", "show", "A1")), ("show H1", ("account", "show", "H1")),
         ("list", ("account", "list")), ("commands", ("commands",)), ("ledger", ("ledger", "A1")))}
     for name, out in outputs.items():
