@@ -64,6 +64,15 @@ NO_RECORD: Final = "no_record"
 NO_DATA_BIT: Final = 0x02
 
 
+_ONE: Final = Decimal(1).as_tuple()
+
+
+def _is_one(ratio: object) -> bool:
+    """Whether ``ratio`` is ``Decimal(1)`` itself (``Decimal("1.0")`` is not: times it, a value
+    gains a digit of exponent)."""
+    return isinstance(ratio, Decimal) and ratio.as_tuple() == _ONE
+
+
 @dataclass(frozen=True, slots=True)
 class MeterTarget:
     address: str
@@ -74,9 +83,14 @@ class MeterTarget:
     regmap: RegisterMap | None = field(default=None, compare=False, repr=False)
     # resolved once, when the target is made (at plan time), never per read
     driver: Driver = field(init=False, compare=False, repr=False)
+    # ct and pt are both exactly Decimal(1) (most meters are direct-connected): multiplying a value
+    # of fewer digits than the context's precision by 1 gives it back digit for digit and exponent
+    # for exponent; fields_to_readings skips it (its values have at most 16 digits)
+    unity: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "driver", get_driver(self.protocol))
+        object.__setattr__(self, "unity", _is_one(self.ct) and _is_one(self.pt))
 
     def scale(self, value: Decimal, scaling: Scaling) -> Decimal:
         if scaling is Scaling.CTPT:
@@ -233,12 +247,13 @@ def values_to_readings(
 def fields_to_readings(
     meter: MeterTarget, fields: Sequence[Field], values: Sequence[Value], timestamp: datetime
 ) -> list[Reading]:
-    """:func:`values_to_readings` of the fast path's fields and values (numbers and words: no
-    dates), without a DecodedValue between."""
+    """:func:`values_to_readings` of the fast path's fields and values (numbers of at most 16
+    digits and words: no dates), without a DecodedValue between."""
     address = meter.address
+    unity = meter.unity
     out = []
     for f, value in zip(fields, values, strict=True):
-        if type(value) is Decimal:
+        if type(value) is Decimal and not unity:
             value = meter.scale(value, f.scaling)
         out.append(Reading(address, f.quantity, timestamp, value, f.unit, GOOD))
     return out

@@ -205,7 +205,8 @@ def decode_value(text: str, kind: str) -> Value:
     raise ValueError(f"unknown value kind {kind!r} in the readings table")
 
 
-def _reading_row(reading: Reading) -> tuple[str, str, int, str, str, str, str]:
+def _reading_row(reading: Reading, ms: int | None = None) -> tuple[str, str, int, str, str, str, str]:
+    """The row of ``reading``; ``ms``: ``to_ms(reading.timestamp)`` when the caller has it."""
     value = reading.value
     if type(value) is Decimal:  # nearly every reading: skip the isinstance ladder
         text, kind = str(value), "decimal"
@@ -217,12 +218,26 @@ def _reading_row(reading: Reading) -> tuple[str, str, int, str, str, str, str]:
     return (
         reading.meter,
         reading.quantity,
-        to_ms(reading.timestamp),
+        to_ms(reading.timestamp) if ms is None else ms,
         text,
         kind,
         reading.unit,
         quality_text,
     )
+
+
+def _reading_rows(readings: Iterable[Reading]) -> list[tuple[str, str, int, str, str, str, str]]:
+    """:func:`_reading_row` of each; a round's readings share one timestamp object, whose
+    milliseconds are worked out once."""
+    rows = []
+    last: datetime | None = None
+    ms = 0
+    for r in readings:
+        if r.timestamp is not last:
+            last = r.timestamp
+            ms = to_ms(last)
+        rows.append(_reading_row(r, ms))
+    return rows
 
 
 _ROW_KEY: Final = itemgetter(0, 1, 2)  # (meter, quantity, ts): the readings table's primary key
@@ -422,7 +437,7 @@ class SqliteStore:
 
     def write_readings(self, readings: Sequence[Reading]) -> int:
         """Store ``readings`` in one transaction; all or nothing.  Returns how many were written."""
-        rows = [_reading_row(r) for r in readings]  # encode first: a bad value fails before BEGIN
+        rows = _reading_rows(readings)  # encode first: a bad value fails before BEGIN
         # in key order: neighbouring rows share B-tree pages, so a batch touches (and the WAL
         # takes) fewer pages -- a fifth less CPU per row on a big table.  The sort is stable, so
         # of two rows with one key the later still wins.
@@ -529,10 +544,14 @@ class SqliteStore:
 
     def record_attempts(self, attempts: Sequence[Attempt]) -> None:
         rows = []
+        last: datetime | None = None  # a round's attempts share its time: one to_ms for them all
+        ts = 0
         for a in attempts:
             if a.outcome not in OUTCOMES:
                 raise ValueError(f"attempt outcome {a.outcome!r} is not one of {sorted(OUTCOMES)}")
-            ts = to_ms(a.timestamp)
+            if a.timestamp is not last:
+                last = a.timestamp
+                ts = to_ms(last)
             rows.append((a.meter, a.channel, a.item, ts, a.outcome, a.latency, a.detail))
         with self._lock, self._state:
             _insert_rows(

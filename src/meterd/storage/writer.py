@@ -94,8 +94,15 @@ class BatchWriter:
         self._wake_if_due()
 
     def add_many(self, readings: Iterable[Reading]) -> None:
-        for reading in readings:
-            self.add(reading)
+        """:meth:`add` of each, checked first and queued at once (a round's readings): a reading
+        with a naive timestamp refuses the lot, so none is queued twice on a retry."""
+        self._check_open()
+        batch = readings if isinstance(readings, list) else list(readings)
+        for reading in batch:
+            if reading.timestamp.tzinfo is None:
+                raise ValueError(f"reading {reading.meter}/{reading.quantity} has a naive timestamp")
+        self._readings.extend(batch)
+        self._wake_if_due()
 
     def add_attempts(self, attempts: Iterable[Attempt]) -> None:
         self._check_open()

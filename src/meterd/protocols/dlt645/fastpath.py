@@ -43,6 +43,9 @@ Layout = tuple[tuple[Field, ...], ValueDecoder]
 _layouts: dict[int, Layout | None] = {}
 _by_wire: dict[bytes, tuple[int, tuple[Field, ...], ValueDecoder] | None] = {}
 LAYOUTS_KEPT: Final = 4096
+#: Numbers of at most 16 digits: far inside Decimal's precision, so the collector may skip
+#: multiplying them by a ratio of exactly 1 (every catalogue number has 8 digits at most).
+MAX_NUMBER_SIZE: Final = 8
 
 
 def _number(f: Field, lo: int) -> Callable[[bytes], Decimal | None]:
@@ -121,6 +124,8 @@ def layout(di: int) -> Layout | None:
         if f.quantity == "status.word3":
             return None
         if f.kind is Kind.NUMBER:
+            if f.size > MAX_NUMBER_SIZE:
+                return None
             parts.append(_number(f, at))
         elif f.kind is Kind.WORD:
             parts.append(_word(at, at + f.size))
