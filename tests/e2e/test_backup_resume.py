@@ -6,7 +6,8 @@ is what it was when the backup was taken (no entry changed), the balances equal 
 interval is charged twice, and collection and charging have gone on from where the backup was.
 
 The simulated meters run in this test's process (a thread with its own event loop, real TCP); the
-daemon and every command are real ``meterd`` processes on SQLite, the embedded default.
+daemon and every command are real ``meterd`` processes on SQLite, the embedded default, forked
+from one process that imported the package (tests/cliserver.py), without a second of imports each.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import time
 import pytest
 from test_prepaid_crash import M1, M2, SECRETS, SimThread
 
+import cliserver
+from cliserver import Spawned
 from meterd.control.model import EntryKind
 from meterd.control.state import ControlStore
 from meterd.storage.sqlite import SqliteStore
@@ -124,7 +127,13 @@ def wait_for(what, check, timeout: float = 30.0) -> None:
         time.sleep(0.2)
 
 
-def test_a_restored_site_resumes_collecting_and_charging_with_no_payment_twice(tmp_path, meterd_bin):
+@pytest.fixture
+def cli_server():
+    """``meterd`` processes forked from one that imported the package (tests/cliserver.py)."""
+    return cliserver.shared()
+
+
+def test_a_restored_site_resumes_collecting_and_charging_with_no_payment_twice(tmp_path, cli_server):
     sim = SimThread(speed=60.0)
     try:
         (tmp_path / "site.toml").write_text(config(sim.running.endpoint))
@@ -132,21 +141,18 @@ def test_a_restored_site_resumes_collecting_and_charging_with_no_payment_twice(t
         data = tmp_path / "data"
 
         def meterd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-            p = subprocess.run([meterd_bin, *args, "-c", "site.toml"], env=env, cwd=tmp_path, capture_output=True,
-                               text=True, timeout=timeout, check=False)
+            p = cli_server.run(*args, "-c", "site.toml", env=env, cwd=tmp_path, timeout=timeout)
             assert p.returncode == 0, (args, p.stderr)
             assert "Traceback" not in p.stderr, p.stderr
             return p
 
-        def start() -> subprocess.Popen[str]:
-            return subprocess.Popen([meterd_bin, "--log-level", "WARNING", "run", "-c", "site.toml"], env=env,
-                                    cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        def start() -> Spawned:
+            return cli_server.spawn("--log-level", "WARNING", "run", "-c", "site.toml", env=env, cwd=tmp_path)
 
-        def stop(daemon: subprocess.Popen[str]) -> None:
+        def stop(daemon: Spawned) -> None:
             daemon.send_signal(signal.SIGTERM)
-            _, err = daemon.communicate(timeout=60)
-            assert daemon.returncode == 0, err
-            assert "Traceback" not in err, err
+            assert daemon.wait(60) == 0, daemon.stderr()
+            assert "Traceback" not in daemon.stderr(), daemon.stderr()
 
         # before the backup: a counter payment and the billing system's first file
         meterd("pay", "A1", "40", "--ref", "P1")
