@@ -3,8 +3,10 @@ its customers plus a 6 % loss; the daemon reads everyone's daily freezes through
 keeps them as daily registers, and ``meterd lineloss`` computes the day's loss from them -- 6 %,
 within what the registers' 0.01 kWh resolution allows.
 
-Time: the fleet runs 7200x (a simulated day in 12 real seconds); the freezes carry the meters' own
-time, so the daemon keeps its own clock.
+Time: the fleet runs 28800x (a simulated day in 3 real seconds; the meters integrate minute by
+minute whatever the speed, so the day's registers are those of any speed); the freezes carry the
+meters' own time, so the daemon keeps its own clock.  ``meterd lineloss`` runs as a process forked
+from one that imported the package (tests/cliserver.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import tomllib
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
+import pytest
+
+import cliserver
 from meterd.analytics.energy import DailyRegisterStore
 from meterd.app import build_node
 from meterd.config.loader import parse_config
@@ -42,8 +47,19 @@ def config_text(data_dir, endpoint: str) -> str:
     return "\n".join(lines)
 
 
+@pytest.fixture
+def run_meterd(tmp_path):
+    """As conftest's: ``meterd`` with ``args`` in the test's folder; a forked process."""
+    server = cliserver.shared()
+
+    def run(*args: str, timeout: float = 60, input: str | None = None):
+        return server.run(*args, timeout=timeout, input=input, cwd=tmp_path)
+
+    return run
+
+
 async def test_meterd_lineloss_of_a_simulated_area_is_its_configured_loss(tmp_path, run_meterd):
-    spec = FleetSpec(pty_buses=0, tcp_buses=1, meters_per_bus=7, wire_time=False, seed=11, speed=7200.0,
+    spec = FleetSpec(pty_buses=0, tcp_buses=1, meters_per_bus=7, wire_time=False, seed=11, speed=28800.0,
                      start=datetime(2026, 11, 22, 23, 59), areas=[{"name": "TA1", "supply": SUPPLY,
                                                                     "customers": CUSTOMERS, "loss": LOSS}])
     fleet = await run_fleet(spec)
@@ -62,7 +78,7 @@ async def test_meterd_lineloss_of_a_simulated_area_is_its_configured_loss(tmp_pa
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + 60
                 while loop.time() < deadline:  # both freezes bracketing the day, of every meter
-                    await asyncio.sleep(0.5)
+                    await asyncio.sleep(0.2)
                     have = registers.registers([DAY, DAY + timedelta(days=1)])
                     if len(have) == 2 * (1 + len(CUSTOMERS)):
                         break
