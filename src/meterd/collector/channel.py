@@ -192,6 +192,13 @@ class PriorityLock:
     def waiting(self) -> int:
         return len(self._waiters)
 
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free and nobody waits (what :meth:`acquire` does first)."""
+        if not self._locked and not self._waiters:
+            self._locked = True
+            return True
+        return False
+
     async def acquire(self, priority: int = ROUTINE) -> None:
         if not self._locked and not self._waiters:
             self._locked = True
@@ -297,7 +304,9 @@ class Channel:
         ``priority`` orders waiting transactions: :data:`URGENT` ones (relay commands) go ahead of
         :data:`ROUTINE` reads still queued on the bus.
         """
-        await self._lock.acquire(priority)
+        lock = self._lock
+        if not lock.try_acquire():  # a free bus is taken without a coroutine (nearly every read)
+            await lock.acquire(priority)
         try:
             self.stats.transactions += 1
             last: TransactionError | None = None
@@ -351,14 +360,16 @@ class Channel:
             raise TransactionError(FailureKind.LINK, str(exc), meter=meter) from exc
 
     async def _attempt(self, meter: str, wire: bytes, matcher: ReplyMatcher | None, request: Any) -> Any:
-        await self._ensure_open(meter)
+        if not self.transport.is_open:
+            await self._ensure_open(meter)
         if self.turnaround:
             wait = self._last_done + self.turnaround - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
         transport = self.transport
         transport.reset_input()
-        self._emit("tx", wire, request)
+        if self.trace is not None:
+            self._emit("tx", wire, request)
         started = time.monotonic()
         try:
             await transport.write(wire)

@@ -142,8 +142,8 @@ def record_outcome(exc: ReadFailed, item: Any) -> str:
 
 DLT645_2007_DRIVER: Final = cast(FrameDriver, get_driver(DLT645_2007))
 #: Whether rounds read DL/T 645-2007 numbers and words through the one-step decode
-#: (:func:`read_values`); the plain path stays, and tests run rounds both ways.
-FAST_READS = True
+#: (:meth:`Channel.transact_values`); the plain path stays, and tests run rounds both ways.
+FAST_READS = True  # reads: see _poll_frames.fetch
 GOOD: Final = Quality.GOOD
 
 
@@ -158,20 +158,6 @@ async def read_item(
     reply = await channel.transact(codec.read_request(address, di, count, start), priority=priority)
     assert isinstance(reply, Frame)
     return await _payload(channel, address, di, reply, codec, priority)
-
-
-async def read_values(
-    channel: Channel, address: str, di: int, *, priority: int = ROUTINE,
-) -> tuple[tuple[Field, ...], list[Value]] | bytes:
-    """A DL/T 645-2007 read of one identifier that the fast path lays out
-    (:func:`~meterd.protocols.dlt645.fastpath.layout_of`): the item's fields and their values when
-    the reply is the plain case, else the payload bytes as :func:`read_item` gives them (follow-up
-    frames, refusals and garbled replies handled the same way)."""
-    reply = await channel.transact_values(DLT645_2007_DRIVER.read_request(address, di), priority=priority)
-    if type(reply) is tuple:
-        return reply[2], reply[3]
-    assert isinstance(reply, Frame)
-    return await _payload(channel, address, di, reply, DLT645_2007_DRIVER, priority)
 
 
 async def _payload(channel: Channel, address: str, di: int, reply: Frame, codec: FrameDriver, priority: int) -> bytes:
@@ -295,9 +281,11 @@ class _Attempts:
     async def run(self, item: str, fetch: Callable[[], Awaitable[list[Reading]]], who: str) -> list[Reading]:
         """One identifier / block: skipped if the meter is dead, else fetched and its outcome
         recorded the same way for every protocol.  The readings, or none if it failed."""
-        if self.skip_if_dead(item):
+        if self.dead is not None:
+            self.skip_if_dead(item)
             return []
-        self.start()
+        stats = self.channel.stats
+        self._latency, self._successes = stats.latency_total, stats.successes  # self.start()
         try:
             got = await fetch()
         except TransactionError as exc:
@@ -312,7 +300,9 @@ class _Attempts:
         except ProtocolError as exc:
             self.add(item, FailureKind.GARBLED, detail=f"{who} {item}: {exc}")
             return []
-        self.ok(item)
+        n = stats.successes - self._successes  # self.ok(item), inline: once per read
+        self.list.append(Attempt(self.meter.address, self.channel.name, item, self.now, "ok",
+                                 (stats.latency_total - self._latency) / n if n else None, ""))
         return got
 
 
@@ -367,35 +357,35 @@ async def _poll_frames(
     async def fetch(di: int) -> list[Reading]:
         item = driver.lookup(di)
         try:
-            return await read(di, item)
+            stamp = now
+            if item.timestamp_di is not None:
+                if item.timestamp_di not in freeze_times:
+                    raw = await read_item(channel, meter.address, item.timestamp_di, driver=driver)
+                    (tv,) = driver.decode(item.timestamp_di, raw, local_now)
+                    assert isinstance(tv.value, datetime)
+                    freeze_times[item.timestamp_di] = tv.value.replace(tzinfo=meter_tz).astimezone(UTC)
+                stamp = freeze_times[item.timestamp_di]
+            if item.records:
+                first = curve_window(now, meter_tz, curve_points, curve_interval)
+                payload = await read_item(channel, meter.address, di, count=curve_points, start=first, driver=driver)
+                got = curve_readings(meter, di, payload, meter_tz, curve_interval)
+            elif fast and layout_of(di) is not None:
+                # read_item's work with the reply decoded in the matcher (one coroutine less per read)
+                reply = await channel.transact_values(DLT645_2007_DRIVER.read_request(meter.address, di))
+                if type(reply) is tuple:
+                    got = fields_to_readings(meter, reply[2], reply[3], stamp)
+                else:
+                    assert isinstance(reply, Frame)
+                    payload = await _payload(channel, meter.address, di, reply, DLT645_2007_DRIVER, ROUTINE)
+                    got = values_to_readings(meter, driver.decode(di, payload, local_now), stamp, meter_tz)
+            else:
+                payload = await read_item(channel, meter.address, di, driver=driver)
+                got = values_to_readings(meter, driver.decode(di, payload, local_now), stamp, meter_tz)
         except ReadFailed as exc:
             exc.kind = record_outcome(exc, item)  # the freeze time's own read counts for its item
             raise
-
-    async def read(di: int, item: Any) -> list[Reading]:
-        stamp = now
-        if item.timestamp_di is not None:
-            if item.timestamp_di not in freeze_times:
-                raw = await read_item(channel, meter.address, item.timestamp_di, driver=driver)
-                (tv,) = driver.decode(item.timestamp_di, raw, local_now)
-                assert isinstance(tv.value, datetime)
-                freeze_times[item.timestamp_di] = tv.value.replace(tzinfo=meter_tz).astimezone(UTC)
-            stamp = freeze_times[item.timestamp_di]
-        if item.records:
-            first = curve_window(now, meter_tz, curve_points, curve_interval)
-            payload = await read_item(channel, meter.address, di, count=curve_points, start=first, driver=driver)
-            got = curve_readings(meter, di, payload, meter_tz, curve_interval)
-        elif fast and layout_of(di) is not None:
-            read = await read_values(channel, meter.address, di)
-            if type(read) is tuple:
-                got = fields_to_readings(meter, read[0], read[1], stamp)
-            else:
-                assert isinstance(read, bytes)
-                got = values_to_readings(meter, driver.decode(di, read, local_now), stamp, meter_tz)
-        else:
-            payload = await read_item(channel, meter.address, di, driver=driver)
-            got = values_to_readings(meter, driver.decode(di, payload, local_now), stamp, meter_tz)
-        return [r for r in got if spec.wanted(di, r.quantity)]
+        keep = spec.keep.get(di)
+        return got if keep is None else [r for r in got if r.quantity in keep]  # spec.wanted
 
     for di in spec.items:
         readings.extend(await log.run(driver.format_item(di), partial(fetch, di), who))

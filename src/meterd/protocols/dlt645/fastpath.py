@@ -43,6 +43,8 @@ Layout = tuple[tuple[Field, ...], ValueDecoder]
 _layouts: dict[int, Layout | None] = {}
 _by_wire: dict[bytes, tuple[int, tuple[Field, ...], ValueDecoder] | None] = {}
 LAYOUTS_KEPT: Final = 4096
+# the first hex digit of a negative value's top byte (top nibble 8..F) without its sign bit
+_SIGNED_FIRST: Final = {n: format(n - 8, "x") for n in range(8, 16)}
 #: Numbers of at most 16 digits: far inside Decimal's precision, so the collector may skip
 #: multiplying them by a ratio of exactly 1 (every catalogue number has 8 digits at most).
 MAX_NUMBER_SIZE: Final = 8
@@ -58,8 +60,10 @@ def _number(f: Field, lo: int) -> Callable[[bytes], Decimal | None]:
         top = hi - 1
 
         def signed(data: bytes) -> Decimal | None:
+            digits = data[top:below:-1].hex()
             head = data[top]
-            digits = (bytes((head & 0x7F,)) + data[top - 1:below:-1]).hex()
+            if head & 0x80:  # the sign bit: the first digit is the top nibble less 8
+                digits = _SIGNED_FIRST[head >> 4] + digits[1:]
             if not digits.isdigit():
                 return None
             n = int(digits)
