@@ -11,15 +11,19 @@ Prepaid control runs too: the leader's passes charge what every node forwards, c
 an operator go out through whichever node holds the meter's channel, and after the kill (of the
 prepaid leader) no command went out twice, the balances equal the ledger, and what was charged
 equals the energy the registers advanced, once.
+
+The nodes and the commands are ``meterd`` processes forked from one that imported the package
+(tests/cliserver.py): processes of their own (SIGKILL, SIGTERM and exit codes as ever), without a
+second of imports each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -30,6 +34,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+import cliserver
+from cliserver import Spawned
 from meterd.control.model import CommandKind, CommandRequest
 from meterd.control.state import ControlStore
 from meterd.protocols.dlt645.frame import Function, StreamDecoder
@@ -118,7 +124,8 @@ class _quiet:
         return kind is not None and issubclass(kind, (ConnectionError, OSError, asyncio.CancelledError))
 
 
-def site(url: str, data_dir: Path, node: str, ports: list[int], addresses: list[list[str]]) -> str:
+def site(url: str, data_dir: Path, node: str, ports: list[int], addresses: list[list[str]], lease: float = LEASE,
+         heartbeat: float = HEARTBEAT) -> str:
     lines = [f"""
 [store]
 data_dir = "{data_dir}"
@@ -127,8 +134,8 @@ flush_interval = "200ms"
 
 [cluster]
 node = "{node}"
-lease_time = "{LEASE:g}s"
-heartbeat = "{HEARTBEAT:g}s"
+lease_time = "{lease:g}s"
+heartbeat = "{heartbeat:g}s"
 """]
     for i, (port, meters) in enumerate(zip(ports, addresses)):
         lines.append(f'[channels.bus{i}]\ntcp = {{ host = "127.0.0.1", port = {port} }}\nresponse_timeout = "500ms"\n'
@@ -190,13 +197,13 @@ async def until(predicate, timeout: float, what: str) -> float:
         await asyncio.sleep(0.2)
 
 
-async def test_three_nodes_share_the_buses_survive_a_kill_and_a_postgresql_restart(pg_server, pg_url, tmp_path,
-                                                                                      meterd_bin):
+async def test_three_nodes_share_the_buses_survive_a_kill_and_a_postgresql_restart(pg_server, pg_url, tmp_path):
+    cli = cliserver.shared()
     spec = FleetSpec(pty_buses=0, tcp_buses=BUSES, meters_per_bus=METERS_PER_BUS, wire_time=False, speed=10.0,
                      seed=5)
     fleet = await run_fleet(spec)
     recorders = []
-    procs: dict[str, subprocess.Popen] = {}
+    procs: dict[str, Spawned] = {}
     logs: dict[str, Path] = {}
     try:
         ports = []
@@ -211,9 +218,8 @@ async def test_three_nodes_share_the_buses_survive_a_kill_and_a_postgresql_resta
         for name in ("n1", "n2", "n3"):
             cfg = tmp_path / f"{name}.toml"
             cfg.write_text(site(pg_url, tmp_path / name, name, ports, addresses))
-            logs[name] = tmp_path / f"{name}.log"
-            procs[name] = subprocess.Popen([meterd_bin, "run", "-c", str(cfg)], stdout=subprocess.DEVNULL,
-                                           stderr=logs[name].open("w"), env=env, cwd=tmp_path)
+            procs[name] = cli.spawn("run", "-c", str(cfg), env=env, cwd=tmp_path)
+            logs[name] = procs[name].stderr_path
             if name == "n1":  # the first creates the tables; the others join a running site
                 await until(lambda: len(leases(pg_url)) >= BUSES, 30, "n1 takes every channel")
 
@@ -258,16 +264,15 @@ async def test_three_nodes_share_the_buses_survive_a_kill_and_a_postgresql_resta
                                 (store.command(x.id) for x in second)), 30, "second commands settled")
 
         # meterd cluster status: the dead node is dead, the survivors hold every bus and one leads
-        shown = subprocess.run([meterd_bin, "cluster", "status", "-c", str(tmp_path / "n2.toml"), "--json"],
-                               capture_output=True, text=True, timeout=30, env=env)
+        shown = cli.run("cluster", "status", "-c", str(tmp_path / "n2.toml"), "--json", timeout=30, env=env,
+                        cwd=tmp_path)
         assert shown.returncode == 0, shown.stderr
         doc = json.loads(shown.stdout)
         states = {n["node"]: n["state"] for n in doc["nodes"]}
         assert states[leader] == "dead" and all(states[n] == "alive" for n in survivors), states
         assert sorted(c for n in doc["nodes"] for c in n["channels"]) == [f"bus{i}" for i in range(BUSES)]
         assert doc["leaders"]["prepaid"]["node"] in survivors and doc["channels_unheld"] == []
-        text = subprocess.run([meterd_bin, "cluster", "status", "-c", str(tmp_path / "n2.toml")],
-                              capture_output=True, text=True, timeout=30, env=env).stdout
+        text = cli.run("cluster", "status", "-c", str(tmp_path / "n2.toml"), timeout=30, env=env, cwd=tmp_path).stdout
         assert "+08:00" in text and f"prepaid: {doc['leaders']['prepaid']['node']}" in text and "dead" in text
 
         # 4. PostgreSQL restarts under the survivors: they carry on
@@ -291,7 +296,7 @@ async def test_three_nodes_share_the_buses_survive_a_kill_and_a_postgresql_resta
             ts = [r[0] for r in query(pg_url, "SELECT ts FROM readings WHERE meter = %s AND quantity = %s AND ts "
                                       "BETWEEN %s AND %s ORDER BY ts", m, "voltage.a", down_ms - 3000, down_ms + outage
                                       + 3000)]
-            gaps[m] = max((b - a for a, b in zip(ts, ts[1:])), default=None)
+            gaps[m] = max((b - a for a, b in itertools.pairwise(ts)), default=None)
         if outage < (LEASE - 2 * HEARTBEAT) * 1000 - 1000:
             assert all(g is not None and g < 4000 for g in gaps.values()), (outage, gaps)
 
@@ -428,14 +433,15 @@ heartbeat_timeout = "30s"
 
 
 async def test_the_node_holding_a_dtus_connection_polls_it_and_takes_it_over_before_the_lease_runs_out(
-        pg_url, tmp_path, meterd_bin):
+        pg_url, tmp_path):
+    cli = cliserver.shared()
     from conftest import free_port
     from meterd.simulators.dtu import run_dtu_fleet
 
     listen = {"n1": free_port(), "n2": free_port()}
     balancer = Balancer([listen["n1"], listen["n2"]])
     lb_port = await balancer.start()
-    procs: dict[str, subprocess.Popen] = {}
+    procs: dict[str, Spawned] = {}
     logs: dict[str, Path] = {}
     fleet = None
     try:
@@ -443,10 +449,8 @@ async def test_the_node_holding_a_dtus_connection_polls_it_and_takes_it_over_bef
         for name in ("n1", "n2"):
             cfg = tmp_path / f"{name}.toml"
             cfg.write_text(dtu_site(pg_url, tmp_path / name, name, listen[name], known))
-            logs[name] = tmp_path / f"{name}.log"
-            procs[name] = subprocess.Popen([meterd_bin, "run", "-c", str(cfg)], stdout=subprocess.DEVNULL,
-                                           stderr=logs[name].open("w"), env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                           cwd=tmp_path)
+            procs[name] = cli.spawn("run", "-c", str(cfg), env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=tmp_path)
+            logs[name] = procs[name].stderr_path
         await until(lambda: len(query(pg_url, "SELECT node FROM cluster_nodes")) == 2, 30, "both nodes joined")
         await asyncio.sleep(1.0)  # both listening
         fleet = await run_dtu_fleet(2, 2, "127.0.0.1", lb_port, heartbeat=5.0, reconnect_delay=0.5)
@@ -495,24 +499,26 @@ async def test_the_node_holding_a_dtus_connection_polls_it_and_takes_it_over_bef
                 sys.stderr.write(f"--- {name} (tail) ---\n{path.read_text()[-3000:]}\n")
 
 
-def test_a_second_node_under_a_live_nodes_name_exits_non_zero_saying_so(pg_url, tmp_path, meterd_bin):
+def test_a_second_node_under_a_live_nodes_name_exits_non_zero_saying_so(pg_url, tmp_path):
     """Two processes under one node name would share leases: the second refuses to join, and its
-    ``meterd run`` fails (exit 1, one line naming the live node), leaving the first undisturbed."""
+    ``meterd run`` fails (exit 1, one line naming the live node), leaving the first undisturbed.  The
+    second tries for two lease times before it gives up: a 4 s lease (heartbeat 1 s) here, not the
+    other tests' 6 s, as the first node's liveness is all this is about."""
     from conftest import free_port
 
     env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1"}
     cfg = tmp_path / "same.toml"
-    cfg.write_text(site(pg_url, tmp_path / "same", "same", [free_port()], [["000000000001"]]))
-    first = subprocess.Popen([meterd_bin, "run", "-c", str(cfg)], stdout=subprocess.DEVNULL,
-                             stderr=(tmp_path / "first.log").open("w"), env=env, cwd=tmp_path)
+    cfg.write_text(site(pg_url, tmp_path / "same", "same", [free_port()], [["000000000001"]], lease=4.0))
+    cli = cliserver.shared()
+    first = cli.spawn("run", "-c", str(cfg), env=env, cwd=tmp_path)
     try:
         asyncio.run(until(lambda: bool(query(pg_url, "SELECT node FROM cluster_nodes WHERE node = 'same'")), 30,
                           "the first node joins"))
-        second = subprocess.run([meterd_bin, "run", "-c", str(cfg)], capture_output=True, text=True, env=env,
-                                cwd=tmp_path, timeout=60)
+        second = cli.run("run", "-c", str(cfg), env=env, cwd=tmp_path, timeout=60)
         assert second.returncode == 1, second.stderr[-2000:]
         assert "in use by a live node" in second.stderr and "Traceback" not in second.stderr
         assert first.poll() is None  # the first goes on
     finally:
         first.terminate()
         first.wait(20)
+
