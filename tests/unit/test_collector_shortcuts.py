@@ -6,11 +6,16 @@
 * the writer takes a round's readings in one step: the same queue as adding them one by one, and
   a naive timestamp refuses the lot;
 * the store works out the milliseconds of a timestamp once per run of readings / attempts sharing
-  it: rows equal to the row of each on its own.
+  it: rows equal to the row of each on its own;
+* readings and attempts are made by :func:`meterd.readings.quick_init`'s ``__init__``: the same
+  parameters as the dataclass's own, and the same frozen, hashable, picklable objects.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import pickle
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -20,7 +25,7 @@ from hypothesis import strategies as st
 
 from meterd.collector.poll import MeterTarget, fields_to_readings
 from meterd.protocols.dlt645.catalogue import Field, Kind, Scaling
-from meterd.readings import Reading
+from meterd.readings import Quality, Reading, quick_init
 from meterd.storage.sqlite import Attempt, SqliteStore, _reading_row, _reading_rows
 from meterd.storage.writer import BatchWriter
 
@@ -94,3 +99,56 @@ def test_attempt_rows_keep_each_timestamp(tmp_path) -> None:
         store.record_attempts(attempts)
         got = store.attempts()
     assert sorted((a.meter, a.timestamp) for a in got) == sorted((a.meter, a.timestamp) for a in attempts)
+
+
+# --- quick_init: readings and attempts made through their slots' descriptors -------------------------
+
+
+def _twin(cls: type) -> type:
+    """The same dataclass with the __init__ dataclasses writes."""
+    return dataclasses.make_dataclass(
+        cls.__name__, [(f.name, f.type, dataclasses.field(default=f.default)) if f.default is not dataclasses.MISSING
+                       else (f.name, f.type) for f in dataclasses.fields(cls)], frozen=True, slots=True)
+
+
+@pytest.mark.parametrize("cls", [Reading, Attempt])
+def test_quick_init_takes_what_the_dataclass_init_takes(cls: type) -> None:
+    twin = _twin(cls)
+    assert list(inspect.signature(cls.__init__).parameters.items()) == \
+        list(inspect.signature(twin.__init__).parameters.items())
+
+
+def test_readings_and_attempts_are_the_dataclasses_they_were() -> None:
+    r = Reading("000000000001", "voltage.a", T0, Decimal("220.1"))
+    assert (r.unit, r.quality) == ("", Quality.GOOD)
+    assert r == Reading(meter="000000000001", quantity="voltage.a", timestamp=T0, value=Decimal("220.1"), unit="",
+                        quality=Quality.GOOD)
+    assert hash(r) == hash(Reading("000000000001", "voltage.a", T0, Decimal("220.1")))
+    assert repr(r).startswith("Reading(meter='000000000001', quantity='voltage.a'")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.value = Decimal(1)  # type: ignore[misc]
+    assert dataclasses.replace(r, unit="V").unit == "V" and pickle.loads(pickle.dumps(r)) == r
+    with pytest.raises(TypeError):
+        Reading("000000000001", "voltage.a", T0)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Reading("000000000001", "voltage.a", T0, Decimal(1), "V", Quality.GOOD, "extra")  # type: ignore[call-arg]
+    a = Attempt("000000000001", "c", "00010000", T0, "ok")
+    assert (a.latency, a.detail) == (None, "") and pickle.loads(pickle.dumps(a)) == a
+    assert dataclasses.astuple(a) == ("000000000001", "c", "00010000", T0, "ok", None, "")
+
+
+def test_quick_init_refuses_what_it_could_not_write_exactly() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class WithFactory:
+        items: list = dataclasses.field(default_factory=list)
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class WithPostInit:
+        x: int
+
+        def __post_init__(self) -> None:
+            pass
+
+    for cls in (WithFactory, WithPostInit):
+        with pytest.raises(TypeError):
+            quick_init(cls)
