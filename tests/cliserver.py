@@ -46,6 +46,7 @@ class CliServer:
         self._dir = Path(tempfile.mkdtemp(prefix="meterd-cli-"))
         self._lock = threading.Lock()
         self._count = 0
+        self._requests = 0
         self._spawned: list[Spawned] = []
         self._proc = subprocess.Popen([sys.executable, "-u", __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True, bufsize=1)
@@ -54,13 +55,20 @@ class CliServer:
             raise RuntimeError(f"the meterd fork server did not start: {ready!r}")
 
     def _ask(self, request: dict[str, Any] | None) -> dict[str, Any]:
+        """Send ``request``; its answer (an answer to an earlier request that was interrupted --
+        a test stopped by Ctrl-C or a timeout in the middle -- is skipped)."""
         assert self._proc.stdin is not None and self._proc.stdout is not None
         if request is not None:
+            self._requests += 1
+            request["id"] = self._requests
             self._proc.stdin.write(json.dumps(request) + "\n")
-        answer = self._proc.stdout.readline()
-        if not answer:
-            raise RuntimeError("the meterd fork server died")
-        return json.loads(answer)
+        while True:
+            line = self._proc.stdout.readline()
+            if not line:
+                raise RuntimeError("the meterd fork server died")
+            answer = json.loads(line)
+            if answer.pop("id", None) == (request or {}).get("id"):
+                return answer
 
     def _files(self, input: str | None) -> tuple[Path, Path, Path | None]:
         self._count += 1
@@ -215,7 +223,7 @@ def _requests() -> dict[str, Any]:
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
                 answer = {"code": code}
-        os.write(1, (json.dumps(answer) + "\n").encode())
+        os.write(1, (json.dumps({**answer, "id": request["id"]}) + "\n").encode())
 
 
 if __name__ == "__main__":
