@@ -9,17 +9,16 @@ through ``meterd quality`` / ``lineloss`` / ``stats``.  Everything is then found
 and not one SQLite file exists: the data directory holds only what is files by nature (the
 billing drop folder).
 
-The short commands are ``meterd`` processes forked from one that imported the package
-(tests/cliserver.py); the daemon and the simulator are started as the console script.  The daemon
-runs until what the checks after it need is in PostgreSQL, then gets SIGTERM (what ``--duration``
-does at its end: the same stop).
+Every ``meterd`` process -- the commands, the daemon, the simulator -- is forked from one that
+imported the package (tests/cliserver.py), without a second of imports each.  The daemon runs until
+what the checks after it need is in PostgreSQL, then gets SIGTERM (what ``--duration`` does at its
+end: the same stop).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import selectors
 import subprocess
 import time
 import urllib.request
@@ -133,27 +132,6 @@ def sqlite_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.suffix in (".sqlite3", ".sqlite3-wal", ".sqlite3-shm", ".db")]
 
 
-def first_line(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            proc.kill()
-            raise AssertionError(f"no document from meterd simulate within {timeout} s: {proc.communicate()[1]}")
-    return proc.stdout.readline()
-
-
-def stop(proc: subprocess.Popen[str]) -> str:
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        _, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return err
-
-
 def api_get(port: int, path: str, token: str) -> Any:
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=10) as answer:
@@ -184,23 +162,23 @@ def wait_for(what: str, check, timeout: float) -> None:
 
 
 @pytest.fixture
-def simulator(meterd_bin: str, tmp_path: Path):
+def simulator(cli_server, tmp_path: Path):
     """One simulated DL/T 645 TCP bus with two meters (a ``meterd simulate`` process)."""
-    proc = subprocess.Popen([meterd_bin, "--log-level", "WARNING", "simulate", "--tcp-buses", "1", "--pty", "0",
-                             "--meters-per-bus", "2", "--speed", "600", "--json", "--duration", "300"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = cli_server.spawn("--log-level", "WARNING", "simulate", "--tcp-buses", "1", "--pty", "0", "--meters-per-bus",
+                            "2", "--speed", "600", "--json", "--duration", "300", cwd=tmp_path)
     try:
-        doc = json.loads(first_line(proc))
+        wait_for("the document of meterd simulate", lambda: "\n" in proc.stdout() or proc.poll() is not None, 20)
+        assert proc.poll() is None, proc.stderr()
+        doc = json.loads(proc.stdout().splitlines()[0])
         (bus,) = doc["buses"]
         assert bus["meters"] == [A1, A2]
         yield bus["port"]
     finally:
-        stop(proc)
+        proc.terminate()
+        proc.wait(30)
 
 
-def test_a_whole_site_on_postgresql_through_the_cli(pg_url, simulator, tmp_path, run_meterd, meterd_bin,
-                                                    monkeypatch):
+def test_a_whole_site_on_postgresql_through_the_cli(pg_url, simulator, tmp_path, run_meterd, cli_server, monkeypatch):
     monkeypatch.setenv("METERD_DB_PASSWORD", "not-asked-by-a-trust-server")  # the config names it: must be set
     api_port = free_port()
     (tmp_path / "site.toml").write_text(site_toml(pg_url, simulator, api_port))
@@ -256,9 +234,7 @@ def test_a_whole_site_on_postgresql_through_the_cli(pg_url, simulator, tmp_path,
     assert meterd_json("account", "show", "A2")["balance"] == "25.00"
 
     # -- the daemon: polls the simulated bus, charges, serves the API ----------------------------
-    daemon = subprocess.Popen([meterd_bin, "run", "-c", "site.toml", "--duration", "90"], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    daemon = cli_server.spawn("run", "-c", "site.toml", "--duration", "90", cwd=tmp_path)
     try:
         seen: list[Any] = []
         deadline = time.monotonic() + 30
@@ -280,11 +256,12 @@ def test_a_whole_site_on_postgresql_through_the_cli(pg_url, simulator, tmp_path,
 
         wait_for("three register readings of A1 and a charge in PostgreSQL", collected_and_charged, 60)
         daemon.terminate()
-        err = daemon.communicate(timeout=60)[1]
+        daemon.wait(60)
+        err = daemon.stderr()
     finally:
         if daemon.poll() is None:
             daemon.kill()
-            daemon.communicate()
+            daemon.wait(10)
     assert daemon.returncode == 0, err
     assert not [line for line in err.splitlines() if " ERROR   meterd" in line], err
     assert "Traceback" not in err, err
