@@ -4,9 +4,9 @@ charged twice or skipped, the balance equals the ledger, and no command reached 
 
 The simulated meters run in this test's process (a thread with its own event loop, real TCP), so
 the test can look at what each meter actually received; the daemon and the CLI are real processes.
-The killed daemons are started as the console script; the payments and the last, clean run are
-``meterd`` processes forked from one that imported the package (tests/cliserver.py), without a
-second of imports each.
+The daemons and the payments are ``meterd`` processes forked from one that imported the package
+(tests/cliserver.py), without a second of imports each: a daemon polls from the first of its
+random seconds before the kill, not after its imports.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import itertools
 import os
 import random
 import signal
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -138,8 +137,7 @@ def sim():
     s.close()
 
 
-def test_kill_9_never_applies_a_payment_or_charge_twice_nor_sends_a_command_twice(sim, meterd_bin, cli_server,
-                                                                                   tmp_path):
+def test_kill_9_never_applies_a_payment_or_charge_twice_nor_sends_a_command_twice(sim, cli_server, tmp_path):
     data = tmp_path / "data"
     cfg = tmp_path / "site.toml"
     cfg.write_text(config(data, sim.running.endpoint))
@@ -155,13 +153,12 @@ def test_kill_9_never_applies_a_payment_or_charge_twice_nor_sends_a_command_twic
     pay("A1", "P0")
     kills = 0
     for cycle in range(4):
-        daemon = subprocess.Popen([meterd_bin, "--log-level", "WARNING", "run", "-c", str(cfg)], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        daemon = cli_server.spawn("--log-level", "WARNING", "run", "-c", str(cfg), env=env, cwd=tmp_path)
         time.sleep(rng.uniform(1.0, 2.5))
         pay("A1", f"P{cycle + 1}")
         pay("A2" if cycle % 2 else "A1", f"Q{cycle}" if cycle % 2 else "P0")  # P0 again: a duplicate
         time.sleep(rng.uniform(0.2, 1.5))
-        assert daemon.poll() is None, daemon.stderr.read()
+        assert daemon.poll() is None, daemon.stderr()
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(10)
         kills += 1
