@@ -9,6 +9,7 @@ walking every scalar.  Each is compared here with the straightforward way on a m
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import textwrap
 from datetime import UTC, datetime
@@ -441,3 +442,125 @@ def test_dtu_text_check_agrees_with_a_byte_by_byte_test() -> None:
                 for _ in range(2000)]
     assert [_is_text(s) for s in samples] == [plain(s) for s in samples]
     assert sum(map(plain, samples)) > 100 and sum(not plain(s) for s in samples) > 100  # both answers were tried
+
+
+# --- the daemon: channels poll before the meter archive is written ------------------------------
+
+
+def _held_archive(path: Path, *, fail: bool = False):
+    """A real SQLite store whose archive write waits until ``release`` is set (then fails, with
+    ``fail``): what a 100,000-row write looks like to the daemon, which must not wait for it."""
+    import threading
+
+    from meterd.storage.sqlite import SqliteStore
+
+    class Held(SqliteStore):
+        release = threading.Event()
+        entered = threading.Event()
+        written: tuple = ()
+
+        def upsert_meters(self, meters) -> None:
+            self.entered.set()
+            assert self.release.wait(20)
+            if fail:
+                raise OSError("disk full")
+            self.written = tuple(meters)
+            super().upsert_meters(self.written)
+
+    return Held(path)
+
+
+async def _bus(requests: list[bytes], closed: asyncio.Event):
+    """A TCP bus that records what it is sent and never answers."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(256):
+            requests.append(data)
+        closed.set()
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+def _one_bus_config(tmp_path: Path, port: int):
+    text = f"""
+    [store]
+    data_dir = "data"
+    [channels.bus]
+    tcp = {{ host = "127.0.0.1", port = {port} }}
+    response_timeout = "5s"
+    [[meters]]
+    address = "1"
+    channel = "bus"
+    [[polls]]
+    name = "p"
+    interval = "1h"
+    quantities = ["energy.active.import.total"]
+    """
+    path = tmp_path / "site.toml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return load_config(path)
+
+
+@pytest.mark.asyncio
+async def test_the_channels_poll_while_the_archive_is_written_and_ready_once_it_is(tmp_path: Path) -> None:
+    from meterd.collector.daemon import Daemon
+
+    requests: list[bytes] = []
+    closed = asyncio.Event()
+    server = await _bus(requests, closed)
+    config = _one_bus_config(tmp_path, server.sockets[0].getsockname()[1])
+    held = _held_archive(tmp_path / "data")
+    daemon = Daemon(config, held)
+    stop = asyncio.Event()
+    run = asyncio.create_task(daemon.run(stop))
+    try:
+        for _ in range(400):  # the request reaches the bus while the archive write is held
+            if requests:
+                break
+            await asyncio.sleep(0.01)
+        assert requests and b"\x68" in requests[0], "no request while the archive was written"
+        assert held.entered.is_set() and not held.written
+        assert daemon.readiness() is not None  # not ready before the archive is written
+        held.release.set()
+        for _ in range(400):
+            if daemon.readiness() is None:
+                break
+            await asyncio.sleep(0.01)
+        assert daemon.readiness() is None
+        assert [m.address for m in held.written] == ["000000000001"]
+        assert [m.address for m in held.meters()] == ["000000000001"]
+    finally:
+        held.release.set()
+        stop.set()
+        await asyncio.wait_for(run, 20)
+        server.close()
+        held.close()
+
+
+@pytest.mark.asyncio
+async def test_an_archive_that_cannot_be_written_stops_the_run_and_closes_the_channels(tmp_path: Path) -> None:
+    from meterd.collector.daemon import Daemon
+
+    requests: list[bytes] = []
+    closed = asyncio.Event()
+    server = await _bus(requests, closed)
+    config = _one_bus_config(tmp_path, server.sockets[0].getsockname()[1])
+    held = _held_archive(tmp_path / "data", fail=True)
+    daemon = Daemon(config, held)
+    run = asyncio.create_task(daemon.run(asyncio.Event()))
+    try:
+        for _ in range(400):
+            if requests:
+                break
+            await asyncio.sleep(0.01)
+        assert requests
+        held.release.set()
+        with pytest.raises(OSError, match="disk full"):
+            await asyncio.wait_for(run, 20)
+        await asyncio.wait_for(closed.wait(), 10)  # the daemon closed its link to the bus
+        assert daemon.readiness() is not None
+    finally:
+        held.release.set()
+        server.close()
+        held.close()
