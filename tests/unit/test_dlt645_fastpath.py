@@ -177,6 +177,10 @@ def test_valid_replies_decode_the_same(raw: bytes) -> None:
     f = fast(raw)
     assert f is not None, raw.hex(" ")  # every plain reply of a laid-out identifier is taken
     assert exact(f) == exact(plain(raw))
+    # the layout's own decoder (decode_read_reply does the commonest item inline) agrees too
+    fields, decode = layout_of(f[1])  # type: ignore[misc]
+    data = decode_frame(raw).data
+    assert exact((f[0], f[1], as_decoded(fields, decode(data)))) == exact(f)  # type: ignore[arg-type]
 
 
 @settings(max_examples=400)

@@ -41,7 +41,8 @@ Values = list[Value]
 ValueDecoder = Callable[[bytes], "Values | None"]
 Layout = tuple[tuple[Field, ...], ValueDecoder]
 _layouts: dict[int, Layout | None] = {}
-_by_wire: dict[bytes, tuple[int, tuple[Field, ...], ValueDecoder] | None] = {}
+_WireEntry = tuple[int, tuple[Field, ...], "ValueDecoder", int, int]  # di, fields, decode, size, point
+_by_wire: dict[bytes, _WireEntry | None] = {}
 LAYOUTS_KEPT: Final = 4096
 # the first hex digit of a negative value's top byte (top nibble 8..F) without its sign bit
 _SIGNED_FIRST: Final = {n: format(n - 8, "x") for n in range(8, 16)}
@@ -174,13 +175,20 @@ def layout_of(di: int) -> Layout | None:
     return found
 
 
-def _wire_layout(key: bytes) -> tuple[int, tuple[Field, ...], ValueDecoder] | None:
-    """:func:`layout_of` keyed by the identifier's four plain bytes, as they come (low first)."""
+def _wire_layout(key: bytes) -> _WireEntry | None:
+    """:func:`layout_of` keyed by the identifier's four plain bytes, as they come (low first); for
+    the commonest item (one unsigned number with decimals) also its size and ``-decimals``, which
+    :func:`decode_read_reply` decodes itself (what ``_single`` does, without the call)."""
     if len(key) != 4:
         return None
     di = int.from_bytes(key, "little")
     found = layout_of(di)
-    entry = None if found is None else (di, *found)
+    entry: _WireEntry | None = None
+    if found is not None:
+        fields, decode = found
+        (f, *more) = fields
+        single = not more and f.kind is Kind.NUMBER and not f.signed and f.decimals
+        entry = (di, fields, decode, 4 + f.size, -f.decimals if single else 0)
     if len(_by_wire) >= LAYOUTS_KEPT:
         _by_wire.clear()
     _by_wire[bytes(key)] = entry
@@ -216,10 +224,19 @@ def decode_read_reply(raw: bytes) -> ReadValues | None:
         found = _wire_layout(key)
     if found is None:
         return None
-    di, fields, decode = found
-    values = decode(data)
-    if values is None:
-        return None
+    di, fields, decode, size, point = found
+    if point:  # one unsigned number with decimals: _single's work, inline
+        if len(data) != size:
+            return None
+        digits = data[:3:-1].hex()
+        if not digits.isdigit():
+            return None
+        values: Values = [Decimal(digits[:point] + "." + digits[point:])]
+    else:
+        got = decode(data)
+        if got is None:
+            return None
+        values = got
     wire = raw[s + 1:s + 7]
     address = _FROM_WIRE.get(wire)
     if address is None:
