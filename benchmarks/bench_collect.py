@@ -10,11 +10,13 @@ clock starts), and the rounds' readings and attempts go through the batching wri
 store in a temporary folder, as the daemon's do.  What is left is the master's own CPU per read --
 codec, channel, round bookkeeping, readings, store writes -- measured in CPU time
 (``time.process_time``, all threads), steady enough on a busy machine, and exact under
-``valgrind --tool=callgrind`` (``--rounds`` fixes the work: instructions per read are the total
-over the reads).
+``valgrind --tool=callgrind`` (``--rounds`` fixes the work; with ``--callgrind`` the counters are
+zeroed before the measured rounds and dumped after them, so instructions per read are the dump's
+total over the reads, start-up left out).
 
     python benchmarks/bench_collect.py [--channels 20] [--meters 5] [--seconds 10]
     python benchmarks/bench_collect.py --in-process [--channels 20] [--meters 5] [--rounds 200]
+    valgrind --tool=callgrind python benchmarks/bench_collect.py --in-process --callgrind --rounds 30
 """
 
 from __future__ import annotations
@@ -120,7 +122,12 @@ class CannedTransport(Transport):
         pass
 
 
-async def bench_in_process(channels: int, meters: int, rounds: int) -> None:
+def callgrind(*command: str) -> None:
+    """``callgrind_control`` on this process (run under ``valgrind --tool=callgrind``)."""
+    subprocess.run(["callgrind_control", *command, str(os.getpid())], check=False, capture_output=True)
+
+
+async def bench_in_process(channels: int, meters: int, rounds: int, count: bool = False) -> None:
     now = datetime(2025, 6, 1, 10, 0, tzinfo=timezone.utc)
     fleet = []
     for c in range(channels):
@@ -145,10 +152,14 @@ async def bench_in_process(channels: int, meters: int, rounds: int) -> None:
 
         await asyncio.gather(*(worker(ch, t, 1) for ch, t in fleet))  # replies worked out, caches warm
         await writer.flush()
+        if count:
+            callgrind("-z")
         t0, cpu0 = time.perf_counter(), time.process_time()
         reads = sum(await asyncio.gather(*(worker(ch, t, rounds) for ch, t in fleet)))
         await writer.close()
         cpu, elapsed = time.process_time() - cpu0, time.perf_counter() - t0
+        if count:
+            callgrind("-d", "window")
         failures = sum(sum(ch.stats.failures.values()) for ch, _ in fleet)
     print(f"in-process collection: {channels} channels x {meters} meters x {len(ITEMS)} identifiers, {rounds} rounds, "
           "canned replies, readings and attempts through the writer into SQLite")
@@ -165,9 +176,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--in-process", action="store_true", help="no sockets, no simulator process (see above)")
     ap.add_argument("--rounds", type=int, default=200, help="rounds per channel with --in-process")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="with --in-process under valgrind --tool=callgrind: zero the counters before the measured "
+                         "rounds and dump them after (instructions per read = the dump's total / reads)")
     args = ap.parse_args()
     if args.in_process:
-        asyncio.run(bench_in_process(args.channels, args.meters, args.rounds))
+        asyncio.run(bench_in_process(args.channels, args.meters, args.rounds, args.callgrind))
         return
     proc, fleet = start_simulators(args.channels, args.meters)
     try:

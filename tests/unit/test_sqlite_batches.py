@@ -119,3 +119,35 @@ def test_a_batch_is_not_starved_by_a_busy_thread(state_where: Location) -> None:
             busy.join()
         assert store.count_readings() == len({(r.meter, r.quantity, r.timestamp) for r in batch})
     assert took < 1.0  # SQLite ~0.02 s with chunks, PostgreSQL ~0.05 s; executemany ~2 s (5 ms switch interval per row)
+
+
+def test_reading_rows_shortcut_matches_the_plain_row() -> None:
+    """_reading_rows builds a Decimal reading of a Quality member inline; every reading's row is
+    the one the plain _reading_row gives (values of every kind, qualities given as members and as
+    plain strings, timestamps shared and not)."""
+    from meterd.storage.sqlite import _reading_row, _reading_rows
+
+    class Dec(Decimal):
+        pass
+
+    t1 = T0 + timedelta(seconds=1, microseconds=999)
+    values = [Decimal("12.30"), Decimal("-0.001"), Decimal("1E+3"), Decimal("NaN"), Dec("7.5"), 3, True, False,
+              "text", T0, t1]
+    readings = [
+        Reading(f"00000000000{i % 3}", f"q{i}", T0 if i % 4 else t1, value, "kWh" if i % 2 else "",
+                quality)
+        for i, value in enumerate(values)
+        for quality in (Quality.GOOD, Quality.SUSPECT, "estimated")
+    ]
+    readings.append(Reading("000000000009", "q", datetime(2024, 3, 1, 8, tzinfo=T0.tzinfo), Decimal(1)))
+    assert _reading_rows(readings) == [_reading_row(r) for r in readings]
+    assert [type(x) for x in _reading_rows(readings)[0]] == [type(x) for x in _reading_row(readings[0])]
+
+
+def test_insert_statements_are_made_once_per_shape() -> None:
+    from meterd.storage.sqlite import _insert_sql
+
+    one = _insert_sql("INSERT INTO t (k, a) VALUES", 2, 3)
+    assert one == "INSERT INTO t (k, a) VALUES (?, ?), (?, ?), (?, ?)"
+    assert _insert_sql("INSERT INTO t (k, a) VALUES", 2, 3) is one
+    assert _insert_sql("INSERT INTO t (k, a) VALUES", 2, 1) == "INSERT INTO t (k, a) VALUES (?, ?)"
