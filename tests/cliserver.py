@@ -73,6 +73,10 @@ class CliServer:
     def _files(self, input: str | None) -> tuple[Path, Path, Path | None]:
         self._count += 1
         out, err = self._dir / f"{self._count}.out", self._dir / f"{self._count}.err"
+        # made here, before the request: a spawned child opens them after spawn() has returned, and
+        # a test that reads its output at once must find them (empty), not FileNotFoundError
+        out.touch()
+        err.touch()
         stdin = None
         if input is not None:
             stdin = self._dir / f"{self._count}.in"
