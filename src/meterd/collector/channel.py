@@ -375,7 +375,9 @@ class Channel:
             await transport.write(wire)
             if matcher is None:
                 return None
-            received = bytearray()
+            # what came so far, for errors and the trace: the first chunk as it is (nearly every
+            # reply is one chunk), a bytearray only once a second one comes
+            received: bytes | bytearray = b""
             timeout = self.timing.response
             mismatch: AddressMismatchError | None = None
             while True:
@@ -396,7 +398,13 @@ class Channel:
                     limit = self.timing.inter_byte if received else self.timing.response
                     raise TransactionError(kind, f"{what} within {limit} s",
                                            meter=meter, received=bytes(received)) from None
-                received += chunk
+                if not received:
+                    received = chunk if type(chunk) is bytes else bytes(chunk)  # never a transport's own buffer
+                elif type(received) is bytearray:
+                    received += chunk
+                else:
+                    received = bytearray(received)
+                    received += chunk
                 timeout = self.timing.inter_byte
                 try:
                     reply = matcher.feed(chunk)
@@ -408,7 +416,7 @@ class Channel:
                     # answers is the attempt a wrong_address.
                     mismatch = exc
                     self._emit("drop", bytes(received), note=f"skipped: {exc}")
-                    received.clear()
+                    received = b""
                     timeout = max(0.0, started + self.timing.response - time.monotonic())
                     continue
                 if reply is not None:

@@ -1,0 +1,95 @@
+"""What a channel keeps of the bytes that came (TransactionError.received, the trace's rx and drop
+events) when a reply comes in one chunk -- kept as the transport handed it -- and in several,
+where the pieces are joined; the long way is the concatenation of every chunk since the request
+(or since a skipped reply from another meter)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from meterd.collector.channel import Channel, FailureKind, Timing, TraceEvent, TransactionError
+from meterd.collector.transports.base import Transport
+from meterd.protocols.dlt645.frame import PREAMBLE, encode_frame
+from meterd.protocols.dlt645.messages import ReadRequest, ReadResponse, encode_request, encode_response
+
+ADDRESS, OTHER = "000000000042", "000000000043"
+REQUEST = encode_request(ReadRequest(ADDRESS, 0x00010000))
+REPLY = PREAMBLE + encode_frame(encode_response(ReadResponse(ADDRESS, 0x00010000, bytes.fromhex("56341200"))))
+STRAY = PREAMBLE + encode_frame(encode_response(ReadResponse(OTHER, 0x00010000, bytes.fromhex("56341200"))))
+
+
+class _Pieces(Transport):
+    """Answers every request with ``chunks``, one event-loop turn apart, each a fresh bytearray
+    (a transport may hand out a mutable buffer: the channel must not keep it)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        super().__init__("pieces")
+        self.chunks = chunks
+        self.handed: list[bytearray] = []
+
+    @property
+    def is_open(self) -> bool:
+        return True
+
+    async def open(self) -> None:
+        pass
+
+    async def write(self, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        for n, chunk in enumerate(self.chunks):
+            loop.call_later(0.001 * (n + 1), self._received, chunk)
+
+    async def read(self, timeout: float) -> bytes:
+        data = await super().read(timeout)
+        piece = bytearray(data)
+        self.handed.append(piece)
+        return piece  # type: ignore[return-value]
+
+    async def close(self) -> None:
+        pass
+
+
+async def _run(chunks: list[bytes]) -> tuple[object, list[TraceEvent], _Pieces]:
+    events: list[TraceEvent] = []
+    transport = _Pieces(chunks)
+    ch = Channel("c", transport, timing=Timing(response=0.5, inter_byte=0.05), retries=0, trace=events.append)
+    try:
+        got: object = await ch.transact(REQUEST)
+    except TransactionError as exc:
+        got = exc
+    for piece in transport.handed:
+        piece[:] = b"\xee" * len(piece)  # whatever the transport does with its buffers afterwards
+    return got, events, transport
+
+
+@pytest.mark.parametrize("cut", [[len(REPLY)], [3, len(REPLY)], [1, 9, 12, len(REPLY)]])
+async def test_a_reply_in_one_or_more_chunks_is_traced_whole(cut: list[int]) -> None:
+    chunks = [REPLY[a:b] for a, b in zip([0, *cut], cut)]
+    got, events, _ = await _run(chunks)
+    assert not isinstance(got, TransactionError)
+    (rx,) = [e for e in events if e.direction == "rx"]
+    assert rx.data == REPLY and type(rx.data) is bytes
+
+
+@pytest.mark.parametrize("cut", [[8], [3, 8], [1, 2, 8]])
+async def test_a_reply_that_stops_short_keeps_every_byte_that_came(cut: list[int]) -> None:
+    chunks = [REPLY[a:b] for a, b in zip([0, *cut], cut)]
+    got, events, _ = await _run(chunks)
+    assert isinstance(got, TransactionError)
+    assert got.kind is FailureKind.INCOMPLETE
+    assert got.received == REPLY[:8] and type(got.received) is bytes
+    (drop,) = [e for e in events if e.direction == "drop"]
+    assert drop.data == REPLY[:8]
+
+
+@pytest.mark.parametrize("split", [False, True])
+async def test_another_meters_reply_is_dropped_and_the_count_starts_again(split: bool) -> None:
+    chunks = [STRAY[:5], STRAY[5:], REPLY[:6], REPLY[6:]] if split else [STRAY, REPLY]
+    got, events, _ = await _run(chunks)
+    assert not isinstance(got, TransactionError)
+    drops = [e.data for e in events if e.direction == "drop"]
+    assert drops == [STRAY]
+    (rx,) = [e for e in events if e.direction == "rx"]
+    assert rx.data == REPLY
