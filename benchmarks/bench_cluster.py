@@ -22,8 +22,20 @@ holding a channel is killed with SIGKILL, and the time to the first reading of a
 channel written by the other node is printed (expected: about lease_time; at most lease_time +
 heartbeat + one poll interval).  Prints numbers; not a pass/fail test.
 
+``--callgrind`` counts instructions instead of CPU time, which separates what the nodes do from
+what sharing two cores costs them (context switches, caches, a busy simulator and PostgreSQL):
+each ``meterd run`` runs under ``valgrind --tool=callgrind --instr-atstart=no``, instrumentation
+is switched on (``callgrind_control -i on``, counters zeroed) when the window opens and the
+counters are dumped when it closes; the table gives instructions per read over all nodes, and
+reads per event-loop wake-up (calls of ``epoll_wait`` in the window, all threads).  PostgreSQL's
+own work is server-side and not counted, nor is the simulator's.  valgrind slows a node about
+50x, so the buses must be slow enough for every node to keep up (``--buses 6 --turnaround 100``:
+a few tens of reads/s per node, about one read per wake-up whatever the node count).
+
     python benchmarks/bench_cluster.py [--buses 24] [--meters 4] [--turnaround 20] [--seconds 10]
                                        [--nodes 1,2,3] [--lease 15] [--heartbeat 3] [--no-failover]
+    python benchmarks/bench_cluster.py --callgrind --buses 6 --turnaround 100 --seconds 30 \
+                                       --nodes 1,3 --no-failover
 """
 
 from __future__ import annotations
@@ -31,17 +43,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_collect import callgrind
+
+CALLGRIND = False  # --callgrind: nodes run under valgrind, instructions counted in the window
 
 
 def cpu_seconds(pid: int) -> float:
@@ -93,7 +111,9 @@ def site(fleet: dict, data_dir: Path, *, url: str | None, node: str | None, leas
 
 
 def start_node(cfg: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "meterd.cli.main", "--log-level", "WARNING", "run", "-c", str(cfg)],
+    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                f"--callgrind-out-file={cfg.with_suffix('.callgrind')}"] if CALLGRIND else []
+    return subprocess.Popen([*valgrind, sys.executable, "-m", "meterd.cli.main", "--log-level", "WARNING", "run", "-c", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=log.open("w"))
 
 
@@ -122,6 +142,34 @@ def held(url: str) -> dict[str, str]:
         return {}
 
 
+def callgrind_all(pids: list[int], *command: str) -> None:
+    """``callgrind_control`` on every node at once (the window's edges as close together as can be)."""
+    with ThreadPoolExecutor(len(pids)) as pool:
+        list(pool.map(lambda pid: callgrind(*command, pid=pid), pids))
+
+
+def callgrind_window(cfg: Path) -> tuple[int, int]:
+    """(instructions, epoll_wait calls) of the dump named ``window`` of the node configured by ``cfg``."""
+    for dump in sorted(cfg.parent.glob(cfg.with_suffix(".callgrind").name + ".*")):
+        text = dump.read_text(errors="replace")
+        if "window" not in text.split("\npositions:", 1)[0]:
+            continue
+        total = int(re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
+        names: dict[str, str] = {}
+        wakeups = 0
+        callee = ""
+        for line in text.splitlines():
+            if line.startswith(("fn=(", "cfn=(")):
+                ref, _, name = line.split("=", 1)[1].partition(" ")
+                if name:
+                    names[ref] = name
+                callee = names.get(ref, "") if line.startswith("cfn") else ""
+            elif line.startswith("calls=") and callee in ("epoll_wait", "epoll_pwait"):
+                wakeups += int(line[6:].split()[0])
+        return total, wakeups
+    raise SystemExit(f"no callgrind dump named 'window' for {cfg}")
+
+
 def wait(predicate, timeout: float, what: str) -> None:
     end = time.monotonic() + timeout
     while not predicate():
@@ -134,6 +182,7 @@ def scenario(fleet: dict, sim: subprocess.Popen, work: Path, *, nodes: int, url:
              lease: float, heartbeat: float) -> dict:
     procs = []
     data_dirs = []
+    cfgs = []
     for n in range(nodes):
         data = work / f"data-{n}"
         cfg = work / f"node-{n}.toml"
@@ -141,18 +190,27 @@ def scenario(fleet: dict, sim: subprocess.Popen, work: Path, *, nodes: int, url:
         cfg.write_text(site(fleet, data, url=url, node=f"n{n + 1}", lease=lease, heartbeat=heartbeat, part=split))
         procs.append(start_node(cfg, work / f"node-{n}.log"))
         data_dirs.append(data)
+        cfgs.append(cfg)
     buses = len(fleet["buses"])
+    patience = 300 if CALLGRIND else 60
     try:
         if url is not None:
             # all channels held, and every node holding some (the balancing has settled)
-            wait(lambda: len(held(url)) == buses and len(set(held(url).values())) == nodes, 60, "channels shared")
+            wait(lambda: len(held(url)) == buses and len(set(held(url).values())) == nodes, patience,
+                 "channels shared")
             count = (lambda: count_pg(url))
         else:  # independent nodes, each with a static share of the buses and a SQLite store of its own
-            wait(lambda: all((d / "readings.sqlite3").exists() for d in data_dirs), 60, "the nodes started")
+            wait(lambda: all((d / "readings.sqlite3").exists() for d in data_dirs), patience, "the nodes started")
             count = (lambda: sum(count_sqlite(d) for d in data_dirs))
         time.sleep(3.0)  # warm: reads flowing, writer batching
+        if CALLGRIND:
+            callgrind_all([p.pid for p in procs], "-i", "on")
+            time.sleep(10.0)  # warm again: the code's first instrumented run (translation) out of the window
+            callgrind_all([p.pid for p in procs], "-z")
         rows0, cpu0, sim0, t0 = count(), sum(cpu_seconds(p.pid) for p in procs), cpu_seconds(sim.pid), time.monotonic()
         time.sleep(seconds)
+        if CALLGRIND:
+            callgrind_all([p.pid for p in procs], "-d", "window")
         rows1, cpu1, sim1, t1 = count(), sum(cpu_seconds(p.pid) for p in procs), cpu_seconds(sim.pid), time.monotonic()
         spread = {} if url is None else {h: list(held(url).values()).count(h) for h in set(held(url).values())}
     finally:
@@ -160,15 +218,22 @@ def scenario(fleet: dict, sim: subprocess.Popen, work: Path, *, nodes: int, url:
             p.send_signal(signal.SIGTERM)
         for p in procs:
             try:
-                p.wait(30)
+                p.wait(120 if CALLGRIND else 30)
             except subprocess.TimeoutExpired:
                 p.kill()
     reads = rows1 - rows0
+    instructions = wakeups = 0
+    if CALLGRIND:
+        for cfg in cfgs:
+            i, w = callgrind_window(cfg)
+            instructions, wakeups = instructions + i, wakeups + w
     return {"nodes": nodes, "backend": "postgresql" if url else "sqlite" if nodes == 1 else "sqlite-split",
             "reads": reads,
             "reads_per_s": reads / (t1 - t0), "cpu_per_read_us": 1e6 * (cpu1 - cpu0) / max(1, reads),
             "sim_cpu_per_read_us": 1e6 * (sim1 - sim0) / max(1, reads), "node_cores": (cpu1 - cpu0) / (t1 - t0),
-            "channels_per_node": dict(sorted(spread.items()))}
+            "channels_per_node": dict(sorted(spread.items())),
+            "instr_per_read": instructions / max(1, reads), "reads_per_wakeup": reads / max(1, wakeups),
+            "instr_per_node_s": instructions / nodes / (t1 - t0)}
 
 
 def failover(fleet: dict, work: Path, url: str, *, lease: float, heartbeat: float) -> dict:
@@ -233,9 +298,12 @@ def main() -> None:
                                                  "(no coordination: what N processes cost by themselves)")
     ap.add_argument("--flush", default=FLUSH, help="the store's flush_interval in every node's config")
     ap.add_argument("--interval", default=INTERVAL, help="the poll interval in every node's config")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="run every node under valgrind --tool=callgrind and count instructions per read in the "
+                         "window (use slow buses: --buses 6 --turnaround 100)")
     args = ap.parse_args()
     ap_interval = args.interval
-    globals()["FLUSH"], globals()["INTERVAL"] = args.flush, ap_interval
+    globals()["FLUSH"], globals()["INTERVAL"], globals()["CALLGRIND"] = args.flush, ap_interval, args.callgrind
     sys.path.insert(0, str(HERE.parent / "tests"))
     import pgserver
 
@@ -262,6 +330,13 @@ def main() -> None:
             for r in results:
                 print(f"{r['backend']:<11} {r['nodes']:>5} {r['reads_per_s']:>9,.0f} {r['cpu_per_read_us']:>11.0f} us "
                       f"{r['node_cores']:>10.2f} {r['sim_cpu_per_read_us']:>10.0f} us  {r['channels_per_node']}")
+            if args.callgrind:
+                print("instructions per read (all nodes, the window only; PostgreSQL's server-side work not counted)")
+                print(f"{'backend':<12} {'nodes':>5} {'reads':>7} {'instr/read':>11} {'reads/wake-up':>14} "
+                      f"{'instr/s per node':>17}")
+                for r in results:
+                    print(f"{r['backend']:<12} {r['nodes']:>5} {r['reads']:>7} {r['instr_per_read'] / 1e3:>9.1f} k "
+                          f"{r['reads_per_wakeup']:>14.2f} {r['instr_per_node_s'] / 1e6:>15.1f} M")
             if not args.no_failover:
                 url = server.new_database("fail")
                 (work / "fail").mkdir()

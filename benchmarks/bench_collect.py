@@ -122,9 +122,10 @@ class CannedTransport(Transport):
         pass
 
 
-def callgrind(*command: str) -> None:
-    """``callgrind_control`` on this process (run under ``valgrind --tool=callgrind``)."""
-    subprocess.run(["callgrind_control", *command, str(os.getpid())], check=False, capture_output=True)
+def callgrind(*command: str, pid: int | None = None) -> None:
+    """``callgrind_control`` on this process, or on ``pid`` (run under ``valgrind --tool=callgrind``)."""
+    subprocess.run(["callgrind_control", *command, str(os.getpid() if pid is None else pid)], check=False,
+                   capture_output=True)
 
 
 async def bench_in_process(channels: int, meters: int, rounds: int, count: bool = False) -> None:
