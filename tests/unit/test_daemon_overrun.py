@@ -30,7 +30,11 @@ async def _starts(durations: list[float], interval: float) -> tuple[list[float],
         if len(starts) == len(durations):
             stop.set()
 
-    fake = SimpleNamespace(run_round=run_round, ownership=None)  # a single node: every channel is its own
+    async def first_registration(_runner: object, _stop: object) -> bool:
+        return False  # no DTU to wait for
+
+    fake = SimpleNamespace(run_round=run_round, ownership=None,  # a single node: every channel is its own
+                           _first_registration=first_registration)
     await asyncio.wait_for(Daemon._run_channel(fake, runner, stop), 10)  # type: ignore[arg-type]
     return [s - starts[0] for s in starts], runner
 

@@ -13,7 +13,8 @@ per-terminal statistics.  :class:`DtuTransport` is the :class:`~meterd.collector
 a :class:`~meterd.collector.channel.Channel` uses to reach the meters behind one terminal: it
 opens at once when the DTU is online and raises :class:`~meterd.errors.LinkError` at once when it
 is not (the channel records a ``link`` failure and tries again next round), so a round never
-waits for a DTU that is not there.
+waits for a DTU that is not there.  (The daemon holds a DTU channel's first round until the DTU
+first registers since start, for at most one interval: :meth:`DtuTransport.wait_registered`.)
 
 Rules of the listener
 ---------------------
@@ -718,6 +719,20 @@ class DtuTransport(Transport):
         self._buffer.clear()
         self._closed_exc = None
         self._session = s
+
+    @property
+    def registered(self) -> bool:
+        """Whether the terminal has registered since the listener was made (online now or not)."""
+        return self.listener._terminals[self.terminal_id].counters["registrations"] > 0
+
+    async def wait_registered(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the terminal's first registration since the listener
+        was made (at once if it has registered before); whether it has."""
+        term = self.listener._terminals[self.terminal_id]
+        if not self.registered and timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(term.online_event.wait(), timeout)
+        return self.registered
 
     async def write(self, data: bytes) -> None:
         if not self.is_open:
