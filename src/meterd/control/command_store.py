@@ -80,6 +80,25 @@ Fence = Callable[[Any], bool]
 
 
 @dataclass(frozen=True, slots=True)
+class RelayChange:
+    """A relay state a regular poll saw change with no command of the meter under way (the customer
+    pressed the button, someone switched the relay by hand): audited as ``relay-observed``."""
+
+    meter: str
+    at: datetime  # when the poll read the newest flag
+    before: dict[str, bool]
+    after: dict[str, bool]
+
+    @property
+    def changed(self) -> list[str]:
+        return sorted(f for f, v in self.after.items() if f in self.before and self.before[f] != v)
+
+
+# Relay flags read by the regular polls, per meter: flag -> (when read, value).
+ObservedRelays = Mapping[str, Mapping[str, tuple[datetime, bool]]]
+
+
+@dataclass(frozen=True, slots=True)
 class AuditRow:
     id: int
     at: datetime
@@ -419,6 +438,51 @@ class CommandStore(StateDatabase):
             conn.execute("INSERT INTO relay_states (meter, ts, flags) VALUES (?, ?, ?) ON CONFLICT (meter) DO "
                          "UPDATE SET ts = excluded.ts, flags = excluded.flags",
                          (meter, to_ms(now), json.dumps(dict(flags))))
+
+    def observe_relays(self, observed: ObservedRelays, *, now: datetime) -> list[RelayChange]:
+        """Merge relay flags read by the regular polls into the stored relay states, in one
+        transaction for the lot (one read, one batch of upserts, one of audit lines).
+
+        A flag is taken only when it was read later than the stored state (a state is never moved
+        back in time: a command's read-back recorded meanwhile wins); flags a poll did not read
+        keep their stored values, and the state's time becomes that of the newest flag taken.  A
+        flag that changes while the meter has no command under way (sent, or queued again after a
+        try) is a change nobody commanded: audited as ``relay-observed`` with the states before
+        and after, and returned.  A meter's first state is not a change."""
+        if not observed:
+            return []
+        changes: list[RelayChange] = []
+        with self._write() as conn:
+            clause, values = self._among("meter", list(observed))
+            stored = {meter: (ts, json.loads(flags)) for meter, ts, flags in conn.execute(
+                f"SELECT meter, ts, flags FROM relay_states WHERE {clause}", (values,))}
+            rows: list[tuple[str, int, str]] = []
+            moved: dict[str, RelayChange] = {}
+            for meter, flags in observed.items():
+                since, before = stored.get(meter, (None, {}))
+                floor = -(1 << 63) if since is None else since
+                newer = {f: (ms, v) for f, (at, v) in flags.items() if (ms := to_ms(at)) > floor}
+                if not newer:
+                    continue
+                after = {**before, **{f: v for f, (_, v) in newer.items()}}
+                ts = max(ms for ms, _ in newer.values())
+                rows.append((meter, ts, json.dumps(after)))
+                if any(f in before and before[f] != v for f, v in after.items()):
+                    moved[meter] = RelayChange(meter, from_ms(ts), before, after)
+            if rows:
+                conn.executemany("INSERT INTO relay_states (meter, ts, flags) VALUES (?, ?, ?) ON CONFLICT (meter) "
+                                 "DO UPDATE SET ts = excluded.ts, flags = excluded.flags", rows)
+            if moved:
+                clause, values = self._among("meter", list(moved))
+                commanded = {r[0] for r in conn.execute(
+                    f"SELECT DISTINCT meter FROM commands WHERE {clause} AND (state = ? OR (state = ? AND tries > 0))",
+                    (values, CommandState.SENT.value, CommandState.QUEUED.value))}
+                changes = [c for meter, c in moved.items() if meter not in commanded]
+                self._audit_many(conn, [self._audit_row(
+                    now, "daemon", "relay-observed", c.meter,
+                    {"before": c.before, "after": c.after, "changed": c.changed, "read_at": c.at.isoformat(),
+                     "reason": "changed with no command under way"}) for c in changes])
+        return changes
 
     def relay_state(self, meter: str) -> tuple[datetime, dict[str, bool]] | None:
         rows = self._read("SELECT ts, flags FROM relay_states WHERE meter = ?", (meter,))

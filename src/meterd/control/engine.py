@@ -6,7 +6,10 @@ It wraps the pure parts (:mod:`~meterd.control.charging`, :mod:`~meterd.control.
 1. :meth:`PrepaidEngine.observe` keeps the good energy-register readings of assigned meters
    (real-time registers and daily frozen registers, the latter at the meter's own freeze time) and
    active-power samples of meters under a power limit.  Nothing is lost if the daemon dies before
-   the next pass: charging works from cursors, so the next reading charges the whole delta.
+   the next pass: charging works from cursors, so the next reading charges the whole delta.  It
+   also keeps, per assigned meter, the newest good value of each relay flag the regular polls read
+   (:data:`RELAY_FLAGS`); :meth:`relays` writes them into the stored relay states at the start of
+   a pass (one batch), so an account shows a relay the customer closed by the button.
 2. :meth:`charge` turns them into ledger entries with the account's tariff, plus fixed monthly
    charges, and commits entries, cursors, tier usage and flags in one transaction.
 3. :meth:`decide` runs the policy over every account whose ledger moved since the last pass
@@ -42,7 +45,7 @@ from typing import Any, Final, NamedTuple
 
 from meterd.clock import CST
 from meterd.control.charging import DistrictCharger, FlagKind, MeterReplacement, Usage, fixed_charges
-from meterd.control.command_store import Command
+from meterd.control.command_store import Command, RelayChange
 from meterd.control.limits import PowerLimit, PowerSample, evaluate_power
 from meterd.control.model import QUANTITY_RATE, CommandKind, CommandRequest, Rate, RegisterReading
 from meterd.control.policy import (
@@ -61,6 +64,7 @@ from meterd.control.tariff import Tariff, TierPeriod
 from meterd.errors import LedgerError
 from meterd.heap import collector_paused
 from meterd.plausibility import Rating
+from meterd.protocols.relay import said
 from meterd.readings import Quality, Reading
 from meterd.storage.anomalies import Finding, Kind, Severity
 from meterd.storage.sqlite import from_ms, to_ms
@@ -83,6 +87,9 @@ _FROZEN_QUANTITIES: Final = frozenset(FROZEN_PREFIX + q for q in QUANTITY_RATE)
 #: in the future, and every live reading until then would be LATE: the meter's charging would stall.
 CLOCK_AHEAD_SLACK: Final = timedelta(minutes=5)
 CLOCK_AHEAD: Final = "clock_ahead"
+#: The relay flags the regular polls read (DL/T 645-2007 status word 3, a Modbus map's relay
+#: entries, a terminal's pushed readings): kept for the relay state of the account's meters.
+RELAY_FLAGS: Final = frozenset(("relay.open", "relay.command_open", "alarm.pre_trip", "relay.protected"))
 
 
 class _Observed(NamedTuple):
@@ -121,6 +128,7 @@ class PassSummary:
     notices: list[Notice] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # account -> why charging or deciding it failed
     held: dict[tuple[str, Rate], tuple[datetime, str]] = field(default_factory=dict)  # implausible registers
+    relays: list[RelayChange] = field(default_factory=list)  # relay changes polls saw with no command under way
 
 
 def thresholds_for(defaults: Thresholds, overrides: Mapping[str, str]) -> Thresholds:
@@ -172,6 +180,7 @@ class PrepaidEngine:
         self.limits = {limit.meter: limit for limit in limits}
         self._pending: dict[str, list[RegisterReading | _Observed]] = defaultdict(list)
         self._frozen: list[tuple[str, _Observed]] = []  # (account, reading) of the frozen ones in _pending
+        self._relays: dict[str, dict[str, tuple[datetime, bool]]] = {}  # meter -> flag -> newest (read at, value)
         self._samples: dict[str, list[PowerSample]] = defaultdict(list)
         self._power_active: dict[str, bool] = {}
         self._power_held: dict[str, str | None] = {}
@@ -185,14 +194,15 @@ class PrepaidEngine:
     # --- 1. observe ----------------------------------------------------------------------------
 
     def observe(self, readings: Iterable[Reading]) -> int:
-        """Keep what charging and power control need; returns how many register readings were kept."""
+        """Keep what charging, power control and the relay states need; returns how many register
+        readings were kept.  A quantity that is neither a register nor a relay flag costs a dict lookup."""
         with collector_paused():  # a district's round keeps 100,000s of objects: as in a pass
             return self._observe(readings)
 
     def _observe(self, readings: Iterable[Reading]) -> int:
         kept = 0
         limits, meters, pending, rates, good = self.limits, self._meters, self._pending, _REGISTER_RATE, Quality.GOOD
-        frozen = _FROZEN_QUANTITIES
+        frozen, relay_flags, relays = _FROZEN_QUANTITIES, RELAY_FLAGS, self._relays
         for reading in readings:
             meter = reading.meter
             if limits and meter in limits and reading.quantity == POWER_QUANTITY \
@@ -202,7 +212,17 @@ class PrepaidEngine:
             if owner is None:
                 continue
             rate = rates.get(reading.quantity)  # register_reading(), inlined: a round has 100,000s
-            if rate is not None and reading.quality is good and isinstance(reading.value, Decimal):
+            if rate is None:
+                if reading.quantity in relay_flags and reading.quality is good and isinstance(reading.value, bool):
+                    flags = relays.get(meter)
+                    if flags is None:
+                        relays[meter] = {reading.quantity: (reading.timestamp, reading.value)}
+                    else:
+                        known = flags.get(reading.quantity)
+                        if known is None or reading.timestamp >= known[0]:
+                            flags[reading.quantity] = (reading.timestamp, reading.value)
+                continue
+            if reading.quality is good and isinstance(reading.value, Decimal):
                 observed = _Observed(meter, rate, reading.timestamp, reading.value)
                 pending[owner[0]].append(observed)
                 if reading.quantity in frozen:  # stamped by the meter's clock: checked at the pass
@@ -556,10 +576,39 @@ class PrepaidEngine:
                                               f"({c.reason}); switch it on site"))
         return out
 
+    # --- relay states read by the polls ---------------------------------------------------------
+
+    def relays(self, now: datetime) -> list[RelayChange]:
+        """Write the relay flags observed since the last pass into the stored relay states (one
+        transaction; see :meth:`~meterd.control.command_store.CommandStore.observe_relays`) and
+        log the changes nobody commanded.  A failed write is logged and its flags are kept for
+        the next pass: charging and deciding go on."""
+        observed, self._relays = self._relays, {}
+        if not observed:
+            return []
+        try:
+            changes = self.store.observe_relays(observed, now=now)
+        except Exception:
+            log.exception("prepaid: the relay states of %d meter(s) read by the polls not stored; "
+                          "kept for the next pass", len(observed))
+            for meter, flags in observed.items():  # those read meanwhile are newer, or as new
+                kept = self._relays.setdefault(meter, {})
+                for flag, seen in flags.items():
+                    if flag not in kept or kept[flag][0] < seen[0]:
+                        kept[flag] = seen
+            return []
+        for c in changes:
+            log.info("meter %s: relay state changed with no command under way (read %s): %s", c.meter,
+                     c.at.astimezone(CST).isoformat(),
+                     ", ".join(f"{f} {said(c.before[f])} -> {said(c.after[f])}" for f in c.changed))
+        return changes
+
     def run_pass(self, now: datetime) -> PassSummary:
-        """charge, decide, power: one pass (blocking; the daemon runs it in a worker thread)."""
+        """relays, charge, decide, power: one pass (blocking; the daemon runs it in a worker thread)."""
         self.refresh()  # meters moved by an import or a replacement since the last pass
+        changes = self.relays(now)
         charged = self.charge(now)
+        charged.relays = changes
         decided = self.decide(now)
         powered = self.power(now)
         charged.decisions = decided.decisions
