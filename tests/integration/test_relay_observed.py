@@ -51,7 +51,7 @@ def test_a_poll_newer_than_the_stored_state_merges_its_flags(store):
     assert store.relay_state(M1) == (at(5), {**TRIPPED, "relay.open": False})  # the other flags kept
     assert [(c.meter, c.changed) for c in changes] == [(M1, ["relay.open"])]
     [audit] = observed_audits(store, M1)
-    assert audit.actor == "daemon" and audit.at == at(6)
+    assert audit.actor == "daemon" and audit.at == at(6) and audit.detail["account"] is None  # not assigned
     assert audit.detail["before"] == TRIPPED and audit.detail["after"]["relay.open"] is False
     assert audit.detail["changed"] == ["relay.open"]
 
@@ -123,9 +123,11 @@ def test_the_engine_stores_the_relay_the_customer_closed_by_the_button(tmp_path,
         assert store.relay_state(M1) == (at(2), {**TRIPPED, "relay.open": False, "relay.command_open": False})
         assert store.relay_state(M2) is None
         assert [(c.meter, c.changed) for c in summary.relays] == [(M1, ["relay.open"])]
-        assert any("meter 000000000001: relay state changed with no command under way" in r.getMessage()
+        assert any("meter 000000000001 (account A1): relay state changed with no command under way"
+                   in r.getMessage()
                    and "relay.open yes -> no" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
         [audit] = observed_audits(store, M1)
+        assert audit.detail["account"] == "A1"
         assert audit.detail["before"]["relay.open"] is True and audit.detail["after"]["relay.open"] is False
         # the next pass has nothing new: nothing written, nothing audited
         assert engine.run_pass(at(5)).relays == [] and store.relay_state(M1)[0] == at(2)

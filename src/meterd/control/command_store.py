@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -88,6 +88,7 @@ class RelayChange:
     at: datetime  # when the poll read the newest flag
     before: dict[str, bool]
     after: dict[str, bool]
+    account: str | None = None  # the meter's account, when it has one
 
     @property
     def changed(self) -> list[str]:
@@ -477,10 +478,12 @@ class CommandStore(StateDatabase):
                 commanded = {r[0] for r in conn.execute(
                     f"SELECT DISTINCT meter FROM commands WHERE {clause} AND (state = ? OR (state = ? AND tries > 0))",
                     (values, CommandState.SENT.value, CommandState.QUEUED.value))}
-                changes = [c for meter, c in moved.items() if meter not in commanded]
+                accounts = dict(conn.execute(f"SELECT meter, account FROM account_meters WHERE {clause}", (values,)))
+                changes = [replace(c, account=accounts.get(meter)) for meter, c in moved.items()
+                           if meter not in commanded]
                 self._audit_many(conn, [self._audit_row(
                     now, "daemon", "relay-observed", c.meter,
-                    {"before": c.before, "after": c.after, "changed": c.changed, "read_at": c.at.isoformat(),
+                    {"account": c.account, "before": c.before, "after": c.after, "changed": c.changed, "read_at": c.at.isoformat(),
                      "reason": "changed with no command under way"}) for c in changes])
         return changes
 

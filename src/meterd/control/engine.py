@@ -598,8 +598,8 @@ class PrepaidEngine:
                         kept[flag] = seen
             return []
         for c in changes:
-            log.info("meter %s: relay state changed with no command under way (read %s): %s", c.meter,
-                     c.at.astimezone(CST).isoformat(),
+            log.info("meter %s (account %s): relay state changed with no command under way (read %s): %s", c.meter,
+                     c.account or "none", c.at.astimezone(CST).isoformat(),
                      ", ".join(f"{f} {said(c.before[f])} -> {said(c.after[f])}" for f in c.changed))
         return changes
 
