@@ -67,6 +67,8 @@ def test_search_finds_short_forms_names_terminals_and_areas(site: Site) -> None:
     _, _, doc = site.call("GET", "/api/v1/search?q=2", role="viewer")
     assert doc["results"][0]["detail"] == "bus1 · A1"  # the meter's channel and account
     assert site.call("GET", "/api/v1/search?q=", role="viewer")[0] == 400
+    # % and _ are searched for as typed, not as LIKE's wildcards (every account matched them)
+    assert found("%25") == [] and found("_") == [] and found("a%25") == []
 
 
 def test_meters_page_by_cursor_each_once(site: Site) -> None:

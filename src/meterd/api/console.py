@@ -143,9 +143,11 @@ async def search(api: Api, request: Request, caller: Caller | None) -> Response:
             found.append({"type": "meter", "id": m.address, "label": m.address,
                           "detail": " · ".join(x for x in (m.name, m.channel, owners.get(m.address, "")) if x)})
         # accounts by their name or the customer's
-        like = f"%{low}%"
-        for r in api.control._read("SELECT account, customer, area, state FROM accounts WHERE LOWER(account) LIKE ?"
-                                   " OR LOWER(customer) LIKE ? ORDER BY account LIMIT ?", (like, like, limit)):
+        # the words as typed: % and _ are characters to find, not LIKE's wildcards
+        like = "%" + low.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        for r in api.control._read("SELECT account, customer, area, state FROM accounts WHERE LOWER(account) LIKE ? "
+                                   "ESCAPE '\\' OR LOWER(customer) LIKE ? ESCAPE '\\' ORDER BY account LIMIT ?",
+                                   (like, like, limit)):
             found.append({"type": "account", "id": r["account"], "label": r["account"],
                           "detail": " · ".join(x for x in (r["customer"], r["area"], r["state"]) if x)})
         for terminal, channel, kind in _terminal_channels(api):
