@@ -460,6 +460,12 @@ BAD = [
     ("POST", "/api/v1/commands/424242/cancel", json.dumps({"reason": "r"}).encode(), 404, "no command"),
     ("POST", "/api/v1/commands/abc/cancel", json.dumps({"reason": "r"}).encode(), 400, "not a number"),
     ("POST", "/api/v1/commands/1/cancel", json.dumps({"reason": 5}).encode(), 400, "must be a string"),
+    # a reason is kept in the command and the audit log: at most 500 characters (was up to the 64 KiB body)
+    ("POST", "/api/v1/commands", json.dumps({"meter": "000000000001", "kind": "trip",
+                                             "reason": "r" * 501}).encode(), 400, "at most 500"),
+    ("POST", "/api/v1/commands/1/cancel", json.dumps({"reason": "r" * 60_000}).encode(), 400, "at most 500"),
+    ("POST", "/api/v1/adjustments", json.dumps({"account": "A1001", "amount": "1", "ref": "y3",
+                                                "reason": "长" * 501}).encode(), 400, "at most 500"),
     ("GET", "/api/v1/accounts/NOPE", None, 404, "unknown account"),
     ("GET", "/api/v1/accounts/NOPE/ledger", None, 404, "unknown account"),
     ("GET", "/api/v1/meters/999999999999/readings", None, 404, "unknown meter"),

@@ -158,6 +158,9 @@ async def _body(request: Request, schema: str) -> dict[str, Any]:
             raise ApiError(400, f"field {name} must be a string, not {type(value).__name__}")
         if not value.strip():
             raise ApiError(400, f"field {name} must not be empty")
+        longest = prop.get("maxLength")
+        if longest is not None and len(value) > longest:
+            raise ApiError(400, f"field {name} is {len(value)} characters, at most {longest}")
         enum = prop.get("enum")
         if enum and value not in enum:
             raise ApiError(400, f"field {name} must be one of {', '.join(enum)}, not {value!r}")

@@ -28,6 +28,8 @@ ACCOUNT_STATES: Final = ("pending", "normal", "reminded", "alarmed", "tripped")
 # --- schemas -----------------------------------------------------------------------------------
 
 STR: Final = {"type": "string"}
+#: an operator's reason (a command, a cancellation, an adjustment): kept in the command and the audit log
+REASON: Final = {"type": "string", "maxLength": 500}
 OPT_STR: Final = {"type": ["string", "null"]}
 TIME: Final = {"type": "string", "format": "date-time"}
 OPT_TIME: Final = {"type": ["string", "null"], "format": "date-time"}
@@ -138,10 +140,10 @@ SCHEMAS: Final[dict[str, Any]] = {
     "TokenRequest": obj({"name": STR, "role": {"type": "string", "enum": [r.value for r in Role]}},
                          additionalProperties=False),
     "CommandRequest": obj({"meter": STR, "kind": {"type": "string", "enum": list(MANUAL_KINDS)},
-                            "reason": STR}, additionalProperties=False),
-    "CancelRequest": obj({"reason": STR}, additionalProperties=False),
+                            "reason": REASON}, additionalProperties=False),
+    "CancelRequest": obj({"reason": REASON}, additionalProperties=False),
     "PaymentRequest": obj({"account": STR, "amount": PAYMENT_AMOUNT, "ref": STR}, additionalProperties=False),
-    "AdjustmentRequest": obj({"account": STR, "amount": ADJUSTMENT_AMOUNT, "ref": STR, "reason": STR},
+    "AdjustmentRequest": obj({"account": STR, "amount": ADJUSTMENT_AMOUNT, "ref": STR, "reason": REASON},
                               additionalProperties=False),
     "ActivationRequest": obj({"opening_balance": {**ADJUSTMENT_AMOUNT, "description": (
         "yuan: ASCII digits, at most two decimals, negative when the customer owes; 0 for none; at most 1000000 "
