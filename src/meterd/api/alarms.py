@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import socket
@@ -333,34 +332,10 @@ def _error(status: int, message: str) -> Exception:
 async def _object(request: Request, schema: str, *, empty_ok: bool = False) -> dict[str, Any]:
     """The body as a JSON object with only the fields of ``schema`` (each of the declared JSON type,
     the required ones present); an empty body is ``{}`` where ``empty_ok``."""
-    from meterd.api.app import MAX_BODY
+    from meterd.api.app import json_object
 
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not (declared.isascii() and declared.isdigit()):
-            raise _error(400, "Content-Length is not a number")
-        if int(declared) > MAX_BODY:
-            raise _error(413, f"request body over 64 KiB ({MAX_BODY} bytes)")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY:
-            raise _error(413, f"request body over 64 KiB ({MAX_BODY} bytes)")
-    if not raw.strip() and empty_ok:
-        return {}
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _error(400, f"request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise _error(400, "request body must be a JSON object")
+    doc = await json_object(request, schema, empty_ok=empty_ok)
     spec = SCHEMAS[schema]
-    unknown = sorted(set(doc) - set(spec["properties"]))
-    if unknown:
-        raise _error(400, f"unknown field(s): {', '.join(unknown)}")
-    for name in spec["required"]:
-        if name not in doc:
-            raise _error(400, f"missing field: {name}")
     for name, value in doc.items():
         wanted = spec["properties"][name]["type"]
         ok = isinstance(value, bool) if wanted == "boolean" else isinstance(value, str)

@@ -114,9 +114,10 @@ class Caller:
 # --- input -------------------------------------------------------------------------------------
 
 
-async def _body(request: Request, schema: str) -> dict[str, Any]:
-    """The JSON object body, at most :data:`MAX_BODY` bytes, with the fields of ``schema``:
-    each required, each a string (and in its enum), no others."""
+async def json_object(request: Request, schema: str, *, empty_ok: bool = False) -> dict[str, Any]:
+    """The JSON object body, at most :data:`MAX_BODY` bytes, with only the fields of ``schema`` and
+    every required one (an empty body is ``{}`` where ``empty_ok``); the values are the caller's
+    to check (:func:`_body` here, ``meterd.api.alarms``)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
@@ -128,6 +129,8 @@ async def _body(request: Request, schema: str) -> dict[str, Any]:
         raw += chunk
         if len(raw) > MAX_BODY:
             raise ApiError(413, f"request body over 64 KiB ({MAX_BODY} bytes)")
+    if empty_ok and not raw.strip():
+        return {}
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: deep nesting
@@ -141,6 +144,14 @@ async def _body(request: Request, schema: str) -> dict[str, Any]:
     for name in spec["required"]:
         if name not in doc:
             raise ApiError(400, f"missing field: {name}")
+    return doc
+
+
+async def _body(request: Request, schema: str) -> dict[str, Any]:
+    """The JSON object body (:func:`json_object`) with the fields of ``schema``: each required,
+    each a string (and in its enum), no others."""
+    doc = await json_object(request, schema)
+    spec = SCHEMAS[schema]
     for name, value in doc.items():
         prop = spec["properties"][name]
         if prop.get("type") == "array":  # a list of non-empty strings
