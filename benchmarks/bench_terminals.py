@@ -14,7 +14,10 @@ warm-up, it counts for ``--seconds``:
   the most seen at a look once a second), and the share of the window the writer spent writing:
   a queue that grows, or a writer busy near 100%, means it falls behind;
 * the daemon's RSS (``VmRSS``, and its peak ``VmHWM``), and CPU seconds of the daemon, the
-  simulator and the broker over the window (a 2-core machine runs all three).
+  simulator and the broker over the window (a 2-core machine runs all three), and the daemon's per
+  read split by thread (the event loop, the store writer) into user and system (kernel) time: over
+  loopback a send runs the receiving side's TCP work too, so the system share is larger than it
+  would be against terminals on a network.
 
 Targets: >= 5,000 reads/s, RSS < 500 MiB for the 10,000-meter fleet.  Prints numbers; not a
 pass/fail test.  ``--profile N`` runs cProfile over the daemon's thread during the window and
@@ -41,6 +44,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from array import array
 from pathlib import Path
@@ -95,6 +99,23 @@ def cpu_seconds(pid: int | str = "self") -> float:
     """User + system CPU seconds of a process (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def thread_cpu() -> dict[str, tuple[float, float]]:
+    """User and system CPU seconds of each thread of this process, by its Python thread name (the
+    event loop's is ``MainThread``; the store writer runs in the loop's executor, ``asyncio_N``);
+    threads Python did not start (SQLite, libc) are ``tid N``."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, tuple[float, float]] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        name = names.get(int(task.name), f"tid {task.name}")
+        user, system = out.get(name, (0.0, 0.0))
+        out[name] = (user + int(fields[11]) / TICK, system + int(fields[12]) / TICK)
+    return out
 
 
 def percentiles(lat: list[float]) -> list[float]:
@@ -207,6 +228,7 @@ async def bench(args: argparse.Namespace, config_path: Path, sim_pid: int, broke
             write_s0 = daemon.writer.write_seconds
             overruns0 = sum(s["overruns"] for s in daemon.stats().values())  # type: ignore[index]
             cpu0 = (cpu_seconds(), tree_cpu_seconds(sim_pid), cpu_seconds(broker_pid))
+            threads0 = thread_cpu()
             busy0 = machine_busy()
             profiler = cProfile.Profile() if args.profile else None
             if profiler:
@@ -226,6 +248,7 @@ async def bench(args: argparse.Namespace, config_path: Path, sim_pid: int, broke
                 profiler.disable()
             counter.on = False
             cpu1 = (cpu_seconds(), tree_cpu_seconds(sim_pid), cpu_seconds(broker_pid))
+            threads1 = thread_cpu()
             busy1 = machine_busy()
             written = daemon.writer.written - written0
             attempts_written = daemon.writer.attempts_written - attempts_w0
@@ -247,6 +270,8 @@ async def bench(args: argparse.Namespace, config_path: Path, sim_pid: int, broke
         "p50": cuts[49], "p95": cuts[94], "p99": cuts[98], "max": lat[-1] if lat else float("nan"),
         "rss": status["VmRSS"], "hwm": status["VmHWM"], "rss_window_max": max(rss_samples),
         "cpu": [b - a for a, b in zip(cpu0, cpu1)], "profile": profiler,
+        "threads": {name: (u - threads0.get(name, (0.0, 0.0))[0], k - threads0.get(name, (0.0, 0.0))[1])
+                    for name, (u, k) in threads1.items()},
         "machine": (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]),
     }
 
@@ -337,6 +362,11 @@ def main() -> None:
           f"peak {r['hwm'] / MIB:.0f} MiB (target < 500 MiB: {rss_ok}); simulator {sim_rss / MIB:.0f} MiB")
     print(f"  CPU per read     daemon {cpu[0] / max(1, r['ok']) * 1e6:.0f} us, simulator "
           f"{cpu[1] / max(1, r['ok']) * 1e6:.0f} us, broker {cpu[2] / max(1, r['ok']) * 1e6:.0f} us")
+    per = 1e6 / max(1, r["ok"])
+    split = sorted(r["threads"].items(), key=lambda kv: -(kv[1][0] + kv[1][1]))
+    print("    by thread      " + "; ".join(
+        f"{name} {(u + k) * per:.0f} us (user {u * per:.0f}, system {k * per:.0f})"
+        for name, (u, k) in split if (u + k) * per >= 0.5))
     ceiling = r["ok"] / cpu[0] if cpu[0] else float("nan")
     print(f"  daemon ceiling   ~{ceiling:,.0f} reads/s if it had a core to itself (1 s / its CPU per read; "
           "an extrapolation)")
