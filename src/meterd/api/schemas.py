@@ -17,7 +17,7 @@ from meterd.analytics.anomalies import Event
 from meterd.analytics.outages import Outage
 from meterd.api.tokens import Role
 from meterd.control.command_store import Command
-from meterd.control.model import CommandKind, CommandState
+from meterd.control.model import MAX_REASON, CommandKind, CommandState
 from meterd.control.state import Account, LedgerRow
 from meterd.storage.sqlite import MeterRecord, encode_value
 
@@ -29,7 +29,7 @@ ACCOUNT_STATES: Final = ("pending", "normal", "reminded", "alarmed", "tripped")
 
 STR: Final = {"type": "string"}
 #: an operator's reason (a command, a cancellation, an adjustment): kept in the command and the audit log
-REASON: Final = {"type": "string", "maxLength": 500}
+REASON: Final = {"type": "string", "maxLength": MAX_REASON}
 OPT_STR: Final = {"type": ["string", "null"]}
 TIME: Final = {"type": "string", "format": "date-time"}
 OPT_TIME: Final = {"type": ["string", "null"], "format": "date-time"}

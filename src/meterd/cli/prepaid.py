@@ -47,6 +47,15 @@ WAIT_HELP = ("wait up to S seconds for the command to end and print its outcome;
              f"expired or cancelled, {EXIT_PENDING} still queued or sent (not confirmed) when the wait runs out")
 
 
+def _reason(text: str) -> str:
+    """``--reason``: at most :data:`~meterd.control.model.MAX_REASON` characters, as the API takes."""
+    from meterd.control.model import MAX_REASON
+
+    if len(text) > MAX_REASON:
+        raise argparse.ArgumentTypeError(f"{len(text)} characters, at most {MAX_REASON}")
+    return text
+
+
 def _where(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("-c", "--config", help="config file (its data directory, tariffs and meters are used)")
@@ -81,7 +90,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("account")
     p.add_argument("amount", help="yuan, at most two decimals; negative debits, e.g. -12.30")
     p.add_argument("--ref", required=True, help="the adjustment id")
-    p.add_argument("--reason", required=True)
+    p.add_argument("--reason", required=True, type=_reason)
     p.add_argument("--operator", required=True)
     p.add_argument("--json", action="store_true")
     _where(p)
@@ -90,7 +99,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for kind in ("trip", "reclose", "alarm"):
         p = sub.add_parser(kind, help=f"queue a manual {kind} command (sent by the daemon, confirmed by read-back)")
         p.add_argument("meter")
-        p.add_argument("--reason", required=True)
+        p.add_argument("--reason", required=True, type=_reason)
         p.add_argument("--operator", required=True)
         if kind == "reclose":
             p.add_argument("--direct", action="store_true", help="直接合闸 instead of 合闸允许 (customer presses)")
@@ -112,7 +121,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--set", dest="protect", action="store_true", help="protect the account (保电)")
     which.add_argument("--release", dest="protect", action="store_false", help="release its protection (保电解除)")
-    p.add_argument("--reason", required=True)
+    p.add_argument("--reason", required=True, type=_reason)
     p.add_argument("--operator", required=True)
     p.add_argument("--until", metavar="TIME",
                    help="when the override ends: a duration from now (8h, 2d) or a time (2026-12-09 08:00 in the "
@@ -134,7 +143,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("cancel", help="cancel a queued command")
     p.add_argument("id", type=int)
-    p.add_argument("--reason", required=True)
+    p.add_argument("--reason", required=True, type=_reason)
     p.add_argument("--operator", required=True)
     p.add_argument("--json", action="store_true")
     _where(p)

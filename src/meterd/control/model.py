@@ -18,6 +18,9 @@ from meterd.protocols.dlt645.messages import RelayCommand
 
 FEN: Final = Decimal("0.01")
 KWH_PLACES: Final = Decimal("0.0001")  # energy is split (price changes, tiers) to 0.1 Wh
+#: The longest reason an operator may give (commands, cancellations, adjustments, 保电): it is kept
+#: in the command or ledger entry and in the audit log; the API and the CLI refuse a longer one.
+MAX_REASON: Final = 500
 
 
 def money(value: Decimal) -> Decimal:
