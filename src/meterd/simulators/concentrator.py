@@ -47,7 +47,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Final, Self
+from typing import ClassVar, Final, Self
 
 from meterd.errors import LinkError, ProtocolError
 from meterd.protocols.dlt645.frame import normalize_address
@@ -65,6 +65,7 @@ from meterd.protocols.gdw1376.frame import (
 )
 from meterd.protocols.gdw1376.messages import Message, decode_message, encode_message, unit
 from meterd.simulators.dlt645 import Dlt645Bus, fires
+from meterd.simulators.faults import FaultProbabilities
 from meterd.simulators.gdw_terminal import DEFAULT_COLLECT, Gdw1376Terminal
 from meterd.simulators.model import MeterModel
 from meterd.simulators.serve import SimClock
@@ -102,8 +103,12 @@ def parse_password(text: str) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class ConcentratorFaults:
-    """Probabilities (0..1) of each link fault per request; ``late_by`` seconds for ``late``."""
+class ConcentratorFaults(FaultProbabilities):
+    """Probabilities (0..1) of each link fault per request; ``late_by`` seconds for ``late``.
+    One kind: ``ConcentratorFaults.of("wrong_seq")`` (:class:`~meterd.simulators.faults.FaultProbabilities`)."""
+
+    KINDS: ClassVar[tuple[str, ...]] = CONCENTRATOR_FAULT_KINDS
+    UNKNOWN_KIND: ClassVar[str] = "unknown concentrator fault"
 
     drop: float = 0.0
     silent: float = 0.0
@@ -112,25 +117,6 @@ class ConcentratorFaults:
     late_by: float = 2.0
     wrong_seq: float = 0.0
     garble: float = 0.0
-
-    def __post_init__(self) -> None:
-        for kind in CONCENTRATOR_FAULT_KINDS:
-            p = getattr(self, kind)
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"fault probability {kind}={p} must be within 0..1")
-        if self.late_by < 0:
-            raise ValueError(f"late_by={self.late_by} must be >= 0 seconds")
-
-    @classmethod
-    def of(cls, kind: str, probability: float = 1.0, **extra: float) -> ConcentratorFaults:
-        """One fault kind, e.g. ``ConcentratorFaults.of("wrong_seq")``."""
-        if kind not in CONCENTRATOR_FAULT_KINDS:
-            raise ValueError(f"unknown concentrator fault {kind!r}; known: {', '.join(CONCENTRATOR_FAULT_KINDS)}")
-        return cls(**{kind: probability, **extra})
-
-    @property
-    def active(self) -> dict[str, float]:
-        return {k: getattr(self, k) for k in CONCENTRATOR_FAULT_KINDS if getattr(self, k)}
 
 
 @dataclass(slots=True)

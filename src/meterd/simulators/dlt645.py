@@ -102,7 +102,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final
+from typing import ClassVar, Final
 
 from meterd.errors import ProtocolError, UnknownIdentifierError
 from meterd.protocols.dlt645.catalogue import encode, encode_records, lookup
@@ -161,6 +161,7 @@ from meterd.protocols.dlt645.v1997 import (
     decode_request97,
     encode_response97,
 )
+from meterd.simulators.faults import FaultProbabilities
 from meterd.simulators.model import MeterModel, Refusal
 
 MAX_REPLY_DATA: Final = 200  # data bytes (DI included) a meter puts in one reply frame
@@ -191,8 +192,12 @@ def fires(rng: random.Random, p: float) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class FaultPlan:
-    """Probabilities (0..1) of each link fault for one meter; ``late_by`` seconds for ``late``."""
+class FaultPlan(FaultProbabilities):
+    """Probabilities (0..1) of each link fault for one meter; ``late_by`` seconds for ``late``.
+    One kind: ``FaultPlan.of("garble", 0.3)`` (:class:`~meterd.simulators.faults.FaultProbabilities`)."""
+
+    KINDS: ClassVar[tuple[str, ...]] = FAULT_KINDS
+    UNKNOWN_KIND: ClassVar[str] = "unknown fault kind"
 
     no_answer: float = 0.0
     late: float = 0.0
@@ -201,30 +206,11 @@ class FaultPlan:
     wrong_address: float = 0.0
     abnormal: float = 0.0
 
-    def __post_init__(self) -> None:
-        for kind in FAULT_KINDS:
-            p = getattr(self, kind)
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"fault probability {kind}={p} must be within 0..1")
-        if self.late_by < 0:
-            raise ValueError(f"late_by={self.late_by} must be >= 0 seconds")
-
-    @classmethod
-    def of(cls, kind: str, probability: float = 1.0, **extra: float) -> FaultPlan:
-        """One fault kind, e.g. ``FaultPlan.of("garble", 0.3)``."""
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(FAULT_KINDS)}")
-        return cls(**{kind: probability, **extra})
-
     def merged(self, other: FaultPlan) -> FaultPlan:
         """Both plans' faults (the larger probability of each kind)."""
         kw: dict[str, float] = {k: max(getattr(self, k), getattr(other, k)) for k in FAULT_KINDS}
         kw["late_by"] = other.late_by if other.late else self.late_by
         return FaultPlan(**kw)
-
-    @property
-    def active(self) -> dict[str, float]:
-        return {k: getattr(self, k) for k in FAULT_KINDS if getattr(self, k)}
 
 
 @dataclass(frozen=True, slots=True)
