@@ -10,7 +10,9 @@ sampled and alarms are raised even while nobody looks.
 Failed commands.  For each meter and command kind the newest command that ended (confirmed,
 failed or expired; cancelled and dry-run ones are no outcome) decides: failed or expired is a
 condition, keyed ``command:<meter>:<kind>`` -- a trip that fails three times is one alarm, its
-detail naming the latest command -- and a later confirmed command of that kind clears it.  A
+detail naming the latest command -- and a later confirmed command deciding the same (the relay, the
+pre-trip alarm or 保电: a reclose after a failed trip, not an alarm) clears it, and so does the meter's
+relay state read since (a poll, a read-back) showing it where the failed command wanted it.  A
 failed command whose read-back shows the relay where it was (:data:`~meterd.protocols.relay.EXPECTED`
 not met) is ``relay_stuck`` (critical); other failures are ``command_failed`` (major for a trip or
 reclose, minor otherwise and for an expired command).
@@ -49,7 +51,7 @@ from meterd.analytics.outages import OutageStore
 from meterd.api.schemas import MONEY, OPT_STR, SCHEMAS, STR, TIME, array, obj, ref
 from meterd.api.tokens import Role
 from meterd.control.command_store import Command
-from meterd.control.commands import relay_stuck
+from meterd.control.commands import intent_met, relay_stuck
 from meterd.control.model import CommandKind, CommandState
 from meterd.control.state import ControlStore
 from meterd.errors import LedgerError
@@ -116,14 +118,15 @@ def command_condition(cmd: Command, failures: int = 1) -> Condition:
 
 def command_state(history: Iterable[Command], kind: CommandKind) -> tuple[Command | None, int]:
     """From one meter's commands, newest first: the newest of ``kind`` that ended, if it failed or
-    expired (else None), and how many ended that way in a row."""
+    expired (else None), and how many ended that way in a row.  A later confirmed command deciding
+    the same (:attr:`CommandKind.decides`: a reclose after a failed trip) ends the condition too."""
     failing: Command | None = None
     count = 0
     for cmd in history:
+        if cmd.state is CommandState.CONFIRMED and cmd.kind.decides == kind.decides:
+            break
         if cmd.kind is not kind or cmd.state not in _ENDED:
             continue
-        if cmd.state is CommandState.CONFIRMED:
-            break
         failing = failing or cmd
         count += 1
     return failing, count
@@ -250,10 +253,16 @@ class AlarmWatch:
         conditions = []
         for meter in sorted({m for m, _ in pairs}):
             history = control.commands(meter=meter, limit=100)
+            relay: tuple[datetime, dict[str, bool]] | None = None
             for command in sorted(k for m, k in pairs if m == meter):
                 failing, count = command_state(history, command)
-                if failing is not None:
-                    conditions.append(command_condition(failing, count))
+                if failing is None:
+                    continue
+                relay = relay or control.relay_state(meter)
+                since = failing.finished or failing.created
+                if relay is not None and relay[0] > since and intent_met(failing.kind, relay[1]) is not None:
+                    continue  # read since where the failed command wanted it (the customer pressed the button)
+                conditions.append(command_condition(failing, count))
         return conditions, {command_key(m, k) for m, k in pairs}
 
     def active_counts(self, now: datetime) -> dict[str, int]:

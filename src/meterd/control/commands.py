@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from meterd.clock import Clock
 from meterd.control.command_store import Command, Fence
-from meterd.control.model import CommandState
+from meterd.control.model import CommandKind, CommandState
 from meterd.control.policy import Notice
 from meterd.control.state import ControlStore
 from meterd.errors import ControlError, LedgerError, MeterdError
@@ -305,6 +305,19 @@ def relay_stuck(cmd: Command) -> bool:
         return False
     flag, expected = EXPECTED[cmd.kind.relay_command]
     return flag in cmd.read_back and cmd.read_back[flag] != expected
+
+
+def intent_met(kind: CommandKind, flags: Mapping[str, bool]) -> tuple[str, bool] | None:
+    """The flag of ``flags`` (a read-back, a poll's relay state) showing the meter where a ``kind``
+    command wanted it, or None: the command's read-back expectation, and for reclose-allowed also a
+    closed relay (the customer pressed the button: more than permitted)."""
+    wanted = [EXPECTED[kind.relay_command]]
+    if kind is CommandKind.RECLOSE_ALLOWED:
+        wanted.append(("relay.open", False))
+    for flag, value in wanted:
+        if flags.get(flag) is value:
+            return flag, value
+    return None
 
 
 def _anomaly(cmd: Command, now: datetime, detail: str) -> Notice:

@@ -107,6 +107,13 @@ class CommandKind(enum.StrEnum):
     def relay_command(self) -> RelayCommand:
         return _RELAY[self]
 
+    @property
+    def decides(self) -> str:
+        """What of the meter the command decides: ``relay`` (trip, reclose, reclose-allowed), ``alarm``
+        (the pre-trip alarm) or ``protect`` (保电).  The newest confirmed command deciding the same
+        thing supersedes a failed one (its failure alarm and anomaly are resolved)."""
+        return _DECIDES[self]
+
 
 _RELAY: Final = {
     CommandKind.ALARM: RelayCommand.ALARM,
@@ -116,6 +123,11 @@ _RELAY: Final = {
     CommandKind.RECLOSE: RelayCommand.RECLOSE,
     CommandKind.PROTECT: RelayCommand.PROTECT,
     CommandKind.PROTECT_RELEASE: RelayCommand.PROTECT_RELEASE,
+}
+_DECIDES: Final = {
+    CommandKind.ALARM: "alarm", CommandKind.ALARM_RELEASE: "alarm",
+    CommandKind.TRIP: "relay", CommandKind.RECLOSE: "relay", CommandKind.RECLOSE_ALLOWED: "relay",
+    CommandKind.PROTECT: "protect", CommandKind.PROTECT_RELEASE: "protect",
 }
 
 

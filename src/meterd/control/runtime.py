@@ -19,27 +19,29 @@ the executor on every node, for the meters on the channels it holds (:meth:`~Pre
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
+import re
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Final
 
 from meterd import secrets
 from meterd.clock import Clock
-from meterd.control.command_store import Command
-from meterd.control.commands import CommandExecutor, RelayLink, Scope, relay_stuck
+from meterd.control.command_store import Command, RelayChange
+from meterd.control.commands import CommandExecutor, RelayLink, Scope, intent_met, relay_stuck
 from meterd.control.engine import PrepaidEngine
 from meterd.control.model import CommandKind, CommandState
 from meterd.control.notify import LogFileSink, Notifier, WebhookSink
 from meterd.control.state import ControlStore
 from meterd.errors import ConfigError
 from meterd.protocols.drivers import get_driver
-from meterd.protocols.relay import Credentials
+from meterd.protocols.relay import Credentials, said
 from meterd.readings import Reading
 from meterd.storage.anomalies import AnomalyStore, Event, Finding, Kind, Severity
 from meterd.storage.database import Location
@@ -88,27 +90,134 @@ def make_notifier(config: PrepaidConfig) -> Notifier:
     return Notifier(sinks)
 
 
+#: The evidence key of a ``command_failed`` event's newest entry listing the failures it still stands
+#: for (JSON: kind, id, at, stuck), at most one per thing decided (:attr:`CommandKind.decides`).
+STILL_FAILED: Final = "still_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    kind: CommandKind
+    id: int
+    at: datetime
+    stuck: bool
+
+    def __str__(self) -> str:
+        return f"#{self.id} {self.kind.value}"
+
+
+def _encode(failures: Sequence[_Failure]) -> str:
+    return json.dumps([{"kind": f.kind.value, "id": f.id, "at": f.at.isoformat(), "stuck": f.stuck}
+                       for f in failures])
+
+
+def _still_failed(event: Event) -> list[_Failure]:
+    """The failed commands an open ``command_failed`` event stands for, from its newest evidence; an
+    event recorded before that list was kept stands for its latest failure."""
+    if not event.evidence:
+        return []
+    last = event.evidence[-1]
+    try:
+        if STILL_FAILED in last:
+            return [_Failure(CommandKind(f["kind"]), int(f["id"]), datetime.fromisoformat(f["at"]), bool(f["stuck"]))
+                    for f in json.loads(last[STILL_FAILED])]
+        number = re.match(r"#(\d+)", last.get("value", ""))
+        return [_Failure(CommandKind(last["quantity"].removeprefix("command.")), int(number[1]) if number else 0,
+                         datetime.fromisoformat(last["timestamp"]), event.severity is Severity.CRITICAL)]
+    except (KeyError, TypeError, ValueError):
+        return []
+
+
+def _open_event(anomalies: AnomalyStore, meter: str) -> Event | None:
+    found = anomalies.events(state="open", meter=meter, kind=Kind.COMMAND_FAILED, limit=1)
+    return found[0] if found else None
+
+
+def _settle(anomalies: AnomalyStore, event: Event, settled: Mapping[_Failure, str], quantity: str, at: datetime,
+            now: datetime) -> list[Event]:
+    """Note in ``event`` why the failures of ``settled`` no longer matter, and close it when no failure
+    is left; returns the events closed."""
+    still = [f for f in _still_failed(event) if f not in settled]
+    note = "; ".join(f"{f} failed: {why}" for f, why in settled.items())
+    if still:
+        note += "; still failed: " + ", ".join(map(str, still))
+    severity = (event.severity if not still else Severity.CRITICAL if any(f.stuck for f in still)
+                else Severity.WARNING)
+    entry = {"meter": event.meter, "quantity": quantity, "timestamp": at.isoformat(), "value": note[:500],
+             STILL_FAILED: _encode(still)}
+    anomalies.record([Finding(event.meter, Kind.COMMAND_FAILED, severity, event.opened,
+                              f"{event.detail} -- {note}"[:1000], (entry,))], now)
+    if still:
+        return []
+    _, closed = anomalies.record([], now, resolved=[(event.meter, Kind.COMMAND_FAILED)])
+    for e in closed:
+        log.info("anomaly closed: meter %s %s: %s", e.meter, e.kind, note)
+    return closed
+
+
 def record_command_anomaly(anomalies: AnomalyStore, command: Command, now: datetime) -> list[Event]:
     """A failed relay command is a control anomaly of its meter (控制失败; critical when the relay
-    did not move), kept open -- one per meter, brought up to date by the next failure -- until a
-    command of the same kind to that meter is confirmed.  (An expired command is a meter that
-    could not be reached: the no-data detector's business.)  Returns the events opened."""
-    what = f"command.{command.kind.value}"
+    did not move), one open per meter, brought up to date by the next failure.  It stands for the
+    newest failure of each thing commanded (:attr:`CommandKind.decides`: the relay, the pre-trip
+    alarm, 保电) and is kept open while one still matters: a failure is settled by a later confirmed
+    command deciding the same thing (the same kind finally worked; a trip after a failed reclose,
+    a reclose after a failed trip: the intent changed) or by a confirmed command's read-back showing
+    what the failed one wanted (and by the polls: :func:`record_relay_changes`); each settlement is
+    noted in the event's evidence and detail.  A confirmed alarm command says nothing of a failed
+    trip.  (An expired command is a meter that could not be reached: the no-data detector's
+    business.)  Returns the events opened."""
+    at = command.finished or now
     if command.state is CommandState.FAILED:
         stuck = relay_stuck(command)
-        at = command.finished or now
+        found = _open_event(anomalies, command.meter)
+        still = [f for f in (_still_failed(found) if found else []) if f.kind.decides != command.kind.decides]
+        still.append(_Failure(command.kind, command.id, at, stuck))
         text = (f"command #{command.id} {command.kind.value} failed" + (" (the relay did not move)" if stuck else "")
                 + f": {command.detail}")
-        finding = Finding(command.meter, Kind.COMMAND_FAILED, Severity.CRITICAL if stuck else Severity.WARNING, at,
-                          text[:500], ({"meter": command.meter, "quantity": what, "timestamp": at.isoformat(),
-                                        "value": f"#{command.id} failed"},))
+        finding = Finding(command.meter, Kind.COMMAND_FAILED,
+                          Severity.CRITICAL if any(f.stuck for f in still) else Severity.WARNING, at, text[:500],
+                          ({"meter": command.meter, "quantity": f"command.{command.kind.value}",
+                            "timestamp": at.isoformat(), "value": f"#{command.id} failed", STILL_FAILED: _encode(still)},))
         opened, _ = anomalies.record([finding], now)
         return opened
     if command.state is CommandState.CONFIRMED:
-        found = anomalies.events(state="open", meter=command.meter, kind=Kind.COMMAND_FAILED, limit=1)
-        if found and found[0].evidence and found[0].evidence[-1].get("quantity") == what:
-            anomalies.record([], now, resolved=[(command.meter, Kind.COMMAND_FAILED)])
+        found = _open_event(anomalies, command.meter)
+        if found is None:
+            return []
+        settled: dict[_Failure, str] = {}
+        for f in _still_failed(found):
+            if f.at > at:
+                continue  # failed after this one was confirmed
+            if f.kind.decides == command.kind.decides:
+                settled[f] = (f"#{command.id} {command.kind.value} confirmed" if f.kind is command.kind
+                              else f"superseded by #{command.id} {command.kind.value}, confirmed")
+            elif (seen := intent_met(f.kind, command.read_back)) is not None:
+                settled[f] = f"{seen[0]} reads {said(seen[1])} in the read-back of #{command.id} {command.kind.value}"
+        if settled:
+            _settle(anomalies, found, settled, f"command.{command.kind.value}", at, now)
     return []
+
+
+def record_relay_changes(anomalies: AnomalyStore, changes: Iterable[RelayChange], now: datetime) -> list[Event]:
+    """Relay changes the regular polls saw with no command under way (the customer pressed the button,
+    the relay was switched on site): a failed command whose wanted state a poll then read is
+    settled, noted in its meter's ``command_failed`` event, which closes when nothing else failed
+    is left.  Returns the events closed."""
+    closed: list[Event] = []
+    for change in changes:
+        moved = {flag: change.after[flag] for flag in change.changed}
+        found = _open_event(anomalies, change.meter) if moved else None
+        if found is None:
+            continue
+        settled: dict[_Failure, str] = {}
+        flags = set()
+        for f in _still_failed(found):
+            if f.at <= change.at and (seen := intent_met(f.kind, moved)) is not None:
+                settled[f] = f"{seen[0]} read {said(seen[1])} by a poll at {change.at.isoformat()}"
+                flags.add(seen[0])
+        if settled:
+            closed += _settle(anomalies, found, settled, ",".join(sorted(flags)), change.at, now)
+    return closed
 
 
 #: How to reach a configured meter (its channel, target and Modbus link; no credentials), or None.
@@ -255,6 +364,11 @@ class PrepaidRuntime:
             log.info("prepaid: %d ledger entries for %d accounts, %d decisions, %d commands queued, flags %s",
                      summary.entries, summary.accounts, summary.decisions, len(summary.commands),
                      summary.flags or "none")
+        if summary.relays:
+            try:
+                await asyncio.to_thread(record_relay_changes, self.anomalies, summary.relays, now)
+            except Exception:  # the relay states are stored; the anomalies are a report on top of them
+                log.exception("prepaid: checking failed commands against the relay states the polls saw failed")
         if summary.notices:
             await self.notifier.publish(summary.notices)
         if summary.commands:
