@@ -8,6 +8,8 @@ a chunk's ledger commit and its progress commit, a re-fetched last HTTP page.
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import os
 import threading
@@ -275,6 +277,41 @@ def test_unreadable_files_are_quarantined_whole_and_the_next_file_goes_on(where,
     [(source_no, why)] = quarantined(where).items()
     assert source_no == (name, 0) and reason in why
     assert not list((folder / "inbox").iterdir())
+
+
+MIB = 1024 * 1024
+
+
+def test_a_file_over_the_jobs_limit_is_quarantined_unread_and_the_next_file_goes_on(where, folder):
+    # Reading a file costs ~15x its size while it is parsed, in the daemon that runs prepaid control:
+    # a file past the job's max_file_mb is moved aside whole, hashed a MiB at a time, never parsed.
+    big = (HEADER + "".join(f"B{i},A1001,1,2026-03-01,\n" for i in range(35_000))).encode()
+    big += b"#" * (MIB + 1 - len(big))  # one byte over 1 MiB
+    assert len(big) == MIB + 1
+    drop(folder, "big.csv", big, age=20)
+    edge = b"x" * MIB  # exactly the limit: read, and refused for what it holds
+    drop(folder, "edge.csv", edge, age=10)
+    drop(folder, "good.csv", HEADER + "P1,A1001,5,2026-03-01,\n")
+    result = run_job(pay_spec(folder, max_file_mb=1), where=where, now=NOW)
+    assert result.applied == 1 and result.counts["files_quarantined"] == 2
+    moved = folder / "quarantine" / "big.20260301T040000Z.csv"
+    assert moved.read_bytes() == big
+    reason = moved.with_name(moved.name + ".reason.txt").read_text()
+    assert "big.csv: 1,048,577 bytes, over the job's limit of 1 MiB (max_file_mb)" in reason
+    assert f"sha256 {hashlib.sha256(big).hexdigest()}" in reason
+    why = quarantined(where)
+    assert why[("big.csv", 0)] == "1,048,577 bytes, over the job's limit of 1 MiB (max_file_mb)"
+    assert "unreadable header row" in why[("edge.csv", 0)]
+    assert balances(where)["A1001"] == Decimal("5.00")  # not one of the 35,000 payments in big.csv
+    assert not list((folder / "inbox").iterdir())
+    # the same file dropped again is not read either
+    drop(folder, "big.csv", big)
+    again = run_job(pay_spec(folder, max_file_mb=1), where=where, now=NOW + timedelta(minutes=5))
+    assert again.applied == 0 and again.counts["files_quarantined"] == 1
+    # with a larger limit it is read and applied
+    drop(folder, "big2.csv", big)
+    bigger = run_job(pay_spec(folder, max_file_mb=2), where=where, now=NOW + timedelta(minutes=10))
+    assert bigger.applied == 35_000
 
 
 def test_a_crash_between_ledger_and_progress_commit_replays_the_chunk_once(where, folder, monkeypatch):
@@ -624,6 +661,19 @@ def test_an_http_failure_keeps_the_watermark_at_the_last_applied_page(where, bil
     result = run_job(http_spec(billing), where=where, now=NOW + timedelta(minutes=5))
     assert result.applied == 5 and result.duplicates == 0
     assert balances(where)["A1001"] == Decimal("8.00")
+
+
+def test_an_http_answer_over_the_jobs_limit_fails_the_run_unread_and_keeps_the_watermark(where, billing):
+    billing.records = [payment(i) for i in range(3)] + [payment(i, amount="1." + "0" * 400_000) for i in range(3, 6)]
+    with pytest.raises(HttpSyncError) as err:
+        run_job(http_spec(billing, max_file_mb=1), where=where, now=NOW)
+    assert "GET answer is longer than 1,048,576 bytes (the job's max_file_mb); nothing of it applied" in str(err.value)
+    assert "since=3" in str(err.value)
+    with SyncStore(where) as sync:
+        [status] = sync.status()
+        assert status["watermark"] == "3" and status["last_status"] == "error"
+        assert "longer than 1,048,576 bytes" in status["last_error"]
+    assert balances(where)["A1001"] == Decimal("3.00")  # the first page, nothing of the second
 
 
 def test_http_credentials_never_show(where, billing, monkeypatch):

@@ -233,6 +233,32 @@ schedule = "every tuesday"
         assert expected in text, (expected, text)
 
 
+@pytest.mark.parametrize("value", ["0", "1025", "true", '"64"', "1.5", "-1"])
+def test_a_sync_jobs_file_limit_is_a_whole_number_of_mib(value):
+    text = BASE + f"""
+[[sync.jobs]]
+name = "pay"
+kind = "import_payments"
+folder = "in"
+max_file_mb = {value}
+"""
+    with pytest.raises(ConfigError) as info:
+        load(text)
+    [problem] = info.value.problems
+    assert "sync.jobs[0].max_file_mb: must be an integer 1..1024 (MiB), got " in problem, problem
+
+
+def test_a_sync_jobs_file_limit_defaults_to_64_mib_and_is_kept():
+    job = BASE + """
+[[sync.jobs]]
+name = "pay"
+kind = "import_payments"
+folder = "in"
+"""
+    assert load(job).sync.jobs[0].max_file_mb == 64
+    assert load(job + "max_file_mb = 1024\n").sync.jobs[0].max_file_mb == 1024
+
+
 def test_trip_notice_and_opening_balances():
     p = load(GOOD).prepaid
     assert p.settings.rules.trip_notice == timedelta(hours=24)  # the default

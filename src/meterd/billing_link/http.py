@@ -23,6 +23,7 @@ from meterd.control.amounts import JsonNumber
 from meterd.errors import SyncError
 
 TIMEOUT: Final = 30.0
+MAX_ANSWER: Final = 64 * 1024 * 1024  # bytes of an answer read at most (a job passes its max_file_mb)
 _SECRET_WORDS: Final = ("token", "key", "secret", "pass", "auth", "sig", "credential")
 
 
@@ -78,10 +79,15 @@ def _headers(token: str | None) -> dict[str, str]:
     return headers
 
 
-def _send(request: urllib.request.Request, shown: str, timeout: float) -> bytes:
+def _send(request: urllib.request.Request, shown: str, timeout: float, max_bytes: int = MAX_ANSWER) -> bytes:
+    """The answer's body, at most ``max_bytes`` of it: a longer one is an error, read no further."""
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.read()
+            body = response.read(max_bytes + 1)
+            if len(body) > max_bytes:
+                raise HttpSyncError(f"{request.get_method()} answer is longer than {max_bytes:,} bytes (the job's "
+                                    "max_file_mb); nothing of it applied", url=shown, status=response.status)
+            return body
     except urllib.error.HTTPError as exc:
         raise HttpSyncError(f"{request.get_method()} refused", url=shown, status=exc.code) from None
     except (urllib.error.URLError, OSError) as exc:  # refused, unreachable, timeout, TLS
@@ -89,13 +95,14 @@ def _send(request: urllib.request.Request, shown: str, timeout: float) -> bytes:
         raise HttpSyncError(f"{request.get_method()} failed ({reason})", url=shown) from None
 
 
-def get_page(url: str, *, since: str | None, limit: int, token: str | None, timeout: float = TIMEOUT) -> Page:
+def get_page(url: str, *, since: str | None, limit: int, token: str | None, timeout: float = TIMEOUT,
+             max_bytes: int = MAX_ANSWER) -> Page:
     params = {"limit": str(limit)}
     if since is not None:
         params = {"since": since, **params}
     full = _with_query(url, params)
     shown = shown_url(full)
-    body = _send(urllib.request.Request(full, headers=_headers(token)), shown, timeout)
+    body = _send(urllib.request.Request(full, headers=_headers(token)), shown, timeout, max_bytes)
     try:
         doc = json.loads(body.decode("utf-8-sig"), parse_float=JsonNumber)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError, a 4,300-digit integer

@@ -58,6 +58,8 @@ from meterd.control.state import PENDING, Account, AccountSpec, ControlStore, Le
 from meterd.errors import LedgerError
 
 DIFFERENT_DUPLICATE: Final = "duplicate payment id with a different amount/account"
+MIB: Final = 1024 * 1024
+HEAD_BYTES: Final = 500  # of a quarantined file, kept with its record
 MISSING_SHOWN: Final = 20  # account names listed in the "missing from the import" line
 
 
@@ -364,10 +366,10 @@ def import_folder(run: Run, sink: Sink) -> None:
     assert spec.folder is not None
     folder = DropFolder(Path(spec.folder))
     folder.ensure()
+    limit = spec.max_file_mb * MIB
     for path in folder.incoming():
         name = path.name
-        data = path.read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
+        data, sha, size = _read_at_most(path, limit)
         prev = sync.latest_file(spec.name, name, sha)
         if prev is not None and prev.status in ("done", "quarantined") and prev.moved_to \
                 and not Path(prev.moved_to).exists():
@@ -375,17 +377,14 @@ def import_folder(run: Run, sink: Sink) -> None:
             result.note(f"{name}: was {prev.status} before an interruption; moved to {prev.moved_to}")
             continue
         result.files.append(name)
+        if data is None:  # bigger than the job reads: quarantined unread, the next file goes on
+            _quarantine_file(run, folder, path, sha, f"{size:,} bytes, over the job's limit of {spec.max_file_mb} MiB "
+                             "(max_file_mb)", head=_head(path))
+            continue
         try:
             batch = parse_records(data, FORMATS[path.suffix.lower()], sink.required)
         except BadFileError as exc:
-            target = folder.stamped(QUARANTINE, name, run.now)
-            folder.write_atomic(QUARANTINE, target.name + ".reason.txt",
-                                f"{name}: {exc.reason}\nsha256 {sha}\njob {spec.name}\n".encode())
-            head = data[:500].decode("utf-8", errors="replace")
-            sync.reject_file(spec.name, name, sha, reason=exc.reason, raw=head, moved_to=str(target), now=run.now)
-            folder.move(path, target)
-            result.add({"quarantined": 1, "files_quarantined": 1})
-            result.note(f"{name}: quarantined whole ({exc.reason}) -> {target.name}")
+            _quarantine_file(run, folder, path, sha, exc.reason, head=data[:HEAD_BYTES])
             continue
         total = len(batch.records)
         twin = sync.finished_twin(spec.name, sha) if sink.identical_is_duplicate else None
@@ -421,6 +420,42 @@ def import_folder(run: Run, sink: Sink) -> None:
         _report(run, done)
 
 
+def _read_at_most(path: Path, limit: int) -> tuple[bytes | None, str, int]:
+    """``(data, sha256, size)`` of an inbox file; ``data`` is None when the file holds more than
+    ``limit`` bytes, which is then hashed a MiB at a time and never held whole (a file still
+    growing is measured as it is read, not by an earlier ``stat``)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+        digest.update(data)
+        if len(data) <= limit:
+            return data, digest.hexdigest(), len(data)
+        size = len(data)
+        del data
+        while block := f.read(MIB):
+            digest.update(block)
+            size += len(block)
+    return None, digest.hexdigest(), size
+
+
+def _head(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(HEAD_BYTES)
+
+
+def _quarantine_file(run: Run, folder: DropFolder, path: Path, sha: str, reason: str, *, head: bytes) -> None:
+    """Move a whole inbox file to quarantine/ with a ``.reason.txt`` beside it, and record it."""
+    spec, sync, result, name = run.spec, run.sync, run.result, path.name
+    target = folder.stamped(QUARANTINE, name, run.now)
+    folder.write_atomic(QUARANTINE, target.name + ".reason.txt",
+                        f"{name}: {reason}\nsha256 {sha}\njob {spec.name}\n".encode())
+    sync.reject_file(spec.name, name, sha, reason=reason, raw=head.decode("utf-8", errors="replace"),
+                     moved_to=str(target), now=run.now)
+    folder.move(path, target)
+    result.add({"quarantined": 1, "files_quarantined": 1})
+    result.note(f"{name}: quarantined whole ({reason}) -> {target.name}")
+
+
 def _identical(run: Run, folder: DropFolder, path: Path, sha: str, total: int, encoding: str, twin: FileRow) -> None:
     spec, sync = run.spec, run.sync
     file_id = sync.start_file(spec.name, path.name, sha, total=total, encoding=encoding, now=run.now)
@@ -446,7 +481,7 @@ def import_http(run: Run, sink: Sink) -> None:
     shown = shown_url(spec.url)
     pages = 0
     while True:
-        page = get_page(spec.url, since=since, limit=spec.chunk, token=token)
+        page = get_page(spec.url, since=since, limit=spec.chunk, token=token, max_bytes=spec.max_file_mb * MIB)
         records = json_records(page.records)
         source = f"{shown} since={since or '-'}"
         sink.prepare(records)

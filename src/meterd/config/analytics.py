@@ -199,6 +199,7 @@ def parse_analytics(check: Any, topology_raw: Any, analytics_raw: Any, *, meters
 
 def parse_sync(check: Any, raw: Any, *, base_dir: Path | None, secret_env: Any) -> SyncConfig | None:
     from meterd.billing_link.jobs import JobKind, JobSpec
+    from meterd.billing_link.model import DEFAULT_MAX_FILE_MB, MAX_FILE_MB_LIMIT
 
     table = check.table("sync", raw)
     if table is None:
@@ -250,11 +251,14 @@ def parse_sync(check: Any, raw: Any, *, base_dir: Path | None, secret_env: Any) 
         chunk = job.get("chunk", 500)
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             check.problem(f"{path}.chunk", f"must be a positive integer, got {show(chunk)}")
+        max_file_mb = job.get("max_file_mb", DEFAULT_MAX_FILE_MB)
+        if isinstance(max_file_mb, bool) or not isinstance(max_file_mb, int) or not 1 <= max_file_mb <= MAX_FILE_MB_LIMIT:
+            check.problem(f"{path}.max_file_mb", f"must be an integer 1..{MAX_FILE_MB_LIMIT} (MiB), got {show(max_file_mb)}")
         if len(check.problems) > before or name is None:
             continue
         names.add(name)
         jobs.append(JobSpec(name=name, kind=JobKind(kind), folder=folder, url=url, token_env=token_env,
-                            schedule=schedule, format=fmt, encoding=encoding, chunk=chunk))
+                            schedule=schedule, format=fmt, encoding=encoding, chunk=chunk, max_file_mb=max_file_mb))
     if len(check.problems) > before:
         return None
     return SyncConfig(jobs=tuple(jobs), schedules={j.name: j.schedule for j in jobs if j.schedule})

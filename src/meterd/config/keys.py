@@ -511,6 +511,9 @@ _SECTIONS: tuple[Section, ...] = (
         Key("format", '"csv" | "json"', "exports: the file format", '"csv"'),
         Key("encoding", '"utf-8" | "gbk"', "exports: the text encoding", '"utf-8"'),
         Key("chunk", "integer >= 1", "records applied and committed at a time", "500"),
+        Key("max_file_mb", "integer 1..1024", "imports: an inbox file larger than this many MiB is quarantined "
+            "whole, unread; an HTTP answer larger fails the run (parsing takes ~15x the size in memory, in the "
+            "daemon)", "64"),
     )),
     Section("api", "table", "The HTTP API and the built-in dashboard (tokens: `meterd token`).", (
         Key("host", "string", "address to listen on", '"127.0.0.1"'),
