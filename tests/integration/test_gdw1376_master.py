@@ -96,6 +96,25 @@ async def test_a_second_login_replaces_the_first_connection():
         await second.close()
 
 
+def test_a_login_is_confirmed_under_uvloop():
+    # uvloop's transports are no subclasses of asyncio.Transport (connection_made asserted they were)
+    uvloop = pytest.importorskip("uvloop")
+
+    async def login():
+        async with GdwListener("127.0.0.1", 0, known={T1: "c1"}) as listener:
+            term = FakeTerminal(T1, "127.0.0.1", listener.bound_port, {})
+            await term.connect()
+            await term.wait_confirmed(1)
+            status = listener.status()["terminals"][T1]
+            await term.close()
+            return term.confirmed[0].units[0].fns, status
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        fns, status = runner.run(login())
+    assert fns == (1,) and status["state"] == "online" and status["logins"] == 1
+    assert status["peer"].startswith("127.0.0.1:")
+
+
 def test_the_link_frames_are_the_standards():
     # login of terminal 4401-0001 (A1 0144, A2 0001), C = C9H, AFN 02, SEQ = 71H (FIR FIN CON, seq 1), p0 F1
     assert link_frame(T1, 1, 1).hex(" ").upper() == "68 32 00 32 00 68 C9 01 44 01 00 00 02 71 00 00 01 00 83 16"

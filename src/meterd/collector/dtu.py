@@ -15,6 +15,10 @@ opens at once when the DTU is online and raises :class:`~meterd.errors.LinkError
 is not (the channel records a ``link`` failure and tries again next round), so a round never
 waits for a DTU that is not there.  (The daemon holds a DTU channel's first round until the DTU
 first registers since start, for at most one interval: :meth:`DtuTransport.wait_registered`.)
+What the DTU listener shares with the Q/GDW 1376.1 listener (the server's life cycle, the
+registration deadline, rejections, replacement, liveness, online time and statistics, the
+transport's binding) is written once in :mod:`meterd.collector.listener`; this module adds how a
+DTU registers, its heartbeats and the way its bytes reach the channel.
 
 Rules of the listener
 ---------------------
@@ -72,17 +76,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Final, Self
+from typing import Final
 
 from meterd.clock import Clock, utc_now
-from meterd.collector.transports.base import Transport
-from meterd.errors import ConfigError, LinkClosedError, LinkError
-from meterd.logthrottle import LogThrottle
+from meterd.collector.listener import (
+    REGISTRATION_TIMEOUT,
+    UNKNOWN_ID,
+    UNREGISTERED_DATA,
+    TerminalConnection,
+    TerminalListener,
+    TerminalState,
+    TerminalTransport,
+    timeout_problems,
+)
+from meterd.errors import ConfigError
 from meterd.protocols.terminal.dtu import (
     BAD_CHECKSUM,
     MALFORMED,
@@ -98,12 +107,8 @@ from meterd.protocols.terminal.dtu import (
 log = logging.getLogger(__name__)
 
 # rejection reasons (keys of status()["rejected"]); the format's own: MALFORMED, OVERSIZED, BAD_CHECKSUM
-UNKNOWN_ID: Final = "unknown_id"
-UNREGISTERED_DATA: Final = "unregistered_data"
-REGISTRATION_TIMEOUT: Final = "registration_timeout"
 REJECT_REASONS: Final = (UNKNOWN_ID, MALFORMED, OVERSIZED, BAD_CHECKSUM, UNREGISTERED_DATA, REGISTRATION_TIMEOUT)
 
-MAX_UNKNOWN_IDS: Final = 100  # distinct unknown ids remembered in status()
 PENDING_LIMIT: Final = 1024  # bytes buffered from an unregistered connection while a format wants more
 MAX_UNREGISTERED: Final = 16384  # bytes an unregistered connection may send (dropped) before it is closed
 MAX_RESYNCS: Final = 64  # hunts for a registration inside unregistered bytes, per connection; then drop whole reads
@@ -116,40 +121,21 @@ RX_BUFFER_LIMIT: Final = 65536  # unread meter bytes kept for a channel; a chatt
 # --- the listener ---------------------------------------------------------------------------------
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(TerminalConnection):
     """One TCP connection from a DTU (or anyone)."""
 
+    listener: DtuListener
+    terminal: _Terminal | None
+
     def __init__(self, listener: DtuListener) -> None:
-        self.listener = listener
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.peer = "?"
+        super().__init__(listener)
         self.pending = bytearray()
-        self.terminal: _Terminal | None = None
         self.fmt: DtuFormat | None = None
-        self.closed = False
-        self.close_reason: str | None = None
-        self.saw_unregistered = False
-        self.deadline: asyncio.TimerHandle | None = None
-        self.last_rx = self.loop.time()
         self.received = 0  # bytes before registering
         self.first_bytes = b""  # the first SHOWN_BYTES of them, for the log
         self.resyncs = 0
         self.stream: DtuStream | None = None  # once registered
         self.hold: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        self.listener._accepted(self)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -160,38 +146,14 @@ class _Connection(asyncio.Protocol):
         else:
             self.listener._from_dtu(self, data)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+    def cancel_timers(self) -> None:
         self.cancel_deadline()
         self.cancel_hold()
-        self.listener._connection_lost(self, exc)
-
-    def cancel_deadline(self) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
 
     def cancel_hold(self) -> None:
         if self.hold is not None:
             self.hold.cancel()
             self.hold = None
-
-    def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def shut(self, reason: str, *, abort: bool = False) -> None:
-        """Close (gracefully, or at once with ``abort``), remembering why."""
-        if self.close_reason is None:
-            self.close_reason = reason
-        self.cancel_deadline()
-        self.cancel_hold()
-        if self.transport is not None and not self.closed:
-            if abort:
-                self.transport.abort()
-            else:
-                self.transport.close()
-        self.closed = True
 
 
 @dataclass(slots=True)
@@ -203,37 +165,21 @@ class _Dropped:
 
 
 @dataclass(eq=False)
-class _Terminal:
-    terminal_id: str
-    channel: str
+class _Terminal(TerminalState):
     session: _Connection | None = None
     transport: DtuTransport | None = None
-    online_event: asyncio.Event = field(default_factory=asyncio.Event)
-    peer: str | None = None
     format: str | None = None
-    connected_since: datetime | None = None
-    online_since: datetime | None = None  # start of the current online span (survives replacement)
-    online_total: float = 0.0  # seconds of closed online spans
-    last_seen: datetime | None = None
-    last_heartbeat: datetime | None = None
-    last_offline: datetime | None = None
-    offline_reason: str = ""
-    counters: Counter[str] = field(default_factory=Counter)
 
-    def online_seconds(self, now: datetime) -> float:
-        running = (now - self.online_since).total_seconds() if self.online_since is not None else 0.0
-        return self.online_total + max(running, 0.0)
+    @property
+    def terminal_id(self) -> str:
+        return self.ident
 
 
 COUNTERS: Final = ("registrations", "replaced", "heartbeats", "heartbeat_timeouts", "disconnects",
                    "rx_bytes", "tx_bytes", "unsolicited_bytes", "registration_prefixes")
 
 
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat() if t is not None else None
-
-
-class DtuListener:
+class DtuListener(TerminalListener[_Connection, _Terminal]):
     """The TCP server DTUs dial into.  ``known`` maps terminal id -> channel name.
 
     ``formats``: the registration/heartbeat formats accepted (presets by name or
@@ -241,8 +187,17 @@ class DtuListener:
     registered DTU is offline.  ``registration_timeout``: seconds a new connection has to register.
     ``hold``: seconds a "with data" read's tail that may start the registration waits for the next
     read.  A terminal id no format can register, or two whose registrations are the same bytes, is
-    a ConfigError.
+    a ConfigError.  The life cycle, rejections, replacement, liveness and statistics are
+    :class:`~meterd.collector.listener.TerminalListener`'s.
     """
+
+    kind = "dtu"
+    logger = log
+    counters = COUNTERS
+    reject_reasons = REJECT_REASONS
+    registrations = "registrations"
+    peer_closed = "the DTU closed the connection"
+    connection = _Connection
 
     def __init__(
         self,
@@ -269,10 +224,7 @@ class DtuListener:
                 problems.extend(exc.problems)
         if not formats:
             problems.append(f"listener {name}: at least one dtu format is needed")
-        if heartbeat_timeout <= 0:
-            problems.append(f"listener {name}: heartbeat_timeout {heartbeat_timeout} must be > 0 seconds")
-        if registration_timeout <= 0:
-            problems.append(f"listener {name}: registration_timeout {registration_timeout} must be > 0 seconds")
+        problems.extend(timeout_problems(name, heartbeat_timeout, registration_timeout))
         if not 0 <= port <= 65535:
             problems.append(f"listener {name}: port {port} must be 0..65535")
         if not problems:
@@ -280,82 +232,14 @@ class DtuListener:
             problems.extend(f"listener {name}: {p}" for p in self._known.problems)
         if problems:
             raise ConfigError(problems)
-        self.name = name
-        self.host = host
-        self.port = port
-        self.heartbeat_timeout = float(heartbeat_timeout)
-        self.registration_timeout = float(registration_timeout)
-        self.check_interval = check_interval or min(1.0, self.heartbeat_timeout / 5)
+        super().__init__(host, port, terminals={tid: _Terminal(tid, ch) for tid, ch in known.items()},
+                         heartbeat_timeout=heartbeat_timeout, registration_timeout=registration_timeout, clock=clock,
+                         name=name, check_interval=check_interval)
         self.hold = hold
-        self.clock = clock
-        self._terminals: dict[str, _Terminal] = {tid: _Terminal(tid, ch) for tid, ch in known.items()}
-        self._pending: set[_Connection] = set()
-        self._connections: set[_Connection] = set()
-        self._server: asyncio.Server | None = None
-        self._watchdog: asyncio.Task[None] | None = None
-        self._bound: tuple[str, int] | None = None
-        self.started: datetime | None = None
-        self.accepted = 0
-        self.rejected: Counter[str] = Counter()
-        self.unknown_ids: Counter[str] = Counter()
-        self._log = LogThrottle()  # rejections: once a minute per reason, with a count
-        # (channel, online): a terminal came online here or went offline (collector nodes: the
-        # node holding a DTU's connection owns its channel); called in the event loop
-        self.on_presence: Callable[[str, bool], None] | None = None
 
-    # --- life cycle ------------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        if self._server is not None:
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port)
-        except OSError as exc:
-            raise LinkError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}",
-                            channel=self.name) from exc
-        self._bound = self._server.sockets[0].getsockname()[:2]
-        self.started = self.clock()
-        self._watchdog = asyncio.create_task(self._watch(), name=f"dtu-watchdog {self.name}")
+    def _log_listening(self, bound: tuple[str, int]) -> None:
         log.info("dtu listener %s: listening on %s:%s for %d terminal(s), formats %s", self.name,
-                 self._bound[0], self._bound[1], len(self._terminals), ", ".join(f.name for f in self.formats))
-
-    async def close(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watchdog
-            self._watchdog = None
-        for term in self._terminals.values():
-            if term.session is not None:
-                conn = term.session
-                self._offline(term, conn, "listener closed")
-                conn.shut("listener closed", abort=True)
-        for conn in list(self._connections):
-            conn.shut("listener closed", abort=True)
-        if server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2.0)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def bound_port(self) -> int:
-        if self._bound is None:
-            raise RuntimeError(f"dtu listener {self.name} is not started")
-        return int(self._bound[1])
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
+                 bound[0], bound[1], len(self._terminals), ", ".join(f.name for f in self.formats))
 
     # --- what channels use ------------------------------------------------------------------------
 
@@ -371,95 +255,27 @@ class DtuListener:
     def channel_of(self, terminal_id: str) -> str:
         return self._terminal(terminal_id).channel
 
-    def is_online(self, terminal_id: str) -> bool:
-        return self._terminal(terminal_id).session is not None
-
-    async def wait_online(self, terminal_id: str, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the terminal to be online; whether it is."""
-        term = self._terminal(terminal_id)
-        if term.session is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(term.online_event.wait(), timeout)
-        return term.session is not None
-
-    @property
-    def terminal_ids(self) -> list[str]:
-        return list(self._terminals)
-
-    def _terminal(self, terminal_id: str) -> _Terminal:
-        try:
-            return self._terminals[terminal_id]
-        except KeyError:
-            raise KeyError(f"dtu listener {self.name}: terminal {terminal_id!r} is not configured") from None
-
     # --- statistics ---------------------------------------------------------------------------------
 
-    def terminal_status(self, terminal_id: str) -> dict[str, Any]:
-        term = self._terminal(terminal_id)
-        now = self.clock()
-        online = term.online_seconds(now)
-        observed = (now - self.started).total_seconds() if self.started is not None else 0.0
-        doc: dict[str, Any] = {
-            "channel": term.channel,
-            "state": "online" if term.session is not None else "offline",
-            "peer": term.peer if term.session is not None else None,
-            "format": term.format,
-            "connected_since": _iso(term.connected_since) if term.session is not None else None,
-            "last_seen": _iso(term.last_seen),
-            "last_heartbeat": _iso(term.last_heartbeat),
-            "last_offline": _iso(term.last_offline),
-            "offline_reason": term.offline_reason or None,
-            "online_seconds": round(online, 3),
-            "online_rate": round(min(online / observed, 1.0), 4) if observed > 0 else None,
-        }
-        doc.update({k: term.counters[k] for k in COUNTERS})
-        return doc
+    def _format_of(self, term: _Terminal) -> str | None:
+        return term.format
 
-    def status(self) -> dict[str, Any]:
-        terminals = {tid: self.terminal_status(tid) for tid in self._terminals}
-        return {
-            "name": self.name,
-            "host": self._bound[0] if self._bound else self.host,
-            "port": self._bound[1] if self._bound else self.port,
-            "formats": [f.name for f in self.formats],
-            "started": _iso(self.started),
-            "heartbeat_timeout": self.heartbeat_timeout,
-            "registration_timeout": self.registration_timeout,
-            "accepted": self.accepted,
-            "pending": len(self._pending),
-            "known": len(self._terminals),
-            "online": sum(1 for t in terminals.values() if t["state"] == "online"),
-            "rejected": {r: self.rejected[r] for r in REJECT_REASONS},
-            "unknown_ids": dict(self.unknown_ids),
-            "terminals": terminals,
-        }
+    def _format_names(self) -> list[str]:
+        return [f.name for f in self.formats]
 
     # --- connection events (called by _Connection) -----------------------------------------------
 
     def _accepted(self, conn: _Connection) -> None:
-        if self._server is None:
-            conn.shut("listener closed", abort=True)
-            return
-        self.accepted += 1
-        self._connections.add(conn)
-        self._pending.add(conn)
-        conn.deadline = conn.loop.call_later(self.registration_timeout, self._registration_deadline, conn)
-        log.debug("dtu listener %s: connection from %s", self.name, conn.peer)
+        super()._accepted(conn)
+        if not conn.closed:
+            log.debug("dtu listener %s: connection from %s", self.name, conn.peer)
 
-    def _reject(self, conn: _Connection, reason: str, detail: str, data: bytes = b"") -> None:
-        self.rejected[reason] += 1
-        shown = f" [{show_bytes(data, SHOWN_BYTES)}]" if data else ""
-        self._log.log(log, logging.WARNING, f"dtu listener {self.name}: connections rejected ({reason})",
-                     "dtu listener %s: connection from %s rejected (%s): %s%s", self.name, conn.peer, reason,
-                     detail, shown)
-        self._pending.discard(conn)
-        conn.shut(reason)
+    def _shown(self, data: bytes) -> str:
+        return show_bytes(data, SHOWN_BYTES)
 
-    def _registration_deadline(self, conn: _Connection) -> None:
-        conn.deadline = None
-        if conn.terminal is None and not conn.closed:
-            self._reject(conn, REGISTRATION_TIMEOUT, f"no registration within {self.registration_timeout:g} s "
-                         f"({conn.received} bytes received)", conn.first_bytes)
+    def _no_registration(self, conn: _Connection) -> tuple[str, bytes]:
+        return (f"no registration within {self.registration_timeout:g} s ({conn.received} bytes received)",
+                conn.first_bytes)
 
     def _pre_registration(self, conn: _Connection, data: bytes) -> None:
         if len(conn.first_bytes) < SHOWN_BYTES:
@@ -529,54 +345,36 @@ class DtuListener:
                 drop(len(conn.pending))
 
     def _unregistered(self, conn: _Connection, shown: bytes, count: int) -> None:
-        if conn.saw_unregistered:
+        if not self._first_unregistered(conn):
             return
-        conn.saw_unregistered = True
-        self.rejected[UNREGISTERED_DATA] += 1
         more = f" ... ({count} bytes)" if count > len(shown) else ""
         self._log.log(log, logging.WARNING, f"dtu listener {self.name}: data before registering",
                      "dtu listener %s: %s sent data before registering (dropped; it has %g s to register) [%s%s]",
                      self.name, conn.peer, self.registration_timeout, shown.hex(" ").upper(), more)
 
     def _refuse_unknown(self, conn: _Connection, fmt: DtuFormat, terminal_id: str, data: bytes) -> None:
-        if terminal_id in self.unknown_ids or len(self.unknown_ids) < MAX_UNKNOWN_IDS:
-            first = terminal_id not in self.unknown_ids
-            self.unknown_ids[terminal_id] += 1
-        else:
-            first = False
-        self.rejected[UNKNOWN_ID] += 1
+        first = self._unknown(conn, terminal_id)
         (log.warning if first else log.debug)(
             "dtu listener %s: unknown terminal %r (%s) from %s refused [%s]", self.name, terminal_id, fmt.name,
             conn.peer, show_bytes(data, SHOWN_BYTES))
-        self._pending.discard(conn)
-        conn.shut(UNKNOWN_ID)
 
     def _register(self, conn: _Connection, fmt: DtuFormat, terminal_id: str, rest: bytes) -> None:
         term = self._terminals[terminal_id]
-        conn.cancel_deadline()
-        self._pending.discard(conn)
-        now = self.clock()
-        conn.terminal, conn.fmt = term, fmt
+        conn.fmt = fmt
         conn.stream = DtuStream(fmt, terminal_id)
-        old = term.session
-        term.session = conn
-        if old is not None and old is not conn:
-            term.counters["replaced"] += 1
-            log.warning("dtu listener %s: terminal %s re-registered from %s; dropping its connection from %s",
-                        self.name, terminal_id, conn.peer, old.peer)
-            self._detach(term, old, f"replaced by a new connection from {conn.peer}")
-            old.shut("replaced", abort=True)
-        else:
-            term.online_since = now
-            term.online_event.set()
-            log.info("dtu listener %s: terminal %s (channel %s) online from %s (%s)", self.name, terminal_id,
-                     term.channel, conn.peer, fmt.name)
-            self._presence(term.channel, True)
-        term.counters["registrations"] += 1
-        term.connected_since = term.last_seen = now
-        term.peer, term.format = conn.peer, fmt.name
+        self._attach(conn, term)
+        term.format = fmt.name
         if rest:
             self._from_dtu(conn, rest)
+
+    def _log_replaced(self, term: _Terminal, conn: _Connection, old: TerminalConnection) -> None:
+        log.warning("dtu listener %s: terminal %s re-registered from %s; dropping its connection from %s",
+                    self.name, term.ident, conn.peer, old.peer)
+
+    def _log_online(self, term: _Terminal, conn: _Connection) -> None:
+        assert conn.fmt is not None
+        log.info("dtu listener %s: terminal %s (channel %s) online from %s (%s)", self.name, term.ident,
+                 term.channel, conn.peer, conn.fmt.name)
 
     def _from_dtu(self, conn: _Connection, data: bytes) -> None:
         term = conn.terminal
@@ -616,142 +414,38 @@ class DtuListener:
         else:
             term.counters["unsolicited_bytes"] += len(payload)
 
-    def _connection_lost(self, conn: _Connection, exc: Exception | None) -> None:
-        self._connections.discard(conn)
-        self._pending.discard(conn)
-        term = conn.terminal
-        if term is not None and term.session is conn:
-            if conn.close_reason is None:
-                term.counters["disconnects"] += 1
-                reason = f"connection lost: {exc}" if exc else "the DTU closed the connection"
-            else:
-                reason = conn.close_reason
-            self._offline(term, conn, reason)
-
-    def _offline(self, term: _Terminal, conn: _Connection, reason: str) -> None:
-        if term.session is not conn:
-            return
-        now = self.clock()
-        term.session = None
-        term.online_total = term.online_seconds(now)
-        term.online_since = None
-        term.online_event.clear()
-        term.last_offline, term.offline_reason = now, reason
-        self._detach(term, conn, reason)
-        log.warning("dtu listener %s: terminal %s (channel %s) offline: %s", self.name, term.terminal_id,
-                    term.channel, reason)
-        self._presence(term.channel, False)
-
-    def _presence(self, channel: str, online: bool) -> None:
-        if self.on_presence is not None:
-            try:
-                self.on_presence(channel, online)
-            except Exception:  # the listener goes on whatever the observer does
-                log.exception("dtu listener %s: presence callback for channel %s failed", self.name, channel)
-
-    def _detach(self, term: _Terminal, conn: _Connection, reason: str) -> None:
-        transport = term.transport
-        if transport is not None and transport._session is conn:
-            transport._session_lost(LinkClosedError(f"terminal {term.terminal_id}: {reason}"))
-
-    async def _watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.check_interval)
-            now = loop.time()
-            for term in self._terminals.values():
-                conn = term.session
-                if conn is not None and now - conn.last_rx > self.heartbeat_timeout:
-                    term.counters["heartbeat_timeouts"] += 1
-                    reason = f"no heartbeat for {self.heartbeat_timeout:g} s"
-                    conn.close_reason = reason
-                    try:
-                        self._offline(term, conn, reason)
-                        conn.shut(reason, abort=True)
-                    except Exception:  # one terminal's trouble must not end the watch over all of them
-                        log.exception("dtu listener %s: taking terminal %s offline failed", self.name,
-                                      term.terminal_id)
-
 
 # --- the transport ----------------------------------------------------------------------------------
 
 
-class DtuTransport(Transport):
-    """The pipe to the bus behind one DTU: bound to its current connection at ``open()``.
+class DtuTransport(TerminalTransport):
+    """The pipe to the bus behind one DTU, bound to its current connection at ``open()``; the rules
+    (:class:`LinkError` at once while the DTU is offline, a read failing at once when its connection
+    goes, ``close()`` only unbinding) are :class:`~meterd.collector.listener.TerminalTransport`'s."""
 
-    ``open()`` returns at once if the terminal is online (waiting up to ``connect_wait`` seconds
-    for it to come online first, if set) and raises :class:`LinkError` if it is not.  When the
-    connection goes away (the DTU drops, is replaced, stops heart-beating) a pending ``read``
-    fails at once with :class:`LinkClosedError` and the transport is closed; the next ``open()``
-    binds to whatever connection the terminal has then.  ``close()`` only unbinds: the DTU's TCP
-    connection belongs to the listener and stays up.
-    """
+    listener: DtuListener
+    _session: _Connection | None
 
     def __init__(self, listener: DtuListener, terminal_id: str, name: str, *, connect_wait: float = 0.0) -> None:
-        super().__init__(name)
-        self.listener = listener
-        self.terminal_id = terminal_id
-        self.connect_wait = connect_wait
-        self._session: _Connection | None = None
+        super().__init__(listener, terminal_id, name, connect_wait=connect_wait)
 
     @property
-    def is_open(self) -> bool:
-        s = self._session
-        return (s is not None and self._closed_exc is None and not s.closed
-                and self.listener._terminals[self.terminal_id].session is s)
-
-    async def open(self) -> None:
-        term = self.listener._terminals[self.terminal_id]
-        if term.session is None and self.connect_wait > 0 and self.listener.running:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(term.online_event.wait(), self.connect_wait)
-        s = term.session
-        if s is None or s.closed:
-            if not self.listener.running:
-                raise LinkError(f"terminal {self.terminal_id} offline (dtu listener {self.listener.name} "
-                                "is not running)", channel=self.name)
-            since = ""
-            if term.last_offline is not None:
-                since = f" since {term.last_offline.isoformat(timespec='seconds')}: {term.offline_reason}"
-            elif term.counters["registrations"] == 0:
-                since = " (never registered)"
-            raise LinkError(f"terminal {self.terminal_id} offline{since}", channel=self.name)
-        self._buffer.clear()
-        self._closed_exc = None
-        self._session = s
+    def terminal_id(self) -> str:
+        return self.ident
 
     @property
     def registered(self) -> bool:
         """Whether the terminal has registered since the listener was made (online now or not)."""
-        return self.listener._terminals[self.terminal_id].counters["registrations"] > 0
+        return self.listener._terminals[self.ident].counters["registrations"] > 0
 
     async def wait_registered(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the terminal's first registration since the listener
         was made (at once if it has registered before); whether it has."""
-        term = self.listener._terminals[self.terminal_id]
+        term = self.listener._terminals[self.ident]
         if not self.registered and timeout > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(term.online_event.wait(), timeout)
         return self.registered
-
-    async def write(self, data: bytes) -> None:
-        if not self.is_open:
-            raise LinkClosedError(f"terminal {self.terminal_id} is not connected", channel=self.name)
-        assert self._session is not None
-        self._session.write(data)
-        self.listener._terminals[self.terminal_id].counters["tx_bytes"] += len(data)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            self._session = None
-            self._lost(LinkClosedError(f"terminal {self.terminal_id}: transport closed"))
-
-    def _session_lost(self, exc: LinkClosedError) -> None:
-        self._session = None
-        self._lost(exc)
-
-    def __repr__(self) -> str:
-        return f"DtuTransport({self.name!r}, terminal {self.terminal_id})"
 
 
 def known_from(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:

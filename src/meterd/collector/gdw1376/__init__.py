@@ -51,8 +51,9 @@ differences downloaded (AFN 04 F10), logged and audited (``archive``).  A specia
 terminal's control turn is tripped and released, 保电 and 催费告警 set and cleared, with AFN 05,
 each confirmed by the terminal's control state read back (AFN 0C F5 / F6; ``turns``).
 
-Imports: :mod:`meterd.collector.channel`, ``poll`` and ``transports``, the protocol codecs, storage's
-reading types and anomaly findings; nothing of control, analytics or the daemon.
+Imports: :mod:`meterd.collector.channel`, ``poll``, ``transports`` and ``listener`` (the base the
+DTU listener shares), the protocol codecs, storage's reading types and anomaly findings; nothing
+of control, analytics or the daemon.
 """
 
 from meterd.collector.gdw1376.archive import archive_entries, read_events, sync_archive
