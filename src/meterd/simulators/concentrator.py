@@ -42,7 +42,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -64,6 +63,7 @@ from meterd.protocols.gdw1376.frame import (
     seq_byte,
 )
 from meterd.protocols.gdw1376.messages import Message, decode_message, encode_message, unit
+from meterd.simulators.dialler import Backoff, Dialler
 from meterd.simulators.dlt645 import Dlt645Bus, fires
 from meterd.simulators.faults import FaultProbabilities
 from meterd.simulators.gdw_terminal import DEFAULT_COLLECT, Gdw1376Terminal
@@ -212,7 +212,7 @@ class ConcentratorSimulator:
         self._rng = random.Random(seed)
         self._pseq = 0
         self._link: _Link | None = None
-        self._closing = False
+        self._dialler = Dialler(self, who, log)
         self._runner: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._powered = asyncio.Event()
@@ -250,7 +250,7 @@ class ConcentratorSimulator:
     async def start(self, delay: float = 0.0) -> None:
         """Start dialling (after ``delay`` seconds) and the schedule; returns at once (see
         :meth:`wait_logged_in`)."""
-        self._closing = False
+        self._dialler.closing = False
         self._first_delay = delay
         if self.tick and self._ticker is None:
             self._ticker = asyncio.create_task(self._tick(), name=f"sim-gdw-tick {self.key}")
@@ -258,7 +258,7 @@ class ConcentratorSimulator:
             self._runner = asyncio.create_task(self._run(), name=f"sim-gdw {self.key}")
 
     async def close(self) -> None:
-        self._closing = True
+        self._dialler.closing = True
         for task in (self._runner, self._ticker):
             if task is not None:
                 task.cancel()
@@ -337,39 +337,19 @@ class ConcentratorSimulator:
     # --- dialling, login, heartbeat --------------------------------------------------------------
 
     async def _run(self) -> None:
-        backoff = self.reconnect_delay
-        if self._first_delay > 0:
-            await asyncio.sleep(self._first_delay)
-        while not self._closing:
-            await self._powered.wait()
-            logged = False
-            try:
-                link = await self._connect()
-            except LinkError as exc:
-                log.debug("%s", exc)
-            else:
-                logged = await self._session(link)
-            if self._closing:
-                return
-            if logged:
-                backoff = self.reconnect_delay
-            await asyncio.sleep(backoff * (1.0 + 0.2 * self._rng.random()))
-            if not logged:
-                backoff = min(backoff * 2, self.reconnect_max)
+        backoff = Backoff(self.reconnect_delay, self.reconnect_max, self._rng)
+        await self._dialler.keep_dialling(self._dial, backoff, gate=self._powered,
+                                          first_wait=self._first_delay if self._first_delay > 0 else None)
+
+    async def _dial(self) -> bool:
+        """Connect (LinkError if the master cannot be reached) and hold the session; whether it
+        logged in."""
+        return await self._session(await self._connect())
 
     async def _connect(self) -> _Link:
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.connect_timeout)
-        except (OSError, TimeoutError) as exc:
-            self.stats.connect_failures += 1
-            raise LinkError(f"concentrator {self.key}: cannot connect to {self.host}:{self.port}: {exc}") from exc
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader, writer = await self._dialler.open()
         link = _Link(reader, writer)
         self._link = link
-        self.stats.connections += 1
         link.reader_task = asyncio.create_task(self._serve(link), name=f"sim-gdw-rx {self.key}")
         return link
 
@@ -498,9 +478,7 @@ class ConcentratorSimulator:
         except (ConnectionError, OSError):
             by_master = not link.dropped
         finally:
-            if by_master and not link.dropped and not self._closing:
-                self.stats.closed_by_master += 1
-                log.debug("concentrator %s: the master closed the connection", self.key)
+            self._dialler.master_closed(by_master, link.dropped)
             if not link.writer.transport.is_closing():
                 link.writer.transport.abort()
             for waiter in link.waiting.values():

@@ -49,7 +49,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -59,6 +58,7 @@ from meterd.clock import Clock
 from meterd.errors import LinkError
 from meterd.protocols.dlt645.frame import Frame, StreamDecoder, encode_frame, normalize_address
 from meterd.protocols.modbus import get_map
+from meterd.simulators.dialler import Backoff, Dialler
 from meterd.simulators.dlt645 import Dlt645Bus, Reply
 from meterd.simulators.modbus import ModbusBus
 from meterd.simulators.model import MeterModel
@@ -227,7 +227,7 @@ class DtuSimulator:
         self.stats = DtuSimStats()
         self._link: _Link | None = None
         self._cut: int | None = None
-        self._closing = False
+        self._dialler = Dialler(self, f"DTU {terminal_id}", log)
         self._ticker: asyncio.Task[None] | None = None
         self._redial: asyncio.Task[None] | None = None
 
@@ -248,13 +248,13 @@ class DtuSimulator:
 
     async def start(self) -> None:
         """Connect and register (raises LinkError if the master cannot be reached)."""
-        self._closing = False
+        self._dialler.closing = False
         if self.tick and self._ticker is None:
             self._ticker = asyncio.create_task(self._tick(), name=f"sim-dtu-tick {self.terminal_id}")
         await self._connect()
 
     async def close(self) -> None:
-        self._closing = True
+        self._dialler.closing = True
         for task in (self._redial, self._ticker):
             if task is not None:
                 task.cancel()
@@ -317,19 +317,9 @@ class DtuSimulator:
 
     async def _connect(self) -> None:
         await self._end(abort=True)
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port),
-                                                    self.connect_timeout)
-        except (OSError, TimeoutError) as exc:
-            self.stats.connect_failures += 1
-            raise LinkError(f"DTU {self.terminal_id}: cannot connect to {self.host}:{self.port}: {exc}") from exc
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader, writer = await self._dialler.open()
         link = _Link(reader, writer)
         self._link = link
-        self.stats.connections += 1
         if self.register:
             first = self.registration
             if self.heartbeat_with_registration:
@@ -444,9 +434,7 @@ class DtuSimulator:
     def _link_ended(self, link: _Link, by_master: bool) -> None:
         if link.ended.is_set():
             return
-        if by_master and not link.dropped and not self._closing:
-            self.stats.closed_by_master += 1
-            log.debug("DTU %s: the master closed the connection", self.terminal_id)
+        self._dialler.master_closed(by_master, link.dropped)
         for t in link.tasks:
             if t is not asyncio.current_task():
                 t.cancel()
@@ -455,18 +443,18 @@ class DtuSimulator:
         link.ended.set()
         if self._link is link:
             self._link = None
-        if self.reconnect_delay is not None and not self._closing:
+        if self.reconnect_delay is not None and not self._dialler.closing:
             self._redial = asyncio.create_task(self._dial_again(), name=f"sim-dtu-redial {self.terminal_id}")
 
     async def _dial_again(self) -> None:
+        """After ``reconnect_delay`` seconds, dial until connected, every ``reconnect_delay`` seconds."""
         assert self.reconnect_delay is not None
-        while not self._closing:
-            await asyncio.sleep(self.reconnect_delay)
-            try:
-                await self._connect()
-                return
-            except LinkError as exc:
-                log.debug("%s", exc)
+        backoff = Backoff(self.reconnect_delay, self.reconnect_delay)
+        await self._dialler.keep_dialling(self._dial, backoff, first_wait=self.reconnect_delay, until_up=True)
+
+    async def _dial(self) -> bool:
+        await self._connect()
+        return True
 
     def _with_registration(self, data: bytes) -> bytes:
         n = min(self.reply_packets, len(data)) or 1
