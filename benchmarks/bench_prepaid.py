@@ -10,11 +10,18 @@ accounts are set up to cross a threshold so commands are queued too.  Target: < 
     python benchmarks/bench_prepaid.py [--accounts 100000]
     python benchmarks/bench_prepaid.py --postgres            # a temporary PostgreSQL of its own
     python benchmarks/bench_prepaid.py --database postgresql://user@host/emptydb
+    python benchmarks/bench_prepaid.py --relays [--postgres]   # CommandStore.observe_relays only
 
 The state lives in a temporary SQLite file by default.  ``--postgres`` starts a PostgreSQL server
 of its own (tests/pgserver.py: initdb on a free port in a temporary directory, fsync off) and
 removes it afterwards; ``--database`` uses an existing, empty database (refused if it holds
 accounts) and leaves the tables behind.
+
+``--relays`` times only the relay states the regular polls report
+(:meth:`~meterd.control.command_store.CommandStore.observe_relays`, the start of every pass):
+every meter's first state, then a pass per 15-minute round for two hours in which every meter
+reports its four flags unchanged, then one with 1 % of them changed; with the rows each pass
+wrote.  (CPU is this process's: on PostgreSQL the server's work is not in it.)
 
 Prints numbers; it is not a pass/fail test.  Time is fixed (no clock reads in the data).
 """
@@ -29,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -41,7 +48,7 @@ from meterd.control.tariff import Tariff, TariffKind, TariffVersion, Tier
 from meterd.readings import Reading
 from meterd.storage.database import Database, Location, close_pools
 
-DAY0 = datetime(2026, 11, 22, 16, 10, tzinfo=timezone.utc)  # 00:10 CST: the daily frozen round
+DAY0 = datetime(2026, 11, 22, 16, 10, tzinfo=UTC)  # 00:10 CST: the daily frozen round
 DAY1 = DAY0 + timedelta(days=1)
 EFFECTIVE = date(2026, 1, 1)
 TARIFFS = {
@@ -109,6 +116,37 @@ def vacuum(db: Database) -> None:
         conn.execute("VACUUM (ANALYZE)")
 
 
+RELAY_FLAGS = ("relay.open", "relay.command_open", "alarm.pre_trip", "relay.protected")
+
+
+def relay_passes(where: Location, n: int) -> None:
+    """observe_relays for ``n`` meters: the first states, then passes of polls 15 minutes apart."""
+    from meterd.control import command_store
+
+    refresh = getattr(command_store, "RELAY_REFRESH", None)
+
+    def polls(at: datetime, changed_every: int = 0) -> dict[str, dict[str, tuple[datetime, bool]]]:
+        return {meter(i): {f: (at, f == "relay.open" and changed_every > 0 and i % changed_every == 0)
+                           for f in RELAY_FLAGS} for i in range(1, n + 1)}
+
+    def written(store: ControlStore, at: datetime) -> int:
+        return int(store._read("SELECT COUNT(*) FROM relay_states WHERE ts = ?", (int(at.timestamp() * 1000),))[0][0])
+
+    with ControlStore(where) as store:
+        rounds = [("first states", DAY0, 0)]
+        rounds += [(f"unchanged, +{15 * k} min", DAY0 + timedelta(minutes=15 * k), 0) for k in range(1, 9)]
+        rounds.append(("1 % changed, +135 min", DAY0 + timedelta(minutes=135), 100))
+        print(f"observe_relays for {n:,} meters, {len(RELAY_FLAGS)} flags each, polled every 15 minutes "
+              f"(refresh age: {refresh if refresh is not None else 'none, every state rewritten'})")
+        for label, at, every in rounds:
+            observed = polls(at, every)
+            t, c = time.perf_counter(), time.process_time()
+            changes = store.observe_relays(observed, now=at + timedelta(seconds=30))
+            t, c = time.perf_counter() - t, time.process_time() - c
+            print(f"  {label:24s} {t:6.2f} s   CPU {c:5.2f} s   {written(store, at):7,} rows written"
+                  f"   {len(changes):5,} relay-observed")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--accounts", type=int, default=100_000)
@@ -116,8 +154,15 @@ def main() -> None:
     where_group.add_argument("--postgres", action="store_true",
                              help="start a temporary PostgreSQL server (tests/pgserver.py) and run on it")
     where_group.add_argument("--database", metavar="URL", help="an existing, empty PostgreSQL database")
+    parser.add_argument("--relays", action="store_true",
+                        help="time only CommandStore.observe_relays (relay states from the polls), not the pass")
     args = parser.parse_args()
     n = args.accounts
+    if args.relays:
+        with location(args) as (where, backend):
+            print(f"state: {backend}")
+            relay_passes(where, n)
+        return
     kinds = ("flat", "tiered", "tou")
     with location(args) as (where, backend):
         store = ControlStore(where)

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 import pytest
 
+from meterd.control.command_store import RELAY_REFRESH
 from meterd.control.engine import PrepaidEngine, PrepaidSettings
 from meterd.control.model import CommandKind, CommandRequest, CommandState
 from meterd.control.policy import SafetyRules, Threshold, Thresholds
@@ -73,8 +74,57 @@ def test_a_first_state_and_an_unchanged_state_are_not_audited(store):
     assert store.relay_state(M1) == (at(1), {"relay.open": False})
     assert store.relay_state(M2) == (at(1), {"relay.open": True})
     assert store.observe_relays({M1: {"relay.open": (at(3), False)}}, now=at(4)) == []
-    assert store.relay_state(M1) == (at(3), {"relay.open": False})  # newer time, same flags
+    assert store.relay_state(M1) == (at(1), {"relay.open": False})  # same flags: confirmed, not rewritten
     assert observed_audits(store, M1) == [] and observed_audits(store, M2) == []
+
+
+def polled(at: datetime, flags: dict[str, bool]) -> dict[str, tuple[datetime, bool]]:
+    return {f: (at, v) for f, v in flags.items()}
+
+
+def test_an_unchanged_state_is_written_only_when_its_time_is_the_refresh_age_old(store):
+    meters = [f"{i:012d}" for i in range(1, 41)]
+    store.observe_relays({m: polled(T0, TRIPPED) for m in meters}, now=T0)
+    # polls every 15 minutes with the same flags, up to half the refresh age: nothing rewritten
+    for k in range(1, int(RELAY_REFRESH / 2 / timedelta(minutes=15)) + 1):
+        when = min(T0 + k * timedelta(minutes=15), T0 + RELAY_REFRESH / 2 - timedelta(milliseconds=1))
+        assert store.observe_relays({m: polled(when, TRIPPED) for m in meters}, now=when) == []
+        assert all(store.relay_state(m) == (T0, TRIPPED) for m in meters)
+    # from half the age to all of it, each meter's refresh comes at its own time (spread by address)
+    when = T0 + RELAY_REFRESH * 3 / 4
+    store.observe_relays({m: polled(when, TRIPPED) for m in meters}, now=when)
+    rewritten = [m for m in meters if store.relay_state(m) == (when, TRIPPED)]
+    assert 0 < len(rewritten) < len(meters)
+    assert all(store.relay_state(m) == (T0, TRIPPED) for m in meters if m not in rewritten)
+    # the refresh age after the stored time: every one rewritten
+    when = T0 + RELAY_REFRESH
+    store.observe_relays({m: polled(when, TRIPPED) for m in meters}, now=when)
+    assert all(store.relay_state(m) == (when, TRIPPED) for m in meters if m not in rewritten)
+    assert all(observed_audits(store, m) == [] for m in meters)
+    # a changed flag is written at once, whatever the age
+    later = when + timedelta(minutes=1)
+    [change] = store.observe_relays({meters[0]: {"relay.open": (later, False)}}, now=later)
+    assert change.before == TRIPPED and store.relay_state(meters[0]) == (later, {**TRIPPED, "relay.open": False})
+    # no refresh age: every newer poll rewritten, as before
+    last = later + timedelta(minutes=1)
+    store.observe_relays({meters[1]: polled(last, TRIPPED)}, now=last, refresh=timedelta(0))
+    assert store.relay_state(meters[1]) == (last, TRIPPED)
+
+
+def test_a_late_poll_older_than_an_unwritten_confirmation_is_not_taken(store):
+    store.observe_relays({M1: polled(at(0), TRIPPED)}, now=at(0))
+    store.observe_relays({M1: polled(at(10), TRIPPED)}, now=at(10))  # the same flags: not written
+    assert store.relay_state(M1) == (at(0), TRIPPED)
+    # an older poll delivered late says the relay was closed: the newer confirmation wins
+    assert store.observe_relays({M1: {"relay.open": (at(5), False)}}, now=at(11)) == []
+    assert store.relay_state(M1) == (at(0), TRIPPED) and observed_audits(store, M1) == []
+    # a newer one is a change
+    [change] = store.observe_relays({M1: {"relay.open": (at(12), False)}}, now=at(12))
+    assert change.at == at(12) and store.relay_state(M1) == (at(12), {**TRIPPED, "relay.open": False})
+    # a command's read-back recorded meanwhile wins over an older poll
+    store.record_relay(M1, TRIPPED, now=at(14))
+    assert store.observe_relays({M1: {"relay.open": (at(13), False)}}, now=at(15)) == []
+    assert store.relay_state(M1) == (at(14), TRIPPED)
 
 
 def test_a_change_while_a_command_is_under_way_is_the_commands_not_audited(store):
