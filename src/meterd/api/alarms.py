@@ -52,7 +52,7 @@ from meterd.api.schemas import MONEY, OPT_STR, SCHEMAS, STR, TIME, array, obj, r
 from meterd.api.tokens import Role
 from meterd.control.command_store import Command
 from meterd.control.commands import intent_met, relay_stuck
-from meterd.control.model import CommandKind, CommandState
+from meterd.control.model import MAX_REASON, CommandKind, CommandState
 from meterd.control.state import ControlStore
 from meterd.errors import LedgerError
 from meterd.storage.alarms import (
@@ -84,7 +84,6 @@ REFRESH_EVERY: Final = timedelta(seconds=10)  # a list or overview asked for mor
 WATCH_EVERY: Final = 15.0  # seconds between background syncs in the daemon (and spool samples)
 COMMAND_WINDOW: Final = 500  # newest failed (and expired) commands looked at per sync
 MAX_PAGE: Final = 1000
-MAX_REASON: Final = 500
 _SPOOL_SAMPLES: Final = 200
 
 _ENDED: Final = (CommandState.CONFIRMED, CommandState.FAILED, CommandState.EXPIRED)
