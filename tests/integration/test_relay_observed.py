@@ -111,6 +111,21 @@ def test_an_unchanged_state_is_written_only_when_its_time_is_the_refresh_age_old
     assert store.relay_state(meters[1]) == (last, TRIPPED)
 
 
+def test_the_first_confirmation_after_a_failed_command_is_written(store):
+    """The alarm list settles a failed command when the relay is read, after the failure, where the
+    command wanted it: that read must be stored even when the flags did not change."""
+    store.observe_relays({M1: polled(at(0), TRIPPED)}, now=at(0))  # open already
+    store.queue_commands([CommandRequest(M1, CommandKind.TRIP, "test", "operator")], now=at(1),
+                         ttl=timedelta(hours=1))
+    [trip] = store.claim_due(at(1), node="n1", meters=[M1])
+    store.finish(trip.id, CommandState.FAILED, now=at(2), detail="link refused")  # no read-back
+    store.observe_relays({M1: polled(at(3), TRIPPED)}, now=at(3))
+    assert store.relay_state(M1) == (at(3), TRIPPED)  # read after the failure
+    store.observe_relays({M1: polled(at(4), TRIPPED)}, now=at(4))
+    assert store.relay_state(M1) == (at(3), TRIPPED)  # and confirmed without a write again
+    assert observed_audits(store, M1) == []
+
+
 def test_a_late_poll_older_than_an_unwritten_confirmation_is_not_taken(store):
     store.observe_relays({M1: polled(at(0), TRIPPED)}, now=at(0))
     store.observe_relays({M1: polled(at(10), TRIPPED)}, now=at(10))  # the same flags: not written

@@ -471,9 +471,9 @@ class CommandStore(StateDatabase):
 
         A poll that finds the stored flags unchanged writes nothing until its read time is
         ``refresh`` after the stored time (from half of it on for some meters, spread by the
-        meter's address so the refreshes of a district are not all in one pass): the stored time
-        is when the flags were last confirmed, at most ``refresh`` before the newest poll that
-        read them (see :data:`RELAY_REFRESH`; ``timedelta(0)`` writes every newer poll).  An
+        meter's address so the refreshes of a district are not all in one pass), or until it is
+        the first read after a command of the meter failed: the stored time is when the flags
+        were last confirmed, at most ``refresh`` before the newest poll that read them (see :data:`RELAY_REFRESH`; ``timedelta(0)`` writes every newer poll).  An
         unchanged state costs its share of the one read, no write: the stored flags are parsed
         once per distinct text, not once per row."""
         if not observed:
@@ -493,6 +493,12 @@ class CommandStore(StateDatabase):
                 cur.row_factory = None
                 found = cur.execute(sql, (values,)).fetchall()
             stored = {meter: (ts, text) for meter, ts, text in found}
+            # meter -> when its last command failed, if since its oldest stored state: a state
+            # confirmed after that is written, so its time shows the relay was read after the
+            # failure (the alarm list settles a failed command by such a read)
+            failed: dict[str, int] = dict(conn.execute(
+                "SELECT meter, MAX(finished_ts) FROM commands WHERE state = ? AND finished_ts >= ? GROUP BY meter",
+                (CommandState.FAILED.value, min(ts for ts, _ in stored.values())))) if stored else {}
             parsed: dict[str, dict[str, bool]] = {}  # a district's rows hold a handful of distinct texts
             rows: list[tuple[str, int, str]] = []
             moved: dict[str, RelayChange] = {}
@@ -517,7 +523,8 @@ class CommandStore(StateDatabase):
                     continue  # nothing read later than the state
                 if same and since is not None:  # confirmed: written only when its stored time is old
                     age = newest - since
-                    if age < half or age < whole - zlib.crc32(meter.encode()) % (half or 1):
+                    if (age < half or age < whole - zlib.crc32(meter.encode()) % (half or 1)) and not (
+                            since <= failed.get(meter, newest) < newest):
                         confirmed.append((meter, newest))
                         continue
                 after = {**before, **{f: v for f, (at, v) in flags.items() if to_ms(at) > floor}}
