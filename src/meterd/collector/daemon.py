@@ -424,7 +424,8 @@ class Daemon:
                                keepalive=m.keepalive, clock=clock, root=m.root, request_ttl=m.request_ttl,
                                on_readings=self._pushed, push_meters=push_meters(config),
                                shared=ownership is not None,
-                               holds=self._holds_terminal if ownership is not None else None)
+                               holds=self._holds_terminal if ownership is not None else None,
+                               max_payload=m.max_payload_kb * 1024)
         from meterd.storage.quality import OnlineTracker, QualityStore
 
         self.quality = QualityStore(store, clock=clock, zone=config.site.zone)  # days cut at the site's midnight

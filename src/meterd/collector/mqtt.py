@@ -34,6 +34,9 @@ its reason, and nothing else is disturbed):
 * ``malformed``: not JSON (or nested too deeply), not an object, missing or ill-typed fields, bad
   hex, a bad reading or a time out of range, a
   status that is neither ``online`` nor ``offline``, an unexpected topic;
+* ``oversized``: a payload over ``max_payload`` bytes (``[mqtt] max_payload_kb``, 1 MiB by
+  default): dropped unread, since payloads are parsed in the event loop and one of the 256 MB MQTT
+  allows would stall every channel for seconds;
 * ``unknown_ids``: a reply whose id this hub never issued (or issued for another terminal);
 * ``late``: a reply for an id this hub issued earlier but no longer waits for (the channel timed
   out and moved on): dropped;
@@ -97,6 +100,7 @@ LEAVE_WAIT: Final = 2.0  # seconds close() waits for the UNSUBACK of the shared 
 EXPIRED_IDS_KEPT: Final = 4096  # ids remembered as "ours, but no longer awaited" (late replies)
 REJECTS_KEPT: Final = 50
 DESCRIBED_KEPT: Final = 256  # request frames a transport remembers the sniffed protocol/meter of
+MAX_PAYLOAD: Final = 1024 * 1024  # bytes of one incoming payload, at most (a push of a few thousand readings)
 TOPICS_KEPT: Final = 16384  # incoming topics the hub remembers the parse of
 
 ReadingsCallback = Callable[[str, list[Reading]], Any]
@@ -116,6 +120,7 @@ class HubStats:
     unknown_ids: int = 0  # replies for ids never issued here (or for another terminal): dropped
     other_masters: int = 0  # replies to another collector node's requests (shared broker): ignored
     malformed: int = 0  # bad JSON / payload / status / topic: dropped
+    oversized: int = 0  # payloads over max_payload bytes: dropped unread
     pushed_messages: int = 0  # pushed-readings messages taken (on push, or on up: pushed_on_up)
     pushed_readings: int = 0
     pushed_on_up: int = 0  # of pushed_messages: those that came on up, the topic pushes used before push
@@ -163,6 +168,7 @@ class MqttHub:
         shared: bool = False,
         share_group: str = SHARE_GROUP,
         holds: HoldsCallback | None = None,
+        max_payload: int = MAX_PAYLOAD,
     ) -> None:
         if not client_id:
             raise ValueError("an MQTT client id is required")
@@ -181,6 +187,7 @@ class MqttHub:
         self._ttl: timedelta | None = None
         self.request_ttl = request_ttl
         self.stats = HubStats()
+        self.max_payload = max_payload
         self.rejects: deque[str] = deque(maxlen=REJECTS_KEPT)  # the latest rejection reasons
         self._log = LogThrottle()  # dropped messages: logged once a minute per counter, with a count
         self.connected = False
@@ -471,6 +478,10 @@ class MqttHub:
             self._reject("malformed", None, f"unexpected topic {topic!r}")
             return
         tid, kind = parsed
+        if len(payload) > self.max_payload:  # parsed in the event loop: one message must not stall polling
+            self._reject("oversized", tid, f"a {kind} message of {len(payload):,} bytes, over the limit of "
+                         f"{self.max_payload:,} ([mqtt] max_payload_kb)")
+            return
         if kind == "status":
             self._on_status(tid, payload)
             return

@@ -260,6 +260,8 @@ _SECTIONS: tuple[Section, ...] = (
         Key("keepalive", "integer 5..3600 (s)", "MQTT keep-alive", "30"),
         Key("root", "string", "the topic root", '"meterd"'),
         Key("request_ttl", D, "a request no reply has come for by then is a timeout", '"30s"'),
+        Key("max_payload_kb", "integer 1..262144", "a message from a terminal larger than this many KiB is dropped "
+            "unread and counted (`oversized`); also cap the broker's `max_packet_size`", "1024"),
     )),
     Section("meters[]", "tables", "One meter.  Its address is its identity in the store; the same address may "
             "not be used twice on a channel.", (

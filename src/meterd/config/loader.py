@@ -541,9 +541,11 @@ def _mqtt(check: _Checker, raw: Any) -> MqttConfig | None:
     keepalive = check.integer("mqtt.keepalive", table.get("keepalive", 30), low=5, high=3600)
     root = check.string("mqtt.root", table.get("root", "meterd"))
     ttl = check.duration("mqtt.request_ttl", table.get("request_ttl", 30.0))
-    if None in (host, port, client_id, keepalive, root, ttl):
+    max_payload_kb = check.integer("mqtt.max_payload_kb", table.get("max_payload_kb", 1024), low=1, high=262144)
+    if None in (host, port, client_id, keepalive, root, ttl, max_payload_kb):
         return None
-    return MqttConfig(host, port, client_id, username, password_env, keepalive, root, ttl)  # type: ignore[arg-type]
+    return MqttConfig(host, port, client_id, username, password_env, keepalive, root, ttl,  # type: ignore[arg-type]
+                      max_payload_kb)  # type: ignore[arg-type]
 
 
 def _tasks(check: _Checker, raw: Any, meters: list[tuple[dict[str, Any], MeterConfig | None]]) -> list[Any]:

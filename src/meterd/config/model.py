@@ -111,6 +111,7 @@ class MqttConfig:
     keepalive: int = 30
     root: str = "meterd"
     request_ttl: float = 30.0
+    max_payload_kb: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
