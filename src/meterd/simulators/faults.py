@@ -4,7 +4,9 @@ A fault plan is a frozen dataclass with one probability (0..1) per fault kind, `
 for its ``late`` fault, and whatever else its simulator needs.  :class:`FaultProbabilities` gives it
 the checks of those fields, :meth:`~FaultProbabilities.of` (one kind at a probability) and
 :attr:`~FaultProbabilities.active`; a plan names its kinds in ``KINDS`` and the start of its
-"unknown kind" message in ``UNKNOWN_KIND``.  Each simulator draws its plan's faults
+"unknown kind" message in ``UNKNOWN_KIND``.  A plan with checks of its own (the Modbus plan's
+``exception_code``) calls ``FaultProbabilities.__post_init__(self)`` by name before them: the
+argument-less ``super()`` does not work in a slotted dataclass.  Each simulator draws its plan's faults
 (:func:`~meterd.simulators.dlt645.fires`) from one seeded ``random.Random`` of its own, in an order
 of its own: this module draws nothing.
 """
@@ -39,7 +41,13 @@ class FaultProbabilities:
         """One fault kind at ``probability`` (and any other field in ``extra``)."""
         if kind not in cls.KINDS:
             raise ValueError(f"{cls.UNKNOWN_KIND} {kind!r}; known: {', '.join(cls.KINDS)}")
-        return cls(**{kind: probability, **extra})
+        return cls(**{kind: probability, **cls._extra(extra)})
+
+    @classmethod
+    def _extra(cls, extra: dict[str, float]) -> dict[str, float]:
+        """The other fields given to :meth:`of`, as the plan takes them (a plan with a field of its
+        own to check or convert first overrides this); here, unchanged."""
+        return extra
 
     @property
     def active(self) -> dict[str, float]:

@@ -77,7 +77,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Final
+from typing import ClassVar, Final
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerRTU, FramerSocket
@@ -87,6 +87,7 @@ from meterd.protocols.dlt645.catalogue import Value
 from meterd.protocols.dlt645.messages import RelayCommand
 from meterd.protocols.modbus import Function, RegisterMap, WriteRequest, encode_values, relay_command
 from meterd.simulators.dlt645 import BusStats, FaultPlan, Reply, fires
+from meterd.simulators.faults import FaultProbabilities
 from meterd.simulators.model import MeterModel
 from meterd.simulators.vendor_tables import VENDOR_TABLES, LazyImage, MeterState, ShareMemo, VendorTable
 
@@ -123,9 +124,14 @@ _NOW: contextvars.ContextVar[datetime] = contextvars.ContextVar("meterd_modbus_s
 
 
 @dataclass(frozen=True, slots=True)
-class ModbusFaultPlan:
+class ModbusFaultPlan(FaultProbabilities):
     """Probabilities (0..1) of each link fault for one unit; ``late_by`` seconds for ``late``,
-    ``exception_code`` for ``exception`` (04 SLAVE_DEVICE_FAILURE unless told)."""
+    ``exception_code`` for ``exception`` (04 SLAVE_DEVICE_FAILURE unless told).  One kind:
+    ``ModbusFaultPlan.of("exception", 1.0, exception_code=2)``
+    (:class:`~meterd.simulators.faults.FaultProbabilities`)."""
+
+    KINDS: ClassVar[tuple[str, ...]] = MODBUS_FAULT_KINDS
+    UNKNOWN_KIND: ClassVar[str] = "unknown Modbus fault kind"
 
     no_answer: float = 0.0
     exception: float = 0.0
@@ -137,26 +143,19 @@ class ModbusFaultPlan:
     partial: float = 0.0
 
     def __post_init__(self) -> None:
-        for kind in MODBUS_FAULT_KINDS:
-            p = getattr(self, kind)
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"fault probability {kind}={p} must be within 0..1")
-        if self.late_by < 0:
-            raise ValueError(f"late_by={self.late_by} must be >= 0 seconds")
+        FaultProbabilities.__post_init__(self)  # by name: super() fails in a slotted dataclass
         if int(self.exception_code) != self.exception_code or not 1 <= self.exception_code <= 255:
             raise ValueError(f"exception_code={self.exception_code} must be an integer 1..255")
 
     @classmethod
-    def of(cls, kind: str, probability: float = 1.0, **extra: float) -> ModbusFaultPlan:
-        """One fault kind, e.g. ``ModbusFaultPlan.of("exception", 1.0, exception_code=2)``."""
-        if kind not in MODBUS_FAULT_KINDS:
-            raise ValueError(f"unknown Modbus fault kind {kind!r}; known: {', '.join(MODBUS_FAULT_KINDS)}")
+    def _extra(cls, extra: dict[str, float]) -> dict[str, float]:
+        """``exception_code`` as a whole number (checked before the plan is made)."""
         if "exception_code" in extra:
             code = extra["exception_code"]
             if code != int(code):
                 raise ValueError(f"exception_code={code} must be an integer 1..255")
             extra = {**extra, "exception_code": int(code)}
-        return cls(**{kind: probability, **extra})  # type: ignore[arg-type]
+        return extra
 
     @classmethod
     def coerce(cls, plan: ModbusFaultPlanLike) -> ModbusFaultPlan:
@@ -185,10 +184,6 @@ class ModbusFaultPlan:
         kw["late_by"] = other.late_by if other.late else self.late_by
         kw["exception_code"] = other.exception_code if other.exception else self.exception_code
         return ModbusFaultPlan(**kw)  # type: ignore[arg-type]
-
-    @property
-    def active(self) -> dict[str, float]:
-        return {k: getattr(self, k) for k in MODBUS_FAULT_KINDS if getattr(self, k)}
 
     def describe(self) -> dict[str, float | int]:
         """``active`` plus ``late_by`` / ``exception_code`` when those faults are on."""
