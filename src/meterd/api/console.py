@@ -10,14 +10,15 @@ The handlers are registered in :data:`meterd.api.app.ENDPOINTS` (``*CONSOLE_ENDP
 the same :class:`~meterd.api.app.Api` (its stores, clock and config) as the others; nothing here
 writes.  The console's actions go to the plain API's write endpoints, with their role checks.
 
-Reads of tables that no store method pages (accounts by name, the ledger with its running
-balance, the audit trail of a meter, a terminal's failures and online intervals) go through the
-owning store's connection and lock, with the placeholders its other queries use.
+Accounts by name, the accounts of a page of meters, a meter's audit trail and the command list
+are the control store's public reads (:class:`~meterd.control.command_store.CommandStore`:
+``search_accounts``, ``meter_owners``, ``audit_page``, ``commands``).  The ledger with its running
+balance and a terminal's failures and online intervals, which no store method pages yet, go
+through the owning store's connection and lock, with the placeholders its other queries use.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -83,12 +84,7 @@ def _terminal_channels(api: Api) -> list[tuple[str, str, str]]:
 
 def _owners(api: Api, meters: Iterable[str]) -> dict[str, str]:
     """meter -> its account, for a page of meters (one query, not the district's table)."""
-    meters = list(meters)
-    if not meters:
-        return {}
-    marks = ", ".join("?" for _ in meters)
-    return {r["meter"]: r["account"] for r in api.control._read(
-        f"SELECT meter, account FROM account_meters WHERE meter IN ({marks})", meters)}
+    return api.control.meter_owners(list(meters))
 
 
 def _meter_list(api: Api) -> list[Any]:
@@ -142,14 +138,10 @@ async def search(api: Api, request: Request, caller: Caller | None) -> Response:
         for m in hits[:limit]:
             found.append({"type": "meter", "id": m.address, "label": m.address,
                           "detail": " · ".join(x for x in (m.name, m.channel, owners.get(m.address, "")) if x)})
-        # accounts by their name or the customer's
-        # the words as typed: % and _ are characters to find, not LIKE's wildcards
-        like = "%" + low.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        for r in api.control._read("SELECT account, customer, area, state FROM accounts WHERE LOWER(account) LIKE ? "
-                                   "ESCAPE '\\' OR LOWER(customer) LIKE ? ESCAPE '\\' ORDER BY account LIMIT ?",
-                                   (like, like, limit)):
-            found.append({"type": "account", "id": r["account"], "label": r["account"],
-                          "detail": " · ".join(x for x in (r["customer"], r["area"], r["state"]) if x)})
+        # accounts by their name or the customer's (the words as typed: % and _ are no wildcards)
+        for a in api.control.search_accounts(q, limit=limit):
+            found.append({"type": "account", "id": a.account, "label": a.account,
+                          "detail": " · ".join(x for x in (a.customer, a.area, a.state) if x)})
         for terminal, channel, kind in _terminal_channels(api):
             if low in terminal.lower() or low in channel.lower():
                 found.append({"type": "terminal", "id": terminal, "label": terminal, "detail": f"{kind} · {channel}"})
@@ -303,23 +295,9 @@ async def meter_curve(api: Api, request: Request, caller: Caller | None) -> Resp
 
 
 def _audit_rows(api: Api, subjects: Iterable[str], cursor: int | None, limit: int) -> list[dict[str, Any]]:
-    subjects = list(subjects)
-    marks = ", ".join("?" for _ in subjects)
-    sql = f"SELECT id, ts, actor, action, subject, detail FROM audit WHERE subject IN ({marks})"
-    params: list[Any] = list(subjects)
-    if cursor is not None:
-        sql += " AND id < ?"
-        params.append(cursor)
-    rows = api.control._read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit + 1))
-    out = []
-    for r in rows:
-        try:
-            detail = json.loads(r["detail"])
-        except ValueError:
-            detail = {"text": r["detail"]}
-        out.append({"id": r["id"], "at": datetime.fromtimestamp(r["ts"] / 1000, api.zone).isoformat(),
-                    "actor": r["actor"], "action": r["action"], "subject": r["subject"], "detail": detail})
-    return out
+    return [{"id": r.id, "at": r.at.astimezone(api.zone).isoformat(), "actor": r.actor, "action": r.action,
+             "subject": r.subject, "detail": r.detail}
+            for r in api.control.audit_page(list(subjects), before=cursor, limit=limit + 1)]
 
 
 async def meter_events(api: Api, request: Request, caller: Caller | None) -> Response:
@@ -341,21 +319,11 @@ async def command_list(api: Api, request: Request, caller: Caller | None) -> Res
     """Relay commands, newest first, a page at a time: all, a meter's, an account's or one state's."""
     limit, cursor = _limit(request), _int_cursor(request)
     q = request.query_params
-    where: list[str] = ["1 = 1"]
-    params: list[Any] = []
-    for column, value in (("meter", address_key(q["meter"]) if q.get("meter") else None),
-                          ("account", q.get("account") or None), ("state", q.get("state") or None)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if cursor is not None:
-        where.append("id < ?")
-        params.append(cursor)
+    meter = address_key(q["meter"]) if q.get("meter") else None
 
     def work() -> dict[str, Any]:
-        rows = api.control._read(f"SELECT * FROM commands WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
-                                 (*params, limit + 1))
-        commands = [api.control._command(r) for r in rows]
+        commands = api.control.commands(meter=meter, account=q.get("account") or None, state=q.get("state") or None,
+                                        before=cursor, limit=limit + 1)
         page, nxt = _page(commands, limit, lambda c: c.id)
         return {"commands": [command_doc(c) for c in page], "next": nxt}
     return JSONResponse(await run_in_threadpool(work))

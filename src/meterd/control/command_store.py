@@ -119,6 +119,16 @@ class AuditRow:
     detail: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class AccountHit:
+    """An account as a search lists it (:meth:`CommandStore.search_accounts`)."""
+
+    account: str
+    customer: str
+    area: str
+    state: str
+
+
 def _opt_ms(at: datetime | None) -> int | None:
     return None if at is None else to_ms(at)
 
@@ -290,14 +300,19 @@ class CommandStore(StateDatabase):
         rows = self._read("SELECT * FROM commands WHERE id = ?", (command_id,))
         return self._command(rows[0]) if rows else None
 
-    def commands(self, *, state: str | None = None, meter: str | None = None, limit: int = 200) -> list[Command]:
-        sql, params = "SELECT * FROM commands WHERE 1 = 1", []
-        if state is not None:
-            sql += " AND state = ?"
-            params.append(state)
-        if meter is not None:
-            sql += " AND meter = ?"
-            params.append(meter)
+    def commands(self, *, state: str | None = None, meter: str | None = None, account: str | None = None,
+                 before: int | None = None, limit: int = 200) -> list[Command]:
+        """Commands newest first (by id), at most ``limit``: all, or those of one state, meter
+        and/or account; with ``before``, only those with a smaller id (a page after one that
+        ended with that id)."""
+        sql, params = "SELECT * FROM commands WHERE 1 = 1", list[Any]()
+        for column, value in (("state", state), ("meter", meter), ("account", account)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        if before is not None:
+            sql += " AND id < ?"
+            params.append(before)
         return [self._command(r) for r in self._read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))]
 
     def due_commands(self, now: datetime, *, limit: int = 1000, meters: Collection[str] | None = None
@@ -558,6 +573,48 @@ class CommandStore(StateDatabase):
         it may be up to that much older than the newest poll (:meth:`observe_relays`)."""
         rows = self._read("SELECT ts, flags FROM relay_states WHERE meter = ?", (meter,))
         return (from_ms(rows[0][0]), json.loads(rows[0][1])) if rows else None
+
+    # --- reads for the operator's console (meterd.api.console) --------------------------------
+
+    def meter_owners(self, meters: Collection[str]) -> dict[str, str]:
+        """meter -> its account, for these meters only (a page of them, not the district's
+        table); a meter with no account is left out."""
+        if not meters:
+            return {}
+        marks = ", ".join("?" for _ in meters)
+        return {r[0]: r[1] for r in self._read(f"SELECT meter, account FROM account_meters WHERE meter IN ({marks})",
+                                               list(meters))}
+
+    def search_accounts(self, words: str, *, limit: int) -> list[AccountHit]:
+        """Accounts whose number or customer's name contains ``words`` (case-insensitively for
+        ASCII letters), by account number, at most ``limit``.  ``%`` and ``_`` are characters to
+        find, not LIKE's wildcards."""
+        like = "%" + words.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self._read("SELECT account, customer, area, state FROM accounts WHERE LOWER(account) LIKE ? "
+                          "ESCAPE '\\' OR LOWER(customer) LIKE ? ESCAPE '\\' ORDER BY account LIMIT ?",
+                          (like, like, limit))
+        return [AccountHit(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def audit_page(self, subjects: Collection[str], *, before: int | None = None, limit: int = 100) -> list[AuditRow]:
+        """The audit lines about any of ``subjects``, newest first, at most ``limit``; with
+        ``before``, only those with a smaller id (a page after one that ended with that id).  A
+        detail that is not JSON comes as ``{"text": detail}``."""
+        if not subjects:
+            return []
+        marks = ", ".join("?" for _ in subjects)
+        sql = f"SELECT id, ts, actor, action, subject, detail FROM audit WHERE subject IN ({marks})"
+        params: list[Any] = list(subjects)
+        if before is not None:
+            sql += " AND id < ?"
+            params.append(before)
+        out = []
+        for r in self._read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)):
+            try:
+                detail = json.loads(r[5])
+            except ValueError:
+                detail = {"text": r[5]}
+            out.append(AuditRow(r[0], from_ms(r[1]), r[2], r[3], r[4], detail))
+        return out
 
     def audit(self, actor: str, action: str, subject: str, detail: Mapping[str, Any], *, now: datetime) -> None:
         with self._write() as conn:
