@@ -1,6 +1,8 @@
 """A small district with known readings, ledger entries and collection attempts, for the report
-tests (tests/integration/test_reports.py, tests/e2e/test_cli_report.py).  Every figure the reports
-should show is worked out by hand in the comments and in :data:`EXPECTED`, not by the analytics.
+tests (tests/integration/test_reports.py, tests/e2e/test_cli_report.py; tests/e2e/test_cli_analytics.py
+runs its reports over the same five meters with units of its own, :func:`district_site`).  Every
+figure the reports should show is worked out by hand in the comments and in :data:`EXPECTED`, not by
+the analytics.
 
 Topology: TA1 (area): supply m1; sales m2 (residential, group north) and m3 (commercial,
 multiplier 2, groups north and south).  TA2 (area): supply m4; sales m5 (residential, group south).
@@ -10,6 +12,7 @@ Daily registers (the value at 00:00 CST of the day) on the first of the months a
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -19,11 +22,22 @@ from meterd.analytics.energy import IMPORT_DAILY, DailyRegisterStore
 from meterd.clock import CST
 from meterd.control.model import EntryKind, LedgerEntry
 from meterd.control.state import AccountSpec, ControlStore
-from meterd.readings import Reading
+from meterd.readings import Quality, Reading
 from meterd.storage.quality import QualityStore
 from meterd.storage.sqlite import Attempt, MeterRecord, SqliteStore
 
-SITE = """
+# The district's five meters on one (unreachable) bus, and where they stand: TA1 supplied by m1,
+# selling to m2 (residential) and m3 (commercial, multiplier 2); TA2 supplied by m4, selling to m5
+# (residential).
+POINTS = (
+    {"meter": "1", "unit": "TA1", "role": "supply"},
+    {"meter": "2", "unit": "TA1", "role": "sales", "industry": "residential"},
+    {"meter": "3", "unit": "TA1", "role": "sales", "industry": "commercial", "multiplier": "2"},
+    {"meter": "4", "unit": "TA2", "role": "supply"},
+    {"meter": "5", "unit": "TA2", "role": "sales", "industry": "residential"},
+)
+
+BUS_AND_POLL = """
 [store]
 data_dir = "data"
 [channels.bus1]
@@ -34,41 +48,26 @@ name = "p"
 interval = 60
 quantities = ["energy.active.import.total"]
 
-[[topology.units]]
-name = "TA1"
-kind = "area"
-[[topology.units]]
-name = "TA2"
-kind = "area"
-
-[[topology.points]]
-meter = "1"
-unit = "TA1"
-role = "supply"
-[[topology.points]]
-meter = "2"
-unit = "TA1"
-role = "sales"
-industry = "residential"
-groups = ["north"]
-[[topology.points]]
-meter = "3"
-unit = "TA1"
-role = "sales"
-industry = "commercial"
-multiplier = "2"
-groups = ["north", "south"]
-[[topology.points]]
-meter = "4"
-unit = "TA2"
-role = "supply"
-[[topology.points]]
-meter = "5"
-unit = "TA2"
-role = "sales"
-industry = "residential"
-groups = ["south"]
 """
+
+
+def tables(name: str, rows: list[dict[str, Any]]) -> str:
+    """TOML ``[[name]]`` tables of string (or list of string) values."""
+    return "".join(f"[[{name}]]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in row.items())
+                   for row in rows)
+
+
+def district_site(units: dict[str, dict[str, str]], groups: dict[str, list[str]] | None = None) -> str:
+    """The site config of the district (data in ``data`` next to it): ``units`` each unit's name and
+    keys of its own, ``groups`` the groups of a point by its meter."""
+    groups = groups or {}
+    points = [{**point, "groups": groups[point["meter"]]} if point["meter"] in groups else point for point in POINTS]
+    return (BUS_AND_POLL + tables("topology.units", [{"name": name, **keys} for name, keys in units.items()]) + "\n"
+            + tables("topology.points", points))
+
+
+SITE = district_site({"TA1": {"kind": "area"}, "TA2": {"kind": "area"}},
+                     groups={"2": ["north"], "3": ["north", "south"], "5": ["south"]})
 
 # meter -> {first day of a month: register}; energy of a month = next first - this first
 REGISTERS = {
@@ -102,12 +101,17 @@ def cst(y: int, mo: int, d: int, h: int = 0, mi: int = 0) -> datetime:
     return datetime(y, mo, d, h, mi, tzinfo=CST)
 
 
+def daily_register(meter: int, day: date, kwh: str, quality: Quality = Quality.GOOD) -> Reading:
+    """Meter ``meter``'s daily register (the value at 00:00 CST of ``day``)."""
+    return Reading(f"{meter:012d}", IMPORT_DAILY, cst(day.year, day.month, day.day).astimezone(UTC), Decimal(kwh),
+                   "kWh", quality)
+
+
 def seed(data: Path) -> None:
     data.mkdir(exist_ok=True)
     meters = [f"{i:012d}" for i in range(1, 6)]
     with DailyRegisterStore(data) as store:
-        store.record([Reading(f"{m:012d}", IMPORT_DAILY, cst(d.year, d.month, d.day).astimezone(UTC),
-                              Decimal(v), "kWh") for m, days in REGISTERS.items() for d, v in days.items()])
+        store.record([daily_register(m, d, v) for m, days in REGISTERS.items() for d, v in days.items()])
     # collection: 2026-11-18..19 (the base of 20..21): every meter ok, but m5 has no attempt on the 19th;
     # 2026-11-20: all ok; 2026-11-21: m3 and m5 time out
     attempts = []

@@ -15,59 +15,16 @@ import pytest
 from meterd.analytics.anomalies import AnomalyStore, Finding, Kind, Severity
 from meterd.analytics.energy import DailyRegisterStore
 from meterd.analytics.outages import OutageFinding, OutageStore
-from meterd.clock import CST
 from meterd.readings import Quality, Reading
 from meterd.storage.sqlite import SqliteStore
+from report_site import cst, daily_register, district_site
 
-SITE = """
-[store]
-data_dir = "data"
-[channels.bus1]
-tcp = { host = "127.0.0.1", port = 9 }
-""" + "".join(f'[[meters]]\naddress = "{i:012d}"\nchannel = "bus1"\n' for i in range(1, 6)) + """
-[[polls]]
-name = "p"
-interval = 60
-quantities = ["energy.active.import.total"]
-
-[[topology.units]]
-name = "TA1"
-loss_threshold = "8"
-[[topology.units]]
-name = "TA2"
-
-[[topology.points]]
-meter = "1"
-unit = "TA1"
-role = "supply"
-[[topology.points]]
-meter = "2"
-unit = "TA1"
-role = "sales"
-industry = "residential"
-[[topology.points]]
-meter = "3"
-unit = "TA1"
-role = "sales"
-industry = "commercial"
-multiplier = "2"
-[[topology.points]]
-meter = "4"
-unit = "TA2"
-role = "supply"
-[[topology.points]]
-meter = "5"
-unit = "TA2"
-role = "sales"
-industry = "residential"
-"""
-DAY = datetime(2026, 11, 20, tzinfo=CST)
-FROZEN = "frozen.daily.energy.active.import.total"
+SITE = district_site({"TA1": {"loss_threshold": "8"}, "TA2": {}})
+DAY = cst(2026, 11, 20)
 
 
 def frozen(meter: int, day_offset: int, kwh: str, quality: Quality = Quality.GOOD) -> Reading:
-    return Reading(f"{meter:012d}", FROZEN, (DAY + timedelta(days=day_offset)).astimezone(timezone.utc),
-                   Decimal(kwh), "kWh", quality)
+    return daily_register(meter, DAY.date() + timedelta(days=day_offset), kwh, quality)
 
 
 @pytest.fixture
