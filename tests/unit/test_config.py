@@ -24,6 +24,7 @@ from meterd.config import (
     parse_config,
 )
 from meterd.errors import ConfigError
+from mixed_site import MY_MAP, STORE_BUS_AND_GATEWAY, write_my_map
 
 GOOD = """
 [store]
@@ -437,16 +438,7 @@ def test_not_utf8(tmp_path: Path) -> None:
 
 # --- 1997 and Modbus meters, polls by quantity -------------------------------------------------
 
-MIXED = """
-[store]
-data_dir = "data"
-
-[channels.bus]
-serial = { device = "/dev/ttyUSB0" }
-
-[channels.gw]
-tcp = { host = "10.0.0.9", port = 502 }
-
+MIXED = STORE_BUS_AND_GATEWAY + """
 [channels.dtu]
 tcp = { host = "10.0.0.10", port = 9000 }
 framing = "rtu"
@@ -481,32 +473,9 @@ interval = "15m"
 quantities = ["energy.active.import.total", "voltage.a"]
 """
 
-MY_MAP = """
-[model]
-name = "mine"
-manufacturer = "me"
-source = "the manual"
-primary = false
-
-[[register]]
-quantity = "energy.active.import.total"
-address = 0
-type = "u32"
-scale = "0.01"
-unit = "kWh"
-
-[[register]]
-quantity = "voltage.a"
-address = 2
-type = "u16"
-scale = "0.1"
-unit = "V"
-"""
-
 
 def test_mixed_protocols_and_a_map_file_relative_to_the_config(tmp_path: Path) -> None:
-    (tmp_path / "maps").mkdir()
-    (tmp_path / "maps" / "mine.toml").write_text(MY_MAP, encoding="utf-8")
+    write_my_map(tmp_path)
     config = load_config(write(tmp_path, MIXED))
     protocols = [m.protocol for m in config.meters]
     assert protocols == [Protocol.DLT645_2007, Protocol.DLT645_1997, Protocol.MODBUS, Protocol.MODBUS]
@@ -520,8 +489,7 @@ def test_mixed_protocols_and_a_map_file_relative_to_the_config(tmp_path: Path) -
 @pytest.mark.parametrize("key", ["ct", "pt"])
 def test_a_ratio_on_a_meter_whose_map_reports_primary_values_is_an_error_naming_the_meter(tmp_path, key):
     # issue 17: examples/site.toml set ct = 100 on an SDM630 (primary = true) and it was ignored
-    (tmp_path / "maps").mkdir()
-    (tmp_path / "maps" / "mine.toml").write_text(MY_MAP, encoding="utf-8")
+    write_my_map(tmp_path)
     text = MIXED.replace('model = "eastron-sdm630"\n', f'model = "eastron-sdm630"\n{key} = 100\n')
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, text))
@@ -531,8 +499,7 @@ def test_a_ratio_on_a_meter_whose_map_reports_primary_values_is_an_error_naming_
 
 
 def test_a_ratio_of_one_on_a_primary_map_is_harmless(tmp_path):
-    (tmp_path / "maps").mkdir()
-    (tmp_path / "maps" / "mine.toml").write_text(MY_MAP, encoding="utf-8")
+    write_my_map(tmp_path)
     config = load_config(write(tmp_path, MIXED.replace('model = "eastron-sdm630"\n',
                                                        'model = "eastron-sdm630"\nct = 1\npt = "1.0"\n')))
     assert (config.meters[2].ct, config.meters[2].pt) == (1, 1)
@@ -546,8 +513,7 @@ def test_the_example_site_config_loads():
 def test_the_daemon_plan_asks_each_protocol_in_its_own_terms(tmp_path: Path) -> None:
     from meterd.collector.daemon import compile_plan, describe_plan
 
-    (tmp_path / "maps").mkdir()
-    (tmp_path / "maps" / "mine.toml").write_text(MY_MAP, encoding="utf-8")
+    write_my_map(tmp_path)
     plans = compile_plan(load_config(write(tmp_path, MIXED)))
     text = "\n".join(describe_plan(plans))
     assert "dlt645-2007 items 00010000 02010100: 000000000001" in text
@@ -588,17 +554,15 @@ def test_modbus_meter_problems(tmp_path: Path, fragment: str, expected: str) -> 
 
 
 def test_an_invalid_map_stops_start_up_naming_file_and_key(tmp_path: Path) -> None:
-    (tmp_path / "maps").mkdir()
     bad = MY_MAP.replace('address = 2\ntype = "u16"', 'address = 1\ntype = "u16"')  # overlaps the u32
-    (tmp_path / "maps" / "mine.toml").write_text(bad, encoding="utf-8")
+    write_my_map(tmp_path, bad)
     found = problems_of(MIXED, tmp_path)
     hit = [p for p in found if "mine.toml" in p and "register[1]" in p]
     assert hit and "meters[3].model" in hit[0] and "overlap" in hit[0], found
 
 
 def test_a_quantity_a_meter_cannot_deliver_is_named_with_meter_and_model(tmp_path: Path) -> None:
-    (tmp_path / "maps").mkdir()
-    (tmp_path / "maps" / "mine.toml").write_text(MY_MAP, encoding="utf-8")
+    write_my_map(tmp_path)
     found = problems_of(MIXED.replace('"voltage.a"]', '"voltage.a", "frequency"]'), tmp_path)
     assert any("meters[3] (000000000004, modbus model mine) has no register for frequency" in p for p in found), found
     assert any("meters[1] (000000000002, dlt645-1997) has no identifier for frequency" in p for p in found), found
@@ -615,8 +579,7 @@ def test_unknown_quantity_and_1997_items(tmp_path: Path) -> None:
 
 def test_a_poll_that_reads_nothing_from_a_meter(tmp_path: Path) -> None:
     text = MIXED.replace('quantities = ["energy.active.import.total", "voltage.a"]', 'items = ["00010000"]')
-    (tmp_path / "maps").mkdir()
-    (tmp_path / "maps" / "mine.toml").write_text(MY_MAP, encoding="utf-8")
+    write_my_map(tmp_path)
     found = problems_of(text, tmp_path)
     assert any("reads nothing from meters[1] (000000000002, dlt645-1997): give items_1997" in p for p in found), found
     assert any("reads nothing from meters[2]" in p and "quantities" in p for p in found), found

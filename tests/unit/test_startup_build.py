@@ -23,41 +23,11 @@ from meterd.collector.door import Door, bounds
 from meterd.config import load_config, parse_config
 from meterd.config.loader import check_depth
 from meterd.errors import ConfigError
-
-MY_MAP = """
-[model]
-name = "mine"
-manufacturer = "me"
-source = "the manual"
-primary = false
-
-[[register]]
-quantity = "energy.active.import.total"
-address = 0
-type = "u32"
-scale = "0.01"
-unit = "kWh"
-
-[[register]]
-quantity = "voltage.a"
-address = 2
-type = "u16"
-scale = "0.1"
-unit = "V"
-"""
+from mixed_site import STORE_BUS_AND_GATEWAY, write_my_map
 
 # three channels, meters of every protocol interleaved across them in the file, two groups, a
 # poll for everyone, one for a group, one for a group plus listed meters, one for listed meters
-FLEET = """
-[store]
-data_dir = "data"
-
-[channels.bus]
-serial = { device = "/dev/ttyUSB0" }
-
-[channels.gw]
-tcp = { host = "10.0.0.9", port = 502 }
-
+FLEET = STORE_BUS_AND_GATEWAY + """
 [channels.spare]
 tcp = { host = "10.0.0.10", port = 9000 }
 
@@ -148,8 +118,7 @@ items = ["00010000"]
 
 
 def load(tmp_path: Path, text: str = FLEET):
-    (tmp_path / "maps").mkdir(exist_ok=True)
-    (tmp_path / "maps" / "mine.toml").write_text(MY_MAP, encoding="utf-8")
+    write_my_map(tmp_path)
     path = tmp_path / "site.toml"
     path.write_text(textwrap.dedent(text), encoding="utf-8")
     return load_config(path)
