@@ -345,6 +345,6 @@ def test_human_output_reads_as_text(meterd_cli, site, tmp_path):
     assert "protected          no" in show and "balance            20.00 yuan" in show
     assert "thresholds         trip -10 (this account's own" in show
     assert ("meter 000000000001 ×50: relay closed, commanded closed, pre-trip alarm on, meter 保电 off "
-            "(read 2026-11-02 10:00:00+08:00)") in show
+            "(confirmed 2026-11-02 10:00:00+08:00)") in show
     assert "protected          yes (保电, from the archive)" in outputs["show H1"]
     assert "+08:00" in outputs["ledger"] and "+08:00" in outputs["commands"]

@@ -292,7 +292,9 @@ def _relay_text(found: tuple[datetime, dict[str, Any]] | None, zone: tzinfo) -> 
             parts.append(words[0] if value else words[1])
         else:
             parts.append(f"{key} {'yes' if value is True else 'no' if value is False else value}")
-    return f"{', '.join(parts) or 'no flags read'} (read {_local(at, zone)})"
+    # the stored state's time: when these flags were last confirmed (a read-back, or a poll that found them
+    # changed, or one at least RELAY_REFRESH after it), not necessarily the newest poll
+    return f"{', '.join(parts) or 'no flags read'} (confirmed {_local(at, zone)})"
 
 
 def _thresholds_text(a: Any) -> str:
