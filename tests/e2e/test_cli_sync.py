@@ -6,56 +6,15 @@ from __future__ import annotations
 
 import json
 
-SITE = """
-[store]
-data_dir = "data"
-[channels.bus1]
-tcp = { host = "127.0.0.1", port = 9 }
-[[meters]]
-address = "000000000001"
-channel = "bus1"
-[[meters]]
-address = "000000000002"
-channel = "bus1"
-[[polls]]
-name = "p"
-interval = 60
-quantities = ["energy.active.import.total"]
+from sync_site import PAYMENTS_JOB, READINGS_JOB, payments_inbox, sync_site
 
-[prepaid]
-[[prepaid.tariffs]]
-name = "res"
-[[prepaid.tariffs.versions]]
-effective = 2026-01-01
-kind = "flat"
-price = "0.5"
-[[prepaid.accounts]]
-account = "A1"
-tariff = "res"
-meters = ["000000000001"]
-[[prepaid.accounts]]
-account = "A2"
-tariff = "res"
-meters = ["000000000002"]
-
-[[sync.jobs]]
-name = "payments"
-kind = "import_payments"
-folder = "billing/payments"
-
-[[sync.jobs]]
-name = "readings"
-kind = "export_readings"
-folder = "billing/readings"
-format = "json"
-"""
+SITE = sync_site({"A1": "000000000001", "A2": "000000000002"}, (PAYMENTS_JOB, READINGS_JOB))
 
 
 def test_payments_from_a_drop_folder_once_with_quarantine(run_meterd, tmp_path):
     (tmp_path / "site.toml").write_text(SITE)
     assert run_meterd("account", "list", "-c", "site.toml").returncode == 0  # the config's accounts are written
-    inbox = tmp_path / "billing" / "payments" / "inbox"
-    inbox.mkdir(parents=True)
+    inbox = payments_inbox(tmp_path)
     text = ("payment_id,account,amount,paid_at,channel\n"
             "P1,A1,100.00,2026-11-20 10:00:00,营业厅\n"
             "P2,A2,50.5,2026-11-20 11:00:00,网银\n"
@@ -100,8 +59,7 @@ def test_status_and_quarantine_as_csv(run_meterd, tmp_path):
     import io
 
     (tmp_path / "site.toml").write_text(SITE)
-    inbox = tmp_path / "billing" / "payments" / "inbox"
-    inbox.mkdir(parents=True)
+    inbox = payments_inbox(tmp_path)
     (inbox / "p.csv").write_text("payment_id,account,amount,paid_at\nP1,NOPE,1,2026-11-20 10:00:00\n")
     assert run_meterd("sync", "run", "payments", "-c", "site.toml").returncode == 0
     rows = list(csv.DictReader(io.StringIO(run_meterd("sync", "quarantine", "-c", "site.toml", "--csv", "-").stdout)))

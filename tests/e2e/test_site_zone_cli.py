@@ -33,32 +33,12 @@ from meterd.analytics.outages import OutageFinding, OutageStore
 from meterd.control.state import ControlStore
 from meterd.readings import Reading
 from meterd.storage.sqlite import Attempt, SqliteStore
+from sync_site import payments_inbox, sync_site
 
 DAY = date(2026, 11, 20)  # the site's day the data straddles the start of
 METER = "000000000001"
 
-SITE = """
-{site}
-[store]
-data_dir = "data"
-keep_attempts = "30d"
-
-[channels.bus1]
-tcp = {{ host = "127.0.0.1", port = 9 }}
-
-[[meters]]
-address = "000000000001"
-channel = "bus1"
-
-[[meters]]
-address = "000000000002"
-channel = "bus1"
-
-[[polls]]
-name = "p"
-interval = 3600
-quantities = ["energy.active.import.total"]
-
+TOPOLOGY = """
 [[topology.units]]
 name = "TA1"
 [[topology.points]]
@@ -69,23 +49,6 @@ role = "supply"
 meter = "2"
 unit = "TA1"
 role = "sales"
-
-[prepaid]
-[[prepaid.tariffs]]
-name = "res"
-[[prepaid.tariffs.versions]]
-effective = 2026-01-01
-kind = "flat"
-price = "0.5"
-[[prepaid.accounts]]
-account = "A1"
-tariff = "res"
-meters = ["000000000001"]
-
-[[sync.jobs]]
-name = "payments"
-kind = "import_payments"
-folder = "billing/payments"
 """
 
 # A date and a time, with whatever follows it that could be an offset.
@@ -129,7 +92,9 @@ def site(request, tmp_path):
     """``None``: a config without ``[site]``, Asia/Shanghai."""
     name = request.param or "Asia/Shanghai"
     zone = ZoneInfo(name)
-    (tmp_path / "site.toml").write_text(SITE.format(site=f'[site]\ntimezone = "{name}"\n' if request.param else ""))
+    head = f'[site]\ntimezone = "{name}"\n' if request.param else ""
+    (tmp_path / "site.toml").write_text(sync_site({"A1": METER}, interval=3600, head=head,
+                                                  store='keep_attempts = "30d"\n', topology=TOPOLOGY))
     data = tmp_path / "data"
     data.mkdir()
     midnight = datetime.combine(DAY, datetime.min.time(), zone)
@@ -147,8 +112,7 @@ def site(request, tmp_path):
         anomalies.update([Finding(METER, Kind.NO_DATA, Severity.WARNING, after, "no data for 25.0 h", ())], [], after)
     with OutageStore(data) as outages:
         outages.update([OutageFinding("TA1", after, (METER,), Decimal(1))], after, lambda m: "A1")
-    inbox = tmp_path / "billing" / "payments" / "inbox"
-    inbox.mkdir(parents=True)
+    inbox = payments_inbox(tmp_path)
     (inbox / "day1.csv").write_text("payment_id,account,amount,paid_at,channel\n"
                                     "P1,A1,20.00,2026-11-20 00:30:00,counter\n"
                                     "P2,NOPE,5,2026-11-20,counter\n")  # quoted raw in the quarantine: no time
