@@ -12,8 +12,9 @@ wire timing, or over TCP like a serial server / transparent DTU / Modbus TCP gat
 Terminals in front of buses: :mod:`.dtu` (transparent GPRS DTUs), :mod:`.mqtt_terminal`, and
 :mod:`.gdw_terminal` / :mod:`.concentrator` (Q/GDW 1376.1 concentrators: the terminal's own
 collections, frozen data, events and control, and its dial-in link); :mod:`.dialler` is the dial-in
-(connect, back off, dial again) the DTUs and concentrators share, :mod:`.faults` what every fault plan
-checks; :mod:`.shard` starts fleets.
+(connect, back off, dial again) the DTUs and concentrators share, :mod:`.lifecycle` how the terminals
+and their fleets start and stop, :mod:`.faults` what every fault plan checks; :mod:`.shard` starts
+fleets.
 
 May import ``meterd.protocols``, ``meterd.errors``, ``meterd.clock`` and ``meterd.readings`` only -- never the
 collector's polling engine, so a simulator and the master can never share a bug.

@@ -46,9 +46,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import ClassVar, Final, Self
+from typing import ClassVar, Final
 
-from meterd.errors import LinkError, ProtocolError
+from meterd.errors import ProtocolError
 from meterd.protocols.dlt645.frame import normalize_address
 from meterd.protocols.gdw1376.catalogue import Heartbeat
 from meterd.protocols.gdw1376.frame import (
@@ -67,6 +67,7 @@ from meterd.simulators.dialler import Backoff, Dialler
 from meterd.simulators.dlt645 import Dlt645Bus, fires
 from meterd.simulators.faults import FaultProbabilities
 from meterd.simulators.gdw_terminal import DEFAULT_COLLECT, Gdw1376Terminal
+from meterd.simulators.lifecycle import DialInTerminal, Link, TerminalFleet
 from meterd.simulators.model import MeterModel
 from meterd.simulators.serve import SimClock
 
@@ -144,21 +145,19 @@ class ConcentratorStats:
         return out
 
 
-class _Link:
-    """One TCP connection."""
+class _Link(Link):
+    """One TCP connection: the task reading it, the login and the confirmations awaited."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+        super().__init__(reader, writer)
         self.reader_task: asyncio.Task[None] | None = None
-        self.dropped = False
-        self.ended = asyncio.Event()
         self.logged_in = asyncio.Event()
         self.waiting: dict[int, asyncio.Future[bool]] = {}  # PSEQ -> the master's confirmation
 
 
-class ConcentratorSimulator:
-    """One terminal dialling ``host:port``.  See the module doc."""
+class ConcentratorSimulator(DialInTerminal[_Link]):
+    """One terminal dialling ``host:port``.  See the module doc (life cycle, ``drop``, ``send``
+    and ``wait_disconnected``: :class:`~meterd.simulators.lifecycle.DialInTerminal`)."""
 
     def __init__(
         self,
@@ -208,13 +207,13 @@ class ConcentratorSimulator:
         self.tick = tick
         self.turnaround = turnaround
         self.faults = faults or ConcentratorFaults()
-        self.stats = ConcentratorStats()
+        self.stats: ConcentratorStats = ConcentratorStats()
         self._rng = random.Random(seed)
         self._pseq = 0
-        self._link: _Link | None = None
+        self._link = None
         self._dialler = Dialler(self, who, log)
-        self._runner: asyncio.Task[None] | None = None
-        self._ticker: asyncio.Task[None] | None = None
+        self._dialling = None  # dialling, logging in and heart-beating, for as long as it runs
+        self._ticker = None
         self._powered = asyncio.Event()
         self._powered.set()
         self._first_delay = 0.0
@@ -236,11 +235,6 @@ class ConcentratorSimulator:
         return self.terminal.address.key
 
     @property
-    def connected(self) -> bool:
-        link = self._link
-        return link is not None and not link.ended.is_set()
-
-    @property
     def logged_in(self) -> bool:
         link = self._link
         return link is not None and not link.ended.is_set() and link.logged_in.is_set()
@@ -254,25 +248,8 @@ class ConcentratorSimulator:
         self._first_delay = delay
         if self.tick and self._ticker is None:
             self._ticker = asyncio.create_task(self._tick(), name=f"sim-gdw-tick {self.key}")
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._run(), name=f"sim-gdw {self.key}")
-
-    async def close(self) -> None:
-        self._dialler.closing = True
-        for task in (self._runner, self._ticker):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        self._runner = self._ticker = None
-        await self._end(abort=False)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        if self._dialling is None:
+            self._dialling = asyncio.create_task(self._run(), name=f"sim-gdw {self.key}")
 
     async def wait_logged_in(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until a connection is logged in; whether one is."""
@@ -297,42 +274,19 @@ class ConcentratorSimulator:
                 await asyncio.sleep(min(0.01, max(0.0, deadline - loop.time())))
         return True
 
-    async def wait_disconnected(self, timeout: float) -> bool:
-        link = self._link
-        if link is None:
-            return True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(link.ended.wait(), timeout)
-        return link.ended.is_set()
-
     # --- commands --------------------------------------------------------------------------------
-
-    async def drop(self) -> None:
-        """Lose the connection now (abort, no goodbye); it dials again after ``reconnect_delay``."""
-        if self.connected:
-            self.stats.drops += 1
-        await self._end(abort=True)
 
     async def power_down(self, *, meters: bool = True) -> None:
         """The terminal (with ``meters``: its whole area) loses its supply: the connection dies,
         nothing is collected or dialled until :meth:`power_up`."""
         self.terminal.power_down(self.clock(), meters=meters)
         self._powered.clear()
-        if self.connected:
-            self.stats.drops += 1
-        await self._end(abort=True)
+        await self.drop()
 
     async def power_up(self, *, meters: bool = True) -> None:
         """Supply back: ERC14 written, the terminal dials and logs in again."""
         self.terminal.power_up(self.clock(), meters=meters)
         self._powered.set()
-
-    async def send(self, data: bytes) -> None:
-        """Write raw bytes to the master (noise, a frame of a test's making)."""
-        link = self._link
-        if link is None or link.ended.is_set():
-            raise LinkError(f"concentrator {self.key} is not connected")
-        await self._write(link, data)
 
     # --- dialling, login, heartbeat --------------------------------------------------------------
 
@@ -449,11 +403,6 @@ class ConcentratorSimulator:
             if not waiter.done():
                 waiter.set_result(False)
         link.ended.set()
-
-    async def _write(self, link: _Link, data: bytes) -> None:
-        link.writer.write(data)
-        self.stats.tx_bytes += len(data)
-        await link.writer.drain()
 
     # --- answering -------------------------------------------------------------------------------
 
@@ -590,7 +539,7 @@ def concentrator_layout(n: int, meters: int, *, first_address: str | int = "0000
 
 
 @dataclass(slots=True)
-class ConcentratorFleet:
+class ConcentratorFleet(TerminalFleet):
     """Running concentrators; ``meters`` maps ``RRRR-TTTT`` to its meters as (address, pn)."""
 
     concentrators: list[ConcentratorSimulator]
@@ -607,14 +556,8 @@ class ConcentratorFleet:
         results = await asyncio.gather(*(c.wait_logged_in(timeout) for c in self.concentrators))
         return all(results)
 
-    async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self.concentrators), return_exceptions=True)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    def _members(self) -> list[ConcentratorSimulator]:
+        return self.concentrators
 
 
 def build_concentrators(

@@ -52,14 +52,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Protocol, Self
+from typing import Any, Final, Protocol
 
 from meterd.clock import Clock
-from meterd.errors import LinkError
 from meterd.protocols.dlt645.frame import Frame, StreamDecoder, encode_frame, normalize_address
 from meterd.protocols.modbus import get_map
 from meterd.simulators.dialler import Backoff, Dialler
 from meterd.simulators.dlt645 import Dlt645Bus, Reply
+from meterd.simulators.lifecycle import DialInTerminal, Link, TerminalFleet
 from meterd.simulators.modbus import ModbusBus
 from meterd.simulators.model import MeterModel
 from meterd.simulators.serve import SimClock
@@ -157,19 +157,17 @@ class DtuSimStats:
         return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
 
 
-class _Link:
-    """One TCP connection of the simulator."""
+class _Link(Link):
+    """One TCP connection of the simulator, with the tasks serving it."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+        super().__init__(reader, writer)
         self.tasks: list[asyncio.Task[None]] = []
-        self.dropped = False
-        self.ended = asyncio.Event()
 
 
-class DtuSimulator:
-    """A transparent DTU with ``bus`` behind it, dialling ``host:port``."""
+class DtuSimulator(DialInTerminal[_Link]):
+    """A transparent DTU with ``bus`` behind it, dialling ``host:port`` (life cycle, ``drop``,
+    ``send`` and ``wait_disconnected``: :class:`~meterd.simulators.lifecycle.DialInTerminal`)."""
 
     def __init__(
         self,
@@ -224,21 +222,16 @@ class DtuSimulator:
         self.connect_timeout = connect_timeout
         self.answering = True
         self.heartbeating = True
-        self.stats = DtuSimStats()
-        self._link: _Link | None = None
+        self.stats: DtuSimStats = DtuSimStats()
+        self._link = None
         self._cut: int | None = None
         self._dialler = Dialler(self, f"DTU {terminal_id}", log)
-        self._ticker: asyncio.Task[None] | None = None
-        self._redial: asyncio.Task[None] | None = None
+        self._ticker = None
+        self._dialling = None  # dialling again after a lost connection
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "down"
         return f"DtuSimulator({self.terminal_id!r} -> {self.host}:{self.port}, {state}, meters={self.bus.addresses})"
-
-    @property
-    def connected(self) -> bool:
-        link = self._link
-        return link is not None and not link.ended.is_set()
 
     @property
     def meters(self) -> list[str]:
@@ -253,38 +246,15 @@ class DtuSimulator:
             self._ticker = asyncio.create_task(self._tick(), name=f"sim-dtu-tick {self.terminal_id}")
         await self._connect()
 
-    async def close(self) -> None:
-        self._dialler.closing = True
-        for task in (self._redial, self._ticker):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        self._redial = self._ticker = None
-        await self._end(abort=False)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     # --- commands --------------------------------------------------------------------------------
-
-    async def drop(self) -> None:
-        """Lose the connection now (abort: no goodbye), like losing mobile coverage."""
-        if self._link is not None:
-            self.stats.drops += 1
-        await self._end(abort=True)
 
     async def reconnect(self) -> None:
         """Drop the connection if there is one, then dial and register again."""
         if self.connected:
             await self.drop()
-        if self._redial is not None:
-            self._redial.cancel()
-            self._redial = None
+        if self._dialling is not None:
+            self._dialling.cancel()
+            self._dialling = None
         await self._connect()
 
     def stop_heartbeat(self) -> None:
@@ -296,22 +266,6 @@ class DtuSimulator:
     def cut_next_reply(self, keep: int) -> None:
         """Send only the first ``keep`` bytes of the next reply, then drop the connection."""
         self._cut = max(0, keep)
-
-    async def send(self, data: bytes) -> None:
-        """Write raw bytes to the master (data before registering, noise, a heartbeat ...)."""
-        link = self._link
-        if link is None or link.ended.is_set():
-            raise LinkError(f"DTU {self.terminal_id} is not connected")
-        await self._write(link, data)
-
-    async def wait_disconnected(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the current connection to end; whether it has."""
-        link = self._link
-        if link is None:
-            return True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(link.ended.wait(), timeout)
-        return link.ended.is_set()
 
     # --- internals ---------------------------------------------------------------------------------
 
@@ -351,11 +305,6 @@ class DtuSimulator:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(link.writer.wait_closed(), 1.0)
         link.ended.set()
-
-    async def _write(self, link: _Link, data: bytes) -> None:
-        link.writer.write(data)
-        self.stats.tx_bytes += len(data)
-        await link.writer.drain()
 
     def _decoder(self) -> Any:
         return self.bus.decoder() if isinstance(self.bus, ModbusBus) else StreamDecoder()
@@ -444,7 +393,7 @@ class DtuSimulator:
         if self._link is link:
             self._link = None
         if self.reconnect_delay is not None and not self._dialler.closing:
-            self._redial = asyncio.create_task(self._dial_again(), name=f"sim-dtu-redial {self.terminal_id}")
+            self._dialling = asyncio.create_task(self._dial_again(), name=f"sim-dtu-redial {self.terminal_id}")
 
     async def _dial_again(self) -> None:
         """After ``reconnect_delay`` seconds, dial until connected, every ``reconnect_delay`` seconds."""
@@ -492,7 +441,7 @@ class DtuSimulator:
 
 
 @dataclass(slots=True)
-class DtuFleet:
+class DtuFleet(TerminalFleet):
     """Running DTU simulators.  ``meters`` maps a terminal id to the addresses behind it; for
     Modbus DTUs ``units`` maps a meter address to its unit id."""
 
@@ -516,14 +465,8 @@ class DtuFleet:
         """terminal id -> channel name (``channel`` formatted with ``terminal_id`` and ``index``, from 1)."""
         return {d.terminal_id: channel.format(terminal_id=d.terminal_id, index=i + 1) for i, d in enumerate(self.dtus)}
 
-    async def close(self) -> None:
-        await asyncio.gather(*(d.close() for d in self.dtus), return_exceptions=True)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    def _members(self) -> list[DtuSimulator]:
+        return self.dtus
 
 
 async def run_dtu_fleet(

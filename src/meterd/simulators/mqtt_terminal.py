@@ -37,10 +37,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, tzinfo
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -64,6 +64,7 @@ from meterd.protocols.terminal.mqtt import (
 )
 from meterd.readings import Reading
 from meterd.simulators.dlt645 import Dlt645Bus
+from meterd.simulators.lifecycle import Running, TerminalFleet
 from meterd.simulators.modbus import ModbusBus
 from meterd.simulators.model import MeterModel
 from meterd.simulators.serve import SimClock
@@ -98,7 +99,7 @@ class TerminalStats:
         return asdict(self)
 
 
-class MqttTerminal:
+class MqttTerminal(Running):
     """One simulated terminal with its bus.  See the module doc."""
 
     def __init__(
@@ -226,13 +227,6 @@ class MqttTerminal:
             client.disconnect()
             await driver.stop()
         self.connected = False
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     def _detach(self) -> tuple[mqtt.Client | None, PahoDriver | None]:
         client, self._client = self._client, None
@@ -447,7 +441,7 @@ class MqttTerminal:
 
 
 @dataclass(slots=True)
-class MqttFleet:
+class MqttFleet(TerminalFleet):
     """Running terminals, by id, sharing one simulated clock."""
 
     terminals: dict[str, MqttTerminal]
@@ -461,14 +455,8 @@ class MqttFleet:
     def addresses(self, tid: str) -> list[str]:
         return self.terminals[tid].addresses
 
-    async def close(self) -> None:
-        await asyncio.gather(*(t.close() for t in self.terminals.values()), return_exceptions=True)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    def _members(self) -> Iterable[MqttTerminal]:
+        return self.terminals.values()
 
 
 def terminal_id(n: int) -> str:
