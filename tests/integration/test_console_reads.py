@@ -76,3 +76,46 @@ def test_commands_of_an_account_page_by_page(store):
     assert [c.meter for c in store.commands(account="A1", before=mine[0].id, limit=5)] == ["000000000001"]
     assert [c.meter for c in store.commands(account="A2", meter="000000000003", state="queued")] == ["000000000003"]
     assert store.commands(account="A2", state="sent") == []
+
+
+def test_a_ledger_page_carries_the_balance_after_each_entry_from_the_whole_ledger(store):
+    store.activate("A1", "10.00", "OPEN-1", actor="test", now=NOW)
+    moves = [("pay", "5.50"), ("adjust", "-1.25"), ("pay", "0.01"), ("adjust", "3.00"), ("pay", "20.00"),
+             ("adjust", "-0.99"), ("pay", "7.77")]
+    for n, (what, amount) in enumerate(moves):
+        at = NOW + timedelta(hours=n + 1)
+        if what == "pay":
+            store.pay("A1", amount, f"P{n}", actor="counter", now=at)
+        else:
+            store.adjust("A1", amount, f"J{n}", actor="li", now=at, reason="test")
+    whole = store.ledger("A1")
+    running, after = Decimal("0.00"), {}
+    for row in whole:  # the balance after each entry, worked out here from the whole ledger
+        running += row.amount
+        after[row.seq] = running
+    assert running == store.balance("A1") == Decimal("44.04")
+    pages, before = [], None
+    while page := store.ledger_page("A1", before=before, limit=3):
+        pages.append(page)
+        before = page[-1][0].seq
+    assert [len(p) for p in pages] == [3, 3, 2]
+    listed = [pair for p in pages for pair in p]
+    assert [r.seq for r, _ in listed] == [r.seq for r in reversed(whole)]  # newest first, each once
+    assert all(balance == after[r.seq] for r, balance in listed)
+    payments = store.ledger_page("A1", kind="payment", limit=10)
+    assert [r.key for r, _ in payments] == ["payment:P6", "payment:P4", "payment:P2", "payment:P0"]
+    assert [b for _, b in payments] == [after[r.seq] for r, _ in payments] == [
+        Decimal("44.04"), Decimal("37.26"), Decimal("14.26"), Decimal("15.50")]  # not the payments' own sums
+    assert store.ledger_page("A1", kind="payment", before=payments[-1][0].seq) == []
+    assert store.ledger_page("A2") == []
+
+
+def test_the_balance_over_a_period_and_the_latest_price(store):
+    store.activate("A1", "10.00", "OPEN-1", actor="test", now=NOW)
+    store.pay("A1", "5.00", "P1", actor="counter", now=NOW + timedelta(hours=1))
+    store.adjust("A1", "-2.50", "J1", actor="li", now=NOW + timedelta(hours=3), reason="test")
+    opening, moves = store.balance_movements("A1", NOW + timedelta(hours=1))
+    assert opening == Decimal("10.00")
+    assert moves == [(NOW + timedelta(hours=1), Decimal("5.00")), (NOW + timedelta(hours=3), Decimal("-2.50"))]
+    assert store.balance_movements("A1", NOW + timedelta(days=1)) == (Decimal("12.50"), [])
+    assert store.latest_price("A1") is None  # no energy charged yet

@@ -32,6 +32,7 @@ from meterd.api.app import Api, ApiError, Caller, Endpoint, _query_day, _query_t
 from meterd.api.schemas import STR, TIME, account_doc, anomaly_doc, command_doc, iso, outage_doc, reading_doc
 from meterd.api.tokens import Role
 from meterd.clock import local_date
+from meterd.control.state import LedgerRow
 from meterd.readings import address_key
 from meterd.storage.sqlite import MeterRecord
 
@@ -346,16 +347,6 @@ async def account_list(api: Api, request: Request, caller: Caller | None) -> Res
     return JSONResponse(await run_in_threadpool(work))
 
 
-def _price(api: Api, account: str) -> Decimal | None:
-    """The price of the account's latest energy charge (yuan per kWh), for the energy its balance buys."""
-    rows = api.control._read("SELECT price FROM ledger WHERE account = ? AND price IS NOT NULL AND kwh IS NOT NULL"
-                             " ORDER BY seq DESC LIMIT 1", (account,))
-    if not rows or not rows[0]["price"]:
-        return None
-    price = Decimal(rows[0]["price"])
-    return price if price > 0 else None
-
-
 async def account_page(api: Api, request: Request, caller: Caller | None) -> Response:
     """One account with its balance and remaining energy over ``days`` (default 30; hourly for 2
     days or fewer, else daily: the balance at each bucket's end), its meters' relay state and
@@ -373,19 +364,14 @@ async def account_page(api: Api, request: Request, caller: Caller | None) -> Res
         now = api.clock()
         since = max(now - timedelta(days=days), found.opened)  # nothing before the account opened
         step = _bucket(now - since)
-        rows = api.control._read("SELECT COALESCE(SUM(amount_fen), 0) AS s FROM ledger WHERE account = ? AND ts < ?",
-                                 (name, int(since.timestamp() * 1000)))
-        running = int(rows[0]["s"])
-        entries = api.control._read("SELECT ts, amount_fen FROM ledger WHERE account = ? AND ts >= ? ORDER BY ts, seq",
-                                    (name, int(since.timestamp() * 1000)))
-        price = _price(api, name)
+        balance, entries = api.control.balance_movements(name, since)
+        price = api.control.latest_price(name)
         series, index, edge = [], 0, since + step
         while edge <= now + step:
-            while index < len(entries) and entries[index]["ts"] < edge.timestamp() * 1000:
-                running += int(entries[index]["amount_fen"])
+            while index < len(entries) and entries[index][0] < edge:
+                balance += entries[index][1]
                 index += 1
             at = min(edge, now)
-            balance = Decimal(running).scaleb(-2)
             series.append({"at": at.isoformat(), "balance": str(balance),
                            "kwh": None if price is None else str((balance / price).quantize(Decimal("0.01")))})
             if edge >= now:
@@ -416,40 +402,18 @@ async def account_ledger(api: Api, request: Request, caller: Caller | None) -> R
     def work() -> dict[str, Any]:
         if api.control.account(name) is None:
             raise ApiError(404, f"unknown account {name}")
-        sql = "SELECT * FROM ledger WHERE account = ?"
-        params: list[Any] = [name]
-        if kind is not None:
-            sql += " AND kind = ?"
-            params.append(kind)
-        if cursor is not None:
-            sql += " AND seq < ?"
-            params.append(cursor)
-        rows = api.control._read(sql + " ORDER BY seq DESC LIMIT ?", (*params, limit + 1))
-        page, nxt = _page(rows, limit, lambda r: r["seq"])
-        if not page:
-            return {"account": name, "entries": [], "next": None}
-        total = api.control._read("SELECT COALESCE(SUM(amount_fen), 0) AS s FROM ledger WHERE account = ? AND seq <= ?",
-                                  (name, page[0]["seq"]))
-        running = int(total[0]["s"])
-        out = []
-        if kind is not None:  # the balance after each: from the whole ledger, not the kind's
-            for r in page:
-                (after,) = api.control._read("SELECT COALESCE(SUM(amount_fen), 0) AS s FROM ledger WHERE account = ?"
-                                             " AND seq <= ?", (name, r["seq"]))
-                out.append(_entry(r, int(after["s"]), api.zone))
-        else:
-            for r in page:
-                out.append(_entry(r, running, api.zone))
-                running -= int(r["amount_fen"])
-        return {"account": name, "entries": out, "next": nxt}
+        rows = api.control.ledger_page(name, kind=kind, before=cursor, limit=limit + 1)
+        page, nxt = _page(rows, limit, lambda r: r[0].seq)
+        # the balance after each entry: from the whole ledger, whatever kind is listed
+        return {"account": name, "entries": [_entry(r, after, api.zone) for r, after in page], "next": nxt}
     return JSONResponse(await run_in_threadpool(work))
 
 
-def _entry(r: Any, balance_fen: int, zone: tzinfo) -> dict[str, Any]:
-    return {"seq": r["seq"], "key": r["key"], "kind": r["kind"], "amount": str(Decimal(r["amount_fen"]).scaleb(-2)),
-            "at": datetime.fromtimestamp(r["ts"] / 1000, zone).isoformat(), "actor": r["actor"],
-            "detail": r["detail"], "meter": r["meter"], "kwh": r["kwh"], "price": r["price"],
-            "balance": str(Decimal(balance_fen).scaleb(-2))}
+def _entry(r: LedgerRow, balance: Decimal, zone: tzinfo) -> dict[str, Any]:
+    return {"seq": r.seq, "key": r.key, "kind": r.kind.value, "amount": str(r.amount),
+            "at": r.at.astimezone(zone).isoformat(), "actor": r.actor, "detail": r.detail, "meter": r.meter,
+            "kwh": None if r.kwh is None else str(r.kwh), "price": None if r.price is None else str(r.price),
+            "balance": str(balance)}
 
 
 # --- areas -------------------------------------------------------------------------------------

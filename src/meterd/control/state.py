@@ -415,6 +415,13 @@ def _dec(text: str | None) -> Decimal | None:
     return None if text is None else Decimal(text)
 
 
+def _ledger_row(r: Any) -> LedgerRow:
+    return LedgerRow(seq=r["seq"], key=r["key"], account=r["account"], kind=EntryKind(r["kind"]),
+                     amount=from_fen(r["amount_fen"]), at=from_ms(r["ts"]), recorded=from_ms(r["recorded_ts"]),
+                     actor=r["actor"], detail=r["detail"], meter=r["meter"], rate=r["rate"],
+                     kwh=_dec(r["kwh"]), price=_dec(r["price"]))
+
+
 # A ledger entry's fields in LedgerEntry order: what the charging hot path hands over instead of
 # building a frozen dataclass per entry (LedgerEntry(*fields) is the entry).
 EntryFields = tuple[str, str, EntryKind, Decimal, datetime, str, "str | None", "Rate | None", "Decimal | None",
@@ -1688,13 +1695,56 @@ class ControlStore(CommandStore):
         if limit is not None:
             sql = f"SELECT * FROM ({sql.replace('ORDER BY seq', 'ORDER BY seq DESC')} LIMIT ?) AS last ORDER BY seq"
             params.append(limit)
-        return [
-            LedgerRow(seq=r["seq"], key=r["key"], account=r["account"], kind=EntryKind(r["kind"]),
-                      amount=from_fen(r["amount_fen"]), at=from_ms(r["ts"]), recorded=from_ms(r["recorded_ts"]),
-                      actor=r["actor"], detail=r["detail"], meter=r["meter"], rate=r["rate"],
-                      kwh=_dec(r["kwh"]), price=_dec(r["price"]))
-            for r in self._read(sql, params)
-        ]
+        return [_ledger_row(r) for r in self._read(sql, params)]
+
+    def ledger_page(self, account: str, *, kind: EntryKind | str | None = None, before: int | None = None,
+                    limit: int = 50) -> list[tuple[LedgerRow, Decimal]]:
+        """A page of ``account``'s ledger, newest first: at most ``limit`` entries (of ``kind`` only,
+        if given) with ``seq`` below ``before``, each with the account's balance just after it --
+        from the whole ledger, whatever ``kind`` is asked for.  Two reads, whatever the page size:
+        the entries, then the movements between the page's newest and oldest entry with the sum up
+        to the newest."""
+        sql = "SELECT * FROM ledger WHERE account = ?"
+        params: list[Any] = [account]
+        if kind is not None:
+            sql += " AND kind = ?"
+            params.append(str(kind))
+        if before is not None:
+            sql += " AND seq < ?"
+            params.append(before)
+        rows = [_ledger_row(r) for r in self._read(sql + " ORDER BY seq DESC LIMIT ?", (*params, limit))]
+        if not rows:
+            return []
+        top, bottom = rows[0].seq, rows[-1].seq
+        (total,) = self._read("SELECT COALESCE(SUM(amount_fen), 0) FROM ledger WHERE account = ? AND seq <= ?",
+                              (account, top))[0]
+        running = int(total)
+        after: dict[int, int] = {}
+        for seq, fen in self._read("SELECT seq, amount_fen FROM ledger WHERE account = ? AND seq <= ? AND seq >= ?"
+                                   " ORDER BY seq DESC", (account, top, bottom)):
+            after[seq] = running
+            running -= int(fen)
+        return [(r, from_fen(after[r.seq])) for r in rows]
+
+    def balance_movements(self, account: str, since: datetime) -> tuple[Decimal, list[tuple[datetime, Decimal]]]:
+        """``account``'s balance from the entries stamped before ``since``, and each entry from
+        ``since`` on as (its time, its amount), in ledger order: the balance over a period."""
+        cut = to_ms(since)
+        (opening,) = self._read("SELECT COALESCE(SUM(amount_fen), 0) FROM ledger WHERE account = ? AND ts < ?",
+                                (account, cut))[0]
+        moves = [(from_ms(ts), from_fen(fen)) for ts, fen in self._read(
+            "SELECT ts, amount_fen FROM ledger WHERE account = ? AND ts >= ? ORDER BY ts, seq", (account, cut))]
+        return from_fen(int(opening)), moves
+
+    def latest_price(self, account: str) -> Decimal | None:
+        """The price (yuan per kWh) of ``account``'s newest energy charge; None without one, or if
+        it was not above zero."""
+        rows = self._read("SELECT price FROM ledger WHERE account = ? AND price IS NOT NULL AND kwh IS NOT NULL"
+                          " ORDER BY seq DESC LIMIT 1", (account,))
+        if not rows or not rows[0][0]:
+            return None
+        price = Decimal(rows[0][0])
+        return price if price > 0 else None
 
     def verify_balances(self) -> list[str]:
         """Accounts whose kept balance differs from the sum of their ledger, or is not an integer
