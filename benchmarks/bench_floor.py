@@ -13,8 +13,8 @@ each alone, in this process, while the other end runs in another process (its CP
   side's TCP work in the sender's system time).
 * ``paho``: one paho-mqtt client keeping ``--terminals`` requests in flight through a Mosquitto
   broker (``tests/mosquitto.py``) to a responder process that answers each on the reply topic; the
-  request is published at QoS 1 and the reply comes at QoS 0, as the daemon's are, and each
-  reply's JSON is parsed.  The client is driven the way the daemon drives its hub's, the cheapest
+  request is published at QoS 0 (``--request-qos``; the daemon's ``DOWN_QOS``) and the reply comes
+  at QoS 0, as the daemon's do, and each reply's JSON is parsed.  The client is driven the way the daemon drives its hub's, the cheapest
   way meterd has (``collector/transports/paho_loop``: paho's external-loop interface in the event
   loop, buffered reads, one write per loop iteration), not paho's own ``loop_start`` thread, which
   costs more.  The client's CPU per exchange.
@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import paho.mqtt.client as mqtt
 
+from meterd.collector.mqtt import DOWN_QOS
 from meterd.collector.transports.paho_loop import PahoDriver, new_client
 from meterd.readings import Quality, Reading
 from meterd.storage import Attempt, SqliteStore
@@ -210,7 +211,7 @@ async def _paho(args: argparse.Namespace, port: int, window: Window) -> None:
         if window.on:
             window.count += 1
         if not stop:
-            c.publish("floor/down/" + msg.topic.rsplit("/", 1)[1], MQTT_REQUEST, qos=1)
+            c.publish("floor/down/" + msg.topic.rsplit("/", 1)[1], MQTT_REQUEST, qos=args.request_qos)
 
     client.on_subscribe, client.on_message = on_subscribe, on_message
     driver = PahoDriver(client, "127.0.0.1", port, 60, on_connect=on_connect)
@@ -218,7 +219,7 @@ async def _paho(args: argparse.Namespace, port: int, window: Window) -> None:
     try:
         await asyncio.wait_for(subscribed.wait(), 10)
         for t in range(args.terminals):
-            client.publish(f"floor/down/t{t}", MQTT_REQUEST, qos=1)
+            client.publish(f"floor/down/t{t}", MQTT_REQUEST, qos=args.request_qos)
         await asyncio.sleep(2.0)  # warm-up
         window.open()
         await asyncio.sleep(args.seconds)
@@ -286,6 +287,8 @@ def main() -> None:
     ap.add_argument("--meters", type=int, default=10_000, help="meters a store round writes (default 10,000)")
     ap.add_argument("--rounds", type=int, default=20, help="store rounds of --meters x 2 reads (default 20)")
     ap.add_argument("--batch", type=int, default=500, help="readings per store batch (default 500)")
+    ap.add_argument("--request-qos", type=int, choices=(0, 1), default=DOWN_QOS,
+                    help=f"QoS of the MQTT requests (default {DOWN_QOS}, the daemon's)")
     ap.add_argument("--only", choices=("tcp", "paho", "store"), help="measure one part")
     args = ap.parse_args()
     print(f"floor per read, this process's CPU only ({os.cpu_count()} cores; the other end runs elsewhere)")

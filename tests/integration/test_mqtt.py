@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from meterd.collector.channel import Channel, FailureKind, Timing
 from meterd.collector.modbus import ModbusLink
-from meterd.collector.mqtt import MqttHub
+from meterd.collector.mqtt import DOWN_QOS, MqttHub
 from meterd.protocols.terminal.mqtt import (
     PayloadError,
     PushedReading,
@@ -119,7 +119,9 @@ class Spy:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="spy")
         c.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{root}/#", 1)
         c.on_subscribe = lambda *a: self._subscribed.set()
-        c.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload)))
+        self.qos: dict[str, set[int]] = {}  # topic kind -> the QoS the spy received it at (min of its and ours)
+        c.on_message = lambda c, u, m: (self.messages.append((m.topic, bytes(m.payload))),
+                                        self.qos.setdefault(m.topic.rsplit("/", 1)[-1], set()).add(m.qos))
         c.connect(broker.host, broker.port)
         c.loop_start()
         self.client = c
@@ -236,6 +238,7 @@ async def test_dlt645_meters_read_through_a_terminal(broker, hub, spy):
     # the wire format the docs promise
     await until(lambda: len(spy.json("up")) >= 2)
     down, up = spy.json("down"), spy.json("up")
+    assert spy.qos["down"] == {DOWN_QOS} == {0} and spy.qos["up"] == {1}  # requests at QoS 0 (docs/mqtt.md)
     assert [d["protocol"] for d in down] == ["dlt645-2007", "dlt645-1997"]
     assert [d["meter"] for d in down] == [A1, A2]
     assert len(up) == len(down) == 2

@@ -94,8 +94,15 @@ log = logging.getLogger(__name__)
 # The master takes ``up`` (replies) and ``push`` (pushed readings) at QoS 0: its session is clean,
 # so the broker drops whatever it has not delivered when the connection breaks, QoS 1 or not; over
 # a live TCP connection QoS 0 arrives just as surely, and saves a PUBACK per message on both ends.
-# Terminals still publish at QoS 1 (to the broker) and requests go out at QoS 1.
+# Terminals still publish at QoS 1 (to the broker).
 UP_QOS: Final = 0
+# Requests (``down``) go out at QoS 0 for the same reasons, and one more: a QoS 1 request that the
+# broker had not acknowledged when the connection broke is kept by paho and sent again after the
+# reconnect, long after the hub failed it (``outage_lost``) and the channel retried or gave up --
+# a stale read, or a relay command, arriving late.  At QoS 0 a request lost with the connection is
+# gone, and the channel's own retry is the only one.  The PUBACK it saves is a fifth of the
+# master's MQTT cost per read (benchmarks/bench_floor.py --only paho --request-qos 1 / 0).
+DOWN_QOS: Final = 0
 LEAVE_WAIT: Final = 2.0  # seconds close() waits for the UNSUBACK of the shared push subscription
 EXPIRED_IDS_KEPT: Final = 4096  # ids remembered as "ours, but no longer awaited" (late replies)
 REJECTS_KEPT: Final = 50
@@ -361,9 +368,8 @@ class MqttHub:
         # the id is hex digits and a dash: a JSON string as it stands
         payload = request_payload(f'"{cid}"', fields, sent, expires)
         self._pending[cid] = t
-        result = self._client.publish(t._down_topic, payload, qos=QOS)
+        result = self._client.publish(t._down_topic, payload, qos=DOWN_QOS)
         if result.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            # paho keeps a QoS 1 message and sends it after a reconnect: its reply will be late
             self._retire(cid)
             self.stats.outage_refused += 1
             raise LinkError(f"publish to terminal {t.terminal} failed: {mqtt.error_string(result.rc)}",
@@ -667,4 +673,4 @@ class MqttTransport(Transport):
         return lost
 
 
-__all__ = ["LEAVE_WAIT", "UP_QOS", "HoldsCallback", "HubStats", "MqttHub", "MqttTransport", "ReadingsCallback"]
+__all__ = ["DOWN_QOS", "LEAVE_WAIT", "UP_QOS", "HoldsCallback", "HubStats", "MqttHub", "MqttTransport", "ReadingsCallback"]
