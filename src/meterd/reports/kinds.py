@@ -8,9 +8,11 @@ disagree with ``GET /api/v1/lineloss`` or ``meterd lineloss``:
   period;
 - energy: :func:`meterd.analytics.views.energy_rows` (as ``/api/v1/energy``), both periods in one
   read of the daily registers;
-- collection quality: :meth:`meterd.storage.quality.QualityStore.report` (as ``/api/v1/quality``)
-  for each day of each period, added up: over a period a rate is the share of its days' attempts
-  (success), meter-days (data) and watched seconds (online) -- not a mean of daily rates;
+- collection quality: :meth:`meterd.storage.quality.QualityStore.days`, a few aggregate queries
+  per period giving what :meth:`~meterd.storage.quality.QualityStore.report` (as
+  ``/api/v1/quality``) counts on each of its days per area and channel, added up: over a period a
+  rate is the share of its days' attempts (success), meter-days (data) and watched seconds
+  (online) -- not a mean of daily rates;
 - balances: the accounts ``/api/v1/accounts`` lists, with their ledger summed per period
   (:class:`BalanceQueries`), a page of accounts at a time so 100,000 accounts stream.
 
@@ -24,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from meterd.clock import day_start, local_text, zone_name
 from meterd.control.state import ControlStore
@@ -32,6 +34,9 @@ from meterd.errors import ConfigError
 from meterd.reports.periods import BASE_WORDS, Periods, RangeError, Span
 from meterd.reports.workbook import Chart, Column, Report, Sheet, change, diff, fen_to_yuan, percent
 from meterd.storage.sqlite import to_ms
+
+if TYPE_CHECKING:
+    from meterd.storage.quality import QualityCell, QualityDay
 
 KINDS: Final = ("lineloss", "energy", "quality", "balances")
 #: what ``--by`` / ``by=`` may be per report (the first is the default; None: no grouping asked)
@@ -41,7 +46,7 @@ BY: Final[dict[str, tuple[str | None, ...]]] = {
     "quality": ("area", "channel"),
     "balances": ("area",),
 }
-MAX_QUALITY_DAYS: Final = 366  # the quality rollup is read a day at a time
+MAX_QUALITY_DAYS: Final = 366  # a quality report's days (its Daily sheet has one row each)
 PAGE: Final = 5000  # accounts per query of the balances report
 FLAG_WORDS: Final = {"negative_loss": "负线损 negative loss", "over_threshold": "超标 over threshold",
                      "jump": "突变 jump", "incomplete": "数据不全 incomplete"}
@@ -172,15 +177,35 @@ class _Tally:
     online: float = 0.0
     span: float = 0.0
 
-    def add(self, row: Any) -> None:
-        self.attempts += row.attempts
-        self.ok += row.ok
-        self.due += row.due
-        self.meter_days += row.meters_due
-        self.meter_days_data += row.meters_with_data
-        if row.online_seconds is not None and row.terminals:
-            self.online += row.online_seconds
-            self.span += row.span_seconds
+    def add(self, cell: QualityCell) -> None:
+        self.attempts += cell.attempts
+        self.ok += cell.ok
+        self.due += cell.attempts - cell.no_record
+        self.meter_days += cell.meters - cell.not_due
+        self.meter_days_data += cell.meters - cell.not_due - cell.no_data
+
+    def add_online(self, channels: Iterable[str], online: dict[str, tuple[float, float]]) -> None:
+        """The day's row of ``channels``: its online and watched seconds, added up channel by channel
+        in name order as :meth:`QualityStore.report` does (the same float sums), if any is watched."""
+        seconds: float | None = None
+        span = 0.0
+        for channel in sorted(channels):
+            if channel in online:
+                on, watched = online[channel]
+                seconds = (seconds or 0.0) + on
+                span += watched
+        if seconds is not None:
+            self.online += seconds
+            self.span += span
+
+    def merge(self, other: _Tally) -> None:
+        self.attempts += other.attempts
+        self.ok += other.ok
+        self.due += other.due
+        self.meter_days += other.meter_days
+        self.meter_days_data += other.meter_days_data
+        self.online += other.online
+        self.span += other.span
 
     @property
     def success(self) -> Decimal | None:
@@ -203,24 +228,31 @@ def _pp(a: Decimal | float | None, b: Decimal | float | None) -> Decimal | float
     return (a - b) * 100  # type: ignore[operator]
 
 
-def _days(span: Span) -> list[date]:
-    return [span.start + timedelta(days=i) for i in range(span.days)]
-
-
-def _quality_tallies(store: Any, span: Span, by: str, now: datetime,
+def _quality_tallies(days: list[QualityDay], span: Span, by: str,
                      daily: list[tuple[date, _Tally]]) -> dict[tuple[str, str], _Tally]:
+    """The period's tallies per area (or channel) and the total from :meth:`QualityStore.days`, and
+    the total of each of its days into ``daily`` (an empty tally for a day not yet begun): what
+    adding up the day's :meth:`QualityStore.report` rows gives, day by day."""
     out: dict[tuple[str, str], _Tally] = {}
-    for day in _days(span):
-        if day_start(day, store.zone) > now:
+    found = {d.day: d for d in days}
+    for i in range(span.days):
+        day = span.start + timedelta(days=i)
+        seen = found.get(day)
+        if seen is None:
             daily.append((day, _Tally()))
             continue
-        report = store.report(day, now=now, refresh=False)
-        rows = report.areas if by == "area" else report.channels
-        for row in rows:
-            out.setdefault((by, row.key), _Tally()).add(row)
+        channels: dict[str, set[str]] = {}
+        for (area, channel), cell in seen.cells.items():
+            key = area if by == "area" else channel
+            out.setdefault((by, key), _Tally()).add(cell)
+            channels.setdefault(key, set()).add(channel)
+        for key, names in channels.items():
+            out[(by, key)].add_online(names, seen.online)
         total = _Tally()
-        total.add(report.total)
-        out.setdefault(("total", "total"), _Tally()).add(report.total)
+        for cell in seen.cells.values():
+            total.add(cell)
+        total.add_online(seen.online, seen.online)
+        out.setdefault(("total", "total"), _Tally()).merge(total)
         daily.append((day, total))
     return out
 
@@ -254,10 +286,11 @@ def quality_report(config: Any, periods: Periods, *, now: datetime, zone: tzinfo
                               f"most {MAX_QUALITY_DAYS} days ({span.days} asked)")
     daily_now: list[tuple[date, _Tally]] = []
     daily_base: list[tuple[date, _Tally]] = []
+    rep, base = periods.report, periods.base
     with QualityStore(config.store.state, clock=lambda: now, zone=zone) as store:
         store.update()  # fold in the attempts recorded since the last look, once
-        current = _quality_tallies(store, periods.report, by, now, daily_now)
-        before = _quality_tallies(store, periods.base, by, now, daily_base)
+        current = _quality_tallies(store.days(rep.start, rep.end, now=now), rep, by, daily_now)
+        before = _quality_tallies(store.days(base.start, base.end, now=now), base, by, daily_base)
     level_words = {"area": "台区 area", "channel": "通道 channel", "total": "合计 total"}
     rows = []
     keys = sorted(set(current) | set(before), key=lambda k: (k[0] == "total", k[1]))

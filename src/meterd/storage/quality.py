@@ -51,6 +51,7 @@ way when the rollup moves the watermark past it.
 
 from __future__ import annotations
 
+import bisect
 import re
 import sqlite3
 import threading
@@ -338,6 +339,35 @@ class QualityReport:
             "meters": [r.as_dict() for r in self.meters], "channels": [r.as_dict() for r in self.channels],
             "areas": [r.as_dict() for r in self.areas], "total": self.total.as_dict(),
         }
+
+
+@dataclass(slots=True)
+class QualityCell:
+    """What :meth:`QualityStore.report` of one day counts for the meters of one area on one channel
+    (terminal): the sums a channel, area or total row of that day is made of.
+
+    ``attempts``, ``ok`` and ``no_record`` are of the rollup rows on the channel; a meter-day is
+    counted once, on the channel the report counts it on (the first of the day's channels by name
+    for a meter that moved that day, the archive's for a meter with no attempt), as not due, as
+    without data, or (the rest) with data."""
+
+    attempts: int = 0
+    ok: int = 0
+    no_record: int = 0
+    meters: int = 0
+    not_due: int = 0
+    no_data: int = 0
+
+
+@dataclass
+class QualityDay:
+    """A day of :meth:`QualityStore.days`: its cells by ``(area, channel)`` -- a pair is there when
+    the day's report has a meter row of that area on that channel -- and, per channel watched, its
+    online and watched seconds as :meth:`QualityStore.online` gives them for the day."""
+
+    day: date
+    cells: dict[tuple[str, str], QualityCell]
+    online: dict[str, tuple[float, float]]
 
 
 def merged_seconds(intervals: Iterable[tuple[datetime, datetime]], start: datetime, end: datetime) -> float:
@@ -704,6 +734,121 @@ class QualityStore:
             row.flag(self.threshold)
         return QualityReport(day, area, self.threshold, start, span_end, meter_rows, channel_rows, area_rows, total,
                              zone=self.zone)
+
+    def days(self, first: date, last: date, *, now: datetime | None = None) -> list[QualityDay]:
+        """The days ``first`` .. ``last`` that have begun by ``now`` (default: the clock), each with
+        what :meth:`report` of the day (every area) adds up in its channel, area and total rows,
+        per ``(area, channel)``: so the rows of a period are sums of cells, without a report per day.
+
+        The rollup of the whole span is read with one query, grouped in the database by day, area,
+        the channel a meter-day is counted on and the meter's archive channel, and the archive
+        with another (a meter with no rollup row on a day is counted on its archive channel,
+        without data); only a meter on several channels in a day (it moved) has its attempts of
+        that day read on their own.  The terminals' intervals are read once and cut per day.  No
+        folding: call :meth:`update` first."""
+        now = now or self.clock()
+        spans: list[tuple[date, datetime, datetime, datetime]] = []  # day, start, end, end cut at now
+        day = first
+        while day <= last:
+            start, end = day_bounds(day, self.zone)
+            if start > now:
+                break
+            spans.append((day, start, end, max(start, min(end, now))))
+            day += DAY
+        if not spans:
+            return []
+        lo, hi = spans[0][0].isoformat(), spans[-1][0].isoformat()
+        postgres = not isinstance(self._conn, sqlite3.Connection)
+        # a meter's day is counted on its first channel as Python orders names (code points), as
+        # report() does: SQLite's BINARY collation is UTF-8 byte order, which is code point order;
+        # PostgreSQL's may be a locale's
+        by_name = 'channel COLLATE "C"' if postgres else "channel"
+        ok_n = f"SUM(CASE WHEN outcome = '{OK}' THEN count ELSE 0 END)"
+        no_record_n = f"SUM(CASE WHEN outcome = '{NO_RECORD}' THEN count ELSE 0 END)"
+        with self._lock:
+            # per (day, meter), then per day, area, counting channel and archive channel (None: not
+            # in the archive); a meter on more than one channel that day (it moved) is a group of
+            # its own, so its attempts can be put on their channels below
+            meter_days = self._conn.execute(
+                "SELECT p.day, COALESCE(qa.area, ?), p.channel, m.channel,"
+                " CASE WHEN p.last <> p.channel THEN p.meter END, COUNT(*), SUM(p.n), SUM(p.ok), SUM(p.nr),"
+                " SUM(CASE WHEN p.ok = 0 AND p.n <> 0 AND p.nr = p.n THEN 1 ELSE 0 END),"
+                " SUM(CASE WHEN p.ok = 0 AND NOT (p.n <> 0 AND p.nr = p.n) THEN 1 ELSE 0 END)"
+                f" FROM (SELECT day, meter, MIN({by_name}) AS channel, MAX({by_name}) AS last, SUM(count) AS n,"
+                f"       {ok_n} AS ok, {no_record_n} AS nr"
+                "       FROM quality_daily WHERE day >= ? AND day <= ? GROUP BY day, meter) p"
+                " LEFT JOIN quality_areas qa ON qa.meter = p.meter LEFT JOIN meters m ON m.address = p.meter"
+                " GROUP BY 1, 2, 3, 4, 5", (NO_AREA, lo, hi)).fetchall()
+            archive = self._conn.execute(
+                "SELECT COALESCE(qa.area, ?), m.channel, COUNT(*) FROM meters m"
+                " LEFT JOIN quality_areas qa ON qa.meter = m.address GROUP BY 1, 2", (NO_AREA,)).fetchall()
+        cells: dict[str, dict[tuple[str, str], QualityCell]] = {d.isoformat(): {} for d, *_ in spans}
+        seen: dict[str, dict[tuple[str, str], int]] = {d: {} for d in cells}  # archive meters with rows
+        moved: dict[str, dict[str, str]] = {}  # day -> meter on several channels -> its area
+        for d, where, first_channel, kept, mover, count, n, ok, no_record, not_due, no_data in meter_days:
+            if d not in cells:  # not a day's name as the fold writes it
+                continue
+            cell = cells[d].setdefault((where, first_channel), QualityCell())
+            cell.meters += int(count)
+            cell.not_due += int(not_due)
+            cell.no_data += int(no_data)
+            if mover is None:
+                cell.attempts += int(n)
+                cell.ok += int(ok)
+                cell.no_record += int(no_record)
+            else:
+                moved.setdefault(d, {})[mover] = where
+            if kept is not None:
+                seen[d][(where, kept)] = seen[d].get((where, kept), 0) + int(count)
+        for d, movers in moved.items():  # their attempts on each of their channels
+            names = sorted(movers)
+            for i in range(0, len(names), 500):
+                chunk = names[i:i + 500]
+                with self._lock:
+                    rows = self._conn.execute(
+                        f"SELECT meter, channel, SUM(count), {ok_n}, {no_record_n} FROM quality_daily"
+                        f" WHERE day = ? AND meter IN ({', '.join('?' * len(chunk))}) GROUP BY meter, channel",
+                        (d, *chunk)).fetchall()
+                for meter, on, n, ok, no_record in rows:
+                    cell = cells[d].setdefault((movers[meter], on), QualityCell())
+                    cell.attempts += int(n)
+                    cell.ok += int(ok)
+                    cell.no_record += int(no_record)
+        for d, day_cells in cells.items():
+            for where, channel, n in archive:
+                missing = int(n) - seen[d].get((where, channel), 0)
+                if missing > 0:  # archive meters without a row that day: due, no data
+                    cell = day_cells.setdefault((where, channel), QualityCell())
+                    cell.meters += missing
+                    cell.no_data += missing
+        # each day's intervals as _intervals() reads them for [start, cut): those that overlap it,
+        # an open one ending at cut
+        starts = [to_ms(start) for _, start, _, _ in spans]
+        cuts = [to_ms(cut) for *_, cut in spans]
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT terminal, start_ts, end_ts FROM terminal_online WHERE start_ts < ?"
+                " AND (end_ts IS NULL OR end_ts > ?)", (cuts[-1], starts[0])).fetchall()
+        per_day: list[dict[str, list[tuple[datetime, datetime]]]] = [{} for _ in spans]
+        for terminal, a, b in rows:
+            i = bisect.bisect_right(cuts, a)
+            while i < len(spans) and (b is None or starts[i] < b):
+                per_day[i].setdefault(terminal, []).append((from_ms(a), spans[i][3] if b is None else from_ms(b)))
+                i += 1
+        since = self.watched_since()
+        out = []
+        for (day, start, _, cut), intervals in zip(spans, per_day, strict=True):
+            day_cells = cells[day.isoformat()]
+            online: dict[str, tuple[float, float]] = {}
+            for channel in {ch for _, ch in day_cells}:  # as online() for the day's channels
+                watched = since.get(channel)
+                if watched is None or watched >= cut:
+                    continue
+                begin = max(start, watched)
+                online[channel] = (merged_seconds(intervals.get(channel, ()), begin, cut),
+                                   (cut - begin).total_seconds())
+            out.append(QualityDay(day, day_cells, online))
+        return out
 
     def metrics(self, day: date, *, now: datetime | None = None) -> dict[str, float]:
         """Flat numbers for dashboards / Prometheus: ``quality.<level>[.<key>].<name>``.
