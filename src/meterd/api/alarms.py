@@ -73,7 +73,6 @@ from meterd.storage.alarms import (
 from meterd.storage.anomalies import AnomalyStore
 from meterd.storage.database import Location
 from meterd.storage.quality import QualityStore
-from meterd.storage.sqlite import from_ms
 
 if TYPE_CHECKING:
     from meterd.api.app import Api, Caller, Endpoint
@@ -152,14 +151,10 @@ def terminal_list(config: Any, quality: Any) -> list[dict[str, Any]]:
 def terminal_offline_since(quality: QualityStore) -> dict[str, datetime]:
     """Channel -> since when its terminal is offline, for the terminals the master has polled and
     that are not online now: the end of its last online interval, or when it was first polled if
-    it never was online.  (The online intervals are the quality store's table, read through its
-    connection and lock, as its own methods do.)"""
+    it never was online."""
     watched = quality.watched_since()
     online = quality.online_since()
-    with quality._lock:
-        rows = quality._conn.execute("SELECT terminal, MAX(end_ts) FROM terminal_online WHERE end_ts IS NOT NULL "
-                                     "GROUP BY terminal").fetchall()
-    ended = {str(t): from_ms(ts) for t, ts in rows}
+    ended = quality.last_online_end()
     return {t: max(since, ended.get(t, since)) for t, since in watched.items() if t not in online}
 
 

@@ -20,7 +20,7 @@ through the owning store's connection and lock, with the placeholders its other 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta, tzinfo
+from datetime import timedelta, tzinfo
 from decimal import Decimal
 from typing import Any, Final
 
@@ -485,13 +485,8 @@ async def terminal_page(api: Api, request: Request, caller: Caller | None) -> Re
         start = now - timedelta(days=int(text))
         channel = found["channel"]
         q = api.quality
-        with q._lock:
-            rows = q._conn.execute("SELECT start_ts, end_ts FROM terminal_online WHERE terminal = ? AND"
-                                   " (end_ts IS NULL OR end_ts > ?) ORDER BY start_ts DESC LIMIT 500",
-                                   (channel, int(start.timestamp() * 1000))).fetchall()
-            failures = q._conn.execute(
-                "SELECT meter, item, ts, outcome, detail FROM attempts WHERE channel = ? AND outcome NOT IN"
-                " ('ok', 'no_record') ORDER BY ts DESC LIMIT 50", (channel,)).fetchall()
+        intervals = q.online_intervals(channel, start, limit=500)
+        failures = q.recent_failures(channel, limit=50)
         seconds = q.online([channel], start, now).get(channel)
         meters = [m for m in (api.config.meters_on(channel) if api.config is not None else ())
                   if after is None or m.address > after]
@@ -499,15 +494,14 @@ async def terminal_page(api: Api, request: Request, caller: Caller | None) -> Re
         page, nxt = _page(meters[:limit + 1], limit, lambda m: m.address)
         owners = _owners(api, (m.address for m in page))
         return {**found, "online_share": None if not seconds or not seconds[1] else round(seconds[0] / seconds[1], 4),
-                "intervals": [{"start": datetime.fromtimestamp(a / 1000, api.zone).isoformat(),
-                               "end": None if b is None else datetime.fromtimestamp(b / 1000, api.zone).isoformat()}
-                              for a, b in rows],
+                "intervals": [{"start": a.astimezone(api.zone).isoformat(),
+                               "end": None if b is None else b.astimezone(api.zone).isoformat()}
+                              for a, b in intervals],
                 "meters_page": [{"address": m.address, "name": m.name, "pn": m.pn, "group": m.group,
                                  "account": owners.get(m.address)} for m in page],
                 "next": nxt,
-                "failures": [{"meter": r[0], "item": r[1],
-                              "at": datetime.fromtimestamp(r[2] / 1000, api.zone).isoformat(), "outcome": r[3],
-                              "detail": r[4]} for r in failures]}
+                "failures": [{"meter": f.meter, "item": f.item, "at": f.timestamp.astimezone(api.zone).isoformat(),
+                              "outcome": f.outcome, "detail": f.detail} for f in failures]}
     return JSONResponse(await run_in_threadpool(work))
 
 

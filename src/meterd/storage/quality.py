@@ -618,6 +618,32 @@ class QualityStore:
                                       " GROUP BY terminal").fetchall()
         return {r[0]: from_ms(r[1]) for r in rows}
 
+    def last_online_end(self) -> dict[str, datetime]:
+        """Each terminal's latest end of an online interval (terminals never offline are left out)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT terminal, MAX(end_ts) FROM terminal_online WHERE end_ts IS NOT NULL"
+                                      " GROUP BY terminal").fetchall()
+        return {str(t): from_ms(ts) for t, ts in rows}
+
+    def online_intervals(self, terminal: str, since: datetime, *, limit: int = 500) -> list[tuple[datetime,
+                                                                                                    datetime | None]]:
+        """``terminal``'s online intervals that end after ``since`` (or have not ended: None), newest
+        first, at most ``limit``."""
+        with self._lock:
+            rows = self._conn.execute("SELECT start_ts, end_ts FROM terminal_online WHERE terminal = ? AND"
+                                      " (end_ts IS NULL OR end_ts > ?) ORDER BY start_ts DESC LIMIT ?",
+                                      (terminal, to_ms(since), limit)).fetchall()
+        return [(from_ms(a), None if b is None else from_ms(b)) for a, b in rows]
+
+    def recent_failures(self, channel: str, *, limit: int = 50) -> list[Attempt]:
+        """The newest attempts on ``channel`` that failed (every outcome but ``ok`` and ``no_record``),
+        newest first, at most ``limit``."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT meter, channel, item, ts, outcome, latency, detail FROM attempts WHERE channel = ? AND"
+                " outcome NOT IN ('ok', 'no_record') ORDER BY ts DESC LIMIT ?", (channel, limit)).fetchall()
+        return [Attempt(m, c, i, from_ms(ts), o, lat, d) for m, c, i, ts, o, lat, d in rows]
+
     # --- areas ---------------------------------------------------------------------------------
 
     def set_areas(self, areas: Mapping[str, str]) -> int:
