@@ -75,14 +75,16 @@ async def echo_ep(request: Request) -> JSONResponse:
 
 @contextlib.contextmanager
 def guarded(max_connections: int, header_timeout: float, keep_alive: float = 30.0,
-            gate: Gate | None = None) -> Iterator[tuple[int, ConnectionGuard]]:
+            gate: Gate | None = None, loop: str = "asyncio") -> Iterator[tuple[int, ConnectionGuard]]:
     gate = gate or Gate()
     app = Starlette(routes=[Route("/healthz", healthz_ep), Route("/slow", gate.slow),
                             Route("/echo", echo_ep, methods=["POST"])])
     guard = ConnectionGuard(max_connections, header_timeout)
     port = free_port()
+    # the daemon serves the API on its own asyncio loop; uvicorn's "auto" would take uvloop when installed
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
-                                           http=guard.protocol(), timeout_keep_alive=keep_alive))  # type: ignore[arg-type]
+                                           http=guard.protocol(), timeout_keep_alive=keep_alive,  # type: ignore[arg-type]
+                                           loop=loop))  # type: ignore[arg-type]
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -217,9 +219,13 @@ def test_at_the_cap_the_longest_waiting_idle_connection_makes_room():
             s.close()
 
 
-def test_at_the_cap_with_every_connection_busy_a_newcomer_is_answered_503_at_once():
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_at_the_cap_with_every_connection_busy_a_newcomer_is_answered_503_at_once(loop):
+    # uvloop: its transports are no asyncio.WriteTransport, which the guard asserted (a traceback, no 503)
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
     gate = Gate()
-    with guarded(max_connections=3, header_timeout=30.0, gate=gate) as (port, guard):
+    with guarded(max_connections=3, header_timeout=30.0, gate=gate, loop=loop) as (port, guard):
         busy = [connect(port, b"GET /slow HTTP/1.1\r\nHost: meterd\r\n\r\n") for _ in range(3)]
         deadline = time.monotonic() + WAIT
         while gate.entered < 3 and time.monotonic() < deadline:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, cast
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -129,9 +129,9 @@ class GuardedH11Protocol(H11Protocol):
             self.guard.refused += 1
             self.guard.log.log(log, logging.WARNING, "HTTP API connections refused", "HTTP API: all %d connections are in the middle of "
                          "a request; new connections are answered 503", self.guard.max_connections)
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(BUSY_RESPONSE)
-            transport.close()
+            writer = cast(asyncio.WriteTransport, transport)  # uvloop's transports are no subclass of it
+            writer.write(BUSY_RESPONSE)
+            writer.close()
             return
         self._counted = self._served = True
         super().connection_made(transport)  # type: ignore[arg-type]
