@@ -20,7 +20,7 @@ from meterd.collector.channel import Channel, FailureKind, Timing, TransactionEr
 from meterd.collector.dtu import DtuListener
 from meterd.collector.modbus import ModbusLink
 from meterd.collector.poll import MeterTarget, poll_meter
-from meterd.errors import LinkError
+from meterd.errors import ConfigError, LinkError
 from meterd.protocols.dlt645 import catalogue
 from meterd.protocols.dlt645.frame import PREAMBLE, StreamDecoder, encode_frame
 from meterd.protocols.dlt645.messages import ReadRequest, decode_response, encode_request
@@ -333,7 +333,7 @@ async def test_broken_registrations_are_rejected_and_counted_other_dtus_undistur
         s = listener.status()
     assert closed == [True] * 5
     assert s["rejected"] == {"unknown_id": 0, "malformed": 2, "oversized": 2, "bad_checksum": 1,
-                             "unregistered_data": 0, "registration_timeout": 0}
+                             "unregistered_data": 0, "registration_timeout": 0, "too_many_waiting": 0}
     assert outcome == "ok" and still_up
     assert s["terminals"][T1]["registrations"] == 1 and s["terminals"][T1]["state"] == "online"
     assert s["terminals"][T2]["registrations"] == 0 and s["online"] == 1
@@ -363,6 +363,33 @@ async def test_data_before_registration_is_dropped_and_closed_at_the_deadline():
     assert 0.35 <= took < 1.0
     assert s["rejected"]["unregistered_data"] == 2 and s["rejected"]["registration_timeout"] == 1
     assert (outcome1, outcome2) == ("ok", "ok") and good.stats.connections == 1
+
+
+async def test_connections_past_max_waiting_are_reset_and_registered_dtus_are_not_held_back():
+    # a flood of connections that never register must not use up the daemon's file descriptors: at
+    # most max_waiting wait for their registration at a time, a new one past that is reset at once
+    async with listening(registration_timeout=5.0, max_waiting=2) as listener:
+        waiting = [await raw_connect(listener, b"") for _ in range(2)]
+        await until(lambda: listener.accepted == 2)
+        flood = [await raw_connect(listener, b"") for _ in range(3)]
+        for reader, _ in flood:
+            assert await closed_by_master(reader, 1.0)
+        assert listener.status()["rejected"]["too_many_waiting"] == 3 and listener.accepted == 2
+        for reader, _ in waiting:  # the two waiting are untouched
+            assert not await closed_by_master(reader, 0.1)
+        for _, writer in waiting:
+            writer.close()
+        await until(lambda: not listener._pending)
+        async with dtu(listener, T1) as good:  # room again: a DTU registers and is read
+            outcome, _, _ = await read_energy(channel(listener))
+            assert outcome == "ok" and good.stats.connections == 1
+        for _, writer in flood:
+            writer.close()
+
+
+async def test_max_waiting_must_be_at_least_one():
+    with pytest.raises(ConfigError, match="listener dtu: max_waiting 0 must be at least 1"):
+        DtuListener("127.0.0.1", 0, known={T1: "ch1"}, max_waiting=0)
 
 
 # --- statistics from the clock -----------------------------------------------------------------------

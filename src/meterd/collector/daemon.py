@@ -443,13 +443,14 @@ class Daemon:
                              if isinstance(c.link, GdwLink) and c.link.listener == lc.name}
                 self.listeners[lc.name] = GdwListener(
                     lc.host, lc.port, known=gdw_known, heartbeat_timeout=lc.heartbeat_timeout,
-                    registration_timeout=lc.registration_timeout, clock=clock, name=lc.name)
+                    registration_timeout=lc.registration_timeout, clock=clock, name=lc.name,
+                    max_waiting=lc.max_waiting)
                 continue
             known = {c.link.terminal: c.name for c in config.channels
                      if isinstance(c.link, DtuLink) and c.link.listener == lc.name}
             self.listeners[lc.name] = DtuListener(
                 lc.host, lc.port, formats=lc.formats, known=known, heartbeat_timeout=lc.heartbeat_timeout,
-                registration_timeout=lc.registration_timeout, clock=clock, name=lc.name)
+                registration_timeout=lc.registration_timeout, clock=clock, name=lc.name, max_waiting=lc.max_waiting)
         self.runners = []
         for p in self.plan:
             on_channel = config.meters_on(p.channel.name)

@@ -82,7 +82,9 @@ from typing import Final
 
 from meterd.clock import Clock, utc_now
 from meterd.collector.listener import (
+    MAX_WAITING,
     REGISTRATION_TIMEOUT,
+    TOO_MANY_WAITING,
     UNKNOWN_ID,
     UNREGISTERED_DATA,
     TerminalConnection,
@@ -107,7 +109,8 @@ from meterd.protocols.terminal.dtu import (
 log = logging.getLogger(__name__)
 
 # rejection reasons (keys of status()["rejected"]); the format's own: MALFORMED, OVERSIZED, BAD_CHECKSUM
-REJECT_REASONS: Final = (UNKNOWN_ID, MALFORMED, OVERSIZED, BAD_CHECKSUM, UNREGISTERED_DATA, REGISTRATION_TIMEOUT)
+REJECT_REASONS: Final = (UNKNOWN_ID, MALFORMED, OVERSIZED, BAD_CHECKSUM, UNREGISTERED_DATA, REGISTRATION_TIMEOUT,
+                          TOO_MANY_WAITING)
 
 PENDING_LIMIT: Final = 1024  # bytes buffered from an unregistered connection while a format wants more
 MAX_UNREGISTERED: Final = 16384  # bytes an unregistered connection may send (dropped) before it is closed
@@ -212,6 +215,7 @@ class DtuListener(TerminalListener[_Connection, _Terminal]):
         name: str = "dtu",
         check_interval: float | None = None,
         hold: float = HOLD,
+        max_waiting: int = MAX_WAITING,
     ) -> None:
         if isinstance(formats, (str, DtuFormat)):
             formats = [formats]
@@ -224,7 +228,7 @@ class DtuListener(TerminalListener[_Connection, _Terminal]):
                 problems.extend(exc.problems)
         if not formats:
             problems.append(f"listener {name}: at least one dtu format is needed")
-        problems.extend(timeout_problems(name, heartbeat_timeout, registration_timeout))
+        problems.extend(timeout_problems(name, heartbeat_timeout, registration_timeout, max_waiting))
         if not 0 <= port <= 65535:
             problems.append(f"listener {name}: port {port} must be 0..65535")
         if not problems:
@@ -234,7 +238,7 @@ class DtuListener(TerminalListener[_Connection, _Terminal]):
             raise ConfigError(problems)
         super().__init__(host, port, terminals={tid: _Terminal(tid, ch) for tid, ch in known.items()},
                          heartbeat_timeout=heartbeat_timeout, registration_timeout=registration_timeout, clock=clock,
-                         name=name, check_interval=check_interval)
+                         name=name, check_interval=check_interval, max_waiting=max_waiting)
         self.hold = hold
 
     def _log_listening(self, bound: tuple[str, int]) -> None:

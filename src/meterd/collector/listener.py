@@ -44,6 +44,13 @@ from meterd.logthrottle import LogThrottle
 UNKNOWN_ID: Final = "unknown_id"
 UNREGISTERED_DATA: Final = "unregistered_data"
 REGISTRATION_TIMEOUT: Final = "registration_timeout"
+TOO_MANY_WAITING: Final = "too_many_waiting"
+
+#: Connections at a time that have not registered yet; a new one past it is reset at once.  Each holds a
+#: file descriptor for up to ``registration_timeout``: a flood of connections (a scanner, a network
+#: device gone wrong, thousands of misconfigured DTUs) must not use up the daemon's descriptors, which
+#: its databases need too.  Registered connections are bounded by the configured terminals.
+MAX_WAITING: Final = 1024
 
 MAX_UNKNOWN_IDS: Final = 100  # distinct unknown ids remembered in status()
 
@@ -52,13 +59,17 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t is not None else None
 
 
-def timeout_problems(name: str, heartbeat_timeout: float, registration_timeout: float) -> list[str]:
-    """What is wrong with a listener's two timeouts (config problems, for a ConfigError)."""
+def timeout_problems(name: str, heartbeat_timeout: float, registration_timeout: float,
+                     max_waiting: int = MAX_WAITING) -> list[str]:
+    """What is wrong with a listener's two timeouts and its ``max_waiting`` (config problems, for a
+    ConfigError)."""
     problems = []
     if heartbeat_timeout <= 0:
         problems.append(f"listener {name}: heartbeat_timeout {heartbeat_timeout} must be > 0 seconds")
     if registration_timeout <= 0:
         problems.append(f"listener {name}: registration_timeout {registration_timeout} must be > 0 seconds")
+    if max_waiting < 1:
+        problems.append(f"listener {name}: max_waiting {max_waiting} must be at least 1")
     return problems
 
 
@@ -180,12 +191,14 @@ class TerminalListener(Generic[ConnT, TermT]):
     connection: ClassVar[type[TerminalConnection]]  # what a new connection is
 
     def __init__(self, host: str, port: int, *, terminals: Mapping[str, TermT], heartbeat_timeout: float,
-                 registration_timeout: float, clock: Clock, name: str, check_interval: float | None) -> None:
+                 registration_timeout: float, clock: Clock, name: str, check_interval: float | None,
+                 max_waiting: int = MAX_WAITING) -> None:
         self.name = name
         self.host = host
         self.port = port
         self.heartbeat_timeout = float(heartbeat_timeout)
         self.registration_timeout = float(registration_timeout)
+        self.max_waiting = max_waiting
         self.check_interval = check_interval or min(1.0, self.heartbeat_timeout / 5)
         self.clock = clock
         self._terminals: dict[str, TermT] = dict(terminals)
@@ -348,6 +361,14 @@ class TerminalListener(Generic[ConnT, TermT]):
     def _accepted(self, conn: ConnT) -> None:
         if self._server is None:
             conn.shut("listener closed", abort=True)
+            return
+        if len(self._pending) >= self.max_waiting:
+            self.rejected[TOO_MANY_WAITING] += 1
+            self._log.log(self.logger, logging.WARNING,
+                          f"{self.kind} listener {self.name}: connections rejected ({TOO_MANY_WAITING})",
+                          f"{self.kind} listener %s: connection from %s reset: %d connections are already waiting "
+                          "to register (max_waiting)", self.name, conn.peer, len(self._pending))
+            conn.shut(TOO_MANY_WAITING, abort=True)
             return
         self.accepted += 1
         self._connections.add(conn)

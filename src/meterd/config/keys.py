@@ -215,6 +215,9 @@ _SECTIONS: tuple[Section, ...] = (
         Key("heartbeat_timeout", D, "a DTU silent this long is offline and its connection closed", '"120s"'),
         Key("registration_timeout", D, "a connection that has not registered (DTU) or logged in (AFN 02 F1) by "
             "then is closed", '"10s"'),
+        Key("max_waiting", "integer 1..1000000", "connections at a time that have not registered yet; a new one "
+            "past it is reset at once and counted (`too_many_waiting`): a flood of connections cannot use up the "
+            "daemon's file descriptors", "1024"),
         Key("protocol", '"dtu" | "gdw1376"', "transparent DTUs, or Q/GDW 1376.1 terminals that log in with AFN 02 "
             "F1 and heart-beat with F3 (then no `formats`)", '"dtu"'),
     )),

@@ -756,11 +756,12 @@ def _listener(check: _Checker, path: str, name: str, raw: Any) -> ListenerConfig
     elif protocol == "gdw1376" and "formats" in table:
         check.problem(f"{path}.formats", "Q/GDW 1376.1 terminals log in with AFN 02 F1: a gdw1376 listener has no "
                       "DTU formats")
-    if None in (host, port, formats, heartbeat, registration, protocol):
+    max_waiting = check.integer(f"{path}.max_waiting", table.get("max_waiting", 1024), low=1, high=1_000_000)
+    if None in (host, port, formats, heartbeat, registration, protocol, max_waiting):
         return None
-    assert host is not None and port is not None and formats is not None
+    assert host is not None and port is not None and formats is not None and max_waiting is not None
     assert heartbeat is not None and registration is not None and protocol is not None
-    return ListenerConfig(name, host, port, tuple(formats), heartbeat, registration, protocol)
+    return ListenerConfig(name, host, port, tuple(formats), heartbeat, registration, protocol, max_waiting)
 
 
 def _dtu_formats(check: _Checker, path: str, raw: Any) -> list[str | DtuFormat] | None:

@@ -141,6 +141,7 @@ class ListenerConfig:
     heartbeat_timeout: float = 120.0
     registration_timeout: float = 10.0
     protocol: str = "dtu"  # "dtu" (transparent DTUs) or "gdw1376" (Q/GDW 1376.1 terminals log in)
+    max_waiting: int = 1024  # connections at a time that have not registered yet
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,9 @@ from meterd.collector.channel import (
     TraceHook,
 )
 from meterd.collector.listener import (
+    MAX_WAITING,
     REGISTRATION_TIMEOUT,
+    TOO_MANY_WAITING,
     UNKNOWN_ID,
     UNREGISTERED_DATA,
     TerminalConnection,
@@ -49,7 +51,7 @@ from meterd.protocols.gdw1376.messages import confirm as confirm_message
 log = logging.getLogger(__name__)
 
 OVERSIZED: Final = "oversized"
-REJECT_REASONS: Final = (UNKNOWN_ID, UNREGISTERED_DATA, REGISTRATION_TIMEOUT, OVERSIZED)
+REJECT_REASONS: Final = (UNKNOWN_ID, UNREGISTERED_DATA, REGISTRATION_TIMEOUT, OVERSIZED, TOO_MANY_WAITING)
 COUNTERS: Final = ("logins", "replaced", "heartbeats", "heartbeat_timeouts", "logouts", "disconnects",
                    "rx_bytes", "tx_bytes", "unsolicited_frames")
 MAX_PENDING: Final = HEADER_LEN + MAX_USER_DATA + 2  # bytes kept of an incomplete frame: the largest frame L allows
@@ -104,7 +106,8 @@ class GdwListener(TerminalListener[_Connection, _Terminal]):
 
     def __init__(self, host: str = "0.0.0.0", port: int = 0, *, known: Mapping[str, str],
                  heartbeat_timeout: float = 120.0, registration_timeout: float = 10.0, clock: Clock = utc_now,
-                 name: str = "gdw1376", check_interval: float | None = None) -> None:
+                 name: str = "gdw1376", check_interval: float | None = None,
+                 max_waiting: int = MAX_WAITING) -> None:
         problems = []
         terminals: dict[str, _Terminal] = {}
         for text, channel in known.items():
@@ -114,12 +117,12 @@ class GdwListener(TerminalListener[_Connection, _Terminal]):
                 problems.append(f"listener {name}: channel {channel}: {exc}")
                 continue
             terminals[key] = _Terminal(key, channel)
-        problems.extend(timeout_problems(name, heartbeat_timeout, registration_timeout))
+        problems.extend(timeout_problems(name, heartbeat_timeout, registration_timeout, max_waiting))
         if problems:
             raise ConfigError(problems)
         super().__init__(host, port, terminals=terminals, heartbeat_timeout=heartbeat_timeout,
                          registration_timeout=registration_timeout, clock=clock, name=name,
-                         check_interval=check_interval)
+                         check_interval=check_interval, max_waiting=max_waiting)
         self.on_login: Callable[[str], None] | None = None
         # the technician's frame trace: logins, heartbeats and the master's confirmations, as the
         # channels trace their requests (``meterd.cli.frametext.trace_line`` prints both)
