@@ -83,3 +83,31 @@ def test_a_file_newer_than_this_meterd_is_refused_untouched(tmp_path, file, stor
         SqliteStore(tmp_path)
     assert (tmp_path / file).read_bytes() == before
     assert not (tmp_path / f"{file}-wal").exists()
+
+
+def test_a_new_data_directory_says_its_tables_were_created_not_migrated(tmp_path, caplog):
+    # a new user's first run: "migrated from schema version 0" read as if an old database were there
+    from meterd.control.state import ControlStore
+
+    caplog.set_level("INFO", logger="meterd.storage")
+    SqliteStore(tmp_path).close()
+    ControlStore(tmp_path).close()
+    lines = [r.getMessage() for r in caplog.records if "schema version" in r.getMessage()]
+    assert any(m.endswith("readings tables created at schema version 1") for m in lines), lines
+    assert any(m.endswith("archive tables created at schema version 1") for m in lines), lines
+    assert any("control tables created at schema version" in m for m in lines), lines
+    assert not any("migrated" in m for m in lines), lines
+    caplog.clear()
+    SqliteStore(tmp_path).close()  # opened again: nothing to say
+    ControlStore(tmp_path).close()
+    assert not [r for r in caplog.records if "schema version" in r.getMessage()]
+
+
+def test_a_new_state_database_says_created_on_either_backend(state_where, caplog):
+    from meterd.control.state import ControlStore
+
+    caplog.set_level("INFO", logger="meterd.storage")
+    ControlStore(state_where).close()
+    lines = [r.getMessage() for r in caplog.records if "schema version" in r.getMessage()]
+    assert any("control tables created at schema version" in m for m in lines), lines
+    assert not any("migrated" in m for m in lines), lines

@@ -53,6 +53,27 @@ WRITE_LOCK: Final = 0x6D657465  # 'mete': the advisory-lock key of the state sto
 MAX_PARAMS: Final = 65_535  # PostgreSQL's bind-parameter limit per statement
 
 
+_CREATE_TABLE: Final = re.compile(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
+
+
+def first_table(steps: Sequence[Sequence[str]]) -> str | None:
+    """The first table a store's migration steps create.  Absent before the first step runs, the
+    store is new (its tables are *created* at the latest version); present, its tables predate
+    schema versions (they are *migrated* from version 0)."""
+    for step in steps:
+        for statement in step:
+            if (found := _CREATE_TABLE.search(statement)) is not None:
+                return found.group(1)
+    return None
+
+
+def schema_line(where: object, store: str, done: int, latest: int, *, new: bool) -> str:
+    """The log line of a store brought to ``latest``: created (a new database), or migrated from ``done``."""
+    if new:
+        return f"{where}: {store} tables created at schema version {latest}"
+    return f"{where}: {store} tables migrated from schema version {done} to {latest}"
+
+
 def is_postgres_url(text: object) -> bool:
     return isinstance(text, str) and text.startswith(SCHEMES)
 

@@ -93,7 +93,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 from meterd.clock import Clock, utc_now
 from meterd.errors import ConfigError, StorageError
 from meterd.readings import Quality, Reading
-from meterd.storage.database import WRITE_LOCK, Database, translate
+from meterd.storage.database import WRITE_LOCK, Database, first_table, schema_line, translate
 from meterd.storage.sqlite import (
     _ROW_KEY,
     OUTCOMES,
@@ -257,13 +257,16 @@ def migrate_store(conn: psycopg.Connection[Any], db: Database, store: str, steps
         if done > latest:
             raise ConfigError(f"state database {db}: the {store} tables are at schema version {done}, newer than "
                               f"this meterd knows ({latest}): upgrade meterd")
+        table = first_table(steps) if done == 0 else None
+        missing = conn.execute("SELECT to_regclass(%s) IS NULL", (table,)).fetchone() if table is not None else None
+        new = missing is not None and bool(missing[0])
         for step in steps[done:]:
             for statement in step:
                 conn.execute(statement)
         if done < latest:
             conn.execute("INSERT INTO schema_versions (store, version) VALUES (%s, %s) ON CONFLICT (store) "
                          "DO UPDATE SET version = excluded.version", (store, latest))
-            log.info("state database %s: %s tables migrated from schema version %d to %d", db, store, done, latest)
+            log.info("%s", schema_line(f"state database {db}", store, done, latest, new=new))
 
 
 def prepare_archive(db: Database) -> None:

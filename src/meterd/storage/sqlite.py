@@ -52,6 +52,7 @@ from typing import Final, Self
 
 from meterd.errors import ConfigError
 from meterd.readings import Quality, Reading, Value, quick_init
+from meterd.storage.database import first_table, schema_line
 
 log = logging.getLogger(__name__)
 
@@ -357,8 +358,9 @@ def _connect(path: Path, schema: str, store: str, steps: Sequence[Sequence[str]]
         _check_version(conn, path, store, len(steps))  # before anything is written to a newer file
         conn.execute("PRAGMA journal_mode=WAL")
         # synchronous stays FULL (the default): a committed batch of readings survives a power cut.
+        new = not _has_table(conn, first_table([[schema]]))  # the schema is made before the steps run
         conn.executescript(schema)
-        _migrate(conn, path, store, steps)
+        _migrate(conn, path, store, steps, new=new)
     except BaseException:
         conn.close()
         raise
@@ -380,7 +382,13 @@ def _check_version(conn: sqlite3.Connection, path: Path, store: str, latest: int
     return done
 
 
-def _migrate(conn: sqlite3.Connection, path: Path, store: str, steps: Sequence[Sequence[str]]) -> None:
+def _has_table(conn: sqlite3.Connection, table: str | None) -> bool:
+    return table is not None and conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() is not None
+
+
+def _migrate(conn: sqlite3.Connection, path: Path, store: str, steps: Sequence[Sequence[str]], *,
+             new: bool | None = None) -> None:
     """Bring ``store``'s tables in ``conn`` to ``len(steps)``, in one write transaction (two
     processes opening an old file at once: the second finds nothing left to do)."""
     latest = len(steps)
@@ -391,6 +399,8 @@ def _migrate(conn: sqlite3.Connection, path: Path, store: str, steps: Sequence[S
         conn.execute("CREATE TABLE IF NOT EXISTS schema_versions (store TEXT NOT NULL PRIMARY KEY, "
                      "version INTEGER NOT NULL)")
         done = _check_version(conn, path, store, latest)  # again, under the write lock
+        if new is None:  # a new store: the first table its steps make was not there
+            new = done == 0 and (table := first_table(steps)) is not None and not _has_table(conn, table)
         for step in steps[done:]:
             for statement in step:
                 conn.execute(statement)
@@ -402,7 +412,7 @@ def _migrate(conn: sqlite3.Connection, path: Path, store: str, steps: Sequence[S
         conn.rollback()
         raise
     if done < latest:
-        log.info("%s: %s tables migrated from schema version %d to %d", path, store, done, latest)
+        log.info("%s", schema_line(path, store, done, latest, new=new and done == 0))
 
 
 class SqliteStore:
