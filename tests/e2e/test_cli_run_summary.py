@@ -42,3 +42,17 @@ def test_run_prints_its_summary_as_a_table_or_as_json(run_meterd, tmp_path):
     assert doc["config"] == config and doc["seconds"] >= 1.5 and doc["started"] < doc["stopped"]
     bus = doc["channels"]["bus1"]
     assert bus["successes"] == 0 and bus["failures"]["link"] >= 1 and bus["rounds"] >= 1
+
+
+def test_a_first_run_says_once_per_store_that_its_tables_were_created(run_meterd, tmp_path):
+    # meterd run logged each store's line twice on a new data directory, the second time as
+    # "migrated from schema version 0", as if an old database had been there
+    config = site(tmp_path)
+    p = run_meterd("run", "-c", config, "--duration", "0.5", "--log-level", "INFO")
+    assert p.returncode == 0, p.stderr
+    lines = [line for line in p.stderr.splitlines() if "schema version" in line]
+    stores = sorted(line.split(": ")[-1].split()[0] for line in lines)
+    assert stores == ["alarms", "archive", "control", "readings"], lines  # one line each
+    assert all("tables created at schema version" in line for line in lines), lines
+    p = run_meterd("run", "-c", config, "--duration", "0.5", "--log-level", "INFO")
+    assert p.returncode == 0 and "schema version" not in p.stderr, p.stderr  # nothing to do the second time

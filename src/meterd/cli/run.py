@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         # every store's tables brought to this meterd's schema, as meterd migrate does; a database
         # written by a later meterd stops start-up here, before anything is written
         probe(config.store.state)
-        migrated = migrate(config.store.state)
+        migrate(config.store.state)  # each store logs its tables' creation or migration as it is opened
         store = open_store(config.store.state, clock=utc_now)
     except ConfigError as exc:
         error(f"{exc}\nnothing was started")
@@ -143,10 +143,6 @@ def run(args: argparse.Namespace) -> int:
             raise
         error(f"cannot reach the database {config.store.state}: {exc}\nnothing was started")
         return EXIT_FAILED
-    for v in migrated["versions"]:
-        if v["before"] != v["after"]:
-            log.info("%s: %s tables migrated from schema version %d to %d", migrated["location"], v["store"],
-                     v["before"], v["after"])
     with store:
         try:
             node = build_node(config, store)
