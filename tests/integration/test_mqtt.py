@@ -409,6 +409,26 @@ async def test_a_payload_over_the_limit_is_dropped_unread_and_the_next_one_is_ta
         await hub.close()
 
 
+async def test_statuses_of_terminals_without_a_channel_are_kept_up_to_a_bound(broker, spy):
+    """A flood of made-up terminal ids on the status topic (a broker without ACLs) cannot grow the
+    master's memory, or its log by a line per id: past ``max_statuses`` a terminal it has no channel
+    for is not kept, only counted; its own terminals' statuses always are."""
+    hub = MqttHub(broker.host, broker.port, client_id="meterd-statuses", reconnect_min=0.1, max_statuses=3)
+    mine = hub.transport("T001")
+    assert await hub.start(5)
+    try:
+        for n in range(6):
+            await spy.publish(f"meterd/terminals/X{n}/status", "online")
+        await spy.publish("meterd/terminals/T001/status", "online")
+        await until(lambda: hub.stats.statuses_dropped == 3 and hub.status("T001") == "online")
+        assert sorted(hub.terminals) == ["T001", "X0", "X1", "X2"]
+        await spy.publish("meterd/terminals/X1/status", "offline")  # one it keeps is still followed
+        await until(lambda: hub.status("X1") == "offline")
+        assert hub.stats.statuses_dropped == 3 and mine.terminal == "T001"
+    finally:
+        await hub.close()
+
+
 async def test_malformed_payloads_and_unknown_ids_are_counted_and_disturb_nothing(broker, hub, spy, caplog):
     term = await start_terminal(broker, "T001", dlt645_bus(), latency=0.6)
     try:

@@ -34,6 +34,8 @@ its reason, and nothing else is disturbed):
 * ``malformed``: not JSON (or nested too deeply), not an object, missing or ill-typed fields, bad
   hex, a bad reading or a time out of range, a
   status that is neither ``online`` nor ``offline``, an unexpected topic;
+* ``statuses_dropped``: the status of a terminal this hub has no channel for, once
+  ``max_statuses`` (100,000) are kept: a flood of made-up ids cannot grow memory or the log;
 * ``oversized``: a payload over ``max_payload`` bytes (``[mqtt] max_payload_kb``, 1 MiB by
   default): dropped unread, since payloads are parsed in the event loop and one of the 256 MB MQTT
   allows would stall every channel for seconds;
@@ -107,6 +109,10 @@ LEAVE_WAIT: Final = 2.0  # seconds close() waits for the UNSUBACK of the shared 
 EXPIRED_IDS_KEPT: Final = 4096  # ids remembered as "ours, but no longer awaited" (late replies)
 REJECTS_KEPT: Final = 50
 DESCRIBED_KEPT: Final = 256  # request frames a transport remembers the sniffed protocol/meter of
+#: Statuses kept of terminals this hub has no channel for (a fleet's other terminals on a shared
+#: broker); past it, a new one is dropped and counted: a flood of made-up terminal ids (a broker
+#: without ACLs) cannot grow the master's memory, nor its log by a line per id.
+MAX_STATUSES: Final = 100_000
 MAX_PAYLOAD: Final = 1024 * 1024  # bytes of one incoming payload, at most (a push of a few thousand readings)
 TOPICS_KEPT: Final = 16384  # incoming topics the hub remembers the parse of
 
@@ -128,6 +134,7 @@ class HubStats:
     other_masters: int = 0  # replies to another collector node's requests (shared broker): ignored
     malformed: int = 0  # bad JSON / payload / status / topic: dropped
     oversized: int = 0  # payloads over max_payload bytes: dropped unread
+    statuses_dropped: int = 0  # statuses of terminals this hub has no channel for, past max_statuses: not kept
     pushed_messages: int = 0  # pushed-readings messages taken (on push, or on up: pushed_on_up)
     pushed_readings: int = 0
     pushed_on_up: int = 0  # of pushed_messages: those that came on up, the topic pushes used before push
@@ -176,6 +183,7 @@ class MqttHub:
         share_group: str = SHARE_GROUP,
         holds: HoldsCallback | None = None,
         max_payload: int = MAX_PAYLOAD,
+        max_statuses: int = MAX_STATUSES,
     ) -> None:
         if not client_id:
             raise ValueError("an MQTT client id is required")
@@ -195,6 +203,7 @@ class MqttHub:
         self.request_ttl = request_ttl
         self.stats = HubStats()
         self.max_payload = max_payload
+        self.max_statuses = max_statuses
         self.rejects: deque[str] = deque(maxlen=REJECTS_KEPT)  # the latest rejection reasons
         self._log = LogThrottle()  # dropped messages: logged once a minute per counter, with a count
         self.connected = False
@@ -526,6 +535,10 @@ class MqttHub:
             self._reject("malformed", tid, f"status {text[:40]!r} is neither online nor offline")
             return
         before = self._status.get(tid)
+        if before is None and tid not in self._transports and len(self._status) >= self.max_statuses:
+            self._reject("statuses_dropped", tid, f"status of a terminal with no channel here, past the "
+                         f"{self.max_statuses:,} kept")
+            return
         self._status[tid] = text
         if text != before:
             if text == OFFLINE:
