@@ -553,6 +553,7 @@ class Billing:
     def __init__(self) -> None:
         self.records: list[dict] = []
         self.fail: dict[str, int] = {}  # since -> status to answer with
+        self.next_of: dict[str, str] = {}  # since -> the next to answer with, whatever the records
         self.gets: list[dict] = []
         self.posts: list[tuple[dict, dict]] = []
         billing = self
@@ -581,7 +582,8 @@ class Billing:
                 start, limit = int(since), int(query["limit"])
                 page = billing.records[start:start + limit]
                 more = start + limit < len(billing.records)
-                body = json.dumps({"records": page, **({"next": str(start + limit)} if more else {"next": None})})
+                nxt = billing.next_of.get(since, str(start + limit) if more else None)
+                body = json.dumps({"records": page, "next": nxt})
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
@@ -674,6 +676,33 @@ def test_an_http_answer_over_the_jobs_limit_fails_the_run_unread_and_keeps_the_w
         assert status["watermark"] == "3" and status["last_status"] == "error"
         assert "longer than 1,048,576 bytes" in status["last_error"]
     assert balances(where)["A1001"] == Decimal("3.00")  # the first page, nothing of the second
+
+
+def test_a_next_that_cycles_stops_the_run_with_the_pages_read_applied(where, billing):
+    # next 3 -> 6 -> 3 -> ...: a billing system's bug kept the run asking for ever
+    billing.records = [payment(i) for i in range(9)]
+    billing.next_of["6"] = "3"
+    with pytest.raises(HttpSyncError) as err:
+        run_job(http_spec(billing), where=where, now=NOW)
+    assert "the answer's next '3' names a page this run has already read (a cycle)" in str(err.value)
+    assert [g.get("since") for g in billing.gets] == [None, "3", "6"]
+    assert balances(where)["A1001"] == Decimal("9.00")  # every page read was applied, once
+    with SyncStore(where) as sync:
+        [status] = sync.status()
+        assert status["last_status"] == "error" and "a cycle" in status["last_error"]
+
+
+def test_a_run_reads_at_most_max_pages_and_the_next_run_goes_on(where, billing, monkeypatch):
+    from meterd.billing_link import imports
+
+    monkeypatch.setattr(imports, "MAX_PAGES", 2)
+    billing.records = [payment(i) for i in range(8)]
+    first = run_job(http_spec(billing), where=where, now=NOW)
+    assert (first.applied, first.watermark) == (6, "6")
+    assert any("stopped after 2 pages (at most 2 a run)" in n for n in first.detail), first.detail
+    second = run_job(http_spec(billing), where=where, now=NOW + timedelta(minutes=5))
+    assert second.applied == 2 and second.duplicates == 0
+    assert balances(where)["A1001"] == Decimal("8.00")
 
 
 def test_http_credentials_never_show(where, billing, monkeypatch):

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from meterd.billing_link.folder import FORMATS, PROCESSED, QUARANTINE, DropFolder
-from meterd.billing_link.http import get_page, shown_url, token_from_env
+from meterd.billing_link.http import HttpSyncError, get_page, shown_url, token_from_env
 from meterd.billing_link.model import Outcome, Run
 from meterd.billing_link.records import (
     ACCOUNT_FIELDS,
@@ -59,6 +59,10 @@ from meterd.errors import LedgerError
 
 DIFFERENT_DUPLICATE: Final = "duplicate payment id with a different amount/account"
 MIB: Final = 1024 * 1024
+#: Pages one HTTP import run reads at most (10,000 pages of the default 500 records: 5 million); the
+#: rest waits for the next run, the watermark keeping the place.  A billing system whose ``next``
+#: never ends must not keep a run going for ever.
+MAX_PAGES: Final = 10_000
 HEAD_BYTES: Final = 500  # of a quarantined file, kept with its record
 MISSING_SHOWN: Final = 20  # account names listed in the "missing from the import" line
 
@@ -480,6 +484,8 @@ def import_http(run: Run, sink: Sink) -> None:
     sink.start()
     shown = shown_url(spec.url)
     pages = 0
+    seen = {since}  # the watermarks this run has asked with: a next among them is a cycle
+    stopped = False
     while True:
         page = get_page(spec.url, since=since, limit=spec.chunk, token=token, max_bytes=spec.max_file_mb * MIB)
         records = json_records(page.records)
@@ -499,7 +505,17 @@ def import_http(run: Run, sink: Sink) -> None:
         result.watermark = watermark
         if page.next is None or page.next == since:
             break
+        if page.next in seen:
+            raise HttpSyncError(f"the answer's next {page.next!r} names a page this run has already read (a cycle): "
+                                f"stopped after {pages} page(s), the watermark at {watermark!r}", url=source, status=200)
+        if pages >= MAX_PAGES:
+            stopped = True
+            result.note(f"{shown}: stopped after {pages} pages (at most {MAX_PAGES:,} a run); the next run goes on "
+                        f"from watermark {watermark}")
+            break
+        seen.add(page.next)
         since = page.next
     result.files.append(shown)
     result.note(f"{shown}: {pages} page(s), watermark {result.watermark}")
-    _report(run, sink.end(shown, full=full))
+    # the accounts missing from a full import are reported only when the whole of it was read
+    _report(run, sink.end(shown, full=full and not stopped))
