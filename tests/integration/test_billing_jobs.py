@@ -12,7 +12,9 @@ import hashlib
 
 import json
 import os
+import socket
 import threading
+import time
 import urllib.parse
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -703,6 +705,40 @@ def test_a_run_reads_at_most_max_pages_and_the_next_run_goes_on(where, billing, 
     second = run_job(http_spec(billing), where=where, now=NOW + timedelta(minutes=5))
     assert second.applied == 2 and second.duplicates == 0
     assert balances(where)["A1001"] == Decimal("8.00")
+
+
+def test_an_answer_trickled_past_the_deadline_fails_and_nothing_of_it_is_used(monkeypatch):
+    # each wait for bytes is under the 30 s timeout, but the answer never ends: bounded as a whole
+    from meterd.billing_link import http
+
+    monkeypatch.setattr(http, "ANSWER_DEADLINE", 1.0)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n[")
+            while not stop.is_set():
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    return
+                time.sleep(0.1)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(HttpSyncError) as err:
+            http.get_page(f"http://127.0.0.1:{port}/api/payments", since=None, limit=10, token=None)
+    finally:
+        stop.set()
+        server.close()
+    assert "GET answer took longer than 1 s" in str(err.value) and "nothing of it applied" in str(err.value)
+    assert time.monotonic() - t0 < 5
 
 
 def test_http_credentials_never_show(where, billing, monkeypatch):

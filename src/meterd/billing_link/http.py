@@ -13,6 +13,7 @@ never part of an error.  Errors are :class:`HttpSyncError` with the URL as shown
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,6 +25,11 @@ from meterd.errors import SyncError
 
 TIMEOUT: Final = 30.0
 MAX_ANSWER: Final = 64 * 1024 * 1024  # bytes of an answer read at most (a job passes its max_file_mb)
+#: Seconds one answer may take from the request to its last byte.  TIMEOUT bounds each wait for
+#: bytes; a server trickling a byte every few seconds would otherwise hold the job (one run of a job
+#: at a time) for hours.
+ANSWER_DEADLINE: Final = 600.0
+_READ: Final = 64 * 1024
 _SECRET_WORDS: Final = ("token", "key", "secret", "pass", "auth", "sig", "credential")
 
 
@@ -80,14 +86,24 @@ def _headers(token: str | None) -> dict[str, str]:
 
 
 def _send(request: urllib.request.Request, shown: str, timeout: float, max_bytes: int = MAX_ANSWER) -> bytes:
-    """The answer's body, at most ``max_bytes`` of it: a longer one is an error, read no further."""
+    """The answer's body, at most ``max_bytes`` of it, within :data:`ANSWER_DEADLINE`: a longer or
+    slower one is an error, read no further."""
+    deadline = time.monotonic() + ANSWER_DEADLINE
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = response.read(max_bytes + 1)
-            if len(body) > max_bytes:
-                raise HttpSyncError(f"{request.get_method()} answer is longer than {max_bytes:,} bytes (the job's "
-                                    "max_file_mb); nothing of it applied", url=shown, status=response.status)
-            return body
+            parts: list[bytes] = []
+            size = 0
+            while chunk := response.read1(_READ):  # what one wait brings, so the deadline is checked
+                parts.append(chunk)
+                size += len(chunk)
+                if size > max_bytes:
+                    raise HttpSyncError(f"{request.get_method()} answer is longer than {max_bytes:,} bytes (the "
+                                        "job's max_file_mb); nothing of it applied", url=shown, status=response.status)
+                if time.monotonic() > deadline:
+                    raise HttpSyncError(f"{request.get_method()} answer took longer than {ANSWER_DEADLINE:g} s "
+                                        f"({size:,} bytes came); nothing of it applied", url=shown,
+                                        status=response.status)
+            return b"".join(parts)
     except urllib.error.HTTPError as exc:
         raise HttpSyncError(f"{request.get_method()} refused", url=shown, status=exc.code) from None
     except (urllib.error.URLError, OSError) as exc:  # refused, unreachable, timeout, TLS
