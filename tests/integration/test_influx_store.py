@@ -291,6 +291,22 @@ def test_server_not_started_spools_then_replay_delivers_everything_once_in_order
     assert server.samples("m-down") == {"energy.active.import.total": expected_samples(1000)}
 
 
+def test_the_spool_never_takes_the_last_of_its_disk_readings_are_dropped_and_counted(victoria, tmp_path, caplog):
+    # an InfluxDB down for days must not fill the disk the state database (balances, commands) is on:
+    # the spool keeps keep_free bytes free on its file system; past that readings are dropped, loudly
+    server = victoria()  # nothing listening
+    st = os.statvfs(tmp_path)
+    free = st.f_bavail * st.f_frsize
+    with store_for(server.url, tmp_path / "tight", batch=100, keep_free=free + 2**30) as tight:
+        assert tight.write_readings(energy("m-full", 250)) == 0  # none written, none spooled
+        assert tight.write_readings(energy("m-full", 250, 250)) == 0
+        assert tight.spool_size() == (0, 0) and tight.stats.dropped == 500 and tight.stats.spooled == 0
+    assert "spool" in caplog.text and "reading(s) dropped" in caplog.text
+    with store_for(server.url, tmp_path / "roomy", batch=100, keep_free=0) as roomy:  # room: spooled as before
+        assert roomy.write_readings(energy("m-room", 250)) == 250
+        assert roomy.spool_size()[0] == 250 and roomy.stats.dropped == 0
+
+
 def test_server_stopped_mid_run_then_writes_resume_through_the_spool(victoria, tmp_path):
     server = victoria().start()
     clock = FakeClock()

@@ -235,7 +235,8 @@ def make_sink(config: Config, store: SqliteStore | PostgresStore):
 
     token = secret(influx.token_env, "store.influxdb.token_env")
     return InfluxStore(influx.url, influx.org, influx.bucket, token, influx.spool_dir, timeout=influx.timeout,
-                       batch=influx.batch, state=store, tags=meter_places(config))
+                       batch=influx.batch, state=store, tags=meter_places(config),
+                       keep_free=influx.spool_keep_free_mb * 1024 * 1024)
 
 
 def meter_places(config: Config) -> dict[str, dict[str, str]]:

@@ -142,6 +142,9 @@ _SECTIONS: tuple[Section, ...] = (
         Key("spool_dir", "path", "where undeliverable readings wait; relative to data_dir", '"influx-spool"'),
         Key("timeout", D, "per write request", '"10s"'),
         Key("batch", "integer >= 1", "readings per write request", "5000"),
+        Key("spool_keep_free_mb", "integer >= 0", "the spool leaves at least this many MiB free on its disk: past "
+            "that, readings InfluxDB cannot take are dropped (counted, logged) rather than fill the disk the state "
+            "database is written to", "1024"),
     )),
     Section("channels.*", "named", "One bus or link: requests on a channel go one at a time, channels run in "
             "parallel.  Exactly one of `serial`, `tcp`, `dtu`, `mqtt` and `gdw1376`.", (

@@ -520,9 +520,10 @@ def _influx(check: _Checker, raw: Any, data_dir: Path) -> InfluxConfig | None:
         spool = data_dir / spool
     timeout = check.duration(f"{path}.timeout", table.get("timeout", 10.0))
     batch = check.integer(f"{path}.batch", table.get("batch", 5000), low=1)
-    if None in (url, org, bucket, token_env, timeout, batch):
+    keep_free = check.integer(f"{path}.spool_keep_free_mb", table.get("spool_keep_free_mb", 1024), low=0)
+    if None in (url, org, bucket, token_env, timeout, batch, keep_free):
         return None
-    return InfluxConfig(url, org, bucket, token_env, spool, timeout, batch)  # type: ignore[arg-type]
+    return InfluxConfig(url, org, bucket, token_env, spool, timeout, batch, keep_free)  # type: ignore[arg-type]
 
 
 def _mqtt(check: _Checker, raw: Any) -> MqttConfig | None:

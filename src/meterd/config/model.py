@@ -126,6 +126,7 @@ class InfluxConfig:
     spool_dir: Path
     timeout: float = 10.0
     batch: int = 5000
+    spool_keep_free_mb: int = 1024  # the spool never takes the last MiB of its disk
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,11 +97,16 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
 from meterd.errors import StorageError
+from meterd.logthrottle import LogThrottle
 from meterd.readings import Quality, Reading
 from meterd.storage.spool import Spool
 from meterd.storage.sqlite import Attempt, to_ms
 
 log = logging.getLogger(__name__)
+MIB: Final = 1024 * 1024
+#: Bytes the spool leaves free on its file system, at least (``[store.influxdb] spool_keep_free_mb``).
+KEEP_FREE: Final = 1024 * MIB
+SPOOL_RECORD_HEADER: Final = 8  # a spool record's length and checksum (storage/spool.py)
 
 MEASUREMENT: Final = "reading"
 REJECTED_FILE: Final = "rejected.jsonl"
@@ -228,6 +233,7 @@ class InfluxStats:
     spooled: int = 0  # points put in the spool
     rejected: int = 0  # points the server refused, quarantined in rejected.jsonl
     failures: int = 0  # requests that failed because the server was unavailable
+    dropped: int = 0  # points not spooled: the spool would have left less than keep_free on its disk
 
 
 class _Rejected(StorageError):
@@ -287,6 +293,7 @@ class InfluxStore:
         tags: Mapping[str, Mapping[str, str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        keep_free: int = KEEP_FREE,
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
@@ -302,6 +309,8 @@ class InfluxStore:
         self._clock = clock
         self._wall_clock = wall_clock
         self.spool_dir = Path(spool_dir)
+        self.keep_free = keep_free
+        self._log = LogThrottle()  # dropped points: once a minute, with a count
         self.spool = Spool(self.spool_dir)
         self.rejected_path = self.spool_dir / REJECTED_FILE
         try:
@@ -337,19 +346,17 @@ class InfluxStore:
         with self._lock:
             self._check_open()
             if self.spool.size_bytes or self._backing_off():
-                self._to_spool(lines)  # behind what is already waiting: order is kept
+                spooled = self._to_spool(lines)  # behind what is already waiting: order is kept
                 if not self._backing_off():
                     self._drain(limit=DRAIN_PER_WRITE * self.batch)
-                return len(lines)
+                return spooled
             accepted = 0
             for start in range(0, len(lines), self.batch):
                 chunk = lines[start : start + self.batch]
                 handled, ok = self._push(chunk)
                 accepted += ok
                 if handled < len(chunk):
-                    rest = lines[start + handled :]
-                    self._to_spool(rest)
-                    accepted += len(rest)
+                    accepted += self._to_spool(lines[start + handled :])
                     break
             return accepted
 
@@ -390,9 +397,23 @@ class InfluxStore:
     def _backing_off(self) -> bool:
         return self._retry_at is not None and self._clock() < self._retry_at
 
-    def _to_spool(self, lines: list[bytes]) -> None:
+    def _to_spool(self, lines: list[bytes]) -> int:
+        """Spool ``lines``; how many were spooled: none when that would leave less than ``keep_free``
+        bytes free on the spool's file system -- an InfluxDB down for days must not fill the disk
+        the state database (balances, commands) is written to.  Dropped points are counted and logged."""
+        need = sum(len(line) for line in lines) + SPOOL_RECORD_HEADER * len(lines)
+        st = os.statvfs(self.spool_dir)
+        free = st.f_bavail * st.f_frsize
+        if free - need < self.keep_free:
+            self.stats.dropped += len(lines)
+            self._log.log(log, logging.ERROR, "InfluxDB spool full: readings dropped",
+                          "InfluxDB unavailable and its spool %s would leave less than %d MiB free on its disk "
+                          "(%d MiB free, %d MiB spooled): %d reading(s) dropped", self.spool_dir,
+                          self.keep_free // MIB, free // MIB, self.spool.size_bytes // MIB, len(lines))
+            return 0
         self.spool.append(lines)
         self.stats.spooled += len(lines)
+        return len(lines)
 
     def _drain(self, limit: int | None) -> int:
         written = 0
