@@ -358,7 +358,7 @@ def _connect(path: Path, schema: str, store: str, steps: Sequence[Sequence[str]]
         _check_version(conn, path, store, len(steps))  # before anything is written to a newer file
         conn.execute("PRAGMA journal_mode=WAL")
         # synchronous stays FULL (the default): a committed batch of readings survives a power cut.
-        new = not _has_table(conn, first_table([[schema]]))  # the schema is made before the steps run
+        new = not has_table(conn, first_table([[schema]]))  # the schema is made before the steps run
         conn.executescript(schema)
         _migrate(conn, path, store, steps, new=new)
     except BaseException:
@@ -382,7 +382,8 @@ def _check_version(conn: sqlite3.Connection, path: Path, store: str, latest: int
     return done
 
 
-def _has_table(conn: sqlite3.Connection, table: str | None) -> bool:
+def has_table(conn: sqlite3.Connection, table: str | None) -> bool:
+    """Whether the SQLite database of ``conn`` has the table ``table`` (None: no)."""
     return table is not None and conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() is not None
 
@@ -400,7 +401,7 @@ def _migrate(conn: sqlite3.Connection, path: Path, store: str, steps: Sequence[S
                      "version INTEGER NOT NULL)")
         done = _check_version(conn, path, store, latest)  # again, under the write lock
         if new is None:  # a new store: the first table its steps make was not there
-            new = done == 0 and (table := first_table(steps)) is not None and not _has_table(conn, table)
+            new = done == 0 and (table := first_table(steps)) is not None and not has_table(conn, table)
         for step in steps[done:]:
             for statement in step:
                 conn.execute(statement)

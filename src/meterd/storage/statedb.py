@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Final, Self, cast
 
 from meterd.errors import ConfigError, StorageFullError
 from meterd.storage.database import Database, Location, as_database, first_table, schema_line, translate_schema
-from meterd.storage.sqlite import STATE_FILE
+from meterd.storage.sqlite import STATE_FILE, has_table
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,8 @@ class StateDatabase:
                     raise ConfigError(f"state database {self.path}: the {self.STORE} tables are at schema version "
                                       f"{done}, newer than this meterd knows ({latest}): upgrade meterd")
                 table = first_table(self.MIGRATIONS) if done == 0 else None
-                new = table is not None and not self._table_exists(conn, table)
+                new = table is not None and not (cast(Any, conn).table_exists(table) if self.database is not None
+                                                 else has_table(conn, table))
                 for step in self.MIGRATIONS[done:]:
                     for statement in step:
                         if self.database is not None:
@@ -185,11 +186,6 @@ class StateDatabase:
                     conn.execute("INSERT INTO schema_versions (store, version) VALUES (?, ?) ON CONFLICT (store) "
                                  "DO UPDATE SET version = excluded.version", (self.STORE, latest))
                     log.info("%s", schema_line(f"state database {self.path}", self.STORE, done, latest, new=new))
-
-    def _table_exists(self, conn: Any, name: str) -> bool:
-        if self.database is not None:
-            return bool(conn.table_exists(name))
-        return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
     def close(self) -> None:
         with self._lock:
