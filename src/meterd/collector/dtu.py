@@ -91,7 +91,7 @@ from meterd.collector.listener import (
     TerminalListener,
     TerminalState,
     TerminalTransport,
-    timeout_problems,
+    listener_problems,
 )
 from meterd.errors import ConfigError
 from meterd.protocols.terminal.dtu import (
@@ -228,7 +228,7 @@ class DtuListener(TerminalListener[_Connection, _Terminal]):
                 problems.extend(exc.problems)
         if not formats:
             problems.append(f"listener {name}: at least one dtu format is needed")
-        problems.extend(timeout_problems(name, heartbeat_timeout, registration_timeout, max_waiting))
+        problems.extend(listener_problems(name, heartbeat_timeout, registration_timeout, max_waiting))
         if not 0 <= port <= 65535:
             problems.append(f"listener {name}: port {port} must be 0..65535")
         if not problems:

@@ -59,7 +59,7 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t is not None else None
 
 
-def timeout_problems(name: str, heartbeat_timeout: float, registration_timeout: float,
+def listener_problems(name: str, heartbeat_timeout: float, registration_timeout: float,
                      max_waiting: int = MAX_WAITING) -> list[str]:
     """What is wrong with a listener's two timeouts and its ``max_waiting`` (config problems, for a
     ConfigError)."""
@@ -179,7 +179,7 @@ class TerminalListener(Generic[ConnT, TermT]):
     """The TCP server terminals dial in to; ``terminals`` maps each configured terminal's id to
     its state.  ``heartbeat_timeout``: seconds of silence after which a registered terminal is
     offline.  ``registration_timeout``: seconds a new connection has to register.  The
-    subclass checks its configuration (:func:`timeout_problems`) before calling this."""
+    subclass checks its configuration (:func:`listener_problems`) before calling this."""
 
     kind: ClassVar[str]  # in the log lines: "<kind> listener <name>: ..."
     logger: ClassVar[logging.Logger]
@@ -585,5 +585,5 @@ __all__ = [
     "TerminalListener",
     "TerminalState",
     "TerminalTransport",
-    "timeout_problems",
+    "listener_problems",
 ]  # fmt: skip

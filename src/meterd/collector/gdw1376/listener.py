@@ -28,7 +28,7 @@ from meterd.collector.listener import (
     TerminalListener,
     TerminalState,
     TerminalTransport,
-    timeout_problems,
+    listener_problems,
 )
 from meterd.errors import ConfigError, ProtocolError
 from meterd.protocols.gdw1376.frame import (
@@ -117,7 +117,7 @@ class GdwListener(TerminalListener[_Connection, _Terminal]):
                 problems.append(f"listener {name}: channel {channel}: {exc}")
                 continue
             terminals[key] = _Terminal(key, channel)
-        problems.extend(timeout_problems(name, heartbeat_timeout, registration_timeout, max_waiting))
+        problems.extend(listener_problems(name, heartbeat_timeout, registration_timeout, max_waiting))
         if problems:
             raise ConfigError(problems)
         super().__init__(host, port, terminals=terminals, heartbeat_timeout=heartbeat_timeout,
