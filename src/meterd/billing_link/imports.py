@@ -373,7 +373,7 @@ def import_folder(run: Run, sink: Sink) -> None:
     limit = spec.max_file_mb * MIB
     for path in folder.incoming():
         name = path.name
-        data, sha, size = _read_at_most(path, limit)
+        data, head, sha, size = _read_at_most(path, limit)
         prev = sync.latest_file(spec.name, name, sha)
         if prev is not None and prev.status in ("done", "quarantined") and prev.moved_to \
                 and not Path(prev.moved_to).exists():
@@ -383,12 +383,12 @@ def import_folder(run: Run, sink: Sink) -> None:
         result.files.append(name)
         if data is None:  # bigger than the job reads: quarantined unread, the next file goes on
             _quarantine_file(run, folder, path, sha, f"{size:,} bytes, over the job's limit of {spec.max_file_mb} MiB "
-                             "(max_file_mb)", head=_head(path))
+                             "(max_file_mb)", head=head)
             continue
         try:
             batch = parse_records(data, FORMATS[path.suffix.lower()], sink.required)
         except BadFileError as exc:
-            _quarantine_file(run, folder, path, sha, exc.reason, head=data[:HEAD_BYTES])
+            _quarantine_file(run, folder, path, sha, exc.reason, head=head)
             continue
         total = len(batch.records)
         twin = sync.finished_twin(spec.name, sha) if sink.identical_is_duplicate else None
@@ -424,27 +424,23 @@ def import_folder(run: Run, sink: Sink) -> None:
         _report(run, done)
 
 
-def _read_at_most(path: Path, limit: int) -> tuple[bytes | None, str, int]:
-    """``(data, sha256, size)`` of an inbox file; ``data`` is None when the file holds more than
-    ``limit`` bytes, which is then hashed a MiB at a time and never held whole (a file still
-    growing is measured as it is read, not by an earlier ``stat``)."""
+def _read_at_most(path: Path, limit: int) -> tuple[bytes | None, bytes, str, int]:
+    """``(data, head, sha256, size)`` of an inbox file, ``head`` its first :data:`HEAD_BYTES`;
+    ``data`` is None when the file holds more than ``limit`` bytes, which is then hashed a MiB at a
+    time and never held whole (a file still growing is measured as it is read, not by an earlier
+    ``stat``)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         data = f.read(limit + 1)
         digest.update(data)
-        if len(data) <= limit:
-            return data, digest.hexdigest(), len(data)
-        size = len(data)
+        head, size = data[:HEAD_BYTES], len(data)
+        if size <= limit:
+            return data, head, digest.hexdigest(), size
         del data
         while block := f.read(MIB):
             digest.update(block)
             size += len(block)
-    return None, digest.hexdigest(), size
-
-
-def _head(path: Path) -> bytes:
-    with path.open("rb") as f:
-        return f.read(HEAD_BYTES)
+    return None, head, digest.hexdigest(), size
 
 
 def _quarantine_file(run: Run, folder: DropFolder, path: Path, sha: str, reason: str, *, head: bytes) -> None:
