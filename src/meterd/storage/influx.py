@@ -99,6 +99,7 @@ from influxdb_client.rest import ApiException
 from meterd.errors import StorageError
 from meterd.logthrottle import LogThrottle
 from meterd.readings import Quality, Reading
+from meterd.storage.spool import HEADER as SPOOL_HEADER
 from meterd.storage.spool import Spool
 from meterd.storage.sqlite import Attempt, to_ms
 
@@ -106,7 +107,6 @@ log = logging.getLogger(__name__)
 MIB: Final = 1024 * 1024
 #: Bytes the spool leaves free on its file system, at least (``[store.influxdb] spool_keep_free_mb``).
 KEEP_FREE: Final = 1024 * MIB
-SPOOL_RECORD_HEADER: Final = 8  # a spool record's length and checksum (storage/spool.py)
 
 MEASUREMENT: Final = "reading"
 REJECTED_FILE: Final = "rejected.jsonl"
@@ -401,7 +401,7 @@ class InfluxStore:
         """Spool ``lines``; how many were spooled: none when that would leave less than ``keep_free``
         bytes free on the spool's file system -- an InfluxDB down for days must not fill the disk
         the state database (balances, commands) is written to.  Dropped points are counted and logged."""
-        need = sum(len(line) for line in lines) + SPOOL_RECORD_HEADER * len(lines)
+        need = sum(len(line) for line in lines) + SPOOL_HEADER.size * len(lines)
         st = os.statvfs(self.spool_dir)
         free = st.f_bavail * st.f_frsize
         if free - need < self.keep_free:
