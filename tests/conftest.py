@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from meterd import ports
 
 
 def meterd_command() -> str:
@@ -50,9 +51,8 @@ def run_meterd(meterd_bin, tmp_path):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port to listen on later, outside the range outgoing connections draw from (meterd.ports)."""
+    return ports.free_port()
 
 
 # --- PostgreSQL: a server of the tests' own, and stores on both backends ---------------------------

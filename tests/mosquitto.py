@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from meterd.ports import free_port
+
 CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto")
 
 
@@ -29,9 +31,7 @@ def mosquitto_binary() -> str | None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()
 
 
 class Mosquitto:

@@ -13,11 +13,12 @@ import glob
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from meterd.ports import free_port
 
 
 def _bin_dir() -> Path | None:
@@ -33,9 +34,7 @@ def available() -> bool:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 class PgServer:

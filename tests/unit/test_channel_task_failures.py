@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import tomllib
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from meterd.collector.channel import Channel, FailureKind, TransactionError
 from meterd.collector.daemon import Daemon
 from meterd.collector.transports.base import Transport
 from meterd.config.loader import parse_config
+from meterd.ports import free_port
 from meterd.protocols.dlt645.messages import ReadRequest, encode_request
 from meterd.storage.sqlite import SqliteStore
 
@@ -64,9 +64,7 @@ async def test_an_untranslated_exception_from_the_link_is_a_link_failure(caplog:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 def _config(data_dir: Path):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Final
 
 from meterd.errors import LinkError
+from meterd.ports import free_port
 from meterd.simulators.concentrator import ConcentratorFleet, run_concentrator_fleet
 from meterd.simulators.dtu import DtuFleet, run_dtu_fleet
 from meterd.simulators.mqtt_terminal import MqttFleet, run_mqtt_fleet
@@ -49,13 +49,6 @@ DTU_FIRST: Final = "000000000201"
 DTU_METERS: Final = 3
 MQTT_METERS: Final = 2
 GROUP: Final = "terminals"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Broker:
