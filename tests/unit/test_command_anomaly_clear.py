@@ -68,6 +68,56 @@ def the_event(anomalies: AnomalyStore) -> Event:
     return event
 
 
+# --- noting and closing are one write ------------------------------------------------------------
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_settled_event_is_noted_and_closed_in_one_write(anomalies, monkeypatch) -> None:
+    """A crash between noting the settlement and closing the event must not leave it noted and open:
+    the settlement is one transaction, so a crash at the next write leaves it noted and closed."""
+    run(anomalies, command(1, TRIP, FAILED, {"relay.open": False}))
+    real, writes = AnomalyStore.update, []
+
+    def update(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        writes.append(args)
+        if len(writes) > 1:
+            raise Crash
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(AnomalyStore, "update", update)
+    try:
+        run(anomalies, command(2, RECLOSE, CONFIRMED))
+    except Crash:
+        pass
+    event = the_event(anomalies)
+    noted = "superseded by #2 reclose" in event.detail
+    assert (noted, event.closed) == (True, at(2))
+
+
+def test_settle_with_no_open_event_writes_nothing(anomalies) -> None:
+    finding = Finding(M1, Kind.COMMAND_FAILED, Severity.WARNING, at(1), "late", ())
+    assert anomalies.settle(finding, at(2)) is None
+    assert anomalies.events(meter=M1) == []
+
+
+def test_a_write_for_one_meter_leaves_the_other_meters_events_alone(anomalies) -> None:
+    """A failed command reads only its meter's open events; with more than a few hundred meters in a
+    write (a detection round) every open event is read at once. Both ways give the same events."""
+    others = [f"{i:012d}" for i in range(100, 700)]
+    anomalies.record([Finding(m, Kind.COMMAND_FAILED, Severity.WARNING, at(0), "old", ()) for m in others], at(0))
+    run(anomalies, command(1, TRIP, FAILED))
+    assert len(anomalies.open_events()) == len(others) + 1
+    anomalies.record([Finding(m, Kind.COMMAND_FAILED, Severity.CRITICAL, at(3), "again", ()) for m in [*others, M1]],
+                     at(3))
+    assert len(anomalies.open_events()) == len(others) + 1
+    assert {e.detail for e in anomalies.open_events()} == {"again"}
+    _, closed = anomalies.record([], at(4), resolved=[(m, Kind.COMMAND_FAILED) for m in others])
+    assert len(closed) == len(others) and [e.meter for e in anomalies.open_events()] == [M1]
+
+
 # --- a later confirmed command ------------------------------------------------------------------
 
 

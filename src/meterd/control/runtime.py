@@ -145,14 +145,16 @@ def _settle(anomalies: AnomalyStore, event: Event, settled: Mapping[_Failure, st
                 else Severity.WARNING)
     entry = {"meter": event.meter, "quantity": quantity, "timestamp": at.isoformat(), "value": note[:500],
              STILL_FAILED: _encode(still)}
-    anomalies.record([Finding(event.meter, Kind.COMMAND_FAILED, severity, event.opened,
-                              f"{event.detail} -- {note}"[:1000], (entry,))], now)
+    finding = Finding(event.meter, Kind.COMMAND_FAILED, severity, event.opened, f"{event.detail} -- {note}"[:1000],
+                      (entry,))
     if still:
+        anomalies.record([finding], now)
         return []
-    _, closed = anomalies.record([], now, resolved=[(event.meter, Kind.COMMAND_FAILED)])
-    for e in closed:
-        log.info("anomaly closed: meter %s %s: %s", e.meter, e.kind, note)
-    return closed
+    closed = anomalies.settle(finding, now)  # noted and closed at once
+    if closed is None:
+        return []
+    log.info("anomaly closed: meter %s %s: %s", closed.meter, closed.kind, note)
+    return [closed]
 
 
 def record_command_anomaly(anomalies: AnomalyStore, command: Command, now: datetime) -> list[Event]:

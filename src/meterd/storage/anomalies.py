@@ -62,6 +62,8 @@ class Severity(enum.StrEnum):
 
 
 _RANK: Final = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
+#: Up to this many meters a write reads only their open events; past it, every open event at once.
+_BY_METER: Final = 500
 
 
 @dataclass(frozen=True)
@@ -171,31 +173,44 @@ class AnomalyStore(StateDatabase):
             return [], []
         return self.update(findings, resolved, now)
 
+    def settle(self, finding: Finding, now: datetime) -> Event | None:
+        """Note ``finding`` in the open event of its (meter, kind) and close that event, in one
+        transaction (a crash leaves the event open and un-noted, or noted and closed, never noted
+        and open); the event closed, or None when none was open (nothing is written then)."""
+        _, closed = self.update([finding], (), now, closing=True)
+        return closed[0] if closed else None
+
     def update(
-        self, findings: Iterable[Finding], checked: Iterable[tuple[str, Kind]], now: datetime
+        self, findings: Iterable[Finding], checked: Iterable[tuple[str, Kind]], now: datetime, *,
+        closing: bool = False,
     ) -> tuple[list[Event], list[Event]]:
         """Apply one round of checks; returns (events opened, events closed).
 
         A finding opens an event unless one is open for its (meter, kind), which is then updated
         (severity and detail of the latest finding, ``last_seen`` = now, evidence appended up to a
         cap).  Every (meter, kind) in ``checked`` without a finding has its open event closed at
-        ``now``.  Pairs of findings count as checked.  All in one transaction.
+        ``now``.  Pairs of findings count as checked.  With ``closing`` the findings are the last
+        word on open events: each open one is updated and closed, and none is opened.  All in one
+        transaction.
         """
         grouped: dict[tuple[str, Kind], list[Finding]] = {}
         for f in findings:
             grouped.setdefault((f.meter, Kind(f.kind)), []).append(f)
         quiet = {(m, Kind(k)) for m, k in checked} - grouped.keys()
+        if closing:
+            quiet = set(grouped)
         now_ms = to_ms(now)
         opened_ids: list[int] = []
         closed_ids: list[int] = []
         with self._write() as conn:
-            open_now = {(m, k): (i, ev) for i, m, k, ev in conn.execute(
-                "SELECT id, meter, kind, evidence FROM anomalies WHERE closed_ts IS NULL")}
+            open_now = self._open_of(conn, {m for m, _ in grouped.keys() | quiet})
             for (meter, kind), fs in grouped.items():
                 severity = max((f.severity for f in fs), key=lambda s: _RANK[Severity(s)])
                 detail = _detail(fs)
                 evidence = [e for f in fs for e in f.evidence]
                 current = open_now.get((meter, kind))
+                if current is None and closing:
+                    continue
                 if current is None:
                     cur = conn.execute(
                         "INSERT INTO anomalies (meter, kind, severity, opened_ts, last_seen_ts, detail, evidence)"
@@ -219,6 +234,20 @@ class AnomalyStore(StateDatabase):
             opened = self._by_ids(conn, opened_ids)
             closed = self._by_ids(conn, closed_ids)
         return opened, closed
+
+    @staticmethod
+    def _open_of(conn: sqlite3.Connection, meters: set[str]) -> dict[tuple[str, str], tuple[int, str]]:
+        """The open events (id, evidence) of ``meters`` by (meter, kind): read by meter for a few
+        (a failed command, a settled one: not every open event's evidence in the district), whole
+        for a detection round."""
+        sql = "SELECT id, meter, kind, evidence FROM anomalies WHERE closed_ts IS NULL"
+        if not meters:
+            return {}
+        if len(meters) > _BY_METER:
+            rows = conn.execute(sql).fetchall()
+        else:
+            rows = conn.execute(f"{sql} AND meter IN ({','.join('?' * len(meters))})", sorted(meters)).fetchall()
+        return {(m, k): (i, ev) for i, m, k, ev in rows}
 
     @staticmethod
     def _by_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> list[Event]:
