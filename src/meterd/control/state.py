@@ -1374,13 +1374,17 @@ class ControlStore(CommandStore):
         rows = [r for r in rows if wanted is None or r["account"] in wanted]
         overrides = self._overrides()
         meters: dict[str, dict[str, Decimal]] = {}
-        if len(rows) < 500:
-            for r in rows:
-                meters[r["account"]] = {m["meter"]: Decimal(m["multiplier"]) for m in self._read(
-                    "SELECT meter, multiplier FROM account_meters WHERE account = ? ORDER BY meter", (r["account"],))}
-        else:
-            for r in self._read("SELECT meter, account, multiplier FROM account_meters ORDER BY meter"):
-                meters.setdefault(r["account"], {})[r["meter"]] = Decimal(r["multiplier"])
+        if not rows:
+            return []
+        sql = "SELECT meter, account, multiplier FROM account_meters"
+        whole = len(where) == 0 and limit is None and wanted is None
+        if whole:  # every account: one pass over the table
+            found = self._read(sql + " ORDER BY meter")
+        else:  # a page or a selection: only its accounts' meters, not a district's
+            clause, param = self._among("account", [r["account"] for r in rows])
+            found = self._read(f"{sql} WHERE {clause} ORDER BY meter", (param,))
+        for m in found:
+            meters.setdefault(m["account"], {})[m["meter"]] = Decimal(m["multiplier"])
         return [self._account(r, meters.get(r["account"], {}), overrides.get(r["account"])) for r in rows]
 
     def charging_view(self) -> dict[str, tuple[str, dict[str, Decimal], datetime, datetime | None]]:
