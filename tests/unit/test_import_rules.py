@@ -25,7 +25,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 #: Modules at the top of the package that every layer may use.  They import only each other.
-CORE = {"errors", "checking", "clock", "readings", "plausibility", "secrets", "logthrottle", "supervise", "heap"}
+CORE = {"errors", "checking", "clock", "readings", "plausibility", "secrets", "logthrottle", "supervise", "heap", "ports"}
 #: What the protocol codecs may use of the core (sans-I/O: no clocks, no logging).
 PROTOCOLS_CORE = {"errors", "checking"}
 EVERYTHING = {"protocols", "storage", "config", "collector", "control", "analytics", "billing_link", "api", "cluster",
