@@ -3,8 +3,11 @@ an unreachable URL that does not raise, the JSON Lines log, and a Notifier whose
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import socket
 import threading
 import urllib.parse
 from collections.abc import Sequence
@@ -178,6 +181,8 @@ async def test_notifier_sends_to_every_sink_and_survives_a_broken_one(make_serve
     notifier = Notifier([Broken(), WebhookSink(srv.url), LogFileSink(path)])
     with caplog.at_level(logging.ERROR, logger="meterd.control.notify"):
         await notifier.publish(iter([TRIP, TRICKY]))
+        assert await notifier.flush(10) == 0
+    await notifier.close()
     assert [json.loads(b)["account"] for b in srv.bodies()] == ["acc1", "acc2"]
     assert [json.loads(line)["account"] for line in path.read_text(encoding="utf-8").splitlines()] == ["acc1", "acc2"]
     assert caplog.text.count("notify sink Broken failed") == 2
@@ -186,3 +191,134 @@ async def test_notifier_sends_to_every_sink_and_survives_a_broken_one(make_serve
 async def test_notifier_with_nothing_to_do():
     await Notifier([]).publish([TRIP])
     await Notifier([Broken()]).publish([])
+    await Notifier([Broken()]).close()
+
+
+class Hanging:
+    """A gateway that takes every connection and never answers (or answers a byte at a time, every
+    wait shorter than the sink's timeout, the whole far longer)."""
+
+    def __init__(self, dribble: bool = False) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/hook"
+        self.dribble = dribble
+        self.connections: list[socket.socket] = []
+        self.done = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        self.server.settimeout(0.05)
+        while not self.done.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed
+                return
+            self.connections.append(conn)
+            if self.dribble:
+                threading.Thread(target=self._dribble, args=(conn,), daemon=True).start()
+
+    def _dribble(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+                if self.done.wait(0.2):
+                    return
+                conn.sendall(bytes([byte]))
+
+    def close(self) -> None:
+        self.done.set()
+        for conn in self.connections:
+            conn.close()
+        self.server.close()
+
+
+@pytest.fixture
+def hanging():
+    made: list[Hanging] = []
+
+    def make(dribble: bool = False) -> Hanging:
+        made.append(Hanging(dribble))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.close()
+
+
+async def test_publishing_never_waits_for_a_gateway_that_does_not_answer(hanging, tmp_path):
+    """The prepaid pass and the command executor publish; they used to wait for every sink to take
+    every notice. A gateway that never answered held them 3 x 5 s per notice (hours on a day of many
+    notices). Now publish returns at once and the other sinks go on."""
+    gateway = hanging()
+    path = tmp_path / "notices.jsonl"
+    notifier = Notifier([WebhookSink(gateway.url, timeout=5, retries=2), LogFileSink(path)])
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(notifier.publish([TRIP, TRICKY] * 50), 1.0)
+    await asyncio.wait_for(notifier.publish([TRIP]), 1.0)
+    assert asyncio.get_running_loop().time() - started < 1.0
+    deadline = asyncio.get_running_loop().time() + 10
+    while (not path.exists() or len(path.read_text(encoding="utf-8").splitlines()) < 101) \
+            and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    assert len(path.read_text(encoding="utf-8").splitlines()) == 101  # the log sink is not held up
+    assert notifier.queued() >= 100  # the webhook's notices wait their turn
+    await notifier.close(timeout=0.1)
+
+
+async def test_a_dribbling_answer_is_given_up_after_three_timeouts(hanging, caplog):
+    gateway = hanging(dribble=True)
+    sink = WebhookSink(gateway.url, timeout=0.5, retries=0)
+    started = asyncio.get_running_loop().time()
+    with caplog.at_level(logging.WARNING, logger="meterd.control.notify"):
+        await asyncio.wait_for(sink.send(TRIP), 30)
+    took = asyncio.get_running_loop().time() - started
+    assert took < 10, took  # 1.5 s of deadline; the dribble alone would go on for 2,000 s
+    assert "no answer within 1.5 s" in caplog.text and "not delivered after 1 attempt(s)" in caplog.text
+
+
+async def test_a_sink_that_falls_far_behind_loses_its_oldest_notices(hanging, caplog):
+    gateway = hanging()
+    notifier = Notifier([WebhookSink(gateway.url, timeout=5, retries=0)], max_queued=10)
+    notices = [Notice(f"acc{i}", "reminder", "low balance", AT) for i in range(25)]
+    with caplog.at_level(logging.ERROR, logger="meterd.control.notify"):
+        await notifier.publish(notices[:5])
+        await asyncio.sleep(0.1)  # the first is in flight, the next four queued
+        await notifier.publish(notices[5:])
+    assert list(notifier._queues[0]) == notices[15:]  # the newest ten
+    assert notifier.dropped == [14]  # 4 queued behind the one in flight, 20 more, 10 kept
+    assert caplog.text.count("the oldest are dropped") == 1
+    await notifier.close(timeout=0.1)
+    assert "notice(s) not sent at stop" in caplog.text
+
+
+async def test_a_prepaid_pass_is_not_held_by_a_gateway_that_does_not_answer(hanging, tmp_path):
+    """The pass published its notices and waited for them before waking the command executor: with
+    a gateway that never answered, the trips it had just queued waited 3 x 5 s per notice."""
+    from meterd.config.prepaid import NotifyConfig, PrepaidConfig
+    from meterd.control.engine import PrepaidSettings
+    from meterd.control.policy import SafetyRules, Threshold, Thresholds
+    from meterd.control.runtime import PrepaidRuntime
+    from meterd.control.state import AccountSpec
+    from meterd.control.tariff import Tariff, TariffKind, TariffVersion
+
+    gateway = hanging()
+    flat = Tariff("flat", (TariffVersion(datetime(2024, 1, 1).date(), TariffKind.FLAT, price=Decimal("0.50")),))
+    accounts = tuple(AccountSpec(f"A{i}", "flat", {f"{i:012d}": Decimal(1)}, area="TA1", opening_balance=Decimal(-1))
+                     for i in range(1, 6))
+    config = PrepaidConfig(
+        PrepaidSettings(Thresholds(Threshold(Decimal(20)), Threshold(Decimal(10)), Threshold(Decimal(0)),
+                                   Threshold(Decimal(5))), SafetyRules(dry_run=True)),
+        {"flat": flat}, accounts, notify=(NotifyConfig("webhook", url=gateway.url, timeout=5.0),
+                                          NotifyConfig("log", path=tmp_path / "notices.jsonl")))
+    runtime = PrepaidRuntime(config, meters=[], where=tmp_path, route=lambda meter: None, clock=lambda: AT)
+    try:
+        runtime.executor.wake.clear()
+        await asyncio.wait_for(runtime.run_pass(), 5.0)
+        assert runtime.executor.wake.is_set()  # the trips it queued go now
+        assert runtime.notifier.queued() >= 5  # five trip notices for the gateway, waiting their turn
+    finally:
+        await runtime.notifier.close(timeout=0.1)
+        runtime.store.close()
+        runtime.anomalies.close()

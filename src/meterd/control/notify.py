@@ -24,7 +24,12 @@ Chinese text cannot break the body.  Unknown placeholders are refused when the s
 
 Delivery.  ``retries`` more attempts after the first, with a short doubling back-off; an HTTP 4xx
 other than 408/429 is not retried (the request itself is wrong).  After the last failure a warning
-names the URL (without query string or password) and the notice; ``send`` never raises.
+names the URL (without query string or password) and the notice; ``send`` never raises.  Each wait
+is bounded by the sink's ``timeout`` and a whole POST by three times it; the answer's body is not read.
+
+Queueing.  :meth:`Notifier.publish` queues and returns at once; each sink drains a queue of its own
+(at most :data:`MAX_QUEUED` notices, the oldest dropped past that), so a slow gateway delays only
+its own notices, never a prepaid pass or a command.
 """
 
 from __future__ import annotations
@@ -33,10 +38,13 @@ import asyncio
 import json
 import logging
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from datetime import datetime
 from decimal import Decimal
@@ -45,11 +53,19 @@ from string import Template
 from typing import Any, Final, Literal, Protocol
 
 from meterd.control.policy import Notice
+from meterd.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
 
 TEMPLATE_FIELDS: Final = tuple(f.name for f in fields(Notice))
 _RETRY_STATUS: Final = frozenset({408, 429})
+#: Notices a sink may have queued; past that its oldest are dropped (:class:`Notifier`).
+MAX_QUEUED: Final = 10_000
+#: One POST may take at most this many times the sink's ``timeout`` in all (each wait is bounded by
+#: the timeout itself; a gateway dribbling its answer a byte a wait is not).
+POST_DEADLINE: Final = 3
+#: Seconds the queued notices get to go out when the daemon stops.
+CLOSE_WAIT: Final = 5.0
 
 Escape = Literal["json", "form", "none"]
 
@@ -137,6 +153,9 @@ class WebhookSink:
         self.retries = max(0, retries)
         self.kinds = kinds
         self.backoff = backoff
+        # POSTs run on a thread of the sink's own: a gateway that hangs past every deadline holds
+        # this thread, not the threads the prepaid pass and the stores run on.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook")
 
     def body(self, notice: Notice) -> bytes:
         wire = notice_dict(notice)
@@ -155,38 +174,116 @@ class WebhookSink:
             if attempt:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                await asyncio.to_thread(self._post, data)
+                await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._thread, self._post, data),
+                                       self.timeout * POST_DEADLINE)
                 return
             except urllib.error.HTTPError as exc:
                 error = exc
                 if 400 <= exc.code < 500 and exc.code not in _RETRY_STATUS:
                     break
+            except TimeoutError:  # a gateway dribbling its answer's head: every wait short, the whole long
+                error = TimeoutError(f"no answer within {self.timeout * POST_DEADLINE:g} s")
             except (OSError, ValueError) as exc:  # URLError, refused, timeout; ValueError: a bad URL
                 error = exc
         log.warning("webhook %s: %s not delivered after %d attempt(s): %s",
                     _redacted(self.url), _describe(notice), attempt + 1, error)
 
     def _post(self, data: bytes) -> None:
+        """One POST; its status is the answer (an HTTPError when it is not 2xx/3xx). The body is not
+        read: a gateway's answer, however long or slow, holds nothing meterd needs."""
         request = urllib.request.Request(self.url, data=data, headers=self.headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            response.read()
+        with urllib.request.urlopen(request, timeout=self.timeout):
+            pass
 
 
 class Notifier:
-    """Sends notices to every sink; one failing sink never stops the others."""
+    """Sends notices to every sink; one failing or slow sink never stops the others, nor whoever
+    publishes.
 
-    def __init__(self, sinks: Sequence[NotifySink]) -> None:
+    :meth:`publish` queues and returns at once: the prepaid pass and the command executor that publish
+    never wait for an SMS gateway (a gateway that took its 5 s timeout three times over per notice held
+    the pass, and the trips it had queued, for hours on a day of many notices). Each sink has a queue
+    of its own, at most ``max_queued`` notices, drained in order by a task of its own. A sink that
+    falls that far behind loses its oldest notices, counted in :attr:`dropped` and logged once a
+    minute; the newest say where each account stands now. The notices are in the ledger and the
+    audit whatever becomes of them here.
+    """
+
+    def __init__(self, sinks: Sequence[NotifySink], *, max_queued: int = MAX_QUEUED) -> None:
+        if max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1, not {max_queued}")
         self.sinks = tuple(sinks)
+        self.max_queued = max_queued
+        self.dropped = [0] * len(self.sinks)  # per sink: notices dropped from a full queue
+        self._queues: list[deque[Notice]] = [deque() for _ in self.sinks]
+        self._wake = [asyncio.Event() for _ in self.sinks]
+        self._busy = [False] * len(self.sinks)
+        self._tasks: list[asyncio.Task[None] | None] = [None] * len(self.sinks)
+        self._log = LogThrottle()
 
     async def publish(self, notices: Iterable[Notice]) -> None:
+        """Queue ``notices`` for every sink; returns at once."""
         batch = list(notices)
-        if batch and self.sinks:
-            await asyncio.gather(*(self._drain(sink, batch) for sink in self.sinks))
+        if not batch:
+            return
+        for i, sink in enumerate(self.sinks):
+            queue = self._queues[i]
+            queue.extend(batch)
+            over = len(queue) - self.max_queued
+            if over > 0:
+                for _ in range(over):
+                    queue.popleft()
+                self.dropped[i] += over
+                admit, earlier, _ = self._log.admit(log.name, f"dropped-{i}", logging.ERROR)
+                if admit:
+                    log.error("notify sink %s: %d notice(s) queued, its most (%d); the oldest are dropped "
+                              "(%d so far; %d more drops since the last such line)", _name(sink), len(queue),
+                              self.max_queued, self.dropped[i], earlier)
+            task = self._tasks[i]
+            if task is None or task.done():
+                self._tasks[i] = asyncio.create_task(self._drain(i), name=f"notify-{_name(sink)}")
+            self._wake[i].set()
 
-    @staticmethod
-    async def _drain(sink: NotifySink, notices: list[Notice]) -> None:
-        for notice in notices:
-            try:
-                await sink.send(notice)
-            except Exception:
-                log.exception("notify sink %s failed on %s", type(sink).__name__, _describe(notice))
+    def queued(self) -> int:
+        """Notices queued or being sent, over all sinks."""
+        return sum(len(q) for q in self._queues) + sum(self._busy)
+
+    async def flush(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for every queued notice to be sent (or given up); how many
+        were still queued or in flight then."""
+        deadline = time.monotonic() + timeout
+        while self.queued() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.queued()
+
+    async def close(self, timeout: float = CLOSE_WAIT) -> None:
+        """Give the queued notices ``timeout`` seconds, then stop the sinks' tasks; logs what was
+        not sent."""
+        left = await self.flush(timeout) if any(self._tasks) else self.queued()
+        for task in self._tasks:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in self._tasks if t is not None), return_exceptions=True)
+        self._tasks = [None] * len(self.sinks)
+        if left:
+            log.warning("notify: %d notice(s) not sent at stop (still queued after %g s)", left, timeout)
+
+    async def _drain(self, i: int) -> None:
+        sink, queue, wake = self.sinks[i], self._queues[i], self._wake[i]
+        while True:
+            while queue:
+                notice = queue.popleft()
+                self._busy[i] = True
+                try:
+                    await sink.send(notice)
+                except Exception:
+                    log.exception("notify sink %s failed on %s", _name(sink), _describe(notice))
+                finally:
+                    self._busy[i] = False
+            wake.clear()
+            await wake.wait()
+
+
+def _name(sink: NotifySink) -> str:
+    url = getattr(sink, "url", None)
+    return f"{type(sink).__name__} {_redacted(url)}" if isinstance(url, str) else type(sink).__name__

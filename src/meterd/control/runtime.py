@@ -333,12 +333,17 @@ class PrepaidRuntime:
                 executor.cancel()
                 await asyncio.gather(executor, return_exceptions=True)
             if stop.is_set():
+                await self.notifier.close()
                 self.store.close()
                 self.anomalies.close()
 
     async def run_commands(self, stop: asyncio.Event) -> None:
         """The command executor alone (collector nodes: on every node, beside the leader's passes)."""
-        await self.executor.run(stop)
+        try:
+            await self.executor.run(stop)
+        finally:
+            if stop.is_set():
+                await self.notifier.close()  # the executor's notices (failed commands)
 
     def _command_finished(self, command: Command) -> None:
         for event in record_command_anomaly(self.anomalies, command, self.clock()):
