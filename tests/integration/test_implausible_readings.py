@@ -121,8 +121,11 @@ async def test_an_absurd_pushed_reading_is_flagged_and_every_other_account_is_st
         await until(lambda: daemon.hub.connected)
         up = "meterd/terminals/T001/up"
         t1 = T0 + timedelta(minutes=15)
-        for payload in (message(M1, T0, "1000.00"), message(M2, T0, "2000.00"),
-                        message(M1, t1, absurd),  # 1000 -> absurd in 15 minutes
+        for payload in (message(M1, T0, "1000.00"), message(M2, T0, "2000.00")):
+            terminal.publish(up, payload, qos=1).wait_for_publish(5)
+        await until(lambda: daemon.hub.stats.pushed_messages == 2)
+        now[0] = t1  # the master's clock moves on with the terminal's (a reading ahead of it is re-stamped)
+        for payload in (message(M1, t1, absurd),  # 1000 -> absurd in 15 minutes
                         message(M2, t1, "2010.00"),  # 10 kWh in 15 minutes: 40 kW, plausible
                         message(STRANGER, t1, "5.00")):  # not behind T001: dropped, counted
             terminal.publish(up, payload, qos=1).wait_for_publish(5)
@@ -208,3 +211,52 @@ quantities = ["{ENERGY}", "voltage.a"]
     assert [r.quality for r in result.readings if r.quantity == "voltage.a"] == [Quality.GOOD]
     assert [r.quality for r in seen if r.quantity == ENERGY] == [Quality.IMPLAUSIBLE]  # observers see the verdict
     assert daemon.door.flagged == 1
+
+
+async def test_a_pushed_reading_stamped_years_ahead_is_taken_as_received_and_charging_goes_on(tmp_path, broker,
+                                                                                                  caplog):
+    """A terminal whose clock says 2036 pushed a reading stamped then; it became the newest of M1's
+    register, every later reading was older (LATE), and A1 was never charged again until 2036. Now
+    it is taken as read when it came, logged with the terminal, and the next readings charge."""
+    data = tmp_path / "data"
+    config = parse_config(tomllib.loads(site(data, broker.port)), "site.toml", tmp_path)
+    now = [T0]
+    store = SqliteStore(data)
+    node = build_node(config, store, clock=lambda: now[0])
+    daemon = node.collector
+    stop = asyncio.Event()
+    run = asyncio.create_task(daemon.run(stop))
+    terminal = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="T001")
+    terminal.connect("127.0.0.1", broker.port)
+    terminal.loop_start()
+    push = "meterd/terminals/T001/push"
+    try:
+        assert daemon.hub is not None and node.prepaid is not None
+        await until(lambda: daemon.hub.connected)
+        terminal.publish(push, message(M1, T0, "1000.00"), qos=1).wait_for_publish(5)
+        await until(lambda: daemon.hub.stats.pushed_messages == 1)
+        now[0] = T0 + timedelta(minutes=5)
+        terminal.publish(push, message(M1, datetime(2036, 5, 1, tzinfo=timezone.utc), "1001.00"),
+                         qos=1).wait_for_publish(5)
+        await until(lambda: daemon.hub.stats.pushed_messages == 2)
+        await until(lambda: daemon.writer.pending == 0)
+        await asyncio.to_thread(node.prepaid.engine.run_pass, now[0])  # its cursor: 2036 (before), 02:05 now
+        now[0] = T0 + timedelta(minutes=15)
+        terminal.publish(push, message(M1, now[0], "1004.00"), qos=1).wait_for_publish(5)
+        await until(lambda: daemon.hub.stats.pushed_messages == 3)
+        await until(lambda: daemon.writer.pending == 0)
+        summary = await asyncio.to_thread(node.prepaid.engine.run_pass, now[0] + timedelta(minutes=1))
+    finally:
+        terminal.loop_stop()
+        terminal.disconnect()
+        stop.set()
+        await run
+    assert summary.failed == {}
+    with ControlStore(data) as control:
+        assert control.balance("A1") == Decimal("98.00")  # 4 kWh x 0.50: 1000 -> 1001 -> 1004
+        assert control.verify_balances() == []
+    stamps = [(r.timestamp, r.value) for r in readings_of(data, M1)]
+    assert (T0 + timedelta(minutes=5), Decimal("1001.00")) in stamps
+    assert all(at.year < 2036 for at, _ in stamps)
+    assert daemon.door.restamped == 1 and daemon.door.flagged == 0
+    assert "terminal T001's clock is ahead: meter 000001000001" in caplog.text

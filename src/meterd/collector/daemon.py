@@ -858,7 +858,7 @@ class Daemon:
         """Readings an MQTT terminal pushed on its own schedule (of a meter configured behind it:
         the hub drops the others): through the door to the writer.  Among collector nodes the
         broker gave this push to this node alone, so it is taken whoever holds the channel."""
-        readings = self.door.screen(readings)
+        readings = self.door.screen(self.door.restamp_ahead(readings, self.clock(), terminal))
         self.writer.add_many(readings)
         self._notify_observers(readings)
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Final
 
 from meterd.config.model import MeterConfig
 from meterd.logthrottle import LogThrottle
@@ -31,6 +34,9 @@ from meterd.readings import Reading
 log = logging.getLogger(__name__)
 
 Recorder = Callable[[list[Implausible]], None]
+
+#: How far ahead of the master's clock a terminal may stamp a pushed reading (clocks drift).
+AHEAD_SLACK: Final = timedelta(minutes=5)
 
 
 def bounds(meter: MeterConfig) -> MeterBounds:
@@ -65,7 +71,31 @@ class Door:
         self.gate = Gate(by_meter)
         self.record = record
         self.flagged = 0  # readings flagged implausible since start
+        self.restamped = 0  # pushed readings stamped ahead of the master's clock, taken as received
         self._log = LogThrottle()  # once a minute per meter and quantity, with a count
+
+    def restamp_ahead(self, readings: list[Reading], now: datetime, terminal: str) -> list[Reading]:
+        """Readings a terminal stamped itself (MQTT pushes), each live one stamped more than
+        :data:`AHEAD_SLACK` after ``now`` stamped ``now`` instead: what it read is taken as read
+        when it came. Kept as stamped, a reading years ahead became the newest of its register, so
+        every later one was older: its account's charging stalled, its relay state froze, until the
+        terminal's clock reached that year. Frozen registers keep their stamp (their day; the
+        prepaid engine judges a frozen value from the future itself). Logged once a minute per
+        terminal, with a count."""
+        limit = now + AHEAD_SLACK
+        if all(r.timestamp <= limit for r in readings):
+            return readings
+        out: list[Reading] = []
+        for r in readings:
+            if r.timestamp > limit and not r.quantity.startswith("frozen."):
+                self.restamped += 1
+                self._log.log(log, logging.WARNING, f"ahead {terminal}",
+                              "terminal %s's clock is ahead: meter %s %s stamped %s, received %s; taken as "
+                              "read when received", terminal, r.meter, r.quantity, r.timestamp.isoformat(),
+                              now.isoformat())
+                r = replace(r, timestamp=now)
+            out.append(r)
+        return out
 
     def screen(self, readings: list[Reading]) -> list[Reading]:
         out, found = self.gate.screen(readings)
