@@ -156,3 +156,49 @@ async def test_commands_go_ahead_of_routine_reads_waiting_for_the_bus(rig):
     assert outcome.confirmed
     # the 1C frame goes next; its read-back is one more urgent transaction (one queued read may slip in between)
     assert order.index("command") <= 2, order
+
+
+async def test_a_slow_bus_does_not_hold_the_commands_of_another(tmp_path):
+    """The executor sent a round's commands bus by bus in parallel but waited for every bus before
+    looking again: a reclose queued for a customer who had just paid waited for a bus busy with a
+    batch of commands to meters that did not answer.  Now each bus's lane goes on by itself."""
+    dead = [f"0000000001{i:02d}" for i in range(8)]
+    slow = Dlt645Bus([MeterModel(a, start=START) for a in dead], faults={a: FaultPlan.of("no_answer") for a in dead})
+    fast = Dlt645Bus([MeterModel(OK, start=START)])
+    servers = [await serve_tcp(b, clock=SimClock.starting(START, speed=1.0)) for b in (slow, fast)]
+    channels = []
+    for name, running in zip(("slow", "fast"), servers, strict=True):
+        host, port = running.endpoint.rsplit(":", 1)
+        channels.append(Channel(name, TcpTransport(name, host, int(port)), timing=Timing(0.3, 0.1), retries=0))
+    routes = {a: MeterRelay(channels[0], MeterTarget(a), credentials=CREDS) for a in dead}
+    routes[OK] = MeterRelay(channels[1], MeterTarget(OK), credentials=CREDS)
+    clock = Clock()
+    store = ControlStore(tmp_path)
+    store.upsert_accounts([AccountSpec("A1", "flat", {a: Decimal(1) for a in [*dead, OK]}, area="TA1")],
+                          actor="test", now=clock())
+    ended: list[tuple[str, str]] = []
+    executor = CommandExecutor(store, routes.get, clock=clock, retry_every=timedelta(minutes=5),
+                               valid_for=timedelta(days=3650), outcome=lambda c, what: ended.append((c.meter, what)))
+    for a in dead:
+        queue(store, clock, a, CommandKind.ALARM)
+    stop = asyncio.Event()
+    running = asyncio.create_task(executor.run(stop, idle=0.05))
+    try:
+        while not ended:  # the slow bus has begun its batch
+            await asyncio.sleep(0.01)
+        queue(store, clock, OK, CommandKind.RECLOSE)  # the customer paid
+        executor.wake.set()
+        while len(ended) < len(dead) + 1:
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await running
+        store.close()
+        for c in channels:
+            await c.close()
+        for s in servers:
+            await s.close()
+    assert (OK, "confirmed") in ended and fast.meter(OK).control_log != []
+    # confirmed while the slow bus still had most of its batch to go, not after it
+    assert ended.index((OK, "confirmed")) < len(dead) // 2, ended
+    assert sorted(m for m, what in ended if what == "retry") == dead  # each dead meter tried once, queued again

@@ -20,6 +20,8 @@ The lifecycle (stored and audited by :class:`~meterd.control.state.ControlStore`
   the read-back as evidence, an ``anomaly`` notice, and no automatic retry.
 - Commands go to the channel as :data:`~meterd.collector.channel.URGENT` transactions, ahead of
   routine reads; commands on different channels run in parallel, on one channel one at a time.
+  Each channel's commands go in a lane of their own: a new command for one channel goes as soon as
+  that channel is free, whatever another channel still has to do.
 
 Collector nodes (a :class:`Scope`): a node takes only the due commands of meters on the channels
 it holds, and claims each with its node name and a *fence*: inside the claiming transaction the
@@ -127,23 +129,48 @@ class CommandExecutor:
         (set it after queuing).  ``idle`` bounds how late a command queued by another process
         (``meterd trip``) is noticed."""
         await self.recover()
-        while not stop.is_set():
-            try:
-                if self.scope is not None and self.scope.generation != self._recovered:
-                    await self.recover()  # channels taken over: their orphans are ours to settle now
-                await self.run_once()
-            except MeterdError as exc:  # a store problem must not kill the daemon; say it and go on
-                log.error("command executor: %s", exc)
-            except Exception:  # nor may anything else: the next round tries again
-                log.exception("command executor: sending due commands failed")
-            self.wake.clear()
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
-            await asyncio.wait(waiters, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
+        lanes: dict[str, asyncio.Task[list[Command]]] = {}  # bus -> the task sending its commands
+        try:
+            while not stop.is_set():
+                try:
+                    if self.scope is not None and self.scope.generation != self._recovered:
+                        await self.recover()  # channels taken over: their orphans are ours to settle now
+                    self.wake.clear()
+                    by_bus, _ = await self._due(busy=lanes.keys())
+                    for bus, commands in by_bus.items():
+                        lanes[bus] = asyncio.create_task(self._lane(commands), name=f"commands-{bus}")
+                except MeterdError as exc:  # a store problem must not kill the daemon; say it and go on
+                    log.error("command executor: %s", exc)
+                except Exception:  # nor may anything else: the next round tries again
+                    log.exception("command executor: sending due commands failed")
+                waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
+                await asyncio.wait(waiters, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    w.cancel()
+                for bus, lane in list(lanes.items()):
+                    if lane.done():
+                        del lanes[bus]
+                        if not lane.cancelled() and (failure := lane.exception()) is not None:
+                            log.error("command executor: sending the commands of %s failed", bus,
+                                      exc_info=failure)
+        finally:
+            for lane in lanes.values():  # a command cut off mid-send stays sent: settled by read-back at start
+                lane.cancel()
+            await asyncio.gather(*lanes.values(), return_exceptions=True)
 
-    async def run_once(self) -> list[Command]:
-        """Expire stale commands, then send every due one; returns the commands as they ended up."""
+    async def _lane(self, commands: list[Command]) -> list[Command]:
+        """One bus's due commands, one after another.  When one of them was sent (or ended) it wakes
+        the loop when done, so the bus's next commands go at once; a lane that could claim none
+        (its channel's lease not held just now) leaves them to the next idle round."""
+        done = [await self.execute(cmd) for cmd in commands]
+        if any(after is not before for after, before in zip(done, commands, strict=True)):
+            self.wake.set()
+        return done
+
+    async def _due(self, busy: Iterable[str] = ()) -> tuple[dict[str, list[Command]], list[Command]]:
+        """Expire stale commands, fail the due ones no channel reaches, and return the rest by bus
+        (leaving out the ``busy`` buses': their lanes take them when done), with the commands ended
+        here."""
         now = self.clock()
         for cmd in await asyncio.to_thread(self.store.expire, now):
             log.warning("command #%d %s to meter %s expired: %s", cmd.id, cmd.kind, cmd.meter, cmd.reason)
@@ -154,6 +181,7 @@ class CommandExecutor:
         else:
             meters = self.scope.meters()
             due = await asyncio.to_thread(lambda: self.store.due_commands(now, meters=meters)) if meters else []
+        skip = set(busy)
         by_channel: dict[str, list[Command]] = {}
         done: list[Command] = []
         for cmd in due:
@@ -165,12 +193,16 @@ class CommandExecutor:
                                                    f"meter {cmd.meter} is not in the configuration: no channel "
                                                    "reaches it"))
                 continue
-            by_channel.setdefault(route.bus, []).append(cmd)
+            if route.bus not in skip:
+                by_channel.setdefault(route.bus, []).append(cmd)
+        return by_channel, done
 
-        async def lane(commands: list[Command]) -> list[Command]:
-            return [await self.execute(cmd) for cmd in commands]
-
-        for results in await asyncio.gather(*(lane(cmds) for cmds in by_channel.values())):
+    async def run_once(self) -> list[Command]:
+        """Expire stale commands, then send every due one, waiting for them all; returns the
+        commands as they ended up.  (:meth:`run` does not wait for a slow bus: each bus's lane goes
+        on by itself.)"""
+        by_channel, done = await self._due()
+        for results in await asyncio.gather(*(self._lane(cmds) for cmds in by_channel.values())):
             done.extend(results)
         return done
 
