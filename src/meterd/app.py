@@ -30,6 +30,7 @@ executor runs on every node, for the meters on the channels it holds, fenced by 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from meterd.control.commands import RelayLink
     from meterd.control.runtime import PrepaidRuntime
     from meterd.storage.retention import RetentionJob
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -97,6 +100,7 @@ def _build_node(config: Config, store: SqliteStore | PostgresStore, *, clock: Cl
     collector = Daemon(config, store, clock=clock, on_round=on_round, trace=trace, ownership=cluster)
     node = Node(collector, cluster=cluster)
     where = config.store.state  # the data directory, or the PostgreSQL database
+    _record_zone(config, clock)
     collector.audit = _audit_writer(where, clock)  # terminal-side changes (a 1376.1 archive downloaded)
     if config.prepaid is not None:
         from meterd.control.runtime import PrepaidRuntime
@@ -148,6 +152,25 @@ def _build_node(config: Config, store: SqliteStore | PostgresStore, *, clock: Cl
     node.retention = _retention(config, store, collector, clock)
     collector.add_service(_led(cluster, "retention", node.retention.run))
     return node
+
+
+def _record_zone(config: Config, clock: Clock) -> None:
+    """The site's zone recorded in the state database, for the commands run on the data directory
+    or the database without the config (:mod:`meterd.storage.site`); a zone the config changed is
+    logged.  A failure to write it is logged and starts the node all the same."""
+    from meterd.storage import site
+
+    try:
+        changed, before = site.record(config.store.state, site.TIMEZONE, config.site.timezone, clock())
+    except site.storage_errors() as exc:
+        log.warning("the site zone %s not recorded in the state database %s: %s", config.site.timezone,
+                    config.store.state, exc)
+        return
+    if changed and before is not None:
+        log.info("site zone %s recorded in the state database %s (it recorded %s)", config.site.timezone,
+                 config.store.state, before)
+    elif changed:
+        log.info("site zone %s recorded in the state database %s", config.site.timezone, config.store.state)
 
 
 def _retention(config: Config, store: SqliteStore | PostgresStore, collector: Daemon, clock: Clock) -> RetentionJob:

@@ -100,7 +100,7 @@ def alarms_cmd(args: argparse.Namespace) -> int:
     if args.json:
         print_json(alarm_doc(alarm))
     else:
-        print(_text(alarm, site_zone(config)))
+        print(_text(alarm, site_zone(config, where)))
     return EXIT_OK
 
 
@@ -136,7 +136,7 @@ def _list(args: argparse.Namespace, where: Any, config: Any) -> int:
     if args.json:
         print_json({"alarms": [alarm_doc(a) for a in found], "counts": counts})
         return EXIT_OK
-    zone = site_zone(config)
+    zone = site_zone(config, where)
     for a in found:
         print(_text(a, zone))
     print(f"{counts['open']} open, {counts['acknowledged']} acknowledged, {counts['closed']} closed")

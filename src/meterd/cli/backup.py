@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from datetime import datetime, tzinfo
 from pathlib import Path
+from typing import Any
 
 from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json, site_zone
 from meterd.clock import local_text, utc_now
@@ -42,14 +43,14 @@ def _where(p: argparse.ArgumentParser) -> None:
     where.add_argument("--data-dir", help="an SQLite data directory")
 
 
-def _location(args: argparse.Namespace) -> tuple[Location, tzinfo]:
-    """The store and the site's zone (the default one for a bare data directory)."""
+def _location(args: argparse.Namespace) -> tuple[Location, Any]:
+    """The store and the config (None for a bare data directory)."""
     if args.config:
         from meterd.cli.common import load_site_config
 
         config = load_site_config(args.config)
-        return config.store.state, site_zone(config)
-    return Path(args.data_dir), site_zone(None)
+        return config.store.state, config
+    return Path(args.data_dir), None
 
 
 def _shown(created: object, zone: tzinfo) -> str:
@@ -63,8 +64,8 @@ def _shown(created: object, zone: tzinfo) -> str:
 
 def run_backup(args: argparse.Namespace) -> int:
     try:
-        where, zone = _location(args)
-        files = backup(where, Path(args.to), now=utc_now().astimezone(zone))
+        where, config = _location(args)
+        files = backup(where, Path(args.to), now=utc_now().astimezone(site_zone(config, where)))
     except ConfigError as exc:
         error(str(exc))
         return EXIT_BAD_INPUT
@@ -83,7 +84,7 @@ def run_backup(args: argparse.Namespace) -> int:
 
 def run_restore(args: argparse.Namespace) -> int:
     try:
-        where, zone = _location(args)
+        where, config = _location(args)
         manifest = restore(Path(args.source), where, force=args.force)
     except ConfigError as exc:
         error(str(exc))
@@ -93,7 +94,7 @@ def run_restore(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if args.json:
         print_json(manifest)
-    else:
-        print(f"restored the backup of {_shown(manifest.get('created'), zone)} ({manifest.get('backend')}) from "
+    else:  # a bare data directory: the zone the restored state database records
+        print(f"restored the backup of {_shown(manifest.get('created'), site_zone(config, where))} ({manifest.get('backend')}) from "
               f"{args.source}")
     return EXIT_OK

@@ -8,11 +8,15 @@ import logging
 import sys
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
-from meterd.clock import CST, day_start, local_date, local_text
+from meterd.clock import CST, DEFAULT_TIMEZONE, day_start, local_date, local_text
 from meterd.config.durations import parse_duration
 from meterd.readings import Reading
+from meterd.storage.database import Location, as_database
+
+log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -52,10 +56,59 @@ def reading_dict(r: Reading) -> dict[str, Any]:
     }
 
 
-def site_zone(config: Any) -> tzinfo:
-    """The site's zone for what a command prints: the config's ``[site] timezone``, or the default
-    (Asia/Shanghai) when the command runs on a data directory without a config."""
-    return CST if config is None else config.site.zone
+def site_zone(config: Any, where: Location | None = None) -> tzinfo:
+    """The site's zone for what a command prints: the config's ``[site] timezone``; without a
+    config, the zone the state database at ``where`` records (:func:`recorded_zone`); the default
+    (Asia/Shanghai) when neither names one."""
+    if config is not None:
+        return config.site.zone
+    return CST if where is None else recorded_zone(where)
+
+
+_said: set[str] = set()  # the locations whose missing zone this process said on stderr already
+
+
+def recorded_zone(where: Location) -> tzinfo:
+    """The site's zone the state database at ``where`` records (the daemon and every command given
+    a config record it), the log's times in it too; else the default, said once on stderr.  A data
+    directory that does not exist gets the default without a word: the command says what is wrong."""
+    from meterd.clock import zone_named
+    from meterd.storage import site
+
+    what = "the database" if as_database(where) is not None else f"the data directory {where}"
+    try:
+        name = site.recorded(where)
+    except site.storage_errors() as exc:  # unreadable, or a server out of reach: the command itself says so
+        log.debug("the site zone recorded at %s: %s", where, exc)
+        problem = f"the site zone {what} records cannot be read ({exc})"
+    else:
+        problem = f"{what} records no site zone"
+        if name is not None:
+            try:
+                zone = zone_named(name)
+            except ValueError as exc:
+                problem = f"{what} records a zone this host does not know ({exc})"
+            else:
+                log_times_in(zone)
+                return zone
+    if as_database(where) is None and not Path(str(where)).is_dir():
+        return CST
+    if str(where) not in _said:
+        _said.add(str(where))
+        error(f"note: times in +08:00 ({DEFAULT_TIMEZONE}): no config given and {problem}")
+    return CST
+
+
+def record_site_zone(config: Any, now: datetime) -> tuple[bool, str | None]:
+    """Record the config's ``[site] timezone`` in its state database, when that exists (a data
+    directory without ``state.sqlite3`` gets none made; a PostgreSQL database always exists):
+    ``(changed, before)`` as :func:`meterd.storage.site.record`."""
+    from meterd.storage import site
+
+    where = config.store.state
+    if not site.state_exists(where):
+        return False, None
+    return site.record(where, site.TIMEZONE, config.site.timezone, now)
 
 
 def format_value(value: Any, zone: tzinfo = CST) -> str:
@@ -83,12 +136,27 @@ class SiteTimeFormatter(logging.Formatter):
         return local_text(datetime.fromtimestamp(record.created, UTC), self.zone, timespec="milliseconds")
 
 
-def load_site_config(path: str) -> Any:
-    """:func:`~meterd.config.loader.load_config`, and the log's times in its site zone from now on."""
+def load_site_config(path: str, *, record: bool = True) -> Any:
+    """:func:`~meterd.config.loader.load_config`, and the log's times in its site zone from now on.
+
+    ``record``: the site's zone is recorded in the state database (:func:`record_site_zone`), for
+    the commands run later on the data directory alone; a failure to write it (a database this
+    user may only read, one out of reach) is logged and is no failure of the command.  ``meterd
+    run`` and ``meterd migrate`` record it only once the tables are checked (no write before)."""
     from meterd.config.loader import load_config
+    from meterd.storage import site
 
     config = load_config(path)
     log_times_in(config.site.zone)
+    if record:
+        try:
+            changed, before = record_site_zone(config, datetime.now(UTC))
+        except site.storage_errors() as exc:
+            log.debug("the site zone not recorded in %s: %s", config.store.state, exc)
+        else:
+            if changed:
+                log.info("site zone %s recorded in the state database %s%s", config.site.timezone, config.store.state,
+                         f" (it recorded {before})" if before else "")
     return config
 
 

@@ -50,11 +50,12 @@ def stores(where: Location | None = None) -> list[tuple[str, Opener]]:
     from meterd.storage.alarms import AlarmStore
     from meterd.storage.anomalies import AnomalyStore
     from meterd.storage.quality import QualityStore
+    from meterd.storage.site import SiteSettings
 
     return [("readings and archive", open_store), ("control", ControlStore), ("quality", QualityStore),
             ("anomalies", AnomalyStore), ("daily registers", DailyRegisterStore), ("line-loss history", LossHistory),
             ("outages", OutageStore), ("sync", SyncStore), ("tokens", TokenStore), ("alarms", AlarmStore),
-            *([("cluster leases", _lease_tables)] if as_database(where) is not None else [])]
+            ("site settings", SiteSettings), *([("cluster leases", _lease_tables)] if as_database(where) is not None else [])]
 
 
 class _Closed:
@@ -152,16 +153,19 @@ class NewerSchemaError(ConfigError):
 
 
 def migrate_cmd(args: argparse.Namespace) -> int:
-    from meterd.cli.common import load_site_config
+    from meterd.cli.common import load_site_config, record_site_zone
+    from meterd.clock import utc_now
 
     try:
-        where = load_site_config(args.config).store.state
+        config = load_site_config(args.config, record=False)  # recorded below, once the tables are checked
+        where = config.store.state
     except ConfigError as exc:
         error(str(exc))
         return EXIT_BAD_INPUT
     try:
         probe(where)
         result = migrate(where)
+        record_site_zone(config, utc_now())
     except NewerSchemaError as exc:
         error(f"{exc}\nnothing was migrated")
         return EXIT_BAD_INPUT

@@ -196,6 +196,11 @@ def _store(args: argparse.Namespace, context: tuple[Location, Any] | None = None
     return store, config
 
 
+def _zone(store: Any, config: Any) -> tzinfo:
+    """The site's zone for ``store``'s times: the config's, else the one its state database records."""
+    return site_zone(config, store.database if store.database is not None else store.path.parent)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -308,7 +313,7 @@ def _show_account(store: Any, config: Any, a: Any, now: datetime) -> None:
     """``meterd account show`` as text: one ``name  value`` line each, values in words and times in
     the site's zone; the relay of each meter; the last ledger entries."""
     remaining = _remaining_kwh(config, a, now)
-    zone = site_zone(config)
+    zone = _zone(store, config)
     lines = [
         ("account", a.account), ("customer", a.customer), ("area", a.area), ("tariff", a.tariff),
         ("protected", _protection_text(a, now, zone)), ("balance", f"{a.balance} yuan"),
@@ -466,7 +471,7 @@ def command_cmd(args: argparse.Namespace) -> int:
     if not args.wait:
         return EXIT_OK
     if not command.state.final:
-        error(_pending_text(command, args.wait, site_zone(config)))
+        error(_pending_text(command, args.wait, _zone(store, config)))
         return EXIT_PENDING
     if not args.json:
         print(f"command #{command.id}: {command.state.value}" + (f": {command.detail}" if command.detail else ""))
@@ -536,7 +541,7 @@ def protect_cmd(args: argparse.Namespace) -> int:
 
     now = _now()
     context = _context(args)
-    until = _until(args.until, now, site_zone(context[1]))  # before any write
+    until = _until(args.until, now, site_zone(context[1], context[0])) if args.until else None  # before any write
     if args.meters and until is not None:
         raise LedgerError("--meters with --until: a meter's own 保电 has no end time, and nothing would send the "
                           "release when --until passes; queue the meters' commands without --until")
@@ -581,10 +586,11 @@ def commands_cmd(args: argparse.Namespace) -> int:
     if args.json:
         print_json([_command_doc(c) for c in commands])
         return EXIT_OK
+    zone = _zone(store, config)
     print(f"{'ID':>5} {'METER':<12} {'KIND':<15} {'STATE':<9} {'BY':<12} {'CREATED':<25} REASON / DETAIL")
     for c in commands:
         print(f"{c.id:>5} {c.meter:<12} {c.kind.value:<15} {c.state.value:<9} {c.requested_by:<12} "
-              f"{_local(c.created, site_zone(config)):<25} {c.reason}" + (f" | {c.detail}" if c.detail else ""))
+              f"{_local(c.created, zone):<25} {c.reason}" + (f" | {c.detail}" if c.detail else ""))
     return EXIT_OK
 
 
@@ -628,9 +634,10 @@ def ledger_cmd(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"account": args.account, "balance": str(balance), "entries": docs})
         return EXIT_OK
+    zone = _zone(store, config)
     print(f"{'SEQ':>6} {'AT':<25} {'KIND':<10} {'AMOUNT':>12} {'BALANCE':>12}  DETAIL")
     for d in docs:
-        at = _local(datetime.fromisoformat(d["at"]), site_zone(config))
+        at = _local(datetime.fromisoformat(d["at"]), zone)
         print(f"{d['seq']:>6} {at:<25} {d['kind']:<10} {d['amount']:>12} {d['balance']:>12}  {d['detail']}")
     print(f"balance {balance}")
     return EXIT_OK

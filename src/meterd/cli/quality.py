@@ -2,7 +2,8 @@
 
 Reads the state store of a data directory (``--data-dir``, or the one a config names with
 ``-c``), folds in the attempts recorded since the last look and prints, for a day in the site's
-zone (``[site] timezone`` of the config; Asia/Shanghai without one; default today): per meter, per channel and per area (the topology's 台区; ``-`` for meters in
+zone (``[site] timezone`` of the config; without one, the zone the state database records, else
+Asia/Shanghai; default today): per meter, per channel and per area (the topology's 台区; ``-`` for meters in
 none) the attempts, successes, "no record yet" answers, failures by kind, success rate, terminal
 online rate and the meters that gave no data.  Rows under the operators' 97 % line are marked
 ``!``.  How each figure is counted: :mod:`meterd.storage.quality` and ``docs/analytics.md``.
@@ -43,13 +44,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def resolve_location(args: argparse.Namespace) -> tuple[Location, tzinfo]:
     """The store ``-c`` names (its data directory, or its PostgreSQL database) and the site's zone,
-    else ``--data-dir`` and the default zone."""
+    else ``--data-dir`` and the zone its state database records (the default when it records none)."""
     if getattr(args, "config", None):
         from meterd.cli.common import load_site_config
 
         config = load_site_config(args.config)
         return config.store.state, site_zone(config)
-    return (Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR), site_zone(None)
+    where = Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR
+    return where, site_zone(None, where)
 
 
 def _pct(value: float | None) -> str:

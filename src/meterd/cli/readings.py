@@ -43,11 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def resolve_location(args: argparse.Namespace) -> tuple[Location, tzinfo]:
     """The store ``-c`` names (its data directory, or its PostgreSQL database) and the site's zone,
-    else ``--data-dir`` and the default zone."""
+    else ``--data-dir`` and the zone its state database records (the default when it records none)."""
     if getattr(args, "config", None):
         config = load_site_config(args.config)
         return config.store.state, site_zone(config)
-    return (Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR), site_zone(None)
+    where = Path(args.data_dir) if getattr(args, "data_dir", None) else DEFAULT_DATA_DIR
+    return where, site_zone(None, where)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -120,7 +120,7 @@ def summary_lines(doc: dict[str, Any], zone: tzinfo = CST) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = load_site_config(args.config)
+        config = load_site_config(args.config, record=False)  # recorded by the node, after migrate
     except ConfigError as exc:
         error(f"{exc}\nnothing was started")
         return EXIT_BAD_INPUT
