@@ -43,12 +43,13 @@ def _where(p: argparse.ArgumentParser) -> None:
     where.add_argument("--data-dir", help="an SQLite data directory")
 
 
-def _location(args: argparse.Namespace) -> tuple[Location, Any]:
-    """The store and the config (None for a bare data directory)."""
+def _location(args: argparse.Namespace, *, record: bool = True) -> tuple[Location, Any]:
+    """The store and the config (None for a bare data directory); ``record``: the config's zone
+    recorded in the store (not before a restore replaces it)."""
     if args.config:
         from meterd.cli.common import load_site_config
 
-        config = load_site_config(args.config)
+        config = load_site_config(args.config, record=record)
         return config.store.state, config
     return Path(args.data_dir), None
 
@@ -84,7 +85,7 @@ def run_backup(args: argparse.Namespace) -> int:
 
 def run_restore(args: argparse.Namespace) -> int:
     try:
-        where, config = _location(args)
+        where, config = _location(args, record=False)
         manifest = restore(Path(args.source), where, force=args.force)
     except ConfigError as exc:
         error(str(exc))
