@@ -51,6 +51,10 @@ from meterd.protocols.relay import EXPECTED, ControlOutcome, Credentials, said
 
 log = logging.getLogger(__name__)
 
+#: Seconds at least between two looks for due commands prompted by lanes ending (each look reads up
+#: to 1,000 queued commands; a thousand channels' lanes end at a thousand moments).
+LANE_GAP = 0.25
+
 Publish = Callable[[Iterable[Notice]], Awaitable[None]]
 
 
@@ -121,6 +125,7 @@ class CommandExecutor:
         self.settle = settle
         self.publish = publish
         self.wake = asyncio.Event()
+        self._lane_done = asyncio.Event()  # a channel's lane sent its commands: its next may be due
         self._in_flight: set[int] = set()
         self._recovered = -1  # the scope's generation orphans were last settled for
 
@@ -136,6 +141,7 @@ class CommandExecutor:
                     if self.scope is not None and self.scope.generation != self._recovered:
                         await self.recover()  # channels taken over: their orphans are ours to settle now
                     self.wake.clear()
+                    self._lane_done.clear()
                     by_bus, _ = await self._due(busy=lanes.keys())
                     for bus, commands in by_bus.items():
                         lanes[bus] = asyncio.create_task(self._lane(commands), name=f"commands-{bus}")
@@ -143,10 +149,14 @@ class CommandExecutor:
                     log.error("command executor: %s", exc)
                 except Exception:  # nor may anything else: the next round tries again
                     log.exception("command executor: sending due commands failed")
-                waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
+                began = asyncio.get_running_loop().time()
+                waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait()),
+                           asyncio.ensure_future(self._lane_done.wait())]
                 await asyncio.wait(waiters, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
                 for w in waiters:
                     w.cancel()
+                if not self.wake.is_set() and not stop.is_set():  # a lane ended: look again, not at once
+                    await asyncio.sleep(max(0.0, began + min(idle, LANE_GAP) - asyncio.get_running_loop().time()))
                 for bus, lane in list(lanes.items()):
                     if lane.done():
                         del lanes[bus]
@@ -164,7 +174,7 @@ class CommandExecutor:
         (its channel's lease not held just now) leaves them to the next idle round."""
         done = [await self.execute(cmd) for cmd in commands]
         if any(after is not before for after, before in zip(done, commands, strict=True)):
-            self.wake.set()
+            self._lane_done.set()
         return done
 
     async def _due(self, busy: Iterable[str] = ()) -> tuple[dict[str, list[Command]], list[Command]]:
