@@ -9,7 +9,10 @@ the value, and kept away from everything that counts money or decides control (t
 
 The rules, checked in this order for every reading with a numeric value:
 
-1. *Not a number*: NaN and infinities (``Decimal`` can hold both).
+1. *Not a number*: NaN and infinities (``Decimal`` can hold both).  And *not a meter's number*:
+   a value written out in more than :data:`MAX_TEXT` characters (a pushed ``0.1111…`` of 10,000
+   digits), or not zero yet below 10^:data:`MIN_EXPONENT` (``1E-999999``): no register, float
+   register times scale and CT × PT included, is written that long or that small.
 2. *Beyond the register's span*: an energy register counts from 0 up to its span and wraps
    there: DL/T 645 registers are XXXXXX.XX kWh on the meter (10^6), a Modbus integer register
    ``2^bits × scale``, a Modbus float register at most :data:`FLOAT_ENERGY_SPAN`; primary-side
@@ -51,6 +54,11 @@ DLT645_ENERGY_SPAN: Final = Decimal(1_000_000)
 FLOAT_ENERGY_SPAN: Final = Decimal(10) ** 10
 # Any other quantity: beyond this it is not a measurement.
 MAGNITUDE_CEILING: Final = Decimal(10) ** 12
+# Rule 1: a meter's number written out is short (a float64's 17 digits times a scale and CT × PT:
+# under 50 characters) ...
+MAX_TEXT: Final = 100
+# ... and, if not zero, no smaller than a float64 can be (its least subnormal is 4.9E-324)
+MIN_EXPONENT: Final = -400
 # One count of a 0.01 kWh register; the advance rule allows two (secondary side, × CT × PT).
 REGISTER_STEP: Final = Decimal("0.01")
 _ENERGY_PREFIXES: Final = ("energy.", "frozen.daily.energy.", "frozen.monthly.energy.")
@@ -188,6 +196,10 @@ class Gate:
             return None  # times, status words, text: not measurements of magnitude
         if not value.is_finite():
             return "not a number"
+        if value.adjusted() < MIN_EXPONENT and value:
+            return f"not a meter's number (not zero, yet below 1E{MIN_EXPONENT})"
+        if len(text := str(value)) > MAX_TEXT:
+            return f"not a meter's number ({len(text)} characters written out)"
         quantity = r.quantity
         if not is_energy(quantity):
             if abs(value) >= MAGNITUDE_CEILING:

@@ -24,7 +24,11 @@ refuses a second entry with the same key.  The rules, which are the contract:
    IMPLAUSIBLE, not charged, and the cursor stays, so the charge resumes from there when the
    register is plausible again.  ``max_kw`` is the meter's :class:`~meterd.plausibility.Rating`
    (``ratings``, default :data:`~meterd.plausibility.DEFAULT_RATING`) × its CT×PT multiplier.  A
-   register that truly jumped stays held until an operator records a meter replacement.
+   register that truly jumped stays held until an operator records a meter replacement.  A delta
+   whose charge could exceed :data:`~meterd.control.amounts.ENTRY_LIMIT` (kWh × the dearest price
+   of its pieces) is held the same way: the store would refuse the entry, and with it the pass of
+   every account.  A cursor outside 0..span (left by an earlier release) is not charged from: the
+   next reading becomes the cursor, flagged IMPLAUSIBLE, nothing charged.
 4. A gap is one big delta, charged when the next reading arrives.  Energy in a delta is assumed
    uniform in time: a delta is split pro rata by time at every tariff version start, every tier
    period start (CST Jan 1 or first of the month, TIERED) and every change of the day schedule's
@@ -68,6 +72,7 @@ from operator import attrgetter, itemgetter
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple, Protocol
 
+from meterd.control.amounts import ENTRY_LIMIT
 from meterd.control.model import (
     FEN,
     KWH_PLACES,
@@ -306,14 +311,16 @@ class DistrictCharger:
             t0 = cur.at
             if t0.tzinfo is not UTC or at <= t0:
                 return False
-            if not value.is_finite():
-                return False
+            multiplier = multipliers.get(meter, _ONE)
+            if not value.is_finite() or value < 0 or value >= (REGISTER_SPAN if multiplier is _ONE
+                                                               else REGISTER_SPAN * multiplier):
+                return False  # not a register value: charge_account flags it
             kwh = value - cur.value
             if kwh:
                 if kwh < 0:
                     return False
                 rating = ratings.get(meter, DEFAULT_RATING)
-                key = (id(rating), multipliers.get(meter, _ONE), t0, at)
+                key = (id(rating), multiplier, t0, at)
                 if kwh > (limits.get(key) or self._limit(key, rating)):
                     return False  # more than the meter can carry: charge_account flags it
                 plan = memo.get((tid, rate, t0, at))
@@ -321,7 +328,10 @@ class DistrictCharger:
                     return False  # not planned yet: charge_account plans it
                 if plan[5] is not None:  # one piece priced directly: as _Run.charge
                     priced_rate, price, suffix = plan[5]
-                    amount = (kwh * price).quantize(FEN, ROUND_HALF_UP)
+                    cost = kwh * price
+                    if cost > ENTRY_LIMIT:
+                        return False  # beyond any ledger entry: charge_account flags it
+                    amount = cost.quantize(FEN, ROUND_HALF_UP)
                     entries.append((f"charge:{meter}:{plan[3]}0", account, charge,
                                     -amount if amount else _ZERO_MONEY, at, f"{kwh:.4f} kWh{suffix}", meter,
                                     priced_rate, kwh, price, t0, at))
@@ -340,7 +350,10 @@ class DistrictCharger:
                     if tier.upto is not None and so_far + kwh > tier.upto:
                         return False  # crosses into the next tier: split where
                     price = tier.price
-                    amount = (kwh * price).quantize(FEN, ROUND_HALF_UP)
+                    cost = kwh * price
+                    if cost > ENTRY_LIMIT:
+                        return False  # beyond any ledger entry: charge_account flags it
+                    amount = cost.quantize(FEN, ROUND_HALF_UP)
                     entries.append((f"charge:{meter}:{plan[3]}0", account, charge,
                                     -amount if amount else _ZERO_MONEY, at,
                                     f"{kwh:.4f} kWh × {price} tier {i + 1} ({period})", meter, Rate.TOTAL, kwh,
@@ -448,6 +461,15 @@ class _Run:
             self.new_cursors[key] = Cursor(meter, rate, at, value)
             return
         cur_at = cur.at if cur.at.tzinfo is UTC else as_utc(cur.at)
+        if not 0 <= cur.value < span and at > cur_at:
+            # left beyond the span by an earlier release (or a multiplier since corrected): no delta
+            # from it means anything, so this reading starts the register afresh
+            self.flag(meter, rate, at, FlagKind.IMPLAUSIBLE,
+                      f"{rate} register: the last charged value {str(cur.value)[:40]} at {cur_at.isoformat()} is "
+                      f"not a register value (0..{span}): charging starts again from {value}, the use "
+                      f"in between not charged")
+            self.new_cursors[key] = Cursor(meter, rate, at, value)
+            return
         if at <= cur_at:
             if at < cur_at:
                 self.flag(meter, rate, at, FlagKind.LATE,
@@ -474,10 +496,18 @@ class _Run:
                           f"than the meter can carry ({max_kw} kW allows {allowed.normalize()}): not charged, "
                           f"cursor kept")
                 return
+            plan = self.plan(rate, cur_at, at)
+            if delta * plan[6] > ENTRY_LIMIT:
+                how = f"rolled over at {span} and advanced" if rolled else "advanced"
+                self.flag(meter, rate, at, FlagKind.IMPLAUSIBLE,
+                          f"{rate} register {how} {delta} kWh from {cur.value} at {cur_at.isoformat()} to {value}: "
+                          f"at up to {plan[6]} yuan/kWh that is {delta * plan[6]:.4E} yuan, more than "
+                          f"any ledger entry ({ENTRY_LIMIT} yuan): not charged, cursor kept")
+                return
             if rolled:
                 self.flag(meter, rate, at, FlagKind.ROLLOVER,
                           f"register rolled over at {span}: {cur.value} -> {value}, {delta} kWh")
-            self.charge(meter, rate, cur_at, at, delta)
+            self.charge(meter, rate, cur_at, at, delta, plan)
         self.new_cursors[key] = Cursor(meter, rate, at, value)
 
     def replace(self, r: MeterReplacement) -> None:
@@ -499,20 +529,25 @@ class _Run:
 
     # --- one delta ------------------------------------------------------------------------------
 
-    def charge(self, meter: str, register: Rate, t0: datetime, t1: datetime, kwh: Decimal) -> None:
-        """Charge ``kwh`` used on ``meter``'s ``register`` over (t0, t1]."""
+    def plan(self, register: Rate, t0: datetime, t1: datetime) -> Plan:
+        """How a delta of ``register`` over (t0, t1] splits and is priced (see :func:`_plan`)."""
         tariff = self.tariff
         memo = self.memo
-        plan: Plan
         if memo is None:
-            plan = _plan(tariff, register, t0, t1)
-        else:
-            mkey = (id(tariff), register, t0, t1)
-            cached = memo.get(mkey)
-            if cached is None or cached[0] is not tariff:
-                cached = memo[mkey] = _plan(tariff, register, t0, t1)
-            plan = cached
-        _, pieces, prices, key_mid, no_tariff, simple = plan
+            return _plan(tariff, register, t0, t1)
+        mkey = (id(tariff), register, t0, t1)
+        cached = memo.get(mkey)
+        if cached is None or cached[0] is not tariff:
+            cached = memo[mkey] = _plan(tariff, register, t0, t1)
+        return cached
+
+    def charge(self, meter: str, register: Rate, t0: datetime, t1: datetime, kwh: Decimal,
+               plan: Plan | None = None) -> None:
+        """Charge ``kwh`` used on ``meter``'s ``register`` over (t0, t1] (``plan``: :meth:`plan`'s)."""
+        tariff = self.tariff
+        if plan is None:
+            plan = self.plan(register, t0, t1)
+        _, pieces, prices, key_mid, no_tariff, simple, _ = plan
         if simple is not None:  # one piece priced directly (FLAT, TOU): the common case, inlined
             rate, price, suffix = simple
             amount = (kwh * price).quantize(FEN, ROUND_HALF_UP)  # money(), inlined
@@ -595,8 +630,9 @@ class _Run:
 def _plan(tariff: Tariff, register: Rate, t0: datetime, t1: datetime) -> Plan:
     """What charging a delta of ``register`` over (t0, t1] needs besides its kWh and meter: the
     pieces, each piece's (price, detail suffix) when it is priced directly (None for an uncharged
-    or tiered piece), the key's middle part, whether a NO_TARIFF flag is due, and (rate, price,
-    detail suffix) when the delta is one piece priced directly (else None)."""
+    or tiered piece), the key's middle part, whether a NO_TARIFF flag is due, (rate, price,
+    detail suffix) when the delta is one piece priced directly (else None), and the highest price
+    (yuan/kWh) any of its pieces may charge (a tiered piece: its version's dearest tier)."""
     version = tariff.version_at(t0)
     starts = tariff.effective_instants(t0, t1)
     pieces: list[_Piece] = []
@@ -617,7 +653,10 @@ def _plan(tariff: Tariff, register: Rate, t0: datetime, t1: datetime) -> Plan:
             prices.append((price, f" × {price} {rate}"))
     no_tariff = pieces[0][2] is None and register in tariff.versions[0].charged_rates
     simple = (pieces[0][3], *prices[0]) if len(pieces) == 1 and prices[0] is not None else None
-    return tariff, pieces, prices, f"{register}:{_iso(t0)}/{_iso(t1)}:", no_tariff, simple
+    top = max([_ZERO, *(p[0] for p in prices if p is not None),
+               *(t.price for _, _, v, rate, period in pieces if period is not None and v is not None
+                 and rate is not None for t in v.tiers)])
+    return tariff, pieces, prices, f"{register}:{_iso(t0)}/{_iso(t1)}:", no_tariff, simple, top
 
 
 def _split(pieces: list[_Piece], a: datetime, b: datetime, v: TariffVersion | None, register: Rate) -> None:

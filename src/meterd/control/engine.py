@@ -360,7 +360,10 @@ class PrepaidEngine:
             flags = []
             for flag in found:
                 if flag.kind is implausible:
-                    summary.held[(flag.meter, flag.rate)] = (flag.at, flag.detail)
+                    register = (flag.meter, flag.rate)
+                    if register not in held_before and register not in summary.held:  # once, not every pass
+                        log.warning("meter %s %s register: %s", flag.meter, flag.rate, flag.detail)
+                    summary.held[register] = (flag.at, flag.detail)
                 summary.flags[flag.kind] = summary.flags.get(flag.kind, 0) + 1
                 if flag.kind is not late:  # a frozen value arriving after a live one: routine
                     flags.append((flag.meter, flag.rate, flag.at, str(flag.kind), flag.detail))
