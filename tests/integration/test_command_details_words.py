@@ -13,7 +13,7 @@ async def test_details_say_yes_and_no(rig):  # noqa: F811
     queue(store, clock, OK, CommandKind.TRIP)
     queue(store, clock, STUCK, CommandKind.TRIP)
     done = {c.meter: c for c in await executor.run_once()}
-    assert done[OK].state is CommandState.CONFIRMED and done[OK].detail == "relay.open = yes read back"
+    assert done[OK].state is CommandState.CONFIRMED and done[OK].detail == "read back: relay.open = yes"
     assert done[STUCK].state is CommandState.FAILED
     assert done[STUCK].detail.endswith("acknowledged but relay.open reads no"), done[STUCK].detail
     for c in done.values():

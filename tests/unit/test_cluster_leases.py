@@ -444,7 +444,7 @@ class FakeRelay:
         flag, expected = EXPECTED[command]
         self.state[flag] = expected
         return ControlOutcome(self.meter, command, now, acknowledged=True, confirmed=True, read_back=dict(self.state),
-                              detail=f"{flag} = {expected} read back")
+                              detail=f"read back: {flag} = {expected}")
 
 
 async def test_commands_go_out_only_for_held_channels_fenced_and_orphans_are_settled_by_the_new_holder(pg_url):

@@ -102,7 +102,7 @@ async def send_relay_command(
         _fail(outcome, f"control anomaly: {command.name} acknowledged but {flag} reads "
                        f"{said(outcome.read_back[flag])}")
     outcome.confirmed = True
-    outcome.detail = f"{flag} = {said(expected)} read back"
+    outcome.detail = f"read back: {flag} = {said(expected)}"
     if command is RelayCommand.RECLOSE_ALLOWED and outcome.read_back.get("relay.open"):
         outcome.detail += ("; reclose permitted (合闸允许), relay still open: waiting for the customer to press the "
                            "button on the meter")

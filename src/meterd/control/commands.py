@@ -251,7 +251,7 @@ class CommandExecutor:
                 await asyncio.to_thread(self.store.record_relay, cmd.meter, state, now=self.clock())
                 if state.get(flag) == expected:
                     return await self._finish(claimed, CommandState.CONFIRMED,
-                                              f"{flag} = {said(expected)} read back before retrying: not sent again",
+                                              f"read back before retrying: {flag} = {said(expected)}; not sent again",
                                               state)
             try:
                 outcome = await route.send(cmd.kind.relay_command, now, valid_for=self.valid_for, settle=self.settle)
@@ -298,7 +298,7 @@ class CommandExecutor:
         await asyncio.to_thread(self.store.record_relay, cmd.meter, state, now=self.clock())
         if state.get(flag) == expected:
             return await self._finish(cmd, CommandState.CONFIRMED,
-                                      f"interrupted by a restart; {flag} = {said(expected)} read back: not resent", state)
+                                      f"interrupted by a restart; read back: {flag} = {said(expected)}; not resent", state)
         return await self._finish(cmd, CommandState.FAILED,
                                   f"interrupted by a restart; {flag} reads {said(state.get(flag))}: not resent, "
                                   "check the meter and send again if still wanted", state)

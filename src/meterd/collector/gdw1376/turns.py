@@ -100,7 +100,7 @@ async def send_turn_command(channel: GdwChannel, meter: MeterTarget, command: An
                         f"{said(outcome.read_back[flag])} ({where}, AFN 0C F5/F6)")
     if command is not RelayCommand.TRIP:
         outcome.confirmed = True
-        outcome.detail = f"{flag} = {said(expected)} read back from {where} (AFN 0C F5/F6); turn {turn}"
+        outcome.detail = f"read back from {where} (AFN 0C F5/F6): {flag} = {said(expected)}; turn {turn}"
         return outcome
     pn = channel.pns.get(meter.address)
     if pn is None:
