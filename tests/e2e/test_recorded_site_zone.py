@@ -106,6 +106,8 @@ def test_without_a_recorded_zone_the_default_and_a_note_once(tmp_path, run_meter
     assert p.stdout.startswith("2026-11-20 23:00:00+08:00"), p.stdout
     assert p.stderr.count("note: times in") == 1, p.stderr
     assert f"{NOTE} data records no site zone" in p.stderr, p.stderr
+    with sqlite3.connect(tmp_path / "data" / "state.sqlite3") as conn:  # a command without the config writes nothing
+        assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'site_settings'").fetchone() is None
     # a command printing many times says it once; it writes nothing, the record included
     run_meterd("pay", "A1", "30", "--ref", "R1", "-c", "site.toml")
     run_meterd("pay", "A1", "20", "--ref", "R2", "-c", "site.toml")
@@ -114,6 +116,14 @@ def test_without_a_recorded_zone_the_default_and_a_note_once(tmp_path, run_meter
     p = run_meterd("ledger", "A1", "--data-dir", "data")
     assert offsets(p.stdout) == {"+08:00"} and p.stderr.count("note: times in") == 1, (p.stdout, p.stderr)
     assert site.recorded(tmp_path / "data") is None
+
+
+def test_a_recorded_zone_this_host_does_not_know(tmp_path, run_meterd):
+    data = write_site(tmp_path, None)
+    site.record(data, site.TIMEZONE, "Mars/Olympus_Mons", AT)
+    p = run_meterd("readings", "--meter", "1", "--data-dir", "data")
+    assert p.stdout.startswith("2026-11-20 23:00:00+08:00"), p.stdout
+    assert f"{NOTE} data records a zone this host does not know (unknown time zone 'Mars/Olympus_Mons'" in p.stderr
 
 
 def test_a_config_wins_and_its_changed_zone_replaces_the_record(tmp_path, run_meterd):
