@@ -351,31 +351,36 @@ _ID: Final = re.compile(r"[0-9]{1,18}")
 
 
 def _alarm_id(request: Request) -> int:
+    from meterd.api.app import shown
+
     text = request.path_params["id"]
     if not _ID.fullmatch(text):
-        raise _error(400, f"alarm id {text!r} is not a number")
+        raise _error(400, f"alarm id {shown(text)} is not a number")
     return int(text)
 
 
 def _page(request: Request) -> tuple[AlarmState | None, AlarmKind | None, str | None, int, int | None]:
+    from meterd.api.app import shown, small_int
+
     q = request.query_params
     state_text = q.get("state", "all")
     if state_text not in ("all", *(s.value for s in AlarmState)):
-        raise _error(400, f"query parameter state={state_text!r} must be one of open, acknowledged, closed, all")
+        raise _error(400, f"query parameter state={shown(state_text)} must be one of open, acknowledged, closed, all")
     kind_text = q.get("kind") or None
     if kind_text is not None and kind_text not in {k.value for k in AlarmKind}:
-        raise _error(400, f"query parameter kind={kind_text!r} must be one of {', '.join(k.value for k in AlarmKind)}")
+        raise _error(400, f"query parameter kind={shown(kind_text)} must be one of {', '.join(k.value for k in AlarmKind)}")
     subject = q.get("subject") or None
     if subject is not None and len(subject) > 200:
         raise _error(400, f"query parameter subject has {len(subject)} characters, at most 200")
     limit_text = q.get("limit", "100")
-    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_PAGE:
-        raise _error(400, f"query parameter limit={limit_text!r} must be an integer from 1 to {MAX_PAGE}")
+    limit = small_int(limit_text, 1, MAX_PAGE)
+    if limit is None:
+        raise _error(400, f"query parameter limit={shown(limit_text)} must be an integer from 1 to {MAX_PAGE}")
     cursor = q.get("cursor") or None
     if cursor is not None and not _ID.fullmatch(cursor):
-        raise _error(400, f"query parameter cursor={cursor!r} is not a cursor this API gave (the 'next' of a page)")
+        raise _error(400, f"query parameter cursor={shown(cursor)} is not a cursor this API gave (the 'next' of a page)")
     return (None if state_text == "all" else AlarmState(state_text), None if kind_text is None else AlarmKind(kind_text),
-            subject, int(limit_text), None if cursor is None else int(cursor))
+            subject, limit, None if cursor is None else int(cursor))
 
 
 # --- handlers -----------------------------------------------------------------------------------

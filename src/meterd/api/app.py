@@ -6,9 +6,10 @@ role, query parameters, request body and response schemas -- and both the Starle
 
 Requests are checked in this order, and the first failure answers:
 
+0. the size of the path and query (over :data:`MAX_TARGET`: 414; see docs/api.md "Size limits");
 1. the token (missing, malformed, unknown or revoked: 401 with ``WWW-Authenticate: Bearer``);
 2. the role (403);
-3. the body (over 64 KiB: 413; not JSON, not an object, a missing field or a wrong type: 400) and
+3. the body (over 64 KiB on any endpoint: 413, and the connection is closed unread; not JSON, not an object, a missing field or a wrong type: 400) and
    query parameters (400); an amount outside the amount grammar or over its limit (422, below);
 4. the subject (unknown meter, account or command: 404);
 5. the store's own rules (a refused command: 422; a command no longer queued: 409).
@@ -96,6 +97,19 @@ _ERROR_LOG = LogThrottle()  # a failing request is logged once a minute per kind
 
 MAX_BODY: Final = 64 * 1024
 MAX_LIMIT: Final = 10_000
+#: ``GET /api/v1/energy?split=month|quarter`` covers at most this many days (ten years, as a report):
+#: each sub-period is a pass over every metering point, and 1970..2099 by month took 15 s of a
+#: worker thread at 10,000 meters.
+MAX_SPLIT_DAYS: Final = 3653
+#: The most bytes of a request's path and query string together (414 over it).  h11 holds a request
+#: head to 16 KiB only while it arrives in pieces (meterd.api.guard: 431); one that comes in a single
+#: read of up to 256 KiB used to reach the handlers whole, and a 20,000-character account name was
+#: echoed back in a 20 KB 404.
+MAX_TARGET: Final = 8 * 1024
+#: The most digits of an integer in a request body (no field takes a number over 18 digits).
+MAX_DIGITS: Final = 100
+#: An error message quotes at most this many characters of what it refuses (:func:`shown`).
+SHOWN: Final = 40
 #: Accounts read per page when ``GET /api/v1/accounts`` streams every account.
 STREAM_PAGE: Final = 1_000
 
@@ -121,25 +135,40 @@ class Caller:
 # --- input -------------------------------------------------------------------------------------
 
 
-async def json_object(request: Request, schema: str, *, empty_ok: bool = False) -> dict[str, Any]:
-    """The JSON object body, at most :data:`MAX_BODY` bytes, with only the fields of ``schema`` and
-    every required one (an empty body is ``{}`` where ``empty_ok``); the values are the caller's
-    to check (:func:`_body` here, ``meterd.api.alarms``)."""
+def _json_int(text: str) -> int:
+    """A JSON integer of the body; one over :data:`MAX_DIGITS` digits is refused by name (Python's
+    own refusal, past 4,300 digits, read "use sys.set_int_max_str_digits()")."""
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise ApiError(400, f"request body holds a number of {len(text.lstrip('-'))} digits, at most {MAX_DIGITS}")
+    return int(text)
+
+
+def _declared_length(request: Request) -> None:
+    """400 for a Content-Length that is no number, 413 for one over :data:`MAX_BODY` (before a byte
+    of the body is read)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
             raise ApiError(400, "Content-Length is not a number")
-        if int(declared) > MAX_BODY:
+        if len(declared.lstrip("0")) > len(str(MAX_BODY)) or int(declared) > MAX_BODY:
             raise ApiError(413, f"request body over 64 KiB ({MAX_BODY} bytes)")
+
+
+async def json_object(request: Request, schema: str, *, empty_ok: bool = False) -> dict[str, Any]:
+    """The JSON object body, at most :data:`MAX_BODY` bytes, with only the fields of ``schema`` and
+    every required one (an empty body is ``{}`` where ``empty_ok``); the values are the caller's
+    to check (:func:`_body` here, ``meterd.api.alarms``)."""
+    _declared_length(request)
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_BODY:
             raise ApiError(413, f"request body over 64 KiB ({MAX_BODY} bytes)")
+    request.state.body_read = True
     if empty_ok and not raw.strip():
         return {}
     try:
-        doc = json.loads(raw.decode("utf-8"))
+        doc = json.loads(raw.decode("utf-8"), parse_int=_json_int)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: deep nesting
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -166,9 +195,12 @@ async def _body(request: Request, schema: str) -> dict[str, Any]:
                 raise ApiError(400, f"field {name} must be a non-empty list of strings")
             if len(value) > prop.get("maxItems", 100):
                 raise ApiError(400, f"field {name} has {len(value)} items, at most {prop.get('maxItems', 100)}")
+            longest = prop["items"].get("maxLength")
             for item in value:
                 if not isinstance(item, str) or not item.strip():
-                    raise ApiError(400, f"field {name} must hold non-empty strings, not {item!r}")
+                    raise ApiError(400, f"field {name} must hold non-empty strings, not {repr(item)[:SHOWN]}")
+                if longest is not None and len(item) > longest:
+                    raise ApiError(400, f"field {name} holds a string of {len(item)} characters, at most {longest}")
             continue
         if name == "amount":  # the amount grammar has its own answer (422): Api._money
             continue
@@ -209,15 +241,15 @@ def _query_time(request: Request, name: str) -> datetime | None:
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
-        raise ApiError(400, f"query parameter {name}={text!r} is not an ISO 8601 time") from None
+        raise ApiError(400, f"query parameter {name}={shown(text)} is not an ISO 8601 time") from None
     if at.tzinfo is None:
-        raise ApiError(400, f"query parameter {name}={text!r} needs a time zone, e.g. {text}+08:00")
+        raise ApiError(400, f"query parameter {name}={shown(text)} needs a time zone, e.g. {text[:19]}+08:00")
     try:
         day = at.astimezone(UTC).date()
     except OverflowError:  # 0001-01-01T00:00+08:00 is before year 1 in UTC
         day = date.min
     if not FIRST_DAY <= day <= LAST_DAY:
-        raise ApiError(422, f"query parameter {name}={text!r} {_OUT_OF_RANGE}, UTC")
+        raise ApiError(422, f"query parameter {name}={shown(text)} {_OUT_OF_RANGE}, UTC")
     return at
 
 
@@ -228,9 +260,9 @@ def _query_day(request: Request, name: str, default: date) -> date:
     try:
         day = date.fromisoformat(text)
     except ValueError:
-        raise ApiError(400, f"query parameter {name}={text!r} is not a date (YYYY-MM-DD)") from None
+        raise ApiError(400, f"query parameter {name}={shown(text)} is not a date (YYYY-MM-DD)") from None
     if not FIRST_DAY <= day <= LAST_DAY:
-        raise ApiError(422, f"query parameter {name}={text!r} {_OUT_OF_RANGE}")
+        raise ApiError(422, f"query parameter {name}={shown(text)} {_OUT_OF_RANGE}")
     return day
 
 
@@ -241,17 +273,36 @@ def _query_period(request: Request, name: str, today: date) -> tuple[date, date]
     except ConfigError as exc:
         raise ApiError(400, f"query parameter {'; '.join(exc.problems)}") from None
     if not (FIRST_DAY <= start and end <= LAST_DAY):
-        raise ApiError(422, f"query parameter {name}={text!r} {_OUT_OF_RANGE}")
+        raise ApiError(422, f"query parameter {name}={shown(text or '')} {_OUT_OF_RANGE}")
     return start, end
+
+
+def shown(text: str) -> str:
+    """``text`` quoted for an error message: a long one cut to its ends, with its length, so that a
+    16 KiB query parameter is not answered with a 16 KiB error."""
+    if len(text) <= SHOWN:
+        return repr(text)
+    return f"{text[:20]!r}…{text[-8:]!r} ({len(text)} characters)"
+
+
+def small_int(text: str, low: int, high: int) -> int | None:
+    """``text`` as an integer from ``low`` to ``high``, or None: ASCII digits only, and never more
+    significant digits than ``high`` has -- ``int()`` of 5,000 digits raises ValueError (Python's
+    limit on integer conversion), which used to answer 500."""
+    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > len(str(high)):
+        return None
+    value = int(text)
+    return value if low <= value <= high else None
 
 
 def _query_limit(request: Request, default: int) -> int:
     text = request.query_params.get("limit")
     if text is None:
         return default
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
-        raise ApiError(400, f"query parameter limit={text!r} must be an integer from 1 to {MAX_LIMIT}")
-    return int(text)
+    value = small_int(text, 1, MAX_LIMIT)
+    if value is None:
+        raise ApiError(400, f"query parameter limit={shown(text)} must be an integer from 1 to {MAX_LIMIT}")
+    return value
 
 
 _Choice = TypeVar("_Choice", bound=str)
@@ -264,7 +315,7 @@ def _query_enum(request: Request, name: str, choices: tuple[_Choice, ...]) -> _C
     for choice in choices:  # the matching choice, typed as the choices are (a Literal for a literal tuple)
         if text == choice:
             return choice
-    raise ApiError(400, f"query parameter {name}={text!r} must be one of {', '.join(choices)}")
+    raise ApiError(400, f"query parameter {name}={shown(text)} must be one of {', '.join(choices)}")
 
 
 _meter_address = address_key
@@ -542,6 +593,9 @@ class Api:
         role = _query_enum(request, "role", ("sales", "supply", "auxiliary", "all")) or "sales"
         if split == "day" and (end - start).days > 366:
             raise ApiError(400, "query parameter split=day: at most 367 days")
+        if split is not None and (end - start).days + 1 > MAX_SPLIT_DAYS:
+            raise ApiError(400, f"query parameter split={split}: period {shown(request.query_params.get('period', ''))} "
+                                f"is {(end - start).days + 1} days, at most ten years ({MAX_SPLIT_DAYS} days)")
         if config.analytics is None or config.analytics.topology is None:
             return JSONResponse([])
 
@@ -937,7 +991,7 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
 )
 
 _ERROR_TEXT: Final = {400: "bad request", 401: "missing or bad token", 403: "role too low", 404: "not found",
-                      409: "conflict", 413: "body over 64 KiB", 422: "refused",
+                      409: "conflict", 413: "body over 64 KiB", 414: "path and query over 8 KiB", 422: "refused",
                       503: "needs the running daemon or the site config"}
 
 
@@ -958,7 +1012,7 @@ def openapi_document() -> dict[str, Any]:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(ep.body)}}}
         for status, schema in ep.responses.items():
             op["responses"][str(status)] = {"description": "ok", "content": {"application/json": {"schema": schema}}}
-        for status in ep.errors:
+        for status in sorted({*ep.errors, 413, 414}):  # every route: a body over 64 KiB, a path over 8 KiB (_wrap)
             op["responses"][str(status)] = {"description": _ERROR_TEXT[status],
                                             "content": {"application/json": {"schema": ref("Error")}}}
         paths.setdefault(ep.path, {})[ep.method.lower()] = op
@@ -978,8 +1032,29 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, message, {"WWW-Authenticate": 'Bearer realm="meterd"'})
 
 
+def _has_body(request: Request) -> bool:
+    return request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+
+
 def _wrap(api: Api, ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
+        # An answer given before the request's body was read whole closes the connection: uvicorn
+        # would otherwise go on reading and dropping the rest (1 GB after a 413 in 4.4 s, until the
+        # header timeout) -- an absurd body is read no further than MAX_BODY.
+        try:
+            response = await checked(request)
+        except ApiError as exc:
+            if _has_body(request) and not getattr(request.state, "body_read", False):
+                exc.headers = {**(exc.headers or {}), "Connection": "close"}
+            raise
+        if _has_body(request) and not getattr(request.state, "body_read", False):
+            response.headers["Connection"] = "close"
+        return response
+
+    async def checked(request: Request) -> Response:
+        target = len(request.scope.get("raw_path") or b"") + len(request.scope.get("query_string") or b"")
+        if target > MAX_TARGET:
+            raise ApiError(414, f"request path and query string are {target} bytes, at most {MAX_TARGET}")
         caller = None
         if ep.role is not None:
             scheme, _, secret = request.headers.get("authorization", "").partition(" ")
@@ -992,6 +1067,7 @@ def _wrap(api: Api, ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
             if not caller.role.allows(ep.role):
                 raise ApiError(403, f"{ep.method} {ep.path} needs role {ep.role}; token {caller.token_id} "
                                     f"is {caller.role}")
+        _declared_length(request)  # a body over MAX_BODY is 413 on every endpoint, whether it reads one or not
         return await ep.handler(api, request, caller)
     endpoint.__name__ = ep.handler.__name__
     return endpoint

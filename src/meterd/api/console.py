@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from meterd.api.app import Api, ApiError, Caller, Endpoint, _query_day, _query_time
+from meterd.api.app import Api, ApiError, Caller, Endpoint, _query_day, _query_time, shown, small_int
 from meterd.api.schemas import STR, TIME, account_doc, anomaly_doc, command_doc, iso, outage_doc, reading_doc
 from meterd.api.tokens import Role
 from meterd.clock import local_date
@@ -50,9 +50,10 @@ def _limit(request: Request) -> int:
     text = request.query_params.get("limit")
     if text is None:
         return PAGE
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_PAGE:
-        raise ApiError(400, f"query parameter limit={text!r} must be an integer from 1 to {MAX_PAGE}")
-    return int(text)
+    value = small_int(text, 1, MAX_PAGE)
+    if value is None:
+        raise ApiError(400, f"query parameter limit={shown(text)} must be an integer from 1 to {MAX_PAGE}")
+    return value
 
 
 def _int_cursor(request: Request) -> int | None:
@@ -353,9 +354,9 @@ async def account_page(api: Api, request: Request, caller: Caller | None) -> Res
     its pending commands."""
     name = request.path_params["account"]
     text = request.query_params.get("days", "30")
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 366:
-        raise ApiError(400, f"query parameter days={text!r} must be from 1 to 366")
-    days = int(text)
+    days = small_int(text, 1, 366)
+    if days is None:
+        raise ApiError(400, f"query parameter days={shown(text)} must be from 1 to 366")
 
     def work() -> dict[str, Any]:
         found = api.control.account(name)
@@ -438,10 +439,11 @@ async def area_page(api: Api, request: Request, caller: Caller | None) -> Respon
     if topology is None or unit not in topology.units:
         raise ApiError(404, f"unknown area/line {unit!r}" + (" (no topology configured)" if topology is None else ""))
     text = request.query_params.get("days", "30")
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 92:
-        raise ApiError(400, f"query parameter days={text!r} must be from 1 to 92")
+    days = small_int(text, 1, 92)
+    if days is None:
+        raise ApiError(400, f"query parameter days={shown(text)} must be from 1 to 92")
     last = _query_day(request, "day", local_date(api.clock(), api.zone))
-    first = last - timedelta(days=int(text) - 1)
+    first = last - timedelta(days=days - 1)
 
     def work() -> dict[str, Any]:
         days = [first + timedelta(days=i) for i in range((last - first).days + 2)]
@@ -474,15 +476,16 @@ async def terminal_page(api: Api, request: Request, caller: Caller | None) -> Re
     limit = _limit(request)
     after = request.query_params.get("cursor") or None
     text = request.query_params.get("days", "7")
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 92:
-        raise ApiError(400, f"query parameter days={text!r} must be from 1 to 92")
+    span = small_int(text, 1, 92)
+    if span is None:
+        raise ApiError(400, f"query parameter days={shown(text)} must be from 1 to 92")
 
     def work() -> dict[str, Any]:
         found = next((t for t in api._terminals() if t["id"] == ident or t["channel"] == ident), None)
         if found is None:
             raise ApiError(404, f"unknown terminal {ident!r}")
         now = api.clock()
-        start = now - timedelta(days=int(text))
+        start = now - timedelta(days=span)
         channel = found["channel"]
         q = api.quality
         intervals = q.online_intervals(channel, start, limit=500)

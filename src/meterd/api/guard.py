@@ -32,6 +32,11 @@ Why not an accept-side guard around the listening socket: before uvicorn sees a 
 nothing knows where its request ends, so a guard there could only cap the count, not time the
 headers -- and the cap alone, without eviction, is exactly what lets idle sockets lock everyone out.
 
+**Request head** (:data:`MAX_HEAD`): h11 buffers at most 16 KiB of a request line and headers
+(its default; the daemon states it to uvicorn), so a 1 MB query string or path is never read whole; uvicorn
+answered it with a bare ``400 Invalid HTTP request received.`` in plain text.  The guard answers
+``431`` with a JSON error naming the limit instead, and closes as before.
+
 The httptools parser (``uvicorn[standard]``) is not used: the daemon asks for this class
 explicitly, so installing httptools later can never bypass the guard.
 """
@@ -52,6 +57,19 @@ log = logging.getLogger(__name__)
 DEFAULT_HEADER_TIMEOUT: Final = 10.0
 DEFAULT_KEEP_ALIVE_TIMEOUT: Final = 5.0
 DEFAULT_MAX_CONNECTIONS: Final = 1024
+
+#: The most of a request's line and headers h11 buffers: its default, which the daemon also passes to
+#: uvicorn (``h11_max_incomplete_event_size``) so that it is a stated limit, not an assumed one.
+MAX_HEAD: Final = 16 * 1024
+
+
+def head_too_large(limit: int) -> bytes:
+    """The 431 answer to a request whose line and headers run over ``limit`` bytes."""
+    body = (f'{{"error": "request line and headers over {limit // 1024} KiB ({limit} bytes): a path, query '
+            f'string or header that long is refused"}}').encode()
+    return (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
 
 _BUSY_BODY: Final = b'{"error": "the API is at its connection limit, every connection busy; try again"}'
 BUSY_RESPONSE: Final = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
@@ -149,6 +167,16 @@ class GuardedH11Protocol(H11Protocol):
             self.guard._works(self)  # a request is under way: never evicted
         if state is not h11.IDLE and state is not h11.SEND_BODY:
             self._disarm()  # the whole request is in (or it was refused)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request h11 cannot parse; a head over :data:`MAX_HEAD` (h11 keeps
+        it unparsed in ``trailing_data``) gets 431 naming the limit."""
+        limit = self.config.h11_max_incomplete_event_size or MAX_HEAD
+        if len(self.conn.trailing_data[0]) > limit:
+            self.transport.write(head_too_large(limit))
+            self.transport.close()
+            return
+        super().send_400_response(msg)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # uvicorn arms its keep-alive timer here

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from meterd import logthrottle
-from meterd.api.guard import ConnectionGuard
+from meterd.api.guard import MAX_HEAD, ConnectionGuard
 from meterd.api.metrics import Figures, Metrics
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class ApiRuntime:
         self.server = _server_without_signals(uvicorn)(uvicorn.Config(app, host=api.host, port=api.port, log_level="warning",
                                                     access_log=False, lifespan="on", http=self.guard.protocol(),
                                                     timeout_keep_alive=api.keep_alive_timeout,  # type: ignore[arg-type]
-                                                    backlog=backlog))
+                                                    backlog=backlog, h11_max_incomplete_event_size=MAX_HEAD))
         logthrottle.install("uvicorn.error")  # 'Invalid HTTP request received.' once per minute, with a count
 
     retry_bind = 30.0  # seconds between attempts to listen while the port is taken

@@ -19,6 +19,7 @@ from meterd.api.tokens import Role
 from meterd.control.command_store import Command
 from meterd.control.model import MAX_REASON, CommandKind, CommandState
 from meterd.control.state import Account, LedgerRow
+from meterd.storage.alarms import MAX_NAME
 from meterd.storage.sqlite import MeterRecord, encode_value
 
 MANUAL_KINDS: Final = ("trip", "reclose", "reclose-allowed", "alarm", "alarm-release")
@@ -28,6 +29,12 @@ ACCOUNT_STATES: Final = ("pending", "normal", "reminded", "alarmed", "tripped")
 # --- schemas -----------------------------------------------------------------------------------
 
 STR: Final = {"type": "string"}
+#: an account name, a meter address or a payment's ref in a request body: a ref is stored with its
+#: ledger entry and the audit line (a 60 KB ref used to be stored as it came)
+MAX_KEY: Final = 200
+KEY: Final = {"type": "string", "maxLength": MAX_KEY}
+#: a token's name is the operator's name in the audit log and on alarms (at most MAX_NAME there too)
+TOKEN_NAME: Final = {"type": "string", "maxLength": MAX_NAME}
 #: an operator's reason (a command, a cancellation, an adjustment): kept in the command and the audit log
 REASON: Final = {"type": "string", "maxLength": MAX_REASON}
 OPT_STR: Final = {"type": ["string", "null"]}
@@ -135,19 +142,19 @@ SCHEMAS: Final[dict[str, Any]] = {
                       "properties": {"source": STR, "data_dir": STR, "channels": {"type": "array"},
                                      "meters": {"type": "integer"}, "polls": {"type": "array"},
                                      "tasks": {"type": "array"}, "sections": {"type": "array"}}},
-    "ReadRequest": obj({"quantities": {"type": "array", "items": STR, "minItems": 1, "maxItems": 32}},
+    "ReadRequest": obj({"quantities": {"type": "array", "items": KEY, "minItems": 1, "maxItems": 32}},
                         additionalProperties=False),
-    "TokenRequest": obj({"name": STR, "role": {"type": "string", "enum": [r.value for r in Role]}},
+    "TokenRequest": obj({"name": TOKEN_NAME, "role": {"type": "string", "enum": [r.value for r in Role]}},
                          additionalProperties=False),
-    "CommandRequest": obj({"meter": STR, "kind": {"type": "string", "enum": list(MANUAL_KINDS)},
+    "CommandRequest": obj({"meter": KEY, "kind": {"type": "string", "enum": list(MANUAL_KINDS)},
                             "reason": REASON}, additionalProperties=False),
     "CancelRequest": obj({"reason": REASON}, additionalProperties=False),
-    "PaymentRequest": obj({"account": STR, "amount": PAYMENT_AMOUNT, "ref": STR}, additionalProperties=False),
-    "AdjustmentRequest": obj({"account": STR, "amount": ADJUSTMENT_AMOUNT, "ref": STR, "reason": REASON},
+    "PaymentRequest": obj({"account": KEY, "amount": PAYMENT_AMOUNT, "ref": KEY}, additionalProperties=False),
+    "AdjustmentRequest": obj({"account": KEY, "amount": ADJUSTMENT_AMOUNT, "ref": KEY, "reason": REASON},
                               additionalProperties=False),
     "ActivationRequest": obj({"opening_balance": {**ADJUSTMENT_AMOUNT, "description": (
         "yuan: ASCII digits, at most two decimals, negative when the customer owes; 0 for none; at most 1000000 "
-        "either way; else 422")}, "ref": STR}, additionalProperties=False),
+        "either way; else 422")}, "ref": KEY}, additionalProperties=False),
 }
 
 

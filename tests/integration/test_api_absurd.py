@@ -1,0 +1,163 @@
+"""Inputs absurd in size, over real HTTP: each is refused with a 4xx that names the parameter and
+its limit, is read no further than the limit, and writes nothing.
+
+Before: a ``limit`` or ``days`` of 5,000 digits answered 500 (``int()`` refuses that many); a
+100 MB body was answered 413 and then read to its end anyway (1 GB in 4.4 s); a ref of 60 KB was
+stored with its payment and a token named with 60 KB; a 1 MB query string got uvicorn's plain
+``400 Invalid HTTP request received.``.  The absurd report periods are in
+``test_api_absurd_views.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import uvicorn
+from test_api import PAY, Site, _snapshot, site  # noqa: F401 -- site is the fixture
+
+from conftest import free_port
+from meterd.api import create_app
+from meterd.api.guard import MAX_HEAD, ConnectionGuard
+
+DIGITS = "9" * 5_000  # more than Python converts to an int (4,300)
+
+
+@pytest.mark.parametrize(("path", "says"), [
+    (f"/api/v1/meters?limit={DIGITS}", "limit="),
+    (f"/api/v1/meters/1/readings?limit={DIGITS}", "from 1 to 10000"),
+    (f"/api/v1/console/meters?limit={DIGITS}", "from 1 to 500"),
+    (f"/api/v1/alarms?limit={DIGITS}", "from 1 to 1000"),
+    (f"/api/v1/console/accounts/A1001?days={DIGITS}", "days="),
+    (f"/api/v1/meters/1/readings?limit=000000000000000000000000000000{DIGITS}", "from 1 to 10000"),
+])
+def test_a_number_of_thousands_of_digits_is_400_naming_the_parameter(site: Site, path: str, says: str) -> None:  # noqa: F811
+    status, _, doc = site.call("GET", path, role="admin")
+    assert status == 400, doc
+    assert says in doc["error"] and "characters)" in doc["error"]
+    assert len(doc["error"]) < 200  # the 5,000 digits are not echoed back
+
+
+def test_leading_zeros_still_make_a_small_number(site: Site) -> None:  # noqa: F811
+    status, _, doc = site.call("GET", "/api/v1/meters?limit=0000000000000000000002", role="viewer")
+    assert status == 200 and len(doc) == 2
+
+
+@pytest.mark.parametrize(("path", "body", "says"), [
+    (PAY, {"account": "A1001", "amount": "1", "ref": "r" * 201}, "field ref is 201 characters, at most 200"),
+    (PAY, {"account": "A" * 60_000, "amount": "1", "ref": "x"}, "field account is 60000 characters, at most 200"),
+    ("/api/v1/adjustments", {"account": "A1001", "amount": "1", "ref": "r" * 60_000, "reason": "x"},
+     "at most 200"),
+    ("/api/v1/tokens", {"name": "n" * 65, "role": "viewer"}, "field name is 65 characters, at most 64"),
+    ("/api/v1/commands", {"meter": "1" * 60_000, "kind": "trip", "reason": "x"}, "at most 200"),
+    ("/api/v1/meters/1/read", {"quantities": ["q" * 201]}, "a string of 201 characters, at most 200"),
+    ("/api/v1/accounts/A1001/activate", {"opening_balance": "1", "ref": "r" * 201}, "at most 200"),
+])
+def test_a_body_field_absurd_in_size_is_400_and_writes_nothing(site: Site, path: str, body: Any,  # noqa: F811
+                                                                 says: str) -> None:
+    before = _snapshot(site)
+    status, _, doc = site.call("POST", path, role="admin", body=body)
+    assert status == 400, doc
+    assert says in doc["error"]
+    assert _snapshot(site) == before
+
+
+def test_a_json_number_of_thousands_of_digits_is_named(site: Site) -> None:  # noqa: F811
+    raw = b'{"account": "A1001", "ref": "big", "amount": ' + DIGITS.encode() + b"}"
+    before = _snapshot(site)
+    status, _, doc = site.call("POST", PAY, role="admin", raw=raw)
+    assert status == 400
+    assert doc["error"] == "request body holds a number of 5000 digits, at most 100"
+    assert _snapshot(site) == before
+
+
+def _send_absurd_body(base: str, head: str, total: int) -> tuple[int, bytes]:
+    """Sends ``head`` and then up to ``total`` bytes of body; how many went out before the server
+    closed, and what it answered."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sent, chunk = 0, b"x" * (1 << 20)
+    try:
+        sock.sendall(head.encode())
+        while sent < total:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except OSError:
+        pass  # closed by the server: it read no further
+    answer = b""
+    with contextlib.suppress(OSError):
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            part = sock.recv(65536)
+            if not part:
+                break
+            answer += part
+    sock.close()
+    return sent, answer
+
+
+@pytest.mark.parametrize(("method", "path", "role"), [
+    ("POST", PAY, "operator"),
+    ("POST", "/api/v1/alarms/1/close", "operator"),
+    ("GET", "/api/v1/overview", "viewer"),  # a body where none is read
+    ("POST", PAY, None),  # refused for the token, before the body
+])
+def test_a_100_mb_body_is_answered_at_once_and_read_no_further(site: Site, method: str, path: str,  # noqa: F811
+                                                                role: str | None) -> None:
+    total = 100 << 20
+    auth = f"Authorization: Bearer {site.tokens[role]}\r\n" if role else ""
+    head = (f"{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
+            f"Content-Length: {total}\r\n\r\n")
+    before = _snapshot(site)
+    sent, answer = _send_absurd_body(site.base, head, total)
+    status = 401 if role is None else 413
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    assert b"connection: close" in answer.lower()
+    assert sent < total // 2  # the server closed: the rest was never read (before: all 100 MB were)
+    assert _snapshot(site) == before
+
+
+@contextlib.contextmanager
+def _guarded(app: Any) -> Iterator[str]:
+    """``app`` as the daemon serves it: uvicorn with meterd's guarded h11 protocol."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="on",
+                                           http=ConnectionGuard().protocol(), h11_max_incomplete_event_size=MAX_HEAD))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/accounts/" + "A" * 20_000, "/api/v1/meters?after=" + "a" * 9_000,
+                                  "/api/v1/meters?" + "&".join(f"p{i}=1" for i in range(5_000))])
+def test_a_path_and_query_over_8_kib_is_414_naming_the_limit(site: Site, path: str) -> None:  # noqa: F811
+    status, _, doc = site.call("GET", path, role="viewer")
+    assert status == 414
+    assert doc["error"].startswith("request path and query string are ") and doc["error"].endswith(", at most 8192")
+
+
+def test_a_request_head_over_16_kib_in_pieces_is_431_naming_the_limit(site: Site) -> None:  # noqa: F811
+    with _guarded(create_app(site.data_dir, clock=lambda: datetime.now(UTC))) as base:
+        head = f"GET /api/v1/meters?after={'a' * (1 << 20)} HTTP/1.1\r\nHost: x\r\n\r\n"
+        _, answer = _send_absurd_body(base, head, 0)
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+        doc = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        assert doc == {"error": "request line and headers over 16 KiB (16384 bytes): a path, query string or "
+                                "header that long is refused"}
+        # the server goes on serving
+        _, answer = _send_absurd_body(base, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 0)
+        assert answer.startswith(b"HTTP/1.1 200 ")
