@@ -18,7 +18,9 @@ The rules, checked in this order for every reading with a numeric value:
    ``2^bits × scale``, a Modbus float register at most :data:`FLOAT_ENERGY_SPAN`; primary-side
    readings multiply the span by CT × PT.  A negative energy register is beyond it too.  Other
    quantities (volts, amps, kW, power factor) are held to :data:`MAGNITUDE_CEILING`: no meter
-   reports 10^12 of anything, and a value that large would poison every sum it enters.
+   reports 10^12 of anything, and a value that large would poison every sum it enters.  Power
+   in kW, kvar or kVA is held to :data:`POWER_ALLOWANCE` × ``max_kw`` (below): two samples of
+   ``5E+11`` kW would otherwise trip a customer under a power limit (定值控制).
 3. *An advance the circuit cannot carry*: energy registers (active and reactive, each rate,
    live and daily frozen kept apart) may rise between two readings by at most
    ``max_kw × hours + 2 register steps`` (the steps absorb the register's 0.01 kWh resolution on
@@ -59,6 +61,9 @@ MAGNITUDE_CEILING: Final = Decimal(10) ** 12
 MAX_TEXT: Final = 100
 # ... and, if not zero, no smaller than a float64 can be (its least subnormal is 4.9E-324)
 MIN_EXPONENT: Final = -400
+# Power (kW, kvar, kVA) beyond this many times what the meter can carry (max_kw) is not a reading
+POWER_ALLOWANCE: Final = Decimal(10)
+_POWER_UNITS: Final = frozenset(("kW", "kvar", "kVA"))
 # One count of a 0.01 kWh register; the advance rule allows two (secondary side, × CT × PT).
 REGISTER_STEP: Final = Decimal("0.01")
 _ENERGY_PREFIXES: Final = ("energy.", "frozen.daily.energy.", "frozen.monthly.energy.")
@@ -159,7 +164,7 @@ class Gate:
     default rating, CT × PT of 1).  Memory: one entry per (meter, energy quantity) seen.
     """
 
-    __slots__ = ("_last", "_rules", "bounds", "default")
+    __slots__ = ("_last", "_power", "_rules", "bounds", "default")
 
     def __init__(self, bounds: Mapping[str, MeterBounds], default: MeterBounds = DEFAULT_BOUNDS) -> None:
         self.bounds = dict(bounds)
@@ -168,6 +173,8 @@ class Gate:
         # (meter, quantity) -> (span, kWh a second, slack kWh, bounds): the advance rule as floats,
         # a hair tighter than the exact one, screens the common case; the rest is judged exactly
         self._rules: dict[tuple[str, str], tuple[Decimal, float, float, MeterBounds]] = {}
+        # id(bounds) -> the most power a meter may report (rule 2); the bounds live in self.bounds
+        self._power: dict[int, tuple[MeterBounds, Decimal]] = {}
 
     def _rule(self, key: tuple[str, str]) -> tuple[Decimal, float, float, MeterBounds]:
         bounds = self.bounds.get(key[0], self.default)
@@ -204,6 +211,13 @@ class Gate:
         if not is_energy(quantity):
             if abs(value) >= MAGNITUDE_CEILING:
                 return f"beyond any measurement (|value| >= {MAGNITUDE_CEILING:E})"
+            if quantity.startswith("power.") and r.unit in _POWER_UNITS:
+                bounds = self.bounds.get(r.meter, self.default)
+                cached = self._power.get(id(bounds))  # meters alike share their bounds (and this)
+                if cached is None or cached[0] is not bounds:
+                    cached = self._power[id(bounds)] = (bounds, POWER_ALLOWANCE * bounds.max_kw)
+                if abs(value) > cached[1]:
+                    return f"more power than the meter can carry (|value| > {POWER_ALLOWANCE} × {bounds.max_kw} kW)"
             return None
         key = (r.meter, quantity)
         span, per_second, slack, bounds = self._rules.get(key) or self._rule(key)

@@ -14,9 +14,12 @@ from decimal import Decimal
 import pytest
 
 from meterd.control.engine import PrepaidEngine, PrepaidSettings
+from meterd.control.limits import PowerLimit
+from meterd.control.model import CommandKind
 from meterd.control.policy import SafetyRules, Threshold, Thresholds
 from meterd.control.state import AccountSpec, ControlStore
 from meterd.control.tariff import Tariff, TariffKind, TariffVersion
+from meterd.plausibility import Gate
 from meterd.readings import Reading
 
 M1, M2 = "000000000001", "000000000002"
@@ -113,3 +116,30 @@ def test_register_garbage_charges_only_the_real_use(state_where, values, kwh):
     assert store.balance("A2") == Decimal(100) - Decimal("0.50") * len(values)
     assert all(amount <= 0 for account in ("A1", "A2") for amount, _ in charges(store, account))
     assert store.verify_balances() == []
+
+
+def test_absurd_power_never_trips_a_customer_under_a_power_limit(state_where):
+    # 定值控制 at 50 kW, held 15 min.  Before: two samples of 5E+11 kW (below the 10^12 ceiling)
+    # passed the door as good and tripped the customer ("load 5E+11 kW > limit 50 kW for 15m").
+    store = ControlStore(state_where)
+    store.upsert_accounts([AccountSpec("B", "flat", {M1: Decimal(1)}, opening_balance=Decimal(1000))],
+                          actor="test", now=T0)
+    limit = PowerLimit(M1, "B", "TA", Decimal(50), timedelta(minutes=15), CommandKind.TRIP)
+    engine = PrepaidEngine(store, PrepaidSettings(THRESHOLDS, SafetyRules(trip_notice=timedelta(0))),
+                           {"flat": FLAT}, limits=[limit])
+    gate = Gate({})
+
+    def sample(i: int, kw: str):
+        out, found = gate.screen([Reading(M1, "power.active.total", T0 + i * QUARTER, Decimal(kw), "kW")])
+        engine.observe(out)
+        return engine.run_pass(T0 + i * QUARTER).commands, found
+
+    assert sample(0, "20") == ([], [])
+    for i in (1, 2):
+        commands, found = sample(i, "5E+11")
+        assert commands == [] and [(f.meter, f.quantity) for f in found] == [(M1, "power.active.total")]
+        assert "more power than the meter can carry" in found[0].reason
+    # a real overload still trips, as before
+    assert sample(3, "60")[0] == []
+    commands, found = sample(4, "61")
+    assert [(c.meter, c.kind) for c in commands] == [(M1, CommandKind.TRIP)] and found == []

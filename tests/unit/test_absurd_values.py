@@ -14,7 +14,7 @@ import pytest
 from meterd.control.charging import Cursor, DistrictCharger, FlagKind, charge_account
 from meterd.control.model import Rate, RegisterReading
 from meterd.control.tariff import Tariff, TariffKind, TariffVersion
-from meterd.plausibility import Gate
+from meterd.plausibility import DEFAULT_RATING, Gate, MeterBounds
 from meterd.protocols.terminal.mqtt import _value_from_json
 from meterd.readings import Quality, Reading
 
@@ -91,5 +91,19 @@ def test_a_pushed_value_of_absurd_digits_is_parsed_then_flagged_at_the_door(text
                                   "12345.678901234567"])
 def test_a_meters_own_numbers_still_pass(text):
     # float32 and float64 subnormals, zeros of any exponent, a float64's 17 digits: a meter's numbers
-    out, found = Gate({}).screen([Reading(M, "power.active.total", T0, D(text), "kW")])
+    out, found = Gate({}).screen([Reading(M, "voltage.a", T0, D(text), "V")])
     assert out[0].quality is Quality.GOOD and found == []
+
+
+def test_power_beyond_ten_times_what_the_meter_can_carry_is_flagged():
+    # the default rating carries 79.2 kW; a CT x PT 1000 point 79,200 kW (primary)
+    gate = Gate({"000000000002": MeterBounds.of(DEFAULT_RATING, D(1000))})
+    readings = [Reading(M, "power.active.total", T0, D(792), "kW"), Reading(M, "power.active.a", T0, D("-792.01"), "kW"),
+                Reading(M, "power.reactive.total", T0, D("5E+11"), "kvar"),
+                Reading("000000000002", "power.active.total", T0, D(500000), "kW"),
+                Reading("000000000002", "power.active.total", T0, D(792001), "kW"),
+                Reading(M, "power.active.total", T0, D(5000), "W")]  # another unit: not judged here
+    out, found = gate.screen(readings)
+    assert [r.quality for r in out] == [Quality.GOOD, Quality.IMPLAUSIBLE, Quality.IMPLAUSIBLE, Quality.GOOD,
+                                        Quality.IMPLAUSIBLE, Quality.GOOD]
+    assert "79.2" in found[0].reason and "79200" in found[2].reason
