@@ -707,7 +707,9 @@ class Api:
         def work() -> list[dict[str, Any]]:
             if not self._meter_exists(meter):
                 raise ApiError(404, f"unknown meter {meter}")
-            return [attempt_doc(a) for a in self.archive.attempts(meter=meter, since=since)[-limit:]]
+            # only the newest `limit` are read: since=1970 over 600,000 attempts of a meter read them all
+            # for 200 (4.6 s, the process +364 MiB)
+            return [attempt_doc(a) for a in self.archive.attempts(meter=meter, since=since, last=limit)]
         return JSONResponse(await run_in_threadpool(work))
 
     async def diagnostics(self, request: Request, caller: Caller | None) -> Response:

@@ -633,9 +633,11 @@ class PostgresStore:
                 _time.sleep(max(pause, last))
         return Pruned(total, transactions, longest)
 
-    def attempts(self, *, meter: str | None = None, since: datetime | None = None) -> list[Attempt]:
-        """Recorded attempts, oldest first (in recording order within one millisecond)."""
-        sql = "SELECT meter, channel, item, ts, outcome, latency, detail FROM attempts WHERE TRUE"
+    def attempts(self, *, meter: str | None = None, since: datetime | None = None,
+                 last: int | None = None) -> list[Attempt]:
+        """Recorded attempts, oldest first (in recording order within one millisecond); with
+        ``last``, only the newest ``last`` of them (read newest first, so no more are read)."""
+        sql = "SELECT id, meter, channel, item, ts, outcome, latency, detail FROM attempts WHERE TRUE"
         params: list[object] = []
         if meter is not None:
             sql += " AND meter = %s"
@@ -643,10 +645,13 @@ class PostgresStore:
         if since is not None:
             sql += " AND ts >= %s"
             params.append(to_ms(since))
+        if last is not None:
+            sql = f"SELECT * FROM ({sql} ORDER BY ts DESC, id DESC LIMIT %s) AS newest"
+            params.append(last)
         sql += " ORDER BY ts, id"
         return [
             Attempt(meter=m, channel=c, item=i, timestamp=from_ms(ts), outcome=o, latency=lat, detail=d)
-            for m, c, i, ts, o, lat, d in self._fetch(sql, params)
+            for _, m, c, i, ts, o, lat, d in self._fetch(sql, params)
         ]
 
     # --- plumbing ------------------------------------------------------------------------------

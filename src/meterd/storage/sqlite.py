@@ -625,8 +625,10 @@ class SqliteStore:
             tally.rest(stop)
         return tally.result()
 
-    def attempts(self, *, meter: str | None = None, since: datetime | None = None) -> list[Attempt]:
-        """Recorded attempts, oldest first (in recording order within one millisecond)."""
+    def attempts(self, *, meter: str | None = None, since: datetime | None = None,
+                 last: int | None = None) -> list[Attempt]:
+        """Recorded attempts, oldest first (in recording order within one millisecond); with
+        ``last``, only the newest ``last`` of them (read newest first, so no more are read)."""
         sql = "SELECT * FROM attempts WHERE 1 = 1"
         params: list[object] = []
         if meter is not None:
@@ -635,6 +637,9 @@ class SqliteStore:
         if since is not None:
             sql += " AND ts >= ?"
             params.append(to_ms(since))
+        if last is not None:
+            sql = f"SELECT * FROM ({sql} ORDER BY ts DESC, id DESC LIMIT ?)"
+            params.append(last)
         sql += " ORDER BY ts, id"
         with self._lock:
             rows = self._state.execute(sql, params).fetchall()
