@@ -6,6 +6,7 @@ fast path, with its plans in the memo), since they once disagreed about a value 
 
 from __future__ import annotations
 
+import struct
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal as D
 
@@ -15,6 +16,7 @@ from meterd.control.charging import Cursor, DistrictCharger, FlagKind, charge_ac
 from meterd.control.model import Rate, RegisterReading
 from meterd.control.tariff import Tariff, TariffKind, TariffVersion
 from meterd.plausibility import DEFAULT_RATING, Gate, MeterBounds
+from meterd.protocols.modbus import compile_plan, decode_block, get_map
 from meterd.protocols.terminal.mqtt import _value_from_json
 from meterd.readings import Quality, Reading
 
@@ -107,3 +109,24 @@ def test_power_beyond_ten_times_what_the_meter_can_carry_is_flagged():
     assert [r.quality for r in out] == [Quality.GOOD, Quality.IMPLAUSIBLE, Quality.IMPLAUSIBLE, Quality.GOOD,
                                         Quality.IMPLAUSIBLE, Quality.GOOD]
     assert "79.2" in found[0].reason and "79200" in found[2].reason
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+def test_a_float_register_a_meter_cannot_fill_costs_only_its_own_value(bad):
+    # SDM630: energy shares a block with pf.total and demand.active.now.  Before: demand FFFF FFFF
+    # (NaN, "not available") was a ProtocolError for the whole block, so the energy register was
+    # lost every round and the account never charged.
+    block = next(b for b in compile_plan(get_map("eastron-sdm630")) if b.address == 52)
+    registers = [0] * block.count
+
+    def put(quantity: str, number: float) -> None:
+        f = next(f for f in block.fields if f.entry.quantity == quantity)
+        registers[f.offset : f.offset + 2] = struct.unpack(">2H", struct.pack(">f", number))
+
+    put("energy.active.import.total", 1234.5)
+    put("demand.active.now", float(bad))
+    values = {v.quantity: v.value for v in decode_block(block, registers)}
+    assert values["energy.active.import.total"] == D("1234.5") and not values["demand.active.now"].is_finite()
+    out, found = Gate({}).screen([Reading(M, q, T0, v, "") for q, v in values.items()])
+    assert {r.quantity for r in out if r.quality is Quality.IMPLAUSIBLE} == {"demand.active.now"}
+    assert [f.reason for f in found] == ["not a number"] and "demand.active.now" in found[0].describe()

@@ -582,6 +582,10 @@ def judge(values: dict[str, Any]) -> tuple[bool, str]:
     for quantity, value in values.items():
         if not isinstance(value, Decimal):
             continue
+        if not value.is_finite():  # a float register holding NaN or an infinity (decode_block keeps it)
+            if quantity.startswith(("voltage.", "frequency")):
+                return False, f"{quantity} = {value}"
+            continue
         if quantity.startswith("voltage."):
             if value == 0:
                 continue  # an unused phase

@@ -22,7 +22,11 @@ Numbers become :class:`~decimal.Decimal` and are then multiplied by the entry's 
 * the multiplication is exact (60-digit context): no rounding is applied anywhere, trailing zeros
   keep the register's resolution.
 
-NaN and infinity (meters send them for "not available") are a ProtocolError naming the quantity.
+NaN and infinity (meters send them for "not available") are a ProtocolError naming the quantity
+from :func:`decode_value`; :func:`decode_block` returns them as a Decimal NaN or ±Infinity for
+that field alone (the collector's door flags it implausible), so one register a meter cannot
+fill does not cost the block's other values (SDM630: energy shares a block with ``pf.total``
+and ``demand.active.now``).
 The inverse (:func:`encode_values`) is for the simulator: a value is divided by the scale and, for
 integer types, rounded half-even to the register's resolution.
 """
@@ -93,7 +97,7 @@ def decode_block(block: ReadBlock, data: Sequence[int] | Sequence[bool]) -> list
     out = []
     for f, fast in zip(block.fields, _block_layout(block)):
         if raw is None or fast is None or any(isinstance(r, bool) for r in data[f.offset : f.offset + f.entry.size]):
-            out.append(decode_value(f.entry, data[f.offset : f.offset + f.entry.size]))
+            out.append(_decode_field(f.entry, data[f.offset : f.offset + f.entry.size]))
             continue
         unpack, reverse, scaling = fast
         entry = f.entry
@@ -108,6 +112,22 @@ def decode_block(block: ReadBlock, data: Sequence[int] | Sequence[bool]) -> list
 
 
 _EXACT: Final = Context(prec=_PRECISION)
+
+
+def _decode_field(entry: RegisterEntry, raw: Sequence[int] | Sequence[bool]) -> DecodedValue:
+    """:func:`decode_value` for one field of a block, except that a plain float register holding
+    NaN or an infinity is that value (a Decimal NaN or ±Infinity, unscaled) instead of an error:
+    the door flags it (a metering anomaly naming the meter, the quantity and the value) and the
+    block's other fields -- a meter's energy next to a power factor it cannot compute -- are kept."""
+    try:
+        return decode_value(entry, raw)
+    except ProtocolError:
+        if not entry.type.is_float or entry.true_value is not None:
+            raise
+        number = _from_registers(entry, _check_registers(entry.quantity, raw))
+        if math.isfinite(number):
+            raise
+        return DecodedValue(entry.quantity, Decimal(number), entry.unit, entry.scaling)
 # (struct unpacker, reverse words?, scaling) of one plain-integer field
 _FastField = tuple[Callable[[bytes], tuple[Any, ...]], bool, Scaling]
 _STRUCT_OF: Final = {
