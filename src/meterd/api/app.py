@@ -507,12 +507,14 @@ class Api:
         def work() -> dict[str, Any]:
             if self.control.account(name) is None:
                 raise ApiError(404, f"unknown account {name}")
-            running, docs = Decimal("0.00"), []
-            for r in self.control.ledger(name):
-                running += r.amount
-                docs.append(ledger_doc(r, running))
-            return {"account": name, "balance": str(self.control.balance(name)),
-                    "entries": docs[-limit:] if limit else docs}
+            if limit is not None:  # the newest `limit` only: ?limit=10 of 200,000 entries read them all (3 s, +250 MiB)
+                docs = [ledger_doc(r, after) for r, after in reversed(self.control.ledger_page(name, limit=limit))]
+            else:
+                running, docs = Decimal("0.00"), []
+                for r in self.control.ledger(name):
+                    running += r.amount
+                    docs.append(ledger_doc(r, running))
+            return {"account": name, "balance": str(self.control.balance(name)), "entries": docs}
         return JSONResponse(await run_in_threadpool(work))
 
     async def commands(self, request: Request, caller: Caller | None) -> Response:
