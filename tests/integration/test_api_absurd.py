@@ -191,3 +191,25 @@ def test_the_newest_entries_of_a_ledger_are_the_tail_of_the_whole_with_the_same_
     for limit in (1, 3, len(whole["entries"]), 10_000):
         _, _, tail = site.call("GET", f"/api/v1/accounts/A1001/ledger?limit={limit}", role="viewer")
         assert tail == {**whole, "entries": whole["entries"][-limit:]}
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_a_little_over_64_kib_gets_its_413_and_the_connection_serves_on(site: Site, chunked: bool) -> None:  # noqa: F811
+    """Up to MAX_DRAIN over the limit is read and dropped before the 413, so the client reads the
+    answer (not a reset) and may send its next request on the same connection."""
+    import http.client
+
+    conn = http.client.HTTPConnection(site.base.removeprefix("http://"), timeout=10)
+    auth = {"Authorization": f"Bearer {site.tokens['operator']}"}
+    body = b'{"account": "A1001", "amount": "1", "ref": "' + b"x" * 200_000 + b'"}'
+    if chunked:
+        conn.request("POST", PAY, body=(body[i:i + 8192] for i in range(0, len(body), 8192)), encode_chunked=True,
+                     headers={**auth, "Transfer-Encoding": "chunked"})
+    else:
+        conn.request("POST", PAY, body=body, headers=auth)
+    resp = conn.getresponse()
+    assert resp.status == 413 and "64 KiB" in json.loads(resp.read())["error"]
+    conn.request("GET", "/api/v1/accounts/A1001", headers=auth)
+    resp = conn.getresponse()
+    assert resp.status == 200 and json.loads(resp.read())["account"] == "A1001"
+    conn.close()

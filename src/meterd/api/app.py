@@ -44,7 +44,7 @@ from psycopg_pool import PoolTimeout
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -106,6 +106,10 @@ MAX_SPLIT_DAYS: Final = 3653
 #: read of up to 256 KiB used to reach the handlers whole, and a 20,000-character account name was
 #: echoed back in a 20 KB 404.
 MAX_TARGET: Final = 8 * 1024
+#: Bytes of an unread body read and dropped before an early answer (a 413, a 401, an endpoint that
+#: takes no body) so that the client reads the answer rather than a reset; past it, or when more is
+#: announced, the connection is closed unread.
+MAX_DRAIN: Final = 1024 * 1024
 #: The most digits of an integer in a request body (no field takes a number over 18 digits).
 MAX_DIGITS: Final = 100
 #: An error message quotes at most this many characters of what it refuses (:func:`shown`).
@@ -160,11 +164,18 @@ async def json_object(request: Request, schema: str, *, empty_ok: bool = False) 
     to check (:func:`_body` here, ``meterd.api.alarms``)."""
     _declared_length(request)
     raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
+    while True:  # the ASGI messages themselves: _drained needs to know whether the last one has come
+        message = await request.receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        raw += message.get("body", b"")
+        if not message.get("more_body", False):
+            request.state.body_read = True
+            break
         if len(raw) > MAX_BODY:
             raise ApiError(413, f"request body over 64 KiB ({MAX_BODY} bytes)")
-    request.state.body_read = True
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, f"request body over 64 KiB ({MAX_BODY} bytes)")
     if empty_ok and not raw.strip():
         return {}
     try:
@@ -1036,22 +1047,41 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, message, {"WWW-Authenticate": 'Bearer realm="meterd"'})
 
 
-def _has_body(request: Request) -> bool:
-    return request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+async def _drained(request: Request) -> bool:
+    """Whether the request's body has been read to its end, reading and dropping what is left of it
+    when that is at most :data:`MAX_DRAIN` bytes more; False: the connection must be closed."""
+    if getattr(request.state, "body_read", False):
+        return True
+    if request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers:
+        return True
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or len(declared) > 12 or int(declared) > MAX_BODY + MAX_DRAIN):
+        return False  # 100 MB announced: not a byte more is read
+    left = MAX_BODY + MAX_DRAIN
+    while left > 0:
+        message = await request.receive()
+        if message["type"] != "http.request":
+            return False
+        left -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            request.state.body_read = True
+            return True
+    return False
 
 
 def _wrap(api: Api, ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         # An answer given before the request's body was read whole closes the connection: uvicorn
         # would otherwise go on reading and dropping the rest (1 GB after a 413 in 4.4 s, until the
-        # header timeout) -- an absurd body is read no further than MAX_BODY.
+        # header timeout).  A body at most MAX_DRAIN over what was read is read and dropped first,
+        # so that a client sending a little too much gets its answer, not a reset.
         try:
             response = await checked(request)
         except ApiError as exc:
-            if _has_body(request) and not getattr(request.state, "body_read", False):
+            if not await _drained(request):
                 exc.headers = {**(exc.headers or {}), "Connection": "close"}
             raise
-        if _has_body(request) and not getattr(request.state, "body_read", False):
+        if not await _drained(request):
             response.headers["Connection"] = "close"
         return response
 
