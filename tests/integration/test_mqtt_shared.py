@@ -76,11 +76,12 @@ async def node_hub(broker, name: str, taken: Taken | None = None, **kw) -> MqttH
     return hub
 
 
-def push_all(terminals: list[MqttTerminal], rounds: range, base: datetime = START) -> list[Key]:
-    """Each terminal pushes ``QUANTITY`` of each meter once per round, a minute apart: the keys."""
+def push_all(terminals: list[MqttTerminal], rounds: range, base: datetime = START,
+             step: timedelta = timedelta(minutes=1)) -> list[Key]:
+    """Each terminal pushes ``QUANTITY`` of each meter once per round, ``step`` apart: the keys."""
     sent: list[Key] = []
     for k in rounds:
-        at = base + timedelta(minutes=k)
+        at = base + k * step
         stamp = at.replace(tzinfo=CST).astimezone(UTC)
         for term in terminals:
             assert term.push_readings(at, [QUANTITY]) == len(term.addresses)
@@ -396,7 +397,9 @@ async def test_two_collector_nodes_store_each_pushed_reading_once(broker, pg_url
         await until(lambda: all(h.stats.replies_matched > 0 for h in hubs.values()), 20, "both nodes polling")
 
         base = fleet.clock().replace(microsecond=0)  # payload times carry milliseconds
-        sent = push_all(list(fleet.terminals.values()), range(20), base)
+        # 5 s apart: 40 rounds stay within the 5 minutes a terminal's clock may run ahead of the
+        # master's (a push stamped later is taken as read when it came)
+        sent = push_all(list(fleet.terminals.values()), range(20), base, timedelta(seconds=5))
         await until(lambda: len(seen["n1"]) + len(seen["n2"]) >= len(sent), 10, "pushes taken")
         await asyncio.sleep(0.3)
         assert seen["n1"] and seen["n2"]  # each node took pushes of terminals it may not hold
@@ -404,7 +407,7 @@ async def test_two_collector_nodes_store_each_pushed_reading_once(broker, pg_url
         stop, run = runs["n2"]  # n2 stops cleanly; pushes go on to n1
         stop.set()
         await asyncio.wait_for(run, 30)
-        later = push_all(list(fleet.terminals.values()), range(20, 40), base)
+        later = push_all(list(fleet.terminals.values()), range(20, 40), base, timedelta(seconds=5))
         await until(lambda: set(later) <= set(seen["n1"]), 10, "n1 took the rest")
         await asyncio.sleep(0.3)
         await until(lambda: nodes["n1"].collector.writer.pending == 0, 10, "n1's writer flushed")
