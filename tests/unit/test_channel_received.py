@@ -21,13 +21,15 @@ STRAY = PREAMBLE + encode_frame(encode_response(ReadResponse(OTHER, 0x00010000, 
 
 
 class _Pieces(Transport):
-    """Answers every request with ``chunks``, one event-loop turn apart, each a fresh bytearray
-    (a transport may hand out a mutable buffer: the channel must not keep it)."""
+    """Answers every request with ``chunks``, each read on its own (the next arrives only once the
+    one before was read: never joined, however loaded the machine), each a fresh bytearray (a
+    transport may hand out a mutable buffer: the channel must not keep it)."""
 
     def __init__(self, chunks: list[bytes]) -> None:
         super().__init__("pieces")
         self.chunks = chunks
         self.handed: list[bytearray] = []
+        self._left: list[bytes] = []
 
     @property
     def is_open(self) -> bool:
@@ -37,12 +39,16 @@ class _Pieces(Transport):
         pass
 
     async def write(self, data: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        for n, chunk in enumerate(self.chunks):
-            loop.call_later(0.001 * (n + 1), self._received, chunk)
+        self._left = list(self.chunks)
+        self._next()
+
+    def _next(self) -> None:
+        if self._left:
+            asyncio.get_running_loop().call_later(0.001, self._received, self._left.pop(0))
 
     async def read(self, timeout: float) -> bytes:
         data = await super().read(timeout)
+        self._next()
         piece = bytearray(data)
         self.handed.append(piece)
         return piece  # type: ignore[return-value]
@@ -93,3 +99,21 @@ async def test_another_meters_reply_is_dropped_and_the_count_starts_again(split:
     assert drops == [STRAY]
     (rx,) = [e for e in events if e.direction == "rx"]
     assert rx.data == REPLY
+
+
+@pytest.mark.parametrize("strays", [1, 2])
+async def test_a_reply_right_behind_another_meters_in_the_same_bytes_is_taken(strays: int) -> None:
+    """A late reply of another meter and ours in one read (a DTU's TCP segment; a read that found
+    both waiting): the attempt failed with wrong_address, ours never looked at."""
+    joined = STRAY * strays + REPLY
+    got, events, _ = await _run([joined])
+    assert not isinstance(got, TransactionError), got
+    (drop,) = [e for e in events if e.direction == "drop"]
+    assert drop.data == joined and "the reply followed in these bytes" in drop.note
+    (rx,) = [e for e in events if e.direction == "rx"]
+    assert rx.data == joined and rx.frame is not None
+
+
+async def test_only_another_meters_reply_is_still_wrong_address() -> None:
+    got, _, _ = await _run([STRAY + STRAY])
+    assert isinstance(got, TransactionError) and got.kind is FailureKind.WRONG_ADDRESS

@@ -415,10 +415,15 @@ class Channel:
                     # put every following transaction one reply behind; only if nobody else
                     # answers is the attempt a wrong_address.
                     mismatch = exc
-                    self._emit("drop", bytes(received), note=f"skipped: {exc}")
-                    received = b""
-                    timeout = max(0.0, started + self.timing.response - time.monotonic())
-                    continue
+                    reply = self._behind_stray(matcher)
+                    if reply is None:
+                        self._emit("drop", bytes(received), note=f"skipped: {exc}")
+                        received = b""
+                        timeout = max(0.0, started + self.timing.response - time.monotonic())
+                        continue
+                    # the reply came in the same bytes, right behind the other meter's (a DTU's
+                    # TCP segment, a read that found both waiting): those bytes hold both
+                    self._emit("drop", bytes(received), note=f"skipped: {exc}; the reply followed in these bytes")
                 if reply is not None:
                     if self.trace is not None:
                         self._emit("rx", bytes(received), reply)
@@ -427,6 +432,16 @@ class Channel:
                     return reply
         except LinkError as exc:
             raise TransactionError(FailureKind.LINK, str(exc), meter=meter) from exc
+
+    @staticmethod
+    def _behind_stray(matcher: ReplyMatcher) -> Any | None:
+        """The reply among the bytes a matcher already holds behind another meter's reply it
+        refused (each refusal consumes that reply), or None: wait for more."""
+        while True:
+            try:
+                return matcher.feed(b"")
+            except AddressMismatchError:
+                continue  # yet another meter's reply: consumed, look behind it
 
     def _emit(self, direction: str, data: bytes, frame: Frame | None = None, note: str = "") -> None:
         if self.trace is not None:
