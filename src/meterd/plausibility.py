@@ -43,11 +43,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, tzinfo
 from decimal import Decimal
 from typing import Final
 
-from meterd.clock import CST
+from meterd.clock import CST, local_text
 from meterd.readings import Quality, Reading
 
 # A DL/T 645 energy register is XXXXXX.XX kWh on the meter (secondary side): it wraps at 10^6.
@@ -143,13 +143,9 @@ class Implausible:
     value: object
     reason: str
 
-    def describe(self) -> str:
-        return f"meter {self.meter} {self.quantity} = {_show(self.value)} at {_local(self.at)}: {self.reason}"
-
-
-def _local(at: datetime) -> str:
-    """An instant as the operator reads it: the site's time, with its zone."""
-    return at.astimezone(CST).strftime("%Y-%m-%d %H:%M:%S %Z")
+    def describe(self, zone: tzinfo = CST) -> str:
+        """For the operator: the instant in the site's ``zone``, with its offset."""
+        return f"meter {self.meter} {self.quantity} = {_show(self.value)} at {local_text(self.at, zone)}: {self.reason}"
 
 
 def _show(value: object) -> str:
@@ -164,11 +160,13 @@ class Gate:
     default rating, CT × PT of 1).  Memory: one entry per (meter, energy quantity) seen.
     """
 
-    __slots__ = ("_last", "_power", "_rules", "bounds", "default")
+    __slots__ = ("_last", "_power", "_rules", "bounds", "default", "zone")
 
-    def __init__(self, bounds: Mapping[str, MeterBounds], default: MeterBounds = DEFAULT_BOUNDS) -> None:
+    def __init__(self, bounds: Mapping[str, MeterBounds], default: MeterBounds = DEFAULT_BOUNDS, *,
+                 zone: tzinfo = CST) -> None:
         self.bounds = dict(bounds)
         self.default = default
+        self.zone = zone  # the site's: the times in its reasons
         self._last: dict[tuple[str, str], tuple[datetime, Decimal]] = {}
         # (meter, quantity) -> (span, kWh a second, slack kWh, bounds): the advance rule as floats,
         # a hair tighter than the exact one, screens the common case; the rest is judged exactly
@@ -235,6 +233,6 @@ class Gate:
         allowed = max_advance(bounds.max_kw, bounds.step, last[0], at)
         if value - last[1] > allowed:
             hours = (at - last[0]).total_seconds() / 3600
-            return (f"advanced {value - last[1]} since {last[1]} at {_local(last[0])} ({hours:.4g} h): "
+            return (f"advanced {value - last[1]} since {last[1]} at {local_text(last[0], self.zone)} ({hours:.4g} h): "
                     f"more than the {bounds.max_kw} kW the meter can carry allows ({allowed.normalize()})")
         return None

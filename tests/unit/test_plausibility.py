@@ -162,3 +162,22 @@ def test_the_load_curve_leaves_out_implausible_power(tmp_path):
         ])
     points = curve_points(tmp_path, [M], day.date(), timedelta(minutes=15))
     assert [(at.hour, kw, n) for at, kw, n in points] == [(1, D("2.5"), 1)]
+
+
+def test_the_times_an_operator_reads_are_in_the_sites_zone():
+    """The door's log line and the anomaly said '2026-11-02 10:00:00 CST' on every site; a New York
+    site reads its own time, with its offset (the rest of meterd's human-facing times)."""
+    from zoneinfo import ZoneInfo
+
+    from meterd.collector.door import Door
+    from meterd.config.model import MeterConfig
+
+    new_york = ZoneInfo("America/New_York")
+    gate = Gate({}, zone=new_york)
+    _, found = gate.screen([r("1000"), r("1039.65", 15)])
+    [flagged] = found
+    assert "since 1000 at 2026-11-01 21:00:00-05:00" in flagged.reason
+    assert flagged.describe(new_york).startswith(f"meter {M} {E} = 1039.65 at 2026-11-01 21:15:00-05:00: ")
+    assert "at 2026-11-02 10:15:00+08:00" in flagged.describe()  # the default: the meters' zone, CST
+    door = Door([MeterConfig(M, "bus1")], zone=new_york)
+    assert door.gate.zone is new_york and door.zone is new_york

@@ -409,7 +409,7 @@ class Daemon:
         self.sink = make_sink(config, store)
         self.writer = BatchWriter(self.sink, config.store.batch_size, config.store.flush_interval)
         # Every reading passes the door before anything else sees it: the impossible is flagged.
-        self.door = Door(config.meters, record=self._record_implausible)
+        self.door = Door(config.meters, record=self._record_implausible, zone=config.site.zone)
         self._anomalies: AnomalyStore | None = None  # opened when the door first has something to record
         # terminal -> its channel: pushes still sent on a terminal's up topic (heard by every node)
         # are taken only where that channel is held
@@ -870,7 +870,7 @@ class Daemon:
     def _record_implausible(self, found: list[Implausible]) -> None:
         """The door's findings as metering anomalies, written off the event loop (rare: a
         thread per batch that has any)."""
-        findings = [Finding(f.meter, Kind.IMPLAUSIBLE, Severity.WARNING, f.at, f.describe(),
+        findings = [Finding(f.meter, Kind.IMPLAUSIBLE, Severity.WARNING, f.at, f.describe(self.door.zone),
                             ({"meter": f.meter, "quantity": f.quantity, "timestamp": f.at.isoformat(),
                               "value": str(f.value)[:40]},)) for f in found]
         self._record_anomalies(findings)

@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Final
 
+from meterd.clock import CST
 from meterd.config.model import MeterConfig
 from meterd.logthrottle import LogThrottle
 from meterd.plausibility import (
@@ -54,7 +55,8 @@ def bounds(meter: MeterConfig) -> MeterBounds:
 class Door:
     """The gate with the daemon's bookkeeping around it."""
 
-    def __init__(self, meters: Iterable[MeterConfig], record: Recorder | None = None) -> None:
+    def __init__(self, meters: Iterable[MeterConfig], record: Recorder | None = None, *,
+                 zone: tzinfo = CST) -> None:
         # bounds depend on the rating, CT, PT and map only: meters alike share one (immutable)
         # MeterBounds -- 100,000 meters of a few kinds hold a few, built once each
         alike: dict[tuple[object, ...], tuple[MeterBounds, MeterConfig]] = {}
@@ -68,7 +70,8 @@ class Door:
             if found is None:
                 found = alike[key] = (bounds(m), m)
             by_meter[m.address] = found[0]
-        self.gate = Gate(by_meter)
+        self.gate = Gate(by_meter, zone=zone)
+        self.zone = zone  # the site's: the times the log and the anomalies show
         self.record = record
         self.flagged = 0  # readings flagged implausible since start
         self.restamped = 0  # pushed readings stamped ahead of the master's clock, taken as received
@@ -104,7 +107,7 @@ class Door:
         self.flagged += len(found)
         for f in found:
             self._log.log(log, logging.WARNING, f"implausible {f.meter} {f.quantity}",
-                          "implausible reading, stored flagged and not charged: %s", f.describe())
+                          "implausible reading, stored flagged and not charged: %s", f.describe(self.zone))
         if self.record is not None:
             try:
                 self.record(found)
