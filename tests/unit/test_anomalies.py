@@ -353,7 +353,7 @@ def test_store_survives_reopening_and_stores_json(state_where: Location) -> None
     else:
         conn, integrity = sqlite3.connect(state_where / "state.sqlite3"), sqlite3.IntegrityError
     try:
-        (evidence,) = conn.execute("SELECT evidence FROM anomalies").fetchone()
+        (evidence,) = conn.execute("SELECT evidence FROM anomaly_evidence").fetchone()  # its own table
         with pytest.raises(integrity):  # never two open events for (meter, kind)
             conn.execute("INSERT INTO anomalies (meter, kind, severity, opened_ts, last_seen_ts, detail)"
                          " VALUES (?, 'voltage_out_of_limits', 'warning', 0, 0, '')", (M,))

@@ -10,11 +10,13 @@ or the condition is gone.  Kept in ``storage`` so that every layer above may wri
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, Final
 
 from meterd.storage.sqlite import from_ms, to_ms
@@ -94,6 +96,18 @@ CREATE UNIQUE INDEX IF NOT EXISTS anomalies_open ON anomalies (meter, kind) WHER
 CREATE INDEX IF NOT EXISTS anomalies_meter ON anomalies (meter, opened_ts);
 CREATE INDEX IF NOT EXISTS anomalies_opened ON anomalies (opened_ts);
 """
+# Each step after _SCHEMA (see meterd.storage.statedb).  1: an event's evidence in a table of its own,
+# one row per event, so that a check touching ``last_seen`` of every open event does not rewrite
+# every evidence with it (SQLite writes a whole row on any update); ``anomalies.evidence`` stays,
+# empty ('[]').  ``evidence_seen``: a digest of the (quantity, timestamp) keys of the last evidence
+# merged when all of them are in the event's evidence (then the same keys again change nothing and
+# the evidence is neither read nor written), NULL when unknown.
+_V1: Final = (
+    "CREATE TABLE IF NOT EXISTS anomaly_evidence (event_id INTEGER NOT NULL PRIMARY KEY, evidence TEXT NOT NULL)",
+    "INSERT INTO anomaly_evidence (event_id, evidence) SELECT id, evidence FROM anomalies WHERE evidence <> '[]'",
+    "UPDATE anomalies SET evidence = '[]' WHERE evidence <> '[]'",
+    "ALTER TABLE anomalies ADD COLUMN evidence_seen TEXT",
+)
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,26 @@ def _event(row: sqlite3.Row | tuple[Any, ...]) -> Event:
     id_, meter, kind, severity, opened, last_seen, closed, detail, evidence = row
     return Event(id_, meter, Kind(kind), Severity(severity), from_ms(opened), from_ms(last_seen),
                  None if closed is None else from_ms(closed), detail, tuple(json.loads(evidence)))
+
+
+def _digest(evidence: Iterable[dict[str, str]]) -> str:
+    """The (quantity, timestamp) keys of ``evidence`` as a short digest (order and repeats aside)."""
+    keys = [f"{e['quantity']}\t{e['timestamp']}" for e in evidence]
+    if len(keys) > 1:
+        keys = sorted(set(keys))
+    return hashlib.blake2b("\n".join(keys).encode(), digest_size=16).hexdigest()
+
+
+def _seen(merged: Sequence[dict[str, str]], new: Sequence[dict[str, str]]) -> str | None:
+    """The :func:`_digest` of ``new`` if every entry of it is in ``merged`` (the cap may have dropped
+    some), else None: what ``evidence_seen`` keeps."""
+    keys = {(e["quantity"], e["timestamp"]) for e in merged}
+    return _digest(new) if all((e["quantity"], e["timestamp"]) in keys for e in new) else None
+
+
+def _kind(kind: Kind | str) -> Kind:
+    """``kind`` as a :class:`Kind` (``Kind(kind)`` costs more than the rest of a check's pair)."""
+    return kind if type(kind) is Kind else Kind(kind)
 
 
 def _merge_evidence(old: Sequence[dict[str, str]], new: Iterable[dict[str, str]]) -> list[dict[str, str]]:
@@ -140,7 +174,9 @@ def _detail(findings: Sequence[Finding]) -> str:
     return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL - 3] + "..."
 
 
-_COLUMNS: Final = "id, meter, kind, severity, opened_ts, last_seen_ts, closed_ts, detail, evidence"
+_COLUMNS: Final = ("a.id, a.meter, a.kind, a.severity, a.opened_ts, a.last_seen_ts, a.closed_ts, a.detail, "
+                   "COALESCE(e.evidence, '[]')")
+_FROM: Final = "anomalies AS a LEFT JOIN anomaly_evidence AS e ON e.event_id = a.id"
 
 
 class AnomalyStore(StateDatabase):
@@ -148,6 +184,8 @@ class AnomalyStore(StateDatabase):
     (a partial unique index says so), opened, kept up to date and closed by :meth:`update`."""
 
     SCHEMA = _SCHEMA
+    STORE = "anomalies"
+    MIGRATIONS = (_V1,)
     ROWS = False  # plain tuples
 
     def open_count(self) -> int:
@@ -195,59 +233,97 @@ class AnomalyStore(StateDatabase):
         """
         grouped: dict[tuple[str, Kind], list[Finding]] = {}
         for f in findings:
-            grouped.setdefault((f.meter, Kind(f.kind)), []).append(f)
-        quiet = {(m, Kind(k)) for m, k in checked} - grouped.keys()
-        if closing:
-            quiet = set(grouped)
+            grouped.setdefault((f.meter, _kind(f.kind)), []).append(f)
+        # A detection round checks every kind of every meter (600,000 pairs): set operations, each
+        # kind named checked once (a Kind is equal to its value, and hashes alike)
+        quiet = set(grouped) if closing else {*checked} - grouped.keys()
+        for k in set(map(itemgetter(1), quiet)):
+            _kind(k)
+        meters = {m for m, _ in grouped} | set(map(itemgetter(0), quiet))
         now_ms = to_ms(now)
         opened_ids: list[int] = []
         closed_ids: list[int] = []
+        # What a check writes is what changed: an open event's severity, detail and last_seen in
+        # one batch; its evidence read, merged and written only when the finding's evidence keys
+        # are not the ones last merged in full (``evidence_seen``), and written only when changed.
+        kept: list[tuple[str, str, int, int]] = []  # (severity, detail, last_seen, id)
+        merging: dict[int, tuple[str, str, list[dict[str, str]]]] = {}  # id -> (severity, detail, evidence)
         with self._write() as conn:
-            open_now = self._open_of(conn, {m for m, _ in grouped.keys() | quiet})
+            open_now = self._open_of(conn, meters)
             for (meter, kind), fs in grouped.items():
-                severity = max((f.severity for f in fs), key=lambda s: _RANK[Severity(s)])
+                severity = (Severity(fs[0].severity) if len(fs) == 1
+                            else max((Severity(f.severity) for f in fs), key=_RANK.__getitem__)).value
                 detail = _detail(fs)
                 evidence = [e for f in fs for e in f.evidence]
                 current = open_now.get((meter, kind))
                 if current is None and closing:
                     continue
                 if current is None:
+                    merged = _merge_evidence([], evidence)
                     cur = conn.execute(
-                        "INSERT INTO anomalies (meter, kind, severity, opened_ts, last_seen_ts, detail, evidence)"
+                        "INSERT INTO anomalies (meter, kind, severity, opened_ts, last_seen_ts, detail, evidence_seen)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (meter, kind.value, Severity(severity).value, min(to_ms(min(f.at for f in fs)), now_ms),
-                         now_ms, detail, json.dumps(_merge_evidence([], evidence), ensure_ascii=False)),
+                        (meter, kind.value, severity, min(to_ms(min(f.at for f in fs)), now_ms), now_ms, detail,
+                         _seen(merged, evidence) if evidence else None),
                     )
                     assert cur.lastrowid is not None
                     opened_ids.append(cur.lastrowid)
+                    if merged:
+                        conn.execute("INSERT INTO anomaly_evidence (event_id, evidence) VALUES (?, ?)",
+                                     (cur.lastrowid, json.dumps(merged, ensure_ascii=False)))
+                    continue
+                event_id, seen = current
+                if not evidence or seen == _digest(evidence):
+                    kept.append((severity, detail, now_ms, event_id))  # the evidence has all of it already
                 else:
-                    event_id, old = current
-                    conn.execute(
-                        "UPDATE anomalies SET severity = ?, detail = ?, last_seen_ts = ?, evidence = ? WHERE id = ?",
-                        (Severity(severity).value, detail, now_ms,
-                         json.dumps(_merge_evidence(json.loads(old), evidence), ensure_ascii=False), event_id),
-                    )
-            for key in quiet:
-                if key in open_now:
-                    closed_ids.append(open_now[key][0])
+                    merging[event_id] = (severity, detail, evidence)
+            conn.executemany("UPDATE anomalies SET severity = ?, detail = ?, last_seen_ts = ? WHERE id = ?", kept)
+            if merging:
+                self._merge(conn, merging, now_ms)
+            closed_ids += sorted(i for key, (i, _) in open_now.items() if key in quiet)
             conn.executemany("UPDATE anomalies SET closed_ts = ? WHERE id = ?", [(now_ms, i) for i in closed_ids])
             opened = self._by_ids(conn, opened_ids)
             closed = self._by_ids(conn, closed_ids)
         return opened, closed
 
     @staticmethod
-    def _open_of(conn: sqlite3.Connection, meters: set[str]) -> dict[tuple[str, str], tuple[int, str]]:
-        """The open events (id, evidence) of ``meters`` by (meter, kind): read by meter for a few
-        (a failed command, a settled one: not every open event's evidence in the district), whole
-        for a detection round."""
-        sql = "SELECT id, meter, kind, evidence FROM anomalies WHERE closed_ts IS NULL"
+    def _merge(conn: sqlite3.Connection, merging: dict[int, tuple[str, str, list[dict[str, str]]]],
+               now_ms: int) -> None:
+        """Merge new evidence into these open events (id -> severity, detail, new evidence), bringing
+        their severity, detail and last_seen up to date; an evidence is written only if it changed."""
+        ids = sorted(merging)
+        stored: dict[int, str] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            stored.update(conn.execute(f"SELECT event_id, evidence FROM anomaly_evidence WHERE event_id IN "
+                                       f"({','.join('?' * len(chunk))})", chunk).fetchall())
+        rows: list[tuple[str, str, int, str | None, int]] = []
+        written: list[tuple[int, str]] = []
+        for event_id in ids:
+            severity, detail, new = merging[event_id]
+            old = json.loads(stored.get(event_id, "[]"))
+            merged = _merge_evidence(old, new)
+            if merged != old:
+                written.append((event_id, json.dumps(merged, ensure_ascii=False)))
+            rows.append((severity, detail, now_ms, _seen(merged, new), event_id))
+        conn.executemany("UPDATE anomalies SET severity = ?, detail = ?, last_seen_ts = ?, evidence_seen = ? "
+                         "WHERE id = ?", rows)
+        conn.executemany("INSERT INTO anomaly_evidence (event_id, evidence) VALUES (?, ?) ON CONFLICT (event_id) "
+                         "DO UPDATE SET evidence = excluded.evidence", written)
+
+    @staticmethod
+    def _open_of(conn: sqlite3.Connection, meters: set[str]) -> dict[tuple[str, str], tuple[int, str | None]]:
+        """The open events (id, evidence_seen) of ``meters`` by (meter, kind), without their
+        evidence: read by meter for a few (a failed command, a settled one), whole for a detection
+        round."""
+        sql = "SELECT id, meter, kind, evidence_seen FROM anomalies WHERE closed_ts IS NULL"
         if not meters:
             return {}
         if len(meters) > _BY_METER:
             rows = conn.execute(sql).fetchall()
         else:
             rows = conn.execute(f"{sql} AND meter IN ({','.join('?' * len(meters))})", sorted(meters)).fetchall()
-        return {(m, k): (i, ev) for i, m, k, ev in rows}
+        return {(m, k): (i, seen) for i, m, k, seen in rows}
 
     @staticmethod
     def _by_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> list[Event]:
@@ -255,7 +331,7 @@ class AnomalyStore(StateDatabase):
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
             out += conn.execute(
-                f"SELECT {_COLUMNS} FROM anomalies WHERE id IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk
+                f"SELECT {_COLUMNS} FROM {_FROM} WHERE a.id IN ({','.join('?' * len(chunk))}) ORDER BY a.id", chunk
             ).fetchall()
         return [_event(r) for r in out]
 
@@ -269,19 +345,19 @@ class AnomalyStore(StateDatabase):
         """Events, newest first; ``state`` is "open", "closed" or None (both)."""
         where, params = [], []
         if state == "open":
-            where.append("closed_ts IS NULL")
+            where.append("a.closed_ts IS NULL")
         elif state == "closed":
-            where.append("closed_ts IS NOT NULL")
+            where.append("a.closed_ts IS NOT NULL")
         elif state is not None:
             raise ValueError(f"state must be 'open', 'closed' or None, not {state!r}")
         if meter is not None:
-            where.append("meter = ?")
+            where.append("a.meter = ?")
             params.append(meter)
         if kind is not None:
-            where.append("kind = ?")
+            where.append("a.kind = ?")
             params.append(Kind(kind).value)
-        sql = f"SELECT {_COLUMNS} FROM anomalies"
+        sql = f"SELECT {_COLUMNS} FROM {_FROM}"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY opened_ts DESC, id DESC LIMIT ?"
+        sql += " ORDER BY a.opened_ts DESC, a.id DESC LIMIT ?"
         return [_event(r) for r in self._read(sql, (*params, limit))]
