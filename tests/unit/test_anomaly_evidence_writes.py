@@ -14,7 +14,16 @@ from typing import Any
 
 import pytest
 
-from meterd.storage.anomalies import _SCHEMA, EVIDENCE_PER_EVENT, AnomalyStore, Finding, Kind, Severity, _merge_evidence
+from meterd.storage.anomalies import (
+    _SCHEMA,
+    EVIDENCE_EVERY,
+    EVIDENCE_PER_EVENT,
+    AnomalyStore,
+    Finding,
+    Kind,
+    Severity,
+    _merge_evidence,
+)
 from meterd.storage.database import Database, Location, translate_schema
 
 T0 = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
@@ -154,4 +163,31 @@ def test_an_old_database_has_its_evidence_moved(state_where: Location) -> None:
         assert list(event.evidence) == [*old, entry("A", 2)]
     with sql(state_where) as conn:
         assert conn.execute("SELECT evidence FROM anomalies").fetchone()[0] == "[]"
-        assert conn.execute("SELECT version FROM schema_versions WHERE store = 'anomalies'").fetchone()[0] == 1
+        assert conn.execute("SELECT version FROM schema_versions WHERE store = 'anomalies'").fetchone()[0] == 2
+
+
+def test_a_detection_round_takes_evidence_once_a_window(store: AnomalyStore, state_where: Location) -> None:
+    """A meter read every minute (new evidence every check): with ``evidence_every`` an event's
+    evidence is written once in each window of it, the events opened together in different checks;
+    severity, detail and last_seen every check; how it started kept, its latest at most a window old."""
+    meters = [f"{i:012d}" for i in range(30)]
+    store.update([finding(m, (entry(m, 0),)) for m in meters], [], at(0), evidence_every=EVIDENCE_EVERY)
+    window = int(EVIDENCE_EVERY.total_seconds() // 60)
+    took: dict[str, list[int]] = {m: [] for m in meters}
+    for minute in range(1, 3 * window + 1):
+        store.update([finding(m, (entry(m, minute),), detail=f"low {minute}") for m in meters],
+                     [(m, Kind.VOLTAGE) for m in meters], at(minute), evidence_every=EVIDENCE_EVERY)
+        events = store.events("open", limit=100)
+        assert {(e.last_seen, e.detail) for e in events} == {(at(minute), f"low {minute}")}
+        for e in events:
+            assert e.evidence[0]["timestamp"] == at(0).isoformat()
+            assert at(minute) - datetime.fromisoformat(e.evidence[-1]["timestamp"]) < EVIDENCE_EVERY
+            if e.evidence[-1]["timestamp"] == at(minute).isoformat():
+                took[e.meter].append(minute)
+    for m, minutes in took.items():  # once in each window of its own
+        assert len(minutes) == 3 and minutes[1] - minutes[0] == minutes[2] - minutes[1] == window, (m, minutes)
+    assert len({minutes[0] for minutes in took.values()}) > 5  # not all in one check
+    # without it (a command's anomaly, the door's): every finding's evidence, as before
+    store.update([finding(meters[0], (entry(meters[0], 100),))], [], at(100))
+    (event,) = store.events("open", meter=meters[0])
+    assert event.evidence[-1]["timestamp"] == at(100).isoformat()

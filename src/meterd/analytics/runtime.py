@@ -28,7 +28,7 @@ from meterd.analytics.lineloss import line_loss_all
 from meterd.analytics.outages import OutageFinding, OutageStore, detect_outages
 from meterd.clock import CST, local_date, local_text
 from meterd.readings import Quality, Reading
-from meterd.storage.anomalies import DETECTED
+from meterd.storage.anomalies import DETECTED, EVIDENCE_EVERY
 from meterd.storage.database import Location
 
 if TYPE_CHECKING:
@@ -178,7 +178,8 @@ class AnalyticsRuntime:
             findings += detect(meter, list(window), now, self.config.limits,
                                last_seen=self._last_seen.get(meter, self.started),
                                generator=meter in self.config.generators, zone=self.zone)
-        opened, closed = self.anomalies.update(findings, [(m, k) for m in self.meters for k in DETECTED], now)
+        opened, closed = self.anomalies.update(findings, [(m, k) for m in self.meters for k in DETECTED], now,
+                                               evidence_every=EVIDENCE_EVERY)
         for event in opened:
             log.warning("anomaly opened: meter %s %s: %s", event.meter, event.kind, event.detail)
         counts = {"registers": recorded, "findings": len(findings), "opened": len(opened), "closed": len(closed),

@@ -15,7 +15,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from operator import itemgetter
 from typing import Any, Final
 
@@ -23,6 +23,9 @@ from meterd.storage.sqlite import from_ms, to_ms
 from meterd.storage.statedb import StateDatabase
 
 EVIDENCE_PER_EVENT: Final = 50  # an open event keeps how it started and its latest evidence
+#: How often a detection round adds to an open event's evidence at most (the usual collection
+#: round): a meter read every minute does not make its chronic event's evidence rewritten every check.
+EVIDENCE_EVERY: Final = timedelta(minutes=15)
 
 
 class Kind(enum.StrEnum):
@@ -108,6 +111,8 @@ _V1: Final = (
     "UPDATE anomalies SET evidence = '[]' WHERE evidence <> '[]'",
     "ALTER TABLE anomalies ADD COLUMN evidence_seen TEXT",
 )
+# 2: when an event's evidence was last written (``update(..., evidence_every=)``), NULL when unknown.
+_V2: Final = ("ALTER TABLE anomalies ADD COLUMN evidence_ts INTEGER",)
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,14 @@ def _kind(kind: Kind | str) -> Kind:
     return kind if type(kind) is Kind else Kind(kind)
 
 
+def _due(event_id: int, written_ms: int, now_ms: int, every_ms: int) -> bool:
+    """Whether ``now_ms`` is in a later window of ``every_ms`` than ``written_ms``, the event's windows
+    shifted by a phase of its own (so that events opened together do not all take evidence in the
+    same check)."""
+    phase = event_id * 2654435761 % every_ms
+    return (now_ms + phase) // every_ms > (written_ms + phase) // every_ms
+
+
 def _merge_evidence(old: Sequence[dict[str, str]], new: Iterable[dict[str, str]]) -> list[dict[str, str]]:
     seen = {(e["quantity"], e["timestamp"]) for e in old}
     out = list(old)
@@ -185,7 +198,7 @@ class AnomalyStore(StateDatabase):
 
     SCHEMA = _SCHEMA
     STORE = "anomalies"
-    MIGRATIONS = (_V1,)
+    MIGRATIONS = (_V1, _V2)
     ROWS = False  # plain tuples
 
     def open_count(self) -> int:
@@ -220,7 +233,7 @@ class AnomalyStore(StateDatabase):
 
     def update(
         self, findings: Iterable[Finding], checked: Iterable[tuple[str, Kind]], now: datetime, *,
-        closing: bool = False,
+        closing: bool = False, evidence_every: timedelta | None = None,
     ) -> tuple[list[Event], list[Event]]:
         """Apply one round of checks; returns (events opened, events closed).
 
@@ -228,8 +241,10 @@ class AnomalyStore(StateDatabase):
         (severity and detail of the latest finding, ``last_seen`` = now, evidence appended up to a
         cap).  Every (meter, kind) in ``checked`` without a finding has its open event closed at
         ``now``.  Pairs of findings count as checked.  With ``closing`` the findings are the last
-        word on open events: each open one is updated and closed, and none is opened.  All in one
-        transaction.
+        word on open events: each open one is updated and closed, and none is opened.  With
+        ``evidence_every`` (a detection round: :data:`EVIDENCE_EVERY`) an open event's evidence takes
+        new entries once in a window of that length at most, the windows of events staggered (its
+        severity, detail and last_seen are brought up to date every time).  All in one transaction.
         """
         grouped: dict[tuple[str, Kind], list[Finding]] = {}
         for f in findings:
@@ -241,6 +256,7 @@ class AnomalyStore(StateDatabase):
             _kind(k)
         meters = {m for m, _ in grouped} | set(map(itemgetter(0), quiet))
         now_ms = to_ms(now)
+        every_ms = int(evidence_every.total_seconds() * 1000) if evidence_every else 0
         opened_ids: list[int] = []
         closed_ids: list[int] = []
         # What a check writes is what changed: an open event's severity, detail and last_seen in
@@ -261,10 +277,10 @@ class AnomalyStore(StateDatabase):
                 if current is None:
                     merged = _merge_evidence([], evidence)
                     cur = conn.execute(
-                        "INSERT INTO anomalies (meter, kind, severity, opened_ts, last_seen_ts, detail, evidence_seen)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO anomalies (meter, kind, severity, opened_ts, last_seen_ts, detail, evidence_seen,"
+                        " evidence_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (meter, kind.value, severity, min(to_ms(min(f.at for f in fs)), now_ms), now_ms, detail,
-                         _seen(merged, evidence) if evidence else None),
+                         _seen(merged, evidence) if evidence else None, now_ms if merged else None),
                     )
                     assert cur.lastrowid is not None
                     opened_ids.append(cur.lastrowid)
@@ -272,15 +288,17 @@ class AnomalyStore(StateDatabase):
                         conn.execute("INSERT INTO anomaly_evidence (event_id, evidence) VALUES (?, ?)",
                                      (cur.lastrowid, json.dumps(merged, ensure_ascii=False)))
                     continue
-                event_id, seen = current
+                event_id, seen, written = current
                 if not evidence or seen == _digest(evidence):
                     kept.append((severity, detail, now_ms, event_id))  # the evidence has all of it already
+                elif every_ms and written is not None and not closing and not _due(event_id, written, now_ms, every_ms):
+                    kept.append((severity, detail, now_ms, event_id))  # its evidence took some in this window
                 else:
                     merging[event_id] = (severity, detail, evidence)
             conn.executemany("UPDATE anomalies SET severity = ?, detail = ?, last_seen_ts = ? WHERE id = ?", kept)
             if merging:
                 self._merge(conn, merging, now_ms)
-            closed_ids += sorted(i for key, (i, _) in open_now.items() if key in quiet)
+            closed_ids += sorted(v[0] for key, v in open_now.items() if key in quiet)
             conn.executemany("UPDATE anomalies SET closed_ts = ? WHERE id = ?", [(now_ms, i) for i in closed_ids])
             opened = self._by_ids(conn, opened_ids)
             closed = self._by_ids(conn, closed_ids)
@@ -308,22 +326,23 @@ class AnomalyStore(StateDatabase):
             rows.append((severity, detail, now_ms, _seen(merged, new), event_id))
         conn.executemany("UPDATE anomalies SET severity = ?, detail = ?, last_seen_ts = ?, evidence_seen = ? "
                          "WHERE id = ?", rows)
+        conn.executemany("UPDATE anomalies SET evidence_ts = ? WHERE id = ?", [(now_ms, i) for i, _ in written])
         conn.executemany("INSERT INTO anomaly_evidence (event_id, evidence) VALUES (?, ?) ON CONFLICT (event_id) "
                          "DO UPDATE SET evidence = excluded.evidence", written)
 
     @staticmethod
-    def _open_of(conn: sqlite3.Connection, meters: set[str]) -> dict[tuple[str, str], tuple[int, str | None]]:
-        """The open events (id, evidence_seen) of ``meters`` by (meter, kind), without their
+    def _open_of(conn: sqlite3.Connection, meters: set[str]) -> dict[tuple[str, str], tuple[int, str | None, int | None]]:
+        """The open events (id, evidence_seen, evidence_ts) of ``meters`` by (meter, kind), without their
         evidence: read by meter for a few (a failed command, a settled one), whole for a detection
         round."""
-        sql = "SELECT id, meter, kind, evidence_seen FROM anomalies WHERE closed_ts IS NULL"
+        sql = "SELECT id, meter, kind, evidence_seen, evidence_ts FROM anomalies WHERE closed_ts IS NULL"
         if not meters:
             return {}
         if len(meters) > _BY_METER:
             rows = conn.execute(sql).fetchall()
         else:
             rows = conn.execute(f"{sql} AND meter IN ({','.join('?' * len(meters))})", sorted(meters)).fetchall()
-        return {(m, k): (i, seen) for i, m, k, seen in rows}
+        return {(m, k): (i, seen, ts) for i, m, k, seen, ts in rows}
 
     @staticmethod
     def _by_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> list[Event]:
