@@ -542,7 +542,14 @@ _SECTIONS: tuple[Section, ...] = (
         Key("enabled", "boolean", "run as a cluster node", "true"),
     )),
     Section("site", "table", "Facts about the site as a whole.  The meters' own clocks and the tariffs stay on "
-            "Beijing time whatever this says.", (
+            "Beijing time whatever this says.  The zone is also recorded in the state database (table "
+            "`site_settings`, SQLite or PostgreSQL) by the daemon (`meterd run`, `meterd demo`) and by every command "
+            "given the config, so a command run on the data directory alone (`meterd readings --data-dir "
+            "/var/lib/meterd ...`) shows the site's times too.  The config always wins: a zone it changed replaces "
+            "the recorded one (the daemon logs `site zone ... recorded in the state database ... (it recorded ...)` "
+            "at INFO).  A data directory that records none -- the daemon never ran there with this meterd -- shows "
+            "Asia/Shanghai (+08:00) and says so once on stderr: `meterd: note: times in +08:00 (Asia/Shanghai): no "
+            "config given and the data directory DIR records no site zone`.", (
         Key("timezone", "IANA zone name", "the operators' zone: every time shown to a person is in it with its "
             "offset, and the master's daily figures cut at its midnight (Asia/Shanghai: UTC+8 all year)",
             '"Asia/Shanghai"'),
