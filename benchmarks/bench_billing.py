@@ -12,6 +12,11 @@ transaction each.
     python benchmarks/bench_billing.py [--accounts 10000] [--payments 100000] [--chunk 500]
     python benchmarks/bench_billing.py --postgres            # a temporary PostgreSQL of its own
     python benchmarks/bench_billing.py --database postgresql://user@host/emptydb
+    python benchmarks/bench_billing.py --file-mb 60          # one large file: peak RSS and CPU only
+
+``--file-mb N`` drops one payments CSV of about N MB (``max_file_mb`` raised to fit) and prints the
+import's wall and CPU time, the process's RSS before it and its peak RSS after it (the peak the
+import reached: the setup before it is small), and nothing else.
 
 The state lives in a temporary SQLite file by default; ``--postgres`` and ``--database`` as in
 bench_prepaid.py (a temporary server of its own from tests/pgserver.py, or an existing, empty
@@ -23,6 +28,7 @@ Prints numbers; it is not a pass/fail test.  Time is fixed (no clock reads in th
 from __future__ import annotations
 
 import argparse
+import math
 import resource
 import shutil
 import tempfile
@@ -62,12 +68,45 @@ def drop(folder: Path, src: Path, name: str) -> None:
     tmp.rename(folder / "inbox" / name)
 
 
+def rss_mb() -> float:
+    """The process's resident set now, MB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def one_large_file(args: argparse.Namespace, state_at: Path, folder: Path, tmp: Path) -> None:
+    """One payments CSV of about ``--file-mb`` MB: peak RSS and CPU of its import."""
+    src = tmp / "payments.csv"
+    per_line = len(f"P{0:08d},{account(0)},10.00,2026-11-23 09:00:00,wechat\r\n")
+    n = int(args.file_mb * 1e6 / per_line)
+    total = write_payments(src, n, args.accounts)
+    size = src.stat().st_size
+    spec = JobSpec("payments", JobKind.IMPORT_PAYMENTS, folder=folder, chunk=args.chunk,
+                   max_file_mb=max(64, math.ceil(size / 2**20) + 1))
+    drop(folder, src, "payments-1.csv")
+    before = rss_mb()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    result = run_job(spec, where=state_at, now=NOW)
+    cpu, elapsed = time.process_time() - cpu0, time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert result.applied == n, result.as_dict()
+    with ControlStore(state_at) as store:
+        assert sum((a.balance for a in store.accounts()), Decimal(0)) == total
+    print(f"import {n:,} payments, one {size / 1e6:.1f} MB CSV (chunk {args.chunk}): {elapsed:.1f} s wall, "
+          f"{cpu:.1f} s CPU; RSS {before:.0f} MB before, peak {peak:.0f} MB (+{peak - before:.0f} MB)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--accounts", type=int, default=10_000)
     ap.add_argument("--payments", type=int, default=100_000)
     ap.add_argument("--chunk", type=int, default=500)
     ap.add_argument("--pay-sample", type=int, default=2000)
+    ap.add_argument("--file-mb", type=float, metavar="MB",
+                    help="only import one payments CSV of about MB megabytes and print peak RSS and CPU")
     where_group = ap.add_mutually_exclusive_group()
     where_group.add_argument("--postgres", action="store_true",
                              help="start a temporary PostgreSQL server (tests/pgserver.py) and run on it")
@@ -83,6 +122,9 @@ def main() -> None:
             store.upsert_accounts([AccountSpec(account(i), "flat", {f"{i:012d}": Decimal(1)})
                                    for i in range(args.accounts)], actor="bench", now=NOW)
         print(f"setup: {args.accounts} accounts in {time.perf_counter() - t0:.2f} s")
+        if args.file_mb:
+            one_large_file(args, state_at, folder, Path(tmp))
+            return
         src = Path(tmp) / "payments.csv"
         total = write_payments(src, args.payments, args.accounts)
         size = src.stat().st_size

@@ -2,7 +2,9 @@
 
 A *sink* applies records of one kind (:class:`PaymentSink`, :class:`AccountSink`); a *driver*
 feeds it chunks from a source (:func:`import_folder`, :func:`import_http`) and commits progress
-after each chunk (see :mod:`meterd.billing_link.store` for why that survives kill -9).
+after each chunk (see :mod:`meterd.billing_link.store` for why that survives kill -9).  An inbox
+CSV file is read in passes from one open file, :data:`BLOCK` bytes at a time, never whole (see
+:func:`_import_file`); a JSON file is parsed whole, bounded by ``max_file_mb``.
 
 Payments take the bulk path: a chunk is one :meth:`ControlStore.apply` of ``payment:ID`` entries --
 the key :meth:`ControlStore.pay` uses, so a payment made at the counter and the same id imported
@@ -28,26 +30,31 @@ opening balance is reported and not applied, and one for an account that was act
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Sequence
+import io
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import islice
 from pathlib import Path
-from typing import Final, Protocol
+from typing import BinaryIO, Final, Protocol
 
 from meterd.billing_link.folder import FORMATS, PROCESSED, QUARANTINE, DropFolder
 from meterd.billing_link.http import HttpSyncError, get_page, shown_url, token_from_env
-from meterd.billing_link.model import Outcome, Run
+from meterd.billing_link.model import DETAIL_LINES, Outcome, Run
 from meterd.billing_link.records import (
     ACCOUNT_FIELDS,
     PAYMENT_FIELDS,
     AccountRecord,
     BadFileError,
+    Conflicts,
+    EncodingScan,
     Payment,
     RawRecord,
     RecordError,
     account_of,
-    import_conflicts,
+    choose_encoding,
     json_records,
+    open_csv,
     parse_records,
     payment_of,
 )
@@ -55,10 +62,11 @@ from meterd.billing_link.store import FileRow
 from meterd.clock import local_text
 from meterd.control.model import EntryKind, LedgerEntry
 from meterd.control.state import PENDING, Account, AccountSpec, ControlStore, LedgerRow
-from meterd.errors import LedgerError
+from meterd.errors import LedgerError, SyncError
 
 DIFFERENT_DUPLICATE: Final = "duplicate payment id with a different amount/account"
 MIB: Final = 1024 * 1024
+BLOCK: Final = MIB  # bytes an import reads of an inbox file at a time
 #: Pages one HTTP import run reads at most (10,000 pages of the default 500 records: 5 million); the
 #: rest waits for the next run, the watermark keeping the place.  A billing system whose ``next``
 #: never ends must not keep a run going for ever.
@@ -76,7 +84,7 @@ class Sink(Protocol):
 
     def start(self) -> None: ...  # a new full import (file, HTTP run) begins
 
-    def prepare(self, records: Sequence[RawRecord]) -> None: ...  # a whole file or page, before chunks
+    def prepare(self, records: Iterable[RawRecord]) -> None: ...  # a whole file or page, before chunks
 
     def apply(self, records: Sequence[RawRecord], tag: str) -> Outcome: ...
 
@@ -102,8 +110,8 @@ class PaymentSink:
     def start(self) -> None:
         pass
 
-    def prepare(self, records: Sequence[RawRecord]) -> None:
-        pass
+    def prepare(self, records: Iterable[RawRecord]) -> None:
+        pass  # reads none of them
 
     def end(self, source: str, *, full: bool) -> Outcome:
         return Outcome()
@@ -237,38 +245,42 @@ class AccountSink:
         self.held = {a.account: _Held.of(a, openings.get(a.account)) for a in run.control.accounts()}
         self.owner = {m: name for name, h in self.held.items() for m in h.meters}
         self.seen: set[str] = set()
-        self.decided: dict[int, AccountRecord | str] = {}
+        self.conflicting: dict[int, str] = {}  # record number -> why another record of the import wins
 
     def start(self) -> None:
         self.seen = set()
 
-    def prepare(self, records: Sequence[RawRecord]) -> None:
-        """Validate a whole file or page first: an account or meter given twice is a conflict
-        across chunks, and a resumed file must decide the same way."""
-        self.decided = {}
-        good: list[tuple[int, AccountRecord]] = []
+    def prepare(self, records: Iterable[RawRecord]) -> None:
+        """Read a whole file or page first (as it streams by; only the accounts and meters are
+        kept): an account or meter given twice is a conflict across chunks, and a resumed file must
+        decide the same way."""
+        self.conflicting = {}
+        conflicts = Conflicts()
         for rec in records:
             name = rec.fields.get("account")
             if isinstance(name, (str, int)) and str(name).strip():
                 self.seen.add(str(name).strip())
             try:
                 parsed = account_of(rec, known_tariffs=self.known_tariffs)
-            except RecordError as exc:
-                self.decided[rec.no] = str(exc)
-                continue
-            self.decided[rec.no] = parsed
-            good.append((rec.no, parsed))
-        self.decided.update(import_conflicts(good))
+            except RecordError:
+                continue  # refused again, with its reason, when its chunk is applied
+            reason = conflicts.check(rec.no, parsed)
+            if reason is not None:
+                self.conflicting[rec.no] = reason
 
     def apply(self, records: Sequence[RawRecord], tag: str) -> Outcome:
         out = Outcome()
         specs = []
         for rec in records:
-            decided = self.decided[rec.no]
-            if isinstance(decided, str):
-                out.refuse(rec.no, rec.raw, decided)
+            try:
+                parsed = account_of(rec, known_tariffs=self.known_tariffs)
+            except RecordError as exc:
+                out.refuse(rec.no, rec.raw, str(exc))
                 continue
-            spec = self._diff(decided, out, ref=f"billing {tag} record {rec.no}")
+            if rec.no in self.conflicting:
+                out.refuse(rec.no, rec.raw, self.conflicting[rec.no])
+                continue
+            spec = self._diff(parsed, out, ref=f"billing {tag} record {rec.no}")
             if spec is not None:
                 specs.append(spec)
         if specs:
@@ -365,82 +377,195 @@ def _report(run: Run, out: Outcome) -> None:
         run.result.note(line)
 
 
+class FileChangedError(SyncError):
+    """An inbox file's bytes changed between two passes over it (written in place, against the
+    drop-folder rule of writing NAME.tmp and renaming)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    """The first pass over an inbox file: its hash and size, its first bytes, what its encoding
+    needs to be told (unless it is over the limit: then only hashed)."""
+
+    sha: str
+    size: int
+    head: bytes
+    over: bool
+    encoding: EncodingScan
+
+
+def _scan(f: BinaryIO, limit: int) -> _Scan:
+    """Read ``f`` through once, :data:`BLOCK` bytes at a time, holding none of it (a file still growing is
+    measured as it is read, not by an earlier ``stat``)."""
+    digest, encoding = hashlib.sha256(), EncodingScan()
+    head, size = b"", 0
+    while block := f.read(BLOCK):
+        digest.update(block)
+        if len(head) < HEAD_BYTES:
+            head += block[:HEAD_BYTES - len(head)]
+        size += len(block)
+        if size <= limit:
+            encoding.feed(block)
+    encoding.finish()
+    return _Scan(digest.hexdigest(), size, head, size > limit, encoding)
+
+
+class _Part(io.RawIOBase):
+    """The first ``size`` bytes of the open file ``f`` again, from its start, hashed as they are read."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        f.seek(0)
+        self.f, self.left, self.digest = f, size, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.f.read(min(len(b), self.left))
+        b[:len(data)] = data
+        self.left -= len(data)
+        self.digest.update(data)
+        return len(data)
+
+    def blocks(self) -> Iterator[bytes]:
+        while block := self.read(BLOCK):
+            yield block
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """An inbox file that can be read as records: ``records()`` reads them from its start, each
+    call a new pass (a CSV file is parsed as it is read, never held whole)."""
+
+    encoding: str
+    format: str
+    records: Callable[[], Iterator[RawRecord]]
+
+
+def _open_file(f: BinaryIO, name: str, scan: _Scan, fmt: str, required: Sequence[str]) -> _Parsed:
+    """:class:`BadFileError` when ``f`` cannot be read as records at all (a CSV file's header is
+    checked by the first pass of ``records()``)."""
+    if fmt != "csv":  # JSON is read whole (json has no incremental parser): bounded by max_file_mb
+        part = _Part(f, scan.size)
+        data = part.read()
+        if part.digest.hexdigest() != scan.sha:
+            raise FileChangedError(f"{name}: changed while it was being read")
+        batch = parse_records(data, fmt, required)
+        return _Parsed(batch.encoding, batch.format, lambda: iter(batch.records))
+    if scan.encoding.blank:
+        raise BadFileError("empty file")
+    codec, encoding, skip = choose_encoding(scan.encoding, lambda: _Part(f, scan.size).blocks())
+
+    def records() -> Iterator[RawRecord]:
+        part = _Part(f, scan.size)
+        part.read(skip)  # the byte-order mark
+        text = io.TextIOWrapper(io.BufferedReader(part, BLOCK), encoding=codec, errors="replace", newline="")
+        yield from open_csv(text, required)
+        if part.digest.hexdigest() != scan.sha:
+            raise FileChangedError(f"{name}: changed while it was being read")
+
+    return _Parsed(encoding, "csv", records)
+
+
+def _prepare(sink: Sink, records: Iterator[RawRecord]) -> int:
+    """The first pass over a file's records: the sink's :meth:`~Sink.prepare`, and how many there are."""
+    count = 0
+
+    def counted() -> Iterator[RawRecord]:
+        nonlocal count
+        for rec in records:
+            count += 1
+            yield rec
+
+    rest = counted()
+    sink.prepare(rest)
+    for _ in rest:  # what prepare did not read
+        pass
+    return count
+
+
+def _keep(done: Outcome, out: Outcome) -> int:
+    """Add ``out`` (a chunk's) to ``done`` (the file's), its refusals already committed: the counts,
+    and its lines while the file has fewer than a JobResult keeps; returns how many lines were left out."""
+    done.counts.update(out.counts)
+    room = max(0, DETAIL_LINES - len(done.lines))
+    done.lines += out.lines[:room]
+    return len(out.lines) - min(room, len(out.lines))
+
+
 def import_folder(run: Run, sink: Sink) -> None:
-    spec, sync, result = run.spec, run.sync, run.result
+    spec = run.spec
     assert spec.folder is not None
     folder = DropFolder(Path(spec.folder))
     folder.ensure()
     limit = spec.max_file_mb * MIB
     for path in folder.incoming():
-        name = path.name
-        data, head, sha, size = _read_at_most(path, limit)
-        prev = sync.latest_file(spec.name, name, sha)
-        if prev is not None and prev.status in ("done", "quarantined") and prev.moved_to \
-                and not Path(prev.moved_to).exists():
-            folder.move(path, Path(prev.moved_to))  # handled before a crash, not yet moved
-            result.note(f"{name}: was {prev.status} before an interruption; moved to {prev.moved_to}")
-            continue
-        result.files.append(name)
-        if data is None:  # bigger than the job reads: quarantined unread, the next file goes on
-            _quarantine_file(run, folder, path, sha, f"{size:,} bytes, over the job's limit of {spec.max_file_mb} MiB "
-                             "(max_file_mb)", head=head)
-            continue
-        try:
-            batch = parse_records(data, FORMATS[path.suffix.lower()], sink.required)
-        except BadFileError as exc:
-            _quarantine_file(run, folder, path, sha, exc.reason, head=head)
-            continue
-        total = len(batch.records)
-        twin = sync.finished_twin(spec.name, sha) if sink.identical_is_duplicate else None
-        if twin is not None and not twin.counts.get("quarantined") and twin.records_total == total and not (
-                prev is not None and prev.status == "running"):
-            _identical(run, folder, path, sha, total, batch.encoding, twin)
-            continue
-        if prev is not None and prev.status == "running" and prev.records_total == total:
-            file_id, start = prev.id, prev.records_done
-        else:
-            file_id, start = sync.start_file(spec.name, name, sha, total=total, encoding=batch.encoding,
-                                             now=run.now), 0
+        with path.open("rb") as f:
+            _import_file(run, sink, folder, path, f, limit)
+
+
+def _import_file(run: Run, sink: Sink, folder: DropFolder, path: Path, f: BinaryIO, limit: int) -> None:
+    """One inbox file, read from the open ``f`` in passes (hash and encoding; a GBK file's vote;
+    records counted and prepared; records applied a chunk at a time), each a MiB at a time, so
+    that the memory a CSV file takes does not grow with its size."""
+    spec, sync, result, name = run.spec, run.sync, run.result, path.name
+    scan = _scan(f, limit)
+    sha = scan.sha
+    prev = sync.latest_file(spec.name, name, sha)
+    if prev is not None and prev.status in ("done", "quarantined") and prev.moved_to \
+            and not Path(prev.moved_to).exists():
+        folder.move(path, Path(prev.moved_to))  # handled before a crash, not yet moved
+        result.note(f"{name}: was {prev.status} before an interruption; moved to {prev.moved_to}")
+        return
+    result.files.append(name)
+    if scan.over:  # bigger than the job reads: quarantined unread, the next file goes on
+        _quarantine_file(run, folder, path, sha, f"{scan.size:,} bytes, over the job's limit of {spec.max_file_mb} "
+                         "MiB (max_file_mb)", head=scan.head)
+        return
+    try:
+        parsed = _open_file(f, name, scan, FORMATS[path.suffix.lower()], sink.required)
         sink.start()
-        sink.prepare(batch.records)
-        done = Outcome()
-        for i in range(start, total, spec.chunk):
-            part = batch.records[i:i + spec.chunk]
-            out = sink.apply(part, f"file {name} #{file_id}")
-            sync.commit_chunk(file_id, spec.name, name, records_done=i + len(part), refused=out.refused,
-                              counts=out.counts, now=run.now)
-            done.merge(out)
-        done.merge(sink.end(name, full=True))
-        target = folder.stamped(PROCESSED, name, run.now)
-        sync.finish_file(file_id, status="done", moved_to=str(target), now=run.now)
-        folder.move(path, target)
-        sync.set_watermark(spec.name, str(spec.kind), name)
-        result.watermark = name
-        c = done.counts
-        result.note(f"{name}: {total} record(s), {batch.format} {batch.encoding}"
-                    + (f", resumed at record {start + 1}" if start else "")
-                    + f": {c['applied']} applied, {c['duplicates']} duplicate(s), {c['replayed']} replayed, "
-                      f"{c['quarantined']} quarantined -> {target.name}")
-        _report(run, done)
-
-
-def _read_at_most(path: Path, limit: int) -> tuple[bytes | None, bytes, str, int]:
-    """``(data, head, sha256, size)`` of an inbox file, ``head`` its first :data:`HEAD_BYTES`;
-    ``data`` is None when the file holds more than ``limit`` bytes, which is then hashed a MiB at a
-    time and never held whole (a file still growing is measured as it is read, not by an earlier
-    ``stat``)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        data = f.read(limit + 1)
-        digest.update(data)
-        head, size = data[:HEAD_BYTES], len(data)
-        if size <= limit:
-            return data, head, digest.hexdigest(), size
-        del data
-        while block := f.read(MIB):
-            digest.update(block)
-            size += len(block)
-    return None, head, digest.hexdigest(), size
+        total = _prepare(sink, parsed.records())
+    except BadFileError as exc:
+        _quarantine_file(run, folder, path, sha, exc.reason, head=scan.head)
+        return
+    except FileChangedError as exc:
+        result.note(f"{exc}; left in the inbox for the next run")
+        return
+    twin = sync.finished_twin(spec.name, sha) if sink.identical_is_duplicate else None
+    if twin is not None and not twin.counts.get("quarantined") and twin.records_total == total and not (
+            prev is not None and prev.status == "running"):
+        _identical(run, folder, path, sha, total, parsed.encoding, twin)
+        return
+    if prev is not None and prev.status == "running" and prev.records_total == total:
+        file_id, start = prev.id, prev.records_done
+    else:
+        file_id, start = sync.start_file(spec.name, name, sha, total=total, encoding=parsed.encoding,
+                                         now=run.now), 0
+    done, left_out = Outcome(), 0
+    records = parsed.records()
+    for _ in islice(records, start):  # applied before an interruption
+        pass
+    i = start
+    while part := list(islice(records, spec.chunk)):
+        out = sink.apply(part, f"file {name} #{file_id}")
+        i += len(part)
+        sync.commit_chunk(file_id, spec.name, name, records_done=i, refused=out.refused,
+                          counts=out.counts, now=run.now)
+        left_out += _keep(done, out)
+    left_out += _keep(done, sink.end(name, full=True))
+    target = folder.stamped(PROCESSED, name, run.now)
+    sync.finish_file(file_id, status="done", moved_to=str(target), now=run.now)
+    folder.move(path, target)
+    sync.set_watermark(spec.name, str(spec.kind), name)
+    result.watermark = name
+    c = done.counts
+    result.note(f"{name}: {total} record(s), {parsed.format} {parsed.encoding}"
+                + (f", resumed at record {start + 1}" if start else "")
+                + f": {c['applied']} applied, {c['duplicates']} duplicate(s), {c['replayed']} replayed, "
+                  f"{c['quarantined']} quarantined -> {target.name}")
+    _report(run, done)
+    result.left_out(left_out)
 
 
 def _quarantine_file(run: Run, folder: DropFolder, path: Path, sha: str, reason: str, *, head: bytes) -> None:

@@ -30,9 +30,10 @@ class JobKind(enum.StrEnum):
         return self in (JobKind.IMPORT_PAYMENTS, JobKind.IMPORT_ACCOUNTS)
 
 
-#: The largest inbox file or HTTP answer a job reads, in MiB (``max_file_mb``).  Reading a file costs
-#: about 15 times its size in memory while it is parsed (60 MB of payments: 0.8 GiB, 8 s of CPU),
-#: inside the daemon that runs prepaid control: a file far past any real delivery must not take it down.
+#: The largest inbox file or HTTP answer a job reads, in MiB (``max_file_mb``).  A CSV file is read a
+#: block at a time (its memory does not grow with its size, its CPU does); a JSON file or HTTP answer
+#: is parsed whole, about 15 times its size in memory, inside the daemon that runs prepaid control: a
+#: file far past any real delivery must not take it down.
 DEFAULT_MAX_FILE_MB: Final = 64
 MAX_FILE_MB_LIMIT: Final = 1024
 
@@ -82,6 +83,10 @@ class JobResult:
             self.detail.append(line)
         else:
             self._dropped += 1
+
+    def left_out(self, n: int) -> None:
+        """``n`` more lines that were not kept to be noted (more than a result keeps): counted."""
+        self._dropped += n
 
     def add(self, counts: Mapping[str, int]) -> None:
         for k, v in counts.items():

@@ -6,7 +6,9 @@ Pure: no files, sockets or clocks (``now`` is passed in).  Three steps, each wit
    system may send GBK) GB18030, a superset of GBK, when the whole file is valid GB18030 and its
    lines read as GB18030 more plausibly than as UTF-8 (see :func:`decode_text`).  Otherwise the
    file is decoded in the encoding that won, with U+FFFD for the bytes that are not valid in it:
-   those records are then refused as garbled, the rest of the file goes on.
+   those records are then refused as garbled, the rest of the file goes on.  The same decisions
+   are made a block at a time (:class:`EncodingScan`, :func:`choose_encoding`) for a file that is
+   not held whole, and :func:`open_csv` parses its lines as they are read.
    Both directions are ambiguous: many GBK lines happen to be valid UTF-8 (郑伟 is D6A3 CEB0,
    which UTF-8 reads as Hebrew and Greek letters), and GB18030 reads many UTF-8 byte runs as
    wrong-but-valid Chinese (缴费 becomes 缂磋垂) -- so neither "some line is valid UTF-8" nor "the
@@ -31,7 +33,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
@@ -165,26 +167,87 @@ def _plausible_gb(text: str) -> bool:
     return True
 
 
-def decode_text(data: bytes) -> tuple[str, str]:
-    """(text, encoding used).  Never raises: undecodable bytes become U+FFFD (see the module doc).
+class EncodingScan:
+    """The first pass of :func:`decode_text` over a file's bytes, fed a block at a time: whether it
+    starts with a UTF-8 BOM, whether it is valid UTF-8 and whether it is blank.  Holds a few bytes,
+    never the file."""
 
-    A file that is not valid UTF-8 but is valid GB18030 as a whole is GB18030 unless its lines
-    vote otherwise: each non-ASCII line valid in GB18030 and not in UTF-8 votes GB18030; a line valid in
-    both votes for the one encoding that reads it plausibly (UTF-8: ideographs and punctuation, not
-    stray Greek or Hebrew letters; GB18030: GB2312's common characters), neither when both or
-    neither do.  So a GBK file whose lines happen to be valid UTF-8 is read whole as GB18030, and a
-    UTF-8 file with one bad line stays UTF-8 with only that line marked garbled.  A file valid in
-    neither is decoded in the encoding that won the vote (UTF-8 on a tie), its bad bytes replaced."""
-    if data.startswith(codecs.BOM_UTF8):
-        body, name = data[len(codecs.BOM_UTF8):], "utf-8-sig"
-        if _valid(body, "utf-8"):
-            return body.decode("utf-8"), name
-        return body.decode("utf-8", errors="replace"), name + "+garbled"
-    if _valid(data, "utf-8"):
-        return data.decode("utf-8"), "utf-8"
-    lines = [line for line in data.splitlines() if not line.isascii()]
+    def __init__(self) -> None:
+        self._start = b""  # the first bytes, until there are enough to tell a BOM
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self.utf8_ok = True
+        self.blank = True  # only ASCII whitespace so far (``bytes.strip()`` would leave nothing)
+        self.done = False
+
+    def feed(self, block: bytes) -> None:
+        if len(self._start) < len(codecs.BOM_UTF8):
+            self._start += block[:len(codecs.BOM_UTF8)]
+        if self.blank and block.strip():
+            self.blank = False
+        if self.utf8_ok:
+            try:
+                self._utf8.decode(block)
+            except UnicodeDecodeError:
+                self.utf8_ok = False
+
+    def finish(self) -> None:
+        if self.utf8_ok:
+            try:
+                self._utf8.decode(b"", final=True)
+            except UnicodeDecodeError:
+                self.utf8_ok = False
+        self.done = True
+
+    @property
+    def bom(self) -> bool:
+        return self._start.startswith(codecs.BOM_UTF8)
+
+
+def _byte_lines(blocks: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of the bytes in ``blocks`` as ``bytes.splitlines()`` of them joined would give,
+    except that a CR LF split between two blocks gives an extra empty line."""
+    pending: list[bytes] = []  # a line not yet ended, in pieces (one long line is joined once)
+    for block in blocks:
+        if b"\n" not in block and b"\r" not in block:
+            pending.append(block)
+            continue
+        parts = (b"".join(pending) + block if pending else block).splitlines(keepends=True)
+        pending = []
+        if not parts[-1].endswith((b"\n", b"\r")):
+            pending.append(parts.pop())
+        for part in parts:
+            yield part.rstrip(b"\r\n")
+    if pending:
+        yield b"".join(pending)
+
+
+def choose_encoding(scan: EncodingScan, blocks: Callable[[], Iterable[bytes]]) -> tuple[str, str, int]:
+    """``(codec, name, skip)`` for a file after its :class:`EncodingScan`: decode it from byte
+    ``skip`` with ``codec`` and ``errors="replace"``; ``name`` as :func:`decode_text` reports it.
+    ``blocks()`` reads the file again from its start (a second pass, only for a file that is
+    neither valid UTF-8 nor marked by a BOM): the lines' vote and whether it is valid GB18030."""
+    assert scan.done
+    if scan.bom:
+        return "utf-8", "utf-8-sig" + ("" if scan.utf8_ok else "+garbled"), len(codecs.BOM_UTF8)
+    if scan.utf8_ok:
+        return "utf-8", "utf-8", 0
     gb_votes = utf8_votes = 0
-    for line in lines:
+    gb = codecs.getincrementaldecoder("gb18030")()
+    gb_ok = True
+
+    def checked(source: Iterable[bytes]) -> Iterator[bytes]:
+        nonlocal gb_ok
+        for block in source:
+            if gb_ok:
+                try:
+                    gb.decode(block)
+                except UnicodeDecodeError:
+                    gb_ok = False
+            yield block
+
+    for line in _byte_lines(checked(blocks())):
+        if line.isascii():
+            continue
         try:
             as_utf8 = line.decode("utf-8")
         except UnicodeDecodeError:
@@ -195,15 +258,40 @@ def decode_text(data: bytes) -> tuple[str, str]:
         except UnicodeDecodeError:
             utf8_votes += 1
             continue
-        utf8_ok, gb_ok = _plausible_unicode(as_utf8), _plausible_gb(as_gb)
-        if gb_ok and not utf8_ok:
+        utf8_ok, gb_ok_line = _plausible_unicode(as_utf8), _plausible_gb(as_gb)
+        if gb_ok_line and not utf8_ok:
             gb_votes += 1
-        elif utf8_ok and not gb_ok:
+        elif utf8_ok and not gb_ok_line:
             utf8_votes += 1
+    if gb_ok:
+        try:
+            gb.decode(b"", final=True)
+        except UnicodeDecodeError:
+            gb_ok = False
     encoding = "gb18030" if gb_votes > utf8_votes else "utf-8"
-    if encoding == "gb18030" and _valid(data, "gb18030"):
-        return data.decode("gb18030"), "gb18030"
-    return data.decode(encoding, errors="replace"), encoding + "+garbled"
+    if encoding == "gb18030" and gb_ok:
+        return "gb18030", "gb18030", 0
+    return encoding, encoding + "+garbled", 0
+
+
+def decode_text(data: bytes) -> tuple[str, str]:
+    """(text, encoding used).  Never raises: undecodable bytes become U+FFFD (see the module doc).
+
+    A file that is not valid UTF-8 but is valid GB18030 as a whole is GB18030 unless its lines
+    vote otherwise: each non-ASCII line valid in GB18030 and not in UTF-8 votes GB18030; a line valid in
+    both votes for the one encoding that reads it plausibly (UTF-8: ideographs and punctuation, not
+    stray Greek or Hebrew letters; GB18030: GB2312's common characters), neither when both or
+    neither do.  So a GBK file whose lines happen to be valid UTF-8 is read whole as GB18030, and a
+    UTF-8 file with one bad line stays UTF-8 with only that line marked garbled.  A file valid in
+    neither is decoded in the encoding that won the vote (UTF-8 on a tie), its bad bytes replaced.
+
+    The same decisions are made a block at a time by :class:`EncodingScan` and
+    :func:`choose_encoding` (what a drop-folder import uses, never holding the file whole)."""
+    scan = EncodingScan()
+    scan.feed(data)
+    scan.finish()
+    codec, name, skip = choose_encoding(scan, lambda: (data,))
+    return data[skip:].decode(codec, errors="replace"), name
 
 
 # --- 2. text -> raw records ------------------------------------------------------------------------
@@ -252,12 +340,32 @@ def json_records(items: Iterable[Any]) -> list[RawRecord]:
 
 
 def csv_records(text: str, required: Collection[str]) -> list[RawRecord]:
-    lines = io.StringIO(text, newline="").readlines()
-    first = next((i for i, line in enumerate(lines) if line.strip()), None)
-    if first is None:
+    return list(open_csv(io.StringIO(text, newline=""), required))
+
+
+def open_csv(lines: Iterable[str], required: Collection[str]) -> Iterator[RawRecord]:
+    """The records of CSV ``lines`` (each with its line end, as ``io.StringIO(text, newline="")``
+    or a text file opened with ``newline=""`` gives them), read as they are asked for.  The header
+    is read and checked here: :class:`BadFileError` when it is missing, unreadable, has a column
+    twice or lacks a required one.  Holds one record's lines at a time."""
+    source = iter(lines)
+    first = 0  # blank lines before the header
+    for head in source:
+        if head.strip():
+            break
+        first += 1
+    else:
         raise BadFileError("no header row")
-    delimiter = "\t" if "\t" in lines[first] and "," not in lines[first] else ","
-    reader = csv.reader(iter(lines[first:]), delimiter=delimiter, strict=False)
+    delimiter = "\t" if "\t" in head and "," not in head else ","
+    taken: list[str] = [head]  # the physical lines the reader has taken and no record has claimed
+
+    def feed() -> Iterator[str]:
+        yield head
+        for line in source:
+            taken.append(line)
+            yield line
+
+    reader = csv.reader(feed(), delimiter=delimiter, strict=False)
     try:
         header = [field_name(h) for h in next(reader)]
     except csv.Error as exc:
@@ -268,28 +376,32 @@ def csv_records(text: str, required: Collection[str]) -> list[RawRecord]:
     missing = [f for f in required if f not in header]
     if missing:
         raise BadFileError(f"missing required column(s) {', '.join(missing)} (header: {', '.join(header)})")
-    out = []
-    done = first + reader.line_num  # physical lines consumed so far
+    taken.clear()
+    return _csv_rows(reader, taken, header, first + reader.line_num)
+
+
+def _csv_rows(reader: Any, taken: list[str], header: list[str], done: int) -> Iterator[RawRecord]:
     while True:
         try:
             row = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:  # e.g. a NUL byte: this line is garbage, the next may not be
-            start, done = done, first + reader.line_num
-            out.append(RawRecord(start + 1, {}, "".join(lines[start:done]).rstrip("\r\n"), f"unreadable CSV: {exc}"))
+            start, done = done, done + len(taken)
+            yield RawRecord(start + 1, {}, "".join(taken).rstrip("\r\n"), f"unreadable CSV: {exc}")
+            taken.clear()
             continue
-        start, done = done, first + reader.line_num
-        raw = "".join(lines[start:done]).rstrip("\r\n")
+        start, done = done, done + len(taken)
+        raw = "".join(taken).rstrip("\r\n")
         if not row or not any(cell.strip() for cell in row):
+            taken.clear()
             continue  # blank line
-        no = start + 1 + next(i for i, line in enumerate(lines[start:done]) if line.strip())
+        no = start + 1 + next(i for i, line in enumerate(taken) if line.strip())
+        taken.clear()
         if len(row) != len(header):
-            out.append(RawRecord(no, dict(zip(header, row)), raw,
-                                 f"{len(row)} fields where the header has {len(header)}"))
+            yield RawRecord(no, dict(zip(header, row)), raw, f"{len(row)} fields where the header has {len(header)}")
             continue
-        out.append(RawRecord(no, dict(zip(header, row)), raw))
-    return out
+        yield RawRecord(no, dict(zip(header, row)), raw)
 
 
 # --- 3. raw record -> payment / account ------------------------------------------------------------
@@ -469,22 +581,28 @@ def account_of(rec: RawRecord, *, known_tariffs: Collection[str]) -> AccountReco
                          activate=activate)
 
 
-def import_conflicts(records: Iterable[tuple[int, AccountRecord]]) -> dict[int, str]:
+class Conflicts:
     """Within one import: an account given twice, or a meter given to two accounts.  The first
-    record wins; later ones are refused (record number -> reason)."""
-    accounts: dict[str, int] = {}
-    meters: dict[str, tuple[str, int]] = {}
-    refused: dict[int, str] = {}
-    for no, rec in records:
-        if rec.account in accounts:
-            first = accounts[rec.account]
-            refused[no] = f"account {rec.account} appears again in this import (first at record {first})"
-            continue
-        clash = next(((m, meters[m]) for m in rec.meters if m in meters), None)
+    record wins; :meth:`check` gives a later one's reason.  Holds the accounts and meters seen."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, int] = {}
+        self.meters: dict[str, tuple[str, int]] = {}
+
+    def check(self, no: int, rec: AccountRecord) -> str | None:
+        if rec.account in self.accounts:
+            first = self.accounts[rec.account]
+            return f"account {rec.account} appears again in this import (first at record {first})"
+        clash = next(((m, self.meters[m]) for m in rec.meters if m in self.meters), None)
         if clash is not None:
             m, (other, at) = clash
-            refused[no] = f"meter {m} is also given to account {other} in this import (record {at})"
-            continue
-        accounts[rec.account] = no
-        meters.update({m: (rec.account, no) for m in rec.meters})
-    return refused
+            return f"meter {m} is also given to account {other} in this import (record {at})"
+        self.accounts[rec.account] = no
+        self.meters.update({m: (rec.account, no) for m in rec.meters})
+        return None
+
+
+def import_conflicts(records: Iterable[tuple[int, AccountRecord]]) -> dict[int, str]:
+    """:class:`Conflicts` of a whole import: record number -> reason of those refused."""
+    conflicts = Conflicts()
+    return {no: reason for no, rec in records if (reason := conflicts.check(no, rec)) is not None}
