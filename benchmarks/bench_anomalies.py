@@ -34,7 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from meterd.analytics.anomalies import AnomalyStore, Finding, Kind, Severity
-from meterd.storage.anomalies import DETECTED, EVIDENCE_EVERY
+from meterd.storage import anomalies as _store
+from meterd.storage.anomalies import DETECTED
+
+EVIDENCE_EVERY: timedelta = getattr(_store, "EVIDENCE_EVERY", timedelta(0))  # none before it was (old code)
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 QUANTITY = "voltage.a"
@@ -89,7 +92,7 @@ def main() -> None:
             findings = [Finding(m, Kind.VOLTAGE, Severity.WARNING, T0, "phase a 171.3..171.3 V",
                                 evidence(m, newest, 1)) for m in meters]
             cpu, wall, io = time.process_time(), time.perf_counter(), written()
-            opened, closed = store.update(findings, checked, now, evidence_every=every)
+            opened, closed = store.update(findings, checked, now, **({"evidence_every": every} if every else {}))
             assert not opened and not closed
             after = written()
             wrote = f"{(after - io) / 2**20:8.0f} MiB written" if io is not None and after is not None else ""
