@@ -94,7 +94,7 @@ def main() -> None:
             cpu, wall, io = time.process_time(), time.perf_counter(), written()
             opened, closed = store.update(findings, checked, now, **({"evidence_every": every} if every else {}))
             assert not opened and not closed
-            after = written()
+            after = None if args.postgres else written()  # PostgreSQL writes in its server
             wrote = f"{(after - io) / 2**20:8.0f} MiB written" if io is not None and after is not None else ""
             print(f"check {r}: {time.perf_counter() - wall:6.2f} s wall, {time.process_time() - cpu:6.2f} s CPU, "
                   f"{wrote}, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
