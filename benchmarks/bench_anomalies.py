@@ -95,9 +95,9 @@ def main() -> None:
             opened, closed = store.update(findings, checked, now, **({"evidence_every": every} if every else {}))
             assert not opened and not closed
             after = None if args.postgres else written()  # PostgreSQL writes in its server
-            wrote = f"{(after - io) / 2**20:8.0f} MiB written" if io is not None and after is not None else ""
+            wrote = f"{(after - io) / 2**20:8.0f} MiB written, " if io is not None and after is not None else ""
             print(f"check {r}: {time.perf_counter() - wall:6.2f} s wall, {time.process_time() - cpu:6.2f} s CPU, "
-                  f"{wrote}, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+                  f"{wrote}peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
         newest = [e.evidence[-1]["timestamp"] for e in store.events("open", limit=args.meters)]
         print(f"evidence's newest entry: {len(set(newest))} distinct, the latest {max(newest)}")
     if not args.postgres:
