@@ -107,6 +107,9 @@ CREATE INDEX IF NOT EXISTS anomalies_opened ON anomalies (opened_ts);
 # the evidence is neither read nor written), NULL when unknown.
 _V1: Final = (
     "CREATE TABLE IF NOT EXISTS anomaly_evidence (event_id INTEGER NOT NULL PRIMARY KEY, evidence TEXT NOT NULL)",
+    # rows already there belong to no event of this table: a PostgreSQL backup from before this step,
+    # restored (pg_restore --clean) over a database after it, leaves the newer events' evidence behind
+    "DELETE FROM anomaly_evidence",
     "INSERT INTO anomaly_evidence (event_id, evidence) SELECT id, evidence FROM anomalies WHERE evidence <> '[]'",
     "UPDATE anomalies SET evidence = '[]' WHERE evidence <> '[]'",
     "ALTER TABLE anomalies ADD COLUMN evidence_seen TEXT",
