@@ -235,13 +235,20 @@ class CommandExecutor:
     async def execute(self, cmd: Command) -> Command:
         route = self.resolve(cmd.meter)
         now = self.clock()
-        claimed = await self._claim(cmd, now)
-        if claimed is None:
-            return cmd
-        if route is None:
-            return await self._finish(claimed, CommandState.FAILED, f"meter {cmd.meter} has no route")
+        # in flight from before its claim commits: a recover() meanwhile (the scope's channels changed)
+        # must not take it for an orphan while this lane goes on to send it
         self._in_flight.add(cmd.id)
         try:
+            claimed = await self._claim(cmd, now)
+        except BaseException:
+            self._in_flight.discard(cmd.id)
+            raise
+        if claimed is None:
+            self._in_flight.discard(cmd.id)
+            return cmd
+        try:
+            if route is None:
+                return await self._finish(claimed, CommandState.FAILED, f"meter {cmd.meter} has no route")
             flag, expected = EXPECTED[cmd.kind.relay_command]
             if claimed.tries > 1:  # an earlier try may have reached the meter: look before sending again
                 try:
