@@ -18,6 +18,7 @@ from meterd.collector.channel import (
 )
 from meterd.collector.gdw1376.listener import GdwTransport
 from meterd.errors import AddressMismatchError, ConfigError, ProtocolError
+from meterd.logthrottle import LogThrottle
 from meterd.protocols.dlt645.frame import Frame as DltFrame
 from meterd.protocols.dlt645.frame import StreamDecoder as DltDecoder
 from meterd.protocols.dlt645.frame import encode_frame as dlt_encode
@@ -32,6 +33,7 @@ from meterd.protocols.gdw1376.frame import (
 )
 from meterd.protocols.gdw1376.frame import Frame as GdwFrame
 from meterd.protocols.gdw1376.messages import (
+    MAX_PARTS,
     DataUnit,
     Message,
     Reassembler,
@@ -47,6 +49,13 @@ PW_BYTES: Final = 16
 ZERO_PW: Final = bytes(PW_BYTES)
 GENERAL_EVENTS_EVERY: Final = 900.0  # s: how often the general events' counter is read (AFN 0C F7)
 RELAY_CONTROL: Final = 0x1C  # DL/T 645-2007 control code of relay commands (跳闸, 合闸允许, 报警, 保电)
+# Bounds of one reply (every frame the terminal sends while a request waits counts).  The largest
+# reply the master asks for is 255 event records (AFN 0E, ~66 KB); a terminal that keeps sending
+# (FIR then middle frames for ever, or FIR again and again) would otherwise hold the channel, and
+# the bytes it sent, as long as each frame comes within the inter-byte timeout.
+MAX_REPLY_FRAMES: Final = MAX_PARTS + 16
+MAX_REPLY_BYTES: Final = 1 << 20
+MAX_REPLY_SECONDS: Final = 60.0
 
 
 def password_bytes(text: str, where: str) -> bytes:
@@ -75,7 +84,8 @@ class _GdwReply:
     (a multi-frame reply joined), or its AFN 00 answer.  The whole message lands in ``message``;
     ``feed`` returns the last frame (what the trace shows)."""
 
-    __slots__ = ("afn", "channel", "dropped", "key", "message", "pending", "reassembler", "seq")
+    __slots__ = ("afn", "bytes", "channel", "dropped", "key", "message", "pending", "reassembler", "seq",
+                 "since", "started")
 
     def __init__(self, channel: GdwChannel, afn: int, seq: int) -> None:
         self.channel = channel
@@ -86,11 +96,17 @@ class _GdwReply:
         self.message: Message | None = None
         self.dropped = 0
         self.pending = False
+        self.since = channel.gdw_transport.received  # the transport's count of frames when this reply began
+        self.bytes = 0
+        self.started = time.monotonic()  # a link clock: how long this reply has been coming
 
     def feed(self, data: bytes) -> GdwFrame | None:
-        frames = self.channel.gdw_transport.frames
+        transport = self.channel.gdw_transport
+        frames = transport.frames
+        self.bytes += len(data)
         while frames:
             frame = frames.popleft()
+            self._bounded(frame, data, transport.received - self.since)
             if frame.address.key != self.key:
                 raise AddressMismatchError(self.key, frame.address.key)
             if frame.ec is not None:
@@ -111,6 +127,21 @@ class _GdwReply:
             self.message = whole
             return frame
         return None
+
+    def _bounded(self, frame: GdwFrame, data: bytes, count: int) -> None:
+        """TransactionError once the terminal has sent more than one reply can be (frames, bytes,
+        time) without finishing it: the partial reply is dropped, the request fails (and is retried)."""
+        took = time.monotonic() - self.started
+        if count <= MAX_REPLY_FRAMES and self.bytes <= MAX_REPLY_BYTES and took <= MAX_REPLY_SECONDS:
+            return
+        self.reassembler.clear()
+        channel = self.channel
+        what = (f"terminal {self.key} sent {count} frames ({self.bytes} bytes, {took:.1f} s) in answer to "
+                f"AFN {self.afn:02X}H without finishing the reply (at most {MAX_REPLY_FRAMES} frames, "
+                f"{MAX_REPLY_BYTES} bytes, {MAX_REPLY_SECONDS:g} s); the reply is dropped")
+        channel._log.log(log, logging.WARNING, "endless reply", "channel %s: %s; last frame AFN %02XH, %s [%s]",
+                         channel.name, what, frame.afn, frame.describe_seq(), bytes(data[:32]).hex(" ").upper())
+        raise TransactionError(FailureKind.GARBLED, what, meter=f"terminal {self.key}")
 
 
 class GdwChannel(Channel):
@@ -137,6 +168,7 @@ class GdwChannel(Channel):
         self.general_pointer: int | None = None  # the next general event to read
         self.general_every = GENERAL_EVENTS_EVERY  # s between reads of the event counters (0: never)
         self._general_at: float | None = None  # monotonic time of the last check; None: due now
+        self._log = LogThrottle()  # a terminal's absurd replies: once a minute per kind, with a count
 
     @property
     def relay_timeout_ms(self) -> int:

@@ -175,7 +175,10 @@ class GdwListener(TerminalListener[_Connection, _Terminal]):
             term.counters["rx_bytes"] += len(data)
             term.last_seen = self.clock()
         for start, stop, frame in found:
-            if conn.closed:
+            if conn.closed or (conn.transport is not None and conn.transport.is_closing()):
+                # the peer went away while a burst was being handled: the rest of it is not
+                # answered (asyncio logs a warning per write to a lost socket -- thousands for a
+                # flood of heartbeats in one read)
                 return
             self._frame(conn, frame, raw_buf[start:stop])
 
@@ -213,9 +216,11 @@ class GdwListener(TerminalListener[_Connection, _Terminal]):
             return
         if frame.prm:  # the terminal's own report (events, data it pushes): confirmed when asked
             term.counters["unsolicited_frames"] += 1
-            if frame.con:
+            if frame.con:  # the confirmation needs the link fields only: the data units are not decoded
+                head = Message(frame.address, frame.afn, (), frame.control, frame.seq, frame.pw, frame.ec, frame.tp,
+                               frame.protocol)
                 with contextlib.suppress(ProtocolError):
-                    self._send(term, conn, encode(confirm_message(decode_message(frame))))
+                    self._send(term, conn, encode(confirm_message(head)))
             return
         transport = term.transport
         if transport is not None and transport._session is conn:
@@ -284,6 +289,7 @@ class GdwTransport(TerminalTransport):
     def __init__(self, listener: GdwListener, key: str, name: str, *, connect_wait: float = 0.0) -> None:
         super().__init__(listener, key, name, connect_wait=connect_wait)
         self.frames: deque[GdwFrame] = deque(maxlen=64)
+        self.received = 0  # frames received ever (the deque keeps the last 64 only)
 
     @property
     def key(self) -> str:
@@ -299,4 +305,5 @@ class GdwTransport(TerminalTransport):
 
     def _frame(self, frame: GdwFrame, raw: bytes) -> None:
         self.frames.append(frame)
+        self.received += 1
         self._received(raw)
