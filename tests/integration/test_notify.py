@@ -322,3 +322,36 @@ async def test_a_prepaid_pass_is_not_held_by_a_gateway_that_does_not_answer(hang
         await runtime.notifier.close(timeout=0.1)
         runtime.store.close()
         runtime.anomalies.close()
+
+
+async def test_a_single_waits_timeout_is_named_as_such_not_as_the_whole_deadline(hanging, caplog):
+    gateway = hanging()  # takes the request, never answers: the socket's own timeout comes first
+    with caplog.at_level(logging.WARNING, logger="meterd.control.notify"):
+        await WebhookSink(gateway.url, timeout=0.3, retries=0).send(TRIP)
+    assert "timed out" in caplog.text and "no answer within" not in caplog.text
+
+
+async def test_a_gateway_holding_posts_open_gets_at_most_four_threads_and_never_holds_the_exit(hanging, caplog):
+    gateway = hanging(dribble=True)  # a byte every 0.2 s: every wait short, the whole endless
+    sink = WebhookSink(gateway.url, timeout=0.3, retries=0)
+    with caplog.at_level(logging.WARNING, logger="meterd.control.notify"):
+        for _ in range(6):
+            await sink.send(TRIP)
+    held = [t for t in threading.enumerate() if t.name == "webhook" and t.is_alive()]
+    assert len(held) == 4 and all(t.daemon for t in held)  # the process may exit whatever they do
+    assert caplog.text.count("no answer within 0.9 s") == 4
+    assert caplog.text.count("4 earlier POSTs still held open by the gateway") == 2
+
+
+async def test_closing_cut_short_still_ends_the_sinks_tasks(hanging):
+    gateway = hanging()
+    notifier = Notifier([WebhookSink(gateway.url, timeout=5, retries=0)])
+    await notifier.publish([TRIP, TRICKY])
+    closing = asyncio.create_task(notifier.close(timeout=30))
+    await asyncio.sleep(0.1)
+    closing.cancel()  # the daemon's grace for its services ran out
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await asyncio.sleep(0)
+    assert all(t is None for t in notifier._tasks)
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("notify-") and not t.done()]

@@ -35,6 +35,7 @@ its own notices, never a prepaid pass or a command.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -44,7 +45,6 @@ import urllib.parse
 import urllib.request
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from datetime import datetime
 from decimal import Decimal
@@ -64,8 +64,11 @@ MAX_QUEUED: Final = 10_000
 #: One POST may take at most this many times the sink's ``timeout`` in all (each wait is bounded by
 #: the timeout itself; a gateway dribbling its answer a byte a wait is not).
 POST_DEADLINE: Final = 3
-#: Seconds the queued notices get to go out when the daemon stops.
-CLOSE_WAIT: Final = 5.0
+#: Seconds the queued notices get to go out when the daemon stops (within the services' 5 s grace).
+CLOSE_WAIT: Final = 3.0
+#: A webhook's POSTs the gateway may hold open at once (each past its deadline); past that the next
+#: fails at once instead of starting one more thread.
+MAX_POSTS: Final = 4
 
 Escape = Literal["json", "form", "none"]
 
@@ -153,9 +156,10 @@ class WebhookSink:
         self.retries = max(0, retries)
         self.kinds = kinds
         self.backoff = backoff
-        # POSTs run on a thread of the sink's own: a gateway that hangs past every deadline holds
-        # this thread, not the threads the prepaid pass and the stores run on.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook")
+        # POSTs run on daemon threads of the sink's own, at most MAX_POSTS at once: a gateway that
+        # holds connections past every deadline holds these, never the threads the prepaid pass and
+        # the stores run on, nor the process's exit.
+        self._posting = 0
 
     def body(self, notice: Notice) -> bytes:
         wire = notice_dict(notice)
@@ -173,20 +177,55 @@ class WebhookSink:
         for attempt in range(attempts):
             if attempt:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+            deadline = asyncio.timeout(self.timeout * POST_DEADLINE)
             try:
-                await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._thread, self._post, data),
-                                       self.timeout * POST_DEADLINE)
+                async with deadline:
+                    await self._post_on_thread(data)
                 return
             except urllib.error.HTTPError as exc:
                 error = exc
                 if 400 <= exc.code < 500 and exc.code not in _RETRY_STATUS:
                     break
-            except TimeoutError:  # a gateway dribbling its answer's head: every wait short, the whole long
-                error = TimeoutError(f"no answer within {self.timeout * POST_DEADLINE:g} s")
+            except TimeoutError as exc:
+                # the whole POST's deadline (a gateway dribbling its answer's head: every wait short,
+                # the whole long), or one wait's own timeout
+                error = (TimeoutError(f"no answer within {self.timeout * POST_DEADLINE:g} s")
+                         if deadline.expired() else exc)
             except (OSError, ValueError) as exc:  # URLError, refused, timeout; ValueError: a bad URL
                 error = exc
         log.warning("webhook %s: %s not delivered after %d attempt(s): %s",
                     _redacted(self.url), _describe(notice), attempt + 1, error)
+
+    async def _post_on_thread(self, data: bytes) -> None:
+        """:meth:`_post` on a daemon thread of its own; refused at once while :data:`MAX_POSTS` of
+        this sink's POSTs are still held by the gateway."""
+        if self._posting >= MAX_POSTS:
+            raise OSError(f"{self._posting} earlier POSTs still held open by the gateway")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            self._posting -= 1
+            if done.done():
+                return  # given up on: its deadline passed
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        def work() -> None:
+            error: BaseException | None = None
+            try:
+                self._post(data)
+            except Exception as exc:  # noqa: BLE001 -- handed to the awaiting task, which sorts it out
+                error = exc
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                    loop.call_soon_threadsafe(settle, error)
+
+        self._posting += 1
+        threading.Thread(target=work, name="webhook", daemon=True).start()
+        await done
 
     def _post(self, data: bytes) -> None:
         """One POST; its status is the answer (an HTTPError when it is not 2xx/3xx). The body is not
@@ -259,12 +298,16 @@ class Notifier:
     async def close(self, timeout: float = CLOSE_WAIT) -> None:
         """Give the queued notices ``timeout`` seconds, then stop the sinks' tasks; logs what was
         not sent."""
-        left = await self.flush(timeout) if any(self._tasks) else self.queued()
-        for task in self._tasks:
-            if task is not None:
+        left = self.queued()
+        tasks = [t for t in self._tasks if t is not None]
+        try:
+            if tasks:
+                left = await self.flush(timeout)
+        finally:  # cancelled meanwhile (the daemon's grace ran out): the sinks' tasks end all the same
+            self._tasks = [None] * len(self.sinks)
+            for task in tasks:
                 task.cancel()
-        await asyncio.gather(*(t for t in self._tasks if t is not None), return_exceptions=True)
-        self._tasks = [None] * len(self.sinks)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if left:
             log.warning("notify: %d notice(s) not sent at stop (still queued after %g s)", left, timeout)
 
