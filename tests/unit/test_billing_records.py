@@ -230,6 +230,17 @@ def test_bad_payments(over, reason):
     assert reason in str(err.value)
 
 
+def test_an_account_name_or_payment_id_longer_than_the_api_takes_is_refused():
+    """The API refuses an account or ref over 200 characters; an account imported with a longer
+    name could never have been paid through it, and a 60 KB ref went into the ledger and the audit."""
+    assert payment_of(good_payment(account="户" * 200, payment_id="P" * 200), now=NOW).account == "户" * 200
+    for field, label in (("account", "account"), ("payment_id", "payment id")):
+        with pytest.raises(RecordError, match=f"{label} is 201 characters, at most 200"):
+            payment_of(good_payment(**{field: "户" * 201}), now=NOW)
+    with pytest.raises(RecordError, match="account is 60,000 characters, at most 200"):
+        account_of(rec(account="A" * 60_000, tariff="res", meters="000000000001"), known_tariffs={"res"})
+
+
 @pytest.mark.parametrize("missing", ["payment_id", "account", "amount", "paid_at"])
 def test_missing_payment_fields(missing):
     fields = dict(good_payment().fields)

@@ -17,7 +17,7 @@ from meterd.analytics.anomalies import Event
 from meterd.analytics.outages import Outage
 from meterd.api.tokens import Role
 from meterd.control.command_store import Command
-from meterd.control.model import MAX_REASON, CommandKind, CommandState
+from meterd.control.model import MAX_KEY, MAX_REASON, CommandKind, CommandState
 from meterd.control.state import Account, LedgerRow
 from meterd.storage.alarms import MAX_NAME
 from meterd.storage.sqlite import MeterRecord, encode_value
@@ -31,7 +31,6 @@ ACCOUNT_STATES: Final = ("pending", "normal", "reminded", "alarmed", "tripped")
 STR: Final = {"type": "string"}
 #: an account name, a meter address or a payment's ref in a request body: a ref is stored with its
 #: ledger entry and the audit line (a 60 KB ref used to be stored as it came)
-MAX_KEY: Final = 200
 KEY: Final = {"type": "string", "maxLength": MAX_KEY}
 #: a token's name is the operator's name in the audit log and on alarms (at most MAX_NAME there too)
 TOKEN_NAME: Final = {"type": "string", "maxLength": MAX_NAME}

@@ -50,6 +50,7 @@ from meterd.control.amounts import (
     parse_amount,
     parse_payment,
 )
+from meterd.control.model import MAX_KEY
 from meterd.errors import SyncError
 from meterd.readings import address_key
 
@@ -414,6 +415,11 @@ def _garbled(value: str) -> bool:
     return _GARBLED.search(value) is not None
 
 
+#: Fields kept in ledger entries and audit lines, at most :data:`~meterd.control.model.MAX_KEY`
+#: characters (as the API takes them: an account imported with a longer name could not be paid).
+_KEYS: Final = frozenset(("account", "payment_id"))
+
+
 def _text(rec: RawRecord, name: str, *, required: bool, label: str | None = None) -> str | None:
     value = rec.fields.get(name)
     label = label or name
@@ -426,6 +432,8 @@ def _text(rec: RawRecord, name: str, *, required: bool, label: str | None = None
     text = str(value).strip()
     if required and not text:
         raise RecordError(f"empty {label}")
+    if name in _KEYS and len(text) > MAX_KEY:
+        raise RecordError(f"{label} is {len(text):,} characters, at most {MAX_KEY} ({text[:40]!r}...)")
     return text
 
 

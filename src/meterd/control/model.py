@@ -21,6 +21,9 @@ KWH_PLACES: Final = Decimal("0.0001")  # energy is split (price changes, tiers) 
 #: The longest reason an operator may give (commands, cancellations, adjustments, 保电): it is kept
 #: in the command or ledger entry and in the audit log; the API and the CLI refuse a longer one.
 MAX_REASON: Final = 500
+#: The longest account name or payment id (ref): each is kept in ledger entries and audit lines. The
+#: API refuses a longer one in a request, the billing imports quarantine a record carrying one.
+MAX_KEY: Final = 200
 
 
 def money(value: Decimal) -> Decimal:
