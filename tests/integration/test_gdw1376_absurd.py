@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
-from gdw_fake import link_frame
+from gdw_fake import FakeTerminal, link_frame
+from meterd.clock import CST
 from meterd.collector.channel import FailureKind, Timing, TransactionError
-from meterd.collector.gdw1376 import GdwChannel, GdwListener
+from meterd.collector.gdw1376 import GdwChannel, GdwListener, read_events
+from meterd.collector.gdw1376.archive import MAX_POWER_RECORDS
 from meterd.collector.gdw1376.channel import MAX_REPLY_FRAMES
-from meterd.protocols.gdw1376.catalogue import EnergyReading
+from meterd.protocols.gdw1376.catalogue import EnergyReading, EventLog, EventPointers
+from meterd.protocols.gdw1376.events import EventRecord, PowerOnOff
 from meterd.protocols.gdw1376.frame import (
     Afn,
+    EventCounter,
     Frame,
     PrimaryFunction,
     StreamDecoder,
@@ -30,6 +34,7 @@ from meterd.protocols.gdw1376.frame import (
 from meterd.protocols.gdw1376.messages import DataUnit, decode_message, encode, reply, unit
 
 T1 = "4401-0001"
+NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 
 
 async def wait_for(cond, timeout: float = 5.0) -> None:
@@ -121,3 +126,111 @@ async def test_a_pushed_frame_asking_confirmation_is_confirmed_without_decoding_
         writer.close()
     assert [(m.afn, m.seq_number, m.units[0].fns) for m in answers] == [(Afn.CONFIRM, 5, (1,))]
     assert listener.status()["terminals"][T1]["unsolicited_frames"] == 1
+
+
+# --- events (AFN 0E) ---------------------------------------------------------------------------------
+
+
+class _Replaying(FakeTerminal):
+    """Answers every AFN 0E read with as many records as the pointers name (255: EC moved back by
+    one since the last read), and moves EC back by one again: 255 "new" events at every read."""
+
+    records: tuple = ()
+
+    def answer(self, msg):
+        if msg.afn != Afn.CLASS3_DATA:
+            return super().answer(msg)
+        p = msg.units[0].values[0]
+        n = (p.end - p.start) % 256
+        recs = tuple(self.records[i % len(self.records)] for i in range(n))
+        self.ec = EventCounter((self.ec.important - 1) & 0xFF, 0)
+        return reply(msg, [unit(0, 1, EventLog(self.ec.important, 0, p.start, p.end, recs))], ec=self.ec)
+
+
+async def _events_rig(listener: GdwListener, records: list, meters: int) -> tuple[GdwChannel, _Replaying]:
+    channel = GdwChannel("c1", listener.transport(T1), parse_terminal_address(T1),
+                         pns={f"{i:012d}": i for i in range(1, meters + 1)}, timing=Timing(2.0, 0.5), retries=0)
+    channel.general_every = 0
+    term = _Replaying(T1, "127.0.0.1", listener.bound_port, {}, ec=EventCounter(10, 0))
+    term.records = tuple(records)
+    await term.connect()
+    await wait_for(lambda: listener.is_online(T1))
+    await channel.request(Afn.CLASS1_DATA, [unit(0, 2)])  # EC 10 seen
+    channel.event_pointer = 11  # read up to 11 before: the terminal claims 255 new ones
+    return channel, term
+
+
+async def test_a_terminal_claiming_255_new_power_events_every_read_is_bounded(caplog):
+    # Before: 255 ERC14 records a read became 2 x 255 readings per meter (25,500 for 50 meters) and
+    # 255 log lines; now the newest MAX_POWER_RECORDS distinct records are reported, logged once a minute.
+    records = [PowerOnOff(datetime(2026, 1, 1, 0, i), datetime(2026, 1, 1, 1, i)) for i in range(60)]
+    readings = []
+    async with GdwListener("127.0.0.1", 0, known={T1: "c1"}) as listener:
+        channel, term = await _events_rig(listener, records, 50)
+        with caplog.at_level(logging.INFO):
+            for _ in range(3):
+                assert channel.events_waiting
+                readings.append(await read_events(channel, NOW))
+        await term.close()
+    assert [len(r) for r in readings] == [2 * MAX_POWER_RECORDS * 50] * 3
+    newest = {r.timestamp for r in readings[0] if r.quantity == "event.power_down.end"}
+    # the read's last MAX_POWER_RECORDS records (of 255, cycling through 60 distinct ones)
+    assert {t.astimezone(CST).minute for t in newest} == {i % 60 for i in range(255 - MAX_POWER_RECORDS, 255)}
+    lines = [r.getMessage() for r in caplog.records if "ERC14" in r.getMessage()]
+    assert len(lines) == 2, lines  # one report, one "sent 255 power off/on records in one read"
+    assert any(f"terminal {T1} sent 60 power off/on records (ERC14) in one read" in m for m in lines)
+
+
+async def test_other_events_replayed_every_read_are_logged_once_a_minute(caplog):
+    found: list = []
+    async with GdwListener("127.0.0.1", 0, known={T1: "c1"}) as listener:
+        channel, term = await _events_rig(listener, [EventRecord(31, bytes(20))], 5)
+        with caplog.at_level(logging.INFO):
+            for _ in range(3):
+                await read_events(channel, NOW, anomalies=lambda f, ended: found.extend(f))
+        await term.close()
+    assert len(found) == 3 * 255  # every record still becomes its anomaly finding
+    lines = [r.getMessage() for r in caplog.records if "event ERC31" in r.getMessage()]
+    assert len(lines) == 1 and T1 in lines[0]  # was 765
+
+
+async def test_power_times_past_the_masters_clock_are_not_power_down_reports(caplog):
+    records = [PowerOnOff(datetime(2099, 1, 1, 0, 0), datetime(2099, 1, 1, 0, 5))]
+    async with GdwListener("127.0.0.1", 0, known={T1: "c1"}) as listener:
+        channel, term = await _events_rig(listener, records, 3)
+        channel.event_pointer = 9  # one new record
+        with caplog.at_level(logging.WARNING):
+            got = await read_events(channel, NOW)
+        await term.close()
+    assert got == []
+    assert any("after the master's clock" in r.getMessage() and "2099-01-01" in r.getMessage()
+               for r in caplog.records)
+
+
+async def test_an_event_record_longer_than_its_frame_is_named_in_the_log(caplog):
+    # ERC31 whose Le says 200 bytes, 20 follow: the read fails (garbled) and the log says why
+    async with GdwListener("127.0.0.1", 0, known={T1: "c1"}) as listener:
+        channel = GdwChannel("c1", listener.transport(T1), parse_terminal_address(T1), pns={},
+                             timing=Timing(2.0, 0.3), retries=0)
+        reader, writer = await _logged_in(listener)
+
+        async def answer() -> None:
+            decoder = StreamDecoder()
+            while True:
+                decoder.feed(await reader.read(65536))
+                for frame in decoder.frames():
+                    if frame.afn != Afn.CLASS3_DATA:
+                        continue
+                    data = bytes((0, 0, 0x01, 0x00, 12, 0, 11, 12, 31, 200)) + bytes(20)  # p0 F1, 1 record
+                    writer.write(encode_frame(Frame(control_byte(uplink=True, prm=False, function=8),
+                                                    frame.address, Afn.CLASS3_DATA,
+                                                    seq_byte(frame.seq_number), data)))
+
+        task = asyncio.create_task(answer())
+        with caplog.at_level(logging.WARNING), pytest.raises(TransactionError) as caught:
+            await channel.request(Afn.CLASS3_DATA, [unit(0, 1, EventPointers(11, 12))])
+        task.cancel()
+        writer.close()
+    assert caught.value.kind is FailureKind.GARBLED
+    lines = [r.getMessage() for r in caplog.records if "dropped: ERC31 data: needs 200 bytes, 20 left" in r.getMessage()]
+    assert len(lines) == 1 and f"terminal {T1}: AFN 0EH frame" in lines[0] and "[68 " in lines[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from typing import Any, Final
 
 from meterd.clock import CST, local_text
@@ -48,6 +48,13 @@ EventSink = Callable[[list[Finding], list[tuple[str, Kind]]], None]
 BAUD_OF: Final = {DLT645_1997: 1200}
 EVENT_READ_TRIES: Final = 3  # failed reads of the same events before they are skipped
 DEFAULT_BAUD: Final = 2400
+# ERC14 records of one read that become power-down reports (the newest): each is a reading per meter
+# behind the terminal, and a terminal whose counters claim 255 new events at every read would make
+# 2 x 255 x its meters readings a round.  The rest are logged (once a minute), not reported.
+MAX_POWER_RECORDS: Final = 16
+# A power-off/on time later than this past the master's clock is not a power-down report (a
+# terminal's clock in 2099); logged once a minute.
+POWER_CLOCK_SLACK: Final = timedelta(days=1)
 
 
 def archive_entries(channel: GdwChannel, protocols: Mapping[str, str]) -> list[MeterEntry]:
@@ -126,7 +133,7 @@ async def read_events(channel: GdwChannel, now: datetime, *, zone: tzinfo = CST,
         except (TransactionError, ProtocolError) as exc:  # tried again at the next check
             log.warning("channel %s: terminal %s: general events not read: %s", channel.name, channel.address.key,
                         exc)
-    out = _power_readings(channel, records, zone)
+    out = _power_readings(channel, records, now, zone)
     others = [r for r in records if not isinstance(r, PowerOnOff)]
     if others and anomalies is not None:
         findings, ended = event_findings(others, channel.address.key, channel.pns, now, zone=zone)
@@ -189,21 +196,39 @@ async def _read_range(channel: GdwChannel, fn: int, start: int, end: int) -> lis
         if item == fn and isinstance(value, EventLog):
             records += value.records
     for record in records:
-        if not isinstance(record, PowerOnOff):
-            log.info("channel %s: terminal %s event ERC%d: %s", channel.name, channel.address.key, record.erc,
-                     record.describe())
+        if not isinstance(record, PowerOnOff):  # once a minute per ERC and terminal (a count after)
+            channel._log.log(log, logging.INFO, f"event ERC{record.erc}", "channel %s: terminal %s event ERC%d: %s",
+                             channel.name, channel.address.key, record.erc, record.describe())
     return records
 
 
-def _power_readings(channel: GdwChannel, records: list[TerminalEvent], zone: tzinfo) -> list[Reading]:
-    """ERC14 records as power-down reports of every meter behind the terminal."""
+def _power_readings(channel: GdwChannel, records: list[TerminalEvent], now: datetime,
+                    zone: tzinfo) -> list[Reading]:
+    """ERC14 records as power-down reports of every meter behind the terminal: the newest
+    :data:`MAX_POWER_RECORDS` distinct ones of the read, none later than ``now`` + a day."""
+    # distinct (a record sent twice is one report), each where it came last
+    power = list(dict.fromkeys((r.off, r.on) for r in reversed(records) if isinstance(r, PowerOnOff)))[::-1]
+    key = channel.address.key
+    if len(power) > MAX_POWER_RECORDS:
+        left = power[:-MAX_POWER_RECORDS]
+        channel._log.log(log, logging.WARNING, "ERC14 many",
+                         "channel %s: terminal %s sent %d power off/on records (ERC14) in one read; the newest %d "
+                         "are power-down reports, the %d before (%s .. %s) are not", channel.name, key, len(power),
+                         MAX_POWER_RECORDS, len(left), left[0][0] or left[0][1], left[-1][1] or left[-1][0])
+        power = power[-MAX_POWER_RECORDS:]
     out: list[Reading] = []
-    for record in records:
-        if not isinstance(record, PowerOnOff):
+    latest = now + POWER_CLOCK_SLACK
+    for naive_off, naive_on in power:
+        off, on = _local(naive_off, zone), _local(naive_on, zone)
+        text = f"off at {local_text(off, zone) if off else '?'}" + (f", on at {local_text(on, zone)}" if on else "")
+        if (off is not None and off > latest) or (on is not None and on > latest):
+            channel._log.log(log, logging.WARNING, "ERC14 future",
+                             "channel %s: terminal %s reports power %s (ERC14), after the master's clock (%s): "
+                             "not a power-down report (the terminal's clock?)", channel.name, key, text,
+                             local_text(now, zone))
             continue
-        off, on = _local(record.off, zone), _local(record.on, zone)
-        log.warning("channel %s: terminal %s reports power %s (ERC14)", channel.name, channel.address.key,
-                    f"off at {local_text(off, zone) if off else '?'}" + (f", on at {local_text(on, zone)}" if on else ""))
+        channel._log.log(log, logging.WARNING, "ERC14", "channel %s: terminal %s reports power %s (ERC14)",
+                         channel.name, key, text)
         for meter in channel.pns:
             if off is not None:
                 out.append(Reading(meter, "event.power_down.start", off, off, "", Quality.GOOD))

@@ -118,8 +118,12 @@ class _GdwReply:
             try:
                 msg = decode_message(frame)
                 whole = self.reassembler.add(msg)
-            except ProtocolError:
+            except ProtocolError as exc:  # the request fails as "garbled" when nothing else comes: say why
                 self.dropped += 1
+                self.channel._log.log(log, logging.WARNING, f"undecodable AFN {frame.afn:02X}H",
+                                      "channel %s: terminal %s: AFN %02XH frame (%s) dropped: %s [%s]",
+                                      self.channel.name, self.key, frame.afn, frame.describe_seq(), exc,
+                                      bytes(data[:32]).hex(" ").upper())
                 continue
             if whole is None:
                 self.pending = True
