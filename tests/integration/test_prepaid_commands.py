@@ -16,6 +16,7 @@ from meterd.collector.transports import TcpTransport
 from meterd.control.commands import CommandExecutor
 from meterd.control.model import CommandKind, CommandRequest, CommandState
 from meterd.control.state import AccountSpec, ControlStore
+from meterd.errors import StorageError
 from meterd.protocols.dlt645.messages import RelayCommand
 from meterd.simulators.dlt645 import Dlt645Bus, FaultPlan
 from meterd.simulators.model import MeterModel
@@ -202,3 +203,56 @@ async def test_a_slow_bus_does_not_hold_the_commands_of_another(tmp_path):
     # confirmed while the slow bus still had most of its batch to go, not after it
     assert ended.index((OK, "confirmed")) < len(dead) // 2, ended
     assert sorted(m for m, what in ended if what == "retry") == dead  # each dead meter tried once, queued again
+
+
+class _Scope:
+    """The executor's view of a collector node: every meter here, channels taken over at will."""
+
+    name = "n1"
+
+    def __init__(self, meters: set[str]) -> None:
+        self.generation = 1
+        self._meters = frozenset(meters)
+
+    def meters(self) -> frozenset[str]:
+        return self._meters
+
+    def fence_for(self, meter: str):
+        return None  # claims are not this test's business: nothing new is sent
+
+
+async def test_orphans_of_channels_taken_over_are_settled_even_when_the_first_look_fails(rig, monkeypatch):
+    """recover() noted the channels as looked at before reading their orphans: when that read failed
+    (the database away a moment), the orphans stayed 'sent' until the channels changed again."""
+    bus, store, _, clock, _, channel = rig
+    routes = {OK: MeterRelay(channel, MeterTarget(OK), credentials=CREDS)}
+    scope = _Scope({OK})
+    executor = CommandExecutor(store, routes.get, clock=clock, scope=scope)
+    stop = asyncio.Event()
+    running = asyncio.create_task(executor.run(stop, idle=0.05))
+    try:
+        await asyncio.sleep(0.1)  # started, nothing to settle yet
+        cmd = queue(store, clock, OK, CommandKind.TRIP)
+        store.mark_sent(cmd.id, now=clock(), node="n0")  # n0 died mid-command; its channel is ours now
+        bus.meter(OK).relay_open = True
+        real, calls = store.in_flight, []
+
+        def in_flight(**kwargs):
+            calls.append(kwargs)
+            if len(calls) == 1:
+                raise StorageError("the state database is not reachable")
+            return real(**kwargs)
+
+        monkeypatch.setattr(store, "in_flight", in_flight)
+        scope.generation = 2
+        for _ in range(200):
+            if store.command(cmd.id).state is not CommandState.SENT:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await running
+    assert len(calls) >= 2
+    done = store.command(cmd.id)
+    assert done.state is CommandState.CONFIRMED and "not resent" in done.detail
+    assert bus.meter(OK).control_log == []

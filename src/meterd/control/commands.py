@@ -281,9 +281,10 @@ class CommandExecutor:
         if self.scope is None:
             orphans = await asyncio.to_thread(self.store.in_flight)
         else:
-            self._recovered = self.scope.generation
+            generation = self.scope.generation
             meters = self.scope.meters()
             orphans = await asyncio.to_thread(lambda: self.store.in_flight(meters=meters)) if meters else []
+            self._recovered = generation  # only once read: a failed read is tried again next round
         for cmd in orphans:
             if cmd.id in self._in_flight:
                 continue
