@@ -175,3 +175,14 @@ def test_every_shipped_map_compiles_within_limits(name):
         for f in block.fields:
             assert f.entry.function is block.function
             assert 0 <= f.offset and f.offset + f.entry.size <= block.count
+
+
+def test_a_plan_of_coils_or_inputs_counts_bits_not_zero_registers():
+    """The start-up plan said '1 request(s) for 1 quantities, 0 registers' for a relay read of one
+    discrete input (the demo's relay poll)."""
+    relay = compile_plan(make_map([reg("relay.open", 0, "bool", function="discrete")])).describe()
+    assert ": 1 request(s) for 1 quantities, 1 bits, max gap" in relay.splitlines()[0]
+    both = compile_plan(make_map([reg("voltage.a", 0), reg("relay.open", 0, "bool", function="coil"),
+                                  reg("relay.protected", 1, "bool", function="coil")])).describe()
+    assert "2 request(s) for 3 quantities, 1 registers, 2 bits, max gap" in both.splitlines()[0]
+    assert ", 1 registers, max gap" in compile_plan(make_map([reg("voltage.a", 0)])).describe()

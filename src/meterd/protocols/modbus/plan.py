@@ -79,9 +79,12 @@ class ReadPlan:
     def describe(self) -> str:
         """A few lines for the start-up log: one per request, with the quantities it carries."""
         registers = sum(b.count for b in self.blocks if not b.function.is_bit)
+        bits = sum(b.count for b in self.blocks if b.function.is_bit)
+        sizes = ", ".join(part for part in (f"{registers} registers" if registers or not bits else "",
+                                            f"{bits} bits" if bits else "") if part)
         head = (
             f"modbus plan {self.map_name}: {len(self.blocks)} request(s) for {len(self.quantities)} quantities, "
-            f"{registers} registers, max gap {self.max_gap}, pause {self.pause_between_requests:g} s"
+            f"{sizes}, max gap {self.max_gap}, pause {self.pause_between_requests:g} s"
         )
         lines = [head]
         for i, b in enumerate(self.blocks, 1):
