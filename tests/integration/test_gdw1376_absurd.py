@@ -15,9 +15,10 @@ import pytest
 from gdw_fake import FakeTerminal, link_frame
 from meterd.clock import CST
 from meterd.collector.channel import FailureKind, Timing, TransactionError
-from meterd.collector.gdw1376 import GdwChannel, GdwListener, read_events
+from meterd.collector.gdw1376 import GdwChannel, GdwListener, gdw_round, read_events
 from meterd.collector.gdw1376.archive import MAX_POWER_RECORDS
 from meterd.collector.gdw1376.channel import MAX_REPLY_FRAMES
+from meterd.collector.poll import MeterTarget
 from meterd.protocols.gdw1376.catalogue import EnergyReading, EventLog, EventPointers
 from meterd.protocols.gdw1376.events import EventRecord, PowerOnOff
 from meterd.protocols.gdw1376.frame import (
@@ -31,7 +32,7 @@ from meterd.protocols.gdw1376.frame import (
     parse_terminal_address,
     seq_byte,
 )
-from meterd.protocols.gdw1376.messages import DataUnit, decode_message, encode, reply, unit
+from meterd.protocols.gdw1376.messages import DataUnit, decode_message, encode, encode_message, reply, unit
 
 T1 = "4401-0001"
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
@@ -234,3 +235,47 @@ async def test_an_event_record_longer_than_its_frame_is_named_in_the_log(caplog)
     assert caught.value.kind is FailureKind.GARBLED
     lines = [r.getMessage() for r in caplog.records if "dropped: ERC31 data: needs 200 bytes, 20 left" in r.getMessage()]
     assert len(lines) == 1 and f"terminal {T1}: AFN 0EH frame" in lines[0] and "[68 " in lines[0]
+
+
+# --- absurd values (AFN 0C) --------------------------------------------------------------------------
+
+
+class _HexDigits(FakeTerminal):
+    """Answers F129 as the fake does, but p3's total register comes in hex digits (AB ...)."""
+
+    async def _serve(self) -> None:
+        assert self.reader is not None and self.writer is not None
+        decoder = StreamDecoder()
+        while data := await self.reader.read(65536):
+            decoder.feed(data)
+            for frame in decoder.frames():
+                msg = decode_message(frame)
+                out = self.answer(msg) if msg.afn != Afn.CONFIRM else None
+                if out is None:
+                    continue
+                wire = encode_message(out)
+                body = bytearray(wire.data)
+                pns = out.units[0].pns if out.afn == Afn.CLASS1_DATA else ()
+                if 3 in pns:  # DA DT, then 31 bytes per pn: A.15 (5), M (1), total (5) ...
+                    body[4 + pns.index(3) * 31 + 6] = 0xAB
+                self.writer.write(encode_frame(Frame(wire.control, wire.address, wire.afn, wire.seq, bytes(body),
+                                                     wire.pw, wire.ec, wire.tp)))
+
+
+async def test_one_meters_register_in_hex_digits_costs_only_that_meter():
+    # Before: the one reply for p1..p8 did not decode, so all eight meters lost their reading
+    # ("no valid reply (corrupt frame dropped)", after waiting out the inter-byte timeout).
+    meters = {f"0000000000{i:02d}": i for i in range(1, 9)}
+    async with GdwListener("127.0.0.1", 0, known={T1: "c1"}) as listener:
+        channel = GdwChannel("c1", listener.transport(T1), parse_terminal_address(T1), pns=meters,
+                             timing=Timing(2.0, 0.5), retries=0)
+        term = _HexDigits(T1, "127.0.0.1", listener.bound_port, {})
+        await term.connect()
+        await wait_for(lambda: listener.is_online(T1))
+        result = await gdw_round(channel, [(MeterTarget(a), [0x00010000]) for a in meters], NOW)
+        await term.close()
+    assert sorted(r.meter for r in result.readings) == sorted(a for a in meters if a != "000000000003")
+    bad = [a for a in result.attempts if a.meter == "000000000003"]
+    assert [a.outcome for a in bad] == [FailureKind.GARBLED]
+    assert "not decodable: A.14 is not BCD [AB" in bad[0].detail
+    assert all(a.outcome == "ok" for a in result.attempts if a.meter != "000000000003")

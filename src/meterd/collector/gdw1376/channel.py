@@ -117,13 +117,21 @@ class _GdwReply:
                 continue  # a late reply to an earlier request
             try:
                 msg = decode_message(frame)
-                whole = self.reassembler.add(msg)
-            except ProtocolError as exc:  # the request fails as "garbled" when nothing else comes: say why
+            except ProtocolError as exc:
                 self.dropped += 1
                 self.channel._log.log(log, logging.WARNING, f"undecodable AFN {frame.afn:02X}H",
                                       "channel %s: terminal %s: AFN %02XH frame (%s) dropped: %s [%s]",
                                       self.channel.name, self.key, frame.afn, frame.describe_seq(), exc,
                                       bytes(data[:32]).hex(" ").upper())
+                if not frame.fir:
+                    continue  # a later frame: perhaps of an earlier request's reply
+                # the reply to this request (its RSEQ) does not decode: waiting brings nothing better
+                raise TransactionError(FailureKind.GARBLED, f"reply to AFN {self.afn:02X}H not decodable: {exc}",
+                                       meter=f"terminal {self.key}") from exc
+            try:
+                whole = self.reassembler.add(msg)
+            except ProtocolError:
+                self.dropped += 1
                 continue
             if whole is None:
                 self.pending = True
@@ -140,11 +148,11 @@ class _GdwReply:
             return
         self.reassembler.clear()
         channel = self.channel
-        what = (f"terminal {self.key} sent {count} frames ({self.bytes} bytes, {took:.1f} s) in answer to "
+        what = (f"sent {count} frames ({self.bytes} bytes, {took:.1f} s) in answer to "
                 f"AFN {self.afn:02X}H without finishing the reply (at most {MAX_REPLY_FRAMES} frames, "
                 f"{MAX_REPLY_BYTES} bytes, {MAX_REPLY_SECONDS:g} s); the reply is dropped")
-        channel._log.log(log, logging.WARNING, "endless reply", "channel %s: %s; last frame AFN %02XH, %s [%s]",
-                         channel.name, what, frame.afn, frame.describe_seq(), bytes(data[:32]).hex(" ").upper())
+        channel._log.log(log, logging.WARNING, "endless reply", "channel %s: terminal %s %s; last frame AFN %02XH, %s [%s]",
+                         channel.name, self.key, what, frame.afn, frame.describe_seq(), bytes(data[:32]).hex(" ").upper())
         raise TransactionError(FailureKind.GARBLED, what, meter=f"terminal {self.key}")
 
 

@@ -225,6 +225,18 @@ async def _class_request(channel: GdwChannel, afn: int, units: list[DataUnit], b
     try:
         reply = await channel.request(afn, units, meter=by_pn[asked[0][0]].target.address)
     except TransactionError as exc:
+        pns = sorted({pn for pn, _ in asked})
+        if exc.kind is FailureKind.GARBLED and len(pns) > 1:
+            # one meter's unreadable value (a register in hex digits) must not cost the others
+            # theirs: each is asked alone, and only the bad one fails
+            channel._log.log(log, logging.WARNING, f"split AFN {afn:02X}H",
+                             "channel %s: AFN %02XH reply for %d meters (p%d..p%d) failed (%s); asking each alone",
+                             channel.name, afn, len(pns), pns[0], pns[-1], exc)
+            for pn in pns:
+                alone = [DataUnit((pn,), u.fns, tuple(v for p, _, v in u.pairs() if p == pn)) for u in units
+                         if pn in u.pns]
+                await _class_request(channel, afn, alone, by_pn, logs, result, now, zone)
+            return
         for pn, fn in asked:
             logs[by_pn[pn].target.address].add(_label(afn, fn), exc.kind, detail=str(exc))
         return
