@@ -56,6 +56,9 @@ COUNTERS: Final = ("logins", "replaced", "heartbeats", "heartbeat_timeouts", "lo
                    "rx_bytes", "tx_bytes", "unsolicited_frames")
 MAX_PENDING: Final = HEADER_LEN + MAX_USER_DATA + 2  # bytes kept of an incomplete frame: the largest frame L allows
 LINK_LOGIN, LINK_LOGOUT, LINK_HEARTBEAT = 1, 2, 3
+# A terminal heart-beats every minute or so; past this many heartbeats in one second of one
+# connection the rest of that second are counted, not confirmed (logged once a minute)
+MAX_HEARTBEATS_PER_SECOND: Final = 10
 
 
 # --- the listener ---------------------------------------------------------------------------------
@@ -68,6 +71,8 @@ class _Connection(TerminalConnection):
     def __init__(self, listener: GdwListener) -> None:
         super().__init__(listener)
         self.buf = bytearray()
+        self.beat_second = 0.0  # loop time the current second of heartbeats began
+        self.beats = 0  # heartbeats in it
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -204,6 +209,8 @@ class GdwListener(TerminalListener[_Connection, _Terminal]):
                 beat = msg.units[0].values[0] if msg.units[0].values else None
                 if beat is not None and getattr(beat, "clock", None) is not None:
                     term.clock = beat.clock
+                if self._beat_flood(term, conn):
+                    return
                 self._send(term, conn, link_confirm(msg))
             elif fn == LINK_LOGOUT:
                 term.counters["logouts"] += 1
@@ -227,6 +234,20 @@ class GdwListener(TerminalListener[_Connection, _Terminal]):
             transport._frame(frame, raw)
         else:
             term.counters["unsolicited_frames"] += 1
+
+    def _beat_flood(self, term: _Terminal, conn: _Connection) -> bool:
+        """Whether this heartbeat is one too many in its second (then it is not confirmed)."""
+        now = conn.last_rx
+        if now - conn.beat_second >= 1.0:
+            conn.beat_second, conn.beats = now, 0
+        conn.beats += 1
+        if conn.beats <= MAX_HEARTBEATS_PER_SECOND:
+            return False
+        self._log.log(log, logging.WARNING, f"gdw1376 listener {self.name}: heartbeat flood {term.key}",
+                      "gdw1376 listener %s: terminal %s (channel %s) from %s sends more than %d heartbeats a second; "
+                      "the rest of each second are counted, not confirmed", self.name, term.key, term.channel,
+                      conn.peer, MAX_HEARTBEATS_PER_SECOND)
+        return True
 
     def _send(self, term: _Terminal, conn: _Connection, data: bytes) -> None:
         conn.write(data)
