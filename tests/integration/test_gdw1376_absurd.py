@@ -21,6 +21,7 @@ from meterd.collector.gdw1376.archive import MAX_POWER_RECORDS
 from meterd.collector.gdw1376.channel import MAX_REPLY_FRAMES
 from meterd.collector.gdw1376.listener import MAX_HEARTBEATS_PER_SECOND
 from meterd.collector.poll import MeterTarget
+from meterd.protocols.gdw1376 import frame as gdw_frame
 from meterd.protocols.gdw1376.catalogue import EnergyReading, EventLog, EventPointers
 from meterd.protocols.gdw1376.events import EventRecord, PowerOnOff
 from meterd.protocols.gdw1376.frame import (
@@ -131,6 +132,32 @@ async def test_a_heartbeat_flood_is_counted_and_not_confirmed_beat_by_beat(caplo
     assert len(confirmations) == 1 + MAX_HEARTBEATS_PER_SECOND  # the login's, then the first beats'
     lines = [r.getMessage() for r in caplog.records if "heartbeats a second" in r.getMessage()]
     assert len(lines) == 1 and T1 in lines[0]
+
+
+async def test_a_trickle_of_68_bytes_before_a_login_is_scanned_once(monkeypatch):
+    # 8 KB of 68 arriving 16 bytes at a time (no frame, below MAX_PENDING): each arrival re-scanned
+    # the whole buffer, 2.1 million header checks (16 KB: 3.1 s of CPU, for anyone who connects)
+    calls = 0
+    real = gdw_frame._header_total
+
+    def counted(*args):
+        nonlocal calls
+        calls += 1
+        return real(*args)
+
+    async with GdwListener("127.0.0.1", 0, known={T1: "c1"}) as listener:
+        _, writer = await asyncio.open_connection("127.0.0.1", listener.bound_port)
+        await wait_for(lambda: len(listener._connections) == 1)
+        (conn,) = listener._connections
+        monkeypatch.setattr(gdw_frame, "_header_total", counted)
+        for _ in range(512):
+            conn.data_received(b"\x68" * 16)
+        monkeypatch.undo()
+        writer.write(link_frame(T1, 1, 1))  # a login behind the junk still gets through
+        await writer.drain()
+        await wait_for(lambda: listener.is_online(T1))
+        writer.close()
+    assert calls <= 8192
 
 
 async def test_a_pushed_frame_asking_confirmation_is_confirmed_without_decoding_its_units():

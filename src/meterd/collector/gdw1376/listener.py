@@ -35,9 +35,9 @@ from meterd.protocols.gdw1376.frame import (
     HEADER_LEN,
     MAX_USER_DATA,
     Afn,
+    FrameScanner,
     decode_frame,
     parse_terminal_address,
-    scan_frames,
 )
 from meterd.protocols.gdw1376.frame import Frame as GdwFrame
 from meterd.protocols.gdw1376.messages import (
@@ -70,7 +70,7 @@ class _Connection(TerminalConnection):
 
     def __init__(self, listener: GdwListener) -> None:
         super().__init__(listener)
-        self.buf = bytearray()
+        self.scan = FrameScanner()
         self.beat_second = 0.0  # loop time the current second of heartbeats began
         self.beats = 0  # heartbeats in it
 
@@ -163,15 +163,14 @@ class GdwListener(TerminalListener[_Connection, _Terminal]):
         return f"no login (AFN 02 F1) within {self.registration_timeout:g} s", b""
 
     def _data(self, conn: _Connection, data: bytes) -> None:
-        conn.buf += data
-        found = scan_frames(conn.buf)
+        found = conn.scan.feed(data)
         if found:
             end = found[-1][1]
-            raw_buf = bytes(conn.buf)
-            del conn.buf[:end]
-        elif len(conn.buf) > MAX_PENDING:
-            dropped = bytes(conn.buf[:32])
-            conn.buf.clear()
+            raw_buf = bytes(conn.scan.buf[:end])
+            conn.scan.consume(end)
+        elif len(conn.scan.buf) > MAX_PENDING:
+            dropped = bytes(conn.scan.buf[:32])
+            conn.scan.clear()
             if conn.terminal is None:
                 self._reject(conn, OVERSIZED, f"more than {MAX_PENDING} bytes without a Q/GDW 1376.1 frame", dropped)
             return

@@ -540,6 +540,68 @@ def scan_frames(data: bytes | bytearray | memoryview) -> list[tuple[int, int, Fr
     return out
 
 
+class FrameScanner:
+    """:func:`scan_frames` over a buffer that grows as bytes arrive (a listener's connection), each
+    start position looked at once: a ``68`` whose header is not plausible, or whose frame is
+    complete and does not decode, is never looked at again; one whose frame is still incomplete
+    waits until the bytes reach its end.  (Re-scanning the whole buffer at every arrival cost
+    3.1 s of CPU for 16 KB of ``68`` bytes sent 16 at a time.)
+
+    ``feed(data)`` appends and returns the frames :func:`scan_frames` would find in :attr:`buf`
+    now, with where they lie; the caller then :meth:`consume` s the bytes up to the last one's
+    end (or :meth:`clear` s the buffer).
+    """
+
+    __slots__ = ("_checked", "_pending", "buf")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self._checked = 0  # start positions below this are classified (dead, or waiting in _pending)
+        self._pending: list[tuple[int, int]] = []  # (end, start) of plausible headers whose frame is incomplete
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, int, Frame]]:
+        buf = self.buf
+        buf += data
+        n = len(buf)
+        ready = [start for end, start in self._pending if end <= n]
+        self._pending = [(end, start) for end, start in self._pending if end > n]
+        pos = buf.find(b"\x68", self._checked)
+        while 0 <= pos and n - pos >= HEADER_LEN:
+            total = _header_total(buf, pos, MAX_USER_DATA)
+            if total is not None:
+                if pos + total <= n:
+                    ready.append(pos)
+                else:
+                    self._pending.append((pos + total, pos))
+            pos = buf.find(b"\x68", pos + 1)
+        self._checked = pos if pos >= 0 else n
+        out: list[tuple[int, int, Frame]] = []
+        after = 0
+        for start in sorted(ready):
+            if start < after:
+                continue  # inside a frame taken
+            total = _header_total(buf, start, MAX_USER_DATA)
+            assert total is not None
+            if buf[start + total - 1] != END:
+                continue
+            try:
+                frame = decode_frame(buf[start:start + total])
+            except ProtocolError:
+                continue
+            out.append((start, start + total, frame))
+            after = start + total
+        return out
+
+    def consume(self, end: int) -> None:
+        """Drop the bytes before ``end`` (a frame's end): what lies behind it is scanned afresh."""
+        del self.buf[:end]
+        self._checked = 0
+        self._pending.clear()
+
+    def clear(self) -> None:
+        self.consume(len(self.buf))
+
+
 class StreamDecoder:
     """Feed bytes, take frames.  ``next_frame()`` returns ``None`` while more bytes are needed.
 
