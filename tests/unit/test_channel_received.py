@@ -117,3 +117,50 @@ async def test_a_reply_right_behind_another_meters_in_the_same_bytes_is_taken(st
 async def test_only_another_meters_reply_is_still_wrong_address() -> None:
     got, _, _ = await _run([STRAY + STRAY])
     assert isinstance(got, TransactionError) and got.kind is FailureKind.WRONG_ADDRESS
+
+
+class _Babbler(Transport):
+    """A meter babbling on the bus: a few bytes of noise every few milliseconds, for ever, each
+    well within the inter-byte timeout, and never a frame."""
+
+    def __init__(self, piece: bytes, every: float) -> None:
+        super().__init__("babbler")
+        self.piece, self.every = piece, every
+        self._next_piece: asyncio.TimerHandle | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return True
+
+    async def open(self) -> None:
+        pass
+
+    async def write(self, data: bytes) -> None:
+        self._babble()
+
+    def _babble(self) -> None:
+        self._received(self.piece)
+        self._next_piece = asyncio.get_running_loop().call_later(self.every, self._babble)
+
+    async def close(self) -> None:
+        if self._next_piece is not None:
+            self._next_piece.cancel()
+
+
+@pytest.mark.parametrize("bytes_cap, seconds_cap, says", [(4096, 60.0, "at most 4,096 bytes"),
+                                                            (1 << 20, 0.3, "or 0.3 s a reply")])
+async def test_a_babbling_meter_fails_the_attempt_instead_of_holding_the_bus(bytes_cap, seconds_cap, says) -> None:
+    """Each chunk came within the inter-byte timeout, so the attempt never ended and kept every byte:
+    the whole bus stalled behind one broken meter."""
+    transport = _Babbler(b"\xaa\x55" * 20, 0.002)
+    events: list[TraceEvent] = []
+    ch = Channel("c", transport, timing=Timing(response=0.5, inter_byte=0.05), retries=0, trace=events.append)
+    ch.max_reply_bytes, ch.max_reply_seconds = bytes_cap, seconds_cap
+    try:
+        with pytest.raises(TransactionError) as err:
+            await asyncio.wait_for(ch.transact(REQUEST), 20)
+    finally:
+        await transport.close()
+    assert err.value.kind is FailureKind.GARBLED and "no reply among them" in str(err.value) and says in str(err.value)
+    assert 0 < len(err.value.received) <= 1024
+    assert [e.note for e in events if e.direction == "drop"] == ["babbling: no reply"]

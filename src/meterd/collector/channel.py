@@ -37,7 +37,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, NoReturn, Protocol
 
 from meterd.collector.transports.base import Transport
 from meterd.errors import AddressMismatchError, LinkError, LinkTimeoutError, MeterdError, ProtocolError
@@ -111,6 +111,7 @@ class TraceEvent:
 
 #: Upper bounds (seconds) of the reply-latency histogram each channel keeps for ``/metrics``: a
 #: loopback TCP reply takes ~0.2 ms, a 2400-baud DL/T 645 read ~0.2 s, a GPRS DTU seconds.
+_SHOWN_BYTES: Final = 1024  # of a babbling attempt's bytes, kept with its error and trace
 LATENCY_BOUNDS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -226,6 +227,12 @@ class PriorityLock:
 
 
 class Channel:
+    #: An attempt's bytes may run to this many, or this many seconds after the request, while no
+    #: reply is among them; past either it fails as garbled (a babbling meter held the bus for ever).
+    #: DL/T 645 and Modbus replies are under 300 bytes; Q/GDW 1376.1 channels allow more.
+    max_reply_bytes: int = 16 * 1024
+    max_reply_seconds: float = 60.0
+
     def __init__(
         self,
         name: str,
@@ -400,11 +407,12 @@ class Channel:
                                            meter=meter, received=bytes(received)) from None
                 if not received:
                     received = chunk if type(chunk) is bytes else bytes(chunk)  # never a transport's own buffer
-                elif type(received) is bytearray:
+                else:  # a second chunk or more (not the usual read's path)
+                    if type(received) is not bytearray:
+                        received = bytearray(received)
                     received += chunk
-                else:
-                    received = bytearray(received)
-                    received += chunk
+                    if len(received) > self.max_reply_bytes or time.monotonic() > started + self.max_reply_seconds:
+                        self._babbling(meter, received, started)
                 timeout = self.timing.inter_byte
                 try:
                     reply = matcher.feed(chunk)
@@ -432,6 +440,17 @@ class Channel:
                     return reply
         except LinkError as exc:
             raise TransactionError(FailureKind.LINK, str(exc), meter=meter) from exc
+
+    def _babbling(self, meter: str, received: bytearray, started: float) -> NoReturn:
+        """An attempt whose bytes keep coming, each within the inter-byte timeout, past
+        :attr:`max_reply_bytes` or :attr:`max_reply_seconds` with no reply among them (a meter
+        babbling on the bus, a DTU echoing noise): without this bound it held the bus for ever
+        and kept every byte."""
+        took = time.monotonic() - started
+        self._emit("drop", bytes(received[:_SHOWN_BYTES]), note="babbling: no reply")
+        raise TransactionError(FailureKind.GARBLED, f"{len(received):,} bytes in {took:.1f} s and no reply among them "
+                               f"(at most {self.max_reply_bytes:,} bytes or {self.max_reply_seconds:g} s a reply)",
+                               meter=meter, received=bytes(received[:_SHOWN_BYTES]))
 
     @staticmethod
     def _behind_stray(matcher: ReplyMatcher) -> Any | None:

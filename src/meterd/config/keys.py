@@ -159,7 +159,7 @@ _SECTIONS: tuple[Section, ...] = (
             section="channels.*.gdw1376"),
         Key("connect_timeout", D, "to open a TCP connection", '"5s"'),
         Key("response_timeout", D, "from the request sent to the first byte of the reply", '"2s"'),
-        Key("inter_byte_timeout", D, "the longest silence inside one reply", '"500ms"'),
+        Key("inter_byte_timeout", D, "the longest silence inside one reply (a reply may take at most 16 KiB or 60 s in all, 2 MiB or 120 s from a Q/GDW 1376.1 terminal: past that with no reply among the bytes, a babbling device, the try fails as garbled)", '"500ms"'),
         Key("retries", "integer 0..10", "further tries of a request that failed", "1"),
         Key("preamble", "integer 0..4", "FE wake-up bytes before each DL/T 645 request", "4"),
         Key("turnaround", D, "pause between transactions on the bus (0 allowed)", "0"),

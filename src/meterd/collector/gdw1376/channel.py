@@ -159,6 +159,11 @@ class _GdwReply:
 class GdwChannel(Channel):
     """The channel to one Q/GDW 1376.1 terminal: see the module docstring."""
 
+    # the reply matcher's own bounds (MAX_REPLY_*) come first, with a message naming the AFN; the
+    # channel's only backs them up
+    max_reply_bytes = 2 * MAX_REPLY_BYTES
+    max_reply_seconds = 2 * MAX_REPLY_SECONDS
+
     def __init__(self, name: str, transport: GdwTransport, address: TerminalAddress, *,
                  pns: Mapping[str, int], timing: Timing | None = None, retries: int = 1, trace: TraceHook | None = None,
                  password: bytes | None = None, port: int = 2, special: bool = False, turn: int = 1,
