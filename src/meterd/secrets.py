@@ -18,6 +18,7 @@ from typing import Final
 
 from meterd.errors import ConfigError
 
+MAX_SECRETS_BYTES: Final = 1 * 2**20  # a few dozen KEY=VALUE lines; read no further
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _from_file: dict[str, str] = {}
 _loaded_from: Path | None = None
@@ -54,7 +55,12 @@ def load_secrets_file(path: Path) -> dict[str, str]:
     global _loaded_from
     try:
         info = path.stat()
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_SECRETS_BYTES + 1)
+        if len(raw) > MAX_SECRETS_BYTES:  # a 1 GB file was read whole and split into lines (3.6 GB)
+            raise ConfigError(f"secrets_file: {path}: larger than {MAX_SECRETS_BYTES // 2**10} KiB: "
+                              "not a secrets file")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"secrets_file: {path}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:

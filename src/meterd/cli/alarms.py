@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json, site_zone
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, MAX_ID, error, name_arg, print_json, site_zone, whole_number
 from meterd.clock import local_text
 from meterd.errors import ConfigError
 
@@ -37,12 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "offline, a growing spool.  Without an action it lists them (synced with their "
                                    "sources first); ack / assign / close are the operator's steps.")
     p.add_argument("action", nargs="?", choices=("list", *STEPS), default="list")
-    p.add_argument("id", nargs="?", type=int, help="the alarm (ack, assign, close)")
+    p.add_argument("id", nargs="?", type=whole_number(1, MAX_ID), help="the alarm (ack, assign, close)")
     p.add_argument("--state", choices=STATES, default="active",
                    help="list: which alarms (default active: open and acknowledged)")
     p.add_argument("--kind", choices=[k.value for k in AlarmKind], help="list: only this kind")
-    p.add_argument("--subject", help="list: only this subject (a meter address, area, terminal id)")
-    p.add_argument("--limit", type=int, default=100, help="list: at most this many (default 100)")
+    p.add_argument("--subject", type=name_arg, help="list: only this subject (a meter address, area, terminal id)")
+    p.add_argument("--limit", type=whole_number(1, 10_000), default=100, help="list: at most this many (default 100)")
     p.add_argument("--no-sync", action="store_true", help="list: show the store as it is, without syncing it first")
     p.add_argument("--operator", help="ack, assign, close: who does it (audited)")
     p.add_argument("--to", help="assign: to whom")

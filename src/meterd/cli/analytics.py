@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from meterd.analytics.views import parse_period
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json, site_zone
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, MAX_COUNT, error, name_arg, print_json, site_zone, whole_number
 from meterd.clock import local_date, local_text, utc_now
 from meterd.errors import ConfigError
 
@@ -37,9 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("anomalies", help="metering anomalies (voltage, current imbalance, no data, ...)")
     p.add_argument("--state", choices=("open", "closed", "all"), default="open")
-    p.add_argument("--meter")
+    p.add_argument("--meter", type=name_arg)
     p.add_argument("--kind")
-    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--limit", type=whole_number(1, MAX_COUNT), default=200)
     _common(p)
     p.set_defaults(func=anomalies_cmd)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import enum
 import json
 import logging
@@ -9,7 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from meterd.clock import CST, DEFAULT_TIMEZONE, day_start, local_date, local_text
 from meterd.config.durations import parse_duration
@@ -21,6 +22,46 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+
+# What an argument may be, checked before it is used: a number of 5,000 digits made int() fail
+# (Python's limit on conversion) or reached SQLite as an OverflowError traceback; a 100 KB
+# --ref or token name was stored and printed back whole.
+MAX_COUNT: Final = 1_000_000  # --limit (rows printed) of any command
+MAX_ID: Final = 2**63 - 1  # an alarm's or command's id: SQLite's and PostgreSQL's largest integer
+MAX_NAME: Final = 200  # characters of an account, meter, reference, job or operator name given on the command line
+SHOWN: Final = 40  # characters of an argument quoted in an error message
+
+
+def shown(text: str) -> str:
+    """``text`` quoted for an error message: a long one cut to its ends, with its length, so that a
+    100 KB argument is not echoed back whole."""
+    if len(text) <= SHOWN:
+        return repr(text)
+    return f"{text[:20]!r}…{text[-8:]!r} ({len(text)} characters)"
+
+
+def whole_number(low: int, high: int) -> Any:
+    """An argparse ``type``: an integer from ``low`` to ``high``, refused (exit 2, the argument
+    named) before ``int()`` sees more digits than ``high`` has."""
+
+    def parse(text: str) -> int:
+        digits = text.strip()
+        if not (digits.isascii() and digits.isdigit()) or len(digits.lstrip("0")) > len(str(high)):
+            raise argparse.ArgumentTypeError(f"{shown(text)} is not a whole number from {low:,} to {high:,}")
+        value = int(digits)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{shown(text)} is not a whole number from {low:,} to {high:,}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def name_arg(text: str) -> str:
+    """An argparse ``type`` for a name or reference: at most :data:`MAX_NAME` characters."""
+    if len(text) > MAX_NAME:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is longer than {MAX_NAME} characters")
+    return text
 
 
 def to_jsonable(value: Any) -> Any:
@@ -195,7 +236,10 @@ def parse_time(text: str, now: datetime, zone: tzinfo = CST) -> datetime:
             return now - timedelta(seconds=seconds)
         dt = datetime.fromisoformat(t)
     except (ValueError, OverflowError):
-        raise ValueError(f"{text!r} is not a time (use 2h or -2h for two hours ago, today, yesterday, "
+        raise ValueError(f"{shown(text)} is not a time (use 2h or -2h for two hours ago, today, yesterday, "
                          "2026-11-23, or 2026-11-23T10:00 in local time)") from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=zone)).astimezone(UTC)
+    try:  # 0001-01-01 in +08:00 is before the first instant Python has
+        return (dt if dt.tzinfo else dt.replace(tzinfo=zone)).astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{shown(text)} is out of range (years 0002 to 9998)") from None
 

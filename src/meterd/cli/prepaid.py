@@ -29,9 +29,22 @@ import time
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, parse_time, print_json, site_zone
+from meterd.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    MAX_COUNT,
+    MAX_ID,
+    error,
+    name_arg,
+    parse_time,
+    print_json,
+    shown,
+    site_zone,
+    whole_number,
+)
 from meterd.clock import local_text
 from meterd.config.durations import parse_duration
 from meterd.errors import ConfigError
@@ -45,6 +58,9 @@ DEFAULT_DATA_DIR = Path("meterd-data")
 EXIT_PENDING = 3
 WAIT_HELP = ("wait up to S seconds for the command to end and print its outcome; exit 0 confirmed, 1 failed, "
              f"expired or cancelled, {EXIT_PENDING} still queued or sent (not confirmed) when the wait runs out")
+
+
+MAX_READING_TEXT: Final = 24  # characters of a register value typed to replace-meter (as of an amount)
 
 
 def _reason(text: str) -> str:
@@ -65,42 +81,42 @@ def _where(p: argparse.ArgumentParser) -> None:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("account", help="prepaid accounts: list, show, activate")
     p.add_argument("action", choices=("list", "show", "activate"))
-    p.add_argument("account", nargs="?", help="the account number (show, activate)")
+    p.add_argument("account", type=name_arg, nargs="?", help="the account number (show, activate)")
     p.add_argument("--area", help="only this area (list)")
     p.add_argument("--state", help="only accounts in this control state (list): pending, normal, reminded, alarmed, "
                                     "tripped")
     p.add_argument("--opening-balance", metavar="YUAN",
                    help="activate: the balance the account starts with, signed (0 if it has none); applied once")
-    p.add_argument("--ref", help="activate: the work order or reference of the activation")
-    p.add_argument("--operator", help="activate: who activates the account")
+    p.add_argument("--ref", type=name_arg, help="activate: the work order or reference of the activation")
+    p.add_argument("--operator", type=name_arg, help="activate: who activates the account")
     p.add_argument("--json", action="store_true")
     _where(p)
     p.set_defaults(func=account_cmd)
 
     p = sub.add_parser("pay", help="record a payment at the counter (applied once per --ref)")
-    p.add_argument("account")
+    p.add_argument("account", type=name_arg)
     p.add_argument("amount", help="yuan, e.g. 100 or 88.50 (no sign, at most two decimals)")
-    p.add_argument("--ref", required=True, help="the payment id (receipt number): a second use changes nothing")
-    p.add_argument("--operator", default="counter", help="who took the payment")
+    p.add_argument("--ref", type=name_arg, required=True, help="the payment id (receipt number): a second use changes nothing")
+    p.add_argument("--operator", type=name_arg, default="counter", help="who took the payment")
     p.add_argument("--json", action="store_true")
     _where(p)
     p.set_defaults(func=pay_cmd)
 
     p = sub.add_parser("adjust", help="a signed ledger adjustment with its id and reason")
-    p.add_argument("account")
+    p.add_argument("account", type=name_arg)
     p.add_argument("amount", help="yuan, at most two decimals; negative debits, e.g. -12.30")
-    p.add_argument("--ref", required=True, help="the adjustment id")
+    p.add_argument("--ref", type=name_arg, required=True, help="the adjustment id")
     p.add_argument("--reason", required=True, type=_reason)
-    p.add_argument("--operator", required=True)
+    p.add_argument("--operator", type=name_arg, required=True)
     p.add_argument("--json", action="store_true")
     _where(p)
     p.set_defaults(func=adjust_cmd)
 
     for kind in ("trip", "reclose", "alarm"):
         p = sub.add_parser(kind, help=f"queue a manual {kind} command (sent by the daemon, confirmed by read-back)")
-        p.add_argument("meter")
+        p.add_argument("meter", type=name_arg)
         p.add_argument("--reason", required=True, type=_reason)
-        p.add_argument("--operator", required=True)
+        p.add_argument("--operator", type=name_arg, required=True)
         if kind == "reclose":
             p.add_argument("--direct", action="store_true", help="直接合闸 instead of 合闸允许 (customer presses)")
         if kind == "alarm":
@@ -117,12 +133,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "own flag for the account changes (a new value from the billing import or the "
                                    "config supersedes the override).  Asking for what the archive says ends the "
                                    "override.  The daemon's next policy pass uses it.")
-    p.add_argument("account")
+    p.add_argument("account", type=name_arg)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--set", dest="protect", action="store_true", help="protect the account (保电)")
     which.add_argument("--release", dest="protect", action="store_false", help="release its protection (保电解除)")
     p.add_argument("--reason", required=True, type=_reason)
-    p.add_argument("--operator", required=True)
+    p.add_argument("--operator", type=name_arg, required=True)
     p.add_argument("--until", metavar="TIME",
                    help="when the override ends: a duration from now (8h, 2d) or a time (2026-12-09 08:00 in the "
                         "site's zone, or ISO 8601 with an offset); default: until the archive's flag changes")
@@ -135,38 +151,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("commands", help="the command queue and history")
     p.add_argument("--state", choices=("queued", "sent", "confirmed", "failed", "expired", "cancelled", "dry-run"))
-    p.add_argument("--meter", help="only this meter's (1 is 000000000001)")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--meter", type=name_arg, help="only this meter's (1 is 000000000001)")
+    p.add_argument("--limit", type=whole_number(1, MAX_COUNT), default=50)
     p.add_argument("--json", action="store_true")
     _where(p)
     p.set_defaults(func=commands_cmd)
 
     p = sub.add_parser("cancel", help="cancel a queued command")
-    p.add_argument("id", type=int)
+    p.add_argument("id", type=whole_number(1, MAX_ID))
     p.add_argument("--reason", required=True, type=_reason)
-    p.add_argument("--operator", required=True)
+    p.add_argument("--operator", type=name_arg, required=True)
     p.add_argument("--json", action="store_true")
     _where(p)
     p.set_defaults(func=cancel_cmd)
 
     p = sub.add_parser("replace-meter", help="record a meter swap: old meter's final and new meter's initial registers")
-    p.add_argument("account")
-    p.add_argument("old_meter")
-    p.add_argument("new_meter")
+    p.add_argument("account", type=name_arg)
+    p.add_argument("old_meter", type=name_arg)
+    p.add_argument("new_meter", type=name_arg)
     p.add_argument("--old-final", required=True, metavar="KWH",
                    help="the old meter's final register as displayed, e.g. 1234.56 or total=1234.56,peak=400.1")
     p.add_argument("--new-initial", required=True, metavar="KWH", help="the new meter's initial register")
     p.add_argument("--at", help="when the swap happened (ISO 8601 with zone; default now)")
     p.add_argument("--multiplier", help="CT × PT of the new meter (default: from -c, else the old meter's)")
-    p.add_argument("--ref", required=True, help="the replacement work-order id: a second use changes nothing")
-    p.add_argument("--operator", required=True)
+    p.add_argument("--ref", type=name_arg, required=True, help="the replacement work-order id: a second use changes nothing")
+    p.add_argument("--operator", type=name_arg, required=True)
     p.add_argument("--json", action="store_true")
     _where(p)
     p.set_defaults(func=replace_cmd)
 
     p = sub.add_parser("ledger", help="an account's ledger, oldest first, with the running balance")
-    p.add_argument("account")
-    p.add_argument("--limit", type=int, help="only the last N entries")
+    p.add_argument("account", type=name_arg)
+    p.add_argument("--limit", type=whole_number(1, MAX_COUNT), help="only the last N entries")
     p.add_argument("--json", action="store_true")
     _where(p)
     p.set_defaults(func=ledger_cmd)
@@ -656,12 +672,14 @@ def _registers(text: str, multiplier: Decimal, what: str) -> dict:
             rate = Rate((name or "total").strip())
         except ValueError:
             raise LedgerError(f"{what}: unknown register {name!r} (total, sharp, peak, flat, valley)") from None
+        if len(number.strip()) > MAX_READING_TEXT:  # a 4,000-digit register was recorded as the old meter's final
+            raise LedgerError(f"{what}: {shown(number)} is longer than {MAX_READING_TEXT} characters")
         try:
             value = Decimal(number.strip())
         except InvalidOperation:
-            raise LedgerError(f"{what}: {number!r} is not a number") from None
+            raise LedgerError(f"{what}: {shown(number)} is not a number") from None
         if not value.is_finite() or value < 0:
-            raise LedgerError(f"{what}: {number!r} must be a reading of zero or more")
+            raise LedgerError(f"{what}: {shown(number)} must be a reading of zero or more")
         values[rate] = value * multiplier
     return values
 

@@ -9,13 +9,16 @@ from pathlib import Path
 from meterd.cli.common import (
     EXIT_BAD_INPUT,
     EXIT_OK,
+    MAX_COUNT,
     error,
     format_value,
     load_site_config,
+    name_arg,
     parse_time,
     print_json,
     reading_dict,
     site_zone,
+    whole_number,
 )
 from meterd.clock import local_text
 from meterd.errors import ConfigError, ProtocolError
@@ -29,11 +32,11 @@ DEFAULT_DATA_DIR = Path("meterd-data")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("readings", help="show stored readings of a meter")
-    p.add_argument("--meter", required=True, help="meter address")
+    p.add_argument("--meter", required=True, type=name_arg, help="meter address")
     p.add_argument("--since", help="start: 2h or -2h (ago), today, yesterday, 2026-11-23, 2026-11-23T10:00 (site time)")
     p.add_argument("--until", help="end: the same forms as --since")
     p.add_argument("--quantity", help="only this quantity, e.g. energy.active.import.total")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=whole_number(1, MAX_COUNT), default=None)
     where = p.add_mutually_exclusive_group()
     where.add_argument("-c", "--config", help="config file (its store's data directory is used)")
     where.add_argument("--data-dir", help=f"data directory (default ./{DEFAULT_DATA_DIR})")

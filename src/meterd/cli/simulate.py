@@ -390,12 +390,15 @@ def _host_port(text: str, flag: str, problems: list[str]) -> tuple[str, int] | N
 
 
 def _load_fleet_file(path: str, problems: list[str]) -> dict[str, dict[str, Any]]:
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        problems.append(f"--fleet-config {path}: file not found")
+    from meterd.config.loader import read_bounded
+    from meterd.errors import ConfigError
+
+    try:  # at most MAX_CONFIG_BYTES, as a site config: past it, read no further
+        data = tomllib.loads(read_bounded(Path(path), f"--fleet-config {path}").decode("utf-8"))
+    except ConfigError as exc:
+        problems.extend(exc.problems)
         return {}
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         problems.append(f"--fleet-config {path}: cannot read: {exc}")
         return {}
     except tomllib.TOMLDecodeError as exc:

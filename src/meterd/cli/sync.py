@@ -12,7 +12,7 @@ import argparse
 from datetime import UTC, date, datetime, tzinfo
 from typing import Any
 
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, MAX_COUNT, error, name_arg, print_json, whole_number
 from meterd.clock import local_text
 from meterd.errors import ConfigError, SyncError
 
@@ -20,10 +20,10 @@ from meterd.errors import ConfigError, SyncError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sync", help="billing-system sync jobs: run one now, status, quarantine")
     p.add_argument("action", choices=("run", "status", "quarantine"))
-    p.add_argument("job", nargs="?", help="the job's name (run; optional filter for quarantine)")
+    p.add_argument("job", nargs="?", type=name_arg, help="the job's name (run; optional filter for quarantine)")
     p.add_argument("--day", help="export_readings: the reading day YYYY-MM-DD (default: the next after the watermark)")
     p.add_argument("-c", "--config", required=True)
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=whole_number(1, MAX_COUNT), default=100)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true")
     out.add_argument("--csv", metavar="FILE", help="status / quarantine as CSV to FILE ('-' for stdout)")

@@ -10,17 +10,27 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, name_arg, print_json, shown
 from meterd.clock import local_text
 from meterd.errors import ConfigError
+
+
+def _token_name(text: str) -> str:
+    """``create``'s name is the operator's name in the audit log (at most
+    :data:`~meterd.storage.alarms.MAX_NAME` characters, as the API takes); ``revoke``'s is an id."""
+    from meterd.storage.alarms import MAX_NAME
+
+    if len(text) > MAX_NAME:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is longer than {MAX_NAME} characters")
+    return text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("token", help="HTTP API tokens: create (shown once), list, revoke")
     p.add_argument("action", choices=("create", "list", "revoke"))
-    p.add_argument("name", nargs="?", help="create: who the token is for; revoke: the token id")
+    p.add_argument("name", nargs="?", type=_token_name, help="create: who the token is for; revoke: the token id")
     p.add_argument("--role", choices=("viewer", "technician", "operator", "admin"), default="viewer")
-    p.add_argument("--operator", default="admin", help="who creates or revokes it (audited)")
+    p.add_argument("--operator", type=name_arg, default="admin", help="who creates or revokes it (audited)")
     p.add_argument("-c", "--config", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=token_cmd)
