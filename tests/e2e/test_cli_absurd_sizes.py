@@ -150,3 +150,28 @@ def test_a_fleet_config_larger_than_a_config_is_refused(tmp_path, meterd_cli):
     line = refused(meterd_cli("simulate", "--fleet-config", str(fleet), "--duration", "0"), "--fleet-config",
                    "larger than 256 MiB")
     assert "fleet.toml" in line
+
+
+def test_a_wait_of_1e308_seconds_is_refused_not_waited(site, meterd_cli):
+    # no daemon runs: a wait the old code took would never end (the test's timeout fails it)
+    done = meterd_cli("trip", "000000000001", "--reason", "test", "--operator", "li", "--wait", "1e308",
+                      "-c", "site.toml", timeout=30)
+    refused(done, "--wait", "from 0 to 86,400")
+    for bad in ("inf", "nan", "-1"):
+        refused(meterd_cli("trip", "000000000001", "--reason", "t", "--operator", "li", "--wait", bad, "-c",
+                           "site.toml", timeout=30), "--wait")
+    queue = meterd_cli("commands", "-c", "site.toml", "--json")
+    assert queue.returncode == 0, queue.stderr
+    assert json.loads(queue.stdout) == []  # nothing was queued by the refused commands
+
+
+def test_a_1_gib_backup_manifest_is_refused_unread(site, meterd_cli):
+    done = meterd_cli("backup", "-c", "site.toml", "--to", "bk")
+    assert done.returncode == 0, done.stderr
+    with (site / "bk" / "MANIFEST.json").open("r+b") as f:  # sparse
+        f.truncate(2**30)
+    (site / "other.toml").write_text(SITE.replace('data_dir = "data"', 'data_dir = "other"'))
+    done = meterd_cli("restore", "-c", "other.toml", "--from", "bk")
+    assert done.returncode == 1, done.stderr  # a damaged backup, as any other manifest that cannot be read
+    assert "MANIFEST.json: larger than 1 MiB: not a meterd backup manifest" in done.stderr
+    assert not (site / "other" / "state.sqlite3").exists()

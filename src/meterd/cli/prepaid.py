@@ -25,6 +25,7 @@ Times print in the site's zone with the offset; ``--json`` keeps ISO 8601.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -61,6 +62,20 @@ WAIT_HELP = ("wait up to S seconds for the command to end and print its outcome;
 
 
 MAX_READING_TEXT: Final = 24  # characters of a register value typed to replace-meter (as of an amount)
+
+
+MAX_WAIT: Final = 86_400  # seconds of --wait: --wait 1e308 (or inf) waited forever on a queued command
+
+
+def _wait(text: str) -> float:
+    """``--wait``: seconds, from 0 to :data:`MAX_WAIT`."""
+    try:
+        value = float(text) if len(text) <= 24 else math.nan
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= MAX_WAIT:  # NaN too
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a number of seconds from 0 to {MAX_WAIT:,}")
+    return value
 
 
 def _reason(text: str) -> str:
@@ -121,7 +136,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--direct", action="store_true", help="直接合闸 instead of 合闸允许 (customer presses)")
         if kind == "alarm":
             p.add_argument("--release", action="store_true", help="release the alarm instead")
-        p.add_argument("--wait", type=float, default=0.0, metavar="S", help=WAIT_HELP)
+        p.add_argument("--wait", type=_wait, default=0.0, metavar="S", help=WAIT_HELP)
         p.add_argument("--json", action="store_true")
         _where(p)
         p.set_defaults(func=command_cmd, kind=kind)
