@@ -175,3 +175,43 @@ def test_a_1_gib_backup_manifest_is_refused_unread(site, meterd_cli):
     assert done.returncode == 1, done.stderr  # a damaged backup, as any other manifest that cannot be read
     assert "MANIFEST.json: larger than 1 MiB: not a meterd backup manifest" in done.stderr
     assert not (site / "other" / "state.sqlite3").exists()
+
+
+@pytest.fixture
+def silent_meter():
+    """A TCP port that takes connections and never answers (a DTU whose meter is dead)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("option", [("--timeout", "1e308"), ("--timeout", "inf"), ("--retries", "1000000000"),
+                                    ("--retries", DIGITS)], ids=lambda o: f"{o[0]}-{o[1][:10]}")
+@pytest.mark.parametrize("command", ["read", "probe"])
+def test_a_technicians_wait_of_forever_is_refused(meterd_cli, silent_meter, command, option):
+    # the old code waited on the silent meter for ever (the test's timeout fails it)
+    args = [command, "--tcp", silent_meter, "--address", "1", *option]
+    if command == "read":
+        args += ["--di", "00010000"]
+    refused(meterd_cli(*args, timeout=30), option[0])
+
+
+def test_a_baud_or_unit_of_thousands_of_digits_is_named(meterd_cli, silent_meter):
+    many = "9" * 5000  # int() raised ValueError: a traceback, exit 1
+    refused(meterd_cli("probe", "--serial", "/dev/null", "--address", "1", "--baud", many), "--baud",
+            "(5000 characters) is not a baud rate")
+    refused(meterd_cli("probe", "--tcp", silent_meter, "--address", "1", "--unit", f"1-{many}"), "--unit",
+            "(5002 characters)")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (("--pty", "1000000000"), ("--pty", "from 0 to 4,096")),  # 13.7 GB in 30 s, not started yet
+    (("--tcp-buses", DIGITS), ("--tcp-buses", "4000 characters")),
+    (("--pty", "0", "--dtus", "99999999"), ("999,999,990 meters", "at most 1,000,000")),  # 5 GB in 20 s
+    (("--pty", "0", "--concentrators", "65535", "--meters-per-concentrator", "2040"), ("133,691,400 meters",)),
+], ids=["pty", "tcp-buses", "dtus", "concentrators"])
+def test_a_simulated_fleet_past_a_city_is_refused_before_it_is_built(meterd_cli, argv, words):
+    refused(meterd_cli("simulate", *argv, "--duration", "0", timeout=30), *words)

@@ -6,6 +6,7 @@ import argparse
 import enum
 import json
 import logging
+import math
 import sys
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -28,6 +29,8 @@ EXIT_BAD_INPUT = 2
 # --ref or token name was stored and printed back whole.
 MAX_COUNT: Final = 1_000_000  # --limit (rows printed) of any command
 MAX_ID: Final = 2**63 - 1  # an alarm's or command's id: SQLite's and PostgreSQL's largest integer
+MAX_TIMEOUT: Final = 600  # seconds a technician's read or probe waits for an answer (a DTU's is seconds)
+MAX_RETRIES: Final = 10  # extra attempts of a read or a probe's try, as a channel's retries in the config
 MAX_NAME: Final = 200  # characters of an account, meter, reference, job or operator name given on the command line
 SHOWN: Final = 40  # characters of an argument quoted in an error message
 
@@ -54,6 +57,23 @@ def whole_number(low: int, high: int) -> Any:
         return value
 
     parse.__name__ = "whole number"
+    return parse
+
+
+def seconds(high: float) -> Any:
+    """An argparse ``type``: a number of seconds above 0 and at most ``high`` (a --timeout of 1e308
+    waited for ever; inf and nan are refused too)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text) if len(text) <= 24 else math.nan
+        except ValueError:
+            value = math.nan
+        if not 0 < value <= high:  # NaN too
+            raise argparse.ArgumentTypeError(f"{shown(text)} is not a number of seconds above 0 and at most {high:,}")
+        return value
+
+    parse.__name__ = "seconds"
     return parse
 
 

@@ -54,7 +54,19 @@ from typing import Any, Final
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.pdu.register_message import ReadHoldingRegistersRequest
 
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json, to_jsonable
+from meterd.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    MAX_RETRIES,
+    MAX_TIMEOUT,
+    error,
+    print_json,
+    seconds,
+    shown,
+    to_jsonable,
+    whole_number,
+)
 from meterd.cli.frametext import local_text, trace_printer
 from meterd.collector.channel import Channel, FailureKind, Timing, TraceEvent, TraceHook, TransactionError
 from meterd.collector.modbus import MAX_UNIT, Framing, ModbusLink, ModbusRefused, exception_name
@@ -668,8 +680,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="Modbus unit ids to try, e.g. 1,2 or 1-5 (default 1-3 and the address if it is 1..247)")
     p.add_argument("--modbus-framing", choices=["rtu", "tcp"],
                    help="Modbus framing on --tcp links (default: Modbus TCP, then RTU over TCP)")
-    p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for each answer (default 1.0)")
-    p.add_argument("--retries", type=int, default=0, help="extra attempts per try (default 0)")
+    p.add_argument("--timeout", type=seconds(MAX_TIMEOUT), default=1.0, help="seconds to wait for each answer (default 1.0)")
+    p.add_argument("--retries", type=whole_number(0, MAX_RETRIES), default=0, help="extra attempts per try (default 0)")
     p.add_argument("--all", action="store_true", dest="exhaustive",
                    help="go on after the first identification: try every protocol, setting and unit")
     p.add_argument("--trace", action="store_true",
@@ -690,7 +702,7 @@ def parse_tcp(text: str) -> tuple[str, int]:
     host, sep, port = text.strip().rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise BadInput(f"--tcp {text!r}: expected HOST:PORT with a port 1..65535")
+        raise BadInput(f"--tcp {shown(text)}: expected HOST:PORT with a port 1..65535")
     return host, int(port)
 
 
@@ -699,8 +711,8 @@ def parse_bauds(values: Sequence[str] | None) -> tuple[int, ...] | None:
         return None
     out: list[int] = []
     for part in _split(values):
-        if not part.isdigit() or not 50 <= int(part) <= 4_000_000:
-            raise BadInput(f"--baud {part!r} is not a baud rate (e.g. 2400)")
+        if not part.isdigit() or len(part) > 7 or not 50 <= int(part) <= 4_000_000:  # int() of 5,000 digits raises
+            raise BadInput(f"--baud {shown(part)} is not a baud rate (e.g. 2400)")
         out.append(int(part))
     if not out:
         raise BadInput("--baud given without a rate")
@@ -713,7 +725,7 @@ def parse_parities(values: Sequence[str] | None) -> tuple[str, ...] | None:
     out = []
     for part in _split(values):
         if part.upper() not in ("N", "E", "O"):
-            raise BadInput(f"--parity {part!r} is not N, E or O")
+            raise BadInput(f"--parity {shown(part)} is not N, E or O")
         out.append(part.upper())
     if not out:
         raise BadInput("--parity given without a value")
@@ -726,11 +738,11 @@ def parse_units(values: Sequence[str] | None, address: str) -> tuple[int, ...]:
     out: list[int] = []
     for part in _split(values):
         lo_text, dash, hi_text = part.partition("-")
-        if not lo_text.isdigit() or (dash and not hi_text.isdigit()):
-            raise BadInput(f"--unit {part!r} is not a Modbus unit id (1..{MAX_UNIT}) or range (1-5)")
+        if not lo_text.isdigit() or (dash and not hi_text.isdigit()) or len(lo_text) > 3 or len(hi_text) > 3:
+            raise BadInput(f"--unit {shown(part)} is not a Modbus unit id (1..{MAX_UNIT}) or range (1-5)")
         lo, hi = int(lo_text), int(hi_text or lo_text)
         if not 1 <= lo <= hi <= MAX_UNIT:
-            raise BadInput(f"--unit {part!r}: unit ids are 1..{MAX_UNIT}")
+            raise BadInput(f"--unit {shown(part)}: unit ids are 1..{MAX_UNIT}")
         out.extend(range(lo, hi + 1))
     if not out:
         raise BadInput("--unit given without a unit id")
@@ -742,7 +754,7 @@ def parse_protocols(text: str) -> tuple[str, ...]:
     for part in _split([text]):
         name = PROTOCOL_ALIASES.get(part.lower())
         if name is None:
-            raise BadInput(f"--protocols: {part!r} is not one of 2007, 1997, modbus")
+            raise BadInput(f"--protocols: {shown(part)} is not one of 2007, 1997, modbus")
         out.append(name)
     if not out:
         raise BadInput("--protocols is empty (use 2007, 1997, modbus)")
@@ -755,7 +767,7 @@ def options_from_args(args: argparse.Namespace, trace: TraceHook | None = None) 
         address = normalize_address(args.address)
     except ProtocolError:
         why = "is not a meter address (up to 12 digits, or AAAAAAAAAAAA)"
-        raise BadInput(f"--address {args.address!r} {why}") from None
+        raise BadInput(f"--address {shown(args.address)} {why}") from None
     protocols = parse_protocols(args.protocols)
     if args.timeout <= 0:
         raise BadInput(f"--timeout {args.timeout} must be more than 0 seconds")

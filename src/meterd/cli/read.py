@@ -14,7 +14,20 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, error, print_json, reading_dict
+from meterd.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    MAX_RETRIES,
+    MAX_TIMEOUT,
+    error,
+    name_arg,
+    print_json,
+    reading_dict,
+    seconds,
+    shown,
+    whole_number,
+)
 from meterd.cli.frametext import trace_printer, value_json, value_text
 from meterd.collector.channel import Channel, Timing
 from meterd.collector.modbus import ModbusLink
@@ -34,18 +47,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baud", type=int, default=2400, help="serial baud rate (default 2400)")
     p.add_argument("--parity", choices=["N", "E", "O"], default="E")
     p.add_argument("--protocol", choices=protocol_names(), default="dlt645-2007")
-    p.add_argument("--address", help="meter address (up to 12 digits; for Modbus the asset number, optional)")
+    p.add_argument("--address", type=name_arg, help="meter address (up to 12 digits; for Modbus the asset number, optional)")
     p.add_argument("--di", action="append", default=[],
                    help="data identifier, e.g. 00010000 (2007) or 9010 (1997) (repeatable)")
     p.add_argument("--quantity", action="append", default=[],
                    help="canonical quantity, e.g. voltage.a (repeatable; any protocol)")
-    p.add_argument("--unit", type=int, help="Modbus unit id (1..247)")
+    p.add_argument("--unit", type=whole_number(0, 255), help="Modbus unit id (1..247)")
     p.add_argument("--model", default="generic", help="Modbus register map: shipped name or map file")
     p.add_argument("--framing", choices=["rtu", "tcp"], help="Modbus framing (default: rtu on serial, tcp on TCP)")
-    p.add_argument("--ct", default="1", help="CT ratio applied to the values (default 1)")
-    p.add_argument("--pt", default="1", help="PT ratio applied to the values (default 1)")
-    p.add_argument("--timeout", type=float, default=2.0, help="response timeout in seconds")
-    p.add_argument("--retries", type=int, default=1)
+    p.add_argument("--ct", type=name_arg, default="1", help="CT ratio applied to the values (default 1)")
+    p.add_argument("--pt", type=name_arg, default="1", help="PT ratio applied to the values (default 1)")
+    p.add_argument("--timeout", type=seconds(MAX_TIMEOUT), default=2.0, help="response timeout in seconds")
+    p.add_argument("--retries", type=whole_number(0, MAX_RETRIES), default=1)
     p.add_argument("--trace", action="store_true",
                    help="print every raw frame sent and received to stderr, decoded, with the site time")
     p.add_argument("--json", action="store_true")
@@ -88,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         error(str(exc))
         return EXIT_BAD_INPUT
     except InvalidOperation:
-        error(f"bad CT/PT ratio: {args.ct!r}/{args.pt!r}")
+        error(f"bad CT/PT ratio: {shown(args.ct)}/{shown(args.pt)}")
         return EXIT_BAD_INPUT
     address = meter.address
     transport: Transport
@@ -100,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         host, _, port = args.tcp.rpartition(":")
         if not host or not port.isdigit():
-            error(f"--tcp {args.tcp!r}: expected HOST:PORT")
+            error(f"--tcp {shown(args.tcp)}: expected HOST:PORT")
             return EXIT_BAD_INPUT
         transport = TcpTransport("cli", host, int(port), connect_timeout=args.timeout)
     channel = Channel("cli", transport, timing=Timing(args.timeout, min(0.5, args.timeout)), retries=args.retries,

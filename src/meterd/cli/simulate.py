@@ -123,7 +123,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, whole_number
 from meterd.errors import ConfigError, LinkError, ProtocolError
 from meterd.heap import settle_heap
 from meterd.protocols.dlt645.frame import normalize_address
@@ -149,6 +149,8 @@ log = logging.getLogger(__name__)
 DTU_FORMATS: Final = ("usr-ascii", "usr-mac", "hex-frame")
 DTU_PROTOCOLS: Final = ("dlt645", "modbus")
 MQTT_PROTOCOLS: Final = ("dlt645-2007", "dlt645-1997", "modbus")
+MAX_SIMULATED_METERS: Final = 1_000_000  # behind the simulated terminals of one process
+MAX_BUSES: Final = 4096  # of each kind; --pty 1000000000 took 13.7 GB in 30 s (Linux has 4096 ptys by default)
 MAX_TERMINAL_METERS: Final = 247  # Modbus unit ids; the MQTT fleet's limit for every protocol
 MAX_MQTT_TERMINALS: Final = 999  # T001..T999
 MAX_DTUS: Final = 99_999_999  # DTU00000001..
@@ -173,11 +175,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "or behind fleets of GPRS DTUs (dialling in to the master) and MQTT terminals (on a broker), "
         "until interrupted.",
     )
-    p.add_argument("--pty", type=int, default=None, metavar="N",
+    p.add_argument("--pty", type=whole_number(0, MAX_BUSES), default=None, metavar="N",
                    help="DL/T 645 pty buses (default 1; 0 when terminals are simulated)")
-    p.add_argument("--tcp-buses", type=int, default=0, metavar="N", help="DL/T 645 TCP buses (default 0)")
-    p.add_argument("--modbus-pty", type=int, default=0, metavar="N", help="Modbus RTU pty buses (default 0)")
-    p.add_argument("--modbus-tcp", type=int, default=0, metavar="N",
+    p.add_argument("--tcp-buses", type=whole_number(0, MAX_BUSES), default=0, metavar="N", help="DL/T 645 TCP buses (default 0)")
+    p.add_argument("--modbus-pty", type=whole_number(0, MAX_BUSES), default=0, metavar="N", help="Modbus RTU pty buses (default 0)")
+    p.add_argument("--modbus-tcp", type=whole_number(0, MAX_BUSES), default=0, metavar="N",
                    help="Modbus TCP buses, after the DL/T 645 TCP ports (default 0)")
     p.add_argument("--modbus-model", default="generic", metavar="NAME",
                    help=f"register map of the Modbus meters: {', '.join(builtin_maps())} (default generic)")
@@ -187,7 +189,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--v1997", action="append", default=[], metavar="ADDR[,ADDR...]",
                    help="DL/T 645 meters that speak DL/T 645-1997 (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="TCP listen address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=0, metavar="P",
+    p.add_argument("--port", type=whole_number(0, 65535), default=0, metavar="P",
                    help="first TCP port, bus i on P+i (default 0: free ports)")
     p.add_argument("--meters-per-bus", type=int, default=3, metavar="M", help="meters on each bus (default 3)")
     p.add_argument("--first-address", default="000000000001", metavar="A",
@@ -510,6 +512,10 @@ def terminal_spec_from_args(args: argparse.Namespace, bus_meters: int = 0) -> Te
                                1, MAX_TERMINAL_METERS)
     conc_meters = pick.integer(*pick(args.meters_per_concentrator, "--meters-per-concentrator", "concentrators",
                                      "meters", DEFAULT_METERS_PER_TERMINAL), 1, MAX_CONCENTRATOR_METERS)
+    behind = (dtus or 0) * (dtu_meters or 0) + (n_mqtt or 0) * (mqtt_meters or 0) + (n_conc or 0) * (conc_meters or 0)
+    if behind > MAX_SIMULATED_METERS:  # --dtus 99999999 took 5 GB in 20 s before a terminal connected
+        problems.append(f"terminals: {behind:,} meters behind them, at most {MAX_SIMULATED_METERS:,} (a city's) "
+                        "in one process")
 
     dtu_cli_host = dtu_cli_port = None
     if args.dtu_connect is not None:
