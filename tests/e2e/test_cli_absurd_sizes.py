@@ -215,3 +215,14 @@ def test_a_baud_or_unit_of_thousands_of_digits_is_named(meterd_cli, silent_meter
 ], ids=["pty", "tcp-buses", "dtus", "concentrators"])
 def test_a_simulated_fleet_past_a_city_is_refused_before_it_is_built(meterd_cli, argv, words):
     refused(meterd_cli("simulate", *argv, "--duration", "0", timeout=30), *words)
+
+
+def test_a_period_or_day_past_the_calendar_is_refused(tmp_path, meterd_cli):
+    from report_site import district_site
+
+    (tmp_path / "dist.toml").write_text(district_site({"TA1": {}, "TA2": {}}))
+    assert meterd_cli("migrate", "-c", "dist.toml").returncode == 0
+    # 9999-12-31 has no next day: both were an OverflowError traceback (exit 1)
+    refused(meterd_cli("lineloss", "-c", "dist.toml", "--period", "0001-01-01..9999-12-31"), "--period",
+            "out of range (from 1970-01-01 to 2099-12-31)")
+    refused(meterd_cli("quality", "-c", "dist.toml", "--date", "9999-12-31"), "--date", "out of range")

@@ -15,12 +15,22 @@ import csv
 import io
 import sys
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from meterd.analytics.views import parse_period
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, MAX_COUNT, error, name_arg, print_json, site_zone, whole_number
+from meterd.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    MAX_COUNT,
+    error,
+    name_arg,
+    print_json,
+    shown,
+    site_zone,
+    whole_number,
+)
 from meterd.clock import local_date, local_text, utc_now
 from meterd.errors import ConfigError
 
@@ -140,12 +150,23 @@ def _guard(func):
     return wrapper
 
 
+def _period(args: argparse.Namespace, config: Any) -> tuple[date, date]:
+    """``--period`` as days, within the years the stores and the API know (1970 to 2099): a period
+    ending 9999-12-31 was an OverflowError traceback (exit 1)."""
+    from meterd.reports.periods import FIRST_DAY, LAST_DAY
+
+    start, end = parse_period(args.period, today=_today(config))
+    if not (FIRST_DAY <= start and end <= LAST_DAY):
+        raise ConfigError(f"--period {shown(args.period or '')} is out of range (from {FIRST_DAY} to {LAST_DAY})")
+    return start, end
+
+
 @_guard
 def lineloss_cmd(args: argparse.Namespace) -> int:
     from meterd.analytics.views import lineloss_reports
 
     config = _load(args)
-    start, end = parse_period(args.period, today=_today(config))
+    start, end = _period(args, config)
     reports = lineloss_reports(config, start, end, unit=args.unit, kind=args.kind,
                                include_estimated=args.include_estimated)
     rows = [r.as_dict() for r in reports]
@@ -222,7 +243,7 @@ def stats_cmd(args: argparse.Namespace) -> int:
     config = _load(args)
     require_topology(config)
     if args.what == "energy":
-        start, end = parse_period(args.period, today=_today(config))
+        start, end = _period(args, config)
         spans = periods(args.split, start, end) if args.split else [(start, end)]
         rows = energy_rows(config, spans, by=args.by, role=args.role)
         columns = ["start", "end", args.by, "kwh"]
@@ -238,7 +259,7 @@ def stats_cmd(args: argparse.Namespace) -> int:
         raise ConfigError("stats curve needs exactly one of --meter, --unit, --group")
     meters = curve_meters(config, meter=args.meter, unit=args.unit, group=args.group)
     zone = site_zone(config)
-    day, _ = parse_period(args.period, today=_today(config))
+    day, _ = _period(args, config)
     curve = curve_points(config.store.state, meters, day, parse_step(args.step), zone)
     points: list[dict[str, object]] = [{"at": at.isoformat(), "kw": str(kw), "meters": n} for at, kw, n in curve]
 

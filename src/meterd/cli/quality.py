@@ -16,9 +16,10 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
 
-from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json, site_zone
+from meterd.cli.common import EXIT_BAD_INPUT, EXIT_OK, error, print_json, shown, site_zone
 from meterd.clock import local_date, zone_name
 from meterd.errors import ConfigError
+from meterd.reports.periods import FIRST_DAY, LAST_DAY
 from meterd.storage.database import Location
 from meterd.storage.quality import THRESHOLD, QualityReport, QualityRow, QualityStore
 from meterd.storage.sqlite import STATE_FILE
@@ -124,8 +125,10 @@ def run(args: argparse.Namespace, *, clock: Callable[[], datetime] | None = None
     try:
         where, zone = resolve_location(args)
         day = date.fromisoformat(args.date) if args.date else local_date(now, zone)
+        if not FIRST_DAY <= day <= LAST_DAY:  # 9999-12-31 has no next midnight: a traceback (exit 1)
+            raise ValueError(f"out of range (from {FIRST_DAY} to {LAST_DAY})")
     except ValueError as exc:
-        error(f"--date {args.date!r}: {exc}" if args.date else str(exc))
+        error(f"--date {shown(args.date)}: {exc}" if args.date else str(exc))
         return EXIT_BAD_INPUT
     except ConfigError as exc:
         error(str(exc))
