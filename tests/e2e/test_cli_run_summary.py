@@ -52,7 +52,7 @@ def test_a_first_run_says_once_per_store_that_its_tables_were_created(run_meterd
     assert p.returncode == 0, p.stderr
     lines = [line for line in p.stderr.splitlines() if "schema version" in line]
     stores = sorted(line.split(": ")[-1].split()[0] for line in lines)
-    assert stores == ["alarms", "archive", "control", "readings", "site"], lines  # one line each
+    assert stores == ["alarms", "anomalies", "archive", "control", "readings", "site"], lines  # one line each
     assert all("tables created at schema version" in line for line in lines), lines
     p = run_meterd("run", "-c", config, "--duration", "0.5", "--log-level", "INFO")
     assert p.returncode == 0 and "schema version" not in p.stderr, p.stderr  # nothing to do the second time
