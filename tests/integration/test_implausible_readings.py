@@ -9,15 +9,17 @@ every charging pass raise ``decimal.InvalidOperation``: no account was charged o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
 import tomllib
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from mosquitto import Mosquitto
 
 from meterd.app import build_node
 from meterd.collector.daemon import Daemon
@@ -25,11 +27,12 @@ from meterd.config.loader import parse_config
 from meterd.control.state import ControlStore
 from meterd.protocols.modbus import get_map
 from meterd.readings import Quality
-from meterd.simulators.model import MeterModel
 from meterd.simulators.modbus import ModbusBus
+from meterd.simulators.model import MeterModel
 from meterd.simulators.serve import serve_tcp
 from meterd.storage.anomalies import AnomalyStore, Kind
 from meterd.storage.sqlite import SqliteStore
+from mosquitto import Mosquitto
 
 M1, M2, STRANGER = "000001000001", "000001000002", "000009999999"
 T0 = datetime(2026, 11, 2, 2, 0, tzinfo=timezone.utc)
@@ -103,20 +106,33 @@ async def until(predicate, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("absurd", ["1e30", "340282346638528859811704183484516925440", "1E16", "1500.00"])
-async def test_an_absurd_pushed_reading_is_flagged_and_every_other_account_is_still_charged(tmp_path, broker, absurd):
+@contextlib.asynccontextmanager
+async def running_site(tmp_path, broker) -> AsyncIterator[tuple[Any, Any, list[datetime], mqtt.Client]]:
+    """The daemon of :func:`site` running on the broker, its clock ``now[0]`` (T0 to begin with),
+    and a raw MQTT client as terminal T001: (data dir, node, now, terminal)."""
     data = tmp_path / "data"
     config = parse_config(tomllib.loads(site(data, broker.port)), "site.toml", tmp_path)
     now = [T0]
     store = SqliteStore(data)
     node = build_node(config, store, clock=lambda: now[0])
-    daemon = node.collector
     stop = asyncio.Event()
-    run = asyncio.create_task(daemon.run(stop))
+    run = asyncio.create_task(node.collector.run(stop))
     terminal = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="T001")
     terminal.connect("127.0.0.1", broker.port)
     terminal.loop_start()
     try:
+        yield data, node, now, terminal
+    finally:
+        terminal.loop_stop()
+        terminal.disconnect()
+        stop.set()
+        await run
+
+
+@pytest.mark.parametrize("absurd", ["1e30", "340282346638528859811704183484516925440", "1E16", "1500.00"])
+async def test_an_absurd_pushed_reading_is_flagged_and_every_other_account_is_still_charged(tmp_path, broker, absurd):
+    async with running_site(tmp_path, broker) as (data, node, now, terminal):
+        daemon = node.collector
         assert daemon.hub is not None and node.prepaid is not None
         await until(lambda: daemon.hub.connected)
         up = "meterd/terminals/T001/up"
@@ -134,11 +150,6 @@ async def test_an_absurd_pushed_reading_is_flagged_and_every_other_account_is_st
         await until(lambda: daemon.writer.pending == 0)
 
         summary = await asyncio.to_thread(node.prepaid.engine.run_pass, t1 + timedelta(minutes=1))
-    finally:
-        terminal.loop_stop()
-        terminal.disconnect()
-        stop.set()
-        await run
 
     # the district's pass went through: A2 charged 10 kWh x 0.50; A1 charged nothing
     with ControlStore(data) as control:
@@ -218,19 +229,9 @@ async def test_a_pushed_reading_stamped_years_ahead_is_taken_as_received_and_cha
     """A terminal whose clock says 2036 pushed a reading stamped then; it became the newest of M1's
     register, every later reading was older (LATE), and A1 was never charged again until 2036. Now
     it is taken as read when it came, logged with the terminal, and the next readings charge."""
-    data = tmp_path / "data"
-    config = parse_config(tomllib.loads(site(data, broker.port)), "site.toml", tmp_path)
-    now = [T0]
-    store = SqliteStore(data)
-    node = build_node(config, store, clock=lambda: now[0])
-    daemon = node.collector
-    stop = asyncio.Event()
-    run = asyncio.create_task(daemon.run(stop))
-    terminal = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="T001")
-    terminal.connect("127.0.0.1", broker.port)
-    terminal.loop_start()
-    push = "meterd/terminals/T001/push"
-    try:
+    async with running_site(tmp_path, broker) as (data, node, now, terminal):
+        daemon = node.collector
+        push = "meterd/terminals/T001/push"
         assert daemon.hub is not None and node.prepaid is not None
         await until(lambda: daemon.hub.connected)
         terminal.publish(push, message(M1, T0, "1000.00"), qos=1).wait_for_publish(5)
@@ -246,11 +247,6 @@ async def test_a_pushed_reading_stamped_years_ahead_is_taken_as_received_and_cha
         await until(lambda: daemon.hub.stats.pushed_messages == 3)
         await until(lambda: daemon.writer.pending == 0)
         summary = await asyncio.to_thread(node.prepaid.engine.run_pass, now[0] + timedelta(minutes=1))
-    finally:
-        terminal.loop_stop()
-        terminal.disconnect()
-        stop.set()
-        await run
     assert summary.failed == {}
     with ControlStore(data) as control:
         assert control.balance("A1") == Decimal("98.00")  # 4 kWh x 0.50: 1000 -> 1001 -> 1004
