@@ -166,10 +166,12 @@ def _seed(data_dir: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """``app`` served by uvicorn in a thread on a free port; yields its base URL."""
+def serve(app: Any, **options: Any) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread on a free port; yields its base URL.  ``options`` go to
+    ``uvicorn.Config`` (e.g. the daemon's guarded ``http`` protocol)."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           **{"log_level": "warning", "lifespan": "on", **options}))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -13,17 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import threading
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import uvicorn
-from test_api import PAY, Site, _snapshot, site  # noqa: F401 -- site is the fixture
+from test_api import PAY, Site, _snapshot, serve, site  # noqa: F401 -- site is the fixture
 
-from conftest import free_port
 from meterd.api import create_app
 from meterd.api.guard import MAX_HEAD, ConnectionGuard
 
@@ -123,23 +118,9 @@ def test_a_100_mb_body_is_answered_at_once_and_read_no_further(site: Site, metho
     assert _snapshot(site) == before
 
 
-@contextlib.contextmanager
-def _guarded(app: Any) -> Iterator[str]:
+def _guarded(app: Any) -> contextlib.AbstractContextManager[str]:
     """``app`` as the daemon serves it: uvicorn with meterd's guarded h11 protocol."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="on",
-                                           http=ConnectionGuard().protocol(), h11_max_incomplete_event_size=MAX_HEAD))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    return serve(app, log_level="critical", http=ConnectionGuard().protocol(), h11_max_incomplete_event_size=MAX_HEAD)
 
 
 @pytest.mark.parametrize("path", ["/api/v1/accounts/" + "A" * 20_000, "/api/v1/meters?after=" + "a" * 9_000,
