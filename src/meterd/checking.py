@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 
 def show(value: Any) -> str:
@@ -25,6 +25,18 @@ def show(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return str(value)
+
+
+#: Characters of a refused input quoted in an error message (the API's and the CLI's).
+SHOWN: Final = 40
+
+
+def shown(text: str) -> str:
+    """``text`` quoted for an error message: a long one cut to its ends, with its length, so that a
+    100 KB argument or a 16 KiB query parameter is not echoed back whole."""
+    if len(text) <= SHOWN:
+        return repr(text)
+    return f"{text[:20]!r}…{text[-8:]!r} ({len(text)} characters)"
 
 
 def hint(word: Any, options: Iterable[str]) -> str:

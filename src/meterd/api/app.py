@@ -76,6 +76,7 @@ from meterd.api.schemas import (
     ref,
 )
 from meterd.api.tokens import Role, TokenStore
+from meterd.checking import SHOWN, shown
 from meterd.clock import CST, Clock, local_date, zone_name
 from meterd.config.durations import parse_step
 from meterd.control.amounts import AmountError, AmountLimits, amount_text, parse_adjustment, parse_payment
@@ -112,8 +113,6 @@ MAX_TARGET: Final = 8 * 1024
 MAX_DRAIN: Final = 1024 * 1024
 #: The most digits of an integer in a request body (no field takes a number over 18 digits).
 MAX_DIGITS: Final = 100
-#: An error message quotes at most this many characters of what it refuses (:func:`shown`).
-SHOWN: Final = 40
 #: Accounts read per page when ``GET /api/v1/accounts`` streams every account.
 STREAM_PAGE: Final = 1_000
 
@@ -286,14 +285,6 @@ def _query_period(request: Request, name: str, today: date) -> tuple[date, date]
     if not (FIRST_DAY <= start and end <= LAST_DAY):
         raise ApiError(422, f"query parameter {name}={shown(text or '')} {_OUT_OF_RANGE}")
     return start, end
-
-
-def shown(text: str) -> str:
-    """``text`` quoted for an error message: a long one cut to its ends, with its length, so that a
-    16 KiB query parameter is not answered with a 16 KiB error."""
-    if len(text) <= SHOWN:
-        return repr(text)
-    return f"{text[:20]!r}…{text[-8:]!r} ({len(text)} characters)"
 
 
 def small_int(text: str, low: int, high: int) -> int | None:

@@ -13,8 +13,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
+from meterd.checking import shown
 from meterd.clock import CST, DEFAULT_TIMEZONE, day_start, local_date, local_text
 from meterd.config.durations import parse_duration
+from meterd.control.model import MAX_KEY
 from meterd.readings import Reading
 from meterd.storage.database import Location, as_database
 
@@ -31,16 +33,7 @@ MAX_COUNT: Final = 1_000_000  # --limit (rows printed) of any command
 MAX_ID: Final = 2**63 - 1  # an alarm's or command's id: SQLite's and PostgreSQL's largest integer
 MAX_TIMEOUT: Final = 600  # seconds a technician's read or probe waits for an answer (a DTU's is seconds)
 MAX_RETRIES: Final = 10  # extra attempts of a read or a probe's try, as a channel's retries in the config
-MAX_NAME: Final = 200  # characters of an account, meter, reference, job or operator name given on the command line
-SHOWN: Final = 40  # characters of an argument quoted in an error message
-
-
-def shown(text: str) -> str:
-    """``text`` quoted for an error message: a long one cut to its ends, with its length, so that a
-    100 KB argument is not echoed back whole."""
-    if len(text) <= SHOWN:
-        return repr(text)
-    return f"{text[:20]!r}…{text[-8:]!r} ({len(text)} characters)"
+MAX_NAME: Final = MAX_KEY  # characters of an account, meter, reference, job or operator name given on the command line (as the API and the billing imports take them)
 
 
 def whole_number(low: int, high: int) -> Any:
