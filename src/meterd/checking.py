@@ -39,6 +39,16 @@ def shown(text: str) -> str:
     return f"{text[:20]!r}…{text[-8:]!r} ({len(text)} characters)"
 
 
+def small_int(text: str, low: int, high: int) -> int | None:
+    """``text`` as an integer from ``low`` to ``high``, or None: ASCII digits only, and never more
+    significant digits than ``high`` has -- ``int()`` of 5,000 digits raises ValueError (Python's
+    limit on integer conversion), which answered 500 in the API and was a traceback in the CLI."""
+    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > len(str(high)):
+        return None
+    value = int(text)
+    return value if low <= value <= high else None
+
+
 def hint(word: Any, options: Iterable[str]) -> str:
     if not isinstance(word, str):
         return ""

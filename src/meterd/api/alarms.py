@@ -351,7 +351,7 @@ _ID: Final = re.compile(r"[0-9]{1,18}")
 
 
 def _alarm_id(request: Request) -> int:
-    from meterd.api.app import shown
+    from meterd.checking import shown
 
     text = request.path_params["id"]
     if not _ID.fullmatch(text):
@@ -360,7 +360,7 @@ def _alarm_id(request: Request) -> int:
 
 
 def _page(request: Request) -> tuple[AlarmState | None, AlarmKind | None, str | None, int, int | None]:
-    from meterd.api.app import shown, small_int
+    from meterd.checking import shown, small_int
 
     q = request.query_params
     state_text = q.get("state", "all")

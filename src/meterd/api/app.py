@@ -76,7 +76,7 @@ from meterd.api.schemas import (
     ref,
 )
 from meterd.api.tokens import Role, TokenStore
-from meterd.checking import SHOWN, shown
+from meterd.checking import SHOWN, shown, small_int
 from meterd.clock import CST, Clock, local_date, zone_name
 from meterd.config.durations import parse_step
 from meterd.control.amounts import AmountError, AmountLimits, amount_text, parse_adjustment, parse_payment
@@ -285,16 +285,6 @@ def _query_period(request: Request, name: str, today: date) -> tuple[date, date]
     if not (FIRST_DAY <= start and end <= LAST_DAY):
         raise ApiError(422, f"query parameter {name}={shown(text or '')} {_OUT_OF_RANGE}")
     return start, end
-
-
-def small_int(text: str, low: int, high: int) -> int | None:
-    """``text`` as an integer from ``low`` to ``high``, or None: ASCII digits only, and never more
-    significant digits than ``high`` has -- ``int()`` of 5,000 digits raises ValueError (Python's
-    limit on integer conversion), which used to answer 500."""
-    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > len(str(high)):
-        return None
-    value = int(text)
-    return value if low <= value <= high else None
 
 
 def _query_limit(request: Request, default: int) -> int:

@@ -28,9 +28,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from meterd.api.app import Api, ApiError, Caller, Endpoint, _query_day, _query_time, shown, small_int
+from meterd.api.app import Api, ApiError, Caller, Endpoint, _query_day, _query_time
 from meterd.api.schemas import STR, TIME, account_doc, anomaly_doc, command_doc, iso, outage_doc, reading_doc
 from meterd.api.tokens import Role
+from meterd.checking import shown, small_int
 from meterd.clock import local_date
 from meterd.control.state import LedgerRow
 from meterd.readings import address_key

@@ -13,7 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
-from meterd.checking import shown
+from meterd.checking import shown, small_int
 from meterd.clock import CST, DEFAULT_TIMEZONE, day_start, local_date, local_text
 from meterd.config.durations import parse_duration
 from meterd.control.model import MAX_KEY
@@ -41,11 +41,8 @@ def whole_number(low: int, high: int) -> Any:
     named) before ``int()`` sees more digits than ``high`` has."""
 
     def parse(text: str) -> int:
-        digits = text.strip()
-        if not (digits.isascii() and digits.isdigit()) or len(digits.lstrip("0")) > len(str(high)):
-            raise argparse.ArgumentTypeError(f"{shown(text)} is not a whole number from {low:,} to {high:,}")
-        value = int(digits)
-        if not low <= value <= high:
+        value = small_int(text.strip(), low, high)
+        if value is None:
             raise argparse.ArgumentTypeError(f"{shown(text)} is not a whole number from {low:,} to {high:,}")
         return value
 
